@@ -1,0 +1,1 @@
+"""Data sources and transforms: scenes, patches, DEM alignment, slope, windows, normalisation."""

@@ -1,0 +1,52 @@
+"""Which input channels a model expects, and how to stack them from a sample.
+
+A model file stores an ``InputSpec`` so that prediction on a new scene knows exactly which image
+bands to read, whether to add the DEM and its slope, and at which ground resolution to work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Model inputs: image bands (1-based), optional DEM and slope, working resolution."""
+
+    image_bands: tuple[int, ...] = (1, 2, 3)
+    dem: bool = False
+    slope: bool = False
+    resolution_m: float | None = None
+
+    @property
+    def channels(self) -> list[str]:
+        names = [f"band{b}" for b in self.image_bands]
+        return names + ["dem"] * self.dem + ["slope"] * self.slope
+
+    @property
+    def needs_dem(self) -> bool:
+        return self.dem or self.slope
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputSpec:
+        return cls(
+            image_bands=tuple(int(b) for b in data.get("image_bands", (1, 2, 3))),
+            dem=bool(data.get("dem", False)),
+            slope=bool(data.get("slope", False)),
+            resolution_m=data.get("resolution_m"),
+        )
+
+
+def stack_channels(sample: dict[str, np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Stack the sample's arrays into the model's (C, H, W) float32 input, in ``spec`` order."""
+    parts = [sample["image"]]
+    if spec.dem:
+        parts.append(sample["dem"])
+    if spec.slope:
+        parts.append(sample["slope"])
+    return np.concatenate(parts, axis=0).astype(np.float32, copy=False)

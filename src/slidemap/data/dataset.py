@@ -1,0 +1,120 @@
+"""Training data: labelled scenes held at working resolution, cut into random windows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from slidemap.data.augment import flip_rot90
+from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.normalization import BandStats, compute_stats, normalise
+from slidemap.data.scene import IGNORE, Scene
+from slidemap.data.windows import random_windows
+from slidemap.errors import SlidemapError
+
+
+@dataclass
+class SceneArrays:
+    """One scene's model channels (C, H, W) raw values and labels (H, W) with 255 = ignore."""
+
+    name: str
+    x: np.ndarray
+    target: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.target != IGNORE
+
+
+def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
+                      spec: InputSpec) -> SceneArrays:
+    """Read a whole scene at the spec's working resolution; nodata anywhere becomes ignore."""
+    with Scene(image, dem=dem, mask=mask) as scene:
+        scene.check_bands(spec.image_bands, "the model config")
+        factor = scene.decimation(spec.resolution_m)
+        sample = scene.read(Window(0, 0, scene.width, scene.height), spec.image_bands, factor,
+                            dem=spec.dem, slope=spec.slope)
+    x = stack_channels(sample, spec)
+    target = sample.get("mask", np.zeros(sample["valid"].shape, dtype=np.uint8))
+    if mask is not None:
+        check_labels(target, mask)
+    target = np.where(sample["valid"] & np.isfinite(x).all(axis=0), target, IGNORE)
+    if not (target != IGNORE).any():
+        raise SlidemapError(f"scene {image} has no valid labelled pixel: check its nodata and "
+                            f"the label raster {mask}")
+    return SceneArrays(Path(image).stem, x, target.astype(np.uint8))
+
+
+def check_labels(labels: np.ndarray, path: Path) -> None:
+    """Labels must be 0 (background), 1 (landslide) or 255 (ignore)."""
+    unexpected = np.setdiff1d(np.unique(labels), [0, 1, IGNORE])
+    if unexpected.size:
+        raise SlidemapError(
+            f"label raster {path} has values {unexpected[:5].tolist()}: labels must be 0 "
+            "(background), 1 (landslide) or 255 (ignore)"
+        )
+
+
+def scene_stats(scenes: list[SceneArrays]) -> BandStats:
+    """Per-channel statistics over the valid pixels of all training scenes."""
+    return compute_stats([s.x for s in scenes], [s.valid for s in scenes])
+
+
+def normalised(scene: SceneArrays, stats: BandStats) -> np.ndarray:
+    """The scene's channels normalised, with invalid pixels set to 0 (the mean)."""
+    return normalise(scene.x, stats, valid=scene.valid)
+
+
+class RandomWindows:
+    """Each epoch, fresh random windows from every scene, drawn from a seed and the epoch number.
+
+    Seeding by epoch (not by a running generator) makes an epoch's batches the same whether
+    training ran straight through or was resumed from a checkpoint.
+    """
+
+    def __init__(self, scenes: list[SceneArrays], stats: BandStats, tile: int,
+                 windows_per_epoch: int, min_valid: float, augment: bool, seed: int) -> None:
+        self.scenes = scenes
+        self.inputs = [normalised(s, stats) for s in scenes]
+        self.tile = tile
+        self.windows_per_epoch = windows_per_epoch
+        self.min_valid = min_valid
+        self.augment = augment
+        self.seed = seed
+        weights = np.array([s.valid.sum() for s in scenes], dtype=np.float64)
+        self.scene_weights = weights / weights.sum()
+
+    def epoch(self, epoch: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of ``x`` (B,C,T,T) float32, ``target`` (B,1,T,T) float32, ``valid`` bool."""
+        rng = np.random.default_rng([self.seed, epoch])
+        counts = rng.multinomial(self.windows_per_epoch, self.scene_weights)
+        picks = []
+        for index, count in enumerate(counts):
+            scene = self.scenes[index]
+            for window in random_windows(scene.valid, self.tile, int(count), self.min_valid, rng):
+                picks.append((index, window))
+        if not picks:
+            raise SlidemapError(f"no training window of {self.tile} px has enough valid pixels: "
+                                "lower training.min_valid or training.tile")
+        rng.shuffle(picks)
+        for start in range(0, len(picks), batch_size):
+            samples = [self._sample(i, w, rng) for i, w in picks[start:start + batch_size]]
+            yield {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+    def _sample(self, index: int, window: Window, rng: np.random.Generator) -> dict:
+        rows = slice(window.row_off, window.row_off + window.height)
+        cols = slice(window.col_off, window.col_off + window.width)
+        labels = self.scenes[index].target[rows, cols]
+        arrays = {"x": self.inputs[index][:, rows, cols], "labels": labels[None]}
+        if self.augment:
+            arrays = flip_rot90(arrays, rng)
+        labels = arrays["labels"]
+        return {
+            "x": arrays["x"],
+            "target": (labels == 1).astype(np.float32),
+            "valid": labels != IGNORE,
+        }

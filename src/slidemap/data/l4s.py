@@ -1,0 +1,167 @@
+"""Landslide4Sense (L4S) HDF5 patches: 128×128×14 ``img`` and 128×128 ``mask`` datasets.
+
+The 14 channels are Sentinel-2 B1–B12 (B1, B2, ..., B8, B9, B10, B11, B12; no B8A), then slope
+and DEM from ALOS PALSAR, all at about 10 m. Two layouts are read:
+
+- the L4S release: ``root/img/image_N.h5`` and, for labelled splits, ``root/mask/mask_N.h5``;
+- one file per patch: ``root/*.h5``, each holding ``img`` and optionally ``mask``.
+
+Samples follow the data-layer contract (``image``, ``slope``, ``dem``, ``mask``, ``valid``,
+``name``); values are the raw L4S values, which are already rescaled by the release.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from slidemap.data.patches import IGNORE, binary_mask
+from slidemap.errors import SlidemapError
+
+BAND_NAMES = (
+    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12", "slope", "dem",
+)
+TERRAIN = ("slope", "dem")
+DEFAULT_BANDS = ("B2", "B3", "B4", "B8", "slope", "dem")
+
+
+def band_indexes(bands: Sequence[str]) -> list[int]:
+    """0-based channel indexes of band names (case-insensitive), in the order given."""
+    lookup = {name.lower(): i for i, name in enumerate(BAND_NAMES)}
+    indexes = []
+    for band in bands:
+        key = str(band).lower()
+        if key not in lookup:
+            raise SlidemapError(
+                f"unknown Landslide4Sense band {band!r}: choose from {', '.join(BAND_NAMES)}"
+            )
+        if lookup[key] in indexes:
+            raise SlidemapError(f"band {band!r} is selected twice: list each band once")
+        indexes.append(lookup[key])
+    if all(BAND_NAMES[i] in TERRAIN for i in indexes):
+        raise SlidemapError(
+            f"bands {list(bands)} have no optical band: add at least one of B1-B12"
+        )
+    return indexes
+
+
+class L4SDataset:
+    """Landslide4Sense patches with bands chosen by name.
+
+    ``image`` holds the selected optical bands in the order given; ``slope`` and ``dem`` come as
+    separate (1, H, W) arrays when selected. NaN in any selected channel makes the pixel invalid
+    (``valid`` False, mask 255). Files are opened per sample, so the dataset is cheap to create.
+    """
+
+    def __init__(self, root: str | Path, bands: Sequence[str] = DEFAULT_BANDS) -> None:
+        self.root = Path(root)
+        self.bands = [BAND_NAMES[i] for i in band_indexes(bands)]
+        self._images, self._masks = _find_files(self.root)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    @property
+    def names(self) -> list[str]:
+        return [path.stem for path in self._images]
+
+    @property
+    def labelled(self) -> bool:
+        return self._masks is not None
+
+    def __getitem__(self, index: int) -> dict:
+        path = self._images[index]
+        data = _read_dataset(path, "img")
+        if data.ndim != 3 or data.shape[-1] != len(BAND_NAMES):
+            raise SlidemapError(
+                f"'img' in {path} has shape {data.shape}: expected (H, W, 14) Landslide4Sense bands"
+            )
+        channels = np.moveaxis(data, -1, 0).astype(np.float32)
+        picked = {name: channels[BAND_NAMES.index(name)] for name in self.bands}
+        valid = np.isfinite(np.stack(list(picked.values()))).all(axis=0)
+        optical = [picked[name] for name in self.bands if name not in TERRAIN]
+        sample: dict = {"name": path.stem, "image": np.stack(optical)}
+        for name in TERRAIN:
+            if name in picked:
+                sample[name] = picked[name][None]
+        if self._masks is not None:
+            mask_path = self._masks[index]
+            mask = _read_dataset(mask_path, "mask")
+            if mask.shape != valid.shape:
+                raise SlidemapError(
+                    f"'mask' in {mask_path} has shape {mask.shape} but the image is "
+                    f"{valid.shape}: they must be the same size"
+                )
+            mask = binary_mask(mask, mask_path)
+            mask[~valid] = IGNORE
+            sample["mask"] = mask
+        sample["valid"] = valid
+        return sample
+
+
+def _find_files(root: Path) -> tuple[list[Path], list[Path] | None]:
+    """Image files and matching mask files (None when unlabelled), in patch-number order."""
+    if not root.is_dir():
+        raise SlidemapError(f"{root} is not a folder: pass a Landslide4Sense split folder")
+    if (root / "img").is_dir():
+        images = _h5_files(root / "img")
+        if not (root / "mask").is_dir():
+            return images, None
+        masks = {path.stem: path for path in _h5_files(root / "mask")}
+        paired = []
+        for image in images:
+            stem = re.sub(r"^image", "mask", image.stem)
+            if stem not in masks:
+                raise SlidemapError(
+                    f"image {image} has no mask {root / 'mask' / stem}.h5: add it, or remove "
+                    "mask/ to read the split unlabelled"
+                )
+            paired.append(masks[stem])
+        return images, paired
+    images = _h5_files(root)
+    with_mask = [_has_key(path, "mask") for path in images]
+    if any(with_mask) and not all(with_mask):
+        missing = images[with_mask.index(False)]
+        raise SlidemapError(f"{missing} has no 'mask' but other files do: label every patch")
+    return images, images if all(with_mask) else None
+
+
+def _h5_files(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.suffix.lower() in (".h5", ".hdf5")]
+    if not files:
+        raise SlidemapError(
+            f"{folder}/ has no .h5 files: expected Landslide4Sense img/image_N.h5 "
+            "(+ mask/mask_N.h5) or one .h5 per patch"
+        )
+    return sorted(files, key=_natural_key)
+
+
+def _natural_key(path: Path) -> list:
+    """Sort image_2 before image_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _has_key(path: Path, key: str) -> bool:
+    with _open_h5(path) as f:
+        return key in f
+
+
+def _read_dataset(path: Path, key: str) -> np.ndarray:
+    with _open_h5(path) as f:
+        if key not in f:
+            raise SlidemapError(
+                f"{path} has no {key!r} dataset (keys: {', '.join(f.keys()) or 'none'}): "
+                "is it a Landslide4Sense file?"
+            )
+        return np.asarray(f[key][()])
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise SlidemapError(f"{path} cannot be read as HDF5: is the file complete?") from exc

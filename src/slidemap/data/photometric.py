@@ -1,0 +1,130 @@
+"""Training-time colour jitter and random zoom on numpy samples.
+
+A sample is a dict with ``image`` float32 (C, H, W) optical bands, optionally ``dem`` and
+``slope`` float32 (1, H, W), and ``mask`` uint8 (H, W) with 255 = ignore. Functions return a new
+dict and leave the input untouched; randomness comes only from the ``rng`` passed in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from slidemap.errors import SlidemapError
+
+IGNORE = 255
+# ITU-R BT.601 luma weights, as torchvision uses for grayscale / saturation.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)
+
+
+def _factor(rng: np.random.Generator, strength: float) -> float:
+    return float(rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength))
+
+
+def colour_jitter(
+    sample: dict[str, Any],
+    rng: np.random.Generator,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    saturation: float = 0.2,
+) -> dict[str, Any]:
+    """Random brightness, contrast and saturation on the optical bands only.
+
+    Illumination and sensor differences change the optical bands, never the terrain, so ``dem``
+    and ``slope`` are passed through as they are. Each strength s draws a factor in
+    [1-s, 1+s] (0 switches it off). Brightness scales, contrast blends with the mean of the finite
+    pixels, saturation blends the first three bands (read as RGB) with their luma and needs at
+    least three bands. Values are not clipped, since band ranges differ between sensors; NaN
+    nodata stays NaN.
+    """
+    image = np.asarray(sample["image"], dtype=np.float32)
+    if image.ndim != 3:
+        raise SlidemapError(f"colour_jitter needs image (C, H, W), got shape {image.shape}")
+    out_image = image.copy()
+    if brightness > 0:
+        out_image *= _factor(rng, brightness)
+    if contrast > 0:
+        f = _factor(rng, contrast)
+        finite = np.isfinite(out_image)
+        mean = float(out_image[finite].mean()) if finite.any() else 0.0
+        out_image = f * out_image + (1.0 - f) * mean
+    if saturation > 0 and out_image.shape[0] >= 3:
+        f = _factor(rng, saturation)
+        rgb = out_image[:3]
+        gray = (rgb * _LUMA).sum(axis=0, keepdims=True)
+        out_image[:3] = f * rgb + (1.0 - f) * gray
+    out = dict(sample)
+    out["image"] = out_image.astype(np.float32, copy=False)
+    return out
+
+
+def _zoom_float(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Bilinear zoom of a (C, H, W) float array; NaN nodata stays NaN without spreading.
+
+    NaN is zero-filled for the interpolation and put back where the nearest source pixel was NaN,
+    so a NaN hole keeps its footprint instead of growing by a pixel each way.
+    """
+    nan = np.isnan(array)
+    filled = np.where(nan, 0.0, array) if nan.any() else array
+    out = np.empty_like(array)
+    for c in range(array.shape[0]):
+        out[c] = ndimage.affine_transform(
+            filled[c], matrix, offset, order=1, mode="constant", cval=0.0
+        )
+        if nan[c].any():
+            moved = ndimage.affine_transform(
+                nan[c].astype(np.uint8), matrix, offset, order=0, mode="constant", cval=0
+            )
+            out[c][moved.astype(bool)] = np.nan
+    return out
+
+
+def random_scale(
+    sample: dict[str, Any],
+    rng: np.random.Generator,
+    scale_range: tuple[float, float] = (0.75, 1.25),
+) -> dict[str, Any]:
+    """Zoom every spatial array by one random factor about the centre, keeping the tile size.
+
+    A factor above 1 zooms in (crops the border), below 1 zooms out: the uncovered border is 0 in
+    float arrays and ``IGNORE`` in ``mask``, so the loss never sees it. Float arrays (image, dem,
+    slope, any other (…, H, W) float array) are bilinear, ``mask`` is nearest so it keeps its
+    label values. Slope values are resampled, not rescaled: slope in degrees is a property of the
+    real terrain, which zooming does not change, even though the apparent geometry of the tile
+    does; the same holds for elevations in the DEM.
+    """
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise SlidemapError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+    image = sample["image"]
+    h, w = image.shape[-2:]
+    factor = float(rng.uniform(low, high))
+    # Output pixel o samples input pixel centre + (o - centre) / factor.
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    matrix = np.full(2, 1.0 / factor)
+    offset = centre - centre / factor
+
+    out = dict(sample)
+    for key, value in sample.items():
+        if not isinstance(value, np.ndarray) or value.ndim < 2 or value.shape[-2:] != (h, w):
+            continue
+        flat = value.reshape(-1, h, w)
+        if key == "mask":
+            zoomed = np.stack(
+                [
+                    ndimage.affine_transform(
+                        m, matrix, offset, order=0, mode="constant", cval=IGNORE
+                    )
+                    for m in flat
+                ]
+            )
+            out[key] = zoomed.astype(value.dtype, copy=False).reshape(value.shape)
+        elif np.issubdtype(value.dtype, np.floating):
+            out[key] = _zoom_float(flat, matrix, offset).reshape(value.shape)
+        else:
+            raise SlidemapError(
+                f"random_scale cannot resample {key!r} ({value.dtype}): only float arrays and mask"
+            )
+    return out

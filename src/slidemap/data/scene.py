@@ -1,0 +1,244 @@
+"""A georeferenced scene: an image raster, an optional DEM and an optional label raster.
+
+Everything is read on the image grid. A DEM on another grid, resolution or CRS is warped to it on
+the fly, window by window (a GDAL warped VRT), so no whole-scene reprojection is held in memory.
+Reads can be decimated by an integer ``factor`` to a coarser working resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import rasterio
+from rasterio.coords import disjoint_bounds
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from slidemap.data.terrain import pixel_size_m, slope_degrees
+from slidemap.errors import SlidemapError
+
+IGNORE = 255
+
+
+def open_raster(path: str | Path, role: str) -> rasterio.DatasetReader:
+    """Open ``path`` or raise a one-line error naming it and what to fix."""
+    path = Path(path)
+    if not path.exists():
+        raise SlidemapError(f"{role} {path} does not exist: check the path")
+    if path.is_dir():
+        raise SlidemapError(f"{role} {path} is a folder: pass a raster file (GeoTIFF)")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise SlidemapError(
+            f"{role} {path} cannot be read as a raster ({_first_line(exc)}): "
+            "is it a complete, uncorrupted GeoTIFF?"
+        ) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Scene:
+    """Reads aligned windows of image, DEM, slope and labels as a sample dict of arrays."""
+
+    def __init__(
+        self,
+        image: str | Path,
+        dem: str | Path | None = None,
+        mask: str | Path | None = None,
+        require_crs: bool = True,
+    ) -> None:
+        self.image_path = Path(image)
+        self._image = open_raster(image, "image")
+        self._dem_src: rasterio.DatasetReader | None = None
+        self._dem: WarpedVRT | None = None
+        self._mask_src: rasterio.DatasetReader | None = None
+        self._mask: rasterio.DatasetReader | WarpedVRT | None = None
+        try:
+            if require_crs and self._image.crs is None:
+                raise SlidemapError(
+                    f"image {image} has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:32647)"
+                )
+            if dem is not None:
+                self._dem_src = open_raster(dem, "DEM")
+                self._dem = self._align(self._dem_src, dem, "DEM", Resampling.bilinear)
+            if mask is not None:
+                self._mask_src = open_raster(mask, "label raster")
+                self._mask = self._align(self._mask_src, mask, "label raster", Resampling.nearest)
+        except Exception:
+            self.close()
+            raise
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _align(self, src: rasterio.DatasetReader, path: str | Path, role: str,
+               resampling: Resampling) -> rasterio.DatasetReader | WarpedVRT:
+        """Return ``src`` itself if it is on the image grid, else a warped VRT onto that grid."""
+        img = self._image
+        if src.crs is None:
+            if src.shape == img.shape and src.transform == img.transform:
+                return src
+            raise SlidemapError(f"{role} {path} has no CRS: assign one so it can be aligned")
+        if img.crs is None:
+            raise SlidemapError(f"image {self.image_path} has no CRS: cannot align {role} {path}")
+        bounds = transform_bounds(src.crs, img.crs, *src.bounds)
+        if disjoint_bounds(bounds, img.bounds) or _touches_only(bounds, img.bounds):
+            raise SlidemapError(
+                f"{role} {path} does not overlap image {self.image_path}: "
+                "pass a file that covers the same ground"
+            )
+        if src.crs == img.crs and src.transform == img.transform and src.shape == img.shape:
+            return src
+        dtype = "float32" if role == "DEM" else src.dtypes[0]
+        nodata = math.nan if role == "DEM" else IGNORE
+        return WarpedVRT(
+            src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
+            resampling=resampling, nodata=nodata, dtype=dtype,
+        )
+
+    def close(self) -> None:
+        for ds in (self._dem, self._dem_src, self._mask, self._mask_src, self._image):
+            if ds is not None and not ds.closed:
+                ds.close()
+
+    def __enter__(self) -> Scene:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        return self._image.height
+
+    @property
+    def width(self) -> int:
+        return self._image.width
+
+    @property
+    def band_count(self) -> int:
+        return self._image.count
+
+    @property
+    def has_dem(self) -> bool:
+        return self._dem is not None
+
+    @property
+    def has_mask(self) -> bool:
+        return self._mask is not None
+
+    @property
+    def profile(self) -> dict:
+        """Georeference of the image grid (crs, transform, width, height) for output rasters."""
+        img = self._image
+        return {"crs": img.crs, "transform": img.transform, "width": img.width,
+                "height": img.height}
+
+    def pixel_size_m(self) -> tuple[float, float]:
+        """Native pixel size in metres (at the scene centre for a geographic CRS)."""
+        img = self._image
+        if img.crs is None:
+            return abs(img.res[0]), abs(img.res[1])
+        centre_lat = None
+        if img.crs.is_geographic:
+            centre_lat = (img.bounds.top + img.bounds.bottom) / 2
+        return pixel_size_m(img.crs, img.res, centre_lat)
+
+    def decimation(self, resolution_m: float | None) -> int:
+        """Integer read factor that brings native pixels closest to ``resolution_m``."""
+        if resolution_m is None:
+            return 1
+        native = min(self.pixel_size_m())
+        return max(1, round(resolution_m / native))
+
+    def check_bands(self, bands: tuple[int, ...], what: str) -> None:
+        if max(bands) > self.band_count:
+            raise SlidemapError(
+                f"image {self.image_path} has {self.band_count} band(s) but {what} needs bands "
+                f"{list(bands)}: pass an image with those bands"
+            )
+
+    # -- reading --------------------------------------------------------------------------
+    def read(self, window: Window, bands: tuple[int, ...], factor: int = 1,
+             dem: bool = False, slope: bool = False) -> dict[str, np.ndarray]:
+        """Read one window, decimated by ``factor``, as a sample dict.
+
+        Keys: ``image`` (C,h,w) float32, ``valid`` (h,w) bool, and when asked ``dem`` (1,h,w) in
+        metres with NaN for nodata, ``slope`` (1,h,w) degrees, ``mask`` (h,w) uint8 with 255 ignore.
+        """
+        out_h = max(1, round(window.height / factor))
+        out_w = max(1, round(window.width / factor))
+        img = self._image
+        image = img.read(bands, window=window, out_shape=(len(bands), out_h, out_w),
+                         resampling=Resampling.average if factor > 1 else Resampling.nearest)
+        valid = img.dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
+        sample: dict[str, np.ndarray] = {"image": image.astype(np.float32), "valid": valid}
+        if dem or slope:
+            if self._dem is None:
+                raise SlidemapError(
+                    f"the model needs a DEM for {self.image_path}: pass one with --dem"
+                )
+            elevation = self._read_dem(window, out_h, out_w)
+            finite = np.isfinite(elevation)
+            sample["valid"] &= finite
+            if dem:
+                sample["dem"] = np.where(finite, elevation, np.nan)[None].astype(np.float32)
+            if slope:
+                dx, dy = self.pixel_size_m()
+                step = (dx * window.width / out_w, dy * window.height / out_h)
+                sample["slope"] = self._slope(window, out_h, out_w, step)
+        if self._mask is not None:
+            sample["mask"] = self._read_mask(window, out_h, out_w)
+        return sample
+
+    def read_validity(self, window: Window, dem: bool = False) -> np.ndarray:
+        """Native-resolution validity of a window: image data present and, if asked, DEM finite."""
+        valid = self._image.dataset_mask(window=window) > 0
+        if dem and self._dem is not None:
+            valid &= np.isfinite(self._read_dem(window, int(window.height), int(window.width)))
+        return valid
+
+    def _read_dem(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
+        assert self._dem is not None
+        data = self._dem.read(1, window=window, out_shape=(out_h, out_w),
+                              resampling=Resampling.bilinear, masked=True)
+        return np.ma.filled(data.astype(np.float32), np.nan)
+
+    def _slope(self, window: Window, out_h: int, out_w: int,
+               step: tuple[float, float]) -> np.ndarray:
+        """Slope of the window, computed with a one-working-pixel halo where the scene has one."""
+        fy = window.height / out_h
+        fx = window.width / out_w
+        top = 1 if window.row_off - fy >= 0 else 0
+        left = 1 if window.col_off - fx >= 0 else 0
+        bottom = 1 if window.row_off + window.height + fy <= self.height else 0
+        right = 1 if window.col_off + window.width + fx <= self.width else 0
+        halo = Window(window.col_off - left * fx, window.row_off - top * fy,
+                      window.width + (left + right) * fx, window.height + (top + bottom) * fy)
+        elevation = self._read_dem(halo, out_h + top + bottom, out_w + left + right)
+        slope = slope_degrees(elevation, step)
+        slope = slope[top:top + out_h, left:left + out_w]
+        return np.where(np.isfinite(slope), slope, np.nan)[None].astype(np.float32)
+
+    def _read_mask(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
+        assert self._mask is not None
+        labels = self._mask.read(1, window=window, out_shape=(out_h, out_w),
+                                 resampling=Resampling.nearest)
+        return labels.astype(np.uint8)
+
+
+def _touches_only(a: tuple[float, float, float, float], b: tuple) -> bool:
+    """True when two bounds share only an edge (zero-area overlap)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return width <= 0 or height <= 0

@@ -1,0 +1,43 @@
+"""Terrain derivatives of a DEM, with pixel sizes in metres also for geographic CRSs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rasterio.crs import CRS
+
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def pixel_size_m(crs: CRS, res: tuple[float, float], latitude: float | None = None
+                 ) -> tuple[float, float]:
+    """(dx, dy) of one pixel in metres; degrees are converted at ``latitude`` (spherical earth)."""
+    dx, dy = abs(res[0]), abs(res[1])
+    if crs.is_geographic:
+        if latitude is None:
+            raise ValueError("a geographic CRS needs the latitude to size pixels in metres")
+        metres_per_degree = math.pi * EARTH_RADIUS_M / 180.0
+        return dx * metres_per_degree * math.cos(math.radians(latitude)), dy * metres_per_degree
+    factor = crs.linear_units_factor[1] if crs.is_projected else 1.0
+    return dx * factor, dy * factor
+
+
+def slope_degrees(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarray:
+    """Slope in degrees by Horn's 3×3 method; NaN where any neighbour is NaN.
+
+    ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size`` is (dx, dy) in metres. Edge pixels use
+    replicated neighbours, so pass a window with a one-pixel halo when edges matter.
+    """
+    squeeze = dem.ndim == 3
+    z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
+    p = np.pad(z, 1, mode="edge")
+    a, b, c = p[:-2, :-2], p[:-2, 1:-1], p[:-2, 2:]
+    d, f = p[1:-1, :-2], p[1:-1, 2:]
+    g, h, i = p[2:, :-2], p[2:, 1:-1], p[2:, 2:]
+    dx, dy = pixel_size
+    dzdx = ((c + 2 * f + i) - (a + 2 * d + g)) / (8 * dx)
+    dzdy = ((g + 2 * h + i) - (a + 2 * b + c)) / (8 * dy)
+    slope = np.degrees(np.arctan(np.hypot(dzdx, dzdy))).astype(np.float32)
+    slope[np.isnan(z)] = np.nan  # Horn's stencil skips the centre; a hole stays a hole
+    return slope[None] if squeeze else slope

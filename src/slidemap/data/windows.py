@@ -1,0 +1,44 @@
+"""Windows over a scene: a regular overlapping grid for prediction, random ones for training."""
+
+from __future__ import annotations
+
+import numpy as np
+from rasterio.windows import Window
+
+
+def grid_offsets(length: int, size: int, stride: int) -> list[int]:
+    """Offsets of windows of ``size`` every ``stride`` covering [0, length); the last one flush."""
+    if length <= size:
+        return [0]
+    offsets = list(range(0, length - size, stride))
+    offsets.append(length - size)
+    return offsets
+
+
+def grid_windows(height: int, width: int, size: int, overlap: int = 0) -> list[Window]:
+    """Row-major grid of ``size`` px windows overlapping by ``overlap`` px, clipped to the scene."""
+    stride = max(1, size - overlap)
+    return [
+        Window(col, row, min(size, width), min(size, height))
+        for row in grid_offsets(height, size, stride)
+        for col in grid_offsets(width, size, stride)
+    ]
+
+
+def random_windows(valid: np.ndarray, size: int, count: int, min_valid: float,
+                   rng: np.random.Generator) -> list[Window]:
+    """Draw ``count`` windows of ``size`` px whose fraction of valid pixels is ≥ ``min_valid``.
+
+    Positions are drawn uniformly among all that pass (an integral image makes the check cheap), so
+    training covers the whole valid area of scenes that are mostly nodata. Returns [] if none pass.
+    """
+    h, w = valid.shape
+    sh, sw = min(size, h), min(size, w)
+    integral = np.pad(valid.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = (integral[sh:, sw:] - integral[:-sh, sw:] - integral[sh:, :-sw]
+            + integral[:-sh, :-sw])
+    rows, cols = np.nonzero(sums >= min_valid * sh * sw)
+    if rows.size == 0:
+        return []
+    picks = rng.integers(0, rows.size, size=count)
+    return [Window(int(cols[p]), int(rows[p]), sw, sh) for p in picks]

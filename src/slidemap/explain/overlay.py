@@ -1,0 +1,119 @@
+"""Pictures of explanations: a heat map over an RGB preview (PNG) or georeferenced (GeoTIFF)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from slidemap.errors import SlidemapError
+
+
+def rgb_preview(image: np.ndarray) -> np.ndarray:
+    """An 8-bit ``(H, W, 3)`` view of raw ``(C, H, W)`` values for the eye.
+
+    The first three bands are read as R, G, B (one or two bands: the first as grey), each
+    stretched between its 2nd and 98th percentile so that a few bright or dark outliers do not
+    wash the picture out. Missing (NaN) values come out black.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 3:
+        raise SlidemapError(f"expected a (C, H, W) image, got shape {image.shape}")
+    bands = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    out = np.zeros(bands.shape, dtype=np.float64)
+    for i, band in enumerate(bands):
+        valid = np.isfinite(band)
+        if not valid.any():
+            continue
+        low, high = np.percentile(band[valid], [2, 98])
+        if high > low:
+            out[i] = np.clip((band - low) / (high - low), 0, 1)
+        out[i][~valid] = 0
+    return np.round(out.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+@contextmanager
+def _replace_atomically(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary name next to ``path`` and move it into place only once written, so a
+    crash never leaves a half-written file under the real name."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    os.close(fd)
+    try:
+        yield temp
+        os.replace(temp, target)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def save_overlay_png(
+    rgb: np.ndarray,
+    heat: np.ndarray,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    alpha: float = 0.5,
+) -> None:
+    """Draw ``heat`` ((H, W) in [0, 1]) over ``rgb`` ((H, W, 3), uint8 or float in [0, 1])."""
+    rgb = np.asarray(rgb)
+    heat = np.asarray(heat, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or heat.shape != rgb.shape[:2]:
+        raise SlidemapError(
+            f"overlay needs rgb (H, W, 3) and heat (H, W) of one size, got {rgb.shape} and "
+            f"{heat.shape}"
+        )
+    if rgb.dtype != np.uint8:
+        rgb = np.clip(rgb.astype(np.float32), 0, 1)
+    height, width = heat.shape
+    scale = 6 / max(height, width)
+    figure = Figure(figsize=(width * scale + 1.5, height * scale + 0.6), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.imshow(rgb, interpolation="nearest")
+    shown = axes.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=alpha, interpolation="nearest")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    if title:
+        axes.set_title(title)
+    figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
+    with _replace_atomically(path) as temp:
+        figure.savefig(temp, format="png", bbox_inches="tight")
+
+
+def save_heat_geotiff(heat: np.ndarray, path: str | os.PathLike[str],
+                      profile: dict[str, Any]) -> None:
+    """Write ``heat`` as a one-band float32 GeoTIFF on the grid (crs, transform) of ``profile``.
+
+    Only the georeferencing is taken from ``profile``: its band count, dtype, nodata or colour
+    interpretation belong to the source image and would misdescribe a heat map.
+    """
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.ndim != 2:
+        raise SlidemapError(f"expected a (H, W) heat map, got shape {heat.shape}")
+    height, width = heat.shape
+    if (profile.get("height", height), profile.get("width", width)) != (height, width):
+        raise SlidemapError(
+            f"heat map is {height}×{width} but the profile describes "
+            f"{profile['height']}×{profile['width']} pixels: pass the window's profile"
+        )
+    out_profile = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": 1,
+        "dtype": "float32",
+        "crs": profile.get("crs"),
+        "transform": profile.get("transform"),
+        "compress": "deflate",
+    }
+    with _replace_atomically(path) as temp, rasterio.open(temp, "w", **out_profile) as dst:
+        dst.write(heat, 1)

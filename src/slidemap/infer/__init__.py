@@ -1,0 +1,1 @@
+"""Prediction: sliding windows with blending, scene streaming, vectorising."""

@@ -1,0 +1,132 @@
+"""Model files that cannot run code when loaded: safetensors weights plus a JSON sidecar.
+
+``NAME.safetensors`` holds tensors only; ``NAME.json`` holds the architecture, input channels
+and how to build them, normalisation statistics, the decision threshold and training
+provenance. Nothing is ever unpickled: a pickle-based checkpoint (``.pt``, ``.pth``, ...) is
+refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from slidemap.data.channels import InputSpec
+from slidemap.errors import SlidemapError
+from slidemap.io.atomic import atomic_path
+from slidemap.models import build_model
+
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
+
+
+@dataclass
+class ModelBundle:
+    """A built model with everything prediction needs besides the rasters."""
+
+    model: nn.Module
+    architecture: str
+    width: int
+    options: dict
+    inputs: InputSpec
+    mean: list[float]
+    std: list[float]
+    threshold: float = 0.5
+    provenance: dict = field(default_factory=dict)
+
+    def sidecar(self) -> dict:
+        return {
+            "format": "slidemap-model",
+            "format_version": FORMAT_VERSION,
+            "architecture": self.architecture,
+            "width": self.width,
+            "options": self.options,
+            "in_channels": len(self.inputs.channels),
+            "inputs": self.inputs.to_dict(),
+            "channels": self.inputs.channels,
+            "normalisation": {"mean": self.mean, "std": self.std},
+            "threshold": self.threshold,
+            "provenance": self.provenance,
+        }
+
+
+def model_paths(path: str | Path) -> tuple[Path, Path]:
+    """The (weights, sidecar) pair for ``path`` given with either suffix or none."""
+    path = Path(path)
+    if path.suffix in {".safetensors", ".json"}:
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def save_model(bundle: ModelBundle, path: str | Path) -> Path:
+    """Write weights and sidecar atomically; returns the weights path."""
+    weights_path, sidecar_path = model_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in bundle.model.state_dict().items()}
+    with atomic_path(weights_path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "slidemap-model"})
+    with atomic_path(sidecar_path) as tmp:
+        tmp.write_text(json.dumps(bundle.sidecar(), indent=2) + "\n")
+    return weights_path
+
+
+def load_model(path: str | Path) -> ModelBundle:
+    """Build the model described by the sidecar and load its weights without unpickling."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise SlidemapError(
+            f"{path} is a pickle-based checkpoint, which can run code when loaded: slidemap only "
+            "loads NAME.safetensors + NAME.json model files"
+        )
+    weights_path, sidecar_path = model_paths(path)
+    for p in (weights_path, sidecar_path):
+        if not p.exists():
+            raise SlidemapError(f"model file {p} does not exist: pass NAME.safetensors with "
+                                "its NAME.json beside it")
+    try:
+        config = json.loads(sidecar_path.read_text())
+        inputs = InputSpec.from_dict(config["inputs"])
+        model = build_model(config["architecture"], len(inputs.channels), int(config["width"]),
+                            **config.get("options", {}))
+        norm = config["normalisation"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({exc}): "
+                            "re-export the model with slidemap") from exc
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
+                            f"({exc}): re-download or re-train the model") from exc
+    _check_state(model, state, weights_path)
+    model.load_state_dict(state)
+    model.eval()
+    return ModelBundle(
+        model=model, architecture=config["architecture"], width=int(config["width"]),
+        options=config.get("options", {}), inputs=inputs, mean=list(norm["mean"]),
+        std=list(norm["std"]), threshold=float(config.get("threshold", 0.5)),
+        provenance=config.get("provenance", {}),
+    )
+
+
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or extra or wrong:
+        if missing:
+            detail = f"missing {missing[:2]}"
+        elif extra:
+            detail = f"unexpected {extra[:2]}"
+        else:
+            key = wrong[0]
+            detail = f"shape of {key} is {found[key]}, the sidecar says {expected[key]}"
+        raise SlidemapError(f"model weights {path} do not match their sidecar ({detail}): "
+                            "the two files must come from the same training run")

@@ -1,0 +1,20 @@
+"""Segmentation networks, built by name from a registry.
+
+Importing this package imports every architecture module so that each registers itself.
+"""
+
+from slidemap.models import (  # noqa: F401  (registers architectures)
+    da_unet,
+    deeplabv3plus,
+    fcn,
+    fusion,
+    pspnet,
+    resunet,
+    segformer,
+    unet,
+    unetpp,
+)
+from slidemap.models.registry import build_model, count_parameters, list_models, register
+from slidemap.models.summary import model_table
+
+__all__ = ["build_model", "count_parameters", "list_models", "model_table", "register"]

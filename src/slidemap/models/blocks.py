@@ -1,0 +1,124 @@
+"""Building blocks shared by several architectures."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBNReLU(nn.Sequential):
+    """3×3 (or k×k) convolution, batch norm, ReLU: the unit every encoder here is made of."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, dilation: int = 1, stride: int = 1):
+        padding = dilation * (kernel // 2)
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation,
+                      bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DoubleConv(nn.Sequential):
+    """The classic U-Net stage: two 3×3 conv-BN-ReLU units."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(ConvBNReLU(cin, cout), ConvBNReLU(cout, cout))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3×3 convs with an identity (or 1×1 projected) shortcut, as in ResNet / ResUNet.
+
+    ``dilation`` > 1 widens the receptive field without down-sampling (dilated ResNets of
+    DeepLab / PSPNet); the default is the plain block.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation,
+                      bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class PooledBranch(nn.Module):
+    """Average-pool to ``bins``×``bins``, 1×1 conv + ReLU, up-sample back: global context.
+
+    The pyramid pooling of PSPNet and the image pooling of ASPP. No batch norm: a 1×1 bin with a
+    batch of one would leave it a single value per channel to normalise.
+    """
+
+    def __init__(self, cin: int, cout: int, bins: int = 1):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(bins)
+        self.conv = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(self.pool(x)))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: parallel dilated convs (and optionally image pooling),
+    concatenated and fused by a 1×1 conv-BN-ReLU, to see context at several scales at once.
+
+    Every branch is a 3×3 conv-BN-ReLU, except that ``pointwise_rate_one`` makes the rate-1 branch
+    a 1×1 conv as in DeepLab.
+    """
+
+    def __init__(self, cin: int, cout: int, dilations: tuple[int, ...],
+                 image_pooling: bool = False, pointwise_rate_one: bool = False):
+        super().__init__()
+        self.dilations = tuple(dilations)
+        self.branches = nn.ModuleList(
+            ConvBNReLU(cin, cout, kernel=1 if d == 1 and pointwise_rate_one else 3, dilation=d)
+            for d in self.dilations
+        )
+        if image_pooling:
+            self.branches.append(PooledBranch(cin, cout))
+        self.fuse = ConvBNReLU(len(self.branches) * cout, cout, kernel=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad H and W up to a multiple of ``multiple``; returns the original (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+class AnySizeModel(nn.Module):
+    """Base for encoder–decoder models: pads the input to the network's stride and crops back."""
+
+    stride: int = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention_maps: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, (h, w) = pad_to_multiple(x, self.stride)
+        self.attention_maps = {}
+        logits = self.forward_padded(padded)
+        return logits[..., :h, :w]
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,71 @@
+"""Two-stream fusion network: optical bands and elevation bands get their own residual encoders.
+
+Spectra and terrain have different statistics, so each stream learns its own features; they meet
+in latent space (concatenate, 1×1 conv, residual block) at the bottleneck, and the skip at every
+level is the sum of both streams. The residual decoder applies contextual (CBAM-like) attention
+after each stage; maps are kept as ``level{i}_contextual_{channel,spatial}``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slidemap.errors import SlidemapError
+from slidemap.models.attention import ContextualAttention, Maps, keep_maps
+from slidemap.models.blocks import AnySizeModel, ConvBNReLU, ResidualBlock
+from slidemap.models.registry import register
+from slidemap.models.resunet import ResidualDecoder, ResidualEncoder
+
+
+class AttentiveResidualDecoder(ResidualDecoder):
+    """The residual decoder with contextual attention after every stage."""
+
+    def __init__(self, widths: list[int]):
+        super().__init__(widths)
+        self.attention = nn.ModuleList(ContextualAttention(fine) for fine in widths[-2::-1])
+
+    def forward(self, features: list[torch.Tensor], store: Maps | None = None) -> torch.Tensor:
+        x = features[-1]
+        level = len(features) - 2
+        for stage, attention, skip in zip(self.stages, self.attention, features[-2::-1],
+                                          strict=True):
+            x, maps = attention(stage(self.merge(x, skip)))
+            if store is not None:
+                keep_maps(store, f"level{level}", maps)
+            level -= 1
+        return x
+
+
+class FusionNet(AnySizeModel):
+    def __init__(self, in_channels: int, width: int = 32, depth: int = 4,
+                 elevation_channels: int | None = None):
+        super().__init__()
+        k = min(2, in_channels - 1) if elevation_channels is None else elevation_channels
+        if not 1 <= k < in_channels:
+            raise SlidemapError(
+                f"fusion needs 1 ≤ elevation_channels < in_channels ({in_channels}), got {k}"
+            )
+        self.elevation_channels = k
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.stride = 2**depth
+        self.optical = ResidualEncoder(in_channels - k, widths)
+        self.elevation = ResidualEncoder(k, widths)
+        self.fuse = nn.Sequential(ConvBNReLU(2 * widths[-1], widths[-1], kernel=1),
+                                  ResidualBlock(widths[-1], widths[-1]))
+        self.decoder = AttentiveResidualDecoder(widths)
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.elevation_channels
+        optical = self.optical(x[:, :-k])
+        elevation = self.elevation(x[:, -k:])
+        features = [o + e for o, e in zip(optical[:-1], elevation[:-1], strict=True)]
+        features.append(self.fuse(torch.cat([optical[-1], elevation[-1]], dim=1)))
+        return self.head(self.decoder(features, self.attention_maps))
+
+
+@register("fusion")
+def build_fusion(in_channels: int, width: int = 32, depth: int = 4,
+                 elevation_channels: int | None = None) -> nn.Module:
+    return FusionNet(in_channels, width, depth, elevation_channels)

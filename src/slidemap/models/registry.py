@@ -1,0 +1,45 @@
+"""A registry of architectures by name, in the manner of segmentation_models.pytorch.
+
+Every architecture is a builder ``(in_channels, width, **options) -> nn.Module`` whose module
+takes ``(B, C, H, W)`` of any H, W and returns landslide logits ``(B, 1, H, W)``. Models with
+attention keep the last forward's maps in ``model.attention_maps`` (name -> ``(B, 1|C, h, w)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from slidemap.errors import SlidemapError
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Register ``builder`` under ``name``; names are unique."""
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"architecture {name!r} is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, in_channels: int, width: int = 32, **options: object) -> nn.Module:
+    """Build architecture ``name`` for ``in_channels`` inputs at base ``width``."""
+    if name not in _REGISTRY:
+        known = ", ".join(list_models())
+        raise SlidemapError(f"unknown model {name!r}: choose one of {known}")
+    return _REGISTRY[name](in_channels=in_channels, width=width, **options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

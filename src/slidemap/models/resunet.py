@@ -1,0 +1,73 @@
+"""Residual U-Net (Zhang et al., 2018): U-Net whose stages are residual blocks.
+
+Identity shortcuts make the deeper stack easy to train from scratch; down-sampling is the stride
+of each stage's first convolution rather than max pooling.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slidemap.models.blocks import AnySizeModel, ResidualBlock
+from slidemap.models.registry import register
+
+
+class ResidualEncoder(nn.Module):
+    """A residual block per level, strided from the second on; returns every level, finest first."""
+
+    def __init__(self, in_channels: int, widths: list[int]):
+        super().__init__()
+        self.stages = nn.ModuleList([ResidualBlock(in_channels, widths[0])])
+        for cin, cout in pairwise(widths):
+            self.stages.append(ResidualBlock(cin, cout, stride=2))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class ResidualDecoder(nn.Module):
+    """Up-sample, concatenate the skip, residual block; from the coarsest level to the finest."""
+
+    def __init__(self, widths: list[int]):
+        super().__init__()
+        self.stages = nn.ModuleList(
+            ResidualBlock(coarse + fine, fine)
+            for coarse, fine in zip(widths[:0:-1], widths[-2::-1], strict=True)
+        )
+
+    @staticmethod
+    def merge(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([x, skip], dim=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for stage, skip in zip(self.stages, features[-2::-1], strict=True):
+            x = stage(self.merge(x, skip))
+        return x
+
+
+class ResUNet(AnySizeModel):
+    def __init__(self, in_channels: int, width: int = 32, depth: int = 4):
+        super().__init__()
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.stride = 2**depth
+        self.encoder = ResidualEncoder(in_channels, widths)
+        self.decoder = ResidualDecoder(widths)
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.encoder(x)))
+
+
+@register("resunet")
+def build_resunet(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+    return ResUNet(in_channels, width, depth)

@@ -1,0 +1,1 @@
+"""Training: losses and the pieces a training loop assembles."""

@@ -1,0 +1,167 @@
+"""The training loop: random windows, AdamW + cosine schedule, validation every epoch.
+
+The best epoch by validation F1 (landslide class) is written as a model file; every epoch also
+writes a resumable checkpoint and a line of history.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from slidemap.data.dataset import (
+    RandomWindows,
+    SceneArrays,
+    load_scene_arrays,
+    normalised,
+    scene_stats,
+)
+from slidemap.data.normalization import BandStats
+from slidemap.errors import SlidemapError
+from slidemap.infer.runtime import autocast
+from slidemap.infer.sliding import predict_array
+from slidemap.io.modelfile import ModelBundle, save_model
+from slidemap.models import build_model, count_parameters
+from slidemap.train.checkpoint import load_checkpoint, save_checkpoint
+from slidemap.train.config import RunConfig
+from slidemap.train.losses import build_loss
+from slidemap.train.metrics import BinaryConfusion
+
+console = Console(stderr=True)
+
+
+def train(config: RunConfig, out_dir: Path, resume: bool = False) -> Path:
+    """Train as ``config`` says into ``out_dir``; returns the path of the best model file."""
+    settings = config.train
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    train_scenes = [load_scene_arrays(s.image, s.mask, s.dem, config.inputs)
+                    for s in config.train_scenes]
+    val_scenes = [load_scene_arrays(s.image, s.mask, s.dem, config.inputs)
+                  for s in config.val_scenes]
+    stats = scene_stats(train_scenes)
+    windows = RandomWindows(train_scenes, stats, settings.tile, settings.windows_per_epoch,
+                            settings.min_valid, settings.augment, settings.seed)
+
+    model = build_model(config.model.name, len(config.inputs.channels), config.model.width,
+                        **config.model.options).to(memory_format=torch.channels_last)
+    loss_fn = build_loss(config.loss)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    steps_per_epoch = -(-settings.windows_per_epoch // settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
+        pct_start=0.1, anneal_strategy="cos")
+
+    checkpoint = out_dir / "checkpoint.safetensors"
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "seconds": 0.0}
+    if resume:
+        if not checkpoint.exists():
+            raise SlidemapError(f"nothing to resume in {out_dir}: no checkpoint.safetensors")
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        console.print(f"resuming after epoch {state['epoch']}")
+
+    console.print(f"{config.model.name} ({count_parameters(model):,} parameters), "
+                  f"{len(config.inputs.channels)} channels {config.inputs.channels}, "
+                  f"{settings.epochs} epochs × {steps_per_epoch} steps")
+    history_path = out_dir / "history.csv"
+    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
+        torch.manual_seed(settings.seed * 100_003 + epoch)
+        t0 = time.perf_counter()
+        train_loss = _train_epoch(model, windows, epoch, settings.batch_size, loss_fn, optimizer,
+                                  scheduler, settings.precision, steps_per_epoch)
+        scores = evaluate_arrays(model, val_scenes, stats, config) if val_scenes else {}
+        state["seconds"] += time.perf_counter() - t0
+        row = {"epoch": epoch, "train_loss": round(train_loss, 5),
+               "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 1),
+               **{f"val_{k}": round(v, 5) for k, v in scores.items()
+                  if k in ("f1", "iou", "precision", "recall", "auc")}}
+        _append_history(history_path, row, fresh=epoch == 1)
+        console.print("  ".join(f"{k} {v}" for k, v in row.items()))
+        f1 = scores.get("f1", -train_loss)
+        if f1 > state["best_f1"]:
+            state.update(best_f1=f1, best_epoch=epoch)
+            _save_bundle(model, config, stats, out_dir / "model", state, scores)
+        state["epoch"] = epoch
+        save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+
+    summary = {"best_epoch": state["best_epoch"], "best_val_f1": state["best_f1"],
+               "train_seconds": round(state["seconds"], 1),
+               "wall_seconds": round(time.perf_counter() - started, 1)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"best epoch {state['best_epoch']}: val F1 {state['best_f1']:.4f} → "
+                  f"{out_dir / 'model.safetensors'}")
+    return out_dir / "model.safetensors"
+
+
+def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, batch_size: int,
+                 loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, precision: str,
+                 steps: int) -> float:
+    model.train()
+    losses = []
+    with Progress(TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("train", total=steps)
+        for batch in windows.epoch(epoch, batch_size):
+            x = torch.from_numpy(batch["x"]).to(memory_format=torch.channels_last)
+            target = torch.from_numpy(batch["target"])
+            valid = torch.from_numpy(batch["valid"])
+            with autocast(precision):
+                logits = model(x)
+            loss = loss_fn(logits.float(), target, valid)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            progress.advance(task)
+    return float(np.mean(losses))
+
+
+def evaluate_arrays(model: torch.nn.Module, scenes: list[SceneArrays], stats: BandStats,
+                    config: RunConfig, threshold: float = 0.5) -> dict[str, float]:
+    """Blended sliding-window prediction of whole validation scenes, scored in one matrix."""
+    model.eval()
+    confusion = BinaryConfusion(threshold)
+    for scene in scenes:
+        prob = predict_array(model, normalised(scene, stats), config.predict.tile,
+                             config.predict.overlap, config.predict.batch_size,
+                             config.train.precision)
+        confusion.update(prob, scene.target)
+    return confusion.metrics()
+
+
+def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, path: Path,
+                 state: dict, scores: dict) -> None:
+    bundle = ModelBundle(
+        model=model, architecture=config.model.name, width=config.model.width,
+        options=dict(config.model.options), inputs=config.inputs, mean=list(stats.mean),
+        std=list(stats.std), threshold=0.5,
+        provenance={"config": config.to_dict(), "epoch": state["best_epoch"],
+                    "validation": {k: scores[k] for k in
+                                   ("precision", "recall", "f1", "iou", "miou", "auc")
+                                   if k in scores},
+                    "torch": torch.__version__},
+    )
+    save_model(bundle, path)
+
+
+def _append_history(path: Path, row: dict, fresh: bool) -> None:
+    mode = "w" if fresh or not path.exists() else "a"
+    with path.open(mode, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if mode == "w":
+            writer.writeheader()
+        writer.writerow(row)

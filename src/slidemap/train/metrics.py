@@ -1,0 +1,74 @@
+"""Segmentation metrics from one confusion matrix accumulated over all valid pixels of a run.
+
+Per-tile averaging over-weights small or empty tiles, so every figure here comes from counts summed
+over the whole evaluation set. AUC comes from probability histograms, so it streams too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AUC_BINS = 1000
+
+
+class BinaryConfusion:
+    """Accumulates TP/FP/FN/TN of the landslide class and probability histograms per class."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self.counts = np.zeros(4, dtype=np.int64)  # tp, fp, fn, tn
+        self.pos_hist = np.zeros(AUC_BINS, dtype=np.int64)
+        self.neg_hist = np.zeros(AUC_BINS, dtype=np.int64)
+
+    def update(self, prob: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add pixels where ``valid`` (and target ≠ 255); ``target`` is 0/1 (255 = ignore)."""
+        keep = target != 255
+        if valid is not None:
+            keep &= valid
+        keep &= np.isfinite(prob)
+        p = prob[keep]
+        t = target[keep].astype(bool)
+        pred = p >= self.threshold
+        self.counts += np.array([
+            np.count_nonzero(pred & t), np.count_nonzero(pred & ~t),
+            np.count_nonzero(~pred & t), np.count_nonzero(~pred & ~t),
+        ], dtype=np.int64)
+        bins = np.clip((p * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
+        self.pos_hist += np.bincount(bins[t], minlength=AUC_BINS)
+        self.neg_hist += np.bincount(bins[~t], minlength=AUC_BINS)
+
+    def update_from_mask(self, pred: np.ndarray, target: np.ndarray,
+                         valid: np.ndarray | None = None) -> None:
+        """Add a hard 0/1 prediction (no probabilities: AUC then reflects the single threshold)."""
+        self.update(pred.astype(np.float32), target, valid)
+
+    def metrics(self) -> dict[str, float]:
+        tp, fp, fn, tn = (int(c) for c in self.counts)
+        precision = _ratio(tp, tp + fp)
+        recall = _ratio(tp, tp + fn)
+        iou = _ratio(tp, tp + fp + fn)
+        iou_background = _ratio(tn, tn + fp + fn)
+        return {
+            "precision": precision,
+            "recall": recall,
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "iou": iou,
+            "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+            "miou": (iou + iou_background) / 2,
+            "auc": self.auc(),
+            "pixels": tp + fp + fn + tn,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        }
+
+    def auc(self) -> float:
+        """Area under the ROC curve by the Mann–Whitney count, ties within a bin counted half."""
+        pos, neg = self.pos_hist.astype(np.float64), self.neg_hist.astype(np.float64)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos == 0 or n_neg == 0:
+            return float("nan")
+        neg_below = np.cumsum(neg) - neg
+        return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
+def _ratio(num: int, den: int) -> float:
+    return float(num) / den if den else 0.0

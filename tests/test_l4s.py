@@ -1,0 +1,133 @@
+"""Landslide4Sense HDF5 readers, on tiny fixtures written in the release's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from slidemap.data.l4s import BAND_NAMES, L4SDataset
+from slidemap.errors import SlidemapError
+
+RNG = np.random.default_rng(0)
+
+
+def patch(seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """An (H, W, 14) float image whose channel k holds k + seed everywhere, and a 0/1 mask."""
+    img = np.broadcast_to(np.arange(14, dtype=np.float32) + seed, (size, size, 14)).copy()
+    mask = (RNG.random((size, size)) > 0.8).astype(np.uint8)
+    return img, mask
+
+
+def write_release(root: Path, numbers: list[int], masks: bool = True) -> dict[int, tuple]:
+    """The L4S layout: img/image_N.h5 with 'img', mask/mask_N.h5 with 'mask'."""
+    (root / "img").mkdir(parents=True)
+    if masks:
+        (root / "mask").mkdir()
+    data = {}
+    for n in numbers:
+        img, mask = patch(n)
+        with h5py.File(root / "img" / f"image_{n}.h5", "w") as f:
+            f["img"] = img
+        if masks:
+            with h5py.File(root / "mask" / f"mask_{n}.h5", "w") as f:
+                f["mask"] = mask
+        data[n] = (img, mask)
+    return data
+
+
+def test_release_layout_selects_bands_by_name(tmp_path: Path) -> None:
+    data = write_release(tmp_path, [10, 2, 1])
+    ds = L4SDataset(tmp_path, bands=["b8", "B2", "DEM", "slope"])
+
+    assert ds.names == ["image_1", "image_2", "image_10"]  # numeric order
+    assert ds.labelled and len(ds) == 3
+    sample = ds[2]
+    img, mask = data[10]
+    assert sample["image"].shape == (2, 16, 16) and sample["image"].dtype == np.float32
+    np.testing.assert_array_equal(sample["image"][0], img[..., 7])  # B8 is channel 8
+    np.testing.assert_array_equal(sample["image"][1], img[..., 1])
+    np.testing.assert_array_equal(sample["slope"][0], img[..., 12])
+    np.testing.assert_array_equal(sample["dem"][0], img[..., 13])
+    assert sample["dem"].shape == (1, 16, 16)
+    np.testing.assert_array_equal(sample["mask"], mask)
+    assert sample["valid"].all()
+
+
+def test_default_bands_and_optical_only(tmp_path: Path) -> None:
+    write_release(tmp_path, [1])
+    sample = L4SDataset(tmp_path)[0]
+    assert sample["image"].shape == (4, 16, 16)
+    assert {"slope", "dem"} <= sample.keys()
+    optical = L4SDataset(tmp_path, bands=["B4", "B3", "B2"])[0]
+    assert "slope" not in optical and "dem" not in optical
+    np.testing.assert_array_equal(optical["image"][:, 0, 0], [1 + 3, 1 + 2, 1 + 1])
+
+
+def test_unknown_band_lists_valid_names(tmp_path: Path) -> None:
+    write_release(tmp_path, [1])
+    with pytest.raises(SlidemapError, match="unknown Landslide4Sense band 'B8A'") as info:
+        L4SDataset(tmp_path, bands=["B2", "B8A"])
+    assert all(name in str(info.value) for name in BAND_NAMES)
+    with pytest.raises(SlidemapError, match="no optical band"):
+        L4SDataset(tmp_path, bands=["dem"])
+
+
+def test_nan_becomes_ignore(tmp_path: Path) -> None:
+    img, mask = patch(0)
+    img[3, 4, 1] = np.nan  # B2
+    img[5, 6, 0] = np.nan  # B1, not selected: harmless
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f["img"] = img
+        f["mask"] = mask
+    sample = L4SDataset(tmp_path, bands=["B2", "B3"])[0]
+    assert sample["mask"][3, 4] == 255 and not sample["valid"][3, 4]
+    assert sample["valid"].sum() == 16 * 16 - 1
+
+
+def test_single_file_layout_unlabelled_and_labelled(tmp_path: Path) -> None:
+    for n in range(3):
+        img, mask = patch(n)
+        with h5py.File(tmp_path / f"patch_{n}.h5", "w") as f:
+            f["img"] = img
+    ds = L4SDataset(tmp_path)
+    assert len(ds) == 3 and not ds.labelled and "mask" not in ds[0]
+
+    with h5py.File(tmp_path / "patch_0.h5", "a") as f:
+        f["mask"] = mask
+    with pytest.raises(SlidemapError, match=r"patch_1\.h5 has no 'mask'"):
+        L4SDataset(tmp_path)
+
+
+def test_release_without_mask_folder_is_unlabelled(tmp_path: Path) -> None:
+    write_release(tmp_path, [1, 2], masks=False)
+    ds = L4SDataset(tmp_path)
+    assert not ds.labelled and "mask" not in ds[1]
+
+
+def test_missing_mask_file_and_wrong_shape_are_errors(tmp_path: Path) -> None:
+    write_release(tmp_path / "a", [1, 2])
+    (tmp_path / "a" / "mask" / "mask_2.h5").unlink()
+    with pytest.raises(SlidemapError, match=r"image_2.h5 has no mask .*mask_2.h5"):
+        L4SDataset(tmp_path / "a")
+
+    (tmp_path / "b").mkdir()
+    with h5py.File(tmp_path / "b" / "x.h5", "w") as f:
+        f["img"] = np.zeros((16, 16, 12), np.float32)
+    with pytest.raises(SlidemapError, match=r"expected \(H, W, 14\)"):
+        L4SDataset(tmp_path / "b")[0]
+
+
+def test_bad_mask_values_name_the_file(tmp_path: Path) -> None:
+    write_release(tmp_path, [1])
+    with h5py.File(tmp_path / "mask" / "mask_1.h5", "w") as f:
+        f["mask"] = np.full((16, 16), 3, np.uint8)
+    with pytest.raises(SlidemapError, match=r"mask_1.h5 has values \{3\}"):
+        L4SDataset(tmp_path)[0]
+
+
+def test_folder_without_h5_files_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SlidemapError, match=r"has no \.h5 files"):
+        L4SDataset(tmp_path)

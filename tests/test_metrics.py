@@ -1,0 +1,44 @@
+"""Metrics from one confusion matrix, checked against hand-computed figures."""
+
+import numpy as np
+import pytest
+
+from slidemap.train.metrics import BinaryConfusion
+
+
+def test_metrics_match_hand_computed_confusion() -> None:
+    # 10 valid pixels: TP=3, FP=1, FN=2, TN=4; two more pixels are ignored (255).
+    target = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 255, 255], dtype=np.uint8)
+    prob = np.array([.9, .8, .7, .6, .4, .1, .3, .2, .1, .0, .99, .0], dtype=np.float32)
+    confusion = BinaryConfusion(threshold=0.5)
+    confusion.update(prob, target)
+    m = confusion.metrics()
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 2, 4)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 5)
+    assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))
+    assert m["iou"] == pytest.approx(3 / 6)
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    assert m["miou"] == pytest.approx((3 / 6 + 4 / 7) / 2)
+    # AUC by pairs: positives .9 .8 .7 .4 .1 vs negatives .6 .3 .2 .1 .0 win
+    # 5 + 5 + 5 + 4 + 1.5 = 20.5 of 25 pairs (the .1/.1 tie counts half).
+    assert m["auc"] == pytest.approx(20.5 / 25, abs=1e-9)
+
+
+def test_accumulating_in_pieces_equals_one_pass() -> None:
+    rng = np.random.default_rng(1)
+    prob = rng.random(1000).astype(np.float32)
+    target = (rng.random(1000) < 0.3).astype(np.uint8)
+    whole = BinaryConfusion()
+    whole.update(prob, target)
+    parts = BinaryConfusion()
+    for chunk in np.array_split(np.arange(1000), 7):
+        parts.update(prob[chunk], target[chunk])
+    assert whole.metrics() == parts.metrics()
+
+
+def test_valid_mask_and_nan_probabilities_are_left_out() -> None:
+    confusion = BinaryConfusion()
+    confusion.update(np.array([np.nan, 1.0, 0.0]), np.array([1, 1, 0], dtype=np.uint8),
+                     valid=np.array([True, True, False]))
+    assert confusion.metrics()["pixels"] == 1
