@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,24 @@ def tiny_model(tmp_path: Path) -> Path:
                          width=4, options={"depth": 2}, inputs=spec,
                          mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0])
     return save_model(bundle, tmp_path / "models" / "tiny")
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+            ) -> Callable[..., tuple[int, str]]:
+    """Run the real ``slidemap`` entry point in-process; returns (exit code, stderr).
+
+    In-process because a subprocess would re-import torch for every call.
+    """
+    from slidemap import cli
+
+    def run(*args: object) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["slidemap", *map(str, args)])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
+    return run

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.progress import Progress
 
 from slidemap.errors import SlidemapError
-from slidemap.infer.evaluate import evaluate_raster
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.evaluate import score_raster
 from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.infer.vectorize import build_inventory, write_inventory
-from slidemap.io.modelfile import ModelBundle, load_model
+from slidemap.io.atomic import staged
+from slidemap.io.modelfile import load_model
+from slidemap.report.plots import write_evaluation_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet.safetensors"
@@ -39,51 +43,75 @@ def check_outputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> Non
             raise SlidemapError(f"output {path} exists: pass --overwrite or choose another --out")
 
 
-def predict(image: Path, out_dir: Path, dem: Path | None = None, model: Path | None = None,
+def load_predictor(models: Path | Sequence[Path] | None, options: PredictOptions) -> Predictor:
+    """The shipped model, one model file, or an ensemble of several (probabilities averaged)."""
+    if models is None or (not isinstance(models, Path) and not models):
+        paths: list[Path] = [default_model_path()]
+    else:
+        paths = [models] if isinstance(models, Path) else list(models)
+    return Predictor([load_model(p) for p in paths], options.tta, options.precision)
+
+
+def predict(image: Path, out_dir: Path, dem: Path | None = None,
+            model: Path | Sequence[Path] | None = None,
             options: PredictOptions | None = None, min_area_m2: float = 0.0,
             simplify_m: float = 0.0, overwrite: bool = False,
             progress: Progress | None = None) -> dict:
     """Map landslides in ``image``: probability, mask and inventory files in ``out_dir``."""
-    bundle = load_model(model or default_model_path())
+    options = options or PredictOptions()
+    predictor = load_predictor(model, options)
     paths = output_paths(image, out_dir)
     check_outputs(list(paths.values()), [image] + ([dem] if dem else []), overwrite)
     _make_dir(out_dir)
-    counts = predict_scene(bundle, image, dem, paths["prob"], paths["mask"],
-                           options or PredictOptions(), progress)
-    inventory = build_inventory(paths["mask"], paths["prob"], min_area_m2, simplify_m)
-    write_inventory(inventory, paths["inventory"])
+    with staged(paths) as tmp:  # all three files appear together, or none does
+        counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
+                               progress)
+        inventory = build_inventory(tmp["mask"], tmp["prob"], min_area_m2, simplify_m)
+        write_inventory(inventory, tmp["inventory"])
     return {**{k: str(v) for k, v in paths.items()}, **counts, "landslides": len(inventory),
             "landslide_area_m2": float(inventory.attributes["area_m2"].sum())}
 
 
 def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = None,
-             dem: Path | None = None, model: Path | None = None, out_dir: Path | None = None,
+             dem: Path | None = None, model: Path | Sequence[Path] | None = None,
+             out_dir: Path | None = None,
              threshold: float | None = None, options: PredictOptions | None = None,
              overwrite: bool = False, progress: Progress | None = None) -> dict:
     """Metrics of a prediction raster, or of a model run on ``image``, against ``truth``."""
     if (prediction is None) == (image is None):
         raise SlidemapError("evaluate needs either --prediction RASTER or --image IMAGE "
                             "(with --model) to score")
-    report: dict = {"truth": str(truth)}
-    if image is not None:
-        bundle: ModelBundle = load_model(model or default_model_path())
-        if out_dir is None:
-            raise SlidemapError("evaluating a model needs --out DIR for its predicted rasters")
+    if image is not None and out_dir is None:
+        raise SlidemapError("evaluating a model needs --out DIR for its predicted rasters")
+    options = options or PredictOptions()
+    predictor = load_predictor(model, options) if image is not None else None
+    outputs: dict[str, Path] = {}
+    if image is not None and out_dir is not None:
         paths = output_paths(image, out_dir)
-        check_outputs([paths["prob"], paths["mask"]], [image, truth], overwrite)
-        _make_dir(out_dir)
-        predict_scene(bundle, image, dem, paths["prob"], paths["mask"],
-                      options or PredictOptions(), progress)
-        prediction = paths["prob"]
-        threshold = bundle.threshold if threshold is None else threshold
-        report["model"] = str(model or default_model_path())
-    assert prediction is not None
-    report["prediction"] = str(prediction)
-    report["threshold"] = 0.5 if threshold is None else threshold
-    report["metrics"] = evaluate_raster(prediction, truth, report["threshold"])
+        outputs = {"prob": paths["prob"], "mask": paths["mask"]}
     if out_dir is not None:
+        outputs["metrics"] = out_dir / "metrics.json"
+        check_outputs(list(outputs.values()),
+                      [p for p in (truth, prediction, image, dem) if p is not None], overwrite)
         _make_dir(out_dir)
-        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    report: dict = {"truth": str(truth)}
+    with staged(outputs) as tmp:  # rasters and metrics appear together, or none does
+        scored = prediction
+        if predictor is not None and image is not None:
+            predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options, progress)
+            scored, prediction = tmp["prob"], outputs["prob"]
+            threshold = predictor.threshold if threshold is None else threshold
+            report["model"] = [str(p) for p in predictor.paths]
+        assert scored is not None and prediction is not None
+        report["prediction"] = str(prediction)
+        report["threshold"] = 0.5 if threshold is None else threshold
+        confusion = score_raster(scored, truth, report["threshold"])
+        report["metrics"] = confusion.metrics()
+        if out_dir is not None:
+            tmp["metrics"].write_text(json.dumps(report, indent=2) + "\n")
+    if out_dir is not None:
+        report["plots"] = {k: str(v) for k, v in write_evaluation_plots(
+            out_dir, confusion, prediction, truth, image).items()}
     return report
 
 

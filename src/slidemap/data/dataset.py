@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio.windows import Window
@@ -15,6 +16,9 @@ from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import random_windows
 from slidemap.errors import SlidemapError
+
+if TYPE_CHECKING:
+    from slidemap.train.recipes import Recipes
 
 
 @dataclass
@@ -73,11 +77,13 @@ class RandomWindows:
     """Each epoch, fresh random windows from every scene, drawn from a seed and the epoch number.
 
     Seeding by epoch (not by a running generator) makes an epoch's batches the same whether
-    training ran straight through or was resumed from a checkpoint.
+    training ran straight through or was resumed from a checkpoint. Optional ``recipes`` (mixup,
+    jitter, zoom, hard examples; see ``slidemap.train.recipes``) draw from that same generator.
     """
 
     def __init__(self, scenes: list[SceneArrays], stats: BandStats, tile: int,
-                 windows_per_epoch: int, min_valid: float, augment: bool, seed: int) -> None:
+                 windows_per_epoch: int, min_valid: float, augment: bool, seed: int,
+                 recipes: Recipes | None = None) -> None:
         self.scenes = scenes
         self.inputs = [normalised(s, stats) for s in scenes]
         self.tile = tile
@@ -85,14 +91,15 @@ class RandomWindows:
         self.min_valid = min_valid
         self.augment = augment
         self.seed = seed
+        self.recipes = recipes
         weights = np.array([s.valid.sum() for s in scenes], dtype=np.float64)
         self.scene_weights = weights / weights.sum()
 
     def epoch(self, epoch: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of ``x`` (B,C,T,T) float32, ``target`` (B,1,T,T) float32, ``valid`` bool."""
         rng = np.random.default_rng([self.seed, epoch])
-        counts = rng.multinomial(self.windows_per_epoch, self.scene_weights)
-        picks = []
+        picks = self.recipes.hard_windows(rng) if self.recipes else []
+        counts = rng.multinomial(self.windows_per_epoch - len(picks), self.scene_weights)
         for index, count in enumerate(counts):
             scene = self.scenes[index]
             for window in random_windows(scene.valid, self.tile, int(count), self.min_valid, rng):
@@ -103,7 +110,8 @@ class RandomWindows:
         rng.shuffle(picks)
         for start in range(0, len(picks), batch_size):
             samples = [self._sample(i, w, rng) for i, w in picks[start:start + batch_size]]
-            yield {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+            batch = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+            yield self.recipes.batch(batch, rng) if self.recipes else batch
 
     def _sample(self, index: int, window: Window, rng: np.random.Generator) -> dict:
         rows = slice(window.row_off, window.row_off + window.height)
@@ -112,6 +120,8 @@ class RandomWindows:
         arrays = {"x": self.inputs[index][:, rows, cols], "labels": labels[None]}
         if self.augment:
             arrays = flip_rot90(arrays, rng)
+        if self.recipes:
+            arrays = self.recipes.sample(arrays, rng)
         labels = arrays["labels"]
         return {
             "x": arrays["x"],

@@ -7,7 +7,10 @@ Reads can be decimated by an integer ``factor`` to a coarser working resolution.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -15,7 +18,7 @@ import numpy as np
 import rasterio
 from rasterio.coords import disjoint_bounds
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -34,7 +37,9 @@ def open_raster(path: str | Path, role: str) -> rasterio.DatasetReader:
     if path.is_dir():
         raise SlidemapError(f"{role} {path} is a folder: pass a raster file (GeoTIFF)")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():  # a missing CRS is checked (and explained) by the caller
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
     except RasterioIOError as exc:
         raise SlidemapError(
             f"{role} {path} cannot be read as a raster ({_first_line(exc)}): "
@@ -45,6 +50,19 @@ def open_raster(path: str | Path, role: str) -> rasterio.DatasetReader:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def reading(role: str, path: str | Path | None) -> Iterator[None]:
+    """Turn a GDAL failure while reading (a truncated or corrupt file) into a one-line error."""
+    try:
+        yield
+    except RasterioError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        raise SlidemapError(
+            f"{role} {path} cannot be read ({_first_line(cause)}): is it a complete, "
+            "uncorrupted GeoTIFF?"
+        ) from exc
 
 
 class Scene:
@@ -58,6 +76,8 @@ class Scene:
         require_crs: bool = True,
     ) -> None:
         self.image_path = Path(image)
+        self.dem_path = Path(dem) if dem is not None else None
+        self.mask_path = Path(mask) if mask is not None else None
         self._image = open_raster(image, "image")
         self._dem_src: rasterio.DatasetReader | None = None
         self._dem: WarpedVRT | None = None
@@ -179,9 +199,10 @@ class Scene:
         out_h = max(1, round(window.height / factor))
         out_w = max(1, round(window.width / factor))
         img = self._image
-        image = img.read(bands, window=window, out_shape=(len(bands), out_h, out_w),
-                         resampling=Resampling.average if factor > 1 else Resampling.nearest)
-        valid = img.dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
+        with reading("image", self.image_path):
+            image = img.read(bands, window=window, out_shape=(len(bands), out_h, out_w),
+                             resampling=Resampling.average if factor > 1 else Resampling.nearest)
+            valid = img.dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
         sample: dict[str, np.ndarray] = {"image": image.astype(np.float32), "valid": valid}
         if dem or slope:
             if self._dem is None:
@@ -203,15 +224,17 @@ class Scene:
 
     def read_validity(self, window: Window, dem: bool = False) -> np.ndarray:
         """Native-resolution validity of a window: image data present and, if asked, DEM finite."""
-        valid = self._image.dataset_mask(window=window) > 0
+        with reading("image", self.image_path):
+            valid = self._image.dataset_mask(window=window) > 0
         if dem and self._dem is not None:
             valid &= np.isfinite(self._read_dem(window, int(window.height), int(window.width)))
         return valid
 
     def _read_dem(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
         assert self._dem is not None
-        data = self._dem.read(1, window=window, out_shape=(out_h, out_w),
-                              resampling=Resampling.bilinear, masked=True)
+        with reading("DEM", self.dem_path):
+            data = self._dem.read(1, window=window, out_shape=(out_h, out_w),
+                                  resampling=Resampling.bilinear, masked=True)
         return np.ma.filled(data.astype(np.float32), np.nan)
 
     def _slope(self, window: Window, out_h: int, out_w: int,
@@ -232,8 +255,9 @@ class Scene:
 
     def _read_mask(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
         assert self._mask is not None
-        labels = self._mask.read(1, window=window, out_shape=(out_h, out_w),
-                                 resampling=Resampling.nearest)
+        with reading("label raster", self.mask_path):
+            labels = self._mask.read(1, window=window, out_shape=(out_h, out_w),
+                                     resampling=Resampling.nearest)
         return labels.astype(np.uint8)
 
 

@@ -13,7 +13,13 @@ from slidemap.train.metrics import BinaryConfusion
 
 def evaluate_raster(prediction: Path, truth: Path, threshold: float = 0.5,
                     strip_rows: int = 1024) -> dict[str, float]:
-    """Landslide-class metrics of ``prediction`` (probabilities, or a 0/1 mask) vs ``truth``.
+    """Landslide-class metrics of ``prediction`` (probabilities, or a 0/1 mask) vs ``truth``."""
+    return score_raster(prediction, truth, threshold, strip_rows).metrics()
+
+
+def score_raster(prediction: Path, truth: Path, threshold: float = 0.5,
+                 strip_rows: int = 1024) -> BinaryConfusion:
+    """The confusion of ``prediction`` vs ``truth``, histograms kept for precision–recall plots.
 
     The truth is aligned to the prediction's grid if it lies on another one. Pixels that are
     nodata in the prediction or 255 in the truth are left out.
@@ -26,4 +32,4 @@ def evaluate_raster(prediction: Path, truth: Path, threshold: float = 0.5,
             check_labels(sample["mask"], truth)
             prob = sample["image"][0]
             confusion.update(prob, sample["mask"], sample["valid"])
-    return confusion.metrics()
+    return confusion

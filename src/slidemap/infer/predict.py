@@ -18,13 +18,11 @@ from rasterio.windows import Window
 from rich.progress import Progress
 
 from slidemap.data.channels import stack_channels
-from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
 from slidemap.errors import SlidemapError
 from slidemap.infer.blend import window_weights
-from slidemap.infer.runtime import predict_batch, prepare_for_inference
-from slidemap.io.modelfile import ModelBundle
+from slidemap.infer.ensemble import Predictor
 from slidemap.io.rasters import RasterOutputs
 
 MIN_WORKING_SIZE = 32
@@ -36,18 +34,17 @@ class PredictOptions:
     overlap: int = 64
     batch_size: int = 8
     precision: str = "bf16"
+    tta: bool = False
 
 
-def predict_scene(bundle: ModelBundle, image: Path, dem: Path | None, prob_path: Path,
+def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path: Path,
                   mask_path: Path, options: PredictOptions, progress: Progress | None = None
                   ) -> dict[str, float]:
     """Write ``prob_path`` (float32, NaN nodata) and ``mask_path`` (uint8, 255 nodata).
 
     Returns a few counts (valid pixels, landslide pixels) for the caller's summary.
     """
-    spec = bundle.inputs
-    stats = BandStats(bundle.mean, bundle.std)
-    model = prepare_for_inference(bundle.model)
+    spec = predictor.spec
     with Scene(image, dem=dem) as scene:
         scene.check_bands(spec.image_bands, "the model")
         if spec.needs_dem and not scene.has_dem:
@@ -72,52 +69,41 @@ def predict_scene(bundle: ModelBundle, image: Path, dem: Path | None, prob_path:
             for row in rows:
                 for done_from, done_to, prob, weight in blender.flush_before(row):
                     _write_rows(outputs, scene, spec, done_from, done_to, prob, weight,
-                                bundle.threshold, counts)
+                                predictor.threshold, counts)
                 windows = [Window(c, row, min(size, scene.width), min(size, scene.height))
                            for c in cols]
-                for window, prob in _predict_windows(model, scene, windows, factor, spec, stats,
-                                                     options):
+                for window, prob in _predict_windows(predictor, scene, windows, factor,
+                                                     options.batch_size):
                     weights = window_weights(window.height, window.width, overlap // 2)
                     blender.add(window, prob, weights)
                     if progress is not None and task is not None:
                         progress.advance(task)
             for done_from, done_to, prob, weight in blender.flush_before(scene.height):
                 _write_rows(outputs, scene, spec, done_from, done_to, prob, weight,
-                            bundle.threshold, counts)
+                            predictor.threshold, counts)
             if counts["valid_pixels"] == 0:
                 raise SlidemapError(f"image {image} has no valid pixel (all nodata): "
                                     "check its nodata value and the DEM coverage")
     return counts
 
 
-def _predict_windows(model: torch.nn.Module, scene: Scene, windows: list[Window], factor: int,
-                     spec, stats: BandStats, options: PredictOptions
-                     ) -> Iterator[tuple[Window, np.ndarray | None]]:
+def _predict_windows(predictor: Predictor, scene: Scene, windows: list[Window], factor: int,
+                     batch_size: int) -> Iterator[tuple[Window, np.ndarray | None]]:
     """Yield each window with its native-resolution probabilities (None if all nodata)."""
-    for start in range(0, len(windows), options.batch_size):
-        batch = windows[start:start + options.batch_size]
-        inputs, keep = [], []
+    spec = predictor.spec
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start:start + batch_size]
+        raw, valid, keep = [], [], []
         for window in batch:
             sample = scene.read(window, spec.image_bands, factor, dem=spec.dem, slope=spec.slope)
             if sample["valid"].any():
-                inputs.append(normalise(stack_channels(sample, spec), stats,
-                                        valid=sample["valid"]))
+                raw.append(stack_channels(sample, spec))
+                valid.append(sample["valid"])
                 keep.append(window)
-        probs: dict[int, np.ndarray] = {}
-        if inputs:
-            for window, prob in zip(keep, _batched(model, inputs, options.precision),
-                                    strict=True):
-                probs[id(window)] = _to_native(prob, window)
+        probs = {id(w): _to_native(p, w) for w, p in
+                 zip(keep, predictor(raw, valid) if raw else [], strict=True)}
         for window in batch:
             yield window, probs.get(id(window))
-
-
-def _batched(model: torch.nn.Module, inputs: list[np.ndarray], precision: str
-             ) -> list[np.ndarray]:
-    """Predict equal-sized inputs as one batch; odd sizes (scene edges) one by one."""
-    if len({x.shape for x in inputs}) == 1:
-        return list(predict_batch(model, np.stack(inputs), precision))
-    return [predict_batch(model, x[None], precision)[0] for x in inputs]
 
 
 def _to_native(prob: np.ndarray, window: Window) -> np.ndarray:

@@ -14,13 +14,15 @@ import numpy as np
 import pyogrio.raw
 import rasterio
 import shapely
+from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio.features import shapes
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
 
 from slidemap.data.terrain import pixel_size_m
-from slidemap.io.atomic import atomic_path
+from slidemap.errors import SlidemapError
+from slidemap.io.atomic import atomic_path, final_path
 
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 
@@ -150,9 +152,15 @@ def write_inventory(inventory: Inventory, path: Path) -> None:
     driver = "GeoJSON" if path.suffix.lower() in {".geojson", ".json"} else "GPKG"
     geometry = np.array([shapely.to_wkb(g) for g in inventory.geometries], dtype=object)
     names = list(inventory.attributes)
-    with atomic_path(path) as tmp:
-        pyogrio.raw.write(
-            tmp, geometry, [inventory.attributes[n] for n in names], names, driver=driver,
-            geometry_type="MultiPolygon", promote_to_multi=True,
-            crs=inventory.crs.to_wkt() if inventory.crs else None, layer="landslides",
-        )
+    try:
+        with atomic_path(path) as tmp:
+            pyogrio.raw.write(
+                tmp, geometry, [inventory.attributes[n] for n in names], names, driver=driver,
+                geometry_type="MultiPolygon", promote_to_multi=True,
+                crs=inventory.crs.to_wkt() if inventory.crs else None, layer="landslides",
+            )
+    except (OSError, DataSourceError, DataLayerError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        target = final_path(path)
+        raise SlidemapError(f"cannot write {target} ({lines[0]}): check free disk space and "
+                            f"that {target.parent} is writable") from exc

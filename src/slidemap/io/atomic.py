@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,47 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
     try:
         yield tmp
+        if tmp.exists():  # some writers (safetensors) create private 0600 files
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def staged(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
+    """Temporary names for a set of outputs that belong together, moved into place together.
+
+    Nothing of the set appears under its final name unless every file was written: on an error
+    all temporary files are removed and existing files under the final names are left as they
+    were (a run with ``--overwrite`` that fails keeps the previous outputs).
+    """
+    token = uuid.uuid4().hex[:8]
+    tmps = {key: path.with_name(f".{path.stem}.{token}.staged{path.suffix}")
+            for key, path in targets.items()}
+    try:
+        yield tmps
+        for key, target in targets.items():
+            os.replace(tmps[key], target)
+    finally:
+        for tmp in tmps.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}\.(?:partial|staged)(?P<suffix>\.[^.]*)?$")
+
+
+def final_path(path: str | Path) -> Path:
+    """The name a temporary file of :func:`atomic_path` or :func:`staged` will be moved to."""
+    path = Path(path)
+    while match := TEMPORARY.match(path.name):
+        path = path.with_name(match["stem"] + (match["suffix"] or ""))
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

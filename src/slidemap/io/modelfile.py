@@ -39,6 +39,7 @@ class ModelBundle:
     std: list[float]
     threshold: float = 0.5
     provenance: dict = field(default_factory=dict)
+    path: Path | None = None  # where it was loaded from, if it was
 
     def sidecar(self) -> dict:
         return {
@@ -95,8 +96,10 @@ def load_model(path: str | Path) -> ModelBundle:
         model = build_model(config["architecture"], len(inputs.channels), int(config["width"]),
                             **config.get("options", {}))
         norm = config["normalisation"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({exc}): "
+        _check_normalisation(norm, len(inputs.channels))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
+            AttributeError, SlidemapError) as exc:
+        raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({_one_line(exc)}): "
                             "re-export the model with slidemap") from exc
     try:
         state = load_file(str(weights_path))
@@ -110,8 +113,21 @@ def load_model(path: str | Path) -> ModelBundle:
         model=model, architecture=config["architecture"], width=int(config["width"]),
         options=config.get("options", {}), inputs=inputs, mean=list(norm["mean"]),
         std=list(norm["std"]), threshold=float(config.get("threshold", 0.5)),
-        provenance=config.get("provenance", {}),
+        provenance=config.get("provenance", {}), path=weights_path,
     )
+
+
+def _check_normalisation(norm: dict, channels: int) -> None:
+    for key in ("mean", "std"):
+        values = norm[key]
+        if len(values) != channels or not all(isinstance(v, int | float) for v in values):
+            raise ValueError(f"normalisation {key} must be {channels} numbers, one per input "
+                             f"channel, not {values!r}")
+
+
+def _one_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

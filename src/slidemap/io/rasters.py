@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from slidemap.io.atomic import atomic_path
+from slidemap.errors import SlidemapError
+from slidemap.io.atomic import atomic_path, final_path
 
 MASK_NODATA = 255
 
@@ -26,6 +31,32 @@ def geotiff_profile(profile: dict, dtype: str, nodata: float | int) -> dict:
     }
 
 
+@contextlib.contextmanager
+def writing(path: Path, problem: str | None = None) -> Iterator[None]:
+    """Turn a failed write (full disk, no permission) into a one-line error naming ``path``.
+
+    ``path`` may be a temporary name; the message names the file the user asked for.
+    """
+    try:
+        yield
+    except (RasterioError, OSError) as exc:
+        if problem is None:
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            lines = str(cause).strip().splitlines() or [type(cause).__name__]
+            problem = re.sub(r"\S*\.(?:partial|staged)\S*", "the file", lines[0])
+        target = final_path(path)
+        raise SlidemapError(f"cannot write {target} ({problem}): check free disk space and "
+                            f"that {target.parent} is writable") from exc
+
+
+def verify_raster(path: Path) -> None:
+    """Read every block of ``path`` back: GDAL may report a failed flush on close only on
+    stderr, leaving a truncated file that would otherwise be moved into place."""
+    with writing(path, "it came out incomplete"), rasterio.open(path) as ds:
+        for _, window in ds.block_windows(1):
+            ds.read(1, window=window)
+
+
 class RasterOutputs:
     """The probability (float32, NaN nodata) and mask (uint8, 255 nodata) GeoTIFFs of a scene."""
 
@@ -36,24 +67,41 @@ class RasterOutputs:
 
     def __enter__(self) -> RasterOutputs:
         try:
-            prob_tmp = self._stack.enter_context(atomic_path(self.paths[0]))
-            mask_tmp = self._stack.enter_context(atomic_path(self.paths[1]))
-            self.prob = self._stack.enter_context(rasterio.open(
-                prob_tmp, "w", **geotiff_profile(self.profile, "float32", float("nan"))))
-            self.mask = self._stack.enter_context(rasterio.open(
-                mask_tmp, "w", **geotiff_profile(self.profile, "uint8", MASK_NODATA)))
+            tmps = [self._stack.enter_context(atomic_path(p)) for p in self.paths]
+            self._stack.push(lambda *exc_info: self._verify(tmps, exc_info[0]))
+            self.prob = self._open(tmps[0], self.paths[0], "float32", float("nan"))
+            self.mask = self._open(tmps[1], self.paths[1], "uint8", MASK_NODATA)
         except BaseException:
-            self._stack.__exit__(None, None, None)
+            self._stack.__exit__(*sys.exc_info())
             raise
         return self
 
+    def _open(self, tmp: Path, target: Path, dtype: str, nodata: float
+              ) -> rasterio.io.DatasetWriter:
+        with writing(target):
+            ds = rasterio.open(tmp, "w", **geotiff_profile(self.profile, dtype, nodata))
+
+        def close(*exc_info: object) -> None:
+            with writing(target):
+                ds.close()
+
+        self._stack.push(close)
+        return ds
+
+    def _verify(self, tmps: list[Path], exc_type: type[BaseException] | None) -> None:
+        if exc_type is None:
+            for tmp in tmps:
+                verify_raster(tmp)
+
     def write(self, window: Window, prob: np.ndarray, valid: np.ndarray, threshold: float) -> None:
         mask = np.where(valid, (prob >= threshold).astype(np.uint8), MASK_NODATA)
-        self.prob.write(np.where(valid, prob, np.nan).astype(np.float32), 1, window=window)
-        self.mask.write(mask.astype(np.uint8), 1, window=window)
+        with writing(self.paths[0]):
+            self.prob.write(np.where(valid, prob, np.nan).astype(np.float32), 1, window=window)
+        with writing(self.paths[1]):
+            self.mask.write(mask.astype(np.uint8), 1, window=window)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        # Datasets close before the atomic moves (ExitStack unwinds in reverse order); an
-        # exception unwinds the same way and the temporary files are removed.
+        # Unwinding in reverse order: datasets close, the files are read back, and only then
+        # moved into place. An exception unwinds the same way and removes the temporary files.
         self._stack.__exit__(exc_type, exc, tb)

@@ -46,8 +46,13 @@ class ResidualBlock(nn.Module):
         )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
+            # Down-sampling shortcuts average-pool before the 1×1 projection (ResNet-D): it keeps
+            # every input pixel in play, and torch 2.13's CPU kernel for a strided 1×1 conv in
+            # channels_last corrupts memory in backward when it has fewer than 16 input channels.
+            pool: nn.Module = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride != 1 \
+                else nn.Identity()
             self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+                pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

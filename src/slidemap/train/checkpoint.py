@@ -3,6 +3,10 @@
 A checkpoint holds model and optimiser tensors, the optimiser's and scheduler's plain settings, the
 epoch reached and the best score so far. Batches are drawn from (seed, epoch), so this is all a
 resumed run needs to end with the same weights as an uninterrupted one.
+
+The settings travel inside the safetensors file's metadata, so tensors and settings are replaced
+by one atomic rename: a run killed while saving can never pair epoch N's tensors with epoch N-1's
+settings. ``NAME.json`` beside it is a readable copy.
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
+
+META_KEY = "slidemap_checkpoint"
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
-    """Write ``path`` (.safetensors) and ``path``.json atomically, sidecar last."""
+    """Write ``path`` (.safetensors, settings in its metadata) and a readable ``.json`` copy."""
     tensors = {f"model.{k}": v.detach().contiguous().clone()
                for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
@@ -32,16 +40,32 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 scalars.setdefault(str(index), {})[name] = value
     meta = {"state": state, "param_groups": opt_state["param_groups"],
             "optim_scalars": scalars, "scheduler": scheduler.state_dict()}
+    text = json.dumps(meta)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata={META_KEY: text})
     with atomic_path(path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(meta))
+        tmp.write_text(text)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict:
     """Restore model, optimiser and scheduler in place; return the saved run state."""
-    meta = json.loads(path.with_suffix(".json").read_text())
+    try:
+        return _load_checkpoint(path, model, optimizer, scheduler)
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            RuntimeError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise SlidemapError(f"checkpoint {path} cannot be resumed ({lines[0]}): resume with the "
+                            "config that wrote it, or train without --resume") from exc
+
+
+def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict:
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get(META_KEY)
+    if text is None:  # written before the settings moved into the metadata
+        text = path.with_suffix(".json").read_text()
+    meta = json.loads(text)
     tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     slots: dict[int, dict] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
@@ -29,21 +30,28 @@ from slidemap.infer.runtime import autocast
 from slidemap.infer.sliding import predict_array
 from slidemap.io.modelfile import ModelBundle, save_model
 from slidemap.models import build_model, count_parameters
+from slidemap.report.plots import plot_training_curves
 from slidemap.train.checkpoint import load_checkpoint, save_checkpoint
 from slidemap.train.config import RunConfig
 from slidemap.train.losses import build_loss
 from slidemap.train.metrics import BinaryConfusion
+from slidemap.train.recipes import build_recipes
 
 console = Console(stderr=True)
 
 
-def train(config: RunConfig, out_dir: Path, resume: bool = False) -> Path:
-    """Train as ``config`` says into ``out_dir``; returns the path of the best model file."""
+def train(config: RunConfig, out_dir: Path, resume: bool = False,
+          overwrite: bool = False) -> Path:
+    """Train as ``config`` says into ``out_dir``; returns the path of the best model file.
+
+    An earlier run in ``out_dir`` is continued with ``resume``, replaced with ``overwrite``, and
+    otherwise left alone (an error).
+    """
     settings = config.train
+    _prepare_run_folder(out_dir, resume, overwrite)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     train_scenes = [load_scene_arrays(s.image, s.mask, s.dem, config.inputs)
@@ -51,8 +59,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False) -> Path:
     val_scenes = [load_scene_arrays(s.image, s.mask, s.dem, config.inputs)
                   for s in config.val_scenes]
     stats = scene_stats(train_scenes)
+    recipes = build_recipes(config, train_scenes, stats)
     windows = RandomWindows(train_scenes, stats, settings.tile, settings.windows_per_epoch,
-                            settings.min_valid, settings.augment, settings.seed)
+                            settings.min_valid, settings.augment, settings.seed, recipes)
 
     model = build_model(config.model.name, len(config.inputs.channels), config.model.width,
                         **config.model.options).to(memory_format=torch.channels_last)
@@ -65,11 +74,10 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False) -> Path:
         pct_start=0.1, anneal_strategy="cos")
 
     checkpoint = out_dir / "checkpoint.safetensors"
-    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "seconds": 0.0}
+    state = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0}
     if resume:
-        if not checkpoint.exists():
-            raise SlidemapError(f"nothing to resume in {out_dir}: no checkpoint.safetensors")
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        _trim_history(out_dir / "history.csv", state["epoch"])
         console.print(f"resuming after epoch {state['epoch']}")
 
     console.print(f"{config.model.name} ({count_parameters(model):,} parameters), "
@@ -79,6 +87,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False) -> Path:
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         torch.manual_seed(settings.seed * 100_003 + epoch)
         t0 = time.perf_counter()
+        if recipes is not None:
+            recipes.start_epoch(model, epoch)
         train_loss = _train_epoch(model, windows, epoch, settings.batch_size, loss_fn, optimizer,
                                   scheduler, settings.precision, steps_per_epoch)
         scores = evaluate_arrays(model, val_scenes, stats, config) if val_scenes else {}
@@ -100,9 +110,43 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False) -> Path:
                "train_seconds": round(state["seconds"], 1),
                "wall_seconds": round(time.perf_counter() - started, 1)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_training_curves(out_dir)
     console.print(f"best epoch {state['best_epoch']}: val F1 {state['best_f1']:.4f} → "
                   f"{out_dir / 'model.safetensors'}")
     return out_dir / "model.safetensors"
+
+
+RUN_FILES = ("checkpoint.safetensors", "model.safetensors", "history.csv")
+
+
+def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    checkpoint = out_dir / "checkpoint.safetensors"
+    if resume:
+        if not checkpoint.exists():
+            raise SlidemapError(f"nothing to resume in {out_dir} (no checkpoint.safetensors): "
+                                "train without --resume, or pass the --out of the stopped run")
+        return
+    earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if earlier and not overwrite:
+        raise SlidemapError(f"run folder {out_dir} already holds a run ({earlier[0]}): pass "
+                            "--resume to continue it, --overwrite to replace it, or another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlidemapError(f"cannot create run folder {out_dir} ({exc.strerror}): "
+                            "choose a writable --out") from exc
+    for name in ("checkpoint.safetensors", "checkpoint.json"):  # never resume a replaced run
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _trim_history(path: Path, epoch: int) -> None:
+    """Drop history rows after the checkpoint's epoch (a run stopped before saving it)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= epoch]
+    if len(keep) != len(lines):
+        path.write_text("".join(keep))
 
 
 def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, batch_size: int,

@@ -1,0 +1,187 @@
+"""Explain one window of a scene: Grad-CAM, attention maps and probability, as PNG and GeoTIFF.
+
+The model sees the window exactly as ``slidemap predict`` would (same bands, decimation and
+normalisation), so the explanation is of the prediction a user actually gets. PNGs are drawn at the
+working resolution the model saw; GeoTIFFs are brought back to the window's native pixels so that
+they lie on the image grid in a GIS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from slidemap.api import check_outputs
+from slidemap.data.channels import stack_channels
+from slidemap.data.normalization import BandStats, normalise
+from slidemap.data.scene import Scene
+from slidemap.errors import SlidemapError
+from slidemap.explain.attention import collect_attention
+from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
+from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
+from slidemap.infer.predict import MIN_WORKING_SIZE, PredictOptions
+from slidemap.io.atomic import atomic_path
+from slidemap.io.modelfile import ModelBundle
+
+MAX_WORKING_SIDE = 2048  # Grad-CAM keeps every activation for the backward pass: bound the window
+
+
+def parse_ints(value: str | None, flag: str, names: str) -> tuple[int, ...] | None:
+    """``"a,b,..."`` → one int per name in ``names``, or a one-line error showing the form."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != len(names.split(",")):
+        raise SlidemapError(f"{flag} {value!r} is not valid: give {names} as integers")
+    return numbers
+
+
+def model_tile(bundle: ModelBundle) -> int:
+    """The window size (working px) the model predicts with: its run config's, else predict's."""
+    config = bundle.provenance.get("config", {})
+    for section in ("predict", "training"):
+        tile = config.get(section, {}).get("tile")
+        if isinstance(tile, int) and tile > 0:
+            return tile
+    return PredictOptions().tile
+
+
+def explain_window(bundle: ModelBundle, image: Path, out_dir: Path, dem: Path | None = None,
+                   window: tuple[int, ...] | None = None, box: tuple[int, ...] | None = None,
+                   layer: str | None = None, overwrite: bool = False) -> dict:
+    """Write explanation pictures of one window of ``image`` into ``out_dir``.
+
+    ``window`` is ``(col, row, width, height)`` in native pixels (default: one model tile at the
+    scene centre); ``box`` is ``(row0, col0, row1, col1)`` in native pixels of the window,
+    end-exclusive, and replaces the predicted landslide pixels as the region explained.
+    Returns a summary with the files written.
+    """
+    spec = bundle.inputs
+    with Scene(image, dem=dem, require_crs=False) as scene:
+        scene.check_bands(spec.image_bands, "the model")
+        if spec.needs_dem and not scene.has_dem:
+            raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
+                                "pass one with --dem")
+        factor = scene.decimation(spec.resolution_m)
+        win = _window(scene, window, model_tile(bundle) * factor, factor)
+        sample = scene.read(win, spec.image_bands, factor, dem=spec.dem, slope=spec.slope)
+        profile = scene.profile
+    valid = sample["valid"]
+    if not valid.any():
+        raise SlidemapError(f"window {_describe(win)} of {image} has no valid pixel: "
+                            "choose another --window")
+    x = normalise(stack_channels(sample, spec), BandStats(bundle.mean, bundle.std), valid=valid)
+    model = bundle.model
+    working_box = _working_box(box, win, valid.shape) if box is not None else None
+    region = None
+    if working_box is None:
+        region = (_probability(model, x) > bundle.threshold) & valid
+        if not region.any():
+            raise SlidemapError(
+                f"no valid pixel predicted as landslide in window {_describe(win)} (threshold "
+                f"{bundle.threshold}): pass --box row0,col0,row1,col1 to explain a region")
+    cam = grad_cam(model, x, layer=layer, region=region, box=working_box,
+                   threshold=bundle.threshold)
+    attention = collect_attention(model, x)
+    heats = {"gradcam": cam.heat, "probability": cam.probability,
+             **{f"attention_{_safe(name)}": m for name, m in attention.spatial.items()}}
+    georeferenced = profile["crs"] is not None
+    files = {f"{name}.png": out_dir / f"{name}.png" for name in heats}
+    if georeferenced:
+        files.update({f"{name}.tif": out_dir / f"{name}.tif" for name in heats})
+    files["explain.json"] = out_dir / "explain.json"
+    check_outputs(list(files.values()), [image] + ([dem] if dem else []), overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rgb = rgb_preview(np.where(valid, sample["image"], np.nan))
+    what = f"box {box}" if box is not None else "predicted landslide pixels"
+    titles = {"gradcam": f"Grad-CAM of {what}\nlayer {cam.layer}",
+              "probability": "landslide probability"}
+    grid = {"crs": profile["crs"], "transform": window_transform(win, profile["transform"]),
+            "height": int(win.height), "width": int(win.width)}
+    for name, heat in heats.items():
+        save_overlay_png(rgb, heat, files[f"{name}.png"], title=titles.get(name, name))
+        if georeferenced:
+            save_heat_geotiff(_to_native(heat, win), files[f"{name}.tif"], grid)
+    summary = {
+        "image": str(image), "window": [int(win.col_off), int(win.row_off), int(win.width),
+                                        int(win.height)],
+        "decimation": factor, "box": list(box) if box else None, "layer": cam.layer,
+        "region_pixels": int(cam.region.sum()), "threshold": bundle.threshold,
+        "mean_probability": float(cam.probability[valid].mean()),
+        "channel_attention": {k: v.round(4).tolist() for k, v in attention.channel.items()},
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    with atomic_path(files["explain.json"]) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _window(scene: Scene, window: tuple[int, ...] | None, size: int, factor: int) -> Window:
+    """The user's window checked against the scene, or a ``size`` square at its centre."""
+    if window is None:
+        width, height = min(size, scene.width), min(size, scene.height)
+        return Window((scene.width - width) // 2, (scene.height - height) // 2, width, height)
+    col, row, width, height = window
+    if not (col >= 0 and row >= 0 and col + width <= scene.width
+            and row + height <= scene.height and width > 0 and height > 0):
+        raise SlidemapError(
+            f"--window {col},{row},{width},{height} is not inside the {scene.width}×{scene.height}"
+            " px image: give col,row,width,height in native pixels")
+    if min(width, height) < MIN_WORKING_SIZE * factor:
+        raise SlidemapError(f"--window {width}×{height} px is too small for this model: "
+                            f"give at least {MIN_WORKING_SIZE * factor} px a side")
+    if max(width, height) > MAX_WORKING_SIDE * factor:
+        raise SlidemapError(f"--window {width}×{height} px is too large to explain at once: "
+                            f"give at most {MAX_WORKING_SIDE * factor} px a side")
+    return Window(col, row, width, height)
+
+
+def _working_box(box: tuple[int, ...], win: Window, shape: tuple[int, int]) -> Box:
+    """A native-pixel box of the window on the working grid (covering every pixel it touches)."""
+    row0, col0, row1, col1 = box
+    if not (0 <= row0 < row1 <= win.height and 0 <= col0 < col1 <= win.width):
+        raise SlidemapError(
+            f"--box {row0},{col0},{row1},{col1} is empty or outside the {win.width}×{win.height} "
+            "px window: give row0,col0,row1,col1 in window pixels, row0 < row1, col0 < col1")
+    fy, fx = win.height / shape[0], win.width / shape[1]
+    return (int(row0 // fy), int(col0 // fx), max(int(row0 // fy) + 1, int(np.ceil(row1 / fy))),
+            max(int(col0 // fx) + 1, int(np.ceil(col1 / fx))))
+
+
+def _probability(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """Landslide probability of one normalised ``(C, H, W)`` window, in fp32 like Grad-CAM."""
+    batch, (height, width) = prepare_input(model, x)
+    with eval_mode(model), torch.no_grad():
+        logits = model(batch)[0, 0, :height, :width]
+    return torch.sigmoid(logits).cpu().numpy()
+
+
+def _to_native(heat: np.ndarray, win: Window) -> np.ndarray:
+    """Bilinear upsampling of a working-resolution map to the window's native pixels."""
+    size = (int(win.height), int(win.width))
+    if heat.shape == size:
+        return heat
+    tensor = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _safe(name: str) -> str:
+    """An attention map's name as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+
+
+def _describe(win: Window) -> str:
+    return f"{int(win.col_off)},{int(win.row_off)},{int(win.width)},{int(win.height)}"
+

@@ -1,0 +1,64 @@
+"""A predictor: one model or an ensemble whose probabilities are averaged, with optional TTA.
+
+Each member normalises the raw channels with its own statistics, so members trained on different
+data can be combined as long as they read the same inputs. Test-time augmentation averages the
+eight flips/rotations of the square, undone before averaging.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slidemap.data.channels import InputSpec
+from slidemap.data.normalization import BandStats, normalise
+from slidemap.errors import SlidemapError
+from slidemap.infer.runtime import predict_batch, prepare_for_inference
+from slidemap.io.modelfile import ModelBundle
+
+
+class Predictor:
+    """Averages the landslide probabilities of its members (and of their TTA variants)."""
+
+    def __init__(self, bundles: list[ModelBundle], tta: bool = False,
+                 precision: str = "bf16") -> None:
+        if not bundles:
+            raise SlidemapError("no model given: pass at least one --model")
+        first = bundles[0].inputs
+        for bundle in bundles[1:]:
+            if bundle.inputs != first:
+                raise SlidemapError(
+                    f"ensemble members read different inputs ({first} vs {bundle.inputs}): "
+                    "combine only models trained on the same bands and resolution"
+                )
+        self.spec: InputSpec = first
+        self.members = [(prepare_for_inference(b.model), BandStats(b.mean, b.std))
+                        for b in bundles]
+        self.threshold = float(np.mean([b.threshold for b in bundles]))
+        self.tta = tta
+        self.precision = precision
+        self.paths = [b.path for b in bundles]
+
+    def __call__(self, raw: list[np.ndarray], valid: list[np.ndarray]) -> list[np.ndarray]:
+        """Probabilities (h, w) for raw stacked channels (C, h, w) and their validity masks."""
+        total = [np.zeros(x.shape[1:], dtype=np.float32) for x in raw]
+        for model, stats in self.members:
+            inputs = [normalise(x, stats, valid=v) for x, v in zip(raw, valid, strict=True)]
+            for acc, prob in zip(total, self._predict(model, inputs), strict=True):
+                acc += prob
+        return [acc / len(self.members) for acc in total]
+
+    def _predict(self, model, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if len({x.shape for x in inputs}) > 1:  # scene-edge windows of odd sizes: one by one
+            return [self._predict(model, [x])[0] for x in inputs]
+        batch = np.stack(inputs)
+        if not self.tta:
+            return list(predict_batch(model, batch, self.precision))
+        total = np.zeros((batch.shape[0], *batch.shape[2:]), dtype=np.float32)
+        for k in range(4):
+            for flip in (False, True):
+                moved = np.rot90(batch, k, axes=(2, 3))
+                moved = moved[..., ::-1] if flip else moved
+                prob = predict_batch(model, np.ascontiguousarray(moved), self.precision)
+                prob = prob[..., ::-1] if flip else prob
+                total += np.rot90(prob, -k, axes=(1, 2))
+        return list(total / 8)

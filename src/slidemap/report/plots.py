@@ -1,0 +1,229 @@
+"""Figures of training runs, evaluations and inventories, drawn with matplotlib's Figure API.
+
+No pyplot: figures are built on the Agg canvas directly, so plotting works headless and leaves no
+global state behind in a long-running process (training, a notebook, the test suite).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from rasterio.windows import Window
+
+from slidemap.data.scene import IGNORE, Scene
+from slidemap.explain.overlay import rgb_preview
+from slidemap.io.atomic import atomic_path
+from slidemap.train.metrics import AUC_BINS, BinaryConfusion
+
+PREVIEW_SIDE = 1500
+VAL_METRICS = ("val_f1", "val_iou", "val_precision", "val_recall", "val_auc")
+ERROR_COLOURS = {"true positive": (30, 200, 60), "false positive": (230, 40, 40),
+                 "false negative": (40, 110, 255)}
+GREY = 128
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG atomically (no half-written picture under the real name)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def read_history(path: Path) -> dict[str, np.ndarray]:
+    """``history.csv`` as one float array per column (NaN where a cell is empty)."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = list(rows[0]) if rows else []
+    return {c: np.array([_float(row.get(c)) for row in rows]) for c in columns}
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def curves_figure(history: dict[str, np.ndarray]) -> Figure:
+    """Training loss, and the validation metrics when there are any, per epoch."""
+    epochs = history.get("epoch", np.arange(1, len(history.get("train_loss", [])) + 1))
+    metrics = [m for m in VAL_METRICS if m in history and np.isfinite(history[m]).any()]
+    figure = _figure(12 if metrics else 6, 4)
+    axes = figure.subplots(1, 2 if metrics else 1, squeeze=False)[0]
+    axes[0].plot(epochs, history.get("train_loss", np.full(len(epochs), np.nan)), "o-",
+                 color="tab:blue", markersize=3)
+    axes[0].set(title="training loss", xlabel="epoch", ylabel="loss")
+    if metrics:
+        for name in metrics:
+            axes[1].plot(epochs, history[name], "o-", markersize=3, label=name[4:])
+        if "val_f1" in metrics:
+            best = int(np.nanargmax(history["val_f1"]))
+            axes[1].axvline(epochs[best], color="grey", linestyle="--", linewidth=1,
+                            label=f"best F1, epoch {epochs[best]:.0f}")
+        axes[1].set(title="validation (landslide class)", xlabel="epoch", ylim=(0, 1))
+        axes[1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return figure
+
+
+def plot_training_curves(run_dir: Path) -> Path | None:
+    """Draw ``run_dir/history.csv`` into ``run_dir/curves.png``; None when there is no history."""
+    history = run_dir / "history.csv"
+    if not history.exists():
+        return None
+    return save_png(curves_figure(read_history(history)), run_dir / "curves.png")
+
+
+def precision_recall(confusion: BinaryConfusion) -> tuple[np.ndarray, np.ndarray, float]:
+    """Precision and recall at every histogram bin edge (high to low), and average precision."""
+    tp = np.cumsum(confusion.pos_hist[::-1]).astype(np.float64)
+    fp = np.cumsum(confusion.neg_hist[::-1]).astype(np.float64)
+    positives = tp[-1] if tp.size else 0.0
+    keep = (tp + fp) > 0
+    if positives == 0 or not keep.any():
+        return np.zeros(0), np.zeros(0), math.nan
+    precision = tp[keep] / (tp[keep] + fp[keep])
+    recall = tp[keep] / positives
+    average = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    return precision, recall, average
+
+
+def pr_curve_figure(confusion: BinaryConfusion) -> Figure:
+    """Precision–recall curve over all thresholds, with the threshold in use marked."""
+    precision, recall, average = precision_recall(confusion)
+    metrics = confusion.metrics()
+    figure = _figure(5.5, 4.5)
+    ax = figure.add_subplot()
+    if precision.size:
+        ax.plot(recall, precision, color="tab:blue", label=f"AP {average:.3f}")
+        base = confusion.pos_hist.sum() / max(1, confusion.pos_hist.sum()
+                                              + confusion.neg_hist.sum())
+        ax.axhline(base, color="grey", linestyle=":", linewidth=1, label=f"chance {base:.3f}")
+        ax.plot(metrics["recall"], metrics["precision"], "o", color="tab:red", markersize=8,
+                label=f"threshold {confusion.threshold:g} (F1 {metrics['f1']:.3f})")
+        ax.legend(loc="lower left", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no landslide pixel in the truth:\nno precision–recall curve",
+                ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"precision–recall ({AUC_BINS} probability bins)")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def _preview_factor(height: int, width: int, max_side: int) -> int:
+    return max(1, math.ceil(max(height, width) / max_side))
+
+
+def error_map(prediction: Path, truth: Path, threshold: float, image: Path | None = None,
+              max_side: int = PREVIEW_SIDE) -> np.ndarray:
+    """An RGB ``(h, w, 3)`` preview: TP, FP and FN coloured over the image (else grey).
+
+    Rasters are read decimated (``out_shape``) so that the preview is at most ``max_side`` pixels
+    a side whatever the scene size; probabilities are averaged before thresholding.
+    """
+    with Scene(prediction, mask=truth, require_crs=False) as scene:
+        size = (scene.height, scene.width)
+        factor = _preview_factor(*size, max_side)
+        sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
+    prob, labels, valid = sample["image"][0], sample["mask"], sample["valid"]
+    background = np.full((*valid.shape, 3), GREY, dtype=np.uint8)
+    if image is not None:
+        with Scene(image, require_crs=False) as scene:
+            if (scene.height, scene.width) == size:
+                bands = tuple(range(1, min(3, scene.band_count) + 1))
+                picture = scene.read(Window(0, 0, scene.width, scene.height), bands, factor)
+                background = rgb_preview(np.where(picture["valid"], picture["image"], np.nan))
+    scored = valid & (labels != IGNORE) & np.isfinite(prob)
+    predicted = scored & (prob >= threshold)
+    truth_on = scored & (labels == 1)
+    out = background.astype(np.float32)
+    out[~scored] *= 0.5
+    for name, where in (("true positive", predicted & truth_on),
+                        ("false positive", predicted & ~truth_on),
+                        ("false negative", ~predicted & truth_on)):
+        out[where] = 0.35 * out[where] + 0.65 * np.array(ERROR_COLOURS[name], np.float32)
+    return np.round(out).astype(np.uint8)
+
+
+def errors_figure(errors: np.ndarray, title: str = "") -> Figure:
+    """The error map at (about) one screen pixel per preview pixel, with a legend below."""
+    height, width = errors.shape[:2]
+    scale = max(1.0, 500 / max(height, width))
+    figure = _figure(max(width * scale / 100, 5), height * scale / 100 + 1.1)
+    ax = figure.add_subplot()
+    ax.imshow(errors, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize="medium")
+    handles = [Patch(color=np.array(c) / 255, label=n) for n, c in ERROR_COLOURS.items()]
+    handles.append(Patch(color=(0.25, 0.25, 0.25), label="not scored (darkened)"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small",
+                  frameon=False)
+    return figure
+
+
+def size_histogram_figure(areas: np.ndarray) -> Figure:
+    """How many landslides of each size (log-spaced bins when sizes span decades)."""
+    figure = _figure(5.5, 3.8)
+    ax = figure.add_subplot()
+    areas = areas[np.isfinite(areas) & (areas > 0)]
+    if areas.size:
+        low, high = areas.min(), areas.max()
+        if high / low > 100:
+            ax.hist(areas, bins=np.geomspace(low, high * 1.0001, 25), color="tab:orange")
+            ax.set_xscale("log")
+        else:
+            ax.hist(areas, bins=min(25, max(1, areas.size)), color="tab:orange")
+    ax.set(xlabel="landslide area (m²)", ylabel="landslides", title="landslide sizes")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
+    """A decimated preview of a probability raster (nodata left blank)."""
+    with Scene(prob_path, require_crs=False) as scene:
+        factor = _preview_factor(scene.height, scene.width, max_side)
+        sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
+    prob = np.where(sample["valid"], sample["image"][0], np.nan)
+    height, width = prob.shape
+    scale = max(1.0, 500 / max(height, width))
+    figure = _figure(max(width * scale / 100 + 1.2, 4), height * scale / 100 + 0.5)
+    ax = figure.add_subplot()
+    shown = ax.imshow(prob, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"landslide probability — {prob_path.name}", fontsize="medium")
+    figure.colorbar(shown, ax=ax, shrink=0.8)
+    return figure
+
+
+def write_evaluation_plots(out_dir: Path, confusion: BinaryConfusion, prediction: Path,
+                           truth: Path, image: Path | None = None) -> dict[str, Path]:
+    """``pr_curve.png`` and ``errors_overlay.png`` of one evaluation, in ``out_dir``."""
+    errors = error_map(prediction, truth, confusion.threshold, image)
+    title = f"errors at threshold {confusion.threshold:g} vs {truth.name}"
+    return {"pr_curve": save_png(pr_curve_figure(confusion), out_dir / "pr_curve.png"),
+            "errors_overlay": save_png(errors_figure(errors, title),
+                                       out_dir / "errors_overlay.png")}

@@ -1,0 +1,110 @@
+"""Training recipes on random windows: mixup, colour jitter, random zoom and hard examples.
+
+Each is a ``training:`` key that is off by default (see configs/README.md). ``RandomWindows`` calls
+:class:`Recipes` with its generator seeded by (seed, epoch), and the hard-example error maps are
+recomputed from the model at the start of every epoch, so a resumed run draws exactly the batches
+of an uninterrupted one and the checkpoint needs no extra state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+from torch import nn
+
+from slidemap.data.dataset import SceneArrays, normalised
+from slidemap.data.hard_examples import error_map, hard_windows
+from slidemap.data.mixing import mixup
+from slidemap.data.normalization import STD_FLOOR, BandStats
+from slidemap.data.photometric import colour_jitter, random_scale
+from slidemap.data.scene import IGNORE
+from slidemap.infer.sliding import predict_array
+from slidemap.train.config import RunConfig
+
+
+class Recipes:
+    """The recipes switched on in a run config, applied to samples, batches and window draws.
+
+    Samples hold ``x`` (C, T, T) normalised channels, optical bands first, and ``labels``
+    (1, T, T) uint8 with 255 = ignore, as ``RandomWindows`` cuts them.
+    """
+
+    def __init__(self, config: RunConfig, scenes: list[SceneArrays], stats: BandStats) -> None:
+        settings = config.train
+        self.mixup = settings.mixup
+        self.colour_jitter = settings.colour_jitter
+        self.random_scale = settings.random_scale
+        self.hard_count = round(settings.hard_examples * settings.windows_per_epoch)
+        optical = len(config.inputs.image_bands)
+        self.optical = optical
+        self.mean = np.asarray(stats.mean[:optical], dtype=np.float32)[:, None, None]
+        self.std = np.maximum(np.asarray(stats.std[:optical], dtype=np.float32),
+                              STD_FLOOR)[:, None, None]
+        self.config = config
+        self.scenes = scenes
+        self.inputs = [normalised(s, stats) for s in scenes] if self.hard_count else []
+        self.error_maps: list[np.ndarray] | None = None
+
+    def start_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Recompute the error maps from ``model`` from epoch 2 on (before, they are only noise).
+
+        Prediction uses non-overlapping tiles: a rough map is enough to steer sampling.
+        """
+        if not self.hard_count or epoch < 2:
+            self.error_maps = None
+            return
+        model.eval()
+        predict = self.config.predict
+        self.error_maps = [
+            error_map(predict_array(model, x, predict.tile, 0, predict.batch_size,
+                                    self.config.train.precision), scene.target)
+            for x, scene in zip(self.inputs, self.scenes, strict=True)
+        ]
+
+    def hard_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]:
+        """This epoch's hard-example windows; [] when off or before the first error maps."""
+        if self.error_maps is None:
+            return []
+        settings = self.config.train
+        return hard_windows([s.valid for s in self.scenes], self.error_maps, settings.tile,
+                            self.hard_count, settings.min_valid, rng)
+
+    def sample(self, arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+        """Colour jitter (optical channels only), then random zoom (all channels and labels)."""
+        if self.colour_jitter:
+            arrays = {**arrays, "x": self._jitter(arrays["x"], arrays["labels"][0] != IGNORE, rng)}
+        if self.random_scale is not None:
+            zoomed = random_scale({"image": arrays["x"], "mask": arrays["labels"]}, rng,
+                                  self.random_scale)
+            arrays = {**arrays, "x": zoomed["image"], "labels": zoomed["mask"]}
+        return arrays
+
+    def batch(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+        """Mixup of the collated batch: soft targets, valid where both partners are."""
+        if self.mixup <= 0:
+            return batch
+        mixed = mixup({k: torch.from_numpy(v) for k, v in batch.items()}, self.mixup, rng)
+        return {k: v.numpy() for k, v in mixed.items()}
+
+    def _jitter(self, x: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Jitter in raw units (brightness is a gain on radiance, not on z-scores), renormalise.
+
+        Invalid pixels go in as NaN, so they do not bias the contrast mean, and come back as 0.
+        """
+        k = self.optical
+        raw = np.where(valid, x[:k] * self.std + self.mean, np.nan)
+        jittered = colour_jitter({"image": raw}, rng)["image"]
+        out = x.copy()
+        out[:k] = np.nan_to_num((jittered - self.mean) / self.std, nan=0.0)
+        return out
+
+
+def build_recipes(config: RunConfig, scenes: list[SceneArrays],
+                  stats: BandStats) -> Recipes | None:
+    """The run's recipes, or None when all are off so that training stays exactly as before."""
+    settings = config.train
+    if not (settings.mixup > 0 or settings.colour_jitter or settings.random_scale is not None
+            or settings.hard_examples > 0):
+        return None
+    return Recipes(config, scenes, stats)

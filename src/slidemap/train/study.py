@@ -1,0 +1,382 @@
+"""Studies: a grid of training runs with one budget and seed, scored alike on held-out scenes.
+
+A study YAML has ``base:``, a run config of the same schema as ``configs/*.yaml``, and ``grid:``,
+one mapping or a list of them, each expanding to ``models`` × ``losses`` × ``variants`` ×
+``seeds`` runs; ``swap: true`` adds every run again in the reverse direction (trained on the
+held-out scenes, scored on the training ones). The held-out scenes are the base's ``data.val``.
+
+Each run trains into DIR/<run>/ (with its full run config as ``config.yaml``) and keeps its scores
+in ``result.json``, so an interrupted study continues where it stopped: scored runs are skipped, a
+finished run is only scored, and a run cut off mid-training resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+from torch import nn
+
+from slidemap.data.dataset import load_scene_arrays
+from slidemap.data.normalization import BandStats
+from slidemap.errors import SlidemapError
+from slidemap.infer.runtime import autocast, prepare_for_inference
+from slidemap.io.atomic import atomic_path
+from slidemap.io.modelfile import ModelBundle, load_model
+from slidemap.models import build_model, count_parameters
+from slidemap.train.config import RunConfig, parse_config, read_yaml
+from slidemap.train.loop import evaluate_arrays, train
+from slidemap.train.losses import build_loss
+
+console = Console(stderr=True)
+
+BASE_VARIANT = "base"
+LABEL = re.compile(r"^[A-Za-z0-9_.+]+$")
+GRID_KEYS = ("models", "losses", "variants", "seeds", "swap")
+METRICS = ("precision", "recall", "f1", "accuracy", "iou", "miou", "auc")
+# (results.csv column, results.md heading) in table order.
+COLUMNS = (
+    ("run", "run"), ("model", "model"), ("loss", "loss"), ("variant", "variant"),
+    ("seed", "seed"), ("direction", "direction"), ("parameters", "parameters"),
+    ("train_s", "train time s"), ("precision", "precision"), ("recall", "recall"),
+    ("f1", "F1"), ("accuracy", "accuracy"), ("iou", "IoU"), ("miou", "mIoU"), ("auc", "AUC"),
+    ("ms_per_tile", "ms/tile"),
+)
+EXTRA_CSV = ("best_epoch", "pixels", "threads")
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One cell of the grid: its labels and the complete run config it trains with."""
+
+    name: str
+    model: str
+    loss: str
+    variant: str
+    seed: int
+    direction: str
+    raw: dict
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Inference timing: median of ``repeats`` batch-1 forwards of a ``tile``² tile."""
+
+    tile: int = 256
+    repeats: int = 10
+    warmup: int = 3
+
+
+@dataclass(frozen=True)
+class Study:
+    runs: tuple[StudyRun, ...]
+    timing: Timing
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    return parse_study(read_yaml(path, "study"), f"study {path}")
+
+
+def parse_study(raw: dict[str, Any], where: str = "study") -> Study:
+    """Expand and check every run up front, so a typo fails before hours of training."""
+    unknown = sorted(set(raw) - {"base", "grid", "timing"})
+    if unknown:
+        raise SlidemapError(f"{where}: unknown key(s) {unknown}: use base, grid and timing")
+    base = raw.get("base")
+    if not isinstance(base, dict):
+        raise SlidemapError(f"{where} needs a 'base:' run config (the schema of configs/*.yaml)")
+    grids = raw.get("grid")
+    grids = [grids] if isinstance(grids, dict) else grids
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
+        raise SlidemapError(f"{where} needs a 'grid:' mapping (models, losses, variants, seeds, "
+                            "swap) or a list of them")
+    runs: dict[str, StudyRun] = {}
+    for grid in grids:
+        for run in expand_grid(base, grid, where):
+            if run.name in runs and runs[run.name].raw != run.raw:
+                raise SlidemapError(f"{where}: two grids define run {run.name} differently: "
+                                    "rename a loss or variant label")
+            runs[run.name] = run
+    for run in runs.values():
+        _check_run(run, where)
+    return Study(tuple(runs.values()), _timing(raw.get("timing") or {}, where))
+
+
+def expand_grid(base: dict, grid: dict, where: str) -> list[StudyRun]:
+    """The runs of one grid block, in model, loss, variant, seed, direction order."""
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise SlidemapError(f"{where}: unknown grid key(s) {unknown}: valid ones are "
+                            f"{list(GRID_KEYS)}")
+    models = _labelled(grid.get("models"), {(base.get("model") or {}).get("name", "unet"): {}},
+                       "models", where)
+    default_loss = base.get("loss", {"bce": 1.0, "dice": 1.0})
+    losses = _labelled(grid.get("losses"), {"+".join(default_loss): default_loss}, "losses",
+                       where, names_are_specs=True)
+    variants = {BASE_VARIANT: {}, **_labelled(grid.get("variants"), {}, "variants", where)}
+    seeds = grid.get("seeds", [(base.get("training") or {}).get("seed", 0)])
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SlidemapError(f"{where}: grid seeds must be a list of integers, e.g. [0, 1, 2]")
+    swap = grid.get("swap", False)
+    if not isinstance(swap, bool):
+        raise SlidemapError(f"{where}: grid swap must be true or false")
+    runs = []
+    for model, model_overrides in models.items():
+        for loss, loss_spec in losses.items():
+            for variant, overrides in variants.items():
+                for seed in seeds:
+                    for direction in ("forward", "swapped") if swap else ("forward",):
+                        name = f"{model}-{loss}-{variant}-s{seed}" + (
+                            "-swapped" if direction == "swapped" else "")
+                        raw = _run_config(base, name, model, model_overrides, loss_spec,
+                                          overrides, seed, direction == "swapped")
+                        runs.append(StudyRun(name, model, loss, variant, seed, direction, raw))
+    return runs
+
+
+def _labelled(value: Any, default: dict, key: str, where: str,
+              names_are_specs: bool = False) -> dict[str, Any]:
+    """A grid axis as {label: value}: a mapping as is, a list of names as {name: {}}.
+
+    For losses a listed name means that loss alone at weight 1.
+    """
+    if value is None:
+        return default
+    if isinstance(value, list):
+        value = {str(n): ({str(n): 1.0} if names_are_specs else {}) for n in value}
+    if not isinstance(value, dict) or not value:
+        raise SlidemapError(f"{where}: grid {key} must be a non-empty list or mapping")
+    for label, item in value.items():
+        if not LABEL.match(str(label)) or (key == "variants" and label == BASE_VARIANT):
+            raise SlidemapError(f"{where}: grid {key} label {label!r} must use only letters, "
+                                "digits, _ . + (and 'base' is the variant without overrides)")
+        if not isinstance(item, dict):
+            raise SlidemapError(f"{where}: grid {key}.{label} must be a mapping")
+    return {str(k): v for k, v in value.items()}
+
+
+def _run_config(base: dict, name: str, model: str, model_overrides: dict, loss: dict,
+                overrides: dict, seed: int, swapped: bool) -> dict:
+    """Base ← model ← loss ← variant overrides ← seed ← direction.
+
+    A model entry's keys replace the base's (``options`` as a whole: they are per architecture),
+    the loss replaces the base loss, and variants merge deeply.
+    """
+    raw = copy.deepcopy(base)
+    raw["model"] = {**(raw.get("model") or {}), **copy.deepcopy(model_overrides), "name": model}
+    raw["loss"] = copy.deepcopy(loss)
+    raw = _merge(raw, overrides)
+    raw["training"] = {**(raw.get("training") or {}), "seed": seed}
+    if swapped:
+        data = raw.get("data") or {}
+        raw["data"] = {**data, "train": data.get("val"), "val": data.get("train")}
+    raw["name"] = name
+    return raw
+
+
+def _merge(into: dict, overrides: dict) -> dict:
+    """Deep merge of mappings; anything else in ``overrides`` replaces, ``loss`` included."""
+    out = copy.deepcopy(into)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "loss":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_run(run: StudyRun, where: str) -> None:
+    """Parse the config, build the loss and the model: errors name the run."""
+    where = f"{where} run {run.name}"
+    config = parse_config(run.raw, None)
+    if not config.val_scenes:
+        raise SlidemapError(f"{where}: a study scores on held-out scenes: give base data.val")
+    try:
+        build_loss(config.loss)
+        build_model(config.model.name, len(config.inputs.channels), config.model.width,
+                    **config.model.options)
+    except SlidemapError as exc:
+        raise SlidemapError(f"{where}: {exc}") from exc
+    except TypeError as exc:
+        raise SlidemapError(f"{where}: model {config.model.name} does not take options "
+                            f"{config.model.options}: {exc}") from exc
+
+
+def _timing(raw: Any, where: str) -> Timing:
+    if not isinstance(raw, dict) or set(raw) - {"tile", "repeats", "warmup"}:
+        raise SlidemapError(f"{where}: timing takes tile, repeats and warmup, got {raw!r}")
+    timing = Timing(**raw)
+    if not all(isinstance(v, int) for v in vars(timing).values()) or timing.tile < 1 \
+            or timing.repeats < 1 or timing.warmup < 0:
+        raise SlidemapError(f"{where}: timing tile and repeats must be positive integers")
+    return timing
+
+
+def run_study(study: Study, out_dir: Path) -> list[dict]:
+    """Train, score and time every run; rewrite results.csv/md after each, so they show progress."""
+    _check_files(study)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for number, run in enumerate(study.runs, 1):
+        console.print(f"[bold]run {number}/{len(study.runs)}: {run.name}[/]")
+        rows.append(run_one(run, out_dir / run.name, study.timing))
+        write_results(rows, out_dir, study.timing)
+    return rows
+
+
+def run_one(run: StudyRun, run_dir: Path, timing: Timing) -> dict:
+    """One study row: trained (or resumed, or skipped when finished), scored and timed."""
+    _claim(run_dir, run.raw)
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        console.print(f"{run.name}: already scored, skipped")
+        return json.loads(result_path.read_text())
+    config = parse_config(run.raw, run_dir / "config.yaml")
+    if not (run_dir / "summary.json").exists():
+        # Without a checkpoint, whatever a run cut off in its first epoch left is started over.
+        resume = (run_dir / "checkpoint.safetensors").exists()
+        train(config, run_dir, resume=resume, overwrite=not resume)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    bundle = load_model(run_dir / "model")
+    scores = score_bundle(bundle, config)
+    row = {
+        "run": run.name, "model": run.model, "loss": run.loss, "variant": run.variant,
+        "seed": run.seed, "direction": run.direction,
+        "parameters": count_parameters(bundle.model), "train_s": summary["train_seconds"],
+        **{k: scores[k] for k in METRICS},
+        "ms_per_tile": time_per_tile(bundle.model, len(bundle.inputs.channels), timing,
+                                     config.train.precision),
+        "best_epoch": summary["best_epoch"], "pixels": scores["pixels"],
+        "threads": torch.get_num_threads(),
+    }
+    with atomic_path(result_path) as tmp:
+        tmp.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def _claim(run_dir: Path, raw: dict) -> None:
+    """Write the run's config.yaml, or refuse a folder trained with a different config."""
+    path = run_dir / "config.yaml"
+    text = yaml.safe_dump(raw, sort_keys=False)
+    if path.exists():
+        if yaml.safe_load(path.read_text()) != yaml.safe_load(text):
+            raise SlidemapError(f"{run_dir} holds a run with a different config: delete that "
+                                "folder or choose another --out")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _check_files(study: Study) -> None:
+    """Every scene file must exist before the first run starts."""
+    for run in study.runs:
+        config = parse_config(run.raw, None)
+        for scene in (*config.train_scenes, *config.val_scenes):
+            for path in (scene.image, scene.mask, scene.dem):
+                if path is not None and not path.exists():
+                    raise SlidemapError(f"scene file {path} (run {run.name}) does not exist: "
+                                        "paths are relative to the current directory")
+
+
+def score_bundle(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:
+    """One confusion matrix over every valid pixel of the run's held-out (val) scenes."""
+    scenes = [load_scene_arrays(s.image, s.mask, s.dem, bundle.inputs)
+              for s in config.val_scenes]
+    return evaluate_arrays(prepare_for_inference(bundle.model), scenes,
+                           BandStats(bundle.mean, bundle.std), config, bundle.threshold)
+
+
+@torch.inference_mode()
+def time_per_tile(model: nn.Module, channels: int, timing: Timing, precision: str) -> float:
+    """Median milliseconds of a batch-1 forward after warm-up, as prediction runs it."""
+    model = prepare_for_inference(model)
+    x = torch.randn(1, channels, timing.tile, timing.tile,
+                    generator=torch.Generator().manual_seed(0))
+    x = x.to(memory_format=torch.channels_last)
+    times = []
+    with autocast(precision):
+        for step in range(timing.warmup + timing.repeats):
+            start = time.perf_counter()
+            model(x)
+            if step >= timing.warmup:
+                times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def write_results(rows: list[dict], out_dir: Path, timing: Timing) -> None:
+    """results.csv (every field) and results.md (the table, plus mean ± std over seeds)."""
+    fields = [c for c, _ in COLUMNS] + list(EXTRA_CSV)
+    with atomic_path(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in fields} for row in rows)
+    with atomic_path(out_dir / "results.md") as tmp:
+        tmp.write_text(results_markdown(rows, timing))
+
+
+def results_markdown(rows: list[dict], timing: Timing) -> str:
+    threads = sorted({row["threads"] for row in rows})
+    lines = [
+        "# Study results",
+        "",
+        "Scores of each run's best model on its held-out scenes: one confusion matrix over all "
+        "valid pixels, threshold 0.5. The best epoch is the one with the highest F1 on those "
+        "same scenes, so the scores are optimistic by that choice. *forward* trains on "
+        "`data.train` and scores `data.val`; *swapped* is the reverse. Train time counts the "
+        "epochs with their validation passes. ms/tile: median of "
+        f"{timing.repeats} batch-1 forwards of a {timing.tile}×{timing.tile} tile after "
+        f"{timing.warmup} warm-up calls, on {', '.join(map(str, threads))} CPU thread(s), in "
+        "the run's precision.",
+        "",
+        *_table([h for _, h in COLUMNS], [[_cell(c, row[c]) for c, _ in COLUMNS]
+                                          for row in rows]),
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["loss"], row["variant"], row["direction"]),
+                          []).append(row)
+    if any(len(group) > 1 for group in groups.values()):
+        keys = (*METRICS, "ms_per_tile")
+        headings = ["model", "loss", "variant", "direction", "seeds",
+                    *[dict(COLUMNS)[k] for k in keys]]
+        body = [[*key, str(len(group)), *[_mean_std(k, [r[k] for r in group]) for k in keys]]
+                for key, group in groups.items()]
+        lines += ["", "## Mean ± std over seeds", "",
+                  "Sample standard deviation (n - 1); a single seed shows no ±.", "",
+                  *_table(headings, body)]
+    return "\n".join(lines) + "\n"
+
+
+def _table(headings: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headings) + " |", "|" + " --- |" * len(headings),
+            *["| " + " | ".join(cells) + " |" for cells in body]]
+
+
+def _cell(key: str, value: Any) -> str:
+    if key == "parameters":
+        return f"{value:,}"
+    if key == "train_s":
+        return f"{value:.0f}"
+    if key == "ms_per_tile":
+        return f"{value:.1f}"
+    if key in METRICS:
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _mean_std(key: str, values: list[float]) -> str:
+    mean = _cell(key, statistics.fmean(values))
+    return mean if len(values) < 2 else f"{mean} ± {_cell(key, statistics.stdev(values))}"

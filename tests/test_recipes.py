@@ -1,0 +1,203 @@
+"""Training recipes: mixup, colour jitter, random zoom, hard-example windows, and determinism."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from slidemap.data.dataset import RandomWindows, load_scene_arrays, scene_stats
+from slidemap.data.hard_examples import error_map, hard_windows
+from slidemap.data.photometric import random_scale
+from slidemap.errors import SlidemapError
+from slidemap.models import build_model
+from slidemap.train.config import RunConfig, parse_config
+from slidemap.train.loop import train
+from slidemap.train.recipes import Recipes, build_recipes
+
+OPTICAL = 3
+
+
+def tiny_raw(scene: dict[str, Path], **training: object) -> dict:
+    """A run config on the tiny scene: RGB + DEM + slope, 32 px windows, a width-4 U-Net."""
+    paths = {k: str(v) for k, v in scene.items()}
+    return {
+        "name": "tiny",
+        "data": {"train": [paths], "val": [paths]},
+        "inputs": {"image_bands": [1, 2, 3], "dem": True, "slope": True},
+        "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
+        "loss": {"bce": 1.0, "dice": 1.0},
+        "training": {"epochs": 2, "batch_size": 4, "tile": 32, "windows_per_epoch": 8,
+                     "precision": "fp32", "seed": 0, **training},
+        "predict": {"tile": 32, "overlap": 8, "batch_size": 4},
+    }
+
+
+def windows_for(config: RunConfig) -> RandomWindows:
+    source = config.train_scenes[0]
+    scenes = [load_scene_arrays(source.image, source.mask, source.dem, config.inputs)]
+    stats = scene_stats(scenes)
+    s = config.train
+    return RandomWindows(scenes, stats, s.tile, s.windows_per_epoch, s.min_valid, s.augment,
+                         s.seed, build_recipes(config, scenes, stats))
+
+
+def first_batch(scene: dict[str, Path], **training: object) -> dict[str, np.ndarray]:
+    windows = windows_for(parse_config(tiny_raw(scene, **training)))
+    return next(iter(windows.epoch(1, 4)))
+
+
+def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
+    windows = windows_for(parse_config(tiny_raw(tiny_scene)))
+    assert windows.recipes is None
+
+
+@pytest.mark.parametrize("training", [{"mixup": -0.1}, {"hard_examples": 1.5},
+                                      {"random_scale": [1.2, 0.8]}, {"random_scale": [1.0]},
+                                      {"colour_jitter": "yes"}])
+def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:
+    with pytest.raises(SlidemapError, match=next(iter(training))):
+        parse_config(tiny_raw(tiny_scene, **training))
+
+
+def test_mixup_blends_pairs_into_soft_targets(tiny_scene: dict[str, Path]) -> None:
+    plain = first_batch(tiny_scene)
+    mixed = first_batch(tiny_scene, mixup=1.0)
+    soft = mixed["target"][(mixed["target"] > 0) & (mixed["target"] < 1)]
+    assert soft.size > 0
+    assert not np.array_equal(mixed["x"], plain["x"])
+    # A pixel stays valid only where both partners are: never valid where the sample itself isn't.
+    assert not (mixed["valid"] & ~plain["valid"]).any()
+    # Every mixed tile is λ·own + (1-λ)·partner for some partner in the batch.
+    for i in range(len(plain["x"])):
+        residuals = []
+        for j in range(len(plain["x"])):
+            a, b = plain["x"][i].ravel(), plain["x"][j].ravel()
+            lam = np.dot(mixed["x"][i].ravel() - b, a - b) / max(np.dot(a - b, a - b), 1e-12)
+            residuals.append(np.abs(lam * a + (1 - lam) * b - mixed["x"][i].ravel()).max())
+        assert min(residuals) < 1e-4
+
+
+def test_colour_jitter_changes_only_optical_channels(tiny_scene: dict[str, Path]) -> None:
+    plain = first_batch(tiny_scene, augment=False)
+    jittered = first_batch(tiny_scene, augment=False, colour_jitter=True)
+    valid = plain["valid"][:, 0]
+    np.testing.assert_array_equal(jittered["x"][:, OPTICAL:], plain["x"][:, OPTICAL:])
+    np.testing.assert_array_equal(jittered["target"], plain["target"])
+    np.testing.assert_array_equal(jittered["valid"], plain["valid"])
+    optical_change = np.abs(jittered["x"][:, :OPTICAL] - plain["x"][:, :OPTICAL])
+    assert optical_change.transpose(1, 0, 2, 3)[:, valid].mean() > 1e-3
+    assert (jittered["x"][:, :OPTICAL].transpose(1, 0, 2, 3)[:, ~valid] == 0).all()
+
+
+def test_random_scale_zooms_every_channel_and_the_labels(tiny_scene: dict[str, Path]) -> None:
+    plain = first_batch(tiny_scene, augment=False)
+    zoomed = first_batch(tiny_scene, augment=False, random_scale=[2.0, 2.0])
+    rng = np.random.default_rng(0)  # a fixed factor needs no particular draw
+    for i in range(len(plain["x"])):
+        labels = np.where(plain["valid"][i], plain["target"][i], 255).astype(np.uint8)
+        want = random_scale({"image": plain["x"][i], "mask": labels}, rng, (2.0, 2.0))
+        np.testing.assert_allclose(zoomed["x"][i], want["image"], atol=1e-6)
+        np.testing.assert_array_equal(zoomed["valid"][i], want["mask"] != 255)
+        np.testing.assert_array_equal(zoomed["target"][i], (want["mask"] == 1).astype(np.float32))
+    shrunk = first_batch(tiny_scene, augment=False, random_scale=[0.5, 0.5])
+    # Zooming out leaves an uncovered border: ignored in the labels, 0 in every channel.
+    assert not shrunk["valid"][:, :, :4].any()
+    assert (shrunk["x"][:, :, :4] == 0).all()
+
+
+def test_error_map_is_soft_error_on_labelled_pixels() -> None:
+    prob = np.array([[0.9, 0.2, 0.7]], dtype=np.float32)
+    target = np.array([[1, 1, 255]], dtype=np.uint8)
+    np.testing.assert_allclose(error_map(prob, target), [[0.1, 0.8, 0.0]], atol=1e-6)
+
+
+def test_hard_windows_follow_the_error_map() -> None:
+    valid = np.ones((64, 64), dtype=bool)
+    error = np.full((64, 64), 0.001, dtype=np.float32)
+    error[:16, :16] = 1.0
+    picks = hard_windows([valid], [error], 16, 500, 0.25, np.random.default_rng(0))
+    assert len(picks) == 500
+    hits = np.mean([w.row_off < 16 and w.col_off < 16 for _, w in picks])
+    # Uniform windows would touch the hot corner ~11 % of the time.
+    assert hits > 0.9
+    again = hard_windows([valid], [error], 16, 500, 0.25, np.random.default_rng(0))
+    assert again == picks
+
+
+def test_hard_windows_skip_right_scenes_and_invalid_ground() -> None:
+    valid = np.ones((64, 64), dtype=bool)
+    valid[:, :32] = False
+    error = np.ones((64, 64), dtype=np.float32)
+    picks = hard_windows([valid, valid], [error, np.zeros_like(error)], 16, 200, 1.0,
+                         np.random.default_rng(1))
+    assert {index for index, _ in picks} == {0}
+    assert all(w.col_off >= 32 for _, w in picks)
+    assert hard_windows([valid], [np.zeros_like(error)], 16, 5, 0.25,
+                        np.random.default_rng(0)) == []
+
+
+def test_hard_examples_replace_part_of_the_uniform_windows(tiny_scene: dict[str, Path]) -> None:
+    config = parse_config(tiny_raw(tiny_scene, hard_examples=0.5, augment=False))
+    windows = windows_for(config)
+    recipes = windows.recipes
+    assert isinstance(recipes, Recipes)
+    model = build_model("unet", 5, 4, depth=2)
+    recipes.start_epoch(model, 1)
+    assert recipes.error_maps is None  # nothing learned yet: epoch 1 is uniform
+    recipes.start_epoch(model, 2)
+    scene = windows.scenes[0]
+    assert recipes.error_maps[0].shape == scene.target.shape
+    assert (recipes.error_maps[0][~scene.valid] == 0).all()
+
+    hot = np.zeros(scene.target.shape, dtype=np.float32)
+    hot[64:, 64:] = 1.0
+    recipes.error_maps = [hot]
+    hard = recipes.hard_windows(np.random.default_rng(0))
+    assert len(hard) == 4  # half of 8 windows
+    assert all(w.row_off + 32 > 64 and w.col_off + 32 > 64 for _, w in hard)
+    batches = list(windows.epoch(2, 4))
+    assert sum(len(b["x"]) for b in batches) == 8
+
+
+ALL_RECIPES = {"mixup": 0.4, "colour_jitter": True, "random_scale": [0.8, 1.25],
+               "hard_examples": 0.5}
+
+
+def history_losses(run: Path) -> list[str]:
+    with (run / "history.csv").open() as handle:
+        return [row["train_loss"] for row in csv.DictReader(handle)]
+
+
+def test_runs_with_recipes_are_deterministic_and_resumable(
+        tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(tiny_raw(tiny_scene, **ALL_RECIPES))
+    train(config, tmp_path / "a")
+    train(config, tmp_path / "b")
+
+    class Interrupted(Exception):
+        pass
+
+    real_start = Recipes.start_epoch
+
+    def interrupt_at_epoch_2(self: Recipes, model: object, epoch: int) -> None:
+        if epoch == 2:
+            raise Interrupted
+        real_start(self, model, epoch)
+
+    monkeypatch.setattr(Recipes, "start_epoch", interrupt_at_epoch_2)
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "c")
+    monkeypatch.undo()
+    train(config, tmp_path / "c", resume=True)
+
+    weights = [load_file(str(tmp_path / run / "model.safetensors")) for run in "abc"]
+    for other in weights[1:]:
+        assert other.keys() == weights[0].keys()
+        for key, value in weights[0].items():
+            assert (other[key] == value).all(), key
+    assert history_losses(tmp_path / "a") == history_losses(tmp_path / "b") \
+        == history_losses(tmp_path / "c")
