@@ -11,10 +11,11 @@ from rich.progress import Progress
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
+from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, predict_scene
-from slidemap.infer.vectorize import build_inventory, write_inventory
+from slidemap.infer.vectorize import build_inventory, inventory_paths, write_inventory
 from slidemap.io.atomic import staged
-from slidemap.io.modelfile import load_model
+from slidemap.io.modelfile import load_model, model_paths
 from slidemap.report.plots import write_evaluation_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -27,10 +28,11 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL
 
 
-def output_paths(image: Path, out_dir: Path) -> dict[str, Path]:
+def output_paths(image: Path, out_dir: Path, formats: Sequence[str] = ("gpkg",)
+                 ) -> dict[str, Path]:
     stem = image.stem
     return {"prob": out_dir / f"{stem}_prob.tif", "mask": out_dir / f"{stem}_mask.tif",
-            "inventory": out_dir / f"{stem}_landslides.gpkg"}
+            **inventory_paths(out_dir, stem, formats)}
 
 
 def check_outputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> None:
@@ -43,31 +45,38 @@ def check_outputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> Non
             raise SlidemapError(f"output {path} exists: pass --overwrite or choose another --out")
 
 
+def model_list(models: Path | Sequence[Path] | None) -> list[Path]:
+    """The model files asked for, or the shipped model."""
+    if models is None or (not isinstance(models, Path) and not models):
+        return [default_model_path()]
+    return [models] if isinstance(models, Path) else list(models)
+
+
 def load_predictor(models: Path | Sequence[Path] | None, options: PredictOptions) -> Predictor:
     """The shipped model, one model file, or an ensemble of several (probabilities averaged)."""
-    if models is None or (not isinstance(models, Path) and not models):
-        paths: list[Path] = [default_model_path()]
-    else:
-        paths = [models] if isinstance(models, Path) else list(models)
-    return Predictor([load_model(p) for p in paths], options.tta, options.precision)
+    return Predictor([load_model(p) for p in model_list(models)], options.tta, options.precision,
+                     options.backend, options.compile)
 
 
 def predict(image: Path, out_dir: Path, dem: Path | None = None,
             model: Path | Sequence[Path] | None = None,
             options: PredictOptions | None = None, min_area_m2: float = 0.0,
             simplify_m: float = 0.0, overwrite: bool = False,
-            progress: Progress | None = None) -> dict:
-    """Map landslides in ``image``: probability, mask and inventory files in ``out_dir``."""
+            progress: Progress | None = None, formats: Sequence[str] = ("gpkg",)) -> dict:
+    """Map landslides in ``image``: probability, mask and inventory files in ``out_dir``
+    (the inventory in each of ``formats``: gpkg, geojson)."""
     options = options or PredictOptions()
+    paths = output_paths(image, out_dir, formats)
     predictor = load_predictor(model, options)
-    paths = output_paths(image, out_dir)
     check_outputs(list(paths.values()), [image] + ([dem] if dem else []), overwrite)
     _make_dir(out_dir)
     with staged(paths) as tmp:  # all three files appear together, or none does
         counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
                                progress)
-        inventory = build_inventory(tmp["mask"], tmp["prob"], min_area_m2, simplify_m)
-        write_inventory(inventory, tmp["inventory"])
+        inventory = build_inventory(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem)
+        for key in paths:
+            if key.startswith("inventory"):
+                write_inventory(inventory, tmp[key])
     return {**{k: str(v) for k, v in paths.items()}, **counts, "landslides": len(inventory),
             "landslide_area_m2": float(inventory.attributes["area_m2"].sum())}
 
@@ -113,6 +122,42 @@ def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = N
         report["plots"] = {k: str(v) for k, v in write_evaluation_plots(
             out_dir, confusion, prediction, truth, image).items()}
     return report
+
+
+def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | None = None,
+                    options: PredictOptions | None = None, scale: float | None = None,
+                    pixel_size: float | None = None, overwrite: bool = False,
+                    progress: Progress | None = None) -> dict:
+    """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
+    ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
+    options = options or PredictOptions()
+    return predict_patch_set(load_predictor(model, options), folder, out_dir, options, scale,
+                             pixel_size, overwrite, progress)
+
+
+def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -> dict:
+    """Export ``model`` to ONNX at ``out`` (default: NAME.onnx beside it); what was written."""
+    from slidemap.io import onnxfile
+
+    bundle = load_model(model)
+    target = out or onnxfile.onnx_path_for(model)
+    check_outputs([target], list(model_paths(model)), overwrite)
+    _make_dir(target.parent)
+    onnxfile.export_onnx(bundle, target)
+    return {"onnx": str(target), "opset": onnxfile.OPSET,
+            "stride": onnxfile.model_stride(bundle.model),
+            "channels": len(bundle.inputs.channels)}
+
+
+def bench(image: Path, dem: Path | None = None, model: Path | Sequence[Path] | None = None,
+          options: PredictOptions | None = None, sample: int = 32,
+          agreement: bool = False) -> dict:
+    """Model-only against end-to-end throughput of mapping ``image``, and peak RSS
+    (``slidemap.infer.bench``); with ``agreement``, how close the map is to torch fp32."""
+    from slidemap.infer.bench import bench_scene
+
+    return bench_scene(image, dem, model_list(model), options or PredictOptions(), sample,
+                       agreement)
 
 
 def _make_dir(path: Path) -> None:

@@ -35,6 +35,12 @@ Report = Annotated[bool, typer.Option("--report", help="also write report.html i
 Models = Annotated[list[Path] | None, typer.Option(
     "--model", help="model file; repeat to average an ensemble (default: shipped)")]
 TTA = Annotated[bool, typer.Option(help="average the 8 flips/rotations of every window")]
+Backend = Annotated[str, typer.Option(help="torch, or onnx (ONNX Runtime, always fp32)")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the model: a minute or more first, faster on long runs")]
+Normalise = Annotated[str, typer.Option(
+    help="model: the model's training statistics; scene: statistics of the data predicted "
+         "(the scene, or all patches of the folder)")]
 
 
 @app.callback()
@@ -55,16 +61,17 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
 ) -> None:
-    """Train a model from a YAML config."""
+    """Train a model from a YAML config (with init: MODEL, a fine-tuning: see finetune)."""
     from slidemap.train.config import load_config
-    from slidemap.train.loop import train as run_training
+    from slidemap.train.finetune import train_run
 
-    run_training(load_config(config), out, resume=resume, overwrite=overwrite)
+    train_run(load_config(config), out, resume=resume, overwrite=overwrite)
 
 
 @app.command()
 def predict(
-    image: Annotated[Path, typer.Argument(help="image GeoTIFF (any band count)")],
+    image: Annotated[Path, typer.Argument(
+        help="image GeoTIFF (any band count), or a patch folder / Landslide4Sense split")],
     out: Annotated[Path, typer.Option(help="output folder")],
     dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
     model: Models = None,
@@ -73,21 +80,50 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="windows per model call")] = 8,
     precision: Precision = "bf16",
     tta: TTA = False,
+    normalise: Normalise = "model",
+    scale: Annotated[float | None, typer.Option(
+        help="patches: up-sample by this factor before the model (default: the model's)")
+    ] = None,
+    pixel_size: Annotated[float | None, typer.Option(
+        help="patches: pixel size in metres, for slope from DEMs without georeference")] = None,
     min_area: Annotated[float, typer.Option(help="drop polygons smaller than this (m²)")] = 0.0,
     simplify: Annotated[float, typer.Option(help="simplify polygons by this tolerance (m)")] = 0.0,
+    inventory_format: Annotated[list[str] | None, typer.Option(
+        "--format", help="inventory format: gpkg (default) or geojson; repeat for both")] = None,
+    backend: Backend = "torch",
+    compile_model: Compile = False,
+    workers: Annotated[int, typer.Option(
+        min=0, help="predict rows of windows on a local Dask cluster of N processes")] = 0,
+    dask: Annotated[str | None, typer.Option(
+        help="address of a Dask scheduler whose workers read the same file paths")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     html_report: Report = False,
 ) -> None:
-    """Map landslides: probability and mask GeoTIFFs plus a GeoPackage inventory."""
-    options = PredictOptions(tile, overlap, batch_size, _precision(precision), tta)
+    """Map landslides: probability and mask GeoTIFFs plus a GeoPackage inventory.
+
+    Given a folder of patches: a probability and a mask TIFF per patch, and metrics.json
+    when the folder has masks.
+    """
+    options = PredictOptions(tile, overlap, batch_size, _precision(precision), tta,
+                             _normalise(normalise), _backend(backend), compile_model, workers,
+                             dask)
+    if image.is_dir() and (workers or dask):
+        raise SlidemapError(f"{image} is a patch folder: --workers and --dask apply to scenes")
+    if image.is_dir():
+        _predict_folder(image, out, dem, model, options, scale, pixel_size, overwrite,
+                        html_report)
+        return
+    if scale is not None or pixel_size is not None:
+        raise SlidemapError(f"--scale and --pixel-size apply to patch folders, and {image} is a "
+                            "file: scenes are read at the model's resolution_m")
     with _progress() as progress:
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
-                             progress)
+                             progress, inventory_format or ["gpkg"])
     valid = max(result["valid_pixels"], 1)
     console.print(f"{result['landslides']} landslides, {result['landslide_area_m2']:.0f} m², "
                   f"{100 * result['landslide_pixels'] / valid:.1f} % of valid pixels")
-    for key in ("prob", "mask", "inventory"):
-        console.print(f"  {key:9s} {result[key]}")
+    for key in [k for k in result if k in ("prob", "mask") or k.startswith("inventory")]:
+        console.print(f"  {key.replace('_', ' '):9s} {result[key]}")
     if html_report:
         console.print(f"  report    {build_report(out)}")
 
@@ -103,13 +139,15 @@ def evaluate(
     threshold: Annotated[float | None, typer.Option(help="probability threshold")] = None,
     precision: Precision = "bf16",
     tta: TTA = False,
+    normalise: Normalise = "model",
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     html_report: Report = False,
 ) -> None:
     """Score a prediction raster, or a model on an image, against a truth raster."""
     if html_report and out is None:
         raise SlidemapError("--report needs --out DIR to write report.html into")
-    options = PredictOptions(precision=_precision(precision), tta=tta)
+    options = PredictOptions(precision=_precision(precision), tta=tta,
+                             normalise=_normalise(normalise))
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
                               overwrite, progress)
@@ -191,6 +229,137 @@ def make_report(
 ) -> None:
     """One self-contained HTML report (figures, plots, inventory) of an output folder."""
     console.print(f"report {build_report(folder, out)}")
+
+
+@app.command()
+def finetune(
+    model: Annotated[Path, typer.Argument(help="model file to start from")],
+    config: Annotated[Path, typer.Argument(help="YAML run config: the new site's data")],
+    out: Annotated[Path, typer.Option(help="run folder: model, history, finetune.json")],
+    freeze_encoder: Annotated[bool, typer.Option(
+        "--freeze-encoder", help="train only the decoder and head")] = False,
+    resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
+) -> None:
+    """Fine-tune a model on a config's data; finetune.json holds val figures before and after."""
+    from dataclasses import replace
+
+    from slidemap.train.config import load_config
+    from slidemap.train.finetune import finetune as run_finetune
+
+    run_config = load_config(config)
+    settings = replace(run_config.train,
+                       freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
+    report = run_finetune(replace(run_config, init=model, train=settings), out, resume=resume,
+                          overwrite=overwrite)
+    table = Table(title=f"{model.name} on the val data of {config.name}")
+    for column in ("", "F1", "IoU", "precision", "recall"):
+        table.add_column(column, justify="right")
+    for when in ("before", "after"):
+        figures = report[when]
+        table.add_row(when, *(f"{figures[k]:.4f}" for k in ("f1", "iou", "precision", "recall")))
+    Console().print(table)
+    console.print(f"  {out / 'finetune.json'}")
+
+
+@app.command()
+def selftrain(
+    config: Annotated[Path, typer.Argument(help="YAML run config with a selftrain: section")],
+    out: Annotated[Path, typer.Option(help="folder: one run per round, rounds.csv/md, model")],
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
+) -> None:
+    """Train on the labelled source, then retrain with pseudo-labels of the unlabelled target."""
+    from slidemap.train.config import load_config
+    from slidemap.train.selftrain import selftrain as run_selftrain
+
+    rows = run_selftrain(load_config(config), out, overwrite)
+    console.print(f"{len(rows) - 1} pseudo-label rounds → {out / 'rounds.md'}, "
+                  f"{out / 'model.safetensors'}")
+
+
+def _predict_folder(folder: Path, out: Path, dem: Path | None, model: list[Path] | None,
+                    options: PredictOptions, scale: float | None, pixel_size: float | None,
+                    overwrite: bool, html_report: bool) -> None:
+    """``predict`` on a patch folder: per-patch TIFFs, and the figures when it has masks."""
+    if dem is not None or html_report:
+        raise SlidemapError(f"{folder} is a folder, read as patches: --dem and --report apply "
+                            "to scene files (patch DEMs go in the folder's dem/)")
+    with _progress() as progress:
+        result = api.predict_patches(folder, out, model, options, scale, pixel_size, overwrite,
+                                     progress)
+    valid = max(result["valid_pixels"], 1)
+    console.print(f"{result['patches']} patches at scale {result['scale']:g}, "
+                  f"{100 * result['landslide_pixels'] / valid:.2f} % landslide pixels → {out}")
+    if "metrics" in result:
+        metrics = result["metrics"]
+        console.print("  ".join(f"{k} {metrics[k]:.4f}"
+                                for k in ("precision", "recall", "f1", "iou")))
+        console.print(f"  metrics   {out / 'metrics.json'}")
+
+
+def _normalise(value: str) -> str:
+    if value not in ("model", "scene"):
+        raise SlidemapError(f"--normalise {value!r} is not known: use model or scene")
+    return value
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="model file (NAME.safetensors + NAME.json)")],
+    out: Annotated[Path | None, typer.Option(
+        help="ONNX file to write (default: NAME.onnx beside the model)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
+) -> None:
+    """Export a model to ONNX (dynamic batch, height and width) for ONNX Runtime and others."""
+    result = api.export_onnx(model, out, overwrite)
+    console.print(f"{result['onnx']}: input x (B, {result['channels']}, H, W) normalised with "
+                  f"H, W multiples of {result['stride']}; output prob (B, 1, H, W); "
+                  f"opset {result['opset']}")
+
+
+@app.command()
+def bench(
+    image: Annotated[Path, typer.Argument(help="image GeoTIFF (or VRT) to time")],
+    dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
+    model: Models = None,
+    tile: Tile = 256,
+    overlap: Overlap = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="windows per model call")] = 8,
+    precision: Precision = "bf16",
+    backend: Backend = "torch",
+    compile_model: Compile = False,
+    sample: Annotated[int, typer.Option(
+        min=1, help="windows read beforehand and timed for model-only")] = 32,
+    agreement: Annotated[bool, typer.Option(
+        help="also map the scene in plain torch fp32 and compare: mask agreement, max |Δp|")
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="also write the figures to this JSON file")] = None,
+) -> None:
+    """Throughput: model-only vs end-to-end megapixels/s (read, model, blend, write), peak RSS."""
+    options = PredictOptions(tile, overlap, batch_size, _precision(precision),
+                             backend=_backend(backend), compile=compile_model)
+    result = api.bench(image, dem, model, options, sample, agreement)
+    table = Table(title=f"{image.name}: {result['size'][0]}×{result['size'][1]} px, "
+                        f"{result['backend']} {result['precision']}"
+                        f"{' compiled' if result['compile'] else ''}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key in ("model_only_mpx_s", "end_to_end_mpx_s", "end_to_end_share", "peak_rss_mb",
+                "windows", "model_s_per_window", "end_to_end_s", "first_batch_s"):
+        table.add_row(key, str(result[key]))
+    for key, value in result.get("agreement_vs_fp32", {}).items():
+        table.add_row(f"vs fp32: {key}", f"{value:.6g}")
+    Console(stderr=True).print(table)
+    print(json.dumps(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _backend(value: str) -> str:
+    if value not in ("torch", "onnx"):
+        raise SlidemapError(f"--backend {value!r} is not known: use torch or onnx")
+    return value
 
 
 def _precision(value: str) -> str:

@@ -2,6 +2,9 @@
 
 A model file stores an ``InputSpec`` so that prediction on a new scene knows exactly which image
 bands to read, whether to add the DEM and its slope, and at which ground resolution to work.
+Patch data has no ground resolution: ``scale`` says by how much patches are up-sampled before the
+model (scale promotion, see ``slidemap.data.scaling``). Image bands of Landslide4Sense patches
+are numbered as in its 14-channel stack (B2 = 2, B8 = 8, B12 = 12); slope and DEM are the flags.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Model inputs: image bands (1-based), optional DEM and slope, working resolution."""
+    """Model inputs: image bands (1-based), optional DEM and slope, working resolution (scenes)
+    and up-sampling factor (patches)."""
 
     image_bands: tuple[int, ...] = (1, 2, 3)
     dem: bool = False
     slope: bool = False
     resolution_m: float | None = None
+    scale: float = 1.0
 
     @property
     def channels(self) -> list[str]:
@@ -39,6 +44,7 @@ class InputSpec:
             dem=bool(data.get("dem", False)),
             slope=bool(data.get("slope", False)),
             resolution_m=data.get("resolution_m"),
+            scale=float(data.get("scale", 1.0)),
         )
 
 

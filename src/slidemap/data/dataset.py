@@ -110,7 +110,7 @@ class RandomWindows:
         rng.shuffle(picks)
         for start in range(0, len(picks), batch_size):
             samples = [self._sample(i, w, rng) for i, w in picks[start:start + batch_size]]
-            batch = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+            batch = collate(samples)
             yield self.recipes.batch(batch, rng) if self.recipes else batch
 
     def _sample(self, index: int, window: Window, rng: np.random.Generator) -> dict:
@@ -128,3 +128,16 @@ class RandomWindows:
             "target": (labels == 1).astype(np.float32),
             "valid": labels != IGNORE,
         }
+
+
+def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack samples into a batch; a window smaller than the largest (a patch under the tile
+    size) is padded with zeros that are not valid, so the loss ignores them."""
+    h = max(s["x"].shape[-2] for s in samples)
+    w = max(s["x"].shape[-1] for s in samples)
+
+    def padded(array: np.ndarray) -> np.ndarray:
+        pad = [(0, 0)] * (array.ndim - 2) + [(0, h - array.shape[-2]), (0, w - array.shape[-1])]
+        return np.pad(array, pad) if any(p[1] for p in pad) else array
+
+    return {k: np.stack([padded(s[k]) for s in samples]) for k in samples[0]}

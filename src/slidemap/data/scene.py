@@ -17,7 +17,7 @@ from types import TracebackType
 import numpy as np
 import rasterio
 from rasterio.coords import disjoint_bounds
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -209,7 +209,11 @@ class Scene:
                 raise SlidemapError(
                     f"the model needs a DEM for {self.image_path}: pass one with --dem"
                 )
-            elevation = self._read_dem(window, out_h, out_w)
+            if slope:  # one read serves both: the halo's core is the window's elevation
+                halo, (top, left) = self._dem_with_halo(window, out_h, out_w)
+                elevation = halo[top:top + out_h, left:left + out_w]
+            else:
+                elevation = self._read_dem(window, out_h, out_w)
             finite = np.isfinite(elevation)
             sample["valid"] &= finite
             if dem:
@@ -217,7 +221,7 @@ class Scene:
             if slope:
                 dx, dy = self.pixel_size_m()
                 step = (dx * window.width / out_w, dy * window.height / out_h)
-                sample["slope"] = self._slope(window, out_h, out_w, step)
+                sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step)
         if self._mask is not None:
             sample["mask"] = self._read_mask(window, out_h, out_w)
         return sample
@@ -230,16 +234,48 @@ class Scene:
             valid &= np.isfinite(self._read_dem(window, int(window.height), int(window.width)))
         return valid
 
+    def any_valid(self, window: Window, factor: int = 1) -> bool:
+        """Whether the image has data in ``window``, from the same decimated mask :meth:`read`
+        uses: a cheap test that skips empty windows before their DEM and slope are read."""
+        out_shape = (max(1, round(window.height / factor)), max(1, round(window.width / factor)))
+        with reading("image", self.image_path):
+            return bool(self._image.dataset_mask(window=window, out_shape=out_shape).any())
+
+    def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""
+        if self._dem is None:
+            raise SlidemapError(f"no DEM was given for {self.image_path}: pass one with --dem")
+        height, width = int(window.height), int(window.width)
+        halo, (top, left) = self._dem_with_halo(window, height, width)
+        slope = _core_slope(halo, top, left, height, width, self.pixel_size_m())
+        return halo[top:top + height, left:left + width], slope[0]
+
     def _read_dem(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
+        """Elevation in metres, NaN where the DEM has no data.
+
+        A DEM masked by its nodata value alone (the usual case) is read once and compared with
+        it: the same pixels a masked read finds, but GDAL's nodata mask band would redo the
+        resampling to find them, making the read four times slower.
+        """
         assert self._dem is not None
         with reading("DEM", self.dem_path):
+            if self._dem.mask_flag_enums[0] not in ([MaskFlags.nodata], [MaskFlags.all_valid]):
+                data = self._dem.read(1, window=window, out_shape=(out_h, out_w),
+                                      resampling=Resampling.bilinear, masked=True)
+                return np.ma.filled(data.astype(np.float32), np.nan)
             data = self._dem.read(1, window=window, out_shape=(out_h, out_w),
-                                  resampling=Resampling.bilinear, masked=True)
-        return np.ma.filled(data.astype(np.float32), np.nan)
+                                  resampling=Resampling.bilinear)
+        nodata = self._dem.nodata
+        if nodata is not None and not np.isnan(nodata):
+            data = np.where(data == nodata, np.nan, data)
+        return data.astype(np.float32, copy=False)
 
-    def _slope(self, window: Window, out_h: int, out_w: int,
-               step: tuple[float, float]) -> np.ndarray:
-        """Slope of the window, computed with a one-working-pixel halo where the scene has one."""
+    def _dem_with_halo(self, window: Window, out_h: int, out_w: int
+                       ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Elevation of the window with a one-working-pixel halo where the scene has one, and
+        the (top, left) offset of the window in it. The core is a read of the window alone
+        (GDAL resamples each output pixel from the same source pixels; where the window is not
+        a multiple of the decimation, up to float rounding)."""
         fy = window.height / out_h
         fx = window.width / out_w
         top = 1 if window.row_off - fy >= 0 else 0
@@ -248,10 +284,7 @@ class Scene:
         right = 1 if window.col_off + window.width + fx <= self.width else 0
         halo = Window(window.col_off - left * fx, window.row_off - top * fy,
                       window.width + (left + right) * fx, window.height + (top + bottom) * fy)
-        elevation = self._read_dem(halo, out_h + top + bottom, out_w + left + right)
-        slope = slope_degrees(elevation, step)
-        slope = slope[top:top + out_h, left:left + out_w]
-        return np.where(np.isfinite(slope), slope, np.nan)[None].astype(np.float32)
+        return self._read_dem(halo, out_h + top + bottom, out_w + left + right), (top, left)
 
     def _read_mask(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
         assert self._mask is not None
@@ -259,6 +292,13 @@ class Scene:
             labels = self._mask.read(1, window=window, out_shape=(out_h, out_w),
                                      resampling=Resampling.nearest)
         return labels.astype(np.uint8)
+
+
+def _core_slope(halo: np.ndarray, top: int, left: int, out_h: int, out_w: int,
+                step: tuple[float, float]) -> np.ndarray:
+    """(1, out_h, out_w) slope of the window inside a halo read (Horn's stencil needs it)."""
+    slope = slope_degrees(halo, step)[top:top + out_h, left:left + out_w]
+    return np.where(np.isfinite(slope), slope, np.nan)[None].astype(np.float32)
 
 
 def _touches_only(a: tuple[float, float, float, float], b: tuple) -> bool:

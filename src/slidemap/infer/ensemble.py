@@ -7,12 +7,14 @@ eight flips/rotations of the square, undone before averaging.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.errors import SlidemapError
-from slidemap.infer.runtime import predict_batch, prepare_for_inference
+from slidemap.infer.backends import Backend, make_backend
 from slidemap.io.modelfile import ModelBundle
 
 
@@ -20,7 +22,7 @@ class Predictor:
     """Averages the landslide probabilities of its members (and of their TTA variants)."""
 
     def __init__(self, bundles: list[ModelBundle], tta: bool = False,
-                 precision: str = "bf16") -> None:
+                 precision: str = "bf16", backend: str = "torch", compile: bool = False) -> None:
         if not bundles:
             raise SlidemapError("no model given: pass at least one --model")
         first = bundles[0].inputs
@@ -31,12 +33,22 @@ class Predictor:
                     "combine only models trained on the same bands and resolution"
                 )
         self.spec: InputSpec = first
-        self.members = [(prepare_for_inference(b.model), BandStats(b.mean, b.std))
+        self.members = [(make_backend(b, backend, precision, compile), BandStats(b.mean, b.std))
                         for b in bundles]
         self.threshold = float(np.mean([b.threshold for b in bundles]))
         self.tta = tta
         self.precision = precision
         self.paths = [b.path for b in bundles]
+
+    def with_stats(self, stats: BandStats) -> Predictor:
+        """A copy whose members all normalise with ``stats``: separated normalisation, where the
+        statistics come from the target data instead of each member's training data."""
+        if stats.bands != len(self.spec.channels):
+            raise SlidemapError(f"statistics of {stats.bands} bands do not fit the model's "
+                                f"{len(self.spec.channels)} channels {self.spec.channels}")
+        other = copy.copy(self)
+        other.members = [(member, stats) for member, _ in self.members]
+        return other
 
     def __call__(self, raw: list[np.ndarray], valid: list[np.ndarray]) -> list[np.ndarray]:
         """Probabilities (h, w) for raw stacked channels (C, h, w) and their validity masks."""
@@ -47,18 +59,18 @@ class Predictor:
                 acc += prob
         return [acc / len(self.members) for acc in total]
 
-    def _predict(self, model, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _predict(self, model: Backend, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if len({x.shape for x in inputs}) > 1:  # scene-edge windows of odd sizes: one by one
             return [self._predict(model, [x])[0] for x in inputs]
         batch = np.stack(inputs)
         if not self.tta:
-            return list(predict_batch(model, batch, self.precision))
+            return list(model(batch))
         total = np.zeros((batch.shape[0], *batch.shape[2:]), dtype=np.float32)
         for k in range(4):
             for flip in (False, True):
                 moved = np.rot90(batch, k, axes=(2, 3))
                 moved = moved[..., ::-1] if flip else moved
-                prob = predict_batch(model, np.ascontiguousarray(moved), self.precision)
+                prob = model(np.ascontiguousarray(moved))
                 prob = prob[..., ::-1] if flip else prob
                 total += np.rot90(prob, -k, axes=(1, 2))
         return list(total / 8)

@@ -2,11 +2,17 @@
 
 Strips of the mask are labelled separately and their components joined across strip borders with
 a union–find, so a slide spanning several strips comes out as one polygon while memory stays
-bounded by one strip. Attributes are accumulated per component from the same strips.
+bounded by one strip. Attributes are accumulated per component from the same strips: area,
+probability and, given a DEM, mean slope and elevation range (the DEM read on the mask's grid at
+native resolution, warped on the fly if it lies on another grid). Lengths are in metres also for
+geographic CRSs (spherical earth, as for the pixel areas).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +21,21 @@ import pyogrio.raw
 import rasterio
 import shapely
 from pyogrio.errors import DataLayerError, DataSourceError
+from rasterio.crs import CRS
 from rasterio.features import shapes
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
 
-from slidemap.data.terrain import pixel_size_m
+from slidemap.data.scene import Scene
+from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path, final_path
 
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+TERRAIN_ROWS = 256  # DEM rows read at a time: slope temporaries stay small on wide scenes
+START = {"elev_min": np.inf, "elev_max": -np.inf}  # accumulators that do not start at 0
+INVENTORY_FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson"}
 
 
 class UnionFind:
@@ -64,14 +75,19 @@ class Inventory:
 
 
 def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
-                    simplify_m: float = 0.0, strip_rows: int = 1024) -> Inventory:
-    """Polygonise landslide pixels (mask == 1) of ``mask_path`` with area and probability stats."""
+                    simplify_m: float = 0.0, strip_rows: int = 1024,
+                    dem: Path | None = None) -> Inventory:
+    """Polygonise landslide pixels (mask == 1) of ``mask_path`` with area and probability stats,
+    and terrain stats (``mean_slope_deg``, ``elev_range_m``) when ``dem`` is given."""
     forest = UnionFind()
     parts: dict[int, list] = {}
-    sums: dict[str, np.ndarray] = {k: np.zeros(1) for k in ("pixels", "area", "prob", "max")}
+    keys = ["pixels", "area", "prob", "max"]
+    keys += ["slope_sum", "slope_n", "elev_min", "elev_max"] if dem is not None else []
+    sums: dict[str, np.ndarray] = {k: np.full(1, START.get(k, 0.0)) for k in keys}
     next_id = 1
     previous_last_row: np.ndarray | None = None
-    with rasterio.open(mask_path) as mask_ds, rasterio.open(prob_path) as prob_ds:
+    with rasterio.open(mask_path) as mask_ds, rasterio.open(prob_path) as prob_ds, \
+            (Scene(mask_path, dem=dem) if dem is not None else contextlib.nullcontext()) as terrain:
         crs = mask_ds.crs
         for top in range(0, mask_ds.height, strip_rows):
             window = Window(0, top, mask_ds.width, min(strip_rows, mask_ds.height - top))
@@ -93,6 +109,8 @@ def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
                                         minlength=sums["area"].size)
             sums["prob"] += np.bincount(ids, weights=prob[slide], minlength=sums["prob"].size)
             np.maximum.at(sums["max"], ids, prob[slide])
+            if terrain is not None and count:
+                _add_terrain(terrain, window, labels, slide, sums)
             strip_transform = window_transform(window, mask_ds.transform)
             for geometry, value in shapes(labels.astype(np.int32), mask=slide,
                                           transform=strip_transform, connectivity=4):
@@ -105,7 +123,26 @@ def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
 def _grow(sums: dict[str, np.ndarray], size: int) -> None:
     for key, values in sums.items():
         if values.size < size:
-            sums[key] = np.concatenate([values, np.zeros(size - values.size)])
+            sums[key] = np.concatenate([values, np.full(size - values.size, START.get(key, 0.0))])
+
+
+def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.ndarray,
+                 sums: dict[str, np.ndarray]) -> None:
+    """Slope and elevation of a strip's landslide pixels, folded into their components."""
+    for top in range(0, slide.shape[0], TERRAIN_ROWS):
+        rows = slice(top, top + TERRAIN_ROWS)
+        if not slide[rows].any():
+            continue
+        here = slide[rows]
+        elevation, slope = scene.terrain(Window(window.col_off, window.row_off + top,
+                                                window.width, here.shape[0]))
+        ids, elevation, slope = labels[rows][here], elevation[here], slope[here]
+        finite = np.isfinite(slope)
+        size = sums["slope_n"].size
+        sums["slope_sum"] += np.bincount(ids[finite], weights=slope[finite], minlength=size)
+        sums["slope_n"] += np.bincount(ids[finite], minlength=size)
+        np.fmin.at(sums["elev_min"], ids, elevation)  # fmin/fmax skip NaN (no DEM data)
+        np.fmax.at(sums["elev_max"], ids, elevation)
 
 
 def _pixel_areas(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
@@ -118,8 +155,8 @@ def _pixel_areas(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
     return np.array([np.prod(pixel_size_m(ds.crs, ds.res, lat)) for lat in lats])[:, None]
 
 
-def _merge(forest: UnionFind, parts: dict[int, list], sums: dict[str, np.ndarray], crs: object,
-           min_area_m2: float, simplify_m: float) -> Inventory:
+def _merge(forest: UnionFind, parts: dict[int, list], sums: dict[str, np.ndarray],
+           crs: CRS | None, min_area_m2: float, simplify_m: float) -> Inventory:
     groups: dict[int, list[int]] = {}
     for label in parts:
         groups.setdefault(forest.find(label), []).append(label)
@@ -131,11 +168,20 @@ def _merge(forest: UnionFind, parts: dict[int, list], sums: dict[str, np.ndarray
             continue
         geometry = shapely.union_all([g for i in labels for g in parts[i]])
         if simplify_m > 0:
-            geometry = shapely.simplify(geometry, simplify_m, preserve_topology=True)
+            geometry = shapely.simplify(geometry, _crs_units(simplify_m, crs),
+                                        preserve_topology=True)
         geometries.append(geometry)
-        rows.append((area, geometry.length, sum(sums["prob"][i] for i in labels) / pixels,
-                     max(sums["max"][i] for i in labels), pixels))
-    table = np.array(rows, dtype=np.float64).reshape(-1, 5)
+        row = [area, _length_m(geometry, crs), sum(sums["prob"][i] for i in labels) / pixels,
+               max(sums["max"][i] for i in labels), pixels]
+        if "slope_n" in sums:
+            slopes = sum(sums["slope_n"][i] for i in labels)
+            low, high = min(sums["elev_min"][i] for i in labels), max(
+                sums["elev_max"][i] for i in labels)
+            row += [sum(sums["slope_sum"][i] for i in labels) / slopes if slopes else np.nan,
+                    high - low if np.isfinite(low) else np.nan]
+        rows.append(row)
+    width = 7 if "slope_n" in sums else 5
+    table = np.array(rows, dtype=np.float64).reshape(-1, width)
     attributes = {
         "id": np.arange(1, len(geometries) + 1, dtype=np.int32),
         "area_m2": table[:, 0],
@@ -144,7 +190,48 @@ def _merge(forest: UnionFind, parts: dict[int, list], sums: dict[str, np.ndarray
         "max_prob": table[:, 3],
         "pixels": table[:, 4].astype(np.int64),
     }
+    if width == 7:
+        attributes["mean_slope_deg"] = table[:, 5]
+        attributes["elev_range_m"] = table[:, 6]
     return Inventory(geometries, attributes, crs)
+
+
+def _metres_per_unit(crs: CRS | None) -> float:
+    """Metres per CRS unit; for degrees, per degree of latitude (spherical earth)."""
+    if crs is None:
+        return 1.0
+    if crs.is_geographic:
+        return math.pi * EARTH_RADIUS_M / 180.0
+    return crs.linear_units_factor[1] if crs.is_projected else 1.0
+
+
+def _crs_units(metres: float, crs: CRS | None) -> float:
+    return metres / _metres_per_unit(crs)
+
+
+def _length_m(geometry: shapely.Geometry, crs: CRS | None) -> float:
+    """Boundary length in metres; in degrees, each segment is scaled at its mean latitude."""
+    if crs is None or not crs.is_geographic:
+        return float(geometry.length) * _metres_per_unit(crs)
+    total = 0.0
+    for ring in shapely.get_rings(shapely.get_parts(geometry)):
+        lon, lat = np.radians(shapely.get_coordinates(ring)).T
+        dx = np.diff(lon) * np.cos((lat[1:] + lat[:-1]) / 2)
+        total += float(np.hypot(dx, np.diff(lat)).sum()) * EARTH_RADIUS_M
+    return total
+
+
+def inventory_paths(out_dir: Path, stem: str, formats: Sequence[str]) -> dict[str, Path]:
+    """``inventory``: the file of the first format asked; ``inventory_<format>``: the others."""
+    unknown = [f for f in formats if f not in INVENTORY_FORMATS]
+    if unknown:
+        raise SlidemapError(f"inventory format {unknown[0]!r} is not known: use "
+                            f"{' or '.join(INVENTORY_FORMATS)} (repeat --format for both)")
+    paths = {}
+    for index, name in enumerate(dict.fromkeys(formats)):
+        key = "inventory" if index == 0 else f"inventory_{name}"
+        paths[key] = out_dir / f"{stem}_landslides{INVENTORY_FORMATS[name]}"
+    return paths
 
 
 def write_inventory(inventory: Inventory, path: Path) -> None:

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from slidemap.data.channels import InputSpec
+from slidemap.data.l4s import DEFAULT_BANDS
+from slidemap.data.sources import PatchSource, is_patch_source, l4s_inputs, parse_patch_source
 from slidemap.errors import SlidemapError
 
 
 @dataclass(frozen=True)
 class SceneSource:
-    """One labelled scene: image, optional DEM, label raster (0/1, 255 ignore)."""
+    """One scene: image, optional DEM, label raster (0/1, 255 ignore; optional for targets)."""
 
     image: Path
-    mask: Path
+    mask: Path | None
     dem: Path | None = None
 
 
@@ -47,12 +49,18 @@ class TrainSettings:
     colour_jitter: bool = False
     random_scale: tuple[float, float] | None = None
     hard_examples: float = 0.0
+    # Which epoch becomes model.safetensors: "best" by validation F1, or "last" (no selection on
+    # the validation scenes, so their figures stay an honest estimate on unseen ground).
+    select: str = "best"
+    freeze_encoder: bool = False  # with init: train all but model.encoder
 
     def __post_init__(self) -> None:
         """Check the recipe settings at load time, so that a study fails before its first run."""
         _check_range("training.mixup", self.mixup, 0.0, float("inf"), "a number >= 0 (0 = off)")
         _check_range("training.hard_examples", self.hard_examples, 0.0, 1.0,
                      "a fraction in [0, 1] (0 = off)")
+        if self.select not in ("best", "last"):
+            raise SlidemapError(f"training.select must be best or last, got {self.select!r}")
         if not isinstance(self.colour_jitter, bool):
             raise SlidemapError(f"training.colour_jitter must be true or false, "
                                 f"got {self.colour_jitter!r}")
@@ -82,6 +90,23 @@ class PredictSettings:
 
 
 @dataclass(frozen=True)
+class SelfTrainSettings:
+    """Pseudo-label rounds on unlabelled target data (``selftrain:``, see configs/README.md)."""
+
+    target_scenes: tuple[SceneSource, ...]
+    target_patches: tuple[PatchSource, ...]
+    rounds: int = 3
+    threshold: float = 0.7
+    loss: dict = field(default_factory=lambda: {"soft_ce": 1.0})
+    epochs: int | None = None  # per pseudo-label round; None = training.epochs
+
+    def to_dict(self) -> dict:
+        return {"target": _sources_dict(self.target_scenes, self.target_patches),
+                "rounds": self.rounds, "threshold": self.threshold, "loss": self.loss,
+                "epochs": self.epochs}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     train_scenes: tuple[SceneSource, ...]
@@ -92,17 +117,30 @@ class RunConfig:
     train: TrainSettings
     predict: PredictSettings
     source: Path | None = None
+    train_patches: tuple[PatchSource, ...] = ()
+    val_patches: tuple[PatchSource, ...] = ()
+    init: Path | None = None  # model file whose weights training starts from
+    selftrain: SelfTrainSettings | None = None
 
     def to_dict(self) -> dict:
         """Plain-data view for provenance records."""
-        def scenes(items: tuple[SceneSource, ...]) -> list[dict]:
-            return [{k: (str(v) if v is not None else None) for k, v in vars(s).items()}
-                    for s in items]
-        return {
-            "name": self.name, "train": scenes(self.train_scenes), "val": scenes(self.val_scenes),
+        out = {
+            "name": self.name, "train": _sources_dict(self.train_scenes, self.train_patches),
+            "val": _sources_dict(self.val_scenes, self.val_patches),
             "inputs": self.inputs.to_dict(), "model": vars(self.model), "loss": self.loss,
             "training": vars(self.train), "predict": vars(self.predict),
         }
+        if self.init is not None:
+            out["init"] = str(self.init)
+        if self.selftrain is not None:
+            out["selftrain"] = self.selftrain.to_dict()
+        return out
+
+
+def _sources_dict(scenes: tuple[SceneSource, ...], patches: tuple[PatchSource, ...]
+                  ) -> list[dict]:
+    return [{k: (str(v) if v is not None else None) for k, v in vars(s).items()}
+            for s in scenes] + [p.to_dict() for p in patches]
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -128,7 +166,8 @@ def read_yaml(path: Path, what: str = "config") -> dict:
     return raw
 
 
-SECTIONS = ("name", "data", "inputs", "model", "loss", "training", "predict")
+SECTIONS = ("name", "data", "inputs", "model", "loss", "training", "predict", "init",
+            "selftrain")
 POSITIVE = {"width", "epochs", "batch_size", "tile", "windows_per_epoch"}
 
 
@@ -141,7 +180,13 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> RunConfig:
     data = _section(raw, "data", where)
     train_scenes = _scenes(data.get("train"), f"{where} data.train")
     val_scenes = _scenes(data.get("val", []), f"{where} data.val", allow_empty=True)
-    inputs = _inputs(_section(raw, "inputs", where, required=False), where)
+    train_patches = _patches(data.get("train"), f"{where} data.train")
+    val_patches = _patches(data.get("val", []), f"{where} data.val")
+    raw_inputs = _section(raw, "inputs", where, required=False)
+    selftrain = _selftrain(raw.get("selftrain"), where)
+    patch_sets = (*train_patches, *val_patches,
+                  *(selftrain.target_patches if selftrain else ()))
+    inputs = _l4s_inputs(_inputs(raw_inputs, where), raw_inputs, patch_sets, where)
     loss = raw.get("loss", {"bce": 1.0, "dice": 1.0})
     if not isinstance(loss, dict) or not loss:
         raise SlidemapError(f"{where}: loss must map loss names to weights, "
@@ -159,6 +204,10 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> RunConfig:
         train=_settings(TrainSettings, _section(raw, "training", where, required=False), where),
         predict=_settings(PredictSettings, _section(raw, "predict", where, required=False), where),
         source=path,
+        train_patches=train_patches,
+        val_patches=val_patches,
+        init=_init(raw.get("init"), where),
+        selftrain=selftrain,
     )
 
 
@@ -173,25 +222,98 @@ def _section(raw: dict, key: str, where: str, required: bool = True) -> dict:
     return value
 
 
-def _scenes(items: Any, where: str, allow_empty: bool = False) -> tuple[SceneSource, ...]:
+def _scenes(items: Any, where: str, allow_empty: bool = False,
+            labelled: bool = True) -> tuple[SceneSource, ...]:
     if not items:
         if allow_empty:
             return ()
-        raise SlidemapError(f"{where} is empty: list at least one scene with image and mask")
+        raise SlidemapError(f"{where} is empty: list at least one scene with image and mask "
+                            "or a patch set (patches: or l4s:)")
     if not isinstance(items, list):
-        raise SlidemapError(f"{where} must be a list of scenes (- image: ..., mask: ...)")
+        raise SlidemapError(f"{where} must be a list of scenes (- image: ..., mask: ...) "
+                            "or patch sets (- patches: ...)")
     scenes = []
     for item in items:
-        if not isinstance(item, dict) or "image" not in item or "mask" not in item:
-            raise SlidemapError(f"{where}: every scene needs 'image' and 'mask' paths")
+        if is_patch_source(item):
+            continue
+        if not isinstance(item, dict) or "image" not in item or ("mask" not in item and labelled):
+            needs = "'image' and 'mask' paths" if labelled else "an 'image' path"
+            raise SlidemapError(f"{where}: every scene needs {needs} (or name a patch set with "
+                                "patches: or l4s:)")
         extra = sorted(set(item) - {"image", "mask", "dem"}, key=str)
         if extra:
             raise SlidemapError(f"{where}: unknown scene key(s) {extra}: a scene has image, "
                                 "mask and optionally dem")
-        dem = item.get("dem")
-        scenes.append(SceneSource(Path(item["image"]), Path(item["mask"]),
+        dem, mask = item.get("dem"), item.get("mask")
+        scenes.append(SceneSource(Path(item["image"]), Path(mask) if mask else None,
                                   Path(dem) if dem else None))
     return tuple(scenes)
+
+
+def _patches(items: Any, where: str) -> tuple[PatchSource, ...]:
+    """The patch sets among ``items`` (already checked to be a list by :func:`_scenes`)."""
+    return tuple(parse_patch_source(item, f"{where}[{index}]")
+                 for index, item in enumerate(items or []) if is_patch_source(item))
+
+
+def _l4s_inputs(inputs: InputSpec, raw: dict, patch_sets: tuple[PatchSource, ...],
+                where: str) -> InputSpec:
+    """Channels named by Landslide4Sense ``bands:`` become the inputs unless ``inputs`` gives them.
+
+    Every set's bands must then build the same channels, since one model reads them all.
+    """
+    l4s = [p for p in patch_sets if p.kind == "l4s"]
+    if not l4s or {"image_bands", "dem", "slope"} & set(raw):
+        named = inputs
+    else:
+        named = replace(inputs, **l4s_inputs(l4s[0].bands or DEFAULT_BANDS))
+    for source in l4s:
+        if source.bands is not None and replace(named, **l4s_inputs(source.bands)) != named:
+            raise SlidemapError(f"{where}: l4s {source.root} bands {list(source.bands)} build "
+                                f"other channels than the inputs {named.channels}: give every "
+                                "set the same bands, or drop bands to use inputs")
+    return named
+
+
+def _init(value: Any, where: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SlidemapError(f"{where}: init must be the path of a model file, got {value!r}")
+    return Path(value)
+
+
+SELFTRAIN_KEYS = ("target", "rounds", "threshold", "loss", "epochs")
+
+
+def _selftrain(raw: Any, where: str) -> SelfTrainSettings | None:
+    if raw is None:
+        return None
+    where = f"{where} selftrain"
+    if not isinstance(raw, dict) or "target" not in raw:
+        raise SlidemapError(f"{where} must be a mapping with target: [unlabelled scenes or "
+                            "patch sets], e.g. {target: [{patches: new_site}], rounds: 3}")
+    unknown = sorted(set(raw) - set(SELFTRAIN_KEYS), key=str)
+    if unknown:
+        raise SlidemapError(f"{where}: unknown key(s) {unknown}: valid ones are "
+                            f"{list(SELFTRAIN_KEYS)}")
+    target = raw["target"]
+    scenes = _scenes(target, f"{where}.target", labelled=False)
+    settings = SelfTrainSettings(scenes, _patches(target, f"{where}.target"),
+                                 **{k: raw[k] for k in SELFTRAIN_KEYS[1:] if k in raw})
+    if not (isinstance(settings.rounds, int) and not isinstance(settings.rounds, bool)
+            and settings.rounds >= 1):
+        raise SlidemapError(f"{where}: rounds must be an integer >= 1, got {settings.rounds!r}")
+    _check_range(f"{where}: threshold", settings.threshold, 0.5, 1.0,
+                 "a probability in [0.5, 1]")
+    epochs = settings.epochs
+    if epochs is not None and not (isinstance(epochs, int) and not isinstance(epochs, bool)
+                                   and epochs >= 1):
+        raise SlidemapError(f"{where}: epochs must be an integer >= 1, got {epochs!r}")
+    if not isinstance(settings.loss, dict) or not settings.loss:
+        raise SlidemapError(f"{where}: loss must map loss names to weights, e.g. {{soft_ce: 1}}")
+    _check_loss(settings.loss, where)
+    return settings
 
 
 def _settings(cls: type, values: dict, where: str) -> Any:
@@ -248,13 +370,15 @@ def _inputs(raw: dict, where: str) -> InputSpec:
         inputs = InputSpec.from_dict(raw)
         bands_ok = inputs.image_bands and min(inputs.image_bands) >= 1
         resolution = inputs.resolution_m
+        scale = raw.get("scale", 1.0)
         if not bands_ok or (resolution is not None and not (_is_number(resolution)
-                                                            and resolution > 0)):
+                                                            and resolution > 0)) \
+                or not (_is_number(scale) and scale > 0):
             raise ValueError
     except (TypeError, ValueError) as exc:
         raise SlidemapError(f"{where}: inputs must give image_bands as a list of band numbers "
-                            "from 1, dem/slope as true or false and resolution_m as metres > 0 "
-                            f"or null, got {raw!r}") from exc
+                            "from 1, dem/slope as true or false, resolution_m as metres > 0 "
+                            f"or null and scale as a factor > 0, got {raw!r}") from exc
     return inputs
 
 

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +21,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from slidemap.data.dataset import (
     RandomWindows,
     SceneArrays,
-    load_scene_arrays,
     normalised,
     scene_stats,
 )
 from slidemap.data.normalization import BandStats
+from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
 from slidemap.infer.runtime import autocast
 from slidemap.infer.sliding import predict_array
 from slidemap.io.modelfile import ModelBundle, save_model
 from slidemap.models import build_model, count_parameters
 from slidemap.report.plots import plot_training_curves
+from slidemap.train import ddp
 from slidemap.train.checkpoint import load_checkpoint, save_checkpoint
 from slidemap.train.config import RunConfig
+from slidemap.train.finetune import start_from
 from slidemap.train.losses import build_loss
 from slidemap.train.metrics import BinaryConfusion
 from slidemap.train.recipes import build_recipes
@@ -41,23 +44,23 @@ console = Console(stderr=True)
 
 
 def train(config: RunConfig, out_dir: Path, resume: bool = False,
-          overwrite: bool = False) -> Path:
+          overwrite: bool = False, extra_train: Sequence[SceneArrays] = ()) -> Path:
     """Train as ``config`` says into ``out_dir``; returns the path of the best model file.
 
     An earlier run in ``out_dir`` is continued with ``resume``, replaced with ``overwrite``, and
-    otherwise left alone (an error).
+    otherwise left alone (an error). ``extra_train`` adds arrays built elsewhere (pseudo-labels).
     """
     settings = config.train
+    ranks = ddp.setup()  # under torchrun: one of WORLD_SIZE data-parallel processes
     _prepare_run_folder(out_dir, resume, overwrite)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
-    train_scenes = [load_scene_arrays(s.image, s.mask, s.dem, config.inputs)
-                    for s in config.train_scenes]
-    val_scenes = [load_scene_arrays(s.image, s.mask, s.dem, config.inputs)
-                  for s in config.val_scenes]
+    train_scenes = load_arrays(config.train_scenes, config.train_patches, config.inputs)
+    train_scenes += extra_train
+    val_scenes = load_arrays(config.val_scenes, config.val_patches, config.inputs)
     stats = scene_stats(train_scenes)
     recipes = build_recipes(config, train_scenes, stats)
     windows = RandomWindows(train_scenes, stats, settings.tile, settings.windows_per_epoch,
@@ -65,6 +68,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
 
     model = build_model(config.model.name, len(config.inputs.channels), config.model.width,
                         **config.model.options).to(memory_format=torch.channels_last)
+    start_from(model, config)
     loss_fn = build_loss(config.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
@@ -84,15 +88,20 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                   f"{len(config.inputs.channels)} channels {config.inputs.channels}, "
                   f"{settings.epochs} epochs × {steps_per_epoch} steps")
     history_path = out_dir / "history.csv"
+    trained = ddp.wrap(model, ranks)
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         torch.manual_seed(settings.seed * 100_003 + epoch)
         t0 = time.perf_counter()
         if recipes is not None:
             recipes.start_epoch(model, epoch)
-        train_loss = _train_epoch(model, windows, epoch, settings.batch_size, loss_fn, optimizer,
-                                  scheduler, settings.precision, steps_per_epoch)
-        scores = evaluate_arrays(model, val_scenes, stats, config) if val_scenes else {}
+        train_loss = ddp.mean(_train_epoch(trained, ddp.shard(windows, ranks), epoch,
+                                           settings.batch_size, loss_fn, optimizer, scheduler,
+                                           settings.precision, steps_per_epoch), ranks)
+        scores = evaluate_arrays(model, val_scenes, stats, config) \
+            if val_scenes and ranks.main else {}
         state["seconds"] += time.perf_counter() - t0
+        if not ranks.main:  # rank 0 alone scores, keeps history and writes files
+            continue
         row = {"epoch": epoch, "train_loss": round(train_loss, 5),
                "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 1),
                **{f"val_{k}": round(v, 5) for k, v in scores.items()
@@ -100,12 +109,16 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
         _append_history(history_path, row, fresh=epoch == 1)
         console.print("  ".join(f"{k} {v}" for k, v in row.items()))
         f1 = scores.get("f1", -train_loss)
-        if f1 > state["best_f1"]:
+        chosen = epoch == settings.epochs if settings.select == "last" else f1 > state["best_f1"]
+        if chosen:
             state.update(best_f1=f1, best_epoch=epoch)
             _save_bundle(model, config, stats, out_dir / "model", state, scores)
         state["epoch"] = epoch
         save_checkpoint(checkpoint, model, optimizer, scheduler, state)
 
+    ddp.finish(ranks)
+    if not ranks.main:
+        return out_dir / "model.safetensors"
     summary = {"best_epoch": state["best_epoch"], "best_val_f1": state["best_f1"],
                "train_seconds": round(state["seconds"], 1),
                "wall_seconds": round(time.perf_counter() - started, 1)}

@@ -1,0 +1,106 @@
+"""Throughput and memory on a large mosaic built from the Jinsha scenes (see speed.md).
+
+Builds two VRTs in --out (no pixel is copied): region A and B images tiled side by side, and their
+DSMs the same way, SIZE × SIZE pixels at 0.5 m (about 60 % nodata, like the scenes). Then runs
+``slidemap bench`` once per configuration, each in its own process so that each peak RSS is its
+own, and prints a Markdown table. Full size (hours on a 2-core CPU shared with other work)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/mosaic.py --size 20000 \\
+        --model models/slidemap-jinsha-unet.safetensors --json benchmarks/results/mosaic-20000.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import rasterio
+
+REPO = Path(__file__).resolve().parents[1]
+JINSHA = REPO.parent / "shared" / "data" / "jinsha"
+CONFIGS = {
+    "bf16": ["--precision", "bf16"],
+    "fp32": ["--precision", "fp32"],
+    "onnx": ["--backend", "onnx"],
+    "bf16-compiled": ["--precision", "bf16", "--compile"],
+}
+
+
+def build_vrt(kind: str, size: int, out: Path) -> Path:
+    """A SIZE × SIZE VRT of the region A and B rasters of ``kind`` (image or dsm), alternating
+    on a grid of cells as large as the larger scene; what no scene covers is nodata."""
+    sources = [JINSHA / f"region_{r}_{kind}.tif" for r in ("A", "B")]
+    with rasterio.open(sources[1]) as ds:
+        cell_h, cell_w = ds.height, ds.width
+        crs, transform, count = ds.crs, ds.transform, ds.count
+        dtype, nodata = ds.dtypes[0], ds.nodata
+    vrt_type = {"uint8": "Byte", "float32": "Float32"}[dtype]
+    placed = []
+    for row, top in enumerate(range(0, size, cell_h)):
+        for col, left in enumerate(range(0, size, cell_w)):
+            source = sources[(row + col) % 2]
+            with rasterio.open(source) as ds:
+                height, width = min(ds.height, size - top), min(ds.width, size - left)
+            placed.append((source, left, top, width, height))
+    bands = []
+    for band in range(1, count + 1):
+        items = "".join(
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(src))}'
+            f"</SourceFilename><SourceBand>{band}</SourceBand>"
+            f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+            f'<DstRect xOff="{x}" yOff="{y}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+            for src, x, y, w, h in placed)
+        bands.append(f'<VRTRasterBand dataType="{vrt_type}" band="{band}">'
+                     f"<NoDataValue>{nodata}</NoDataValue>{items}</VRTRasterBand>")
+    geo = ", ".join(str(v) for v in (transform.c, transform.a, 0.0, transform.f, 0.0,
+                                     transform.e))
+    path = out / f"mosaic_{size}_{kind}.vrt"
+    path.write_text(f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}">'
+                    f"<SRS>{escape(crs.to_wkt())}</SRS><GeoTransform>{geo}</GeoTransform>"
+                    f"{''.join(bands)}</VRTDataset>\n")
+    return path
+
+
+def run(image: Path, dem: Path, model: Path, config: str, sample: int, out: Path) -> dict:
+    result = out / f"bench_{config}.json"
+    command = [sys.executable, "-m", "slidemap", "bench", str(image), "--dem", str(dem),
+               "--model", str(model), "--sample", str(sample), "--json", str(result),
+               *CONFIGS[config]]
+    print("$", " ".join(command), file=sys.stderr, flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=20000, help="mosaic side in pixels")
+    parser.add_argument("--model", type=Path, required=True, help="model file")
+    parser.add_argument("--configs", default="bf16,fp32", help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--sample", type=int, default=32, help="windows timed model-only")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/slidemap-mosaic"))
+    parser.add_argument("--json", type=Path, help="write all results here")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    image, dem = build_vrt("image", args.size, args.out), build_vrt("dsm", args.size, args.out)
+    results = [run(image, dem, args.model, config, args.sample, args.out)
+               for config in args.configs.split(",")]
+    print(f"\n{args.size} × {args.size} px ({args.size**2 / 1e6:.0f} Mpx), model {args.model}\n")
+    print("| config | windows | model-only Mpx/s | end-to-end Mpx/s | share | end-to-end s "
+          "| peak RSS MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for config, r in zip(args.configs.split(","), results, strict=True):
+        print(f"| {config} | {r['windows']} | {r['model_only_mpx_s']} | {r['end_to_end_mpx_s']} "
+              f"| {r['end_to_end_share']:.0%} | {r['end_to_end_s']} | {r['peak_rss_mb']} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Where a network runs: PyTorch (bf16 or fp32, optionally compiled) or ONNX Runtime.
+
+A backend turns a batch of normalised windows into probabilities. The Predictor above it
+(ensembles, TTA, normalisation) calls every backend the same way, so a model file runs unchanged
+on either.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from slidemap.errors import SlidemapError
+from slidemap.infer.runtime import PRECISIONS, predict_batch, prepare_for_inference
+from slidemap.io.modelfile import ModelBundle
+
+BACKENDS = ("torch", "onnx")
+
+
+class Backend(Protocol):
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (B, H, W) float32 of normalised windows (B, C, H, W)."""
+        ...
+
+
+class TorchBackend:
+    """The model in PyTorch: bf16 autocast or fp32, channels_last, optionally ``torch.compile``d
+    (a minute or more of compiling on first use; worth it only for long runs)."""
+
+    def __init__(self, model: nn.Module, precision: str = "bf16", compile: bool = False) -> None:
+        if precision not in PRECISIONS:
+            raise SlidemapError(f"precision {precision!r} is not known: use bf16 or fp32")
+        self.model: nn.Module = prepare_for_inference(model)
+        if compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+        self.precision = precision
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return predict_batch(self.model, batch, self.precision)
+
+
+class OnnxBackend:
+    """An exported model in ONNX Runtime (fp32), on as many threads as torch would use."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        from slidemap.io.onnxfile import read_metadata
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.stride = int(read_metadata(path).get("stride", "1"))
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        from slidemap.io.onnxfile import pad_to_stride
+
+        h, w = batch.shape[-2:]
+        x = pad_to_stride(np.ascontiguousarray(batch, dtype=np.float32), self.stride)
+        return self.session.run(None, {"x": x})[0][:, 0, :h, :w]
+
+
+def make_backend(bundle: ModelBundle, backend: str = "torch", precision: str = "bf16",
+                 compile: bool = False) -> Backend:
+    """The backend ``backend`` for ``bundle``; ONNX uses the up-to-date export beside the model
+    file (``slidemap export``) or exports one on the fly into a temporary folder."""
+    if backend == "torch":
+        return TorchBackend(bundle.model, precision, compile)
+    if backend != "onnx":
+        raise SlidemapError(f"backend {backend!r} is not known: use one of {', '.join(BACKENDS)}")
+    if compile:
+        raise SlidemapError("--compile applies to the torch backend, not to --backend onnx")
+    from slidemap.io.onnxfile import export_onnx, is_current, onnx_path_for
+
+    if bundle.path is not None and is_current(onnx_path_for(bundle.path), bundle):
+        return OnnxBackend(onnx_path_for(bundle.path))
+    with tempfile.TemporaryDirectory(prefix="slidemap-onnx-") as tmp:
+        return OnnxBackend(export_onnx(bundle, Path(tmp) / "model.onnx"))

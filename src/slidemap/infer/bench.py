@@ -1,0 +1,173 @@
+"""How fast a scene is mapped: the model alone against the whole pipeline, and peak memory.
+
+*Model-only* times the backend's forward on windows read and normalised beforehand (a sample of
+the scene's windows that hold data), scaled to the windows the scene needs. *End-to-end* times
+scene prediction as ``slidemap predict`` runs it: read, normalise, model, blend, write both
+GeoTIFFs. Both are in megapixels of the scene (native pixels) per second, so their ratio is the
+share of the wall time the model gets and the rest is what the pipeline costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+from rasterio.windows import Window
+
+from slidemap.data.channels import stack_channels
+from slidemap.data.normalization import normalise
+from slidemap.data.scene import Scene
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.predict import PredictOptions, predict_scene
+from slidemap.infer.stream import Grid
+from slidemap.io.modelfile import load_model
+
+RSS_PERIOD_S = 0.05
+
+
+def build_predictor(models: list[Path], options: PredictOptions) -> Predictor:
+    return Predictor([load_model(p) for p in models], options.tta, options.precision,
+                     options.backend, options.compile)
+
+
+def bench_scene(image: Path, dem: Path | None, models: list[Path], options: PredictOptions,
+                sample: int = 32, agreement: bool = False) -> dict:
+    """Model-only and end-to-end throughput of ``options`` on ``image``, and peak RSS.
+
+    With ``agreement`` the scene is also predicted in plain torch fp32 and the two probability
+    maps compared: share of valid pixels whose mask agrees, max and mean |Δp|.
+    """
+    started = time.perf_counter()
+    predictor = build_predictor(models, options)
+    load_s = time.perf_counter() - started
+    with Scene(image, dem=dem) as scene:
+        factor = scene.decimation(predictor.spec.resolution_m)
+        size = options.tile * factor
+        grid = Grid(scene.height, scene.width, size, min(options.overlap * factor, size // 2),
+                    factor)
+        batches = _sample_batches(predictor, scene, grid, sample, options.batch_size)
+    first_s, per_window = _time_model(predictor, batches)
+    with tempfile.TemporaryDirectory(prefix="slidemap-bench-") as tmp:
+        paths = (Path(tmp) / "prob.tif", Path(tmp) / "mask.tif")
+        with peak_rss() as peak:
+            started = time.perf_counter()
+            counts = predict_scene(predictor, image, dem, *paths, options)
+            e2e_s = time.perf_counter() - started
+        result = {
+            "image": str(image), "size": [grid.height, grid.width], "factor": factor,
+            "backend": options.backend, "precision": _precision_name(options),
+            "compile": options.compile, "batch_size": options.batch_size, "tile": options.tile,
+            "windows": counts["windows"], "windows_in_grid": grid.window_count,
+            "load_s": round(load_s, 2), "first_batch_s": round(first_s, 2),
+            "model_s_per_window": round(per_window, 4), "end_to_end_s": round(e2e_s, 2),
+        }
+        megapixels = grid.height * grid.width / 1e6
+        model_s = per_window * counts["windows"]
+        result["model_only_mpx_s"] = round(megapixels / model_s, 2) if model_s else math.inf
+        result["end_to_end_mpx_s"] = round(megapixels / e2e_s, 2)
+        result["end_to_end_share"] = round(model_s / e2e_s, 3)
+        result["peak_rss_mb"] = round(peak["rss"] / 2**20)
+        result["process_peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        if agreement:
+            reference = replace(options, backend="torch", precision="fp32", compile=False,
+                                workers=0, scheduler=None)
+            ref_paths = (Path(tmp) / "ref_prob.tif", Path(tmp) / "ref_mask.tif")
+            predict_scene(build_predictor(models, reference), image, dem, *ref_paths, reference)
+            result["agreement_vs_fp32"] = compare_maps(paths[0], ref_paths[0],
+                                                       predictor.threshold)
+    return result
+
+
+def _precision_name(options: PredictOptions) -> str:
+    return "fp32" if options.backend == "onnx" else options.precision
+
+
+def _sample_batches(predictor: Predictor, scene: Scene, grid: Grid, sample: int,
+                    batch_size: int) -> list[list[np.ndarray]]:
+    """Normalised inputs of up to ``sample`` windows with data, spread over the scene, batched
+    (one list of member inputs per batch)."""
+    windows = [w for row in grid.rows for w in grid.band_windows(row)]
+    order = np.unique(np.linspace(0, len(windows) - 1, min(len(windows), 8 * sample)).round())
+    spec = predictor.spec
+    raw: list[tuple[np.ndarray, np.ndarray]] = []
+    for index in order.astype(int):
+        window: Window = windows[index]
+        if len(raw) == sample or not scene.any_valid(window, grid.factor):
+            continue
+        data = scene.read(window, spec.image_bands, grid.factor, dem=spec.dem, slope=spec.slope)
+        if data["valid"].any():
+            raw.append((stack_channels(data, spec), data["valid"]))
+    batches = []
+    for start in range(0, len(raw), batch_size):
+        part = raw[start:start + batch_size]
+        batches.append([np.stack([normalise(x, stats, valid=v) for x, v in part])
+                        for _, stats in predictor.members])
+    return batches
+
+
+def _time_model(predictor: Predictor, batches: list[list[np.ndarray]]) -> tuple[float, float]:
+    """(seconds of the first batch, warm-up and compiling included; seconds per window)."""
+    if not batches:
+        return 0.0, 0.0
+    started = time.perf_counter()
+    for (backend, _), batch in zip(predictor.members, batches[0], strict=True):
+        backend(batch)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    for inputs in batches:
+        for (backend, _), batch in zip(predictor.members, inputs, strict=True):
+            backend(batch)
+    windows = sum(inputs[0].shape[0] for inputs in batches)
+    return first, (time.perf_counter() - started) / windows
+
+
+@contextlib.contextmanager
+def peak_rss() -> Iterator[dict[str, int]]:
+    """Samples this process's RSS in a thread; ``peak["rss"]`` holds the highest seen."""
+    process = psutil.Process()
+    peak = {"rss": process.memory_info().rss}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(RSS_PERIOD_S):
+            peak["rss"] = max(peak["rss"], process.memory_info().rss)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        thread.join()
+        peak["rss"] = max(peak["rss"], process.memory_info().rss)
+
+
+def compare_maps(prob: Path, reference: Path, threshold: float, rows: int = 1024) -> dict:
+    """Agreement of two probability GeoTIFFs on the pixels valid in both, strip by strip."""
+    agree = valid_total = 0
+    max_diff = total_diff = 0.0
+    with rasterio.open(prob) as a, rasterio.open(reference) as b:
+        for top in range(0, a.height, rows):
+            window = Window(0, top, a.width, min(rows, a.height - top))
+            pa, pb = a.read(1, window=window), b.read(1, window=window)
+            valid = np.isfinite(pa) & np.isfinite(pb)
+            diff = np.abs(pa[valid] - pb[valid])
+            agree += int(((pa[valid] >= threshold) == (pb[valid] >= threshold)).sum())
+            valid_total += int(valid.sum())
+            if diff.size:
+                max_diff = max(max_diff, float(diff.max()))
+                total_diff += float(diff.sum(dtype=np.float64))
+    count = max(valid_total, 1)
+    return {"pixels": valid_total, "mask_agreement": agree / count,
+            "max_abs_diff": max_diff, "mean_abs_diff": total_diff / count}

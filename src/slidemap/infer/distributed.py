@@ -1,0 +1,129 @@
+"""Scale-out: the bands of a scene predicted on Dask workers, assembled and written here.
+
+Each worker loads the model files once (cached per process) and opens the rasters itself, so the
+files must be readable at the same paths on every worker (a shared filesystem). A band comes back
+as its rows × the scene width of weighted probabilities, and the driver sums bands in row order
+exactly as one process does (``slidemap.infer.stream``), so the outputs are the same. At most two
+bands per worker thread are in flight: memory stays bounded on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slidemap.data.normalization import BandStats
+from slidemap.data.scene import Scene
+from slidemap.errors import SlidemapError
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.stream import Band, Grid, bounded_gdal_cache, infer_band, local_bands, read_band
+from slidemap.io.modelfile import load_model
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from slidemap.infer.predict import PredictOptions
+
+BANDS_PER_THREAD = 2
+CONNECT_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class BandJob:
+    """Everything a worker needs to predict any band of one scene (hashable: cache key)."""
+
+    image: str
+    dem: str | None
+    models: tuple[str, ...]
+    tta: bool
+    precision: str
+    backend: str
+    compile: bool
+    batch_size: int
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None  # separated normalisation
+    grid: Grid
+
+
+def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem: Path | None,
+                grid: Grid) -> Iterator[Band]:
+    """The scene's bands in row order: from this process, or from Dask when asked."""
+    if not (options.scheduler or options.workers):
+        return local_bands(predictor, image, dem, grid, options.batch_size)
+    if any(path is None for path in predictor.paths):
+        raise SlidemapError("Dask workers load models from files: pass --model PATH")
+    stats = predictor.members[0][1] if options.normalise == "scene" else None
+    job = BandJob(str(Path(image).resolve()), str(Path(dem).resolve()) if dem else None,
+                  tuple(str(Path(p).resolve()) for p in predictor.paths), options.tta,
+                  options.precision, options.backend, options.compile, options.batch_size,
+                  (tuple(stats.mean), tuple(stats.std)) if stats else None, grid)
+    return dask_bands(job, options.scheduler, options.workers)
+
+
+def dask_bands(job: BandJob, scheduler: str | None, workers: int) -> Iterator[Band]:
+    with dask_client(scheduler, workers) as client:
+        slots = BANDS_PER_THREAD * max(1, sum(client.nthreads().values()))
+        rows = iter(job.grid.rows)
+        futures = deque(client.submit(predict_band, job, row, pure=False)
+                        for row in itertools.islice(rows, slots))
+        try:
+            while futures:
+                band = futures.popleft().result()
+                following = next(rows, None)
+                if following is not None:
+                    futures.append(client.submit(predict_band, job, following, pure=False))
+                yield band
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
+    """A client of the scheduler at ``scheduler``, or of a local cluster of ``workers``
+    single-threaded processes started for this run."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise SlidemapError(f"cannot reach the Dask scheduler at {scheduler} "
+                                f"({_one_line(exc)}): start one (dask scheduler) and workers "
+                                "that see the same files, or use --workers N") from exc
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def predict_band(job: BandJob, row: int) -> Band:
+    """On a worker: read and predict the band of windows starting at ``row``."""
+    predictor = _predictor(job.models, job.tta, job.precision, job.backend, job.compile,
+                           job.stats)
+    with bounded_gdal_cache(job.grid), Scene(job.image, dem=job.dem) as scene:
+        inputs = read_band(scene, predictor.spec, job.grid, row)
+    return infer_band(predictor, job.grid, inputs, job.batch_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _predictor(models: tuple[str, ...], tta: bool, precision: str, backend: str, compile: bool,
+               stats: tuple[tuple[float, ...], tuple[float, ...]] | None) -> Predictor:
+    predictor = Predictor([load_model(p) for p in models], tta, precision, backend, compile)
+    if stats is not None:
+        predictor = predictor.with_stats(BandStats(list(stats[0]), list(stats[1])))
+    return predictor
+
+
+def _one_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

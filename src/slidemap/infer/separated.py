@@ -1,0 +1,41 @@
+"""Separated normalisation at prediction time: statistics of the target data itself.
+
+A model normally normalises with its training statistics. On a new site (another sensor, season or
+exposure) the target's own statistics often fit better: they centre and scale the new domain the
+way the training data was centred and scaled (see ``slidemap.data.normalization``). These
+functions compute them from what is about to be predicted: a scene, read strip by strip at the
+model's working resolution in one streaming pass, or every patch of a patch set.
+"""
+
+from __future__ import annotations
+
+from rasterio.windows import Window
+
+from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.l4s import L4SDataset
+from slidemap.data.normalization import BandStats, StatsAccumulator
+from slidemap.data.patches import PatchDataset
+from slidemap.data.scene import Scene
+
+STRIP_ROWS = 256  # working rows per read
+
+
+def scene_stats(scene: Scene, spec: InputSpec, factor: int) -> BandStats:
+    """Per-channel statistics of the scene's valid pixels as the model sees them (decimated by
+    ``factor``), streamed so memory stays one strip whatever the scene size."""
+    acc = StatsAccumulator()
+    rows = STRIP_ROWS * factor
+    for top in range(0, scene.height, rows):
+        window = Window(0, top, scene.width, min(rows, scene.height - top))
+        sample = scene.read(window, spec.image_bands, factor, dem=spec.dem, slope=spec.slope)
+        acc.update(stack_channels(sample, spec), sample["valid"])
+    return acc.result()
+
+
+def patch_stats(dataset: PatchDataset | L4SDataset, spec: InputSpec) -> BandStats:
+    """Per-channel statistics over the valid pixels of every patch, on their native grid."""
+    acc = StatsAccumulator()
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        acc.update(stack_channels(sample, spec), sample["valid"])
+    return acc.result()

@@ -1,0 +1,294 @@
+"""The streaming engine under scene prediction: bands of windows in, finished strips out.
+
+A scene is covered by overlapping windows; one row of windows is a *band*. A band is predicted on
+its own (read, model, back to native pixels, blended across its columns) into an array of the
+band's rows × the scene width, so bands can be computed anywhere: here, with the next band read
+in a thread while this one is on the model, or on Dask workers (``slidemap.infer.distributed``).
+The driver sums consecutive bands in order, and rows no later band can touch go to a writer thread
+as strips aligned with the outputs' blocks, so every block is written once.
+
+Memory is a few bands, whatever the scene's height; the GDAL block cache is capped to about two
+bands so it does not grow with the scene either (by default it may take 5 % of the RAM). The
+arithmetic is the same whichever way bands are computed, so the outputs are too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from rasterio.windows import Window
+from rich.progress import Progress, TaskID
+
+from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.scene import Scene
+from slidemap.data.windows import grid_offsets
+from slidemap.infer.blend import window_weights
+from slidemap.infer.ensemble import Predictor
+from slidemap.io.rasters import RasterOutputs
+
+BLOCK_ROWS = 256  # rows of an output block (slidemap.io.rasters.geotiff_profile)
+READ_AHEAD = 1  # bands read while one is on the model
+WRITE_BEHIND = 2  # strips queued for the writer thread
+CACHE_BYTES_PER_PIXEL = 16  # GDAL cache per band pixel: two bands of image + DEM blocks
+CACHE_MB = (64, 1024)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Overlapping windows over a scene in native pixels; one row of windows is a band."""
+
+    height: int
+    width: int
+    size: int  # window side
+    overlap: int
+    factor: int  # native pixels per working pixel
+
+    @property
+    def rows(self) -> list[int]:
+        return grid_offsets(self.height, self.size, self.size - self.overlap)
+
+    @property
+    def cols(self) -> list[int]:
+        return grid_offsets(self.width, self.size, self.size - self.overlap)
+
+    @property
+    def band_rows(self) -> int:
+        return min(self.size, self.height)
+
+    @property
+    def window_count(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def band_windows(self, row: int) -> list[Window]:
+        return [Window(col, row, min(self.size, self.width), self.band_rows) for col in self.cols]
+
+    def weights(self, window: Window) -> torch.Tensor:
+        """The window's blending weights (shared: do not modify)."""
+        return _weights(int(window.height), int(window.width), self.overlap // 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _weights(height: int, width: int, margin: int) -> torch.Tensor:
+    return torch.from_numpy(window_weights(height, width, margin))
+
+
+@dataclass
+class BandInputs:
+    """The model channels of a band's windows that hold data (empty windows are skipped)."""
+
+    row: int
+    windows: list[Window]
+    raw: list[np.ndarray]
+    valid: list[np.ndarray]
+    total: int  # windows in the band, skipped ones included
+
+
+@dataclass
+class Band:
+    """One band predicted: the sum of probability × blending weight over its rows."""
+
+    row: int
+    prob: np.ndarray  # (band rows, scene width) float32
+    windows: list[Window]  # the windows predicted, from which the weights are recomputed
+    total: int
+
+
+@dataclass
+class Strip:
+    """Finished rows [top, top + len(prob)) with every window that contributed to them."""
+
+    top: int
+    prob: np.ndarray
+    windows: list[Window]
+
+
+def read_band(scene: Scene, spec: InputSpec, grid: Grid, row: int) -> BandInputs:
+    windows = grid.band_windows(row)
+    kept, raw, valid = [], [], []
+    for window in windows:
+        if not scene.any_valid(window, grid.factor):
+            continue
+        sample = scene.read(window, spec.image_bands, grid.factor, dem=spec.dem, slope=spec.slope)
+        if sample["valid"].any():
+            kept.append(window)
+            raw.append(stack_channels(sample, spec))
+            valid.append(sample["valid"])
+    return BandInputs(row, kept, raw, valid, len(windows))
+
+
+def infer_band(predictor: Predictor, grid: Grid, inputs: BandInputs, batch_size: int) -> Band:
+    """Model, back to native pixels (bilinear), weighted and summed across the band."""
+    prob = torch.zeros((grid.band_rows, grid.width), dtype=torch.float32)
+    for start in range(0, len(inputs.windows), batch_size):
+        part = slice(start, start + batch_size)
+        probs = predictor(inputs.raw[part], inputs.valid[part])
+        for window, working in zip(inputs.windows[part], probs, strict=True):
+            cols = slice(window.col_off, window.col_off + window.width)
+            prob[:window.height, cols].addcmul_(_to_native(working, window),
+                                                grid.weights(window))
+    return Band(inputs.row, prob.numpy(), inputs.windows, inputs.total)
+
+
+def _to_native(prob: np.ndarray, window: Window) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))
+    if prob.shape == (window.height, window.width):
+        return tensor
+    return F.interpolate(tensor[None, None], size=(window.height, window.width), mode="bilinear",
+                         align_corners=False)[0, 0]
+
+
+class Assembler:
+    """Sums consecutive bands in order; rows before a new band's first row are final."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.bands: list[Band] = []
+        self.done = 0
+
+    def add(self, band: Band) -> list[Strip]:
+        """Take ``band``; return the strips it finishes (whole output block rows if any)."""
+        aligned = band.row - band.row % BLOCK_ROWS
+        strips = self._flush(aligned if aligned > self.done else band.row)
+        self.bands.append(band)
+        return strips
+
+    def finish(self) -> list[Strip]:
+        return self._flush(self.grid.height)
+
+    def _flush(self, stop: int) -> list[Strip]:
+        if stop <= self.done:
+            return []
+        start = self.done
+        prob = np.zeros((stop - start, self.grid.width), dtype=np.float32)
+        windows: list[Window] = []
+        for band in self.bands:
+            low, high = max(start, band.row), min(stop, band.row + band.prob.shape[0])
+            if low < high:
+                prob[low - start:high - start] += band.prob[low - band.row:high - band.row]
+                windows += band.windows
+        self.bands = [b for b in self.bands if b.row + b.prob.shape[0] > stop]
+        self.done = stop
+        return [Strip(start, prob, windows)]
+
+
+def strip_weights(grid: Grid, windows: list[Window], top: int, bottom: int) -> np.ndarray:
+    """Summed blending weights of ``windows`` over rows [top, bottom)."""
+    weight = np.zeros((bottom - top, grid.width), dtype=np.float32)
+    for window in windows:
+        low, high = max(top, window.row_off), min(bottom, window.row_off + window.height)
+        if low < high:
+            cols = slice(window.col_off, window.col_off + window.width)
+            rows = slice(low - window.row_off, high - window.row_off)
+            weight[low - top:high - top, cols] += grid.weights(window)[rows].numpy()
+    return weight
+
+
+class StripWriter:
+    """Writes strips in a background thread (validity, probability, mask), in order."""
+
+    def __init__(self, outputs: RasterOutputs, scene: Scene, grid: Grid, needs_dem: bool,
+                 threshold: float) -> None:
+        self.outputs, self.scene, self.grid = outputs, scene, grid
+        self.needs_dem, self.threshold = needs_dem, threshold
+        self.counts = {"valid_pixels": 0, "landslide_pixels": 0}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="slidemap-write")
+        self._pending: deque[Future[tuple[int, int]]] = deque()
+
+    def submit(self, strip: Strip) -> None:
+        while len(self._pending) >= WRITE_BEHIND:
+            self._collect()
+        self._pending.append(self._pool.submit(self._write, strip))
+
+    def finish(self) -> dict[str, int]:
+        while self._pending:
+            self._collect()
+        return self.counts
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+    def _collect(self) -> None:
+        valid, landslide = self._pending.popleft().result()
+        self.counts["valid_pixels"] += valid
+        self.counts["landslide_pixels"] += landslide
+
+    def _write(self, strip: Strip) -> tuple[int, int]:
+        valid_total = landslide = 0
+        bottom = strip.top + strip.prob.shape[0]
+        for top in range(strip.top, bottom, BLOCK_ROWS):  # one block row at a time: small temps
+            end = min(top + BLOCK_ROWS, bottom)
+            window = Window(0, top, self.grid.width, end - top)
+            weight = strip_weights(self.grid, strip.windows, top, end)
+            valid = weight > 0
+            if valid.any():
+                valid &= self.scene.read_validity(window, dem=self.needs_dem)
+            prob = np.full(weight.shape, np.nan, dtype=np.float32)
+            np.divide(strip.prob[top - strip.top:end - strip.top], weight, out=prob, where=valid)
+            self.outputs.write(window, prob, valid, self.threshold)
+            valid_total += int(valid.sum())
+            landslide += int((valid & (prob >= self.threshold)).sum())
+        return valid_total, landslide
+
+
+def local_bands(predictor: Predictor, image: Path, dem: Path | None, grid: Grid,
+                batch_size: int) -> Iterator[Band]:
+    """Bands predicted in this process; the next band is read in a thread meanwhile."""
+    with Scene(image, dem=dem) as scene, ThreadPoolExecutor(
+            1, thread_name_prefix="slidemap-read") as pool:
+        rows = iter(grid.rows)
+        reads: deque[Future[BandInputs]] = deque(
+            pool.submit(read_band, scene, predictor.spec, grid, row)
+            for row in itertools.islice(rows, READ_AHEAD + 1))
+        try:
+            while reads:
+                inputs = reads.popleft().result()
+                following = next(rows, None)
+                if following is not None:
+                    reads.append(pool.submit(read_band, scene, predictor.spec, grid, following))
+                yield infer_band(predictor, grid, inputs, batch_size)
+        finally:
+            for future in reads:
+                future.cancel()
+
+
+def write_bands(bands: Iterator[Band], grid: Grid, outputs: RasterOutputs, image: Path,
+                dem: Path | None, needs_dem: bool, threshold: float,
+                progress: Progress | None = None, task: TaskID | None = None) -> dict[str, int]:
+    """Assemble ``bands`` (in row order) and write their strips; returns the valid and
+    landslide pixels written and the windows predicted."""
+    with Scene(image, dem=dem) as scene, contextlib.closing(iter(bands)) as stream:
+        writer = StripWriter(outputs, scene, grid, needs_dem, threshold)
+        try:
+            assembler = Assembler(grid)
+            windows = 0
+            for band in stream:
+                for strip in assembler.add(band):
+                    writer.submit(strip)
+                windows += len(band.windows)
+                if progress is not None and task is not None:
+                    progress.advance(task, band.total)
+            for strip in assembler.finish():
+                writer.submit(strip)
+            return {**writer.finish(), "windows": windows}
+        finally:
+            writer.close()
+
+
+def bounded_gdal_cache(grid: Grid) -> rasterio.Env:
+    """A GDAL environment whose block cache holds about two bands, not 5 % of the RAM."""
+    band_bytes = (grid.band_rows + 2 * grid.factor) * grid.width * CACHE_BYTES_PER_PIXEL
+    megabytes = int(np.clip(band_bytes / 2**20, *CACHE_MB))
+    return rasterio.Env(GDAL_CACHEMAX=megabytes * 2**20)  # rasterio passes bytes to GDAL

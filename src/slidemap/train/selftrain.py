@@ -1,0 +1,159 @@
+"""Self-training on an unlabelled target: pseudo-label rounds across a domain shift.
+
+Round 0 trains on the labelled source as the run config says. Every round's model then predicts
+the target; pixels it is confident about (p ≥ t → landslide, p ≤ 1 − t → background) become
+pseudo-labels and the rest is ignored (255). The next round starts from that model and trains on
+source + pseudo-labelled target with the ``selftrain.loss`` (soft cross-entropy by default).
+Target labels, where they exist, are only used to report each round's figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from slidemap.data.dataset import SceneArrays, load_scene_arrays
+from slidemap.data.scene import IGNORE
+from slidemap.data.sources import PatchArrays, load_patch_arrays
+from slidemap.errors import SlidemapError
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.patches import predict_arrays, to_native
+from slidemap.infer.predict import PredictOptions
+from slidemap.io.atomic import atomic_path
+from slidemap.io.modelfile import load_model, save_model
+from slidemap.train.config import RunConfig
+from slidemap.train.metrics import BinaryConfusion
+
+COLUMNS = ("round", "kept_fraction", "pseudo_landslide_fraction", "target_f1", "target_iou",
+           "target_precision", "target_recall", "train_seconds")
+
+
+@dataclass
+class Target:
+    """One target scene or patch: arrays at the model's grid (target = validity only) and the
+    labels on its own grid when it has any, for reporting."""
+
+    arrays: SceneArrays
+    labels: np.ndarray | None
+
+
+def pseudo_labels(prob: np.ndarray, valid: np.ndarray, threshold: float) -> np.ndarray:
+    """1 where p ≥ t, 0 where p ≤ 1 − t, 255 elsewhere and where not ``valid`` (or p is NaN).
+
+    The comparisons run in the probabilities' own precision, so p = 0.3 is background for t = 0.7
+    in float32 as it is on paper.
+    """
+    t = prob.dtype.type(threshold)
+    labels = np.full(prob.shape, IGNORE, dtype=np.uint8)
+    labels[valid & (prob <= 1 - t)] = 0
+    labels[valid & (prob >= t)] = 1
+    return labels
+
+
+def load_targets(config: RunConfig) -> list[Target]:
+    """The selftrain targets; their labels, if any, are kept apart from the training arrays."""
+    assert config.selftrain is not None
+    spec = config.inputs
+    targets = []
+    for scene in config.selftrain.target_scenes:
+        arrays = load_scene_arrays(scene.image, None, scene.dem, spec)
+        labels = None
+        if scene.mask is not None:
+            labels = load_scene_arrays(scene.image, scene.mask, scene.dem, spec).target
+        targets.append(Target(arrays, labels))
+    for source in config.selftrain.target_patches:
+        for patch in load_patch_arrays(source, spec, labelled=False):
+            unlabelled = PatchArrays(patch.name, patch.x,
+                                     np.where(np.isfinite(patch.x).all(axis=0), 0, IGNORE)
+                                     .astype(np.uint8), patch.native_valid)
+            targets.append(Target(unlabelled, patch.labels))
+    return targets
+
+
+def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list[dict]:
+    """Round 0 on the source, then ``rounds`` pseudo-label rounds; writes ``rounds.csv``,
+    ``rounds.md`` and the last round's model as ``OUT/model.safetensors``."""
+    from slidemap.train.loop import train
+
+    settings = config.selftrain
+    if settings is None:
+        raise SlidemapError(f"config {config.source} has no selftrain: section: add "
+                            "selftrain: {target: [...], rounds: 3, threshold: 0.7}")
+    earlier = [p for p in (out_dir / "rounds.csv", out_dir / "round0") if p.exists()]
+    if earlier and not overwrite:
+        raise SlidemapError(f"{out_dir} already holds a self-training run ({earlier[0].name}): "
+                            "pass --overwrite or choose another --out")
+    targets = load_targets(config)
+    options = PredictOptions(config.predict.tile, config.predict.overlap,
+                             config.predict.batch_size, config.train.precision)
+    round_config = replace(
+        config, loss=settings.loss, selftrain=None,
+        train=replace(config.train, epochs=settings.epochs or config.train.epochs))
+    rows: list[dict] = []
+    model_path = train(replace(config, selftrain=None), out_dir / "round0", overwrite=overwrite)
+    for number in range(settings.rounds + 1):
+        pseudo, row = _pseudo_round(model_path, targets, settings.threshold, options)
+        summary = json.loads((model_path.parent / "summary.json").read_text())
+        rows.append({"round": number, **row, "train_seconds": summary["train_seconds"]})
+        _write_rounds(rows, out_dir)
+        if number == settings.rounds:
+            break
+        model_path = train(replace(round_config, init=model_path),
+                           out_dir / f"round{number + 1}", overwrite=overwrite,
+                           extra_train=pseudo)
+    bundle = load_model(model_path)
+    bundle.provenance = {**bundle.provenance, "selftrain": rows}
+    save_model(bundle, out_dir / "model")
+    return rows
+
+
+def _pseudo_round(model_path: Path, targets: list[Target], threshold: float,
+                  options: PredictOptions) -> tuple[list[SceneArrays], dict]:
+    """Pseudo-labelled target arrays from ``model_path``, and the round's figures."""
+    predictor = Predictor([load_model(model_path)], precision=options.precision)
+    confusion = BinaryConfusion(predictor.threshold)
+    pseudo = []
+    valid_pixels = kept = landslide = 0
+    for target in targets:
+        arrays = target.arrays
+        prob = predict_arrays(predictor, arrays.x, arrays.valid, options)
+        labels = pseudo_labels(prob, arrays.valid, threshold)
+        pseudo.append(SceneArrays(arrays.name, arrays.x, labels))
+        valid_pixels += int(arrays.valid.sum())
+        kept += int((labels != IGNORE).sum())
+        landslide += int((labels == 1).sum())
+        if target.labels is not None:
+            confusion.update(to_native(prob, arrays)[0], target.labels)
+    row: dict = {"kept_fraction": kept / max(valid_pixels, 1),
+                 "pseudo_landslide_fraction": landslide / max(kept, 1)}
+    if confusion.counts.sum():
+        metrics = confusion.metrics()
+        row |= {f"target_{k}": metrics[k] for k in ("f1", "iou", "precision", "recall")}
+    return pseudo, row
+
+
+def _write_rounds(rows: list[dict], out_dir: Path) -> None:
+    with atomic_path(out_dir / "rounds.csv") as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(out_dir / "rounds.md") as tmp:
+        tmp.write_text(rounds_markdown(rows))
+
+
+def rounds_markdown(rows: list[dict]) -> str:
+    """The per-round table; target figures appear only when the target has labels."""
+    headings = ["round", "kept", "pseudo landslide", "target F1", "target IoU",
+                "target precision", "target recall", "train s (wall)"]
+    lines = ["| " + " | ".join(headings) + " |", "|" + " --- |" * len(headings)]
+    for row in rows:
+        cells = [str(row["round"]), f"{100 * row['kept_fraction']:.1f} %",
+                 f"{100 * row['pseudo_landslide_fraction']:.2f} %"]
+        cells += [f"{row[k]:.4f}" if k in row else "–" for k in COLUMNS[3:7]]
+        cells.append(f"{row['train_seconds']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
