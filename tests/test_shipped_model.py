@@ -4,8 +4,8 @@ import json
 
 import pytest
 import rasterio
-
 from conftest import SHARED_DATA
+
 from slidemap import api
 
 JINSHA = SHARED_DATA / "jinsha"
