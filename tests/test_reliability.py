@@ -502,6 +502,20 @@ CASES: dict[str, Case] = {
     "evaluate-precision-fp64": Case(
         lambda w, out: ["evaluate", w.mask, "--prediction", w.prob, "--precision", "fp64"],
         lambda w: ["--precision", "fp64"]),
+    # export, bench and the scale-out options of predict
+    "export-pickle-model": Case(
+        lambda w, out: ["export", w.models.payload_pt, "--out", out / "m.onnx"],
+        lambda w: [w.models.payload_pt, "pickle"]),
+    "export-missing-model": Case(
+        lambda w, out: ["export", w.root / "none.safetensors", "--out", out / "m.onnx"],
+        lambda w: ["none.safetensors"]),
+    "bench-missing-image": Case(
+        lambda w, out: ["bench", w.root / "none.tif", "--model", w.models.good],
+        lambda w: ["none.tif"]),
+    "predict-unknown-backend": Case(_predict(extra=("--backend", "tensorrt")),
+                                    lambda w: ["--backend", "tensorrt"]),
+    "predict-unknown-inventory-format": Case(_predict(extra=("--format", "shp")),
+                                             lambda w: ["shp", "geojson"]),
     # train
     "train-missing-config": Case(lambda w, out: ["train", w.root / "none.yaml", "--out", out],
                                  lambda w: ["none.yaml"]),
@@ -548,7 +562,7 @@ def test_bad_input_fails_with_one_line(w: SimpleNamespace, name: str) -> None:
     assert {p: sha256(p) for p in w.hashes} == before
 
 
-@pytest.mark.parametrize("command", ["explain", "export"])
+@pytest.mark.parametrize("command", ["explain"])
 def test_optional_commands_refuse_bad_input(w: SimpleNamespace, command: str) -> None:
     from slidemap.cli import app
 

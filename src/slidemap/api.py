@@ -14,7 +14,7 @@ from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.infer.vectorize import build_inventory, inventory_paths, write_inventory
-from slidemap.io.atomic import staged
+from slidemap.io.atomic import check_outputs, staged
 from slidemap.io.modelfile import load_model, model_paths
 from slidemap.report.plots import write_evaluation_plots
 
@@ -33,16 +33,6 @@ def output_paths(image: Path, out_dir: Path, formats: Sequence[str] = ("gpkg",)
     stem = image.stem
     return {"prob": out_dir / f"{stem}_prob.tif", "mask": out_dir / f"{stem}_mask.tif",
             **inventory_paths(out_dir, stem, formats)}
-
-
-def check_outputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> None:
-    """Refuse to overwrite inputs ever, and existing outputs unless ``overwrite``."""
-    resolved_inputs = {p.resolve() for p in inputs}
-    for path in paths:
-        if path.resolve() in resolved_inputs:
-            raise SlidemapError(f"output {path} would overwrite an input: choose another --out")
-        if path.exists() and not overwrite:
-            raise SlidemapError(f"output {path} exists: pass --overwrite or choose another --out")
 
 
 def model_list(models: Path | Sequence[Path] | None) -> list[Path]:

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from slidemap.api import check_outputs
 from slidemap.data.channels import stack_channels
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
@@ -27,7 +26,7 @@ from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
 from slidemap.infer.predict import MIN_WORKING_SIZE, PredictOptions
-from slidemap.io.atomic import atomic_path
+from slidemap.io.atomic import atomic_path, check_outputs
 from slidemap.io.modelfile import ModelBundle
 
 MAX_WORKING_SIDE = 2048  # Grad-CAM keeps every activation for the backward pass: bound the window

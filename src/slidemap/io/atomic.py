@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from slidemap.errors import SlidemapError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -65,3 +67,13 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def check_outputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse to overwrite inputs ever, and existing outputs unless ``overwrite``."""
+    resolved_inputs = {p.resolve() for p in inputs}
+    for path in paths:
+        if path.resolve() in resolved_inputs:
+            raise SlidemapError(f"output {path} would overwrite an input: choose another --out")
+        if path.exists() and not overwrite:
+            raise SlidemapError(f"output {path} exists: pass --overwrite or choose another --out")

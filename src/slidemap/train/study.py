@@ -332,9 +332,10 @@ def results_markdown(rows: list[dict], timing: Timing) -> str:
     lines = [
         "# Study results",
         "",
-        "Scores of each run's best model on its held-out scenes: one confusion matrix over all "
-        "valid pixels, threshold 0.5. The best epoch is the one with the highest F1 on those "
-        "same scenes, so the scores are optimistic by that choice. *forward* trains on "
+        "Scores of each run's saved model on its held-out scenes: one confusion matrix over all "
+        "valid pixels, threshold 0.5. With `training.select: last` that model is the last epoch "
+        "and the scores are held-out figures; with `best` it is the epoch with the highest F1 "
+        "on those same scenes, and the scores are optimistic by that choice. *forward* trains on "
         "`data.train` and scores `data.val`; *swapped* is the reverse. Train time counts the "
         "epochs with their validation passes. ms/tile: median of "
         f"{timing.repeats} batch-1 forwards of a {timing.tile}×{timing.tile} tile after "
