@@ -1,9 +1,10 @@
 """Peak memory of ``slidemap predict`` against scene size, on a synthetic scene (see scale.md).
 
-Writes a SIZE × SIZE RGB + DSM scene (tiled, deflate, 0.5 m, a nodata strip on the left) and an
-untrained width-4 U-Net into --out, then maps the scene in a fresh process and prints its wall
-time and peak RSS (VmHWM). The model is tiny on purpose: memory, not the network, is measured, and
-working at native resolution (no decimation) makes the pipeline handle the most windows::
+Writes a SIZE × SIZE (or SIZE wide × HEIGHT tall) RGB + DSM scene (tiled, deflate, 0.5 m, a
+nodata strip on the left) and an untrained width-4 U-Net into --out, then maps the scene with
+``slidemap.api.predict`` (rasters and inventory) in a fresh process and prints its wall time and
+peak RSS (VmHWM). The model is tiny on purpose: memory, not the network, is measured, and working
+at native resolution (no decimation) makes the pipeline handle the most windows::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py --size 20000
 """
@@ -43,8 +44,8 @@ print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "peak_rss_
 """
 
 
-def write_scene(folder: Path, size: int) -> None:
-    grid = {"driver": "GTiff", "width": size, "height": size, "crs": "EPSG:32647",
+def write_scene(folder: Path, size: int, height: int) -> None:
+    grid = {"driver": "GTiff", "width": size, "height": height, "crs": "EPSG:32647",
             "transform": from_origin(469200.0, 3446200.0, 0.5, 0.5), "tiled": True,
             "blockxsize": 256, "blockysize": 256, "compress": "deflate", "zlevel": 1}
     rng = np.random.default_rng(0)
@@ -52,8 +53,8 @@ def write_scene(folder: Path, size: int) -> None:
                        **grid) as image, \
             rasterio.open(folder / "scene_dsm.tif", "w", count=1, dtype="float32",
                           nodata=float("nan"), **grid) as dsm:
-        for top in range(0, size, 1024):
-            rows = min(1024, size - top)
+        for top in range(0, height, 1024):
+            rows = min(1024, height - top)
             y, x = np.mgrid[top:top + rows, 0:size].astype(np.float32)
             blobs = np.sin(y / 300) * np.cos(x / 250) > 0.6
             pixels = rng.integers(40, 90, size=(3, rows, size), dtype=np.uint8)
@@ -75,20 +76,22 @@ def write_model(folder: Path, resolution: float | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--size", type=int, default=8192, help="width (and height) in px")
+    parser.add_argument("--height", type=int, default=None, help="height if not --size")
     parser.add_argument("--resolution", type=float, default=None,
                         help="the model's working resolution in m (default: native 0.5 m)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/slidemap-scale"))
     args = parser.parse_args()
-    folder = args.out / str(args.size)
+    height = args.height or args.size
+    folder = args.out / f"{args.size}x{height}"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "scene_dsm.tif").exists():
-        write_scene(folder, args.size)
+        write_scene(folder, args.size, height)
     write_model(folder, args.resolution)
     done = subprocess.run([sys.executable, "-c", CHILD, str(folder),
                            str(args.resolution or "native")], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
-    print(json.dumps({"size": args.size, "resolution_m": args.resolution,
+    print(json.dumps({"width": args.size, "height": height, "resolution_m": args.resolution,
                       **json.loads(done.stdout)}))
 
 

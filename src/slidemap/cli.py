@@ -346,7 +346,8 @@ def bench(
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key in ("model_only_mpx_s", "end_to_end_mpx_s", "end_to_end_share", "peak_rss_mb",
-                "windows", "model_s_per_window", "end_to_end_s", "first_batch_s"):
+                "windows", "model_s_per_window", "end_to_end_s", "model_cpu_s",
+                "end_to_end_cpu_s", "warm_up_s"):
         table.add_row(key, str(result[key]))
     for key, value in result.get("agreement_vs_fp32", {}).items():
         table.add_row(f"vs fp32: {key}", f"{value:.6g}")

@@ -4,13 +4,13 @@
 the scene's windows that hold data), scaled to the windows the scene needs. *End-to-end* times
 scene prediction as ``slidemap predict`` runs it: read, normalise, model, blend, write both
 GeoTIFFs. Both are in megapixels of the scene (native pixels) per second, so their ratio is the
-share of the wall time the model gets and the rest is what the pipeline costs.
+share of the wall time the model gets and the rest is what the pipeline costs. The CPU seconds of
+both are given too: on a machine shared with other work, wall times stretch but CPU times hold.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
 import tempfile
 import threading
@@ -52,28 +52,28 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
     load_s = time.perf_counter() - started
     with Scene(image, dem=dem) as scene:
         factor = scene.decimation(predictor.spec.resolution_m)
-        size = options.tile * factor
-        grid = Grid(scene.height, scene.width, size, min(options.overlap * factor, size // 2),
-                    factor)
+        grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         batches = _sample_batches(predictor, scene, grid, sample, options.batch_size)
-    first_s, per_window = _time_model(predictor, batches)
+    first_s, per_window, cpu_per_window = _time_model(predictor, batches)
     with tempfile.TemporaryDirectory(prefix="slidemap-bench-") as tmp:
         paths = (Path(tmp) / "prob.tif", Path(tmp) / "mask.tif")
         with peak_rss() as peak:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             counts = predict_scene(predictor, image, dem, *paths, options)
-            e2e_s = time.perf_counter() - started
+            e2e_s, e2e_cpu = time.perf_counter() - started, time.process_time() - cpu
         result = {
             "image": str(image), "size": [grid.height, grid.width], "factor": factor,
             "backend": options.backend, "precision": _precision_name(options),
             "compile": options.compile, "batch_size": options.batch_size, "tile": options.tile,
             "windows": counts["windows"], "windows_in_grid": grid.window_count,
-            "load_s": round(load_s, 2), "first_batch_s": round(first_s, 2),
+            "load_s": round(load_s, 2), "warm_up_s": round(first_s, 2),
             "model_s_per_window": round(per_window, 4), "end_to_end_s": round(e2e_s, 2),
+            "model_cpu_s": round(cpu_per_window * counts["windows"], 2),
+            "end_to_end_cpu_s": round(e2e_cpu, 2),
         }
         megapixels = grid.height * grid.width / 1e6
         model_s = per_window * counts["windows"]
-        result["model_only_mpx_s"] = round(megapixels / model_s, 2) if model_s else math.inf
+        result["model_only_mpx_s"] = round(megapixels / model_s, 2) if model_s else None
         result["end_to_end_mpx_s"] = round(megapixels / e2e_s, 2)
         result["end_to_end_share"] = round(model_s / e2e_s, 3)
         result["peak_rss_mb"] = round(peak["rss"] / 2**20)
@@ -116,20 +116,27 @@ def _sample_batches(predictor: Predictor, scene: Scene, grid: Grid, sample: int,
     return batches
 
 
-def _time_model(predictor: Predictor, batches: list[list[np.ndarray]]) -> tuple[float, float]:
-    """(seconds of the first batch, warm-up and compiling included; seconds per window)."""
+def _time_model(predictor: Predictor, batches: list[list[np.ndarray]]
+                ) -> tuple[float, float, float]:
+    """(seconds of the warm-up: one batch of each shape, compiling included; wall and CPU
+    seconds per window over all batches after it)."""
     if not batches:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     started = time.perf_counter()
-    for (backend, _), batch in zip(predictor.members, batches[0], strict=True):
-        backend(batch)
+    shapes = {}
+    for inputs in batches:
+        shapes.setdefault(inputs[0].shape, inputs)
+    for inputs in shapes.values():
+        for (backend, _), batch in zip(predictor.members, inputs, strict=True):
+            backend(batch)
     first = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for inputs in batches:
         for (backend, _), batch in zip(predictor.members, inputs, strict=True):
             backend(batch)
     windows = sum(inputs[0].shape[0] for inputs in batches)
-    return first, (time.perf_counter() - started) / windows
+    return (first, (time.perf_counter() - started) / windows,
+            (time.process_time() - cpu) / windows)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import functools
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,7 +52,7 @@ class BandJob:
 
 
 def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem: Path | None,
-                grid: Grid) -> Iterator[Band]:
+                grid: Grid) -> Generator[Band, None, None]:
     """The scene's bands in row order: from this process, or from Dask when asked."""
     if not (options.scheduler or options.workers):
         return local_bands(predictor, image, dem, grid, options.batch_size)
@@ -66,7 +66,9 @@ def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem:
     return dask_bands(job, options.scheduler, options.workers)
 
 
-def dask_bands(job: BandJob, scheduler: str | None, workers: int) -> Iterator[Band]:
+def dask_bands(job: BandJob, scheduler: str | None, workers: int
+               ) -> Generator[Band, None, None]:
+    """Bands computed on Dask workers, handed out in row order as they complete."""
     with dask_client(scheduler, workers) as client:
         slots = BANDS_PER_THREAD * max(1, sum(client.nthreads().values()))
         rows = iter(job.grid.rows)

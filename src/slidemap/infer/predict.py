@@ -63,9 +63,7 @@ def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path
             )
         if options.normalise == "scene":
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
-        size = options.tile * factor
-        grid = Grid(scene.height, scene.width, size, min(options.overlap * factor, size // 2),
-                    factor)
+        grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         task = progress.add_task(f"predict {image.name}", total=grid.window_count) \
             if progress else None
         with bounded_gdal_cache(grid), RasterOutputs(scene.profile, prob_path,

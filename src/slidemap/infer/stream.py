@@ -5,7 +5,7 @@ its own (read, model, back to native pixels, blended across its columns) into an
 band's rows × the scene width, so bands can be computed anywhere: here, with the next band read
 in a thread while this one is on the model, or on Dask workers (``slidemap.infer.distributed``).
 The driver sums consecutive bands in order, and rows no later band can touch go to a writer thread
-as strips aligned with the outputs' blocks, so every block is written once.
+as strips of whole output block rows (after the first), so a block is written once, not patched.
 
 Memory is a few bands, whatever the scene's height; the GDAL block cache is capped to about two
 bands so it does not grow with the scene either (by default it may take 5 % of the RAM). The
@@ -18,7 +18,7 @@ import contextlib
 import functools
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +35,11 @@ from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
 from slidemap.infer.blend import window_weights
 from slidemap.infer.ensemble import Predictor
-from slidemap.io.rasters import RasterOutputs
+from slidemap.io.rasters import RasterOutputs, gdal_cache
 
 BLOCK_ROWS = 256  # rows of an output block (slidemap.io.rasters.geotiff_profile)
 READ_AHEAD = 1  # bands read while one is on the model
-WRITE_BEHIND = 2  # strips queued for the writer thread
+WRITE_BEHIND = 4  # strips (of up to one output block row each) queued for the writer thread
 CACHE_BYTES_PER_PIXEL = 16  # GDAL cache per band pixel: two bands of image + DEM blocks
 CACHE_MB = (64, 1024)
 
@@ -53,6 +53,12 @@ class Grid:
     size: int  # window side
     overlap: int
     factor: int  # native pixels per working pixel
+
+    @classmethod
+    def of(cls, height: int, width: int, tile: int, overlap: int, factor: int) -> Grid:
+        """Windows of ``tile`` working px overlapping by ``overlap`` (at most half a window)."""
+        size = tile * factor
+        return cls(height, width, size, min(overlap * factor, size // 2), factor)
 
     @property
     def rows(self) -> list[int]:
@@ -114,6 +120,7 @@ class Strip:
 
 
 def read_band(scene: Scene, spec: InputSpec, grid: Grid, row: int) -> BandInputs:
+    """The model channels of the band's windows that hold data, at working resolution."""
     windows = grid.band_windows(row)
     kept, raw, valid = [], [], []
     for window in windows:
@@ -167,19 +174,22 @@ class Assembler:
         return self._flush(self.grid.height)
 
     def _flush(self, stop: int) -> list[Strip]:
-        if stop <= self.done:
-            return []
-        start = self.done
-        prob = np.zeros((stop - start, self.grid.width), dtype=np.float32)
-        windows: list[Window] = []
-        for band in self.bands:
-            low, high = max(start, band.row), min(stop, band.row + band.prob.shape[0])
-            if low < high:
-                prob[low - start:high - start] += band.prob[low - band.row:high - band.row]
-                windows += band.windows
+        """Rows [done, stop) as strips no taller than an output block row (small queue)."""
+        strips, start = [], self.done
+        while start < stop:
+            end = min(start - start % BLOCK_ROWS + BLOCK_ROWS, stop)
+            prob = np.zeros((end - start, self.grid.width), dtype=np.float32)
+            windows: list[Window] = []
+            for band in self.bands:
+                low, high = max(start, band.row), min(end, band.row + band.prob.shape[0])
+                if low < high:
+                    prob[low - start:high - start] += band.prob[low - band.row:high - band.row]
+                    windows += band.windows
+            strips.append(Strip(start, prob, windows))
+            start = end
         self.bands = [b for b in self.bands if b.row + b.prob.shape[0] > stop]
-        self.done = stop
-        return [Strip(start, prob, windows)]
+        self.done = max(self.done, stop)
+        return strips
 
 
 def strip_weights(grid: Grid, windows: list[Window], top: int, bottom: int) -> np.ndarray:
@@ -226,32 +236,28 @@ class StripWriter:
         self.counts["landslide_pixels"] += landslide
 
     def _write(self, strip: Strip) -> tuple[int, int]:
-        valid_total = landslide = 0
-        bottom = strip.top + strip.prob.shape[0]
-        for top in range(strip.top, bottom, BLOCK_ROWS):  # one block row at a time: small temps
-            end = min(top + BLOCK_ROWS, bottom)
-            window = Window(0, top, self.grid.width, end - top)
-            weight = strip_weights(self.grid, strip.windows, top, end)
-            valid = weight > 0
-            if valid.any():
-                valid &= self.scene.read_validity(window, dem=self.needs_dem)
-            prob = np.full(weight.shape, np.nan, dtype=np.float32)
-            np.divide(strip.prob[top - strip.top:end - strip.top], weight, out=prob, where=valid)
-            self.outputs.write(window, prob, valid, self.threshold)
-            valid_total += int(valid.sum())
-            landslide += int((valid & (prob >= self.threshold)).sum())
-        return valid_total, landslide
+        """Validity, probability and mask of one strip; returns (valid, landslide) pixels."""
+        rows = strip.prob.shape[0]
+        window = Window(0, strip.top, self.grid.width, rows)
+        weight = strip_weights(self.grid, strip.windows, strip.top, strip.top + rows)
+        valid = weight > 0
+        if valid.any():
+            valid &= self.scene.read_validity(window, dem=self.needs_dem)
+        prob = np.full(weight.shape, np.nan, dtype=np.float32)
+        np.divide(strip.prob, weight, out=prob, where=valid)
+        self.outputs.write(window, prob, valid, self.threshold)
+        return int(valid.sum()), int((valid & (prob >= self.threshold)).sum())
 
 
 def local_bands(predictor: Predictor, image: Path, dem: Path | None, grid: Grid,
-                batch_size: int) -> Iterator[Band]:
+                batch_size: int) -> Generator[Band, None, None]:
     """Bands predicted in this process; the next band is read in a thread meanwhile."""
     with Scene(image, dem=dem) as scene, ThreadPoolExecutor(
             1, thread_name_prefix="slidemap-read") as pool:
         rows = iter(grid.rows)
         reads: deque[Future[BandInputs]] = deque(
             pool.submit(read_band, scene, predictor.spec, grid, row)
-            for row in itertools.islice(rows, READ_AHEAD + 1))
+            for row in itertools.islice(rows, READ_AHEAD))
         try:
             while reads:
                 inputs = reads.popleft().result()
@@ -264,12 +270,12 @@ def local_bands(predictor: Predictor, image: Path, dem: Path | None, grid: Grid,
                 future.cancel()
 
 
-def write_bands(bands: Iterator[Band], grid: Grid, outputs: RasterOutputs, image: Path,
+def write_bands(bands: Generator[Band, None, None], grid: Grid, outputs: RasterOutputs, image: Path,
                 dem: Path | None, needs_dem: bool, threshold: float,
                 progress: Progress | None = None, task: TaskID | None = None) -> dict[str, int]:
     """Assemble ``bands`` (in row order) and write their strips; returns the valid and
     landslide pixels written and the windows predicted."""
-    with Scene(image, dem=dem) as scene, contextlib.closing(iter(bands)) as stream:
+    with Scene(image, dem=dem) as scene, contextlib.closing(bands) as stream:
         writer = StripWriter(outputs, scene, grid, needs_dem, threshold)
         try:
             assembler = Assembler(grid)
@@ -290,5 +296,4 @@ def write_bands(bands: Iterator[Band], grid: Grid, outputs: RasterOutputs, image
 def bounded_gdal_cache(grid: Grid) -> rasterio.Env:
     """A GDAL environment whose block cache holds about two bands, not 5 % of the RAM."""
     band_bytes = (grid.band_rows + 2 * grid.factor) * grid.width * CACHE_BYTES_PER_PIXEL
-    megabytes = int(np.clip(band_bytes / 2**20, *CACHE_MB))
-    return rasterio.Env(GDAL_CACHEMAX=megabytes * 2**20)  # rasterio passes bytes to GDAL
+    return gdal_cache(int(np.clip(band_bytes / 2**20, *CACHE_MB)))

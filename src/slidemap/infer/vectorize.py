@@ -31,9 +31,12 @@ from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path, final_path
+from slidemap.io.rasters import gdal_cache
 
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
-TERRAIN_ROWS = 256  # DEM rows read at a time: slope temporaries stay small on wide scenes
+STRIP_PIXELS = 2**22  # mask pixels labelled at a time: memory bounded on wide scenes too
+TERRAIN_PIXELS = 2**20  # DEM pixels at a time (slope works in float64 with many temporaries)
+CACHE_MB = 64  # GDAL block cache: every block is read once, in order
 START = {"elev_min": np.inf, "elev_max": -np.inf}  # accumulators that do not start at 0
 INVENTORY_FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson"}
 
@@ -75,10 +78,11 @@ class Inventory:
 
 
 def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
-                    simplify_m: float = 0.0, strip_rows: int = 1024,
+                    simplify_m: float = 0.0, strip_rows: int | None = None,
                     dem: Path | None = None) -> Inventory:
     """Polygonise landslide pixels (mask == 1) of ``mask_path`` with area and probability stats,
-    and terrain stats (``mean_slope_deg``, ``elev_range_m``) when ``dem`` is given."""
+    and terrain stats (``mean_slope_deg``, ``elev_range_m``) when ``dem`` is given. Strips are
+    ``strip_rows`` high (default: about 4 Mpx whatever the width, 64 to 1024 rows)."""
     forest = UnionFind()
     parts: dict[int, list] = {}
     keys = ["pixels", "area", "prob", "max"]
@@ -86,9 +90,11 @@ def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
     sums: dict[str, np.ndarray] = {k: np.full(1, START.get(k, 0.0)) for k in keys}
     next_id = 1
     previous_last_row: np.ndarray | None = None
-    with rasterio.open(mask_path) as mask_ds, rasterio.open(prob_path) as prob_ds, \
+    with gdal_cache(CACHE_MB), rasterio.open(mask_path) as mask_ds, \
+            rasterio.open(prob_path) as prob_ds, \
             (Scene(mask_path, dem=dem) if dem is not None else contextlib.nullcontext()) as terrain:
         crs = mask_ds.crs
+        strip_rows = strip_rows or int(np.clip(STRIP_PIXELS // mask_ds.width, 64, 1024))
         for top in range(0, mask_ds.height, strip_rows):
             window = Window(0, top, mask_ds.width, min(strip_rows, mask_ds.height - top))
             slide = mask_ds.read(1, window=window) == 1
@@ -129,8 +135,9 @@ def _grow(sums: dict[str, np.ndarray], size: int) -> None:
 def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.ndarray,
                  sums: dict[str, np.ndarray]) -> None:
     """Slope and elevation of a strip's landslide pixels, folded into their components."""
-    for top in range(0, slide.shape[0], TERRAIN_ROWS):
-        rows = slice(top, top + TERRAIN_ROWS)
+    step = max(1, TERRAIN_PIXELS // slide.shape[1])
+    for top in range(0, slide.shape[0], step):
+        rows = slice(top, top + step)
         if not slide[rows].any():
             continue
         here = slide[rows]

@@ -32,6 +32,12 @@ def geotiff_profile(profile: dict, dtype: str, nodata: float | int) -> dict:
     }
 
 
+def gdal_cache(megabytes: int) -> rasterio.Env:
+    """A GDAL environment whose block cache is capped at ``megabytes``: by default it may grow to
+    5 % of the RAM, which a streaming pass over a large raster fills with blocks it never reuses."""
+    return rasterio.Env(GDAL_CACHEMAX=megabytes * 2**20)  # rasterio hands GDAL bytes
+
+
 @contextlib.contextmanager
 def writing(path: Path, problem: str | None = None) -> Iterator[None]:
     """Turn a failed write (full disk, no permission) into a one-line error naming ``path``.
