@@ -14,7 +14,7 @@ from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.infer.vectorize import build_inventory, inventory_paths, write_inventory
-from slidemap.io.atomic import check_outputs, staged
+from slidemap.io.atomic import check_outputs, make_output_dir, staged
 from slidemap.io.modelfile import load_model, model_paths
 from slidemap.report.plots import write_evaluation_plots
 
@@ -59,7 +59,7 @@ def predict(image: Path, out_dir: Path, dem: Path | None = None,
     paths = output_paths(image, out_dir, formats)
     predictor = load_predictor(model, options)
     check_outputs(list(paths.values()), [image] + ([dem] if dem else []), overwrite)
-    _make_dir(out_dir)
+    make_output_dir(out_dir)
     with staged(paths) as tmp:  # all three files appear together, or none does
         counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
                                progress)
@@ -92,7 +92,7 @@ def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = N
         outputs["metrics"] = out_dir / "metrics.json"
         check_outputs(list(outputs.values()),
                       [p for p in (truth, prediction, image, dem) if p is not None], overwrite)
-        _make_dir(out_dir)
+        make_output_dir(out_dir)
     report: dict = {"truth": str(truth)}
     with staged(outputs) as tmp:  # rasters and metrics appear together, or none does
         scored = prediction
@@ -132,7 +132,7 @@ def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -
     bundle = load_model(model)
     target = out or onnxfile.onnx_path_for(model)
     check_outputs([target], list(model_paths(model)), overwrite)
-    _make_dir(target.parent)
+    make_output_dir(target.parent)
     onnxfile.export_onnx(bundle, target)
     return {"onnx": str(target), "opset": onnxfile.OPSET,
             "stride": onnxfile.model_stride(bundle.model),
@@ -148,11 +148,3 @@ def bench(image: Path, dem: Path | None = None, model: Path | Sequence[Path] | N
 
     return bench_scene(image, dem, model_list(model), options or PredictOptions(), sample,
                        agreement)
-
-
-def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SlidemapError(f"cannot create output folder {path} ({exc.strerror}): "
-                            "choose a writable --out") from exc

@@ -26,7 +26,7 @@ from slidemap.infer.blend import window_weights
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
 from slidemap.infer.separated import patch_stats
-from slidemap.io.atomic import atomic_path
+from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.rasters import MASK_NODATA, writing
 from slidemap.train.metrics import BinaryConfusion
 
@@ -101,15 +101,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
     metrics_path = out_dir / "metrics.json"
     targets = [p for pair in paths.values() for p in pair.values()] + [metrics_path]
-    existing = [p for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise SlidemapError(f"output {existing[0]} exists: pass --overwrite or choose another "
-                            "--out")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SlidemapError(f"cannot create output folder {out_dir} ({exc.strerror}): "
-                            "choose a writable --out") from exc
+    check_outputs(targets, [], overwrite)
+    make_output_dir(out_dir)
     if options.normalise == "scene":
         predictor = predictor.with_stats(patch_stats(dataset, spec))
     confusion = BinaryConfusion(predictor.threshold) if dataset.labelled else None

@@ -77,3 +77,12 @@ def check_outputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> Non
             raise SlidemapError(f"output {path} would overwrite an input: choose another --out")
         if path.exists() and not overwrite:
             raise SlidemapError(f"output {path} exists: pass --overwrite or choose another --out")
+
+
+def make_output_dir(path: Path) -> None:
+    """Create an output folder, or fail with one line that says to choose a writable one."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlidemapError(f"cannot create output folder {path} ({exc.strerror}): "
+                            "choose a writable --out") from exc
