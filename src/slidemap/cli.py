@@ -31,6 +31,7 @@ DEBUG = {"on": False}
 Precision = Annotated[str, typer.Option(help="bf16 (fast on CPU) or fp32")]
 Tile = Annotated[int, typer.Option(min=1, help="window size in working pixels")]
 Overlap = Annotated[int, typer.Option(min=0, help="overlap between windows in working pixels")]
+BatchSize = Annotated[int, typer.Option(min=1, help="windows per model call")]
 Report = Annotated[bool, typer.Option("--report", help="also write report.html into --out")]
 Models = Annotated[list[Path] | None, typer.Option(
     "--model", help="model file; repeat to average an ensemble (default: shipped)")]
@@ -77,7 +78,7 @@ def predict(
     model: Models = None,
     tile: Tile = 256,
     overlap: Overlap = 64,
-    batch_size: Annotated[int, typer.Option(min=1, help="windows per model call")] = 8,
+    batch_size: BatchSize = 8,
     precision: Precision = "bf16",
     tta: TTA = False,
     normalise: Normalise = "model",
@@ -324,7 +325,7 @@ def bench(
     model: Models = None,
     tile: Tile = 256,
     overlap: Overlap = 64,
-    batch_size: Annotated[int, typer.Option(min=1, help="windows per model call")] = 8,
+    batch_size: BatchSize = 8,
     precision: Precision = "bf16",
     backend: Backend = "torch",
     compile_model: Compile = False,

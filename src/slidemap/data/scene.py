@@ -154,10 +154,6 @@ class Scene:
         return self._dem is not None
 
     @property
-    def has_mask(self) -> bool:
-        return self._mask is not None
-
-    @property
     def profile(self) -> dict:
         """Georeference of the image grid (crs, transform, width, height) for output rasters."""
         img = self._image

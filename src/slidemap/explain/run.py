@@ -26,7 +26,7 @@ from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
 from slidemap.infer.predict import MIN_WORKING_SIZE, PredictOptions
-from slidemap.io.atomic import atomic_path, check_outputs
+from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle
 
 MAX_WORKING_SIDE = 2048  # Grad-CAM keeps every activation for the backward pass: bound the window
@@ -101,7 +101,7 @@ def explain_window(bundle: ModelBundle, image: Path, out_dir: Path, dem: Path | 
         files.update({f"{name}.tif": out_dir / f"{name}.tif" for name in heats})
     files["explain.json"] = out_dir / "explain.json"
     check_outputs(list(files.values()), [image] + ([dem] if dem else []), overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir)
 
     rgb = rgb_preview(np.where(valid, sample["image"], np.nan))
     what = f"box {box}" if box is not None else "predicted landslide pixels"

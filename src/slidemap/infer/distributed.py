@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
-from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,15 @@ from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
-from slidemap.infer.stream import Band, Grid, bounded_gdal_cache, infer_band, local_bands, read_band
+from slidemap.infer.stream import (
+    Band,
+    Grid,
+    bounded_gdal_cache,
+    in_order,
+    infer_band,
+    local_bands,
+    read_band,
+)
 from slidemap.io.modelfile import load_model
 
 if TYPE_CHECKING:
@@ -71,19 +77,8 @@ def dask_bands(job: BandJob, scheduler: str | None, workers: int
     """Bands computed on Dask workers, handed out in row order as they complete."""
     with dask_client(scheduler, workers) as client:
         slots = BANDS_PER_THREAD * max(1, sum(client.nthreads().values()))
-        rows = iter(job.grid.rows)
-        futures = deque(client.submit(predict_band, job, row, pure=False)
-                        for row in itertools.islice(rows, slots))
-        try:
-            while futures:
-                band = futures.popleft().result()
-                following = next(rows, None)
-                if following is not None:
-                    futures.append(client.submit(predict_band, job, following, pure=False))
-                yield band
-        finally:
-            for future in futures:
-                future.cancel()
+        yield from in_order(lambda row: client.submit(predict_band, job, row, pure=False),
+                            job.grid.rows, slots)
 
 
 @contextlib.contextmanager

@@ -11,12 +11,6 @@ from slidemap.data.scene import Scene
 from slidemap.train.metrics import BinaryConfusion
 
 
-def evaluate_raster(prediction: Path, truth: Path, threshold: float = 0.5,
-                    strip_rows: int = 1024) -> dict[str, float]:
-    """Landslide-class metrics of ``prediction`` (probabilities, or a 0/1 mask) vs ``truth``."""
-    return score_raster(prediction, truth, threshold, strip_rows).metrics()
-
-
 def score_raster(prediction: Path, truth: Path, threshold: float = 0.5,
                  strip_rows: int = 1024) -> BinaryConfusion:
     """The confusion of ``prediction`` vs ``truth``, histograms kept for precision–recall plots.

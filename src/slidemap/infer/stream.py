@@ -18,7 +18,7 @@ import contextlib
 import functools
 import itertools
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,25 +249,38 @@ class StripWriter:
         return int(valid.sum()), int((valid & (prob >= self.threshold)).sum())
 
 
+def in_order(submit: Callable[[int], Future], rows: list[int], ahead: int
+             ) -> Iterator[object]:
+    """Results of ``submit(row)`` for every row, in order, with at most ``ahead`` in flight.
+
+    The same bounded look-ahead serves a read thread here and Dask workers in
+    ``slidemap.infer.distributed``; whatever is still pending when the consumer stops is
+    cancelled. (Dask futures are not ``concurrent.futures`` ones but have the same methods.)
+    """
+    remaining = iter(rows)
+    pending = deque(submit(row) for row in itertools.islice(remaining, ahead))
+    try:
+        while pending:
+            result = pending.popleft().result()
+            following = next(remaining, None)
+            if following is not None:
+                pending.append(submit(following))
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def local_bands(predictor: Predictor, image: Path, dem: Path | None, grid: Grid,
                 batch_size: int) -> Generator[Band, None, None]:
     """Bands predicted in this process; the next band is read in a thread meanwhile."""
     with Scene(image, dem=dem) as scene, ThreadPoolExecutor(
             1, thread_name_prefix="slidemap-read") as pool:
-        rows = iter(grid.rows)
-        reads: deque[Future[BandInputs]] = deque(
-            pool.submit(read_band, scene, predictor.spec, grid, row)
-            for row in itertools.islice(rows, READ_AHEAD))
-        try:
-            while reads:
-                inputs = reads.popleft().result()
-                following = next(rows, None)
-                if following is not None:
-                    reads.append(pool.submit(read_band, scene, predictor.spec, grid, following))
-                yield infer_band(predictor, grid, inputs, batch_size)
-        finally:
-            for future in reads:
-                future.cancel()
+        def submit(row: int) -> Future[BandInputs]:
+            return pool.submit(read_band, scene, predictor.spec, grid, row)
+
+        for inputs in in_order(submit, grid.rows, READ_AHEAD):
+            yield infer_band(predictor, grid, inputs, batch_size)
 
 
 def write_bands(bands: Generator[Band, None, None], grid: Grid, outputs: RasterOutputs, image: Path,

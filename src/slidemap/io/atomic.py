@@ -79,10 +79,10 @@ def check_outputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> Non
             raise SlidemapError(f"output {path} exists: pass --overwrite or choose another --out")
 
 
-def make_output_dir(path: Path) -> None:
+def make_output_dir(path: Path, what: str = "output folder") -> None:
     """Create an output folder, or fail with one line that says to choose a writable one."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SlidemapError(f"cannot create output folder {path} ({exc.strerror}): "
+        raise SlidemapError(f"cannot create {what} {path} ({exc.strerror}): "
                             "choose a writable --out") from exc

@@ -29,6 +29,7 @@ from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
 from slidemap.infer.runtime import autocast
 from slidemap.infer.sliding import predict_array
+from slidemap.io.atomic import make_output_dir
 from slidemap.io.modelfile import ModelBundle, save_model
 from slidemap.models import build_model, count_parameters
 from slidemap.report.plots import plot_training_curves
@@ -143,11 +144,7 @@ def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
     if earlier and not overwrite:
         raise SlidemapError(f"run folder {out_dir} already holds a run ({earlier[0]}): pass "
                             "--resume to continue it, --overwrite to replace it, or another --out")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SlidemapError(f"cannot create run folder {out_dir} ({exc.strerror}): "
-                            "choose a writable --out") from exc
+    make_output_dir(out_dir, "run folder")
     for name in ("checkpoint.safetensors", "checkpoint.json"):  # never resume a replaced run
         (out_dir / name).unlink(missing_ok=True)
 

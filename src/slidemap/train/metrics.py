@@ -37,11 +37,6 @@ class BinaryConfusion:
         self.pos_hist += np.bincount(bins[t], minlength=AUC_BINS)
         self.neg_hist += np.bincount(bins[~t], minlength=AUC_BINS)
 
-    def update_from_mask(self, pred: np.ndarray, target: np.ndarray,
-                         valid: np.ndarray | None = None) -> None:
-        """Add a hard 0/1 prediction (no probabilities: AUC then reflects the single threshold)."""
-        self.update(pred.astype(np.float32), target, valid)
-
     def metrics(self) -> dict[str, float]:
         tp, fp, fn, tn = (int(c) for c in self.counts)
         precision = _ratio(tp, tp + fp)
