@@ -42,3 +42,19 @@ def test_valid_mask_and_nan_probabilities_are_left_out() -> None:
     confusion.update(np.array([np.nan, 1.0, 0.0]), np.array([1, 1, 0], dtype=np.uint8),
                      valid=np.array([True, True, False]))
     assert confusion.metrics()["pixels"] == 1
+
+
+def test_threshold_sweep_matches_scoring_at_each_threshold() -> None:
+    rng = np.random.default_rng(3)
+    prob = rng.random((64, 64)).astype(np.float32)
+    target = (rng.random((64, 64)) < prob).astype(np.uint8)
+    target[:4] = 255
+    once = BinaryConfusion(0.5)
+    once.update(prob, target)
+    for row in once.sweep(np.array([0.2, 0.35, 0.5, 0.8])):
+        direct = BinaryConfusion(row["threshold"])
+        direct.update(prob, target)
+        expected = direct.metrics()
+        for key in ("precision", "recall", "f1", "iou"):
+            assert row[key] == pytest.approx(expected[key], abs=1e-12)
+    assert [r["threshold"] for r in once.sweep()] == pytest.approx(np.arange(1, 20) / 20)

@@ -57,7 +57,9 @@ def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("training", [{"mixup": -0.1}, {"hard_examples": 1.5},
                                       {"random_scale": [1.2, 0.8]}, {"random_scale": [1.0]},
-                                      {"colour_jitter": "yes"}])
+                                      {"colour_jitter": "yes"},
+                                      {"colour_jitter": {"brightness": 1.5}},
+                                      {"colour_jitter": {"hue": 0.1}}])
 def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:
     with pytest.raises(SlidemapError, match=next(iter(training))):
         parse_config(tiny_raw(tiny_scene, **training))
@@ -91,6 +93,22 @@ def test_colour_jitter_changes_only_optical_channels(tiny_scene: dict[str, Path]
     optical_change = np.abs(jittered["x"][:, :OPTICAL] - plain["x"][:, :OPTICAL])
     assert optical_change.transpose(1, 0, 2, 3)[:, valid].mean() > 1e-3
     assert (jittered["x"][:, :OPTICAL].transpose(1, 0, 2, 3)[:, ~valid] == 0).all()
+
+
+def test_colour_jitter_strengths_are_used(tiny_scene: dict[str, Path]) -> None:
+    plain = first_batch(tiny_scene, augment=False)
+    off = first_batch(tiny_scene, augment=False,
+                      colour_jitter={"brightness": 0, "contrast": 0, "saturation": 0})
+    mild = first_batch(tiny_scene, augment=False, colour_jitter={"brightness": 0.05})
+    strong = first_batch(tiny_scene, augment=False, colour_jitter={"brightness": 0.8})
+    valid = plain["valid"][:, 0]
+
+    def change(batch: dict) -> float:
+        diff = np.abs(batch["x"][:, :OPTICAL] - plain["x"][:, :OPTICAL])
+        return float(diff.transpose(1, 0, 2, 3)[:, valid].mean())
+
+    assert change(off) < 1e-5
+    assert change(strong) > 3 * change(mild) > 0
 
 
 def test_random_scale_zooms_every_channel_and_the_labels(tiny_scene: dict[str, Path]) -> None:

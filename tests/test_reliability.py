@@ -869,6 +869,18 @@ def test_same_seed_same_weights_and_same_map(w: SimpleNamespace) -> None:
     np.testing.assert_array_equal(maps[0][1], maps[1][1])
 
 
+def test_seed_option_replaces_the_configs_seed(w: SimpleNamespace) -> None:
+    seeded = w.root / "out" / "seed-1"
+    assert_ok(w.cli("train", w.configs.good, "--out", seeded, "--seed", "1"))
+    provenance = json.loads((seeded / "model.json").read_text())["provenance"]
+    assert provenance["config"]["training"]["seed"] == 1
+    default = w.root / "out" / "same-seed-1"
+    if not default.exists():
+        assert_ok(w.cli("train", w.configs.good, "--out", default))
+    with pytest.raises(AssertionError):
+        assert_same_tensors(seeded / "model.safetensors", default / "model.safetensors")
+
+
 def test_model_files_are_readable_like_any_other_file(w: SimpleNamespace) -> None:
     """safetensors writes private (0600) files; a saved model follows the umask instead."""
     umask = os.umask(0o022)

@@ -1,4 +1,9 @@
-"""The shipped model on Jinsha region A, which it never trained on (skips without shared data)."""
+"""The shipped model on the Jinsha scenes it was trained on (skips without shared data).
+
+Both regions trained it, so these are not held-out figures (those are the cross-region runs of
+models/README.md); the test checks that the shipped file is the model its card describes, maps
+a scene onto the input grid and still fits its own training ground.
+"""
 
 import json
 
@@ -12,11 +17,12 @@ JINSHA = SHARED_DATA / "jinsha"
 
 
 @pytest.mark.skipif(not JINSHA.exists(), reason="../shared/data/jinsha is not here")
-def test_shipped_model_maps_unseen_region_a(tmp_path) -> None:
+def test_shipped_model_maps_a_jinsha_scene(tmp_path) -> None:
     image, dem = JINSHA / "region_A_image.tif", JINSHA / "region_A_dsm.tif"
     sidecar = json.loads(api.default_model_path().with_suffix(".json").read_text())
-    trained_on = [scene["image"] for scene in sidecar["provenance"]["config"]["train"]]
-    assert not any("region_A" in path for path in trained_on)
+    trained_on = sorted(scene["image"] for scene in sidecar["provenance"]["config"]["train"])
+    assert [path.rsplit("/", 1)[-1] for path in trained_on] == ["region_A_image.tif",
+                                                                "region_B_image.tif"]
 
     result = api.predict(image, tmp_path, dem)
     with rasterio.open(image) as src:
@@ -27,4 +33,4 @@ def test_shipped_model_maps_unseen_region_a(tmp_path) -> None:
     assert result["landslides"] > 0
 
     metrics = api.evaluate(JINSHA / "region_A_mask.tif", prediction=result["prob"])["metrics"]
-    assert metrics["f1"] >= 0.75
+    assert metrics["f1"] >= 0.85

@@ -106,6 +106,7 @@ def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = N
         report["threshold"] = 0.5 if threshold is None else threshold
         confusion = score_raster(scored, truth, report["threshold"])
         report["metrics"] = confusion.metrics()
+        report["thresholds"] = confusion.sweep()
         if out_dir is not None:
             tmp["metrics"].write_text(json.dumps(report, indent=2) + "\n")
     if out_dir is not None:

@@ -35,6 +35,8 @@ BatchSize = Annotated[int, typer.Option(min=1, help="windows per model call")]
 Report = Annotated[bool, typer.Option("--report", help="also write report.html into --out")]
 Models = Annotated[list[Path] | None, typer.Option(
     "--model", help="model file; repeat to average an ensemble (default: shipped)")]
+Seed = Annotated[int | None, typer.Option(
+    help="replace the config's training.seed (repeat a recipe with other seeds)")]
 TTA = Annotated[bool, typer.Option(help="average the 8 flips/rotations of every window")]
 Backend = Annotated[str, typer.Option(help="torch, or onnx (ONNX Runtime, always fp32)")]
 Compile = Annotated[bool, typer.Option(
@@ -61,12 +63,15 @@ def train(
         "runs/latest"),
     resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
+    seed: Seed = None,
 ) -> None:
     """Train a model from a YAML config (with init: MODEL, a fine-tuning: see finetune)."""
-    from slidemap.train.config import load_config
+    from slidemap.train.config import load_config, with_seed
     from slidemap.train.finetune import train_run
 
-    train_run(load_config(config), out, resume=resume, overwrite=overwrite)
+    run_config = load_config(config)
+    train_run(run_config if seed is None else with_seed(run_config, seed), out, resume=resume,
+              overwrite=overwrite)
 
 
 @app.command()
@@ -158,6 +163,8 @@ def evaluate(
     for key in ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc"):
         table.add_row(key, f"{report['metrics'][key]:.4f}")
     table.add_row("valid pixels", f"{report['metrics']['pixels']:,}")
+    best = max(report["thresholds"], key=lambda row: row["f1"])
+    table.add_row(f"f1 at best threshold {best['threshold']:g}", f"{best['f1']:.4f}")
     Console().print(table)
     if out is None:
         print(json.dumps(report["metrics"]))
@@ -241,14 +248,17 @@ def finetune(
         "--freeze-encoder", help="train only the decoder and head")] = False,
     resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
+    seed: Seed = None,
 ) -> None:
     """Fine-tune a model on a config's data; finetune.json holds val figures before and after."""
     from dataclasses import replace
 
-    from slidemap.train.config import load_config
+    from slidemap.train.config import load_config, with_seed
     from slidemap.train.finetune import finetune as run_finetune
 
     run_config = load_config(config)
+    if seed is not None:
+        run_config = with_seed(run_config, seed)
     settings = replace(run_config.train,
                        freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
     report = run_finetune(replace(run_config, init=model, train=settings), out, resume=resume,

@@ -46,7 +46,8 @@ class TrainSettings:
     seed: int = 0
     # Training recipes (see configs/README.md), all off by default.
     mixup: float = 0.0
-    colour_jitter: bool = False
+    # true (±20 % each) or {brightness, contrast, saturation} strengths; stored as that mapping.
+    colour_jitter: bool | dict = False
     random_scale: tuple[float, float] | None = None
     hard_examples: float = 0.0
     # Which epoch becomes model.safetensors: "best" by validation F1, or "last" (no selection on
@@ -61,9 +62,7 @@ class TrainSettings:
                      "a fraction in [0, 1] (0 = off)")
         if self.select not in ("best", "last"):
             raise SlidemapError(f"training.select must be best or last, got {self.select!r}")
-        if not isinstance(self.colour_jitter, bool):
-            raise SlidemapError(f"training.colour_jitter must be true or false, "
-                                f"got {self.colour_jitter!r}")
+        object.__setattr__(self, "colour_jitter", _jitter_strengths(self.colour_jitter))
         if self.random_scale is not None:
             scale = self.random_scale
             if not (isinstance(scale, list | tuple) and len(scale) == 2
@@ -71,6 +70,26 @@ class TrainSettings:
                 raise SlidemapError("training.random_scale must be [low, high] with "
                                     f"0 < low <= high, e.g. [0.8, 1.25], got {scale!r}")
             object.__setattr__(self, "random_scale", (float(scale[0]), float(scale[1])))
+
+
+JITTER_KEYS = ("brightness", "contrast", "saturation")
+JITTER_DEFAULT = 0.2
+CHECKED_BY_SETTINGS = {"colour_jitter"}  # more than one type allowed: checked in __post_init__
+
+
+def _jitter_strengths(value: Any) -> dict[str, float] | bool:
+    """``training.colour_jitter`` as {brightness, contrast, saturation} strengths, or False."""
+    if value is False:
+        return False
+    if value is True:
+        return dict.fromkeys(JITTER_KEYS, JITTER_DEFAULT)
+    expected = ("true, false or a mapping of brightness, contrast and saturation strengths in "
+                "[0, 1], e.g. {brightness: 0.4, contrast: 0.4, saturation: 0.2}")
+    if not isinstance(value, dict) or not set(value) <= set(JITTER_KEYS):
+        raise SlidemapError(f"training.colour_jitter must be {expected}, got {value!r}")
+    for key, strength in value.items():
+        _check_range(f"training.colour_jitter.{key}", strength, 0.0, 1.0, "a number in [0, 1]")
+    return {key: float(value.get(key, 0.0)) for key in JITTER_KEYS}
 
 
 def _is_number(value: Any) -> bool:
@@ -141,6 +160,11 @@ def _sources_dict(scenes: tuple[SceneSource, ...], patches: tuple[PatchSource, .
                   ) -> list[dict]:
     return [{k: (str(v) if v is not None else None) for k, v in vars(s).items()}
             for s in scenes] + [p.to_dict() for p in patches]
+
+
+def with_seed(config: RunConfig, seed: int) -> RunConfig:
+    """``config`` with another ``training.seed``: the same recipe, another draw."""
+    return replace(config, train=replace(config.train, seed=seed))
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -337,7 +361,7 @@ def _check_type(name: str, value: Any, spec: Any, where: str) -> Any:
     """
     default = spec.default if spec.default is not MISSING else (
         spec.default_factory() if spec.default_factory is not MISSING else None)
-    if default is None:
+    if default is None or name in CHECKED_BY_SETTINGS:
         return value
     kind = type(default)
     if kind is float and isinstance(value, str):

@@ -1,7 +1,8 @@
 """The training loop: random windows, AdamW + cosine schedule, validation every epoch.
 
-The best epoch by validation F1 (landslide class) is written as a model file; every epoch also
-writes a resumable checkpoint and a line of history.
+The epoch that ``training.select`` keeps (the best by validation F1 of the landslide class, or
+the last) is written as a model file; every epoch also writes a resumable checkpoint and a line
+of history.
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                "wall_seconds": round(time.perf_counter() - started, 1)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_training_curves(out_dir)
-    console.print(f"best epoch {state['best_epoch']}: val F1 {state['best_f1']:.4f} → "
+    how = "the last" if settings.select == "last" else "best by val F1"
+    figure = f", val F1 {state['best_f1']:.4f}" if val_scenes else ""
+    console.print(f"kept epoch {state['best_epoch']} ({how}{figure}) → "
                   f"{out_dir / 'model.safetensors'}")
     return out_dir / "model.safetensors"
 

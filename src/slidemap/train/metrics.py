@@ -55,6 +55,21 @@ class BinaryConfusion:
             "tp": tp, "fp": fp, "fn": fn, "tn": tn,
         }
 
+    def at_threshold(self, threshold: float) -> dict[str, float]:
+        """Precision, recall, F1 and IoU had the threshold been ``threshold`` (to 1/AUC_BINS),
+        from the histograms, so a threshold can be chosen after one pass over the data."""
+        first = int(np.clip(round(threshold * AUC_BINS), 0, AUC_BINS))
+        tp, fp = int(self.pos_hist[first:].sum()), int(self.neg_hist[first:].sum())
+        fn = int(self.pos_hist.sum()) - tp
+        return {"threshold": first / AUC_BINS, "precision": _ratio(tp, tp + fp),
+                "recall": _ratio(tp, tp + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+                "iou": _ratio(tp, tp + fp + fn)}
+
+    def sweep(self, thresholds: np.ndarray | None = None) -> list[dict[str, float]]:
+        """``at_threshold`` over a grid (default 0.05, 0.10, …, 0.95)."""
+        grid = np.arange(1, 20) / 20 if thresholds is None else thresholds
+        return [self.at_threshold(float(t)) for t in grid]
+
     def auc(self) -> float:
         """Area under the ROC curve by the Mann–Whitney count, ties within a bin counted half."""
         pos, neg = self.pos_hist.astype(np.float64), self.neg_hist.astype(np.float64)

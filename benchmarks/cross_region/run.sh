@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Cross-region estimate of the shipped recipe (models/README.md): train on one Jinsha region,
+# score on the other, both directions, two seeds, the shipped recipe and the recipe before it
+# (colour jitter ±20 % instead of ±40 % brightness/contrast), each model plain, with --tta, and
+# the two seeds as an ensemble. Runs that exist are not trained again. About 12 min per training
+# on an idle 2-core CPU (8 trainings), seconds per evaluation.
+#
+#   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-runs/xr}
+OUT=${2:-out/xr}
+DATA=../shared/data/jinsha
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+SLIDEMAP=.venv/bin/slidemap
+rows=()
+
+evaluate() {  # evaluate NAME REGION [slidemap evaluate options...]
+  local name=$1 region=$2
+  shift 2
+  if [[ ! -f $OUT/$name/metrics.json ]]; then
+    $SLIDEMAP evaluate "$DATA/region_${region}_mask.tif" --image "$DATA/region_${region}_image.tif" \
+      --dem "$DATA/region_${region}_dsm.tif" --out "$OUT/$name" "$@" > /dev/null
+  fi
+}
+
+for recipe in strong_jitter base; do
+  for direction in B_score_A A_score_B; do
+    config=benchmarks/cross_region/train_${direction}.yaml
+    [[ $recipe == base ]] || config=benchmarks/cross_region/train_${direction}_${recipe}.yaml
+    scored=${direction: -1}
+    label="${direction:0:1} → ${scored}, ${recipe/_/ }"
+    members=()
+    for seed in 0 1; do
+      run=$RUNS/${direction}_${recipe}_s${seed}
+      [[ -f $run/summary.json ]] || $SLIDEMAP train "$config" --seed "$seed" --out "$run" --overwrite
+      model=$run/model.safetensors
+      members+=(--model "$model")
+      evaluate "${direction}_${recipe}_s${seed}" "$scored" --model "$model"
+      evaluate "${direction}_${recipe}_s${seed}_tta" "$scored" --model "$model" --tta
+      rows+=("$label, seed $seed=$OUT/${direction}_${recipe}_s${seed}/metrics.json"
+             "$label, seed $seed, TTA=$OUT/${direction}_${recipe}_s${seed}_tta/metrics.json")
+    done
+    evaluate "${direction}_${recipe}_ensemble" "$scored" "${members[@]}"
+    rows+=("$label, ensemble of seeds 0 + 1=$OUT/${direction}_${recipe}_ensemble/metrics.json")
+  done
+done
+.venv/bin/python benchmarks/cross_region/table.py "${rows[@]}"
