@@ -105,6 +105,15 @@ def test_study_trains_scores_and_continues(tiny_scene: dict[str, Path], tmp_path
     assert (out / names[2] / "summary.json").exists()
     assert len(read_rows(out)) == 4
 
+    # The table written after the first run already holds the runs an earlier call scored.
+    (out / names[0] / "result.json").unlink()
+    tables: list[list[str]] = []
+    real_write = study_module.write_results
+    monkeypatch.setattr(study_module, "write_results", lambda rows, *args: (
+        tables.append([r["run"] for r in rows]), real_write(rows, *args)))
+    run_study(load_study(config), out)
+    assert tables[0] == names
+
 
 def test_changed_config_refuses_to_reuse_a_run_folder(tiny_scene: dict[str, Path],
                                                       tmp_path: Path) -> None:

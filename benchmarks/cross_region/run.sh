@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Cross-region estimate of the shipped recipe (models/README.md): train on one Jinsha region,
-# score on the other, both directions, two seeds, the shipped recipe and the recipe before it
-# (colour jitter ±20 % instead of ±40 % brightness/contrast), each model plain, with --tta, and
-# the two seeds as an ensemble. Runs that exist are not trained again. About 12 min per training
+# score on the other, both directions, two seeds, for the shipped recipe ("base") and the one
+# alternative tried for it ("strong jitter": brightness and contrast jitter ±40 % instead of
+# ±20 %), each model plain, with --tta, and the two seeds as an ensemble. Runs that exist are not trained again. About 12 min per training
 # on an idle 2-core CPU (8 trainings), seconds per evaluation.
 #
 #   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)

@@ -225,15 +225,21 @@ def _timing(raw: Any, where: str) -> Timing:
 
 
 def run_study(study: Study, out_dir: Path) -> list[dict]:
-    """Train, score and time every run; rewrite results.csv/md after each, so they show progress."""
+    """Train, score and time every run; rewrite results.csv/md after each with every run scored
+    so far (this call's or an earlier one's), in grid order, so they show progress."""
     _check_files(study)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
     for number, run in enumerate(study.runs, 1):
         console.print(f"[bold]run {number}/{len(study.runs)}: {run.name}[/]")
-        rows.append(run_one(run, out_dir / run.name, study.timing))
-        write_results(rows, out_dir, study.timing)
-    return rows
+        run_one(run, out_dir / run.name, study.timing)
+        write_results(scored_rows(study, out_dir), out_dir, study.timing)
+    return scored_rows(study, out_dir)
+
+
+def scored_rows(study: Study, out_dir: Path) -> list[dict]:
+    """The rows of the study's runs that have a result in ``out_dir``, in grid order."""
+    paths = [out_dir / run.name / "result.json" for run in study.runs]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
 
 
 def run_one(run: StudyRun, run_dir: Path, timing: Timing) -> dict:
