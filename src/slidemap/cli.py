@@ -69,9 +69,7 @@ def train(
     from slidemap.train.config import load_config, with_seed
     from slidemap.train.finetune import train_run
 
-    run_config = load_config(config)
-    train_run(run_config if seed is None else with_seed(run_config, seed), out, resume=resume,
-              overwrite=overwrite)
+    train_run(with_seed(load_config(config), seed), out, resume=resume, overwrite=overwrite)
 
 
 @app.command()
@@ -256,9 +254,7 @@ def finetune(
     from slidemap.train.config import load_config, with_seed
     from slidemap.train.finetune import finetune as run_finetune
 
-    run_config = load_config(config)
-    if seed is not None:
-        run_config = with_seed(run_config, seed)
+    run_config = with_seed(load_config(config), seed)
     settings = replace(run_config.train,
                        freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
     report = run_finetune(replace(run_config, init=model, train=settings), out, resume=resume,

@@ -162,9 +162,10 @@ def _sources_dict(scenes: tuple[SceneSource, ...], patches: tuple[PatchSource, .
             for s in scenes] + [p.to_dict() for p in patches]
 
 
-def with_seed(config: RunConfig, seed: int) -> RunConfig:
-    """``config`` with another ``training.seed``: the same recipe, another draw."""
-    return replace(config, train=replace(config.train, seed=seed))
+def with_seed(config: RunConfig, seed: int | None) -> RunConfig:
+    """``config`` with another ``training.seed`` (the same recipe, another draw); as it is for
+    None."""
+    return config if seed is None else replace(config, train=replace(config.train, seed=seed))
 
 
 def load_config(path: str | Path) -> RunConfig:

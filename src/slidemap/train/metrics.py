@@ -39,17 +39,11 @@ class BinaryConfusion:
 
     def metrics(self) -> dict[str, float]:
         tp, fp, fn, tn = (int(c) for c in self.counts)
-        precision = _ratio(tp, tp + fp)
-        recall = _ratio(tp, tp + fn)
-        iou = _ratio(tp, tp + fp + fn)
-        iou_background = _ratio(tn, tn + fp + fn)
+        scores = _landslide_scores(tp, fp, fn)
         return {
-            "precision": precision,
-            "recall": recall,
-            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-            "iou": iou,
+            **scores,
             "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
-            "miou": (iou + iou_background) / 2,
+            "miou": (scores["iou"] + _ratio(tn, tn + fp + fn)) / 2,
             "auc": self.auc(),
             "pixels": tp + fp + fn + tn,
             "tp": tp, "fp": fp, "fn": fn, "tn": tn,
@@ -61,9 +55,7 @@ class BinaryConfusion:
         first = int(np.clip(round(threshold * AUC_BINS), 0, AUC_BINS))
         tp, fp = int(self.pos_hist[first:].sum()), int(self.neg_hist[first:].sum())
         fn = int(self.pos_hist.sum()) - tp
-        return {"threshold": first / AUC_BINS, "precision": _ratio(tp, tp + fp),
-                "recall": _ratio(tp, tp + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-                "iou": _ratio(tp, tp + fp + fn)}
+        return {"threshold": first / AUC_BINS, **_landslide_scores(tp, fp, fn)}
 
     def sweep(self, thresholds: np.ndarray | None = None) -> list[dict[str, float]]:
         """``at_threshold`` over a grid (default 0.05, 0.10, …, 0.95)."""
@@ -78,6 +70,12 @@ class BinaryConfusion:
             return float("nan")
         neg_below = np.cumsum(neg) - neg
         return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
+def _landslide_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """Precision, recall, F1 and IoU of the landslide class from its counts."""
+    return {"precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn)}
 
 
 def _ratio(num: int, den: int) -> float:

@@ -229,11 +229,13 @@ def run_study(study: Study, out_dir: Path) -> list[dict]:
     so far (this call's or an earlier one's), in grid order, so they show progress."""
     _check_files(study)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
     for number, run in enumerate(study.runs, 1):
         console.print(f"[bold]run {number}/{len(study.runs)}: {run.name}[/]")
         run_one(run, out_dir / run.name, study.timing)
-        write_results(scored_rows(study, out_dir), out_dir, study.timing)
-    return scored_rows(study, out_dir)
+        rows = scored_rows(study, out_dir)
+        write_results(rows, out_dir, study.timing)
+    return rows
 
 
 def scored_rows(study: Study, out_dir: Path) -> list[dict]:
