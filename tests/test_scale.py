@@ -19,6 +19,7 @@ from rasterio.transform import from_origin
 from slidemap import api
 from slidemap.data.terrain import EARTH_RADIUS_M
 from slidemap.infer.predict import PredictOptions
+from slidemap.infer.stream import HELPER_NICENESS, helper_pool
 from slidemap.infer.vectorize import build_inventory, write_inventory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,3 +277,13 @@ def test_peak_memory_does_not_grow_with_the_scene(tmp_path) -> None:
     small, large = map(float, done.stdout.split())
     assert large - small < 150, (small, large)
     assert large < 1500, (small, large)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="only Linux renices a single thread")
+def test_helper_threads_run_below_the_model_threads_priority() -> None:
+    """Reading, blending and writing beside the model must yield the core to it, not share it."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    with helper_pool("slidemap-test") as pool:
+        helper = pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
+    assert helper == min(before + HELPER_NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

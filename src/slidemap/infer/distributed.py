@@ -2,8 +2,9 @@
 
 Each worker loads the model files once (cached per process) and opens the rasters itself, so the
 files must be readable at the same paths on every worker (a shared filesystem). A band comes back
-as its rows × the scene width of weighted probabilities, and the driver sums bands in row order
-exactly as one process does (``slidemap.infer.stream``), so the outputs are the same. At most two
+as the working-resolution probabilities of its windows (a sixteenth of the native pixels for a
+2 m model on 0.5 m imagery), and the driver blends and sums bands in row order exactly as one
+process does (``slidemap.infer.stream``), so the outputs are the same. At most two
 bands per worker thread are in flight: memory stays bounded on both sides.
 """
 
@@ -22,8 +23,8 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.stream import (
-    Band,
     Grid,
+    PredictedBand,
     bounded_gdal_cache,
     in_order,
     infer_band,
@@ -58,7 +59,7 @@ class BandJob:
 
 
 def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem: Path | None,
-                grid: Grid) -> Generator[Band, None, None]:
+                grid: Grid) -> Generator[PredictedBand, None, None]:
     """The scene's bands in row order: from this process, or from Dask when asked."""
     if not (options.scheduler or options.workers):
         return local_bands(predictor, image, dem, grid, options.batch_size)
@@ -73,7 +74,7 @@ def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem:
 
 
 def dask_bands(job: BandJob, scheduler: str | None, workers: int
-               ) -> Generator[Band, None, None]:
+               ) -> Generator[PredictedBand, None, None]:
     """Bands computed on Dask workers, handed out in row order as they complete."""
     with dask_client(scheduler, workers) as client:
         slots = BANDS_PER_THREAD * max(1, sum(client.nthreads().values()))
@@ -103,13 +104,13 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
         yield client
 
 
-def predict_band(job: BandJob, row: int) -> Band:
+def predict_band(job: BandJob, row: int) -> PredictedBand:
     """On a worker: read and predict the band of windows starting at ``row``."""
     predictor = _predictor(job.models, job.tta, job.precision, job.backend, job.compile,
                            job.stats)
     with bounded_gdal_cache(job.grid), Scene(job.image, dem=job.dem) as scene:
         inputs = read_band(scene, predictor.spec, job.grid, row)
-    return infer_band(predictor, job.grid, inputs, job.batch_size)
+    return infer_band(predictor, inputs, job.batch_size)
 
 
 @functools.lru_cache(maxsize=2)

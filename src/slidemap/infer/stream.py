@@ -1,11 +1,16 @@
 """The streaming engine under scene prediction: bands of windows in, finished strips out.
 
 A scene is covered by overlapping windows; one row of windows is a *band*. A band is predicted on
-its own (read, model, back to native pixels, blended across its columns) into an array of the
-band's rows × the scene width, so bands can be computed anywhere: here, with the next band read
-in a thread while this one is on the model, or on Dask workers (``slidemap.infer.distributed``).
-The driver sums consecutive bands in order, and rows no later band can touch go to a writer thread
-as strips of whole output block rows (after the first), so a block is written once, not patched.
+its own (read, model) into the working-resolution probabilities of its windows, so bands can be
+computed anywhere: here, with the next band read in a thread while this one is on the model, or
+on Dask workers (``slidemap.infer.distributed``). A blending thread brings each band back to native
+pixels, blends it across its columns into the band's rows × the scene width and sums consecutive
+bands in order; rows no later band can touch go to a writer thread as strips of whole output block
+rows (after the first), so a block is written once, not patched. The model's thread does nothing
+but the model: for a 2 m model on 0.5 m imagery, blending at native pixels costs about a tenth of
+the model's time, which a second core does beside it (``benchmarks/speed.md``). The helper
+threads run at a lower priority, so that when they pile up they take the cores the model leaves,
+not the model's.
 
 Memory is a few bands, whatever the scene's height; the GDAL block cache is capped to about two
 bands so it does not grow with the scene either (by default it may take 5 % of the RAM). The
@@ -17,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,9 +47,11 @@ from slidemap.io.rasters import RasterOutputs, gdal_cache
 
 BLOCK_ROWS = 256  # rows of an output block (slidemap.io.rasters.geotiff_profile)
 READ_AHEAD = 1  # bands read while one is on the model
+BLEND_BEHIND = 2  # predicted bands queued for the blending thread
 WRITE_BEHIND = 4  # strips (of up to one output block row each) queued for the writer thread
 CACHE_BYTES_PER_PIXEL = 16  # GDAL cache per band pixel: two bands of image + DEM blocks
 CACHE_MB = (64, 1024)
+HELPER_NICENESS = 10  # of the read, blending and writer threads (Linux: per thread)
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,20 @@ def _weights(height: int, width: int, margin: int) -> torch.Tensor:
     return torch.from_numpy(window_weights(height, width, margin))
 
 
+def helper_pool(name: str) -> ThreadPoolExecutor:
+    """One thread for work beside the model (reading, blending, writing), at a lower priority:
+    with every core busy, the kernel then gives the model's thread its core first. Only Linux
+    can renice one thread; elsewhere the thread keeps the process's priority."""
+    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=_lower_priority)
+
+
+def _lower_priority() -> None:
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICENESS)
+
+
 @dataclass
 class BandInputs:
     """The model channels of a band's windows that hold data (empty windows are skipped)."""
@@ -101,8 +125,18 @@ class BandInputs:
 
 
 @dataclass
+class PredictedBand:
+    """The working-resolution probabilities of a band's windows that hold data."""
+
+    row: int
+    windows: list[Window]
+    probs: list[np.ndarray]
+    total: int
+
+
+@dataclass
 class Band:
-    """One band predicted: the sum of probability × blending weight over its rows."""
+    """One band blended: the sum of probability × blending weight over its rows."""
 
     row: int
     prob: np.ndarray  # (band rows, scene width) float32
@@ -134,17 +168,22 @@ def read_band(scene: Scene, spec: InputSpec, grid: Grid, row: int) -> BandInputs
     return BandInputs(row, kept, raw, valid, len(windows))
 
 
-def infer_band(predictor: Predictor, grid: Grid, inputs: BandInputs, batch_size: int) -> Band:
-    """Model, back to native pixels (bilinear), weighted and summed across the band."""
-    prob = torch.zeros((grid.band_rows, grid.width), dtype=torch.float32)
+def infer_band(predictor: Predictor, inputs: BandInputs, batch_size: int) -> PredictedBand:
+    """The model on the band's windows, in batches, at working resolution."""
+    probs: list[np.ndarray] = []
     for start in range(0, len(inputs.windows), batch_size):
         part = slice(start, start + batch_size)
-        probs = predictor(inputs.raw[part], inputs.valid[part])
-        for window, working in zip(inputs.windows[part], probs, strict=True):
-            cols = slice(window.col_off, window.col_off + window.width)
-            prob[:window.height, cols].addcmul_(_to_native(working, window),
-                                                grid.weights(window))
-    return Band(inputs.row, prob.numpy(), inputs.windows, inputs.total)
+        probs += predictor(inputs.raw[part], inputs.valid[part])
+    return PredictedBand(inputs.row, inputs.windows, probs, inputs.total)
+
+
+def blend_band(grid: Grid, predicted: PredictedBand) -> Band:
+    """Back to native pixels (bilinear), weighted and summed across the band."""
+    prob = torch.zeros((grid.band_rows, grid.width), dtype=torch.float32)
+    for window, working in zip(predicted.windows, predicted.probs, strict=True):
+        cols = slice(window.col_off, window.col_off + window.width)
+        prob[:window.height, cols].addcmul_(_to_native(working, window), grid.weights(window))
+    return Band(predicted.row, prob.numpy(), predicted.windows, predicted.total)
 
 
 def _to_native(prob: np.ndarray, window: Window) -> torch.Tensor:
@@ -212,7 +251,7 @@ class StripWriter:
         self.outputs, self.scene, self.grid = outputs, scene, grid
         self.needs_dem, self.threshold = needs_dem, threshold
         self.counts = {"valid_pixels": 0, "landslide_pixels": 0}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="slidemap-write")
+        self._pool = helper_pool("slidemap-write")
         self._pending: deque[Future[tuple[int, int]]] = deque()
 
     def submit(self, strip: Strip) -> None:
@@ -272,37 +311,48 @@ def in_order(submit: Callable[[int], Future], rows: list[int], ahead: int
 
 
 def local_bands(predictor: Predictor, image: Path, dem: Path | None, grid: Grid,
-                batch_size: int) -> Generator[Band, None, None]:
+                batch_size: int) -> Generator[PredictedBand, None, None]:
     """Bands predicted in this process; the next band is read in a thread meanwhile."""
-    with Scene(image, dem=dem) as scene, ThreadPoolExecutor(
-            1, thread_name_prefix="slidemap-read") as pool:
+    with Scene(image, dem=dem) as scene, helper_pool("slidemap-read") as pool:
         def submit(row: int) -> Future[BandInputs]:
             return pool.submit(read_band, scene, predictor.spec, grid, row)
 
         for inputs in in_order(submit, grid.rows, READ_AHEAD):
-            yield infer_band(predictor, grid, inputs, batch_size)
+            yield infer_band(predictor, inputs, batch_size)
 
 
-def write_bands(bands: Generator[Band, None, None], grid: Grid, outputs: RasterOutputs, image: Path,
-                dem: Path | None, needs_dem: bool, threshold: float,
+def write_bands(bands: Generator[PredictedBand, None, None], grid: Grid, outputs: RasterOutputs,
+                image: Path, dem: Path | None, needs_dem: bool, threshold: float,
                 progress: Progress | None = None, task: TaskID | None = None) -> dict[str, int]:
-    """Assemble ``bands`` (in row order) and write their strips; returns the valid and
-    landslide pixels written and the windows predicted."""
-    with Scene(image, dem=dem) as scene, contextlib.closing(bands) as stream:
+    """Blend and assemble ``bands`` (in row order) in a thread and write their strips in
+    another; returns the valid and landslide pixels written and the windows predicted."""
+    with Scene(image, dem=dem) as scene, contextlib.closing(bands) as stream, \
+            helper_pool("slidemap-blend") as blender:
         writer = StripWriter(outputs, scene, grid, needs_dem, threshold)
+        assembler = Assembler(grid)
+
+        def assemble(predicted: PredictedBand) -> None:
+            for strip in assembler.add(blend_band(grid, predicted)):
+                writer.submit(strip)
+
+        pending: deque[Future[None]] = deque()
         try:
-            assembler = Assembler(grid)
             windows = 0
-            for band in stream:
-                for strip in assembler.add(band):
-                    writer.submit(strip)
-                windows += len(band.windows)
+            for predicted in stream:
+                while len(pending) >= BLEND_BEHIND:
+                    pending.popleft().result()
+                pending.append(blender.submit(assemble, predicted))
+                windows += len(predicted.windows)
                 if progress is not None and task is not None:
-                    progress.advance(task, band.total)
+                    progress.advance(task, predicted.total)
+            while pending:
+                pending.popleft().result()
             for strip in assembler.finish():
                 writer.submit(strip)
             return {**writer.finish(), "windows": windows}
         finally:
+            for future in pending:
+                future.cancel()
             writer.close()
 
 

@@ -57,11 +57,23 @@ def writing(path: Path, problem: str | None = None) -> Iterator[None]:
 
 
 def verify_raster(path: Path) -> None:
-    """Read every block of ``path`` back: GDAL may report a failed flush on close only on
-    stderr, leaving a truncated file that would otherwise be moved into place."""
+    """Check that every block of ``path`` lies whole in the file: GDAL may report a failed flush
+    on close only on stderr, leaving a truncated file that would otherwise be moved into place.
+
+    The tile index is read, not the tiles (decoding every block back took 3 % of a large scene's
+    time), and one block is decoded to see that the file reads.
+    """
+    size = path.stat().st_size
     with writing(path, "it came out incomplete"), rasterio.open(path) as ds:
-        for _, window in ds.block_windows(1):
-            ds.read(1, window=window)
+        last = None
+        for (row, col), window in ds.block_windows(1):
+            offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1) or 0)
+            length = int(ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=1) or 0)
+            if offset <= 0 or length <= 0 or offset + length > size:
+                raise OSError(f"block {row},{col} is missing")
+            last = window
+        if last is not None:
+            ds.read(1, window=last)
 
 
 class RasterOutputs:
