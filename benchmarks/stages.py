@@ -41,10 +41,10 @@ STAGES = [  # (module or class, function, label)
 ]
 
 
-def timed(function: Callable, label: str, cpu: dict[str, float], spans: list[tuple[float, float]],
-          lock: threading.Lock) -> Callable:
+def timed(function: Callable, label: str, cpu: dict[str, float],
+          spans: list[tuple[float, float]] | None, lock: threading.Lock) -> Callable:
     """``function`` adding its thread's CPU seconds to ``cpu[label]`` (and its wall span to
-    ``spans`` for the model's stage)."""
+    ``spans`` when given)."""
     def wrapper(*args: object, **kwargs: object) -> object:
         start, wall = time.thread_time(), time.perf_counter()
         try:
@@ -52,7 +52,7 @@ def timed(function: Callable, label: str, cpu: dict[str, float], spans: list[tup
         finally:
             with lock:
                 cpu[label] += time.thread_time() - start
-                if function.__name__ == "infer_band":
+                if spans is not None:
                     spans.append((wall, time.perf_counter()))
     return wrapper
 
@@ -68,7 +68,9 @@ def main() -> None:
     spans: list[tuple[float, float]] = []
     lock = threading.Lock()
     for owner, name, label in STAGES:
-        setattr(owner, name, timed(getattr(owner, name), label, cpu, spans, lock))
+        model_stage = name == "infer_band"
+        setattr(owner, name, timed(getattr(owner, name), label, cpu,
+                                   spans if model_stage else None, lock))
     predictor = Predictor([load_model(args.model)], precision=args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         start, process = time.perf_counter(), time.process_time()
