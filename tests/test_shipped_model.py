@@ -1,7 +1,7 @@
-"""The shipped model on the Jinsha scenes it was trained on (skips without shared data).
+"""The shipped models on the Jinsha scenes they were trained on (skips without shared data).
 
-Both regions trained it, so these are not held-out figures (those are the cross-region runs of
-models/README.md); the test checks that the shipped file is the model its card describes, maps
+Both regions trained them, so these are not held-out figures (those are the cross-region runs of
+models/README.md); the test checks that each shipped file is the model its card describes, maps
 a scene onto the input grid and still fits its own training ground.
 """
 
@@ -14,17 +14,24 @@ from conftest import SHARED_DATA
 from slidemap import api
 
 JINSHA = SHARED_DATA / "jinsha"
+FAST_MODEL = api.DEFAULT_MODEL.with_name("slidemap-jinsha-unet.safetensors")
+
+
+def test_the_default_model_is_the_fusion_network() -> None:
+    sidecar = json.loads(api.default_model_path().with_suffix(".json").read_text())
+    assert sidecar["architecture"] == "fusion"
 
 
 @pytest.mark.skipif(not JINSHA.exists(), reason="../shared/data/jinsha is not here")
-def test_shipped_model_maps_a_jinsha_scene(tmp_path) -> None:
+@pytest.mark.parametrize("model", [api.DEFAULT_MODEL, FAST_MODEL], ids=["default", "fast"])
+def test_shipped_model_maps_a_jinsha_scene(model, tmp_path) -> None:
     image, dem = JINSHA / "region_A_image.tif", JINSHA / "region_A_dsm.tif"
-    sidecar = json.loads(api.default_model_path().with_suffix(".json").read_text())
+    sidecar = json.loads(model.with_suffix(".json").read_text())
     trained_on = sorted(scene["image"] for scene in sidecar["provenance"]["config"]["train"])
     assert [path.rsplit("/", 1)[-1] for path in trained_on] == ["region_A_image.tif",
                                                                 "region_B_image.tif"]
 
-    result = api.predict(image, tmp_path, dem)
+    result = api.predict(image, tmp_path, dem, model=model)
     with rasterio.open(image) as src:
         grid = (src.crs, src.transform, src.shape)
     for key in ("prob", "mask"):

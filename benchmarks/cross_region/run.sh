@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Cross-region estimate of the shipped recipe (models/README.md): train on one Jinsha region,
-# score on the other, both directions, two seeds, for the shipped recipe ("base") and the one
-# alternative tried for it ("strong jitter": brightness and contrast jitter ±40 % instead of
-# ±20 %), each model plain, with --tta, and the two seeds as an ensemble. Runs that exist are not trained again. About 12 min per training
-# on an idle 2-core CPU (8 trainings), seconds per evaluation.
+# Cross-region estimate of the shipped recipes (models/README.md): train on one Jinsha region,
+# score on the other, both directions, two seeds, for three recipes: the U-Net ("base"), the U-Net
+# with brightness and contrast jitter ±40 % instead of ±20 % ("strong jitter") and the two-stream
+# fusion network ("fusion"); each model plain, with --tta, and the two seeds as an ensemble; then
+# U-Net and fusion together (all four models of a direction). Runs that exist are not trained
+# again. About 12 min per U-Net training and 16 min per fusion training on a 2-core CPU running
+# two at once (12 trainings), seconds per evaluation.
 #
 #   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)
 set -euo pipefail
@@ -24,7 +26,7 @@ evaluate() {  # evaluate NAME REGION [slidemap evaluate options...]
   fi
 }
 
-for recipe in strong_jitter base; do
+for recipe in fusion base strong_jitter; do
   for direction in B_score_A A_score_B; do
     config=benchmarks/cross_region/train_${direction}.yaml
     [[ $recipe == base ]] || config=benchmarks/cross_region/train_${direction}_${recipe}.yaml
@@ -44,5 +46,13 @@ for recipe in strong_jitter base; do
     evaluate "${direction}_${recipe}_ensemble" "$scored" "${members[@]}"
     rows+=("$label, ensemble of seeds 0 + 1=$OUT/${direction}_${recipe}_ensemble/metrics.json")
   done
+done
+for direction in B_score_A A_score_B; do
+  members=()
+  for recipe in base fusion; do
+    for seed in 0 1; do members+=(--model "$RUNS/${direction}_${recipe}_s${seed}/model.safetensors"); done
+  done
+  evaluate "${direction}_base+fusion_ensemble" "${direction: -1}" "${members[@]}"
+  rows+=("${direction:0:1} → ${direction: -1}, U-Net + fusion, ensemble of 4=$OUT/${direction}_base+fusion_ensemble/metrics.json")
 done
 .venv/bin/python benchmarks/cross_region/table.py "${rows[@]}"

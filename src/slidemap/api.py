@@ -19,7 +19,7 @@ from slidemap.io.modelfile import load_model, model_paths
 from slidemap.report.plots import write_evaluation_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet.safetensors"
+DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-fusion.safetensors"
 
 
 def default_model_path() -> Path:
