@@ -144,3 +144,16 @@ def test_scale_refuses_unknown_integer_arrays() -> None:
     sample["labels"] = np.zeros((16, 16), dtype=np.int32)
     with pytest.raises(SlidemapError, match="labels"):
         random_scale(sample, np.random.default_rng(0))
+
+
+def test_jitter_invert_mirrors_brightness_and_keeps_band_differences() -> None:
+    sample = make_sample(4)
+    image = sample["image"]
+    out = colour_jitter(sample, np.random.default_rng(0), 0, 0, 0, invert=1.0)["image"]
+    luma = (image[:3] * np.array([0.299, 0.587, 0.114]).reshape(3, 1, 1)).sum(axis=0)
+    new_luma = (out[:3] * np.array([0.299, 0.587, 0.114]).reshape(3, 1, 1)).sum(axis=0)
+    np.testing.assert_allclose(new_luma, 2 * luma.mean() - luma, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(out[0] - out[1], image[0] - image[1], atol=1e-3)
+    assert np.array_equal(out[3:], image[3:])
+    never = colour_jitter(sample, np.random.default_rng(0), 0, 0, 0, invert=0.0)["image"]
+    assert np.array_equal(never, image)

@@ -4,8 +4,10 @@
 # U-Net ("base"), the U-Net with brightness and contrast jitter ±40 % instead of ±20 % ("strong
 # jitter") and the two-stream fusion network ("fusion"); each model plain, with --tta, and its
 # seeds as an ensemble; then U-Net and fusion together (seeds 0 and 1 of each: four models).
-# Runs that exist are not trained again. About 12 min per U-Net training and 16 min per fusion
-# training on a 2-core CPU running two at once (14 trainings), seconds per evaluation.
+# Two brightness-invariant variants of the fusion recipe, seed 0 only: chromaticity instead of
+# RGB ("chroma") and random brightness inversion ("invert"). Runs that exist are not trained
+# again. About 12 min per U-Net training and 16 min per fusion training on a 2-core CPU running
+# two at once (18 trainings), seconds per evaluation.
 #
 #   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)
 set -euo pipefail
@@ -26,7 +28,7 @@ evaluate() {  # evaluate NAME REGION [slidemap evaluate options...]
   fi
 }
 
-for recipe in fusion base strong_jitter; do
+for recipe in fusion base strong_jitter chroma invert; do
   for direction in B_score_A A_score_B; do
     config=benchmarks/cross_region/train_${direction}.yaml
     [[ $recipe == base ]] || config=benchmarks/cross_region/train_${direction}_${recipe}.yaml
@@ -35,6 +37,7 @@ for recipe in fusion base strong_jitter; do
     members=()
     seeds=(0 1)
     [[ $recipe != fusion ]] || seeds=(0 1 2)
+    [[ $recipe != chroma && $recipe != invert ]] || seeds=(0)
     for seed in "${seeds[@]}"; do
       run=$RUNS/${direction}_${recipe}_s${seed}
       [[ -f $run/summary.json ]] || $SLIDEMAP train "$config" --seed "$seed" --out "$run" --overwrite
@@ -45,6 +48,7 @@ for recipe in fusion base strong_jitter; do
       rows+=("$label, seed $seed=$OUT/${direction}_${recipe}_s${seed}/metrics.json"
              "$label, seed $seed, TTA=$OUT/${direction}_${recipe}_s${seed}_tta/metrics.json")
     done
+    (( ${#seeds[@]} > 1 )) || continue
     evaluate "${direction}_${recipe}_ensemble" "$scored" "${members[@]}"
     joined=$(printf ' + %s' "${seeds[@]}")
     rows+=("$label, ensemble of seeds ${joined:3}=$OUT/${direction}_${recipe}_ensemble/metrics.json")

@@ -5,6 +5,12 @@ bands to read, whether to add the DEM and its slope, and at which ground resolut
 Patch data has no ground resolution: ``scale`` says by how much patches are up-sampled before the
 model (scale promotion, see ``slidemap.data.scaling``). Image bands of Landslide4Sense patches
 are numbered as in its 14-channel stack (B2 = 2, B8 = 8, B12 = 12); slope and DEM are the flags.
+
+``optical: chromaticity`` replaces each image band by its share of the bands' sum, b / (sum + 3):
+the colour without the brightness. Landslides in one scene can be brighter than their
+surroundings and in the next darker (sun angle, moisture, exposure), while their colour (greyer
+than vegetation) holds; a model that never sees brightness cannot learn the wrong cue. The +3
+(one unit per band in 8-bit imagery) keeps near-black shadow pixels from turning into noise.
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from slidemap.errors import SlidemapError
+
+OPTICAL_MODES = ("raw", "chromaticity")
+CHROMA_OFFSET = 1.0
 
 
 @dataclass(frozen=True)
@@ -24,10 +35,19 @@ class InputSpec:
     slope: bool = False
     resolution_m: float | None = None
     scale: float = 1.0
+    optical: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.optical not in OPTICAL_MODES:
+            raise SlidemapError(f"inputs optical {self.optical!r} is not known: use one of "
+                                f"{', '.join(OPTICAL_MODES)}")
+        if self.optical == "chromaticity" and len(self.image_bands) < 2:
+            raise SlidemapError("inputs optical: chromaticity needs at least two image bands")
 
     @property
     def channels(self) -> list[str]:
-        names = [f"band{b}" for b in self.image_bands]
+        prefix = "chroma" if self.optical == "chromaticity" else "band"
+        names = [f"{prefix}{b}" for b in self.image_bands]
         return names + ["dem"] * self.dem + ["slope"] * self.slope
 
     @property
@@ -45,14 +65,22 @@ class InputSpec:
             slope=bool(data.get("slope", False)),
             resolution_m=data.get("resolution_m"),
             scale=float(data.get("scale", 1.0)),
+            optical=str(data.get("optical", "raw")),
         )
 
 
 def stack_channels(sample: dict[str, np.ndarray], spec: InputSpec) -> np.ndarray:
     """Stack the sample's arrays into the model's (C, H, W) float32 input, in ``spec`` order."""
-    parts = [sample["image"]]
+    image = sample["image"]
+    parts = [chromaticity(image) if spec.optical == "chromaticity" else image]
     if spec.dem:
         parts.append(sample["dem"])
     if spec.slope:
         parts.append(sample["slope"])
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+
+
+def chromaticity(image: np.ndarray) -> np.ndarray:
+    """Each band's share of the bands' sum (C, H, W), offset so that black stays defined."""
+    shifted = np.asarray(image, dtype=np.float32) + CHROMA_OFFSET
+    return shifted / shifted.sum(axis=0, keepdims=True)

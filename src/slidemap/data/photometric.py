@@ -29,14 +29,20 @@ def colour_jitter(
     brightness: float = 0.2,
     contrast: float = 0.2,
     saturation: float = 0.2,
+    invert: float = 0.0,
 ) -> dict[str, Any]:
-    """Random brightness, contrast and saturation on the optical bands only.
+    """Random brightness, contrast and saturation on the optical bands only, and with probability
+    ``invert`` a brightness inversion.
 
     Illumination and sensor differences change the optical bands, never the terrain, so ``dem``
     and ``slope`` are passed through as they are. Each strength s draws a factor in
     [1-s, 1+s] (0 switches it off). Brightness scales, contrast blends with the mean of the finite
     pixels, saturation blends the first three bands (read as RGB) with their luma and needs at
-    least three bands. Values are not clipped, since band ranges differ between sensors; NaN
+    least three bands. Inversion mirrors each pixel's luma about the window's mean luma and shifts
+    its three bands by the same amount, so that bright ground turns dark and dark turns bright
+    while texture and colour differences between bands stay: landslides brighter than their
+    surroundings in one scene can be darker in the next, and the model should not rely on
+    either. Values are not clipped, since band ranges differ between sensors; NaN
     nodata stays NaN.
     """
     image = np.asarray(sample["image"], dtype=np.float32)
@@ -55,6 +61,11 @@ def colour_jitter(
         rgb = out_image[:3]
         gray = (rgb * _LUMA).sum(axis=0, keepdims=True)
         out_image[:3] = f * rgb + (1.0 - f) * gray
+    if invert > 0 and out_image.shape[0] >= 3 and rng.random() < invert:
+        luma = (out_image[:3] * _LUMA).sum(axis=0, keepdims=True)
+        finite = np.isfinite(luma)
+        mean = float(luma[finite].mean()) if finite.any() else 0.0
+        out_image[:3] = out_image[:3] + 2.0 * (mean - luma)
     out = dict(sample)
     out["image"] = out_image.astype(np.float32, copy=False)
     return out

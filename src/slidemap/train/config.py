@@ -54,6 +54,8 @@ class TrainSettings:
     # the validation scenes, so their figures stay an honest estimate on unseen ground).
     select: str = "best"
     freeze_encoder: bool = False  # with init: train all but model.encoder
+    # How model.safetensors stores its weights: float16 halves the file (see io/modelfile.py).
+    weights_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         """Check the recipe settings at load time, so that a study fails before its first run."""
@@ -62,6 +64,9 @@ class TrainSettings:
                      "a fraction in [0, 1] (0 = off)")
         if self.select not in ("best", "last"):
             raise SlidemapError(f"training.select must be best or last, got {self.select!r}")
+        if self.weights_dtype not in ("float32", "float16"):
+            raise SlidemapError("training.weights_dtype must be float32 or float16, got "
+                                f"{self.weights_dtype!r}")
         object.__setattr__(self, "colour_jitter", _jitter_strengths(self.colour_jitter))
         if self.random_scale is not None:
             scale = self.random_scale
@@ -72,19 +77,21 @@ class TrainSettings:
             object.__setattr__(self, "random_scale", (float(scale[0]), float(scale[1])))
 
 
-JITTER_KEYS = ("brightness", "contrast", "saturation")
-JITTER_DEFAULT = 0.2
+JITTER_KEYS = ("brightness", "contrast", "saturation", "invert")
+JITTER_DEFAULT = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "invert": 0.0}
 CHECKED_BY_SETTINGS = {"colour_jitter"}  # more than one type allowed: checked in __post_init__
 
 
 def _jitter_strengths(value: Any) -> dict[str, float] | bool:
-    """``training.colour_jitter`` as {brightness, contrast, saturation} strengths, or False."""
+    """``training.colour_jitter`` as {brightness, contrast, saturation} strengths and the
+    probability of a brightness inversion, or False."""
     if value is False:
         return False
     if value is True:
-        return dict.fromkeys(JITTER_KEYS, JITTER_DEFAULT)
-    expected = ("true, false or a mapping of brightness, contrast and saturation strengths in "
-                "[0, 1], e.g. {brightness: 0.4, contrast: 0.4, saturation: 0.2}")
+        return dict(JITTER_DEFAULT)
+    expected = ("true, false or a mapping of brightness, contrast and saturation strengths and "
+                "an invert probability, each in [0, 1], e.g. {brightness: 0.4, contrast: 0.4, "
+                "saturation: 0.2, invert: 0.5}")
     if not isinstance(value, dict) or not set(value) <= set(JITTER_KEYS):
         raise SlidemapError(f"training.colour_jitter must be {expected}, got {value!r}")
     for key, strength in value.items():
@@ -400,6 +407,8 @@ def _inputs(raw: dict, where: str) -> InputSpec:
                                                             and resolution > 0)) \
                 or not (_is_number(scale) and scale > 0):
             raise ValueError
+    except SlidemapError as exc:
+        raise SlidemapError(f"{where}: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise SlidemapError(f"{where}: inputs must give image_bands as a list of band numbers "
                             "from 1, dem/slope as true or false, resolution_m as metres > 0 "

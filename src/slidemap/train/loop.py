@@ -211,6 +211,7 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
                                    ("precision", "recall", "f1", "iou", "miou", "auc")
                                    if k in scores},
                     "torch": torch.__version__},
+        weights_dtype=config.train.weights_dtype,
     )
     save_model(bundle, path)
 

@@ -1,0 +1,69 @@
+"""Input channels: chromaticity optical inputs, from config through training to prediction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from test_recipes import tiny_raw
+
+from slidemap.api import predict
+from slidemap.data.channels import InputSpec, chromaticity, stack_channels
+from slidemap.errors import SlidemapError
+from slidemap.train.config import parse_config
+from slidemap.train.loop import train
+
+
+def test_chromaticity_keeps_colour_and_drops_brightness() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(20, 120, size=(3, 8, 8)).astype(np.float32)
+    chroma = chromaticity(image)
+    np.testing.assert_allclose(chroma.sum(axis=0), 1.0, rtol=1e-6)
+    # Twice as bright: the same colour, up to the small offset that keeps black defined.
+    np.testing.assert_allclose(chromaticity(2 * image), chroma, atol=0.01)
+    # A grey pixel is (1/3, 1/3, 1/3) at any brightness, black included.
+    np.testing.assert_allclose(chromaticity(np.zeros((3, 1, 1))).ravel(), 1 / 3)
+    reddish = chromaticity(np.array([200.0, 100.0, 100.0]).reshape(3, 1, 1)).ravel()
+    assert reddish[0] > 0.49 and reddish[1] == pytest.approx(reddish[2])
+
+
+def test_stack_channels_applies_the_spec() -> None:
+    sample = {"image": np.full((3, 4, 4), 50.0, np.float32), "dem": np.full((1, 4, 4), 3000.0),
+              "slope": np.full((1, 4, 4), 30.0)}
+    spec = InputSpec(dem=True, slope=True, optical="chromaticity")
+    x = stack_channels(sample, spec)
+    assert spec.channels == ["chroma1", "chroma2", "chroma3", "dem", "slope"]
+    np.testing.assert_allclose(x[:3], 1 / 3, rtol=1e-6)
+    np.testing.assert_array_equal(x[3:], [np.full((4, 4), 3000.0), np.full((4, 4), 30.0)])
+    raw = stack_channels(sample, InputSpec(dem=True, slope=True))
+    np.testing.assert_array_equal(raw[:3], 50.0)
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ({"optical": "hsv"}, "optical 'hsv' is not known"),
+    ({"optical": "chromaticity", "image_bands": [1]}, "at least two image bands"),
+])
+def test_bad_optical_mode_is_refused(tiny_scene: dict[str, Path], inputs: dict,
+                                     message: str) -> None:
+    raw = tiny_raw(tiny_scene)
+    raw["inputs"].update(inputs)
+    with pytest.raises(SlidemapError, match=message):
+        parse_config(raw)
+
+
+def test_chromaticity_model_trains_saves_and_predicts(tiny_scene: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    raw = tiny_raw(tiny_scene)
+    raw["inputs"]["optical"] = "chromaticity"
+    model = train(parse_config(raw), tmp_path / "run")
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    assert sidecar["inputs"]["optical"] == "chromaticity"
+    assert sidecar["channels"][:3] == ["chroma1", "chroma2", "chroma3"]
+    # The stored statistics are those of the chromaticity channels, not of 8-bit radiance.
+    assert all(0.2 < m < 0.5 for m in sidecar["normalisation"]["mean"][:3])
+    out = predict(tiny_scene["image"], tmp_path / "pred", dem=tiny_scene["dem"], model=model)
+    with rasterio.open(out["mask"]) as mask:
+        assert mask.read(1).shape == (96, 96)
