@@ -6,11 +6,12 @@ Patch data has no ground resolution: ``scale`` says by how much patches are up-s
 model (scale promotion, see ``slidemap.data.scaling``). Image bands of Landslide4Sense patches
 are numbered as in its 14-channel stack (B2 = 2, B8 = 8, B12 = 12); slope and DEM are the flags.
 
-``optical: chromaticity`` replaces each image band by its share of the bands' sum, b / (sum + 3):
-the colour without the brightness. Landslides in one scene can be brighter than their
-surroundings and in the next darker (sun angle, moisture, exposure), while their colour (greyer
-than vegetation) holds; a model that never sees brightness cannot learn the wrong cue. The +3
-(one unit per band in 8-bit imagery) keeps near-black shadow pixels from turning into noise.
+``optical: chromaticity`` replaces each image band b by its share of the bands' sum,
+(b + 1) / (sum + C) for C bands: the colour without the brightness. Landslides in one scene can
+be brighter than their surroundings and in the next darker (sun angle, moisture, exposure),
+while their colour (greyer than vegetation) holds; a model that never sees brightness cannot
+learn the wrong cue. The offset of one unit per band (in 8-bit imagery) keeps near-black shadow
+pixels from turning into noise.
 """
 
 from __future__ import annotations
