@@ -84,12 +84,17 @@ def save_model(bundle: ModelBundle, path: str | Path) -> Path:
     return weights_path
 
 
+def weights_torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype a ``weights_dtype`` name stands for; unknown names are refused."""
+    if name not in WEIGHTS_DTYPES:
+        raise SlidemapError(f"weights_dtype {name!r} is not known: use "
+                            f"{' or '.join(WEIGHTS_DTYPES)}")
+    return WEIGHTS_DTYPES[name]
+
+
 def stored_state(model: nn.Module, weights_dtype: str) -> dict[str, torch.Tensor]:
     """The state dict as written: floating tensors in ``weights_dtype``, others as they are."""
-    if weights_dtype not in WEIGHTS_DTYPES:
-        raise SlidemapError(f"weights dtype {weights_dtype!r} is not known: use "
-                            f"{' or '.join(WEIGHTS_DTYPES)}")
-    dtype = WEIGHTS_DTYPES[weights_dtype]
+    dtype = weights_torch_dtype(weights_dtype)
     state = {}
     for key, value in model.state_dict().items():
         tensor = value.detach()
@@ -123,8 +128,7 @@ def load_model(path: str | Path) -> ModelBundle:
         norm = config["normalisation"]
         _check_normalisation(norm, len(inputs.channels))
         weights_dtype = config.get("weights_dtype", "float32")
-        if weights_dtype not in WEIGHTS_DTYPES:
-            raise ValueError(f"weights_dtype {weights_dtype!r} is not float32 or float16")
+        weights_torch_dtype(weights_dtype)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
             AttributeError, SlidemapError) as exc:
         raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({_one_line(exc)}): "

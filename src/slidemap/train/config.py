@@ -64,9 +64,11 @@ class TrainSettings:
                      "a fraction in [0, 1] (0 = off)")
         if self.select not in ("best", "last"):
             raise SlidemapError(f"training.select must be best or last, got {self.select!r}")
-        if self.weights_dtype not in ("float32", "float16"):
-            raise SlidemapError("training.weights_dtype must be float32 or float16, got "
-                                f"{self.weights_dtype!r}")
+        from slidemap.io.modelfile import WEIGHTS_DTYPES
+
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            raise SlidemapError(f"training.weights_dtype must be {' or '.join(WEIGHTS_DTYPES)}, "
+                                f"got {self.weights_dtype!r}")
         object.__setattr__(self, "colour_jitter", _jitter_strengths(self.colour_jitter))
         if self.random_scale is not None:
             scale = self.random_scale
