@@ -26,10 +26,16 @@ META_KEY = "slidemap_checkpoint"
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
-    """Write ``path`` (.safetensors, settings in its metadata) and a readable ``.json`` copy."""
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``path`` (.safetensors, settings in its metadata) and a readable ``.json`` copy.
+
+    ``extra`` tensors (named apart from ``model.`` and ``optim.``) are kept beside the model's,
+    for :func:`load_extra`.
+    """
     tensors = {f"model.{k}": v.detach().contiguous().clone()
                for k, v in model.state_dict().items()}
+    tensors.update({k: v.detach().contiguous() for k, v in (extra or {}).items()})
     opt_state = optimizer.state_dict()
     scalars: dict[str, dict[str, float]] = {}
     for index, slots in opt_state["state"].items():
@@ -57,6 +63,15 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise SlidemapError(f"checkpoint {path} cannot be resumed ({lines[0]}): resume with the "
                             "config that wrote it, or train without --resume") from exc
+
+
+def load_extra(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's extra tensors whose names start with ``prefix``."""
+    try:
+        return {k: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+    except (SafetensorError, OSError) as exc:
+        raise SlidemapError(f"checkpoint {path} cannot be resumed ({exc}): train without "
+                            "--resume") from exc
 
 
 def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -56,6 +56,8 @@ class TrainSettings:
     freeze_encoder: bool = False  # with init: train all but model.encoder
     # How model.safetensors stores its weights: float16 halves the file (see io/modelfile.py).
     weights_dtype: str = "float32"
+    # From this epoch on, the weights of every step are averaged into model.safetensors (SWA).
+    average_from: int | None = None
 
     def __post_init__(self) -> None:
         """Check the recipe settings at load time, so that a study fails before its first run."""
@@ -69,6 +71,15 @@ class TrainSettings:
         if self.weights_dtype not in WEIGHTS_DTYPES:
             raise SlidemapError(f"training.weights_dtype must be {' or '.join(WEIGHTS_DTYPES)}, "
                                 f"got {self.weights_dtype!r}")
+        if self.average_from is not None:
+            value = self.average_from
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or not 1 <= value <= self.epochs:
+                raise SlidemapError(f"training.average_from must be an epoch from 1 to "
+                                    f"{self.epochs}, got {value!r}")
+            if self.select != "last":
+                raise SlidemapError("training.average_from averages the weights up to the last "
+                                    "epoch: set training.select: last")
         object.__setattr__(self, "colour_jitter", _jitter_strengths(self.colour_jitter))
         if self.random_scale is not None:
             scale = self.random_scale

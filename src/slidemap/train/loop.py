@@ -1,8 +1,9 @@
 """The training loop: random windows, AdamW + cosine schedule, validation every epoch.
 
 The epoch that ``training.select`` keeps (the best by validation F1 of the landslide class, or
-the last) is written as a model file; every epoch also writes a resumable checkpoint and a line
-of history.
+the last) is written as a model file, or with ``training.average_from`` the average of the weights
+of every step from that epoch on (``slidemap.train.averaging``). Every epoch also writes a
+resumable checkpoint and a line of history.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ from slidemap.io.modelfile import ModelBundle, save_model
 from slidemap.models import build_model, count_parameters
 from slidemap.report.plots import plot_training_curves
 from slidemap.train import ddp
-from slidemap.train.checkpoint import load_checkpoint, save_checkpoint
+from slidemap.train.averaging import PREFIX, WeightAverage
+from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from slidemap.train.config import RunConfig
 from slidemap.train.finetune import start_from
 from slidemap.train.losses import build_loss
@@ -79,10 +81,13 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
         optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
         pct_start=0.1, anneal_strategy="cos")
 
+    average = WeightAverage(model) if settings.average_from else None
     checkpoint = out_dir / "checkpoint.safetensors"
     state = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0}
     if resume:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        if average is not None and state.get("averaged_steps"):
+            average.restore(load_extra(checkpoint, PREFIX), state["averaged_steps"])
         _trim_history(out_dir / "history.csv", state["epoch"])
         console.print(f"resuming after epoch {state['epoch']}")
 
@@ -96,9 +101,12 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
         t0 = time.perf_counter()
         if recipes is not None:
             recipes.start_epoch(model, epoch)
+        averaging = average is not None and epoch >= settings.average_from
+        after_step = (lambda: average.update(model)) if averaging else None
         train_loss = ddp.mean(_train_epoch(trained, ddp.shard(windows, ranks), epoch,
                                            settings.batch_size, loss_fn, optimizer, scheduler,
-                                           settings.precision, steps_per_epoch), ranks)
+                                           settings.precision, steps_per_epoch, after_step),
+                              ranks)
         scores = evaluate_arrays(model, val_scenes, stats, config) \
             if val_scenes and ranks.main else {}
         state["seconds"] += time.perf_counter() - t0
@@ -113,10 +121,20 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
         f1 = scores.get("f1", -train_loss)
         chosen = epoch == settings.epochs if settings.select == "last" else f1 > state["best_f1"]
         if chosen:
+            kept = model
+            if average is not None:  # the last epoch: the averaged weights become the model
+                refresh = (batch["x"] for batch in windows.epoch(epoch + 1, settings.batch_size))
+                kept = average.averaged(model, refresh, settings.precision)
+                scores = evaluate_arrays(kept, val_scenes, stats, config) if val_scenes else {}
+                f1 = scores.get("f1", f1)
             state.update(best_f1=f1, best_epoch=epoch)
-            _save_bundle(model, config, stats, out_dir / "model", state, scores)
+            _save_bundle(kept, config, stats, out_dir / "model", state, scores)
         state["epoch"] = epoch
-        save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+        extra = None
+        if average is not None:
+            state["averaged_steps"] = average.count
+            extra = average.tensors()
+        save_checkpoint(checkpoint, model, optimizer, scheduler, state, extra)
 
     ddp.finish(ranks)
     if not ranks.main:
@@ -127,6 +145,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_training_curves(out_dir)
     how = "the last" if settings.select == "last" else "best by val F1"
+    if average is not None:
+        how = f"weights averaged over epochs {settings.average_from}-{settings.epochs}"
     figure = f", val F1 {state['best_f1']:.4f}" if val_scenes else ""
     console.print(f"kept epoch {state['best_epoch']} ({how}{figure}) → "
                   f"{out_dir / 'model.safetensors'}")
@@ -165,7 +185,7 @@ def _trim_history(path: Path, epoch: int) -> None:
 def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, batch_size: int,
                  loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: str,
-                 steps: int) -> float:
+                 steps: int, after_step: Callable[[], None] | None = None) -> float:
     model.train()
     losses = []
     with Progress(TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
@@ -182,6 +202,8 @@ def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, bat
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if after_step is not None:
+                after_step()
             losses.append(float(loss.detach()))
             progress.advance(task)
     return float(np.mean(losses))
