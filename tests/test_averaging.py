@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_recipes import tiny_raw
+from test_recipes import tiny_raw, train_interrupted_then_resumed
 from torch import nn
 
-from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.config import parse_config
@@ -73,22 +72,7 @@ def test_an_averaged_run_keeps_the_mean_weights_and_resumes_exactly(
         tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = parse_config(tiny_raw(tiny_scene, average_from=1, select="last"))
     train(config, tmp_path / "a")
-
-    class Interrupted(Exception):
-        pass
-
-    real_epoch = RandomWindows.epoch
-
-    def interrupt_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
-        if number == 2:
-            raise Interrupted
-        return real_epoch(self, number, batch_size)
-
-    monkeypatch.setattr(RandomWindows, "epoch", interrupt_at_epoch_2)
-    with pytest.raises(Interrupted):
-        train(config, tmp_path / "b")
-    monkeypatch.undo()
-    train(config, tmp_path / "b", resume=True)
+    train_interrupted_then_resumed(config, tmp_path / "b", monkeypatch)
 
     kept = [load_file(str(tmp_path / run / "model.safetensors")) for run in "ab"]
     assert kept[0].keys() == kept[1].keys()

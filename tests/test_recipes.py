@@ -192,27 +192,33 @@ def history_losses(run: Path) -> list[str]:
         return [row["train_loss"] for row in csv.DictReader(handle)]
 
 
+def train_interrupted_then_resumed(config: RunConfig, run: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train ``config`` into ``run``, stopped by an exception as epoch 2 starts, then resume."""
+
+    class Interrupted(Exception):
+        pass
+
+    real_epoch = RandomWindows.epoch
+
+    def interrupt_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
+        if number == 2:
+            raise Interrupted
+        return real_epoch(self, number, batch_size)
+
+    monkeypatch.setattr(RandomWindows, "epoch", interrupt_at_epoch_2)
+    with pytest.raises(Interrupted):
+        train(config, run)
+    monkeypatch.undo()
+    train(config, run, resume=True)
+
+
 def test_runs_with_recipes_are_deterministic_and_resumable(
         tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = parse_config(tiny_raw(tiny_scene, **ALL_RECIPES))
     train(config, tmp_path / "a")
     train(config, tmp_path / "b")
-
-    class Interrupted(Exception):
-        pass
-
-    real_start = Recipes.start_epoch
-
-    def interrupt_at_epoch_2(self: Recipes, model: object, epoch: int) -> None:
-        if epoch == 2:
-            raise Interrupted
-        real_start(self, model, epoch)
-
-    monkeypatch.setattr(Recipes, "start_epoch", interrupt_at_epoch_2)
-    with pytest.raises(Interrupted):
-        train(config, tmp_path / "c")
-    monkeypatch.undo()
-    train(config, tmp_path / "c", resume=True)
+    train_interrupted_then_resumed(config, tmp_path / "c", monkeypatch)
 
     weights = [load_file(str(tmp_path / run / "model.safetensors")) for run in "abc"]
     for other in weights[1:]:

@@ -40,6 +40,14 @@ label_of() {  # label_of RECIPE
   esac
 }
 
+seeds_of() {  # seeds_of RECIPE DIRECTION
+  case $1/$2 in
+    fusion/*) echo 0 1 2 ;;
+    chroma/* | invert/* | swa/* | fusion3m/B_score_A) echo 0 ;;
+    *) echo 0 1 ;;  # fusion3m: two seeds for A → B, the noisier direction
+  esac
+}
+
 for recipe in fusion base strong_jitter chroma invert swa fusion3m; do
   for direction in B_score_A A_score_B; do
     config=benchmarks/cross_region/train_${direction}.yaml
@@ -47,10 +55,7 @@ for recipe in fusion base strong_jitter chroma invert swa fusion3m; do
     scored=${direction: -1}
     label="${direction:0:1} → ${scored}, $(label_of "$recipe")"
     members=()
-    seeds=(0 1)
-    [[ $recipe != fusion ]] || seeds=(0 1 2)
-    [[ $recipe != chroma && $recipe != invert && $recipe != swa ]] || seeds=(0)
-    [[ $recipe != fusion3m || $direction == A_score_B ]] || seeds=(0)  # 2 seeds the noisier way
+    read -ra seeds <<< "$(seeds_of "$recipe" "$direction")"
     for seed in "${seeds[@]}"; do
       run=$RUNS/${direction}_${recipe}_s${seed}
       [[ -f $run/summary.json ]] || $SLIDEMAP train "$config" --seed "$seed" --out "$run" --overwrite
