@@ -67,3 +67,50 @@ def test_chromaticity_model_trains_saves_and_predicts(tiny_scene: dict[str, Path
     out = predict(tiny_scene["image"], tmp_path / "pred", dem=tiny_scene["dem"], model=model)
     with rasterio.open(out["mask"]) as mask:
         assert mask.read(1).shape == (96, 96)
+
+
+def test_relief_channel_is_named_and_stacked_between_dem_and_slope() -> None:
+    spec = InputSpec.from_dict({"dem": True, "slope": True, "relief_m": 100})
+    assert spec.relief_m == 100.0 and spec.needs_dem
+    assert spec.channels == ["band1", "band2", "band3", "dem", "relief", "slope"]
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    assert InputSpec(relief_m=50.0).needs_dem
+    sample = {"image": np.zeros((3, 2, 2), np.float32), "dem": np.full((1, 2, 2), 3000.0),
+              "relief": np.full((1, 2, 2), -4.0), "slope": np.full((1, 2, 2), 30.0)}
+    np.testing.assert_array_equal(stack_channels(sample, spec)[3:, 0, 0], [3000.0, -4.0, 30.0])
+
+
+@pytest.mark.parametrize("radius", [0, -5, "far"])
+def test_bad_relief_radius_is_refused(tiny_scene: dict[str, Path], radius: object) -> None:
+    raw = tiny_raw(tiny_scene)
+    raw["inputs"]["relief_m"] = radius
+    with pytest.raises(SlidemapError, match="relief_m"):
+        parse_config(raw)
+
+
+def test_relief_model_does_not_see_a_shifted_dem(tiny_scene: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    """A DEM on another vertical datum (here 400 m higher) changes an elevation model's map but
+    not that of a model trained on relief and slope."""
+    with rasterio.open(tiny_scene["dem"]) as ds:
+        dsm, profile = ds.read(1), ds.profile
+    shifted = tmp_path / "shifted_dsm.tif"
+    with rasterio.open(shifted, "w", **profile) as dst:
+        dst.write(dsm + 400.0, 1)
+
+    def maps(inputs: dict, name: str) -> list[np.ndarray]:
+        raw = tiny_raw(tiny_scene)
+        raw["inputs"] = {"image_bands": [1, 2, 3], **inputs}
+        model = train(parse_config(raw), tmp_path / name)
+        out = []
+        for dem in (tiny_scene["dem"], shifted):
+            result = predict(tiny_scene["image"], tmp_path / f"{name}_{dem.stem}", dem=dem,
+                             model=model)
+            with rasterio.open(result["prob"]) as prob:
+                out.append(prob.read(1))
+        return out
+
+    relief_maps = maps({"relief_m": 5.0, "slope": True}, "relief")
+    np.testing.assert_allclose(relief_maps[0], relief_maps[1], atol=1e-6, equal_nan=True)
+    elevation_maps = maps({"dem": True, "slope": True}, "elevation")
+    assert np.nanmax(np.abs(elevation_maps[0] - elevation_maps[1])) > 0.01

@@ -97,3 +97,24 @@ def test_random_windows_respect_min_valid_fraction() -> None:
         block = valid[w.row_off:w.row_off + 40, w.col_off:w.col_off + 40]
         assert block.mean() >= 0.9
     assert random_windows(np.zeros((50, 50), bool), 20, 5, 0.5, rng) == []
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_relief_of_a_window_is_that_of_the_whole_scene(tiny_scene, tmp_path, factor) -> None:
+    """The halo read around a window gives each pixel the same square of elevations as a read
+    of the whole scene, so training (whole scenes) and prediction (windows) see one channel."""
+    with rasterio.open(tiny_scene["dem"]) as ds:
+        dsm, profile = ds.read(1), ds.profile
+    rows, cols = np.mgrid[0:96, 0:96]
+    dsm = dsm + 20.0 * np.sin(rows / 7.0) * np.cos(cols / 11.0)  # hills on the tilted plane
+    with rasterio.open(tmp_path / "hills.tif", "w", **profile) as dst:
+        dst.write(dsm.astype(np.float32), 1)
+    with Scene(tiny_scene["image"], dem=tmp_path / "hills.tif") as scene:
+        whole = scene.read(Window(0, 0, 96, 96), (1, 2, 3), factor, relief_m=5.0)["relief"][0]
+        for row, col in [(0, 0), (32, 40), (64, 64), (10, 64)]:
+            part = scene.read(Window(col, row, 32, 32), (1, 2, 3), factor, slope=True,
+                              relief_m=5.0)
+            r, c, n = row // factor, col // factor, 32 // factor
+            np.testing.assert_allclose(part["relief"][0], whole[r:r + n, c:c + n], atol=1e-3,
+                                       equal_nan=True)
+    assert np.isnan(whole[:, :8 // factor]).all() and np.nanstd(whole) > 1.0

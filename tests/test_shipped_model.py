@@ -12,6 +12,7 @@ import rasterio
 from conftest import SHARED_DATA
 
 from slidemap import api
+from slidemap.train.config import load_config
 
 JINSHA = SHARED_DATA / "jinsha"
 FAST_MODEL = api.DEFAULT_MODEL.with_name("slidemap-jinsha-unet.safetensors")
@@ -41,3 +42,17 @@ def test_shipped_model_maps_a_jinsha_scene(model, tmp_path) -> None:
 
     metrics = api.evaluate(JINSHA / "region_A_mask.tif", prediction=result["prob"])["metrics"]
     assert metrics["f1"] >= 0.85
+
+
+ROOT = api.DEFAULT_MODEL.parents[1]
+RUN_CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted(
+    (ROOT / "benchmarks" / "cross_region").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=[p.name for p in RUN_CONFIGS])
+def test_shipped_run_configs_load(path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)  # their data paths are relative to the repository root
+    config = load_config(path)
+    if "relief" in path.stem:
+        assert config.inputs.channels == ["band1", "band2", "band3", "relief", "slope"]
+        assert config.inputs.relief_m == 250.0

@@ -1,4 +1,4 @@
-"""Slope from synthetic planes of known angle, and pixel sizes in metres."""
+"""Slope and relief from synthetic terrain of known shape, and pixel sizes in metres."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rasterio.crs import CRS
 
-from slidemap.data.terrain import pixel_size_m, slope_degrees
+from slidemap.data.terrain import pixel_size_m, relief, slope_degrees
 
 
 @pytest.mark.parametrize("angle", [0.0, 10.0, 30.0, 45.0, 60.0])
@@ -35,3 +35,34 @@ def test_pixel_size_in_metres_for_geographic_crs() -> None:
     assert dy == pytest.approx(1.112, rel=1e-3)
     assert dx == pytest.approx(dy * 0.5, rel=1e-6)
     assert pixel_size_m(CRS.from_epsg(32647), (0.5, 0.5)) == (0.5, 0.5)
+
+
+def test_relief_of_a_plane_is_zero_away_from_the_edges() -> None:
+    rows, cols = np.mgrid[0:30, 0:30].astype(np.float64)
+    plane = 3000.0 + 0.7 * cols - 0.3 * rows
+    out = relief(plane, 4)
+    np.testing.assert_allclose(out[4:-4, 4:-4], 0.0, atol=1e-3)
+    # Clipped at the edge the square leans inwards: the low column 0 lies below its mean.
+    assert (out[10:20, 0] < -1.0).all()
+
+
+def test_relief_ignores_a_shift_of_the_whole_dem_and_sees_peaks() -> None:
+    rng = np.random.default_rng(0)
+    dem = rng.normal(0.0, 5.0, (40, 50))
+    dem[20, 25] += 100.0  # a peak
+    moved = relief(dem + 2500.0, 3)
+    np.testing.assert_allclose(moved, relief(dem, 3), atol=1e-3)
+    assert moved[20, 25] > 80.0
+    assert relief(-dem, 3)[20, 25] < -80.0
+
+
+def test_relief_leaves_nan_out_of_every_mean() -> None:
+    dem = np.full((1, 12, 12), 100.0, dtype=np.float32)
+    dem[0, :, 6:] = np.nan
+    dem[0, 0, 0] = 112.0
+    out = relief(dem, 2)
+    assert out.shape == (1, 12, 12)
+    assert np.isnan(out[0, :, 6:]).all()
+    # (0, 0)'s square holds itself and 8 pixels of 100 m (rows 0-2 × cols 0-2; the edge clips).
+    assert out[0, 0, 0] == pytest.approx(112.0 - (112.0 + 8 * 100.0) / 9, abs=1e-4)
+    assert np.isnan(relief(np.full((4, 4), np.nan), 1)).all()

@@ -9,9 +9,12 @@
 # ("swa", seed 0) and the fusion recipe trained at 3 m instead of 2 m ("fusion3m": seed 0, and
 # seed 1 for A → B, the direction where seeds disagree most). The fusion models are also
 # scored with the scene's own statistics (--normalise scene) and asked to work at
-# 3 m (a copy of the model file whose sidecar says resolution_m 3.0). Runs that exist are not
-# trained again. About 12 min per U-Net training and 16 min per fusion training on a 2-core CPU running
-# two at once (23 trainings), seconds per evaluation.
+# 3 m (a copy of the model file whose sidecar says resolution_m 3.0). The fusion recipe with
+# relief (elevation above the mean within 250 m) instead of elevation ("relief") is scored like
+# the fusion recipe, and both (seed 0) are scored again with the scored region's DEM shifted by
+# ±20 m and ±60 m (another vertical datum, or a site higher or lower in the valley). Runs that exist are
+# not trained again. About 12 min per U-Net training and 16-20 min per fusion training on a
+# 2-core CPU running two at once (27 trainings), seconds per evaluation.
 #
 #   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)
 set -euo pipefail
@@ -23,12 +26,13 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 SLIDEMAP=.venv/bin/slidemap
 rows=()
 
-evaluate() {  # evaluate NAME REGION [slidemap evaluate options...]
-  local name=$1 region=$2
+evaluate() {  # evaluate NAME REGION [--dem DEM] [slidemap evaluate options...]
+  local name=$1 region=$2 dem=$DATA/region_${2}_dsm.tif
   shift 2
+  if [[ ${1:-} == --dem ]]; then dem=$2; shift 2; fi
   if [[ ! -f $OUT/$name/metrics.json ]]; then
     $SLIDEMAP evaluate "$DATA/region_${region}_mask.tif" --image "$DATA/region_${region}_image.tif" \
-      --dem "$DATA/region_${region}_dsm.tif" --out "$OUT/$name" "$@" > /dev/null
+      --dem "$dem" --out "$OUT/$name" "$@" > /dev/null
   fi
 }
 
@@ -36,19 +40,20 @@ label_of() {  # label_of RECIPE
   case $1 in
     fusion3m) echo "fusion at 3 m" ;;
     swa) echo "fusion, weights averaged" ;;
+    relief) echo "fusion with relief" ;;
     *) echo "${1/_/ }" ;;
   esac
 }
 
 seeds_of() {  # seeds_of RECIPE DIRECTION
   case $1/$2 in
-    fusion/*) echo 0 1 2 ;;
+    fusion/* | relief/*) echo 0 1 2 ;;
     chroma/* | invert/* | swa/* | fusion3m/B_score_A) echo 0 ;;
     *) echo 0 1 ;;  # fusion3m: two seeds for A → B, the noisier direction
   esac
 }
 
-for recipe in fusion base strong_jitter chroma invert swa fusion3m; do
+for recipe in fusion base strong_jitter chroma invert swa fusion3m relief; do
   for direction in B_score_A A_score_B; do
     config=benchmarks/cross_region/train_${direction}.yaml
     [[ $recipe == base ]] || config=benchmarks/cross_region/train_${direction}_${recipe}.yaml
@@ -86,6 +91,23 @@ c["inputs"]["resolution_m"] = 3.0; json.dump(c, open(sys.argv[2], "w"))' "$run/m
     evaluate "${direction}_fusion_s${seed}_at3m" "$scored" --model "$coarse.safetensors"
     rows+=("${direction:0:1} → ${scored}, fusion, seed $seed, scene statistics=$OUT/${direction}_fusion_s${seed}_scenenorm/metrics.json"
            "${direction:0:1} → ${scored}, fusion, seed $seed, predicted at 3 m=$OUT/${direction}_fusion_s${seed}_at3m/metrics.json")
+  done
+done
+for direction in B_score_A A_score_B; do
+  scored=${direction: -1}
+  for shift in -60 -20 20 60; do
+    shifted=$OUT/dem/region_${scored}_dsm_${shift}m.tif
+    mkdir -p "$OUT/dem"
+    [[ -f $shifted ]] || .venv/bin/python -c 'import sys, rasterio
+with rasterio.open(sys.argv[1]) as src:
+    profile, dem = src.profile, src.read(1)
+with rasterio.open(sys.argv[2], "w", **profile) as dst:
+    dst.write(dem + float(sys.argv[3]), 1)' "$DATA/region_${scored}_dsm.tif" "$shifted" "$shift"
+    for recipe in fusion relief; do
+      name=${direction}_${recipe}_s0_dem${shift}m
+      evaluate "$name" "$scored" --dem "$shifted" --model "$RUNS/${direction}_${recipe}_s0/model.safetensors"
+      rows+=("${direction:0:1} → ${scored}, $(label_of "$recipe"), seed 0, DEM $(printf %+d "$shift") m=$OUT/$name/metrics.json")
+    done
   done
 done
 for direction in B_score_A A_score_B; do

@@ -11,7 +11,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from slidemap.data.augment import flip_rot90
-from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import random_windows
@@ -40,8 +40,7 @@ def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
     with Scene(image, dem=dem, mask=mask) as scene:
         scene.check_bands(spec.image_bands, "the model config")
         factor = scene.decimation(spec.resolution_m)
-        sample = scene.read(Window(0, 0, scene.width, scene.height), spec.image_bands, factor,
-                            dem=spec.dem, slope=spec.slope)
+        sample = read_inputs(scene, Window(0, 0, scene.width, scene.height), spec, factor)
     x = stack_channels(sample, spec)
     target = sample.get("mask", np.zeros(sample["valid"].shape, dtype=np.uint8))
     if mask is not None:

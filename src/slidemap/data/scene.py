@@ -23,7 +23,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from slidemap.data.terrain import pixel_size_m, slope_degrees
+from slidemap.data.terrain import pixel_size_m, relief, slope_degrees
 from slidemap.errors import SlidemapError
 
 IGNORE = 255
@@ -186,11 +186,15 @@ class Scene:
 
     # -- reading --------------------------------------------------------------------------
     def read(self, window: Window, bands: tuple[int, ...], factor: int = 1,
-             dem: bool = False, slope: bool = False) -> dict[str, np.ndarray]:
+             dem: bool = False, slope: bool = False,
+             relief_m: float | None = None) -> dict[str, np.ndarray]:
         """Read one window, decimated by ``factor``, as a sample dict.
 
         Keys: ``image`` (C,h,w) float32, ``valid`` (h,w) bool, and when asked ``dem`` (1,h,w) in
-        metres with NaN for nodata, ``slope`` (1,h,w) degrees, ``mask`` (h,w) uint8 with 255 ignore.
+        metres with NaN for nodata, ``slope`` (1,h,w) degrees, ``relief`` (1,h,w) metres above
+        the mean elevation within ``relief_m`` (see ``terrain.relief``), ``mask`` (h,w) uint8
+        with 255 ignore. Slope and relief are computed from a DEM read with a halo around the
+        window, so a window gives the values a read of the whole scene gives there.
         """
         out_h = max(1, round(window.height / factor))
         out_w = max(1, round(window.width / factor))
@@ -200,13 +204,17 @@ class Scene:
                              resampling=Resampling.average if factor > 1 else Resampling.nearest)
             valid = img.dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
         sample: dict[str, np.ndarray] = {"image": image.astype(np.float32), "valid": valid}
-        if dem or slope:
+        if dem or slope or relief_m:
             if self._dem is None:
                 raise SlidemapError(
                     f"the model needs a DEM for {self.image_path}: pass one with --dem"
                 )
-            if slope:  # one read serves both: the halo's core is the window's elevation
-                halo, (top, left) = self._dem_with_halo(window, out_h, out_w)
+            dx, dy = self.pixel_size_m()
+            step = (dx * window.width / out_w, dy * window.height / out_h)
+            radius = max(1, round(relief_m / (sum(step) / 2))) if relief_m else 0
+            margin = radius or int(slope)
+            if margin:  # one read serves all: the halo's core is the window's elevation
+                halo, (top, left) = self._dem_with_halo(window, out_h, out_w, margin)
                 elevation = halo[top:top + out_h, left:left + out_w]
             else:
                 elevation = self._read_dem(window, out_h, out_w)
@@ -214,9 +222,10 @@ class Scene:
             sample["valid"] &= finite
             if dem:
                 sample["dem"] = np.where(finite, elevation, np.nan)[None].astype(np.float32)
+            if relief_m:
+                core = relief(halo, radius)[top:top + out_h, left:left + out_w]
+                sample["relief"] = core[None].astype(np.float32)
             if slope:
-                dx, dy = self.pixel_size_m()
-                step = (dx * window.width / out_w, dy * window.height / out_h)
                 sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step)
         if self._mask is not None:
             sample["mask"] = self._read_mask(window, out_h, out_w)
@@ -266,18 +275,22 @@ class Scene:
             data = np.where(data == nodata, np.nan, data)
         return data.astype(np.float32, copy=False)
 
-    def _dem_with_halo(self, window: Window, out_h: int, out_w: int
+    def _dem_with_halo(self, window: Window, out_h: int, out_w: int, margin: int = 1
                        ) -> tuple[np.ndarray, tuple[int, int]]:
-        """Elevation of the window with a one-working-pixel halo where the scene has one, and
-        the (top, left) offset of the window in it. The core is a read of the window alone
-        (GDAL resamples each output pixel from the same source pixels; where the window is not
-        a multiple of the decimation, up to float rounding)."""
+        """Elevation of the window with a halo of up to ``margin`` working pixels on each side,
+        as far as the scene reaches, and the (top, left) offset of the window in it. The core is
+        a read of the window alone (GDAL resamples each output pixel from the same source
+        pixels; where the window is not a multiple of the decimation, up to float rounding)."""
         fy = window.height / out_h
         fx = window.width / out_w
-        top = 1 if window.row_off - fy >= 0 else 0
-        left = 1 if window.col_off - fx >= 0 else 0
-        bottom = 1 if window.row_off + window.height + fy <= self.height else 0
-        right = 1 if window.col_off + window.width + fx <= self.width else 0
+
+        def fits(space: float, step: float) -> int:
+            return min(margin, math.floor(space / step + 1e-6))
+
+        top = fits(window.row_off, fy)
+        left = fits(window.col_off, fx)
+        bottom = fits(self.height - window.row_off - window.height, fy)
+        right = fits(self.width - window.col_off - window.width, fx)
         halo = Window(window.col_off - left * fx, window.row_off - top * fy,
                       window.width + (left + right) * fx, window.height + (top + bottom) * fy)
         return self._read_dem(halo, out_h + top + bottom, out_w + left + right), (top, left)

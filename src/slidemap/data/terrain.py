@@ -41,3 +41,38 @@ def slope_degrees(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarra
     slope = np.degrees(np.arctan(np.hypot(dzdx, dzdy))).astype(np.float32)
     slope[np.isnan(z)] = np.nan  # Horn's stencil skips the centre; a hole stays a hole
     return slope[None] if squeeze else slope
+
+
+def relief(dem: np.ndarray, radius: int) -> np.ndarray:
+    """Elevation above the mean valid elevation of the (2·radius + 1)² square around each pixel.
+
+    A topographic position index: positive on ridges and the upper parts of slopes, negative in
+    valley floors. Unlike elevation it does not change when a whole DEM is shifted (another
+    vertical datum, a site further up the valley), so a model that reads it cannot learn "low
+    ground = landslide" from one valley's altitude. NaN pixels are left out of every mean and stay
+    NaN; squares clipped by the array edge average what lies inside. ``dem`` is (H, W) or
+    (1, H, W); the result has the same shape, float32.
+    """
+    squeeze = dem.ndim == 3
+    z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
+    finite = np.isfinite(z)
+    if not finite.any():
+        out = np.full(z.shape, np.nan, dtype=np.float32)
+        return out[None] if squeeze else out
+    centred = np.where(finite, z - z[finite].mean(), 0.0)  # small sums keep float64 exact
+    total = _box_sum(centred, radius)
+    count = _box_sum(finite.astype(np.float64), radius)
+    out = (centred - total / np.maximum(count, 1.0)).astype(np.float32)
+    out[~finite] = np.nan
+    return out[None] if squeeze else out
+
+
+def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
+    """Sum of ``a`` over the (2·radius + 1)² square around each pixel, clipped at the edges."""
+    table = np.pad(a, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
+    h, w = a.shape
+    rows0 = np.clip(np.arange(h) - radius, 0, h)[:, None]
+    rows1 = np.clip(np.arange(h) + radius + 1, 0, h)[:, None]
+    cols0 = np.clip(np.arange(w) - radius, 0, w)[None, :]
+    cols1 = np.clip(np.arange(w) + radius + 1, 0, w)[None, :]
+    return table[rows1, cols1] - table[rows0, cols1] - table[rows1, cols0] + table[rows0, cols0]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from slidemap.data.channels import stack_channels
+from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
@@ -74,7 +74,7 @@ def explain_window(bundle: ModelBundle, image: Path, out_dir: Path, dem: Path | 
                                 "pass one with --dem")
         factor = scene.decimation(spec.resolution_m)
         win = _window(scene, window, model_tile(bundle) * factor, factor)
-        sample = scene.read(win, spec.image_bands, factor, dem=spec.dem, slope=spec.slope)
+        sample = read_inputs(scene, win, spec, factor)
         profile = scene.profile
     valid = sample["valid"]
     if not valid.any():

@@ -24,7 +24,7 @@ import psutil
 import rasterio
 from rasterio.windows import Window
 
-from slidemap.data.channels import stack_channels
+from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.normalization import normalise
 from slidemap.data.scene import Scene
 from slidemap.infer.ensemble import Predictor
@@ -105,7 +105,7 @@ def _sample_batches(predictor: Predictor, scene: Scene, grid: Grid, sample: int,
         window: Window = windows[index]
         if len(raw) == sample or not scene.any_valid(window, grid.factor):
             continue
-        data = scene.read(window, spec.image_bands, grid.factor, dem=spec.dem, slope=spec.slope)
+        data = read_inputs(scene, window, spec, grid.factor)
         if data["valid"].any():
             raw.append((stack_channels(data, spec), data["valid"]))
     batches = []

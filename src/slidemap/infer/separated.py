@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from rasterio.windows import Window
 
-from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.l4s import L4SDataset
 from slidemap.data.normalization import BandStats, StatsAccumulator
 from slidemap.data.patches import PatchDataset
@@ -27,7 +27,7 @@ def scene_stats(scene: Scene, spec: InputSpec, factor: int) -> BandStats:
     rows = STRIP_ROWS * factor
     for top in range(0, scene.height, rows):
         window = Window(0, top, scene.width, min(rows, scene.height - top))
-        sample = scene.read(window, spec.image_bands, factor, dem=spec.dem, slope=spec.slope)
+        sample = read_inputs(scene, window, spec, factor)
         acc.update(stack_channels(sample, spec), sample["valid"])
     return acc.result()
 

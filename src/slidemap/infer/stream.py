@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 from rich.progress import Progress, TaskID
 
-from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
 from slidemap.infer.blend import window_weights
@@ -160,7 +160,7 @@ def read_band(scene: Scene, spec: InputSpec, grid: Grid, row: int) -> BandInputs
     for window in windows:
         if not scene.any_valid(window, grid.factor):
             continue
-        sample = scene.read(window, spec.image_bands, grid.factor, dem=spec.dem, slope=spec.slope)
+        sample = read_inputs(scene, window, spec, grid.factor)
         if sample["valid"].any():
             kept.append(window)
             raw.append(stack_channels(sample, spec))
