@@ -150,8 +150,8 @@ def test_jitter_invert_mirrors_brightness_and_keeps_band_differences() -> None:
     sample = make_sample(4)
     image = sample["image"]
     out = colour_jitter(sample, np.random.default_rng(0), 0, 0, 0, invert=1.0)["image"]
-    luma = (image[:3] * np.array([0.299, 0.587, 0.114]).reshape(3, 1, 1)).sum(axis=0)
-    new_luma = (out[:3] * np.array([0.299, 0.587, 0.114]).reshape(3, 1, 1)).sum(axis=0)
+    weights = np.array([0.299, 0.587, 0.114]).reshape(3, 1, 1)
+    luma, new_luma = (image[:3] * weights).sum(axis=0), (out[:3] * weights).sum(axis=0)
     np.testing.assert_allclose(new_luma, 2 * luma.mean() - luma, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(out[0] - out[1], image[0] - image[1], atol=1e-3)
     assert np.array_equal(out[3:], image[3:])

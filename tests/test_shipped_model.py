@@ -44,7 +44,7 @@ def test_shipped_model_maps_a_jinsha_scene(model, tmp_path) -> None:
     assert metrics["f1"] >= 0.85
 
 
-ROOT = api.DEFAULT_MODEL.parents[1]
+ROOT = api.PACKAGE_ROOT
 RUN_CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted(
     (ROOT / "benchmarks" / "cross_region").glob("*.yaml"))
 

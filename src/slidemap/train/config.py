@@ -66,11 +66,12 @@ class TrainSettings:
                      "a fraction in [0, 1] (0 = off)")
         if self.select not in ("best", "last"):
             raise SlidemapError(f"training.select must be best or last, got {self.select!r}")
-        from slidemap.io.modelfile import WEIGHTS_DTYPES
+        from slidemap.io.modelfile import weights_torch_dtype
 
-        if self.weights_dtype not in WEIGHTS_DTYPES:
-            raise SlidemapError(f"training.weights_dtype must be {' or '.join(WEIGHTS_DTYPES)}, "
-                                f"got {self.weights_dtype!r}")
+        try:
+            weights_torch_dtype(self.weights_dtype)
+        except SlidemapError as exc:
+            raise SlidemapError(f"training.{exc}") from exc
         if self.average_from is not None:
             value = self.average_from
             if isinstance(value, bool) or not isinstance(value, int) \
