@@ -9,10 +9,13 @@
 # ("swa", seed 0) and the fusion recipe trained at 3 m instead of 2 m ("fusion3m": seed 0, and
 # seed 1 for A → B, the direction where seeds disagree most). The fusion models are also
 # scored with the scene's own statistics (--normalise scene) and asked to work at
-# 3 m (a copy of the model file whose sidecar says resolution_m 3.0). The fusion recipe with
+# 3 m and 4 m (a copy of the model file whose sidecar says resolution_m 3.0 or 4.0). The fusion recipe with
 # relief (elevation above the mean within 250 m) instead of elevation ("relief") is scored like
 # the fusion recipe, and both (seed 0) are scored again with the scored region's DEM shifted by
-# ±20 m and ±60 m (another vertical datum, or a site higher or lower in the valley). Runs that exist are
+# ±20 m and ±60 m (another vertical datum, or a site higher or lower in the valley). Fusion, U-Net
+# and relief models are scored again as the shipped models run (their sidecars' predict block):
+# windows of 512 working px, each also predicted at half its side and the two averaged
+# ("multi-scale"); for the fusion seeds also each half of that alone. Runs that exist are
 # not trained again. About 12 min per U-Net training and 16-20 min per fusion training on a
 # 2-core CPU running two at once (27 trainings), seconds per evaluation.
 #
@@ -83,14 +86,17 @@ for direction in B_score_A A_score_B; do
     run=$RUNS/${direction}_fusion_s${seed}
     evaluate "${direction}_fusion_s${seed}_scenenorm" "$scored" --model "$run/model.safetensors" \
       --normalise scene
-    coarse=$OUT/models/${direction}_fusion_s${seed}_at3m
-    mkdir -p "$OUT/models"
-    cp "$run/model.safetensors" "$coarse.safetensors"
-    .venv/bin/python -c 'import json, sys; c = json.load(open(sys.argv[1]))
-c["inputs"]["resolution_m"] = 3.0; json.dump(c, open(sys.argv[2], "w"))' "$run/model.json" "$coarse.json"
-    evaluate "${direction}_fusion_s${seed}_at3m" "$scored" --model "$coarse.safetensors"
-    rows+=("${direction:0:1} → ${scored}, fusion, seed $seed, scene statistics=$OUT/${direction}_fusion_s${seed}_scenenorm/metrics.json"
-           "${direction:0:1} → ${scored}, fusion, seed $seed, predicted at 3 m=$OUT/${direction}_fusion_s${seed}_at3m/metrics.json")
+    rows+=("${direction:0:1} → ${scored}, fusion, seed $seed, scene statistics=$OUT/${direction}_fusion_s${seed}_scenenorm/metrics.json")
+    for metres in 3 4; do
+      coarse=$OUT/models/${direction}_fusion_s${seed}_at${metres}m
+      mkdir -p "$OUT/models"
+      cp "$run/model.safetensors" "$coarse.safetensors"
+      .venv/bin/python -c 'import json, sys; c = json.load(open(sys.argv[1]))
+c["inputs"]["resolution_m"] = float(sys.argv[3]); json.dump(c, open(sys.argv[2], "w"))' \
+        "$run/model.json" "$coarse.json" "$metres"
+      evaluate "${direction}_fusion_s${seed}_at${metres}m" "$scored" --model "$coarse.safetensors"
+      rows+=("${direction:0:1} → ${scored}, fusion, seed $seed, predicted at $metres m=$OUT/${direction}_fusion_s${seed}_at${metres}m/metrics.json")
+    done
   done
 done
 for direction in B_score_A A_score_B; do
@@ -108,6 +114,29 @@ with rasterio.open(sys.argv[2], "w", **profile) as dst:
       evaluate "$name" "$scored" --dem "$shifted" --model "$RUNS/${direction}_${recipe}_s0/model.safetensors"
       rows+=("${direction:0:1} → ${scored}, $(label_of "$recipe"), seed 0, DEM $(printf %+d "$shift") m=$OUT/$name/metrics.json")
     done
+  done
+done
+SHIPPED_PREDICT=(--tile 512 --overlap 128 --scales 1,0.5)  # configs/jinsha-*.yaml, predict
+for direction in B_score_A A_score_B; do
+  scored=${direction: -1}
+  for recipe in fusion base relief; do
+    members=()
+    read -ra seeds <<< "$(seeds_of "$recipe" "$direction")"
+    for seed in "${seeds[@]}"; do
+      model=$RUNS/${direction}_${recipe}_s${seed}/model.safetensors
+      members+=(--model "$model")
+      name=${direction}_${recipe}_s${seed}_multiscale
+      evaluate "$name" "$scored" --model "$model" "${SHIPPED_PREDICT[@]}"
+      rows+=("${direction:0:1} → ${scored}, $(label_of "$recipe"), seed $seed, multi-scale=$OUT/$name/metrics.json")
+      [[ $recipe == fusion ]] || continue
+      evaluate "${name}_tile512" "$scored" --model "$model" --tile 512 --overlap 128
+      evaluate "${name}_tile256" "$scored" --model "$model" --scales 1,0.5
+      rows+=("${direction:0:1} → ${scored}, fusion, seed $seed, 512 px windows only=$OUT/${name}_tile512/metrics.json"
+             "${direction:0:1} → ${scored}, fusion, seed $seed, scales 1 + 0.5 on 256 px windows=$OUT/${name}_tile256/metrics.json")
+    done
+    [[ $recipe == fusion ]] || continue
+    evaluate "${direction}_fusion_ensemble_multiscale" "$scored" "${members[@]}" "${SHIPPED_PREDICT[@]}"
+    rows+=("${direction:0:1} → ${scored}, fusion, ensemble of seeds 0 + 1 + 2, multi-scale=$OUT/${direction}_fusion_ensemble_multiscale/metrics.json")
   done
 done
 for direction in B_score_A A_score_B; do

@@ -45,7 +45,7 @@ def model_list(models: Path | Sequence[Path] | None) -> list[Path]:
 def load_predictor(models: Path | Sequence[Path] | None, options: PredictOptions) -> Predictor:
     """The shipped model, one model file, or an ensemble of several (probabilities averaged)."""
     return Predictor([load_model(p) for p in model_list(models)], options.tta, options.precision,
-                     options.backend, options.compile)
+                     options.backend, options.compile, options.scales)
 
 
 def predict(image: Path, out_dir: Path, dem: Path | None = None,

@@ -21,6 +21,7 @@ from rich.table import Table
 from slidemap import api
 from slidemap.errors import SlidemapError
 from slidemap.infer.predict import PredictOptions
+from slidemap.io.modelfile import check_scales
 from slidemap.report.html import build_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -29,8 +30,13 @@ console = Console(stderr=True)
 DEBUG = {"on": False}
 
 Precision = Annotated[str, typer.Option(help="bf16 (fast on CPU) or fp32")]
-Tile = Annotated[int, typer.Option(min=1, help="window size in working pixels")]
-Overlap = Annotated[int, typer.Option(min=0, help="overlap between windows in working pixels")]
+Tile = Annotated[int | None, typer.Option(
+    min=16, help="window size in working pixels (default: the model's)")]
+Overlap = Annotated[int | None, typer.Option(
+    min=0, help="overlap between windows in working pixels (default: the model's)")]
+Scales = Annotated[str | None, typer.Option(
+    help="window scales to average, e.g. 1,0.5: each window also shrunk to half its side "
+         "(default: the model's)")]
 BatchSize = Annotated[int, typer.Option(min=1, help="windows per model call")]
 Report = Annotated[bool, typer.Option("--report", help="also write report.html into --out")]
 Models = Annotated[list[Path] | None, typer.Option(
@@ -79,11 +85,12 @@ def predict(
     out: Annotated[Path, typer.Option(help="output folder")],
     dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
     model: Models = None,
-    tile: Tile = 256,
-    overlap: Overlap = 64,
+    tile: Tile = None,
+    overlap: Overlap = None,
     batch_size: BatchSize = 8,
     precision: Precision = "bf16",
     tta: TTA = False,
+    scales: Scales = None,
     normalise: Normalise = "model",
     scale: Annotated[float | None, typer.Option(
         help="patches: up-sample by this factor before the model (default: the model's)")
@@ -110,7 +117,7 @@ def predict(
     """
     options = PredictOptions(tile, overlap, batch_size, _precision(precision), tta,
                              _normalise(normalise), _backend(backend), compile_model, workers,
-                             dask)
+                             dask, _scales(scales))
     if image.is_dir() and (workers or dask):
         raise SlidemapError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if image.is_dir():
@@ -143,6 +150,9 @@ def evaluate(
     threshold: Annotated[float | None, typer.Option(help="probability threshold")] = None,
     precision: Precision = "bf16",
     tta: TTA = False,
+    scales: Scales = None,
+    tile: Tile = None,
+    overlap: Overlap = None,
     normalise: Normalise = "model",
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     html_report: Report = False,
@@ -150,8 +160,8 @@ def evaluate(
     """Score a prediction raster, or a model on an image, against a truth raster."""
     if html_report and out is None:
         raise SlidemapError("--report needs --out DIR to write report.html into")
-    options = PredictOptions(precision=_precision(precision), tta=tta,
-                             normalise=_normalise(normalise))
+    options = PredictOptions(tile, overlap, precision=_precision(precision), tta=tta,
+                             normalise=_normalise(normalise), scales=_scales(scales))
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
                               overwrite, progress)
@@ -304,6 +314,16 @@ def _predict_folder(folder: Path, out: Path, dem: Path | None, model: list[Path]
         console.print(f"  metrics   {out / 'metrics.json'}")
 
 
+def _scales(value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return check_scales([float(v) for v in value.split(",")])
+    except ValueError as exc:
+        raise SlidemapError(f"--scales {value!r} is not a list of numbers: give e.g. 1,0.5"
+                            ) from exc
+
+
 def _normalise(value: str) -> str:
     if value not in ("model", "scene"):
         raise SlidemapError(f"--normalise {value!r} is not known: use model or scene")
@@ -329,10 +349,11 @@ def bench(
     image: Annotated[Path, typer.Argument(help="image GeoTIFF (or VRT) to time")],
     dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
     model: Models = None,
-    tile: Tile = 256,
-    overlap: Overlap = 64,
+    tile: Tile = None,
+    overlap: Overlap = None,
     batch_size: BatchSize = 8,
     precision: Precision = "bf16",
+    scales: Scales = None,
     backend: Backend = "torch",
     compile_model: Compile = False,
     sample: Annotated[int, typer.Option(
@@ -345,7 +366,8 @@ def bench(
 ) -> None:
     """Throughput: model-only vs end-to-end megapixels/s (read, model, blend, write), peak RSS."""
     options = PredictOptions(tile, overlap, batch_size, _precision(precision),
-                             backend=_backend(backend), compile=compile_model)
+                             backend=_backend(backend), compile=compile_model,
+                             scales=_scales(scales))
     result = api.bench(image, dem, model, options, sample, agreement)
     table = Table(title=f"{image.name}: {result['size'][0]}×{result['size'][1]} px, "
                         f"{result['backend']} {result['precision']}"

@@ -25,7 +25,7 @@ from slidemap.errors import SlidemapError
 from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
-from slidemap.infer.predict import MIN_WORKING_SIZE, PredictOptions
+from slidemap.infer.predict import MIN_WORKING_SIZE
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle
 
@@ -46,16 +46,6 @@ def parse_ints(value: str | None, flag: str, names: str) -> tuple[int, ...] | No
     return numbers
 
 
-def model_tile(bundle: ModelBundle) -> int:
-    """The window size (working px) the model predicts with: its run config's, else predict's."""
-    config = bundle.provenance.get("config", {})
-    for section in ("predict", "training"):
-        tile = config.get(section, {}).get("tile")
-        if isinstance(tile, int) and tile > 0:
-            return tile
-    return PredictOptions().tile
-
-
 def explain_window(bundle: ModelBundle, image: Path, out_dir: Path, dem: Path | None = None,
                    window: tuple[int, ...] | None = None, box: tuple[int, ...] | None = None,
                    layer: str | None = None, overwrite: bool = False) -> dict:
@@ -73,7 +63,7 @@ def explain_window(bundle: ModelBundle, image: Path, out_dir: Path, dem: Path | 
             raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
                                 "pass one with --dem")
         factor = scene.decimation(spec.resolution_m)
-        win = _window(scene, window, model_tile(bundle) * factor, factor)
+        win = _window(scene, window, bundle.predict.tile * factor, factor)
         sample = read_inputs(scene, win, spec, factor)
         profile = scene.profile
     valid = sample["valid"]

@@ -37,7 +37,7 @@ RSS_PERIOD_S = 0.05
 
 def build_predictor(models: list[Path], options: PredictOptions) -> Predictor:
     return Predictor([load_model(p) for p in models], options.tta, options.precision,
-                     options.backend, options.compile)
+                     options.backend, options.compile, options.scales)
 
 
 def bench_scene(image: Path, dem: Path | None, models: list[Path], options: PredictOptions,
@@ -50,6 +50,7 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
     started = time.perf_counter()
     predictor = build_predictor(models, options)
     load_s = time.perf_counter() - started
+    options = options.resolve(predictor.defaults)
     with Scene(image, dem=dem) as scene:
         factor = scene.decimation(predictor.spec.resolution_m)
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
@@ -65,6 +66,7 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
             "image": str(image), "size": [grid.height, grid.width], "factor": factor,
             "backend": options.backend, "precision": _precision_name(options),
             "compile": options.compile, "batch_size": options.batch_size, "tile": options.tile,
+            "scales": list(predictor.scales),
             "windows": counts["windows"], "windows_in_grid": grid.window_count,
             "load_s": round(load_s, 2), "warm_up_s": round(first_s, 2),
             "model_s_per_window": round(per_window, 4), "end_to_end_s": round(e2e_s, 2),

@@ -53,6 +53,7 @@ class BandJob:
     precision: str
     backend: str
     compile: bool
+    scales: tuple[float, ...]
     batch_size: int
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None  # separated normalisation
     grid: Grid
@@ -68,7 +69,8 @@ def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem:
     stats = predictor.members[0][1] if options.normalise == "scene" else None
     job = BandJob(str(Path(image).resolve()), str(Path(dem).resolve()) if dem else None,
                   tuple(str(Path(p).resolve()) for p in predictor.paths), options.tta,
-                  options.precision, options.backend, options.compile, options.batch_size,
+                  options.precision, options.backend, options.compile, predictor.scales,
+                  options.batch_size,
                   (tuple(stats.mean), tuple(stats.std)) if stats else None, grid)
     return dask_bands(job, options.scheduler, options.workers)
 
@@ -107,7 +109,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
 def predict_band(job: BandJob, row: int) -> PredictedBand:
     """On a worker: read and predict the band of windows starting at ``row``."""
     predictor = _predictor(job.models, job.tta, job.precision, job.backend, job.compile,
-                           job.stats)
+                           job.scales, job.stats)
     with bounded_gdal_cache(job.grid), Scene(job.image, dem=job.dem) as scene:
         inputs = read_band(scene, predictor.spec, job.grid, row)
     return infer_band(predictor, inputs, job.batch_size)
@@ -115,8 +117,10 @@ def predict_band(job: BandJob, row: int) -> PredictedBand:
 
 @functools.lru_cache(maxsize=2)
 def _predictor(models: tuple[str, ...], tta: bool, precision: str, backend: str, compile: bool,
+               scales: tuple[float, ...],
                stats: tuple[tuple[float, ...], tuple[float, ...]] | None) -> Predictor:
-    predictor = Predictor([load_model(p) for p in models], tta, precision, backend, compile)
+    predictor = Predictor([load_model(p) for p in models], tta, precision, backend, compile,
+                          scales)
     if stats is not None:
         predictor = predictor.with_stats(BandStats(list(stats[0]), list(stats[1])))
     return predictor

@@ -2,7 +2,10 @@
 
 Each member normalises the raw channels with its own statistics, so members trained on different
 data can be combined as long as they read the same inputs. Test-time augmentation averages the
-eight flips/rotations of the square, undone before averaging.
+eight flips/rotations of the square, undone before averaging. Multi-scale prediction averages
+the window predicted as it is and shrunk (e.g. to half its side: twice the ground per pixel),
+which sees slides at the size the model learnt them and at a coarser one; each scale's
+probabilities are brought back to the window's pixels before averaging.
 """
 
 from __future__ import annotations
@@ -13,16 +16,22 @@ import numpy as np
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.normalization import BandStats, normalise
+from slidemap.data.scaling import demote
 from slidemap.errors import SlidemapError
 from slidemap.infer.backends import Backend, make_backend
-from slidemap.io.modelfile import ModelBundle
+from slidemap.io.modelfile import ModelBundle, check_scales
 
 
 class Predictor:
-    """Averages the landslide probabilities of its members (and of their TTA variants)."""
+    """Averages the landslide probabilities of its members, scales and TTA variants.
+
+    ``scales`` None: the first member's (its sidecar's ``predict.scales``); its window size and
+    overlap are ``defaults`` for the engines that cut scenes and patches into windows.
+    """
 
     def __init__(self, bundles: list[ModelBundle], tta: bool = False,
-                 precision: str = "bf16", backend: str = "torch", compile: bool = False) -> None:
+                 precision: str = "bf16", backend: str = "torch", compile: bool = False,
+                 scales: tuple[float, ...] | None = None) -> None:
         if not bundles:
             raise SlidemapError("no model given: pass at least one --model")
         first = bundles[0].inputs
@@ -36,6 +45,8 @@ class Predictor:
         self.members = [(make_backend(b, backend, precision, compile), BandStats(b.mean, b.std))
                         for b in bundles]
         self.threshold = float(np.mean([b.threshold for b in bundles]))
+        self.defaults = bundles[0].predict
+        self.scales = self.defaults.scales if scales is None else check_scales(scales)
         self.tta = tta
         self.precision = precision
         self.paths = [b.path for b in bundles]
@@ -63,8 +74,22 @@ class Predictor:
         if len({x.shape for x in inputs}) > 1:  # scene-edge windows of odd sizes: one by one
             return [self._predict(model, [x])[0] for x in inputs]
         batch = np.stack(inputs)
+        total = sum(self._at_scale(model, batch, scale) for scale in self.scales)
+        return list(total / len(self.scales))
+
+    def _at_scale(self, model: Backend, batch: np.ndarray, scale: float) -> np.ndarray:
+        """Probabilities (B, h, w) of the batch resampled by ``scale`` (area mean when
+        shrinking), brought back to (h, w)."""
+        if scale == 1.0:
+            return self._augmented(model, batch)
+        h, w = batch.shape[-2:]
+        resampled = demote(batch, (max(1, round(h * scale)), max(1, round(w * scale))))
+        return demote(self._augmented(model, resampled), (h, w))
+
+    def _augmented(self, model: Backend, batch: np.ndarray) -> np.ndarray:
+        """The model's probabilities (B, h, w), averaged over the eight TTA variants if asked."""
         if not self.tta:
-            return list(model(batch))
+            return model(batch)
         total = np.zeros((batch.shape[0], *batch.shape[2:]), dtype=np.float32)
         for k in range(4):
             for flip in (False, True):
@@ -73,4 +98,4 @@ class Predictor:
                 prob = model(np.ascontiguousarray(moved))
                 prob = prob[..., ::-1] if flip else prob
                 total += np.rot90(prob, -k, axes=(1, 2))
-        return list(total / 8)
+        return total / 8

@@ -34,6 +34,7 @@ from slidemap.train.metrics import BinaryConfusion
 def predict_arrays(predictor: Predictor, x: np.ndarray, valid: np.ndarray,
                    options: PredictOptions) -> np.ndarray:
     """Probabilities (H, W) of raw channels (C, H, W), in windows blended across overlaps."""
+    options = options.resolve(predictor.defaults)
     _, h, w = x.shape
     prob_sum = np.zeros((h, w), dtype=np.float32)
     weight_sum = np.zeros((h, w), dtype=np.float32)

@@ -8,7 +8,7 @@ windows on Dask workers: ``slidemap.infer.distributed``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.progress import Progress
@@ -19,6 +19,7 @@ from slidemap.infer.distributed import band_source
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.separated import scene_stats
 from slidemap.infer.stream import Grid, bounded_gdal_cache, write_bands
+from slidemap.io.modelfile import PredictDefaults
 from slidemap.io.rasters import RasterOutputs
 
 MIN_WORKING_SIZE = 32
@@ -26,8 +27,11 @@ MIN_WORKING_SIZE = 32
 
 @dataclass(frozen=True)
 class PredictOptions:
-    tile: int = 256
-    overlap: int = 64
+    """How to predict; ``tile``, ``overlap`` (see :meth:`resolve`) and ``scales`` (see
+    ``Predictor``) left None are the model's own, from its sidecar's ``predict``."""
+
+    tile: int | None = None
+    overlap: int | None = None
     batch_size: int = 8
     precision: str = "bf16"
     tta: bool = False
@@ -36,10 +40,17 @@ class PredictOptions:
     compile: bool = False  # torch.compile the model (minutes to compile; for long runs)
     workers: int = 0  # bands on a local Dask cluster of this many processes
     scheduler: str | None = None  # bands on the Dask cluster at this address
+    scales: tuple[float, ...] | None = None  # window scales averaged (1.0: as read)
 
     def __post_init__(self) -> None:
         if self.normalise not in ("model", "scene"):
             raise ValueError(f"normalise must be 'model' or 'scene', not {self.normalise!r}")
+
+    def resolve(self, defaults: PredictDefaults) -> PredictOptions:
+        """These options with the window size and overlap, if left open, from a model's
+        ``defaults``."""
+        return replace(self, tile=defaults.tile if self.tile is None else self.tile,
+                       overlap=defaults.overlap if self.overlap is None else self.overlap)
 
 
 def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path: Path,
@@ -50,6 +61,7 @@ def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path
     Returns a few counts (valid pixels, landslide pixels) for the caller's summary.
     """
     spec = predictor.spec
+    options = options.resolve(predictor.defaults)
     with Scene(image, dem=dem) as scene:
         scene.check_bands(spec.image_bands, "the model")
         if spec.needs_dem and not scene.has_dem:

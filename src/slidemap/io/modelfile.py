@@ -8,6 +8,9 @@ refused.
 Weights may be stored as float16 (``weights_dtype``), which halves the file for a rounding of
 about 1e-3 relative per weight; they are always loaded into a float32 model, so prediction runs
 exactly as with a float32 file of those rounded weights.
+
+The sidecar also says how the model is best run (``predict``: window size, overlap, scales), so
+that a plain ``slidemap predict`` runs each model the way its cross-region figures were measured.
 """
 
 from __future__ import annotations
@@ -29,6 +32,42 @@ from slidemap.models import build_model
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
 WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+SCALE_RANGE = (0.25, 4.0)
+
+
+@dataclass(frozen=True)
+class PredictDefaults:
+    """How prediction runs the model unless told otherwise: windows of ``tile`` working px
+    overlapping by ``overlap``, each predicted at every scale in ``scales`` (1.0: the working
+    resolution; 0.5: the window shrunk to half its side) and the probabilities averaged."""
+
+    tile: int = 256
+    overlap: int = 64
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        for name in ("tile", "overlap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 \
+                    or (name == "tile" and value < 16):
+                raise SlidemapError(f"predict {name} must be an integer (tile at least 16), "
+                                    f"got {value!r}")
+        object.__setattr__(self, "scales", check_scales(self.scales))
+
+    def to_dict(self) -> dict:
+        return {"tile": self.tile, "overlap": self.overlap, "scales": list(self.scales)}
+
+
+def check_scales(value: object) -> tuple[float, ...]:
+    """Prediction scales as a tuple: a non-empty list of distinct numbers within SCALE_RANGE."""
+    low, high = SCALE_RANGE
+    ok = isinstance(value, list | tuple) and len(value) > 0 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
+        for v in value) and len(set(value)) == len(value)
+    if not ok:
+        raise SlidemapError(f"prediction scales must be distinct numbers from {low} to {high}, "
+                            f"e.g. [1.0, 0.5], got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 @dataclass
@@ -46,6 +85,7 @@ class ModelBundle:
     provenance: dict = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from, if it was
     weights_dtype: str = "float32"  # how the file stores floating-point tensors
+    predict: PredictDefaults = field(default_factory=PredictDefaults)
 
     def sidecar(self) -> dict:
         return {
@@ -59,6 +99,7 @@ class ModelBundle:
             "channels": self.inputs.channels,
             "normalisation": {"mean": self.mean, "std": self.std},
             "threshold": self.threshold,
+            "predict": self.predict.to_dict(),
             "weights_dtype": self.weights_dtype,
             "provenance": self.provenance,
         }
@@ -129,6 +170,7 @@ def load_model(path: str | Path) -> ModelBundle:
         _check_normalisation(norm, len(inputs.channels))
         weights_dtype = config.get("weights_dtype", "float32")
         weights_torch_dtype(weights_dtype)
+        predict = PredictDefaults(**config.get("predict", {}))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
             AttributeError, SlidemapError) as exc:
         raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({_one_line(exc)}): "
@@ -146,7 +188,7 @@ def load_model(path: str | Path) -> ModelBundle:
         options=config.get("options", {}), inputs=inputs, mean=list(norm["mean"]),
         std=list(norm["std"]), threshold=float(config.get("threshold", 0.5)),
         provenance=config.get("provenance", {}), path=weights_path,
-        weights_dtype=weights_dtype,
+        weights_dtype=weights_dtype, predict=predict,
     )
 
 

@@ -13,6 +13,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.l4s import DEFAULT_BANDS
 from slidemap.data.sources import PatchSource, is_patch_source, l4s_inputs, parse_patch_source
 from slidemap.errors import SlidemapError
+from slidemap.io.modelfile import check_scales
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class TrainSettings:
 
 JITTER_KEYS = ("brightness", "contrast", "saturation", "invert")
 JITTER_DEFAULT = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "invert": 0.0}
-CHECKED_BY_SETTINGS = {"colour_jitter"}  # more than one type allowed: checked in __post_init__
+CHECKED_BY_SETTINGS = {"colour_jitter", "scales"}  # checked in __post_init__
 
 
 def _jitter_strengths(value: Any) -> dict[str, float] | bool:
@@ -124,9 +125,16 @@ def _check_range(key: str, value: Any, low: float, high: float, expected: str) -
 
 @dataclass(frozen=True)
 class PredictSettings:
+    """Windows for validation during training, and the defaults the model file carries
+    (``slidemap.io.modelfile.PredictDefaults``); validation predicts at scale 1 only."""
+
     tile: int = 256
     overlap: int = 64
     batch_size: int = 8
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", check_scales(self.scales))
 
 
 @dataclass(frozen=True)
