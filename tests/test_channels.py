@@ -50,7 +50,7 @@ def test_stack_channels_applies_the_spec() -> None:
     ({"relief_m": "far"}, "relief_m"),
 ])
 def test_bad_inputs_are_refused(tiny_scene: dict[str, Path], inputs: dict,
-                                     message: str) -> None:
+                                message: str) -> None:
     raw = tiny_raw(tiny_scene)
     raw["inputs"].update(inputs)
     with pytest.raises(SlidemapError, match=message):

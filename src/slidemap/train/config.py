@@ -13,7 +13,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.l4s import DEFAULT_BANDS
 from slidemap.data.sources import PatchSource, is_patch_source, l4s_inputs, parse_patch_source
 from slidemap.errors import SlidemapError
-from slidemap.io.modelfile import check_scales
+from slidemap.io.modelfile import PredictDefaults
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,13 @@ class PredictSettings:
     scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", check_scales(self.scales))
+        object.__setattr__(self, "scales", self.defaults.scales)
+
+    @property
+    def defaults(self) -> PredictDefaults:
+        """What the model file carries; built on parsing too, so a bad value fails before
+        training rather than when the model is saved."""
+        return PredictDefaults(self.tile, self.overlap, self.scales)
 
 
 @dataclass(frozen=True)

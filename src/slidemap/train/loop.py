@@ -32,7 +32,7 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.runtime import autocast
 from slidemap.infer.sliding import predict_array
 from slidemap.io.atomic import make_output_dir
-from slidemap.io.modelfile import ModelBundle, PredictDefaults, save_model
+from slidemap.io.modelfile import ModelBundle, save_model
 from slidemap.models import build_model, count_parameters
 from slidemap.report.plots import plot_training_curves
 from slidemap.train import ddp
@@ -234,7 +234,7 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
                                    if k in scores},
                     "torch": torch.__version__},
         weights_dtype=config.train.weights_dtype,
-        predict=PredictDefaults(config.predict.tile, config.predict.overlap, config.predict.scales),
+        predict=config.predict.defaults,
     )
     save_model(bundle, path)
 
