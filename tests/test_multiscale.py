@@ -109,12 +109,60 @@ def test_scene_prediction_uses_the_model_defaults(tiny_scene: dict, tiny_model: 
     assert not np.allclose(maps[1], maps[2], equal_nan=True)
 
 
+def read_maps(result: dict) -> tuple[np.ndarray, np.ndarray]:
+    with rasterio.open(result["prob"]) as prob, rasterio.open(result["mask"]) as mask:
+        return prob.read(1), mask.read(1)
+
+
+def test_the_mask_follows_the_model_threshold_or_the_one_given(
+        tiny_scene: dict, tiny_model: Path, tmp_path: Path) -> None:
+    """The mask (and inventory) is drawn at the sidecar's threshold; ``threshold`` overrides it
+    in predict and in evaluate, whose scores then use the same value as its mask."""
+    prob, _ = read_maps(api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"],
+                                    tiny_model, PredictOptions(precision="fp32")))
+    valid = ~np.isnan(prob)
+    cut = float(np.quantile(prob[valid], 0.3))  # a threshold that changes the mask
+    assert ((prob[valid] >= cut) != (prob[valid] >= 0.5)).any()
+    lowered = save_model(replace(load_model(tiny_model), threshold=cut), tmp_path / "lowered")
+    for name, model, threshold in (("carried", lowered, None), ("given", tiny_model, cut)):
+        result = api.predict(tiny_scene["image"], tmp_path / name, tiny_scene["dem"], model,
+                             PredictOptions(precision="fp32", threshold=threshold))
+        _, mask = read_maps(result)
+        np.testing.assert_array_equal(mask[valid], prob[valid] >= cut)
+    report = api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], dem=tiny_scene["dem"],
+                          model=tiny_model, out_dir=tmp_path / "scored", threshold=cut,
+                          options=PredictOptions(precision="fp32"))
+    _, mask = read_maps({"prob": report["prediction"],
+                         "mask": next((tmp_path / "scored").glob("*mask*.tif"))})
+    np.testing.assert_array_equal(mask[valid], prob[valid] >= cut)
+    assert report["threshold"] == cut
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5"])
+def test_thresholds_outside_0_1_are_one_line_errors(
+        run_cli, tiny_scene: dict, tiny_model: Path, tmp_path: Path, value: str) -> None:
+    code, err = run_cli("predict", tiny_scene["image"], "--out", tmp_path / "out", "--model",
+                        tiny_model, "--threshold", value)
+    assert code != 0
+    assert "threshold" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_training_writes_the_configured_defaults(tiny_scene: dict, tmp_path: Path) -> None:
     raw = tiny_raw(tiny_scene, epochs=1)
-    raw["predict"]["scales"] = [1, 0.5]
+    raw["predict"].update(scales=[1, 0.5], threshold=0.4)
     train(parse_config(raw), tmp_path / "run")
-    assert load_model(tmp_path / "run" / "model.safetensors").predict == \
-        PredictDefaults(32, 8, MULTI)
+    bundle = load_model(tmp_path / "run" / "model.safetensors")
+    assert bundle.predict == PredictDefaults(32, 8, MULTI)
+    assert bundle.threshold == 0.4
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 1.5, "half", True, None])
+def test_bad_thresholds_in_a_config_are_refused(tiny_scene: dict, threshold: object) -> None:
+    raw = tiny_raw(tiny_scene)
+    raw["predict"]["threshold"] = threshold
+    with pytest.raises(SlidemapError, match="threshold"):
+        parse_config(raw)
 
 
 @pytest.mark.parametrize("scales", [[], [0], ["half"], 0.5, [1.0, 5.0]])

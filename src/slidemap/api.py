@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rich.progress import Progress
@@ -45,7 +46,7 @@ def model_list(models: Path | Sequence[Path] | None) -> list[Path]:
 def load_predictor(models: Path | Sequence[Path] | None, options: PredictOptions) -> Predictor:
     """The shipped model, one model file, or an ensemble of several (probabilities averaged)."""
     return Predictor([load_model(p) for p in model_list(models)], options.tta, options.precision,
-                     options.backend, options.compile, options.scales)
+                     options.backend, options.compile, options.scales, options.threshold)
 
 
 def predict(image: Path, out_dir: Path, dem: Path | None = None,
@@ -83,6 +84,8 @@ def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = N
     if image is not None and out_dir is None:
         raise SlidemapError("evaluating a model needs --out DIR for its predicted rasters")
     options = options or PredictOptions()
+    if threshold is not None:  # the written mask and the scores use the same threshold
+        options = replace(options, threshold=threshold)
     predictor = load_predictor(model, options) if image is not None else None
     outputs: dict[str, Path] = {}
     if image is not None and out_dir is not None:

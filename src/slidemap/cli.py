@@ -38,6 +38,8 @@ Scales = Annotated[str | None, typer.Option(
     help="window scales to average, e.g. 1,0.5: each window also shrunk to half its side "
          "(default: the model's)")]
 BatchSize = Annotated[int, typer.Option(min=1, help="windows per model call")]
+Threshold = Annotated[float | None, typer.Option(
+    help="probability from which a pixel is mapped as landslide (default: the model's)")]
 Report = Annotated[bool, typer.Option("--report", help="also write report.html into --out")]
 Models = Annotated[list[Path] | None, typer.Option(
     "--model", help="model file; repeat to average an ensemble (default: shipped)")]
@@ -91,6 +93,7 @@ def predict(
     precision: Precision = "bf16",
     tta: TTA = False,
     scales: Scales = None,
+    threshold: Threshold = None,
     normalise: Normalise = "model",
     scale: Annotated[float | None, typer.Option(
         help="patches: up-sample by this factor before the model (default: the model's)")
@@ -117,7 +120,7 @@ def predict(
     """
     options = PredictOptions(tile, overlap, batch_size, _precision(precision), tta,
                              _normalise(normalise), _backend(backend), compile_model, workers,
-                             dask, _scales(scales))
+                             dask, _scales(scales), threshold)
     if image.is_dir() and (workers or dask):
         raise SlidemapError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if image.is_dir():
@@ -147,7 +150,7 @@ def evaluate(
     dem: Annotated[Path | None, typer.Option(help="DEM for --image")] = None,
     model: Models = None,
     out: Annotated[Path | None, typer.Option(help="folder for metrics.json (+ rasters)")] = None,
-    threshold: Annotated[float | None, typer.Option(help="probability threshold")] = None,
+    threshold: Threshold = None,
     precision: Precision = "bf16",
     tta: TTA = False,
     scales: Scales = None,

@@ -27,11 +27,13 @@ class Predictor:
 
     ``scales`` None: the first member's (its sidecar's ``predict.scales``); its window size and
     overlap are ``defaults`` for the engines that cut scenes and patches into windows.
+    ``threshold`` None: the mean of the members' decision thresholds.
     """
 
     def __init__(self, bundles: list[ModelBundle], tta: bool = False,
                  precision: str = "bf16", backend: str = "torch", compile: bool = False,
-                 scales: tuple[float, ...] | None = None) -> None:
+                 scales: tuple[float, ...] | None = None, threshold: float | None = None
+                 ) -> None:
         if not bundles:
             raise SlidemapError("no model given: pass at least one --model")
         first = bundles[0].inputs
@@ -44,7 +46,11 @@ class Predictor:
         self.spec: InputSpec = first
         self.members = [(make_backend(b, backend, precision, compile), BandStats(b.mean, b.std))
                         for b in bundles]
-        self.threshold = float(np.mean([b.threshold for b in bundles]))
+        if threshold is not None and not 0 < threshold < 1:
+            raise SlidemapError(f"the threshold must be a probability between 0 and 1 "
+                                f"(exclusive), got {threshold}")
+        self.threshold = float(np.mean([b.threshold for b in bundles])
+                               if threshold is None else threshold)
         self.defaults = bundles[0].predict
         self.scales = self.defaults.scales if scales is None else check_scales(scales)
         self.tta = tta

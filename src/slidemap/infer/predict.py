@@ -27,8 +27,8 @@ MIN_WORKING_SIZE = 32
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """How to predict; ``tile``, ``overlap`` (see :meth:`resolve`) and ``scales`` (see
-    ``Predictor``) left None are the model's own, from its sidecar's ``predict``."""
+    """How to predict; ``tile``, ``overlap`` (see :meth:`resolve`), ``scales`` and ``threshold``
+    (see ``Predictor``) left None are the model's own, from its sidecar."""
 
     tile: int | None = None
     overlap: int | None = None
@@ -41,6 +41,7 @@ class PredictOptions:
     workers: int = 0  # bands on a local Dask cluster of this many processes
     scheduler: str | None = None  # bands on the Dask cluster at this address
     scales: tuple[float, ...] | None = None  # window scales averaged (1.0: as read)
+    threshold: float | None = None  # probability from which a pixel is mapped as landslide
 
     def __post_init__(self) -> None:
         if self.normalise not in ("model", "scene"):

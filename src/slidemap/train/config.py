@@ -126,15 +126,21 @@ def _check_range(key: str, value: Any, low: float, high: float, expected: str) -
 @dataclass(frozen=True)
 class PredictSettings:
     """Windows for validation during training, and the defaults the model file carries
-    (``slidemap.io.modelfile.PredictDefaults``); validation predicts at scale 1 only."""
+    (``slidemap.io.modelfile.PredictDefaults`` and the decision threshold); validation predicts
+    at scale 1 only."""
 
     tile: int = 256
     overlap: int = 64
     batch_size: int = 8
     scales: tuple[float, ...] = (1.0,)
+    threshold: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", self.defaults.scales)
+        if not _is_number(self.threshold) or not 0 < self.threshold < 1:
+            raise SlidemapError(f"predict.threshold must be a probability between 0 and 1 "
+                                f"(exclusive), e.g. 0.5, got {self.threshold!r}")
+        object.__setattr__(self, "threshold", float(self.threshold))
 
     @property
     def defaults(self) -> PredictDefaults:

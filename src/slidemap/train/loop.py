@@ -210,10 +210,11 @@ def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, bat
 
 
 def evaluate_arrays(model: torch.nn.Module, scenes: list[SceneArrays], stats: BandStats,
-                    config: RunConfig, threshold: float = 0.5) -> dict[str, float]:
-    """Blended sliding-window prediction of whole validation scenes, scored in one matrix."""
+                    config: RunConfig, threshold: float | None = None) -> dict[str, float]:
+    """Blended sliding-window prediction of whole validation scenes, scored in one matrix
+    at ``threshold`` (default: the one the run's model file will carry)."""
     model.eval()
-    confusion = BinaryConfusion(threshold)
+    confusion = BinaryConfusion(config.predict.threshold if threshold is None else threshold)
     for scene in scenes:
         prob = predict_array(model, normalised(scene, stats), config.predict.tile,
                              config.predict.overlap, config.predict.batch_size,
@@ -227,7 +228,7 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
     bundle = ModelBundle(
         model=model, architecture=config.model.name, width=config.model.width,
         options=dict(config.model.options), inputs=config.inputs, mean=list(stats.mean),
-        std=list(stats.std), threshold=0.5,
+        std=list(stats.std), threshold=config.predict.threshold,
         provenance={"config": config.to_dict(), "epoch": state["best_epoch"],
                     "validation": {k: scores[k] for k in
                                    ("precision", "recall", "f1", "iou", "miou", "auc")
