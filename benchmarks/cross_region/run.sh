@@ -15,9 +15,12 @@
 # ±20 m and ±60 m (another vertical datum, or a site higher or lower in the valley). Fusion, U-Net
 # and relief models are scored again as the shipped models run (their sidecars' predict block):
 # windows of 512 working px, each also predicted at half its side and the two averaged
-# ("multi-scale"); for the fusion seeds also each half of that alone. Runs that exist are
-# not trained again. About 12 min per U-Net training and 16-20 min per fusion training on a
-# 2-core CPU running two at once (27 trainings), seconds per evaluation.
+# ("multi-scale"); for the fusion seeds also each half of that alone. The fusion recipe with
+# random zoom 0.5-1.4 instead of 0.7-1.4 ("zoomwide": windows also shrunk to half their side,
+# as the multi-scale prediction's coarser view does) is scored plain and multi-scale, three
+# seeds. Runs that exist are not trained again. About 12 min per U-Net training and 16-20 min
+# per fusion training on a 2-core CPU running two at once (33 trainings), seconds per
+# evaluation.
 #
 #   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)
 set -euo pipefail
@@ -44,19 +47,20 @@ label_of() {  # label_of RECIPE
     fusion3m) echo "fusion at 3 m" ;;
     swa) echo "fusion, weights averaged" ;;
     relief) echo "fusion with relief" ;;
+    zoomwide) echo "fusion, zoom 0.5-1.4" ;;
     *) echo "${1/_/ }" ;;
   esac
 }
 
 seeds_of() {  # seeds_of RECIPE DIRECTION
   case $1/$2 in
-    fusion/* | relief/*) echo 0 1 2 ;;
+    fusion/* | relief/* | zoomwide/*) echo 0 1 2 ;;
     chroma/* | invert/* | swa/* | fusion3m/B_score_A) echo 0 ;;
     *) echo 0 1 ;;  # fusion3m: two seeds for A → B, the noisier direction
   esac
 }
 
-for recipe in fusion base strong_jitter chroma invert swa fusion3m relief; do
+for recipe in fusion base strong_jitter chroma invert swa fusion3m relief zoomwide; do
   for direction in B_score_A A_score_B; do
     config=benchmarks/cross_region/train_${direction}.yaml
     [[ $recipe == base ]] || config=benchmarks/cross_region/train_${direction}_${recipe}.yaml
@@ -119,7 +123,7 @@ done
 SHIPPED_PREDICT=(--tile 512 --overlap 128 --scales 1,0.5)  # configs/jinsha-*.yaml, predict
 for direction in B_score_A A_score_B; do
   scored=${direction: -1}
-  for recipe in fusion base relief; do
+  for recipe in fusion base relief zoomwide; do
     members=()
     read -ra seeds <<< "$(seeds_of "$recipe" "$direction")"
     for seed in "${seeds[@]}"; do
@@ -134,9 +138,10 @@ for direction in B_score_A A_score_B; do
       rows+=("${direction:0:1} → ${scored}, fusion, seed $seed, 512 px windows only=$OUT/${name}_tile512/metrics.json"
              "${direction:0:1} → ${scored}, fusion, seed $seed, scales 1 + 0.5 on 256 px windows=$OUT/${name}_tile256/metrics.json")
     done
-    [[ $recipe == fusion ]] || continue
-    evaluate "${direction}_fusion_ensemble_multiscale" "$scored" "${members[@]}" "${SHIPPED_PREDICT[@]}"
-    rows+=("${direction:0:1} → ${scored}, fusion, ensemble of seeds 0 + 1 + 2, multi-scale=$OUT/${direction}_fusion_ensemble_multiscale/metrics.json")
+    [[ $recipe == fusion || $recipe == zoomwide ]] || continue
+    name=${direction}_${recipe}_ensemble_multiscale
+    evaluate "$name" "$scored" "${members[@]}" "${SHIPPED_PREDICT[@]}"
+    rows+=("${direction:0:1} → ${scored}, $(label_of "$recipe"), ensemble of seeds 0 + 1 + 2, multi-scale=$OUT/$name/metrics.json")
   done
 done
 for direction in B_score_A A_score_B; do
