@@ -138,16 +138,6 @@ def test_the_mask_follows_the_model_threshold_or_the_one_given(
     assert report["threshold"] == cut
 
 
-@pytest.mark.parametrize("value", ["0", "1", "1.5"])
-def test_thresholds_outside_0_1_are_one_line_errors(
-        run_cli, tiny_scene: dict, tiny_model: Path, tmp_path: Path, value: str) -> None:
-    code, err = run_cli("predict", tiny_scene["image"], "--out", tmp_path / "out", "--model",
-                        tiny_model, "--threshold", value)
-    assert code != 0
-    assert "threshold" in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
-
-
 def test_training_writes_the_configured_defaults(tiny_scene: dict, tmp_path: Path) -> None:
     raw = tiny_raw(tiny_scene, epochs=1)
     raw["predict"].update(scales=[1, 0.5], threshold=0.4)
@@ -173,11 +163,14 @@ def test_bad_scales_in_a_config_are_refused(tiny_scene: dict, scales: object) ->
         parse_config(raw)
 
 
-@pytest.mark.parametrize("value", ["1,half", "0", "1,1", ""])
-def test_bad_scales_on_the_command_line_are_one_line_errors(
-        run_cli, tiny_scene: dict, tiny_model: Path, tmp_path: Path, value: str) -> None:
+@pytest.mark.parametrize(("option", "value"), [
+    *(("scales", v) for v in ["1,half", "0", "1,1", ""]),
+    *(("threshold", v) for v in ["0", "1", "1.5"])])
+def test_bad_scales_and_thresholds_on_the_command_line_are_one_line_errors(
+        run_cli, tiny_scene: dict, tiny_model: Path, tmp_path: Path, option: str, value: str
+) -> None:
     code, err = run_cli("predict", tiny_scene["image"], "--out", tmp_path / "out", "--model",
-                        tiny_model, "--scales", value)
+                        tiny_model, f"--{option}", value)
     assert code != 0
-    assert "scales" in err and "Traceback" not in err
+    assert option in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
