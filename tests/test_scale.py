@@ -222,7 +222,7 @@ import numpy as np, rasterio, torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 from slidemap.data.channels import InputSpec
-from slidemap.infer.bench import build_predictor
+from slidemap.infer.predict import build_predictor
 from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.io.modelfile import ModelBundle, save_model
 from slidemap.models import build_model

@@ -13,7 +13,7 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
-from slidemap.infer.predict import PredictOptions, predict_scene
+from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
 from slidemap.infer.vectorize import build_inventory, inventory_paths, write_inventory
 from slidemap.io.atomic import check_outputs, make_output_dir, staged
 from slidemap.io.modelfile import load_model, model_paths
@@ -45,8 +45,7 @@ def model_list(models: Path | Sequence[Path] | None) -> list[Path]:
 
 def load_predictor(models: Path | Sequence[Path] | None, options: PredictOptions) -> Predictor:
     """The shipped model, one model file, or an ensemble of several (probabilities averaged)."""
-    return Predictor([load_model(p) for p in model_list(models)], options.tta, options.precision,
-                     options.backend, options.compile, options.scales, options.threshold)
+    return build_predictor(model_list(models), options)
 
 
 def predict(image: Path, out_dir: Path, dem: Path | None = None,

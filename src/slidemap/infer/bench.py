@@ -28,16 +28,10 @@ from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.normalization import normalise
 from slidemap.data.scene import Scene
 from slidemap.infer.ensemble import Predictor
-from slidemap.infer.predict import PredictOptions, predict_scene
+from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
 from slidemap.infer.stream import Grid
-from slidemap.io.modelfile import load_model
 
 RSS_PERIOD_S = 0.05
-
-
-def build_predictor(models: list[Path], options: PredictOptions) -> Predictor:
-    return Predictor([load_model(p) for p in models], options.tta, options.precision,
-                     options.backend, options.compile, options.scales)
 
 
 def bench_scene(image: Path, dem: Path | None, models: list[Path], options: PredictOptions,

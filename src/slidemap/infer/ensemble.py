@@ -19,7 +19,7 @@ from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scaling import demote
 from slidemap.errors import SlidemapError
 from slidemap.infer.backends import Backend, make_backend
-from slidemap.io.modelfile import ModelBundle, check_scales
+from slidemap.io.modelfile import ModelBundle, check_scales, check_threshold
 
 
 class Predictor:
@@ -46,11 +46,8 @@ class Predictor:
         self.spec: InputSpec = first
         self.members = [(make_backend(b, backend, precision, compile), BandStats(b.mean, b.std))
                         for b in bundles]
-        if threshold is not None and not 0 < threshold < 1:
-            raise SlidemapError(f"the threshold must be a probability between 0 and 1 "
-                                f"(exclusive), got {threshold}")
-        self.threshold = float(np.mean([b.threshold for b in bundles])
-                               if threshold is None else threshold)
+        self.threshold = float(np.mean([b.threshold for b in bundles])) \
+            if threshold is None else check_threshold(threshold)
         self.defaults = bundles[0].predict
         self.scales = self.defaults.scales if scales is None else check_scales(scales)
         self.tta = tta

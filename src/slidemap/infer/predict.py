@@ -8,6 +8,7 @@ windows on Dask workers: ``slidemap.infer.distributed``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from slidemap.infer.distributed import band_source
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.separated import scene_stats
 from slidemap.infer.stream import Grid, bounded_gdal_cache, write_bands
-from slidemap.io.modelfile import PredictDefaults
+from slidemap.io.modelfile import PredictDefaults, load_model
 from slidemap.io.rasters import RasterOutputs
 
 MIN_WORKING_SIZE = 32
@@ -52,6 +53,12 @@ class PredictOptions:
         ``defaults``."""
         return replace(self, tile=defaults.tile if self.tile is None else self.tile,
                        overlap=defaults.overlap if self.overlap is None else self.overlap)
+
+
+def build_predictor(models: Sequence[Path], options: PredictOptions) -> Predictor:
+    """The model files as one predictor (an ensemble if several), run as ``options`` say."""
+    return Predictor([load_model(p) for p in models], options.tta, options.precision,
+                     options.backend, options.compile, options.scales, options.threshold)
 
 
 def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path: Path,

@@ -58,6 +58,14 @@ class PredictDefaults:
         return {"tile": self.tile, "overlap": self.overlap, "scales": list(self.scales)}
 
 
+def check_threshold(value: object) -> float:
+    """A decision threshold: a probability strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise SlidemapError(f"threshold must be a probability between 0 and 1 (exclusive), "
+                            f"e.g. 0.5, got {value!r}")
+    return float(value)
+
+
 def check_scales(value: object) -> tuple[float, ...]:
     """Prediction scales as a tuple: a non-empty list of distinct numbers within SCALE_RANGE."""
     low, high = SCALE_RANGE

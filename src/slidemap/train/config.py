@@ -13,7 +13,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.l4s import DEFAULT_BANDS
 from slidemap.data.sources import PatchSource, is_patch_source, l4s_inputs, parse_patch_source
 from slidemap.errors import SlidemapError
-from slidemap.io.modelfile import PredictDefaults
+from slidemap.io.modelfile import PredictDefaults, check_threshold
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,10 @@ class PredictSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", self.defaults.scales)
-        if not _is_number(self.threshold) or not 0 < self.threshold < 1:
-            raise SlidemapError(f"predict.threshold must be a probability between 0 and 1 "
-                                f"(exclusive), e.g. 0.5, got {self.threshold!r}")
-        object.__setattr__(self, "threshold", float(self.threshold))
+        try:
+            object.__setattr__(self, "threshold", check_threshold(self.threshold))
+        except SlidemapError as exc:
+            raise SlidemapError(f"predict.{exc}") from exc
 
     @property
     def defaults(self) -> PredictDefaults:
