@@ -18,9 +18,9 @@ JINSHA = SHARED_DATA / "jinsha"
 FAST_MODEL = api.DEFAULT_MODEL.with_name("slidemap-jinsha-unet.safetensors")
 
 
-def test_the_default_model_is_the_fusion_network() -> None:
+def test_the_default_model_is_two_fusion_networks() -> None:
     sidecar = json.loads(api.default_model_path().with_suffix(".json").read_text())
-    assert sidecar["architecture"] == "fusion"
+    assert (sidecar["architecture"], sidecar["members"]) == ("fusion", 2)
 
 
 @pytest.mark.skipif(not JINSHA.exists(), reason="../shared/data/jinsha is not here")

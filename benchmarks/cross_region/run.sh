@@ -18,7 +18,8 @@
 # ("multi-scale"); for the fusion seeds also each half of that alone. The fusion recipe with
 # random zoom 0.5-1.4 instead of 0.7-1.4 ("zoomwide": windows also shrunk to half their side,
 # as the multi-scale prediction's coarser view does) is scored plain and multi-scale, three
-# seeds. Runs that exist are not trained again. About 12 min per U-Net training and 16-20 min
+# seeds, and every two of its three seeds as an ensemble (the default model is two networks).
+# Runs that exist are not trained again. About 12 min per U-Net training and 16-20 min
 # per fusion training on a 2-core CPU running two at once (33 trainings), seconds per
 # evaluation.
 #
@@ -142,6 +143,14 @@ for direction in B_score_A A_score_B; do
     name=${direction}_${recipe}_ensemble_multiscale
     evaluate "$name" "$scored" "${members[@]}" "${SHIPPED_PREDICT[@]}"
     rows+=("${direction:0:1} → ${scored}, $(label_of "$recipe"), ensemble of seeds 0 + 1 + 2, multi-scale=$OUT/$name/metrics.json")
+  done
+done
+for direction in B_score_A A_score_B; do  # the default model's ensemble of two, every pair
+  for pair in 01 02 12; do
+    name=${direction}_zoomwide_pair${pair}_multiscale
+    evaluate "$name" "${direction: -1}" --model "$RUNS/${direction}_zoomwide_s${pair:0:1}/model.safetensors" \
+      --model "$RUNS/${direction}_zoomwide_s${pair:1:1}/model.safetensors" "${SHIPPED_PREDICT[@]}"
+    rows+=("${direction:0:1} → ${direction: -1}, fusion, zoom 0.5-1.4, ensemble of seeds ${pair:0:1} + ${pair:1:1}, multi-scale=$OUT/$name/metrics.json")
   done
 done
 for direction in B_score_A A_score_B; do

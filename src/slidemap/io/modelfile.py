@@ -9,6 +9,9 @@ Weights may be stored as float16 (``weights_dtype``), which halves the file for 
 about 1e-3 relative per weight; they are always loaded into a float32 model, so prediction runs
 exactly as with a float32 file of those rounded weights.
 
+A file may hold an ensemble: ``members`` networks of one architecture whose probabilities are
+averaged (:class:`slidemap.models.ProbabilityAverage`), their weights under ``members.K.``.
+
 The sidecar also says how the model is best run (``predict``: window size, overlap, scales), so
 that a plain ``slidemap predict`` runs each model the way its cross-region figures were measured.
 """
@@ -27,7 +30,7 @@ from torch import nn
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
-from slidemap.models import build_model
+from slidemap.models import build_network
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
@@ -94,6 +97,7 @@ class ModelBundle:
     path: Path | None = None  # where it was loaded from, if it was
     weights_dtype: str = "float32"  # how the file stores floating-point tensors
     predict: PredictDefaults = field(default_factory=PredictDefaults)
+    members: int = 1  # networks averaged (an ensemble), each ``architecture`` at ``width``
 
     def sidecar(self) -> dict:
         return {
@@ -101,6 +105,7 @@ class ModelBundle:
             "format_version": FORMAT_VERSION,
             "architecture": self.architecture,
             "width": self.width,
+            "members": self.members,
             "options": self.options,
             "in_channels": len(self.inputs.channels),
             "inputs": self.inputs.to_dict(),
@@ -172,8 +177,11 @@ def load_model(path: str | Path) -> ModelBundle:
     try:
         config = json.loads(sidecar_path.read_text())
         inputs = InputSpec.from_dict(config["inputs"])
-        model = build_model(config["architecture"], len(inputs.channels), int(config["width"]),
-                            **config.get("options", {}))
+        members = config.get("members", 1)
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ValueError(f"members must be a whole number of networks, not {members!r}")
+        model = build_network(config["architecture"], len(inputs.channels),
+                              int(config["width"]), members, **config.get("options", {}))
         norm = config["normalisation"]
         _check_normalisation(norm, len(inputs.channels))
         weights_dtype = config.get("weights_dtype", "float32")
@@ -196,7 +204,7 @@ def load_model(path: str | Path) -> ModelBundle:
         options=config.get("options", {}), inputs=inputs, mean=list(norm["mean"]),
         std=list(norm["std"]), threshold=float(config.get("threshold", 0.5)),
         provenance=config.get("provenance", {}), path=weights_path,
-        weights_dtype=weights_dtype, predict=predict,
+        weights_dtype=weights_dtype, predict=predict, members=members,
     )
 
 

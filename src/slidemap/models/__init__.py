@@ -14,7 +14,9 @@ from slidemap.models import (  # noqa: F401  (registers architectures)
     unet,
     unetpp,
 )
+from slidemap.models.ensemble import ProbabilityAverage, build_network
 from slidemap.models.registry import build_model, count_parameters, list_models, register
 from slidemap.models.summary import model_table
 
-__all__ = ["build_model", "count_parameters", "list_models", "model_table", "register"]
+__all__ = ["ProbabilityAverage", "build_model", "build_network", "count_parameters", "list_models",
+           "model_table", "register"]

@@ -59,12 +59,18 @@ class TrainSettings:
     weights_dtype: str = "float32"
     # From this epoch on, the weights of every step are averaged into model.safetensors (SWA).
     average_from: int | None = None
+    # Networks trained with seeds seed, seed + 1, ... (in parallel processes) and shipped as one
+    # model file that averages their probabilities (train/members.py).
+    members: int = 1
 
     def __post_init__(self) -> None:
         """Check the recipe settings at load time, so that a study fails before its first run."""
         _check_range("training.mixup", self.mixup, 0.0, float("inf"), "a number >= 0 (0 = off)")
         _check_range("training.hard_examples", self.hard_examples, 0.0, 1.0,
                      "a fraction in [0, 1] (0 = off)")
+        if self.members < 1:  # its type is checked where the config is read
+            raise SlidemapError(f"training.members must be a whole number of networks (1: no "
+                                f"ensemble), got {self.members!r}")
         if self.select not in ("best", "last"):
             raise SlidemapError(f"training.select must be best or last, got {self.select!r}")
         from slidemap.io.modelfile import weights_torch_dtype

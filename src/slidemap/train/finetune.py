@@ -42,6 +42,10 @@ def start_from(model: nn.Module, config: RunConfig) -> None:
 
 def check_compatible(bundle: ModelBundle, config: RunConfig) -> None:
     """The model file must be the config's architecture reading the config's channels."""
+    if bundle.members > 1:
+        raise SlidemapError(f"init model {bundle.path} is an ensemble of {bundle.members} "
+                            "networks: start from one of them (the run folder's "
+                            "member-K/model.safetensors)")
     mine = (config.model.name, config.model.width, dict(config.model.options))
     theirs = (bundle.architecture, bundle.width, dict(bundle.options))
     if mine != theirs:
@@ -84,11 +88,15 @@ def score_on_val(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:
 
 def train_run(config: RunConfig, out_dir: Path, resume: bool = False,
               overwrite: bool = False) -> None:
-    """``slidemap train``: a fine-tuning with its before/after figures when the config starts
-    from a model and has validation data, plain training otherwise."""
+    """``slidemap train``: an ensemble when the config asks for several members, a fine-tuning
+    with its before/after figures when it starts from a model and has validation data, plain
+    training otherwise."""
     from slidemap.train.loop import train
+    from slidemap.train.members import train_members
 
-    if config.init is not None and (config.val_scenes or config.val_patches):
+    if config.train.members > 1:
+        train_members(config, out_dir, resume=resume, overwrite=overwrite)
+    elif config.init is not None and (config.val_scenes or config.val_patches):
         finetune(config, out_dir, resume=resume, overwrite=overwrite)
     else:
         train(config, out_dir, resume=resume, overwrite=overwrite)

@@ -55,6 +55,10 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     otherwise left alone (an error). ``extra_train`` adds arrays built elsewhere (pseudo-labels).
     """
     settings = config.train
+    if settings.members > 1:
+        raise SlidemapError(f"training.members: {settings.members} trains an ensemble with "
+                            "slidemap train; fine-tuning and self-training train one network: "
+                            "set members: 1")
     ranks = ddp.setup()  # under torchrun: one of WORLD_SIZE data-parallel processes
     _prepare_run_folder(out_dir, resume, overwrite)
     if settings.threads:

@@ -1,0 +1,48 @@
+"""Several trained networks as one model whose probability is the mean of theirs.
+
+Averaging the probabilities of independently trained networks is what the Landslide4Sense
+winners shipped, and on the Jinsha cross-region runs two fusion networks together beat the mean
+of the two alone in all six pairs (models/README.md). Wrapped as one module the ensemble is one
+model file, and everything that runs a model (sliding windows, multi-scale, ONNX export,
+Grad-CAM) runs it unchanged. It returns the logit of the mean probability, so a sigmoid gives
+back exactly that mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from slidemap.models.blocks import AnySizeModel
+from slidemap.models.registry import build_model
+
+EPS = 1e-6  # keeps the logit finite where every member is certain
+
+
+class ProbabilityAverage(AnySizeModel):
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self.stride = max(int(getattr(member, "stride", 1)) for member in members)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = []
+        for index, member in enumerate(self.members):
+            probabilities.append(torch.sigmoid(member(x).float()))
+            for name, value in getattr(member, "attention_maps", {}).items():
+                self.attention_maps[f"member{index}.{name}"] = value
+        mean = torch.stack(probabilities).mean(dim=0).clamp(EPS, 1 - EPS)
+        return torch.log(mean) - torch.log1p(-mean)
+
+
+def build_network(name: str, in_channels: int, width: int, members: int = 1,
+                  **options: object) -> nn.Module:
+    """Architecture ``name`` as ``build_model`` makes it, or ``members`` of it averaged."""
+    if members == 1:
+        return build_model(name, in_channels, width, **options)
+    return ProbabilityAverage([build_model(name, in_channels, width, **options)
+                               for _ in range(members)])

@@ -1,0 +1,98 @@
+"""Train an ensemble: ``training.members`` networks, one seed each, saved as one model file.
+
+Each member is an ordinary run (``OUT/member-K``, seed ``training.seed + K``) and the members
+train side by side in separate processes, as many at once as the cores allow at
+``training.threads`` each, so two single-threaded members take about the wall time of one on a
+2-core machine. Member 0 reports to the terminal; the others write ``member-K/train.log``.
+``OUT/model.safetensors`` then holds all members and averages their probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from slidemap.errors import SlidemapError
+from slidemap.io.atomic import atomic_path
+from slidemap.io.modelfile import ModelBundle, load_model, save_model
+from slidemap.models import ProbabilityAverage
+from slidemap.train.config import RunConfig
+
+
+def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
+                  overwrite: bool = False) -> Path:
+    """Train ``config.train.members`` networks into ``out_dir/member-K`` and write their
+    ensemble to ``out_dir/model.safetensors``; returns that path."""
+    count = config.train.members
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SlidemapError("training.members trains its members as separate processes: run it "
+                            "without torchrun, or set members: 1")
+    model_path = out_dir / "model.safetensors"
+    if model_path.exists() and not (resume or overwrite):
+        raise SlidemapError(f"run folder {out_dir} already holds a model: pass --resume to "
+                            "continue it, --overwrite to replace it, or another --out")
+    started = time.perf_counter()
+    runs = [(member_config(config, index), out_dir / f"member-{index}", index)
+            for index in range(count)]
+    with ProcessPoolExecutor(parallel_members(config), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_train_member, run_config, run_dir, index, resume, overwrite)
+                   for run_config, run_dir, index in runs]
+        paths = [future.result() for future in futures]
+    save_model(ensemble_bundle([load_model(path) for path in paths], config), out_dir / "model")
+    summary = {"members": [json.loads((path.parent / "summary.json").read_text())
+                           for path in paths],
+               "wall_seconds": round(time.perf_counter() - started, 1)}
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return model_path
+
+
+def member_config(config: RunConfig, index: int) -> RunConfig:
+    """Member ``index``'s run: the same recipe, one network, seed ``training.seed + index``."""
+    settings = replace(config.train, seed=config.train.seed + index, members=1)
+    return replace(config, train=settings)
+
+
+def parallel_members(config: RunConfig) -> int:
+    """How many members train at once: one per ``training.threads`` cores (one if unset, as a
+    run without ``threads`` uses every core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = config.train.threads
+    return max(1, min(config.train.members, (cores or 1) // threads)) if threads else 1
+
+
+def ensemble_bundle(bundles: list[ModelBundle], config: RunConfig) -> ModelBundle:
+    """One model file for ``bundles``, trained alike on the same data: the first one's settings
+    and the members' weights, provenance and seeds."""
+    first = bundles[0]
+    for bundle in bundles[1:]:
+        if (bundle.mean, bundle.std, bundle.inputs) != (first.mean, first.std, first.inputs):
+            raise SlidemapError(f"members {first.path} and {bundle.path} were trained on "
+                                "different inputs: an ensemble averages networks that read "
+                                "the same channels with the same normalisation")
+    provenance = {"config": config.to_dict(), "torch": torch.__version__,
+                  "members": [{"seed": b.provenance["config"]["training"]["seed"],
+                               "epoch": b.provenance.get("epoch"), "file": str(b.path)}
+                              for b in bundles]}
+    return replace(first, model=ProbabilityAverage([b.model for b in bundles]),
+                   members=len(bundles), provenance=provenance, path=None)
+
+
+def _train_member(config: RunConfig, out_dir: Path, index: int, resume: bool,
+                  overwrite: bool) -> Path:
+    """Worker: one member's run; members after the first log to their run folder."""
+    from slidemap.train.loop import train
+
+    if index == 0:
+        return train(config, out_dir, resume=resume, overwrite=overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "train.log").open("a") as log, contextlib.redirect_stderr(log):
+        return train(config, out_dir, resume=resume, overwrite=overwrite)
