@@ -58,6 +58,22 @@ def tiny_scene(tmp_path: Path) -> dict[str, Path]:
     }
 
 
+def rewrite_sidecar(model: Path, **values: object) -> None:
+    """Set keys of a model file's sidecar JSON; a value of None removes the key."""
+    import json
+
+    from slidemap.io.modelfile import model_paths
+
+    sidecar = model_paths(model)[1]
+    config = json.loads(sidecar.read_text())
+    for key, value in values.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    sidecar.write_text(json.dumps(config))
+
+
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     """An untrained width-4 U-Net on RGB + slope at native resolution, saved as a model file."""

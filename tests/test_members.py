@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rewrite_sidecar
 from safetensors.torch import load_file
 from test_ensemble import SPEC
 from test_recipes import tiny_raw
 
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
-from slidemap.io.modelfile import ModelBundle, load_model, model_paths, save_model
+from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import ProbabilityAverage, build_model
 from slidemap.train import members
 from slidemap.train.config import parse_config
@@ -74,19 +75,13 @@ def test_an_ensemble_file_predicts_as_its_members_averaged(tmp_path: Path) -> No
 @pytest.mark.parametrize("value", [0, -1, 1.5, "two", True])
 def test_a_bad_member_count_in_a_sidecar_is_refused(tmp_path: Path, value: object) -> None:
     path, _ = ensemble_file(tmp_path)
-    sidecar = model_paths(path)[1]
-    config = json.loads(sidecar.read_text())
-    config["members"] = value
-    sidecar.write_text(json.dumps(config))
+    rewrite_sidecar(path, members=value)
     with pytest.raises(SlidemapError, match="members must be a whole number"):
         load_model(path)
 
 
 def test_files_without_a_member_count_hold_one_network(tiny_model: Path) -> None:
-    sidecar = model_paths(tiny_model)[1]
-    config = json.loads(sidecar.read_text())
-    del config["members"]
-    sidecar.write_text(json.dumps(config))
+    rewrite_sidecar(tiny_model, members=None)
     assert load_model(tiny_model).members == 1
 
 

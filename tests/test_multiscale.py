@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+from conftest import rewrite_sidecar
 from test_recipes import tiny_raw
 
 from slidemap import api
@@ -18,7 +18,7 @@ from slidemap.data.normalization import BandStats, normalise
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.modelfile import PredictDefaults, load_model, model_paths, save_model
+from slidemap.io.modelfile import PredictDefaults, load_model, save_model
 from slidemap.train.config import parse_config
 from slidemap.train.loop import train
 
@@ -71,10 +71,7 @@ def test_model_file_carries_its_prediction_defaults(tiny_model: Path, tmp_path: 
 
 
 def test_files_without_prediction_defaults_load_with_the_plain_ones(tiny_model: Path) -> None:
-    sidecar = model_paths(tiny_model)[1]
-    config = json.loads(sidecar.read_text())
-    del config["predict"]
-    sidecar.write_text(json.dumps(config))
+    rewrite_sidecar(tiny_model, predict=None)
     assert load_model(tiny_model).predict == PredictDefaults()
 
 
@@ -82,10 +79,7 @@ def test_files_without_prediction_defaults_load_with_the_plain_ones(tiny_model: 
                                      {"tile": 4}, {"tile": "big"}, {"windows": 3}])
 def test_bad_prediction_defaults_in_a_sidecar_are_refused(tiny_model: Path, predict: dict
                                                          ) -> None:
-    sidecar = model_paths(tiny_model)[1]
-    config = json.loads(sidecar.read_text())
-    config["predict"] = predict
-    sidecar.write_text(json.dumps(config))
+    rewrite_sidecar(tiny_model, predict=predict)
     with pytest.raises(SlidemapError, match="malformed"):
         load_model(tiny_model)
 
