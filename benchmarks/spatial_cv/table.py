@@ -1,8 +1,8 @@
 """Markdown table of the spatial cross-validation: each scored half, and the halves pooled
-(one confusion matrix over all their pixels) per fold and overall, at the models' threshold and
-over a range of thresholds.
+(one confusion matrix over all their pixels) per fold and per model over both folds, at the
+models' threshold and over a range of thresholds.
 
-    .venv/bin/python benchmarks/spatial_cv/table.py "LABEL=out/spatial_cv/NAME/metrics.json" ...
+    .venv/bin/python benchmarks/spatial_cv/table.py "MODEL: FOLD, scored on HALF=PATH" ...
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def row(label: str, reports: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="LABEL=path/to/metrics.json; a label's first "
-                        "words up to ', scored' name its fold")
+    parser.add_argument("runs", nargs="+", help="LABEL=path/to/metrics.json, the label as "
+                        "'MODEL: FOLD, scored on HALF'")
     args = parser.parse_args()
     labelled = [(label, json.loads(Path(path).read_text()))
                 for label, _, path in (item.rpartition("=") for item in args.runs)]
@@ -57,13 +57,15 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     folds: dict[str, list[dict]] = {}
+    models: dict[str, list[dict]] = {}
     for label, report in labelled:
         print(row(label, [report]))
         folds.setdefault(label.split(", scored")[0], []).append(report)
+        models.setdefault(label.split(":")[0], []).append(report)
     for fold, reports in folds.items():
         print(row(f"**{fold}, pooled**", reports))
-    print(row("**all scored halves, pooled**", [r for _, r in labelled]))
-
+    for model, reports in models.items():
+        print(row(f"**{model}: all scored halves, pooled**", reports))
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import json
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from slidemap import api
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import check_scales
 from slidemap.report.html import build_report
@@ -402,7 +404,14 @@ def _precision(value: str) -> str:
 
 
 def main() -> None:
-    """Entry point: run the app, turning expected failures into one-line messages."""
+    """Entry point: run the app, turning expected failures (and slidemap's warnings) into
+    one-line messages."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(warnings.showwarning)
+        _run()
+
+
+def _run() -> None:
     try:
         code = app(standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into a returned exit code 130
@@ -427,6 +436,19 @@ def main() -> None:
         message = " ".join(exc.format_message().split()).rstrip(".")
         _fail(f"{message}: see '{command} --help'",
               code=exc.exit_code)
+
+
+def _one_line_warning(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints a ``SlidemapWarning`` as one line, others as ``show``
+    does."""
+    def showwarning(message: Warning | str, category: type[Warning], *args: object,
+                    **kwargs: object) -> None:
+        if issubclass(category, SlidemapWarning):
+            console.print(f"[bold yellow]warning:[/] {message}", highlight=False,
+                          soft_wrap=True)
+        else:
+            show(message, category, *args, **kwargs)
+    return showwarning
 
 
 def _one_line(exc: Exception) -> str:

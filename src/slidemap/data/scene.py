@@ -246,6 +246,15 @@ class Scene:
         with reading("image", self.image_path):
             return bool(self._image.dataset_mask(window=window, out_shape=out_shape).any())
 
+    def dem_overview(self, max_side: int) -> np.ndarray:
+        """The whole DEM on the image grid shrunk to at most ``max_side`` px a side (metres, NaN
+        nodata): a cheap look at a scene's elevations before it is read window by window."""
+        if self._dem is None:
+            raise SlidemapError(f"no DEM was given for {self.image_path}: pass one with --dem")
+        shrink = max(1.0, max(self.height, self.width) / max_side)
+        out_h, out_w = max(1, round(self.height / shrink)), max(1, round(self.width / shrink))
+        return self._read_dem(Window(0, 0, self.width, self.height), out_h, out_w)
+
     def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""
         if self._dem is None:

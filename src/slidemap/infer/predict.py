@@ -8,6 +8,7 @@ windows on Dask workers: ``slidemap.infer.distributed``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,8 +16,9 @@ from pathlib import Path
 from rich.progress import Progress
 
 from slidemap.data.scene import Scene
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.distributed import band_source
+from slidemap.infer.domain import elevation_mismatch
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.separated import scene_stats
 from slidemap.infer.stream import Grid, bounded_gdal_cache, write_bands
@@ -83,6 +85,8 @@ def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path
             )
         if options.normalise == "scene":
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
+        elif message := elevation_mismatch(scene, spec, [s for _, s in predictor.members]):
+            warnings.warn(message, SlidemapWarning, stacklevel=2)
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         task = progress.add_task(f"predict {image.name}", total=grid.window_count) \
             if progress else None

@@ -1,0 +1,45 @@
+"""Does a scene lie within the elevations a model was trained on?
+
+A model with a ``dem`` channel reads absolute elevation, normalised with its training statistics,
+and leans on it: the slides of its training valley lie in one altitude band (``models/README.md``,
+*Elevation or relief*), and a DEM shifted by 60 m already costs a third of the F1. A scene far
+outside that band is still predicted, but badly, and nothing in the outputs would show it; this
+check says so before the prediction starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from slidemap.data.channels import InputSpec
+from slidemap.data.normalization import BandStats
+from slidemap.data.scene import Scene
+
+SPREAD = 3.0  # training standard deviations of elevation around the training mean
+OVERVIEW_SIDE = 512  # px a side of the shrunk DEM the scene's median is taken from
+
+
+def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:
+    """A one-line warning when the scene's median elevation lies more than ``SPREAD`` training
+    standard deviations from the training mean of any of the models (``stats``: one per model);
+    None when it does not, when the models read no absolute elevation or when the DEM has no data
+    (refused later, with its own message)."""
+    if "dem" not in spec.channels:
+        return None
+    index = spec.channels.index("dem")
+    elevation = scene.dem_overview(OVERVIEW_SIDE)
+    finite = elevation[np.isfinite(elevation)]
+    if finite.size == 0:
+        return None
+    median = float(np.median(finite))
+    for model_stats in stats:
+        mean, std = model_stats.mean[index], model_stats.std[index]
+        if abs(median - mean) > SPREAD * std:
+            return (f"the DEM {scene.dem_path} lies at {median:.0f} m (median), outside the "
+                    f"{mean - SPREAD * std:.0f}-{mean + SPREAD * std:.0f} m the model was "
+                    "trained on: it reads absolute elevation, so expect a poor map; use a model "
+                    "trained with inputs.relief_m instead of dem "
+                    "(configs/jinsha-fusion-relief.yaml) or without the DEM")
+    return None
