@@ -2,6 +2,7 @@
 
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def dem_model(tmp_path):
     return save_model(bundle, tmp_path / "models" / "dem")
 
 
-def shifted_dem(scene: dict, metres: float, tmp_path) -> object:
+def shifted_dem(scene: dict, metres: float, tmp_path: Path) -> Path:
     """The tiny scene's DSM raised by ``metres``: the same terrain in another valley."""
     with rasterio.open(scene["dem"]) as src:
         dsm = src.read(1)

@@ -67,5 +67,6 @@ def main() -> None:
     for model, reports in models.items():
         print(row(f"**{model}: all scored halves, pooled**", reports))
 
+
 if __name__ == "__main__":
     main()
