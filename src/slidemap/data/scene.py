@@ -249,16 +249,12 @@ class Scene:
     def dem_overview(self, max_side: int) -> np.ndarray:
         """The whole DEM on the image grid shrunk to at most ``max_side`` px a side (metres, NaN
         nodata): a cheap look at a scene's elevations before it is read window by window."""
-        if self._dem is None:
-            raise SlidemapError(f"no DEM was given for {self.image_path}: pass one with --dem")
         shrink = max(1.0, max(self.height, self.width) / max_side)
         out_h, out_w = max(1, round(self.height / shrink)), max(1, round(self.width / shrink))
         return self._read_dem(Window(0, 0, self.width, self.height), out_h, out_w)
 
     def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""
-        if self._dem is None:
-            raise SlidemapError(f"no DEM was given for {self.image_path}: pass one with --dem")
         height, width = int(window.height), int(window.width)
         halo, (top, left) = self._dem_with_halo(window, height, width)
         slope = _core_slope(halo, top, left, height, width, self.pixel_size_m())
@@ -271,7 +267,8 @@ class Scene:
         it: the same pixels a masked read finds, but GDAL's nodata mask band would redo the
         resampling to find them, making the read four times slower.
         """
-        assert self._dem is not None
+        if self._dem is None:
+            raise SlidemapError(f"no DEM was given for {self.image_path}: pass one with --dem")
         with reading("DEM", self.dem_path):
             if self._dem.mask_flag_enums[0] not in ([MaskFlags.nodata], [MaskFlags.all_valid]):
                 data = self._dem.read(1, window=window, out_shape=(out_h, out_w),

@@ -66,7 +66,7 @@ def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem:
         return local_bands(predictor, image, dem, grid, options.batch_size)
     if any(path is None for path in predictor.paths):
         raise SlidemapError("Dask workers load models from files: pass --model PATH")
-    stats = predictor.members[0][1] if options.normalise == "scene" else None
+    stats = predictor.stats[0] if options.normalise == "scene" else None
     job = BandJob(str(Path(image).resolve()), str(Path(dem).resolve()) if dem else None,
                   tuple(str(Path(p).resolve()) for p in predictor.paths), options.tta,
                   options.precision, options.backend, options.compile, predictor.scales,

@@ -54,6 +54,11 @@ class Predictor:
         self.precision = precision
         self.paths = [b.path for b in bundles]
 
+    @property
+    def stats(self) -> list[BandStats]:
+        """Each member's normalisation statistics."""
+        return [member_stats for _, member_stats in self.members]
+
     def with_stats(self, stats: BandStats) -> Predictor:
         """A copy whose members all normalise with ``stats``: separated normalisation, where the
         statistics come from the target data instead of each member's training data."""

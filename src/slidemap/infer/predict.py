@@ -85,7 +85,7 @@ def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path
             )
         if options.normalise == "scene":
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
-        elif message := elevation_mismatch(scene, spec, [s for _, s in predictor.members]):
+        elif message := elevation_mismatch(scene, spec, predictor.stats):
             warnings.warn(message, SlidemapWarning, stacklevel=2)
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         task = progress.add_task(f"predict {image.name}", total=grid.window_count) \
