@@ -106,14 +106,16 @@ def test_training_members_trains_one_seed_each_and_saves_their_ensemble(
         train_run(parse_config(raw), tmp_path / "run")
 
 
-def test_members_train_side_by_side_one_per_threads_worth_of_cores(
+def test_members_train_side_by_side_up_to_two_threads_per_core(
         tiny_scene: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(members.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     def at(**training: object) -> int:
         return members.parallel_members(parse_config(tiny_raw(tiny_scene, **training)))
     assert at(members=3, threads=1) == 3
-    assert at(members=6, threads=1) == 4
-    assert at(members=3, threads=2) == 2
+    assert at(members=6, threads=1) == 6  # two per core: all at once, no idle last round
+    assert at(members=9, threads=1) == 4  # beyond that, one per core
+    assert at(members=3, threads=2) == 3
+    assert at(members=5, threads=2) == 2
     assert at(members=3, threads=8) == 1
     assert at(members=3) == 1  # without threads a run uses every core
 

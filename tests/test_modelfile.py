@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import load_model, model_paths, save_model
@@ -48,6 +48,42 @@ def test_float16_weights_halve_the_file_and_load_as_float32(tiny_model, tmp_path
                                                                    ].dtype == torch.float16
 
 
+def test_int8_weights_quarter_the_file_and_load_as_float32(tiny_model, tmp_path) -> None:
+    bundle = load_model(tiny_model)
+    small = save_model(replace(bundle, weights_dtype="int8"), tmp_path / "small")
+    stored = load_file(str(small))
+    kernel = "encoder.stages.0.0.0.weight"
+    assert stored[kernel].dtype == torch.int8 and stored[kernel].abs().max() == 127
+    assert stored[kernel + ".int8_scale"].shape == (stored[kernel].shape[0],)
+    assert not any(t.dtype == torch.float16 for t in stored.values())
+    weights, _ = model_paths(tiny_model)
+    assert small.stat().st_size < 0.5 * weights.stat().st_size  # headers weigh on a tiny model
+    again = load_model(small)
+    assert again.weights_dtype == "int8"
+    assert all(p.dtype == torch.float32 for p in again.model.parameters())
+    original = bundle.model.state_dict()[kernel]
+    step = original.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+    assert ((again.model.state_dict()[kernel] - original).abs() <= step / 2 + 1e-7).all()
+    x = torch.randn(1, 4, 40, 40)
+    with torch.no_grad():
+        full, rounded = torch.sigmoid(bundle.model(x)), torch.sigmoid(again.model(x))
+    assert 0 < (full - rounded).abs().max() < 5e-2
+    # Saved again, an int8 model keeps the same whole numbers and scales.
+    resaved = load_file(str(save_model(again, tmp_path / "again")))
+    assert torch.equal(resaved[kernel], stored[kernel])
+    torch.testing.assert_close(resaved[kernel + ".int8_scale"], stored[kernel + ".int8_scale"])
+
+
+def test_int8_weights_that_do_not_match_their_scales_are_refused(tiny_model, tmp_path) -> None:
+    small = save_model(replace(load_model(tiny_model), weights_dtype="int8"), tmp_path / "small")
+    stored = load_file(str(small))
+    kernel = "encoder.stages.0.0.0.weight"
+    stored[kernel + ".int8_scale"] = stored[kernel + ".int8_scale"][:-1].clone()
+    save_file(stored, str(small))
+    with pytest.raises(SlidemapError, match="does not match its scales"):
+        load_model(small)
+
+
 def test_float16_refuses_weights_it_cannot_hold(tiny_model, tmp_path) -> None:
     bundle = load_model(tiny_model)
     with torch.no_grad():
@@ -60,6 +96,30 @@ def test_float16_refuses_weights_it_cannot_hold(tiny_model, tmp_path) -> None:
 def test_unknown_weights_dtype_in_sidecar_is_refused(tiny_model) -> None:
     _, sidecar = model_paths(tiny_model)
     config = json.loads(sidecar.read_text())
-    sidecar.write_text(json.dumps({**config, "weights_dtype": "int8"}))
-    with pytest.raises(SlidemapError, match="weights_dtype 'int8'"):
+    sidecar.write_text(json.dumps({**config, "weights_dtype": "int4"}))
+    with pytest.raises(SlidemapError, match="weights_dtype 'int4'"):
         load_model(tiny_model)
+
+
+def test_export_weights_stores_a_smaller_copy_and_never_the_input(tiny_model, tmp_path,
+                                                                   run_cli) -> None:
+    before = {p: p.read_bytes() for p in model_paths(tiny_model)}
+    code, err = run_cli("export", tiny_model, "--weights", "int8", "--out", tmp_path / "small")
+    assert code == 0, err
+    small = load_model(tmp_path / "small.safetensors")
+    assert small.weights_dtype == "int8"
+    size = (tmp_path / "small.safetensors").stat().st_size
+    assert size < model_paths(tiny_model)[0].stat().st_size
+    refused = {
+        "int4": ("export", tiny_model, "--weights", "int4", "--out", tmp_path / "bad"),
+        "overwrite an input": ("export", tiny_model, "--weights", "int8", "--out", tiny_model,
+                               "--overwrite"),
+        "name it with --out": ("export", tiny_model, "--weights", "int8"),
+        "exists": ("export", tiny_model, "--weights", "float16", "--out", tmp_path / "small"),
+    }
+    for message, args in refused.items():
+        code, err = run_cli(*args)
+        assert code != 0 and message in err and "Traceback" not in err, (message, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob("bad*"))
+    assert {p: p.read_bytes() for p in model_paths(tiny_model)} == before

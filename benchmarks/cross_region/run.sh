@@ -20,7 +20,8 @@
 # as the multi-scale prediction's coarser view does) is scored plain and multi-scale, three
 # seeds, and every two of its three seeds as an ensemble (the default model is two networks).
 # The shipped recipe trained for 30 epochs instead of 20 ("epochs30", seed 0) is scored plain
-# and multi-scale.
+# and multi-scale. Last, the default model's seeds 0 + 1 and the U-Net's seeds stored as int8, as
+# the shipped files are, scored multi-scale.
 # Runs that exist are not trained again. About 12 min per U-Net training and 16-20 min
 # per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (35 trainings),
 # seconds per evaluation.
@@ -163,5 +164,26 @@ for direction in B_score_A A_score_B; do
   done
   evaluate "${direction}_base+fusion_ensemble" "${direction: -1}" "${members[@]}"
   rows+=("${direction:0:1} → ${direction: -1}, U-Net + fusion, ensemble of 4=$OUT/${direction}_base+fusion_ensemble/metrics.json")
+done
+# int8 weights, as the shipped files store them (slidemap export --weights int8): the default
+# model's pair of seeds 0 + 1 and the U-Net's two seeds, run as shipped (multi-scale)
+for direction in B_score_A A_score_B; do
+  scored=${direction: -1}
+  for recipe in zoomwide base; do
+    for seed in 0 1; do
+      small=$RUNS/int8/${direction}_${recipe}_s${seed}
+      [[ -f $small.safetensors ]] || $SLIDEMAP export "$RUNS/${direction}_${recipe}_s${seed}/model.safetensors" \
+        --weights int8 --out "$small" > /dev/null
+    done
+  done
+  name=${direction}_zoomwide_pair01_multiscale_int8
+  evaluate "$name" "$scored" --model "$RUNS/int8/${direction}_zoomwide_s0.safetensors" \
+    --model "$RUNS/int8/${direction}_zoomwide_s1.safetensors" "${SHIPPED_PREDICT[@]}"
+  rows+=("${direction:0:1} → ${scored}, fusion, zoom 0.5-1.4, ensemble of seeds 0 + 1, multi-scale, int8 weights=$OUT/$name/metrics.json")
+  for seed in 0 1; do
+    name=${direction}_base_s${seed}_multiscale_int8
+    evaluate "$name" "$scored" --model "$RUNS/int8/${direction}_base_s${seed}.safetensors" "${SHIPPED_PREDICT[@]}"
+    rows+=("${direction:0:1} → ${scored}, base, seed $seed, multi-scale, int8 weights=$OUT/$name/metrics.json")
+  done
 done
 .venv/bin/python benchmarks/cross_region/table.py "${rows[@]}"

@@ -8,7 +8,9 @@
 # the scored halves (table.py). Runs that exist are not trained again; about 15-18 min per fold,
 # its two networks side by side on a 2-core CPU, so 30-36 min in all.
 #
-# A variant (train_FOLD_VARIANT.yaml: one network, seed 0; hard, epochs30) trains both folds at once.
+# A variant (train_FOLD_VARIANT.yaml) is scored as one model: hard and epochs30 are one network,
+# seed 0, and train both folds at once; members3 is the shipped ensemble with a third network
+# (seeds 0, 1, 2: the first two as in the plain run), one fold at a time, about 22 min each.
 #
 #   bash benchmarks/spatial_cv/run.sh [VARIANT]
 #   (runs in runs/spatial_cv[/VARIANT], evaluations in out/spatial_cv[/VARIANT])
@@ -26,7 +28,7 @@ train() {
   [[ -f $RUNS/$1/summary.json ]] || $SLIDEMAP train \
     "benchmarks/spatial_cv/train_$1${VARIANT:+_$VARIANT}.yaml" --out "$RUNS/$1" --overwrite
 }
-if [[ -z $VARIANT ]]; then  # one fold at a time: its two networks take the two cores
+if [[ -z $VARIANT || $VARIANT == members3 ]]; then  # one fold at a time: its networks share the cores
   train west
   train east
 else  # one network per fold: both folds at once

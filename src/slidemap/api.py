@@ -16,7 +16,7 @@ from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
 from slidemap.infer.vectorize import build_inventory, inventory_paths, write_inventory
 from slidemap.io.atomic import check_outputs, make_output_dir, staged
-from slidemap.io.modelfile import load_model, model_paths
+from slidemap.io.modelfile import load_model, model_paths, save_model, weights_torch_dtype
 from slidemap.report.plots import write_evaluation_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +140,19 @@ def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -
     return {"onnx": str(target), "opset": onnxfile.OPSET,
             "stride": onnxfile.model_stride(bundle.model),
             "channels": len(bundle.inputs.channels)}
+
+
+def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = False) -> dict:
+    """Save ``model`` again at ``out`` with its weights stored as ``weights_dtype`` (float32,
+    float16 or int8): the same network and sidecar in a smaller file; what was written."""
+    weights_torch_dtype(weights_dtype)
+    bundle = load_model(model)
+    targets = list(model_paths(out))
+    check_outputs(targets, list(model_paths(model)), overwrite)
+    make_output_dir(targets[0].parent)
+    written = save_model(replace(bundle, weights_dtype=weights_dtype), out)
+    return {"model": str(written), "weights_dtype": weights_dtype,
+            "bytes": written.stat().st_size, "bytes_before": model_paths(model)[0].stat().st_size}
 
 
 def bench(image: Path, dem: Path | None = None, model: Path | Sequence[Path] | None = None,

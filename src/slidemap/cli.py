@@ -339,10 +339,22 @@ def _normalise(value: str) -> str:
 def export(
     model: Annotated[Path, typer.Argument(help="model file (NAME.safetensors + NAME.json)")],
     out: Annotated[Path | None, typer.Option(
-        help="ONNX file to write (default: NAME.onnx beside the model)")] = None,
+        help="ONNX file to write (default: NAME.onnx beside the model); with --weights, the "
+             "model file to write")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
+    weights: Annotated[str | None, typer.Option(
+        help="instead of ONNX, write a slidemap model file at --out with its weights stored as "
+             "float32, float16 or int8 (a quarter of float32's size)")] = None,
 ) -> None:
-    """Export a model to ONNX (dynamic batch, height and width) for ONNX Runtime and others."""
+    """Export a model to ONNX (dynamic batch, height and width) for ONNX Runtime and others, or
+    (--weights) store it again with smaller weights."""
+    if weights is not None:
+        if out is None:
+            raise SlidemapError("--weights writes a new model file: name it with --out")
+        stored = api.store_weights(model, out, weights, overwrite)
+        console.print(f"{stored['model']}: weights stored as {stored['weights_dtype']}, "
+                      f"{stored['bytes'] / 1e6:.1f} MB (was {stored['bytes_before'] / 1e6:.1f} MB)")
+        return
     result = api.export_onnx(model, out, overwrite)
     console.print(f"{result['onnx']}: input x (B, {result['channels']}, H, W) normalised with "
                   f"H, W multiples of {result['stride']}; output prob (B, 1, H, W); "

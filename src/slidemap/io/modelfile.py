@@ -6,8 +6,11 @@ provenance. Nothing is ever unpickled: a pickle-based checkpoint (``.pt``, ``.pt
 refused.
 
 Weights may be stored as float16 (``weights_dtype``), which halves the file for a rounding of
-about 1e-3 relative per weight; they are always loaded into a float32 model, so prediction runs
-exactly as with a float32 file of those rounded weights.
+about 1e-3 relative per weight, or as int8, which quarters it: each convolution kernel is stored
+as whole numbers -127..127 times one float32 scale per output channel (``KEY`` and
+``KEY.int8_scale``; 1-D tensors such as biases and BatchNorm statistics stay float32). Either
+way they are loaded into a float32 model, so prediction runs exactly as with a float32 file of
+those rounded weights.
 
 A file may hold an ensemble: ``members`` networks of one architecture whose probabilities are
 averaged (:class:`slidemap.models.ProbabilityAverage`), their weights under ``members.K.``.
@@ -34,7 +37,8 @@ from slidemap.models import build_network
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
-WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
+INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
 SCALE_RANGE = (0.25, 4.0)
 
 
@@ -152,6 +156,9 @@ def stored_state(model: nn.Module, weights_dtype: str) -> dict[str, torch.Tensor
     state = {}
     for key, value in model.state_dict().items():
         tensor = value.detach()
+        if tensor.is_floating_point() and dtype == torch.int8:
+            state.update(_quantised(key, tensor))
+            continue
         if tensor.is_floating_point():
             tensor = tensor.to(dtype)
             if not torch.isfinite(tensor).all() and torch.isfinite(value).all():
@@ -159,6 +166,37 @@ def stored_state(model: nn.Module, weights_dtype: str) -> dict[str, torch.Tensor
                                     "as float32")
         state[key] = tensor.contiguous().clone()
     return state
+
+
+def _quantised(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``tensor`` as int8 with one float32 scale per output channel (dimension 0), symmetric
+    about zero; 1-D tensors (biases, BatchNorm) are few and kept float32."""
+    tensor = tensor.float()
+    if not torch.isfinite(tensor).all():
+        raise SlidemapError(f"weight {key} is not finite: the model cannot be saved")
+    if tensor.dim() < 2:
+        return {key: tensor.contiguous().clone()}
+    peak = tensor.abs().amax(dim=tuple(range(1, tensor.dim())), keepdim=True)
+    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    whole = torch.round(tensor / scale).clamp(-127, 127).to(torch.int8)
+    return {key: whole.contiguous(), key + INT8_SCALE: scale.flatten().contiguous()}
+
+
+def restored_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The stored state with every int8 tensor multiplied back by its scales (float32)."""
+    restored = {}
+    for key, tensor in state.items():
+        if key.endswith(INT8_SCALE):
+            continue
+        scale = state.get(key + INT8_SCALE)
+        if scale is not None:
+            if tensor.dtype != torch.int8 or scale.numel() != tensor.shape[0]:
+                raise SlidemapError(f"int8 weight {key} does not match its scales: re-export "
+                                    "the model with slidemap")
+            shape = (-1,) + (1,) * (tensor.dim() - 1)
+            tensor = tensor.float() * scale.float().reshape(shape)
+        restored[key] = tensor
+    return restored
 
 
 def load_model(path: str | Path) -> ModelBundle:
@@ -196,6 +234,7 @@ def load_model(path: str | Path) -> ModelBundle:
     except (SafetensorError, OSError) as exc:
         raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
                             f"({exc}): re-download or re-train the model") from exc
+    state = restored_state(state)
     _check_state(model, state, weights_path)
     model.load_state_dict(state)
     model.eval()
