@@ -74,13 +74,20 @@ def test_int8_weights_quarter_the_file_and_load_as_float32(tiny_model, tmp_path)
     torch.testing.assert_close(resaved[kernel + ".int8_scale"], stored[kernel + ".int8_scale"])
 
 
-def test_int8_weights_that_do_not_match_their_scales_are_refused(tiny_model, tmp_path) -> None:
+@pytest.mark.parametrize("damage", ["short scales", "no scales", "stray scales"])
+def test_int8_weights_that_do_not_match_their_scales_are_refused(tiny_model, tmp_path,
+                                                                 damage: str) -> None:
     small = save_model(replace(load_model(tiny_model), weights_dtype="int8"), tmp_path / "small")
     stored = load_file(str(small))
     kernel = "encoder.stages.0.0.0.weight"
-    stored[kernel + ".int8_scale"] = stored[kernel + ".int8_scale"][:-1].clone()
+    if damage == "short scales":
+        stored[kernel + ".int8_scale"] = stored[kernel + ".int8_scale"][:-1].clone()
+    elif damage == "no scales":  # whole numbers would load as if they were the weights
+        del stored[kernel + ".int8_scale"]
+    else:
+        stored["head.extra.int8_scale"] = torch.ones(1)
     save_file(stored, str(small))
-    with pytest.raises(SlidemapError, match="does not match its scales"):
+    with pytest.raises(SlidemapError, match=r"its scales|belong to no weight"):
         load_model(small)
 
 

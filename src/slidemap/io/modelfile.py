@@ -187,10 +187,13 @@ def restored_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     restored = {}
     for key, tensor in state.items():
         if key.endswith(INT8_SCALE):
+            if key.removesuffix(INT8_SCALE) not in state:
+                raise SlidemapError(f"scales {key} belong to no weight: re-export the model "
+                                    "with slidemap")
             continue
         scale = state.get(key + INT8_SCALE)
-        if scale is not None:
-            if tensor.dtype != torch.int8 or scale.numel() != tensor.shape[0]:
+        if scale is not None or tensor.dtype == torch.int8:
+            if scale is None or tensor.dtype != torch.int8 or scale.numel() != tensor.shape[0]:
                 raise SlidemapError(f"int8 weight {key} does not match its scales: re-export "
                                     "the model with slidemap")
             shape = (-1,) + (1,) * (tensor.dim() - 1)
