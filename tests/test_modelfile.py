@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import rewrite_sidecar
 from safetensors.torch import load_file, save_file
 
 from slidemap.errors import SlidemapError
@@ -101,9 +102,7 @@ def test_float16_refuses_weights_it_cannot_hold(tiny_model, tmp_path) -> None:
 
 
 def test_unknown_weights_dtype_in_sidecar_is_refused(tiny_model) -> None:
-    _, sidecar = model_paths(tiny_model)
-    config = json.loads(sidecar.read_text())
-    sidecar.write_text(json.dumps({**config, "weights_dtype": "int4"}))
+    rewrite_sidecar(tiny_model, weights_dtype="int4")
     with pytest.raises(SlidemapError, match="weights_dtype 'int4'"):
         load_model(tiny_model)
 

@@ -145,14 +145,14 @@ def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -
 def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = False) -> dict:
     """Save ``model`` again at ``out`` with its weights stored as ``weights_dtype`` (float32,
     float16 or int8): the same network and sidecar in a smaller file; what was written."""
-    weights_torch_dtype(weights_dtype)
+    weights_torch_dtype(weights_dtype)  # an unknown name fails before anything is read
     bundle = load_model(model)
-    targets = list(model_paths(out))
-    check_outputs(targets, list(model_paths(model)), overwrite)
+    inputs, targets = list(model_paths(model)), list(model_paths(out))
+    check_outputs(targets, inputs, overwrite)
     make_output_dir(targets[0].parent)
     written = save_model(replace(bundle, weights_dtype=weights_dtype), out)
     return {"model": str(written), "weights_dtype": weights_dtype,
-            "bytes": written.stat().st_size, "bytes_before": model_paths(model)[0].stat().st_size}
+            "bytes": written.stat().st_size, "bytes_before": inputs[0].stat().st_size}
 
 
 def bench(image: Path, dem: Path | None = None, model: Path | Sequence[Path] | None = None,
