@@ -21,7 +21,7 @@
 # seeds, and every two of its three seeds as an ensemble (the default model is two networks).
 # The shipped recipe trained for 30 epochs instead of 20 ("epochs30", seed 0) is scored plain
 # and multi-scale. Then the default model's seeds 0 + 1 and the U-Net's seeds stored as int8, as
-# the shipped files are, scored multi-scale. Last, two one-change variants of the default recipe
+# the shipped files are, scored multi-scale. Last, three one-change variants of the default recipe
 # (seed 0, multi-scale): Lovász hinge instead of Dice ("lovasz"), 384 px training windows
 # ("tile384") and AdamW weight decay 0.05 instead of 0.0001 ("decay"); and the int8 pair with a
 # third, quarter-side view or on 1024 px windows.
@@ -195,8 +195,8 @@ done
 # Three more changes to the default recipe, seed 0, run as shipped (multi-scale, threshold in the
 # table's sweep): Lovász hinge instead of Dice ("lovasz"), training windows of 384 px instead
 # of 256 (same pixels per epoch: batches of 4, 56 windows; "tile384") and AdamW weight decay 0.05
-# instead of 0.0001 ("decay"). And the default model's pair
-# of seeds 0 + 1 (int8) with a third, quarter-side view, and on 1024 px windows.
+# instead of 0.0001 ("decay"). And the default model's pair of seeds 0 + 1 (int8) with a third,
+# quarter-side view, and on 1024 px windows.
 for direction in B_score_A A_score_B; do
   scored=${direction: -1}
   for recipe in lovasz tile384 decay; do
@@ -207,9 +207,12 @@ for direction in B_score_A A_score_B; do
     evaluate "$name" "$scored" --model "$run/model.safetensors" "${SHIPPED_PREDICT[@]}"
     rows+=("${direction:0:1} → ${scored}, $(label_of "$recipe"), seed 0, multi-scale=$OUT/$name/metrics.json")
   done
-  pair=(--model "$RUNS/int8/${direction}_zoomwide_s0.safetensors" --model "$RUNS/int8/${direction}_zoomwide_s1.safetensors")
-  evaluate "${direction}_zoomwide_pair01_scales3_int8" "$scored" "${pair[@]}" --tile 512 --overlap 128 --scales 1,0.5,0.25
-  evaluate "${direction}_zoomwide_pair01_tile1024_int8" "$scored" "${pair[@]}" --tile 1024 --overlap 256 --scales 1,0.5
+  pair=(--model "$RUNS/int8/${direction}_zoomwide_s0.safetensors"
+        --model "$RUNS/int8/${direction}_zoomwide_s1.safetensors")
+  evaluate "${direction}_zoomwide_pair01_scales3_int8" "$scored" "${pair[@]}" \
+    --tile 512 --overlap 128 --scales 1,0.5,0.25
+  evaluate "${direction}_zoomwide_pair01_tile1024_int8" "$scored" "${pair[@]}" \
+    --tile 1024 --overlap 256 --scales 1,0.5
   rows+=("${direction:0:1} → ${scored}, fusion, zoom 0.5-1.4, ensemble of seeds 0 + 1, scales 1 + 0.5 + 0.25, int8 weights=$OUT/${direction}_zoomwide_pair01_scales3_int8/metrics.json"
          "${direction:0:1} → ${scored}, fusion, zoom 0.5-1.4, ensemble of seeds 0 + 1, multi-scale on 1024 px windows, int8 weights=$OUT/${direction}_zoomwide_pair01_tile1024_int8/metrics.json")
 done
