@@ -25,7 +25,7 @@
 # (seed 0, multi-scale): Lovász hinge instead of Dice ("lovasz"), 384 px training windows
 # ("tile384"), AdamW weight decay 0.05 instead of 0.0001 ("decay") and width 20 instead of 16
 # ("width20"); and the int8 pair with a third, quarter-side view or on 1024 px windows.
-# Runs that exist are not trained again. About 12 min per U-Net training and 13-20 min
+# Runs that exist are not trained again. About 12 min per U-Net training and 13-21 min
 # per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (43 trainings),
 # seconds per evaluation.
 #
