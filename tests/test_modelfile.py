@@ -10,6 +10,7 @@ from conftest import rewrite_sidecar
 from safetensors.torch import load_file, save_file
 
 from slidemap.errors import SlidemapError
+from slidemap.io import modelfile
 from slidemap.io.modelfile import load_model, model_paths, save_model
 
 
@@ -75,6 +76,59 @@ def test_int8_weights_quarter_the_file_and_load_as_float32(tiny_model, tmp_path)
     torch.testing.assert_close(resaved[kernel + ".int8_scale"], stored[kernel + ".int8_scale"])
 
 
+def test_int4_stores_the_largest_kernels_in_four_bits_and_the_rest_as_int8(
+        tiny_model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(modelfile, "INT4_MIN_WEIGHTS", 1000)  # the tiny net's three largest
+    bundle = load_model(tiny_model)
+    eight = save_model(replace(bundle, weights_dtype="int8"), tmp_path / "eight")
+    four = save_model(replace(bundle, weights_dtype="int4"), tmp_path / "four")
+    stored = load_file(str(four))
+    big, small = "encoder.stages.2.1.1.0.weight", "encoder.stages.0.0.0.weight"  # 2304, 144
+    assert stored[big].dtype == torch.uint8 and stored[big].shape == (16, 72)
+    assert stored[big + ".int4_scale"].shape == (16,) and big + ".int8_scale" not in stored
+    assert stored[small].dtype == torch.int8 and small + ".int8_scale" in stored
+    assert sum(t.dtype == torch.uint8 for t in stored.values()) == 3
+    assert four.stat().st_size < eight.stat().st_size
+    again = load_model(four)
+    assert again.weights_dtype == "int4"
+    assert all(p.dtype == torch.float32 for p in again.model.parameters())
+    original, restored = bundle.model.state_dict()[big], again.model.state_dict()[big]
+    step = original.abs().amax(dim=(1, 2, 3), keepdim=True) / 7
+    error = (restored - original).abs()
+    assert (error <= step / 2 + 1e-7).all() and (error > step / 8).any()
+    torch.testing.assert_close(again.model.state_dict()[small],
+                               load_model(eight).model.state_dict()[small])
+    # Saved again, a 4-bit model keeps the same bytes and scales.
+    resaved = load_file(str(save_model(again, tmp_path / "again")))
+    assert torch.equal(resaved[big], stored[big])
+    torch.testing.assert_close(resaved[big + ".int4_scale"], stored[big + ".int4_scale"])
+
+
+def test_four_bit_packing_round_trips_an_odd_count() -> None:
+    whole = torch.tensor([[-7, 0, 7, 3, -1], [1, 2, -3, 4, -5]], dtype=torch.int8)
+    packed = modelfile._packed(whole)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 3)
+    assert torch.equal(modelfile._unpacked(packed, (2, 5)), whole)
+
+
+@pytest.mark.parametrize("damage", ["no scales", "short scales", "wrong packing"])
+def test_int4_weights_that_do_not_match_their_scales_are_refused(tiny_model, tmp_path,
+                                                                 monkeypatch, damage) -> None:
+    monkeypatch.setattr(modelfile, "INT4_MIN_WEIGHTS", 1000)
+    four = save_model(replace(load_model(tiny_model), weights_dtype="int4"), tmp_path / "four")
+    stored = load_file(str(four))
+    big = "encoder.stages.2.1.1.0.weight"
+    if damage == "no scales":  # packed bytes would not even have the kernel's shape
+        del stored[big + ".int4_scale"]
+    elif damage == "short scales":
+        stored[big + ".int4_scale"] = stored[big + ".int4_scale"][:-1].clone()
+    else:
+        stored[big] = stored[big][:, :-1].clone()
+    save_file(stored, str(four))
+    with pytest.raises(SlidemapError, match="its scales"):
+        load_model(four)
+
+
 @pytest.mark.parametrize("damage", ["short scales", "no scales", "stray scales"])
 def test_int8_weights_that_do_not_match_their_scales_are_refused(tiny_model, tmp_path,
                                                                  damage: str) -> None:
@@ -102,8 +156,8 @@ def test_float16_refuses_weights_it_cannot_hold(tiny_model, tmp_path) -> None:
 
 
 def test_unknown_weights_dtype_in_sidecar_is_refused(tiny_model) -> None:
-    rewrite_sidecar(tiny_model, weights_dtype="int4")
-    with pytest.raises(SlidemapError, match="weights_dtype 'int4'"):
+    rewrite_sidecar(tiny_model, weights_dtype="int2")
+    with pytest.raises(SlidemapError, match="weights_dtype 'int2'"):
         load_model(tiny_model)
 
 
@@ -117,7 +171,7 @@ def test_export_weights_stores_a_smaller_copy_and_never_the_input(tiny_model, tm
     size = (tmp_path / "small.safetensors").stat().st_size
     assert size < model_paths(tiny_model)[0].stat().st_size
     refused = {
-        "int4": ("export", tiny_model, "--weights", "int4", "--out", tmp_path / "bad"),
+        "int2": ("export", tiny_model, "--weights", "int2", "--out", tmp_path / "bad"),
         "overwrite an input": ("export", tiny_model, "--weights", "int8", "--out", tiny_model,
                                "--overwrite"),
         "name it with --out": ("export", tiny_model, "--weights", "int8"),

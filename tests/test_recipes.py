@@ -61,7 +61,7 @@ def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
                                       {"colour_jitter": {"brightness": 1.5}},
                                       {"colour_jitter": {"hue": 0.1}},
                                       {"colour_jitter": {"invert": 2}},
-                                      {"weights_dtype": "int4"}])
+                                      {"weights_dtype": "int2"}])
 def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:
     with pytest.raises(SlidemapError, match=next(iter(training))):
         parse_config(tiny_raw(tiny_scene, **training))

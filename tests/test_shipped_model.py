@@ -18,9 +18,11 @@ JINSHA = SHARED_DATA / "jinsha"
 FAST_MODEL = api.DEFAULT_MODEL.with_name("slidemap-jinsha-unet.safetensors")
 
 
-def test_the_default_model_is_two_fusion_networks() -> None:
+def test_the_default_model_is_two_fusion_networks_in_a_small_file() -> None:
     sidecar = json.loads(api.default_model_path().with_suffix(".json").read_text())
-    assert (sidecar["architecture"], sidecar["members"]) == ("fusion", 2)
+    assert (sidecar["architecture"], sidecar["members"], sidecar["weights_dtype"]) == (
+        "fusion", 2, "int4")
+    assert api.default_model_path().stat().st_size < 8 * 2**20  # shipped weights stay small
 
 
 @pytest.mark.skipif(not JINSHA.exists(), reason="../shared/data/jinsha is not here")

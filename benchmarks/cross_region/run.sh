@@ -20,13 +20,15 @@
 # as the multi-scale prediction's coarser view does) is scored plain and multi-scale, three
 # seeds, and every two of its three seeds as an ensemble (the default model is two networks).
 # The shipped recipe trained for 30 epochs instead of 20 ("epochs30", seed 0) is scored plain
-# and multi-scale. Then the default model's seeds 0 + 1 and the U-Net's seeds stored as int8, as
-# the shipped files are, scored multi-scale. Last, four one-change variants of the default recipe
+# and multi-scale. Then the default model's seeds 0 + 1 and the U-Net's seeds stored as int8 (the
+# shipped U-Net's storage), scored multi-scale. Then five one-change variants of the default recipe
 # (seed 0, multi-scale): Lovász hinge instead of Dice ("lovasz"), 384 px training windows
-# ("tile384"), AdamW weight decay 0.05 instead of 0.0001 ("decay") and width 20 instead of 16
-# ("width20"); and the int8 pair with a third, quarter-side view or on 1024 px windows.
+# ("tile384"), AdamW weight decay 0.05 instead of 0.0001 ("decay"), width 20 instead of 16
+# ("width20") and OHEM instead of BCE ("ohem"); and the int8 pair with a third, quarter-side
+# view or on 1024 px windows. Last, that pair stored as int4 (as the shipped fusion file is)
+# and with every kernel in 4 bits.
 # Runs that exist are not trained again. About 12 min per U-Net training and 13-21 min
-# per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (43 trainings),
+# per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (45 trainings),
 # seconds per evaluation.
 #
 #   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)
@@ -60,6 +62,7 @@ label_of() {  # label_of RECIPE
     tile384) echo "fusion, zoom 0.5-1.4, 384 px training windows" ;;
     decay) echo "fusion, zoom 0.5-1.4, weight decay 0.05" ;;
     width20) echo "fusion, zoom 0.5-1.4, width 20" ;;
+    ohem) echo "fusion, zoom 0.5-1.4, OHEM instead of BCE" ;;
     *) echo "${1/_/ }" ;;
   esac
 }
@@ -172,7 +175,7 @@ for direction in B_score_A A_score_B; do
   evaluate "${direction}_base+fusion_ensemble" "${direction: -1}" "${members[@]}"
   rows+=("${direction:0:1} → ${direction: -1}, U-Net + fusion, ensemble of 4=$OUT/${direction}_base+fusion_ensemble/metrics.json")
 done
-# int8 weights, as the shipped files store them (slidemap export --weights int8): the default
+# int8 weights, as the shipped U-Net file stores them (slidemap export --weights int8): the default
 # model's pair of seeds 0 + 1 and the U-Net's two seeds, run as shipped (multi-scale)
 for direction in B_score_A A_score_B; do
   scored=${direction: -1}
@@ -193,15 +196,16 @@ for direction in B_score_A A_score_B; do
     rows+=("${direction:0:1} → ${scored}, base, seed $seed, multi-scale, int8 weights=$OUT/$name/metrics.json")
   done
 done
-# Four more changes to the default recipe, seed 0, run as shipped (multi-scale, threshold in the
+# Five more changes to the default recipe, seed 0, run as shipped (multi-scale, threshold in the
 # table's sweep): Lovász hinge instead of Dice ("lovasz"), training windows of 384 px instead
 # of 256 (same pixels per epoch: batches of 4, 56 windows; "tile384"), AdamW weight decay 0.05
-# instead of 0.0001 ("decay") and a wider network (width 20 instead of 16; "width20").
+# instead of 0.0001 ("decay"), a wider network (width 20 instead of 16; "width20") and online
+# hard example mining (BCE over the hardest 25 % of each batch's pixels) instead of BCE ("ohem").
 # And the default model's pair of seeds 0 + 1 (int8) with a third, quarter-side view, and on
 # 1024 px windows.
 for direction in B_score_A A_score_B; do
   scored=${direction: -1}
-  for recipe in lovasz tile384 decay width20; do
+  for recipe in lovasz tile384 decay width20 ohem; do
     run=$RUNS/${direction}_${recipe}_s0
     [[ -f $run/summary.json ]] || $SLIDEMAP train "benchmarks/cross_region/train_${direction}_${recipe}.yaml" \
       --seed 0 --out "$run" --overwrite
@@ -217,5 +221,25 @@ for direction in B_score_A A_score_B; do
     --tile 1024 --overlap 256 --scales 1,0.5
   rows+=("${direction:0:1} → ${scored}, fusion, zoom 0.5-1.4, ensemble of seeds 0 + 1, scales 1 + 0.5 + 0.25, int8 weights=$OUT/${direction}_zoomwide_pair01_scales3_int8/metrics.json"
          "${direction:0:1} → ${scored}, fusion, zoom 0.5-1.4, ensemble of seeds 0 + 1, multi-scale on 1024 px windows, int8 weights=$OUT/${direction}_zoomwide_pair01_tile1024_int8/metrics.json")
+done
+# int4 weights, as the shipped fusion file stores them (slidemap export --weights int4: kernels
+# of 2^18 weights or more in 4 bits, the rest int8): the default model's pair of seeds 0 + 1,
+# multi-scale; and the same pair with every kernel in 4 bits (store_all_int4.py).
+for direction in B_score_A A_score_B; do
+  scored=${direction: -1}
+  for seed in 0 1; do
+    float=$RUNS/${direction}_zoomwide_s${seed}/model.safetensors
+    [[ -f $RUNS/int4/${direction}_zoomwide_s${seed}.safetensors ]] || $SLIDEMAP export "$float" \
+      --weights int4 --out "$RUNS/int4/${direction}_zoomwide_s${seed}" > /dev/null
+    [[ -f $RUNS/int4all/${direction}_zoomwide_s${seed}.safetensors ]] || .venv/bin/python \
+      benchmarks/cross_region/store_all_int4.py "$float" "$RUNS/int4all/${direction}_zoomwide_s${seed}"
+  done
+  for storage in int4 int4all; do
+    evaluate "${direction}_zoomwide_pair01_multiscale_$storage" "$scored" \
+      --model "$RUNS/$storage/${direction}_zoomwide_s0.safetensors" \
+      --model "$RUNS/$storage/${direction}_zoomwide_s1.safetensors" "${SHIPPED_PREDICT[@]}"
+  done
+  rows+=("${direction:0:1} → ${scored}, fusion, zoom 0.5-1.4, ensemble of seeds 0 + 1, multi-scale, int4 weights=$OUT/${direction}_zoomwide_pair01_multiscale_int4/metrics.json"
+         "${direction:0:1} → ${scored}, fusion, zoom 0.5-1.4, ensemble of seeds 0 + 1, multi-scale, every kernel 4-bit=$OUT/${direction}_zoomwide_pair01_multiscale_int4all/metrics.json")
 done
 .venv/bin/python benchmarks/cross_region/table.py "${rows[@]}"

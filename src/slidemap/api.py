@@ -16,7 +16,7 @@ from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
 from slidemap.infer.vectorize import build_inventory, inventory_paths, write_inventory
 from slidemap.io.atomic import check_outputs, make_output_dir, staged
-from slidemap.io.modelfile import load_model, model_paths, save_model, weights_torch_dtype
+from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
 from slidemap.report.plots import write_evaluation_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -144,8 +144,8 @@ def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -
 
 def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = False) -> dict:
     """Save ``model`` again at ``out`` with its weights stored as ``weights_dtype`` (float32,
-    float16 or int8): the same network and sidecar in a smaller file; what was written."""
-    weights_torch_dtype(weights_dtype)  # an unknown name fails before anything is read
+    float16, int8 or int4): the same network and sidecar in a smaller file; what was written."""
+    check_weights_dtype(weights_dtype)  # an unknown name fails before anything is read
     bundle = load_model(model)
     inputs, targets = list(model_paths(model)), list(model_paths(out))
     check_outputs(targets, inputs, overwrite)

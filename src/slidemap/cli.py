@@ -344,7 +344,8 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
     weights: Annotated[str | None, typer.Option(
         help="instead of ONNX, write a slidemap model file at --out with its weights stored as "
-             "float32, float16 or int8 (a quarter of float32's size)")] = None,
+             "float32, float16, int8 (a quarter of float32's size) or int4 (the largest "
+             "kernels in 4 bits, the rest int8)")] = None,
 ) -> None:
     """Export a model to ONNX (dynamic batch, height and width) for ONNX Runtime and others, or
     (--weights) store it again with smaller weights."""

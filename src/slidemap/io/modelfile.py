@@ -8,9 +8,12 @@ refused.
 Weights may be stored as float16 (``weights_dtype``), which halves the file for a rounding of
 about 1e-3 relative per weight, or as int8, which quarters it: each convolution kernel is stored
 as whole numbers -127..127 times one float32 scale per output channel (``KEY`` and
-``KEY.int8_scale``; 1-D tensors such as biases and BatchNorm statistics stay float32). Either
-way they are loaded into a float32 model, so prediction runs exactly as with a float32 file of
-those rounded weights.
+``KEY.int8_scale``; 1-D tensors such as biases and BatchNorm statistics stay float32). int4
+goes further for the largest kernels only (at least ``INT4_MIN_WEIGHTS`` weights: the deepest
+layers, which hold most of a network's weights): whole numbers -7..7, two to a byte (``KEY`` as
+uint8, low nibble first, and ``KEY.int4_scale``); smaller kernels stay int8, because 4 bits
+everywhere cost F1 on new ground (models/README.md). However stored, weights are loaded into a
+float32 model, so prediction runs exactly as with a float32 file of those rounded weights.
 
 A file may hold an ensemble: ``members`` networks of one architecture whose probabilities are
 averaged (:class:`slidemap.models.ProbabilityAverage`), their weights under ``members.K.``.
@@ -22,6 +25,7 @@ that a plain ``slidemap predict`` runs each model the way its cross-region figur
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +41,11 @@ from slidemap.models import build_network
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
-WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
+WEIGHTS_DTYPES = ("float32", "float16", "int8", "int4")
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
+INT4_SCALE = ".int4_scale"  # the same for a kernel stored in 4 bits, two weights to a byte
+INT4_MIN_WEIGHTS = 2**18  # int4: kernels at least this large get 4 bits, smaller ones 8
 SCALE_RANGE = (0.25, 4.0)
 
 
@@ -142,25 +149,26 @@ def save_model(bundle: ModelBundle, path: str | Path) -> Path:
     return weights_path
 
 
-def weights_torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype a ``weights_dtype`` name stands for; unknown names are refused."""
+def check_weights_dtype(name: str) -> str:
+    """``name`` if it is a known ``weights_dtype``; unknown names are refused."""
     if name not in WEIGHTS_DTYPES:
         raise SlidemapError(f"weights_dtype {name!r} is not known: use "
                             f"{' or '.join(WEIGHTS_DTYPES)}")
-    return WEIGHTS_DTYPES[name]
+    return name
 
 
 def stored_state(model: nn.Module, weights_dtype: str) -> dict[str, torch.Tensor]:
-    """The state dict as written: floating tensors in ``weights_dtype``, others as they are."""
-    dtype = weights_torch_dtype(weights_dtype)
+    """The state dict as written: floating tensors as ``weights_dtype``, others as they are."""
+    check_weights_dtype(weights_dtype)
     state = {}
     for key, value in model.state_dict().items():
         tensor = value.detach()
-        if tensor.is_floating_point() and dtype == torch.int8:
-            state.update(_quantised(key, tensor))
+        if tensor.is_floating_point() and weights_dtype in ("int8", "int4"):
+            small = weights_dtype == "int4" and tensor.numel() >= INT4_MIN_WEIGHTS
+            state.update(_quantised(key, tensor, bits=4 if small else 8))
             continue
         if tensor.is_floating_point():
-            tensor = tensor.to(dtype)
+            tensor = tensor.to(FLOAT_DTYPES[weights_dtype])
             if not torch.isfinite(tensor).all() and torch.isfinite(value).all():
                 raise SlidemapError(f"weight {key} overflows {weights_dtype}: save the model "
                                     "as float32")
@@ -168,38 +176,72 @@ def stored_state(model: nn.Module, weights_dtype: str) -> dict[str, torch.Tensor
     return state
 
 
-def _quantised(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``tensor`` as int8 with one float32 scale per output channel (dimension 0), symmetric
-    about zero; 1-D tensors (biases, BatchNorm) are few and kept float32."""
+def _quantised(key: str, tensor: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
+    """``tensor`` as whole numbers of ``bits`` (8 or 4) with one float32 scale per output
+    channel (dimension 0), symmetric about zero; 1-D tensors (biases, BatchNorm) are few and
+    kept float32."""
     tensor = tensor.float()
     if not torch.isfinite(tensor).all():
         raise SlidemapError(f"weight {key} is not finite: the model cannot be saved")
     if tensor.dim() < 2:
         return {key: tensor.contiguous().clone()}
+    levels = 2 ** (bits - 1) - 1
     peak = tensor.abs().amax(dim=tuple(range(1, tensor.dim())), keepdim=True)
-    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
-    whole = torch.round(tensor / scale).clamp(-127, 127).to(torch.int8)
-    return {key: whole.contiguous(), key + INT8_SCALE: scale.flatten().contiguous()}
+    scale = torch.where(peak > 0, peak / levels, torch.ones_like(peak))
+    whole = torch.round(tensor / scale).clamp(-levels, levels).to(torch.int8)
+    if bits == 8:
+        return {key: whole.contiguous(), key + INT8_SCALE: scale.flatten().contiguous()}
+    return {key: _packed(whole), key + INT4_SCALE: scale.flatten().contiguous()}
 
 
-def restored_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The stored state with every int8 tensor multiplied back by its scales (float32)."""
+def _packed(whole: torch.Tensor) -> torch.Tensor:
+    """Whole numbers -7..7 as uint8, two per byte along each output channel (low nibble
+    first, offset by 8; an odd count is padded with a zero)."""
+    rows = (whole.reshape(whole.shape[0], -1) + 8).to(torch.uint8)
+    if rows.shape[1] % 2:
+        rows = torch.cat([rows, torch.full_like(rows[:, :1], 8)], dim=1)
+    return (rows[:, 0::2] | (rows[:, 1::2] << 4)).contiguous()
+
+
+def _unpacked(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The whole numbers :func:`_packed` stored, as int8 of ``shape``."""
+    rows = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+    count = math.prod(shape[1:])
+    return (rows[:, :count].to(torch.int8) - 8).reshape(shape)
+
+
+def restored_state(state: dict[str, torch.Tensor],
+                   shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The stored state with every quantised kernel multiplied back by its scales (float32);
+    ``shapes`` (the network's own) says how to unpack 4-bit kernels."""
     restored = {}
     for key, tensor in state.items():
-        if key.endswith(INT8_SCALE):
-            if key.removesuffix(INT8_SCALE) not in state:
+        if key.endswith((INT8_SCALE, INT4_SCALE)):
+            if key[:key.rindex(".")] not in state:
                 raise SlidemapError(f"scales {key} belong to no weight: re-export the model "
                                     "with slidemap")
             continue
-        scale = state.get(key + INT8_SCALE)
-        if scale is not None or tensor.dtype == torch.int8:
-            if scale is None or tensor.dtype != torch.int8 or scale.numel() != tensor.shape[0]:
-                raise SlidemapError(f"int8 weight {key} does not match its scales: re-export "
-                                    "the model with slidemap")
-            shape = (-1,) + (1,) * (tensor.dim() - 1)
-            tensor = tensor.float() * scale.float().reshape(shape)
-        restored[key] = tensor
+        restored[key] = _dequantised(key, tensor, state, shapes.get(key))
     return restored
+
+
+def _dequantised(key: str, tensor: torch.Tensor, state: dict[str, torch.Tensor],
+                 shape: tuple[int, ...] | None) -> torch.Tensor:
+    """``tensor`` as float32 if it is stored quantised, checked against its scales; other
+    tensors as they are."""
+    four, eight = state.get(key + INT4_SCALE), state.get(key + INT8_SCALE)
+    if four is None and eight is None and tensor.dtype not in (torch.int8, torch.uint8):
+        return tensor
+    whole, scale = None, None
+    if eight is not None and four is None and tensor.dtype == torch.int8:
+        whole, scale = tensor, eight
+    elif four is not None and eight is None and tensor.dtype == torch.uint8 and shape \
+            and tuple(tensor.shape) == (shape[0], (math.prod(shape[1:]) + 1) // 2):
+        whole, scale = _unpacked(tensor, shape), four
+    if whole is None or scale.numel() != whole.shape[0]:
+        raise SlidemapError(f"quantised weight {key} does not match its scales: re-export "
+                            "the model with slidemap")
+    return whole.float() * scale.float().reshape((-1,) + (1,) * (whole.dim() - 1))
 
 
 def load_model(path: str | Path) -> ModelBundle:
@@ -225,8 +267,7 @@ def load_model(path: str | Path) -> ModelBundle:
                               int(config["width"]), members, **config.get("options", {}))
         norm = config["normalisation"]
         _check_normalisation(norm, len(inputs.channels))
-        weights_dtype = config.get("weights_dtype", "float32")
-        weights_torch_dtype(weights_dtype)
+        weights_dtype = check_weights_dtype(config.get("weights_dtype", "float32"))
         predict = PredictDefaults(**config.get("predict", {}))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
             AttributeError, SlidemapError) as exc:
@@ -237,7 +278,7 @@ def load_model(path: str | Path) -> ModelBundle:
     except (SafetensorError, OSError) as exc:
         raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
                             f"({exc}): re-download or re-train the model") from exc
-    state = restored_state(state)
+    state = restored_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     _check_state(model, state, weights_path)
     model.load_state_dict(state)
     model.eval()

@@ -73,10 +73,10 @@ class TrainSettings:
                                 f"ensemble), got {self.members!r}")
         if self.select not in ("best", "last"):
             raise SlidemapError(f"training.select must be best or last, got {self.select!r}")
-        from slidemap.io.modelfile import weights_torch_dtype
+        from slidemap.io.modelfile import check_weights_dtype
 
         try:
-            weights_torch_dtype(self.weights_dtype)
+            check_weights_dtype(self.weights_dtype)
         except SlidemapError as exc:
             raise SlidemapError(f"training.{exc}") from exc
         if self.average_from is not None:
