@@ -164,8 +164,8 @@ def stored_state(model: nn.Module, weights_dtype: str) -> dict[str, torch.Tensor
     for key, value in model.state_dict().items():
         tensor = value.detach()
         if tensor.is_floating_point() and weights_dtype in ("int8", "int4"):
-            small = weights_dtype == "int4" and tensor.numel() >= INT4_MIN_WEIGHTS
-            state.update(_quantised(key, tensor, bits=4 if small else 8))
+            four_bit = weights_dtype == "int4" and tensor.numel() >= INT4_MIN_WEIGHTS
+            state.update(_quantised(key, tensor, bits=4 if four_bit else 8))
             continue
         if tensor.is_floating_point():
             tensor = tensor.to(FLOAT_DTYPES[weights_dtype])
