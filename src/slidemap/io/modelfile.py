@@ -232,13 +232,14 @@ def _dequantised(key: str, tensor: torch.Tensor, state: dict[str, torch.Tensor],
     four, eight = state.get(key + INT4_SCALE), state.get(key + INT8_SCALE)
     if four is None and eight is None and tensor.dtype not in (torch.int8, torch.uint8):
         return tensor
-    whole, scale = None, None
     if eight is not None and four is None and tensor.dtype == torch.int8:
         whole, scale = tensor, eight
     elif four is not None and eight is None and tensor.dtype == torch.uint8 and shape \
             and tuple(tensor.shape) == (shape[0], (math.prod(shape[1:]) + 1) // 2):
         whole, scale = _unpacked(tensor, shape), four
-    if whole is None or scale.numel() != whole.shape[0]:
+    else:
+        whole, scale = tensor, None
+    if scale is None or scale.numel() != whole.shape[0]:
         raise SlidemapError(f"quantised weight {key} does not match its scales: re-export "
                             "the model with slidemap")
     return whole.float() * scale.float().reshape((-1,) + (1,) * (whole.dim() - 1))
@@ -278,8 +279,9 @@ def load_model(path: str | Path) -> ModelBundle:
     except (SafetensorError, OSError) as exc:
         raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
                             f"({exc}): re-download or re-train the model") from exc
-    state = restored_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()})
-    _check_state(model, state, weights_path)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = restored_state(state, shapes)
+    _check_state(shapes, state, weights_path)
     model.load_state_dict(state)
     model.eval()
     return ModelBundle(
@@ -304,8 +306,8 @@ def _one_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def _check_state(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor],
+                 path: Path) -> None:
     found = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
