@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slidemap.data.mixing import mixup
-from slidemap.data.photometric import colour_jitter, random_scale
+from slidemap.data.photometric import colour_jitter, random_scale, zoom_about_centre
 from slidemap.errors import SlidemapError
 
 
@@ -138,6 +138,20 @@ def test_scale_nan_does_not_spread() -> None:
     out = random_scale(sample, np.random.default_rng(0), scale_range=(0.8, 0.8))
     assert 0 < np.isnan(out["image"]).sum() <= 16
 
+
+
+def test_zoom_out_of_a_wider_input_fills_the_tile_with_it() -> None:
+    sample = make_sample(2, size=32)
+    out = zoom_about_centre(sample, 0.5, (16, 16))
+    assert out["image"].shape == (2, 16, 16) and out["mask"].shape == (16, 16)
+    # Halving a 32 px input onto 16 px samples between each 2 × 2 block: its mean, no border.
+    blocks = sample["image"].reshape(2, 16, 2, 16, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(out["image"], blocks, atol=1e-5)
+    np.testing.assert_array_equal(out["mask"], sample["mask"][1::2, 1::2])
+    # A zoom-in onto a tile wider than the input zoomed leaves an ignored border.
+    out = zoom_about_centre(sample, 1.0, (40, 40))
+    assert (out["mask"][:4] == 255).all() and (out["image"][:, :4] == 0).all()
+    np.testing.assert_array_equal(out["mask"][4:36, 4:36], sample["mask"])
 
 def test_scale_refuses_unknown_integer_arrays() -> None:
     sample = make_sample()

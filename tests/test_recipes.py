@@ -61,7 +61,7 @@ def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
                                       {"colour_jitter": {"brightness": 1.5}},
                                       {"colour_jitter": {"hue": 0.1}},
                                       {"colour_jitter": {"invert": 2}},
-                                      {"weights_dtype": "int2"}])
+                                      {"weights_dtype": "int2"}, {"zoom_context": True}])
 def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:
     with pytest.raises(SlidemapError, match=next(iter(training))):
         parse_config(tiny_raw(tiny_scene, **training))
@@ -128,6 +128,32 @@ def test_random_scale_zooms_every_channel_and_the_labels(tiny_scene: dict[str, P
     assert not shrunk["valid"][:, :, :4].any()
     assert (shrunk["x"][:, :, :4] == 0).all()
 
+
+
+def test_zoom_context_reads_wider_ground_instead_of_a_border(tiny_scene: dict[str, Path]) -> None:
+    config = parse_config(tiny_raw(tiny_scene, augment=False, random_scale=[0.5, 0.5],
+                                   zoom_context=True))
+    windows = windows_for(config)
+    batch = next(iter(windows.epoch(1, 4)))
+    assert batch["x"].shape[-2:] == (32, 32)
+    # Each tile is the 2 × 2 block means of some 64 px window of the scene: real ground to the
+    # tile's edge where the scene has it, never the padded border of a plain zoom-out.
+    scene = windows.inputs[0]
+    labels = windows.scenes[0].target
+    for x, valid in zip(batch["x"], batch["valid"][:, 0], strict=True):
+        found = False
+        for row in range(96 - 64 + 1):
+            for col in range(96 - 64 + 1):
+                block = scene[:, row:row + 64, col:col + 64]
+                means = block.reshape(-1, 32, 2, 32, 2).mean(axis=(2, 4))
+                if np.allclose(x, means, atol=1e-5):
+                    wanted = labels[row + 1:row + 64:2, col + 1:col + 64:2] != 255
+                    found = np.array_equal(valid, wanted)
+                    break
+            if found:
+                break
+        assert found
+        assert valid[:, -4:].any()  # the right edge is real ground (the nodata is on the left)
 
 def test_error_map_is_soft_error_on_labelled_pixels() -> None:
     prob = np.array([[0.9, 0.2, 0.7]], dtype=np.float32)

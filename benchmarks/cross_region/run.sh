@@ -21,14 +21,16 @@
 # seeds, and every two of its three seeds as an ensemble (the default model is two networks).
 # The shipped recipe trained for 30 epochs instead of 20 ("epochs30", seed 0) is scored plain
 # and multi-scale. Then the default model's seeds 0 + 1 and the U-Net's seeds stored as int8 (the
-# shipped U-Net's storage), scored multi-scale. Then six one-change variants of the default recipe
-# (seed 0, multi-scale): Lovász hinge instead of Dice ("lovasz"), 384 px training windows
-# ("tile384"), AdamW weight decay 0.05 instead of 0.0001 ("decay"), width 20 instead of 16
-# ("width20"), OHEM instead of BCE ("ohem") and random zoom down to 0.25 ("zoomwider"); and the
-# int8 pair with a third, quarter-side view or on 1024 px windows. Last, that pair stored as
-# int4 (as the shipped fusion file is) and with every kernel in 4 bits.
-# Runs that exist are not trained again. About 12 min per U-Net training and 13-21 min
-# per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (47 trainings),
+# shipped U-Net's storage), scored multi-scale. Then ten one-change variants of the default
+# recipe (seed 0, multi-scale): Lovász hinge instead of Dice ("lovasz"), 384 px training windows
+# ("tile384"), AdamW weight decay 0.05 instead of 0.0001 ("decay"), width 20 or 12 instead of
+# 16 ("width20", "width12"), OHEM instead of BCE ("ohem"), random zoom down to 0.25
+# ("zoomwider"), focal loss instead of BCE ("focal"), a zoom-out that reads wider ground
+# ("zoomctx") and 15 epochs instead of 20 ("epochs15"); and the int8 pair with a third,
+# quarter-side view or on 1024 px windows. Last, that pair stored as int4 (as the shipped
+# fusion file is) and with every kernel in 4 bits.
+# Runs that exist are not trained again. About 12 min per U-Net training and 10-21 min
+# per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (55 trainings),
 # seconds per evaluation.
 #
 #   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)
@@ -64,6 +66,10 @@ label_of() {  # label_of RECIPE
     width20) echo "fusion, zoom 0.5-1.4, width 20" ;;
     ohem) echo "fusion, zoom 0.5-1.4, OHEM instead of BCE" ;;
     zoomwider) echo "fusion, zoom 0.25-1.4" ;;
+    focal) echo "fusion, zoom 0.5-1.4, focal instead of BCE" ;;
+    zoomctx) echo "fusion, zoom 0.5-1.4 reading wider ground" ;;
+    width12) echo "fusion, zoom 0.5-1.4, width 12" ;;
+    epochs15) echo "fusion, zoom 0.5-1.4, 15 epochs" ;;
     *) echo "${1/_/ }" ;;
   esac
 }
@@ -197,17 +203,19 @@ for direction in B_score_A A_score_B; do
     rows+=("${direction:0:1} → ${scored}, base, seed $seed, multi-scale, int8 weights=$OUT/$name/metrics.json")
   done
 done
-# Six more changes to the default recipe, seed 0, run as shipped (multi-scale, threshold in the
+# Ten more changes to the default recipe, seed 0, run as shipped (multi-scale, threshold in the
 # table's sweep): Lovász hinge instead of Dice ("lovasz"), training windows of 384 px instead
 # of 256 (same pixels per epoch: batches of 4, 56 windows; "tile384"), AdamW weight decay 0.05
-# instead of 0.0001 ("decay"), a wider network (width 20 instead of 16; "width20"), online
-# hard example mining (BCE over the hardest 25 % of each batch's pixels) instead of BCE ("ohem")
-# and random zoom down to 0.25 instead of 0.5 ("zoomwider", also scored with a third,
-# quarter-side view). And the default model's pair of seeds 0 + 1 (int8) with that third view,
-# and on 1024 px windows.
+# instead of 0.0001 ("decay"), a wider or narrower network (width 20 or 12 instead of 16;
+# "width20", "width12"), online hard example mining (BCE over the hardest 25 % of each batch's
+# pixels) instead of BCE ("ohem"), random zoom down to 0.25 instead of 0.5 ("zoomwider", also
+# scored with a third, quarter-side view), focal loss (alpha 0.5, gamma 2) instead of BCE
+# ("focal"), a zoom-out that reads a wider window of the scene instead of padding the tile
+# with ignored border ("zoomctx") and training for 15 epochs instead of 20 ("epochs15"). And
+# the default model's pair of seeds 0 + 1 (int8) with that third view, and on 1024 px windows.
 for direction in B_score_A A_score_B; do
   scored=${direction: -1}
-  for recipe in lovasz tile384 decay width20 ohem zoomwider; do
+  for recipe in lovasz tile384 decay width20 ohem zoomwider focal zoomctx width12 epochs15; do
     run=$RUNS/${direction}_${recipe}_s0
     [[ -f $run/summary.json ]] || $SLIDEMAP train "benchmarks/cross_region/train_${direction}_${recipe}.yaml" \
       --seed 0 --out "$run" --overwrite

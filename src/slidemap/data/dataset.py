@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from slidemap.data.augment import flip_rot90
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
-from slidemap.data.windows import random_windows
+from slidemap.data.windows import context_window, random_windows
 from slidemap.errors import SlidemapError
 
 if TYPE_CHECKING:
@@ -113,6 +114,10 @@ class RandomWindows:
             yield self.recipes.batch(batch, rng) if self.recipes else batch
 
     def _sample(self, index: int, window: Window, rng: np.random.Generator) -> dict:
+        zoom = self.recipes.context_zoom(rng) if self.recipes else None
+        if zoom is not None:
+            side = math.ceil(self.tile / zoom)
+            window = context_window(window, side, *self.scenes[index].target.shape)
         rows = slice(window.row_off, window.row_off + window.height)
         cols = slice(window.col_off, window.col_off + window.width)
         labels = self.scenes[index].target[rows, cols]
@@ -120,7 +125,7 @@ class RandomWindows:
         if self.augment:
             arrays = flip_rot90(arrays, rng)
         if self.recipes:
-            arrays = self.recipes.sample(arrays, rng)
+            arrays = self.recipes.sample(arrays, rng, zoom)
         labels = arrays["labels"]
         return {
             "x": arrays["x"],

@@ -71,22 +71,25 @@ def colour_jitter(
     return out
 
 
-def _zoom_float(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """Bilinear zoom of a (C, H, W) float array; NaN nodata stays NaN without spreading.
+def _zoom_float(array: np.ndarray, matrix: np.ndarray, offset: np.ndarray,
+                size: tuple[int, int]) -> np.ndarray:
+    """Bilinear zoom of a (C, H, W) float array onto (C, *size); NaN nodata stays NaN without
+    spreading.
 
     NaN is zero-filled for the interpolation and put back where the nearest source pixel was NaN,
     so a NaN hole keeps its footprint instead of growing by a pixel each way.
     """
     nan = np.isnan(array)
     filled = np.where(nan, 0.0, array) if nan.any() else array
-    out = np.empty_like(array)
+    out = np.empty((array.shape[0], *size), dtype=array.dtype)
     for c in range(array.shape[0]):
         out[c] = ndimage.affine_transform(
-            filled[c], matrix, offset, order=1, mode="constant", cval=0.0
+            filled[c], matrix, offset, output_shape=size, order=1, mode="constant", cval=0.0
         )
         if nan[c].any():
             moved = ndimage.affine_transform(
-                nan[c].astype(np.uint8), matrix, offset, order=0, mode="constant", cval=0
+                nan[c].astype(np.uint8), matrix, offset, output_shape=size, order=0,
+                mode="constant", cval=0
             )
             out[c][moved.astype(bool)] = np.nan
     return out
@@ -100,40 +103,51 @@ def random_scale(
     """Zoom every spatial array by one random factor about the centre, keeping the tile size.
 
     A factor above 1 zooms in (crops the border), below 1 zooms out: the uncovered border is 0 in
-    float arrays and ``IGNORE`` in ``mask``, so the loss never sees it. Float arrays (image, dem,
-    slope, any other (…, H, W) float array) are bilinear, ``mask`` is nearest so it keeps its
-    label values. Slope values are resampled, not rescaled: slope in degrees is a property of the
-    real terrain, which zooming does not change, even though the apparent geometry of the tile
-    does; the same holds for elevations in the DEM.
+    float arrays and ``IGNORE`` in ``mask``, so the loss never sees it. See ``zoom_about_centre``.
     """
     low, high = scale_range
     if not 0 < low <= high:
         raise SlidemapError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
-    image = sample["image"]
-    h, w = image.shape[-2:]
-    factor = float(rng.uniform(low, high))
-    # Output pixel o samples input pixel centre + (o - centre) / factor.
-    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    h, w = sample["image"].shape[-2:]
+    return zoom_about_centre(sample, float(rng.uniform(low, high)), (h, w))
+
+
+def zoom_about_centre(sample: dict[str, Any], factor: float,
+                      size: tuple[int, int]) -> dict[str, Any]:
+    """Resample every spatial array by ``factor`` about its centre onto a ``size`` (H, W) grid.
+
+    The input may be larger than ``size``: a zoom-out that reads a wider window of the scene
+    fills the tile with real context instead of border. Output pixels that fall outside the input
+    are 0 in float arrays and ``IGNORE`` in ``mask``. Float arrays (image, dem, slope, any other
+    (…, H, W) float array) are bilinear, ``mask`` is nearest so it keeps its label values. Slope
+    values are resampled, not rescaled: slope in degrees is a property of the real terrain, which
+    zooming does not change, even though the apparent geometry of the tile does; the same holds
+    for elevations in the DEM.
+    """
+    h, w = sample["image"].shape[-2:]
+    # Output pixel o samples input pixel centre_in + (o - centre_out) / factor.
+    centre_in = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    centre_out = np.array([(size[0] - 1) / 2.0, (size[1] - 1) / 2.0])
     matrix = np.full(2, 1.0 / factor)
-    offset = centre - centre / factor
+    offset = centre_in - centre_out / factor
 
     out = dict(sample)
     for key, value in sample.items():
         if not isinstance(value, np.ndarray) or value.ndim < 2 or value.shape[-2:] != (h, w):
             continue
         flat = value.reshape(-1, h, w)
+        shape = (*value.shape[:-2], *size)
         if key == "mask":
             zoomed = np.stack(
                 [
-                    ndimage.affine_transform(
-                        m, matrix, offset, order=0, mode="constant", cval=IGNORE
-                    )
+                    ndimage.affine_transform(m, matrix, offset, output_shape=size, order=0,
+                                             mode="constant", cval=IGNORE)
                     for m in flat
                 ]
             )
-            out[key] = zoomed.astype(value.dtype, copy=False).reshape(value.shape)
+            out[key] = zoomed.astype(value.dtype, copy=False).reshape(shape)
         elif np.issubdtype(value.dtype, np.floating):
-            out[key] = _zoom_float(flat, matrix, offset).reshape(value.shape)
+            out[key] = _zoom_float(flat, matrix, offset, size).reshape(shape)
         else:
             raise SlidemapError(
                 f"random_scale cannot resample {key!r} ({value.dtype}): only float arrays and mask"

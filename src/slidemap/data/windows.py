@@ -42,3 +42,16 @@ def random_windows(valid: np.ndarray, size: int, count: int, min_valid: float,
         return []
     picks = rng.integers(0, rows.size, size=count)
     return [Window(int(cols[p]), int(rows[p]), sw, sh) for p in picks]
+
+
+def context_window(window: Window, side: int, height: int, width: int) -> Window:
+    """A ``side`` px window centred on ``window``, shifted to lie inside the scene and clipped
+    to it: the wider (or narrower) ground a zoomed training window is resampled from."""
+    def span(offset: int, length: int, extent: int) -> tuple[int, int]:
+        size = min(side, extent)
+        start = offset + length // 2 - size // 2
+        return min(max(start, 0), extent - size), size
+
+    col, w = span(window.col_off, window.width, width)
+    row, h = span(window.row_off, window.height, height)
+    return Window(col, row, w, h)

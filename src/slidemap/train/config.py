@@ -50,6 +50,9 @@ class TrainSettings:
     # true (±20 % each) or {brightness, contrast, saturation} strengths; stored as that mapping.
     colour_jitter: bool | dict = False
     random_scale: tuple[float, float] | None = None
+    # Zoom out by reading a wider window of the scene (real context) instead of padding the
+    # tile with ignored border; zoom in reads a narrower one.
+    zoom_context: bool = False
     hard_examples: float = 0.0
     # Which epoch becomes model.safetensors: "best" by validation F1, or "last" (no selection on
     # the validation scenes, so their figures stay an honest estimate on unseen ground).
@@ -96,6 +99,9 @@ class TrainSettings:
                 raise SlidemapError("training.random_scale must be [low, high] with "
                                     f"0 < low <= high, e.g. [0.8, 1.25], got {scale!r}")
             object.__setattr__(self, "random_scale", (float(scale[0]), float(scale[1])))
+        elif self.zoom_context:
+            raise SlidemapError("training.zoom_context needs training.random_scale: "
+                                "[low, high], the range of zoom factors")
 
 
 JITTER_KEYS = ("brightness", "contrast", "saturation", "invert")

@@ -17,7 +17,7 @@ from slidemap.data.dataset import SceneArrays, normalised
 from slidemap.data.hard_examples import error_map, hard_windows
 from slidemap.data.mixing import mixup
 from slidemap.data.normalization import STD_FLOOR, BandStats
-from slidemap.data.photometric import colour_jitter, random_scale
+from slidemap.data.photometric import colour_jitter, random_scale, zoom_about_centre
 from slidemap.data.scene import IGNORE
 from slidemap.infer.sliding import predict_array
 from slidemap.train.config import RunConfig
@@ -35,6 +35,7 @@ class Recipes:
         self.mixup = settings.mixup
         self.colour_jitter = settings.colour_jitter
         self.random_scale = settings.random_scale
+        self.zoom_context = settings.zoom_context
         self.hard_count = round(settings.hard_examples * settings.windows_per_epoch)
         optical = len(config.inputs.image_bands)
         self.optical = optical
@@ -70,11 +71,31 @@ class Recipes:
         return hard_windows([s.valid for s in self.scenes], self.error_maps, settings.tile,
                             self.hard_count, settings.min_valid, rng)
 
-    def sample(self, arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
-        """Colour jitter (optical channels only), then random zoom (all channels and labels)."""
+    def context_zoom(self, rng: np.random.Generator) -> float | None:
+        """This window's zoom factor when zoom reads context (``zoom_context``), else None.
+
+        Drawn before the window is cut, since the factor decides how much ground to read.
+        """
+        if self.random_scale is None or not self.zoom_context:
+            return None
+        return float(rng.uniform(*self.random_scale))
+
+    def sample(self, arrays: dict[str, np.ndarray], rng: np.random.Generator,
+               zoom: float | None = None) -> dict:
+        """Colour jitter (optical channels only), then random zoom (all channels and labels).
+
+        With ``zoom`` (from ``context_zoom``) the arrays were cut from a window ``1 / zoom`` times
+        the tile's side and are resampled onto the tile; otherwise a zoom is drawn here and a
+        zoom-out pads the tile with ignored border.
+        """
         if self.colour_jitter:
             arrays = {**arrays, "x": self._jitter(arrays["x"], arrays["labels"][0] != IGNORE, rng)}
-        if self.random_scale is not None:
+        if zoom is not None:
+            tile = self.config.train.tile
+            zoomed = zoom_about_centre({"image": arrays["x"], "mask": arrays["labels"]}, zoom,
+                                       (tile, tile))
+            arrays = {**arrays, "x": zoomed["image"], "labels": zoomed["mask"]}
+        elif self.random_scale is not None:
             zoomed = random_scale({"image": arrays["x"], "mask": arrays["labels"]}, rng,
                                   self.random_scale)
             arrays = {**arrays, "x": zoomed["image"], "labels": zoomed["mask"]}
