@@ -139,7 +139,6 @@ def test_scale_nan_does_not_spread() -> None:
     assert 0 < np.isnan(out["image"]).sum() <= 16
 
 
-
 def test_zoom_out_of_a_wider_input_fills_the_tile_with_it() -> None:
     sample = make_sample(2, size=32)
     out = zoom_about_centre(sample, 0.5, (16, 16))
@@ -152,6 +151,7 @@ def test_zoom_out_of_a_wider_input_fills_the_tile_with_it() -> None:
     out = zoom_about_centre(sample, 1.0, (40, 40))
     assert (out["mask"][:4] == 255).all() and (out["image"][:, :4] == 0).all()
     np.testing.assert_array_equal(out["mask"][4:36, 4:36], sample["mask"])
+
 
 def test_scale_refuses_unknown_integer_arrays() -> None:
     sample = make_sample()

@@ -129,6 +129,18 @@ def test_random_scale_zooms_every_channel_and_the_labels(tiny_scene: dict[str, P
     assert (shrunk["x"][:, :, :4] == 0).all()
 
 
+def halved_source(tile: np.ndarray, scene: np.ndarray) -> tuple[int, int] | None:
+    """Row and column of the window of ``scene``, twice the tile's side, whose 2 × 2 block means
+    are ``tile``; None if there is none."""
+    side = 2 * tile.shape[-1]
+    for row in range(scene.shape[-2] - side + 1):
+        for col in range(scene.shape[-1] - side + 1):
+            block = scene[:, row:row + side, col:col + side]
+            if np.allclose(tile, block.reshape(len(block), side // 2, 2, side // 2, 2)
+                           .mean(axis=(2, 4)), atol=1e-5):
+                return row, col
+    return None
+
 
 def test_zoom_context_reads_wider_ground_instead_of_a_border(tiny_scene: dict[str, Path]) -> None:
     config = parse_config(tiny_raw(tiny_scene, augment=False, random_scale=[0.5, 0.5],
@@ -136,24 +148,16 @@ def test_zoom_context_reads_wider_ground_instead_of_a_border(tiny_scene: dict[st
     windows = windows_for(config)
     batch = next(iter(windows.epoch(1, 4)))
     assert batch["x"].shape[-2:] == (32, 32)
-    # Each tile is the 2 × 2 block means of some 64 px window of the scene: real ground to the
-    # tile's edge where the scene has it, never the padded border of a plain zoom-out.
-    scene = windows.inputs[0]
+    # Each tile is a 64 px window of the scene halved, with that window's labels: real ground to
+    # the tile's edge where the scene has it, never the padded border of a plain zoom-out.
     labels = windows.scenes[0].target
     for x, valid in zip(batch["x"], batch["valid"][:, 0], strict=True):
-        found = False
-        for row in range(96 - 64 + 1):
-            for col in range(96 - 64 + 1):
-                block = scene[:, row:row + 64, col:col + 64]
-                means = block.reshape(-1, 32, 2, 32, 2).mean(axis=(2, 4))
-                if np.allclose(x, means, atol=1e-5):
-                    wanted = labels[row + 1:row + 64:2, col + 1:col + 64:2] != 255
-                    found = np.array_equal(valid, wanted)
-                    break
-            if found:
-                break
-        assert found
+        source = halved_source(x, windows.inputs[0])
+        assert source is not None
+        row, col = source
+        np.testing.assert_array_equal(valid, labels[row + 1:row + 64:2, col + 1:col + 64:2] != 255)
         assert valid[:, -4:].any()  # the right edge is real ground (the nodata is on the left)
+
 
 def test_error_map_is_soft_error_on_labelled_pixels() -> None:
     prob = np.array([[0.9, 0.2, 0.7]], dtype=np.float32)

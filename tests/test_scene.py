@@ -99,13 +99,13 @@ def test_random_windows_respect_min_valid_fraction() -> None:
     assert random_windows(np.zeros((50, 50), bool), 20, 5, 0.5, rng) == []
 
 
-
 def test_context_window_is_centred_then_kept_inside_the_scene() -> None:
     assert context_window(Window(100, 100, 40, 40), 80, 300, 300) == Window(80, 80, 80, 80)
     assert context_window(Window(100, 100, 40, 40), 20, 300, 300) == Window(110, 110, 20, 20)
     # Near an edge it shifts inside; wider than the scene it is clipped to it.
     assert context_window(Window(0, 250, 40, 40), 80, 300, 300) == Window(0, 220, 80, 80)
     assert context_window(Window(0, 0, 40, 40), 80, 60, 300) == Window(0, 0, 80, 60)
+
 
 @pytest.mark.parametrize("factor", [1, 2])
 def test_relief_of_a_window_is_that_of_the_whole_scene(tiny_scene, tmp_path, factor) -> None:
