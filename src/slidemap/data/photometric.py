@@ -150,6 +150,6 @@ def zoom_about_centre(sample: dict[str, Any], factor: float,
             out[key] = _zoom_float(flat, matrix, offset, size).reshape(shape)
         else:
             raise SlidemapError(
-                f"random_scale cannot resample {key!r} ({value.dtype}): only float arrays and mask"
+                f"cannot zoom {key!r} ({value.dtype}): only float arrays and mask are resampled"
             )
     return out
