@@ -30,6 +30,37 @@ def test_round_trip_gives_identical_predictions(tiny_model) -> None:
     assert bundle.inputs.slope and not bundle.inputs.dem
 
 
+def test_instance_batch_norm_fusion_round_trips_through_int4(tmp_path) -> None:
+    """The instance-norm half of IBN-a has affine weights and no running statistics: they must be
+    stored and restored like any other, in the smallest weight format too."""
+    from slidemap.data.channels import InputSpec
+    from slidemap.io.modelfile import ModelBundle
+    from slidemap.models import build_model
+
+    torch.manual_seed(0)
+    options = {"instance_norm_levels": 3}
+    model = build_model("fusion", 5, width=4, **options)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.InstanceNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    bundle = ModelBundle(model=model, architecture="fusion", width=4, options=options,
+                         inputs=InputSpec(image_bands=(1, 2, 3), dem=True, slope=True),
+                         mean=[0.0] * 5, std=[1.0] * 5, weights_dtype="int4")
+    path = save_model(bundle, tmp_path / "ibn")
+    again = load_model(path).model
+    for name, module in again.named_modules():
+        if isinstance(module, torch.nn.InstanceNorm2d):
+            original = model.get_submodule(name)
+            assert torch.equal(module.weight, original.weight)
+            assert torch.equal(module.bias, original.bias)
+    x = torch.randn(1, 5, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), atol=0.05, rtol=0.05)
+
+
 def test_float16_weights_halve_the_file_and_load_as_float32(tiny_model, tmp_path) -> None:
     bundle = load_model(tiny_model)
     half = save_model(replace(bundle, weights_dtype="float16"), tmp_path / "half")

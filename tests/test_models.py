@@ -10,7 +10,7 @@ from torch import nn
 from slidemap.errors import SlidemapError
 from slidemap.models import build_model, list_models, model_table
 from slidemap.models.attention import ContextualAttention, SpatialAttention
-from slidemap.models.blocks import ASPP
+from slidemap.models.blocks import ASPP, InstanceBatchNorm
 from slidemap.models.da_unet import AttentionGuidedFusion
 
 WIDTH = 8  # tiny models keep the whole file fast on one CPU thread
@@ -176,3 +176,27 @@ def test_fusion_maps_and_elevation_channels() -> None:
     assert build_model("fusion", 5, width=WIDTH).elevation.stages[0].body[0].in_channels == 2
     with pytest.raises(SlidemapError):
         build_model("fusion", 5, width=WIDTH, elevation_channels=5)
+
+
+def test_instance_batch_norm_takes_each_windows_contrast_out_of_its_first_half() -> None:
+    torch.manual_seed(0)
+    norm = InstanceBatchNorm(6)
+    norm(torch.randn(4, 6, 16, 16))  # gives batch norm running statistics to use in eval mode
+    norm.eval()
+    x = torch.randn(2, 6, 16, 16)
+    brighter = 3.0 * x + 5.0
+    with torch.no_grad():
+        out, out_brighter = norm(x), norm(brighter)
+    torch.testing.assert_close(out_brighter[:, :3], out[:, :3], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(out_brighter[:, 3:], out[:, 3:], atol=1e-2)
+
+
+def test_fusion_instance_norm_levels_touch_the_optical_encoder_only() -> None:
+    model = build_model("fusion", 5, width=WIDTH, instance_norm_levels=2)
+    def ibn(encoder: nn.Module) -> list[bool]:
+        return [isinstance(stage.body[1], InstanceBatchNorm) for stage in encoder.stages]
+    assert ibn(model.optical) == [True, True, False, False, False]
+    assert ibn(model.elevation) == [False] * 5
+    model(torch.randn(2, 5, 64, 64)).sum().backward()
+    with pytest.raises(SlidemapError, match="instance_norm_levels"):
+        build_model("fusion", 5, width=WIDTH, instance_norm_levels=6)

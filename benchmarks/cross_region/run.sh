@@ -21,16 +21,18 @@
 # seeds, and every two of its three seeds as an ensemble (the default model is two networks).
 # The shipped recipe trained for 30 epochs instead of 20 ("epochs30", seed 0) is scored plain
 # and multi-scale. Then the default model's seeds 0 + 1 and the U-Net's seeds stored as int8 (the
-# shipped U-Net's storage), scored multi-scale. Then ten one-change variants of the default
+# shipped U-Net's storage), scored multi-scale. Then fourteen one-change variants of the default
 # recipe (seed 0, multi-scale): Lovász hinge instead of Dice ("lovasz"), 384 px training windows
 # ("tile384"), AdamW weight decay 0.05 instead of 0.0001 ("decay"), width 20 or 12 instead of
 # 16 ("width20", "width12"), OHEM instead of BCE ("ohem"), random zoom down to 0.25
 # ("zoomwider"), focal loss instead of BCE ("focal"), a zoom-out that reads wider ground
-# ("zoomctx") and 15 epochs instead of 20 ("epochs15"); and the int8 pair with a third,
-# quarter-side view or on 1024 px windows. Last, that pair stored as int4 (as the shipped
-# fusion file is) and with every kernel in 4 bits.
+# ("zoomctx"), 15 epochs instead of 20 ("epochs15"), batches of 4 instead of 8 ("batch4"),
+# learning rate 4e-3 or 1e-3 instead of 2e-3 ("lr4e3", "lr1e3") and instance-batch norm in the
+# optical encoder ("ibn"); and the int8 pair with a third, quarter-side view or on 1024 px
+# windows. Last, that pair stored as int4 (as the shipped fusion file is) and with every
+# kernel in 4 bits.
 # Runs that exist are not trained again. About 12 min per U-Net training and 10-21 min
-# per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (55 trainings),
+# per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (63 trainings),
 # seconds per evaluation.
 #
 #   bash benchmarks/cross_region/run.sh [RUNS_DIR [OUT_DIR]]      (defaults runs/xr, out/xr)
@@ -70,6 +72,10 @@ label_of() {  # label_of RECIPE
     zoomctx) echo "fusion, zoom 0.5-1.4 reading wider ground" ;;
     width12) echo "fusion, zoom 0.5-1.4, width 12" ;;
     epochs15) echo "fusion, zoom 0.5-1.4, 15 epochs" ;;
+    batch4) echo "fusion, zoom 0.5-1.4, batches of 4" ;;
+    lr4e3) echo "fusion, zoom 0.5-1.4, learning rate 4e-3" ;;
+    lr1e3) echo "fusion, zoom 0.5-1.4, learning rate 1e-3" ;;
+    ibn) echo "fusion, zoom 0.5-1.4, instance-batch norm" ;;
     *) echo "${1/_/ }" ;;
   esac
 }
@@ -203,7 +209,7 @@ for direction in B_score_A A_score_B; do
     rows+=("${direction:0:1} → ${scored}, base, seed $seed, multi-scale, int8 weights=$OUT/$name/metrics.json")
   done
 done
-# Ten more changes to the default recipe, seed 0, run as shipped (multi-scale, threshold in the
+# Fourteen more changes to the default recipe, seed 0, run as shipped (multi-scale, threshold in the
 # table's sweep): Lovász hinge instead of Dice ("lovasz"), training windows of 384 px instead
 # of 256 (same pixels per epoch: batches of 4, 56 windows; "tile384"), AdamW weight decay 0.05
 # instead of 0.0001 ("decay"), a wider or narrower network (width 20 or 12 instead of 16;
@@ -211,11 +217,15 @@ done
 # pixels) instead of BCE ("ohem"), random zoom down to 0.25 instead of 0.5 ("zoomwider", also
 # scored with a third, quarter-side view), focal loss (alpha 0.5, gamma 2) instead of BCE
 # ("focal"), a zoom-out that reads a wider window of the scene instead of padding the tile
-# with ignored border ("zoomctx") and training for 15 epochs instead of 20 ("epochs15"). And
+# with ignored border ("zoomctx"), training for 15 epochs instead of 20 ("epochs15"), batches
+# of 4 windows instead of 8 (twice the optimiser steps; "batch4"), a peak learning rate of 4e-3
+# or 1e-3 instead of 2e-3 ("lr4e3", "lr1e3") and instance-batch norm (IBN-a: half the channels
+# of the optical encoder's three finest levels normalised per window; "ibn"). And
 # the default model's pair of seeds 0 + 1 (int8) with that third view, and on 1024 px windows.
 for direction in B_score_A A_score_B; do
   scored=${direction: -1}
-  for recipe in lovasz tile384 decay width20 ohem zoomwider focal zoomctx width12 epochs15; do
+  for recipe in lovasz tile384 decay width20 ohem zoomwider focal zoomctx width12 epochs15 \
+                batch4 lr4e3 lr1e3 ibn; do
     run=$RUNS/${direction}_${recipe}_s0
     [[ -f $run/summary.json ]] || $SLIDEMAP train "benchmarks/cross_region/train_${direction}_${recipe}.yaml" \
       --seed 0 --out "$run" --overwrite

@@ -27,19 +27,41 @@ class DoubleConv(nn.Sequential):
         super().__init__(ConvBNReLU(cin, cout), ConvBNReLU(cout, cout))
 
 
+class InstanceBatchNorm(nn.Module):
+    """Instance norm on the first half of the channels, batch norm on the rest (IBN-Net, Pan et
+    al., 2018).
+
+    Instance norm takes each window's own contrast and brightness out of the features it
+    normalises, the appearance that changes from one scene to the next; batch norm keeps the rest
+    of the channels' absolute content, which tells ground types apart.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.half = channels // 2
+        self.instance = nn.InstanceNorm2d(self.half, affine=True)
+        self.batch = nn.BatchNorm2d(channels - self.half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, rest = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        return torch.cat([self.instance(first.contiguous()), self.batch(rest)], dim=1)
+
+
 class ResidualBlock(nn.Module):
     """Two 3×3 convs with an identity (or 1×1 projected) shortcut, as in ResNet / ResUNet.
 
     ``dilation`` > 1 widens the receptive field without down-sampling (dilated ResNets of
-    DeepLab / PSPNet); the default is the plain block.
+    DeepLab / PSPNet); the default is the plain block. ``instance_norm`` normalises the first
+    conv's output with :class:`InstanceBatchNorm` (IBN-a) instead of batch norm alone.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1,
+                 instance_norm: bool = False):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation,
                       bias=False),
-            nn.BatchNorm2d(cout),
+            InstanceBatchNorm(cout) if instance_norm else nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, padding=dilation, dilation=dilation, bias=False),
             nn.BatchNorm2d(cout),

@@ -4,6 +4,8 @@ Spectra and terrain have different statistics, so each stream learns its own fea
 in latent space (concatenate, 1×1 conv, residual block) at the bottleneck, and the skip at every
 level is the sum of both streams. The residual decoder applies contextual (CBAM-like) attention
 after each stage; maps are kept as ``level{i}_contextual_{channel,spatial}``.
+``instance_norm_levels`` > 0 gives the optical encoder's finest levels instance-batch norm
+(IBN-a), meant to make it less sensitive to a new scene's brightness and contrast.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class AttentiveResidualDecoder(ResidualDecoder):
 
 class FusionNet(AnySizeModel):
     def __init__(self, in_channels: int, width: int = 32, depth: int = 4,
-                 elevation_channels: int | None = None):
+                 elevation_channels: int | None = None, instance_norm_levels: int = 0):
         super().__init__()
         k = min(2, in_channels - 1) if elevation_channels is None else elevation_channels
         if not 1 <= k < in_channels:
@@ -49,7 +51,10 @@ class FusionNet(AnySizeModel):
         self.elevation_channels = k
         widths = [width * 2**i for i in range(depth + 1)]
         self.stride = 2**depth
-        self.optical = ResidualEncoder(in_channels - k, widths)
+        if not 0 <= instance_norm_levels <= depth + 1:
+            raise SlidemapError(f"fusion: instance_norm_levels must be 0-{depth + 1}, "
+                                f"got {instance_norm_levels}")
+        self.optical = ResidualEncoder(in_channels - k, widths, instance_norm_levels)
         self.elevation = ResidualEncoder(k, widths)
         self.fuse = nn.Sequential(ConvBNReLU(2 * widths[-1], widths[-1], kernel=1),
                                   ResidualBlock(widths[-1], widths[-1]))
@@ -67,5 +72,6 @@ class FusionNet(AnySizeModel):
 
 @register("fusion")
 def build_fusion(in_channels: int, width: int = 32, depth: int = 4,
-                 elevation_channels: int | None = None) -> nn.Module:
-    return FusionNet(in_channels, width, depth, elevation_channels)
+                 elevation_channels: int | None = None,
+                 instance_norm_levels: int = 0) -> nn.Module:
+    return FusionNet(in_channels, width, depth, elevation_channels, instance_norm_levels)

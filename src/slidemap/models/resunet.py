@@ -17,13 +17,18 @@ from slidemap.models.registry import register
 
 
 class ResidualEncoder(nn.Module):
-    """A residual block per level, strided from the second on; returns every level, finest first."""
+    """A residual block per level, strided from the second on; returns every level, finest first.
 
-    def __init__(self, in_channels: int, widths: list[int]):
+    The first ``instance_norm_levels`` levels use instance-batch norm (IBN-a), where appearance
+    lives; the coarser ones keep batch norm, as IBN-Net does.
+    """
+
+    def __init__(self, in_channels: int, widths: list[int], instance_norm_levels: int = 0):
         super().__init__()
-        self.stages = nn.ModuleList([ResidualBlock(in_channels, widths[0])])
-        for cin, cout in pairwise(widths):
-            self.stages.append(ResidualBlock(cin, cout, stride=2))
+        ibn = [level < instance_norm_levels for level in range(len(widths))]
+        self.stages = nn.ModuleList([ResidualBlock(in_channels, widths[0], instance_norm=ibn[0])])
+        for level, (cin, cout) in enumerate(pairwise(widths), start=1):
+            self.stages.append(ResidualBlock(cin, cout, stride=2, instance_norm=ibn[level]))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
