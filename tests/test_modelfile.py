@@ -9,9 +9,11 @@ import torch
 from conftest import rewrite_sidecar
 from safetensors.torch import load_file, save_file
 
+from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.io import modelfile
-from slidemap.io.modelfile import load_model, model_paths, save_model
+from slidemap.io.modelfile import ModelBundle, load_model, model_paths, save_model
+from slidemap.models import build_model
 
 
 def test_round_trip_gives_identical_predictions(tiny_model) -> None:
@@ -33,10 +35,6 @@ def test_round_trip_gives_identical_predictions(tiny_model) -> None:
 def test_instance_batch_norm_fusion_round_trips_through_int4(tmp_path) -> None:
     """The instance-norm half of IBN-a has affine weights and no running statistics: they must be
     stored and restored like any other, in the smallest weight format too."""
-    from slidemap.data.channels import InputSpec
-    from slidemap.io.modelfile import ModelBundle
-    from slidemap.models import build_model
-
     torch.manual_seed(0)
     options = {"instance_norm_levels": 3}
     model = build_model("fusion", 5, width=4, **options)

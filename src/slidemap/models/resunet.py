@@ -6,8 +6,6 @@ of each stage's first convolution rather than max pooling.
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,10 +23,12 @@ class ResidualEncoder(nn.Module):
 
     def __init__(self, in_channels: int, widths: list[int], instance_norm_levels: int = 0):
         super().__init__()
-        ibn = [level < instance_norm_levels for level in range(len(widths))]
-        self.stages = nn.ModuleList([ResidualBlock(in_channels, widths[0], instance_norm=ibn[0])])
-        for level, (cin, cout) in enumerate(pairwise(widths), start=1):
-            self.stages.append(ResidualBlock(cin, cout, stride=2, instance_norm=ibn[level]))
+        self.stages = nn.ModuleList(
+            ResidualBlock(cin, cout, stride=1 if level == 0 else 2,
+                          instance_norm=level < instance_norm_levels)
+            for level, (cin, cout) in enumerate(zip([in_channels, *widths[:-1]], widths,
+                                                    strict=True))
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
