@@ -44,7 +44,7 @@ class InstanceBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first, rest = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
-        return torch.cat([self.instance(first.contiguous()), self.batch(rest)], dim=1)
+        return torch.cat([self.instance(first), self.batch(rest)], dim=1)
 
 
 class ResidualBlock(nn.Module):

@@ -90,16 +90,15 @@ class Recipes:
         """
         if self.colour_jitter:
             arrays = {**arrays, "x": self._jitter(arrays["x"], arrays["labels"][0] != IGNORE, rng)}
+        spatial = {"image": arrays["x"], "mask": arrays["labels"]}
         if zoom is not None:
             tile = self.config.train.tile
-            zoomed = zoom_about_centre({"image": arrays["x"], "mask": arrays["labels"]}, zoom,
-                                       (tile, tile))
-            arrays = {**arrays, "x": zoomed["image"], "labels": zoomed["mask"]}
+            zoomed = zoom_about_centre(spatial, zoom, (tile, tile))
         elif self.random_scale is not None:
-            zoomed = random_scale({"image": arrays["x"], "mask": arrays["labels"]}, rng,
-                                  self.random_scale)
-            arrays = {**arrays, "x": zoomed["image"], "labels": zoomed["mask"]}
-        return arrays
+            zoomed = random_scale(spatial, rng, self.random_scale)
+        else:
+            return arrays
+        return {**arrays, "x": zoomed["image"], "labels": zoomed["mask"]}
 
     def batch(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
         """Mixup of the collated batch: soft targets, valid where both partners are."""
