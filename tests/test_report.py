@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -11,12 +13,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_raster
+import rasterio
+import shapely
+from conftest import rewrite_sidecar, write_raster
+from matplotlib.collections import LineCollection
+from matplotlib.text import Text
 from PIL import Image
 
 from slidemap.errors import SlidemapError
+from slidemap.infer.vectorize import build_inventory, write_inventory
 from slidemap.report import build_report, plot_training_curves
-from slidemap.report.plots import ERROR_COLOURS, GREY, error_map, pr_curve_figure, precision_recall
+from slidemap.report.mapview import Outlines, map_figure, map_grid, nice_length
+from slidemap.report.plots import (
+    ERROR_COLOURS,
+    GREY,
+    error_map,
+    pr_curve_figure,
+    precision_recall,
+    size_histogram_figure,
+)
+from slidemap.report.provenance import Provenance
 from slidemap.train.metrics import BinaryConfusion
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -117,15 +133,18 @@ def test_prediction_only_evaluation_draws_on_grey(tiny_scene, tmp_path, run_cli)
     assert code == 2 and "--report needs --out" in err
 
 
-def test_predict_report_summarises_the_inventory(tiny_scene, tiny_model, tmp_path,
-                                                 run_cli) -> None:
+def test_predict_report_maps_the_scene_with_its_provenance(tiny_scene, tiny_model, tmp_path,
+                                                            run_cli) -> None:
     out = tmp_path / "pred"
     code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
                         tiny_model, "--tile", 48, "--overlap", 16, "--out", out, "--report")
     assert code == 0, err
     html = (out / "report.html").read_text()
-    assert "Landslide inventory: scene_landslides.gpkg" in html and "total area" in html
-    assert html.count(PNG_URI) == 2  # size histogram and probability preview
+    assert "<title>Landslide map of scene</title>" in html and "total area" in html
+    assert html.count(PNG_URI) == 3  # map, size histogram and probability preview
+    assert f"imagery: {tiny_scene['image'].name}" in html  # the input known to predict
+    assert str(tiny_model) in html and "slidemap predict" in html
+    assert "unmeasured for this model" in html  # the tiny model's sidecar has no card
     assert_self_contained(html)
 
 
@@ -185,3 +204,110 @@ def test_report_opens_in_headless_chromium(tiny_scene, tiny_model, tmp_path, run
     assert found, dumped.stderr[-2000:]
     widths = [int(w) for w in found.group(1).split(",")]
     assert len(widths) == html.count("<img") == 2 and min(widths) > 100
+
+
+# -- the map of a prediction -------------------------------------------------------------------
+
+
+@pytest.fixture
+def mapped(tmp_path: Path) -> dict[str, Path]:
+    """A prediction folder written by hand: a 120×160 scene whose left 20 columns are nodata,
+    a large and a small landslide, a single-pixel speck, and the inventory slidemap writes."""
+    image = np.zeros((3, 120, 160), np.uint8)
+    image[:, :, 20:] = np.arange(140, dtype=np.uint8)[None, None, :] + 60
+    mask = np.zeros((120, 160), np.uint8)
+    mask[20:60, 40:100] = 1
+    mask[80:90, 120:130] = 1
+    mask[100, 30] = 1
+    mask[:, :20] = 255
+    prob = np.where(mask == 1, 0.9, 0.1).astype(np.float32)
+    prob[mask == 255] = np.nan
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    paths = {"image": write_raster(tmp_path / "scene.tif", image, nodata=0),
+             "prob": write_raster(folder / "scene_prob.tif", prob, nodata=float("nan")),
+             "mask": write_raster(folder / "scene_mask.tif", mask, nodata=255),
+             "inventory": folder / "scene_landslides.gpkg", "folder": folder}
+    write_inventory(build_inventory(paths["mask"], paths["prob"]), paths["inventory"])
+    return paths
+
+
+def map_png(html: str) -> np.ndarray:
+    """The decoded map image of a report."""
+    found = re.search(r"<figure class='map'><img src='data:image/png;base64,([^']+)'", html)
+    assert found, "no map in the report"
+    with Image.open(io.BytesIO(base64.b64decode(found.group(1)))) as png:
+        return np.asarray(png.convert("RGB")).astype(np.int32)
+
+
+def near(pixels: np.ndarray, colour: tuple[int, int, int], tolerance: int = 12) -> int:
+    return int((np.abs(pixels - np.array(colour)).max(axis=-1) <= tolerance).sum())
+
+
+def test_prediction_report_numbers_the_map_and_the_table_alike(mapped) -> None:
+    html = build_report(mapped["folder"], provenance=Provenance(image=str(mapped["image"]))
+                        ).read_text()
+    assert "<h1>Landslide map of scene</h1>" in html and "pred" not in html.split("</h1>")[0]
+    assert html.count(PNG_URI) == 3 and "imagery: scene.tif" in html
+    # 0.5 m pixels: 60×40 px = 600 m², 10×10 px = 25 m², the speck 0.25 m²: largest first
+    rows = re.findall(r"<tr><td class='num'>(\d+)</td><td class='num'>([^<]+)</td>", html)
+    assert rows == [("1", "600 m²"), ("2", "25 m²"), ("3", "&lt; 1 m²")]
+    assert "WGS 84 / UTM zone 47N (EPSG:32647)" in html and "603 m² (0.06 ha)" not in html
+    assert "625 m² (0.06 ha)" in html  # the total, in the one area format
+    assert "landslides of a single raster pixel</th><td class='num'>1<" in html
+    pixels = map_png(html)
+    assert near(pixels, (255, 224, 0)) > 200  # the outlines, drawn in yellow over the image
+    assert near(pixels, (215, 215, 215), 3) + near(pixels, (150, 150, 150), 3) > 500  # nodata
+    assert "unmeasured" not in html and "not recorded in its outputs" in html
+    assert_self_contained(html)
+
+
+def test_map_figure_has_numbers_scale_bar_north_arrow_and_crs(mapped) -> None:
+    grid = map_grid(mapped["mask"])
+    assert grid.valid.shape == (120, 160) and not grid.valid[:, :20].any()
+    square = shapely.box(469230.0, 3446170.0, 469250.0, 3446190.0)
+    figure = map_figure(np.zeros((120, 160, 3), np.uint8), grid,
+                        Outlines([square], [(1, 469240.0, 3446180.0)]), "scene", "imagery")
+    texts = {t.get_text() for t in figure.findobj(Text)}
+    assert {"1", "N", "20 m"} <= texts  # 80 m wide: the bar is the nice length under a quarter
+    assert any("EPSG:32647" in t for t in texts) and any("3,446,1" in t for t in texts)
+    lines = [c for c in figure.axes[0].collections if isinstance(c, LineCollection)]
+    assert len(lines) == 2 and len(lines[1].get_segments()) == 1  # halo + outline of one ring
+    assert nice_length(740) == 500 and nice_length(0.3) == 0.2
+
+
+def test_report_reads_provenance_tags_and_the_model_card(mapped, tiny_model) -> None:
+    with rasterio.open(mapped["prob"], "r+") as ds:
+        ds.update_tags(SLIDEMAP_MODEL=str(tiny_model), SLIDEMAP_THRESHOLD="0.42",
+                       SLIDEMAP_VERSION="9.9.9", SLIDEMAP_IMAGE=str(mapped["image"]))
+    html = build_report(mapped["folder"]).read_text()
+    assert "imagery: scene.tif" in html and "9.9.9" in html
+    assert "<th>threshold</th><td>0.42</td>" in html and "unmeasured for this model" in html
+    rewrite_sidecar(tiny_model, card={"new_ground": "F1 0.5 on the far valley (run.sh)."})
+    html = build_report(mapped["folder"]).read_text()
+    assert "F1 0.5 on the far valley (run.sh)." in html and "unmeasured" not in html
+
+
+def test_size_histogram_is_log_binned() -> None:
+    """A hundred one-pixel specks take one bar; the real slides keep theirs."""
+    areas = np.array([0.25] * 100 + [30.0, 400.0, 5000.0, 60000.0])
+    ax = size_histogram_figure(areas, 0.25).axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert ax.get_xscale() == "log" and sorted(h for h in heights if h)[-5:] == [1, 1, 1, 1, 100]
+
+
+def test_prediction_report_opens_in_headless_chromium(mapped, tmp_path) -> None:
+    """The map shows in a browser with its outlines; kept as DIR/report-map.png with
+    SLIDEMAP_ARTIFACTS=DIR for a person to look at."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)")
+    report = build_report(mapped["folder"], provenance=Provenance(image=str(mapped["image"])))
+    shot = tmp_path / "map.png"
+    shown = chromium(tmp_path / "profile-map", f"--screenshot={shot}", "--window-size=1200,1400",
+                     report.as_uri())
+    assert shown.returncode == 0 and shot.exists(), shown.stderr[-2000:]
+    with Image.open(shot) as png:
+        pixels = np.asarray(png.convert("RGB")).astype(np.int32)
+    assert near(pixels, (255, 224, 0), 20) > 100  # the outlines, as the browser drew them
+    if os.environ.get("SLIDEMAP_ARTIFACTS"):
+        shutil.copy(shot, Path(os.environ["SLIDEMAP_ARTIFACTS"]) / "report-map.png")

@@ -20,11 +20,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from slidemap import api
+from slidemap import __version__, api
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import check_scales
 from slidemap.report.html import build_report
+from slidemap.report.provenance import Provenance
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Map landslides from imagery and elevation data.")
@@ -141,7 +142,10 @@ def predict(
     for key in [k for k in result if k in ("prob", "mask") or k.startswith("inventory")]:
         console.print(f"  {key.replace('_', ' '):9s} {result[key]}")
     if html_report:
-        console.print(f"  report    {build_report(out)}")
+        known = Provenance(str(image), str(dem) if dem else None,
+                           tuple(str(m) for m in api.model_list(model)), threshold=threshold,
+                           version=__version__, command=" ".join(["slidemap", *sys.argv[1:]]))
+        console.print(f"  report    {build_report(out, provenance=known)}")
 
 
 @app.command()
@@ -247,9 +251,12 @@ def make_report(
     folder: Annotated[Path, typer.Argument(help="output folder of train, evaluate or predict")],
     out: Annotated[Path | None, typer.Option(
         help="HTML file to write (default: FOLDER/report.html)")] = None,
+    image: Annotated[str | None, typer.Option(
+        help="predict folders: imagery under the map (default: the input named in the "
+             "rasters' provenance tags)")] = None,
 ) -> None:
-    """One self-contained HTML report (figures, plots, inventory) of an output folder."""
-    console.print(f"report {build_report(folder, out)}")
+    """One self-contained HTML report (map, figures, plots, inventory) of an output folder."""
+    console.print(f"report {build_report(folder, out, Provenance(image=image))}")
 
 
 @app.command()

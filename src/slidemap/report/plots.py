@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 from rasterio.windows import Window
 
 from slidemap.data.scene import IGNORE, Scene
@@ -29,7 +30,7 @@ ERROR_COLOURS = {"true positive": (30, 200, 60), "false positive": (230, 40, 40)
 GREY = 128
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -67,7 +68,7 @@ def curves_figure(history: dict[str, np.ndarray]) -> Figure:
     """Training loss, and the validation metrics when there are any, per epoch."""
     epochs = history.get("epoch", np.arange(1, len(history.get("train_loss", [])) + 1))
     metrics = [m for m in VAL_METRICS if m in history and np.isfinite(history[m]).any()]
-    figure = _figure(12 if metrics else 6, 4)
+    figure = new_figure(12 if metrics else 6, 4)
     axes = figure.subplots(1, 2 if metrics else 1, squeeze=False)[0]
     axes[0].plot(epochs, history.get("train_loss", np.full(len(epochs), np.nan)), "o-",
                  color="tab:blue", markersize=3)
@@ -112,7 +113,7 @@ def pr_curve_figure(confusion: BinaryConfusion) -> Figure:
     """Precision–recall curve over all thresholds, with the threshold in use marked."""
     precision, recall, average = precision_recall(confusion)
     metrics = confusion.metrics()
-    figure = _figure(5.5, 4.5)
+    figure = new_figure(5.5, 4.5)
     ax = figure.add_subplot()
     if precision.size:
         ax.plot(recall, precision, color="tab:blue", label=f"AP {average:.3f}")
@@ -170,7 +171,7 @@ def errors_figure(errors: np.ndarray, title: str = "") -> Figure:
     """The error map at (about) one screen pixel per preview pixel, with a legend below."""
     height, width = errors.shape[:2]
     scale = max(1.0, 500 / max(height, width))
-    figure = _figure(max(width * scale / 100, 5), height * scale / 100 + 1.1)
+    figure = new_figure(max(width * scale / 100, 5), height * scale / 100 + 1.1)
     ax = figure.add_subplot()
     ax.imshow(errors, interpolation="nearest")
     ax.set_xticks([])
@@ -184,19 +185,45 @@ def errors_figure(errors: np.ndarray, title: str = "") -> Figure:
     return figure
 
 
-def size_histogram_figure(areas: np.ndarray) -> Figure:
-    """How many landslides of each size (log-spaced bins when sizes span decades)."""
-    figure = _figure(5.5, 3.8)
+def size_histogram_figure(areas: np.ndarray, pixel_area_m2: float | None = None) -> Figure:
+    """How many landslides of each size, and what share of the mapped area each size holds.
+
+    Bins are logarithmic (three a decade), so the one-pixel specks that any threshold leaves at
+    a scene's edges take one bar on the left instead of squeezing every real slide into one;
+    the area line shows how little they weigh.
+    """
+    figure = new_figure(6.2, 4.4)
     ax = figure.add_subplot()
     areas = areas[np.isfinite(areas) & (areas > 0)]
     if areas.size:
-        low, high = areas.min(), areas.max()
-        if high / low > 100:
-            ax.hist(areas, bins=np.geomspace(low, high * 1.0001, 25), color="tab:orange")
-            ax.set_xscale("log")
-        else:
-            ax.hist(areas, bins=min(25, max(1, areas.size)), color="tab:orange")
-    ax.set(xlabel="landslide area (m²)", ylabel="landslides", title="landslide sizes")
+        low = math.floor(3 * math.log10(areas.min()))
+        high = max(low + 1, math.ceil(3 * math.log10(areas.max()) + 1e-9))
+        edges = 10.0 ** (np.arange(low, high + 1) / 3)
+        counts, _ = np.histogram(areas, edges)
+        summed, _ = np.histogram(areas, edges, weights=areas)
+        ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:orange",
+               edgecolor="white", label="landslides (left axis)")
+        share = ax.twinx()
+        share.bar(edges[:-1], 100 * summed / summed.sum(), width=np.diff(edges), align="edge",
+                  fill=False, edgecolor="tab:blue", linewidth=1.6,
+                  label="share of total area (right axis)")
+        share.set(ylabel="share of total area (%)", ylim=(0, 105))
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1
+                                                   else f"{v:g}"))
+        if pixel_area_m2:
+            ax.axvline(pixel_area_m2, color="grey", linestyle=":", linewidth=1.2,
+                       label=f"one raster pixel ({pixel_area_m2:.2g} m²)")
+        lines = [*ax.get_legend_handles_labels()[0], *share.get_legend_handles_labels()[0]]
+        figure.legend(handles=lines, fontsize="small", loc="outside lower center", ncols=2,
+                      frameon=False)
+        ax.set_ylim(0, max(counts.max() * 1.1, 1))
+        ax.yaxis.get_major_locator().set_params(integer=True)
+    else:
+        ax.text(0.5, 0.5, "no landslide mapped", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set(xlabel="landslide area (m², logarithmic bins)", ylabel="landslides",
+           title=f"landslide sizes ({areas.size:,} landslides)")
     ax.grid(alpha=0.3)
     return figure
 
@@ -208,8 +235,7 @@ def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
     prob = np.where(sample["valid"], sample["image"][0], np.nan)
     height, width = prob.shape
-    scale = max(1.0, 500 / max(height, width))
-    figure = _figure(max(width * scale / 100 + 1.2, 4), height * scale / 100 + 0.5)
+    figure = new_figure(6.2, min(9.0, max(3.0, 5.2 * height / width + 0.6)))
     ax = figure.add_subplot()
     shown = ax.imshow(prob, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])

@@ -1,0 +1,298 @@
+"""The report's map of a prediction: the imagery, the landslide outlines numbered by size, and
+what makes it a map (coordinates, CRS, scale bar, north arrow, where nothing was mapped).
+
+Every raster is read decimated to at most ``MAP_SIDE`` pixels a side (``out_shape``, which GDAL
+serves from overviews when the file has them), so the map costs the same on any scene size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as transform_points
+
+from slidemap.data.terrain import EARTH_RADIUS_M
+from slidemap.explain.overlay import rgb_preview
+from slidemap.report.plots import new_figure
+
+MAP_SIDE = 1200
+OUTLINE = "#ffe000"
+NODATA_PATCH = {"facecolor": "#d0d0d0", "edgecolor": "#707070", "hatch": "////"}
+WGS84 = "EPSG:4326"
+NICE_STEPS = (1, 2, 5)
+
+
+@dataclass
+class MapGrid:
+    """The decimated grid the map is drawn on, and what was mapped on it."""
+
+    shape: tuple[int, int]
+    transform: Affine
+    crs: CRS | None
+    valid: np.ndarray  # True where the prediction has data
+    source_shape: tuple[int, int]  # the prediction's own grid
+    source_transform: Affine
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """left, right, bottom, top in CRS units (what ``imshow`` wants)."""
+        height, width = self.shape
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (width, height)
+        return left, right, min(bottom, top), max(bottom, top)
+
+
+def map_grid(mask_path: Path, max_side: int = MAP_SIDE) -> MapGrid:
+    """The prediction's mask read decimated (nearest, so nodata stays nodata)."""
+    with _quiet(), rasterio.open(mask_path) as ds:
+        factor = max(1, math.ceil(max(ds.height, ds.width) / max_side))
+        shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
+        mask = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
+        nodata = 255 if ds.nodata is None else ds.nodata
+        transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
+        return MapGrid(shape, transform, ds.crs, mask != nodata, (ds.height, ds.width),
+                       ds.transform)
+
+
+def imagery(image: str, grid: MapGrid) -> np.ndarray:
+    """The image's first three bands (or its first, as grey) on ``grid``, NaN where nodata.
+
+    The same grid as the prediction is read decimated directly (overviews used if present);
+    any other grid or CRS is warped onto it. Raises RasterioError/OSError if it cannot be read.
+    """
+    with _quiet(), rasterio.open(image) as src:
+        bands = [1, 2, 3] if src.count >= 3 else [1]
+        height, width = grid.shape
+        same_grid = (src.crs == grid.crs and (src.height, src.width) == grid.source_shape
+                     and src.transform.almost_equals(grid.source_transform))
+        if same_grid:
+            data = src.read(bands, out_shape=(len(bands), height, width),
+                            resampling=Resampling.average, masked=True)
+        else:
+            if src.crs is None or grid.crs is None:
+                raise RasterioError(f"{image} and the prediction are on different grids and "
+                                    "one has no CRS")
+            with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=width,
+                           height=height, resampling=Resampling.average) as vrt:
+                data = vrt.read(bands, masked=True)
+    return np.ma.filled(data.astype(np.float32), np.nan)
+
+
+def probability_backdrop(prob_path: Path, grid: MapGrid) -> np.ndarray:
+    """A grey picture of the probability (dark = likely) when there is no imagery to show."""
+    with _quiet(), rasterio.open(prob_path) as ds:
+        prob = ds.read(1, out_shape=grid.shape, resampling=Resampling.nearest, masked=True)
+    prob = np.clip(np.ma.filled(prob.astype(np.float32), np.nan), 0, 1)
+    grey = np.where(np.isfinite(prob), 235 - 170 * np.nan_to_num(prob), 0)
+    return np.repeat(grey[..., None], 3, axis=2).astype(np.uint8)
+
+
+def with_nodata(picture: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``picture`` with grey stripes blended over every pixel that was not mapped."""
+    rows, cols = np.indices(valid.shape)
+    stripes = np.where(((rows + cols) // 5) % 2 == 0, 215, 150).astype(np.float32)
+    out = picture.astype(np.float32)
+    out[~valid] = 0.35 * out[~valid] + 0.65 * stripes[~valid, None]
+    return np.round(out).astype(np.uint8)
+
+
+@dataclass
+class Outlines:
+    """Polygons to draw, in the map's CRS, and the numbered ones' label points (rank 1 first)."""
+
+    geometries: list[shapely.Geometry]
+    labels: list[tuple[int, float, float]]
+
+
+def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: str,
+               backdrop: str) -> Figure:
+    """The map: ``picture`` (RGB on ``grid``), outlines, numbers, ticks, CRS, scale, north."""
+    height, width = grid.shape
+    figure = new_figure(10.5, max(4.0, 10.5 * height / width * 0.92 + 1.3))
+    ax = figure.add_subplot()
+    extent = grid.extent
+    ax.imshow(picture, extent=extent, interpolation="antialiased")
+    rings = [shapely.get_coordinates(ring) for geometry in outlines.geometries
+             for ring in shapely.get_rings(shapely.get_parts(geometry))]
+    if rings:
+        ax.add_collection(LineCollection(rings, colors="black", linewidths=3.2))
+        ax.add_collection(LineCollection(rings, colors=OUTLINE, linewidths=1.8))
+    spacing = 0.04 * max(extent[1] - extent[0], extent[3] - extent[2])
+    for rank, (x, y), (lx, ly) in zip(*_placed(outlines.labels, spacing, extent), strict=True):
+        if (lx, ly) != (x, y):  # moved off a neighbour's number: a leader line to the slide
+            ax.plot([x, lx], [y, ly], color="black", linewidth=0.9)
+            ax.plot([x], [y], "o", color="black", markersize=2.5)
+        ax.text(lx, ly, str(rank), ha="center", va="center", fontsize=8, fontweight="bold",
+                bbox={"boxstyle": "circle,pad=0.25", "facecolor": "white",
+                      "edgecolor": "black", "linewidth": 0.8})
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_aspect("equal")
+    _coordinates(ax, grid.crs)
+    _scale_bar(ax, grid)
+    _north_arrow(ax, grid)
+    handles = [Line2D([], [], color=OUTLINE, linewidth=2.5,
+                      label="mapped landslide; number = rank by area (table)"),
+               Patch(label="no data: not mapped", **NODATA_PATCH)]
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small",
+                  frameon=False, title=f"{title} · {backdrop}", title_fontsize="small")
+    return figure
+
+
+def _placed(labels: list[tuple[int, float, float]], spacing: float,
+            extent: tuple[float, float, float, float]
+            ) -> tuple[list[int], list[tuple[float, float]], list[tuple[float, float]]]:
+    """Ranks, their points, and where to write each number so that no two overlap: on the
+    point when it is free, else on the nearest free spot of rings around it."""
+    left, right, bottom, top = extent
+    ranks, points, spots = [], [], []
+    for rank, x, y in labels:
+        candidates = [(x, y)] + [
+            (x + ring * spacing * math.cos(a), y + ring * spacing * math.sin(a))
+            for ring in (1, 2, 3) for a in np.linspace(0, 2 * math.pi, 12, endpoint=False)]
+        inside = [(cx, cy) for cx, cy in candidates
+                  if left + spacing / 2 <= cx <= right - spacing / 2
+                  and bottom + spacing / 2 <= cy <= top - spacing / 2] or [(x, y)]
+        free = [c for c in inside
+                if all(math.dist(c, spot) >= spacing for spot in spots)]
+        ranks.append(rank)
+        points.append((x, y))
+        spots.append(free[0] if free else inside[0])
+    return ranks, points, spots
+
+
+def crs_name(crs: CRS | None) -> str:
+    """``WGS 84 / UTM zone 47N (EPSG:32647)``, or what can be said without a CRS."""
+    if crs is None:
+        return "no CRS: pixel grid"
+    found = re.match(r'\s*\w+\["([^"]+)"', crs.to_wkt())
+    name = found.group(1) if found else crs.to_string()
+    code = crs.to_epsg()
+    return f"{name} (EPSG:{code})" if code else name
+
+
+def lonlat(crs: CRS | None, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude and latitude (WGS 84) of points in ``crs``; NaN without a CRS."""
+    if crs is None or not len(xs):
+        return np.full(len(xs), np.nan), np.full(len(ys), np.nan)
+    lon, lat = transform_points(crs, WGS84, list(map(float, xs)), list(map(float, ys)))
+    return np.asarray(lon), np.asarray(lat)
+
+
+def _coordinates(ax: object, crs: CRS | None) -> None:
+    if crs is not None and crs.is_geographic:
+        names, fmt = ("longitude (°)", "latitude (°)"), "{:.4f}"
+    elif crs is not None:
+        unit = crs.linear_units or "m"
+        unit = "m" if unit.lower() in ("metre", "meter", "m") else unit
+        names, fmt = (f"easting ({unit})", f"northing ({unit})"), "{:,.0f}"
+    else:
+        names, fmt = ("column (CRS-less x)", "row (CRS-less y)"), "{:,.0f}"
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(6, prune="both"))  # none in the corners
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt.format(v)))
+    ax.tick_params(labelsize="small")
+    ax.tick_params(axis="y", labelrotation=90)
+    for label in ax.get_yticklabels():
+        label.set_verticalalignment("center")
+    ax.set_xlabel(f"{names[0]} · CRS {crs_name(crs)}", fontsize="small")
+    ax.set_ylabel(names[1], fontsize="small")
+    ax.grid(color="white", alpha=0.35, linewidth=0.6)
+
+
+def _metres_per_unit(grid: MapGrid) -> float | None:
+    """Ground metres per CRS unit along x at the map's centre; None without a CRS."""
+    crs = grid.crs
+    if crs is None:
+        return None
+    if crs.is_geographic:
+        middle = (grid.extent[2] + grid.extent[3]) / 2
+        return math.pi * EARTH_RADIUS_M / 180 * math.cos(math.radians(middle))
+    return float(crs.linear_units_factor[1])
+
+
+def nice_length(metres: float) -> float:
+    """The largest 1, 2 or 5 × 10^k not above ``metres``."""
+    power = 10 ** math.floor(math.log10(metres))
+    return max(step * power for step in NICE_STEPS if step * power <= metres)
+
+
+def _scale_bar(ax: object, grid: MapGrid) -> None:
+    per_unit = _metres_per_unit(grid)
+    if per_unit is None:
+        return
+    left, right = grid.extent[:2]
+    metres = nice_length((right - left) * per_unit / 4)
+    label = f"{metres / 1000:g} km" if metres >= 1000 else f"{metres:g} m"
+    bar = AnchoredSizeBar(ax.transData, metres / per_unit, label, "lower left", pad=0.5,
+                          borderpad=0.8, sep=4, color="black", frameon=True,
+                          size_vertical=(grid.extent[3] - grid.extent[2]) / 120)
+    bar.patch.set(facecolor="white", alpha=0.85, edgecolor="none")
+    ax.add_artist(bar)
+
+
+def _north_arrow(ax: object, grid: MapGrid) -> None:
+    """An arrow to true north (grid north differs from it away from a projection's centre)."""
+    if grid.crs is None:
+        return
+    left, right, bottom, top = grid.extent
+    x, y = (left + right) / 2, (bottom + top) / 2
+    lon, lat = transform_points(grid.crs, WGS84, [x], [y])
+    north_lat = min(lat[0] + 0.001, 89.9999)
+    nx, ny = transform_points(WGS84, grid.crs, lon, [north_lat])
+    angle = math.atan2(nx[0] - x, ny[0] - y)
+    dx, dy = math.sin(angle), math.cos(angle)
+    tip = (0.95, 0.9)
+    ax.annotate("", xy=tip, xycoords="axes fraction", xytext=(-32 * dx, -32 * dy),
+                textcoords="offset points",
+                arrowprops={"facecolor": "white", "edgecolor": "black", "width": 5,
+                            "headwidth": 14, "headlength": 12, "linewidth": 1})
+    ax.annotate("N", xy=tip, xycoords="axes fraction", xytext=(9 * dx, 9 * dy),
+                textcoords="offset points", ha="center", va="center", fontsize=12,
+                fontweight="bold",
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.85,
+                      "edgecolor": "none"})
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Rasters without a georeference are drawn on their pixel grid without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+def backdrop_picture(image: str | None, prob_path: Path, grid: MapGrid
+                     ) -> tuple[np.ndarray, str]:
+    """The picture under the outlines and a line saying what it is."""
+    if image:
+        try:
+            picture = rgb_preview(imagery(image, grid))
+            return with_nodata(picture, grid.valid), f"imagery: {Path(image).name}"
+        except (RasterioError, OSError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            note = f"imagery {image} could not be read ({reason}); "
+    else:
+        note = "the input image is not recorded (slidemap report DIR --image IMAGE adds it); "
+    return (with_nodata(probability_backdrop(prob_path, grid), grid.valid),
+            note + "shown instead: the landslide probability, darker = more likely")

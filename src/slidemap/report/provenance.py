@@ -1,0 +1,174 @@
+"""What made a prediction, as far as it can be known, and what its model's card says to expect.
+
+A prediction's rasters may carry provenance tags (model file and digest, threshold, version,
+inputs, command, date); older outputs carry none. The caller may also know some of it (``predict
+--report`` knows its inputs). Both are merged, the caller's word first, and whatever is still
+missing is reported as not recorded rather than guessed.
+
+A model's accuracy on new ground is read from its sidecar's ``card`` (``new_ground``: a sentence
+with the measured figures and where they come from), never written into the report by hand: a
+sidecar without one gets "unmeasured".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+
+from slidemap.io.modelfile import model_paths
+
+UNMEASURED = ("Accuracy on new ground is unmeasured for this model: its sidecar carries no "
+              "card with a cross-region or held-out estimate. Check a sample of the outlines "
+              "against the imagery before acting on them.")
+UNKNOWN_MODEL = ("The model that made this map is not recorded in its outputs, so what to "
+                 "expect of it on new ground cannot be said here.")
+
+# Tag names (lower case, a leading "slidemap_" or "slidemap:" dropped) that may hold each field.
+TAG_NAMES = {
+    "image": ("image", "input_image", "inputs_image", "source_image"),
+    "dem": ("dem", "input_dem", "inputs_dem", "source_dem"),
+    "models": ("model", "models", "model_file", "model_files", "model_path"),
+    "model_sha256": ("model_sha256", "sha256", "model_digest", "models_sha256"),
+    "threshold": ("threshold", "decision_threshold"),
+    "version": ("version", "slidemap_version", "software_version"),
+    "command": ("command", "command_line", "cmdline"),
+    "created": ("created", "date", "datetime", "tifftag_datetime", "timestamp"),
+}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The sources of a prediction; None or empty where unknown."""
+
+    image: str | None = None
+    dem: str | None = None
+    models: tuple[str, ...] = ()
+    model_sha256: tuple[str, ...] = ()
+    threshold: float | None = None
+    version: str | None = None
+    command: str | None = None
+    created: str | None = None
+
+    def merged(self, other: Provenance) -> Provenance:
+        """These values, with ``other``'s where these are missing."""
+        return replace(self, **{f.name: getattr(other, f.name) for f in fields(self)
+                                if not getattr(self, f.name) and getattr(other, f.name)})
+
+
+def raster_tags(path: Path) -> dict[str, str]:
+    """Every tag of ``path`` (dataset domain, the SLIDEMAP domain, band 1), lower-case keys;
+    empty when the file cannot be read."""
+    try:
+        with rasterio.open(path) as ds:
+            tags = {**ds.tags(1), **ds.tags()}
+            if "SLIDEMAP" in (ds.tag_namespaces() or []):
+                tags.update(ds.tags(ns="SLIDEMAP"))
+    except (RasterioError, OSError):
+        return {}
+    out = {}
+    for key, value in tags.items():
+        name = key.lower()
+        for prefix in ("slidemap_", "slidemap:", "slidemap."):
+            name = name.removeprefix(prefix)
+        out[name] = value
+    return out
+
+
+def from_tags(tags: dict[str, str]) -> Provenance:
+    """The provenance fields found among ``tags`` (values that do not parse are skipped)."""
+    found: dict[str, object] = {}
+    for field, names in TAG_NAMES.items():
+        value = next((tags[n] for n in names if tags.get(n)), None)
+        if value is None:
+            continue
+        if field in ("models", "model_sha256"):
+            found[field] = _listed(value)
+        elif field == "threshold":
+            try:
+                found[field] = float(value)
+            except ValueError:
+                continue
+        else:
+            found[field] = value
+    inputs = tags.get("inputs")  # a JSON object of input names, if written that way
+    if inputs:
+        try:
+            named = json.loads(inputs)
+        except json.JSONDecodeError:
+            named = None
+        if isinstance(named, dict):
+            found.setdefault("image", named.get("image"))
+            found.setdefault("dem", named.get("dem"))
+    return Provenance(**{k: v for k, v in found.items() if v})
+
+
+def _listed(value: str) -> tuple[str, ...]:
+    """A tag holding one name, a JSON list, or names separated by commas or semicolons."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, list):
+        return tuple(str(v) for v in parsed)
+    separator = ";" if ";" in value else ","
+    return tuple(v.strip() for v in value.split(separator) if v.strip())
+
+
+def of_prediction(prob_path: Path, mask_path: Path, given: Provenance | None = None
+                  ) -> Provenance:
+    """What made the rasters: ``given`` first, then their tags, then their files' time."""
+    tagged = from_tags({**raster_tags(mask_path), **raster_tags(prob_path)})
+    known = (given or Provenance()).merged(tagged)
+    if known.threshold is None and known.models:
+        thresholds = [c.get("threshold") for c in map(sidecar, known.models) if c]
+        if thresholds and all(isinstance(t, int | float) for t in thresholds):
+            known = replace(known, threshold=float(np.mean(thresholds)))  # as an ensemble does
+    if not known.model_sha256 and known.models:
+        digests = [_sha256(Path(m)) for m in known.models]
+        if all(digests):
+            known = replace(known, model_sha256=tuple(d for d in digests if d))
+    if not known.created and prob_path.exists():
+        stamp = dt.datetime.fromtimestamp(prob_path.stat().st_mtime).astimezone()
+        known = replace(known, created=stamp.strftime("%Y-%m-%d %H:%M %Z") + " (file time)")
+    return known
+
+
+def sidecar(model: str) -> dict:
+    """The JSON sidecar of a model file, or {} when it cannot be found or read."""
+    try:
+        path = model_paths(Path(model))[1]
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _sha256(path: Path) -> str | None:
+    weights = model_paths(path)[0] if path.suffix != ".onnx" else path
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with weights.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def accuracy_caveat(models: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(model name, what its card says to expect on new ground) for each model file."""
+    if not models:
+        return [("", UNKNOWN_MODEL)]
+    caveats = []
+    for model in models:
+        card = sidecar(model).get("card")
+        said = card.get("new_ground") if isinstance(card, dict) else None
+        caveats.append((Path(model).name, said if isinstance(said, str) and said.strip()
+                        else UNMEASURED))
+    return caveats
