@@ -254,9 +254,12 @@ def make_report(
     image: Annotated[str | None, typer.Option(
         help="predict folders: imagery under the map (default: the input named in the "
              "rasters' provenance tags)")] = None,
+    interactive: Annotated[bool, typer.Option(
+        help="predict folders: add a pan-and-zoom map (Leaflet, inlined: works offline)")
+    ] = False,
 ) -> None:
     """One self-contained HTML report (map, figures, plots, inventory) of an output folder."""
-    console.print(f"report {build_report(folder, out, Provenance(image=image))}")
+    console.print(f"report {build_report(folder, out, Provenance(image=image), interactive)}")
 
 
 @app.command()

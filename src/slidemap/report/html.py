@@ -59,19 +59,20 @@ code { font-size: 13px; word-break: break-all; }
 
 
 def build_report(folder: Path, out: Path | None = None,
-                 provenance: Provenance | None = None) -> Path:
+                 provenance: Provenance | None = None, interactive: bool = False) -> Path:
     """Write the HTML report of ``folder`` (a training run, evaluation or prediction folder).
 
     ``out`` defaults to ``folder/report.html``; an existing report there is replaced.
     ``provenance``: what the caller knows of how a prediction was made (its image, model, ...);
-    it comes before what the rasters' tags say.
+    it comes before what the rasters' tags say. ``interactive``: add a pan-and-zoom map of each
+    prediction (Leaflet, inlined: the page then holds scripts, still nothing fetched).
     """
     if not folder.is_dir():
         raise SlidemapError(f"{folder} is not a folder: pass a run, evaluate or predict --out "
                             "folder")
     inventories = sorted(folder.glob(f"*{SUFFIX}"))
     parts = [_training(folder), _evaluation(folder),
-             *[prediction_section(path, provenance) for path in inventories],
+             *[prediction_section(path, provenance, interactive) for path in inventories],
              _explanation(folder)]
     found = [p for p in parts if p is not None]
     if not found:

@@ -29,6 +29,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import calculate_default_transform
 from rasterio.warp import transform as transform_points
 
 from slidemap.data.terrain import EARTH_RADIUS_M
@@ -62,47 +63,64 @@ class MapGrid:
         return left, right, min(bottom, top), max(bottom, top)
 
 
-def map_grid(mask_path: Path, max_side: int = MAP_SIDE) -> MapGrid:
-    """The prediction's mask read decimated (nearest, so nodata stays nodata)."""
+def map_grid(mask_path: Path, max_side: int = MAP_SIDE, crs: str | None = None) -> MapGrid:
+    """The prediction's mask read decimated (nearest, so nodata stays nodata), on its own grid
+    or, given ``crs``, warped onto a grid in that CRS."""
     with _quiet(), rasterio.open(mask_path) as ds:
-        factor = max(1, math.ceil(max(ds.height, ds.width) / max_side))
-        shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
-        mask = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
         nodata = 255 if ds.nodata is None else ds.nodata
-        transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
-        return MapGrid(shape, transform, ds.crs, mask != nodata, (ds.height, ds.width),
-                       ds.transform)
+        if crs is None or ds.crs is None:
+            factor = max(1, math.ceil(max(ds.height, ds.width) / max_side))
+            shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
+            mask = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
+            transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
+            return MapGrid(shape, transform, ds.crs, mask != nodata, (ds.height, ds.width),
+                           ds.transform)
+        target = CRS.from_user_input(crs)
+        transform, width, height = calculate_default_transform(ds.crs, target, ds.width,
+                                                               ds.height, *ds.bounds)
+        factor = max(1, math.ceil(max(height, width) / max_side))
+        shape = (math.ceil(height / factor), math.ceil(width / factor))
+        transform = transform @ Affine.scale(width / shape[1], height / shape[0])
+        with WarpedVRT(ds, crs=target, transform=transform, width=shape[1], height=shape[0],
+                       resampling=Resampling.nearest, nodata=nodata) as vrt:
+            mask = vrt.read(1)
+        return MapGrid(shape, transform, target, mask != nodata, shape, transform)
 
 
-def imagery(image: str, grid: MapGrid) -> np.ndarray:
-    """The image's first three bands (or its first, as grey) on ``grid``, NaN where nodata.
+def on_grid(path: str | Path, bands: list[int], grid: MapGrid,
+            resampling: Resampling = Resampling.average) -> np.ndarray:
+    """Bands of a raster on ``grid``, float32 with NaN where nodata.
 
-    The same grid as the prediction is read decimated directly (overviews used if present);
-    any other grid or CRS is warped onto it. Raises RasterioError/OSError if it cannot be read.
+    The prediction's own grid is read decimated directly (overviews used if present); any
+    other grid or CRS is warped onto it. Raises RasterioError/OSError if it cannot be read.
     """
-    with _quiet(), rasterio.open(image) as src:
-        bands = [1, 2, 3] if src.count >= 3 else [1]
+    with _quiet(), rasterio.open(path) as src:
         height, width = grid.shape
         same_grid = (src.crs == grid.crs and (src.height, src.width) == grid.source_shape
                      and src.transform.almost_equals(grid.source_transform))
         if same_grid:
             data = src.read(bands, out_shape=(len(bands), height, width),
-                            resampling=Resampling.average, masked=True)
+                            resampling=resampling, masked=True)
         else:
             if src.crs is None or grid.crs is None:
-                raise RasterioError(f"{image} and the prediction are on different grids and "
+                raise RasterioError(f"{path} and the prediction are on different grids and "
                                     "one has no CRS")
             with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=width,
-                           height=height, resampling=Resampling.average) as vrt:
+                           height=height, resampling=resampling) as vrt:
                 data = vrt.read(bands, masked=True)
     return np.ma.filled(data.astype(np.float32), np.nan)
 
 
+def imagery(image: str, grid: MapGrid) -> np.ndarray:
+    """The image's first three bands (or its first, as grey) on ``grid``, NaN where nodata."""
+    with _quiet(), rasterio.open(image) as src:
+        bands = [1, 2, 3] if src.count >= 3 else [1]
+    return on_grid(image, bands, grid)
+
+
 def probability_backdrop(prob_path: Path, grid: MapGrid) -> np.ndarray:
     """A grey picture of the probability (dark = likely) when there is no imagery to show."""
-    with _quiet(), rasterio.open(prob_path) as ds:
-        prob = ds.read(1, out_shape=grid.shape, resampling=Resampling.nearest, masked=True)
-    prob = np.clip(np.ma.filled(prob.astype(np.float32), np.nan), 0, 1)
+    prob = np.clip(on_grid(prob_path, [1], grid, Resampling.nearest)[0], 0, 1)
     grey = np.where(np.isfinite(prob), 235 - 170 * np.nan_to_num(prob), 0)
     return np.repeat(grey[..., None], 3, axis=2).astype(np.uint8)
 
@@ -283,16 +301,18 @@ def _quiet() -> Iterator[None]:
 
 
 def backdrop_picture(image: str | None, prob_path: Path, grid: MapGrid
-                     ) -> tuple[np.ndarray, str]:
-    """The picture under the outlines and a line saying what it is."""
+                     ) -> tuple[np.ndarray, str, str]:
+    """The picture under the outlines, a short label of it, and why it is not the imagery
+    (empty when it is)."""
     if image:
         try:
             picture = rgb_preview(imagery(image, grid))
-            return with_nodata(picture, grid.valid), f"imagery: {Path(image).name}"
+            return with_nodata(picture, grid.valid), f"imagery: {Path(image).name}", ""
         except (RasterioError, OSError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-            note = f"imagery {image} could not be read ({reason}); "
+            why = f"the imagery {image} could not be read ({reason})"
     else:
-        note = "the input image is not recorded (slidemap report DIR --image IMAGE adds it); "
+        why = ("the input image is not recorded in the outputs "
+               "(slidemap report DIR --image IMAGE draws it)")
     return (with_nodata(probability_backdrop(prob_path, grid), grid.valid),
-            note + "shown instead: the landslide probability, darker = more likely")
+            "background: landslide probability, darker = more likely", why)

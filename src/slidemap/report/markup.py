@@ -99,8 +99,8 @@ def grid(columns: list[str], rows: list[list[str]], caption: str = "") -> str:
     return f"<table>{title}<tr>{head}</tr>{body}</table>"
 
 
-def image(png: bytes, caption: str, css: str = "") -> str:
-    data = base64.b64encode(png).decode("ascii")
+def image(picture: bytes, caption: str, css: str = "", mime: str = "image/png") -> str:
+    data = base64.b64encode(picture).decode("ascii")
     kind = f" class='{css}'" if css else ""
-    return (f"<figure{kind}><img src='data:image/png;base64,{data}' alt='{escape(caption)}'>"
+    return (f"<figure{kind}><img src='data:{mime};base64,{data}' alt='{escape(caption)}'>"
             f"<figcaption>{escape(caption)}</figcaption></figure>")

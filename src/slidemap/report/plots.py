@@ -49,6 +49,14 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def jpeg_bytes(figure: Figure, quality: int = 90) -> bytes:
+    """A figure over photographic imagery as JPEG: a fifth of the PNG's size, text still crisp
+    at this quality."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="jpeg", pil_kwargs={"quality": quality, "subsampling": 0})
+    return buffer.getvalue()
+
+
 def read_history(path: Path) -> dict[str, np.ndarray]:
     """``history.csv`` as one float array per column (NaN where a cell is empty)."""
     with path.open(newline="") as handle:

@@ -21,6 +21,7 @@ from rasterio.errors import CRSError, RasterioError
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError
+from slidemap.report.interactive import MAX_FEATURES, interactive_map
 from slidemap.report.mapview import (
     Outlines,
     backdrop_picture,
@@ -40,7 +41,12 @@ from slidemap.report.markup import (
     probability,
     square_metres,
 )
-from slidemap.report.plots import png_bytes, probability_figure, size_histogram_figure
+from slidemap.report.plots import (
+    jpeg_bytes,
+    png_bytes,
+    probability_figure,
+    size_histogram_figure,
+)
 from slidemap.report.provenance import Provenance, accuracy_caveat, of_prediction
 
 LARGEST = 10
@@ -89,14 +95,16 @@ def scene_name(inventory: Path) -> str:
     return inventory.name.removesuffix(SUFFIX)
 
 
-def prediction_section(path: Path, given: Provenance | None = None) -> tuple[Rows, str]:
-    """Cards and HTML of the prediction whose inventory is ``path``."""
+def prediction_section(path: Path, given: Provenance | None = None, interactive: bool = False
+                       ) -> tuple[Rows, str]:
+    """Cards and HTML of the prediction whose inventory is ``path`` (with an interactive map
+    too if asked)."""
     stem = scene_name(path)
     prob, mask = path.with_name(f"{stem}_prob.tif"), path.with_name(f"{stem}_mask.tif")
     inventory = Inventory(path)
     known = of_prediction(prob, mask, given)
     total = float(inventory.areas.sum())
-    html = [f"<h2>Landslide map: {escape(stem)}</h2>"]
+    html = [f"<h2>{escape(stem)}: map and inventory</h2>"]
     ranked = inventory.geometries(min(len(inventory), MAX_OUTLINES))
     if mask.exists():
         html.append(_map(inventory, ranked, known, prob, mask, stem))
@@ -104,6 +112,8 @@ def prediction_section(path: Path, given: Provenance | None = None) -> tuple[Row
         html.append(f"<p class='note'>No map: {escape(mask.name)} is missing beside the "
                     "inventory.</p>")
     html.append(_caveat(known))
+    if interactive and mask.exists():
+        html.append(_interactive(inventory, ranked, known, prob, mask))
     html.append(_largest(inventory, ranked[:LARGEST]))
     html.append("<h3>Summary</h3>" + pairs(_summary(inventory, mask)))
     pixel = _pixel_area(mask)
@@ -126,7 +136,7 @@ def _map(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance
         grid_ = map_grid(mask)
     except (RasterioError, OSError) as exc:
         return f"<p class='note'>No map: {escape(mask.name)} cannot be read ({escape(str(exc))})"
-    picture, backdrop = backdrop_picture(known.image, prob, grid_)
+    picture, backdrop, why = backdrop_picture(known.image, prob, grid_)
     labels = []
     for rank, geometry in enumerate(ranked[:LARGEST], start=1):
         point = shapely.point_on_surface(geometry)
@@ -136,8 +146,21 @@ def _map(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance
     figure = map_figure(picture, grid_, Outlines(ranked, labels), f"{stem}: landslides mapped",
                         backdrop)
     caption = (f"Map of {stem} ({backdrop}): {drawn} landslide outlines; numbers "
-               f"1–{len(labels)} are the ranks in the table below. CRS {crs_name(grid_.crs)}.")
-    return image(png_bytes(figure), caption, "map")
+               f"1–{len(labels)} are the ranks in the table below. CRS {crs_name(grid_.crs)}."
+               + (f" No imagery: {why}." if why else ""))
+    return image(jpeg_bytes(figure), caption, "map", "image/jpeg")
+
+
+def _interactive(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance,
+                 prob: Path, mask: Path) -> str:
+    mean_prob = inventory.column("mean_prob")
+    rows = [(float(inventory.areas[i]), float(mean_prob[i]) if mean_prob is not None
+             else float("nan")) for i in inventory.order[:MAX_FEATURES]]
+    try:
+        return interactive_map(known.image, prob, mask, inventory.crs, ranked, rows,
+                               min(LARGEST, len(ranked)))
+    except (RasterioError, OSError) as exc:
+        return f"<p class='note'>No interactive map: {escape(str(exc))}</p>"
 
 
 def _largest(inventory: Inventory, geometries: list[shapely.Geometry]) -> str:
