@@ -89,7 +89,8 @@ def map_grid(mask_path: Path, max_side: int = MAP_SIDE, crs: str | None = None) 
 
 def on_grid(path: str | Path, bands: list[int], grid: MapGrid,
             resampling: Resampling = Resampling.average) -> np.ndarray:
-    """Bands of a raster on ``grid``, float32 with NaN where nodata.
+    """Bands of a raster on ``grid`` as physical values (band scale and offset applied, as a
+    uint8 probability needs), float32 with NaN where nodata.
 
     The prediction's own grid is read decimated directly (overviews used if present); any
     other grid or CRS is warped onto it. Raises RasterioError/OSError if it cannot be read.
@@ -108,7 +109,9 @@ def on_grid(path: str | Path, bands: list[int], grid: MapGrid,
             with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=width,
                            height=height, resampling=resampling) as vrt:
                 data = vrt.read(bands, masked=True)
-    return np.ma.filled(data.astype(np.float32), np.nan)
+        scales = np.array([src.scales[b - 1] or 1.0 for b in bands], np.float32)[:, None, None]
+        offsets = np.array([src.offsets[b - 1] or 0.0 for b in bands], np.float32)[:, None, None]
+    return np.ma.filled(data.astype(np.float32) * scales + offsets, np.nan)
 
 
 def imagery(image: str, grid: MapGrid) -> np.ndarray:

@@ -52,6 +52,7 @@ from slidemap.report.provenance import Provenance, accuracy_caveat, of_predictio
 LARGEST = 10
 MAX_OUTLINES = 20_000
 SUFFIX = "_landslides.gpkg"
+LAYER = "landslides"  # the GeoPackage may hold others (layer_styles)
 NOT_RECORDED = "not recorded"
 
 
@@ -61,7 +62,7 @@ class Inventory:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            meta, self.fids, _, values = pyogrio.raw.read(path, read_geometry=False,
+            meta, self.fids, _, values = pyogrio.raw.read(path, layer=LAYER, read_geometry=False,
                                                           return_fids=True)
         except (DataSourceError, DataLayerError) as exc:
             raise SlidemapError(f"inventory {path} cannot be read ({exc}): "
@@ -82,7 +83,7 @@ class Inventory:
         wanted = self.fids[self.order[:ranks]]
         if not len(wanted):
             return []
-        _, fids, wkb, _ = pyogrio.raw.read(self.path, fids=wanted, return_fids=True)
+        _, fids, wkb, _ = pyogrio.raw.read(self.path, layer=LAYER, fids=wanted, return_fids=True)
         by_fid = dict(zip(fids.tolist(), shapely.from_wkb(wkb), strict=True))
         return [by_fid[f] for f in wanted.tolist() if by_fid.get(f) is not None]
 
