@@ -23,7 +23,13 @@ from PIL import Image
 from slidemap.errors import SlidemapError
 from slidemap.infer.vectorize import build_inventory, write_inventory
 from slidemap.report import build_report, plot_training_curves
-from slidemap.report.mapview import Outlines, map_figure, map_grid, nice_length
+from slidemap.report.mapview import (
+    Outlines,
+    map_figure,
+    map_grid,
+    nice_length,
+    probability_backdrop,
+)
 from slidemap.report.plots import (
     ERROR_COLOURS,
     GREY,
@@ -32,7 +38,7 @@ from slidemap.report.plots import (
     precision_recall,
     size_histogram_figure,
 )
-from slidemap.report.provenance import Provenance
+from slidemap.report.provenance import Provenance, from_tags
 from slidemap.train.metrics import BinaryConfusion
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -287,6 +293,28 @@ def test_report_reads_provenance_tags_and_the_model_card(mapped, tiny_model) -> 
     rewrite_sidecar(tiny_model, card={"new_ground": "F1 0.5 on the far valley (run.sh)."})
     html = build_report(mapped["folder"]).read_text()
     assert "F1 0.5 on the far valley (run.sh)." in html and "unmeasured" not in html
+
+
+def test_provenance_tags_as_predict_writes_them() -> None:
+    """``SLIDEMAP_*`` tags, models and digests ``;``-separated; unknown or bad values skipped."""
+    known = from_tags({"model": "a.safetensors;b.safetensors", "model_sha256": "1;2",
+                       "threshold": "0.35", "dem": "dsm.tif", "created": "2026-01-02T03:04Z",
+                       "command": "slidemap predict x.tif", "other": "ignored"})
+    assert known == Provenance(dem="dsm.tif", models=("a.safetensors", "b.safetensors"),
+                               model_sha256=("1", "2"), threshold=0.35,
+                               command="slidemap predict x.tif", created="2026-01-02T03:04Z")
+    assert from_tags({"threshold": "high"}) == Provenance()
+    assert Provenance(image="given.tif").merged(known).image == "given.tif"
+
+
+def test_probability_backdrop_reads_a_scaled_uint8_probability(mapped, tmp_path) -> None:
+    """A uint8 probability (p × 254, scale 1/254) is drawn as the float one is."""
+    prob = np.where(np.arange(160) < 80, 254, 0).astype(np.uint8)[None].repeat(120, axis=0)
+    path = write_raster(tmp_path / "prob_u8.tif", prob, nodata=255)
+    with rasterio.open(path, "r+") as ds:
+        ds.scales, ds.offsets = (1 / 254,), (0.0,)
+    grey = probability_backdrop(path, map_grid(mapped["mask"]))[..., 0]
+    assert grey[0, 0] == 65 and grey[0, -1] == 235  # likely dark, unlikely light
 
 
 def test_size_histogram_is_log_binned() -> None:

@@ -126,7 +126,9 @@ def prediction_section(path: Path, given: Provenance | None = None, interactive:
                              f"probability {prob.name} (decimated preview; blank = no data)",
                              "half"))
     html.append("<div class='row'>" + "".join(figures) + "</div>")
-    html.append(_provenance(known, inventory, [prob, mask, path]))
+    outputs = sorted(p for p in path.parent.iterdir() if p.name.startswith(f"{stem}_")
+                     and p.is_file() and not p.name.endswith(".aux.xml"))
+    html.append(_provenance(known, inventory, outputs))
     cards: Rows = [("landslides", len(inventory)), ("landslide area", hectares(total))]
     return cards, "".join(html)
 
@@ -259,7 +261,7 @@ def _provenance(known: Provenance, inventory: Inventory, outputs: list[Path]) ->
                                               f"{__version__})"),
         ("command", known.command or NOT_RECORDED),
         ("predicted", known.created or NOT_RECORDED),
-        ("outputs", ", ".join(p.name for p in outputs if p.exists())),
+        ("outputs", ", ".join(p.name for p in outputs)),
         ("CRS", crs_name(inventory.crs)),
     ]
     return "<h3>Provenance</h3>" + pairs(rows)
