@@ -269,6 +269,17 @@ def test_prediction_report_numbers_the_map_and_the_table_alike(mapped) -> None:
     assert_self_contained(html)
 
 
+def test_prediction_report_without_landslides(mapped) -> None:
+    """Nothing mapped is said, on the map and in the table, and nothing breaks."""
+    with rasterio.open(mapped["mask"], "r+") as ds:
+        ds.write(np.where(ds.read(1) == 1, 0, ds.read(1)), 1)
+    mapped["inventory"].unlink()
+    write_inventory(build_inventory(mapped["mask"], mapped["prob"]), mapped["inventory"])
+    html = build_report(mapped["folder"], interactive=True).read_text()
+    assert "no landslide mapped." in html and "No landslide was mapped." in html
+    assert "<th>landslides</th><td class='num'>0</td>" in html
+
+
 def test_map_figure_has_numbers_scale_bar_north_arrow_and_crs(mapped) -> None:
     grid = map_grid(mapped["mask"])
     assert grid.valid.shape == (120, 160) and not grid.valid[:, :20].any()

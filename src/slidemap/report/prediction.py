@@ -148,8 +148,9 @@ def _map(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance
         else f"all {len(inventory):,}"
     figure = map_figure(picture, grid_, Outlines(ranked, labels), f"{stem}: landslides mapped",
                         backdrop)
-    caption = (f"Map of {stem} ({backdrop}): {drawn} landslide outlines; numbers "
-               f"1–{len(labels)} are the ranks in the table below. CRS {crs_name(grid_.crs)}."
+    drawn = (f"{drawn} landslide outlines; numbers 1–{len(labels)} are the ranks in the table "
+             "below" if labels else "no landslide mapped")
+    caption = (f"Map of {stem} ({backdrop}): {drawn}. CRS {crs_name(grid_.crs)}."
                + (f" No imagery: {why}." if why else ""))
     return image(jpeg_bytes(figure), caption, "map", "image/jpeg")
 
