@@ -1,8 +1,9 @@
 """One self-contained HTML report of an output folder: map, figures, plots and tables.
 
-Everything is inside the one file (images as base64 data URIs, inline CSS, no script, no link to
-anything), so it can be mailed, attached to an issue or opened offline years later and look the
-same. The report reads the folder and never writes into it, apart from the HTML file itself.
+Everything is inside the one file (images as base64 data URIs, inline CSS, no link to anything;
+no script either, unless the interactive map is asked for, whose Leaflet is inlined too), so it
+can be mailed, attached to an issue or opened offline years later and look the same. The report
+reads the folder and never writes into it, apart from the HTML file itself.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: st
                backdrop: str) -> Figure:
     """The map: ``picture`` (RGB on ``grid``), outlines, numbers, ticks, CRS, scale, north."""
     height, width = grid.shape
-    figure = new_figure(10.5, max(4.0, 10.5 * height / width * 0.92 + 1.3))
+    figure = new_figure(10.5, min(14.0, max(4.0, 10.5 * height / width * 0.92 + 1.3)))
     ax = figure.add_subplot()
     extent = grid.extent
     ax.imshow(picture, extent=extent, interpolation="antialiased")
