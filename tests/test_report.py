@@ -284,6 +284,16 @@ def test_prediction_report_without_landslides(mapped) -> None:
     assert "<th>landslides</th><td class='num'>0</td>" in html
 
 
+def test_report_of_a_geojson_inventory(mapped) -> None:
+    """``predict --format geojson`` alone: the same table from the GeoJSON file."""
+    geojson = mapped["inventory"].with_suffix(".geojson")
+    write_inventory(build_inventory(mapped["mask"], mapped["prob"]), geojson)
+    mapped["inventory"].unlink()
+    html = build_report(mapped["folder"]).read_text()
+    rows = re.findall(r"<tr><td class='num'>(\d+)</td><td class='num'>([^<]+)</td>", html)
+    assert rows == [("1", "600 m²"), ("2", "25 m²"), ("3", "&lt; 1 m²")]
+
+
 def test_map_figure_has_numbers_scale_bar_north_arrow_and_crs(mapped) -> None:
     grid = map_grid(mapped["mask"])
     assert grid.valid.shape == (120, 160) and not grid.valid[:, :20].any()

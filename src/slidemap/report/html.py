@@ -19,7 +19,7 @@ from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
 from slidemap.report.markup import Rows, grid, image, pairs, read_json, text
 from slidemap.report.plots import curves_figure, png_bytes, read_history
-from slidemap.report.prediction import SUFFIX, prediction_section, scene_name
+from slidemap.report.prediction import inventories, prediction_section, scene_name
 from slidemap.report.provenance import Provenance
 
 METRICS = ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc", "pixels")
@@ -71,22 +71,22 @@ def build_report(folder: Path, out: Path | None = None,
     if not folder.is_dir():
         raise SlidemapError(f"{folder} is not a folder: pass a run, evaluate or predict --out "
                             "folder")
-    inventories = sorted(folder.glob(f"*{SUFFIX}"))
+    predicted = inventories(folder)
     parts = [_training(folder), _evaluation(folder),
-             *[prediction_section(path, provenance, interactive) for path in inventories],
+             *[prediction_section(path, provenance, interactive) for path in predicted],
              _explanation(folder)]
     found = [p for p in parts if p is not None]
     if not found:
         raise SlidemapError(
-            f"{folder} has no history.csv, summary.json, metrics.json, *_landslides.gpkg or "
-            "explain.json: pass a run, evaluate, predict or explain output folder")
+            f"{folder} has no history.csv, summary.json, metrics.json, *_landslides.gpkg "
+            "(.geojson) or explain.json: pass a run, evaluate, predict or explain output folder")
     out = out or folder / "report.html"
     if out.is_dir():
         raise SlidemapError(f"--out {out} is a folder: give a file name such as report.html")
     cards = "".join(f"<div class='card'><b>{text(v)}</b><span>{escape(k)}</span></div>"
                     for cards, _ in found for k, v in cards)
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    title = escape(_title(folder, inventories))
+    title = escape(_title(folder, predicted))
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -105,10 +105,10 @@ def build_report(folder: Path, out: Path | None = None,
     return out
 
 
-def _title(folder: Path, inventories: list[Path]) -> str:
+def _title(folder: Path, predicted: list[Path]) -> str:
     """What the report is of: the scene(s) mapped, else the run or evaluation."""
-    if inventories:
-        return "Landslide map of " + ", ".join(scene_name(p) for p in inventories)
+    if predicted:
+        return "Landslide map of " + ", ".join(scene_name(p) for p in predicted)
     metrics = folder / "metrics.json"
     if metrics.exists():
         truth = read_json(metrics).get("truth")

@@ -51,7 +51,7 @@ from slidemap.report.provenance import Provenance, accuracy_caveat, of_predictio
 
 LARGEST = 10
 MAX_OUTLINES = 20_000
-SUFFIX = "_landslides.gpkg"
+SUFFIXES = ("_landslides.gpkg", "_landslides.geojson")  # the first found of a scene is read
 LAYER = "landslides"  # the GeoPackage may hold others (layer_styles)
 NOT_RECORDED = "not recorded"
 
@@ -93,7 +93,16 @@ class Inventory:
 
 
 def scene_name(inventory: Path) -> str:
-    return inventory.name.removesuffix(SUFFIX)
+    return next(inventory.name.removesuffix(s) for s in SUFFIXES if inventory.name.endswith(s))
+
+
+def inventories(folder: Path) -> list[Path]:
+    """One inventory per scene predicted into ``folder``, the GeoPackage if there is one."""
+    found: dict[str, Path] = {}
+    for suffix in SUFFIXES:
+        for path in sorted(folder.glob(f"*{suffix}")):
+            found.setdefault(scene_name(path), path)
+    return sorted(found.values())
 
 
 def prediction_section(path: Path, given: Provenance | None = None, interactive: bool = False
@@ -138,17 +147,18 @@ def _map(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance
     try:
         grid_ = map_grid(mask)
     except (RasterioError, OSError) as exc:
-        return f"<p class='note'>No map: {escape(mask.name)} cannot be read ({escape(str(exc))})"
+        return (f"<p class='note'>No map: {escape(mask.name)} cannot be read "
+                f"({escape(str(exc))})</p>")
     picture, backdrop, why = backdrop_picture(known.image, prob, grid_)
     labels = []
     for rank, geometry in enumerate(ranked[:LARGEST], start=1):
         point = shapely.point_on_surface(geometry)
         labels.append((rank, point.x, point.y))
-    drawn = f"{len(ranked):,} of {len(inventory):,}" if len(ranked) < len(inventory) \
-        else f"all {len(inventory):,}"
     figure = map_figure(picture, grid_, Outlines(ranked, labels), f"{stem}: landslides mapped",
                         backdrop)
-    drawn = (f"{drawn} landslide outlines; numbers 1–{len(labels)} are the ranks in the table "
+    shown = f"{len(ranked):,} of {len(inventory):,}" if len(ranked) < len(inventory) \
+        else f"all {len(inventory):,}"
+    drawn = (f"{shown} landslide outlines; numbers 1–{len(labels)} are the ranks in the table "
              "below" if labels else "no landslide mapped")
     caption = (f"Map of {stem} ({backdrop}): {drawn}. CRS {crs_name(grid_.crs)}."
                + (f" No imagery: {why}." if why else ""))
