@@ -163,6 +163,12 @@ def test_report_refuses_a_folder_with_nothing_to_report(tmp_path, run_cli) -> No
         build_report(tmp_path / "missing")
 
 
+def test_report_never_writes_over_what_it_reads(mapped, run_cli) -> None:
+    before = mapped["prob"].read_bytes()
+    code, err = run_cli("report", mapped["folder"], "--out", mapped["prob"])
+    assert code == 2 and "is not an .html file" in err and mapped["prob"].read_bytes() == before
+
+
 # Test-only probe appended to a copy of the report: the report itself has no script. After load
 # it records each image's decoded width, which --dump-dom then prints with the DOM.
 PROBE = """<script>addEventListener("load", () => document.body.setAttribute("data-widths",

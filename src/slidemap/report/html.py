@@ -71,6 +71,12 @@ def build_report(folder: Path, out: Path | None = None,
     if not folder.is_dir():
         raise SlidemapError(f"{folder} is not a folder: pass a run, evaluate or predict --out "
                             "folder")
+    out = out or folder / "report.html"
+    if out.is_dir():
+        raise SlidemapError(f"--out {out} is a folder: give a file name such as report.html")
+    if out.suffix.lower() not in (".html", ".htm"):  # never one of the files the report reads
+        raise SlidemapError(f"--out {out} is not an .html file: give a file name such as "
+                            "report.html")
     predicted = inventories(folder)
     parts = [_training(folder), _evaluation(folder),
              *[prediction_section(path, provenance, interactive) for path in predicted],
@@ -80,9 +86,6 @@ def build_report(folder: Path, out: Path | None = None,
         raise SlidemapError(
             f"{folder} has no history.csv, summary.json, metrics.json, *_landslides.gpkg "
             "(.geojson) or explain.json: pass a run, evaluate, predict or explain output folder")
-    out = out or folder / "report.html"
-    if out.is_dir():
-        raise SlidemapError(f"--out {out} is a folder: give a file name such as report.html")
     cards = "".join(f"<div class='card'><b>{text(v)}</b><span>{escape(k)}</span></div>"
                     for cards, _ in found for k, v in cards)
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
