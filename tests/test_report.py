@@ -20,6 +20,7 @@ from conftest import rewrite_sidecar, write_raster
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 from PIL import Image
+from rasterio.transform import from_origin
 
 from slidemap.errors import SlidemapError
 from slidemap.infer.vectorize import build_inventory, write_inventory
@@ -324,6 +325,17 @@ def test_report_reads_provenance_tags_and_the_model_card(mapped, tiny_model) -> 
     rewrite_sidecar(tiny_model, card={"new_ground": "F1 0.5 on the far valley (run.sh)."})
     assert accuracy_caveat((str(tiny_model),)) == [("tiny.safetensors",
                                                     "F1 0.5 on the far valley (run.sh).")]
+
+
+def test_map_in_degrees_is_drawn_to_scale(tmp_path) -> None:
+    """Longitude/latitude grids: a degree of longitude drawn shorter, the bar in metres."""
+    mask = write_raster(tmp_path / "m.tif", np.zeros((60, 80), np.uint8), crs="EPSG:4326",
+                        transform=from_origin(99.0, 60.0, 1e-4, 1e-4), nodata=255)
+    grid = map_grid(mask)
+    figure = map_figure(np.zeros((60, 80, 3), np.uint8), grid, Outlines([], []), "s", "i")
+    assert figure.axes[0].get_aspect() == pytest.approx(2.0, rel=1e-3)  # 1 / cos(60°)
+    texts = {t.get_text() for t in figure.findobj(Text)}
+    assert "100 m" in texts and any("longitude (°)" in t for t in texts)  # 8e-3° ≈ 445 m wide
 
 
 def test_provenance_tags_as_predict_writes_them() -> None:

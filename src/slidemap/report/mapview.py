@@ -168,7 +168,10 @@ def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: st
                       "edgecolor": "black", "linewidth": 0.8})
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
-    ax.set_aspect("equal")
+    if grid.crs is not None and grid.crs.is_geographic:  # a degree of longitude is shorter
+        ax.set_aspect(1 / math.cos(math.radians((extent[2] + extent[3]) / 2)))
+    else:
+        ax.set_aspect("equal")
     _coordinates(ax, grid.crs)
     _scale_bar(ax, grid)
     _north_arrow(ax, grid)
