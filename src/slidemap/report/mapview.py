@@ -208,7 +208,7 @@ def _placed(labels: list[tuple[int, float, float]], spacing: float,
 def crs_name(crs: CRS | None) -> str:
     """``WGS 84 / UTM zone 47N (EPSG:32647)``, or what can be said without a CRS."""
     if crs is None:
-        return "no CRS: pixel grid"
+        return "none (no scale bar or north arrow can be drawn)"
     found = re.match(r'\s*\w+\["([^"]+)"', crs.to_wkt())
     name = found.group(1) if found else crs.to_string()
     code = crs.to_epsg()
@@ -231,7 +231,7 @@ def _coordinates(ax: object, crs: CRS | None) -> None:
         unit = "m" if unit.lower() in ("metre", "meter", "m") else unit
         names, fmt = (f"easting ({unit})", f"northing ({unit})"), "{:,.0f}"
     else:
-        names, fmt = ("column (CRS-less x)", "row (CRS-less y)"), "{:,.0f}"
+        names, fmt = ("x (units unknown)", "y (units unknown)"), "{:,.0f}"
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(6, prune="both"))  # none in the corners
         axis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt.format(v)))
