@@ -215,6 +215,12 @@ def crs_name(crs: CRS | None) -> str:
     return f"{name} (EPSG:{code})" if code else name
 
 
+def linear_unit(crs: CRS) -> str:
+    """The unit of a projected CRS's coordinates, ``m`` for metres."""
+    unit = crs.linear_units or "m"
+    return "m" if unit.lower() in ("metre", "meter", "m") else unit
+
+
 def lonlat(crs: CRS | None, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Longitude and latitude (WGS 84) of points in ``crs``; NaN without a CRS."""
     if crs is None or not len(xs):
@@ -227,8 +233,7 @@ def _coordinates(ax: object, crs: CRS | None) -> None:
     if crs is not None and crs.is_geographic:
         names, fmt = ("longitude (°)", "latitude (°)"), "{:.4f}"
     elif crs is not None:
-        unit = crs.linear_units or "m"
-        unit = "m" if unit.lower() in ("metre", "meter", "m") else unit
+        unit = linear_unit(crs)
         names, fmt = (f"easting ({unit})", f"northing ({unit})"), "{:,.0f}"
     else:
         names, fmt = ("x (units unknown)", "y (units unknown)"), "{:,.0f}"

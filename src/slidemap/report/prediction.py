@@ -26,6 +26,7 @@ from slidemap.report.mapview import (
     Outlines,
     backdrop_picture,
     crs_name,
+    linear_unit,
     lonlat,
     map_figure,
     map_grid,
@@ -188,7 +189,8 @@ def _largest(inventory: Inventory, geometries: list[shapely.Geometry]) -> str:
     columns = ["#", "area", "mean probability", "centroid longitude (°)",
                "centroid latitude (°)"]
     if projected:
-        columns += ["easting", "northing"]
+        unit = linear_unit(inventory.crs)
+        columns += [f"easting ({unit})", f"northing ({unit})"]
     columns.append("inventory fid")
     rows = []
     for rank, index in enumerate(inventory.order[:len(geometries)]):
