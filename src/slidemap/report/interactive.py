@@ -29,7 +29,7 @@ MAX_FEATURES = 2000  # the largest landslides drawn; the page stays a few MB
 MAP_SIDE = 1600
 
 CSS = """
-#slidemap-map { height: 620px; background: #d9dde2; border-radius: 6px; }
+.slidemap-map { height: 620px; background: #d9dde2; border-radius: 6px; }
 .slide-rank { background: #fff; border: 1.5px solid #000; border-radius: 50%; font: bold 11px
               system-ui, sans-serif; text-align: center; line-height: 17px; }
 """
@@ -37,7 +37,7 @@ CSS = """
 SCRIPT = """
 (() => {
   const data = %s;
-  const map = L.map("slidemap-map", {attributionControl: false, zoomSnap: 0.25});
+  const map = L.map(data.id, {attributionControl: false, zoomSnap: 0.25});
   L.imageOverlay(data.picture, data.bounds).addTo(map);
   L.geoJSON(data.outlines, {
     style: {color: data.colour, weight: 2.5, fillOpacity: 0.08},
@@ -60,10 +60,11 @@ def leaflet() -> tuple[str, str]:
     return (VENDOR / "leaflet.css").read_text(encoding="utf-8"), script
 
 
-def interactive_map(image: str | None, prob: Path, mask: Path, crs: CRS | None,
+def interactive_map(stem: str, image: str | None, prob: Path, mask: Path, crs: CRS | None,
                     ranked: list[shapely.Geometry], rows: list[tuple[float, float]],
                     labelled: int) -> str:
-    """The HTML of the interactive map (a ``<div>``, styles and scripts), or a note why not.
+    """The HTML of the interactive map of scene ``stem`` (a ``<div>``, styles and scripts), or
+    a note why not.
 
     ``ranked``: outlines, largest first; ``rows``: (area in m², mean probability) of each;
     the first ``labelled`` get their rank written on the map, as on the static one.
@@ -85,6 +86,7 @@ def interactive_map(image: str | None, prob: Path, mask: Path, crs: CRS | None,
     points = shapely.point_on_surface(list(ranked[:labelled]))
     label_lon, label_lat = lonlat(crs, shapely.get_x(points), shapely.get_y(points))
     data = {
+        "id": "map-" + re.sub(r"\W", "_", stem),  # one per scene of the folder
         "picture": "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(),
         "bounds": [[float(lat[0]), float(lon[0])], [float(lat[1]), float(lon[1])]],
         "outlines": {"type": "FeatureCollection", "features": features},
@@ -96,7 +98,8 @@ def interactive_map(image: str | None, prob: Path, mask: Path, crs: CRS | None,
     css, script = leaflet()
     shown = (f"{len(features):,} largest of {len(ranked):,}" if len(ranked) > len(features)
              else f"all {len(features):,}")
-    return (f"<h3>Interactive map</h3><figure class='map'><div id='slidemap-map'></div>"
+    return (f"<h3>Interactive map</h3><figure class='map'>"
+            f"<div class='slidemap-map' id='{data['id']}'></div>"
             f"<figcaption>Pan and zoom; click an outline for its rank, area and probability. "
             f"{shown} outlines ({backdrop}, warped to Web Mercator). Drawn with Leaflet "
             f"1.9.4 (BSD 2-Clause), bundled in this page.</figcaption></figure>"

@@ -172,8 +172,8 @@ def _interactive(inventory: Inventory, ranked: list[shapely.Geometry], known: Pr
     rows = [(float(inventory.areas[i]), float(mean_prob[i]) if mean_prob is not None
              else float("nan")) for i in inventory.order[:MAX_FEATURES]]
     try:
-        return interactive_map(known.image, prob, mask, inventory.crs, ranked, rows,
-                               min(LARGEST, len(ranked)))
+        return interactive_map(scene_name(inventory.path), known.image, prob, mask,
+                               inventory.crs, ranked, rows, min(LARGEST, len(ranked)))
     except (RasterioError, OSError) as exc:
         return f"<p class='note'>No interactive map: {escape(str(exc))}</p>"
 
