@@ -32,6 +32,7 @@ from slidemap.infer.stream import (
     read_band,
 )
 from slidemap.io.modelfile import load_model
+from slidemap.io.names import DatasetName, absolute_name
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -59,7 +60,8 @@ class BandJob:
     grid: Grid
 
 
-def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem: Path | None,
+def band_source(predictor: Predictor, options: PredictOptions, image: DatasetName,
+                dem: DatasetName | None,
                 grid: Grid) -> Generator[PredictedBand, None, None]:
     """The scene's bands in row order: from this process, or from Dask when asked."""
     if not (options.scheduler or options.workers):
@@ -67,7 +69,7 @@ def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem:
     if any(path is None for path in predictor.paths):
         raise SlidemapError("Dask workers load models from files: pass --model PATH")
     stats = predictor.stats[0] if options.normalise == "scene" else None
-    job = BandJob(str(Path(image).resolve()), str(Path(dem).resolve()) if dem else None,
+    job = BandJob(absolute_name(image), absolute_name(dem) if dem else None,
                   tuple(str(Path(p).resolve()) for p in predictor.paths), options.tta,
                   options.precision, options.backend, options.compile, predictor.scales,
                   options.batch_size,

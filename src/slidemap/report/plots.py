@@ -142,7 +142,7 @@ def error_map(prediction: Path, truth: Path, threshold: float, image: Path | Non
     Rasters are read decimated (``out_shape``) so that the preview is at most ``max_side`` pixels
     a side whatever the scene size; probabilities are averaged before thresholding.
     """
-    with Scene(prediction, mask=truth, require_crs=False) as scene:
+    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True) as scene:
         size = (scene.height, scene.width)
         factor = _preview_factor(*size, max_side)
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
@@ -203,7 +203,7 @@ def size_histogram_figure(areas: np.ndarray) -> Figure:
 
 def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
     """A decimated preview of a probability raster (nodata left blank)."""
-    with Scene(prob_path, require_crs=False) as scene:
+    with Scene(prob_path, require_crs=False, apply_scale=True) as scene:
         factor = _preview_factor(scene.height, scene.width, max_side)
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
     prob = np.where(sample["valid"], sample["image"][0], np.nan)
