@@ -23,7 +23,7 @@ from slidemap.infer.vectorize import (
 )
 from slidemap.io.atomic import check_outputs, make_output_dir, staged
 from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
-from slidemap.io.names import DatasetName, dataset_stem, local_path
+from slidemap.io.names import DatasetName, dataset_stem, local_files
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
@@ -65,11 +65,6 @@ def load_predictor(models: str | Path | Sequence[str | Path] | None,
     return build_predictor(model_list(models), options)
 
 
-def local_inputs(*names: DatasetName | None) -> list[Path]:
-    """The inputs that are files here, which no output may overwrite."""
-    return [p for p in (local_path(n) for n in names if n is not None) if p is not None]
-
-
 def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = None,
             model: str | Path | Sequence[str | Path] | None = None,
             options: PredictOptions | None = None, min_area_m2: float | None = None,
@@ -95,7 +90,7 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
                       {"image": image, "dem": dem, "stac_item": source and source.source})
     fmt = RasterFormat(prob_dtype, tags)
     check_outputs(list(paths.values()),
-                  local_inputs(image, dem, source and source.source), overwrite)
+                  local_files(image, dem, source and source.source), overwrite)
     make_output_dir(out_dir)
     with staged(paths) as tmp:  # every file appears together, or none does
         counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
@@ -143,7 +138,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         outputs = {k: paths[k] for k in ("prob", "mask", "mask_aux")}
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
-        check_outputs(list(outputs.values()), local_inputs(truth, prediction, image, dem),
+        check_outputs(list(outputs.values()), local_files(truth, prediction, image, dem),
                       overwrite)
         make_output_dir(out_dir)
     report: dict = {"truth": str(truth)}

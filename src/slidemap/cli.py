@@ -24,6 +24,7 @@ from slidemap import api
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import check_scales
+from slidemap.io.names import display_name, local_path
 from slidemap.report.html import build_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -84,10 +85,13 @@ def train(
 
 @app.command()
 def predict(
-    image: Annotated[Path, typer.Argument(
-        help="image GeoTIFF (any band count), or a patch folder / Landslide4Sense split")],
+    image: Annotated[str, typer.Argument(
+        help="image: any GDAL raster name (file, /vsizip/..., https://..., s3://..., "
+             "HDF5:\"f.h5\"://img, .vrt) or a STAC Item JSON (image and DEM assets), or a "
+             "patch folder / Landslide4Sense split")],
     out: Annotated[Path, typer.Option(help="output folder")],
-    dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
+    dem: Annotated[str | None, typer.Option(
+        help="DEM raster (any GDAL name), any grid or CRS")] = None,
     model: Models = None,
     tile: Tile = None,
     overlap: Overlap = None,
@@ -102,8 +106,14 @@ def predict(
     ] = None,
     pixel_size: Annotated[float | None, typer.Option(
         help="patches: pixel size in metres, for slope from DEMs without georeference")] = None,
-    min_area: Annotated[float, typer.Option(help="drop polygons smaller than this (m²)")] = 0.0,
-    simplify: Annotated[float, typer.Option(help="simplify polygons by this tolerance (m)")] = 0.0,
+    min_area: Annotated[float | None, typer.Option(
+        help="drop polygons smaller than this (m²; default: 4 working pixels of the model)")
+    ] = None,
+    simplify: Annotated[float | None, typer.Option(
+        help="simplify outlines by this tolerance (m; default: half a working pixel)")] = None,
+    prob_dtype: Annotated[str, typer.Option(
+        help="probability raster type: float32, or uint8 (steps of 1/254 with scale/offset, "
+             "a fraction of the size)")] = "float32",
     inventory_format: Annotated[list[str] | None, typer.Option(
         "--format", help="inventory format: gpkg (default) or geojson; repeat for both")] = None,
     backend: Backend = "torch",
@@ -123,22 +133,24 @@ def predict(
     options = PredictOptions(tile, overlap, batch_size, _precision(precision), tta,
                              _normalise(normalise), _backend(backend), compile_model, workers,
                              dask, _scales(scales), threshold)
-    if image.is_dir() and (workers or dask):
+    folder = local_path(image)
+    if folder is not None and folder.is_dir() and (workers or dask):
         raise SlidemapError(f"{image} is a patch folder: --workers and --dask apply to scenes")
-    if image.is_dir():
-        _predict_folder(image, out, dem, model, options, scale, pixel_size, overwrite,
-                        html_report)
+    if folder is not None and folder.is_dir():
+        _predict_folder(folder, out, Path(dem) if dem else None, model, options, scale,
+                        pixel_size, overwrite, html_report)
         return
     if scale is not None or pixel_size is not None:
         raise SlidemapError(f"--scale and --pixel-size apply to patch folders, and {image} is a "
                             "file: scenes are read at the model's resolution_m")
     with _progress() as progress:
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
-                             progress, inventory_format or ["gpkg"])
+                             progress, inventory_format or ["gpkg"], prob_dtype)
     valid = max(result["valid_pixels"], 1)
     console.print(f"{result['landslides']} landslides, {result['landslide_area_m2']:.0f} m², "
                   f"{100 * result['landslide_pixels'] / valid:.1f} % of valid pixels")
-    for key in [k for k in result if k in ("prob", "mask") or k.startswith("inventory")]:
+    for key in [k for k in result
+                if k in ("prob", "mask", "style", "stac") or k.startswith("inventory")]:
         console.print(f"  {key.replace('_', ' '):9s} {result[key]}")
     if html_report:
         console.print(f"  report    {build_report(out)}")
@@ -146,10 +158,11 @@ def predict(
 
 @app.command()
 def evaluate(
-    truth: Annotated[Path, typer.Argument(help="truth raster: 0, 1 landslide, 255 ignore")],
-    prediction: Annotated[Path | None, typer.Option(help="probability or mask raster")] = None,
-    image: Annotated[Path | None, typer.Option(help="image to predict with --model")] = None,
-    dem: Annotated[Path | None, typer.Option(help="DEM for --image")] = None,
+    truth: Annotated[str, typer.Argument(
+        help="truth raster (any GDAL name): 0, 1 landslide, 255 ignore")],
+    prediction: Annotated[str | None, typer.Option(help="probability or mask raster")] = None,
+    image: Annotated[str | None, typer.Option(help="image to predict with --model")] = None,
+    dem: Annotated[str | None, typer.Option(help="DEM for --image")] = None,
     model: Models = None,
     out: Annotated[Path | None, typer.Option(help="folder for metrics.json (+ rasters)")] = None,
     threshold: Threshold = None,
@@ -170,7 +183,7 @@ def evaluate(
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
                               overwrite, progress)
-    table = Table(title=f"landslide class vs {truth.name}")
+    table = Table(title=f"landslide class vs {display_name(truth)}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc"):
@@ -215,9 +228,9 @@ def study(
 
 @app.command()
 def explain(
-    image: Annotated[Path, typer.Argument(help="image GeoTIFF")],
+    image: Annotated[str, typer.Argument(help="image raster (any GDAL name)")],
     out: Annotated[Path, typer.Option(help="output folder for PNGs, GeoTIFFs, explain.json")],
-    dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
+    dem: Annotated[str | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
     model: Annotated[Path | None, typer.Option(help="model file (default: shipped)")] = None,
     window: Annotated[str | None, typer.Option(
         help="col,row,width,height in native px (default: one tile at the centre)")] = None,

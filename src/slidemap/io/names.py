@@ -81,3 +81,8 @@ def absolute_name(name: DatasetName) -> str:
     """``name`` as other processes (Dask workers) can open it: a local path made absolute."""
     path = local_path(name)
     return str(path.resolve()) if path is not None else as_name(name)
+
+
+def local_files(*names: DatasetName | None) -> list[Path]:
+    """The names that are files here (which no output may overwrite); others are skipped."""
+    return [p for p in (local_path(n) for n in names if n is not None) if p is not None]

@@ -20,6 +20,7 @@ from rasterio.windows import Window
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.explain.overlay import rgb_preview
 from slidemap.io.atomic import atomic_path
+from slidemap.io.names import display_name
 from slidemap.train.metrics import AUC_BINS, BinaryConfusion
 
 PREVIEW_SIDE = 1500
@@ -223,7 +224,7 @@ def write_evaluation_plots(out_dir: Path, confusion: BinaryConfusion, prediction
                            truth: Path, image: Path | None = None) -> dict[str, Path]:
     """``pr_curve.png`` and ``errors_overlay.png`` of one evaluation, in ``out_dir``."""
     errors = error_map(prediction, truth, confusion.threshold, image)
-    title = f"errors at threshold {confusion.threshold:g} vs {truth.name}"
+    title = f"errors at threshold {confusion.threshold:g} vs {display_name(truth)}"
     return {"pr_curve": save_png(pr_curve_figure(confusion), out_dir / "pr_curve.png"),
             "errors_overlay": save_png(errors_figure(errors, title),
                                        out_dir / "errors_overlay.png")}
