@@ -82,7 +82,9 @@ def verify_raster(path: Path) -> None:
 PROB_DTYPES = ("float32", "uint8")
 PROB_STEPS = 254  # uint8 probability: 0..254 is p × 254, 255 is nodata
 CLASS_NAMES = {0: "background", 1: "landslide"}
-MASK_COLOURS = {0: (0, 0, 0, 0), 1: (230, 60, 30, 255), MASK_NODATA: (0, 0, 0, 0)}
+# A GeoTIFF palette has no alpha (GDAL writes it opaque); the attribute table keeps it, so a GIS
+# that reads the table can leave the background see-through.
+MASK_COLOURS = {0: (255, 255, 255, 0), 1: (230, 60, 30, 255), MASK_NODATA: (0, 0, 0, 0)}
 
 
 @dataclass(frozen=True)
@@ -128,14 +130,15 @@ def read_probability(ds: rasterio.io.DatasetReader, window: Window) -> np.ndarra
 
 def category_xml(names: dict[int, str], colours: dict[int, tuple[int, int, int, int]]) -> str:
     """GDAL's auxiliary XML for band 1: category names and a thematic raster attribute table
-    (value, class name, colour), which QGIS and ArcGIS show as the legend."""
+    (value, class name, colour with alpha), which QGIS and ArcGIS show as the legend."""
     categories = "".join(f"<Category>{escape(names.get(v, ''))}</Category>"
                          for v in range(max(names) + 1))
-    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8),
+              ("Alpha", 0, 9)]
     defs = "".join(f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage>'
                    f"</FieldDefn>" for i, (n, t, u) in enumerate(fields))
     rows = "".join(f'<Row index="{i}"><F>{v}</F><F>{escape(name)}</F>'
-                   + "".join(f"<F>{c}</F>" for c in colours[v][:3]) + "</Row>"
+                   + "".join(f"<F>{c}</F>" for c in colours[v]) + "</Row>"
                    for i, (v, name) in enumerate(sorted(names.items())))
     return (f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{categories}</CategoryNames>'
             f'<GDALRasterAttributeTable tableType="thematic">{defs}{rows}'

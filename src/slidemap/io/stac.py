@@ -23,11 +23,11 @@ from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
 
 from slidemap.errors import SlidemapError
-from slidemap.io.names import DatasetName, local_path
+from slidemap.io.names import DatasetName, absolute_name, local_path
 from slidemap.io.provenance import sha256_file
 
 IMAGE_KEYS = ("image", "visual", "rgb", "ortho", "orthophoto", "data")
-IMAGE_ROLES = ("data", "visual")
+IMAGE_ROLES = ("data", "visual", "source")
 DEM_KEYS = ("dem", "dsm", "dtm", "elevation")
 DEM_ROLES = ("dem", "elevation", "dsm", "dtm")
 RASTER_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "application/x-hdf5", "image/jp2",
@@ -96,6 +96,10 @@ def _footprint(crs: rasterio.crs.CRS, bounds: Sequence[float]) -> dict:
                           antimeridian_cutting=True)
 
 
+def _media(name: str) -> str | None:
+    return pystac.MediaType.GEOTIFF if name.lower().endswith((".tif", ".tiff")) else None
+
+
 def checksum(path: Path) -> str:
     """A file:checksum multihash: 0x12 (SHA2-256), 0x20 (32 bytes), the digest."""
     return "1220" + sha256_file(path)
@@ -120,6 +124,10 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
                     "slidemap:model_sha256": tags.get("SLIDEMAP_MODEL_SHA256", ""),
                     "slidemap:threshold": float(tags.get("SLIDEMAP_THRESHOLD", "nan")),
                     "slidemap:command": tags.get("SLIDEMAP_COMMAND", "")})
+    for key, name in (("image", tags.get("SLIDEMAP_IMAGE")), ("dem", tags.get("SLIDEMAP_DEM"))):
+        if name:  # the inputs, so the Item reads back as the input of predict
+            item.add_asset(key, pystac.Asset(href=absolute_name(name), roles=["source"],
+                                             title=f"input {key}", media_type=_media(name)))
     if source is not None:
         item.add_link(pystac.Link("derived_from", Path(source.source).resolve().as_uri(),
                                   media_type=pystac.MediaType.JSON))
