@@ -178,11 +178,11 @@ def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_m
         assert tags["SLIDEMAP_IMAGE"] == str(tiny_scene["image"])
         assert tags["SLIDEMAP_DEM"] == str(tiny_scene["dem"])
         assert {"SLIDEMAP_VERSION", "SLIDEMAP_THRESHOLD", "SLIDEMAP_COMMAND"} <= set(tags)
-    info = pyogrio.read_info(result["inventory"])
+    info = pyogrio.read_info(result["inventory"], layer="landslides")
     assert info["layer_metadata"]["SLIDEMAP_MODEL_SHA256"] == digest
     assert "id" not in info["fields"]
     assert {"centroid_lon", "centroid_lat"} <= set(info["fields"])
-    _, _, _, values = pyogrio.raw.read(result["inventory"], read_geometry=False)
+    _, _, _, values = pyogrio.raw.read(result["inventory"], layer="landslides", read_geometry=False)
     fields = dict(zip(info["fields"], values, strict=True))
     if len(fields["centroid_lon"]):  # the tiny scene lies near 98.7° E, 31.1° N
         assert np.allclose(fields["centroid_lon"], 98.68, atol=0.02)
@@ -206,8 +206,8 @@ def test_min_area_and_simplify_default_to_the_working_resolution(tiny_scene, tin
                          OPTIONS)
     assert result["working_pixel_m"] == 0.5  # the tiny model reads native 0.5 m pixels
     assert result["min_area_m2"] == 4 * 0.25 and result["simplify_m"] == 0.25
-    _, _, _, values = pyogrio.raw.read(result["inventory"], read_geometry=False)
-    info = pyogrio.read_info(result["inventory"])
+    _, _, _, values = pyogrio.raw.read(result["inventory"], layer="landslides", read_geometry=False)
+    info = pyogrio.read_info(result["inventory"], layer="landslides")
     areas = dict(zip(info["fields"], values, strict=True))["area_m2"]
     assert (areas >= 1.0).all()
 

@@ -11,6 +11,7 @@ import rasterio
 from rich.progress import Progress
 
 from slidemap.errors import SlidemapError
+from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
@@ -178,6 +179,8 @@ def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | 
 
 def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -> dict:
     """Export ``model`` to ONNX at ``out`` (default: NAME.onnx beside it); what was written."""
+    for module in ("onnx", "onnxruntime"):
+        require(module, "onnx", "exporting to ONNX")
     from slidemap.io import onnxfile
 
     bundle = load_model(model)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
+from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.stream import (
     Grid,
@@ -90,6 +91,7 @@ def dask_bands(job: BandJob, scheduler: str | None, workers: int
 def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
     """A client of the scheduler at ``scheduler``, or of a local cluster of ``workers``
     single-threaded processes started for this run."""
+    require("distributed", "dask", "--workers and --dask")
     from distributed import Client, LocalCluster
 
     if scheduler:

@@ -164,7 +164,7 @@ def _inventories(folder: Path) -> list[tuple[Rows, str]]:
 
 def _inventory(path: Path) -> tuple[Rows, str]:
     try:
-        meta, _, _, values = pyogrio.raw.read(path, read_geometry=False)
+        meta, _, _, values = pyogrio.raw.read(path, layer="landslides", read_geometry=False)
     except (DataSourceError, DataLayerError) as exc:
         raise SlidemapError(f"inventory {path} cannot be read ({exc}): "
                             "re-run slidemap predict") from exc
