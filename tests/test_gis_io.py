@@ -272,3 +272,43 @@ def test_a_stac_item_without_an_image_asset_fails_on_one_line(tiny_model, tmp_pa
     path.write_text(json.dumps(item.to_dict(include_self_link=False)))
     with pytest.raises(SlidemapError, match="has no image asset"):
         api.predict(path, tmp_path / "out", model=tiny_model, options=OPTIONS)
+
+
+def test_an_hdf5_subdataset_reads_as_a_scene(tmp_path) -> None:
+    h5py = pytest.importorskip("h5py")
+    with rasterio.Env() as env:
+        if "HDF5" not in env.drivers():
+            pytest.skip("this GDAL has no HDF5 driver")
+    image = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
+    path = tmp_path / "patch_7.h5"
+    with h5py.File(path, "w") as f:
+        f["img"] = image
+        f["mask"] = np.zeros((40, 50), np.uint8)
+    name = f'HDF5:"{path}"://img'
+    assert dataset_stem(name) == "patch_7_img"
+    from slidemap.data.scene import Scene
+
+    with Scene(name, require_crs=False) as scene:
+        assert (scene.band_count, scene.height, scene.width) == (3, 40, 50)
+        sample = scene.read(Window(10, 5, 20, 30), (1, 2, 3))
+    np.testing.assert_array_equal(sample["image"], image[:, 5:35, 10:30])
+
+
+def test_a_vrt_of_the_scene_maps_like_the_scene(tiny_scene, tiny_model, tmp_path) -> None:
+    with rasterio.open(tiny_scene["image"]) as src:
+        width, height, transform, crs = src.width, src.height, src.transform, src.crs.to_wkt()
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{tiny_scene["image"]}</SourceFilename>'
+        f"<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>" for b in (1, 2, 3))
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>'
+                   f"{crs.replace('&', '&amp;').replace('<', '&lt;')}</SRS><GeoTransform>"
+                   f"{', '.join(str(v) for v in transform.to_gdal())}</GeoTransform>{bands}"
+                   "</VRTDataset>")
+    through = api.predict(vrt, tmp_path / "vrt", tiny_scene["dem"], tiny_model, OPTIONS)
+    plain = api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"], tiny_model,
+                        OPTIONS)
+    assert Path(through["prob"]).name == "mosaic_prob.tif"
+    with rasterio.open(through["prob"]) as a, rasterio.open(plain["prob"]) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
