@@ -90,7 +90,7 @@ def _find(item: pystac.Item, keys: Sequence[str], roles: Sequence[str],
 def _footprint(crs: rasterio.crs.CRS, bounds: Sequence[float]) -> dict:
     """The scene rectangle in WGS 84 (edges densified, so a UTM rectangle stays faithful)."""
     rectangle = box(*bounds)
-    edge = max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 16
+    edge = max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 4
     return transform_geom(crs, "EPSG:4326", mapping(shapely.segmentize(rectangle, edge)),
                           precision=7,
                           antimeridian_cutting=True)
