@@ -189,6 +189,8 @@ def test_predict_l4s_split_with_target_statistics(tmp_path: Path) -> None:
     assert result["metrics"]["pixels"] == 2 * 16 * 16
     with rasterio.open(tmp_path / "out" / "image_2_mask.tif") as ds:
         assert ds.shape == (16, 16) and ds.nodata == 255
+        assert ds.tags()["SLIDEMAP_PATCHES"] == str(root)  # provenance, as in scene outputs
+        assert ds.colormap(1)[1][:3] == (230, 60, 30) and ds.tags(1)["CLASS_1"] == "landslide"
 
 
 def test_training_promotes_patches_and_labels(tmp_path: Path) -> None:
