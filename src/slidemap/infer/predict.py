@@ -71,7 +71,8 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
     """Write ``prob_path`` (float32 NaN nodata, or uint8 255 nodata as ``fmt`` says) and
     ``mask_path`` (uint8, 255 nodata), Cloud-Optimised GeoTIFFs.
 
-    Returns a few counts (valid pixels, landslide pixels) for the caller's summary.
+    Returns a few counts (valid pixels, landslide pixels) for the caller's summary, and the
+    model's working pixel size in metres (``working_pixel_m``: the inventory's defaults).
     """
     spec = predictor.spec
     options = options.resolve(predictor.defaults)
