@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -197,6 +198,7 @@ def predict(
 
     options = PredictOptions(tile, overlap, batch_size, precision, tta, normalise, backend,
                              compile_model, workers, dask, _scales(scales), threshold)
+    log.debug(f"{options}")
     if image.is_dir() and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if image.is_dir():
@@ -521,10 +523,12 @@ def main() -> None:
 
 
 def _run() -> None:
+    started = time.perf_counter()
     try:
         code = app(standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into a returned exit code 130
             _fail("interrupted: no partial output was kept", code=130)
+        log.debug(f"{STATE['command']} done in {time.perf_counter() - started:.1f} s")
     except UsageError as exc:
         _fail(f"{exc}: see '{STATE['command']} --help'", code=2)
     except SlidemapError as exc:
