@@ -134,13 +134,16 @@ def test_evaluate_prints_json_on_stdout_only_when_asked(capsys, monkeypatch,
 
 def test_quiet_and_verbose_predict(capsys, monkeypatch, tiny_scene, tiny_model,
                                    tmp_path: Path) -> None:
-    """On a terminal too (a progress bar is drawn): -q prints nothing, -v adds debug lines."""
+    """On a terminal too (a progress bar is drawn, named after the scene): -q prints nothing,
+    -v adds debug lines."""
     monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
-    args = ("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model", tiny_model)
+    image = tiny_scene["image"].rename(tmp_path / "scene[bold].tif")
+    args = ("predict", image, "--dem", tiny_scene["dem"], "--model", tiny_model)
     code, out, err = run(capsys, monkeypatch, "-q", *args, "--out", tmp_path / "quiet")
     assert (code, out, err) == (0, "", "")
-    assert (tmp_path / "quiet" / "scene_mask.tif").exists()
+    assert (tmp_path / "quiet" / "scene[bold]_mask.tif").exists()
     code, out, err = run(capsys, monkeypatch, "-v", *args, "--out", tmp_path / "verbose")
     assert code == 0 and out == ""
     assert "debug: PredictOptions(" in err and " predict done in " in err
-    assert "landslides" in err and str(tmp_path / "verbose" / "scene_mask.tif") in err
+    assert "landslides" in err and str(tmp_path / "verbose" / "scene[bold]_mask.tif") in err
+    assert "predict scene[bold].tif" in err  # the progress bar's label, not read as markup

@@ -121,7 +121,8 @@ def _progress() -> Iterator[Progress | None]:
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                  MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
         STATE["live"] = console
         try:
