@@ -43,6 +43,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 log = logging.getLogger("slidemap")
 STATE: dict[str, Any] = {"debug": False, "quiet": False, "command": "slidemap", "live": None}
 
+
+class InventoryFormat(str, Enum):
+    """An enum, not a Literal: typer takes repeatable choices only as a list of an Enum."""
+
+    gpkg = "gpkg"
+    geojson = "geojson"
+
+
+# Options that several commands share: choices as Literal (shown as <a|b> in the help).
 Precision = Annotated[Literal["bf16", "fp32"], typer.Option(help="bf16 (fast on CPU) or fp32")]
 Tile = Annotated[int | None, typer.Option(
     min=16, help="window size in working pixels (default: the model's)")]
@@ -66,13 +75,6 @@ Backend = Annotated[Literal["torch", "onnx"], typer.Option(
     help="torch, or onnx (ONNX Runtime, always fp32)")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model: a minute or more first, faster on long runs")]
-class InventoryFormat(str, Enum):
-    """An enum, not a Literal: typer takes repeatable choices only as a list of an Enum."""
-
-    gpkg = "gpkg"
-    geojson = "geojson"
-
-
 Normalise = Annotated[Literal["model", "scene"], typer.Option(
     help="model: the model's training statistics; scene: statistics of the data predicted "
          "(the scene, or all patches of the folder)")]
@@ -122,8 +124,8 @@ def _progress() -> Iterator[Progress | None]:
     )
 
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
-                  MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                  transient=True) as progress:
         STATE["live"] = console
         try:
             yield progress
@@ -199,7 +201,7 @@ def predict(
 
     options = PredictOptions(tile, overlap, batch_size, precision, tta, normalise, backend,
                              compile_model, workers, dask, _scales(scales), threshold)
-    log.debug(f"{options}")
+    log.debug(repr(options))
     if image.is_dir() and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if image.is_dir():
@@ -208,7 +210,7 @@ def predict(
         return
     if scale is not None or pixel_size is not None:
         raise UsageError(f"--scale and --pixel-size apply to patch folders, and {image} is a "
-                            "file: scenes are read at the model's resolution_m")
+                         "file: scenes are read at the model's resolution_m")
     formats = [f.value for f in inventory_format or [InventoryFormat.gpkg]]
     with _progress() as progress:
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
@@ -405,7 +407,7 @@ def _predict_folder(folder: Path, out: Path, dem: Path | None, model: list[Path]
 
     if dem is not None or html_report:
         raise UsageError(f"{folder} is a folder, read as patches: --dem and --report apply "
-                            "to scene files (patch DEMs go in the folder's dem/)")
+                         "to scene files (patch DEMs go in the folder's dem/)")
     with _progress() as progress:
         result = api.predict_patches(folder, out, model, options, scale, pixel_size, overwrite,
                                      progress)
