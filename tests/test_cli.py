@@ -115,7 +115,7 @@ def test_paths_with_markup_print_as_they_are(capsys, monkeypatch, tmp_path, name
     assert capsys.readouterr().err == (f"warning: {name} looks odd\n"
                                        f"warning: {name} has no CRS\n")
     live = StringIO()  # while a progress bar is shown, messages go through its console
-    monkeypatch.setitem(cli.STATE, "live", Console(file=live, width=200))
+    monkeypatch.setattr(cli.STATE["messages"], "live", Console(file=live, width=200))
     logging.getLogger("slidemap").info(f"wrote {name}")
     assert live.getvalue() == f"wrote {name}\n"
 

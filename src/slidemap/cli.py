@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -23,15 +22,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
+from slidemap.logs import OneLineHandler, show_messages
 
 if TYPE_CHECKING:
-    from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
@@ -41,7 +40,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Map landslides from imagery and elevation data.")
 log = logging.getLogger("slidemap")
-STATE: dict[str, Any] = {"debug": False, "quiet": False, "command": "slidemap", "live": None}
+STATE: dict[str, Any] = {"debug": False, "quiet": False, "command": "slidemap", "messages": None}
 
 
 class InventoryFormat(str, Enum):
@@ -126,11 +125,14 @@ def _progress() -> Iterator[Progress | None]:
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=console,
                   transient=True) as progress:
-        STATE["live"] = console
+        messages: OneLineHandler | None = STATE["messages"]  # None when main() did not run
+        if messages is not None:
+            messages.live = console
         try:
             yield progress
         finally:
-            STATE["live"] = None
+            if messages is not None:
+                messages.live = None
 
 
 def _show(table: Table) -> None:
@@ -515,11 +517,7 @@ def bench(
 def main() -> None:
     """Entry point: run the app, turning expected failures (and slidemap's warnings) into
     one-line messages."""
-    if not any(isinstance(h, _OneLineHandler) for h in log.handlers):
-        log.addHandler(_OneLineHandler())
-        log.propagate = False  # the command line owns the process: no second copy via the root
-    log.setLevel(logging.INFO)
-    STATE.update(debug=False, quiet=False, command="slidemap", live=None)
+    STATE.update(debug=False, quiet=False, command="slidemap", messages=show_messages(logging.INFO))
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning(warnings.showwarning)
         _run()
@@ -591,39 +589,3 @@ def _fail(message: str, code: int = 1) -> NoReturn:
         raise
     log.error(message)
     sys.exit(code)
-
-
-class _OneLineHandler(logging.Handler):
-    """Messages on stderr as they are, warnings and errors on one line behind ``warning:`` or
-    ``error:`` (in colour on a terminal). Never read as rich markup, so a path such as
-    ``scene[bold].tif`` prints as it is; above the progress bar while one is shown."""
-
-    PREFIXES: ClassVar[dict[int, tuple[str, str, str]]] = {logging.DEBUG: ("debug: ", "2", "dim"),
-                logging.WARNING: ("warning: ", "1;33", "bold yellow"),
-                logging.ERROR: ("error: ", "1;31", "bold red"),
-                logging.CRITICAL: ("error: ", "1;31", "bold red")}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            prefix, colour, style = self.PREFIXES.get(record.levelno, ("", "", ""))
-            text = record.getMessage()
-            if prefix:
-                text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-            live: Console | None = STATE["live"]
-            if live is not None:
-                from rich.text import Text
-
-                live.print(Text(prefix, style=style) + text, soft_wrap=True)
-                return
-            stream = sys.stderr
-            if prefix and _colour(stream):
-                prefix = f"\x1b[{colour}m{prefix}\x1b[0m"
-            stream.write(f"{prefix}{text}\n")
-            stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
-def _colour(stream: Any) -> bool:
-    """Colour only on a terminal, and never where NO_COLOR is set (no-color.org)."""
-    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
