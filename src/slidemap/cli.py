@@ -5,9 +5,9 @@ error (unknown option, value not among the choices, options that do not go toget
 anything else; ``--debug`` shows the traceback instead. Messages go through :mod:`logging`
 (``--quiet``, ``--verbose``), on stderr; stdout carries only data asked for (``--json``).
 
-``slidemap --help`` must answer at once, so only the standard library, typer and
-``slidemap.errors`` are imported here: each command imports what it needs (the api, torch,
-rasterio, rich) in its body.
+``slidemap --help`` must answer at once, so only the standard library, typer,
+``slidemap.errors`` and ``slidemap.logs`` are imported here: each command imports what it needs
+(the api, torch, rasterio, rich) in its body; tests/test_cli.py checks it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import typer
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
-from slidemap.logs import OneLineHandler, show_messages
+from slidemap.logs import LOGGER, OneLineHandler, show_messages
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Map landslides from imagery and elevation data.")
-log = logging.getLogger("slidemap")
+log = logging.getLogger(LOGGER)
 STATE: dict[str, Any] = {"debug": False, "quiet": False, "command": "slidemap", "messages": None}
 
 
