@@ -8,6 +8,12 @@ anything else; ``--debug`` shows the traceback instead. Messages go through :mod
 ``slidemap --help`` must answer at once, so only the standard library, typer,
 ``slidemap.errors`` and ``slidemap.logs`` are imported here: each command imports what it needs
 (the api, torch, rasterio, rich) in its body; tests/test_cli.py checks it.
+
+A command: options typed so the help shows them (choices as ``Literal``, repeatable choices as a
+list of an ``Enum``, lists with a ``metavar``); imports in the body; a wrong combination of
+options raises ``UsageError`` (exit 2), anything else ``SlidemapError`` (exit 1); a progress bar
+from ``_progress()`` (None off a terminal or with --quiet); results as ``log.info`` lines and
+``_show(table)`` on stderr; JSON on stdout only behind ``--json``.
 """
 
 from __future__ import annotations
