@@ -10,7 +10,7 @@ from pathlib import Path
 import rasterio
 from rich.progress import Progress
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, UsageError
 from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
@@ -124,10 +124,10 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
              overwrite: bool = False, progress: Progress | None = None) -> dict:
     """Metrics of a prediction raster, or of a model run on ``image``, against ``truth``."""
     if (prediction is None) == (image is None):
-        raise SlidemapError("evaluate needs either --prediction RASTER or --image IMAGE "
-                            "(with --model) to score")
+        raise UsageError("evaluate needs either --prediction RASTER or --image IMAGE "
+                         "(with --model) to score")
     if image is not None and out_dir is None:
-        raise SlidemapError("evaluating a model needs --out DIR for its predicted rasters")
+        raise UsageError("evaluating a model needs --out DIR for its predicted rasters")
     options = options or PredictOptions()
     out_dir = Path(out_dir) if out_dir is not None else None
     if threshold is not None:  # the written mask and the scores use the same threshold

@@ -21,7 +21,7 @@ from rasterio.windows import transform as window_transform
 from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, UsageError
 from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
@@ -43,7 +43,7 @@ def parse_ints(value: str | None, flag: str, names: str) -> tuple[int, ...] | No
     except ValueError:
         numbers = ()
     if len(numbers) != len(names.split(",")):
-        raise SlidemapError(f"{flag} {value!r} is not valid: give {names} as integers")
+        raise UsageError(f"{flag} {value!r} is not valid: give {names} as integers")
     return numbers
 
 

@@ -57,9 +57,12 @@ def _file_part(text: str) -> tuple[str, str]:
 
 
 def dataset_stem(name: DatasetName) -> str:
-    """A file-name stem for outputs derived from ``name``: the member's stem inside a zip or a
-    URL, ``file_subdataset`` for a subdataset (``HDF5:"f.h5"://img`` → ``f_img``)."""
+    """A file-name stem for outputs derived from ``name``: a local file's own stem, the member's
+    stem inside a zip or a URL, ``file_subdataset`` for a subdataset (``HDF5:"f.h5"://img`` →
+    ``f_img``)."""
     text = str(name)
+    if is_local(name):  # a local file keeps its own stem, brackets and all
+        return Path(text).stem or "scene"
     file, sub = _file_part(text)
     file = SCHEME.sub("/", file).split("?", 1)[0].rstrip("/")
     path = PurePosixPath(file.replace("\\", "/"))
