@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 # constraints.txt pins torch==2.13.0: an unpinned torch would pull several GB of CUDA wheels.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
 echo "slidemap installed in .venv ($(.venv/bin/slidemap --help >/dev/null && echo ok))"

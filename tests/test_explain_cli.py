@@ -80,7 +80,7 @@ def test_default_region_is_the_predicted_landslide_pixels(tiny_scene, tmp_path, 
         summary = json.loads((out / "explain.json").read_text())
         assert summary["window"] == [0, 0, 96, 96] and summary["region_pixels"] == 96 * 88
     else:
-        assert code == 2 and outcome in err and not out.exists()
+        assert code == 1 and outcome in err and not out.exists()
 
 
 def test_image_without_georeference_gets_pictures_only(tmp_path, tiny_model, run_cli) -> None:
@@ -97,19 +97,19 @@ def test_image_without_georeference_gets_pictures_only(tmp_path, tiny_model, run
     assert (out / "gradcam.png").exists() and not list(out.glob("*.tif"))
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--window", "1,2,3"), "--window '1,2,3' is not valid"),
-    (("--window", "50,0,64,64"), "is not inside the 96×96 px image"),
-    (("--window", "0,0,16,16"), "too small"),
-    (("--box", "0,0,200,10"), "--box 0,0,200,10 is empty or outside"),
-    (("--box", "a,b,c,d"), "--box 'a,b,c,d' is not valid"),
-    (("--layer", "nope", "--box", "0,0,9,9"), "model has no layer 'nope'"),
+@pytest.mark.parametrize(("args", "message", "exit_code"), [
+    (("--window", "1,2,3"), "--window '1,2,3' is not valid", 2),  # malformed: a usage error
+    (("--window", "50,0,64,64"), "is not inside the 96×96 px image", 1),
+    (("--window", "0,0,16,16"), "too small", 1),
+    (("--box", "0,0,200,10"), "--box 0,0,200,10 is empty or outside", 1),
+    (("--box", "a,b,c,d"), "--box 'a,b,c,d' is not valid", 2),
+    (("--layer", "nope", "--box", "0,0,9,9"), "model has no layer 'nope'", 1),
 ])
 def test_bad_input_is_one_line(tiny_scene, tiny_model, tmp_path, run_cli, args,
-                               message) -> None:
+                               message, exit_code) -> None:
     code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
                         tiny_model, "--out", tmp_path / "x", *args)
-    assert code == 2
+    assert code == exit_code
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -118,5 +118,5 @@ def test_existing_outputs_need_overwrite(tiny_scene, tiny_model, tmp_path, run_c
             "--box", "30,40,70,80", "--out", tmp_path / "x")
     assert run_cli(*args)[0] == 0
     code, err = run_cli(*args)
-    assert code == 2 and "pass --overwrite" in err
+    assert code == 1 and "pass --overwrite" in err
     assert run_cli(*args, "--overwrite")[0] == 0

@@ -189,6 +189,8 @@ def test_predict_l4s_split_with_target_statistics(tmp_path: Path) -> None:
     assert result["metrics"]["pixels"] == 2 * 16 * 16
     with rasterio.open(tmp_path / "out" / "image_2_mask.tif") as ds:
         assert ds.shape == (16, 16) and ds.nodata == 255
+        assert ds.tags()["SLIDEMAP_PATCHES"] == str(root)  # provenance, as in scene outputs
+        assert ds.colormap(1)[1][:3] == (230, 60, 30) and ds.tags(1)["CLASS_1"] == "landslide"
 
 
 def test_training_promotes_patches_and_labels(tmp_path: Path) -> None:
@@ -298,7 +300,7 @@ def test_finetune_refuses_another_architecture_and_encoderless_freezing(tmp_path
     config = run_config(tmp_path, {"train": [{"patches": str(root)}],
                                    "val": [{"patches": str(root)}]})
     code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
-    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert "two_bands.safetensors reads channels" in err
     with pytest.raises(SlidemapError, match="segformer has no encoder to freeze"):
         freeze_encoder(build_model("segformer", 3, width=8), "segformer")
@@ -341,7 +343,7 @@ def test_predict_folder_cli_refuses_scene_options(tmp_path: Path, tiny_model: Pa
                         "--model", tiny_model)
     assert code == 2 and "read as patches: --dem and --report apply" in err
     code, err = run_cli("predict", root, "--out", tmp_path / "o", "--model", tiny_model)
-    assert code == 2 and "needs a DEM" in err and str(root) in err  # RGB + slope model
+    assert code == 1 and "needs a DEM" in err and str(root) in err  # RGB + slope model
 
 
 def test_band_statistics_fit_the_predictor(tiny_model: Path) -> None:

@@ -159,7 +159,7 @@ def test_predict_report_maps_the_scene_with_its_provenance(tiny_scene, tiny_mode
 
 def test_report_refuses_a_folder_with_nothing_to_report(tmp_path, run_cli) -> None:
     code, err = run_cli("report", tmp_path)
-    assert code == 2 and "has no history.csv" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "has no history.csv" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SlidemapError, match="not a folder"):
         build_report(tmp_path / "missing")
 

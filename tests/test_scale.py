@@ -66,7 +66,7 @@ def test_unreachable_scheduler_is_one_line(wide_scene, tiny_model, tmp_path, run
     code, err = run_cli("predict", wide_scene["image"], "--dem", wide_scene["dem"], "--model",
                         tiny_model, "--out", tmp_path / "out", "--dask", "tcp://127.0.0.1:9")
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Dask scheduler" in lines[0], err
+    assert code == 1 and len(lines) == 1 and "Dask scheduler" in lines[0], err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -101,7 +101,7 @@ def test_onnx_backend_matches_torch_fp32(wide_scene, tiny_model, tmp_path, run_c
 
 def test_export_of_a_missing_model_is_one_line(tmp_path, run_cli) -> None:
     code, err = run_cli("export", tmp_path / "nope.safetensors", "--out", tmp_path / "m.onnx")
-    assert code == 2 and err.startswith("error: model file") and err.count("\n") == 1, err
+    assert code == 1 and err.startswith("error: model file") and err.count("\n") == 1, err
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -182,7 +182,7 @@ def test_predict_writes_geojson_and_gpkg_with_terrain(tiny_scene, tiny_model, tm
         assert {"mean_slope_deg", "elev_range_m", "perimeter_m"} <= set(fields)
     code, err = run_cli("predict", tiny_scene["image"], "--model", tiny_model, "--out", out,
                         "--format", "shp")
-    assert code == 2 and "inventory format 'shp'" in err
+    assert code == 2 and "'shp' is not one of 'gpkg', 'geojson'" in err
 
 
 def test_two_process_ddp_training_writes_one_model(tiny_scene, tmp_path) -> None:

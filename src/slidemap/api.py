@@ -7,16 +7,28 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import rasterio
 from rich.progress import Progress
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, UsageError
+from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
-from slidemap.infer.vectorize import build_inventory, inventory_paths, write_inventory
+from slidemap.infer.vectorize import (
+    build_inventory,
+    inventory_defaults,
+    inventory_paths,
+    write_inventory,
+)
 from slidemap.io.atomic import check_outputs, make_output_dir, staged
 from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
+from slidemap.io.names import DatasetName, dataset_stem, local_files
+from slidemap.io.provenance import provenance
+from slidemap.io.rasters import PROB_STEPS, RasterFormat
+from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
+from slidemap.io.styles import write_qml
 from slidemap.report.plots import write_evaluation_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -29,77 +41,114 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL
 
 
-def output_paths(image: Path, out_dir: Path, formats: Sequence[str] = ("gpkg",)
+def output_paths(image: DatasetName, out_dir: str | Path, formats: Sequence[str] = ("gpkg",)
                  ) -> dict[str, Path]:
-    stem = image.stem
+    """The files of a prediction, named after ``image`` (the member's stem for a ``/vsizip/``
+    name, ``file_subdataset`` for a subdataset)."""
+    out_dir = Path(out_dir)
+    stem = dataset_stem(image)
     return {"prob": out_dir / f"{stem}_prob.tif", "mask": out_dir / f"{stem}_mask.tif",
-            **inventory_paths(out_dir, stem, formats)}
+            "mask_aux": out_dir / f"{stem}_mask.tif.aux.xml",
+            **inventory_paths(out_dir, stem, formats),
+            "style": out_dir / f"{stem}_landslides.qml", "stac": out_dir / f"{stem}_item.json"}
 
 
-def model_list(models: Path | Sequence[Path] | None) -> list[Path]:
+def model_list(models: str | Path | Sequence[str | Path] | None) -> list[Path]:
     """The model files asked for, or the shipped model."""
-    if models is None or (not isinstance(models, Path) and not models):
+    if models is None or (not isinstance(models, str | Path) and not models):
         return [default_model_path()]
-    return [models] if isinstance(models, Path) else list(models)
+    return [Path(models)] if isinstance(models, str | Path) else [Path(m) for m in models]
 
 
-def load_predictor(models: Path | Sequence[Path] | None, options: PredictOptions) -> Predictor:
+def load_predictor(models: str | Path | Sequence[str | Path] | None,
+                   options: PredictOptions) -> Predictor:
     """The shipped model, one model file, or an ensemble of several (probabilities averaged)."""
     return build_predictor(model_list(models), options)
 
 
-def predict(image: Path, out_dir: Path, dem: Path | None = None,
-            model: Path | Sequence[Path] | None = None,
-            options: PredictOptions | None = None, min_area_m2: float = 0.0,
-            simplify_m: float = 0.0, overwrite: bool = False,
-            progress: Progress | None = None, formats: Sequence[str] = ("gpkg",)) -> dict:
-    """Map landslides in ``image``: probability, mask and inventory files in ``out_dir``
-    (the inventory in each of ``formats``: gpkg, geojson)."""
+def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = None,
+            model: str | Path | Sequence[str | Path] | None = None,
+            options: PredictOptions | None = None, min_area_m2: float | None = None,
+            simplify_m: float | None = None, overwrite: bool = False,
+            progress: Progress | None = None, formats: Sequence[str] = ("gpkg",),
+            prob_dtype: str = "float32") -> dict:
+    """Map landslides in ``image`` (any GDAL dataset name, or a STAC Item JSON whose image and
+    DEM assets are read): probability and mask COGs, inventory (in each of ``formats``: gpkg,
+    geojson) with its QGIS style, and a STAC Item of them in ``out_dir``.
+
+    ``min_area_m2`` and ``simplify_m`` left None are set from the model's working pixel
+    (``slidemap.infer.vectorize.inventory_defaults``); ``prob_dtype`` uint8 stores the
+    probability in steps of 1/254 (a quarter of float32's bytes before compression).
+    """
     options = options or PredictOptions()
+    out_dir = Path(out_dir)
+    source = read_item(Path(image)) if is_stac_item(image) else None
+    if source is not None:
+        image, dem = source.image, dem if dem is not None else source.dem
     paths = output_paths(image, out_dir, formats)
     predictor = load_predictor(model, options)
-    check_outputs(list(paths.values()), [image] + ([dem] if dem else []), overwrite)
+    tags = provenance(predictor.paths, predictor.threshold,
+                      {"image": image, "dem": dem, "stac_item": source and source.source})
+    fmt = RasterFormat(prob_dtype, tags)
+    check_outputs(list(paths.values()),
+                  local_files(image, dem, source and source.source), overwrite)
     make_output_dir(out_dir)
-    with staged(paths) as tmp:  # all three files appear together, or none does
+    with staged(paths) as tmp:  # every file appears together, or none does
         counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
-                               progress)
+                               progress, replace(fmt, mask_aux=tmp["mask_aux"]))
+        default_area, default_simplify = inventory_defaults(counts["working_pixel_m"])
+        min_area_m2 = default_area if min_area_m2 is None else min_area_m2
+        simplify_m = default_simplify if simplify_m is None else simplify_m
         inventory = build_inventory(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem)
+        layer_tags = {k: v for k, v in tags.items() if k.startswith("SLIDEMAP_")}
         for key in paths:
             if key.startswith("inventory"):
-                write_inventory(inventory, tmp[key])
+                write_inventory(inventory, tmp[key], layer_tags)
+        write_qml(tmp["style"])
+        described = {k: (paths[k], tmp[k]) for k in paths if k not in ("stac", "mask_aux")}
+        with rasterio.open(tmp["prob"]) as ds:
+            grid = ds.profile
+        item = output_item(dataset_stem(image), described, grid,
+                           None if prob_dtype == "float32" else 1.0 / PROB_STEPS, tags, source)
+        write_item(item, tmp["stac"])
     return {**{k: str(v) for k, v in paths.items()}, **counts, "landslides": len(inventory),
-            "landslide_area_m2": float(inventory.attributes["area_m2"].sum())}
+            "landslide_area_m2": float(inventory.attributes["area_m2"].sum()),
+            "min_area_m2": min_area_m2, "simplify_m": simplify_m}
 
 
-def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = None,
-             dem: Path | None = None, model: Path | Sequence[Path] | None = None,
-             out_dir: Path | None = None,
+def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
+             image: DatasetName | None = None, dem: DatasetName | None = None,
+             model: str | Path | Sequence[str | Path] | None = None,
+             out_dir: str | Path | None = None,
              threshold: float | None = None, options: PredictOptions | None = None,
              overwrite: bool = False, progress: Progress | None = None) -> dict:
     """Metrics of a prediction raster, or of a model run on ``image``, against ``truth``."""
     if (prediction is None) == (image is None):
-        raise SlidemapError("evaluate needs either --prediction RASTER or --image IMAGE "
-                            "(with --model) to score")
+        raise UsageError("evaluate needs either --prediction RASTER or --image IMAGE "
+                         "(with --model) to score")
     if image is not None and out_dir is None:
-        raise SlidemapError("evaluating a model needs --out DIR for its predicted rasters")
+        raise UsageError("evaluating a model needs --out DIR for its predicted rasters")
     options = options or PredictOptions()
+    out_dir = Path(out_dir) if out_dir is not None else None
     if threshold is not None:  # the written mask and the scores use the same threshold
         options = replace(options, threshold=threshold)
     predictor = load_predictor(model, options) if image is not None else None
     outputs: dict[str, Path] = {}
     if image is not None and out_dir is not None:
         paths = output_paths(image, out_dir)
-        outputs = {"prob": paths["prob"], "mask": paths["mask"]}
+        outputs = {k: paths[k] for k in ("prob", "mask", "mask_aux")}
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
-        check_outputs(list(outputs.values()),
-                      [p for p in (truth, prediction, image, dem) if p is not None], overwrite)
+        check_outputs(list(outputs.values()), local_files(truth, prediction, image, dem),
+                      overwrite)
         make_output_dir(out_dir)
     report: dict = {"truth": str(truth)}
     with staged(outputs) as tmp:  # rasters and metrics appear together, or none does
         scored = prediction
         if predictor is not None and image is not None:
-            predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options, progress)
+            tags = provenance(predictor.paths, predictor.threshold, {"image": image, "dem": dem})
+            predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options, progress,
+                          RasterFormat(tags=tags, mask_aux=tmp["mask_aux"]))
             scored, prediction = tmp["prob"], outputs["prob"]
             threshold = predictor.threshold if threshold is None else threshold
             report["model"] = [str(p) for p in predictor.paths]
@@ -130,6 +179,8 @@ def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | 
 
 def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -> dict:
     """Export ``model`` to ONNX at ``out`` (default: NAME.onnx beside it); what was written."""
+    for module in ("onnx", "onnxruntime"):
+        require(module, "onnx", "exporting to ONNX")
     from slidemap.io import onnxfile
 
     bundle = load_model(model)

@@ -1,43 +1,69 @@
 """Command line: a thin typer layer over ``slidemap.api``.
 
-Every user-caused failure ends with one line on stderr naming the file and the fix, and a non-zero
-exit code; ``--debug`` shows the traceback instead.
+Every failure ends with one line on stderr that names the file and the fix: exit 2 for a usage
+error (unknown option, value not among the choices, options that do not go together), exit 1 for
+anything else; ``--debug`` shows the traceback instead. Messages go through :mod:`logging`
+(``--quiet``, ``--verbose``), on stderr; stdout carries only data asked for (``--json``).
+
+``slidemap --help`` must answer at once, so only the standard library, typer,
+``slidemap.errors`` and ``slidemap.logs`` are imported here: each command imports what it needs
+(the api, torch, rasterio, rich) in its body; tests/test_cli.py checks it.
+
+A command: options typed so the help shows them (choices as ``Literal``, repeatable choices as a
+list of an ``Enum``, lists with a ``metavar``); imports in the body; a wrong combination of
+options raises ``UsageError`` (exit 2), anything else ``SlidemapError`` (exit 1); a progress bar
+from ``_progress()`` (None off a terminal or with --quiet); results as ``log.info`` lines and
+``_show(table)`` on stderr; JSON on stdout only behind ``--json``.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import sys
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
-from rasterio.errors import RasterioError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from slidemap import __version__, api
-from slidemap.errors import SlidemapError, SlidemapWarning
-from slidemap.infer.predict import PredictOptions
-from slidemap.io.modelfile import check_scales
-from slidemap.report.html import build_report
-from slidemap.report.provenance import Provenance
+from slidemap import __version__
+from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
+from slidemap.logs import LOGGER, OneLineHandler, show_messages
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from slidemap.infer.predict import PredictOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Map landslides from imagery and elevation data.")
-console = Console(stderr=True)
-DEBUG = {"on": False}
+log = logging.getLogger(LOGGER)
+STATE: dict[str, Any] = {"debug": False, "quiet": False, "command": "slidemap", "messages": None}
 
-Precision = Annotated[str, typer.Option(help="bf16 (fast on CPU) or fp32")]
+
+class InventoryFormat(str, Enum):
+    """An enum, not a Literal: typer takes repeatable choices only as a list of an Enum."""
+
+    gpkg = "gpkg"
+    geojson = "geojson"
+
+
+# Options that several commands share: choices as Literal (shown as <a|b> in the help).
+Precision = Annotated[Literal["bf16", "fp32"], typer.Option(help="bf16 (fast on CPU) or fp32")]
 Tile = Annotated[int | None, typer.Option(
     min=16, help="window size in working pixels (default: the model's)")]
 Overlap = Annotated[int | None, typer.Option(
     min=0, help="overlap between windows in working pixels (default: the model's)")]
 Scales = Annotated[str | None, typer.Option(
+    metavar="<float,...>",
     help="window scales to average, e.g. 1,0.5: each window also shrunk to half its side "
          "(default: the model's)")]
 BatchSize = Annotated[int, typer.Option(min=1, help="windows per model call")]
@@ -45,26 +71,82 @@ Threshold = Annotated[float | None, typer.Option(
     help="probability from which a pixel is mapped as landslide (default: the model's)")]
 Report = Annotated[bool, typer.Option("--report", help="also write report.html into --out")]
 Models = Annotated[list[Path] | None, typer.Option(
-    "--model", help="model file; repeat to average an ensemble (default: shipped)")]
+    "--model", metavar="<path>",
+    help="model file; repeat to average an ensemble (default: shipped)")]
 Seed = Annotated[int | None, typer.Option(
     help="replace the config's training.seed (repeat a recipe with other seeds)")]
 TTA = Annotated[bool, typer.Option(help="average the 8 flips/rotations of every window")]
-Backend = Annotated[str, typer.Option(help="torch, or onnx (ONNX Runtime, always fp32)")]
+Backend = Annotated[Literal["torch", "onnx"], typer.Option(
+    help="torch, or onnx (ONNX Runtime, always fp32)")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model: a minute or more first, faster on long runs")]
-Normalise = Annotated[str, typer.Option(
+Normalise = Annotated[Literal["model", "scene"], typer.Option(
     help="model: the model's training statistics; scene: statistics of the data predicted "
          "(the scene, or all patches of the folder)")]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"slidemap {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
-    DEBUG["on"] = debug
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="also debug messages")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="only warnings and errors: no summaries, tables or progress bars")
+    ] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_show_version, help="print the version and exit")
+    ] = False,
+) -> None:
+    if verbose and quiet:
+        raise UsageError("--verbose and --quiet do not go together: give one")
+    STATE.update(debug=debug, quiet=quiet, command=f"{ctx.command_path} {ctx.invoked_subcommand}")
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
+@contextmanager
+def _progress() -> Iterator[Progress | None]:
+    """A progress bar on a terminal's stderr (none with --quiet, or when stderr is a file: a
+    finished bar would leave a blank line there); messages logged meanwhile print above it."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if STATE["quiet"] or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                  transient=True) as progress:
+        messages: OneLineHandler | None = STATE["messages"]  # None when main() did not run
+        if messages is not None:
+            messages.live = console
+        try:
+            yield progress
+        finally:
+            if messages is not None:
+                messages.live = None
+
+
+def _show(table: Table) -> None:
+    """A table of results on stderr (none with --quiet): stdout is for data asked for."""
+    if not STATE["quiet"]:
+        from rich.console import Console
+
+        Console(stderr=True).print(table)
 
 
 @app.command()
@@ -85,10 +167,13 @@ def train(
 
 @app.command()
 def predict(
-    image: Annotated[Path, typer.Argument(
-        help="image GeoTIFF (any band count), or a patch folder / Landslide4Sense split")],
+    image: Annotated[str, typer.Argument(
+        help="image: any GDAL raster name (file, /vsizip/..., https://..., s3://..., "
+             "HDF5:\"f.h5\"://img, .vrt) or a STAC Item JSON (image and DEM assets), or a "
+             "patch folder / Landslide4Sense split")],
     out: Annotated[Path, typer.Option(help="output folder")],
-    dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
+    dem: Annotated[str | None, typer.Option(
+        help="DEM raster (any GDAL name), any grid or CRS")] = None,
     model: Models = None,
     tile: Tile = None,
     overlap: Overlap = None,
@@ -103,10 +188,17 @@ def predict(
     ] = None,
     pixel_size: Annotated[float | None, typer.Option(
         help="patches: pixel size in metres, for slope from DEMs without georeference")] = None,
-    min_area: Annotated[float, typer.Option(help="drop polygons smaller than this (m²)")] = 0.0,
-    simplify: Annotated[float, typer.Option(help="simplify polygons by this tolerance (m)")] = 0.0,
-    inventory_format: Annotated[list[str] | None, typer.Option(
-        "--format", help="inventory format: gpkg (default) or geojson; repeat for both")] = None,
+    min_area: Annotated[float | None, typer.Option(
+        help="drop polygons smaller than this (m²; default: 4 working pixels of the model)")
+    ] = None,
+    simplify: Annotated[float | None, typer.Option(
+        help="simplify outlines by this tolerance (m; default: half a working pixel)")] = None,
+    prob_dtype: Annotated[Literal["float32", "uint8"], typer.Option(
+        help="probability raster type: float32, or uint8 (steps of 1/254 with scale/offset, "
+             "a fraction of the size)")] = "float32",
+    inventory_format: Annotated[list[InventoryFormat] | None, typer.Option(
+        "--format", metavar="<gpkg|geojson>",
+        help="inventory format: gpkg (default) or geojson; repeat for both")] = None,
     backend: Backend = "torch",
     compile_model: Compile = False,
     workers: Annotated[int, typer.Option(
@@ -121,39 +213,46 @@ def predict(
     Given a folder of patches: a probability and a mask TIFF per patch, and metrics.json
     when the folder has masks.
     """
-    options = PredictOptions(tile, overlap, batch_size, _precision(precision), tta,
-                             _normalise(normalise), _backend(backend), compile_model, workers,
-                             dask, _scales(scales), threshold)
-    if image.is_dir() and (workers or dask):
-        raise SlidemapError(f"{image} is a patch folder: --workers and --dask apply to scenes")
-    if image.is_dir():
-        _predict_folder(image, out, dem, model, options, scale, pixel_size, overwrite,
-                        html_report)
+    from slidemap import api
+    from slidemap.infer.predict import PredictOptions
+    from slidemap.io.names import local_path
+
+    options = PredictOptions(tile, overlap, batch_size, precision, tta, normalise, backend,
+                             compile_model, workers, dask, _scales(scales), threshold)
+    log.debug(repr(options))
+    folder = local_path(image)
+    if folder is not None and folder.is_dir() and (workers or dask):
+        raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
+    if folder is not None and folder.is_dir():
+        _predict_folder(folder, out, Path(dem) if dem else None, model, options, scale,
+                        pixel_size, overwrite, html_report)
         return
     if scale is not None or pixel_size is not None:
-        raise SlidemapError(f"--scale and --pixel-size apply to patch folders, and {image} is a "
-                            "file: scenes are read at the model's resolution_m")
+        raise UsageError(f"--scale and --pixel-size apply to patch folders, and {image} is a "
+                         "file: scenes are read at the model's resolution_m")
+    formats = [f.value for f in inventory_format or [InventoryFormat.gpkg]]
     with _progress() as progress:
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
-                             progress, inventory_format or ["gpkg"])
+                             progress, formats, prob_dtype)
     valid = max(result["valid_pixels"], 1)
-    console.print(f"{result['landslides']} landslides, {result['landslide_area_m2']:.0f} m², "
-                  f"{100 * result['landslide_pixels'] / valid:.1f} % of valid pixels")
-    for key in [k for k in result if k in ("prob", "mask") or k.startswith("inventory")]:
-        console.print(f"  {key.replace('_', ' '):9s} {result[key]}")
+    log.info(f"{result['landslides']} landslides, {result['landslide_area_m2']:.0f} m², "
+             f"{100 * result['landslide_pixels'] / valid:.1f} % of valid pixels")
+    for key in [k for k in result
+                if k in ("prob", "mask", "style", "stac") or k.startswith("inventory")]:
+        log.info(f"  {key.replace('_', ' '):9s} {result[key]}")
     if html_report:
-        known = Provenance(str(image), str(dem) if dem else None,
-                           tuple(str(m) for m in api.model_list(model)), threshold=threshold,
-                           version=__version__, command=" ".join(["slidemap", *sys.argv[1:]]))
-        console.print(f"  report    {build_report(out, provenance=known)}")
+        from slidemap.report.html import build_report
+
+        log.info(f"  report    {build_report(out)}")
 
 
 @app.command()
 def evaluate(
-    truth: Annotated[Path, typer.Argument(help="truth raster: 0, 1 landslide, 255 ignore")],
-    prediction: Annotated[Path | None, typer.Option(help="probability or mask raster")] = None,
-    image: Annotated[Path | None, typer.Option(help="image to predict with --model")] = None,
-    dem: Annotated[Path | None, typer.Option(help="DEM for --image")] = None,
+    truth: Annotated[str, typer.Argument(
+        help="truth raster (any GDAL name): 0, 1 landslide, 255 ignore")],
+    prediction: Annotated[str | None, typer.Option(help="probability or mask raster")] = None,
+    image: Annotated[str | None, typer.Option(help="image to predict with --model")] = None,
+    dem: Annotated[str | None, typer.Option(help="DEM for --image")] = None,
     model: Models = None,
     out: Annotated[Path | None, typer.Option(help="folder for metrics.json (+ rasters)")] = None,
     threshold: Threshold = None,
@@ -165,16 +264,25 @@ def evaluate(
     normalise: Normalise = "model",
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     html_report: Report = False,
+    json_stdout: Annotated[bool, typer.Option(
+        "--json", help="also print the metrics as JSON on stdout")] = False,
 ) -> None:
     """Score a prediction raster, or a model on an image, against a truth raster."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from slidemap import api
+    from slidemap.infer.predict import PredictOptions
+    from slidemap.io.names import display_name
+
     if html_report and out is None:
-        raise SlidemapError("--report needs --out DIR to write report.html into")
-    options = PredictOptions(tile, overlap, precision=_precision(precision), tta=tta,
-                             normalise=_normalise(normalise), scales=_scales(scales))
+        raise UsageError("--report needs --out DIR to write report.html into")
+    options = PredictOptions(tile, overlap, precision=precision, tta=tta, normalise=normalise,
+                             scales=_scales(scales))
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
                               overwrite, progress)
-    table = Table(title=f"landslide class vs {truth.name}")
+    table = Table(title=Text(f"landslide class vs {display_name(truth)}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc"):
@@ -182,16 +290,21 @@ def evaluate(
     table.add_row("valid pixels", f"{report['metrics']['pixels']:,}")
     best = max(report["thresholds"], key=lambda row: row["f1"])
     table.add_row(f"f1 at best threshold {best['threshold']:g}", f"{best['f1']:.4f}")
-    Console().print(table)
-    if out is None:
+    _show(table)
+    if json_stdout:
         print(json.dumps(report["metrics"]))
-    elif html_report:
-        console.print(f"report {build_report(out)}")
+    if html_report:
+        from slidemap.report.html import build_report
+
+        log.info(f"report {build_report(out)}")
 
 
 @app.command("models")
 def list_models() -> None:
     """List every registered architecture with its parameter count (5 input channels)."""
+    from rich.console import Console
+    from rich.table import Table
+
     from slidemap.models.summary import model_table
 
     table = Table(title="architectures (width 32, 5 input channels)")
@@ -214,14 +327,14 @@ def study(
     from slidemap.train.study import load_study, run_study
 
     rows = run_study(load_study(config), out)
-    console.print(f"{len(rows)} runs → {out / 'results.md'}")
+    log.info(f"{len(rows)} runs → {out / 'results.md'}")
 
 
 @app.command()
 def explain(
-    image: Annotated[Path, typer.Argument(help="image GeoTIFF")],
+    image: Annotated[str, typer.Argument(help="image raster (any GDAL name)")],
     out: Annotated[Path, typer.Option(help="output folder for PNGs, GeoTIFFs, explain.json")],
-    dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
+    dem: Annotated[str | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
     model: Annotated[Path | None, typer.Option(help="model file (default: shipped)")] = None,
     window: Annotated[str | None, typer.Option(
         help="col,row,width,height in native px (default: one tile at the centre)")] = None,
@@ -233,6 +346,7 @@ def explain(
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
     """Why the model says landslide: Grad-CAM, attention and probability maps of one window."""
+    from slidemap import api
     from slidemap.explain.run import explain_window, parse_ints
     from slidemap.io.modelfile import load_model
 
@@ -240,10 +354,9 @@ def explain(
     summary = explain_window(bundle, image, out, dem, parse_ints(window, "--window",
                                                                    "col,row,width,height"),
                              parse_ints(box, "--box", "row0,col0,row1,col1"), layer, overwrite)
-    console.print(f"Grad-CAM of {summary['region_pixels']:,} working px at layer "
-                  f"{summary['layer']}")
+    log.info(f"Grad-CAM of {summary['region_pixels']:,} working px at layer {summary['layer']}")
     for path in summary["files"].values():
-        console.print(f"  {path}")
+        log.info(f"  {path}")
 
 
 @app.command("report")
@@ -259,7 +372,10 @@ def make_report(
     ] = False,
 ) -> None:
     """One self-contained HTML report (map, figures, plots, inventory) of an output folder."""
-    console.print(f"report {build_report(folder, out, Provenance(image=image), interactive)}")
+    from slidemap.report.html import build_report
+    from slidemap.report.provenance import Provenance
+
+    log.info(f"report {build_report(folder, out, Provenance(image=image), interactive)}")
 
 
 @app.command()
@@ -276,6 +392,9 @@ def finetune(
     """Fine-tune a model on a config's data; finetune.json holds val figures before and after."""
     from dataclasses import replace
 
+    from rich.table import Table
+    from rich.text import Text
+
     from slidemap.train.config import load_config, with_seed
     from slidemap.train.finetune import finetune as run_finetune
 
@@ -284,14 +403,14 @@ def finetune(
                        freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
     report = run_finetune(replace(run_config, init=model, train=settings), out, resume=resume,
                           overwrite=overwrite)
-    table = Table(title=f"{model.name} on the val data of {config.name}")
+    table = Table(title=Text(f"{model.name} on the val data of {config.name}"))
     for column in ("", "F1", "IoU", "precision", "recall"):
         table.add_column(column, justify="right")
     for when in ("before", "after"):
         figures = report[when]
         table.add_row(when, *(f"{figures[k]:.4f}" for k in ("f1", "iou", "precision", "recall")))
-    Console().print(table)
-    console.print(f"  {out / 'finetune.json'}")
+    _show(table)
+    log.info(f"  {out / 'finetune.json'}")
 
 
 @app.command()
@@ -305,44 +424,44 @@ def selftrain(
     from slidemap.train.selftrain import selftrain as run_selftrain
 
     rows = run_selftrain(load_config(config), out, overwrite)
-    console.print(f"{len(rows) - 1} pseudo-label rounds → {out / 'rounds.md'}, "
-                  f"{out / 'model.safetensors'}")
+    log.info(f"{len(rows) - 1} pseudo-label rounds → {out / 'rounds.md'}, "
+             f"{out / 'model.safetensors'}")
 
 
 def _predict_folder(folder: Path, out: Path, dem: Path | None, model: list[Path] | None,
                     options: PredictOptions, scale: float | None, pixel_size: float | None,
                     overwrite: bool, html_report: bool) -> None:
     """``predict`` on a patch folder: per-patch TIFFs, and the figures when it has masks."""
+    from slidemap import api
+
     if dem is not None or html_report:
-        raise SlidemapError(f"{folder} is a folder, read as patches: --dem and --report apply "
-                            "to scene files (patch DEMs go in the folder's dem/)")
+        raise UsageError(f"{folder} is a folder, read as patches: --dem and --report apply "
+                         "to scene files (patch DEMs go in the folder's dem/)")
     with _progress() as progress:
         result = api.predict_patches(folder, out, model, options, scale, pixel_size, overwrite,
                                      progress)
     valid = max(result["valid_pixels"], 1)
-    console.print(f"{result['patches']} patches at scale {result['scale']:g}, "
-                  f"{100 * result['landslide_pixels'] / valid:.2f} % landslide pixels → {out}")
+    log.info(f"{result['patches']} patches at scale {result['scale']:g}, "
+             f"{100 * result['landslide_pixels'] / valid:.2f} % landslide pixels → {out}")
     if "metrics" in result:
         metrics = result["metrics"]
-        console.print("  ".join(f"{k} {metrics[k]:.4f}"
-                                for k in ("precision", "recall", "f1", "iou")))
-        console.print(f"  metrics   {out / 'metrics.json'}")
+        log.info("  ".join(f"{k} {metrics[k]:.4f}" for k in ("precision", "recall", "f1", "iou")))
+        log.info(f"  metrics   {out / 'metrics.json'}")
 
 
 def _scales(value: str | None) -> tuple[float, ...] | None:
+    """``--scales 1,0.5`` as numbers; a usage error when it is not such a list."""
     if value is None:
         return None
+    from slidemap.io.modelfile import check_scales
+
     try:
         return check_scales([float(v) for v in value.split(",")])
     except ValueError as exc:
-        raise SlidemapError(f"--scales {value!r} is not a list of numbers: give e.g. 1,0.5"
-                            ) from exc
-
-
-def _normalise(value: str) -> str:
-    if value not in ("model", "scene"):
-        raise SlidemapError(f"--normalise {value!r} is not known: use model or scene")
-    return value
+        raise UsageError(f"--scales {value!r} is not a list of numbers: give e.g. 1,0.5"
+                         ) from exc
+    except SlidemapError as exc:
+        raise UsageError(f"--scales {value!r}: {exc}") from exc
 
 
 @app.command()
@@ -352,24 +471,26 @@ def export(
         help="ONNX file to write (default: NAME.onnx beside the model); with --weights, the "
              "model file to write")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
-    weights: Annotated[str | None, typer.Option(
+    weights: Annotated[Literal["float32", "float16", "int8", "int4"] | None, typer.Option(
         help="instead of ONNX, write a slidemap model file at --out with its weights stored as "
              "float32, float16, int8 (a quarter of float32's size) or int4 (the largest "
              "kernels in 4 bits, the rest int8)")] = None,
 ) -> None:
     """Export a model to ONNX (dynamic batch, height and width) for ONNX Runtime and others, or
     (--weights) store it again with smaller weights."""
+    from slidemap import api
+
     if weights is not None:
         if out is None:
-            raise SlidemapError("--weights writes a new model file: name it with --out")
+            raise UsageError("--weights writes a new model file: name it with --out")
         stored = api.store_weights(model, out, weights, overwrite)
-        console.print(f"{stored['model']}: weights stored as {stored['weights_dtype']}, "
-                      f"{stored['bytes'] / 1e6:.1f} MB (was {stored['bytes_before'] / 1e6:.1f} MB)")
+        log.info(f"{stored['model']}: weights stored as {stored['weights_dtype']}, "
+                 f"{stored['bytes'] / 1e6:.1f} MB (was {stored['bytes_before'] / 1e6:.1f} MB)")
         return
     result = api.export_onnx(model, out, overwrite)
-    console.print(f"{result['onnx']}: input x (B, {result['channels']}, H, W) normalised with "
-                  f"H, W multiples of {result['stride']}; output prob (B, 1, H, W); "
-                  f"opset {result['opset']}")
+    log.info(f"{result['onnx']}: input x (B, {result['channels']}, H, W) normalised with "
+             f"H, W multiples of {result['stride']}; output prob (B, 1, H, W); "
+             f"opset {result['opset']}")
 
 
 @app.command()
@@ -390,16 +511,21 @@ def bench(
         help="also map the scene in plain torch fp32 and compare: mask agreement, max |Δp|")
     ] = False,
     json_out: Annotated[Path | None, typer.Option(
-        "--json", help="also write the figures to this JSON file")] = None,
+        "--json", help="also write the figures to this JSON file; - for stdout")] = None,
 ) -> None:
     """Throughput: model-only vs end-to-end megapixels/s (read, model, blend, write), peak RSS."""
-    options = PredictOptions(tile, overlap, batch_size, _precision(precision),
-                             backend=_backend(backend), compile=compile_model,
-                             scales=_scales(scales))
+    from rich.table import Table
+    from rich.text import Text
+
+    from slidemap import api
+    from slidemap.infer.predict import PredictOptions
+
+    options = PredictOptions(tile, overlap, batch_size, precision, backend=backend,
+                             compile=compile_model, scales=_scales(scales))
     result = api.bench(image, dem, model, options, sample, agreement)
-    table = Table(title=f"{image.name}: {result['size'][0]}×{result['size'][1]} px, "
-                        f"{result['backend']} {result['precision']}"
-                        f"{' compiled' if result['compile'] else ''}")
+    table = Table(title=Text(f"{image.name}: {result['size'][0]}×{result['size'][1]} px, "
+                             f"{result['backend']} {result['precision']}"
+                             f"{' compiled' if result['compile'] else ''}"))
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key in ("model_only_mpx_s", "end_to_end_mpx_s", "end_to_end_share", "peak_rss_mb",
@@ -408,44 +534,33 @@ def bench(
         table.add_row(key, str(result[key]))
     for key, value in result.get("agreement_vs_fp32", {}).items():
         table.add_row(f"vs fp32: {key}", f"{value:.6g}")
-    Console(stderr=True).print(table)
-    print(json.dumps(result))
-    if json_out is not None:
+    _show(table)
+    if json_out is not None and str(json_out) == "-":
+        print(json.dumps(result))
+    elif json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _backend(value: str) -> str:
-    if value not in ("torch", "onnx"):
-        raise SlidemapError(f"--backend {value!r} is not known: use torch or onnx")
-    return value
-
-
-def _precision(value: str) -> str:
-    if value not in ("bf16", "fp32"):
-        raise SlidemapError(f"--precision {value!r} is not known: use bf16 or fp32")
-    return value
 
 
 def main() -> None:
     """Entry point: run the app, turning expected failures (and slidemap's warnings) into
     one-line messages."""
+    STATE.update(debug=False, quiet=False, command="slidemap", messages=show_messages(logging.INFO))
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning(warnings.showwarning)
         _run()
 
 
 def _run() -> None:
+    started = time.perf_counter()
     try:
         code = app(standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into a returned exit code 130
             _fail("interrupted: no partial output was kept", code=130)
+        log.debug(f"{STATE['command']} done in {time.perf_counter() - started:.1f} s")
+    except UsageError as exc:
+        _fail(f"{exc}: see '{STATE['command']} --help'", code=2)
     except SlidemapError as exc:
         _fail(str(exc))
-    except RasterioError as exc:
-        _fail(f"raster error: {_one_line(exc)}: check the input files")
-    except OSError as exc:
-        hint = "free some disk space" if exc.errno == errno.ENOSPC else "check the path"
-        _fail(f"{exc.filename or ''}: {exc.strerror or exc}: {hint}".lstrip(": "))
     except KeyboardInterrupt:
         _fail("interrupted: no partial output was kept", code=130)
     except typer.Exit as exc:
@@ -456,19 +571,36 @@ def _run() -> None:
             sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "slidemap"
-        message = " ".join(exc.format_message().split()).rstrip(".")
+        message = " ".join(exc.format_message().replace("Value error, ", "").split()).rstrip(".")
         _fail(f"{message}: see '{command} --help'",
               code=exc.exit_code)
+    except Exception as exc:
+        message = _runtime_message(exc)
+        if message is None:
+            raise
+        _fail(message)
+
+
+def _runtime_message(exc: Exception) -> str | None:
+    """The one line for a raster library or file system failure; None for a bug."""
+    # rasterio is imported by whichever command reads a raster; none could raise its errors
+    # before, and importing it here would cost every command's start-up.
+    rasterio_errors = sys.modules.get("rasterio.errors")
+    if rasterio_errors is not None and isinstance(exc, rasterio_errors.RasterioError):
+        return f"raster error: {_one_line(exc)}: check the input files"
+    if isinstance(exc, OSError):
+        hint = "free some disk space" if exc.errno == errno.ENOSPC else "check the path"
+        return f"{exc.filename or ''}: {exc.strerror or exc}: {hint}".lstrip(": ")
+    return None
 
 
 def _one_line_warning(show: Callable[..., None]) -> Callable[..., None]:
-    """``warnings.showwarning`` that prints a ``SlidemapWarning`` as one line, others as ``show``
+    """``warnings.showwarning`` that logs a ``SlidemapWarning`` as one line, others as ``show``
     does."""
     def showwarning(message: Warning | str, category: type[Warning], *args: object,
                     **kwargs: object) -> None:
         if issubclass(category, SlidemapWarning):
-            console.print(f"[bold yellow]warning:[/] {message}", highlight=False,
-                          soft_wrap=True)
+            log.warning(str(message))
         else:
             show(message, category, *args, **kwargs)
     return showwarning
@@ -479,8 +611,8 @@ def _one_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _fail(message: str, code: int = 2) -> None:
-    if DEBUG["on"] and sys.exc_info()[0] is not None:
+def _fail(message: str, code: int = 1) -> NoReturn:
+    if STATE["debug"] and sys.exc_info()[0] is not None:
         raise
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    log.error(message)
     sys.exit(code)

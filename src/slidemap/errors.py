@@ -2,7 +2,12 @@
 
 
 class SlidemapError(Exception):
-    """Bad input or a failed precondition; the CLI prints it on one line and exits non-zero."""
+    """Bad input or a failed precondition; the CLI prints it on one line and exits 1."""
+
+
+class UsageError(SlidemapError):
+    """Options that do not go together, or an option value of the wrong form: the CLI exits 2,
+    as for an unknown option, and points to the command's ``--help``."""
 
 
 class SlidemapWarning(UserWarning):

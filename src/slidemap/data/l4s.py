@@ -15,12 +15,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 from slidemap.data.patches import IGNORE, binary_mask
 from slidemap.errors import SlidemapError
+from slidemap.extras import require
+
+if TYPE_CHECKING:
+    import h5py
 
 BAND_NAMES = (
     "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12", "slope", "dem",
@@ -162,6 +166,6 @@ def _read_dataset(path: Path, key: str) -> np.ndarray:
 
 def _open_h5(path: Path) -> h5py.File:
     try:
-        return h5py.File(path, "r")
+        return require("h5py", "hdf5", f"reading HDF5 file {path}").File(path, "r")
     except OSError as exc:
         raise SlidemapError(f"{path} cannot be read as HDF5: is the file complete?") from exc

@@ -25,25 +25,31 @@ from rasterio.windows import Window
 
 from slidemap.data.terrain import pixel_size_m, relief, slope_degrees
 from slidemap.errors import SlidemapError
+from slidemap.io.names import DatasetName, as_name, local_path
 
 IGNORE = 255
 
 
-def open_raster(path: str | Path, role: str) -> rasterio.DatasetReader:
-    """Open ``path`` or raise a one-line error naming it and what to fix."""
-    path = Path(path)
-    if not path.exists():
+def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
+    """Open any GDAL dataset name (a local path, ``/vsizip/...``, a URL, ``s3://...``, a
+    subdataset, a VRT) or raise a one-line error naming it and what to fix.
+
+    Only a local path is looked up on disk first; any other name goes to GDAL as it is.
+    """
+    path = local_path(name)
+    if path is not None and not path.exists():
         raise SlidemapError(f"{role} {path} does not exist: check the path")
-    if path.is_dir():
+    if path is not None and path.is_dir():
         raise SlidemapError(f"{role} {path} is a folder: pass a raster file (GeoTIFF)")
     try:
         with warnings.catch_warnings():  # a missing CRS is checked (and explained) by the caller
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            return rasterio.open(as_name(name))
     except RasterioIOError as exc:
+        hint = ("is it a complete, uncorrupted GeoTIFF?" if path is not None else
+                "check the name, the network and the credentials GDAL needs for it")
         raise SlidemapError(
-            f"{role} {path} cannot be read as a raster ({_first_line(exc)}): "
-            "is it a complete, uncorrupted GeoTIFF?"
+            f"{role} {name} cannot be read as a raster ({_first_line(exc)}): {hint}"
         ) from exc
 
 
@@ -70,15 +76,19 @@ class Scene:
 
     def __init__(
         self,
-        image: str | Path,
-        dem: str | Path | None = None,
-        mask: str | Path | None = None,
+        image: DatasetName,
+        dem: DatasetName | None = None,
+        mask: DatasetName | None = None,
         require_crs: bool = True,
+        apply_scale: bool = False,
     ) -> None:
-        self.image_path = Path(image)
-        self.dem_path = Path(dem) if dem is not None else None
-        self.mask_path = Path(mask) if mask is not None else None
+        """``apply_scale``: image values read through the bands' GDAL scale and offset (a
+        probability stored as uint8 steps reads back as 0..1)."""
+        self.image_path = as_name(image)
+        self.dem_path = as_name(dem) if dem is not None else None
+        self.mask_path = as_name(mask) if mask is not None else None
         self._image = open_raster(image, "image")
+        self._apply_scale = apply_scale
         self._dem_src: rasterio.DatasetReader | None = None
         self._dem: WarpedVRT | None = None
         self._mask_src: rasterio.DatasetReader | None = None
@@ -203,7 +213,12 @@ class Scene:
             image = img.read(bands, window=window, out_shape=(len(bands), out_h, out_w),
                              resampling=Resampling.average if factor > 1 else Resampling.nearest)
             valid = img.dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
-        sample: dict[str, np.ndarray] = {"image": image.astype(np.float32), "valid": valid}
+        image = image.astype(np.float32)
+        if self._apply_scale:
+            scales = np.array([img.scales[b - 1] or 1.0 for b in bands], np.float32)
+            offsets = np.array([img.offsets[b - 1] or 0.0 for b in bands], np.float32)
+            image = image * scales[:, None, None] + offsets[:, None, None]
+        sample: dict[str, np.ndarray] = {"image": image, "valid": valid}
         if dem or slope or relief_m:
             if self._dem is None:
                 raise SlidemapError(

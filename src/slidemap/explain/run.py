@@ -21,13 +21,14 @@ from rasterio.windows import transform as window_transform
 from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, UsageError
 from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
 from slidemap.infer.predict import MIN_WORKING_SIZE
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle
+from slidemap.io.names import DatasetName, local_files
 
 MAX_WORKING_SIDE = 2048  # Grad-CAM keeps every activation for the backward pass: bound the window
 
@@ -42,11 +43,12 @@ def parse_ints(value: str | None, flag: str, names: str) -> tuple[int, ...] | No
     except ValueError:
         numbers = ()
     if len(numbers) != len(names.split(",")):
-        raise SlidemapError(f"{flag} {value!r} is not valid: give {names} as integers")
+        raise UsageError(f"{flag} {value!r} is not valid: give {names} as integers")
     return numbers
 
 
-def explain_window(bundle: ModelBundle, image: Path, out_dir: Path, dem: Path | None = None,
+def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
+                   dem: DatasetName | None = None,
                    window: tuple[int, ...] | None = None, box: tuple[int, ...] | None = None,
                    layer: str | None = None, overwrite: bool = False) -> dict:
     """Write explanation pictures of one window of ``image`` into ``out_dir``.
@@ -90,7 +92,7 @@ def explain_window(bundle: ModelBundle, image: Path, out_dir: Path, dem: Path | 
     if georeferenced:
         files.update({f"{name}.tif": out_dir / f"{name}.tif" for name in heats})
     files["explain.json"] = out_dir / "explain.json"
-    check_outputs(list(files.values()), [image] + ([dem] if dem else []), overwrite)
+    check_outputs(list(files.values()), local_files(image, dem), overwrite)
     make_output_dir(out_dir)
 
     rgb = rgb_preview(np.where(valid, sample["image"], np.nan))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from slidemap.errors import SlidemapError
+from slidemap.extras import require
 from slidemap.infer.runtime import PRECISIONS, predict_batch, prepare_for_inference
 from slidemap.io.modelfile import ModelBundle
 
@@ -48,7 +49,7 @@ class OnnxBackend:
     """An exported model in ONNX Runtime (fp32), on as many threads as torch would use."""
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
+        ort = require("onnxruntime", "onnx", "--backend onnx")
 
         from slidemap.io.onnxfile import read_metadata
 
@@ -76,6 +77,8 @@ def make_backend(bundle: ModelBundle, backend: str = "torch", precision: str = "
         raise SlidemapError(f"backend {backend!r} is not known: use one of {', '.join(BACKENDS)}")
     if compile:
         raise SlidemapError("--compile applies to the torch backend, not to --backend onnx")
+    for module in ("onnx", "onnxruntime"):
+        require(module, "onnx", "--backend onnx")
     from slidemap.io.onnxfile import export_onnx, is_current, onnx_path_for
 
     if bundle.path is not None and is_current(onnx_path_for(bundle.path), bundle):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
+from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.stream import (
     Grid,
@@ -32,6 +33,7 @@ from slidemap.infer.stream import (
     read_band,
 )
 from slidemap.io.modelfile import load_model
+from slidemap.io.names import DatasetName, absolute_name
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -59,7 +61,8 @@ class BandJob:
     grid: Grid
 
 
-def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem: Path | None,
+def band_source(predictor: Predictor, options: PredictOptions, image: DatasetName,
+                dem: DatasetName | None,
                 grid: Grid) -> Generator[PredictedBand, None, None]:
     """The scene's bands in row order: from this process, or from Dask when asked."""
     if not (options.scheduler or options.workers):
@@ -67,7 +70,7 @@ def band_source(predictor: Predictor, options: PredictOptions, image: Path, dem:
     if any(path is None for path in predictor.paths):
         raise SlidemapError("Dask workers load models from files: pass --model PATH")
     stats = predictor.stats[0] if options.normalise == "scene" else None
-    job = BandJob(str(Path(image).resolve()), str(Path(dem).resolve()) if dem else None,
+    job = BandJob(absolute_name(image), absolute_name(dem) if dem else None,
                   tuple(str(Path(p).resolve()) for p in predictor.paths), options.tta,
                   options.precision, options.backend, options.compile, predictor.scales,
                   options.batch_size,
@@ -88,6 +91,7 @@ def dask_bands(job: BandJob, scheduler: str | None, workers: int
 def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
     """A client of the scheduler at ``scheduler``, or of a local cluster of ``workers``
     single-threaded processes started for this run."""
+    require("distributed", "dask", "--workers and --dask")
     from distributed import Client, LocalCluster
 
     if scheduler:

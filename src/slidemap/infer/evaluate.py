@@ -19,7 +19,7 @@ def score_raster(prediction: Path, truth: Path, threshold: float = 0.5,
     nodata in the prediction or 255 in the truth are left out.
     """
     confusion = BinaryConfusion(threshold)
-    with Scene(prediction, mask=truth, require_crs=False) as scene:
+    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True) as scene:
         for top in range(0, scene.height, strip_rows):
             window = Window(0, top, scene.width, min(strip_rows, scene.height - top))
             sample = scene.read(window, (1,))

@@ -27,7 +27,8 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
 from slidemap.infer.separated import patch_stats
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
-from slidemap.io.rasters import MASK_NODATA, writing
+from slidemap.io.provenance import provenance
+from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
 from slidemap.train.metrics import BinaryConfusion
 
 
@@ -108,13 +109,14 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
         predictor = predictor.with_stats(patch_stats(dataset, spec))
     confusion = BinaryConfusion(predictor.threshold) if dataset.labelled else None
     task = progress.add_task(f"predict {root.name}", total=len(dataset)) if progress else None
+    tags = provenance(predictor.paths, predictor.threshold, {"patches": root})
     landslide = valid_pixels = 0
     for index, name in enumerate(dataset.names):
         arrays = patch_arrays(dataset[index], spec)
         prob, valid = native_prob(predictor, arrays, options)
         mask = np.where(valid, prob >= predictor.threshold, MASK_NODATA).astype(np.uint8)
-        _write_tif(paths[name]["prob"], prob, float("nan"))
-        _write_tif(paths[name]["mask"], mask, MASK_NODATA)
+        _write_tif(paths[name]["prob"], prob, float("nan"), tags)
+        _write_tif(paths[name]["mask"], mask, MASK_NODATA, tags)
         if confusion is not None and arrays.labels is not None:
             confusion.update(prob, arrays.labels)
         landslide += int((mask == 1).sum())
@@ -135,11 +137,16 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     return summary
 
 
-def _write_tif(path: Path, array: np.ndarray, nodata: float) -> None:
-    """A single-band TIFF without georeference (patches have none), written atomically."""
+def _write_tif(path: Path, array: np.ndarray, nodata: float, tags: dict[str, str]) -> None:
+    """A single-band TIFF without georeference (patches have none), written atomically, with
+    the provenance ``tags``; a mask (uint8) with its colour table and class names."""
     with atomic_path(path) as tmp, writing(tmp), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", driver="GTiff", width=array.shape[1],
                            height=array.shape[0], count=1, dtype=array.dtype.name,
                            nodata=nodata, compress="deflate") as ds:
             ds.write(array, 1)
+            ds.update_tags(**tags)
+            if array.dtype == np.uint8:
+                ds.write_colormap(1, MASK_COLOURS)
+                ds.update_tags(1, **{f"CLASS_{v}": n for v, n in CLASS_NAMES.items()})

@@ -23,7 +23,8 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.separated import scene_stats
 from slidemap.infer.stream import Grid, bounded_gdal_cache, write_bands
 from slidemap.io.modelfile import PredictDefaults, load_model
-from slidemap.io.rasters import RasterOutputs
+from slidemap.io.names import DatasetName, display_name
+from slidemap.io.rasters import RasterFormat, RasterOutputs
 
 MIN_WORKING_SIZE = 32
 
@@ -63,12 +64,15 @@ def build_predictor(models: Sequence[Path], options: PredictOptions) -> Predicto
                      options.backend, options.compile, options.scales, options.threshold)
 
 
-def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path: Path,
-                  mask_path: Path, options: PredictOptions, progress: Progress | None = None
+def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | None,
+                  prob_path: Path, mask_path: Path, options: PredictOptions,
+                  progress: Progress | None = None, fmt: RasterFormat | None = None
                   ) -> dict[str, float]:
-    """Write ``prob_path`` (float32, NaN nodata) and ``mask_path`` (uint8, 255 nodata).
+    """Write ``prob_path`` (float32 NaN nodata, or uint8 255 nodata as ``fmt`` says) and
+    ``mask_path`` (uint8, 255 nodata), Cloud-Optimised GeoTIFFs.
 
-    Returns a few counts (valid pixels, landslide pixels) for the caller's summary.
+    Returns a few counts (valid pixels, landslide pixels) for the caller's summary, and the
+    model's working pixel size in metres (``working_pixel_m``: the inventory's defaults).
     """
     spec = predictor.spec
     options = options.resolve(predictor.defaults)
@@ -88,13 +92,14 @@ def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path
         elif message := elevation_mismatch(scene, spec, predictor.stats):
             warnings.warn(message, SlidemapWarning, stacklevel=2)
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
-        task = progress.add_task(f"predict {image.name}", total=grid.window_count) \
+        task = progress.add_task(f"predict {display_name(image)}", total=grid.window_count) \
             if progress else None
         with bounded_gdal_cache(grid), RasterOutputs(scene.profile, prob_path,
-                                                     mask_path) as outputs:
+                                                     mask_path, fmt) as outputs:
             counts = write_bands(band_source(predictor, options, image, dem, grid), grid,
                                  outputs, image, dem, spec.needs_dem, predictor.threshold,
                                  progress, task)
+            counts["working_pixel_m"] = factor * min(scene.pixel_size_m())
             if counts["valid_pixels"] == 0:
                 raise SlidemapError(f"image {image} has no valid pixel (all nodata): "
                                     "check its nodata value and the DEM coverage")

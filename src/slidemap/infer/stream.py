@@ -29,7 +29,6 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -43,6 +42,7 @@ from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
 from slidemap.infer.blend import window_weights
 from slidemap.infer.ensemble import Predictor
+from slidemap.io.names import DatasetName
 from slidemap.io.rasters import RasterOutputs, gdal_cache
 
 BLOCK_ROWS = 256  # rows of an output block (slidemap.io.rasters.geotiff_profile)
@@ -310,7 +310,7 @@ def in_order(submit: Callable[[int], Future], rows: list[int], ahead: int
             future.cancel()
 
 
-def local_bands(predictor: Predictor, image: Path, dem: Path | None, grid: Grid,
+def local_bands(predictor: Predictor, image: DatasetName, dem: DatasetName | None, grid: Grid,
                 batch_size: int) -> Generator[PredictedBand, None, None]:
     """Bands predicted in this process; the next band is read in a thread meanwhile."""
     with Scene(image, dem=dem) as scene, helper_pool("slidemap-read") as pool:
@@ -322,7 +322,7 @@ def local_bands(predictor: Predictor, image: Path, dem: Path | None, grid: Grid,
 
 
 def write_bands(bands: Generator[PredictedBand, None, None], grid: Grid, outputs: RasterOutputs,
-                image: Path, dem: Path | None, needs_dem: bool, threshold: float,
+                image: DatasetName, dem: DatasetName | None, needs_dem: bool, threshold: float,
                 progress: Progress | None = None, task: TaskID | None = None) -> dict[str, int]:
     """Blend and assemble ``bands`` (in row order) in a thread and write their strips in
     another; returns the valid and landslide pixels written and the windows predicted."""

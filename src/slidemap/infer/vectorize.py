@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import shapely
 from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio.crs import CRS
 from rasterio.features import shapes
+from rasterio.warp import transform
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
@@ -31,7 +33,8 @@ from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path, final_path
-from slidemap.io.rasters import gdal_cache
+from slidemap.io.rasters import gdal_cache, read_probability
+from slidemap.io.styles import store_style
 
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 STRIP_PIXELS = 2**22  # mask pixels labelled at a time: memory bounded on wide scenes too
@@ -39,6 +42,10 @@ TERRAIN_PIXELS = 2**20  # DEM pixels at a time (slope works in float64 with many
 CACHE_MB = 64  # GDAL block cache: every block is read once, in order
 START = {"elev_min": np.inf, "elev_max": -np.inf}  # accumulators that do not start at 0
 INVENTORY_FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson"}
+WGS84 = CRS.from_epsg(4326)
+LAYER = "landslides"
+MIN_AREA_WORKING_PIXELS = 4  # default --min-area: smaller specks are below what the model sees
+SIMPLIFY_WORKING_PIXELS = 0.5  # default --simplify: removes the native-pixel staircase
 
 
 class UnionFind:
@@ -98,7 +105,7 @@ def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
         for top in range(0, mask_ds.height, strip_rows):
             window = Window(0, top, mask_ds.width, min(strip_rows, mask_ds.height - top))
             slide = mask_ds.read(1, window=window) == 1
-            prob = prob_ds.read(1, window=window)
+            prob = read_probability(prob_ds, window)
             labels, count = ndimage.label(slide, structure=FOUR_CONNECTED)
             labels = np.where(labels > 0, labels + (next_id - 1), 0).astype(np.int64)
             forest.grow(next_id + count)
@@ -189,18 +196,30 @@ def _merge(forest: UnionFind, parts: dict[int, list], sums: dict[str, np.ndarray
         rows.append(row)
     width = 7 if "slope_n" in sums else 5
     table = np.array(rows, dtype=np.float64).reshape(-1, width)
-    attributes = {
-        "id": np.arange(1, len(geometries) + 1, dtype=np.int32),
+    lon, lat = _centroids_lonlat(geometries, crs)
+    attributes = {  # the feature id (fid) numbers the slides; no second id column
         "area_m2": table[:, 0],
         "perimeter_m": table[:, 1],
         "mean_prob": table[:, 2],
         "max_prob": table[:, 3],
         "pixels": table[:, 4].astype(np.int64),
+        "centroid_lon": lon,
+        "centroid_lat": lat,
     }
     if width == 7:
         attributes["mean_slope_deg"] = table[:, 5]
         attributes["elev_range_m"] = table[:, 6]
     return Inventory(geometries, attributes, crs)
+
+
+def _centroids_lonlat(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude and latitude (WGS 84, degrees) of each polygon's centroid; NaN without a CRS."""
+    if not geometries or crs is None:
+        nan = np.full(len(geometries), np.nan)
+        return nan, nan.copy()
+    xy = shapely.get_coordinates(shapely.centroid(np.asarray(geometries, dtype=object)))
+    lon, lat = transform(crs, WGS84, xy[:, 0].tolist(), xy[:, 1].tolist())
+    return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
 
 def _metres_per_unit(crs: CRS | None) -> float:
@@ -241,8 +260,18 @@ def inventory_paths(out_dir: Path, stem: str, formats: Sequence[str]) -> dict[st
     return paths
 
 
-def write_inventory(inventory: Inventory, path: Path) -> None:
-    """Write a GeoPackage (.gpkg) or GeoJSON (.geojson) layer atomically."""
+def inventory_defaults(working_pixel_m: float) -> tuple[float, float]:
+    """(min area m², simplification m) at a model's working resolution: polygons under a few
+    working pixels are specks the model cannot resolve, and outlines are simplified by half a
+    working pixel, which removes the staircase of native pixels and no shape the model saw."""
+    return (MIN_AREA_WORKING_PIXELS * working_pixel_m ** 2,
+            SIMPLIFY_WORKING_PIXELS * working_pixel_m)
+
+
+def write_inventory(inventory: Inventory, path: Path,
+                    metadata: dict[str, str] | None = None) -> None:
+    """Write a GeoPackage (.gpkg, with its QGIS style stored inside and ``metadata`` on the
+    layer) or GeoJSON (.geojson) layer atomically."""
     driver = "GeoJSON" if path.suffix.lower() in {".geojson", ".json"} else "GPKG"
     geometry = np.array([shapely.to_wkb(g) for g in inventory.geometries], dtype=object)
     names = list(inventory.attributes)
@@ -251,9 +280,12 @@ def write_inventory(inventory: Inventory, path: Path) -> None:
             pyogrio.raw.write(
                 tmp, geometry, [inventory.attributes[n] for n in names], names, driver=driver,
                 geometry_type="MultiPolygon", promote_to_multi=True,
-                crs=inventory.crs.to_wkt() if inventory.crs else None, layer="landslides",
+                crs=inventory.crs.to_wkt() if inventory.crs else None, layer=LAYER,
+                layer_metadata=metadata if driver == "GPKG" and metadata else None,
             )
-    except (OSError, DataSourceError, DataLayerError) as exc:
+            if driver == "GPKG":
+                store_style(tmp, LAYER, "slidemap landslide inventory")
+    except (OSError, sqlite3.Error, DataSourceError, DataLayerError) as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         target = final_path(path)
         raise SlidemapError(f"cannot write {target} ({lines[0]}): check free disk space and "

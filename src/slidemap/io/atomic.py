@@ -32,6 +32,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def scratch_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder for an intermediate file, always removed
+    afterwards (named like :func:`atomic_path`'s, so errors still name ``target``)."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
 def staged(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """Temporary names for a set of outputs that belong together, moved into place together.
 

@@ -6,16 +6,19 @@ import contextlib
 import re
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from slidemap.errors import SlidemapError
-from slidemap.io.atomic import atomic_path, final_path
+from slidemap.io.atomic import atomic_path, final_path, scratch_path
 
 MASK_NODATA = 255
 
@@ -76,20 +79,109 @@ def verify_raster(path: Path) -> None:
             ds.read(1, window=last)
 
 
-class RasterOutputs:
-    """The probability (float32, NaN nodata) and mask (uint8, 255 nodata) GeoTIFFs of a scene."""
+PROB_DTYPES = ("float32", "uint8")
+PROB_STEPS = 254  # uint8 probability: 0..254 is p × 254, 255 is nodata
+CLASS_NAMES = {0: "background", 1: "landslide"}
+# A GeoTIFF palette has no alpha (GDAL writes it opaque); the attribute table keeps it, so a GIS
+# that reads the table can leave the background see-through.
+MASK_COLOURS = {0: (255, 255, 255, 0), 1: (230, 60, 30, 255), MASK_NODATA: (0, 0, 0, 0)}
 
-    def __init__(self, profile: dict, prob_path: Path, mask_path: Path) -> None:
+
+@dataclass(frozen=True)
+class RasterFormat:
+    """How the probability and mask files are written, beside their pixels.
+
+    ``prob_dtype`` float32 (NaN nodata) or uint8 (p × 254 with scale 1/254, 255 nodata: a
+    quarter of the pixels' bytes, a step of 0.004); ``tags`` (provenance) go into both files;
+    ``mask_aux`` is where the mask's category names and attribute table go (GDAL's .aux.xml:
+    a GeoTIFF cannot hold them), moved into place with the mask by the caller.
+    """
+
+    prob_dtype: str = "float32"
+    tags: dict[str, str] = field(default_factory=dict)
+    mask_aux: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.prob_dtype not in PROB_DTYPES:
+            raise SlidemapError(f"probability type {self.prob_dtype!r} is not known: use "
+                                f"{' or '.join(PROB_DTYPES)}")
+
+
+def encode_probability(prob: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
+    """Probabilities as written: float32 with NaN nodata, or uint8 steps with 255 nodata."""
+    if dtype == "uint8":
+        steps = np.rint(np.clip(np.nan_to_num(prob), 0.0, 1.0) * PROB_STEPS).astype(np.uint8)
+        return np.where(valid, steps, MASK_NODATA).astype(np.uint8)
+    return np.where(valid, prob, np.nan).astype(np.float32)
+
+
+def band_scaling(ds: rasterio.io.DatasetReader, band: int = 1) -> tuple[float, float]:
+    """(scale, offset) that turn band values into physical values (a uint8 probability)."""
+    return float(ds.scales[band - 1] or 1.0), float(ds.offsets[band - 1] or 0.0)
+
+
+def read_probability(ds: rasterio.io.DatasetReader, window: Window) -> np.ndarray:
+    """Probabilities of ``window`` as float32, NaN where the file has no data, whichever type
+    the file stores them in."""
+    data = ds.read(1, window=window, masked=True)
+    scale, offset = band_scaling(ds)
+    return np.ma.filled(data.astype(np.float32) * scale + offset, np.nan)
+
+
+def category_xml(names: dict[int, str], colours: dict[int, tuple[int, int, int, int]]) -> str:
+    """GDAL's auxiliary XML for band 1: category names and a thematic raster attribute table
+    (value, class name, colour with alpha), which QGIS and ArcGIS show as the legend."""
+    categories = "".join(f"<Category>{escape(names.get(v, ''))}</Category>"
+                         for v in range(max(names) + 1))
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8),
+              ("Alpha", 0, 9)]
+    defs = "".join(f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage>'
+                   f"</FieldDefn>" for i, (n, t, u) in enumerate(fields))
+    rows = "".join(f'<Row index="{i}"><F>{v}</F><F>{escape(name)}</F>'
+                   + "".join(f"<F>{c}</F>" for c in colours[v]) + "</Row>"
+                   for i, (v, name) in enumerate(sorted(names.items())))
+    return (f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{categories}</CategoryNames>'
+            f'<GDALRasterAttributeTable tableType="thematic">{defs}{rows}'
+            "</GDALRasterAttributeTable></PAMRasterBand></PAMDataset>\n")
+
+
+def cog_options(dtype: str, categorical: bool) -> dict:
+    """Creation options of a Cloud-Optimised GeoTIFF with internal overviews (averaged
+    probabilities, nearest classes), tiled like the streamed file."""
+    options = {"driver": "COG", "COMPRESS": "DEFLATE", "LEVEL": 1, "BLOCKSIZE": 256,
+               "BIGTIFF": "IF_SAFER",
+               "OVERVIEW_RESAMPLING": "NEAREST" if categorical else "AVERAGE"}
+    if dtype == "float32":
+        options["PREDICTOR"] = "YES"  # floating-point predictor: a smaller file
+    return options
+
+
+class RasterOutputs:
+    """The probability (float32 NaN nodata, or uint8 255 nodata) and mask (uint8, 255 nodata)
+    rasters of a scene, as Cloud-Optimised GeoTIFFs.
+
+    Strips are streamed into tiled scratch GeoTIFFs beside the targets (memory bounded by a
+    strip); when all are written, GDAL's COG driver builds the overviews and copies each file
+    with its IFDs first, block by block, into the temporary name of the target.
+    """
+
+    def __init__(self, profile: dict, prob_path: Path, mask_path: Path,
+                 fmt: RasterFormat | None = None) -> None:
         self.profile = profile
         self.paths = (prob_path, mask_path)
+        self.format = fmt or RasterFormat()
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> RasterOutputs:
+        fmt = self.format
         try:
             tmps = [self._stack.enter_context(atomic_path(p)) for p in self.paths]
-            self._stack.push(lambda *exc_info: self._verify(tmps, exc_info[0]))
-            self.prob = self._open(tmps[0], self.paths[0], "float32", float("nan"))
-            self.mask = self._open(tmps[1], self.paths[1], "uint8", MASK_NODATA)
+            works = [self._stack.enter_context(scratch_path(p)) for p in self.paths]
+            self._stack.push(lambda *exc_info: self._finish(works, tmps, exc_info[0]))
+            prob_nodata = float("nan") if fmt.prob_dtype == "float32" else MASK_NODATA
+            self.prob = self._open(works[0], self.paths[0], fmt.prob_dtype, prob_nodata)
+            self.mask = self._open(works[1], self.paths[1], "uint8", MASK_NODATA)
+            self._describe()
         except BaseException:
             self._stack.__exit__(*sys.exc_info())
             raise
@@ -107,20 +199,47 @@ class RasterOutputs:
         self._stack.push(close)
         return ds
 
-    def _verify(self, tmps: list[Path], exc_type: type[BaseException] | None) -> None:
-        if exc_type is None:
-            for tmp in tmps:
-                verify_raster(tmp)
+    def _describe(self) -> None:
+        """Band descriptions, the mask's colours and class names, provenance in both files."""
+        fmt = self.format
+        with writing(self.paths[0]):
+            self.prob.set_band_description(1, "landslide probability")
+            if fmt.prob_dtype == "uint8":
+                self.prob.scales, self.prob.offsets = (1.0 / PROB_STEPS,), (0.0,)
+            self.prob.update_tags(**fmt.tags)
+        with writing(self.paths[1]):
+            self.mask.set_band_description(1, "landslide mask: 0 background, 1 landslide, "
+                                              f"{MASK_NODATA} no data")
+            self.mask.write_colormap(1, MASK_COLOURS)
+            self.mask.update_tags(1, **{f"CLASS_{v}": n for v, n in CLASS_NAMES.items()})
+            self.mask.update_tags(**fmt.tags)
+
+    def _finish(self, works: list[Path], tmps: list[Path],
+                exc_type: type[BaseException] | None) -> None:
+        """Runs after the scratch files closed: COG copies, read back, before the move."""
+        if exc_type is not None:
+            return
+        for work, tmp, target, dtype in zip(works, tmps, self.paths,
+                                            (self.format.prob_dtype, "uint8"), strict=True):
+            verify_raster(work)
+            with writing(target):
+                rasterio.shutil.copy(work, tmp, **cog_options(dtype, target == self.paths[1]))
+            verify_raster(tmp)
+        if self.format.mask_aux is not None:
+            with writing(self.format.mask_aux):
+                self.format.mask_aux.write_text(category_xml(CLASS_NAMES, MASK_COLOURS))
 
     def write(self, window: Window, prob: np.ndarray, valid: np.ndarray, threshold: float) -> None:
         mask = np.where(valid, (prob >= threshold).astype(np.uint8), MASK_NODATA)
         with writing(self.paths[0]):
-            self.prob.write(np.where(valid, prob, np.nan).astype(np.float32), 1, window=window)
+            self.prob.write(encode_probability(prob, valid, self.format.prob_dtype), 1,
+                            window=window)
         with writing(self.paths[1]):
             self.mask.write(mask.astype(np.uint8), 1, window=window)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        # Unwinding in reverse order: datasets close, the files are read back, and only then
-        # moved into place. An exception unwinds the same way and removes the temporary files.
+        # Unwinding in reverse order: datasets close, the scratch files are read back and
+        # copied as COGs, those read back, and only then moved into place. An exception
+        # unwinds the same way and removes the temporary and scratch files.
         self._stack.__exit__(exc_type, exc, tb)

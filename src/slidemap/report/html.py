@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from slidemap import __version__
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, UsageError
 from slidemap.io.atomic import atomic_path
 from slidemap.report.markup import Rows, grid, image, pairs, read_json, text
 from slidemap.report.plots import curves_figure, png_bytes, read_history
@@ -73,10 +73,10 @@ def build_report(folder: Path, out: Path | None = None,
                             "folder")
     out = out or folder / "report.html"
     if out.is_dir():
-        raise SlidemapError(f"--out {out} is a folder: give a file name such as report.html")
+        raise UsageError(f"--out {out} is a folder: give a file name such as report.html")
     if out.suffix.lower() not in (".html", ".htm"):  # never one of the files the report reads
-        raise SlidemapError(f"--out {out} is not an .html file: give a file name such as "
-                            "report.html")
+        raise UsageError(f"--out {out} is not an .html file: give a file name such as "
+                         "report.html")
     predicted = inventories(folder)
     parts = [_training(folder), _evaluation(folder),
              *[prediction_section(path, provenance, interactive) for path in predicted],

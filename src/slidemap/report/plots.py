@@ -21,6 +21,7 @@ from rasterio.windows import Window
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.explain.overlay import rgb_preview
 from slidemap.io.atomic import atomic_path
+from slidemap.io.names import display_name
 from slidemap.train.metrics import AUC_BINS, BinaryConfusion
 
 PREVIEW_SIDE = 1500
@@ -151,7 +152,7 @@ def error_map(prediction: Path, truth: Path, threshold: float, image: Path | Non
     Rasters are read decimated (``out_shape``) so that the preview is at most ``max_side`` pixels
     a side whatever the scene size; probabilities are averaged before thresholding.
     """
-    with Scene(prediction, mask=truth, require_crs=False) as scene:
+    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True) as scene:
         size = (scene.height, scene.width)
         factor = _preview_factor(*size, max_side)
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
@@ -238,7 +239,7 @@ def size_histogram_figure(areas: np.ndarray, pixel_area_m2: float | None = None)
 
 def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
     """A decimated preview of a probability raster (nodata left blank)."""
-    with Scene(prob_path, require_crs=False) as scene:
+    with Scene(prob_path, require_crs=False, apply_scale=True) as scene:
         factor = _preview_factor(scene.height, scene.width, max_side)
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
     prob = np.where(sample["valid"], sample["image"][0], np.nan)
@@ -257,7 +258,7 @@ def write_evaluation_plots(out_dir: Path, confusion: BinaryConfusion, prediction
                            truth: Path, image: Path | None = None) -> dict[str, Path]:
     """``pr_curve.png`` and ``errors_overlay.png`` of one evaluation, in ``out_dir``."""
     errors = error_map(prediction, truth, confusion.threshold, image)
-    title = f"errors at threshold {confusion.threshold:g} vs {truth.name}"
+    title = f"errors at threshold {confusion.threshold:g} vs {display_name(truth)}"
     return {"pr_curve": save_png(pr_curve_figure(confusion), out_dir / "pr_curve.png"),
             "errors_overlay": save_png(errors_figure(errors, title),
                                        out_dir / "errors_overlay.png")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ from slidemap.train.metrics import BinaryConfusion
 from slidemap.train.recipes import build_recipes
 
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 def train(config: RunConfig, out_dir: Path, resume: bool = False,
@@ -93,11 +95,11 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
         if average is not None and state.get("averaged_steps"):
             average.restore(load_extra(checkpoint, PREFIX), state["averaged_steps"])
         _trim_history(out_dir / "history.csv", state["epoch"])
-        console.print(f"resuming after epoch {state['epoch']}")
+        log.info(f"resuming after epoch {state['epoch']}")
 
-    console.print(f"{config.model.name} ({count_parameters(model):,} parameters), "
-                  f"{len(config.inputs.channels)} channels {config.inputs.channels}, "
-                  f"{settings.epochs} epochs × {steps_per_epoch} steps")
+    log.info(f"{config.model.name} ({count_parameters(model):,} parameters), "
+             f"{len(config.inputs.channels)} channels {config.inputs.channels}, "
+             f"{settings.epochs} epochs × {steps_per_epoch} steps")
     history_path = out_dir / "history.csv"
     trained = ddp.wrap(model, ranks)
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
@@ -121,7 +123,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                **{f"val_{k}": round(v, 5) for k, v in scores.items()
                   if k in ("f1", "iou", "precision", "recall", "auc")}}
         _append_history(history_path, row, fresh=epoch == 1)
-        console.print("  ".join(f"{k} {v}" for k, v in row.items()))
+        log.info("  ".join(f"{k} {v}" for k, v in row.items()))
         f1 = scores.get("f1", -train_loss)
         chosen = epoch == settings.epochs if settings.select == "last" else f1 > state["best_f1"]
         if chosen:
@@ -152,8 +154,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     if average is not None:
         how = f"weights averaged over epochs {settings.average_from}-{settings.epochs}"
     figure = f", val F1 {state['best_f1']:.4f}" if val_scenes else ""
-    console.print(f"kept epoch {state['best_epoch']} ({how}{figure}) → "
-                  f"{out_dir / 'model.safetensors'}")
+    log.info(f"kept epoch {state['best_epoch']} ({how}{figure}) → "
+             f"{out_dir / 'model.safetensors'}")
     return out_dir / "model.safetensors"
 
 
@@ -193,7 +195,9 @@ def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, bat
     model.train()
     losses = []
     with Progress(TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+                  TimeRemainingColumn(), console=console, transient=True,
+                  disable=not (console.is_terminal and log.isEnabledFor(logging.INFO))
+                  ) as progress:
         task = progress.add_task("train", total=steps)
         for batch in windows.epoch(epoch, batch_size):
             x = torch.from_numpy(batch["x"]).to(memory_format=torch.channels_last)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +24,7 @@ import torch
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
+from slidemap.logs import LOGGER, show_messages
 from slidemap.models import ProbabilityAverage
 from slidemap.train.config import RunConfig
 
@@ -43,8 +45,9 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
     runs = [(member_config(config, index), out_dir / f"member-{index}", index)
             for index in range(count)]
     with ProcessPoolExecutor(parallel_members(config), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_train_member, run_config, run_dir, index, resume, overwrite)
-                   for run_config, run_dir, index in runs]
+        level = logging.getLogger(LOGGER).getEffectiveLevel()
+        futures = [pool.submit(_train_member, run_config, run_dir, index, resume, overwrite,
+                               level) for run_config, run_dir, index in runs]
         paths = [future.result() for future in futures]
     save_model(ensemble_bundle([load_model(path) for path in paths], config), out_dir / "model")
     summary = {"members": [json.loads((path.parent / "summary.json").read_text())
@@ -94,12 +97,15 @@ def ensemble_bundle(bundles: list[ModelBundle], config: RunConfig) -> ModelBundl
 
 
 def _train_member(config: RunConfig, out_dir: Path, index: int, resume: bool,
-                  overwrite: bool) -> Path:
-    """Worker: one member's run; members after the first log to their run folder."""
+                  overwrite: bool, level: int) -> Path:
+    """Worker: one member's run, its messages at the parent's ``level`` (a spawned process
+    starts with logging unconfigured); members after the first log to their run folder."""
     from slidemap.train.loop import train
 
     if index == 0:
+        show_messages(level)
         return train(config, out_dir, resume=resume, overwrite=overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "train.log").open("a") as log, contextlib.redirect_stderr(log):
+        show_messages(min(level, logging.INFO))  # the handler writes to the redirected stderr
         return train(config, out_dir, resume=resume, overwrite=overwrite)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import re
 import statistics
 import time
@@ -24,7 +25,6 @@ from typing import Any
 
 import torch
 import yaml
-from rich.console import Console
 from torch import nn
 
 from slidemap.data.dataset import load_scene_arrays
@@ -38,7 +38,7 @@ from slidemap.train.config import RunConfig, parse_config, read_yaml
 from slidemap.train.loop import evaluate_arrays, train
 from slidemap.train.losses import build_loss
 
-console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 BASE_VARIANT = "base"
 LABEL = re.compile(r"^[A-Za-z0-9_.+]+$")
@@ -231,7 +231,7 @@ def run_study(study: Study, out_dir: Path) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for number, run in enumerate(study.runs, 1):
-        console.print(f"[bold]run {number}/{len(study.runs)}: {run.name}[/]")
+        log.info(f"run {number}/{len(study.runs)}: {run.name}")
         run_one(run, out_dir / run.name, study.timing)
         rows = scored_rows(study, out_dir)
         write_results(rows, out_dir, study.timing)
@@ -249,7 +249,7 @@ def run_one(run: StudyRun, run_dir: Path, timing: Timing) -> dict:
     _claim(run_dir, run.raw)
     result_path = run_dir / "result.json"
     if result_path.exists():
-        console.print(f"{run.name}: already scored, skipped")
+        log.info(f"{run.name}: already scored, skipped")
         return json.loads(result_path.read_text())
     config = parse_config(run.raw, run_dir / "config.yaml")
     if not (run_dir / "summary.json").exists():

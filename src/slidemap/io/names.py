@@ -1,0 +1,91 @@
+"""GDAL dataset names: local paths, ``/vsi*`` paths, URLs and subdatasets, as rasterio opens them.
+
+A name is kept as text: ``pathlib.Path`` would fold ``https://`` into ``https:/`` and cannot hold
+``HDF5:"scene.h5"://img``. Only local files are checked on disk before opening; anything else is
+handed to GDAL, whose own error is turned into one line by the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+VSI = re.compile(r"^/vsi[a-z0-9_]+/")
+# DRIVER:"file":sub or DRIVER:file:sub (HDF5, NETCDF, SENTINEL2_L1C, GPKG, ...)
+SUBDATASET = re.compile(r'^(?P<driver>[A-Z][A-Z0-9_]+):(?P<rest>.+)$')
+SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
+
+DatasetName = str | Path
+
+
+def as_name(name: DatasetName) -> str:
+    """The dataset name as GDAL takes it (a ``Path`` as its text)."""
+    return str(name)
+
+
+def is_local(name: DatasetName) -> bool:
+    """Whether ``name`` is a plain file path on this machine (not /vsi*, a URL or a subdataset)."""
+    if isinstance(name, Path):
+        return True
+    text = str(name)
+    if VSI.match(text) or SCHEME.match(text):
+        return False
+    match = SUBDATASET.match(text)
+    # "C:\\scene.tif" is a Windows drive, not a driver prefix
+    return not (match and len(match["driver"]) > 1)
+
+
+def local_path(name: DatasetName) -> Path | None:
+    """``name`` as a ``Path`` when it is a local file, else None."""
+    return Path(name) if is_local(name) else None
+
+
+def _file_part(text: str) -> tuple[str, str]:
+    """(the file a name points into, the subdataset inside it or "")."""
+    match = SUBDATASET.match(text)
+    if not match or SCHEME.match(text) or VSI.match(text) or len(match["driver"]) == 1:
+        return text, ""
+    rest = match["rest"]
+    if rest.startswith('"'):
+        end = rest.find('"', 1)
+        file, sub = (rest[1:end], rest[end + 1:]) if end > 0 else (rest[1:], "")
+    else:  # the file ends at the first ":" after a suffix: f.nc:var, S2/MTD.xml:10m:EPSG_32632
+        split = re.match(r"^(.+?\.[A-Za-z0-9]+):(.*)$", rest)
+        file, sub = (split[1], split[2]) if split else (rest, "")
+    return file, sub.strip(":/")
+
+
+def dataset_stem(name: DatasetName) -> str:
+    """A file-name stem for outputs derived from ``name``: a local file's own stem, the member's
+    stem inside a zip or a URL, ``file_subdataset`` for a subdataset (``HDF5:"f.h5"://img`` →
+    ``f_img``)."""
+    text = str(name)
+    if is_local(name):  # a local file keeps its own stem, brackets and all
+        return Path(text).stem or "scene"
+    file, sub = _file_part(text)
+    file = SCHEME.sub("/", file).split("?", 1)[0].rstrip("/")
+    path = PurePosixPath(file.replace("\\", "/"))
+    # a Sentinel-2 SAFE's metadata file has the same name in every product: name the product
+    stem = (path.parent.stem if path.stem.startswith("MTD_") else path.stem) or "scene"
+    if sub:
+        stem = f"{stem}_{sub}"
+    return SAFE_STEM.sub("_", stem).strip("_.") or "scene"
+
+
+def display_name(name: DatasetName) -> str:
+    """The last part of a name, for progress bars (the whole name when it has no parts)."""
+    file, sub = _file_part(str(name))
+    base = PurePosixPath(file.split("?", 1)[0].rstrip("/")).name or str(name)
+    return f"{base}:{sub}" if sub else base
+
+
+def absolute_name(name: DatasetName) -> str:
+    """``name`` as other processes (Dask workers) can open it: a local path made absolute."""
+    path = local_path(name)
+    return str(path.resolve()) if path is not None else as_name(name)
+
+
+def local_files(*names: DatasetName | None) -> list[Path]:
+    """The names that are files here (which no output may overwrite); others are skipped."""
+    return [p for p in (local_path(n) for n in names if n is not None) if p is not None]

@@ -1,0 +1,52 @@
+"""Provenance written into every output: which model, threshold, version, inputs and command.
+
+An analyst who finds a mask on a share months later can tell how it was made from the file
+alone (``gdalinfo`` shows the tags; QGIS shows them under the layer's metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from slidemap import __version__
+from slidemap.io.names import DatasetName, as_name
+
+CHUNK = 2**20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def command_line() -> str:
+    """The command that is running, as a shell would take it (the program by its name)."""
+    argv = sys.argv or ["python"]
+    return shlex.join([Path(argv[0]).name, *argv[1:]])
+
+
+def provenance(models: Sequence[Path | None], threshold: float,
+               inputs: dict[str, DatasetName | None]) -> dict[str, str]:
+    """The tags of one prediction: ``SLIDEMAP_*`` keys, models and hashes ``;``-separated."""
+    files = [p for p in models if p is not None]
+    tags = {
+        "SLIDEMAP_VERSION": __version__,
+        "SLIDEMAP_MODEL": ";".join(str(p) for p in files) or "in-memory model",
+        "SLIDEMAP_MODEL_SHA256": ";".join(sha256_file(p) for p in files),
+        "SLIDEMAP_THRESHOLD": f"{threshold:g}",
+        "SLIDEMAP_COMMAND": command_line(),
+        "SLIDEMAP_CREATED": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    for role, name in inputs.items():
+        if name is not None:
+            tags[f"SLIDEMAP_{role.upper()}"] = as_name(name)
+    return {"TIFFTAG_SOFTWARE": f"slidemap {__version__}", **tags}

@@ -1,0 +1,150 @@
+"""Command-line conventions: fast start-up, choices in the help, exit codes, one-line messages
+through logging (--quiet, --verbose) that print paths literally, JSON on stdout only when asked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import warnings
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from slidemap import __version__, cli
+from slidemap.errors import SlidemapWarning
+
+HEAVY = ("torch", "rasterio", "numpy", "scipy", "matplotlib", "onnxruntime", "dask", "h5py",
+         "shapely", "pyogrio", "slidemap.api")
+COMMANDS = sorted(c.name or c.callback.__name__ for c in cli.app.registered_commands
+                  if c.callback is not None)
+
+IMPORTS_OF_HELP = """
+import json, sys
+import slidemap.cli
+loaded = {"import": [m for m in HEAVY if m in sys.modules]}
+for args in [["--help"], ["--version"], *([c, "--help"] for c in COMMANDS)]:
+    sys.argv = ["slidemap", *args]
+    try:
+        slidemap.cli.main()
+    except SystemExit:
+        pass
+    loaded[" ".join(args)] = [m for m in HEAVY if m in sys.modules]
+print(json.dumps(loaded), file=sys.stderr)
+"""
+
+
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        *args: object) -> tuple[int, str, str]:
+    """``slidemap ARGS`` in-process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["slidemap", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "200")
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_start_up_imports_no_heavy_module() -> None:
+    """``import slidemap.cli``, ``--help`` of every command and ``--version`` load neither torch
+    nor rasterio nor the api: that is what keeps ``slidemap --help`` under a second."""
+    code = f"HEAVY = {HEAVY!r}\nCOMMANDS = {COMMANDS!r}\n{IMPORTS_OF_HELP}"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False, env={"COLUMNS": "200", "PATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = json.loads(done.stderr.splitlines()[-1])
+    assert len(loaded) == len(COMMANDS) + 3
+    assert all(modules == [] for modules in loaded.values()), loaded
+
+
+def test_version_and_short_help(capsys, monkeypatch) -> None:
+    assert run(capsys, monkeypatch, "--version") == (0, f"slidemap {__version__}\n", "")
+    for args in ([], ["predict"]):
+        code, short, _ = run(capsys, monkeypatch, *args, "-h")
+        assert code == 0 and "Usage: " in short and "[OPTIONS]" in short
+        assert run(capsys, monkeypatch, *args, "--help")[1] == short
+
+
+def test_help_shows_choices_not_types(capsys, monkeypatch) -> None:
+    for command in COMMANDS:
+        code, shown, _ = run(capsys, monkeypatch, command, "--help")
+        assert code == 0 and "list[" not in shown, (command, shown)
+    shown = run(capsys, monkeypatch, "predict", "--help")[1]
+    for choices in ("<bf16|fp32>", "<torch|onnx>", "<model|scene>", "<gpkg|geojson>"):
+        assert choices in shown
+    assert "<float32|float16|int8|int4>" in run(capsys, monkeypatch, "export", "--help")[1]
+
+
+@pytest.mark.parametrize(("args", "code", "named"), [
+    (["predict", "x.tif", "--out", "o", "--precision", "fp64"], 2, "'fp64' is not one of"),
+    (["predict", "x.tif", "--out", "o", "--format", "shp"], 2, "'shp' is not one of"),
+    (["predict", "x.tif", "--out", "o", "--precison", "fp32"], 2, "--precison"),
+    (["predict", "x.tif", "--out", "o", "--scales", "1,x"], 2, "--scales '1,x'"),
+    (["predict", "x.tif", "--out", "o", "--scales", "nan"], 2, "got [nan]"),  # not markup
+    (["-q", "-v", "models"], 2, "--verbose and --quiet"),
+    (["evaluate", "truth.tif"], 2, "--prediction RASTER or --image"),
+    (["predict", "x.tif", "--out", "o"], 1, "x.tif does not exist"),
+    (["report", "."], 1, "has no history.csv"),
+])
+def test_usage_errors_exit_2_and_runtime_errors_exit_1(capsys, monkeypatch, tmp_path, args,
+                                                       code, named) -> None:
+    monkeypatch.chdir(tmp_path)
+    got, out, err = run(capsys, monkeypatch, *args)
+    assert (got, out) == (code, "")
+    assert err.startswith("error: ") and err.count("\n") == 1 and named in err, err
+    assert err.rstrip().endswith("--help'") == (code == 2), err
+
+
+@pytest.mark.parametrize("name", ["scene[bold].tif", "a[/b].tif", "[red]x[/red] [link=y].tif"])
+def test_paths_with_markup_print_as_they_are(capsys, monkeypatch, tmp_path, name) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, monkeypatch, "predict", name, "--out", "o")
+    assert code == 1 and err == f"error: image {name} does not exist: check the path\n"
+    for quiet in ([], ["-q"]):  # the handler is installed once, however often main runs
+        assert run(capsys, monkeypatch, *quiet, "--version")[0] == 0
+    logging.getLogger("slidemap.anything").warning(f"{name} looks odd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = cli._one_line_warning(warnings.showwarning)
+        warnings.warn(SlidemapWarning(f"{name}\nhas no CRS"), stacklevel=1)
+    assert capsys.readouterr().err == (f"warning: {name} looks odd\n"
+                                       f"warning: {name} has no CRS\n")
+    live = StringIO()  # while a progress bar is shown, messages go through its console
+    monkeypatch.setattr(cli.STATE["messages"], "live", Console(file=live, width=200))
+    logging.getLogger("slidemap").info(f"wrote {name}")
+    assert live.getvalue() == f"wrote {name}\n"
+
+
+def test_evaluate_prints_json_on_stdout_only_when_asked(capsys, monkeypatch,
+                                                        tiny_scene) -> None:
+    args = ("evaluate", tiny_scene["mask"], "--prediction", tiny_scene["mask"])
+    code, out, err = run(capsys, monkeypatch, *args)
+    assert code == 0 and out == "" and "landslide class vs scene_mask.tif" in err
+    assert "1.0000" in err  # the table, on stderr
+    code, out, err = run(capsys, monkeypatch, *args, "--json")
+    assert code == 0 and json.loads(out)["f1"] == 1.0 and "1.0000" in err
+    code, out, err = run(capsys, monkeypatch, "--quiet", *args, "--json")
+    assert code == 0 and json.loads(out)["f1"] == 1.0 and err == ""
+
+
+def test_quiet_and_verbose_predict(capsys, monkeypatch, tiny_scene, tiny_model,
+                                   tmp_path: Path) -> None:
+    """On a terminal too (a progress bar is drawn, named after the scene): -q prints nothing,
+    -v adds debug lines."""
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    image = tiny_scene["image"].rename(tmp_path / "scene[bold].tif")
+    args = ("predict", image, "--dem", tiny_scene["dem"], "--model", tiny_model)
+    code, out, err = run(capsys, monkeypatch, "-q", *args, "--out", tmp_path / "quiet")
+    assert (code, out, err) == (0, "", "")
+    assert (tmp_path / "quiet" / "scene[bold]_mask.tif").exists()
+    code, out, err = run(capsys, monkeypatch, "-v", *args, "--out", tmp_path / "verbose")
+    assert code == 0 and out == ""
+    assert "debug: PredictOptions(" in err and " predict done in " in err
+    assert "landslides" in err and str(tmp_path / "verbose" / "scene[bold]_mask.tif") in err
+    assert "predict scene[bold].tif" in err  # the progress bar's label, not read as markup

@@ -1,0 +1,314 @@
+"""GIS inputs and outputs: GDAL dataset names, COGs, the mask's legend, provenance, the styled
+inventory and STAC Items in and out."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import json
+import os
+import sqlite3
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pystac
+import pytest
+import rasterio
+from pystac.validation.local_validator import LocalValidator
+from rasterio.windows import Window
+from rio_cogeo.cogeo import cog_validate
+
+from slidemap import api
+from slidemap.errors import SlidemapError
+from slidemap.infer.predict import PredictOptions
+from slidemap.io.names import dataset_stem, is_local
+from slidemap.io.rasters import RasterFormat, RasterOutputs
+
+OPTIONS = PredictOptions(tile=48, overlap=16, batch_size=4)
+
+
+@pytest.mark.parametrize(("name", "local", "stem"), [
+    ("data/scene.tif", True, "scene"),
+    ("/vsizip/data/archive.zip/folder/scene_B.tif", False, "scene_B"),
+    ("https://example.org/cogs/ortho.tif?token=1", False, "ortho"),
+    ("s3://bucket/path/dsm.tif", False, "dsm"),
+    ('HDF5:"patches/image_1.h5"://img', False, "image_1_img"),
+    ("NETCDF:scene.nc:elevation", False, "scene_elevation"),
+    ("SENTINEL2_L1C:/d/S2A_MSIL1C_2024.SAFE/MTD_MSIL1C.xml:10m:EPSG_32647", False,
+     "S2A_MSIL1C_2024_10m_EPSG_32647"),
+    ("mosaic.vrt", True, "mosaic"),
+])
+def test_dataset_names_give_sensible_output_stems(name, local, stem) -> None:
+    assert is_local(name) is local
+    assert dataset_stem(name) == stem
+
+
+def _zip_scene(scene: dict[str, Path], tmp_path: Path) -> Path:
+    archive = tmp_path / "delivery.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.write(scene["image"], "tiles/ortho.tif")
+        bundle.write(scene["dem"], "tiles/dsm.tif")
+    return archive
+
+
+def test_a_scene_inside_a_zip_maps_like_the_plain_file(tiny_scene, tiny_model, tmp_path) -> None:
+    archive = _zip_scene(tiny_scene, tmp_path)
+    zipped = api.predict(f"/vsizip/{archive}/tiles/ortho.tif", str(tmp_path / "zip"),
+                         f"/vsizip/{archive}/tiles/dsm.tif", str(tiny_model), OPTIONS)
+    plain = api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"], tiny_model,
+                        OPTIONS)
+    assert Path(zipped["prob"]).name == "ortho_prob.tif"
+    assert Path(zipped["inventory"]).name == "ortho_landslides.gpkg"
+    with rasterio.open(zipped["prob"]) as a, rasterio.open(plain["prob"]) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        assert a.tags()["SLIDEMAP_IMAGE"] == f"/vsizip/{archive}/tiles/ortho.tif"
+
+
+def test_a_missing_remote_name_fails_on_one_line(tiny_model, tmp_path) -> None:
+    with pytest.raises(SlidemapError) as caught:
+        api.predict(f"/vsizip/{tmp_path}/absent.zip/scene.tif", tmp_path / "out",
+                    model=tiny_model, options=OPTIONS)
+    message = str(caught.value)
+    assert "\n" not in message and "cannot be read as a raster" in message
+    assert "/vsizip/" in message
+
+
+def _write_outputs(tmp_path: Path, prob_dtype: str) -> tuple[Path, Path, Path, np.ndarray]:
+    """A 700×600 probability ramp written strip by strip as the engine writes it."""
+    profile = {"crs": rasterio.crs.CRS.from_epsg(32647),
+               "transform": rasterio.transform.from_origin(469200.0, 3446200.0, 0.5, 0.5),
+               "width": 700, "height": 600}
+    prob = np.tile(np.linspace(0.0, 1.0, 700, dtype=np.float32), (600, 1))
+    valid = np.ones(prob.shape, dtype=bool)
+    valid[:, :10] = False
+    paths = (tmp_path / f"{prob_dtype}_prob.tif", tmp_path / f"{prob_dtype}_mask.tif",
+             tmp_path / f"{prob_dtype}_mask.tif.aux.xml")
+    fmt = RasterFormat(prob_dtype, {"SLIDEMAP_THRESHOLD": "0.5"}, paths[2])
+    with RasterOutputs(profile, paths[0], paths[1], fmt) as outputs:
+        for top in range(0, 600, 256):
+            rows = slice(top, top + 256)
+            window = Window(0, top, 700, prob[rows].shape[0])
+            outputs.write(window, prob[rows], valid[rows], 0.5)
+    return *paths, np.where(valid, prob, np.nan)
+
+
+def test_outputs_are_cogs_with_overviews_legend_and_tags(tmp_path) -> None:
+    prob_path, mask_path, aux, _ = _write_outputs(tmp_path, "float32")
+    for path in (prob_path, mask_path):
+        valid, errors, warnings = cog_validate(str(path), strict=True)
+        assert valid and not errors and not warnings, (path, errors, warnings)
+        with rasterio.open(path) as ds:
+            assert ds.overviews(1) and ds.block_shapes[0] == (256, 256)
+            assert ds.tags()["SLIDEMAP_THRESHOLD"] == "0.5" and ds.descriptions[0]
+    with rasterio.open(mask_path) as ds:
+        assert ds.colormap(1)[1][:3] == (230, 60, 30) and ds.colormap(1)[0][:3] == (255,) * 3
+        assert ds.tags(1)["CLASS_1"] == "landslide"
+    names = [e.text for e in ET.parse(aux).getroot().iter("Category")]
+    assert names == ["background", "landslide"]
+    assert not list(tmp_path.glob(".*")), "scratch or temporary files were left behind"
+
+
+def _libgdal() -> ctypes.CDLL | None:
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*.so*"))
+    return ctypes.CDLL(libs[0]) if libs else None
+
+
+def test_gdal_itself_reads_the_mask_categories_and_attribute_table(tmp_path) -> None:
+    """Through GDAL's C API (as QGIS reads it), not our own XML parser."""
+    gdal = _libgdal()
+    if gdal is None:
+        pytest.skip("rasterio's bundled libgdal is not at rasterio.libs (a system GDAL build)")
+    _, mask_path, _, _ = _write_outputs(tmp_path, "float32")
+    gdal.GDALAllRegister()
+    gdal.GDALOpen.restype = ctypes.c_void_p
+    gdal.GDALGetRasterBand.restype = ctypes.c_void_p
+    gdal.GDALGetRasterBand.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    gdal.GDALGetRasterCategoryNames.restype = ctypes.POINTER(ctypes.c_char_p)
+    gdal.GDALGetRasterCategoryNames.argtypes = [ctypes.c_void_p]
+    gdal.GDALGetDefaultRAT.restype = ctypes.c_void_p
+    gdal.GDALGetDefaultRAT.argtypes = [ctypes.c_void_p]
+    gdal.GDALRATGetRowCount.argtypes = [ctypes.c_void_p]
+    gdal.GDALRATGetValueAsString.restype = ctypes.c_char_p
+    gdal.GDALRATGetValueAsString.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    gdal.GDALClose.argtypes = [ctypes.c_void_p]
+    ds = gdal.GDALOpen(str(mask_path).encode(), 0)
+    try:
+        band = gdal.GDALGetRasterBand(ds, 1)
+        # GeoTIFF loads the .aux.xml lazily, on the first metadata request (gdalinfo and QGIS
+        # make one on opening); category names alone do not trigger it
+        gdal.GDALGetMetadata.restype = ctypes.c_void_p
+        gdal.GDALGetMetadata.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        gdal.GDALGetMetadata(band, None)
+        names = gdal.GDALGetRasterCategoryNames(band)
+        assert [names[0], names[1]] == [b"background", b"landslide"]
+        rat = gdal.GDALGetDefaultRAT(band)
+        assert rat and gdal.GDALRATGetRowCount(rat) == 2
+        assert gdal.GDALRATGetValueAsString(rat, 1, 1) == b"landslide"
+        assert gdal.GDALRATGetValueAsString(rat, 0, 5) == b"0"  # background: see-through
+    finally:
+        gdal.GDALClose(ds)
+
+
+def test_uint8_probability_scales_back_and_is_smaller(tmp_path) -> None:
+    small, _, _, truth = _write_outputs(tmp_path, "uint8")
+    large, _, _, _ = _write_outputs(tmp_path, "float32")
+    with rasterio.open(small) as ds:
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255
+        scale, offset = ds.scales[0], ds.offsets[0]
+        values = ds.read(1, masked=True).astype(np.float32) * scale + offset
+    back = np.ma.filled(values, np.nan)
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(truth))
+    assert np.nanmax(np.abs(back - truth)) <= 0.5 / 254 + 1e-6
+    assert small.stat().st_size < large.stat().st_size / 3
+
+
+def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_model,
+                                                              tmp_path) -> None:
+    result = api.predict(str(tiny_scene["image"]), tmp_path / "out", str(tiny_scene["dem"]),
+                         tiny_model, OPTIONS, min_area_m2=0.0, prob_dtype="uint8")
+    digest = hashlib.sha256(Path(tiny_model).read_bytes()).hexdigest()
+    for key in ("prob", "mask"):
+        with rasterio.open(result[key]) as ds:
+            tags = ds.tags()
+        assert tags["SLIDEMAP_MODEL_SHA256"] == digest
+        assert tags["SLIDEMAP_IMAGE"] == str(tiny_scene["image"])
+        assert tags["SLIDEMAP_DEM"] == str(tiny_scene["dem"])
+        assert {"SLIDEMAP_VERSION", "SLIDEMAP_THRESHOLD", "SLIDEMAP_COMMAND"} <= set(tags)
+    info = pyogrio.read_info(result["inventory"], layer="landslides")
+    assert info["layer_metadata"]["SLIDEMAP_MODEL_SHA256"] == digest
+    assert "id" not in info["fields"]
+    assert {"centroid_lon", "centroid_lat"} <= set(info["fields"])
+    _, _, _, values = pyogrio.raw.read(result["inventory"], layer="landslides", read_geometry=False)
+    fields = dict(zip(info["fields"], values, strict=True))
+    if len(fields["centroid_lon"]):  # the tiny scene lies near 98.7° E, 31.1° N
+        assert np.allclose(fields["centroid_lon"], 98.68, atol=0.02)
+        assert np.allclose(fields["centroid_lat"], 31.14, atol=0.02)
+    with sqlite3.connect(result["inventory"]) as db:
+        rows = db.execute("SELECT f_table_name, f_geometry_column, styleQML, useAsDefault "
+                          "FROM layer_styles").fetchall()
+        registered = db.execute("SELECT data_type FROM gpkg_contents WHERE table_name = "
+                                "'layer_styles'").fetchone()
+    assert len(rows) == 1 and rows[0][0] == "landslides" and rows[0][3] == 1
+    assert rows[0][1] == "geom"  # pyogrio's GeoPackage geometry column
+    assert registered == ("attributes",)
+    qml = ET.parse(result["style"]).getroot()
+    assert qml.tag == "qgis" and qml.find("renderer-v2") is not None
+    assert ET.fromstring(rows[0][2]).tag == "qgis"
+
+
+def test_min_area_and_simplify_default_to_the_working_resolution(tiny_scene, tiny_model,
+                                                                 tmp_path) -> None:
+    result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                         OPTIONS)
+    assert result["working_pixel_m"] == 0.5  # the tiny model reads native 0.5 m pixels
+    assert result["min_area_m2"] == 4 * 0.25 and result["simplify_m"] == 0.25
+    _, _, _, values = pyogrio.raw.read(result["inventory"], layer="landslides", read_geometry=False)
+    info = pyogrio.read_info(result["inventory"], layer="landslides")
+    areas = dict(zip(info["fields"], values, strict=True))["area_m2"]
+    assert (areas >= 1.0).all()
+
+
+def _core_validator():
+    return LocalValidator().item_validator("1.1.0")
+
+
+def test_predict_writes_a_stac_item_that_validates_and_reads_back(tiny_scene, tiny_model,
+                                                                  tmp_path) -> None:
+    result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                         OPTIONS)
+    data = json.loads(Path(result["stac"]).read_text())
+    _core_validator().validate(data)  # the core Item schema bundled with pystac: offline
+    extensions = " ".join(data["stac_extensions"])
+    for name in ("projection", "raster", "file", "classification"):
+        assert f"stac-extensions.github.io/{name}/" in extensions
+    assert data["properties"]["proj:code"] == "EPSG:32647"
+    assert data["properties"]["proj:shape"] == [96, 96]
+    lon, lat = np.array(data["geometry"]["coordinates"][0]).mean(axis=0)
+    assert abs(lon - 98.68) < 0.05 and abs(lat - 31.14) < 0.05
+    assets = data["assets"]
+    for key in ("prob", "mask", "inventory"):
+        path = Path(result[key])
+        assert assets[key]["href"] == f"./{path.name}"
+        assert assets[key]["file:size"] == path.stat().st_size
+        assert assets[key]["file:checksum"] == "1220" + hashlib.sha256(
+            path.read_bytes()).hexdigest()
+    assert assets["prob"]["raster:bands"][0]["data_type"] == "float32"
+    classes = {c["value"]: c["name"] for c in assets["mask"]["classification:classes"]}
+    assert classes == {0: "background", 1: "landslide", 255: "nodata"}
+    item = pystac.Item.from_file(result["stac"])  # reads back, and as the input of predict:
+    again = api.predict(result["stac"], tmp_path / "again", model=tiny_model, options=OPTIONS)
+    assert item.assets["image"].roles == ["source"]
+    with rasterio.open(result["prob"]) as a, rasterio.open(again["prob"]) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_a_stac_item_with_relative_assets_is_an_input(tiny_scene, tiny_model, tmp_path) -> None:
+    item = pystac.Item("scene", {"type": "Point", "coordinates": [98.68, 31.14]},
+                       [98.68, 31.14, 98.68, 31.14], pystac.utils.str_to_datetime(
+                           "2024-05-01T04:00:00Z"), {})
+    item.add_asset("visual", pystac.Asset("./scene.tif", media_type=pystac.MediaType.GEOTIFF,
+                                          roles=["visual"]))
+    item.add_asset("elevation", pystac.Asset("./scene_dsm.tif", roles=["dem"],
+                                             media_type=pystac.MediaType.GEOTIFF))
+    path = tiny_scene["image"].with_name("item.json")
+    path.write_text(json.dumps(item.to_dict(include_self_link=False)))
+    result = api.predict(path, tmp_path / "out", model=tiny_model, options=OPTIONS)
+    with rasterio.open(result["prob"]) as ds:
+        assert ds.tags()["SLIDEMAP_DEM"].endswith("scene_dsm.tif")
+    out_item = json.loads(Path(result["stac"]).read_text())
+    assert out_item["properties"]["datetime"].startswith("2024-05-01T04:00:00")
+    assert any(link["rel"] == "derived_from" for link in out_item["links"])
+
+
+def test_a_stac_item_without_an_image_asset_fails_on_one_line(tiny_model, tmp_path) -> None:
+    path = tmp_path / "item.json"
+    item = pystac.Item("x", None, None, pystac.utils.str_to_datetime("2024-01-01T00:00:00Z"),
+                       {})
+    item.add_asset("thumbnail", pystac.Asset("./x.png", media_type=pystac.MediaType.PNG))
+    path.write_text(json.dumps(item.to_dict(include_self_link=False)))
+    with pytest.raises(SlidemapError, match="has no image asset"):
+        api.predict(path, tmp_path / "out", model=tiny_model, options=OPTIONS)
+
+
+def test_an_hdf5_subdataset_reads_as_a_scene(tmp_path) -> None:
+    h5py = pytest.importorskip("h5py")
+    with rasterio.Env() as env:
+        if "HDF5" not in env.drivers():
+            pytest.skip("this GDAL has no HDF5 driver")
+    image = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
+    path = tmp_path / "patch_7.h5"
+    with h5py.File(path, "w") as f:
+        f["img"] = image
+        f["mask"] = np.zeros((40, 50), np.uint8)
+    name = f'HDF5:"{path}"://img'
+    assert dataset_stem(name) == "patch_7_img"
+    from slidemap.data.scene import Scene
+
+    with Scene(name, require_crs=False) as scene:
+        assert (scene.band_count, scene.height, scene.width) == (3, 40, 50)
+        sample = scene.read(Window(10, 5, 20, 30), (1, 2, 3))
+    np.testing.assert_array_equal(sample["image"], image[:, 5:35, 10:30])
+
+
+def test_a_vrt_of_the_scene_maps_like_the_scene(tiny_scene, tiny_model, tmp_path) -> None:
+    with rasterio.open(tiny_scene["image"]) as src:
+        width, height, transform, crs = src.width, src.height, src.transform, src.crs.to_wkt()
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{tiny_scene["image"]}</SourceFilename>'
+        f"<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>" for b in (1, 2, 3))
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>'
+                   f"{crs.replace('&', '&amp;').replace('<', '&lt;')}</SRS><GeoTransform>"
+                   f"{', '.join(str(v) for v in transform.to_gdal())}</GeoTransform>{bands}"
+                   "</VRTDataset>")
+    through = api.predict(vrt, tmp_path / "vrt", tiny_scene["dem"], tiny_model, OPTIONS)
+    plain = api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"], tiny_model,
+                        OPTIONS)
+    assert Path(through["prob"]).name == "mosaic_prob.tif"
+    with rasterio.open(through["prob"]) as a, rasterio.open(plain["prob"]) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
