@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from slidemap.data.vectors import file_of
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
@@ -75,8 +76,10 @@ def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = N
              dem: Path | None = None, model: Path | Sequence[Path] | None = None,
              out_dir: Path | None = None,
              threshold: float | None = None, options: PredictOptions | None = None,
-             overwrite: bool = False, progress: Progress | None = None) -> dict:
-    """Metrics of a prediction raster, or of a model run on ``image``, against ``truth``."""
+             overwrite: bool = False, progress: Progress | None = None,
+             aoi: Path | None = None) -> dict:
+    """Metrics of a prediction raster, or of a model run on ``image``, against ``truth`` (a
+    label raster or landslide polygons), within the polygons of ``aoi`` if given."""
     if (prediction is None) == (image is None):
         raise SlidemapError("evaluate needs either --prediction RASTER or --image IMAGE "
                             "(with --model) to score")
@@ -93,9 +96,10 @@ def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = N
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
         check_outputs(list(outputs.values()),
-                      [p for p in (truth, prediction, image, dem) if p is not None], overwrite)
+                      [file_of(p) for p in (truth, prediction, image, dem, aoi) if p is not None],
+                      overwrite)
         make_output_dir(out_dir)
-    report: dict = {"truth": str(truth)}
+    report: dict = {"truth": str(truth), **({"aoi": str(aoi)} if aoi is not None else {})}
     with staged(outputs) as tmp:  # rasters and metrics appear together, or none does
         scored = prediction
         if predictor is not None and image is not None:
@@ -106,14 +110,14 @@ def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = N
         assert scored is not None and prediction is not None
         report["prediction"] = str(prediction)
         report["threshold"] = 0.5 if threshold is None else threshold
-        confusion = score_raster(scored, truth, report["threshold"])
+        confusion = score_raster(scored, truth, report["threshold"], aoi=aoi)
         report["metrics"] = confusion.metrics()
         report["thresholds"] = confusion.sweep()
         if out_dir is not None:
             tmp["metrics"].write_text(json.dumps(report, indent=2) + "\n")
     if out_dir is not None:
         report["plots"] = {k: str(v) for k, v in write_evaluation_plots(
-            out_dir, confusion, prediction, truth, image).items()}
+            out_dir, confusion, prediction, truth, image, aoi).items()}
     return report
 
 

@@ -146,7 +146,8 @@ def predict(
 
 @app.command()
 def evaluate(
-    truth: Annotated[Path, typer.Argument(help="truth raster: 0, 1 landslide, 255 ignore")],
+    truth: Annotated[Path, typer.Argument(
+        help="truth raster (0, 1 landslide, 255 ignore) or landslide polygons (.gpkg, ...)")],
     prediction: Annotated[Path | None, typer.Option(help="probability or mask raster")] = None,
     image: Annotated[Path | None, typer.Option(help="image to predict with --model")] = None,
     dem: Annotated[Path | None, typer.Option(help="DEM for --image")] = None,
@@ -161,15 +162,17 @@ def evaluate(
     normalise: Normalise = "model",
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     html_report: Report = False,
+    aoi: Annotated[Path | None, typer.Option(
+        help="polygons of the area labelled: only pixels inside them are scored")] = None,
 ) -> None:
-    """Score a prediction raster, or a model on an image, against a truth raster."""
+    """Score a prediction raster, or a model on an image, against a truth raster or polygons."""
     if html_report and out is None:
         raise SlidemapError("--report needs --out DIR to write report.html into")
     options = PredictOptions(tile, overlap, precision=_precision(precision), tta=tta,
                              normalise=_normalise(normalise), scales=_scales(scales))
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
-                              overwrite, progress)
+                              overwrite, progress, aoi)
     table = Table(title=f"landslide class vs {truth.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
