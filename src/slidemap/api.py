@@ -121,6 +121,32 @@ def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = N
     return report
 
 
+def suggest(model: Path | Sequence[Path] | None, image: Path, out: Path, dem: Path | None = None,
+            n: int = 10, box: int = 512, labels: Sequence[Path] = (), spacing: int = 1,
+            options: PredictOptions | None = None, overwrite: bool = False,
+            progress: Progress | None = None) -> dict:
+    """Write ``out``: the ``n`` boxes of ``image`` most worth labelling next, ranked, as polygons
+    (``slidemap.infer.suggest``), skipping boxes that overlap the polygons of ``labels``."""
+    from slidemap.infer.suggest import suggest_boxes, write_boxes
+
+    if n < 1 or box < 1 or spacing < 0:
+        raise SlidemapError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
+    options = options or PredictOptions()
+    predictor = load_predictor(model, options)
+    models = [f for p in model_list(model) for f in model_paths(p)]
+    inputs = [image, *([dem] if dem else []), *models, *(file_of(p) for p in labels)]
+    check_outputs([out], inputs, overwrite)
+    make_output_dir(out.parent)
+    suggestion = suggest_boxes(predictor, image, dem, n, box, labels, spacing,
+                               options.batch_size, progress)
+    write_boxes(suggestion, out)
+    return {"boxes": str(out), "candidates": suggestion.candidates,
+            "skipped_labelled": suggestion.skipped_labelled,
+            "picks": [{"rank": i + 1, "col_off": p.window.col_off, "row_off": p.window.row_off,
+                       "score": p.score, "uncertainty": p.uncertainty}
+                      for i, p in enumerate(suggestion.picks)]}
+
+
 def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | None = None,
                     options: PredictOptions | None = None, scale: float | None = None,
                     pixel_size: float | None = None, overwrite: bool = False,

@@ -256,6 +256,39 @@ def make_report(
 
 
 @app.command()
+def suggest(
+    model: Annotated[Path, typer.Argument(help="model file whose uncertainty guides the picks")],
+    image: Annotated[Path, typer.Argument(help="image GeoTIFF of the scene to label")],
+    out: Annotated[Path, typer.Option(help="boxes to label: .gpkg (or .geojson) to open in QGIS")],
+    dem: Annotated[Path | None, typer.Option(help="DEM raster, if the model reads one")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="how many boxes")] = 10,
+    box: Annotated[int, typer.Option(min=1, help="box side in image pixels")] = 512,
+    labels: Annotated[list[Path] | None, typer.Option(
+        "--labels", help="polygons of areas already labelled (earlier boxes, an AOI): boxes "
+                         "overlapping them are skipped; repeat for several files")] = None,
+    spacing: Annotated[int, typer.Option(
+        min=0, help="no two picks within this many boxes of each other (while possible)")] = 1,
+    batch_size: BatchSize = 8,
+    precision: Precision = "bf16",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
+) -> None:
+    """Suggest the boxes most worth labelling next: where the model is least sure, spread out."""
+    options = PredictOptions(batch_size=batch_size, precision=_precision(precision))
+    with _progress() as progress:
+        result = api.suggest(model, image, out, dem, n, box, labels or [], spacing, options,
+                             overwrite, progress)
+    table = Table(title=f"boxes to label next in {image.name}")
+    for column in ("rank", "col", "row", "score", "uncertainty"):
+        table.add_column(column, justify="right")
+    for pick in result["picks"]:
+        table.add_row(str(pick["rank"]), str(pick["col_off"]), str(pick["row_off"]),
+                      f"{pick['score']:.3f}", f"{pick['uncertainty']:.3f}")
+    Console().print(table)
+    console.print(f"{len(result['picks'])} of {result['candidates']} boxes "
+                  f"({result['skipped_labelled']} skipped as labelled) → {out}")
+
+
+@app.command()
 def finetune(
     model: Annotated[Path, typer.Argument(help="model file to start from")],
     config: Annotated[Path, typer.Argument(help="YAML run config: the new site's data")],
