@@ -25,7 +25,7 @@ from slidemap.train.loop import train
 
 UTM47 = "EPSG:32647"
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".shp": "ESRI Shapefile"}
-TRAINING = {"epochs": 2, "batch_size": 2, "tile": 32, "windows_per_epoch": 4, "threads": 1,
+TRAINING = {"epochs": 1, "batch_size": 2, "tile": 32, "windows_per_epoch": 4, "threads": 1,
             "precision": "fp32", "lr": 0.01, "seed": 3}
 TINY = {"name": "unet", "width": 4, "options": {"depth": 2}}
 
@@ -189,3 +189,32 @@ def test_bad_label_files_are_one_line_errors(tiny_scene: dict, tmp_path: Path) -
     with pytest.raises(SlidemapError, match=r"aoi .* must be a vector file"):
         parse_config({"data": {"train": [{"image": "a.tif", "mask": "m.gpkg",
                                           "aoi": "aoi.tif"}]}})
+
+
+def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import write_raster
+    from rasterio.transform import from_origin
+
+    from slidemap.train import newsite
+
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
+    rng = np.random.default_rng(1)
+    image = rng.integers(40, 90, size=(3, 64, 64)).astype(np.uint8)
+    image[:, 20:40, 10:30] += 100
+    grid = from_origin(469200.0, 3446200.0, 2.0, 2.0)  # 2 m pixels: read as they are
+    scene = write_raster(tmp_path / "site.tif", image, transform=grid)
+    slide = shapely.box(469200.0 + 20, 3446200.0 - 80, 469200.0 + 60, 3446200.0 - 40)
+    labels = write_polygons(tmp_path / "slides.geojson", [slide], crs="EPSG:4326")
+    out = tmp_path / "site"
+    code, err = run_cli("newsite", scene, labels, "--out", out)
+    assert code == 0, err
+    assert "trained in" in err
+    for name in ("config.yaml", "model.safetensors", "map/site_prob.tif", "map/site_mask.tif",
+                 "map/site_landslides.gpkg"):
+        assert (out / name).exists(), name
+    raw = yaml.safe_load((out / "config.yaml").read_text())
+    assert raw["data"]["train"] == [{"image": str(scene), "mask": str(labels)}]
+    assert "resolution_m" not in raw["inputs"]  # 2 m imagery is read at its own pixels
+    code, err = run_cli("newsite", scene, labels, "--out", out)
+    assert code != 0 and "exists" in err  # an earlier run is never replaced silently

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -145,6 +146,29 @@ def suggest(model: Path | Sequence[Path] | None, image: Path, out: Path, dem: Pa
             "picks": [{"rank": i + 1, "col_off": p.window.col_off, "row_off": p.window.row_off,
                        "score": p.score, "uncertainty": p.uncertainty}
                       for i, p in enumerate(suggestion.picks)]}
+
+
+def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
+             dem: Path | None = None, init: Path | None = None, epochs: int = 10,
+             overwrite: bool = False, progress: Progress | None = None) -> dict:
+    """Train on the landslide polygons ``labels`` drawn over ``image`` (inside ``aoi`` if given)
+    and map the whole scene: ``out_dir`` gets config.yaml, model.safetensors and map/
+    (``slidemap.train.newsite``)."""
+    from slidemap.train.loop import train
+    from slidemap.train.newsite import site_config, write_site_config
+
+    raw = site_config(image, labels, aoi, dem, init, epochs)
+    map_dir = out_dir / "map"
+    inputs = [file_of(p) for p in (image, labels, aoi, dem, init) if p is not None]
+    check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
+                   *output_paths(image, map_dir).values()], inputs, overwrite)
+    config = write_site_config(raw, out_dir)
+    started = time.perf_counter()
+    model_path = train(config, out_dir, overwrite=overwrite)
+    trained = time.perf_counter()
+    result = predict(image, map_dir, dem, model_path, overwrite=overwrite, progress=progress)
+    return {"config": str(out_dir / "config.yaml"), "model": str(model_path), **result,
+            "train_seconds": trained - started, "map_seconds": time.perf_counter() - trained}
 
 
 def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | None = None,

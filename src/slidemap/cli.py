@@ -256,6 +256,30 @@ def make_report(
 
 
 @app.command()
+def newsite(
+    image: Annotated[Path, typer.Argument(help="image GeoTIFF of the scene")],
+    labels: Annotated[Path, typer.Argument(
+        help="landslide polygons drawn over it (.gpkg, .geojson, .shp; any CRS)")],
+    out: Annotated[Path, typer.Option(help="folder: config.yaml, model, map/")],
+    aoi: Annotated[Path | None, typer.Option(
+        help="polygons of the area labelled (default: the whole image; outside is ignored)")
+    ] = None,
+    dem: Annotated[Path | None, typer.Option(help="DEM raster: adds elevation and slope")] = None,
+    init: Annotated[Path | None, typer.Option(help="model file to start from")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="training epochs")] = 10,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
+) -> None:
+    """Scene + landslide polygons → a model for the site and the scene's landslide map."""
+    with _progress() as progress:
+        result = api.new_site(image, labels, out, aoi, dem, init, epochs, overwrite, progress)
+    console.print(f"trained in {result['train_seconds'] / 60:.1f} min, mapped in "
+                  f"{result['map_seconds'] / 60:.1f} min: {result['landslides']} landslides, "
+                  f"{result['landslide_area_m2']:.0f} m²")
+    for key in ("config", "model", "prob", "mask", "inventory"):
+        console.print(f"  {key:9s} {result[key]}")
+
+
+@app.command()
 def suggest(
     model: Annotated[Path, typer.Argument(help="model file whose uncertainty guides the picks")],
     image: Annotated[Path, typer.Argument(help="image GeoTIFF of the scene to label")],
