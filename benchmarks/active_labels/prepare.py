@@ -2,11 +2,14 @@
 
 - ``B_slides.gpkg``: region B's landslides as polygons, reprojected to WGS 84 (the analyst's
   labels, in another CRS than the image: the vector path is what is measured);
-- ``B_south.gpkg``: the southern half of region B, the held-out test area (never labelled);
+- ``B_south.gpkg``: the southern half of region B, the held-out test area (never labelled), and
+  ``B_north.gpkg`` the northern half (for the README's ``slidemap newsite`` example);
 - ``boxes_{suggested,random}_k{K}_s{S}.gpkg``: the k boxes "labelled" in each arm: the top k of
-  ``slidemap suggest`` (the same for every seed), or k drawn (seeded) from all its candidates.
+  ``slidemap suggest`` (the same for every seed), or k drawn (seeded) from all its candidates;
+- ``boxes_loop_k4_s{S}.gpkg``: two rounds of the loop: the top 2 of the start model, then the top
+  2 of the model fine-tuned on them (``round2_s{S}.gpkg``, suggested with the first two skipped).
 
-Usage: python benchmarks/active_labels/prepare.py polygons | boxes K SEED
+Usage: python benchmarks/active_labels/prepare.py polygons | boxes K SEED | loop SEED
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def to_wgs84(crs: str):
 
 
 def polygons() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
     with rasterio.open(DATA / "region_B_mask.tif") as ds:
         slide = ds.read(1) == 1
         crs, bounds = ds.crs.to_string(), ds.bounds
@@ -49,10 +53,12 @@ def polygons() -> None:
     middle = (bounds.bottom + bounds.top) / 2
     write(OUT / "B_south.gpkg", [shapely.box(bounds.left, bounds.bottom, bounds.right, middle)],
           crs)
+    write(OUT / "B_north.gpkg", [shapely.box(bounds.left, middle, bounds.right, bounds.top)],
+          crs)
 
 
 def boxes(k: int, seed: int) -> None:
-    meta, _, wkb, fields = pyogrio.raw.read(OUT / "suggested.gpkg")
+    meta, _, wkb, _ = pyogrio.raw.read(OUT / "suggested.gpkg")
     write(OUT / f"boxes_suggested_k{k}_s{seed}.gpkg", list(shapely.from_wkb(wkb[:k])),
           meta["crs"])
     meta, _, wkb, _ = pyogrio.raw.read(OUT / "candidates.gpkg")
@@ -61,8 +67,17 @@ def boxes(k: int, seed: int) -> None:
           meta["crs"])
 
 
+def loop(seed: int) -> None:
+    meta, _, first, _ = pyogrio.raw.read(OUT / f"boxes_suggested_k2_s{seed}.gpkg")
+    _, _, second, _ = pyogrio.raw.read(OUT / f"round2_s{seed}.gpkg")
+    write(OUT / f"boxes_loop_k4_s{seed}.gpkg", list(shapely.from_wkb([*first, *second])),
+          meta["crs"])
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "polygons":
         polygons()
+    elif sys.argv[1] == "loop":
+        loop(int(sys.argv[2]))
     else:
         boxes(int(sys.argv[2]), int(sys.argv[3]))

@@ -4,7 +4,10 @@
 # landslide polygons, in WGS 84, with the k boxes as area of interest), the model is fine-tuned
 # on them and scored on region B's southern half (never labelled). Against k boxes drawn at
 # random from the same candidates. k in {2, 4}, fine-tuning seeds 0 and 1 (the random draw
-# uses the same seed). Run from the repository root; everything goes to runs/active/.
+# uses the same seed). A third arm runs the loop twice for k = 4 ("loop"): the two boxes of
+# "suggested" k = 2, then the two boxes that the model fine-tuned on them suggests next; the
+# start model is fine-tuned on all four. Run from the repository root; everything goes to
+# runs/active/.
 set -euo pipefail
 B=../shared/data/jinsha/region_B_image.tif
 OUT=runs/active
@@ -32,5 +35,17 @@ for k in 2 4; do
       echo "$name $(( $(date +%s) - start )) s" >> $OUT/seconds.txt
     done
   done
+done
+for seed in 0 1; do
+  name=loop_k4_s${seed}
+  [ -f $OUT/$name/finetune.json ] && continue
+  start=$(date +%s)
+  [ -f $OUT/round2_s${seed}.gpkg ] || nice -n 10 $SM suggest \
+    $OUT/suggested_k2_s${seed}/model.safetensors $B --box 256 --n 2 --labels $OUT/B_south.gpkg \
+    --labels $OUT/boxes_suggested_k2_s${seed}.gpkg --out $OUT/round2_s${seed}.gpkg
+  $PY benchmarks/active_labels/prepare.py loop $seed
+  sed "s/ARM/$name/; s/SEED/$seed/" benchmarks/active_labels/finetune.yaml.in > $OUT/$name.yaml
+  nice -n 10 $SM finetune $OUT/m0/model.safetensors $OUT/$name.yaml --out $OUT/$name
+  echo "$name $(( $(date +%s) - start )) s (with its suggest)" >> $OUT/seconds.txt
 done
 $PY benchmarks/active_labels/table.py
