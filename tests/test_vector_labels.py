@@ -218,3 +218,17 @@ def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
     assert "resolution_m" not in raw["inputs"]  # 2 m imagery is read at its own pixels
     code, err = run_cli("newsite", scene, labels, "--out", out)
     assert code != 0 and "exists" in err  # an earlier run is never replaced silently
+
+
+def test_newsite_from_a_model_file_takes_its_channels(tiny_scene: dict, tiny_model: Path,
+                                                      labels_as_polygons: dict) -> None:
+    from slidemap.train.newsite import site_config
+
+    with pytest.raises(SlidemapError, match="pass --dem"):
+        site_config(tiny_scene["image"], labels_as_polygons["polygons"], init=tiny_model)
+    raw = site_config(tiny_scene["image"], labels_as_polygons["polygons"], init=tiny_model,
+                      dem=tiny_scene["dem"])
+    config = parse_config(raw)
+    assert config.init == tiny_model
+    assert config.inputs == load_model(tiny_model).inputs
+    assert (config.model.name, config.model.width) == ("unet", 4)
