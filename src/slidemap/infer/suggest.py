@@ -35,6 +35,7 @@ from slidemap.data.scene import Scene
 from slidemap.data.vectors import PolygonLayer
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
+from slidemap.infer.predict import MIN_WORKING_SIZE
 from slidemap.io.atomic import atomic_path, final_path
 
 MIN_VALID = 0.25  # a box must have this share of its full area valid to be worth labelling
@@ -159,10 +160,10 @@ def suggest_boxes(predictor: Predictor, image: Path, dem: Path | None, n: int, b
             raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
                                 "pass one with --dem")
         factor = scene.decimation(spec.resolution_m)
-        if box < 32 * factor:
+        if box < MIN_WORKING_SIZE * factor:
             raise SlidemapError(f"--box {box} is too small for this model on {image}: it reads "
                                 f"{factor} image px per working px, so use at least "
-                                f"{32 * factor}")
+                                f"{MIN_WORKING_SIZE * factor}")
         profile = scene.profile
         skip = [PolygonLayer(path, "labelled areas", profile["crs"]) for path in labels]
         scores, skipped = score_boxes(predictor, scene, box, factor, batch_size, skip, progress)
@@ -175,8 +176,8 @@ def suggest_boxes(predictor: Predictor, image: Path, dem: Path | None, n: int, b
 
 def write_boxes(suggestion: Suggestion, path: Path) -> None:
     """The picks as ranked polygons in the scene's CRS (GeoPackage, or GeoJSON by suffix)."""
-    picks, transform, crs = suggestion.picks, suggestion.profile["transform"], \
-        suggestion.profile["crs"]
+    picks = suggestion.picks
+    transform, crs = suggestion.profile["transform"], suggestion.profile["crs"]
     driver = "GeoJSON" if path.suffix.lower() in {".geojson", ".json"} else "GPKG"
     geometry = np.array([shapely.to_wkb(shapely.box(*window_bounds(p.window, transform)))
                          for p in picks], dtype=object)
