@@ -232,3 +232,18 @@ def test_newsite_from_a_model_file_takes_its_channels(tiny_scene: dict, tiny_mod
     assert config.init == tiny_model
     assert config.inputs == load_model(tiny_model).inputs
     assert (config.model.name, config.model.width) == ("unet", 4)
+
+
+def test_a_window_reads_only_the_polygons_near_it(tiny_scene: dict, tmp_path: Path) -> None:
+    from rasterio.crs import CRS
+
+    from slidemap.data.vectors import PolygonLayer
+
+    west, north = 469200.0, 3446200.0
+    squares = [shapely.box(west + 4 * i, north - 4 * j - 2, west + 4 * i + 2, north - 4 * j)
+               for i in range(12) for j in range(12)]  # 144 slides of 2 m, 4 m apart
+    layer = PolygonLayer(write_polygons(tmp_path / "many.gpkg", squares, crs="EPSG:4326"),
+                         "label file", CRS.from_string(UTM47))
+    found = layer.geometries((west + 3, north - 9, west + 9, north - 3))
+    assert 1 <= len(found) <= 4  # the squares around (i, j) = (1, 1), not all 144
+    assert any(g.intersects(shapely.box(west + 4, north - 6, west + 6, north - 4)) for g in found)
