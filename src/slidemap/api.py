@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import rasterio
 from rich.progress import Progress
 
+from slidemap.data.vectors import file_of, is_vector
 from slidemap.errors import SlidemapError, UsageError
 from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
@@ -121,8 +123,10 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
              model: str | Path | Sequence[str | Path] | None = None,
              out_dir: str | Path | None = None,
              threshold: float | None = None, options: PredictOptions | None = None,
-             overwrite: bool = False, progress: Progress | None = None) -> dict:
-    """Metrics of a prediction raster, or of a model run on ``image``, against ``truth``."""
+             overwrite: bool = False, progress: Progress | None = None,
+             aoi: Path | None = None) -> dict:
+    """Metrics of a prediction raster, or of a model run on ``image``, against ``truth`` (a
+    label raster or landslide polygons), within the polygons of ``aoi`` if given."""
     if (prediction is None) == (image is None):
         raise UsageError("evaluate needs either --prediction RASTER or --image IMAGE "
                          "(with --model) to score")
@@ -139,10 +143,12 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         outputs = {k: paths[k] for k in ("prob", "mask", "mask_aux")}
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
-        check_outputs(list(outputs.values()), local_files(truth, prediction, image, dem),
+        check_outputs(list(outputs.values()),
+                      local_files(truth, prediction, image, dem)
+                      + [file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],
                       overwrite)
         make_output_dir(out_dir)
-    report: dict = {"truth": str(truth)}
+    report: dict = {"truth": str(truth), **({"aoi": str(aoi)} if aoi is not None else {})}
     with staged(outputs) as tmp:  # rasters and metrics appear together, or none does
         scored = prediction
         if predictor is not None and image is not None:
@@ -155,15 +161,64 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         assert scored is not None and prediction is not None
         report["prediction"] = str(prediction)
         report["threshold"] = 0.5 if threshold is None else threshold
-        confusion = score_raster(scored, truth, report["threshold"])
+        confusion = score_raster(scored, truth, report["threshold"], aoi=aoi)
         report["metrics"] = confusion.metrics()
         report["thresholds"] = confusion.sweep()
         if out_dir is not None:
             tmp["metrics"].write_text(json.dumps(report, indent=2) + "\n")
     if out_dir is not None:
         report["plots"] = {k: str(v) for k, v in write_evaluation_plots(
-            out_dir, confusion, prediction, truth, image).items()}
+            out_dir, confusion, prediction, truth, image, aoi).items()}
     return report
+
+
+def suggest(model: Path | Sequence[Path] | None, image: Path, out: Path, dem: Path | None = None,
+            n: int = 10, box: int = 512, labels: Sequence[Path] = (), spacing: int = 1,
+            options: PredictOptions | None = None, overwrite: bool = False,
+            progress: Progress | None = None) -> dict:
+    """Write ``out``: the ``n`` boxes of ``image`` most worth labelling next, ranked, as polygons
+    (``slidemap.infer.suggest``), skipping boxes that overlap the polygons of ``labels``."""
+    from slidemap.infer.suggest import suggest_boxes, write_boxes
+
+    if n < 1 or box < 1 or spacing < 0:
+        raise SlidemapError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
+    options = options or PredictOptions()
+    predictor = load_predictor(model, options)
+    models = [f for p in model_list(model) for f in model_paths(p)]
+    inputs = [image, *([dem] if dem else []), *models, *(file_of(p) for p in labels)]
+    check_outputs([out], inputs, overwrite)
+    make_output_dir(out.parent)
+    suggestion = suggest_boxes(predictor, image, dem, n, box, labels, spacing,
+                               options.batch_size, progress)
+    write_boxes(suggestion, out)
+    return {"boxes": str(out), "candidates": suggestion.candidates,
+            "skipped_labelled": suggestion.skipped_labelled,
+            "picks": [{"rank": i + 1, "col_off": p.window.col_off, "row_off": p.window.row_off,
+                       "score": p.score, "uncertainty": p.uncertainty}
+                      for i, p in enumerate(suggestion.picks)]}
+
+
+def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
+             dem: Path | None = None, init: Path | None = None, epochs: int = 10,
+             overwrite: bool = False, progress: Progress | None = None) -> dict:
+    """Train on the landslide polygons ``labels`` drawn over ``image`` (inside ``aoi`` if given)
+    and map the whole scene: ``out_dir`` gets config.yaml, model.safetensors and map/
+    (``slidemap.train.newsite``)."""
+    from slidemap.train.loop import train
+    from slidemap.train.newsite import site_config, write_site_config
+
+    raw = site_config(image, labels, aoi, dem, init, epochs)
+    map_dir = out_dir / "map"
+    inputs = [file_of(p) for p in (image, labels, aoi, dem, init) if p is not None]
+    check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
+                   *output_paths(image, map_dir).values()], inputs, overwrite)
+    config = write_site_config(raw, out_dir)
+    started = time.perf_counter()
+    model_path = train(config, out_dir, overwrite=overwrite)
+    trained = time.perf_counter()
+    result = predict(image, map_dir, dem, model_path, overwrite=overwrite, progress=progress)
+    return {"config": str(out_dir / "config.yaml"), "model": str(model_path), **result,
+            "train_seconds": trained - started, "map_seconds": time.perf_counter() - trained}
 
 
 def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | None = None,

@@ -249,7 +249,8 @@ def predict(
 @app.command()
 def evaluate(
     truth: Annotated[str, typer.Argument(
-        help="truth raster (any GDAL name): 0, 1 landslide, 255 ignore")],
+        help="truth raster (any GDAL name: 0, 1 landslide, 255 ignore) or landslide polygons "
+             "(.gpkg, ...)")],
     prediction: Annotated[str | None, typer.Option(help="probability or mask raster")] = None,
     image: Annotated[str | None, typer.Option(help="image to predict with --model")] = None,
     dem: Annotated[str | None, typer.Option(help="DEM for --image")] = None,
@@ -266,8 +267,10 @@ def evaluate(
     html_report: Report = False,
     json_stdout: Annotated[bool, typer.Option(
         "--json", help="also print the metrics as JSON on stdout")] = False,
+    aoi: Annotated[Path | None, typer.Option(
+        help="polygons of the area labelled: only pixels inside them are scored")] = None,
 ) -> None:
-    """Score a prediction raster, or a model on an image, against a truth raster."""
+    """Score a prediction raster, or a model on an image, against a truth raster or polygons."""
     from rich.table import Table
     from rich.text import Text
 
@@ -281,7 +284,7 @@ def evaluate(
                              scales=_scales(scales))
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
-                              overwrite, progress)
+                              overwrite, progress, aoi)
     table = Table(title=Text(f"landslide class vs {display_name(truth)}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -376,6 +379,72 @@ def make_report(
     from slidemap.report.provenance import Provenance
 
     log.info(f"report {build_report(folder, out, Provenance(image=image), interactive)}")
+
+
+@app.command()
+def newsite(
+    image: Annotated[Path, typer.Argument(help="image GeoTIFF of the scene")],
+    labels: Annotated[Path, typer.Argument(
+        help="landslide polygons drawn over it (.gpkg, .geojson, .shp; any CRS)")],
+    out: Annotated[Path, typer.Option(help="folder: config.yaml, model, map/")],
+    aoi: Annotated[Path | None, typer.Option(
+        help="polygons of the area labelled (default: the whole image; outside is ignored)")
+    ] = None,
+    dem: Annotated[Path | None, typer.Option(help="DEM raster: adds elevation and slope")] = None,
+    init: Annotated[Path | None, typer.Option(help="model file to start from")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="training epochs")] = 10,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
+) -> None:
+    """Scene + landslide polygons → a model for the site and the scene's landslide map."""
+    from slidemap import api
+
+    with _progress() as progress:
+        result = api.new_site(image, labels, out, aoi, dem, init, epochs, overwrite, progress)
+    log.info(f"trained in {result['train_seconds'] / 60:.1f} min, mapped in "
+             f"{result['map_seconds'] / 60:.1f} min: {result['landslides']} landslides, "
+             f"{result['landslide_area_m2']:.0f} m²")
+    for key in ("config", "model", "prob", "mask", "inventory"):
+        log.info(f"  {key:9s} {result[key]}")
+
+
+@app.command()
+def suggest(
+    model: Annotated[Path, typer.Argument(help="model file whose uncertainty guides the picks")],
+    image: Annotated[Path, typer.Argument(help="image GeoTIFF of the scene to label")],
+    out: Annotated[Path, typer.Option(help="boxes to label: .gpkg (or .geojson) to open in QGIS")],
+    dem: Annotated[Path | None, typer.Option(help="DEM raster, if the model reads one")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="how many boxes")] = 10,
+    box: Annotated[int, typer.Option(min=1, help="box side in image pixels")] = 512,
+    labels: Annotated[list[Path] | None, typer.Option(
+        "--labels", metavar="<path>",
+        help="polygons of areas already labelled (earlier boxes, an AOI): boxes overlapping "
+             "them are skipped; repeat for several files")] = None,
+    spacing: Annotated[int, typer.Option(
+        min=0, help="no two picks within this many boxes of each other (while possible)")] = 1,
+    batch_size: BatchSize = 8,
+    precision: Precision = "bf16",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
+) -> None:
+    """Suggest the boxes most worth labelling next: where the model is least sure, spread out."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from slidemap import api
+    from slidemap.infer.predict import PredictOptions
+
+    options = PredictOptions(batch_size=batch_size, precision=precision)
+    with _progress() as progress:
+        result = api.suggest(model, image, out, dem, n, box, labels or [], spacing, options,
+                             overwrite, progress)
+    table = Table(title=Text(f"boxes to label next in {image.name}"))
+    for column in ("rank", "col", "row", "score", "uncertainty"):
+        table.add_column(column, justify="right")
+    for pick in result["picks"]:
+        table.add_row(str(pick["rank"]), str(pick["col_off"]), str(pick["row_off"]),
+                      f"{pick['score']:.3f}", f"{pick['uncertainty']:.3f}")
+    _show(table)
+    log.info(f"{len(result['picks'])} of {result['candidates']} boxes "
+             f"({result['skipped_labelled']} skipped as labelled) → {out}")
 
 
 @app.command()

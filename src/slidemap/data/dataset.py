@@ -36,9 +36,12 @@ class SceneArrays:
 
 
 def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
-                      spec: InputSpec) -> SceneArrays:
-    """Read a whole scene at the spec's working resolution; nodata anywhere becomes ignore."""
-    with Scene(image, dem=dem, mask=mask) as scene:
+                      spec: InputSpec, aoi: Path | None = None) -> SceneArrays:
+    """Read a whole scene at the spec's working resolution; nodata anywhere becomes ignore.
+
+    ``mask`` is a label raster or a vector file of landslide polygons, ``aoi`` the polygons of
+    the area labelled (``slidemap.data.vectors``)."""
+    with Scene(image, dem=dem, mask=mask, aoi=aoi) as scene:
         scene.check_bands(spec.image_bands, "the model config")
         factor = scene.decimation(spec.resolution_m)
         sample = read_inputs(scene, Window(0, 0, scene.width, scene.height), spec, factor)
@@ -48,8 +51,9 @@ def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
         check_labels(target, mask)
     target = np.where(sample["valid"] & np.isfinite(x).all(axis=0), target, IGNORE)
     if not (target != IGNORE).any():
-        raise SlidemapError(f"scene {image} has no valid labelled pixel: check its nodata and "
-                            f"the label raster {mask}")
+        where = f" and the area of interest {aoi}" if aoi is not None else ""
+        raise SlidemapError(f"scene {image} has no valid labelled pixel: check its nodata, "
+                            f"the labels {mask}{where}")
     return SceneArrays(Path(image).stem, x, target.astype(np.uint8))
 
 

@@ -1,8 +1,10 @@
-"""A georeferenced scene: an image raster, an optional DEM and an optional label raster.
+"""A georeferenced scene: an image raster, an optional DEM and optional labels.
 
 Everything is read on the image grid. A DEM on another grid, resolution or CRS is warped to it on
 the fly, window by window (a GDAL warped VRT), so no whole-scene reprojection is held in memory.
-Reads can be decimated by an integer ``factor`` to a coarser working resolution.
+Reads can be decimated by an integer ``factor`` to a coarser working resolution. Labels are a
+label raster or landslide polygons (``slidemap.data.vectors``), optionally within an area of
+interest; polygons are rasterised window by window onto the grid of each read.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from types import TracebackType
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.coords import disjoint_bounds
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from slidemap.data.terrain import pixel_size_m, relief, slope_degrees
+from slidemap.data.vectors import VectorLabels, is_vector
 from slidemap.errors import SlidemapError
 from slidemap.io.names import DatasetName, as_name, local_path
 
@@ -81,8 +86,11 @@ class Scene:
         mask: DatasetName | None = None,
         require_crs: bool = True,
         apply_scale: bool = False,
+        aoi: str | Path | None = None,
     ) -> None:
-        """``apply_scale``: image values read through the bands' GDAL scale and offset (a
+        """``mask``: a label raster or a vector file of landslide polygons; ``aoi``: polygons
+        of the area that was labelled (outside: 255), see ``slidemap.data.vectors``;
+        ``apply_scale``: image values read through the bands' GDAL scale and offset (a
         probability stored as uint8 steps reads back as 0..1)."""
         self.image_path = as_name(image)
         self.dem_path = as_name(dem) if dem is not None else None
@@ -93,6 +101,7 @@ class Scene:
         self._dem: WarpedVRT | None = None
         self._mask_src: rasterio.DatasetReader | None = None
         self._mask: rasterio.DatasetReader | WarpedVRT | None = None
+        self._vectors: VectorLabels | None = None
         try:
             if require_crs and self._image.crs is None:
                 raise SlidemapError(
@@ -101,9 +110,16 @@ class Scene:
             if dem is not None:
                 self._dem_src = open_raster(dem, "DEM")
                 self._dem = self._align(self._dem_src, dem, "DEM", Resampling.bilinear)
-            if mask is not None:
+            polygons = mask if mask is not None and is_vector(mask) else None
+            if mask is not None and polygons is None:
                 self._mask_src = open_raster(mask, "label raster")
                 self._mask = self._align(self._mask_src, mask, "label raster", Resampling.nearest)
+            if polygons is not None or aoi is not None:
+                if self._image.crs is None:
+                    raise SlidemapError(f"image {image} has no CRS: polygons cannot be placed on "
+                                        "it; assign one (e.g. gdal_edit.py -a_srs EPSG:32647)")
+                self._vectors = VectorLabels(self._image.crs, tuple(self._image.bounds),
+                                             polygons, aoi)
         except Exception:
             self.close()
             raise
@@ -162,6 +178,11 @@ class Scene:
     @property
     def has_dem(self) -> bool:
         return self._dem is not None
+
+    @property
+    def has_labels(self) -> bool:
+        return self._mask is not None or (self._vectors is not None
+                                          and self._vectors.polygons is not None)
 
     @property
     def profile(self) -> dict:
@@ -242,7 +263,7 @@ class Scene:
                 sample["relief"] = core[None].astype(np.float32)
             if slope:
                 sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step)
-        if self._mask is not None:
+        if self.has_labels:
             sample["mask"] = self._read_mask(window, out_h, out_w)
         return sample
 
@@ -317,11 +338,19 @@ class Scene:
         return self._read_dem(halo, out_h + top + bottom, out_w + left + right), (top, left)
 
     def _read_mask(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
-        assert self._mask is not None
-        with reading("label raster", self.mask_path):
-            labels = self._mask.read(1, window=window, out_shape=(out_h, out_w),
-                                     resampling=Resampling.nearest)
-        return labels.astype(np.uint8)
+        """Labels of a window: the label raster read by nearest neighbour, or the polygons
+        burnt at the centres of the (decimated) pixels; then the AOI if there is one."""
+        labels = None
+        if self._mask is not None:
+            with reading("label raster", self.mask_path):
+                labels = self._mask.read(1, window=window, out_shape=(out_h, out_w),
+                                         resampling=Resampling.nearest).astype(np.uint8)
+        if self._vectors is None:
+            assert labels is not None
+            return labels
+        grid = window_transform(window, self._image.transform) @ Affine.scale(
+            window.width / out_w, window.height / out_h)
+        return self._vectors.read(grid, (out_h, out_w), labels)
 
 
 def _core_slope(halo: np.ndarray, top: int, left: int, out_h: int, out_w: int,

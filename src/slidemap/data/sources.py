@@ -202,7 +202,7 @@ def select(names: Sequence[str], source: PatchSource) -> list[int]:
 def load_arrays(scenes: Sequence[SceneSource], patch_sets: Sequence[PatchSource],
                 spec: InputSpec) -> list[SceneArrays]:
     """Labelled scenes and patch sets of a run config as arrays, scenes first."""
-    arrays = [load_scene_arrays(s.image, s.mask, s.dem, spec) for s in scenes]
+    arrays = [load_scene_arrays(s.image, s.mask, s.dem, spec, s.aoi) for s in scenes]
     for source in patch_sets:
         arrays += load_patch_arrays(source, spec)
     return arrays

@@ -12,14 +12,15 @@ from slidemap.train.metrics import BinaryConfusion
 
 
 def score_raster(prediction: Path, truth: Path, threshold: float = 0.5,
-                 strip_rows: int = 1024) -> BinaryConfusion:
+                 strip_rows: int = 1024, aoi: Path | None = None) -> BinaryConfusion:
     """The confusion of ``prediction`` vs ``truth``, histograms kept for precision–recall plots.
 
-    The truth is aligned to the prediction's grid if it lies on another one. Pixels that are
-    nodata in the prediction or 255 in the truth are left out.
+    The truth (a label raster, or landslide polygons rasterised strip by strip) is aligned to
+    the prediction's grid if it lies on another one. Pixels that are nodata in the prediction,
+    255 in the truth or outside the area of interest ``aoi`` are left out.
     """
     confusion = BinaryConfusion(threshold)
-    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True) as scene:
+    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True, aoi=aoi) as scene:
         for top in range(0, scene.height, strip_rows):
             window = Window(0, top, scene.width, min(strip_rows, scene.height - top))
             sample = scene.read(window, (1,))

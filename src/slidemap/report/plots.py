@@ -146,13 +146,13 @@ def _preview_factor(height: int, width: int, max_side: int) -> int:
 
 
 def error_map(prediction: Path, truth: Path, threshold: float, image: Path | None = None,
-              max_side: int = PREVIEW_SIDE) -> np.ndarray:
+              max_side: int = PREVIEW_SIDE, aoi: Path | None = None) -> np.ndarray:
     """An RGB ``(h, w, 3)`` preview: TP, FP and FN coloured over the image (else grey).
 
     Rasters are read decimated (``out_shape``) so that the preview is at most ``max_side`` pixels
     a side whatever the scene size; probabilities are averaged before thresholding.
     """
-    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True) as scene:
+    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True, aoi=aoi) as scene:
         size = (scene.height, scene.width)
         factor = _preview_factor(*size, max_side)
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
@@ -255,9 +255,10 @@ def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
 
 
 def write_evaluation_plots(out_dir: Path, confusion: BinaryConfusion, prediction: Path,
-                           truth: Path, image: Path | None = None) -> dict[str, Path]:
+                           truth: Path, image: Path | None = None,
+                           aoi: Path | None = None) -> dict[str, Path]:
     """``pr_curve.png`` and ``errors_overlay.png`` of one evaluation, in ``out_dir``."""
-    errors = error_map(prediction, truth, confusion.threshold, image)
+    errors = error_map(prediction, truth, confusion.threshold, image, aoi=aoi)
     title = f"errors at threshold {confusion.threshold:g} vs {display_name(truth)}"
     return {"pr_curve": save_png(pr_curve_figure(confusion), out_dir / "pr_curve.png"),
             "errors_overlay": save_png(errors_figure(errors, title),

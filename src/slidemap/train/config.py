@@ -12,17 +12,20 @@ import yaml
 from slidemap.data.channels import InputSpec
 from slidemap.data.l4s import DEFAULT_BANDS
 from slidemap.data.sources import PatchSource, is_patch_source, l4s_inputs, parse_patch_source
+from slidemap.data.vectors import is_vector
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import PredictDefaults, check_threshold
 
 
 @dataclass(frozen=True)
 class SceneSource:
-    """One scene: image, optional DEM, label raster (0/1, 255 ignore; optional for targets)."""
+    """One scene: image, optional DEM, labels (optional for targets): a label raster (0/1, 255
+    ignore) or landslide polygons, and optionally the polygons of the area labelled (aoi)."""
 
     image: Path
     mask: Path | None
     dem: Path | None = None
+    aoi: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -318,13 +321,16 @@ def _scenes(items: Any, where: str, allow_empty: bool = False,
             needs = "'image' and 'mask' paths" if labelled else "an 'image' path"
             raise SlidemapError(f"{where}: every scene needs {needs} (or name a patch set with "
                                 "patches: or l4s:)")
-        extra = sorted(set(item) - {"image", "mask", "dem"}, key=str)
+        extra = sorted(set(item) - {"image", "mask", "dem", "aoi"}, key=str)
         if extra:
             raise SlidemapError(f"{where}: unknown scene key(s) {extra}: a scene has image, "
-                                "mask and optionally dem")
-        dem, mask = item.get("dem"), item.get("mask")
+                                "mask (raster or polygons) and optionally dem and aoi")
+        dem, mask, aoi = item.get("dem"), item.get("mask"), item.get("aoi")
+        if aoi and not is_vector(aoi):
+            raise SlidemapError(f"{where}: aoi {aoi} must be a vector file of polygons "
+                                "(.gpkg, .geojson, .shp)")
         scenes.append(SceneSource(Path(item["image"]), Path(mask) if mask else None,
-                                  Path(dem) if dem else None))
+                                  Path(dem) if dem else None, Path(aoi) if aoi else None))
     return tuple(scenes)
 
 

@@ -63,7 +63,8 @@ def load_targets(config: RunConfig) -> list[Target]:
         arrays = load_scene_arrays(scene.image, None, scene.dem, spec)
         labels = None
         if scene.mask is not None:
-            labels = load_scene_arrays(scene.image, scene.mask, scene.dem, spec).target
+            labels = load_scene_arrays(scene.image, scene.mask, scene.dem, spec,
+                                       scene.aoi).target
         targets.append(Target(arrays, labels))
     for source in config.selftrain.target_patches:
         for patch in load_patch_arrays(source, spec, labelled=False):

@@ -29,6 +29,7 @@ from torch import nn
 
 from slidemap.data.dataset import load_scene_arrays
 from slidemap.data.normalization import BandStats
+from slidemap.data.vectors import file_of
 from slidemap.errors import SlidemapError
 from slidemap.infer.runtime import autocast, prepare_for_inference
 from slidemap.io.atomic import atomic_path
@@ -293,15 +294,15 @@ def _check_files(study: Study) -> None:
     for run in study.runs:
         config = parse_config(run.raw, None)
         for scene in (*config.train_scenes, *config.val_scenes):
-            for path in (scene.image, scene.mask, scene.dem):
-                if path is not None and not path.exists():
+            for path in (scene.image, scene.mask, scene.dem, scene.aoi):
+                if path is not None and not file_of(path).exists():
                     raise SlidemapError(f"scene file {path} (run {run.name}) does not exist: "
                                         "paths are relative to the current directory")
 
 
 def score_bundle(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:
     """One confusion matrix over every valid pixel of the run's held-out (val) scenes."""
-    scenes = [load_scene_arrays(s.image, s.mask, s.dem, bundle.inputs)
+    scenes = [load_scene_arrays(s.image, s.mask, s.dem, bundle.inputs, s.aoi)
               for s in config.val_scenes]
     return evaluate_arrays(prepare_for_inference(bundle.model), scenes,
                            BandStats(bundle.mean, bundle.std), config, bundle.threshold)

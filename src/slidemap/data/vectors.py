@@ -1,0 +1,175 @@
+"""Labels drawn as polygons: rasterised onto the image grid, one window at a time.
+
+Analysts label in QGIS as polygons (GeoPackage, GeoJSON, Shapefile, in any CRS). A window's
+labels are the polygons whose bounding boxes meet it, read with a bounding-box filter (the
+file's spatial index where it has one), reprojected to the image CRS and burnt at the centres of
+the window's pixels; so memory follows the window, never the scene or the number of landslides.
+
+What counts as labelled: inside the area-of-interest polygons (``aoi``, the extent that was
+looked at) every pixel is 1 in a landslide polygon and 0 elsewhere; outside them 255 (ignore).
+Without an AOI the whole image is taken as looked at: every valid image pixel outside the
+polygons is background, so the polygons must be complete over the scene. An AOI also restricts
+a label raster the same way.
+
+A GeoPackage with several layers is read as ``FILE.gpkg|layername=NAME`` (the QGIS spelling);
+with one layer, the path alone does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pyogrio.raw
+import shapely
+from affine import Affine
+from pyogrio.errors import DataLayerError, DataSourceError
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.features import rasterize
+from rasterio.warp import transform, transform_bounds
+
+from slidemap.errors import SlidemapError
+
+VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite"}
+LAYER_MARK = "|layername="
+POLYGONAL = {"Polygon", "MultiPolygon"}
+DENSIFY = 21  # points per edge when a window's bounds are taken into the layer's CRS
+
+
+def is_vector(path: str | Path) -> bool:
+    """Whether ``path`` names a vector file (by its suffix), optionally with a QGIS layer."""
+    return file_of(path).suffix.lower() in VECTOR_SUFFIXES
+
+
+def file_of(path: str | Path) -> Path:
+    """The file of a vector path (without a ``|layername=`` suffix) or of any other path."""
+    return Path(str(path).split(LAYER_MARK)[0])
+
+
+class PolygonLayer:
+    """One polygon layer, read window by window in the CRS of the image grid it serves."""
+
+    def __init__(self, path: str | Path, role: str, crs: CRS) -> None:
+        self.name = str(path)
+        self.role = role
+        file, _, layer = self.name.partition(LAYER_MARK)
+        self.path = Path(file)
+        self.crs = crs
+        if not self.path.exists():
+            raise SlidemapError(f"{role} {self.path} does not exist: check the path")
+        try:
+            layers = pyogrio.list_layers(self.path)
+            if not layer and len(layers) > 1:
+                names = ", ".join(str(n) for n in layers[:, 0])
+                raise SlidemapError(f"{role} {self.path} has {len(layers)} layers ({names}): name "
+                                    f"one as {self.path}{LAYER_MARK}NAME")
+            self.layer = layer or str(layers[0, 0])
+            info = pyogrio.read_info(self.path, layer=self.layer, force_total_bounds=True)
+        except (DataSourceError, DataLayerError) as exc:
+            raise SlidemapError(f"{role} {self.name} cannot be read as a vector layer "
+                                f"({_first_line(exc)}): is it a complete GeoPackage, GeoJSON "
+                                "or Shapefile?") from exc
+        if info["crs"] is None:
+            raise SlidemapError(f"{role} {self.name} has no CRS: assign one in QGIS (Layer "
+                                "properties > Source) or with ogr2ogr -a_srs")
+        try:
+            self.layer_crs = CRS.from_user_input(info["crs"])
+        except CRSError as exc:
+            raise SlidemapError(f"{role} {self.name} has a CRS GDAL does not know "
+                                f"({info['crs']}): reproject it to a known CRS") from exc
+        kind = str(info["geometry_type"]).removesuffix(" Z").removesuffix(" M")
+        if kind not in POLYGONAL and kind != "Unknown" and info["features"]:
+            raise SlidemapError(f"{role} {self.name} holds {kind} features: labels and areas of "
+                                "interest must be polygons")
+        self.features = int(info["features"])
+        self.bounds = self._in_image_crs(info["total_bounds"]) if self.features else None
+
+    def _in_image_crs(self, bounds: np.ndarray) -> tuple[float, float, float, float] | None:
+        if not np.isfinite(bounds).all():
+            return None
+        if self.layer_crs == self.crs:
+            return tuple(float(b) for b in bounds)
+        return transform_bounds(self.layer_crs, self.crs, *bounds, densify_pts=DENSIFY)
+
+    def geometries(self, bounds: tuple[float, float, float, float]) -> np.ndarray:
+        """Polygons whose bounding boxes meet ``bounds`` (image CRS), in the image CRS."""
+        if not self.features:
+            return np.empty(0, dtype=object)
+        box = bounds if self.layer_crs == self.crs else transform_bounds(
+            self.crs, self.layer_crs, *bounds, densify_pts=DENSIFY)
+        try:
+            _, _, wkb, _ = pyogrio.raw.read(self.path, layer=self.layer, bbox=box, columns=[])
+        except (DataSourceError, DataLayerError) as exc:
+            raise SlidemapError(f"{self.role} {self.name} cannot be read "
+                                f"({_first_line(exc)}): is it complete?") from exc
+        geometries = shapely.from_wkb(wkb)
+        geometries = geometries[~(shapely.is_missing(geometries) | shapely.is_empty(geometries))]
+        kinds = shapely.get_type_id(geometries)
+        polygonal = np.isin(kinds, (3, 6))  # Polygon, MultiPolygon
+        if not polygonal.all():
+            kind = shapely.get_type_id(geometries[~polygonal][0])
+            raise SlidemapError(f"{self.role} {self.name} holds a feature of geometry type "
+                                f"{shapely.GeometryType(kind).name}: labels and areas of "
+                                "interest must be polygons")
+        if self.layer_crs != self.crs and geometries.size:
+            geometries = shapely.transform(geometries, self._to_image_crs)
+        return geometries
+
+    def _to_image_crs(self, xy: np.ndarray) -> np.ndarray:
+        xs, ys = transform(self.layer_crs, self.crs, xy[:, 0], xy[:, 1])
+        return np.column_stack([xs, ys])
+
+    def burn(self, grid: Affine, shape: tuple[int, int]) -> np.ndarray:
+        """(h, w) bool: pixel centres of the grid ``grid`` × ``shape`` inside a polygon."""
+        height, width = shape
+        west, north = grid @ (0, 0)
+        east, south = grid @ (width, height)
+        bounds = (min(west, east), min(south, north), max(west, east), max(south, north))
+        geometries = self.geometries(bounds)
+        if not geometries.size:
+            return np.zeros(shape, dtype=bool)
+        return rasterize(((g, 1) for g in geometries), out_shape=shape, transform=grid, fill=0,
+                         dtype="uint8").astype(bool)
+
+
+class VectorLabels:
+    """Labels of an image grid from landslide polygons (or a label raster's values) and an
+    optional area of interest: 1 landslide, 0 background inside the AOI, 255 outside it."""
+
+    def __init__(self, crs: CRS, image_bounds: tuple[float, float, float, float],
+                 polygons: str | Path | None = None, aoi: str | Path | None = None) -> None:
+        self.polygons = None if polygons is None else PolygonLayer(polygons, "label file", crs)
+        self.aoi = None if aoi is None else PolygonLayer(aoi, "area of interest", crs)
+        for layer in (self.polygons, self.aoi):
+            if layer is not None and layer.bounds is not None and \
+                    _disjoint(layer.bounds, image_bounds):
+                raise SlidemapError(f"{layer.role} {layer.name} does not overlap the image "
+                                    "(after reprojection to its CRS): pass polygons of the "
+                                    "same ground, with their CRS set right")
+        if self.aoi is not None and not self.aoi.features:
+            raise SlidemapError(f"area of interest {self.aoi.name} has no polygon: draw the "
+                                "extent that was labelled")
+
+    def read(self, grid: Affine, shape: tuple[int, int],
+             labels: np.ndarray | None = None) -> np.ndarray:
+        """(h, w) uint8 labels of a window whose pixel grid is ``grid`` × ``shape``.
+
+        ``labels`` (a label raster's window) replaces the polygons; the AOI applies to both.
+        """
+        if labels is None:
+            assert self.polygons is not None
+            labels = self.polygons.burn(grid, shape).astype(np.uint8)
+        if self.aoi is not None:
+            labels = np.where(self.aoi.burn(grid, shape), labels, 255).astype(np.uint8)
+        return labels
+
+
+def _disjoint(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,202 @@
+"""What to label next: the boxes of a scene where the model is least sure, spread over the scene.
+
+The scene is cut into non-overlapping boxes (``box`` image pixels a side; boxes at the right and
+bottom edges are clipped). Each box is predicted on its own and scored at once, so memory holds
+one batch of boxes and a few numbers per box, whatever the scene size:
+
+- *uncertainty*: the mean binary entropy (bits, 0 sure … 1 a coin toss) of the model's
+  probabilities over the box's valid pixels;
+- *score*: uncertainty × the box's valid fraction, the uncertainty a labeller resolves per box
+  (a half-empty box at the scene edge teaches half as much).
+
+Boxes that overlap (with a positive area) a polygon of ``labels`` (the areas labelled before,
+e.g. the boxes of an earlier round, or an AOI) are not predicted at all. The picks are greedy by
+score with a diversity rule: no pick lies within ``spacing`` boxes (8-neighbourhood rings) of an
+earlier pick, so ten picks are not ten neighbours on one slope; if the rule leaves fewer than
+``n`` boxes, the best remaining ones fill up the list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyogrio.raw
+import shapely
+from pyogrio.errors import DataLayerError, DataSourceError
+from rasterio.windows import Window
+from rasterio.windows import bounds as window_bounds
+from rich.progress import Progress
+
+from slidemap.data.channels import read_inputs, stack_channels
+from slidemap.data.scene import Scene
+from slidemap.data.vectors import PolygonLayer
+from slidemap.errors import SlidemapError
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.predict import MIN_WORKING_SIZE
+from slidemap.io.atomic import atomic_path, final_path
+
+MIN_VALID = 0.25  # a box must have this share of its full area valid to be worth labelling
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class BoxScore:
+    """One candidate box, its place in the box grid and the model's uncertainty there."""
+
+    window: Window
+    grid_row: int
+    grid_col: int
+    uncertainty: float
+    valid_fraction: float
+    predicted_fraction: float  # share of valid pixels at or above the model's threshold
+
+    @property
+    def score(self) -> float:
+        return self.uncertainty * self.valid_fraction
+
+
+def box_grid(height: int, width: int, box: int) -> list[tuple[int, int, Window]]:
+    """(grid row, grid col, window) of non-overlapping ``box`` px boxes, edge boxes clipped."""
+    return [(r, c, Window(col, row, min(box, width - col), min(box, height - row)))
+            for r, row in enumerate(range(0, height, box))
+            for c, col in enumerate(range(0, width, box))]
+
+
+def binary_entropy(prob: np.ndarray) -> np.ndarray:
+    """Entropy in bits of a Bernoulli variable with probability ``prob``."""
+    p = np.clip(prob.astype(np.float64), EPS, 1 - EPS)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def overlaps_labels(layers: Sequence[PolygonLayer], bounds: tuple[float, ...]) -> bool:
+    """Whether any polygon of ``layers`` covers part of ``bounds`` (touching edges do not)."""
+    box = shapely.box(*bounds)
+    for layer in layers:
+        geometries = layer.geometries(bounds)
+        if geometries.size and shapely.area(shapely.intersection(
+                shapely.make_valid(geometries), box)).max() > 0:
+            return True
+    return False
+
+
+def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch_size: int,
+                skip: Sequence[PolygonLayer] = (), progress: Progress | None = None
+                ) -> tuple[list[BoxScore], int]:
+    """Scores of every box with enough valid pixels, and how many boxes ``skip`` ruled out."""
+    spec = predictor.spec
+    grid = box_grid(scene.height, scene.width, box)
+    transform = scene.profile["transform"]
+    task = progress.add_task("score boxes", total=len(grid)) if progress else None
+    scores: list[BoxScore] = []
+    batch: list[tuple[int, int, Window, np.ndarray, np.ndarray]] = []
+    skipped = 0
+
+    def flush() -> None:
+        probs = predictor([b[3] for b in batch], [b[4] for b in batch])
+        for (r, c, window, _, valid), prob in zip(batch, probs, strict=True):
+            scores.append(BoxScore(
+                window, r, c, float(binary_entropy(prob[valid]).mean()),
+                float(valid.sum() * factor**2 / box**2),
+                float((prob[valid] >= predictor.threshold).mean())))
+        batch.clear()
+
+    for r, c, window in grid:
+        if progress is not None and task is not None:
+            progress.advance(task)
+        if skip and overlaps_labels(skip, window_bounds(window, transform)):
+            skipped += 1
+            continue
+        if not scene.any_valid(window, factor):
+            continue
+        sample = read_inputs(scene, window, spec, factor)
+        valid = sample["valid"]
+        if valid.sum() * factor**2 < MIN_VALID * box**2:
+            continue
+        batch.append((r, c, window, stack_channels(sample, spec), valid))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return scores, skipped
+
+
+def pick(scores: Sequence[BoxScore], n: int, spacing: int) -> list[BoxScore]:
+    """Up to ``n`` boxes, greedy by score, none within ``spacing`` boxes of an earlier pick
+    while such boxes remain; then the best of the rest."""
+    ranked = sorted(scores, key=lambda s: (-s.score, s.grid_row, s.grid_col))
+    picks: list[BoxScore] = []
+    for candidate in ranked:
+        if len(picks) == n:
+            break
+        if all(max(abs(candidate.grid_row - p.grid_row), abs(candidate.grid_col - p.grid_col))
+               > spacing for p in picks):
+            picks.append(candidate)
+    chosen = {id(p) for p in picks}
+    picks += [s for s in ranked if id(s) not in chosen][:n - len(picks)]
+    return picks
+
+
+@dataclass
+class Suggestion:
+    """The picks, how many boxes were scored and skipped, and the scene's georeference."""
+
+    picks: list[BoxScore]
+    candidates: int
+    skipped_labelled: int
+    profile: dict
+
+
+def suggest_boxes(predictor: Predictor, image: Path, dem: Path | None, n: int, box: int,
+                  labels: Sequence[Path] = (), spacing: int = 1, batch_size: int = 8,
+                  progress: Progress | None = None) -> Suggestion:
+    """The ``n`` boxes most worth labelling next."""
+    spec = predictor.spec
+    with Scene(image, dem=dem) as scene:
+        scene.check_bands(spec.image_bands, "the model")
+        if spec.needs_dem and not scene.has_dem:
+            raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
+                                "pass one with --dem")
+        factor = scene.decimation(spec.resolution_m)
+        if box < MIN_WORKING_SIZE * factor:
+            raise SlidemapError(f"--box {box} is too small for this model on {image}: it reads "
+                                f"{factor} image px per working px, so use at least "
+                                f"{MIN_WORKING_SIZE * factor}")
+        profile = scene.profile
+        skip = [PolygonLayer(path, "labelled areas", profile["crs"]) for path in labels]
+        scores, skipped = score_boxes(predictor, scene, box, factor, batch_size, skip, progress)
+    if not scores:
+        raise SlidemapError(f"no box of {box} px of {image} is left to suggest ({skipped} "
+                            f"already labelled, the rest less than {MIN_VALID:.0%} valid): use a "
+                            "smaller --box")
+    return Suggestion(pick(scores, n, spacing), len(scores), skipped, profile)
+
+
+def write_boxes(suggestion: Suggestion, path: Path) -> None:
+    """The picks as ranked polygons in the scene's CRS (GeoPackage, or GeoJSON by suffix)."""
+    picks = suggestion.picks
+    transform, crs = suggestion.profile["transform"], suggestion.profile["crs"]
+    driver = "GeoJSON" if path.suffix.lower() in {".geojson", ".json"} else "GPKG"
+    geometry = np.array([shapely.to_wkb(shapely.box(*window_bounds(p.window, transform)))
+                         for p in picks], dtype=object)
+    fields = {
+        "rank": np.arange(1, len(picks) + 1, dtype=np.int32),
+        "score": np.array([p.score for p in picks]),
+        "uncertainty": np.array([p.uncertainty for p in picks]),
+        "valid_fraction": np.array([p.valid_fraction for p in picks]),
+        "predicted_fraction": np.array([p.predicted_fraction for p in picks]),
+        "col_off": np.array([p.window.col_off for p in picks], dtype=np.int32),
+        "row_off": np.array([p.window.row_off for p in picks], dtype=np.int32),
+    }
+    try:
+        with atomic_path(path) as tmp:
+            pyogrio.raw.write(tmp, geometry, list(fields.values()), list(fields), driver=driver,
+                              geometry_type="Polygon", crs=crs.to_wkt() if crs else None,
+                              layer="suggested_boxes")
+    except (OSError, DataSourceError, DataLayerError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        target = final_path(path)
+        raise SlidemapError(f"cannot write {target} ({lines[0]}): check free disk space and "
+                            f"that {target.parent} is writable") from exc

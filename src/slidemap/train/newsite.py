@@ -1,0 +1,68 @@
+"""The run config of a new site from a scene and its landslide polygons, without writing YAML.
+
+``slidemap newsite IMAGE LABELS`` trains on what an analyst drew (polygons, optionally an area of
+interest) and maps the scene. The config it builds is the plain one below, written beside the
+model as ``config.yaml`` so that the run can be read, edited and repeated with ``slidemap train``.
+From scratch: a U-Net (width 16) on the image's RGB bands, with elevation and slope when a DEM
+is given, at 2 m (or the image's own pixels if coarser), Dice + BCE, the last epoch kept (there
+is no held-out data to select on). With ``init``: the model file's architecture, channels and
+resolution, its weights as the start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from slidemap.data.scene import Scene
+from slidemap.errors import SlidemapError
+from slidemap.io.atomic import atomic_path
+from slidemap.io.modelfile import load_model
+from slidemap.train.config import RunConfig, parse_config
+
+WORKING_M = 2.0  # working resolution of a model trained from scratch (if the image is finer)
+TRAINING = {"batch_size": 8, "tile": 256, "windows_per_epoch": 64, "lr": 0.002,
+            "min_valid": 0.25, "select": "last", "seed": 0, "colour_jitter": True}
+
+
+def site_config(image: Path, labels: Path, aoi: Path | None = None, dem: Path | None = None,
+                init: Path | None = None, epochs: int = 10) -> dict:
+    """The raw run config (as YAML would give it) of training on ``labels`` over ``image``."""
+    scene: dict = {"image": str(image), "mask": str(labels)}
+    scene.update({k: str(v) for k, v in (("aoi", aoi), ("dem", dem)) if v is not None})
+    raw: dict = {"name": f"{image.stem}-site", "data": {"train": [scene]},
+                 "loss": {"bce": 1.0, "dice": 1.0},
+                 "training": {"epochs": epochs, **TRAINING}}
+    if init is not None:
+        bundle = load_model(init)
+        if bundle.members > 1:
+            raise SlidemapError(f"--init {init} is an ensemble of {bundle.members} networks: "
+                                "start from one of them")
+        if bundle.inputs.needs_dem and dem is None:
+            raise SlidemapError(f"--init {init} reads {bundle.inputs.channels}: pass --dem, or "
+                                "start from an image-only model")
+        inputs = bundle.inputs.to_dict()
+        raw.update(init=str(init), inputs={k: v for k, v in inputs.items() if v is not None},
+                   model={"name": bundle.architecture, "width": bundle.width,
+                          "options": dict(bundle.options)})
+        raw["inputs"]["image_bands"] = list(bundle.inputs.image_bands)
+        return raw
+    with Scene(image) as opened:
+        bands = [1, 2, 3] if opened.band_count >= 3 else [1]
+        native = min(opened.pixel_size_m())
+    inputs: dict = {"image_bands": bands, "dem": dem is not None, "slope": dem is not None}
+    if native < WORKING_M:
+        inputs["resolution_m"] = WORKING_M
+    raw.update(inputs=inputs, model={"name": "unet", "width": 16})
+    return raw
+
+
+def write_site_config(raw: dict, out_dir: Path) -> RunConfig:
+    """Check ``raw`` and keep it as ``out_dir/config.yaml``; the parsed config."""
+    config = parse_config(raw, out_dir / "config.yaml")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "config.yaml") as tmp:
+        tmp.write_text("# written by slidemap newsite; rerun with: slidemap train THIS_FILE\n"
+                       + yaml.safe_dump(raw, sort_keys=False))
+    return config
