@@ -247,9 +247,10 @@ def make_report(
     folder: Annotated[Path, typer.Argument(help="output folder of train, evaluate or predict")],
     out: Annotated[Path | None, typer.Option(
         help="HTML file to write (default: FOLDER/report.html)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing report")] = False,
 ) -> None:
     """One self-contained HTML report (figures, plots, inventory) of an output folder."""
-    console.print(f"report {build_report(folder, out)}")
+    console.print(f"report {build_report(folder, out, overwrite)}")
 
 
 @app.command()
@@ -324,9 +325,9 @@ def _scales(value: str | None) -> tuple[float, ...] | None:
         return None
     try:
         return check_scales([float(v) for v in value.split(",")])
-    except ValueError as exc:
-        raise SlidemapError(f"--scales {value!r} is not a list of numbers: give e.g. 1,0.5"
-                            ) from exc
+    except (ValueError, SlidemapError) as exc:
+        raise SlidemapError(f"--scales {value!r} is not a list of distinct numbers from 0.25 "
+                            "to 4: give e.g. 1,0.5") from exc
 
 
 def _normalise(value: str) -> str:
@@ -381,12 +382,13 @@ def bench(
     ] = False,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="also write the figures to this JSON file")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --json file")] = False,
 ) -> None:
     """Throughput: model-only vs end-to-end megapixels/s (read, model, blend, write), peak RSS."""
     options = PredictOptions(tile, overlap, batch_size, _precision(precision),
                              backend=_backend(backend), compile=compile_model,
                              scales=_scales(scales))
-    result = api.bench(image, dem, model, options, sample, agreement)
+    result = api.bench(image, dem, model, options, sample, agreement, json_out, overwrite)
     table = Table(title=f"{image.name}: {result['size'][0]}×{result['size'][1]} px, "
                         f"{result['backend']} {result['precision']}"
                         f"{' compiled' if result['compile'] else ''}")
@@ -400,8 +402,6 @@ def bench(
         table.add_row(f"vs fp32: {key}", f"{value:.6g}")
     Console(stderr=True).print(table)
     print(json.dumps(result))
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _backend(value: str) -> str:

@@ -27,6 +27,7 @@ from slidemap.data.terrain import pixel_size_m, relief, slope_degrees
 from slidemap.errors import SlidemapError
 
 IGNORE = 255
+LABEL_VALUES = (0, 1, IGNORE)
 
 
 def open_raster(path: str | Path, role: str) -> rasterio.DatasetReader:
@@ -39,12 +40,30 @@ def open_raster(path: str | Path, role: str) -> rasterio.DatasetReader:
     try:
         with warnings.catch_warnings():  # a missing CRS is checked (and explained) by the caller
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            dataset = rasterio.open(path)
     except RasterioIOError as exc:
         raise SlidemapError(
             f"{role} {path} cannot be read as a raster ({_first_line(exc)}): "
             "is it a complete, uncorrupted GeoTIFF?"
         ) from exc
+    complex_bands = [d for d in dataset.dtypes if np.issubdtype(np.dtype(d), np.complexfloating)
+                     or d.startswith("complex")]
+    if complex_bands:
+        dataset.close()
+        raise SlidemapError(f"{role} {path} has complex-valued bands ({complex_bands[0]}): "
+                            "convert it to real values first (e.g. the amplitude with "
+                            "gdal_calc.py --calc='abs(A)')")
+    return dataset
+
+
+def check_label_dtype(dataset: rasterio.DatasetReader, path: str | Path) -> None:
+    """Labels are whole numbers: a floating-point raster is a probability or a measurement,
+    and rounding it into classes would score or train on something nobody labelled."""
+    dtype = dataset.dtypes[0]
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+        dataset.close()
+        raise SlidemapError(f"label raster {path} holds {dtype} values: labels must be an "
+                            "integer raster of 0 (background), 1 (landslide) and 255 (ignore)")
 
 
 def _first_line(exc: Exception) -> str:
@@ -93,6 +112,7 @@ class Scene:
                 self._dem = self._align(self._dem_src, dem, "DEM", Resampling.bilinear)
             if mask is not None:
                 self._mask_src = open_raster(mask, "label raster")
+                check_label_dtype(self._mask_src, mask)
                 self._mask = self._align(self._mask_src, mask, "label raster", Resampling.nearest)
         except Exception:
             self.close()
@@ -253,6 +273,18 @@ class Scene:
         out_h, out_w = max(1, round(self.height / shrink)), max(1, round(self.width / shrink))
         return self._read_dem(Window(0, 0, self.width, self.height), out_h, out_w)
 
+    def image_overview(self, bands: tuple[int, ...], max_side: int) -> np.ndarray:
+        """The image's ``bands`` shrunk to at most ``max_side`` px a side (float32, NaN where
+        the image has no data): a cheap look at its values before it is read window by
+        window."""
+        shrink = max(1.0, max(self.height, self.width) / max_side)
+        shape = (max(1, round(self.height / shrink)), max(1, round(self.width / shrink)))
+        with reading("image", self.image_path):
+            data = self._image.read(list(bands), out_shape=(len(bands), *shape),
+                                    resampling=Resampling.nearest).astype(np.float32)
+            valid = self._image.dataset_mask(out_shape=shape) > 0
+        return np.where(valid, data, np.nan)
+
     def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""
         height, width = int(window.height), int(window.width)
@@ -306,6 +338,12 @@ class Scene:
         with reading("label raster", self.mask_path):
             labels = self._mask.read(1, window=window, out_shape=(out_h, out_w),
                                      resampling=Resampling.nearest)
+        if labels.dtype != np.uint8:  # a cast would turn 256 into 0 and -1 into 255
+            unexpected = np.setdiff1d(np.unique(labels), LABEL_VALUES)
+            if unexpected.size:
+                raise SlidemapError(
+                    f"label raster {self.mask_path} has values {unexpected[:5].tolist()}: labels "
+                    "must be 0 (background), 1 (landslide) or 255 (ignore)")
         return labels.astype(np.uint8)
 
 

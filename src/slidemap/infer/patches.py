@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,12 +89,13 @@ def patch_output_paths(name: str, out_dir: Path) -> dict[str, Path]:
 def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                       options: PredictOptions, scale: float | None = None,
                       pixel_size: float | None = None, overwrite: bool = False,
-                      progress: Progress | None = None) -> dict:
+                      progress: Progress | None = None, inputs: Sequence[Path] = ()) -> dict:
     """Write ``NAME_prob.tif`` (float32, NaN nodata) and ``NAME_mask.tif`` (uint8: 1 landslide,
     0 background, 255 nodata) per patch, and ``metrics.json`` when the set has labels.
 
     ``scale`` overrides the model's up-sampling factor; ``options.normalise == "scene"`` uses the
-    statistics of all patches of the set instead of the model's.
+    statistics of all patches of the set instead of the model's. No output may replace one of
+    ``inputs`` (the model files, and the set's files when ``out_dir`` lies inside it).
     """
     spec = predictor.spec if scale is None else replace(predictor.spec, scale=scale)
     if not spec.scale > 0:
@@ -102,7 +104,7 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
     metrics_path = out_dir / "metrics.json"
     targets = [p for pair in paths.values() for p in pair.values()] + [metrics_path]
-    check_outputs(targets, [], overwrite)
+    check_outputs(targets, inputs, overwrite)
     make_output_dir(out_dir)
     if options.normalise == "scene":
         predictor = predictor.with_stats(patch_stats(dataset, spec))

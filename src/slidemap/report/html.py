@@ -19,7 +19,7 @@ from pyogrio.errors import DataLayerError, DataSourceError
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError
-from slidemap.io.atomic import atomic_path
+from slidemap.io.atomic import atomic_path, check_outputs
 from slidemap.report.plots import (
     curves_figure,
     png_bytes,
@@ -59,10 +59,11 @@ code { font-size: 13px; word-break: break-all; }
 """
 
 
-def build_report(folder: Path, out: Path | None = None) -> Path:
+def build_report(folder: Path, out: Path | None = None, overwrite: bool = True) -> Path:
     """Write the HTML report of ``folder`` (a training run, evaluation or prediction folder).
 
-    ``out`` defaults to ``folder/report.html``; an existing report there is replaced.
+    ``out`` defaults to ``folder/report.html``; an existing file there is replaced only with
+    ``overwrite``, and never one of the folder's files the report is made from.
     """
     if not folder.is_dir():
         raise SlidemapError(f"{folder} is not a folder: pass a run, evaluate or predict --out "
@@ -76,6 +77,8 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
     out = out or folder / "report.html"
     if out.is_dir():
         raise SlidemapError(f"--out {out} is a folder: give a file name such as report.html")
+    check_outputs([out], [p for p in folder.iterdir() if p.is_file() and p.suffix != ".html"],
+                  overwrite)
     cards = "".join(f"<div class='card'><b>{_text(v)}</b><span>{escape(k)}</span></div>"
                     for cards, _ in found for k, v in cards)
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -91,7 +94,7 @@ def build_report(folder: Path, out: Path | None = None) -> Path:
         + "</main></body></html>\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, overwrite) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out
 

@@ -23,6 +23,7 @@ from slidemap.infer.predict import PredictOptions
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.train.config import RunConfig
+from slidemap.train.runfolder import check_run_inputs
 
 FIGURES = ("f1", "iou", "precision", "recall", "auc", "pixels")
 
@@ -112,6 +113,7 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
     if not (config.val_scenes or config.val_patches):
         raise SlidemapError(f"config {config.source}: fine-tuning scores before and after on "
                             "data.val: add the held-out scenes or patches there")
+    check_run_inputs(out_dir, config)  # before the starting model is scored
     before = load_model(config.init)
     check_compatible(before, config)
     report: dict = {"init": str(config.init), "freeze_encoder": config.train.freeze_encoder,
