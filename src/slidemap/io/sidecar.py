@@ -73,6 +73,14 @@ def _positive(key: str, value: Any, high: float, optional: bool = False) -> floa
     return float(value)
 
 
+def _probability(key: str, value: Any) -> float:
+    """A probability in [0, 1]: a model file may carry the ends (0 maps every valid pixel, 1
+    none), which a user may pass on purpose; NaN or 2 is a broken file."""
+    if not _number(value) or not 0 <= value <= 1:
+        raise ValueError(f"{key} must be a probability from 0 to 1, not {value!r:.30}")
+    return float(value)
+
+
 def _inputs(raw: Any) -> dict:
     if not isinstance(raw, dict) or not set(raw) <= INPUT_KEYS:
         raise ValueError(f"inputs must be a mapping of {sorted(INPUT_KEYS)}")
@@ -172,7 +180,7 @@ def check_sidecar(raw: Any) -> dict:
         "inputs": inputs,
         "normalisation": {"mean": [float(v) for v in norm["mean"]],
                           "std": [float(v) for v in norm["std"]]},
-        "threshold": check_threshold(raw.get("threshold", 0.5)),
+        "threshold": _probability("threshold", raw.get("threshold", 0.5)),
         "predict": predict,
         "weights_dtype": weights_dtype,
         "provenance": provenance,

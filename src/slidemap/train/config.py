@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -262,12 +263,22 @@ def load_config(path: str | Path) -> RunConfig:
 YAML_MAX_BYTES = 2**20  # a run config is a page of YAML; a study a few
 YAML_MAX_ALIASES = 100  # each alias may repeat a whole subtree: more are a bomb, not a config
 YAML_MAX_DEPTH = 50
+YAML_MAX_NODES = 100_000  # values once every alias is expanded: a study grid has hundreds
 
 
 class _BoundedLoader(yaml.SafeLoader):
     """A safe loader that refuses what makes a small file expand into gigabytes or recurse
     without end: more than ``YAML_MAX_ALIASES`` aliases, nesting deeper than
-    ``YAML_MAX_DEPTH``."""
+    ``YAML_MAX_DEPTH``, more than ``YAML_MAX_NODES`` values once aliases are expanded (nine
+    aliases of nine aliases of ... are few, and expand into billions) or an alias inside its
+    own anchor. Aliases share their node until construction, so the check costs no memory."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > YAML_MAX_NODES:
+            raise yaml.YAMLError(f"more than {YAML_MAX_NODES:,} values once its aliases "
+                                 "(*name) are expanded")
+        return node
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -286,6 +297,24 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, float]) -> float:
+    """How many values ``node`` holds once every alias is expanded (infinite for an alias inside
+    its own anchor); ``sizes`` memoises shared nodes."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    sizes[key] = math.inf  # until done: a node met again inside itself is a cycle
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes)
+                       for k, v in node.value)
+    else:
+        size = 1
+    sizes[key] = size
+    return size
 
 
 def read_yaml(path: Path, what: str = "config") -> dict:
@@ -307,20 +336,23 @@ def read_yaml(path: Path, what: str = "config") -> dict:
     except OSError as exc:
         raise SlidemapError(f"{what} {path} cannot be read ({exc.strerror}): check the "
                             "path") from exc
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)
         raw = loader.get_single_data()
     except yaml.YAMLError as exc:
+        if type(exc) is yaml.YAMLError:  # a limit of _BoundedLoader
+            raise SlidemapError(f"{what} {path} is refused: {exc}; write it out plainly") \
+                from exc
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        detail = f" ({exc})" if type(exc) is yaml.YAMLError else ""
-        raise SlidemapError(f"{what} {path} is not valid YAML{where}{detail}: fix its "
-                            "syntax") from exc
+        raise SlidemapError(f"{what} {path} is not valid YAML{where}: fix its syntax") from exc
     except (RecursionError, ValueError, TypeError, OverflowError) as exc:
         raise SlidemapError(f"{what} {path} is not valid YAML ({type(exc).__name__}): fix its "
                             "syntax") from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(raw, dict):
         raise SlidemapError(f"{what} {path} must be a YAML mapping (key: value lines)")
     return raw
