@@ -283,3 +283,20 @@ def test_atomic_path_without_overwrite_never_replaces(tmp_path: Path) -> None:
         tmp.write_text("second")
     assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == [
         "figures.json"]
+
+
+def test_two_trainings_into_one_run_folder_cannot_interleave(
+        tmp_path: Path, tiny_scene: dict[str, Path]) -> None:
+    from slidemap.io.atomic import LOCK_NAME, folder_lock
+    from slidemap.train.config import load_config
+    from slidemap.train.finetune import train_run
+
+    config = load_config(run_config(tmp_path / "run.yaml", tiny_scene))
+    run = tmp_path / "run"
+    with folder_lock(run, "run folder"):  # another run is writing there
+        with pytest.raises(SlidemapError, match="another slidemap run"):
+            train_run(config, run)
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
+    assert not run.exists()  # the folder the lock made is gone with it
+    train_run(config, run)
+    assert (run / "model.safetensors").exists() and not (run / LOCK_NAME).exists()

@@ -115,8 +115,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
         arrays = patch_arrays(dataset[index], spec)
         prob, valid = native_prob(predictor, arrays, options)
         mask = np.where(valid, prob >= predictor.threshold, MASK_NODATA).astype(np.uint8)
-        _write_tif(paths[name]["prob"], prob, float("nan"))
-        _write_tif(paths[name]["mask"], mask, MASK_NODATA)
+        _write_tif(paths[name]["prob"], prob, float("nan"), overwrite)
+        _write_tif(paths[name]["mask"], mask, MASK_NODATA, overwrite)
         if confusion is not None and arrays.labels is not None:
             confusion.update(prob, arrays.labels)
         landslide += int((mask == 1).sum())
@@ -130,16 +130,17 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                      "landslide_pixels": landslide}
     if confusion is not None:
         summary["metrics"] = confusion.metrics()
-        with atomic_path(metrics_path) as tmp:
+        with atomic_path(metrics_path, overwrite) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
     else:  # an unlabelled set: no figures, and none left from an earlier run
         metrics_path.unlink(missing_ok=True)
     return summary
 
 
-def _write_tif(path: Path, array: np.ndarray, nodata: float) -> None:
-    """A single-band TIFF without georeference (patches have none), written atomically."""
-    with atomic_path(path) as tmp, writing(tmp), warnings.catch_warnings():
+def _write_tif(path: Path, array: np.ndarray, nodata: float, overwrite: bool = True) -> None:
+    """A single-band TIFF without georeference (patches have none), written atomically; without
+    ``overwrite`` an existing file (another run's) is never replaced."""
+    with atomic_path(path, overwrite) as tmp, writing(tmp), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", driver="GTiff", width=array.shape[1],
                            height=array.shape[0], count=1, dtype=array.dtype.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import uuid
@@ -209,3 +210,36 @@ def make_output_dir(path: Path, what: str = "output folder") -> None:
         raise SlidemapError(f"cannot create {what} {path} ({exc.strerror}): "
                             "choose a writable --out") from exc
     sweep_stale(path)
+
+
+LOCK_NAME = ".slidemap.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str = "output folder") -> Iterator[None]:
+    """Hold ``folder`` for one run: a second run into it fails at once with one line instead of
+    interleaving its files with this one's (run folders are written over many minutes, file by
+    file). The lock is an exclusive ``flock`` on ``folder/.slidemap.lock``, released, and the
+    file removed, when the block ends or the process dies; a folder this call had to create is
+    removed again if the run left nothing in it."""
+    created = not folder.exists()
+    make_output_dir(folder, what)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:  # removed by the run it waited on
+            raise BlockingIOError
+    except OSError as exc:
+        os.close(fd)
+        raise SlidemapError(f"another slidemap run is writing into {what} {folder}: wait for "
+                            "it to finish or choose another --out") from exc
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty

@@ -20,7 +20,7 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import score_arrays
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.atomic import atomic_path
+from slidemap.io.atomic import atomic_path, folder_lock
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.train.config import RunConfig
 from slidemap.train.runfolder import check_run_inputs
@@ -96,11 +96,13 @@ def train_run(config: RunConfig, out_dir: Path, resume: bool = False,
     from slidemap.train.members import train_members
 
     if config.train.members > 1:
-        train_members(config, out_dir, resume=resume, overwrite=overwrite)
+        with folder_lock(out_dir, "run folder"):
+            train_members(config, out_dir, resume=resume, overwrite=overwrite)
     elif config.init is not None and (config.val_scenes or config.val_patches):
         finetune(config, out_dir, resume=resume, overwrite=overwrite)
     else:
-        train(config, out_dir, resume=resume, overwrite=overwrite)
+        with folder_lock(out_dir, "run folder"):
+            train(config, out_dir, resume=resume, overwrite=overwrite)
 
 
 def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
@@ -118,11 +120,12 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
     check_compatible(before, config)
     report: dict = {"init": str(config.init), "freeze_encoder": config.train.freeze_encoder,
                     "before": _figures(score_on_val(before, config))}
-    model_path = train(config, out_dir, resume=resume, overwrite=overwrite)
-    report["after"] = _figures(score_on_val(load_model(model_path), config))
-    report["model"] = str(model_path)
-    with atomic_path(out_dir / "finetune.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with folder_lock(out_dir, "run folder"):
+        model_path = train(config, out_dir, resume=resume, overwrite=overwrite)
+        report["after"] = _figures(score_on_val(load_model(model_path), config))
+        report["model"] = str(model_path)
+        with atomic_path(out_dir / "finetune.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
