@@ -119,7 +119,8 @@ def test_a_sidecar_without_a_digest_still_loads(tiny_model: Path) -> None:
     assert load_model(tiny_model).width == 4
 
 
-@pytest.mark.parametrize("damage", ["empty", "short", "huge header", "not json", "bad shape"])
+@pytest.mark.parametrize("damage", ["empty", "short", "huge header", "not json", "bad shape",
+                                    "trailing bytes"])
 def test_a_damaged_weights_header_is_one_line(tiny_model: Path, damage: str) -> None:
     weights = model_paths(tiny_model)[0]
     data = weights.read_bytes()
@@ -131,6 +132,8 @@ def test_a_damaged_weights_header_is_one_line(tiny_model: Path, damage: str) -> 
         data = (2**62).to_bytes(8, "little") + data[8:]
     elif damage == "not json":
         data = data[:8] + b"\xff" * (len(data) - 8)
+    elif damage == "trailing bytes":  # a small model padded out to gigabytes
+        data = data + b"\0" * 4096
     else:
         length = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + length])

@@ -273,17 +273,22 @@ class Scene:
         out_h, out_w = max(1, round(self.height / shrink)), max(1, round(self.width / shrink))
         return self._read_dem(Window(0, 0, self.width, self.height), out_h, out_w)
 
-    def image_overview(self, bands: tuple[int, ...], max_side: int) -> np.ndarray:
-        """The image's ``bands`` shrunk to at most ``max_side`` px a side (float32, NaN where
-        the image has no data): a cheap look at its values before it is read window by
-        window."""
-        shrink = max(1.0, max(self.height, self.width) / max_side)
-        shape = (max(1, round(self.height / shrink)), max(1, round(self.width / shrink)))
+    def image_sample(self, bands: tuple[int, ...], side: int = 4, size: int = 64) -> np.ndarray:
+        """Values of the image's ``bands`` in ``side`` × ``side`` small windows spread over the
+        scene, as (C, N) float32 with NaN where the image has no data: a cheap look at its
+        values (a few blocks read, whatever the scene's size) before it is predicted."""
+        size = min(size, self.height, self.width)
+        rows = np.linspace(0, self.height - size, side).round().astype(int)
+        cols = np.linspace(0, self.width - size, side).round().astype(int)
+        parts = []
         with reading("image", self.image_path):
-            data = self._image.read(list(bands), out_shape=(len(bands), *shape),
-                                    resampling=Resampling.nearest).astype(np.float32)
-            valid = self._image.dataset_mask(out_shape=shape) > 0
-        return np.where(valid, data, np.nan)
+            for row in sorted(set(rows.tolist())):
+                for col in sorted(set(cols.tolist())):
+                    window = Window(col, row, size, size)
+                    data = self._image.read(list(bands), window=window).astype(np.float32)
+                    valid = self._image.dataset_mask(window=window) > 0
+                    parts.append(np.where(valid, data, np.nan).reshape(len(bands), -1))
+        return np.concatenate(parts, axis=1)
 
     def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""

@@ -54,8 +54,8 @@ def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) ->
     every sensor, and ``--normalise scene`` is the honest fix when the user asks for it."""
     if spec.optical != "raw":  # chromaticity is a ratio: the scale cancels
         return None
-    overview = scene.image_overview(spec.image_bands, OVERVIEW_SIDE)
-    for index, (band, values) in enumerate(zip(spec.image_bands, overview, strict=True)):
+    sample = scene.image_sample(spec.image_bands)
+    for index, (band, values) in enumerate(zip(spec.image_bands, sample, strict=True)):
         finite = values[np.isfinite(values)]
         if finite.size == 0:
             return None

@@ -51,9 +51,7 @@ from slidemap.io.sidecar import (
     check_scales,
     check_sidecar,
     header_shapes,
-)
-from slidemap.io.sidecar import (
-    check_threshold as check_threshold,
+    read_header,
 )
 from slidemap.models import build_network
 
@@ -269,16 +267,10 @@ def load_model(path: str | Path) -> ModelBundle:
     inputs = InputSpec.from_dict(config["inputs"])
     channels = len(inputs.channels)
     try:
-        data = weights_path.read_bytes()
-        stored = header_shapes(data)
+        stored = header_shapes(*read_header(weights_path))
     except (ValueError, OSError) as exc:
         raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
                             f"({_one_line(exc)}): re-download or re-train the model") from exc
-    digest = config.get("weights_sha256")
-    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
-        raise SlidemapError(f"model weights {weights_path} are not the ones its sidecar "
-                            f"{sidecar_path.name} was saved with: the two files must come from "
-                            "the same save (re-train, or restore both)")
 
     def network(device: str) -> nn.Module:
         with torch.device(device):
@@ -287,10 +279,17 @@ def load_model(path: str | Path) -> ModelBundle:
 
     try:
         shapes = {k: tuple(v.shape) for k, v in network("meta").state_dict().items()}
-    except (TypeError, ValueError, SlidemapError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError, AssertionError, ArithmeticError,
+            RuntimeError, SlidemapError) as exc:  # options no builder accepts
         raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({_one_line(exc)}): "
                             "re-export the model with slidemap") from exc
     _check_state(shapes, _restored_shapes(stored, shapes), weights_path)
+    data = weights_path.read_bytes()  # as large as the tensors the network needs: no more
+    digest = config.get("weights_sha256")
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise SlidemapError(f"model weights {weights_path} are not the ones its sidecar "
+                            f"{sidecar_path.name} was saved with: the two files must come from "
+                            "the same save (re-train, or restore both)")
     try:
         state = load(data)
     except SafetensorError as exc:

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import struct
+from pathlib import Path
 from typing import Any
 
 from slidemap.data.channels import OPTICAL_MODES, InputSpec
@@ -188,13 +189,27 @@ def check_sidecar(raw: Any) -> dict:
     }
 
 
-def header_shapes(data: bytes) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from a safetensors file's header (its first bytes), without reading a
-    tensor; a ``ValueError`` when the header is not one a safetensors writer makes."""
+def read_header(path: Path) -> tuple[bytes, int]:
+    """The first bytes of a safetensors file, up to the end of its header, and the file's
+    size: what :func:`header_shapes` reads, without reading a tensor."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        start = handle.read(8)
+        if len(start) < 8:
+            return start, size
+        (length,) = struct.unpack("<Q", start)
+        return start + handle.read(min(length, HEADER_MAX_BYTES, size)), size
+
+
+def header_shapes(data: bytes, size: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's header (``data``: its first bytes, at least up
+    to the header's end; ``size``: the file's, if ``data`` is not the whole file); a
+    ``ValueError`` when the header is not one a safetensors writer makes."""
+    size = len(data) if size is None else size
     if len(data) < 8:
         raise ValueError("the file is too short for a safetensors header")
     (length,) = struct.unpack("<Q", data[:8])
-    if length > min(HEADER_MAX_BYTES, len(data) - 8):
+    if length > min(HEADER_MAX_BYTES, size - 8, len(data) - 8):
         raise ValueError(f"its header claims {length:,} bytes, more than the file holds")
     try:
         header = json.loads(data[8:8 + length].decode("utf-8"))
@@ -202,8 +217,8 @@ def header_shapes(data: bytes) -> dict[str, tuple[int, ...]]:
         raise ValueError("its header is not JSON") from exc
     if not isinstance(header, dict):
         raise ValueError("its header is not a JSON object")
-    shapes = {}
-    body = len(data) - 8 - length
+    shapes: dict[str, tuple[int, ...]] = {}
+    body, end = size - 8 - length, 0
     for key, entry in header.items():
         if key == "__metadata__":
             continue
@@ -216,4 +231,7 @@ def header_shapes(data: bytes) -> dict[str, tuple[int, ...]]:
         if not ok:
             raise ValueError(f"tensor {key!r:.60} has a malformed header entry")
         shapes[key] = tuple(entry["shape"])
+        end = max(end, entry["data_offsets"][1])
+    if end != body:  # safetensors covers its data exactly: more is not a model's weights
+        raise ValueError(f"its tensors take {end:,} bytes but the file holds {body:,}")
     return shapes

@@ -19,7 +19,7 @@ from pyogrio.errors import DataLayerError, DataSourceError
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError
-from slidemap.io.atomic import atomic_path, check_outputs
+from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.report.plots import (
     curves_figure,
     png_bytes,
@@ -93,7 +93,7 @@ def build_report(folder: Path, out: Path | None = None, overwrite: bool = True) 
         + "".join(html for _, html in found)
         + "</main></body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out.parent)
     with atomic_path(out, overwrite) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out

@@ -14,7 +14,8 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.l4s import DEFAULT_BANDS
 from slidemap.data.sources import PatchSource, is_patch_source, l4s_inputs, parse_patch_source
 from slidemap.errors import SlidemapError
-from slidemap.io.modelfile import PredictDefaults, check_threshold, model_paths
+from slidemap.io.modelfile import PredictDefaults, model_paths
+from slidemap.io.sidecar import check_threshold
 
 
 @dataclass(frozen=True)
