@@ -135,18 +135,22 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def save_model(bundle: ModelBundle, path: str | Path, overwrite: bool = True) -> Path:
-    """Write weights and sidecar as one set (both appear, or neither is replaced); the sidecar
-    records the weights' SHA-256 so that a mismatched pair is refused at load. Without
-    ``overwrite`` an existing model file is never replaced. Returns the weights path."""
+def save_model(bundle: ModelBundle, path: str | Path, overwrite: bool = True,
+               companions: dict[Path, str] | None = None) -> Path:
+    """Write weights and sidecar as one set (both appear, or neither is replaced), with any
+    ``companions`` (path: text, e.g. a run's summary); the sidecar records the weights' SHA-256
+    so that a mismatched pair is refused at load. Without ``overwrite`` an existing model file
+    is never replaced. Returns the weights path."""
     weights_path, sidecar_path = model_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     data = save(stored_state(bundle.model, bundle.weights_dtype),
                 metadata={"format": "slidemap-model"})
     sidecar = {**bundle.sidecar(), "weights_sha256": hashlib.sha256(data).hexdigest()}
-    with staged({"weights": weights_path, "sidecar": sidecar_path}, overwrite) as tmp:
+    texts = {sidecar_path: json.dumps(sidecar, indent=2) + "\n", **(companions or {})}
+    with staged({"weights": weights_path, **{str(p): p for p in texts}}, overwrite) as tmp:
         tmp["weights"].write_bytes(data)
-        tmp["sidecar"].write_text(json.dumps(sidecar, indent=2) + "\n")
+        for target, text in texts.items():
+            tmp[str(target)].write_text(text)
     return weights_path
 
 

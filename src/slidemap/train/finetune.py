@@ -8,6 +8,7 @@ validation data, so the gain (or loss) is on record in ``finetune.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import types
 from dataclasses import replace
@@ -22,6 +23,7 @@ from slidemap.infer.patches import score_arrays
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.atomic import atomic_path, folder_lock
 from slidemap.io.modelfile import ModelBundle, load_model
+from slidemap.train import ddp
 from slidemap.train.config import RunConfig
 from slidemap.train.runfolder import check_run_inputs
 
@@ -96,13 +98,21 @@ def train_run(config: RunConfig, out_dir: Path, resume: bool = False,
     from slidemap.train.members import train_members
 
     if config.train.members > 1:
-        with folder_lock(out_dir, "run folder"):
+        with run_lock(out_dir):
             train_members(config, out_dir, resume=resume, overwrite=overwrite)
     elif config.init is not None and (config.val_scenes or config.val_patches):
         finetune(config, out_dir, resume=resume, overwrite=overwrite)
     else:
-        with folder_lock(out_dir, "run folder"):
+        with run_lock(out_dir):
             train(config, out_dir, resume=resume, overwrite=overwrite)
+
+
+def run_lock(out_dir: Path) -> contextlib.AbstractContextManager:
+    """One run at a time in ``out_dir`` (:func:`slidemap.io.atomic.folder_lock`); the other
+    ranks of a torchrun launch work under rank 0's lock."""
+    if ddp.launched_rank() != 0:
+        return contextlib.nullcontext()
+    return folder_lock(out_dir, "run folder")
 
 
 def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
@@ -120,7 +130,7 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
     check_compatible(before, config)
     report: dict = {"init": str(config.init), "freeze_encoder": config.train.freeze_encoder,
                     "before": _figures(score_on_val(before, config))}
-    with folder_lock(out_dir, "run folder"):
+    with run_lock(out_dir):
         model_path = train(config, out_dir, resume=resume, overwrite=overwrite)
         report["after"] = _figures(score_on_val(load_model(model_path), config))
         report["model"] = str(model_path)
