@@ -186,7 +186,7 @@ def bench(image: Path, dem: Path | None = None, model: Path | Sequence[Path] | N
     from slidemap.infer.bench import bench_scene
 
     if json_out is not None:
-        check_outputs([json_out], [image, dem, *model_files(model)], overwrite)
+        check_outputs([json_out], [image, dem, *model_files(model)], overwrite, "--json")
     result = bench_scene(image, dem, model_list(model), options or PredictOptions(), sample,
                          agreement)
     if json_out is not None:

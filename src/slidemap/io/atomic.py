@@ -178,24 +178,27 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_outputs(paths: Iterable[Path], inputs: Iterable[Path | None],
-                  overwrite: bool) -> None:
+                  overwrite: bool, option: str = "--out") -> None:
     """Refuse to overwrite inputs ever, and existing outputs unless ``overwrite``.
 
     Every command calls this with every file it reads (images, DEMs, truths, model files and
     their sidecars, configs): paths are compared resolved (links, ``..``) and, where both exist,
-    as the same file on disk (hard links, bind mounts).
+    as the same file on disk (hard links, bind mounts). ``option`` names where the user chose
+    the outputs.
     """
     inputs = [Path(p) for p in inputs if p is not None]
     resolved_inputs = {resolved(p) for p in inputs}
     for path in paths:
         path = Path(path)
         if resolved(path) in resolved_inputs or any(_same_file(path, p) for p in inputs):
-            raise SlidemapError(f"output {path} would overwrite an input: choose another --out")
+            raise SlidemapError(f"output {path} would overwrite an input: choose another "
+                                f"{option}")
         if path.is_symlink() and not path.exists():
             raise SlidemapError(f"output {path} is a broken or looping symbolic link: remove it "
-                                "or choose another --out")
+                                f"or choose another {option}")
         if path.exists() and not overwrite:
-            raise SlidemapError(f"output {path} exists: pass --overwrite or choose another --out")
+            raise SlidemapError(f"output {path} exists: pass --overwrite or choose another "
+                                f"{option}")
 
 
 def make_output_dir(path: Path, what: str = "output folder") -> None:
