@@ -29,7 +29,7 @@ from slidemap.io.sidecar import header_shapes
 from slidemap.models import build_model
 from slidemap.train.config import parse_config, read_yaml
 
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 

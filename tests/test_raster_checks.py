@@ -4,6 +4,7 @@ another scale than the model's."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,19 @@ def test_bad_scales_are_named_in_the_error(tmp_path: Path, tiny_scene: dict[str,
     code, err = run_cli("predict", tiny_scene["image"], "--model", tiny_model, "--out",
                         tmp_path / "out", "--scales", value)
     assert code == 2 and f"'{value}'" in err, err
+
+
+def test_a_raster_whose_crs_text_is_not_utf8_is_one_line(tmp_path: Path, tiny_model: Path,
+                                                         run_cli) -> None:
+    """Found by tests/test_fuzz.py: a GeoTIFF whose model type says geocentric and whose CRS
+    citation is not UTF-8 makes rasterio.open raise UnicodeDecodeError."""
+    clean = write_raster(tmp_path / "clean.tif", np.ones((3, 64, 64), dtype=np.uint8))
+    data = bytearray(clean.read_bytes())
+    model_type = data.index(struct.pack("<4H", 1024, 0, 1, 1))  # GTModelTypeGeoKey: projected
+    data[model_type + 6] = 3  # geocentric: GDAL names the CRS from the citation
+    data[data.index(b"WGS 84")] = 0x80
+    image = tmp_path / "damaged.tif"
+    image.write_bytes(bytes(data))
+    code, err = run_cli("predict", image, "--model", tiny_model, "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err and str(image) in err, err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1

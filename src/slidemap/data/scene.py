@@ -18,7 +18,7 @@ import numpy as np
 import rasterio
 from rasterio.coords import disjoint_bounds
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -41,11 +41,18 @@ def open_raster(path: str | Path, role: str) -> rasterio.DatasetReader:
         with warnings.catch_warnings():  # a missing CRS is checked (and explained) by the caller
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             dataset = rasterio.open(path)
-    except RasterioIOError as exc:
+    except (RasterioError, UnicodeDecodeError, ValueError) as exc:  # a damaged header too
         raise SlidemapError(
             f"{role} {path} cannot be read as a raster ({_first_line(exc)}): "
             "is it a complete, uncorrupted GeoTIFF?"
         ) from exc
+    try:  # header fields GDAL parses on demand: a damaged one fails here, not mid-run
+        _ = (dataset.crs, dataset.transform, dataset.nodatavals, dataset.dtypes)
+    except (UnicodeDecodeError, ValueError, RasterioError) as exc:
+        dataset.close()
+        raise SlidemapError(f"{role} {path} has a header that cannot be read "
+                            f"({_first_line(exc)}): is it a complete, uncorrupted GeoTIFF?"
+                            ) from exc
     complex_bands = [d for d in dataset.dtypes if np.issubdtype(np.dtype(d), np.complexfloating)
                      or d.startswith("complex")]
     if complex_bands:
