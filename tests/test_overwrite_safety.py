@@ -18,7 +18,14 @@ from conftest import write_raster
 from slidemap import api
 from slidemap.errors import SlidemapError
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.atomic import atomic_path, final_path, make_output_dir, staged, sweep_stale
+from slidemap.io.atomic import (
+    HOST,
+    atomic_path,
+    final_path,
+    make_output_dir,
+    staged,
+    sweep_stale,
+)
 from slidemap.io.modelfile import load_model, model_paths, save_model
 
 FAST = PredictOptions(precision="fp32")
@@ -229,14 +236,16 @@ def dead_pid() -> int:
 
 
 def test_temporaries_of_dead_processes_are_swept(tmp_path: Path) -> None:
-    dead = tmp_path / f".scene_prob.0123abcd-{dead_pid()}.partial.tif"
-    live = tmp_path / f".scene_mask.0123abcd-{os.getpid()}.staged.tif"
+    dead = tmp_path / f".scene_prob.0123abcd-{HOST}-{dead_pid()}.partial.tif"
+    live = tmp_path / f".scene_mask.0123abcd-{HOST}-{os.getpid()}.staged.tif"
+    elsewhere = tmp_path / f".scene_mask.0123abcd-{'0' if HOST[0] != '0' else '1'}{HOST[1:]}-" \
+        f"{dead_pid()}.partial.tif"  # another machine's, on a shared folder: cannot be checked
     mine = tmp_path / ".notes.txt"
-    for path in (dead, live, mine):
+    for path in (dead, live, elsewhere, mine):
         path.write_text("x")
     assert sweep_stale(tmp_path) == [dead]
-    assert not dead.exists() and live.exists() and mine.exists()
-    dead2 = tmp_path / f".model.89abcdef-{dead_pid()}.partial.safetensors"
+    assert not dead.exists() and live.exists() and elsewhere.exists() and mine.exists()
+    dead2 = tmp_path / f".model.89abcdef-{HOST}-{dead_pid()}.partial.safetensors"
     dead2.write_text("x")
     make_output_dir(tmp_path)  # every command creates its folder this way
     assert not dead2.exists()

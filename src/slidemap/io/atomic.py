@@ -1,10 +1,12 @@
 """Write to a temporary name beside the target, move into place only when complete.
 
-Temporary names are hidden (``.NAME.TOKEN-PID.partial.EXT``) and carry the id of the process
-writing them, so that the next run into the same folder can sweep those whose process has died
-(a ``kill -9`` gives no chance to clean up). Outputs that must not replace an existing file are
-published by a hard link, which fails if the name exists: two runs into one folder without
-``--overwrite`` cannot both succeed, however close together they check.
+Temporary names are hidden (``.NAME.TOKEN-HOST-PID.partial.EXT``) and carry the machine and the
+id of the process writing them, so that the next run on that machine into the same folder can
+sweep those whose process has died (a ``kill -9`` gives no chance to clean up); another
+machine's (a shared folder) are left alone, since their process cannot be checked from here.
+Outputs that must not replace an existing file are published by a hard link, which fails if the
+name exists: two runs into one folder without ``--overwrite`` cannot both succeed, however close
+together they check.
 """
 
 from __future__ import annotations
@@ -12,21 +14,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from slidemap.errors import SlidemapError
 
-TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}(?:-(?P<pid>\d+))?\.(?:partial|staged)"
-                       r"(?P<suffix>\.[^.]*)?$")
+TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}(?:-(?P<host>[0-9a-f]{6})-(?P<pid>\d+))?"
+                       r"\.(?:partial|staged)(?P<suffix>\.[^.]*)?$")
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def _temporary(target: Path, kind: str, token: str | None = None) -> Path:
     token = token or uuid.uuid4().hex[:8]
-    return target.with_name(f".{target.stem}.{token}-{os.getpid()}.{kind}{target.suffix}")
+    return target.with_name(f".{target.stem}.{token}-{HOST}-{os.getpid()}.{kind}"
+                            f"{target.suffix}")
 
 
 @contextlib.contextmanager
@@ -130,12 +136,13 @@ def final_path(path: str | Path) -> Path:
 def sweep_stale(folder: Path) -> list[Path]:
     """Remove the temporary files in ``folder`` left by processes of this machine that died
     before they could clean up; returns what was removed. Files of a live process (another run
-    writing now) and of other users are left alone."""
+    writing now), of another machine or user, and older ones without a machine and process in
+    their name are left alone."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             match = TEMPORARY.match(entry.name)
-            if match is None or match["pid"] is None or _alive(int(match["pid"])):
+            if match is None or match["host"] != HOST or _alive(int(match["pid"])):
                 continue
             with contextlib.suppress(OSError):
                 if entry.is_file(follow_symlinks=False) and entry.stat().st_uid == os.getuid():
