@@ -40,7 +40,6 @@ CASES = {
     "std infinite": {"normalisation": {"mean": [60.0] * 4, "std": [math.inf] * 4}},
     "mean text": {"normalisation": {"mean": ["a"] * 4, "std": [1.0] * 4}},
     "in_channels wrong": {"in_channels": 7},
-    "unknown field": {"widht": 4},
     "predict tile 1": {"predict": {"tile": 1, "overlap": 0, "scales": [1.0]}},
     "predict overlap past tile": {"predict": {"tile": 64, "overlap": 64, "scales": [1.0]}},
     "predict scales NaN": {"predict": {"tile": 64, "overlap": 16, "scales": [math.nan]}},

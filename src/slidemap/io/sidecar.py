@@ -26,9 +26,6 @@ MAX_BANDS = 256  # image bands a model may read
 MAX_OPTION = 4096  # any whole number among the architecture options
 SCALE_RANGE = (0.25, 4.0)
 WEIGHTS_DTYPES = ("float32", "float16", "int8", "int4")
-SIDECAR_KEYS = {"format", "format_version", "architecture", "width", "members", "options",
-                "in_channels", "inputs", "channels", "normalisation", "threshold", "predict",
-                "weights_dtype", "provenance", "weights_sha256"}
 INPUT_KEYS = {"image_bands", "dem", "slope", "resolution_m", "scale", "optical", "relief_m"}
 SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL",
                       "U16", "U32", "U64", "F8_E4M3", "F8_E5M2"}
@@ -125,14 +122,12 @@ def _options(raw: Any) -> dict:
 
 
 def check_sidecar(raw: Any) -> dict:
-    """The sidecar's fields with defaults filled in; a ``ValueError`` (or ``SlidemapError``)
-    naming the first wrong field otherwise. Sizes are capped (``MAX_WIDTH``, ``MAX_MEMBERS``,
-    ``MAX_BANDS``), so no sidecar can ask for a network of gigabytes."""
+    """The sidecar's fields with defaults filled in (fields it does not know as they are); a
+    ``ValueError`` (or ``SlidemapError``) naming the first wrong field otherwise. Sizes are
+    capped (``MAX_WIDTH``, ``MAX_MEMBERS``, ``MAX_BANDS``), so no sidecar can ask for a network
+    of gigabytes."""
     if not isinstance(raw, dict):
         raise ValueError("it must be a JSON object")
-    unknown = sorted(set(raw) - SIDECAR_KEYS, key=str)
-    if unknown:
-        raise ValueError(f"unknown field(s) {unknown[:3]}")
     if raw.get("format", "slidemap-model") != "slidemap-model":
         raise ValueError("format must be slidemap-model")
     _whole("format_version", raw.get("format_version", 1), 1, 1)
@@ -174,6 +169,7 @@ def check_sidecar(raw: Any) -> dict:
                                    and re.fullmatch(r"[0-9a-f]{64}", digest)):
         raise ValueError("weights_sha256 must be 64 hexadecimal digits")
     return {
+        **raw,  # fields this version does not know pass through unread
         "architecture": architecture,
         "width": _whole("width", raw.get("width"), 1, MAX_WIDTH),
         "members": _whole("members", raw.get("members", 1), 1, MAX_MEMBERS),
