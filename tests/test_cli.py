@@ -86,7 +86,7 @@ def test_help_shows_choices_not_types(capsys, monkeypatch) -> None:
     (["predict", "x.tif", "--out", "o", "--format", "shp"], 2, "'shp' is not one of"),
     (["predict", "x.tif", "--out", "o", "--precison", "fp32"], 2, "--precison"),
     (["predict", "x.tif", "--out", "o", "--scales", "1,x"], 2, "--scales '1,x'"),
-    (["predict", "x.tif", "--out", "o", "--scales", "nan"], 2, "got [nan]"),  # not markup
+    (["predict", "x.tif", "--out", "o", "--scales", "nan"], 2, "got nan"),
     (["-q", "-v", "models"], 2, "--verbose and --quiet"),
     (["evaluate", "truth.tif"], 2, "--prediction RASTER or --image"),
     (["predict", "x.tif", "--out", "o"], 1, "x.tif does not exist"),

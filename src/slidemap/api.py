@@ -24,14 +24,14 @@ from slidemap.infer.vectorize import (
     inventory_paths,
     write_inventory,
 )
-from slidemap.io.atomic import check_outputs, make_output_dir, staged
+from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir, resolved, staged
 from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
 from slidemap.io.names import DatasetName, dataset_stem, local_files
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
-from slidemap.report.plots import write_evaluation_plots
+from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-fusion.safetensors"
@@ -62,6 +62,21 @@ def model_list(models: str | Path | Sequence[str | Path] | None) -> list[Path]:
     return [Path(models)] if isinstance(models, str | Path) else [Path(m) for m in models]
 
 
+def model_files(models: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """Every file the model files asked for consist of (weights and sidecars): inputs that no
+    output may replace."""
+    return [file for path in model_list(models) for file in model_paths(path)]
+
+
+def files_under(folder: Path, out_dir: Path) -> list[Path]:
+    """The files of an input ``folder`` when ``out_dir`` lies inside it (where an output could
+    replace one of them); none otherwise."""
+    folder, out = resolved(folder), resolved(out_dir)
+    if out != folder and folder not in out.parents:
+        return []
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
 def load_predictor(models: str | Path | Sequence[str | Path] | None,
                    options: PredictOptions) -> Predictor:
     """The shipped model, one model file, or an ensemble of several (probabilities averaged)."""
@@ -88,14 +103,17 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
     if source is not None:
         image, dem = source.image, dem if dem is not None else source.dem
     paths = output_paths(image, out_dir, formats)
+    check_outputs(list(paths.values()),
+                  [*local_files(image, dem, source and source.source), *model_files(model)],
+                  overwrite)
     predictor = load_predictor(model, options)
     tags = provenance(predictor.paths, predictor.threshold,
                       {"image": image, "dem": dem, "stac_item": source and source.source})
     fmt = RasterFormat(prob_dtype, tags)
-    check_outputs(list(paths.values()),
-                  local_files(image, dem, source and source.source), overwrite)
     make_output_dir(out_dir)
-    with staged(paths) as tmp:  # every file appears together, or none does
+    # All files appear together, or none does; without --overwrite, a run into the same
+    # folder that published first wins and this one fails.
+    with staged(paths, overwrite) as tmp:
         counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
                                progress, replace(fmt, mask_aux=tmp["mask_aux"]))
         default_area, default_simplify = inventory_defaults(counts["working_pixel_m"])
@@ -143,13 +161,15 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         outputs = {k: paths[k] for k in ("prob", "mask", "mask_aux")}
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
-        check_outputs(list(outputs.values()),
-                      local_files(truth, prediction, image, dem)
-                      + [file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],
-                      overwrite)
+        plots = [out_dir / name for name in EVALUATION_PLOTS]
+        check_outputs([*outputs.values(), *plots],
+                      [*local_files(truth, prediction, image, dem),
+                       *[file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],
+                       *(model_files(model) if image is not None else [])], overwrite)
         make_output_dir(out_dir)
     report: dict = {"truth": str(truth), **({"aoi": str(aoi)} if aoi is not None else {})}
-    with staged(outputs) as tmp:  # rasters and metrics appear together, or none does
+    # Rasters and metrics appear together, or none does.
+    with staged(outputs, overwrite) as tmp:
         scored = prediction
         if predictor is not None and image is not None:
             tags = provenance(predictor.paths, predictor.threshold, {"image": image, "dem": dem})
@@ -228,8 +248,9 @@ def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | 
     """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
     ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
     options = options or PredictOptions()
+    inputs = [*model_files(model), *files_under(folder, out_dir)]
     return predict_patch_set(load_predictor(model, options), folder, out_dir, options, scale,
-                             pixel_size, overwrite, progress)
+                             pixel_size, overwrite, progress, inputs)
 
 
 def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -> dict:
@@ -242,7 +263,7 @@ def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -
     target = out or onnxfile.onnx_path_for(model)
     check_outputs([target], list(model_paths(model)), overwrite)
     make_output_dir(target.parent)
-    onnxfile.export_onnx(bundle, target)
+    onnxfile.export_onnx(bundle, target, overwrite)
     return {"onnx": str(target), "opset": onnxfile.OPSET,
             "stride": onnxfile.model_stride(bundle.model),
             "channels": len(bundle.inputs.channels)}
@@ -256,17 +277,26 @@ def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = 
     inputs, targets = list(model_paths(model)), list(model_paths(out))
     check_outputs(targets, inputs, overwrite)
     make_output_dir(targets[0].parent)
-    written = save_model(replace(bundle, weights_dtype=weights_dtype), out)
+    written = save_model(replace(bundle, weights_dtype=weights_dtype), out, overwrite)
     return {"model": str(written), "weights_dtype": weights_dtype,
             "bytes": written.stat().st_size, "bytes_before": inputs[0].stat().st_size}
 
 
 def bench(image: Path, dem: Path | None = None, model: Path | Sequence[Path] | None = None,
           options: PredictOptions | None = None, sample: int = 32,
-          agreement: bool = False) -> dict:
+          agreement: bool = False, json_out: Path | None = None,
+          overwrite: bool = False) -> dict:
     """Model-only against end-to-end throughput of mapping ``image``, and peak RSS
-    (``slidemap.infer.bench``); with ``agreement``, how close the map is to torch fp32."""
+    (``slidemap.infer.bench``); with ``agreement``, how close the map is to torch fp32. The
+    figures also go to ``json_out`` if given (checked before the run, like every output)."""
     from slidemap.infer.bench import bench_scene
 
-    return bench_scene(image, dem, model_list(model), options or PredictOptions(), sample,
-                       agreement)
+    if json_out is not None:
+        check_outputs([json_out], [image, dem, *model_files(model)], overwrite, "--json")
+    result = bench_scene(image, dem, model_list(model), options or PredictOptions(), sample,
+                         agreement)
+    if json_out is not None:
+        make_output_dir(json_out.parent)
+        with atomic_path(json_out, overwrite) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+    return result

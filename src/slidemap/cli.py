@@ -373,12 +373,13 @@ def make_report(
     interactive: Annotated[bool, typer.Option(
         help="predict folders: add a pan-and-zoom map (Leaflet, inlined: works offline)")
     ] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing report")] = False,
 ) -> None:
     """One self-contained HTML report (map, figures, plots, inventory) of an output folder."""
     from slidemap.report.html import build_report
     from slidemap.report.provenance import Provenance
 
-    log.info(f"report {build_report(folder, out, Provenance(image=image), interactive)}")
+    log.info(f"report {build_report(folder, out, Provenance(image=image), interactive, overwrite)}")
 
 
 @app.command()
@@ -581,6 +582,7 @@ def bench(
     ] = False,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="also write the figures to this JSON file; - for stdout")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --json file")] = False,
 ) -> None:
     """Throughput: model-only vs end-to-end megapixels/s (read, model, blend, write), peak RSS."""
     from rich.table import Table
@@ -591,7 +593,9 @@ def bench(
 
     options = PredictOptions(tile, overlap, batch_size, precision, backend=backend,
                              compile=compile_model, scales=_scales(scales))
-    result = api.bench(image, dem, model, options, sample, agreement)
+    to_stdout = json_out is not None and str(json_out) == "-"
+    result = api.bench(image, dem, model, options, sample, agreement,
+                       None if to_stdout else json_out, overwrite)
     table = Table(title=Text(f"{image.name}: {result['size'][0]}×{result['size'][1]} px, "
                              f"{result['backend']} {result['precision']}"
                              f"{' compiled' if result['compile'] else ''}"))
@@ -604,10 +608,8 @@ def bench(
     for key, value in result.get("agreement_vs_fp32", {}).items():
         table.add_row(f"vs fp32: {key}", f"{value:.6g}")
     _show(table)
-    if json_out is not None and str(json_out) == "-":
+    if to_stdout:
         print(json.dumps(result))
-    elif json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> None:

@@ -2,7 +2,14 @@
 
 
 class SlidemapError(Exception):
-    """Bad input or a failed precondition; the CLI prints it on one line and exits 1."""
+    """Bad input or a failed precondition; the CLI prints it on one line and exits 1.
+
+    Line breaks in the message (a value quoted from a file may hold them) become spaces, so the
+    message stays one line whatever it quotes.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(" ".join(str(message).splitlines()))
 
 
 class UsageError(SlidemapError):

@@ -21,7 +21,7 @@ import rasterio
 from affine import Affine
 from rasterio.coords import disjoint_bounds
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -33,6 +33,7 @@ from slidemap.errors import SlidemapError
 from slidemap.io.names import DatasetName, as_name, local_path
 
 IGNORE = 255
+LABEL_VALUES = (0, 1, IGNORE)
 
 
 def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
@@ -49,13 +50,38 @@ def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
     try:
         with warnings.catch_warnings():  # a missing CRS is checked (and explained) by the caller
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(as_name(name))
-    except RasterioIOError as exc:
+            dataset = rasterio.open(as_name(name))
+    except (RasterioError, UnicodeDecodeError, ValueError) as exc:  # a damaged header too
         hint = ("is it a complete, uncorrupted GeoTIFF?" if path is not None else
                 "check the name, the network and the credentials GDAL needs for it")
         raise SlidemapError(
             f"{role} {name} cannot be read as a raster ({_first_line(exc)}): {hint}"
         ) from exc
+    try:  # header fields GDAL parses on demand: a damaged one fails here, not mid-run
+        _ = (dataset.crs, dataset.transform, dataset.nodatavals, dataset.dtypes)
+    except (UnicodeDecodeError, ValueError, RasterioError) as exc:
+        dataset.close()
+        raise SlidemapError(f"{role} {name} has a header that cannot be read "
+                            f"({_first_line(exc)}): is it a complete, uncorrupted GeoTIFF?"
+                            ) from exc
+    complex_bands = [d for d in dataset.dtypes if np.issubdtype(np.dtype(d), np.complexfloating)
+                     or d.startswith("complex")]
+    if complex_bands:
+        dataset.close()
+        raise SlidemapError(f"{role} {name} has complex-valued bands ({complex_bands[0]}): "
+                            "convert it to real values first (e.g. the amplitude with "
+                            "gdal_calc.py --calc='abs(A)')")
+    return dataset
+
+
+def check_label_dtype(dataset: rasterio.DatasetReader, path: str | Path) -> None:
+    """Labels are whole numbers: a floating-point raster is a probability or a measurement,
+    and rounding it into classes would score or train on something nobody labelled."""
+    dtype = dataset.dtypes[0]
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+        dataset.close()
+        raise SlidemapError(f"label raster {path} holds {dtype} values: labels must be an "
+                            "integer raster of 0 (background), 1 (landslide) and 255 (ignore)")
 
 
 def _first_line(exc: Exception) -> str:
@@ -113,6 +139,7 @@ class Scene:
             polygons = mask if mask is not None and is_vector(mask) else None
             if mask is not None and polygons is None:
                 self._mask_src = open_raster(mask, "label raster")
+                check_label_dtype(self._mask_src, mask)
                 self._mask = self._align(self._mask_src, mask, "label raster", Resampling.nearest)
             if polygons is not None or aoi is not None:
                 if self._image.crs is None:
@@ -289,6 +316,23 @@ class Scene:
         out_h, out_w = max(1, round(self.height / shrink)), max(1, round(self.width / shrink))
         return self._read_dem(Window(0, 0, self.width, self.height), out_h, out_w)
 
+    def image_sample(self, bands: tuple[int, ...], side: int = 4, size: int = 64) -> np.ndarray:
+        """Values of the image's ``bands`` in ``side`` × ``side`` small windows spread over the
+        scene, as (C, N) float32 with NaN where the image has no data: a cheap look at its
+        values (a few blocks read, whatever the scene's size) before it is predicted."""
+        size = min(size, self.height, self.width)
+        rows = np.linspace(0, self.height - size, side).round().astype(int)
+        cols = np.linspace(0, self.width - size, side).round().astype(int)
+        parts = []
+        with reading("image", self.image_path):
+            for row in sorted(set(rows.tolist())):
+                for col in sorted(set(cols.tolist())):
+                    window = Window(col, row, size, size)
+                    data = self._image.read(list(bands), window=window).astype(np.float32)
+                    valid = self._image.dataset_mask(window=window) > 0
+                    parts.append(np.where(valid, data, np.nan).reshape(len(bands), -1))
+        return np.concatenate(parts, axis=1)
+
     def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""
         height, width = int(window.height), int(window.width)
@@ -338,13 +382,21 @@ class Scene:
         return self._read_dem(halo, out_h + top + bottom, out_w + left + right), (top, left)
 
     def _read_mask(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
-        """Labels of a window: the label raster read by nearest neighbour, or the polygons
-        burnt at the centres of the (decimated) pixels; then the AOI if there is one."""
+        """Labels of a window: the label raster read by nearest neighbour (values checked before
+        any cast), or the polygons burnt at the centres of the (decimated) pixels; then the AOI
+        if there is one."""
         labels = None
         if self._mask is not None:
             with reading("label raster", self.mask_path):
                 labels = self._mask.read(1, window=window, out_shape=(out_h, out_w),
-                                         resampling=Resampling.nearest).astype(np.uint8)
+                                         resampling=Resampling.nearest)
+            if labels.dtype != np.uint8:  # a cast would turn 256 into 0 and -1 into 255
+                unexpected = np.setdiff1d(np.unique(labels), LABEL_VALUES)
+                if unexpected.size:
+                    raise SlidemapError(
+                        f"label raster {self.mask_path} has values {unexpected[:5].tolist()}: "
+                        "labels must be 0 (background), 1 (landslide) or 255 (ignore)")
+            labels = labels.astype(np.uint8)
         if self._vectors is None:
             assert labels is not None
             return labels

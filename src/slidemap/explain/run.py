@@ -27,7 +27,7 @@ from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
 from slidemap.infer.predict import MIN_WORKING_SIZE
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
-from slidemap.io.modelfile import ModelBundle
+from slidemap.io.modelfile import ModelBundle, model_paths
 from slidemap.io.names import DatasetName, local_files
 
 MAX_WORKING_SIDE = 2048  # Grad-CAM keeps every activation for the backward pass: bound the window
@@ -92,7 +92,8 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     if georeferenced:
         files.update({f"{name}.tif": out_dir / f"{name}.tif" for name in heats})
     files["explain.json"] = out_dir / "explain.json"
-    check_outputs(list(files.values()), local_files(image, dem), overwrite)
+    models = model_paths(bundle.path) if bundle.path is not None else ()
+    check_outputs(list(files.values()), [*local_files(image, dem), *models], overwrite)
     make_output_dir(out_dir)
 
     rgb = rgb_preview(np.where(valid, sample["image"], np.nan))
@@ -114,7 +115,7 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
         "channel_attention": {k: v.round(4).tolist() for k, v in attention.channel.items()},
         "files": {k: str(v) for k, v in files.items()},
     }
-    with atomic_path(files["explain.json"]) as tmp:
+    with atomic_path(files["explain.json"], overwrite) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -1,4 +1,5 @@
-"""Does a scene lie within the elevations a model was trained on?
+"""Does a scene lie within the elevations, and its image within the values, a model was
+trained on?
 
 A model with a ``dem`` channel reads absolute elevation, normalised with its training statistics,
 and leans on it: the slides of its training valley lie in one altitude band (``models/README.md``,
@@ -42,4 +43,31 @@ def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]
                     "trained on: it reads absolute elevation, so expect a poor map; use a model "
                     "trained with inputs.relief_m instead of dem "
                     "(configs/jinsha-fusion-relief.yaml) or without the DEM")
+    return None
+
+
+def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:
+    """A one-line warning when a raw image band's median lies more than ``SPREAD`` training
+    standard deviations from the training mean of any of the models: imagery on another scale
+    (16-bit counts, reflectances, int16 with negative values) normalised with 8-bit statistics
+    gives a map of nothing. A warning, not a silent rescaling: no linear stretch is right for
+    every sensor, and ``--normalise scene`` is the honest fix when the user asks for it."""
+    if spec.optical != "raw":  # chromaticity is a ratio: the scale cancels
+        return None
+    sample = scene.image_sample(spec.image_bands)
+    for index, (band, values) in enumerate(zip(spec.image_bands, sample, strict=True)):
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            return None
+        median = float(np.median(finite))
+        for model_stats in stats:
+            mean, std = model_stats.mean[index], model_stats.std[index]
+            if abs(median - mean) > SPREAD * std:
+                low = float(finite.min())
+                negative = f", down to {low:g}" if low < 0 else ""
+                return (f"image {scene.image_path} band {band} lies around {median:g} "
+                        f"(median{negative}), outside the {mean - SPREAD * std:g} to "
+                        f"{mean + SPREAD * std:g} the model was trained on: expect a poor map; "
+                        "rescale the image to the model's range (e.g. 8-bit), set its nodata "
+                        "value if negative values mean no data, or pass --normalise scene")
     return None

@@ -19,7 +19,8 @@ from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scaling import demote
 from slidemap.errors import SlidemapError
 from slidemap.infer.backends import Backend, make_backend
-from slidemap.io.modelfile import ModelBundle, check_scales, check_threshold
+from slidemap.io.modelfile import ModelBundle
+from slidemap.io.sidecar import check_scales, check_threshold
 
 
 class Predictor:

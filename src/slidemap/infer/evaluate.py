@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from rasterio.windows import Window
 
 from slidemap.data.dataset import check_labels
 from slidemap.data.scene import Scene
+from slidemap.errors import SlidemapError
 from slidemap.train.metrics import BinaryConfusion
 
 
@@ -21,10 +23,21 @@ def score_raster(prediction: Path, truth: Path, threshold: float = 0.5,
     """
     confusion = BinaryConfusion(threshold)
     with Scene(prediction, mask=truth, require_crs=False, apply_scale=True, aoi=aoi) as scene:
+        if scene.band_count != 1:
+            raise SlidemapError(f"prediction {prediction} has {scene.band_count} bands: pass "
+                                "a single-band probability (0-1) or mask (0/1) raster")
         for top in range(0, scene.height, strip_rows):
             window = Window(0, top, scene.width, min(strip_rows, scene.height - top))
             sample = scene.read(window, (1,))
             check_labels(sample["mask"], truth)
             prob = sample["image"][0]
-            confusion.update(prob, sample["mask"], sample["valid"])
+            valid = sample["valid"] & np.isfinite(prob)
+            outside = valid & ((prob < 0) | (prob > 1))
+            if outside.any():
+                values = prob[outside]
+                raise SlidemapError(
+                    f"prediction {prediction} has values from {values.min():g} to "
+                    f"{values.max():g} outside 0-1: pass a probability (0-1) or mask (0/1) "
+                    "raster, with its nodata value set (e.g. gdal_edit.py -a_nodata 255)")
+            confusion.update(prob, sample["mask"], valid)
     return confusion

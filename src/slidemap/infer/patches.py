@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,12 +90,13 @@ def patch_output_paths(name: str, out_dir: Path) -> dict[str, Path]:
 def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                       options: PredictOptions, scale: float | None = None,
                       pixel_size: float | None = None, overwrite: bool = False,
-                      progress: Progress | None = None) -> dict:
+                      progress: Progress | None = None, inputs: Sequence[Path] = ()) -> dict:
     """Write ``NAME_prob.tif`` (float32, NaN nodata) and ``NAME_mask.tif`` (uint8: 1 landslide,
     0 background, 255 nodata) per patch, and ``metrics.json`` when the set has labels.
 
     ``scale`` overrides the model's up-sampling factor; ``options.normalise == "scene"`` uses the
-    statistics of all patches of the set instead of the model's.
+    statistics of all patches of the set instead of the model's. No output may replace one of
+    ``inputs`` (the model files, and the set's files when ``out_dir`` lies inside it).
     """
     spec = predictor.spec if scale is None else replace(predictor.spec, scale=scale)
     if not spec.scale > 0:
@@ -103,7 +105,7 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
     metrics_path = out_dir / "metrics.json"
     targets = [p for pair in paths.values() for p in pair.values()] + [metrics_path]
-    check_outputs(targets, [], overwrite)
+    check_outputs(targets, inputs, overwrite)
     make_output_dir(out_dir)
     if options.normalise == "scene":
         predictor = predictor.with_stats(patch_stats(dataset, spec))
@@ -115,8 +117,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
         arrays = patch_arrays(dataset[index], spec)
         prob, valid = native_prob(predictor, arrays, options)
         mask = np.where(valid, prob >= predictor.threshold, MASK_NODATA).astype(np.uint8)
-        _write_tif(paths[name]["prob"], prob, float("nan"), tags)
-        _write_tif(paths[name]["mask"], mask, MASK_NODATA, tags)
+        _write_tif(paths[name]["prob"], prob, float("nan"), tags, overwrite)
+        _write_tif(paths[name]["mask"], mask, MASK_NODATA, tags, overwrite)
         if confusion is not None and arrays.labels is not None:
             confusion.update(prob, arrays.labels)
         landslide += int((mask == 1).sum())
@@ -130,17 +132,19 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                      "landslide_pixels": landslide}
     if confusion is not None:
         summary["metrics"] = confusion.metrics()
-        with atomic_path(metrics_path) as tmp:
+        with atomic_path(metrics_path, overwrite) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
     else:  # an unlabelled set: no figures, and none left from an earlier run
         metrics_path.unlink(missing_ok=True)
     return summary
 
 
-def _write_tif(path: Path, array: np.ndarray, nodata: float, tags: dict[str, str]) -> None:
+def _write_tif(path: Path, array: np.ndarray, nodata: float, tags: dict[str, str],
+               overwrite: bool = True) -> None:
     """A single-band TIFF without georeference (patches have none), written atomically, with
-    the provenance ``tags``; a mask (uint8) with its colour table and class names."""
-    with atomic_path(path) as tmp, writing(tmp), warnings.catch_warnings():
+    the provenance ``tags``; a mask (uint8) with its colour table and class names. Without
+    ``overwrite`` an existing file (another run's) is never replaced."""
+    with atomic_path(path, overwrite) as tmp, writing(tmp), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", driver="GTiff", width=array.shape[1],
                            height=array.shape[0], count=1, dtype=array.dtype.name,

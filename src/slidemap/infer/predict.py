@@ -18,7 +18,7 @@ from rich.progress import Progress
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.distributed import band_source
-from slidemap.infer.domain import elevation_mismatch
+from slidemap.infer.domain import elevation_mismatch, image_mismatch
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.separated import scene_stats
 from slidemap.infer.stream import Grid, bounded_gdal_cache, write_bands
@@ -89,8 +89,11 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
             )
         if options.normalise == "scene":
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
-        elif message := elevation_mismatch(scene, spec, predictor.stats):
-            warnings.warn(message, SlidemapWarning, stacklevel=2)
+        else:
+            for message in (elevation_mismatch(scene, spec, predictor.stats),
+                            image_mismatch(scene, spec, predictor.stats)):
+                if message:
+                    warnings.warn(message, SlidemapWarning, stacklevel=2)
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         task = progress.add_task(f"predict {display_name(image)}", total=grid.window_count) \
             if progress else None

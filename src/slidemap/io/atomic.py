@@ -1,42 +1,59 @@
-"""Write to a temporary name beside the target, move into place only when complete."""
+"""Write to a temporary name beside the target, move into place only when complete.
+
+Temporary names are hidden (``.NAME.TOKEN-HOST-PID.partial.EXT``) and carry the machine and the
+id of the process writing them, so that the next run on that machine into the same folder can
+sweep those whose process has died (a ``kill -9`` gives no chance to clean up); another
+machine's (a shared folder) are left alone, since their process cannot be checked from here.
+Outputs that must not replace an existing file are published by a hard link, which fails if the
+name exists: two runs into one folder without ``--overwrite`` cannot both succeed, however close
+together they check.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hashlib
 import os
 import re
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from slidemap.errors import SlidemapError
 
+TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}(?:-(?P<host>[0-9a-f]{6})-(?P<pid>\d+))?"
+                       r"\.(?:partial|staged)(?P<suffix>\.[^.]*)?$")
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _temporary(target: Path, kind: str, token: str | None = None) -> Path:
+    token = token or uuid.uuid4().hex[:8]
+    return target.with_name(f".{target.stem}.{token}-{HOST}-{os.getpid()}.{kind}"
+                            f"{target.suffix}")
+
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in ``target``'s folder; on success rename it onto ``target``.
+def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder; on success move it onto ``target``.
 
     On any error (or interruption) the temporary file is removed, so no file that looks complete
     is ever left behind. The temporary name keeps the suffix so drivers pick the right format.
+    With ``overwrite`` False an existing ``target`` (even one created meanwhile by another run)
+    is left alone and the write fails with a one-line error.
     """
-    target = Path(target)
-    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
-    try:
-        yield tmp
-        if tmp.exists():  # some writers (safetensors) create private 0600 files
-            os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with staged({"file": Path(target)}, overwrite, kind="partial") as tmps:
+        yield tmps["file"]
 
 
 @contextlib.contextmanager
 def scratch_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder for an intermediate file, always removed
-    afterwards (named like :func:`atomic_path`'s, so errors still name ``target``)."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
+    afterwards (named like :func:`atomic_path`'s, so errors still name ``target`` and a killed
+    run's leftover is swept)."""
+    tmp = _temporary(Path(target), "partial")
     try:
         yield tmp
     finally:
@@ -45,27 +62,80 @@ def scratch_path(target: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
+def staged(targets: dict[str, Path], overwrite: bool = True,
+           kind: str = "staged") -> Iterator[dict[str, Path]]:
     """Temporary names for a set of outputs that belong together, moved into place together.
 
     Nothing of the set appears under its final name unless every file was written: on an error
     all temporary files are removed and existing files under the final names are left as they
-    were (a run with ``--overwrite`` that fails keeps the previous outputs).
+    were (a run with ``--overwrite`` that fails keeps the previous outputs). A failed write that
+    names a temporary file is reported with the name the user asked for.
     """
     token = uuid.uuid4().hex[:8]
-    tmps = {key: path.with_name(f".{path.stem}.{token}.staged{path.suffix}")
-            for key, path in targets.items()}
+    tmps = {key: _temporary(Path(path), kind, token) for key, path in targets.items()}
     try:
-        yield tmps
-        for key, target in targets.items():
-            os.replace(tmps[key], target)
+        try:
+            yield tmps
+        except OSError as exc:
+            if exc.filename is not None and Path(str(exc.filename)) in tmps.values():
+                raise write_error(Path(str(exc.filename)), exc) from exc
+            raise
+        for tmp in tmps.values():
+            if tmp.exists():  # some writers (safetensors) create private 0600 files
+                os.chmod(tmp, 0o666 & ~_umask())
+        publish({tmps[key]: Path(target) for key, target in targets.items()}, overwrite)
     finally:
         for tmp in tmps.values():
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
 
-TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}\.(?:partial|staged)(?P<suffix>\.[^.]*)?$")
+def publish(moves: dict[Path, Path], overwrite: bool) -> None:
+    """Move each temporary file onto its target. Without ``overwrite`` each target is created
+    exclusively (a hard link fails if the name exists); if any exists, the ones this call
+    created are removed again and nothing of the set is published."""
+    if overwrite:
+        for tmp, target in moves.items():
+            _move(tmp, target)
+        return
+    created: list[Path] = []
+    try:
+        for tmp, target in moves.items():
+            try:
+                os.link(tmp, target)
+            except FileExistsError as exc:
+                raise SlidemapError(f"output {target} exists (another run may have written it "
+                                    "meanwhile): pass --overwrite or choose another --out"
+                                    ) from exc
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                    raise write_error(target, exc) from exc
+                if target.exists():  # no hard links here: check, then move
+                    raise SlidemapError(f"output {target} exists: pass --overwrite or choose "
+                                        "another --out") from exc
+                _move(tmp, target)
+            created.append(target)
+    except BaseException:
+        for target in created:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+        raise
+
+
+def _move(tmp: Path, target: Path) -> None:
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
+
+
+def write_error(path: Path, exc: OSError) -> SlidemapError:
+    """A failed write as one line naming the file the user asked for, not its temporary."""
+    target = final_path(path)
+    reason = "no space left on the disk" if exc.errno == errno.ENOSPC else (
+        exc.strerror or type(exc).__name__)
+    return SlidemapError(f"cannot write {target} ({reason}): check free disk space and that "
+                         f"{target.parent} is writable")
 
 
 def final_path(path: str | Path) -> Path:
@@ -76,26 +146,123 @@ def final_path(path: str | Path) -> Path:
     return path
 
 
+def sweep_stale(folder: Path) -> list[Path]:
+    """Remove the temporary files in ``folder`` left by processes of this machine that died
+    before they could clean up; returns what was removed. Files of a live process (another run
+    writing now), of another machine or user, and older ones without a machine and process in
+    their name are left alone."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = TEMPORARY.match(entry.name)
+            if match is None or match["host"] != HOST or _alive(int(match["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_uid == os.getuid():
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def check_outputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> None:
-    """Refuse to overwrite inputs ever, and existing outputs unless ``overwrite``."""
-    resolved_inputs = {p.resolve() for p in inputs}
+def resolved(path: Path) -> Path:
+    """``path`` with links and ``..`` resolved, or a one-line error for a link loop."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:
+        raise SlidemapError(f"{path} is a symbolic link that loops (or cannot be followed): "
+                            "fix the link or pass the real file") from exc
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return False
+
+
+def check_outputs(paths: Iterable[Path], inputs: Iterable[Path | None],
+                  overwrite: bool, option: str = "--out") -> None:
+    """Refuse to overwrite inputs ever, and existing outputs unless ``overwrite``.
+
+    Every command calls this with every file it reads (images, DEMs, truths, model files and
+    their sidecars, configs): paths are compared resolved (links, ``..``) and, where both exist,
+    as the same file on disk (hard links, bind mounts). ``option`` names where the user chose
+    the outputs.
+    """
+    inputs = [Path(p) for p in inputs if p is not None]
+    resolved_inputs = {resolved(p) for p in inputs}
     for path in paths:
-        if path.resolve() in resolved_inputs:
-            raise SlidemapError(f"output {path} would overwrite an input: choose another --out")
+        path = Path(path)
+        if resolved(path) in resolved_inputs or any(_same_file(path, p) for p in inputs):
+            raise SlidemapError(f"output {path} would overwrite an input: choose another "
+                                f"{option}")
+        if path.is_symlink() and not path.exists():
+            raise SlidemapError(f"output {path} is a broken or looping symbolic link: remove it "
+                                f"or choose another {option}")
         if path.exists() and not overwrite:
-            raise SlidemapError(f"output {path} exists: pass --overwrite or choose another --out")
+            raise SlidemapError(f"output {path} exists: pass --overwrite or choose another "
+                                f"{option}")
 
 
 def make_output_dir(path: Path, what: str = "output folder") -> None:
-    """Create an output folder, or fail with one line that says to choose a writable one."""
+    """Create an output folder, or fail with one line that says to choose a writable one; then
+    sweep the temporary files of dead earlier runs from it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except RuntimeError as exc:
+        raise SlidemapError(f"cannot create {what} {path} (a symbolic link loops): "
+                            "choose another --out") from exc
     except OSError as exc:
         raise SlidemapError(f"cannot create {what} {path} ({exc.strerror}): "
                             "choose a writable --out") from exc
+    sweep_stale(path)
+
+
+LOCK_NAME = ".slidemap.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str = "output folder") -> Iterator[None]:
+    """Hold ``folder`` for one run: a second run into it fails at once with one line instead of
+    interleaving its files with this one's (run folders are written over many minutes, file by
+    file). The lock is an exclusive ``flock`` on ``folder/.slidemap.lock``, released, and the
+    file removed, when the block ends or the process dies; a folder this call had to create is
+    removed again if the run left nothing in it."""
+    created = not folder.exists()
+    make_output_dir(folder, what)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:  # removed by the run it waited on
+            raise BlockingIOError
+    except OSError as exc:
+        os.close(fd)
+        raise SlidemapError(f"another slidemap run is writing into {what} {folder}: wait for "
+                            "it to finish or choose another --out") from exc
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty

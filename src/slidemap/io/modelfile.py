@@ -20,10 +20,18 @@ averaged (:class:`slidemap.models.ProbabilityAverage`), their weights under ``me
 
 The sidecar also says how the model is best run (``predict``: window size, overlap, scales), so
 that a plain ``slidemap predict`` runs each model the way its cross-region figures were measured.
+
+A model file comes from anywhere, so loading trusts neither file: every sidecar field is typed,
+range-checked and capped (:mod:`slidemap.io.sidecar`), and the tensor shapes in the weights'
+header are compared with those the sidecar's network would have, worked out on torch's ``meta``
+device (no memory), before the network is built or a tensor read. The sidecar records the
+SHA-256 of its weights, so a pair that did not come from one save (a failed ``--overwrite``, a
+copied file) is refused; weights that are not finite are refused too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,22 +39,29 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import nn
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
-from slidemap.io.atomic import atomic_path
+from slidemap.io.atomic import staged
+from slidemap.io.sidecar import (
+    SIDECAR_MAX_BYTES,
+    WEIGHTS_DTYPES,
+    check_scales,
+    check_sidecar,
+    header_shapes,
+    read_header,
+)
 from slidemap.models import build_network
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
-WEIGHTS_DTYPES = ("float32", "float16", "int8", "int4")
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
 INT4_SCALE = ".int4_scale"  # the same for a kernel stored in 4 bits, two weights to a byte
 INT4_MIN_WEIGHTS = 2**18  # int4: kernels at least this large get 4 bits, smaller ones 8
-SCALE_RANGE = (0.25, 4.0)
+MIN_TILE, MAX_TILE = 16, 8192  # working px: a window below 16 has no room for the encoder
 
 
 @dataclass(frozen=True)
@@ -63,33 +78,16 @@ class PredictDefaults:
         for name in ("tile", "overlap"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0 \
-                    or (name == "tile" and value < 16):
-                raise SlidemapError(f"predict {name} must be an integer (tile at least 16), "
-                                    f"got {value!r}")
+                    or (name == "tile" and not MIN_TILE <= value <= MAX_TILE):
+                raise SlidemapError(f"predict {name} must be an integer (tile from {MIN_TILE} "
+                                    f"to {MAX_TILE}), got {value!r}")
+        if self.overlap >= self.tile:
+            raise SlidemapError(f"predict overlap must be smaller than the tile ({self.tile}), "
+                                f"got {self.overlap!r}")
         object.__setattr__(self, "scales", check_scales(self.scales))
 
     def to_dict(self) -> dict:
         return {"tile": self.tile, "overlap": self.overlap, "scales": list(self.scales)}
-
-
-def check_threshold(value: object) -> float:
-    """A decision threshold: a probability strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise SlidemapError(f"threshold must be a probability between 0 and 1 (exclusive), "
-                            f"e.g. 0.5, got {value!r}")
-    return float(value)
-
-
-def check_scales(value: object) -> tuple[float, ...]:
-    """Prediction scales as a tuple: a non-empty list of distinct numbers within SCALE_RANGE."""
-    low, high = SCALE_RANGE
-    ok = isinstance(value, list | tuple) and len(value) > 0 and all(
-        isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
-        for v in value) and len(set(value)) == len(value)
-    if not ok:
-        raise SlidemapError(f"prediction scales must be distinct numbers from {low} to {high}, "
-                            f"e.g. [1.0, 0.5], got {value!r}")
-    return tuple(float(v) for v in value)
 
 
 @dataclass
@@ -137,15 +135,22 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def save_model(bundle: ModelBundle, path: str | Path) -> Path:
-    """Write weights and sidecar atomically; returns the weights path."""
+def save_model(bundle: ModelBundle, path: str | Path, overwrite: bool = True,
+               companions: dict[Path, str] | None = None) -> Path:
+    """Write weights and sidecar as one set (both appear, or neither is replaced), with any
+    ``companions`` (path: text, e.g. a run's summary); the sidecar records the weights' SHA-256
+    so that a mismatched pair is refused at load. Without ``overwrite`` an existing model file
+    is never replaced. Returns the weights path."""
     weights_path, sidecar_path = model_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    state = stored_state(bundle.model, bundle.weights_dtype)
-    with atomic_path(weights_path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "slidemap-model"})
-    with atomic_path(sidecar_path) as tmp:
-        tmp.write_text(json.dumps(bundle.sidecar(), indent=2) + "\n")
+    data = save(stored_state(bundle.model, bundle.weights_dtype),
+                metadata={"format": "slidemap-model"})
+    sidecar = {**bundle.sidecar(), "weights_sha256": hashlib.sha256(data).hexdigest()}
+    texts = {sidecar_path: json.dumps(sidecar, indent=2) + "\n", **(companions or {})}
+    with staged({"weights": weights_path, **{str(p): p for p in texts}}, overwrite) as tmp:
+        tmp["weights"].write_bytes(data)
+        for target, text in texts.items():
+            tmp[str(target)].write_text(text)
     return weights_path
 
 
@@ -246,7 +251,11 @@ def _dequantised(key: str, tensor: torch.Tensor, state: dict[str, torch.Tensor],
 
 
 def load_model(path: str | Path) -> ModelBundle:
-    """Build the model described by the sidecar and load its weights without unpickling."""
+    """Build the model described by the sidecar and load its weights without unpickling.
+
+    Nothing is built or read beyond the sidecar and the weights' header until both are checked
+    (see the module's docstring).
+    """
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise SlidemapError(
@@ -255,50 +264,94 @@ def load_model(path: str | Path) -> ModelBundle:
         )
     weights_path, sidecar_path = model_paths(path)
     for p in (weights_path, sidecar_path):
-        if not p.exists():
+        if not p.is_file():
             raise SlidemapError(f"model file {p} does not exist: pass NAME.safetensors with "
                                 "its NAME.json beside it")
+    config = _read_sidecar(sidecar_path)
+    inputs = InputSpec.from_dict(config["inputs"])
+    channels = len(inputs.channels)
     try:
-        config = json.loads(sidecar_path.read_text())
-        inputs = InputSpec.from_dict(config["inputs"])
-        members = config.get("members", 1)
-        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
-            raise ValueError(f"members must be a whole number of networks, not {members!r}")
-        model = build_network(config["architecture"], len(inputs.channels),
-                              int(config["width"]), members, **config.get("options", {}))
-        norm = config["normalisation"]
-        _check_normalisation(norm, len(inputs.channels))
-        weights_dtype = check_weights_dtype(config.get("weights_dtype", "float32"))
-        predict = PredictDefaults(**config.get("predict", {}))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
-            AttributeError, SlidemapError) as exc:
+        stored = header_shapes(*read_header(weights_path))
+    except (ValueError, OSError) as exc:
+        raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
+                            f"({_one_line(exc)}): re-download or re-train the model") from exc
+
+    def network(device: str) -> nn.Module:
+        with torch.device(device):
+            return build_network(config["architecture"], channels, config["width"],
+                                 config["members"], **config["options"])
+
+    try:
+        shapes = {k: tuple(v.shape) for k, v in network("meta").state_dict().items()}
+    except (TypeError, ValueError, KeyError, IndexError, AssertionError, ArithmeticError,
+            RuntimeError, SlidemapError) as exc:  # options no builder accepts
         raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({_one_line(exc)}): "
                             "re-export the model with slidemap") from exc
+    _check_state(shapes, _restored_shapes(stored, shapes), weights_path)
+    data = weights_path.read_bytes()  # as large as the tensors the network needs: no more
+    digest = config.get("weights_sha256")
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise SlidemapError(f"model weights {weights_path} are not the ones its sidecar "
+                            f"{sidecar_path.name} was saved with: the two files must come from "
+                            "the same save (re-train, or restore both)")
     try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
+        state = load(data)
+    except SafetensorError as exc:
         raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
                             f"({exc}): re-download or re-train the model") from exc
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    del data
     state = restored_state(state, shapes)
     _check_state(shapes, state, weights_path)
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise SlidemapError(f"model weights {weights_path} hold values that are not finite "
+                                f"(NaN or infinity, in {key}): the training diverged; re-train "
+                                "with a lower training.lr")
+    model = network("cpu")
     model.load_state_dict(state)
     model.eval()
+    norm = config["normalisation"]
     return ModelBundle(
-        model=model, architecture=config["architecture"], width=int(config["width"]),
-        options=config.get("options", {}), inputs=inputs, mean=list(norm["mean"]),
-        std=list(norm["std"]), threshold=float(config.get("threshold", 0.5)),
-        provenance=config.get("provenance", {}), path=weights_path,
-        weights_dtype=weights_dtype, predict=predict, members=members,
+        model=model, architecture=config["architecture"], width=config["width"],
+        options=config["options"], inputs=inputs, mean=list(norm["mean"]),
+        std=list(norm["std"]), threshold=config["threshold"],
+        provenance=config["provenance"], path=weights_path,
+        weights_dtype=config["weights_dtype"], predict=PredictDefaults(**config["predict"]),
+        members=config["members"],
     )
 
 
-def _check_normalisation(norm: dict, channels: int) -> None:
-    for key in ("mean", "std"):
-        values = norm[key]
-        if len(values) != channels or not all(isinstance(v, int | float) for v in values):
-            raise ValueError(f"normalisation {key} must be {channels} numbers, one per input "
-                             f"channel, not {values!r}")
+def _read_sidecar(path: Path) -> dict:
+    """The sidecar's fields, each checked (:func:`slidemap.io.sidecar.check_sidecar`)."""
+    try:
+        size = path.stat().st_size
+        if size > SIDECAR_MAX_BYTES:
+            raise ValueError(f"{size:,} bytes, more than the {SIDECAR_MAX_BYTES:,} a sidecar "
+                             "may have")
+        config = json.loads(path.read_bytes().decode("utf-8"))
+        config = check_sidecar(config)
+        PredictDefaults(**config["predict"])
+        return config
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError, OSError,
+            SlidemapError) as exc:
+        raise SlidemapError(f"model sidecar {path} is malformed ({_one_line(exc)}): "
+                            "re-export the model with slidemap") from exc
+
+
+def _restored_shapes(stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+                     ) -> dict[str, tuple[int, ...]]:
+    """The shapes the header's tensors will have once dequantised (a packed int4 kernel of the
+    expected packing counts as the expected shape); quantisation scales are left out."""
+    shapes = {}
+    for key, shape in stored.items():
+        if key.endswith((INT8_SCALE, INT4_SCALE)):
+            continue
+        want = expected.get(key)
+        if key + INT4_SCALE in stored and want and len(shape) == 2 \
+                and shape == (want[0], (math.prod(want[1:]) + 1) // 2):
+            shape = want
+        shapes[key] = shape
+    return shapes
 
 
 def _one_line(exc: Exception) -> str:
@@ -306,9 +359,9 @@ def _one_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _check_state(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor],
-                 path: Path) -> None:
-    found = {k: tuple(v.shape) for k, v in state.items()}
+def _check_state(expected: dict[str, tuple[int, ...]],
+                 state: dict[str, torch.Tensor] | dict[str, tuple[int, ...]], path: Path) -> None:
+    found = {k: tuple(v if isinstance(v, tuple) else v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])

@@ -91,8 +91,9 @@ def onnx_path_for(model_path: Path) -> Path:
     return weights.with_suffix(".onnx")
 
 
-def export_onnx(bundle: ModelBundle, out: Path) -> Path:
-    """Export ``bundle`` to ``out`` and check ONNX Runtime against torch fp32 on two sizes."""
+def export_onnx(bundle: ModelBundle, out: Path, overwrite: bool = True) -> Path:
+    """Export ``bundle`` to ``out`` and check ONNX Runtime against torch fp32 on two sizes;
+    without ``overwrite`` an existing ``out`` is never replaced."""
     model = bundle.model.eval().to(memory_format=torch.contiguous_format)
     stride = model_stride(model)
     channels = len(bundle.inputs.channels)
@@ -115,7 +116,7 @@ def export_onnx(bundle: ModelBundle, out: Path) -> Path:
                 "weights_sha256": weights_digest(bundle.path) if bundle.path else ""}
     onnx.helper.set_model_props(proto, metadata)
     _verify(graph, proto.SerializeToString(), channels, stride, bundle)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, overwrite) as tmp:
         onnx.save(proto, str(tmp))
     return out
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import re
 import sys
 from collections.abc import Iterator
@@ -41,12 +43,28 @@ def gdal_cache(megabytes: int) -> rasterio.Env:
     return rasterio.Env(GDAL_CACHEMAX=megabytes * 2**20)  # rasterio hands GDAL bytes
 
 
+@functools.cache
+def quiet_libtiff() -> None:
+    """Stop libtiff printing its errors straight to stderr ("_tiffWriteProc: File too large."):
+    GDAL reports the same failure as an error of its own, which :func:`writing` turns into the
+    one line the user sees. Applies to the libtiff bundled with rasterio's wheels; elsewhere
+    (GDAL built against a system libtiff) nothing changes."""
+    libs = Path(rasterio.__file__).resolve().parent.parent / "rasterio.libs"
+    for path in sorted(libs.glob("libtiff-*.so*")):
+        with contextlib.suppress(OSError, AttributeError):
+            handler = ctypes.CDLL(str(path)).TIFFSetErrorHandler
+            handler.restype = ctypes.c_void_p
+            handler.argtypes = [ctypes.c_void_p]
+            handler(None)
+
+
 @contextlib.contextmanager
 def writing(path: Path, problem: str | None = None) -> Iterator[None]:
     """Turn a failed write (full disk, no permission) into a one-line error naming ``path``.
 
     ``path`` may be a temporary name; the message names the file the user asked for.
     """
+    quiet_libtiff()
     try:
         yield
     except (RasterioError, OSError) as exc:

@@ -16,7 +16,7 @@ import numpy as np
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError, UsageError
-from slidemap.io.atomic import atomic_path
+from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.report.markup import Rows, grid, image, pairs, read_json, text
 from slidemap.report.plots import curves_figure, png_bytes, read_history
 from slidemap.report.prediction import inventories, prediction_section, scene_name
@@ -60,10 +60,12 @@ code { font-size: 13px; word-break: break-all; }
 
 
 def build_report(folder: Path, out: Path | None = None,
-                 provenance: Provenance | None = None, interactive: bool = False) -> Path:
+                 provenance: Provenance | None = None, interactive: bool = False,
+                 overwrite: bool = True) -> Path:
     """Write the HTML report of ``folder`` (a training run, evaluation or prediction folder).
 
-    ``out`` defaults to ``folder/report.html``; an existing report there is replaced.
+    ``out`` defaults to ``folder/report.html``; an existing file there is replaced only with
+    ``overwrite``, and never one of the folder's files the report is made from.
     ``provenance``: what the caller knows of how a prediction was made (its image, model, ...);
     it comes before what the rasters' tags say. ``interactive``: add a pan-and-zoom map of each
     prediction (Leaflet, inlined: the page then holds scripts, still nothing fetched).
@@ -86,6 +88,8 @@ def build_report(folder: Path, out: Path | None = None,
         raise SlidemapError(
             f"{folder} has no history.csv, summary.json, metrics.json, *_landslides.gpkg "
             "(.geojson) or explain.json: pass a run, evaluate, predict or explain output folder")
+    check_outputs([out], [p for p in folder.iterdir() if p.is_file() and p.suffix != ".html"],
+                  overwrite)
     cards = "".join(f"<div class='card'><b>{text(v)}</b><span>{escape(k)}</span></div>"
                     for cards, _ in found for k, v in cards)
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -102,8 +106,8 @@ def build_report(folder: Path, out: Path | None = None,
         + "".join(html for _, html in found)
         + "</main></body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    make_output_dir(out.parent)
+    with atomic_path(out, overwrite) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out
 

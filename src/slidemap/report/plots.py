@@ -254,12 +254,15 @@ def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
     return figure
 
 
+EVALUATION_PLOTS = ("pr_curve.png", "errors_overlay.png")
+
+
 def write_evaluation_plots(out_dir: Path, confusion: BinaryConfusion, prediction: Path,
                            truth: Path, image: Path | None = None,
                            aoi: Path | None = None) -> dict[str, Path]:
     """``pr_curve.png`` and ``errors_overlay.png`` of one evaluation, in ``out_dir``."""
     errors = error_map(prediction, truth, confusion.threshold, image, aoi=aoi)
     title = f"errors at threshold {confusion.threshold:g} vs {display_name(truth)}"
-    return {"pr_curve": save_png(pr_curve_figure(confusion), out_dir / "pr_curve.png"),
-            "errors_overlay": save_png(errors_figure(errors, title),
-                                       out_dir / "errors_overlay.png")}
+    curve, overlay = (out_dir / name for name in EVALUATION_PLOTS)
+    return {"pr_curve": save_png(pr_curve_figure(confusion), curve),
+            "errors_overlay": save_png(errors_figure(errors, title), overlay)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from slidemap.data.l4s import DEFAULT_BANDS
 from slidemap.data.sources import PatchSource, is_patch_source, l4s_inputs, parse_patch_source
 from slidemap.data.vectors import is_vector
 from slidemap.errors import SlidemapError
-from slidemap.io.modelfile import PredictDefaults, check_threshold
+from slidemap.io.modelfile import PredictDefaults, model_paths
+from slidemap.io.sidecar import check_threshold
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,19 @@ class TrainSettings:
     members: int = 1
 
     def __post_init__(self) -> None:
-        """Check the recipe settings at load time, so that a study fails before its first run."""
+        """Check the settings at load time, so that a run fails before its data loads and a
+        study before its first run."""
+        _check_range("training.lr", self.lr, 1e-12, 10.0, "a learning rate > 0, e.g. 2e-3")
+        _check_range("training.weight_decay", self.weight_decay, 0.0, 10.0,
+                     "a number >= 0, e.g. 1e-4")
+        _check_range("training.min_valid", self.min_valid, 0.0, 1.0, "a fraction in [0, 1]")
+        _check_whole("training.seed", self.seed, 0, MAX_SEED)
+        _check_whole("training.tile", self.tile, MIN_TRAIN_TILE, MAX_TRAIN_TILE)
+        _check_whole("training.epochs", self.epochs, 1, 100_000)
+        _check_whole("training.batch_size", self.batch_size, 1, 4096)
+        _check_whole("training.windows_per_epoch", self.windows_per_epoch, 1, 10_000_000)
+        if self.threads is not None:
+            _check_whole("training.threads", self.threads, 1, 1024)
         _check_range("training.mixup", self.mixup, 0.0, float("inf"), "a number >= 0 (0 = off)")
         _check_range("training.hard_examples", self.hard_examples, 0.0, 1.0,
                      "a fraction in [0, 1] (0 = off)")
@@ -134,8 +148,18 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_range(key: str, value: Any, low: float, high: float, expected: str) -> None:
-    if not _is_number(value) or not low <= value <= high:
+    if not _is_number(value) or not low <= value <= high:  # NaN fails both comparisons
         raise SlidemapError(f"{key} must be {expected}, got {value!r}")
+
+
+MAX_SEED = 2**31 - 1
+MIN_TRAIN_TILE, MAX_TRAIN_TILE = 32, 4096  # a window the encoder can halve a few times
+
+
+def _check_whole(key: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SlidemapError(f"{key} must be a whole number from {low} to {high:,}, "
+                            f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +221,16 @@ class RunConfig:
     init: Path | None = None  # model file whose weights training starts from
     selftrain: SelfTrainSettings | None = None
 
+    def input_files(self) -> list[Path]:
+        """Every file the run reads by name (the config, its scenes' rasters, the model it
+        starts from): no output of the run may replace one."""
+        scenes = (*self.train_scenes, *self.val_scenes,
+                  *(self.selftrain.target_scenes if self.selftrain else ()))
+        files = [self.source, *(p for s in scenes for p in (s.image, s.mask, s.dem))]
+        if self.init is not None:
+            files += model_paths(self.init)
+        return [p for p in files if p is not None]
+
     def to_dict(self) -> dict:
         """Plain-data view for provenance records."""
         out = {
@@ -230,18 +264,99 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(read_yaml(path), path)
 
 
+YAML_MAX_BYTES = 2**20  # a run config is a page of YAML; a study a few
+YAML_MAX_ALIASES = 100  # each alias may repeat a whole subtree: more are a bomb, not a config
+YAML_MAX_DEPTH = 50
+YAML_MAX_NODES = 100_000  # values once every alias is expanded: a study grid has hundreds
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A safe loader that refuses what makes a small file expand into gigabytes or recurse
+    without end: more than ``YAML_MAX_ALIASES`` aliases, nesting deeper than
+    ``YAML_MAX_DEPTH``, more than ``YAML_MAX_NODES`` values once aliases are expanded (nine
+    aliases of nine aliases of ... are few, and expand into billions) or an alias inside its
+    own anchor. Aliases share their node until construction, so the check costs no memory."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > YAML_MAX_NODES:
+            raise yaml.YAMLError(f"more than {YAML_MAX_NODES:,} values once its aliases "
+                                 "(*name) are expanded")
+        return node
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > YAML_MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {YAML_MAX_ALIASES} aliases (*name)")
+        self.depth += 1
+        try:
+            if self.depth > YAML_MAX_DEPTH:
+                raise yaml.YAMLError(f"nesting deeper than {YAML_MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, float]) -> float:
+    """How many values ``node`` holds once every alias is expanded (infinite for an alias inside
+    its own anchor); ``sizes`` memoises shared nodes."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    sizes[key] = math.inf  # until done: a node met again inside itself is a cycle
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes)
+                       for k, v in node.value)
+    else:
+        size = 1
+    sizes[key] = size
+    return size
+
+
 def read_yaml(path: Path, what: str = "config") -> dict:
-    """A YAML mapping from ``path``, with one-line errors for a missing file or bad syntax."""
+    """A YAML mapping from ``path``, with one-line errors for a missing file, bad syntax, text
+    that is not UTF-8, and files that are too large, too deep or full of aliases."""
     if not path.exists():
         raise SlidemapError(f"{what} {path} does not exist: check the path")
     if path.is_dir():
         raise SlidemapError(f"{what} {path} is a folder: pass a YAML file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > YAML_MAX_BYTES:
+            raise SlidemapError(f"{what} {path} is {size:,} bytes, more than the "
+                                f"{YAML_MAX_BYTES:,} a config may have: pass the YAML file")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SlidemapError(f"{what} {path} is not UTF-8 text (byte {exc.start}): save it as "
+                            "UTF-8") from exc
+    except OSError as exc:
+        raise SlidemapError(f"{what} {path} cannot be read ({exc.strerror}): check the "
+                            "path") from exc
+    loader = None
+    try:
+        loader = _BoundedLoader(text)
+        raw = loader.get_single_data()
     except yaml.YAMLError as exc:
+        if type(exc) is yaml.YAMLError:  # a limit of _BoundedLoader
+            raise SlidemapError(f"{what} {path} is refused: {exc}; write it out plainly") \
+                from exc
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SlidemapError(f"{what} {path} is not valid YAML{where}: fix its syntax") from exc
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise SlidemapError(f"{what} {path} is not valid YAML ({type(exc).__name__}): fix its "
+                            "syntax") from exc
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not isinstance(raw, dict):
         raise SlidemapError(f"{what} {path} must be a YAML mapping (key: value lines)")
     return raw

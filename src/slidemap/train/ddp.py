@@ -36,6 +36,11 @@ class Ranks:
         return self.rank == 0
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when run alone), before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup() -> Ranks:
     """Join the process group torchrun describes (WORLD_SIZE > 1), or run alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -8,6 +8,7 @@ validation data, so the gain (or loss) is on record in ``finetune.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import types
 from dataclasses import replace
@@ -20,9 +21,11 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import score_arrays
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.atomic import atomic_path
+from slidemap.io.atomic import atomic_path, folder_lock
 from slidemap.io.modelfile import ModelBundle, load_model
+from slidemap.train import ddp
 from slidemap.train.config import RunConfig
+from slidemap.train.runfolder import check_run_inputs
 
 FIGURES = ("f1", "iou", "precision", "recall", "auc", "pixels")
 
@@ -95,11 +98,21 @@ def train_run(config: RunConfig, out_dir: Path, resume: bool = False,
     from slidemap.train.members import train_members
 
     if config.train.members > 1:
-        train_members(config, out_dir, resume=resume, overwrite=overwrite)
+        with run_lock(out_dir):
+            train_members(config, out_dir, resume=resume, overwrite=overwrite)
     elif config.init is not None and (config.val_scenes or config.val_patches):
         finetune(config, out_dir, resume=resume, overwrite=overwrite)
     else:
-        train(config, out_dir, resume=resume, overwrite=overwrite)
+        with run_lock(out_dir):
+            train(config, out_dir, resume=resume, overwrite=overwrite)
+
+
+def run_lock(out_dir: Path) -> contextlib.AbstractContextManager:
+    """One run at a time in ``out_dir`` (:func:`slidemap.io.atomic.folder_lock`); the other
+    ranks of a torchrun launch work under rank 0's lock."""
+    if ddp.launched_rank() != 0:
+        return contextlib.nullcontext()
+    return folder_lock(out_dir, "run folder")
 
 
 def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
@@ -112,15 +125,17 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
     if not (config.val_scenes or config.val_patches):
         raise SlidemapError(f"config {config.source}: fine-tuning scores before and after on "
                             "data.val: add the held-out scenes or patches there")
+    check_run_inputs(out_dir, config)  # before the starting model is scored
     before = load_model(config.init)
     check_compatible(before, config)
     report: dict = {"init": str(config.init), "freeze_encoder": config.train.freeze_encoder,
                     "before": _figures(score_on_val(before, config))}
-    model_path = train(config, out_dir, resume=resume, overwrite=overwrite)
-    report["after"] = _figures(score_on_val(load_model(model_path), config))
-    report["model"] = str(model_path)
-    with atomic_path(out_dir / "finetune.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with run_lock(out_dir):
+        model_path = train(config, out_dir, resume=resume, overwrite=overwrite)
+        report["after"] = _figures(score_on_val(load_model(model_path), config))
+        report["model"] = str(model_path)
+        with atomic_path(out_dir / "finetune.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -4,6 +4,11 @@ The epoch that ``training.select`` keeps (the best by validation F1 of the lands
 the last) is written as a model file, or with ``training.average_from`` the average of the weights
 of every step from that epoch on (``slidemap.train.averaging``). Every epoch also writes a
 resumable checkpoint and a line of history.
+
+While training, the kept epoch is ``best.safetensors`` (part of the run's state, like the
+checkpoint); ``model.safetensors``, ``model.json`` and ``summary.json`` are published together
+when the run ends, so a run that fails (even one replacing an earlier run with ``--overwrite``)
+never leaves one run's weights beside another's sidecar or summary.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import csv
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,8 +38,8 @@ from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
 from slidemap.infer.runtime import autocast
 from slidemap.infer.sliding import predict_array
-from slidemap.io.atomic import make_output_dir
-from slidemap.io.modelfile import ModelBundle, save_model
+from slidemap.io.atomic import make_output_dir, staged
+from slidemap.io.modelfile import ModelBundle, model_paths, save_model
 from slidemap.models import build_model, count_parameters
 from slidemap.report.plots import plot_training_curves
 from slidemap.train import ddp
@@ -44,6 +50,7 @@ from slidemap.train.finetune import start_from
 from slidemap.train.losses import build_loss
 from slidemap.train.metrics import BinaryConfusion
 from slidemap.train.recipes import build_recipes
+from slidemap.train.runfolder import RUN_FILES, check_run_inputs
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                             "slidemap train; fine-tuning and self-training train one network: "
                             "set members: 1")
     ranks = ddp.setup()  # under torchrun: one of WORLD_SIZE data-parallel processes
+    check_run_inputs(out_dir, config)
     _prepare_run_folder(out_dir, resume, overwrite)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -113,6 +121,10 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                                            settings.batch_size, loss_fn, optimizer, scheduler,
                                            settings.precision, steps_per_epoch, after_step),
                               ranks)
+        if not math.isfinite(train_loss):
+            raise SlidemapError(f"training diverged in epoch {epoch} (loss {train_loss}): no "
+                                f"model was saved from it; lower training.lr (now "
+                                f"{settings.lr:g}) or check the inputs for extreme values")
         scores = evaluate_arrays(model, val_scenes, stats, config) \
             if val_scenes and ranks.main else {}
         state["seconds"] += time.perf_counter() - t0
@@ -134,7 +146,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                 scores = evaluate_arrays(kept, val_scenes, stats, config) if val_scenes else {}
                 f1 = scores.get("f1", f1)
             state.update(best_f1=f1, best_epoch=epoch)
-            _save_bundle(kept, config, stats, out_dir / "model", state, scores)
+            _save_bundle(kept, config, stats, out_dir / "best", state, scores)
         state["epoch"] = epoch
         extra = None
         if average is not None:
@@ -148,7 +160,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     summary = {"best_epoch": state["best_epoch"], "best_val_f1": state["best_f1"],
                "train_seconds": round(state["seconds"], 1),
                "wall_seconds": round(time.perf_counter() - started, 1)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _publish(out_dir, summary)
     plot_training_curves(out_dir)
     how = "the last" if settings.select == "last" else "best by val F1"
     if average is not None:
@@ -159,7 +171,15 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     return out_dir / "model.safetensors"
 
 
-RUN_FILES = ("checkpoint.safetensors", "model.safetensors", "history.csv")
+def _publish(out_dir: Path, summary: dict) -> None:
+    """Publish the kept epoch's model file and the summary as one set."""
+    best_weights, best_sidecar = model_paths(out_dir / "best")
+    weights, sidecar = model_paths(out_dir / "model")
+    with staged({"weights": weights, "sidecar": sidecar,
+                 "summary": out_dir / "summary.json"}) as tmp:
+        shutil.copyfile(best_weights, tmp["weights"])
+        shutil.copyfile(best_sidecar, tmp["sidecar"])
+        tmp["summary"].write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -174,7 +194,8 @@ def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
         raise SlidemapError(f"run folder {out_dir} already holds a run ({earlier[0]}): pass "
                             "--resume to continue it, --overwrite to replace it, or another --out")
     make_output_dir(out_dir, "run folder")
-    for name in ("checkpoint.safetensors", "checkpoint.json"):  # never resume a replaced run
+    # Never resume a replaced run, nor publish its kept epoch.
+    for name in ("checkpoint.safetensors", "checkpoint.json", "best.safetensors", "best.json"):
         (out_dir / name).unlink(missing_ok=True)
 
 

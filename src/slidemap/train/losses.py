@@ -303,7 +303,8 @@ def build_loss(spec: Mapping[str, float | Mapping[str, object]] | str) -> Weight
             raise SlidemapError(f"unknown loss {name!r}: choose from {', '.join(list_losses())}")
         options = dict(value) if isinstance(value, Mapping) else {"weight": value}
         weight = options.pop("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
+        if isinstance(weight, bool) or not isinstance(weight, int | float) \
+                or not math.isfinite(weight):
             raise SlidemapError(f"loss {name!r} weight must be a number, got {weight!r}")
         cls = _REGISTRY[name]
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
@@ -311,7 +312,8 @@ def build_loss(spec: Mapping[str, float | Mapping[str, object]] | str) -> Weight
         if unknown:
             valid_opts = ", ".join(["weight", *allowed])
             raise SlidemapError(
-                f"loss {name!r} has no option {', '.join(unknown)}: valid options are {valid_opts}"
+                f"loss {name!r} has no option {', '.join(map(repr, unknown))}: valid options are "
+                f"{valid_opts}"
             )
         terms[name] = cls(**options)
         weights[name] = float(weight)

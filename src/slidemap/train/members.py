@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from slidemap.errors import SlidemapError
-from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.logs import LOGGER, show_messages
 from slidemap.models import ProbabilityAverage
 from slidemap.train.config import RunConfig
+from slidemap.train.runfolder import check_run_inputs
 
 
 def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
@@ -37,6 +37,7 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SlidemapError("training.members trains its members as separate processes: run it "
                             "without torchrun, or set members: 1")
+    check_run_inputs(out_dir, config)
     model_path = out_dir / "model.safetensors"
     if model_path.exists() and not (resume or overwrite):
         raise SlidemapError(f"run folder {out_dir} already holds a model: pass --resume to "
@@ -49,12 +50,12 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
         futures = [pool.submit(_train_member, run_config, run_dir, index, resume, overwrite,
                                level) for run_config, run_dir, index in runs]
         paths = [future.result() for future in futures]
-    save_model(ensemble_bundle([load_model(path) for path in paths], config), out_dir / "model")
     summary = {"members": [json.loads((path.parent / "summary.json").read_text())
                            for path in paths],
                "wall_seconds": round(time.perf_counter() - started, 1)}
-    with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    # The ensemble's model file and summary appear together, or neither is replaced.
+    save_model(ensemble_bundle([load_model(path) for path in paths], config), out_dir / "model",
+               companions={out_dir / "summary.json": json.dumps(summary, indent=2) + "\n"})
     return model_path
 
 
