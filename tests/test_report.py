@@ -15,9 +15,9 @@ from conftest import write_raster
 from PIL import Image
 
 from slidemap.errors import SlidemapError
+from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.report import build_report, plot_training_curves
 from slidemap.report.plots import ERROR_COLOURS, GREY, error_map, pr_curve_figure, precision_recall
-from slidemap.train.metrics import BinaryConfusion
 
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_URI = "data:image/png;base64,"

@@ -106,7 +106,7 @@ class TrainSettings:
 
 JITTER_KEYS = ("brightness", "contrast", "saturation", "invert")
 JITTER_DEFAULT = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "invert": 0.0}
-CHECKED_BY_SETTINGS = {"colour_jitter", "scales"}  # checked in __post_init__
+CHECKED_BY_SETTINGS = {"colour_jitter", "scales", "blocks", "seeds"}  # checked in __post_init__
 
 
 def _jitter_strengths(value: Any) -> dict[str, float] | bool:
@@ -179,6 +179,41 @@ class SelfTrainSettings:
 
 
 @dataclass(frozen=True)
+class CrossvalSettings:
+    """Spatial cross-validation (``crossval:``, see configs/README.md and
+    ``slidemap.evaluation.folds``): ``blocks`` rows × columns per scene, dealt to ``folds``
+    folds, each trained away from its blocks by ``buffer`` working pixels (None: one training
+    window, the least allowed), with every seed of ``seeds``."""
+
+    blocks: tuple[int, int] = (2, 2)
+    folds: int = 4
+    buffer: int | None = None
+    seeds: tuple[int, ...] = (0, 1)
+
+    def __post_init__(self) -> None:
+        blocks, seeds = self.blocks, self.seeds
+        if not (isinstance(blocks, list | tuple) and len(blocks) == 2
+                and all(_is_int(v) and v >= 1 for v in blocks)):
+            raise SlidemapError(f"crossval.blocks must be [rows, columns] of blocks per scene, "
+                                f"e.g. [2, 2], got {blocks!r}")
+        if not (_is_int(self.folds) and self.folds >= 2):
+            raise SlidemapError(f"crossval.folds must be an integer >= 2, got {self.folds!r}")
+        if self.buffer is not None and not (_is_int(self.buffer) and self.buffer >= 0):
+            raise SlidemapError(f"crossval.buffer must be working pixels >= 0 or null (one "
+                                f"training window), got {self.buffer!r}")
+        if not (isinstance(seeds, list | tuple) and seeds and all(_is_int(v) for v in seeds)
+                and len(set(seeds)) == len(seeds)):
+            raise SlidemapError(f"crossval.seeds must be a list of distinct integers, e.g. "
+                                f"[0, 1], got {seeds!r}")
+        object.__setattr__(self, "blocks", (int(blocks[0]), int(blocks[1])))
+        object.__setattr__(self, "seeds", tuple(int(v) for v in seeds))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     train_scenes: tuple[SceneSource, ...]
@@ -193,6 +228,7 @@ class RunConfig:
     val_patches: tuple[PatchSource, ...] = ()
     init: Path | None = None  # model file whose weights training starts from
     selftrain: SelfTrainSettings | None = None
+    crossval: CrossvalSettings = field(default_factory=CrossvalSettings)
 
     def to_dict(self) -> dict:
         """Plain-data view for provenance records."""
@@ -206,6 +242,8 @@ class RunConfig:
             out["init"] = str(self.init)
         if self.selftrain is not None:
             out["selftrain"] = self.selftrain.to_dict()
+        if self.crossval != CrossvalSettings():
+            out["crossval"] = vars(self.crossval)
         return out
 
 
@@ -245,7 +283,7 @@ def read_yaml(path: Path, what: str = "config") -> dict:
 
 
 SECTIONS = ("name", "data", "inputs", "model", "loss", "training", "predict", "init",
-            "selftrain")
+            "selftrain", "crossval")
 POSITIVE = {"width", "epochs", "batch_size", "tile", "windows_per_epoch"}
 
 
@@ -286,6 +324,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> RunConfig:
         val_patches=val_patches,
         init=_init(raw.get("init"), where),
         selftrain=selftrain,
+        crossval=_settings(CrossvalSettings, _section(raw, "crossval", where, required=False),
+                           where),
     )
 
 
