@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,15 @@ def test_threshold_and_bootstrap_on_known_counts() -> None:
     assert result["pooled_f1_difference"] == pytest.approx(0.89 - 0.71)
     assert result["interval_95"][0] > 0 and result["adopt"]
     assert not compare(worse, better, [f"b{i}" for i in range(8)])["adopt"]
+
+
+def test_a_changed_recipe_refuses_the_old_folds(tmp_path: Path) -> None:
+    path = protocol_config(tmp_path)
+    config = load_config(path)
+    layout = make_blocks([np.ones((SIDE, SIDE), bool)] * 2, ["east", "west"], 2, 2, 2)
+    arrays = crossval_module._scene_arrays(config)
+    crossval_module.run_fold(config, arrays, layout, 0, TILE, 0, tmp_path / "fold")
+    assert (tmp_path / "fold" / "blocks.json").exists()
+    with pytest.raises(SlidemapError, match="another config"):
+        crossval_module.run_fold(replace(config, loss={"dice": 1.0}), arrays, layout, 0, TILE,
+                                 0, tmp_path / "fold")

@@ -141,11 +141,13 @@ def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: i
 def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
              buffer: int, seed: int, run_dir: Path) -> dict[str, BinaryConfusion]:
     """Train fold ``fold`` (or reuse its finished run) and score its blocks."""
+    fold_config = replace(with_seed(config, seed), train_scenes=(), train_patches=(),
+                          val_scenes=(), val_patches=())
+    _claim(run_dir, {"config": config.to_dict(), "seed": seed, "fold": fold, "buffer": buffer,
+                     "blocks": [vars(b) for b in blocks]})
     result = run_dir / "blocks.json"
     if result.exists():
         return _read_confusions(result)
-    fold_config = replace(with_seed(config, seed), train_scenes=(), train_patches=(),
-                          val_scenes=(), val_patches=())
     resume = (run_dir / "checkpoint.safetensors").exists() and \
         not (run_dir / "summary.json").exists()
     if not (run_dir / "summary.json").exists():
@@ -166,6 +168,20 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
     with atomic_path(result) as tmp:
         tmp.write_text(json.dumps({name: _confusion_dict(c) for name, c in scored.items()}))
     return scored
+
+
+def _claim(run_dir: Path, record: dict) -> None:
+    """Write what the fold trains (``fold.json``), or refuse a folder that trained another."""
+    path = run_dir / "fold.json"
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    if path.exists():
+        if json.loads(path.read_text()) != json.loads(text):
+            raise SlidemapError(f"{run_dir} holds a fold trained with another config, seed or "
+                                "block layout: delete it or choose another --out")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _confusion_dict(confusion: BinaryConfusion) -> dict:
