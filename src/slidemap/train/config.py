@@ -137,9 +137,8 @@ def _check_range(key: str, value: Any, low: float, high: float, expected: str) -
 
 @dataclass(frozen=True)
 class PredictSettings:
-    """Windows for validation during training, and the defaults the model file carries
-    (``slidemap.io.modelfile.PredictDefaults`` and the decision threshold); validation predicts
-    at scale 1 only."""
+    """The defaults the model file carries (``slidemap.io.modelfile.PredictDefaults`` and the
+    decision threshold); validation during training predicts as that file will be run."""
 
     tile: int = 256
     overlap: int = 64
