@@ -20,7 +20,7 @@ from slidemap.evaluation.folds import Block, held_out, make_blocks
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.train import crossval as crossval_module
 from slidemap.train.config import RunConfig, load_config
-from slidemap.train.crossval import best_threshold, compare, run_crossval
+from slidemap.train.crossval import best_threshold, compare, fit_temperature, run_crossval
 
 SIDE = 80
 TILE = 16
@@ -184,6 +184,14 @@ def test_threshold_and_bootstrap_on_known_counts() -> None:
     sweep = max(confusion.sweep(np.round(np.arange(5, 96) / 100, 2)), key=lambda r: r["f1"])
     assert fitted == pytest.approx(sweep["threshold"])
     assert 0.4 < fitted < 0.7  # between the two classes' means, not the default 0.5 by luck
+    # Calibrated probabilities need no temperature; the same logits doubled need T = 2, halved
+    # T = 0.5 (logits within the histograms' resolution).
+    logits = rng.normal(0, 1.0, 200_000)
+    truth = (rng.random(logits.size) < 1 / (1 + np.exp(-logits))).astype(np.uint8)
+    for factor, expected in ((1.0, 1.0), (2.0, 2.0), (0.5, 0.5)):
+        calibrated = BinaryConfusion()
+        calibrated.update((1 / (1 + np.exp(-factor * logits))).astype(np.float32), truth)
+        assert fit_temperature([calibrated]) == pytest.approx(expected, rel=0.05)
     better = np.array([[[90, 10, 10, 890]] * 8, [[88, 12, 12, 888]] * 8])
     worse = np.array([[[70, 30, 30, 870]] * 8, [[72, 28, 28, 872]] * 8])
     result = compare(better, worse, [f"b{i}" for i in range(8)])

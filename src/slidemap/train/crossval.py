@@ -27,7 +27,7 @@ from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.scene import IGNORE
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.folds import Block, held_out, make_blocks
-from slidemap.evaluation.metrics import BinaryConfusion, landslide_scores
+from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion, landslide_scores
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
@@ -40,6 +40,7 @@ console = Console(stderr=True)
 
 THRESHOLDS = np.round(np.arange(5, 96) / 100, 2)  # the grid thresholds are fitted on
 BOOTSTRAP = 2000
+TEMPERATURES = np.round(np.geomspace(0.25, 4.0, 41), 4)  # the grid temperatures are fitted on
 BLOCK_COLUMNS = ("recipe", "seed", "block", "fold", "pixels", "landslide", "threshold",
                  "precision", "recall", "f1", "iou")
 
@@ -209,6 +210,23 @@ def best_threshold(confusions: list[BinaryConfusion]) -> float:
     return float(THRESHOLDS[int(np.argmax(scores))])
 
 
+def fit_temperature(confusions: list[BinaryConfusion]) -> float:
+    """The temperature T of the grid that minimises the log-loss of σ(logit(p) / T) over the
+    pooled probability histograms (bin centres): T > 1 softens over-confident probabilities.
+    It does not move the F1-best threshold's ranking of pixels, only what the numbers mean."""
+    pos = np.sum([c.pos_hist for c in confusions], axis=0).astype(np.float64)
+    neg = np.sum([c.neg_hist for c in confusions], axis=0).astype(np.float64)
+    centres = (np.arange(AUC_BINS) + 0.5) / AUC_BINS
+    logits = np.log(centres / (1 - centres))
+    losses = []
+    for temperature in TEMPERATURES:
+        scaled = logits / temperature
+        # -log σ(z) = log(1 + e^-z); -log(1 - σ(z)) = log(1 + e^z)
+        losses.append(float((pos * np.logaddexp(0, -scaled)).sum()
+                            + (neg * np.logaddexp(0, scaled)).sum()))
+    return float(TEMPERATURES[int(np.argmin(losses))])
+
+
 def summarise(confusions: dict[str, dict[tuple[int, str], BinaryConfusion]],
               blocks: list[Block], seeds: tuple[int, ...], folds: int) -> dict:
     """Per-block rows at out-of-fold thresholds, pooled figures, and the paired comparison."""
@@ -241,6 +259,7 @@ def summarise(confusions: dict[str, dict[tuple[int, str], BinaryConfusion]],
             "worst_block": {"block": names[int(np.argmin(block_f1))],
                             "f1": float(block_f1.min())},
             "oof_threshold": shipped,
+            "oof_temperature": fit_temperature(every),
         }
     if "baseline" in counts:
         summary["comparison"] = compare(counts["candidate"], counts["baseline"], names)
@@ -323,10 +342,12 @@ def summary_markdown(summary: dict) -> str:
              f"{summary['buffer_px']} working px, seeds {seeds}. Pooled: one confusion matrix "
              "over every block and seed, each block at the threshold fitted on the other folds "
              "(out of fold). At model threshold: the same pooled at the config's threshold. "
-             "OOF threshold: the one fitted on all out-of-fold predictions (to ship).", ""]
+             "OOF threshold: the one fitted on all out-of-fold predictions (to ship); OOF "
+             "temperature: the temperature scaling σ(logit(p) / T) of least log-loss on them.",
+             ""]
     headings = ["recipe", "pooled F1", "pooled IoU", "precision", "recall",
                 "pooled F1 per seed", "mean block F1", "worst block", "F1 at model threshold",
-                "OOF threshold"]
+                "OOF threshold", "OOF temperature"]
     body = []
     for label, r in summary["recipes"].items():
         pooled = r["pooled"]
@@ -335,7 +356,8 @@ def summary_markdown(summary: dict) -> str:
                      " / ".join(_cell(v) for v in r["pooled_per_seed"]),
                      _cell(r["mean_block_f1"]),
                      f"{r['worst_block']['block']} {_cell(r['worst_block']['f1'])}",
-                     _cell(r["pooled_at_model_threshold"]["f1"]), _cell(r["oof_threshold"])])
+                     _cell(r["pooled_at_model_threshold"]["f1"]), _cell(r["oof_threshold"]),
+                     _cell(r["oof_temperature"])])
     lines += _md_table(headings, body)
     comparison = summary.get("comparison")
     if comparison:
