@@ -215,7 +215,8 @@ def evaluate_arrays(model: torch.nn.Module, arrays: list[SceneArrays], stats: Ba
                     config: RunConfig) -> dict[str, float]:
     """The one scorer's figures for the network being trained, run as its model file will be
     (``config.predict``: window, overlap, scales, threshold) and counted on each item's own
-    grid, so the kept epoch's line in history.csv is what ``finetune`` and ``study`` report."""
+    grid, so the kept epoch's line in history.csv is what ``finetune`` and ``study`` report
+    (for a float32 model file; ``weights_dtype`` int8 or int4 rounds the stored weights)."""
     bundle = bundle_of(model, config.model.name, config.model.width, config.model.options,
                        config.inputs, stats, config.predict.threshold, config.predict.defaults)
     return score_bundle(bundle, arrays, config.train.precision,
