@@ -18,7 +18,8 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import load_scene_arrays
 from slidemap.data.sources import load_arrays
 from slidemap.evaluation.metrics import BinaryConfusion
-from slidemap.evaluation.scorer import score_bundle
+from slidemap.evaluation.scorer import score_bundle, score_regions
+from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.train.config import load_config
@@ -110,3 +111,18 @@ def test_evaluate_agrees_with_the_scorer(tiny_scene: dict[str, Path], tiny_model
     assert report["metrics"]["pixels"] == scored["pixels"]
     for key in ("f1", "iou", "precision", "recall"):
         assert report["metrics"][key] == pytest.approx(scored[key], abs=1e-4), key
+
+
+def test_blocks_scored_apart_add_up_to_the_scene(tiny_scene: dict[str, Path],
+                                                 tiny_model: Path) -> None:
+    """crossval's per-block matrices are the scorer's matrix of the scene, split by region."""
+    bundle = load_model(tiny_model)
+    scene = load_scene_arrays(tiny_scene["image"], tiny_scene["mask"], tiny_scene["dem"],
+                              bundle.inputs)
+    whole = score_bundle(bundle, [scene], "fp32")
+    left = np.zeros(scene.target.shape, dtype=bool)
+    left[:, :50] = True
+    predictor = Predictor([bundle], precision="fp32")
+    parts = score_regions(predictor, scene, [left, ~left], PredictOptions(precision="fp32"))
+    assert all(part.metrics()["pixels"] > 0 for part in parts)
+    assert parts[0].add(parts[1]).metrics() == whole.metrics()
