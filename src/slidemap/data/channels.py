@@ -8,8 +8,10 @@ model (scale promotion, see ``slidemap.data.scaling``). Image bands of Landslide
 are numbered as in its 14-channel stack (B2 = 2, B8 = 8, B12 = 12); slope and DEM are the flags.
 
 ``relief_m`` adds the DEM as *relief*: elevation above the mean elevation within that many
-metres (``terrain.relief``). It carries the terrain's shape without its altitude, so a model does
-not tie landslides to the altitude of the valley it was trained in.
+metres (``terrain.relief``), or one channel per radius for a list of radii. It carries the
+terrain's shape without its altitude, so a model does not tie landslides to the altitude of the
+valley it was trained in. ``curvature`` and ``roughness_m`` add two more descriptors of form
+that no shift of the DEM changes (``terrain.laplacian_curvature``, ``terrain.roughness``).
 
 ``optical: chromaticity`` replaces each image band b by its share of the bands' sum,
 (b + 1) / (sum + C) for C bands: the colour without the brightness. Landslides in one scene can
@@ -17,6 +19,10 @@ be brighter than their surroundings and in the next darker (sun angle, moisture,
 while their colour (greyer than vegetation) holds; a model that never sees brightness cannot
 learn the wrong cue. The offset of one unit per band (in 8-bit imagery) keeps near-black shadow
 pixels from turning into noise.
+
+``optical: scene`` standardises each image band by its scene's own mean and deviation (one pair
+per scene, from an overview, so windows have no seams; a patch by its own pixels): a scene
+brighter or with more contrast than the training scenes gives the same channels.
 """
 
 from __future__ import annotations
