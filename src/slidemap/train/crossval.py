@@ -149,9 +149,8 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
     result = run_dir / "blocks.json"
     if result.exists():
         return _read_confusions(result)
-    resume = (run_dir / "checkpoint.safetensors").exists() and \
-        not (run_dir / "summary.json").exists()
-    if not (run_dir / "summary.json").exists():
+    if not (run_dir / "summary.json").exists():  # not trained to the end: train or resume
+        resume = (run_dir / "checkpoint.safetensors").exists()
         train(fold_config, run_dir, resume=resume, overwrite=not resume,
               extra_train=fold_training_arrays(scenes, blocks, fold, buffer))
     bundle = load_model(run_dir / "model")
