@@ -85,7 +85,7 @@ def test_a_few_aliases_still_work(tmp_path: Path, tiny_scene: dict[str, Path]) -
     ("lr", -1), ("lr", 0), ("lr", float("nan")), ("lr", "fast"),
     ("threads", "abc"), ("threads", -1), ("threads", 0),
     ("seed", -1), ("seed", 2**40), ("seed", 1.5),
-    ("tile", 1), ("tile", 16), ("tile", 100_000),
+    ("tile", 1), ("tile", 8), ("tile", 100_000),
     ("weight_decay", -0.1), ("min_valid", 2.0), ("epochs", 0),
 ])
 def test_training_settings_out_of_range_fail_at_load(tmp_path: Path, tiny_scene: dict[str, Path],

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from slidemap.train.metrics import BinaryConfusion
+from slidemap.evaluation.metrics import BinaryConfusion
 
 
 def test_metrics_match_hand_computed_confusion() -> None:

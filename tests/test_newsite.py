@@ -218,7 +218,7 @@ def test_scene_statistics_are_those_of_the_scene(tiny_scene: dict, monkeypatch) 
 
 def test_relief_is_refused_for_patch_sets(tmp_path: Path) -> None:
     root = patch_folder(tmp_path / "site", count=1)
-    with pytest.raises(SlidemapError, match="relief_m needs georeferenced scenes"):
+    with pytest.raises(SlidemapError, match="need georeferenced scenes"):
         open_patch_set(root, InputSpec(image_bands=(1, 2, 3), slope=True, relief_m=100.0))
 
 def test_patch_statistics_are_those_of_all_target_patches(tmp_path: Path) -> None:

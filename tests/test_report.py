@@ -23,6 +23,7 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from slidemap.errors import SlidemapError
+from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.vectorize import build_inventory, write_inventory
 from slidemap.report import build_report, plot_training_curves
 from slidemap.report.mapview import (
@@ -41,7 +42,6 @@ from slidemap.report.plots import (
     size_histogram_figure,
 )
 from slidemap.report.provenance import Provenance, accuracy_caveat, from_tags
-from slidemap.train.metrics import BinaryConfusion
 
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_URI = "data:image/png;base64,"

@@ -334,6 +334,53 @@ def study(
 
 
 @app.command()
+def crossval(
+    config: Annotated[Path, typer.Argument(help="YAML run config of the candidate recipe")],
+    out: Annotated[Path, typer.Option(help="folder: one run per recipe, seed and fold, tables")],
+    baseline: Annotated[Path | None, typer.Option(
+        help="YAML run config of the recipe to compare with (same scenes)")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="comma-separated seeds, e.g. 0,1 (default: the config's crossval.seeds)")] = None,
+) -> None:
+    """Spatial cross-validation over blocks of the config's scenes; with --baseline, the paired
+    pooled-F1 difference and the decision of benchmarks/protocol/RULE.md.
+
+    Rerunning the same command continues an interrupted protocol: scored folds are kept.
+    """
+    from slidemap.train.config import load_config
+    from slidemap.train.crossval import run_crossval
+
+    summary = run_crossval(load_config(config), out,
+                           load_config(baseline) if baseline is not None else None,
+                           _seeds(seeds))
+    for label, figures in summary["recipes"].items():
+        pooled = figures["pooled"]
+        log.info(f"{label}: pooled F1 {pooled['f1']:.4f} IoU {pooled['iou']:.4f}, worst "
+                 f"block {figures['worst_block']['block']} "
+                 f"{figures['worst_block']['f1']:.4f}")
+    if "comparison" in summary:
+        comparison = summary["comparison"]
+        low, high = comparison["interval_95"]
+        log.info(f"difference {comparison['pooled_f1_difference']:+.4f} "
+                 f"[{low:+.4f}, {high:+.4f}]: "
+                 f"{'adopt' if comparison['adopt'] else 'keep the baseline'}")
+    log.info(f"  {out / 'summary.md'}, {out / 'blocks.md'}")
+
+
+def _seeds(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        seeds = tuple(int(v) for v in value.split(","))
+    except ValueError as exc:
+        raise UsageError(f"--seeds {value!r} is not a list of integers: give e.g. 0,1"
+                         ) from exc
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {value!r} repeats a seed: give each seed once")
+    return seeds
+
+
+@app.command()
 def explain(
     image: Annotated[str, typer.Argument(help="image raster (any GDAL name)")],
     out: Annotated[Path, typer.Option(help="output folder for PNGs, GeoTIFFs, explain.json")],

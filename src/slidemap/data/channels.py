@@ -8,8 +8,10 @@ model (scale promotion, see ``slidemap.data.scaling``). Image bands of Landslide
 are numbered as in its 14-channel stack (B2 = 2, B8 = 8, B12 = 12); slope and DEM are the flags.
 
 ``relief_m`` adds the DEM as *relief*: elevation above the mean elevation within that many
-metres (``terrain.relief``). It carries the terrain's shape without its altitude, so a model does
-not tie landslides to the altitude of the valley it was trained in.
+metres (``terrain.relief``), or one channel per radius for a list of radii. It carries the
+terrain's shape without its altitude, so a model does not tie landslides to the altitude of the
+valley it was trained in. ``curvature`` and ``roughness_m`` add two more descriptors of form
+that no shift of the DEM changes (``terrain.laplacian_curvature``, ``terrain.roughness``).
 
 ``optical: chromaticity`` replaces each image band b by its share of the bands' sum,
 (b + 1) / (sum + C) for C bands: the colour without the brightness. Landslides in one scene can
@@ -17,6 +19,10 @@ be brighter than their surroundings and in the next darker (sun angle, moisture,
 while their colour (greyer than vegetation) holds; a model that never sees brightness cannot
 learn the wrong cue. The offset of one unit per band (in 8-bit imagery) keeps near-black shadow
 pixels from turning into noise.
+
+``optical: scene`` standardises each image band by its scene's own mean and deviation (one pair
+per scene, from an overview, so windows have no seams; a patch by its own pixels): a scene
+brighter or with more contrast than the training scenes gives the same channels.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rasterio.windows import Window
 
+from slidemap.data.terrain import relief_radii_m
 from slidemap.errors import SlidemapError
 
 if TYPE_CHECKING:
     from slidemap.data.scene import Scene
 
-OPTICAL_MODES = ("raw", "chromaticity")
+OPTICAL_MODES = ("raw", "chromaticity", "scene")
 CHROMA_OFFSET = 1.0
 
 
@@ -47,7 +54,9 @@ class InputSpec:
     resolution_m: float | None = None
     scale: float = 1.0
     optical: str = "raw"
-    relief_m: float | None = None
+    relief_m: float | tuple[float, ...] | None = None
+    curvature: bool = False
+    roughness_m: float | None = None
 
     def __post_init__(self) -> None:
         if self.optical not in OPTICAL_MODES:
@@ -55,20 +64,32 @@ class InputSpec:
                                 f"{', '.join(OPTICAL_MODES)}")
         if self.optical == "chromaticity" and len(self.image_bands) < 2:
             raise SlidemapError("inputs optical: chromaticity needs at least two image bands")
-        if self.relief_m is not None and not self.relief_m > 0:
-            raise SlidemapError(f"inputs relief_m must be a radius in metres > 0 or null, got "
-                                f"{self.relief_m!r}")
+        radii = relief_radii_m(self.relief_m)
+        if self.relief_m is not None and not (radii and all(r > 0 for r in radii)
+                                              and len(set(radii)) == len(radii)):
+            raise SlidemapError(f"inputs relief_m must be a radius in metres > 0, a list of "
+                                f"distinct radii, or null, got {self.relief_m!r}")
+        if isinstance(self.relief_m, list | tuple):
+            object.__setattr__(self, "relief_m", radii)
+        if self.roughness_m is not None and not self.roughness_m > 0:
+            raise SlidemapError(f"inputs roughness_m must be a radius in metres > 0 or null, "
+                                f"got {self.roughness_m!r}")
 
     @property
     def channels(self) -> list[str]:
-        prefix = "chroma" if self.optical == "chromaticity" else "band"
+        prefix = {"raw": "band", "chromaticity": "chroma", "scene": "scene"}[self.optical]
         names = [f"{prefix}{b}" for b in self.image_bands]
-        return (names + ["dem"] * self.dem + ["relief"] * bool(self.relief_m)
-                + ["slope"] * self.slope)
+        if isinstance(self.relief_m, tuple):  # several radii: one channel each, named by it
+            relief_names = [f"relief{r:g}m" for r in self.relief_m]
+        else:
+            relief_names = ["relief"] * bool(self.relief_m)
+        return (names + ["dem"] * self.dem + relief_names + ["slope"] * self.slope
+                + ["curvature"] * self.curvature + ["roughness"] * bool(self.roughness_m))
 
     @property
     def needs_dem(self) -> bool:
-        return self.dem or self.slope or bool(self.relief_m)
+        return (self.dem or self.slope or bool(self.relief_m) or self.curvature
+                or bool(self.roughness_m))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,28 +103,60 @@ class InputSpec:
             resolution_m=data.get("resolution_m"),
             scale=float(data.get("scale", 1.0)),
             optical=str(data.get("optical", "raw")),
-            relief_m=None if data.get("relief_m") is None else float(data["relief_m"]),
+            relief_m=_relief(data.get("relief_m")),
+            curvature=bool(data.get("curvature", False)),
+            roughness_m=None if data.get("roughness_m") is None else float(data["roughness_m"]),
         )
+
+
+def _relief(value: object) -> float | tuple[float, ...] | None:
+    """``relief_m`` as read from YAML or a model file: null, one radius, or a list of them."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return tuple(float(v) for v in value)
+    return float(value)  # type: ignore[arg-type]
 
 
 def read_inputs(scene: Scene, window: Window, spec: InputSpec, factor: int
                 ) -> dict[str, np.ndarray]:
     """Read the sample that ``spec``'s channels are stacked from: one place knows the mapping."""
-    return scene.read(window, spec.image_bands, factor, dem=spec.dem, slope=spec.slope,
-                      relief_m=spec.relief_m)
+    sample = scene.read(window, spec.image_bands, factor, dem=spec.dem, slope=spec.slope,
+                        relief_m=spec.relief_m, curvature=spec.curvature,
+                        roughness_m=spec.roughness_m)
+    if spec.optical == "scene":
+        sample["optical_stats"] = scene.optical_stats(spec.image_bands)
+    return sample
 
 
 def stack_channels(sample: dict[str, np.ndarray], spec: InputSpec) -> np.ndarray:
     """Stack the sample's arrays into the model's (C, H, W) float32 input, in ``spec`` order."""
     image = sample["image"]
-    parts = [chromaticity(image) if spec.optical == "chromaticity" else image]
-    if spec.dem:
-        parts.append(sample["dem"])
-    if spec.relief_m:
-        parts.append(sample["relief"])
-    if spec.slope:
-        parts.append(sample["slope"])
+    if spec.optical == "chromaticity":
+        image = chromaticity(image)
+    elif spec.optical == "scene":
+        image = standardised(image, sample.get("optical_stats"), sample.get("valid"))
+    parts = [image]
+    for key, wanted in (("dem", spec.dem), ("relief", spec.relief_m), ("slope", spec.slope),
+                        ("curvature", spec.curvature), ("roughness", spec.roughness_m)):
+        if wanted:
+            parts.append(sample[key])
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+
+
+def standardised(image: np.ndarray, stats: np.ndarray | None,
+                 valid: np.ndarray | None = None) -> np.ndarray:
+    """Each band minus its scene mean, over its scene standard deviation (``stats``: (2, C),
+    mean and std); without ``stats`` (a patch, which is its own scene) those of the valid pixels
+    of ``image`` itself."""
+    x = np.asarray(image, dtype=np.float32)
+    if stats is None:
+        use = np.isfinite(x).all(axis=0) if valid is None else valid & np.isfinite(x).all(axis=0)
+        pixels = x[:, use] if use.any() else x.reshape(x.shape[0], -1)
+        stats = np.stack([pixels.mean(axis=1), pixels.std(axis=1)])
+    mean = np.asarray(stats[0], dtype=np.float32)[:, None, None]
+    std = np.maximum(np.asarray(stats[1], dtype=np.float32), 1e-6)[:, None, None]
+    return (x - mean) / std
 
 
 def chromaticity(image: np.ndarray) -> np.ndarray:

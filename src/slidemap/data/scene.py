@@ -27,13 +27,21 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from slidemap.data.terrain import pixel_size_m, relief, slope_degrees
+from slidemap.data.terrain import (
+    laplacian_curvature,
+    pixel_size_m,
+    relief,
+    relief_radii_m,
+    roughness,
+    slope_degrees,
+)
 from slidemap.data.vectors import VectorLabels, is_vector
 from slidemap.errors import SlidemapError
 from slidemap.io.names import DatasetName, as_name, local_path
 
 IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)
+OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
 
 
 def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
@@ -128,6 +136,7 @@ class Scene:
         self._mask_src: rasterio.DatasetReader | None = None
         self._mask: rasterio.DatasetReader | WarpedVRT | None = None
         self._vectors: VectorLabels | None = None
+        self._optical_stats: dict[tuple[int, ...], np.ndarray] = {}
         try:
             if require_crs and self._image.crs is None:
                 raise SlidemapError(
@@ -245,14 +254,17 @@ class Scene:
     # -- reading --------------------------------------------------------------------------
     def read(self, window: Window, bands: tuple[int, ...], factor: int = 1,
              dem: bool = False, slope: bool = False,
-             relief_m: float | None = None) -> dict[str, np.ndarray]:
+             relief_m: float | tuple[float, ...] | None = None, curvature: bool = False,
+             roughness_m: float | None = None) -> dict[str, np.ndarray]:
         """Read one window, decimated by ``factor``, as a sample dict.
 
         Keys: ``image`` (C,h,w) float32, ``valid`` (h,w) bool, and when asked ``dem`` (1,h,w) in
-        metres with NaN for nodata, ``slope`` (1,h,w) degrees, ``relief`` (1,h,w) metres above
-        the mean elevation within ``relief_m`` (see ``terrain.relief``), ``mask`` (h,w) uint8
-        with 255 ignore. Slope and relief are computed from a DEM read with a halo around the
-        window, so a window gives the values a read of the whole scene gives there.
+        metres with NaN for nodata, ``slope`` (1,h,w) degrees, ``relief`` (k,h,w) metres above
+        the mean elevation within each radius of ``relief_m`` (see ``terrain.relief``),
+        ``curvature`` (1,h,w) in 1/100 m, ``roughness`` (1,h,w) metres within ``roughness_m``,
+        ``mask`` (h,w) uint8 with 255 ignore. Terrain descriptors are computed from a DEM read
+        with a halo around the window, so a window gives the values a read of the whole scene
+        gives there.
         """
         out_h = max(1, round(window.height / factor))
         out_w = max(1, round(window.width / factor))
@@ -267,32 +279,59 @@ class Scene:
             offsets = np.array([img.offsets[b - 1] or 0.0 for b in bands], np.float32)
             image = image * scales[:, None, None] + offsets[:, None, None]
         sample: dict[str, np.ndarray] = {"image": image, "valid": valid}
-        if dem or slope or relief_m:
+        relief_radii = relief_radii_m(relief_m)
+        if dem or slope or relief_radii or curvature or roughness_m:
             if self._dem is None:
                 raise SlidemapError(
                     f"the model needs a DEM for {self.image_path}: pass one with --dem"
                 )
             dx, dy = self.pixel_size_m()
             step = (dx * window.width / out_w, dy * window.height / out_h)
-            radius = max(1, round(relief_m / (sum(step) / 2))) if relief_m else 0
-            margin = radius or int(slope)
+            radii = [max(1, round(r / (sum(step) / 2))) for r in relief_radii]
+            rough = max(1, round(roughness_m / (sum(step) / 2))) if roughness_m else 0
+            margin = max([*radii, rough, int(slope or curvature)])
             if margin:  # one read serves all: the halo's core is the window's elevation
                 halo, (top, left) = self._dem_with_halo(window, out_h, out_w, margin)
                 elevation = halo[top:top + out_h, left:left + out_w]
             else:
                 elevation = self._read_dem(window, out_h, out_w)
+
+            def core(values: np.ndarray) -> np.ndarray:
+                return values[top:top + out_h, left:left + out_w][None].astype(np.float32)
+
             finite = np.isfinite(elevation)
             sample["valid"] &= finite
             if dem:
                 sample["dem"] = np.where(finite, elevation, np.nan)[None].astype(np.float32)
-            if relief_m:
-                core = relief(halo, radius)[top:top + out_h, left:left + out_w]
-                sample["relief"] = core[None].astype(np.float32)
+            if radii:
+                sample["relief"] = np.concatenate([core(relief(halo, r)) for r in radii])
             if slope:
                 sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step)
+            if curvature:
+                sample["curvature"] = core(laplacian_curvature(halo, step))
+            if rough:
+                sample["roughness"] = core(roughness(halo, rough))
         if self.has_labels:
             sample["mask"] = self._read_mask(window, out_h, out_w)
         return sample
+
+    def optical_stats(self, bands: tuple[int, ...]) -> np.ndarray:
+        """(2, C) mean and standard deviation of each band over the scene's valid pixels, from
+        an overview of at most ``OPTICAL_OVERVIEW`` px a side: one pair per scene, so that every
+        window is normalised alike (per-scene photometric normalisation, no seams)."""
+        if bands not in self._optical_stats:
+            shrink = max(1.0, max(self.height, self.width) / OPTICAL_OVERVIEW)
+            shape = (max(1, round(self.height / shrink)), max(1, round(self.width / shrink)))
+            with reading("image", self.image_path):
+                image = self._image.read(bands, out_shape=(len(bands), *shape),
+                                         resampling=Resampling.nearest)
+                valid = self._image.dataset_mask(out_shape=shape) > 0
+            if not valid.any():
+                raise SlidemapError(f"image {self.image_path} has no valid pixel (all nodata): "
+                                    "check its nodata value")
+            pixels = image[:, valid].astype(np.float64)
+            self._optical_stats[bands] = np.stack([pixels.mean(axis=1), pixels.std(axis=1)])
+        return self._optical_stats[bands]
 
     def read_validity(self, window: Window, dem: bool = False) -> np.ndarray:
         """Native-resolution validity of a window: image data present and, if asked, DEM finite."""

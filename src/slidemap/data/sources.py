@@ -159,9 +159,9 @@ def open_patch_set(root: Path, spec: InputSpec, kind: str | None = None,
     Landslide4Sense is recognised by ``img/`` or ``*.h5`` files, anything else is a patch folder.
     """
     root = Path(root)
-    if spec.relief_m:
-        raise SlidemapError(f"inputs relief_m needs georeferenced scenes, not patches ({root}): "
-                            "use dem and slope for patch sets")
+    if spec.relief_m or spec.curvature or spec.roughness_m:
+        raise SlidemapError(f"inputs relief_m, curvature and roughness_m need georeferenced "
+                            f"scenes, not patches ({root}): use dem and slope for patch sets")
     if kind is None:
         kind = "l4s" if (root / "img").is_dir() or any(root.glob("*.h5")) else "patches"
     if kind == "l4s":

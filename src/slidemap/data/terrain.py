@@ -43,6 +43,13 @@ def slope_degrees(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarra
     return slope[None] if squeeze else slope
 
 
+def relief_radii_m(relief_m: float | tuple[float, ...] | None) -> tuple[float, ...]:
+    """``inputs.relief_m`` (one radius, several, or None) as a tuple of radii in metres."""
+    if relief_m is None:
+        return ()
+    return tuple(relief_m) if isinstance(relief_m, tuple | list) else (float(relief_m),)
+
+
 def relief(dem: np.ndarray, radius: int) -> np.ndarray:
     """Elevation above the mean valid elevation of the (2·radius + 1)² square around each pixel.
 
@@ -76,3 +83,41 @@ def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
     cols0 = np.clip(np.arange(w) - radius, 0, w)[None, :]
     cols1 = np.clip(np.arange(w) + radius + 1, 0, w)[None, :]
     return table[rows1, cols1] - table[rows0, cols1] - table[rows1, cols0] + table[rows0, cols0]
+
+
+def laplacian_curvature(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarray:
+    """Curvature of the surface (the negative Laplacian, Zevenbergen & Thorne), in 1/100 m.
+
+    Positive on convex ground (crests, scarp tops), negative in concave ground (hollows, the
+    deposits at a slope's foot); a constant added to the whole DEM leaves it unchanged. Edge
+    pixels use replicated neighbours (pass a window with a one-pixel halo); NaN stays NaN.
+    ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size`` is (dx, dy) in metres.
+    """
+    squeeze = dem.ndim == 3
+    z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
+    p = np.pad(z, 1, mode="edge")
+    dx, dy = pixel_size
+    d2x = (p[1:-1, :-2] + p[1:-1, 2:] - 2 * z) / dx**2
+    d2y = (p[:-2, 1:-1] + p[2:, 1:-1] - 2 * z) / dy**2
+    out = (-100.0 * (d2x + d2y)).astype(np.float32)
+    return out[None] if squeeze else out
+
+
+def roughness(dem: np.ndarray, radius: int) -> np.ndarray:
+    """Standard deviation of the valid elevations in the (2·radius + 1)² square around each
+    pixel, in metres: rough, broken ground (scarps, debris) against smooth slopes. Shifting the
+    DEM leaves it unchanged; NaN pixels are left out and stay NaN. (H, W) or (1, H, W), float32.
+    """
+    squeeze = dem.ndim == 3
+    z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
+    finite = np.isfinite(z)
+    if not finite.any():
+        out = np.full(z.shape, np.nan, dtype=np.float32)
+        return out[None] if squeeze else out
+    centred = np.where(finite, z - z[finite].mean(), 0.0)
+    count = np.maximum(_box_sum(finite.astype(np.float64), radius), 1.0)
+    mean = _box_sum(centred, radius) / count
+    variance = _box_sum(centred**2, radius) / count - mean**2
+    out = np.sqrt(np.maximum(variance, 0.0)).astype(np.float32)
+    out[~finite] = np.nan
+    return out[None] if squeeze else out

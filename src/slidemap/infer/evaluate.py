@@ -10,7 +10,7 @@ from rasterio.windows import Window
 from slidemap.data.dataset import check_labels
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
-from slidemap.train.metrics import BinaryConfusion
+from slidemap.evaluation.metrics import BinaryConfusion
 
 
 def score_raster(prediction: Path, truth: Path, threshold: float = 0.5,

@@ -23,6 +23,7 @@ from slidemap.data.scaling import demote
 from slidemap.data.sources import PatchArrays, open_patch_set, patch_arrays
 from slidemap.data.windows import grid_windows
 from slidemap.errors import SlidemapError
+from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.blend import window_weights
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
@@ -30,7 +31,6 @@ from slidemap.infer.separated import patch_stats
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
-from slidemap.train.metrics import BinaryConfusion
 
 
 def predict_arrays(predictor: Predictor, x: np.ndarray, valid: np.ndarray,
@@ -69,18 +69,6 @@ def to_native(prob: np.ndarray, arrays: SceneArrays) -> tuple[np.ndarray, np.nda
         if prob.shape != valid.shape:
             prob = demote(prob, valid.shape)
     return np.where(valid, prob, np.nan).astype(np.float32), valid
-
-
-def score_arrays(predictor: Predictor, arrays: list[SceneArrays],
-                 options: PredictOptions) -> dict[str, float]:
-    """Metrics over every labelled pixel of ``arrays``: patches on their native grid."""
-    confusion = BinaryConfusion(predictor.threshold)
-    for item in arrays:
-        prob, _ = native_prob(predictor, item, options)
-        labels = item.labels if isinstance(item, PatchArrays) else item.target
-        if labels is not None:
-            confusion.update(prob, labels)
-    return confusion.metrics()
 
 
 def patch_output_paths(name: str, out_dir: Path) -> dict[str, Path]:

@@ -26,7 +26,9 @@ MAX_BANDS = 256  # image bands a model may read
 MAX_OPTION = 4096  # any whole number among the architecture options
 SCALE_RANGE = (0.25, 4.0)
 WEIGHTS_DTYPES = ("float32", "float16", "int8", "int4")
-INPUT_KEYS = {"image_bands", "dem", "slope", "resolution_m", "scale", "optical", "relief_m"}
+INPUT_KEYS = {"image_bands", "dem", "slope", "resolution_m", "scale", "optical", "relief_m",
+              "curvature", "roughness_m"}
+MAX_RELIEF_RADII = 16
 SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL",
                       "U16", "U32", "U64", "F8_E4M3", "F8_E5M2"}
 
@@ -89,7 +91,7 @@ def _inputs(raw: Any) -> dict:
                          f"not {bands!r:.60}")
     for band in bands:
         _whole("inputs.image_bands", band, 1, 2**16)
-    for flag in ("dem", "slope"):
+    for flag in ("dem", "slope", "curvature"):
         if not isinstance(raw.get(flag, False), bool):
             raise ValueError(f"inputs.{flag} must be true or false, not {raw[flag]!r:.60}")
     optical = raw.get("optical", "raw")
@@ -99,8 +101,19 @@ def _inputs(raw: Any) -> dict:
             "slope": raw.get("slope", False),
             "resolution_m": _positive("inputs.resolution_m", raw.get("resolution_m"), 1e5, True),
             "scale": _positive("inputs.scale", raw.get("scale", 1.0), 64.0),
-            "optical": optical,
-            "relief_m": _positive("inputs.relief_m", raw.get("relief_m"), 1e5, True)}
+            "optical": optical, "relief_m": _relief_radii(raw.get("relief_m")),
+            "curvature": raw.get("curvature", False),
+            "roughness_m": _positive("inputs.roughness_m", raw.get("roughness_m"), 1e5, True)}
+
+
+def _relief_radii(value: Any) -> float | list[float] | None:
+    """``inputs.relief_m``: null, one radius in metres, or a short list of radii."""
+    if not isinstance(value, list):
+        return _positive("inputs.relief_m", value, 1e5, True)
+    if not 0 < len(value) <= MAX_RELIEF_RADII:
+        raise ValueError(f"inputs.relief_m must list 1 to {MAX_RELIEF_RADII} radii, not "
+                         f"{len(value)}")
+    return [_positive("inputs.relief_m", radius, 1e5) for radius in value]
 
 
 def _options(raw: Any) -> dict:

@@ -123,7 +123,7 @@ class TrainSettings:
 
 JITTER_KEYS = ("brightness", "contrast", "saturation", "invert")
 JITTER_DEFAULT = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "invert": 0.0}
-CHECKED_BY_SETTINGS = {"colour_jitter", "scales"}  # checked in __post_init__
+CHECKED_BY_SETTINGS = {"colour_jitter", "scales", "blocks", "seeds"}  # checked in __post_init__
 
 
 def _jitter_strengths(value: Any) -> dict[str, float] | bool:
@@ -153,7 +153,7 @@ def _check_range(key: str, value: Any, low: float, high: float, expected: str) -
 
 
 MAX_SEED = 2**31 - 1
-MIN_TRAIN_TILE, MAX_TRAIN_TILE = 32, 4096  # a window the encoder can halve a few times
+MIN_TRAIN_TILE, MAX_TRAIN_TILE = 16, 4096  # a window the encoder can halve a few times
 
 
 def _check_whole(key: str, value: Any, low: int, high: int) -> None:
@@ -164,9 +164,8 @@ def _check_whole(key: str, value: Any, low: int, high: int) -> None:
 
 @dataclass(frozen=True)
 class PredictSettings:
-    """Windows for validation during training, and the defaults the model file carries
-    (``slidemap.io.modelfile.PredictDefaults`` and the decision threshold); validation predicts
-    at scale 1 only."""
+    """The defaults the model file carries (``slidemap.io.modelfile.PredictDefaults`` and the
+    decision threshold); validation during training predicts as that file will be run."""
 
     tile: int = 256
     overlap: int = 64
@@ -206,6 +205,41 @@ class SelfTrainSettings:
 
 
 @dataclass(frozen=True)
+class CrossvalSettings:
+    """Spatial cross-validation (``crossval:``, see configs/README.md and
+    ``slidemap.evaluation.folds``): ``blocks`` rows × columns per scene, dealt to ``folds``
+    folds, each trained away from its blocks by ``buffer`` working pixels (None: one training
+    window, the least allowed), with every seed of ``seeds``."""
+
+    blocks: tuple[int, int] = (2, 2)
+    folds: int = 4
+    buffer: int | None = None
+    seeds: tuple[int, ...] = (0, 1)
+
+    def __post_init__(self) -> None:
+        blocks, seeds = self.blocks, self.seeds
+        if not (isinstance(blocks, list | tuple) and len(blocks) == 2
+                and all(_is_int(v) and v >= 1 for v in blocks)):
+            raise SlidemapError(f"crossval.blocks must be [rows, columns] of blocks per scene, "
+                                f"e.g. [2, 2], got {blocks!r}")
+        if not (_is_int(self.folds) and self.folds >= 2):
+            raise SlidemapError(f"crossval.folds must be an integer >= 2, got {self.folds!r}")
+        if self.buffer is not None and not (_is_int(self.buffer) and self.buffer >= 0):
+            raise SlidemapError(f"crossval.buffer must be working pixels >= 0 or null (one "
+                                f"training window), got {self.buffer!r}")
+        if not (isinstance(seeds, list | tuple) and seeds and all(_is_int(v) for v in seeds)
+                and len(set(seeds)) == len(seeds)):
+            raise SlidemapError(f"crossval.seeds must be a list of distinct integers, e.g. "
+                                f"[0, 1], got {seeds!r}")
+        object.__setattr__(self, "blocks", (int(blocks[0]), int(blocks[1])))
+        object.__setattr__(self, "seeds", tuple(int(v) for v in seeds))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     train_scenes: tuple[SceneSource, ...]
@@ -220,6 +254,7 @@ class RunConfig:
     val_patches: tuple[PatchSource, ...] = ()
     init: Path | None = None  # model file whose weights training starts from
     selftrain: SelfTrainSettings | None = None
+    crossval: CrossvalSettings = field(default_factory=CrossvalSettings)
 
     def input_files(self) -> list[Path]:
         """Every file the run reads by name (the config, its scenes' rasters, the model it
@@ -243,6 +278,8 @@ class RunConfig:
             out["init"] = str(self.init)
         if self.selftrain is not None:
             out["selftrain"] = self.selftrain.to_dict()
+        if self.crossval != CrossvalSettings():
+            out["crossval"] = vars(self.crossval)
         return out
 
 
@@ -363,7 +400,7 @@ def read_yaml(path: Path, what: str = "config") -> dict:
 
 
 SECTIONS = ("name", "data", "inputs", "model", "loss", "training", "predict", "init",
-            "selftrain")
+            "selftrain", "crossval")
 POSITIVE = {"width", "epochs", "batch_size", "tile", "windows_per_epoch"}
 
 
@@ -404,6 +441,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> RunConfig:
         val_patches=val_patches,
         init=_init(raw.get("init"), where),
         selftrain=selftrain,
+        crossval=_settings(CrossvalSettings, _section(raw, "crossval", where, required=False),
+                           where),
     )
 
 

@@ -18,9 +18,7 @@ from torch import nn
 
 from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
-from slidemap.infer.ensemble import Predictor
-from slidemap.infer.patches import score_arrays
-from slidemap.infer.predict import PredictOptions
+from slidemap.evaluation.scorer import score_bundle
 from slidemap.io.atomic import atomic_path, folder_lock
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.train import ddp
@@ -79,14 +77,11 @@ def freeze_encoder(model: nn.Module, name: str) -> None:
 
 
 def score_on_val(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:
-    """Figures of ``bundle`` on the config's validation scenes and patches, read with the
-    config's inputs (so a model and its fine-tuned version are read alike)."""
-    bundle = replace(bundle, inputs=config.inputs)
-    predictor = Predictor([bundle], precision=config.train.precision)
-    options = PredictOptions(config.predict.tile, config.predict.overlap,
-                             config.predict.batch_size, config.train.precision)
+    """Figures of ``bundle`` by the one scorer on the config's validation scenes and patches,
+    read with the config's inputs (so a model and its fine-tuned version are read alike)."""
     arrays = load_arrays(config.val_scenes, config.val_patches, config.inputs)
-    return score_arrays(predictor, arrays, options)
+    return score_bundle(replace(bundle, inputs=config.inputs), arrays, config.train.precision,
+                        config.predict.batch_size).metrics()
 
 
 def train_run(config: RunConfig, out_dir: Path, resume: bool = False,

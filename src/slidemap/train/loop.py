@@ -30,14 +30,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from slidemap.data.dataset import (
     RandomWindows,
     SceneArrays,
-    normalised,
     scene_stats,
 )
 from slidemap.data.normalization import BandStats
 from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
+from slidemap.evaluation.scorer import bundle_of, score_bundle
 from slidemap.infer.runtime import autocast
-from slidemap.infer.sliding import predict_array
 from slidemap.io.atomic import make_output_dir, staged
 from slidemap.io.modelfile import ModelBundle, model_paths, save_model
 from slidemap.models import build_model, count_parameters
@@ -48,7 +47,6 @@ from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoi
 from slidemap.train.config import RunConfig
 from slidemap.train.finetune import start_from
 from slidemap.train.losses import build_loss
-from slidemap.train.metrics import BinaryConfusion
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import RUN_FILES, check_run_inputs
 
@@ -238,18 +236,16 @@ def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, bat
     return float(np.mean(losses))
 
 
-def evaluate_arrays(model: torch.nn.Module, scenes: list[SceneArrays], stats: BandStats,
-                    config: RunConfig, threshold: float | None = None) -> dict[str, float]:
-    """Blended sliding-window prediction of whole validation scenes, scored in one matrix
-    at ``threshold`` (default: the one the run's model file will carry)."""
-    model.eval()
-    confusion = BinaryConfusion(config.predict.threshold if threshold is None else threshold)
-    for scene in scenes:
-        prob = predict_array(model, normalised(scene, stats), config.predict.tile,
-                             config.predict.overlap, config.predict.batch_size,
-                             config.train.precision)
-        confusion.update(prob, scene.target)
-    return confusion.metrics()
+def evaluate_arrays(model: torch.nn.Module, arrays: list[SceneArrays], stats: BandStats,
+                    config: RunConfig) -> dict[str, float]:
+    """The one scorer's figures for the network being trained, run as its model file will be
+    (``config.predict``: window, overlap, scales, threshold) and counted on each item's own
+    grid, so the kept epoch's line in history.csv is what ``finetune`` and ``study`` report
+    (for a float32 model file; ``weights_dtype`` int8 or int4 rounds the stored weights)."""
+    bundle = bundle_of(model, config.model.name, config.model.width, config.model.options,
+                       config.inputs, stats, config.predict.threshold, config.predict.defaults)
+    return score_bundle(bundle, arrays, config.train.precision,
+                        config.predict.batch_size).metrics()
 
 
 def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, path: Path,

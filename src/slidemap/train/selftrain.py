@@ -20,13 +20,13 @@ from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.scene import IGNORE
 from slidemap.data.sources import PatchArrays, load_patch_arrays
 from slidemap.errors import SlidemapError
+from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import predict_arrays, to_native
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.train.config import RunConfig
-from slidemap.train.metrics import BinaryConfusion
 
 COLUMNS = ("round", "kept_fraction", "pseudo_landslide_fraction", "target_f1", "target_iou",
            "target_precision", "target_recall", "train_seconds")

@@ -27,16 +27,16 @@ import torch
 import yaml
 from torch import nn
 
-from slidemap.data.dataset import load_scene_arrays
-from slidemap.data.normalization import BandStats
+from slidemap.data.sources import load_arrays
 from slidemap.data.vectors import file_of
 from slidemap.errors import SlidemapError
+from slidemap.evaluation.scorer import score_bundle
 from slidemap.infer.runtime import autocast, prepare_for_inference
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.models import build_model, count_parameters
 from slidemap.train.config import RunConfig, parse_config, read_yaml
-from slidemap.train.loop import evaluate_arrays, train
+from slidemap.train.loop import train
 from slidemap.train.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,8 @@ def _check_run(run: StudyRun, where: str) -> None:
     """Parse the config, build the loss and the model: errors name the run."""
     where = f"{where} run {run.name}"
     config = parse_config(run.raw, None)
-    if not config.val_scenes:
-        raise SlidemapError(f"{where}: a study scores on held-out scenes: give base data.val")
+    if not (config.val_scenes or config.val_patches):
+        raise SlidemapError(f"{where}: a study scores on held-out data: give base data.val")
     try:
         build_loss(config.loss)
         build_model(config.model.name, len(config.inputs.channels), config.model.width,
@@ -259,7 +259,7 @@ def run_one(run: StudyRun, run_dir: Path, timing: Timing) -> dict:
         train(config, run_dir, resume=resume, overwrite=not resume)
     summary = json.loads((run_dir / "summary.json").read_text())
     bundle = load_model(run_dir / "model")
-    scores = score_bundle(bundle, config)
+    scores = score_run(bundle, config)
     row = {
         "run": run.name, "model": run.model, "loss": run.loss, "variant": run.variant,
         "seed": run.seed, "direction": run.direction,
@@ -300,12 +300,11 @@ def _check_files(study: Study) -> None:
                                         "paths are relative to the current directory")
 
 
-def score_bundle(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:
-    """One confusion matrix over every valid pixel of the run's held-out (val) scenes."""
-    scenes = [load_scene_arrays(s.image, s.mask, s.dem, bundle.inputs, s.aoi)
-              for s in config.val_scenes]
-    return evaluate_arrays(prepare_for_inference(bundle.model), scenes,
-                           BandStats(bundle.mean, bundle.std), config, bundle.threshold)
+def score_run(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:
+    """The one scorer over every labelled pixel of the run's held-out scenes and patches."""
+    arrays = load_arrays(config.val_scenes, config.val_patches, bundle.inputs)
+    return score_bundle(bundle, arrays, config.train.precision,
+                        config.predict.batch_size).metrics()
 
 
 @torch.inference_mode()

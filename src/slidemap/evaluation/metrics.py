@@ -37,9 +37,20 @@ class BinaryConfusion:
         self.pos_hist += np.bincount(bins[t], minlength=AUC_BINS)
         self.neg_hist += np.bincount(bins[~t], minlength=AUC_BINS)
 
+    def add(self, other: BinaryConfusion) -> BinaryConfusion:
+        """Fold ``other``'s counts and histograms into this matrix (pooling blocks or seeds);
+        the threshold must be the same, or the counts would mean different things."""
+        if other.threshold != self.threshold:
+            raise ValueError(f"cannot pool confusions at thresholds {self.threshold} and "
+                             f"{other.threshold}")
+        self.counts += other.counts
+        self.pos_hist += other.pos_hist
+        self.neg_hist += other.neg_hist
+        return self
+
     def metrics(self) -> dict[str, float]:
         tp, fp, fn, tn = (int(c) for c in self.counts)
-        scores = _landslide_scores(tp, fp, fn)
+        scores = landslide_scores(tp, fp, fn)
         return {
             **scores,
             "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
@@ -53,9 +64,14 @@ class BinaryConfusion:
         """Precision, recall, F1 and IoU had the threshold been ``threshold`` (to 1/AUC_BINS),
         from the histograms, so a threshold can be chosen after one pass over the data."""
         first = int(np.clip(round(threshold * AUC_BINS), 0, AUC_BINS))
+        tp, fp, fn, _ = self.counts_at(threshold)
+        return {"threshold": first / AUC_BINS, **landslide_scores(tp, fp, fn)}
+
+    def counts_at(self, threshold: float) -> tuple[int, int, int, int]:
+        """(tp, fp, fn, tn) at another threshold (to 1/AUC_BINS), from the histograms."""
+        first = int(np.clip(round(threshold * AUC_BINS), 0, AUC_BINS))
         tp, fp = int(self.pos_hist[first:].sum()), int(self.neg_hist[first:].sum())
-        fn = int(self.pos_hist.sum()) - tp
-        return {"threshold": first / AUC_BINS, **_landslide_scores(tp, fp, fn)}
+        return tp, fp, int(self.pos_hist.sum()) - tp, int(self.neg_hist.sum()) - fp
 
     def sweep(self, thresholds: np.ndarray | None = None) -> list[dict[str, float]]:
         """``at_threshold`` over a grid (default 0.05, 0.10, …, 0.95)."""
@@ -72,7 +88,7 @@ class BinaryConfusion:
         return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
 
 
-def _landslide_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
+def landslide_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
     """Precision, recall, F1 and IoU of the landslide class from its counts."""
     return {"precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
             "f1": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn)}

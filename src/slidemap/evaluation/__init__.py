@@ -1,0 +1,1 @@
+"""Evaluation: one confusion matrix, one scorer, spatial cross-validation folds."""

@@ -1,0 +1,90 @@
+"""Spatial blocks and folds for cross-validation on labelled scenes.
+
+Each scene is cut into ``rows`` × ``cols`` rectangular blocks whose edges sit at quantiles of its
+valid pixels, so every block holds about the same labelled ground (the valid area of a valley
+scene is a band, not the rectangle). Blocks are dealt to ``folds`` folds in turn; a fold's model
+trains on every valid pixel that is more than ``buffer`` pixels (in rows or in columns) from all
+of the fold's blocks, and scores those blocks only. With a buffer of at least one training window,
+no training window can hold a scored pixel, and the ground next to a scored block (the same slope,
+the same slide) is out of training too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from slidemap.errors import SlidemapError
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows ``top:bottom`` and columns ``left:right`` of scene ``scene`` (working grid)."""
+
+    name: str
+    scene: int
+    fold: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(shape, dtype=bool)
+        out[self.top:self.bottom, self.left:self.right] = True
+        return out
+
+    def buffered(self, shape: tuple[int, int], buffer: int) -> np.ndarray:
+        """The block grown by ``buffer`` pixels on every side (a Chebyshev distance)."""
+        out = np.zeros(shape, dtype=bool)
+        out[max(0, self.top - buffer):self.bottom + buffer,
+            max(0, self.left - buffer):self.right + buffer] = True
+        return out
+
+
+def quantile_cuts(coords: np.ndarray, parts: int, end: int) -> list[int]:
+    """``parts + 1`` cut positions from 0 to ``end`` splitting ``coords`` into equal counts."""
+    inner = np.quantile(coords, np.arange(1, parts) / parts) if coords.size else []
+    return [0, *(round(float(v)) for v in inner), end]
+
+
+def scene_blocks(valid: np.ndarray, rows: int, cols: int, scene: int, name: str
+                 ) -> list[Block]:
+    """``rows`` bands of equal valid area, each cut into ``cols`` blocks of equal valid area;
+    blocks without a valid pixel are dropped."""
+    height, width = valid.shape
+    ys, xs = np.nonzero(valid)
+    blocks = []
+    row_cuts = quantile_cuts(ys, rows, height)
+    for r in range(rows):
+        top, bottom = row_cuts[r], row_cuts[r + 1]
+        in_band = (ys >= top) & (ys < bottom)
+        col_cuts = quantile_cuts(xs[in_band], cols, width)
+        for c in range(cols):
+            left, right = col_cuts[c], col_cuts[c + 1]
+            if bottom > top and right > left and valid[top:bottom, left:right].any():
+                blocks.append(Block(f"{name}-r{r}c{c}", scene, -1, top, bottom, left, right))
+    return blocks
+
+
+def make_blocks(valids: list[np.ndarray], names: list[str], rows: int, cols: int,
+                folds: int) -> list[Block]:
+    """Blocks of every scene, dealt to folds in turn (scene by scene, row by row)."""
+    blocks = [b for i, (valid, name) in enumerate(zip(valids, names, strict=True))
+              for b in scene_blocks(valid, rows, cols, i, name)]
+    if len(blocks) < folds:
+        raise SlidemapError(f"crossval: {len(blocks)} blocks with labelled pixels cannot fill "
+                            f"{folds} folds: use more blocks or fewer folds")
+    return [Block(b.name, b.scene, i % folds, b.top, b.bottom, b.left, b.right)
+            for i, b in enumerate(blocks)]
+
+
+def held_out(blocks: list[Block], fold: int, scene: int, shape: tuple[int, int],
+             buffer: int) -> np.ndarray:
+    """Pixels of ``scene`` that fold ``fold`` may not train on: its blocks and their buffer."""
+    out = np.zeros(shape, dtype=bool)
+    for block in blocks:
+        if block.fold == fold and block.scene == scene:
+            out |= block.buffered(shape, buffer)
+    return out

@@ -1,0 +1,384 @@
+"""``slidemap crossval``: a recipe, and optionally a baseline, through spatial cross-validation.
+
+Every labelled scene of ``data.train`` is cut into blocks (``slidemap.evaluation.folds``); each
+fold's network trains with its blocks and their buffer blanked out (labels ignored, inputs NaN,
+so neither is seen) and scores those blocks with the one scorer. Every block is thus scored by
+a model that never saw it or the ground around it, once per seed. Decision thresholds are fitted
+on out-of-fold predictions only: a fold's blocks are scored at the threshold that maximises the
+pooled F1 of all *other* folds' blocks (same recipe, same seed), and the threshold to ship is the
+one that maximises the pooled F1 of every out-of-fold prediction.
+
+A candidate is compared with a baseline block by block, on the same blocks and seeds: the
+difference of pooled F1 and its bootstrap interval over blocks, and each block's change against
+the spread of its seeds; ``benchmarks/protocol/RULE.md`` says how that decides.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from slidemap.data.dataset import SceneArrays, load_scene_arrays
+from slidemap.data.scene import IGNORE
+from slidemap.errors import SlidemapError
+from slidemap.evaluation.folds import Block, held_out, make_blocks
+from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion, landslide_scores
+from slidemap.evaluation.scorer import score_regions
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.predict import PredictOptions
+from slidemap.io.atomic import atomic_path, make_output_dir
+from slidemap.io.modelfile import load_model
+from slidemap.train.config import RunConfig, with_seed
+from slidemap.train.loop import train
+
+console = Console(stderr=True)
+
+THRESHOLDS = np.round(np.arange(5, 96) / 100, 2)  # the grid thresholds are fitted on
+BOOTSTRAP = 2000
+TEMPERATURES = np.round(np.geomspace(0.25, 4.0, 41), 4)  # the grid temperatures are fitted on
+BLOCK_COLUMNS = ("recipe", "seed", "block", "fold", "pixels", "landslide", "threshold",
+                 "precision", "recall", "f1", "iou")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    label: str
+    config: RunConfig
+
+
+def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None = None,
+                 seeds: tuple[int, ...] | None = None) -> dict:
+    """Train and score every fold × seed of each recipe into ``out_dir`` and write the tables.
+
+    Runs already scored in ``out_dir`` (their ``blocks.json``) are kept, so an interrupted
+    protocol continues where it stopped.
+    """
+    recipes = [Recipe("candidate", candidate)]
+    if baseline is not None:
+        _check_pairable(candidate, baseline)
+        recipes.append(Recipe("baseline", baseline))
+    settings = candidate.crossval
+    seeds = settings.seeds if seeds is None else seeds
+    if len(seeds) < 1:
+        raise SlidemapError("crossval needs at least one seed: pass e.g. --seeds 0,1")
+    tile = max(r.config.train.tile for r in recipes)
+    buffer = tile if settings.buffer is None else settings.buffer
+    if buffer < tile:
+        raise SlidemapError(f"crossval.buffer {buffer} px is less than one training window "
+                            f"({tile} px): training ground must lie a window away from "
+                            "scored ground; raise it or leave it out")
+    make_output_dir(out_dir, "crossval folder")
+    blocks: list[Block] | None = None
+    confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {}
+    for recipe in recipes:
+        scenes = _scene_arrays(recipe.config)
+        if blocks is None:
+            rows, cols = settings.blocks
+            blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], rows,
+                                 cols, settings.folds)
+            _write_layout(blocks, buffer, out_dir)
+        confusions[recipe.label] = {}
+        for seed in seeds:
+            for fold in range(settings.folds):
+                run_dir = out_dir / recipe.label / f"s{seed}" / f"fold{fold}"
+                console.print(f"[bold]{recipe.label} seed {seed} fold {fold}[/]")
+                scored = run_fold(recipe.config, scenes, blocks, fold, buffer, seed, run_dir)
+                for name, confusion in scored.items():
+                    confusions[recipe.label][(seed, name)] = confusion
+    assert blocks is not None
+    summary = summarise(confusions, blocks, seeds, settings.folds)
+    summary["buffer_px"] = buffer
+    summary["blocks"] = len(blocks)
+    write_tables(summary, out_dir)
+    return summary
+
+
+def _check_pairable(candidate: RunConfig, baseline: RunConfig) -> None:
+    """Paired figures need the same scenes on the same working grid."""
+    if [(s.image, s.mask) for s in candidate.train_scenes] != \
+            [(s.image, s.mask) for s in baseline.train_scenes]:
+        raise SlidemapError("the baseline config lists other scenes than the candidate in "
+                            "data.train: a paired comparison needs the same scenes")
+    if candidate.inputs.resolution_m != baseline.inputs.resolution_m:
+        raise SlidemapError(f"the candidate works at resolution_m "
+                            f"{candidate.inputs.resolution_m} and the baseline at "
+                            f"{baseline.inputs.resolution_m}: blocks are paired on one grid, "
+                            "so give both the same resolution_m")
+
+
+def _scene_arrays(config: RunConfig) -> list[SceneArrays]:
+    if config.train_patches or not config.train_scenes:
+        raise SlidemapError(f"config {config.source}: crossval cuts labelled scenes into "
+                            "spatial blocks: list scenes (image, mask, dem) in data.train, "
+                            "not patch sets")
+    return [load_scene_arrays(s.image, s.mask, s.dem, config.inputs)
+            for s in config.train_scenes]
+
+
+def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: int,
+                         buffer: int) -> list[SceneArrays]:
+    """The scenes as fold ``fold`` may train on them: its blocks and their buffer have ignored
+    labels and NaN inputs (which normalise to 0), so no training window shows them."""
+    out = []
+    for index, scene in enumerate(scenes):
+        hidden = held_out(blocks, fold, index, scene.target.shape, buffer)
+        target = np.where(hidden, IGNORE, scene.target).astype(np.uint8)
+        if not (target != IGNORE).any():
+            continue
+        x = np.where(hidden[None], np.nan, scene.x).astype(np.float32)
+        out.append(SceneArrays(scene.name, x, target))
+    if not out:
+        raise SlidemapError(f"crossval fold {fold} has no training ground left beyond its "
+                            f"buffer of {buffer} px: use more blocks, or a smaller buffer "
+                            "with a smaller training.tile")
+    return out
+
+
+def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
+             buffer: int, seed: int, run_dir: Path) -> dict[str, BinaryConfusion]:
+    """Train fold ``fold`` (or reuse its finished run) and score its blocks."""
+    fold_config = replace(with_seed(config, seed), train_scenes=(), train_patches=(),
+                          val_scenes=(), val_patches=())
+    _claim(run_dir, {"config": config.to_dict(), "seed": seed, "fold": fold, "buffer": buffer,
+                     "blocks": [vars(b) for b in blocks]})
+    result = run_dir / "blocks.json"
+    if result.exists():
+        return _read_confusions(result)
+    if not (run_dir / "summary.json").exists():  # not trained to the end: train or resume
+        resume = (run_dir / "checkpoint.safetensors").exists()
+        train(fold_config, run_dir, resume=resume, overwrite=not resume,
+              extra_train=fold_training_arrays(scenes, blocks, fold, buffer))
+    bundle = load_model(run_dir / "model")
+    predictor = Predictor([bundle], precision=config.train.precision)
+    options = PredictOptions(batch_size=config.predict.batch_size,
+                             precision=config.train.precision)
+    scored: dict[str, BinaryConfusion] = {}
+    for index, scene in enumerate(scenes):
+        mine = [b for b in blocks if b.fold == fold and b.scene == index]
+        if mine:
+            regions = [b.mask(scene.target.shape) for b in mine]
+            for block, confusion in zip(mine, score_regions(predictor, scene, regions, options),
+                                        strict=True):
+                scored[block.name] = confusion
+    with atomic_path(result) as tmp:
+        tmp.write_text(json.dumps({name: _confusion_dict(c) for name, c in scored.items()}))
+    return scored
+
+
+def _claim(run_dir: Path, record: dict) -> None:
+    """Write what the fold trains (``fold.json``), or refuse a folder that trained another."""
+    path = run_dir / "fold.json"
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    if path.exists():
+        if json.loads(path.read_text()) != json.loads(text):
+            raise SlidemapError(f"{run_dir} holds a fold trained with another config, seed or "
+                                "block layout: delete it or choose another --out")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _confusion_dict(confusion: BinaryConfusion) -> dict:
+    return {"threshold": confusion.threshold, "counts": confusion.counts.tolist(),
+            "pos_hist": confusion.pos_hist.tolist(), "neg_hist": confusion.neg_hist.tolist()}
+
+
+def _read_confusions(path: Path) -> dict[str, BinaryConfusion]:
+    out = {}
+    for name, data in json.loads(path.read_text()).items():
+        confusion = BinaryConfusion(data["threshold"])
+        confusion.counts[:] = data["counts"]
+        confusion.pos_hist[:] = data["pos_hist"]
+        confusion.neg_hist[:] = data["neg_hist"]
+        out[name] = confusion
+    return out
+
+
+def best_threshold(confusions: list[BinaryConfusion]) -> float:
+    """The threshold of the grid with the highest F1 of the pooled histograms."""
+    scores = []
+    for t in THRESHOLDS:
+        pooled = np.sum([c.counts_at(float(t)) for c in confusions], axis=0)
+        scores.append(landslide_scores(*pooled[:3])["f1"])
+    return float(THRESHOLDS[int(np.argmax(scores))])
+
+
+def fit_temperature(confusions: list[BinaryConfusion]) -> float:
+    """The temperature T of the grid that minimises the log-loss of σ(logit(p) / T) over the
+    pooled probability histograms (bin centres): T > 1 softens over-confident probabilities.
+    It does not move the F1-best threshold's ranking of pixels, only what the numbers mean."""
+    pos = np.sum([c.pos_hist for c in confusions], axis=0).astype(np.float64)
+    neg = np.sum([c.neg_hist for c in confusions], axis=0).astype(np.float64)
+    centres = (np.arange(AUC_BINS) + 0.5) / AUC_BINS
+    logits = np.log(centres / (1 - centres))
+    losses = []
+    for temperature in TEMPERATURES:
+        scaled = logits / temperature
+        # -log σ(z) = log(1 + e^-z); -log(1 - σ(z)) = log(1 + e^z)
+        losses.append(float((pos * np.logaddexp(0, -scaled)).sum()
+                            + (neg * np.logaddexp(0, scaled)).sum()))
+    return float(TEMPERATURES[int(np.argmin(losses))])
+
+
+def summarise(confusions: dict[str, dict[tuple[int, str], BinaryConfusion]],
+              blocks: list[Block], seeds: tuple[int, ...], folds: int) -> dict:
+    """Per-block rows at out-of-fold thresholds, pooled figures, and the paired comparison."""
+    fold_of = {b.name: b.fold for b in blocks}
+    names = [b.name for b in blocks]
+    summary: dict = {"seeds": list(seeds), "folds": folds, "recipes": {}, "rows": []}
+    counts: dict[str, np.ndarray] = {}  # recipe -> (seeds, blocks, 4) at out-of-fold thresholds
+    for label, scored in confusions.items():
+        table = np.zeros((len(seeds), len(names), 4), dtype=np.int64)
+        for si, seed in enumerate(seeds):
+            for fold in range(folds):
+                others = [scored[(seed, n)] for n in names if fold_of[n] != fold]
+                threshold = best_threshold(others)
+                for bi, name in enumerate(names):
+                    if fold_of[name] != fold:
+                        continue
+                    table[si, bi] = scored[(seed, name)].counts_at(threshold)
+                    summary["rows"].append(_row(label, seed, name, fold, threshold,
+                                                table[si, bi]))
+        counts[label] = table
+        block_f1 = _f1(table).mean(axis=0)  # each block: mean over seeds
+        every = list(scored.values())
+        shipped = best_threshold(every)
+        at_model = _pooled([c.counts for c in every])
+        summary["recipes"][label] = {
+            "pooled": _pooled(table.reshape(-1, 4)),
+            "pooled_per_seed": [_pooled(table[si])["f1"] for si in range(len(seeds))],
+            "pooled_at_model_threshold": {**at_model, "threshold": every[0].threshold},
+            "mean_block_f1": float(block_f1.mean()),
+            "worst_block": {"block": names[int(np.argmin(block_f1))],
+                            "f1": float(block_f1.min())},
+            "oof_threshold": shipped,
+            "oof_temperature": fit_temperature(every),
+        }
+    if "baseline" in counts:
+        summary["comparison"] = compare(counts["candidate"], counts["baseline"], names)
+    return summary
+
+
+def _row(label: str, seed: int, name: str, fold: int, threshold: float,
+         counts: np.ndarray) -> dict:
+    tp, fp, fn, tn = (int(v) for v in counts)
+    pixels = tp + fp + fn + tn
+    return {"recipe": label, "seed": seed, "block": name, "fold": fold, "pixels": pixels,
+            "landslide": (tp + fn) / pixels if pixels else 0.0, "threshold": threshold,
+            **landslide_scores(tp, fp, fn)}
+
+
+def _f1(counts: np.ndarray) -> np.ndarray:
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0)
+
+
+def _pooled(counts: list | np.ndarray) -> dict[str, float]:
+    tp, fp, fn, tn = (int(v) for v in np.sum(np.asarray(counts), axis=0))
+    return {**landslide_scores(tp, fp, fn), "pixels": tp + fp + fn + tn}
+
+
+def compare(candidate: np.ndarray, baseline: np.ndarray, names: list[str]) -> dict:
+    """Pooled-F1 difference (candidate − baseline, all seeds pooled) with a 95 % percentile
+    bootstrap interval over blocks (blocks drawn with replacement, the same draw for both), and
+    each block's change against its seed spread."""
+    def pooled_f1(table: np.ndarray, picks: np.ndarray) -> float:
+        return float(_f1(table[:, picks].sum(axis=(0, 1))))
+
+    everything = np.arange(len(names))
+    difference = pooled_f1(candidate, everything) - pooled_f1(baseline, everything)
+    rng = np.random.default_rng(0)
+    draws = [pooled_f1(candidate, picks) - pooled_f1(baseline, picks)
+             for picks in rng.integers(0, len(names), size=(BOOTSTRAP, len(names)))]
+    low, high = (float(v) for v in np.percentile(draws, [2.5, 97.5]))
+    cand_f1, base_f1 = _f1(candidate), _f1(baseline)  # (seeds, blocks)
+    spread = np.maximum(np.ptp(cand_f1, axis=0), np.ptp(base_f1, axis=0))
+    change = cand_f1.mean(axis=0) - base_f1.mean(axis=0)
+    blocks = [{"block": n, "change": float(c), "seed_spread": float(s),
+               "loses_beyond_spread": bool(-c > s)}
+              for n, c, s in zip(names, change, spread, strict=True)]
+    adopt = low > 0 and not any(b["loses_beyond_spread"] for b in blocks)
+    return {"pooled_f1_difference": difference, "interval_95": [low, high],
+            "bootstrap": BOOTSTRAP, "blocks": blocks, "adopt": adopt}
+
+
+def _write_layout(blocks: list[Block], buffer: int, out_dir: Path) -> None:
+    with atomic_path(out_dir / "blocks_layout.json") as tmp:
+        tmp.write_text(json.dumps({"buffer_px": buffer,
+                                   "blocks": [vars(b) for b in blocks]}, indent=2) + "\n")
+
+
+def write_tables(summary: dict, out_dir: Path) -> None:
+    """blocks.csv and blocks.md (one row per recipe, seed and block), summary.json and .md."""
+    rows = summary["rows"]
+    with atomic_path(out_dir / "blocks.csv") as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(BLOCK_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = _md_table(list(BLOCK_COLUMNS), [[_cell(r[c]) for c in BLOCK_COLUMNS] for r in rows])
+    with atomic_path(out_dir / "blocks.md") as tmp:
+        tmp.write_text("# Cross-validation: every block scored by a model that never saw it\n\n"
+                       "Each block at the threshold fitted on the other folds' blocks.\n\n"
+                       + "\n".join(table) + "\n")
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps({k: v for k, v in summary.items() if k != "rows"},
+                                  indent=2) + "\n")
+    with atomic_path(out_dir / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(summary))
+
+
+def summary_markdown(summary: dict) -> str:
+    seeds = ", ".join(map(str, summary["seeds"]))
+    lines = ["# Cross-validation summary", "",
+             f"{summary['blocks']} blocks in {summary['folds']} folds, buffer "
+             f"{summary['buffer_px']} working px, seeds {seeds}. Pooled: one confusion matrix "
+             "over every block and seed, each block at the threshold fitted on the other folds "
+             "(out of fold). At model threshold: the same pooled at the config's threshold. "
+             "OOF threshold: the one fitted on all out-of-fold predictions (to ship); OOF "
+             "temperature: the temperature scaling σ(logit(p) / T) of least log-loss on them.",
+             ""]
+    headings = ["recipe", "pooled F1", "pooled IoU", "precision", "recall",
+                "pooled F1 per seed", "mean block F1", "worst block", "F1 at model threshold",
+                "OOF threshold", "OOF temperature"]
+    body = []
+    for label, r in summary["recipes"].items():
+        pooled = r["pooled"]
+        body.append([label, _cell(pooled["f1"]), _cell(pooled["iou"]),
+                     _cell(pooled["precision"]), _cell(pooled["recall"]),
+                     " / ".join(_cell(v) for v in r["pooled_per_seed"]),
+                     _cell(r["mean_block_f1"]),
+                     f"{r['worst_block']['block']} {_cell(r['worst_block']['f1'])}",
+                     _cell(r["pooled_at_model_threshold"]["f1"]), _cell(r["oof_threshold"]),
+                     _cell(r["oof_temperature"])])
+    lines += _md_table(headings, body)
+    comparison = summary.get("comparison")
+    if comparison:
+        low, high = comparison["interval_95"]
+        lines += ["", "## Candidate against baseline", "",
+                  f"Pooled F1 difference {comparison['pooled_f1_difference']:+.4f}, 95 % "
+                  f"bootstrap interval over blocks [{low:+.4f}, {high:+.4f}] "
+                  f"({comparison['bootstrap']} draws).", "",
+                  *_md_table(["block", "F1 change (mean over seeds)", "seed spread",
+                              "loses beyond spread"],
+                             [[b["block"], f"{b['change']:+.4f}", _cell(b["seed_spread"]),
+                               "yes" if b["loses_beyond_spread"] else "no"]
+                              for b in comparison["blocks"]]),
+                  "", f"Decision by benchmarks/protocol/RULE.md: "
+                      f"**{'adopt' if comparison['adopt'] else 'keep the baseline'}**."]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(headings: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headings) + " |", "|" + " --- |" * len(headings),
+            *["| " + " | ".join(cells) + " |" for cells in body]]
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
