@@ -10,11 +10,12 @@ from pathlib import Path
 from rich.progress import Progress
 
 from slidemap.errors import SlidemapError
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
-from slidemap.infer.vectorize import build_inventory, inventory_paths, write_inventory
+from slidemap.infer.vectorize import inventory_paths, slide_batches, write_inventories
 from slidemap.io.atomic import check_outputs, make_output_dir, staged
 from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
 from slidemap.report.plots import write_evaluation_plots
@@ -63,12 +64,10 @@ def predict(image: Path, out_dir: Path, dem: Path | None = None,
     with staged(paths) as tmp:  # all three files appear together, or none does
         counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
                                progress)
-        inventory = build_inventory(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem)
-        for key in paths:
-            if key.startswith("inventory"):
-                write_inventory(inventory, tmp[key])
-    return {**{k: str(v) for k, v in paths.items()}, **counts, "landslides": len(inventory),
-            "landslide_area_m2": float(inventory.attributes["area_m2"].sum())}
+        batches = slide_batches(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem,
+                                budget=MemoryBudget.of(options.memory_mb))
+        inventory = write_inventories(batches, [tmp[k] for k in paths if k.startswith("inventory")])
+    return {**{k: str(v) for k, v in paths.items()}, **counts, **inventory}
 
 
 def evaluate(truth: Path, prediction: Path | None = None, image: Path | None = None,

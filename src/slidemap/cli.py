@@ -114,6 +114,9 @@ def predict(
         help="address of a Dask scheduler whose workers read the same file paths")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     html_report: Report = False,
+    memory_mb: Annotated[int | None, typer.Option(
+        min=64, help="memory budget of the scene's buffers in MB, whatever the scene's size "
+                     "(default: the README's; the model and runtime come on top)")] = None,
 ) -> None:
     """Map landslides: probability and mask GeoTIFFs plus a GeoPackage inventory.
 
@@ -122,7 +125,7 @@ def predict(
     """
     options = PredictOptions(tile, overlap, batch_size, _precision(precision), tta,
                              _normalise(normalise), _backend(backend), compile_model, workers,
-                             dask, _scales(scales), threshold)
+                             dask, _scales(scales), threshold, memory_mb)
     if image.is_dir() and (workers or dask):
         raise SlidemapError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if image.is_dir():

@@ -17,13 +17,14 @@ from rich.progress import Progress
 
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.distributed import band_source
 from slidemap.infer.domain import elevation_mismatch
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.separated import scene_stats
-from slidemap.infer.stream import Grid, bounded_gdal_cache, write_bands
+from slidemap.infer.stream import Grid, bounded_gdal_cache, plan_blocks, write_bands
 from slidemap.io.modelfile import PredictDefaults, load_model
-from slidemap.io.rasters import RasterOutputs
+from slidemap.io.rasters import BLOCK_SIDE, RasterOutputs
 
 MIN_WORKING_SIZE = 32
 
@@ -45,6 +46,7 @@ class PredictOptions:
     scheduler: str | None = None  # bands on the Dask cluster at this address
     scales: tuple[float, ...] | None = None  # window scales averaged (1.0: as read)
     threshold: float | None = None  # probability from which a pixel is mapped as landslide
+    memory_mb: int | None = None  # budget of the scene's buffers (None: DEFAULT_MEMORY_MB)
 
     def __post_init__(self) -> None:
         if self.normalise not in ("model", "scene"):
@@ -72,6 +74,7 @@ def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path
     """
     spec = predictor.spec
     options = options.resolve(predictor.defaults)
+    budget = MemoryBudget.of(options.memory_mb)
     with Scene(image, dem=dem) as scene:
         scene.check_bands(spec.image_bands, "the model")
         if spec.needs_dem and not scene.has_dem:
@@ -83,11 +86,13 @@ def predict_scene(predictor: Predictor, image: Path, dem: Path | None, prob_path
                 f"image {image} is {scene.height}×{scene.width} px, too small for this model: it "
                 f"needs at least {MIN_WORKING_SIZE * factor} px a side"
             )
+        budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
+        grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
+                                   factor), len(spec.channels), budget)
         if options.normalise == "scene":
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
         elif message := elevation_mismatch(scene, spec, predictor.stats):
             warnings.warn(message, SlidemapWarning, stacklevel=2)
-        grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         task = progress.add_task(f"predict {image.name}", total=grid.window_count) \
             if progress else None
         with bounded_gdal_cache(grid), RasterOutputs(scene.profile, prob_path,
