@@ -1,11 +1,12 @@
 """Landslide inventory: one polygon per connected landslide region, built strip by strip.
 
 Strips of the mask are labelled separately and their components joined across strip borders with
-a union–find, so a slide spanning several strips comes out as one polygon while memory stays
-bounded by one strip. Attributes are accumulated per component from the same strips: area,
-probability and, given a DEM, mean slope and elevation range (the DEM read on the mask's grid at
-native resolution, warped on the fly if it lies on another grid). Lengths are in metres also for
-geographic CRSs (spherical earth, as for the pixel areas).
+a union–find, so a slide spanning several strips comes out as one polygon. A slide is finished,
+and written out, as soon as a strip no longer touches it: memory holds one strip and the slides
+still open, whatever the number of slides. Attributes are accumulated per component from the
+same strips: area, probability and, given a DEM, mean slope and elevation range (the DEM read on
+the mask's grid at native resolution, warped on the fly if it lies on another grid). Lengths are
+in metres also for geographic CRSs (spherical earth, as for the pixel areas).
 """
 
 from __future__ import annotations
@@ -151,12 +152,12 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
             joined = _join(open_slides, previous_last_row, labels, pieces)
             continuing = set(np.unique(labels[-1][labels[-1] > 0]).tolist())
             open_slides = {}
-            for members, slide_ in joined:
+            for members, landslide in joined:
                 if members & continuing:
                     for label in members & continuing:
-                        open_slides[label] = slide_
+                        open_slides[label] = landslide
                 else:
-                    heapq.heappush(waiting, (slide_.root, slide_))
+                    heapq.heappush(waiting, (landslide.root, landslide))
             previous_last_row = labels[-1].copy()
             next_label += count
             del labels, slide, sums
@@ -170,7 +171,7 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
                 next_id += len(batch)
                 yield batch
     leftover = sorted({id(s): s for s in open_slides.values()}.values(), key=lambda s: s.root)
-    ready = [slide_ for _, slide_ in waiting]
+    ready = [landslide for _, landslide in waiting]
     ready = sorted(ready + leftover, key=lambda s: s.root)
     yield _finish(ready, next_id, keys, crs, min_area_m2, simplify_m)  # the last, maybe empty
 
@@ -209,8 +210,9 @@ def _join(open_slides: dict[int, Slide], previous_last_row: np.ndarray | None,
                             strict=True)):
             forest.union(index[id(open_slides[a])], node[b])
     groups: dict[int, tuple[set[int], list[Slide], list[Piece]]] = {}
-    for slide_ in above:
-        groups.setdefault(forest.find(index[id(slide_)]), (set(), [], []))[1].append(slide_)
+    for landslide in above:
+        groups.setdefault(forest.find(index[id(landslide)]), (set(), [], []))[1].append(
+            landslide)
     for label in labels_order:
         group = groups.setdefault(forest.find(node[label]), (set(), [], []))
         group[0].add(label)
@@ -229,24 +231,24 @@ def _finish(slides: list[Slide], first_id: int, keys: tuple[str, ...], crs: CRS 
     dropped), numbered from ``first_id``."""
     geometries, rows = [], []
     column = {k: i for i, k in enumerate(keys)}
-    for slide_ in slides:
-        def total(key: str, pieces: list[Piece] = slide_.pieces) -> float:
+    for landslide in slides:
+        def total(key: str, pieces: list[Piece] = landslide.pieces) -> float:
             return sum(p.sums[column[key]] for p in pieces)
 
         pixels, area = total("pixels"), total("area")
         if area < min_area_m2:
             continue
-        geometry = shapely.union_all([g for p in slide_.pieces for g in p.geometries])
+        geometry = shapely.union_all([g for p in landslide.pieces for g in p.geometries])
         if simplify_m > 0:
             geometry = shapely.simplify(geometry, _crs_units(simplify_m, crs),
                                         preserve_topology=True)
         geometries.append(geometry)
         row = [area, _length_m(geometry, crs), total("prob") / pixels,
-               max(p.sums[column["max"]] for p in slide_.pieces), pixels]
+               max(p.sums[column["max"]] for p in landslide.pieces), pixels]
         if "slope_n" in column:
             slopes = total("slope_n")
-            low = min(p.sums[column["elev_min"]] for p in slide_.pieces)
-            high = max(p.sums[column["elev_max"]] for p in slide_.pieces)
+            low = min(p.sums[column["elev_min"]] for p in landslide.pieces)
+            high = max(p.sums[column["elev_max"]] for p in landslide.pieces)
             row += [total("slope_sum") / slopes if slopes else np.nan,
                     high - low if np.isfinite(low) else np.nan]
         rows.append(row)
