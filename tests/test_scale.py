@@ -186,6 +186,19 @@ def test_predict_writes_geojson_and_gpkg_with_terrain(tiny_scene, tiny_model, tm
     assert code == 2 and "inventory format 'shp'" in err
 
 
+def test_geojson_alone_leaves_no_geopackage_behind(tiny_scene, tiny_model, tmp_path,
+                                                   run_cli) -> None:
+    """The GeoJSON is copied from a GeoPackage written first; asked alone, that one goes."""
+    out = tmp_path / "out"
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--out", out, "--tile", 48, "--overlap", 16, "--format",
+                        "geojson", "--memory-mb", 64)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scene_landslides.geojson", "scene_mask.tif", "scene_prob.tif"]
+    assert "area_m2" in pyogrio.read_info(out / "scene_landslides.geojson")["fields"]
+
+
 def test_two_process_ddp_training_writes_one_model(tiny_scene, tmp_path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({
