@@ -10,6 +10,10 @@ for one batch) comes on top; ``benchmarks/scale.md`` measures both.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import sys
 from dataclasses import dataclass
 
 from slidemap.errors import SlidemapError
@@ -52,3 +56,22 @@ class MemoryBudget:
                 f"image {name} is {width} × {height} px: the index of its output GeoTIFFs alone "
                 f"would take {need / 2**20:,.0f} MB of the {self.megabytes} MB memory budget; "
                 "map it in parts (a window of it, gdal_translate -srcwin) or raise --memory-mb")
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``). Buffers freed in
+    one thread stay in its heap otherwise, and over a long run the resident size grows with
+    them although nothing holds them; elsewhere this does nothing."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None

@@ -36,7 +36,7 @@ class PredictOptions:
 
     tile: int | None = None
     overlap: int | None = None
-    batch_size: int = 2  # windows per model call: at 512 px, more cost memory and no speed
+    batch_size: int = 1  # windows per model call: at 512 px, more cost memory and no speed
     precision: str = "bf16"
     tta: bool = False
     normalise: str = "model"  # "scene": statistics of the data predicted (separated)

@@ -19,8 +19,9 @@ where its windows start; the windows of the block before that reach into it are 
 buffer again from their working-resolution probabilities, which wait in a temporary file (not in
 memory) until the block's band is blended, so no window is predicted twice and every pixel sums
 the same windows in the same order as in one pass: the outputs are the same, bit for bit. The
-GDAL block cache is capped to about two bands of a block (by default it may take 5 % of the
-RAM). The arithmetic is the same whichever way bands are computed, so the outputs are too.
+GDAL block cache is capped to about one band of a block (by default it may take 5 % of the
+RAM). Column blocks also bound the model's batches, to the windows of one band of a block. The
+arithmetic is the same whichever way bands are computed, so the outputs are too.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
 from slidemap.errors import SlidemapError
 from slidemap.infer.blend import window_weights
-from slidemap.infer.budget import MemoryBudget
+from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.infer.ensemble import Predictor
 from slidemap.io.rasters import RasterOutputs, gdal_cache
 
@@ -438,6 +439,7 @@ class BlockBlender:
                           probs + predicted.probs)
         for strip in self.assembler.add(band):
             yield block, strip
+        release_free_memory()
 
     def finish(self) -> Iterator[tuple[ColumnBlock, Strip]]:
         if self.assembler is not None:

@@ -33,7 +33,7 @@ from scipy import ndimage
 from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
 from slidemap.errors import SlidemapError
-from slidemap.infer.budget import MemoryBudget
+from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.io.atomic import atomic_path, final_path
 from slidemap.io.rasters import gdal_cache
 
@@ -161,6 +161,7 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
             previous_last_row = labels[-1].copy()
             next_label += count
             del labels, slide, sums
+            release_free_memory()
             first_open = min((s.root for s in open_slides.values()), default=None)
             ready: list[Slide] = []
             while waiting and (first_open is None or waiting[0][0] < first_open
