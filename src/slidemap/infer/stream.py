@@ -334,17 +334,21 @@ class Assembler:
         start = self.done
         while start < stop:
             end = min(start - start % BLOCK_ROWS + BLOCK_ROWS, stop)
-            prob = np.zeros((end - start, self.block.buffer_width), dtype=np.float32)
-            windows: list[Window] = []
-            for band in self.bands:
-                low, high = max(start, band.row), min(end, band.row + band.prob.shape[0])
-                if low < high:
-                    prob[low - start:high - start] += band.prob[low - band.row:high - band.row]
-                    windows += band.windows
-            yield Strip(start, prob, windows)
+            yield self._strip(start, end)
             start = end
         self.bands = [b for b in self.bands if b.row + b.prob.shape[0] > stop]
         self.done = max(self.done, stop)
+
+    def _strip(self, start: int, end: int) -> Strip:
+        """Rows [start, end) summed over the bands that hold them."""
+        prob = np.zeros((end - start, self.block.buffer_width), dtype=np.float32)
+        windows: list[Window] = []
+        for band in self.bands:
+            low, high = max(start, band.row), min(end, band.row + band.prob.shape[0])
+            if low < high:
+                prob[low - start:high - start] += band.prob[low - band.row:high - band.row]
+                windows += band.windows
+        return Strip(start, prob, windows)
 
 
 def strip_weights(grid: Grid, block: ColumnBlock, windows: list[Window], top: int, bottom: int
