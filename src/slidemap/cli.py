@@ -125,7 +125,7 @@ def predict(
     """
     options = PredictOptions(tile, overlap, batch_size, _precision(precision), tta,
                              _normalise(normalise), _backend(backend), compile_model, workers,
-                             dask, _scales(scales), threshold, memory_mb)
+                             dask, _scales(scales), threshold, memory_mb=memory_mb)
     if image.is_dir() and (workers or dask):
         raise SlidemapError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if image.is_dir():
