@@ -1,13 +1,16 @@
-"""Throughput and memory on a large mosaic built from the Jinsha scenes (see speed.md).
+"""Throughput and memory on a large mosaic built from the Jinsha scenes (see speed.md, scale.md).
 
 Builds two VRTs in --out (no pixel is copied): region A and B images tiled side by side, and their
 DSMs the same way, SIZE × SIZE (or SIZE × HEIGHT) pixels at 0.5 m, about 60 % nodata like the
-scenes. Then runs ``slidemap bench`` once per configuration, each in its own process so that each
-peak RSS is its own, and prints a Markdown table. The full size (400 Mpx; 14000² took 2 min for
-bf16 + fp32 + onnx on the 2-core CPU, so expect 4–5 min)::
+scenes, so landslides are as dense as in a real scene. Then runs ``slidemap bench`` once per
+configuration, each in its own process under ``/usr/bin/time -v`` so that each peak RSS is its
+own, and prints a Markdown table with the machine's load before and after each run. Window size,
+overlap, scales and threshold are the model file's own (``slidemap bench`` reads them from it and
+the table repeats them), so the figures follow the shipped defaults when they change. The shipped
+default model at 40 and 400 Mpx::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/mosaic.py --size 20000 --configs bf16,fp32,onnx \\
-        --model models/slidemap-jinsha-unet.safetensors --json benchmarks/results/mosaic-20000.json
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 6325 --configs bf16
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 20000 --configs bf16
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +28,7 @@ import rasterio
 
 REPO = Path(__file__).resolve().parents[1]
 JINSHA = REPO.parent / "shared" / "data" / "jinsha"
+DEFAULT_MODEL = REPO / "models" / "slidemap-jinsha-fusion.safetensors"
 CONFIGS = {
     "bf16": ["--precision", "bf16"],
     "fp32": ["--precision", "fp32"],
@@ -69,14 +74,23 @@ def build_vrt(kind: str, size: int, height: int, out: Path) -> Path:
 
 
 def run(image: Path, dem: Path, model: Path, config: str, sample: int, out: Path) -> dict:
+    """``slidemap bench`` in a process of its own, under ``/usr/bin/time -v`` for its peak RSS,
+    with the machine's load averages before and after (the CPU may be shared)."""
     result = out / f"bench_{config}.json"
     command = [sys.executable, "-m", "slidemap", "bench", str(image), "--dem", str(dem),
                "--model", str(model), "--sample", str(sample), "--json", str(result),
                *CONFIGS[config]]
+    timed = ["/usr/bin/time", "-v", *command] if Path("/usr/bin/time").exists() else command
     print("$", " ".join(command), file=sys.stderr, flush=True)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    return json.loads(result.read_text())
+    load_before = os.getloadavg()
+    done = subprocess.run(timed, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS":
+                                          os.environ.get("OMP_NUM_THREADS", "1")})
+    figures = json.loads(result.read_text())
+    figures["load_before"], figures["load_after"] = load_before, os.getloadavg()
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    figures["time_v_max_rss_mb"] = round(int(match[1]) / 1024) if match else None
+    return figures
 
 
 def main() -> None:
@@ -84,7 +98,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=20000, help="mosaic width (and height)")
     parser.add_argument("--height", type=int, help="mosaic height if not --size: memory "
                         "depends on the width, so a short wide mosaic checks the peak RSS")
-    parser.add_argument("--model", type=Path, required=True, help="model file")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="model file (default: the shipped default model)")
     parser.add_argument("--configs", default="bf16,fp32", help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--sample", type=int, default=32, help="windows timed model-only")
     parser.add_argument("--out", type=Path, default=Path("/tmp/slidemap-mosaic"))
@@ -96,13 +111,20 @@ def main() -> None:
     results = [run(image, dem, args.model, config, args.sample, args.out)
                for config in args.configs.split(",")]
     print(f"\n{args.size} × {height} px ({args.size * height / 1e6:.0f} Mpx), model {args.model}\n")
-    print("| config | windows | model-only Mpx/s | end-to-end Mpx/s | share | end-to-end s "
-          "| model CPU s | end-to-end CPU s | peak RSS MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    first = results[0]
+    print(f"model defaults read from the model file: tile {first['tile']}, overlap "
+          f"{first['overlap']}, scales {first['scales']}, threshold {first['threshold']}; memory "
+          f"budget {first['memory_mb']} MB\n")
+    print("| config | windows | column blocks | model-only Mpx/s | end-to-end Mpx/s | share "
+          "| end-to-end s | inventory s | model CPU s | end-to-end CPU s | peak RSS MB "
+          "(time -v) | load (1 min) before / after |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config, r in zip(args.configs.split(","), results, strict=True):
-        print(f"| {config} | {r['windows']} | {r['model_only_mpx_s']} | {r['end_to_end_mpx_s']} "
-              f"| {r['end_to_end_share']:.0%} | {r['end_to_end_s']} | {r['model_cpu_s']} "
-              f"| {r['end_to_end_cpu_s']} | {r['peak_rss_mb']} |")
+        print(f"| {config} | {r['windows']} | {r['column_blocks']} | {r['model_only_mpx_s']} "
+              f"| {r['end_to_end_mpx_s']} | {r['end_to_end_share']:.0%} | {r['end_to_end_s']} "
+              f"| {r['inventory_s']} | {r['model_cpu_s']} | {r['end_to_end_cpu_s']} "
+              f"| {r['time_v_max_rss_mb']} | {r['load_before'][0]:.1f} / "
+              f"{r['load_after'][0]:.1f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -33,7 +33,7 @@ STAGES = [  # (module or class, function, label)
     (stream, "read_band", "read thread: windows read"),
     (stream, "infer_band", "model thread: normalise + model"),
     (stream, "blend_band", "blend thread: to native px + blend"),
-    (stream.Assembler, "add", "blend thread: sum bands"),
+    (stream.Assembler, "_strip", "blend thread: sum bands"),
     (stream, "strip_weights", "writer thread: weights"),
     (Scene, "read_validity", "writer thread: native validity"),
     (rasters.RasterOutputs, "write", "writer thread: GeoTIFF writes"),

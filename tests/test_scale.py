@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,20 @@ def test_predict_writes_geojson_and_gpkg_with_terrain(tiny_scene, tiny_model, tm
     assert code == 2 and "'shp' is not one of 'gpkg', 'geojson'" in err
 
 
+def test_geojson_alone_leaves_no_geopackage_behind(tiny_scene, tiny_model, tmp_path,
+                                                   run_cli) -> None:
+    """The GeoJSON is copied from a GeoPackage written first; asked alone, that one goes."""
+    out = tmp_path / "out"
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--out", out, "--tile", 48, "--overlap", 16, "--format",
+                        "geojson", "--memory-mb", 64)
+    assert code == 0, err
+    names = {p.name for p in out.iterdir()}
+    assert {"scene_landslides.geojson", "scene_mask.tif", "scene_prob.tif"} <= names
+    assert not [name for name in names if name.endswith(".gpkg")], names
+    assert "area_m2" in pyogrio.read_info(out / "scene_landslides.geojson")["fields"]
+
+
 def test_two_process_ddp_training_writes_one_model(tiny_scene, tmp_path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({
@@ -215,68 +230,164 @@ def test_ddp_ranks_split_each_batch_without_overlap() -> None:
     assert all(len(shard_batch(small, Ranks(rank, 2))["x"]) == 1 for rank in range(2))
 
 
-RSS_CHILD = r"""
-import sys
-from pathlib import Path
-import numpy as np, rasterio, torch
-from rasterio.transform import from_origin
-from rasterio.windows import Window
-from slidemap.data.channels import InputSpec
-from slidemap.infer.predict import build_predictor
-from slidemap.infer.predict import PredictOptions, predict_scene
-from slidemap.io.modelfile import ModelBundle, save_model
-from slidemap.models import build_model
-
-WIDTH = 2048
-folder = Path(sys.argv[1])
+def _inventory(path: Path) -> tuple[list, dict[str, np.ndarray]]:
+    meta, _, geometries, fields = pyogrio.raw.read(path)
+    return list(geometries), dict(zip(meta["fields"], fields, strict=True))
 
 
-def peak_mb():
-    return next(int(line.split()[1]) for line in open("/proc/self/status")
-                if line.startswith("VmHWM")) / 1024
+def test_column_blocks_give_the_one_pass_maps_bit_for_bit(wide_scene, tiny_model, tmp_path,
+                                                         monkeypatch) -> None:
+    """A scene cut into column blocks (windows carried across their borders) is mapped exactly
+    as in one pass, and no buffer is wider than a block's."""
+    from slidemap.infer import predict, stream
+
+    whole = api.predict(wide_scene["image"], tmp_path / "whole", wide_scene["dem"], tiny_model,
+                        FP32)
+    planned: list[stream.Grid] = []
+    widths: list[int] = []
+    blend = stream.blend_band
+
+    def narrow(grid, channels, budget):
+        planned.append(replace(grid, block_width=64))
+        return planned[-1]
+
+    def recorded(*args):
+        band = blend(*args)
+        widths.append(band.prob.shape[1])
+        return band
+
+    monkeypatch.setattr(predict, "plan_blocks", narrow)
+    monkeypatch.setattr(stream, "blend_band", recorded)
+    cut = api.predict(wide_scene["image"], tmp_path / "cut", wide_scene["dem"], tiny_model, FP32)
+    blocks = planned[0].blocks
+    assert len(blocks) == 3 and all(b.carried for b in blocks[1:])
+    assert max(widths) == max(b.buffer_width for b in blocks) < 200
+    for key in ("prob", "mask"):
+        np.testing.assert_array_equal(read(cut[key]), read(whole[key]))
+    (cut_shapes, cut_fields), (shapes, fields) = map(_inventory, (cut["inventory"],
+                                                                  whole["inventory"]))
+    assert cut["landslides"] == whole["landslides"] > 0
+    assert cut_shapes == shapes
+    for name, values in fields.items():
+        np.testing.assert_array_equal(cut_fields[name], values)
+    assert not [p for p in (tmp_path / "cut").iterdir() if p.name.startswith(".")]
 
 
-def scene(path, height):
-    path.mkdir()
-    grid = dict(driver="GTiff", width=WIDTH, height=height, crs="EPSG:32647", tiled=True,
-                transform=from_origin(469200.0, 3446200.0, 0.5, 0.5), blockxsize=256,
-                blockysize=256, compress="deflate", zlevel=1)
-    rng = np.random.default_rng(0)
-    with rasterio.open(path / "image.tif", "w", count=3, dtype="uint8", nodata=0, **grid) as img, \
-            rasterio.open(path / "dsm.tif", "w", count=1, dtype="float32", **grid) as dsm:
-        for top in range(0, height, 512):
-            rows, cols = np.mgrid[top:top + 512, 0:WIDTH].astype(np.float32)
-            window = Window(0, top, WIDTH, 512)
-            img.write(rng.integers(40, 200, (3, 512, WIDTH), dtype=np.uint8), window=window)
-            dsm.write((3000 + 0.3 * cols + 0.1 * rows)[None], window=window)
-    return path
+@pytest.mark.parametrize("height", [5000, 2_000_000])
+def test_block_buffers_fit_the_budget_whatever_the_width(height) -> None:
+    """At the shipped model's windows (512 working px at 2 m on 0.5 m imagery, overlap 128),
+    a 50 000 px wide scene needs no more than a 5 000 px wide one, nor a 2 000 000 px wide one
+    more than either; a smaller budget gives narrower blocks."""
+    from slidemap.infer.budget import MemoryBudget
+    from slidemap.infer.stream import Grid, buffer_bytes, plan_blocks
+
+    def peak(width: int, budget: MemoryBudget) -> int:
+        grid = plan_blocks(Grid.of(height, width, 512, 128, 4), 5, budget)
+        return max(buffer_bytes(grid, 5, b.buffer_width) for b in grid.blocks)
+
+    default, small = MemoryBudget(), MemoryBudget(384)
+    narrow, wide, widest = (peak(w, default) for w in (5000, 50_000, 2_000_000))
+    assert narrow <= default.bytes and wide <= default.bytes and widest <= default.bytes
+    assert wide == widest
+    assert peak(50_000, small) <= small.bytes < wide
 
 
-torch.manual_seed(0)
-bundle = ModelBundle(build_model("unet", 4, width=4, depth=2), "unet", 4, {"depth": 2},
-                     InputSpec(slope=True, resolution_m=2.0), [120.0] * 3 + [20.0],
-                     [50.0] * 3 + [10.0])
-predictor = build_predictor([save_model(bundle, folder / "tiny")], PredictOptions())
-peaks = []
-for height in (2048, 12288):
-    path = scene(folder / str(height), height)
-    predict_scene(predictor, path / "image.tif", path / "dsm.tif", path / "prob.tif",
-                  path / "mask.tif", PredictOptions())
-    peaks.append(peak_mb())
-print(peaks[0], peaks[1])
-"""
+def test_a_budget_too_small_for_one_window_is_one_line(tmp_path) -> None:
+    from slidemap.errors import SlidemapError
+    from slidemap.infer.budget import MemoryBudget
+    from slidemap.infer.stream import Grid, plan_blocks
+
+    with pytest.raises(SlidemapError, match="raise --memory-mb, or pass a smaller --tile"):
+        plan_blocks(Grid.of(50_000, 50_000, 1024, 128, 4), 5, MemoryBudget(64))
+    with pytest.raises(SlidemapError, match="--memory-mb 64 or more"):
+        MemoryBudget(8)
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
-def test_peak_memory_does_not_grow_with_the_scene(tmp_path) -> None:
-    """A scene six times taller (25 Mpx) may not raise the peak RSS by more than 150 MB:
-    GDAL's default block cache alone (5 % of the RAM) would add some 330 MB here."""
-    done = subprocess.run([sys.executable, "-c", RSS_CHILD, str(tmp_path)], capture_output=True,
-                          text=True, env=ENV, timeout=180, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    small, large = map(float, done.stdout.split())
-    assert large - small < 150, (small, large)
-    assert large < 1500, (small, large)
+def test_a_huge_declared_raster_is_refused_before_anything_is_allocated(tiny_scene, tiny_model,
+                                                                         tmp_path,
+                                                                         run_cli) -> None:
+    """A VRT of a kilobyte may declare 2 000 000² px: the budget is checked first."""
+    with rasterio.open(tiny_scene["image"]) as ds:
+        crs, count = ds.crs.to_wkt(), ds.count
+    side = 2_000_000
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename '
+        f'relativeToVRT="0">{tiny_scene["image"]}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f"</SimpleSource></VRTRasterBand>" for b in range(1, count + 1))
+    vrt = tmp_path / "huge.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><SRS>{crs}</SRS>'
+                   f"<GeoTransform>469200, 0.5, 0, 3446200, 0, -0.5</GeoTransform>{bands}"
+                   "</VRTDataset>")
+    code, err = run_cli("predict", vrt, "--dem", tiny_scene["dem"], "--model", tiny_model,
+                        "--out", tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "memory budget" in lines[0], err
+    assert not list((tmp_path / "out").glob("*"))
+
+
+def _blobs(height: int, width: int) -> np.ndarray:
+    """A mask with a 3 × 3 landslide every 8 × 8 px (strips of 12 rows cut some of them)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for top in range(2, height - 3, 8):
+        for left in range(2, width - 3, 8):
+            mask[top:top + 3, left:left + 3] = 1
+    return mask
+
+
+def test_inventory_holds_a_bounded_number_of_landslides(tmp_path, monkeypatch) -> None:
+    """Finished landslides go to the GeoPackage as strips stop touching them: with 8 times as
+    many landslides (a taller scene), no more pieces of landslides are alive at once, and no
+    write takes more than a batch."""
+    import weakref
+
+    from slidemap.infer import vectorize
+
+    monkeypatch.setattr(vectorize, "WRITE_BATCH", 32)
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = {"pieces": 0, "written": 0}
+
+    class Counted(vectorize.Piece):
+        def __post_init__(self) -> None:
+            alive.add(self)
+            most["pieces"] = max(most["pieces"], len(alive))
+
+    write = pyogrio.raw.write
+
+    def counted_write(path, geometry, *args, **kwargs):
+        most["written"] = max(most["written"], len(geometry))
+        return write(path, geometry, *args, **kwargs)
+
+    monkeypatch.setattr(vectorize, "Piece", Counted)
+    monkeypatch.setattr(pyogrio.raw, "write", counted_write)
+    held, counts = [], []
+    for height in (256, 2048):
+        mask = _blobs(height, 128)
+        paths = [write_raster(tmp_path / f"{name}{height}.tif", array) for name, array in
+                 (("m", mask), ("p", mask.astype(np.float32)))]
+        most.update(pieces=0, written=0)
+        summary = vectorize.write_inventories(
+            vectorize.slide_batches(*paths, strip_rows=12), [tmp_path / f"inv{height}.gpkg"])
+        counts.append(summary["landslides"])
+        held.append(dict(most))
+        assert pyogrio.read_info(tmp_path / f"inv{height}.gpkg")["features"] == counts[-1]
+    assert counts[1] > 7 * counts[0] > 0
+    assert held[1] == held[0], held
+    assert held[0]["written"] < 2 * 32
+
+
+def test_streamed_inventory_is_the_one_of_a_single_strip(tmp_path) -> None:
+    """Joining pieces across many thin strips gives the slides, attributes and order of one
+    strip over the whole mask."""
+    rng = np.random.default_rng(4)
+    mask = (rng.random((90, 70)) < 0.45).astype(np.uint8)
+    prob = rng.random((90, 70)).astype(np.float32)
+    paths = [write_raster(tmp_path / "m.tif", mask), write_raster(tmp_path / "p.tif", prob)]
+    one = build_inventory(*paths, strip_rows=90)
+    thin = build_inventory(*paths, strip_rows=3)
+    assert len(thin) == len(one) > 20
+    for name, values in one.attributes.items():
+        np.testing.assert_allclose(thin.attributes[name], values, rtol=1e-12)
+    assert all(a.equals(b) for a, b in zip(thin.geometries, one.geometries, strict=True))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="only Linux renices a single thread")

@@ -14,15 +14,16 @@ from rich.progress import Progress
 from slidemap.data.vectors import file_of, is_vector
 from slidemap.errors import SlidemapError, UsageError
 from slidemap.extras import require
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
 from slidemap.infer.vectorize import (
-    build_inventory,
     inventory_defaults,
     inventory_paths,
-    write_inventory,
+    slide_batches,
+    write_inventories,
 )
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir, resolved, staged
 from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
@@ -119,11 +120,11 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
         default_area, default_simplify = inventory_defaults(counts["working_pixel_m"])
         min_area_m2 = default_area if min_area_m2 is None else min_area_m2
         simplify_m = default_simplify if simplify_m is None else simplify_m
-        inventory = build_inventory(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem)
+        batches = slide_batches(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem,
+                                budget=MemoryBudget.of(options.memory_mb))
         layer_tags = {k: v for k, v in tags.items() if k.startswith("SLIDEMAP_")}
-        for key in paths:
-            if key.startswith("inventory"):
-                write_inventory(inventory, tmp[key], layer_tags)
+        inventory = write_inventories(
+            batches, [tmp[k] for k in paths if k.startswith("inventory")], layer_tags)
         write_qml(tmp["style"])
         described = {k: (paths[k], tmp[k]) for k in paths if k not in ("stac", "mask_aux")}
         with rasterio.open(tmp["prob"]) as ds:
@@ -131,8 +132,7 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
         item = output_item(dataset_stem(image), described, grid,
                            None if prob_dtype == "float32" else 1.0 / PROB_STEPS, tags, source)
         write_item(item, tmp["stac"])
-    return {**{k: str(v) for k, v in paths.items()}, **counts, "landslides": len(inventory),
-            "landslide_area_m2": float(inventory.attributes["area_m2"].sum()),
+    return {**{k: str(v) for k, v in paths.items()}, **counts, **inventory,
             "min_area_m2": min_area_m2, "simplify_m": simplify_m}
 
 

@@ -177,7 +177,7 @@ def predict(
     model: Models = None,
     tile: Tile = None,
     overlap: Overlap = None,
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = 1,
     precision: Precision = "bf16",
     tta: TTA = False,
     scales: Scales = None,
@@ -207,6 +207,9 @@ def predict(
         help="address of a Dask scheduler whose workers read the same file paths")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     html_report: Report = False,
+    memory_mb: Annotated[int | None, typer.Option(
+        min=64, help="memory budget of the scene's buffers in MB, whatever the scene's size "
+                     "(default: the README's; the model and runtime come on top)")] = None,
 ) -> None:
     """Map landslides: probability and mask GeoTIFFs plus a GeoPackage inventory.
 
@@ -218,7 +221,8 @@ def predict(
     from slidemap.io.names import local_path
 
     options = PredictOptions(tile, overlap, batch_size, precision, tta, normalise, backend,
-                             compile_model, workers, dask, _scales(scales), threshold)
+                             compile_model, workers, dask, _scales(scales), threshold,
+                             memory_mb=memory_mb)
     log.debug(repr(options))
     folder = local_path(image)
     if folder is not None and folder.is_dir() and (workers or dask):
@@ -617,7 +621,7 @@ def bench(
     model: Models = None,
     tile: Tile = None,
     overlap: Overlap = None,
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = 1,
     precision: Precision = "bf16",
     scales: Scales = None,
     backend: Backend = "torch",

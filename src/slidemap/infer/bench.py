@@ -3,7 +3,8 @@
 *Model-only* times the backend's forward on windows read and normalised beforehand (a sample of
 the scene's windows that hold data), scaled to the windows the scene needs. *End-to-end* times
 scene prediction as ``slidemap predict`` runs it: read, normalise, model, blend, write both
-GeoTIFFs. Both are in megapixels of the scene (native pixels) per second, so their ratio is the
+GeoTIFFs; the inventory that follows is timed on its own (``inventory_s``), and the peak RSS
+covers both. Both are in megapixels of the scene (native pixels) per second, so their ratio is the
 share of the wall time the model gets and the rest is what the pipeline costs. The CPU seconds of
 both are given too: on a machine shared with other work, wall times stretch but CPU times hold.
 """
@@ -27,9 +28,11 @@ from rasterio.windows import Window
 from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.normalization import normalise
 from slidemap.data.scene import Scene
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
-from slidemap.infer.stream import Grid
+from slidemap.infer.stream import Grid, plan_blocks
+from slidemap.infer.vectorize import slide_batches, write_inventories
 
 RSS_PERIOD_S = 0.05
 
@@ -50,18 +53,29 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         batches = _sample_batches(predictor, scene, grid, sample, options.batch_size)
     first_s, per_window, cpu_per_window = _time_model(predictor, batches)
+    del batches  # not held while the scene is mapped
+    budget = MemoryBudget.of(options.memory_mb)
+    planned = plan_blocks(grid, len(predictor.spec.channels), budget)
     with tempfile.TemporaryDirectory(prefix="slidemap-bench-") as tmp:
         paths = (Path(tmp) / "prob.tif", Path(tmp) / "mask.tif")
         with peak_rss() as peak:
             started, cpu = time.perf_counter(), time.process_time()
             counts = predict_scene(predictor, image, dem, *paths, options)
             e2e_s, e2e_cpu = time.perf_counter() - started, time.process_time() - cpu
+            started = time.perf_counter()
+            inventory = write_inventories(slide_batches(paths[1], paths[0], dem=dem,
+                                                        budget=budget),
+                                          [Path(tmp) / "landslides.gpkg"])
+            inventory_s = time.perf_counter() - started
         result = {
             "image": str(image), "size": [grid.height, grid.width], "factor": factor,
             "backend": options.backend, "precision": _precision_name(options),
             "compile": options.compile, "batch_size": options.batch_size, "tile": options.tile,
-            "scales": list(predictor.scales),
+            "overlap": options.overlap, "scales": list(predictor.scales),
+            "threshold": predictor.threshold, "memory_mb": budget.megabytes,
+            "column_blocks": len(planned.blocks),
             "windows": counts["windows"], "windows_in_grid": grid.window_count,
+            "landslides": inventory["landslides"], "inventory_s": round(inventory_s, 2),
             "load_s": round(load_s, 2), "warm_up_s": round(first_s, 2),
             "model_s_per_window": round(per_window, 4), "end_to_end_s": round(e2e_s, 2),
             "model_cpu_s": round(cpu_per_window * counts["windows"], 2),

@@ -83,8 +83,8 @@ def dask_bands(job: BandJob, scheduler: str | None, workers: int
     """Bands computed on Dask workers, handed out in row order as they complete."""
     with dask_client(scheduler, workers) as client:
         slots = BANDS_PER_THREAD * max(1, sum(client.nthreads().values()))
-        yield from in_order(lambda row: client.submit(predict_band, job, row, pure=False),
-                            job.grid.rows, slots)
+        yield from in_order(lambda piece: client.submit(predict_band, job, piece, pure=False),
+                            job.grid.pieces, slots)
 
 
 @contextlib.contextmanager
@@ -110,12 +110,12 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
         yield client
 
 
-def predict_band(job: BandJob, row: int) -> PredictedBand:
-    """On a worker: read and predict the band of windows starting at ``row``."""
+def predict_band(job: BandJob, piece: tuple[int, int]) -> PredictedBand:
+    """On a worker: read and predict the band of windows of ``piece`` (column block, row)."""
     predictor = _predictor(job.models, job.tta, job.precision, job.backend, job.compile,
                            job.scales, job.stats)
     with bounded_gdal_cache(job.grid), Scene(job.image, dem=job.dem) as scene:
-        inputs = read_band(scene, predictor.spec, job.grid, row)
+        inputs = read_band(scene, predictor.spec, job.grid, piece)
     return infer_band(predictor, inputs, job.batch_size)
 
 

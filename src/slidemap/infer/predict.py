@@ -17,14 +17,15 @@ from rich.progress import Progress
 
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.distributed import band_source
 from slidemap.infer.domain import elevation_mismatch, image_mismatch
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.separated import scene_stats
-from slidemap.infer.stream import Grid, bounded_gdal_cache, write_bands
+from slidemap.infer.stream import Grid, bounded_gdal_cache, plan_blocks, write_bands
 from slidemap.io.modelfile import PredictDefaults, load_model
 from slidemap.io.names import DatasetName, display_name
-from slidemap.io.rasters import RasterFormat, RasterOutputs
+from slidemap.io.rasters import BLOCK_SIDE, RasterFormat, RasterOutputs
 
 MIN_WORKING_SIZE = 32
 
@@ -36,7 +37,7 @@ class PredictOptions:
 
     tile: int | None = None
     overlap: int | None = None
-    batch_size: int = 8
+    batch_size: int = 1  # windows per model call: at 512 px, more cost memory and no speed
     precision: str = "bf16"
     tta: bool = False
     normalise: str = "model"  # "scene": statistics of the data predicted (separated)
@@ -46,6 +47,7 @@ class PredictOptions:
     scheduler: str | None = None  # bands on the Dask cluster at this address
     scales: tuple[float, ...] | None = None  # window scales averaged (1.0: as read)
     threshold: float | None = None  # probability from which a pixel is mapped as landslide
+    memory_mb: int | None = None  # budget of the scene's buffers (None: DEFAULT_MEMORY_MB)
 
     def __post_init__(self) -> None:
         if self.normalise not in ("model", "scene"):
@@ -76,6 +78,7 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
     """
     spec = predictor.spec
     options = options.resolve(predictor.defaults)
+    budget = MemoryBudget.of(options.memory_mb)
     with Scene(image, dem=dem) as scene:
         scene.check_bands(spec.image_bands, "the model")
         if spec.needs_dem and not scene.has_dem:
@@ -87,6 +90,9 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
                 f"image {image} is {scene.height}×{scene.width} px, too small for this model: it "
                 f"needs at least {MIN_WORKING_SIZE * factor} px a side"
             )
+        budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
+        grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
+                                   factor), len(spec.channels), budget)
         if options.normalise == "scene":
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
         else:
@@ -94,7 +100,6 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
                             image_mismatch(scene, spec, predictor.stats)):
                 if message:
                     warnings.warn(message, SlidemapWarning, stacklevel=2)
-        grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         task = progress.add_task(f"predict {display_name(image)}", total=grid.window_count) \
             if progress else None
         with bounded_gdal_cache(grid), RasterOutputs(scene.profile, prob_path,

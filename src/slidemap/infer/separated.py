@@ -18,17 +18,20 @@ from slidemap.data.patches import PatchDataset
 from slidemap.data.scene import Scene
 
 STRIP_ROWS = 256  # working rows per read
+STRIP_COLS = 2048  # working columns per read, at most: memory does not grow with the width
 
 
 def scene_stats(scene: Scene, spec: InputSpec, factor: int) -> BandStats:
     """Per-channel statistics of the scene's valid pixels as the model sees them (decimated by
-    ``factor``), streamed so memory stays one strip whatever the scene size."""
+    ``factor``), streamed so memory stays one block of a strip whatever the scene size."""
     acc = StatsAccumulator()
-    rows = STRIP_ROWS * factor
+    rows, cols = STRIP_ROWS * factor, STRIP_COLS * factor
     for top in range(0, scene.height, rows):
-        window = Window(0, top, scene.width, min(rows, scene.height - top))
-        sample = read_inputs(scene, window, spec, factor)
-        acc.update(stack_channels(sample, spec), sample["valid"])
+        for left in range(0, scene.width, cols):
+            window = Window(left, top, min(cols, scene.width - left),
+                            min(rows, scene.height - top))
+            sample = read_inputs(scene, window, spec, factor)
+            acc.update(stack_channels(sample, spec), sample["valid"])
     return acc.result()
 
 

@@ -12,8 +12,15 @@ the model's time, which a second core does beside it (``benchmarks/speed.md``). 
 threads run at a lower priority, so that when they pile up they take the cores the model leaves,
 not the model's.
 
-Memory is a few bands, whatever the scene's height; the GDAL block cache is capped to about two
-bands so it does not grow with the scene either (by default it may take 5 % of the RAM). The
+Memory is bounded by the budget (``slidemap.infer.budget``), whatever the scene's width or
+height: a scene too wide for it is cut into column blocks, predicted one after the other, each
+from top to bottom, so the buffers are a few bands of one block. A block owns the output columns
+where its windows start; the windows of the block before that reach into it are blended into its
+buffer again from their working-resolution probabilities, which wait in a temporary file (not in
+memory) until the block's band is blended, so no window is predicted twice and every pixel sums
+the same windows in the same order as in one pass: the outputs are the same, bit for bit. The
+GDAL block cache is capped to about one band of a block (by default it may take 5 % of the
+RAM). Column blocks also bound the model's batches, to the windows of one band of a block. The
 arithmetic is the same whichever way bands are computed, so the outputs are too.
 """
 
@@ -24,11 +31,14 @@ import functools
 import itertools
 import os
 import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import rasterio
@@ -40,7 +50,9 @@ from rich.progress import Progress, TaskID
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
+from slidemap.errors import SlidemapError
 from slidemap.infer.blend import window_weights
+from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.infer.ensemble import Predictor
 from slidemap.io.names import DatasetName
 from slidemap.io.rasters import RasterOutputs, gdal_cache
@@ -49,26 +61,53 @@ BLOCK_ROWS = 256  # rows of an output block (slidemap.io.rasters.geotiff_profile
 READ_AHEAD = 1  # bands read while one is on the model
 BLEND_BEHIND = 2  # predicted bands queued for the blending thread
 WRITE_BEHIND = 4  # strips (of up to one output block row each) queued for the writer thread
-CACHE_BYTES_PER_PIXEL = 16  # GDAL cache per band pixel: two bands of image + DEM blocks
-CACHE_MB = (64, 1024)
+BANDS_HELD = 3  # native bands of a column block: two being summed, one being blended
+STRIPS_HELD = WRITE_BEHIND + 2  # queued, being written, being summed
+WRITER_BYTES_PER_PIXEL = 32  # the writer's temporaries per strip pixel (weights, validity, …)
+CACHE_BYTES_PER_PIXEL = 10  # GDAL cache per band pixel: image (3 bytes) + DEM (4) blocks, and more
+CACHE_MB = (16, 1024)
 HELPER_NICENESS = 10  # of the read, blending and writer threads (Linux: per thread)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ColumnBlock:
+    """Windows whose left edge lies in output columns [start, stop), which only they and the
+    windows carried in from the block before can reach; blended into a buffer over columns
+    [low, high) (the carried windows and this block's, whole)."""
+
+    start: int
+    stop: int
+    cols: tuple[int, ...]  # left edges of this block's windows
+    carried: tuple[int, ...]  # left edges of the previous block's windows that reach in
+    low: int
+    high: int
+
+    @property
+    def buffer_width(self) -> int:
+        return self.high - self.low
 
 
 @dataclass(frozen=True)
 class Grid:
-    """Overlapping windows over a scene in native pixels; one row of windows is a band."""
+    """Overlapping windows over a scene in native pixels; one row of windows is a band, cut
+    into column blocks of ``block_width`` px (the whole width if None) that are predicted one
+    after the other, each from the top of the scene to its bottom."""
 
     height: int
     width: int
     size: int  # window side
     overlap: int
     factor: int  # native pixels per working pixel
+    block_width: int | None = None
 
     @classmethod
-    def of(cls, height: int, width: int, tile: int, overlap: int, factor: int) -> Grid:
+    def of(cls, height: int, width: int, tile: int, overlap: int, factor: int,
+           block_width: int | None = None) -> Grid:
         """Windows of ``tile`` working px overlapping by ``overlap`` (at most half a window)."""
         size = tile * factor
-        return cls(height, width, size, min(overlap * factor, size // 2), factor)
+        return cls(height, width, size, min(overlap * factor, size // 2), factor, block_width)
 
     @property
     def rows(self) -> list[int]:
@@ -83,11 +122,46 @@ class Grid:
         return min(self.size, self.height)
 
     @property
+    def window_width(self) -> int:
+        return min(self.size, self.width)
+
+    @property
     def window_count(self) -> int:
         return len(self.rows) * len(self.cols)
 
-    def band_windows(self, row: int) -> list[Window]:
-        return [Window(col, row, min(self.size, self.width), self.band_rows) for col in self.cols]
+    @functools.cached_property
+    def blocks(self) -> list[ColumnBlock]:
+        """The column blocks, left to right; a window belongs to the block its left edge is in
+        (a block is at least a window wide, so only the block before reaches into it)."""
+        step = max(self.block_width or self.width, self.size)
+        groups: dict[int, list[int]] = {}
+        for col in self.cols:
+            groups.setdefault(col // step, []).append(col)
+        keys = sorted(groups)
+        blocks: list[ColumnBlock] = []
+        for index, key in enumerate(keys):
+            start = key * step
+            stop = keys[index + 1] * step if index + 1 < len(keys) else self.width
+            cols = tuple(groups[key])
+            carried = tuple(c for c in blocks[-1].cols if c + self.window_width > start) \
+                if blocks else ()
+            low = min((*carried, start))
+            high = max(stop, *(c + self.window_width for c in cols))
+            blocks.append(ColumnBlock(start, stop, cols, carried, low, high))
+        return blocks
+
+    @property
+    def pieces(self) -> list[tuple[int, int]]:
+        """(block, band row) in the order they are predicted: block by block, top to bottom."""
+        return [(block, row) for block in range(len(self.blocks)) for row in self.rows]
+
+    def window(self, col: int, row: int) -> Window:
+        return Window(col, row, self.window_width, self.band_rows)
+
+    def band_windows(self, row: int, block: int | None = None) -> list[Window]:
+        """The windows of band ``row``: in one column block, or across the scene."""
+        cols = self.cols if block is None else self.blocks[block].cols
+        return [self.window(col, row) for col in cols]
 
     def weights(self, window: Window) -> torch.Tensor:
         """The window's blending weights (shared: do not modify)."""
@@ -115,9 +189,10 @@ def _lower_priority() -> None:
 
 @dataclass
 class BandInputs:
-    """The model channels of a band's windows that hold data (empty windows are skipped)."""
+    """The model channels of a band's windows (in one column block) that hold data (empty
+    windows are skipped)."""
 
-    row: int
+    piece: tuple[int, int]  # (column block, band row)
     windows: list[Window]
     raw: list[np.ndarray]
     valid: list[np.ndarray]
@@ -128,7 +203,7 @@ class BandInputs:
 class PredictedBand:
     """The working-resolution probabilities of a band's windows that hold data."""
 
-    row: int
+    piece: tuple[int, int]
     windows: list[Window]
     probs: list[np.ndarray]
     total: int
@@ -136,26 +211,27 @@ class PredictedBand:
 
 @dataclass
 class Band:
-    """One band blended: the sum of probability × blending weight over its rows."""
+    """One band of a column block blended: the sum of probability × blending weight over its
+    rows and the block's buffer columns."""
 
     row: int
-    prob: np.ndarray  # (band rows, scene width) float32
-    windows: list[Window]  # the windows predicted, from which the weights are recomputed
-    total: int
+    prob: np.ndarray  # (band rows, block buffer width) float32
+    windows: list[Window]  # the windows blended, from which the weights are recomputed
 
 
 @dataclass
 class Strip:
-    """Finished rows [top, top + len(prob)) with every window that contributed to them."""
+    """Finished rows [top, top + len(prob)) of a column block's buffer, with every window that
+    contributed to them."""
 
     top: int
     prob: np.ndarray
     windows: list[Window]
 
 
-def read_band(scene: Scene, spec: InputSpec, grid: Grid, row: int) -> BandInputs:
+def read_band(scene: Scene, spec: InputSpec, grid: Grid, piece: tuple[int, int]) -> BandInputs:
     """The model channels of the band's windows that hold data, at working resolution."""
-    windows = grid.band_windows(row)
+    windows = grid.band_windows(piece[1], piece[0])
     kept, raw, valid = [], [], []
     for window in windows:
         if not scene.any_valid(window, grid.factor):
@@ -165,7 +241,7 @@ def read_band(scene: Scene, spec: InputSpec, grid: Grid, row: int) -> BandInputs
             kept.append(window)
             raw.append(stack_channels(sample, spec))
             valid.append(sample["valid"])
-    return BandInputs(row, kept, raw, valid, len(windows))
+    return BandInputs(piece, kept, raw, valid, len(windows))
 
 
 def infer_band(predictor: Predictor, inputs: BandInputs, batch_size: int) -> PredictedBand:
@@ -174,16 +250,18 @@ def infer_band(predictor: Predictor, inputs: BandInputs, batch_size: int) -> Pre
     for start in range(0, len(inputs.windows), batch_size):
         part = slice(start, start + batch_size)
         probs += predictor(inputs.raw[part], inputs.valid[part])
-    return PredictedBand(inputs.row, inputs.windows, probs, inputs.total)
+    return PredictedBand(inputs.piece, inputs.windows, probs, inputs.total)
 
 
-def blend_band(grid: Grid, predicted: PredictedBand) -> Band:
-    """Back to native pixels (bilinear), weighted and summed across the band."""
-    prob = torch.zeros((grid.band_rows, grid.width), dtype=torch.float32)
-    for window, working in zip(predicted.windows, predicted.probs, strict=True):
-        cols = slice(window.col_off, window.col_off + window.width)
+def blend_band(grid: Grid, block: ColumnBlock, row: int, windows: list[Window],
+               probs: list[np.ndarray]) -> Band:
+    """Back to native pixels (bilinear), weighted and summed across the block's buffer, the
+    windows in column order (as across the whole scene: the sums are the same)."""
+    prob = torch.zeros((grid.band_rows, block.buffer_width), dtype=torch.float32)
+    for window, working in zip(windows, probs, strict=True):
+        cols = slice(window.col_off - block.low, window.col_off - block.low + window.width)
         prob[:window.height, cols].addcmul_(_to_native(working, window), grid.weights(window))
-    return Band(predicted.row, prob.numpy(), predicted.windows, predicted.total)
+    return Band(row, prob.numpy(), windows)
 
 
 def _to_native(prob: np.ndarray, window: Window) -> torch.Tensor:
@@ -194,50 +272,94 @@ def _to_native(prob: np.ndarray, window: Window) -> torch.Tensor:
                          align_corners=False)[0, 0]
 
 
-class Assembler:
-    """Sums consecutive bands in order; rows before a new band's first row are final."""
+class Carry:
+    """The working-resolution probabilities of the windows that reach into the next column
+    block, kept in an anonymous temporary file beside the outputs, not in memory: the next
+    block blends them again, band by band, in the order they were put."""
 
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._reading: BinaryIO | None = None
+        self._writing: BinaryIO | None = None
+
+    def next_block(self) -> None:
+        """What was put so far is read back from now on; a new file takes what is put next."""
+        if self._reading is not None:
+            self._reading.close()
+        self._reading = self._writing
+        if self._reading is not None:
+            self._reading.seek(0)
+        self._writing = tempfile.TemporaryFile(  # noqa: SIM115 (closed by close())
+            dir=self.folder, prefix=".slidemap-carry-")
+
+    def put(self, windows: list[Window], probs: list[np.ndarray]) -> None:
+        assert self._writing is not None
+        np.save(self._writing, np.array([w.col_off for w in windows], dtype=np.int64))
+        for prob in probs:
+            np.save(self._writing, prob)
+
+    def take(self, grid: Grid, row: int) -> tuple[list[Window], list[np.ndarray]]:
+        if self._reading is None:
+            return [], []
+        cols = np.load(self._reading)
+        return ([grid.window(int(c), row) for c in cols],
+                [np.load(self._reading) for _ in cols])
+
+    def close(self) -> None:
+        for file in (self._reading, self._writing):
+            if file is not None:
+                file.close()
+
+
+class Assembler:
+    """Sums consecutive bands of a column block in order; rows before a new band's first row
+    are final."""
+
+    def __init__(self, grid: Grid, block: ColumnBlock) -> None:
+        self.grid, self.block = grid, block
         self.bands: list[Band] = []
         self.done = 0
 
-    def add(self, band: Band) -> list[Strip]:
-        """Take ``band``; return the strips it finishes (whole output block rows if any)."""
+    def add(self, band: Band) -> Iterator[Strip]:
+        """Take ``band``; yield the strips it finishes (whole output block rows if any)."""
         aligned = band.row - band.row % BLOCK_ROWS
-        strips = self._flush(aligned if aligned > self.done else band.row)
+        yield from self._flush(aligned if aligned > self.done else band.row)
         self.bands.append(band)
-        return strips
 
-    def finish(self) -> list[Strip]:
+    def finish(self) -> Iterator[Strip]:
         return self._flush(self.grid.height)
 
-    def _flush(self, stop: int) -> list[Strip]:
-        """Rows [done, stop) as strips no taller than an output block row (small queue)."""
-        strips, start = [], self.done
+    def _flush(self, stop: int) -> Iterator[Strip]:
+        """Rows [done, stop) as strips no taller than an output block row, made one at a time
+        as the writer takes them."""
+        start = self.done
         while start < stop:
             end = min(start - start % BLOCK_ROWS + BLOCK_ROWS, stop)
-            prob = np.zeros((end - start, self.grid.width), dtype=np.float32)
-            windows: list[Window] = []
-            for band in self.bands:
-                low, high = max(start, band.row), min(end, band.row + band.prob.shape[0])
-                if low < high:
-                    prob[low - start:high - start] += band.prob[low - band.row:high - band.row]
-                    windows += band.windows
-            strips.append(Strip(start, prob, windows))
+            yield self._strip(start, end)
             start = end
         self.bands = [b for b in self.bands if b.row + b.prob.shape[0] > stop]
         self.done = max(self.done, stop)
-        return strips
+
+    def _strip(self, start: int, end: int) -> Strip:
+        """Rows [start, end) summed over the bands that hold them."""
+        prob = np.zeros((end - start, self.block.buffer_width), dtype=np.float32)
+        windows: list[Window] = []
+        for band in self.bands:
+            low, high = max(start, band.row), min(end, band.row + band.prob.shape[0])
+            if low < high:
+                prob[low - start:high - start] += band.prob[low - band.row:high - band.row]
+                windows += band.windows
+        return Strip(start, prob, windows)
 
 
-def strip_weights(grid: Grid, windows: list[Window], top: int, bottom: int) -> np.ndarray:
-    """Summed blending weights of ``windows`` over rows [top, bottom)."""
-    weight = np.zeros((bottom - top, grid.width), dtype=np.float32)
+def strip_weights(grid: Grid, block: ColumnBlock, windows: list[Window], top: int, bottom: int
+                  ) -> np.ndarray:
+    """Summed blending weights of ``windows`` over rows [top, bottom) of the block's buffer."""
+    weight = np.zeros((bottom - top, block.buffer_width), dtype=np.float32)
     for window in windows:
         low, high = max(top, window.row_off), min(bottom, window.row_off + window.height)
         if low < high:
-            cols = slice(window.col_off, window.col_off + window.width)
+            cols = slice(window.col_off - block.low, window.col_off - block.low + window.width)
             rows = slice(low - window.row_off, high - window.row_off)
             weight[low - top:high - top, cols] += grid.weights(window)[rows].numpy()
     return weight
@@ -254,10 +376,10 @@ class StripWriter:
         self._pool = helper_pool("slidemap-write")
         self._pending: deque[Future[tuple[int, int]]] = deque()
 
-    def submit(self, strip: Strip) -> None:
+    def submit(self, block: ColumnBlock, strip: Strip) -> None:
         while len(self._pending) >= WRITE_BEHIND:
             self._collect()
-        self._pending.append(self._pool.submit(self._write, strip))
+        self._pending.append(self._pool.submit(self._write, block, strip))
 
     def finish(self) -> dict[str, int]:
         while self._pending:
@@ -274,30 +396,75 @@ class StripWriter:
         self.counts["valid_pixels"] += valid
         self.counts["landslide_pixels"] += landslide
 
-    def _write(self, strip: Strip) -> tuple[int, int]:
-        """Validity, probability and mask of one strip; returns (valid, landslide) pixels."""
+    def _write(self, block: ColumnBlock, strip: Strip) -> tuple[int, int]:
+        """Validity, probability and mask of the block's columns of one strip; returns (valid,
+        landslide) pixels."""
         rows = strip.prob.shape[0]
-        window = Window(0, strip.top, self.grid.width, rows)
-        weight = strip_weights(self.grid, strip.windows, strip.top, strip.top + rows)
+        window = Window(block.start, strip.top, block.stop - block.start, rows)
+        cols = slice(block.start - block.low, block.stop - block.low)
+        weight = strip_weights(self.grid, block, strip.windows, strip.top,
+                               strip.top + rows)[:, cols]
         valid = weight > 0
         if valid.any():
             valid &= self.scene.read_validity(window, dem=self.needs_dem)
         prob = np.full(weight.shape, np.nan, dtype=np.float32)
-        np.divide(strip.prob, weight, out=prob, where=valid)
+        np.divide(strip.prob[:, cols], weight, out=prob, where=valid)
         self.outputs.write(window, prob, valid, self.threshold)
         return int(valid.sum()), int((valid & (prob >= self.threshold)).sum())
 
 
-def in_order(submit: Callable[[int], Future], rows: list[int], ahead: int
-             ) -> Iterator[object]:
-    """Results of ``submit(row)`` for every row, in order, with at most ``ahead`` in flight.
+class BlockBlender:
+    """Blends predicted bands piece by piece, in the grid's order, into finished strips: the
+    windows carried in from the block before first, then the block's own, whose part that
+    reaches into the next block is carried on."""
+
+    def __init__(self, grid: Grid, folder: Path) -> None:
+        self.grid = grid
+        self.carry = Carry(folder)
+        self.block = -1
+        self.assembler: Assembler | None = None
+
+    def add(self, predicted: PredictedBand) -> Iterator[tuple[ColumnBlock, Strip]]:
+        index, row = predicted.piece
+        if index != self.block:
+            yield from self.finish()
+            self.block = index
+            self.assembler = Assembler(self.grid, self.grid.blocks[index])
+            self.carry.next_block()
+        assert self.assembler is not None
+        block = self.grid.blocks[index]
+        windows, probs = self.carry.take(self.grid, row) if index else ([], [])
+        if index + 1 < len(self.grid.blocks):
+            start = self.grid.blocks[index + 1].start
+            onward = [i for i, w in enumerate(predicted.windows)
+                      if w.col_off + w.width > start]
+            self.carry.put([predicted.windows[i] for i in onward],
+                           [predicted.probs[i] for i in onward])
+        band = blend_band(self.grid, block, row, windows + predicted.windows,
+                          probs + predicted.probs)
+        for strip in self.assembler.add(band):
+            yield block, strip
+        release_free_memory()
+
+    def finish(self) -> Iterator[tuple[ColumnBlock, Strip]]:
+        if self.assembler is not None:
+            for strip in self.assembler.finish():
+                yield self.assembler.block, strip
+            self.assembler = None
+
+    def close(self) -> None:
+        self.carry.close()
+
+
+def in_order(submit: Callable[[T], Future], items: list[T], ahead: int) -> Iterator[object]:
+    """Results of ``submit(item)`` for every item, in order, with at most ``ahead`` in flight.
 
     The same bounded look-ahead serves a read thread here and Dask workers in
     ``slidemap.infer.distributed``; whatever is still pending when the consumer stops is
     cancelled. (Dask futures are not ``concurrent.futures`` ones but have the same methods.)
     """
-    remaining = iter(rows)
-    pending = deque(submit(row) for row in itertools.islice(remaining, ahead))
+    remaining = iter(items)
+    pending = deque(submit(item) for item in itertools.islice(remaining, ahead))
     try:
         while pending:
             result = pending.popleft().result()
@@ -314,26 +481,26 @@ def local_bands(predictor: Predictor, image: DatasetName, dem: DatasetName | Non
                 batch_size: int) -> Generator[PredictedBand, None, None]:
     """Bands predicted in this process; the next band is read in a thread meanwhile."""
     with Scene(image, dem=dem) as scene, helper_pool("slidemap-read") as pool:
-        def submit(row: int) -> Future[BandInputs]:
-            return pool.submit(read_band, scene, predictor.spec, grid, row)
+        def submit(piece: tuple[int, int]) -> Future[BandInputs]:
+            return pool.submit(read_band, scene, predictor.spec, grid, piece)
 
-        for inputs in in_order(submit, grid.rows, READ_AHEAD):
+        for inputs in in_order(submit, grid.pieces, READ_AHEAD):
             yield infer_band(predictor, inputs, batch_size)
 
 
 def write_bands(bands: Generator[PredictedBand, None, None], grid: Grid, outputs: RasterOutputs,
                 image: DatasetName, dem: DatasetName | None, needs_dem: bool, threshold: float,
                 progress: Progress | None = None, task: TaskID | None = None) -> dict[str, int]:
-    """Blend and assemble ``bands`` (in row order) in a thread and write their strips in
+    """Blend and assemble ``bands`` (in the grid's order) in a thread and write their strips in
     another; returns the valid and landslide pixels written and the windows predicted."""
     with Scene(image, dem=dem) as scene, contextlib.closing(bands) as stream, \
-            helper_pool("slidemap-blend") as blender:
+            helper_pool("slidemap-blend") as blend_pool:
         writer = StripWriter(outputs, scene, grid, needs_dem, threshold)
-        assembler = Assembler(grid)
+        blender = BlockBlender(grid, outputs.folder)
 
         def assemble(predicted: PredictedBand) -> None:
-            for strip in assembler.add(blend_band(grid, predicted)):
-                writer.submit(strip)
+            for block, strip in blender.add(predicted):
+                writer.submit(block, strip)
 
         pending: deque[Future[None]] = deque()
         try:
@@ -341,22 +508,67 @@ def write_bands(bands: Generator[PredictedBand, None, None], grid: Grid, outputs
             for predicted in stream:
                 while len(pending) >= BLEND_BEHIND:
                     pending.popleft().result()
-                pending.append(blender.submit(assemble, predicted))
+                pending.append(blend_pool.submit(assemble, predicted))
                 windows += len(predicted.windows)
                 if progress is not None and task is not None:
                     progress.advance(task, predicted.total)
             while pending:
                 pending.popleft().result()
-            for strip in assembler.finish():
-                writer.submit(strip)
+            for block, strip in blender.finish():
+                writer.submit(block, strip)
             return {**writer.finish(), "windows": windows}
         finally:
             for future in pending:
                 future.cancel()
             writer.close()
+            blender.close()
+
+
+def buffer_bytes(grid: Grid, channels: int, buffer_width: int) -> int:
+    """What one column block of ``buffer_width`` columns holds at most: its bands of native
+    probabilities, strips on their way to the writer and the writer's temporaries, GDAL's block
+    cache, and the windows read, predicted and queued for blending."""
+    per_column = (BANDS_HELD * 4 * grid.band_rows
+                  + STRIPS_HELD * 4 * BLOCK_ROWS
+                  + WRITER_BYTES_PER_PIXEL * BLOCK_ROWS)
+    working = (grid.band_rows // grid.factor + 1) * (grid.window_width // grid.factor + 1)
+    per_window = working * ((4 * channels + 1) * (READ_AHEAD + 1)
+                            + 4 * (BLEND_BEHIND + 2))
+    windows = buffer_width // max(1, grid.size - grid.overlap) + 2
+    return per_column * buffer_width + per_window * windows + cache_bytes(grid, buffer_width)
+
+
+def cache_bytes(grid: Grid, buffer_width: int) -> int:
+    """GDAL's block cache for a block: one band of image and DEM blocks, so that the next band
+    finds the rows it shares with this one."""
+    return CACHE_BYTES_PER_PIXEL * (grid.band_rows + 2 * grid.factor) * buffer_width
+
+
+def plan_blocks(grid: Grid, channels: int, budget: MemoryBudget) -> Grid:
+    """``grid`` cut into the widest column blocks (whole output block columns) whose buffers
+    fit ``budget``: the whole scene if it fits, else a one-line error if one window does not."""
+    def need(block_width: int | None) -> int:
+        blocks = replace(grid, block_width=block_width).blocks
+        return buffer_bytes(grid, channels, max(b.buffer_width for b in blocks))
+
+    if need(None) <= budget.bytes:
+        return replace(grid, block_width=None)
+    low = -(-grid.size // BLOCK_ROWS)  # in output block columns: a block is a window wide
+    high = grid.width // BLOCK_ROWS
+    if need(low * BLOCK_ROWS) > budget.bytes:
+        raise SlidemapError(
+            f"windows of {grid.size} px need about {need(low * BLOCK_ROWS) / 2**20:.0f} MB, more "
+            f"than the memory budget of {budget.megabytes} MB: raise --memory-mb, or pass a "
+            "smaller --tile")
+    while low < high:  # the widest that fits (wider blocks hold more, give or take a window)
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if need(middle * BLOCK_ROWS) <= budget.bytes \
+            else (low, middle - 1)
+    return replace(grid, block_width=low * BLOCK_ROWS)
 
 
 def bounded_gdal_cache(grid: Grid) -> rasterio.Env:
-    """A GDAL environment whose block cache holds about two bands, not 5 % of the RAM."""
-    band_bytes = (grid.band_rows + 2 * grid.factor) * grid.width * CACHE_BYTES_PER_PIXEL
-    return gdal_cache(int(np.clip(band_bytes / 2**20, *CACHE_MB)))
+    """A GDAL environment whose block cache holds about a band of a column block, not 5 % of
+    the RAM."""
+    width = max(block.buffer_width for block in grid.blocks)
+    return gdal_cache(int(np.clip(cache_bytes(grid, width) / 2**20, *CACHE_MB)))

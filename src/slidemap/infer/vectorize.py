@@ -1,19 +1,22 @@
 """Landslide inventory: one polygon per connected landslide region, built strip by strip.
 
 Strips of the mask are labelled separately and their components joined across strip borders with
-a union–find, so a slide spanning several strips comes out as one polygon while memory stays
-bounded by one strip. Attributes are accumulated per component from the same strips: area,
-probability and, given a DEM, mean slope and elevation range (the DEM read on the mask's grid at
-native resolution, warped on the fly if it lies on another grid). Lengths are in metres also for
-geographic CRSs (spherical earth, as for the pixel areas).
+a union–find, so a slide spanning several strips comes out as one polygon. A slide is finished,
+and written out, as soon as a strip no longer touches it: memory holds one strip and the slides
+still open, whatever the number of slides. Attributes are accumulated per component from the
+same strips: area, probability and, given a DEM, mean slope and elevation range (the DEM read on
+the mask's grid at native resolution, warped on the fly if it lies on another grid). Lengths are
+in metres also for geographic CRSs (spherical earth, as for the pixel areas).
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import math
 import sqlite3
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,31 +35,33 @@ from scipy import ndimage
 from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
 from slidemap.errors import SlidemapError
+from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.io.atomic import atomic_path, final_path
 from slidemap.io.rasters import gdal_cache, read_probability
 from slidemap.io.styles import store_style
 
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
-STRIP_PIXELS = 2**22  # mask pixels labelled at a time: memory bounded on wide scenes too
+STRIP_PIXELS = 2**22  # mask pixels labelled at a time, at most
+STRIP_BYTES_PER_PIXEL = 48  # a strip's arrays: mask, probability, labels and their temporaries
 TERRAIN_PIXELS = 2**20  # DEM pixels at a time (slope works in float64 with many temporaries)
 CACHE_MB = 64  # GDAL block cache: every block is read once, in order
+KEYS = ("pixels", "area", "prob", "max")
+TERRAIN_KEYS = ("slope_sum", "slope_n", "elev_min", "elev_max")
 START = {"elev_min": np.inf, "elev_max": -np.inf}  # accumulators that do not start at 0
 INVENTORY_FORMATS = {"gpkg": ".gpkg", "geojson": ".geojson"}
 WGS84 = CRS.from_epsg(4326)
 LAYER = "landslides"
 MIN_AREA_WORKING_PIXELS = 4  # default --min-area: smaller specks are below what the model sees
 SIMPLIFY_WORKING_PIXELS = 0.5  # default --simplify: removes the native-pixel staircase
+WRITE_BATCH = 1024  # landslides written to the GeoPackage at a time
+WAITING_MAX = 4096  # finished landslides held back to keep the order of first appearance
 
 
 class UnionFind:
-    """Disjoint sets over integer ids 1..n, grown on demand."""
+    """Disjoint sets over integer ids 0..n-1."""
 
-    def __init__(self) -> None:
-        self.parent = np.zeros(1, dtype=np.int64)
-
-    def grow(self, size: int) -> None:
-        if size > self.parent.size:
-            self.parent = np.concatenate([self.parent, np.arange(self.parent.size, size)])
+    def __init__(self, size: int) -> None:
+        self.parent = np.arange(size)
 
     def find(self, item: int) -> int:
         root = item
@@ -73,6 +78,25 @@ class UnionFind:
 
 
 @dataclass
+class Piece:
+    """One connected region of one strip: its outline and accumulators."""
+
+    label: int  # numbered strip by strip in the labelling's (raster) order: orders the output
+    order: int  # numbered in the order polygonising meets them: the order of sums and unions
+    geometries: list
+    sums: np.ndarray  # one value per key (KEYS, then TERRAIN_KEYS with a DEM)
+
+
+@dataclass
+class Slide:
+    """A landslide's pieces so far (by ``order``); ``root``, its first piece's ``label``, orders
+    the output."""
+
+    root: int
+    pieces: list[Piece]
+
+
+@dataclass
 class Inventory:
     """Landslide polygons with their attributes, in the mask's CRS."""
 
@@ -84,59 +108,184 @@ class Inventory:
         return len(self.geometries)
 
 
-def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
-                    simplify_m: float = 0.0, strip_rows: int | None = None,
-                    dem: Path | None = None) -> Inventory:
+def strip_rows_for(width: int, budget: MemoryBudget) -> int:
+    """Rows of a strip: about ``STRIP_PIXELS`` (fewer if the budget is small) whatever the
+    width, 64 to 1024 rows unless the scene is too wide for 64."""
+    pixels = min(STRIP_PIXELS, budget.share(0.5) // STRIP_BYTES_PER_PIXEL)
+    rows = int(np.clip(pixels // width, 64, 1024))
+    return rows if rows * width <= 2 * pixels else max(1, pixels // width)
+
+
+def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
+                  simplify_m: float = 0.0, strip_rows: int | None = None,
+                  dem: Path | None = None, budget: MemoryBudget | None = None
+                  ) -> Iterator[Inventory]:
     """Polygonise landslide pixels (mask == 1) of ``mask_path`` with area and probability stats,
-    and terrain stats (``mean_slope_deg``, ``elev_range_m``) when ``dem`` is given. Strips are
-    ``strip_rows`` high (default: about 4 Mpx whatever the width, 64 to 1024 rows)."""
-    forest = UnionFind()
-    parts: dict[int, list] = {}
-    keys = ["pixels", "area", "prob", "max"]
-    keys += ["slope_sum", "slope_n", "elev_min", "elev_max"] if dem is not None else []
-    sums: dict[str, np.ndarray] = {k: np.full(1, START.get(k, 0.0)) for k in keys}
-    next_id = 1
+    and terrain stats (``mean_slope_deg``, ``elev_range_m``) when ``dem`` is given, as batches
+    of finished landslides (a landslide is finished once a strip no longer touches it).
+
+    Strips are ``strip_rows`` high (default: from the budget, about 4 Mpx whatever the width).
+    Landslides come out in the order of their first pixel (top to bottom; the files' fids
+    number them from 1), unless more than ``WAITING_MAX`` finished ones wait behind one still
+    open: then in the order they finish, so that memory stays bounded whatever the number of
+    landslides.
+    """
+    budget = budget or MemoryBudget()
+    keys = KEYS + (TERRAIN_KEYS if dem is not None else ())
+    start = np.array([START.get(k, 0.0) for k in keys])
+    open_slides: dict[int, Slide] = {}  # by the label they have in the last row read
+    waiting: list[tuple[int, Slide]] = []  # finished, by root (heap; roots are unique)
+    next_label, next_order = 0, 0
     previous_last_row: np.ndarray | None = None
     with gdal_cache(CACHE_MB), rasterio.open(mask_path) as mask_ds, \
             rasterio.open(prob_path) as prob_ds, \
             (Scene(mask_path, dem=dem) if dem is not None else contextlib.nullcontext()) as terrain:
         crs = mask_ds.crs
-        strip_rows = strip_rows or int(np.clip(STRIP_PIXELS // mask_ds.width, 64, 1024))
+        strip_rows = strip_rows or strip_rows_for(mask_ds.width, budget)
         for top in range(0, mask_ds.height, strip_rows):
             window = Window(0, top, mask_ds.width, min(strip_rows, mask_ds.height - top))
             slide = mask_ds.read(1, window=window) == 1
-            prob = read_probability(prob_ds, window)
             labels, count = ndimage.label(slide, structure=FOUR_CONNECTED)
-            labels = np.where(labels > 0, labels + (next_id - 1), 0).astype(np.int64)
-            forest.grow(next_id + count)
-            _grow(sums, next_id + count)
-            if previous_last_row is not None:
-                touching = (previous_last_row > 0) & (labels[0] > 0)
-                for a, b in set(zip(previous_last_row[touching], labels[0][touching],
-                                    strict=True)):
-                    forest.union(int(a), int(b))
-            areas = _pixel_areas(mask_ds, window)
-            ids = labels[slide]
-            sums["pixels"] += np.bincount(ids, minlength=sums["pixels"].size)
-            sums["area"] += np.bincount(ids, weights=np.broadcast_to(areas, slide.shape)[slide],
-                                        minlength=sums["area"].size)
-            sums["prob"] += np.bincount(ids, weights=prob[slide], minlength=sums["prob"].size)
-            np.maximum.at(sums["max"], ids, prob[slide])
-            if terrain is not None and count:
-                _add_terrain(terrain, window, labels, slide, sums)
+            sums = _strip_sums(mask_ds, prob_ds, terrain, window, labels, slide, count, keys,
+                               start)
             strip_transform = window_transform(window, mask_ds.transform)
+            pieces: dict[int, Piece] = {}
             for geometry, value in shapes(labels.astype(np.int32), mask=slide,
                                           transform=strip_transform, connectivity=4):
-                parts.setdefault(int(value), []).append(shapely.geometry.shape(geometry))
-            previous_last_row = labels[-1]
-            next_id += count
-    return _merge(forest, parts, sums, crs, min_area_m2, simplify_m)
+                label = int(value)
+                if label not in pieces:
+                    pieces[label] = Piece(next_label + label, next_order, [], sums[label])
+                    next_order += 1
+                pieces[label].geometries.append(shapely.geometry.shape(geometry))
+            joined = _join(open_slides, previous_last_row, labels, pieces)
+            continuing = set(np.unique(labels[-1][labels[-1] > 0]).tolist())
+            open_slides = {}
+            for members, landslide in joined:
+                if members & continuing:
+                    for label in members & continuing:
+                        open_slides[label] = landslide
+                else:
+                    heapq.heappush(waiting, (landslide.root, landslide))
+            previous_last_row = labels[-1].copy()
+            next_label += count
+            del labels, slide, sums
+            release_free_memory()
+            first_open = min((s.root for s in open_slides.values()), default=None)
+            ready: list[Slide] = []
+            while waiting and (first_open is None or waiting[0][0] < first_open
+                               or len(waiting) > WAITING_MAX):
+                ready.append(heapq.heappop(waiting)[1])
+            if ready:
+                yield _finish(ready, keys, crs, min_area_m2, simplify_m)
+    leftover = sorted({id(s): s for s in open_slides.values()}.values(), key=lambda s: s.root)
+    ready = [landslide for _, landslide in waiting]
+    ready = sorted(ready + leftover, key=lambda s: s.root)
+    yield _finish(ready, keys, crs, min_area_m2, simplify_m)  # the last, maybe empty
 
 
-def _grow(sums: dict[str, np.ndarray], size: int) -> None:
-    for key, values in sums.items():
-        if values.size < size:
-            sums[key] = np.concatenate([values, np.full(size - values.size, START.get(key, 0.0))])
+def _strip_sums(mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader,
+                terrain: Scene | None, window: Window, labels: np.ndarray, slide: np.ndarray,
+                count: int, keys: tuple[str, ...], start: np.ndarray) -> np.ndarray:
+    """(count + 1, keys) accumulators of the strip's labels (row 0: background)."""
+    sums = {k: np.full(count + 1, start[i]) for i, k in enumerate(keys)}
+    prob = read_probability(prob_ds, window)
+    areas = _pixel_areas(mask_ds, window)
+    ids = labels[slide]
+    sums["pixels"] += np.bincount(ids, minlength=count + 1)
+    sums["area"] += np.bincount(ids, weights=np.broadcast_to(areas, slide.shape)[slide],
+                                minlength=count + 1)
+    sums["prob"] += np.bincount(ids, weights=prob[slide], minlength=count + 1)
+    np.maximum.at(sums["max"], ids, prob[slide])
+    if terrain is not None and count:
+        _add_terrain(terrain, window, labels, slide, sums)
+    return np.stack([sums[k] for k in keys], axis=1)
+
+
+def _join(open_slides: dict[int, Slide], previous_last_row: np.ndarray | None,
+          labels: np.ndarray, pieces: dict[int, Piece]) -> list[tuple[set[int], Slide]]:
+    """The strip's pieces joined with each other through the landslides open above them:
+    (the strip's labels, the landslide) for each, open landslides no piece continues included
+    (with no label)."""
+    above = list({id(s): s for s in open_slides.values()}.values())
+    index = {id(s): i for i, s in enumerate(above)}
+    labels_order = sorted(pieces)
+    node = {label: len(above) + i for i, label in enumerate(labels_order)}
+    forest = UnionFind(len(above) + len(labels_order))
+    if previous_last_row is not None:
+        touching = (previous_last_row > 0) & (labels[0] > 0)
+        for a, b in set(zip(previous_last_row[touching].tolist(), labels[0][touching].tolist(),
+                            strict=True)):
+            forest.union(index[id(open_slides[a])], node[b])
+    groups: dict[int, tuple[set[int], list[Slide], list[Piece]]] = {}
+    for landslide in above:
+        groups.setdefault(forest.find(index[id(landslide)]), (set(), [], []))[1].append(
+            landslide)
+    for label in labels_order:
+        group = groups.setdefault(forest.find(node[label]), (set(), [], []))
+        group[0].add(label)
+        group[2].append(pieces[label])
+    joined = []
+    for members, slides, new in groups.values():
+        merged = [p for s in slides for p in s.pieces] + new
+        merged.sort(key=lambda p: p.order)
+        joined.append((members, Slide(min(p.label for p in merged), merged)))
+    return joined
+
+
+def _finish(slides: list[Slide], keys: tuple[str, ...], crs: CRS | None,
+            min_area_m2: float, simplify_m: float) -> Inventory:
+    """Finished landslides as polygons with their attributes (those below ``min_area_m2``
+    dropped); the files they are written to number them (fid)."""
+    geometries, rows = [], []
+    column = {k: i for i, k in enumerate(keys)}
+    for landslide in slides:
+        def total(key: str, pieces: list[Piece] = landslide.pieces) -> float:
+            return sum(p.sums[column[key]] for p in pieces)
+
+        pixels, area = total("pixels"), total("area")
+        if area < min_area_m2:
+            continue
+        geometry = shapely.union_all([g for p in landslide.pieces for g in p.geometries])
+        if simplify_m > 0:
+            geometry = shapely.simplify(geometry, _crs_units(simplify_m, crs),
+                                        preserve_topology=True)
+        geometries.append(geometry)
+        row = [area, _length_m(geometry, crs), total("prob") / pixels,
+               max(p.sums[column["max"]] for p in landslide.pieces), pixels]
+        if "slope_n" in column:
+            slopes = total("slope_n")
+            low = min(p.sums[column["elev_min"]] for p in landslide.pieces)
+            high = max(p.sums[column["elev_max"]] for p in landslide.pieces)
+            row += [total("slope_sum") / slopes if slopes else np.nan,
+                    high - low if np.isfinite(low) else np.nan]
+        rows.append(row)
+    width = 7 if "slope_n" in column else 5
+    table = np.array(rows, dtype=np.float64).reshape(-1, width)
+    lon, lat = _centroids_lonlat(geometries, crs)
+    attributes = {  # the feature id (fid) numbers the slides; no second id column
+        "area_m2": table[:, 0],
+        "perimeter_m": table[:, 1],
+        "mean_prob": table[:, 2],
+        "max_prob": table[:, 3],
+        "pixels": table[:, 4].astype(np.int64),
+        "centroid_lon": lon,
+        "centroid_lat": lat,
+    }
+    if width == 7:
+        attributes["mean_slope_deg"] = table[:, 5]
+        attributes["elev_range_m"] = table[:, 6]
+    return Inventory(geometries, attributes, crs)
+
+
+def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
+                    simplify_m: float = 0.0, strip_rows: int | None = None,
+                    dem: Path | None = None) -> Inventory:
+    """Every landslide of :func:`slide_batches` in one inventory (held in memory: for small
+    masks; ``write_inventories`` streams them to files)."""
+    batches = list(slide_batches(mask_path, prob_path, min_area_m2, simplify_m, strip_rows, dem))
+    return Inventory([g for b in batches for g in b.geometries],
+                     {k: np.concatenate([b.attributes[k] for b in batches])
+                      for k in batches[0].attributes}, batches[0].crs)
 
 
 def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.ndarray,
@@ -167,49 +316,6 @@ def _pixel_areas(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
     rows = np.arange(window.row_off, window.row_off + window.height) + 0.5
     lats = ds.transform.f + rows * ds.transform.e
     return np.array([np.prod(pixel_size_m(ds.crs, ds.res, lat)) for lat in lats])[:, None]
-
-
-def _merge(forest: UnionFind, parts: dict[int, list], sums: dict[str, np.ndarray],
-           crs: CRS | None, min_area_m2: float, simplify_m: float) -> Inventory:
-    groups: dict[int, list[int]] = {}
-    for label in parts:
-        groups.setdefault(forest.find(label), []).append(label)
-    geometries, rows = [], []
-    for _root, labels in sorted(groups.items()):
-        pixels = sum(sums["pixels"][i] for i in labels)
-        area = sum(sums["area"][i] for i in labels)
-        if area < min_area_m2:
-            continue
-        geometry = shapely.union_all([g for i in labels for g in parts[i]])
-        if simplify_m > 0:
-            geometry = shapely.simplify(geometry, _crs_units(simplify_m, crs),
-                                        preserve_topology=True)
-        geometries.append(geometry)
-        row = [area, _length_m(geometry, crs), sum(sums["prob"][i] for i in labels) / pixels,
-               max(sums["max"][i] for i in labels), pixels]
-        if "slope_n" in sums:
-            slopes = sum(sums["slope_n"][i] for i in labels)
-            low, high = min(sums["elev_min"][i] for i in labels), max(
-                sums["elev_max"][i] for i in labels)
-            row += [sum(sums["slope_sum"][i] for i in labels) / slopes if slopes else np.nan,
-                    high - low if np.isfinite(low) else np.nan]
-        rows.append(row)
-    width = 7 if "slope_n" in sums else 5
-    table = np.array(rows, dtype=np.float64).reshape(-1, width)
-    lon, lat = _centroids_lonlat(geometries, crs)
-    attributes = {  # the feature id (fid) numbers the slides; no second id column
-        "area_m2": table[:, 0],
-        "perimeter_m": table[:, 1],
-        "mean_prob": table[:, 2],
-        "max_prob": table[:, 3],
-        "pixels": table[:, 4].astype(np.int64),
-        "centroid_lon": lon,
-        "centroid_lat": lat,
-    }
-    if width == 7:
-        attributes["mean_slope_deg"] = table[:, 5]
-        attributes["elev_range_m"] = table[:, 6]
-    return Inventory(geometries, attributes, crs)
 
 
 def _centroids_lonlat(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
@@ -272,19 +378,83 @@ def write_inventory(inventory: Inventory, path: Path,
                     metadata: dict[str, str] | None = None) -> None:
     """Write a GeoPackage (.gpkg, with its QGIS style stored inside and ``metadata`` on the
     layer) or GeoJSON (.geojson) layer atomically."""
-    driver = "GeoJSON" if path.suffix.lower() in {".geojson", ".json"} else "GPKG"
-    geometry = np.array([shapely.to_wkb(g) for g in inventory.geometries], dtype=object)
-    names = list(inventory.attributes)
+    write_inventories(iter([inventory]), [path], metadata)
+
+
+def write_inventories(batches: Iterator[Inventory], paths: Sequence[Path],
+                      metadata: dict[str, str] | None = None) -> dict[str, float]:
+    """Write ``batches`` as they come to each of ``paths`` (GeoPackage or GeoJSON), atomically;
+    returns the landslides written and their area. The GeoPackage takes them in batches of
+    ``WRITE_BATCH``, with ``metadata`` on its layer and its QGIS style stored inside; a GeoJSON
+    file is then copied from it batch by batch, so neither holds more than a batch whatever the
+    number of landslides."""
+    packages = [p for p in paths if _driver(p) == "GPKG"]
+    with contextlib.ExitStack() as stack:
+        if packages:
+            package = stack.enter_context(atomic_path(packages[0]))
+        else:  # only a step on the way to the files asked for
+            package = paths[0].with_name(f".{paths[0].stem}.{uuid.uuid4().hex[:8]}.gpkg")
+            stack.callback(package.unlink, missing_ok=True)
+        with _writing_inventory(paths[0]):
+            summary = _write_package(batches, package, metadata)
+            if packages:
+                store_style(package, LAYER, "slidemap landslide inventory")
+        for path in paths:
+            if path not in packages[:1]:
+                with _writing_inventory(path), atomic_path(path) as other:
+                    _copy_layer(package, other)
+    return summary
+
+
+def _driver(path: Path) -> str:
+    return "GeoJSON" if path.suffix.lower() in {".geojson", ".json"} else "GPKG"
+
+
+def _write_package(batches: Iterator[Inventory], path: Path,
+                   metadata: dict[str, str] | None) -> dict[str, float]:
+    count, area, created = 0, 0.0, False
+    held: list[Inventory] = []
+
+    def flush() -> None:
+        nonlocal created
+        if created and not sum(len(b) for b in held):
+            return
+        crs = held[0].crs
+        names = list(held[0].attributes)
+        geometry = np.array([shapely.to_wkb(g) for b in held for g in b.geometries],
+                            dtype=object)
+        fields = [np.concatenate([b.attributes[n] for b in held]) for n in names]
+        pyogrio.raw.write(path, geometry, fields, names, driver="GPKG",
+                          geometry_type="MultiPolygon", promote_to_multi=True,
+                          crs=crs.to_wkt() if crs else None, layer=LAYER, append=created,
+                          layer_metadata=None if created or not metadata else metadata)
+        created = True
+        held.clear()
+
+    for batch in batches:
+        held.append(batch)
+        count += len(batch)
+        area += float(batch.attributes["area_m2"].sum())
+        if sum(len(b) for b in held) >= WRITE_BATCH:
+            flush()
+    if held:
+        flush()
+    return {"landslides": count, "landslide_area_m2": area}
+
+
+def _copy_layer(source: Path, target: Path) -> None:
+    """Copy the landslides layer of ``source`` into a new file ``target``, batch by batch."""
+    with pyogrio.raw.open_arrow(source, layer=LAYER, use_pyarrow=False,
+                                batch_size=WRITE_BATCH) as (meta, stream):
+        pyogrio.raw.write_arrow(stream, target, driver=_driver(target), layer=LAYER,
+                                geometry_name=meta["geometry_name"] or "geometry",
+                                geometry_type="MultiPolygon", crs=meta["crs"])
+
+
+@contextlib.contextmanager
+def _writing_inventory(path: Path) -> Iterator[None]:
     try:
-        with atomic_path(path) as tmp:
-            pyogrio.raw.write(
-                tmp, geometry, [inventory.attributes[n] for n in names], names, driver=driver,
-                geometry_type="MultiPolygon", promote_to_multi=True,
-                crs=inventory.crs.to_wkt() if inventory.crs else None, layer=LAYER,
-                layer_metadata=metadata if driver == "GPKG" and metadata else None,
-            )
-            if driver == "GPKG":
-                store_style(tmp, LAYER, "slidemap landslide inventory")
+        yield
     except (OSError, sqlite3.Error, DataSourceError, DataLayerError) as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         target = final_path(path)

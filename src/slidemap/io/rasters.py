@@ -23,6 +23,7 @@ from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path, final_path, scratch_path
 
 MASK_NODATA = 255
+BLOCK_SIDE = 256  # of the output GeoTIFFs' tiles
 
 
 def geotiff_profile(profile: dict, dtype: str, nodata: float | int) -> dict:
@@ -31,7 +32,7 @@ def geotiff_profile(profile: dict, dtype: str, nodata: float | int) -> dict:
         "driver": "GTiff", "dtype": dtype, "count": 1, "nodata": nodata,
         "crs": profile["crs"], "transform": profile["transform"],
         "width": profile["width"], "height": profile["height"],
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+        "tiled": True, "blockxsize": BLOCK_SIDE, "blockysize": BLOCK_SIDE, "compress": "deflate",
         "zlevel": 1,  # twice as fast to write as the default 6, and as small on probabilities
         "BIGTIFF": "IF_SAFER",
     }
@@ -188,6 +189,7 @@ class RasterOutputs:
         self.profile = profile
         self.paths = (prob_path, mask_path)
         self.format = fmt or RasterFormat()
+        self.folder = prob_path.parent  # where temporary files of the same run belong
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> RasterOutputs:
