@@ -165,7 +165,8 @@ def test_a_geopackage_of_several_layers_needs_the_layer_named(tiny_scene: dict,
     both = tmp_path / "both.gpkg"
     write_polygons(both, polygonise(tiny_scene["mask"], (1,)), layer="slides")
     write_polygons(both, polygonise(tiny_scene["mask"], (0, 1)), layer="aoi", append=True)
-    with pytest.raises(SlidemapError, match=r"has 2 layers \(slides, aoi\).*\|layername=NAME"):
+    with pytest.raises(SlidemapError,
+                       match=r"has 2 geometry layers \(slides, aoi\).*\|layername=NAME"):
         Scene(tiny_scene["image"], mask=both)
     assert is_vector(f"{both}|layername=slides")
     with Scene(tiny_scene["image"], mask=f"{both}|layername=slides",
@@ -247,3 +248,19 @@ def test_a_window_reads_only_the_polygons_near_it(tiny_scene: dict, tmp_path: Pa
     found = layer.geometries((west + 3, north - 9, west + 9, north - 3))
     assert 1 <= len(found) <= 4  # the squares around (i, j) = (1, 1), not all 144
     assert any(g.intersects(shapely.box(west + 4, north - 6, west + 6, north - 4)) for g in found)
+
+
+def test_a_predicted_inventory_reads_back_as_labels(tiny_scene, tiny_model, tmp_path) -> None:
+    """predict's GeoPackage also holds a layer_styles table (as QGIS writes one): the polygons,
+    corrected in QGIS or not, must still read as labels without naming their layer."""
+    from slidemap import api
+    from slidemap.infer.predict import PredictOptions
+
+    mapped = api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"], tiny_model,
+                         PredictOptions(tile=48, overlap=16, precision="fp32"),
+                         min_area_m2=0, simplify_m=0)
+    assert "layer_styles" in [row[0] for row in pyogrio.list_layers(mapped["inventory"])]
+    scored = api.evaluate(mapped["inventory"], prediction=mapped["mask"])["metrics"]
+    assert scored["pixels"] > 0
+    if mapped["landslides"]:  # the outlines of the mask's own pixels burn back onto them
+        assert scored["f1"] == pytest.approx(1.0)

@@ -204,13 +204,13 @@ def suggest(model: Path | Sequence[Path] | None, image: Path, out: Path, dem: Pa
         raise SlidemapError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
     options = options or PredictOptions()
     predictor = load_predictor(model, options)
-    models = [f for p in model_list(model) for f in model_paths(p)]
-    inputs = [image, *([dem] if dem else []), *models, *(file_of(p) for p in labels)]
+    inputs = [image, *([dem] if dem else []), *model_files(model),
+              *(file_of(p) for p in labels)]
     check_outputs([out], inputs, overwrite)
     make_output_dir(out.parent)
     suggestion = suggest_boxes(predictor, image, dem, n, box, labels, spacing,
                                options.batch_size, progress)
-    write_boxes(suggestion, out)
+    write_boxes(suggestion, out, overwrite)
     return {"boxes": str(out), "candidates": suggestion.candidates,
             "skipped_labelled": suggestion.skipped_labelled,
             "picks": [{"rank": i + 1, "col_off": p.window.col_off, "row_off": p.window.row_off,

@@ -235,6 +235,8 @@ def predict(
         raise UsageError(f"--scale and --pixel-size apply to patch folders, and {image} is a "
                          "file: scenes are read at the model's resolution_m")
     formats = [f.value for f in inventory_format or [InventoryFormat.gpkg]]
+    if html_report:
+        _check_report(out, overwrite)
     with _progress() as progress:
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
                              progress, formats, prob_dtype)
@@ -247,7 +249,7 @@ def predict(
     if html_report:
         from slidemap.report.html import build_report
 
-        log.info(f"  report    {build_report(out)}")
+        log.info(f"  report    {build_report(out, overwrite=overwrite)}")
 
 
 @app.command()
@@ -284,6 +286,8 @@ def evaluate(
 
     if html_report and out is None:
         raise UsageError("--report needs --out DIR to write report.html into")
+    if html_report and out is not None:
+        _check_report(out, overwrite)
     options = PredictOptions(tile, overlap, precision=precision, tta=tta, normalise=normalise,
                              scales=_scales(scales))
     with _progress() as progress:
@@ -303,7 +307,7 @@ def evaluate(
     if html_report:
         from slidemap.report.html import build_report
 
-        log.info(f"report {build_report(out)}")
+        log.info(f"report {build_report(out, overwrite=overwrite)}")
 
 
 @app.command("models")
@@ -369,6 +373,13 @@ def crossval(
                  f"[{low:+.4f}, {high:+.4f}]: "
                  f"{'adopt' if comparison['adopt'] else 'keep the baseline'}")
     log.info(f"  {out / 'summary.md'}, {out / 'blocks.md'}")
+
+
+def _check_report(out: Path, overwrite: bool) -> None:
+    """Refuse an existing report.html before any work, as the other outputs are."""
+    from slidemap.io.atomic import check_outputs
+
+    check_outputs([out / "report.html"], [], overwrite)
 
 
 def _seeds(value: str | None) -> tuple[int, ...] | None:

@@ -60,12 +60,14 @@ class PolygonLayer:
         if not self.path.exists():
             raise SlidemapError(f"{role} {self.path} does not exist: check the path")
         try:
-            layers = pyogrio.list_layers(self.path)
-            if not layer and len(layers) > 1:
-                names = ", ".join(str(n) for n in layers[:, 0])
-                raise SlidemapError(f"{role} {self.path} has {len(layers)} layers ({names}): name "
-                                    f"one as {self.path}{LAYER_MARK}NAME")
-            self.layer = layer or str(layers[0, 0])
+            # geometry layers only: a GeoPackage may hold tables, e.g. the layer_styles that
+            # QGIS and slidemap predict store beside the polygons
+            layers = [row for row in pyogrio.list_layers(self.path) if row[1] is not None]
+            if not layer and len(layers) != 1:
+                names = ", ".join(str(row[0]) for row in layers) or "none"
+                raise SlidemapError(f"{role} {self.path} has {len(layers)} geometry layers "
+                                    f"({names}): name one as {self.path}{LAYER_MARK}NAME")
+            self.layer = layer or str(layers[0][0])
             info = pyogrio.read_info(self.path, layer=self.layer, force_total_bounds=True)
         except (DataSourceError, DataLayerError) as exc:
             raise SlidemapError(f"{role} {self.name} cannot be read as a vector layer "

@@ -174,7 +174,7 @@ def suggest_boxes(predictor: Predictor, image: Path, dem: Path | None, n: int, b
     return Suggestion(pick(scores, n, spacing), len(scores), skipped, profile)
 
 
-def write_boxes(suggestion: Suggestion, path: Path) -> None:
+def write_boxes(suggestion: Suggestion, path: Path, overwrite: bool = False) -> None:
     """The picks as ranked polygons in the scene's CRS (GeoPackage, or GeoJSON by suffix)."""
     picks = suggestion.picks
     transform, crs = suggestion.profile["transform"], suggestion.profile["crs"]
@@ -191,7 +191,7 @@ def write_boxes(suggestion: Suggestion, path: Path) -> None:
         "row_off": np.array([p.window.row_off for p in picks], dtype=np.int32),
     }
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, overwrite) as tmp:
             pyogrio.raw.write(tmp, geometry, list(fields.values()), list(fields), driver=driver,
                               geometry_type="Polygon", crs=crs.to_wkt() if crs else None,
                               layer="suggested_boxes")

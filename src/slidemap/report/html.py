@@ -61,7 +61,7 @@ code { font-size: 13px; word-break: break-all; }
 
 def build_report(folder: Path, out: Path | None = None,
                  provenance: Provenance | None = None, interactive: bool = False,
-                 overwrite: bool = True) -> Path:
+                 overwrite: bool = False) -> Path:
     """Write the HTML report of ``folder`` (a training run, evaluation or prediction folder).
 
     ``out`` defaults to ``folder/report.html``; an existing file there is replaced only with

@@ -21,6 +21,7 @@ from rasterio.errors import CRSError, RasterioError
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError
+from slidemap.infer.vectorize import LAYER  # the GeoPackage holds others too (layer_styles)
 from slidemap.report.interactive import MAX_FEATURES, interactive_map
 from slidemap.report.mapview import (
     Outlines,
@@ -53,7 +54,6 @@ from slidemap.report.provenance import Provenance, accuracy_caveat, of_predictio
 LARGEST = 10
 MAX_OUTLINES = 20_000
 SUFFIXES = ("_landslides.gpkg", "_landslides.geojson")  # the first found of a scene is read
-LAYER = "landslides"  # the GeoPackage may hold others (layer_styles)
 NOT_RECORDED = "not recorded"
 
 

@@ -261,7 +261,7 @@ class RunConfig:
         starts from): no output of the run may replace one."""
         scenes = (*self.train_scenes, *self.val_scenes,
                   *(self.selftrain.target_scenes if self.selftrain else ()))
-        files = [self.source, *(p for s in scenes for p in (s.image, s.mask, s.dem))]
+        files = [self.source, *(p for s in scenes for p in (s.image, s.mask, s.dem, s.aoi))]
         if self.init is not None:
             files += model_paths(self.init)
         return [p for p in files if p is not None]

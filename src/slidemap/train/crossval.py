@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.scene import IGNORE
@@ -36,7 +36,7 @@ from slidemap.io.modelfile import load_model
 from slidemap.train.config import RunConfig, with_seed
 from slidemap.train.loop import train
 
-console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 THRESHOLDS = np.round(np.arange(5, 96) / 100, 2)  # the grid thresholds are fitted on
 BOOTSTRAP = 2000
@@ -86,7 +86,7 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
         for seed in seeds:
             for fold in range(settings.folds):
                 run_dir = out_dir / recipe.label / f"s{seed}" / f"fold{fold}"
-                console.print(f"[bold]{recipe.label} seed {seed} fold {fold}[/]")
+                log.info(f"{recipe.label} seed {seed} fold {fold}")
                 scored = run_fold(recipe.config, scenes, blocks, fold, buffer, seed, run_dir)
                 for name, confusion in scored.items():
                     confusions[recipe.label][(seed, name)] = confusion
@@ -100,8 +100,8 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
 
 def _check_pairable(candidate: RunConfig, baseline: RunConfig) -> None:
     """Paired figures need the same scenes on the same working grid."""
-    if [(s.image, s.mask) for s in candidate.train_scenes] != \
-            [(s.image, s.mask) for s in baseline.train_scenes]:
+    if [(s.image, s.mask, s.aoi) for s in candidate.train_scenes] != \
+            [(s.image, s.mask, s.aoi) for s in baseline.train_scenes]:
         raise SlidemapError("the baseline config lists other scenes than the candidate in "
                             "data.train: a paired comparison needs the same scenes")
     if candidate.inputs.resolution_m != baseline.inputs.resolution_m:
@@ -116,7 +116,7 @@ def _scene_arrays(config: RunConfig) -> list[SceneArrays]:
         raise SlidemapError(f"config {config.source}: crossval cuts labelled scenes into "
                             "spatial blocks: list scenes (image, mask, dem) in data.train, "
                             "not patch sets")
-    return [load_scene_arrays(s.image, s.mask, s.dem, config.inputs)
+    return [load_scene_arrays(s.image, s.mask, s.dem, config.inputs, s.aoi)
             for s in config.train_scenes]
 
 
