@@ -11,6 +11,7 @@ import os
 import sqlite3
 import xml.etree.ElementTree as ET
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +313,15 @@ def test_a_vrt_of_the_scene_maps_like_the_scene(tiny_scene, tiny_model, tmp_path
     assert Path(through["prob"]).name == "mosaic_prob.tif"
     with rasterio.open(through["prob"]) as a, rasterio.open(plain["prob"]) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_evaluate_scores_a_prediction_at_the_threshold_its_mask_was_drawn_at(
+        tiny_scene, tiny_model, tmp_path) -> None:
+    """The probability raster records its threshold: scoring it at 0.5 instead would score
+    another map than the mask predict wrote beside it."""
+    options = replace(OPTIONS, threshold=0.3)
+    mapped = api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"], tiny_model,
+                         options)
+    assert api.evaluate(tiny_scene["mask"], prediction=mapped["prob"])["threshold"] == 0.3
+    assert api.evaluate(tiny_scene["mask"], prediction=mapped["prob"],
+                        threshold=0.6)["threshold"] == 0.6

@@ -28,7 +28,7 @@ from slidemap.infer.vectorize import (
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir, resolved, staged
 from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
 from slidemap.io.names import DatasetName, dataset_stem, local_files
-from slidemap.io.provenance import provenance
+from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
@@ -180,7 +180,9 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
             report["model"] = [str(p) for p in predictor.paths]
         assert scored is not None and prediction is not None
         report["prediction"] = str(prediction)
-        report["threshold"] = 0.5 if threshold is None else threshold
+        if threshold is None:  # the threshold the prediction's own mask was drawn at
+            threshold = recorded_threshold(prediction) or 0.5
+        report["threshold"] = threshold
         confusion = score_raster(scored, truth, report["threshold"], aoi=aoi)
         report["metrics"] = confusion.metrics()
         report["thresholds"] = confusion.sweep()

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import rasterio
+from rasterio.errors import RasterioError
+
 from slidemap import __version__
 from slidemap.io.names import DatasetName, as_name
 
@@ -50,3 +53,31 @@ def provenance(models: Sequence[Path | None], threshold: float,
         if name is not None:
             tags[f"SLIDEMAP_{role.upper()}"] = as_name(name)
     return {"TIFFTAG_SOFTWARE": f"slidemap {__version__}", **tags}
+
+
+def raster_tags(path: DatasetName) -> dict[str, str]:
+    """Every tag of ``path`` (dataset domain, the SLIDEMAP domain, band 1), lower-case keys;
+    empty when the file cannot be read."""
+    try:
+        with rasterio.open(as_name(path)) as ds:
+            tags = {**ds.tags(1), **ds.tags()}
+            if "SLIDEMAP" in (ds.tag_namespaces() or []):
+                tags.update(ds.tags(ns="SLIDEMAP"))
+    except (RasterioError, OSError):
+        return {}
+    out = {}
+    for key, value in tags.items():
+        name = key.lower()
+        for prefix in ("slidemap_", "slidemap:", "slidemap."):
+            name = name.removeprefix(prefix)
+        out[name] = value
+    return out
+
+
+def recorded_threshold(prediction: DatasetName) -> float | None:
+    """The threshold a prediction raster's mask was drawn at (its provenance tag), if any."""
+    try:
+        value = float(raster_tags(prediction).get("threshold", "nan"))
+    except ValueError:
+        return None
+    return value if 0 < value < 1 else None

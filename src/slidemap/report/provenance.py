@@ -19,10 +19,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioError
 
 from slidemap.io.modelfile import model_paths
+from slidemap.io.provenance import raster_tags
 
 UNMEASURED = ("Accuracy on new ground is unmeasured for this model: its sidecar carries no "
               "card with a cross-region or held-out estimate. Check a sample of the outlines "
@@ -60,25 +59,6 @@ class Provenance:
         """These values, with ``other``'s where these are missing."""
         return replace(self, **{f.name: getattr(other, f.name) for f in fields(self)
                                 if not getattr(self, f.name) and getattr(other, f.name)})
-
-
-def raster_tags(path: Path) -> dict[str, str]:
-    """Every tag of ``path`` (dataset domain, the SLIDEMAP domain, band 1), lower-case keys;
-    empty when the file cannot be read."""
-    try:
-        with rasterio.open(path) as ds:
-            tags = {**ds.tags(1), **ds.tags()}
-            if "SLIDEMAP" in (ds.tag_namespaces() or []):
-                tags.update(ds.tags(ns="SLIDEMAP"))
-    except (RasterioError, OSError):
-        return {}
-    out = {}
-    for key, value in tags.items():
-        name = key.lower()
-        for prefix in ("slidemap_", "slidemap:", "slidemap."):
-            name = name.removeprefix(prefix)
-        out[name] = value
-    return out
 
 
 def from_tags(tags: dict[str, str]) -> Provenance:
