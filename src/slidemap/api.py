@@ -19,6 +19,7 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
+from slidemap.infer.suggest import suggest_boxes, write_boxes
 from slidemap.infer.vectorize import (
     inventory_defaults,
     inventory_paths,
@@ -33,6 +34,9 @@ from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
+from slidemap.train.finetune import run_lock
+from slidemap.train.loop import train
+from slidemap.train.newsite import site_config, write_site_config
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-fusion.safetensors"
@@ -200,8 +204,6 @@ def suggest(model: Path | Sequence[Path] | None, image: Path, out: Path, dem: Pa
             progress: Progress | None = None) -> dict:
     """Write ``out``: the ``n`` boxes of ``image`` most worth labelling next, ranked, as polygons
     (``slidemap.infer.suggest``), skipping boxes that overlap the polygons of ``labels``."""
-    from slidemap.infer.suggest import suggest_boxes, write_boxes
-
     if n < 1 or box < 1 or spacing < 0:
         raise SlidemapError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
     options = options or PredictOptions()
@@ -226,9 +228,6 @@ def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
     """Train on the landslide polygons ``labels`` drawn over ``image`` (inside ``aoi`` if given)
     and map the whole scene: ``out_dir`` gets config.yaml, model.safetensors and map/
     (``slidemap.train.newsite``)."""
-    from slidemap.train.loop import train
-    from slidemap.train.newsite import site_config, write_site_config
-
     raw = site_config(image, labels, aoi, dem, init, epochs)
     map_dir = out_dir / "map"
     inputs = [file_of(p) for p in (image, labels, aoi, dem, init) if p is not None]
@@ -236,7 +235,8 @@ def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
                    *output_paths(image, map_dir).values()], inputs, overwrite)
     config = write_site_config(raw, out_dir)
     started = time.perf_counter()
-    model_path = train(config, out_dir, overwrite=overwrite)
+    with run_lock(out_dir):  # one run at a time in the folder, as train and finetune
+        model_path = train(config, out_dir, overwrite=overwrite)
     trained = time.perf_counter()
     result = predict(image, map_dir, dem, model_path, overwrite=overwrite, progress=progress)
     return {"config": str(out_dir / "config.yaml"), "model": str(model_path), **result,

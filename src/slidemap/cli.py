@@ -228,6 +228,12 @@ def predict(
     if folder is not None and folder.is_dir() and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if folder is not None and folder.is_dir():
+        scene_only = {"--prob-dtype": prob_dtype != "float32", "--format": inventory_format,
+                      "--min-area": min_area is not None, "--simplify": simplify is not None}
+        given = [name for name, value in scene_only.items() if value]
+        if given:
+            raise UsageError(f"{image} is a patch folder: {', '.join(given)} apply to scenes "
+                             "(patches are written as probability and mask TIFFs)")
         _predict_folder(folder, out, Path(dem) if dem else None, model, options, scale,
                         pixel_size, overwrite, html_report)
         return
