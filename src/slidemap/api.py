@@ -21,12 +21,16 @@ from slidemap.report.plots import write_evaluation_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-fusion.safetensors"
+# Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
+RGB_MODEL = PACKAGE_ROOT / "models" / "slidemap-rgb-sites.safetensors"
 
 
-def default_model_path() -> Path:
-    if not DEFAULT_MODEL.exists():
-        raise SlidemapError(f"the shipped model {DEFAULT_MODEL} is missing: pass --model PATH")
-    return DEFAULT_MODEL
+def default_model_path(dem: bool = True) -> Path:
+    """The shipped model for the inputs at hand: RGB + DEM, or RGB only without a DEM."""
+    path = DEFAULT_MODEL if dem else RGB_MODEL
+    if not path.exists():
+        raise SlidemapError(f"the shipped model {path} is missing: pass --model PATH")
+    return path
 
 
 def output_paths(image: Path, out_dir: Path, formats: Sequence[str] = ("gpkg",)
@@ -36,11 +40,20 @@ def output_paths(image: Path, out_dir: Path, formats: Sequence[str] = ("gpkg",)
             **inventory_paths(out_dir, stem, formats)}
 
 
-def model_list(models: Path | Sequence[Path] | None) -> list[Path]:
-    """The model files asked for, or the shipped model."""
+def model_list(models: Path | Sequence[Path] | None, dem: bool = True) -> list[Path]:
+    """The model files asked for, or the shipped model (the RGB-only one when ``dem`` is
+    false: no DEM to read)."""
     if models is None or (not isinstance(models, Path) and not models):
-        return [default_model_path()]
+        return [default_model_path(dem)]
     return [models] if isinstance(models, Path) else list(models)
+
+
+def has_elevation(image: Path, dem: Path | None) -> bool:
+    """Whether ``image`` comes with elevation: a DEM given, or a folder that is not a plain
+    RGB patch set (``dem/`` beside ``images/``, Bijie's layout, Landslide4Sense bands)."""
+    if dem is not None:
+        return True
+    return image.is_dir() and not ((image / "images").is_dir() and not (image / "dem").is_dir())
 
 
 def load_predictor(models: Path | Sequence[Path] | None, options: PredictOptions) -> Predictor:
@@ -57,7 +70,7 @@ def predict(image: Path, out_dir: Path, dem: Path | None = None,
     (the inventory in each of ``formats``: gpkg, geojson)."""
     options = options or PredictOptions()
     paths = output_paths(image, out_dir, formats)
-    predictor = load_predictor(model, options)
+    predictor = build_predictor(model_list(model, has_elevation(image, dem)), options)
     check_outputs(list(paths.values()), [image] + ([dem] if dem else []), overwrite)
     make_output_dir(out_dir)
     with staged(paths) as tmp:  # all three files appear together, or none does
@@ -124,8 +137,9 @@ def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | 
     """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
     ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
     options = options or PredictOptions()
-    return predict_patch_set(load_predictor(model, options), folder, out_dir, options, scale,
-                             pixel_size, overwrite, progress)
+    predictor = build_predictor(model_list(model, has_elevation(folder, None)), options)
+    return predict_patch_set(predictor, folder, out_dir, options, scale, pixel_size, overwrite,
+                             progress)
 
 
 def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -> dict:
