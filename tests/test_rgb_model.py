@@ -51,7 +51,7 @@ def test_python_api_without_dem_picks_the_rgb_model(tmp_path, tiny_scene, monkey
     monkeypatch.setattr(api, "DEFAULT_MODEL", tmp_path / "missing.safetensors")
     result = api.predict(tiny_scene["image"], tmp_path / "out")
     assert Path(result["prob"]).exists()
-    with pytest.raises(Exception, match="missing.safetensors"):  # a DEM asks for the default
+    with pytest.raises(Exception, match=r"missing\.safetensors"):  # a DEM asks for the default
         api.predict(tiny_scene["image"], tmp_path / "out2", dem=tiny_scene["dem"])
 
 

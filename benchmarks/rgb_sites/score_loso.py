@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from make_configs import HERE, SITES
+
 from slidemap.io.modelfile import load_model
 from slidemap.train.config import parse_config
 from slidemap.train.finetune import score_on_val

@@ -82,8 +82,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = -(-settings.windows_per_epoch // settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[group["lr"] for group in groups], total_steps=settings.epochs * steps_per_epoch,
-        pct_start=0.1, anneal_strategy="cos")
+        optimizer, max_lr=[group["lr"] for group in groups],
+        total_steps=settings.epochs * steps_per_epoch, pct_start=0.1, anneal_strategy="cos")
 
     average = WeightAverage(model) if settings.average_from else None
     checkpoint = out_dir / "checkpoint.safetensors"
