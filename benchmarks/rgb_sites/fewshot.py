@@ -63,13 +63,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for k in args.k:
         for draw in args.draws:
-            for method in ["zero-shot", *args.methods]:
+            start = args.loso / args.site / "model.safetensors"
+            zero = ["zero-shot"] if start.exists() else []  # scratch needs no LOSO model
+            for method in [*zero, *args.methods]:
                 name = f"{args.site}-k{k}-d{draw}-{method}"
                 scoring = parse_config(run_config(args.site, k, draw, "scratch", args.loso,
                                                   True))
                 seconds = 0.0
                 if method == "zero-shot":
-                    model = args.loso / args.site / "model.safetensors"
+                    model = start
                 else:
                     run = args.out / name
                     model = run / "model.safetensors"
