@@ -2,7 +2,9 @@
 over all its labelled pixels, read as in training: patches at scale 0.5 and brought back to
 their own grid, Jinsha's scenes at 1 m) and print the table rows.
 
-Usage (repository root): .venv/bin/python benchmarks/rgb_sites/score_loso.py runs/rgb-loso
+Usage (repository root):
+  .venv/bin/python benchmarks/rgb_sites/score_loso.py runs/rgb-loso [SITE ...]
+(default: every site whose model is there); figures also in runs/rgb-loso/SITE/heldout.json.
 """
 
 import json
@@ -25,9 +27,10 @@ def site_config(site: str) -> dict:
 
 def main() -> None:
     runs = Path(sys.argv[1])
+    sites = sys.argv[2:] or list(SITES)
     print("| site held out | trained on | precision | recall | F1 | IoU | labelled pixels |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for site in SITES:
+    for site in sites:
         model = runs / site / "model.safetensors"
         if not model.exists():
             continue
