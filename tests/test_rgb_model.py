@@ -36,7 +36,7 @@ def test_predict_without_dem_uses_the_rgb_model(tmp_path, tiny_scene, tiny_model
 
     code, err = run_cli("predict", tiny_scene["image"], "--out", tmp_path / "no-dem")
     assert code == 0, err
-    assert f"no --dem: mapping with the RGB-only model {rgb.name}" in err
+    assert f"no --dem: mapping with the RGB-only model {rgb.stem} (models/README.md)" in err
     assert len([line for line in err.splitlines() if "RGB-only" in line]) == 1
     assert (tmp_path / "no-dem" / "scene_prob.tif").exists()
 

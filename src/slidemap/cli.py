@@ -126,8 +126,8 @@ def predict(
     if image.is_dir() and (workers or dask):
         raise SlidemapError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if not model and not api.has_elevation(image, dem):
-        console.print(f"no --dem: mapping with the RGB-only model {api.RGB_MODEL.name} "
-                      "(models/README.md); give --dem to use the RGB + DEM model")
+        console.print(f"no --dem: mapping with the RGB-only model {api.RGB_MODEL.stem} "
+                      "(models/README.md)")
     if image.is_dir():
         _predict_folder(image, out, dem, model, options, scale, pixel_size, overwrite,
                         html_report)
