@@ -28,7 +28,7 @@ from slidemap.infer.vectorize import (
 )
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir, resolved, staged
 from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
-from slidemap.io.names import DatasetName, dataset_stem, local_files
+from slidemap.io.names import DatasetName, dataset_stem, local_files, local_path
 from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
@@ -40,12 +40,16 @@ from slidemap.train.newsite import site_config, write_site_config
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-fusion.safetensors"
+# Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
+RGB_MODEL = PACKAGE_ROOT / "models" / "slidemap-rgb-sites.safetensors"
 
 
-def default_model_path() -> Path:
-    if not DEFAULT_MODEL.exists():
-        raise SlidemapError(f"the shipped model {DEFAULT_MODEL} is missing: pass --model PATH")
-    return DEFAULT_MODEL
+def default_model_path(dem: bool = True) -> Path:
+    """The shipped model for the inputs at hand: RGB + DEM, or RGB only without a DEM."""
+    path = DEFAULT_MODEL if dem else RGB_MODEL
+    if not path.exists():
+        raise SlidemapError(f"the shipped model {path} is missing: pass --model PATH")
+    return path
 
 
 def output_paths(image: DatasetName, out_dir: str | Path, formats: Sequence[str] = ("gpkg",)
@@ -60,17 +64,20 @@ def output_paths(image: DatasetName, out_dir: str | Path, formats: Sequence[str]
             "style": out_dir / f"{stem}_landslides.qml", "stac": out_dir / f"{stem}_item.json"}
 
 
-def model_list(models: str | Path | Sequence[str | Path] | None) -> list[Path]:
-    """The model files asked for, or the shipped model."""
+def model_list(models: str | Path | Sequence[str | Path] | None, dem: bool = True
+               ) -> list[Path]:
+    """The model files asked for, or the shipped model (the RGB-only one when ``dem`` is
+    false: no DEM to read)."""
     if models is None or (not isinstance(models, str | Path) and not models):
-        return [default_model_path()]
+        return [default_model_path(dem)]
     return [Path(models)] if isinstance(models, str | Path) else [Path(m) for m in models]
 
 
-def model_files(models: str | Path | Sequence[str | Path] | None) -> list[Path]:
+def model_files(models: str | Path | Sequence[str | Path] | None, dem: bool = True
+                ) -> list[Path]:
     """Every file the model files asked for consist of (weights and sidecars): inputs that no
     output may replace."""
-    return [file for path in model_list(models) for file in model_paths(path)]
+    return [file for path in model_list(models, dem) for file in model_paths(path)]
 
 
 def files_under(folder: Path, out_dir: Path) -> list[Path]:
@@ -80,6 +87,16 @@ def files_under(folder: Path, out_dir: Path) -> list[Path]:
     if out != folder and folder not in out.parents:
         return []
     return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def has_elevation(image: DatasetName, dem: DatasetName | None) -> bool:
+    """Whether ``image`` comes with elevation: a DEM given, or a folder that is not a plain
+    RGB patch set (``dem/`` beside ``images/``, Bijie's layout, Landslide4Sense bands)."""
+    if dem is not None:
+        return True
+    folder = local_path(image)
+    return folder is not None and folder.is_dir() and not (
+        (folder / "images").is_dir() and not (folder / "dem").is_dir())
 
 
 def load_predictor(models: str | Path | Sequence[str | Path] | None,
@@ -108,10 +125,11 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
     if source is not None:
         image, dem = source.image, dem if dem is not None else source.dem
     paths = output_paths(image, out_dir, formats)
+    elevation = has_elevation(image, dem)
     check_outputs(list(paths.values()),
-                  [*local_files(image, dem, source and source.source), *model_files(model)],
-                  overwrite)
-    predictor = load_predictor(model, options)
+                  [*local_files(image, dem, source and source.source),
+                   *model_files(model, elevation)], overwrite)
+    predictor = build_predictor(model_list(model, elevation), options)
     tags = provenance(predictor.paths, predictor.threshold,
                       {"image": image, "dem": dem, "stac_item": source and source.source})
     fmt = RasterFormat(prob_dtype, tags)
@@ -250,9 +268,10 @@ def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | 
     """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
     ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
     options = options or PredictOptions()
-    inputs = [*model_files(model), *files_under(folder, out_dir)]
-    return predict_patch_set(load_predictor(model, options), folder, out_dir, options, scale,
-                             pixel_size, overwrite, progress, inputs)
+    elevation = has_elevation(folder, None)
+    inputs = [*model_files(model, elevation), *files_under(folder, out_dir)]
+    return predict_patch_set(build_predictor(model_list(model, elevation), options), folder,
+                             out_dir, options, scale, pixel_size, overwrite, progress, inputs)
 
 
 def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -> dict:

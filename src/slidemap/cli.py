@@ -227,6 +227,9 @@ def predict(
     folder = local_path(image)
     if folder is not None and folder.is_dir() and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
+    if not model and not api.has_elevation(image, dem):
+        log.info(f"no --dem: mapping with the RGB-only model {api.RGB_MODEL.stem} "
+                 "(models/README.md)")
     if folder is not None and folder.is_dir():
         scene_only = {"--prob-dtype": prob_dtype != "float32", "--format": inventory_format,
                       "--min-area": min_area is not None, "--simplify": simplify is not None}

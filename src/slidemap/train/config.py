@@ -63,6 +63,9 @@ class TrainSettings:
     # the validation scenes, so their figures stay an honest estimate on unseen ground).
     select: str = "best"
     freeze_encoder: bool = False  # with init: train all but model.encoder
+    # The encoder's peak learning rate as a fraction of lr: below 1 a pretrained encoder moves
+    # less than the decoder while a few new tiles fine-tune it (train/finetune.py).
+    encoder_lr: float = 1.0
     # How model.safetensors stores its weights: float16 halves the file (see io/modelfile.py).
     weights_dtype: str = "float32"
     # From this epoch on, the weights of every step are averaged into model.safetensors (SWA).
@@ -88,6 +91,8 @@ class TrainSettings:
         _check_range("training.mixup", self.mixup, 0.0, float("inf"), "a number >= 0 (0 = off)")
         _check_range("training.hard_examples", self.hard_examples, 0.0, 1.0,
                      "a fraction in [0, 1] (0 = off)")
+        _check_range("training.encoder_lr", self.encoder_lr, 0.0, 1.0,
+                     "a fraction in [0, 1] of training.lr (1 = the same)")
         if self.members < 1:  # its type is checked where the config is read
             raise SlidemapError(f"training.members must be a whole number of networks (1: no "
                                 f"ensemble), got {self.members!r}")

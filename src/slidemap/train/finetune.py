@@ -41,6 +41,21 @@ def start_from(model: nn.Module, config: RunConfig) -> None:
         freeze_encoder(model, config.model.name)
 
 
+def parameter_groups(model: nn.Module, name: str, lr: float, encoder_lr: float) -> list[dict]:
+    """AdamW's parameter groups: one at ``lr``, or, with ``encoder_lr`` below 1, the encoder at
+    ``lr * encoder_lr`` after the rest at ``lr`` (so the logged rate stays the decoder's)."""
+    if encoder_lr == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise SlidemapError(f"architecture {name} has no encoder for training.encoder_lr: "
+                            "drop it (1 = one learning rate for all)")
+    inside = {id(p) for p in encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in inside]
+    return [{"params": rest, "lr": lr},
+            {"params": list(encoder.parameters()), "lr": lr * encoder_lr}]
+
+
 def check_compatible(bundle: ModelBundle, config: RunConfig) -> None:
     """The model file must be the config's architecture reading the config's channels."""
     if bundle.members > 1:

@@ -45,7 +45,7 @@ from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from slidemap.train.config import RunConfig
-from slidemap.train.finetune import start_from
+from slidemap.train.finetune import parameter_groups, start_from
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import RUN_FILES, check_run_inputs
@@ -86,12 +86,12 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                         **config.model.options).to(memory_format=torch.channels_last)
     start_from(model, config)
     loss_fn = build_loss(config.loss)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
+    groups = parameter_groups(model, config.model.name, settings.lr, settings.encoder_lr)
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = -(-settings.windows_per_epoch // settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
-        pct_start=0.1, anneal_strategy="cos")
+        optimizer, max_lr=[group["lr"] for group in groups],
+        total_steps=settings.epochs * steps_per_epoch, pct_start=0.1, anneal_strategy="cos")
 
     average = WeightAverage(model) if settings.average_from else None
     checkpoint = out_dir / "checkpoint.safetensors"
