@@ -227,7 +227,7 @@ def predict(
     folder = local_path(image)
     if folder is not None and folder.is_dir() and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
-    if not model and not api.has_elevation(image, dem):
+    if not model and not api.has_elevation(image, dem) and (folder is None or folder.exists()):
         log.info(f"no --dem: mapping with the RGB-only model {api.RGB_MODEL.stem} "
                  "(models/README.md)")
     if folder is not None and folder.is_dir():
