@@ -79,7 +79,7 @@ def run(image: Path, dem: Path, model: Path, config: str, sample: int, out: Path
     result = out / f"bench_{config}.json"
     command = [sys.executable, "-m", "slidemap", "bench", str(image), "--dem", str(dem),
                "--model", str(model), "--sample", str(sample), "--json", str(result),
-               *CONFIGS[config]]
+               "--overwrite", *CONFIGS[config]]  # this run's own figures replace the last ones
     timed = ["/usr/bin/time", "-v", *command] if Path("/usr/bin/time").exists() else command
     print("$", " ".join(command), file=sys.stderr, flush=True)
     load_before = os.getloadavg()

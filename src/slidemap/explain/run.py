@@ -25,7 +25,7 @@ from slidemap.errors import SlidemapError, UsageError
 from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
-from slidemap.infer.predict import MIN_WORKING_SIZE
+from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle, model_paths
 from slidemap.io.names import DatasetName, local_files
@@ -60,11 +60,7 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     """
     spec = bundle.inputs
     with Scene(image, dem=dem, require_crs=False) as scene:
-        scene.check_bands(spec.image_bands, "the model")
-        if spec.needs_dem and not scene.has_dem:
-            raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
-                                "pass one with --dem")
-        factor = scene.decimation(spec.resolution_m)
+        factor = working_factor(scene, spec, image)
         win = _window(scene, window, bundle.predict.tile * factor, factor)
         sample = read_inputs(scene, win, spec, factor)
         profile = scene.profile

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.budget import MemoryBudget
@@ -66,6 +67,16 @@ def build_predictor(models: Sequence[Path], options: PredictOptions) -> Predicto
                      options.backend, options.compile, options.scales, options.threshold)
 
 
+def working_factor(scene: Scene, spec: InputSpec, image: DatasetName) -> int:
+    """Image pixels per working pixel of the model on ``scene``, once the scene is found to
+    have what the model reads (its bands, a DEM if it needs one)."""
+    scene.check_bands(spec.image_bands, "the model")
+    if spec.needs_dem and not scene.has_dem:
+        raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
+                            "pass one with --dem")
+    return scene.decimation(spec.resolution_m)
+
+
 def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | None,
                   prob_path: Path, mask_path: Path, options: PredictOptions,
                   progress: Progress | None = None, fmt: RasterFormat | None = None
@@ -80,11 +91,7 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
     options = options.resolve(predictor.defaults)
     budget = MemoryBudget.of(options.memory_mb)
     with Scene(image, dem=dem) as scene:
-        scene.check_bands(spec.image_bands, "the model")
-        if spec.needs_dem and not scene.has_dem:
-            raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
-                                "pass one with --dem")
-        factor = scene.decimation(spec.resolution_m)
+        factor = working_factor(scene, spec, image)
         if min(scene.height, scene.width) < MIN_WORKING_SIZE * factor:
             raise SlidemapError(
                 f"image {image} is {scene.height}×{scene.width} px, too small for this model: it "

@@ -35,7 +35,7 @@ from slidemap.data.scene import Scene
 from slidemap.data.vectors import PolygonLayer
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
-from slidemap.infer.predict import MIN_WORKING_SIZE
+from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io.atomic import atomic_path, final_path
 
 MIN_VALID = 0.25  # a box must have this share of its full area valid to be worth labelling
@@ -155,11 +155,7 @@ def suggest_boxes(predictor: Predictor, image: Path, dem: Path | None, n: int, b
     """The ``n`` boxes most worth labelling next."""
     spec = predictor.spec
     with Scene(image, dem=dem) as scene:
-        scene.check_bands(spec.image_bands, "the model")
-        if spec.needs_dem and not scene.has_dem:
-            raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
-                                "pass one with --dem")
-        factor = scene.decimation(spec.resolution_m)
+        factor = working_factor(scene, spec, image)
         if box < MIN_WORKING_SIZE * factor:
             raise SlidemapError(f"--box {box} is too small for this model on {image}: it reads "
                                 f"{factor} image px per working px, so use at least "
