@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from slidemap.errors import SlidemapError
@@ -266,3 +266,15 @@ def folder_lock(folder: Path, what: str = "output folder") -> Iterator[None]:
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty
+
+
+def claim_file(path: Path, text: str, load: Callable[[str], object], conflict: str) -> None:
+    """Write ``text`` to ``path`` the first time; later, refuse with ``conflict`` if what the file
+    holds reads (``load``) otherwise: a rerun continues its own run folder, never another's."""
+    if path.exists():
+        if load(path.read_text()) != load(text):
+            raise SlidemapError(conflict)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -31,7 +31,7 @@ from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion, landslide_sco
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.atomic import atomic_path, make_output_dir
+from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.train.config import RunConfig, with_seed
 from slidemap.train.loop import train
@@ -172,16 +172,9 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
 
 def _claim(run_dir: Path, record: dict) -> None:
     """Write what the fold trains (``fold.json``), or refuse a folder that trained another."""
-    path = run_dir / "fold.json"
-    text = json.dumps(record, indent=2, default=str) + "\n"
-    if path.exists():
-        if json.loads(path.read_text()) != json.loads(text):
-            raise SlidemapError(f"{run_dir} holds a fold trained with another config, seed or "
-                                "block layout: delete it or choose another --out")
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    claim_file(run_dir / "fold.json", json.dumps(record, indent=2, default=str) + "\n",
+               json.loads, f"{run_dir} holds a fold trained with another config, seed or block "
+               "layout: delete it or choose another --out")
 
 
 def _confusion_dict(confusion: BinaryConfusion) -> dict:

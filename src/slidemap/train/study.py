@@ -32,7 +32,7 @@ from slidemap.data.vectors import file_of
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.infer.runtime import autocast, prepare_for_inference
-from slidemap.io.atomic import atomic_path
+from slidemap.io.atomic import atomic_path, claim_file
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.models import build_model, count_parameters
 from slidemap.train.config import RunConfig, parse_config, read_yaml
@@ -277,16 +277,9 @@ def run_one(run: StudyRun, run_dir: Path, timing: Timing) -> dict:
 
 def _claim(run_dir: Path, raw: dict) -> None:
     """Write the run's config.yaml, or refuse a folder trained with a different config."""
-    path = run_dir / "config.yaml"
-    text = yaml.safe_dump(raw, sort_keys=False)
-    if path.exists():
-        if yaml.safe_load(path.read_text()) != yaml.safe_load(text):
-            raise SlidemapError(f"{run_dir} holds a run with a different config: delete that "
-                                "folder or choose another --out")
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    claim_file(run_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False), yaml.safe_load,
+               f"{run_dir} holds a run with a different config: delete that folder or choose "
+               "another --out")
 
 
 def _check_files(study: Study) -> None:
