@@ -53,6 +53,8 @@ def test_python_api_without_dem_picks_the_rgb_model(tmp_path, tiny_scene, monkey
     assert Path(result["prob"]).exists()
     with pytest.raises(Exception, match=r"missing\.safetensors"):  # a DEM asks for the default
         api.predict(tiny_scene["image"], tmp_path / "out2", dem=tiny_scene["dem"])
+    scored = api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], out_dir=tmp_path / "ev")
+    assert scored["model"] == [str(api.RGB_MODEL)]  # evaluate chooses as predict does
 
 
 def test_which_inputs_come_with_elevation(tmp_path) -> None:

@@ -176,7 +176,8 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
     out_dir = Path(out_dir) if out_dir is not None else None
     if threshold is not None:  # the written mask and the scores use the same threshold
         options = replace(options, threshold=threshold)
-    predictor = load_predictor(model, options) if image is not None else None
+    predictor = None if image is None else build_predictor(
+        model_list(model, has_elevation(image, dem)), options)
     outputs: dict[str, Path] = {}
     if image is not None and out_dir is not None:
         paths = output_paths(image, out_dir)
@@ -187,7 +188,8 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         check_outputs([*outputs.values(), *plots],
                       [*local_files(truth, prediction, image, dem),
                        *[file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],
-                       *(model_files(model) if image is not None else [])], overwrite)
+                       *(model_files(model, has_elevation(image, dem))
+                         if image is not None else [])], overwrite)
         make_output_dir(out_dir)
     report: dict = {"truth": str(truth), **({"aoi": str(aoi)} if aoi is not None else {})}
     # Rasters and metrics appear together, or none does.
