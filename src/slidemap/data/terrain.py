@@ -61,17 +61,24 @@ def relief(dem: np.ndarray, radius: int) -> np.ndarray:
     (1, H, W); the result has the same shape, float32.
     """
     squeeze = dem.ndim == 3
-    z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
-    finite = np.isfinite(z)
+    centred, finite = _centred(dem[0] if squeeze else dem)
     if not finite.any():
-        out = np.full(z.shape, np.nan, dtype=np.float32)
+        out = np.full(finite.shape, np.nan, dtype=np.float32)
         return out[None] if squeeze else out
-    centred = np.where(finite, z - z[finite].mean(), 0.0)  # small sums keep float64 exact
     total = _box_sum(centred, radius)
     count = _box_sum(finite.astype(np.float64), radius)
     out = (centred - total / np.maximum(count, 1.0)).astype(np.float32)
     out[~finite] = np.nan
     return out[None] if squeeze else out
+
+
+def _centred(dem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(elevation minus the mean of its valid pixels, 0 where not valid; the valid pixels), in
+    float64: box sums of small centred values stay exact where raw elevations would not."""
+    z = np.asarray(dem, dtype=np.float64)
+    finite = np.isfinite(z)
+    mean = z[finite].mean() if finite.any() else 0.0
+    return np.where(finite, z - mean, 0.0), finite
 
 
 def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
@@ -109,12 +116,10 @@ def roughness(dem: np.ndarray, radius: int) -> np.ndarray:
     DEM leaves it unchanged; NaN pixels are left out and stay NaN. (H, W) or (1, H, W), float32.
     """
     squeeze = dem.ndim == 3
-    z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
-    finite = np.isfinite(z)
+    centred, finite = _centred(dem[0] if squeeze else dem)
     if not finite.any():
-        out = np.full(z.shape, np.nan, dtype=np.float32)
+        out = np.full(finite.shape, np.nan, dtype=np.float32)
         return out[None] if squeeze else out
-    centred = np.where(finite, z - z[finite].mean(), 0.0)
     count = np.maximum(_box_sum(finite.astype(np.float64), radius), 1.0)
     mean = _box_sum(centred, radius) / count
     variance = _box_sum(centred**2, radius) / count - mean**2

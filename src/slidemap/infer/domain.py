@@ -35,14 +35,14 @@ def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]
     if finite.size == 0:
         return None
     median = float(np.median(finite))
-    for model_stats in stats:
-        mean, std = model_stats.mean[index], model_stats.std[index]
-        if abs(median - mean) > SPREAD * std:
-            return (f"the DEM {scene.dem_path} lies at {median:.0f} m (median), outside the "
-                    f"{mean - SPREAD * std:.0f}-{mean + SPREAD * std:.0f} m the model was "
-                    "trained on: it reads absolute elevation, so expect a poor map; use a model "
-                    "trained with inputs.relief_m instead of dem "
-                    "(configs/jinsha-fusion-relief.yaml) or without the DEM")
+    trained = _trained_range(median, stats, index)
+    if trained is not None:
+        low, high = trained
+        return (f"the DEM {scene.dem_path} lies at {median:.0f} m (median), outside the "
+                f"{low:.0f}-{high:.0f} m the model was "
+                "trained on: it reads absolute elevation, so expect a poor map; use a model "
+                "trained with inputs.relief_m instead of dem "
+                "(configs/jinsha-fusion-relief.yaml) or without the DEM")
     return None
 
 
@@ -60,14 +60,24 @@ def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) ->
         if finite.size == 0:
             return None
         median = float(np.median(finite))
-        for model_stats in stats:
-            mean, std = model_stats.mean[index], model_stats.std[index]
-            if abs(median - mean) > SPREAD * std:
-                low = float(finite.min())
-                negative = f", down to {low:g}" if low < 0 else ""
-                return (f"image {scene.image_path} band {band} lies around {median:g} "
-                        f"(median{negative}), outside the {mean - SPREAD * std:g} to "
-                        f"{mean + SPREAD * std:g} the model was trained on: expect a poor map; "
-                        "rescale the image to the model's range (e.g. 8-bit), set its nodata "
-                        "value if negative values mean no data, or pass --normalise scene")
+        trained = _trained_range(median, stats, index)
+        if trained is not None:
+            least = float(finite.min())
+            negative = f", down to {least:g}" if least < 0 else ""
+            return (f"image {scene.image_path} band {band} lies around {median:g} "
+                    f"(median{negative}), outside the {trained[0]:g} to {trained[1]:g} the "
+                    "model was trained on: expect a poor map; rescale the image to the model's "
+                    "range (e.g. 8-bit), set its nodata value if negative values mean no data, "
+                    "or pass --normalise scene")
+    return None
+
+
+def _trained_range(median: float, stats: Sequence[BandStats], index: int
+                   ) -> tuple[float, float] | None:
+    """The first model's training range of channel ``index`` (``SPREAD`` standard deviations
+    around its mean) that ``median`` lies outside; None when it lies inside every model's."""
+    for model_stats in stats:
+        mean, std = model_stats.mean[index], model_stats.std[index]
+        if abs(median - mean) > SPREAD * std:
+            return mean - SPREAD * std, mean + SPREAD * std
     return None
