@@ -15,8 +15,7 @@ from slidemap.explain import (
     default_target_layer,
     grad_cam,
 )
-from slidemap.models import build_model
-from slidemap.models.blocks import AnySizeModel
+from slidemap.models import AnySizeModel, build_model, build_network
 
 SIZE = 16
 
@@ -141,7 +140,7 @@ def no_hooks(model: nn.Module) -> bool:
 @pytest.mark.parametrize("training", [True, False])
 def test_hooks_removed_mode_restored_and_no_parameter_gradients(training: bool):
     model = RegionModel(halves(), [1.0, 0.0]).train(training)
-    grad_cam(model, image())  # the default layer is found by a probe forward with hooks, too
+    grad_cam(model, image(), layer="gate")
     assert no_hooks(model)
     assert all(m.training == training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
@@ -158,12 +157,12 @@ def test_bad_layers_are_reported():
     assert no_hooks(model)
 
 
-def test_default_layer_is_the_module_feeding_the_head():
-    model = build_model("unet", 3, width=4, depth=2)
-    assert default_target_layer(model) == "decoder"
-    assert default_target_layer(RegionModel(halves(), [1.0, 0.0]), image()) == "gate"
-    headless = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 1))
-    assert default_target_layer(headless) == "1"  # the last multi-channel map before the logits
+def test_default_layer_is_the_one_the_model_contract_names():
+    assert default_target_layer(build_model("unet", 3, width=4, depth=2)) == "decoder"
+    assert default_target_layer(build_model("fcn", 3, width=4)) == "encoder.stages.3"
+    assert default_target_layer(build_network("unet", 3, 4, members=2)) == "members.1.decoder"
+    with pytest.raises(SlidemapError, match="pass one by name"):
+        default_target_layer(RegionModel(halves(), [1.0, 0.0]))
 
 
 def test_unet_window_of_any_size():
@@ -211,7 +210,7 @@ def test_cam_is_aligned_with_the_padded_grid_the_model_saw():
     assert heat[:, 10:].max() == 0
 
 
-class GatedModel(nn.Module):
+class GatedModel(AnySizeModel):
     """Keeps a spatial gate (left half open) and a channel gate, as attention models do."""
 
     stride = 4
@@ -219,9 +218,8 @@ class GatedModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.head = nn.Conv2d(2, 1, 1)
-        self.attention_maps: dict[str, torch.Tensor] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         gate = torch.zeros(b, 1, h // 2, w // 2)
         gate[..., : w // 4] = 0.8

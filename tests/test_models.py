@@ -172,8 +172,9 @@ def test_fusion_maps_and_elevation_channels() -> None:
     model = build_model("fusion", 5, width=WIDTH, elevation_channels=1)
     model(torch.randn(2, 5, 64, 64))
     assert {f"level{i}_contextual_spatial" for i in range(4)} <= set(model.attention_maps)
-    assert model.optical.stages[0].body[0].in_channels == 4
-    assert build_model("fusion", 5, width=WIDTH).elevation.stages[0].body[0].in_channels == 2
+    assert model.encoder.optical.stages[0].body[0].in_channels == 4
+    default = build_model("fusion", 5, width=WIDTH)
+    assert default.encoder.elevation.stages[0].body[0].in_channels == 2
     with pytest.raises(SlidemapError):
         build_model("fusion", 5, width=WIDTH, elevation_channels=5)
 
@@ -195,8 +196,8 @@ def test_fusion_instance_norm_levels_touch_the_optical_encoder_only() -> None:
     model = build_model("fusion", 5, width=WIDTH, instance_norm_levels=2)
     def ibn(encoder: nn.Module) -> list[bool]:
         return [isinstance(stage.body[1], InstanceBatchNorm) for stage in encoder.stages]
-    assert ibn(model.optical) == [True, True, False, False, False]
-    assert ibn(model.elevation) == [False] * 5
+    assert ibn(model.encoder.optical) == [True, True, False, False, False]
+    assert ibn(model.encoder.elevation) == [False] * 5
     model(torch.randn(2, 5, 64, 64)).sum().backward()
     with pytest.raises(SlidemapError, match="instance_norm_levels"):
         build_model("fusion", 5, width=WIDTH, instance_norm_levels=6)

@@ -29,7 +29,6 @@ from slidemap.infer.separated import patch_stats, scene_stats
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import build_model
 from slidemap.train.config import load_config, parse_config
-from slidemap.train.finetune import freeze_encoder
 from slidemap.train.loop import train
 from slidemap.train.selftrain import pseudo_labels, selftrain
 
@@ -293,8 +292,7 @@ def test_finetune_cli_writes_before_and_after(tmp_path: Path, run_cli) -> None:
     assert load_model(tmp_path / "run" / "model").provenance["config"]["init"] == str(start)
 
 
-def test_finetune_refuses_another_architecture_and_encoderless_freezing(tmp_path: Path,
-                                                                        run_cli) -> None:
+def test_finetune_refuses_another_architecture(tmp_path: Path, run_cli) -> None:
     root = patch_folder(tmp_path / "site", count=2)
     start = save_model(tiny_bundle(InputSpec(image_bands=(1, 2))), tmp_path / "two_bands")
     config = run_config(tmp_path, {"train": [{"patches": str(root)}],
@@ -302,8 +300,6 @@ def test_finetune_refuses_another_architecture_and_encoderless_freezing(tmp_path
     code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
     assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert "two_bands.safetensors reads channels" in err
-    with pytest.raises(SlidemapError, match="segformer has no encoder to freeze"):
-        freeze_encoder(build_model("segformer", 3, width=8), "segformer")
 
 
 # -- self-training --------------------------------------------------------------------------------

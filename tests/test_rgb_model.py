@@ -73,11 +73,11 @@ def test_which_inputs_come_with_elevation(tmp_path) -> None:
 
 def test_encoder_lr_gives_the_encoder_its_own_rate() -> None:
     model = build_model("unet", 3, width=4, depth=2)
-    rest, encoder = parameter_groups(model, "unet", 1e-3, 0.1)
+    rest, encoder = parameter_groups(model, 1e-3, 0.1)
     assert encoder["lr"] == pytest.approx(1e-4) and rest["lr"] == 1e-3
     assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
     assert len(rest["params"]) + len(encoder["params"]) == len(list(model.parameters()))
-    assert len(parameter_groups(model, "unet", 1e-3, 1.0)) == 1
+    assert len(parameter_groups(model, 1e-3, 1.0)) == 1
     with pytest.raises(Exception, match="encoder_lr"):
         parse_config({"data": {"train": [{"image": "a.tif", "mask": "b.tif"}]},
                       "training": {"encoder_lr": 2.0}})

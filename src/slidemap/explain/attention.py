@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from slidemap.explain.gradcam import eval_mode, prepare_input, upsample_crop
+from slidemap.models.base import AnySizeModel
 
 
 @dataclass(frozen=True)
@@ -36,20 +37,21 @@ def collect_attention(model: nn.Module, image: torch.Tensor | np.ndarray) -> Att
     """Run one ``(C, H, W)`` image through ``model`` and collect its ``attention_maps``.
 
     Spatial maps are averaged over channels (if they have several), upsampled bilinearly from
-    the padded grid the model saw and cropped to ``(H, W)``. A model without attention gives
-    empty dicts.
+    the padded grid the model saw and cropped to ``(H, W)``. A model without attention (or a
+    module that is not a slidemap model) gives empty dicts.
     """
     batch, size = prepare_input(model, image)
     with eval_mode(model), torch.no_grad():
         model(batch)
-    maps: dict[str, torch.Tensor] = getattr(model, "attention_maps", None) or {}
+    maps = model.attention_maps if isinstance(model, AnySizeModel) else {}
     result = AttentionMaps()
     for name, value in maps.items():
         first = value[:1].detach().float()
         if first.shape[-2:] == (1, 1):
             result.channel[name] = first.flatten().cpu().numpy()
             continue
-        spatial = upsample_crop(first.mean(dim=1, keepdim=True), tuple(batch.shape[-2:]), size)
+        padded = (batch.shape[-2], batch.shape[-1])
+        spatial = upsample_crop(first.mean(dim=1, keepdim=True), padded, size)
         result.spatial[name] = _unit_range(spatial[0, 0]).cpu().numpy().astype(np.float32)
     return result
 

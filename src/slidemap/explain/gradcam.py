@@ -9,7 +9,7 @@ shows where the evidence for that region lies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidemap.errors import SlidemapError
+from slidemap.models.base import AnySizeModel
 from slidemap.models.blocks import pad_to_multiple
 
 Box = tuple[int, int, int, int]
@@ -62,8 +63,7 @@ def prepare_input(
     parameter = next(model.parameters(), None)
     if parameter is not None:
         batch = batch.to(parameter.device)
-    stride = getattr(model, "stride", 1)
-    return pad_to_multiple(batch, stride if isinstance(stride, int) and stride > 0 else 1)
+    return pad_to_multiple(batch, model.stride if isinstance(model, AnySizeModel) else 1)
 
 
 def upsample_crop(
@@ -74,67 +74,14 @@ def upsample_crop(
     return maps[..., : size[0], : size[1]]
 
 
-def default_target_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
-    """The module whose output feeds ``model.head`` (the last decoder stage), found by a probe.
-
-    A forward pass is the only architecture-independent way to see which module produced the
-    head's input. When the head's input is made by a function rather than a module, or the model
-    has no ``head``, fall back to the last module to finish (so the outermost of nested ones) with
-    a multi-channel spatial output before the head ran. Pass ``example`` for models whose first
-    convolution does not see every input channel (e.g. fusion branches).
-    """
-    guessed = example is None
-    if example is None:
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first is None:
-            raise SlidemapError("model has no Conv2d layer: pass the target layer by name")
-        stride = getattr(model, "stride", 32)
-        side = 2 * stride if isinstance(stride, int) and stride > 0 else 64
-        example = torch.zeros(1, first.in_channels, side, side)
-    batch, _ = prepare_input(model, example)
-    head = getattr(model, "head", None)
-    head_modules = set(head.modules()) if isinstance(head, nn.Module) else set()
-    outputs: list[tuple[str, torch.Tensor]] = []
-    head_inputs: list[object] = []  # the head's first argument, once it has run
-
-    def record(name: str) -> Callable[[nn.Module, tuple, object], None]:
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and not head_inputs:
-                outputs.append((name, output))
-
-        return hook
-
-    def record_head_input(module: nn.Module, args: tuple) -> None:
-        if not head_inputs:
-            head_inputs.append(args[0] if args else None)
-
-    handles = [
-        module.register_forward_hook(record(name))
-        for name, module in model.named_modules()
-        if name and module not in head_modules
-    ]
-    if isinstance(head, nn.Module):
-        handles.append(head.register_forward_pre_hook(record_head_input))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(batch)
-    except RuntimeError as error:
-        if not guessed:
-            raise
-        raise SlidemapError(
-            f"probing the model with {batch.shape[1]} input channels failed: pass an example"
-        ) from error
-    finally:
-        for handle in handles:
-            handle.remove()
-    feeding = [name for name, output in outputs if head_inputs and output is head_inputs[0]]
-    if feeding:
-        return min(feeding, key=lambda name: name.count("."))
-    maps = [name for name, output in outputs
-            if output.shape[1] > 1 and output.shape[-2:].numel() > 1]
-    if not maps:
-        raise SlidemapError("no module output a multi-channel feature map: pass a layer name")
-    return maps[-1]
+def default_target_layer(model: nn.Module) -> str:
+    """The layer the model's contract names (:attr:`AnySizeModel.target_layer`): the decoder,
+    whose output map the head classifies, or the layer an architecture names instead (FCN: its
+    encoder's last stage; an ensemble: its last member's). Other modules name theirs by hand."""
+    if not isinstance(model, AnySizeModel):
+        raise SlidemapError(f"{type(model).__name__} is not a slidemap model, so it names no "
+                            "Grad-CAM layer: pass one by name")
+    return model.target_layer
 
 
 def _target_region(
@@ -214,7 +161,7 @@ def grad_cam(
     ``layer`` is a name from ``model.named_modules()``; by default ``default_target_layer``.
     """
     batch, size = prepare_input(model, image)
-    layer = layer if layer is not None else default_target_layer(model, batch)
+    layer = layer if layer is not None else default_target_layer(model)
     with eval_mode(model), _capture_activation(model, layer) as captured, torch.enable_grad():
         logits = model(batch)[0, 0, : size[0], : size[1]]
         if not captured:
@@ -229,7 +176,7 @@ def grad_cam(
             raise SlidemapError(f"layer {layer!r} does not feed the landslide logits")
     weights = gradient.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
-    heat = upsample_crop(cam, tuple(batch.shape[-2:]), size)[0, 0]
+    heat = upsample_crop(cam, (batch.shape[-2], batch.shape[-1]), size)[0, 0]
     peak = heat.max()
     if peak > 0:
         heat = heat / peak

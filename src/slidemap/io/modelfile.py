@@ -24,9 +24,10 @@ that a plain ``slidemap predict`` runs each model the way its cross-region figur
 A model file comes from anywhere, so loading trusts neither file: every sidecar field is typed,
 range-checked and capped (:mod:`slidemap.io.sidecar`), and the tensor shapes in the weights'
 header are compared with those the sidecar's network would have, worked out on torch's ``meta``
-device (no memory), before the network is built or a tensor read. The sidecar records the
-SHA-256 of its weights, so a pair that did not come from one save (a failed ``--overwrite``, a
-copied file) is refused; weights that are not finite are refused too.
+device (no memory), before the network is built or a tensor read (keys of files saved before
+the encoder → decoder → head contract renamed first: :mod:`slidemap.models.legacy`). The
+sidecar records the SHA-256 of its weights, so a pair that did not come from one save (a failed
+``--overwrite``, a copied file) is refused; weights that are not finite are refused too.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from slidemap.io.sidecar import (
     read_header,
 )
 from slidemap.models import build_network
+from slidemap.models.legacy import current_keys
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
@@ -271,7 +273,7 @@ def load_model(path: str | Path) -> ModelBundle:
     inputs = InputSpec.from_dict(config["inputs"])
     channels = len(inputs.channels)
     try:
-        stored = header_shapes(*read_header(weights_path))
+        stored = current_keys(config["architecture"], header_shapes(*read_header(weights_path)))
     except (ValueError, OSError) as exc:
         raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
                             f"({_one_line(exc)}): re-download or re-train the model") from exc
@@ -300,7 +302,7 @@ def load_model(path: str | Path) -> ModelBundle:
         raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
                             f"({exc}): re-download or re-train the model") from exc
     del data
-    state = restored_state(state, shapes)
+    state = restored_state(current_keys(config["architecture"], state), shapes)
     _check_state(shapes, state, weights_path)
     for key, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():

@@ -1,4 +1,5 @@
-"""Segmentation networks, built by name from a registry.
+"""Segmentation networks, each an encoder → decoder → head (:mod:`slidemap.models.base`), built
+by name from a registry.
 
 Importing this package imports every architecture module so that each registers itself.
 """
@@ -14,9 +15,11 @@ from slidemap.models import (  # noqa: F401  (registers architectures)
     unet,
     unetpp,
 )
+from slidemap.models.base import AnySizeModel, Decoder, Encoder, SegmentationModel
 from slidemap.models.ensemble import ProbabilityAverage, build_network
 from slidemap.models.registry import build_model, count_parameters, list_models, register
 from slidemap.models.summary import model_table
 
-__all__ = ["ProbabilityAverage", "build_model", "build_network", "count_parameters", "list_models",
-           "model_table", "register"]
+__all__ = ["AnySizeModel", "Decoder", "Encoder", "ProbabilityAverage", "SegmentationModel",
+           "build_model", "build_network", "count_parameters", "list_models", "model_table",
+           "register"]

@@ -38,12 +38,13 @@ class InstanceBatchNorm(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.half = channels // 2
-        self.instance = nn.InstanceNorm2d(self.half, affine=True)
-        self.batch = nn.BatchNorm2d(channels - self.half)
+        self.instance_channels = channels // 2
+        self.instance = nn.InstanceNorm2d(self.instance_channels, affine=True)
+        self.batch = nn.BatchNorm2d(channels - self.instance_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, rest = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        split = self.instance_channels
+        first, rest = torch.split(x, [split, x.shape[1] - split], dim=1)
         return torch.cat([self.instance(first), self.batch(rest)], dim=1)
 
 
@@ -131,21 +132,3 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
     return x, (h, w)
 
-
-class AnySizeModel(nn.Module):
-    """Base for encoder–decoder models: pads the input to the network's stride and crops back."""
-
-    stride: int = 16
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.attention_maps: dict[str, torch.Tensor] = {}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded, (h, w) = pad_to_multiple(x, self.stride)
-        self.attention_maps = {}
-        logits = self.forward_padded(padded)
-        return logits[..., :h, :w]
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError

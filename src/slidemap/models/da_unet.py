@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidemap.models.blocks import ASPP, AnySizeModel
+from slidemap.models.base import SegmentationModel
+from slidemap.models.blocks import ASPP
 from slidemap.models.registry import register
-from slidemap.models.unet import UNetDecoder, UNetEncoder
+from slidemap.models.unet import UNetDecoder, UNetEncoder, level_widths
 
 DILATIONS = (1, 3, 6)
 
@@ -53,51 +54,47 @@ class AttentionUNetDecoder(UNetDecoder):
             for coarse, fine in zip(widths[:0:-1], widths[-2::-1], strict=True)
         )
 
-    def forward(self, features: list[torch.Tensor],
-                alphas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
         level = len(features) - 2
         for stage, gate, skip in zip(self.stages, self.gates, features[-2::-1], strict=True):
             fused, alpha = gate(skip, x)
-            if alphas is not None:
-                alphas[f"alpha_level{level}"] = alpha.detach()
+            self.attention_maps[f"alpha_level{level}"] = alpha.detach()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = stage(torch.cat([x, fused], dim=1))
             level -= 1
         return x
 
 
-class DAUNet(AnySizeModel):
+class DilatedUNetEncoder(UNetEncoder):
+    """The U-Net encoder whose bottleneck (the coarsest level) is ASPP instead of a double conv."""
+
+    def __init__(self, in_channels: int, widths: list[int]):
+        super().__init__(in_channels, widths)
+        self.stages[-1] = nn.Sequential(nn.MaxPool2d(2), ASPP(widths[-2], widths[-1], DILATIONS))
+
+
+class DAUNet(SegmentationModel):
+    """``aspp``: the dilated bottleneck (D); ``attention``: attention-guided up-sampling (A)."""
+
     def __init__(self, in_channels: int, width: int = 32, depth: int = 4,
                  aspp: bool = True, attention: bool = True):
-        super().__init__()
-        widths = [width * 2**i for i in range(depth + 1)]
-        self.stride = 2**depth
-        self.encoder = UNetEncoder(in_channels, widths)
-        if aspp:
-            self.encoder.stages[-1] = nn.Sequential(
-                nn.MaxPool2d(2), ASPP(widths[-2], widths[-1], DILATIONS)
-            )
-        self.decoder = AttentionUNetDecoder(widths) if attention else UNetDecoder(widths)
-        self.head = nn.Conv2d(widths[0], 1, 1)
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(x)
-        if isinstance(self.decoder, AttentionUNetDecoder):
-            return self.head(self.decoder(features, self.attention_maps))
-        return self.head(self.decoder(features))
+        widths = level_widths(width, depth)
+        encoder = (DilatedUNetEncoder if aspp else UNetEncoder)(in_channels, widths)
+        decoder = (AttentionUNetDecoder if attention else UNetDecoder)(widths)
+        super().__init__(encoder, decoder, nn.Conv2d(widths[0], 1, 1), stride=2**depth)
 
 
 @register("d_unet")
-def build_d_unet(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+def build_d_unet(in_channels: int, width: int = 32, depth: int = 4) -> SegmentationModel:
     return DAUNet(in_channels, width, depth, aspp=True, attention=False)
 
 
 @register("a_unet")
-def build_a_unet(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+def build_a_unet(in_channels: int, width: int = 32, depth: int = 4) -> SegmentationModel:
     return DAUNet(in_channels, width, depth, aspp=False, attention=True)
 
 
 @register("da_unet")
-def build_da_unet(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+def build_da_unet(in_channels: int, width: int = 32, depth: int = 4) -> SegmentationModel:
     return DAUNet(in_channels, width, depth, aspp=True, attention=True)

@@ -11,36 +11,47 @@ back exactly that mean.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
-from slidemap.models.blocks import AnySizeModel
+from slidemap.models.base import AnySizeModel
 from slidemap.models.registry import build_model
 
 EPS = 1e-6  # keeps the logit finite where every member is certain
 
 
 class ProbabilityAverage(AnySizeModel):
-    def __init__(self, members: Sequence[nn.Module]):
+    def __init__(self, members: Sequence[AnySizeModel]):
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         self.members = nn.ModuleList(members)
-        self.stride = max(int(getattr(member, "stride", 1)) for member in members)
+        self.stride = max(member.stride for member in members)
+
+    def member_models(self) -> list[AnySizeModel]:
+        """The members, typed (``nn.ModuleList`` yields plain modules)."""
+        return cast(list[AnySizeModel], list(self.members))
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         probabilities = []
-        for index, member in enumerate(self.members):
+        for index, member in enumerate(self.member_models()):
             probabilities.append(torch.sigmoid(member(x).float()))
-            for name, value in getattr(member, "attention_maps", {}).items():
+            for name, value in member.attention_maps.items():
                 self.attention_maps[f"member{index}.{name}"] = value
         mean = torch.stack(probabilities).mean(dim=0).clamp(EPS, 1 - EPS)
         return torch.log(mean) - torch.log1p(-mean)
 
+    @property
+    def target_layer(self) -> str:
+        """The last member's layer: the gradient of the mean reaches each member alike."""
+        last = len(self.members) - 1
+        return f"members.{last}.{self.member_models()[last].target_layer}"
+
 
 def build_network(name: str, in_channels: int, width: int, members: int = 1,
-                  **options: object) -> nn.Module:
+                  **options: object) -> AnySizeModel:
     """Architecture ``name`` as ``build_model`` makes it, or ``members`` of it averaged."""
     if members == 1:
         return build_model(name, in_channels, width, **options)

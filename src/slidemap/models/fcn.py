@@ -1,7 +1,9 @@
 """FCN-8s (Long et al., 2015) on the ResNet-18-like encoder: a baseline of the DA-U-Net paper.
 
 Scores from the stride-32 head are up-sampled and summed with scores read off the stride-16 and
-stride-8 features, so coarse semantics get finer localisation.
+stride-8 features, so coarse semantics get finer localisation. FCN has no decoder of features:
+its decoder sums those per-level scores and its head is the identity; Grad-CAM therefore weighs
+the encoder's last stage, as for the classifiers Grad-CAM was made for.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidemap.models.blocks import AnySizeModel, ConvBNReLU
+from slidemap.models.base import Decoder, SegmentationModel
+from slidemap.models.blocks import ConvBNReLU
 from slidemap.models.registry import register
 from slidemap.models.resnet import ResNetEncoder
 
@@ -19,7 +22,7 @@ def _upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class FCN8sHead(nn.Module):
+class FCN8sDecoder(Decoder):
     """Score the stride-32 features, then add the scores of the stride-16 and stride-8 skips."""
 
     def __init__(self, channels: list[int]):
@@ -36,18 +39,18 @@ class FCN8sHead(nn.Module):
         return _upsample_to(score, f8) + self.score8(f8)
 
 
-class FCN(AnySizeModel):
-    stride = 32
-
+class FCN(SegmentationModel):
     def __init__(self, in_channels: int, width: int = 32):
-        super().__init__()
-        self.encoder = ResNetEncoder(in_channels, width)
-        self.head = FCN8sHead(self.encoder.channels)
+        encoder = ResNetEncoder(in_channels, width)
+        decoder = FCN8sDecoder(encoder.channels)
+        super().__init__(encoder, decoder, nn.Identity(), stride=32)
+        self.last_stage = f"encoder.stages.{len(encoder.stages) - 1}"
 
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return _upsample_to(self.head(self.encoder(x)), x)
+    @property
+    def target_layer(self) -> str:
+        return self.last_stage
 
 
 @register("fcn")
-def build_fcn(in_channels: int, width: int = 32) -> nn.Module:
+def build_fcn(in_channels: int, width: int = 32) -> SegmentationModel:
     return FCN(in_channels, width)

@@ -1,8 +1,9 @@
 """A registry of architectures by name, in the manner of segmentation_models.pytorch.
 
-Every architecture is a builder ``(in_channels, width, **options) -> nn.Module`` whose module
-takes ``(B, C, H, W)`` of any H, W and returns landslide logits ``(B, 1, H, W)``. Models with
-attention keep the last forward's maps in ``model.attention_maps`` (name -> ``(B, 1|C, h, w)``).
+Every architecture is a builder ``(in_channels, width, **options) -> SegmentationModel``: an
+encoder → decoder → head (:mod:`slidemap.models.base`) that takes ``(B, C, H, W)`` of any H, W
+and returns landslide logits ``(B, 1, H, W)``. Models with attention keep the last forward's maps
+in ``model.attention_maps`` (name -> ``(B, 1|C, h, w)``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Callable
 from torch import nn
 
 from slidemap.errors import SlidemapError
+from slidemap.models.base import SegmentationModel
 
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., SegmentationModel]
 _REGISTRY: dict[str, Builder] = {}
 
 
@@ -33,7 +35,8 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, in_channels: int, width: int = 32, **options: object) -> nn.Module:
+def build_model(name: str, in_channels: int, width: int = 32,
+                **options: object) -> SegmentationModel:
     """Build architecture ``name`` for ``in_channels`` inputs at base ``width``."""
     if name not in _REGISTRY:
         known = ", ".join(list_models())

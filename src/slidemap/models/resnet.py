@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slidemap.models.base import Encoder
 from slidemap.models.blocks import ConvBNReLU, ResidualBlock
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(Encoder):
     """7×7 stride-2 stem, max pool, four stages of ``blocks`` residual blocks (widths w, 2w, 4w,
     8w). Returns the stem and the four stages' features, at strides 2, 4, 8, 16, 32.
 

@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidemap.models.blocks import AnySizeModel, ResidualBlock
+from slidemap.models.base import Decoder, Encoder, SegmentationModel
+from slidemap.models.blocks import ResidualBlock
 from slidemap.models.registry import register
+from slidemap.models.unet import level_widths
 
 
-class ResidualEncoder(nn.Module):
+class ResidualEncoder(Encoder):
     """A residual block per level, strided from the second on; returns every level, finest first.
 
     The first ``instance_norm_levels`` levels use instance-batch norm (IBN-a), where appearance
@@ -23,6 +25,7 @@ class ResidualEncoder(nn.Module):
 
     def __init__(self, in_channels: int, widths: list[int], instance_norm_levels: int = 0):
         super().__init__()
+        self.channels = list(widths)
         self.stages = nn.ModuleList(
             ResidualBlock(cin, cout, stride=1 if level == 0 else 2,
                           instance_norm=level < instance_norm_levels)
@@ -38,7 +41,7 @@ class ResidualEncoder(nn.Module):
         return features
 
 
-class ResidualDecoder(nn.Module):
+class ResidualDecoder(Decoder):
     """Up-sample, concatenate the skip, residual block; from the coarsest level to the finest."""
 
     def __init__(self, widths: list[int]):
@@ -60,19 +63,14 @@ class ResidualDecoder(nn.Module):
         return x
 
 
-class ResUNet(AnySizeModel):
+class ResUNet(SegmentationModel):
     def __init__(self, in_channels: int, width: int = 32, depth: int = 4):
-        super().__init__()
-        widths = [width * 2**i for i in range(depth + 1)]
-        self.stride = 2**depth
-        self.encoder = ResidualEncoder(in_channels, widths)
-        self.decoder = ResidualDecoder(widths)
-        self.head = nn.Conv2d(widths[0], 1, 1)
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        widths = level_widths(width, depth)
+        encoder = ResidualEncoder(in_channels, widths)
+        decoder = ResidualDecoder(widths)
+        super().__init__(encoder, decoder, nn.Conv2d(widths[0], 1, 1), stride=2**depth)
 
 
 @register("resunet")
-def build_resunet(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+def build_resunet(in_channels: int, width: int = 32, depth: int = 4) -> SegmentationModel:
     return ResUNet(in_channels, width, depth)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidemap.models.blocks import AnySizeModel, ConvBNReLU
+from slidemap.models.base import Decoder, Encoder, SegmentationModel
+from slidemap.models.blocks import ConvBNReLU
 from slidemap.models.registry import register
 
 DIM_MULTIPLIERS = (1, 2, 5, 8)
@@ -122,7 +123,7 @@ def _heads(dim: int) -> int:
     return heads
 
 
-class AllMLPDecoder(nn.Module):
+class AllMLPDecoder(Decoder):
     """Project every stage to ``dim`` (a per-pixel linear layer), up-sample to stride 4, fuse."""
 
     def __init__(self, dims: list[int], dim: int):
@@ -140,33 +141,37 @@ class AllMLPDecoder(nn.Module):
         return self.dropout(self.fuse(torch.cat(projected[::-1], dim=1)))
 
 
-class SegFormer(AnySizeModel):
-    stride = 32
+class MixTransformerEncoder(Encoder):
+    """Four transformer stages at strides 4, 8, 16, 32; keeps each stage's attention map."""
 
-    def __init__(self, in_channels: int, width: int = 32, depths: tuple[int, ...] = (2, 2, 2, 2)):
+    def __init__(self, in_channels: int, dims: list[int], depths: tuple[int, ...]):
         super().__init__()
-        dims = [width * m for m in DIM_MULTIPLIERS]
+        self.channels = list(dims)
         self.stages = nn.ModuleList(
             MixTransformerStage(cin, dim, depth, _heads(dim), reduction, first=i == 0)
             for i, (cin, dim, depth, reduction) in enumerate(
                 zip([in_channels, *dims[:-1]], dims, depths, REDUCTIONS, strict=True)
             )
         )
-        self.decoder = AllMLPDecoder(dims, dims[-1])
-        self.head = nn.Conv2d(dims[-1], 1, 1)
 
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
-        y = x
         for i, stage in enumerate(self.stages):
-            y, received = stage(y)
+            x, received = stage(x)
             self.attention_maps[f"stage{i}_attention"] = received.detach()
-            features.append(y)
-        logits = self.head(self.decoder(features))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            features.append(x)
+        return features
+
+
+class SegFormer(SegmentationModel):
+    def __init__(self, in_channels: int, width: int = 32, depths: tuple[int, ...] = (2, 2, 2, 2)):
+        dims = [width * m for m in DIM_MULTIPLIERS]
+        encoder = MixTransformerEncoder(in_channels, dims, depths)
+        decoder = AllMLPDecoder(dims, dims[-1])
+        super().__init__(encoder, decoder, nn.Conv2d(dims[-1], 1, 1), stride=32)
 
 
 @register("segformer")
 def build_segformer(in_channels: int, width: int = 32,
-                    depths: tuple[int, ...] = (2, 2, 2, 2)) -> nn.Module:
+                    depths: tuple[int, ...] = (2, 2, 2, 2)) -> SegmentationModel:
     return SegFormer(in_channels, width, depths)

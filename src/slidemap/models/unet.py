@@ -8,15 +8,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidemap.models.blocks import AnySizeModel, DoubleConv
+from slidemap.models.base import Decoder, Encoder, SegmentationModel
+from slidemap.models.blocks import DoubleConv
 from slidemap.models.registry import register
 
 
-class UNetEncoder(nn.Module):
-    """Four down-sampling stages; returns the features of every level, finest first."""
+def level_widths(width: int, depth: int) -> list[int]:
+    """The channels of each U-Net level: ``width`` doubled at every down-sampling."""
+    return [width * 2**i for i in range(depth + 1)]
+
+
+class UNetEncoder(Encoder):
+    """A double conv, then a max pool and a double conv per level; returns every level."""
 
     def __init__(self, in_channels: int, widths: list[int]):
         super().__init__()
+        self.channels = list(widths)
         self.stages = nn.ModuleList([DoubleConv(in_channels, widths[0])])
         for cin, cout in itertools.pairwise(widths):
             self.stages.append(nn.Sequential(nn.MaxPool2d(2), DoubleConv(cin, cout)))
@@ -29,7 +36,7 @@ class UNetEncoder(nn.Module):
         return features
 
 
-class UNetDecoder(nn.Module):
+class UNetDecoder(Decoder):
     """Up-sample, concatenate the skip, double conv; from the coarsest level to the finest."""
 
     def __init__(self, widths: list[int]):
@@ -47,19 +54,14 @@ class UNetDecoder(nn.Module):
         return x
 
 
-class UNet(AnySizeModel):
+class UNet(SegmentationModel):
     def __init__(self, in_channels: int, width: int = 32, depth: int = 4):
-        super().__init__()
-        widths = [width * 2**i for i in range(depth + 1)]
-        self.stride = 2**depth
-        self.encoder = UNetEncoder(in_channels, widths)
-        self.decoder = UNetDecoder(widths)
-        self.head = nn.Conv2d(widths[0], 1, 1)
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        widths = level_widths(width, depth)
+        encoder = UNetEncoder(in_channels, widths)
+        decoder = UNetDecoder(widths)
+        super().__init__(encoder, decoder, nn.Conv2d(widths[0], 1, 1), stride=2**depth)
 
 
 @register("unet")
-def build_unet(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+def build_unet(in_channels: int, width: int = 32, depth: int = 4) -> SegmentationModel:
     return UNet(in_channels, width, depth)

@@ -7,17 +7,20 @@ after the encoder convolutions of every level.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slidemap.models.attention import keep_maps, make_attention
-from slidemap.models.blocks import AnySizeModel, DoubleConv
+from slidemap.models.base import Decoder, SegmentationModel
+from slidemap.models.blocks import DoubleConv
 from slidemap.models.registry import register
-from slidemap.models.unet import UNetEncoder
+from slidemap.models.unet import UNetEncoder, level_widths
 
 
-class NestedDecoder(nn.Module):
+class NestedDecoder(Decoder):
     """Node X[i][j] (level i, column j) convolves X[i][0..j-1] with the up-sampled X[i+1][j-1]."""
 
     def __init__(self, widths: list[int]):
@@ -38,54 +41,54 @@ class NestedDecoder(nn.Module):
         return grid[0][-1]
 
 
-class UNetPlusPlus(AnySizeModel):
-    """``attention`` lists the modules (``"spatial"``, ``"contextual"``) applied in order after
-    the encoder convolutions of each level; their maps are kept as ``level{i}_{kind}``."""
+class AttentiveUNetEncoder(UNetEncoder):
+    """The U-Net encoder with ``attention`` modules (``"spatial"``, ``"contextual"``) applied in
+    order after the convolutions of each level; their maps are kept as ``level{i}_{kind}``."""
 
-    def __init__(self, in_channels: int, width: int = 32, depth: int = 4,
-                 attention: tuple[str, ...] = ()):
-        super().__init__()
-        widths = [width * 2**i for i in range(depth + 1)]
-        self.stride = 2**depth
-        self.encoder = UNetEncoder(in_channels, widths)
+    def __init__(self, in_channels: int, widths: list[int], attention: tuple[str, ...]):
+        super().__init__(in_channels, widths)
         self.attention = nn.ModuleList(
             nn.ModuleDict({kind: make_attention(kind, c) for kind in attention}) for c in widths
         )
-        self.decoder = NestedDecoder(widths)
-        self.head = nn.Conv2d(widths[0], 1, 1)
 
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
         for level, (stage, attention) in enumerate(
-            zip(self.encoder.stages, self.attention, strict=True)
+            zip(self.stages, self.attention, strict=True)
         ):
             x = stage(x)
-            for module in attention.values():
+            for module in cast(nn.ModuleDict, attention).values():
                 x, maps = module(x)
                 keep_maps(self.attention_maps, f"level{level}", maps)
             features.append(x)
         return features
 
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encode(x)))
+
+class UNetPlusPlus(SegmentationModel):
+    def __init__(self, in_channels: int, width: int = 32, depth: int = 4,
+                 attention: tuple[str, ...] = ()):
+        widths = level_widths(width, depth)
+        encoder = AttentiveUNetEncoder(in_channels, widths, attention)
+        decoder = NestedDecoder(widths)
+        super().__init__(encoder, decoder, nn.Conv2d(widths[0], 1, 1), stride=2**depth)
 
 
 @register("unetpp")
-def build_unetpp(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+def build_unetpp(in_channels: int, width: int = 32, depth: int = 4) -> SegmentationModel:
     return UNetPlusPlus(in_channels, width, depth)
 
 
 @register("unetpp_spatial")
-def build_unetpp_spatial(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+def build_unetpp_spatial(in_channels: int, width: int = 32, depth: int = 4) -> SegmentationModel:
     return UNetPlusPlus(in_channels, width, depth, attention=("spatial",))
 
 
 @register("unetpp_contextual")
-def build_unetpp_contextual(in_channels: int, width: int = 32, depth: int = 4) -> nn.Module:
+def build_unetpp_contextual(in_channels: int, width: int = 32, depth: int = 4) -> SegmentationModel:
     return UNetPlusPlus(in_channels, width, depth, attention=("contextual",))
 
 
 @register("unetpp_spatial_contextual")
 def build_unetpp_spatial_contextual(in_channels: int, width: int = 32,
-                                    depth: int = 4) -> nn.Module:
+                                    depth: int = 4) -> SegmentationModel:
     return UNetPlusPlus(in_channels, width, depth, attention=("spatial", "contextual"))

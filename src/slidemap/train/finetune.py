@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import types
 from dataclasses import replace
 from pathlib import Path
-
-from torch import nn
 
 from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.io.atomic import atomic_path, folder_lock
 from slidemap.io.modelfile import ModelBundle, load_model
+from slidemap.models import SegmentationModel
 from slidemap.train import ddp
 from slidemap.train.config import RunConfig
 from slidemap.train.runfolder import check_run_inputs
@@ -28,7 +26,7 @@ from slidemap.train.runfolder import check_run_inputs
 FIGURES = ("f1", "iou", "precision", "recall", "auc", "pixels")
 
 
-def start_from(model: nn.Module, config: RunConfig) -> None:
+def start_from(model: SegmentationModel, config: RunConfig) -> None:
     """Load ``config.init``'s weights into ``model`` and freeze its encoder if asked."""
     if config.init is not None:
         bundle = load_model(config.init)
@@ -38,22 +36,16 @@ def start_from(model: nn.Module, config: RunConfig) -> None:
         if config.init is None:
             raise SlidemapError("training.freeze_encoder freezes weights loaded with init: MODEL: "
                                 "add init, or drop freeze_encoder")
-        freeze_encoder(model, config.model.name)
+        model.freeze_encoder()
 
 
-def parameter_groups(model: nn.Module, name: str, lr: float, encoder_lr: float) -> list[dict]:
+def parameter_groups(model: SegmentationModel, lr: float, encoder_lr: float) -> list[dict]:
     """AdamW's parameter groups: one at ``lr``, or, with ``encoder_lr`` below 1, the encoder at
     ``lr * encoder_lr`` after the rest at ``lr`` (so the logged rate stays the decoder's)."""
     if encoder_lr == 1.0:
         return [{"params": list(model.parameters()), "lr": lr}]
-    encoder = getattr(model, "encoder", None)
-    if not isinstance(encoder, nn.Module):
-        raise SlidemapError(f"architecture {name} has no encoder for training.encoder_lr: "
-                            "drop it (1 = one learning rate for all)")
-    inside = {id(p) for p in encoder.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in inside]
-    return [{"params": rest, "lr": lr},
-            {"params": list(encoder.parameters()), "lr": lr * encoder_lr}]
+    return [{"params": model.other_parameters(), "lr": lr},
+            {"params": model.encoder_parameters(), "lr": lr * encoder_lr}]
 
 
 def check_compatible(bundle: ModelBundle, config: RunConfig) -> None:
@@ -72,23 +64,6 @@ def check_compatible(bundle: ModelBundle, config: RunConfig) -> None:
         raise SlidemapError(f"init model {bundle.path} reads channels {bundle.inputs.channels} "
                             f"but the config's inputs give {config.inputs.channels}: set inputs "
                             "to the model's channels")
-
-
-def freeze_encoder(model: nn.Module, name: str) -> None:
-    """Stop training ``model.encoder``: no gradients, and batch-norm statistics kept as they are.
-
-    The encoder's ``train`` is replaced by one that always sets eval mode, so ``model.train()``
-    leaves its batch norms on their stored statistics, which a few new tiles would only disturb.
-    """
-    encoder = getattr(model, "encoder", None)
-    if not isinstance(encoder, nn.Module):
-        raise SlidemapError(f"architecture {name} has no encoder to freeze: fine-tune it without "
-                            "--freeze-encoder (training.freeze_encoder: false)")
-    for parameter in encoder.parameters():
-        parameter.requires_grad_(False)
-    encoder.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False),
-                                     encoder)
-    encoder.eval()
 
 
 def score_on_val(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:

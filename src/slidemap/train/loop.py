@@ -86,7 +86,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                         **config.model.options).to(memory_format=torch.channels_last)
     start_from(model, config)
     loss_fn = build_loss(config.loss)
-    groups = parameter_groups(model, config.model.name, settings.lr, settings.encoder_lr)
+    groups = parameter_groups(model, settings.lr, settings.encoder_lr)
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = -(-settings.windows_per_epoch // settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -1,0 +1,112 @@
+"""Every architecture is an encoder → decoder → head, and what needs the parts uses the contract.
+
+Freezing, the encoder's learning rate, Grad-CAM's layer and fine-tuning work on every registered
+architecture (tiny widths) and on every shipped model file, whose keys (saved before the
+contract) still load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slidemap.explain import default_target_layer, grad_cam
+from slidemap.io.modelfile import load_model
+from slidemap.io.sidecar import header_shapes, read_header
+from slidemap.models import (
+    Decoder,
+    Encoder,
+    ProbabilityAverage,
+    SegmentationModel,
+    build_model,
+    list_models,
+)
+from slidemap.models.legacy import current_key, current_keys
+from slidemap.train.finetune import parameter_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "models").glob("*.safetensors"))
+
+
+def tiny(name: str) -> SegmentationModel:
+    torch.manual_seed(0)
+    return build_model(name, 5, width=4)
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_architecture_is_encoder_decoder_head(name: str) -> None:
+    model = tiny(name).eval()
+    assert isinstance(model.encoder, Encoder) and isinstance(model.decoder, Decoder)
+    x = torch.randn(1, 5, 37, 45, generator=torch.Generator().manual_seed(1))
+    features = model.encoder(x)
+    assert [f.shape[1] for f in features][-len(model.encoder.channels):] == \
+        model.encoder.channels[-len(features):]
+    assert model.decoder(features).ndim == 4
+    with torch.no_grad():
+        assert model(x).shape == (1, 1, 37, 45)
+    layer = default_target_layer(model)
+    assert layer in dict(model.named_modules())
+    assert grad_cam(model, x[0], box=(0, 0, 37, 45)).layer == layer
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_freeze_encoder_trains_only_decoder_and_head(name: str) -> None:
+    model = tiny(name)
+    groups = parameter_groups(model, 1e-2, 0.1)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    model.freeze_encoder()
+    model.train()
+    assert model.training and not any(m.training for m in model.encoder.modules())
+    before_encoder, before_rest = state(model.encoder), state(model)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 1e-2, 1.0))
+    x = torch.randn(2, 5, 32, 32, generator=torch.Generator().manual_seed(2))
+    target = (x[:, :1] > 0).float()
+    F.binary_cross_entropy_with_logits(model(x), target).backward()
+    optimizer.step()
+    for key, value in model.encoder.state_dict().items():  # weights and batch-norm statistics
+        torch.testing.assert_close(value, before_encoder[key], rtol=0, atol=0)
+    after = model.state_dict()
+    assert any(not torch.equal(after[k], before_rest[k]) for k in after
+               if not k.startswith("encoder."))
+    model.unfreeze_encoder()
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(m.training for m in model.encoder.modules())
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_model_loads_unchanged_and_freezes(path: Path) -> None:
+    bundle = load_model(path)  # the sidecar's meta-device shape check included
+    model = bundle.model
+    header = header_shapes(*read_header(path))
+    names = {key.removesuffix(".int8_scale").removesuffix(".int4_scale") for key in header}
+    assert {current_key(bundle.architecture, key) for key in names} == set(model.state_dict())
+    members = model.member_models() if isinstance(model, ProbabilityAverage) else [model]
+    assert len(members) == bundle.members
+    for member in members:
+        assert isinstance(member, SegmentationModel)
+        member.freeze_encoder()
+        assert not any(p.requires_grad for p in member.encoder.parameters())
+        assert any(p.requires_grad for p in member.decoder.parameters())
+    assert default_target_layer(model) in dict(model.named_modules())
+
+
+def test_key_map_renames_old_keys_only() -> None:
+    old = {"members.1.optical.stages.0.body.0.weight.int8_scale": 1, "fuse.0.0.weight": 2,
+           "decoder.stages.0.body.0.weight": 3, "head.bias": 4}
+    assert current_keys("fusion", old) == {
+        "members.1.encoder.optical.stages.0.body.0.weight.int8_scale": 1,
+        "encoder.fuse.0.0.weight": 2, "decoder.stages.0.body.0.weight": 3, "head.bias": 4}
+    new = tiny("fusion").state_dict()
+    assert current_keys("fusion", new).keys() == new.keys()  # files saved since pass through
+    assert current_key("unet", "optical.x") == "optical.x"  # other architectures untouched
+    sidecar = json.loads((ROOT / "models" / "slidemap-jinsha-fusion.json").read_text())
+    assert sidecar["architecture"] == "fusion"
