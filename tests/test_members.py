@@ -19,7 +19,7 @@ from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import ProbabilityAverage, build_model
 from slidemap.train import members
 from slidemap.train.config import parse_config
-from slidemap.train.finetune import check_compatible, train_run
+from slidemap.train.finetune import train_run
 from slidemap.train.loop import train
 
 
@@ -126,11 +126,7 @@ def test_bad_member_counts_in_a_config_are_refused(tiny_scene: dict, value: obje
         parse_config(tiny_raw(tiny_scene, members=value))
 
 
-def test_one_network_runs_refuse_members_and_ensembles_as_init(
-        tiny_scene: dict, tmp_path: Path) -> None:
+def test_one_network_runs_refuse_members(tiny_scene: dict, tmp_path: Path) -> None:
     config = parse_config(tiny_raw(tiny_scene, members=2))
     with pytest.raises(SlidemapError, match="fine-tuning and self-training train one network"):
         train(config, tmp_path / "run")
-    path, _ = ensemble_file(tmp_path)
-    with pytest.raises(SlidemapError, match="is an ensemble of 2 networks"):
-        check_compatible(load_model(path), config)

@@ -8,14 +8,17 @@ contract) still load.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
+from slidemap.data.channels import InputSpec
 from slidemap.explain import default_target_layer, grad_cam
-from slidemap.io.modelfile import load_model
+from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.io.sidecar import header_shapes, read_header
 from slidemap.models import (
     Decoder,
@@ -26,10 +29,12 @@ from slidemap.models import (
     list_models,
 )
 from slidemap.models.legacy import current_key, current_keys
-from slidemap.train.finetune import parameter_groups
+from slidemap.train.config import load_config
+from slidemap.train.finetune import finetune, parameter_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "models").glob("*.safetensors"))
+SAMPLE = ROOT / "examples" / "jinsha-b"
 
 
 def tiny(name: str) -> SegmentationModel:
@@ -110,3 +115,57 @@ def test_key_map_renames_old_keys_only() -> None:
     assert current_key("unet", "optical.x") == "optical.x"  # other architectures untouched
     sidecar = json.loads((ROOT / "models" / "slidemap-jinsha-fusion.json").read_text())
     assert sidecar["architecture"] == "fusion"
+
+
+def run_config(tmp_path: Path, scene: dict[str, Path], model: dict, inputs: dict) -> Path:
+    """One epoch of two 32 px windows on ``scene``, validated on it too."""
+    paths = {k: str(v) for k, v in scene.items()}
+    raw = {"data": {"train": [paths], "val": [paths]}, "inputs": inputs, "model": model,
+           "training": {"epochs": 1, "batch_size": 2, "tile": 32, "windows_per_epoch": 2,
+                        "precision": "fp32", "threads": 1, "lr": 0.01},
+           "predict": {"tile": 64, "overlap": 8, "batch_size": 4}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def unchanged_encoder(start: Path, tuned: Path) -> None:
+    """Every encoder tensor of ``tuned`` (weights and batch-norm statistics) is ``start``'s, and
+    something outside the encoders moved."""
+    before = load_model(start).model.state_dict()
+    after = load_model(tuned).model.state_dict()
+    encoder = [k for k in before if ".encoder." in f".{k}"]
+    assert encoder
+    for key in encoder:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert any(not torch.equal(after[k], before[k]) for k in before if k not in encoder)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_finetune_with_a_frozen_encoder_works_on_every_architecture(
+        name: str, tiny_scene: dict[str, Path], tmp_path: Path) -> None:
+    spec = InputSpec(image_bands=(1, 2, 3), dem=True, slope=True)
+    start = save_model(ModelBundle(model=tiny(name), architecture=name, width=4, options={},
+                                   inputs=spec, mean=[60.0] * 5, std=[30.0] * 5),
+                       tmp_path / "start")
+    config = load_config(run_config(tmp_path, tiny_scene, {"name": name, "width": 4},
+                                    spec.to_dict()))
+    settings = replace(config.train, freeze_encoder=True)
+    report = finetune(replace(config, init=start, train=settings), tmp_path / "run")
+    assert report["freeze_encoder"] is True and set(report["after"]) >= {"f1", "iou"}
+    unchanged_encoder(start, Path(report["model"]))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_finetune_cli_freezes_every_shipped_model(path: Path, tmp_path: Path, run_cli) -> None:
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    scene = {"image": SAMPLE / "jinsha_b_image.tif", "mask": SAMPLE / "jinsha_b_mask.tif"}
+    if sidecar["inputs"]["dem"] or sidecar["inputs"]["slope"]:
+        scene["dem"] = SAMPLE / "jinsha_b_dsm.tif"
+    model = {k: sidecar[k] for k in ("width", "options")} | {"name": sidecar["architecture"]}
+    config = run_config(tmp_path, scene, model, sidecar["inputs"])
+    code, err = run_cli("finetune", path, config, "--out", tmp_path / "run", "--freeze-encoder")
+    assert code == 0, err
+    tuned = tmp_path / "run" / "model.safetensors"
+    assert json.loads(tuned.with_suffix(".json").read_text())["members"] == sidecar["members"]
+    unchanged_encoder(path, tuned)

@@ -24,6 +24,7 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import native_prob
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import ModelBundle, PredictDefaults
+from slidemap.models import count_members
 
 PREDICTION_KEYS = ("precision", "recall", "f1", "iou", "miou", "auc")
 
@@ -70,7 +71,8 @@ def bundle_of(model: nn.Module, architecture: str, width: int, options: dict,
     trained is scored exactly as the file will be."""
     return ModelBundle(model=model, architecture=architecture, width=width,
                        options=dict(options), inputs=inputs, mean=list(stats.mean),
-                       std=list(stats.std), threshold=threshold, predict=predict)
+                       std=list(stats.std), threshold=threshold, predict=predict,
+                       members=count_members(model))
 
 
 def score_bundle(bundle: ModelBundle, arrays: Iterable[SceneArrays], precision: str,

@@ -16,10 +16,10 @@ from slidemap.models import (  # noqa: F401  (registers architectures)
     unetpp,
 )
 from slidemap.models.base import AnySizeModel, Decoder, Encoder, SegmentationModel
-from slidemap.models.ensemble import ProbabilityAverage, build_network
+from slidemap.models.ensemble import Network, ProbabilityAverage, build_network, count_members
 from slidemap.models.registry import build_model, count_parameters, list_models, register
 from slidemap.models.summary import model_table
 
-__all__ = ["AnySizeModel", "Decoder", "Encoder", "ProbabilityAverage", "SegmentationModel",
-           "build_model", "build_network", "count_parameters", "list_models", "model_table",
-           "register"]
+__all__ = ["AnySizeModel", "Decoder", "Encoder", "Network", "ProbabilityAverage",
+           "SegmentationModel", "build_model", "build_network", "count_members",
+           "count_parameters", "list_models", "model_table", "register"]

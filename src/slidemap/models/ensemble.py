@@ -16,23 +16,23 @@ from typing import cast
 import torch
 from torch import nn
 
-from slidemap.models.base import AnySizeModel
+from slidemap.models.base import AnySizeModel, SegmentationModel
 from slidemap.models.registry import build_model
 
 EPS = 1e-6  # keeps the logit finite where every member is certain
 
 
 class ProbabilityAverage(AnySizeModel):
-    def __init__(self, members: Sequence[AnySizeModel]):
+    def __init__(self, members: Sequence[SegmentationModel]):
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         self.members = nn.ModuleList(members)
         self.stride = max(member.stride for member in members)
 
-    def member_models(self) -> list[AnySizeModel]:
+    def member_models(self) -> list[SegmentationModel]:
         """The members, typed (``nn.ModuleList`` yields plain modules)."""
-        return cast(list[AnySizeModel], list(self.members))
+        return cast(list[SegmentationModel], list(self.members))
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         probabilities = []
@@ -49,9 +49,32 @@ class ProbabilityAverage(AnySizeModel):
         last = len(self.members) - 1
         return f"members.{last}.{self.member_models()[last].target_layer}"
 
+    # Fine-tuning an ensemble fits its members together, on the loss of the average they ship as.
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for member in self.member_models() for p in member.encoder_parameters()]
+
+    def other_parameters(self) -> list[nn.Parameter]:
+        return [p for member in self.member_models() for p in member.other_parameters()]
+
+    def freeze_encoder(self) -> None:
+        for member in self.member_models():
+            member.freeze_encoder()
+
+    def unfreeze_encoder(self) -> None:
+        for member in self.member_models():
+            member.unfreeze_encoder()
+
+
+Network = SegmentationModel | ProbabilityAverage  # what a model file holds
+
+
+def count_members(model: nn.Module) -> int:
+    """How many networks ``model`` averages (1 for a single network), for its model file."""
+    return len(model.members) if isinstance(model, ProbabilityAverage) else 1
+
 
 def build_network(name: str, in_channels: int, width: int, members: int = 1,
-                  **options: object) -> AnySizeModel:
+                  **options: object) -> Network:
     """Architecture ``name`` as ``build_model`` makes it, or ``members`` of it averaged."""
     if members == 1:
         return build_model(name, in_channels, width, **options)

@@ -18,7 +18,7 @@ from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.io.atomic import atomic_path, folder_lock
 from slidemap.io.modelfile import ModelBundle, load_model
-from slidemap.models import SegmentationModel
+from slidemap.models import Network, build_network
 from slidemap.train import ddp
 from slidemap.train.config import RunConfig
 from slidemap.train.runfolder import check_run_inputs
@@ -26,20 +26,27 @@ from slidemap.train.runfolder import check_run_inputs
 FIGURES = ("f1", "iou", "precision", "recall", "auc", "pixels")
 
 
-def start_from(model: SegmentationModel, config: RunConfig) -> None:
-    """Load ``config.init``'s weights into ``model`` and freeze its encoder if asked."""
+def initial_model(config: RunConfig) -> Network:
+    """The network training starts from: the config's architecture, with ``config.init``'s
+    weights and its encoder frozen if asked. An ensemble stays one: its members are fine-tuned
+    together, on the loss of the average they are shipped as."""
+    bundle = None
     if config.init is not None:
         bundle = load_model(config.init)
         check_compatible(bundle, config)
+    elif config.train.freeze_encoder:
+        raise SlidemapError("training.freeze_encoder freezes weights loaded with init: MODEL: "
+                            "add init, or drop freeze_encoder")
+    model = build_network(config.model.name, len(config.inputs.channels), config.model.width,
+                          bundle.members if bundle is not None else 1, **config.model.options)
+    if bundle is not None:
         model.load_state_dict(bundle.model.state_dict())
     if config.train.freeze_encoder:
-        if config.init is None:
-            raise SlidemapError("training.freeze_encoder freezes weights loaded with init: MODEL: "
-                                "add init, or drop freeze_encoder")
         model.freeze_encoder()
+    return model
 
 
-def parameter_groups(model: SegmentationModel, lr: float, encoder_lr: float) -> list[dict]:
+def parameter_groups(model: Network, lr: float, encoder_lr: float) -> list[dict]:
     """AdamW's parameter groups: one at ``lr``, or, with ``encoder_lr`` below 1, the encoder at
     ``lr * encoder_lr`` after the rest at ``lr`` (so the logged rate stays the decoder's)."""
     if encoder_lr == 1.0:
@@ -50,10 +57,6 @@ def parameter_groups(model: SegmentationModel, lr: float, encoder_lr: float) -> 
 
 def check_compatible(bundle: ModelBundle, config: RunConfig) -> None:
     """The model file must be the config's architecture reading the config's channels."""
-    if bundle.members > 1:
-        raise SlidemapError(f"init model {bundle.path} is an ensemble of {bundle.members} "
-                            "networks: start from one of them (the run folder's "
-                            "member-K/model.safetensors)")
     mine = (config.model.name, config.model.width, dict(config.model.options))
     theirs = (bundle.architecture, bundle.width, dict(bundle.options))
     if mine != theirs:

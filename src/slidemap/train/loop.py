@@ -39,13 +39,13 @@ from slidemap.evaluation.scorer import bundle_of, score_bundle
 from slidemap.infer.runtime import autocast
 from slidemap.io.atomic import make_output_dir, staged
 from slidemap.io.modelfile import ModelBundle, model_paths, save_model
-from slidemap.models import build_model, count_parameters
+from slidemap.models import count_members, count_parameters
 from slidemap.report.plots import plot_training_curves
 from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from slidemap.train.config import RunConfig
-from slidemap.train.finetune import parameter_groups, start_from
+from slidemap.train.finetune import initial_model, parameter_groups
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import RUN_FILES, check_run_inputs
@@ -82,9 +82,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     windows = RandomWindows(train_scenes, stats, settings.tile, settings.windows_per_epoch,
                             settings.min_valid, settings.augment, settings.seed, recipes)
 
-    model = build_model(config.model.name, len(config.inputs.channels), config.model.width,
-                        **config.model.options).to(memory_format=torch.channels_last)
-    start_from(model, config)
+    model = initial_model(config).to(memory_format=torch.channels_last)
     loss_fn = build_loss(config.loss)
     groups = parameter_groups(model, settings.lr, settings.encoder_lr)
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -260,7 +258,7 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
                                    if k in scores},
                     "torch": torch.__version__},
         weights_dtype=config.train.weights_dtype,
-        predict=config.predict.defaults,
+        predict=config.predict.defaults, members=count_members(model),
     )
     save_model(bundle, path)
 
