@@ -31,6 +31,7 @@ from torch import nn
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, model_paths
+from slidemap.models import AnySizeModel
 
 OPSET = 17  # ONNX Runtime 1.16+ runs it; the TorchScript exporter writes it reliably
 TOLERANCE = 1e-3  # max |Δp| between ONNX Runtime and torch fp32 accepted at export
@@ -44,8 +45,9 @@ class _Graph(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        forward = getattr(self.model, "forward_padded", self.model.forward)
-        return torch.sigmoid(forward(x))
+        model = self.model
+        return torch.sigmoid(model.forward_padded(x) if isinstance(model, AnySizeModel)
+                             else model(x))
 
 
 @contextlib.contextmanager
@@ -67,7 +69,7 @@ def _native_output_silenced() -> Iterator[None]:
 
 
 def model_stride(model: nn.Module) -> int:
-    return int(getattr(model, "stride", 1))
+    return model.stride if isinstance(model, AnySizeModel) else 1
 
 
 def pad_to_stride(x: np.ndarray, stride: int) -> np.ndarray:
