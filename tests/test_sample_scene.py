@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
+import numpy as np
 import rasterio
 
 from slidemap import api
@@ -49,3 +50,25 @@ def test_the_readmes_first_command_maps_the_sample(run_cli, tmp_path) -> None:
     metrics = api.evaluate(SAMPLE / "jinsha_b_mask.tif",
                            prediction=stem.with_name(stem.name + "_prob.tif"))["metrics"]
     assert metrics["f1"] >= 0.7  # ground the shipped model was trained on: a sanity bar
+
+
+def test_the_default_models_map_does_not_move_with_the_dem_datum(tmp_path) -> None:
+    """The default reads the terrain's form, not its altitude: the same DSM 30 m higher (another
+    vertical datum or DEM source) gives the same map. A default that reads absolute elevation
+    again fails here (issue #26: on new ground such a shift cost the elevation U-Net much of
+    its F1)."""
+    image, dsm = SAMPLE / "jinsha_b_image.tif", SAMPLE / "jinsha_b_dsm.tif"
+    raised = tmp_path / "raised_dsm.tif"
+    with rasterio.open(dsm) as src:
+        profile, heights = src.profile, src.read(1)
+    with rasterio.open(raised, "w", **profile) as dst:
+        dst.write(heights + 30.0, 1)
+    probs = []
+    for name, dem in (("as_given", dsm), ("raised", raised)):
+        result = api.predict(image, tmp_path / name, dem)
+        with rasterio.open(result["prob"]) as src:
+            probs.append(src.read(1))
+    valid = np.isfinite(probs[0])
+    assert valid.mean() > 0.9 and (probs[0][valid] > 0.5).any()
+    assert np.array_equal(valid, np.isfinite(probs[1]))
+    assert np.abs(probs[0][valid] - probs[1][valid]).max() < 1e-3

@@ -1,8 +1,8 @@
 """The shipped models on the Jinsha scenes they were trained on (skips without shared data).
 
-Both regions trained them, so these are not held-out figures (those are the cross-region runs of
-models/README.md); the test checks that each shipped file is the model its card describes, maps
-a scene onto the input grid and still fits its own training ground.
+Both regions trained them, so these are not held-out figures (the protocol's out-of-fold figures
+are in models/README.md); the test checks that each shipped file is the model its card describes,
+maps a scene onto the input grid and still fits its own training ground.
 """
 
 import json
@@ -15,14 +15,23 @@ from slidemap import api
 from slidemap.train.config import load_config
 
 JINSHA = SHARED_DATA / "jinsha"
-FAST_MODEL = api.DEFAULT_MODEL.with_name("slidemap-jinsha-unet.safetensors")
+FAST_MODEL = api.DEFAULT_MODEL.with_name("slidemap-jinsha-unet.safetensors")  # elevation
 
 
-def test_the_default_model_is_two_fusion_networks_in_a_small_file() -> None:
+TERRAIN = ["band1", "band2", "band3", "relief8m", "relief32m", "relief128m", "slope", "curvature",
+           "roughness"]
+
+
+def test_the_default_model_is_the_terrain_unet_in_a_small_file() -> None:
+    """The protocol's choice (models/README.md): one U-Net on RGB and terrain descriptors, no
+    absolute elevation, the threshold its out-of-fold evidence supports."""
     sidecar = json.loads(api.default_model_path().with_suffix(".json").read_text())
     assert (sidecar["architecture"], sidecar["members"], sidecar["weights_dtype"]) == (
-        "fusion", 2, "int4")
-    assert api.default_model_path().stat().st_size < 8 * 2**20  # shipped weights stay small
+        "unet", 1, "int8")
+    assert sidecar["channels"] == TERRAIN and not sidecar["inputs"]["dem"]
+    assert sidecar["threshold"] == 0.5
+    assert "protocol" in sidecar["card"]["new_ground"]
+    assert api.default_model_path().stat().st_size < 4 * 2**20  # shipped weights stay small
 
 
 @pytest.mark.skipif(not JINSHA.exists(), reason="../shared/data/jinsha is not here")

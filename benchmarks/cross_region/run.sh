@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-region estimate of the shipped recipes (models/README.md): train on one Jinsha region,
+# Cross-region estimate of the shipped recipes (benchmarks/experiments.md): train on one Jinsha region,
 # score on the other, both directions, two seeds (three for fusion), for three recipes: the
 # U-Net ("base"), the U-Net with brightness and contrast jitter ±40 % instead of ±20 % ("strong
 # jitter") and the two-stream fusion network ("fusion"); each model plain, with --tta, and its

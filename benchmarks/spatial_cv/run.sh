@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Spatial cross-validation of the shipped recipe (models/README.md, *Trained on both regions*):
+# Spatial cross-validation of the shipped recipe (benchmarks/experiments.md, *Trained on both regions*):
 # each Jinsha region is cut into a west and an east half, 64 m apart (crop.py); the recipe of
 # configs/jinsha-fusion.yaml (an ensemble of two networks, seeds 0 and 1) trains on the west halves
 # of both regions and is scored on the east halves, and the reverse. Unlike the cross-region runs,

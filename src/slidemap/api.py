@@ -39,7 +39,7 @@ from slidemap.train.loop import train
 from slidemap.train.newsite import site_config, write_site_config
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-fusion.safetensors"
+DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet-terrain.safetensors"
 # Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
 RGB_MODEL = PACKAGE_ROOT / "models" / "slidemap-rgb-sites.safetensors"
 

@@ -2,8 +2,9 @@
 trained on?
 
 A model with a ``dem`` channel reads absolute elevation, normalised with its training statistics,
-and leans on it: the slides of its training valley lie in one altitude band (``models/README.md``,
-*Elevation or relief*), and a DEM shifted by 60 m already costs a third of the F1. A scene far
+and leans on it: the slides of its training valley lie in one altitude band
+(``benchmarks/experiments.md``, *Elevation or relief*), and a DEM shifted by 60 m already costs a
+third of the F1. A scene far
 outside that band is still predicted, but badly, and nothing in the outputs would show it; this
 check says so before the prediction starts.
 """
@@ -40,9 +41,9 @@ def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]
         low, high = trained
         return (f"the DEM {scene.dem_path} lies at {median:.0f} m (median), outside the "
                 f"{low:.0f}-{high:.0f} m the model was "
-                "trained on: it reads absolute elevation, so expect a poor map; use a model "
-                "trained with inputs.relief_m instead of dem "
-                "(configs/jinsha-fusion-relief.yaml) or without the DEM")
+                "trained on: it reads absolute elevation, so expect a poor map; use the "
+                "default model, which reads the terrain's form instead "
+                "(models/slidemap-jinsha-unet-terrain), or one trained without dem")
     return None
 
 
