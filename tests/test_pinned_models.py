@@ -25,7 +25,8 @@ PINNED = Path(__file__).parent / "data" / "pinned_models.json"
 CROP = Window(0, 296, 376, 344)  # col, row, width, height (0.5 m pixels): landslides and not
 # Each model at the factor its resolution asks for on this scene (``slidemap predict``'s), so
 # the crop is 94 × 86 working pixels at 2 m and 188 × 172 at 1 m: not multiples of the stride.
-MODELS = {"slidemap-jinsha-fusion": 4, "slidemap-jinsha-unet": 4, "slidemap-rgb-sites": 2}
+MODELS = {"slidemap-jinsha-unet-terrain": 4, "slidemap-jinsha-fusion": 4, "slidemap-jinsha-unet": 4,
+          "slidemap-rgb-sites": 2}
 
 
 def probabilities(name: str) -> np.ndarray:
