@@ -2,7 +2,8 @@
 
 The reference values were computed on main before the models became encoder → decoder → head
 classes (``tests/data/pinned_models.json``); a refactor that changes a key name, a layer order,
-a padding or an up-sampling changes these numbers and fails here.
+a padding or an up-sampling changes these numbers and fails here. The default
+(``slidemap-jinsha-unet-terrain``) was added to the file when it was shipped.
 """
 
 from __future__ import annotations
