@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_raster
+from factories import write_raster
 
 from slidemap import api
 from slidemap.errors import SlidemapError

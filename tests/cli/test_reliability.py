@@ -43,7 +43,7 @@ from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import build_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "NO_COLOR": "1",
        "COLUMNS": "400", "PYTHONPATH": str(REPO / "src")}
 ALWAYS_EXEC = os.environ.get("SLIDEMAP_TEST_EXEC") == "1"

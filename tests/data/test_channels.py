@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from test_recipes import tiny_raw
+from factories import tiny_run
 
 from slidemap.api import predict
 from slidemap.data.channels import InputSpec, chromaticity, stack_channels
@@ -51,7 +51,7 @@ def test_stack_channels_applies_the_spec() -> None:
 ])
 def test_bad_inputs_are_refused(tiny_scene: dict[str, Path], inputs: dict,
                                 message: str) -> None:
-    raw = tiny_raw(tiny_scene)
+    raw = tiny_run(tiny_scene)
     raw["inputs"].update(inputs)
     with pytest.raises(SlidemapError, match=message):
         parse_config(raw)
@@ -59,7 +59,7 @@ def test_bad_inputs_are_refused(tiny_scene: dict[str, Path], inputs: dict,
 
 def test_chromaticity_model_trains_saves_and_predicts(tiny_scene: dict[str, Path],
                                                       tmp_path: Path) -> None:
-    raw = tiny_raw(tiny_scene)
+    raw = tiny_run(tiny_scene)
     raw["inputs"]["optical"] = "chromaticity"
     model = train(parse_config(raw), tmp_path / "run")
     sidecar = json.loads(model.with_suffix(".json").read_text())
@@ -94,7 +94,7 @@ def test_relief_model_does_not_see_a_shifted_dem(tiny_scene: dict[str, Path],
         dst.write(dsm + 400.0, 1)
 
     def maps(inputs: dict, name: str) -> list[np.ndarray]:
-        raw = tiny_raw(tiny_scene)
+        raw = tiny_run(tiny_scene)
         raw["inputs"] = {"image_bands": [1, 2, 3], **inputs}
         model = train(parse_config(raw), tmp_path / name)
         out = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_raster
+from factories import write_raster
 from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels

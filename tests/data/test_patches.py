@@ -16,7 +16,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from slidemap.data.patches import BijieFolder, PatchFolder, open_patch_dataset, read_mask
 from slidemap.errors import SlidemapError
 
-SHARED = Path(__file__).parents[1] / ".." / "shared" / "data"
+SHARED = Path(__file__).parents[2] / ".." / "shared" / "data"
 RNG = np.random.default_rng(0)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_raster
+from factories import write_raster
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import load_scene_arrays

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import write_raster
+from factories import write_raster
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from rasterio.windows import Window
 

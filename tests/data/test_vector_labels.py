@@ -194,7 +194,7 @@ def test_bad_label_files_are_one_line_errors(tiny_scene: dict, tmp_path: Path) -
 
 def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import write_raster
+    from factories import write_raster
     from rasterio.transform import from_origin
 
     from slidemap.train import newsite

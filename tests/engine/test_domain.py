@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import write_raster
+from factories import tiny_bundle, write_raster
 
 from slidemap import api
+from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapWarning
 from slidemap.infer.predict import PredictOptions
+from slidemap.io.modelfile import save_model
 
 OPTIONS = PredictOptions(tile=48, overlap=16)
 
@@ -21,14 +22,7 @@ OPTIONS = PredictOptions(tile=48, overlap=16)
 def dem_model(tmp_path):
     """An untrained width-4 U-Net on RGB + DEM + slope, trained (so its statistics say) on
     elevations of 3000 ± 20 m, as the tiny scene's are."""
-    from slidemap.data.channels import InputSpec
-    from slidemap.io.modelfile import ModelBundle, save_model
-    from slidemap.models import build_model
-
-    torch.manual_seed(0)
-    bundle = ModelBundle(model=build_model("unet", 5, width=4, depth=2), architecture="unet",
-                         width=4, options={"depth": 2},
-                         inputs=InputSpec(image_bands=(1, 2, 3), dem=True, slope=True),
+    bundle = tiny_bundle(InputSpec(image_bands=(1, 2, 3), dem=True, slope=True),
                          mean=[60.0, 60.0, 60.0, 3000.0, 10.0], std=[30.0, 30.0, 30.0, 20.0, 5.0])
     return save_model(bundle, tmp_path / "models" / "dem")
 

@@ -7,26 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
+from factories import RGB_SLOPE, tiny_bundle
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.modelfile import ModelBundle, load_model, save_model
-from slidemap.models import build_model
-
-SPEC = InputSpec(image_bands=(1, 2, 3), slope=True)
+from slidemap.io.modelfile import load_model, save_model
 
 
-def member(tmp_path: Path, seed: int, mean: float, spec: InputSpec = SPEC) -> Path:
+def member(tmp_path: Path, seed: int, mean: float, spec: InputSpec = RGB_SLOPE) -> Path:
     """An untrained width-4 U-Net with its own weights and statistics."""
-    torch.manual_seed(seed)
     channels = len(spec.channels)
-    bundle = ModelBundle(model=build_model("unet", channels, width=4, depth=2),
-                         architecture="unet", width=4, options={"depth": 2}, inputs=spec,
-                         mean=[mean] * channels, std=[25.0] * channels)
+    bundle = tiny_bundle(spec, seed=seed, mean=[mean] * channels, std=[25.0] * channels)
     return save_model(bundle, tmp_path / f"m{seed}")
 
 

@@ -10,8 +10,7 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
-from conftest import rewrite_sidecar
-from test_recipes import tiny_raw
+from factories import rewrite_sidecar, tiny_run
 
 from slidemap import api
 from slidemap.data.normalization import BandStats, normalise
@@ -133,7 +132,7 @@ def test_the_mask_follows_the_model_threshold_or_the_one_given(
 
 
 def test_training_writes_the_configured_defaults(tiny_scene: dict, tmp_path: Path) -> None:
-    raw = tiny_raw(tiny_scene, epochs=1)
+    raw = tiny_run(tiny_scene, epochs=1)
     raw["predict"].update(scales=[1, 0.5], threshold=0.4)
     train(parse_config(raw), tmp_path / "run")
     bundle = load_model(tmp_path / "run" / "model.safetensors")
@@ -143,7 +142,7 @@ def test_training_writes_the_configured_defaults(tiny_scene: dict, tmp_path: Pat
 
 @pytest.mark.parametrize("threshold", [0, 1, 1.5, "half", True, None])
 def test_bad_thresholds_in_a_config_are_refused(tiny_scene: dict, threshold: object) -> None:
-    raw = tiny_raw(tiny_scene)
+    raw = tiny_run(tiny_scene)
     raw["predict"]["threshold"] = threshold
     with pytest.raises(SlidemapError, match="threshold"):
         parse_config(raw)
@@ -151,7 +150,7 @@ def test_bad_thresholds_in_a_config_are_refused(tiny_scene: dict, threshold: obj
 
 @pytest.mark.parametrize("scales", [[], [0], ["half"], 0.5, [1.0, 5.0]])
 def test_bad_scales_in_a_config_are_refused(tiny_scene: dict, scales: object) -> None:
-    raw = tiny_raw(tiny_scene)
+    raw = tiny_run(tiny_scene)
     raw["predict"]["scales"] = scales
     with pytest.raises(SlidemapError, match="scales"):
         parse_config(raw)

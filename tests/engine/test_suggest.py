@@ -8,7 +8,7 @@ import numpy as np
 import pyogrio.raw
 import pytest
 import shapely
-from conftest import write_raster
+from factories import write_raster
 from rasterio.transform import from_origin
 
 from slidemap.data.channels import InputSpec

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from conftest import write_raster
+from factories import write_raster
 
 from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import write_raster
-from test_newsite import PREDICT, TINY, TRAINING, patch_folder, tiny_bundle
+from factories import (
+    TINY_PREDICT,
+    TINY_TRAINING,
+    patch_folder,
+    run_config,
+    tiny_bundle,
+    write_config,
+    write_raster,
+)
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
@@ -32,18 +38,12 @@ def mixed_config(tmp_path: Path, tiny_scene: dict[str, Path]) -> Path:
     """A fine-tuning config whose validation holds a scene and a patch set up-sampled 2×, so a
     scorer on the up-sampled grid would count other pixels than one on the native grid."""
     root = patch_folder(tmp_path / "site", count=3)
-    scene = {k: str(v) for k, v in tiny_scene.items()}
     spec = InputSpec(image_bands=(1, 2, 3), scale=2.0)
     start = save_model(tiny_bundle(spec, seed=3), tmp_path / "start")
-    raw = {"data": {"train": [scene, {"patches": str(root)}],
-                    "val": [scene, {"patches": str(root)}]},
-           "inputs": {"image_bands": [1, 2, 3], "scale": 2.0},
-           "model": TINY, "init": str(start),
-           "training": {**TRAINING, "epochs": 2, "select": "last"},
-           "predict": PREDICT}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    items = [tiny_scene, {"patches": root}]
+    return write_config(tmp_path / "run.yaml", run_config(
+        items, items, inputs={"image_bands": [1, 2, 3], "scale": 2.0}, init=str(start),
+        training={**TINY_TRAINING, "epochs": 2, "select": "last"}, predict=TINY_PREDICT))
 
 
 def test_history_finetune_and_study_agree(mixed_config: Path, tmp_path: Path) -> None:

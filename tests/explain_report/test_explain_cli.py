@@ -8,26 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import write_raster
+from factories import RGB_SLOPE, tiny_bundle, write_raster
 from PIL import Image
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from slidemap.data.channels import InputSpec
-from slidemap.io.modelfile import ModelBundle, save_model
-from slidemap.models import build_model
-
-RGB_SLOPE = InputSpec(image_bands=(1, 2, 3), slope=True)
+from slidemap.io.modelfile import save_model
 
 
 def save_bundle(path: Path, architecture: str = "unet", spec: InputSpec = RGB_SLOPE,
                 threshold: float = 0.5) -> Path:
-    torch.manual_seed(0)
-    bundle = ModelBundle(model=build_model(architecture, 4, width=4, depth=2),
-                         architecture=architecture, width=4, options={"depth": 2}, inputs=spec,
-                         mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0],
-                         threshold=threshold)
+    bundle = tiny_bundle(spec, architecture, mean=[60.0, 60.0, 60.0, 10.0],
+                         std=[30.0, 30.0, 30.0, 5.0], threshold=threshold)
     return save_model(bundle, path)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from conftest import rewrite_sidecar, write_raster
+from factories import rewrite_sidecar, write_raster
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 from PIL import Image

@@ -16,17 +16,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import write_raster
+from factories import tiny_bundle, write_raster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.windows import Window
 
-from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
-from slidemap.io.modelfile import ModelBundle, load_model, model_paths, save_model
+from slidemap.io.modelfile import load_model, model_paths, save_model
 from slidemap.io.sidecar import header_shapes
-from slidemap.models import build_model
 from slidemap.train.config import parse_config, read_yaml
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
@@ -75,10 +73,7 @@ def key_paths(raw: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fuzz-model")
-    spec = InputSpec(image_bands=(1, 2, 3), slope=True)
-    bundle = ModelBundle(model=build_model("unet", 4, width=4, depth=2), architecture="unet",
-                         width=4, options={"depth": 2}, inputs=spec,
-                         mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0])
+    bundle = tiny_bundle(mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0])
     return save_model(bundle, root / "base")
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import rewrite_sidecar
+from factories import rewrite_sidecar
 from safetensors.torch import load_file, save_file
 
 from slidemap.data.channels import InputSpec

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rewrite_sidecar
+from factories import rewrite_sidecar
 from safetensors.torch import load_file, save_file
 
 from slidemap.errors import SlidemapError

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import SHARED_DATA, write_raster
+from factories import SHARED_DATA, tiny_bundle, write_raster
 from rasterio.windows import Window
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
-from slidemap.io.modelfile import ModelBundle, load_model, save_model
+from slidemap.io.modelfile import load_model, save_model
 from slidemap.models import build_model
 from slidemap.train.config import parse_config
 from slidemap.train.finetune import parameter_groups
@@ -21,11 +20,7 @@ from slidemap.train.finetune import parameter_groups
 
 def tiny_rgb_model(path: Path) -> Path:
     """An untrained width-4 U-Net reading RGB only (no DEM, no slope)."""
-    torch.manual_seed(0)
-    bundle = ModelBundle(model=build_model("unet", 3, width=4, depth=2), architecture="unet",
-                         width=4, options={"depth": 2}, inputs=InputSpec(image_bands=(1, 2, 3)),
-                         mean=[60.0, 60.0, 60.0], std=[30.0, 30.0, 30.0])
-    return save_model(bundle, path)
+    return save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), path)
 
 
 def test_predict_without_dem_uses_the_rgb_model(tmp_path, tiny_scene, tiny_model, run_cli,

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import rasterio
-from conftest import SHARED_DATA
+from factories import SHARED_DATA
 
 from slidemap import api
 from slidemap.train.config import load_config

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories import tiny_run, train_interrupted_then_resumed
 from safetensors.torch import load_file
-from test_recipes import tiny_raw, train_interrupted_then_resumed
 from torch import nn
 
 from slidemap.errors import SlidemapError
@@ -65,12 +65,12 @@ def test_the_average_survives_a_checkpoint_round_trip() -> None:
                                       {"average_from": 1, "select": "best"}])
 def test_bad_average_from_is_refused(tiny_scene: dict[str, Path], training: dict) -> None:
     with pytest.raises(SlidemapError, match="average_from"):
-        parse_config(tiny_raw(tiny_scene, **training))
+        parse_config(tiny_run(tiny_scene, **training))
 
 
 def test_an_averaged_run_keeps_the_mean_weights_and_resumes_exactly(
         tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = parse_config(tiny_raw(tiny_scene, average_from=1, select="last"))
+    config = parse_config(tiny_run(tiny_scene, average_from=1, select="last"))
     train(config, tmp_path / "a")
     train_interrupted_then_resumed(config, tmp_path / "b", monkeypatch)
 

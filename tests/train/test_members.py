@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import rewrite_sidecar
+from factories import RGB_SLOPE, rewrite_sidecar, tiny_bundle, tiny_run
 from safetensors.torch import load_file
-from test_ensemble import SPEC
-from test_recipes import tiny_raw
 
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
@@ -46,14 +44,11 @@ def ensemble_file(tmp_path: Path) -> tuple[Path, list[Path]]:
     """Two width-4 U-Net files and one file holding both."""
     paths, nets = [], []
     for seed in (1, 2):
-        torch.manual_seed(seed)
-        net = build_model("unet", 4, width=4, depth=2)
-        bundle = ModelBundle(model=net, architecture="unet", width=4, options={"depth": 2},
-                             inputs=SPEC, mean=[60.0] * 4, std=[25.0] * 4, threshold=0.4)
+        bundle = tiny_bundle(seed=seed, std=[25.0] * 4, threshold=0.4)
         paths.append(save_model(bundle, tmp_path / f"m{seed}"))
-        nets.append(net)
+        nets.append(bundle.model)
     both = ModelBundle(model=ProbabilityAverage(nets), architecture="unet", width=4,
-                       options={"depth": 2}, inputs=SPEC, mean=[60.0] * 4, std=[25.0] * 4,
+                       options={"depth": 2}, inputs=RGB_SLOPE, mean=[60.0] * 4, std=[25.0] * 4,
                        threshold=0.4, members=2)
     return save_model(both, tmp_path / "both"), paths
 
@@ -87,7 +82,7 @@ def test_files_without_a_member_count_hold_one_network(tiny_model: Path) -> None
 
 def test_training_members_trains_one_seed_each_and_saves_their_ensemble(
         tiny_scene: dict, tmp_path: Path) -> None:
-    raw = tiny_raw(tiny_scene, epochs=1, members=2, threads=1, seed=3)
+    raw = tiny_run(tiny_scene, epochs=1, members=2, threads=1, seed=3)
     train_run(parse_config(raw), tmp_path / "run")
     ensemble = load_model(tmp_path / "run" / "model.safetensors")
     assert ensemble.members == 2
@@ -110,7 +105,7 @@ def test_members_train_side_by_side_up_to_two_threads_per_core(
         tiny_scene: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(members.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     def at(**training: object) -> int:
-        return members.parallel_members(parse_config(tiny_raw(tiny_scene, **training)))
+        return members.parallel_members(parse_config(tiny_run(tiny_scene, **training)))
     assert at(members=3, threads=1) == 3
     assert at(members=6, threads=1) == 6  # two per core: all at once, no idle last round
     assert at(members=9, threads=1) == 4  # beyond that, one per core
@@ -123,12 +118,12 @@ def test_members_train_side_by_side_up_to_two_threads_per_core(
 @pytest.mark.parametrize("value", [0, "two", True, 1.5])
 def test_bad_member_counts_in_a_config_are_refused(tiny_scene: dict, value: object) -> None:
     with pytest.raises(SlidemapError, match=r"'?members'? must be"):
-        parse_config(tiny_raw(tiny_scene, members=value))
+        parse_config(tiny_run(tiny_scene, members=value))
 
 
 def test_one_network_runs_refuse_members_and_ensembles_as_init(
         tiny_scene: dict, tmp_path: Path) -> None:
-    config = parse_config(tiny_raw(tiny_scene, members=2))
+    config = parse_config(tiny_run(tiny_scene, members=2))
     with pytest.raises(SlidemapError, match="fine-tuning and self-training train one network"):
         train(config, tmp_path / "run")
     path, _ = ensemble_file(tmp_path)

@@ -12,7 +12,15 @@ import pytest
 import rasterio
 import torch
 import yaml
-from PIL import Image
+from factories import (
+    PATCH_SIZE,
+    TINY_NET,
+    TINY_PREDICT,
+    TINY_TRAINING,
+    patch_folder,
+    tiny_bundle,
+    write_config,
+)
 from rasterio.windows import Window
 
 from slidemap import api
@@ -26,35 +34,12 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import predict_arrays
 from slidemap.infer.predict import PredictOptions
 from slidemap.infer.separated import patch_stats, scene_stats
-from slidemap.io.modelfile import ModelBundle, load_model, save_model
+from slidemap.io.modelfile import load_model, save_model
 from slidemap.models import build_model
 from slidemap.train.config import load_config, parse_config
 from slidemap.train.finetune import freeze_encoder
 from slidemap.train.loop import train
 from slidemap.train.selftrain import pseudo_labels, selftrain
-
-SIZE = 24
-TRAINING = {"epochs": 1, "batch_size": 2, "tile": 32, "windows_per_epoch": 4, "threads": 1,
-            "precision": "fp32", "lr": 0.01}
-PREDICT = {"tile": 32, "overlap": 8, "batch_size": 4}
-TINY = {"name": "unet", "width": 4, "options": {"depth": 2}}
-
-
-def patch_folder(root: Path, count: int = 4, seed: int = 0, masks: bool = True) -> Path:
-    """``images/`` of bright-square RGB PNGs, and ``masks/`` (0/255) of the squares."""
-    rng = np.random.default_rng(seed)
-    for sub in ("images", "masks") if masks else ("images",):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        image = rng.integers(30, 90, (SIZE, SIZE, 3), dtype=np.uint8)
-        mask = np.zeros((SIZE, SIZE), np.uint8)
-        r, c = rng.integers(2, SIZE - 10, 2)
-        mask[r:r + 8, c:c + 8] = 255
-        image[mask > 0] += 120
-        Image.fromarray(image).save(root / "images" / f"p{i}.png")
-        if masks:
-            Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
-    return root
 
 
 def l4s_release(root: Path, count: int = 3) -> Path:
@@ -72,22 +57,10 @@ def l4s_release(root: Path, count: int = 3) -> Path:
     return root
 
 
-def tiny_bundle(spec: InputSpec, seed: int = 0, name: str = "unet", **stats: list[float]
-                ) -> ModelBundle:
-    torch.manual_seed(seed)
-    channels = len(spec.channels)
-    options = {"depth": 2} if name == "unet" else {}
-    return ModelBundle(model=build_model(name, channels, width=4, **options), architecture=name,
-                       width=4, options=options, inputs=spec,
-                       mean=stats.get("mean", [60.0] * channels),
-                       std=stats.get("std", [30.0] * channels))
-
-
 def run_config(tmp_path: Path, data: dict, **extra: object) -> Path:
-    raw = {"data": data, "model": TINY, "training": TRAINING, "predict": PREDICT, **extra}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_config(tmp_path / "run.yaml", {"data": data, "model": TINY_NET,
+                                                "training": TINY_TRAINING,
+                                                "predict": TINY_PREDICT, **extra})
 
 
 # -- patch sets in run configs --------------------------------------------------------------------
@@ -101,7 +74,8 @@ def test_patch_config_trains_and_validates(tmp_path: Path) -> None:
     val_arrays = load_arrays((), config.val_patches, config.inputs)
     assert len(train_arrays) == 3 and len(val_arrays) == 2
     assert {a.name for a in train_arrays}.isdisjoint(a.name for a in val_arrays)
-    assert train_arrays[0].x.shape == (3, SIZE, SIZE)  # smaller than the 32 px tile: whole
+    # smaller than the 32 px tile: whole
+    assert train_arrays[0].x.shape == (3, PATCH_SIZE, PATCH_SIZE)
     model_path = train(config, tmp_path / "run")
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "val_f1" in history[0]
@@ -168,12 +142,12 @@ def test_scale_promotion_round_trip_in_predict(tmp_path: Path) -> None:
     assert result["scale"] == 2.0 and "metrics" in result
     with rasterio.open(tmp_path / "out" / "p1_prob.tif") as ds:
         prob = ds.read(1)
-    assert prob.shape == (SIZE, SIZE)  # back on the patch's own grid
+    assert prob.shape == (PATCH_SIZE, PATCH_SIZE)  # back on the patch's own grid
     sample = open_patch_set(root, spec)[1]
     x = promote(stack_channels(sample, spec), 2.0)
     predictor = Predictor([load_model(model)], precision="fp32")
     expected = demote(predict_arrays(predictor, x, np.ones(x.shape[1:], bool), options),
-                      (SIZE, SIZE))
+                      (PATCH_SIZE, PATCH_SIZE))
     np.testing.assert_allclose(prob, expected, atol=1e-6)
     with rasterio.open(tmp_path / "out" / "p1_mask.tif") as ds:
         np.testing.assert_array_equal(ds.read(1), (prob >= 0.5).astype(np.uint8))
@@ -198,7 +172,7 @@ def test_training_promotes_patches_and_labels(tmp_path: Path) -> None:
     config = load_config(run_config(tmp_path, {"train": [{"patches": str(root)}]},
                                     inputs={"scale": 2.0}))
     (arrays,) = load_arrays((), config.train_patches, config.inputs)
-    assert arrays.x.shape == (3, 2 * SIZE, 2 * SIZE)
+    assert arrays.x.shape == (3, 2 * PATCH_SIZE, 2 * PATCH_SIZE)
     np.testing.assert_array_equal(arrays.target, promote(arrays.labels, 2.0, "mask"))
     np.testing.assert_array_equal(arrays.target[::2, ::2], arrays.labels)
 
@@ -267,7 +241,7 @@ def test_finetune_loads_weights_and_freezes_the_encoder(tmp_path: Path) -> None:
     start = save_model(tiny_bundle(spec, seed=3), tmp_path / "start")
     config = load_config(run_config(
         tmp_path, {"train": [{"patches": str(root)}], "val": [{"patches": str(root)}]},
-        init=str(start), training={**TRAINING, "freeze_encoder": True, "epochs": 2}))
+        init=str(start), training={**TINY_TRAINING, "freeze_encoder": True, "epochs": 2}))
     tuned = load_model(train(config, tmp_path / "run"))
     before = load_model(start).model.state_dict()
     after = tuned.model.state_dict()

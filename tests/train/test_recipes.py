@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import tiny_run, train_interrupted_then_resumed
 from safetensors.torch import load_file
 
 from slidemap.data.dataset import RandomWindows, load_scene_arrays, scene_stats
@@ -21,21 +22,6 @@ from slidemap.train.recipes import Recipes, build_recipes
 OPTICAL = 3
 
 
-def tiny_raw(scene: dict[str, Path], **training: object) -> dict:
-    """A run config on the tiny scene: RGB + DEM + slope, 32 px windows, a width-4 U-Net."""
-    paths = {k: str(v) for k, v in scene.items()}
-    return {
-        "name": "tiny",
-        "data": {"train": [paths], "val": [paths]},
-        "inputs": {"image_bands": [1, 2, 3], "dem": True, "slope": True},
-        "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
-        "loss": {"bce": 1.0, "dice": 1.0},
-        "training": {"epochs": 2, "batch_size": 4, "tile": 32, "windows_per_epoch": 8,
-                     "precision": "fp32", "seed": 0, **training},
-        "predict": {"tile": 32, "overlap": 8, "batch_size": 4},
-    }
-
-
 def windows_for(config: RunConfig) -> RandomWindows:
     source = config.train_scenes[0]
     scenes = [load_scene_arrays(source.image, source.mask, source.dem, config.inputs)]
@@ -46,12 +32,12 @@ def windows_for(config: RunConfig) -> RandomWindows:
 
 
 def first_batch(scene: dict[str, Path], **training: object) -> dict[str, np.ndarray]:
-    windows = windows_for(parse_config(tiny_raw(scene, **training)))
+    windows = windows_for(parse_config(tiny_run(scene, **training)))
     return next(iter(windows.epoch(1, 4)))
 
 
 def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
-    windows = windows_for(parse_config(tiny_raw(tiny_scene)))
+    windows = windows_for(parse_config(tiny_run(tiny_scene)))
     assert windows.recipes is None
 
 
@@ -64,7 +50,7 @@ def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
                                       {"weights_dtype": "int2"}, {"zoom_context": True}])
 def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:
     with pytest.raises(SlidemapError, match=next(iter(training))):
-        parse_config(tiny_raw(tiny_scene, **training))
+        parse_config(tiny_run(tiny_scene, **training))
 
 
 def test_mixup_blends_pairs_into_soft_targets(tiny_scene: dict[str, Path]) -> None:
@@ -143,7 +129,7 @@ def halved_source(tile: np.ndarray, scene: np.ndarray) -> tuple[int, int] | None
 
 
 def test_zoom_context_reads_wider_ground_instead_of_a_border(tiny_scene: dict[str, Path]) -> None:
-    config = parse_config(tiny_raw(tiny_scene, augment=False, random_scale=[0.5, 0.5],
+    config = parse_config(tiny_run(tiny_scene, augment=False, random_scale=[0.5, 0.5],
                                    zoom_context=True))
     windows = windows_for(config)
     batch = next(iter(windows.epoch(1, 4)))
@@ -191,7 +177,7 @@ def test_hard_windows_skip_right_scenes_and_invalid_ground() -> None:
 
 
 def test_hard_examples_replace_part_of_the_uniform_windows(tiny_scene: dict[str, Path]) -> None:
-    config = parse_config(tiny_raw(tiny_scene, hard_examples=0.5, augment=False))
+    config = parse_config(tiny_run(tiny_scene, hard_examples=0.5, augment=False))
     windows = windows_for(config)
     recipes = windows.recipes
     assert isinstance(recipes, Recipes)
@@ -222,30 +208,9 @@ def history_losses(run: Path) -> list[str]:
         return [row["train_loss"] for row in csv.DictReader(handle)]
 
 
-def train_interrupted_then_resumed(config: RunConfig, run: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Train ``config`` into ``run``, stopped by an exception as epoch 2 starts, then resume."""
-
-    class Interrupted(Exception):
-        pass
-
-    real_epoch = RandomWindows.epoch
-
-    def interrupt_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
-        if number == 2:
-            raise Interrupted
-        return real_epoch(self, number, batch_size)
-
-    monkeypatch.setattr(RandomWindows, "epoch", interrupt_at_epoch_2)
-    with pytest.raises(Interrupted):
-        train(config, run)
-    monkeypatch.undo()
-    train(config, run, resume=True)
-
-
 def test_runs_with_recipes_are_deterministic_and_resumable(
         tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = parse_config(tiny_raw(tiny_scene, **ALL_RECIPES))
+    config = parse_config(tiny_run(tiny_scene, **ALL_RECIPES))
     train(config, tmp_path / "a")
     train(config, tmp_path / "b")
     train_interrupted_then_resumed(config, tmp_path / "c", monkeypatch)
