@@ -119,9 +119,10 @@ def tiny_run(scene: Mapping[str, Path], **training: object) -> dict:
 
 
 def write_config(path: Path, raw: Mapping[str, object]) -> Path:
-    """Write a config (or study) dict as YAML."""
+    """Write a config (or study) dict: JSON into a ``.json`` path (JSON is YAML), else YAML."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dict(raw)))
+    text = json.dumps(raw) if path.suffix == ".json" else yaml.safe_dump(dict(raw))
+    path.write_text(text)
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import write_raster
+from factories import TINY_TRAINING, run_config, write_config, write_raster
 
 from slidemap import api
 from slidemap.errors import SlidemapError
@@ -113,21 +112,13 @@ def test_explain_never_replaces_its_model_inside_out(
     assert digest(sidecar) == before
 
 
-def run_config(path: Path, scene: dict[str, Path], init: Path | None = None) -> Path:
-    raw = {
-        "data": {"train": [{k: str(v) for k, v in scene.items()}],
-                 "val": [{k: str(v) for k, v in scene.items()}]},
-        "inputs": {"image_bands": [1, 2, 3], "slope": True},
-        "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
-        "training": {"epochs": 2, "batch_size": 2, "tile": 32, "windows_per_epoch": 2,
-                     "precision": "fp32", "threads": 1, "lr": 0.01},
-        "predict": {"tile": 64, "overlap": 16},
-    }
+def config_file(path: Path, scene: dict[str, Path], init: Path | None = None) -> Path:
+    raw = run_config([scene], [scene], inputs={"image_bands": [1, 2, 3], "slope": True},
+                     training={**TINY_TRAINING, "epochs": 2, "windows_per_epoch": 2},
+                     predict={"tile": 64, "overlap": 16})
     if init is not None:
         raw["init"] = str(init)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(raw))
-    return path
+    return write_config(path, raw)
 
 
 def test_finetune_never_replaces_its_starting_model(
@@ -135,7 +126,7 @@ def test_finetune_never_replaces_its_starting_model(
     run = tmp_path / "run"
     start = model_into(run, "model", tiny_model)
     before = [digest(p) for p in model_paths(start)]
-    config = run_config(tmp_path / "site.yaml", tiny_scene)
+    config = config_file(tmp_path / "site.yaml", tiny_scene)
     code, err = run_cli("finetune", start, config, "--out", run, "--overwrite")
     one_error(code, err, start, "input")
     assert [digest(p) for p in model_paths(start)] == before
@@ -144,7 +135,7 @@ def test_finetune_never_replaces_its_starting_model(
 def test_train_never_replaces_its_config(tmp_path: Path, tiny_scene: dict[str, Path],
                                          run_cli) -> None:
     run = tmp_path / "run"
-    config = run_config(run / "summary.json", tiny_scene)  # JSON is YAML
+    config = config_file(run / "summary.json", tiny_scene)  # JSON is YAML
     before = digest(config)
     code, err = run_cli("train", config, "--out", run, "--overwrite")
     one_error(code, err, config, "input")
@@ -200,7 +191,7 @@ def test_a_failed_train_overwrite_keeps_the_earlier_set(
     from slidemap.train import loop
     from slidemap.train.config import load_config
 
-    config = load_config(run_config(tmp_path / "run.yaml", tiny_scene))
+    config = load_config(config_file(tmp_path / "run.yaml", tiny_scene))
     run = tmp_path / "run"
     loop.train(config, run)
     published = ("model.safetensors", "model.json", "summary.json")
@@ -302,7 +293,7 @@ def test_two_trainings_into_one_run_folder_cannot_interleave(
     from slidemap.train.config import load_config
     from slidemap.train.finetune import train_run
 
-    config = load_config(run_config(tmp_path / "run.yaml", tiny_scene))
+    config = load_config(config_file(tmp_path / "run.yaml", tiny_scene))
     run = tmp_path / "run"
     with folder_lock(run, "run folder"):  # another run is writing there
         with pytest.raises(SlidemapError, match="another slidemap run"):

@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from factories import REPO, run_config, tiny_bundle, write_raster
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
@@ -40,10 +41,8 @@ from safetensors.torch import load_file
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
-from slidemap.io.modelfile import ModelBundle, load_model, save_model
-from slidemap.models import build_model
+from slidemap.io.modelfile import load_model, save_model
 
-REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "NO_COLOR": "1",
        "COLUMNS": "400", "PYTHONPATH": str(REPO / "src")}
 ALWAYS_EXEC = os.environ.get("SLIDEMAP_TEST_EXEC") == "1"
@@ -186,13 +185,8 @@ def assert_ok(result: Result) -> None:
 
 def write_tif(path: Path, array: np.ndarray, nodata: float | None = None,
               crs: str | None = "EPSG:32647", transform=TRANSFORM, **creation: object) -> Path:
-    data = array[None] if array.ndim == 2 else array
-    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1],
-               "width": data.shape[2], "dtype": data.dtype.name, "transform": transform,
-               "nodata": nodata, "crs": crs, **creation}
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(data)
-    return path
+    """A raster on this file's grid (``nodata`` comes third, as the scene builder reads)."""
+    return write_raster(path, array, crs, transform, nodata, **creation)
 
 
 def sha256(path: Path) -> str:
@@ -281,11 +275,9 @@ def reproject_copy(src_path: Path, dst_path: Path, crs: str) -> Path:
 
 
 def make_models(root: Path) -> SimpleNamespace:
-    torch.manual_seed(0)
     spec = InputSpec(image_bands=(1, 2, 3), dem=True, slope=True, resolution_m=None)
-    bundle = ModelBundle(model=build_model("unet", 5, width=4, depth=2), architecture="unet",
-                         width=4, options={"depth": 2}, inputs=spec,
-                         mean=[80.0, 80.0, 80.0, 3015.0, 15.0], std=[50.0] * 3 + [10.0, 10.0])
+    bundle = tiny_bundle(spec, mean=[80.0, 80.0, 80.0, 3015.0, 15.0],
+                         std=[50.0] * 3 + [10.0, 10.0])
     m = SimpleNamespace(bundle=bundle)
     m.good = save_model(bundle, root / "model")
     sidecar = json.loads(m.good.with_suffix(".json").read_text())
@@ -318,18 +310,14 @@ def make_models(root: Path) -> SimpleNamespace:
 
 
 def config_text(s: SimpleNamespace, epochs: int = 2, **changes: object) -> str:
-    scene = {"image": str(s.image), "dem": str(s.dem), "mask": str(s.mask)}
-    raw: dict = {
-        "name": "tiny",
-        "data": {"train": [scene], "val": [scene]},
-        "inputs": {"image_bands": [1, 2, 3], "dem": True, "slope": True, "resolution_m": None},
-        "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
-        "loss": {"bce": 1.0, "dice": 1.0},
-        "training": {"epochs": epochs, "batch_size": 2, "tile": 32, "windows_per_epoch": 4,
-                     "lr": 0.01, "min_valid": 0.25, "precision": "fp32", "threads": 1,
-                     "seed": 0},
-        "predict": {"tile": 64, "overlap": 16, "batch_size": 4},
-    }
+    scene = {"image": s.image, "dem": s.dem, "mask": s.mask}
+    raw = run_config(
+        [scene], [scene], name="tiny",
+        inputs={"image_bands": [1, 2, 3], "dem": True, "slope": True, "resolution_m": None},
+        loss={"bce": 1.0, "dice": 1.0},
+        training={"epochs": epochs, "batch_size": 2, "tile": 32, "windows_per_epoch": 4,
+                  "lr": 0.01, "min_valid": 0.25, "precision": "fp32", "threads": 1, "seed": 0},
+        predict={"tile": 64, "overlap": 16, "batch_size": 4})
     for dotted, value in changes.items():
         *parents, key = dotted.split("__")
         node = raw

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from factories import SHARED_DATA
 from PIL import Image
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
@@ -16,7 +17,6 @@ from rasterio.errors import NotGeoreferencedWarning
 from slidemap.data.patches import BijieFolder, PatchFolder, open_patch_dataset, read_mask
 from slidemap.errors import SlidemapError
 
-SHARED = Path(__file__).parents[2] / ".." / "shared" / "data"
 RNG = np.random.default_rng(0)
 
 
@@ -222,7 +222,7 @@ def test_open_patch_dataset_detects_the_layout(tmp_path: Path) -> None:
 
 
 def test_shared_nepal_patches() -> None:
-    root = SHARED / "nepal"
+    root = SHARED_DATA / "nepal"
     if not root.is_dir():
         pytest.skip(f"shared data absent: {root} (a fresh clone has no ../shared/data)")
     ds = open_patch_dataset(root)

@@ -11,7 +11,9 @@ import pytest
 import rasterio
 import shapely
 import yaml
+from factories import TINY_TRAINING, UTM47, run_config, write_config, write_raster
 from rasterio.features import shapes
+from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
@@ -20,14 +22,12 @@ from slidemap.data.vectors import is_vector
 from slidemap.data.windows import grid_windows
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import load_model
+from slidemap.train import newsite
 from slidemap.train.config import load_config, parse_config
 from slidemap.train.loop import train
 
-UTM47 = "EPSG:32647"
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".shp": "ESRI Shapefile"}
-TRAINING = {"epochs": 1, "batch_size": 2, "tile": 32, "windows_per_epoch": 4, "threads": 1,
-            "precision": "fp32", "lr": 0.01, "seed": 3}
-TINY = {"name": "unet", "width": 4, "options": {"depth": 2}}
+TRAINING = {**TINY_TRAINING, "seed": 3}
 
 
 def polygonise(mask: Path, values: tuple[int, ...]) -> list[shapely.Geometry]:
@@ -115,11 +115,8 @@ def test_an_aoi_also_restricts_a_label_raster(tiny_scene: dict, tmp_path: Path) 
 
 
 def scene_config(tmp_path: Path, name: str, scene: dict) -> Path:
-    raw = {"data": {"train": [{k: str(v) for k, v in scene.items()}]}, "model": TINY,
-           "inputs": {"image_bands": [1, 2, 3]}, "training": TRAINING}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_config(tmp_path / f"{name}.yaml", run_config(
+        [scene], inputs={"image_bands": [1, 2, 3]}, training=TRAINING))
 
 
 def test_training_from_polygons_gives_the_model_of_the_label_raster(
@@ -194,11 +191,6 @@ def test_bad_label_files_are_one_line_errors(tiny_scene: dict, tmp_path: Path) -
 
 def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from factories import write_raster
-    from rasterio.transform import from_origin
-
-    from slidemap.train import newsite
-
     monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
     rng = np.random.default_rng(1)
     image = rng.integers(40, 90, size=(3, 64, 64)).astype(np.uint8)

@@ -14,7 +14,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from factories import write_raster
+from factories import REPO, write_raster
 from rasterio.transform import from_origin
 
 from slidemap import api
@@ -23,7 +23,6 @@ from slidemap.infer.predict import PredictOptions
 from slidemap.infer.stream import HELPER_NICENESS, helper_pool
 from slidemap.infer.vectorize import build_inventory, write_inventory
 
-REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 FP32 = PredictOptions(tile=48, overlap=16, batch_size=3, precision="fp32")
 

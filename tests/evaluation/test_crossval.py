@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from factories import write_raster
+from factories import TINY_PREDICT, run_config, write_config, write_scene
 
 from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError
@@ -26,7 +26,7 @@ SIDE = 80
 TILE = 16
 
 
-def synthetic_scene(root: Path, name: str, seed: int) -> dict[str, str]:
+def synthetic_scene(root: Path, name: str, seed: int) -> dict[str, Path]:
     """An RGB + DSM scene with bright 'landslide' squares and a nodata strip on the left."""
     rng = np.random.default_rng(seed)
     image = rng.integers(40, 90, size=(3, SIDE, SIDE)).astype(np.uint8)
@@ -38,23 +38,16 @@ def synthetic_scene(root: Path, name: str, seed: int) -> dict[str, str]:
     labels[:, :6] = 255
     rows, cols = np.mgrid[0:SIDE, 0:SIDE]
     dsm = (1000.0 * seed + 0.3 * cols + 0.2 * rows).astype(np.float32)
-    return {"image": str(write_raster(root / f"{name}.tif", image, nodata=0)),
-            "dem": str(write_raster(root / f"{name}_dsm.tif", dsm, nodata=float("nan"))),
-            "mask": str(write_raster(root / f"{name}_mask.tif", labels, nodata=255))}
+    return write_scene(root, name, image, dsm, labels)
 
 
 def protocol_config(tmp_path: Path, name: str = "candidate", **inputs: object) -> Path:
     scenes = [synthetic_scene(tmp_path, "east", 1), synthetic_scene(tmp_path, "west", 2)]
-    raw = {"name": name, "data": {"train": scenes},
-           "inputs": {"image_bands": [1, 2, 3], "slope": True, **inputs},
-           "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
-           "training": {"epochs": 1, "batch_size": 4, "tile": TILE, "windows_per_epoch": 8,
-                        "precision": "fp32", "augment": False, "min_valid": 0.1},
-           "predict": {"tile": 32, "overlap": 8, "batch_size": 4},
-           "crossval": {"blocks": [2, 2], "folds": 2, "seeds": [0, 1]}}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_config(tmp_path / f"{name}.yaml", run_config(
+        scenes, name=name, inputs={"image_bands": [1, 2, 3], "slope": True, **inputs},
+        training={"epochs": 1, "batch_size": 4, "tile": TILE, "windows_per_epoch": 8,
+                  "precision": "fp32", "augment": False, "min_valid": 0.1},
+        predict=TINY_PREDICT, crossval={"blocks": [2, 2], "folds": 2, "seeds": [0, 1]}))
 
 
 def test_no_fold_trains_on_ground_it_scores_or_its_buffer(tmp_path: Path,

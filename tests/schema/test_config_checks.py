@@ -9,22 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
+from factories import run_config, write_config
 
 from slidemap.errors import SlidemapError
 from slidemap.train.config import load_config, with_seed
 
 
-def write_config(tmp_path: Path, scene: dict[str, Path], **training: object) -> Path:
-    raw = {
-        "data": {"train": [{k: str(v) for k, v in scene.items()}]},
-        "inputs": {"image_bands": [1, 2, 3], "slope": True},
-        "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
-        "training": {"epochs": 1, "batch_size": 2, "tile": 64, "windows_per_epoch": 2,
-                     "precision": "fp32", **training},
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(json.dumps(raw))
-    return path
+def scene_config(tmp_path: Path, scene: dict[str, Path], **training: object) -> Path:
+    return write_config(tmp_path / "run.yaml", run_config(
+        [scene], inputs={"image_bands": [1, 2, 3], "slope": True},
+        training={"epochs": 1, "batch_size": 2, "tile": 64, "windows_per_epoch": 2,
+                  "precision": "fp32", **training}))
 
 
 BOMB = """\
@@ -90,7 +85,7 @@ def test_a_few_aliases_still_work(tmp_path: Path, tiny_scene: dict[str, Path]) -
 ])
 def test_training_settings_out_of_range_fail_at_load(tmp_path: Path, tiny_scene: dict[str, Path],
                                                      key: str, value: object) -> None:
-    path = write_config(tmp_path, tiny_scene, **{key: value})
+    path = scene_config(tmp_path, tiny_scene, **{key: value})
     with pytest.raises(SlidemapError, match=f"training.{key}|setting '{key}'") as caught:
         load_config(path)
     assert "\n" not in str(caught.value)
@@ -98,7 +93,7 @@ def test_training_settings_out_of_range_fail_at_load(tmp_path: Path, tiny_scene:
 
 def test_a_seed_from_the_command_line_is_checked_too(tmp_path: Path,
                                                     tiny_scene: dict[str, Path]) -> None:
-    config = load_config(write_config(tmp_path, tiny_scene))
+    config = load_config(scene_config(tmp_path, tiny_scene))
     with pytest.raises(SlidemapError, match=r"training\.seed"):
         with_seed(config, -1)
     assert with_seed(config, 7).train.seed == 7
@@ -108,7 +103,7 @@ def test_train_with_a_bad_setting_fails_before_data_loads(
         tmp_path: Path, tiny_scene: dict[str, Path], run_cli) -> None:
     """The image does not exist: the bad seed must be what the user hears about first."""
     scene = {**tiny_scene, "image": tmp_path / "not-read-yet.tif"}
-    path = write_config(tmp_path, scene, seed=-1)
+    path = scene_config(tmp_path, scene, seed=-1)
     code, err = run_cli("train", path, "--out", tmp_path / "run")
     assert code == 1 and "training.seed" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
