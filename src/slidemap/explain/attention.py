@@ -49,7 +49,8 @@ def collect_attention(model: nn.Module, image: torch.Tensor | np.ndarray) -> Att
         if first.shape[-2:] == (1, 1):
             result.channel[name] = first.flatten().cpu().numpy()
             continue
-        spatial = upsample_crop(first.mean(dim=1, keepdim=True), tuple(batch.shape[-2:]), size)
+        spatial = upsample_crop(first.mean(dim=1, keepdim=True), (batch.shape[-2], batch.shape[-1]),
+                                size)
         result.spatial[name] = _unit_range(spatial[0, 0]).cpu().numpy().astype(np.float32)
     return result
 

@@ -229,7 +229,7 @@ def grad_cam(
             raise SlidemapError(f"layer {layer!r} does not feed the landslide logits")
     weights = gradient.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
-    heat = upsample_crop(cam, tuple(batch.shape[-2:]), size)[0, 0]
+    heat = upsample_crop(cam, (batch.shape[-2], batch.shape[-1]), size)[0, 0]
     peak = heat.max()
     if peak > 0:
         heat = heat / peak
