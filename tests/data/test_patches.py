@@ -221,6 +221,7 @@ def test_open_patch_dataset_detects_the_layout(tmp_path: Path) -> None:
         open_patch_dataset(tmp_path / "missing")
 
 
+@pytest.mark.slow  # reads the real ../shared/data
 def test_shared_nepal_patches() -> None:
     root = SHARED_DATA / "nepal"
     if not root.is_dir():

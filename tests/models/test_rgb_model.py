@@ -92,6 +92,7 @@ def test_the_shipped_rgb_model_is_a_small_rgb_only_file() -> None:
         assert site in trained_on
 
 
+@pytest.mark.slow  # reads the real ../shared/data
 @pytest.mark.skipif(not (SHARED_DATA / "jinsha").exists(), reason="../shared/data is not here")
 def test_shipped_rgb_model_maps_a_crop_without_a_dem(tmp_path) -> None:
     source = SHARED_DATA / "jinsha" / "region_A_image.tif"

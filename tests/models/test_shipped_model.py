@@ -25,6 +25,7 @@ def test_the_default_model_is_two_fusion_networks_in_a_small_file() -> None:
     assert api.default_model_path().stat().st_size < 8 * 2**20  # shipped weights stay small
 
 
+@pytest.mark.slow  # maps a whole real Jinsha scene
 @pytest.mark.skipif(not JINSHA.exists(), reason="../shared/data/jinsha is not here")
 @pytest.mark.parametrize("model", [api.DEFAULT_MODEL, FAST_MODEL], ids=["default", "fast"])
 def test_shipped_model_maps_a_jinsha_scene(model, tmp_path) -> None:
