@@ -199,6 +199,7 @@ def test_geojson_alone_leaves_no_geopackage_behind(tiny_scene, tiny_model, tmp_p
     assert "area_m2" in pyogrio.read_info(out / "scene_landslides.geojson")["fields"]
 
 
+@pytest.mark.slow  # two training processes: 12 s of CPU
 def test_two_process_ddp_training_writes_one_model(tiny_scene, tmp_path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({

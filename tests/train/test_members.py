@@ -80,6 +80,7 @@ def test_files_without_a_member_count_hold_one_network(tiny_model: Path) -> None
     assert load_model(tiny_model).members == 1
 
 
+@pytest.mark.slow  # trains two members: 12 s of CPU
 def test_training_members_trains_one_seed_each_and_saves_their_ensemble(
         tiny_scene: dict, tmp_path: Path) -> None:
     raw = tiny_run(tiny_scene, epochs=1, members=2, threads=1, seed=3)
