@@ -14,7 +14,9 @@ import rasterio
 import torch
 import yaml
 from PIL import Image
+from rasterio.enums import Resampling
 from rasterio.transform import Affine, from_origin
+from rasterio.warp import calculate_default_transform, reproject
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import RandomWindows
@@ -61,6 +63,21 @@ def write_scene(root: Path, name: str, image: np.ndarray, dsm: np.ndarray, label
     return {"image": write_raster(root / f"{name}.tif", image, nodata=0),
             "dem": write_raster(root / f"{name}_dsm.tif", dsm, nodata=float("nan")),
             "mask": write_raster(root / f"{name}_mask.tif", labels, nodata=255)}
+
+
+def reproject_raster(src_path: Path, dst_path: Path, crs: str, scale: float = 1.0) -> Path:
+    """Write band 1 of ``src_path`` (a DEM) as float32 in ``crs``, at ``scale`` × its pixels per
+    side, NaN where it has no data."""
+    with rasterio.open(src_path) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, crs, src.width, src.height, *src.bounds)
+        width, height = int(width * scale), int(height * scale)
+        transform = transform @ transform.scale(1 / scale, 1 / scale)
+        data = np.full((height, width), np.nan, dtype=np.float32)
+        reproject(src.read(1), data, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=transform, dst_crs=crs, resampling=Resampling.bilinear,
+                  src_nodata=np.nan, dst_nodata=np.nan)
+    return write_raster(dst_path, data, crs=crs, transform=transform, nodata=float("nan"))
 
 
 # -- model files ----------------------------------------------------------------------------------

@@ -33,10 +33,9 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from factories import REPO, run_config, tiny_bundle, write_raster
+from factories import REPO, reproject_raster, run_config, tiny_bundle, write_raster
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
-from rasterio.warp import Resampling, calculate_default_transform, reproject
 from safetensors.torch import load_file
 
 from slidemap.data.channels import InputSpec
@@ -244,7 +243,7 @@ def make_scene(root: Path) -> SimpleNamespace:
     far = TRANSFORM @ rasterio.Affine.translation(200_000, 0)  # 100 km east
     s.dem_far = write_tif(root / "dsm_far.tif", dsm, float("nan"), transform=far)
     s.mask_far = write_tif(root / "mask_far.tif", labels, 255, transform=far)
-    s.dem_4326 = reproject_copy(s.dem, root / "dsm_4326.tif", "EPSG:4326")
+    s.dem_4326 = reproject_raster(s.dem, root / "dsm_4326.tif", "EPSG:4326")
     s.corrupt = root / "corrupt.tif"
     s.corrupt.write_bytes(rng.bytes(6000))
     s.image_trunc = truncated_copy(s.image, root / "image_truncated.tif")
@@ -260,18 +259,6 @@ def truncated_copy(src: Path, dst: Path) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: len(data) // 2])
     return dst
-
-
-def reproject_copy(src_path: Path, dst_path: Path, crs: str) -> Path:
-    with rasterio.open(src_path) as src:
-        transform, width, height = calculate_default_transform(
-            src.crs, crs, src.width, src.height, *src.bounds)
-        profile = {**src.profile, "crs": crs, "transform": transform, "width": width,
-                   "height": height}
-        with rasterio.open(dst_path, "w", **profile) as dst:
-            reproject(rasterio.band(src, 1), rasterio.band(dst, 1), dst_nodata=np.nan,
-                      resampling=Resampling.bilinear)
-    return dst_path
 
 
 def make_models(root: Path) -> SimpleNamespace:

@@ -1,12 +1,10 @@
 """The data layer: DEM alignment across CRS and resolution, nodata, labels, windows."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from factories import write_raster
-from rasterio.warp import Resampling, calculate_default_transform, reproject
+from factories import reproject_raster, write_raster
 from rasterio.windows import Window
 
 from slidemap.data.scene import Scene
@@ -14,24 +12,10 @@ from slidemap.data.windows import context_window, grid_windows, random_windows
 from slidemap.errors import SlidemapError
 
 
-def reproject_file(src_path: Path, dst_path: Path, crs: str, scale: float = 1.0) -> Path:
-    """Write ``src_path`` reprojected into ``crs`` at ``scale`` × its pixel count per side."""
-    with rasterio.open(src_path) as src:
-        transform, width, height = calculate_default_transform(
-            src.crs, crs, src.width, src.height, *src.bounds)
-        width, height = int(width * scale), int(height * scale)
-        transform = transform @ transform.scale(1 / scale, 1 / scale)
-        data = np.full((height, width), np.nan, dtype=np.float32)
-        reproject(src.read(1), data, src_transform=src.transform, src_crs=src.crs,
-                  dst_transform=transform, dst_crs=crs, resampling=Resampling.bilinear,
-                  src_nodata=np.nan, dst_nodata=np.nan)
-    return write_raster(dst_path, data, crs=crs, transform=transform, nodata=float("nan"))
-
-
 @pytest.mark.parametrize(("crs", "scale"), [("EPSG:4326", 0.7), ("EPSG:32647", 0.5),
                                             ("EPSG:3857", 1.3)])
 def test_dem_in_another_crs_lands_on_the_image_grid(tiny_scene, tmp_path, crs, scale) -> None:
-    other = reproject_file(tiny_scene["dem"], tmp_path / "dem_other.tif", crs, scale)
+    other = reproject_raster(tiny_scene["dem"], tmp_path / "dem_other.tif", crs, scale)
     with rasterio.open(tiny_scene["dem"]) as ds:
         truth = ds.read(1)
     with Scene(tiny_scene["image"], dem=other) as scene:

@@ -8,14 +8,13 @@ import numpy as np
 import pyogrio.raw
 import pytest
 import shapely
-from factories import write_raster
+from factories import ORIGIN, write_raster
 from rasterio.transform import from_origin
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.infer.suggest import binary_entropy, suggest_boxes, write_boxes
 
-ORIGIN = (469200.0, 3446200.0)
 BOX = 32
 
 
