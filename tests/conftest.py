@@ -9,31 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
-from rasterio.transform import from_origin
+from factories import tiny_bundle, write_scene
+
+from slidemap.io.modelfile import save_model
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
-
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-UTM47 = "EPSG:32647"
-
-
-def write_raster(path: Path, array: np.ndarray, crs: str | None = UTM47,
-                 transform=None, nodata=None) -> Path:
-    """Write a (C, H, W) or (H, W) array as a GeoTIFF on a 0.5 m UTM grid by default."""
-    data = array[None] if array.ndim == 2 else array
-    transform = transform or from_origin(469200.0, 3446200.0, 0.5, 0.5)
-    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1],
-               "width": data.shape[2], "dtype": data.dtype.name, "transform": transform,
-               "nodata": nodata}
-    if crs is not None:
-        profile["crs"] = crs
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(data)
-    return path
-
 
 @pytest.fixture
 def tiny_scene(tmp_path: Path) -> dict[str, Path]:
@@ -51,41 +33,13 @@ def tiny_scene(tmp_path: Path) -> dict[str, Path]:
     rows, cols = np.mgrid[0:96, 0:96]
     dsm = (3000.0 + 0.25 * cols + 0.1 * rows).astype(np.float32)
     dsm[:, :8] = np.nan
-    return {
-        "image": write_raster(tmp_path / "scene.tif", image, nodata=0),
-        "dem": write_raster(tmp_path / "scene_dsm.tif", dsm, nodata=float("nan")),
-        "mask": write_raster(tmp_path / "scene_mask.tif", labels, nodata=255),
-    }
-
-
-def rewrite_sidecar(model: Path, **values: object) -> None:
-    """Set keys of a model file's sidecar JSON; a value of None removes the key."""
-    import json
-
-    from slidemap.io.modelfile import model_paths
-
-    sidecar = model_paths(model)[1]
-    config = json.loads(sidecar.read_text())
-    for key, value in values.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    sidecar.write_text(json.dumps(config))
+    return write_scene(tmp_path, "scene", image, dsm, labels)
 
 
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     """An untrained width-4 U-Net on RGB + slope at native resolution, saved as a model file."""
-    from slidemap.data.channels import InputSpec
-    from slidemap.io.modelfile import ModelBundle, save_model
-    from slidemap.models import build_model
-
-    torch.manual_seed(0)
-    spec = InputSpec(image_bands=(1, 2, 3), slope=True)
-    bundle = ModelBundle(model=build_model("unet", 4, width=4, depth=2), architecture="unet",
-                         width=4, options={"depth": 2}, inputs=spec,
-                         mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0])
+    bundle = tiny_bundle(mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0])
     return save_model(bundle, tmp_path / "models" / "tiny")
 
 

@@ -20,8 +20,8 @@ def mixup(
     batch: dict[str, Tensor],
     alpha: float = 0.4,
     generator: np.random.Generator | None = None,
-    lam: float | Sequence[float] | Tensor | None = None,
-    index: Sequence[int] | Tensor | None = None,
+    lam: float | Sequence[float] | np.ndarray | Tensor | None = None,
+    index: Sequence[int] | np.ndarray | Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Mix each sample with a partner: ``λ·a + (1-λ)·b`` for ``x`` and ``target``.
 
@@ -36,14 +36,16 @@ def mixup(
             raise SlidemapError(f"mixup needs batch key {key!r}; got {', '.join(sorted(batch))}")
     x, target, valid = batch["x"], batch["target"], batch["valid"]
     n = x.shape[0]
-    if (lam is None or index is None) and generator is None:
-        raise SlidemapError("mixup needs a numpy generator unless both lam and index are given")
-    if index is None:
-        index = generator.permutation(n)
-    if lam is None:
-        if alpha <= 0:
-            raise SlidemapError(f"mixup alpha must be > 0, got {alpha}")
-        lam = generator.beta(alpha, alpha, size=n)
+    if lam is None or index is None:
+        if generator is None:
+            raise SlidemapError("mixup needs a numpy generator unless both lam and index are "
+                                "given")
+        if index is None:
+            index = generator.permutation(n)
+        if lam is None:
+            if alpha <= 0:
+                raise SlidemapError(f"mixup alpha must be > 0, got {alpha}")
+            lam = generator.beta(alpha, alpha, size=n)
 
     idx = torch.as_tensor(index, dtype=torch.long, device=x.device)
     if idx.shape != (n,):

@@ -92,7 +92,8 @@ class PolygonLayer:
         if not np.isfinite(bounds).all():
             return None
         if self.layer_crs == self.crs:
-            return tuple(float(b) for b in bounds)
+            west, south, east, north = (float(b) for b in bounds)
+            return west, south, east, north
         return transform_bounds(self.layer_crs, self.crs, *bounds, densify_pts=DENSIFY)
 
     def geometries(self, bounds: tuple[float, float, float, float]) -> np.ndarray:

@@ -206,11 +206,11 @@ def check_outputs(paths: Iterable[Path], inputs: Iterable[Path | None],
     as the same file on disk (hard links, bind mounts). ``option`` names where the user chose
     the outputs.
     """
-    inputs = [Path(p) for p in inputs if p is not None]
-    resolved_inputs = {resolved(p) for p in inputs}
+    read = [Path(p) for p in inputs if p is not None]
+    resolved_inputs = {resolved(p) for p in read}
     for path in paths:
         path = Path(path)
-        if resolved(path) in resolved_inputs or any(_same_file(path, p) for p in inputs):
+        if resolved(path) in resolved_inputs or any(_same_file(path, p) for p in read):
             raise SlidemapError(f"output {path} would overwrite an input: choose another "
                                 f"{option}")
         if path.is_symlink() and not path.exists():

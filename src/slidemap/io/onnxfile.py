@@ -21,6 +21,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -79,7 +80,7 @@ def pad_to_stride(x: np.ndarray, stride: int) -> np.ndarray:
     ph, pw = (-h) % stride, (-w) % stride
     if not (ph or pw):
         return x
-    mode = "reflect" if ph < h and pw < w else "edge"
+    mode: Literal["reflect", "edge"] = "reflect" if ph < h and pw < w else "edge"
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 
@@ -96,7 +97,8 @@ def onnx_path_for(model_path: Path) -> Path:
 def export_onnx(bundle: ModelBundle, out: Path, overwrite: bool = True) -> Path:
     """Export ``bundle`` to ``out`` and check ONNX Runtime against torch fp32 on two sizes;
     without ``overwrite`` an existing ``out`` is never replaced."""
-    model = bundle.model.eval().to(memory_format=torch.contiguous_format)
+    # torch's type stubs of Module.to omit memory_format, which it takes
+    model = bundle.model.eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     stride = model_stride(model)
     channels = len(bundle.inputs.channels)
     graph = _Graph(model).eval()
@@ -106,7 +108,8 @@ def export_onnx(bundle: ModelBundle, out: Path, overwrite: bool = True) -> Path:
         with warnings.catch_warnings(), _native_output_silenced():  # deprecation, trace notes
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                graph, (example,), buffer, dynamo=False, opset_version=OPSET,
+                graph, (example,), buffer,  # type: ignore[arg-type]  # stubs: paths only
+                dynamo=False, opset_version=OPSET,
                 input_names=["x"], output_names=["prob"],
                 dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"},
                               "prob": {0: "batch", 2: "height", 3: "width"}})

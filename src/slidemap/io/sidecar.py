@@ -41,7 +41,7 @@ def check_threshold(value: object) -> float:
     return float(value)
 
 
-def check_scales(value: object) -> tuple[float, ...]:
+def check_scales(value: Any) -> tuple[float, ...]:
     """Prediction scales as a tuple: a non-empty list of distinct numbers within SCALE_RANGE."""
     low, high = SCALE_RANGE
     ok = isinstance(value, list | tuple) and 0 < len(value) <= 16 and all(
@@ -64,13 +64,15 @@ def _whole(key: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def _positive(key: str, value: Any, high: float, optional: bool = False) -> float | None:
-    if value is None and optional:
-        return None
+def _positive(key: str, value: Any, high: float, or_null: str = "") -> float:
     if not _number(value) or not 0 < value <= high:
-        raise ValueError(f"{key} must be a number above 0 and at most {high:g}"
-                         f"{' or null' if optional else ''}, not {value!r:.60}")
+        raise ValueError(f"{key} must be a number above 0 and at most {high:g}{or_null}, "
+                         f"not {value!r:.60}")
     return float(value)
+
+
+def _positive_or_null(key: str, value: Any, high: float) -> float | None:
+    return None if value is None else _positive(key, value, high, " or null")
 
 
 def _probability(key: str, value: Any) -> float:
@@ -99,17 +101,17 @@ def _inputs(raw: Any) -> dict:
         raise ValueError(f"inputs.optical must be one of {', '.join(OPTICAL_MODES)}")
     return {"image_bands": list(bands), "dem": raw.get("dem", False),
             "slope": raw.get("slope", False),
-            "resolution_m": _positive("inputs.resolution_m", raw.get("resolution_m"), 1e5, True),
+            "resolution_m": _positive_or_null("inputs.resolution_m", raw.get("resolution_m"), 1e5),
             "scale": _positive("inputs.scale", raw.get("scale", 1.0), 64.0),
             "optical": optical, "relief_m": _relief_radii(raw.get("relief_m")),
             "curvature": raw.get("curvature", False),
-            "roughness_m": _positive("inputs.roughness_m", raw.get("roughness_m"), 1e5, True)}
+            "roughness_m": _positive_or_null("inputs.roughness_m", raw.get("roughness_m"), 1e5)}
 
 
 def _relief_radii(value: Any) -> float | list[float] | None:
     """``inputs.relief_m``: null, one radius in metres, or a short list of radii."""
     if not isinstance(value, list):
-        return _positive("inputs.relief_m", value, 1e5, True)
+        return _positive_or_null("inputs.relief_m", value, 1e5)
     if not 0 < len(value) <= MAX_RELIEF_RADII:
         raise ValueError(f"inputs.relief_m must list 1 to {MAX_RELIEF_RADII} radii, not "
                          f"{len(value)}")

@@ -17,7 +17,7 @@ import shapely
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
-from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+from pystac.extensions.raster import DataType, NoDataStrings, RasterBand, RasterExtension
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
@@ -174,7 +174,7 @@ _TITLES = {"prob": "landslide probability", "mask": "landslide mask",
 def _raster_band(asset: pystac.Asset, dtype: str, nodata: float | None,
                  scale: float | None) -> None:
     band = RasterBand.create(data_type=DataType(dtype), nodata=nodata if nodata is not None
-                             else "nan", scale=scale, offset=0.0 if scale else None)
+                             else NoDataStrings.NAN, scale=scale, offset=0.0 if scale else None)
     RasterExtension.ext(asset).bands = [band]
 
 

@@ -11,13 +11,14 @@ import contextlib
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import shapely
+from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -38,7 +39,6 @@ from slidemap.report.plots import new_figure
 
 MAP_SIDE = 1200
 OUTLINE = "#ffe000"
-NODATA_PATCH = {"facecolor": "#d0d0d0", "edgecolor": "#707070", "hatch": "////"}
 WGS84 = "EPSG:4326"
 NICE_STEPS = (1, 2, 5)
 
@@ -177,7 +177,8 @@ def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: st
     _north_arrow(ax, grid)
     handles = [Line2D([], [], color=OUTLINE, linewidth=2.5,
                       label="mapped landslide; number = rank by area (table)"),
-               Patch(label="no data: not mapped", **NODATA_PATCH)]
+               Patch(label="no data: not mapped", facecolor="#d0d0d0",
+                     edgecolor="#707070", hatch="////")]
     figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small",
                   frameon=False, title=f"{title} · {backdrop}", title_fontsize="small")
     return figure
@@ -189,7 +190,9 @@ def _placed(labels: list[tuple[int, float, float]], spacing: float,
     """Ranks, their points, and where to write each number so that no two overlap: on the
     point when it is free, else on the nearest free spot of rings around it."""
     left, right, bottom, top = extent
-    ranks, points, spots = [], [], []
+    ranks: list[int] = []
+    points: list[tuple[float, float]] = []
+    spots: list[tuple[float, float]] = []
     for rank, x, y in labels:
         candidates = [(x, y)] + [
             (x + ring * spacing * math.cos(a), y + ring * spacing * math.sin(a))
@@ -221,7 +224,8 @@ def linear_unit(crs: CRS) -> str:
     return "m" if unit.lower() in ("metre", "meter", "m") else unit
 
 
-def lonlat(crs: CRS | None, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def lonlat(crs: CRS | None, xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Longitude and latitude (WGS 84) of points in ``crs``; NaN without a CRS."""
     if crs is None or not len(xs):
         return np.full(len(xs), np.nan), np.full(len(ys), np.nan)
@@ -229,7 +233,7 @@ def lonlat(crs: CRS | None, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray,
     return np.asarray(lon), np.asarray(lat)
 
 
-def _coordinates(ax: object, crs: CRS | None) -> None:
+def _coordinates(ax: Axes, crs: CRS | None) -> None:
     if crs is not None and crs.is_geographic:
         names, fmt = ("longitude (°)", "latitude (°)"), "{:.4f}"
     elif crs is not None:
@@ -266,7 +270,7 @@ def nice_length(metres: float) -> float:
     return max(step * power for step in NICE_STEPS if step * power <= metres)
 
 
-def _scale_bar(ax: object, grid: MapGrid) -> None:
+def _scale_bar(ax: Axes, grid: MapGrid) -> None:
     per_unit = _metres_per_unit(grid)
     if per_unit is None:
         return
@@ -280,7 +284,7 @@ def _scale_bar(ax: object, grid: MapGrid) -> None:
     ax.add_artist(bar)
 
 
-def _north_arrow(ax: object, grid: MapGrid) -> None:
+def _north_arrow(ax: Axes, grid: MapGrid) -> None:
     """An arrow to true north (grid north differs from it away from a projection's centre)."""
     if grid.crs is None:
         return

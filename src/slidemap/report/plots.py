@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import AutoLocator, FuncFormatter
 from rasterio.windows import Window
 
 from slidemap.data.scene import IGNORE, Scene
@@ -187,7 +187,8 @@ def errors_figure(errors: np.ndarray, title: str = "") -> Figure:
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize="medium")
-    handles = [Patch(color=np.array(c) / 255, label=n) for n, c in ERROR_COLOURS.items()]
+    handles = [Patch(color=(r / 255, g / 255, b / 255), label=n)
+               for n, (r, g, b) in ERROR_COLOURS.items()]
     handles.append(Patch(color=(0.25, 0.25, 0.25), label="not scored (darkened)"))
     figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small",
                   frameon=False)
@@ -227,7 +228,9 @@ def size_histogram_figure(areas: np.ndarray, pixel_area_m2: float | None = None)
         figure.legend(handles=lines, fontsize="small", loc="outside lower center", ncols=2,
                       frameon=False)
         ax.set_ylim(0, max(counts.max() * 1.1, 1))
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        whole_counts = AutoLocator()  # the default y locator, on whole numbers only
+        whole_counts.set_params(integer=True)
+        ax.yaxis.set_major_locator(whole_counts)
     else:
         ax.text(0.5, 0.5, "no landslide mapped", ha="center", va="center",
                 transform=ax.transAxes)

@@ -17,6 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class Provenance:
 
 def from_tags(tags: dict[str, str]) -> Provenance:
     """The provenance fields found among ``tags`` (values that do not parse are skipped)."""
-    found: dict[str, object] = {}
+    found: dict[str, Any] = {}  # keyword arguments of Provenance
     for field, names in TAG_NAMES.items():
         value = next((tags[n] for n in names if tags.get(n)), None)
         if value is None:
@@ -108,8 +109,9 @@ def of_prediction(prob_path: Path, mask_path: Path, given: Provenance | None = N
     known = (given or Provenance()).merged(tagged)
     if known.threshold is None and known.models:
         thresholds = [c.get("threshold") for c in map(sidecar, known.models) if c]
-        if thresholds and all(isinstance(t, int | float) for t in thresholds):
-            known = replace(known, threshold=float(np.mean(thresholds)))  # as an ensemble does
+        numbers = [t for t in thresholds if isinstance(t, int | float)]
+        if thresholds and len(numbers) == len(thresholds):
+            known = replace(known, threshold=float(np.mean(numbers)))  # as an ensemble does
     if not known.model_sha256 and known.models:
         digests = [_sha256(Path(m)) for m in known.models]
         if all(digests):

@@ -1,0 +1,304 @@
+"""No input is ever replaced, outputs that belong together appear together, two runs into one
+folder cannot both win, and what a killed run leaves is swept by the next."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import TINY_TRAINING, run_config, write_config, write_raster
+
+from slidemap import api
+from slidemap.errors import SlidemapError
+from slidemap.infer.predict import PredictOptions
+from slidemap.io.atomic import (
+    HOST,
+    atomic_path,
+    final_path,
+    make_output_dir,
+    staged,
+    sweep_stale,
+)
+from slidemap.io.modelfile import load_model, model_paths, save_model
+
+FAST = PredictOptions(precision="fp32")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_error(code: int, err: str, *names: object, usage: bool = False) -> str:
+    """One error line naming ``names``; exit 2 for a usage error, else 1 (a runtime error)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == (2 if usage else 1) and len(lines) == 1 and lines[0].startswith("error:"), err
+    for name in names:
+        assert str(name) in lines[0], lines[0]
+    return lines[0]
+
+
+def model_into(folder: Path, name: str, tiny_model: Path) -> Path:
+    """The tiny model saved again as ``folder/name.safetensors`` + ``name.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_model(load_model(tiny_model), folder / name)
+
+
+# -- every command checks its outputs against every file it reads ------------------------------
+
+def test_bench_json_never_replaces_an_input_and_needs_overwrite(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path, run_cli) -> None:
+    dem = tiny_scene["dem"]
+    before = digest(dem)
+    for extra in ((), ("--overwrite",)):
+        code, err = run_cli("bench", tiny_scene["image"], "--dem", dem, "--model", tiny_model,
+                            "--json", dem, "--sample", "1", *extra)
+        one_error(code, err, dem, "input")
+    assert digest(dem) == before
+    existing = tmp_path / "figures.json"
+    existing.write_text("{}")
+    code, err = run_cli("bench", tiny_scene["image"], "--dem", dem, "--model", tiny_model,
+                        "--json", existing, "--sample", "1")
+    one_error(code, err, existing, "--overwrite")
+    assert existing.read_text() == "{}"
+
+
+def test_report_out_never_replaces_an_input_and_needs_overwrite(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli) -> None:
+    folder = tmp_path / "scored"
+    prob = write_raster(tmp_path / "prob.tif", np.full((96, 96), 0.6, dtype=np.float32))
+    assert run_cli("evaluate", tiny_scene["mask"], "--prediction", prob, "--out", folder)[0] == 0
+    metrics = folder / "metrics.json"
+    before = digest(metrics)
+    for extra in ((), ("--overwrite",)):
+        one_error(*run_cli("report", folder, "--out", metrics, *extra), metrics, ".html",
+                  usage=True)
+    assert digest(metrics) == before
+    other = tmp_path / "elsewhere.html"
+    other.write_text("mine")
+    one_error(*run_cli("report", folder, "--out", other), other, "--overwrite")
+    assert other.read_text() == "mine"
+    assert run_cli("report", folder, "--out", other, "--overwrite")[0] == 0
+    assert "Evaluation against" in other.read_text()
+
+
+def test_evaluate_never_replaces_its_model_inside_out(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path, run_cli) -> None:
+    out = tmp_path / "out"
+    model = model_into(out, "metrics", tiny_model)  # its sidecar is out/metrics.json
+    sidecar = model_paths(model)[1]
+    before = digest(sidecar)
+    for extra in ((), ("--overwrite",)):
+        code, err = run_cli("evaluate", tiny_scene["mask"], "--image", tiny_scene["image"],
+                            "--dem", tiny_scene["dem"], "--model", model, "--out", out, *extra)
+        one_error(code, err, sidecar, "input")
+    assert digest(sidecar) == before and load_model(model).width == 4
+
+
+def test_explain_never_replaces_its_model_inside_out(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path, run_cli) -> None:
+    out = tmp_path / "out"
+    model = model_into(out, "explain", tiny_model)  # its sidecar is out/explain.json
+    sidecar = model_paths(model)[1]
+    before = digest(sidecar)
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        model, "--out", out, "--box", "0,0,40,40", "--overwrite")
+    one_error(code, err, sidecar, "input")
+    assert digest(sidecar) == before
+
+
+def config_file(path: Path, scene: dict[str, Path], init: Path | None = None) -> Path:
+    raw = run_config([scene], [scene], inputs={"image_bands": [1, 2, 3], "slope": True},
+                     training={**TINY_TRAINING, "epochs": 2, "windows_per_epoch": 2},
+                     predict={"tile": 64, "overlap": 16})
+    if init is not None:
+        raw["init"] = str(init)
+    return write_config(path, raw)
+
+
+def test_finetune_never_replaces_its_starting_model(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path, run_cli) -> None:
+    run = tmp_path / "run"
+    start = model_into(run, "model", tiny_model)
+    before = [digest(p) for p in model_paths(start)]
+    config = config_file(tmp_path / "site.yaml", tiny_scene)
+    code, err = run_cli("finetune", start, config, "--out", run, "--overwrite")
+    one_error(code, err, start, "input")
+    assert [digest(p) for p in model_paths(start)] == before
+
+
+def test_train_never_replaces_its_config(tmp_path: Path, tiny_scene: dict[str, Path],
+                                         run_cli) -> None:
+    run = tmp_path / "run"
+    config = config_file(run / "summary.json", tiny_scene)  # JSON is YAML
+    before = digest(config)
+    code, err = run_cli("train", config, "--out", run, "--overwrite")
+    one_error(code, err, config, "input")
+    assert digest(config) == before
+
+
+def test_a_hard_link_to_an_input_counts_as_the_input(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(tiny_scene["dem"], out / "scene_prob.tif")
+    with pytest.raises(SlidemapError, match="would overwrite an input"):
+        api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                    overwrite=True)
+
+
+# -- sets published together, exclusively ------------------------------------------------------
+
+def test_a_set_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
+    targets = {"a": tmp_path / "a.tif", "b": tmp_path / "b.tif"}
+    targets["b"].write_text("another run's")
+    with pytest.raises(SlidemapError, match="exists"), staged(targets, overwrite=False) as tmp:
+        for path in tmp.values():
+            path.write_text("mine")
+    assert not targets["a"].exists() and targets["b"].read_text() == "another run's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif"]
+
+
+def test_two_predicts_into_one_folder_cannot_both_succeed(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second run checks its outputs while the first is still writing; the first then
+    publishes; the second must fail rather than replace the first's files."""
+    out = tmp_path / "out"
+    original = api.predict_scene
+    calls = []
+
+    def racing(*args: object, **kwargs: object) -> dict:
+        if not calls:
+            calls.append("inner")
+            api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(api, "predict_scene", racing)
+    with pytest.raises(SlidemapError, match="exists"):
+        api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(p.name for p in api.output_paths(tiny_scene["image"], out).values())
+
+
+def test_a_failed_train_overwrite_keeps_the_earlier_set(
+        tmp_path: Path, tiny_scene: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from slidemap.train import loop
+    from slidemap.train.config import load_config
+
+    config = load_config(config_file(tmp_path / "run.yaml", tiny_scene))
+    run = tmp_path / "run"
+    loop.train(config, run)
+    published = ("model.safetensors", "model.json", "summary.json")
+    before = {name: digest(run / name) for name in published}
+
+    original, calls = loop._train_epoch, []
+
+    def diverging(*args: object, **kwargs: object) -> float:
+        calls.append(1)
+        return original(*args, **kwargs) if len(calls) == 1 else float("nan")
+
+    monkeypatch.setattr(loop, "_train_epoch", diverging)
+    with pytest.raises(SlidemapError, match="diverged in epoch 2"):
+        loop.train(config, run, overwrite=True)
+    assert {name: digest(run / name) for name in published} == before
+    assert load_model(run / "model.safetensors").width == 4
+
+
+def test_errors_name_the_output_not_its_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "scene_prob.tif"
+    with pytest.raises(SlidemapError) as caught, staged({"prob": target}) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp["prob"]))
+    message = str(caught.value)
+    assert str(target) in message and "no space left" in message
+    assert ".staged" not in message and ".partial" not in message
+    assert final_path(tmp["prob"]) == target
+
+
+# -- temporaries of dead runs, links that loop -------------------------------------------------
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temporaries_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    dead = tmp_path / f".scene_prob.0123abcd-{HOST}-{dead_pid()}.partial.tif"
+    live = tmp_path / f".scene_mask.0123abcd-{HOST}-{os.getpid()}.staged.tif"
+    elsewhere = tmp_path / f".scene_mask.0123abcd-{'0' if HOST[0] != '0' else '1'}{HOST[1:]}-" \
+        f"{dead_pid()}.partial.tif"  # another machine's, on a shared folder: cannot be checked
+    mine = tmp_path / ".notes.txt"
+    for path in (dead, live, elsewhere, mine):
+        path.write_text("x")
+    assert sweep_stale(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and elsewhere.exists() and mine.exists()
+    dead2 = tmp_path / f".model.89abcdef-{HOST}-{dead_pid()}.partial.safetensors"
+    dead2.write_text("x")
+    make_output_dir(tmp_path)  # every command creates its folder this way
+    assert not dead2.exists()
+
+
+def test_a_killed_write_leaves_a_temporary_the_next_run_sweeps(tmp_path: Path) -> None:
+    script = ("import os, sys\nfrom slidemap.io.atomic import atomic_path\n"
+              "with atomic_path(sys.argv[1]) as tmp:\n"
+              "    tmp.write_text('half')\n    os._exit(9)\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.json")], check=False)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".out.") and ".partial" in left[0]
+    make_output_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["output", "out folder", "image"])
+def test_a_symlink_loop_is_one_line(tmp_path: Path, tiny_scene: dict[str, Path],
+                                    tiny_model: Path, run_cli, where: str) -> None:
+    out = tmp_path / "out"
+    image = tiny_scene["image"]
+    if where == "output":
+        out.mkdir()
+        (out / "scene_prob.tif").symlink_to(out / "scene_prob.tif")
+        loop = out / "scene_prob.tif"
+    elif where == "out folder":
+        out.symlink_to(out)
+        loop = out
+    else:
+        image = tmp_path / "loop.tif"
+        image.symlink_to(image)
+        loop = image
+    code, err = run_cli("predict", image, "--dem", tiny_scene["dem"], "--model", tiny_model,
+                        "--out", out)
+    one_error(code, err, loop)
+
+
+def test_atomic_path_without_overwrite_never_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "figures.json"
+    with atomic_path(target, overwrite=False) as tmp:
+        tmp.write_text("first")
+    with pytest.raises(SlidemapError, match="exists"), \
+            atomic_path(target, overwrite=False) as tmp:
+        tmp.write_text("second")
+    assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == [
+        "figures.json"]
+
+
+def test_two_trainings_into_one_run_folder_cannot_interleave(
+        tmp_path: Path, tiny_scene: dict[str, Path]) -> None:
+    from slidemap.io.atomic import LOCK_NAME, folder_lock
+    from slidemap.train.config import load_config
+    from slidemap.train.finetune import train_run
+
+    config = load_config(config_file(tmp_path / "run.yaml", tiny_scene))
+    run = tmp_path / "run"
+    with folder_lock(run, "run folder"):  # another run is writing there
+        with pytest.raises(SlidemapError, match="another slidemap run"):
+            train_run(config, run)
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
+    assert not run.exists()  # the folder the lock made is gone with it
+    train_run(config, run)
+    assert (run / "model.safetensors").exists() and not (run / LOCK_NAME).exists()

@@ -1,0 +1,137 @@
+"""Rasters that would be scored, trained on or predicted as nonsense without a word: truths with
+values that are not labels, probabilities that are not probabilities, complex bands, imagery on
+another scale than the model's."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import write_raster
+
+from slidemap.data.channels import InputSpec
+from slidemap.data.dataset import load_scene_arrays
+from slidemap.errors import SlidemapError
+
+
+def labels(kind: str) -> np.ndarray:
+    base = np.zeros((96, 96), dtype=np.int32)
+    base[30:70, 40:80] = 1
+    if kind == "uint16 256":  # a uint8 cast would make it 0 (background)
+        base[0, 20] = 256
+        return base.astype(np.uint16)
+    if kind == "int16 -1":  # a uint8 cast would make it 255 (ignored)
+        base[0, 20] = -1
+        return base.astype(np.int16)
+    if kind == "float":
+        return base.astype(np.float32)
+    if kind == "uint16 ok":
+        base[:, :8] = 255
+        return base.astype(np.uint16)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["uint16 256", "int16 -1", "float"])
+def test_evaluate_refuses_truths_that_are_not_labels(tmp_path: Path, tiny_scene: dict[str, Path],
+                                                     run_cli, kind: str) -> None:
+    truth = write_raster(tmp_path / "truth.tif", labels(kind))
+    prob = write_raster(tmp_path / "prob.tif", np.full((96, 96), 0.3, dtype=np.float32))
+    code, err = run_cli("evaluate", truth, "--prediction", prob)
+    assert code == 1 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and str(truth) in err
+    assert ("256" in err) if kind == "uint16 256" else True
+    assert ("-1" in err) if kind == "int16 -1" else True
+
+
+def test_evaluate_scores_a_wider_integer_truth_of_valid_labels(
+        tmp_path: Path, run_cli) -> None:
+    truth = write_raster(tmp_path / "truth.tif", labels("uint16 ok"))
+    prob = write_raster(tmp_path / "prob.tif", (labels("uint16 ok") == 1).astype(np.float32))
+    code, err = run_cli("evaluate", truth, "--prediction", prob, "--out", tmp_path / "out")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("kind", ["uint16 256", "int16 -1", "float"])
+def test_training_refuses_truths_that_are_not_labels(tmp_path: Path,
+                                                     tiny_scene: dict[str, Path],
+                                                     kind: str) -> None:
+    truth = write_raster(tmp_path / "truth.tif", labels(kind))
+    with pytest.raises(SlidemapError, match="label raster") as caught:
+        load_scene_arrays(tiny_scene["image"], truth, None, InputSpec())
+    assert str(truth) in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["percent", "rgb", "negative"])
+def test_evaluate_refuses_predictions_that_are_not_probabilities(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli, kind: str) -> None:
+    if kind == "percent":
+        array = np.full((96, 96), 40.0, dtype=np.float32)
+    elif kind == "rgb":
+        array = np.zeros((3, 96, 96), dtype=np.uint8)
+    else:
+        array = np.full((96, 96), -0.5, dtype=np.float32)
+    prediction = write_raster(tmp_path / "pred.tif", array)
+    code, err = run_cli("evaluate", tiny_scene["mask"], "--prediction", prediction)
+    assert code == 1 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and str(prediction) in err
+
+
+def test_complex_image_bands_are_refused(tmp_path: Path, tiny_scene: dict[str, Path],
+                                         tiny_model: Path, run_cli) -> None:
+    image = write_raster(tmp_path / "complex.tif",
+                         (np.ones((3, 96, 96)) * (1 + 2j)).astype(np.complex64))
+    code, err = run_cli("predict", image, "--dem", tiny_scene["dem"], "--model", tiny_model,
+                        "--out", tmp_path / "out")
+    assert code == 1 and "Traceback" not in err and "complex" in err, err
+    assert len(err.strip().splitlines()) == 1 and str(image) in err
+
+
+def test_int16_imagery_with_negative_values_warns_and_still_maps(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path, run_cli) -> None:
+    """Surface reflectance as int16 (offsets make dark pixels negative) normalised with the
+    model's 8-bit statistics would map nothing: the user is told, the map is still written."""
+    rng = np.random.default_rng(0)
+    image = write_raster(tmp_path / "reflectance.tif",
+                         rng.integers(-500, 3000, size=(3, 96, 96)).astype(np.int16))
+    out = tmp_path / "out"
+    code, err = run_cli("predict", image, "--dem", tiny_scene["dem"], "--model", tiny_model,
+                        "--out", out, "--precision", "fp32")
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and str(image) in warning[0] and "--normalise scene" in warning[0]
+    assert "down to -" in warning[0]
+    assert (out / "reflectance_prob.tif").exists()
+
+
+def test_imagery_on_the_models_scale_gives_no_warning(tmp_path: Path,
+                                                      tiny_scene: dict[str, Path],
+                                                      tiny_model: Path, run_cli) -> None:
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--out", tmp_path / "out", "--precision", "fp32")
+    assert code == 0 and "warning" not in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1,1", "9", "a,b"])
+def test_bad_scales_are_named_in_the_error(tmp_path: Path, tiny_scene: dict[str, Path],
+                                           tiny_model: Path, run_cli, value: str) -> None:
+    code, err = run_cli("predict", tiny_scene["image"], "--model", tiny_model, "--out",
+                        tmp_path / "out", "--scales", value)
+    assert code == 2 and f"'{value}'" in err, err
+
+
+def test_a_raster_whose_crs_text_is_not_utf8_is_one_line(tmp_path: Path, tiny_model: Path,
+                                                         run_cli) -> None:
+    """Found by tests/test_fuzz.py: a GeoTIFF whose model type says geocentric and whose CRS
+    citation is not UTF-8 makes rasterio.open raise UnicodeDecodeError."""
+    clean = write_raster(tmp_path / "clean.tif", np.ones((3, 64, 64), dtype=np.uint8))
+    data = bytearray(clean.read_bytes())
+    model_type = data.index(struct.pack("<4H", 1024, 0, 1, 1))  # GTModelTypeGeoKey: projected
+    data[model_type + 6] = 3  # geocentric: GDAL names the CRS from the citation
+    data[data.index(b"WGS 84")] = 0x80
+    image = tmp_path / "damaged.tif"
+    image.write_bytes(bytes(data))
+    code, err = run_cli("predict", image, "--model", tiny_model, "--out", tmp_path / "out")
+    assert code == 1 and "Traceback" not in err and str(image) in err, err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1

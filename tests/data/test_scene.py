@@ -1,0 +1,112 @@
+"""The data layer: DEM alignment across CRS and resolution, nodata, labels, windows."""
+
+
+import numpy as np
+import pytest
+import rasterio
+from factories import reproject_raster, write_raster
+from rasterio.windows import Window
+
+from slidemap.data.scene import Scene
+from slidemap.data.windows import context_window, grid_windows, random_windows
+from slidemap.errors import SlidemapError
+
+
+@pytest.mark.parametrize(("crs", "scale"), [("EPSG:4326", 0.7), ("EPSG:32647", 0.5),
+                                            ("EPSG:3857", 1.3)])
+def test_dem_in_another_crs_lands_on_the_image_grid(tiny_scene, tmp_path, crs, scale) -> None:
+    other = reproject_raster(tiny_scene["dem"], tmp_path / "dem_other.tif", crs, scale)
+    with rasterio.open(tiny_scene["dem"]) as ds:
+        truth = ds.read(1)
+    with Scene(tiny_scene["image"], dem=other) as scene:
+        sample = scene.read(Window(0, 0, 96, 96), (1, 2, 3), dem=True)
+    assert sample["dem"].shape == (1, 96, 96)
+    inner = (slice(12, 84), slice(20, 84))  # away from the nodata edge and the DEM border
+    np.testing.assert_allclose(sample["dem"][0][inner], truth[inner], atol=0.1)
+    assert not sample["valid"][:, :8].any()
+
+
+def test_slope_is_read_with_the_scene_and_decimated(tiny_scene) -> None:
+    # DSM rises 0.25 m per 0.5 m column and 0.1 m per 0.5 m row: slope = atan(hypot(.5, .2)).
+    expected = np.degrees(np.arctan(np.hypot(0.5, 0.2)))
+    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:
+        full = scene.read(Window(16, 16, 64, 64), (1, 2, 3), slope=True)
+        coarse = scene.read(Window(16, 16, 64, 64), (1, 2, 3), factor=4, slope=True)
+    np.testing.assert_allclose(full["slope"][0], expected, atol=0.01)  # float32 DSM
+    assert coarse["slope"].shape == (1, 16, 16)
+    np.testing.assert_allclose(coarse["slope"][0], expected, atol=0.02)
+    assert coarse["image"].shape == (3, 16, 16)
+
+
+def test_labels_and_nodata_are_carried(tiny_scene) -> None:
+    with Scene(tiny_scene["image"], dem=tiny_scene["dem"], mask=tiny_scene["mask"]) as scene:
+        sample = scene.read(Window(0, 0, 96, 96), (1, 2, 3), dem=True)
+    assert set(np.unique(sample["mask"])) == {0, 1, 255}
+    assert not sample["valid"][:, :8].any() and sample["valid"][:, 8:].all()
+    assert np.isnan(sample["dem"][0, :, :8]).all()
+
+
+def test_dem_that_does_not_overlap_is_refused(tiny_scene, tmp_path) -> None:
+    from rasterio.transform import from_origin
+
+    far = write_raster(tmp_path / "far.tif", np.zeros((10, 10), np.float32),
+                       transform=from_origin(0.0, 10.0, 1.0, 1.0))
+    with pytest.raises(SlidemapError, match="does not overlap"):
+        Scene(tiny_scene["image"], dem=far)
+
+
+def test_image_without_crs_is_refused(tmp_path) -> None:
+    path = write_raster(tmp_path / "nocrs.tif", np.ones((3, 40, 40), np.uint8), crs=None)
+    with pytest.raises(SlidemapError, match="no CRS"):
+        Scene(path)
+
+
+def test_grid_windows_cover_the_scene_with_overlap() -> None:
+    windows = grid_windows(100, 130, 64, 16)
+    covered = np.zeros((100, 130), dtype=int)
+    for w in windows:
+        covered[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width] += 1
+        assert (w.height, w.width) == (64, 64)
+    assert covered.min() >= 1
+    assert grid_windows(20, 30, 64, 16) == [Window(0, 0, 30, 20)]
+
+
+def test_random_windows_respect_min_valid_fraction() -> None:
+    valid = np.zeros((200, 200), dtype=bool)
+    valid[:, 150:] = True
+    rng = np.random.default_rng(0)
+    windows = random_windows(valid, 40, 50, 0.9, rng)
+    assert len(windows) == 50
+    for w in windows:
+        block = valid[w.row_off:w.row_off + 40, w.col_off:w.col_off + 40]
+        assert block.mean() >= 0.9
+    assert random_windows(np.zeros((50, 50), bool), 20, 5, 0.5, rng) == []
+
+
+def test_context_window_is_centred_then_kept_inside_the_scene() -> None:
+    assert context_window(Window(100, 100, 40, 40), 80, 300, 300) == Window(80, 80, 80, 80)
+    assert context_window(Window(100, 100, 40, 40), 20, 300, 300) == Window(110, 110, 20, 20)
+    # Near an edge it shifts inside; wider than the scene it is clipped to it.
+    assert context_window(Window(0, 250, 40, 40), 80, 300, 300) == Window(0, 220, 80, 80)
+    assert context_window(Window(0, 0, 40, 40), 80, 60, 300) == Window(0, 0, 80, 60)
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_relief_of_a_window_is_that_of_the_whole_scene(tiny_scene, tmp_path, factor) -> None:
+    """The halo read around a window gives each pixel the same square of elevations as a read
+    of the whole scene, so training (whole scenes) and prediction (windows) see one channel."""
+    with rasterio.open(tiny_scene["dem"]) as ds:
+        dsm, profile = ds.read(1), ds.profile
+    rows, cols = np.mgrid[0:96, 0:96]
+    dsm = dsm + 20.0 * np.sin(rows / 7.0) * np.cos(cols / 11.0)  # hills on the tilted plane
+    with rasterio.open(tmp_path / "hills.tif", "w", **profile) as dst:
+        dst.write(dsm.astype(np.float32), 1)
+    with Scene(tiny_scene["image"], dem=tmp_path / "hills.tif") as scene:
+        whole = scene.read(Window(0, 0, 96, 96), (1, 2, 3), factor, relief_m=5.0)["relief"][0]
+        for row, col in [(0, 0), (32, 40), (64, 64), (10, 64)]:
+            part = scene.read(Window(col, row, 32, 32), (1, 2, 3), factor, slope=True,
+                              relief_m=5.0)
+            r, c, n = row // factor, col // factor, 32 // factor
+            np.testing.assert_allclose(part["relief"][0], whole[r:r + n, c:c + n], atol=1e-3,
+                                       equal_nan=True)
+    assert np.isnan(whole[:, :8 // factor]).all() and np.nanstd(whole) > 1.0

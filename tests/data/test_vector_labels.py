@@ -1,0 +1,258 @@
+"""Labels drawn as polygons: rasterised window by window, in any CRS, the same as a label raster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio.raw
+import pytest
+import rasterio
+import shapely
+import yaml
+from factories import TINY_TRAINING, UTM47, run_config, write_config, write_raster
+from rasterio.features import shapes
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
+from rasterio.windows import Window
+
+from slidemap.data.scene import Scene
+from slidemap.data.vectors import is_vector
+from slidemap.data.windows import grid_windows
+from slidemap.errors import SlidemapError
+from slidemap.io.modelfile import load_model
+from slidemap.train import newsite
+from slidemap.train.config import load_config, parse_config
+from slidemap.train.loop import train
+
+DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".shp": "ESRI Shapefile"}
+TRAINING = {**TINY_TRAINING, "seed": 3}
+
+
+def polygonise(mask: Path, values: tuple[int, ...]) -> list[shapely.Geometry]:
+    """The regions of ``mask`` whose value is in ``values``, as polygons in its CRS."""
+    with rasterio.open(mask) as ds:
+        labels = ds.read(1)
+        inside = np.isin(labels, values)
+        return [shapely.geometry.shape(g) for g, _ in
+                shapes(inside.astype(np.uint8), mask=inside, transform=ds.transform)]
+
+
+def write_polygons(path: Path, geometries: list, crs: str = UTM47, layer: str = "labels",
+                   append: bool = False) -> Path:
+    """Write polygons (given in UTM 47N) to ``path``, reprojected to ``crs``."""
+    if crs != UTM47:
+        geometries = [shapely.transform(shapely.segmentize(g, 1.0), _reprojector(crs))
+                      for g in geometries]
+    wkb = np.array([shapely.to_wkb(g) for g in geometries], dtype=object)
+    pyogrio.raw.write(path, wkb, [np.arange(len(geometries))], ["id"],
+                      driver=DRIVERS[path.suffix], geometry_type="Polygon", crs=crs, layer=layer,
+                      append=append)
+    return path
+
+
+def _reprojector(crs: str):
+    def run(xy: np.ndarray) -> np.ndarray:
+        xs, ys = warp_transform(UTM47, crs, xy[:, 0], xy[:, 1])
+        return np.column_stack([xs, ys])
+    return run
+
+
+def read_mask(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+@pytest.fixture
+def labels_as_polygons(tiny_scene: dict, tmp_path: Path) -> dict[str, Path]:
+    """The tiny scene's labels drawn as polygons: landslides, and the labelled area as AOI."""
+    return {"polygons": write_polygons(tmp_path / "slides.gpkg",
+                                       polygonise(tiny_scene["mask"], (1,))),
+            "aoi": write_polygons(tmp_path / "aoi.gpkg", polygonise(tiny_scene["mask"], (0, 1)))}
+
+
+def test_polygons_and_aoi_rasterise_to_the_label_raster(tiny_scene: dict,
+                                                        labels_as_polygons: dict) -> None:
+    expected = read_mask(tiny_scene["mask"])
+    with Scene(tiny_scene["image"], mask=labels_as_polygons["polygons"],
+               aoi=labels_as_polygons["aoi"]) as scene:
+        whole = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+        windows = {(w.row_off, w.col_off): scene.read(w, (1,))["mask"]
+                   for w in grid_windows(96, 96, 40, overlap=7)}
+    np.testing.assert_array_equal(whole, expected)
+    for (row, col), labels in windows.items():  # each window burnt on its own grid
+        np.testing.assert_array_equal(labels, whole[row:row + 40, col:col + 40])
+
+
+def test_without_aoi_everything_outside_the_polygons_is_background(
+        tiny_scene: dict, labels_as_polygons: dict) -> None:
+    with Scene(tiny_scene["image"], mask=labels_as_polygons["polygons"]) as scene:
+        labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+    np.testing.assert_array_equal(labels, np.where(read_mask(tiny_scene["mask"]) == 1, 1, 0))
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".shp"])
+def test_polygons_in_another_crs_land_on_the_same_pixels(tiny_scene: dict, tmp_path: Path,
+                                                         suffix: str) -> None:
+    slides = write_polygons(tmp_path / f"slides{suffix}", polygonise(tiny_scene["mask"], (1,)),
+                            crs="EPSG:4326")
+    aoi = write_polygons(tmp_path / f"aoi{suffix}", polygonise(tiny_scene["mask"], (0, 1)),
+                         crs="EPSG:3857")
+    with Scene(tiny_scene["image"], mask=slides, aoi=aoi) as scene:
+        labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+    np.testing.assert_array_equal(labels, read_mask(tiny_scene["mask"]))
+
+
+def test_an_aoi_also_restricts_a_label_raster(tiny_scene: dict, tmp_path: Path) -> None:
+    box = shapely.box(469200.0 + 10, 3446200.0 - 20, 469200.0 + 30, 3446200.0 - 5)  # 0.5 m px
+    aoi = write_polygons(tmp_path / "box.gpkg", [box])
+    with Scene(tiny_scene["image"], mask=tiny_scene["mask"], aoi=aoi) as scene:
+        labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+    expected = np.full((96, 96), 255, np.uint8)
+    expected[10:40, 20:60] = read_mask(tiny_scene["mask"])[10:40, 20:60]
+    np.testing.assert_array_equal(labels, expected)
+
+
+def scene_config(tmp_path: Path, name: str, scene: dict) -> Path:
+    return write_config(tmp_path / f"{name}.yaml", run_config(
+        [scene], inputs={"image_bands": [1, 2, 3]}, training=TRAINING))
+
+
+def test_training_from_polygons_gives_the_model_of_the_label_raster(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
+    raster = scene_config(tmp_path, "raster", {"image": tiny_scene["image"],
+                                               "mask": tiny_scene["mask"]})
+    vector = scene_config(tmp_path, "vector", {"image": tiny_scene["image"],
+                                               "mask": labels_as_polygons["polygons"],
+                                               "aoi": labels_as_polygons["aoi"]})
+    config = load_config(vector)
+    assert config.train_scenes[0].aoi == labels_as_polygons["aoi"]
+    from_raster = load_model(train(load_config(raster), tmp_path / "raster")).model.state_dict()
+    from_vector = load_model(train(config, tmp_path / "vector")).model.state_dict()
+    assert from_raster.keys() == from_vector.keys()
+    for key, value in from_raster.items():
+        assert value.equal(from_vector[key]), key
+
+
+def test_evaluate_scores_against_polygons_like_against_the_raster(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path, run_cli) -> None:
+    prob = read_mask(tiny_scene["mask"]).astype(np.float32) * 0.9
+    prob[60:70, 20:30] = 0.8  # false positives, to make the figures less trivial
+    with rasterio.open(tiny_scene["image"]) as ds:
+        profile = {"driver": "GTiff", "height": 96, "width": 96, "count": 1, "dtype": "float32",
+                   "crs": ds.crs, "transform": ds.transform, "nodata": float("nan")}
+    prob[:, :8] = np.nan
+    with rasterio.open(tmp_path / "prob.tif", "w", **profile) as ds:
+        ds.write(prob, 1)
+    figures = []
+    for truth, aoi in ((tiny_scene["mask"], None),
+                       (labels_as_polygons["polygons"], labels_as_polygons["aoi"])):
+        out = tmp_path / f"eval-{len(figures)}"
+        args = ["evaluate", truth, "--prediction", tmp_path / "prob.tif", "--out", out]
+        code, err = run_cli(*args, *(["--aoi", aoi] if aoi else []))
+        assert code == 0, err
+        figures.append(json.loads((out / "metrics.json").read_text())["metrics"])
+    assert figures[0] == figures[1]
+    assert 0 < figures[0]["precision"] < 1
+
+
+def test_a_geopackage_of_several_layers_needs_the_layer_named(tiny_scene: dict,
+                                                              tmp_path: Path) -> None:
+    both = tmp_path / "both.gpkg"
+    write_polygons(both, polygonise(tiny_scene["mask"], (1,)), layer="slides")
+    write_polygons(both, polygonise(tiny_scene["mask"], (0, 1)), layer="aoi", append=True)
+    with pytest.raises(SlidemapError,
+                       match=r"has 2 geometry layers \(slides, aoi\).*\|layername=NAME"):
+        Scene(tiny_scene["image"], mask=both)
+    assert is_vector(f"{both}|layername=slides")
+    with Scene(tiny_scene["image"], mask=f"{both}|layername=slides",
+               aoi=f"{both}|layername=aoi") as scene:
+        labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+    np.testing.assert_array_equal(labels, read_mask(tiny_scene["mask"]))
+
+
+def test_bad_label_files_are_one_line_errors(tiny_scene: dict, tmp_path: Path) -> None:
+    points = tmp_path / "points.gpkg"
+    pyogrio.raw.write(points, np.array([shapely.to_wkb(shapely.Point(469210, 3446190))],
+                                       dtype=object), [], [], driver="GPKG",
+                      geometry_type="Point", crs=UTM47)
+    with pytest.raises(SlidemapError, match=r"Point features: labels .* must be polygons"):
+        Scene(tiny_scene["image"], mask=points)
+    far = write_polygons(tmp_path / "far.gpkg", [shapely.box(0, 0, 10, 10)])
+    with pytest.raises(SlidemapError, match="does not overlap the image"):
+        Scene(tiny_scene["image"], mask=far)
+    with pytest.raises(SlidemapError, match="does not exist"):
+        Scene(tiny_scene["image"], mask=tmp_path / "missing.gpkg")
+    with pytest.raises(SlidemapError, match=r"aoi .* must be a vector file"):
+        parse_config({"data": {"train": [{"image": "a.tif", "mask": "m.gpkg",
+                                          "aoi": "aoi.tif"}]}})
+
+
+def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
+    rng = np.random.default_rng(1)
+    image = rng.integers(40, 90, size=(3, 64, 64)).astype(np.uint8)
+    image[:, 20:40, 10:30] += 100
+    grid = from_origin(469200.0, 3446200.0, 2.0, 2.0)  # 2 m pixels: read as they are
+    scene = write_raster(tmp_path / "site.tif", image, transform=grid)
+    slide = shapely.box(469200.0 + 20, 3446200.0 - 80, 469200.0 + 60, 3446200.0 - 40)
+    labels = write_polygons(tmp_path / "slides.geojson", [slide], crs="EPSG:4326")
+    out = tmp_path / "site"
+    code, err = run_cli("newsite", scene, labels, "--out", out)
+    assert code == 0, err
+    assert "trained in" in err
+    for name in ("config.yaml", "model.safetensors", "map/site_prob.tif", "map/site_mask.tif",
+                 "map/site_landslides.gpkg"):
+        assert (out / name).exists(), name
+    raw = yaml.safe_load((out / "config.yaml").read_text())
+    assert raw["data"]["train"] == [{"image": str(scene), "mask": str(labels)}]
+    assert "resolution_m" not in raw["inputs"]  # 2 m imagery is read at its own pixels
+    code, err = run_cli("newsite", scene, labels, "--out", out)
+    assert code != 0 and "exists" in err  # an earlier run is never replaced silently
+
+
+def test_newsite_from_a_model_file_takes_its_channels(tiny_scene: dict, tiny_model: Path,
+                                                      labels_as_polygons: dict) -> None:
+    from slidemap.train.newsite import site_config
+
+    with pytest.raises(SlidemapError, match="pass --dem"):
+        site_config(tiny_scene["image"], labels_as_polygons["polygons"], init=tiny_model)
+    raw = site_config(tiny_scene["image"], labels_as_polygons["polygons"], init=tiny_model,
+                      dem=tiny_scene["dem"])
+    config = parse_config(raw)
+    assert config.init == tiny_model
+    assert config.inputs == load_model(tiny_model).inputs
+    assert (config.model.name, config.model.width) == ("unet", 4)
+
+
+def test_a_window_reads_only_the_polygons_near_it(tiny_scene: dict, tmp_path: Path) -> None:
+    from rasterio.crs import CRS
+
+    from slidemap.data.vectors import PolygonLayer
+
+    west, north = 469200.0, 3446200.0
+    squares = [shapely.box(west + 4 * i, north - 4 * j - 2, west + 4 * i + 2, north - 4 * j)
+               for i in range(12) for j in range(12)]  # 144 slides of 2 m, 4 m apart
+    layer = PolygonLayer(write_polygons(tmp_path / "many.gpkg", squares, crs="EPSG:4326"),
+                         "label file", CRS.from_string(UTM47))
+    found = layer.geometries((west + 3, north - 9, west + 9, north - 3))
+    assert 1 <= len(found) <= 4  # the squares around (i, j) = (1, 1), not all 144
+    assert any(g.intersects(shapely.box(west + 4, north - 6, west + 6, north - 4)) for g in found)
+
+
+def test_a_predicted_inventory_reads_back_as_labels(tiny_scene, tiny_model, tmp_path) -> None:
+    """predict's GeoPackage also holds a layer_styles table (as QGIS writes one): the polygons,
+    corrected in QGIS or not, must still read as labels without naming their layer."""
+    from slidemap import api
+    from slidemap.infer.predict import PredictOptions
+
+    mapped = api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"], tiny_model,
+                         PredictOptions(tile=48, overlap=16, precision="fp32"),
+                         min_area_m2=0, simplify_m=0)
+    assert "layer_styles" in [row[0] for row in pyogrio.list_layers(mapped["inventory"])]
+    scored = api.evaluate(mapped["inventory"], prediction=mapped["mask"])["metrics"]
+    assert scored["pixels"] > 0
+    if mapped["landslides"]:  # the outlines of the mask's own pixels burn back onto them
+        assert scored["f1"] == pytest.approx(1.0)

@@ -1,0 +1,71 @@
+"""The elevation check before prediction: a scene outside a model's training elevations warns."""
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from factories import tiny_bundle, write_raster
+
+from slidemap import api
+from slidemap.data.channels import InputSpec
+from slidemap.errors import SlidemapWarning
+from slidemap.infer.predict import PredictOptions
+from slidemap.io.modelfile import save_model
+
+OPTIONS = PredictOptions(tile=48, overlap=16)
+
+
+@pytest.fixture
+def dem_model(tmp_path):
+    """An untrained width-4 U-Net on RGB + DEM + slope, trained (so its statistics say) on
+    elevations of 3000 ± 20 m, as the tiny scene's are."""
+    bundle = tiny_bundle(InputSpec(image_bands=(1, 2, 3), dem=True, slope=True),
+                         mean=[60.0, 60.0, 60.0, 3000.0, 10.0], std=[30.0, 30.0, 30.0, 20.0, 5.0])
+    return save_model(bundle, tmp_path / "models" / "dem")
+
+
+def shifted_dem(scene: dict, metres: float, tmp_path: Path) -> Path:
+    """The tiny scene's DSM raised by ``metres``: the same terrain in another valley."""
+    with rasterio.open(scene["dem"]) as src:
+        dsm = src.read(1)
+    return write_raster(tmp_path / f"dsm_{metres:+.0f}.tif", dsm + np.float32(metres),
+                        nodata=float("nan"))
+
+
+def test_a_scene_at_the_training_elevations_does_not_warn(tiny_scene, dem_model, tmp_path
+                                                          ) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], dem_model, OPTIONS)
+
+
+def test_a_scene_far_from_the_training_elevations_warns(tiny_scene, dem_model, tmp_path) -> None:
+    dem = shifted_dem(tiny_scene, -1500, tmp_path)
+    with pytest.warns(SlidemapWarning, match=r"lies at 15\d\d m .* outside the 2940-3060 m"):
+        result = api.predict(tiny_scene["image"], tmp_path / "out", dem, dem_model, OPTIONS)
+    assert (tmp_path / "out").is_dir() and result["valid_pixels"] > 0  # predicted all the same
+
+
+@pytest.mark.parametrize("case", ["no dem channel", "scene statistics"])
+def test_no_warning_where_absolute_elevation_is_not_read(case, tiny_scene, tiny_model,
+                                                         dem_model, tmp_path) -> None:
+    model, options = (tiny_model, OPTIONS) if case == "no dem channel" else \
+        (dem_model, PredictOptions(tile=48, overlap=16, normalise="scene"))
+    dem = shifted_dem(tiny_scene, -1500, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        api.predict(tiny_scene["image"], tmp_path / "out", dem, model, options)
+
+
+def test_the_command_line_prints_the_warning_on_one_line(run_cli, tiny_scene, dem_model,
+                                                         tmp_path) -> None:
+    dem = shifted_dem(tiny_scene, 800, tmp_path)
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", dem, "--model", dem_model,
+                        "--out", tmp_path / "out", "--tile", 48, "--overlap", 16)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(lines) == 1 and re.match(r"warning: the DEM .* lies at 38\d\d m", lines[0])
+    assert "Traceback" not in err and (tmp_path / "out" / "scene_mask.tif").exists()

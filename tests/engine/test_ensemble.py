@@ -1,0 +1,56 @@
+"""Ensembles average their members' probabilities, each normalising with its own statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from factories import RGB_SLOPE, tiny_bundle
+
+from slidemap import api
+from slidemap.data.channels import InputSpec
+from slidemap.errors import SlidemapError
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.predict import PredictOptions
+from slidemap.io.modelfile import load_model, save_model
+
+
+def member(tmp_path: Path, seed: int, mean: float, spec: InputSpec = RGB_SLOPE) -> Path:
+    """An untrained width-4 U-Net with its own weights and statistics."""
+    channels = len(spec.channels)
+    bundle = tiny_bundle(spec, seed=seed, mean=[mean] * channels, std=[25.0] * channels)
+    return save_model(bundle, tmp_path / f"m{seed}")
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_ensemble_is_the_mean_of_its_members(tmp_path: Path, tta: bool) -> None:
+    bundles = [load_model(member(tmp_path, 1, 50.0)), load_model(member(tmp_path, 2, 70.0))]
+    rng = np.random.default_rng(0)
+    raw = [rng.uniform(0, 120, (4, 32, 32)).astype(np.float32) for _ in range(2)]
+    valid = [np.ones((32, 32), bool) for _ in raw]
+    valid[1][:, :5] = False
+    both = Predictor(bundles, tta=tta, precision="fp32")(raw, valid)
+    alone = [Predictor([b], tta=tta, precision="fp32")(raw, valid) for b in bundles]
+    assert not np.allclose(alone[0][0], alone[1][0])  # the members differ
+    for index, prob in enumerate(both):
+        np.testing.assert_allclose(prob, (alone[0][index] + alone[1][index]) / 2, atol=1e-6)
+
+
+def test_ensemble_scene_map_is_the_mean_of_member_maps(tiny_scene: dict, tmp_path: Path) -> None:
+    models = [member(tmp_path, 1, 50.0), member(tmp_path, 2, 70.0)]
+    options = PredictOptions(tile=48, overlap=16, precision="fp32")
+    maps = []
+    for name, model in (("a", [models[0]]), ("b", [models[1]]), ("ab", models)):
+        result = api.predict(tiny_scene["image"], tmp_path / name, tiny_scene["dem"], model,
+                             options)
+        with rasterio.open(result["prob"]) as ds:
+            maps.append(ds.read(1))
+    np.testing.assert_allclose(maps[2], (maps[0] + maps[1]) / 2, atol=1e-6, equal_nan=True)
+
+
+def test_members_must_read_the_same_inputs(tmp_path: Path) -> None:
+    rgb = load_model(member(tmp_path, 1, 50.0, InputSpec(image_bands=(1, 2, 3))))
+    with pytest.raises(SlidemapError, match="read different inputs"):
+        Predictor([load_model(member(tmp_path, 2, 50.0)), rgb])

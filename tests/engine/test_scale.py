@@ -1,0 +1,400 @@
+"""Mapping at scale: bounded memory, slides across strips, ONNX, Dask and DDP give the same maps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from factories import REPO, write_raster
+from rasterio.transform import from_origin
+
+from slidemap import api
+from slidemap.data.terrain import EARTH_RADIUS_M
+from slidemap.infer.predict import PredictOptions
+from slidemap.infer.stream import HELPER_NICENESS, helper_pool
+from slidemap.infer.vectorize import build_inventory, write_inventory
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+FP32 = PredictOptions(tile=48, overlap=16, batch_size=3, precision="fp32")
+
+
+def read(path: str | Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+@pytest.fixture
+def wide_scene(tmp_path: Path) -> dict[str, Path]:
+    """160×200 px: several bands of 48 px windows, a nodata corner, a tilted DSM."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(40, 90, size=(3, 160, 200)).astype(np.uint8)
+    image[:, 60:120, 50:150] += 100
+    image[:, :40, :30] = 0
+    rows, cols = np.mgrid[0:160, 0:200]
+    dsm = (3000.0 + 0.3 * cols + 0.2 * rows + 5 * np.sin(rows / 9)).astype(np.float32)
+    return {"image": write_raster(tmp_path / "wide.tif", image, nodata=0),
+            "dem": write_raster(tmp_path / "wide_dsm.tif", dsm, nodata=float("nan"))}
+
+
+def test_dask_workers_give_the_single_process_maps(wide_scene, tiny_model, tmp_path) -> None:
+    from distributed import LocalCluster
+
+    alone = api.predict(wide_scene["image"], tmp_path / "alone", wide_scene["dem"], tiny_model,
+                        FP32)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        options = PredictOptions(**{**vars(FP32), "scheduler": cluster.scheduler_address})
+        spread = api.predict(wide_scene["image"], tmp_path / "dask", wide_scene["dem"],
+                             tiny_model, options)
+    np.testing.assert_array_equal(read(spread["prob"]), read(alone["prob"]))
+    np.testing.assert_array_equal(read(spread["mask"]), read(alone["mask"]))
+    assert spread["landslides"] == alone["landslides"]
+
+
+def test_unreachable_scheduler_is_one_line(wide_scene, tiny_model, tmp_path, run_cli,
+                                           monkeypatch) -> None:
+    monkeypatch.setattr("slidemap.infer.distributed.CONNECT_TIMEOUT_S", 1)
+    code, err = run_cli("predict", wide_scene["image"], "--dem", wide_scene["dem"], "--model",
+                        tiny_model, "--out", tmp_path / "out", "--dask", "tcp://127.0.0.1:9")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Dask scheduler" in lines[0], err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_onnx_backend_matches_torch_fp32(wide_scene, tiny_model, tmp_path, run_cli) -> None:
+    from slidemap.infer.backends import OnnxBackend, TorchBackend
+    from slidemap.io.modelfile import load_model
+    from slidemap.io.onnxfile import export_onnx, is_current, onnx_path_for
+
+    torch_map = api.predict(wide_scene["image"], tmp_path / "torch", wide_scene["dem"],
+                            tiny_model, FP32)
+    onnx_options = PredictOptions(**{**vars(FP32), "backend": "onnx"})
+    on_the_fly = api.predict(wide_scene["image"], tmp_path / "fly", wide_scene["dem"],
+                             tiny_model, onnx_options)  # no export yet: a temporary one
+    code, err = run_cli("export", tiny_model)
+    assert code == 0, err
+    exported = onnx_path_for(tiny_model)
+    assert exported.exists() and is_current(exported, load_model(tiny_model))
+    beside = api.predict(wide_scene["image"], tmp_path / "beside", wide_scene["dem"],
+                         tiny_model, onnx_options)
+    for result in (on_the_fly, beside):
+        np.testing.assert_allclose(read(result["prob"]), read(torch_map["prob"]), atol=1e-5,
+                                   equal_nan=True)
+    # Odd sizes are padded to the stride exactly as the torch model pads them.
+    x = np.random.default_rng(0).standard_normal((2, 4, 37, 45)).astype(np.float32)
+    np.testing.assert_allclose(OnnxBackend(exported)(x),
+                               TorchBackend(load_model(tiny_model).model, "fp32")(x), atol=1e-5)
+    # A retrained model no longer matches the export beside it.
+    other = load_model(tiny_model)
+    other.path = export_onnx(other, tmp_path / "x.onnx")  # any file with other bytes
+    assert not is_current(exported, other)
+
+
+def test_export_of_a_missing_model_is_one_line(tmp_path, run_cli) -> None:
+    code, err = run_cli("export", tmp_path / "nope.safetensors", "--out", tmp_path / "m.onnx")
+    assert code == 1 and err.startswith("error: model file") and err.count("\n") == 1, err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _u_shaped_slide() -> np.ndarray:
+    """Mask with a U (two arms joined only at the bottom), a square and a 2×2 speck."""
+    mask = np.zeros((60, 50), dtype=np.uint8)
+    mask[5:40, 10:15] = 1
+    mask[5:40, 26:31] = 1
+    mask[35:40, 10:31] = 1
+    mask[45:52, 40:47] = 1
+    mask[3:5, 40:42] = 1
+    mask[:, :2] = 255
+    return mask
+
+
+def _exposed_edges(pixels: np.ndarray) -> int:
+    padded = np.pad(pixels, 1)
+    core = padded[1:-1, 1:-1]
+    return int(sum((core & ~np.roll(padded, s, axis=a)[1:-1, 1:-1]).sum()
+                   for a in (0, 1) for s in (1, -1)))
+
+
+def test_slide_across_strip_borders_comes_out_whole(tmp_path) -> None:
+    mask = _u_shaped_slide()
+    rows, cols = np.mgrid[0:60, 0:50]
+    prob = np.where(mask == 1, 0.6 + 0.01 * (rows % 7), 0.1).astype(np.float32)
+    dem = (3000.0 + 0.5 * cols).astype(np.float32)  # rises 0.5 m per 0.5 m pixel: 45° slope
+    paths = {"mask": write_raster(tmp_path / "m.tif", mask, nodata=255),
+             "prob": write_raster(tmp_path / "p.tif", prob, nodata=float("nan")),
+             "dem": write_raster(tmp_path / "d.tif", dem)}
+    # Strips of 8 rows: the U's arms are separate in every strip but the last ones.
+    inventory = build_inventory(paths["mask"], paths["prob"], min_area_m2=2.0, strip_rows=8,
+                                dem=paths["dem"])
+    assert len(inventory) == 2  # the U, the square; the 1 m² speck is dropped
+    u_pixels = np.zeros_like(mask, dtype=bool)
+    u_pixels[:45, :35] = mask[:45, :35] == 1
+    attrs = {k: v[0] for k, v in inventory.attributes.items()}
+    assert attrs["pixels"] == u_pixels.sum()
+    assert attrs["area_m2"] == pytest.approx(u_pixels.sum() * 0.25)
+    assert attrs["perimeter_m"] == pytest.approx(_exposed_edges(u_pixels) * 0.5)
+    assert attrs["mean_prob"] == pytest.approx(prob[u_pixels].mean(), rel=1e-6)
+    assert attrs["max_prob"] == pytest.approx(prob[u_pixels].max())
+    assert attrs["mean_slope_deg"] == pytest.approx(45.0, abs=1e-3)
+    assert attrs["elev_range_m"] == pytest.approx((30 - 10) * 0.5)
+    assert inventory.geometries[0].geom_type == "Polygon"  # one piece, not two arms
+    for suffix in (".gpkg", ".geojson"):
+        write_inventory(inventory, tmp_path / f"inv{suffix}")
+        info = pyogrio.read_info(tmp_path / f"inv{suffix}")
+        assert info["features"] == 2 and "elev_range_m" in info["fields"]
+
+
+def test_perimeter_and_area_in_metres_in_degrees(tmp_path) -> None:
+    step, north = 1e-5, 31.1  # degrees: about 0.95 × 1.1 m pixels in the Jinsha valley
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[10:20, 5:25] = 1  # 10 rows × 20 columns
+    transform = from_origin(98.7, north, step, step)
+    paths = [write_raster(tmp_path / name, array, crs="EPSG:4326", transform=transform)
+             for name, array in (("m.tif", mask), ("p.tif", mask.astype(np.float32)))]
+    inventory = build_inventory(*paths)
+    metres = math.pi * EARTH_RADIUS_M / 180 * step
+    top, bottom = math.radians(north - 10 * step), math.radians(north - 20 * step)
+    expected = 20 * metres * (math.cos(top) + math.cos(bottom)) + 2 * 10 * metres
+    assert inventory.attributes["perimeter_m"][0] == pytest.approx(expected, rel=1e-6)
+    centre = math.radians(north - 15 * step)
+    assert inventory.attributes["area_m2"][0] == pytest.approx(
+        200 * metres**2 * math.cos(centre), rel=1e-4)
+
+
+def test_predict_writes_geojson_and_gpkg_with_terrain(tiny_scene, tiny_model, tmp_path,
+                                                      run_cli) -> None:
+    out = tmp_path / "out"
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--out", out, "--tile", 48, "--overlap", 16, "--format",
+                        "gpkg", "--format", "geojson")
+    assert code == 0, err
+    for suffix in ("gpkg", "geojson"):
+        fields = pyogrio.read_info(out / f"scene_landslides.{suffix}")["fields"]
+        assert {"mean_slope_deg", "elev_range_m", "perimeter_m"} <= set(fields)
+    code, err = run_cli("predict", tiny_scene["image"], "--model", tiny_model, "--out", out,
+                        "--format", "shp")
+    assert code == 2 and "'shp' is not one of 'gpkg', 'geojson'" in err
+
+
+def test_geojson_alone_leaves_no_geopackage_behind(tiny_scene, tiny_model, tmp_path,
+                                                   run_cli) -> None:
+    """The GeoJSON is copied from a GeoPackage written first; asked alone, that one goes."""
+    out = tmp_path / "out"
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--out", out, "--tile", 48, "--overlap", 16, "--format",
+                        "geojson", "--memory-mb", 64)
+    assert code == 0, err
+    names = {p.name for p in out.iterdir()}
+    assert {"scene_landslides.geojson", "scene_mask.tif", "scene_prob.tif"} <= names
+    assert not [name for name in names if name.endswith(".gpkg")], names
+    assert "area_m2" in pyogrio.read_info(out / "scene_landslides.geojson")["fields"]
+
+
+@pytest.mark.slow  # two training processes: 12 s of CPU
+def test_two_process_ddp_training_writes_one_model(tiny_scene, tmp_path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({
+        "data": {"train": [{k: str(tiny_scene[k]) for k in ("image", "mask", "dem")}],
+                 "val": [{k: str(tiny_scene[k]) for k in ("image", "mask", "dem")}]},
+        "inputs": {"image_bands": [1, 2, 3], "slope": True},
+        "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
+        "training": {"epochs": 2, "batch_size": 4, "tile": 32, "windows_per_epoch": 8,
+                     "precision": "fp32", "seed": 3},
+        "predict": {"tile": 48, "overlap": 16, "batch_size": 4}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "slidemap", "train", str(config), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=ENV, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header + 2 epochs, written once (rank 0 only)
+
+
+def test_ddp_ranks_split_each_batch_without_overlap() -> None:
+    from slidemap.train.ddp import Ranks, shard_batch
+
+    batch = {"x": np.arange(7)[:, None] * np.ones((1, 3)), "valid": np.arange(7) % 2 == 0}
+    parts = [shard_batch(batch, Ranks(rank, 3)) for rank in range(3)]
+    assert sorted(np.concatenate([p["x"][:, 0] for p in parts]).tolist()) == list(range(7))
+    small = {"x": np.zeros((1, 3))}
+    assert all(len(shard_batch(small, Ranks(rank, 2))["x"]) == 1 for rank in range(2))
+
+
+def _inventory(path: Path) -> tuple[list, dict[str, np.ndarray]]:
+    meta, _, geometries, fields = pyogrio.raw.read(path)
+    return list(geometries), dict(zip(meta["fields"], fields, strict=True))
+
+
+def test_column_blocks_give_the_one_pass_maps_bit_for_bit(wide_scene, tiny_model, tmp_path,
+                                                         monkeypatch) -> None:
+    """A scene cut into column blocks (windows carried across their borders) is mapped exactly
+    as in one pass, and no buffer is wider than a block's."""
+    from slidemap.infer import predict, stream
+
+    whole = api.predict(wide_scene["image"], tmp_path / "whole", wide_scene["dem"], tiny_model,
+                        FP32)
+    planned: list[stream.Grid] = []
+    widths: list[int] = []
+    blend = stream.blend_band
+
+    def narrow(grid, channels, budget):
+        planned.append(replace(grid, block_width=64))
+        return planned[-1]
+
+    def recorded(*args):
+        band = blend(*args)
+        widths.append(band.prob.shape[1])
+        return band
+
+    monkeypatch.setattr(predict, "plan_blocks", narrow)
+    monkeypatch.setattr(stream, "blend_band", recorded)
+    cut = api.predict(wide_scene["image"], tmp_path / "cut", wide_scene["dem"], tiny_model, FP32)
+    blocks = planned[0].blocks
+    assert len(blocks) == 3 and all(b.carried for b in blocks[1:])
+    assert max(widths) == max(b.buffer_width for b in blocks) < 200
+    for key in ("prob", "mask"):
+        np.testing.assert_array_equal(read(cut[key]), read(whole[key]))
+    (cut_shapes, cut_fields), (shapes, fields) = map(_inventory, (cut["inventory"],
+                                                                  whole["inventory"]))
+    assert cut["landslides"] == whole["landslides"] > 0
+    assert cut_shapes == shapes
+    for name, values in fields.items():
+        np.testing.assert_array_equal(cut_fields[name], values)
+    assert not [p for p in (tmp_path / "cut").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("height", [5000, 2_000_000])
+def test_block_buffers_fit_the_budget_whatever_the_width(height) -> None:
+    """At the shipped model's windows (512 working px at 2 m on 0.5 m imagery, overlap 128),
+    a 50 000 px wide scene needs no more than a 5 000 px wide one, nor a 2 000 000 px wide one
+    more than either; a smaller budget gives narrower blocks."""
+    from slidemap.infer.budget import MemoryBudget
+    from slidemap.infer.stream import Grid, buffer_bytes, plan_blocks
+
+    def peak(width: int, budget: MemoryBudget) -> int:
+        grid = plan_blocks(Grid.of(height, width, 512, 128, 4), 5, budget)
+        return max(buffer_bytes(grid, 5, b.buffer_width) for b in grid.blocks)
+
+    default, small = MemoryBudget(), MemoryBudget(384)
+    narrow, wide, widest = (peak(w, default) for w in (5000, 50_000, 2_000_000))
+    assert narrow <= default.bytes and wide <= default.bytes and widest <= default.bytes
+    assert wide == widest
+    assert peak(50_000, small) <= small.bytes < wide
+
+
+def test_a_budget_too_small_for_one_window_is_one_line(tmp_path) -> None:
+    from slidemap.errors import SlidemapError
+    from slidemap.infer.budget import MemoryBudget
+    from slidemap.infer.stream import Grid, plan_blocks
+
+    with pytest.raises(SlidemapError, match="raise --memory-mb, or pass a smaller --tile"):
+        plan_blocks(Grid.of(50_000, 50_000, 1024, 128, 4), 5, MemoryBudget(64))
+    with pytest.raises(SlidemapError, match="--memory-mb 64 or more"):
+        MemoryBudget(8)
+
+
+def test_a_huge_declared_raster_is_refused_before_anything_is_allocated(tiny_scene, tiny_model,
+                                                                         tmp_path,
+                                                                         run_cli) -> None:
+    """A VRT of a kilobyte may declare 2 000 000² px: the budget is checked first."""
+    with rasterio.open(tiny_scene["image"]) as ds:
+        crs, count = ds.crs.to_wkt(), ds.count
+    side = 2_000_000
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename '
+        f'relativeToVRT="0">{tiny_scene["image"]}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f"</SimpleSource></VRTRasterBand>" for b in range(1, count + 1))
+    vrt = tmp_path / "huge.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><SRS>{crs}</SRS>'
+                   f"<GeoTransform>469200, 0.5, 0, 3446200, 0, -0.5</GeoTransform>{bands}"
+                   "</VRTDataset>")
+    code, err = run_cli("predict", vrt, "--dem", tiny_scene["dem"], "--model", tiny_model,
+                        "--out", tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "memory budget" in lines[0], err
+    assert not list((tmp_path / "out").glob("*"))
+
+
+def _blobs(height: int, width: int) -> np.ndarray:
+    """A mask with a 3 × 3 landslide every 8 × 8 px (strips of 12 rows cut some of them)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for top in range(2, height - 3, 8):
+        for left in range(2, width - 3, 8):
+            mask[top:top + 3, left:left + 3] = 1
+    return mask
+
+
+def test_inventory_holds_a_bounded_number_of_landslides(tmp_path, monkeypatch) -> None:
+    """Finished landslides go to the GeoPackage as strips stop touching them: with 8 times as
+    many landslides (a taller scene), no more pieces of landslides are alive at once, and no
+    write takes more than a batch."""
+    import weakref
+
+    from slidemap.infer import vectorize
+
+    monkeypatch.setattr(vectorize, "WRITE_BATCH", 32)
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = {"pieces": 0, "written": 0}
+
+    class Counted(vectorize.Piece):
+        def __post_init__(self) -> None:
+            alive.add(self)
+            most["pieces"] = max(most["pieces"], len(alive))
+
+    write = pyogrio.raw.write
+
+    def counted_write(path, geometry, *args, **kwargs):
+        most["written"] = max(most["written"], len(geometry))
+        return write(path, geometry, *args, **kwargs)
+
+    monkeypatch.setattr(vectorize, "Piece", Counted)
+    monkeypatch.setattr(pyogrio.raw, "write", counted_write)
+    held, counts = [], []
+    for height in (256, 2048):
+        mask = _blobs(height, 128)
+        paths = [write_raster(tmp_path / f"{name}{height}.tif", array) for name, array in
+                 (("m", mask), ("p", mask.astype(np.float32)))]
+        most.update(pieces=0, written=0)
+        summary = vectorize.write_inventories(
+            vectorize.slide_batches(*paths, strip_rows=12), [tmp_path / f"inv{height}.gpkg"])
+        counts.append(summary["landslides"])
+        held.append(dict(most))
+        assert pyogrio.read_info(tmp_path / f"inv{height}.gpkg")["features"] == counts[-1]
+    assert counts[1] > 7 * counts[0] > 0
+    assert held[1] == held[0], held
+    assert held[0]["written"] < 2 * 32
+
+
+def test_streamed_inventory_is_the_one_of_a_single_strip(tmp_path) -> None:
+    """Joining pieces across many thin strips gives the slides, attributes and order of one
+    strip over the whole mask."""
+    rng = np.random.default_rng(4)
+    mask = (rng.random((90, 70)) < 0.45).astype(np.uint8)
+    prob = rng.random((90, 70)).astype(np.float32)
+    paths = [write_raster(tmp_path / "m.tif", mask), write_raster(tmp_path / "p.tif", prob)]
+    one = build_inventory(*paths, strip_rows=90)
+    thin = build_inventory(*paths, strip_rows=3)
+    assert len(thin) == len(one) > 20
+    for name, values in one.attributes.items():
+        np.testing.assert_allclose(thin.attributes[name], values, rtol=1e-12)
+    assert all(a.equals(b) for a, b in zip(thin.geometries, one.geometries, strict=True))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="only Linux renices a single thread")
+def test_helper_threads_run_below_the_model_threads_priority() -> None:
+    """Reading, blending and writing beside the model must yield the core to it, not share it."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    with helper_pool("slidemap-test") as pool:
+        helper = pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
+    assert helper == min(before + HELPER_NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

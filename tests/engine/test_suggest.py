@@ -1,0 +1,112 @@
+"""What to label next: the most uncertain boxes first, spread out, labelled areas skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyogrio.raw
+import pytest
+import shapely
+from factories import ORIGIN, write_raster
+from rasterio.transform import from_origin
+
+from slidemap.data.channels import InputSpec
+from slidemap.errors import SlidemapError
+from slidemap.infer.suggest import binary_entropy, suggest_boxes, write_boxes
+
+BOX = 32
+
+
+class BrightnessModel:
+    """A stand-in model whose probability is the image's brightness / 255: the uncertainty of
+    every box is known in advance."""
+
+    spec = InputSpec(image_bands=(1,))
+    threshold = 0.5
+
+    def __call__(self, raw: list[np.ndarray], valid: list[np.ndarray]) -> list[np.ndarray]:
+        return [x[0] / 255.0 for x in raw]
+
+
+def box_bounds(row: int, col: int) -> tuple[float, float, float, float]:
+    """Ground bounds of box (row, col) of the 1 m test grid."""
+    west, north = ORIGIN[0] + col * BOX, ORIGIN[1] - row * BOX
+    return west, north - BOX, west + BOX, north
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    """128×128 px, 4×4 boxes of 32 px: all sure (p = 0.02) but a coin toss at box (2, 1), a
+    fairly unsure box beside it at (2, 2), a less unsure one far off at (0, 3); the last
+    column of boxes is mostly nodata."""
+    image = np.full((128, 128), 5, np.uint8)
+    image[64:96, 32:64] = 128  # p 0.50
+    image[64:96, 64:96] = 100  # p 0.39
+    image[0:32, 96:128] = 60  # p 0.24
+    image[32:128, 103:128] = 0  # nodata: boxes (1..3, 3) are 7/32 valid, under 25 %
+    return write_raster(tmp_path / "scene.tif", image, nodata=0,
+                        transform=from_origin(*ORIGIN, 1.0, 1.0))
+
+
+def places(picks) -> list[tuple[int, int]]:
+    return [(p.grid_row, p.grid_col) for p in picks]
+
+
+def test_the_most_uncertain_box_comes_first_and_picks_spread_out(scene: Path) -> None:
+    spread = suggest_boxes(BrightnessModel(), scene, None, n=3, box=BOX, spacing=1).picks
+    assert places(spread) == [(2, 1), (0, 3), places(spread)[2]]
+    assert spread[0].uncertainty == pytest.approx(float(binary_entropy(np.array(128 / 255))))
+    assert all(max(abs(a.grid_row - b.grid_row), abs(a.grid_col - b.grid_col)) > 1
+               for i, a in enumerate(spread) for b in spread[i + 1:])
+    near = suggest_boxes(BrightnessModel(), scene, None, n=3, box=BOX, spacing=0).picks
+    assert places(near) == [(2, 1), (2, 2), (0, 3)]  # no spacing: by score alone
+    boxes = [shapely.box(*box_bounds(*p)) for p in places(near)]
+    assert all(a.intersection(b).area == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_boxes_already_labelled_are_skipped(scene: Path, tmp_path: Path) -> None:
+    labelled = tmp_path / "done.gpkg"
+    pyogrio.raw.write(labelled, np.array([shapely.to_wkb(shapely.box(*box_bounds(2, 1)))],
+                                         dtype=object), [], [], driver="GPKG",
+                      geometry_type="Polygon", crs="EPSG:32647")
+    result = suggest_boxes(BrightnessModel(), scene, None, n=2, box=BOX, spacing=0,
+                           labels=[labelled])
+    assert places(result.picks) == [(2, 2), (0, 3)]  # its neighbours touch it only: kept
+    assert result.skipped_labelled == 1
+    assert result.candidates == 16 - 1 - 3  # three boxes are mostly nodata
+
+
+def test_boxes_are_written_ranked_in_the_scene_crs(scene: Path, tmp_path: Path) -> None:
+    result = suggest_boxes(BrightnessModel(), scene, None, n=2, box=BOX)
+    write_boxes(result, tmp_path / "boxes.gpkg")
+    meta, _, wkb, fields = pyogrio.raw.read(tmp_path / "boxes.gpkg")
+    assert "32647" in meta["crs"]
+    assert list(fields[list(meta["fields"]).index("rank")]) == [1, 2]
+    assert shapely.from_wkb(wkb[0]).equals(shapely.box(*box_bounds(2, 1)))
+
+
+def test_suggest_cli_end_to_end(tiny_scene: dict, tiny_model: Path, tmp_path: Path,
+                                run_cli) -> None:
+    out = tmp_path / "boxes.gpkg"
+    args = ["suggest", tiny_model, tiny_scene["image"], "--dem", tiny_scene["dem"], "--n", "4",
+            "--box", "32", "--out", out, "--precision", "fp32"]
+    code, err = run_cli(*args)
+    assert code == 0, err
+    _, _, wkb, _ = pyogrio.raw.read(out)
+    boxes = shapely.from_wkb(wkb)
+    assert len(boxes) == 4
+    assert all(a.intersection(b).area == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    code, err = run_cli(*args)
+    assert code != 0 and "exists" in err  # never replaced without --overwrite
+    code, err = run_cli(*args[:-6], "--box", "32", "--n", "9", "--labels", out,
+                        "--out", tmp_path / "next.gpkg")
+    assert code == 0, err
+    _, _, wkb, _ = pyogrio.raw.read(tmp_path / "next.gpkg")
+    assert len(wkb) == 9 - 4  # the four boxes of the first round are skipped
+    assert not any(shapely.from_wkb(w).intersection(b).area for w in wkb for b in boxes)
+
+
+def test_a_box_too_small_for_the_model_is_refused(scene: Path) -> None:
+    with pytest.raises(SlidemapError, match="too small"):
+        suggest_boxes(BrightnessModel(), scene, None, n=1, box=16)

@@ -1,0 +1,205 @@
+"""Spatial cross-validation: blocks, folds that never train on scored ground or its buffer,
+out-of-fold thresholds, the paired comparison and the command."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from factories import TINY_PREDICT, run_config, write_config, write_scene
+
+from slidemap.data.dataset import RandomWindows
+from slidemap.errors import SlidemapError
+from slidemap.evaluation.folds import Block, held_out, make_blocks
+from slidemap.evaluation.metrics import BinaryConfusion
+from slidemap.train import crossval as crossval_module
+from slidemap.train.config import RunConfig, load_config
+from slidemap.train.crossval import best_threshold, compare, fit_temperature, run_crossval
+
+SIDE = 80
+TILE = 16
+
+
+def synthetic_scene(root: Path, name: str, seed: int) -> dict[str, Path]:
+    """An RGB + DSM scene with bright 'landslide' squares and a nodata strip on the left."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(40, 90, size=(3, SIDE, SIDE)).astype(np.uint8)
+    labels = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    for top, left in rng.integers(8, SIDE - 12, size=(6, 2)):
+        labels[top:top + 8, left:left + 8] = 1
+    image[:, labels == 1] += 100
+    image[:, :, :6] = 0
+    labels[:, :6] = 255
+    rows, cols = np.mgrid[0:SIDE, 0:SIDE]
+    dsm = (1000.0 * seed + 0.3 * cols + 0.2 * rows).astype(np.float32)
+    return write_scene(root, name, image, dsm, labels)
+
+
+def protocol_config(tmp_path: Path, name: str = "candidate", **inputs: object) -> Path:
+    scenes = [synthetic_scene(tmp_path, "east", 1), synthetic_scene(tmp_path, "west", 2)]
+    return write_config(tmp_path / f"{name}.yaml", run_config(
+        scenes, name=name, inputs={"image_bands": [1, 2, 3], "slope": True, **inputs},
+        training={"epochs": 1, "batch_size": 4, "tile": TILE, "windows_per_epoch": 8,
+                  "precision": "fp32", "augment": False, "min_valid": 0.1},
+        predict=TINY_PREDICT, crossval={"blocks": [2, 2], "folds": 2, "seeds": [0, 1]}))
+
+
+def test_no_fold_trains_on_ground_it_scores_or_its_buffer(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    config = load_config(protocol_config(tmp_path))
+    trainings: list[dict] = []
+    real_train, real_sample = crossval_module.train, RandomWindows._sample
+
+    def spy_train(fold_config, run_dir, resume, overwrite, extra_train):
+        trainings.append({"fold": int(run_dir.name.removeprefix("fold")),
+                          "arrays": list(extra_train), "samples": []})
+        assert not fold_config.train_scenes and not fold_config.val_scenes
+        return real_train(fold_config, run_dir, resume=resume, overwrite=overwrite,
+                          extra_train=extra_train)
+
+    def spy_sample(self, index, window, rng):
+        sample = real_sample(self, index, window, rng)
+        trainings[-1]["samples"].append((self.scenes[index].name, window, sample))
+        return sample
+
+    monkeypatch.setattr(crossval_module, "train", spy_train)
+    monkeypatch.setattr(RandomWindows, "_sample", spy_sample)
+    summary = run_crossval(config, tmp_path / "cv", seeds=(0,))
+    layout = json.loads((tmp_path / "cv" / "blocks_layout.json").read_text())
+    buffer = layout["buffer_px"]
+    assert buffer >= TILE  # at least one training window
+    blocks = [Block(**b) for b in layout["blocks"]]
+    assert len(blocks) == 8 and {b.fold for b in blocks} == {0, 1}
+    assert len(trainings) == 2  # one per fold
+    scene_names = ["east", "west"]
+    for training in trainings:
+        fold = training["fold"]
+        for array in training["arrays"]:  # the masks and inputs the loop was given
+            index = scene_names.index(array.name)
+            hidden = held_out(blocks, fold, index, array.target.shape, buffer)
+            assert (array.target[hidden] == 255).all()
+            assert np.isnan(array.x[:, hidden]).all()
+            # Every training pixel lies more than one window from every scored block.
+            ys, xs = np.nonzero(array.target != 255)
+            for block in blocks:
+                if block.fold == fold and block.scene == index:
+                    dy = np.maximum(np.maximum(block.top - ys, ys - (block.bottom - 1)), 0)
+                    dx = np.maximum(np.maximum(block.left - xs, xs - (block.right - 1)), 0)
+                    assert np.maximum(dy, dx).min() > TILE
+        assert training["samples"]
+        for name, window, sample in training["samples"]:  # the windows the network saw
+            index = scene_names.index(name)
+            hidden = held_out(blocks, fold, index, (SIDE, SIDE), buffer)
+            rows = slice(window.row_off, window.row_off + window.height)
+            cols = slice(window.col_off, window.col_off + window.width)
+            seen = hidden[rows, cols]
+            assert not sample["valid"][0][seen].any()
+            assert (sample["x"][:, seen] == 0).all()
+    # Each fold's run scored exactly its own blocks, every block once per seed.
+    for fold in (0, 1):
+        scored = json.loads((tmp_path / "cv" / "candidate" / "s0" / f"fold{fold}"
+                             / "blocks.json").read_text())
+        assert set(scored) == {b.name for b in blocks if b.fold == fold}
+    # Blocks tile the labelled ground: the pooled matrix counts every labelled pixel once.
+    labelled = sum(int((np.asarray(load_mask(config, i)) != 255).sum()) for i in range(2))
+    assert summary["recipes"]["candidate"]["pooled"]["pixels"] == labelled
+
+
+def load_mask(config: RunConfig, index: int) -> np.ndarray:
+    with rasterio.open(config.train_scenes[index].mask) as ds:
+        return ds.read(1)
+
+
+def test_crossval_command_writes_tables_and_comparison(tmp_path: Path, run_cli) -> None:
+    candidate = protocol_config(tmp_path, "candidate", relief_m=4.0)
+    baseline = protocol_config(tmp_path, "baseline", dem=True)
+    code, err = run_cli("crossval", candidate, "--baseline", baseline, "--out", tmp_path / "cv",
+                        "--seeds", "0,1")
+    assert code == 0, err
+    with (tmp_path / "cv" / "blocks.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2 * 8  # recipes × seeds × blocks
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    comparison = summary["comparison"]
+    low, high = comparison["interval_95"]
+    assert low <= comparison["pooled_f1_difference"] <= high
+    assert len(comparison["blocks"]) == 8
+    text = (tmp_path / "cv" / "summary.md").read_text()
+    assert "keep the baseline" in text or "adopt" in text
+    assert "worst block" in text
+    # A rerun keeps every scored fold: nothing trains again.
+    before = (tmp_path / "cv" / "summary.json").read_text()
+    code, err = run_cli("crossval", candidate, "--baseline", baseline, "--out", tmp_path / "cv",
+                        "--seeds", "0,1")
+    assert code == 0, err
+    assert (tmp_path / "cv" / "summary.json").read_text() == before
+
+
+def test_blocks_split_the_valid_ground_into_equal_parts() -> None:
+    valid = np.zeros((60, 90), dtype=bool)
+    rows, cols = np.mgrid[0:60, 0:90]
+    valid[np.abs(rows - cols * 0.6) < 12] = True  # a diagonal band, like a valley
+    blocks = make_blocks([valid], ["band"], 2, 3, folds=3)
+    cover = np.zeros(valid.shape, dtype=int)
+    for block in blocks:
+        cover += block.mask(valid.shape)
+    assert (cover[valid] == 1).all()  # every valid pixel in exactly one block
+    sizes = [int(valid[b.mask(valid.shape)].sum()) for b in blocks]
+    assert len(blocks) == 6 and max(sizes) < 1.6 * min(sizes)
+    assert [b.fold for b in blocks] == [0, 1, 2, 0, 1, 2]
+    with pytest.raises(SlidemapError, match="cannot fill"):
+        make_blocks([valid], ["band"], 1, 2, folds=3)
+
+
+def test_buffer_below_a_training_window_is_refused(tmp_path: Path) -> None:
+    raw = yaml.safe_load(protocol_config(tmp_path).read_text())
+    raw["crossval"]["buffer"] = TILE - 1
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SlidemapError, match="less than one training window"):
+        run_crossval(load_config(path), tmp_path / "cv")
+
+
+def test_threshold_and_bootstrap_on_known_counts() -> None:
+    rng = np.random.default_rng(1)
+    target = (rng.random(4000) > 0.7).astype(np.uint8)
+    prob = np.clip(0.3 + 0.35 * target + rng.normal(0, 0.1, 4000), 0, 1).astype(np.float32)
+    confusion = BinaryConfusion()
+    confusion.update(prob, target)
+    fitted = best_threshold([confusion])
+    sweep = max(confusion.sweep(np.round(np.arange(5, 96) / 100, 2)), key=lambda r: r["f1"])
+    assert fitted == pytest.approx(sweep["threshold"])
+    assert 0.4 < fitted < 0.7  # between the two classes' means, not the default 0.5 by luck
+    # Calibrated probabilities need no temperature; the same logits doubled need T = 2, halved
+    # T = 0.5 (logits within the histograms' resolution).
+    logits = rng.normal(0, 1.0, 200_000)
+    truth = (rng.random(logits.size) < 1 / (1 + np.exp(-logits))).astype(np.uint8)
+    for factor, expected in ((1.0, 1.0), (2.0, 2.0), (0.5, 0.5)):
+        calibrated = BinaryConfusion()
+        calibrated.update((1 / (1 + np.exp(-factor * logits))).astype(np.float32), truth)
+        assert fit_temperature([calibrated]) == pytest.approx(expected, rel=0.05)
+    better = np.array([[[90, 10, 10, 890]] * 8, [[88, 12, 12, 888]] * 8])
+    worse = np.array([[[70, 30, 30, 870]] * 8, [[72, 28, 28, 872]] * 8])
+    result = compare(better, worse, [f"b{i}" for i in range(8)])
+    assert result["pooled_f1_difference"] == pytest.approx(0.89 - 0.71)
+    assert result["interval_95"][0] > 0 and result["adopt"]
+    assert not compare(worse, better, [f"b{i}" for i in range(8)])["adopt"]
+
+
+def test_a_changed_recipe_refuses_the_old_folds(tmp_path: Path) -> None:
+    path = protocol_config(tmp_path)
+    config = load_config(path)
+    layout = make_blocks([np.ones((SIDE, SIDE), bool)] * 2, ["east", "west"], 2, 2, 2)
+    arrays = crossval_module._scene_arrays(config)
+    crossval_module.run_fold(config, arrays, layout, 0, TILE, 0, tmp_path / "fold")
+    assert (tmp_path / "fold" / "blocks.json").exists()
+    with pytest.raises(SlidemapError, match="another config"):
+        crossval_module.run_fold(replace(config, loss={"dice": 1.0}), arrays, layout, 0, TILE,
+                                 0, tmp_path / "fold")

@@ -1,0 +1,128 @@
+"""The one scorer: training validation, finetune before/after and study report the same figures
+for the same model on the same data, counted on each item's own grid."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import (
+    TINY_PREDICT,
+    TINY_TRAINING,
+    patch_folder,
+    run_config,
+    tiny_bundle,
+    write_config,
+    write_raster,
+)
+
+from slidemap import api
+from slidemap.data.channels import InputSpec
+from slidemap.data.dataset import load_scene_arrays
+from slidemap.data.sources import load_arrays
+from slidemap.evaluation.metrics import BinaryConfusion
+from slidemap.evaluation.scorer import score_bundle, score_regions
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.predict import PredictOptions
+from slidemap.io.modelfile import load_model, save_model
+from slidemap.train.config import load_config
+from slidemap.train.finetune import finetune
+from slidemap.train.study import score_run
+
+
+@pytest.fixture
+def mixed_config(tmp_path: Path, tiny_scene: dict[str, Path]) -> Path:
+    """A fine-tuning config whose validation holds a scene and a patch set up-sampled 2×, so a
+    scorer on the up-sampled grid would count other pixels than one on the native grid."""
+    root = patch_folder(tmp_path / "site", count=3)
+    spec = InputSpec(image_bands=(1, 2, 3), scale=2.0)
+    start = save_model(tiny_bundle(spec, seed=3), tmp_path / "start")
+    items = [tiny_scene, {"patches": root}]
+    return write_config(tmp_path / "run.yaml", run_config(
+        items, items, inputs={"image_bands": [1, 2, 3], "scale": 2.0}, init=str(start),
+        training={**TINY_TRAINING, "epochs": 2, "select": "last"}, predict=TINY_PREDICT))
+
+
+def test_history_finetune_and_study_agree(mixed_config: Path, tmp_path: Path) -> None:
+    config = load_config(mixed_config)
+    report = finetune(config, tmp_path / "run")
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        last = list(csv.DictReader(handle))[-1]
+    model = load_model(tmp_path / "run" / "model")
+    study = score_run(model, config)
+    for key in ("f1", "iou", "precision", "recall"):
+        assert float(last[f"val_{key}"]) == pytest.approx(report["after"][key], abs=1e-5), key
+        assert study[key] == pytest.approx(report["after"][key], abs=1e-12), key
+        assert model.provenance["validation"][key] == pytest.approx(study[key], abs=1e-12)
+    assert study["pixels"] == report["after"]["pixels"]
+    # The starting model is scored by the same function as the study scores it.
+    start = score_run(load_model(config.init), config)
+    assert report["before"]["f1"] == pytest.approx(start["f1"], abs=1e-12)
+    assert json.loads((tmp_path / "run" / "finetune.json").read_text()) == report
+
+
+def test_patches_are_counted_on_their_native_grid(mixed_config: Path) -> None:
+    config = load_config(mixed_config)
+    arrays = load_arrays(config.val_scenes, config.val_patches, config.inputs)
+    native = 0
+    for item in arrays:
+        labels = getattr(item, "labels", None)
+        native += int(((labels if labels is not None else item.target) != 255).sum())
+    upsampled = sum(int(item.valid.sum()) for item in arrays)
+    assert upsampled > native  # the 2× patches hold four times the pixels up-sampled
+    confusion = score_bundle(load_model(config.init), arrays, "fp32")
+    assert confusion.metrics()["pixels"] == native
+
+
+def test_pooling_confusions_equals_one_matrix() -> None:
+    rng = np.random.default_rng(0)
+    prob = rng.random((2, 40, 40)).astype(np.float32)
+    target = (rng.random((2, 40, 40)) > 0.7).astype(np.uint8)
+    whole = BinaryConfusion(0.4)
+    whole.update(prob, target)
+    parts = BinaryConfusion(0.4)
+    for i in range(2):
+        part = BinaryConfusion(0.4)
+        part.update(prob[i], target[i])
+        parts.add(part)
+    assert parts.metrics() == whole.metrics()
+    with pytest.raises(ValueError, match="thresholds"):
+        parts.add(BinaryConfusion(0.5))
+
+
+def test_evaluate_agrees_with_the_scorer(tiny_scene: dict[str, Path], tiny_model: Path,
+                                         tmp_path: Path) -> None:
+    """``slidemap evaluate`` of a model on a scene (streamed to a raster, scored strip by strip)
+    gives the figures the in-memory scorer gives on the same scene. The DEM here covers the
+    image's nodata strip too: next to a DEM hole the raster also counts the ring of pixels
+    whose slope has no value, which the scorer leaves out (a known difference)."""
+    bundle = load_model(tiny_model)
+    rows, cols = np.mgrid[0:96, 0:96]
+    dem = write_raster(tmp_path / "dsm.tif", (3000.0 + 0.25 * cols + 0.1 * rows)
+                       .astype(np.float32), nodata=float("nan"))
+    report = api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], dem=dem,
+                          model=tiny_model, out_dir=tmp_path / "eval",
+                          options=PredictOptions(precision="fp32"))
+    arrays = [load_scene_arrays(tiny_scene["image"], tiny_scene["mask"], dem, bundle.inputs)]
+    scored = score_bundle(bundle, arrays, "fp32").metrics()
+    assert report["metrics"]["pixels"] == scored["pixels"]
+    for key in ("f1", "iou", "precision", "recall"):
+        assert report["metrics"][key] == pytest.approx(scored[key], abs=1e-4), key
+
+
+def test_blocks_scored_apart_add_up_to_the_scene(tiny_scene: dict[str, Path],
+                                                 tiny_model: Path) -> None:
+    """crossval's per-block matrices are the scorer's matrix of the scene, split by region."""
+    bundle = load_model(tiny_model)
+    scene = load_scene_arrays(tiny_scene["image"], tiny_scene["mask"], tiny_scene["dem"],
+                              bundle.inputs)
+    whole = score_bundle(bundle, [scene], "fp32")
+    left = np.zeros(scene.target.shape, dtype=bool)
+    left[:, :50] = True
+    predictor = Predictor([bundle], precision="fp32")
+    parts = score_regions(predictor, scene, [left, ~left], PredictOptions(precision="fp32"))
+    assert all(part.metrics()["pixels"] > 0 for part in parts)
+    assert parts[0].add(parts[1]).metrics() == whole.metrics()

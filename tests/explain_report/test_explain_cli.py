@@ -1,0 +1,115 @@
+"""``slidemap explain``: pictures of one window, GeoTIFFs on that window's grid, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from factories import RGB_SLOPE, tiny_bundle, write_raster
+from PIL import Image
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from slidemap.data.channels import InputSpec
+from slidemap.io.modelfile import save_model
+
+
+def save_bundle(path: Path, architecture: str = "unet", spec: InputSpec = RGB_SLOPE,
+                threshold: float = 0.5) -> Path:
+    bundle = tiny_bundle(spec, architecture, mean=[60.0, 60.0, 60.0, 10.0],
+                         std=[30.0, 30.0, 30.0, 5.0], threshold=threshold)
+    return save_model(bundle, path)
+
+
+def test_explain_writes_overlays_and_geotiffs_on_the_window_grid(
+        tiny_scene, tiny_model, tmp_path, run_cli) -> None:
+    out = tmp_path / "explain"
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--window", "8,16,64,48", "--box", "14,30,34,60",
+                        "--out", out)
+    assert code == 0, err
+    for name in ("gradcam", "probability"):
+        with Image.open(out / f"{name}.png") as png:
+            assert png.size[0] > 100 and png.size[1] > 100
+        with rasterio.open(tiny_scene["image"]) as src, rasterio.open(out / f"{name}.tif") as ds:
+            assert ds.crs == src.crs
+            assert ds.transform == window_transform(Window(8, 16, 64, 48), src.transform)
+            assert ds.shape == (48, 64)
+            heat = ds.read(1)
+        assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["window"] == [8, 16, 64, 48] and summary["region_pixels"] == 20 * 30
+    assert summary["layer"]
+
+
+def test_attention_maps_and_decimation_back_to_native_pixels(tiny_scene, tmp_path, run_cli) -> None:
+    """A 1 m model on the 0.5 m scene works on 48 px but writes 96 px GeoTIFFs."""
+    spec = InputSpec(image_bands=(1, 2, 3), slope=True, resolution_m=1.0)
+    model = save_bundle(tmp_path / "att", "unetpp_spatial", spec)
+    out = tmp_path / "explain"
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        model, "--box", "30,40,70,80", "--out", out)
+    assert code == 0, err
+    attention = sorted(p.name for p in out.glob("attention_*.tif"))
+    assert attention and all((out / a.replace(".tif", ".png")).exists() for a in attention)
+    with rasterio.open(tiny_scene["image"]) as src, rasterio.open(out / attention[0]) as ds:
+        assert ds.transform == src.transform and ds.shape == src.shape == (96, 96)
+    assert json.loads((out / "explain.json").read_text())["decimation"] == 2
+
+
+@pytest.mark.parametrize(("threshold", "outcome"), [(0.0, "explained"), (1.0, "pass --box")])
+def test_default_region_is_the_predicted_landslide_pixels(tiny_scene, tmp_path, run_cli,
+                                                          threshold, outcome) -> None:
+    """Every valid pixel is landslide at threshold 0 (nodata columns excluded), none at 1."""
+    model = save_bundle(tmp_path / "m", threshold=threshold)
+    out = tmp_path / "explain"
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        model, "--out", out)
+    if outcome == "explained":
+        assert code == 0, err
+        summary = json.loads((out / "explain.json").read_text())
+        assert summary["window"] == [0, 0, 96, 96] and summary["region_pixels"] == 96 * 88
+    else:
+        assert code == 1 and outcome in err and not out.exists()
+
+
+def test_image_without_georeference_gets_pictures_only(tmp_path, tiny_model, run_cli) -> None:
+    rng = np.random.default_rng(1)
+    image = write_raster(tmp_path / "plain.tif", rng.integers(1, 200, (3, 64, 64), np.uint8),
+                         crs=None)
+    dem = write_raster(tmp_path / "plain_dem.tif",
+                       np.add.outer(np.arange(64.0), np.arange(64.0)).astype(np.float32),
+                       crs=None)
+    out = tmp_path / "explain"
+    code, err = run_cli("explain", image, "--dem", dem, "--model", tiny_model, "--box",
+                        "0,0,32,32", "--out", out)
+    assert code == 0, err
+    assert (out / "gradcam.png").exists() and not list(out.glob("*.tif"))
+
+
+@pytest.mark.parametrize(("args", "message", "exit_code"), [
+    (("--window", "1,2,3"), "--window '1,2,3' is not valid", 2),  # malformed: a usage error
+    (("--window", "50,0,64,64"), "is not inside the 96×96 px image", 1),
+    (("--window", "0,0,16,16"), "too small", 1),
+    (("--box", "0,0,200,10"), "--box 0,0,200,10 is empty or outside", 1),
+    (("--box", "a,b,c,d"), "--box 'a,b,c,d' is not valid", 2),
+    (("--layer", "nope", "--box", "0,0,9,9"), "model has no layer 'nope'", 1),
+])
+def test_bad_input_is_one_line(tiny_scene, tiny_model, tmp_path, run_cli, args,
+                               message, exit_code) -> None:
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--out", tmp_path / "x", *args)
+    assert code == exit_code
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_existing_outputs_need_overwrite(tiny_scene, tiny_model, tmp_path, run_cli) -> None:
+    args = ("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model", tiny_model,
+            "--box", "30,40,70,80", "--out", tmp_path / "x")
+    assert run_cli(*args)[0] == 0
+    code, err = run_cli(*args)
+    assert code == 1 and "pass --overwrite" in err
+    assert run_cli(*args, "--overwrite")[0] == 0

@@ -1,0 +1,396 @@
+"""Plots and the self-contained HTML report, down to opening it in a real (headless) browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from unittest.mock import ANY
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from factories import rewrite_sidecar, write_raster
+from matplotlib.collections import LineCollection
+from matplotlib.text import Text
+from PIL import Image
+from rasterio.transform import from_origin
+
+from slidemap.errors import SlidemapError
+from slidemap.evaluation.metrics import BinaryConfusion
+from slidemap.infer.vectorize import build_inventory, write_inventory
+from slidemap.report import build_report, plot_training_curves
+from slidemap.report.mapview import (
+    Outlines,
+    map_figure,
+    map_grid,
+    nice_length,
+    probability_backdrop,
+)
+from slidemap.report.plots import (
+    ERROR_COLOURS,
+    GREY,
+    error_map,
+    pr_curve_figure,
+    precision_recall,
+    size_histogram_figure,
+)
+from slidemap.report.provenance import Provenance, accuracy_caveat, from_tags
+
+CHROMIUM = Path("/usr/bin/chromium")
+PNG_URI = "data:image/png;base64,"
+JPEG_URI = "data:image/jpeg;base64,"
+HISTORY = """epoch,train_loss,lr,seconds,val_precision,val_recall,val_f1,val_iou,val_auc
+1,1.24933,0.00057,44.3,0.17328,1.0,0.29537,0.17328,0.6786
+2,0.90972,0.00155,57.0,0.4004,0.57169,0.47096,0.30801,0.80333
+3,0.79144,0.00199,24.8,0.45567,0.63161,0.52941,0.35999,0.74369
+"""
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as png:
+        assert png.format == "PNG" and min(png.size) > 100
+
+
+def assert_self_contained(html: str) -> None:
+    """Every src/href is a data URI: nothing to fetch, so the file works offline and mailed."""
+    links = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", html)
+    assert links and all(link.startswith((PNG_URI, JPEG_URI)) for link in links)
+    assert not re.search(r"<script|<link|url\(|https?://", html)
+
+
+def test_training_curves_and_run_report(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    assert plot_training_curves(run) is None
+    (run / "history.csv").write_text(HISTORY)
+    (run / "summary.json").write_text(json.dumps({"best_epoch": 3, "best_val_f1": 0.52941}))
+    assert plot_training_curves(run) == run / "curves.png"
+    assert_png(run / "curves.png")
+    html = build_report(run).read_text()
+    assert "Training run" in html and "0.5294" in html and "best val f1" in html
+    assert html.count(PNG_URI) == 1
+    assert_self_contained(html)
+
+
+def test_pr_curve_from_the_confusion_histograms() -> None:
+    separable = BinaryConfusion(0.5)
+    separable.update(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 1, 0, 0], np.uint8))
+    precision, recall, average = precision_recall(separable)
+    assert average == pytest.approx(1.0) and recall[-1] == 1.0 and precision[-1] == 0.5
+    reversed_ = BinaryConfusion(0.5)
+    reversed_.update(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0], np.uint8))
+    assert precision_recall(reversed_)[2] < 0.6
+    assert precision_recall(BinaryConfusion())[0].size == 0
+    pr_curve_figure(BinaryConfusion())  # nothing to draw is said on the figure, not raised
+
+
+def test_error_map_colours_each_outcome_and_stays_small(tmp_path) -> None:
+    truth = np.zeros((64, 64), np.uint8)
+    truth[:32] = 1
+    truth[:, 60:] = 255
+    prob = np.zeros((64, 64), np.float32)
+    prob[:16] = 0.9  # rows 0-15 TP, 16-31 FN
+    prob[48:] = 0.9  # rows 48-63 FP
+    pred_path = write_raster(tmp_path / "prob.tif", prob)
+    truth_path = write_raster(tmp_path / "truth.tif", truth, nodata=255)
+    errors = error_map(pred_path, truth_path, 0.5)
+    mixed = [round(0.35 * GREY + 0.65 * c) for c in ERROR_COLOURS["true positive"]]
+    assert errors[5, 5].tolist() == mixed
+    assert errors[20, 5].tolist() == [round(0.35 * GREY + 0.65 * c)
+                                      for c in ERROR_COLOURS["false negative"]]
+    assert errors[50, 5].tolist() == [round(0.35 * GREY + 0.65 * c)
+                                      for c in ERROR_COLOURS["false positive"]]
+    assert errors[40, 5].tolist() == [GREY] * 3 and errors[40, 62].tolist() == [GREY // 2] * 3
+    assert error_map(pred_path, truth_path, 0.5, max_side=16).shape == (16, 16, 3)
+
+
+def evaluated(tiny_scene, tiny_model, tmp_path, run_cli) -> Path:
+    out = tmp_path / "eval"
+    code, err = run_cli("evaluate", tiny_scene["mask"], "--image", tiny_scene["image"],
+                        "--dem", tiny_scene["dem"], "--model", tiny_model, "--out", out,
+                        "--report")
+    assert code == 0, err
+    return out
+
+
+def test_evaluate_writes_plots_and_report(tiny_scene, tiny_model, tmp_path, run_cli) -> None:
+    out = evaluated(tiny_scene, tiny_model, tmp_path, run_cli)
+    for name in ("pr_curve.png", "errors_overlay.png"):
+        assert_png(out / name)
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    html = (out / "report.html").read_text()
+    assert f"{metrics['f1']:.4f}" in html and f"FP {metrics['fp']:,}" in html
+    assert html.count(PNG_URI) == 2
+    assert_self_contained(html)
+
+
+def test_prediction_only_evaluation_draws_on_grey(tiny_scene, tmp_path, run_cli) -> None:
+    out = tmp_path / "eval"
+    code, err = run_cli("evaluate", tiny_scene["mask"], "--prediction", tiny_scene["mask"],
+                        "--out", out)
+    assert code == 0, err
+    assert_png(out / "errors_overlay.png") and assert_png(out / "pr_curve.png")
+    code, err = run_cli("evaluate", tiny_scene["mask"], "--prediction", tiny_scene["mask"],
+                        "--report")
+    assert code == 2 and "--report needs --out" in err
+
+
+def test_predict_report_maps_the_scene_with_its_provenance(tiny_scene, tiny_model, tmp_path,
+                                                            run_cli) -> None:
+    out = tmp_path / "pred"
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--tile", 48, "--overlap", 16, "--out", out, "--report")
+    assert code == 0, err
+    html = (out / "report.html").read_text()
+    assert "<title>Landslide map of scene</title>" in html and "total area" in html
+    assert html.count(PNG_URI) == 2 and html.count(JPEG_URI) == 1  # histogram, probability; map
+    assert f"imagery: {tiny_scene['image'].name}" in html  # the input known to predict
+    assert str(tiny_model) in html and "slidemap predict" in html
+    assert "unmeasured for this model" in html  # the tiny model's sidecar has no card
+    assert_self_contained(html)
+
+
+def test_report_refuses_a_folder_with_nothing_to_report(tmp_path, run_cli) -> None:
+    code, err = run_cli("report", tmp_path)
+    assert code == 1 and "has no history.csv" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SlidemapError, match="not a folder"):
+        build_report(tmp_path / "missing")
+
+
+def test_report_never_writes_over_what_it_reads(mapped, run_cli) -> None:
+    before = mapped["prob"].read_bytes()
+    code, err = run_cli("report", mapped["folder"], "--out", mapped["prob"])
+    assert code == 2 and "is not an .html file" in err and mapped["prob"].read_bytes() == before
+
+
+# Test-only probe appended to a copy of the report: the report itself has no script. After load
+# it records each image's decoded width, which --dump-dom then prints with the DOM.
+PROBE = """<script>addEventListener("load", () => document.body.setAttribute("data-widths",
+  [...document.images].map(i => i.complete ? i.naturalWidth : 0).join(",")));</script>"""
+
+
+def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless, sandbox off (root in a container), nothing fetched or synced, fresh profile."""
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+         f"--user-data-dir={profile}", *args],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_report_opens_in_headless_chromium(tiny_scene, tiny_model, tmp_path, run_cli) -> None:
+    """The bar: a browser shows the report, every image decodes, nothing lands in the console.
+
+    The screenshot is kept for a person: set SLIDEMAP_ARTIFACTS=DIR to get it as DIR/report.png.
+    """
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)")
+    report = evaluated(tiny_scene, tiny_model, tmp_path, run_cli) / "report.html"
+    shot = tmp_path / "report.png"
+    shown = chromium(tmp_path / "profile-shot", "--enable-logging=stderr", "--v=0",
+                     f"--screenshot={shot}", "--window-size=1200,2000", report.as_uri())
+    assert shown.returncode == 0 and shot.exists(), shown.stderr[-2000:]
+    assert not [line for line in shown.stderr.splitlines() if ":CONSOLE" in line]
+    with Image.open(shot) as png:
+        pixels = np.asarray(png.convert("RGB")).astype(np.int32)
+    assert pixels.shape == (2000, 1200, 3)
+    colours = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
+    background = (colours == colours[-1, -1]).mean()
+    assert background < 0.9 and np.unique(colours).size > 100  # text, tables and plots drawn
+    if os.environ.get("SLIDEMAP_ARTIFACTS"):
+        artifacts = Path(os.environ["SLIDEMAP_ARTIFACTS"])
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, artifacts / "report.png")
+
+    html = report.read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE + "</body>"))
+    dumped = chromium(tmp_path / "profile-dom", "--virtual-time-budget=5000", "--dump-dom",
+                      probe.as_uri())
+    found = re.search(r'data-widths="([^"]*)"', dumped.stdout)
+    assert found, dumped.stderr[-2000:]
+    widths = [int(w) for w in found.group(1).split(",")]
+    assert len(widths) == html.count("<img") == 2 and min(widths) > 100
+
+
+# -- the map of a prediction -------------------------------------------------------------------
+
+
+@pytest.fixture
+def mapped(tmp_path: Path) -> dict[str, Path]:
+    """A prediction folder written by hand: a 120×160 scene whose left 20 columns are nodata,
+    a large and a small landslide, a single-pixel speck, and the inventory slidemap writes."""
+    image = np.zeros((3, 120, 160), np.uint8)
+    image[:, :, 20:] = np.arange(140, dtype=np.uint8)[None, None, :] + 60
+    mask = np.zeros((120, 160), np.uint8)
+    mask[20:60, 40:100] = 1
+    mask[80:90, 120:130] = 1
+    mask[100, 30] = 1
+    mask[:, :20] = 255
+    prob = np.where(mask == 1, 0.9, 0.1).astype(np.float32)
+    prob[mask == 255] = np.nan
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    paths = {"image": write_raster(tmp_path / "scene.tif", image, nodata=0),
+             "prob": write_raster(folder / "scene_prob.tif", prob, nodata=float("nan")),
+             "mask": write_raster(folder / "scene_mask.tif", mask, nodata=255),
+             "inventory": folder / "scene_landslides.gpkg", "folder": folder}
+    write_inventory(build_inventory(paths["mask"], paths["prob"]), paths["inventory"])
+    return paths
+
+
+def map_png(html: str) -> np.ndarray:
+    """The decoded map image of a report."""
+    found = re.search(r"<figure class='map'><img src='data:image/jpeg;base64,([^']+)'", html)
+    assert found, "no map in the report"
+    with Image.open(io.BytesIO(base64.b64decode(found.group(1)))) as png:
+        return np.asarray(png.convert("RGB")).astype(np.int32)
+
+
+def near(pixels: np.ndarray, colour: tuple[int, int, int], tolerance: int = 12) -> int:
+    return int((np.abs(pixels - np.array(colour)).max(axis=-1) <= tolerance).sum())
+
+
+def test_prediction_report_numbers_the_map_and_the_table_alike(mapped) -> None:
+    before = {p: p.stat().st_mtime_ns for p in mapped["folder"].iterdir()}
+    html = build_report(mapped["folder"], provenance=Provenance(image=str(mapped["image"]))
+                        ).read_text()
+    after = {p: p.stat().st_mtime_ns for p in mapped["folder"].iterdir()}
+    assert after == {**before, mapped["folder"] / "report.html": ANY}  # nothing else touched
+    assert "<h1>Landslide map of scene</h1>" in html and "pred" not in html.split("</h1>")[0]
+    assert html.count(PNG_URI) == 2 and html.count(JPEG_URI) == 1 and "imagery: scene.tif" in html
+    # 0.5 m pixels: 60×40 px = 600 m², 10×10 px = 25 m², the speck 0.25 m²: largest first
+    rows = re.findall(r"<tr><td class='num'>(\d+)</td><td class='num'>([^<]+)</td>", html)
+    assert rows == [("1", "600 m²"), ("2", "25 m²"), ("3", "&lt; 1 m²")]
+    assert "WGS 84 / UTM zone 47N (EPSG:32647)" in html and "603 m² (0.06 ha)" not in html
+    assert "625 m² (0.06 ha)" in html  # the total, in the one area format
+    assert "landslides of a single raster pixel</th><td class='num'>1<" in html
+    pixels = map_png(html)
+    assert near(pixels, (255, 224, 0), 30) > 200  # the outlines, in yellow over the image
+    assert near(pixels, (215, 215, 215), 8) + near(pixels, (150, 150, 150), 8) > 500  # nodata
+    assert "unmeasured" not in html and "not recorded in its outputs" in html
+    assert_self_contained(html)
+
+
+def test_prediction_report_without_landslides(mapped) -> None:
+    """Nothing mapped is said, on the map and in the table, and nothing breaks."""
+    with rasterio.open(mapped["mask"], "r+") as ds:
+        ds.write(np.where(ds.read(1) == 1, 0, ds.read(1)), 1)
+    mapped["inventory"].unlink()
+    write_inventory(build_inventory(mapped["mask"], mapped["prob"]), mapped["inventory"])
+    html = build_report(mapped["folder"], interactive=True).read_text()
+    assert "no landslide mapped." in html and "No landslide was mapped." in html
+    assert "<th>landslides</th><td class='num'>0</td>" in html
+
+
+def test_report_of_a_geojson_inventory(mapped) -> None:
+    """``predict --format geojson`` alone: the same table from the GeoJSON file."""
+    geojson = mapped["inventory"].with_suffix(".geojson")
+    write_inventory(build_inventory(mapped["mask"], mapped["prob"]), geojson)
+    mapped["inventory"].unlink()
+    html = build_report(mapped["folder"]).read_text()
+    rows = re.findall(r"<tr><td class='num'>(\d+)</td><td class='num'>([^<]+)</td>", html)
+    assert rows == [("1", "600 m²"), ("2", "25 m²"), ("3", "&lt; 1 m²")]
+
+
+def test_map_figure_has_numbers_scale_bar_north_arrow_and_crs(mapped) -> None:
+    grid = map_grid(mapped["mask"])
+    assert grid.valid.shape == (120, 160) and not grid.valid[:, :20].any()
+    square = shapely.box(469230.0, 3446170.0, 469250.0, 3446190.0)
+    figure = map_figure(np.zeros((120, 160, 3), np.uint8), grid,
+                        Outlines([square], [(1, 469240.0, 3446180.0)]), "scene", "imagery")
+    texts = {t.get_text() for t in figure.findobj(Text)}
+    assert {"1", "N", "20 m"} <= texts  # 80 m wide: the bar is the nice length under a quarter
+    assert any("EPSG:32647" in t for t in texts) and any("3,446,1" in t for t in texts)
+    lines = [c for c in figure.axes[0].collections if isinstance(c, LineCollection)]
+    assert len(lines) == 2 and len(lines[1].get_segments()) == 1  # halo + outline of one ring
+    assert nice_length(740) == 500 and nice_length(0.3) == 0.2
+
+
+def test_report_reads_provenance_tags_and_the_model_card(mapped, tiny_model) -> None:
+    with rasterio.open(mapped["prob"], "r+") as ds:
+        ds.update_tags(SLIDEMAP_MODEL=str(tiny_model), SLIDEMAP_THRESHOLD="0.42",
+                       SLIDEMAP_VERSION="9.9.9", SLIDEMAP_IMAGE=str(mapped["image"]))
+    html = build_report(mapped["folder"]).read_text()
+    assert "imagery: scene.tif" in html and "9.9.9" in html
+    assert "<th>threshold</th><td>0.42</td>" in html and "unmeasured for this model" in html
+    rewrite_sidecar(tiny_model, card={"new_ground": "F1 0.5 on the far valley (run.sh)."})
+    assert accuracy_caveat((str(tiny_model),)) == [("tiny.safetensors",
+                                                    "F1 0.5 on the far valley (run.sh).")]
+
+
+def test_map_in_degrees_is_drawn_to_scale(tmp_path) -> None:
+    """Longitude/latitude grids: a degree of longitude drawn shorter, the bar in metres."""
+    mask = write_raster(tmp_path / "m.tif", np.zeros((60, 80), np.uint8), crs="EPSG:4326",
+                        transform=from_origin(99.0, 60.0, 1e-4, 1e-4), nodata=255)
+    grid = map_grid(mask)
+    figure = map_figure(np.zeros((60, 80, 3), np.uint8), grid, Outlines([], []), "s", "i")
+    assert figure.axes[0].get_aspect() == pytest.approx(2.0, rel=1e-3)  # 1 / cos(60°)
+    texts = {t.get_text() for t in figure.findobj(Text)}
+    assert "100 m" in texts and any("longitude (°)" in t for t in texts)  # 8e-3° ≈ 445 m wide
+
+
+def test_provenance_tags_as_predict_writes_them() -> None:
+    """``SLIDEMAP_*`` tags, models and digests ``;``-separated; unknown or bad values skipped."""
+    known = from_tags({"model": "a.safetensors;b.safetensors", "model_sha256": "1;2",
+                       "threshold": "0.35", "dem": "dsm.tif", "created": "2026-01-02T03:04Z",
+                       "command": "slidemap predict x.tif", "other": "ignored"})
+    assert known == Provenance(dem="dsm.tif", models=("a.safetensors", "b.safetensors"),
+                               model_sha256=("1", "2"), threshold=0.35,
+                               command="slidemap predict x.tif", created="2026-01-02T03:04Z")
+    assert from_tags({"threshold": "high"}) == Provenance()
+    assert Provenance(image="given.tif").merged(known).image == "given.tif"
+
+
+def test_probability_backdrop_reads_a_scaled_uint8_probability(mapped, tmp_path) -> None:
+    """A uint8 probability (p × 254, scale 1/254) is drawn as the float one is."""
+    prob = np.where(np.arange(160) < 80, 254, 0).astype(np.uint8)[None].repeat(120, axis=0)
+    path = write_raster(tmp_path / "prob_u8.tif", prob, nodata=255)
+    with rasterio.open(path, "r+") as ds:
+        ds.scales, ds.offsets = (1 / 254,), (0.0,)
+    grey = probability_backdrop(path, map_grid(mapped["mask"]))[..., 0]
+    assert grey[0, 0] == 65 and grey[0, -1] == 235  # likely dark, unlikely light
+
+
+def test_size_histogram_is_log_binned() -> None:
+    """A hundred one-pixel specks take one bar; the real slides keep theirs."""
+    areas = np.array([0.25] * 100 + [30.0, 400.0, 5000.0, 60000.0])
+    ax = size_histogram_figure(areas, 0.25).axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert ax.get_xscale() == "log" and sorted(h for h in heights if h)[-5:] == [1, 1, 1, 1, 100]
+
+
+def test_prediction_report_opens_in_headless_chromium(mapped, tmp_path) -> None:
+    """The static map shows with its outlines, and the interactive one draws every outline and
+    number offline, without a console message; the screenshot is kept as DIR/report-map.png
+    with SLIDEMAP_ARTIFACTS=DIR for a person to look at."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)")
+    report = build_report(mapped["folder"], provenance=Provenance(image=str(mapped["image"])),
+                          interactive=True)
+    html = report.read_text()
+    assert not re.search(r"<link|src\s*=\s*['\"]https?:", html)  # nothing to fetch
+    shot = tmp_path / "map.png"
+    shown = chromium(tmp_path / "profile-map", "--enable-logging=stderr", "--v=0",
+                     "--virtual-time-budget=5000", f"--screenshot={shot}",
+                     "--window-size=1200,1400", report.as_uri())
+    assert shown.returncode == 0 and shot.exists(), shown.stderr[-2000:]
+    assert not [line for line in shown.stderr.splitlines() if ":CONSOLE" in line]
+    with Image.open(shot) as png:
+        pixels = np.asarray(png.convert("RGB")).astype(np.int32)
+    assert near(pixels, (255, 224, 0), 30) > 100  # the outlines, as the browser drew them
+    if os.environ.get("SLIDEMAP_ARTIFACTS"):
+        shutil.copy(shot, Path(os.environ["SLIDEMAP_ARTIFACTS"]) / "report-map.png")
+    dom = chromium(tmp_path / "profile-leaflet", "--virtual-time-budget=5000", "--dump-dom",
+                   report.as_uri()).stdout
+    assert dom.count('class="leaflet-interactive"') == 3  # one path per landslide
+    assert len(re.findall(r'class="[^"]*slide-rank', dom)) == 3
+    assert "leaflet-image-layer" in dom

@@ -1,0 +1,185 @@
+"""Builders every test layer shares: georeferenced rasters, tiny model files, minimal run
+configs and patch sets, written per test so that no test file imports another."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from PIL import Image
+from rasterio.enums import Resampling
+from rasterio.transform import Affine, from_origin
+from rasterio.warp import calculate_default_transform, reproject
+
+from slidemap.data.channels import InputSpec
+from slidemap.data.dataset import RandomWindows
+from slidemap.io.modelfile import ModelBundle, model_paths
+from slidemap.models import build_model
+from slidemap.train.config import RunConfig
+from slidemap.train.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+UTM47 = "EPSG:32647"
+ORIGIN = (469200.0, 3446200.0)  # Jinsha valley, UTM 47N
+GRID = from_origin(*ORIGIN, 0.5, 0.5)  # 0.5 m pixels, north up
+
+RGB_SLOPE = InputSpec(image_bands=(1, 2, 3), slope=True)
+TINY_NET = {"name": "unet", "width": 4, "options": {"depth": 2}}
+TINY_TRAINING = {"epochs": 1, "batch_size": 2, "tile": 32, "windows_per_epoch": 4, "threads": 1,
+                 "precision": "fp32", "lr": 0.01}
+TINY_PREDICT = {"tile": 32, "overlap": 8, "batch_size": 4}
+PATCH_SIZE = 24
+
+
+# -- rasters --------------------------------------------------------------------------------------
+
+def write_raster(path: Path, array: np.ndarray, crs: str | None = UTM47,
+                 transform: Affine | None = None, nodata: float | None = None,
+                 **creation: object) -> Path:
+    """Write a (C, H, W) or (H, W) array as a GeoTIFF, on a 0.5 m UTM grid by default."""
+    data = array[None] if array.ndim == 2 else array
+    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1],
+               "width": data.shape[2], "dtype": data.dtype.name,
+               "transform": transform or GRID, "nodata": nodata, **creation}
+    if crs is not None:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+    return path
+
+
+def write_scene(root: Path, name: str, image: np.ndarray, dsm: np.ndarray, labels: np.ndarray
+                ) -> dict[str, Path]:
+    """An RGB image (nodata 0), its DSM (nodata NaN) and labels (nodata 255) on one grid."""
+    root.mkdir(parents=True, exist_ok=True)
+    return {"image": write_raster(root / f"{name}.tif", image, nodata=0),
+            "dem": write_raster(root / f"{name}_dsm.tif", dsm, nodata=float("nan")),
+            "mask": write_raster(root / f"{name}_mask.tif", labels, nodata=255)}
+
+
+def reproject_raster(src_path: Path, dst_path: Path, crs: str, scale: float = 1.0) -> Path:
+    """Write band 1 of ``src_path`` (a DEM) as float32 in ``crs``, at ``scale`` × its pixels per
+    side, NaN where it has no data."""
+    with rasterio.open(src_path) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, crs, src.width, src.height, *src.bounds)
+        width, height = int(width * scale), int(height * scale)
+        transform = transform @ transform.scale(1 / scale, 1 / scale)
+        data = np.full((height, width), np.nan, dtype=np.float32)
+        reproject(src.read(1), data, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=transform, dst_crs=crs, resampling=Resampling.bilinear,
+                  src_nodata=np.nan, dst_nodata=np.nan)
+    return write_raster(dst_path, data, crs=crs, transform=transform, nodata=float("nan"))
+
+
+# -- model files ----------------------------------------------------------------------------------
+
+def tiny_bundle(spec: InputSpec = RGB_SLOPE, architecture: str = "unet", seed: int = 0,
+                mean: list[float] | None = None, std: list[float] | None = None,
+                threshold: float = 0.5, options: Mapping[str, object] | None = None
+                ) -> ModelBundle:
+    """An untrained width-4 network of any registry architecture (depth 2 by default), with
+    statistics of 60 ± 30 per channel unless given."""
+    torch.manual_seed(seed)
+    channels = len(spec.channels)
+    options = dict({"depth": 2} if options is None else options)
+    return ModelBundle(model=build_model(architecture, channels, width=4, **options),
+                       architecture=architecture, width=4, options=options, inputs=spec,
+                       mean=mean or [60.0] * channels, std=std or [30.0] * channels,
+                       threshold=threshold)
+
+
+def rewrite_sidecar(model: Path, **values: object) -> None:
+    """Set keys of a model file's sidecar JSON; a value of None removes the key."""
+    sidecar = model_paths(model)[1]
+    config = json.loads(sidecar.read_text())
+    for key, value in values.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    sidecar.write_text(json.dumps(config))
+
+
+# -- run configs ----------------------------------------------------------------------------------
+
+def _entry(item: Mapping[str, object]) -> dict[str, object]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in item.items()}
+
+
+def run_config(train: list[Mapping[str, object]], val: list[Mapping[str, object]] | None = None,
+               **sections: object) -> dict:
+    """A minimal valid run config: the tiny U-Net on ``train`` (scene dicts, patch-set entries)
+    and ``val``; ``sections`` add or replace whole top-level sections."""
+    data: dict[str, object] = {"train": [_entry(item) for item in train]}
+    if val is not None:
+        data["val"] = [_entry(item) for item in val]
+    return {"data": data, "model": copy.deepcopy(TINY_NET), **copy.deepcopy(sections)}
+
+
+def tiny_run(scene: Mapping[str, Path], **training: object) -> dict:
+    """A run config on one scene (train = val): RGB + DEM + slope, 32 px windows, two epochs."""
+    return run_config([scene], [scene], name="tiny",
+                      inputs={"image_bands": [1, 2, 3], "dem": True, "slope": True},
+                      loss={"bce": 1.0, "dice": 1.0},
+                      training={"epochs": 2, "batch_size": 4, "tile": 32, "windows_per_epoch": 8,
+                                "precision": "fp32", "seed": 0, **training},
+                      predict=TINY_PREDICT)
+
+
+def write_config(path: Path, raw: Mapping[str, object]) -> Path:
+    """Write a config (or study) dict: JSON into a ``.json`` path (JSON is YAML), else YAML."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(raw) if path.suffix == ".json" else yaml.safe_dump(dict(raw))
+    path.write_text(text)
+    return path
+
+
+# -- patch sets -----------------------------------------------------------------------------------
+
+def patch_folder(root: Path, count: int = 4, seed: int = 0, masks: bool = True) -> Path:
+    """``images/`` of bright-square RGB PNGs, and ``masks/`` (0/255) of the squares."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "masks") if masks else ("images",):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = rng.integers(30, 90, (PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
+        mask = np.zeros((PATCH_SIZE, PATCH_SIZE), np.uint8)
+        r, c = rng.integers(2, PATCH_SIZE - 10, 2)
+        mask[r:r + 8, c:c + 8] = 255
+        image[mask > 0] += 120
+        Image.fromarray(image).save(root / "images" / f"p{i}.png")
+        if masks:
+            Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
+    return root
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+def train_interrupted_then_resumed(config: RunConfig, run: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train ``config`` into ``run``, stopped by an exception as epoch 2 starts, then resume."""
+
+    class Interrupted(Exception):
+        pass
+
+    real_epoch = RandomWindows.epoch
+
+    def interrupt_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
+        if number == 2:
+            raise Interrupted
+        return real_epoch(self, number, batch_size)
+
+    monkeypatch.setattr(RandomWindows, "epoch", interrupt_at_epoch_2)
+    with pytest.raises(Interrupted):
+        train(config, run)
+    monkeypatch.undo()
+    train(config, run, resume=True)

@@ -1,0 +1,117 @@
+"""The RGB-only model: `predict` without a DEM picks it and says so; the shipped file loads and
+maps a crop of real imagery (skips without ../shared/data)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from factories import SHARED_DATA, tiny_bundle, write_raster
+from rasterio.windows import Window
+
+from slidemap import api
+from slidemap.data.channels import InputSpec
+from slidemap.io.modelfile import load_model, save_model
+from slidemap.models import build_model
+from slidemap.train.config import parse_config
+from slidemap.train.finetune import parameter_groups
+
+
+def tiny_rgb_model(path: Path) -> Path:
+    """An untrained width-4 U-Net reading RGB only (no DEM, no slope)."""
+    return save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), path)
+
+
+def test_predict_without_dem_uses_the_rgb_model(tmp_path, tiny_scene, tiny_model, run_cli,
+                                                monkeypatch) -> None:
+    rgb = tiny_rgb_model(tmp_path / "rgb" / "rgb")
+    monkeypatch.setattr(api, "RGB_MODEL", rgb)
+    monkeypatch.setattr(api, "DEFAULT_MODEL", tiny_model)  # reads RGB + slope: needs the DEM
+
+    code, err = run_cli("predict", tiny_scene["image"], "--out", tmp_path / "no-dem")
+    assert code == 0, err
+    assert f"no --dem: mapping with the RGB-only model {rgb.stem} (models/README.md)" in err
+    assert len([line for line in err.splitlines() if "RGB-only" in line]) == 1
+    assert (tmp_path / "no-dem" / "scene_prob.tif").exists()
+
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"],
+                        "--out", tmp_path / "dem")
+    assert code == 0, err
+    assert "RGB-only" not in err  # with a DEM, the RGB + DEM default as before
+
+
+def test_python_api_without_dem_picks_the_rgb_model(tmp_path, tiny_scene, monkeypatch) -> None:
+    monkeypatch.setattr(api, "RGB_MODEL", tiny_rgb_model(tmp_path / "rgb" / "rgb"))
+    monkeypatch.setattr(api, "DEFAULT_MODEL", tmp_path / "missing.safetensors")
+    result = api.predict(tiny_scene["image"], tmp_path / "out")
+    assert Path(result["prob"]).exists()
+    with pytest.raises(Exception, match=r"missing\.safetensors"):  # a DEM asks for the default
+        api.predict(tiny_scene["image"], tmp_path / "out2", dem=tiny_scene["dem"])
+    scored = api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], out_dir=tmp_path / "ev")
+    assert scored["model"] == [str(api.RGB_MODEL)]  # evaluate chooses as predict does
+
+
+def test_which_inputs_come_with_elevation(tmp_path) -> None:
+    plain = tmp_path / "plain"
+    (plain / "images").mkdir(parents=True)
+    with_dem = tmp_path / "with-dem"
+    for name in ("images", "dem"):
+        (with_dem / name).mkdir(parents=True)
+    scene = tmp_path / "scene.tif"
+    assert not api.has_elevation(scene, None)
+    assert api.has_elevation(scene, tmp_path / "dem.tif")
+    assert not api.has_elevation(plain, None)
+    assert api.has_elevation(with_dem, None)
+    assert api.has_elevation(tmp_path, None)  # Bijie layout / L4S split: not plain RGB patches
+
+
+def test_encoder_lr_gives_the_encoder_its_own_rate() -> None:
+    model = build_model("unet", 3, width=4, depth=2)
+    rest, encoder = parameter_groups(model, 1e-3, 0.1)
+    assert encoder["lr"] == pytest.approx(1e-4) and rest["lr"] == 1e-3
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert len(rest["params"]) + len(encoder["params"]) == len(list(model.parameters()))
+    assert len(parameter_groups(model, 1e-3, 1.0)) == 1
+    with pytest.raises(Exception, match="encoder_lr"):
+        parse_config({"data": {"train": [{"image": "a.tif", "mask": "b.tif"}]},
+                      "training": {"encoder_lr": 2.0}})
+
+
+SHIPPED = api.RGB_MODEL
+
+
+def test_the_shipped_rgb_model_is_a_small_rgb_only_file() -> None:
+    sidecar = json.loads(SHIPPED.with_suffix(".json").read_text())
+    bundle = load_model(SHIPPED)
+    assert bundle.inputs.channels == ["band1", "band2", "band3"]
+    assert sidecar["weights_dtype"] == "int4"
+    assert SHIPPED.stat().st_size < 3 * 2**20
+    trained_on = json.dumps(sidecar["provenance"]["config"]["train"])
+    for site in ("nepal", "bijie", "sichuan", "region_A_image", "region_B_image"):
+        assert site in trained_on
+
+
+@pytest.mark.slow  # reads the real ../shared/data
+@pytest.mark.skipif(not (SHARED_DATA / "jinsha").exists(), reason="../shared/data is not here")
+def test_shipped_rgb_model_maps_a_crop_without_a_dem(tmp_path) -> None:
+    source = SHARED_DATA / "jinsha" / "region_A_image.tif"
+    window = Window(900, 900, 400, 400)
+    with rasterio.open(source) as src:
+        crop = src.read(window=window)
+        transform = src.window_transform(window)
+        crs = src.crs
+    with rasterio.open(SHARED_DATA / "jinsha" / "region_A_mask.tif") as src:
+        truth = src.read(1, window=window)
+    image = write_raster(tmp_path / "crop.tif", crop, crs=crs, transform=transform, nodata=0)
+    result = api.predict(image, tmp_path / "out")  # no DEM: the shipped RGB model
+    with rasterio.open(result["mask"]) as out:
+        assert (out.crs, out.transform, out.shape) == (crs, transform, (400, 400))
+        mask = out.read(1)
+    scored = (truth != 255) & (mask != 255)  # the crop's own nodata (image 0) stays unmapped
+    assert scored.mean() > 0.9
+    # ground it was trained on (0.49 as shipped; mapping every pixel as landslide gives 0.24):
+    # a damaged or wrong file falls below the floor
+    hits = np.logical_and(mask == 1, truth == 1)[scored].sum()
+    f1 = 2 * hits / max((mask[scored] == 1).sum() + (truth[scored] == 1).sum(), 1)
+    assert f1 > 0.4

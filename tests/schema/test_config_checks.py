@@ -1,0 +1,109 @@
+"""Run configs are checked when they are read, before any data loads: YAML that would expand
+into gigabytes or recurse without end, text that is not UTF-8, and settings out of range give
+one line naming the config."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from factories import run_config, write_config
+
+from slidemap.errors import SlidemapError
+from slidemap.train.config import load_config, with_seed
+
+
+def scene_config(tmp_path: Path, scene: dict[str, Path], **training: object) -> Path:
+    return write_config(tmp_path / "run.yaml", run_config(
+        [scene], inputs={"image_bands": [1, 2, 3], "slope": True},
+        training={"epochs": 1, "batch_size": 2, "tile": 64, "windows_per_epoch": 2,
+                  "precision": "fp32", **training}))
+
+
+BOMB = """\
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+data: {train: *i}
+"""
+
+
+@pytest.mark.parametrize("text, expected", [
+    (BOMB, "aliases"),
+    ("a: &a [1, *a]\n", "aliases"),
+    ("a: " + "[" * 50_000 + "]" * 50_000 + "\n", "nesting|not valid YAML"),
+    ("a:\n" + "".join(f"{' ' * (2 * i + 2)}k{i}:\n" for i in range(200)) + "    x: 1\n",
+     "nesting|not valid YAML"),
+    (b"name: caf\xe9\n", "UTF-8"),
+    ("name: [unclosed\n", "line"),
+])
+def test_yaml_that_bombs_recurses_or_is_not_utf8_is_one_line(tmp_path: Path, text: str | bytes,
+                                                              expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(SlidemapError, match=expected) as caught:
+        load_config(path)
+    assert time.perf_counter() - started < 5
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_an_oversized_config_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * (2**20) + "\n")
+    with pytest.raises(SlidemapError, match="bytes"):
+        load_config(path)
+
+
+def test_a_few_aliases_still_work(tmp_path: Path, tiny_scene: dict[str, Path]) -> None:
+    scene = {k: str(v) for k, v in tiny_scene.items()}
+    text = (f"data:\n  train:\n    - &s {json.dumps(scene)}\n  val:\n    - *s\n"
+            "model: {name: unet, width: 4, options: {depth: 2}}\n")
+    path = tmp_path / "aliases.yaml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config.val_scenes == config.train_scenes
+
+
+@pytest.mark.parametrize("key, value", [
+    ("lr", -1), ("lr", 0), ("lr", float("nan")), ("lr", "fast"),
+    ("threads", "abc"), ("threads", -1), ("threads", 0),
+    ("seed", -1), ("seed", 2**40), ("seed", 1.5),
+    ("tile", 1), ("tile", 8), ("tile", 100_000),
+    ("weight_decay", -0.1), ("min_valid", 2.0), ("epochs", 0),
+])
+def test_training_settings_out_of_range_fail_at_load(tmp_path: Path, tiny_scene: dict[str, Path],
+                                                     key: str, value: object) -> None:
+    path = scene_config(tmp_path, tiny_scene, **{key: value})
+    with pytest.raises(SlidemapError, match=f"training.{key}|setting '{key}'") as caught:
+        load_config(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_seed_from_the_command_line_is_checked_too(tmp_path: Path,
+                                                    tiny_scene: dict[str, Path]) -> None:
+    config = load_config(scene_config(tmp_path, tiny_scene))
+    with pytest.raises(SlidemapError, match=r"training\.seed"):
+        with_seed(config, -1)
+    assert with_seed(config, 7).train.seed == 7
+
+
+def test_train_with_a_bad_setting_fails_before_data_loads(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli) -> None:
+    """The image does not exist: the bad seed must be what the user hears about first."""
+    scene = {**tiny_scene, "image": tmp_path / "not-read-yet.tif"}
+    path = scene_config(tmp_path, scene, seed=-1)
+    code, err = run_cli("train", path, "--out", tmp_path / "run")
+    assert code == 1 and "training.seed" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

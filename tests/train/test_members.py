@@ -1,0 +1,128 @@
+"""Ensembles in one model file: trained as ``training.members``, averaged probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from factories import RGB_SLOPE, rewrite_sidecar, tiny_bundle, tiny_run
+from safetensors.torch import load_file
+
+from slidemap.errors import SlidemapError
+from slidemap.infer.ensemble import Predictor
+from slidemap.io.modelfile import ModelBundle, load_model, save_model
+from slidemap.models import ProbabilityAverage, build_model
+from slidemap.train import members
+from slidemap.train.config import parse_config
+from slidemap.train.finetune import train_run
+from slidemap.train.loop import train
+
+
+def fusion(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("fusion", 4, width=4, depth=2).eval()
+
+
+def test_the_ensemble_returns_the_logit_of_the_mean_probability() -> None:
+    parts = [fusion(1), fusion(2)]
+    ensemble = ProbabilityAverage(parts).eval()
+    x = torch.randn(2, 4, 20, 28)
+    with torch.no_grad():
+        mean = (torch.sigmoid(parts[0](x)) + torch.sigmoid(parts[1](x))) / 2
+        out = ensemble(x)
+    assert out.shape == (2, 1, 20, 28)
+    torch.testing.assert_close(torch.sigmoid(out), mean, atol=1e-6, rtol=0)
+    assert ensemble.stride == parts[0].stride
+    names = set(ensemble.attention_maps)
+    assert names == {f"member{i}.{name}" for i in (0, 1) for name in parts[0].attention_maps}
+
+
+def ensemble_file(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Two width-4 U-Net files and one file holding both."""
+    paths, nets = [], []
+    for seed in (1, 2):
+        bundle = tiny_bundle(seed=seed, std=[25.0] * 4, threshold=0.4)
+        paths.append(save_model(bundle, tmp_path / f"m{seed}"))
+        nets.append(bundle.model)
+    both = ModelBundle(model=ProbabilityAverage(nets), architecture="unet", width=4,
+                       options={"depth": 2}, inputs=RGB_SLOPE, mean=[60.0] * 4, std=[25.0] * 4,
+                       threshold=0.4, members=2)
+    return save_model(both, tmp_path / "both"), paths
+
+
+def test_an_ensemble_file_predicts_as_its_members_averaged(tmp_path: Path) -> None:
+    path, parts = ensemble_file(tmp_path)
+    bundle = load_model(path)
+    assert bundle.members == 2 and isinstance(bundle.model, ProbabilityAverage)
+    assert all(key.startswith("members.") for key in load_file(str(path)))
+    rng = np.random.default_rng(0)
+    raw = [rng.uniform(0, 120, (4, 32, 32)).astype(np.float32) for _ in range(2)]
+    valid = [np.ones((32, 32), bool) for _ in raw]
+    one_file = Predictor([bundle], precision="fp32")(raw, valid)
+    two_files = Predictor([load_model(p) for p in parts], precision="fp32")(raw, valid)
+    for a, b in zip(one_file, two_files, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "two", True])
+def test_a_bad_member_count_in_a_sidecar_is_refused(tmp_path: Path, value: object) -> None:
+    path, _ = ensemble_file(tmp_path)
+    rewrite_sidecar(path, members=value)
+    with pytest.raises(SlidemapError, match="members must be a whole number"):
+        load_model(path)
+
+
+def test_files_without_a_member_count_hold_one_network(tiny_model: Path) -> None:
+    rewrite_sidecar(tiny_model, members=None)
+    assert load_model(tiny_model).members == 1
+
+
+@pytest.mark.slow  # trains two members: 12 s of CPU
+def test_training_members_trains_one_seed_each_and_saves_their_ensemble(
+        tiny_scene: dict, tmp_path: Path) -> None:
+    raw = tiny_run(tiny_scene, epochs=1, members=2, threads=1, seed=3)
+    train_run(parse_config(raw), tmp_path / "run")
+    ensemble = load_model(tmp_path / "run" / "model.safetensors")
+    assert ensemble.members == 2
+    assert [m["seed"] for m in ensemble.provenance["members"]] == [3, 4]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["members"]) == 2 and summary["wall_seconds"] > 0
+    # member 1 is exactly the plain recipe at seed 4
+    single = dict(raw, training=dict(raw["training"], members=1, seed=4))
+    alone = load_model(train(parse_config(single), tmp_path / "alone"))
+    member = load_model(tmp_path / "run" / "member-1" / "model.safetensors")
+    for key, value in alone.model.state_dict().items():
+        torch.testing.assert_close(member.model.state_dict()[key], value)
+        torch.testing.assert_close(ensemble.model.state_dict()[f"members.1.{key}"], value)
+    assert (tmp_path / "run" / "member-1" / "train.log").read_text().strip()
+    with pytest.raises(SlidemapError, match="already holds a model"):
+        train_run(parse_config(raw), tmp_path / "run")
+
+
+def test_members_train_side_by_side_up_to_two_threads_per_core(
+        tiny_scene: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(members.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    def at(**training: object) -> int:
+        return members.parallel_members(parse_config(tiny_run(tiny_scene, **training)))
+    assert at(members=3, threads=1) == 3
+    assert at(members=6, threads=1) == 6  # two per core: all at once, no idle last round
+    assert at(members=9, threads=1) == 4  # beyond that, one per core
+    assert at(members=3, threads=2) == 3
+    assert at(members=5, threads=2) == 2
+    assert at(members=3, threads=8) == 1
+    assert at(members=3) == 1  # without threads a run uses every core
+
+
+@pytest.mark.parametrize("value", [0, "two", True, 1.5])
+def test_bad_member_counts_in_a_config_are_refused(tiny_scene: dict, value: object) -> None:
+    with pytest.raises(SlidemapError, match=r"'?members'? must be"):
+        parse_config(tiny_run(tiny_scene, members=value))
+
+
+def test_one_network_runs_refuse_members(tiny_scene: dict, tmp_path: Path) -> None:
+    config = parse_config(tiny_run(tiny_scene, members=2))
+    with pytest.raises(SlidemapError, match="fine-tuning and self-training train one network"):
+        train(config, tmp_path / "run")

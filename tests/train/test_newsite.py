@@ -1,0 +1,321 @@
+"""New sites: patch sets in run configs, L4S bands, scale promotion, separated normalisation,
+pseudo-labels, fine-tuning and self-training, on tiny fixtures written here."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from factories import (
+    PATCH_SIZE,
+    TINY_NET,
+    TINY_PREDICT,
+    TINY_TRAINING,
+    patch_folder,
+    tiny_bundle,
+    write_config,
+)
+from rasterio.windows import Window
+
+from slidemap import api
+from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.normalization import BandStats, compute_stats
+from slidemap.data.scaling import demote, promote
+from slidemap.data.scene import Scene
+from slidemap.data.sources import PatchSource, Split, load_arrays, open_patch_set, select
+from slidemap.errors import SlidemapError
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.patches import predict_arrays
+from slidemap.infer.predict import PredictOptions
+from slidemap.infer.separated import patch_stats, scene_stats
+from slidemap.io.modelfile import load_model, save_model
+from slidemap.train.config import load_config, parse_config
+from slidemap.train.loop import train
+from slidemap.train.selftrain import pseudo_labels, selftrain
+
+
+def l4s_release(root: Path, count: int = 3) -> Path:
+    """The Landslide4Sense layout: channel k of every patch holds 10·k + patch number."""
+    (root / "img").mkdir(parents=True)
+    (root / "mask").mkdir()
+    for n in range(1, count + 1):
+        img = np.broadcast_to(10.0 * np.arange(14, dtype=np.float32) + n, (16, 16, 14)).copy()
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:9, 4:9] = 1
+        with h5py.File(root / "img" / f"image_{n}.h5", "w") as f:
+            f["img"] = img
+        with h5py.File(root / "mask" / f"mask_{n}.h5", "w") as f:
+            f["mask"] = mask
+    return root
+
+
+def run_config(tmp_path: Path, data: dict, **extra: object) -> Path:
+    return write_config(tmp_path / "run.yaml", {"data": data, "model": TINY_NET,
+                                                "training": TINY_TRAINING,
+                                                "predict": TINY_PREDICT, **extra})
+
+
+# -- patch sets in run configs --------------------------------------------------------------------
+def test_patch_config_trains_and_validates(tmp_path: Path) -> None:
+    root = patch_folder(tmp_path / "site", count=5)
+    config = load_config(run_config(tmp_path, {
+        "train": [{"patches": str(root), "split": {"count": 3, "seed": 1, "part": "train"}}],
+        "val": [{"patches": str(root), "split": {"count": 3, "seed": 1, "part": "rest"}}],
+    }, inputs={"image_bands": [1, 2, 3]}))
+    train_arrays = load_arrays((), config.train_patches, config.inputs)
+    val_arrays = load_arrays((), config.val_patches, config.inputs)
+    assert len(train_arrays) == 3 and len(val_arrays) == 2
+    assert {a.name for a in train_arrays}.isdisjoint(a.name for a in val_arrays)
+    # smaller than the 32 px tile: whole
+    assert train_arrays[0].x.shape == (3, PATCH_SIZE, PATCH_SIZE)
+    model_path = train(config, tmp_path / "run")
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "val_f1" in history[0]
+    assert load_model(model_path).inputs == config.inputs
+
+
+def test_split_is_seeded_and_names_pick_patches() -> None:
+    names = [f"t{i}" for i in range(36)]
+    train_part = select(names, PatchSource("patches", Path("x"), split=Split(10, 0, "train")))
+    rest = select(names, PatchSource("patches", Path("x"), split=Split(10, 0, "rest")))
+    assert len(train_part) == 10 and len(rest) == 26
+    assert sorted(train_part + rest) == list(range(36))
+    assert train_part == select(names, PatchSource("patches", Path("x"), split=Split(10)))
+    assert select(names, PatchSource("patches", Path("x"), names=("t5", "t1"))) == [5, 1]
+    with pytest.raises(SlidemapError, match="'nope' is not in x"):
+        select(names, PatchSource("patches", Path("x"), names=("nope",)))
+    with pytest.raises(SlidemapError, match="lower the count"):
+        select(names, PatchSource("patches", Path("x"), split=Split(36, 0, "rest")))
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ({"patches": "a", "names": ["x"], "split": {"count": 1}}, "either names or split"),
+    ({"patches": "a", "split": {"count": 0}}, "count >= 1"),
+    ({"patches": "a", "split": {"count": 2, "part": "test"}}, "part: train|rest"),
+    ({"patches": "a", "bands": ["B2"]}, "unknown patches key"),
+    ({"l4s": "a", "bands": ["B99"]}, "unknown Landslide4Sense band"),
+    ({"patches": "a", "l4s": "b"}, "not both"),
+])
+def test_bad_patch_items_are_one_line_errors(item: dict, message: str) -> None:
+    with pytest.raises(SlidemapError, match=message):
+        parse_config({"data": {"train": [item]}})
+
+
+# -- Landslide4Sense bands ------------------------------------------------------------------------
+def test_l4s_bands_in_a_config_set_the_channels(tmp_path: Path) -> None:
+    root = l4s_release(tmp_path / "l4s")
+    config = load_config(run_config(tmp_path, {
+        "train": [{"l4s": str(root), "bands": ["B8", "b2", "slope"]}],
+        "val": [{"l4s": str(root), "names": ["image_3"]}],
+    }))
+    assert config.inputs == InputSpec(image_bands=(8, 2), dem=False, slope=True)
+    arrays = load_arrays((), config.train_patches, config.inputs)
+    x = arrays[1].x  # image_2: channel k (0-based) holds 10·k + 2
+    np.testing.assert_array_equal(x[:, 0, 0], [72.0, 12.0, 122.0])  # B8, B2, slope
+    assert arrays[1].target[4, 4] == 1 and arrays[1].target[0, 0] == 0
+    train(config, tmp_path / "run")
+    assert load_model(tmp_path / "run" / "model").inputs.channels == ["band8", "band2", "slope"]
+
+
+def test_l4s_sets_with_other_bands_are_refused(tmp_path: Path) -> None:
+    root = l4s_release(tmp_path / "l4s")
+    with pytest.raises(SlidemapError, match="build other channels"):
+        parse_config({"data": {"train": [{"l4s": str(root), "bands": ["B2", "B3"]}],
+                               "val": [{"l4s": str(root), "bands": ["B2", "B4"]}]}})
+
+
+# -- scale promotion ------------------------------------------------------------------------------
+def test_scale_promotion_round_trip_in_predict(tmp_path: Path) -> None:
+    root = patch_folder(tmp_path / "site", count=2)
+    spec = InputSpec(image_bands=(1, 2, 3))
+    model = save_model(tiny_bundle(spec), tmp_path / "m")
+    options = PredictOptions(tile=64, overlap=16, batch_size=2, precision="fp32")
+    result = api.predict_patches(root, tmp_path / "out", model, options, scale=2.0)
+    assert result["scale"] == 2.0 and "metrics" in result
+    with rasterio.open(tmp_path / "out" / "p1_prob.tif") as ds:
+        prob = ds.read(1)
+    assert prob.shape == (PATCH_SIZE, PATCH_SIZE)  # back on the patch's own grid
+    sample = open_patch_set(root, spec)[1]
+    x = promote(stack_channels(sample, spec), 2.0)
+    predictor = Predictor([load_model(model)], precision="fp32")
+    expected = demote(predict_arrays(predictor, x, np.ones(x.shape[1:], bool), options),
+                      (PATCH_SIZE, PATCH_SIZE))
+    np.testing.assert_allclose(prob, expected, atol=1e-6)
+    with rasterio.open(tmp_path / "out" / "p1_mask.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), (prob >= 0.5).astype(np.uint8))
+
+
+def test_predict_l4s_split_with_target_statistics(tmp_path: Path) -> None:
+    root = l4s_release(tmp_path / "l4s", count=2)
+    spec = InputSpec(image_bands=(2, 3, 4), slope=True, scale=2.0)
+    model = save_model(tiny_bundle(spec), tmp_path / "m")
+    options = PredictOptions(tile=32, overlap=8, precision="fp32", normalise="scene")
+    result = api.predict_patches(root, tmp_path / "out", model, options)
+    assert result["scale"] == 2.0 and result["normalise"] == "scene"
+    assert result["metrics"]["pixels"] == 2 * 16 * 16
+    with rasterio.open(tmp_path / "out" / "image_2_mask.tif") as ds:
+        assert ds.shape == (16, 16) and ds.nodata == 255
+        assert ds.tags()["SLIDEMAP_PATCHES"] == str(root)  # provenance, as in scene outputs
+        assert ds.colormap(1)[1][:3] == (230, 60, 30) and ds.tags(1)["CLASS_1"] == "landslide"
+
+
+def test_training_promotes_patches_and_labels(tmp_path: Path) -> None:
+    root = patch_folder(tmp_path / "site", count=1)
+    config = load_config(run_config(tmp_path, {"train": [{"patches": str(root)}]},
+                                    inputs={"scale": 2.0}))
+    (arrays,) = load_arrays((), config.train_patches, config.inputs)
+    assert arrays.x.shape == (3, 2 * PATCH_SIZE, 2 * PATCH_SIZE)
+    np.testing.assert_array_equal(arrays.target, promote(arrays.labels, 2.0, "mask"))
+    np.testing.assert_array_equal(arrays.target[::2, ::2], arrays.labels)
+
+
+# -- separated normalisation ----------------------------------------------------------------------
+def test_scene_statistics_are_those_of_the_scene(tiny_scene: dict, monkeypatch) -> None:
+    spec = InputSpec(image_bands=(1, 2, 3), slope=True)
+    monkeypatch.setattr("slidemap.infer.separated.STRIP_ROWS", 40)  # several strips
+    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:
+        streamed = scene_stats(scene, spec, factor=1)
+        whole = scene.read(Window(0, 0, scene.width, scene.height), spec.image_bands,
+                           dem=False, slope=True)
+    expected = compute_stats([stack_channels(whole, spec)], [whole["valid"]])
+    np.testing.assert_allclose(streamed.mean, expected.mean, rtol=1e-9)
+    np.testing.assert_allclose(streamed.std, expected.std, rtol=1e-9)
+
+
+def test_relief_is_refused_for_patch_sets(tmp_path: Path) -> None:
+    root = patch_folder(tmp_path / "site", count=1)
+    with pytest.raises(SlidemapError, match="need georeferenced scenes"):
+        open_patch_set(root, InputSpec(image_bands=(1, 2, 3), slope=True, relief_m=100.0))
+
+def test_patch_statistics_are_those_of_all_target_patches(tmp_path: Path) -> None:
+    root = patch_folder(tmp_path / "site", count=3)
+    spec = InputSpec(image_bands=(1, 2, 3))
+    dataset = open_patch_set(root, spec)
+    pixels = np.concatenate([dataset[i]["image"].reshape(3, -1) for i in range(3)], axis=1)
+    pixels = pixels.astype(np.float64)
+    stats = patch_stats(dataset, spec)
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(stats.std, pixels.std(axis=1), rtol=1e-9)
+
+
+def test_normalise_scene_predicts_with_the_scene_statistics(tiny_scene: dict,
+                                                            tmp_path: Path) -> None:
+    spec = InputSpec(image_bands=(1, 2, 3), slope=True)
+    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:
+        stats = scene_stats(scene, spec, factor=1)
+    model = save_model(tiny_bundle(spec), tmp_path / "m")
+    same = save_model(replace(tiny_bundle(spec), mean=stats.mean, std=stats.std), tmp_path / "s")
+    maps = []
+    for path, normalise in ((model, "scene"), (same, "model")):
+        options = PredictOptions(tile=48, overlap=16, precision="fp32", normalise=normalise)
+        out = tmp_path / normalise
+        result = api.predict(tiny_scene["image"], out, tiny_scene["dem"], path, options)
+        with rasterio.open(result["prob"]) as ds:
+            maps.append(ds.read(1))
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-6)
+
+
+# -- pseudo-labels --------------------------------------------------------------------------------
+def test_pseudo_labels_keep_only_confident_pixels() -> None:
+    prob = np.array([0.0, 0.2, 0.3, 0.31, 0.5, 0.69, 0.7, 0.9, 1.0, np.nan, 0.95],
+                    dtype=np.float32)
+    valid = np.ones(prob.shape, bool)
+    valid[-1] = False
+    np.testing.assert_array_equal(pseudo_labels(prob, valid, 0.7),
+                                  [0, 0, 0, 255, 255, 255, 1, 1, 1, 255, 255])
+    assert pseudo_labels(prob, valid, 0.7).dtype == np.uint8
+
+
+# -- fine-tuning ----------------------------------------------------------------------------------
+def test_finetune_loads_weights_and_freezes_the_encoder(tmp_path: Path) -> None:
+    root = patch_folder(tmp_path / "site", count=3)
+    spec = InputSpec(image_bands=(1, 2, 3))
+    start = save_model(tiny_bundle(spec, seed=3), tmp_path / "start")
+    config = load_config(run_config(
+        tmp_path, {"train": [{"patches": str(root)}], "val": [{"patches": str(root)}]},
+        init=str(start), training={**TINY_TRAINING, "freeze_encoder": True, "epochs": 2}))
+    tuned = load_model(train(config, tmp_path / "run"))
+    before = load_model(start).model.state_dict()
+    after = tuned.model.state_dict()
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert encoder and any("running_mean" in k for k in encoder)
+    for key in encoder:  # weights and batch-norm statistics alike
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+
+
+def test_finetune_cli_writes_before_and_after(tmp_path: Path, run_cli) -> None:
+    root = patch_folder(tmp_path / "site", count=3)
+    spec = InputSpec(image_bands=(1, 2, 3))
+    start = save_model(tiny_bundle(spec), tmp_path / "start")
+    config = run_config(tmp_path, {"train": [{"patches": str(root)}],
+                                   "val": [{"patches": str(root)}]})
+    code, err = run_cli("finetune", start, config, "--out", tmp_path / "run", "--freeze-encoder")
+    assert code == 0, err
+    report = yaml.safe_load((tmp_path / "run" / "finetune.json").read_text())
+    assert report["freeze_encoder"] is True
+    for when in ("before", "after"):
+        assert set(report[when]) >= {"f1", "iou", "precision", "recall"}
+    assert load_model(tmp_path / "run" / "model").provenance["config"]["init"] == str(start)
+
+
+def test_finetune_refuses_another_architecture(tmp_path: Path, run_cli) -> None:
+    root = patch_folder(tmp_path / "site", count=2)
+    start = save_model(tiny_bundle(InputSpec(image_bands=(1, 2))), tmp_path / "two_bands")
+    config = run_config(tmp_path, {"train": [{"patches": str(root)}],
+                                   "val": [{"patches": str(root)}]})
+    code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
+    assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "two_bands.safetensors reads channels" in err
+
+
+# -- self-training --------------------------------------------------------------------------------
+def test_selftrain_two_rounds_writes_rounds(tmp_path: Path, run_cli) -> None:
+    source = patch_folder(tmp_path / "source", count=3, seed=0)
+    target = patch_folder(tmp_path / "target", count=2, seed=1)
+    config = run_config(tmp_path, {"train": [{"patches": str(source)}]},
+                        selftrain={"target": [{"patches": str(target)}], "rounds": 2,
+                                   "threshold": 0.6, "loss": {"soft_ce": 1, "dice": 1}})
+    code, err = run_cli("selftrain", config, "--out", tmp_path / "st")
+    assert code == 0, err
+    lines = (tmp_path / "st" / "rounds.csv").read_text().splitlines()
+    assert lines[0].startswith("round,kept_fraction,pseudo_landslide_fraction,target_f1")
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]
+    assert "| round |" in (tmp_path / "st" / "rounds.md").read_text()
+    model = load_model(tmp_path / "st" / "model")
+    assert [r["round"] for r in model.provenance["selftrain"]] == [0, 1, 2]
+    assert load_model(tmp_path / "st" / "round2" / "model").provenance["config"]["loss"] == {
+        "soft_ce": 1, "dice": 1}
+
+
+def test_selftrain_rows_have_no_target_figures_without_labels(tmp_path: Path) -> None:
+    source = patch_folder(tmp_path / "source", count=2, seed=0)
+    target = patch_folder(tmp_path / "target", count=2, seed=1, masks=False)
+    config = load_config(run_config(
+        tmp_path, {"train": [{"patches": str(source)}]},
+        selftrain={"target": [{"patches": str(target)}], "rounds": 1, "epochs": 1}))
+    rows = selftrain(config, tmp_path / "st")
+    assert len(rows) == 2 and "target_f1" not in rows[0]
+    assert 0.0 <= rows[1]["kept_fraction"] <= 1.0
+
+
+def test_predict_folder_cli_refuses_scene_options(tmp_path: Path, tiny_model: Path,
+                                                  run_cli) -> None:
+    root = patch_folder(tmp_path / "site", count=1)
+    code, err = run_cli("predict", root, "--out", tmp_path / "o", "--dem", root / "x.tif",
+                        "--model", tiny_model)
+    assert code == 2 and "read as patches: --dem and --report apply" in err
+    code, err = run_cli("predict", root, "--out", tmp_path / "o", "--model", tiny_model)
+    assert code == 1 and "needs a DEM" in err and str(root) in err  # RGB + slope model
+
+
+def test_band_statistics_fit_the_predictor(tiny_model: Path) -> None:
+    predictor = Predictor([load_model(tiny_model)])
+    with pytest.raises(SlidemapError, match="do not fit the model's 4 channels"):
+        predictor.with_stats(BandStats([0.0], [1.0]))

@@ -1,0 +1,224 @@
+"""Training recipes: mixup, colour jitter, random zoom, hard-example windows, and determinism."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import tiny_run, train_interrupted_then_resumed
+from safetensors.torch import load_file
+
+from slidemap.data.dataset import RandomWindows, load_scene_arrays, scene_stats
+from slidemap.data.hard_examples import error_map, hard_windows
+from slidemap.data.photometric import random_scale
+from slidemap.errors import SlidemapError
+from slidemap.models import build_model
+from slidemap.train.config import RunConfig, parse_config
+from slidemap.train.loop import train
+from slidemap.train.recipes import Recipes, build_recipes
+
+OPTICAL = 3
+
+
+def windows_for(config: RunConfig) -> RandomWindows:
+    source = config.train_scenes[0]
+    scenes = [load_scene_arrays(source.image, source.mask, source.dem, config.inputs)]
+    stats = scene_stats(scenes)
+    s = config.train
+    return RandomWindows(scenes, stats, s.tile, s.windows_per_epoch, s.min_valid, s.augment,
+                         s.seed, build_recipes(config, scenes, stats))
+
+
+def first_batch(scene: dict[str, Path], **training: object) -> dict[str, np.ndarray]:
+    windows = windows_for(parse_config(tiny_run(scene, **training)))
+    return next(iter(windows.epoch(1, 4)))
+
+
+def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
+    windows = windows_for(parse_config(tiny_run(tiny_scene)))
+    assert windows.recipes is None
+
+
+@pytest.mark.parametrize("training", [{"mixup": -0.1}, {"hard_examples": 1.5},
+                                      {"random_scale": [1.2, 0.8]}, {"random_scale": [1.0]},
+                                      {"colour_jitter": "yes"},
+                                      {"colour_jitter": {"brightness": 1.5}},
+                                      {"colour_jitter": {"hue": 0.1}},
+                                      {"colour_jitter": {"invert": 2}},
+                                      {"weights_dtype": "int2"}, {"zoom_context": True}])
+def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:
+    with pytest.raises(SlidemapError, match=next(iter(training))):
+        parse_config(tiny_run(tiny_scene, **training))
+
+
+def test_mixup_blends_pairs_into_soft_targets(tiny_scene: dict[str, Path]) -> None:
+    plain = first_batch(tiny_scene)
+    mixed = first_batch(tiny_scene, mixup=1.0)
+    soft = mixed["target"][(mixed["target"] > 0) & (mixed["target"] < 1)]
+    assert soft.size > 0
+    assert not np.array_equal(mixed["x"], plain["x"])
+    # A pixel stays valid only where both partners are: never valid where the sample itself isn't.
+    assert not (mixed["valid"] & ~plain["valid"]).any()
+    # Every mixed tile is λ·own + (1-λ)·partner for some partner in the batch.
+    for i in range(len(plain["x"])):
+        residuals = []
+        for j in range(len(plain["x"])):
+            a, b = plain["x"][i].ravel(), plain["x"][j].ravel()
+            lam = np.dot(mixed["x"][i].ravel() - b, a - b) / max(np.dot(a - b, a - b), 1e-12)
+            residuals.append(np.abs(lam * a + (1 - lam) * b - mixed["x"][i].ravel()).max())
+        assert min(residuals) < 1e-4
+
+
+def test_colour_jitter_changes_only_optical_channels(tiny_scene: dict[str, Path]) -> None:
+    plain = first_batch(tiny_scene, augment=False)
+    jittered = first_batch(tiny_scene, augment=False, colour_jitter=True)
+    valid = plain["valid"][:, 0]
+    np.testing.assert_array_equal(jittered["x"][:, OPTICAL:], plain["x"][:, OPTICAL:])
+    np.testing.assert_array_equal(jittered["target"], plain["target"])
+    np.testing.assert_array_equal(jittered["valid"], plain["valid"])
+    optical_change = np.abs(jittered["x"][:, :OPTICAL] - plain["x"][:, :OPTICAL])
+    assert optical_change.transpose(1, 0, 2, 3)[:, valid].mean() > 1e-3
+    assert (jittered["x"][:, :OPTICAL].transpose(1, 0, 2, 3)[:, ~valid] == 0).all()
+
+
+def test_colour_jitter_strengths_are_used(tiny_scene: dict[str, Path]) -> None:
+    plain = first_batch(tiny_scene, augment=False)
+    off = first_batch(tiny_scene, augment=False,
+                      colour_jitter={"brightness": 0, "contrast": 0, "saturation": 0})
+    mild = first_batch(tiny_scene, augment=False, colour_jitter={"brightness": 0.05})
+    strong = first_batch(tiny_scene, augment=False, colour_jitter={"brightness": 0.8})
+    valid = plain["valid"][:, 0]
+
+    def change(batch: dict) -> float:
+        diff = np.abs(batch["x"][:, :OPTICAL] - plain["x"][:, :OPTICAL])
+        return float(diff.transpose(1, 0, 2, 3)[:, valid].mean())
+
+    assert change(off) < 1e-5
+    assert change(strong) > 3 * change(mild) > 0
+
+
+def test_random_scale_zooms_every_channel_and_the_labels(tiny_scene: dict[str, Path]) -> None:
+    plain = first_batch(tiny_scene, augment=False)
+    zoomed = first_batch(tiny_scene, augment=False, random_scale=[2.0, 2.0])
+    rng = np.random.default_rng(0)  # a fixed factor needs no particular draw
+    for i in range(len(plain["x"])):
+        labels = np.where(plain["valid"][i], plain["target"][i], 255).astype(np.uint8)
+        want = random_scale({"image": plain["x"][i], "mask": labels}, rng, (2.0, 2.0))
+        np.testing.assert_allclose(zoomed["x"][i], want["image"], atol=1e-6)
+        np.testing.assert_array_equal(zoomed["valid"][i], want["mask"] != 255)
+        np.testing.assert_array_equal(zoomed["target"][i], (want["mask"] == 1).astype(np.float32))
+    shrunk = first_batch(tiny_scene, augment=False, random_scale=[0.5, 0.5])
+    # Zooming out leaves an uncovered border: ignored in the labels, 0 in every channel.
+    assert not shrunk["valid"][:, :, :4].any()
+    assert (shrunk["x"][:, :, :4] == 0).all()
+
+
+def halved_source(tile: np.ndarray, scene: np.ndarray) -> tuple[int, int] | None:
+    """Row and column of the window of ``scene``, twice the tile's side, whose 2 × 2 block means
+    are ``tile``; None if there is none."""
+    side = 2 * tile.shape[-1]
+    for row in range(scene.shape[-2] - side + 1):
+        for col in range(scene.shape[-1] - side + 1):
+            block = scene[:, row:row + side, col:col + side]
+            if np.allclose(tile, block.reshape(len(block), side // 2, 2, side // 2, 2)
+                           .mean(axis=(2, 4)), atol=1e-5):
+                return row, col
+    return None
+
+
+def test_zoom_context_reads_wider_ground_instead_of_a_border(tiny_scene: dict[str, Path]) -> None:
+    config = parse_config(tiny_run(tiny_scene, augment=False, random_scale=[0.5, 0.5],
+                                   zoom_context=True))
+    windows = windows_for(config)
+    batch = next(iter(windows.epoch(1, 4)))
+    assert batch["x"].shape[-2:] == (32, 32)
+    # Each tile is a 64 px window of the scene halved, with that window's labels: real ground to
+    # the tile's edge where the scene has it, never the padded border of a plain zoom-out.
+    labels = windows.scenes[0].target
+    for x, valid in zip(batch["x"], batch["valid"][:, 0], strict=True):
+        source = halved_source(x, windows.inputs[0])
+        assert source is not None
+        row, col = source
+        np.testing.assert_array_equal(valid, labels[row + 1:row + 64:2, col + 1:col + 64:2] != 255)
+        assert valid[:, -4:].any()  # the right edge is real ground (the nodata is on the left)
+
+
+def test_error_map_is_soft_error_on_labelled_pixels() -> None:
+    prob = np.array([[0.9, 0.2, 0.7]], dtype=np.float32)
+    target = np.array([[1, 1, 255]], dtype=np.uint8)
+    np.testing.assert_allclose(error_map(prob, target), [[0.1, 0.8, 0.0]], atol=1e-6)
+
+
+def test_hard_windows_follow_the_error_map() -> None:
+    valid = np.ones((64, 64), dtype=bool)
+    error = np.full((64, 64), 0.001, dtype=np.float32)
+    error[:16, :16] = 1.0
+    picks = hard_windows([valid], [error], 16, 500, 0.25, np.random.default_rng(0))
+    assert len(picks) == 500
+    hits = np.mean([w.row_off < 16 and w.col_off < 16 for _, w in picks])
+    # Uniform windows would touch the hot corner ~11 % of the time.
+    assert hits > 0.9
+    again = hard_windows([valid], [error], 16, 500, 0.25, np.random.default_rng(0))
+    assert again == picks
+
+
+def test_hard_windows_skip_right_scenes_and_invalid_ground() -> None:
+    valid = np.ones((64, 64), dtype=bool)
+    valid[:, :32] = False
+    error = np.ones((64, 64), dtype=np.float32)
+    picks = hard_windows([valid, valid], [error, np.zeros_like(error)], 16, 200, 1.0,
+                         np.random.default_rng(1))
+    assert {index for index, _ in picks} == {0}
+    assert all(w.col_off >= 32 for _, w in picks)
+    assert hard_windows([valid], [np.zeros_like(error)], 16, 5, 0.25,
+                        np.random.default_rng(0)) == []
+
+
+def test_hard_examples_replace_part_of_the_uniform_windows(tiny_scene: dict[str, Path]) -> None:
+    config = parse_config(tiny_run(tiny_scene, hard_examples=0.5, augment=False))
+    windows = windows_for(config)
+    recipes = windows.recipes
+    assert isinstance(recipes, Recipes)
+    model = build_model("unet", 5, 4, depth=2)
+    recipes.start_epoch(model, 1)
+    assert recipes.error_maps is None  # nothing learned yet: epoch 1 is uniform
+    recipes.start_epoch(model, 2)
+    scene = windows.scenes[0]
+    assert recipes.error_maps[0].shape == scene.target.shape
+    assert (recipes.error_maps[0][~scene.valid] == 0).all()
+
+    hot = np.zeros(scene.target.shape, dtype=np.float32)
+    hot[64:, 64:] = 1.0
+    recipes.error_maps = [hot]
+    hard = recipes.hard_windows(np.random.default_rng(0))
+    assert len(hard) == 4  # half of 8 windows
+    assert all(w.row_off + 32 > 64 and w.col_off + 32 > 64 for _, w in hard)
+    batches = list(windows.epoch(2, 4))
+    assert sum(len(b["x"]) for b in batches) == 8
+
+
+ALL_RECIPES = {"mixup": 0.4, "colour_jitter": True, "random_scale": [0.8, 1.25],
+               "hard_examples": 0.5}
+
+
+def history_losses(run: Path) -> list[str]:
+    with (run / "history.csv").open() as handle:
+        return [row["train_loss"] for row in csv.DictReader(handle)]
+
+
+def test_runs_with_recipes_are_deterministic_and_resumable(
+        tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(tiny_run(tiny_scene, **ALL_RECIPES))
+    train(config, tmp_path / "a")
+    train(config, tmp_path / "b")
+    train_interrupted_then_resumed(config, tmp_path / "c", monkeypatch)
+
+    weights = [load_file(str(tmp_path / run / "model.safetensors")) for run in "abc"]
+    for other in weights[1:]:
+        assert other.keys() == weights[0].keys()
+        for key, value in weights[0].items():
+            assert (other[key] == value).all(), key
+    assert history_losses(tmp_path / "a") == history_losses(tmp_path / "b") \
+        == history_losses(tmp_path / "c")
