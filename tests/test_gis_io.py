@@ -24,9 +24,9 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from slidemap import api
+from slidemap.data.names import dataset_stem, is_local
 from slidemap.errors import SlidemapError
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.names import dataset_stem, is_local
 from slidemap.io.rasters import RasterFormat, RasterOutputs
 
 OPTIONS = PredictOptions(tile=48, overlap=16, batch_size=4)

@@ -29,9 +29,9 @@ from slidemap.infer.separated import patch_stats, scene_stats
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import build_model
 from slidemap.train.config import load_config, parse_config
-from slidemap.train.finetune import freeze_encoder
 from slidemap.train.loop import train
 from slidemap.train.selftrain import pseudo_labels, selftrain
+from slidemap.train.warmstart import freeze_encoder
 
 SIZE = 24
 TRAINING = {"epochs": 1, "batch_size": 2, "tile": 32, "windows_per_epoch": 4, "threads": 1,

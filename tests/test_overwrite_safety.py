@@ -300,7 +300,7 @@ def test_two_trainings_into_one_run_folder_cannot_interleave(
         tmp_path: Path, tiny_scene: dict[str, Path]) -> None:
     from slidemap.io.atomic import LOCK_NAME, folder_lock
     from slidemap.train.config import load_config
-    from slidemap.train.finetune import train_run
+    from slidemap.workflows.train import train_run
 
     config = load_config(run_config(tmp_path / "run.yaml", tiny_scene))
     run = tmp_path / "run"

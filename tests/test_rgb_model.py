@@ -16,7 +16,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import build_model
 from slidemap.train.config import parse_config
-from slidemap.train.finetune import parameter_groups
+from slidemap.train.warmstart import parameter_groups
 
 
 def tiny_rgb_model(path: Path) -> Path:

@@ -11,13 +11,13 @@ from pathlib import Path
 import rasterio
 from rich.progress import Progress
 
+from slidemap.data.names import DatasetName, dataset_stem, local_files, local_path
 from slidemap.data.vectors import file_of, is_vector
 from slidemap.errors import SlidemapError, UsageError
+from slidemap.evaluation.raster import score_raster
 from slidemap.extras import require
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
-from slidemap.infer.evaluate import score_raster
-from slidemap.infer.patches import predict_patch_set
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
 from slidemap.infer.suggest import suggest_boxes, write_boxes
 from slidemap.infer.vectorize import (
@@ -28,15 +28,15 @@ from slidemap.infer.vectorize import (
 )
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir, resolved, staged
 from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
-from slidemap.io.names import DatasetName, dataset_stem, local_files, local_path
 from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
-from slidemap.train.finetune import run_lock
 from slidemap.train.loop import train
 from slidemap.train.newsite import site_config, write_site_config
+from slidemap.train.runfolder import run_lock
+from slidemap.workflows.patches import predict_patch_set
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-fusion.safetensors"

@@ -160,7 +160,7 @@ def train(
 ) -> None:
     """Train a model from a YAML config (with init: MODEL, a fine-tuning: see finetune)."""
     from slidemap.train.config import load_config, with_seed
-    from slidemap.train.finetune import train_run
+    from slidemap.workflows.train import train_run
 
     train_run(with_seed(load_config(config), seed), out, resume=resume, overwrite=overwrite)
 
@@ -217,8 +217,8 @@ def predict(
     when the folder has masks.
     """
     from slidemap import api
+    from slidemap.data.names import local_path
     from slidemap.infer.predict import PredictOptions
-    from slidemap.io.names import local_path
 
     options = PredictOptions(tile, overlap, batch_size, precision, tta, normalise, backend,
                              compile_model, workers, dask, _scales(scales), threshold,
@@ -290,8 +290,8 @@ def evaluate(
     from rich.text import Text
 
     from slidemap import api
+    from slidemap.data.names import display_name
     from slidemap.infer.predict import PredictOptions
-    from slidemap.io.names import display_name
 
     if html_report and out is None:
         raise UsageError("--report needs --out DIR to write report.html into")

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from rasterio.windows import Window
@@ -17,9 +17,6 @@ from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import context_window, random_windows
 from slidemap.errors import SlidemapError
-
-if TYPE_CHECKING:
-    from slidemap.train.recipes import Recipes
 
 
 @dataclass
@@ -77,6 +74,20 @@ def normalised(scene: SceneArrays, stats: BandStats) -> np.ndarray:
     return normalise(scene.x, stats, valid=scene.valid)
 
 
+class WindowRecipes(Protocol):
+    """What :class:`RandomWindows` asks of training recipes (``slidemap.train.recipes``), all
+    drawing from the epoch's generator; a protocol, so the data layer needs no run config."""
+
+    def hard_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]: ...
+
+    def context_zoom(self, rng: np.random.Generator) -> float | None: ...
+
+    def sample(self, arrays: dict[str, np.ndarray], rng: np.random.Generator,
+               zoom: float | None = None) -> dict: ...
+
+    def batch(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict: ...
+
+
 class RandomWindows:
     """Each epoch, fresh random windows from every scene, drawn from a seed and the epoch number.
 
@@ -87,7 +98,7 @@ class RandomWindows:
 
     def __init__(self, scenes: list[SceneArrays], stats: BandStats, tile: int,
                  windows_per_epoch: int, min_valid: float, augment: bool, seed: int,
-                 recipes: Recipes | None = None) -> None:
+                 recipes: WindowRecipes | None = None) -> None:
         self.scenes = scenes
         self.inputs = [normalised(s, stats) for s in scenes]
         self.tile = tile

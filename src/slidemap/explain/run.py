@@ -19,6 +19,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from slidemap.data.channels import read_inputs, stack_channels
+from slidemap.data.names import DatasetName, local_files
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, UsageError
@@ -28,7 +29,6 @@ from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overla
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle, model_paths
-from slidemap.io.names import DatasetName, local_files
 
 MAX_WORKING_SIDE = 2048  # Grad-CAM keeps every activation for the backward pass: bound the window
 

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slidemap.data.names import DatasetName, absolute_name
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
+from slidemap.infer.options import PredictOptions
 from slidemap.infer.stream import (
     Grid,
     PredictedBand,
@@ -33,12 +35,9 @@ from slidemap.infer.stream import (
     read_band,
 )
 from slidemap.io.modelfile import load_model
-from slidemap.io.names import DatasetName, absolute_name
 
 if TYPE_CHECKING:
     from distributed import Client
-
-    from slidemap.infer.predict import PredictOptions
 
 BANDS_PER_THREAD = 2
 CONNECT_TIMEOUT_S = 10

@@ -18,11 +18,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 from rasterio.windows import Window
 
+from slidemap.data.names import display_name
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion
 from slidemap.explain.overlay import rgb_preview
 from slidemap.io.atomic import atomic_path
-from slidemap.io.names import display_name
 
 PREVIEW_SIDE = 1500
 VAL_METRICS = ("val_f1", "val_iou", "val_precision", "val_recall", "val_auc")

@@ -45,10 +45,10 @@ from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from slidemap.train.config import RunConfig
-from slidemap.train.finetune import parameter_groups, start_from
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import RUN_FILES, check_run_inputs
+from slidemap.train.warmstart import parameter_groups, start_from
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
