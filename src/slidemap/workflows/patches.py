@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,48 @@ from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import native_prob
+from slidemap.infer.predict import build_predictor
 from slidemap.infer.separated import patch_stats
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
+from slidemap.workflows.inputs import ModelArg, files_under, has_elevation, model_files, model_list
+
+
+@dataclass(frozen=True)
+class PatchSetResult:
+    """What ``predict`` wrote for a patch set; ``metrics`` when its patches have labels."""
+
+    folder: Path
+    patches: int
+    model: tuple[Path, ...]
+    tta: bool
+    scale: float
+    normalise: str
+    threshold: float
+    valid_pixels: int
+    landslide_pixels: int
+    metrics: dict[str, float] | None = None
+    metrics_file: Path | None = None
+
+
+def predict_patches(folder: Path, out_dir: Path, model: ModelArg = None,
+                    options: PredictOptions | None = None, scale: float | None = None,
+                    pixel_size: float | None = None, overwrite: bool = False,
+                    progress: Progress | None = None) -> PatchSetResult:
+    """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
+    ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
+    options = options or PredictOptions()
+    elevation = has_elevation(folder, None)
+    inputs = [*model_files(model, elevation), *files_under(folder, out_dir)]
+    summary = predict_patch_set(build_predictor(model_list(model, elevation), options), folder,
+                                out_dir, options, scale, pixel_size, overwrite, progress, inputs)
+    metrics = summary.get("metrics")
+    return PatchSetResult(folder, summary["patches"], tuple(Path(m) for m in summary["model"]),
+                          options.tta, summary["scale"], options.normalise,
+                          summary["threshold"], summary["valid_pixels"],
+                          summary["landslide_pixels"], metrics,
+                          out_dir / "metrics.json" if metrics is not None else None)
 
 
 def patch_output_paths(name: str, out_dir: Path) -> dict[str, Path]:
