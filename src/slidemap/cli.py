@@ -691,10 +691,10 @@ def _run() -> None:
         _fail(f"{message}: see '{command} --help'",
               code=exc.exit_code)
     except Exception as exc:
-        message = _runtime_message(exc)
-        if message is None:
+        runtime = _runtime_message(exc)
+        if runtime is None:
             raise
-        _fail(message)
+        _fail(runtime)
 
 
 def _runtime_message(exc: Exception) -> str | None:

@@ -13,6 +13,7 @@ from rasterio.windows import Window
 
 from slidemap.data.augment import flip_rot90
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
+from slidemap.data.names import DatasetName
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import context_window, random_windows
@@ -54,7 +55,7 @@ def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
     return SceneArrays(Path(image).stem, x, target.astype(np.uint8))
 
 
-def check_labels(labels: np.ndarray, path: Path) -> None:
+def check_labels(labels: np.ndarray, path: DatasetName) -> None:
     """Labels must be 0 (background), 1 (landslide) or 255 (ignore)."""
     unexpected = np.setdiff1d(np.unique(labels), [0, 1, IGNORE])
     if unexpected.size:

@@ -59,6 +59,7 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
     """
     spec = predictor.spec
     options = options.resolve(predictor.defaults)
+    assert options.tile is not None and options.overlap is not None  # resolved
     budget = MemoryBudget.of(options.memory_mb)
     with Scene(image, dem=dem) as scene:
         factor = working_factor(scene, spec, image)
@@ -81,9 +82,10 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
             if progress else None
         with bounded_gdal_cache(grid), RasterOutputs(scene.profile, prob_path,
                                                      mask_path, fmt) as outputs:
-            counts = write_bands(band_source(predictor, options, image, dem, grid), grid,
-                                 outputs, image, dem, spec.needs_dem, predictor.threshold,
-                                 progress, task)
+            bands = band_source(predictor, options, image, dem, grid)
+            counts: dict[str, float] = {**write_bands(
+                bands, grid, outputs, image, dem, spec.needs_dem, predictor.threshold, progress,
+                task)}
             counts["working_pixel_m"] = factor * min(scene.pixel_size_m())
             if counts["valid_pixels"] == 0:
                 raise SlidemapError(f"image {image} has no valid pixel (all nodata): "

@@ -14,6 +14,7 @@ never leaves one run's weights beside another's sidecar or summary.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +85,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                             settings.min_valid, settings.augment, settings.seed, recipes)
 
     model = build_model(config.model.name, len(config.inputs.channels), config.model.width,
-                        **config.model.options).to(memory_format=torch.channels_last)
+                        **config.model.options)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack it
     start_from(model, config)
     loss_fn = build_loss(config.loss)
     groups = parameter_groups(model, config.model.name, settings.lr, settings.encoder_lr)
@@ -95,7 +98,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
 
     average = WeightAverage(model) if settings.average_from else None
     checkpoint = out_dir / "checkpoint.safetensors"
-    state = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0}
     if resume:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         if average is not None and state.get("averaged_steps"):
@@ -113,8 +116,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
         t0 = time.perf_counter()
         if recipes is not None:
             recipes.start_epoch(model, epoch)
-        averaging = average is not None and epoch >= settings.average_from
-        after_step = (lambda: average.update(model)) if averaging else None
+        after_step = None
+        if average is not None and epoch >= (settings.average_from or 0):
+            after_step = functools.partial(average.update, model)
         train_loss = ddp.mean(_train_epoch(trained, ddp.shard(windows, ranks), epoch,
                                            settings.batch_size, loss_fn, optimizer, scheduler,
                                            settings.precision, steps_per_epoch, after_step),
@@ -207,7 +211,8 @@ def _trim_history(path: Path, epoch: int) -> None:
         path.write_text("".join(keep))
 
 
-def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, batch_size: int,
+def _train_epoch(model: torch.nn.Module, windows: RandomWindows | ddp.ShardedWindows,
+                 epoch: int, batch_size: int,
                  loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: str,
                  steps: int, after_step: Callable[[], None] | None = None) -> float:

@@ -70,6 +70,6 @@ def freeze_encoder(model: nn.Module, name: str) -> None:
                             "--freeze-encoder (training.freeze_encoder: false)")
     for parameter in encoder.parameters():
         parameter.requires_grad_(False)
-    encoder.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False),
-                                     encoder)
+    encoder.train = types.MethodType(  # type: ignore[method-assign]  # on purpose, see above
+        lambda self, mode=True: nn.Module.train(self, False), encoder)
     encoder.eval()

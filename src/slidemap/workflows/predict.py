@@ -94,16 +94,17 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         check_report(out_dir, overwrite)
     options = options or PredictOptions()
     source = read_item(Path(image)) if is_stac_item(image) else None
+    stac_item = None
     if source is not None:
-        image, dem = source.image, dem if dem is not None else source.dem
+        image, dem, stac_item = source.image, dem if dem is not None else source.dem, source.source
     paths = output_paths(image, out_dir, formats)
     elevation = has_elevation(image, dem)
     check_outputs(list(paths.values()),
-                  [*local_files(image, dem, source and source.source),
+                  [*local_files(image, dem, stac_item),
                    *model_files(model, elevation)], overwrite)
     predictor = build_predictor(model_list(model, elevation), options)
     tags = provenance(predictor.paths, predictor.threshold,
-                      {"image": image, "dem": dem, "stac_item": source and source.source})
+                      {"image": image, "dem": dem, "stac_item": stac_item})
     fmt = RasterFormat(prob_dtype, tags)
     make_output_dir(out_dir)
     # All files appear together, or none does; without --overwrite, a run into the same
