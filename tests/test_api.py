@@ -23,7 +23,7 @@ def test_predict_and_evaluate_take_str_paths(tiny_scene: dict[str, Path], tiny_m
     assert isinstance(result, api.PredictResult)
     assert result.prob == Path(out) / "scene_prob.tif" and result.prob.exists()
     assert set(result.files) >= {"prob", "mask", "inventory", "style", "stac"}
-    assert result.valid_pixels > 0 and result.working_pixel_m == 0.5
+    assert result.valid_pixels > 0 and result.windows > 0 and result.working_pixel_m == 0.5
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.valid_pixels = 0  # type: ignore[misc]
 

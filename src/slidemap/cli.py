@@ -218,8 +218,8 @@ def predict(
     from slidemap import api
 
     options = api.PredictOptions(tile, overlap, batch_size, precision, tta, normalise, backend,
-                             compile_model, workers, dask, _scales(scales), threshold,
-                             memory_mb=memory_mb)
+                                 compile_model, workers, dask, _scales(scales), threshold,
+                                 memory_mb=memory_mb)
     log.debug(repr(options))
     folder = api.is_patch_folder(image)
     if folder and (workers or dask):
@@ -284,8 +284,8 @@ def evaluate(
 
     from slidemap import api
 
-    options = api.PredictOptions(tile, overlap, precision=precision, tta=tta, normalise=normalise,
-                             scales=_scales(scales))
+    options = api.PredictOptions(tile, overlap, precision=precision, tta=tta,
+                                 normalise=normalise, scales=_scales(scales))
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
                               overwrite, progress, aoi, html_report)
@@ -637,7 +637,7 @@ def bench(
     from slidemap import api
 
     options = api.PredictOptions(tile, overlap, batch_size, precision, backend=backend,
-                             compile=compile_model, scales=_scales(scales))
+                                 compile=compile_model, scales=_scales(scales))
     to_stdout = json_out is not None and str(json_out) == "-"
     result = api.bench(image, dem, model, options, sample, agreement,
                        None if to_stdout else json_out, overwrite).figures

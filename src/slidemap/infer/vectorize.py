@@ -103,7 +103,7 @@ class Inventory:
 
     geometries: list
     attributes: dict[str, np.ndarray]
-    crs: object
+    crs: CRS | None
 
     def __len__(self) -> int:
         return len(self.geometries)

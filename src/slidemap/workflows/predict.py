@@ -37,6 +37,7 @@ class PredictResult:
     files: Mapping[str, Path]  # prob, mask, mask_aux, inventory[_FORMAT], style, stac
     valid_pixels: int
     landslide_pixels: int
+    windows: int  # model windows predicted
     working_pixel_m: float  # the model's pixel on this scene: the inventory's defaults
     landslides: int
     landslide_area_m2: float
@@ -130,5 +131,5 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     report = build_report(out_dir, overwrite=overwrite) if html_report else None
     return PredictResult(
         paths, int(counts["valid_pixels"]), int(counts["landslide_pixels"]),
-        float(counts["working_pixel_m"]), int(inventory["landslides"]),
+        int(counts["windows"]), float(counts["working_pixel_m"]), int(inventory["landslides"]),
         float(inventory["landslide_area_m2"]), min_area_m2, simplify_m, report)
