@@ -40,7 +40,7 @@ result = api.predict(folder / "scene.tif", folder / "out", folder / "scene_dsm.t
 peak = next(int(line.split()[1]) for line in open("/proc/self/status")
             if line.startswith("VmHWM")) / 1024
 print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak),
-                  "windows": result["windows"], "landslides": result["landslides"]}))
+                  "windows": result.windows, "landslides": result.landslides}))
 """
 
 

@@ -1,325 +1,224 @@
-"""The Python API: what the CLI does, callable from a notebook or a script."""
+"""The Python API: every command of the CLI, callable from a notebook or a script.
+
+Paths may be given as ``str`` or any ``os.PathLike``; raster and vector inputs also as GDAL names
+(``/vsizip/...``, ``https://...``). Each function runs one workflow (``slidemap.workflows``) and
+returns a frozen dataclass of what it wrote and measured.
+"""
 
 from __future__ import annotations
 
-import json
-import time
+import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
-import rasterio
 from rich.progress import Progress
 
-from slidemap.data.vectors import file_of, is_vector
-from slidemap.errors import SlidemapError, UsageError
-from slidemap.extras import require
-from slidemap.infer.budget import MemoryBudget
-from slidemap.infer.ensemble import Predictor
-from slidemap.infer.evaluate import score_raster
-from slidemap.infer.patches import predict_patch_set
-from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
-from slidemap.infer.suggest import suggest_boxes, write_boxes
-from slidemap.infer.vectorize import (
-    inventory_defaults,
-    inventory_paths,
-    slide_batches,
-    write_inventories,
+from slidemap.data.names import DatasetName, display_name
+from slidemap.infer.options import PredictOptions
+from slidemap.io.sidecar import check_scales
+from slidemap.workflows import bench as bench_workflow
+from slidemap.workflows import crossval as crossval_workflow
+from slidemap.workflows import evaluate as evaluate_workflow
+from slidemap.workflows import explain as explain_workflow
+from slidemap.workflows import export as export_workflow
+from slidemap.workflows import finetune as finetune_workflow
+from slidemap.workflows import models as models_workflow
+from slidemap.workflows import newsite as newsite_workflow
+from slidemap.workflows import patches as patches_workflow
+from slidemap.workflows import predict as predict_workflow
+from slidemap.workflows import report as report_workflow
+from slidemap.workflows import selftrain as selftrain_workflow
+from slidemap.workflows import study as study_workflow
+from slidemap.workflows import suggest as suggest_workflow
+from slidemap.workflows import train as train_workflow
+from slidemap.workflows.bench import BenchResult
+from slidemap.workflows.crossval import CrossvalResult
+from slidemap.workflows.evaluate import EvaluateResult
+from slidemap.workflows.explain import ExplainResult
+from slidemap.workflows.export import OnnxExport, StoredWeights
+from slidemap.workflows.finetune import FinetuneResult
+from slidemap.workflows.inputs import (
+    DEFAULT_MODEL,
+    PACKAGE_ROOT,
+    RGB_MODEL,
+    default_model_path,
+    has_elevation,
+    is_found,
+    is_patch_folder,
 )
-from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir, resolved, staged
-from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
-from slidemap.io.names import DatasetName, dataset_stem, local_files, local_path
-from slidemap.io.provenance import provenance, recorded_threshold
-from slidemap.io.rasters import PROB_STEPS, RasterFormat
-from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
-from slidemap.io.styles import write_qml
-from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
-from slidemap.train.finetune import run_lock
-from slidemap.train.loop import train
-from slidemap.train.newsite import site_config, write_site_config
+from slidemap.workflows.models import Architecture
+from slidemap.workflows.newsite import NewSiteResult
+from slidemap.workflows.patches import PatchSetResult
+from slidemap.workflows.predict import PredictResult
+from slidemap.workflows.report import ReportResult
+from slidemap.workflows.selftrain import SelftrainResult
+from slidemap.workflows.study import StudyResult
+from slidemap.workflows.suggest import Pick, SuggestResult
+from slidemap.workflows.train import TrainResult
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet-terrain.safetensors"
-# Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
-RGB_MODEL = PACKAGE_ROOT / "models" / "slidemap-rgb-sites.safetensors"
+__all__ = [
+    "DEFAULT_MODEL", "PACKAGE_ROOT", "RGB_MODEL", "Architecture", "BenchResult",
+    "CrossvalResult", "EvaluateResult", "ExplainResult", "FinetuneResult", "NewSiteResult",
+    "OnnxExport", "PatchSetResult", "Pick", "PredictOptions", "PredictResult", "ReportResult",
+    "SelftrainResult", "StoredWeights", "StudyResult", "SuggestResult", "TrainResult",
+    "architectures", "bench", "check_scales", "crossval", "default_model_path", "display_name",
+    "evaluate", "explain", "export_onnx", "finetune", "has_elevation", "is_found",
+    "is_patch_folder", "new_site", "output_paths", "predict", "predict_patches", "report",
+    "selftrain", "store_weights", "study", "suggest", "train",
+]
+
+PathArg = str | os.PathLike[str]
+Models = PathArg | Sequence[PathArg] | None
 
 
-def default_model_path(dem: bool = True) -> Path:
-    """The shipped model for the inputs at hand: RGB + DEM, or RGB only without a DEM."""
-    path = DEFAULT_MODEL if dem else RGB_MODEL
-    if not path.exists():
-        raise SlidemapError(f"the shipped model {path} is missing: pass --model PATH")
-    return path
+def _path(value: PathArg) -> Path:
+    return Path(value)
 
 
-def output_paths(image: DatasetName, out_dir: str | Path, formats: Sequence[str] = ("gpkg",)
+def _opt_path(value: PathArg | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _name(value: PathArg) -> DatasetName:
+    """A GDAL dataset name kept as text (``/vsizip/...``, URLs), any other path as a Path."""
+    return value if isinstance(value, str) else Path(value)
+
+
+def _opt_name(value: PathArg | None) -> DatasetName | None:
+    return None if value is None else _name(value)
+
+
+def output_paths(image: PathArg, out_dir: PathArg, formats: Sequence[str] = ("gpkg",)
                  ) -> dict[str, Path]:
-    """The files of a prediction, named after ``image`` (the member's stem for a ``/vsizip/``
-    name, ``file_subdataset`` for a subdataset)."""
-    out_dir = Path(out_dir)
-    stem = dataset_stem(image)
-    return {"prob": out_dir / f"{stem}_prob.tif", "mask": out_dir / f"{stem}_mask.tif",
-            "mask_aux": out_dir / f"{stem}_mask.tif.aux.xml",
-            **inventory_paths(out_dir, stem, formats),
-            "style": out_dir / f"{stem}_landslides.qml", "stac": out_dir / f"{stem}_item.json"}
+    """The files ``predict`` writes for ``image`` into ``out_dir``."""
+    return predict_workflow.output_paths(_name(image), _path(out_dir), formats)
 
 
-def model_list(models: str | Path | Sequence[str | Path] | None, dem: bool = True
-               ) -> list[Path]:
-    """The model files asked for, or the shipped model (the RGB-only one when ``dem`` is
-    false: no DEM to read)."""
-    if models is None or (not isinstance(models, str | Path) and not models):
-        return [default_model_path(dem)]
-    return [Path(models)] if isinstance(models, str | Path) else [Path(m) for m in models]
+def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
+            model: Models = None, options: PredictOptions | None = None,
+            min_area_m2: float | None = None, simplify_m: float | None = None,
+            overwrite: bool = False, progress: Progress | None = None,
+            formats: Sequence[str] = ("gpkg",), prob_dtype: str = "float32",
+            html_report: bool = False) -> PredictResult:
+    """Map landslides in a scene (any GDAL raster, or a STAC Item JSON of image and DEM):
+    probability and mask COGs, the inventory (each of ``formats``: gpkg, geojson) with its QGIS
+    style, a STAC Item, and with ``html_report`` report.html, in ``out_dir``. Without ``model``,
+    the shipped model (the RGB-only one when there is no DEM)."""
+    return predict_workflow.predict(_name(image), _path(out_dir), _opt_name(dem), model,
+                                    options, min_area_m2, simplify_m, overwrite, progress,
+                                    formats, prob_dtype, html_report)
 
 
-def model_files(models: str | Path | Sequence[str | Path] | None, dem: bool = True
-                ) -> list[Path]:
-    """Every file the model files asked for consist of (weights and sidecars): inputs that no
-    output may replace."""
-    return [file for path in model_list(models, dem) for file in model_paths(path)]
-
-
-def files_under(folder: Path, out_dir: Path) -> list[Path]:
-    """The files of an input ``folder`` when ``out_dir`` lies inside it (where an output could
-    replace one of them); none otherwise."""
-    folder, out = resolved(folder), resolved(out_dir)
-    if out != folder and folder not in out.parents:
-        return []
-    return [p for p in folder.rglob("*") if p.is_file()]
-
-
-def has_elevation(image: DatasetName, dem: DatasetName | None) -> bool:
-    """Whether ``image`` comes with elevation: a DEM given, or a folder that is not a plain
-    RGB patch set (``dem/`` beside ``images/``, Bijie's layout, Landslide4Sense bands)."""
-    if dem is not None:
-        return True
-    folder = local_path(image)
-    return folder is not None and folder.is_dir() and not (
-        (folder / "images").is_dir() and not (folder / "dem").is_dir())
-
-
-def load_predictor(models: str | Path | Sequence[str | Path] | None,
-                   options: PredictOptions) -> Predictor:
-    """The shipped model, one model file, or an ensemble of several (probabilities averaged)."""
-    return build_predictor(model_list(models), options)
-
-
-def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = None,
-            model: str | Path | Sequence[str | Path] | None = None,
-            options: PredictOptions | None = None, min_area_m2: float | None = None,
-            simplify_m: float | None = None, overwrite: bool = False,
-            progress: Progress | None = None, formats: Sequence[str] = ("gpkg",),
-            prob_dtype: str = "float32") -> dict:
-    """Map landslides in ``image`` (any GDAL dataset name, or a STAC Item JSON whose image and
-    DEM assets are read): probability and mask COGs, inventory (in each of ``formats``: gpkg,
-    geojson) with its QGIS style, and a STAC Item of them in ``out_dir``.
-
-    ``min_area_m2`` and ``simplify_m`` left None are set from the model's working pixel
-    (``slidemap.infer.vectorize.inventory_defaults``); ``prob_dtype`` uint8 stores the
-    probability in steps of 1/254 (a quarter of float32's bytes before compression).
-    """
-    options = options or PredictOptions()
-    out_dir = Path(out_dir)
-    source = read_item(Path(image)) if is_stac_item(image) else None
-    if source is not None:
-        image, dem = source.image, dem if dem is not None else source.dem
-    paths = output_paths(image, out_dir, formats)
-    elevation = has_elevation(image, dem)
-    check_outputs(list(paths.values()),
-                  [*local_files(image, dem, source and source.source),
-                   *model_files(model, elevation)], overwrite)
-    predictor = build_predictor(model_list(model, elevation), options)
-    tags = provenance(predictor.paths, predictor.threshold,
-                      {"image": image, "dem": dem, "stac_item": source and source.source})
-    fmt = RasterFormat(prob_dtype, tags)
-    make_output_dir(out_dir)
-    # All files appear together, or none does; without --overwrite, a run into the same
-    # folder that published first wins and this one fails.
-    with staged(paths, overwrite) as tmp:
-        counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
-                               progress, replace(fmt, mask_aux=tmp["mask_aux"]))
-        default_area, default_simplify = inventory_defaults(counts["working_pixel_m"])
-        min_area_m2 = default_area if min_area_m2 is None else min_area_m2
-        simplify_m = default_simplify if simplify_m is None else simplify_m
-        batches = slide_batches(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem,
-                                budget=MemoryBudget.of(options.memory_mb))
-        layer_tags = {k: v for k, v in tags.items() if k.startswith("SLIDEMAP_")}
-        inventory = write_inventories(
-            batches, [tmp[k] for k in paths if k.startswith("inventory")], layer_tags)
-        write_qml(tmp["style"])
-        described = {k: (paths[k], tmp[k]) for k in paths if k not in ("stac", "mask_aux")}
-        with rasterio.open(tmp["prob"]) as ds:
-            grid = ds.profile
-        item = output_item(dataset_stem(image), described, grid,
-                           None if prob_dtype == "float32" else 1.0 / PROB_STEPS, tags, source)
-        write_item(item, tmp["stac"])
-    return {**{k: str(v) for k, v in paths.items()}, **counts, **inventory,
-            "min_area_m2": min_area_m2, "simplify_m": simplify_m}
-
-
-def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
-             image: DatasetName | None = None, dem: DatasetName | None = None,
-             model: str | Path | Sequence[str | Path] | None = None,
-             out_dir: str | Path | None = None,
-             threshold: float | None = None, options: PredictOptions | None = None,
-             overwrite: bool = False, progress: Progress | None = None,
-             aoi: Path | None = None) -> dict:
-    """Metrics of a prediction raster, or of a model run on ``image``, against ``truth`` (a
-    label raster or landslide polygons), within the polygons of ``aoi`` if given."""
-    if (prediction is None) == (image is None):
-        raise UsageError("evaluate needs either --prediction RASTER or --image IMAGE "
-                         "(with --model) to score")
-    if image is not None and out_dir is None:
-        raise UsageError("evaluating a model needs --out DIR for its predicted rasters")
-    options = options or PredictOptions()
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if threshold is not None:  # the written mask and the scores use the same threshold
-        options = replace(options, threshold=threshold)
-    predictor = None if image is None else build_predictor(
-        model_list(model, has_elevation(image, dem)), options)
-    outputs: dict[str, Path] = {}
-    if image is not None and out_dir is not None:
-        paths = output_paths(image, out_dir)
-        outputs = {k: paths[k] for k in ("prob", "mask", "mask_aux")}
-    if out_dir is not None:
-        outputs["metrics"] = out_dir / "metrics.json"
-        plots = [out_dir / name for name in EVALUATION_PLOTS]
-        check_outputs([*outputs.values(), *plots],
-                      [*local_files(truth, prediction, image, dem),
-                       *[file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],
-                       *(model_files(model, has_elevation(image, dem))
-                         if image is not None else [])], overwrite)
-        make_output_dir(out_dir)
-    report: dict = {"truth": str(truth), **({"aoi": str(aoi)} if aoi is not None else {})}
-    # Rasters and metrics appear together, or none does.
-    with staged(outputs, overwrite) as tmp:
-        scored = prediction
-        if predictor is not None and image is not None:
-            tags = provenance(predictor.paths, predictor.threshold, {"image": image, "dem": dem})
-            predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options, progress,
-                          RasterFormat(tags=tags, mask_aux=tmp["mask_aux"]))
-            scored, prediction = tmp["prob"], outputs["prob"]
-            threshold = predictor.threshold if threshold is None else threshold
-            report["model"] = [str(p) for p in predictor.paths]
-        assert scored is not None and prediction is not None
-        report["prediction"] = str(prediction)
-        if threshold is None:  # the threshold the prediction's own mask was drawn at
-            threshold = recorded_threshold(prediction) or 0.5
-        report["threshold"] = threshold
-        confusion = score_raster(scored, truth, report["threshold"], aoi=aoi)
-        report["metrics"] = confusion.metrics()
-        report["thresholds"] = confusion.sweep()
-        if out_dir is not None:
-            tmp["metrics"].write_text(json.dumps(report, indent=2) + "\n")
-    if out_dir is not None:
-        report["plots"] = {k: str(v) for k, v in write_evaluation_plots(
-            out_dir, confusion, prediction, truth, image, aoi).items()}
-    return report
-
-
-def suggest(model: Path | Sequence[Path] | None, image: Path, out: Path, dem: Path | None = None,
-            n: int = 10, box: int = 512, labels: Sequence[Path] = (), spacing: int = 1,
-            options: PredictOptions | None = None, overwrite: bool = False,
-            progress: Progress | None = None) -> dict:
-    """Write ``out``: the ``n`` boxes of ``image`` most worth labelling next, ranked, as polygons
-    (``slidemap.infer.suggest``), skipping boxes that overlap the polygons of ``labels``."""
-    if n < 1 or box < 1 or spacing < 0:
-        raise SlidemapError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
-    options = options or PredictOptions()
-    predictor = load_predictor(model, options)
-    inputs = [image, *([dem] if dem else []), *model_files(model),
-              *(file_of(p) for p in labels)]
-    check_outputs([out], inputs, overwrite)
-    make_output_dir(out.parent)
-    suggestion = suggest_boxes(predictor, image, dem, n, box, labels, spacing,
-                               options.batch_size, progress)
-    write_boxes(suggestion, out, overwrite)
-    return {"boxes": str(out), "candidates": suggestion.candidates,
-            "skipped_labelled": suggestion.skipped_labelled,
-            "picks": [{"rank": i + 1, "col_off": p.window.col_off, "row_off": p.window.row_off,
-                       "score": p.score, "uncertainty": p.uncertainty}
-                      for i, p in enumerate(suggestion.picks)]}
-
-
-def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
-             dem: Path | None = None, init: Path | None = None, epochs: int = 10,
-             overwrite: bool = False, progress: Progress | None = None) -> dict:
-    """Train on the landslide polygons ``labels`` drawn over ``image`` (inside ``aoi`` if given)
-    and map the whole scene: ``out_dir`` gets config.yaml, model.safetensors and map/
-    (``slidemap.train.newsite``)."""
-    raw = site_config(image, labels, aoi, dem, init, epochs)
-    map_dir = out_dir / "map"
-    inputs = [file_of(p) for p in (image, labels, aoi, dem, init) if p is not None]
-    check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
-                   *output_paths(image, map_dir).values()], inputs, overwrite)
-    config = write_site_config(raw, out_dir)
-    started = time.perf_counter()
-    with run_lock(out_dir):  # one run at a time in the folder, as train and finetune
-        model_path = train(config, out_dir, overwrite=overwrite)
-    trained = time.perf_counter()
-    result = predict(image, map_dir, dem, model_path, overwrite=overwrite, progress=progress)
-    return {"config": str(out_dir / "config.yaml"), "model": str(model_path), **result,
-            "train_seconds": trained - started, "map_seconds": time.perf_counter() - trained}
-
-
-def predict_patches(folder: Path, out_dir: Path, model: Path | Sequence[Path] | None = None,
+def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
                     options: PredictOptions | None = None, scale: float | None = None,
                     pixel_size: float | None = None, overwrite: bool = False,
-                    progress: Progress | None = None) -> dict:
+                    progress: Progress | None = None) -> PatchSetResult:
     """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
     ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
-    options = options or PredictOptions()
-    elevation = has_elevation(folder, None)
-    inputs = [*model_files(model, elevation), *files_under(folder, out_dir)]
-    return predict_patch_set(build_predictor(model_list(model, elevation), options), folder,
-                             out_dir, options, scale, pixel_size, overwrite, progress, inputs)
+    return patches_workflow.predict_patches(_path(folder), _path(out_dir), model, options,
+                                            scale, pixel_size, overwrite, progress)
 
 
-def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -> dict:
-    """Export ``model`` to ONNX at ``out`` (default: NAME.onnx beside it); what was written."""
-    for module in ("onnx", "onnxruntime"):
-        require(module, "onnx", "exporting to ONNX")
-    from slidemap.io import onnxfile
-
-    bundle = load_model(model)
-    target = out or onnxfile.onnx_path_for(model)
-    check_outputs([target], list(model_paths(model)), overwrite)
-    make_output_dir(target.parent)
-    onnxfile.export_onnx(bundle, target, overwrite)
-    return {"onnx": str(target), "opset": onnxfile.OPSET,
-            "stride": onnxfile.model_stride(bundle.model),
-            "channels": len(bundle.inputs.channels)}
+def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg | None = None,
+             dem: PathArg | None = None, model: Models = None, out_dir: PathArg | None = None,
+             threshold: float | None = None, options: PredictOptions | None = None,
+             overwrite: bool = False, progress: Progress | None = None,
+             aoi: PathArg | None = None, html_report: bool = False) -> EvaluateResult:
+    """Metrics of a prediction raster, or of a model run on ``image``, against ``truth`` (a
+    label raster or landslide polygons), within the polygons of ``aoi`` if given."""
+    return evaluate_workflow.evaluate(
+        _name(truth), _opt_name(prediction), _opt_name(image), _opt_name(dem), model,
+        _opt_path(out_dir), threshold, options, overwrite, progress, _opt_path(aoi),
+        html_report)
 
 
-def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = False) -> dict:
-    """Save ``model`` again at ``out`` with its weights stored as ``weights_dtype`` (float32,
-    float16, int8 or int4): the same network and sidecar in a smaller file; what was written."""
-    check_weights_dtype(weights_dtype)  # an unknown name fails before anything is read
-    bundle = load_model(model)
-    inputs, targets = list(model_paths(model)), list(model_paths(out))
-    check_outputs(targets, inputs, overwrite)
-    make_output_dir(targets[0].parent)
-    written = save_model(replace(bundle, weights_dtype=weights_dtype), out, overwrite)
-    return {"model": str(written), "weights_dtype": weights_dtype,
-            "bytes": written.stat().st_size, "bytes_before": inputs[0].stat().st_size}
+def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bool = False,
+          seed: int | None = None) -> TrainResult:
+    """Train as the YAML run config says (an ensemble, a fine-tuning with ``init:`` and
+    validation data, or one network); ``seed`` replaces ``training.seed``."""
+    return train_workflow.train_config(_path(config), _path(out_dir), resume, overwrite, seed)
 
 
-def bench(image: Path, dem: Path | None = None, model: Path | Sequence[Path] | None = None,
-          options: PredictOptions | None = None, sample: int = 32,
-          agreement: bool = False, json_out: Path | None = None,
-          overwrite: bool = False) -> dict:
-    """Model-only against end-to-end throughput of mapping ``image``, and peak RSS
-    (``slidemap.infer.bench``); with ``agreement``, how close the map is to torch fp32. The
-    figures also go to ``json_out`` if given (checked before the run, like every output)."""
-    from slidemap.infer.bench import bench_scene
+def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: bool = False,
+             resume: bool = False, overwrite: bool = False,
+             seed: int | None = None) -> FinetuneResult:
+    """Fine-tune ``model`` on a run config's data; validation figures before and after."""
+    return finetune_workflow.finetune(_path(model), _path(config), _path(out_dir),
+                                      freeze_encoder, resume, overwrite, seed)
 
-    if json_out is not None:
-        check_outputs([json_out], [image, dem, *model_files(model)], overwrite, "--json")
-    result = bench_scene(image, dem, model_list(model), options or PredictOptions(), sample,
-                         agreement)
-    if json_out is not None:
-        make_output_dir(json_out.parent)
-        with atomic_path(json_out, overwrite) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+
+def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False) -> SelftrainResult:
+    """Train on the labelled source, then retrain with pseudo-labels of the target."""
+    return selftrain_workflow.selftrain(_path(config), _path(out_dir), overwrite)
+
+
+def study(config: PathArg, out_dir: PathArg) -> StudyResult:
+    """Train and score a grid of runs on one budget; a rerun continues an interrupted one."""
+    return study_workflow.study(_path(config), _path(out_dir))
+
+
+def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
+             seeds: Sequence[int] | None = None) -> CrossvalResult:
+    """Spatial cross-validation of a recipe; with ``baseline``, the paired comparison."""
+    return crossval_workflow.crossval(_path(config), _path(out_dir), _opt_path(baseline),
+                                      None if seeds is None else tuple(seeds))
+
+
+def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
+            model: PathArg | None = None, window: Sequence[int] | None = None,
+            box: Sequence[int] | None = None, layer: str | None = None,
+            overwrite: bool = False) -> ExplainResult:
+    """Grad-CAM, attention and probability maps of one window (col, row, width, height)."""
+    return explain_workflow.explain(_name(image), _path(out_dir), _opt_name(dem),
+                                    _opt_path(model), None if window is None else tuple(window),
+                                    None if box is None else tuple(box), layer, overwrite)
+
+
+def report(folder: PathArg, out: PathArg | None = None, image: str | None = None,
+           interactive: bool = False, overwrite: bool = False) -> ReportResult:
+    """One self-contained HTML report of a train, evaluate or predict output folder."""
+    return report_workflow.report(_path(folder), _opt_path(out), image, interactive, overwrite)
+
+
+def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = None,
+            n: int = 10, box: int = 512, labels: Sequence[PathArg] = (), spacing: int = 1,
+            options: PredictOptions | None = None, overwrite: bool = False,
+            progress: Progress | None = None) -> SuggestResult:
+    """The ``n`` boxes of ``image`` most worth labelling next, as polygons in ``out``."""
+    return suggest_workflow.suggest(model, _path(image), _path(out), _opt_path(dem), n, box,
+                                    [_path(p) for p in labels], spacing, options, overwrite,
+                                    progress)
+
+
+def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | None = None,
+             dem: PathArg | None = None, init: PathArg | None = None, epochs: int = 10,
+             overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
+    """Train on the landslide polygons ``labels`` drawn over ``image`` and map the scene."""
+    return newsite_workflow.new_site(_path(image), _path(labels), _path(out_dir),
+                                     _opt_path(aoi), _opt_path(dem), _opt_path(init), epochs,
+                                     overwrite, progress)
+
+
+def export_onnx(model: PathArg, out: PathArg | None = None,
+                overwrite: bool = False) -> OnnxExport:
+    """Export ``model`` to ONNX at ``out`` (default: NAME.onnx beside it)."""
+    return export_workflow.export_onnx(_path(model), _opt_path(out), overwrite)
+
+
+def store_weights(model: PathArg, out: PathArg, weights_dtype: str,
+                  overwrite: bool = False) -> StoredWeights:
+    """``model`` saved again at ``out`` with float16, int8 or int4 (or float32) weights."""
+    return export_workflow.store_weights(_path(model), _path(out), weights_dtype, overwrite)
+
+
+def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
+          options: PredictOptions | None = None, sample: int = 32, agreement: bool = False,
+          json_out: PathArg | None = None, overwrite: bool = False) -> BenchResult:
+    """Model-only against end-to-end throughput of mapping ``image``, and peak RSS."""
+    return bench_workflow.bench(_path(image), _opt_path(dem), model, options, sample,
+                                agreement, _opt_path(json_out), overwrite)
+
+
+def architectures(in_channels: int = 5) -> list[Architecture]:
+    """Every registered architecture with its parameter count for ``in_channels`` inputs."""
+    return models_workflow.architectures(in_channels)

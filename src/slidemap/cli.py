@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
     from rich.table import Table
 
-    from slidemap.infer.predict import PredictOptions
+    from slidemap.api import PredictOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -159,10 +159,9 @@ def train(
     seed: Seed = None,
 ) -> None:
     """Train a model from a YAML config (with init: MODEL, a fine-tuning: see finetune)."""
-    from slidemap.train.config import load_config, with_seed
-    from slidemap.train.finetune import train_run
+    from slidemap import api
 
-    train_run(with_seed(load_config(config), seed), out, resume=resume, overwrite=overwrite)
+    api.train(config, out, resume, overwrite, seed)
 
 
 @app.command()
@@ -217,48 +216,42 @@ def predict(
     when the folder has masks.
     """
     from slidemap import api
-    from slidemap.infer.predict import PredictOptions
-    from slidemap.io.names import local_path
 
-    options = PredictOptions(tile, overlap, batch_size, precision, tta, normalise, backend,
-                             compile_model, workers, dask, _scales(scales), threshold,
-                             memory_mb=memory_mb)
+    options = api.PredictOptions(tile, overlap, batch_size, precision, tta, normalise, backend,
+                                 compile_model, workers, dask, _scales(scales), threshold,
+                                 memory_mb=memory_mb)
     log.debug(repr(options))
-    folder = local_path(image)
-    if folder is not None and folder.is_dir() and (workers or dask):
+    folder = api.is_patch_folder(image)
+    if folder and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
-    if not model and not api.has_elevation(image, dem) and (folder is None or folder.exists()):
-        log.info(f"no --dem: mapping with the RGB-only model {api.RGB_MODEL.stem} "
-                 "(models/README.md)")
-    if folder is not None and folder.is_dir():
+    if not model and not api.has_elevation(image, dem) and api.is_found(image):
+        rgb = api.default_model_path(dem=False)
+        log.info(f"no --dem: mapping with the RGB-only model {rgb.stem} (models/README.md)")
+    if folder:
         scene_only = {"--prob-dtype": prob_dtype != "float32", "--format": inventory_format,
                       "--min-area": min_area is not None, "--simplify": simplify is not None}
         given = [name for name, value in scene_only.items() if value]
         if given:
             raise UsageError(f"{image} is a patch folder: {', '.join(given)} apply to scenes "
                              "(patches are written as probability and mask TIFFs)")
-        _predict_folder(folder, out, Path(dem) if dem else None, model, options, scale,
-                        pixel_size, overwrite, html_report)
+        _predict_folder(Path(image), out, dem, model, options, scale, pixel_size, overwrite,
+                        html_report)
         return
     if scale is not None or pixel_size is not None:
         raise UsageError(f"--scale and --pixel-size apply to patch folders, and {image} is a "
                          "file: scenes are read at the model's resolution_m")
     formats = [f.value for f in inventory_format or [InventoryFormat.gpkg]]
-    if html_report:
-        _check_report(out, overwrite)
     with _progress() as progress:
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
-                             progress, formats, prob_dtype)
-    valid = max(result["valid_pixels"], 1)
-    log.info(f"{result['landslides']} landslides, {result['landslide_area_m2']:.0f} m², "
-             f"{100 * result['landslide_pixels'] / valid:.1f} % of valid pixels")
-    for key in [k for k in result
-                if k in ("prob", "mask", "style", "stac") or k.startswith("inventory")]:
-        log.info(f"  {key.replace('_', ' '):9s} {result[key]}")
-    if html_report:
-        from slidemap.report.html import build_report
-
-        log.info(f"  report    {build_report(out, overwrite=overwrite)}")
+                             progress, formats, prob_dtype, html_report)
+    valid = max(result.valid_pixels, 1)
+    log.info(f"{result.landslides} landslides, {result.landslide_area_m2:.0f} m², "
+             f"{100 * result.landslide_pixels / valid:.1f} % of valid pixels")
+    for key, path in result.files.items():
+        if key != "mask_aux":
+            log.info(f"  {key.replace('_', ' '):9s} {path}")
+    if result.report is not None:
+        log.info(f"  report    {result.report}")
 
 
 @app.command()
@@ -290,33 +283,25 @@ def evaluate(
     from rich.text import Text
 
     from slidemap import api
-    from slidemap.infer.predict import PredictOptions
-    from slidemap.io.names import display_name
 
-    if html_report and out is None:
-        raise UsageError("--report needs --out DIR to write report.html into")
-    if html_report and out is not None:
-        _check_report(out, overwrite)
-    options = PredictOptions(tile, overlap, precision=precision, tta=tta, normalise=normalise,
-                             scales=_scales(scales))
+    options = api.PredictOptions(tile, overlap, precision=precision, tta=tta,
+                                 normalise=normalise, scales=_scales(scales))
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
-                              overwrite, progress, aoi)
-    table = Table(title=Text(f"landslide class vs {display_name(truth)}"))
+                              overwrite, progress, aoi, html_report)
+    table = Table(title=Text(f"landslide class vs {api.display_name(truth)}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc"):
-        table.add_row(key, f"{report['metrics'][key]:.4f}")
-    table.add_row("valid pixels", f"{report['metrics']['pixels']:,}")
-    best = max(report["thresholds"], key=lambda row: row["f1"])
+        table.add_row(key, f"{report.metrics[key]:.4f}")
+    table.add_row("valid pixels", f"{report.metrics['pixels']:,}")
+    best = report.best
     table.add_row(f"f1 at best threshold {best['threshold']:g}", f"{best['f1']:.4f}")
     _show(table)
     if json_stdout:
-        print(json.dumps(report["metrics"]))
-    if html_report:
-        from slidemap.report.html import build_report
-
-        log.info(f"report {build_report(out, overwrite=overwrite)}")
+        print(json.dumps(report.metrics))
+    if report.report is not None:
+        log.info(f"report {report.report}")
 
 
 @app.command("models")
@@ -325,13 +310,13 @@ def list_models() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from slidemap.models.summary import model_table
+    from slidemap import api
 
     table = Table(title="architectures (width 32, 5 input channels)")
     table.add_column("name")
     table.add_column("parameters", justify="right")
-    for name, params in model_table(in_channels=5):
-        table.add_row(name, f"{params:,}")
+    for architecture in api.architectures(in_channels=5):
+        table.add_row(architecture.name, f"{architecture.parameters:,}")
     Console().print(table)
 
 
@@ -344,10 +329,10 @@ def study(
 
     Rerunning the same command continues an interrupted study: scored runs are skipped.
     """
-    from slidemap.train.study import load_study, run_study
+    from slidemap import api
 
-    rows = run_study(load_study(config), out)
-    log.info(f"{len(rows)} runs → {out / 'results.md'}")
+    result = api.study(config, out)
+    log.info(f"{len(result.rows)} runs → {result.results}")
 
 
 @app.command()
@@ -364,31 +349,21 @@ def crossval(
 
     Rerunning the same command continues an interrupted protocol: scored folds are kept.
     """
-    from slidemap.train.config import load_config
-    from slidemap.train.crossval import run_crossval
+    from slidemap import api
 
-    summary = run_crossval(load_config(config), out,
-                           load_config(baseline) if baseline is not None else None,
-                           _seeds(seeds))
-    for label, figures in summary["recipes"].items():
+    result = api.crossval(config, out, baseline, _seeds(seeds))
+    for label, figures in result.recipes.items():
         pooled = figures["pooled"]
         log.info(f"{label}: pooled F1 {pooled['f1']:.4f} IoU {pooled['iou']:.4f}, worst "
                  f"block {figures['worst_block']['block']} "
                  f"{figures['worst_block']['f1']:.4f}")
-    if "comparison" in summary:
-        comparison = summary["comparison"]
+    if result.comparison is not None:
+        comparison = result.comparison
         low, high = comparison["interval_95"]
         log.info(f"difference {comparison['pooled_f1_difference']:+.4f} "
                  f"[{low:+.4f}, {high:+.4f}]: "
                  f"{'adopt' if comparison['adopt'] else 'keep the baseline'}")
-    log.info(f"  {out / 'summary.md'}, {out / 'blocks.md'}")
-
-
-def _check_report(out: Path, overwrite: bool) -> None:
-    """Refuse an existing report.html before any work, as the other outputs are."""
-    from slidemap.io.atomic import check_outputs
-
-    check_outputs([out / "report.html"], [], overwrite)
+    log.info(f"  {result.summary}, {result.blocks}")
 
 
 def _seeds(value: str | None) -> tuple[int, ...] | None:
@@ -421,16 +396,25 @@ def explain(
 ) -> None:
     """Why the model says landslide: Grad-CAM, attention and probability maps of one window."""
     from slidemap import api
-    from slidemap.explain.run import explain_window, parse_ints
-    from slidemap.io.modelfile import load_model
 
-    bundle = load_model(model or api.default_model_path())
-    summary = explain_window(bundle, image, out, dem, parse_ints(window, "--window",
-                                                                   "col,row,width,height"),
-                             parse_ints(box, "--box", "row0,col0,row1,col1"), layer, overwrite)
-    log.info(f"Grad-CAM of {summary['region_pixels']:,} working px at layer {summary['layer']}")
-    for path in summary["files"].values():
+    result = api.explain(image, out, dem, model, _ints(window, "--window", "col,row,width,height"),
+                         _ints(box, "--box", "row0,col0,row1,col1"), layer, overwrite)
+    log.info(f"Grad-CAM of {result.region_pixels:,} working px at layer {result.layer}")
+    for path in result.files.values():
         log.info(f"  {path}")
+
+
+def _ints(value: str | None, flag: str, names: str) -> tuple[int, ...] | None:
+    """``"a,b,..."`` → one int per name in ``names``, or a usage error showing the form."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(int(p.strip()) for p in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != len(names.split(",")):
+        raise UsageError(f"{flag} {value!r} is not valid: give {names} as integers")
+    return numbers
 
 
 @app.command("report")
@@ -447,10 +431,9 @@ def make_report(
     overwrite: Annotated[bool, typer.Option(help="replace an existing report")] = False,
 ) -> None:
     """One self-contained HTML report (map, figures, plots, inventory) of an output folder."""
-    from slidemap.report.html import build_report
-    from slidemap.report.provenance import Provenance
+    from slidemap import api
 
-    log.info(f"report {build_report(folder, out, Provenance(image=image), interactive, overwrite)}")
+    log.info(f"report {api.report(folder, out, image, interactive, overwrite).html}")
 
 
 @app.command()
@@ -472,11 +455,13 @@ def newsite(
 
     with _progress() as progress:
         result = api.new_site(image, labels, out, aoi, dem, init, epochs, overwrite, progress)
-    log.info(f"trained in {result['train_seconds'] / 60:.1f} min, mapped in "
-             f"{result['map_seconds'] / 60:.1f} min: {result['landslides']} landslides, "
-             f"{result['landslide_area_m2']:.0f} m²")
-    for key in ("config", "model", "prob", "mask", "inventory"):
-        log.info(f"  {key:9s} {result[key]}")
+    mapped = result.map
+    log.info(f"trained in {result.train_seconds / 60:.1f} min, mapped in "
+             f"{result.map_seconds / 60:.1f} min: {mapped.landslides} landslides, "
+             f"{mapped.landslide_area_m2:.0f} m²")
+    for key, path in (("config", result.config), ("model", result.model), ("prob", mapped.prob),
+                      ("mask", mapped.mask), ("inventory", mapped.inventory)):
+        log.info(f"  {key:9s} {path}")
 
 
 @app.command()
@@ -502,21 +487,20 @@ def suggest(
     from rich.text import Text
 
     from slidemap import api
-    from slidemap.infer.predict import PredictOptions
 
-    options = PredictOptions(batch_size=batch_size, precision=precision)
+    options = api.PredictOptions(batch_size=batch_size, precision=precision)
     with _progress() as progress:
         result = api.suggest(model, image, out, dem, n, box, labels or [], spacing, options,
                              overwrite, progress)
     table = Table(title=Text(f"boxes to label next in {image.name}"))
     for column in ("rank", "col", "row", "score", "uncertainty"):
         table.add_column(column, justify="right")
-    for pick in result["picks"]:
-        table.add_row(str(pick["rank"]), str(pick["col_off"]), str(pick["row_off"]),
-                      f"{pick['score']:.3f}", f"{pick['uncertainty']:.3f}")
+    for pick in result.picks:
+        table.add_row(str(pick.rank), str(pick.col_off), str(pick.row_off),
+                      f"{pick.score:.3f}", f"{pick.uncertainty:.3f}")
     _show(table)
-    log.info(f"{len(result['picks'])} of {result['candidates']} boxes "
-             f"({result['skipped_labelled']} skipped as labelled) → {out}")
+    log.info(f"{len(result.picks)} of {result.candidates} boxes "
+             f"({result.skipped_labelled} skipped as labelled) → {out}")
 
 
 @app.command()
@@ -531,27 +515,19 @@ def finetune(
     seed: Seed = None,
 ) -> None:
     """Fine-tune a model on a config's data; finetune.json holds val figures before and after."""
-    from dataclasses import replace
-
     from rich.table import Table
     from rich.text import Text
 
-    from slidemap.train.config import load_config, with_seed
-    from slidemap.train.finetune import finetune as run_finetune
+    from slidemap import api
 
-    run_config = with_seed(load_config(config), seed)
-    settings = replace(run_config.train,
-                       freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
-    report = run_finetune(replace(run_config, init=model, train=settings), out, resume=resume,
-                          overwrite=overwrite)
+    result = api.finetune(model, config, out, freeze_encoder, resume, overwrite, seed)
     table = Table(title=Text(f"{model.name} on the val data of {config.name}"))
     for column in ("", "F1", "IoU", "precision", "recall"):
         table.add_column(column, justify="right")
-    for when in ("before", "after"):
-        figures = report[when]
+    for when, figures in (("before", result.before), ("after", result.after)):
         table.add_row(when, *(f"{figures[k]:.4f}" for k in ("f1", "iou", "precision", "recall")))
     _show(table)
-    log.info(f"  {out / 'finetune.json'}")
+    log.info(f"  {result.record}")
 
 
 @app.command()
@@ -561,15 +537,14 @@ def selftrain(
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
 ) -> None:
     """Train on the labelled source, then retrain with pseudo-labels of the unlabelled target."""
-    from slidemap.train.config import load_config
-    from slidemap.train.selftrain import selftrain as run_selftrain
+    from slidemap import api
 
-    rows = run_selftrain(load_config(config), out, overwrite)
-    log.info(f"{len(rows) - 1} pseudo-label rounds → {out / 'rounds.md'}, "
-             f"{out / 'model.safetensors'}")
+    result = api.selftrain(config, out, overwrite)
+    log.info(f"{result.pseudo_label_rounds} pseudo-label rounds → {result.table}, "
+             f"{result.model}")
 
 
-def _predict_folder(folder: Path, out: Path, dem: Path | None, model: list[Path] | None,
+def _predict_folder(folder: Path, out: Path, dem: str | None, model: list[Path] | None,
                     options: PredictOptions, scale: float | None, pixel_size: float | None,
                     overwrite: bool, html_report: bool) -> None:
     """``predict`` on a patch folder: per-patch TIFFs, and the figures when it has masks."""
@@ -581,23 +556,23 @@ def _predict_folder(folder: Path, out: Path, dem: Path | None, model: list[Path]
     with _progress() as progress:
         result = api.predict_patches(folder, out, model, options, scale, pixel_size, overwrite,
                                      progress)
-    valid = max(result["valid_pixels"], 1)
-    log.info(f"{result['patches']} patches at scale {result['scale']:g}, "
-             f"{100 * result['landslide_pixels'] / valid:.2f} % landslide pixels → {out}")
-    if "metrics" in result:
-        metrics = result["metrics"]
+    valid = max(result.valid_pixels, 1)
+    log.info(f"{result.patches} patches at scale {result.scale:g}, "
+             f"{100 * result.landslide_pixels / valid:.2f} % landslide pixels → {out}")
+    if result.metrics is not None:
+        metrics = result.metrics
         log.info("  ".join(f"{k} {metrics[k]:.4f}" for k in ("precision", "recall", "f1", "iou")))
-        log.info(f"  metrics   {out / 'metrics.json'}")
+        log.info(f"  metrics   {result.metrics_file}")
 
 
 def _scales(value: str | None) -> tuple[float, ...] | None:
     """``--scales 1,0.5`` as numbers; a usage error when it is not such a list."""
     if value is None:
         return None
-    from slidemap.io.modelfile import check_scales
+    from slidemap import api
 
     try:
-        return check_scales([float(v) for v in value.split(",")])
+        return api.check_scales([float(v) for v in value.split(",")])
     except ValueError as exc:
         raise UsageError(f"--scales {value!r} is not a list of numbers: give e.g. 1,0.5"
                          ) from exc
@@ -625,13 +600,13 @@ def export(
         if out is None:
             raise UsageError("--weights writes a new model file: name it with --out")
         stored = api.store_weights(model, out, weights, overwrite)
-        log.info(f"{stored['model']}: weights stored as {stored['weights_dtype']}, "
-                 f"{stored['bytes'] / 1e6:.1f} MB (was {stored['bytes_before'] / 1e6:.1f} MB)")
+        log.info(f"{stored.model}: weights stored as {stored.weights_dtype}, "
+                 f"{stored.bytes / 1e6:.1f} MB (was {stored.bytes_before / 1e6:.1f} MB)")
         return
     result = api.export_onnx(model, out, overwrite)
-    log.info(f"{result['onnx']}: input x (B, {result['channels']}, H, W) normalised with "
-             f"H, W multiples of {result['stride']}; output prob (B, 1, H, W); "
-             f"opset {result['opset']}")
+    log.info(f"{result.onnx}: input x (B, {result.channels}, H, W) normalised with "
+             f"H, W multiples of {result.stride}; output prob (B, 1, H, W); "
+             f"opset {result.opset}")
 
 
 @app.command()
@@ -660,13 +635,12 @@ def bench(
     from rich.text import Text
 
     from slidemap import api
-    from slidemap.infer.predict import PredictOptions
 
-    options = PredictOptions(tile, overlap, batch_size, precision, backend=backend,
-                             compile=compile_model, scales=_scales(scales))
+    options = api.PredictOptions(tile, overlap, batch_size, precision, backend=backend,
+                                 compile=compile_model, scales=_scales(scales))
     to_stdout = json_out is not None and str(json_out) == "-"
     result = api.bench(image, dem, model, options, sample, agreement,
-                       None if to_stdout else json_out, overwrite)
+                       None if to_stdout else json_out, overwrite).figures
     table = Table(title=Text(f"{image.name}: {result['size'][0]}×{result['size'][1]} px, "
                              f"{result['backend']} {result['precision']}"
                              f"{' compiled' if result['compile'] else ''}"))
@@ -717,10 +691,10 @@ def _run() -> None:
         _fail(f"{message}: see '{command} --help'",
               code=exc.exit_code)
     except Exception as exc:
-        message = _runtime_message(exc)
-        if message is None:
+        runtime = _runtime_message(exc)
+        if runtime is None:
             raise
-        _fail(message)
+        _fail(runtime)
 
 
 def _runtime_message(exc: Exception) -> str | None:

@@ -26,6 +26,7 @@ from slidemap.io.atomic import (
     sweep_stale,
 )
 from slidemap.io.modelfile import load_model, model_paths, save_model
+from slidemap.workflows import predict as predict_workflow
 
 FAST = PredictOptions(precision="fp32")
 
@@ -170,7 +171,7 @@ def test_two_predicts_into_one_folder_cannot_both_succeed(
     """The second run checks its outputs while the first is still writing; the first then
     publishes; the second must fail rather than replace the first's files."""
     out = tmp_path / "out"
-    original = api.predict_scene
+    original = predict_workflow.predict_scene
     calls = []
 
     def racing(*args: object, **kwargs: object) -> dict:
@@ -179,7 +180,7 @@ def test_two_predicts_into_one_folder_cannot_both_succeed(
             api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(api, "predict_scene", racing)
+    monkeypatch.setattr(predict_workflow, "predict_scene", racing)
     with pytest.raises(SlidemapError, match="exists"):
         api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
     names = sorted(p.name for p in out.iterdir())
@@ -291,7 +292,7 @@ def test_two_trainings_into_one_run_folder_cannot_interleave(
         tmp_path: Path, tiny_scene: dict[str, Path]) -> None:
     from slidemap.io.atomic import LOCK_NAME, folder_lock
     from slidemap.train.config import load_config
-    from slidemap.train.finetune import train_run
+    from slidemap.workflows.train import train_run
 
     config = load_config(config_file(tmp_path / "run.yaml", tiny_scene))
     run = tmp_path / "run"

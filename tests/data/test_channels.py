@@ -68,7 +68,7 @@ def test_chromaticity_model_trains_saves_and_predicts(tiny_scene: dict[str, Path
     # The stored statistics are those of the chromaticity channels, not of 8-bit radiance.
     assert all(0.2 < m < 0.5 for m in sidecar["normalisation"]["mean"][:3])
     out = predict(tiny_scene["image"], tmp_path / "pred", dem=tiny_scene["dem"], model=model)
-    with rasterio.open(out["mask"]) as mask:
+    with rasterio.open(out.mask) as mask:
         assert mask.read(1).shape == (96, 96)
 
 
@@ -101,7 +101,7 @@ def test_relief_model_does_not_see_a_shifted_dem(tiny_scene: dict[str, Path],
         for dem in (tiny_scene["dem"], shifted):
             result = predict(tiny_scene["image"], tmp_path / f"{name}_{dem.stem}", dem=dem,
                              model=model)
-            with rasterio.open(result["prob"]) as prob:
+            with rasterio.open(result.prob) as prob:
                 out.append(prob.read(1))
         return out
 

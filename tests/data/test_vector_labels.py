@@ -251,8 +251,8 @@ def test_a_predicted_inventory_reads_back_as_labels(tiny_scene, tiny_model, tmp_
     mapped = api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"], tiny_model,
                          PredictOptions(tile=48, overlap=16, precision="fp32"),
                          min_area_m2=0, simplify_m=0)
-    assert "layer_styles" in [row[0] for row in pyogrio.list_layers(mapped["inventory"])]
-    scored = api.evaluate(mapped["inventory"], prediction=mapped["mask"])["metrics"]
+    assert "layer_styles" in [row[0] for row in pyogrio.list_layers(mapped.inventory)]
+    scored = api.evaluate(mapped.inventory, prediction=mapped.mask).metrics
     assert scored["pixels"] > 0
-    if mapped["landslides"]:  # the outlines of the mask's own pixels burn back onto them
+    if mapped.landslides:  # the outlines of the mask's own pixels burn back onto them
         assert scored["f1"] == pytest.approx(1.0)

@@ -46,7 +46,7 @@ def test_a_scene_far_from_the_training_elevations_warns(tiny_scene, dem_model, t
     dem = shifted_dem(tiny_scene, -1500, tmp_path)
     with pytest.warns(SlidemapWarning, match=r"lies at 15\d\d m .* outside the 2940-3060 m"):
         result = api.predict(tiny_scene["image"], tmp_path / "out", dem, dem_model, OPTIONS)
-    assert (tmp_path / "out").is_dir() and result["valid_pixels"] > 0  # predicted all the same
+    assert (tmp_path / "out").is_dir() and result.valid_pixels > 0  # predicted all the same
 
 
 @pytest.mark.parametrize("case", ["no dem channel", "scene statistics"])

@@ -96,14 +96,14 @@ def test_scene_prediction_uses_the_model_defaults(tiny_scene: dict, tiny_model: 
             ("single", tiny_model, PredictOptions(48, 16, precision="fp32"))):
         result = api.predict(tiny_scene["image"], tmp_path / name, tiny_scene["dem"], model,
                              options)
-        with rasterio.open(result["prob"]) as ds:
+        with rasterio.open(result.prob) as ds:
             maps.append(ds.read(1))
     np.testing.assert_array_equal(maps[0], maps[1])
     assert not np.allclose(maps[1], maps[2], equal_nan=True)
 
 
-def read_maps(result: dict) -> tuple[np.ndarray, np.ndarray]:
-    with rasterio.open(result["prob"]) as prob, rasterio.open(result["mask"]) as mask:
+def read_maps(prob_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    with rasterio.open(prob_path) as prob, rasterio.open(mask_path) as mask:
         return prob.read(1), mask.read(1)
 
 
@@ -111,8 +111,9 @@ def test_the_mask_follows_the_model_threshold_or_the_one_given(
         tiny_scene: dict, tiny_model: Path, tmp_path: Path) -> None:
     """The mask (and inventory) is drawn at the sidecar's threshold; ``threshold`` overrides it
     in predict and in evaluate, whose scores then use the same value as its mask."""
-    prob, _ = read_maps(api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"],
-                                    tiny_model, PredictOptions(precision="fp32")))
+    plain = api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"], tiny_model,
+                        PredictOptions(precision="fp32"))
+    prob, _ = read_maps(plain.prob, plain.mask)
     valid = ~np.isnan(prob)
     cut = float(np.quantile(prob[valid], 0.3))  # a threshold that changes the mask
     assert ((prob[valid] >= cut) != (prob[valid] >= 0.5)).any()
@@ -120,15 +121,14 @@ def test_the_mask_follows_the_model_threshold_or_the_one_given(
     for name, model, threshold in (("carried", lowered, None), ("given", tiny_model, cut)):
         result = api.predict(tiny_scene["image"], tmp_path / name, tiny_scene["dem"], model,
                              PredictOptions(precision="fp32", threshold=threshold))
-        _, mask = read_maps(result)
+        _, mask = read_maps(result.prob, result.mask)
         np.testing.assert_array_equal(mask[valid], prob[valid] >= cut)
     report = api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], dem=tiny_scene["dem"],
                           model=tiny_model, out_dir=tmp_path / "scored", threshold=cut,
                           options=PredictOptions(precision="fp32"))
-    _, mask = read_maps({"prob": report["prediction"],
-                         "mask": next((tmp_path / "scored").glob("*mask*.tif"))})
+    _, mask = read_maps(report.prediction, next((tmp_path / "scored").glob("*mask*.tif")))
     np.testing.assert_array_equal(mask[valid], prob[valid] >= cut)
-    assert report["threshold"] == cut
+    assert report.threshold == cut
 
 
 def test_training_writes_the_configured_defaults(tiny_scene: dict, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def test_predict_keeps_georeference_and_nodata(tiny_scene, tiny_model, tmp_path)
                          PredictOptions(tile=48, overlap=16, batch_size=3))
     with rasterio.open(tiny_scene["image"]) as src:
         crs, transform, shape = src.crs, src.transform, src.shape
-    with rasterio.open(result["prob"]) as prob_ds, rasterio.open(result["mask"]) as mask_ds:
+    with rasterio.open(result.prob) as prob_ds, rasterio.open(result.mask) as mask_ds:
         for ds in (prob_ds, mask_ds):
             assert ds.crs == crs and ds.transform == transform and ds.shape == shape
         prob, mask = prob_ds.read(1), mask_ds.read(1)
@@ -27,7 +27,7 @@ def test_predict_keeps_georeference_and_nodata(tiny_scene, tiny_model, tmp_path)
     assert np.isnan(prob[:, :8]).all() and (mask[:, :8] == 255).all()
     assert np.isfinite(prob[:, 8:]).all() and set(np.unique(mask[:, 8:])) <= {0, 1}
     np.testing.assert_array_equal(mask[:, 8:], (prob[:, 8:] >= 0.5).astype(np.uint8))
-    info = pyogrio.read_info(result["inventory"])
+    info = pyogrio.read_info(result.inventory)
     assert info["crs"].endswith("32647")
     assert {"area_m2", "mean_prob"} <= set(info["fields"])
 
@@ -39,7 +39,7 @@ def test_predict_is_the_same_for_any_batch_size(tiny_scene, tiny_model, tmp_path
         result = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model,
                              PredictOptions(tile=48, overlap=16, batch_size=batch,
                                             precision="fp32"))
-        with rasterio.open(result["prob"]) as ds:
+        with rasterio.open(result.prob) as ds:
             maps.append(ds.read(1))
     np.testing.assert_allclose(maps[0], maps[1], atol=1e-5, equal_nan=True)
 
@@ -58,5 +58,5 @@ def test_evaluate_cli_writes_metrics(tiny_scene, tiny_model, tmp_path) -> None:
     for key in ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc"):
         assert 0.0 <= metrics[key] <= 1.0
     # Scoring the truth against itself is perfect.
-    perfect = api.evaluate(tiny_scene["mask"], prediction=tiny_scene["mask"])["metrics"]
+    perfect = api.evaluate(tiny_scene["mask"], prediction=tiny_scene["mask"]).metrics
     assert perfect["f1"] == 1.0 and perfect["miou"] == 1.0

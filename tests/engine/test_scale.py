@@ -55,9 +55,9 @@ def test_dask_workers_give_the_single_process_maps(wide_scene, tiny_model, tmp_p
         options = PredictOptions(**{**vars(FP32), "scheduler": cluster.scheduler_address})
         spread = api.predict(wide_scene["image"], tmp_path / "dask", wide_scene["dem"],
                              tiny_model, options)
-    np.testing.assert_array_equal(read(spread["prob"]), read(alone["prob"]))
-    np.testing.assert_array_equal(read(spread["mask"]), read(alone["mask"]))
-    assert spread["landslides"] == alone["landslides"]
+    np.testing.assert_array_equal(read(spread.prob), read(alone.prob))
+    np.testing.assert_array_equal(read(spread.mask), read(alone.mask))
+    assert spread.landslides == alone.landslides
 
 
 def test_unreachable_scheduler_is_one_line(wide_scene, tiny_model, tmp_path, run_cli,
@@ -87,7 +87,7 @@ def test_onnx_backend_matches_torch_fp32(wide_scene, tiny_model, tmp_path, run_c
     beside = api.predict(wide_scene["image"], tmp_path / "beside", wide_scene["dem"],
                          tiny_model, onnx_options)
     for result in (on_the_fly, beside):
-        np.testing.assert_allclose(read(result["prob"]), read(torch_map["prob"]), atol=1e-5,
+        np.testing.assert_allclose(read(result.prob), read(torch_map.prob), atol=1e-5,
                                    equal_nan=True)
     # Odd sizes are padded to the stride exactly as the torch model pads them.
     x = np.random.default_rng(0).standard_normal((2, 4, 37, 45)).astype(np.float32)
@@ -263,10 +263,10 @@ def test_column_blocks_give_the_one_pass_maps_bit_for_bit(wide_scene, tiny_model
     assert len(blocks) == 3 and all(b.carried for b in blocks[1:])
     assert max(widths) == max(b.buffer_width for b in blocks) < 200
     for key in ("prob", "mask"):
-        np.testing.assert_array_equal(read(cut[key]), read(whole[key]))
-    (cut_shapes, cut_fields), (shapes, fields) = map(_inventory, (cut["inventory"],
-                                                                  whole["inventory"]))
-    assert cut["landslides"] == whole["landslides"] > 0
+        np.testing.assert_array_equal(read(cut.files[key]), read(whole.files[key]))
+    (cut_shapes, cut_fields), (shapes, fields) = map(_inventory, (cut.inventory,
+                                                                  whole.inventory))
+    assert cut.landslides == whole.landslides > 0
     assert cut_shapes == shapes
     for name, values in fields.items():
         np.testing.assert_array_equal(cut_fields[name], values)

@@ -108,9 +108,9 @@ def test_evaluate_agrees_with_the_scorer(tiny_scene: dict[str, Path], tiny_model
                           options=PredictOptions(precision="fp32"))
     arrays = [load_scene_arrays(tiny_scene["image"], tiny_scene["mask"], dem, bundle.inputs)]
     scored = score_bundle(bundle, arrays, "fp32").metrics()
-    assert report["metrics"]["pixels"] == scored["pixels"]
+    assert report.metrics["pixels"] == scored["pixels"]
     for key in ("f1", "iou", "precision", "recall"):
-        assert report["metrics"][key] == pytest.approx(scored[key], abs=1e-4), key
+        assert report.metrics[key] == pytest.approx(scored[key], abs=1e-4), key
 
 
 def test_blocks_scored_apart_add_up_to_the_scene(tiny_scene: dict[str, Path],

@@ -24,9 +24,9 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from slidemap import api
+from slidemap.data.names import dataset_stem, is_local
 from slidemap.errors import SlidemapError
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.names import dataset_stem, is_local
 from slidemap.io.rasters import RasterFormat, RasterOutputs
 
 OPTIONS = PredictOptions(tile=48, overlap=16, batch_size=4)
@@ -62,9 +62,9 @@ def test_a_scene_inside_a_zip_maps_like_the_plain_file(tiny_scene, tiny_model, t
                          f"/vsizip/{archive}/tiles/dsm.tif", str(tiny_model), OPTIONS)
     plain = api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"], tiny_model,
                         OPTIONS)
-    assert Path(zipped["prob"]).name == "ortho_prob.tif"
-    assert Path(zipped["inventory"]).name == "ortho_landslides.gpkg"
-    with rasterio.open(zipped["prob"]) as a, rasterio.open(plain["prob"]) as b:
+    assert Path(zipped.prob).name == "ortho_prob.tif"
+    assert Path(zipped.inventory).name == "ortho_landslides.gpkg"
+    with rasterio.open(zipped.prob) as a, rasterio.open(plain.prob) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
         assert a.tags()["SLIDEMAP_IMAGE"] == f"/vsizip/{archive}/tiles/ortho.tif"
 
@@ -173,22 +173,22 @@ def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_m
                          tiny_model, OPTIONS, min_area_m2=0.0, prob_dtype="uint8")
     digest = hashlib.sha256(Path(tiny_model).read_bytes()).hexdigest()
     for key in ("prob", "mask"):
-        with rasterio.open(result[key]) as ds:
+        with rasterio.open(result.files[key]) as ds:
             tags = ds.tags()
         assert tags["SLIDEMAP_MODEL_SHA256"] == digest
         assert tags["SLIDEMAP_IMAGE"] == str(tiny_scene["image"])
         assert tags["SLIDEMAP_DEM"] == str(tiny_scene["dem"])
         assert {"SLIDEMAP_VERSION", "SLIDEMAP_THRESHOLD", "SLIDEMAP_COMMAND"} <= set(tags)
-    info = pyogrio.read_info(result["inventory"], layer="landslides")
+    info = pyogrio.read_info(result.inventory, layer="landslides")
     assert info["layer_metadata"]["SLIDEMAP_MODEL_SHA256"] == digest
     assert "id" not in info["fields"]
     assert {"centroid_lon", "centroid_lat"} <= set(info["fields"])
-    _, _, _, values = pyogrio.raw.read(result["inventory"], layer="landslides", read_geometry=False)
+    _, _, _, values = pyogrio.raw.read(result.inventory, layer="landslides", read_geometry=False)
     fields = dict(zip(info["fields"], values, strict=True))
     if len(fields["centroid_lon"]):  # the tiny scene lies near 98.7° E, 31.1° N
         assert np.allclose(fields["centroid_lon"], 98.68, atol=0.02)
         assert np.allclose(fields["centroid_lat"], 31.14, atol=0.02)
-    with sqlite3.connect(result["inventory"]) as db:
+    with sqlite3.connect(result.inventory) as db:
         rows = db.execute("SELECT f_table_name, f_geometry_column, styleQML, useAsDefault "
                           "FROM layer_styles").fetchall()
         registered = db.execute("SELECT data_type FROM gpkg_contents WHERE table_name = "
@@ -196,7 +196,7 @@ def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_m
     assert len(rows) == 1 and rows[0][0] == "landslides" and rows[0][3] == 1
     assert rows[0][1] == "geom"  # pyogrio's GeoPackage geometry column
     assert registered == ("attributes",)
-    qml = ET.parse(result["style"]).getroot()
+    qml = ET.parse(result.style).getroot()
     assert qml.tag == "qgis" and qml.find("renderer-v2") is not None
     assert ET.fromstring(rows[0][2]).tag == "qgis"
 
@@ -205,10 +205,10 @@ def test_min_area_and_simplify_default_to_the_working_resolution(tiny_scene, tin
                                                                  tmp_path) -> None:
     result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
                          OPTIONS)
-    assert result["working_pixel_m"] == 0.5  # the tiny model reads native 0.5 m pixels
-    assert result["min_area_m2"] == 4 * 0.25 and result["simplify_m"] == 0.25
-    _, _, _, values = pyogrio.raw.read(result["inventory"], layer="landslides", read_geometry=False)
-    info = pyogrio.read_info(result["inventory"], layer="landslides")
+    assert result.working_pixel_m == 0.5  # the tiny model reads native 0.5 m pixels
+    assert result.min_area_m2 == 4 * 0.25 and result.simplify_m == 0.25
+    _, _, _, values = pyogrio.raw.read(result.inventory, layer="landslides", read_geometry=False)
+    info = pyogrio.read_info(result.inventory, layer="landslides")
     areas = dict(zip(info["fields"], values, strict=True))["area_m2"]
     assert (areas >= 1.0).all()
 
@@ -221,7 +221,7 @@ def test_predict_writes_a_stac_item_that_validates_and_reads_back(tiny_scene, ti
                                                                   tmp_path) -> None:
     result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
                          OPTIONS)
-    data = json.loads(Path(result["stac"]).read_text())
+    data = json.loads(Path(result.stac).read_text())
     _core_validator().validate(data)  # the core Item schema bundled with pystac: offline
     extensions = " ".join(data["stac_extensions"])
     for name in ("projection", "raster", "file", "classification"):
@@ -232,7 +232,7 @@ def test_predict_writes_a_stac_item_that_validates_and_reads_back(tiny_scene, ti
     assert abs(lon - 98.68) < 0.05 and abs(lat - 31.14) < 0.05
     assets = data["assets"]
     for key in ("prob", "mask", "inventory"):
-        path = Path(result[key])
+        path = Path(result.files[key])
         assert assets[key]["href"] == f"./{path.name}"
         assert assets[key]["file:size"] == path.stat().st_size
         assert assets[key]["file:checksum"] == "1220" + hashlib.sha256(
@@ -240,10 +240,10 @@ def test_predict_writes_a_stac_item_that_validates_and_reads_back(tiny_scene, ti
     assert assets["prob"]["raster:bands"][0]["data_type"] == "float32"
     classes = {c["value"]: c["name"] for c in assets["mask"]["classification:classes"]}
     assert classes == {0: "background", 1: "landslide", 255: "nodata"}
-    item = pystac.Item.from_file(result["stac"])  # reads back, and as the input of predict:
-    again = api.predict(result["stac"], tmp_path / "again", model=tiny_model, options=OPTIONS)
+    item = pystac.Item.from_file(result.stac)  # reads back, and as the input of predict:
+    again = api.predict(result.stac, tmp_path / "again", model=tiny_model, options=OPTIONS)
     assert item.assets["image"].roles == ["source"]
-    with rasterio.open(result["prob"]) as a, rasterio.open(again["prob"]) as b:
+    with rasterio.open(result.prob) as a, rasterio.open(again.prob) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
@@ -258,9 +258,9 @@ def test_a_stac_item_with_relative_assets_is_an_input(tiny_scene, tiny_model, tm
     path = tiny_scene["image"].with_name("item.json")
     path.write_text(json.dumps(item.to_dict(include_self_link=False)))
     result = api.predict(path, tmp_path / "out", model=tiny_model, options=OPTIONS)
-    with rasterio.open(result["prob"]) as ds:
+    with rasterio.open(result.prob) as ds:
         assert ds.tags()["SLIDEMAP_DEM"].endswith("scene_dsm.tif")
-    out_item = json.loads(Path(result["stac"]).read_text())
+    out_item = json.loads(Path(result.stac).read_text())
     assert out_item["properties"]["datetime"].startswith("2024-05-01T04:00:00")
     assert any(link["rel"] == "derived_from" for link in out_item["links"])
 
@@ -310,8 +310,8 @@ def test_a_vrt_of_the_scene_maps_like_the_scene(tiny_scene, tiny_model, tmp_path
     through = api.predict(vrt, tmp_path / "vrt", tiny_scene["dem"], tiny_model, OPTIONS)
     plain = api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"], tiny_model,
                         OPTIONS)
-    assert Path(through["prob"]).name == "mosaic_prob.tif"
-    with rasterio.open(through["prob"]) as a, rasterio.open(plain["prob"]) as b:
+    assert Path(through.prob).name == "mosaic_prob.tif"
+    with rasterio.open(through.prob) as a, rasterio.open(plain.prob) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
@@ -322,6 +322,6 @@ def test_evaluate_scores_a_prediction_at_the_threshold_its_mask_was_drawn_at(
     options = replace(OPTIONS, threshold=0.3)
     mapped = api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"], tiny_model,
                          options)
-    assert api.evaluate(tiny_scene["mask"], prediction=mapped["prob"])["threshold"] == 0.3
-    assert api.evaluate(tiny_scene["mask"], prediction=mapped["prob"],
-                        threshold=0.6)["threshold"] == 0.6
+    assert api.evaluate(tiny_scene["mask"], prediction=mapped.prob).threshold == 0.3
+    assert api.evaluate(tiny_scene["mask"], prediction=mapped.prob,
+                        threshold=0.6).threshold == 0.6

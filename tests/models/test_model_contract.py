@@ -32,7 +32,8 @@ from slidemap.models.blocks import ASPP, DoubleConv
 from slidemap.models.da_unet import AttentionUNetDecoder
 from slidemap.models.legacy import current_key, current_keys
 from slidemap.train.config import load_config
-from slidemap.train.finetune import finetune, parameter_groups
+from slidemap.train.finetune import finetune
+from slidemap.train.warmstart import parameter_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "models").glob("*.safetensors"))

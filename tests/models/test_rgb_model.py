@@ -15,7 +15,8 @@ from slidemap.data.channels import InputSpec
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.models import build_model
 from slidemap.train.config import parse_config
-from slidemap.train.finetune import parameter_groups
+from slidemap.train.warmstart import parameter_groups
+from slidemap.workflows import inputs
 
 
 def tiny_rgb_model(path: Path) -> Path:
@@ -26,8 +27,8 @@ def tiny_rgb_model(path: Path) -> Path:
 def test_predict_without_dem_uses_the_rgb_model(tmp_path, tiny_scene, tiny_model, run_cli,
                                                 monkeypatch) -> None:
     rgb = tiny_rgb_model(tmp_path / "rgb" / "rgb")
-    monkeypatch.setattr(api, "RGB_MODEL", rgb)
-    monkeypatch.setattr(api, "DEFAULT_MODEL", tiny_model)  # reads RGB + slope: needs the DEM
+    monkeypatch.setattr(inputs, "RGB_MODEL", rgb)
+    monkeypatch.setattr(inputs, "DEFAULT_MODEL", tiny_model)  # reads RGB + slope: needs the DEM
 
     code, err = run_cli("predict", tiny_scene["image"], "--out", tmp_path / "no-dem")
     assert code == 0, err
@@ -42,14 +43,14 @@ def test_predict_without_dem_uses_the_rgb_model(tmp_path, tiny_scene, tiny_model
 
 
 def test_python_api_without_dem_picks_the_rgb_model(tmp_path, tiny_scene, monkeypatch) -> None:
-    monkeypatch.setattr(api, "RGB_MODEL", tiny_rgb_model(tmp_path / "rgb" / "rgb"))
-    monkeypatch.setattr(api, "DEFAULT_MODEL", tmp_path / "missing.safetensors")
+    monkeypatch.setattr(inputs, "RGB_MODEL", tiny_rgb_model(tmp_path / "rgb" / "rgb"))
+    monkeypatch.setattr(inputs, "DEFAULT_MODEL", tmp_path / "missing.safetensors")
     result = api.predict(tiny_scene["image"], tmp_path / "out")
-    assert Path(result["prob"]).exists()
+    assert Path(result.prob).exists()
     with pytest.raises(Exception, match=r"missing\.safetensors"):  # a DEM asks for the default
         api.predict(tiny_scene["image"], tmp_path / "out2", dem=tiny_scene["dem"])
     scored = api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], out_dir=tmp_path / "ev")
-    assert scored["model"] == [str(api.RGB_MODEL)]  # evaluate chooses as predict does
+    assert scored.model == [str(inputs.RGB_MODEL)]  # evaluate chooses as predict does
 
 
 def test_which_inputs_come_with_elevation(tmp_path) -> None:
@@ -105,7 +106,7 @@ def test_shipped_rgb_model_maps_a_crop_without_a_dem(tmp_path) -> None:
         truth = src.read(1, window=window)
     image = write_raster(tmp_path / "crop.tif", crop, crs=crs, transform=transform, nodata=0)
     result = api.predict(image, tmp_path / "out")  # no DEM: the shipped RGB model
-    with rasterio.open(result["mask"]) as out:
+    with rasterio.open(result.mask) as out:
         assert (out.crs, out.transform, out.shape) == (crs, transform, (400, 400))
         mask = out.read(1)
     scored = (truth != 255) & (mask != 255)  # the crop's own nodata (image 0) stays unmapped

@@ -48,11 +48,11 @@ def test_shipped_model_maps_a_jinsha_scene(model, tmp_path) -> None:
     with rasterio.open(image) as src:
         grid = (src.crs, src.transform, src.shape)
     for key in ("prob", "mask"):
-        with rasterio.open(result[key]) as out:
+        with rasterio.open(result.files[key]) as out:
             assert (out.crs, out.transform, out.shape) == grid
-    assert result["landslides"] > 0
+    assert result.landslides > 0
 
-    metrics = api.evaluate(JINSHA / "region_A_mask.tif", prediction=result["prob"])["metrics"]
+    metrics = api.evaluate(JINSHA / "region_A_mask.tif", prediction=result.prob).metrics
     assert metrics["f1"] >= 0.85
 
 

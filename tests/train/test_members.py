@@ -17,8 +17,8 @@ from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import ProbabilityAverage, build_model
 from slidemap.train import members
 from slidemap.train.config import parse_config
-from slidemap.train.finetune import train_run
 from slidemap.train.loop import train
+from slidemap.workflows.train import train_run
 
 
 def fusion(seed: int) -> torch.nn.Module:

@@ -137,7 +137,7 @@ def test_scale_promotion_round_trip_in_predict(tmp_path: Path) -> None:
     model = save_model(tiny_bundle(spec), tmp_path / "m")
     options = PredictOptions(tile=64, overlap=16, batch_size=2, precision="fp32")
     result = api.predict_patches(root, tmp_path / "out", model, options, scale=2.0)
-    assert result["scale"] == 2.0 and "metrics" in result
+    assert result.scale == 2.0 and result.metrics is not None
     with rasterio.open(tmp_path / "out" / "p1_prob.tif") as ds:
         prob = ds.read(1)
     assert prob.shape == (PATCH_SIZE, PATCH_SIZE)  # back on the patch's own grid
@@ -157,8 +157,8 @@ def test_predict_l4s_split_with_target_statistics(tmp_path: Path) -> None:
     model = save_model(tiny_bundle(spec), tmp_path / "m")
     options = PredictOptions(tile=32, overlap=8, precision="fp32", normalise="scene")
     result = api.predict_patches(root, tmp_path / "out", model, options)
-    assert result["scale"] == 2.0 and result["normalise"] == "scene"
-    assert result["metrics"]["pixels"] == 2 * 16 * 16
+    assert result.scale == 2.0 and result.normalise == "scene"
+    assert result.metrics["pixels"] == 2 * 16 * 16
     with rasterio.open(tmp_path / "out" / "image_2_mask.tif") as ds:
         assert ds.shape == (16, 16) and ds.nodata == 255
         assert ds.tags()["SLIDEMAP_PATCHES"] == str(root)  # provenance, as in scene outputs
@@ -216,7 +216,7 @@ def test_normalise_scene_predicts_with_the_scene_statistics(tiny_scene: dict,
         options = PredictOptions(tile=48, overlap=16, precision="fp32", normalise=normalise)
         out = tmp_path / normalise
         result = api.predict(tiny_scene["image"], out, tiny_scene["dem"], path, options)
-        with rasterio.open(result["prob"]) as ds:
+        with rasterio.open(result.prob) as ds:
             maps.append(ds.read(1))
     np.testing.assert_allclose(maps[0], maps[1], atol=1e-6)
 

@@ -28,16 +28,13 @@ brighter or with more contrast than the training scenes gives the same channels.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio.windows import Window
 
+from slidemap.data.scene import Scene
 from slidemap.data.terrain import relief_radii_m
 from slidemap.errors import SlidemapError
-
-if TYPE_CHECKING:
-    from slidemap.data.scene import Scene
 
 OPTICAL_MODES = ("raw", "chromaticity", "scene")
 CHROMA_OFFSET = 1.0

@@ -6,20 +6,18 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from rasterio.windows import Window
 
 from slidemap.data.augment import flip_rot90
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
+from slidemap.data.names import DatasetName
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import context_window, random_windows
 from slidemap.errors import SlidemapError
-
-if TYPE_CHECKING:
-    from slidemap.train.recipes import Recipes
 
 
 @dataclass
@@ -57,7 +55,7 @@ def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
     return SceneArrays(Path(image).stem, x, target.astype(np.uint8))
 
 
-def check_labels(labels: np.ndarray, path: Path) -> None:
+def check_labels(labels: np.ndarray, path: DatasetName) -> None:
     """Labels must be 0 (background), 1 (landslide) or 255 (ignore)."""
     unexpected = np.setdiff1d(np.unique(labels), [0, 1, IGNORE])
     if unexpected.size:
@@ -77,6 +75,20 @@ def normalised(scene: SceneArrays, stats: BandStats) -> np.ndarray:
     return normalise(scene.x, stats, valid=scene.valid)
 
 
+class WindowRecipes(Protocol):
+    """What :class:`RandomWindows` asks of training recipes (``slidemap.train.recipes``), all
+    drawing from the epoch's generator; a protocol, so the data layer needs no run config."""
+
+    def hard_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]: ...
+
+    def context_zoom(self, rng: np.random.Generator) -> float | None: ...
+
+    def sample(self, arrays: dict[str, np.ndarray], rng: np.random.Generator,
+               zoom: float | None = None) -> dict: ...
+
+    def batch(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict: ...
+
+
 class RandomWindows:
     """Each epoch, fresh random windows from every scene, drawn from a seed and the epoch number.
 
@@ -87,7 +99,7 @@ class RandomWindows:
 
     def __init__(self, scenes: list[SceneArrays], stats: BandStats, tile: int,
                  windows_per_epoch: int, min_valid: float, augment: bool, seed: int,
-                 recipes: Recipes | None = None) -> None:
+                 recipes: WindowRecipes | None = None) -> None:
         self.scenes = scenes
         self.inputs = [normalised(s, stats) for s in scenes]
         self.tile = tile

@@ -27,6 +27,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from slidemap.data.names import DatasetName, as_name, local_path
 from slidemap.data.terrain import (
     laplacian_curvature,
     pixel_size_m,
@@ -37,7 +38,6 @@ from slidemap.data.terrain import (
 )
 from slidemap.data.vectors import VectorLabels, is_vector
 from slidemap.errors import SlidemapError
-from slidemap.io.names import DatasetName, as_name, local_path
 
 IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,13 +24,26 @@ from slidemap.data.patches import IGNORE, PatchDataset, open_patch_dataset
 from slidemap.data.scaling import promote
 from slidemap.errors import SlidemapError
 
-if TYPE_CHECKING:
-    from slidemap.train.config import SceneSource
-
 KINDS = ("patches", "l4s")
 PARTS = ("train", "rest")
 OPTIONS = {"patches": {"names", "split", "pixel_size"}, "l4s": {"bands", "names", "split"}}
 OPTICAL = len(BAND_NAMES) - len(TERRAIN)
+
+
+class LabelledScene(Protocol):
+    """A scene in a run config (``SceneSource`` of the config schema): the rasters to read."""
+
+    @property
+    def image(self) -> Path: ...
+
+    @property
+    def mask(self) -> Path | None: ...
+
+    @property
+    def dem(self) -> Path | None: ...
+
+    @property
+    def aoi(self) -> Path | None: ...
 
 
 @dataclass(frozen=True)
@@ -199,7 +212,7 @@ def select(names: Sequence[str], source: PatchSource) -> list[int]:
     return sorted(keep)
 
 
-def load_arrays(scenes: Sequence[SceneSource], patch_sets: Sequence[PatchSource],
+def load_arrays(scenes: Sequence[LabelledScene], patch_sets: Sequence[PatchSource],
                 spec: InputSpec) -> list[SceneArrays]:
     """Labelled scenes and patch sets of a run config as arrays, scenes first."""
     arrays = [load_scene_arrays(s.image, s.mask, s.dem, spec, s.aoi) for s in scenes]

@@ -21,8 +21,8 @@ from slidemap.data.normalization import BandStats
 from slidemap.data.sources import PatchArrays
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
+from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import native_prob
-from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import ModelBundle, PredictDefaults
 from slidemap.models import count_members
 

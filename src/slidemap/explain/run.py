@@ -19,32 +19,18 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from slidemap.data.channels import read_inputs, stack_channels
+from slidemap.data.names import DatasetName, local_files
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
-from slidemap.errors import SlidemapError, UsageError
+from slidemap.errors import SlidemapError
 from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle, model_paths
-from slidemap.io.names import DatasetName, local_files
 
 MAX_WORKING_SIDE = 2048  # Grad-CAM keeps every activation for the backward pass: bound the window
-
-
-def parse_ints(value: str | None, flag: str, names: str) -> tuple[int, ...] | None:
-    """``"a,b,..."`` → one int per name in ``names``, or a one-line error showing the form."""
-    if value is None:
-        return None
-    parts = [p.strip() for p in value.split(",")]
-    try:
-        numbers = tuple(int(p) for p in parts)
-    except ValueError:
-        numbers = ()
-    if len(numbers) != len(names.split(",")):
-        raise UsageError(f"{flag} {value!r} is not valid: give {names} as integers")
-    return numbers
 
 
 def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,

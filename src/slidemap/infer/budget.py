@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from slidemap.errors import SlidemapError
@@ -68,7 +69,7 @@ def release_free_memory() -> None:
 
 
 @functools.cache
-def _malloc_trim() -> ctypes._CFuncPtr | None:
+def _malloc_trim() -> Callable[[int], int] | None:
     if sys.platform != "linux":
         return None
     try:

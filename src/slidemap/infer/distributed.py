@@ -14,15 +14,18 @@ import contextlib
 import functools
 import logging
 from collections.abc import Generator, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from slidemap.data.names import DatasetName, absolute_name
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
+from slidemap.infer.options import PredictOptions
 from slidemap.infer.stream import (
     Grid,
     PredictedBand,
@@ -33,12 +36,9 @@ from slidemap.infer.stream import (
     read_band,
 )
 from slidemap.io.modelfile import load_model
-from slidemap.io.names import DatasetName, absolute_name
 
 if TYPE_CHECKING:
     from distributed import Client
-
-    from slidemap.infer.predict import PredictOptions
 
 BANDS_PER_THREAD = 2
 CONNECT_TIMEOUT_S = 10
@@ -67,11 +67,12 @@ def band_source(predictor: Predictor, options: PredictOptions, image: DatasetNam
     """The scene's bands in row order: from this process, or from Dask when asked."""
     if not (options.scheduler or options.workers):
         return local_bands(predictor, image, dem, grid, options.batch_size)
-    if any(path is None for path in predictor.paths):
+    paths = [path for path in predictor.paths if path is not None]
+    if len(paths) != len(predictor.paths):
         raise SlidemapError("Dask workers load models from files: pass --model PATH")
     stats = predictor.stats[0] if options.normalise == "scene" else None
     job = BandJob(absolute_name(image), absolute_name(dem) if dem else None,
-                  tuple(str(Path(p).resolve()) for p in predictor.paths), options.tta,
+                  tuple(str(Path(p).resolve()) for p in paths), options.tta,
                   options.precision, options.backend, options.compile, predictor.scales,
                   options.batch_size,
                   (tuple(stats.mean), tuple(stats.std)) if stats else None, grid)
@@ -83,8 +84,12 @@ def dask_bands(job: BandJob, scheduler: str | None, workers: int
     """Bands computed on Dask workers, handed out in row order as they complete."""
     with dask_client(scheduler, workers) as client:
         slots = BANDS_PER_THREAD * max(1, sum(client.nthreads().values()))
-        yield from in_order(lambda piece: client.submit(predict_band, job, piece, pure=False),
-                            job.grid.pieces, slots)
+        def submit(piece: tuple[int, int]) -> Future:
+            # A Dask future has the methods of a concurrent.futures one that in_order calls.
+            return cast(Future, client.submit(predict_band, job, piece, pure=False))
+
+        for band in in_order(submit, job.grid.pieces, slots):
+            yield cast(PredictedBand, band)
 
 
 @contextlib.contextmanager

@@ -10,55 +10,25 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.progress import Progress
 
 from slidemap.data.channels import InputSpec
+from slidemap.data.names import DatasetName, display_name
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.distributed import band_source
 from slidemap.infer.domain import elevation_mismatch, image_mismatch
 from slidemap.infer.ensemble import Predictor
+from slidemap.infer.options import PredictOptions
 from slidemap.infer.separated import scene_stats
 from slidemap.infer.stream import Grid, bounded_gdal_cache, plan_blocks, write_bands
-from slidemap.io.modelfile import PredictDefaults, load_model
-from slidemap.io.names import DatasetName, display_name
+from slidemap.io.modelfile import load_model
 from slidemap.io.rasters import BLOCK_SIDE, RasterFormat, RasterOutputs
 
 MIN_WORKING_SIZE = 32
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """How to predict; ``tile``, ``overlap`` (see :meth:`resolve`), ``scales`` and ``threshold``
-    (see ``Predictor``) left None are the model's own, from its sidecar."""
-
-    tile: int | None = None
-    overlap: int | None = None
-    batch_size: int = 1  # windows per model call: at 512 px, more cost memory and no speed
-    precision: str = "bf16"
-    tta: bool = False
-    normalise: str = "model"  # "scene": statistics of the data predicted (separated)
-    backend: str = "torch"  # or "onnx" (ONNX Runtime, fp32)
-    compile: bool = False  # torch.compile the model (minutes to compile; for long runs)
-    workers: int = 0  # bands on a local Dask cluster of this many processes
-    scheduler: str | None = None  # bands on the Dask cluster at this address
-    scales: tuple[float, ...] | None = None  # window scales averaged (1.0: as read)
-    threshold: float | None = None  # probability from which a pixel is mapped as landslide
-    memory_mb: int | None = None  # budget of the scene's buffers (None: DEFAULT_MEMORY_MB)
-
-    def __post_init__(self) -> None:
-        if self.normalise not in ("model", "scene"):
-            raise ValueError(f"normalise must be 'model' or 'scene', not {self.normalise!r}")
-
-    def resolve(self, defaults: PredictDefaults) -> PredictOptions:
-        """These options with the window size and overlap, if left open, from a model's
-        ``defaults``."""
-        return replace(self, tile=defaults.tile if self.tile is None else self.tile,
-                       overlap=defaults.overlap if self.overlap is None else self.overlap)
 
 
 def build_predictor(models: Sequence[Path], options: PredictOptions) -> Predictor:
@@ -89,6 +59,7 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
     """
     spec = predictor.spec
     options = options.resolve(predictor.defaults)
+    assert options.tile is not None and options.overlap is not None  # resolved
     budget = MemoryBudget.of(options.memory_mb)
     with Scene(image, dem=dem) as scene:
         factor = working_factor(scene, spec, image)
@@ -111,9 +82,10 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
             if progress else None
         with bounded_gdal_cache(grid), RasterOutputs(scene.profile, prob_path,
                                                      mask_path, fmt) as outputs:
-            counts = write_bands(band_source(predictor, options, image, dem, grid), grid,
-                                 outputs, image, dem, spec.needs_dem, predictor.threshold,
-                                 progress, task)
+            bands = band_source(predictor, options, image, dem, grid)
+            counts: dict[str, float] = {**write_bands(
+                bands, grid, outputs, image, dem, spec.needs_dem, predictor.threshold, progress,
+                task)}
             counts["working_pixel_m"] = factor * min(scene.pixel_size_m())
             if counts["valid_pixels"] == 0:
                 raise SlidemapError(f"image {image} has no valid pixel (all nodata): "

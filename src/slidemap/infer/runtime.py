@@ -26,7 +26,7 @@ def autocast(precision: str) -> Iterator[None]:
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """Eval mode, channels_last memory layout (faster convolutions on the CPU)."""
-    return model.eval().to(memory_format=torch.channels_last)
+    return model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 @torch.inference_mode()

@@ -48,13 +48,13 @@ from rasterio.windows import Window
 from rich.progress import Progress, TaskID
 
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
+from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
 from slidemap.errors import SlidemapError
 from slidemap.infer.blend import window_weights
 from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.infer.ensemble import Predictor
-from slidemap.io.names import DatasetName
 from slidemap.io.rasters import RasterOutputs, gdal_cache
 
 BLOCK_ROWS = 256  # rows of an output block (slidemap.io.rasters.geotiff_profile)

@@ -73,9 +73,10 @@ def binary_entropy(prob: np.ndarray) -> np.ndarray:
 
 def overlaps_labels(layers: Sequence[PolygonLayer], bounds: tuple[float, ...]) -> bool:
     """Whether any polygon of ``layers`` covers part of ``bounds`` (touching edges do not)."""
-    box = shapely.box(*bounds)
+    left, bottom, right, top = bounds
+    box = shapely.box(left, bottom, right, top)
     for layer in layers:
-        geometries = layer.geometries(bounds)
+        geometries = layer.geometries((left, bottom, right, top))
         if geometries.size and shapely.area(shapely.intersection(
                 shapely.make_valid(geometries), box)).max() > 0:
             return True

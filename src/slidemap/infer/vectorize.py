@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
 
+from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
 from slidemap.errors import SlidemapError
@@ -102,7 +103,7 @@ class Inventory:
 
     geometries: list
     attributes: dict[str, np.ndarray]
-    crs: object
+    crs: CRS | None
 
     def __len__(self) -> int:
         return len(self.geometries)
@@ -118,7 +119,7 @@ def strip_rows_for(width: int, budget: MemoryBudget) -> int:
 
 def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
                   simplify_m: float = 0.0, strip_rows: int | None = None,
-                  dem: Path | None = None, budget: MemoryBudget | None = None
+                  dem: DatasetName | None = None, budget: MemoryBudget | None = None
                   ) -> Iterator[Inventory]:
     """Polygonise landslide pixels (mask == 1) of ``mask_path`` with area and probability stats,
     and terrain stats (``mean_slope_deg``, ``elev_range_m``) when ``dem`` is given, as batches

@@ -17,7 +17,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from slidemap import __version__
-from slidemap.io.names import DatasetName, as_name
+from slidemap.data.names import DatasetName, as_name
 
 CHUNK = 2**20
 

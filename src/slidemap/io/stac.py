@@ -22,8 +22,8 @@ from rasterio.transform import array_bounds
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
 
+from slidemap.data.names import DatasetName, absolute_name, local_path
 from slidemap.errors import SlidemapError
-from slidemap.io.names import DatasetName, absolute_name, local_path
 from slidemap.io.provenance import sha256_file
 
 IMAGE_KEYS = ("image", "visual", "rgb", "ortho", "orthophoto", "data")

@@ -18,11 +18,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import AutoLocator, FuncFormatter
 from rasterio.windows import Window
 
+from slidemap.data.names import DatasetName, display_name
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion
 from slidemap.explain.overlay import rgb_preview
 from slidemap.io.atomic import atomic_path
-from slidemap.io.names import display_name
 
 PREVIEW_SIDE = 1500
 VAL_METRICS = ("val_f1", "val_iou", "val_precision", "val_recall", "val_auc")
@@ -145,7 +145,8 @@ def _preview_factor(height: int, width: int, max_side: int) -> int:
     return max(1, math.ceil(max(height, width) / max_side))
 
 
-def error_map(prediction: Path, truth: Path, threshold: float, image: Path | None = None,
+def error_map(prediction: DatasetName, truth: DatasetName, threshold: float,
+              image: DatasetName | None = None,
               max_side: int = PREVIEW_SIDE, aoi: Path | None = None) -> np.ndarray:
     """An RGB ``(h, w, 3)`` preview: TP, FP and FN coloured over the image (else grey).
 
@@ -260,8 +261,8 @@ def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
 EVALUATION_PLOTS = ("pr_curve.png", "errors_overlay.png")
 
 
-def write_evaluation_plots(out_dir: Path, confusion: BinaryConfusion, prediction: Path,
-                           truth: Path, image: Path | None = None,
+def write_evaluation_plots(out_dir: Path, confusion: BinaryConfusion, prediction: DatasetName,
+                           truth: DatasetName, image: DatasetName | None = None,
                            aoi: Path | None = None) -> dict[str, Path]:
     """``pr_curve.png`` and ``errors_overlay.png`` of one evaluation, in ``out_dir``."""
     errors = error_map(prediction, truth, confusion.threshold, image, aoi=aoi)

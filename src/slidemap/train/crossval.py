@@ -30,7 +30,7 @@ from slidemap.evaluation.folds import Block, held_out, make_blocks
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion, landslide_scores
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
-from slidemap.infer.predict import PredictOptions
+from slidemap.infer.options import PredictOptions
 from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.train.config import RunConfig, with_seed

@@ -8,7 +8,6 @@ validation data, so the gain (or loss) is on record in ``finetune.json``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -16,57 +15,14 @@ from pathlib import Path
 from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
-from slidemap.io.atomic import atomic_path, folder_lock
+from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model
-from slidemap.models import Network, build_network
-from slidemap.train import ddp
 from slidemap.train.config import RunConfig
-from slidemap.train.runfolder import check_run_inputs
+from slidemap.train.loop import train
+from slidemap.train.runfolder import check_run_inputs, run_lock
+from slidemap.train.warmstart import check_compatible
 
 FIGURES = ("f1", "iou", "precision", "recall", "auc", "pixels")
-
-
-def initial_model(config: RunConfig) -> Network:
-    """The network training starts from: the config's architecture, with ``config.init``'s
-    weights and its encoder frozen if asked. An ensemble stays one: its members are fine-tuned
-    together, on the loss of the average they are shipped as."""
-    bundle = None
-    if config.init is not None:
-        bundle = load_model(config.init)
-        check_compatible(bundle, config)
-    elif config.train.freeze_encoder:
-        raise SlidemapError("training.freeze_encoder freezes weights loaded with init: MODEL: "
-                            "add init, or drop freeze_encoder")
-    model = build_network(config.model.name, len(config.inputs.channels), config.model.width,
-                          bundle.members if bundle is not None else 1, **config.model.options)
-    if bundle is not None:
-        model.load_state_dict(bundle.model.state_dict())
-    if config.train.freeze_encoder:
-        model.freeze_encoder()
-    return model
-
-
-def parameter_groups(model: Network, lr: float, encoder_lr: float) -> list[dict]:
-    """AdamW's parameter groups: one at ``lr``, or, with ``encoder_lr`` below 1, the encoder at
-    ``lr * encoder_lr`` after the rest at ``lr`` (so the logged rate stays the decoder's)."""
-    if encoder_lr == 1.0:
-        return [{"params": list(model.parameters()), "lr": lr}]
-    return [{"params": model.other_parameters(), "lr": lr},
-            {"params": model.encoder_parameters(), "lr": lr * encoder_lr}]
-
-
-def check_compatible(bundle: ModelBundle, config: RunConfig) -> None:
-    """The model file must be the config's architecture reading the config's channels."""
-    mine = (config.model.name, config.model.width, dict(config.model.options))
-    theirs = (bundle.architecture, bundle.width, dict(bundle.options))
-    if mine != theirs:
-        raise SlidemapError(f"init model {bundle.path} is {theirs[0]} width {theirs[1]} options "
-                            f"{theirs[2]} but the config builds {mine[0]} width {mine[1]} options "
-                            f"{mine[2]}: set model: to match the model file")
-    if bundle.inputs.channels != config.inputs.channels:
-        raise SlidemapError(f"init model {bundle.path} reads channels {bundle.inputs.channels} "
-                            f"but the config's inputs give {config.inputs.channels}: set inputs "
-                            "to the model's channels")
 
 
 def score_on_val(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:
@@ -77,37 +33,9 @@ def score_on_val(bundle: ModelBundle, config: RunConfig) -> dict[str, float]:
                         config.predict.batch_size).metrics()
 
 
-def train_run(config: RunConfig, out_dir: Path, resume: bool = False,
-              overwrite: bool = False) -> None:
-    """``slidemap train``: an ensemble when the config asks for several members, a fine-tuning
-    with its before/after figures when it starts from a model and has validation data, plain
-    training otherwise."""
-    from slidemap.train.loop import train
-    from slidemap.train.members import train_members
-
-    if config.train.members > 1:
-        with run_lock(out_dir):
-            train_members(config, out_dir, resume=resume, overwrite=overwrite)
-    elif config.init is not None and (config.val_scenes or config.val_patches):
-        finetune(config, out_dir, resume=resume, overwrite=overwrite)
-    else:
-        with run_lock(out_dir):
-            train(config, out_dir, resume=resume, overwrite=overwrite)
-
-
-def run_lock(out_dir: Path) -> contextlib.AbstractContextManager:
-    """One run at a time in ``out_dir`` (:func:`slidemap.io.atomic.folder_lock`); the other
-    ranks of a torchrun launch work under rank 0's lock."""
-    if ddp.launched_rank() != 0:
-        return contextlib.nullcontext()
-    return folder_lock(out_dir, "run folder")
-
-
 def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
              overwrite: bool = False) -> dict:
     """Train from ``config.init`` and write ``finetune.json`` with before/after figures."""
-    from slidemap.train.loop import train
-
     if config.init is None:
         raise SlidemapError("fine-tuning needs a model to start from: pass MODEL or set init:")
     if not (config.val_scenes or config.val_patches):

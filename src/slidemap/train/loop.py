@@ -14,6 +14,7 @@ never leaves one run's weights beside another's sidecar or summary.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,10 +47,10 @@ from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from slidemap.train.config import RunConfig
-from slidemap.train.finetune import initial_model, parameter_groups
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import RUN_FILES, check_run_inputs
+from slidemap.train.warmstart import initial_model, parameter_groups
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -82,7 +84,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     windows = RandomWindows(train_scenes, stats, settings.tile, settings.windows_per_epoch,
                             settings.min_valid, settings.augment, settings.seed, recipes)
 
-    model = initial_model(config).to(memory_format=torch.channels_last)
+    model = initial_model(config).to(  # type: ignore[call-overload]  # stubs lack it
+        memory_format=torch.channels_last)
     loss_fn = build_loss(config.loss)
     groups = parameter_groups(model, settings.lr, settings.encoder_lr)
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -93,7 +96,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
 
     average = WeightAverage(model) if settings.average_from else None
     checkpoint = out_dir / "checkpoint.safetensors"
-    state = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0}
     if resume:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         if average is not None and state.get("averaged_steps"):
@@ -111,8 +114,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
         t0 = time.perf_counter()
         if recipes is not None:
             recipes.start_epoch(model, epoch)
-        averaging = average is not None and epoch >= settings.average_from
-        after_step = (lambda: average.update(model)) if averaging else None
+        after_step = None
+        if average is not None and epoch >= (settings.average_from or 0):
+            after_step = functools.partial(average.update, model)
         train_loss = ddp.mean(_train_epoch(trained, ddp.shard(windows, ranks), epoch,
                                            settings.batch_size, loss_fn, optimizer, scheduler,
                                            settings.precision, steps_per_epoch, after_step),
@@ -205,7 +209,8 @@ def _trim_history(path: Path, epoch: int) -> None:
         path.write_text("".join(keep))
 
 
-def _train_epoch(model: torch.nn.Module, windows: RandomWindows, epoch: int, batch_size: int,
+def _train_epoch(model: torch.nn.Module, windows: RandomWindows | ddp.ShardedWindows,
+                 epoch: int, batch_size: int,
                  loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: str,
                  steps: int, after_step: Callable[[], None] | None = None) -> float:

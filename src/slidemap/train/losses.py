@@ -120,6 +120,8 @@ class WeightedCELoss(PixelLoss):
 
     def compute(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         x, t = logits[valid], target[valid]
+        w0: Tensor | float
+        w1: Tensor | float
         if self.weights is None:
             w0 = 1.0 / (1.0 - t).sum().clamp(min=1e-6)
             w1 = 1.0 / t.sum().clamp(min=1e-6)

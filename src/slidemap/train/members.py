@@ -26,6 +26,7 @@ from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.logs import LOGGER, show_messages
 from slidemap.models import ProbabilityAverage
 from slidemap.train.config import RunConfig
+from slidemap.train.loop import train
 from slidemap.train.runfolder import check_run_inputs
 
 
@@ -101,8 +102,6 @@ def _train_member(config: RunConfig, out_dir: Path, index: int, resume: bool,
                   overwrite: bool, level: int) -> Path:
     """Worker: one member's run, its messages at the parent's ``level`` (a spawned process
     starts with logging unconfigured); members after the first log to their run folder."""
-    from slidemap.train.loop import train
-
     if index == 0:
         show_messages(level)
         return train(config, out_dir, resume=resume, overwrite=overwrite)

@@ -42,8 +42,8 @@ def site_config(image: Path, labels: Path, aoi: Path | None = None, dem: Path | 
         if bundle.inputs.needs_dem and dem is None:
             raise SlidemapError(f"--init {init} reads {bundle.inputs.channels}: pass --dem, or "
                                 "start from an image-only model")
-        inputs = bundle.inputs.to_dict()
-        raw.update(init=str(init), inputs={k: v for k, v in inputs.items() if v is not None},
+        spec = bundle.inputs.to_dict()
+        raw.update(init=str(init), inputs={k: v for k, v in spec.items() if v is not None},
                    model={"name": bundle.architecture, "width": bundle.width,
                           "options": dict(bundle.options)})
         raw["inputs"]["image_bands"] = list(bundle.inputs.image_bands)

@@ -33,7 +33,9 @@ class Recipes:
     def __init__(self, config: RunConfig, scenes: list[SceneArrays], stats: BandStats) -> None:
         settings = config.train
         self.mixup = settings.mixup
-        self.colour_jitter = settings.colour_jitter
+        # the config turns ``true`` into the default strengths: a dict when on
+        jitter = settings.colour_jitter
+        self.colour_jitter: dict = jitter if isinstance(jitter, dict) else {}
         self.random_scale = settings.random_scale
         self.zoom_context = settings.zoom_context
         self.hard_count = round(settings.hard_examples * settings.windows_per_epoch)

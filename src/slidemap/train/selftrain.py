@@ -22,11 +22,12 @@ from slidemap.data.sources import PatchArrays, load_patch_arrays
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
+from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import predict_arrays, to_native
-from slidemap.infer.predict import PredictOptions
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.train.config import RunConfig
+from slidemap.train.loop import train
 
 COLUMNS = ("round", "kept_fraction", "pseudo_landslide_fraction", "target_f1", "target_iou",
            "target_precision", "target_recall", "train_seconds")
@@ -78,8 +79,6 @@ def load_targets(config: RunConfig) -> list[Target]:
 def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list[dict]:
     """Round 0 on the source, then ``rounds`` pseudo-label rounds; writes ``rounds.csv``,
     ``rounds.md`` and the last round's model as ``OUT/model.safetensors``."""
-    from slidemap.train.loop import train
-
     settings = config.selftrain
     if settings is None:
         raise SlidemapError(f"config {config.source} has no selftrain: section: add "

@@ -8,12 +8,13 @@ import numpy as np
 from rasterio.windows import Window
 
 from slidemap.data.dataset import check_labels
+from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
 
 
-def score_raster(prediction: Path, truth: Path, threshold: float = 0.5,
+def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float = 0.5,
                  strip_rows: int = 1024, aoi: Path | None = None) -> BinaryConfusion:
     """The confusion of ``prediction`` vs ``truth``, histograms kept for precision–recall plots.
 

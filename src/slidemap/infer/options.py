@@ -1,0 +1,40 @@
+"""How to predict: the options every prediction path shares (scenes, patch sets, Dask bands).
+
+Their own module, below both the single-process and the distributed scene paths that read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from slidemap.io.modelfile import PredictDefaults
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict; ``tile``, ``overlap`` (see :meth:`resolve`), ``scales`` and ``threshold``
+    (see ``Predictor``) left None are the model's own, from its sidecar."""
+
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int = 1  # windows per model call: at 512 px, more cost memory and no speed
+    precision: str = "bf16"
+    tta: bool = False
+    normalise: str = "model"  # "scene": statistics of the data predicted (separated)
+    backend: str = "torch"  # or "onnx" (ONNX Runtime, fp32)
+    compile: bool = False  # torch.compile the model (minutes to compile; for long runs)
+    workers: int = 0  # bands on a local Dask cluster of this many processes
+    scheduler: str | None = None  # bands on the Dask cluster at this address
+    scales: tuple[float, ...] | None = None  # window scales averaged (1.0: as read)
+    threshold: float | None = None  # probability from which a pixel is mapped as landslide
+    memory_mb: int | None = None  # budget of the scene's buffers (None: DEFAULT_MEMORY_MB)
+
+    def __post_init__(self) -> None:
+        if self.normalise not in ("model", "scene"):
+            raise ValueError(f"normalise must be 'model' or 'scene', not {self.normalise!r}")
+
+    def resolve(self, defaults: PredictDefaults) -> PredictOptions:
+        """These options with the window size and overlap, if left open, from a model's
+        ``defaults``."""
+        return replace(self, tile=defaults.tile if self.tile is None else self.tile,
+                       overlap=defaults.overlap if self.overlap is None else self.overlap)

@@ -1,0 +1,36 @@
+"""``slidemap bench``: model-only against end-to-end throughput of mapping a scene, and peak
+RSS (``slidemap.infer.bench``); the figures also go to a JSON file if asked."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slidemap.infer.bench import bench_scene
+from slidemap.infer.options import PredictOptions
+from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
+from slidemap.workflows.inputs import ModelArg, model_files, model_list
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    figures: dict[str, Any]  # as written to --json: size, windows, *_mpx_s, peak_rss_mb, ...
+    json_file: Path | None = None
+
+
+def bench(image: Path, dem: Path | None = None, model: ModelArg = None,
+          options: PredictOptions | None = None, sample: int = 32, agreement: bool = False,
+          json_out: Path | None = None, overwrite: bool = False) -> BenchResult:
+    """Time mapping ``image``; with ``agreement``, how close the map is to torch fp32.
+    ``json_out`` is checked before the run, like every output."""
+    if json_out is not None:
+        check_outputs([json_out], [image, dem, *model_files(model)], overwrite, "--json")
+    figures = bench_scene(image, dem, model_list(model), options or PredictOptions(), sample,
+                          agreement)
+    if json_out is not None:
+        make_output_dir(json_out.parent)
+        with atomic_path(json_out, overwrite) as tmp:
+            tmp.write_text(json.dumps(figures, indent=2) + "\n")
+    return BenchResult(figures, json_out)

@@ -1,0 +1,32 @@
+"""``slidemap explain``: why the model says landslide in one window of a scene (Grad-CAM,
+attention and probability maps; ``slidemap.explain.run``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slidemap.data.names import DatasetName
+from slidemap.explain.run import explain_window
+from slidemap.io.modelfile import load_model
+from slidemap.workflows.inputs import default_model_path
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    layer: str  # the module Grad-CAM looked at
+    region_pixels: int  # working pixels of the region explained
+    files: dict[str, Path]  # PNGs, GeoTIFFs (georeferenced inputs) and explain.json
+
+
+def explain(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
+            model: Path | None = None, window: tuple[int, ...] | None = None,
+            box: tuple[int, ...] | None = None, layer: str | None = None,
+            overwrite: bool = False) -> ExplainResult:
+    """Explain ``window`` (col, row, width, height in native px; default: one tile at the
+    centre) of ``image``: the predicted landslides, or ``box`` (row0, col0, row1, col1 in
+    window px)."""
+    bundle = load_model(model or default_model_path())
+    summary = explain_window(bundle, image, out_dir, dem, window, box, layer, overwrite)
+    return ExplainResult(summary["layer"], summary["region_pixels"],
+                         {k: Path(v) for k, v in summary["files"].items()})

@@ -1,0 +1,79 @@
+"""What a command reads besides its data: the model files asked for, or the shipped ones.
+
+Every workflow that maps or scores with a model chooses it here, so ``predict``, ``evaluate``,
+``suggest`` and ``bench`` pick the same default on the same inputs, and every file that a model
+consists of is an input that no output may replace.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from slidemap.data.names import DatasetName, local_path
+from slidemap.errors import SlidemapError
+from slidemap.io.atomic import resolved
+from slidemap.io.modelfile import model_paths
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet-terrain.safetensors"
+# Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
+RGB_MODEL = PACKAGE_ROOT / "models" / "slidemap-rgb-sites.safetensors"
+
+ModelArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
+
+
+def default_model_path(dem: bool = True) -> Path:
+    """The shipped model for the inputs at hand: RGB + DEM, or RGB only without a DEM."""
+    path = DEFAULT_MODEL if dem else RGB_MODEL
+    if not path.exists():
+        raise SlidemapError(f"the shipped model {path} is missing: pass --model PATH")
+    return path
+
+
+def model_list(models: ModelArg, dem: bool = True) -> list[Path]:
+    """The model files asked for, or the shipped model (the RGB-only one when ``dem`` is
+    false: no DEM to read)."""
+    if models is None or (not isinstance(models, str | os.PathLike) and not models):
+        return [default_model_path(dem)]
+    if isinstance(models, str | os.PathLike):
+        return [Path(models)]
+    return [Path(m) for m in models]
+
+
+def model_files(models: ModelArg, dem: bool = True) -> list[Path]:
+    """Every file the model files asked for consist of (weights and sidecars): inputs that no
+    output may replace."""
+    return [file for path in model_list(models, dem) for file in model_paths(path)]
+
+
+def files_under(folder: Path, out_dir: Path) -> list[Path]:
+    """The files of an input ``folder`` when ``out_dir`` lies inside it (where an output could
+    replace one of them); none otherwise."""
+    folder, out = resolved(folder), resolved(out_dir)
+    if out != folder and folder not in out.parents:
+        return []
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def has_elevation(image: DatasetName, dem: DatasetName | None) -> bool:
+    """Whether ``image`` comes with elevation: a DEM given, or a folder that is not a plain
+    RGB patch set (``dem/`` beside ``images/``, Bijie's layout, Landslide4Sense bands)."""
+    if dem is not None:
+        return True
+    folder = local_path(image)
+    return folder is not None and folder.is_dir() and not (
+        (folder / "images").is_dir() and not (folder / "dem").is_dir())
+
+
+def is_patch_folder(image: DatasetName) -> bool:
+    """Whether ``image`` names a local folder, read as a patch set rather than a scene."""
+    folder = local_path(image)
+    return folder is not None and folder.is_dir()
+
+
+def is_found(image: DatasetName) -> bool:
+    """False only for a local path that does not exist (a remote name is looked up on reading)."""
+    path = local_path(image)
+    return path is None or path.exists()

@@ -1,0 +1,46 @@
+"""``slidemap newsite``: a scene and landslide polygons drawn over it → a model for the site
+and the scene's landslide map (config from ``slidemap.train.newsite``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import Progress
+
+from slidemap.data.vectors import file_of
+from slidemap.io.atomic import check_outputs
+from slidemap.train.loop import train
+from slidemap.train.newsite import site_config, write_site_config
+from slidemap.train.runfolder import run_lock
+from slidemap.workflows.predict import PredictResult, output_paths, predict
+
+
+@dataclass(frozen=True)
+class NewSiteResult:
+    config: Path
+    model: Path
+    map: PredictResult
+    train_seconds: float
+    map_seconds: float
+
+
+def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
+             dem: Path | None = None, init: Path | None = None, epochs: int = 10,
+             overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
+    """Train on the polygons ``labels`` drawn over ``image`` (inside ``aoi`` if given) and map
+    the whole scene: ``out_dir`` gets config.yaml, model.safetensors and map/."""
+    raw = site_config(image, labels, aoi, dem, init, epochs)
+    map_dir = out_dir / "map"
+    inputs = [file_of(p) for p in (image, labels, aoi, dem, init) if p is not None]
+    check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
+                   *output_paths(image, map_dir).values()], inputs, overwrite)
+    config = write_site_config(raw, out_dir)
+    started = time.perf_counter()
+    with run_lock(out_dir):  # one run at a time in the folder, as train and finetune
+        model_path = train(config, out_dir, overwrite=overwrite)
+    trained = time.perf_counter()
+    mapped = predict(image, map_dir, dem, model_path, overwrite=overwrite, progress=progress)
+    return NewSiteResult(out_dir / "config.yaml", model_path, mapped, trained - started,
+                         time.perf_counter() - trained)

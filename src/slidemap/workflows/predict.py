@@ -1,0 +1,135 @@
+"""``slidemap predict`` on a scene: probability and mask COGs, the inventory with its QGIS
+style, and a STAC Item of them, published together or not at all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import rasterio
+from rich.progress import Progress
+
+from slidemap.data.names import DatasetName, dataset_stem, local_files
+from slidemap.infer.budget import MemoryBudget
+from slidemap.infer.options import PredictOptions
+from slidemap.infer.predict import build_predictor, predict_scene
+from slidemap.infer.vectorize import (
+    inventory_defaults,
+    inventory_paths,
+    slide_batches,
+    write_inventories,
+)
+from slidemap.io.atomic import check_outputs, make_output_dir, staged
+from slidemap.io.provenance import provenance
+from slidemap.io.rasters import PROB_STEPS, RasterFormat
+from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
+from slidemap.io.styles import write_qml
+from slidemap.report.html import build_report
+from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, model_list
+from slidemap.workflows.report import check_report
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """The files of one scene's prediction and what they hold."""
+
+    files: Mapping[str, Path]  # prob, mask, mask_aux, inventory[_FORMAT], style, stac
+    valid_pixels: int
+    landslide_pixels: int
+    windows: int  # model windows predicted
+    working_pixel_m: float  # the model's pixel on this scene: the inventory's defaults
+    landslides: int
+    landslide_area_m2: float
+    min_area_m2: float
+    simplify_m: float
+    report: Path | None = None
+
+    @property
+    def prob(self) -> Path:
+        return self.files["prob"]
+
+    @property
+    def mask(self) -> Path:
+        return self.files["mask"]
+
+    @property
+    def inventory(self) -> Path:
+        """The inventory in the first format asked for."""
+        return self.files["inventory"]
+
+    @property
+    def style(self) -> Path:
+        return self.files["style"]
+
+    @property
+    def stac(self) -> Path:
+        return self.files["stac"]
+
+
+def output_paths(image: DatasetName, out_dir: Path, formats: Sequence[str] = ("gpkg",)
+                 ) -> dict[str, Path]:
+    """The files of a prediction, named after ``image`` (the member's stem for a ``/vsizip/``
+    name, ``file_subdataset`` for a subdataset)."""
+    stem = dataset_stem(image)
+    return {"prob": out_dir / f"{stem}_prob.tif", "mask": out_dir / f"{stem}_mask.tif",
+            "mask_aux": out_dir / f"{stem}_mask.tif.aux.xml",
+            **inventory_paths(out_dir, stem, formats),
+            "style": out_dir / f"{stem}_landslides.qml", "stac": out_dir / f"{stem}_item.json"}
+
+
+def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
+            model: ModelArg = None, options: PredictOptions | None = None,
+            min_area_m2: float | None = None, simplify_m: float | None = None,
+            overwrite: bool = False, progress: Progress | None = None,
+            formats: Sequence[str] = ("gpkg",), prob_dtype: str = "float32",
+            html_report: bool = False) -> PredictResult:
+    """Map landslides in ``image`` (any GDAL dataset name, or a STAC Item JSON whose image and
+    DEM assets are read) into ``out_dir``.
+
+    ``min_area_m2`` and ``simplify_m`` left None are set from the model's working pixel
+    (``slidemap.infer.vectorize.inventory_defaults``); ``prob_dtype`` uint8 stores the
+    probability in steps of 1/254 (a quarter of float32's bytes before compression).
+    """
+    if html_report:
+        check_report(out_dir, overwrite)
+    options = options or PredictOptions()
+    source = read_item(Path(image)) if is_stac_item(image) else None
+    stac_item = None
+    if source is not None:
+        image, dem, stac_item = source.image, dem if dem is not None else source.dem, source.source
+    paths = output_paths(image, out_dir, formats)
+    elevation = has_elevation(image, dem)
+    check_outputs(list(paths.values()),
+                  [*local_files(image, dem, stac_item),
+                   *model_files(model, elevation)], overwrite)
+    predictor = build_predictor(model_list(model, elevation), options)
+    tags = provenance(predictor.paths, predictor.threshold,
+                      {"image": image, "dem": dem, "stac_item": stac_item})
+    fmt = RasterFormat(prob_dtype, tags)
+    make_output_dir(out_dir)
+    # All files appear together, or none does; without --overwrite, a run into the same
+    # folder that published first wins and this one fails.
+    with staged(paths, overwrite) as tmp:
+        counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
+                               progress, replace(fmt, mask_aux=tmp["mask_aux"]))
+        default_area, default_simplify = inventory_defaults(counts["working_pixel_m"])
+        min_area_m2 = default_area if min_area_m2 is None else min_area_m2
+        simplify_m = default_simplify if simplify_m is None else simplify_m
+        batches = slide_batches(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem,
+                                budget=MemoryBudget.of(options.memory_mb))
+        layer_tags = {k: v for k, v in tags.items() if k.startswith("SLIDEMAP_")}
+        inventory = write_inventories(
+            batches, [tmp[k] for k in paths if k.startswith("inventory")], layer_tags)
+        write_qml(tmp["style"])
+        described = {k: (paths[k], tmp[k]) for k in paths if k not in ("stac", "mask_aux")}
+        with rasterio.open(tmp["prob"]) as ds:
+            grid = ds.profile
+        item = output_item(dataset_stem(image), described, grid,
+                           None if prob_dtype == "float32" else 1.0 / PROB_STEPS, tags, source)
+        write_item(item, tmp["stac"])
+    report = build_report(out_dir, overwrite=overwrite) if html_report else None
+    return PredictResult(
+        paths, int(counts["valid_pixels"]), int(counts["landslide_pixels"]),
+        int(counts["windows"]), float(counts["working_pixel_m"]), int(inventory["landslides"]),
+        float(inventory["landslide_area_m2"]), min_area_m2, simplify_m, report)

@@ -1,0 +1,29 @@
+"""``slidemap report``: one self-contained HTML page of an output folder; and the check that
+``predict --report`` and ``evaluate --report`` make before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slidemap.io.atomic import check_outputs
+from slidemap.report.html import build_report
+from slidemap.report.provenance import Provenance
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    html: Path
+
+
+def check_report(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an existing report.html before any work, as the other outputs are."""
+    check_outputs([out_dir / "report.html"], [], overwrite)
+
+
+def report(folder: Path, out: Path | None = None, image: str | None = None,
+           interactive: bool = False, overwrite: bool = False) -> ReportResult:
+    """The report of ``folder`` (a run, evaluate or predict folder) at ``out`` (default:
+    ``folder/report.html``); ``image``: the imagery under a prediction's map."""
+    return ReportResult(build_report(folder, out, Provenance(image=image), interactive,
+                                     overwrite))
