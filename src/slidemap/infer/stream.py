@@ -51,8 +51,8 @@ from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
 from slidemap.errors import SlidemapError
-from slidemap.infer.blend import window_weights
 from slidemap.infer.budget import MemoryBudget, release_free_memory
+from slidemap.infer.engine import blend_weights, run_batches
 from slidemap.infer.ensemble import Predictor
 from slidemap.io.names import DatasetName
 from slidemap.io.rasters import RasterOutputs, gdal_cache
@@ -170,7 +170,7 @@ class Grid:
 
 @functools.lru_cache(maxsize=8)
 def _weights(height: int, width: int, margin: int) -> torch.Tensor:
-    return torch.from_numpy(window_weights(height, width, margin))
+    return torch.from_numpy(np.array(blend_weights(height, width, margin)))
 
 
 def helper_pool(name: str) -> ThreadPoolExecutor:
@@ -246,11 +246,9 @@ def read_band(scene: Scene, spec: InputSpec, grid: Grid, piece: tuple[int, int])
 
 def infer_band(predictor: Predictor, inputs: BandInputs, batch_size: int) -> PredictedBand:
     """The model on the band's windows, in batches, at working resolution."""
-    probs: list[np.ndarray] = []
-    for start in range(0, len(inputs.windows), batch_size):
-        part = slice(start, start + batch_size)
-        probs += predictor(inputs.raw[part], inputs.valid[part])
-    return PredictedBand(inputs.piece, inputs.windows, probs, inputs.total)
+    return PredictedBand(inputs.piece, inputs.windows,
+                         run_batches(predictor, inputs.raw, inputs.valid, batch_size),
+                         inputs.total)
 
 
 def blend_band(grid: Grid, block: ColumnBlock, row: int, windows: list[Window],

@@ -1,0 +1,105 @@
+"""The window engine: one way to cut, batch, run, blend and hand probabilities on.
+
+A scene, the same pixels as an in-memory array, and the hard-example maps of training all go
+through ``slidemap.infer.engine``; these tests pin its figures to those of the three predictors
+it replaced (``tests/data/engine_pin.npz``, written by :func:`pinned_outputs` from main at
+02d5830) and check that a scene and its pixels cut as an array give the same probabilities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import write_raster
+
+from slidemap.data.channels import InputSpec
+from slidemap.data.dataset import SceneArrays, load_scene_arrays
+from slidemap.data.normalization import BandStats, normalise
+from slidemap.infer.engine import blend_weights, network_runner, predict_array
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.patches import native_prob, predict_arrays
+from slidemap.infer.predict import PredictOptions, predict_scene
+from slidemap.io.modelfile import ModelBundle, PredictDefaults, load_model, save_model
+from slidemap.models import build_model
+
+PIN = Path(__file__).parent / "data" / "engine_pin.npz"
+OPTIONS = PredictOptions(tile=32, overlap=8, batch_size=3, precision="fp32")
+
+
+def pin_scene(folder: Path, factor: int) -> dict[str, Path]:
+    """90 × 110 px at 0.5 m: a bright square, a nodata corner, a wavy DSM."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(40, 90, size=(3, 90, 110)).astype(np.uint8)
+    image[:, 30:70, 40:90] += 100
+    image[:, :20, :16] = 0
+    rows, cols = np.mgrid[0:90, 0:110]
+    dsm = (3000.0 + 0.3 * cols + 0.2 * rows + 5 * np.sin(rows / 9)).astype(np.float32)
+    return {"image": write_raster(folder / f"pin{factor}.tif", image, nodata=0),
+            "dem": write_raster(folder / f"pin{factor}_dsm.tif", dsm, nodata=float("nan"))}
+
+
+def pin_model(folder: Path, factor: int) -> Path:
+    """A seeded width-4 U-Net on RGB + slope at ``factor`` × 0.5 m, scales 1 and 0.5."""
+    torch.manual_seed(3)
+    spec = InputSpec(image_bands=(1, 2, 3), slope=True,
+                     resolution_m=None if factor == 1 else 0.5 * factor)
+    bundle = ModelBundle(model=build_model("unet", 4, width=4, depth=2), architecture="unet",
+                         width=4, options={"depth": 2}, inputs=spec,
+                         mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0],
+                         predict=PredictDefaults(tile=32, overlap=8, scales=(1.0, 0.5)))
+    return save_model(bundle, folder / f"pin{factor}")
+
+
+def scene_prob(folder: Path, factor: int) -> np.ndarray:
+    scene, model = pin_scene(folder, factor), pin_model(folder, factor)
+    predictor = Predictor([load_model(model)], precision="fp32")
+    prob, mask = folder / f"prob{factor}.tif", folder / f"mask{factor}.tif"
+    predict_scene(predictor, scene["image"], scene["dem"], prob, mask, OPTIONS)
+    with rasterio.open(prob) as ds:
+        return ds.read(1)
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_scene_probabilities_are_pinned(tmp_path, factor) -> None:
+    np.testing.assert_allclose(scene_prob(tmp_path, factor), np.load(PIN)[f"scene{factor}"],
+                               rtol=0, atol=1e-6, equal_nan=True)
+
+
+def arrays_of(folder: Path, factor: int) -> tuple[Predictor, SceneArrays]:
+    scene, model = pin_scene(folder, factor), pin_model(folder, factor)
+    bundle = load_model(model)
+    return (Predictor([bundle], precision="fp32"),
+            load_scene_arrays(scene["image"], None, scene["dem"], bundle.inputs))
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_array_and_hard_example_probabilities_are_pinned(tmp_path, factor) -> None:
+    predictor, arrays = arrays_of(tmp_path, factor)
+    prob = predict_arrays(predictor, arrays.x, arrays.valid, OPTIONS)
+    np.testing.assert_allclose(prob, np.load(PIN)[f"array{factor}"], rtol=0, atol=1e-6)
+    bundle = load_model(tmp_path / f"pin{factor}.safetensors")
+    x = normalise(arrays.x, BandStats(bundle.mean, bundle.std), valid=arrays.valid)
+    tiles = predict_array(network_runner(bundle.model.eval(), "fp32"), x, arrays.valid, 32, 0, 3)
+    np.testing.assert_allclose(tiles, np.load(PIN)[f"tiles{factor}"], rtol=0, atol=1e-6)
+
+
+def test_a_scene_and_its_pixels_as_an_array_give_the_same_probabilities(tmp_path) -> None:
+    """At the model's own resolution a scene's windows are the array's windows: the streamed,
+    column-blocked scene path and the in-memory path blend the same windows alike."""
+    scene = scene_prob(tmp_path, 1)
+    predictor, arrays = arrays_of(tmp_path, 1)
+    prob, valid = native_prob(predictor, arrays, OPTIONS)
+    assert np.array_equal(np.isfinite(scene), valid)
+    np.testing.assert_allclose(scene[valid], prob[valid], rtol=0, atol=1e-6)
+
+
+def test_blend_weights_are_shared_and_read_only() -> None:
+    weights = blend_weights(32, 24, 4)
+    assert weights is blend_weights(32, 24, 4)
+    assert weights.min() > 0 and weights[16, 12] == 1.0 and weights[0, 0] < weights[4, 4]
+    with pytest.raises(ValueError):
+        weights[0, 0] = 1.0
