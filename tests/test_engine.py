@@ -19,6 +19,7 @@ from conftest import write_raster
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.normalization import BandStats, normalise
+from slidemap.data.terrain import BoxSums, relief, roughness
 from slidemap.infer.engine import blend_weights, network_runner, predict_array
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import native_prob, predict_arrays
@@ -103,3 +104,31 @@ def test_blend_weights_are_shared_and_read_only() -> None:
     assert weights.min() > 0 and weights[16, 12] == 1.0 and weights[0, 0] < weights[4, 4]
     with pytest.raises(ValueError):
         weights[0, 0] = 1.0
+
+
+@pytest.mark.parametrize("shape", [(40, 52), (3, 90)])
+def test_shared_box_sums_give_each_descriptors_own_values(shape) -> None:
+    """Relief at several radii and roughness from one set of padded tables equal each computed
+    alone, bit for bit, clipped squares at the edges included."""
+    rng = np.random.default_rng(2)
+    dem = (3000 + np.cumsum(rng.random(shape), axis=0)).astype(np.float32)
+    dem[: shape[0] // 4, : shape[1] // 3] = np.nan
+    sums = BoxSums(dem, 64)
+    for radius in (1, 5, 64):
+        expected = _brute_relief(dem, radius)
+        np.testing.assert_allclose(relief(sums, radius), expected, rtol=0, atol=1e-3)
+        assert np.array_equal(relief(sums, radius), relief(dem, radius), equal_nan=True)
+        assert np.array_equal(roughness(sums, radius), roughness(dem, radius), equal_nan=True)
+    with pytest.raises(ValueError):
+        sums.box("count", 65)
+
+
+def _brute_relief(dem: np.ndarray, radius: int) -> np.ndarray:
+    h, w = dem.shape
+    out = np.full(dem.shape, np.nan, dtype=np.float32)
+    for i in range(h):
+        for j in range(w):
+            if np.isfinite(dem[i, j]):
+                box = dem[max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1]
+                out[i, j] = dem[i, j] - np.nanmean(box.astype(np.float64))
+    return out

@@ -28,6 +28,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from slidemap.data.terrain import (
+    BoxSums,
     laplacian_curvature,
     pixel_size_m,
     relief,
@@ -303,14 +304,16 @@ class Scene:
             sample["valid"] &= finite
             if dem:
                 sample["dem"] = np.where(finite, elevation, np.nan)[None].astype(np.float32)
-            if radii:
-                sample["relief"] = np.concatenate([core(relief(halo, r)) for r in radii])
+            if radii or rough:  # one set of box-sum tables for every radius
+                sums = BoxSums(halo, max([*radii, rough]))
+                if radii:
+                    sample["relief"] = np.concatenate([core(relief(sums, r)) for r in radii])
+                if rough:
+                    sample["roughness"] = core(roughness(sums, rough))
             if slope:
                 sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step)
             if curvature:
                 sample["curvature"] = core(laplacian_curvature(halo, step))
-            if rough:
-                sample["roughness"] = core(roughness(halo, rough))
         if self.has_labels:
             sample["mask"] = self._read_mask(window, out_h, out_w)
         return sample
