@@ -8,6 +8,7 @@ it replaced (``tests/data/engine_pin.npz``, written by :func:`pinned_outputs` fr
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,16 @@ def _brute_relief(dem: np.ndarray, radius: int) -> np.ndarray:
                 box = dem[max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1]
                 out[i, j] = dem[i, j] - np.nanmean(box.astype(np.float64))
     return out
+
+
+def test_other_scales_on_a_spare_core_give_the_same_probabilities(tmp_path, monkeypatch) -> None:
+    """The model at its other scales in a second thread, or one scale after the other: the same
+    operations, summed in the same order, so the same figures bit for bit."""
+    predictor, arrays = arrays_of(tmp_path, 2)
+    assert len(predictor.scales) == 2
+    monkeypatch.setattr("slidemap.infer.ensemble.spare_core_pool", lambda: None)
+    alone = predict_arrays(predictor, arrays.x, arrays.valid, OPTIONS)
+    with ThreadPoolExecutor(1) as pool:
+        monkeypatch.setattr("slidemap.infer.ensemble.spare_core_pool", lambda: pool)
+        beside = predict_arrays(predictor, arrays.x, arrays.valid, OPTIONS)
+    assert np.array_equal(alone, beside)
