@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -102,12 +103,13 @@ class Predictor:
         batch = np.stack(inputs)
         pool = spare_core_pool() if len(self.scales) > 1 else None
         if pool is None:
-            total = sum(self._at_scale(model, batch, scale) for scale in self.scales)
-        else:  # the other scales on the core the model's threads leave idle, summed in order
+            results = [self._at_scale(model, batch, scale) for scale in self.scales]
+        else:  # the other scales on the core the model's threads leave idle
             others = [pool.submit(self._at_scale, model, batch, scale)
                       for scale in self.scales[1:]]
-            total = sum([self._at_scale(model, batch, self.scales[0]),
-                         *(future.result() for future in others)])
+            results = [self._at_scale(model, batch, self.scales[0]),
+                       *(future.result() for future in others)]
+        total = functools.reduce(operator.add, results)  # in the scales' order, either way
         return list(total / len(self.scales))
 
     def _at_scale(self, model: Backend, batch: np.ndarray, scale: float) -> np.ndarray:

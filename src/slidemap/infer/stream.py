@@ -38,7 +38,7 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import rasterio
@@ -69,6 +69,15 @@ CACHE_MB = (16, 1024)
 HELPER_NICENESS = 10  # of the read, blending and writer threads (Linux: per thread)
 
 T = TypeVar("T")
+R = TypeVar("R", covariant=True)
+
+
+class Pending(Protocol[R]):
+    """A result on its way: a ``concurrent.futures`` or a Dask future."""
+
+    def result(self) -> R: ...
+
+    def cancel(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -454,7 +463,7 @@ class BlockBlender:
         self.carry.close()
 
 
-def in_order(submit: Callable[[T], Future], items: list[T], ahead: int) -> Iterator[object]:
+def in_order(submit: Callable[[T], Pending[R]], items: list[T], ahead: int) -> Iterator[R]:
     """Results of ``submit(item)`` for every item, in order, with at most ``ahead`` in flight.
 
     The same bounded look-ahead serves a read thread here and Dask workers in
