@@ -7,8 +7,9 @@ GeoTIFFs; the inventory that follows is timed on its own (``inventory_s``), and 
 covers both. Both are in megapixels of the scene (native pixels) per second, so their ratio is the
 share of the wall time the model gets and the rest is what the pipeline costs. The CPU seconds of
 both are given too: on a machine shared with other work, wall times stretch but CPU times hold;
-``model_thread_cpu_s`` is the CPU of the thread that runs the model end-to-end (its scale-1
-passes, and every step it waits for), the path no helper thread can shorten.
+``model_thread_cpu_s`` is the own CPU of the thread that runs the model end-to-end (its scale-1
+passes, normalising, the bookkeeping between windows): a floor under the end-to-end wall time
+that no helper thread can lower.
 """
 
 from __future__ import annotations
