@@ -23,7 +23,7 @@ from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.terrain import BoxSums, relief, roughness
 from slidemap.infer.engine import blend_weights, network_runner, predict_array
 from slidemap.infer.ensemble import Predictor
-from slidemap.infer.patches import native_prob, predict_arrays
+from slidemap.infer.patches import native_prob, predict_arrays, predict_patch_set
 from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.io.modelfile import ModelBundle, PredictDefaults, load_model, save_model
 from slidemap.models import build_model
@@ -146,3 +146,21 @@ def test_other_scales_on_a_spare_core_give_the_same_probabilities(tmp_path, monk
         monkeypatch.setattr("slidemap.infer.ensemble.spare_core_pool", lambda: pool)
         beside = predict_arrays(predictor, arrays.x, arrays.valid, OPTIONS)
     assert np.array_equal(alone, beside)
+
+
+def test_a_scene_and_its_pixels_cut_as_a_patch_give_the_same_probabilities(tmp_path) -> None:
+    """The scene written as a patch set (image and DEM folders, as a user would cut it) and
+    predicted by ``predict_patch_set``: the same probabilities as the scene, pixel for pixel."""
+    scene = scene_prob(tmp_path, 1)
+    files = pin_scene(tmp_path, 1)
+    root = tmp_path / "patches"
+    for kind, source in (("images", files["image"]), ("dem", files["dem"])):
+        (root / kind).mkdir(parents=True)
+        (root / kind / "pin.tif").write_bytes(source.read_bytes())
+    predictor = Predictor([load_model(tmp_path / "pin1.safetensors")], precision="fp32")
+    predict_patch_set(predictor, root, tmp_path / "out", OPTIONS)
+    with rasterio.open(tmp_path / "out" / "pin_prob.tif") as ds:
+        patch = ds.read(1)
+    both = np.isfinite(scene) & np.isfinite(patch)
+    assert both.sum() > 0.9 * np.isfinite(scene).sum()
+    np.testing.assert_allclose(patch[both], scene[both], rtol=0, atol=1e-6)
