@@ -1,4 +1,5 @@
-"""The streaming engine under scene prediction: bands of windows in, finished strips out.
+"""The scene sink of the window engine (``slidemap.infer.engine``): bands of windows in,
+finished strips out.
 
 A scene is covered by overlapping windows; one row of windows is a *band*. A band is predicted on
 its own (read, model) into the working-resolution probabilities of its windows, so bands can be
@@ -7,10 +8,10 @@ on Dask workers (``slidemap.infer.distributed``). A blending thread brings each 
 pixels, blends it across its columns into the band's rows × the scene width and sums consecutive
 bands in order; rows no later band can touch go to a writer thread as strips of whole output block
 rows (after the first), so a block is written once, not patched. The model's thread does nothing
-but the model: for a 2 m model on 0.5 m imagery, blending at native pixels costs about a tenth of
-the model's time, which a second core does beside it (``benchmarks/speed.md``). The helper
-threads run at a lower priority, so that when they pile up they take the cores the model leaves,
-not the model's.
+but the model at its first scale: reading, the model at its other scales (``Predictor``, when a
+core is left idle), blending and writing run beside it on the other cores
+(``benchmarks/scale.md``). The helper threads run at a lower priority, so that when they pile up
+they take the cores the model leaves, not the model's.
 
 Memory is bounded by the budget (``slidemap.infer.budget``), whatever the scene's width or
 height: a scene too wide for it is cut into column blocks, predicted one after the other, each
