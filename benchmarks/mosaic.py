@@ -116,13 +116,16 @@ def main() -> None:
           f"{first['overlap']}, scales {first['scales']}, threshold {first['threshold']}; memory "
           f"budget {first['memory_mb']} MB\n")
     print("| config | windows | column blocks | model-only Mpx/s | end-to-end Mpx/s | share "
-          "| end-to-end s | inventory s | model CPU s | end-to-end CPU s | peak RSS MB "
+          "| end-to-end s | inventory s | model CPU s | model thread CPU s | end-to-end CPU s "
+          "| peak RSS MB "
           "(time -v) | load (1 min) before / after |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+          "| ---: |")
     for config, r in zip(args.configs.split(","), results, strict=True):
         print(f"| {config} | {r['windows']} | {r['column_blocks']} | {r['model_only_mpx_s']} "
               f"| {r['end_to_end_mpx_s']} | {r['end_to_end_share']:.0%} | {r['end_to_end_s']} "
-              f"| {r['inventory_s']} | {r['model_cpu_s']} | {r['end_to_end_cpu_s']} "
+              f"| {r['inventory_s']} | {r['model_cpu_s']} | {r['model_thread_cpu_s']} "
+              f"| {r['end_to_end_cpu_s']} "
               f"| {r['time_v_max_rss_mb']} | {r['load_before'][0]:.1f} / "
               f"{r['load_after'][0]:.1f} |")
     if args.json:

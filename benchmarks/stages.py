@@ -38,6 +38,7 @@ STAGES = [  # (module or class, function, label)
     (Scene, "read_validity", "writer thread: native validity"),
     (rasters.RasterOutputs, "write", "writer thread: GeoTIFF writes"),
     (rasters, "verify_raster", "main thread: check outputs"),
+    (rasters.RasterOutputs, "_finish", "main thread: COG copies (checks included)"),
 ]
 
 

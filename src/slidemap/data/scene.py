@@ -29,6 +29,7 @@ from rasterio.windows import transform as window_transform
 
 from slidemap.data.names import DatasetName, as_name, local_path
 from slidemap.data.terrain import (
+    BoxSums,
     laplacian_curvature,
     pixel_size_m,
     relief,
@@ -303,14 +304,16 @@ class Scene:
             sample["valid"] &= finite
             if dem:
                 sample["dem"] = np.where(finite, elevation, np.nan)[None].astype(np.float32)
-            if radii:
-                sample["relief"] = np.concatenate([core(relief(halo, r)) for r in radii])
+            if radii or rough:  # one set of box-sum tables for every radius
+                sums = BoxSums(halo, max([*radii, rough]))
+                if radii:
+                    sample["relief"] = np.concatenate([core(relief(sums, r)) for r in radii])
+                if rough:
+                    sample["roughness"] = core(roughness(sums, rough))
             if slope:
                 sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step)
             if curvature:
                 sample["curvature"] = core(laplacian_curvature(halo, step))
-            if rough:
-                sample["roughness"] = core(roughness(halo, rough))
         if self.has_labels:
             sample["mask"] = self._read_mask(window, out_h, out_w)
         return sample
@@ -348,12 +351,16 @@ class Scene:
         with reading("image", self.image_path):
             return bool(self._image.dataset_mask(window=window, out_shape=out_shape).any())
 
-    def dem_overview(self, max_side: int) -> np.ndarray:
-        """The whole DEM on the image grid shrunk to at most ``max_side`` px a side (metres, NaN
-        nodata): a cheap look at a scene's elevations before it is read window by window."""
-        shrink = max(1.0, max(self.height, self.width) / max_side)
-        out_h, out_w = max(1, round(self.height / shrink)), max(1, round(self.width / shrink))
-        return self._read_dem(Window(0, 0, self.width, self.height), out_h, out_w)
+    def dem_sample(self, side: int = 16, size: int = 32) -> np.ndarray:
+        """Elevations (metres, NaN nodata) in ``side`` × ``side`` small windows spread over the
+        scene, flattened: a cheap look at a scene's elevations (a few hundred blocks read,
+        whatever the scene's size; a shrunk read of the whole DEM decodes every block)."""
+        size = min(size, self.height, self.width)
+        rows = np.linspace(0, self.height - size, side).round().astype(int)
+        cols = np.linspace(0, self.width - size, side).round().astype(int)
+        return np.concatenate([self._read_dem(Window(col, row, size, size), size, size).ravel()
+                               for row in sorted(set(rows.tolist()))
+                               for col in sorted(set(cols.tolist()))])
 
     def image_sample(self, bands: tuple[int, ...], side: int = 4, size: int = 64) -> np.ndarray:
         """Values of the image's ``bands`` in ``side`` × ``side`` small windows spread over the

@@ -50,7 +50,37 @@ def relief_radii_m(relief_m: float | tuple[float, ...] | None) -> tuple[float, .
     return tuple(relief_m) if isinstance(relief_m, tuple | list) else (float(relief_m),)
 
 
-def relief(dem: np.ndarray, radius: int) -> np.ndarray:
+class BoxSums:
+    """Summed-area tables of a DEM's elevation (centred on its valid mean), of its square and of
+    its valid pixels, each built once and edge-padded by the largest radius wanted: a box sum
+    at any radius up to it is then four slices, no gather, so relief at several radii and
+    roughness read from one window share them. ``dem`` is (H, W) or (1, H, W) in metres, NaN
+    where not valid."""
+
+    def __init__(self, dem: np.ndarray, max_radius: int) -> None:
+        self.centred, self.finite = _centred(dem[0] if dem.ndim == 3 else dem)
+        self.max_radius = max_radius
+        self._tables: dict[str, np.ndarray] = {}
+
+    def box(self, name: str, radius: int) -> np.ndarray:
+        """Sum of ``name`` (centred, square or count) over the (2·radius + 1)² square around
+        each pixel, clipped at the edges."""
+        if not 0 <= radius <= self.max_radius:
+            raise ValueError(f"radius {radius} is outside 0..{self.max_radius}")
+        table = self._tables.get(name)
+        if table is None:
+            values = {"centred": lambda: self.centred, "square": lambda: self.centred**2,
+                      "count": lambda: self.finite.astype(np.float64)}[name]()
+            table = np.pad(values, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
+            # row k of the padded table is row clip(k - max_radius, 0, h) of the table
+            table = self._tables[name] = np.pad(table, self.max_radius, mode="edge")
+        h, w = self.finite.shape
+        low, high = self.max_radius - radius, self.max_radius + radius + 1
+        return (table[high:high + h, high:high + w] - table[low:low + h, high:high + w]
+                - table[high:high + h, low:low + w] + table[low:low + h, low:low + w])
+
+
+def relief(dem: np.ndarray | BoxSums, radius: int) -> np.ndarray:
     """Elevation above the mean valid elevation of the (2·radius + 1)² square around each pixel.
 
     A topographic position index: positive on ridges and the upper parts of slopes, negative in
@@ -58,15 +88,16 @@ def relief(dem: np.ndarray, radius: int) -> np.ndarray:
     vertical datum, a site further up the valley), so a model that reads it cannot learn "low
     ground = landslide" from one valley's altitude. NaN pixels are left out of every mean and stay
     NaN; squares clipped by the array edge average what lies inside. ``dem`` is (H, W) or
-    (1, H, W); the result has the same shape, float32.
+    (1, H, W) (the result has the same shape, float32), or the :class:`BoxSums` of one (H, W).
     """
-    squeeze = dem.ndim == 3
-    centred, finite = _centred(dem[0] if squeeze else dem)
+    squeeze = not isinstance(dem, BoxSums) and dem.ndim == 3
+    sums = dem if isinstance(dem, BoxSums) else BoxSums(dem, radius)
+    centred, finite = sums.centred, sums.finite
     if not finite.any():
         out = np.full(finite.shape, np.nan, dtype=np.float32)
         return out[None] if squeeze else out
-    total = _box_sum(centred, radius)
-    count = _box_sum(finite.astype(np.float64), radius)
+    total = sums.box("centred", radius)
+    count = sums.box("count", radius)
     out = (centred - total / np.maximum(count, 1.0)).astype(np.float32)
     out[~finite] = np.nan
     return out[None] if squeeze else out
@@ -79,17 +110,6 @@ def _centred(dem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     finite = np.isfinite(z)
     mean = z[finite].mean() if finite.any() else 0.0
     return np.where(finite, z - mean, 0.0), finite
-
-
-def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
-    """Sum of ``a`` over the (2·radius + 1)² square around each pixel, clipped at the edges."""
-    table = np.pad(a, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
-    h, w = a.shape
-    rows0 = np.clip(np.arange(h) - radius, 0, h)[:, None]
-    rows1 = np.clip(np.arange(h) + radius + 1, 0, h)[:, None]
-    cols0 = np.clip(np.arange(w) - radius, 0, w)[None, :]
-    cols1 = np.clip(np.arange(w) + radius + 1, 0, w)[None, :]
-    return table[rows1, cols1] - table[rows0, cols1] - table[rows1, cols0] + table[rows0, cols0]
 
 
 def laplacian_curvature(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarray:
@@ -110,19 +130,21 @@ def laplacian_curvature(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.
     return out[None] if squeeze else out
 
 
-def roughness(dem: np.ndarray, radius: int) -> np.ndarray:
+def roughness(dem: np.ndarray | BoxSums, radius: int) -> np.ndarray:
     """Standard deviation of the valid elevations in the (2·radius + 1)² square around each
     pixel, in metres: rough, broken ground (scarps, debris) against smooth slopes. Shifting the
-    DEM leaves it unchanged; NaN pixels are left out and stay NaN. (H, W) or (1, H, W), float32.
+    DEM leaves it unchanged; NaN pixels are left out and stay NaN. (H, W) or (1, H, W), float32,
+    or the :class:`BoxSums` of one (H, W).
     """
-    squeeze = dem.ndim == 3
-    centred, finite = _centred(dem[0] if squeeze else dem)
+    squeeze = not isinstance(dem, BoxSums) and dem.ndim == 3
+    sums = dem if isinstance(dem, BoxSums) else BoxSums(dem, radius)
+    finite = sums.finite
     if not finite.any():
         out = np.full(finite.shape, np.nan, dtype=np.float32)
         return out[None] if squeeze else out
-    count = np.maximum(_box_sum(finite.astype(np.float64), radius), 1.0)
-    mean = _box_sum(centred, radius) / count
-    variance = _box_sum(centred**2, radius) / count - mean**2
+    count = np.maximum(sums.box("count", radius), 1.0)
+    mean = sums.box("centred", radius) / count
+    variance = sums.box("square", radius) / count - mean**2
     out = np.sqrt(np.maximum(variance, 0.0)).astype(np.float32)
     out[~finite] = np.nan
     return out[None] if squeeze else out

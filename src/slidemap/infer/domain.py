@@ -20,7 +20,6 @@ from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 
 SPREAD = 3.0  # training standard deviations of elevation around the training mean
-OVERVIEW_SIDE = 512  # px a side of the shrunk DEM the scene's median is taken from
 
 
 def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:
@@ -31,7 +30,7 @@ def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]
     if "dem" not in spec.channels:
         return None
     index = spec.channels.index("dem")
-    elevation = scene.dem_overview(OVERVIEW_SIDE)
+    elevation = scene.dem_sample()
     finite = elevation[np.isfinite(elevation)]
     if finite.size == 0:
         return None

@@ -11,8 +11,13 @@ probabilities are brought back to the window's pixels before averaging.
 from __future__ import annotations
 
 import copy
+import functools
+import operator
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.normalization import BandStats, normalise
@@ -21,6 +26,19 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.backends import Backend, make_backend
 from slidemap.io.modelfile import ModelBundle
 from slidemap.io.sidecar import check_scales, check_threshold
+
+
+@functools.cache
+def _scale_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="slidemap-scales")
+
+
+def spare_core_pool() -> ThreadPoolExecutor | None:
+    """A thread for the model at its other scales when the model's own threads leave a core
+    idle (``OMP_NUM_THREADS=1`` on a machine of several cores), else None: with every core
+    already in the model's thread pool, a second model call would only fight it for them.
+    The network runs the same operations in either thread, so the figures do not change."""
+    return _scale_pool() if torch.get_num_threads() < (os.cpu_count() or 1) else None
 
 
 class Predictor:
@@ -83,7 +101,15 @@ class Predictor:
         if len({x.shape for x in inputs}) > 1:  # scene-edge windows of odd sizes: one by one
             return [self._predict(model, [x])[0] for x in inputs]
         batch = np.stack(inputs)
-        total = sum(self._at_scale(model, batch, scale) for scale in self.scales)
+        pool = spare_core_pool() if len(self.scales) > 1 else None
+        if pool is None:
+            results = [self._at_scale(model, batch, scale) for scale in self.scales]
+        else:  # the other scales on the core the model's threads leave idle
+            others = [pool.submit(self._at_scale, model, batch, scale)
+                      for scale in self.scales[1:]]
+            results = [self._at_scale(model, batch, self.scales[0]),
+                       *(future.result() for future in others)]
+        total = functools.reduce(operator.add, results)  # in the scales' order, either way
         return list(total / len(self.scales))
 
     def _at_scale(self, model: Backend, batch: np.ndarray, scale: float) -> np.ndarray:

@@ -12,31 +12,18 @@ import numpy as np
 from slidemap.data.dataset import SceneArrays
 from slidemap.data.scaling import demote
 from slidemap.data.sources import PatchArrays
-from slidemap.data.windows import grid_windows
-from slidemap.infer.blend import window_weights
+from slidemap.infer.engine import predict_array
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 
 
 def predict_arrays(predictor: Predictor, x: np.ndarray, valid: np.ndarray,
                    options: PredictOptions) -> np.ndarray:
-    """Probabilities (H, W) of raw channels (C, H, W), in windows blended across overlaps."""
+    """Probabilities (H, W) of raw channels (C, H, W) by the window engine, with the window
+    size and overlap of ``options`` or else the model's."""
     options = options.resolve(predictor.defaults)
-    _, h, w = x.shape
-    prob_sum = np.zeros((h, w), dtype=np.float32)
-    weight_sum = np.zeros((h, w), dtype=np.float32)
-    windows = grid_windows(h, w, options.tile, options.overlap)
-    weights = window_weights(min(options.tile, h), min(options.tile, w), options.overlap // 2)
-    for start in range(0, len(windows), options.batch_size):
-        batch = windows[start:start + options.batch_size]
-        cuts = [(slice(win.row_off, win.row_off + win.height),
-                 slice(win.col_off, win.col_off + win.width)) for win in batch]
-        probs = predictor([x[:, rows, cols] for rows, cols in cuts],
-                          [valid[rows, cols] for rows, cols in cuts])
-        for (rows, cols), prob in zip(cuts, probs, strict=True):
-            prob_sum[rows, cols] += prob * weights
-            weight_sum[rows, cols] += weights
-    return prob_sum / weight_sum
+    assert options.tile is not None and options.overlap is not None
+    return predict_array(predictor, x, valid, options.tile, options.overlap, options.batch_size)
 
 
 def native_prob(predictor: Predictor, arrays: SceneArrays, options: PredictOptions

@@ -1,4 +1,5 @@
-"""The streaming engine under scene prediction: bands of windows in, finished strips out.
+"""The scene sink of the window engine (``slidemap.infer.engine``): bands of windows in,
+finished strips out.
 
 A scene is covered by overlapping windows; one row of windows is a *band*. A band is predicted on
 its own (read, model) into the working-resolution probabilities of its windows, so bands can be
@@ -7,10 +8,10 @@ on Dask workers (``slidemap.infer.distributed``). A blending thread brings each 
 pixels, blends it across its columns into the band's rows × the scene width and sums consecutive
 bands in order; rows no later band can touch go to a writer thread as strips of whole output block
 rows (after the first), so a block is written once, not patched. The model's thread does nothing
-but the model: for a 2 m model on 0.5 m imagery, blending at native pixels costs about a tenth of
-the model's time, which a second core does beside it (``benchmarks/speed.md``). The helper
-threads run at a lower priority, so that when they pile up they take the cores the model leaves,
-not the model's.
+but the model at its first scale: reading, the model at its other scales (``Predictor``, when a
+core is left idle), blending and writing run beside it on the other cores
+(``benchmarks/scale.md``). The helper threads run at a lower priority, so that when they pile up
+they take the cores the model leaves, not the model's.
 
 Memory is bounded by the budget (``slidemap.infer.budget``), whatever the scene's width or
 height: a scene too wide for it is cut into column blocks, predicted one after the other, each
@@ -38,7 +39,7 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import rasterio
@@ -52,8 +53,8 @@ from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_offsets
 from slidemap.errors import SlidemapError
-from slidemap.infer.blend import window_weights
 from slidemap.infer.budget import MemoryBudget, release_free_memory
+from slidemap.infer.engine import blend_weights, run_batches
 from slidemap.infer.ensemble import Predictor
 from slidemap.io.rasters import RasterOutputs, gdal_cache
 
@@ -69,6 +70,15 @@ CACHE_MB = (16, 1024)
 HELPER_NICENESS = 10  # of the read, blending and writer threads (Linux: per thread)
 
 T = TypeVar("T")
+R = TypeVar("R", covariant=True)
+
+
+class Pending(Protocol[R]):
+    """A result on its way: a ``concurrent.futures`` or a Dask future."""
+
+    def result(self) -> R: ...
+
+    def cancel(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,7 @@ class Grid:
 
 @functools.lru_cache(maxsize=8)
 def _weights(height: int, width: int, margin: int) -> torch.Tensor:
-    return torch.from_numpy(window_weights(height, width, margin))
+    return torch.from_numpy(np.array(blend_weights(height, width, margin)))
 
 
 def helper_pool(name: str) -> ThreadPoolExecutor:
@@ -246,11 +256,9 @@ def read_band(scene: Scene, spec: InputSpec, grid: Grid, piece: tuple[int, int])
 
 def infer_band(predictor: Predictor, inputs: BandInputs, batch_size: int) -> PredictedBand:
     """The model on the band's windows, in batches, at working resolution."""
-    probs: list[np.ndarray] = []
-    for start in range(0, len(inputs.windows), batch_size):
-        part = slice(start, start + batch_size)
-        probs += predictor(inputs.raw[part], inputs.valid[part])
-    return PredictedBand(inputs.piece, inputs.windows, probs, inputs.total)
+    return PredictedBand(inputs.piece, inputs.windows,
+                         run_batches(predictor, inputs.raw, inputs.valid, batch_size),
+                         inputs.total)
 
 
 def blend_band(grid: Grid, block: ColumnBlock, row: int, windows: list[Window],
@@ -456,7 +464,7 @@ class BlockBlender:
         self.carry.close()
 
 
-def in_order(submit: Callable[[T], Future], items: list[T], ahead: int) -> Iterator[object]:
+def in_order(submit: Callable[[T], Pending[R]], items: list[T], ahead: int) -> Iterator[R]:
     """Results of ``submit(item)`` for every item, in order, with at most ``ahead`` in flight.
 
     The same bounded look-ahead serves a read thread here and Dask workers in

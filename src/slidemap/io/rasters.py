@@ -168,7 +168,7 @@ def cog_options(dtype: str, categorical: bool) -> dict:
     """Creation options of a Cloud-Optimised GeoTIFF with internal overviews (averaged
     probabilities, nearest classes), tiled like the streamed file."""
     options = {"driver": "COG", "COMPRESS": "DEFLATE", "LEVEL": 1, "BLOCKSIZE": 256,
-               "BIGTIFF": "IF_SAFER",
+               "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS",  # compress on every core
                "OVERVIEW_RESAMPLING": "NEAREST" if categorical else "AVERAGE"}
     if dtype == "float32":
         options["PREDICTOR"] = "YES"  # floating-point predictor: a smaller file

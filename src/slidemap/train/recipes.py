@@ -19,7 +19,7 @@ from slidemap.data.mixing import mixup
 from slidemap.data.normalization import STD_FLOOR, BandStats
 from slidemap.data.photometric import colour_jitter, random_scale, zoom_about_centre
 from slidemap.data.scene import IGNORE
-from slidemap.infer.sliding import predict_array
+from slidemap.infer.engine import network_runner, predict_array
 from slidemap.train.config import RunConfig
 
 
@@ -60,8 +60,9 @@ class Recipes:
         model.eval()
         predict = self.config.predict
         self.error_maps = [
-            error_map(predict_array(model, x, predict.tile, 0, predict.batch_size,
-                                    self.config.train.precision), scene.target)
+            error_map(predict_array(network_runner(model, self.config.train.precision), x,
+                                    scene.valid, predict.tile, 0, predict.batch_size),
+                      scene.target)
             for x, scene in zip(self.inputs, self.scenes, strict=True)
         ]
 

@@ -1,0 +1,166 @@
+"""The window engine: one way to cut, batch, run, blend and hand probabilities on.
+
+A scene, the same pixels as an in-memory array, and the hard-example maps of training all go
+through ``slidemap.infer.engine``; these tests pin its figures to those of the three predictors
+it replaced (``tests/fixtures/engine_pin.npz``, written by :func:`pinned_outputs` from main at
+02d5830) and check that a scene and its pixels cut as an array give the same probabilities.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from factories import write_raster
+
+from slidemap.data.channels import InputSpec
+from slidemap.data.dataset import SceneArrays, load_scene_arrays
+from slidemap.data.normalization import BandStats, normalise
+from slidemap.data.terrain import BoxSums, relief, roughness
+from slidemap.infer.engine import blend_weights, network_runner, predict_array
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.patches import native_prob, predict_arrays, predict_patch_set
+from slidemap.infer.predict import PredictOptions, predict_scene
+from slidemap.io.modelfile import ModelBundle, PredictDefaults, load_model, save_model
+from slidemap.models import build_model
+
+PIN = Path(__file__).parents[1] / "fixtures" / "engine_pin.npz"
+OPTIONS = PredictOptions(tile=32, overlap=8, batch_size=3, precision="fp32")
+
+
+def pin_scene(folder: Path, factor: int) -> dict[str, Path]:
+    """90 × 110 px at 0.5 m: a bright square, a nodata corner, a wavy DSM."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(40, 90, size=(3, 90, 110)).astype(np.uint8)
+    image[:, 30:70, 40:90] += 100
+    image[:, :20, :16] = 0
+    rows, cols = np.mgrid[0:90, 0:110]
+    dsm = (3000.0 + 0.3 * cols + 0.2 * rows + 5 * np.sin(rows / 9)).astype(np.float32)
+    return {"image": write_raster(folder / f"pin{factor}.tif", image, nodata=0),
+            "dem": write_raster(folder / f"pin{factor}_dsm.tif", dsm, nodata=float("nan"))}
+
+
+def pin_model(folder: Path, factor: int) -> Path:
+    """A seeded width-4 U-Net on RGB + slope at ``factor`` × 0.5 m, scales 1 and 0.5."""
+    torch.manual_seed(3)
+    spec = InputSpec(image_bands=(1, 2, 3), slope=True,
+                     resolution_m=None if factor == 1 else 0.5 * factor)
+    bundle = ModelBundle(model=build_model("unet", 4, width=4, depth=2), architecture="unet",
+                         width=4, options={"depth": 2}, inputs=spec,
+                         mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0],
+                         predict=PredictDefaults(tile=32, overlap=8, scales=(1.0, 0.5)))
+    return save_model(bundle, folder / f"pin{factor}")
+
+
+def scene_prob(folder: Path, factor: int) -> np.ndarray:
+    scene, model = pin_scene(folder, factor), pin_model(folder, factor)
+    predictor = Predictor([load_model(model)], precision="fp32")
+    prob, mask = folder / f"prob{factor}.tif", folder / f"mask{factor}.tif"
+    predict_scene(predictor, scene["image"], scene["dem"], prob, mask, OPTIONS)
+    with rasterio.open(prob) as ds:
+        return ds.read(1)
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_scene_probabilities_are_pinned(tmp_path, factor) -> None:
+    np.testing.assert_allclose(scene_prob(tmp_path, factor), np.load(PIN)[f"scene{factor}"],
+                               rtol=0, atol=1e-6, equal_nan=True)
+
+
+def arrays_of(folder: Path, factor: int) -> tuple[Predictor, SceneArrays]:
+    scene, model = pin_scene(folder, factor), pin_model(folder, factor)
+    bundle = load_model(model)
+    return (Predictor([bundle], precision="fp32"),
+            load_scene_arrays(scene["image"], None, scene["dem"], bundle.inputs))
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_array_and_hard_example_probabilities_are_pinned(tmp_path, factor) -> None:
+    predictor, arrays = arrays_of(tmp_path, factor)
+    prob = predict_arrays(predictor, arrays.x, arrays.valid, OPTIONS)
+    np.testing.assert_allclose(prob, np.load(PIN)[f"array{factor}"], rtol=0, atol=1e-6)
+    bundle = load_model(tmp_path / f"pin{factor}.safetensors")
+    x = normalise(arrays.x, BandStats(bundle.mean, bundle.std), valid=arrays.valid)
+    tiles = predict_array(network_runner(bundle.model.eval(), "fp32"), x, arrays.valid, 32, 0, 3)
+    np.testing.assert_allclose(tiles, np.load(PIN)[f"tiles{factor}"], rtol=0, atol=1e-6)
+
+
+def test_a_scene_and_its_pixels_as_an_array_give_the_same_probabilities(tmp_path) -> None:
+    """At the model's own resolution a scene's windows are the array's windows: the streamed,
+    column-blocked scene path and the in-memory path blend the same windows alike."""
+    scene = scene_prob(tmp_path, 1)
+    predictor, arrays = arrays_of(tmp_path, 1)
+    prob, valid = native_prob(predictor, arrays, OPTIONS)
+    assert np.array_equal(np.isfinite(scene), valid)
+    np.testing.assert_allclose(scene[valid], prob[valid], rtol=0, atol=1e-6)
+
+
+def test_blend_weights_are_shared_and_read_only() -> None:
+    weights = blend_weights(32, 24, 4)
+    assert weights is blend_weights(32, 24, 4)
+    assert weights.min() > 0 and weights[16, 12] == 1.0 and weights[0, 0] < weights[4, 4]
+    with pytest.raises(ValueError):
+        weights[0, 0] = 1.0
+
+
+@pytest.mark.parametrize("shape", [(40, 52), (3, 90)])
+def test_shared_box_sums_give_each_descriptors_own_values(shape) -> None:
+    """Relief at several radii and roughness from one set of padded tables equal each computed
+    alone, bit for bit, clipped squares at the edges included."""
+    rng = np.random.default_rng(2)
+    dem = (3000 + np.cumsum(rng.random(shape), axis=0)).astype(np.float32)
+    dem[: shape[0] // 4, : shape[1] // 3] = np.nan
+    sums = BoxSums(dem, 64)
+    for radius in (1, 5, 64):
+        expected = _brute_relief(dem, radius)
+        np.testing.assert_allclose(relief(sums, radius), expected, rtol=0, atol=1e-3)
+        assert np.array_equal(relief(sums, radius), relief(dem, radius), equal_nan=True)
+        assert np.array_equal(roughness(sums, radius), roughness(dem, radius), equal_nan=True)
+    with pytest.raises(ValueError):
+        sums.box("count", 65)
+
+
+def _brute_relief(dem: np.ndarray, radius: int) -> np.ndarray:
+    h, w = dem.shape
+    out = np.full(dem.shape, np.nan, dtype=np.float32)
+    for i in range(h):
+        for j in range(w):
+            if np.isfinite(dem[i, j]):
+                box = dem[max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1]
+                out[i, j] = dem[i, j] - np.nanmean(box.astype(np.float64))
+    return out
+
+
+def test_other_scales_on_a_spare_core_give_the_same_probabilities(tmp_path, monkeypatch) -> None:
+    """The model at its other scales in a second thread, or one scale after the other: the same
+    operations, summed in the same order, so the same figures bit for bit."""
+    predictor, arrays = arrays_of(tmp_path, 2)
+    assert len(predictor.scales) == 2
+    monkeypatch.setattr("slidemap.infer.ensemble.spare_core_pool", lambda: None)
+    alone = predict_arrays(predictor, arrays.x, arrays.valid, OPTIONS)
+    with ThreadPoolExecutor(1) as pool:
+        monkeypatch.setattr("slidemap.infer.ensemble.spare_core_pool", lambda: pool)
+        beside = predict_arrays(predictor, arrays.x, arrays.valid, OPTIONS)
+    assert np.array_equal(alone, beside)
+
+
+def test_a_scene_and_its_pixels_cut_as_a_patch_give_the_same_probabilities(tmp_path) -> None:
+    """The scene written as a patch set (image and DEM folders, as a user would cut it) and
+    predicted by ``predict_patch_set``: the same probabilities as the scene, pixel for pixel."""
+    scene = scene_prob(tmp_path, 1)
+    files = pin_scene(tmp_path, 1)
+    root = tmp_path / "patches"
+    for kind, source in (("images", files["image"]), ("dem", files["dem"])):
+        (root / kind).mkdir(parents=True)
+        (root / kind / "pin.tif").write_bytes(source.read_bytes())
+    predictor = Predictor([load_model(tmp_path / "pin1.safetensors")], precision="fp32")
+    predict_patch_set(predictor, root, tmp_path / "out", OPTIONS)
+    with rasterio.open(tmp_path / "out" / "pin_prob.tif") as ds:
+        patch = ds.read(1)
+    both = np.isfinite(scene) & np.isfinite(patch)
+    assert both.sum() > 0.9 * np.isfinite(scene).sum()
+    np.testing.assert_allclose(patch[both], scene[both], rtol=0, atol=1e-6)
