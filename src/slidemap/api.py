@@ -18,7 +18,7 @@ from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.evaluate import score_raster
 from slidemap.infer.patches import predict_patch_set
-from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
+from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene, predictor_of
 from slidemap.infer.suggest import suggest_boxes, write_boxes
 from slidemap.infer.vectorize import (
     inventory_defaults,
@@ -34,6 +34,7 @@ from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
+from slidemap.train.adapt import AdaptOptions, adapt_to_scene, adaptation_tags
 from slidemap.train.finetune import run_lock
 from slidemap.train.loop import train
 from slidemap.train.newsite import site_config, write_site_config
@@ -110,7 +111,7 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
             options: PredictOptions | None = None, min_area_m2: float | None = None,
             simplify_m: float | None = None, overwrite: bool = False,
             progress: Progress | None = None, formats: Sequence[str] = ("gpkg",),
-            prob_dtype: str = "float32") -> dict:
+            prob_dtype: str = "float32", adapt: AdaptOptions | None = None) -> dict:
     """Map landslides in ``image`` (any GDAL dataset name, or a STAC Item JSON whose image and
     DEM assets are read): probability and mask COGs, inventory (in each of ``formats``: gpkg,
     geojson) with its QGIS style, and a STAC Item of them in ``out_dir``.
@@ -118,6 +119,8 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
     ``min_area_m2`` and ``simplify_m`` left None are set from the model's working pixel
     (``slidemap.infer.vectorize.inventory_defaults``); ``prob_dtype`` uint8 stores the
     probability in steps of 1/254 (a quarter of float32's bytes before compression).
+    ``adapt``: map with a copy of the model first fine-tuned on the scene's own confident
+    pixels (``slidemap.train.adapt``), saved to ``adapt.save`` if given.
     """
     options = options or PredictOptions()
     out_dir = Path(out_dir)
@@ -126,12 +129,24 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
         image, dem = source.image, dem if dem is not None else source.dem
     paths = output_paths(image, out_dir, formats)
     elevation = has_elevation(image, dem)
-    check_outputs(list(paths.values()),
-                  [*local_files(image, dem, source and source.source),
-                   *model_files(model, elevation)], overwrite)
-    predictor = build_predictor(model_list(model, elevation), options)
-    tags = provenance(predictor.paths, predictor.threshold,
+    models = model_list(model, elevation)
+    inputs = [*local_files(image, dem, source and source.source),
+              *model_files(model, elevation)]
+    check_outputs(list(paths.values()), inputs, overwrite)
+    if adapt is not None and adapt.save is not None:
+        check_outputs(model_paths(adapt.save), [*inputs, *paths.values()], overwrite,
+                      "--adapt-save")
+    adapted = None
+    if adapt is not None:
+        if len(models) > 1:
+            raise UsageError("--adapt fine-tunes one network: pass one --model, not an ensemble")
+        adapted = adapt_to_scene(models[0], image, dem, adapt, options, progress)
+    predictor = build_predictor(models, options) if adapted is None else \
+        predictor_of([adapted.bundle], options)
+    tags = provenance(models, predictor.threshold,
                       {"image": image, "dem": dem, "stac_item": source and source.source})
+    if adapted is not None:
+        tags |= adaptation_tags(adapted.record)
     fmt = RasterFormat(prob_dtype, tags)
     make_output_dir(out_dir)
     # All files appear together, or none does; without --overwrite, a run into the same
@@ -154,8 +169,13 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
         item = output_item(dataset_stem(image), described, grid,
                            None if prob_dtype == "float32" else 1.0 / PROB_STEPS, tags, source)
         write_item(item, tmp["stac"])
-    return {**{k: str(v) for k, v in paths.items()}, **counts, **inventory,
-            "min_area_m2": min_area_m2, "simplify_m": simplify_m}
+    result = {**{k: str(v) for k, v in paths.items()}, **counts, **inventory,
+              "min_area_m2": min_area_m2, "simplify_m": simplify_m}
+    if adapted is not None:
+        result["adapted"] = adapted.record
+        if adapt is not None and adapt.save is not None:
+            result["adapted_model"] = str(save_model(adapted.bundle, adapt.save, overwrite))
+    return result
 
 
 def evaluate(truth: DatasetName, prediction: DatasetName | None = None,

@@ -24,7 +24,7 @@ from slidemap.infer.domain import elevation_mismatch, image_mismatch
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.separated import scene_stats
 from slidemap.infer.stream import Grid, bounded_gdal_cache, plan_blocks, write_bands
-from slidemap.io.modelfile import PredictDefaults, load_model
+from slidemap.io.modelfile import ModelBundle, PredictDefaults, load_model
 from slidemap.io.names import DatasetName, display_name
 from slidemap.io.rasters import BLOCK_SIDE, RasterFormat, RasterOutputs
 
@@ -63,8 +63,13 @@ class PredictOptions:
 
 def build_predictor(models: Sequence[Path], options: PredictOptions) -> Predictor:
     """The model files as one predictor (an ensemble if several), run as ``options`` say."""
-    return Predictor([load_model(p) for p in models], options.tta, options.precision,
-                     options.backend, options.compile, options.scales, options.threshold)
+    return predictor_of([load_model(p) for p in models], options)
+
+
+def predictor_of(bundles: list[ModelBundle], options: PredictOptions) -> Predictor:
+    """Loaded (or adapted, in-memory) models as one predictor, run as ``options`` say."""
+    return Predictor(bundles, options.tta, options.precision, options.backend, options.compile,
+                     options.scales, options.threshold)
 
 
 def working_factor(scene: Scene, spec: InputSpec, image: DatasetName) -> int:
