@@ -164,6 +164,8 @@ def test_predict_adapt_refuses_bad_values_in_one_line(
     for extra, expected in [(("--adapt", "--adapt-minutes", "0"), "--adapt-minutes 0 must"),
                             (("--adapt", "--adapt-windows", "2"), "--adapt-windows 2 is fewer"),
                             (("--adapt-minutes", "2"), "--adapt-minutes apply with --adapt"),
+                            (("--adapt", "--normalise", "scene"), "drop --normalise scene"),
+                            (("--adapt", "--model", model), "not an ensemble"),
                             (("--adapt", "--adapt-save", model),
                              "would overwrite an input: choose another --adapt-save")]:
         code, err = run_cli(*base, *extra)

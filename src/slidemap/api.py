@@ -140,6 +140,12 @@ def predict(image: DatasetName, out_dir: str | Path, dem: DatasetName | None = N
     if adapt is not None:
         if len(models) > 1:
             raise UsageError("--adapt fine-tunes one network: pass one --model, not an ensemble")
+        if options.workers or options.scheduler:
+            raise UsageError("--adapt maps with a model held in memory, which Dask workers "
+                             "cannot load: drop --workers/--dask")
+        if options.normalise == "scene":
+            raise UsageError("--adapt trains with the model's statistics: drop --normalise "
+                             "scene")
         adapted = adapt_to_scene(models[0], image, dem, adapt, options, progress)
     predictor = build_predictor(models, options) if adapted is None else \
         predictor_of([adapted.bundle], options)
