@@ -186,6 +186,23 @@ def test_scene_chunks_stay_within_the_memory_share(trained: tuple[dict[str, str]
     assert not (chunks[0].target[:, :6] == 0).any()  # nodata is never a pseudo-label
 
 
+def test_scene_chunks_are_as_many_as_the_memory_share_holds(
+        trained: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    scene, model = trained
+    bundle = load_model(model)
+    side = 24 + 2 * bundle.predict.overlap
+    per_chunk = side * side * (8 * len(bundle.inputs.channels) + 16)
+    monkeypatch.setattr(adapt_module, "CHUNK_SIDE", 24)
+    monkeypatch.setattr(adapt_module, "MEMORY_SHARE", 3.5 * per_chunk / (64 * 2**20))
+    chunks = scene_chunks(scene["image"], scene["dem"], bundle, 64)
+    assert len(chunks) == 3  # of 16 with data
+    assert all(c.x.shape[1] <= side and c.x.shape[2] <= side for c in chunks)
+    assert all((c.target == 0).sum() <= 24 * 24 for c in chunks)
+    monkeypatch.setattr(adapt_module, "MEMORY_SHARE", 0.5 * per_chunk / (64 * 2**20))
+    with pytest.raises(SlidemapError, match="raise --memory-mb"):
+        scene_chunks(scene["image"], scene["dem"], bundle, 64)
+
+
 def test_protocol_measurement_never_trains_on_the_labels_it_scores(tmp_path: Path) -> None:
     """The same fold models adapt exactly alike to scenes whose labels are all inverted: the
     adaptation reads no label; only the scores move."""
