@@ -130,7 +130,7 @@ def adapt_model(bundle: ModelBundle, chunks: list[SceneArrays], options: AdaptOp
     labels may be drawn) with a copy of ``bundle``'s network; ``bundle`` is left as it was."""
     if bundle.members > 1:
         raise SlidemapError(f"--adapt fine-tunes one network, and {bundle.path} is an ensemble "
-                            f"of {bundle.members}: adapt one member's model file")
+                            f"of {bundle.members}: pass --model with a single network")
     started = time.perf_counter()
     deadline = started + 60 * options.minutes
     torch.manual_seed(options.seed)
