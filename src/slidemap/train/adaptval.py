@@ -125,7 +125,7 @@ def adapt_markdown(summary: dict) -> str:
     settings = summary["adapt"]
     costs = summary["cost"]
     seconds = [c["seconds"] for c in costs]
-    pixels = sum(c["block_pixels"] for c in costs)
+    pixels = [c["block_pixels"] for c in costs]
     lines = ["# Scene adaptation in the protocol", "",
              "candidate = each fold model adapted to its held-out block (no labels), "
              "baseline = the same fold model as trained.", "",
@@ -134,8 +134,8 @@ def adapt_markdown(summary: dict) -> str:
              f"{settings['keep'][0]:g} → {settings['keep'][1]:g} of each predicted class, lr "
              f"{settings['lr']:g}, batch {settings['batch_size']}.", "",
              f"Cost: {sum(seconds) / len(seconds):.0f} s per block on average (max "
-             f"{max(seconds):.0f} s), {sum(seconds) / 60 / max(pixels / 1e6, 1e-9):.1f} min per "
-             "Mpx of working grid adapted on; stopped by "
+             f"{max(seconds):.0f} s; wall time, on a shared CPU) for blocks of {min(pixels):,}–"
+             f"{max(pixels):,} working px; stopped by "
              + ", ".join(f"{k} {sum(c['stopped_by'] == k for c in costs)}×"
                          for k in sorted({c["stopped_by"] for c in costs})) + ".", "",
              summary_markdown(summary).removeprefix("# Cross-validation summary\n\n")]
