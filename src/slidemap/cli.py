@@ -245,8 +245,8 @@ def predict(
                  "(models/README.md)")
     if folder is not None and folder.is_dir():
         scene_only = {"--prob-dtype": prob_dtype != "float32", "--format": inventory_format,
-                      "--min-area": min_area is not None, "--simplify": simplify is not None}
-        scene_only["--adapt"] = adapt
+                      "--min-area": min_area is not None, "--simplify": simplify is not None,
+                      "--adapt": adapt}
         given = [name for name, value in scene_only.items() if value]
         if given:
             raise UsageError(f"{image} is a patch folder: {', '.join(given)} apply to scenes "
