@@ -16,6 +16,7 @@ from rich.progress import Progress
 from slidemap.data.names import DatasetName, display_name
 from slidemap.infer.options import PredictOptions
 from slidemap.io.sidecar import check_scales
+from slidemap.train.adapt import AdaptOptions
 from slidemap.workflows import bench as bench_workflow
 from slidemap.workflows import crossval as crossval_workflow
 from slidemap.workflows import evaluate as evaluate_workflow
@@ -57,7 +58,7 @@ from slidemap.workflows.suggest import Pick, SuggestResult
 from slidemap.workflows.train import TrainResult
 
 __all__ = [
-    "DEFAULT_MODEL", "PACKAGE_ROOT", "RGB_MODEL", "Architecture", "BenchResult",
+    "DEFAULT_MODEL", "PACKAGE_ROOT", "RGB_MODEL", "AdaptOptions", "Architecture", "BenchResult",
     "CrossvalResult", "EvaluateResult", "ExplainResult", "FinetuneResult", "NewSiteResult",
     "OnnxExport", "PatchSetResult", "Pick", "PredictOptions", "PredictResult", "ReportResult",
     "SelftrainResult", "StoredWeights", "StudyResult", "SuggestResult", "TrainResult",
@@ -99,14 +100,15 @@ def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
             min_area_m2: float | None = None, simplify_m: float | None = None,
             overwrite: bool = False, progress: Progress | None = None,
             formats: Sequence[str] = ("gpkg",), prob_dtype: str = "float32",
-            html_report: bool = False) -> PredictResult:
+            html_report: bool = False, adapt: AdaptOptions | None = None) -> PredictResult:
     """Map landslides in a scene (any GDAL raster, or a STAC Item JSON of image and DEM):
     probability and mask COGs, the inventory (each of ``formats``: gpkg, geojson) with its QGIS
     style, a STAC Item, and with ``html_report`` report.html, in ``out_dir``. Without ``model``,
-    the shipped model (the RGB-only one when there is no DEM)."""
+    the shipped model (the RGB-only one when there is no DEM). ``adapt``: first fine-tune a
+    copy of the model on the scene's own confident pixels (``slidemap.train.adapt``)."""
     return predict_workflow.predict(_name(image), _path(out_dir), _opt_name(dem), model,
                                     options, min_area_m2, simplify_m, overwrite, progress,
-                                    formats, prob_dtype, html_report)
+                                    formats, prob_dtype, html_report, adapt)
 
 
 def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
@@ -158,10 +160,12 @@ def study(config: PathArg, out_dir: PathArg) -> StudyResult:
 
 
 def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
-             seeds: Sequence[int] | None = None) -> CrossvalResult:
-    """Spatial cross-validation of a recipe; with ``baseline``, the paired comparison."""
+             seeds: Sequence[int] | None = None,
+             adapt: AdaptOptions | None = None) -> CrossvalResult:
+    """Spatial cross-validation of a recipe; with ``baseline``, the paired comparison; with
+    ``adapt``, scene adaptation measured on the held-out blocks."""
     return crossval_workflow.crossval(_path(config), _path(out_dir), _opt_path(baseline),
-                                      None if seeds is None else tuple(seeds))
+                                      None if seeds is None else tuple(seeds), adapt)
 
 
 def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,

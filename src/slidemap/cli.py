@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
     from rich.table import Table
 
-    from slidemap.api import PredictOptions
+    from slidemap.api import AdaptOptions, PredictOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -80,6 +80,13 @@ Backend = Annotated[Literal["torch", "onnx"], typer.Option(
     help="torch, or onnx (ONNX Runtime, always fp32)")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model: a minute or more first, faster on long runs")]
+AdaptFlag = Annotated[bool, typer.Option(
+    "--adapt", help="first fine-tune a copy of the model on the scene's own confident pixels "
+                    "(progressive pseudo-labels; a few minutes), then map with it")]
+AdaptMinutes = Annotated[float | None, typer.Option(
+    metavar="<minutes>", help="with --adapt: wall time the adaptation may take (default 3)")]
+AdaptWindows = Annotated[int | None, typer.Option(
+    metavar="<n>", help="with --adapt: training windows in all (default 512)")]
 Normalise = Annotated[Literal["model", "scene"], typer.Option(
     help="model: the model's training statistics; scene: statistics of the data predicted "
          "(the scene, or all patches of the folder)")]
@@ -209,6 +216,11 @@ def predict(
     memory_mb: Annotated[int | None, typer.Option(
         min=64, help="memory budget of the scene's buffers in MB, whatever the scene's size "
                      "(default: the README's; the model and runtime come on top)")] = None,
+    adapt: AdaptFlag = False,
+    adapt_minutes: AdaptMinutes = None,
+    adapt_windows: AdaptWindows = None,
+    adapt_save: Annotated[Path | None, typer.Option(
+        metavar="<path>", help="with --adapt: also save the adapted model file here")] = None,
 ) -> None:
     """Map landslides: probability and mask GeoTIFFs plus a GeoPackage inventory.
 
@@ -229,7 +241,8 @@ def predict(
         log.info(f"no --dem: mapping with the RGB-only model {rgb.stem} (models/README.md)")
     if folder:
         scene_only = {"--prob-dtype": prob_dtype != "float32", "--format": inventory_format,
-                      "--min-area": min_area is not None, "--simplify": simplify is not None}
+                      "--min-area": min_area is not None, "--simplify": simplify is not None,
+                      "--adapt": adapt}
         given = [name for name, value in scene_only.items() if value]
         if given:
             raise UsageError(f"{image} is a patch folder: {', '.join(given)} apply to scenes "
@@ -241,15 +254,22 @@ def predict(
         raise UsageError(f"--scale and --pixel-size apply to patch folders, and {image} is a "
                          "file: scenes are read at the model's resolution_m")
     formats = [f.value for f in inventory_format or [InventoryFormat.gpkg]]
+    adapting = _adapt_options(adapt, adapt_minutes, adapt_windows, adapt_save)
     with _progress() as progress:
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
-                             progress, formats, prob_dtype, html_report)
+                             progress, formats, prob_dtype, html_report, adapting)
+    if result.adapted is not None:
+        record = result.adapted
+        log.info(f"adapted to the scene in {record['seconds']:.0f} s: {record['windows']} "
+                 f"windows, {len(record['rounds'])} rounds (stopped by {record['stopped_by']})")
     valid = max(result.valid_pixels, 1)
     log.info(f"{result.landslides} landslides, {result.landslide_area_m2:.0f} m², "
              f"{100 * result.landslide_pixels / valid:.1f} % of valid pixels")
     for key, path in result.files.items():
         if key != "mask_aux":
             log.info(f"  {key.replace('_', ' '):9s} {path}")
+    if result.adapted_model is not None:
+        log.info(f"  adapted   {result.adapted_model}")
     if result.report is not None:
         log.info(f"  report    {result.report}")
 
@@ -343,6 +363,11 @@ def crossval(
         help="YAML run config of the recipe to compare with (same scenes)")] = None,
     seeds: Annotated[str | None, typer.Option(
         help="comma-separated seeds, e.g. 0,1 (default: the config's crossval.seeds)")] = None,
+    adapt: Annotated[bool, typer.Option(
+        "--adapt", help="also adapt each candidate fold model to each of its held-out blocks "
+                        "(unlabelled, as predict --adapt does) and compare: OUT/adapt/")] = False,
+    adapt_minutes: AdaptMinutes = None,
+    adapt_windows: AdaptWindows = None,
 ) -> None:
     """Spatial cross-validation over blocks of the config's scenes; with --baseline, the paired
     pooled-F1 difference and the decision of benchmarks/protocol/RULE.md.
@@ -351,7 +376,8 @@ def crossval(
     """
     from slidemap import api
 
-    result = api.crossval(config, out, baseline, _seeds(seeds))
+    adapting = _adapt_options(adapt, adapt_minutes, adapt_windows)
+    result = api.crossval(config, out, baseline, _seeds(seeds), adapting)
     for label, figures in result.recipes.items():
         pooled = figures["pooled"]
         log.info(f"{label}: pooled F1 {pooled['f1']:.4f} IoU {pooled['iou']:.4f}, worst "
@@ -364,6 +390,32 @@ def crossval(
                  f"[{low:+.4f}, {high:+.4f}]: "
                  f"{'adopt' if comparison['adopt'] else 'keep the baseline'}")
     log.info(f"  {result.summary}, {result.blocks}")
+    if result.adapted is not None:
+        comparison = result.adapted["comparison"]
+        low, high = comparison["interval_95"]
+        log.info(f"adapted − as trained: pooled F1 "
+                 f"{result.adapted['recipes']['candidate']['pooled']['f1']:.4f} − "
+                 f"{result.adapted['recipes']['baseline']['pooled']['f1']:.4f} = "
+                 f"{comparison['pooled_f1_difference']:+.4f} [{low:+.4f}, {high:+.4f}]: "
+                 f"{'adopt' if comparison['adopt'] else 'keep the baseline'} → "
+                 f"{out / 'adapt' / 'summary.md'}")
+
+
+def _adapt_options(adapt: bool, minutes: float | None, windows: int | None,
+                   save: Path | None = None) -> AdaptOptions | None:
+    """The adaptation asked for with --adapt, or None; its options alone are a usage error."""
+    from slidemap.api import AdaptOptions
+
+    if not adapt:
+        given = [name for name, value in (("--adapt-minutes", minutes),
+                                          ("--adapt-windows", windows), ("--adapt-save", save))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply with --adapt: add --adapt")
+        return None
+    defaults = AdaptOptions()
+    return AdaptOptions(minutes=defaults.minutes if minutes is None else minutes,
+                        windows=defaults.windows if windows is None else windows, save=save)
 
 
 def _seeds(value: str | None) -> tuple[int, ...] | None:

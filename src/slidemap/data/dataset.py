@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -22,15 +22,26 @@ from slidemap.errors import SlidemapError
 
 @dataclass
 class SceneArrays:
-    """One scene's model channels (C, H, W) raw values and labels (H, W) with 255 = ignore."""
+    """One scene's model channels (C, H, W) raw values and labels (H, W) with 255 = ignore.
+
+    ``inputs_valid`` (H, W), where given, is where the channels may be read although the labels
+    are ignored: pseudo-labels leave uncertain ground unlabelled, yet it is still the context of
+    the windows around it. None: the channels count only where the pixel is labelled.
+    """
 
     name: str
     x: np.ndarray
     target: np.ndarray
+    inputs_valid: np.ndarray | None = field(default=None, kw_only=True)
 
     @property
     def valid(self) -> np.ndarray:
         return self.target != IGNORE
+
+    @property
+    def readable(self) -> np.ndarray:
+        """Where the channels are read (the network's input): ``inputs_valid`` or ``valid``."""
+        return self.valid if self.inputs_valid is None else self.inputs_valid
 
 
 def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
@@ -71,8 +82,8 @@ def scene_stats(scenes: list[SceneArrays]) -> BandStats:
 
 
 def normalised(scene: SceneArrays, stats: BandStats) -> np.ndarray:
-    """The scene's channels normalised, with invalid pixels set to 0 (the mean)."""
-    return normalise(scene.x, stats, valid=scene.valid)
+    """The scene's channels normalised, with pixels not readable set to 0 (the mean)."""
+    return normalise(scene.x, stats, valid=scene.readable)
 
 
 class WindowRecipes(Protocol):

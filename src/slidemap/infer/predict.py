@@ -25,7 +25,7 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.separated import scene_stats
 from slidemap.infer.stream import Grid, bounded_gdal_cache, plan_blocks, write_bands
-from slidemap.io.modelfile import load_model
+from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.io.rasters import BLOCK_SIDE, RasterFormat, RasterOutputs
 
 MIN_WORKING_SIZE = 32
@@ -33,8 +33,13 @@ MIN_WORKING_SIZE = 32
 
 def build_predictor(models: Sequence[Path], options: PredictOptions) -> Predictor:
     """The model files as one predictor (an ensemble if several), run as ``options`` say."""
-    return Predictor([load_model(p) for p in models], options.tta, options.precision,
-                     options.backend, options.compile, options.scales, options.threshold)
+    return predictor_of([load_model(p) for p in models], options)
+
+
+def predictor_of(bundles: list[ModelBundle], options: PredictOptions) -> Predictor:
+    """Loaded (or adapted, in-memory) models as one predictor, run as ``options`` say."""
+    return Predictor(bundles, options.tta, options.precision, options.backend, options.compile,
+                     options.scales, options.threshold)
 
 
 def working_factor(scene: Scene, spec: InputSpec, image: DatasetName) -> int:

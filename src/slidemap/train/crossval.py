@@ -166,7 +166,7 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
                                         strict=True):
                 scored[block.name] = confusion
     with atomic_path(result) as tmp:
-        tmp.write_text(json.dumps({name: _confusion_dict(c) for name, c in scored.items()}))
+        tmp.write_text(json.dumps({name: confusion_dict(c) for name, c in scored.items()}))
     return scored
 
 
@@ -177,20 +177,23 @@ def _claim(run_dir: Path, record: dict) -> None:
                "layout: delete it or choose another --out")
 
 
-def _confusion_dict(confusion: BinaryConfusion) -> dict:
+def confusion_dict(confusion: BinaryConfusion) -> dict:
+    """A confusion matrix with its probability histograms, as JSON keeps it."""
     return {"threshold": confusion.threshold, "counts": confusion.counts.tolist(),
             "pos_hist": confusion.pos_hist.tolist(), "neg_hist": confusion.neg_hist.tolist()}
 
 
+def confusion_from(data: dict) -> BinaryConfusion:
+    """The confusion matrix :func:`confusion_dict` wrote."""
+    confusion = BinaryConfusion(data["threshold"])
+    confusion.counts[:] = data["counts"]
+    confusion.pos_hist[:] = data["pos_hist"]
+    confusion.neg_hist[:] = data["neg_hist"]
+    return confusion
+
+
 def _read_confusions(path: Path) -> dict[str, BinaryConfusion]:
-    out = {}
-    for name, data in json.loads(path.read_text()).items():
-        confusion = BinaryConfusion(data["threshold"])
-        confusion.counts[:] = data["counts"]
-        confusion.pos_hist[:] = data["pos_hist"]
-        confusion.neg_hist[:] = data["neg_hist"]
-        out[name] = confusion
-    return out
+    return {name: confusion_from(data) for name, data in json.loads(path.read_text()).items()}
 
 
 def best_threshold(confusions: list[BinaryConfusion]) -> float:

@@ -20,7 +20,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,29 +214,45 @@ def _train_epoch(model: torch.nn.Module, windows: RandomWindows | ddp.ShardedWin
                  loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: str,
                  steps: int, after_step: Callable[[], None] | None = None) -> float:
-    model.train()
-    losses = []
     with Progress(TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True,
                   disable=not (console.is_terminal and log.isEnabledFor(logging.INFO))
                   ) as progress:
         task = progress.add_task("train", total=steps)
-        for batch in windows.epoch(epoch, batch_size):
-            x = torch.from_numpy(batch["x"]).to(memory_format=torch.channels_last)
-            target = torch.from_numpy(batch["target"])
-            valid = torch.from_numpy(batch["valid"])
-            with autocast(precision):
-                logits = model(x)
-            loss = loss_fn(logits.float(), target, valid)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+
+        def step_done() -> None:
             if after_step is not None:
                 after_step()
-            losses.append(float(loss.detach()))
             progress.advance(task)
+
+        losses = train_steps(model, windows.epoch(epoch, batch_size), loss_fn, optimizer,
+                             scheduler, precision, step_done)
     return float(np.mean(losses))
+
+
+def train_steps(model: torch.nn.Module, batches: Iterable[dict[str, np.ndarray]],
+                loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, precision: str,
+                after_step: Callable[[], None] | None = None) -> list[float]:
+    """One optimiser step per batch, in train mode; the loss of each. Epochs call it, and so
+    does scene adaptation, whose batches stop when its time or window count runs out."""
+    model.train()
+    losses = []
+    for batch in batches:
+        x = torch.from_numpy(batch["x"]).to(memory_format=torch.channels_last)
+        target = torch.from_numpy(batch["target"])
+        valid = torch.from_numpy(batch["valid"])
+        with autocast(precision):
+            logits = model(x)
+        loss = loss_fn(logits.float(), target, valid)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def evaluate_arrays(model: torch.nn.Module, arrays: list[SceneArrays], stats: BandStats,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     rows: list[dict] = []
     model_path = train(replace(config, selftrain=None), out_dir / "round0", overwrite=overwrite)
     for number in range(settings.rounds + 1):
-        pseudo, row = _pseudo_round(model_path, targets, settings.threshold, options)
+        predictor = Predictor([load_model(model_path)], precision=options.precision)
+        pseudo, row = pseudo_round(predictor, targets, confident(settings.threshold),
+                                   options)
         summary = json.loads((model_path.parent / "summary.json").read_text())
         rows.append({"round": number, **row, "train_seconds": summary["train_seconds"]})
         _write_rounds(rows, out_dir)
@@ -111,18 +114,33 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     return rows
 
 
-def _pseudo_round(model_path: Path, targets: list[Target], threshold: float,
-                  options: PredictOptions) -> tuple[list[SceneArrays], dict]:
-    """Pseudo-labelled target arrays from ``model_path``, and the round's figures."""
-    predictor = Predictor([load_model(model_path)], precision=options.precision)
+Labeller = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+"""Pseudo-labels (0, 1, 255) of every target from their probabilities and valid masks."""
+
+
+def confident(threshold: float) -> Labeller:
+    """Labels where p ≥ t or p ≤ 1 − t (:func:`pseudo_labels`), target by target."""
+    return lambda probs, valids: [pseudo_labels(p, v, threshold)
+                                  for p, v in zip(probs, valids, strict=True)]
+
+
+def pseudo_round(predictor: Predictor, targets: list[Target], label: Labeller,
+                 options: PredictOptions) -> tuple[list[SceneArrays], dict]:
+    """The targets with the pixels ``label`` picks from ``predictor``'s probabilities as
+    labels, and the round's figures.
+
+    Labels are drawn only where a target is valid; the channels stay readable wherever they
+    were (uncertain ground is left unlabelled, not blanked: it is context for its neighbours).
+    """
+    probs = [predict_arrays(predictor, t.arrays.x, t.arrays.readable, options) for t in targets]
     confusion = BinaryConfusion(predictor.threshold)
     pseudo = []
     valid_pixels = kept = landslide = 0
-    for target in targets:
+    for target, prob, labels in zip(targets, probs,
+                                    label(probs, [t.arrays.valid for t in targets]),
+                                    strict=True):
         arrays = target.arrays
-        prob = predict_arrays(predictor, arrays.x, arrays.valid, options)
-        labels = pseudo_labels(prob, arrays.valid, threshold)
-        pseudo.append(SceneArrays(arrays.name, arrays.x, labels))
+        pseudo.append(SceneArrays(arrays.name, arrays.x, labels, inputs_valid=arrays.readable))
         valid_pixels += int(arrays.valid.sum())
         kept += int((labels != IGNORE).sum())
         landslide += int((labels == 1).sum())

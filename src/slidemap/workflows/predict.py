@@ -11,9 +11,10 @@ import rasterio
 from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, dataset_stem, local_files
+from slidemap.errors import UsageError
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.options import PredictOptions
-from slidemap.infer.predict import build_predictor, predict_scene
+from slidemap.infer.predict import build_predictor, predict_scene, predictor_of
 from slidemap.infer.vectorize import (
     inventory_defaults,
     inventory_paths,
@@ -21,11 +22,13 @@ from slidemap.infer.vectorize import (
     write_inventories,
 )
 from slidemap.io.atomic import check_outputs, make_output_dir, staged
+from slidemap.io.modelfile import model_paths, save_model
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
 from slidemap.report.html import build_report
+from slidemap.train.adapt import AdaptOptions, adapt_to_scene, adaptation_tags
 from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, model_list
 from slidemap.workflows.report import check_report
 
@@ -44,6 +47,8 @@ class PredictResult:
     min_area_m2: float
     simplify_m: float
     report: Path | None = None
+    adapted: Mapping[str, object] | None = None  # how the model was adapted to the scene
+    adapted_model: Path | None = None  # the adapted model, when asked to save it
 
     @property
     def prob(self) -> Path:
@@ -83,13 +88,15 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
             min_area_m2: float | None = None, simplify_m: float | None = None,
             overwrite: bool = False, progress: Progress | None = None,
             formats: Sequence[str] = ("gpkg",), prob_dtype: str = "float32",
-            html_report: bool = False) -> PredictResult:
+            html_report: bool = False, adapt: AdaptOptions | None = None) -> PredictResult:
     """Map landslides in ``image`` (any GDAL dataset name, or a STAC Item JSON whose image and
     DEM assets are read) into ``out_dir``.
 
     ``min_area_m2`` and ``simplify_m`` left None are set from the model's working pixel
     (``slidemap.infer.vectorize.inventory_defaults``); ``prob_dtype`` uint8 stores the
     probability in steps of 1/254 (a quarter of float32's bytes before compression).
+    ``adapt``: map with a copy of the model first fine-tuned on the scene's own confident
+    pixels (``slidemap.train.adapt``), saved to ``adapt.save`` if given.
     """
     if html_report:
         check_report(out_dir, overwrite)
@@ -100,12 +107,22 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         image, dem, stac_item = source.image, dem if dem is not None else source.dem, source.source
     paths = output_paths(image, out_dir, formats)
     elevation = has_elevation(image, dem)
-    check_outputs(list(paths.values()),
-                  [*local_files(image, dem, stac_item),
-                   *model_files(model, elevation)], overwrite)
-    predictor = build_predictor(model_list(model, elevation), options)
-    tags = provenance(predictor.paths, predictor.threshold,
+    models = model_list(model, elevation)
+    inputs = [*local_files(image, dem, stac_item), *model_files(model, elevation)]
+    check_outputs(list(paths.values()), inputs, overwrite)
+    if adapt is not None and adapt.save is not None:
+        check_outputs(model_paths(adapt.save), [*inputs, *paths.values()], overwrite,
+                      "--adapt-save")
+    adapted = None
+    if adapt is not None:
+        _check_adaptable(models, options)
+        adapted = adapt_to_scene(models[0], image, dem, adapt, options, progress)
+    predictor = build_predictor(models, options) if adapted is None else \
+        predictor_of([adapted.bundle], options)
+    tags = provenance(models, predictor.threshold,
                       {"image": image, "dem": dem, "stac_item": stac_item})
+    if adapted is not None:
+        tags |= adaptation_tags(adapted.record)
     fmt = RasterFormat(prob_dtype, tags)
     make_output_dir(out_dir)
     # All files appear together, or none does; without --overwrite, a run into the same
@@ -128,8 +145,23 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         item = output_item(dataset_stem(image), described, grid,
                            None if prob_dtype == "float32" else 1.0 / PROB_STEPS, tags, source)
         write_item(item, tmp["stac"])
+    adapted_model = None
+    if adapted is not None and adapt is not None and adapt.save is not None:
+        adapted_model = save_model(adapted.bundle, adapt.save, overwrite)
     report = build_report(out_dir, overwrite=overwrite) if html_report else None
     return PredictResult(
         paths, int(counts["valid_pixels"]), int(counts["landslide_pixels"]),
         int(counts["windows"]), float(counts["working_pixel_m"]), int(inventory["landslides"]),
-        float(inventory["landslide_area_m2"]), min_area_m2, simplify_m, report)
+        float(inventory["landslide_area_m2"]), min_area_m2, simplify_m, report,
+        adapted.record if adapted is not None else None, adapted_model)
+
+
+def _check_adaptable(models: Sequence[Path], options: PredictOptions) -> None:
+    """``--adapt`` fine-tunes one network held in memory, read with the model's statistics."""
+    if len(models) > 1:
+        raise UsageError("--adapt fine-tunes one network: pass one --model, not an ensemble")
+    if options.workers or options.scheduler:
+        raise UsageError("--adapt maps with a model held in memory, which Dask workers "
+                         "cannot load: drop --workers/--dask")
+    if options.normalise == "scene":
+        raise UsageError("--adapt trains with the model's statistics: drop --normalise scene")

@@ -1,0 +1,142 @@
+"""``slidemap crossval --adapt``: scene adaptation measured in the protocol.
+
+Each fold model of the candidate recipe (``OUT/candidate/sSEED/foldF``) adapts to each of its
+held-out blocks as ``slidemap predict --adapt`` adapts to a scene. The block is the unlabelled
+target: its channels come from the scene loaded *without* its labels (a margin of context
+around the block is read, never labelled), so no label of scored ground can reach the training.
+The block is then scored by the one scorer with the model as trained and with the adapted copy,
+each predicting the whole scene, and the two are compared as ``crossval`` compares two recipes:
+thresholds fitted out of fold, pooled F1 and IoU, the paired bootstrap interval over blocks and
+``benchmarks/protocol/RULE.md``'s decision, "candidate" being the adapted model and "baseline"
+the model as trained. Tables go to ``OUT/adapt/``; each block's result is kept there, so an
+interrupted measurement continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from slidemap.data.dataset import SceneArrays, load_scene_arrays
+from slidemap.errors import SlidemapError
+from slidemap.evaluation.folds import Block
+from slidemap.evaluation.metrics import BinaryConfusion
+from slidemap.evaluation.scorer import score_regions
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.options import PredictOptions
+from slidemap.io.atomic import atomic_path, make_output_dir
+from slidemap.io.modelfile import load_model
+from slidemap.train.adapt import AdaptOptions, adapt_model, block_chunk
+from slidemap.train.config import RunConfig
+from slidemap.train.crossval import (
+    confusion_dict,
+    confusion_from,
+    summarise,
+    summary_markdown,
+    write_tables,
+)
+
+log = logging.getLogger(__name__)
+
+
+def measure_adaptation(config: RunConfig, out_dir: Path, options: AdaptOptions,
+                       seeds: tuple[int, ...] | None = None) -> dict:
+    """Adapt every fold model of ``out_dir`` (a crossval run of ``config``) to each of its
+    held-out blocks, score both, and write ``OUT/adapt/`` (summary, blocks, cost)."""
+    layout = out_dir / "blocks_layout.json"
+    if not layout.exists():
+        raise SlidemapError(f"{out_dir} holds no crossval run (no blocks_layout.json): run "
+                            f"slidemap crossval CONFIG --out {out_dir} first")
+    recorded = json.loads(layout.read_text())
+    blocks = [Block(**b) for b in recorded["blocks"]]
+    settings = config.crossval
+    seeds = settings.seeds if seeds is None else seeds
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    scenes = config.train_scenes
+    labelled = [load_scene_arrays(s.image, s.mask, s.dem, config.inputs, s.aoi) for s in scenes]
+    unlabelled = [load_scene_arrays(s.image, None, s.dem, config.inputs) for s in scenes]
+    predict = PredictOptions(batch_size=config.predict.batch_size,
+                             precision=config.train.precision)
+    adapt_dir = out_dir / "adapt"
+    make_output_dir(adapt_dir, "adaptation folder")
+    confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {"candidate": {},
+                                                                     "baseline": {}}
+    costs = []
+    for seed in seeds:
+        for block in sorted(blocks, key=lambda b: (b.fold, b.name)):
+            model = out_dir / "candidate" / f"s{seed}" / f"fold{block.fold}" / "model"
+            log.info(f"adapt seed {seed} fold {block.fold} block {block.name}")
+            done = adapt_block(model, block, labelled[block.scene], unlabelled[block.scene],
+                               replace(options, seed=seed), predict,
+                               adapt_dir / f"s{seed}" / f"{block.name}.json")
+            confusions["candidate"][(seed, block.name)] = confusion_from(done["adapted"])
+            confusions["baseline"][(seed, block.name)] = confusion_from(done["as_trained"])
+            costs.append({"seed": seed, "block": block.name, **done["cost"]})
+    summary = summarise(confusions, blocks, seeds, settings.folds)
+    summary |= {"buffer_px": recorded["buffer_px"], "blocks": len(blocks),
+                "adapt": options.settings(), "cost": costs}
+    write_tables(summary, adapt_dir)
+    with atomic_path(adapt_dir / "summary.md") as tmp:
+        tmp.write_text(adapt_markdown(summary))
+    return summary
+
+
+def adapt_block(model: Path, block: Block, labelled: SceneArrays, unlabelled: SceneArrays,
+                options: AdaptOptions, predict: PredictOptions, result: Path) -> dict:
+    """One fold model adapted to one held-out block (or the result kept from an earlier run
+    with the same settings): the block's confusion as trained and adapted, and the cost."""
+    if result.exists():
+        done = json.loads(result.read_text())
+        if done["settings"] != options.settings() or done["model"] != str(model):
+            raise SlidemapError(f"{result} holds an adaptation with other settings or another "
+                                f"model: delete {result.parent.parent} or choose another --out")
+        return done
+    if unlabelled.target.shape != labelled.target.shape or (unlabelled.target == 1).any():
+        raise SlidemapError(f"the unlabelled arrays of {labelled.name} do not match its grid")
+    bundle = load_model(model)
+    chunk = block_chunk(unlabelled, block.top, block.bottom, block.left, block.right,
+                        bundle.predict.overlap)
+    region = [block.mask(labelled.target.shape)]
+    as_trained = score_regions(Predictor([bundle], precision=predict.precision), labelled,
+                               region, predict)[0]
+    adapted = adapt_model(bundle, [chunk], options, predict)
+    after = score_regions(Predictor([adapted.bundle], precision=predict.precision), labelled,
+                          region, predict)[0]
+    record = adapted.record
+    done = {"settings": options.settings(), "model": str(model), "block": block.name,
+            "as_trained": confusion_dict(as_trained), "adapted": confusion_dict(after),
+            "cost": {"seconds": record["seconds"], "windows": record["windows"],
+                     "stopped_by": record["stopped_by"],
+                     "block_pixels": record["chunk_pixels"]},
+            "adaptation": record}
+    result.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(result) as tmp:
+        tmp.write_text(json.dumps(done, indent=2) + "\n")
+    return done
+
+
+def adapt_markdown(summary: dict) -> str:
+    """crossval's summary with the adapted model as "candidate", and what adapting cost."""
+    settings = summary["adapt"]
+    costs = summary["cost"]
+    seconds = [c["seconds"] for c in costs]
+    pixels = [c["block_pixels"] for c in costs]
+    lines = ["# Scene adaptation in the protocol", "",
+             "candidate = each fold model adapted to its held-out block (no labels), "
+             "baseline = the same fold model as trained.", "",
+             f"Adaptation: at most {settings['minutes']:g} min and {settings['windows']} "
+             f"windows per block, {settings['rounds']} rounds keeping "
+             f"{settings['keep'][0]:g} → {settings['keep'][1]:g} of each predicted class, lr "
+             f"{settings['lr']:g}, batch {settings['batch_size']}.", "",
+             f"Cost: {sum(seconds) / len(seconds):.0f} s per block on average (max "
+             f"{max(seconds):.0f} s; wall time, on a shared CPU) for blocks of {min(pixels):,}–"
+             f"{max(pixels):,} working px; stopped by "
+             + ", ".join(f"{k} {sum(c['stopped_by'] == k for c in costs)}×"
+                         for k in sorted({c["stopped_by"] for c in costs})) + ".", "",
+             summary_markdown(summary).removeprefix("# Cross-validation summary\n\n")]
+    return "\n".join(lines)

@@ -1,0 +1,233 @@
+"""Scene adaptation: ``slidemap predict --adapt`` within its bounds, pseudo-labels drawn only
+from confident pixels, the input model untouched, adapted provenance, and the protocol's
+measurement that never trains on the labels of the ground it scores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from factories import write_raster
+
+from slidemap.data.dataset import RandomWindows, load_scene_arrays
+from slidemap.data.scene import IGNORE
+from slidemap.errors import SlidemapError
+from slidemap.infer.patches import predict_arrays
+from slidemap.infer.predict import PredictOptions
+from slidemap.io.modelfile import load_model, model_paths
+from slidemap.io.provenance import sha256_file
+from slidemap.train import adapt as adapt_module
+from slidemap.train.adapt import AdaptOptions, adapt_model, block_chunk, scene_chunks
+from slidemap.train.adaptval import measure_adaptation
+from slidemap.train.config import load_config
+from slidemap.train.crossval import run_crossval
+from slidemap.train.loop import train
+
+SIDE = 96
+
+
+def landslide_scene(root: Path, name: str = "scene", seed: int = 0, invert: bool = False
+                    ) -> dict[str, str]:
+    """Bright squares on a darker slope ('landslides'), a nodata strip on the left; ``invert``
+    swaps the labels (0 ↔ 1) and nothing else."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(40, 90, size=(3, SIDE, SIDE)).astype(np.uint8)
+    labels = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    for top, left in rng.integers(10, SIDE - 22, size=(5, 2)):
+        labels[top:top + 12, left:left + 12] = 1
+    image[:, labels == 1] += 110
+    image[:, :, :6] = 0
+    if invert:
+        labels = 1 - labels
+    labels[:, :6] = 255
+    rows, cols = np.mgrid[0:SIDE, 0:SIDE]
+    dsm = (1000.0 * (seed + 1) + 0.3 * cols + 0.2 * rows).astype(np.float32)
+    return {"image": str(write_raster(root / f"{name}.tif", image, nodata=0)),
+            "dem": str(write_raster(root / f"{name}_dsm.tif", dsm, nodata=float("nan"))),
+            "mask": str(write_raster(root / f"{name}_mask.tif", labels, nodata=255))}
+
+
+def run_config(root: Path, scenes: list[dict[str, str]], name: str = "tiny") -> Path:
+    raw = {"name": name, "data": {"train": scenes},
+           "inputs": {"image_bands": [1, 2, 3], "slope": True},
+           "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
+           "loss": {"bce": 1.0, "dice": 1.0},
+           "training": {"epochs": 8, "batch_size": 4, "tile": 32, "windows_per_epoch": 32,
+                        "precision": "fp32", "min_valid": 0.1, "lr": 0.01},
+           "predict": {"tile": 48, "overlap": 8, "batch_size": 4},
+           "crossval": {"blocks": [1, 2], "folds": 2, "seeds": [0]}}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    """A scene and a tiny U-Net trained on it for a few seconds: confident where it is clear."""
+    root = tmp_path_factory.mktemp("adapt")
+    scene = landslide_scene(root)
+    model = train(load_config(run_config(root, [scene])), root / "run")
+    return scene, model
+
+
+def fast(**values: object) -> AdaptOptions:
+    return AdaptOptions(**{"minutes": 0.5, "windows": 24, "batch_size": 4, "tile": 32,
+                           "keep": (0.3, 0.6), **values})
+
+
+def test_pseudo_labels_are_the_most_confident_pixels_of_each_class(
+        trained: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    scene, model = trained
+    bundle = load_model(model)
+    arrays = load_scene_arrays(Path(scene["image"]), None, Path(scene["dem"]), bundle.inputs)
+    chunk = block_chunk(arrays, 20, 70, 30, 80, margin=8)
+    rounds: list[tuple[np.ndarray, np.ndarray]] = []
+    trained_on: list[list] = []
+    real_round, real_init = adapt_module.pseudo_round, RandomWindows.__init__
+
+    def spy_round(predictor, targets, label, options):
+        pseudo, row = real_round(predictor, targets, label, options)
+        for target, labelled in zip(targets, pseudo, strict=True):
+            prob = predict_arrays(predictor, target.arrays.x, target.arrays.readable, options)
+            rounds.append((prob, labelled.target))
+            assert labelled.inputs_valid is target.arrays.readable  # uncertain ground is read
+        return pseudo, row
+
+    def spy_init(self, scenes, *args, **kwargs):
+        trained_on.append([s.target for s in scenes])
+        real_init(self, scenes, *args, **kwargs)
+
+    monkeypatch.setattr(adapt_module, "pseudo_round", spy_round)
+    monkeypatch.setattr(RandomWindows, "__init__", spy_init)
+    adapted = adapt_model(bundle, [chunk], fast(rounds=2), PredictOptions(precision="fp32"))
+
+    core = chunk.target == 0
+    assert core.sum() == 50 * 50 and not core[:8].any() and not core[:, :8].any()
+    decision = bundle.threshold
+    for (prob, labels), used, portion in zip(rounds, trained_on, (0.3, 0.6), strict=True):
+        assert not (labels != IGNORE)[~core].any()  # only the target's own pixels
+        for value, predicted in ((1, core & (prob >= decision)), (0, core & (prob < decision))):
+            kept = labels == value
+            assert not (kept & ~predicted).any()  # a label is the predicted class
+            assert predicted.any() and abs(kept.sum() / predicted.sum() - portion) < 0.02
+            left = predicted & ~kept
+            closer = prob[kept].min() >= prob[left].max() if value else \
+                prob[kept].max() <= prob[left].min()
+            assert closer  # the kept are the most confident of their class
+        assert used == [labels]  # the network trains on exactly these labels
+    assert adapted.record["windows"] == 24 and adapted.record["stopped_by"] == "windows"
+    assert [r["keep"] for r in adapted.record["rounds"]] == [0.3, 0.6]
+
+
+def test_predict_adapt_runs_within_its_bound_and_records_it(
+        trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli) -> None:
+    scene, model = trained
+    before = {p: sha256_file(p) for p in model_paths(model)}
+    started = time.perf_counter()
+    code, err = run_cli("predict", scene["image"], "--dem", scene["dem"], "--model", model,
+                        "--out", tmp_path / "map", "--precision", "fp32", "--adapt",
+                        "--adapt-minutes", "0.03", "--adapt-windows", "100000",
+                        "--adapt-save", tmp_path / "adapted")
+    elapsed = time.perf_counter() - started
+    assert code == 0, err
+    assert "adapted to the scene" in err
+    assert {p: sha256_file(p) for p in model_paths(model)} == before  # input untouched
+    with rasterio.open(tmp_path / "map" / "scene_prob.tif") as ds:
+        tags = ds.tags()
+    record = json.loads(tags["SLIDEMAP_ADAPTED"])
+    assert tags["SLIDEMAP_MODEL"] == str(model)
+    assert tags["SLIDEMAP_MODEL_SHA256"] == before[model_paths(model)[0]]
+    assert tags["SLIDEMAP_ADAPTED_MODEL"] == str(tmp_path / "adapted.safetensors")
+    assert record["stopped_by"] == "time" and 0 < record["windows"] < 100000, record
+    assert record["seconds"] <= 0.03 * 60 + 2  # the bound, and at most a step or a round late
+    assert elapsed < 0.03 * 60 + 30
+    saved = load_model(tmp_path / "adapted")
+    assert saved.provenance["adapted"]["from"] == str(model)
+    assert saved.provenance["adapted"]["from_sha256"] == before[model_paths(model)[0]]
+    original = load_model(model).model.state_dict()
+    changed = [k for k, v in saved.model.state_dict().items()
+               if v.is_floating_point() and not np.allclose(v.numpy(), original[k].numpy())]
+    assert changed  # it did train
+
+
+def test_predict_adapt_refuses_bad_values_in_one_line(
+        trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli) -> None:
+    scene, model = trained
+    base = ("predict", scene["image"], "--dem", scene["dem"], "--model", model,
+            "--out", tmp_path / "map")
+    for extra, expected in [(("--adapt", "--adapt-minutes", "0"), "--adapt-minutes 0 must"),
+                            (("--adapt", "--adapt-windows", "2"), "--adapt-windows 2 is fewer"),
+                            (("--adapt-minutes", "2"), "--adapt-minutes apply with --adapt"),
+                            (("--adapt", "--normalise", "scene"), "drop --normalise scene"),
+                            (("--adapt", "--model", model), "not an ensemble"),
+                            (("--adapt", "--adapt-save", model),
+                             "would overwrite an input: choose another --adapt-save")]:
+        code, err = run_cli(*base, *extra)
+        assert code != 0 and len(err.strip().splitlines()) == 1, err
+        assert expected in err
+    assert not (tmp_path / "map").exists()
+    with pytest.raises(SlidemapError, match=r"keep 0\.8 → 0\.4 must grow"):
+        AdaptOptions(keep=(0.8, 0.4))
+
+
+def test_scene_chunks_stay_within_the_memory_share(trained: tuple[dict[str, str], Path]
+                                                   ) -> None:
+    scene, model = trained
+    bundle = load_model(model)
+    chunks = scene_chunks(scene["image"], scene["dem"], bundle, None)
+    assert len(chunks) == 1 and chunks[0].target.shape == (SIDE, SIDE)
+    assert set(np.unique(chunks[0].target)) == {0, IGNORE}  # no label is ever read
+    assert not (chunks[0].target[:, :6] == 0).any()  # nodata is never a pseudo-label
+
+
+def test_scene_chunks_are_as_many_as_the_memory_share_holds(
+        trained: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    scene, model = trained
+    bundle = load_model(model)
+    side = 24 + 2 * bundle.predict.overlap
+    per_chunk = side * side * (8 * len(bundle.inputs.channels) + 16)
+    monkeypatch.setattr(adapt_module, "CHUNK_SIDE", 24)
+    monkeypatch.setattr(adapt_module, "MEMORY_SHARE", 3.5 * per_chunk / (64 * 2**20))
+    chunks = scene_chunks(scene["image"], scene["dem"], bundle, 64)
+    assert len(chunks) == 3  # of 16 with data
+    assert all(c.x.shape[1] <= side and c.x.shape[2] <= side for c in chunks)
+    assert all((c.target == 0).sum() <= 24 * 24 for c in chunks)
+    monkeypatch.setattr(adapt_module, "MEMORY_SHARE", 0.5 * per_chunk / (64 * 2**20))
+    with pytest.raises(SlidemapError, match="raise --memory-mb"):
+        scene_chunks(scene["image"], scene["dem"], bundle, 64)
+
+
+def test_protocol_measurement_never_trains_on_the_labels_it_scores(tmp_path: Path) -> None:
+    """The same fold models adapt exactly alike to scenes whose labels are all inverted: the
+    adaptation reads no label; only the scores move."""
+    records = []
+    for invert in (False, True):
+        root = tmp_path / ("inverted" if invert else "plain")
+        root.mkdir()
+        scenes = [landslide_scene(root, "east", 1, invert),
+                  landslide_scene(root, "west", 2, invert)]
+        config = load_config(run_config(root, scenes))
+        if invert:  # the same fold models and blocks as the plain run
+            shutil.copytree(tmp_path / "plain" / "cv" / "candidate", root / "cv" / "candidate")
+            shutil.copy(tmp_path / "plain" / "cv" / "blocks_layout.json", root / "cv")
+        else:
+            run_crossval(config, root / "cv")
+        summary = measure_adaptation(config, root / "cv", fast(windows=8, rounds=2))
+        runs = sorted((root / "cv" / "adapt" / "s0").glob("*.json"))
+        records.append([json.loads(p.read_text()) for p in runs])
+        assert "Scene adaptation in the protocol" in (root / "cv" / "adapt" /
+                                                      "summary.md").read_text()
+        assert "comparison" in summary and len(summary["cost"]) == len(runs) == 4
+    def untimed(rounds: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rounds]
+
+    for plain, inverted in zip(*records, strict=True):  # the same pseudo-labels and losses
+        assert untimed(plain["adaptation"]["rounds"]) == untimed(inverted["adaptation"]["rounds"])
+        assert plain["as_trained"]["counts"] != inverted["as_trained"]["counts"]
+        assert plain["adapted"]["counts"] != inverted["adapted"]["counts"]
