@@ -66,7 +66,7 @@ def test_the_default_models_map_does_not_move_with_the_dem_datum(tmp_path) -> No
     probs = []
     for name, dem in (("as_given", dsm), ("raised", raised)):
         result = api.predict(image, tmp_path / name, dem)
-        with rasterio.open(result["prob"]) as src:
+        with rasterio.open(result.prob) as src:
             probs.append(src.read(1))
     valid = np.isfinite(probs[0])
     assert valid.mean() > 0.9 and (probs[0][valid] > 0.5).any()
