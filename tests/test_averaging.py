@@ -12,8 +12,8 @@ from test_recipes import tiny_raw, train_interrupted_then_resumed
 from torch import nn
 
 from slidemap.errors import SlidemapError
+from slidemap.schema.config import parse_config
 from slidemap.train.averaging import PREFIX, WeightAverage
-from slidemap.train.config import parse_config
 from slidemap.train.loop import train
 
 

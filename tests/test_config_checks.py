@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from slidemap.errors import SlidemapError
-from slidemap.train.config import load_config, with_seed
+from slidemap.schema.config import load_config, with_seed
 
 
 def write_config(tmp_path: Path, scene: dict[str, Path], **training: object) -> Path:

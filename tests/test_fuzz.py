@@ -27,7 +27,7 @@ from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import ModelBundle, load_model, model_paths, save_model
 from slidemap.io.sidecar import header_shapes
 from slidemap.models import build_model
-from slidemap.train.config import parse_config, read_yaml
+from slidemap.schema.config import parse_config, read_yaml
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

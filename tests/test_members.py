@@ -17,8 +17,8 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import ProbabilityAverage, build_model
+from slidemap.schema.config import parse_config
 from slidemap.train import members
-from slidemap.train.config import parse_config
 from slidemap.train.finetune import check_compatible, train_run
 from slidemap.train.loop import train
 

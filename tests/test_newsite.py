@@ -20,7 +20,7 @@ from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.normalization import BandStats, compute_stats
 from slidemap.data.scaling import demote, promote
 from slidemap.data.scene import Scene
-from slidemap.data.sources import PatchSource, Split, load_arrays, open_patch_set, select
+from slidemap.data.sources import load_arrays, open_patch_set, select
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import predict_arrays
@@ -28,7 +28,7 @@ from slidemap.infer.predict import PredictOptions
 from slidemap.infer.separated import patch_stats, scene_stats
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import build_model
-from slidemap.train.config import load_config, parse_config
+from slidemap.schema.config import PatchSource, Split, load_config, parse_config
 from slidemap.train.finetune import freeze_encoder
 from slidemap.train.loop import train
 from slidemap.train.selftrain import pseudo_labels, selftrain

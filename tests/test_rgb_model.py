@@ -15,7 +15,7 @@ from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import build_model
-from slidemap.train.config import parse_config
+from slidemap.schema.config import parse_config
 from slidemap.train.finetune import parameter_groups
 
 

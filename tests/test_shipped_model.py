@@ -12,7 +12,7 @@ import rasterio
 from conftest import SHARED_DATA
 
 from slidemap import api
-from slidemap.train.config import load_config
+from slidemap.schema.config import load_config
 
 JINSHA = SHARED_DATA / "jinsha"
 FAST_MODEL = api.DEFAULT_MODEL.with_name("slidemap-jinsha-unet.safetensors")

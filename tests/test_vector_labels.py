@@ -16,11 +16,11 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from slidemap.data.scene import Scene
-from slidemap.data.vectors import is_vector
 from slidemap.data.windows import grid_windows
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import load_model
-from slidemap.train.config import load_config, parse_config
+from slidemap.schema.config import load_config, parse_config
+from slidemap.schema.values import is_vector
 from slidemap.train.loop import train
 
 UTM47 = "EPSG:32647"

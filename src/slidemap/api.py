@@ -11,7 +11,6 @@ from pathlib import Path
 import rasterio
 from rich.progress import Progress
 
-from slidemap.data.vectors import file_of, is_vector
 from slidemap.errors import SlidemapError, UsageError
 from slidemap.extras import require
 from slidemap.infer.budget import MemoryBudget
@@ -34,6 +33,7 @@ from slidemap.io.rasters import PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
+from slidemap.schema.values import file_of, is_vector
 from slidemap.train.finetune import run_lock
 from slidemap.train.loop import train
 from slidemap.train.newsite import site_config, write_site_config

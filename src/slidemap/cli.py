@@ -35,6 +35,7 @@ import typer
 from slidemap import __version__
 from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
 from slidemap.logs import LOGGER, OneLineHandler, show_messages
+from slidemap.schema import values as schema_values
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -57,7 +58,7 @@ class InventoryFormat(str, Enum):
 
 
 # Options that several commands share: choices as Literal (shown as <a|b> in the help).
-Precision = Annotated[Literal["bf16", "fp32"], typer.Option(help="bf16 (fast on CPU) or fp32")]
+Precision = Annotated[schema_values.Precision, typer.Option(help="bf16 (fast on CPU) or fp32")]
 Tile = Annotated[int | None, typer.Option(
     min=16, help="window size in working pixels (default: the model's)")]
 Overlap = Annotated[int | None, typer.Option(
@@ -159,7 +160,7 @@ def train(
     seed: Seed = None,
 ) -> None:
     """Train a model from a YAML config (with init: MODEL, a fine-tuning: see finetune)."""
-    from slidemap.train.config import load_config, with_seed
+    from slidemap.schema.config import load_config, with_seed
     from slidemap.train.finetune import train_run
 
     train_run(with_seed(load_config(config), seed), out, resume=resume, overwrite=overwrite)
@@ -364,7 +365,7 @@ def crossval(
 
     Rerunning the same command continues an interrupted protocol: scored folds are kept.
     """
-    from slidemap.train.config import load_config
+    from slidemap.schema.config import load_config
     from slidemap.train.crossval import run_crossval
 
     summary = run_crossval(load_config(config), out,
@@ -531,18 +532,16 @@ def finetune(
     seed: Seed = None,
 ) -> None:
     """Fine-tune a model on a config's data; finetune.json holds val figures before and after."""
-    from dataclasses import replace
-
     from rich.table import Table
     from rich.text import Text
 
-    from slidemap.train.config import load_config, with_seed
+    from slidemap.schema.config import load_config, with_seed
     from slidemap.train.finetune import finetune as run_finetune
 
     run_config = with_seed(load_config(config), seed)
-    settings = replace(run_config.train,
-                       freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
-    report = run_finetune(replace(run_config, init=model, train=settings), out, resume=resume,
+    settings = run_config.train.changed(
+        freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
+    report = run_finetune(run_config.changed(init=model, train=settings), out, resume=resume,
                           overwrite=overwrite)
     table = Table(title=Text(f"{model.name} on the val data of {config.name}"))
     for column in ("", "F1", "IoU", "precision", "recall"):
@@ -561,7 +560,7 @@ def selftrain(
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
 ) -> None:
     """Train on the labelled source, then retrain with pseudo-labels of the unlabelled target."""
-    from slidemap.train.config import load_config
+    from slidemap.schema.config import load_config
     from slidemap.train.selftrain import selftrain as run_selftrain
 
     rows = run_selftrain(load_config(config), out, overwrite)

@@ -35,9 +35,10 @@ from slidemap.data.terrain import (
     roughness,
     slope_degrees,
 )
-from slidemap.data.vectors import VectorLabels, is_vector
+from slidemap.data.vectors import VectorLabels
 from slidemap.errors import SlidemapError
 from slidemap.io.names import DatasetName, as_name, local_path
+from slidemap.schema.values import is_vector
 
 IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)

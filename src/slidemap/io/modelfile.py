@@ -47,13 +47,13 @@ from slidemap.errors import SlidemapError
 from slidemap.io.atomic import staged
 from slidemap.io.sidecar import (
     SIDECAR_MAX_BYTES,
-    WEIGHTS_DTYPES,
     check_scales,
     check_sidecar,
     header_shapes,
     read_header,
 )
 from slidemap.models import build_network
+from slidemap.schema.values import MAX_TILE, MIN_TILE, WEIGHTS_DTYPES
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
@@ -61,7 +61,6 @@ FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
 INT4_SCALE = ".int4_scale"  # the same for a kernel stored in 4 bits, two weights to a byte
 INT4_MIN_WEIGHTS = 2**18  # int4: kernels at least this large get 4 bits, smaller ones 8
-MIN_TILE, MAX_TILE = 16, 8192  # working px: a window below 16 has no room for the encoder
 
 
 @dataclass(frozen=True)

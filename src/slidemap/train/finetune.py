@@ -21,8 +21,8 @@ from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.io.atomic import atomic_path, folder_lock
 from slidemap.io.modelfile import ModelBundle, load_model
+from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
-from slidemap.train.config import RunConfig
 from slidemap.train.runfolder import check_run_inputs
 
 FIGURES = ("f1", "iou", "precision", "recall", "auc", "pixels")

@@ -38,13 +38,13 @@ from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import bundle_of, score_bundle
 from slidemap.infer.runtime import autocast
 from slidemap.io.atomic import make_output_dir, staged
-from slidemap.io.modelfile import ModelBundle, model_paths, save_model
+from slidemap.io.modelfile import ModelBundle, PredictDefaults, model_paths, save_model
 from slidemap.models import build_model, count_parameters
 from slidemap.report.plots import plot_training_curves
+from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
-from slidemap.train.config import RunConfig
 from slidemap.train.finetune import parameter_groups, start_from
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
@@ -243,9 +243,14 @@ def evaluate_arrays(model: torch.nn.Module, arrays: list[SceneArrays], stats: Ba
     grid, so the kept epoch's line in history.csv is what ``finetune`` and ``study`` report
     (for a float32 model file; ``weights_dtype`` int8 or int4 rounds the stored weights)."""
     bundle = bundle_of(model, config.model.name, config.model.width, config.model.options,
-                       config.inputs, stats, config.predict.threshold, config.predict.defaults)
+                       config.inputs, stats, config.predict.threshold, _predict_defaults(config))
     return score_bundle(bundle, arrays, config.train.precision,
                         config.predict.batch_size).metrics()
+
+
+def _predict_defaults(config: RunConfig) -> PredictDefaults:
+    """What the model file will carry: prediction runs as validation ran."""
+    return PredictDefaults(config.predict.tile, config.predict.overlap, config.predict.scales)
 
 
 def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, path: Path,
@@ -260,7 +265,7 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
                                    if k in scores},
                     "torch": torch.__version__},
         weights_dtype=config.train.weights_dtype,
-        predict=config.predict.defaults,
+        predict=_predict_defaults(config),
     )
     save_model(bundle, path)
 

@@ -28,14 +28,14 @@ import yaml
 from torch import nn
 
 from slidemap.data.sources import load_arrays
-from slidemap.data.vectors import file_of
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.infer.runtime import autocast, prepare_for_inference
 from slidemap.io.atomic import atomic_path, claim_file
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.models import build_model, count_parameters
-from slidemap.train.config import RunConfig, parse_config, read_yaml
+from slidemap.schema.config import RunConfig, parse_config, read_yaml
+from slidemap.schema.values import file_of
 from slidemap.train.loop import train
 from slidemap.train.losses import build_loss
 

@@ -1,0 +1,567 @@
+"""A training run as a typed document: the schema of ``configs/*.yaml``.
+
+Every section is a frozen pydantic model that refuses unknown keys and checks types and ranges
+when the file is read, so a run fails before its data loads and a study before its first run.
+The descriptions are the documentation: configs/README.md's key table and the JSON Schema that
+editors read (``slidemap config-schema``) are generated from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import Self
+
+from slidemap.schema.errors import validated
+from slidemap.schema.inputs import InputSpec
+from slidemap.schema.values import (
+    BAND_NAMES,
+    DEFAULT_BANDS,
+    MAX_SCALES,
+    MAX_SEED,
+    MAX_TILE,
+    MAX_TRAIN_TILE,
+    MIN_TILE,
+    MIN_TRAIN_TILE,
+    SCALE_RANGE,
+    LossName,
+    ModelName,
+    Precision,
+    Select,
+    SplitPart,
+    WeightsDtype,
+    band_indexes,
+    is_vector,
+    l4s_inputs,
+)
+
+Number = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=False)]
+Positive = Annotated[StrictInt, Field(ge=1)]
+LossWeight = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+# A loss term: its weight, or its options with an optional ``weight`` (checked by build_loss).
+LossSpec = Annotated[dict[LossName, LossWeight | dict[str, Any]], Field(min_length=1)]
+
+
+class Section(BaseModel):
+    """Frozen and strict about keys: a typo is an error, not a silently ignored setting."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def changed(self, **fields: Any) -> Self:
+        """A copy with ``fields`` replaced, checked like a config file's values."""
+        return validated(type(self), {**dict(self), **fields}, type(self).__name__)
+
+
+def _refuse_bool(value: Any) -> Any:
+    """YAML's true/false are not numbers here."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+# -- data ----------------------------------------------------------------------------------------
+class SceneSource(Section):
+    """One scene: image, optional DEM, labels (optional for targets): a label raster (0/1, 255
+    ignore) or landslide polygons, and optionally the polygons of the area labelled (aoi).
+    Relative paths are taken from the current directory."""
+
+    image: Path = Field(description="the image raster (any GDAL raster)")
+    mask: Path | None = Field(None, description="a label raster (0, 1 landslide, 255 ignore; any "
+                              "grid or CRS) or a vector file of landslide polygons (.gpkg, "
+                              ".geojson, .shp, ...; a GeoPackage layer as FILE.gpkg|layername=NAME)"
+                              ", rasterised onto the image grid; required for training")
+    dem: Path | None = Field(None, description="the DEM raster (any grid or CRS)")
+    aoi: Path | None = Field(None, description="polygons of the area that was labelled (a vector "
+                             "file): outside, pixels are ignored (255); without it every valid "
+                             "pixel outside the landslide polygons is background")
+
+    @field_validator("aoi")
+    @classmethod
+    def _aoi_is_vector(cls, value: Path | None) -> Path | None:
+        if value is not None and not is_vector(value):
+            raise ValueError("aoi must be a vector file of polygons (.gpkg, .geojson, .shp)")
+        return value
+
+
+class LabelledScene(SceneSource):
+    """A training or validation scene: its labels are required."""
+
+    mask: Path = Field(description="a label raster (0, 1 landslide, 255 ignore) or a vector file "
+                       "of landslide polygons")
+
+
+class Split(Section):
+    """A seeded draw of ``count`` patches: ``part: train`` keeps them, ``part: rest`` the others."""
+
+    count: Positive = Field(description="patches drawn")
+    seed: StrictInt = Field(0, description="seed of the draw")
+    part: SplitPart = Field("train", description="train: keep the drawn patches; rest: all the "
+                            "others, so train and val can split one folder without overlap")
+
+
+@dataclass(frozen=True)
+class PatchSource:
+    """A patch set in a run config, and which of its patches to use (all by default)."""
+
+    kind: Literal["patches", "l4s"]
+    root: Path
+    names: tuple[str, ...] | None = None
+    split: Split | None = None
+    bands: tuple[str, ...] | None = None  # Landslide4Sense band names
+    pixel_size: float | None = None  # metres, for slope from DEMs without georeference
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {self.kind: str(self.root)}
+        if self.names is not None:
+            out["names"] = list(self.names)
+        if self.split is not None:
+            out["split"] = self.split.model_dump()
+        if self.bands is not None:
+            out["bands"] = list(self.bands)
+        if self.pixel_size is not None:
+            out["pixel_size"] = self.pixel_size
+        return out
+
+
+PatchNames = Annotated[tuple[Annotated[str | int, Field()], ...], Field(min_length=1)]
+
+
+class _PatchItem(Section):
+    names: PatchNames | None = Field(None, description="only these patches (file stems, e.g. "
+                                     "[10009, 10013] or [image_3]); not with split")
+    split: Split | None = Field(None, description="a seeded draw of patches; not with names")
+
+    @model_validator(mode="after")
+    def _names_or_split(self) -> _PatchItem:
+        if self.names is not None and self.split is not None:
+            raise ValueError("give either names or split, not both")
+        return self
+
+    def _names(self) -> tuple[str, ...] | None:
+        return None if self.names is None else tuple(str(n) for n in self.names)
+
+
+class PatchFolder(_PatchItem):
+    """A patch folder: ``images/`` + ``masks/`` (+ ``dem/``), or the Bijie layout; every patch
+    is used like a small scene."""
+
+    patches: Path = Field(description="the patch folder")
+    pixel_size: Annotated[Number, Field(gt=0)] | None = Field(
+        None, description="pixel size in metres, for slope from DEMs without georeference")
+
+    def source(self) -> PatchSource:
+        return PatchSource("patches", self.patches, self._names(), self.split,
+                           pixel_size=self.pixel_size)
+
+
+class L4SSet(_PatchItem):
+    """A Landslide4Sense split (``img/image_N.h5`` + ``mask/mask_N.h5``, or one .h5 per patch)."""
+
+    l4s: Path = Field(description="the Landslide4Sense folder")
+    bands: Annotated[tuple[str, ...], Field(min_length=1)] | None = Field(
+        None, description=f"band names among {', '.join(BAND_NAMES)}, e.g. "
+        f"[{', '.join(DEFAULT_BANDS)}] (the default): they set the inputs unless inputs gives "
+        "image_bands, dem or slope")
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if value is None else tuple(BAND_NAMES[i] for i in band_indexes(value))
+
+    def source(self) -> PatchSource:
+        return PatchSource("l4s", self.l4s, self._names(), self.split, bands=self.bands)
+
+
+def _item_kind(item: Any) -> str | None:
+    """Which kind of data item ``item`` is, by the key that names its source."""
+    if isinstance(item, dict):
+        if "patches" in item and "l4s" in item:
+            return None
+        return "patches" if "patches" in item else "l4s" if "l4s" in item else "scene"
+    if isinstance(item, SceneSource | PatchFolder | L4SSet):
+        return {SceneSource: "scene", LabelledScene: "scene", PatchFolder: "patches",
+                L4SSet: "l4s"}[type(item)]
+    return None
+
+
+DISCRIMINATOR = Discriminator(_item_kind, custom_error_type="data_item",
+                              custom_error_message="every item is a scene (image, mask, dem, aoi) "
+                              "or a patch set (patches: or l4s:, not both)")
+LabelledItem = Annotated[Annotated[LabelledScene, Tag("scene")] | Annotated[PatchFolder, Tag(
+    "patches")] | Annotated[L4SSet, Tag("l4s")], DISCRIMINATOR]
+TargetItem = Annotated[Annotated[SceneSource, Tag("scene")] | Annotated[PatchFolder, Tag(
+    "patches")] | Annotated[L4SSet, Tag("l4s")], DISCRIMINATOR]
+
+
+def _scenes(items: tuple[Any, ...]) -> tuple[SceneSource, ...]:
+    return tuple(SceneSource(**item.model_dump()) if type(item) is LabelledScene else item
+                 for item in items if isinstance(item, SceneSource))
+
+
+def _patches(items: tuple[Any, ...]) -> tuple[PatchSource, ...]:
+    return tuple(item.source() for item in items if isinstance(item, PatchFolder | L4SSet))
+
+
+class Data(Section):
+    """Where training and validation pixels come from."""
+
+    train: Annotated[tuple[LabelledItem, ...], Field(min_length=1)] = Field(
+        description="scenes (image, mask, optionally dem and aoi) and/or patch sets (patches: or "
+        "l4s:) trained on")
+    val: tuple[LabelledItem, ...] = Field((), description="scenes and patch sets scored after "
+                                          "every epoch; with select: best the epoch with the best "
+                                          "F1 on them becomes model.safetensors")
+
+
+# -- sections ------------------------------------------------------------------------------------
+class ModelSettings(Section):
+    """The architecture and its size."""
+
+    name: ModelName = Field("unet", description="architecture (slidemap models lists them)")
+    width: Positive = Field(16, description="channels of the first stage (doubling per level)")
+    options: dict[str, Any] = Field(default_factory=dict, description="architecture keyword "
+                                    "arguments, e.g. {depth: 3}; for fusion also "
+                                    "elevation_channels and instance_norm_levels")
+
+
+class ColourJitter(Section):
+    """Strengths of random brightness, contrast and saturation changes of the optical bands, and
+    the probability of a brightness inversion."""
+
+    brightness: Fraction = 0.0
+    contrast: Fraction = 0.0
+    saturation: Fraction = 0.0
+    invert: Fraction = 0.0
+
+
+JITTER_DEFAULT = ColourJitter(brightness=0.2, contrast=0.2, saturation=0.2)
+ZoomRange = tuple[Annotated[Number, Field(gt=0)], Annotated[Number, Field(gt=0)]]
+
+
+class TrainSettings(Section):
+    """How the network is trained (``training:``)."""
+
+    epochs: Annotated[StrictInt, Field(ge=1, le=100_000)] = Field(30, description="epochs")
+    batch_size: Annotated[StrictInt, Field(ge=1, le=4096)] = Field(8, description="windows per "
+                                                                   "step")
+    tile: Annotated[StrictInt, Field(ge=MIN_TRAIN_TILE, le=MAX_TRAIN_TILE)] = Field(
+        256, description="window size in working pixels")
+    windows_per_epoch: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = Field(
+        128, description="random windows per epoch, drawn anew each epoch from (seed, epoch)")
+    lr: Annotated[Number, Field(gt=0, le=10)] = Field(
+        2e-3, description="peak learning rate of the one-cycle cosine schedule (AdamW)")
+    weight_decay: Annotated[Number, Field(ge=0, le=10)] = Field(1e-4, description="AdamW weight "
+                                                                "decay")
+    min_valid: Fraction = Field(0.25, description="least fraction of labelled pixels a window "
+                                "must hold")
+    augment: StrictBool = Field(True, description="random flips and 90 degree rotations")
+    precision: Precision = Field("bf16", description="bf16 autocast (fast on CPU) or fp32")
+    threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = Field(
+        None, description="CPU threads for torch (null: torch's default)")
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] = Field(
+        0, description="seeds weights, windows, augmentation and the recipes")
+    mixup: Annotated[Number, Field(ge=0)] = Field(0.0, description="mixup alpha: each batch's "
+                                                  "tiles are blended pairwise with lambda ~ "
+                                                  "Beta(alpha, alpha); 0 = off")
+    colour_jitter: StrictBool | ColourJitter = Field(
+        False, description="random brightness, contrast and saturation of the optical bands: "
+        "true = 0.2 each, or strengths per key, e.g. {brightness: 0.4, contrast: 0.4, "
+        "saturation: 0.2}; invert: p mirrors the luma in a fraction p of the windows")
+    random_scale: ZoomRange | None = Field(None, description="[low, high]: zoom every window by "
+                                           "a factor drawn in that range, e.g. [0.8, 1.25]; "
+                                           "null = off")
+    zoom_context: StrictBool = Field(False, description="with random_scale: a zoom-out reads a "
+                                     "wider window of the scene instead of padding the tile with "
+                                     "ignored border")
+    hard_examples: Fraction = Field(0.0, description="fraction of each epoch's windows drawn "
+                                    "where the model is wrong (from epoch 2); 0 = off")
+    select: Select = Field("best", description="which epoch becomes model.safetensors: best by "
+                           "validation F1, or last (no selection on the validation scenes)")
+    freeze_encoder: StrictBool = Field(False, description="with init: train all but "
+                                       "model.encoder")
+    encoder_lr: Fraction = Field(1.0, description="the encoder's peak learning rate as a "
+                                 "fraction of lr, e.g. 0.1 with init")
+    weights_dtype: WeightsDtype = Field("float32", description="how model.safetensors stores "
+                                        "its weights: float16 halves the file, int8 quarters it, "
+                                        "int4 stores the largest kernels in 4 bits")
+    average_from: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, description="from this epoch on, the weights after every step are averaged (SWA) "
+        "into model.safetensors; needs select: last")
+    members: Positive = Field(1, description="networks trained with seeds seed, seed + 1, ... "
+                              "and saved as one model file that averages their probabilities")
+
+    @field_validator("mixup", "lr", "weight_decay", "min_valid", "hard_examples", "encoder_lr",
+                     mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        return _refuse_bool(value)
+
+    @field_validator("colour_jitter")
+    @classmethod
+    def _jitter_default(cls, value: bool | ColourJitter) -> bool | ColourJitter:
+        return JITTER_DEFAULT if value is True else value
+
+    @field_validator("random_scale")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError("random_scale must be [low, high] with 0 < low <= high, e.g. "
+                             "[0.8, 1.25]")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSettings:
+        if self.average_from is not None:
+            if self.average_from > self.epochs:
+                raise ValueError(f"training.average_from must be an epoch from 1 to "
+                                 f"{self.epochs}, got {self.average_from}")
+            if self.select != "last":
+                raise ValueError("training.average_from averages the weights up to the last "
+                                 "epoch: set training.select: last")
+        if self.zoom_context and self.random_scale is None:
+            raise ValueError("training.zoom_context needs training.random_scale: [low, high], "
+                             "the range of zoom factors")
+        return self
+
+    @property
+    def jitter(self) -> dict[str, float] | None:
+        """The colour jitter's strengths as keyword arguments, or None when it is off."""
+        return self.colour_jitter.model_dump() if isinstance(self.colour_jitter, ColourJitter) \
+            else None
+
+
+class PredictSettings(Section):
+    """The prediction defaults the model file carries; validation during training predicts as
+    that file will be run."""
+
+    tile: Annotated[StrictInt, Field(ge=MIN_TILE, le=MAX_TILE)] = Field(
+        256, description="window size for validation; stored in the model file as the window "
+        "size predict uses unless given --tile")
+    overlap: Annotated[StrictInt, Field(ge=0)] = Field(64, description="overlap between windows, "
+                                                       "blended; stored like tile")
+    batch_size: Positive = Field(8, description="windows per model call in validation")
+    scales: Annotated[tuple[Annotated[Number, Field(ge=SCALE_RANGE[0], le=SCALE_RANGE[1])], ...],
+                      Field(min_length=1, max_length=MAX_SCALES)] = Field(
+        (1.0,), description="stored in the model file: every window is predicted at each of "
+        "these scales and the probabilities averaged, e.g. [1.0, 0.5]")
+    threshold: Annotated[Number, Field(gt=0, lt=1)] = Field(
+        0.5, description="stored in the model file: the probability above which a pixel is "
+        "mapped as landslide")
+
+    @field_validator("scales")
+    @classmethod
+    def _distinct(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("scales must be distinct")
+        return value
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        return _refuse_bool(value)
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> PredictSettings:
+        if self.overlap >= self.tile:
+            raise ValueError(f"predict.overlap must be smaller than the tile ({self.tile})")
+        return self
+
+
+class SelfTrainSettings(Section):
+    """Pseudo-label rounds on unlabelled target data (``selftrain:``)."""
+
+    target: Annotated[tuple[TargetItem, ...], Field(min_length=1)] = Field(
+        description="unlabelled target data: scenes (image, optional dem, optional mask used only "
+        "for figures) and/or patch sets as in data")
+    rounds: Positive = Field(3, description="pseudo-label rounds after round 0")
+    threshold: Annotated[Number, Field(ge=0.5, le=1)] = Field(
+        0.7, description="t in [0.5, 1]: target pixels with p >= t become landslide, p <= 1 - t "
+        "background, the rest is ignored")
+    loss: LossSpec = Field(default_factory=lambda: {"soft_ce": 1.0},
+                           description="loss of the pseudo-label rounds")
+    epochs: Positive | None = Field(None, description="epochs per pseudo-label round (null: "
+                                    "training.epochs)")
+
+    @property
+    def target_scenes(self) -> tuple[SceneSource, ...]:
+        return _scenes(self.target)
+
+    @property
+    def target_patches(self) -> tuple[PatchSource, ...]:
+        return _patches(self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": _sources_dict(self.target_scenes, self.target_patches),
+                "rounds": self.rounds, "threshold": self.threshold, "loss": self.loss,
+                "epochs": self.epochs}
+
+
+class CrossvalSettings(Section):
+    """Spatial cross-validation (``crossval:``, see ``slidemap.evaluation.folds``)."""
+
+    blocks: tuple[Positive, Positive] = Field((2, 2), description="rows x columns of blocks per "
+                                              "scene of data.train")
+    folds: Annotated[StrictInt, Field(ge=2)] = Field(4, description="blocks are dealt to this "
+                                                     "many folds in turn")
+    buffer: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        None, description="working px around a fold's blocks that its training never sees "
+        "(null: training.tile)")
+    seeds: Annotated[tuple[StrictInt, ...], Field(min_length=1)] = Field(
+        (0, 1), description="seeds every fold is trained with (--seeds overrides)")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be distinct")
+        return value
+
+
+# -- the run -------------------------------------------------------------------------------------
+class RunConfig(Section):
+    """A training run: data, inputs, model, loss, training, prediction defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid",
+                              json_schema_extra={"title": "slidemap run config"})
+
+    name: str = Field("run", description="run name, kept in the model's provenance (default: the "
+                      "config's file name)")
+    data: Data = Field(description="training and validation data")
+    selftrain: SelfTrainSettings | None = Field(None, description="for slidemap selftrain")
+    inputs: InputSpec = Field(default_factory=dict, validate_default=True,  # type: ignore[arg-type]
+                              description="the model's input channels")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="the architecture")
+    loss: LossSpec = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0},
+                           description="weighted sum of losses, name: weight or name: {weight: "
+                           "w, option: value}")
+    training: TrainSettings = Field(default_factory=TrainSettings, description="training")
+    predict: PredictSettings = Field(default_factory=PredictSettings,
+                                     description="prediction defaults stored in the model file")
+    init: Path | None = Field(None, description="a model file to start from (fine-tuning)")
+    crossval: CrossvalSettings = Field(default_factory=CrossvalSettings,
+                                       description="for slidemap crossval")
+    _source: Path | None = PrivateAttr(None)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs_from_l4s_bands(cls, value: Any, info: Any) -> Any:
+        """Channels named by Landslide4Sense ``bands:`` become the inputs unless ``inputs``
+        gives them."""
+        if not isinstance(value, dict) or {"image_bands", "dem", "slope"} & set(value):
+            return value
+        sets = _l4s_sets(info.data)
+        return {**value, **l4s_inputs(sets[0].bands or DEFAULT_BANDS)} if sets else value
+
+    @field_validator("init")
+    @classmethod
+    def _init_named(cls, value: Path | None) -> Path | None:
+        if value is not None and str(value) in ("", "."):
+            raise ValueError("init must be the path of a model file")
+        return value
+
+    @model_validator(mode="after")
+    def _same_channels(self) -> RunConfig:
+        """Every Landslide4Sense set's bands must build the model's channels."""
+        for source in _l4s_sets({"data": self.data, "selftrain": self.selftrain}):
+            if source.bands is None:
+                continue
+            named = self.inputs.model_copy(update=l4s_inputs(source.bands))
+            if named != self.inputs:
+                raise ValueError(f"l4s {source.root} bands {list(source.bands)} build other "
+                                 f"channels than the inputs {self.inputs.channels}: give every "
+                                 "set the same bands, or drop bands to use inputs")
+        return self
+
+    def changed(self, **fields: Any) -> Self:
+        """A copy with ``fields`` replaced (``train`` is ``training``), checked like a config
+        file's values; it keeps the file it was read from."""
+        if "train" in fields:
+            fields["training"] = fields.pop("train")
+        where = f"config {self._source}" if self._source else "config"
+        copy = validated(type(self), {**dict(self), **fields}, where)
+        copy._source = self._source
+        return copy
+
+    def without_data(self) -> RunConfig:
+        """The same recipe with no scenes or patch sets: a cross-validation fold brings its
+        training arrays itself (cut from the scenes' blocks)."""
+        copy = self.model_copy(update={"data": Data.model_construct(train=(), val=())})
+        copy._source = self._source
+        return copy
+
+    @property
+    def source(self) -> Path | None:
+        """The file the config was read from (None when built in code)."""
+        return self._source
+
+    @property
+    def train(self) -> TrainSettings:
+        return self.training
+
+    @property
+    def train_scenes(self) -> tuple[SceneSource, ...]:
+        return _scenes(self.data.train)
+
+    @property
+    def val_scenes(self) -> tuple[SceneSource, ...]:
+        return _scenes(self.data.val)
+
+    @property
+    def train_patches(self) -> tuple[PatchSource, ...]:
+        return _patches(self.data.train)
+
+    @property
+    def val_patches(self) -> tuple[PatchSource, ...]:
+        return _patches(self.data.val)
+
+    def input_files(self) -> list[Path]:
+        """Every file the run reads by name besides the files of ``init`` (its config, its
+        scenes' rasters): no output of the run may replace one."""
+        scenes = (*self.train_scenes, *self.val_scenes,
+                  *(self.selftrain.target_scenes if self.selftrain else ()))
+        files = [self.source, *(p for s in scenes for p in (s.image, s.mask, s.dem, s.aoi))]
+        return [p for p in files if p is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view for provenance records."""
+        out = {
+            "name": self.name, "train": _sources_dict(self.train_scenes, self.train_patches),
+            "val": _sources_dict(self.val_scenes, self.val_patches),
+            "inputs": self.inputs.to_dict(), "model": self.model.model_dump(), "loss": self.loss,
+            "training": self.training.model_dump(), "predict": self.predict.model_dump(),
+        }
+        if self.init is not None:
+            out["init"] = str(self.init)
+        if self.selftrain is not None:
+            out["selftrain"] = self.selftrain.to_dict()
+        if self.crossval != CrossvalSettings():
+            out["crossval"] = self.crossval.model_dump()
+        return out
+
+
+def _l4s_sets(fields: dict[str, Any]) -> list[PatchSource]:
+    data, selftrain = fields.get("data"), fields.get("selftrain")
+    patches = [*(_patches(data.train) + _patches(data.val) if data is not None else ()),
+               *(selftrain.target_patches if selftrain is not None else ())]
+    return [p for p in patches if p.kind == "l4s"]
+
+
+def _sources_dict(scenes: tuple[SceneSource, ...], patches: tuple[PatchSource, ...]
+                  ) -> list[dict[str, Any]]:
+    return [{k: (str(v) if v is not None else None) for k, v in s.model_dump().items()}
+            for s in scenes] + [p.to_dict() for p in patches]
