@@ -187,7 +187,7 @@ def test_bad_label_files_are_one_line_errors(tiny_scene: dict, tmp_path: Path) -
         Scene(tiny_scene["image"], mask=far)
     with pytest.raises(SlidemapError, match="does not exist"):
         Scene(tiny_scene["image"], mask=tmp_path / "missing.gpkg")
-    with pytest.raises(SlidemapError, match=r"aoi .* must be a vector file"):
+    with pytest.raises(SlidemapError, match=r"aoi must be a vector file"):
         parse_config({"data": {"train": [{"image": "a.tif", "mask": "m.gpkg",
                                           "aoi": "aoi.tif"}]}})
 

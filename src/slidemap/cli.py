@@ -76,6 +76,9 @@ Models = Annotated[list[Path] | None, typer.Option(
     help="model file; repeat to average an ensemble (default: shipped)")]
 Seed = Annotated[int | None, typer.Option(
     help="replace the config's training.seed (repeat a recipe with other seeds)")]
+Overrides = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE",
+    help="override a config key, e.g. --set training.lr=4e-3 (YAML value; repeatable)")]
 TTA = Annotated[bool, typer.Option(help="average the 8 flips/rotations of every window")]
 Backend = Annotated[Literal["torch", "onnx"], typer.Option(
     help="torch, or onnx (ONNX Runtime, always fp32)")]
@@ -158,12 +161,14 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
     seed: Seed = None,
+    overrides: Overrides = None,
 ) -> None:
     """Train a model from a YAML config (with init: MODEL, a fine-tuning: see finetune)."""
     from slidemap.schema.config import load_config, with_seed
     from slidemap.train.finetune import train_run
 
-    train_run(with_seed(load_config(config), seed), out, resume=resume, overwrite=overwrite)
+    train_run(with_seed(load_config(config, overrides or ()), seed), out, resume=resume,
+              overwrite=overwrite)
 
 
 @app.command()
@@ -340,6 +345,9 @@ def list_models() -> None:
 def study(
     config: Annotated[Path, typer.Argument(help="study YAML: base run config + grid")],
     out: Annotated[Path, typer.Option(help="study folder: one folder per run, results.csv/md")],
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE",
+        help="override a key of the study's base config (YAML value; repeatable)")] = None,
 ) -> None:
     """Train and score a grid of runs (models × losses × variants × seeds) on one budget.
 
@@ -347,8 +355,16 @@ def study(
     """
     from slidemap.train.study import load_study, run_study
 
-    rows = run_study(load_study(config), out)
+    rows = run_study(load_study(config, overrides or ()), out)
     log.info(f"{len(rows)} runs → {out / 'results.md'}")
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON Schema of run configs, for editors (configs/slidemap.schema.json)."""
+    from slidemap.schema.config import json_schema
+
+    sys.stdout.write(json_schema())
 
 
 @app.command()
@@ -359,6 +375,9 @@ def crossval(
         help="YAML run config of the recipe to compare with (same scenes)")] = None,
     seeds: Annotated[str | None, typer.Option(
         help="comma-separated seeds, e.g. 0,1 (default: the config's crossval.seeds)")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE",
+        help="override a key of the candidate config (YAML value; repeatable)")] = None,
 ) -> None:
     """Spatial cross-validation over blocks of the config's scenes; with --baseline, the paired
     pooled-F1 difference and the decision of benchmarks/protocol/RULE.md.
@@ -368,7 +387,7 @@ def crossval(
     from slidemap.schema.config import load_config
     from slidemap.train.crossval import run_crossval
 
-    summary = run_crossval(load_config(config), out,
+    summary = run_crossval(load_config(config, overrides or ()), out,
                            load_config(baseline) if baseline is not None else None,
                            _seeds(seeds))
     for label, figures in summary["recipes"].items():
@@ -530,6 +549,7 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
     seed: Seed = None,
+    overrides: Overrides = None,
 ) -> None:
     """Fine-tune a model on a config's data; finetune.json holds val figures before and after."""
     from rich.table import Table
@@ -538,7 +558,7 @@ def finetune(
     from slidemap.schema.config import load_config, with_seed
     from slidemap.train.finetune import finetune as run_finetune
 
-    run_config = with_seed(load_config(config), seed)
+    run_config = with_seed(load_config(config, overrides or ()), seed)
     settings = run_config.train.changed(
         freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
     report = run_finetune(run_config.changed(init=model, train=settings), out, resume=resume,
@@ -558,12 +578,13 @@ def selftrain(
     config: Annotated[Path, typer.Argument(help="YAML run config with a selftrain: section")],
     out: Annotated[Path, typer.Option(help="folder: one run per round, rounds.csv/md, model")],
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
+    overrides: Overrides = None,
 ) -> None:
     """Train on the labelled source, then retrain with pseudo-labels of the unlabelled target."""
     from slidemap.schema.config import load_config
     from slidemap.train.selftrain import selftrain as run_selftrain
 
-    rows = run_selftrain(load_config(config), out, overwrite)
+    rows = run_selftrain(load_config(config, overrides or ()), out, overwrite)
     log.info(f"{len(rows) - 1} pseudo-label rounds → {out / 'rounds.md'}, "
              f"{out / 'model.safetensors'}")
 

@@ -94,7 +94,7 @@ class SceneSource(Section):
     @classmethod
     def _aoi_is_vector(cls, value: Path | None) -> Path | None:
         if value is not None and not is_vector(value):
-            raise ValueError("aoi must be a vector file of polygons (.gpkg, .geojson, .shp)")
+            raise ValueError("must be a vector file of polygons (.gpkg, .geojson, .shp)")
         return value
 
 
@@ -192,20 +192,21 @@ def _item_kind(item: Any) -> str | None:
     if isinstance(item, dict):
         if "patches" in item and "l4s" in item:
             return None
-        return "patches" if "patches" in item else "l4s" if "l4s" in item else "scene"
+        return "PatchFolder" if "patches" in item else "L4SSet" if "l4s" in item else "Scene"
     if isinstance(item, SceneSource | PatchFolder | L4SSet):
-        return {SceneSource: "scene", LabelledScene: "scene", PatchFolder: "patches",
-                L4SSet: "l4s"}[type(item)]
+        return {SceneSource: "Scene", LabelledScene: "Scene", PatchFolder: "PatchFolder",
+                L4SSet: "L4SSet"}[type(item)]
     return None
 
 
 DISCRIMINATOR = Discriminator(_item_kind, custom_error_type="data_item",
                               custom_error_message="every item is a scene (image, mask, dem, aoi) "
                               "or a patch set (patches: or l4s:, not both)")
-LabelledItem = Annotated[Annotated[LabelledScene, Tag("scene")] | Annotated[PatchFolder, Tag(
-    "patches")] | Annotated[L4SSet, Tag("l4s")], DISCRIMINATOR]
-TargetItem = Annotated[Annotated[SceneSource, Tag("scene")] | Annotated[PatchFolder, Tag(
-    "patches")] | Annotated[L4SSet, Tag("l4s")], DISCRIMINATOR]
+# Tags are class-like names, so that error messages leave them out of the key path.
+LabelledItem = Annotated[Annotated[LabelledScene, Tag("Scene")] | Annotated[
+    PatchFolder, Tag("PatchFolder")] | Annotated[L4SSet, Tag("L4SSet")], DISCRIMINATOR]
+TargetItem = Annotated[Annotated[SceneSource, Tag("Scene")] | Annotated[
+    PatchFolder, Tag("PatchFolder")] | Annotated[L4SSet, Tag("L4SSet")], DISCRIMINATOR]
 
 
 def _scenes(items: tuple[Any, ...]) -> tuple[SceneSource, ...]:

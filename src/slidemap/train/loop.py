@@ -45,6 +45,7 @@ from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
+from slidemap.train.checks import check_buildable
 from slidemap.train.finetune import parameter_groups, start_from
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
@@ -67,6 +68,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                             "slidemap train; fine-tuning and self-training train one network: "
                             "set members: 1")
     ranks = ddp.setup()  # under torchrun: one of WORLD_SIZE data-parallel processes
+    check_buildable(config, f"config {config.source}" if config.source else "config")
     check_run_inputs(out_dir, config)
     _prepare_run_folder(out_dir, resume, overwrite)
     if settings.threads:
