@@ -35,28 +35,44 @@ class InputSpec(BaseModel):
     image_bands: tuple[Annotated[StrictInt, Field(ge=1)], ...] = Field(
         (1, 2, 3), min_length=1,
         description="1-based image bands, the first model channels")
-    dem: StrictBool = Field(False, description="add the DEM (elevation) as a channel after the "
-                            "bands")
-    slope: StrictBool = Field(False, description="add slope in degrees, computed from the DEM, "
-                              "as the last channel")
-    resolution_m: Metres | None = Field(None, description="working ground resolution in metres "
-                                        "(scenes are decimated to it); null: native")
-    scale: Metres = Field(1.0, description="scale promotion of patches (scenes use "
-                          "resolution_m): patches and their labels are up-sampled by this factor "
-                          "before the model and predictions are averaged back onto the patch "
-                          "grid; stored in the model")
-    optical: OpticalMode = Field("raw", description="raw bands; chromaticity: each band divided "
-                                 "by the bands' sum (plus one unit per band), colour without "
-                                 "brightness; scene: each band standardised by its scene's mean "
-                                 "and deviation. Stored in the model")
+    dem: StrictBool = Field(False, description=(
+            "add the DEM (elevation) as a channel after the bands"))
+    slope: StrictBool = Field(False, description=(
+            "add slope in degrees, computed from the DEM, as the last channel"))
+    resolution_m: Metres | None = Field(None, description=(
+            "working ground resolution in metres (scenes are decimated to it); `null`: native"))
+    scale: Metres = Field(1.0, description=(
+            "scale promotion of patches (scenes use `resolution_m`): patches and their labels "
+            "are up-sampled by this factor before the model (e.g. `2.0` for 128 px "
+            "Landslide4Sense patches; below 1 shrinks upscaled imagery), and predictions are "
+            "averaged back onto the patch grid, where they are scored. Stored in the model, so "
+            "`predict` does the same"))
+    optical: OpticalMode = Field("raw", description=(
+            "`chromaticity`: each image band divided by the bands' sum (plus one unit per band),"
+            " i.e. colour without brightness. `scene`: per-scene photometric normalisation, each"
+            " band minus its mean over the scene's valid pixels and divided by its standard "
+            "deviation (from an overview of at most 1024 px a side, so every window of a scene "
+            "gets the same; a patch is normalised by its own pixels): a scene twice as bright or"
+            " with another offset gives the same channels (channels `scene1`, …). Stored in the "
+            "model, so `predict` does the same"))
     relief_m: Metres | tuple[Metres, ...] | None = Field(
-        None, description="scenes only: add relief, the elevation above the mean elevation "
-        "within this radius in metres, after dem; a list of distinct radii adds one channel each")
-    curvature: StrictBool = Field(False, description="scenes only: add the surface curvature "
-                                  "(negative Laplacian of the DEM) after slope")
-    roughness_m: Metres | None = Field(None, description="scenes only: add roughness, the "
-                                       "standard deviation of the elevations within this radius "
-                                       "in metres, after curvature")
+        None, description=("scenes only: add *relief*, the elevation above the mean elevation "
+                           "within this radius in metres (a topographic position index), after "
+                           "`dem`; a list of radii, e.g. `[8, 32, 128]`, adds one channel each "
+                           "(`relief8m`, …), which describe the ground's form at several sizes "
+                           "(a scarp, a slide, a valley side). Relief keeps the terrain's shape "
+                           "but not its altitude, so the model's map does not change when the "
+                           "DEM is shifted (another vertical datum, a site higher in the "
+                           "valley); use it instead of `dem` for new sites. Computed from a halo"
+                           " around each window, so prediction sees what training saw"))
+    curvature: StrictBool = Field(False, description=(
+            "scenes only: add the surface curvature (negative Laplacian of the DEM, 1/100 m; "
+            "positive on crests and scarp tops, negative in hollows), after `slope`. Independent"
+            " of the DEM's datum, computed with a one-pixel halo"))
+    roughness_m: Metres | None = Field(None, description=(
+            "scenes only: add roughness, the standard deviation of the elevations within this "
+            "radius in metres (broken ground of scarps and debris against smooth slopes), after "
+            "`curvature`. Independent of the DEM's datum, computed with a halo"))
 
     @field_validator("relief_m")
     @classmethod

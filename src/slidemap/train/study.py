@@ -218,7 +218,10 @@ def _merge(into: dict, overrides: dict) -> dict:
 def _check_run(run: StudyRun, where: str) -> None:
     """Parse the config, build the loss and the model: errors name the run."""
     where = f"{where} run {run.name}"
-    config = parse_config(run.raw, None)
+    try:
+        config = parse_config(run.raw, None)
+    except SlidemapError as exc:
+        raise SlidemapError(f"{where}: {exc}") from exc
     if not (config.val_scenes or config.val_patches):
         raise SlidemapError(f"{where}: a study scores on held-out data: give base data.val")
     check_buildable(config, where)
