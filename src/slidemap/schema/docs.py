@@ -14,7 +14,6 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from slidemap.schema.run import L4SSet, PatchFolder, RunConfig, SceneSource, Split
 
@@ -68,10 +67,7 @@ def _section(annotation: Any) -> type[BaseModel] | None:
 def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
-    value = field.default_factory() if field.default_factory is not None \
-        else field.default  # type: ignore[call-arg]
-    if value is PydanticUndefined:
-        return "required"
+    value = field.get_default(call_default_factory=True, validated_data={})
     if isinstance(value, BaseModel):
         value = value.model_dump()
     return f"`{_yaml(value)}`"

@@ -33,21 +33,21 @@ class InputSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     image_bands: tuple[Annotated[StrictInt, Field(ge=1)], ...] = Field(
-        (1, 2, 3), min_length=1,
+        default=(1, 2, 3), min_length=1,
         description="1-based image bands, the first model channels")
-    dem: StrictBool = Field(False, description=(
+    dem: StrictBool = Field(default=False, description=(
             "add the DEM (elevation) as a channel after the bands"))
-    slope: StrictBool = Field(False, description=(
+    slope: StrictBool = Field(default=False, description=(
             "add slope in degrees, computed from the DEM, as the last channel"))
-    resolution_m: Metres | None = Field(None, description=(
+    resolution_m: Metres | None = Field(default=None, description=(
             "working ground resolution in metres (scenes are decimated to it); `null`: native"))
-    scale: Metres = Field(1.0, description=(
+    scale: Metres = Field(default=1.0, description=(
             "scale promotion of patches (scenes use `resolution_m`): patches and their labels "
             "are up-sampled by this factor before the model (e.g. `2.0` for 128 px "
             "Landslide4Sense patches; below 1 shrinks upscaled imagery), and predictions are "
             "averaged back onto the patch grid, where they are scored. Stored in the model, so "
             "`predict` does the same"))
-    optical: OpticalMode = Field("raw", description=(
+    optical: OpticalMode = Field(default="raw", description=(
             "`chromaticity`: each image band divided by the bands' sum (plus one unit per band),"
             " i.e. colour without brightness. `scene`: per-scene photometric normalisation, each"
             " band minus its mean over the scene's valid pixels and divided by its standard "
@@ -56,20 +56,22 @@ class InputSpec(BaseModel):
             " with another offset gives the same channels (channels `scene1`, …). Stored in the "
             "model, so `predict` does the same"))
     relief_m: Metres | tuple[Metres, ...] | None = Field(
-        None, description=("scenes only: add *relief*, the elevation above the mean elevation "
-                           "within this radius in metres (a topographic position index), after "
-                           "`dem`; a list of radii, e.g. `[8, 32, 128]`, adds one channel each "
-                           "(`relief8m`, …), which describe the ground's form at several sizes "
-                           "(a scarp, a slide, a valley side). Relief keeps the terrain's shape "
-                           "but not its altitude, so the model's map does not change when the "
-                           "DEM is shifted (another vertical datum, a site higher in the "
-                           "valley); use it instead of `dem` for new sites. Computed from a halo"
-                           " around each window, so prediction sees what training saw"))
-    curvature: StrictBool = Field(False, description=(
+        default=None, description=("scenes only: add *relief*, the elevation above the mean "
+                                   "elevation within this radius in metres (a topographic "
+                                   "position index), after `dem`; a list of radii, e.g. `[8, 32,"
+                                   " 128]`, adds one channel each (`relief8m`, …), which "
+                                   "describe the ground's form at several sizes (a scarp, a "
+                                   "slide, a valley side). Relief keeps the terrain's shape but "
+                                   "not its altitude, so the model's map does not change when "
+                                   "the DEM is shifted (another vertical datum, a site higher in"
+                                   " the valley); use it instead of `dem` for new sites. "
+                                   "Computed from a halo around each window, so prediction sees "
+                                   "what training saw"))
+    curvature: StrictBool = Field(default=False, description=(
             "scenes only: add the surface curvature (negative Laplacian of the DEM, 1/100 m; "
             "positive on crests and scarp tops, negative in hollows), after `slope`. Independent"
             " of the DEM's datum, computed with a one-pixel halo"))
-    roughness_m: Metres | None = Field(None, description=(
+    roughness_m: Metres | None = Field(default=None, description=(
             "scenes only: add roughness, the standard deviation of the elevations within this "
             "radius in metres (broken ground of scarps and debris against smooth slopes), after "
             "`curvature`. Independent of the DEM's datum, computed with a halo"))

@@ -57,6 +57,14 @@ LossWeight = Annotated[float, Field(allow_inf_nan=False, strict=False)]
 LossSpec = Annotated[dict[LossName, LossWeight | dict[str, Any]], Field(min_length=1)]
 
 
+def _bce_dice() -> dict[LossName, float | dict[str, Any]]:
+    return {"bce": 1.0, "dice": 1.0}
+
+
+def _soft_ce() -> dict[LossName, float | dict[str, Any]]:
+    return {"soft_ce": 1.0}
+
+
 class Section(BaseModel):
     """Frozen and strict about keys: a typo is an error, not a silently ignored setting."""
 
@@ -81,13 +89,13 @@ class SceneSource(Section):
     Relative paths are taken from the current directory."""
 
     image: Path = Field(description="the image raster (any GDAL raster)")
-    mask: Path | None = Field(None, description=(
+    mask: Path | None = Field(default=None, description=(
             "a label raster (0, 1 landslide, 255 ignore; any grid or CRS), or a vector file of "
             "landslide polygons (`.gpkg`, `.geojson`, `.shp`, …; any CRS), rasterised window by "
             "window onto the image grid at the centres of its (working-resolution) pixels; a "
             "GeoPackage of several layers as `FILE.gpkg|layername=NAME` (the QGIS spelling)"))
-    dem: Path | None = Field(None, description="the DEM raster (any grid or CRS)")
-    aoi: Path | None = Field(None, description=(
+    dem: Path | None = Field(default=None, description="the DEM raster (any grid or CRS)")
+    aoi: Path | None = Field(default=None, description=(
             "polygons of the area that was labelled (a vector file, any CRS): inside, pixels in "
             "a landslide polygon are 1 and the rest 0; outside, 255 (ignored). Without `aoi`, "
             "every valid image pixel outside the polygons is background, so the polygons must "
@@ -117,9 +125,10 @@ class Split(Section):
     """A seeded draw of ``count`` patches: ``part: train`` keeps them, ``part: rest`` the others."""
 
     count: Positive = Field(description="patches drawn")
-    seed: StrictInt = Field(0, description="seed of the draw")
-    part: SplitPart = Field("train", description="train: keep the drawn patches; rest: all the "
-                            "others, so train and val can split one folder without overlap")
+    seed: StrictInt = Field(default=0, description="seed of the draw")
+    part: SplitPart = Field(default="train", description=(
+        "train: keep the drawn patches; rest: all the others, so train and val can split one "
+        "folder without overlap"))
 
 
 @dataclass(frozen=True)
@@ -150,9 +159,9 @@ PatchNames = Annotated[tuple[Annotated[str | int, Field()], ...], Field(min_leng
 
 
 class _PatchItem(Section):
-    names: PatchNames | None = Field(None, description=(
+    names: PatchNames | None = Field(default=None, description=(
             "only these patches (file stems, e.g. `[10009, 10013]` or `[image_3]`); `null`: all"))
-    split: Split | None = Field(None, description=(
+    split: Split | None = Field(default=None, description=(
             "a seeded draw: `{count: 10, seed: 0, part: train}` keeps `count` patches drawn with"
             " `seed`, `part: rest` keeps all the others, so train and val can split one folder "
             "without overlap. Not with `names`; `null`: all"))
@@ -175,8 +184,8 @@ class PatchFolder(_PatchItem):
             "a patch folder (`images/` + `masks/` (+ `dem/`), or the Bijie layout): every patch "
             "is used like a small scene, whole if smaller than `training.tile`"))
     pixel_size: Annotated[Number, Field(gt=0)] | None = Field(
-        None, description=("patches only: pixel size in metres, for slope from DEMs without "
-                           "georeference; `null`: from the DEM"))
+        default=None, description=("patches only: pixel size in metres, for slope from DEMs "
+                                   "without georeference; `null`: from the DEM"))
 
     def source(self) -> PatchSource:
         return PatchSource("patches", self.patches, self._names(), self.split,
@@ -189,11 +198,11 @@ class L4SSet(_PatchItem):
     l4s: Path = Field(description=("a Landslide4Sense split (`img/image_N.h5` + "
                                    "`mask/mask_N.h5`, or one `.h5` per patch)"))
     bands: Annotated[tuple[str, ...], Field(min_length=1)] | None = Field(
-        None, description=("l4s only: band names, e.g. `[B2, B3, B4, B8, slope, dem]`; they set "
-                           "the inputs (optical bands as `image_bands` 1–12 of the 14-channel "
-                           "stack, `slope`/`dem` as flags) unless `inputs` gives them. Without "
-                           "either: `[B2, B3, B4, B8, slope, dem]`. All sets must build the same"
-                           " channels"))
+        default=None, description=("l4s only: band names, e.g. `[B2, B3, B4, B8, slope, dem]`; "
+                                   "they set the inputs (optical bands as `image_bands` 1–12 of "
+                                   "the 14-channel stack, `slope`/`dem` as flags) unless "
+                                   "`inputs` gives them. Without either: `[B2, B3, B4, B8, "
+                                   "slope, dem]`. All sets must build the same channels"))
 
     @field_validator("bands")
     @classmethod
@@ -210,9 +219,10 @@ def _item_kind(item: Any) -> str | None:
         if "patches" in item and "l4s" in item:
             return None
         return "PatchFolder" if "patches" in item else "L4SSet" if "l4s" in item else "Scene"
-    if isinstance(item, SceneSource | PatchFolder | L4SSet):
-        return {SceneSource: "Scene", LabelledScene: "Scene", PatchFolder: "PatchFolder",
-                L4SSet: "L4SSet"}[type(item)]
+    if isinstance(item, SceneSource):
+        return "Scene"
+    if isinstance(item, PatchFolder | L4SSet):
+        return type(item).__name__
     return None
 
 
@@ -241,7 +251,7 @@ class Data(Section):
     train: Annotated[tuple[LabelledItem, ...], Field(min_length=1)] = Field(
         description=("list of scenes, each `image`, `mask` and optionally `dem` (any grid or "
                      "CRS) and `aoi`, and/or patch sets (below)"))
-    val: tuple[LabelledItem, ...] = Field((), description=(
+    val: tuple[LabelledItem, ...] = Field(default=(), description=(
             "scenes and patch sets scored after every epoch; the epoch with the best F1 on them "
             "becomes `model.safetensors` (without them, training loss decides)"))
 
@@ -250,9 +260,9 @@ class Data(Section):
 class ModelSettings(Section):
     """The architecture and its size."""
 
-    name: ModelName = Field("unet", description=(
+    name: ModelName = Field(default="unet", description=(
             "architecture: `slidemap models` lists them"))
-    width: Positive = Field(16, description=(
+    width: Positive = Field(default=16, description=(
             "channels of the first stage (doubling per level)"))
     options: dict[str, Any] = Field(default_factory=dict, description=(
             "architecture keyword arguments, e.g. `{depth: 3}`; for `fusion` also "
@@ -280,65 +290,66 @@ ZoomRange = tuple[Annotated[Number, Field(gt=0)], Annotated[Number, Field(gt=0)]
 class TrainSettings(Section):
     """How the network is trained (``training:``)."""
 
-    epochs: Annotated[StrictInt, Field(ge=1, le=100_000)] = Field(30, description=(
+    epochs: Annotated[StrictInt, Field(ge=1, le=100_000)] = Field(default=30, description=(
             "epochs"))
-    batch_size: Annotated[StrictInt, Field(ge=1, le=4096)] = Field(8, description=(
+    batch_size: Annotated[StrictInt, Field(ge=1, le=4096)] = Field(default=8, description=(
             "windows per step"))
     tile: Annotated[StrictInt, Field(ge=MIN_TRAIN_TILE, le=MAX_TRAIN_TILE)] = Field(
-        256, description="window size in working pixels")
+        default=256, description="window size in working pixels")
     windows_per_epoch: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = Field(
-        128, description="random windows per epoch, drawn anew each epoch from (seed, epoch)")
+        default=128, description=("random windows per epoch, drawn anew each epoch from (seed, "
+                                  "epoch)"))
     lr: Annotated[Number, Field(gt=0, le=10)] = Field(
-        2e-3, description="peak learning rate of the one-cycle cosine schedule (AdamW)")
-    weight_decay: Annotated[Number, Field(ge=0, le=10)] = Field(1e-4, description=(
+        default=2e-3, description="peak learning rate of the one-cycle cosine schedule (AdamW)")
+    weight_decay: Annotated[Number, Field(ge=0, le=10)] = Field(default=1e-4, description=(
             "AdamW weight decay"))
-    min_valid: Fraction = Field(0.25, description=(
+    min_valid: Fraction = Field(default=0.25, description=(
             "least fraction of labelled pixels a window must hold"))
-    augment: StrictBool = Field(True, description=(
+    augment: StrictBool = Field(default=True, description=(
             "random flips and 90° rotations"))
-    precision: Precision = Field("bf16", description=(
+    precision: Precision = Field(default="bf16", description=(
             "`bf16` autocast (fast on CPU) or `fp32`"))
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = Field(
-        None, description="CPU threads for torch; `null`: torch's default")
+        default=None, description="CPU threads for torch; `null`: torch's default")
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] = Field(
-        0, description="seeds weights, windows, augmentation and the recipes below")
-    mixup: Annotated[Number, Field(ge=0)] = Field(0.0, description=(
+        default=0, description="seeds weights, windows, augmentation and the recipes below")
+    mixup: Annotated[Number, Field(ge=0)] = Field(default=0.0, description=(
             "mixup α: each batch's tiles are blended pairwise with λ ~ Beta(α, α); targets "
             "become soft, a pixel stays valid only where both tiles are valid. 0.2–0.4 is usual;"
             " `0`: off"))
     colour_jitter: StrictBool | ColourJitter = Field(
-        False, description=("random brightness, contrast and saturation of the optical bands "
-                            "only, in raw units; DEM and slope untouched. `true` = ±20 % each, "
-                            "or strengths per key, e.g. `{brightness: 0.4, contrast: 0.4, "
-                            "saturation: 0.2}`; `invert: p` also mirrors the luma about the "
-                            "window's mean in a fraction p of the windows (bright ground turns "
-                            "dark, band differences kept)"))
-    random_scale: ZoomRange | None = Field(None, description=(
+        default=False, description=("random brightness, contrast and saturation of the optical "
+                                    "bands only, in raw units; DEM and slope untouched. `true` ="
+                                    " ±20 % each, or strengths per key, e.g. `{brightness: 0.4, "
+                                    "contrast: 0.4, saturation: 0.2}`; `invert: p` also mirrors "
+                                    "the luma about the window's mean in a fraction p of the "
+                                    "windows (bright ground turns dark, band differences kept)"))
+    random_scale: ZoomRange | None = Field(default=None, description=(
             "`[low, high]`: zoom every window by a factor drawn in that range, all channels and "
             "labels alike; zooming out leaves a border that is ignored by the loss. e.g. `[0.8, "
             "1.25]`; `null`: off"))
-    zoom_context: StrictBool = Field(False, description=(
+    zoom_context: StrictBool = Field(default=False, description=(
             "with `random_scale`: cut each window from ground `1 / factor` times its side and "
             "resample it onto the tile, so a zoom-out shows real surroundings instead of an "
             "ignored border"))
-    hard_examples: Fraction = Field(0.0, description=(
+    hard_examples: Fraction = Field(default=0.0, description=(
             "fraction of each epoch's windows drawn where the model is wrong: from epoch 2 on, "
             "the model predicts the training scenes at the start of the epoch and a window is "
             "drawn with probability ∝ the summed |p − label| inside it; the rest stay uniform; "
             "`0`: off"))
-    select: Select = Field("best", description=(
+    select: Select = Field(default="best", description=(
             "which epoch becomes `model.safetensors`: `best` by validation F1, or `last` (no "
             "selection on the validation scenes, so their figures remain an honest estimate on "
             "unseen ground)"))
-    freeze_encoder: StrictBool = Field(False, description=(
+    freeze_encoder: StrictBool = Field(default=False, description=(
             "with `init`: train all but `model.encoder` (no gradients; its batch norms keep "
             "their statistics). Architectures without an encoder (segformer, fusion) are refused"))
-    encoder_lr: Fraction = Field(1.0, description=(
+    encoder_lr: Fraction = Field(default=1.0, description=(
             "the encoder's peak learning rate as a fraction of `lr` (its own AdamW group on the "
             "same one-cycle schedule), e.g. `0.1` with `init` so a pretrained encoder moves less"
             " than the decoder while a few tiles fine-tune it (`benchmarks/rgb_sites/`). "
             "Architectures without an encoder (segformer, fusion) are refused"))
-    weights_dtype: WeightsDtype = Field("float32", description=(
+    weights_dtype: WeightsDtype = Field(default="float32", description=(
             "how `model.safetensors` stores its weights: `float16` halves the file (rounding "
             "~1e-3 relative per weight), `int8` quarters it (each kernel as whole numbers "
             "−127…127 times one scale per output channel; biases and BatchNorm stay float32); "
@@ -347,13 +358,13 @@ class TrainSettings(Section):
             "float32. `slidemap export MODEL --weights int8 --out SMALL` converts a trained "
             "model"))
     average_from: Annotated[StrictInt, Field(ge=1)] | None = Field(
-        None, description=("from this epoch on, the weights after every optimiser step are "
-                           "averaged (SWA, dense as in SWAD) and the average becomes "
-                           "`model.safetensors`, with BatchNorm statistics estimated again on "
-                           "one more epoch's training windows; needs `select: last`. The "
-                           "checkpoint keeps the running average, so `--resume` ends with the "
-                           "same file; `null`: off"))
-    members: Positive = Field(1, description=(
+        default=None, description=("from this epoch on, the weights after every optimiser step "
+                                   "are averaged (SWA, dense as in SWAD) and the average becomes"
+                                   " `model.safetensors`, with BatchNorm statistics estimated "
+                                   "again on one more epoch's training windows; needs `select: "
+                                   "last`. The checkpoint keeps the running average, so "
+                                   "`--resume` ends with the same file; `null`: off"))
+    members: Positive = Field(default=1, description=(
             "train that many networks (seeds `seed`, `seed + 1`, …) side by side in separate "
             "processes at `training.threads` each (all at once while that asks at most two "
             "threads per core, so three single-threaded members share two cores rather than wait"
@@ -408,25 +419,26 @@ class PredictSettings(Section):
     that file will be run."""
 
     tile: Annotated[StrictInt, Field(ge=MIN_TILE, le=MAX_TILE)] = Field(
-        256, description=("window size for validation (and the hard-example error maps); stored "
-                          "in the model file as the window size `predict` uses unless given "
-                          "`--tile`"))
-    overlap: Annotated[StrictInt, Field(ge=0)] = Field(64, description=(
+        default=256, description=("window size for validation (and the hard-example error maps);"
+                                  " stored in the model file as the window size `predict` uses "
+                                  "unless given `--tile`"))
+    overlap: Annotated[StrictInt, Field(ge=0)] = Field(default=64, description=(
             "overlap between validation windows, blended; stored in the model file like `tile`"))
-    batch_size: Positive = Field(8, description=(
+    batch_size: Positive = Field(default=8, description=(
             "windows per model call in validation"))
     scales: Annotated[tuple[Annotated[Number, Field(ge=SCALE_RANGE[0], le=SCALE_RANGE[1])], ...],
                       Field(min_length=1, max_length=MAX_SCALES)] = Field(
-        (1.0,), description=("stored in the model file: `predict` and `evaluate` predict every "
-                             "window at each of these scales and average the probabilities (e.g."
-                             " `[1.0, 0.5]`: also shrunk to half its side, a coarser view that "
-                             "transfers better to new ground, see `models/README.md`); "
-                             "`--scales` overrides. Validation during training predicts as the "
-                             "model file will (these scales, `tile`, `overlap`)"))
+        default=(1.0,), description=(
+            "stored in the model file: `predict` and `evaluate` predict every window at each of "
+            "these scales and average the probabilities (e.g. `[1.0, 0.5]`: also shrunk to half "
+            "its side, a coarser view that transfers better to new ground, see "
+            "`models/README.md`); `--scales` overrides. Validation during training predicts as "
+            "the model file will (these scales, `tile`, `overlap`)"))
     threshold: Annotated[Number, Field(gt=0, lt=1)] = Field(
-        0.5, description=("stored in the model file: the probability above which a pixel is "
-                          "mapped as landslide (`predict`, `evaluate`, the inventory); "
-                          "`--threshold` overrides. Validation during training scores at it too"))
+        default=0.5, description=("stored in the model file: the probability above which a pixel"
+                                  " is mapped as landslide (`predict`, `evaluate`, the "
+                                  "inventory); `--threshold` overrides. Validation during "
+                                  "training scores at it too"))
 
     @field_validator("scales")
     @classmethod
@@ -454,15 +466,15 @@ class SelfTrainSettings(Section):
         description=("for `slidemap selftrain`: unlabelled target data, scenes (`image`, "
                      "optional `dem`, optional `mask` used only to report figures) and/or patch "
                      "sets as in `data` (masks, if present, only for figures)"))
-    rounds: Positive = Field(3, description=(
+    rounds: Positive = Field(default=3, description=(
             "pseudo-label rounds after round 0 (the run config as is, on the labelled source)"))
     threshold: Annotated[Number, Field(ge=0.5, le=1)] = Field(
-        0.7, description=("t in [0.5, 1]: target pixels with p ≥ t become landslide, p ≤ 1 − t "
-                          "background, the rest is ignored (255)"))
-    loss: LossSpec = Field(default_factory=lambda: {"soft_ce": 1.0},
+        default=0.7, description=("t in [0.5, 1]: target pixels with p ≥ t become landslide, p ≤"
+                                  " 1 − t background, the rest is ignored (255)"))
+    loss: LossSpec = Field(default_factory=_soft_ce,
                            description=(
             "loss of the pseudo-label rounds (e.g. `{soft_ce: {smoothing: 0.1}, dice: 1}`)"))
-    epochs: Positive | None = Field(None, description=(
+    epochs: Positive | None = Field(default=None, description=(
             "epochs per pseudo-label round; every round starts from the previous round's model; "
             "`null`: `training.epochs`"))
 
@@ -483,19 +495,20 @@ class SelfTrainSettings(Section):
 class CrossvalSettings(Section):
     """Spatial cross-validation (``crossval:``, see ``slidemap.evaluation.folds``)."""
 
-    blocks: tuple[Positive, Positive] = Field((2, 2), description=(
+    blocks: tuple[Positive, Positive] = Field(default=(2, 2), description=(
             "for `slidemap crossval`: rows × columns of blocks per scene of `data.train`, cut at"
             " quantiles of the labelled pixels so that each block holds about the same labelled "
             "ground"))
-    folds: Annotated[StrictInt, Field(ge=2)] = Field(4, description=(
+    folds: Annotated[StrictInt, Field(ge=2)] = Field(default=4, description=(
             "blocks are dealt to this many folds in turn (scene by scene, row by row); one "
             "training per fold and seed"))
     buffer: Annotated[StrictInt, Field(ge=0)] | None = Field(
-        None, description=("working px around a fold's blocks that its training never sees "
-                           "(labels ignored, inputs blanked); `null` = `training.tile`, one "
-                           "training window, the least allowed"))
+        default=None, description=("working px around a fold's blocks that its training never "
+                                   "sees (labels ignored, inputs blanked); `null` = "
+                                   "`training.tile`, one training window, the least allowed"))
     seeds: Annotated[tuple[StrictInt, ...], Field(min_length=1)] = Field(
-        (0, 1), description="seeds every fold is trained with (`--seeds` overrides)")
+        default=(0, 1), description=(
+            "seeds every fold is trained with (`--seeds` overrides)"))
 
     @field_validator("seeds")
     @classmethod
@@ -512,21 +525,21 @@ class RunConfig(Section):
     model_config = ConfigDict(frozen=True, extra="forbid",
                               json_schema_extra={"title": "slidemap run config"})
 
-    name: str = Field("run", description=(
+    name: str = Field(default="run", description=(
             "run name, kept in the model's provenance (default: the config's file name)"))
     data: Data = Field(description="training and validation data")
-    selftrain: SelfTrainSettings | None = Field(None, description="for slidemap selftrain")
+    selftrain: SelfTrainSettings | None = Field(default=None, description="for slidemap selftrain")
     inputs: InputSpec = Field(default_factory=dict, validate_default=True,  # type: ignore[arg-type]
                               description="the model's input channels")
     model: ModelSettings = Field(default_factory=ModelSettings, description="the architecture")
-    loss: LossSpec = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0},
+    loss: LossSpec = Field(default_factory=_bce_dice,
                            description=(
             "weighted sum of losses, `name: weight` or `name: {weight: w, option: value}`; "
             "names: bce, wbce, wce, focal, dice, lovasz, ohem, soft_ce"))
     training: TrainSettings = Field(default_factory=TrainSettings, description="training")
     predict: PredictSettings = Field(default_factory=PredictSettings,
                                      description="prediction defaults stored in the model file")
-    init: Path | None = Field(None, description=(
+    init: Path | None = Field(default=None, description=(
             "a model file to start from (fine-tuning): same `model` and the same input channels,"
             " else a one-line error. With `init`, `slidemap train` also writes `finetune.json` "
             "(figures on `data.val` before and after), as `slidemap finetune` does; `null`: none"))
