@@ -80,11 +80,11 @@ Overrides = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE",
     help="override a config key, e.g. --set training.lr=4e-3 (YAML value; repeatable)")]
 TTA = Annotated[bool, typer.Option(help="average the 8 flips/rotations of every window")]
-Backend = Annotated[Literal["torch", "onnx"], typer.Option(
+Backend = Annotated[schema_values.Backend, typer.Option(
     help="torch, or onnx (ONNX Runtime, always fp32)")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model: a minute or more first, faster on long runs")]
-Normalise = Annotated[Literal["model", "scene"], typer.Option(
+Normalise = Annotated[schema_values.Normalise, typer.Option(
     help="model: the model's training statistics; scene: statistics of the data predicted "
          "(the scene, or all patches of the folder)")]
 
@@ -632,7 +632,7 @@ def export(
         help="ONNX file to write (default: NAME.onnx beside the model); with --weights, the "
              "model file to write")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
-    weights: Annotated[Literal["float32", "float16", "int8", "int4"] | None, typer.Option(
+    weights: Annotated[schema_values.WeightsDtype | None, typer.Option(
         help="instead of ONNX, write a slidemap model file at --out with its weights stored as "
              "float32, float16, int8 (a quarter of float32's size) or int4 (the largest "
              "kernels in 4 bits, the rest int8)")] = None,

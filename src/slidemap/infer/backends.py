@@ -19,9 +19,7 @@ from slidemap.errors import SlidemapError
 from slidemap.extras import require
 from slidemap.infer.runtime import predict_batch, prepare_for_inference
 from slidemap.io.modelfile import ModelBundle
-from slidemap.schema.values import PRECISIONS
-
-BACKENDS = ("torch", "onnx")
+from slidemap.schema.values import BACKENDS, PRECISIONS
 
 
 class Backend(Protocol):

@@ -27,6 +27,7 @@ from slidemap.infer.stream import Grid, bounded_gdal_cache, plan_blocks, write_b
 from slidemap.io.modelfile import PredictDefaults, load_model
 from slidemap.io.names import DatasetName, display_name
 from slidemap.io.rasters import BLOCK_SIDE, RasterFormat, RasterOutputs
+from slidemap.schema.values import NORMALISATIONS
 
 MIN_WORKING_SIZE = 32
 
@@ -51,8 +52,8 @@ class PredictOptions:
     memory_mb: int | None = None  # budget of the scene's buffers (None: DEFAULT_MEMORY_MB)
 
     def __post_init__(self) -> None:
-        if self.normalise not in ("model", "scene"):
-            raise ValueError(f"normalise must be 'model' or 'scene', not {self.normalise!r}")
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, not {self.normalise!r}")
 
     def resolve(self, defaults: PredictDefaults) -> PredictOptions:
         """These options with the window size and overlap, if left open, from a model's

@@ -21,6 +21,11 @@ WEIGHTS_DTYPES: tuple[str, ...] = get_args(WeightsDtype)
 OpticalMode = Literal["raw", "chromaticity", "scene"]
 OPTICAL_MODES: tuple[str, ...] = get_args(OpticalMode)
 
+Backend = Literal["torch", "onnx"]  # where a network runs at prediction
+BACKENDS: tuple[str, ...] = get_args(Backend)
+Normalise = Literal["model", "scene"]  # whose band statistics normalise the inputs
+NORMALISATIONS: tuple[str, ...] = get_args(Normalise)
+
 Select = Literal["best", "last"]
 SplitPart = Literal["train", "rest"]
 
