@@ -98,6 +98,8 @@ def test_overrides_are_yaml_values_checked_like_the_file(tmp_path: Path,
     ("model.name=unet3", r"model\.name must be 'unet'"),
     ("loss.focl=1", r"loss\.focl"),
     ("data.train=[{image: a.tif}]", r"data\.train\[0\]\.mask is required"),
+    ("init=''", "init must be a path, not empty"),
+    ("data.train=[{image: 5, mask: m.tif}]", r"data\.train\[0\]\.image must be a path"),
 ])
 def test_a_bad_override_is_one_line_naming_the_key(tmp_path: Path, tiny_scene: dict[str, Path],
                                                    override: str, message: str) -> None:

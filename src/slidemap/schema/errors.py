@@ -40,7 +40,8 @@ def one_line(exc: ValidationError, where: str, model: type[BaseModel] | None = N
         return f"{where}: unknown key {key}{valid}{more}"
     if error["type"] == "missing":
         return f"{where}: {key} is required: add it (see configs/README.md){more}"
-    message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    message = "must be a path (text)" if error["type"] == "path_type" else \
+        str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     message = message.replace("Input should be", "must be", 1)
     message = message.replace("Input should have", "must have", 1)
     message = message[:1].lower() + message[1:]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -82,20 +83,30 @@ def _refuse_bool(value: Any) -> Any:
     return value
 
 
+def _named(value: Any) -> Any:
+    """An empty string is no file (``Path("")`` would be the current folder)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must be a path, not empty")
+    return value
+
+
+FilePath = Annotated[Path, BeforeValidator(_named)]
+
+
 # -- data ----------------------------------------------------------------------------------------
 class SceneSource(Section):
     """One scene: image, optional DEM, labels (optional for targets): a label raster (0/1, 255
     ignore) or landslide polygons, and optionally the polygons of the area labelled (aoi).
     Relative paths are taken from the current directory."""
 
-    image: Path = Field(description="the image raster (any GDAL raster)")
-    mask: Path | None = Field(default=None, description=(
+    image: FilePath = Field(description="the image raster (any GDAL raster)")
+    mask: FilePath | None = Field(default=None, description=(
             "a label raster (0, 1 landslide, 255 ignore; any grid or CRS), or a vector file of "
             "landslide polygons (`.gpkg`, `.geojson`, `.shp`, …; any CRS), rasterised window by "
             "window onto the image grid at the centres of its (working-resolution) pixels; a "
             "GeoPackage of several layers as `FILE.gpkg|layername=NAME` (the QGIS spelling)"))
-    dem: Path | None = Field(default=None, description="the DEM raster (any grid or CRS)")
-    aoi: Path | None = Field(default=None, description=(
+    dem: FilePath | None = Field(default=None, description="the DEM raster (any grid or CRS)")
+    aoi: FilePath | None = Field(default=None, description=(
             "polygons of the area that was labelled (a vector file, any CRS): inside, pixels in "
             "a landslide polygon are 1 and the rest 0; outside, 255 (ignored). Without `aoi`, "
             "every valid image pixel outside the polygons is background, so the polygons must "
@@ -113,7 +124,7 @@ class SceneSource(Section):
 class LabelledScene(SceneSource):
     """A training or validation scene: its labels are required."""
 
-    mask: Path = Field(description=("a label raster (0, 1 landslide, 255 ignore; any grid or "
+    mask: FilePath = Field(description=("a label raster (0, 1 landslide, 255 ignore; any grid or "
                                     "CRS), or a vector file of landslide polygons (`.gpkg`, "
                                     "`.geojson`, `.shp`, …; any CRS), rasterised window by "
                                     "window onto the image grid at the centres of its (working-"
@@ -180,7 +191,7 @@ class PatchFolder(_PatchItem):
     """A patch folder: ``images/`` + ``masks/`` (+ ``dem/``), or the Bijie layout; every patch
     is used like a small scene."""
 
-    patches: Path = Field(description=(
+    patches: FilePath = Field(description=(
             "a patch folder (`images/` + `masks/` (+ `dem/`), or the Bijie layout): every patch "
             "is used like a small scene, whole if smaller than `training.tile`"))
     pixel_size: Annotated[Number, Field(gt=0)] | None = Field(
@@ -195,7 +206,7 @@ class PatchFolder(_PatchItem):
 class L4SSet(_PatchItem):
     """A Landslide4Sense split (``img/image_N.h5`` + ``mask/mask_N.h5``, or one .h5 per patch)."""
 
-    l4s: Path = Field(description=("a Landslide4Sense split (`img/image_N.h5` + "
+    l4s: FilePath = Field(description=("a Landslide4Sense split (`img/image_N.h5` + "
                                    "`mask/mask_N.h5`, or one `.h5` per patch)"))
     bands: Annotated[tuple[str, ...], Field(min_length=1)] | None = Field(
         default=None, description=("l4s only: band names, e.g. `[B2, B3, B4, B8, slope, dem]`; "
@@ -539,7 +550,7 @@ class RunConfig(Section):
     training: TrainSettings = Field(default_factory=TrainSettings, description="training")
     predict: PredictSettings = Field(default_factory=PredictSettings,
                                      description="prediction defaults stored in the model file")
-    init: Path | None = Field(default=None, description=(
+    init: FilePath | None = Field(default=None, description=(
             "a model file to start from (fine-tuning): same `model` and the same input channels,"
             " else a one-line error. With `init`, `slidemap train` also writes `finetune.json` "
             "(figures on `data.val` before and after), as `slidemap finetune` does; `null`: none"))
@@ -556,13 +567,6 @@ class RunConfig(Section):
             return value
         sets = _l4s_sets(info.data)
         return {**value, **l4s_inputs(sets[0].bands or DEFAULT_BANDS)} if sets else value
-
-    @field_validator("init")
-    @classmethod
-    def _init_named(cls, value: Path | None) -> Path | None:
-        if value is not None and str(value) in ("", "."):
-            raise ValueError("init must be the path of a model file")
-        return value
 
     @model_validator(mode="after")
     def _same_channels(self) -> RunConfig:
