@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -23,7 +24,17 @@ from pydantic import (
 from slidemap.schema.errors import validated
 from slidemap.schema.values import OpticalMode
 
-Metres = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=False)]
+
+def not_bool(value: Any) -> Any:
+    """YAML's true and false are not numbers here (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+# A finite number; YAML 1.1 reads 2e-3 as text, which is taken as the number it spells.
+Number = Annotated[float, BeforeValidator(not_bool), Field(allow_inf_nan=False, strict=False)]
+Metres = Annotated[Number, Field(gt=0)]
 
 
 class InputSpec(BaseModel):

@@ -28,7 +28,7 @@ from pydantic import (
 from typing_extensions import Self
 
 from slidemap.schema.errors import validated
-from slidemap.schema.inputs import InputSpec
+from slidemap.schema.inputs import InputSpec, Number
 from slidemap.schema.values import (
     BAND_NAMES,
     DEFAULT_BANDS,
@@ -50,10 +50,9 @@ from slidemap.schema.values import (
     l4s_inputs,
 )
 
-Number = Annotated[float, Field(allow_inf_nan=False, strict=False)]
-Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=False)]
+Fraction = Annotated[Number, Field(ge=0, le=1)]
 Positive = Annotated[StrictInt, Field(ge=1)]
-LossWeight = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+LossWeight = Number
 # A loss term: its weight, or its options with an optional ``weight`` (checked by build_loss).
 LossSpec = Annotated[dict[LossName, LossWeight | dict[str, Any]], Field(min_length=1)]
 
@@ -74,13 +73,6 @@ class Section(BaseModel):
     def changed(self, **fields: Any) -> Self:
         """A copy with ``fields`` replaced, checked like a config file's values."""
         return validated(type(self), {**dict(self), **fields}, type(self).__name__)
-
-
-def _refuse_bool(value: Any) -> Any:
-    """YAML's true/false are not numbers here."""
-    if isinstance(value, bool):
-        raise ValueError("must be a number, not true or false")
-    return value
 
 
 def _named(value: Any) -> Any:
@@ -385,12 +377,6 @@ class TrainSettings(Section):
             "the others to `member-K/train.log`. `slidemap train` only: fine-tuning and self-"
             "training train one network"))
 
-    @field_validator("mixup", "lr", "weight_decay", "min_valid", "hard_examples", "encoder_lr",
-                     mode="before")
-    @classmethod
-    def _numbers(cls, value: Any) -> Any:
-        return _refuse_bool(value)
-
     @field_validator("colour_jitter")
     @classmethod
     def _jitter_default(cls, value: bool | ColourJitter) -> bool | ColourJitter:
@@ -457,11 +443,6 @@ class PredictSettings(Section):
         if len(set(value)) != len(value):
             raise ValueError("scales must be distinct")
         return value
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        return _refuse_bool(value)
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> PredictSettings:
