@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,6 +33,7 @@ from slidemap.schema.inputs import InputSpec, Number
 from slidemap.schema.values import (
     BAND_NAMES,
     DEFAULT_BANDS,
+    LOSS_NAMES,
     MAX_SCALES,
     MAX_SEED,
     MAX_TILE,
@@ -39,7 +41,6 @@ from slidemap.schema.values import (
     MIN_TILE,
     MIN_TRAIN_TILE,
     SCALE_RANGE,
-    LossName,
     ModelName,
     Precision,
     Select,
@@ -52,16 +53,26 @@ from slidemap.schema.values import (
 
 Fraction = Annotated[Number, Field(ge=0, le=1)]
 Positive = Annotated[StrictInt, Field(ge=1)]
-LossWeight = Number
-# A loss term: its weight, or its options with an optional ``weight`` (checked by build_loss).
-LossSpec = Annotated[dict[LossName, LossWeight | dict[str, Any]], Field(min_length=1)]
 
 
-def _bce_dice() -> dict[LossName, float | dict[str, Any]]:
+def _known_losses(spec: dict[str, Any]) -> dict[str, Any]:
+    unknown = [name for name in spec if name not in LOSS_NAMES]
+    if unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r}: choose from {', '.join(LOSS_NAMES)}")
+    return spec
+
+
+# Loss name -> its weight, or its options with an optional ``weight`` (checked by build_loss).
+# Keys are plain text for the training code; the schema tells editors the names.
+LossSpec = Annotated[dict[str, Number | dict[str, Any]], AfterValidator(_known_losses), Field(
+    min_length=1, json_schema_extra={"propertyNames": {"enum": list(LOSS_NAMES)}})]
+
+
+def _bce_dice() -> dict[str, float | dict[str, Any]]:
     return {"bce": 1.0, "dice": 1.0}
 
 
-def _soft_ce() -> dict[LossName, float | dict[str, Any]]:
+def _soft_ce() -> dict[str, float | dict[str, Any]]:
     return {"soft_ce": 1.0}
 
 
@@ -116,12 +127,7 @@ class SceneSource(Section):
 class LabelledScene(SceneSource):
     """A training or validation scene: its labels are required."""
 
-    mask: FilePath = Field(description=("a label raster (0, 1 landslide, 255 ignore; any grid or "
-                                    "CRS), or a vector file of landslide polygons (`.gpkg`, "
-                                    "`.geojson`, `.shp`, …; any CRS), rasterised window by "
-                                    "window onto the image grid at the centres of its (working-"
-                                    "resolution) pixels; a GeoPackage of several layers as "
-                                    "`FILE.gpkg|layername=NAME` (the QGIS spelling)"))
+    mask: FilePath = Field(description=SceneSource.model_fields["mask"].description)
 
 
 class Split(Section):
@@ -158,7 +164,7 @@ class PatchSource:
         return out
 
 
-PatchNames = Annotated[tuple[Annotated[str | int, Field()], ...], Field(min_length=1)]
+PatchNames = Annotated[tuple[str | int, ...], Field(min_length=1)]  # YAML reads 10009 as a number
 
 
 class _PatchItem(Section):

@@ -114,7 +114,7 @@ class Recipes:
         """
         k = self.optical
         raw = np.where(valid, x[:k] * self.std + self.mean, np.nan)
-        jittered = colour_jitter({"image": raw}, rng, **self.colour_jitter)["image"]
+        jittered = colour_jitter({"image": raw}, rng, **(self.colour_jitter or {}))["image"]
         out = x.copy()
         out[:k] = np.nan_to_num((jittered - self.mean) / self.std, nan=0.0)
         return out
