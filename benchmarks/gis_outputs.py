@@ -1,11 +1,6 @@
 """Sizes, COG validity and inventory shape of predict outputs on Jinsha region B (see gis-outputs.md)."""
-import os
-
-import numpy as np
-import pyogrio
-import shapely
+import os, pyogrio, shapely, numpy as np
 from rio_cogeo.cogeo import cog_validate
-
 img = "../shared/data/jinsha/region_B_image.tif"
 print("input image", os.path.getsize(img))
 for d in ("measure_float32", "measure_uint8", "measure_raw"):
