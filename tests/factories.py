@@ -22,7 +22,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import RandomWindows
 from slidemap.io.modelfile import ModelBundle, model_paths
 from slidemap.models import build_model
-from slidemap.train.config import RunConfig
+from slidemap.schema.config import RunConfig
 from slidemap.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]

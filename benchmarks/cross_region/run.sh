@@ -31,7 +31,8 @@
 # optical encoder ("ibn"); and the int8 pair with a third, quarter-side view or on 1024 px
 # windows. Last, that pair stored as int4 (as the shipped fusion file is) and with every
 # kernel in 4 bits.
-# Runs that exist are not trained again. About 12 min per U-Net training and 10-21 min
+# Every training is base.yaml (the U-Net, region A → B) plus the --set overrides of its recipe
+# and direction in recipes.yaml (printed by overrides.py). Runs that exist are not trained again. About 12 min per U-Net training and 10-21 min
 # per fusion training (25 min at 30 epochs) on a 2-core CPU running two at once (63 trainings),
 # seconds per evaluation.
 #
@@ -44,6 +45,12 @@ DATA=../shared/data/jinsha
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 SLIDEMAP=.venv/bin/slidemap
 rows=()
+
+train() {  # train RECIPE DIRECTION SEED RUN: base.yaml with the recipe's overrides
+  local sets
+  mapfile -t sets < <(.venv/bin/python benchmarks/cross_region/overrides.py "$1" "$2")
+  $SLIDEMAP train benchmarks/cross_region/base.yaml "${sets[@]}" --seed "$3" --out "$4" --overwrite
+}
 
 evaluate() {  # evaluate NAME REGION [--dem DEM] [slidemap evaluate options...]
   local name=$1 region=$2 dem=$DATA/region_${2}_dsm.tif
@@ -90,15 +97,13 @@ seeds_of() {  # seeds_of RECIPE DIRECTION
 
 for recipe in fusion base strong_jitter chroma invert swa fusion3m relief zoomwide epochs30; do
   for direction in B_score_A A_score_B; do
-    config=benchmarks/cross_region/train_${direction}.yaml
-    [[ $recipe == base ]] || config=benchmarks/cross_region/train_${direction}_${recipe}.yaml
     scored=${direction: -1}
     label="${direction:0:1} → ${scored}, $(label_of "$recipe")"
     members=()
     read -ra seeds <<< "$(seeds_of "$recipe" "$direction")"
     for seed in "${seeds[@]}"; do
       run=$RUNS/${direction}_${recipe}_s${seed}
-      [[ -f $run/summary.json ]] || $SLIDEMAP train "$config" --seed "$seed" --out "$run" --overwrite
+      [[ -f $run/summary.json ]] || train "$recipe" "$direction" "$seed" "$run"
       model=$run/model.safetensors
       members+=(--model "$model")
       evaluate "${direction}_${recipe}_s${seed}" "$scored" --model "$model"
@@ -227,8 +232,7 @@ for direction in B_score_A A_score_B; do
   for recipe in lovasz tile384 decay width20 ohem zoomwider focal zoomctx width12 epochs15 \
                 batch4 lr4e3 lr1e3 ibn; do
     run=$RUNS/${direction}_${recipe}_s0
-    [[ -f $run/summary.json ]] || $SLIDEMAP train "benchmarks/cross_region/train_${direction}_${recipe}.yaml" \
-      --seed 0 --out "$run" --overwrite
+    [[ -f $run/summary.json ]] || train "$recipe" "$direction" 0 "$run"
     name=${direction}_${recipe}_s0_multiscale
     evaluate "$name" "$scored" --model "$run/model.safetensors" "${SHIPPED_PREDICT[@]}"
     rows+=("${direction:0:1} → ${scored}, $(label_of "$recipe"), seed 0, multi-scale=$OUT/$name/metrics.json")

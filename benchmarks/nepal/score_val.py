@@ -7,7 +7,7 @@ import json
 import sys
 
 from slidemap.io.modelfile import load_model
-from slidemap.train.config import load_config
+from slidemap.schema.config import load_config
 from slidemap.train.finetune import FIGURES, score_on_val
 
 config = load_config(sys.argv[1])

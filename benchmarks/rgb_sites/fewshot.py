@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from slidemap.io.modelfile import load_model
-from slidemap.train.config import parse_config
+from slidemap.schema.config import parse_config
 from slidemap.train.finetune import score_on_val
 from slidemap.train.loop import train
 

@@ -15,7 +15,7 @@ import yaml
 from make_configs import HERE, SITES
 
 from slidemap.io.modelfile import load_model
-from slidemap.train.config import parse_config
+from slidemap.schema.config import parse_config
 from slidemap.train.finetune import score_on_val
 
 

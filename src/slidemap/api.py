@@ -135,37 +135,45 @@ def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg |
 
 
 def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bool = False,
-          seed: int | None = None) -> TrainResult:
+          seed: int | None = None, overrides: Sequence[str] = ()) -> TrainResult:
     """Train as the YAML run config says (an ensemble, a fine-tuning with ``init:`` and
-    validation data, or one network); ``seed`` replaces ``training.seed``."""
-    return train_workflow.train_config(_path(config), _path(out_dir), resume, overwrite, seed)
+    validation data, or one network); ``seed`` replaces ``training.seed``, ``overrides``
+    (``KEY=VALUE``, as ``--set``) keys of the file."""
+    return train_workflow.train_config(_path(config), _path(out_dir), resume, overwrite, seed,
+                                       tuple(overrides))
 
 
 def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: bool = False,
              resume: bool = False, overwrite: bool = False,
-             seed: int | None = None) -> FinetuneResult:
+             seed: int | None = None, overrides: Sequence[str] = ()) -> FinetuneResult:
     """Fine-tune ``model`` on a run config's data; validation figures before and after."""
     return finetune_workflow.finetune(_path(model), _path(config), _path(out_dir),
-                                      freeze_encoder, resume, overwrite, seed)
+                                      freeze_encoder, resume, overwrite, seed, tuple(overrides))
 
 
-def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False) -> SelftrainResult:
+def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False,
+              overrides: Sequence[str] = ()) -> SelftrainResult:
     """Train on the labelled source, then retrain with pseudo-labels of the target."""
-    return selftrain_workflow.selftrain(_path(config), _path(out_dir), overwrite)
+    return selftrain_workflow.selftrain(_path(config), _path(out_dir), overwrite,
+                                        tuple(overrides))
 
 
-def study(config: PathArg, out_dir: PathArg) -> StudyResult:
-    """Train and score a grid of runs on one budget; a rerun continues an interrupted one."""
-    return study_workflow.study(_path(config), _path(out_dir))
+def study(config: PathArg, out_dir: PathArg, overrides: Sequence[str] = ()) -> StudyResult:
+    """Train and score a grid of runs on one budget; a rerun continues an interrupted one.
+    ``overrides`` change the study's base."""
+    return study_workflow.study(_path(config), _path(out_dir), tuple(overrides))
 
 
 def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
              seeds: Sequence[int] | None = None,
-             adapt: AdaptOptions | None = None) -> CrossvalResult:
+             adapt: AdaptOptions | None = None,
+             overrides: Sequence[str] = ()) -> CrossvalResult:
     """Spatial cross-validation of a recipe; with ``baseline``, the paired comparison; with
-    ``adapt``, scene adaptation measured on the held-out blocks."""
+    ``adapt``, scene adaptation measured on the held-out blocks. ``overrides`` change the
+    candidate's config (not the baseline's)."""
     return crossval_workflow.crossval(_path(config), _path(out_dir), _opt_path(baseline),
-                                      None if seeds is None else tuple(seeds), adapt)
+                                      None if seeds is None else tuple(seeds), adapt,
+                                      tuple(overrides))
 
 
 def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,

@@ -35,6 +35,7 @@ import typer
 from slidemap import __version__
 from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
 from slidemap.logs import LOGGER, OneLineHandler, show_messages
+from slidemap.schema import values as schema_values
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -57,7 +58,7 @@ class InventoryFormat(str, Enum):
 
 
 # Options that several commands share: choices as Literal (shown as <a|b> in the help).
-Precision = Annotated[Literal["bf16", "fp32"], typer.Option(help="bf16 (fast on CPU) or fp32")]
+Precision = Annotated[schema_values.Precision, typer.Option(help="bf16 (fast on CPU) or fp32")]
 Tile = Annotated[int | None, typer.Option(
     min=16, help="window size in working pixels (default: the model's)")]
 Overlap = Annotated[int | None, typer.Option(
@@ -75,8 +76,11 @@ Models = Annotated[list[Path] | None, typer.Option(
     help="model file; repeat to average an ensemble (default: shipped)")]
 Seed = Annotated[int | None, typer.Option(
     help="replace the config's training.seed (repeat a recipe with other seeds)")]
+Overrides = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE",
+    help="override a config key, e.g. --set training.lr=4e-3 (YAML value; repeatable)")]
 TTA = Annotated[bool, typer.Option(help="average the 8 flips/rotations of every window")]
-Backend = Annotated[Literal["torch", "onnx"], typer.Option(
+Backend = Annotated[schema_values.Backend, typer.Option(
     help="torch, or onnx (ONNX Runtime, always fp32)")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model: a minute or more first, faster on long runs")]
@@ -87,7 +91,7 @@ AdaptMinutes = Annotated[float | None, typer.Option(
     metavar="<minutes>", help="with --adapt: wall time the adaptation may take (default 3)")]
 AdaptWindows = Annotated[int | None, typer.Option(
     metavar="<n>", help="with --adapt: training windows in all (default 512)")]
-Normalise = Annotated[Literal["model", "scene"], typer.Option(
+Normalise = Annotated[schema_values.Normalise, typer.Option(
     help="model: the model's training statistics; scene: statistics of the data predicted "
          "(the scene, or all patches of the folder)")]
 
@@ -164,11 +168,12 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
     seed: Seed = None,
+    overrides: Overrides = None,
 ) -> None:
     """Train a model from a YAML config (with init: MODEL, a fine-tuning: see finetune)."""
     from slidemap import api
 
-    api.train(config, out, resume, overwrite, seed)
+    api.train(config, out, resume, overwrite, seed, overrides or ())
 
 
 @app.command()
@@ -344,6 +349,9 @@ def list_models() -> None:
 def study(
     config: Annotated[Path, typer.Argument(help="study YAML: base run config + grid")],
     out: Annotated[Path, typer.Option(help="study folder: one folder per run, results.csv/md")],
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE",
+        help="override a key of the study's base config (YAML value; repeatable)")] = None,
 ) -> None:
     """Train and score a grid of runs (models × losses × variants × seeds) on one budget.
 
@@ -351,8 +359,16 @@ def study(
     """
     from slidemap import api
 
-    result = api.study(config, out)
+    result = api.study(config, out, overrides or ())
     log.info(f"{len(result.rows)} runs → {result.results}")
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON Schema of run configs, for editors (configs/slidemap.schema.json)."""
+    from slidemap.schema.config import json_schema
+
+    sys.stdout.write(json_schema())
 
 
 @app.command()
@@ -368,6 +384,9 @@ def crossval(
                         "(unlabelled, as predict --adapt does) and compare: OUT/adapt/")] = False,
     adapt_minutes: AdaptMinutes = None,
     adapt_windows: AdaptWindows = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE",
+        help="override a key of the candidate config (YAML value; repeatable)")] = None,
 ) -> None:
     """Spatial cross-validation over blocks of the config's scenes; with --baseline, the paired
     pooled-F1 difference and the decision of benchmarks/protocol/RULE.md.
@@ -377,7 +396,7 @@ def crossval(
     from slidemap import api
 
     adapting = _adapt_options(adapt, adapt_minutes, adapt_windows)
-    result = api.crossval(config, out, baseline, _seeds(seeds), adapting)
+    result = api.crossval(config, out, baseline, _seeds(seeds), adapting, overrides or ())
     for label, figures in result.recipes.items():
         pooled = figures["pooled"]
         log.info(f"{label}: pooled F1 {pooled['f1']:.4f} IoU {pooled['iou']:.4f}, worst "
@@ -565,6 +584,7 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
     seed: Seed = None,
+    overrides: Overrides = None,
 ) -> None:
     """Fine-tune a model on a config's data; finetune.json holds val figures before and after."""
     from rich.table import Table
@@ -572,7 +592,8 @@ def finetune(
 
     from slidemap import api
 
-    result = api.finetune(model, config, out, freeze_encoder, resume, overwrite, seed)
+    result = api.finetune(model, config, out, freeze_encoder, resume, overwrite, seed,
+                          overrides or ())
     table = Table(title=Text(f"{model.name} on the val data of {config.name}"))
     for column in ("", "F1", "IoU", "precision", "recall"):
         table.add_column(column, justify="right")
@@ -587,11 +608,12 @@ def selftrain(
     config: Annotated[Path, typer.Argument(help="YAML run config with a selftrain: section")],
     out: Annotated[Path, typer.Option(help="folder: one run per round, rounds.csv/md, model")],
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
+    overrides: Overrides = None,
 ) -> None:
     """Train on the labelled source, then retrain with pseudo-labels of the unlabelled target."""
     from slidemap import api
 
-    result = api.selftrain(config, out, overwrite)
+    result = api.selftrain(config, out, overwrite, overrides or ())
     log.info(f"{result.pseudo_label_rounds} pseudo-label rounds → {result.table}, "
              f"{result.model}")
 
@@ -639,7 +661,7 @@ def export(
         help="ONNX file to write (default: NAME.onnx beside the model); with --weights, the "
              "model file to write")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
-    weights: Annotated[Literal["float32", "float16", "int8", "int4"] | None, typer.Option(
+    weights: Annotated[schema_values.WeightsDtype | None, typer.Option(
         help="instead of ONNX, write a slidemap model file at --out with its weights stored as "
              "float32, float16, int8 (a quarter of float32's size) or int4 (the largest "
              "kernels in 4 bits, the rest int8)")] = None,

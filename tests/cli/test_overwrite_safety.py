@@ -189,8 +189,8 @@ def test_two_predicts_into_one_folder_cannot_both_succeed(
 
 def test_a_failed_train_overwrite_keeps_the_earlier_set(
         tmp_path: Path, tiny_scene: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from slidemap.schema.config import load_config
     from slidemap.train import loop
-    from slidemap.train.config import load_config
 
     config = load_config(config_file(tmp_path / "run.yaml", tiny_scene))
     run = tmp_path / "run"
@@ -291,7 +291,7 @@ def test_atomic_path_without_overwrite_never_replaces(tmp_path: Path) -> None:
 def test_two_trainings_into_one_run_folder_cannot_interleave(
         tmp_path: Path, tiny_scene: dict[str, Path]) -> None:
     from slidemap.io.atomic import LOCK_NAME, folder_lock
-    from slidemap.train.config import load_config
+    from slidemap.schema.config import load_config
     from slidemap.workflows.train import train_run
 
     config = load_config(config_file(tmp_path / "run.yaml", tiny_scene))

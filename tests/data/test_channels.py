@@ -13,7 +13,7 @@ from factories import tiny_run
 from slidemap.api import predict
 from slidemap.data.channels import InputSpec, chromaticity, stack_channels
 from slidemap.errors import SlidemapError
-from slidemap.train.config import parse_config
+from slidemap.schema.config import parse_config
 from slidemap.train.loop import train
 
 
@@ -43,7 +43,7 @@ def test_stack_channels_applies_the_spec() -> None:
 
 
 @pytest.mark.parametrize(("inputs", "message"), [
-    ({"optical": "hsv"}, "optical 'hsv' is not known"),
+    ({"optical": "hsv"}, "inputs.optical must be 'raw', 'chromaticity' or 'scene'"),
     ({"optical": "chromaticity", "image_bands": [1]}, "at least two image bands"),
     ({"relief_m": 0}, "relief_m"),
     ({"relief_m": -5}, "relief_m"),

@@ -14,7 +14,7 @@ from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.scene import Scene
 from slidemap.data.terrain import laplacian_curvature, roughness
 from slidemap.errors import SlidemapError
-from slidemap.train.config import parse_config
+from slidemap.schema.config import parse_config
 
 DESCRIPTORS = InputSpec(slope=True, relief_m=(2.0, 6.0), curvature=True, roughness_m=2.0)
 SIDE = 96

@@ -8,8 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from slidemap.data.l4s import BAND_NAMES, L4SDataset
+from slidemap.data.l4s import L4SDataset
 from slidemap.errors import SlidemapError
+from slidemap.schema.values import BAND_NAMES
 
 RNG = np.random.default_rng(0)
 

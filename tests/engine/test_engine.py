@@ -23,10 +23,11 @@ from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.terrain import BoxSums, relief, roughness
 from slidemap.infer.engine import blend_weights, network_runner, predict_array
 from slidemap.infer.ensemble import Predictor
-from slidemap.infer.patches import native_prob, predict_arrays, predict_patch_set
+from slidemap.infer.patches import native_prob, predict_arrays
 from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.io.modelfile import ModelBundle, PredictDefaults, load_model, save_model
 from slidemap.models import build_model
+from slidemap.workflows.patches import predict_patch_set
 
 PIN = Path(__file__).parents[1] / "fixtures" / "engine_pin.npz"
 OPTIONS = PredictOptions(tile=32, overlap=8, batch_size=3, precision="fp32")

@@ -18,7 +18,7 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import PredictDefaults, load_model, save_model
-from slidemap.train.config import parse_config
+from slidemap.schema.config import parse_config
 from slidemap.train.loop import train
 
 MULTI = (1.0, 0.5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,8 @@ from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.folds import Block, held_out, make_blocks
 from slidemap.evaluation.metrics import BinaryConfusion
+from slidemap.schema.config import RunConfig, load_config
 from slidemap.train import crossval as crossval_module
-from slidemap.train.config import RunConfig, load_config
 from slidemap.train.crossval import best_threshold, compare, fit_temperature, run_crossval
 
 SIDE = 80
@@ -201,5 +200,5 @@ def test_a_changed_recipe_refuses_the_old_folds(tmp_path: Path) -> None:
     crossval_module.run_fold(config, arrays, layout, 0, TILE, 0, tmp_path / "fold")
     assert (tmp_path / "fold" / "blocks.json").exists()
     with pytest.raises(SlidemapError, match="another config"):
-        crossval_module.run_fold(replace(config, loss={"dice": 1.0}), arrays, layout, 0, TILE,
+        crossval_module.run_fold(config.changed(loss={"dice": 1.0}), arrays, layout, 0, TILE,
                                  0, tmp_path / "fold")

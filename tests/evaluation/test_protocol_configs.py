@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from slidemap import api
-from slidemap.train.config import load_config
+from slidemap.schema.config import load_config
 
 PROTOCOL = api.PACKAGE_ROOT / "benchmarks" / "protocol"
 SEED_SYSTEMS = {"fusion": "fusion", "da_unet": "da_unet",

@@ -28,7 +28,7 @@ from slidemap.evaluation.scorer import score_bundle, score_regions
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import load_model, save_model
-from slidemap.train.config import load_config
+from slidemap.schema.config import load_config
 from slidemap.train.finetune import finetune
 from slidemap.train.study import score_run
 

@@ -25,7 +25,7 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import load_model, model_paths, save_model
 from slidemap.io.sidecar import header_shapes
-from slidemap.train.config import parse_config, read_yaml
+from slidemap.schema.config import parse_config, read_yaml
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

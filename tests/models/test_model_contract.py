@@ -31,7 +31,7 @@ from slidemap.models import (
 from slidemap.models.blocks import ASPP, DoubleConv
 from slidemap.models.da_unet import AttentionUNetDecoder
 from slidemap.models.legacy import current_key, current_keys
-from slidemap.train.config import load_config
+from slidemap.schema.config import load_config
 from slidemap.train.finetune import finetune
 from slidemap.train.warmstart import parameter_groups
 

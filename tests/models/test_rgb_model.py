@@ -14,7 +14,7 @@ from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.models import build_model
-from slidemap.train.config import parse_config
+from slidemap.schema.config import parse_config
 from slidemap.train.warmstart import parameter_groups
 from slidemap.workflows import inputs
 

@@ -12,7 +12,7 @@ import pytest
 from factories import run_config, write_config
 
 from slidemap.errors import SlidemapError
-from slidemap.train.config import load_config, with_seed
+from slidemap.schema.config import load_config, with_seed
 
 
 def scene_config(tmp_path: Path, scene: dict[str, Path], **training: object) -> Path:

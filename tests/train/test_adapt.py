@@ -22,10 +22,10 @@ from slidemap.infer.patches import predict_arrays
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import load_model, model_paths
 from slidemap.io.provenance import sha256_file
+from slidemap.schema.config import load_config
 from slidemap.train import adapt as adapt_module
 from slidemap.train.adapt import AdaptOptions, adapt_model, block_chunk, scene_chunks
 from slidemap.train.adaptval import measure_adaptation
-from slidemap.train.config import load_config
 from slidemap.train.crossval import run_crossval
 from slidemap.train.loop import train
 

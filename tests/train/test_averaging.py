@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from slidemap.errors import SlidemapError
+from slidemap.schema.config import parse_config
 from slidemap.train.averaging import PREFIX, WeightAverage
-from slidemap.train.config import parse_config
 from slidemap.train.loop import train
 
 

@@ -15,8 +15,8 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.models import ProbabilityAverage, build_model
+from slidemap.schema.config import parse_config
 from slidemap.train import members
-from slidemap.train.config import parse_config
 from slidemap.train.loop import train
 from slidemap.workflows.train import train_run
 

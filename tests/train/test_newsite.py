@@ -28,14 +28,14 @@ from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.normalization import BandStats, compute_stats
 from slidemap.data.scaling import demote, promote
 from slidemap.data.scene import Scene
-from slidemap.data.sources import PatchSource, Split, load_arrays, open_patch_set, select
+from slidemap.data.sources import load_arrays, open_patch_set, select
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import predict_arrays
 from slidemap.infer.predict import PredictOptions
 from slidemap.infer.separated import patch_stats, scene_stats
 from slidemap.io.modelfile import load_model, save_model
-from slidemap.train.config import load_config, parse_config
+from slidemap.schema.config import PatchSource, Split, load_config, parse_config
 from slidemap.train.loop import train
 from slidemap.train.selftrain import pseudo_labels, selftrain
 
@@ -82,23 +82,24 @@ def test_patch_config_trains_and_validates(tmp_path: Path) -> None:
 
 def test_split_is_seeded_and_names_pick_patches() -> None:
     names = [f"t{i}" for i in range(36)]
-    train_part = select(names, PatchSource("patches", Path("x"), split=Split(10, 0, "train")))
-    rest = select(names, PatchSource("patches", Path("x"), split=Split(10, 0, "rest")))
+    drawn, others = Split(count=10, seed=0, part="train"), Split(count=10, seed=0, part="rest")
+    train_part = select(names, PatchSource("patches", Path("x"), split=drawn))
+    rest = select(names, PatchSource("patches", Path("x"), split=others))
     assert len(train_part) == 10 and len(rest) == 26
     assert sorted(train_part + rest) == list(range(36))
-    assert train_part == select(names, PatchSource("patches", Path("x"), split=Split(10)))
+    assert train_part == select(names, PatchSource("patches", Path("x"), split=Split(count=10)))
     assert select(names, PatchSource("patches", Path("x"), names=("t5", "t1"))) == [5, 1]
     with pytest.raises(SlidemapError, match="'nope' is not in x"):
         select(names, PatchSource("patches", Path("x"), names=("nope",)))
     with pytest.raises(SlidemapError, match="lower the count"):
-        select(names, PatchSource("patches", Path("x"), split=Split(36, 0, "rest")))
+        select(names, PatchSource("patches", Path("x"), split=Split(count=36, seed=0, part="rest")))
 
 
 @pytest.mark.parametrize(("item", "message"), [
     ({"patches": "a", "names": ["x"], "split": {"count": 1}}, "either names or split"),
-    ({"patches": "a", "split": {"count": 0}}, "count >= 1"),
+    ({"patches": "a", "split": {"count": 0}}, r"split.count must be greater than or equal to 1"),
     ({"patches": "a", "split": {"count": 2, "part": "test"}}, "part: train|rest"),
-    ({"patches": "a", "bands": ["B2"]}, "unknown patches key"),
+    ({"patches": "a", "bands": ["B2"]}, r"unknown key data.train\[0\].bands"),
     ({"l4s": "a", "bands": ["B99"]}, "unknown Landslide4Sense band"),
     ({"patches": "a", "l4s": "b"}, "not both"),
 ])

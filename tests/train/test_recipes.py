@@ -15,7 +15,7 @@ from slidemap.data.hard_examples import error_map, hard_windows
 from slidemap.data.photometric import random_scale
 from slidemap.errors import SlidemapError
 from slidemap.models import build_model
-from slidemap.train.config import RunConfig, parse_config
+from slidemap.schema.config import RunConfig, parse_config
 from slidemap.train.loop import train
 from slidemap.train.recipes import Recipes, build_recipes
 

@@ -27,92 +27,13 @@ brighter or with more contrast than the training scenes gives the same channels.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 from rasterio.windows import Window
 
 from slidemap.data.scene import Scene
-from slidemap.data.terrain import relief_radii_m
-from slidemap.errors import SlidemapError
+from slidemap.schema.config import InputSpec
 
-OPTICAL_MODES = ("raw", "chromaticity", "scene")
 CHROMA_OFFSET = 1.0
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """Model inputs: image bands (1-based), optional DEM, relief and slope, working resolution
-    (scenes) and up-sampling factor (patches)."""
-
-    image_bands: tuple[int, ...] = (1, 2, 3)
-    dem: bool = False
-    slope: bool = False
-    resolution_m: float | None = None
-    scale: float = 1.0
-    optical: str = "raw"
-    relief_m: float | tuple[float, ...] | None = None
-    curvature: bool = False
-    roughness_m: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.optical not in OPTICAL_MODES:
-            raise SlidemapError(f"inputs optical {self.optical!r} is not known: use one of "
-                                f"{', '.join(OPTICAL_MODES)}")
-        if self.optical == "chromaticity" and len(self.image_bands) < 2:
-            raise SlidemapError("inputs optical: chromaticity needs at least two image bands")
-        radii = relief_radii_m(self.relief_m)
-        if self.relief_m is not None and not (radii and all(r > 0 for r in radii)
-                                              and len(set(radii)) == len(radii)):
-            raise SlidemapError(f"inputs relief_m must be a radius in metres > 0, a list of "
-                                f"distinct radii, or null, got {self.relief_m!r}")
-        if isinstance(self.relief_m, list | tuple):
-            object.__setattr__(self, "relief_m", radii)
-        if self.roughness_m is not None and not self.roughness_m > 0:
-            raise SlidemapError(f"inputs roughness_m must be a radius in metres > 0 or null, "
-                                f"got {self.roughness_m!r}")
-
-    @property
-    def channels(self) -> list[str]:
-        prefix = {"raw": "band", "chromaticity": "chroma", "scene": "scene"}[self.optical]
-        names = [f"{prefix}{b}" for b in self.image_bands]
-        if isinstance(self.relief_m, tuple):  # several radii: one channel each, named by it
-            relief_names = [f"relief{r:g}m" for r in self.relief_m]
-        else:
-            relief_names = ["relief"] * bool(self.relief_m)
-        return (names + ["dem"] * self.dem + relief_names + ["slope"] * self.slope
-                + ["curvature"] * self.curvature + ["roughness"] * bool(self.roughness_m))
-
-    @property
-    def needs_dem(self) -> bool:
-        return (self.dem or self.slope or bool(self.relief_m) or self.curvature
-                or bool(self.roughness_m))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> InputSpec:
-        return cls(
-            image_bands=tuple(int(b) for b in data.get("image_bands", (1, 2, 3))),
-            dem=bool(data.get("dem", False)),
-            slope=bool(data.get("slope", False)),
-            resolution_m=data.get("resolution_m"),
-            scale=float(data.get("scale", 1.0)),
-            optical=str(data.get("optical", "raw")),
-            relief_m=_relief(data.get("relief_m")),
-            curvature=bool(data.get("curvature", False)),
-            roughness_m=None if data.get("roughness_m") is None else float(data["roughness_m"]),
-        )
-
-
-def _relief(value: object) -> float | tuple[float, ...] | None:
-    """``relief_m`` as read from YAML or a model file: null, one radius, or a list of them."""
-    if value is None:
-        return None
-    if isinstance(value, list | tuple):
-        return tuple(float(v) for v in value)
-    return float(value)  # type: ignore[arg-type]
 
 
 def read_inputs(scene: Scene, window: Window, spec: InputSpec, factor: int

@@ -22,35 +22,11 @@ import numpy as np
 from slidemap.data.patches import IGNORE, binary_mask
 from slidemap.errors import SlidemapError
 from slidemap.extras import require
+from slidemap.schema.values import BAND_NAMES, DEFAULT_BANDS, TERRAIN, band_indexes
 
 if TYPE_CHECKING:
     import h5py
 
-BAND_NAMES = (
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12", "slope", "dem",
-)
-TERRAIN = ("slope", "dem")
-DEFAULT_BANDS = ("B2", "B3", "B4", "B8", "slope", "dem")
-
-
-def band_indexes(bands: Sequence[str]) -> list[int]:
-    """0-based channel indexes of band names (case-insensitive), in the order given."""
-    lookup = {name.lower(): i for i, name in enumerate(BAND_NAMES)}
-    indexes = []
-    for band in bands:
-        key = str(band).lower()
-        if key not in lookup:
-            raise SlidemapError(
-                f"unknown Landslide4Sense band {band!r}: choose from {', '.join(BAND_NAMES)}"
-            )
-        if lookup[key] in indexes:
-            raise SlidemapError(f"band {band!r} is selected twice: list each band once")
-        indexes.append(lookup[key])
-    if all(BAND_NAMES[i] in TERRAIN for i in indexes):
-        raise SlidemapError(
-            f"bands {list(bands)} have no optical band: add at least one of B1-B12"
-        )
-    return indexes
 
 
 class L4SDataset:

@@ -37,8 +37,9 @@ from slidemap.data.terrain import (
     roughness,
     slope_degrees,
 )
-from slidemap.data.vectors import VectorLabels, is_vector
+from slidemap.data.vectors import VectorLabels
 from slidemap.errors import SlidemapError
+from slidemap.schema.values import is_vector
 
 IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)

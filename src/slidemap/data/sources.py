@@ -13,70 +13,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 
 from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
-from slidemap.data.l4s import BAND_NAMES, TERRAIN, L4SDataset, band_indexes
+from slidemap.data.l4s import L4SDataset
 from slidemap.data.patches import IGNORE, PatchDataset, open_patch_dataset
 from slidemap.data.scaling import promote
 from slidemap.errors import SlidemapError
+from slidemap.schema.config import PatchSource, SceneSource
+from slidemap.schema.values import BAND_NAMES, TERRAIN
 
-KINDS = ("patches", "l4s")
-PARTS = ("train", "rest")
-OPTIONS = {"patches": {"names", "split", "pixel_size"}, "l4s": {"bands", "names", "split"}}
 OPTICAL = len(BAND_NAMES) - len(TERRAIN)
-
-
-class LabelledScene(Protocol):
-    """A scene in a run config (``SceneSource`` of the config schema): the rasters to read."""
-
-    @property
-    def image(self) -> Path: ...
-
-    @property
-    def mask(self) -> Path | None: ...
-
-    @property
-    def dem(self) -> Path | None: ...
-
-    @property
-    def aoi(self) -> Path | None: ...
-
-
-@dataclass(frozen=True)
-class Split:
-    """A seeded draw of ``count`` patches: ``part: train`` keeps them, ``part: rest`` the others."""
-
-    count: int
-    seed: int = 0
-    part: str = "train"
-
-
-@dataclass(frozen=True)
-class PatchSource:
-    """A patch set in a run config, and which of its patches to use (all by default)."""
-
-    kind: str
-    root: Path
-    names: tuple[str, ...] | None = None
-    split: Split | None = None
-    bands: tuple[str, ...] | None = None  # Landslide4Sense band names
-    pixel_size: float | None = None  # metres, for slope from DEMs without georeference
-
-    def to_dict(self) -> dict:
-        out: dict[str, Any] = {self.kind: str(self.root)}
-        if self.names is not None:
-            out["names"] = list(self.names)
-        if self.split is not None:
-            out["split"] = vars(self.split)
-        if self.bands is not None:
-            out["bands"] = list(self.bands)
-        if self.pixel_size is not None:
-            out["pixel_size"] = self.pixel_size
-        return out
 
 
 @dataclass
@@ -88,72 +37,7 @@ class PatchArrays(SceneArrays):
     labels: np.ndarray | None = None
 
 
-def is_patch_source(item: Any) -> bool:
-    return isinstance(item, dict) and any(kind in item for kind in KINDS)
-
-
-def parse_patch_source(item: dict, where: str) -> PatchSource:
-    """A ``{patches: DIR, ...}`` or ``{l4s: DIR, ...}`` config item, checked key by key."""
-    kinds = [kind for kind in KINDS if kind in item]
-    if len(kinds) > 1:
-        raise SlidemapError(f"{where}: an item is either patches: or l4s:, not both")
-    kind = kinds[0]
-    extra = sorted(set(item) - {kind} - OPTIONS[kind], key=str)
-    if extra:
-        raise SlidemapError(f"{where}: unknown {kind} key(s) {extra}: valid ones are "
-                            f"{sorted(OPTIONS[kind])}")
-    if not isinstance(item[kind], str) or not item[kind]:
-        raise SlidemapError(f"{where}: {kind} must be a folder path, got {item[kind]!r}")
-    names = item.get("names")
-    if names is not None and (not isinstance(names, list) or not names):
-        raise SlidemapError(f"{where}: names must be a non-empty list of patch names (file "
-                            f"stems), got {names!r}")
-    if names is not None and "split" in item:
-        raise SlidemapError(f"{where}: give either names or split, not both")
-    bands = item.get("bands")
-    if bands is not None:
-        if not isinstance(bands, list) or not bands:
-            raise SlidemapError(f"{where}: bands must be a list of Landslide4Sense band names, "
-                                f"e.g. [B2, B3, B4, B8, slope, dem], got {bands!r}")
-        bands = tuple(BAND_NAMES[i] for i in band_indexes(bands))
-    pixel_size = item.get("pixel_size")
-    if pixel_size is not None and not (_is_number(pixel_size) and pixel_size > 0):
-        raise SlidemapError(f"{where}: pixel_size must be metres > 0, got {pixel_size!r}")
-    return PatchSource(
-        kind=kind, root=Path(item[kind]),
-        names=None if names is None else tuple(str(n) for n in names),
-        split=_split(item["split"], where) if "split" in item else None,
-        bands=bands, pixel_size=None if pixel_size is None else float(pixel_size),
-    )
-
-
-def _split(raw: Any, where: str) -> Split:
-    usage = "split must be {count: N, seed: S, part: train|rest}"
-    if not isinstance(raw, dict) or set(raw) - {"count", "seed", "part"} or "count" not in raw:
-        raise SlidemapError(f"{where}: {usage}, got {raw!r}")
-    split = Split(**raw)
-    if not (_is_int(split.count) and split.count >= 1 and _is_int(split.seed)
-            and split.part in PARTS):
-        raise SlidemapError(f"{where}: {usage} with count >= 1, got {raw!r}")
-    return split
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 # -- channels ------------------------------------------------------------------------------------
-def l4s_inputs(bands: Sequence[str]) -> dict:
-    """The InputSpec fields that Landslide4Sense band names stand for."""
-    names = [BAND_NAMES[i] for i in band_indexes(bands)]
-    return {"image_bands": tuple(BAND_NAMES.index(n) + 1 for n in names if n not in TERRAIN),
-            "dem": "dem" in names, "slope": "slope" in names}
-
-
 def l4s_bands(spec: InputSpec) -> list[str]:
     """Landslide4Sense band names that build ``spec``'s channels."""
     if max(spec.image_bands) > OPTICAL:
@@ -212,7 +96,7 @@ def select(names: Sequence[str], source: PatchSource) -> list[int]:
     return sorted(keep)
 
 
-def load_arrays(scenes: Sequence[LabelledScene], patch_sets: Sequence[PatchSource],
+def load_arrays(scenes: Sequence[SceneSource], patch_sets: Sequence[PatchSource],
                 spec: InputSpec) -> list[SceneArrays]:
     """Labelled scenes and patch sets of a run config as arrays, scenes first."""
     arrays = [load_scene_arrays(s.image, s.mask, s.dem, spec, s.aoi) for s in scenes]

@@ -31,21 +31,10 @@ from rasterio.features import rasterize
 from rasterio.warp import transform, transform_bounds
 
 from slidemap.errors import SlidemapError
+from slidemap.schema.values import LAYER_MARK
 
-VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite"}
-LAYER_MARK = "|layername="
 POLYGONAL = {"Polygon", "MultiPolygon"}
 DENSIFY = 21  # points per edge when a window's bounds are taken into the layer's CRS
-
-
-def is_vector(path: str | Path) -> bool:
-    """Whether ``path`` names a vector file (by its suffix), optionally with a QGIS layer."""
-    return file_of(path).suffix.lower() in VECTOR_SUFFIXES
-
-
-def file_of(path: str | Path) -> Path:
-    """The file of a vector path (without a ``|layername=`` suffix) or of any other path."""
-    return Path(str(path).split(LAYER_MARK)[0])
 
 
 class PolygonLayer:

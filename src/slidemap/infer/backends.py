@@ -17,10 +17,9 @@ from torch import nn
 
 from slidemap.errors import SlidemapError
 from slidemap.extras import require
-from slidemap.infer.runtime import PRECISIONS, predict_batch, prepare_for_inference
+from slidemap.infer.runtime import predict_batch, prepare_for_inference
 from slidemap.io.modelfile import ModelBundle
-
-BACKENDS = ("torch", "onnx")
+from slidemap.schema.values import BACKENDS, PRECISIONS
 
 
 class Backend(Protocol):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from slidemap.io.modelfile import PredictDefaults
+from slidemap.schema.values import NORMALISATIONS
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class PredictOptions:
     memory_mb: int | None = None  # budget of the scene's buffers (None: DEFAULT_MEMORY_MB)
 
     def __post_init__(self) -> None:
-        if self.normalise not in ("model", "scene"):
-            raise ValueError(f"normalise must be 'model' or 'scene', not {self.normalise!r}")
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, not {self.normalise!r}")
 
     def resolve(self, defaults: PredictDefaults) -> PredictOptions:
         """These options with the window size and overlap, if left open, from a model's

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-PRECISIONS = ("bf16", "fp32")
+from slidemap.schema.values import PRECISIONS
 
 
 @contextlib.contextmanager

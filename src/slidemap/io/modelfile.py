@@ -48,7 +48,6 @@ from slidemap.errors import SlidemapError
 from slidemap.io.atomic import staged
 from slidemap.io.sidecar import (
     SIDECAR_MAX_BYTES,
-    WEIGHTS_DTYPES,
     check_scales,
     check_sidecar,
     header_shapes,
@@ -56,6 +55,7 @@ from slidemap.io.sidecar import (
 )
 from slidemap.models import build_network
 from slidemap.models.legacy import current_keys
+from slidemap.schema.values import MAX_TILE, MIN_TILE, WEIGHTS_DTYPES
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
@@ -63,7 +63,6 @@ FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
 INT4_SCALE = ".int4_scale"  # the same for a kernel stored in 4 bits, two weights to a byte
 INT4_MIN_WEIGHTS = 2**18  # int4: kernels at least this large get 4 bits, smaller ones 8
-MIN_TILE, MAX_TILE = 16, 8192  # working px: a window below 16 has no room for the encoder
 
 
 @dataclass(frozen=True)

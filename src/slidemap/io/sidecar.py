@@ -14,9 +14,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from slidemap.data.channels import OPTICAL_MODES, InputSpec
+from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.models import list_models
+from slidemap.schema.values import OPTICAL_MODES, SCALE_RANGE, WEIGHTS_DTYPES
 
 SIDECAR_MAX_BYTES = 16 * 2**20
 HEADER_MAX_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
@@ -24,8 +25,6 @@ MAX_WIDTH = 256  # base width; the shipped models use 16 to 32
 MAX_MEMBERS = 64  # networks of an ensemble
 MAX_BANDS = 256  # image bands a model may read
 MAX_OPTION = 4096  # any whole number among the architecture options
-SCALE_RANGE = (0.25, 4.0)
-WEIGHTS_DTYPES = ("float32", "float16", "int8", "int4")
 INPUT_KEYS = {"image_bands", "dem", "slope", "resolution_m", "scale", "optical", "relief_m",
               "curvature", "roughness_m"}
 MAX_RELIEF_RADII = 16

@@ -30,8 +30,8 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.io.atomic import atomic_path, make_output_dir
 from slidemap.io.modelfile import load_model
+from slidemap.schema.config import RunConfig
 from slidemap.train.adapt import AdaptOptions, adapt_model, block_chunk
-from slidemap.train.config import RunConfig
 from slidemap.train.crossval import (
     confusion_dict,
     confusion_from,

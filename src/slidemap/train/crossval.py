@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
-from slidemap.train.config import RunConfig, with_seed
+from slidemap.schema.config import RunConfig, with_seed
 from slidemap.train.loop import train
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,7 @@ def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: i
 def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
              buffer: int, seed: int, run_dir: Path) -> dict[str, BinaryConfusion]:
     """Train fold ``fold`` (or reuse its finished run) and score its blocks."""
-    fold_config = replace(with_seed(config, seed), train_scenes=(), train_patches=(),
-                          val_scenes=(), val_patches=())
+    fold_config = with_seed(config, seed).without_data()
     _claim(run_dir, {"config": config.to_dict(), "seed": seed, "fold": fold, "buffer": buffer,
                      "blocks": [vars(b) for b in blocks]})
     result = run_dir / "blocks.json"

@@ -17,7 +17,7 @@ from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model
-from slidemap.train.config import RunConfig
+from slidemap.schema.config import RunConfig
 from slidemap.train.loop import train
 from slidemap.train.runfolder import check_run_inputs, run_lock
 from slidemap.train.warmstart import check_compatible

@@ -40,13 +40,14 @@ from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import bundle_of, score_bundle
 from slidemap.infer.runtime import autocast
 from slidemap.io.atomic import make_output_dir, staged
-from slidemap.io.modelfile import ModelBundle, model_paths, save_model
+from slidemap.io.modelfile import ModelBundle, PredictDefaults, model_paths, save_model
 from slidemap.models import count_members, count_parameters
 from slidemap.report.plots import plot_training_curves
+from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
-from slidemap.train.config import RunConfig
+from slidemap.train.checks import check_buildable
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import RUN_FILES, check_run_inputs
@@ -69,6 +70,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                             "slidemap train; fine-tuning and self-training train one network: "
                             "set members: 1")
     ranks = ddp.setup()  # under torchrun: one of WORLD_SIZE data-parallel processes
+    check_buildable(config, f"config {config.source}" if config.source else "config")
     check_run_inputs(out_dir, config)
     _prepare_run_folder(out_dir, resume, overwrite)
     if settings.threads:
@@ -262,9 +264,14 @@ def evaluate_arrays(model: torch.nn.Module, arrays: list[SceneArrays], stats: Ba
     grid, so the kept epoch's line in history.csv is what ``finetune`` and ``study`` report
     (for a float32 model file; ``weights_dtype`` int8 or int4 rounds the stored weights)."""
     bundle = bundle_of(model, config.model.name, config.model.width, config.model.options,
-                       config.inputs, stats, config.predict.threshold, config.predict.defaults)
+                       config.inputs, stats, config.predict.threshold, _predict_defaults(config))
     return score_bundle(bundle, arrays, config.train.precision,
                         config.predict.batch_size).metrics()
+
+
+def _predict_defaults(config: RunConfig) -> PredictDefaults:
+    """What the model file will carry: prediction runs as validation ran."""
+    return PredictDefaults(config.predict.tile, config.predict.overlap, config.predict.scales)
 
 
 def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, path: Path,
@@ -279,7 +286,7 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
                                    if k in scores},
                     "torch": torch.__version__},
         weights_dtype=config.train.weights_dtype,
-        predict=config.predict.defaults, members=count_members(model),
+        predict=_predict_defaults(config), members=count_members(model),
     )
     save_model(bundle, path)
 

@@ -25,7 +25,7 @@ from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.logs import LOGGER, show_messages
 from slidemap.models import ProbabilityAverage
-from slidemap.train.config import RunConfig
+from slidemap.schema.config import RunConfig
 from slidemap.train.loop import train
 from slidemap.train.runfolder import check_run_inputs
 
@@ -62,8 +62,8 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
 
 def member_config(config: RunConfig, index: int) -> RunConfig:
     """Member ``index``'s run: the same recipe, one network, seed ``training.seed + index``."""
-    settings = replace(config.train, seed=config.train.seed + index, members=1)
-    return replace(config, train=settings)
+    settings = config.train.changed(seed=config.train.seed + index, members=1)
+    return config.changed(train=settings)
 
 
 def parallel_members(config: RunConfig) -> int:

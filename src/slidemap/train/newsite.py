@@ -19,7 +19,7 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import load_model
-from slidemap.train.config import RunConfig, parse_config
+from slidemap.schema.config import RunConfig, parse_config
 
 WORKING_M = 2.0  # working resolution of a model trained from scratch (if the image is finer)
 TRAINING = {"batch_size": 8, "tile": 256, "windows_per_epoch": 64, "lr": 0.002,

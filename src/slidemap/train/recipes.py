@@ -20,7 +20,7 @@ from slidemap.data.normalization import STD_FLOOR, BandStats
 from slidemap.data.photometric import colour_jitter, random_scale, zoom_about_centre
 from slidemap.data.scene import IGNORE
 from slidemap.infer.engine import network_runner, predict_array
-from slidemap.train.config import RunConfig
+from slidemap.schema.config import RunConfig
 
 
 class Recipes:
@@ -33,9 +33,7 @@ class Recipes:
     def __init__(self, config: RunConfig, scenes: list[SceneArrays], stats: BandStats) -> None:
         settings = config.train
         self.mixup = settings.mixup
-        # the config turns ``true`` into the default strengths: a dict when on
-        jitter = settings.colour_jitter
-        self.colour_jitter: dict = jitter if isinstance(jitter, dict) else {}
+        self.colour_jitter = settings.jitter
         self.random_scale = settings.random_scale
         self.zoom_context = settings.zoom_context
         self.hard_count = round(settings.hard_examples * settings.windows_per_epoch)
@@ -117,7 +115,7 @@ class Recipes:
         """
         k = self.optical
         raw = np.where(valid, x[:k] * self.std + self.mean, np.nan)
-        jittered = colour_jitter({"image": raw}, rng, **self.colour_jitter)["image"]
+        jittered = colour_jitter({"image": raw}, rng, **(self.colour_jitter or {}))["image"]
         out = x.copy()
         out[:k] = np.nan_to_num((jittered - self.mean) / self.std, nan=0.0)
         return out
@@ -127,7 +125,7 @@ def build_recipes(config: RunConfig, scenes: list[SceneArrays],
                   stats: BandStats) -> Recipes | None:
     """The run's recipes, or None when all are off so that training stays exactly as before."""
     settings = config.train
-    if not (settings.mixup > 0 or settings.colour_jitter or settings.random_scale is not None
+    if not (settings.mixup > 0 or settings.jitter or settings.random_scale is not None
             or settings.hard_examples > 0):
         return None
     return Recipes(config, scenes, stats)

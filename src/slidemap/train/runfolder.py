@@ -6,8 +6,9 @@ import contextlib
 from pathlib import Path
 
 from slidemap.io.atomic import check_outputs, folder_lock
+from slidemap.io.modelfile import model_paths
+from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
-from slidemap.train.config import RunConfig
 
 RUN_FILES = ("checkpoint.safetensors", "model.safetensors", "best.safetensors", "history.csv")
 RUN_OUTPUTS = (*RUN_FILES, "checkpoint.json", "model.json", "best.json", "summary.json",
@@ -17,7 +18,8 @@ RUN_OUTPUTS = (*RUN_FILES, "checkpoint.json", "model.json", "best.json", "summar
 def check_run_inputs(out_dir: Path, config: RunConfig) -> None:
     """Refuse a run folder where an output would replace one of the run's inputs (its config,
     a scene's raster, the model it starts from), with or without ``--overwrite``."""
-    check_outputs([out_dir / name for name in RUN_OUTPUTS], config.input_files(), overwrite=True)
+    inputs = [*config.input_files(), *(model_paths(config.init) if config.init else [])]
+    check_outputs([out_dir / name for name in RUN_OUTPUTS], inputs, overwrite=True)
 
 
 def run_lock(out_dir: Path) -> contextlib.AbstractContextManager:

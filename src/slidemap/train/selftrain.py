@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import predict_arrays, to_native
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import load_model, save_model
-from slidemap.train.config import RunConfig
+from slidemap.schema.config import RunConfig
 from slidemap.train.loop import train
 
 COLUMNS = ("round", "kept_fraction", "pseudo_landslide_fraction", "target_f1", "target_iou",
@@ -91,11 +91,11 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     targets = load_targets(config)
     options = PredictOptions(config.predict.tile, config.predict.overlap,
                              config.predict.batch_size, config.train.precision)
-    round_config = replace(
-        config, loss=settings.loss, selftrain=None,
-        train=replace(config.train, epochs=settings.epochs or config.train.epochs))
+    round_config = config.changed(
+        loss=settings.loss, selftrain=None,
+        train=config.train.changed(epochs=settings.epochs or config.train.epochs))
     rows: list[dict] = []
-    model_path = train(replace(config, selftrain=None), out_dir / "round0", overwrite=overwrite)
+    model_path = train(config.changed(selftrain=None), out_dir / "round0", overwrite=overwrite)
     for number in range(settings.rounds + 1):
         predictor = Predictor([load_model(model_path)], precision=options.precision)
         pseudo, row = pseudo_round(predictor, targets, confident(settings.threshold),
@@ -105,7 +105,7 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
         _write_rounds(rows, out_dir)
         if number == settings.rounds:
             break
-        model_path = train(replace(round_config, init=model_path),
+        model_path = train(round_config.changed(init=model_path),
                            out_dir / f"round{number + 1}", overwrite=overwrite,
                            extra_train=pseudo)
     bundle = load_model(model_path)

@@ -19,6 +19,7 @@ import logging
 import re
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,16 @@ import yaml
 from torch import nn
 
 from slidemap.data.sources import load_arrays
-from slidemap.data.vectors import file_of
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.infer.runtime import autocast, prepare_for_inference
 from slidemap.io.atomic import atomic_path, claim_file
 from slidemap.io.modelfile import ModelBundle, load_model
-from slidemap.models import build_model, count_parameters
-from slidemap.train.config import RunConfig, parse_config, read_yaml
+from slidemap.models import count_parameters
+from slidemap.schema.config import RunConfig, apply_overrides, parse_config, read_yaml
+from slidemap.schema.values import file_of
+from slidemap.train.checks import check_buildable
 from slidemap.train.loop import train
-from slidemap.train.losses import build_loss
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,18 @@ class Study:
     timing: Timing
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, overrides: Iterable[str] = ()) -> Study:
+    """A study file; ``overrides`` (``key.path=value``) change its base run config."""
     path = Path(path)
-    return parse_study(read_yaml(path, "study"), f"study {path}")
+    raw = read_yaml(path, "study")
+    where = f"study {path}"
+    if isinstance(raw.get("base"), str):  # the base as a run config file of its own
+        raw = {**raw, "base": read_yaml(Path(raw["base"]), f"{where} base")}
+    if overrides:
+        if not isinstance(raw.get("base"), dict):
+            raise SlidemapError(f"{where} needs a 'base:' run config for --set")
+        raw = {**raw, "base": apply_overrides(raw["base"], overrides)}
+    return parse_study(raw, where)
 
 
 def parse_study(raw: dict[str, Any], where: str = "study") -> Study:
@@ -96,7 +106,8 @@ def parse_study(raw: dict[str, Any], where: str = "study") -> Study:
         raise SlidemapError(f"{where}: unknown key(s) {unknown}: use base, grid and timing")
     base = raw.get("base")
     if not isinstance(base, dict):
-        raise SlidemapError(f"{where} needs a 'base:' run config (the schema of configs/*.yaml)")
+        raise SlidemapError(f"{where} needs a 'base:' run config (the schema of configs/*.yaml, "
+                            "inline or the path of a config file)")
     grids = raw.get("grid")
     grids = [grids] if isinstance(grids, dict) else grids
     if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
@@ -163,22 +174,28 @@ def _labelled(value: Any, default: dict, key: str, where: str,
         if not LABEL.match(str(label)) or (key == "variants" and label == BASE_VARIANT):
             raise SlidemapError(f"{where}: grid {key} label {label!r} must use only letters, "
                                 "digits, _ . + (and 'base' is the variant without overrides)")
-        if not isinstance(item, dict):
-            raise SlidemapError(f"{where}: grid {key}.{label} must be a mapping")
+        overrides = key == "variants" and isinstance(item, list) and all(
+            isinstance(line, str) for line in item)
+        if not (isinstance(item, dict) or overrides):
+            raise SlidemapError(f"{where}: grid {key}.{label} must be a mapping"
+                                + (" or a list of key.path=value overrides"
+                                   if key == "variants" else ""))
     return {str(k): v for k, v in value.items()}
 
 
 def _run_config(base: dict, name: str, model: str, model_overrides: dict, loss: dict,
-                overrides: dict, seed: int, swapped: bool) -> dict:
+                overrides: dict | list[str], seed: int, swapped: bool) -> dict:
     """Base ← model ← loss ← variant overrides ← seed ← direction.
 
     A model entry's keys replace the base's (``options`` as a whole: they are per architecture),
-    the loss replaces the base loss, and variants merge deeply.
+    the loss replaces the base loss, and variants merge deeply (a mapping) or set keys (a list
+    of ``key.path=value``, as ``--set`` does).
     """
     raw = copy.deepcopy(base)
     raw["model"] = {**(raw.get("model") or {}), **copy.deepcopy(model_overrides), "name": model}
     raw["loss"] = copy.deepcopy(loss)
-    raw = _merge(raw, overrides)
+    raw = _merge(raw, overrides) if isinstance(overrides, dict) \
+        else apply_overrides(raw, overrides)
     raw["training"] = {**(raw.get("training") or {}), "seed": seed}
     if swapped:
         data = raw.get("data") or {}
@@ -201,18 +218,13 @@ def _merge(into: dict, overrides: dict) -> dict:
 def _check_run(run: StudyRun, where: str) -> None:
     """Parse the config, build the loss and the model: errors name the run."""
     where = f"{where} run {run.name}"
-    config = parse_config(run.raw, None)
-    if not (config.val_scenes or config.val_patches):
-        raise SlidemapError(f"{where}: a study scores on held-out data: give base data.val")
     try:
-        build_loss(config.loss)
-        build_model(config.model.name, len(config.inputs.channels), config.model.width,
-                    **config.model.options)
+        config = parse_config(run.raw, None)
     except SlidemapError as exc:
         raise SlidemapError(f"{where}: {exc}") from exc
-    except TypeError as exc:
-        raise SlidemapError(f"{where}: model {config.model.name} does not take options "
-                            f"{config.model.options}: {exc}") from exc
+    if not (config.val_scenes or config.val_patches):
+        raise SlidemapError(f"{where}: a study scores on held-out data: give base data.val")
+    check_buildable(config, where)
 
 
 def _timing(raw: Any, where: str) -> Timing:

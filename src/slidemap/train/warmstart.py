@@ -7,7 +7,7 @@ from __future__ import annotations
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.models import Network, build_network
-from slidemap.train.config import RunConfig
+from slidemap.schema.config import RunConfig
 
 
 def initial_model(config: RunConfig) -> Network:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slidemap.schema.config import load_config
 from slidemap.train.adapt import AdaptOptions
 from slidemap.train.adaptval import measure_adaptation
-from slidemap.train.config import load_config
 from slidemap.train.crossval import run_crossval
 
 
@@ -26,11 +26,12 @@ class CrossvalResult:
 
 def crossval(config: Path, out_dir: Path, baseline: Path | None = None,
              seeds: tuple[int, ...] | None = None,
-             adapt: AdaptOptions | None = None) -> CrossvalResult:
+             adapt: AdaptOptions | None = None,
+             overrides: tuple[str, ...] = ()) -> CrossvalResult:
     """Cross-validate the run config at ``config`` (and ``baseline``'s, on the same blocks);
     ``seeds`` replace the config's ``crossval.seeds``; ``adapt`` also measures scene
     adaptation (``slidemap predict --adapt``) with the held-out blocks as unlabelled targets."""
-    candidate = load_config(config)
+    candidate = load_config(config, overrides)
     summary = run_crossval(candidate, out_dir,
                            load_config(baseline) if baseline is not None else None, seeds)
     adapted = None if adapt is None else measure_adaptation(candidate, out_dir, adapt, seeds)

@@ -11,7 +11,6 @@ from pathlib import Path
 from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, local_files
-from slidemap.data.vectors import file_of, is_vector
 from slidemap.errors import UsageError
 from slidemap.evaluation.raster import score_raster
 from slidemap.infer.options import PredictOptions
@@ -21,6 +20,7 @@ from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import RasterFormat
 from slidemap.report.html import build_report
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
+from slidemap.schema.values import file_of, is_vector
 from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, model_list
 from slidemap.workflows.predict import output_paths
 from slidemap.workflows.report import check_report

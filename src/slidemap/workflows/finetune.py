@@ -3,10 +3,10 @@ config's validation data before and after (``finetune.json``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from slidemap.train.config import load_config, with_seed
+from slidemap.schema.config import load_config, with_seed
 from slidemap.train.finetune import finetune as finetune_run
 
 
@@ -22,13 +22,13 @@ class FinetuneResult:
 
 def finetune(model: Path, config: Path, out_dir: Path, freeze_encoder: bool = False,
              resume: bool = False, overwrite: bool = False,
-             seed: int | None = None) -> FinetuneResult:
+             seed: int | None = None, overrides: tuple[str, ...] = ()) -> FinetuneResult:
     """Train ``model`` on the data of the run config at ``config``; ``freeze_encoder`` (or
     the config's own) trains only the decoder and head."""
-    run_config = with_seed(load_config(config), seed)
-    settings = replace(run_config.train,
-                       freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
-    record = finetune_run(replace(run_config, init=model, train=settings), out_dir,
+    run_config = with_seed(load_config(config, overrides), seed)
+    settings = run_config.train.changed(
+        freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)
+    record = finetune_run(run_config.changed(init=model, train=settings), out_dir,
                           resume=resume, overwrite=overwrite)
     return FinetuneResult(model, Path(record["model"]), record["freeze_encoder"],
                           record["before"], record["after"], out_dir / "finetune.json")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from slidemap.data.vectors import file_of
 from slidemap.io.atomic import check_outputs
+from slidemap.schema.values import file_of
 from slidemap.train.loop import train
 from slidemap.train.newsite import site_config, write_site_config
 from slidemap.train.runfolder import run_lock

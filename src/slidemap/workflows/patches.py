@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +79,10 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     statistics of all patches of the set instead of the model's. No output may replace one of
     ``inputs`` (the model files, and the set's files when ``out_dir`` lies inside it).
     """
-    spec = predictor.spec if scale is None else replace(predictor.spec, scale=scale)
-    if not spec.scale > 0:
-        raise SlidemapError(f"--scale {spec.scale} is not positive: use e.g. 2 to double the size")
+    if scale is not None and not scale > 0:
+        raise SlidemapError(f"--scale {scale} is not positive: use e.g. 2 to double the size")
+    spec = predictor.spec if scale is None else predictor.spec.model_copy(
+        update={"scale": float(scale)})
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
     metrics_path = out_dir / "metrics.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from slidemap.train.config import load_config
+from slidemap.schema.config import load_config
 from slidemap.train.selftrain import selftrain as selftrain_run
 
 
@@ -21,7 +21,8 @@ class SelftrainResult:
         return len(self.rounds) - 1
 
 
-def selftrain(config: Path, out_dir: Path, overwrite: bool = False) -> SelftrainResult:
+def selftrain(config: Path, out_dir: Path, overwrite: bool = False,
+              overrides: tuple[str, ...] = ()) -> SelftrainResult:
     """Self-train as the ``selftrain:`` section of the run config at ``config`` says."""
-    rows = selftrain_run(load_config(config), out_dir, overwrite)
+    rows = selftrain_run(load_config(config, overrides), out_dir, overwrite)
     return SelftrainResult(rows, out_dir / "rounds.md", out_dir / "model.safetensors")

@@ -15,6 +15,6 @@ class StudyResult:
     results: Path  # results.md
 
 
-def study(config: Path, out_dir: Path) -> StudyResult:
+def study(config: Path, out_dir: Path, overrides: tuple[str, ...] = ()) -> StudyResult:
     """Train and score every run of the study YAML at ``config`` into ``out_dir``."""
-    return StudyResult(run_study(load_study(config), out_dir), out_dir / "results.md")
+    return StudyResult(run_study(load_study(config, overrides), out_dir), out_dir / "results.md")

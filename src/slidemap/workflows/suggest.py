@@ -9,12 +9,12 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from slidemap.data.vectors import file_of
 from slidemap.errors import SlidemapError
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor
 from slidemap.infer.suggest import suggest_boxes, write_boxes
 from slidemap.io.atomic import check_outputs, make_output_dir
+from slidemap.schema.values import file_of
 from slidemap.workflows.inputs import ModelArg, model_files, model_list
 
 

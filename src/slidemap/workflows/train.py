@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from slidemap.train.config import RunConfig, load_config, with_seed
+from slidemap.schema.config import RunConfig, load_config, with_seed
 from slidemap.train.finetune import finetune
 from slidemap.train.loop import train
 from slidemap.train.members import train_members
@@ -19,11 +19,12 @@ class TrainResult:
 
 
 def train_config(config: Path, out_dir: Path, resume: bool = False, overwrite: bool = False,
-                 seed: int | None = None) -> TrainResult:
-    """Train as the YAML run config at ``config`` says (``seed`` replaces its
-    ``training.seed``)."""
-    return TrainResult(out_dir, train_run(with_seed(load_config(config), seed), out_dir,
-                                          resume=resume, overwrite=overwrite))
+                 seed: int | None = None, overrides: tuple[str, ...] = ()) -> TrainResult:
+    """Train as the YAML run config at ``config`` says, with ``overrides`` (``KEY=VALUE``)
+    applied (``seed`` replaces its ``training.seed``)."""
+    run_config = with_seed(load_config(config, overrides), seed)
+    return TrainResult(out_dir, train_run(run_config, out_dir, resume=resume,
+                                          overwrite=overwrite))
 
 
 def train_run(config: RunConfig, out_dir: Path, resume: bool = False,

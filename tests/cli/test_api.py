@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_recipes import tiny_raw
+from factories import tiny_run
 
 from slidemap import api
 
@@ -40,7 +40,7 @@ def test_predict_and_evaluate_take_str_paths(tiny_scene: dict[str, Path], tiny_m
 def test_train_and_store_weights_take_str_paths(tiny_scene: dict[str, Path],
                                                 tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(tiny_raw(tiny_scene, epochs=1)))
+    config.write_text(yaml.safe_dump(tiny_run(tiny_scene, epochs=1)))
     trained = api.train(str(config), str(tmp_path / "run"), seed=1)
     assert trained == api.TrainResult(tmp_path / "run", tmp_path / "run" / "model.safetensors")
     stored = api.store_weights(str(trained.model), str(tmp_path / "small"), "float16")

@@ -1,0 +1,28 @@
+"""The --set arguments of one cross-region run: ``overrides.py RECIPE DIRECTION`` prints them one
+per line (for ``mapfile`` in run.sh); :func:`overrides` gives them to Python (the tests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).parent
+BASE = HERE / "base.yaml"
+RECIPES = HERE / "recipes.yaml"
+
+
+def overrides(recipe: str, direction: str) -> list[str]:
+    """``key.path=value`` overrides of base.yaml for ``recipe`` trained in ``direction``
+    (``A_score_B`` or ``B_score_A``)."""
+    spec = yaml.safe_load(RECIPES.read_text())
+    train, score = direction[0], direction[-1]
+    entry = spec["recipes"][recipe]
+    name = entry["name"].format(train=train, score=score)
+    return [*spec["directions"][direction], f"name={name}", *entry["set"]]
+
+
+if __name__ == "__main__":
+    for item in overrides(sys.argv[1], sys.argv[2]):
+        print(f"--set\n{item}")

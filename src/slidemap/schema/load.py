@@ -1,0 +1,91 @@
+"""Reading a run config: YAML file, ``--set`` overrides, then the schema, in that order.
+
+Overrides are applied to the YAML mapping before validation, so an override is checked exactly
+as the same key in the file would be, and an unknown key is refused the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from slidemap.errors import SlidemapError
+from slidemap.schema.errors import validated
+from slidemap.schema.run import RunConfig
+from slidemap.schema.yamlfile import parse_value, read_yaml
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Parse a run config, with ``key.path=value`` overrides; relative data paths are taken from
+    the current directory."""
+    path = Path(path)
+    return parse_config(apply_overrides(read_yaml(path), overrides), path)
+
+
+def parse_config(raw: Mapping[str, Any], path: Path | None = None) -> RunConfig:
+    """``raw`` (a YAML mapping) as a checked :class:`RunConfig`; errors name ``path``."""
+    where = f"config {path}" if path else "config"
+    if not isinstance(raw, Mapping):
+        raise SlidemapError(f"{where} must be a YAML mapping (key: value lines)")
+    if "data" not in raw:
+        raise SlidemapError(f"{where} has no 'data:' section: add it (see configs/)")
+    named = {"name": path.stem if path else "run", **raw}
+    if named["name"] is not None and not isinstance(named["name"], str):
+        named["name"] = str(named["name"])  # a run named 2024 is the string "2024"
+    config = validated(RunConfig, named, where)
+    config._source = path
+    return config
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str | tuple[str, Any]]
+                    ) -> dict[str, Any]:
+    """A copy of ``raw`` with every override set: ``"training.lr=4e-3"`` (the value is YAML) or
+    ``("training.lr", 0.004)``; intermediate mappings are created as needed."""
+    out = copy.deepcopy(dict(raw))
+    for override in overrides:
+        key, value = parse_override(override) if isinstance(override, str) else override
+        set_key(out, key, value)
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` as (key path, YAML value)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SlidemapError(f"--set {text!r} must be key.path=value, e.g. --set training.lr=4e-3")
+    return key, parse_value(value, f"--set {key}")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in the nested mapping ``raw``."""
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            above = ".".join(parts[:depth + 1])
+            raise SlidemapError(f"--set {key}: {above} is not a mapping in the config (it is "
+                                f"{child!r}): set {above} itself")
+        node = child
+    node[parts[-1]] = value
+
+
+def with_seed(config: RunConfig, seed: int | None) -> RunConfig:
+    """``config`` with another ``training.seed`` (the same recipe, another draw); as it is for
+    None."""
+    if seed is None:
+        return config
+    return config.changed(training={**dict(config.training), "seed": seed})
+
+
+def json_schema() -> str:
+    """The JSON Schema of a run config, as editors read it (``configs/slidemap.schema.json``)."""
+    schema = RunConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,648 @@
+"""A training run as a typed document: the schema of ``configs/*.yaml``.
+
+Every section is a frozen pydantic model that refuses unknown keys and checks types and ranges
+when the file is read, so a run fails before its data loads and a study before its first run.
+The descriptions are the documentation: configs/README.md's key table and the JSON Schema that
+editors read (``slidemap config-schema``) are generated from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import Self
+
+from slidemap.schema.errors import validated
+from slidemap.schema.inputs import InputSpec, Number
+from slidemap.schema.values import (
+    BAND_NAMES,
+    DEFAULT_BANDS,
+    LOSS_NAMES,
+    MAX_SCALES,
+    MAX_SEED,
+    MAX_TILE,
+    MAX_TRAIN_TILE,
+    MIN_TILE,
+    MIN_TRAIN_TILE,
+    SCALE_RANGE,
+    ModelName,
+    Precision,
+    Select,
+    SplitPart,
+    WeightsDtype,
+    band_indexes,
+    is_vector,
+    l4s_inputs,
+)
+
+Fraction = Annotated[Number, Field(ge=0, le=1)]
+Positive = Annotated[StrictInt, Field(ge=1)]
+
+
+def _known_losses(spec: dict[str, Any]) -> dict[str, Any]:
+    unknown = [name for name in spec if name not in LOSS_NAMES]
+    if unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r}: choose from {', '.join(LOSS_NAMES)}")
+    return spec
+
+
+# Loss name -> its weight, or its options with an optional ``weight`` (checked by build_loss).
+# Keys are plain text for the training code; the schema tells editors the names.
+LossSpec = Annotated[dict[str, Number | dict[str, Any]], AfterValidator(_known_losses), Field(
+    min_length=1, json_schema_extra={"propertyNames": {"enum": list(LOSS_NAMES)}})]
+
+
+def _bce_dice() -> dict[str, float | dict[str, Any]]:
+    return {"bce": 1.0, "dice": 1.0}
+
+
+def _soft_ce() -> dict[str, float | dict[str, Any]]:
+    return {"soft_ce": 1.0}
+
+
+class Section(BaseModel):
+    """Frozen and strict about keys: a typo is an error, not a silently ignored setting."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def changed(self, **fields: Any) -> Self:
+        """A copy with ``fields`` replaced, checked like a config file's values."""
+        return validated(type(self), {**dict(self), **fields}, type(self).__name__)
+
+
+def _named(value: Any) -> Any:
+    """An empty string is no file (``Path("")`` would be the current folder)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must be a path, not empty")
+    return value
+
+
+FilePath = Annotated[Path, BeforeValidator(_named)]
+
+
+# -- data ----------------------------------------------------------------------------------------
+class SceneSource(Section):
+    """One scene: image, optional DEM, labels (optional for targets): a label raster (0/1, 255
+    ignore) or landslide polygons, and optionally the polygons of the area labelled (aoi).
+    Relative paths are taken from the current directory."""
+
+    image: FilePath = Field(description="the image raster (any GDAL raster)")
+    mask: FilePath | None = Field(default=None, description=(
+            "a label raster (0, 1 landslide, 255 ignore; any grid or CRS), or a vector file of "
+            "landslide polygons (`.gpkg`, `.geojson`, `.shp`, …; any CRS), rasterised window by "
+            "window onto the image grid at the centres of its (working-resolution) pixels; a "
+            "GeoPackage of several layers as `FILE.gpkg|layername=NAME` (the QGIS spelling)"))
+    dem: FilePath | None = Field(default=None, description="the DEM raster (any grid or CRS)")
+    aoi: FilePath | None = Field(default=None, description=(
+            "polygons of the area that was labelled (a vector file, any CRS): inside, pixels in "
+            "a landslide polygon are 1 and the rest 0; outside, 255 (ignored). Without `aoi`, "
+            "every valid image pixel outside the polygons is background, so the polygons must "
+            "cover every landslide of the scene. Also restricts a label raster; `null`: the "
+            "whole image"))
+
+    @field_validator("aoi")
+    @classmethod
+    def _aoi_is_vector(cls, value: Path | None) -> Path | None:
+        if value is not None and not is_vector(value):
+            raise ValueError("must be a vector file of polygons (.gpkg, .geojson, .shp)")
+        return value
+
+
+class LabelledScene(SceneSource):
+    """A training or validation scene: its labels are required."""
+
+    mask: FilePath = Field(description=SceneSource.model_fields["mask"].description)
+
+
+class Split(Section):
+    """A seeded draw of ``count`` patches: ``part: train`` keeps them, ``part: rest`` the others."""
+
+    count: Positive = Field(description="patches drawn")
+    seed: StrictInt = Field(default=0, description="seed of the draw")
+    part: SplitPart = Field(default="train", description=(
+        "train: keep the drawn patches; rest: all the others, so train and val can split one "
+        "folder without overlap"))
+
+
+@dataclass(frozen=True)
+class PatchSource:
+    """A patch set in a run config, and which of its patches to use (all by default)."""
+
+    kind: Literal["patches", "l4s"]
+    root: Path
+    names: tuple[str, ...] | None = None
+    split: Split | None = None
+    bands: tuple[str, ...] | None = None  # Landslide4Sense band names
+    pixel_size: float | None = None  # metres, for slope from DEMs without georeference
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {self.kind: str(self.root)}
+        if self.names is not None:
+            out["names"] = list(self.names)
+        if self.split is not None:
+            out["split"] = self.split.model_dump()
+        if self.bands is not None:
+            out["bands"] = list(self.bands)
+        if self.pixel_size is not None:
+            out["pixel_size"] = self.pixel_size
+        return out
+
+
+PatchNames = Annotated[tuple[str | int, ...], Field(min_length=1)]  # YAML reads 10009 as a number
+
+
+class _PatchItem(Section):
+    names: PatchNames | None = Field(default=None, description=(
+            "only these patches (file stems, e.g. `[10009, 10013]` or `[image_3]`); `null`: all"))
+    split: Split | None = Field(default=None, description=(
+            "a seeded draw: `{count: 10, seed: 0, part: train}` keeps `count` patches drawn with"
+            " `seed`, `part: rest` keeps all the others, so train and val can split one folder "
+            "without overlap. Not with `names`; `null`: all"))
+
+    @model_validator(mode="after")
+    def _names_or_split(self) -> _PatchItem:
+        if self.names is not None and self.split is not None:
+            raise ValueError("give either names or split, not both")
+        return self
+
+    def _names(self) -> tuple[str, ...] | None:
+        return None if self.names is None else tuple(str(n) for n in self.names)
+
+
+class PatchFolder(_PatchItem):
+    """A patch folder: ``images/`` + ``masks/`` (+ ``dem/``), or the Bijie layout; every patch
+    is used like a small scene."""
+
+    patches: FilePath = Field(description=(
+            "a patch folder (`images/` + `masks/` (+ `dem/`), or the Bijie layout): every patch "
+            "is used like a small scene, whole if smaller than `training.tile`"))
+    pixel_size: Annotated[Number, Field(gt=0)] | None = Field(
+        default=None, description=("patches only: pixel size in metres, for slope from DEMs "
+                                   "without georeference; `null`: from the DEM"))
+
+    def source(self) -> PatchSource:
+        return PatchSource("patches", self.patches, self._names(), self.split,
+                           pixel_size=self.pixel_size)
+
+
+class L4SSet(_PatchItem):
+    """A Landslide4Sense split (``img/image_N.h5`` + ``mask/mask_N.h5``, or one .h5 per patch)."""
+
+    l4s: FilePath = Field(description=("a Landslide4Sense split (`img/image_N.h5` + "
+                                   "`mask/mask_N.h5`, or one `.h5` per patch)"))
+    bands: Annotated[tuple[str, ...], Field(min_length=1)] | None = Field(
+        default=None, description=("l4s only: band names, e.g. `[B2, B3, B4, B8, slope, dem]`; "
+                                   "they set the inputs (optical bands as `image_bands` 1–12 of "
+                                   "the 14-channel stack, `slope`/`dem` as flags) unless "
+                                   "`inputs` gives them. Without either: `[B2, B3, B4, B8, "
+                                   "slope, dem]`. All sets must build the same channels"))
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if value is None else tuple(BAND_NAMES[i] for i in band_indexes(value))
+
+    def source(self) -> PatchSource:
+        return PatchSource("l4s", self.l4s, self._names(), self.split, bands=self.bands)
+
+
+def _item_kind(item: Any) -> str | None:
+    """Which kind of data item ``item`` is, by the key that names its source."""
+    if isinstance(item, dict):
+        if "patches" in item and "l4s" in item:
+            return None
+        return "PatchFolder" if "patches" in item else "L4SSet" if "l4s" in item else "Scene"
+    if isinstance(item, SceneSource):
+        return "Scene"
+    if isinstance(item, PatchFolder | L4SSet):
+        return type(item).__name__
+    return None
+
+
+DISCRIMINATOR = Discriminator(_item_kind, custom_error_type="data_item",
+                              custom_error_message="every item is a scene (image, mask, dem, aoi) "
+                              "or a patch set (patches: or l4s:, not both)")
+# Tags are class-like names, so that error messages leave them out of the key path.
+LabelledItem = Annotated[Annotated[LabelledScene, Tag("Scene")] | Annotated[
+    PatchFolder, Tag("PatchFolder")] | Annotated[L4SSet, Tag("L4SSet")], DISCRIMINATOR]
+TargetItem = Annotated[Annotated[SceneSource, Tag("Scene")] | Annotated[
+    PatchFolder, Tag("PatchFolder")] | Annotated[L4SSet, Tag("L4SSet")], DISCRIMINATOR]
+
+
+def _scenes(items: tuple[Any, ...]) -> tuple[SceneSource, ...]:
+    return tuple(SceneSource(**item.model_dump()) if type(item) is LabelledScene else item
+                 for item in items if isinstance(item, SceneSource))
+
+
+def _patches(items: tuple[Any, ...]) -> tuple[PatchSource, ...]:
+    return tuple(item.source() for item in items if isinstance(item, PatchFolder | L4SSet))
+
+
+class Data(Section):
+    """Where training and validation pixels come from."""
+
+    train: Annotated[tuple[LabelledItem, ...], Field(min_length=1)] = Field(
+        description=("list of scenes, each `image`, `mask` and optionally `dem` (any grid or "
+                     "CRS) and `aoi`, and/or patch sets (below)"))
+    val: tuple[LabelledItem, ...] = Field(default=(), description=(
+            "scenes and patch sets scored after every epoch; the epoch with the best F1 on them "
+            "becomes `model.safetensors` (without them, training loss decides)"))
+
+
+# -- sections ------------------------------------------------------------------------------------
+class ModelSettings(Section):
+    """The architecture and its size."""
+
+    name: ModelName = Field(default="unet", description=(
+            "architecture: `slidemap models` lists them"))
+    width: Positive = Field(default=16, description=(
+            "channels of the first stage (doubling per level)"))
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+            "architecture keyword arguments, e.g. `{depth: 3}`; for `fusion` also "
+            "`elevation_channels` (the last k input channels read by the elevation encoder; "
+            "default 2, or 1 for a single extra channel) and `instance_norm_levels` (0–depth + "
+            "1: the optical encoder's finest levels use instance-batch norm, IBN-a, against "
+            "changes of brightness and contrast between scenes; 0 by default, tried in "
+            "`models/README.md`)"))
+
+
+class ColourJitter(Section):
+    """Strengths of random brightness, contrast and saturation changes of the optical bands, and
+    the probability of a brightness inversion."""
+
+    brightness: Fraction = 0.0
+    contrast: Fraction = 0.0
+    saturation: Fraction = 0.0
+    invert: Fraction = 0.0
+
+
+JITTER_DEFAULT = ColourJitter(brightness=0.2, contrast=0.2, saturation=0.2)
+ZoomRange = tuple[Annotated[Number, Field(gt=0)], Annotated[Number, Field(gt=0)]]
+
+
+class TrainSettings(Section):
+    """How the network is trained (``training:``)."""
+
+    epochs: Annotated[StrictInt, Field(ge=1, le=100_000)] = Field(default=30, description=(
+            "epochs"))
+    batch_size: Annotated[StrictInt, Field(ge=1, le=4096)] = Field(default=8, description=(
+            "windows per step"))
+    tile: Annotated[StrictInt, Field(ge=MIN_TRAIN_TILE, le=MAX_TRAIN_TILE)] = Field(
+        default=256, description="window size in working pixels")
+    windows_per_epoch: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = Field(
+        default=128, description=("random windows per epoch, drawn anew each epoch from (seed, "
+                                  "epoch)"))
+    lr: Annotated[Number, Field(gt=0, le=10)] = Field(
+        default=2e-3, description="peak learning rate of the one-cycle cosine schedule (AdamW)")
+    weight_decay: Annotated[Number, Field(ge=0, le=10)] = Field(default=1e-4, description=(
+            "AdamW weight decay"))
+    min_valid: Fraction = Field(default=0.25, description=(
+            "least fraction of labelled pixels a window must hold"))
+    augment: StrictBool = Field(default=True, description=(
+            "random flips and 90° rotations"))
+    precision: Precision = Field(default="bf16", description=(
+            "`bf16` autocast (fast on CPU) or `fp32`"))
+    threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = Field(
+        default=None, description="CPU threads for torch; `null`: torch's default")
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] = Field(
+        default=0, description="seeds weights, windows, augmentation and the recipes below")
+    mixup: Annotated[Number, Field(ge=0)] = Field(default=0.0, description=(
+            "mixup α: each batch's tiles are blended pairwise with λ ~ Beta(α, α); targets "
+            "become soft, a pixel stays valid only where both tiles are valid. 0.2–0.4 is usual;"
+            " `0`: off"))
+    colour_jitter: StrictBool | ColourJitter = Field(
+        default=False, description=("random brightness, contrast and saturation of the optical "
+                                    "bands only, in raw units; DEM and slope untouched. `true` ="
+                                    " ±20 % each, or strengths per key, e.g. `{brightness: 0.4, "
+                                    "contrast: 0.4, saturation: 0.2}`; `invert: p` also mirrors "
+                                    "the luma about the window's mean in a fraction p of the "
+                                    "windows (bright ground turns dark, band differences kept)"))
+    random_scale: ZoomRange | None = Field(default=None, description=(
+            "`[low, high]`: zoom every window by a factor drawn in that range, all channels and "
+            "labels alike; zooming out leaves a border that is ignored by the loss. e.g. `[0.8, "
+            "1.25]`; `null`: off"))
+    zoom_context: StrictBool = Field(default=False, description=(
+            "with `random_scale`: cut each window from ground `1 / factor` times its side and "
+            "resample it onto the tile, so a zoom-out shows real surroundings instead of an "
+            "ignored border"))
+    hard_examples: Fraction = Field(default=0.0, description=(
+            "fraction of each epoch's windows drawn where the model is wrong: from epoch 2 on, "
+            "the model predicts the training scenes at the start of the epoch and a window is "
+            "drawn with probability ∝ the summed |p − label| inside it; the rest stay uniform; "
+            "`0`: off"))
+    select: Select = Field(default="best", description=(
+            "which epoch becomes `model.safetensors`: `best` by validation F1, or `last` (no "
+            "selection on the validation scenes, so their figures remain an honest estimate on "
+            "unseen ground)"))
+    freeze_encoder: StrictBool = Field(default=False, description=(
+            "with `init`: train all but `model.encoder` (no gradients; its batch norms keep "
+            "their statistics). Architectures without an encoder (segformer, fusion) are refused"))
+    encoder_lr: Fraction = Field(default=1.0, description=(
+            "the encoder's peak learning rate as a fraction of `lr` (its own AdamW group on the "
+            "same one-cycle schedule), e.g. `0.1` with `init` so a pretrained encoder moves less"
+            " than the decoder while a few tiles fine-tune it (`benchmarks/rgb_sites/`). "
+            "Architectures without an encoder (segformer, fusion) are refused"))
+    weights_dtype: WeightsDtype = Field(default="float32", description=(
+            "how `model.safetensors` stores its weights: `float16` halves the file (rounding "
+            "~1e-3 relative per weight), `int8` quarters it (each kernel as whole numbers "
+            "−127…127 times one scale per output channel; biases and BatchNorm stay float32); "
+            "`int4` stores kernels of 2^18 weights or more (a network's deepest layers, most of "
+            "its weights) in 4 bits, two to a byte, and the rest as `int8`; always loaded as "
+            "float32. `slidemap export MODEL --weights int8 --out SMALL` converts a trained "
+            "model"))
+    average_from: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None, description=("from this epoch on, the weights after every optimiser step "
+                                   "are averaged (SWA, dense as in SWAD) and the average becomes"
+                                   " `model.safetensors`, with BatchNorm statistics estimated "
+                                   "again on one more epoch's training windows; needs `select: "
+                                   "last`. The checkpoint keeps the running average, so "
+                                   "`--resume` ends with the same file; `null`: off"))
+    members: Positive = Field(default=1, description=(
+            "train that many networks (seeds `seed`, `seed + 1`, …) side by side in separate "
+            "processes at `training.threads` each (all at once while that asks at most two "
+            "threads per core, so three single-threaded members share two cores rather than wait"
+            " for a second round; beyond that one per `threads` cores), into `OUT/member-K/`, "
+            "and save them as one `OUT/model.safetensors` that averages their probabilities (an "
+            "ensemble in one file, `members` in its sidecar). Member 0 reports to the terminal, "
+            "the others to `member-K/train.log`. `slidemap train` only: fine-tuning and self-"
+            "training train one network"))
+
+    @field_validator("colour_jitter")
+    @classmethod
+    def _jitter_default(cls, value: bool | ColourJitter) -> bool | ColourJitter:
+        return JITTER_DEFAULT if value is True else value
+
+    @field_validator("random_scale")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError("random_scale must be [low, high] with 0 < low <= high, e.g. "
+                             "[0.8, 1.25]")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSettings:
+        if self.average_from is not None:
+            if self.average_from > self.epochs:
+                raise ValueError(f"training.average_from must be an epoch from 1 to "
+                                 f"{self.epochs}, got {self.average_from}")
+            if self.select != "last":
+                raise ValueError("training.average_from averages the weights up to the last "
+                                 "epoch: set training.select: last")
+        if self.zoom_context and self.random_scale is None:
+            raise ValueError("training.zoom_context needs training.random_scale: [low, high], "
+                             "the range of zoom factors")
+        return self
+
+    @property
+    def jitter(self) -> dict[str, float] | None:
+        """The colour jitter's strengths as keyword arguments, or None when it is off."""
+        return self.colour_jitter.model_dump() if isinstance(self.colour_jitter, ColourJitter) \
+            else None
+
+
+class PredictSettings(Section):
+    """The prediction defaults the model file carries; validation during training predicts as
+    that file will be run."""
+
+    tile: Annotated[StrictInt, Field(ge=MIN_TILE, le=MAX_TILE)] = Field(
+        default=256, description=("window size for validation (and the hard-example error maps);"
+                                  " stored in the model file as the window size `predict` uses "
+                                  "unless given `--tile`"))
+    overlap: Annotated[StrictInt, Field(ge=0)] = Field(default=64, description=(
+            "overlap between validation windows, blended; stored in the model file like `tile`"))
+    batch_size: Positive = Field(default=8, description=(
+            "windows per model call in validation"))
+    scales: Annotated[tuple[Annotated[Number, Field(ge=SCALE_RANGE[0], le=SCALE_RANGE[1])], ...],
+                      Field(min_length=1, max_length=MAX_SCALES)] = Field(
+        default=(1.0,), description=(
+            "stored in the model file: `predict` and `evaluate` predict every window at each of "
+            "these scales and average the probabilities (e.g. `[1.0, 0.5]`: also shrunk to half "
+            "its side, a coarser view that transfers better to new ground, see "
+            "`models/README.md`); `--scales` overrides. Validation during training predicts as "
+            "the model file will (these scales, `tile`, `overlap`)"))
+    threshold: Annotated[Number, Field(gt=0, lt=1)] = Field(
+        default=0.5, description=("stored in the model file: the probability above which a pixel"
+                                  " is mapped as landslide (`predict`, `evaluate`, the "
+                                  "inventory); `--threshold` overrides. Validation during "
+                                  "training scores at it too"))
+
+    @field_validator("scales")
+    @classmethod
+    def _distinct(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("scales must be distinct")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> PredictSettings:
+        if self.overlap >= self.tile:
+            raise ValueError(f"predict.overlap must be smaller than the tile ({self.tile})")
+        return self
+
+
+class SelfTrainSettings(Section):
+    """Pseudo-label rounds on unlabelled target data (``selftrain:``)."""
+
+    target: Annotated[tuple[TargetItem, ...], Field(min_length=1)] = Field(
+        description=("for `slidemap selftrain`: unlabelled target data, scenes (`image`, "
+                     "optional `dem`, optional `mask` used only to report figures) and/or patch "
+                     "sets as in `data` (masks, if present, only for figures)"))
+    rounds: Positive = Field(default=3, description=(
+            "pseudo-label rounds after round 0 (the run config as is, on the labelled source)"))
+    threshold: Annotated[Number, Field(ge=0.5, le=1)] = Field(
+        default=0.7, description=("t in [0.5, 1]: target pixels with p ≥ t become landslide, p ≤"
+                                  " 1 − t background, the rest is ignored (255)"))
+    loss: LossSpec = Field(default_factory=_soft_ce,
+                           description=(
+            "loss of the pseudo-label rounds (e.g. `{soft_ce: {smoothing: 0.1}, dice: 1}`)"))
+    epochs: Positive | None = Field(default=None, description=(
+            "epochs per pseudo-label round; every round starts from the previous round's model; "
+            "`null`: `training.epochs`"))
+
+    @property
+    def target_scenes(self) -> tuple[SceneSource, ...]:
+        return _scenes(self.target)
+
+    @property
+    def target_patches(self) -> tuple[PatchSource, ...]:
+        return _patches(self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": _sources_dict(self.target_scenes, self.target_patches),
+                "rounds": self.rounds, "threshold": self.threshold, "loss": self.loss,
+                "epochs": self.epochs}
+
+
+class CrossvalSettings(Section):
+    """Spatial cross-validation (``crossval:``, see ``slidemap.evaluation.folds``)."""
+
+    blocks: tuple[Positive, Positive] = Field(default=(2, 2), description=(
+            "for `slidemap crossval`: rows × columns of blocks per scene of `data.train`, cut at"
+            " quantiles of the labelled pixels so that each block holds about the same labelled "
+            "ground"))
+    folds: Annotated[StrictInt, Field(ge=2)] = Field(default=4, description=(
+            "blocks are dealt to this many folds in turn (scene by scene, row by row); one "
+            "training per fold and seed"))
+    buffer: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        default=None, description=("working px around a fold's blocks that its training never "
+                                   "sees (labels ignored, inputs blanked); `null` = "
+                                   "`training.tile`, one training window, the least allowed"))
+    seeds: Annotated[tuple[StrictInt, ...], Field(min_length=1)] = Field(
+        default=(0, 1), description=(
+            "seeds every fold is trained with (`--seeds` overrides)"))
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be distinct")
+        return value
+
+
+# -- the run -------------------------------------------------------------------------------------
+class RunConfig(Section):
+    """A training run: data, inputs, model, loss, training, prediction defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid",
+                              json_schema_extra={"title": "slidemap run config"})
+
+    name: str = Field(default="run", description=(
+            "run name, kept in the model's provenance (default: the config's file name)"))
+    data: Data = Field(description="training and validation data")
+    selftrain: SelfTrainSettings | None = Field(default=None, description="for slidemap selftrain")
+    inputs: InputSpec = Field(default_factory=dict, validate_default=True,  # type: ignore[arg-type]
+                              description="the model's input channels")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="the architecture")
+    loss: LossSpec = Field(default_factory=_bce_dice,
+                           description=(
+            "weighted sum of losses, `name: weight` or `name: {weight: w, option: value}`; "
+            "names: bce, wbce, wce, focal, dice, lovasz, ohem, soft_ce"))
+    training: TrainSettings = Field(default_factory=TrainSettings, description="training")
+    predict: PredictSettings = Field(default_factory=PredictSettings,
+                                     description="prediction defaults stored in the model file")
+    init: FilePath | None = Field(default=None, description=(
+            "a model file to start from (fine-tuning): same `model` and the same input channels,"
+            " else a one-line error. With `init`, `slidemap train` also writes `finetune.json` "
+            "(figures on `data.val` before and after), as `slidemap finetune` does; `null`: none"))
+    crossval: CrossvalSettings = Field(default_factory=CrossvalSettings,
+                                       description="for slidemap crossval")
+    _source: Path | None = PrivateAttr(None)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs_from_l4s_bands(cls, value: Any, info: Any) -> Any:
+        """Channels named by Landslide4Sense ``bands:`` become the inputs unless ``inputs``
+        gives them."""
+        if not isinstance(value, dict) or {"image_bands", "dem", "slope"} & set(value):
+            return value
+        sets = _l4s_sets(info.data)
+        return {**value, **l4s_inputs(sets[0].bands or DEFAULT_BANDS)} if sets else value
+
+    @model_validator(mode="after")
+    def _same_channels(self) -> RunConfig:
+        """Every Landslide4Sense set's bands must build the model's channels."""
+        for source in _l4s_sets({"data": self.data, "selftrain": self.selftrain}):
+            if source.bands is None:
+                continue
+            named = self.inputs.model_copy(update=l4s_inputs(source.bands))
+            if named != self.inputs:
+                raise ValueError(f"l4s {source.root} bands {list(source.bands)} build other "
+                                 f"channels than the inputs {self.inputs.channels}: give every "
+                                 "set the same bands, or drop bands to use inputs")
+        return self
+
+    def changed(self, **fields: Any) -> Self:
+        """A copy with ``fields`` replaced (``train`` is ``training``), checked like a config
+        file's values; it keeps the file it was read from."""
+        if "train" in fields:
+            fields["training"] = fields.pop("train")
+        where = f"config {self._source}" if self._source else "config"
+        copy = validated(type(self), {**dict(self), **fields}, where)
+        copy._source = self._source
+        return copy
+
+    def without_data(self) -> RunConfig:
+        """The same recipe with no scenes or patch sets: a cross-validation fold brings its
+        training arrays itself (cut from the scenes' blocks)."""
+        copy = self.model_copy(update={"data": Data.model_construct(train=(), val=())})
+        copy._source = self._source
+        return copy
+
+    @property
+    def source(self) -> Path | None:
+        """The file the config was read from (None when built in code)."""
+        return self._source
+
+    @property
+    def train(self) -> TrainSettings:
+        return self.training
+
+    @property
+    def train_scenes(self) -> tuple[SceneSource, ...]:
+        return _scenes(self.data.train)
+
+    @property
+    def val_scenes(self) -> tuple[SceneSource, ...]:
+        return _scenes(self.data.val)
+
+    @property
+    def train_patches(self) -> tuple[PatchSource, ...]:
+        return _patches(self.data.train)
+
+    @property
+    def val_patches(self) -> tuple[PatchSource, ...]:
+        return _patches(self.data.val)
+
+    def input_files(self) -> list[Path]:
+        """Every file the run reads by name besides the files of ``init`` (its config, its
+        scenes' rasters): no output of the run may replace one."""
+        scenes = (*self.train_scenes, *self.val_scenes,
+                  *(self.selftrain.target_scenes if self.selftrain else ()))
+        files = [self.source, *(p for s in scenes for p in (s.image, s.mask, s.dem, s.aoi))]
+        return [p for p in files if p is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view for provenance records."""
+        out = {
+            "name": self.name, "train": _sources_dict(self.train_scenes, self.train_patches),
+            "val": _sources_dict(self.val_scenes, self.val_patches),
+            "inputs": self.inputs.to_dict(), "model": self.model.model_dump(), "loss": self.loss,
+            "training": self.training.model_dump(), "predict": self.predict.model_dump(),
+        }
+        if self.init is not None:
+            out["init"] = str(self.init)
+        if self.selftrain is not None:
+            out["selftrain"] = self.selftrain.to_dict()
+        if self.crossval != CrossvalSettings():
+            out["crossval"] = self.crossval.model_dump()
+        return out
+
+
+def _l4s_sets(fields: dict[str, Any]) -> list[PatchSource]:
+    data, selftrain = fields.get("data"), fields.get("selftrain")
+    patches = [*(_patches(data.train) + _patches(data.val) if data is not None else ()),
+               *(selftrain.target_patches if selftrain is not None else ())]
+    return [p for p in patches if p.kind == "l4s"]
+
+
+def _sources_dict(scenes: tuple[SceneSource, ...], patches: tuple[PatchSource, ...]
+                  ) -> list[dict[str, Any]]:
+    return [{k: (str(v) if v is not None else None) for k, v in s.model_dump().items()}
+            for s in scenes] + [p.to_dict() for p in patches]
