@@ -19,9 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from slidemap.api import DEFAULT_MODEL  # the shipped default, whichever it is
+
 REPO = Path(__file__).resolve().parents[1]
 SCENE = REPO.parent / "shared" / "data" / "jinsha" / "region_B_image.tif"
-DEFAULT_MODEL = REPO / "models" / "slidemap-jinsha-fusion.safetensors"
 
 
 def peak_mb() -> float:

@@ -26,9 +26,10 @@ from xml.sax.saxutils import escape
 
 import rasterio
 
+from slidemap.api import DEFAULT_MODEL  # the shipped default, whichever it is
+
 REPO = Path(__file__).resolve().parents[1]
 JINSHA = REPO.parent / "shared" / "data" / "jinsha"
-DEFAULT_MODEL = REPO / "models" / "slidemap-jinsha-fusion.safetensors"
 CONFIGS = {
     "bf16": ["--precision", "bf16"],
     "fp32": ["--precision", "fp32"],

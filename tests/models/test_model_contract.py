@@ -8,7 +8,6 @@ contract) still load.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -151,8 +150,8 @@ def test_finetune_with_a_frozen_encoder_works_on_every_architecture(
                        tmp_path / "start")
     config = load_config(run_config(tmp_path, tiny_scene, {"name": name, "width": 4},
                                     spec.to_dict()))
-    settings = replace(config.train, freeze_encoder=True)
-    report = finetune(replace(config, init=start, train=settings), tmp_path / "run")
+    settings = config.train.changed(freeze_encoder=True)
+    report = finetune(config.changed(init=start, train=settings), tmp_path / "run")
     assert report["freeze_encoder"] is True and set(report["after"]) >= {"f1", "iou"}
     unchanged_encoder(start, Path(report["model"]))
 

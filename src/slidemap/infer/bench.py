@@ -53,6 +53,7 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
     options = options.resolve(predictor.defaults)
     with Scene(image, dem=dem) as scene:
         factor = scene.decimation(predictor.spec.resolution_m)
+        assert options.tile is not None and options.overlap is not None  # resolved above
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         batches = _sample_batches(predictor, scene, grid, sample, options.batch_size)
     first_s, per_window, cpu_per_window = _time_model(predictor, batches)
@@ -138,7 +139,7 @@ def _time_model(predictor: Predictor, batches: list[list[np.ndarray]]
     if not batches:
         return 0.0, 0.0, 0.0
     started = time.perf_counter()
-    shapes = {}
+    shapes: dict[tuple[int, ...], list] = {}
     for inputs in batches:
         shapes.setdefault(inputs[0].shape, inputs)
     for inputs in shapes.values():

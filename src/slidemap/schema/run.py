@@ -527,7 +527,7 @@ class RunConfig(Section):
             "run name, kept in the model's provenance (default: the config's file name)"))
     data: Data = Field(description="training and validation data")
     selftrain: SelfTrainSettings | None = Field(default=None, description="for slidemap selftrain")
-    inputs: InputSpec = Field(default_factory=dict, validate_default=True,  # type: ignore[arg-type]
+    inputs: InputSpec = Field(default_factory=dict, validate_default=True,
                               description="the model's input channels")
     model: ModelSettings = Field(default_factory=ModelSettings, description="the architecture")
     loss: LossSpec = Field(default_factory=_bce_dice,

@@ -18,13 +18,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.logs import LOGGER, show_messages
-from slidemap.models import ProbabilityAverage
+from slidemap.models import ProbabilityAverage, SegmentationModel
 from slidemap.schema.config import RunConfig
 from slidemap.train.loop import train
 from slidemap.train.runfolder import check_run_inputs
@@ -94,7 +95,8 @@ def ensemble_bundle(bundles: list[ModelBundle], config: RunConfig) -> ModelBundl
                   "members": [{"seed": b.provenance["config"]["training"]["seed"],
                                "epoch": b.provenance.get("epoch"), "file": str(b.path)}
                               for b in bundles]}
-    return replace(first, model=ProbabilityAverage([b.model for b in bundles]),
+    networks = cast(list[SegmentationModel], [b.model for b in bundles])  # one network each
+    return replace(first, model=ProbabilityAverage(networks),
                    members=len(bundles), provenance=provenance, path=None)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import rasterio
 from rich.progress import Progress
@@ -47,7 +48,7 @@ class PredictResult:
     min_area_m2: float
     simplify_m: float
     report: Path | None = None
-    adapted: Mapping[str, object] | None = None  # how the model was adapted to the scene
+    adapted: Mapping[str, Any] | None = None  # how the model was adapted to the scene
     adapted_model: Path | None = None  # the adapted model, when asked to save it
 
     @property
