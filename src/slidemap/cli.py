@@ -7,7 +7,7 @@ anything else; ``--debug`` shows the traceback instead. Messages go through :mod
 
 ``slidemap --help`` must answer at once, so only the standard library, typer,
 ``slidemap.errors`` and ``slidemap.logs`` are imported here: each command imports what it needs
-(the api, torch, rasterio, rich) in its body; tests/test_cli.py checks it.
+(the api, torch, rasterio, rich) in its body; tests/cli/test_cli.py checks it.
 
 A command: options typed so the help shows them (choices as ``Literal``, repeatable choices as a
 list of an ``Enum``, lists with a ``metavar``); imports in the body; a wrong combination of
