@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.windows
+from factories import write_raster
+from PIL import Image
 
 from slidemap import api
 
@@ -72,3 +76,28 @@ def test_the_default_models_map_does_not_move_with_the_dem_datum(tmp_path) -> No
     assert valid.mean() > 0.9 and (probs[0][valid] > 0.5).any()
     assert np.array_equal(valid, np.isfinite(probs[1]))
     assert np.abs(probs[0][valid] - probs[1][valid]).max() < 1e-3
+
+
+def test_a_patch_set_with_elevation_maps_with_a_shipped_model_that_reads_patches(
+        tmp_path: Path) -> None:
+    """The default reads terrain descriptors, which need georeferenced scenes: a patch set with
+    ``dem/`` and no ``--model`` gets the shipped U-Net on RGB + DEM + slope instead."""
+    with rasterio.open(SAMPLE / "jinsha_b_image.tif") as ds:
+        rgb = ds.read(window=rasterio.windows.Window(300, 300, 128, 128))
+    with rasterio.open(SAMPLE / "jinsha_b_dsm.tif") as ds:
+        dsm = ds.read(window=rasterio.windows.Window(300, 300, 128, 128)).astype(np.float32)
+    for sub in ("images", "dem"):
+        (tmp_path / "set" / sub).mkdir(parents=True)
+    Image.fromarray(np.moveaxis(rgb, 0, -1)).save(tmp_path / "set" / "images" / "p0.png")
+    write_raster(tmp_path / "set" / "dem" / "p0.tif", dsm)
+    result = api.predict_patches(str(tmp_path / "set"), str(tmp_path / "out"))
+    assert [p.name for p in result.model] == ["slidemap-jinsha-unet.safetensors"]
+    assert (tmp_path / "out" / "p0_prob.tif").exists()
+
+
+def test_explain_without_a_dem_picks_the_rgb_model_as_predict_does(tmp_path: Path,
+                                                                   run_cli) -> None:
+    code, err = run_cli("explain", SAMPLE / "jinsha_b_image.tif", "--out", tmp_path / "x",
+                        "--window", "256,256,256,256")
+    assert code == 0, err
+    assert (tmp_path / "x" / "explain.json").exists()

@@ -123,6 +123,17 @@ def test_a_bad_model_option_fails_in_one_line_before_data_loads(
     assert code == 1 and "does not take options {'depht': 2}" in err and "Traceback" not in err
 
 
+
+@pytest.mark.parametrize("override", ["model.options={depth: 99}", "model.options={depth: 12}",
+                                      "model.width=257"])
+def test_a_network_too_large_fails_in_one_line_before_memory_is_taken(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli, override: str) -> None:
+    code, err = run_cli("train", _config(tmp_path, tiny_scene), "--out", tmp_path / "run",
+                        "--set", override)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "model.width" in err or "parameters" in err or "does not build" in err
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
 def test_study_runs_as_a_base_file_and_override_lists(tmp_path: Path,
                                                       tiny_scene: dict[str, Path]) -> None:
     base = _config(tmp_path, tiny_scene)

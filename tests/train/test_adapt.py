@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from slidemap.data.scene import IGNORE
 from slidemap.errors import SlidemapError
 from slidemap.infer.patches import predict_arrays
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.modelfile import load_model, model_paths
+from slidemap.io.modelfile import load_model, model_paths, save_model
 from slidemap.io.provenance import sha256_file
 from slidemap.schema.config import load_config
 from slidemap.train import adapt as adapt_module
@@ -155,6 +156,25 @@ def test_predict_adapt_runs_within_its_bound_and_records_it(
                if v.is_floating_point() and not np.allclose(v.numpy(), original[k].numpy())]
     assert changed  # it did train
 
+
+
+def test_the_saved_adapted_model_makes_the_map_it_made(
+        trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli) -> None:
+    """From a model stored in int8 (as the shipped ones are), --adapt-save keeps the float32
+    weights that mapped the scene: mapping again with the saved file gives the same map."""
+    scene, model = trained
+    stored = save_model(replace(load_model(model), weights_dtype="int8"), tmp_path / "int8")
+    code, err = run_cli("predict", scene["image"], "--dem", scene["dem"], "--model", stored,
+                        "--out", tmp_path / "map", "--precision", "fp32", "--adapt",
+                        "--adapt-windows", "24", "--adapt-save", tmp_path / "adapted")
+    assert code == 0, err
+    code, err = run_cli("predict", scene["image"], "--dem", scene["dem"], "--model",
+                        tmp_path / "adapted.safetensors", "--out", tmp_path / "again",
+                        "--precision", "fp32")
+    assert code == 0, err
+    with rasterio.open(tmp_path / "map" / "scene_prob.tif") as a, \
+            rasterio.open(tmp_path / "again" / "scene_prob.tif") as b:
+        np.testing.assert_allclose(a.read(1), b.read(1), atol=1e-5)
 
 def test_predict_adapt_refuses_bad_values_in_one_line(
         trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli) -> None:

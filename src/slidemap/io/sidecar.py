@@ -17,11 +17,10 @@ from typing import Any
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.models import list_models
-from slidemap.schema.values import OPTICAL_MODES, SCALE_RANGE, WEIGHTS_DTYPES
+from slidemap.schema.values import MAX_WIDTH, OPTICAL_MODES, SCALE_RANGE, WEIGHTS_DTYPES
 
 SIDECAR_MAX_BYTES = 16 * 2**20
 HEADER_MAX_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
-MAX_WIDTH = 256  # base width; the shipped models use 16 to 32
 MAX_MEMBERS = 64  # networks of an ensemble
 MAX_BANDS = 256  # image bands a model may read
 MAX_OPTION = 4096  # any whole number among the architecture options

@@ -21,13 +21,16 @@ from slidemap.schema.yamlfile import parse_value, read_yaml
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
     """Parse a run config, with ``key.path=value`` overrides; relative data paths are taken from
     the current directory."""
-    path = Path(path)
-    return parse_config(apply_overrides(read_yaml(path), overrides), path)
+    path, overrides = Path(path), list(overrides)
+    where = f"config {path}" + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return parse_config(apply_overrides(read_yaml(path), overrides), path, where)
 
 
-def parse_config(raw: Mapping[str, Any], path: Path | None = None) -> RunConfig:
-    """``raw`` (a YAML mapping) as a checked :class:`RunConfig`; errors name ``path``."""
-    where = f"config {path}" if path else "config"
+def parse_config(raw: Mapping[str, Any], path: Path | None = None,
+                 where: str | None = None) -> RunConfig:
+    """``raw`` (a YAML mapping) as a checked :class:`RunConfig`; errors name ``where`` (by
+    default ``path``)."""
+    where = where or (f"config {path}" if path else "config")
     if not isinstance(raw, Mapping):
         raise SlidemapError(f"{where} must be a YAML mapping (key: value lines)")
     if "data" not in raw:

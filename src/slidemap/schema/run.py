@@ -38,6 +38,7 @@ from slidemap.schema.values import (
     MAX_SEED,
     MAX_TILE,
     MAX_TRAIN_TILE,
+    MAX_WIDTH,
     MIN_TILE,
     MIN_TRAIN_TILE,
     SCALE_RANGE,
@@ -271,7 +272,7 @@ class ModelSettings(Section):
 
     name: ModelName = Field(default="unet", description=(
             "architecture: `slidemap models` lists them"))
-    width: Positive = Field(default=16, description=(
+    width: int = Field(default=16, ge=1, le=MAX_WIDTH, strict=True, description=(
             "channels of the first stage (doubling per level)"))
     options: dict[str, Any] = Field(default_factory=dict, description=(
             "architecture keyword arguments, e.g. `{depth: 3}`; for `fusion` also "

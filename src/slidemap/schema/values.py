@@ -41,6 +41,7 @@ LOSS_NAMES: tuple[str, ...] = get_args(LossName)
 MAX_SEED = 2**31 - 1
 MIN_TRAIN_TILE, MAX_TRAIN_TILE = 16, 4096  # a window the encoder can halve a few times
 MIN_TILE, MAX_TILE = 16, 8192  # prediction windows, working px
+MAX_WIDTH = 256  # a network's base width; the shipped models use 16 to 32
 SCALE_RANGE = (0.25, 4.0)  # prediction scales
 MAX_SCALES = 16
 

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import torch
+
 from slidemap.errors import SlidemapError
-from slidemap.models import build_model
+from slidemap.models import build_model, count_parameters
 from slidemap.schema.config import RunConfig
 from slidemap.train.losses import build_loss
 
+MAX_PARAMETERS = 200_000_000  # the shipped networks have 0.5 to 4 million
+
 
 def check_buildable(config: RunConfig, where: str = "config") -> None:
-    """Build the loss and the network once, so that a wrong option fails in one line before any
-    data loads (the schema knows their names, the builders their options)."""
+    """Build the loss, and the network on the meta device (shapes, no memory), so that a wrong
+    option or a network too large for this machine fails in one line before any data loads
+    (the schema knows their names, the builders their options)."""
     try:
         build_loss(config.loss)
-        build_model(config.model.name, len(config.inputs.channels), config.model.width,
-                    **config.model.options)
+        with torch.device("meta"):
+            network = build_model(config.model.name, len(config.inputs.channels),
+                                  config.model.width, **config.model.options)
     except SlidemapError as exc:
         raise SlidemapError(f"{where}: {exc}") from exc
     except TypeError as exc:
         raise SlidemapError(f"{where}: model {config.model.name} does not take options "
                             f"{config.model.options}: {exc}") from exc
+    except (ValueError, RuntimeError, OverflowError) as exc:
+        raise SlidemapError(f"{where}: model {config.model.name} does not build with width "
+                            f"{config.model.width} and options {config.model.options}: "
+                            f"{str(exc).splitlines()[0]}") from exc
+    parameters = count_parameters(network)
+    if parameters > MAX_PARAMETERS:
+        raise SlidemapError(f"{where}: model {config.model.name} with width {config.model.width} "
+                            f"and options {config.model.options} has {parameters:,} parameters, "
+                            f"more than {MAX_PARAMETERS:,}: lower model.width or its depth")

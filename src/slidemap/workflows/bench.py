@@ -26,8 +26,10 @@ def bench(image: Path, dem: Path | None = None, model: ModelArg = None,
     """Time mapping ``image``; with ``agreement``, how close the map is to torch fp32.
     ``json_out`` is checked before the run, like every output."""
     if json_out is not None:
-        check_outputs([json_out], [image, dem, *model_files(model)], overwrite, "--json")
-    figures = bench_scene(image, dem, model_list(model), options or PredictOptions(), sample,
+        check_outputs([json_out], [image, dem, *model_files(model, dem is not None)], overwrite,
+                      "--json")
+    figures = bench_scene(image, dem, model_list(model, dem is not None),
+                          options or PredictOptions(), sample,
                           agreement)
     if json_out is not None:
         make_output_dir(json_out.parent)

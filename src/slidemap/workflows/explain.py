@@ -26,7 +26,7 @@ def explain(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     """Explain ``window`` (col, row, width, height in native px; default: one tile at the
     centre) of ``image``: the predicted landslides, or ``box`` (row0, col0, row1, col1 in
     window px)."""
-    bundle = load_model(model or default_model_path())
+    bundle = load_model(model or default_model_path(dem is not None))
     summary = explain_window(bundle, image, out_dir, dem, window, box, layer, overwrite)
     return ExplainResult(summary["layer"], summary["region_pixels"],
                          {k: Path(v) for k, v in summary["files"].items()})

@@ -20,32 +20,36 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet-terrain.safetensors"
 # Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
 RGB_MODEL = PACKAGE_ROOT / "models" / "slidemap-rgb-sites.safetensors"
+# Patch sets with elevation: the default's relief, curvature and roughness need georeferenced
+# scenes, so patches get the U-Net on RGB + DEM + slope, which patches can give.
+PATCH_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet.safetensors"
 
 ModelArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
 
 
-def default_model_path(dem: bool = True) -> Path:
-    """The shipped model for the inputs at hand: RGB + DEM, or RGB only without a DEM."""
-    path = DEFAULT_MODEL if dem else RGB_MODEL
+def default_model_path(dem: bool = True, patches: bool = False) -> Path:
+    """The shipped model for the inputs at hand: RGB + DEM (a scene, or a patch set), or RGB
+    only without a DEM."""
+    path = (PATCH_MODEL if patches else DEFAULT_MODEL) if dem else RGB_MODEL
     if not path.exists():
         raise SlidemapError(f"the shipped model {path} is missing: pass --model PATH")
     return path
 
 
-def model_list(models: ModelArg, dem: bool = True) -> list[Path]:
+def model_list(models: ModelArg, dem: bool = True, patches: bool = False) -> list[Path]:
     """The model files asked for, or the shipped model (the RGB-only one when ``dem`` is
-    false: no DEM to read)."""
+    false: no DEM to read; for ``patches``, one that reads patch sets)."""
     if models is None or (not isinstance(models, str | os.PathLike) and not models):
-        return [default_model_path(dem)]
+        return [default_model_path(dem, patches)]
     if isinstance(models, str | os.PathLike):
         return [Path(models)]
     return [Path(m) for m in models]
 
 
-def model_files(models: ModelArg, dem: bool = True) -> list[Path]:
+def model_files(models: ModelArg, dem: bool = True, patches: bool = False) -> list[Path]:
     """Every file the model files asked for consist of (weights and sidecars): inputs that no
     output may replace."""
-    return [file for path in model_list(models, dem) for file in model_paths(path)]
+    return [file for path in model_list(models, dem, patches) for file in model_paths(path)]
 
 
 def files_under(folder: Path, out_dir: Path) -> list[Path]:

@@ -53,8 +53,9 @@ def predict_patches(folder: Path, out_dir: Path, model: ModelArg = None,
     ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
     options = options or PredictOptions()
     elevation = has_elevation(folder, None)
-    inputs = [*model_files(model, elevation), *files_under(folder, out_dir)]
-    summary = predict_patch_set(build_predictor(model_list(model, elevation), options), folder,
+    inputs = [*model_files(model, elevation, patches=True), *files_under(folder, out_dir)]
+    summary = predict_patch_set(build_predictor(model_list(model, elevation, patches=True),
+                                                options), folder,
                                 out_dir, options, scale, pixel_size, overwrite, progress, inputs)
     metrics = summary.get("metrics")
     return PatchSetResult(folder, summary["patches"], tuple(Path(m) for m in summary["model"]),

@@ -3,6 +3,7 @@ style, and a STAC Item of them, published together or not at all."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,9 +31,10 @@ from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
 from slidemap.report.html import build_report
 from slidemap.train.adapt import AdaptOptions, adapt_to_scene, adaptation_tags
-from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, model_list
+from slidemap.workflows.inputs import ModelArg, has_elevation, is_found, model_files, model_list
 from slidemap.workflows.report import check_report
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PredictResult:
@@ -109,6 +111,8 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     paths = output_paths(image, out_dir, formats)
     elevation = has_elevation(image, dem)
     models = model_list(model, elevation)
+    if not model and not elevation and is_found(image):
+        log.info(f"no --dem: mapping with the RGB-only model {models[0].stem} (models/README.md)")
     inputs = [*local_files(image, dem, stac_item), *model_files(model, elevation)]
     check_outputs(list(paths.values()), inputs, overwrite)
     if adapt is not None and adapt.save is not None:
@@ -148,7 +152,9 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         write_item(item, tmp["stac"])
     adapted_model = None
     if adapted is not None and adapt is not None and adapt.save is not None:
-        adapted_model = save_model(adapted.bundle, adapt.save, overwrite)
+        # float32: the weights that made the map, not the source file's rounded storage
+        adapted_model = save_model(replace(adapted.bundle, weights_dtype="float32"), adapt.save,
+                                   overwrite)
     report = build_report(out_dir, overwrite=overwrite) if html_report else None
     return PredictResult(
         paths, int(counts["valid_pixels"]), int(counts["landslide_pixels"]),

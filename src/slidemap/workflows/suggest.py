@@ -44,8 +44,8 @@ def suggest(model: ModelArg, image: Path, out: Path, dem: Path | None = None, n:
     if n < 1 or box < 1 or spacing < 0:
         raise SlidemapError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
     options = options or PredictOptions()
-    predictor = build_predictor(model_list(model), options)
-    inputs = [image, *([dem] if dem else []), *model_files(model),
+    predictor = build_predictor(model_list(model, dem is not None), options)
+    inputs = [image, *([dem] if dem else []), *model_files(model, dem is not None),
               *(file_of(p) for p in labels)]
     check_outputs([out], inputs, overwrite)
     make_output_dir(out.parent)
