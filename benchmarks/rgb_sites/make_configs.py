@@ -8,7 +8,8 @@ Jinsha's two scenes ~1.5 M together.
 
 Usage (repository root): .venv/bin/python benchmarks/rgb_sites/make_configs.py [RECIPE]
 RECIPE (default base) names RECIPE.yaml; a recipe other than base writes loso-RECIPE-SITE.yaml and
-configs/rgb-sites-unet-RECIPE.yaml, so that both pre-registered recipes stay reproducible.
+all-sites-RECIPE.yaml here (configs/ holds only the shipped recipe's), so that both
+pre-registered recipes stay reproducible.
 """
 
 import sys
@@ -51,10 +52,14 @@ def main() -> None:
                       f"# Leave-one-site-out: trained on {', '.join(rest)}; {held} held out.\n"
                       + note, recipe=recipe)
         (HERE / f"loso{tag}-{held}.yaml").write_text(text)
-    shipped = config("slidemap-rgb-sites", list(SITES),
-                     "# The shipped RGB-only model (models/slidemap-rgb-sites.*): all four RGB "
-                     "sites.\n" + note, weights="int4", recipe=recipe)
-    (HERE.parents[1] / "configs" / f"rgb-sites-unet{tag}.yaml").write_text(shipped)
+    what = ("The shipped RGB-only model (models/slidemap-rgb-sites.*)" if recipe == "base"
+            else f"The {recipe} recipe on all four sites (not shipped)")
+    shipped = config("slidemap-rgb-sites" if recipe == "base" else f"rgb-sites{tag}", list(SITES),
+                     f"# {what}: all four RGB sites.\n" + note, weights="int4", recipe=recipe)
+    # Only the shipped recipe's all-sites config is a run config of configs/.
+    target = HERE.parents[1] / "configs" / "rgb-sites-unet.yaml" if recipe == "base" \
+        else HERE / f"all-sites{tag}.yaml"
+    target.write_text(shipped)
 
 
 if __name__ == "__main__":
