@@ -7,7 +7,9 @@ continues); every scored row is appended to OUT/results.csv.
 
 Usage (repository root):
   .venv/bin/python benchmarks/rgb_sites/fewshot.py --site nepal --k 3 10 --draws 0 1 \\
-      --loso runs/rgb-loso --out runs/rgb-fewshot
+      --loso runs/rgb-loso --out runs/rgb-fewshot [--recipe scene_norm]
+``--recipe`` names the recipe file (RECIPE.yaml, default base) whose inputs, network and
+augmentation every method uses; BUDGET and METHODS below override its training length and rates.
 """
 
 import argparse
@@ -37,8 +39,9 @@ METHODS = {
 }
 
 
-def run_config(site: str, k: int, draw: int, method: str, loso: Path, scored: bool) -> dict:
-    base = yaml.safe_load((HERE / "base.yaml").read_text())
+def run_config(site: str, k: int, draw: int, method: str, loso: Path, scored: bool,
+               recipe: str = "base") -> dict:
+    base = yaml.safe_load((HERE / f"{recipe}.yaml").read_text())
     split = {"count": k, "seed": draw}
     raw = {"name": f"{site}-k{k}-d{draw}-{method}",
            "data": {"train": [{"patches": f"{DATA}/{site}", "split": {**split, "part": "train"}}]},
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--loso", type=Path, default=Path("runs/rgb-loso"))
     parser.add_argument("--out", type=Path, default=Path("runs/rgb-fewshot"))
+    parser.add_argument("--recipe", default="base")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for k in args.k:
@@ -68,7 +72,7 @@ def main() -> None:
             for method in [*zero, *args.methods]:
                 name = f"{args.site}-k{k}-d{draw}-{method}"
                 scoring = parse_config(run_config(args.site, k, draw, "scratch", args.loso,
-                                                  True))
+                                                  True, args.recipe))
                 seconds = 0.0
                 if method == "zero-shot":
                     model = start
@@ -78,7 +82,7 @@ def main() -> None:
                     if not model.exists():
                         started = time.process_time()
                         train(parse_config(run_config(args.site, k, draw, method, args.loso,
-                                                      False)), run, overwrite=True)
+                                                      False, args.recipe)), run, overwrite=True)
                         seconds = time.process_time() - started
                         (run / "cpu_seconds.json").write_text(json.dumps(seconds) + "\n")
                     else:

@@ -6,9 +6,13 @@ number of labelled pixels at the working scale (random windows are drawn in prop
 labelled pixels): at half size Sichuan's 36 tiles hold ~9.4 M, Nepal's and Bijie's ~2.4 M each,
 Jinsha's two scenes ~1.5 M together.
 
-Usage (repository root): .venv/bin/python benchmarks/rgb_sites/make_configs.py
+Usage (repository root): .venv/bin/python benchmarks/rgb_sites/make_configs.py [RECIPE]
+RECIPE (default base) names RECIPE.yaml; a recipe other than base writes loso-RECIPE-SITE.yaml and
+all-sites-RECIPE.yaml here (configs/ holds only the shipped recipe's), so that both
+pre-registered recipes stay reproducible.
 """
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -29,25 +33,33 @@ def sources(sites: list[str]) -> list[dict]:
             for item in SITES[site][0]]
 
 
-def config(name: str, sites: list[str], header: str, weights: str = "float32") -> str:
-    base = yaml.safe_load((HERE / "base.yaml").read_text())
+def config(name: str, sites: list[str], header: str, weights: str = "float32",
+           recipe: str = "base") -> str:
+    base = yaml.safe_load((HERE / f"{recipe}.yaml").read_text())
     base["training"]["weights_dtype"] = weights  # storage only: training is the same
     body = {"name": name, "data": {"train": sources(sites)}, **base}
     return header + yaml.safe_dump(body, sort_keys=False, width=100)
 
 
 def main() -> None:
-    note = "# Written by benchmarks/rgb_sites/make_configs.py from base.yaml: edit those.\n"
+    recipe = sys.argv[1] if len(sys.argv) > 1 else "base"
+    tag = "" if recipe == "base" else f"-{recipe}"
+    note = (f"# Written by benchmarks/rgb_sites/make_configs.py from {recipe}.yaml: "
+            "edit those.\n")
     for held in SITES:
         rest = [s for s in SITES if s != held]
-        text = config(f"rgb-loso-{held}", rest,
+        text = config(f"rgb-loso{tag}-{held}", rest,
                       f"# Leave-one-site-out: trained on {', '.join(rest)}; {held} held out.\n"
-                      + note)
-        (HERE / f"loso-{held}.yaml").write_text(text)
-    shipped = config("slidemap-rgb-sites", list(SITES),
-                     "# The shipped RGB-only model (models/slidemap-rgb-sites.*): all four RGB "
-                     "sites.\n" + note, weights="int4")
-    (HERE.parents[1] / "configs" / "rgb-sites-unet.yaml").write_text(shipped)
+                      + note, recipe=recipe)
+        (HERE / f"loso{tag}-{held}.yaml").write_text(text)
+    what = ("The shipped RGB-only model (models/slidemap-rgb-sites.*)" if recipe == "base"
+            else f"The {recipe} recipe on all four sites (not shipped)")
+    shipped = config("slidemap-rgb-sites" if recipe == "base" else f"rgb-sites{tag}", list(SITES),
+                     f"# {what}: all four RGB sites.\n" + note, weights="int4", recipe=recipe)
+    # Only the shipped recipe's all-sites config is a run config of configs/.
+    target = HERE.parents[1] / "configs" / "rgb-sites-unet.yaml" if recipe == "base" \
+        else HERE / f"all-sites{tag}.yaml"
+    target.write_text(shipped)
 
 
 if __name__ == "__main__":
