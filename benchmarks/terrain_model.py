@@ -1,10 +1,10 @@
 """An untrained model file with the inputs of ``configs/jinsha-unet-terrain.yaml``, for timing.
 
-The protocol may make the U-Net on RGB + relief (8, 32, 128 m), slope, curvature and roughness
-the default model; its windows cost more to read than elevation + slope. Speed and memory do
-not depend on the weights, so the benchmarks time this file (seeded random weights, the
+A trained U-Net on RGB + relief (8, 32, 128 m), slope, curvature and roughness now ships as the
+default (``models/slidemap-jinsha-unet-terrain``). This untrained one (seeded random weights, the
 config's architecture, inputs and prediction defaults; normalisation of the Jinsha scenes'
-order of magnitude) until a trained one ships::
+order of magnitude) is what the throughput section of ``benchmarks/scale.md`` timed before it
+shipped, and is kept to reproduce those figures (speed and memory do not depend on the weights)::
 
     .venv/bin/python benchmarks/terrain_model.py /tmp/bench/unet-terrain
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/mosaic.py --size 6325 --configs bf16 \\

@@ -123,7 +123,7 @@ def test_bad_scales_are_named_in_the_error(tmp_path: Path, tiny_scene: dict[str,
 
 def test_a_raster_whose_crs_text_is_not_utf8_is_one_line(tmp_path: Path, tiny_model: Path,
                                                          run_cli) -> None:
-    """Found by tests/test_fuzz.py: a GeoTIFF whose model type says geocentric and whose CRS
+    """Found by tests/io/test_fuzz.py: a GeoTIFF whose model type says geocentric and whose CRS
     citation is not UTF-8 makes rasterio.open raise UnicodeDecodeError."""
     clean = write_raster(tmp_path / "clean.tif", np.ones((3, 64, 64), dtype=np.uint8))
     data = bytearray(clean.read_bytes())

@@ -12,8 +12,8 @@ as whole numbers -127..127 times one float32 scale per output channel (``KEY`` a
 goes further for the largest kernels only (at least ``INT4_MIN_WEIGHTS`` weights: the deepest
 layers, which hold most of a network's weights): whole numbers -7..7, two to a byte (``KEY`` as
 uint8, low nibble first, and ``KEY.int4_scale``); smaller kernels stay int8, because 4 bits
-everywhere cost F1 on new ground (models/README.md). However stored, weights are loaded into a
-float32 model, so prediction runs exactly as with a float32 file of those rounded weights.
+everywhere cost F1 on new ground (benchmarks/experiments.md). However stored, weights are loaded
+into a float32 model, so prediction runs exactly as with a float32 file of those rounded weights.
 
 A file may hold an ensemble: ``members`` networks of one architecture whose probabilities are
 averaged (:class:`slidemap.models.ProbabilityAverage`), their weights under ``members.K.``.

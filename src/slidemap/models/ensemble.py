@@ -2,10 +2,10 @@
 
 Averaging the probabilities of independently trained networks is what the Landslide4Sense
 winners shipped, and on the Jinsha cross-region runs two fusion networks together beat the mean
-of the two alone in all six pairs (models/README.md). Wrapped as one module the ensemble is one
-model file, and everything that runs a model (sliding windows, multi-scale, ONNX export,
-Grad-CAM) runs it unchanged. It returns the logit of the mean probability, so a sigmoid gives
-back exactly that mean.
+of the two alone in all six pairs (benchmarks/experiments.md). Wrapped as one module the
+ensemble is one model file, and everything that runs a model (sliding windows, multi-scale, ONNX
+export, Grad-CAM) runs it unchanged. It returns the logit of the mean probability, so a sigmoid
+gives back exactly that mean.
 """
 
 from __future__ import annotations

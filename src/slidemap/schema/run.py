@@ -280,7 +280,7 @@ class ModelSettings(Section):
             "default 2, or 1 for a single extra channel) and `instance_norm_levels` (0–depth + "
             "1: the optical encoder's finest levels use instance-batch norm, IBN-a, against "
             "changes of brightness and contrast between scenes; 0 by default, tried in "
-            "`models/README.md`)"))
+            "`benchmarks/experiments.md`)"))
 
 
 class ColourJitter(Section):
@@ -352,13 +352,12 @@ class TrainSettings(Section):
             "selection on the validation scenes, so their figures remain an honest estimate on "
             "unseen ground)"))
     freeze_encoder: StrictBool = Field(default=False, description=(
-            "with `init`: train all but `model.encoder` (no gradients; its batch norms keep "
-            "their statistics). Architectures without an encoder (segformer, fusion) are refused"))
+            "with `init`: train all but `model.encoder` (no gradients; its batch norms keep their "
+            "statistics)"))
     encoder_lr: Fraction = Field(default=1.0, description=(
             "the encoder's peak learning rate as a fraction of `lr` (its own AdamW group on the "
             "same one-cycle schedule), e.g. `0.1` with `init` so a pretrained encoder moves less"
-            " than the decoder while a few tiles fine-tune it (`benchmarks/rgb_sites/`). "
-            "Architectures without an encoder (segformer, fusion) are refused"))
+            " than the decoder while a few tiles fine-tune it (`benchmarks/rgb_sites/`)"))
     weights_dtype: WeightsDtype = Field(default="float32", description=(
             "how `model.safetensors` stores its weights: `float16` halves the file (rounding "
             "~1e-3 relative per weight), `int8` quarters it (each kernel as whole numbers "
@@ -436,8 +435,8 @@ class PredictSettings(Section):
             "stored in the model file: `predict` and `evaluate` predict every window at each of "
             "these scales and average the probabilities (e.g. `[1.0, 0.5]`: also shrunk to half "
             "its side, a coarser view that transfers better to new ground, see "
-            "`models/README.md`); `--scales` overrides. Validation during training predicts as "
-            "the model file will (these scales, `tile`, `overlap`)"))
+            "`benchmarks/experiments.md`); `--scales` overrides. Validation during training "
+            "predicts as the model file will (these scales, `tile`, `overlap`)"))
     threshold: Annotated[Number, Field(gt=0, lt=1)] = Field(
         default=0.5, description=("stored in the model file: the probability above which a pixel"
                                   " is mapped as landslide (`predict`, `evaluate`, the "
