@@ -15,12 +15,12 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from slidemap.schema.run import L4SSet, PatchFolder, RunConfig, SceneSource, Split
+from slidemap.schema.run import L4SSet, PatchFolderItem, RunConfig, SceneSource, Split
 
 README_BEGIN = ("<!-- key table: generated from slidemap/schema by `python -m "
                 "slidemap.schema.docs configs/README.md`; do not edit by hand -->")
 README_END = "<!-- end of the key table -->"
-ITEM_MODELS = (SceneSource, PatchFolder, L4SSet)  # what a data or selftrain.target item can be
+ITEM_MODELS = (SceneSource, PatchFolderItem, L4SSet)  # what a data or selftrain.target item can be
 
 
 def key_table() -> str:

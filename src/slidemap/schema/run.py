@@ -186,7 +186,7 @@ class _PatchItem(Section):
         return None if self.names is None else tuple(str(n) for n in self.names)
 
 
-class PatchFolder(_PatchItem):
+class PatchFolderItem(_PatchItem):
     """A patch folder: ``images/`` + ``masks/`` (+ ``dem/``), or the Bijie layout; every patch
     is used like a small scene."""
 
@@ -228,10 +228,10 @@ def _item_kind(item: Any) -> str | None:
     if isinstance(item, dict):
         if "patches" in item and "l4s" in item:
             return None
-        return "PatchFolder" if "patches" in item else "L4SSet" if "l4s" in item else "Scene"
+        return "PatchFolderItem" if "patches" in item else "L4SSet" if "l4s" in item else "Scene"
     if isinstance(item, SceneSource):
         return "Scene"
-    if isinstance(item, PatchFolder | L4SSet):
+    if isinstance(item, PatchFolderItem | L4SSet):
         return type(item).__name__
     return None
 
@@ -241,9 +241,9 @@ DISCRIMINATOR = Discriminator(_item_kind, custom_error_type="data_item",
                               "or a patch set (patches: or l4s:, not both)")
 # Tags are class-like names, so that error messages leave them out of the key path.
 LabelledItem = Annotated[Annotated[LabelledScene, Tag("Scene")] | Annotated[
-    PatchFolder, Tag("PatchFolder")] | Annotated[L4SSet, Tag("L4SSet")], DISCRIMINATOR]
+    PatchFolderItem, Tag("PatchFolderItem")] | Annotated[L4SSet, Tag("L4SSet")], DISCRIMINATOR]
 TargetItem = Annotated[Annotated[SceneSource, Tag("Scene")] | Annotated[
-    PatchFolder, Tag("PatchFolder")] | Annotated[L4SSet, Tag("L4SSet")], DISCRIMINATOR]
+    PatchFolderItem, Tag("PatchFolderItem")] | Annotated[L4SSet, Tag("L4SSet")], DISCRIMINATOR]
 
 
 def _scenes(items: tuple[Any, ...]) -> tuple[SceneSource, ...]:
@@ -252,7 +252,7 @@ def _scenes(items: tuple[Any, ...]) -> tuple[SceneSource, ...]:
 
 
 def _patches(items: tuple[Any, ...]) -> tuple[PatchSource, ...]:
-    return tuple(item.source() for item in items if isinstance(item, PatchFolder | L4SSet))
+    return tuple(item.source() for item in items if isinstance(item, PatchFolderItem | L4SSet))
 
 
 class Data(Section):
