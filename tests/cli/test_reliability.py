@@ -625,6 +625,10 @@ def test_existing_run_needs_overwrite_or_resume(w: SimpleNamespace) -> None:
     # Resuming a run with a config that does not fit its checkpoint (wider model) is refused.
     result = w.cli("train", w.configs.wider, "--out", out, "--resume")
     assert_one_line_error(result, out / "checkpoint.safetensors", "config")
+    # So is one with a longer schedule (another number of optimiser steps): no traceback.
+    result = w.cli("train", w.configs.good, "--out", out, "--resume", "--set",
+                   "training.epochs=7")
+    assert_one_line_error(result, out / "checkpoint.safetensors", "optimiser steps")
 
 
 def test_read_only_output_folder(w: SimpleNamespace) -> None:

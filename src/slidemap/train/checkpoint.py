@@ -81,6 +81,11 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     if text is None:  # written before the settings moved into the metadata
         text = path.with_suffix(".json").read_text()
     meta = json.loads(text)
+    saved, asked = meta["scheduler"].get("total_steps"), getattr(scheduler, "total_steps", None)
+    if saved is not None and asked is not None and saved != asked:
+        raise SlidemapError(f"checkpoint {path} is of a run of {saved} optimiser steps, the config "
+                            f"asks for {asked} (training.epochs, windows_per_epoch, batch_size): "
+                            "resume with the settings that wrote it, or train without --resume")
     tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     slots: dict[int, dict] = {}
