@@ -241,9 +241,6 @@ def predict(
     folder = api.is_patch_folder(image)
     if folder and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
-    if folder and not model and not api.has_elevation(image, dem):
-        rgb = api.default_model_path(dem=False)
-        log.info(f"no --dem: mapping with the RGB-only model {rgb.stem} (models/README.md)")
     if folder:
         scene_only = {"--prob-dtype": prob_dtype != "float32", "--format": inventory_format,
                       "--min-area": min_area is not None, "--simplify": simplify is not None,

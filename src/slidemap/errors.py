@@ -12,6 +12,13 @@ class SlidemapError(Exception):
         super().__init__(" ".join(str(message).splitlines()))
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error, to quote in a one-line message (its type when it
+    says nothing)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class UsageError(SlidemapError):
     """Options that do not go together, or an option value of the wrong form: the CLI exits 2,
     as for an unknown option, and points to the command's ``--help``."""

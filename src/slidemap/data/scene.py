@@ -38,7 +38,7 @@ from slidemap.data.terrain import (
     slope_degrees,
 )
 from slidemap.data.vectors import VectorLabels
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.schema.values import is_vector
 
 IGNORE = 255
@@ -65,14 +65,14 @@ def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
         hint = ("is it a complete, uncorrupted GeoTIFF?" if path is not None else
                 "check the name, the network and the credentials GDAL needs for it")
         raise SlidemapError(
-            f"{role} {name} cannot be read as a raster ({_first_line(exc)}): {hint}"
+            f"{role} {name} cannot be read as a raster ({first_line(exc)}): {hint}"
         ) from exc
     try:  # header fields GDAL parses on demand: a damaged one fails here, not mid-run
         _ = (dataset.crs, dataset.transform, dataset.nodatavals, dataset.dtypes)
     except (UnicodeDecodeError, ValueError, RasterioError) as exc:
         dataset.close()
         raise SlidemapError(f"{role} {name} has a header that cannot be read "
-                            f"({_first_line(exc)}): is it a complete, uncorrupted GeoTIFF?"
+                            f"({first_line(exc)}): is it a complete, uncorrupted GeoTIFF?"
                             ) from exc
     complex_bands = [d for d in dataset.dtypes if np.issubdtype(np.dtype(d), np.complexfloating)
                      or d.startswith("complex")]
@@ -94,11 +94,6 @@ def check_label_dtype(dataset: rasterio.DatasetReader, path: str | Path) -> None
                             "integer raster of 0 (background), 1 (landslide) and 255 (ignore)")
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def reading(role: str, path: str | Path | None) -> Iterator[None]:
     """Turn a GDAL failure while reading (a truncated or corrupt file) into a one-line error."""
@@ -107,7 +102,7 @@ def reading(role: str, path: str | Path | None) -> Iterator[None]:
     except RasterioError as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
         raise SlidemapError(
-            f"{role} {path} cannot be read ({_first_line(cause)}): is it a complete, "
+            f"{role} {path} cannot be read ({first_line(cause)}): is it a complete, "
             "uncorrupted GeoTIFF?"
         ) from exc
 

@@ -30,7 +30,7 @@ from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from rasterio.warp import transform, transform_bounds
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.schema.values import LAYER_MARK
 
 POLYGONAL = {"Polygon", "MultiPolygon"}
@@ -60,7 +60,7 @@ class PolygonLayer:
             info = pyogrio.read_info(self.path, layer=self.layer, force_total_bounds=True)
         except (DataSourceError, DataLayerError) as exc:
             raise SlidemapError(f"{role} {self.name} cannot be read as a vector layer "
-                                f"({_first_line(exc)}): is it a complete GeoPackage, GeoJSON "
+                                f"({first_line(exc)}): is it a complete GeoPackage, GeoJSON "
                                 "or Shapefile?") from exc
         if info["crs"] is None:
             raise SlidemapError(f"{role} {self.name} has no CRS: assign one in QGIS (Layer "
@@ -95,7 +95,7 @@ class PolygonLayer:
             _, _, wkb, _ = pyogrio.raw.read(self.path, layer=self.layer, bbox=box, columns=[])
         except (DataSourceError, DataLayerError) as exc:
             raise SlidemapError(f"{self.role} {self.name} cannot be read "
-                                f"({_first_line(exc)}): is it complete?") from exc
+                                f"({first_line(exc)}): is it complete?") from exc
         geometries = shapely.from_wkb(wkb)
         geometries = geometries[~(shapely.is_missing(geometries) | shapely.is_empty(geometries))]
         kinds = shapely.get_type_id(geometries)
@@ -160,8 +160,3 @@ class VectorLabels:
 
 def _disjoint(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

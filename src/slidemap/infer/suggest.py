@@ -33,7 +33,7 @@ from rich.progress import Progress
 from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.scene import Scene
 from slidemap.data.vectors import PolygonLayer
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io.atomic import atomic_path, final_path
@@ -193,7 +193,6 @@ def write_boxes(suggestion: Suggestion, path: Path, overwrite: bool = False) -> 
                               geometry_type="Polygon", crs=crs.to_wkt() if crs else None,
                               layer="suggested_boxes")
     except (OSError, DataSourceError, DataLayerError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
         target = final_path(path)
-        raise SlidemapError(f"cannot write {target} ({lines[0]}): check free disk space and "
-                            f"that {target.parent} is writable") from exc
+        raise SlidemapError(f"cannot write {target} ({first_line(exc)}): check free disk "
+                            f"space and that {target.parent} is writable") from exc

@@ -35,7 +35,7 @@ from scipy import ndimage
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.io.atomic import atomic_path, final_path
 from slidemap.io.rasters import gdal_cache, read_probability
@@ -457,7 +457,6 @@ def _writing_inventory(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, sqlite3.Error, DataSourceError, DataLayerError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
         target = final_path(path)
-        raise SlidemapError(f"cannot write {target} ({lines[0]}): check free disk space and "
-                            f"that {target.parent} is writable") from exc
+        raise SlidemapError(f"cannot write {target} ({first_line(exc)}): check free disk "
+                            f"space and that {target.parent} is writable") from exc

@@ -19,7 +19,7 @@ import rasterio.shutil
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.io.atomic import atomic_path, final_path, scratch_path
 
 MASK_NODATA = 255
@@ -71,8 +71,7 @@ def writing(path: Path, problem: str | None = None) -> Iterator[None]:
     except (RasterioError, OSError) as exc:
         if problem is None:
             cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-            lines = str(cause).strip().splitlines() or [type(cause).__name__]
-            problem = re.sub(r"\S*\.(?:partial|staged)\S*", "the file", lines[0])
+            problem = re.sub(r"\S*\.(?:partial|staged)\S*", "the file", first_line(cause))
         target = final_path(path)
         raise SlidemapError(f"cannot write {target} ({problem}): check free disk space and "
                             f"that {target.parent} is writable") from exc

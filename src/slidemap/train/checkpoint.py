@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.io.atomic import atomic_path
 
 META_KEY = "slidemap_checkpoint"
@@ -60,9 +60,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         return _load_checkpoint(path, model, optimizer, scheduler)
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
             RuntimeError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise SlidemapError(f"checkpoint {path} cannot be resumed ({lines[0]}): resume with the "
-                            "config that wrote it, or train without --resume") from exc
+        raise SlidemapError(f"checkpoint {path} cannot be resumed ({first_line(exc)}): resume "
+                            "with the config that wrote it, or train without --resume") from exc
 
 
 def load_extra(path: Path, prefix: str) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.models import build_model, count_parameters
 from slidemap.schema.config import RunConfig
 from slidemap.train.losses import build_loss
@@ -29,7 +29,7 @@ def check_buildable(config: RunConfig, where: str = "config") -> None:
     except (ValueError, RuntimeError, OverflowError) as exc:
         raise SlidemapError(f"{where}: model {config.model.name} does not build with width "
                             f"{config.model.width} and options {config.model.options}: "
-                            f"{str(exc).splitlines()[0]}") from exc
+                            f"{first_line(exc)}") from exc
     parameters = count_parameters(network)
     if parameters > MAX_PARAMETERS:
         raise SlidemapError(f"{where}: model {config.model.name} with width {config.model.width} "

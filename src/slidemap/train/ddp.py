@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from slidemap.data.dataset import RandomWindows
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 
 TIMEOUT = timedelta(minutes=30)  # rank 0 may score validation scenes while the others wait
 
@@ -51,7 +51,7 @@ def setup() -> Ranks:
             dist.init_process_group("gloo", timeout=TIMEOUT)
         except (RuntimeError, ValueError) as exc:
             raise SlidemapError(f"WORLD_SIZE={world} but the process group cannot start "
-                                f"({str(exc).strip().splitlines()[0]}): launch with torchrun "
+                                f"({first_line(exc)}): launch with torchrun "
                                 "--nproc_per_node N, or unset WORLD_SIZE") from exc
     return Ranks(dist.get_rank(), dist.get_world_size())
 

@@ -4,6 +4,7 @@ TIFF per patch, and one confusion matrix over all patches when the set has label
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
 from slidemap.workflows.inputs import ModelArg, files_under, has_elevation, model_files, model_list
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PatchSetResult:
@@ -53,9 +55,11 @@ def predict_patches(folder: Path, out_dir: Path, model: ModelArg = None,
     ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
     options = options or PredictOptions()
     elevation = has_elevation(folder, None)
+    models = model_list(model, elevation, patches=True)
+    if not model and not elevation:
+        log.info(f"no --dem: mapping with the RGB-only model {models[0].stem} (models/README.md)")
     inputs = [*model_files(model, elevation, patches=True), *files_under(folder, out_dir)]
-    summary = predict_patch_set(build_predictor(model_list(model, elevation, patches=True),
-                                                options), folder,
+    summary = predict_patch_set(build_predictor(models, options), folder,
                                 out_dir, options, scale, pixel_size, overwrite, progress, inputs)
     metrics = summary.get("metrics")
     return PatchSetResult(folder, summary["patches"], tuple(Path(m) for m in summary["model"]),
