@@ -56,6 +56,21 @@ def write_raster(path: Path, array: np.ndarray, crs: str | None = UTM47,
     return path
 
 
+def square_scene(path: Path, shape: tuple[int, int], square: tuple[slice, slice],
+                 corner: tuple[int, int], seed: int) -> dict[str, Path]:
+    """An unlabelled RGB + DSM scene (``path`` and ``path``_dsm): noise with one bright
+    rectangle, a nodata corner and a tilted, wavy DSM."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(40, 90, size=(3, *shape)).astype(np.uint8)
+    image[:, square[0], square[1]] += 100
+    image[:, :corner[0], :corner[1]] = 0
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    dsm = (3000.0 + 0.3 * cols + 0.2 * rows + 5 * np.sin(rows / 9)).astype(np.float32)
+    return {"image": write_raster(path, image, nodata=0),
+            "dem": write_raster(path.with_name(f"{path.stem}_dsm.tif"), dsm,
+                                nodata=float("nan"))}
+
+
 def write_scene(root: Path, name: str, image: np.ndarray, dsm: np.ndarray, labels: np.ndarray
                 ) -> dict[str, Path]:
     """An RGB image (nodata 0), its DSM (nodata NaN) and labels (nodata 255) on one grid."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from factories import write_raster
+from factories import square_scene
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
@@ -35,14 +35,8 @@ OPTIONS = PredictOptions(tile=32, overlap=8, batch_size=3, precision="fp32")
 
 def pin_scene(folder: Path, factor: int) -> dict[str, Path]:
     """90 × 110 px at 0.5 m: a bright square, a nodata corner, a wavy DSM."""
-    rng = np.random.default_rng(7)
-    image = rng.integers(40, 90, size=(3, 90, 110)).astype(np.uint8)
-    image[:, 30:70, 40:90] += 100
-    image[:, :20, :16] = 0
-    rows, cols = np.mgrid[0:90, 0:110]
-    dsm = (3000.0 + 0.3 * cols + 0.2 * rows + 5 * np.sin(rows / 9)).astype(np.float32)
-    return {"image": write_raster(folder / f"pin{factor}.tif", image, nodata=0),
-            "dem": write_raster(folder / f"pin{factor}_dsm.tif", dsm, nodata=float("nan"))}
+    return square_scene(folder / f"pin{factor}.tif", (90, 110), (slice(30, 70), slice(40, 90)),
+                        (20, 16), seed=7)
 
 
 def pin_model(folder: Path, factor: int) -> Path:

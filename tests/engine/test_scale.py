@@ -14,7 +14,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from factories import REPO, write_raster
+from factories import REPO, square_scene, write_raster
 from rasterio.transform import from_origin
 
 from slidemap import api
@@ -35,14 +35,8 @@ def read(path: str | Path) -> np.ndarray:
 @pytest.fixture
 def wide_scene(tmp_path: Path) -> dict[str, Path]:
     """160×200 px: several bands of 48 px windows, a nodata corner, a tilted DSM."""
-    rng = np.random.default_rng(1)
-    image = rng.integers(40, 90, size=(3, 160, 200)).astype(np.uint8)
-    image[:, 60:120, 50:150] += 100
-    image[:, :40, :30] = 0
-    rows, cols = np.mgrid[0:160, 0:200]
-    dsm = (3000.0 + 0.3 * cols + 0.2 * rows + 5 * np.sin(rows / 9)).astype(np.float32)
-    return {"image": write_raster(tmp_path / "wide.tif", image, nodata=0),
-            "dem": write_raster(tmp_path / "wide_dsm.tif", dsm, nodata=float("nan"))}
+    return square_scene(tmp_path / "wide.tif", (160, 200), (slice(60, 120), slice(50, 150)),
+                        (40, 30), seed=1)
 
 
 def test_dask_workers_give_the_single_process_maps(wide_scene, tiny_model, tmp_path) -> None:
