@@ -9,8 +9,8 @@ overlap, scales and threshold are the model file's own (``slidemap bench`` reads
 the table repeats them), so the figures follow the shipped defaults when they change. The shipped
 default model at 40 and 400 Mpx::
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 6325 --configs bf16
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 20000 --configs bf16
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 6325 --configs auto
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 20000 --configs auto
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from slidemap.api import DEFAULT_MODEL  # the shipped default, whichever it is
 REPO = Path(__file__).resolve().parents[1]
 JINSHA = REPO.parent / "shared" / "data" / "jinsha"
 CONFIGS = {
+    "auto": ["--precision", "auto"],  # the shipped default: bf16 where the CPU computes in it
     "bf16": ["--precision", "bf16"],
     "fp32": ["--precision", "fp32"],
     "onnx": ["--backend", "onnx"],
@@ -101,7 +102,7 @@ def main() -> None:
                         "depends on the width, so a short wide mosaic checks the peak RSS")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help="model file (default: the shipped default model)")
-    parser.add_argument("--configs", default="bf16,fp32", help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default="auto", help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--sample", type=int, default=32, help="windows timed model-only")
     parser.add_argument("--out", type=Path, default=Path("/tmp/slidemap-mosaic"))
     parser.add_argument("--json", type=Path, help="write all results here")

@@ -30,8 +30,8 @@ from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.io.modelfile import load_model
 
 STAGES = [  # (module or class, function, label)
-    (stream, "read_band", "read thread: windows read"),
-    (stream, "infer_band", "model thread: normalise + model"),
+    (stream, "read_window", "read thread: windows read"),
+    (Predictor, "__call__", "model thread: normalise + model"),
     (stream, "blend_band", "blend thread: to native px + blend"),
     (stream.Assembler, "_strip", "blend thread: sum bands"),
     (stream, "strip_weights", "writer thread: weights"),
@@ -69,7 +69,7 @@ def main() -> None:
     spans: list[tuple[float, float]] = []
     lock = threading.Lock()
     for owner, name, label in STAGES:
-        model_stage = name == "infer_band"
+        model_stage = name == "__call__"
         setattr(owner, name, timed(getattr(owner, name), label, cpu,
                                    spans if model_stage else None, lock))
     predictor = Predictor([load_model(args.model)], precision=args.precision)

@@ -17,10 +17,12 @@ from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.transform import Affine, from_origin
 from rasterio.warp import calculate_default_transform, reproject
+from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import RandomWindows
 from slidemap.io.modelfile import ModelBundle, model_paths
+from slidemap.io.rasters import read_probability
 from slidemap.models import build_model
 from slidemap.schema.config import RunConfig
 from slidemap.train.loop import train
@@ -198,3 +200,9 @@ def train_interrupted_then_resumed(config: RunConfig, run: Path,
         train(config, run)
     monkeypatch.undo()
     train(config, run, resume=True)
+
+
+def read_prob(path: str | Path) -> np.ndarray:
+    """A probability GeoTIFF decoded to float32 with NaN nodata, whichever type it stores."""
+    with rasterio.open(path) as ds:
+        return read_probability(ds, Window(0, 0, ds.width, ds.height))

@@ -15,6 +15,7 @@ from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, display_name
 from slidemap.infer.options import PredictOptions
+from slidemap.io.rasters import DEFAULT_PROB_DTYPE
 from slidemap.io.sidecar import check_scales
 from slidemap.train.adapt import AdaptOptions
 from slidemap.workflows import bench as bench_workflow
@@ -99,7 +100,7 @@ def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
             model: Models = None, options: PredictOptions | None = None,
             min_area_m2: float | None = None, simplify_m: float | None = None,
             overwrite: bool = False, progress: Progress | None = None,
-            formats: Sequence[str] = ("gpkg",), prob_dtype: str = "float32",
+            formats: Sequence[str] = ("gpkg",), prob_dtype: str = DEFAULT_PROB_DTYPE,
             html_report: bool = False, adapt: AdaptOptions | None = None) -> PredictResult:
     """Map landslides in a scene (any GDAL raster, or a STAC Item JSON of image and DEM):
     probability and mask COGs, the inventory (each of ``formats``: gpkg, geojson) with its QGIS

@@ -58,7 +58,8 @@ class InventoryFormat(str, Enum):
 
 
 # Options that several commands share: choices as Literal (shown as <a|b> in the help).
-Precision = Annotated[schema_values.Precision, typer.Option(help="bf16 (fast on CPU) or fp32")]
+Precision = Annotated[schema_values.Precision, typer.Option(
+    help="auto (bf16 where the CPU computes in it, else fp32), bf16 or fp32")]
 Tile = Annotated[int | None, typer.Option(
     min=16, help="window size in working pixels (default: the model's)")]
 Overlap = Annotated[int | None, typer.Option(
@@ -189,7 +190,7 @@ def predict(
     tile: Tile = None,
     overlap: Overlap = None,
     batch_size: BatchSize = 1,
-    precision: Precision = "bf16",
+    precision: Precision = "auto",
     tta: TTA = False,
     scales: Scales = None,
     threshold: Threshold = None,
@@ -205,8 +206,8 @@ def predict(
     simplify: Annotated[float | None, typer.Option(
         help="simplify outlines by this tolerance (m; default: half a working pixel)")] = None,
     prob_dtype: Annotated[Literal["float32", "uint8"], typer.Option(
-        help="probability raster type: float32, or uint8 (steps of 1/254 with scale/offset, "
-             "a fraction of the size)")] = "float32",
+        help="probability raster type: uint8 (steps of 1/254 with scale/offset, a twelfth of "
+             "the size) or float32")] = "uint8",
     inventory_format: Annotated[list[InventoryFormat] | None, typer.Option(
         "--format", metavar="<gpkg|geojson>",
         help="inventory format: gpkg (default) or geojson; repeat for both")] = None,
@@ -242,7 +243,7 @@ def predict(
     if folder and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if folder:
-        scene_only = {"--prob-dtype": prob_dtype != "float32", "--format": inventory_format,
+        scene_only = {"--prob-dtype": prob_dtype != "uint8", "--format": inventory_format,
                       "--min-area": min_area is not None, "--simplify": simplify is not None,
                       "--adapt": adapt}
         given = [name for name, value in scene_only.items() if value]
@@ -287,7 +288,7 @@ def evaluate(
     model: Models = None,
     out: Annotated[Path | None, typer.Option(help="folder for metrics.json (+ rasters)")] = None,
     threshold: Threshold = None,
-    precision: Precision = "bf16",
+    precision: Precision = "auto",
     tta: TTA = False,
     scales: Scales = None,
     tile: Tile = None,
@@ -547,7 +548,7 @@ def suggest(
     spacing: Annotated[int, typer.Option(
         min=0, help="no two picks within this many boxes of each other (while possible)")] = 1,
     batch_size: BatchSize = 8,
-    precision: Precision = "bf16",
+    precision: Precision = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
 ) -> None:
     """Suggest the boxes most worth labelling next: where the model is least sure, spread out."""
@@ -688,7 +689,7 @@ def bench(
     tile: Tile = None,
     overlap: Overlap = None,
     batch_size: BatchSize = 1,
-    precision: Precision = "bf16",
+    precision: Precision = "auto",
     scales: Scales = None,
     backend: Backend = "torch",
     compile_model: Compile = False,

@@ -76,7 +76,7 @@ def test_help_shows_choices_not_types(capsys, monkeypatch) -> None:
         code, shown, _ = run(capsys, monkeypatch, command, "--help")
         assert code == 0 and "list[" not in shown, (command, shown)
     shown = run(capsys, monkeypatch, "predict", "--help")[1]
-    for choices in ("<bf16|fp32>", "<torch|onnx>", "<model|scene>", "<gpkg|geojson>"):
+    for choices in ("<auto|bf16|fp32>", "<torch|onnx>", "<model|scene>", "<gpkg|geojson>"):
         assert choices in shown
     assert "<float32|float16|int8|int4>" in run(capsys, monkeypatch, "export", "--help")[1]
 

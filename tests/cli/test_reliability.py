@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from factories import REPO, reproject_raster, run_config, tiny_bundle, write_raster
+from factories import REPO, read_prob, reproject_raster, run_config, tiny_bundle, write_raster
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from safetensors.torch import load_file
@@ -560,9 +560,9 @@ def test_optional_commands_refuse_bad_input(w: SimpleNamespace, command: str) ->
 # -- inputs that must work ----------------------------------------------------------------------
 
 def _read_outputs(out: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
-    with rasterio.open(out / f"{stem}_prob.tif") as prob, \
-            rasterio.open(out / f"{stem}_mask.tif") as mask:
-        return prob.read(1), mask.read(1)
+    """Probabilities (decoded, NaN nodata) and mask."""
+    with rasterio.open(out / f"{stem}_mask.tif") as mask:
+        return read_prob(out / f"{stem}_prob.tif"), mask.read(1)
 
 
 @pytest.mark.parametrize("variant", ["dem_4326", "dem_holes", "image_u16", "image_f32"])
@@ -646,13 +646,13 @@ def test_read_only_output_folder(w: SimpleNamespace) -> None:
 
 
 def test_disk_full_while_writing(w: SimpleNamespace) -> None:
-    """A file-size limit makes every write past a few KB fail like a full disk would."""
+    """A file-size limit makes every write past 1 KB fail like a full disk would."""
     out = w.root / "out" / "disk-full"
     out.mkdir(parents=True)
 
     def limit_file_size() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
 
     result = w.cli(*predict_args(w, out), preexec_fn=limit_file_size)
     # libtiff's own print of the failed write ("_tiffWriteProc: File too large.") is switched

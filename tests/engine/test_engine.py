@@ -26,6 +26,7 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import native_prob, predict_arrays
 from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.io.modelfile import ModelBundle, PredictDefaults, load_model, save_model
+from slidemap.io.rasters import RasterFormat
 from slidemap.models import build_model
 from slidemap.workflows.patches import predict_patch_set
 
@@ -55,7 +56,8 @@ def scene_prob(folder: Path, factor: int) -> np.ndarray:
     scene, model = pin_scene(folder, factor), pin_model(folder, factor)
     predictor = Predictor([load_model(model)], precision="fp32")
     prob, mask = folder / f"prob{factor}.tif", folder / f"mask{factor}.tif"
-    predict_scene(predictor, scene["image"], scene["dem"], prob, mask, OPTIONS)
+    predict_scene(predictor, scene["image"], scene["dem"], prob, mask, OPTIONS,
+                  fmt=RasterFormat("float32"))  # the engine's own float32 sums
     with rasterio.open(prob) as ds:
         return ds.read(1)
 

@@ -44,7 +44,7 @@ def test_ensemble_scene_map_is_the_mean_of_member_maps(tiny_scene: dict, tmp_pat
     maps = []
     for name, model in (("a", [models[0]]), ("b", [models[1]]), ("ab", models)):
         result = api.predict(tiny_scene["image"], tmp_path / name, tiny_scene["dem"], model,
-                             options)
+                             options, prob_dtype="float32")
         with rasterio.open(result.prob) as ds:
             maps.append(ds.read(1))
     np.testing.assert_allclose(maps[2], (maps[0] + maps[1]) / 2, atol=1e-6, equal_nan=True)

@@ -95,7 +95,7 @@ def test_scene_prediction_uses_the_model_defaults(tiny_scene: dict, tiny_model: 
             ("explicit", tiny_model, PredictOptions(48, 16, precision="fp32", scales=MULTI)),
             ("single", tiny_model, PredictOptions(48, 16, precision="fp32"))):
         result = api.predict(tiny_scene["image"], tmp_path / name, tiny_scene["dem"], model,
-                             options)
+                             options, prob_dtype="float32")
         with rasterio.open(result.prob) as ds:
             maps.append(ds.read(1))
     np.testing.assert_array_equal(maps[0], maps[1])
@@ -112,7 +112,7 @@ def test_the_mask_follows_the_model_threshold_or_the_one_given(
     """The mask (and inventory) is drawn at the sidecar's threshold; ``threshold`` overrides it
     in predict and in evaluate, whose scores then use the same value as its mask."""
     plain = api.predict(tiny_scene["image"], tmp_path / "plain", tiny_scene["dem"], tiny_model,
-                        PredictOptions(precision="fp32"))
+                        PredictOptions(precision="fp32"), prob_dtype="float32")
     prob, _ = read_maps(plain.prob, plain.mask)
     valid = ~np.isnan(prob)
     cut = float(np.quantile(prob[valid], 0.3))  # a threshold that changes the mask
@@ -120,7 +120,8 @@ def test_the_mask_follows_the_model_threshold_or_the_one_given(
     lowered = save_model(replace(load_model(tiny_model), threshold=cut), tmp_path / "lowered")
     for name, model, threshold in (("carried", lowered, None), ("given", tiny_model, cut)):
         result = api.predict(tiny_scene["image"], tmp_path / name, tiny_scene["dem"], model,
-                             PredictOptions(precision="fp32", threshold=threshold))
+                             PredictOptions(precision="fp32", threshold=threshold),
+                             prob_dtype="float32")
         _, mask = read_maps(result.prob, result.mask)
         np.testing.assert_array_equal(mask[valid], prob[valid] >= cut)
     report = api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], dem=tiny_scene["dem"],

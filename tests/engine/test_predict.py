@@ -6,7 +6,9 @@ import sys
 
 import numpy as np
 import pyogrio
+import pytest
 import rasterio
+from factories import read_prob
 
 from slidemap import api
 from slidemap.infer.predict import PredictOptions
@@ -21,12 +23,14 @@ def test_predict_keeps_georeference_and_nodata(tiny_scene, tiny_model, tmp_path)
     with rasterio.open(result.prob) as prob_ds, rasterio.open(result.mask) as mask_ds:
         for ds in (prob_ds, mask_ds):
             assert ds.crs == crs and ds.transform == transform and ds.shape == shape
-        prob, mask = prob_ds.read(1), mask_ds.read(1)
-        assert prob_ds.dtypes[0] == "float32" and mask_ds.dtypes[0] == "uint8"
-        assert mask_ds.nodata == 255
+            assert ds.dtypes[0] == "uint8" and ds.nodata == 255
+        assert prob_ds.scales == (pytest.approx(1 / 254),)  # probability steps of 1/254
+        mask = mask_ds.read(1)
+    prob = read_prob(result.prob)
     assert np.isnan(prob[:, :8]).all() and (mask[:, :8] == 255).all()
     assert np.isfinite(prob[:, 8:]).all() and set(np.unique(mask[:, 8:])) <= {0, 1}
-    np.testing.assert_array_equal(mask[:, 8:], (prob[:, 8:] >= 0.5).astype(np.uint8))
+    clear = np.abs(prob[:, 8:] - 0.5) > 0.5 / 254  # the mask is drawn before the rounding
+    np.testing.assert_array_equal(mask[:, 8:][clear], (prob[:, 8:] >= 0.5)[clear])
     info = pyogrio.read_info(result.inventory)
     assert info["crs"].endswith("32647")
     assert {"area_m2", "mean_prob"} <= set(info["fields"])

@@ -237,7 +237,9 @@ def test_predict_writes_a_stac_item_that_validates_and_reads_back(tiny_scene, ti
         assert assets[key]["file:size"] == path.stat().st_size
         assert assets[key]["file:checksum"] == "1220" + hashlib.sha256(
             path.read_bytes()).hexdigest()
-    assert assets["prob"]["raster:bands"][0]["data_type"] == "float32"
+    band = assets["prob"]["raster:bands"][0]  # the default: uint8 steps of 1/254
+    assert band["data_type"] == "uint8" and band["nodata"] == 255
+    assert band["scale"] == pytest.approx(1 / 254)
     classes = {c["value"]: c["name"] for c in assets["mask"]["classification:classes"]}
     assert classes == {0: "background", 1: "landslide", 255: "nodata"}
     item = pystac.Item.from_file(result.stac)  # reads back, and as the input of predict:

@@ -17,7 +17,7 @@ from torch import nn
 
 from slidemap.errors import SlidemapError
 from slidemap.extras import require
-from slidemap.infer.runtime import predict_batch, prepare_for_inference
+from slidemap.infer.runtime import predict_batch, prepare_for_inference, resolve_precision
 from slidemap.io.modelfile import ModelBundle
 from slidemap.schema.values import BACKENDS, PRECISIONS
 
@@ -29,16 +29,18 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The model in PyTorch: bf16 autocast or fp32, channels_last, optionally ``torch.compile``d
-    (a minute or more of compiling on first use; worth it only for long runs)."""
+    """The model in PyTorch: bf16 autocast or fp32 (``auto``: by the CPU), channels_last,
+    optionally ``torch.compile``d (a minute or more of compiling on first use; worth it only
+    for long runs)."""
 
-    def __init__(self, model: nn.Module, precision: str = "bf16", compile: bool = False) -> None:
+    def __init__(self, model: nn.Module, precision: str = "auto", compile: bool = False) -> None:
         if precision not in PRECISIONS:
-            raise SlidemapError(f"precision {precision!r} is not known: use bf16 or fp32")
+            raise SlidemapError(f"precision {precision!r} is not known: use one of "
+                                f"{', '.join(PRECISIONS)}")
         self.model: nn.Module = prepare_for_inference(model)
         if compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
-        self.precision = precision
+        self.precision = resolve_precision(precision)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return predict_batch(self.model, batch, self.precision)
@@ -66,7 +68,7 @@ class OnnxBackend:
         return self.session.run(None, {"x": x})[0][:, 0, :h, :w]
 
 
-def make_backend(bundle: ModelBundle, backend: str = "torch", precision: str = "bf16",
+def make_backend(bundle: ModelBundle, backend: str = "torch", precision: str = "auto",
                  compile: bool = False) -> Backend:
     """The backend ``backend`` for ``bundle``; ONNX uses the up-to-date export beside the model
     file (``slidemap export``) or exports one on the fly into a temporary folder."""

@@ -1,7 +1,8 @@
 """How fast a scene is mapped: the model alone against the whole pipeline, and peak memory.
 
-*Model-only* times the backend's forward on windows read and normalised beforehand (a sample of
-the scene's windows that hold data), scaled to the windows the scene needs. *End-to-end* times
+*Model-only* times the model as configured (the ``Predictor``: normalisation, every member,
+scale and TTA variant) on windows read beforehand (a sample of the scene's windows that hold
+data), scaled to the windows the scene needs. *End-to-end* times
 scene prediction as ``slidemap predict`` runs it: read, normalise, model, blend, write both
 GeoTIFFs; the inventory that follows is timed on its own (``inventory_s``), and the peak RSS
 covers both. Both are in megapixels of the scene (native pixels) per second, so their ratio is the
@@ -28,8 +29,7 @@ import psutil
 import rasterio
 from rasterio.windows import Window
 
-from slidemap.data.channels import read_inputs, stack_channels
-from slidemap.data.normalization import normalise
+from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.scene import Scene
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
@@ -55,7 +55,7 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
         factor = scene.decimation(predictor.spec.resolution_m)
         assert options.tile is not None and options.overlap is not None  # resolved above
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
-        batches = _sample_batches(predictor, scene, grid, sample, options.batch_size)
+        batches = _sample_batches(scene, predictor.spec, grid, sample, options.batch_size)
     first_s, per_window, cpu_per_window = _time_model(predictor, batches)
     del batches  # not held while the scene is mapped
     budget = MemoryBudget.of(options.memory_mb)
@@ -74,7 +74,7 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
             inventory_s = time.perf_counter() - started
         result = {
             "image": str(image), "size": [grid.height, grid.width], "factor": factor,
-            "backend": options.backend, "precision": _precision_name(options),
+            "backend": options.backend, "precision": predictor.precision,
             "compile": options.compile, "batch_size": options.batch_size, "tile": options.tile,
             "overlap": options.overlap, "scales": list(predictor.scales),
             "threshold": predictor.threshold, "memory_mb": budget.megabytes,
@@ -105,52 +105,45 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
     return result
 
 
-def _precision_name(options: PredictOptions) -> str:
-    return "fp32" if options.backend == "onnx" else options.precision
-
-
-def _sample_batches(predictor: Predictor, scene: Scene, grid: Grid, sample: int,
-                    batch_size: int) -> list[list[np.ndarray]]:
-    """Normalised inputs of up to ``sample`` windows with data, spread over the scene, batched
-    (one list of member inputs per batch)."""
+def _sample_batches(scene: Scene, spec: InputSpec, grid: Grid, sample: int, batch_size: int
+                    ) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Raw inputs and validity of up to ``sample`` windows with data, spread over the scene, in
+    batches of ``batch_size``: what the model's thread is handed in the pipeline."""
     windows = [w for row in grid.rows for w in grid.band_windows(row)]
     order = np.unique(np.linspace(0, len(windows) - 1, min(len(windows), 8 * sample)).round())
-    spec = predictor.spec
-    raw: list[tuple[np.ndarray, np.ndarray]] = []
+    raw: list[np.ndarray] = []
+    valid: list[np.ndarray] = []
     for index in order.astype(int):
         window: Window = windows[index]
         if len(raw) == sample or not scene.any_valid(window, grid.factor):
             continue
         data = read_inputs(scene, window, spec, grid.factor)
         if data["valid"].any():
-            raw.append((stack_channels(data, spec), data["valid"]))
-    batches = []
-    for start in range(0, len(raw), batch_size):
-        part = raw[start:start + batch_size]
-        batches.append([np.stack([normalise(x, stats, valid=v) for x, v in part])
-                        for _, stats in predictor.members])
-    return batches
+            raw.append(stack_channels(data, spec))
+            valid.append(data["valid"])
+    return [(raw[start:start + batch_size], valid[start:start + batch_size])
+            for start in range(0, len(raw), batch_size)]
 
 
-def _time_model(predictor: Predictor, batches: list[list[np.ndarray]]
+def _time_model(predictor: Predictor, batches: list[tuple[list[np.ndarray], list[np.ndarray]]]
                 ) -> tuple[float, float, float]:
     """(seconds of the warm-up: one batch of each shape, compiling included; wall and CPU
-    seconds per window over all batches after it)."""
+    seconds per window over all batches after it). The model is the ``Predictor`` as
+    configured: normalisation, every member, scale and TTA variant, as the pipeline's model
+    thread runs it (the other scales on a spare core where there is one)."""
     if not batches:
         return 0.0, 0.0, 0.0
     started = time.perf_counter()
-    shapes: dict[tuple[int, ...], list] = {}
-    for inputs in batches:
-        shapes.setdefault(inputs[0].shape, inputs)
-    for inputs in shapes.values():
-        for (backend, _), batch in zip(predictor.members, inputs, strict=True):
-            backend(batch)
+    shapes: dict[tuple[int, ...], tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for raw, valid in batches:
+        shapes.setdefault((len(raw), *raw[0].shape), (raw, valid))
+    for raw, valid in shapes.values():
+        predictor(raw, valid)
     first = time.perf_counter() - started
     started, cpu = time.perf_counter(), time.process_time()
-    for inputs in batches:
-        for (backend, _), batch in zip(predictor.members, inputs, strict=True):
-            backend(batch)
-    windows = sum(inputs[0].shape[0] for inputs in batches)
+    for raw, valid in batches:
+        predictor(raw, valid)
+    windows = sum(len(raw) for raw, _ in batches)
     return (first, (time.perf_counter() - started) / windows,
             (time.process_time() - cpu) / windows)
 

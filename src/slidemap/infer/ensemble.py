@@ -24,6 +24,7 @@ from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scaling import demote
 from slidemap.errors import SlidemapError
 from slidemap.infer.backends import Backend, make_backend
+from slidemap.infer.runtime import resolve_precision
 from slidemap.io.modelfile import ModelBundle
 from slidemap.io.sidecar import check_scales, check_threshold
 
@@ -50,7 +51,7 @@ class Predictor:
     """
 
     def __init__(self, bundles: list[ModelBundle], tta: bool = False,
-                 precision: str = "bf16", backend: str = "torch", compile: bool = False,
+                 precision: str = "auto", backend: str = "torch", compile: bool = False,
                  scales: tuple[float, ...] | None = None, threshold: float | None = None
                  ) -> None:
         if not bundles:
@@ -70,7 +71,7 @@ class Predictor:
         self.defaults = bundles[0].predict
         self.scales = self.defaults.scales if scales is None else check_scales(scales)
         self.tta = tta
-        self.precision = precision
+        self.precision = "fp32" if backend == "onnx" else resolve_precision(precision)
         self.paths = [b.path for b in bundles]
 
     @property

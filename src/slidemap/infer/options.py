@@ -19,7 +19,7 @@ class PredictOptions:
     tile: int | None = None
     overlap: int | None = None
     batch_size: int = 1  # windows per model call: at 512 px, more cost memory and no speed
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 where the CPU computes in it, else fp32
     tta: bool = False
     normalise: str = "model"  # "scene": statistics of the data predicted (separated)
     backend: str = "torch"  # or "onnx" (ONNX Runtime, fp32)

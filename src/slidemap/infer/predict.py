@@ -56,7 +56,7 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
                   prob_path: Path, mask_path: Path, options: PredictOptions,
                   progress: Progress | None = None, fmt: RasterFormat | None = None
                   ) -> dict[str, float]:
-    """Write ``prob_path`` (float32 NaN nodata, or uint8 255 nodata as ``fmt`` says) and
+    """Write ``prob_path`` (uint8 255 nodata, or float32 NaN nodata, as ``fmt`` says) and
     ``mask_path`` (uint8, 255 nodata), Cloud-Optimised GeoTIFFs.
 
     Returns a few counts (valid pixels, landslide pixels) for the caller's summary, and the

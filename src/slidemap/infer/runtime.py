@@ -1,4 +1,9 @@
-"""How a model runs on the CPU: bf16 autocast and channels_last, or plain fp32."""
+"""How a model runs on the CPU: bf16 autocast and channels_last, or plain fp32.
+
+bf16 pays only where the CPU computes in it (AVX-512 BF16 or AMX): there it is 3-4× faster than
+fp32; on a CPU without them (AVX2 only, as many AMD EPYC and older Intel ones) it is emulated and
+about 11× slower (``benchmarks/speed.md``). ``auto``, the default, picks by the CPU.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,24 @@ from torch import nn
 from slidemap.schema.values import PRECISIONS
 
 
-@contextlib.contextmanager
-def autocast(precision: str) -> Iterator[None]:
-    """bf16 autocast on the CPU (3-4× faster here than fp32), or nothing for ``fp32``."""
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 itself (AVX-512 BF16 or AMX), so bf16 is fast."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(precision: str) -> str:
+    """``bf16`` or ``fp32``: ``auto`` is bf16 where the CPU computes in it, fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if precision == "bf16":
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def autocast(precision: str) -> Iterator[None]:
+    """bf16 autocast on the CPU, or nothing for ``fp32`` (``auto``: by the CPU)."""
+    if resolve_precision(precision) == "bf16":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             yield
     else:
@@ -30,7 +47,7 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def predict_batch(model: nn.Module, patches: np.ndarray, precision: str = "bf16") -> np.ndarray:
+def predict_batch(model: nn.Module, patches: np.ndarray, precision: str = "auto") -> np.ndarray:
     """Landslide probabilities (B, H, W) float32 for a batch of normalised (B, C, H, W) patches."""
     x = torch.from_numpy(np.ascontiguousarray(patches)).to(memory_format=torch.channels_last)
     with autocast(precision):

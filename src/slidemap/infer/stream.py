@@ -239,19 +239,33 @@ class Strip:
     windows: list[Window]
 
 
+@dataclass
+class WindowInputs:
+    """The model channels of one window that holds data, and its validity."""
+
+    window: Window
+    raw: np.ndarray
+    valid: np.ndarray
+
+
+def read_window(scene: Scene, spec: InputSpec, grid: Grid, window: Window
+                ) -> WindowInputs | None:
+    """The model channels of ``window`` at working resolution; None if it holds no data (a
+    cheap test skips empty windows before their DEM and terrain are read)."""
+    if not scene.any_valid(window, grid.factor):
+        return None
+    sample = read_inputs(scene, window, spec, grid.factor)
+    if not sample["valid"].any():
+        return None
+    return WindowInputs(window, stack_channels(sample, spec), sample["valid"])
+
+
 def read_band(scene: Scene, spec: InputSpec, grid: Grid, piece: tuple[int, int]) -> BandInputs:
     """The model channels of the band's windows that hold data, at working resolution."""
     windows = grid.band_windows(piece[1], piece[0])
-    kept, raw, valid = [], [], []
-    for window in windows:
-        if not scene.any_valid(window, grid.factor):
-            continue
-        sample = read_inputs(scene, window, spec, grid.factor)
-        if sample["valid"].any():
-            kept.append(window)
-            raw.append(stack_channels(sample, spec))
-            valid.append(sample["valid"])
-    return BandInputs(piece, kept, raw, valid, len(windows))
+    read = [r for r in (read_window(scene, spec, grid, w) for w in windows) if r is not None]
+    return BandInputs(piece, [r.window for r in read], [r.raw for r in read],
+                      [r.valid for r in read], len(windows))
 
 
 def infer_band(predictor: Predictor, inputs: BandInputs, batch_size: int) -> PredictedBand:
@@ -259,6 +273,32 @@ def infer_band(predictor: Predictor, inputs: BandInputs, batch_size: int) -> Pre
     return PredictedBand(inputs.piece, inputs.windows,
                          run_batches(predictor, inputs.raw, inputs.valid, batch_size),
                          inputs.total)
+
+
+def infer_windows(predictor: Predictor, piece: tuple[int, int],
+                  read: Iterator[WindowInputs | None], batch_size: int) -> PredictedBand:
+    """The model on a band's windows as they are read (``read``: one per window of the band,
+    None for those without data), in batches of the band's windows in order, as
+    :func:`infer_band` forms them: the model starts on a band's first window while the rest
+    are still being read, and holds no window's inputs once it is predicted."""
+    windows: list[Window] = []
+    probs: list[np.ndarray] = []
+    raw: list[np.ndarray] = []
+    valid: list[np.ndarray] = []
+    total = 0
+    for item in read:
+        total += 1
+        if item is None:
+            continue
+        windows.append(item.window)
+        raw.append(item.raw)
+        valid.append(item.valid)
+        if len(raw) == batch_size:
+            probs += predictor(raw, valid)
+            raw, valid = [], []
+    if raw:
+        probs += predictor(raw, valid)
+    return PredictedBand(piece, windows, probs, total)
 
 
 def blend_band(grid: Grid, block: ColumnBlock, row: int, windows: list[Window],
@@ -487,13 +527,19 @@ def in_order(submit: Callable[[T], Pending[R]], items: list[T], ahead: int) -> I
 
 def local_bands(predictor: Predictor, image: DatasetName, dem: DatasetName | None, grid: Grid,
                 batch_size: int) -> Generator[PredictedBand, None, None]:
-    """Bands predicted in this process; the next band is read in a thread meanwhile."""
+    """Bands predicted in this process, window by window as a thread reads them: up to a
+    band's worth of windows (``READ_AHEAD`` bands) is read ahead of the model, so the model
+    waits for the first window of the scene, not for its first band."""
+    items = [(piece, window) for piece in grid.pieces
+             for window in grid.band_windows(piece[1], piece[0])]
+    ahead = READ_AHEAD * max(len(block.cols) for block in grid.blocks)
     with Scene(image, dem=dem) as scene, helper_pool("slidemap-read") as pool:
-        def submit(piece: tuple[int, int]) -> Future[BandInputs]:
-            return pool.submit(read_band, scene, predictor.spec, grid, piece)
+        def submit(item: tuple[tuple[int, int], Window]) -> Future[WindowInputs | None]:
+            return pool.submit(read_window, scene, predictor.spec, grid, item[1])
 
-        for inputs in in_order(submit, grid.pieces, READ_AHEAD):
-            yield infer_band(predictor, inputs, batch_size)
+        read = zip(items, in_order(submit, items, ahead), strict=True)
+        for piece, group in itertools.groupby(read, key=lambda pair: pair[0][0]):
+            yield infer_windows(predictor, piece, (inputs for _, inputs in group), batch_size)
 
 
 def write_bands(bands: Generator[PredictedBand, None, None], grid: Grid, outputs: RasterOutputs,

@@ -44,7 +44,7 @@ from slidemap.io.styles import store_style
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 STRIP_PIXELS = 2**22  # mask pixels labelled at a time, at most
 STRIP_BYTES_PER_PIXEL = 48  # a strip's arrays: mask, probability, labels and their temporaries
-TERRAIN_PIXELS = 2**20  # DEM pixels at a time (slope works in float64 with many temporaries)
+TERRAIN_BLOCK = 256  # side of the blocks whose DEM and slope are read for the landslides in them
 CACHE_MB = 64  # GDAL block cache: every block is read once, in order
 KEYS = ("pixels", "area", "prob", "max")
 TERRAIN_KEYS = ("slope_sum", "slope_n", "elev_min", "elev_max")
@@ -196,7 +196,9 @@ def _strip_sums(mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader
     sums["area"] += np.bincount(ids, weights=np.broadcast_to(areas, slide.shape)[slide],
                                 minlength=count + 1)
     sums["prob"] += np.bincount(ids, weights=prob[slide], minlength=count + 1)
-    np.maximum.at(sums["max"], ids, prob[slide])
+    if count:  # every label 1..count has pixels; ndimage's C loop, not ufunc.at's
+        sums["max"][1:] = np.maximum(sums["max"][1:], ndimage.maximum(
+            prob[slide], ids, index=np.arange(1, count + 1)))
     if terrain is not None and count:
         _add_terrain(terrain, window, labels, slide, sums)
     return np.stack([sums[k] for k in keys], axis=1)
@@ -291,22 +293,30 @@ def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
 
 def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.ndarray,
                  sums: dict[str, np.ndarray]) -> None:
-    """Slope and elevation of a strip's landslide pixels, folded into their components."""
-    step = max(1, TERRAIN_PIXELS // slide.shape[1])
-    for top in range(0, slide.shape[0], step):
-        rows = slice(top, top + step)
-        if not slide[rows].any():
-            continue
-        here = slide[rows]
-        elevation, slope = scene.terrain(Window(window.col_off, window.row_off + top,
-                                                window.width, here.shape[0]))
-        ids, elevation, slope = labels[rows][here], elevation[here], slope[here]
-        finite = np.isfinite(slope)
-        size = sums["slope_n"].size
-        sums["slope_sum"] += np.bincount(ids[finite], weights=slope[finite], minlength=size)
-        sums["slope_n"] += np.bincount(ids[finite], minlength=size)
-        np.fmin.at(sums["elev_min"], ids, elevation)  # fmin/fmax skip NaN (no DEM data)
-        np.fmax.at(sums["elev_max"], ids, elevation)
+    """Slope and elevation of a strip's landslide pixels, folded into their components. Only
+    the blocks of ``TERRAIN_BLOCK`` px that hold landslide pixels are read and their slope
+    computed (each with its own halo, so a pixel's slope is the one a whole-strip read gives):
+    landslides cover a few per cent of a scene."""
+    size = sums["slope_n"].size
+    for top in range(0, slide.shape[0], TERRAIN_BLOCK):
+        for left in range(0, slide.shape[1], TERRAIN_BLOCK):
+            block = np.s_[top:top + TERRAIN_BLOCK, left:left + TERRAIN_BLOCK]
+            here = slide[block]
+            if not here.any():
+                continue
+            elevation, slope = scene.terrain(Window(window.col_off + left, window.row_off + top,
+                                                    here.shape[1], here.shape[0]))
+            ids, elevation, slope = labels[block][here], elevation[here], slope[here]
+            finite = np.isfinite(slope)
+            sums["slope_sum"] += np.bincount(ids[finite], weights=slope[finite], minlength=size)
+            sums["slope_n"] += np.bincount(ids[finite], minlength=size)
+            known = np.isfinite(elevation)  # NaN: no DEM data, skipped as fmin/fmax would
+            if known.any():
+                present = np.unique(ids[known])
+                low = ndimage.minimum(elevation[known], ids[known], index=present)
+                high = ndimage.maximum(elevation[known], ids[known], index=present)
+                sums["elev_min"][present] = np.fmin(sums["elev_min"][present], low)
+                sums["elev_max"][present] = np.fmax(sums["elev_max"][present], high)
 
 
 def _pixel_areas(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:

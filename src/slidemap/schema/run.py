@@ -317,8 +317,9 @@ class TrainSettings(Section):
             "least fraction of labelled pixels a window must hold"))
     augment: StrictBool = Field(default=True, description=(
             "random flips and 90° rotations"))
-    precision: Precision = Field(default="bf16", description=(
-            "`bf16` autocast (fast on CPU) or `fp32`"))
+    precision: Precision = Field(default="auto", description=(
+            "`bf16` autocast, `fp32`, or `auto`: bf16 where the CPU computes in it (AVX-512 "
+            "BF16 or AMX), fp32 elsewhere (emulated bf16 is about 11× slower)"))
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = Field(
         default=None, description="CPU threads for torch; `null`: torch's default")
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] = Field(

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 from slidemap.errors import SlidemapError
 
-Precision = Literal["bf16", "fp32"]
+Precision = Literal["auto", "bf16", "fp32"]  # auto: bf16 where the CPU computes in it
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 WeightsDtype = Literal["float32", "float16", "int8", "int4"]

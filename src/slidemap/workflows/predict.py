@@ -26,7 +26,7 @@ from slidemap.infer.vectorize import (
 from slidemap.io.atomic import check_outputs, make_output_dir, staged
 from slidemap.io.modelfile import model_paths, save_model
 from slidemap.io.provenance import provenance
-from slidemap.io.rasters import PROB_STEPS, RasterFormat
+from slidemap.io.rasters import DEFAULT_PROB_DTYPE, PROB_STEPS, RasterFormat
 from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
 from slidemap.io.styles import write_qml
 from slidemap.report.html import build_report
@@ -90,14 +90,14 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
             model: ModelArg = None, options: PredictOptions | None = None,
             min_area_m2: float | None = None, simplify_m: float | None = None,
             overwrite: bool = False, progress: Progress | None = None,
-            formats: Sequence[str] = ("gpkg",), prob_dtype: str = "float32",
+            formats: Sequence[str] = ("gpkg",), prob_dtype: str = DEFAULT_PROB_DTYPE,
             html_report: bool = False, adapt: AdaptOptions | None = None) -> PredictResult:
     """Map landslides in ``image`` (any GDAL dataset name, or a STAC Item JSON whose image and
     DEM assets are read) into ``out_dir``.
 
     ``min_area_m2`` and ``simplify_m`` left None are set from the model's working pixel
-    (``slidemap.infer.vectorize.inventory_defaults``); ``prob_dtype`` uint8 stores the
-    probability in steps of 1/254 (a quarter of float32's bytes before compression).
+    (``slidemap.infer.vectorize.inventory_defaults``); ``prob_dtype`` uint8 (the default)
+    stores the probability in steps of 1/254, float32 as computed.
     ``adapt``: map with a copy of the model first fine-tuned on the scene's own confident
     pixels (``slidemap.train.adapt``), saved to ``adapt.save`` if given.
     """
