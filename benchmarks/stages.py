@@ -28,6 +28,7 @@ from slidemap.data.scene import Scene
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions, predict_scene
 from slidemap.io.modelfile import load_model
+from slidemap.schema.values import PRECISIONS
 
 STAGES = [  # (module or class, function, label)
     (stream, "read_window", "read thread: windows read"),
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("image", type=Path)
     parser.add_argument("--dem", type=Path)
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     args = parser.parse_args()
     cpu: dict[str, float] = collections.defaultdict(float)
     spans: list[tuple[float, float]] = []

@@ -205,9 +205,9 @@ def predict(
     ] = None,
     simplify: Annotated[float | None, typer.Option(
         help="simplify outlines by this tolerance (m; default: half a working pixel)")] = None,
-    prob_dtype: Annotated[Literal["float32", "uint8"], typer.Option(
-        help="probability raster type: uint8 (steps of 1/254 with scale/offset, a twelfth of "
-             "the size) or float32")] = "uint8",
+    prob_dtype: Annotated[Literal["float32", "uint8"] | None, typer.Option(
+        help="scenes: probability raster type, uint8 (default: steps of 1/254 with "
+             "scale/offset, a twelfth of the size) or float32")] = None,
     inventory_format: Annotated[list[InventoryFormat] | None, typer.Option(
         "--format", metavar="<gpkg|geojson>",
         help="inventory format: gpkg (default) or geojson; repeat for both")] = None,
@@ -243,7 +243,7 @@ def predict(
     if folder and (workers or dask):
         raise UsageError(f"{image} is a patch folder: --workers and --dask apply to scenes")
     if folder:
-        scene_only = {"--prob-dtype": prob_dtype != "uint8", "--format": inventory_format,
+        scene_only = {"--prob-dtype": prob_dtype is not None, "--format": inventory_format,
                       "--min-area": min_area is not None, "--simplify": simplify is not None,
                       "--adapt": adapt}
         given = [name for name, value in scene_only.items() if value]
@@ -260,7 +260,8 @@ def predict(
     adapting = _adapt_options(adapt, adapt_minutes, adapt_windows, adapt_save)
     with _progress() as progress:
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
-                             progress, formats, prob_dtype, html_report, adapting)
+                             progress, formats, prob_dtype or api.DEFAULT_PROB_DTYPE, html_report,
+                             adapting)
     if result.adapted is not None:
         record = result.adapted
         log.info(f"adapted to the scene in {record['seconds']:.0f} s: {record['windows']} "

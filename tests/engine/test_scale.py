@@ -16,9 +16,11 @@ import pytest
 import rasterio
 from factories import REPO, square_scene, write_raster
 from rasterio.transform import from_origin
+from scipy import ndimage
 
 from slidemap import api
-from slidemap.data.terrain import EARTH_RADIUS_M
+from slidemap.data.terrain import EARTH_RADIUS_M, slope_degrees
+from slidemap.infer import vectorize
 from slidemap.infer.predict import PredictOptions
 from slidemap.infer.stream import HELPER_NICENESS, helper_pool
 from slidemap.infer.vectorize import build_inventory, write_inventory
@@ -382,6 +384,38 @@ def test_streamed_inventory_is_the_one_of_a_single_strip(tmp_path) -> None:
     for name, values in one.attributes.items():
         np.testing.assert_allclose(thin.attributes[name], values, rtol=1e-12)
     assert all(a.equals(b) for a, b in zip(thin.geometries, one.geometries, strict=True))
+
+
+def test_inventory_terrain_is_the_whole_dems_whatever_the_blocks_read(tmp_path, monkeypatch
+                                                                      ) -> None:
+    """Slope and elevation are read only in blocks that hold landslide pixels, each with its own
+    halo: every slide's mean slope and elevation range are those of the whole DEM's slope over
+    its pixels, DEM holes skipped, for blocks that cut slides and strips alike."""
+    rng = np.random.default_rng(7)
+    mask = (ndimage.uniform_filter(rng.random((70, 90)), 5) > 0.52).astype(np.uint8)
+    rows, cols = np.mgrid[0:70, 0:90]
+    dem = (2000 + 0.3 * cols + 0.02 * rows**2 + rng.normal(0, 0.2, (70, 90))).astype(np.float32)
+    dem[30:34, 40:47] = np.nan  # a hole inside the slides: skipped, not spread
+    paths = [write_raster(tmp_path / "m.tif", mask, nodata=255),
+             write_raster(tmp_path / "p.tif", mask.astype(np.float32), nodata=float("nan")),
+             write_raster(tmp_path / "d.tif", dem, nodata=float("nan"))]
+    labels, count = ndimage.label(mask == 1, structure=vectorize.FOUR_CONNECTED)
+    assert count > 5 and np.isin(labels[30:34, 40:47], np.arange(1, count + 1)).any()
+    slope = slope_degrees(dem, (0.5, 0.5))
+    ids = np.arange(1, count + 1)
+    finite = np.isfinite(slope)
+    expected_slope = ndimage.mean(slope, np.where(finite, labels, 0), ids)
+    known = np.isfinite(dem)
+    expected_range = (ndimage.maximum(dem, np.where(known, labels, 0), ids)
+                      - ndimage.minimum(dem, np.where(known, labels, 0), ids))
+    for block, strip_rows in ((256, 70), (7, 11), (16, 5)):
+        monkeypatch.setattr(vectorize, "TERRAIN_BLOCK", block)
+        inventory = build_inventory(paths[0], paths[1], strip_rows=strip_rows, dem=paths[2])
+        assert len(inventory) == count
+        np.testing.assert_allclose(inventory.attributes["mean_slope_deg"], expected_slope,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(inventory.attributes["elev_range_m"], expected_range,
+                                   rtol=1e-6)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="only Linux renices a single thread")

@@ -36,6 +36,7 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
 from slidemap.infer.stream import Grid, plan_blocks
 from slidemap.infer.vectorize import slide_batches, write_inventories
+from slidemap.io.rasters import read_probability
 
 RSS_PERIOD_S = 0.05
 
@@ -170,13 +171,14 @@ def peak_rss() -> Iterator[dict[str, int]]:
 
 
 def compare_maps(prob: Path, reference: Path, threshold: float, rows: int = 1024) -> dict:
-    """Agreement of two probability GeoTIFFs on the pixels valid in both, strip by strip."""
+    """Agreement of two probability GeoTIFFs (decoded, whichever type they store) on the pixels
+    valid in both, strip by strip."""
     agree = valid_total = 0
     max_diff = total_diff = 0.0
     with rasterio.open(prob) as a, rasterio.open(reference) as b:
         for top in range(0, a.height, rows):
             window = Window(0, top, a.width, min(rows, a.height - top))
-            pa, pb = a.read(1, window=window), b.read(1, window=window)
+            pa, pb = read_probability(a, window), read_probability(b, window)
             valid = np.isfinite(pa) & np.isfinite(pb)
             diff = np.abs(pa[valid] - pb[valid])
             agree += int(((pa[valid] >= threshold) == (pb[valid] >= threshold)).sum())

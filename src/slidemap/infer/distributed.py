@@ -73,7 +73,7 @@ def band_source(predictor: Predictor, options: PredictOptions, image: DatasetNam
     stats = predictor.stats[0] if options.normalise == "scene" else None
     job = BandJob(absolute_name(image), absolute_name(dem) if dem else None,
                   tuple(str(Path(p).resolve()) for p in paths), options.tta,
-                  options.precision, options.backend, options.compile, predictor.scales,
+                  predictor.precision, options.backend, options.compile, predictor.scales,
                   options.batch_size,
                   (tuple(stats.mean), tuple(stats.std)) if stats else None, grid)
     return dask_bands(job, options.scheduler, options.workers)

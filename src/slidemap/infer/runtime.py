@@ -18,8 +18,11 @@ from slidemap.schema.values import PRECISIONS
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes in bf16 itself (AVX-512 BF16 or AMX), so bf16 is fast."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """Whether this CPU computes in bf16 itself (AVX-512 BF16 or AMX), so bf16 is fast. torch
+    says so only through private functions: a torch without them gets fp32, the safe side."""
+    checks = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if callable(check))
 
 
 def resolve_precision(precision: str) -> str:

@@ -3,7 +3,7 @@ finished strips out.
 
 A scene is covered by overlapping windows; one row of windows is a *band*. A band is predicted on
 its own (read, model) into the working-resolution probabilities of its windows, so bands can be
-computed anywhere: here, with the next band read in a thread while this one is on the model, or
+computed anywhere: here, its windows read in a thread up to a band ahead of the model, or
 on Dask workers (``slidemap.infer.distributed``). A blending thread brings each band back to native
 pixels, blends it across its columns into the band's rows × the scene width and sums consecutive
 bands in order; rows no later band can touch go to a writer thread as strips of whole output block
@@ -59,7 +59,7 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.io.rasters import RasterOutputs, gdal_cache
 
 BLOCK_ROWS = 256  # rows of an output block (slidemap.io.rasters.geotiff_profile)
-READ_AHEAD = 1  # bands read while one is on the model
+READ_AHEAD = 1  # bands' worth of windows read ahead of the model
 BLEND_BEHIND = 2  # predicted bands queued for the blending thread
 WRITE_BEHIND = 4  # strips (of up to one output block row each) queued for the writer thread
 BANDS_HELD = 3  # native bands of a column block: two being summed, one being blended
@@ -504,7 +504,8 @@ class BlockBlender:
         self.carry.close()
 
 
-def in_order(submit: Callable[[T], Pending[R]], items: list[T], ahead: int) -> Iterator[R]:
+def in_order(submit: Callable[[T], Pending[R]], items: list[T], ahead: int
+             ) -> Generator[R, None, None]:
     """Results of ``submit(item)`` for every item, in order, with at most ``ahead`` in flight.
 
     The same bounded look-ahead serves a read thread here and Dask workers in
@@ -537,9 +538,11 @@ def local_bands(predictor: Predictor, image: DatasetName, dem: DatasetName | Non
         def submit(item: tuple[tuple[int, int], Window]) -> Future[WindowInputs | None]:
             return pool.submit(read_window, scene, predictor.spec, grid, item[1])
 
-        read = zip(items, in_order(submit, items, ahead), strict=True)
-        for piece, group in itertools.groupby(read, key=lambda pair: pair[0][0]):
-            yield infer_windows(predictor, piece, (inputs for _, inputs in group), batch_size)
+        with contextlib.closing(in_order(submit, items, ahead)) as reads:  # cancelled first
+            read = zip(items, reads, strict=True)
+            for piece, group in itertools.groupby(read, key=lambda pair: pair[0][0]):
+                yield infer_windows(predictor, piece, (inputs for _, inputs in group),
+                                    batch_size)
 
 
 def write_bands(bands: Generator[PredictedBand, None, None], grid: Grid, outputs: RasterOutputs,

@@ -89,7 +89,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         if predictor is not None and image is not None:
             tags = provenance(predictor.paths, predictor.threshold, {"image": image, "dem": dem})
             predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options, progress,
-                          RasterFormat(tags=tags, mask_aux=tmp["mask_aux"]))
+                          RasterFormat("float32", tags, tmp["mask_aux"]))  # scored unrounded
             scored, prediction = tmp["prob"], outputs["prob"]
             threshold = predictor.threshold if threshold is None else threshold
             record["model"] = [str(p) for p in predictor.paths]
