@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from factories import write_raster
+from factories import write_scene
 
 from slidemap.data.dataset import RandomWindows, load_scene_arrays
 from slidemap.data.scene import IGNORE
@@ -49,9 +49,7 @@ def landslide_scene(root: Path, name: str = "scene", seed: int = 0, invert: bool
     labels[:, :6] = 255
     rows, cols = np.mgrid[0:SIDE, 0:SIDE]
     dsm = (1000.0 * (seed + 1) + 0.3 * cols + 0.2 * rows).astype(np.float32)
-    return {"image": str(write_raster(root / f"{name}.tif", image, nodata=0)),
-            "dem": str(write_raster(root / f"{name}_dsm.tif", dsm, nodata=float("nan"))),
-            "mask": str(write_raster(root / f"{name}_mask.tif", labels, nodata=255))}
+    return {key: str(path) for key, path in write_scene(root, name, image, dsm, labels).items()}
 
 
 def run_config(root: Path, scenes: list[dict[str, str]], name: str = "tiny") -> Path:

@@ -29,12 +29,12 @@ import psutil
 import rasterio
 from rasterio.windows import Window
 
-from slidemap.data.channels import InputSpec, read_inputs, stack_channels
+from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
-from slidemap.infer.stream import Grid, plan_blocks
+from slidemap.infer.stream import Grid, plan_blocks, read_window
 from slidemap.infer.vectorize import slide_batches, write_inventories
 from slidemap.io.rasters import read_probability
 
@@ -115,13 +115,12 @@ def _sample_batches(scene: Scene, spec: InputSpec, grid: Grid, sample: int, batc
     raw: list[np.ndarray] = []
     valid: list[np.ndarray] = []
     for index in order.astype(int):
-        window: Window = windows[index]
-        if len(raw) == sample or not scene.any_valid(window, grid.factor):
-            continue
-        data = read_inputs(scene, window, spec, grid.factor)
-        if data["valid"].any():
-            raw.append(stack_channels(data, spec))
-            valid.append(data["valid"])
+        if len(raw) == sample:
+            break
+        read = read_window(scene, spec, grid, windows[index])
+        if read is not None:
+            raw.append(read.raw)
+            valid.append(read.valid)
     return [(raw[start:start + batch_size], valid[start:start + batch_size])
             for start in range(0, len(raw), batch_size)]
 
