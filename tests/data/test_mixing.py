@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slidemap.data.mixing import mixup
-from slidemap.data.photometric import colour_jitter, random_scale, zoom_about_centre
+from slidemap.data.photometric import colour_jitter, random_scale, rotate_hue, zoom_about_centre
 from slidemap.errors import SlidemapError
 
 
@@ -171,3 +171,37 @@ def test_jitter_invert_mirrors_brightness_and_keeps_band_differences() -> None:
     assert np.array_equal(out[3:], image[3:])
     never = colour_jitter(sample, np.random.default_rng(0), 0, 0, 0, invert=0.0)["image"]
     assert np.array_equal(never, image)
+
+
+def test_hue_rotation_turns_colour_about_grey() -> None:
+    rgb = make_sample(3)["image"]
+    # A third of a turn moves each band's values to the next band: R -> G -> B -> R.
+    np.testing.assert_allclose(rotate_hue(rgb, 1 / 3), rgb[[2, 0, 1]], atol=1e-5)
+    np.testing.assert_allclose(rotate_hue(rgb, 1.0), rgb, atol=1e-5)
+    # Any turn keeps each pixel's band mean and its distance from grey.
+    turned = rotate_hue(rgb, 0.137)
+    np.testing.assert_allclose(turned.mean(axis=0), rgb.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(turned - turned.mean(axis=0), axis=0),
+                               np.linalg.norm(rgb - rgb.mean(axis=0), axis=0), atol=1e-5)
+    grey = np.full((3, 2, 2), 7.0, dtype=np.float32)
+    np.testing.assert_allclose(rotate_hue(grey, 0.3), grey, atol=1e-5)
+
+
+def test_jitter_hue_and_grayscale_touch_the_first_three_bands_only() -> None:
+    sample = make_sample(5)
+    sample["image"][1, 0, 0] = np.nan
+    hued = colour_jitter(sample, np.random.default_rng(2), 0, 0, 0, hue=0.5)["image"]
+    assert np.array_equal(hued[3:], sample["image"][3:])
+    assert not np.allclose(hued[:3, 1:], sample["image"][:3, 1:])
+    assert np.isnan(hued[:3, 0, 0]).all() and np.isfinite(hued[:, 1:]).all()
+    grey = colour_jitter(sample, np.random.default_rng(2), 0, 0, 0, grayscale=1.0)["image"]
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)
+    luma = (sample["image"][:3] * weights).sum(axis=0)
+    for band in range(3):
+        np.testing.assert_allclose(grey[band, 1:], luma[1:], rtol=1e-6)
+    assert np.array_equal(grey[3:], sample["image"][3:])
+    # Off, neither draws from the generator: runs without them keep their random streams.
+    a, b = np.random.default_rng(4), np.random.default_rng(4)
+    colour_jitter(sample, a, 0.2, 0.2, 0.2, hue=0.0, grayscale=0.0)
+    colour_jitter(sample, b, 0.2, 0.2, 0.2)
+    assert a.random() == b.random()

@@ -81,7 +81,7 @@ def test_overrides_are_yaml_values_checked_like_the_file(tmp_path: Path,
     assert config.train.lr == 0.004 and config.model.options == {"depth": 2}
     assert config.train.random_scale == (0.5, 1.4) and config.inputs.channels[-1] == "slope"
     assert config.train.jitter == {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2,
-                                   "invert": 0.0}
+                                   "invert": 0.0, "hue": 0.0, "grayscale": 0.0}
     assert load_config(path) == parse_config(yaml.safe_load(path.read_text()), path)
 
 

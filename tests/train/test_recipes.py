@@ -45,7 +45,9 @@ def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
                                       {"random_scale": [1.2, 0.8]}, {"random_scale": [1.0]},
                                       {"colour_jitter": "yes"},
                                       {"colour_jitter": {"brightness": 1.5}},
-                                      {"colour_jitter": {"hue": 0.1}},
+                                      {"colour_jitter": {"tint": 0.1}},
+                                      {"colour_jitter": {"hue": 0.6}},
+                                      {"colour_jitter": {"grayscale": 1.5}},
                                       {"colour_jitter": {"invert": 2}},
                                       {"weights_dtype": "int2"}, {"zoom_context": True}])
 def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:

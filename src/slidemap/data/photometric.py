@@ -23,6 +23,22 @@ def _factor(rng: np.random.Generator, strength: float) -> float:
     return float(rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength))
 
 
+def rotate_hue(rgb: np.ndarray, turns: float) -> np.ndarray:
+    """Rotate the colours of ``rgb`` (3, H, W) about the grey axis by ``turns`` of a full turn.
+
+    A rotation about (1, 1, 1) keeps each pixel's band mean and its distance from grey (its
+    saturation) and turns only its hue: a third of a turn sends R to G, G to B and B to R. It is
+    linear, so it works in any radiometric unit; NaN stays NaN.
+    """
+    angle = 2.0 * np.pi * turns
+    cos, sin = np.cos(angle), np.sin(angle)
+    axis = np.full(3, 1.0 / np.sqrt(3.0))
+    cross = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]],
+                      [-axis[1], axis[0], 0.0]])
+    matrix = cos * np.eye(3) + sin * cross + (1.0 - cos) * np.outer(axis, axis)
+    return np.einsum("ij,jhw->ihw", matrix.astype(np.float32), rgb).astype(np.float32)
+
+
 def colour_jitter(
     sample: dict[str, Any],
     rng: np.random.Generator,
@@ -30,9 +46,11 @@ def colour_jitter(
     contrast: float = 0.2,
     saturation: float = 0.2,
     invert: float = 0.0,
+    hue: float = 0.0,
+    grayscale: float = 0.0,
 ) -> dict[str, Any]:
-    """Random brightness, contrast and saturation on the optical bands only, and with probability
-    ``invert`` a brightness inversion.
+    """Random brightness, contrast, saturation and hue on the optical bands only; with probability
+    ``invert`` a brightness inversion, with probability ``grayscale`` the colour taken out.
 
     Illumination and sensor differences change the optical bands, never the terrain, so ``dem``
     and ``slope`` are passed through as they are. Each strength s draws a factor in
@@ -42,8 +60,11 @@ def colour_jitter(
     its three bands by the same amount, so that bright ground turns dark and dark turns bright
     while texture and colour differences between bands stay: landslides brighter than their
     surroundings in one scene can be darker in the next, and the model should not rely on
-    either. Values are not clipped, since band ranges differ between sensors; NaN
-    nodata stays NaN.
+    either. Hue turns the first three bands about the grey axis by up to ``hue`` of a full turn
+    either way (0.5: any hue; torchvision's unit), and grayscale replaces each of them by their
+    luma: sensors and composites differ in colour balance (a false-colour composite shows bare
+    ground magenta), so colour alone should not tell a landslide. Values are not clipped, since
+    band ranges differ between sensors; NaN nodata stays NaN.
     """
     image = np.asarray(sample["image"], dtype=np.float32)
     if image.ndim != 3:
@@ -66,6 +87,10 @@ def colour_jitter(
         finite = np.isfinite(luma)
         mean = float(luma[finite].mean()) if finite.any() else 0.0
         out_image[:3] = out_image[:3] + 2.0 * (mean - luma)
+    if hue > 0 and out_image.shape[0] >= 3:
+        out_image[:3] = rotate_hue(out_image[:3], float(rng.uniform(-hue, hue)))
+    if grayscale > 0 and out_image.shape[0] >= 3 and rng.random() < grayscale:
+        out_image[:3] = (out_image[:3] * _LUMA).sum(axis=0, keepdims=True)
     out = dict(sample)
     out["image"] = out_image.astype(np.float32, copy=False)
     return out

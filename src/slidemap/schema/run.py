@@ -284,13 +284,15 @@ class ModelSettings(Section):
 
 
 class ColourJitter(Section):
-    """Strengths of random brightness, contrast and saturation changes of the optical bands, and
-    the probability of a brightness inversion."""
+    """Strengths of random brightness, contrast, saturation and hue changes of the optical bands,
+    and the probabilities of a brightness inversion and of grey."""
 
     brightness: Fraction = 0.0
     contrast: Fraction = 0.0
     saturation: Fraction = 0.0
     invert: Fraction = 0.0
+    hue: Annotated[Number, Field(ge=0, le=0.5)] = 0.0
+    grayscale: Fraction = 0.0
 
 
 JITTER_DEFAULT = ColourJitter(brightness=0.2, contrast=0.2, saturation=0.2)
@@ -334,7 +336,10 @@ class TrainSettings(Section):
                                     " ±20 % each, or strengths per key, e.g. `{brightness: 0.4, "
                                     "contrast: 0.4, saturation: 0.2}`; `invert: p` also mirrors "
                                     "the luma about the window's mean in a fraction p of the "
-                                    "windows (bright ground turns dark, band differences kept)"))
+                                    "windows (bright ground turns dark, band differences kept); "
+                                    "`hue: h` turns RGB about the grey axis by up to h of a full"
+                                    " turn either way (0–0.5, torchvision's unit); `grayscale: "
+                                    "p` replaces RGB by its luma in a fraction p of the windows"))
     random_scale: ZoomRange | None = Field(default=None, description=(
             "`[low, high]`: zoom every window by a factor drawn in that range, all channels and "
             "labels alike; zooming out leaves a border that is ignored by the loss. e.g. `[0.8, "
