@@ -515,7 +515,9 @@ def newsite(
     aoi: Annotated[Path | None, typer.Option(
         help="polygons of the area labelled (default: the whole image; outside is ignored)")
     ] = None,
-    dem: Annotated[Path | None, typer.Option(help="DEM raster: adds elevation and slope")] = None,
+    dem: Annotated[Path | None, typer.Option(
+        help="DEM raster: adds the default model's terrain descriptors (relief, slope, "
+             "curvature, roughness; not elevation)")] = None,
     init: Annotated[Path | None, typer.Option(help="model file to start from")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="training epochs")] = 10,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,

@@ -25,6 +25,8 @@ from slidemap.schema.config import load_config, parse_config
 from slidemap.schema.values import is_vector
 from slidemap.train import newsite
 from slidemap.train.loop import train
+from slidemap.train.newsite import site_config
+from slidemap.workflows.inputs import DEFAULT_MODEL
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".shp": "ESRI Shapefile"}
 TRAINING = {**TINY_TRAINING, "seed": 3}
@@ -215,8 +217,6 @@ def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
 
 def test_newsite_from_a_model_file_takes_its_channels(tiny_scene: dict, tiny_model: Path,
                                                       labels_as_polygons: dict) -> None:
-    from slidemap.train.newsite import site_config
-
     with pytest.raises(SlidemapError, match="pass --dem"):
         site_config(tiny_scene["image"], labels_as_polygons["polygons"], init=tiny_model)
     raw = site_config(tiny_scene["image"], labels_as_polygons["polygons"], init=tiny_model,
@@ -225,6 +225,18 @@ def test_newsite_from_a_model_file_takes_its_channels(tiny_scene: dict, tiny_mod
     assert config.init == tiny_model
     assert config.inputs == load_model(tiny_model).inputs
     assert (config.model.name, config.model.width) == ("unet", 4)
+
+
+def test_newsite_from_scratch_reads_the_default_models_terrain_not_elevation(
+        tiny_scene: dict, labels_as_polygons: dict) -> None:
+    """With a DEM, a new site's model takes the descriptors the protocol chose for the default
+    model, so its map does not move with the DEM's datum; without one, RGB alone."""
+    raw = site_config(tiny_scene["image"], labels_as_polygons["polygons"], dem=tiny_scene["dem"])
+    channels = parse_config(raw).inputs.channels
+    assert "dem" not in channels
+    assert channels == load_model(DEFAULT_MODEL).inputs.channels
+    raw = site_config(tiny_scene["image"], labels_as_polygons["polygons"])
+    assert parse_config(raw).inputs.channels == ["band1", "band2", "band3"]
 
 
 def test_a_window_reads_only_the_polygons_near_it(tiny_scene: dict, tmp_path: Path) -> None:
