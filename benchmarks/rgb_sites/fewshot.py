@@ -36,6 +36,10 @@ METHODS = {
     "finetune": {"lr": 0.002},
     # the recipe: half the rate, the pretrained encoder at a tenth of that
     "finetune-slow-encoder": {"lr": 0.001, "encoder_lr": 0.1},
+    # second round (README.md, "Few-shot, second round"): all layers at a quarter of the rate
+    "finetune-low-lr": {"lr": 0.0005},
+    # linear probing then fine-tuning: the encoder frozen for the first quarter, half the rate
+    "finetune-frozen-first": {"lr": 0.001, "frozen_epochs": 5},
 }
 
 

@@ -8,7 +8,8 @@ import csv
 import sys
 from pathlib import Path
 
-METHODS = ["zero-shot", "scratch", "finetune", "finetune-slow-encoder"]
+METHODS = ["zero-shot", "scratch", "finetune", "finetune-slow-encoder", "finetune-low-lr",
+           "finetune-frozen-first"]
 
 
 def main() -> None:

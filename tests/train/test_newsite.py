@@ -36,6 +36,7 @@ from slidemap.infer.predict import PredictOptions
 from slidemap.infer.separated import patch_stats, scene_stats
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import PatchSource, Split, load_config, parse_config
+from slidemap.train import loop
 from slidemap.train.loop import train
 from slidemap.train.selftrain import pseudo_labels, selftrain
 
@@ -249,6 +250,32 @@ def test_finetune_loads_weights_and_freezes_the_encoder(tmp_path: Path) -> None:
     for key in encoder:  # weights and batch-norm statistics alike
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
     assert not torch.equal(after["head.weight"], before["head.weight"])
+
+
+def test_frozen_epochs_train_the_decoder_first_then_every_layer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = patch_folder(tmp_path / "site", count=3)
+    start = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3)), seed=3), tmp_path / "start")
+    trainable: list[set[bool]] = []
+    epoch_of = loop._train_epoch
+
+    def spy(model, *args, **kwargs):  # what each epoch may train
+        trainable.append({p.requires_grad for p in model.encoder.parameters()})
+        return epoch_of(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_epoch", spy)
+    config = load_config(run_config(
+        tmp_path, {"train": [{"patches": str(root)}]}, init=str(start),
+        training={**TINY_TRAINING, "frozen_epochs": 2, "epochs": 3, "select": "last"}))
+    tuned = load_model(train(config, tmp_path / "run")).model.state_dict()
+    assert trainable == [{False}, {False}, {True}]
+    before = load_model(start).model.state_dict()
+    weights = [k for k in before if k.startswith("encoder.") and k.endswith(".weight")]
+    assert weights and any(not torch.equal(tuned[k], before[k]) for k in weights)
+    scratch = load_config(run_config(tmp_path, {"train": [{"patches": str(root)}]},
+                                     training={**TINY_TRAINING, "frozen_epochs": 1, "epochs": 2}))
+    with pytest.raises(SlidemapError, match="add init"):
+        train(scratch, tmp_path / "scratch")
 
 
 def test_finetune_cli_writes_before_and_after(tmp_path: Path, run_cli) -> None:

@@ -49,7 +49,9 @@ def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
                                       {"colour_jitter": {"hue": 0.6}},
                                       {"colour_jitter": {"grayscale": 1.5}},
                                       {"colour_jitter": {"invert": 2}},
-                                      {"weights_dtype": "int2"}, {"zoom_context": True}])
+                                      {"weights_dtype": "int2"}, {"zoom_context": True},
+                                      {"frozen_epochs": 50},
+                                      {"frozen_epochs": 1, "epochs": 3, "freeze_encoder": True}])
 def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:
     with pytest.raises(SlidemapError, match=next(iter(training))):
         parse_config(tiny_run(tiny_scene, **training))

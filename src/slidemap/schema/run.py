@@ -360,6 +360,10 @@ class TrainSettings(Section):
     freeze_encoder: StrictBool = Field(default=False, description=(
             "with `init`: train all but `model.encoder` (no gradients; its batch norms keep their "
             "statistics)"))
+    frozen_epochs: Annotated[StrictInt, Field(ge=0, le=100_000)] = Field(default=0, description=(
+            "with `init`: the encoder is frozen for the first N epochs, so the decoder and head "
+            "first learn on the pretrained features, then every layer trains (linear probing "
+            "then fine-tuning, LP-FT); `0`: off"))
     encoder_lr: Fraction = Field(default=1.0, description=(
             "the encoder's peak learning rate as a fraction of `lr` (its own AdamW group on the "
             "same one-cycle schedule), e.g. `0.1` with `init` so a pretrained encoder moves less"
@@ -411,6 +415,10 @@ class TrainSettings(Section):
             if self.select != "last":
                 raise ValueError("training.average_from averages the weights up to the last "
                                  "epoch: set training.select: last")
+        if self.frozen_epochs and (self.frozen_epochs >= self.epochs or self.freeze_encoder):
+            raise ValueError(f"training.frozen_epochs ({self.frozen_epochs}) freezes the encoder "
+                             f"for its first epochs, then trains it: make it less than epochs "
+                             f"({self.epochs}), without freeze_encoder")
         if self.zoom_context and self.random_scale is None:
             raise ValueError("training.zoom_context needs training.random_scale: [low, high], "
                              "the range of zoom factors")

@@ -51,7 +51,7 @@ from slidemap.train.checks import check_buildable
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import RUN_FILES, check_run_inputs
-from slidemap.train.warmstart import initial_model, parameter_groups
+from slidemap.train.warmstart import initial_model, parameter_groups, set_encoder_for_epoch
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                             "slidemap train; fine-tuning and self-training train one network: "
                             "set members: 1")
     ranks = ddp.setup()  # under torchrun: one of WORLD_SIZE data-parallel processes
+    if ranks.world > 1 and settings.frozen_epochs:  # DDP fixes the trained weights when wrapping
+        raise SlidemapError("training.frozen_epochs changes which weights train mid-run, which "
+                            "data-parallel training cannot follow: run it without torchrun")
     check_buildable(config, f"config {config.source}" if config.source else "config")
     check_run_inputs(out_dir, config)
     _prepare_run_folder(out_dir, resume, overwrite)
@@ -114,6 +117,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         torch.manual_seed(settings.seed * 100_003 + epoch)
         t0 = time.perf_counter()
+        set_encoder_for_epoch(model, config, epoch)
         if recipes is not None:
             recipes.start_epoch(model, epoch)
         after_step = None

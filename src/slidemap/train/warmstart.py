@@ -18,9 +18,9 @@ def initial_model(config: RunConfig) -> Network:
     if config.init is not None:
         bundle = load_model(config.init)
         check_compatible(bundle, config)
-    elif config.train.freeze_encoder:
-        raise SlidemapError("training.freeze_encoder freezes weights loaded with init: MODEL: "
-                            "add init, or drop freeze_encoder")
+    elif config.train.freeze_encoder or config.train.frozen_epochs:
+        raise SlidemapError("training.freeze_encoder and frozen_epochs freeze weights loaded with"
+                            " init: MODEL: add init, or drop them")
     model = build_network(config.model.name, len(config.inputs.channels), config.model.width,
                           bundle.members if bundle is not None else 1, **config.model.options)
     if bundle is not None:
@@ -28,6 +28,18 @@ def initial_model(config: RunConfig) -> Network:
     if config.train.freeze_encoder:
         model.freeze_encoder()
     return model
+
+
+def set_encoder_for_epoch(model: Network, config: RunConfig, epoch: int) -> None:
+    """With ``frozen_epochs``, freeze the encoder up to that epoch and train it after (set at
+    every epoch, so a resumed run is in the same state)."""
+    frozen = config.train.frozen_epochs
+    if not frozen:
+        return
+    if epoch <= frozen:
+        model.freeze_encoder()
+    else:
+        model.unfreeze_encoder()
 
 
 def parameter_groups(model: Network, lr: float, encoder_lr: float) -> list[dict]:
