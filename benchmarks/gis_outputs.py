@@ -1,14 +1,34 @@
-"""Sizes, COG validity and inventory shape of predict outputs on Jinsha region B (see gis-outputs.md)."""
-import os, pyogrio, shapely, numpy as np
+"""Sizes, COG validity and inventory shape of predict outputs on Jinsha region B.
+
+Reads the three output folders that gis-outputs.md's commands write (out/measure_*).
+"""
+
+import os
+
+import numpy as np
+import pyogrio
+import shapely
 from rio_cogeo.cogeo import cog_validate
-img = "../shared/data/jinsha/region_B_image.tif"
-print("input image", os.path.getsize(img))
-for d in ("measure_float32", "measure_uint8", "measure_raw"):
-    base = f"out/{d}/region_B_image"
-    print(d, "prob", os.path.getsize(base + "_prob.tif"), "mask", os.path.getsize(base + "_mask.tif"),
-          "cog", cog_validate(base + "_prob.tif", strict=True)[0], cog_validate(base + "_mask.tif", strict=True)[0])
-    meta, _, geom, values = pyogrio.raw.read(base + "_landslides.gpkg", layer="landslides")
-    f = dict(zip(meta["fields"], values))
-    g = shapely.from_wkb(geom)
-    print("  polygons", len(g), "vertices", int(shapely.get_num_coordinates(g).sum()),
-          "under 10 m2", int((f["area_m2"] < 10).sum()), "nan slope", int(np.isnan(f["mean_slope_deg"]).sum()))
+
+IMAGE = "../shared/data/jinsha/region_B_image.tif"
+
+
+def main() -> None:
+    print("input image", os.path.getsize(IMAGE))
+    for folder in ("measure_float32", "measure_uint8", "measure_raw"):
+        base = f"out/{folder}/region_B_image"
+        prob, mask = base + "_prob.tif", base + "_mask.tif"
+        print(folder, "prob", os.path.getsize(prob), "mask", os.path.getsize(mask),
+              "cog", cog_validate(prob, strict=True)[0], cog_validate(mask, strict=True)[0])
+        meta, _, geometry, values = pyogrio.raw.read(base + "_landslides.gpkg",
+                                                     layer="landslides")
+        fields = dict(zip(meta["fields"], values, strict=True))
+        shapes = shapely.from_wkb(geometry)
+        print("  polygons", len(shapes),
+              "vertices", int(shapely.get_num_coordinates(shapes).sum()),
+              "under 10 m2", int((fields["area_m2"] < 10).sum()),
+              "nan slope", int(np.isnan(fields["mean_slope_deg"]).sum()))
+
+
+if __name__ == "__main__":
+    main()

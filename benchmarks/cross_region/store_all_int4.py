@@ -1,5 +1,6 @@
 """A model stored with every convolution kernel in 4 bits, for the cross-region check of why
-``weights_dtype: int4`` keeps the smaller kernels at 8 bits (benchmarks/experiments.md, *int4 weights*).
+``weights_dtype: int4`` keeps the smaller kernels at 8 bits (benchmarks/experiments.md,
+*int4 weights*).
 
     .venv/bin/python benchmarks/cross_region/store_all_int4.py MODEL.safetensors OUT
 """
