@@ -226,3 +226,10 @@ def test_runs_with_recipes_are_deterministic_and_resumable(
             assert (other[key] == value).all(), key
     assert history_losses(tmp_path / "a") == history_losses(tmp_path / "b") \
         == history_losses(tmp_path / "c")
+
+
+def test_finetune_freeze_flag_and_frozen_epochs_are_refused_together(tiny_scene: dict) -> None:
+    """--freeze-encoder goes through changed(), which checks like the file does."""
+    config = parse_config(tiny_run(tiny_scene, epochs=3, frozen_epochs=1))
+    with pytest.raises(SlidemapError, match="frozen_epochs"):
+        config.train.changed(freeze_encoder=True)
