@@ -239,6 +239,20 @@ def test_newsite_from_scratch_reads_the_default_models_terrain_not_elevation(
     assert parse_config(raw).inputs.channels == ["band1", "band2", "band3"]
 
 
+def test_newsite_terrain_radii_keep_their_pixels_on_a_coarse_grid(tmp_path: Path) -> None:
+    """On 30 m pixels the 8 and 32 m reliefs would both be one pixel: one channel twice."""
+    coarse = from_origin(469200.0, 3446200.0, 30.0, 30.0)
+    image = write_raster(tmp_path / "coarse.tif", np.full((3, 16, 16), 90, np.uint8),
+                         transform=coarse, nodata=0)
+    dem = write_raster(tmp_path / "coarse_dem.tif", np.zeros((16, 16), np.float32),
+                       transform=coarse)
+    labels = write_raster(tmp_path / "coarse_mask.tif", np.zeros((16, 16), np.uint8),
+                          transform=coarse)
+    inputs = parse_config(site_config(image, labels, dem=dem)).inputs
+    assert inputs.relief_m == (120.0, 480.0, 1920.0) and inputs.roughness_m == 60.0
+    assert inputs.resolution_m is None  # the image's own 30 m pixels
+
+
 def test_a_window_reads_only_the_polygons_near_it(tiny_scene: dict, tmp_path: Path) -> None:
     from rasterio.crs import CRS
 

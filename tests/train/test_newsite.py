@@ -287,7 +287,7 @@ def test_finetune_cli_writes_before_and_after(tmp_path: Path, run_cli) -> None:
     code, err = run_cli("finetune", start, config, "--out", tmp_path / "run", "--freeze-encoder")
     assert code == 0, err
     report = yaml.safe_load((tmp_path / "run" / "finetune.json").read_text())
-    assert report["freeze_encoder"] is True
+    assert report["freeze_encoder"] is True and report["frozen_epochs"] == 0
     for when in ("before", "after"):
         assert set(report[when]) >= {"f1", "iou", "precision", "recall"}
     assert load_model(tmp_path / "run" / "model").provenance["config"]["init"] == str(start)

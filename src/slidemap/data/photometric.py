@@ -28,7 +28,8 @@ def rotate_hue(rgb: np.ndarray, turns: float) -> np.ndarray:
 
     A rotation about (1, 1, 1) keeps each pixel's band mean and its distance from grey (its
     saturation) and turns only its hue: a third of a turn sends R to G, G to B and B to R. It is
-    linear, so it works in any radiometric unit; NaN stays NaN.
+    linear, so it works in any radiometric unit; a NaN in one band makes the pixel NaN in all
+    three (nodata is NaN in every band where training reads it).
     """
     angle = 2.0 * np.pi * turns
     cos, sin = np.cos(angle), np.sin(angle)

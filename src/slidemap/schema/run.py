@@ -363,7 +363,9 @@ class TrainSettings(Section):
     frozen_epochs: Annotated[StrictInt, Field(ge=0, le=100_000)] = Field(default=0, description=(
             "with `init`: the encoder is frozen for the first N epochs, so the decoder and head "
             "first learn on the pretrained features, then every layer trains (linear probing "
-            "then fine-tuning, LP-FT); `0`: off"))
+            "then fine-tuning, LP-FT); the encoder joins the one-cycle schedule where it stands"
+            " (near the peak rate after the warm-up), so pair it with `encoder_lr` below 1 to "
+            "move it gently; `0`: off"))
     encoder_lr: Fraction = Field(default=1.0, description=(
             "the encoder's peak learning rate as a fraction of `lr` (its own AdamW group on the "
             "same one-cycle schedule), e.g. `0.1` with `init` so a pretrained encoder moves less"

@@ -45,6 +45,7 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
     before = load_model(config.init)
     check_compatible(before, config)
     report: dict = {"init": str(config.init), "freeze_encoder": config.train.freeze_encoder,
+                    "frozen_epochs": config.train.frozen_epochs,
                     "before": _figures(score_on_val(before, config))}
     with run_lock(out_dir):
         model_path = train(config, out_dir, resume=resume, overwrite=overwrite)

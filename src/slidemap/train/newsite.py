@@ -27,8 +27,19 @@ TRAINING = {"batch_size": 8, "tile": 256, "windows_per_epoch": 64, "lr": 0.002,
 # What a DEM adds, as in the default model (configs/jinsha-unet-terrain.yaml): relief, slope,
 # curvature and roughness, not absolute elevation. The selection protocol scored these above
 # elevation + slope on blocks of a scene the model trained beside (benchmarks/protocol/), which is
-# what a new site's model does: it trains on the labelled part and maps the rest.
-TERRAIN = {"relief_m": [8, 32, 128], "slope": True, "curvature": True, "roughness_m": 4}
+# what a new site's model does: it trains on the labelled part and maps the rest. Radii in metres
+# at the 2 m working grid.
+RELIEF_M = (8, 32, 128)
+ROUGHNESS_M = 4
+
+
+def terrain_inputs(working_m: float) -> dict:
+    """The default model's terrain descriptors on a working grid of ``working_m`` metres (2 m or
+    coarser): their radii keep their size in pixels, so that on a coarse grid the three relief
+    radii do not round to one pixel radius and give one channel three times."""
+    factor = max(working_m, WORKING_M) / WORKING_M
+    return {"relief_m": [max(1, round(r * factor)) for r in RELIEF_M], "slope": True,
+            "curvature": True, "roughness_m": max(1, round(ROUGHNESS_M * factor))}
 
 
 def site_config(image: Path, labels: Path, aoi: Path | None = None, dem: Path | None = None,
@@ -56,7 +67,8 @@ def site_config(image: Path, labels: Path, aoi: Path | None = None, dem: Path | 
     with Scene(image) as opened:
         bands = [1, 2, 3] if opened.band_count >= 3 else [1]
         native = min(opened.pixel_size_m())
-    inputs: dict = {"image_bands": bands, **(TERRAIN if dem is not None else {})}
+    inputs: dict = {"image_bands": bands,
+                    **(terrain_inputs(native) if dem is not None else {})}
     if native < WORKING_M:
         inputs["resolution_m"] = WORKING_M
     raw.update(inputs=inputs, model={"name": "unet", "width": 16})
