@@ -19,6 +19,11 @@ IGNORE = 255
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)
 
 
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """The (1, H, W) luma of three bands read as RGB."""
+    return (rgb * _LUMA).sum(axis=0, keepdims=True)
+
+
 def _factor(rng: np.random.Generator, strength: float) -> float:
     return float(rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength))
 
@@ -81,17 +86,17 @@ def colour_jitter(
     if saturation > 0 and out_image.shape[0] >= 3:
         f = _factor(rng, saturation)
         rgb = out_image[:3]
-        gray = (rgb * _LUMA).sum(axis=0, keepdims=True)
+        gray = _luma(rgb)
         out_image[:3] = f * rgb + (1.0 - f) * gray
     if invert > 0 and out_image.shape[0] >= 3 and rng.random() < invert:
-        luma = (out_image[:3] * _LUMA).sum(axis=0, keepdims=True)
+        luma = _luma(out_image[:3])
         finite = np.isfinite(luma)
         mean = float(luma[finite].mean()) if finite.any() else 0.0
         out_image[:3] = out_image[:3] + 2.0 * (mean - luma)
     if hue > 0 and out_image.shape[0] >= 3:
         out_image[:3] = rotate_hue(out_image[:3], float(rng.uniform(-hue, hue)))
     if grayscale > 0 and out_image.shape[0] >= 3 and rng.random() < grayscale:
-        out_image[:3] = (out_image[:3] * _LUMA).sum(axis=0, keepdims=True)
+        out_image[:3] = _luma(out_image[:3])
     out = dict(sample)
     out["image"] = out_image.astype(np.float32, copy=False)
     return out
