@@ -2,7 +2,9 @@
 (README.md, "Third recipe"): the candidate replaces the baseline only if its F1, averaged over the
 seeds, beats the baseline's on the mean over the sites and on at least 3 of the 4 sites.
 
-Reads runs/rgb-loso-RECIPE-sSEED/SITE/heldout.json, written by loso.sh (score_loso.py).
+Reads runs/rgb-loso-RECIPE-sSEED/SITE/heldout.json, written by loso.sh (score_loso.py); a
+recipe named RECIPE:TAG reads heldout-TAG.json instead (the same models predicted otherwise, e.g.
+base:scales-1-0.5 from score_loso.py --scales 1 0.5).
 
 Usage (repository root):
   .venv/bin/python benchmarks/rgb_sites/compare.py base colour_random --seeds 0 1
@@ -18,7 +20,9 @@ RUNS = Path("runs")
 
 
 def f1(recipe: str, seed: int, site: str) -> float:
-    path = RUNS / f"rgb-loso-{recipe}-s{seed}" / site / "heldout.json"
+    recipe, _, tag = recipe.partition(":")
+    name = f"heldout-{tag}.json" if tag else "heldout.json"
+    path = RUNS / f"rgb-loso-{recipe}-s{seed}" / site / name
     return float(json.loads(path.read_text())["f1"])
 
 

@@ -4,12 +4,16 @@ their own grid, Jinsha's scenes at 1 m) and print the table rows.
 
 Usage (repository root):
   .venv/bin/python benchmarks/rgb_sites/score_loso.py runs/rgb-loso [SITE ...] [--recipe NAME]
+      [--scales S [S ...]]
 (default: every site whose model is there, read with base.yaml's inputs; --recipe scene_norm reads
-with scene_norm.yaml's); figures also in runs/rgb-loso/SITE/heldout.json.
+with scene_norm.yaml's); figures also in runs/rgb-loso/SITE/heldout.json. --scales predicts every
+window at these scales and averages them instead of the model file's own (README.md, "Multi-scale
+prediction"), and writes heldout-scales-S1-S2.json instead.
 """
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -26,6 +30,11 @@ def site_config(site: str, recipe: str = "base") -> dict:
     return {"name": f"score-{site}", "data": {"train": sources, "val": sources}, **base}
 
 
+def scales_tag(scales: tuple[float, ...]) -> str:
+    """The file tag of a set of prediction scales: (1.0, 0.5) -> 'scales-1-0.5'."""
+    return "scales-" + "-".join(f"{s:g}" for s in scales)
+
+
 def main() -> None:
     args = sys.argv[1:]
     recipe = "base"
@@ -33,16 +42,25 @@ def main() -> None:
         at = args.index("--recipe")
         recipe = args[at + 1]
         del args[at:at + 2]
+    scales: tuple[float, ...] | None = None
+    if "--scales" in args:
+        at = args.index("--scales")
+        scales = tuple(float(s) for s in args[at + 1:])
+        del args[at:]
     runs = Path(args[0])
     sites = args[1:] or list(SITES)
+    name = "heldout.json" if scales is None else f"heldout-{scales_tag(scales)}.json"
     print("| site held out | trained on | precision | recall | F1 | IoU | labelled pixels |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for site in sites:
         model = runs / site / "model.safetensors"
         if not model.exists():
             continue
-        figures = score_on_val(load_model(model), parse_config(site_config(site, recipe)))
-        (runs / site / "heldout.json").write_text(json.dumps(figures, indent=2) + "\n")
+        bundle = load_model(model)
+        if scales is not None:
+            bundle = replace(bundle, predict=replace(bundle.predict, scales=scales))
+        figures = score_on_val(bundle, parse_config(site_config(site, recipe)))
+        (runs / site / name).write_text(json.dumps(figures, indent=2) + "\n")
         rest = ", ".join(s for s in SITES if s != site)
         print(f"| {site} | {rest} | {figures['precision']:.3f} | {figures['recall']:.3f} | "
               f"**{figures['f1']:.3f}** | {figures['iou']:.3f} | {int(figures['pixels']):,} |",
