@@ -15,6 +15,7 @@ from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, display_name
 from slidemap.infer.options import PredictOptions
+from slidemap.io.jsontext import dumps as json_text
 from slidemap.io.rasters import DEFAULT_PROB_DTYPE
 from slidemap.io.sidecar import check_scales
 from slidemap.train.adapt import AdaptOptions
@@ -65,8 +66,8 @@ __all__ = [
     "SelftrainResult", "StoredWeights", "StudyResult", "SuggestResult", "TrainResult",
     "architectures", "bench", "check_scales", "crossval", "default_model_path", "display_name",
     "evaluate", "explain", "export_onnx", "finetune", "has_elevation", "is_found",
-    "is_patch_folder", "new_site", "output_paths", "predict", "predict_patches", "report",
-    "selftrain", "store_weights", "study", "suggest", "train",
+    "is_patch_folder", "json_text", "new_site", "output_paths", "predict", "predict_patches",
+    "report", "selftrain", "store_weights", "study", "suggest", "train",
 ]
 
 PathArg = str | os.PathLike[str]

@@ -323,7 +323,7 @@ def evaluate(
     table.add_row(f"f1 at best threshold {best['threshold']:g}", f"{best['f1']:.4f}")
     _show(table)
     if json_stdout:
-        print(json.dumps(report.metrics))
+        print(api.json_text(report.metrics))
     if report.report is not None:
         log.info(f"report {report.report}")
 

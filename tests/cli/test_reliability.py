@@ -454,6 +454,7 @@ CASES: dict[str, Case] = {
     "predict-unknown-option": Case(_predict(extra=("--precison", "fp32")),
                                    lambda w: ["--precison"]),
     "predict-negative-tile": Case(_predict(extra=("--tile", "-5")), lambda w: ["--tile"]),
+    "predict-image-as-dem": Case(_predict(dem="image"), lambda w: [w.image, "3 bands"]),
     # evaluate
     "evaluate-labels-with-value-7": Case(
         lambda w, out: ["evaluate", w.mask_7, "--prediction", w.prob],
@@ -532,6 +533,7 @@ def test_bad_input_fails_with_one_line(w: SimpleNamespace, name: str) -> None:
     result = w.cli(*case.args(w, out))
     assert_one_line_error(result, *case.names(w))
     assert leftovers(out) == [], "a failed run left outputs behind"
+    assert not out.exists(), "a failed run left its output folder behind"
     assert not w.models.marker.exists()
     if case.exec_ and not ALWAYS_EXEC:  # the real entry point says the same
         again = w.cli(*case.args(w, out), exec_=True)

@@ -1,15 +1,18 @@
 """The data layer: DEM alignment across CRS and resolution, nodata, labels, windows."""
 
 
+import warnings
+
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from factories import reproject_raster, write_raster
 from rasterio.windows import Window
 
 from slidemap.data.scene import Scene
 from slidemap.data.windows import context_window, grid_windows, random_windows
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 
 
 @pytest.mark.parametrize(("crs", "scale"), [("EPSG:4326", 0.7), ("EPSG:32647", 0.5),
@@ -53,6 +56,21 @@ def test_dem_that_does_not_overlap_is_refused(tiny_scene, tmp_path) -> None:
                        transform=from_origin(0.0, 10.0, 1.0, 1.0))
     with pytest.raises(SlidemapError, match="does not overlap"):
         Scene(tiny_scene["image"], dem=far)
+
+
+def test_dem_of_part_of_the_image_warns_and_an_image_as_dem_is_refused(tiny_scene, tmp_path
+                                                                        ) -> None:
+    with rasterio.open(tiny_scene["dem"]) as src:
+        dsm, transform = src.read(1), src.transform
+    half = write_raster(tmp_path / "half.tif", dsm[:, 48:].copy(),
+                        transform=transform @ Affine.translation(48, 0))
+    with pytest.warns(SlidemapWarning, match="covers only 50% of image"):
+        Scene(tiny_scene["image"], dem=half).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        Scene(tiny_scene["image"], dem=tiny_scene["dem"]).close()
+    with pytest.raises(SlidemapError, match="has 3 bands: pass a single-band elevation"):
+        Scene(tiny_scene["image"], dem=tiny_scene["image"])
 
 
 def test_image_without_crs_is_refused(tmp_path) -> None:

@@ -11,16 +11,24 @@ import pytest
 import rasterio
 import shapely
 import yaml
-from factories import TINY_TRAINING, UTM47, run_config, write_config, write_raster
+from factories import (
+    TINY_TRAINING,
+    UTM47,
+    run_config,
+    tiny_bundle,
+    write_config,
+    write_raster,
+)
 from rasterio.features import shapes
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
+from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
 from slidemap.data.windows import grid_windows
-from slidemap.errors import SlidemapError
-from slidemap.io.modelfile import load_model
+from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import load_config, parse_config
 from slidemap.schema.values import is_vector
 from slidemap.train import newsite
@@ -159,6 +167,37 @@ def test_evaluate_scores_against_polygons_like_against_the_raster(
     assert 0 < figures[0]["precision"] < 1
 
 
+def test_evaluate_refuses_to_score_nothing_and_writes_strict_json(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path, run_cli) -> None:
+    """An AOI off the prediction leaves no pixel to score: an error, not F1 0 and exit 0; and
+    a figure that is not a number (AUC with one class) is null in metrics.json, not NaN."""
+    off = write_polygons(tmp_path / "off.gpkg",  # over the image's nodata columns only
+                         [shapely.box(469200.0, 3446200.0 - 48, 469200.0 + 3, 3446200.0)])
+    prob = tmp_path / "prob.tif"
+    with rasterio.open(tiny_scene["image"]) as ds:
+        write_raster(prob, np.full((96, 96), 0.9, np.float32), transform=ds.transform)
+    code, err = run_cli("evaluate", tiny_scene["mask"], "--prediction", prob, "--aoi", off,
+                        "--out", tmp_path / "none")
+    assert code != 0 and "nothing to score" in err, err
+    assert not (tmp_path / "none").exists()
+    inside = write_polygons(tmp_path / "in.gpkg",  # background only
+                            [shapely.box(469200.0 + 5, 3446200.0 - 5, 469200.0 + 10, 3446200.0)])
+    code, err = run_cli("evaluate", tiny_scene["mask"], "--prediction", prob, "--aoi", inside,
+                        "--out", tmp_path / "one-class")
+    assert code == 0, err
+    text = (tmp_path / "one-class" / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["metrics"]["auc"] is None
+
+
+def test_an_empty_label_file_warns_that_everything_is_background(tiny_scene: dict,
+                                                                  tmp_path: Path) -> None:
+    empty = tmp_path / "empty.gpkg"
+    pyogrio.raw.write(empty, np.array([], dtype=object), [], [], driver="GPKG",
+                      geometry_type="Polygon", crs=UTM47)
+    with pytest.warns(SlidemapWarning, match="holds no polygon: every pixel of the image"):
+        Scene(tiny_scene["image"], mask=empty).close()
+
+
 def test_a_geopackage_of_several_layers_needs_the_layer_named(tiny_scene: dict,
                                                               tmp_path: Path) -> None:
     both = tmp_path / "both.gpkg"
@@ -213,6 +252,42 @@ def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
     assert "resolution_m" not in raw["inputs"]  # 2 m imagery is read at its own pixels
     code, err = run_cli("newsite", scene, labels, "--out", out)
     assert code != 0 and "exists" in err  # an earlier run is never replaced silently
+
+
+def test_newsite_checks_its_inputs_before_it_writes_anything(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polygons off the scene or none at all fail before config.yaml or a folder appear, so the
+    corrected rerun into the same --out works; the config it keeps names absolute paths, so
+    `slidemap train config.yaml` runs from any folder."""
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
+    monkeypatch.chdir(tmp_path)
+    image = np.random.default_rng(1).integers(40, 190, size=(3, 64, 64)).astype(np.uint8)
+    write_raster(tmp_path / "site.tif", image, transform=from_origin(469200.0, 3446200.0, 2, 2))
+    far = write_polygons(tmp_path / "far.gpkg", [shapely.box(0, 0, 10, 10)])
+    empty = tmp_path / "empty.gpkg"
+    pyogrio.raw.write(empty, np.array([], dtype=object), [], [], driver="GPKG",
+                      geometry_type="Polygon", crs=UTM47)
+    for labels, message in ((far, "does not overlap"), (empty, "holds no polygon")):
+        code, err = run_cli("newsite", "site.tif", labels.name, "--out", "run")
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "run").exists()
+    slide = shapely.box(469200.0 + 20, 3446200.0 - 80, 469200.0 + 60, 3446200.0 - 40)
+    write_polygons(tmp_path / "slides.gpkg", [slide])
+    code, err = run_cli("newsite", "site.tif", "slides.gpkg", "--out", "run")
+    assert code == 0, err
+    raw = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert raw["data"]["train"] == [{"image": str(tmp_path / "site.tif"),
+                                     "mask": str(tmp_path / "slides.gpkg")}]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_val_f1"] is None  # no validation data: no F1, not a negated loss
+
+
+def test_newsite_refuses_a_dem_its_starting_model_cannot_read(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
+    rgb = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "rgb")
+    with pytest.raises(SlidemapError, match="the DEM would go unused: drop --dem"):
+        site_config(tiny_scene["image"], labels_as_polygons["polygons"], init=rgb,
+                    dem=tiny_scene["dem"])
 
 
 def test_newsite_from_a_model_file_takes_its_channels(tiny_scene: dict, tiny_model: Path,

@@ -69,3 +69,17 @@ def test_the_command_line_prints_the_warning_on_one_line(run_cli, tiny_scene, de
     lines = [line for line in err.splitlines() if "warning" in line.lower()]
     assert len(lines) == 1 and re.match(r"warning: the DEM .* lies at 38\d\d m", lines[0])
     assert "Traceback" not in err and (tmp_path / "out" / "scene_mask.tif").exists()
+
+
+def test_reflectance_under_an_8_bit_model_warns(tiny_scene, tmp_path) -> None:
+    """0-1 reflectance lies inside an 8-bit model's mean ± 3 deviations (60 ± 90): its narrow
+    spread is what gives it away."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "models" / "rgb")
+    with rasterio.open(tiny_scene["image"]) as src:
+        reflectance = src.read().astype(np.float32) / 255
+    image = write_raster(tmp_path / "reflectance.tif", reflectance, nodata=0.0)
+    with pytest.warns(SlidemapWarning, match=r"band 1 varies by 0\.\d+ .* another scale"):
+        api.predict(image, tmp_path / "out", None, model, OPTIONS)
+    with warnings.catch_warnings():  # the same scene in 8-bit counts does not
+        warnings.simplefilter("error", SlidemapWarning)
+        api.predict(tiny_scene["image"], tmp_path / "out8", None, model, OPTIONS)

@@ -110,3 +110,26 @@ def test_suggest_cli_end_to_end(tiny_scene: dict, tiny_model: Path, tmp_path: Pa
 def test_a_box_too_small_for_the_model_is_refused(scene: Path) -> None:
     with pytest.raises(SlidemapError, match="too small"):
         suggest_boxes(BrightnessModel(), scene, None, n=1, box=16)
+
+
+def test_labelled_areas_off_the_scene_or_empty_are_refused(scene: Path, tmp_path: Path) -> None:
+    """A --labels file that skips nothing (CRS set wrong, another place, no polygon) would
+    suggest boxes that were labelled already without a word."""
+    far = tmp_path / "far.gpkg"
+    pyogrio.raw.write(far, np.array([shapely.to_wkb(shapely.box(0, 0, 10, 10))], dtype=object),
+                      [], [], driver="GPKG", geometry_type="Polygon", crs="EPSG:32647")
+    with pytest.raises(SlidemapError, match="does not overlap the image"):
+        suggest_boxes(BrightnessModel(), scene, None, n=1, box=BOX, labels=[far])
+    empty = tmp_path / "empty.gpkg"
+    pyogrio.raw.write(empty, np.array([], dtype=object), [], [], driver="GPKG",
+                      geometry_type="Polygon", crs="EPSG:32647")
+    with pytest.raises(SlidemapError, match="holds no polygon"):
+        suggest_boxes(BrightnessModel(), scene, None, n=1, box=BOX, labels=[empty])
+
+
+def test_boxes_are_refused_a_file_name_that_is_no_vector_format(
+        tiny_scene: dict, tiny_model: Path, tmp_path: Path, run_cli) -> None:
+    code, err = run_cli("suggest", tiny_model, tiny_scene["image"], "--dem", tiny_scene["dem"],
+                        "--box", "32", "--out", tmp_path / "new" / "boxes.txt")
+    assert code != 0 and "GeoPackage (.gpkg)" in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()

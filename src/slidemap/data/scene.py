@@ -38,11 +38,12 @@ from slidemap.data.terrain import (
     slope_degrees,
 )
 from slidemap.data.vectors import VectorLabels
-from slidemap.errors import SlidemapError, first_line
+from slidemap.errors import SlidemapError, SlidemapWarning, first_line
 from slidemap.schema.values import is_vector
 
 IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)
+MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
 
 
@@ -141,6 +142,10 @@ class Scene:
                 )
             if dem is not None:
                 self._dem_src = open_raster(dem, "DEM")
+                if self._dem_src.count != 1:
+                    raise SlidemapError(f"DEM {dem} has {self._dem_src.count} bands: pass a "
+                                        "single-band elevation raster (an image passed as "
+                                        "--dem?), or pick its band with gdal_translate -b N")
                 self._dem = self._align(self._dem_src, dem, "DEM", Resampling.bilinear)
             polygons = mask if mask is not None and is_vector(mask) else None
             if mask is not None and polygons is None:
@@ -174,6 +179,11 @@ class Scene:
                 f"{role} {path} does not overlap image {self.image_path}: "
                 "pass a file that covers the same ground"
             )
+        covered = _covered_fraction(bounds, img.bounds)
+        if role == "DEM" and covered < MIN_DEM_COVER:
+            warnings.warn(f"DEM {path} covers only {covered:.0%} of image {self.image_path}: "
+                          "the rest is mapped as no data; pass a DEM of the whole scene",
+                          SlidemapWarning, stacklevel=2)
         if src.crs == img.crs and src.transform == img.transform and src.shape == img.shape:
             return src
         dtype = "float32" if role == "DEM" else src.dtypes[0]
@@ -216,6 +226,19 @@ class Scene:
     def has_labels(self) -> bool:
         return self._mask is not None or (self._vectors is not None
                                           and self._vectors.polygons is not None)
+
+    @property
+    def label_polygons(self) -> int | None:
+        """How many polygons the label file holds; None when the labels are not polygons."""
+        if self._vectors is None or self._vectors.polygons is None:
+            return None
+        return self._vectors.polygons.features
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """The image's (west, south, east, north) in its CRS."""
+        west, south, east, north = self._image.bounds
+        return west, south, east, north
 
     @property
     def profile(self) -> dict:
@@ -459,3 +482,11 @@ def _touches_only(a: tuple[float, float, float, float], b: tuple) -> bool:
     width = min(a[2], b[2]) - max(a[0], b[0])
     height = min(a[3], b[3]) - max(a[1], b[1])
     return width <= 0 or height <= 0
+
+
+def _covered_fraction(a: tuple[float, float, float, float], b: tuple) -> float:
+    """The share of extent ``b`` that extent ``a`` covers."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = (b[2] - b[0]) * (b[3] - b[1])
+    return width * height / area if area > 0 else 1.0

@@ -17,6 +17,7 @@ with one layer, the path alone does.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from rasterio.warp import transform, transform_bounds
 
-from slidemap.errors import SlidemapError, first_line
+from slidemap.errors import SlidemapError, SlidemapWarning, first_line
 from slidemap.schema.values import LAYER_MARK
 
 POLYGONAL = {"Polygon", "MultiPolygon"}
@@ -85,6 +86,14 @@ class PolygonLayer:
             return west, south, east, north
         return transform_bounds(self.layer_crs, self.crs, *bounds, densify_pts=DENSIFY)
 
+    def check_overlap(self, image_bounds: tuple[float, float, float, float]) -> None:
+        """Refuse polygons that lie off the image (``image_bounds`` in its CRS): most often a
+        layer whose CRS is set wrong, which would otherwise label nothing without a word."""
+        if self.bounds is not None and _disjoint(self.bounds, image_bounds):
+            raise SlidemapError(f"{self.role} {self.name} does not overlap the image (after "
+                                "reprojection to its CRS): pass polygons of the same ground, "
+                                "with their CRS set right")
+
     def geometries(self, bounds: tuple[float, float, float, float]) -> np.ndarray:
         """Polygons whose bounding boxes meet ``bounds`` (image CRS), in the image CRS."""
         if not self.features:
@@ -135,14 +144,15 @@ class VectorLabels:
         self.polygons = None if polygons is None else PolygonLayer(polygons, "label file", crs)
         self.aoi = None if aoi is None else PolygonLayer(aoi, "area of interest", crs)
         for layer in (self.polygons, self.aoi):
-            if layer is not None and layer.bounds is not None and \
-                    _disjoint(layer.bounds, image_bounds):
-                raise SlidemapError(f"{layer.role} {layer.name} does not overlap the image "
-                                    "(after reprojection to its CRS): pass polygons of the "
-                                    "same ground, with their CRS set right")
+            if layer is not None:
+                layer.check_overlap(image_bounds)
         if self.aoi is not None and not self.aoi.features:
             raise SlidemapError(f"area of interest {self.aoi.name} has no polygon: draw the "
                                 "extent that was labelled")
+        if self.polygons is not None and not self.polygons.features:
+            where = "inside the area of interest" if self.aoi is not None else "of the image"
+            warnings.warn(f"label file {self.polygons.name} holds no polygon: every pixel "
+                          f"{where} is taken as background", SlidemapWarning, stacklevel=2)
 
     def read(self, grid: Affine, shape: tuple[int, int],
              labels: np.ndarray | None = None) -> np.ndarray:

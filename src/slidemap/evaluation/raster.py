@@ -20,7 +20,8 @@ def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float =
 
     The truth (a label raster, or landslide polygons rasterised strip by strip) is aligned to
     the prediction's grid if it lies on another one. Pixels that are nodata in the prediction,
-    255 in the truth or outside the area of interest ``aoi`` are left out.
+    255 in the truth or outside the area of interest ``aoi`` are left out; if none is left,
+    that is an error, not a score of nothing.
     """
     confusion = BinaryConfusion(threshold)
     with Scene(prediction, mask=truth, require_crs=False, apply_scale=True, aoi=aoi) as scene:
@@ -41,4 +42,9 @@ def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float =
                     f"{values.max():g} outside 0-1: pass a probability (0-1) or mask (0/1) "
                     "raster, with its nodata value set (e.g. gdal_edit.py -a_nodata 255)")
             confusion.update(prob, sample["mask"], valid)
+    if not confusion.counts.any():
+        inside = f" inside the area of interest {aoi}" if aoi is not None else ""
+        raise SlidemapError(f"no pixel of prediction {prediction} is both predicted and "
+                            f"labelled in {truth}{inside}: nothing to score; pass files that "
+                            "cover the same ground")
     return confusion

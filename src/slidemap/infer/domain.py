@@ -20,6 +20,7 @@ from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 
 SPREAD = 3.0  # training standard deviations of elevation around the training mean
+NARROW = 20.0  # an image band varying this many times less than in training is on another scale
 
 
 def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:
@@ -47,11 +48,13 @@ def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]
 
 
 def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:
-    """A one-line warning when a raw image band's median lies more than ``SPREAD`` training
-    standard deviations from the training mean of any of the models: imagery on another scale
-    (16-bit counts, reflectances, int16 with negative values) normalised with 8-bit statistics
-    gives a map of nothing. A warning, not a silent rescaling: no linear stretch is right for
-    every sensor, and ``--normalise scene`` is the honest fix when the user asks for it."""
+    """A one-line warning when a raw image band varies ``NARROW`` times less than in training
+    (reflectance 0-1 under 8-bit statistics: its median can still lie within the training
+    range), or its median lies more than ``SPREAD`` training standard deviations from the
+    training mean, of any of the models: imagery on another scale (16-bit counts, reflectances,
+    int16 with negative values) normalised with 8-bit statistics gives a map of nothing. A
+    warning, not a silent rescaling: no linear stretch is right for every sensor, and
+    ``--normalise scene`` is the honest fix when the user asks for it."""
     if spec.optical != "raw":  # chromaticity is a ratio: the scale cancels
         return None
     sample = scene.image_sample(spec.image_bands)
@@ -60,6 +63,13 @@ def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) ->
         if finite.size == 0:
             return None
         median = float(np.median(finite))
+        narrow = _trained_spread(float(finite.std()), stats, index)
+        if narrow is not None:
+            return (f"image {scene.image_path} band {band} varies by {finite.std():.3g} "
+                    f"(standard deviation) around {median:g}, against {narrow:.3g} in the "
+                    "model's training imagery: is it on another scale (e.g. reflectance 0-1 "
+                    "for a model of 8-bit imagery)? Expect a poor map; rescale the image to "
+                    "the model's range, or pass --normalise scene")
         trained = _trained_range(median, stats, index)
         if trained is not None:
             least = float(finite.min())
@@ -69,6 +79,15 @@ def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) ->
                     "model was trained on: expect a poor map; rescale the image to the model's "
                     "range (e.g. 8-bit), set its nodata value if negative values mean no data, "
                     "or pass --normalise scene")
+    return None
+
+
+def _trained_spread(spread: float, stats: Sequence[BandStats], index: int) -> float | None:
+    """The first model's training standard deviation of channel ``index`` that is more than
+    ``NARROW`` times ``spread``; None when no model's is."""
+    for model_stats in stats:
+        if spread * NARROW < model_stats.std[index]:
+            return model_stats.std[index]
     return None
 
 

@@ -163,6 +163,11 @@ def suggest_boxes(predictor: Predictor, image: Path, dem: Path | None, n: int, b
                                 f"{MIN_WORKING_SIZE * factor}")
         profile = scene.profile
         skip = [PolygonLayer(path, "labelled areas", profile["crs"]) for path in labels]
+        for layer in skip:
+            if not layer.features:
+                raise SlidemapError(f"labelled areas {layer.name} holds no polygon: pass the "
+                                    "boxes or areas labelled so far, or leave out --labels")
+            layer.check_overlap(scene.bounds)
         scores, skipped = score_boxes(predictor, scene, box, factor, batch_size, skip, progress)
     if not scores:
         raise SlidemapError(f"no box of {box} px of {image} is left to suggest ({skipped} "

@@ -239,14 +239,33 @@ LOCK_NAME = ".slidemap.lock"
 
 
 @contextlib.contextmanager
+def output_folder(folder: Path, what: str = "output folder") -> Iterator[None]:
+    """:func:`make_output_dir` for the block's outputs; a folder this call had to create is
+    removed again if the block left nothing in it (a run refused on a bad input leaves no empty
+    folder behind)."""
+    created = not folder.exists()
+    make_output_dir(folder, what)
+    try:
+        yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+
+
+@contextlib.contextmanager
 def folder_lock(folder: Path, what: str = "output folder") -> Iterator[None]:
     """Hold ``folder`` for one run: a second run into it fails at once with one line instead of
     interleaving its files with this one's (run folders are written over many minutes, file by
     file). The lock is an exclusive ``flock`` on ``folder/.slidemap.lock``, released, and the
     file removed, when the block ends or the process dies; a folder this call had to create is
     removed again if the run left nothing in it."""
-    created = not folder.exists()
-    make_output_dir(folder, what)
+    with output_folder(folder, what), _flock(folder, what):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(folder: Path, what: str) -> Iterator[None]:
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -263,9 +282,6 @@ def folder_lock(folder: Path, what: str = "output folder") -> Iterator[None]:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
 
 
 def claim_file(path: Path, text: str, load: Callable[[str], object], conflict: str) -> None:

@@ -156,7 +156,7 @@ def _training(folder: Path) -> tuple[Rows, str] | None:
         rows = [[cells[c][i] for c in columns] for i in range(len(history[columns[0]]))]
         html.append("<h3>History</h3>" + grid(columns, rows))
     cards: Rows = [(k.replace("_", " "), summary[k]) for k in ("best_val_f1", "best_epoch")
-                   if k in summary]
+                   if summary.get(k) is not None]
     if not cards and np.isfinite(history.get("val_f1", np.zeros(0))).any():
         best = int(np.nanargmax(history["val_f1"]))  # a run still training has no summary yet
         cards = [("best val f1", float(history["val_f1"][best])),

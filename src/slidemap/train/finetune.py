@@ -8,13 +8,13 @@ validation data, so the gain (or loss) is on record in ``finetune.json``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
+from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.schema.config import RunConfig
@@ -52,7 +52,7 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
         report["after"] = _figures(score_on_val(load_model(model_path), config))
         report["model"] = str(model_path)
         with atomic_path(out_dir / "finetune.json") as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.write_text(jsontext.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -163,7 +163,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     ddp.finish(ranks)
     if not ranks.main:
         return out_dir / "model.safetensors"
-    summary = {"best_epoch": state["best_epoch"], "best_val_f1": state["best_f1"],
+    summary = {"best_epoch": state["best_epoch"],  # no F1 without validation data
+               "best_val_f1": state["best_f1"] if val_scenes else None,
                "train_seconds": round(state["seconds"], 1),
                "wall_seconds": round(time.perf_counter() - started, 1)}
     _publish(out_dir, summary)

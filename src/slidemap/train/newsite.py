@@ -19,7 +19,6 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import load_model
-from slidemap.schema.config import RunConfig, parse_config
 
 WORKING_M = 2.0  # working resolution of a model trained from scratch (if the image is finer)
 TRAINING = {"batch_size": 8, "tile": 256, "windows_per_epoch": 64, "lr": 0.002,
@@ -45,8 +44,8 @@ def terrain_inputs(working_m: float) -> dict:
 def site_config(image: Path, labels: Path, aoi: Path | None = None, dem: Path | None = None,
                 init: Path | None = None, epochs: int = 10) -> dict:
     """The raw run config (as YAML would give it) of training on ``labels`` over ``image``."""
-    scene: dict = {"image": str(image), "mask": str(labels)}
-    scene.update({k: str(v) for k, v in (("aoi", aoi), ("dem", dem)) if v is not None})
+    scene: dict = {"image": _absolute(image), "mask": _absolute(labels)}
+    scene.update({k: _absolute(v) for k, v in (("aoi", aoi), ("dem", dem)) if v is not None})
     raw: dict = {"name": f"{image.stem}-site", "data": {"train": [scene]},
                  "loss": {"bce": 1.0, "dice": 1.0},
                  "training": {"epochs": epochs, **TRAINING}}
@@ -58,8 +57,12 @@ def site_config(image: Path, labels: Path, aoi: Path | None = None, dem: Path | 
         if bundle.inputs.needs_dem and dem is None:
             raise SlidemapError(f"--init {init} reads {bundle.inputs.channels}: pass --dem, or "
                                 "start from an image-only model")
+        if dem is not None and not bundle.inputs.needs_dem:
+            raise SlidemapError(f"--init {init} reads the image alone ({bundle.inputs.channels})"
+                                ", so the DEM would go unused: drop --dem, or leave out --init "
+                                "to train a model that reads the terrain")
         spec = bundle.inputs.to_dict()
-        raw.update(init=str(init), inputs={k: v for k, v in spec.items() if v is not None},
+        raw.update(init=_absolute(init), inputs={k: v for k, v in spec.items() if v is not None},
                    model={"name": bundle.architecture, "width": bundle.width,
                           "options": dict(bundle.options)})
         raw["inputs"]["image_bands"] = list(bundle.inputs.image_bands)
@@ -75,11 +78,14 @@ def site_config(image: Path, labels: Path, aoi: Path | None = None, dem: Path | 
     return raw
 
 
-def write_site_config(raw: dict, out_dir: Path) -> RunConfig:
-    """Check ``raw`` and keep it as ``out_dir/config.yaml``; the parsed config."""
-    config = parse_config(raw, out_dir / "config.yaml")
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_site_config(raw: dict, out_dir: Path) -> None:
+    """Keep ``raw`` as ``out_dir/config.yaml``, so the run can be read and repeated."""
     with atomic_path(out_dir / "config.yaml") as tmp:
         tmp.write_text("# written by slidemap newsite; rerun with: slidemap train THIS_FILE\n"
                        + yaml.safe_dump(raw, sort_keys=False))
-    return config
+
+
+def _absolute(path: Path) -> str:
+    """A local file as an absolute path, so that ``slidemap train config.yaml`` finds it from any
+    folder; anything else (a GDAL name such as /vsicurl/...) as given."""
+    return str(path.absolute()) if path.exists() else str(path)

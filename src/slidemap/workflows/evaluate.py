@@ -4,7 +4,7 @@ the plots appear together."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from slidemap.errors import UsageError
 from slidemap.evaluation.raster import score_raster
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor, predict_scene
-from slidemap.io.atomic import check_outputs, make_output_dir, staged
+from slidemap.io import jsontext
+from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import RasterFormat
 from slidemap.report.html import build_report
@@ -81,10 +82,10 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
                        *[file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],
                        *(model_files(model, has_elevation(image, dem))
                          if image is not None else [])], overwrite)
-        make_output_dir(out_dir)
     record: dict = {"truth": str(truth), **({"aoi": str(aoi)} if aoi is not None else {})}
     # Rasters and metrics appear together, or none does.
-    with staged(outputs, overwrite) as tmp:
+    folder = output_folder(out_dir) if out_dir is not None else contextlib.nullcontext()
+    with folder, staged(outputs, overwrite) as tmp:
         scored = prediction
         if predictor is not None and image is not None:
             tags = provenance(predictor.paths, predictor.threshold, {"image": image, "dem": dem})
@@ -102,7 +103,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         record["metrics"] = confusion.metrics()
         record["thresholds"] = confusion.sweep()
         if out_dir is not None:
-            tmp["metrics"].write_text(json.dumps(record, indent=2) + "\n")
+            tmp["metrics"].write_text(jsontext.dumps(record, indent=2) + "\n")
     plots_written = None if out_dir is None else write_evaluation_plots(
         out_dir, confusion, prediction, truth, image, aoi)
     html = build_report(out_dir, overwrite=overwrite) if html_report and out_dir else None

@@ -4,12 +4,16 @@ and the scene's landslide map (config from ``slidemap.train.newsite``)."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import Progress
 
+from slidemap.data.scene import Scene
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.io.atomic import check_outputs
+from slidemap.schema.config import parse_config
 from slidemap.schema.values import file_of
 from slidemap.train.loop import train
 from slidemap.train.newsite import site_config, write_site_config
@@ -26,6 +30,19 @@ class NewSiteResult:
     map_seconds: float
 
 
+def check_site_inputs(image: Path, labels: Path, aoi: Path | None, dem: Path | None) -> None:
+    """Refuse what would fail or teach nothing before anything is written: unreadable or
+    misplaced files (as training would read them) and a label file without a polygon. Warnings
+    wait for training, which opens the same files: said once, not twice or beside the error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlidemapWarning)
+        scene = Scene(image, dem=dem, mask=labels, aoi=aoi)
+    with scene:
+        if scene.label_polygons == 0:
+            raise SlidemapError(f"label file {labels} holds no polygon: newsite learns "
+                                "landslides from the polygons drawn over the scene; draw some")
+
+
 def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
              dem: Path | None = None, init: Path | None = None, epochs: int = 10,
              overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
@@ -36,10 +53,12 @@ def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
     inputs = [file_of(p) for p in (image, labels, aoi, dem, init) if p is not None]
     check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
                    *output_paths(image, map_dir).values()], inputs, overwrite)
-    config = write_site_config(raw, out_dir)
+    check_site_inputs(image, labels, aoi, dem)
+    config = parse_config(raw, out_dir / "config.yaml")
     started = time.perf_counter()
     with run_lock(out_dir):  # one run at a time in the folder, as train and finetune
         model_path = train(config, out_dir, overwrite=overwrite)
+        write_site_config(raw, out_dir)  # beside the model it made, once there is one
     trained = time.perf_counter()
     mapped = predict(image, map_dir, dem, model_path, overwrite=overwrite, progress=progress)
     return NewSiteResult(out_dir / "config.yaml", model_path, mapped, trained - started,

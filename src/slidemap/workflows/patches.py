@@ -3,7 +3,6 @@ TIFF per patch, and one confusion matrix over all patches when the set has label
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import native_prob
 from slidemap.infer.predict import build_predictor
 from slidemap.infer.separated import patch_stats
+from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
@@ -120,7 +120,7 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     if confusion is not None:
         summary["metrics"] = confusion.metrics()
         with atomic_path(metrics_path, overwrite) as tmp:
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.write_text(jsontext.dumps(summary, indent=2) + "\n")
     else:  # an unlabelled set: no figures, and none left from an earlier run
         metrics_path.unlink(missing_ok=True)
     return summary

@@ -23,7 +23,7 @@ from slidemap.infer.vectorize import (
     slide_batches,
     write_inventories,
 )
-from slidemap.io.atomic import check_outputs, make_output_dir, staged
+from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.modelfile import model_paths, save_model
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import DEFAULT_PROB_DTYPE, PROB_STEPS, RasterFormat
@@ -129,10 +129,9 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     if adapted is not None:
         tags |= adaptation_tags(adapted.record)
     fmt = RasterFormat(prob_dtype, tags)
-    make_output_dir(out_dir)
     # All files appear together, or none does; without --overwrite, a run into the same
     # folder that published first wins and this one fails.
-    with staged(paths, overwrite) as tmp:
+    with output_folder(out_dir), staged(paths, overwrite) as tmp:
         counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
                                progress, replace(fmt, mask_aux=tmp["mask_aux"]))
         default_area, default_simplify = inventory_defaults(counts["working_pixel_m"])

@@ -13,9 +13,11 @@ from slidemap.errors import SlidemapError
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor
 from slidemap.infer.suggest import suggest_boxes, write_boxes
-from slidemap.io.atomic import check_outputs, make_output_dir
+from slidemap.io.atomic import check_outputs, output_folder
 from slidemap.schema.values import file_of
 from slidemap.workflows.inputs import ModelArg, model_files, model_list
+
+BOX_SUFFIXES = (".gpkg", ".geojson", ".json")  # what write_boxes writes by suffix
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,18 @@ def suggest(model: ModelArg, image: Path, out: Path, dem: Path | None = None, n:
     polygons, skipping boxes that overlap the polygons of ``labels``."""
     if n < 1 or box < 1 or spacing < 0:
         raise SlidemapError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
+    if out.suffix.lower() not in BOX_SUFFIXES:
+        raise SlidemapError(f"--out {out}: name a GeoPackage (.gpkg) or GeoJSON (.geojson) file "
+                            "for the boxes")
     options = options or PredictOptions()
     predictor = build_predictor(model_list(model, dem is not None), options)
     inputs = [image, *([dem] if dem else []), *model_files(model, dem is not None),
               *(file_of(p) for p in labels)]
     check_outputs([out], inputs, overwrite)
-    make_output_dir(out.parent)
-    suggestion = suggest_boxes(predictor, image, dem, n, box, labels, spacing,
-                               options.batch_size, progress)
-    write_boxes(suggestion, out, overwrite)
+    with output_folder(out.parent):
+        suggestion = suggest_boxes(predictor, image, dem, n, box, labels, spacing,
+                                   options.batch_size, progress)
+        write_boxes(suggestion, out, overwrite)
     picks = tuple(Pick(i + 1, int(p.window.col_off), int(p.window.row_off), float(p.score),
                        float(p.uncertainty)) for i, p in enumerate(suggestion.picks))
     return SuggestResult(out, suggestion.candidates, suggestion.skipped_labelled, picks)
