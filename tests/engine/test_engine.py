@@ -21,7 +21,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.terrain import BoxSums, relief, roughness
-from slidemap.infer.engine import blend_weights, network_runner, predict_array
+from slidemap.infer.engine import ArraySink, blend_weights, network_runner, predict_array
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import native_prob, predict_arrays
 from slidemap.infer.predict import PredictOptions, predict_scene
@@ -161,3 +161,15 @@ def test_a_scene_and_its_pixels_cut_as_a_patch_give_the_same_probabilities(tmp_p
     both = np.isfinite(scene) & np.isfinite(patch)
     assert both.sum() > 0.9 * np.isfinite(scene).sum()
     np.testing.assert_allclose(patch[both], scene[both], rtol=0, atol=1e-6)
+
+
+def test_blended_probabilities_stay_within_0_and_1() -> None:
+    """A window a rounding error above 1 (1 + 1e-7 after resampling or blending) must not give
+    a probability file that `evaluate` then refuses as "outside 0-1"."""
+    sink = ArraySink(2, 3)
+    sink.add(slice(0, 2), slice(0, 3), np.full((2, 3), 1.0000001, np.float32),
+             np.full((2, 3), 0.7, np.float32))
+    sink.add(slice(0, 2), slice(0, 2), np.full((2, 2), -1e-7, np.float32),
+             np.full((2, 2), 1e-30, np.float32))
+    prob = sink.result()
+    assert prob.max() == 1.0 and prob.min() >= 0.0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from factories import (
     TINY_PREDICT,
     TINY_TRAINING,
@@ -23,6 +24,7 @@ from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import load_scene_arrays
 from slidemap.data.sources import load_arrays
+from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.evaluation.scorer import score_bundle, score_regions
 from slidemap.infer.ensemble import Predictor
@@ -126,3 +128,16 @@ def test_blocks_scored_apart_add_up_to_the_scene(tiny_scene: dict[str, Path],
     parts = score_regions(predictor, scene, [left, ~left], PredictOptions(precision="fp32"))
     assert all(part.metrics()["pixels"] > 0 for part in parts)
     assert parts[0].add(parts[1]).metrics() == whole.metrics()
+
+
+def test_evaluate_takes_rounding_past_1_but_refuses_values_off_the_scale(tiny_scene, tmp_path
+                                                                         ) -> None:
+    with rasterio.open(tiny_scene["mask"]) as ds:
+        labels, transform = ds.read(1), ds.transform
+    prob = np.where(labels == 1, np.float32(1.0000001), np.float32(0.0))
+    rounded = write_raster(tmp_path / "rounded.tif", prob, transform=transform)
+    result = api.evaluate(tiny_scene["mask"], prediction=rounded)
+    assert result.metrics["f1"] == 1.0
+    off = write_raster(tmp_path / "off.tif", prob * 1.1, transform=transform)
+    with pytest.raises(SlidemapError, match="outside 0-1"):
+        api.evaluate(tiny_scene["mask"], prediction=off)

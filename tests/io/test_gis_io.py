@@ -78,6 +78,9 @@ def test_a_missing_remote_name_fails_on_one_line(tiny_model, tmp_path) -> None:
     assert "/vsizip/" in message
 
 
+THRESHOLD = 0.5
+
+
 def _write_outputs(tmp_path: Path, prob_dtype: str) -> tuple[Path, Path, Path, np.ndarray]:
     """A 700×600 probability ramp written strip by strip as the engine writes it."""
     profile = {"crs": rasterio.crs.CRS.from_epsg(32647),
@@ -88,12 +91,12 @@ def _write_outputs(tmp_path: Path, prob_dtype: str) -> tuple[Path, Path, Path, n
     valid[:, :10] = False
     paths = (tmp_path / f"{prob_dtype}_prob.tif", tmp_path / f"{prob_dtype}_mask.tif",
              tmp_path / f"{prob_dtype}_mask.tif.aux.xml")
-    fmt = RasterFormat(prob_dtype, {"SLIDEMAP_THRESHOLD": "0.5"}, paths[2])
+    fmt = RasterFormat(prob_dtype, {"SLIDEMAP_THRESHOLD": str(THRESHOLD)}, paths[2])
     with RasterOutputs(profile, paths[0], paths[1], fmt) as outputs:
         for top in range(0, 600, 256):
             rows = slice(top, top + 256)
             window = Window(0, top, 700, prob[rows].shape[0])
-            outputs.write(window, prob[rows], valid[rows], 0.5)
+            outputs.write(window, prob[rows], valid[rows], THRESHOLD)
     return *paths, np.where(valid, prob, np.nan)
 
 
@@ -163,8 +166,22 @@ def test_uint8_probability_scales_back_and_is_smaller(tmp_path) -> None:
         values = ds.read(1, masked=True).astype(np.float32) * scale + offset
     back = np.ma.filled(values, np.nan)
     np.testing.assert_array_equal(np.isnan(back), np.isnan(truth))
-    assert np.nanmax(np.abs(back - truth)) <= 0.5 / 254 + 1e-6
+    near = np.abs(truth - THRESHOLD) < 1 / 254  # may take one step to stay on its side
+    assert np.nanmax(np.abs(back - truth)[~near]) <= 0.5 / 254 + 1e-6
+    assert np.nanmax(np.abs(back - truth)[near]) <= 1 / 254 + 1e-6
     assert small.stat().st_size < large.stat().st_size / 3
+
+
+def test_uint8_probability_thresholded_gives_the_mask(tmp_path) -> None:
+    """0.499 would round to 127/254 = 0.5: the step is kept below the threshold instead."""
+    prob_path, mask_path, _, truth = _write_outputs(tmp_path, "uint8")
+    with rasterio.open(prob_path) as ds:
+        back = ds.read(1, masked=True).astype(np.float32) * ds.scales[0] + ds.offsets[0]
+    with rasterio.open(mask_path) as ds:
+        mask = ds.read(1, masked=True)
+    below = truth[truth < THRESHOLD]
+    assert (np.rint(below * 254) / 254 >= THRESHOLD).any()  # values that rounding would flip
+    np.testing.assert_array_equal((back >= THRESHOLD).filled(False), (mask == 1).filled(False))
 
 
 def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_model,

@@ -13,6 +13,8 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
 
+ROUNDING = 1e-6  # float32 rounding past 0 or 1 in probabilities written elsewhere: not an error
+
 
 def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float = 0.5,
                  strip_rows: int = 1024, aoi: Path | None = None) -> BinaryConfusion:
@@ -34,14 +36,14 @@ def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float =
             check_labels(sample["mask"], truth)
             prob = sample["image"][0]
             valid = sample["valid"] & np.isfinite(prob)
-            outside = valid & ((prob < 0) | (prob > 1))
+            outside = valid & ((prob < -ROUNDING) | (prob > 1 + ROUNDING))
             if outside.any():
                 values = prob[outside]
                 raise SlidemapError(
                     f"prediction {prediction} has values from {values.min():g} to "
                     f"{values.max():g} outside 0-1: pass a probability (0-1) or mask (0/1) "
                     "raster, with its nodata value set (e.g. gdal_edit.py -a_nodata 255)")
-            confusion.update(prob, sample["mask"], valid)
+            confusion.update(np.clip(prob, 0.0, 1.0), sample["mask"], valid)
     if not confusion.counts.any():
         inside = f" inside the area of interest {aoi}" if aoi is not None else ""
         raise SlidemapError(f"no pixel of prediction {prediction} is both predicted and "

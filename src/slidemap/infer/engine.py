@@ -71,7 +71,7 @@ class ArraySink:
 
     def result(self) -> np.ndarray:
         np.divide(self.prob, self.weight, out=self.prob)
-        return self.prob
+        return np.clip(self.prob, 0.0, 1.0, out=self.prob)  # rounding: 1 + 1e-7 is not a p
 
 
 def predict_array(runner: Runner, x: np.ndarray, valid: np.ndarray, tile: int, overlap: int,

@@ -457,6 +457,7 @@ class StripWriter:
             valid &= self.scene.read_validity(window, dem=self.needs_dem)
         prob = np.full(weight.shape, np.nan, dtype=np.float32)
         np.divide(strip.prob[:, cols], weight, out=prob, where=valid)
+        np.clip(prob, 0.0, 1.0, out=prob)  # a weighted mean of ones can round to 1 + 1e-7
         self.outputs.write(window, prob, valid, self.threshold)
         return int(valid.sum()), int((valid & (prob >= self.threshold)).sum())
 

@@ -112,7 +112,8 @@ class RasterFormat:
     """How the probability and mask files are written, beside their pixels.
 
     ``prob_dtype`` uint8 (the default: p × 254 with scale 1/254, 255 nodata; a step of 0.004,
-    at most 0.002 off, for a twelfth of float32's compressed file) or float32 (NaN nodata);
+    at most 0.002 off, or one step next to the threshold, so that the file thresholded gives
+    the mask; a twelfth of float32's compressed file) or float32 (NaN nodata);
     ``tags`` (provenance) go into both files; ``mask_aux`` is where the mask's category names
     and attribute table go (GDAL's .aux.xml: a GeoTIFF cannot hold them), moved into place
     with the mask by the caller.
@@ -128,10 +129,21 @@ class RasterFormat:
                                 f"{' or '.join(PROB_DTYPES)}")
 
 
-def encode_probability(prob: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
-    """Probabilities as written: float32 with NaN nodata, or uint8 steps with 255 nodata."""
+def encode_probability(prob: np.ndarray, valid: np.ndarray, dtype: str,
+                       threshold: float | None = None) -> np.ndarray:
+    """Probabilities as written: float32 with NaN nodata, or uint8 steps with 255 nodata.
+
+    With ``threshold``, a uint8 step stays on the side of the threshold its probability is on
+    (0.499 would round to 127/254 = 0.5): the probability file read back and thresholded gives
+    the mask written beside it, pixel for pixel.
+    """
     if dtype == "uint8":
-        steps = np.rint(np.clip(np.nan_to_num(prob), 0.0, 1.0) * PROB_STEPS).astype(np.uint8)
+        prob = np.clip(np.nan_to_num(prob), 0.0, 1.0)
+        steps = np.rint(prob * PROB_STEPS)
+        if threshold is not None:
+            above = prob >= threshold
+            steps[above & (steps / PROB_STEPS < threshold)] += 1
+            steps[~above & (steps / PROB_STEPS >= threshold)] -= 1
         return np.where(valid, steps, MASK_NODATA).astype(np.uint8)
     return np.where(valid, prob, np.nan).astype(np.float32)
 
@@ -264,8 +276,8 @@ class RasterOutputs:
     def write(self, window: Window, prob: np.ndarray, valid: np.ndarray, threshold: float) -> None:
         mask = np.where(valid, (prob >= threshold).astype(np.uint8), MASK_NODATA)
         with writing(self.paths[0]):
-            self.prob.write(encode_probability(prob, valid, self.format.prob_dtype), 1,
-                            window=window)
+            self.prob.write(encode_probability(prob, valid, self.format.prob_dtype, threshold),
+                            1, window=window)
         with writing(self.paths[1]):
             self.mask.write(mask.astype(np.uint8), 1, window=window)
 
