@@ -14,7 +14,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from factories import REPO, square_scene, write_raster
+from factories import REPO, square_scene, tiny_bundle, write_raster
 from rasterio.transform import from_origin
 from scipy import ndimage
 
@@ -93,6 +93,20 @@ def test_onnx_backend_matches_torch_fp32(wide_scene, tiny_model, tmp_path, run_c
     other = load_model(tiny_model)
     other.path = export_onnx(other, tmp_path / "x.onnx")  # any file with other bytes
     assert not is_current(exported, other)
+
+
+def test_a_model_onnx_cannot_export_says_why_in_one_line(tmp_path, run_cli) -> None:
+    """PSPNet's adaptive pooling to 2, 3 and 6 bins has no ONNX export for every size."""
+    from slidemap.data.channels import InputSpec
+    from slidemap.io.modelfile import save_model
+
+    psp = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3)), architecture="pspnet",
+                                 options={}), tmp_path / "psp")
+    code, err = run_cli("export", psp, "--out", tmp_path / "psp.onnx")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "(pspnet) cannot be exported" in err and "adaptive_avg_pool2d" in err
+    assert "Caused by" not in err and "default backend" in err
+    assert not (tmp_path / "psp.onnx").exists()
 
 
 def test_export_of_a_missing_model_is_one_line(tmp_path, run_cli) -> None:

@@ -48,14 +48,17 @@ def mixed_config(tmp_path: Path, tiny_scene: dict[str, Path]) -> Path:
         training={**TINY_TRAINING, "epochs": 2, "select": "last"}, predict=TINY_PREDICT))
 
 
-def test_history_finetune_and_study_agree(mixed_config: Path, tmp_path: Path) -> None:
-    config = load_config(mixed_config)
+@pytest.mark.parametrize("weights", ["float32", "int8"])
+def test_history_finetune_and_study_agree(mixed_config: Path, tmp_path: Path,
+                                          weights: str) -> None:
+    """int8: validation scores the weights as the file stores them, not the unrounded ones."""
+    config = load_config(mixed_config, (f"training.weights_dtype={weights}",))
     report = finetune(config, tmp_path / "run")
     with (tmp_path / "run" / "history.csv").open() as handle:
         last = list(csv.DictReader(handle))[-1]
     model = load_model(tmp_path / "run" / "model")
     study = score_run(model, config)
-    for key in ("f1", "iou", "precision", "recall"):
+    for key in ("f1", "iou", "precision", "recall", "auc"):
         assert float(last[f"val_{key}"]) == pytest.approx(report["after"][key], abs=1e-5), key
         assert study[key] == pytest.approx(report["after"][key], abs=1e-12), key
         assert model.provenance["validation"][key] == pytest.approx(study[key], abs=1e-12)

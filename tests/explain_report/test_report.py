@@ -79,6 +79,22 @@ def test_training_curves_and_run_report(tmp_path) -> None:
     assert_self_contained(html)
 
 
+def test_an_ensembles_run_shows_figures_and_a_crossval_folder_is_refused(tmp_path) -> None:
+    run = tmp_path / "members"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(
+        {"members": 2, "member_summaries": [{"best_epoch": 3}], "seconds": {"member-0": 4.0}}))
+    html = build_report(run).read_text()
+    # the figures, not Python dicts printed into the page
+    assert "members" in html and "member_summaries" not in html and "member-0" not in html
+    crossval = tmp_path / "crossval"
+    crossval.mkdir()
+    (crossval / "blocks_layout.json").write_text("{}")
+    (crossval / "summary.json").write_text(json.dumps({"folds": 4, "recipes": {"a": {}}}))
+    with pytest.raises(SlidemapError, match=r"is a crossval folder: its report is summary\.md"):
+        build_report(crossval)
+
+
 def test_pr_curve_from_the_confusion_histograms() -> None:
     separable = BinaryConfusion(0.5)
     separable.update(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 1, 0, 0], np.uint8))

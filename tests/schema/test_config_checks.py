@@ -107,3 +107,12 @@ def test_train_with_a_bad_setting_fails_before_data_loads(
     code, err = run_cli("train", path, "--out", tmp_path / "run")
     assert code == 1 and "training.seed" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_ensemble_is_not_fine_tuned(tmp_path: Path, tiny_scene: dict[str, Path],
+                                       tiny_model: Path) -> None:
+    """members trains from scratch; with init, train would skip finetune.json silently."""
+    path = scene_config(tmp_path, tiny_scene, members=2)
+    with pytest.raises(SlidemapError, match="members: 2 trains an ensemble from scratch"):
+        load_config(path, (f"init={tiny_model}",))
+    assert load_config(path).train.members == 2

@@ -233,3 +233,28 @@ def test_finetune_freeze_flag_and_frozen_epochs_are_refused_together(tiny_scene:
     config = parse_config(tiny_run(tiny_scene, epochs=3, frozen_epochs=1))
     with pytest.raises(SlidemapError, match="frozen_epochs"):
         config.train.changed(freeze_encoder=True)
+
+
+def test_a_run_resumes_only_with_the_config_that_started_it(
+        tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs after the stop must train as the ones before, and the model file must not credit
+    the whole run to a new loss; the thread count may change."""
+    run = tmp_path / "run"
+    config = parse_config(tiny_run(tiny_scene, epochs=3))
+    real_epoch = RandomWindows.epoch
+
+    def stop_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
+        if number == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, number, batch_size)
+
+    monkeypatch.setattr(RandomWindows, "epoch", stop_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run)
+    monkeypatch.undo()
+    focal = parse_config({**tiny_run(tiny_scene, epochs=3), "loss": {"focal": 1.0}})
+    with pytest.raises(SlidemapError, match=r"trained with another loss\.bce \(3 setting"):
+        train(focal, run, resume=True)
+    train(parse_config(tiny_run(tiny_scene, epochs=3, threads=1)), run, resume=True)
+    text = (run / "history.csv").read_bytes()
+    assert text.count(b"\n") == 4 and b"\r" not in text  # header + 3 epochs, one line ending

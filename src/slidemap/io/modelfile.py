@@ -32,6 +32,7 @@ sidecar records the SHA-256 of its weights, so a pair that did not come from one
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -180,6 +181,18 @@ def stored_state(model: nn.Module, weights_dtype: str) -> dict[str, torch.Tensor
                                     "as float32")
         state[key] = tensor.contiguous().clone()
     return state
+
+
+def as_stored(model: nn.Module, weights_dtype: str) -> nn.Module:
+    """``model`` with the weights its file will hold once read back: a copy rounded through
+    ``weights_dtype``, or ``model`` itself for float32. Validation scores this, so that a
+    run's history.csv gives the F1 of the file it writes, not of weights nobody can load."""
+    if check_weights_dtype(weights_dtype) == "float32":
+        return model
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    rounded = copy.deepcopy(model)
+    rounded.load_state_dict(restored_state(stored_state(model, weights_dtype), shapes))
+    return rounded
 
 
 def _quantised(key: str, tensor: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:

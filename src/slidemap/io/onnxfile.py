@@ -115,7 +115,8 @@ def export_onnx(bundle: ModelBundle, out: Path, overwrite: bool = True) -> Path:
                               "prob": {0: "batch", 2: "height", 3: "width"}})
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
         raise SlidemapError(f"model {bundle.path} ({bundle.architecture}) cannot be exported to "
-                            f"ONNX ({_one_line(exc)}): use --backend torch") from exc
+                            f"ONNX ({_one_line(exc)}): run it with torch, slidemap's default "
+                            "backend (predict without --backend onnx)") from exc
     proto = onnx.load_from_string(buffer.getvalue())
     metadata = {"slidemap": json.dumps(bundle.sidecar()), "stride": str(stride),
                 "weights_sha256": weights_digest(bundle.path) if bundle.path else ""}
@@ -140,7 +141,8 @@ def _verify(graph: nn.Module, model_bytes: bytes, channels: int, stride: int,
         got = session.run(None, {"x": x})[0]
         if got.shape != expected.shape or not np.allclose(got, expected, atol=TOLERANCE):
             raise SlidemapError(f"model {bundle.path} ({bundle.architecture}) does not export to "
-                                "ONNX faithfully for every input size: use --backend torch")
+                                "ONNX faithfully for every input size: run it with torch, "
+                                "slidemap's default backend (predict without --backend onnx)")
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -161,5 +163,8 @@ def is_current(onnx_file: Path, bundle: ModelBundle) -> bool:
 
 
 def _one_line(exc: Exception) -> str:
+    """The exporter's reason without its graph dump ("[Caused by the value ...]") or its plea
+    for a pull request."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    reason = lines[0].split(" [Caused by")[0] if lines else type(exc).__name__
+    return reason.split(". Please feel free")[0]

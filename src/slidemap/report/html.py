@@ -58,6 +58,8 @@ figcaption { font-size: 13px; color: #5d6773; margin-top: 6px; }
 code { font-size: 13px; word-break: break-all; }
 """
 
+CROSSVAL_MARK = "blocks_layout.json"  # what slidemap crossval writes first into its --out
+
 
 def build_report(folder: Path, out: Path | None = None,
                  provenance: Provenance | None = None, interactive: bool = False,
@@ -73,6 +75,9 @@ def build_report(folder: Path, out: Path | None = None,
     if not folder.is_dir():
         raise SlidemapError(f"{folder} is not a folder: pass a run, evaluate or predict --out "
                             "folder")
+    if (folder / CROSSVAL_MARK).exists():
+        raise SlidemapError(f"{folder} is a crossval folder: its report is summary.md (with "
+                            "blocks.csv); pass a run, evaluate, predict or explain folder")
     out = out or folder / "report.html"
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder: give a file name such as report.html")
@@ -135,8 +140,9 @@ def _training(folder: Path) -> tuple[Rows, str] | None:
         return None
     summary = read_json(summary_path) if summary_path.exists() else {}
     html = ["<h2>Training run</h2>"]
-    if summary:
-        html.append(pairs(list(summary.items())))
+    scalars = [(k, v) for k, v in summary.items() if not isinstance(v, (dict, list))]
+    if scalars:  # an ensemble's per-member records are in the members' own folders
+        html.append(pairs(scalars))
     model = read_json(folder / "model.json") if (folder / "model.json").exists() else {}
     if model:
         provenance = model.get("provenance", {})

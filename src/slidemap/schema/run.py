@@ -584,6 +584,16 @@ class RunConfig(Section):
                                  "set the same bands, or drop bands to use inputs")
         return self
 
+    @model_validator(mode="after")
+    def _members_from_scratch(self) -> RunConfig:
+        """An ensemble's members train from scratch with their own seeds; fine-tuning (``init``)
+        trains one network and reports on it (finetune.json)."""
+        if self.init is not None and self.training.members > 1:
+            raise ValueError(f"training.members: {self.training.members} trains an ensemble from"
+                             " scratch, and init fine-tunes one network: drop init, or set "
+                             "members: 1")
+        return self
+
     def changed(self, **fields: Any) -> Self:
         """A copy with ``fields`` replaced (``train`` is ``training``), checked like a config
         file's values; it keeps the file it was read from."""

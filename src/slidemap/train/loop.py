@@ -40,7 +40,13 @@ from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import bundle_of, score_bundle
 from slidemap.infer.runtime import autocast
 from slidemap.io.atomic import make_output_dir, staged
-from slidemap.io.modelfile import ModelBundle, PredictDefaults, model_paths, save_model
+from slidemap.io.modelfile import (
+    ModelBundle,
+    PredictDefaults,
+    as_stored,
+    model_paths,
+    save_model,
+)
 from slidemap.models import count_members, count_parameters
 from slidemap.report.plots import plot_training_curves
 from slidemap.schema.config import RunConfig
@@ -50,7 +56,7 @@ from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoi
 from slidemap.train.checks import check_buildable
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
-from slidemap.train.runfolder import RUN_FILES, check_run_inputs
+from slidemap.train.runfolder import RUN_FILES, check_run_inputs, check_same_run, run_identity
 from slidemap.train.warmstart import initial_model, parameter_groups, set_encoder_for_epoch
 
 console = Console(stderr=True)
@@ -101,9 +107,11 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
 
     average = WeightAverage(model) if settings.average_from else None
     checkpoint = out_dir / "checkpoint.safetensors"
-    state: dict[str, Any] = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0,
+                             "config": run_identity(config)}
     if resume:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        check_same_run(state.get("config"), config, out_dir)
         if average is not None and state.get("averaged_steps"):
             average.restore(load_extra(checkpoint, PREFIX), state["averaged_steps"])
         _trim_history(out_dir / "history.csv", state["epoch"])
@@ -265,11 +273,12 @@ def train_steps(model: torch.nn.Module, batches: Iterable[dict[str, np.ndarray]]
 def evaluate_arrays(model: torch.nn.Module, arrays: list[SceneArrays], stats: BandStats,
                     config: RunConfig) -> dict[str, float]:
     """The one scorer's figures for the network being trained, run as its model file will be
-    (``config.predict``: window, overlap, scales, threshold) and counted on each item's own
-    grid, so the kept epoch's line in history.csv is what ``finetune`` and ``study`` report
-    (for a float32 model file; ``weights_dtype`` int8 or int4 rounds the stored weights)."""
-    bundle = bundle_of(model, config.model.name, config.model.width, config.model.options,
-                       config.inputs, stats, config.predict.threshold, _predict_defaults(config))
+    (``config.predict``: window, overlap, scales, threshold; the weights rounded as
+    ``weights_dtype`` stores them) and counted on each item's own grid, so the kept epoch's
+    line in history.csv is what ``finetune``, ``study`` and ``evaluate`` report."""
+    bundle = bundle_of(as_stored(model, config.train.weights_dtype), config.model.name,
+                       config.model.width, config.model.options, config.inputs, stats,
+                       config.predict.threshold, _predict_defaults(config))
     return score_bundle(bundle, arrays, config.train.precision,
                         config.predict.batch_size).metrics()
 
@@ -299,7 +308,8 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
 def _append_history(path: Path, row: dict, fresh: bool) -> None:
     mode = "w" if fresh or not path.exists() else "a"
     with path.open(mode, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
+        # one line ending throughout, as _trim_history rewrites the rows a resume keeps
+        writer = csv.DictWriter(handle, fieldnames=list(row), lineterminator="\n")
         if mode == "w":
             writer.writeheader()
         writer.writerow(row)
