@@ -181,9 +181,8 @@ def patch_folder(root: Path, count: int = 4, seed: int = 0, masks: bool = True) 
 
 # -- runs -----------------------------------------------------------------------------------------
 
-def train_interrupted_then_resumed(config: RunConfig, run: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Train ``config`` into ``run``, stopped by an exception as epoch 2 starts, then resume."""
+def train_interrupted(config: RunConfig, run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train ``config`` into ``run``, stopped by an exception as epoch 2 starts."""
 
     class Interrupted(Exception):
         pass
@@ -199,6 +198,12 @@ def train_interrupted_then_resumed(config: RunConfig, run: Path,
     with pytest.raises(Interrupted):
         train(config, run)
     monkeypatch.undo()
+
+
+def train_interrupted_then_resumed(config: RunConfig, run: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train ``config`` into ``run``, stopped by an exception as epoch 2 starts, then resume."""
+    train_interrupted(config, run, monkeypatch)
     train(config, run, resume=True)
 
 

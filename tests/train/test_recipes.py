@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import tiny_run, train_interrupted_then_resumed
+from factories import tiny_run, train_interrupted, train_interrupted_then_resumed
 from safetensors.torch import load_file
 
 from slidemap.data.dataset import RandomWindows, load_scene_arrays, scene_stats
@@ -240,18 +240,7 @@ def test_a_run_resumes_only_with_the_config_that_started_it(
     """Epochs after the stop must train as the ones before, and the model file must not credit
     the whole run to a new loss; the thread count may change."""
     run = tmp_path / "run"
-    config = parse_config(tiny_run(tiny_scene, epochs=3))
-    real_epoch = RandomWindows.epoch
-
-    def stop_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
-        if number == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, number, batch_size)
-
-    monkeypatch.setattr(RandomWindows, "epoch", stop_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, run)
-    monkeypatch.undo()
+    train_interrupted(parse_config(tiny_run(tiny_scene, epochs=3)), run, monkeypatch)
     focal = parse_config({**tiny_run(tiny_scene, epochs=3), "loss": {"focal": 1.0}})
     with pytest.raises(SlidemapError, match=r"trained with another loss\.bce \(3 setting"):
         train(focal, run, resume=True)
