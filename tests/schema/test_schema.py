@@ -94,6 +94,8 @@ def test_overrides_are_yaml_values_checked_like_the_file(tmp_path: Path,
     ("training.epochs=true", r"training\.epochs must be a valid integer"),
     ("training.lr", "must be key.path=value"),
     ("training.lr.x=1", r"training\.lr is not a mapping"),
+    ("data.train[0].bands=[B2]", r"list items cannot be indexed; set the whole list, e\.g\. "
+                                 r"--set 'data\.train=\[\.\.\.\]'"),
     ("training.lr=[1", "is not a YAML value"),
     ("model.name=unet3", r"model\.name must be 'unet'"),
     ("loss.focl=1", r"loss: unknown loss 'focl': choose from bce, "),

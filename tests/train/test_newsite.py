@@ -28,8 +28,8 @@ from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.normalization import BandStats, compute_stats
 from slidemap.data.scaling import demote, promote
 from slidemap.data.scene import Scene
-from slidemap.data.sources import load_arrays, open_patch_set, select
-from slidemap.errors import SlidemapError
+from slidemap.data.sources import load_arrays, open_patch_set, select, shared_with_training
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import predict_arrays
 from slidemap.infer.predict import PredictOptions
@@ -69,6 +69,8 @@ def test_patch_config_trains_and_validates(tmp_path: Path) -> None:
         "train": [{"patches": str(root), "split": {"count": 3, "seed": 1, "part": "train"}}],
         "val": [{"patches": str(root), "split": {"count": 3, "seed": 1, "part": "rest"}}],
     }, inputs={"image_bands": [1, 2, 3]}))
+    assert shared_with_training((config.train_scenes, config.train_patches),
+                                (config.val_scenes, config.val_patches), config.inputs) is None
     train_arrays = load_arrays((), config.train_patches, config.inputs)
     val_arrays = load_arrays((), config.val_patches, config.inputs)
     assert len(train_arrays) == 3 and len(val_arrays) == 2
@@ -79,6 +81,28 @@ def test_patch_config_trains_and_validates(tmp_path: Path) -> None:
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "val_f1" in history[0]
     assert load_model(model_path).inputs == config.inputs
+
+
+def test_validation_on_training_ground_warns(tmp_path: Path, tiny_scene: dict) -> None:
+    """Figures on training ground say nothing of new ground, and select: best would pick the
+    epoch on it."""
+    root = patch_folder(tmp_path / "site", count=5)
+    overlapping = load_config(run_config(tmp_path, {
+        "train": [{"patches": str(root)}],
+        "val": [{"patches": str(root), "split": {"count": 2, "seed": 1, "part": "rest"}}],
+    }, inputs={"image_bands": [1, 2, 3]}))
+    shared = shared_with_training((overlapping.train_scenes, overlapping.train_patches),
+                                  (overlapping.val_scenes, overlapping.val_patches),
+                                  overlapping.inputs)
+    assert shared is not None and shared.startswith(f"3 patch(es) of {root}")
+    scene = {k: str(v) for k, v in tiny_scene.items()}
+    same_scene = load_config(write_config(tmp_path / "scene.yaml", {
+        "data": {"train": [scene], "val": [scene]}, "model": TINY_NET,
+        "inputs": {"image_bands": [1, 2, 3]}, "training": TINY_TRAINING,
+        "predict": TINY_PREDICT}))
+    with pytest.warns(SlidemapWarning, match=r"validation data is also training data \(scene "
+                      r".*select: best picks the kept epoch"):
+        train(same_scene, tmp_path / "run")
 
 
 def test_split_is_seeded_and_names_pick_patches() -> None:

@@ -96,6 +96,27 @@ def select(names: Sequence[str], source: PatchSource) -> list[int]:
     return sorted(keep)
 
 
+def shared_with_training(train: tuple[Sequence[SceneSource], Sequence[PatchSource]],
+                         val: tuple[Sequence[SceneSource], Sequence[PatchSource]],
+                         spec: InputSpec) -> str | None:
+    """The first validation item training reads too: a scene's image file, or patches both
+    select from one set; None when none is (as far as files tell: two crops of one orthophoto
+    are not caught)."""
+    trained = {Path(s.image).resolve() for s in train[0]}
+    for scene in val[0]:
+        if Path(scene.image).resolve() in trained:
+            return f"scene {scene.image}"
+    for checked in val[1]:
+        for source in train[1]:
+            if Path(checked.root).resolve() != Path(source.root).resolve():
+                continue
+            names = open_patch_set(checked.root, spec, checked.kind, checked.pixel_size).names
+            both = sorted(set(select(names, checked)) & set(select(names, source)))
+            if both:
+                return f"{len(both)} patch(es) of {checked.root}, e.g. {names[both[0]]}"
+    return None
+
+
 def load_arrays(scenes: Sequence[SceneSource], patch_sets: Sequence[PatchSource],
                 spec: InputSpec) -> list[SceneArrays]:
     """Labelled scenes and patch sets of a run config as arrays, scenes first."""

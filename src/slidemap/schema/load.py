@@ -60,6 +60,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise SlidemapError(f"--set {text!r} must be key.path=value, e.g. --set training.lr=4e-3")
+    if "[" in key:
+        listed = key[:key.index("[")]
+        raise SlidemapError(f"--set {key}: list items cannot be indexed; set the whole list, "
+                            f"e.g. --set '{listed}=[...]' in YAML, or edit the config file")
     return key, parse_value(value, f"--set {key}")
 
 

@@ -20,6 +20,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,8 @@ from slidemap.data.dataset import (
     scene_stats,
 )
 from slidemap.data.normalization import BandStats
-from slidemap.data.sources import load_arrays
-from slidemap.errors import SlidemapError
+from slidemap.data.sources import load_arrays, shared_with_training
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.scorer import bundle_of, score_bundle
 from slidemap.infer.runtime import autocast
 from slidemap.io.atomic import make_output_dir, staged
@@ -87,6 +88,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
+    _warn_if_validation_is_trained_on(config, ranks.main)
     train_scenes = load_arrays(config.train_scenes, config.train_patches, config.inputs)
     train_scenes += extra_train
     val_scenes = load_arrays(config.val_scenes, config.val_patches, config.inputs)
@@ -184,6 +186,21 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     log.info(f"kept epoch {state['best_epoch']} ({how}{figure}) → "
              f"{out_dir / 'model.safetensors'}")
     return out_dir / "model.safetensors"
+
+
+def _warn_if_validation_is_trained_on(config: RunConfig, main: bool) -> None:
+    """Validation on training ground estimates nothing about new ground, and with ``select:
+    best`` it picks the epoch that fits the training data best: say so (a warning, since a
+    quick look at fit on one scene is a fair use)."""
+    shared = shared_with_training((config.train_scenes, config.train_patches),
+                                  (config.val_scenes, config.val_patches), config.inputs)
+    if shared is None or not main:
+        return
+    picks = (", and select: best picks the kept epoch on it" if config.train.select == "best"
+             else "")
+    warnings.warn(f"validation data is also training data ({shared}): its figures say nothing "
+                  f"about unseen ground{picks}; validate on other ground", SlidemapWarning,
+                  stacklevel=2)
 
 
 def _publish(out_dir: Path, summary: dict) -> None:
