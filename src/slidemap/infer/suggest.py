@@ -39,6 +39,8 @@ from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io.atomic import atomic_path, final_path
 
 MIN_VALID = 0.25  # a box must have this share of its full area valid to be worth labelling
+GEOJSON_SUFFIXES = (".geojson", ".json")
+BOX_SUFFIXES = (".gpkg", *GEOJSON_SUFFIXES)  # the files write_boxes writes
 EPS = 1e-6
 
 
@@ -180,7 +182,7 @@ def write_boxes(suggestion: Suggestion, path: Path, overwrite: bool = False) -> 
     """The picks as ranked polygons in the scene's CRS (GeoPackage, or GeoJSON by suffix)."""
     picks = suggestion.picks
     transform, crs = suggestion.profile["transform"], suggestion.profile["crs"]
-    driver = "GeoJSON" if path.suffix.lower() in {".geojson", ".json"} else "GPKG"
+    driver = "GeoJSON" if path.suffix.lower() in GEOJSON_SUFFIXES else "GPKG"
     geometry = np.array([shapely.to_wkb(shapely.box(*window_bounds(p.window, transform)))
                          for p in picks], dtype=object)
     fields = {

@@ -25,9 +25,9 @@ def check_run_inputs(out_dir: Path, config: RunConfig) -> None:
 
 def run_identity(config: RunConfig) -> dict:
     """What a resumed run must share with the run it continues (kept in the checkpoint): the
-    whole config but its name, the thread count and the prediction defaults, none of which
-    changes the weights."""
-    identity = config.model_dump(mode="json", exclude={"name", "predict"})
+    whole config but its name and the thread count, neither of which changes the weights or
+    how validation scored the epochs before the stop."""
+    identity = config.model_dump(mode="json", exclude={"name"})
     identity["training"].pop("threads", None)
     return identity
 

@@ -12,12 +12,10 @@ from rich.progress import Progress
 from slidemap.errors import SlidemapError
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor
-from slidemap.infer.suggest import suggest_boxes, write_boxes
+from slidemap.infer.suggest import BOX_SUFFIXES, suggest_boxes, write_boxes
 from slidemap.io.atomic import check_outputs, output_folder
 from slidemap.schema.values import file_of
 from slidemap.workflows.inputs import ModelArg, model_files, model_list
-
-BOX_SUFFIXES = (".gpkg", ".geojson", ".json")  # what write_boxes writes by suffix
 
 
 @dataclass(frozen=True)
