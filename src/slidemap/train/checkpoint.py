@@ -64,6 +64,16 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                             "with the config that wrote it, or train without --resume") from exc
 
 
+def saved_state(path: Path) -> dict:
+    """The run state a checkpoint holds (epoch, best score, the run's config), without loading
+    its tensors: what a resume checks before it builds anything."""
+    try:
+        return _read_meta(path)["state"]
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SlidemapError(f"checkpoint {path} cannot be resumed ({first_line(exc)}): train "
+                            "without --resume") from exc
+
+
 def load_extra(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The checkpoint's extra tensors whose names start with ``prefix``."""
     try:
@@ -75,11 +85,7 @@ def load_extra(path: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict:
-    with safe_open(str(path), framework="pt") as handle:
-        text = (handle.metadata() or {}).get(META_KEY)
-    if text is None:  # written before the settings moved into the metadata
-        text = path.with_suffix(".json").read_text()
-    meta = json.loads(text)
+    meta = _read_meta(path)
     saved, asked = meta["scheduler"].get("total_steps"), getattr(scheduler, "total_steps", None)
     if saved is not None and asked is not None and saved != asked:
         raise SlidemapError(f"checkpoint {path} is of a run of {saved} optimiser steps, the config "
@@ -97,3 +103,11 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     return meta["state"]
+
+
+def _read_meta(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get(META_KEY)
+    if text is None:  # written before the settings moved into the metadata
+        text = path.with_suffix(".json").read_text()
+    return json.loads(text)

@@ -53,7 +53,7 @@ from slidemap.report.plots import plot_training_curves
 from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
-from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
+from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint, saved_state
 from slidemap.train.checks import check_buildable
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
@@ -88,7 +88,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
-    _warn_if_validation_is_trained_on(config, ranks.main)
+    checkpoint = out_dir / "checkpoint.safetensors"
+    if resume:  # before anything is built or loaded: say which setting changed
+        check_same_run(saved_state(checkpoint).get("config"), config, out_dir)
     train_scenes = load_arrays(config.train_scenes, config.train_patches, config.inputs)
     train_scenes += extra_train
     val_scenes = load_arrays(config.val_scenes, config.val_patches, config.inputs)
@@ -108,17 +110,16 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
         total_steps=settings.epochs * steps_per_epoch, pct_start=0.1, anneal_strategy="cos")
 
     average = WeightAverage(model) if settings.average_from else None
-    checkpoint = out_dir / "checkpoint.safetensors"
     state: dict[str, Any] = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0,
                              "config": run_identity(config)}
     if resume:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        check_same_run(state.get("config"), config, out_dir)
         if average is not None and state.get("averaged_steps"):
             average.restore(load_extra(checkpoint, PREFIX), state["averaged_steps"])
         _trim_history(out_dir / "history.csv", state["epoch"])
         log.info(f"resuming after epoch {state['epoch']}")
 
+    _warn_if_validation_is_trained_on(config, ranks.main)  # once the run can start
     log.info(f"{config.model.name} ({count_parameters(model):,} parameters), "
              f"{len(config.inputs.channels)} channels {config.inputs.channels}, "
              f"{settings.epochs} epochs × {steps_per_epoch} steps")
