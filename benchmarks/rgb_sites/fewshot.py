@@ -10,6 +10,7 @@ Usage (repository root):
       --loso runs/rgb-loso --out runs/rgb-fewshot [--recipe scene_norm]
 ``--recipe`` names the recipe file (RECIPE.yaml, default base) whose inputs, network and
 augmentation every method uses; BUDGET and METHODS below override its training length and rates.
+``--budget F`` trains F times BUDGET's epochs (README.md, "Few-shot, third round").
 """
 
 import argparse
@@ -44,7 +45,7 @@ METHODS = {
 
 
 def run_config(site: str, k: int, draw: int, method: str, loso: Path, scored: bool,
-               recipe: str = "base") -> dict:
+               recipe: str = "base", budget: int = 1) -> dict:
     base = yaml.safe_load((HERE / f"{recipe}.yaml").read_text())
     split = {"count": k, "seed": draw}
     raw = {"name": f"{site}-k{k}-d{draw}-{method}",
@@ -53,6 +54,7 @@ def run_config(site: str, k: int, draw: int, method: str, loso: Path, scored: bo
     if scored:
         raw["data"]["val"] = [{"patches": f"{DATA}/{site}", "split": {**split, "part": "rest"}}]
     raw["training"].update(BUDGET, seed=draw, **METHODS[method])
+    raw["training"]["epochs"] *= budget
     if method != "scratch":
         raw["init"] = str(loso / site / "model.safetensors")
     return raw
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--loso", type=Path, default=Path("runs/rgb-loso"))
     parser.add_argument("--out", type=Path, default=Path("runs/rgb-fewshot"))
     parser.add_argument("--recipe", default="base")
+    parser.add_argument("--budget", type=int, default=1, help="times BUDGET's epochs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for k in args.k:
@@ -86,7 +89,8 @@ def main() -> None:
                     if not model.exists():
                         started = time.process_time()
                         train(parse_config(run_config(args.site, k, draw, method, args.loso,
-                                                      False, args.recipe)), run, overwrite=True)
+                                                      False, args.recipe, args.budget)), run,
+                              overwrite=True)
                         seconds = time.process_time() - started
                         (run / "cpu_seconds.json").write_text(json.dumps(seconds) + "\n")
                     else:
