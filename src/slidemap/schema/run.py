@@ -376,8 +376,8 @@ class TrainSettings(Section):
             "−127…127 times one scale per output channel; biases and BatchNorm stay float32); "
             "`int4` stores kernels of 2^18 weights or more (a network's deepest layers, most of "
             "its weights) in 4 bits, two to a byte, and the rest as `int8`; always loaded as "
-            "float32. `slidemap export MODEL --weights int8 --out SMALL` converts a trained "
-            "model"))
+            "float32. Validation scores the weights so rounded, as the file will give them. "
+            "`slidemap export MODEL --weights int8 --out SMALL` converts a trained model"))
     average_from: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None, description=("from this epoch on, the weights after every optimiser step "
                                    "are averaged (SWA, dense as in SWAD) and the average becomes"
