@@ -145,7 +145,8 @@ def test_dem_gives_slope_and_nan_is_ignored(tmp_path: Path) -> None:
     assert ds.has_dem and ds.has_slope
     assert sample["dem"].shape == (1, 8, 8) and sample["slope"].shape == (1, 8, 8)
     np.testing.assert_allclose(sample["slope"][0, 2, 2], 45.0, atol=1e-4)
-    assert sample["mask"][6, 6] == 255 and sample["mask"][5, 5] == 255  # NaN and its neighbour
+    assert sample["mask"][6, 6] == 255 and np.isnan(sample["slope"][0, 6, 6])  # NaN: ignored
+    assert sample["mask"][5, 5] == 0 and np.isfinite(sample["slope"][0, 5, 5])  # its neighbour
     assert sample["mask"][2, 3] == 1
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rasterio.crs import CRS
 
-from slidemap.data.terrain import pixel_size_m, relief, slope_degrees
+from slidemap.data.terrain import laplacian_curvature, pixel_size_m, relief, slope_degrees
 
 
 @pytest.mark.parametrize("angle", [0.0, 10.0, 30.0, 45.0, 60.0])
@@ -22,12 +22,16 @@ def test_slope_of_a_plane_is_its_angle(angle: float, pixel: tuple[float, float])
 
 
 def test_slope_keeps_nan_holes_and_band_axis() -> None:
+    """A hole stays a hole and its neighbours keep a value (a missing neighbour takes the
+    centre's elevation), so terrain is valid exactly where the DEM is."""
     dem = np.zeros((1, 10, 10), dtype=np.float32)
     dem[0, 5, 5] = np.nan
     slope = slope_degrees(dem, (1.0, 1.0))
-    assert slope.shape == (1, 10, 10)
-    assert np.isnan(slope[0, 4:7, 4:7]).all()
-    assert np.isfinite(slope[0, 0:3, 0:3]).all()
+    curvature = laplacian_curvature(dem, (1.0, 1.0))
+    assert slope.shape == curvature.shape == (1, 10, 10)
+    np.testing.assert_array_equal(np.isnan(slope), np.isnan(dem))
+    np.testing.assert_array_equal(np.isnan(curvature), np.isnan(dem))
+    assert (slope[np.isfinite(slope)] == 0).all() and (curvature[np.isfinite(dem)] == 0).all()
 
 
 def test_pixel_size_in_metres_for_geographic_crs() -> None:

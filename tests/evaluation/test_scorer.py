@@ -30,7 +30,7 @@ from slidemap.evaluation.scorer import score_bundle, score_regions
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import load_model, save_model
-from slidemap.schema.config import load_config
+from slidemap.schema.config import SceneSource, load_config
 from slidemap.train.finetune import finetune
 from slidemap.train.study import score_run
 
@@ -102,8 +102,7 @@ def test_evaluate_agrees_with_the_scorer(tiny_scene: dict[str, Path], tiny_model
                                          tmp_path: Path) -> None:
     """``slidemap evaluate`` of a model on a scene (streamed to a raster, scored strip by strip)
     gives the figures the in-memory scorer gives on the same scene. The DEM here covers the
-    image's nodata strip too: next to a DEM hole the raster also counts the ring of pixels
-    whose slope has no value, which the scorer leaves out (a known difference)."""
+    image's nodata strip too (a DEM hole: see the test below)."""
     bundle = load_model(tiny_model)
     rows, cols = np.mgrid[0:96, 0:96]
     dem = write_raster(tmp_path / "dsm.tif", (3000.0 + 0.25 * cols + 0.1 * rows)
@@ -115,6 +114,36 @@ def test_evaluate_agrees_with_the_scorer(tiny_scene: dict[str, Path], tiny_model
     scored = score_bundle(bundle, arrays, "fp32").metrics()
     assert report.metrics["pixels"] == scored["pixels"]
     for key in ("f1", "iou", "precision", "recall"):
+        assert report.metrics[key] == pytest.approx(scored[key], abs=1e-4), key
+
+
+@pytest.mark.parametrize("hole", ["rows", "columns"])
+def test_evaluate_and_the_scorer_agree_next_to_a_dem_hole(tiny_scene: dict[str, Path],
+                                                          tmp_path: Path, hole: str) -> None:
+    """A DSM with a nodata edge where the image has data: the pixels next to it have a slope
+    and a curvature (their missing neighbours take their own elevation), so validation's
+    scorer and ``evaluate --image`` read the same inputs and count the same pixels, and no
+    pixel is dropped or fed differently beside the hole."""
+    rows, cols = np.mgrid[0:96, 0:96]
+    dsm = (3000.0 + 0.25 * cols + 0.1 * rows + 3 * np.sin(rows / 7)).astype(np.float32)
+    if hole == "rows":
+        dsm[:12] = np.nan
+    else:
+        dsm[:, 60:64] = np.nan
+    dem = write_raster(tmp_path / "dsm.tif", dsm, nodata=float("nan"))
+    spec = InputSpec(image_bands=(1, 2, 3), dem=True, slope=True, curvature=True)
+    model = save_model(tiny_bundle(spec, mean=[60.0] * 3 + [3010.0, 15.0, 0.0],
+                                   std=[30.0] * 3 + [10.0, 5.0, 5.0]), tmp_path / "model")
+    report = api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], dem=dem, model=model,
+                          out_dir=tmp_path / "eval", options=PredictOptions(precision="fp32"))
+    source = SceneSource(image=tiny_scene["image"], mask=tiny_scene["mask"], dem=dem)
+    scored = score_bundle(load_model(model), load_arrays([source], [], spec), "fp32").metrics()
+    with rasterio.open(tiny_scene["mask"]) as ds:
+        labelled = (ds.read(1) != 255) & np.isfinite(dsm)
+    assert scored["pixels"] == report.metrics["pixels"] == int(labelled.sum())
+    for key in ("tp", "fp", "fn", "tn"):
+        assert report.metrics[key] == scored[key], key
+    for key in ("f1", "iou", "auc"):
         assert report.metrics[key] == pytest.approx(scored[key], abs=1e-4), key
 
 

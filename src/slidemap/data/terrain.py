@@ -23,18 +23,38 @@ def pixel_size_m(crs: CRS, res: tuple[float, float], latitude: float | None = No
     return dx * factor, dy * factor
 
 
-def slope_degrees(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarray:
-    """Slope in degrees by Horn's 3×3 method; NaN where any neighbour is NaN.
+def neighbours(z: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """The eight neighbours of every pixel of ``z`` (H, W), keyed by (row, column) offset.
 
-    ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size`` is (dx, dy) in metres. Edge pixels use
-    replicated neighbours, so pass a window with a one-pixel halo when edges matter.
+    Past the array's edge a neighbour is replicated from the edge; a NaN neighbour (a DEM's
+    nodata) takes the centre pixel's own value, so every stencil is defined wherever the
+    centre is: a pixel's terrain, and so whether it is valid, does not depend on whether its
+    neighbour has data, in a window or in a whole scene.
+    """
+    p = np.pad(z, 1, mode="edge")
+    h, w = z.shape
+    out = {}
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr or dc:
+                n = p[1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
+                out[dr, dc] = np.where(np.isnan(n), z, n)
+    return out
+
+
+def slope_degrees(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarray:
+    """Slope in degrees by Horn's 3×3 method; NaN exactly where the DEM is NaN.
+
+    ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size`` is (dx, dy) in metres. Neighbours
+    past the edge or without data are filled as :func:`neighbours` says, so pass a window with a
+    one-pixel halo when edges matter.
     """
     squeeze = dem.ndim == 3
     z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
-    p = np.pad(z, 1, mode="edge")
-    a, b, c = p[:-2, :-2], p[:-2, 1:-1], p[:-2, 2:]
-    d, f = p[1:-1, :-2], p[1:-1, 2:]
-    g, h, i = p[2:, :-2], p[2:, 1:-1], p[2:, 2:]
+    n = neighbours(z)
+    a, b, c = n[-1, -1], n[-1, 0], n[-1, 1]
+    d, f = n[0, -1], n[0, 1]
+    g, h, i = n[1, -1], n[1, 0], n[1, 1]
     dx, dy = pixel_size
     dzdx = ((c + 2 * f + i) - (a + 2 * d + g)) / (8 * dx)
     dzdy = ((g + 2 * h + i) - (a + 2 * b + c)) / (8 * dy)
@@ -117,15 +137,16 @@ def laplacian_curvature(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.
 
     Positive on convex ground (crests, scarp tops), negative in concave ground (hollows, the
     deposits at a slope's foot); a constant added to the whole DEM leaves it unchanged. Edge
-    pixels use replicated neighbours (pass a window with a one-pixel halo); NaN stays NaN.
-    ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size`` is (dx, dy) in metres.
+    pixels and neighbours without data are filled as :func:`neighbours` says (pass a window with
+    a one-pixel halo); NaN stays NaN. ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size``
+    is (dx, dy) in metres.
     """
     squeeze = dem.ndim == 3
     z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
-    p = np.pad(z, 1, mode="edge")
+    n = neighbours(z)
     dx, dy = pixel_size
-    d2x = (p[1:-1, :-2] + p[1:-1, 2:] - 2 * z) / dx**2
-    d2y = (p[:-2, 1:-1] + p[2:, 1:-1] - 2 * z) / dy**2
+    d2x = (n[0, -1] + n[0, 1] - 2 * z) / dx**2
+    d2y = (n[-1, 0] + n[1, 0] - 2 * z) / dy**2
     out = (-100.0 * (d2x + d2y)).astype(np.float32)
     return out[None] if squeeze else out
 
