@@ -19,7 +19,6 @@ from types import TracebackType
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.coords import disjoint_bounds
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
@@ -174,12 +173,12 @@ class Scene:
         if img.crs is None:
             raise SlidemapError(f"image {self.image_path} has no CRS: cannot align {role} {path}")
         bounds = transform_bounds(src.crs, img.crs, *src.bounds)
-        if disjoint_bounds(bounds, img.bounds) or _touches_only(bounds, img.bounds):
+        covered = _covered_fraction(bounds, img.bounds)
+        if covered == 0:  # apart, or sharing only an edge
             raise SlidemapError(
                 f"{role} {path} does not overlap image {self.image_path}: "
                 "pass a file that covers the same ground"
             )
-        covered = _covered_fraction(bounds, img.bounds)
         if role == "DEM" and covered < MIN_DEM_COVER:
             warnings.warn(f"DEM {path} covers only {covered:.0%} of image {self.image_path}: "
                           "the rest is mapped as no data; pass a DEM of the whole scene",
@@ -477,16 +476,12 @@ def _core_slope(halo: np.ndarray, top: int, left: int, out_h: int, out_w: int,
     return np.where(np.isfinite(slope), slope, np.nan)[None].astype(np.float32)
 
 
-def _touches_only(a: tuple[float, float, float, float], b: tuple) -> bool:
-    """True when two bounds share only an edge (zero-area overlap)."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    return width <= 0 or height <= 0
-
-
 def _covered_fraction(a: tuple[float, float, float, float], b: tuple) -> float:
-    """The share of extent ``b`` that extent ``a`` covers."""
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = (b[2] - b[0]) * (b[3] - b[1])
-    return width * height / area if area > 0 else 1.0
+    """The share of extent ``b`` that extent ``a`` covers (0: apart, or sharing only an edge);
+    either extent may run south-up."""
+    (aw, ae), (as_, an) = sorted((a[0], a[2])), sorted((a[1], a[3]))
+    (bw, be), (bs, bn) = sorted((b[0], b[2])), sorted((b[1], b[3]))
+    width = max(0.0, min(ae, be) - max(aw, bw))
+    height = max(0.0, min(an, bn) - max(as_, bs))
+    area = (be - bw) * (bn - bs)
+    return width * height / area if area > 0 else 0.0
