@@ -62,10 +62,10 @@ def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) ->
         finite = values[np.isfinite(values)]
         if finite.size == 0:
             return None
-        median = float(np.median(finite))
-        narrow = _trained_spread(float(finite.std()), stats, index)
+        median, spread = float(np.median(finite)), float(finite.std())
+        narrow = _trained_spread(spread, stats, index)
         if narrow is not None:
-            return (f"image {scene.image_path} band {band} varies by {finite.std():.3g} "
+            return (f"image {scene.image_path} band {band} varies by {spread:.3g} "
                     f"(standard deviation) around {median:g}, against {narrow:.3g} in the "
                     "model's training imagery: is it on another scale (e.g. reflectance 0-1 "
                     "for a model of 8-bit imagery)? Expect a poor map; rescale the image to "
