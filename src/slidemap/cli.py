@@ -19,7 +19,6 @@ from ``_progress()`` (None off a terminal or with --quiet); results as ``log.inf
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import sys
 import time
@@ -729,7 +728,7 @@ def bench(
         table.add_row(f"vs fp32: {key}", f"{value:.6g}")
     _show(table)
     if to_stdout:
-        print(json.dumps(result))
+        print(api.json_text(result))
 
 
 def main() -> None:

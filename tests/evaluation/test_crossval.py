@@ -19,7 +19,13 @@ from slidemap.evaluation.folds import Block, held_out, make_blocks
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.schema.config import RunConfig, load_config
 from slidemap.train import crossval as crossval_module
-from slidemap.train.crossval import best_threshold, compare, fit_temperature, run_crossval
+from slidemap.train.crossval import (
+    best_threshold,
+    compare,
+    fit_temperature,
+    run_crossval,
+    write_tables,
+)
 
 SIDE = 80
 TILE = 16
@@ -139,6 +145,14 @@ def test_crossval_command_writes_tables_and_comparison(tmp_path: Path, run_cli) 
                         "--seeds", "0,1")
     assert code == 0, err
     assert (tmp_path / "cv" / "summary.json").read_text() == before
+    # A figure with no value (one recipe's temperature, say) is written as null, not bare NaN.
+    recipe = next(iter(summary["recipes"]))
+    summary["recipes"][recipe]["oof_temperature"] = float("nan")
+    (tmp_path / "again").mkdir()
+    write_tables({**summary, "rows": rows}, tmp_path / "again")
+    strict = json.loads((tmp_path / "again" / "summary.json").read_text(),
+                        parse_constant=lambda name: pytest.fail(f"bare {name} in JSON"))
+    assert strict["recipes"][recipe]["oof_temperature"] is None
 
 
 def test_blocks_split_the_valid_ground_into_equal_parts() -> None:

@@ -174,4 +174,11 @@ def test_markdown_adds_mean_and_std_over_seeds() -> None:
     assert "| unet | bce | base | forward | 2 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | " \
            "0.7000 ± 0.1414 |" in text
     assert "Mean ± std" not in results_markdown([row(0, 0.6)], Timing())
+    # AUC with one class is NaN in memory and null once result.json is read back.
+    missing = [{**row(0, 0.6), "auc": float("nan")}, {**row(1, 0.8), "auc": None}]
+    text = results_markdown(missing, Timing())
+    assert "nan" not in text and "None" not in text
+    assert "| unet | bce | base | forward | 2 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | " \
+           "0.7000 ± 0.1414 |" in text  # the other figures keep their mean and spread
+    assert text.count("| – |") >= 1
 

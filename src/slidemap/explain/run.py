@@ -8,7 +8,6 @@ they lie on the image grid in a GIS.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
+from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle, model_paths
 
@@ -98,7 +98,7 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
         "files": {k: str(v) for k, v in files.items()},
     }
     with atomic_path(files["explain.json"], overwrite) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.write_text(jsontext.dumps(summary, indent=2) + "\n")
     return summary
 
 

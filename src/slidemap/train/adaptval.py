@@ -28,6 +28,7 @@ from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
+from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.schema.config import RunConfig
@@ -116,7 +117,7 @@ def adapt_block(model: Path, block: Block, labelled: SceneArrays, unlabelled: Sc
             "adaptation": record}
     result.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(result) as tmp:
-        tmp.write_text(json.dumps(done, indent=2) + "\n")
+        tmp.write_text(jsontext.dumps(done, indent=2) + "\n")
     return done
 
 

@@ -31,6 +31,7 @@ from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion, landslide_sco
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
+from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.schema.config import RunConfig, with_seed
@@ -323,8 +324,8 @@ def write_tables(summary: dict, out_dir: Path) -> None:
                        "Each block at the threshold fitted on the other folds' blocks.\n\n"
                        + "\n".join(table) + "\n")
     with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps({k: v for k, v in summary.items() if k != "rows"},
-                                  indent=2) + "\n")
+        tmp.write_text(jsontext.dumps({k: v for k, v in summary.items() if k != "rows"},
+                                      indent=2) + "\n")
     with atomic_path(out_dir / "summary.md") as tmp:
         tmp.write_text(summary_markdown(summary))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import logging
 import math
 import shutil
@@ -40,6 +39,7 @@ from slidemap.data.sources import load_arrays, shared_with_training
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.scorer import bundle_of, score_bundle
 from slidemap.infer.runtime import autocast
+from slidemap.io import jsontext
 from slidemap.io.atomic import make_output_dir, staged
 from slidemap.io.modelfile import (
     ModelBundle,
@@ -212,7 +212,7 @@ def _publish(out_dir: Path, summary: dict) -> None:
                  "summary": out_dir / "summary.json"}) as tmp:
         shutil.copyfile(best_weights, tmp["weights"])
         shutil.copyfile(best_sidecar, tmp["sidecar"])
-        tmp["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+        tmp["summary"].write_text(jsontext.dumps(summary, indent=2) + "\n")
 
 
 def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:

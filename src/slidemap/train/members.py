@@ -23,6 +23,7 @@ from typing import cast
 import torch
 
 from slidemap.errors import SlidemapError
+from slidemap.io import jsontext
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
 from slidemap.logs import LOGGER, show_messages
 from slidemap.models import ProbabilityAverage, SegmentationModel
@@ -57,7 +58,7 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
                "wall_seconds": round(time.perf_counter() - started, 1)}
     # The ensemble's model file and summary appear together, or neither is replaced.
     save_model(ensemble_bundle([load_model(path) for path in paths], config), out_dir / "model",
-               companions={out_dir / "summary.json": json.dumps(summary, indent=2) + "\n"})
+               companions={out_dir / "summary.json": jsontext.dumps(summary, indent=2) + "\n"})
     return model_path
 
 

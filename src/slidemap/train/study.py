@@ -16,6 +16,7 @@ import copy
 import csv
 import json
 import logging
+import math
 import re
 import statistics
 import time
@@ -32,6 +33,7 @@ from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.infer.runtime import autocast, prepare_for_inference
+from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, claim_file
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.models import count_parameters
@@ -283,7 +285,7 @@ def run_one(run: StudyRun, run_dir: Path, timing: Timing) -> dict:
         "threads": torch.get_num_threads(),
     }
     with atomic_path(result_path) as tmp:
-        tmp.write_text(json.dumps(row, indent=2) + "\n")
+        tmp.write_text(jsontext.dumps(row, indent=2) + "\n")
     return row
 
 
@@ -380,6 +382,8 @@ def _table(headings: list[str], body: list[list[str]]) -> list[str]:
 
 
 def _cell(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"  # a figure with no value (AUC with one class), null in result.json
     if key == "parameters":
         return f"{value:,}"
     if key == "train_s":
@@ -391,6 +395,9 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def _mean_std(key: str, values: list[float]) -> str:
-    mean = _cell(key, statistics.fmean(values))
-    return mean if len(values) < 2 else f"{mean} ± {_cell(key, statistics.stdev(values))}"
+def _mean_std(key: str, values: list[float | None]) -> str:
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if len(known) < len(values):
+        return "–"  # a seed without the figure: no mean that hides it
+    mean = _cell(key, statistics.fmean(known))
+    return mean if len(known) < 2 else f"{mean} ± {_cell(key, statistics.stdev(known))}"

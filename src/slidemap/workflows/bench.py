@@ -3,13 +3,13 @@ RSS (``slidemap.infer.bench``); the figures also go to a JSON file if asked."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slidemap.infer.bench import bench_scene
 from slidemap.infer.options import PredictOptions
+from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.workflows.inputs import ModelArg, model_files, model_list
 
@@ -34,5 +34,5 @@ def bench(image: Path, dem: Path | None = None, model: ModelArg = None,
     if json_out is not None:
         make_output_dir(json_out.parent)
         with atomic_path(json_out, overwrite) as tmp:
-            tmp.write_text(json.dumps(figures, indent=2) + "\n")
+            tmp.write_text(jsontext.dumps(figures, indent=2) + "\n")
     return BenchResult(figures, json_out)
