@@ -17,6 +17,9 @@ import numpy as np
 
 from slidemap.errors import SlidemapError
 
+# The block layout ``slidemap crossval`` writes first into its --out: it marks a crossval folder.
+LAYOUT_FILE = "blocks_layout.json"
+
 
 @dataclass(frozen=True)
 class Block:

@@ -16,6 +16,7 @@ import numpy as np
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError, UsageError
+from slidemap.evaluation.folds import LAYOUT_FILE
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.report.markup import Rows, grid, image, pairs, read_json, text
 from slidemap.report.plots import curves_figure, png_bytes, read_history
@@ -58,9 +59,6 @@ figcaption { font-size: 13px; color: #5d6773; margin-top: 6px; }
 code { font-size: 13px; word-break: break-all; }
 """
 
-CROSSVAL_MARK = "blocks_layout.json"  # what slidemap crossval writes first into its --out
-
-
 def build_report(folder: Path, out: Path | None = None,
                  provenance: Provenance | None = None, interactive: bool = False,
                  overwrite: bool = False) -> Path:
@@ -75,7 +73,7 @@ def build_report(folder: Path, out: Path | None = None,
     if not folder.is_dir():
         raise SlidemapError(f"{folder} is not a folder: pass a run, evaluate or predict --out "
                             "folder")
-    if (folder / CROSSVAL_MARK).exists():
+    if (folder / LAYOUT_FILE).exists():
         raise SlidemapError(f"{folder} is a crossval folder: its report is summary.md (with "
                             "blocks.csv); pass a run, evaluate, predict or explain folder")
     out = out or folder / "report.html"

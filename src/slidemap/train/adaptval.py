@@ -23,7 +23,7 @@ import torch
 
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.errors import SlidemapError
-from slidemap.evaluation.folds import Block
+from slidemap.evaluation.folds import LAYOUT_FILE, Block
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
@@ -48,9 +48,9 @@ def measure_adaptation(config: RunConfig, out_dir: Path, options: AdaptOptions,
                        seeds: tuple[int, ...] | None = None) -> dict:
     """Adapt every fold model of ``out_dir`` (a crossval run of ``config``) to each of its
     held-out blocks, score both, and write ``OUT/adapt/`` (summary, blocks, cost)."""
-    layout = out_dir / "blocks_layout.json"
+    layout = out_dir / LAYOUT_FILE
     if not layout.exists():
-        raise SlidemapError(f"{out_dir} holds no crossval run (no blocks_layout.json): run "
+        raise SlidemapError(f"{out_dir} holds no crossval run (no {LAYOUT_FILE}): run "
                             f"slidemap crossval CONFIG --out {out_dir} first")
     recorded = json.loads(layout.read_text())
     blocks = [Block(**b) for b in recorded["blocks"]]

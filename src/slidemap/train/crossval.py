@@ -26,7 +26,7 @@ import numpy as np
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.scene import IGNORE
 from slidemap.errors import SlidemapError
-from slidemap.evaluation.folds import Block, held_out, make_blocks
+from slidemap.evaluation.folds import LAYOUT_FILE, Block, held_out, make_blocks
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion, landslide_scores
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
@@ -306,7 +306,7 @@ def compare(candidate: np.ndarray, baseline: np.ndarray, names: list[str]) -> di
 
 
 def _write_layout(blocks: list[Block], buffer: int, out_dir: Path) -> None:
-    with atomic_path(out_dir / "blocks_layout.json") as tmp:
+    with atomic_path(out_dir / LAYOUT_FILE) as tmp:
         tmp.write_text(json.dumps({"buffer_px": buffer,
                                    "blocks": [vars(b) for b in blocks]}, indent=2) + "\n")
 
