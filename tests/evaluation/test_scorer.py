@@ -147,6 +147,28 @@ def test_evaluate_and_the_scorer_agree_next_to_a_dem_hole(tiny_scene: dict[str, 
         assert report.metrics[key] == pytest.approx(scored[key], abs=1e-4), key
 
 
+def test_evaluate_and_the_scorer_agree_beside_unlabelled_imagery(tiny_scene: dict[str, Path],
+                                                                 tiny_model: Path,
+                                                                 tmp_path: Path) -> None:
+    """Labels that leave imagery unlabelled (a 255 stripe, what an area of interest does):
+    validation's scorer reads that imagery as the context of the labelled pixels beside it,
+    as the streamed map does, so both count the same confusion matrix."""
+    with rasterio.open(tiny_scene["mask"]) as ds:
+        labels, transform = ds.read(1), ds.transform
+    labels[40:52] = 255
+    mask = write_raster(tmp_path / "mask.tif", labels, transform=transform)
+    report = api.evaluate(mask, image=tiny_scene["image"], dem=tiny_scene["dem"],
+                          model=tiny_model, out_dir=tmp_path / "eval",
+                          options=PredictOptions(precision="fp32"))
+    bundle = load_model(tiny_model)
+    arrays = [load_scene_arrays(tiny_scene["image"], mask, tiny_scene["dem"], bundle.inputs)]
+    scored = score_bundle(bundle, arrays, "fp32").metrics()
+    for key in ("pixels", "tp", "fp", "fn", "tn"):
+        assert report.metrics[key] == scored[key], key
+    # The untrained model calls every pixel a landslide; its ranking tells the two apart.
+    assert report.metrics["auc"] == pytest.approx(scored["auc"], abs=1e-6)
+
+
 def test_blocks_scored_apart_add_up_to_the_scene(tiny_scene: dict[str, Path],
                                                  tiny_model: Path) -> None:
     """crossval's per-block matrices are the scorer's matrix of the scene, split by region."""

@@ -25,8 +25,9 @@ class SceneArrays:
     """One scene's model channels (C, H, W) raw values and labels (H, W) with 255 = ignore.
 
     ``inputs_valid`` (H, W), where given, is where the channels may be read although the labels
-    are ignored: pseudo-labels leave uncertain ground unlabelled, yet it is still the context of
-    the windows around it. None: the channels count only where the pixel is labelled.
+    are ignored: labels drawn inside an area of interest, or pseudo-labels, leave ground
+    unlabelled that is still the context of the windows around it (as it is when the scene is
+    mapped). None: the channels count only where the pixel is labelled.
     """
 
     name: str
@@ -58,12 +59,15 @@ def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
     target = sample.get("mask", np.zeros(sample["valid"].shape, dtype=np.uint8))
     if mask is not None:
         check_labels(target, mask)
-    target = np.where(sample["valid"] & np.isfinite(x).all(axis=0), target, IGNORE)
+    readable = sample["valid"] & np.isfinite(x).all(axis=0)
+    target = np.where(readable, target, IGNORE)
     if not (target != IGNORE).any():
         where = f" and the area of interest {aoi}" if aoi is not None else ""
         raise SlidemapError(f"scene {image} has no valid labelled pixel: check its nodata, "
                             f"the labels {mask}{where}")
-    return SceneArrays(Path(image).stem, x, target.astype(np.uint8))
+    # Imagery outside the labels (an AOI's surroundings, 255 in a mask) is still the context
+    # of the windows around them, as it is when the scene is mapped.
+    return SceneArrays(Path(image).stem, x, target.astype(np.uint8), inputs_valid=readable)
 
 
 def check_labels(labels: np.ndarray, path: DatasetName) -> None:

@@ -59,7 +59,7 @@ class Recipes:
         predict = self.config.predict
         self.error_maps = [
             error_map(predict_array(network_runner(model, self.config.train.precision), x,
-                                    scene.valid, predict.tile, 0, predict.batch_size),
+                                    scene.readable, predict.tile, 0, predict.batch_size),
                       scene.target)
             for x, scene in zip(self.inputs, self.scenes, strict=True)
         ]
