@@ -95,18 +95,33 @@ def test_onnx_backend_matches_torch_fp32(wide_scene, tiny_model, tmp_path, run_c
     assert not is_current(exported, other)
 
 
-def test_a_model_onnx_cannot_export_says_why_in_one_line(tmp_path, run_cli) -> None:
-    """PSPNet's adaptive pooling to 2, 3 and 6 bins has no ONNX export for every size."""
+def test_pspnet_exports_and_pools_any_size_as_torch_does(tmp_path, run_cli) -> None:
+    """PSPNet's pyramid (2, 3 and 6 bins) in ONNX pools a size the bins do not divide as torch
+    does: 72 × 120 px is 9 × 15 at stride 8."""
     from slidemap.data.channels import InputSpec
-    from slidemap.io.modelfile import save_model
+    from slidemap.infer.backends import OnnxBackend, TorchBackend
+    from slidemap.io.modelfile import load_model, save_model
 
     psp = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3)), architecture="pspnet",
                                  options={}), tmp_path / "psp")
     code, err = run_cli("export", psp, "--out", tmp_path / "psp.onnx")
+    assert code == 0, err
+    x = np.random.default_rng(0).standard_normal((2, 3, 72, 120)).astype(np.float32)
+    np.testing.assert_allclose(OnnxBackend(tmp_path / "psp.onnx")(x),
+                               TorchBackend(load_model(psp).model, "fp32")(x), atol=1e-5)
+
+
+def test_a_model_onnx_cannot_export_says_why_in_one_line(tiny_model, tmp_path, run_cli,
+                                                          monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator foo.\nSee the tracer's notes")
+
+    monkeypatch.setattr("torch.onnx.export", refuse)
+    code, err = run_cli("export", tiny_model, "--out", tmp_path / "m.onnx")
     assert code == 1 and err.count("\n") == 1, err
-    assert "(pspnet) cannot be exported" in err and "adaptive_avg_pool2d" in err
-    assert "Caused by" not in err and "default backend" in err
-    assert not (tmp_path / "psp.onnx").exists()
+    assert "(unet) cannot be exported" in err and "operator foo" in err
+    assert "tracer's notes" not in err and "default backend" in err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_of_a_missing_model_is_one_line(tmp_path, run_cli) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from slidemap.errors import SlidemapError
 from slidemap.models import build_model, list_models, model_table
 from slidemap.models.attention import ContextualAttention, SpatialAttention
-from slidemap.models.blocks import ASPP, InstanceBatchNorm
+from slidemap.models.blocks import ASPP, BinAverage, InstanceBatchNorm
 from slidemap.models.da_unet import AttentionGuidedFusion
 
 WIDTH = 8  # tiny models keep the whole file fast on one CPU thread
@@ -201,3 +201,11 @@ def test_fusion_instance_norm_levels_touch_the_optical_encoder_only() -> None:
     model(torch.randn(2, 5, 64, 64)).sum().backward()
     with pytest.raises(SlidemapError, match="instance_norm_levels"):
         build_model("fusion", 5, width=WIDTH, instance_norm_levels=6)
+
+
+@pytest.mark.parametrize("size", [(6, 6), (7, 13), (37, 5), (2, 9), (1, 1)])
+def test_bin_average_is_adaptive_average_pooling(size: tuple[int, int]) -> None:
+    """PSPNet's exportable pooling has torch's bins, also where they overlap (7 px in 6 bins)."""
+    x = torch.randn(2, 3, *size).to(memory_format=torch.channels_last)
+    for bins in (2, 3, 6):
+        torch.testing.assert_close(BinAverage(bins)(x), F.adaptive_avg_pool2d(x, bins))

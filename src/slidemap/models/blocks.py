@@ -82,6 +82,33 @@ class ResidualBlock(nn.Module):
         return F.relu(self.body(x) + self.shortcut(x))
 
 
+class BinAverage(nn.Module):
+    """Adaptive average pooling to ``bins``×``bins`` as two matrix products.
+
+    The bins are torch's (bin i spans floor(i·n/b) to ceil((i+1)·n/b)), but the weights are built
+    from the input's size inside the graph, so an ONNX export pools any input size alike; torch
+    exports adaptive pooling only when the bins divide the traced size.
+    """
+
+    def __init__(self, bins: int):
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._weights(x.shape[-2], x)
+        cols = self._weights(x.shape[-1], x)
+        return rows @ x @ cols.transpose(0, 1)
+
+    def _weights(self, size: int, like: torch.Tensor) -> torch.Tensor:
+        """(bins, size): row i averages the pixels of bin i."""
+        index = torch.arange(size, device=like.device, dtype=torch.float32)
+        edges = torch.arange(self.bins + 1, device=like.device, dtype=torch.float32) * size
+        start = torch.floor(edges[:-1] / self.bins)
+        end = torch.ceil(edges[1:] / self.bins)
+        inside = ((index[None] >= start[:, None]) & (index[None] < end[:, None])).float()
+        return (inside / inside.sum(dim=1, keepdim=True)).to(like.dtype)
+
+
 class PooledBranch(nn.Module):
     """Average-pool to ``bins``×``bins``, 1×1 conv + ReLU, up-sample back: global context.
 
@@ -91,7 +118,7 @@ class PooledBranch(nn.Module):
 
     def __init__(self, cin: int, cout: int, bins: int = 1):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(bins)
+        self.pool = nn.AdaptiveAvgPool2d(1) if bins == 1 else BinAverage(bins)
         self.conv = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
