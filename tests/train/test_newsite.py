@@ -177,6 +177,31 @@ def test_scale_promotion_round_trip_in_predict(tmp_path: Path) -> None:
         np.testing.assert_array_equal(ds.read(1), (prob >= 0.5).astype(np.uint8))
 
 
+def test_a_patch_that_fails_leaves_the_set_as_it_was(tmp_path: Path) -> None:
+    """The outputs of a patch set appear together: a patch that cannot be read, met after others
+    were mapped, leaves neither new files nor a mix of two runs with the old metrics.json."""
+    root = patch_folder(tmp_path / "site", count=3)
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "m")
+    options = PredictOptions(tile=64, overlap=16, batch_size=2, precision="fp32")
+    api.predict_patches(root, tmp_path / "out", model, options)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    (root / "images" / "p2.png").write_bytes(b"not a png")
+    with pytest.raises(SlidemapError):
+        api.predict_patches(root, tmp_path / "out", model, options, scale=2.0, overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    with pytest.raises(SlidemapError):
+        api.predict_patches(root, tmp_path / "fresh", model, options)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_an_l4s_split_without_a_model_is_refused(tmp_path: Path, run_cli) -> None:
+    """No shipped model reads Landslide4Sense bands; the RGB + DEM one would read B1-B3 as RGB."""
+    root = l4s_release(tmp_path / "l4s", count=1)
+    code, err = run_cli("predict", root, "--out", tmp_path / "out")
+    assert code == 1 and "Landslide4Sense" in err and "--model" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_l4s_split_with_target_statistics(tmp_path: Path) -> None:
     root = l4s_release(tmp_path / "l4s", count=2)
     spec = InputSpec(image_bands=(2, 3, 4), slope=True, scale=2.0)

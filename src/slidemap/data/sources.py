@@ -60,7 +60,7 @@ def open_patch_set(root: Path, spec: InputSpec, kind: str | None = None,
         raise SlidemapError(f"inputs relief_m, curvature and roughness_m need georeferenced "
                             f"scenes, not patches ({root}): use dem and slope for patch sets")
     if kind is None:
-        kind = "l4s" if (root / "img").is_dir() or any(root.glob("*.h5")) else "patches"
+        kind = "l4s" if is_l4s_folder(root) else "patches"
     if kind == "l4s":
         return L4SDataset(root, bands=l4s_bands(spec))
     dataset = open_patch_dataset(root, bands=spec.image_bands, pixel_size=pixel_size)
@@ -73,6 +73,11 @@ def open_patch_set(root: Path, spec: InputSpec, kind: str | None = None,
                             "give the pixel size in metres (pixel_size: in a config, "
                             "--pixel-size for predict)")
     return dataset
+
+
+def is_l4s_folder(root: Path) -> bool:
+    """Whether ``root`` holds a Landslide4Sense split (``img/`` or ``*.h5`` files)."""
+    return (root / "img").is_dir() or any(root.glob("*.h5"))
 
 
 def select(names: Sequence[str], source: PatchSource) -> list[int]:

@@ -14,7 +14,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rich.progress import Progress
 
-from slidemap.data.sources import open_patch_set, patch_arrays
+from slidemap.data.sources import is_l4s_folder, open_patch_set, patch_arrays
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
@@ -23,7 +23,7 @@ from slidemap.infer.patches import native_prob
 from slidemap.infer.predict import build_predictor
 from slidemap.infer.separated import patch_stats
 from slidemap.io import jsontext
-from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
+from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
 from slidemap.workflows.inputs import ModelArg, files_under, has_elevation, model_files, model_list
@@ -54,6 +54,10 @@ def predict_patches(folder: Path, out_dir: Path, model: ModelArg = None,
     """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
     ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
     options = options or PredictOptions()
+    if not model and is_l4s_folder(Path(folder)):
+        raise SlidemapError(f"{folder} is a Landslide4Sense split (14 bands) and no shipped "
+                            "model reads its bands: pass --model, one trained on such patches "
+                            "(configs/README.md)")
     elevation = has_elevation(folder, None)
     models = model_list(model, elevation, patches=True)
     if not model and not elevation:
@@ -82,7 +86,9 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
 
     ``scale`` overrides the model's up-sampling factor; ``options.normalise == "scene"`` uses the
     statistics of all patches of the set instead of the model's. No output may replace one of
-    ``inputs`` (the model files, and the set's files when ``out_dir`` lies inside it).
+    ``inputs`` (the model files, and the set's files when ``out_dir`` lies inside it). The
+    set's files appear together once every patch is mapped: a patch that fails to read leaves
+    the folder as it was.
     """
     if scale is not None and not scale > 0:
         raise SlidemapError(f"--scale {scale} is not positive: use e.g. 2 to double the size")
@@ -91,49 +97,49 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
     metrics_path = out_dir / "metrics.json"
-    targets = [p for pair in paths.values() for p in pair.values()] + [metrics_path]
-    check_outputs(targets, inputs, overwrite)
-    make_output_dir(out_dir)
+    targets = {f"{name} {kind}": path for name, pair in paths.items()
+               for kind, path in pair.items()}
+    check_outputs([*targets.values(), metrics_path], inputs, overwrite)
+    if dataset.labelled:
+        targets["metrics"] = metrics_path
     if options.normalise == "scene":
         predictor = predictor.with_stats(patch_stats(dataset, spec))
     confusion = BinaryConfusion(predictor.threshold) if dataset.labelled else None
     task = progress.add_task(f"predict {root.name}", total=len(dataset)) if progress else None
     tags = provenance(predictor.paths, predictor.threshold, {"patches": root})
     landslide = valid_pixels = 0
-    for index, name in enumerate(dataset.names):
-        arrays = patch_arrays(dataset[index], spec)
-        prob, valid = native_prob(predictor, arrays, options)
-        mask = np.where(valid, prob >= predictor.threshold, MASK_NODATA).astype(np.uint8)
-        _write_tif(paths[name]["prob"], prob, float("nan"), tags, overwrite)
-        _write_tif(paths[name]["mask"], mask, MASK_NODATA, tags, overwrite)
-        if confusion is not None and arrays.labels is not None:
-            confusion.update(prob, arrays.labels)
-        landslide += int((mask == 1).sum())
-        valid_pixels += int(valid.sum())
-        if progress is not None and task is not None:
-            progress.advance(task)
-    summary: dict = {"folder": str(root), "patches": len(dataset),
-                     "model": [str(p) for p in predictor.paths], "tta": options.tta,
-                     "scale": spec.scale, "normalise": options.normalise,
-                     "threshold": predictor.threshold, "valid_pixels": valid_pixels,
-                     "landslide_pixels": landslide}
-    if confusion is not None:
-        summary["metrics"] = confusion.metrics()
-        with atomic_path(metrics_path, overwrite) as tmp:
-            tmp.write_text(jsontext.dumps(summary, indent=2) + "\n")
-    else:  # an unlabelled set: no figures, and none left from an earlier run
+    with output_folder(out_dir), staged(targets, overwrite) as tmp:
+        for index, name in enumerate(dataset.names):
+            arrays = patch_arrays(dataset[index], spec)
+            prob, valid = native_prob(predictor, arrays, options)
+            mask = np.where(valid, prob >= predictor.threshold, MASK_NODATA).astype(np.uint8)
+            _write_tif(tmp[f"{name} prob"], prob, float("nan"), tags)
+            _write_tif(tmp[f"{name} mask"], mask, MASK_NODATA, tags)
+            if confusion is not None and arrays.labels is not None:
+                confusion.update(prob, arrays.labels)
+            landslide += int((mask == 1).sum())
+            valid_pixels += int(valid.sum())
+            if progress is not None and task is not None:
+                progress.advance(task)
+        summary: dict = {"folder": str(root), "patches": len(dataset),
+                         "model": [str(p) for p in predictor.paths], "tta": options.tta,
+                         "scale": spec.scale, "normalise": options.normalise,
+                         "threshold": predictor.threshold, "valid_pixels": valid_pixels,
+                         "landslide_pixels": landslide}
+        if confusion is not None:
+            summary["metrics"] = confusion.metrics()
+            tmp["metrics"].write_text(jsontext.dumps(summary, indent=2) + "\n")
+    if confusion is None:  # an unlabelled set: no figures, and none left from an earlier run
         metrics_path.unlink(missing_ok=True)
     return summary
 
 
-def _write_tif(path: Path, array: np.ndarray, nodata: float, tags: dict[str, str],
-               overwrite: bool = True) -> None:
-    """A single-band TIFF without georeference (patches have none), written atomically, with
-    the provenance ``tags``; a mask (uint8) with its colour table and class names. Without
-    ``overwrite`` an existing file (another run's) is never replaced."""
-    with atomic_path(path, overwrite) as tmp, writing(tmp), warnings.catch_warnings():
+def _write_tif(path: Path, array: np.ndarray, nodata: float, tags: dict[str, str]) -> None:
+    """A single-band TIFF without georeference (patches have none) at ``path`` (a staged name),
+    with the provenance ``tags``; a mask (uint8) with its colour table and class names."""
+    with writing(path), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(tmp, "w", driver="GTiff", width=array.shape[1],
+        with rasterio.open(path, "w", driver="GTiff", width=array.shape[1],
                            height=array.shape[0], count=1, dtype=array.dtype.name,
                            nodata=nodata, compress="deflate") as ds:
             ds.write(array, 1)
