@@ -279,3 +279,24 @@ def test_bad_options_are_one_line_errors() -> None:
         build_loss({})
     with pytest.raises(SlidemapError, match="shape"):
         build_loss("bce")(tile(X), tile(T), torch.ones(1, 1, 4, 1, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"ohem": {"min_kept": "abc"}}, "min_kept must be a whole number"),
+    ({"ohem": {"min_kept": 2.5}}, "min_kept must be a whole number"),
+    ({"ohem": {"min_kept": -5}}, "min_kept must be ≥ 1"),
+    ({"lovasz": {"per_image": "maybe"}}, "per_image must be true/false"),
+    ({"wce": {"weights": [1, "x"]}}, "weights must be a list of numbers"),
+    ({"wce": {"weights": [-1, 2]}}, "weights must be ≥ 0"),
+    ({"soft_ce": -1}, "weight must be a number ≥ 0"),
+    ({"focal": {"alpha": 1.5}}, "alpha must be in"),
+    ({"focal": {"gamma": "two"}}, "gamma must be a number"),
+    ({"dice": {"smooth": 0}}, "smooth must be > 0"),
+    ({"wbce": {"pos_weight": -2.0}}, "must be > 0"),
+])
+def test_option_values_of_the_wrong_kind_or_range_are_one_line_errors(spec, message) -> None:
+    """Before, a string count failed inside the first training step with a traceback, and a
+    negative weight trained a model to maximise its loss."""
+    with pytest.raises(SlidemapError, match=message) as err:
+        build_loss(spec)
+    assert "\n" not in str(err.value)

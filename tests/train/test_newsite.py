@@ -371,6 +371,16 @@ def test_selftrain_two_rounds_writes_rounds(tmp_path: Path, run_cli) -> None:
         "soft_ce": 1, "dice": 1}
 
 
+def test_selftrain_refuses_a_bad_round_loss_before_round_0(tmp_path: Path, run_cli) -> None:
+    source = patch_folder(tmp_path / "source", count=2, seed=0)
+    config = run_config(tmp_path, {"train": [{"patches": str(source)}]},
+                        selftrain={"target": [{"patches": str(source)}], "rounds": 1,
+                                   "loss": {"soft_ce": {"smoothing": 2}}})
+    code, err = run_cli("selftrain", config, "--out", tmp_path / "st")
+    assert code == 1 and "selftrain" in err and "smoothing" in err, err
+    assert not (tmp_path / "st" / "round0").exists()
+
+
 def test_selftrain_rows_have_no_target_figures_without_labels(tmp_path: Path) -> None:
     source = patch_folder(tmp_path / "source", count=2, seed=0)
     target = patch_folder(tmp_path / "target", count=2, seed=1, masks=False)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 
 import torch
@@ -87,6 +89,9 @@ class WeightedBCELoss(PixelLoss):
 
     def __init__(self, pos_weight: float | None = None, max_pos_weight: float = 50.0) -> None:
         super().__init__()
+        if (pos_weight is not None and not pos_weight > 0) or not max_pos_weight > 0:
+            raise SlidemapError(f"wbce pos_weight and max_pos_weight must be > 0, got "
+                                f"{pos_weight} and {max_pos_weight}")
         self.pos_weight = pos_weight
         self.max_pos_weight = max_pos_weight
 
@@ -116,6 +121,8 @@ class WeightedCELoss(PixelLoss):
         super().__init__()
         if weights is not None and len(weights) != 2:
             raise SlidemapError(f"wce weights must be [w_background, w_landslide], got {weights}")
+        if weights is not None and (min(weights) < 0 or max(weights) <= 0):
+            raise SlidemapError(f"wce weights must be ≥ 0 and not both 0, got {weights}")
         self.weights = None if weights is None else (float(weights[0]), float(weights[1]))
 
     def compute(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
@@ -142,6 +149,9 @@ class FocalLoss(PixelLoss):
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0) -> None:
         super().__init__()
+        if not 0.0 <= alpha <= 1.0 or gamma < 0:
+            raise SlidemapError(f"focal alpha must be in [0, 1] and gamma ≥ 0, got {alpha} and "
+                                f"{gamma}")
         self.alpha = alpha
         self.gamma = gamma
 
@@ -168,6 +178,9 @@ class DiceLoss(PixelLoss):
 
     def __init__(self, smooth: float = 1.0) -> None:
         super().__init__()
+        if not smooth > 0:
+            raise SlidemapError(f"dice smooth must be > 0 (it keeps an empty window finite), "
+                                f"got {smooth}")
         self.smooth = smooth
 
     def compute(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
@@ -235,6 +248,8 @@ class OHEMLoss(PixelLoss):
         super().__init__()
         if not 0.0 < keep <= 1.0:
             raise SlidemapError(f"ohem keep must be in (0, 1], got {keep}")
+        if min_kept < 1:
+            raise SlidemapError(f"ohem min_kept must be ≥ 1 pixel, got {min_kept}")
         self.keep = keep
         self.min_kept = min_kept
 
@@ -306,8 +321,9 @@ def build_loss(spec: Mapping[str, float | Mapping[str, object]] | str) -> Weight
         options = dict(value) if isinstance(value, Mapping) else {"weight": value}
         weight = options.pop("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float) \
-                or not math.isfinite(weight):
-            raise SlidemapError(f"loss {name!r} weight must be a number, got {weight!r}")
+                or not math.isfinite(weight) or weight < 0:
+            raise SlidemapError(f"loss {name!r} weight must be a number ≥ 0, got {weight!r} "
+                                "(a negative weight maximises the loss)")
         cls = _REGISTRY[name]
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         unknown = sorted(set(options) - set(allowed))
@@ -317,6 +333,34 @@ def build_loss(spec: Mapping[str, float | Mapping[str, object]] | str) -> Weight
                 f"loss {name!r} has no option {', '.join(map(repr, unknown))}: valid options are "
                 f"{valid_opts}"
             )
+        hints = typing.get_type_hints(cls.__init__)
+        for key, option in options.items():
+            _check_option(name, key, option, hints[key])
         terms[name] = cls(**options)
         weights[name] = float(weight)
     return WeightedSum(terms, weights)
+
+
+def _check_option(loss: str, key: str, value: object, hint: object) -> None:
+    """Refuse an option value of the wrong kind in one line (a string where a count belongs
+    would otherwise fail deep inside the first training step)."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union,
+                                                                    types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return
+    if bool in allowed and isinstance(value, bool):
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if float in allowed and number and math.isfinite(float(value)):  # type: ignore[arg-type]
+        return
+    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if any(typing.get_origin(a) in (tuple, list) for a in allowed) \
+            and isinstance(value, list | tuple) \
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return
+    kind = " or ".join(sorted({"a list of numbers" if typing.get_origin(a) in (tuple, list)
+                               else {bool: "true/false", int: "a whole number",
+                                     float: "a number"}.get(a, str(a)) for a in allowed
+                               if a is not type(None)}))
+    raise SlidemapError(f"loss {loss!r} option {key} must be {kind}, got {value!r}")

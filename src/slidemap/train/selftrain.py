@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from slidemap.infer.patches import predict_arrays, to_native
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import RunConfig
+from slidemap.train.checks import check_buildable
 from slidemap.train.loop import train
 
 COLUMNS = ("round", "kept_fraction", "pseudo_landslide_fraction", "target_f1", "target_iou",
@@ -88,12 +90,13 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     if earlier and not overwrite:
         raise SlidemapError(f"{out_dir} already holds a self-training run ({earlier[0].name}): "
                             "pass --overwrite or choose another --out")
-    targets = load_targets(config)
-    options = PredictOptions(config.predict.tile, config.predict.overlap,
-                             config.predict.batch_size, config.train.precision)
     round_config = config.changed(
         loss=settings.loss, selftrain=None,
         train=config.train.changed(epochs=settings.epochs or config.train.epochs))
+    check_buildable(round_config, f"config {config.source}, selftrain")  # before round 0
+    targets = load_targets(config)
+    options = PredictOptions(config.predict.tile, config.predict.overlap,
+                             config.predict.batch_size, config.train.precision)
     rows: list[dict] = []
     model_path = train(config.changed(selftrain=None), out_dir / "round0", overwrite=overwrite)
     for number in range(settings.rounds + 1):
@@ -111,6 +114,9 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     bundle = load_model(model_path)
     bundle.provenance = {**bundle.provenance, "selftrain": rows}
     save_model(bundle, out_dir / "model")
+    for stale in out_dir.glob("round*"):  # an earlier run's extra rounds, now overwritten
+        if stale.is_dir() and stale.name[5:].isdigit() and int(stale.name[5:]) > settings.rounds:
+            shutil.rmtree(stale)
     return rows
 
 
