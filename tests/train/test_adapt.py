@@ -5,6 +5,7 @@ measurement that never trains on the labels of the ground it scores."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import replace
@@ -25,7 +26,13 @@ from slidemap.io.modelfile import load_model, model_paths, save_model
 from slidemap.io.provenance import sha256_file
 from slidemap.schema.config import load_config
 from slidemap.train import adapt as adapt_module
-from slidemap.train.adapt import AdaptOptions, adapt_model, block_chunk, scene_chunks
+from slidemap.train.adapt import (
+    AdaptOptions,
+    adapt_model,
+    block_chunk,
+    class_balanced,
+    scene_chunks,
+)
 from slidemap.train.adaptval import measure_adaptation
 from slidemap.train.crossval import run_crossval
 from slidemap.train.loop import train
@@ -122,6 +129,19 @@ def test_pseudo_labels_are_the_most_confident_pixels_of_each_class(
         assert used == [labels]  # the network trains on exactly these labels
     assert adapted.record["windows"] == 24 and adapted.record["stopped_by"] == "windows"
     assert [r["keep"] for r in adapted.record["rounds"]] == [0.3, 0.6]
+
+
+def test_tied_probabilities_keep_the_portion_not_every_tie() -> None:
+    """Probabilities on few steps tie: the share kept of each class is still the portion."""
+    prob = np.full((10, 10), 0.38, np.float32)
+    prob[0, :5] = 0.1
+    prob[9] = 0.9
+    valid = np.ones(prob.shape, bool)
+    valid[5, 5] = False
+    (labels,) = class_balanced(0.4, 0.5)([prob], [valid])
+    assert (labels == 0).sum() == math.ceil(0.4 * 89) and (labels == 1).sum() == 4
+    assert (labels[0, :5] == 0).all()  # the most confident background first
+    assert labels[5, 5] == IGNORE and not ((labels == 1) & (prob < 0.5)).any()
 
 
 def test_predict_adapt_runs_within_its_bound_and_records_it(
