@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from factories import tiny_run, train_interrupted, train_interrupted_then_resumed
 from safetensors.torch import load_file
 
@@ -85,6 +86,24 @@ def test_colour_jitter_changes_only_optical_channels(tiny_scene: dict[str, Path]
     optical_change = np.abs(jittered["x"][:, :OPTICAL] - plain["x"][:, :OPTICAL])
     assert optical_change.transpose(1, 0, 2, 3)[:, valid].mean() > 1e-3
     assert (jittered["x"][:, :OPTICAL].transpose(1, 0, 2, 3)[:, ~valid] == 0).all()
+
+
+def test_colour_jitter_keeps_imagery_the_labels_leave_out(tiny_scene: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """Imagery outside the labels (an AOI's surroundings) is context, jittered like the rest;
+    only nodata (the scene's left 8 columns) stays 0, as the streamed map reads it."""
+    with rasterio.open(tiny_scene["mask"]) as ds:
+        labels, profile = ds.read(1), ds.profile
+    labels[:, 8:48] = 255
+    with rasterio.open(tmp_path / "aoi_mask.tif", "w", **profile) as ds:
+        ds.write(labels, 1)
+    scene = {**tiny_scene, "mask": tmp_path / "aoi_mask.tif"}
+    windows = windows_for(parse_config(tiny_run(scene, augment=False, colour_jitter=True,
+                                                 tile=96, min_valid=0.1)))
+    batch = next(iter(windows.epoch(1, 1)))
+    optical = batch["x"][0, :OPTICAL]
+    assert (optical[:, :, :8] == 0).all()
+    assert (np.abs(optical[:, :, 8:48]) > 0).mean() > 0.99  # unlabelled, yet read
 
 
 def test_colour_jitter_strengths_are_used(tiny_scene: dict[str, Path]) -> None:

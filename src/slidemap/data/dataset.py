@@ -151,8 +151,9 @@ class RandomWindows:
             window = context_window(window, side, *self.scenes[index].target.shape)
         rows = slice(window.row_off, window.row_off + window.height)
         cols = slice(window.col_off, window.col_off + window.width)
-        labels = self.scenes[index].target[rows, cols]
-        arrays = {"x": self.inputs[index][:, rows, cols], "labels": labels[None]}
+        scene = self.scenes[index]
+        arrays = {"x": self.inputs[index][:, rows, cols], "labels": scene.target[None, rows, cols],
+                  "readable": scene.readable[None, rows, cols]}
         if self.augment:
             arrays = flip_rot90(arrays, rng)
         if self.recipes:

@@ -18,7 +18,6 @@ from slidemap.data.hard_examples import error_map, hard_windows
 from slidemap.data.mixing import mixup
 from slidemap.data.normalization import STD_FLOOR, BandStats
 from slidemap.data.photometric import colour_jitter, random_scale, zoom_about_centre
-from slidemap.data.scene import IGNORE
 from slidemap.infer.engine import network_runner, predict_array
 from slidemap.schema.config import RunConfig
 
@@ -89,8 +88,8 @@ class Recipes:
         the tile's side and are resampled onto the tile; otherwise a zoom is drawn here and a
         zoom-out pads the tile with ignored border.
         """
-        if self.colour_jitter:
-            arrays = {**arrays, "x": self._jitter(arrays["x"], arrays["labels"][0] != IGNORE, rng)}
+        if self.colour_jitter:  # over the imagery read, labelled or not (an AOI's surroundings)
+            arrays = {**arrays, "x": self._jitter(arrays["x"], arrays["readable"][0], rng)}
         spatial = {"image": arrays["x"], "mask": arrays["labels"]}
         if zoom is not None:
             tile = self.config.train.tile
