@@ -32,6 +32,18 @@ def test_round_trip_gives_identical_predictions(tiny_model) -> None:
     assert bundle.inputs.slope and not bundle.inputs.dem
 
 
+def test_a_figure_without_value_is_null_in_the_sidecar(tiny_model, tmp_path) -> None:
+    """Validation with one class has no AUC: the sidecar stays strict JSON and loads again."""
+    bundle = load_model(tiny_model)
+    bundle.provenance = {**bundle.provenance, "validation": {"f1": 0.5, "auc": float("nan")}}
+    path = save_model(bundle, tmp_path / "nan")
+    _, sidecar = model_paths(path)
+    strict = json.loads(sidecar.read_text(),
+                        parse_constant=lambda name: pytest.fail(f"bare {name} in the sidecar"))
+    assert strict["provenance"]["validation"]["auc"] is None
+    assert load_model(path).provenance["validation"] == {"f1": 0.5, "auc": None}
+
+
 def test_instance_batch_norm_fusion_round_trips_through_int4(tmp_path) -> None:
     """The instance-norm half of IBN-a has affine weights and no running statistics: they must be
     stored and restored like any other, in the smallest weight format too."""

@@ -46,6 +46,7 @@ from torch import nn
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
+from slidemap.io import jsontext
 from slidemap.io.atomic import staged
 from slidemap.io.sidecar import (
     SIDECAR_MAX_BYTES,
@@ -148,7 +149,7 @@ def save_model(bundle: ModelBundle, path: str | Path, overwrite: bool = True,
     data = save(stored_state(bundle.model, bundle.weights_dtype),
                 metadata={"format": "slidemap-model"})
     sidecar = {**bundle.sidecar(), "weights_sha256": hashlib.sha256(data).hexdigest()}
-    texts = {sidecar_path: json.dumps(sidecar, indent=2) + "\n", **(companions or {})}
+    texts = {sidecar_path: jsontext.dumps(sidecar, indent=2) + "\n", **(companions or {})}
     with staged({"weights": weights_path, **{str(p): p for p in texts}}, overwrite) as tmp:
         tmp["weights"].write_bytes(data)
         for target, text in texts.items():

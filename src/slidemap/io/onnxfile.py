@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import sys
 import warnings
@@ -30,6 +29,7 @@ from google.protobuf.message import DecodeError
 from torch import nn
 
 from slidemap.errors import SlidemapError
+from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, model_paths
 from slidemap.models import AnySizeModel
@@ -118,7 +118,7 @@ def export_onnx(bundle: ModelBundle, out: Path, overwrite: bool = True) -> Path:
                             f"ONNX ({_one_line(exc)}): run it with torch, slidemap's default "
                             "backend (predict without --backend onnx)") from exc
     proto = onnx.load_from_string(buffer.getvalue())
-    metadata = {"slidemap": json.dumps(bundle.sidecar()), "stride": str(stride),
+    metadata = {"slidemap": jsontext.dumps(bundle.sidecar()), "stride": str(stride),
                 "weights_sha256": weights_digest(bundle.path) if bundle.path else ""}
     onnx.helper.set_model_props(proto, metadata)
     _verify(graph, proto.SerializeToString(), channels, stride, bundle)
