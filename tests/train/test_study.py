@@ -181,4 +181,7 @@ def test_markdown_adds_mean_and_std_over_seeds() -> None:
     assert "| unet | bce | base | forward | 2 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | " \
            "0.7000 ± 0.1414 |" in text  # the other figures keep their mean and spread
     assert text.count("| – |") >= 1
+    # The text names the threshold the scores were counted at, not a fixed 0.5.
+    assert "at threshold 0.6." in results_markdown([{**row(0, 0.6), "threshold": 0.6}], Timing())
+    assert "each run's predict.threshold" in results_markdown([row(0, 0.6)], Timing())
 

@@ -56,7 +56,7 @@ COLUMNS = (
     ("f1", "F1"), ("accuracy", "accuracy"), ("iou", "IoU"), ("miou", "mIoU"), ("auc", "AUC"),
     ("ms_per_tile", "ms/tile"),
 )
-EXTRA_CSV = ("best_epoch", "pixels", "threads")
+EXTRA_CSV = ("best_epoch", "pixels", "threads", "threshold")
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def run_one(run: StudyRun, run_dir: Path, timing: Timing) -> dict:
         "ms_per_tile": time_per_tile(bundle.model, len(bundle.inputs.channels), timing,
                                      config.train.precision),
         "best_epoch": summary["best_epoch"], "pixels": scores["pixels"],
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "threshold": bundle.threshold,
     }
     with atomic_path(result_path) as tmp:
         tmp.write_text(jsontext.dumps(row, indent=2) + "\n")
@@ -337,18 +337,21 @@ def write_results(rows: list[dict], out_dir: Path, timing: Timing) -> None:
     with atomic_path(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        writer.writerows({k: row[k] for k in fields} for row in rows)
+        writer.writerows({k: row.get(k) for k in fields} for row in rows)  # older rows lack some
     with atomic_path(out_dir / "results.md") as tmp:
         tmp.write_text(results_markdown(rows, timing))
 
 
 def results_markdown(rows: list[dict], timing: Timing) -> str:
     threads = sorted({row["threads"] for row in rows})
+    thresholds = sorted({row.get("threshold") for row in rows}, key=str)
+    at = (f"threshold {', '.join(str(t) for t in thresholds)}" if None not in thresholds
+          else "each run's predict.threshold")
     lines = [
         "# Study results",
         "",
         "Scores of each run's saved model on its held-out scenes: one confusion matrix over all "
-        "valid pixels, threshold 0.5. With `training.select: last` that model is the last epoch "
+        f"valid pixels, at {at}. With `training.select: last` that model is the last epoch "
         "and the scores are held-out figures; with `best` it is the epoch with the highest F1 "
         "on those same scenes, and the scores are optimistic by that choice. *forward* trains on "
         "`data.train` and scores `data.val`; *swapped* is the reverse. Train time counts the "
