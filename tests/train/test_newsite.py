@@ -342,6 +342,19 @@ def test_finetune_cli_writes_before_and_after(tmp_path: Path, run_cli) -> None:
     assert load_model(tmp_path / "run" / "model").provenance["config"]["init"] == str(start)
 
 
+def test_finetune_says_when_the_config_reads_the_model_otherwise(tmp_path: Path,
+                                                                run_cli) -> None:
+    """A model trained at scale 1 fine-tuned with scale 2: before, nothing said the file's
+    reading changed and that 'before' was not the starting model as predict runs it."""
+    root = patch_folder(tmp_path / "site", count=2)
+    start = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "start")
+    config = run_config(tmp_path, {"train": [{"patches": str(root)}],
+                                   "val": [{"patches": str(root)}]}, inputs={"scale": 2.0})
+    code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "reads the inputs otherwise" in err and "scale 1.0 → 2.0" in err
+
+
 def test_finetune_refuses_another_architecture(tmp_path: Path, run_cli) -> None:
     root = patch_folder(tmp_path / "site", count=2)
     start = save_model(tiny_bundle(InputSpec(image_bands=(1, 2))), tmp_path / "two_bands")

@@ -8,11 +8,12 @@ validation data, so the gain (or loss) is on record in ``finetune.json``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from slidemap.data.sources import load_arrays
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path
@@ -44,6 +45,7 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
     check_run_inputs(out_dir, config)  # before the starting model is scored
     before = load_model(config.init)
     check_compatible(before, config)
+    _warn_if_read_otherwise(before, config)
     report: dict = {"init": str(config.init), "freeze_encoder": config.train.freeze_encoder,
                     "frozen_epochs": config.train.frozen_epochs,
                     "before": _figures(score_on_val(before, config))}
@@ -54,6 +56,20 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
         with atomic_path(out_dir / "finetune.json") as tmp:
             tmp.write_text(jsontext.dumps(report, indent=2) + "\n")
     return report
+
+
+def _warn_if_read_otherwise(bundle: ModelBundle, config: RunConfig) -> None:
+    """The same channels read at another scale, resolution or optical mode change what the
+    model sees: say so, since the fine-tuned file keeps the config's reading."""
+    changed = [f"{key} {getattr(bundle.inputs, key)} → {getattr(config.inputs, key)}"
+               for key in ("scale", "resolution_m", "optical")
+               if getattr(bundle.inputs, key) != getattr(config.inputs, key)]
+    if changed:
+        warnings.warn(f"config {config.source} reads the inputs otherwise than {config.init} was "
+                      f"trained ({', '.join(changed)}): fine-tuning trains and scores both models "
+                      "that way, and 'before' is not the map predict makes with the starting "
+                      "model; set those inputs as the model has them to keep its reading",
+                      SlidemapWarning, stacklevel=2)
 
 
 def _figures(metrics: dict[str, float]) -> dict[str, float]:
