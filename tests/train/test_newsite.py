@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from slidemap import api
 from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.dataset import scene_stats as dataset_scene_stats
 from slidemap.data.normalization import BandStats, compute_stats
 from slidemap.data.scaling import demote, promote
 from slidemap.data.scene import Scene
@@ -149,6 +150,21 @@ def test_l4s_bands_in_a_config_set_the_channels(tmp_path: Path) -> None:
     assert load_model(tmp_path / "run" / "model").inputs.channels == ["band8", "band2", "slope"]
 
 
+def test_one_terrain_switch_keeps_the_l4s_bands(tmp_path: Path) -> None:
+    """``--set inputs.slope=false`` drops slope; before, it dropped every default band too and
+    trained on B1-B3 without a word."""
+    root = l4s_release(tmp_path / "l4s")
+    path = run_config(tmp_path, {"train": [{"l4s": str(root)}], "val": [{"l4s": str(root)}]})
+    default = load_config(path).inputs
+    assert default.dem and default.slope and len(default.image_bands) > 3
+    no_slope = load_config(path, ("inputs.slope=false",)).inputs
+    assert no_slope == default.model_copy(update={"slope": False})
+    named = run_config(tmp_path, {"train": [{"l4s": str(root), "bands": ["B2", "slope"]}],
+                                  "val": [{"l4s": str(root), "bands": ["B2", "slope"]}]})
+    with pytest.raises(SlidemapError, match="build other channels"):
+        load_config(named, ("inputs.slope=false",))
+
+
 def test_l4s_sets_with_other_bands_are_refused(tmp_path: Path) -> None:
     root = l4s_release(tmp_path / "l4s")
     with pytest.raises(SlidemapError, match="build other channels"):
@@ -253,6 +269,18 @@ def test_patch_statistics_are_those_of_all_target_patches(tmp_path: Path) -> Non
     stats = patch_stats(dataset, spec)
     np.testing.assert_allclose(stats.mean, pixels.mean(axis=1), rtol=1e-9)
     np.testing.assert_allclose(stats.std, pixels.std(axis=1), rtol=1e-9)
+
+
+def test_patch_statistics_at_a_scale_are_those_training_computes(tmp_path: Path) -> None:
+    """On its own training set, separated normalisation gives the model's statistics also when
+    patches are up-sampled (before, the native grid's were used: 30 % off for a band)."""
+    root = patch_folder(tmp_path / "site", count=3)
+    config = load_config(run_config(tmp_path, {"train": [{"patches": str(root)}]},
+                                    inputs={"scale": 2.0}))
+    trained = dataset_scene_stats(load_arrays((), config.train_patches, config.inputs))
+    target = patch_stats(open_patch_set(root, config.inputs), config.inputs)
+    np.testing.assert_allclose(target.mean, trained.mean, rtol=1e-6)
+    np.testing.assert_allclose(target.std, trained.std, rtol=1e-6)
 
 
 def test_normalise_scene_predicts_with_the_scene_statistics(tiny_scene: dict,

@@ -565,11 +565,12 @@ class RunConfig(Section):
     @classmethod
     def _inputs_from_l4s_bands(cls, value: Any, info: Any) -> Any:
         """Channels named by Landslide4Sense ``bands:`` become the inputs unless ``inputs``
-        gives them."""
-        if not isinstance(value, dict) or {"image_bands", "dem", "slope"} & set(value):
+        gives its own ``image_bands``; ``dem`` or ``slope`` alone change only that channel
+        (``--set inputs.slope=false`` drops slope, not the bands)."""
+        if not isinstance(value, dict) or "image_bands" in value:
             return value
         sets = _l4s_sets(info.data)
-        return {**value, **l4s_inputs(sets[0].bands or DEFAULT_BANDS)} if sets else value
+        return {**l4s_inputs(sets[0].bands or DEFAULT_BANDS), **value} if sets else value
 
     @model_validator(mode="after")
     def _same_channels(self) -> RunConfig:
