@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,40 @@ def test_existing_outputs_need_overwrite(tiny_scene, tiny_model, tmp_path, run_c
     code, err = run_cli(*args)
     assert code == 1 and "pass --overwrite" in err
     assert run_cli(*args, "--overwrite")[0] == 0
+
+
+def test_overwrite_with_another_model_leaves_none_of_its_maps(tiny_scene, tiny_model, tmp_path,
+                                                              run_cli) -> None:
+    """An attention model's maps, then a plain U-Net's into the same folder: the attention
+    pictures of the first would sit beside the second's as if they were its own."""
+    out = tmp_path / "x"
+    attention = save_bundle(tmp_path / "att", "unetpp_spatial")
+    for model in (attention, tiny_model):
+        code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"],
+                            "--model", model, "--box", "30,40,70,80", "--out", out,
+                            "--overwrite")
+        assert code == 0, err
+        if model == attention:
+            assert list(out.glob("attention_*"))
+    assert not list(out.glob("attention_*"))
+    assert {p.name for p in out.iterdir()} == {"gradcam.png", "gradcam.tif", "probability.png",
+                                               "probability.tif", "explain.json"}
+
+
+def test_geotiffs_are_nodata_where_the_image_is_and_scales_are_recorded(
+        tiny_scene, tmp_path, run_cli) -> None:
+    """The scene's left 8 columns are nodata; a model predicting at scales 1 and 0.5 is
+    explained in one pass at scale 1, and explain.json says so."""
+    bundle = tiny_bundle(RGB_SLOPE, mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0])
+    bundle.predict = replace(bundle.predict, scales=(1.0, 0.5))
+    model = save_model(bundle, tmp_path / "two_scales")
+    out = tmp_path / "x"
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        model, "--box", "30,40,70,80", "--out", out)
+    assert code == 0, err
+    with rasterio.open(out / "probability.tif") as ds:
+        prob = ds.read(1)
+        assert np.isnan(ds.nodata)
+    assert np.isnan(prob[:, :8]).all() and np.isfinite(prob[:, 8:]).all()
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["scale"] == 1.0 and summary["predict_scales"] == [1.0, 0.5]

@@ -1,13 +1,17 @@
 """Explain one window of a scene: Grad-CAM, attention maps and probability, as PNG and GeoTIFF.
 
-The model sees the window exactly as ``slidemap predict`` would (same bands, decimation and
-normalisation), so the explanation is of the prediction a user actually gets. PNGs are drawn at the
-working resolution the model saw; GeoTIFFs are brought back to the window's native pixels so that
-they lie on the image grid in a GIS.
+The model sees the window as ``slidemap predict`` reads it (same bands, decimation and
+normalisation), in one pass at scale 1: Grad-CAM needs one forward and backward of one input, so
+the explanation is of the network, and where the model's file predicts at several scales (or
+blends overlapping windows) its map can differ from this pass; ``explain.json`` records both.
+PNGs are drawn at the working resolution the model saw; GeoTIFFs are brought back to the
+window's native pixels so that they lie on the image grid in a GIS, NaN where it has no data.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from pathlib import Path
 
@@ -29,6 +33,8 @@ from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle, model_paths
+
+log = logging.getLogger(__name__)
 
 MAX_WORKING_SIDE = 2048  # Grad-CAM keeps every activation for the backward pass: bound the window
 
@@ -84,22 +90,42 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
               "probability": "landslide probability"}
     grid = {"crs": profile["crs"], "transform": window_transform(win, profile["transform"]),
             "height": int(win.height), "width": int(win.width)}
+    native_valid = _to_native(valid.astype(np.float32), win, "nearest") > 0.5
     for name, heat in heats.items():
         save_overlay_png(rgb, heat, files[f"{name}.png"], title=titles.get(name, name))
         if georeferenced:
-            save_heat_geotiff(_to_native(heat, win), files[f"{name}.tif"], grid)
+            save_heat_geotiff(np.where(native_valid, _to_native(heat, win), np.nan),
+                              files[f"{name}.tif"], grid)
+    if bundle.predict.scales != (1.0,):
+        log.info(f"explain shows the network at scale 1; predict averages scales "
+                 f"{list(bundle.predict.scales)}, so its map of this window can differ")
     summary = {
         "image": str(image), "window": [int(win.col_off), int(win.row_off), int(win.width),
                                         int(win.height)],
         "decimation": factor, "box": list(box) if box else None, "layer": cam.layer,
         "region_pixels": int(cam.region.sum()), "threshold": bundle.threshold,
+        "scale": 1.0, "predict_scales": list(bundle.predict.scales),
         "mean_probability": float(cam.probability[valid].mean()),
         "channel_attention": {k: v.round(4).tolist() for k, v in attention.channel.items()},
         "files": {k: str(v) for k, v in files.items()},
     }
+    earlier = _earlier_files(files["explain.json"])
     with atomic_path(files["explain.json"], overwrite) as tmp:
         tmp.write_text(jsontext.dumps(summary, indent=2) + "\n")
+    for stale in earlier - set(files.values()):  # another model's attention maps
+        stale.unlink(missing_ok=True)
     return summary
+
+
+def _earlier_files(record: Path) -> set[Path]:
+    """The pictures an earlier explain wrote into the same folder (from its explain.json), so
+    that an overwrite leaves no map of another model beside the new ones."""
+    try:
+        listed = json.loads(record.read_text())["files"].values()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {Path(p) for p in listed if isinstance(p, str) and Path(p).parent == record.parent
+            and Path(p).suffix in (".png", ".tif")}
 
 
 def _window(scene: Scene, window: tuple[int, ...] | None, size: int, factor: int) -> Window:
@@ -142,12 +168,15 @@ def _probability(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return torch.sigmoid(logits).cpu().numpy()
 
 
-def _to_native(heat: np.ndarray, win: Window) -> np.ndarray:
-    """Bilinear upsampling of a working-resolution map to the window's native pixels."""
+def _to_native(heat: np.ndarray, win: Window, mode: str = "bilinear") -> np.ndarray:
+    """Upsampling (bilinear, or nearest for a mask) of a working-resolution map to the window's
+    native pixels."""
     size = (int(win.height), int(win.width))
     if heat.shape == size:
         return heat
     tensor = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
+    if mode == "nearest":
+        return F.interpolate(tensor, size=size, mode="nearest")[0, 0].numpy()
     return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
