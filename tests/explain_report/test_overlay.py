@@ -65,14 +65,14 @@ def profile(height: int, width: int) -> dict:
 
 def test_heat_geotiff_keeps_crs_and_transform(tmp_path):
     heat = np.random.default_rng(0).random((6, 9)).astype(np.float32)
-    heat[0, 0] = 0.0  # zero is a value here, not nodata
+    heat[0, 0] = 0.0  # zero is a value here: nodata is NaN, not the image's 0
     path = tmp_path / "cam.tif"
     path.write_bytes(b"an older result")  # replaced, not appended to
     save_heat_geotiff(heat, path, profile(6, 9))
     with rasterio.open(path) as src:
         assert src.crs.to_epsg() == 32647
         assert src.transform == GRID
-        assert src.count == 1 and src.dtypes == ("float32",) and src.nodata is None
+        assert src.count == 1 and src.dtypes == ("float32",) and np.isnan(src.nodata)
         np.testing.assert_array_equal(src.read(1), heat)
     assert [p.name for p in tmp_path.iterdir()] == ["cam.tif"]
 
