@@ -116,3 +116,28 @@ def test_an_ensemble_is_not_fine_tuned(tmp_path: Path, tiny_scene: dict[str, Pat
     with pytest.raises(SlidemapError, match="members: 2 trains an ensemble from scratch"):
         load_config(path, (f"init={tiny_model}",))
     assert load_config(path).train.members == 2
+
+
+@pytest.mark.parametrize(("inputs", "options", "message"), [
+    ({"image_bands": [1, 2, 3]}, {}, "no terrain channel"),
+    ({"image_bands": [1, 2, 3], "relief_m": [8, 32, 128], "slope": True}, {},
+     "elevation_channels: 4"),
+    ({"image_bands": [1, 2, 3], "dem": True, "slope": True}, {"elevation_channels": 1},
+     "elevation_channels: 2"),
+    ({"image_bands": [1, 2, 3], "relief_m": [8, 32, 128], "slope": True},
+     {"elevation_channels": 4}, None),
+    ({"image_bands": [1, 2, 3], "dem": True, "slope": True}, {}, None),
+])
+def test_the_fusion_elevation_stream_reads_exactly_the_terrain(tmp_path: Path,
+                                                               tiny_scene: dict[str, Path],
+                                                               inputs: dict, options: dict,
+                                                               message: str | None) -> None:
+    """RGB alone fed green and blue to the elevation encoder; three reliefs and slope fed one
+    relief to the optical one. Both trained without a word."""
+    path = write_config(tmp_path / "fusion.yaml", run_config(
+        [tiny_scene], inputs=inputs, model={"name": "fusion", "width": 8, "options": options}))
+    if message is None:
+        assert load_config(path).model.name == "fusion"
+    else:
+        with pytest.raises(SlidemapError, match=message):
+            load_config(path)

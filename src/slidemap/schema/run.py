@@ -586,6 +586,27 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _fusion_streams(self) -> RunConfig:
+        """The fusion network's elevation encoder reads the last k channels: they must be the
+        terrain channels, all of them (RGB alone once fed green and blue to it silently)."""
+        if self.model.name != "fusion":
+            return self
+        channels = self.inputs.channels
+        terrain = channels[len(self.inputs.image_bands):]
+        if not terrain:
+            raise ValueError(f"model fusion fuses the optical bands with terrain, but the inputs "
+                             f"{channels} have no terrain channel: add dem, slope, relief_m, "
+                             "curvature or roughness_m, or choose another model")
+        given = self.model.options.get("elevation_channels")
+        default = min(2, len(channels) - 1)
+        if (default if given is None else given) != len(terrain):
+            raise ValueError(f"model fusion's elevation encoder would read the last "
+                             f"{default if given is None else given} of the channels "
+                             f"{channels}, but {len(terrain)} are terrain ({terrain}): set "
+                             f"model.options.elevation_channels: {len(terrain)}")
+        return self
+
+    @model_validator(mode="after")
     def _members_from_scratch(self) -> RunConfig:
         """An ensemble's members train from scratch with their own seeds; fine-tuning (``init``)
         trains one network and reports on it (finetune.json)."""
