@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import yaml
-from factories import TINY_PREDICT, run_config, write_config, write_scene
+from factories import TINY_PREDICT, run_config, tiny_bundle, write_config, write_scene
 
 from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError
-from slidemap.evaluation.folds import Block, held_out, make_blocks
+from slidemap.evaluation.folds import Block, held_out, make_blocks, scene_names
 from slidemap.evaluation.metrics import BinaryConfusion
+from slidemap.io.modelfile import save_model
 from slidemap.schema.config import RunConfig, load_config
 from slidemap.train import crossval as crossval_module
 from slidemap.train.crossval import (
@@ -31,8 +34,10 @@ SIDE = 80
 TILE = 16
 
 
-def synthetic_scene(root: Path, name: str, seed: int) -> dict[str, Path]:
-    """An RGB + DSM scene with bright 'landslide' squares and a nodata strip on the left."""
+def synthetic_scene(root: Path, name: str, seed: int, dem_hole: bool = False
+                    ) -> dict[str, Path]:
+    """An RGB + DSM scene with bright 'landslide' squares and a nodata strip on the left (with
+    ``dem_hole`` a square where only the DSM has no data)."""
     rng = np.random.default_rng(seed)
     image = rng.integers(40, 90, size=(3, SIDE, SIDE)).astype(np.uint8)
     labels = np.zeros((SIDE, SIDE), dtype=np.uint8)
@@ -43,11 +48,14 @@ def synthetic_scene(root: Path, name: str, seed: int) -> dict[str, Path]:
     labels[:, :6] = 255
     rows, cols = np.mgrid[0:SIDE, 0:SIDE]
     dsm = (1000.0 * seed + 0.3 * cols + 0.2 * rows).astype(np.float32)
+    if dem_hole:
+        dsm[40:60, 40:60] = np.nan
     return write_scene(root, name, image, dsm, labels)
 
 
-def protocol_config(tmp_path: Path, name: str = "candidate", **inputs: object) -> Path:
-    scenes = [synthetic_scene(tmp_path, "east", 1), synthetic_scene(tmp_path, "west", 2)]
+def protocol_config(tmp_path: Path, name: str = "candidate",
+                    scenes: list[dict[str, Path]] | None = None, **inputs: object) -> Path:
+    scenes = scenes or [synthetic_scene(tmp_path, "east", 1), synthetic_scene(tmp_path, "west", 2)]
     return write_config(tmp_path / f"{name}.yaml", run_config(
         scenes, name=name, inputs={"image_bands": [1, 2, 3], "slope": True, **inputs},
         training={"epochs": 1, "batch_size": 4, "tile": TILE, "windows_per_epoch": 8,
@@ -216,3 +224,98 @@ def test_a_changed_recipe_refuses_the_old_folds(tmp_path: Path) -> None:
     with pytest.raises(SlidemapError, match="another config"):
         crossval_module.run_fold(config.changed(loss={"dice": 1.0}), arrays, layout, 0, TILE,
                                  0, tmp_path / "fold")
+
+
+def test_scenes_whose_images_share_a_stem_are_all_scored(tmp_path: Path) -> None:
+    assert scene_names([Path("x/east.tif"), Path("y/west.tif")]) == ["east", "west"]
+    assert scene_names([Path("a/x/image.tif"), Path("b/x/image.tif"), Path("b/west.tif")]) \
+        == ["scene0-image", "scene1-image", "west"]
+    scenes = [synthetic_scene(tmp_path / "sa", "image", 1),
+              synthetic_scene(tmp_path / "sb", "image", 2)]
+    config = load_config(protocol_config(tmp_path, scenes=scenes))
+    summary = run_crossval(config, tmp_path / "cv", seeds=(0,))
+    layout = json.loads((tmp_path / "cv" / "blocks_layout.json").read_text())
+    names = [b["name"] for b in layout["blocks"]]
+    assert len(set(names)) == len(names) == 8 and names[0] == "sa-image-r0c0"
+    # Both scenes count: the pooled matrix holds every labelled and landslide pixel once.
+    masks = [load_mask(config, i) for i in range(2)]
+    rows = summary["rows"]
+    assert sum(r["pixels"] for r in rows) == sum(int((m != 255).sum()) for m in masks)
+    assert sum(round(r["pixels"] * r["landslide"]) for r in rows) \
+        == sum(int((m == 1).sum()) for m in masks)
+
+
+def test_candidate_and_baseline_are_scored_on_the_same_pixels(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    monkeypatch.setattr(logging.getLogger("slidemap"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="slidemap")
+    scenes = [synthetic_scene(tmp_path, "east", 1, dem_hole=True),
+              synthetic_scene(tmp_path, "west", 2)]
+    candidate = load_config(protocol_config(tmp_path, "candidate", scenes, dem=True))
+    baseline = load_config(protocol_config(tmp_path, "baseline", scenes, slope=False))
+    summary = run_crossval(candidate, tmp_path / "cv", baseline, seeds=(0,))
+    pixels = {(r["recipe"], r["block"]): r["pixels"] for r in summary["rows"]}
+    names = {block for _, block in pixels}
+    assert all(pixels[("candidate", n)] == pixels[("baseline", n)] for n in names)
+    hole = 20 * 20  # labelled for the baseline (no DEM), not for the candidate
+    labelled = sum(int((load_mask(candidate, i) != 255).sum()) for i in range(2)) - hole
+    assert summary["recipes"]["baseline"]["pooled"]["pixels"] == labelled
+    assert f"{hole:,} labelled px of the baseline are left out" in caplog.text
+
+
+def test_a_refused_rerun_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    config = load_config(protocol_config(tmp_path))
+    out = tmp_path / "cv"
+    run_crossval(config, out, seeds=(0,))
+    kept = {p: p.read_bytes() for p in (out / "blocks_layout.json", out / "summary.json",
+                                        out / "blocks.csv")}
+    other = config.changed(crossval={"blocks": [3, 2], "folds": 2, "seeds": [0]})
+    with pytest.raises(SlidemapError, match="block layout"):
+        run_crossval(other, out, seeds=(0,))
+    assert all(p.read_bytes() == text for p, text in kept.items())
+
+
+def start_from(tmp_path: Path, config: RunConfig, name: str, provenance: dict) -> RunConfig:
+    """``config`` starting from a model file whose sidecar records ``provenance``."""
+    bundle = tiny_bundle()
+    bundle.provenance = provenance
+    return config.changed(init=save_model(bundle, tmp_path / "models" / name))
+
+
+def test_an_init_that_trained_on_a_scored_scene_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    config = load_config(protocol_config(tmp_path))
+    east = config.train_scenes[0].image
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere.tif"
+    elsewhere.write_bytes(b"")
+    records = {  # as train writes it, by a relative name, and as a self-training target
+        "as_written": {"train": [{"image": str(east), "mask": None, "dem": None}]},
+        "relative": {"train": [{"image": str(elsewhere)}, {"image": os.path.relpath(east)}]},
+        "selftrain": {"train": [{"image": str(elsewhere)}],
+                      "selftrain": {"target": [{"image": str(east)}]}},
+    }
+    for name, record in records.items():
+        started = start_from(tmp_path, config, name, {"config": record})
+        with pytest.raises(SlidemapError, match=f"candidate's init model .* trained on scene "
+                                                f".*{east.name}, which crossval scores"):
+            run_crossval(started, tmp_path / f"cv_{name}", seeds=(0,))
+        assert not (tmp_path / f"cv_{name}").exists()
+    # A model fine-tuned from one that saw the scene saw it too; so does a baseline's.
+    base = start_from(tmp_path, config, "base", {"config": records["as_written"]}).init
+    chained = start_from(tmp_path, config, "tuned", {"config": {
+        "train": [{"image": str(elsewhere)}], "init": str(base)}})
+    with pytest.raises(SlidemapError, match="baseline's init model"):
+        run_crossval(config, tmp_path / "cv", chained, seeds=(0,))
+    # Trained elsewhere: accepted. No record: accepted with a warning that it cannot be checked.
+    monkeypatch.setattr(logging.getLogger("slidemap"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="slidemap")
+    clean = start_from(tmp_path, config, "clean",
+                       {"config": {"train": [{"image": str(elsewhere)}]}})
+    crossval_module.check_init_unseen(crossval_module.Recipe("candidate", clean))
+    assert not caplog.text
+    unrecorded = start_from(tmp_path, config, "unrecorded", {"epoch": 3})
+    crossval_module.check_init_unseen(crossval_module.Recipe("candidate", unrecorded))
+    assert "cannot check" in caplog.text and "records no training run" in caplog.text

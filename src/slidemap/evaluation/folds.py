@@ -12,6 +12,7 @@ the same slide) is out of training too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -71,9 +72,28 @@ def scene_blocks(valid: np.ndarray, rows: int, cols: int, scene: int, name: str
     return blocks
 
 
+def scene_names(images: list[Path]) -> list[str]:
+    """A name per scene for its blocks: the image's stem, as runs have always named them; where
+    stems repeat (``sa/image.tif``, ``sb/image.tif``) the parent folder's name goes first, and
+    if that still repeats the scene's number, so that no two scenes' blocks share a name."""
+    stems = [Path(p).stem for p in images]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    if not repeated:
+        return stems
+    by_folder = [f"{Path(p).absolute().parent.name}-{s}" if s in repeated else s
+                 for p, s in zip(images, stems, strict=True)]
+    if len(set(by_folder)) == len(by_folder):
+        return by_folder
+    return [f"scene{i}-{s}" if s in repeated else s for i, s in enumerate(stems)]
+
+
 def make_blocks(valids: list[np.ndarray], names: list[str], rows: int, cols: int,
                 folds: int) -> list[Block]:
-    """Blocks of every scene, dealt to folds in turn (scene by scene, row by row)."""
+    """Blocks of every scene, dealt to folds in turn (scene by scene, row by row). Results are
+    kept by block name, so scene names must differ (:func:`scene_names`)."""
+    if len(set(names)) != len(names):
+        raise SlidemapError(f"crossval: scene names {names} repeat, so their blocks' results "
+                            "would overwrite each other: give the scenes' images other names")
     blocks = [b for i, (valid, name) in enumerate(zip(valids, names, strict=True))
               for b in scene_blocks(valid, rows, cols, i, name)]
     if len(blocks) < folds:

@@ -8,7 +8,8 @@ on out-of-fold predictions only: a fold's blocks are scored at the threshold tha
 pooled F1 of all *other* folds' blocks (same recipe, same seed), and the threshold to ship is the
 one that maximises the pooled F1 of every out-of-fold prediction.
 
-A candidate is compared with a baseline block by block, on the same blocks and seeds: the
+A candidate is compared with a baseline block by block, on the same blocks, pixels and seeds
+(a pixel either recipe has no label for, say where a DEM has no data, counts in neither): the
 difference of pooled F1 and its bootstrap interval over blocks, and each block's change against
 the spread of its seeds; ``benchmarks/protocol/RULE.md`` says how that decides.
 """
@@ -18,7 +19,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ import numpy as np
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.scene import IGNORE
 from slidemap.errors import SlidemapError
-from slidemap.evaluation.folds import LAYOUT_FILE, Block, held_out, make_blocks
+from slidemap.evaluation.folds import LAYOUT_FILE, Block, held_out, make_blocks, scene_names
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion, landslide_scores
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
@@ -35,6 +37,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.schema.config import RunConfig, with_seed
+from slidemap.train.lineage import lineage
 from slidemap.train.loop import train
 
 log = logging.getLogger(__name__)
@@ -73,25 +76,26 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
         raise SlidemapError(f"crossval.buffer {buffer} px is less than one training window "
                             f"({tile} px): training ground must lie a window away from "
                             "scored ground; raise it or leave it out")
+    for recipe in recipes:
+        check_init_unseen(recipe)
+    arrays = common_labels({r.label: _scene_arrays(r.config) for r in recipes})
+    rows, cols = settings.blocks
+    scenes = arrays["candidate"]
+    blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], rows, cols,
+                         settings.folds)
     make_output_dir(out_dir, "crossval folder")
-    blocks: list[Block] | None = None
+    _claim_layout(blocks, buffer, out_dir)
     confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {}
     for recipe in recipes:
-        scenes = _scene_arrays(recipe.config)
-        if blocks is None:
-            rows, cols = settings.blocks
-            blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], rows,
-                                 cols, settings.folds)
-            _write_layout(blocks, buffer, out_dir)
         confusions[recipe.label] = {}
         for seed in seeds:
             for fold in range(settings.folds):
                 run_dir = out_dir / recipe.label / f"s{seed}" / f"fold{fold}"
                 log.info(f"{recipe.label} seed {seed} fold {fold}")
-                scored = run_fold(recipe.config, scenes, blocks, fold, buffer, seed, run_dir)
+                scored = run_fold(recipe.config, arrays[recipe.label], blocks, fold, buffer,
+                                  seed, run_dir)
                 for name, confusion in scored.items():
                     confusions[recipe.label][(seed, name)] = confusion
-    assert blocks is not None
     summary = summarise(confusions, blocks, seeds, settings.folds)
     summary["buffer_px"] = buffer
     summary["blocks"] = len(blocks)
@@ -117,8 +121,68 @@ def _scene_arrays(config: RunConfig) -> list[SceneArrays]:
         raise SlidemapError(f"config {config.source}: crossval cuts labelled scenes into "
                             "spatial blocks: list scenes (image, mask, dem) in data.train, "
                             "not patch sets")
-    return [load_scene_arrays(s.image, s.mask, s.dem, config.inputs, s.aoi)
-            for s in config.train_scenes]
+    names = scene_names([s.image for s in config.train_scenes])
+    return [replace(load_scene_arrays(s.image, s.mask, s.dem, config.inputs, s.aoi), name=name)
+            for s, name in zip(config.train_scenes, names, strict=True)]
+
+
+def common_labels(arrays: dict[str, list[SceneArrays]]) -> dict[str, list[SceneArrays]]:
+    """Every recipe's scenes with labels ignored wherever any recipe's are: paired figures must
+    count the same pixels, yet a recipe without a DEM is labelled where the DEM has no data.
+    Blocks are cut from, trained and scored on these common labels."""
+    if len(arrays) < 2:
+        return arrays
+    out: dict[str, list[SceneArrays]] = {label: [] for label in arrays}
+    dropped = dict.fromkeys(arrays, 0)
+    for versions in zip(*arrays.values(), strict=True):
+        if len({v.target.shape for v in versions}) > 1:
+            raise SlidemapError(f"scene {versions[0].name} has another working grid in the "
+                                "candidate than in the baseline: give both configs the same "
+                                "inputs.resolution_m and scenes")
+        common = np.logical_and.reduce([v.valid for v in versions])
+        if not common.any():
+            raise SlidemapError(f"scene {versions[0].name} has no pixel labelled in both "
+                                "recipes' inputs: check the nodata of its DEM and image")
+        for label, version in zip(arrays, versions, strict=True):
+            dropped[label] += int((version.valid & ~common).sum())
+            target = np.where(common, version.target, IGNORE).astype(np.uint8)
+            out[label].append(replace(version, target=target))
+    for label, count in dropped.items():
+        if count:
+            log.info(f"crossval: {count:,} labelled px of the {label} are left out, where "
+                     "another recipe's inputs have no data: both recipes are scored on the "
+                     "same pixels")
+    return out
+
+
+def check_init_unseen(recipe: Recipe) -> None:
+    """Refuse a starting model (``init``) that trained on a scene crossval scores: every block
+    would then be scored by a model that saw it. What its files leave unknown is warned about."""
+    init = recipe.config.init
+    if init is None:
+        return
+    found = lineage(Path(init))
+    for image in (s.image for s in recipe.config.train_scenes):
+        if any(_same_file(Path(seen), image) for seen in found.images):
+            raise SlidemapError(f"the {recipe.label}'s init model {init} was trained on scene "
+                                f"{image}, which crossval scores: its blocks would be scored by "
+                                "a model that saw them; start from a model trained on other "
+                                "scenes, or drop init")
+    missing = [seen for seen in found.images if not Path(seen).exists()]
+    if missing:
+        found.unknown.append(f"{len(missing)} of the images it trained on are not found from "
+                             f"here (e.g. {missing[0]})")
+    for what in found.unknown:
+        log.warning(f"crossval cannot check that the {recipe.label}'s init model {init} never "
+                    f"saw the scored scenes: {what}")
+
+
+def _same_file(recorded: Path, scored: Path) -> bool:
+    """Whether two names (relative ones from the current folder) are one file."""
+    try:
+        return recorded.resolve() == scored.resolve() or os.path.samefile(recorded, scored)
+    except (OSError, RuntimeError):
+        return False
 
 
 def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: int,
@@ -305,10 +369,15 @@ def compare(candidate: np.ndarray, baseline: np.ndarray, names: list[str]) -> di
             "bootstrap": BOOTSTRAP, "blocks": blocks, "adopt": adopt}
 
 
-def _write_layout(blocks: list[Block], buffer: int, out_dir: Path) -> None:
-    with atomic_path(out_dir / LAYOUT_FILE) as tmp:
-        tmp.write_text(json.dumps({"buffer_px": buffer,
-                                   "blocks": [vars(b) for b in blocks]}, indent=2) + "\n")
+def _claim_layout(blocks: list[Block], buffer: int, out_dir: Path) -> None:
+    """Write the block layout the first time, or refuse a folder that holds another before
+    anything is written: its folds, tables and ``crossval --adapt`` go by the layout it has."""
+    claim_file(out_dir / LAYOUT_FILE,
+               json.dumps({"buffer_px": buffer, "blocks": [vars(b) for b in blocks]},
+                          indent=2) + "\n",
+               json.loads, f"{out_dir} holds a crossval run with another block layout "
+               "(crossval.blocks, folds or buffer, or other labelled pixels): delete it or "
+               "choose another --out")
 
 
 def write_tables(summary: dict, out_dir: Path) -> None:

@@ -1,0 +1,63 @@
+"""What a model file learnt from: the scene images of the run that trained it and of the runs it
+started from (``init``), as its sidecar's ``provenance.config`` records them. Cross-validation
+asks it, so that no block is scored by a model that saw it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slidemap.io.modelfile import model_paths
+from slidemap.io.sidecar import SIDECAR_MAX_BYTES
+
+INIT_DEPTH = 8  # how many starting models back (an init's own init) the record is followed
+
+
+@dataclass
+class Lineage:
+    """Scene images a model trained on, and what its files leave unknown (in words)."""
+
+    images: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+def lineage(model: Path) -> Lineage:
+    """The scene images ``model`` and the models it started from trained on, self-training
+    targets included (their imagery is read)."""
+    found = Lineage()
+    for _ in range(INIT_DEPTH):
+        config = recorded_config(model)
+        if config is None:
+            found.unknown.append(f"model file {model} records no training run")
+            break
+        selftrain = config.get("selftrain")
+        targets = selftrain.get("target") if isinstance(selftrain, dict) else None
+        for item in [*_entries(config.get("train")), *_entries(targets)]:
+            if isinstance(item.get("image"), str):
+                found.images.append(item["image"])
+            else:
+                found.unknown.append(f"it trained on the patch set {item}")
+        start = config.get("init")
+        if not isinstance(start, str):
+            break
+        model = Path(start)
+    return found
+
+
+def recorded_config(model: Path) -> dict | None:
+    """``provenance.config`` of a model's sidecar (the run config that trained it), or None
+    where the sidecar or the record is missing or unreadable."""
+    sidecar = model_paths(model)[1]
+    try:
+        if sidecar.stat().st_size > SIDECAR_MAX_BYTES:
+            return None
+        provenance = json.loads(sidecar.read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    config = provenance.get("config") if isinstance(provenance, dict) else None
+    return config if isinstance(config, dict) and "train" in config else None
+
+
+def _entries(value: object) -> list[dict]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
