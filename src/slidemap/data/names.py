@@ -7,11 +7,14 @@ handed to GDAL, whose own error is turned into one line by the caller.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path, PurePosixPath
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 VSI = re.compile(r"^/vsi[a-z0-9_]+/")
+# /vsi handlers that read a file: the archive path follows them (relative to the working folder)
+ARCHIVE = re.compile(r"^/vsi(?:zip|gzip|tar|7z|rar)/")
 # DRIVER:"file":sub or DRIVER:file:sub (HDF5, NETCDF, SENTINEL2_L1C, GPKG, ...)
 SUBDATASET = re.compile(r'^(?P<driver>[A-Z][A-Z0-9_]+):(?P<rest>.+)$')
 SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
@@ -81,9 +84,39 @@ def display_name(name: DatasetName) -> str:
 
 
 def absolute_name(name: DatasetName) -> str:
-    """``name`` as other processes (Dask workers) can open it: a local path made absolute."""
+    """``name`` as other processes (Dask workers) and other folders (a STAC Item, provenance
+    tags read back elsewhere) can open it: a local path made absolute, and so the archive of a
+    ``/vsizip/`` (``/vsitar/``, ...) name and the file of a subdataset; URLs are left alone."""
     path = local_path(name)
-    return str(path.resolve()) if path is not None else as_name(name)
+    if path is not None:
+        return str(path.resolve())
+    text = as_name(name)
+    archive = ARCHIVE.match(text)
+    if archive:
+        return archive[0] + _absolute_archive(text[archive.end():])
+    return _absolute_subdataset(text)
+
+
+def _absolute_archive(rest: str) -> str:
+    """What follows ``/vsizip/``: a chained ``/vsi`` name, ``{archive}/member`` or
+    ``archive/member``, with a relative archive put under the working folder (GDAL reads it
+    from there)."""
+    if VSI.match(rest):
+        return absolute_name(rest)
+    braced = rest.startswith("{")
+    inner = rest[1:] if braced else rest
+    if inner.startswith("/"):
+        return rest
+    return ("{" if braced else "") + os.path.join(os.getcwd(), inner)
+
+
+def _absolute_subdataset(text: str) -> str:
+    """``DRIVER:"file":sub`` with its file made absolute; any other name as it is."""
+    file, _ = _file_part(text)
+    if file == text:  # not a subdataset
+        return text
+    driver, rest = text.split(":", 1)
+    return f"{driver}:{rest.replace(file, absolute_name(file), 1)}"
 
 
 def local_files(*names: DatasetName | None) -> list[Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,8 @@ from types import TracebackType
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -44,6 +45,9 @@ IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
+# Warning filters are process-wide: reader threads that silence NodataShadowWarning take turns,
+# so that none restores the filters another has just changed
+_SHADOW_LOCK = threading.Lock()
 
 
 def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
@@ -118,16 +122,20 @@ class Scene:
         require_crs: bool = True,
         apply_scale: bool = False,
         aoi: str | Path | None = None,
+        warn_partial_dem: bool = True,
     ) -> None:
         """``mask``: a label raster or a vector file of landslide polygons; ``aoi``: polygons
         of the area that was labelled (outside: 255), see ``slidemap.data.vectors``;
         ``apply_scale``: image values read through the bands' GDAL scale and offset (a
-        probability stored as uint8 steps reads back as 0..1)."""
+        probability stored as uint8 steps reads back as 0..1); ``warn_partial_dem`` False
+        where the same image and DEM were opened (and warned about) earlier in the run."""
         self.image_path = as_name(image)
         self.dem_path = as_name(dem) if dem is not None else None
         self.mask_path = as_name(mask) if mask is not None else None
         self._image = open_raster(image, "image")
         self._apply_scale = apply_scale
+        self._warn_partial_dem = warn_partial_dem
+        self._shadowed = _nodata_shadows_alpha(self._image)
         self._dem_src: rasterio.DatasetReader | None = None
         self._dem: WarpedVRT | None = None
         self._mask_src: rasterio.DatasetReader | None = None
@@ -135,10 +143,9 @@ class Scene:
         self._vectors: VectorLabels | None = None
         self._optical_stats: dict[tuple[int, ...], np.ndarray] = {}
         try:
-            if require_crs and self._image.crs is None:
-                raise SlidemapError(
-                    f"image {image} has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:32647)"
-                )
+            problem = georeference_problem(self._image, image) if require_crs else None
+            if problem:
+                raise SlidemapError(problem)
             if dem is not None:
                 self._dem_src = open_raster(dem, "DEM")
                 if self._dem_src.count != 1:
@@ -179,7 +186,7 @@ class Scene:
                 f"{role} {path} does not overlap image {self.image_path}: "
                 "pass a file that covers the same ground"
             )
-        if role == "DEM" and covered < MIN_DEM_COVER:
+        if role == "DEM" and covered < MIN_DEM_COVER and self._warn_partial_dem:
             warnings.warn(f"DEM {path} covers only {covered:.0%} of image {self.image_path}: "
                           "the rest is mapped as no data; pass a DEM of the whole scene",
                           SlidemapWarning, stacklevel=2)
@@ -291,7 +298,7 @@ class Scene:
         with reading("image", self.image_path):
             image = img.read(bands, window=window, out_shape=(len(bands), out_h, out_w),
                              resampling=Resampling.average if factor > 1 else Resampling.nearest)
-            valid = img.dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
+            valid = self._dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
         image = image.astype(np.float32)
         if self._apply_scale:
             scales = np.array([img.scales[b - 1] or 1.0 for b in bands], np.float32)
@@ -346,7 +353,7 @@ class Scene:
             with reading("image", self.image_path):
                 image = self._image.read(bands, out_shape=(len(bands), *shape),
                                          resampling=Resampling.nearest)
-                valid = self._image.dataset_mask(out_shape=shape) > 0
+                valid = self._dataset_mask(out_shape=shape) > 0
             if not valid.any():
                 raise SlidemapError(f"image {self.image_path} has no valid pixel (all nodata): "
                                     "check its nodata value")
@@ -357,7 +364,7 @@ class Scene:
     def read_validity(self, window: Window, dem: bool = False) -> np.ndarray:
         """Native-resolution validity of a window: image data present and, if asked, DEM finite."""
         with reading("image", self.image_path):
-            valid = self._image.dataset_mask(window=window) > 0
+            valid = self._dataset_mask(window=window) > 0
         if dem and self._dem is not None:
             valid &= np.isfinite(self._read_dem(window, int(window.height), int(window.width)))
         return valid
@@ -367,7 +374,7 @@ class Scene:
         uses: a cheap test that skips empty windows before their DEM and slope are read."""
         out_shape = (max(1, round(window.height / factor)), max(1, round(window.width / factor)))
         with reading("image", self.image_path):
-            return bool(self._image.dataset_mask(window=window, out_shape=out_shape).any())
+            return bool(self._dataset_mask(window=window, out_shape=out_shape).any())
 
     def dem_sample(self, side: int = 16, size: int = 32) -> np.ndarray:
         """Elevations (metres, NaN nodata) in ``side`` × ``side`` small windows spread over the
@@ -393,9 +400,19 @@ class Scene:
                 for col in sorted(set(cols.tolist())):
                     window = Window(col, row, size, size)
                     data = self._image.read(list(bands), window=window).astype(np.float32)
-                    valid = self._image.dataset_mask(window=window) > 0
+                    valid = self._dataset_mask(window=window) > 0
                     parts.append(np.where(valid, data, np.nan).reshape(len(bands), -1))
         return np.concatenate(parts, axis=1)
+
+    def _dataset_mask(self, **kwargs: object) -> np.ndarray:
+        """The image's validity mask (0 = no data). An image whose nodata value GDAL lets
+        override an alpha band (a 4-band RGB + NIR read as RGBA) is masked by its nodata value,
+        as it should be, without rasterio's NodataShadowWarning printing a source line."""
+        if not self._shadowed:
+            return self._image.dataset_mask(**kwargs)
+        with _SHADOW_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            return self._image.dataset_mask(**kwargs)
 
     def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""
@@ -467,6 +484,38 @@ class Scene:
         grid = window_transform(window, self._image.transform) @ Affine.scale(
             window.width / out_w, window.height / out_h)
         return self._vectors.read(grid, (out_h, out_w), labels)
+
+
+def georeference_problem(dataset: rasterio.DatasetReader, name: DatasetName) -> str | None:
+    """Why ``dataset`` cannot be placed on the ground, as one line that says what to do; None
+    when it has a CRS and a geotransform. Ground control points or RPCs alone are not a grid:
+    the image has to be warped onto one."""
+    gcps, gcp_crs = dataset.gcps
+    if dataset.crs is None and gcps:
+        code = gcp_crs.to_epsg() if gcp_crs is not None else None
+        target = f"EPSG:{code}" if code else "EPSG:32647"
+        return (f"image {name} is georeferenced by ground control points only: warp it onto a "
+                f"grid first (e.g. gdalwarp -t_srs {target} -r bilinear in.tif out.tif)")
+    if dataset.crs is None and dataset.rpcs:
+        return (f"image {name} is georeferenced by RPCs only: orthorectify it first (e.g. "
+                "gdalwarp -rpc -t_srs EPSG:32647 -to RPC_DEM=dem.tif in.tif out.tif)")
+    no_transform = dataset.transform == Affine.identity()
+    if dataset.crs is None and no_transform:
+        return (f"image {name} has no CRS and no geotransform: georeference it (e.g. "
+                "gdal_edit.py -a_srs EPSG:32647 -a_ullr ULX ULY LRX LRY)")
+    if dataset.crs is None:
+        return f"image {name} has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:32647)"
+    if no_transform:
+        return (f"image {name} has a CRS but no geotransform (where its pixels lie is unknown): "
+                "georeference it (e.g. gdal_edit.py -a_ullr ULX ULY LRX LRY, or gdalwarp with "
+                "ground control points)")
+    return None
+
+
+def _nodata_shadows_alpha(dataset: rasterio.DatasetReader) -> bool:
+    """Whether rasterio warns on every masked read of ``dataset`` (a nodata value and a band
+    GDAL takes for alpha: the nodata value decides the mask)."""
+    return dataset.nodata is not None and ColorInterp.alpha in dataset.colorinterp
 
 
 def _core_slope(halo: np.ndarray, top: int, left: int, out_h: int, out_w: int,

@@ -140,7 +140,7 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
     previous_last_row: np.ndarray | None = None
     with gdal_cache(CACHE_MB), rasterio.open(mask_path) as mask_ds, \
             rasterio.open(prob_path) as prob_ds, \
-            (Scene(mask_path, dem=dem) if dem is not None else contextlib.nullcontext()) as terrain:
+            _terrain(mask_path, dem) as terrain:
         crs = mask_ds.crs
         strip_rows = strip_rows or strip_rows_for(mask_ds.width, budget)
         for top in range(0, mask_ds.height, strip_rows):
@@ -182,6 +182,16 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
     ready = [landslide for _, landslide in waiting]
     ready = sorted(ready + leftover, key=lambda s: s.root)
     yield _finish(ready, keys, crs, min_area_m2, simplify_m)  # the last, maybe empty
+
+
+def _terrain(mask_path: Path, dem: DatasetName | None
+             ) -> contextlib.AbstractContextManager[Scene | None]:
+    """The DEM on the mask's grid, if there is one. The mask is a prediction on its image's
+    grid, whose DEM coverage the prediction warned about (naming the image, not the mask's
+    temporary name)."""
+    if dem is None:
+        return contextlib.nullcontext()
+    return Scene(mask_path, dem=dem, warn_partial_dem=False)
 
 
 def _strip_sums(mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader,

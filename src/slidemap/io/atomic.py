@@ -57,7 +57,7 @@ def scratch_path(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # a read-only disk: the real error goes on
             tmp.unlink()
 
 
@@ -86,7 +86,7 @@ def staged(targets: dict[str, Path], overwrite: bool = True,
         publish({tmps[key]: Path(target) for key, target in targets.items()}, overwrite)
     finally:
         for tmp in tmps.values():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a read-only disk: the real error goes on
                 tmp.unlink()
 
 
@@ -117,7 +117,7 @@ def publish(moves: dict[Path, Path], overwrite: bool) -> None:
             created.append(target)
     except BaseException:
         for target in created:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a read-only disk: the real error goes on
                 target.unlink()
         raise
 

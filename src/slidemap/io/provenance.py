@@ -17,7 +17,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from slidemap import __version__
-from slidemap.data.names import DatasetName, as_name
+from slidemap.data.names import DatasetName, absolute_name, as_name
 
 CHUNK = 2**20
 
@@ -39,7 +39,8 @@ def command_line() -> str:
 
 def provenance(models: Sequence[Path | None], threshold: float,
                inputs: dict[str, DatasetName | None]) -> dict[str, str]:
-    """The tags of one prediction: ``SLIDEMAP_*`` keys, models and hashes ``;``-separated."""
+    """The tags of one prediction: ``SLIDEMAP_*`` keys, models and hashes ``;``-separated;
+    inputs named absolutely, so that ``slidemap report`` run from another folder finds them."""
     files = [p for p in models if p is not None]
     tags = {
         "SLIDEMAP_VERSION": __version__,
@@ -51,7 +52,7 @@ def provenance(models: Sequence[Path | None], threshold: float,
     }
     for role, name in inputs.items():
         if name is not None:
-            tags[f"SLIDEMAP_{role.upper()}"] = as_name(name)
+            tags[f"SLIDEMAP_{role.upper()}"] = absolute_name(name)
     return {"TIFFTAG_SOFTWARE": f"slidemap {__version__}", **tags}
 
 

@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
@@ -64,12 +65,14 @@ def quiet_libtiff() -> None:
 def writing(path: Path, problem: str | None = None) -> Iterator[None]:
     """Turn a failed write (full disk, no permission) into a one-line error naming ``path``.
 
-    ``path`` may be a temporary name; the message names the file the user asked for.
+    ``path`` may be a temporary name; the message names the file the user asked for. GDAL's
+    own errors (``CPLE_*``: a full disk met while ``rasterio.shutil.copy`` rewrites a TIFF
+    directory) derive from neither RasterioError nor OSError, so they are caught by their base.
     """
     quiet_libtiff()
     try:
         yield
-    except (RasterioError, OSError) as exc:
+    except (RasterioError, OSError, CPLE_BaseError) as exc:
         if problem is None:
             cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
             problem = re.sub(r"\S*\.(?:partial|staged)\S*", "the file", first_line(cause))

@@ -18,9 +18,9 @@ from pystac.extensions.classification import Classification, ClassificationExten
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, NoDataStrings, RasterBand, RasterExtension
-from rasterio.transform import array_bounds
+from rasterio.transform import Affine
 from rasterio.warp import transform_geom
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import mapping, shape
 
 from slidemap.data.names import DatasetName, absolute_name, local_path
 from slidemap.errors import SlidemapError
@@ -87,13 +87,28 @@ def _find(item: pystac.Item, keys: Sequence[str], roles: Sequence[str],
     return None
 
 
-def _footprint(crs: rasterio.crs.CRS, bounds: Sequence[float]) -> dict:
-    """The scene rectangle in WGS 84 (edges densified, so a UTM rectangle stays faithful)."""
-    rectangle = box(*bounds)
-    edge = max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 4
-    return transform_geom(crs, "EPSG:4326", mapping(shapely.segmentize(rectangle, edge)),
-                          precision=7,
-                          antimeridian_cutting=True)
+def corners(transform: Affine, width: int, height: int) -> list[tuple[float, float]]:
+    """The grid's four corners in its CRS, in pixel order: a south-up or rotated grid's too."""
+    return [transform @ (col, row) for col, row in ((0, 0), (width, 0), (width, height),
+                                                    (0, height))]
+
+
+def envelope(points: Sequence[tuple[float, float]]) -> list[float]:
+    """[minx, miny, maxx, maxy] of ``points`` (STAC's bbox order, whichever way the grid runs)."""
+    xs, ys = zip(*points, strict=True)
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _footprint(crs: rasterio.crs.CRS, outline: Sequence[tuple[float, float]]) -> dict:
+    """The scene's outline in WGS 84 (edges densified, so a UTM rectangle stays faithful),
+    counter-clockwise as GeoJSON (RFC 7946) asks, whichever way the grid's rows run."""
+    minx, miny, maxx, maxy = envelope(outline)
+    edge = max(maxx - minx, maxy - miny) / 4
+    polygon = shapely.segmentize(shapely.Polygon(outline), edge)
+    warped = transform_geom(crs, "EPSG:4326", mapping(polygon), precision=7,
+                            antimeridian_cutting=True)
+    oriented = shapely.orient_polygons(shape(warped), exterior_cw=False)
+    return dict(json.loads(shapely.to_geojson(oriented)))
 
 
 def _media(name: str) -> str | None:
@@ -112,8 +127,8 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
     temporary file with the same bytes); hrefs are the final names relative to the Item."""
     crs, transform = grid["crs"], grid["transform"]
     width, height = grid["width"], grid["height"]
-    left, bottom, right, top = array_bounds(height, width, transform)
-    geometry = _footprint(crs, (left, bottom, right, top))
+    outline = corners(transform, width, height)
+    geometry = _footprint(crs, outline)
     when = source.item.datetime if source and source.item.datetime else None
     item = pystac.Item(
         id=f"{stem}-landslides", geometry=geometry, bbox=list(shape(geometry).bounds),
@@ -139,7 +154,7 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
         projection.wkt2 = crs.to_wkt()
     projection.shape = [height, width]
     projection.transform = list(transform)[:6]
-    projection.bbox = [left, bottom, right, top]
+    projection.bbox = envelope(outline)
     RasterExtension.add_to(item)
     FileExtension.add_to(item)
     ClassificationExtension.add_to(item)

@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
@@ -41,11 +41,14 @@ MAP_SIDE = 1200
 OUTLINE = "#ffe000"
 WGS84 = "EPSG:4326"
 NICE_STEPS = (1, 2, 5)
+# warps grids that have no CRS by their geotransforms alone: in and out alike, nothing is
+# reprojected, so which CRS does not matter
+PLANE = CRS.from_epsg(3857)
 
 
 @dataclass
 class MapGrid:
-    """The decimated grid the map is drawn on, and what was mapped on it."""
+    """The decimated grid the map is drawn on (north up, east right), and what was mapped on it."""
 
     shape: tuple[int, int]
     transform: Affine
@@ -53,6 +56,9 @@ class MapGrid:
     valid: np.ndarray  # True where the prediction has data
     source_shape: tuple[int, int]  # the prediction's own grid
     source_transform: Affine
+    # rows, columns of a read of the prediction's own grid reversed to face north up, east right
+    # (a south-up grid is read as it lies, then flipped: imshow draws row 0 at the top)
+    flips: tuple[bool, bool] = (False, False)
 
     @property
     def extent(self) -> tuple[float, float, float, float]:
@@ -65,26 +71,78 @@ class MapGrid:
 
 def map_grid(mask_path: Path, max_side: int = MAP_SIDE, crs: str | None = None) -> MapGrid:
     """The prediction's mask read decimated (nearest, so nodata stays nodata), on its own grid
-    or, given ``crs``, warped onto a grid in that CRS."""
+    or, given ``crs``, warped onto a grid in that CRS. A rotated or sheared grid is warped onto
+    a north-up one of its own CRS (an image cannot be drawn rotated); a south-up one is read
+    as it lies and flipped."""
     with _quiet(), rasterio.open(mask_path) as ds:
         nodata = 255 if ds.nodata is None else ds.nodata
-        if crs is None or ds.crs is None:
-            factor = max(1, math.ceil(max(ds.height, ds.width) / max_side))
-            shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
-            mask = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
-            transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
-            return MapGrid(shape, transform, ds.crs, mask != nodata, (ds.height, ds.width),
-                           ds.transform)
-        target = CRS.from_user_input(crs)
-        transform, width, height = calculate_default_transform(ds.crs, target, ds.width,
-                                                               ds.height, *ds.bounds)
-        factor = max(1, math.ceil(max(height, width) / max_side))
-        shape = (math.ceil(height / factor), math.ceil(width / factor))
-        transform = transform @ Affine.scale(width / shape[1], height / shape[0])
-        with WarpedVRT(ds, crs=target, transform=transform, width=shape[1], height=shape[0],
-                       resampling=Resampling.nearest, nodata=nodata) as vrt:
-            mask = vrt.read(1)
-        return MapGrid(shape, transform, target, mask != nodata, shape, transform)
+        if crs is not None and ds.crs is not None:
+            target = CRS.from_user_input(crs)
+            transform, width, height = calculate_default_transform(ds.crs, target, ds.width,
+                                                                   ds.height, *ds.bounds)
+            return _warped_grid(ds, target, transform, (height, width), max_side, nodata)
+        if ds.transform.b or ds.transform.d:
+            transform, shape = _upright_grid(ds)
+            return _warped_grid(ds, ds.crs, transform, shape, max_side, nodata)
+        return _own_grid(ds, max_side, nodata)
+
+
+def _own_grid(ds: rasterio.DatasetReader, max_side: int, nodata: float) -> MapGrid:
+    """The mask's own (axis-aligned) grid read decimated, flipped to face north up."""
+    factor = max(1, math.ceil(max(ds.height, ds.width) / max_side))
+    shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
+    mask = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
+    transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
+    flips = (transform.e > 0, transform.a < 0)
+    if flips[0]:
+        transform = transform @ Affine.translation(0, shape[0]) @ Affine.scale(1, -1)
+    if flips[1]:
+        transform = transform @ Affine.translation(shape[1], 0) @ Affine.scale(-1, 1)
+    return MapGrid(shape, transform, ds.crs, flipped(mask != nodata, flips),
+                   (ds.height, ds.width), ds.transform, flips)
+
+
+def _upright_grid(ds: rasterio.DatasetReader) -> tuple[Affine, tuple[int, int]]:
+    """A north-up grid over a rotated or sheared dataset's extent, with pixels of its area."""
+    left, bottom, right, top = ds.bounds  # the envelope of the four corners
+    side = math.sqrt(abs(ds.transform.determinant))
+    shape = (max(1, math.ceil((top - bottom) / side)), max(1, math.ceil((right - left) / side)))
+    return Affine(side, 0, left, 0, -side, top), shape
+
+
+def _warped_grid(ds: rasterio.DatasetReader, target: CRS | None, transform: Affine,
+                 full: tuple[int, int], max_side: int, nodata: float) -> MapGrid:
+    """The mask warped (nearest) onto ``transform`` in ``target``, decimated to ``max_side``."""
+    height, width = full
+    factor = max(1, math.ceil(max(height, width) / max_side))
+    shape = (math.ceil(height / factor), math.ceil(width / factor))
+    transform = transform @ Affine.scale(width / shape[1], height / shape[0])
+    src_crs, dst_crs = warp_crs(ds.crs, target, str(ds.name))
+    with WarpedVRT(ds, src_crs=src_crs, crs=dst_crs, transform=transform, width=shape[1],
+                   height=shape[0], resampling=Resampling.nearest, nodata=nodata) as vrt:
+        mask = vrt.read(1)
+    return MapGrid(shape, transform, target, mask != nodata, shape, transform)
+
+
+def warp_crs(source: CRS | None, target: CRS | None, name: str) -> tuple[CRS, CRS]:
+    """The CRSs to warp ``name`` from and to: its own and the map's, or, when neither has one,
+    a stand-in for both (the same CRS in and out: pixels move by their geotransforms alone).
+    Raises RasterioError when only one has a CRS."""
+    if source is None and target is None:
+        return PLANE, PLANE
+    if source is None or target is None:
+        raise RasterioError(f"{name} and the prediction are on different grids and one has "
+                            "no CRS")
+    return source, target
+
+
+def flipped(array: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
+    """``array`` (rows and columns last) with its rows and/or columns reversed."""
+    if flips[0]:
+        array = array[..., ::-1, :]
+    if flips[1]:
+        array = array[..., ::-1]
+    return array
 
 
 def on_grid(path: str | Path, bands: list[int], grid: MapGrid,
@@ -92,22 +150,21 @@ def on_grid(path: str | Path, bands: list[int], grid: MapGrid,
     """Bands of a raster on ``grid`` as physical values (band scale and offset applied, as a
     uint8 probability needs), float32 with NaN where nodata.
 
-    The prediction's own grid is read decimated directly (overviews used if present); any
-    other grid or CRS is warped onto it. Raises RasterioError/OSError if it cannot be read.
+    The prediction's own grid is read decimated directly (overviews used if present) and
+    flipped as the grid is; any other grid or CRS is warped onto it. Raises
+    RasterioError/OSError if it cannot be read.
     """
     with _quiet(), rasterio.open(path) as src:
         height, width = grid.shape
         same_grid = (src.crs == grid.crs and (src.height, src.width) == grid.source_shape
                      and src.transform.almost_equals(grid.source_transform))
         if same_grid:
-            data = src.read(bands, out_shape=(len(bands), height, width),
-                            resampling=resampling, masked=True)
+            data = flipped(src.read(bands, out_shape=(len(bands), height, width),
+                                    resampling=resampling, masked=True), grid.flips)
         else:
-            if src.crs is None or grid.crs is None:
-                raise RasterioError(f"{path} and the prediction are on different grids and "
-                                    "one has no CRS")
-            with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=width,
-                           height=height, resampling=resampling) as vrt:
+            src_crs, dst_crs = warp_crs(src.crs, grid.crs, str(path))
+            with WarpedVRT(src, src_crs=src_crs, crs=dst_crs, transform=grid.transform,
+                           width=width, height=height, resampling=resampling) as vrt:
                 data = vrt.read(bands, masked=True)
         scales = np.array([src.scales[b - 1] or 1.0 for b in bands], np.float32)[:, None, None]
         offsets = np.array([src.offsets[b - 1] or 0.0 for b in bands], np.float32)[:, None, None]
@@ -309,9 +366,11 @@ def _north_arrow(ax: Axes, grid: MapGrid) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Rasters without a georeference are drawn on their pixel grid without a warning."""
+    """Rasters without a georeference are drawn on their pixel grid without a warning, and
+    an image whose nodata value overrides an alpha band (GDAL's reading) is drawn so silently."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        warnings.simplefilter("ignore", NodataShadowWarning)
         yield
 
 
