@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import load_scene_arrays
 from slidemap.data.sources import load_arrays
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.evaluation.scorer import score_bundle, score_regions
 from slidemap.infer.ensemble import Predictor
@@ -195,3 +196,19 @@ def test_evaluate_takes_rounding_past_1_but_refuses_values_off_the_scale(tiny_sc
     off = write_raster(tmp_path / "off.tif", prob * 1.1, transform=transform)
     with pytest.raises(SlidemapError, match="outside 0-1"):
         api.evaluate(tiny_scene["mask"], prediction=off)
+
+
+def test_a_truth_without_landslide_pixels_warns(tiny_scene, tmp_path) -> None:
+    """A 0/255 mask (a patch set's coding) has no 1: every landslide is ignored, and F1 0 with
+    AUC NaN came without a word."""
+    with rasterio.open(tiny_scene["mask"]) as ds:
+        labels, transform = ds.read(1), ds.transform
+    coded = write_raster(tmp_path / "truth_0_255.tif", np.where(labels == 1, 255, labels)
+                         .astype(np.uint8), transform=transform, nodata=None)
+    prob = write_raster(tmp_path / "prob.tif", (labels == 1).astype(np.float32),
+                        transform=transform)
+    with pytest.warns(SlidemapWarning, match="no landslide pixel .* recode a 0/255 mask"):
+        api.evaluate(coded, prediction=prob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        api.evaluate(tiny_scene["mask"], prediction=prob)

@@ -5,13 +5,14 @@ the plots appear together."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, local_files
-from slidemap.errors import UsageError
+from slidemap.errors import SlidemapWarning, UsageError
 from slidemap.evaluation.raster import score_raster
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor, predict_scene
@@ -25,6 +26,16 @@ from slidemap.schema.values import file_of, is_vector
 from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, model_list
 from slidemap.workflows.predict import output_paths
 from slidemap.workflows.report import check_report
+
+
+def _warn_if_no_landslide(metrics: dict[str, float], truth: DatasetName) -> None:
+    """Recall, F1 and AUC say nothing without a landslide in the truth; a mask coded 0/255
+    (as patch sets often are) has none, since 255 means ignore here."""
+    if metrics["tp"] + metrics["fn"] == 0:
+        warnings.warn(f"truth {truth} has no landslide pixel (value 1) where it is scored, so "
+                      "recall, F1 and AUC are undefined: labels are 0 background, 1 landslide "
+                      "and 255 ignore; recode a 0/255 mask (255 → 1)", SlidemapWarning,
+                      stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         confusion = score_raster(scored, truth, threshold, aoi=aoi)
         record["metrics"] = confusion.metrics()
         record["thresholds"] = confusion.sweep()
+        _warn_if_no_landslide(record["metrics"], truth)
         if out_dir is not None:
             tmp["metrics"].write_text(jsontext.dumps(record, indent=2) + "\n")
     plots_written = None if out_dir is None else write_evaluation_plots(
