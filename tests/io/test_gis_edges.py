@@ -33,6 +33,7 @@ from slidemap.io.provenance import provenance
 from slidemap.io.rasters import RasterOutputs, writing
 from slidemap.io.stac import output_item, read_item
 from slidemap.report.mapview import imagery, map_grid
+from slidemap.train.adapt import AdaptOptions
 
 OPTIONS = PredictOptions(tile=48, overlap=16, batch_size=4)
 SOUTH = 3446000.0
@@ -199,14 +200,19 @@ def test_a_prediction_from_a_relative_zip_reads_back_from_another_folder(
 
 # -- scenes ----------------------------------------------------------------------------------
 
-def test_a_partial_dem_warns_once_naming_the_image(tiny_scene, tiny_model, tmp_path) -> None:
+@pytest.mark.parametrize("adapt", [None, AdaptOptions(windows=8, rounds=1, keep=(0.5, 0.5),
+                                                    tile=32, batch_size=4)])
+def test_a_partial_dem_warns_once_naming_the_image(tiny_scene, tiny_model, tmp_path,
+                                                   adapt) -> None:
+    """Also with --adapt, whose scene read comes before the prediction's."""
     with rasterio.open(tiny_scene["dem"]) as src:
         dsm, transform = src.read(1), src.transform
     half = write_raster(tmp_path / "half.tif", dsm[:, 48:].copy(),
                         transform=transform @ Affine.translation(48, 0), nodata=float("nan"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        api.predict(tiny_scene["image"], tmp_path / "out", half, tiny_model, OPTIONS)
+        api.predict(tiny_scene["image"], tmp_path / "out", half, tiny_model, OPTIONS,
+                    adapt=adapt)
     messages = [str(w.message) for w in caught if issubclass(w.category, SlidemapWarning)
                 and "covers only" in str(w.message)]
     assert messages == [f"DEM {half} covers only 50% of image {tiny_scene['image']}: the rest "

@@ -119,7 +119,9 @@ def predict_band(job: BandJob, piece: tuple[int, int]) -> PredictedBand:
     """On a worker: read and predict the band of windows of ``piece`` (column block, row)."""
     predictor = _predictor(job.models, job.tta, job.precision, job.backend, job.compile,
                            job.scales, job.stats)
-    with bounded_gdal_cache(job.grid), Scene(job.image, dem=job.dem) as scene:
+    # predict_scene opened the same image and DEM on the client and warned about them once
+    with bounded_gdal_cache(job.grid), \
+            Scene(job.image, dem=job.dem, warn_partial_dem=False) as scene:
         inputs = read_band(scene, predictor.spec, job.grid, piece)
     return infer_band(predictor, inputs, job.batch_size)
 

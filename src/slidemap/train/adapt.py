@@ -264,7 +264,7 @@ def scene_chunks(image: DatasetName, dem: DatasetName | None, bundle: ModelBundl
                             f"{per_chunk / 2**20:.0f} MB of the adaptation's share of the memory "
                             "budget: raise --memory-mb")
     chunks: list[SceneArrays] = []
-    with Scene(image, dem=dem) as scene:
+    with Scene(image, dem=dem, warn_partial_dem=False) as scene:  # predict warns once
         factor = working_factor(scene, spec, image)
         height, width = -(-scene.height // factor), -(-scene.width // factor)
         origins = [(r, c) for r in range(0, height, CHUNK_SIDE)
