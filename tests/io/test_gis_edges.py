@@ -168,9 +168,12 @@ def test_relative_archive_and_subdataset_names_are_made_absolute(tmp_path, monke
     assert absolute_name("/vsizip/{sub/d.zip}/o.tif") == f"/vsizip/{{{tmp_path}/sub/d.zip}}/o.tif"
     assert absolute_name("/vsizip//vsitar/r.tar/x.zip/y.tif") == \
         f"/vsizip//vsitar/{tmp_path}/r.tar/x.zip/y.tif"
+    (tmp_path / "scene.h5").write_bytes(b"")
+    (tmp_path / "scene.tif").write_bytes(b"")
     assert absolute_name('HDF5:"scene.h5"://img') == f'HDF5:"{tmp_path}/scene.h5"://img'
     for kept in ("/vsizip//data/d.zip/o.tif", "/vsizip//vsicurl/https://x.org/d.zip/o.tif",
-                 "https://x.org/o.tif", "s3://bucket/o.tif"):
+                 "https://x.org/o.tif", "s3://bucket/o.tif", "GTIFF_DIR:1:scene.tif",
+                 "PG:dbname=gis table=dem", 'HDF5:"absent.h5"://img'):
         assert absolute_name(kept) == kept
     tags = provenance([], 0.5, {"image": "scene.tif", "dem": "/vsizip/delivery.zip/dsm.tif"})
     assert tags["SLIDEMAP_IMAGE"] == str(tmp_path / "scene.tif")

@@ -111,9 +111,10 @@ def _absolute_archive(rest: str) -> str:
 
 
 def _absolute_subdataset(text: str) -> str:
-    """``DRIVER:"file":sub`` with its file made absolute; any other name as it is."""
+    """``DRIVER:"file":sub`` with its file made absolute where that file exists here; any other
+    name as it is (``GTIFF_DIR:1:f.tif``, ``PG:dbname=...`` have no file part to rewrite)."""
     file, _ = _file_part(text)
-    if file == text:  # not a subdataset
+    if file == text or not Path(file).is_file():  # not a subdataset of a local file
         return text
     driver, rest = text.split(":", 1)
     return f"{driver}:{rest.replace(file, absolute_name(file), 1)}"
