@@ -262,6 +262,14 @@ def test_candidate_and_baseline_are_scored_on_the_same_pixels(
     labelled = sum(int((load_mask(candidate, i) != 255).sum()) for i in range(2)) - hole
     assert summary["recipes"]["baseline"]["pooled"]["pixels"] == labelled
     assert f"{hole:,} labelled px of the baseline are left out" in caplog.text
+    # The no-DEM recipe run alone trains and scores on its own labels; paired later with the
+    # DEM recipe in the same folder, those folds would be reused on other pixels: refused.
+    # One block a scene, so the hole inside it leaves the cuts as they were.
+    whole = {"blocks": [1, 1], "folds": 2, "seeds": [0]}
+    alone, paired = baseline.changed(crossval=whole), candidate.changed(crossval=whole)
+    run_crossval(alone, tmp_path / "alone", seeds=(0,))
+    with pytest.raises(SlidemapError, match="other labelled pixels"):
+        run_crossval(alone, tmp_path / "alone", paired, seeds=(0,))
 
 
 def test_a_refused_rerun_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
@@ -292,19 +300,20 @@ def test_an_init_that_trained_on_a_scored_scene_is_refused(
     elsewhere = tmp_path / "elsewhere.tif"
     elsewhere.write_bytes(b"")
     records = {  # as train writes it, by a relative name, and as a self-training target
-        "as_written": {"train": [{"image": str(east), "mask": None, "dem": None}]},
-        "relative": {"train": [{"image": str(elsewhere)}, {"image": os.path.relpath(east)}]},
-        "selftrain": {"train": [{"image": str(elsewhere)}],
-                      "selftrain": {"target": [{"image": str(east)}]}},
+        "as_written": {"config": {"train": [{"image": str(east), "mask": None, "dem": None}]}},
+        "relative": {"config": {"train": [{"image": str(elsewhere)},
+                                          {"image": os.path.relpath(east)}]}},
+        "selftrain": {"config": {"train": [{"image": str(elsewhere)}]},
+                      "selftrain_targets": [{"image": str(east)}]},
     }
     for name, record in records.items():
-        started = start_from(tmp_path, config, name, {"config": record})
+        started = start_from(tmp_path, config, name, record)
         with pytest.raises(SlidemapError, match=f"candidate's init model .* trained on scene "
                                                 f".*{east.name}, which crossval scores"):
             run_crossval(started, tmp_path / f"cv_{name}", seeds=(0,))
         assert not (tmp_path / f"cv_{name}").exists()
     # A model fine-tuned from one that saw the scene saw it too; so does a baseline's.
-    base = start_from(tmp_path, config, "base", {"config": records["as_written"]}).init
+    base = start_from(tmp_path, config, "base", records["as_written"]).init
     chained = start_from(tmp_path, config, "tuned", {"config": {
         "train": [{"image": str(elsewhere)}], "init": str(base)}})
     with pytest.raises(SlidemapError, match="baseline's init model"):

@@ -142,6 +142,11 @@ def test_tied_probabilities_keep_the_portion_not_every_tie() -> None:
     assert (labels == 0).sum() == math.ceil(0.4 * 89) and (labels == 1).sum() == 4
     assert (labels[0, :5] == 0).all()  # the most confident background first
     assert labels[5, 5] == IGNORE and not ((labels == 1) & (prob < 0.5)).any()
+    # Equally sure pixels are drawn at random, not in raster order from the first target on.
+    tied = [np.full((10, 10), 0.2, np.float32)] * 2
+    first, second = class_balanced(0.4, 0.5)(tied, [np.ones((10, 10), bool)] * 2)
+    assert 20 < (first == 0).sum() < 60 and 20 < (second == 0).sum() < 60
+    assert (first == 0).sum() + (second == 0).sum() == 80 and (first[8:] == 0).any()
 
 
 def test_predict_adapt_runs_within_its_bound_and_records_it(

@@ -38,6 +38,7 @@ from slidemap.infer.separated import patch_stats, scene_stats
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import PatchSource, Split, load_config, parse_config
 from slidemap.train import loop
+from slidemap.train.lineage import lineage
 from slidemap.train.loop import train
 from slidemap.train.selftrain import pseudo_labels, selftrain
 
@@ -410,6 +411,11 @@ def test_selftrain_two_rounds_writes_rounds(tmp_path: Path, run_cli) -> None:
     assert [r["round"] for r in model.provenance["selftrain"]] == [0, 1, 2]
     assert load_model(tmp_path / "st" / "round2" / "model").provenance["config"]["loss"] == {
         "soft_ce": 1, "dice": 1}
+    # The rounds' models and the result saw the target's imagery, and say so.
+    for model_path in (tmp_path / "st" / "model", tmp_path / "st" / "round1" / "model"):
+        assert any(str(target) in what for what in lineage(model_path).unknown)
+    assert not any(str(target) in what for what in
+                   lineage(tmp_path / "st" / "round0" / "model").unknown)
 
 
 def test_selftrain_refuses_a_bad_round_loss_before_round_0(tmp_path: Path, run_cli) -> None:

@@ -158,7 +158,8 @@ def adapt_model(bundle: ModelBundle, chunks: list[SceneArrays], options: AdaptOp
             break
         predictor = Predictor([adapted], precision=predict.precision)
         pseudo, row = pseudo_round(predictor, [Target(c, None) for c in chunks],
-                                   class_balanced(portion, predictor.threshold), predict)
+                                   class_balanced(portion, predictor.threshold,
+                                                  options.seed * 1000 + number), predict)
         row = {"round": number + 1, "keep": portion, **row}
         usable = [p for p in pseudo if random_windows(p.valid, tile, 1, options.min_valid,
                                                       np.random.default_rng(0))]
@@ -193,21 +194,23 @@ def adapt_model(bundle: ModelBundle, chunks: list[SceneArrays], options: AdaptOp
     return Adapted(adapted, record)
 
 
-def class_balanced(portion: float, decision: float) -> Labeller:
+def class_balanced(portion: float, decision: float, seed: int = 0) -> Labeller:
     """Labels for the fraction ``portion`` of the pixels of each predicted class (landslide:
     p ≥ ``decision``) that are most confident, ranked over all targets together (a chunk
-    without a predicted slide gives none); 255 elsewhere and where not valid."""
+    without a predicted slide gives none); 255 elsewhere and where not valid. Ties are broken
+    at random (``seed``), so the labels of equally sure pixels spread over the targets."""
     def label(probs: list[np.ndarray], valids: list[np.ndarray]) -> list[np.ndarray]:
         # Ranks, not cut-offs: probabilities on a few steps tie by the thousand, and a cut-off
         # at a tied value kept far more than the portion (73 % of a scene at 40 %).
         where = [np.flatnonzero(v & np.isfinite(p)) for p, v in zip(probs, valids, strict=True)]
         values = np.concatenate([p.ravel()[w] for p, w in zip(probs, where, strict=True)])
         chosen = np.full(values.size, IGNORE, dtype=np.uint8)
+        tiebreak = np.random.default_rng(seed).random(values.size)
         for cls, members, order in ((1, values >= decision, -values), (0, values < decision,
                                                                         values)):
             index = np.flatnonzero(members)
             keep = math.ceil(portion * index.size)
-            chosen[index[np.argsort(order[index], kind="stable")[:keep]]] = cls
+            chosen[index[np.lexsort((tiebreak[index], order[index]))[:keep]]] = cls
         out = []
         for prob, part, picked in zip(probs, where, np.split(chosen, np.cumsum(
                 [w.size for w in where])[:-1]), strict=True):

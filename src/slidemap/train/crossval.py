@@ -17,6 +17,7 @@ the spread of its seeds; ``benchmarks/protocol/RULE.md`` says how that decides.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -78,13 +79,14 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
                             "scored ground; raise it or leave it out")
     for recipe in recipes:
         check_init_unseen(recipe)
-    arrays = common_labels({r.label: _scene_arrays(r.config) for r in recipes})
+    own = {r.label: _scene_arrays(r.config) for r in recipes}
+    arrays = common_labels(own)
     rows, cols = settings.blocks
     scenes = arrays["candidate"]
     blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], rows, cols,
                          settings.folds)
     make_output_dir(out_dir, "crossval folder")
-    _claim_layout(blocks, buffer, out_dir)
+    _claim_layout(blocks, buffer, out_dir, narrowed_labels(own, arrays))
     confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {}
     for recipe in recipes:
         confusions[recipe.label] = {}
@@ -369,12 +371,29 @@ def compare(candidate: np.ndarray, baseline: np.ndarray, names: list[str]) -> di
             "bootstrap": BOOTSTRAP, "blocks": blocks, "adopt": adopt}
 
 
-def _claim_layout(blocks: list[Block], buffer: int, out_dir: Path) -> None:
+def narrowed_labels(own: dict[str, list[SceneArrays]],
+                    common: dict[str, list[SceneArrays]]) -> str | None:
+    """A digest of the common labelled pixels where they are fewer than a recipe's own, else
+    None: folds trained and scored on one set of pixels must not be reused for another (a
+    candidate run alone, then continued with a baseline that has no DEM)."""
+    pairs = [(o, c) for label in own for o, c in zip(own[label], common[label], strict=True)]
+    if all(np.array_equal(o.valid, c.valid) for o, c in pairs):
+        return None
+    digest = hashlib.sha256()
+    for scene in next(iter(common.values())):
+        digest.update(np.packbits(scene.valid).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _claim_layout(blocks: list[Block], buffer: int, out_dir: Path,
+                  labels: str | None = None) -> None:
     """Write the block layout the first time, or refuse a folder that holds another before
-    anything is written: its folds, tables and ``crossval --adapt`` go by the layout it has."""
-    claim_file(out_dir / LAYOUT_FILE,
-               json.dumps({"buffer_px": buffer, "blocks": [vars(b) for b in blocks]},
-                          indent=2) + "\n",
+    anything is written: its folds, tables and ``crossval --adapt`` go by the layout it has.
+    ``labels``: the :func:`narrowed_labels` digest, recorded only when there is one, so the
+    folders of earlier runs keep their layout."""
+    record = {"buffer_px": buffer, "blocks": [vars(b) for b in blocks],
+              **({"common_labels": labels} if labels else {})}
+    claim_file(out_dir / LAYOUT_FILE, json.dumps(record, indent=2) + "\n",
                json.loads, f"{out_dir} holds a crossval run with another block layout "
                "(crossval.blocks, folds or buffer, or other labelled pixels): delete it or "
                "choose another --out")

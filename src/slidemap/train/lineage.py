@@ -24,15 +24,15 @@ class Lineage:
 
 def lineage(model: Path) -> Lineage:
     """The scene images ``model`` and the models it started from trained on, self-training
-    targets included (their imagery is read)."""
+    targets included (their imagery is read; ``selftrain`` records them with each round)."""
     found = Lineage()
     for _ in range(INIT_DEPTH):
-        config = recorded_config(model)
-        if config is None:
+        provenance = recorded_provenance(model)
+        config = provenance.get("config") if provenance else None
+        if not isinstance(config, dict) or "train" not in config:
             found.unknown.append(f"model file {model} records no training run")
             break
-        selftrain = config.get("selftrain")
-        targets = selftrain.get("target") if isinstance(selftrain, dict) else None
+        targets = provenance.get("selftrain_targets") if provenance else None
         for item in [*_entries(config.get("train")), *_entries(targets)]:
             if isinstance(item.get("image"), str):
                 found.images.append(item["image"])
@@ -45,9 +45,9 @@ def lineage(model: Path) -> Lineage:
     return found
 
 
-def recorded_config(model: Path) -> dict | None:
-    """``provenance.config`` of a model's sidecar (the run config that trained it), or None
-    where the sidecar or the record is missing or unreadable."""
+def recorded_provenance(model: Path) -> dict | None:
+    """A model sidecar's ``provenance`` (the run config that trained it under ``config``), or
+    None where the sidecar or the record is missing or unreadable."""
     sidecar = model_paths(model)[1]
     try:
         if sidecar.stat().st_size > SIDECAR_MAX_BYTES:
@@ -55,8 +55,7 @@ def recorded_config(model: Path) -> dict | None:
         provenance = json.loads(sidecar.read_text(encoding="utf-8")).get("provenance")
     except (OSError, ValueError, AttributeError, RecursionError):
         return None
-    config = provenance.get("config") if isinstance(provenance, dict) else None
-    return config if isinstance(config, dict) and "train" in config else None
+    return provenance if isinstance(provenance, dict) else None
 
 
 def _entries(value: object) -> list[dict]:

@@ -338,6 +338,9 @@ def build_loss(spec: Mapping[str, float | Mapping[str, object]] | str) -> Weight
             _check_option(name, key, option, hints[key])
         terms[name] = cls(**options)
         weights[name] = float(weight)
+    if not any(weights.values()):
+        raise SlidemapError(f"loss {dict(spec)} weighs every term 0: nothing would train; give "
+                            "one a weight above 0")
     return WeightedSum(terms, weights)
 
 
@@ -357,9 +360,10 @@ def _check_option(loss: str, key: str, value: object, hint: object) -> None:
         return
     if any(typing.get_origin(a) in (tuple, list) for a in allowed) \
             and isinstance(value, list | tuple) \
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            and all(isinstance(v, int | float) and not isinstance(v, bool)
+                    and math.isfinite(v) for v in value):
         return
-    kind = " or ".join(sorted({"a list of numbers" if typing.get_origin(a) in (tuple, list)
+    kind = " or ".join(sorted({"a list of finite numbers" if typing.get_origin(a) in (tuple, list)
                                else {bool: "true/false", int: "a whole number",
                                      float: "a number"}.get(a, str(a)) for a in allowed
                                if a is not type(None)}))

@@ -111,13 +111,23 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
         model_path = train(round_config.changed(init=model_path),
                            out_dir / f"round{number + 1}", overwrite=overwrite,
                            extra_train=pseudo)
-    bundle = load_model(model_path)
-    bundle.provenance = {**bundle.provenance, "selftrain": rows}
-    save_model(bundle, out_dir / "model")
+        _record_targets(model_path, model_path, settings.to_dict()["target"])
+    _record_targets(model_path, out_dir / "model", settings.to_dict()["target"], rows)
     for stale in out_dir.glob("round*"):  # an earlier run's extra rounds, now overwritten
         if stale.is_dir() and stale.name[5:].isdigit() and int(stale.name[5:]) > settings.rounds:
             shutil.rmtree(stale)
     return rows
+
+
+def _record_targets(model: Path, out: Path, targets: list[dict],
+                    rows: list[dict] | None = None) -> None:
+    """Save ``model`` as ``out`` with the targets its pseudo-labels came from in its provenance
+    (``selftrain_targets``; the round's config has no selftrain section), and the rounds' rows:
+    a model that saw a scene's imagery says so (``slidemap.train.lineage``)."""
+    bundle = load_model(model)
+    bundle.provenance = {**bundle.provenance, "selftrain_targets": targets,
+                         **({"selftrain": rows} if rows is not None else {})}
+    save_model(bundle, out)
 
 
 Labeller = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
