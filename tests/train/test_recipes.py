@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from factories import tiny_run, train_interrupted, train_interrupted_then_resumed
 from safetensors.torch import load_file
 
-from slidemap.data.dataset import RandomWindows, load_scene_arrays, scene_stats
+from slidemap.data.dataset import RandomWindows, SceneArrays, load_scene_arrays, scene_stats
 from slidemap.data.hard_examples import error_map, hard_windows
 from slidemap.data.photometric import random_scale
 from slidemap.errors import SlidemapError
@@ -88,20 +87,22 @@ def test_colour_jitter_changes_only_optical_channels(tiny_scene: dict[str, Path]
     assert (jittered["x"][:, :OPTICAL].transpose(1, 0, 2, 3)[:, ~valid] == 0).all()
 
 
-def test_colour_jitter_keeps_imagery_the_labels_leave_out(tiny_scene: dict[str, Path],
-                                                          tmp_path: Path) -> None:
-    """Imagery outside the labels (an AOI's surroundings) is context, jittered like the rest;
-    only nodata (the scene's left 8 columns) stays 0, as the streamed map reads it."""
-    with rasterio.open(tiny_scene["mask"]) as ds:
-        labels, profile = ds.read(1), ds.profile
-    labels[:, 8:48] = 255
-    with rasterio.open(tmp_path / "aoi_mask.tif", "w", **profile) as ds:
-        ds.write(labels, 1)
-    scene = {**tiny_scene, "mask": tmp_path / "aoi_mask.tif"}
-    windows = windows_for(parse_config(tiny_run(scene, augment=False, colour_jitter=True,
-                                                 tile=96, min_valid=0.1)))
-    batch = next(iter(windows.epoch(1, 1)))
-    optical = batch["x"][0, :OPTICAL]
+def test_colour_jitter_keeps_the_context_pseudo_labels_leave_out(tiny_scene: dict[str, Path]
+                                                                 ) -> None:
+    """Uncertain ground that pseudo-labels leave out (``inputs_valid``) is context, jittered like
+    the rest; before, jitter set it to 0. Ground without data stays 0."""
+    config = parse_config(tiny_run(tiny_scene, augment=False, colour_jitter=True, tile=96,
+                                   min_valid=0.1))
+    source = config.train_scenes[0]
+    scene = load_scene_arrays(source.image, source.mask, source.dem, config.inputs)
+    uncertain = np.zeros(scene.target.shape, bool)
+    uncertain[:, 8:48] = True
+    pseudo = SceneArrays(scene.name, scene.x, np.where(uncertain, 255, scene.target)
+                         .astype(np.uint8), inputs_valid=scene.imagery)
+    stats = scene_stats([pseudo])
+    windows = RandomWindows([pseudo], stats, 96, 1, 0.1, False, 0,
+                            build_recipes(config, [pseudo], stats))
+    optical = next(iter(windows.epoch(1, 1)))["x"][0, :OPTICAL]
     assert (optical[:, :, :8] == 0).all()
     assert (np.abs(optical[:, :, 8:48]) > 0).mean() > 0.99  # unlabelled, yet read
 

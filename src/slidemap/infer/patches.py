@@ -30,7 +30,7 @@ def native_prob(predictor: Predictor, arrays: SceneArrays, options: PredictOptio
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and validity on the arrays' own grid: a patch's native grid, a scene's
     working grid. Invalid pixels are NaN."""
-    return to_native(predict_arrays(predictor, arrays.x, arrays.readable, options), arrays)
+    return to_native(predict_arrays(predictor, arrays.x, arrays.imagery, options), arrays)
 
 
 def to_native(prob: np.ndarray, arrays: SceneArrays) -> tuple[np.ndarray, np.ndarray]:

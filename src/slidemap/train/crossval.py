@@ -198,7 +198,7 @@ def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: i
         if not (target != IGNORE).any():
             continue
         x = np.where(hidden[None], np.nan, scene.x).astype(np.float32)
-        out.append(SceneArrays(scene.name, x, target, inputs_valid=scene.readable & ~hidden))
+        out.append(SceneArrays(scene.name, x, target))
     if not out:
         raise SlidemapError(f"crossval fold {fold} has no training ground left beyond its "
                             f"buffer of {buffer} px: use more blocks, or a smaller buffer "
