@@ -384,6 +384,20 @@ def test_finetune_says_when_the_config_reads_the_model_otherwise(tmp_path: Path,
     assert "reads the inputs otherwise" in err and "scale 1.0 → 2.0" in err
 
 
+def test_finetune_says_when_the_start_trained_on_its_validation(tmp_path: Path, tiny_scene,
+                                                                run_cli) -> None:
+    bundle = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))
+    bundle.provenance = {"config": {"train": [{"image": str(tiny_scene["image"])}]}}
+    start = save_model(bundle, tmp_path / "start")
+    other = patch_folder(tmp_path / "site", count=2)
+    config = run_config(tmp_path, {"train": [{"patches": str(other)}],
+                                   "val": [{"image": str(tiny_scene["image"]),
+                                            "mask": str(tiny_scene["mask"])}]})
+    code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert f"was trained on validation scene {tiny_scene['image']}" in err
+
+
 def test_finetune_refuses_another_architecture(tmp_path: Path, run_cli) -> None:
     root = patch_folder(tmp_path / "site", count=2)
     start = save_model(tiny_bundle(InputSpec(image_bands=(1, 2))), tmp_path / "two_bands")

@@ -19,6 +19,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.schema.config import RunConfig
+from slidemap.train.lineage import lineage
 from slidemap.train.loop import train
 from slidemap.train.runfolder import check_run_inputs, run_lock
 from slidemap.train.warmstart import check_compatible
@@ -46,6 +47,7 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
     before = load_model(config.init)
     check_compatible(before, config)
     _warn_if_read_otherwise(before, config)
+    _warn_if_validation_was_seen(config)
     report: dict = {"init": str(config.init), "freeze_encoder": config.train.freeze_encoder,
                     "frozen_epochs": config.train.frozen_epochs,
                     "before": _figures(score_on_val(before, config))}
@@ -70,6 +72,18 @@ def _warn_if_read_otherwise(bundle: ModelBundle, config: RunConfig) -> None:
                       "that way, and 'before' is not the map predict makes with the starting "
                       "model; set those inputs as the model has them to keep its reading",
                       SlidemapWarning, stacklevel=2)
+
+
+def _warn_if_validation_was_seen(config: RunConfig) -> None:
+    """A starting model trained on a validation scene scores 'before' on ground it learnt."""
+    assert config.init is not None
+    seen = {Path(image).resolve() for image in lineage(Path(config.init)).images}
+    for scene in config.val_scenes:
+        if Path(scene.image).resolve() in seen:
+            warnings.warn(f"{config.init} was trained on validation scene {scene.image}: "
+                          "finetune.json's figures are not held out; validate on other ground",
+                          SlidemapWarning, stacklevel=2)
+            return
 
 
 def _figures(metrics: dict[str, float]) -> dict[str, float]:
