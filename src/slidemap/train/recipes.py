@@ -88,7 +88,7 @@ class Recipes:
         the tile's side and are resampled onto the tile; otherwise a zoom is drawn here and a
         zoom-out pads the tile with ignored border.
         """
-        if self.colour_jitter:  # over the imagery read, labelled or not (an AOI's surroundings)
+        if self.colour_jitter:  # over the channels training reads (a pseudo-label's context too)
             arrays = {**arrays, "x": self._jitter(arrays["x"], arrays["readable"][0], rng)}
         spatial = {"image": arrays["x"], "mask": arrays["labels"]}
         if zoom is not None:
