@@ -20,7 +20,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -165,7 +164,7 @@ def check_init_unseen(recipe: Recipe) -> None:
         return
     found = lineage(Path(init))
     for image in (s.image for s in recipe.config.train_scenes):
-        if any(_same_file(Path(seen), image) for seen in found.images):
+        if found.saw(image):
             raise SlidemapError(f"the {recipe.label}'s init model {init} was trained on scene "
                                 f"{image}, which crossval scores: its blocks would be scored by "
                                 "a model that saw them; start from a model trained on other "
@@ -177,14 +176,6 @@ def check_init_unseen(recipe: Recipe) -> None:
     for what in found.unknown:
         log.warning(f"crossval cannot check that the {recipe.label}'s init model {init} never "
                     f"saw the scored scenes: {what}")
-
-
-def _same_file(recorded: Path, scored: Path) -> bool:
-    """Whether two names (relative ones from the current folder) are one file."""
-    try:
-        return recorded.resolve() == scored.resolve() or os.path.samefile(recorded, scored)
-    except (OSError, RuntimeError):
-        return False
 
 
 def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: int,

@@ -77,9 +77,9 @@ def _warn_if_read_otherwise(bundle: ModelBundle, config: RunConfig) -> None:
 def _warn_if_validation_was_seen(config: RunConfig) -> None:
     """A starting model trained on a validation scene scores 'before' on ground it learnt."""
     assert config.init is not None
-    seen = {Path(image).resolve() for image in lineage(Path(config.init)).images}
+    found = lineage(Path(config.init))
     for scene in config.val_scenes:
-        if Path(scene.image).resolve() in seen:
+        if found.saw(scene.image):
             warnings.warn(f"{config.init} was trained on validation scene {scene.image}: "
                           "finetune.json's figures are not held out; validate on other ground",
                           SlidemapWarning, stacklevel=2)

@@ -5,6 +5,7 @@ asks it, so that no block is scored by a model that saw it."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,11 @@ class Lineage:
 
     images: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+
+    def saw(self, image: str | Path) -> bool:
+        """Whether ``image`` is one of the images (relative names read from the current
+        folder, links followed)."""
+        return any(_same_file(Path(seen), Path(image)) for seen in self.images)
 
 
 def lineage(model: Path) -> Lineage:
@@ -56,6 +62,13 @@ def recorded_provenance(model: Path) -> dict | None:
     except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return provenance if isinstance(provenance, dict) else None
+
+
+def _same_file(recorded: Path, other: Path) -> bool:
+    try:
+        return recorded.resolve() == other.resolve() or os.path.samefile(recorded, other)
+    except (OSError, RuntimeError):
+        return False
 
 
 def _entries(value: object) -> list[dict]:
