@@ -272,12 +272,12 @@ def test_newsite_checks_its_inputs_before_it_writes_anything(
         assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "run").exists()
     slide = shapely.box(469200.0 + 20, 3446200.0 - 80, 469200.0 + 60, 3446200.0 - 40)
-    write_polygons(tmp_path / "slides.gpkg", [slide])
-    code, err = run_cli("newsite", "site.tif", "slides.gpkg", "--out", "run")
+    write_polygons(tmp_path / "slides.gpkg", [slide], layer="slides")
+    code, err = run_cli("newsite", "site.tif", "slides.gpkg|layername=slides", "--out", "run")
     assert code == 0, err
     raw = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert raw["data"]["train"] == [{"image": str(tmp_path / "site.tif"),
-                                     "mask": str(tmp_path / "slides.gpkg")}]
+    assert raw["data"]["train"] == [{"image": str(tmp_path / "site.tif"),  # the layer kept
+                                     "mask": f"{tmp_path / 'slides.gpkg'}|layername=slides"}]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best_val_f1"] is None  # no validation data: no F1, not a negated loss
 

@@ -14,9 +14,11 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import shapely
 from factories import REPO, square_scene, tiny_bundle, write_raster
 from rasterio.transform import from_origin
 from scipy import ndimage
+from shapely.geometry import shape
 
 from slidemap import api
 from slidemap.data.terrain import EARTH_RADIUS_M, slope_degrees
@@ -205,6 +207,18 @@ def test_predict_writes_geojson_and_gpkg_with_terrain(tiny_scene, tiny_model, tm
     for suffix in ("gpkg", "geojson"):
         fields = pyogrio.read_info(out / f"scene_landslides.{suffix}")["fields"]
         assert {"mean_slope_deg", "elev_range_m", "perimeter_m"} <= set(fields)
+    # GeoJSON as RFC 7946 has it: WGS 84, exteriors counter-clockwise, ids the GeoPackage's.
+    meta, fids, _, fields = pyogrio.raw.read(out / "scene_landslides.gpkg", return_fids=True)
+    areas = dict(zip(fids.tolist(), fields[list(meta["fields"]).index("area_m2")], strict=True))
+    collection = json.loads((out / "scene_landslides.geojson").read_text())
+    assert "crs" not in collection and len(collection["features"]) == len(areas) > 0
+    for feature in collection["features"]:
+        geometry = shape(feature["geometry"])
+        assert all(shapely.is_ccw(part.exterior) for part in getattr(geometry, "geoms",
+                                                                      [geometry]))
+        minx, miny, maxx, maxy = geometry.bounds
+        assert -180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90  # degrees, not UTM
+        assert feature["properties"]["area_m2"] == pytest.approx(areas[feature["id"]])
     code, err = run_cli("predict", tiny_scene["image"], "--model", tiny_model, "--out", out,
                         "--format", "shp")
     assert code == 2 and "'shp' is not one of 'gpkg', 'geojson'" in err
@@ -414,6 +428,11 @@ def test_streamed_inventory_is_the_one_of_a_single_strip(tmp_path) -> None:
     for name, values in one.attributes.items():
         np.testing.assert_allclose(thin.attributes[name], values, rtol=1e-12)
     assert all(a.equals(b) for a, b in zip(thin.geometries, one.geometries, strict=True))
+    # Simplified too: from one vertex set and ring start, wherever the strips were cut.
+    one = build_inventory(*paths, simplify_m=0.5, strip_rows=90)
+    thin = build_inventory(*paths, simplify_m=0.5, strip_rows=3)
+    assert all(a.equals_exact(b, 0) for a, b in zip(thin.geometries, one.geometries, strict=True))
+    np.testing.assert_allclose(thin.attributes["perimeter_m"], one.attributes["perimeter_m"])
 
 
 def test_inventory_terrain_is_the_whole_dems_whatever_the_blocks_read(tmp_path, monkeypatch

@@ -259,8 +259,9 @@ def _finish(slides: list[Slide], keys: tuple[str, ...], crs: CRS | None,
         if area < min_area_m2:
             continue
         geometry = shapely.union_all([g for p in landslide.pieces for g in p.geometries])
-        if simplify_m > 0:
-            geometry = shapely.simplify(geometry, _crs_units(simplify_m, crs),
+        if simplify_m > 0:  # from one vertex set and ring start, wherever the strips were cut
+            canonical = shapely.normalize(shapely.simplify(geometry, 0))
+            geometry = shapely.simplify(canonical, _crs_units(simplify_m, crs),
                                         preserve_topology=True)
         geometries.append(geometry)
         row = [area, _length_m(geometry, crs), total("prob") / pixels,
@@ -464,12 +465,18 @@ def _write_package(batches: Iterator[Inventory], path: Path,
 
 
 def _copy_layer(source: Path, target: Path) -> None:
-    """Copy the landslides layer of ``source`` into a new file ``target``, batch by batch."""
-    with pyogrio.raw.open_arrow(source, layer=LAYER, use_pyarrow=False,
-                                batch_size=WRITE_BATCH) as (meta, stream):
+    """Copy the landslides layer of ``source`` into a new file ``target``, batch by batch. A
+    GeoJSON file is RFC 7946's (what its media type says): WGS 84 longitude/latitude, exteriors
+    counter-clockwise, and each feature's ``id`` the GeoPackage's feature id, so both number
+    the slides alike."""
+    geojson = _driver(target) == "GeoJSON"
+    with pyogrio.raw.open_arrow(source, layer=LAYER, use_pyarrow=False, batch_size=WRITE_BATCH,
+                                return_fids=geojson) as (meta, stream):
         pyogrio.raw.write_arrow(stream, target, driver=_driver(target), layer=LAYER,
                                 geometry_name=meta["geometry_name"] or "geometry",
-                                geometry_type="MultiPolygon", crs=meta["crs"])
+                                geometry_type="MultiPolygon", crs=meta["crs"],
+                                layer_options={"RFC7946": "YES", "ID_FIELD": meta["fid_column"]}
+                                if geojson else None)
 
 
 @contextlib.contextmanager

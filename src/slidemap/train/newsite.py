@@ -19,6 +19,7 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import load_model
+from slidemap.schema.values import LAYER_MARK
 
 WORKING_M = 2.0  # working resolution of a model trained from scratch (if the image is finer)
 TRAINING = {"batch_size": 8, "tile": 256, "windows_per_epoch": 64, "lr": 0.002,
@@ -87,5 +88,9 @@ def write_site_config(raw: dict, out_dir: Path) -> None:
 
 def _absolute(path: Path) -> str:
     """A local file as an absolute path, so that ``slidemap train config.yaml`` finds it from any
-    folder; anything else (a GDAL name such as /vsicurl/...) as given."""
-    return str(path.absolute()) if path.exists() else str(path)
+    folder, a vector file's ``|layername=`` kept; anything else (a GDAL name such as
+    /vsicurl/...) as given."""
+    file, layer = str(path).partition(LAYER_MARK)[::2]
+    if not Path(file).exists():
+        return str(path)
+    return str(Path(file).absolute()) + (LAYER_MARK + layer if layer else "")

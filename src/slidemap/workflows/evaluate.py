@@ -32,10 +32,11 @@ def _warn_if_no_landslide(metrics: dict[str, float], truth: DatasetName) -> None
     """Recall, F1 and AUC say nothing without a landslide in the truth; a mask coded 0/255
     (as patch sets often are) has none, since 255 means ignore here."""
     if metrics["tp"] + metrics["fn"] == 0:
-        warnings.warn(f"truth {truth} has no landslide pixel (value 1) where it is scored, so "
-                      "recall, F1 and AUC are undefined: labels are 0 background, 1 landslide "
-                      "and 255 ignore; recode a 0/255 mask (255 → 1)", SlidemapWarning,
-                      stacklevel=3)
+        fix = ("its polygons cover none of the scored ground" if is_vector(truth) else
+               "labels are 0 background, 1 landslide and 255 ignore; recode a 0/255 mask "
+               "(255 → 1)")
+        warnings.warn(f"truth {truth} has no landslide pixel where it is scored, so recall, F1 "
+                      f"and AUC are undefined: {fix}", SlidemapWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ style, and a STAC Item of them, published together or not at all."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -101,6 +102,10 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     ``adapt``: map with a copy of the model first fine-tuned on the scene's own confident
     pixels (``slidemap.train.adapt``), saved to ``adapt.save`` if given.
     """
+    for flag, value in (("--min-area", min_area_m2), ("--simplify", simplify_m)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{flag} {value} is not a size: give metres (m² for --min-area), "
+                             "0 or more")
     if html_report:
         check_report(out_dir, overwrite)
     options = options or PredictOptions()
