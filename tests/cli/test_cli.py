@@ -88,6 +88,8 @@ def test_help_shows_choices_not_types(capsys, monkeypatch) -> None:
     (["predict", "x.tif", "--out", "o", "--scales", "1,x"], 2, "--scales '1,x'"),
     (["predict", "x.tif", "--out", "o", "--scales", "nan"], 2, "got nan"),
     (["predict", "x.tif", "--out", "o", "--min-area", "-5"], 2, "--min-area -5.0 is not a size"),
+    (["predict", "x.tif", "--out", "o", "--workers", "2", "--dask", "tcp://h:8786"], 2,
+     "give one of them"),
     (["predict", "x.tif", "--out", "o", "--simplify", "nan"], 2, "--simplify nan is not a size"),
     (["-q", "-v", "models"], 2, "--verbose and --quiet"),
     (["evaluate", "truth.tif"], 2, "--prediction RASTER or --image"),

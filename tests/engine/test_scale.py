@@ -475,3 +475,21 @@ def test_helper_threads_run_below_the_model_threads_priority() -> None:
         helper = pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
     assert helper == min(before + HELPER_NICENESS, 19)
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def test_bench_agreement_and_inventory_are_those_of_what_predict_writes(tiny_scene, tiny_model,
+                                                                         tmp_path) -> None:
+    """ONNX against torch differs by float rounding, not by the uint8 steps the stored maps
+    round to (0 here, before); the inventory counted is the one predict writes, specks below
+    its minimum area dropped (at the median probability the untrained model's mask is all
+    specks)."""
+    options = PredictOptions(tile=48, overlap=16, batch_size=3, precision="fp32")
+    first = api.predict(tiny_scene["image"], tmp_path / "first", tiny_scene["dem"], tiny_model,
+                        options, prob_dtype="float32")
+    options = replace(options, threshold=float(np.nanmedian(read(first.prob))))
+    mapped = api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"], tiny_model,
+                         options)
+    figures = api.bench(tiny_scene["image"], tiny_scene["dem"], tiny_model,
+                        replace(options, backend="onnx"), sample=1, agreement=True).figures
+    assert 0 < figures["agreement_vs_fp32"]["max_abs_diff"] < 1e-5
+    assert figures["landslides"] == mapped.landslides

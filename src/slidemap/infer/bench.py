@@ -35,8 +35,8 @@ from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
 from slidemap.infer.stream import Grid, plan_blocks, read_window
-from slidemap.infer.vectorize import slide_batches, write_inventories
-from slidemap.io.rasters import read_probability
+from slidemap.infer.vectorize import inventory_defaults, slide_batches, write_inventories
+from slidemap.io.rasters import RasterFormat, read_probability
 
 RSS_PERIOD_S = 0.05
 
@@ -46,7 +46,9 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
     """Model-only and end-to-end throughput of ``options`` on ``image``, and peak RSS.
 
     With ``agreement`` the scene is also predicted in plain torch fp32 and the two probability
-    maps compared: share of valid pixels whose mask agrees, max and mean |Δp|.
+    maps compared: share of valid pixels whose mask agrees, max and mean |Δp|, both mapped again
+    as float32 (untimed), so uint8 steps do not stand in for the backends' difference. The
+    inventory is the one ``predict`` writes (its default minimum area and simplification).
     """
     started = time.perf_counter()
     predictor = build_predictor(models, options)
@@ -69,8 +71,9 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
             e2e_s, e2e_cpu = time.perf_counter() - started, time.process_time() - cpu
             model_thread_cpu = time.thread_time() - own
             started = time.perf_counter()
-            inventory = write_inventories(slide_batches(paths[1], paths[0], dem=dem,
-                                                        budget=budget),
+            min_area, simplify = inventory_defaults(counts["working_pixel_m"])
+            inventory = write_inventories(slide_batches(paths[1], paths[0], min_area, simplify,
+                                                        dem=dem, budget=budget),
                                           [Path(tmp) / "landslides.gpkg"])
             inventory_s = time.perf_counter() - started
         result = {
@@ -99,9 +102,13 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
         if agreement:
             reference = replace(options, backend="torch", precision="fp32", compile=False,
                                 workers=0, scheduler=None)
+            floats = RasterFormat("float32")
+            ours = (Path(tmp) / "float_prob.tif", Path(tmp) / "float_mask.tif")
             ref_paths = (Path(tmp) / "ref_prob.tif", Path(tmp) / "ref_mask.tif")
-            predict_scene(build_predictor(models, reference), image, dem, *ref_paths, reference)
-            result["agreement_vs_fp32"] = compare_maps(paths[0], ref_paths[0],
+            predict_scene(predictor, image, dem, *ours, options, fmt=floats)
+            predict_scene(build_predictor(models, reference), image, dem, *ref_paths, reference,
+                          fmt=floats)
+            result["agreement_vs_fp32"] = compare_maps(ours[0], ref_paths[0],
                                                        predictor.threshold)
     return result
 

@@ -48,7 +48,8 @@ def blend_weights(height: int, width: int, margin: int) -> np.ndarray:
 def run_batches(runner: Runner, raw: list[np.ndarray], valid: list[np.ndarray],
                 batch_size: int) -> list[np.ndarray]:
     """``runner`` on the windows ``batch_size`` at a time (each window is computed on its own,
-    so the batch size changes the speed and the memory, never the figures)."""
+    so the batch size changes the speed and the memory; the figures only to float rounding,
+    ~3e-7, as the kernels sum a batch in another order)."""
     probs: list[np.ndarray] = []
     for start in range(0, len(raw), batch_size):
         part = slice(start, start + batch_size)

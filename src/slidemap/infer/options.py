@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from slidemap.errors import UsageError
 from slidemap.io.modelfile import PredictDefaults
 from slidemap.schema.values import NORMALISATIONS
 
@@ -33,6 +34,9 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if self.normalise not in NORMALISATIONS:
             raise ValueError(f"normalise must be one of {NORMALISATIONS}, not {self.normalise!r}")
+        if self.workers and self.scheduler:
+            raise UsageError("--workers starts a local Dask cluster and --dask names another: "
+                             "give one of them")
 
     def resolve(self, defaults: PredictDefaults) -> PredictOptions:
         """These options with the window size and overlap, if left open, from a model's
