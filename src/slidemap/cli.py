@@ -778,6 +778,9 @@ def _runtime_message(exc: Exception) -> str | None:
     rasterio_errors = sys.modules.get("rasterio.errors")
     if rasterio_errors is not None and isinstance(exc, rasterio_errors.RasterioError):
         return f"raster error: {_one_line(exc)}: check the input files"
+    if isinstance(exc, MemoryError):
+        return ("out of memory: lower --memory-mb (predict, evaluate, suggest) or close other "
+                "programs; nothing was written")
     if isinstance(exc, OSError):
         hint = "free some disk space" if exc.errno == errno.ENOSPC else "check the path"
         return f"{exc.filename or ''}: {exc.strerror or exc}: {hint}".lstrip(": ")

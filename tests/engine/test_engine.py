@@ -21,6 +21,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.terrain import BoxSums, relief, roughness
+from slidemap.infer.backends import TorchBackend
 from slidemap.infer.engine import ArraySink, blend_weights, network_runner, predict_array
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import native_prob, predict_arrays
@@ -173,3 +174,15 @@ def test_blended_probabilities_stay_within_0_and_1() -> None:
              np.full((2, 2), 1e-30, np.float32))
     prob = sink.result()
     assert prob.max() == 1.0 and prob.min() >= 0.0
+
+
+def test_a_compiled_model_maps_windows_of_several_shapes() -> None:
+    """A scene smaller than a window, or its edge windows, give the compiled model a second
+    shape; recompiling for it once crashed in torch's dynamic-shape analysis."""
+    torch.manual_seed(0)
+    model = build_model("unet", 4, width=4)
+    eager, compiled = TorchBackend(model, "fp32"), TorchBackend(model, "fp32", compile=True)
+    rng = np.random.default_rng(0)
+    for shape in ((48, 64), (32, 40)):
+        batch = rng.standard_normal((1, 4, *shape)).astype(np.float32)
+        np.testing.assert_allclose(compiled(batch), eager(batch), atol=1e-5)

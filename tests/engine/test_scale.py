@@ -340,6 +340,19 @@ def test_a_budget_too_small_for_one_window_is_one_line(tmp_path) -> None:
         plan_blocks(Grid.of(50_000, 50_000, 1024, 128, 4), 5, MemoryBudget(64))
     with pytest.raises(SlidemapError, match="--memory-mb 64 or more"):
         MemoryBudget(8)
+    with pytest.raises(SlidemapError, match="MB is more than this machine's"):
+        MemoryBudget(2**40)
+
+
+def test_running_out_of_memory_is_one_line(tiny_scene, tiny_model, tmp_path, run_cli,
+                                           monkeypatch) -> None:
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(api, "predict", exhausted)
+    code, err = run_cli("predict", tiny_scene["image"], "--model", tiny_model, "--out",
+                        tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1 and "out of memory: lower --memory-mb" in err
 
 
 def test_a_huge_declared_raster_is_refused_before_anything_is_allocated(tiny_scene, tiny_model,

@@ -206,11 +206,16 @@ def test_unknown_weights_dtype_in_sidecar_is_refused(tiny_model) -> None:
 
 def test_export_weights_stores_a_smaller_copy_and_never_the_input(tiny_model, tmp_path,
                                                                    run_cli) -> None:
+    card = {"new_ground": "F1 0.5 on held-out blocks"}
+    rewrite_sidecar(tiny_model, card=card)
     before = {p: p.read_bytes() for p in model_paths(tiny_model)}
     code, err = run_cli("export", tiny_model, "--weights", "int8", "--out", tmp_path / "small")
     assert code == 0, err
     small = load_model(tmp_path / "small.safetensors")
     assert small.weights_dtype == "int8"
+    # The same network in a smaller file keeps its card; a model derived from it does not.
+    assert json.loads(model_paths(tmp_path / "small")[1].read_text())["card"] == card
+    assert small.card == {} and "card" not in small.sidecar()
     size = (tmp_path / "small.safetensors").stat().st_size
     assert size < model_paths(tiny_model)[0].stat().st_size
     refused = {

@@ -39,7 +39,7 @@ class TorchBackend:
                                 f"{', '.join(PRECISIONS)}")
         self.model: nn.Module = prepare_for_inference(model)
         if compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+            self.model = torch.compile(self.model, dynamic=False)  # type: ignore[assignment]
         self.precision = resolve_precision(precision)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

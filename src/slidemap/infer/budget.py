@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,14 @@ from slidemap.errors import SlidemapError
 DEFAULT_MEMORY_MB = 512
 MIN_MEMORY_MB = 64
 TIFF_INDEX_BYTES_PER_BLOCK = 16  # libtiff holds each block's offset and size (8 bytes each)
+
+
+def physical_memory_mb() -> int | None:
+    """The machine's memory in MB, None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,11 @@ class MemoryBudget:
         if self.megabytes < MIN_MEMORY_MB:
             raise SlidemapError(f"a memory budget of {self.megabytes} MB is too small: pass "
                                 f"--memory-mb {MIN_MEMORY_MB} or more")
+        machine = physical_memory_mb()
+        if machine and self.megabytes > machine:
+            raise SlidemapError(f"a memory budget of {self.megabytes:,} MB is more than this "
+                                f"machine's {machine:,} MB: pass a --memory-mb it can hold "
+                                f"(the default is {DEFAULT_MEMORY_MB})")
 
     @classmethod
     def of(cls, megabytes: int | None) -> MemoryBudget:

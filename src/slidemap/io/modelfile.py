@@ -110,6 +110,9 @@ class ModelBundle:
     weights_dtype: str = "float32"  # how the file stores floating-point tensors
     predict: PredictDefaults = field(default_factory=PredictDefaults)
     members: int = 1  # networks averaged (an ensemble), each ``architecture`` at ``width``
+    # what the model's card says (``new_ground``...): kept only by a copy of the same network
+    # (``slidemap export --weights``), never by a model trained or adapted from it
+    card: dict = field(default_factory=dict)
 
     def sidecar(self) -> dict:
         return {
@@ -127,6 +130,7 @@ class ModelBundle:
             "predict": self.predict.to_dict(),
             "weights_dtype": self.weights_dtype,
             "provenance": self.provenance,
+            **({"card": self.card} if self.card else {}),
         }
 
 
@@ -334,6 +338,12 @@ def load_model(path: str | Path) -> ModelBundle:
         weights_dtype=config["weights_dtype"], predict=PredictDefaults(**config["predict"]),
         members=config["members"],
     )
+
+
+def model_card(path: str | Path) -> dict:
+    """The card of a model file's sidecar (``{}`` if it has none)."""
+    card = _read_sidecar(model_paths(path)[1]).get("card")
+    return card if isinstance(card, dict) else {}
 
 
 def _read_sidecar(path: Path) -> dict:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from slidemap.extras import require
 from slidemap.io.atomic import check_outputs, make_output_dir
-from slidemap.io.modelfile import check_weights_dtype, load_model, model_paths, save_model
+from slidemap.io.modelfile import (
+    check_weights_dtype,
+    load_model,
+    model_card,
+    model_paths,
+    save_model,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ def store_weights(model: Path, out: Path, weights_dtype: str,
     inputs, targets = list(model_paths(model)), list(model_paths(out))
     check_outputs(targets, inputs, overwrite)
     make_output_dir(targets[0].parent)
-    written = save_model(replace(bundle, weights_dtype=weights_dtype), out, overwrite)
+    written = save_model(replace(bundle, weights_dtype=weights_dtype, card=model_card(model)),
+                         out, overwrite)
     return StoredWeights(written, weights_dtype, written.stat().st_size,
                          inputs[0].stat().st_size)
