@@ -18,6 +18,8 @@ import shapely
 from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioError
+from rasterio.warp import transform_geom
+from shapely.geometry import mapping, shape
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError
@@ -151,6 +153,7 @@ def _map(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance
         return (f"<p class='note'>No map: {escape(mask.name)} cannot be read "
                 f"({escape(str(exc))})</p>")
     picture, backdrop, why = backdrop_picture(known.image, prob, grid_)
+    ranked = _on_crs(ranked, inventory.crs, grid_.crs)
     labels = []
     for rank, geometry in enumerate(ranked[:LARGEST], start=1):
         point = shapely.point_on_surface(geometry)
@@ -164,6 +167,16 @@ def _map(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance
     caption = (f"Map of {stem} ({backdrop}): {drawn}. CRS {crs_name(grid_.crs)}."
                + (f" No imagery: {why}." if why else ""))
     return image(jpeg_bytes(figure), caption, "map", "image/jpeg")
+
+
+def _on_crs(geometries: list[shapely.Geometry], source: CRS | None, target: CRS | None
+            ) -> list[shapely.Geometry]:
+    """The outlines in the map's CRS: a GeoJSON inventory is in WGS 84 (RFC 7946), the map on
+    the image's grid."""
+    if source is None or target is None or source == target or not geometries:
+        return geometries
+    moved = transform_geom(source, target, [mapping(g) for g in geometries])
+    return [shape(g) for g in moved]
 
 
 def _interactive(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance,
