@@ -1,5 +1,12 @@
 """The one exception type users see: a one-line message that says what to fix."""
 
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator
+
 
 class SlidemapError(Exception):
     """Bad input or a failed precondition; the CLI prints it on one line and exits 1.
@@ -10,6 +17,19 @@ class SlidemapError(Exception):
 
     def __init__(self, message: object = "") -> None:
         super().__init__(" ".join(str(message).splitlines()))
+
+
+@contextlib.contextmanager
+def silenced(category: type[Warning], message: str = "") -> Iterator[None]:
+    """Hide one kind of library warning in the block. Warning filters are process-wide, so
+    blocks that change them (reader threads among them) take turns: none restores the filters
+    another has just changed."""
+    with _FILTERS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+_FILTERS_LOCK = threading.Lock()
 
 
 def first_line(exc: BaseException) -> str:

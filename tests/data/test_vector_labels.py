@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +360,30 @@ def test_a_predicted_inventory_reads_back_as_labels(tiny_scene, tiny_model, tmp_
     assert scored["pixels"] > 0
     if mapped.landslides:  # the outlines of the mask's own pixels burn back onto them
         assert scored["f1"] == pytest.approx(1.0)
+
+
+def test_measured_polygons_read_without_warnings(tiny_scene: dict, tmp_path: Path) -> None:
+    """Polygons with M values (QGIS writes them from some tools): the labels are those of the
+    plain polygons, and pyogrio's note that it drops M prints nothing."""
+    plain = write_polygons(tmp_path / "plain.gpkg", polygonise(tiny_scene["mask"], (1,)))
+    measured = write_polygons(tmp_path / "measured.gpkg", polygonise(tiny_scene["mask"], (1,)))
+    with sqlite3.connect(measured) as db:  # pyogrio writes no M: give the geometries one
+        (table, srs), = db.execute("select table_name, srs_id from gpkg_geometry_columns")
+        for (trigger,) in db.execute("select name from sqlite_master where type = 'trigger'"
+                                     ).fetchall():
+            db.execute(f'drop trigger "{trigger}"')
+        db.execute("update gpkg_geometry_columns set m = 1")
+        for fid, blob in db.execute(f'select fid, geom from "{table}"').fetchall():
+            header = 8 + {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}[(blob[3] >> 1) & 7]
+            polygon = shapely.from_wkb(blob[header:])
+            with_m = shapely.from_wkt(shapely.to_wkt(polygon).replace("POLYGON", "POLYGON M")
+                                      .replace(",", " 1,").replace("))", " 1))"))
+            db.execute(f'update "{table}" set geom = ? where fid = ?',
+                       (b"GP\x00\x01" + struct.pack("<i", srs)
+                        + shapely.to_wkb(with_m, flavor="iso", byte_order=1), fid))
+    with warnings.catch_warnings(record=True) as shown, \
+            Scene(tiny_scene["image"], mask=measured) as scene:
+        labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+    assert not [w for w in shown if "Measured" in str(w.message)]
+    with Scene(tiny_scene["image"], mask=plain) as scene:
+        np.testing.assert_array_equal(labels, scene.read(Window(0, 0, 96, 96), (1,))["mask"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,16 +37,13 @@ from slidemap.data.terrain import (
     slope_degrees,
 )
 from slidemap.data.vectors import VectorLabels
-from slidemap.errors import SlidemapError, SlidemapWarning, first_line
+from slidemap.errors import SlidemapError, SlidemapWarning, first_line, silenced
 from slidemap.schema.values import is_vector
 
 IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
-# Warning filters are process-wide: reader threads that silence NodataShadowWarning take turns,
-# so that none restores the filters another has just changed
-_SHADOW_LOCK = threading.Lock()
 
 
 def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
@@ -410,8 +406,7 @@ class Scene:
         as it should be, without rasterio's NodataShadowWarning printing a source line."""
         if not self._shadowed:
             return self._image.dataset_mask(**kwargs)
-        with _SHADOW_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", NodataShadowWarning)
+        with silenced(NodataShadowWarning):
             return self._image.dataset_mask(**kwargs)
 
     def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:

@@ -31,11 +31,13 @@ from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from rasterio.warp import transform, transform_bounds
 
-from slidemap.errors import SlidemapError, SlidemapWarning, first_line
+from slidemap.errors import SlidemapError, SlidemapWarning, first_line, silenced
 from slidemap.schema.values import LAYER_MARK
 
 POLYGONAL = {"Polygon", "MultiPolygon"}
 DENSIFY = 21  # points per edge when a window's bounds are taken into the layer's CRS
+# M (measure) values mean nothing to labels; pyogrio drops them with this warning on every read
+MEASURED = r"Measured \(M\) geometry types are not supported"
 
 
 class PolygonLayer:
@@ -50,15 +52,17 @@ class PolygonLayer:
         if not self.path.exists():
             raise SlidemapError(f"{role} {self.path} does not exist: check the path")
         try:
-            # geometry layers only: a GeoPackage may hold tables, e.g. the layer_styles that
-            # QGIS and slidemap predict store beside the polygons
-            layers = [row for row in pyogrio.list_layers(self.path) if row[1] is not None]
+            with silenced(UserWarning, MEASURED):
+                # geometry layers only: a GeoPackage may hold tables, e.g. the layer_styles
+                # that QGIS and slidemap predict store beside the polygons
+                layers = [row for row in pyogrio.list_layers(self.path) if row[1] is not None]
             if not layer and len(layers) != 1:
                 names = ", ".join(str(row[0]) for row in layers) or "none"
                 raise SlidemapError(f"{role} {self.path} has {len(layers)} geometry layers "
                                     f"({names}): name one as {self.path}{LAYER_MARK}NAME")
             self.layer = layer or str(layers[0][0])
-            info = pyogrio.read_info(self.path, layer=self.layer, force_total_bounds=True)
+            with silenced(UserWarning, MEASURED):
+                info = pyogrio.read_info(self.path, layer=self.layer, force_total_bounds=True)
         except (DataSourceError, DataLayerError) as exc:
             raise SlidemapError(f"{role} {self.name} cannot be read as a vector layer "
                                 f"({first_line(exc)}): is it a complete GeoPackage, GeoJSON "
@@ -101,7 +105,9 @@ class PolygonLayer:
         box = bounds if self.layer_crs == self.crs else transform_bounds(
             self.crs, self.layer_crs, *bounds, densify_pts=DENSIFY)
         try:
-            _, _, wkb, _ = pyogrio.raw.read(self.path, layer=self.layer, bbox=box, columns=[])
+            with silenced(UserWarning, MEASURED):
+                _, _, wkb, _ = pyogrio.raw.read(self.path, layer=self.layer, bbox=box,
+                                                columns=[])
         except (DataSourceError, DataLayerError) as exc:
             raise SlidemapError(f"{self.role} {self.name} cannot be read "
                                 f"({first_line(exc)}): is it complete?") from exc
