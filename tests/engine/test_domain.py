@@ -2,6 +2,7 @@
 
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,21 @@ def test_reflectance_under_an_8_bit_model_warns(tiny_scene, tmp_path) -> None:
     with warnings.catch_warnings():  # the same scene in 8-bit counts does not
         warnings.simplefilter("error", SlidemapWarning)
         api.predict(tiny_scene["image"], tmp_path / "out8", None, model, OPTIONS)
+
+
+@pytest.mark.parametrize("normalise", ["model", "scene"])
+def test_a_black_collar_without_nodata_warns(tiny_scene, tmp_path, normalise) -> None:
+    """A third of the scene black, and no nodata value to say it is no data: it would be
+    mapped as ground (and skew the scene's statistics) without a word."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "models" / "rgb")
+    with rasterio.open(tiny_scene["image"]) as src:
+        pixels = src.read()
+    pixels[:, :, :32] = 0
+    options = replace(OPTIONS, normalise=normalise)
+    collar = write_raster(tmp_path / "collar.tif", pixels, nodata=None)
+    with pytest.warns(SlidemapWarning, match=r"\d+% of its sampled pixels black .* -a_nodata 0"):
+        api.predict(collar, tmp_path / "out", None, model, options)
+    marked = write_raster(tmp_path / "marked.tif", pixels, nodata=0)
+    with warnings.catch_warnings():  # the same collar marked as nodata does not
+        warnings.simplefilter("error", SlidemapWarning)
+        api.predict(marked, tmp_path / "marked_out", None, model, options)

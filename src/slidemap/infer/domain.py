@@ -20,6 +20,7 @@ from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 
 SPREAD = 3.0  # training standard deviations of elevation around the training mean
+BLACK_SHARE = 0.1  # a tenth of the sampled pixels 0 in every band: a collar, not shadows
 NARROW = 20.0  # an image band varying this many times less than in training is on another scale
 
 
@@ -80,6 +81,21 @@ def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) ->
                     "range (e.g. 8-bit), set its nodata value if negative values mean no data, "
                     "or pass --normalise scene")
     return None
+
+
+def unmasked_collar(scene: Scene, spec: InputSpec) -> str | None:
+    """A one-line warning when many pixels are 0 in every band and yet count as data: an
+    orthophoto's black collar without a nodata value is mapped as ground (and skews
+    ``--normalise scene``), and nothing in the outputs would show it."""
+    sample = scene.image_sample(spec.image_bands)
+    data = np.isfinite(sample).all(axis=0)
+    black = data & (sample == 0).all(axis=0)
+    share = float(black.sum()) / max(1, sample.shape[1])
+    if share < BLACK_SHARE:
+        return None
+    return (f"image {scene.image_path} has {share:.0%} of its sampled pixels black (0 in every "
+            "band) counted as data: if they are no data (a collar), set its nodata value "
+            f"(e.g. gdal_edit.py -a_nodata 0 {scene.image_path}), or they are mapped as ground")
 
 
 def _trained_spread(spread: float, stats: Sequence[BandStats], index: int) -> float | None:
