@@ -340,9 +340,22 @@ def load_model(path: str | Path) -> ModelBundle:
     )
 
 
+def sidecar_record(path: str | Path) -> dict:
+    """A model file's sidecar as JSON, unchecked, or ``{}`` where it is missing, unreadable or
+    too large: what reports and checks that only read a field (its card, its provenance) take."""
+    sidecar = model_paths(path)[1]
+    try:
+        if sidecar.stat().st_size > SIDECAR_MAX_BYTES:
+            return {}
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def model_card(path: str | Path) -> dict:
     """The card of a model file's sidecar (``{}`` if it has none)."""
-    card = _read_sidecar(model_paths(path)[1]).get("card")
+    card = sidecar_record(path).get("card")
     return card if isinstance(card, dict) else {}
 
 

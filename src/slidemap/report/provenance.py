@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.io.modelfile import model_paths
+from slidemap.io.modelfile import model_paths, sidecar_record
 from slidemap.io.provenance import raster_tags
 
 UNMEASURED = ("Accuracy on new ground is unmeasured for this model: its sidecar carries no "
@@ -108,7 +108,7 @@ def of_prediction(prob_path: Path, mask_path: Path, given: Provenance | None = N
     tagged = from_tags({**raster_tags(mask_path), **raster_tags(prob_path)})
     known = (given or Provenance()).merged(tagged)
     if known.threshold is None and known.models:
-        thresholds = [c.get("threshold") for c in map(sidecar, known.models) if c]
+        thresholds = [c.get("threshold") for c in map(sidecar_record, known.models) if c]
         numbers = [t for t in thresholds if isinstance(t, int | float)]
         if thresholds and len(numbers) == len(thresholds):
             known = replace(known, threshold=float(np.mean(numbers)))  # as an ensemble does
@@ -120,16 +120,6 @@ def of_prediction(prob_path: Path, mask_path: Path, given: Provenance | None = N
         stamp = dt.datetime.fromtimestamp(prob_path.stat().st_mtime).astimezone()
         known = replace(known, created=stamp.strftime("%Y-%m-%d %H:%M %Z") + " (file time)")
     return known
-
-
-def sidecar(model: str) -> dict:
-    """The JSON sidecar of a model file, or {} when it cannot be found or read."""
-    try:
-        path = model_paths(Path(model))[1]
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _sha256(path: Path) -> str | None:
@@ -149,7 +139,7 @@ def accuracy_caveat(models: tuple[str, ...]) -> list[tuple[str, str]]:
         return [("", UNKNOWN_MODEL)]
     caveats = []
     for model in models:
-        card = sidecar(model).get("card")
+        card = sidecar_record(model).get("card")
         said = card.get("new_ground") if isinstance(card, dict) else None
         caveats.append((Path(model).name, said if isinstance(said, str) and said.strip()
                         else UNMEASURED))

@@ -4,13 +4,11 @@ asks it, so that no block is scored by a model that saw it."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slidemap.io.modelfile import model_paths
-from slidemap.io.sidecar import SIDECAR_MAX_BYTES
+from slidemap.io.modelfile import sidecar_record
 
 INIT_DEPTH = 8  # how many starting models back (an init's own init) the record is followed
 
@@ -54,13 +52,7 @@ def lineage(model: Path) -> Lineage:
 def recorded_provenance(model: Path) -> dict | None:
     """A model sidecar's ``provenance`` (the run config that trained it under ``config``), or
     None where the sidecar or the record is missing or unreadable."""
-    sidecar = model_paths(model)[1]
-    try:
-        if sidecar.stat().st_size > SIDECAR_MAX_BYTES:
-            return None
-        provenance = json.loads(sidecar.read_text(encoding="utf-8")).get("provenance")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return None
+    provenance = sidecar_record(model).get("provenance")
     return provenance if isinstance(provenance, dict) else None
 
 

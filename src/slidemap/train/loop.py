@@ -65,11 +65,13 @@ log = logging.getLogger(__name__)
 
 
 def train(config: RunConfig, out_dir: Path, resume: bool = False,
-          overwrite: bool = False, extra_train: Sequence[SceneArrays] = ()) -> Path:
+          overwrite: bool = False, extra_train: Sequence[SceneArrays] = (),
+          record: dict | None = None) -> Path:
     """Train as ``config`` says into ``out_dir``; returns the path of the best model file.
 
     An earlier run in ``out_dir`` is continued with ``resume``, replaced with ``overwrite``, and
-    otherwise left alone (an error). ``extra_train`` adds arrays built elsewhere (pseudo-labels).
+    otherwise left alone (an error). ``extra_train`` adds arrays built elsewhere (pseudo-labels),
+    ``record`` what the model file's provenance says of them beside the config.
     """
     settings = config.train
     if settings.members > 1:
@@ -163,7 +165,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                 scores = evaluate_arrays(kept, val_scenes, stats, config) if val_scenes else {}
                 f1 = scores.get("f1", f1)
             state.update(best_f1=f1, best_epoch=epoch)
-            _save_bundle(kept, config, stats, out_dir / "best", state, scores)
+            _save_bundle(kept, config, stats, out_dir / "best", state, scores, record or {})
         state["epoch"] = epoch
         extra = None
         if average is not None:
@@ -307,7 +309,7 @@ def _predict_defaults(config: RunConfig) -> PredictDefaults:
 
 
 def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, path: Path,
-                 state: dict, scores: dict) -> None:
+                 state: dict, scores: dict, record: dict) -> None:
     bundle = ModelBundle(
         model=model, architecture=config.model.name, width=config.model.width,
         options=dict(config.model.options), inputs=config.inputs, mean=list(stats.mean),
@@ -316,7 +318,7 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
                     "validation": {k: scores[k] for k in
                                    ("precision", "recall", "f1", "iou", "miou", "auc")
                                    if k in scores},
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, **record},
         weights_dtype=config.train.weights_dtype,
         predict=_predict_defaults(config), members=count_members(model),
     )

@@ -98,6 +98,9 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     options = PredictOptions(config.predict.tile, config.predict.overlap,
                              config.predict.batch_size, config.train.precision)
     rows: list[dict] = []
+    # the rounds' configs have no selftrain section: their model files name the targets whose
+    # imagery they learnt from (slidemap.train.lineage reads it)
+    seen = {"selftrain_targets": settings.to_dict()["target"]}
     model_path = train(config.changed(selftrain=None), out_dir / "round0", overwrite=overwrite)
     for number in range(settings.rounds + 1):
         predictor = Predictor([load_model(model_path)], precision=options.precision)
@@ -110,24 +113,14 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
             break
         model_path = train(round_config.changed(init=model_path),
                            out_dir / f"round{number + 1}", overwrite=overwrite,
-                           extra_train=pseudo)
-        _record_targets(model_path, model_path, settings.to_dict()["target"])
-    _record_targets(model_path, out_dir / "model", settings.to_dict()["target"], rows)
+                           extra_train=pseudo, record=seen)
+    bundle = load_model(model_path)
+    bundle.provenance = {**bundle.provenance, **seen, "selftrain": rows}
+    save_model(bundle, out_dir / "model")
     for stale in out_dir.glob("round*"):  # an earlier run's extra rounds, now overwritten
         if stale.is_dir() and stale.name[5:].isdigit() and int(stale.name[5:]) > settings.rounds:
             shutil.rmtree(stale)
     return rows
-
-
-def _record_targets(model: Path, out: Path, targets: list[dict],
-                    rows: list[dict] | None = None) -> None:
-    """Save ``model`` as ``out`` with the targets its pseudo-labels came from in its provenance
-    (``selftrain_targets``; the round's config has no selftrain section), and the rounds' rows:
-    a model that saw a scene's imagery says so (``slidemap.train.lineage``)."""
-    bundle = load_model(model)
-    bundle.provenance = {**bundle.provenance, "selftrain_targets": targets,
-                         **({"selftrain": rows} if rows is not None else {})}
-    save_model(bundle, out)
 
 
 Labeller = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
