@@ -128,3 +128,39 @@ def test_relief_of_a_window_is_that_of_the_whole_scene(tiny_scene, tmp_path, fac
             np.testing.assert_allclose(part["relief"][0], whole[r:r + n, c:c + n], atol=1e-3,
                                        equal_nan=True)
     assert np.isnan(whole[:, :8 // factor]).all() and np.nanstd(whole) > 1.0
+
+
+def _with_band_metadata(path, **values) -> None:
+    """Set a raster's band scales, offsets or units in place (as gdal_edit.py does)."""
+    with rasterio.open(path, "r+") as ds:
+        for name, value in values.items():
+            setattr(ds, name, value)
+
+
+@pytest.mark.parametrize(("stored", "dtype", "metadata"), [
+    (10.0, np.int16, {"scales": (0.1,), "offsets": (0.0,)}),  # SRTM-style int16 decimetres
+    (1 / 0.3048, np.float32, {"units": ("ft",)}),
+    (1.0, np.float32, {"scales": (1.0,), "offsets": (-2900.0,), "units": ("metre",)}),
+])
+def test_dem_values_are_read_in_metres(tiny_scene, tmp_path, stored, dtype, metadata) -> None:
+    with rasterio.open(tiny_scene["dem"]) as src:
+        metres = src.read(1)
+    offset = metadata.get("offsets", (0.0,))[0]
+    values = np.where(np.isnan(metres), -32768, np.round((metres - offset) * stored, 3))
+    other = write_raster(tmp_path / "dem_units.tif", values.astype(dtype), nodata=-32768)
+    _with_band_metadata(other, **metadata)
+    window = Window(16, 16, 64, 64)
+    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:
+        truth = scene.read(window, (1, 2, 3), dem=True, slope=True)
+    with Scene(tiny_scene["image"], dem=other) as scene:
+        sample = scene.read(window, (1, 2, 3), dem=True, slope=True)
+    np.testing.assert_allclose(sample["dem"], truth["dem"], atol=0.06)
+    np.testing.assert_allclose(sample["slope"], truth["slope"], atol=0.5)
+
+
+def test_dem_in_an_unknown_unit_is_refused(tiny_scene, tmp_path) -> None:
+    with rasterio.open(tiny_scene["dem"]) as src:
+        other = write_raster(tmp_path / "dem_fathoms.tif", src.read(1), nodata=float("nan"))
+    _with_band_metadata(other, units=("fathom",))
+    with pytest.raises(SlidemapError, match="in 'fathom', a unit slidemap does not know"):
+        Scene(tiny_scene["image"], dem=other)

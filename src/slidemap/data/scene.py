@@ -44,6 +44,16 @@ IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
+FOOT_M = 0.3048
+US_SURVEY_FOOT_M = 1200 / 3937
+# a DEM band's unit (GDAL's unit type, lower case) and the metres in one of it
+ELEVATION_UNITS_M = {
+    "": 1.0, "m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0,
+    "ft": FOOT_M, "foot": FOOT_M, "feet": FOOT_M, "international foot": FOOT_M,
+    "us survey foot": US_SURVEY_FOOT_M, "us-ft": US_SURVEY_FOOT_M, "ftus": US_SURVEY_FOOT_M,
+    "ft(us)": US_SURVEY_FOOT_M, "foot_us": US_SURVEY_FOOT_M,
+    "dm": 0.1, "cm": 0.01, "mm": 0.001, "km": 1000.0,
+}
 
 
 def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
@@ -134,6 +144,7 @@ class Scene:
         self._shadowed = _nodata_shadows_alpha(self._image)
         self._dem_src: rasterio.DatasetReader | None = None
         self._dem: WarpedVRT | None = None
+        self._dem_to_m = (1.0, 0.0)  # (scale, offset) that turn the DEM's stored values into m
         self._mask_src: rasterio.DatasetReader | None = None
         self._mask: rasterio.DatasetReader | WarpedVRT | None = None
         self._vectors: VectorLabels | None = None
@@ -148,6 +159,7 @@ class Scene:
                     raise SlidemapError(f"DEM {dem} has {self._dem_src.count} bands: pass a "
                                         "single-band elevation raster (an image passed as "
                                         "--dem?), or pick its band with gdal_translate -b N")
+                self._dem_to_m = elevation_to_metres(self._dem_src, dem)
                 self._dem = self._align(self._dem_src, dem, "DEM", Resampling.bilinear)
             polygons = mask if mask is not None and is_vector(mask) else None
             if mask is not None and polygons is None:
@@ -429,13 +441,20 @@ class Scene:
             if self._dem.mask_flag_enums[0] not in ([MaskFlags.nodata], [MaskFlags.all_valid]):
                 data = self._dem.read(1, window=window, out_shape=(out_h, out_w),
                                       resampling=Resampling.bilinear, masked=True)
-                return np.ma.filled(data.astype(np.float32), np.nan)
+                return self._metres(np.ma.filled(data.astype(np.float32), np.nan))
             data = self._dem.read(1, window=window, out_shape=(out_h, out_w),
                                   resampling=Resampling.bilinear)
         nodata = self._dem.nodata
         if nodata is not None and not np.isnan(nodata):
             data = np.where(data == nodata, np.nan, data)
-        return data.astype(np.float32, copy=False)
+        return self._metres(data)
+
+    def _metres(self, stored: np.ndarray) -> np.ndarray:
+        """Elevations in metres from the DEM's stored values (its scale, offset and unit)."""
+        scale, offset = self._dem_to_m
+        if (scale, offset) == (1.0, 0.0):
+            return stored.astype(np.float32, copy=False)
+        return (stored.astype(np.float64) * scale + offset).astype(np.float32)
 
     def _dem_with_halo(self, window: Window, out_h: int, out_w: int, margin: int = 1
                        ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -505,6 +524,25 @@ def georeference_problem(dataset: rasterio.DatasetReader, name: DatasetName) -> 
                 "georeference it (e.g. gdal_edit.py -a_ullr ULX ULY LRX LRY, or gdalwarp with "
                 "ground control points)")
     return None
+
+
+def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple[float, float]:
+    """(scale, offset) that turn the DEM's stored values into metres: its GDAL scale and offset
+    (an int16 DEM in decimetres stores 0.1) and its band's unit (feet are not metres). Read raw,
+    such a DEM gives slopes and relief several times too steep or too flat, and a map that looks
+    fine; a unit that cannot be converted is refused."""
+    scale, offset = dem.scales[0] or 1.0, dem.offsets[0] or 0.0
+    unit = (dem.units[0] or "").strip()
+    metres = ELEVATION_UNITS_M.get(unit.lower())
+    if metres is None:
+        raise SlidemapError(f"DEM {name} gives its elevations in {unit!r}, a unit slidemap does "
+                            "not know: convert them to metres and set the unit (gdal_calc.py, "
+                            "then gdal_edit.py -units m)")
+    if not (math.isfinite(scale) and scale != 0 and math.isfinite(offset)):
+        raise SlidemapError(f"DEM {name} has a scale of {scale} and an offset of {offset}: set "
+                            "ones that turn its values into elevations (gdal_edit.py -scale "
+                            "-offset)")
+    return scale * metres, offset * metres
 
 
 def _nodata_shadows_alpha(dataset: rasterio.DatasetReader) -> bool:
