@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from factories import tiny_bundle, write_raster
+from rasterio.enums import ColorInterp
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
@@ -102,3 +103,25 @@ def test_a_black_collar_without_nodata_warns(tiny_scene, tmp_path, normalise) ->
     with warnings.catch_warnings():  # the same collar marked as nodata does not
         warnings.simplefilter("error", SlidemapWarning)
         api.predict(marked, tmp_path / "marked_out", None, model, options)
+
+
+@pytest.mark.parametrize("normalise", ["model", "scene"])
+def test_an_image_declared_bgr_warns(tiny_scene, tmp_path, normalise) -> None:
+    """Bands 1-3 declared blue, green, red are read by an RGB model as red, green, blue: the
+    colours swap under every normalisation, and the map would not show it."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "models" / "rgb")
+    with rasterio.open(tiny_scene["image"]) as src:
+        pixels = src.read()
+    options = replace(OPTIONS, normalise=normalise)
+    bgr = write_raster(tmp_path / "bgr.tif", pixels[::-1].copy(), nodata=0)
+    with rasterio.open(bgr, "r+") as ds:
+        ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    with pytest.warns(SlidemapWarning, match=r"declares its bands 1-3 as blue, green, red.* "
+                                             r"gdal_translate -b 3 -b 2 -b 1 "):
+        api.predict(bgr, tmp_path / "out", None, model, options)
+    rgb = write_raster(tmp_path / "rgb.tif", pixels, nodata=0)
+    with rasterio.open(rgb, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    with warnings.catch_warnings():  # declared in the model's order, it does not
+        warnings.simplefilter("error", SlidemapWarning)
+        api.predict(rgb, tmp_path / "rgb_out", None, model, options)

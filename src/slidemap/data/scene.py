@@ -233,6 +233,11 @@ class Scene:
         return self._image.count
 
     @property
+    def colours(self) -> tuple[str, ...]:
+        """Each band's colour interpretation as GDAL declares it (``red``, ``gray``, ...)."""
+        return tuple(colour.name for colour in self._image.colorinterp)
+
+    @property
     def has_dem(self) -> bool:
         return self._dem is not None
 

@@ -22,6 +22,7 @@ from slidemap.data.scene import Scene
 SPREAD = 3.0  # training standard deviations of elevation around the training mean
 BLACK_SHARE = 0.1  # a tenth of the sampled pixels 0 in every band: a collar, not shadows
 NARROW = 20.0  # an image band varying this many times less than in training is on another scale
+RGB = ("red", "green", "blue")  # what bands 1, 2, 3 of an RGB model's training imagery were
 
 
 def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:
@@ -81,6 +82,25 @@ def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) ->
                     "range (e.g. 8-bit), set its nodata value if negative values mean no data, "
                     "or pass --normalise scene")
     return None
+
+
+def band_order_mismatch(scene: Scene, spec: InputSpec) -> str | None:
+    """A one-line warning when the image declares (GDAL colour interpretation) its bands 1-3 as
+    colours other than the red, green and blue a model reading bands 1, 2, 3 (every RGB model
+    here) takes them for: a BGR scene read as RGB gives a map of the wrong cues, whatever the
+    normalisation, and nothing in the outputs would show it. None when the bands declare no
+    colour (gray, undefined) or the model reads other bands."""
+    if tuple(spec.image_bands[:3]) != (1, 2, 3):
+        return None
+    declared = scene.colours[:3]
+    if all(colour == want or colour not in RGB for colour, want in zip(declared, RGB, strict=True)):
+        return None
+    order = [scene.colours.index(colour) + 1 for colour in RGB if colour in scene.colours]
+    rest = [band for band in range(1, scene.band_count + 1) if band not in order]
+    fix = " ".join(f"-b {band}" for band in [*order, *rest])
+    return (f"image {scene.image_path} declares its bands 1-3 as {', '.join(declared)}, but the "
+            "model reads them as red, green, blue: expect a poor map; reorder them (e.g. "
+            f"gdal_translate {fix} {scene.image_path} rgb.tif)")
 
 
 def unmasked_collar(scene: Scene, spec: InputSpec) -> str | None:

@@ -20,7 +20,12 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.distributed import band_source
-from slidemap.infer.domain import elevation_mismatch, image_mismatch, unmasked_collar
+from slidemap.infer.domain import (
+    band_order_mismatch,
+    elevation_mismatch,
+    image_mismatch,
+    unmasked_collar,
+)
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.separated import scene_stats
@@ -76,7 +81,7 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
         budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
         grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
                                    factor), len(spec.channels), budget)
-        messages = [unmasked_collar(scene, spec)]
+        messages = [band_order_mismatch(scene, spec), unmasked_collar(scene, spec)]
         if options.normalise == "scene":
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
         else:
