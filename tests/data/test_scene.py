@@ -164,3 +164,13 @@ def test_dem_in_an_unknown_unit_is_refused(tiny_scene, tmp_path) -> None:
     _with_band_metadata(other, units=("fathom",))
     with pytest.raises(SlidemapError, match="in 'fathom', a unit slidemap does not know"):
         Scene(tiny_scene["image"], dem=other)
+
+
+def test_a_paletted_image_is_told_to_expand_its_colours(tiny_scene, tmp_path) -> None:
+    indices = write_raster(tmp_path / "paletted.tif", np.zeros((96, 96), np.uint8),
+                           photometric="palette")
+    with rasterio.open(indices, "r+") as ds:
+        ds.write_colormap(1, {0: (0, 0, 0, 255), 1: (200, 150, 100, 255)})
+    with Scene(indices) as scene, pytest.raises(SlidemapError, match=r"is paletted .*\("
+                                                r"gdal_translate -expand rgb"):
+        scene.check_bands((1, 2, 3), "the model")

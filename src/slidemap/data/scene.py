@@ -284,6 +284,13 @@ class Scene:
         return max(1, round(resolution_m / native))
 
     def check_bands(self, bands: tuple[int, ...], what: str) -> None:
+        """Refuse an image without the bands ``what`` reads; a paletted image (one band of
+        colour-table indices, whose colours the model never sees) is told how to expand it."""
+        if max(bands) > self.band_count and self.colours[0] == ColorInterp.palette.name:
+            raise SlidemapError(
+                f"image {self.image_path} is paletted (one band of colour-table indices) but "
+                f"{what} reads bands {list(bands)} of colours: expand it first (gdal_translate "
+                f"-expand rgb {self.image_path} rgb.tif)")
         if max(bands) > self.band_count:
             raise SlidemapError(
                 f"image {self.image_path} has {self.band_count} band(s) but {what} needs bands "
