@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -734,10 +736,40 @@ def bench(
 def main() -> None:
     """Entry point: run the app, turning expected failures (and slidemap's warnings) into
     one-line messages."""
-    STATE.update(debug=False, quiet=False, command="slidemap", messages=show_messages(logging.INFO))
-    with warnings.catch_warnings():
+    STATE.update(debug=False, quiet=False, command="slidemap", messages=show_messages(logging.INFO),
+                 terminated=False)
+    with warnings.catch_warnings(), _terminate_as_interrupt():
         warnings.showwarning = _one_line_warning(warnings.showwarning)
         _run()
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """End the run on SIGTERM (``timeout``, ``docker stop``, a batch scheduler's time limit) as
+    on Ctrl-C: the staged outputs are removed on the way out, where Python's default would end
+    the process at once and leave them behind as hidden temporaries. The previous handler is
+    restored afterwards (``main`` may run in-process)."""
+    if threading.current_thread() is not threading.main_thread():  # handlers: main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_on_terminate(signum: int, frame: object) -> None:
+    """Raise Ctrl-C's exception where the run is, remembering that it was SIGTERM (exit 143)."""
+    STATE["terminated"] = True
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> NoReturn:
+    """The one line and exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    if STATE.get("terminated"):
+        _fail("terminated: no partial output was kept", code=128 + signal.SIGTERM)
+    _fail("interrupted: no partial output was kept", code=130)
 
 
 def _run() -> None:
@@ -745,14 +777,14 @@ def _run() -> None:
     try:
         code = app(standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into a returned exit code 130
-            _fail("interrupted: no partial output was kept", code=130)
+            _interrupted()
         log.debug(f"{STATE['command']} done in {time.perf_counter() - started:.1f} s")
     except UsageError as exc:
         _fail(f"{exc}: see '{STATE['command']} --help'", code=2)
     except SlidemapError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted: no partial output was kept", code=130)
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # usage errors: unknown option, bad value

@@ -724,6 +724,37 @@ def test_failed_predict_leaves_no_output(w: SimpleNamespace, tmp_path: Path, whe
     assert [sha256(p) for p in inputs] == before
 
 
+def test_sigterm_mid_predict_leaves_no_output(w: SimpleNamespace, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """``timeout``, ``docker stop`` and batch schedulers stop a run with SIGTERM: it ends as
+    Ctrl-C does, its staged outputs removed, not as a process killed with hidden temporaries
+    left in the folder. The signal comes while the rasters and inventory are staged."""
+    import slidemap.cli
+    import slidemap.workflows.predict as predict_workflow
+
+    def unhandled(signum: int, frame: object) -> None:
+        raise RuntimeError("SIGTERM reached the handler in place before slidemap ran")
+
+    def terminate(path: Path) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(predict_workflow, "write_qml", terminate)
+    monkeypatch.setattr(sys, "argv", ["slidemap", *map(str, predict_args(w, out))])
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            slidemap.cli.main()
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # restored after the run
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exit_info.value.code == 143
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["error: terminated: no partial output was kept"]
+    assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+
+
 def test_failed_overwrite_keeps_the_previous_outputs(w: SimpleNamespace, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from slidemap import api
