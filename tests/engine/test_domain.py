@@ -125,3 +125,19 @@ def test_an_image_declared_bgr_warns(tiny_scene, tmp_path, normalise) -> None:
     with warnings.catch_warnings():  # declared in the model's order, it does not
         warnings.simplefilter("error", SlidemapWarning)
         api.predict(rgb, tmp_path / "rgb_out", None, model, options)
+
+
+def test_dem_voids_without_nodata_warn(tiny_scene, tiny_model, tmp_path) -> None:
+    """SRTM-style -32768 voids that no nodata value marks are read as elevations: cliffs of
+    35 km around each void, in the slope of every model that reads the DEM."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        dsm = np.nan_to_num(src.read(1), nan=-32768).astype(np.int16)
+    dsm[40:60, 40:60] = -32768
+    unmarked = write_raster(tmp_path / "voids.tif", dsm, nodata=None)
+    with pytest.warns(SlidemapWarning, match=r"DEM .* at -32768 m, an elevation no ground has.*"
+                                             r"-a_nodata -32768"):
+        api.predict(tiny_scene["image"], tmp_path / "out", unmarked, tiny_model, OPTIONS)
+    marked = write_raster(tmp_path / "marked.tif", dsm, nodata=-32768)
+    with warnings.catch_warnings():  # the same voids marked as nodata do not
+        warnings.simplefilter("error", SlidemapWarning)
+        api.predict(tiny_scene["image"], tmp_path / "marked_out", marked, tiny_model, OPTIONS)

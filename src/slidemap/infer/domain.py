@@ -22,6 +22,7 @@ from slidemap.data.scene import Scene
 SPREAD = 3.0  # training standard deviations of elevation around the training mean
 BLACK_SHARE = 0.1  # a tenth of the sampled pixels 0 in every band: a collar, not shadows
 NARROW = 20.0  # an image band varying this many times less than in training is on another scale
+EARTH_ELEVATIONS_M = (-1000.0, 9000.0)  # dry land spans -430 m to 8849 m: beyond, a fill value
 RGB = ("red", "green", "blue")  # what bands 1, 2, 3 of an RGB model's training imagery were
 
 
@@ -47,6 +48,27 @@ def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]
                 "default model, which reads the terrain's form instead "
                 "(models/slidemap-jinsha-unet-terrain), or one trained without dem")
     return None
+
+
+def unmasked_voids(scene: Scene) -> str | None:
+    """A one-line warning when the DEM holds elevations no ground on Earth has (SRTM's -32768
+    voids, a -9999 fill) counted as data: without a nodata value that marks them, slope,
+    relief and roughness around every void are cliffs thousands of metres high, and the map
+    of the whole neighbourhood goes wrong with nothing in the outputs to show it. None without
+    a DEM or when its sampled elevations are all plausible."""
+    if not scene.has_dem:
+        return None
+    elevation = scene.dem_sample()
+    finite = elevation[np.isfinite(elevation)]
+    low, high = EARTH_ELEVATIONS_M
+    outside = finite[(finite < low) | (finite > high)]
+    if outside.size == 0:
+        return None
+    value = float(outside.min() if outside.min() < low else outside.max())
+    return (f"the DEM {scene.dem_path} has {outside.size / finite.size:.1%} of its sampled "
+            f"pixels at {value:g} m, an elevation no ground has, counted as data: if they are "
+            f"voids, set its nodata value (e.g. gdal_edit.py -a_nodata {value:g} "
+            f"{scene.dem_path}), or slope and relief around them are nonsense")
 
 
 def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:

@@ -25,6 +25,7 @@ from slidemap.infer.domain import (
     elevation_mismatch,
     image_mismatch,
     unmasked_collar,
+    unmasked_voids,
 )
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
@@ -81,7 +82,8 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
         budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
         grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
                                    factor), len(spec.channels), budget)
-        messages = [band_order_mismatch(scene, spec), unmasked_collar(scene, spec)]
+        messages = [band_order_mismatch(scene, spec), unmasked_collar(scene, spec),
+                    unmasked_voids(scene)]
         if options.normalise == "scene":
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
         else:
