@@ -151,3 +151,18 @@ def test_geotiffs_are_nodata_where_the_image_is_and_scales_are_recorded(
     assert np.isnan(prob[:, :8]).all() and np.isfinite(prob[:, 8:]).all()
     summary = json.loads((out / "explain.json").read_text())
     assert summary["scale"] == 1.0 and summary["predict_scales"] == [1.0, 0.5]
+
+
+def test_a_scene_too_small_for_the_model_is_refused_as_predict_refuses_it(
+        tiny_scene, tiny_model, tmp_path, run_cli) -> None:
+    """A 1 px wide strip has no window the model can read: without --window, explain took the
+    strip itself and drew maps of it."""
+    with rasterio.open(tiny_scene["image"]) as src:
+        strip = write_raster(tmp_path / "strip.tif", src.read(window=Window(50, 0, 1, 96)),
+                             nodata=0, transform=src.window_transform(Window(50, 0, 1, 96)))
+    for command in ("explain", "predict"):
+        code, err = run_cli(command, strip, "--dem", tiny_scene["dem"], "--model", tiny_model,
+                            "--out", tmp_path / command)
+        assert code == 1 and "96×1 px, too small for this model" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "explain").exists()

@@ -132,6 +132,10 @@ def _window(scene: Scene, window: tuple[int, ...] | None, size: int, factor: int
     """The user's window checked against the scene, or a ``size`` square at its centre."""
     if window is None:
         width, height = min(size, scene.width), min(size, scene.height)
+        if min(width, height) < MIN_WORKING_SIZE * factor:  # as predict refuses it
+            raise SlidemapError(
+                f"image {scene.image_path} is {scene.height}×{scene.width} px, too small for "
+                f"this model: it needs at least {MIN_WORKING_SIZE * factor} px a side")
         return Window((scene.width - width) // 2, (scene.height - height) // 2, width, height)
     col, row, width, height = window
     if not (col >= 0 and row >= 0 and col + width <= scene.width
