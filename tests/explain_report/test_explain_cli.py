@@ -166,3 +166,18 @@ def test_a_scene_too_small_for_the_model_is_refused_as_predict_refuses_it(
         assert code == 1 and "96×1 px, too small for this model" in err, err
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "explain").exists()
+
+
+def test_explain_warns_of_imagery_on_another_scale_as_predict_does(
+        tiny_scene, tiny_model, tmp_path, run_cli) -> None:
+    """16-bit counts under an 8-bit model: predict says its map will be poor; explain drew the
+    same network's probability and Grad-CAM of them without a word."""
+    with rasterio.open(tiny_scene["image"]) as src:
+        counts = write_raster(tmp_path / "counts.tif", src.read().astype(np.uint16) * 40,
+                              nodata=0)
+    args = ("--dem", tiny_scene["dem"], "--model", tiny_model, "--box", "30,40,70,80")
+    code, err = run_cli("explain", counts, *args, "--out", tmp_path / "x")
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warning) == 1 and "outside the" in warning[0], err
+    code, err = run_cli("explain", tiny_scene["image"], *args, "--out", tmp_path / "y")
+    assert code == 0 and "warning" not in err, err

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,11 @@ from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.names import DatasetName, local_files
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
+from slidemap.infer.domain import scene_warnings
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
@@ -53,6 +55,8 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     spec = bundle.inputs
     with Scene(image, dem=dem, require_crs=False) as scene:
         factor = working_factor(scene, spec, image)
+        for message in scene_warnings(scene, spec, [BandStats(bundle.mean, bundle.std)]):
+            warnings.warn(message, SlidemapWarning, stacklevel=2)
         win = _window(scene, window, bundle.predict.tile * factor, factor)
         sample = read_inputs(scene, win, spec, factor)
         profile = scene.profile

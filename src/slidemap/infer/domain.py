@@ -26,6 +26,18 @@ EARTH_ELEVATIONS_M = (-1000.0, 9000.0)  # dry land spans -430 m to 8849 m: beyon
 RGB = ("red", "green", "blue")  # what bands 1, 2, 3 of an RGB model's training imagery were
 
 
+def scene_warnings(scene: Scene, spec: InputSpec, stats: Sequence[BandStats],
+                   scene_normalised: bool = False) -> list[str]:
+    """Every warning below that ``scene`` earns before a model reads it (``stats``: one per
+    model); those against the models' training statistics are left out when the scene is
+    normalised with its own (``--normalise scene``)."""
+    messages = [band_order_mismatch(scene, spec), unmasked_collar(scene, spec),
+                unmasked_voids(scene)]
+    if not scene_normalised:
+        messages += [elevation_mismatch(scene, spec, stats), image_mismatch(scene, spec, stats)]
+    return [message for message in messages if message]
+
+
 def elevation_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:
     """A one-line warning when the scene's median elevation lies more than ``SPREAD`` training
     standard deviations from the training mean of any of the models (``stats``: one per model);

@@ -20,13 +20,7 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.distributed import band_source
-from slidemap.infer.domain import (
-    band_order_mismatch,
-    elevation_mismatch,
-    image_mismatch,
-    unmasked_collar,
-    unmasked_voids,
-)
+from slidemap.infer.domain import scene_warnings
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.separated import scene_stats
@@ -82,16 +76,11 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
         budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
         grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
                                    factor), len(spec.channels), budget)
-        messages = [band_order_mismatch(scene, spec), unmasked_collar(scene, spec),
-                    unmasked_voids(scene)]
-        if options.normalise == "scene":
+        scene_normalised = options.normalise == "scene"
+        if scene_normalised:
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
-        else:
-            messages += [elevation_mismatch(scene, spec, predictor.stats),
-                         image_mismatch(scene, spec, predictor.stats)]
-        for message in messages:
-            if message:
-                warnings.warn(message, SlidemapWarning, stacklevel=2)
+        for message in scene_warnings(scene, spec, predictor.stats, scene_normalised):
+            warnings.warn(message, SlidemapWarning, stacklevel=2)
         task = progress.add_task(f"predict {display_name(image)}", total=grid.window_count) \
             if progress else None
         with bounded_gdal_cache(grid), RasterOutputs(scene.profile, prob_path,
