@@ -490,6 +490,9 @@ CASES: dict[str, Case] = {
     "bench-missing-image": Case(
         lambda w, out: ["bench", w.root / "none.tif", "--model", w.models.good],
         lambda w: ["none.tif"]),
+    "bench-one-band-image-for-a-three-band-model": Case(
+        lambda w, out: ["bench", w.image_1band, "--dem", w.dem, "--model", w.models.good],
+        lambda w: [w.image_1band, "band"]),
     "predict-unknown-backend": Case(_predict(extra=("--backend", "tensorrt")),
                                     lambda w: ["--backend", "tensorrt"]),
     "predict-unknown-inventory-format": Case(_predict(extra=("--format", "shp")),

@@ -33,7 +33,12 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
-from slidemap.infer.predict import PredictOptions, build_predictor, predict_scene
+from slidemap.infer.predict import (
+    PredictOptions,
+    build_predictor,
+    predict_scene,
+    working_factor,
+)
 from slidemap.infer.stream import Grid, plan_blocks, read_window
 from slidemap.infer.vectorize import inventory_defaults, slide_batches, write_inventories
 from slidemap.io.rasters import RasterFormat, read_probability
@@ -55,7 +60,7 @@ def bench_scene(image: Path, dem: Path | None, models: list[Path], options: Pred
     load_s = time.perf_counter() - started
     options = options.resolve(predictor.defaults)
     with Scene(image, dem=dem) as scene:
-        factor = scene.decimation(predictor.spec.resolution_m)
+        factor = working_factor(scene, predictor.spec, image)  # its bands and DEM checked
         assert options.tile is not None and options.overlap is not None  # resolved above
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         batches = _sample_batches(scene, predictor.spec, grid, sample, options.batch_size)
