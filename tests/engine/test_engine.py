@@ -122,6 +122,21 @@ def test_shared_box_sums_give_each_descriptors_own_values(shape) -> None:
         sums.box("count", 65)
 
 
+def test_box_sums_of_a_huge_radius_take_the_windows_memory_not_the_radius() -> None:
+    """A model file may ask for relief within 100 km (50 000 working px): the tables stay the
+    window's size (they were padded by the radius, gigabytes for a 256 px scene), and the
+    relief is the one of a square covering the whole window."""
+    rng = np.random.default_rng(3)
+    dem = (3000 + np.cumsum(rng.random((40, 52)), axis=0)).astype(np.float32)
+    dem[:10, :10] = np.nan
+    sums = BoxSums(dem, 50_000)
+    huge = relief(sums, 50_000)
+    assert max(table.nbytes for table in sums._tables.values()) < 200 * 200 * 8
+    np.testing.assert_allclose(huge, _brute_relief(dem, 52), rtol=0, atol=1e-3)
+    assert np.array_equal(huge, relief(dem, 52), equal_nan=True)
+    assert np.array_equal(roughness(sums, 50_000), roughness(dem, 52), equal_nan=True)
+
+
 def _brute_relief(dem: np.ndarray, radius: int) -> np.ndarray:
     h, w = dem.shape
     out = np.full(dem.shape, np.nan, dtype=np.float32)

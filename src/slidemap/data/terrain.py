@@ -75,11 +75,16 @@ class BoxSums:
     its valid pixels, each built once and edge-padded by the largest radius wanted: a box sum
     at any radius up to it is then four slices, no gather, so relief at several radii and
     roughness read from one window share them. ``dem`` is (H, W) or (1, H, W) in metres, NaN
-    where not valid."""
+    where not valid.
+
+    A square as wide as the array already covers all of it, so the padding stops there: a
+    radius of kilometres (a model file may ask for 100 km) costs tables the size of the window,
+    not of the radius."""
 
     def __init__(self, dem: np.ndarray, max_radius: int) -> None:
         self.centred, self.finite = _centred(dem[0] if dem.ndim == 3 else dem)
         self.max_radius = max_radius
+        self._pad = min(max_radius, max(self.finite.shape))
         self._tables: dict[str, np.ndarray] = {}
 
     def box(self, name: str, radius: int) -> np.ndarray:
@@ -92,10 +97,11 @@ class BoxSums:
             values = {"centred": lambda: self.centred, "square": lambda: self.centred**2,
                       "count": lambda: self.finite.astype(np.float64)}[name]()
             table = np.pad(values, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
-            # row k of the padded table is row clip(k - max_radius, 0, h) of the table
-            table = self._tables[name] = np.pad(table, self.max_radius, mode="edge")
+            # row k of the padded table is row clip(k - pad, 0, h) of the table
+            table = self._tables[name] = np.pad(table, self._pad, mode="edge")
         h, w = self.finite.shape
-        low, high = self.max_radius - radius, self.max_radius + radius + 1
+        radius = min(radius, self._pad)  # a wider square clips to the same whole array
+        low, high = self._pad - radius, self._pad + radius + 1
         return (table[high:high + h, high:high + w] - table[low:low + h, high:high + w]
                 - table[high:high + h, low:low + w] + table[low:low + h, low:low + w])
 
