@@ -21,11 +21,13 @@ from scipy import ndimage
 from shapely.geometry import shape
 
 from slidemap import api
+from slidemap.data.channels import InputSpec
 from slidemap.data.terrain import EARTH_RADIUS_M, slope_degrees
 from slidemap.infer import vectorize
 from slidemap.infer.predict import PredictOptions
 from slidemap.infer.stream import HELPER_NICENESS, helper_pool
 from slidemap.infer.vectorize import build_inventory, write_inventory
+from slidemap.io.modelfile import save_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 FP32 = PredictOptions(tile=48, overlap=16, batch_size=3, precision="fp32")
@@ -375,6 +377,38 @@ def test_a_huge_declared_raster_is_refused_before_anything_is_allocated(tiny_sce
     # (the tiny DEM covering almost none of it is worth its own warning line)
     lines = [line for line in err.splitlines() if line.strip() and "covers only" not in line]
     assert code == 1 and len(lines) == 1 and "memory budget" in lines[0], err
+    assert not list((tmp_path / "out").glob("*"))
+
+
+def _declared_vrt(source: Path, path: Path, side: int) -> Path:
+    """A VRT of ``side``² px over ``source`` (a kilobyte, whatever ``side``)."""
+    with rasterio.open(source) as ds:
+        crs, count, dtype = ds.crs.to_wkt(), ds.count, ds.dtypes[0]
+    kind = {"uint8": "Byte", "float32": "Float32"}[dtype]
+    bands = "".join(
+        f'<VRTRasterBand dataType="{kind}" band="{b}"><SimpleSource><SourceFilename '
+        f'relativeToVRT="0">{source}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f"</SimpleSource></VRTRasterBand>" for b in range(1, count + 1))
+    path.write_text(f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><SRS>{crs}</SRS>'
+                    f"<GeoTransform>469200, 0.5, 0, 3446200, 0, -0.5</GeoTransform>{bands}"
+                    "</VRTDataset>")
+    return path
+
+
+def test_relief_reaching_kilometres_is_refused_before_a_halo_is_read(tiny_scene, tmp_path,
+                                                                      run_cli) -> None:
+    """A model file may ask for relief within 100 km: each window's DEM halo is then the whole
+    scene (2 GB for a 2500² px one, 21 GB measured on 8000² px): refused on one line against
+    the budget, not read window after window."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), relief_m=(100_000.0,)),
+                                   mean=[60.0] * 4, std=[30.0] * 4), tmp_path / "far")
+    image = _declared_vrt(tiny_scene["image"], tmp_path / "image.vrt", 2500)
+    dem = _declared_vrt(tiny_scene["dem"], tmp_path / "dem.vrt", 2500)
+    code, err = run_cli("predict", image, "--dem", dem, "--model", model, "--out",
+                        tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip() and "covers only" not in line]
+    assert code == 1 and len(lines) == 1, err
+    assert "within 100000 m of each window" in lines[0] and "memory budget" in lines[0]
     assert not list((tmp_path / "out").glob("*"))
 
 

@@ -31,6 +31,7 @@ from slidemap.data.terrain import (
     BoxSums,
     laplacian_curvature,
     pixel_size_m,
+    radii_px,
     relief,
     relief_radii_m,
     roughness,
@@ -333,8 +334,7 @@ class Scene:
                 )
             dx, dy = self.pixel_size_m()
             step = (dx * window.width / out_w, dy * window.height / out_h)
-            radii = [max(1, round(r / (sum(step) / 2))) for r in relief_radii]
-            rough = max(1, round(roughness_m / (sum(step) / 2))) if roughness_m else 0
+            radii, rough = radii_px(relief_m, roughness_m, sum(step) / 2)
             margin = max([*radii, rough, int(slope or curvature)])
             if margin:  # one read serves all: the halo's core is the window's elevation
                 halo, (top, left) = self._dem_with_halo(window, out_h, out_w, margin)

@@ -70,6 +70,14 @@ def relief_radii_m(relief_m: float | tuple[float, ...] | None) -> tuple[float, .
     return tuple(relief_m) if isinstance(relief_m, tuple | list) else (float(relief_m),)
 
 
+def radii_px(relief_m: float | tuple[float, ...] | None, roughness_m: float | None,
+             step_m: float) -> tuple[list[int], int]:
+    """(relief radii, roughness radius) in working pixels of ``step_m`` metres (0: no
+    roughness): how far around a window its terrain descriptors reach."""
+    radii = [max(1, round(r / step_m)) for r in relief_radii_m(relief_m)]
+    return radii, max(1, round(roughness_m / step_m)) if roughness_m else 0
+
+
 class BoxSums:
     """Summed-area tables of a DEM's elevation (centred on its valid mean), of its square and of
     its valid pixels, each built once and edge-padded by the largest radius wanted: a box sum

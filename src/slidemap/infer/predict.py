@@ -24,7 +24,13 @@ from slidemap.infer.domain import scene_warnings
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.separated import scene_stats
-from slidemap.infer.stream import Grid, bounded_gdal_cache, plan_blocks, write_bands
+from slidemap.infer.stream import (
+    Grid,
+    bounded_gdal_cache,
+    check_terrain_halo,
+    plan_blocks,
+    write_bands,
+)
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.io.rasters import BLOCK_SIDE, RasterFormat, RasterOutputs
 
@@ -76,6 +82,7 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
         budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
         grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
                                    factor), len(spec.channels), budget)
+        check_terrain_halo(grid, spec, sum(scene.pixel_size_m()) / 2, budget)
         scene_normalised = options.normalise == "scene"
         if scene_normalised:
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))

@@ -51,6 +51,7 @@ from rich.progress import Progress, TaskID
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
+from slidemap.data.terrain import radii_px, relief_radii_m
 from slidemap.data.windows import grid_offsets
 from slidemap.errors import SlidemapError
 from slidemap.infer.budget import MemoryBudget, release_free_memory
@@ -67,6 +68,10 @@ STRIPS_HELD = WRITE_BEHIND + 2  # queued, being written, being summed
 WRITER_BYTES_PER_PIXEL = 32  # the writer's temporaries per strip pixel (weights, validity, …)
 CACHE_BYTES_PER_PIXEL = 10  # GDAL cache per band pixel: image (3 bytes) + DEM (4) blocks, and more
 CACHE_MB = (16, 1024)
+# peak bytes per pixel of a window's DEM halo while its terrain descriptors are computed (the
+# elevation, its float64 box-sum tables and their temporaries): 335 measured for three relief
+# radii, roughness, slope and curvature
+HALO_BYTES_PER_PIXEL = 336
 HELPER_NICENESS = 10  # of the read, blending and writer threads (Linux: per thread)
 
 T = TypeVar("T")
@@ -626,6 +631,26 @@ def plan_blocks(grid: Grid, channels: int, budget: MemoryBudget) -> Grid:
         low, high = (middle, high) if need(middle * BLOCK_ROWS) <= budget.bytes \
             else (low, middle - 1)
     return replace(grid, block_width=low * BLOCK_ROWS)
+
+
+def check_terrain_halo(grid: Grid, spec: InputSpec, pixel_m: float, budget: MemoryBudget
+                       ) -> None:
+    """Refuse, before anything is read, a model whose terrain descriptors reach so far around
+    each window (relief within kilometres) that one window's DEM halo, which grows with the
+    radius up to the whole scene, would not fit ``budget``; the window itself comes on top,
+    as the model's activations do."""
+    radii, rough = radii_px(spec.relief_m, spec.roughness_m, pixel_m * grid.factor)
+    margin = max([*radii, rough, 0])
+    rows, cols = grid.band_rows // grid.factor, grid.window_width // grid.factor
+    halo = (min(rows + 2 * margin, grid.height // grid.factor)
+            * min(cols + 2 * margin, grid.width // grid.factor))
+    need = (halo - rows * cols) * HALO_BYTES_PER_PIXEL
+    if need > budget.bytes:
+        reach = max([*relief_radii_m(spec.relief_m), spec.roughness_m or 0.0])
+        raise SlidemapError(
+            f"the model reads terrain within {reach:g} m of each window: its DEM halo needs "
+            f"about {need / 2**20:,.0f} MB, more than the memory budget of {budget.megabytes} "
+            "MB: raise --memory-mb, or use a model with smaller relief radii")
 
 
 def bounded_gdal_cache(grid: Grid) -> rasterio.Env:
