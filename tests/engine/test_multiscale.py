@@ -157,6 +157,18 @@ def test_bad_scales_in_a_config_are_refused(tiny_scene: dict, scales: object) ->
         parse_config(raw)
 
 
+@pytest.mark.parametrize("value", ["1.5", "nan", "-0.2", "0"])
+def test_a_bad_threshold_for_a_prediction_raster_is_refused_not_scored(
+        run_cli, tiny_scene: dict, tiny_model: Path, tmp_path: Path, value: str) -> None:
+    """``evaluate --prediction P --threshold 1.5`` scored every pixel background (F1 0, exit 0)
+    as if the map were empty; it is now the one-line error predict gives."""
+    mapped = api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"], tiny_model)
+    code, err = run_cli("evaluate", tiny_scene["mask"], "--prediction", mapped.prob,
+                        "--threshold", value, "--out", tmp_path / "scores")
+    assert code == 1 and err.count("\n") == 1 and "threshold must be a probability" in err
+    assert not (tmp_path / "scores").exists()
+
+
 @pytest.mark.parametrize(("option", "value"), [
     *(("scales", v) for v in ["1,half", "0", "1,1", ""]),
     *(("threshold", v) for v in ["0", "1", "1.5"])])

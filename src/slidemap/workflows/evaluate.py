@@ -20,6 +20,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import RasterFormat
+from slidemap.io.sidecar import check_threshold
 from slidemap.report.html import build_report
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
 from slidemap.schema.values import file_of, is_vector
@@ -79,6 +80,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         raise UsageError("evaluating a model needs --out DIR for its predicted rasters")
     options = options or PredictOptions()
     if threshold is not None:  # the written mask and the scores use the same threshold
+        threshold = check_threshold(threshold)  # 1.5 or NaN scored every pixel background
         options = replace(options, threshold=threshold)
     predictor = None if image is None else build_predictor(
         model_list(model, has_elevation(image, dem)), options)
