@@ -3,6 +3,10 @@
 Paths may be given as ``str`` or any ``os.PathLike``; raster and vector inputs also as GDAL names
 (``/vsizip/...``, ``https://...``). Each function runs one workflow (``slidemap.workflows``) and
 returns a frozen dataclass of what it wrote and measured.
+
+Bad input or a failed precondition raises :class:`SlidemapError` (one line that says what to
+fix; :class:`UsageError`, a subclass, for arguments that do not go together or are of the wrong
+form); input that can be mapped but probably not well warns with :class:`SlidemapWarning`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, display_name
+from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
 from slidemap.infer.options import PredictOptions
 from slidemap.io.jsontext import dumps as json_text
 from slidemap.io.rasters import DEFAULT_PROB_DTYPE
@@ -63,7 +68,8 @@ __all__ = [
     "DEFAULT_MODEL", "PACKAGE_ROOT", "RGB_MODEL", "AdaptOptions", "Architecture", "BenchResult",
     "CrossvalResult", "EvaluateResult", "ExplainResult", "FinetuneResult", "NewSiteResult",
     "OnnxExport", "PatchSetResult", "Pick", "PredictOptions", "PredictResult", "ReportResult",
-    "SelftrainResult", "StoredWeights", "StudyResult", "SuggestResult", "TrainResult",
+    "SelftrainResult", "SlidemapError", "SlidemapWarning", "StoredWeights", "StudyResult",
+    "SuggestResult", "TrainResult", "UsageError",
     "architectures", "bench", "check_scales", "crossval", "default_model_path", "display_name",
     "evaluate", "explain", "export_onnx", "finetune", "has_elevation", "is_found",
     "is_patch_folder", "json_text", "new_site", "output_paths", "predict", "predict_patches",

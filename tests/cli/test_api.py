@@ -52,3 +52,10 @@ def test_architectures_are_typed_rows() -> None:
     rows = api.architectures(in_channels=5)
     assert {"unet", "fusion"} <= {row.name for row in rows}
     assert all(isinstance(row, api.Architecture) and row.parameters > 0 for row in rows)
+
+
+def test_the_api_names_the_exception_it_raises(tmp_path: Path) -> None:
+    """A pipeline catches ``api.SlidemapError`` without knowing ``slidemap.errors``."""
+    assert issubclass(api.UsageError, api.SlidemapError)
+    with pytest.raises(api.SlidemapError, match="does not exist"):
+        api.predict(tmp_path / "missing.tif", tmp_path / "out")
