@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from slidemap.errors import UsageError
 from slidemap.io.modelfile import PredictDefaults
-from slidemap.schema.values import NORMALISATIONS
+from slidemap.schema.values import MIN_TILE, NORMALISATIONS
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,18 @@ class PredictOptions:
     memory_mb: int | None = None  # budget of the scene's buffers (None: DEFAULT_MEMORY_MB)
 
     def __post_init__(self) -> None:
+        """The checks the CLI's options make, for the API's callers too: a window under
+        ``MIN_TILE`` px ran for hours, ``workers=-1`` never returned, a bad ``normalise`` was a
+        ``ValueError``."""
         if self.normalise not in NORMALISATIONS:
-            raise ValueError(f"normalise must be one of {NORMALISATIONS}, not {self.normalise!r}")
+            raise UsageError(f"normalise must be one of {', '.join(NORMALISATIONS)}, not "
+                             f"{self.normalise!r}")
+        for name, low in (("tile", MIN_TILE), ("overlap", 0), ("batch_size", 1), ("workers", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < low):
+                raise UsageError(f"{name} must be a whole number of at least {low}, not "
+                                 f"{value!r}")
         if self.workers and self.scheduler:
             raise UsageError("--workers starts a local Dask cluster and --dask names another: "
                              "give one of them")
