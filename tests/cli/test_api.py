@@ -68,3 +68,14 @@ def test_predict_options_are_checked_as_the_cli_checks_them(values: dict) -> Non
     window every pixel) and workers=-1 never returned."""
     with pytest.raises(api.SlidemapError, match=next(iter(values))):
         api.PredictOptions(**values)
+
+
+@pytest.mark.parametrize("formats", [(), "gpkg"])
+def test_inventory_formats_are_checked_before_the_scene_is_mapped(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path, formats) -> None:
+    """``formats=()`` raised an IndexError once the whole scene was mapped; a bare string was
+    read letter by letter ('g' is not known)."""
+    with pytest.raises(api.UsageError, match="inventory formats must be a list"):
+        api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                    OPTIONS, formats=formats)
+    assert not (tmp_path / "out").exists()

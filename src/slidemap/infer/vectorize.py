@@ -35,7 +35,7 @@ from scipy import ndimage
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
-from slidemap.errors import SlidemapError, first_line
+from slidemap.errors import SlidemapError, UsageError, first_line
 from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.io.atomic import atomic_path, final_path
 from slidemap.io.rasters import gdal_cache, read_probability
@@ -376,7 +376,12 @@ def _length_m(geometry: shapely.Geometry, crs: CRS | None) -> float:
 
 
 def inventory_paths(out_dir: Path, stem: str, formats: Sequence[str]) -> dict[str, Path]:
-    """``inventory``: the file of the first format asked; ``inventory_<format>``: the others."""
+    """``inventory``: the file of the first format asked; ``inventory_<format>``: the others.
+    Checked before anything is mapped: no format (or a bare string, read letter by letter)
+    failed only once the whole scene was mapped."""
+    if isinstance(formats, str) or not formats:
+        raise UsageError(f"inventory formats must be a list of {' or '.join(INVENTORY_FORMATS)}"
+                         f", e.g. ['gpkg'], not {formats!r}")
     unknown = [f for f in formats if f not in INVENTORY_FORMATS]
     if unknown:
         raise SlidemapError(f"inventory format {unknown[0]!r} is not known: use "
