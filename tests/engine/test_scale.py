@@ -115,6 +115,38 @@ def test_pspnet_exports_and_pools_any_size_as_torch_does(tmp_path, run_cli) -> N
                                TorchBackend(load_model(psp).model, "fp32")(x), atol=1e-5)
 
 
+def test_an_onnx_file_onnx_runtime_refuses_is_one_line(tiny_scene, tiny_model, tmp_path,
+                                                       run_cli) -> None:
+    """An export beside the model (its weights' digest matches) whose tensor lies outside its
+    folder (/etc/passwd) is refused by ONNX Runtime: one line naming the fix, not a traceback."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    tensor = TensorProto(name="W", data_type=TensorProto.UINT8, dims=[16],
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "/etc/passwd"), ("offset", "0"), ("length", "16")):
+        tensor.external_data.add(key=key, value=value)
+    graph = helper.make_graph(  # x plus the sum of W's bytes: W must be read
+        [helper.make_node("Cast", ["W"], ["w"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceSum", ["w"], ["total"], keepdims=0),
+         helper.make_node("Add", ["x", "total"], ["prob"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4, "h", "w"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["b", 4, "h", "w"])],
+        [tensor])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    digest = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    helper.set_model_props(proto, {"weights_sha256": digest, "stride": "1"})
+    tiny_model.with_suffix(".onnx").write_bytes(proto.SerializeToString())
+    assert onnx.load(str(tiny_model.with_suffix(".onnx")), load_external_data=False)
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--backend", "onnx", "--out", tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "cannot be run" in err and "slidemap export" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_model_onnx_cannot_export_says_why_in_one_line(tiny_model, tmp_path, run_cli,
                                                           monkeypatch) -> None:
     def refuse(*args, **kwargs):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.extras import require
 from slidemap.infer.runtime import predict_batch, prepare_for_inference, resolve_precision
 from slidemap.io.modelfile import ModelBundle
@@ -57,8 +57,13 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self.stride = int(read_metadata(path).get("stride", "1"))
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.stride = int(read_metadata(path).get("stride", "1"))
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime's errors share no base class; all mean this
+            raise SlidemapError(f"ONNX file {path} cannot be run ({first_line(exc)}): export "
+                                "the model again (slidemap export MODEL --overwrite)") from exc
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         from slidemap.io.onnxfile import pad_to_stride
