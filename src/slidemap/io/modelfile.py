@@ -45,7 +45,7 @@ from safetensors.torch import load, save
 from torch import nn
 
 from slidemap.data.channels import InputSpec
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.io import jsontext
 from slidemap.io.atomic import staged
 from slidemap.io.sidecar import (
@@ -293,7 +293,7 @@ def load_model(path: str | Path) -> ModelBundle:
         stored = current_keys(config["architecture"], header_shapes(*read_header(weights_path)))
     except (ValueError, OSError) as exc:
         raise SlidemapError(f"model weights {weights_path} are not a valid safetensors file "
-                            f"({_one_line(exc)}): re-download or re-train the model") from exc
+                            f"({first_line(exc)}): re-download or re-train the model") from exc
 
     def network(device: str) -> nn.Module:
         with torch.device(device):
@@ -304,7 +304,7 @@ def load_model(path: str | Path) -> ModelBundle:
         shapes = {k: tuple(v.shape) for k, v in network("meta").state_dict().items()}
     except (TypeError, ValueError, KeyError, IndexError, AssertionError, ArithmeticError,
             RuntimeError, SlidemapError) as exc:  # options no builder accepts
-        raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({_one_line(exc)}): "
+        raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({first_line(exc)}): "
                             "re-export the model with slidemap") from exc
     _check_state(shapes, _restored_shapes(stored, shapes), weights_path)
     data = weights_path.read_bytes()  # as large as the tensors the network needs: no more
@@ -372,7 +372,7 @@ def _read_sidecar(path: Path) -> dict:
         return config
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError, OSError,
             SlidemapError) as exc:
-        raise SlidemapError(f"model sidecar {path} is malformed ({_one_line(exc)}): "
+        raise SlidemapError(f"model sidecar {path} is malformed ({first_line(exc)}): "
                             "re-export the model with slidemap") from exc
 
 
@@ -390,11 +390,6 @@ def _restored_shapes(stored: dict[str, tuple[int, ...]], expected: dict[str, tup
             shape = want
         shapes[key] = shape
     return shapes
-
-
-def _one_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _check_state(expected: dict[str, tuple[int, ...]],
