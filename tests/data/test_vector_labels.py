@@ -201,6 +201,21 @@ def test_an_empty_label_file_warns_that_everything_is_background(tiny_scene: dic
         Scene(tiny_scene["image"], mask=empty).close()
 
 
+@pytest.mark.parametrize("geometry", [None, shapely.to_wkb(shapely.Polygon())],
+                         ids=["null", "empty"])
+def test_features_without_a_geometry_are_no_polygon(tiny_scene: dict, tmp_path: Path,
+                                                    geometry: bytes | None) -> None:
+    """Rows added in QGIS's attribute table and never drawn: the layer has features but no
+    extent, and reads as an empty layer (a warning, or the AOI's one-line error)."""
+    undrawn = tmp_path / "undrawn.gpkg"
+    pyogrio.raw.write(undrawn, np.array([geometry], dtype=object), [np.array([1])], ["id"],
+                      driver="GPKG", geometry_type="Polygon", crs=UTM47)
+    with pytest.warns(SlidemapWarning, match="holds no polygon: every pixel of the image"):
+        Scene(tiny_scene["image"], mask=undrawn).close()
+    with pytest.raises(SlidemapError, match=r"area of interest .* has no polygon"):
+        Scene(tiny_scene["image"], mask=tiny_scene["mask"], aoi=undrawn)
+
+
 def test_a_geopackage_of_several_layers_needs_the_layer_named(tiny_scene: dict,
                                                               tmp_path: Path) -> None:
     both = tmp_path / "both.gpkg"

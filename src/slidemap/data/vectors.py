@@ -79,8 +79,11 @@ class PolygonLayer:
         if kind not in POLYGONAL and kind != "Unknown" and info["features"]:
             raise SlidemapError(f"{role} {self.name} holds {kind} features: labels and areas of "
                                 "interest must be polygons")
-        self.features = int(info["features"])
-        self.bounds = self._in_image_crs(info["total_bounds"]) if self.features else None
+        # no extent: every feature lacks a geometry (e.g. a row added to QGIS's attribute table
+        # and never drawn), so the layer holds no polygon however many rows it has
+        extent = info["total_bounds"]
+        self.features = int(info["features"]) if extent is not None else 0
+        self.bounds = self._in_image_crs(np.asarray(extent)) if self.features else None
 
     def _in_image_crs(self, bounds: np.ndarray) -> tuple[float, float, float, float] | None:
         if not np.isfinite(bounds).all():
