@@ -15,6 +15,7 @@ import rasterio
 import shapely
 import yaml
 from factories import (
+    ORIGIN,
     TINY_TRAINING,
     UTM47,
     run_config,
@@ -38,6 +39,7 @@ from slidemap.train import newsite
 from slidemap.train.loop import train
 from slidemap.train.newsite import site_config
 from slidemap.workflows.inputs import DEFAULT_MODEL
+from slidemap.workflows.newsite import check_site_inputs
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".shp": "ESRI Shapefile"}
 TRAINING = {**TINY_TRAINING, "seed": 3}
@@ -298,6 +300,22 @@ def test_newsite_checks_its_inputs_before_it_writes_anything(
                                      "mask": f"{tmp_path / 'slides.gpkg'}|layername=slides"}]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best_val_f1"] is None  # no validation data: no F1, not a negated loss
+
+
+def test_newsite_refuses_labels_with_no_landslide_on_the_labelled_ground(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
+    """Polygons all outside the AOI, or beside the image (their extent spanning it), leave no
+    landslide pixel to learn from: refused, not a model that maps nothing."""
+    x, y = ORIGIN
+    corner = write_polygons(tmp_path / "corner.gpkg", [shapely.box(x + 4, y - 10, x + 15, y)])
+    with pytest.raises(SlidemapError, match=r"lies inside the area of interest .*corner.gpkg"):
+        check_site_inputs(tiny_scene["image"], labels_as_polygons["polygons"], corner, None)
+    beside = write_polygons(tmp_path / "beside.gpkg", [shapely.box(x - 30, y - 40, x - 10, y),
+                                                       shapely.box(x + 60, y - 40, x + 80, y)])
+    with pytest.raises(SlidemapError, match=r"no polygon of label file .* lies on the image"):
+        check_site_inputs(tiny_scene["image"], beside, None, None)
+    check_site_inputs(tiny_scene["image"], labels_as_polygons["polygons"],
+                      labels_as_polygons["aoi"], None)
 
 
 def test_newsite_refuses_a_dem_its_starting_model_cannot_read(

@@ -43,6 +43,7 @@ from slidemap.schema.values import is_vector
 
 IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)
+LABEL_BLOCK_PX = 4096  # side of the blocks in which labels_landslides reads polygons
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
 FOOT_M = 0.3048
@@ -253,6 +254,15 @@ class Scene:
         if self._vectors is None or self._vectors.polygons is None:
             return None
         return self._vectors.polygons.features
+
+    @property
+    def labels_landslides(self) -> bool | None:
+        """Whether a label polygon covers part of the image (inside the AOI, if there is one);
+        None when the labels are not polygons."""
+        if self._vectors is None or self._vectors.polygons is None:
+            return None
+        block = LABEL_BLOCK_PX * max(abs(self._image.res[0]), abs(self._image.res[1]))
+        return self._vectors.labels_landslides(self.bounds, block)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

@@ -176,6 +176,32 @@ class VectorLabels:
             labels = np.where(self.aoi.burn(grid, shape), labels, 255).astype(np.uint8)
         return labels
 
+    def labels_landslides(self, bounds: tuple[float, float, float, float], block: float) -> bool:
+        """Whether a landslide polygon covers ground (a positive area) inside ``bounds`` (image
+        CRS) and the AOI: without, training learns that the scene has no landslides. Looked for
+        block by block (``block`` CRS units a side), so memory follows a block, not the layer."""
+        if self.polygons is None or not self.polygons.features:
+            return False
+        west, east = sorted((bounds[0], bounds[2]))
+        south, north = sorted((bounds[1], bounds[3]))
+        return any(self._labels_landslides_in(shapely.box(x, y, min(x + block, east),
+                                                          min(y + block, north)))
+                   for x in np.arange(west, east, block) for y in np.arange(south, north, block))
+
+    def _labels_landslides_in(self, box: shapely.Polygon) -> bool:
+        assert self.polygons is not None
+        bounds = box.bounds
+        ground = shapely.intersection(_union(self.polygons.geometries(bounds)), box)
+        if self.aoi is not None and not ground.is_empty:
+            ground = shapely.intersection(ground, _union(self.aoi.geometries(bounds)))
+        return bool(ground.area > 0)
+
+
+def _union(geometries: np.ndarray) -> shapely.Geometry:
+    """One geometry of ``geometries``, repaired first: a self-intersecting ring drawn in QGIS
+    would otherwise fail the overlay."""
+    return shapely.union_all(shapely.make_valid(geometries))
+
 
 def _disjoint(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]

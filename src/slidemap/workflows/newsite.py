@@ -32,8 +32,9 @@ class NewSiteResult:
 
 def check_site_inputs(image: Path, labels: Path, aoi: Path | None, dem: Path | None) -> None:
     """Refuse what would fail or teach nothing before anything is written: unreadable or
-    misplaced files (as training would read them) and a label file without a polygon. Warnings
-    wait for training, which opens the same files: said once, not twice or beside the error."""
+    misplaced files (as training would read them), and a label file without a polygon on the
+    image (inside the AOI): no landslide to learn from. Warnings wait for training, which opens
+    the same files: said once, not twice or beside the error."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlidemapWarning)
         scene = Scene(image, dem=dem, mask=labels, aoi=aoi)
@@ -41,6 +42,11 @@ def check_site_inputs(image: Path, labels: Path, aoi: Path | None, dem: Path | N
         if scene.label_polygons == 0:
             raise SlidemapError(f"label file {labels} holds no polygon: newsite learns "
                                 "landslides from the polygons drawn over the scene; draw some")
+        if scene.labels_landslides is False:
+            where = f"inside the area of interest {aoi}" if aoi is not None else "on the image"
+            raise SlidemapError(f"no polygon of label file {labels} lies {where}: the model "
+                                "would learn that the scene has no landslides; draw the "
+                                "landslides there, or check that the files are of this ground")
 
 
 def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
