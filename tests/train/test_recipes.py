@@ -267,3 +267,18 @@ def test_a_run_resumes_only_with_the_config_that_started_it(
     train(parse_config(tiny_run(tiny_scene, epochs=3, threads=1)), run, resume=True)
     text = (run / "history.csv").read_bytes()
     assert text.count(b"\n") == 4 and b"\r" not in text  # header + 3 epochs, one line ending
+
+
+def test_a_labelled_area_too_small_for_a_window_says_to_label_more(
+        tiny_scene: dict[str, Path]) -> None:
+    """An area of interest smaller than a quarter of a window: the error names the labelled area,
+    which newsite's user can enlarge (newsite sets no training keys)."""
+    config = parse_config(tiny_run(tiny_scene))
+    source = config.train_scenes[0]
+    scene = load_scene_arrays(source.image, source.mask, source.dem, config.inputs)
+    small = np.full(scene.target.shape, 255, np.uint8)
+    small[40:50, 40:50] = scene.target[40:50, 40:50]
+    labelled = SceneArrays(scene.name, scene.x, small)
+    windows = RandomWindows([labelled], scene_stats([labelled]), 64, 4, 0.25, False, 0)
+    with pytest.raises(SlidemapError, match=r"has 25% of its pixels labelled .* label a larger"):
+        next(iter(windows.epoch(1, 4)))

@@ -143,8 +143,10 @@ class RandomWindows:
             for window in random_windows(scene.valid, self.tile, int(count), self.min_valid, rng):
                 picks.append((index, window))
         if not picks:
-            raise SlidemapError(f"no training window of {self.tile} px has enough valid pixels: "
-                                "lower training.min_valid or training.tile")
+            raise SlidemapError(f"no training window of {self.tile} px has {self.min_valid:.0%} "
+                                "of its pixels labelled (valid, inside the area of interest if "
+                                "there is one): label a larger area, or lower "
+                                "training.min_valid or training.tile")
         rng.shuffle(picks)
         for start in range(0, len(picks), batch_size):
             samples = [self._sample(i, w, rng) for i, w in picks[start:start + batch_size]]
