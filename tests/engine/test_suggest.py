@@ -65,6 +65,25 @@ def test_the_most_uncertain_box_comes_first_and_picks_spread_out(scene: Path) ->
     assert all(a.intersection(b).area == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
+class CoarseBrightnessModel(BrightnessModel):
+    """The brightness model read at 3 m: three 1 m image px per working px."""
+
+    spec = InputSpec(image_bands=(1,), resolution_m=3.0)
+
+
+def test_valid_fractions_are_shares_of_the_box_whatever_the_working_grid(
+        tmp_path: Path) -> None:
+    """Boxes of 110 px read 3 px to 1 as 37 working px (111 image px): a fully valid box is
+    still 1, an edge box clipped to 110 × 40 px is 40/110 of one, not 37²·9/110² or 13·37·9/…"""
+    image = np.full((150, 220), 100, np.uint8)
+    scene = write_raster(tmp_path / "scene.tif", image, nodata=0,
+                         transform=from_origin(*ORIGIN, 1.0, 1.0))
+    picks = suggest_boxes(CoarseBrightnessModel(), scene, None, n=4, box=110).picks
+    fractions = {(p.grid_row, p.grid_col): p.valid_fraction for p in picks}
+    assert fractions == pytest.approx({(0, 0): 1.0, (0, 1): 1.0,
+                                       (1, 0): 40 / 110, (1, 1): 40 / 110})
+
+
 def test_boxes_already_labelled_are_skipped(scene: Path, tmp_path: Path) -> None:
     labelled = tmp_path / "done.gpkg"
     pyogrio.raw.write(labelled, np.array([shapely.to_wkb(shapely.box(*box_bounds(2, 1)))],

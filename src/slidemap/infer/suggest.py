@@ -85,6 +85,14 @@ def overlaps_labels(layers: Sequence[PolygonLayer], bounds: tuple[float, ...]) -
     return False
 
 
+def valid_fraction(valid: np.ndarray, window: Window, box: int) -> float:
+    """The valid share of a full ``box`` px box: the window's valid share times the window's
+    share of the box. Not the working pixels' count times the factor squared: a box that the
+    factor does not divide is read as rounded working pixels, which would give up to several
+    per cent more or less (above 1 for a fully valid box)."""
+    return float(valid.mean()) * window.width * window.height / box**2
+
+
 def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch_size: int,
                 skip: Sequence[PolygonLayer] = (), progress: Progress | None = None
                 ) -> tuple[list[BoxScore], int]:
@@ -102,7 +110,7 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch
         for (r, c, window, _, valid), prob in zip(batch, probs, strict=True):
             scores.append(BoxScore(
                 window, r, c, float(binary_entropy(prob[valid]).mean()),
-                float(valid.sum() * factor**2 / box**2),
+                valid_fraction(valid, window, box),
                 float((prob[valid] >= predictor.threshold).mean())))
         batch.clear()
 
@@ -116,7 +124,7 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch
             continue
         sample = read_inputs(scene, window, spec, factor)
         valid = sample["valid"]
-        if valid.sum() * factor**2 < MIN_VALID * box**2:
+        if valid_fraction(valid, window, box) < MIN_VALID:
             continue
         batch.append((r, c, window, stack_channels(sample, spec), valid))
         if len(batch) == batch_size:
