@@ -10,6 +10,7 @@ import pytest
 import shapely
 from factories import ORIGIN, write_raster
 from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
@@ -94,6 +95,22 @@ def test_boxes_already_labelled_are_skipped(scene: Path, tmp_path: Path) -> None
     assert places(result.picks) == [(2, 2), (0, 3)]  # its neighbours touch it only: kept
     assert result.skipped_labelled == 1
     assert result.candidates == 16 - 1 - 3  # three boxes are mostly nodata
+
+
+def test_a_box_labelled_in_another_crs_skips_itself_not_its_neighbours(
+        scene: Path, tmp_path: Path) -> None:
+    """The earlier box saved in WGS 84: its edges come back from the round trip a float error
+    off, into the neighbours that touch it; a sliver that labels no pixel skips nothing."""
+    corners = np.array(shapely.box(*box_bounds(2, 1)).exterior.coords)
+    lon, lat = warp_transform("EPSG:32647", "EPSG:4326", corners[:, 0], corners[:, 1])
+    labelled = tmp_path / "done.geojson"
+    ring = shapely.Polygon(np.column_stack([lon, lat]))
+    pyogrio.raw.write(labelled, np.array([shapely.to_wkb(ring)], dtype=object), [], [],
+                      driver="GeoJSON", geometry_type="Polygon", crs="EPSG:4326")
+    result = suggest_boxes(BrightnessModel(), scene, None, n=2, box=BOX, spacing=0,
+                           labels=[labelled])
+    assert result.skipped_labelled == 1
+    assert places(result.picks) == [(2, 2), (0, 3)]
 
 
 def test_boxes_are_written_ranked_in_the_scene_crs(scene: Path, tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ one batch of boxes and a few numbers per box, whatever the scene size:
 - *score*: uncertainty × the box's valid fraction, the uncertainty a labeller resolves per box
   (a half-empty box at the scene edge teaches half as much).
 
-Boxes that overlap (with a positive area) a polygon of ``labels`` (the areas labelled before,
-e.g. the boxes of an earlier round, or an AOI) are not predicted at all. The picks are greedy by
-score with a diversity rule: no pick lies within ``spacing`` boxes (8-neighbourhood rings) of an
-earlier pick, so ten picks are not ten neighbours on one slope; if the rule leaves fewer than
-``n`` boxes, the best remaining ones fill up the list.
+Boxes that overlap the polygons of ``labels`` (the areas labelled before, e.g. the boxes of an
+earlier round, or an AOI) by more than a pixel's area are not predicted at all. The picks are
+greedy by score with a diversity rule: no pick lies within ``spacing`` boxes (8-neighbourhood
+rings) of an earlier pick, so ten picks are not ten neighbours on one slope; if the rule leaves
+fewer than ``n`` boxes, the best remaining ones fill up the list.
 """
 
 from __future__ import annotations
@@ -73,14 +73,20 @@ def binary_entropy(prob: np.ndarray) -> np.ndarray:
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
-def overlaps_labels(layers: Sequence[PolygonLayer], bounds: tuple[float, ...]) -> bool:
-    """Whether any polygon of ``layers`` covers part of ``bounds`` (touching edges do not)."""
+def overlaps_labels(layers: Sequence[PolygonLayer], bounds: tuple[float, ...],
+                    min_area: float = 0.0) -> bool:
+    """Whether the polygons of a layer of ``layers`` cover more than ``min_area`` of ``bounds``.
+
+    ``min_area`` is a pixel's: less labels no pixel of the box. Touching edges do not count, nor
+    do the slivers of float error that an edge shared with the box becomes when the earlier
+    boxes were saved in another CRS (QGIS, a WGS 84 GeoJSON): else the neighbours of every
+    labelled box would be skipped too."""
     left, bottom, right, top = bounds
     box = shapely.box(left, bottom, right, top)
     for layer in layers:
         geometries = layer.geometries((left, bottom, right, top))
-        if geometries.size and shapely.area(shapely.intersection(
-                shapely.make_valid(geometries), box)).max() > 0:
+        if geometries.size and shapely.union_all(shapely.intersection(
+                shapely.make_valid(geometries), box)).area > min_area:
             return True
     return False
 
@@ -117,7 +123,8 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch
     for r, c, window in grid:
         if progress is not None and task is not None:
             progress.advance(task)
-        if skip and overlaps_labels(skip, window_bounds(window, transform)):
+        if skip and overlaps_labels(skip, window_bounds(window, transform),
+                                    abs(transform.determinant)):
             skipped += 1
             continue
         if not scene.any_valid(window, factor):
