@@ -511,7 +511,7 @@ def make_report(
 def newsite(
     image: Annotated[Path, typer.Argument(help="image GeoTIFF of the scene")],
     labels: Annotated[Path, typer.Argument(
-        help="landslide polygons drawn over it (.gpkg, .geojson, .shp; any CRS)")],
+        help="landslide polygons drawn over it (.gpkg, .geojson, .shp, zipped .shp; any CRS)")],
     out: Annotated[Path, typer.Option(help="folder: config.yaml, model, map/")],
     aoi: Annotated[Path | None, typer.Option(
         help="polygons of the area labelled (default: the whole image; outside is ignored)")

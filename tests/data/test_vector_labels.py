@@ -6,6 +6,7 @@ import json
 import sqlite3
 import struct
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,21 @@ def test_polygons_in_another_crs_land_on_the_same_pixels(tiny_scene: dict, tmp_p
     with Scene(tiny_scene["image"], mask=slides, aoi=aoi) as scene:
         labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
     np.testing.assert_array_equal(labels, read_mask(tiny_scene["mask"]))
+
+
+def test_a_zipped_shapefile_reads_as_the_polygons(tiny_scene: dict, tmp_path: Path) -> None:
+    """Shapefiles travel zipped; GDAL reads the .zip in place, as QGIS does: labels, not a
+    label raster that cannot be opened."""
+    slides = write_polygons(tmp_path / "slides.shp", polygonise(tiny_scene["mask"], (1,)))
+    archive = tmp_path / "slides.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for part in slides.parent.glob("slides.*"):
+            if part != archive:
+                bundle.write(part, part.name)
+    assert is_vector(archive)
+    with Scene(tiny_scene["image"], mask=archive) as scene:
+        labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+    np.testing.assert_array_equal(labels, np.where(read_mask(tiny_scene["mask"]) == 1, 1, 0))
 
 
 def test_an_aoi_also_restricts_a_label_raster(tiny_scene: dict, tmp_path: Path) -> None:

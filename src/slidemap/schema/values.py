@@ -51,8 +51,9 @@ BAND_NAMES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"
 TERRAIN = ("slope", "dem")
 DEFAULT_BANDS = ("B2", "B3", "B4", "B8", "slope", "dem")
 
+# .zip: a zipped Shapefile, the way shapefiles travel; GDAL (and QGIS) read it in place
 VECTOR_SUFFIXES = frozenset({".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml",
-                             ".sqlite"})
+                             ".sqlite", ".zip"})
 LAYER_MARK = "|layername="
 
 
