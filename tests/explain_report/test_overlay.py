@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import rasterio
@@ -81,3 +84,15 @@ def test_heat_geotiff_refuses_a_profile_of_another_size(tmp_path):
     with pytest.raises(SlidemapError, match="profile"):
         save_heat_geotiff(np.zeros((6, 9)), tmp_path / "cam.tif", profile(9, 6))
     assert not list(tmp_path.iterdir())
+
+
+def test_pictures_get_the_umask_permissions_like_every_other_output(tmp_path):
+    """explain's PNGs and GeoTIFFs were private (0600, the temporary file's mode) while the
+    maps of predict beside them were readable by the group and others."""
+    old = os.umask(0o022)
+    try:
+        save_overlay_png(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4)), tmp_path / "cam.png")
+        save_heat_geotiff(np.zeros((6, 9)), tmp_path / "cam.tif", profile(6, 9))
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o644}

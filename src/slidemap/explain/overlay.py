@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from slidemap.errors import SlidemapError
+from slidemap.io.atomic import atomic_path
 
 
 def rgb_preview(image: np.ndarray) -> np.ndarray:
@@ -41,19 +41,15 @@ def rgb_preview(image: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _replace_atomically(path: str | os.PathLike[str]) -> Iterator[str]:
+def _replace_atomically(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary name next to ``path`` and move it into place only once written, so a
-    crash never leaves a half-written file under the real name."""
+    crash never leaves a half-written file under the real name. The project's writer gives the
+    file the umask's permissions (a private 0600 temporary would stay unreadable to others) and
+    a name that the next run into the folder sweeps if this process is killed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(target) as temp:
         yield temp
-        os.replace(temp, target)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
 
 
 def save_overlay_png(
