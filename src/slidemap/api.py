@@ -205,7 +205,7 @@ def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = N
             options: PredictOptions | None = None, overwrite: bool = False,
             progress: Progress | None = None) -> SuggestResult:
     """The ``n`` boxes of ``image`` most worth labelling next, as polygons in ``out``."""
-    return suggest_workflow.suggest(model, _path(image), _path(out), _opt_path(dem), n, box,
+    return suggest_workflow.suggest(model, _name(image), _path(out), _opt_name(dem), n, box,
                                     [_path(p) for p in labels], spacing, options, overwrite,
                                     progress)
 
@@ -235,7 +235,7 @@ def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
           options: PredictOptions | None = None, sample: int = 32, agreement: bool = False,
           json_out: PathArg | None = None, overwrite: bool = False) -> BenchResult:
     """Model-only against end-to-end throughput of mapping ``image``, and peak RSS."""
-    return bench_workflow.bench(_path(image), _opt_path(dem), model, options, sample,
+    return bench_workflow.bench(_name(image), _opt_name(dem), model, options, sample,
                                 agreement, _opt_path(json_out), overwrite)
 
 

@@ -540,9 +540,11 @@ def newsite(
 @app.command()
 def suggest(
     model: Annotated[Path, typer.Argument(help="model file whose uncertainty guides the picks")],
-    image: Annotated[Path, typer.Argument(help="image GeoTIFF of the scene to label")],
+    image: Annotated[str, typer.Argument(
+        help="image of the scene to label (any GDAL raster name)")],
     out: Annotated[Path, typer.Option(help="boxes to label: .gpkg (or .geojson) to open in QGIS")],
-    dem: Annotated[Path | None, typer.Option(help="DEM raster, if the model reads one")] = None,
+    dem: Annotated[str | None, typer.Option(
+        help="DEM raster (any GDAL name), if the model reads one")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="how many boxes")] = 10,
     box: Annotated[int, typer.Option(min=1, help="box side in image pixels")] = 512,
     labels: Annotated[list[Path] | None, typer.Option(
@@ -565,7 +567,7 @@ def suggest(
     with _progress() as progress:
         result = api.suggest(model, image, out, dem, n, box, labels or [], spacing, options,
                              overwrite, progress)
-    table = Table(title=Text(f"boxes to label next in {image.name}"))
+    table = Table(title=Text(f"boxes to label next in {api.display_name(image)}"))
     for column in ("rank", "col", "row", "score", "uncertainty"):
         table.add_column(column, justify="right")
     for pick in result.picks:
@@ -687,8 +689,9 @@ def export(
 
 @app.command()
 def bench(
-    image: Annotated[Path, typer.Argument(help="image GeoTIFF (or VRT) to time")],
-    dem: Annotated[Path | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
+    image: Annotated[str, typer.Argument(help="image to time (any GDAL raster name)")],
+    dem: Annotated[str | None, typer.Option(help="DEM raster (any GDAL name), any grid or CRS")
+                   ] = None,
     model: Models = None,
     tile: Tile = None,
     overlap: Overlap = None,
@@ -717,7 +720,8 @@ def bench(
     to_stdout = json_out is not None and str(json_out) == "-"
     result = api.bench(image, dem, model, options, sample, agreement,
                        None if to_stdout else json_out, overwrite).figures
-    table = Table(title=Text(f"{image.name}: {result['size'][0]}×{result['size'][1]} px, "
+    size = result["size"]
+    table = Table(title=Text(f"{api.display_name(image)}: {size[0]}×{size[1]} px, "
                              f"{result['backend']} {result['precision']}"
                              f"{' compiled' if result['compile'] else ''}"))
     table.add_column("figure")

@@ -270,3 +270,22 @@ def test_nodata_over_an_alpha_band_reads_without_rasterio_warnings(tmp_path) -> 
         picture = imagery(str(path), map_grid(mask))
     assert not sample["valid"][:, :8].any() and sample["valid"][:, 8:].all()
     assert np.isnan(picture[:, :, :8]).all()
+
+
+def test_suggest_and_bench_take_a_gdal_name_as_written(tiny_scene, tiny_model, tmp_path,
+                                                       run_cli) -> None:
+    """They took IMAGE and --dem as paths, which fold the '//' of /vsizip//abs/path.zip (and
+    of https://, HDF5:"f"://sub) into '/': a name predict reads was 'does not exist' there."""
+    with zipfile.ZipFile(tmp_path / "delivery.zip", "w") as bundle:
+        bundle.write(tiny_scene["image"], "ortho.tif")
+        bundle.write(tiny_scene["dem"], "dsm.tif")
+    image, dem = (f"/vsizip/{tmp_path}/delivery.zip/{name}"  # /vsizip//tmp/...
+                  for name in ("ortho.tif", "dsm.tif"))
+    code, err = run_cli("suggest", tiny_model, image, "--dem", dem, "--n", "1", "--box", "48",
+                        "--out", tmp_path / "boxes.gpkg")
+    assert code == 0, err
+    assert "boxes to label next in ortho.tif" in err
+    code, err = run_cli("bench", image, "--dem", dem, "--model", tiny_model, "--tile", "48",
+                        "--overlap", "16", "--sample", "1", "--json", tmp_path / "bench.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "bench.json").read_text())["size"] == [96, 96]

@@ -30,6 +30,7 @@ import rasterio
 from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec
+from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
@@ -46,8 +47,8 @@ from slidemap.io.rasters import RasterFormat, read_probability
 RSS_PERIOD_S = 0.05
 
 
-def bench_scene(image: Path, dem: Path | None, models: list[Path], options: PredictOptions,
-                sample: int = 32, agreement: bool = False) -> dict:
+def bench_scene(image: DatasetName, dem: DatasetName | None, models: list[Path],
+                options: PredictOptions, sample: int = 32, agreement: bool = False) -> dict:
     """Model-only and end-to-end throughput of ``options`` on ``image``, and peak RSS.
 
     With ``agreement`` the scene is also predicted in plain torch fp32 and the two probability

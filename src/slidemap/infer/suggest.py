@@ -31,6 +31,7 @@ from rasterio.windows import bounds as window_bounds
 from rich.progress import Progress
 
 from slidemap.data.channels import read_inputs, stack_channels
+from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.data.vectors import PolygonLayer
 from slidemap.errors import SlidemapError, first_line
@@ -167,8 +168,8 @@ class Suggestion:
     profile: dict
 
 
-def suggest_boxes(predictor: Predictor, image: Path, dem: Path | None, n: int, box: int,
-                  labels: Sequence[Path] = (), spacing: int = 1, batch_size: int = 8,
+def suggest_boxes(predictor: Predictor, image: DatasetName, dem: DatasetName | None, n: int,
+                  box: int, labels: Sequence[Path] = (), spacing: int = 1, batch_size: int = 8,
                   progress: Progress | None = None) -> Suggestion:
     """The ``n`` boxes most worth labelling next."""
     spec = predictor.spec

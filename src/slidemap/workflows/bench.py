@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slidemap.data.names import DatasetName, local_files
 from slidemap.infer.bench import bench_scene
 from slidemap.infer.options import PredictOptions
 from slidemap.io import jsontext
@@ -20,14 +21,14 @@ class BenchResult:
     json_file: Path | None = None
 
 
-def bench(image: Path, dem: Path | None = None, model: ModelArg = None,
+def bench(image: DatasetName, dem: DatasetName | None = None, model: ModelArg = None,
           options: PredictOptions | None = None, sample: int = 32, agreement: bool = False,
           json_out: Path | None = None, overwrite: bool = False) -> BenchResult:
     """Time mapping ``image``; with ``agreement``, how close the map is to torch fp32.
     ``json_out`` is checked before the run, like every output."""
     if json_out is not None:
-        check_outputs([json_out], [image, dem, *model_files(model, dem is not None)], overwrite,
-                      "--json")
+        inputs = [*local_files(image, dem), *model_files(model, dem is not None)]
+        check_outputs([json_out], inputs, overwrite, "--json")
     figures = bench_scene(image, dem, model_list(model, dem is not None),
                           options or PredictOptions(), sample,
                           agreement)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from slidemap.data.names import DatasetName, local_files
 from slidemap.errors import SlidemapError
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor
@@ -35,8 +36,8 @@ class SuggestResult:
     picks: tuple[Pick, ...]
 
 
-def suggest(model: ModelArg, image: Path, out: Path, dem: Path | None = None, n: int = 10,
-            box: int = 512, labels: Sequence[Path] = (), spacing: int = 1,
+def suggest(model: ModelArg, image: DatasetName, out: Path, dem: DatasetName | None = None,
+            n: int = 10, box: int = 512, labels: Sequence[Path] = (), spacing: int = 1,
             options: PredictOptions | None = None, overwrite: bool = False,
             progress: Progress | None = None) -> SuggestResult:
     """Write ``out``: the ``n`` boxes of ``image`` most worth labelling next, ranked, as
@@ -48,7 +49,7 @@ def suggest(model: ModelArg, image: Path, out: Path, dem: Path | None = None, n:
                             "for the boxes")
     options = options or PredictOptions()
     predictor = build_predictor(model_list(model, dem is not None), options)
-    inputs = [image, *([dem] if dem else []), *model_files(model, dem is not None),
+    inputs = [*local_files(image, dem), *model_files(model, dem is not None),
               *(file_of(p) for p in labels)]
     check_outputs([out], inputs, overwrite)
     with output_folder(out.parent):
