@@ -282,3 +282,15 @@ def test_a_labelled_area_too_small_for_a_window_says_to_label_more(
     windows = RandomWindows([labelled], scene_stats([labelled]), 64, 4, 0.25, False, 0)
     with pytest.raises(SlidemapError, match=r"has 25% of its pixels labelled .* label a larger"):
         next(iter(windows.epoch(1, 4)))
+
+
+def test_the_summary_line_says_what_chose_the_epoch_kept(
+        tiny_scene: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Without data.val, select: best keeps the epoch of lowest training loss: the line said
+    'best by val F1' of a validation that never ran."""
+    raw = tiny_run(tiny_scene, epochs=1)
+    del raw["data"]["val"]
+    with caplog.at_level("INFO", logger="slidemap"):
+        train(parse_config(raw), tmp_path / "run")
+    kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept epoch")]
+    assert len(kept) == 1 and "(lowest training loss: no validation data)" in kept[0], kept

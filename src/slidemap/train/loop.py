@@ -182,13 +182,21 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
                "wall_seconds": round(time.perf_counter() - started, 1)}
     _publish(out_dir, summary)
     plot_training_curves(out_dir)
-    how = "the last" if settings.select == "last" else "best by val F1"
+    how = _how_kept(settings.select, bool(val_scenes))
     if average is not None:
         how = f"weights averaged over epochs {settings.average_from}-{settings.epochs}"
     figure = f", val F1 {state['best_f1']:.4f}" if val_scenes else ""
     log.info(f"kept epoch {state['best_epoch']} ({how}{figure}) → "
              f"{out_dir / 'model.safetensors'}")
     return out_dir / "model.safetensors"
+
+
+def _how_kept(select: str, validated: bool) -> str:
+    """How the kept epoch was chosen, as the summary line says it: without validation data
+    ``select: best`` goes by the lowest training loss, which is no F1 of anything."""
+    if select == "last":
+        return "the last"
+    return "best by val F1" if validated else "lowest training loss: no validation data"
 
 
 def _warn_if_validation_is_trained_on(config: RunConfig, main: bool) -> None:
