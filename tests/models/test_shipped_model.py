@@ -34,6 +34,14 @@ def test_the_default_model_is_the_terrain_unet_in_a_small_file() -> None:
     assert api.default_model_path().stat().st_size < 4 * 2**20  # shipped weights stay small
 
 
+def test_every_shipped_model_says_what_to_expect_on_new_ground() -> None:
+    """The report prints card.new_ground under every map; a shipped file without it left the
+    RGB-only default's maps saying 'unmeasured' beside its leave-one-site-out figures."""
+    for sidecar_path in sorted(api.DEFAULT_MODEL.parent.glob("*.json")):
+        card = json.loads(sidecar_path.read_text()).get("card", {})
+        assert len(card.get("new_ground", "")) > 100, sidecar_path.name
+
+
 @pytest.mark.slow  # maps a whole real Jinsha scene
 @pytest.mark.skipif(not JINSHA.exists(), reason="../shared/data/jinsha is not here")
 @pytest.mark.parametrize("model", [api.DEFAULT_MODEL, FAST_MODEL], ids=["default", "fast"])
