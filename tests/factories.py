@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -95,6 +96,21 @@ def reproject_raster(src_path: Path, dst_path: Path, crs: str, scale: float = 1.
                   dst_transform=transform, dst_crs=crs, resampling=Resampling.bilinear,
                   src_nodata=np.nan, dst_nodata=np.nan)
     return write_raster(dst_path, data, crs=crs, transform=transform, nodata=float("nan"))
+
+
+def web_mercator(lon: float, lat: float) -> tuple[float, float]:
+    """EPSG:3857 x, y of a WGS 84 longitude/latitude (degrees), by the projection's formula."""
+    radius = 6_378_137.0
+    return (radius * math.radians(lon),
+            radius * math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)))
+
+
+def web_mercator_scale(lat: float) -> tuple[float, float]:
+    """Ground metres per EPSG:3857 unit along x and y at ``lat`` on the WGS 84 ellipsoid, from
+    the formula (x = aλ, y = a ln tan(π/4 + φ/2)): N cos φ / a and M cos φ / a, about cos φ."""
+    e2, phi = 6.694379990141317e-3, math.radians(lat)
+    w = 1 - e2 * math.sin(phi) ** 2
+    return math.cos(phi) / math.sqrt(w), (1 - e2) * math.cos(phi) / w ** 1.5
 
 
 # -- model files ----------------------------------------------------------------------------------

@@ -15,7 +15,14 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from factories import REPO, square_scene, tiny_bundle, write_raster
+from factories import (
+    REPO,
+    square_scene,
+    tiny_bundle,
+    web_mercator,
+    web_mercator_scale,
+    write_raster,
+)
 from rasterio.transform import from_origin
 from scipy import ndimage
 from shapely.geometry import shape
@@ -229,6 +236,25 @@ def test_perimeter_and_area_in_metres_in_degrees(tmp_path) -> None:
     centre = math.radians(north - 15 * step)
     assert inventory.attributes["area_m2"][0] == pytest.approx(
         200 * metres**2 * math.cos(centre), rel=1e-4)
+
+
+def test_perimeter_and_area_in_metres_in_web_mercator(tmp_path) -> None:
+    """Web Mercator units are about 1/cos(latitude) ground metres (0.585 units a 0.5 m pixel
+    at 31° N): the inventory gives the ground area and perimeter, not the grid's (36 % and
+    17 % larger)."""
+    north = 31.1
+    res = 0.5 / web_mercator_scale(north)[0]  # 0.5 m ground pixels along x
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[10:20, 5:25] = 1  # 10 rows × 20 columns
+    transform = from_origin(*web_mercator(98.7, north), res, res)
+    paths = [write_raster(tmp_path / name, array, crs="EPSG:3857", transform=transform)
+             for name, array in (("m.tif", mask), ("p.tif", mask.astype(np.float32)))]
+    inventory = build_inventory(*paths)
+    per_x, per_y = web_mercator_scale(north)  # the same to 1e-6 at the square, 8 m south
+    dx, dy = res * per_x, res * per_y
+    assert inventory.attributes["area_m2"][0] == pytest.approx(200 * dx * dy, rel=1e-4)
+    assert inventory.attributes["perimeter_m"][0] == pytest.approx(2 * (20 * dx + 10 * dy),
+                                                                   rel=1e-4)
 
 
 def test_predict_writes_geojson_and_gpkg_with_terrain(tiny_scene, tiny_model, tmp_path,

@@ -21,7 +21,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from slidemap.data.scaling import resize
-from slidemap.data.terrain import pixel_size_m, slope_degrees
+from slidemap.data.terrain import bounds_centre, pixel_size_m, slope_degrees
 from slidemap.errors import SlidemapError
 
 IGNORE = 255
@@ -133,10 +133,7 @@ def _dem_pixel_size(path: Path) -> tuple[float, float] | None:
     with _open_tiff(path) as src:
         if src.crs is None:
             return None
-        latitude = None
-        if src.crs.is_geographic:
-            latitude = (src.bounds.top + src.bounds.bottom) / 2
-        return pixel_size_m(src.crs, src.res, latitude)
+        return pixel_size_m(src.crs, src.res, bounds_centre(src.bounds))
 
 
 def _read_pillow(path: Path, palette_as_rgb: bool) -> tuple[np.ndarray, np.ndarray]:

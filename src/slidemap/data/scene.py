@@ -29,6 +29,7 @@ from rasterio.windows import transform as window_transform
 from slidemap.data.names import DatasetName, as_name, local_path
 from slidemap.data.terrain import (
     BoxSums,
+    bounds_centre,
     laplacian_curvature,
     pixel_size_m,
     radii_px,
@@ -278,14 +279,13 @@ class Scene:
                 "height": img.height}
 
     def pixel_size_m(self) -> tuple[float, float]:
-        """Native pixel size in metres (at the scene centre for a geographic CRS)."""
+        """Native pixel size in metres, at the scene centre (where a CRS unit's ground size
+        varies: degrees, Web Mercator); one size for the whole scene, so that a pixel's slope
+        does not depend on the window it is read in."""
         img = self._image
         if img.crs is None:
             return abs(img.res[0]), abs(img.res[1])
-        centre_lat = None
-        if img.crs.is_geographic:
-            centre_lat = (img.bounds.top + img.bounds.bottom) / 2
-        return pixel_size_m(img.crs, img.res, centre_lat)
+        return pixel_size_m(img.crs, img.res, bounds_centre(img.bounds))
 
     def decimation(self, resolution_m: float | None) -> int:
         """Integer read factor that brings native pixels closest to ``resolution_m``."""

@@ -1,26 +1,107 @@
-"""Terrain derivatives of a DEM, with pixel sizes in metres also for geographic CRSs."""
+"""Terrain derivatives of a DEM, and the ground size of a CRS unit: pixel sizes in metres also
+for geographic CRSs and for projections whose grid metre is not a ground metre (Web Mercator)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.warp import transform
 
 EARTH_RADIUS_M = 6_371_008.8
+WGS84_A = 6_378_137.0  # WGS 84 semi-major axis, metres
+WGS84_E2 = 6.694379990141317e-3  # WGS 84 first eccentricity squared
+# Where a projection's ground scale is within this of its linear unit, the unit is taken as a
+# ground metre, as landslide inventories do in UTM and national grids (grid area: their scale
+# error is a few parts in 10^4), so their figures are the grid's. Beyond it (Web Mercator: 1/cos
+# of the latitude, 17 % at 31° N; world projections) the grid unit is no ground measure and the
+# local ground scale is used.
+GRID_SCALE_TOLERANCE = 0.01
+SCALE_STEP = 1.0  # CRS units: the step whose ground length measures a projection's local scale
 
 
-def pixel_size_m(crs: CRS, res: tuple[float, float], latitude: float | None = None
+def pixel_size_m(crs: CRS, res: tuple[float, float], at: tuple[float, float]
                  ) -> tuple[float, float]:
-    """(dx, dy) of one pixel in metres; degrees are converted at ``latitude`` (spherical earth)."""
-    dx, dy = abs(res[0]), abs(res[1])
+    """(dx, dy) of one pixel in metres at ``at`` ((x, y) in the CRS), as
+    :func:`metres_per_unit` sizes a CRS unit there."""
+    per_x, per_y = metres_per_unit(crs, *at)
+    return abs(res[0]) * per_x, abs(res[1]) * per_y
+
+
+def bounds_centre(bounds: tuple[float, float, float, float]) -> tuple[float, float]:
+    """(x, y) of the centre of (west, south, east, north) bounds (rasterio's order)."""
+    west, south, east, north = bounds
+    return (west + east) / 2, (south + north) / 2
+
+
+def metres_per_unit(crs: CRS, x: float, y: float) -> tuple[float, float]:
+    """Ground metres per CRS unit along x and along y at the point (x, y); see
+    :func:`ground_scales`."""
+    per_x, per_y = ground_scales(crs, [x], [y])
+    return float(per_x[0]), float(per_y[0])
+
+
+def ground_scales(crs: CRS, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Ground metres per CRS unit along x and along y at each point (x, y): the one rule by
+    which pixel sizes, areas, lengths and scale bars are measured.
+
+    Degrees on a spherical earth (a degree of longitude shrinks with the cosine of the
+    latitude); a projection's linear unit where its local ground scale is within
+    ``GRID_SCALE_TOLERANCE`` of it, the local ground scale on the WGS 84 ellipsoid elsewhere (or
+    where it cannot be measured: points outside the projection's domain); 1 for a CRS that is
+    neither (an engineering grid).
+    """
+    xs = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    ys = np.atleast_1d(np.asarray(y, dtype=np.float64))
     if crs.is_geographic:
-        if latitude is None:
-            raise ValueError("a geographic CRS needs the latitude to size pixels in metres")
-        metres_per_degree = math.pi * EARTH_RADIUS_M / 180.0
-        return dx * metres_per_degree * math.cos(math.radians(latitude)), dy * metres_per_degree
-    factor = crs.linear_units_factor[1] if crs.is_projected else 1.0
-    return dx * factor, dy * factor
+        per_degree = math.pi * EARTH_RADIUS_M / 180.0
+        return per_degree * np.cos(np.radians(ys)), np.full(ys.shape, per_degree)
+    factor = float(crs.linear_units_factor[1]) if crs.is_projected else 1.0
+    grid = np.full(xs.shape, factor)
+    local = _ellipsoid_scales(crs, xs, ys) if crs.is_projected else None
+    if local is None:
+        return grid, grid.copy()
+    per_x, per_y = local
+    measured = np.isfinite(per_x) & np.isfinite(per_y) & (per_x > 0) & (per_y > 0)
+    near = (np.abs(per_x / factor - 1) <= GRID_SCALE_TOLERANCE) & (
+        np.abs(per_y / factor - 1) <= GRID_SCALE_TOLERANCE)
+    keep = near | ~measured
+    return np.where(keep, grid, per_x), np.where(keep, grid, per_y)
+
+
+def _ellipsoid_scales(crs: CRS, xs: np.ndarray, ys: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Ground metres per unit along x and y at each point: steps of ``SCALE_STEP`` units taken
+    to WGS 84 longitude/latitude and measured with the ellipsoid's meridional (M) and
+    prime-vertical (N) radii at their mean latitude; None when PROJ cannot transform them."""
+    count = xs.size
+    step_x = np.concatenate([xs, xs + SCALE_STEP, xs])
+    step_y = np.concatenate([ys, ys, ys + SCALE_STEP])
+    try:
+        lon, lat = transform(crs, "EPSG:4326", step_x.tolist(), step_y.tolist())
+    except (CPLE_BaseError, RasterioError, ValueError):
+        return None
+    lons = np.radians(np.reshape(lon, (3, count)))
+    lats = np.radians(np.reshape(lat, (3, count)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (_ellipsoid_distance(lons[0], lats[0], lons[1], lats[1]) / SCALE_STEP,
+                _ellipsoid_distance(lons[0], lats[0], lons[2], lats[2]) / SCALE_STEP)
+
+
+def _ellipsoid_distance(lon0: np.ndarray, lat0: np.ndarray, lon1: np.ndarray,
+                        lat1: np.ndarray) -> np.ndarray:
+    """Metres between nearby points (radians) on the WGS 84 ellipsoid:
+    distance² = (M·dφ)² + (N·cos φ·dλ)² at the mean latitude φ."""
+    phi = (lat0 + lat1) / 2
+    w = 1 - WGS84_E2 * np.sin(phi) ** 2
+    meridional = WGS84_A * (1 - WGS84_E2) / w ** 1.5
+    prime_vertical = WGS84_A / np.sqrt(w)
+    dlon = (lon1 - lon0 + math.pi) % (2 * math.pi) - math.pi  # across the antimeridian
+    return np.hypot(meridional * (lat1 - lat0), prime_vertical * np.cos(phi) * dlon)
 
 
 def neighbours(z: np.ndarray) -> dict[tuple[int, int], np.ndarray]:

@@ -5,15 +5,17 @@ a union–find, so a slide spanning several strips comes out as one polygon. A s
 and written out, as soon as a strip no longer touches it: memory holds one strip and the slides
 still open, whatever the number of slides. Attributes are accumulated per component from the
 same strips: area, probability and, given a DEM, mean slope and elevation range (the DEM read on
-the mask's grid at native resolution, warped on the fly if it lies on another grid). Lengths are
-in metres also for geographic CRSs (spherical earth, as for the pixel areas).
+the mask's grid at native resolution, warped on the fly if it lies on another grid). Areas and
+lengths are ground metres as ``slidemap.data.terrain.ground_scales`` measures a CRS unit: degrees
+on a spherical earth, a projection's unit where it is within 1 % of a ground metre (UTM), and
+the local scale where it is not (Web Mercator: pixel areas row by row, lengths at each polygon's
+centroid).
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
-import math
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
@@ -34,7 +36,7 @@ from scipy import ndimage
 
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
-from slidemap.data.terrain import EARTH_RADIUS_M, pixel_size_m
+from slidemap.data.terrain import EARTH_RADIUS_M, ground_scales
 from slidemap.errors import SlidemapError, UsageError, first_line
 from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.io.atomic import atomic_path, final_path
@@ -249,28 +251,30 @@ def _finish(slides: list[Slide], keys: tuple[str, ...], crs: CRS | None,
             min_area_m2: float, simplify_m: float) -> Inventory:
     """Finished landslides as polygons with their attributes (those below ``min_area_m2``
     dropped); the files they are written to number them (fid)."""
-    geometries, rows = [], []
     column = {k: i for i, k in enumerate(keys)}
-    for landslide in slides:
-        def total(key: str, pieces: list[Piece] = landslide.pieces) -> float:
-            return sum(p.sums[column[key]] for p in pieces)
 
-        pixels, area = total("pixels"), total("area")
-        if area < min_area_m2:
-            continue
-        geometry = shapely.union_all([g for p in landslide.pieces for g in p.geometries])
+    def total(landslide: Slide, key: str) -> float:
+        return sum(p.sums[column[key]] for p in landslide.pieces)
+
+    kept = [landslide for landslide in slides if total(landslide, "area") >= min_area_m2]
+    geometries = [shapely.union_all([g for p in landslide.pieces for g in p.geometries])
+                  for landslide in kept]
+    per_x, per_y = _centroid_scales(geometries, crs)
+    rows = []
+    for i, landslide in enumerate(kept):
         if simplify_m > 0:  # from one vertex set and ring start, wherever the strips were cut
-            canonical = shapely.normalize(shapely.simplify(geometry, 0))
-            geometry = shapely.simplify(canonical, _crs_units(simplify_m, crs),
-                                        preserve_topology=True)
-        geometries.append(geometry)
-        row = [area, _length_m(geometry, crs), total("prob") / pixels,
+            canonical = shapely.normalize(shapely.simplify(geometries[i], 0))
+            geometries[i] = shapely.simplify(canonical, simplify_m / max(per_x[i], per_y[i]),
+                                             preserve_topology=True)
+        pixels = total(landslide, "pixels")
+        row = [total(landslide, "area"), _length_m(geometries[i], crs, (per_x[i], per_y[i])),
+               total(landslide, "prob") / pixels,
                max(p.sums[column["max"]] for p in landslide.pieces), pixels]
         if "slope_n" in column:
-            slopes = total("slope_n")
+            slopes = total(landslide, "slope_n")
             low = min(p.sums[column["elev_min"]] for p in landslide.pieces)
             high = max(p.sums[column["elev_max"]] for p in landslide.pieces)
-            row += [total("slope_sum") / slopes if slopes else np.nan,
+            row += [total(landslide, "slope_sum") / slopes if slopes else np.nan,
                     high - low if np.isfinite(low) else np.nan]
         rows.append(row)
     width = 7 if "slope_n" in column else 5
@@ -331,13 +335,14 @@ def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.nda
 
 
 def _pixel_areas(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
-    """Area in m² of the pixels of each row of ``window`` (varies with latitude if geographic)."""
-    if ds.crs is None or not ds.crs.is_geographic:
-        dx, dy = pixel_size_m(ds.crs, ds.res) if ds.crs else ds.res
-        return np.full((int(window.height), 1), dx * dy)
+    """Area in m² of the pixels of each row of ``window``: a CRS unit's ground size is taken
+    at each row's centre, as it varies with latitude in degrees and in Web Mercator."""
+    if ds.crs is None:
+        return np.full((int(window.height), 1), abs(ds.res[0] * ds.res[1]))
     rows = np.arange(window.row_off, window.row_off + window.height) + 0.5
-    lats = ds.transform.f + rows * ds.transform.e
-    return np.array([np.prod(pixel_size_m(ds.crs, ds.res, lat)) for lat in lats])[:, None]
+    x, y = ds.transform @ (window.col_off + window.width / 2, rows)
+    per_x, per_y = ground_scales(ds.crs, x, y)
+    return (abs(ds.res[0]) * per_x * (abs(ds.res[1]) * per_y))[:, None]
 
 
 def _centroids_lonlat(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
@@ -350,23 +355,21 @@ def _centroids_lonlat(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np
     return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
 
-def _metres_per_unit(crs: CRS | None) -> float:
-    """Metres per CRS unit; for degrees, per degree of latitude (spherical earth)."""
-    if crs is None:
-        return 1.0
-    if crs.is_geographic:
-        return math.pi * EARTH_RADIUS_M / 180.0
-    return crs.linear_units_factor[1] if crs.is_projected else 1.0
+def _centroid_scales(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ground metres per CRS unit along x and y at each polygon's centroid; 1 without a CRS."""
+    if not geometries or crs is None:
+        ones = np.ones(len(geometries))
+        return ones, ones.copy()
+    xy = shapely.get_coordinates(shapely.centroid(np.asarray(geometries, dtype=object)))
+    return ground_scales(crs, xy[:, 0], xy[:, 1])
 
 
-def _crs_units(metres: float, crs: CRS | None) -> float:
-    return metres / _metres_per_unit(crs)
-
-
-def _length_m(geometry: shapely.Geometry, crs: CRS | None) -> float:
-    """Boundary length in metres; in degrees, each segment is scaled at its mean latitude."""
+def _length_m(geometry: shapely.Geometry, crs: CRS | None, per_unit: tuple[float, float]
+              ) -> float:
+    """Boundary length in metres: in degrees, each segment is scaled at its mean latitude;
+    otherwise x and y are scaled by ``per_unit`` (ground metres per unit at the centroid)."""
     if crs is None or not crs.is_geographic:
-        return float(geometry.length) * _metres_per_unit(crs)
+        return float(shapely.length(shapely.transform(geometry, lambda xy: xy * per_unit)))
     total = 0.0
     for ring in shapely.get_rings(shapely.get_parts(geometry)):
         lon, lat = np.radians(shapely.get_coordinates(ring)).T

@@ -33,7 +33,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
 from rasterio.warp import transform as transform_points
 
-from slidemap.data.terrain import EARTH_RADIUS_M
+from slidemap.data.terrain import metres_per_unit
 from slidemap.explain.overlay import rgb_preview
 from slidemap.report.plots import new_figure
 
@@ -311,14 +311,12 @@ def _coordinates(ax: Axes, crs: CRS | None) -> None:
 
 
 def _metres_per_unit(grid: MapGrid) -> float | None:
-    """Ground metres per CRS unit along x at the map's centre; None without a CRS."""
-    crs = grid.crs
-    if crs is None:
+    """Ground metres per CRS unit along x at the map's centre (``metres_per_unit``: in Web
+    Mercator a unit is 1/cos(latitude) of a ground metre); None without a CRS."""
+    if grid.crs is None:
         return None
-    if crs.is_geographic:
-        middle = (grid.extent[2] + grid.extent[3]) / 2
-        return math.pi * EARTH_RADIUS_M / 180 * math.cos(math.radians(middle))
-    return float(crs.linear_units_factor[1])
+    left, right, bottom, top = grid.extent
+    return metres_per_unit(grid.crs, (left + right) / 2, (bottom + top) / 2)[0]
 
 
 def nice_length(metres: float) -> float:

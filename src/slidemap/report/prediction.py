@@ -22,6 +22,7 @@ from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
 from slidemap import __version__
+from slidemap.data.terrain import bounds_centre, pixel_size_m
 from slidemap.errors import SlidemapError
 from slidemap.infer.vectorize import LAYER  # the GeoPackage holds others too (layer_styles)
 from slidemap.report.interactive import MAX_FEATURES, interactive_map
@@ -248,13 +249,14 @@ def _summary(inventory: Inventory, mask: Path) -> Rows:
 
 
 def _pixel_area(mask: Path) -> float | None:
-    """Square metres of one pixel of a projected raster; None otherwise."""
+    """Square metres of one pixel of a projected raster, at its centre; None otherwise."""
     try:
         with rasterio.open(mask) as ds:
             if ds.crs is None or ds.crs.is_geographic:
                 return None
-            unit = float(ds.crs.linear_units_factor[1])
-            return abs(ds.transform.a * ds.transform.e) * unit ** 2
+            dx, dy = pixel_size_m(ds.crs, (ds.transform.a, ds.transform.e),
+                                  bounds_centre(ds.bounds))
+            return dx * dy
     except (RasterioError, OSError):
         return None
 
