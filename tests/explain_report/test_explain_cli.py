@@ -11,6 +11,7 @@ import pytest
 import rasterio
 from factories import RGB_SLOPE, tiny_bundle, write_raster
 from PIL import Image
+from rasterio.transform import Affine
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
@@ -181,3 +182,28 @@ def test_explain_warns_of_imagery_on_another_scale_as_predict_does(
     assert code == 0 and len(warning) == 1 and "outside the" in warning[0], err
     code, err = run_cli("explain", tiny_scene["image"], *args, "--out", tmp_path / "y")
     assert code == 0 and "warning" not in err, err
+
+
+def test_pictures_face_north_on_a_south_up_grid(tiny_scene, tiny_model, tmp_path, run_cli,
+                                                monkeypatch) -> None:
+    """The PNGs of a south-up scene show its north at the top, as those of the same ground
+    stored north up do (they were drawn as the rows lie: upside down)."""
+    drawn: dict[str, np.ndarray] = {}
+
+    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None) -> None:
+        drawn[f"{Path(path).parent.name}/{Path(path).stem}"] = rgb
+
+    monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
+    south = {}
+    for key in ("image", "dem"):
+        with rasterio.open(tiny_scene[key]) as src:
+            data, t = src.read(), src.transform
+            south[key] = write_raster(tmp_path / f"south_{key}.tif", data[:, ::-1].copy(),
+                                      transform=Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * 96),
+                                      nodata=src.nodata)
+    for name, scene in (("north", tiny_scene), ("south", south)):
+        code, err = run_cli("explain", scene["image"], "--dem", scene["dem"], "--model",
+                            tiny_model, "--box", "0,0,20,20", "--out", tmp_path / name)
+        assert code == 0, err
+    assert np.array_equal(drawn["south/gradcam"], drawn["north/gradcam"])
+    assert not np.array_equal(drawn["north/gradcam"], drawn["north/gradcam"][::-1])

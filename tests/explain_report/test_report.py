@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from factories import rewrite_sidecar, web_mercator, web_mercator_scale, write_raster
+from factories import GRID, rewrite_sidecar, web_mercator, web_mercator_scale, write_raster
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 from PIL import Image
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
@@ -40,6 +40,7 @@ from slidemap.report.plots import (
     error_map,
     pr_curve_figure,
     precision_recall,
+    probability_figure,
     size_histogram_figure,
 )
 from slidemap.report.provenance import Provenance, accuracy_caveat, from_tags
@@ -126,6 +127,33 @@ def test_error_map_colours_each_outcome_and_stays_small(tmp_path) -> None:
                                       for c in ERROR_COLOURS["false positive"]]
     assert errors[40, 5].tolist() == [GREY] * 3 and errors[40, 62].tolist() == [GREY // 2] * 3
     assert error_map(pred_path, truth_path, 0.5, max_side=16).shape == (16, 16, 3)
+
+
+def south_up(array: np.ndarray, height: int) -> tuple[np.ndarray, Affine]:
+    """The same ground as ``array`` on GRID, stored south up: rows reversed, y growing down."""
+    return array[..., ::-1, :].copy(), Affine(GRID.a, 0, GRID.c, 0, -GRID.e,
+                                              GRID.f + GRID.e * height)
+
+
+def test_previews_face_north_on_a_south_up_grid(tmp_path) -> None:
+    """The error overlay and the report's probability preview of a south-up grid are the
+    north-up grid's pictures (they were drawn as the rows lie: upside down)."""
+    truth = np.zeros((64, 48), np.uint8)
+    truth[:20, 10:30] = 1  # landslides in the north
+    prob = np.where(truth == 1, 0.9, 0.1).astype(np.float32)
+    prob[:5] = 0.8  # a false positive strip along the north edge
+    pictures = []
+    for name, (prob_, truth_, grid) in {
+            "north": (prob, truth, GRID),
+            "south": (south_up(prob, 64)[0], *south_up(truth, 64))}.items():
+        pred = write_raster(tmp_path / f"{name}_prob.tif", prob_, transform=grid)
+        labels = write_raster(tmp_path / f"{name}_truth.tif", truth_, nodata=255,
+                              transform=grid)
+        preview = probability_figure(pred).axes[0].images[0].get_array()
+        pictures.append((error_map(pred, labels, 0.5), np.ma.filled(preview, -1)))
+    (errors_n, preview_n), (errors_s, preview_s) = pictures
+    assert errors_n[0, 0].tolist() != errors_n[-1, 0].tolist()  # the picture has a north
+    assert np.array_equal(errors_s, errors_n) and np.array_equal(preview_s, preview_n)
 
 
 def evaluated(tiny_scene, tiny_model, tmp_path, run_cli) -> Path:

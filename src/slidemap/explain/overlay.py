@@ -12,6 +12,7 @@ import numpy as np
 import rasterio
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from rasterio.transform import Affine
 
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
@@ -38,6 +39,21 @@ def rgb_preview(image: np.ndarray) -> np.ndarray:
             out[i] = np.clip((band - low) / (high - low), 0, 1)
         out[i][~valid] = 0
     return np.round(out.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+def north_up_flips(transform: Affine) -> tuple[bool, bool]:
+    """Whether a grid's rows and columns must be reversed to face north up, east right: a
+    picture is drawn with row 0 at the top, which is the south of a south-up grid."""
+    return transform.e > 0, transform.a < 0
+
+
+def flipped(array: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
+    """``array`` (rows and columns last) with its rows and/or columns reversed."""
+    if flips[0]:
+        array = array[..., ::-1, :]
+    if flips[1]:
+        array = array[..., ::-1]
+    return array
 
 
 @contextmanager

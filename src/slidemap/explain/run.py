@@ -4,7 +4,7 @@ The model sees the window as ``slidemap predict`` reads it (same bands, decimati
 normalisation), in one pass at scale 1: Grad-CAM needs one forward and backward of one input, so
 the explanation is of the network, and where the model's file predicts at several scales (or
 blends overlapping windows) its map can differ from this pass; ``explain.json`` records both.
-PNGs are drawn at the working resolution the model saw; GeoTIFFs are brought back to the
+PNGs are drawn at the working resolution the model saw, north up; GeoTIFFs are brought back to the
 window's native pixels so that they lie on the image grid in a GIS, NaN where it has no data.
 """
 
@@ -29,7 +29,13 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
-from slidemap.explain.overlay import rgb_preview, save_heat_geotiff, save_overlay_png
+from slidemap.explain.overlay import (
+    flipped,
+    north_up_flips,
+    rgb_preview,
+    save_heat_geotiff,
+    save_overlay_png,
+)
 from slidemap.infer.domain import scene_warnings
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.io import jsontext
@@ -88,7 +94,8 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     check_outputs(list(files.values()), [*local_files(image, dem), *models], overwrite)
     make_output_dir(out_dir)
 
-    rgb = rgb_preview(np.where(valid, sample["image"], np.nan))
+    flips = north_up_flips(profile["transform"])  # the PNGs face north, as a map does
+    rgb = rgb_preview(flipped(np.where(valid, sample["image"], np.nan), flips))
     what = f"box {box}" if box is not None else "predicted landslide pixels"
     titles = {"gradcam": f"Grad-CAM of {what}\nlayer {cam.layer}",
               "probability": "landslide probability"}
@@ -96,7 +103,8 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
             "height": int(win.height), "width": int(win.width)}
     native_valid = _to_native(valid.astype(np.float32), win, "nearest") > 0.5
     for name, heat in heats.items():
-        save_overlay_png(rgb, heat, files[f"{name}.png"], title=titles.get(name, name))
+        save_overlay_png(rgb, flipped(heat, flips), files[f"{name}.png"],
+                         title=titles.get(name, name))
         if georeferenced:
             save_heat_geotiff(np.where(native_valid, _to_native(heat, win), np.nan),
                               files[f"{name}.tif"], grid)

@@ -34,7 +34,7 @@ from rasterio.warp import calculate_default_transform
 from rasterio.warp import transform as transform_points
 
 from slidemap.data.terrain import metres_per_unit
-from slidemap.explain.overlay import rgb_preview
+from slidemap.explain.overlay import flipped, north_up_flips, rgb_preview
 from slidemap.report.plots import new_figure
 
 MAP_SIDE = 1200
@@ -93,7 +93,7 @@ def _own_grid(ds: rasterio.DatasetReader, max_side: int, nodata: float) -> MapGr
     shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
     mask = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
     transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
-    flips = (transform.e > 0, transform.a < 0)
+    flips = north_up_flips(transform)
     if flips[0]:
         transform = transform @ Affine.translation(0, shape[0]) @ Affine.scale(1, -1)
     if flips[1]:
@@ -134,15 +134,6 @@ def warp_crs(source: CRS | None, target: CRS | None, name: str) -> tuple[CRS, CR
         raise RasterioError(f"{name} and the prediction are on different grids and one has "
                             "no CRS")
     return source, target
-
-
-def flipped(array: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
-    """``array`` (rows and columns last) with its rows and/or columns reversed."""
-    if flips[0]:
-        array = array[..., ::-1, :]
-    if flips[1]:
-        array = array[..., ::-1]
-    return array
 
 
 def on_grid(path: str | Path, bands: list[int], grid: MapGrid,

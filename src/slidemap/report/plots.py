@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from slidemap.data.names import DatasetName, display_name
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion
-from slidemap.explain.overlay import rgb_preview
+from slidemap.explain.overlay import flipped, north_up_flips, rgb_preview
 from slidemap.io.atomic import atomic_path
 
 PREVIEW_SIDE = 1500
@@ -148,7 +148,8 @@ def _preview_factor(height: int, width: int, max_side: int) -> int:
 def error_map(prediction: DatasetName, truth: DatasetName, threshold: float,
               image: DatasetName | None = None,
               max_side: int = PREVIEW_SIDE, aoi: Path | None = None) -> np.ndarray:
-    """An RGB ``(h, w, 3)`` preview: TP, FP and FN coloured over the image (else grey).
+    """An RGB ``(h, w, 3)`` preview: TP, FP and FN coloured over the image (else grey), north
+    up and east right whichever way the grid's rows and columns run.
 
     Rasters are read decimated (``out_shape``) so that the preview is at most ``max_side`` pixels
     a side whatever the scene size; probabilities are averaged before thresholding.
@@ -157,14 +158,17 @@ def error_map(prediction: DatasetName, truth: DatasetName, threshold: float,
         size = (scene.height, scene.width)
         factor = _preview_factor(*size, max_side)
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
-    prob, labels, valid = sample["image"][0], sample["mask"], sample["valid"]
+        flips = north_up_flips(scene.profile["transform"])
+    prob, labels, valid = (flipped(sample[k], flips) for k in ("image", "mask", "valid"))
+    prob = prob[0]
     background = np.full((*valid.shape, 3), GREY, dtype=np.uint8)
     if image is not None:
         with Scene(image, require_crs=False) as scene:
             if (scene.height, scene.width) == size:
                 bands = tuple(range(1, min(3, scene.band_count) + 1))
                 picture = scene.read(Window(0, 0, scene.width, scene.height), bands, factor)
-                background = rgb_preview(np.where(picture["valid"], picture["image"], np.nan))
+                background = rgb_preview(flipped(
+                    np.where(picture["valid"], picture["image"], np.nan), flips))
     scored = valid & (labels != IGNORE) & np.isfinite(prob)
     predicted = scored & (prob >= threshold)
     truth_on = scored & (labels == 1)
@@ -242,11 +246,13 @@ def size_histogram_figure(areas: np.ndarray, pixel_area_m2: float | None = None)
 
 
 def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
-    """A decimated preview of a probability raster (nodata left blank)."""
+    """A decimated preview of a probability raster (nodata left blank), north up as the
+    report's map beside it."""
     with Scene(prob_path, require_crs=False, apply_scale=True) as scene:
         factor = _preview_factor(scene.height, scene.width, max_side)
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
-    prob = np.where(sample["valid"], sample["image"][0], np.nan)
+        flips = north_up_flips(scene.profile["transform"])
+    prob = flipped(np.where(sample["valid"], sample["image"][0], np.nan), flips)
     height, width = prob.shape
     figure = new_figure(6.2, min(9.0, max(3.0, 5.2 * height / width + 0.6)))
     ax = figure.add_subplot()
