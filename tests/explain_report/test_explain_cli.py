@@ -207,3 +207,23 @@ def test_pictures_face_north_on_a_south_up_grid(tiny_scene, tiny_model, tmp_path
         assert code == 0, err
     assert np.array_equal(drawn["south/gradcam"], drawn["north/gradcam"])
     assert not np.array_equal(drawn["north/gradcam"], drawn["north/gradcam"][::-1])
+
+
+def test_pictures_leave_nodata_uncoloured(tiny_scene, tiny_model, tmp_path, run_cli,
+                                          monkeypatch) -> None:
+    """The scene's left 8 columns are nodata: every PNG's heat there is NaN (drawn as no
+    colour over the black of no imagery, as the GeoTIFFs hold NaN), not the network's output
+    on the filled-in zeros (a probability of 0.4 drawn where nothing was seen)."""
+    drawn: dict[str, np.ndarray] = {}
+
+    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None) -> None:
+        drawn[Path(path).stem] = heat
+
+    monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--window", "0,0,96,96", "--box", "30,40,70,80",
+                        "--out", tmp_path / "x")
+    assert code == 0, err
+    assert {"gradcam", "probability"} <= set(drawn)
+    for heat in drawn.values():
+        assert np.isnan(heat[:, :8]).all() and np.isfinite(heat[:, 8:]).all()

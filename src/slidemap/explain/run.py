@@ -102,9 +102,9 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     grid = {"crs": profile["crs"], "transform": window_transform(win, profile["transform"]),
             "height": int(win.height), "width": int(win.width)}
     native_valid = _to_native(valid.astype(np.float32), win, "nearest") > 0.5
-    for name, heat in heats.items():
-        save_overlay_png(rgb, flipped(heat, flips), files[f"{name}.png"],
-                         title=titles.get(name, name))
+    for name, heat in heats.items():  # no colour where the model saw no data (NaN: none)
+        save_overlay_png(rgb, flipped(np.where(valid, heat, np.nan), flips),
+                         files[f"{name}.png"], title=titles.get(name, name))
         if georeferenced:
             save_heat_geotiff(np.where(native_valid, _to_native(heat, win), np.nan),
                               files[f"{name}.tif"], grid)
