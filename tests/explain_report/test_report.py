@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import re
@@ -154,6 +155,35 @@ def test_previews_face_north_on_a_south_up_grid(tmp_path) -> None:
     (errors_n, preview_n), (errors_s, preview_s) = pictures
     assert errors_n[0, 0].tolist() != errors_n[-1, 0].tolist()  # the picture has a north
     assert np.array_equal(errors_s, errors_n) and np.array_equal(preview_s, preview_n)
+
+
+# Machado, Oliveira & Fernandes (2009), full severity, on linear RGB
+COLOUR_VISION = {"normal": np.eye(3),
+                 "deuteranopia": np.array([[0.367322, 0.860646, -0.227968],
+                                           [0.280085, 0.672501, 0.047413],
+                                           [-0.011820, 0.042940, 0.968881]]),
+                 "protanopia": np.array([[0.152286, 1.052583, -0.204868],
+                                         [0.114503, 0.786281, 0.099216],
+                                         [-0.003882, -0.048116, 1.051998]])}
+
+
+def cielab(srgb: np.ndarray, vision: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of an 8-bit sRGB colour as seen with ``vision``."""
+    c = srgb / 255
+    linear = vision @ np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                    [0.0193, 0.1192, 0.9505]]) @ np.clip(linear, 0, 1)
+    f = np.cbrt(np.maximum(xyz / np.array([0.9505, 1.0, 1.089]), 0.008856))
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_error_colours_are_told_apart_with_any_colour_vision() -> None:
+    """As drawn over the grey backdrop, the three outcomes differ by over 40 CIELAB units for
+    a deuteranope or protanope too (green and red true and false positives: 11)."""
+    for name, vision in COLOUR_VISION.items():
+        seen = [cielab(0.35 * GREY + 0.65 * np.array(c, float), vision)
+                for c in ERROR_COLOURS.values()]
+        assert min(np.linalg.norm(a - b) for a, b in itertools.combinations(seen, 2)) > 40, name
 
 
 def evaluated(tiny_scene, tiny_model, tmp_path, run_cli) -> Path:

@@ -44,7 +44,7 @@ th, td { border: 1px solid #d5d9de; padding: 4px 10px; text-align: left; }
 th { background: #eceef1; }
 td { word-break: break-word; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.tp { background: #d8f3dc; } td.fp { background: #fbd5d5; } td.fn { background: #d6e4ff; }
+td.tp { background: #c4e8dd; } td.fp { background: #fbd0fb; } td.fn { background: #faf5c9; }
 figure { background: #fff; border: 1px solid #d5d9de; border-radius: 8px; margin: 10px 0;
          padding: 10px; display: inline-block; max-width: calc(100% - 22px); vertical-align: top; }
 figure.map { display: block; }

@@ -26,8 +26,10 @@ from slidemap.io.atomic import atomic_path
 
 PREVIEW_SIDE = 1500
 VAL_METRICS = ("val_f1", "val_iou", "val_precision", "val_recall", "val_auc")
-ERROR_COLOURS = {"true positive": (30, 200, 60), "false positive": (230, 40, 40),
-                 "false negative": (40, 110, 255)}
+# told apart with any colour vision (green and red were one olive to a deuteranope): bluish
+# green and yellow of Okabe & Ito's palette, and magenta
+ERROR_COLOURS = {"true positive": (0, 158, 115), "false positive": (255, 0, 255),
+                 "false negative": (240, 228, 66)}
 GREY = 128
 
 
