@@ -38,10 +38,13 @@ from slidemap.report.mapview import (
 from slidemap.report.plots import (
     ERROR_COLOURS,
     GREY,
+    curves_figure,
     error_map,
+    kept_epoch,
     pr_curve_figure,
     precision_recall,
     probability_figure,
+    read_history,
     size_histogram_figure,
 )
 from slidemap.report.provenance import Provenance, accuracy_caveat, from_tags
@@ -77,9 +80,27 @@ def test_training_curves_and_run_report(tmp_path) -> None:
     assert plot_training_curves(run) == run / "curves.png"
     assert_png(run / "curves.png")
     html = build_report(run).read_text()
-    assert "Training run" in html and "0.5294" in html and "best val f1" in html
+    assert "Training run" in html and "0.5294" in html and "val F1 of the kept model" in html
     assert html.count(PNG_URI) == 1
     assert_self_contained(html)
+
+
+def test_curves_and_report_mark_the_kept_epoch_not_the_best(tmp_path) -> None:
+    """``select: last`` kept epoch 3 of a run whose best F1 was epoch 2: the curves mark
+    epoch 3 as the kept model and the report's cards call its F1 the kept model's (they
+    marked 'best F1, epoch 2' beside cards 'best epoch 3', 'best val f1 0.47')."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text(HISTORY.replace("0.52941", "0.47"))
+    (run / "summary.json").write_text(json.dumps({"best_epoch": 3, "best_val_f1": 0.47}))
+    plot_training_curves(run)
+    figure = curves_figure(read_history(run / "history.csv"), kept_epoch(run))
+    marked = [line for line in figure.axes[1].get_lines() if line.get_linestyle() == "--"]
+    assert [m.get_xdata()[0] for m in marked] == [3]
+    assert figure.axes[1].get_legend().get_texts()[-1].get_text() == "kept model, epoch 3"
+    assert all(float(t).is_integer() for t in figure.axes[0].get_xticks())  # whole epochs
+    html = build_report(run).read_text()
+    assert "<span>kept epoch</span>" in html and "best" not in html.split("</header>")[1][:400]
 
 
 def test_an_ensembles_run_shows_figures_and_a_crossval_folder_is_refused(tmp_path) -> None:

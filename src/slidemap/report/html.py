@@ -19,7 +19,7 @@ from slidemap.errors import SlidemapError, UsageError
 from slidemap.evaluation.folds import LAYOUT_FILE
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.report.markup import Rows, grid, image, pairs, read_json, text
-from slidemap.report.plots import curves_figure, png_bytes, read_history
+from slidemap.report.plots import curves_figure, kept_epoch, png_bytes, read_history
 from slidemap.report.prediction import inventories, prediction_section, scene_name
 from slidemap.report.provenance import Provenance
 
@@ -138,13 +138,16 @@ def _training(folder: Path) -> tuple[Rows, str] | None:
         return None
     summary = read_json(summary_path) if summary_path.exists() else {}
     html = ["<h2>Training run</h2>"]
-    scalars = [(k, v) for k, v in summary.items() if not isinstance(v, (dict, list))]
+    # summary.json's best_* are the kept model's (select: last keeps the last epoch)
+    kept = {"best_val_f1": "val F1 of the kept model", "best_epoch": "kept epoch"}
+    scalars = [(kept.get(k, k), v) for k, v in summary.items()
+               if not isinstance(v, (dict, list))]
     if scalars:  # an ensemble's per-member records are in the members' own folders
         html.append(pairs(scalars))
     model = read_json(folder / "model.json") if (folder / "model.json").exists() else {}
     if model:
         provenance = model.get("provenance", {})
-        html.append("<h3>Best model</h3>" + pairs([
+        html.append("<h3>Kept model (model.safetensors)</h3>" + pairs([
             ("architecture", model.get("architecture")), ("width", model.get("width")),
             ("channels", ", ".join(model.get("channels", []))),
             ("threshold", model.get("threshold")), ("epoch", provenance.get("epoch")),
@@ -153,14 +156,14 @@ def _training(folder: Path) -> tuple[Rows, str] | None:
     history = read_history(history_path) if history_path.exists() else {}
     if history and len(next(iter(history.values()))):
         curves = folder / "curves.png"
-        picture = curves.read_bytes() if curves.exists() else png_bytes(curves_figure(history))
+        picture = (curves.read_bytes() if curves.exists()
+                   else png_bytes(curves_figure(history, kept_epoch(folder))))
         html.append(image(picture, "loss and validation metrics per epoch"))
         columns = list(history)
         cells = {c: _column(history[c]) for c in columns}
         rows = [[cells[c][i] for c in columns] for i in range(len(history[columns[0]]))]
         html.append("<h3>History</h3>" + grid(columns, rows))
-    cards: Rows = [(k.replace("_", " "), summary[k]) for k in ("best_val_f1", "best_epoch")
-                   if summary.get(k) is not None]
+    cards: Rows = [(name, summary[k]) for k, name in kept.items() if summary.get(k) is not None]
     if not cards and np.isfinite(history.get("val_f1", np.zeros(0))).any():
         best = int(np.nanargmax(history["val_f1"]))  # a run still training has no summary yet
         cards = [("best val f1", float(history["val_f1"][best])),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import AutoLocator, FuncFormatter
+from matplotlib.ticker import AutoLocator, FuncFormatter, MaxNLocator
 from rasterio.windows import Window
 
 from slidemap.data.names import DatasetName, display_name
@@ -75,8 +76,10 @@ def _float(value: str | None) -> float:
         return math.nan
 
 
-def curves_figure(history: dict[str, np.ndarray]) -> Figure:
-    """Training loss, and the validation metrics when there are any, per epoch."""
+def curves_figure(history: dict[str, np.ndarray], kept: int | None = None) -> Figure:
+    """Training loss, and the validation metrics when there are any, per epoch, with the
+    ``kept`` epoch marked (the model file's: with ``select: last`` or weight averaging it is
+    not the best F1's), else the best F1's."""
     epochs = history.get("epoch", np.arange(1, len(history.get("train_loss", [])) + 1))
     metrics = [m for m in VAL_METRICS if m in history and np.isfinite(history[m]).any()]
     figure = new_figure(12 if metrics else 6, 4)
@@ -87,15 +90,30 @@ def curves_figure(history: dict[str, np.ndarray]) -> Figure:
     if metrics:
         for name in metrics:
             axes[1].plot(epochs, history[name], "o-", markersize=3, label=name[4:])
-        if "val_f1" in metrics:
+        if kept is not None:
+            axes[1].axvline(kept, color="black", linestyle="--", linewidth=1,
+                            label=f"kept model, epoch {kept}")
+        elif "val_f1" in metrics:
             best = int(np.nanargmax(history["val_f1"]))
             axes[1].axvline(epochs[best], color="grey", linestyle="--", linewidth=1,
                             label=f"best F1, epoch {epochs[best]:.0f}")
-        axes[1].set(title="validation (landslide class)", xlabel="epoch", ylim=(0, 1))
+        axes[1].set(title="validation (landslide class)", xlabel="epoch", ylabel="score",
+                    ylim=(0, 1))
         axes[1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     return figure
+
+
+def kept_epoch(run_dir: Path) -> int | None:
+    """The epoch of the run's model file, from ``summary.json`` (None while it trains)."""
+    path = run_dir / "summary.json"
+    try:
+        epoch = json.loads(path.read_text()).get("best_epoch") if path.exists() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) and epoch > 0 else None
 
 
 def plot_training_curves(run_dir: Path) -> Path | None:
@@ -103,7 +121,8 @@ def plot_training_curves(run_dir: Path) -> Path | None:
     history = run_dir / "history.csv"
     if not history.exists():
         return None
-    return save_png(curves_figure(read_history(history)), run_dir / "curves.png")
+    return save_png(curves_figure(read_history(history), kept_epoch(run_dir)),
+                    run_dir / "curves.png")
 
 
 def precision_recall(confusion: BinaryConfusion) -> tuple[np.ndarray, np.ndarray, float]:
