@@ -20,8 +20,10 @@ import shapely
 from factories import GRID, rewrite_sidecar, web_mercator, web_mercator_scale, write_raster
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
+from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from PIL import Image
 from rasterio.transform import Affine, from_origin
+from rasterio.warp import transform
 
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
@@ -448,6 +450,41 @@ def test_map_in_web_mercator_has_a_scale_bar_in_ground_metres(tmp_path) -> None:
     figure = map_figure(np.zeros((60, 95, 3), np.uint8), grid, Outlines([], []), "s", "i")
     texts = {t.get_text() for t in figure.findobj(Text)}
     assert "20 m" in texts and "50 m" not in texts
+
+
+def test_map_of_oblong_pixels_is_shaped_as_its_ground(tmp_path) -> None:
+    """50 m × 50 m of ground in 0.5 m × 1 m pixels (100 columns, 50 rows) takes the figure
+    of the same ground in square pixels (it was sized as a 2:1 strip, the map drawn in its
+    middle half)."""
+    figures = []
+    for name, shape, dy in (("square", (100, 100), 0.5), ("oblong", (50, 100), 1.0)):
+        mask = write_raster(tmp_path / f"{name}.tif", np.zeros(shape, np.uint8), nodata=255,
+                            transform=from_origin(469200.0, 3446200.0, 0.5, dy))
+        figures.append(map_figure(np.zeros((*shape, 3), np.uint8), map_grid(mask),
+                                  Outlines([], []), "s", "i"))
+    assert figures[1].get_size_inches() == pytest.approx(figures[0].get_size_inches())
+
+
+def scale_bar(figure) -> tuple[str, float]:
+    """The map's scale bar: its label and its length in map (CRS) units."""
+    bar = next(a for a in figure.axes[0].artists if isinstance(a, AnchoredSizeBar))
+    return bar.txt_label.get_text(), bar.size_bar.get_children()[0].get_width()
+
+
+def test_scale_bar_is_ground_metres_in_web_mercator(tmp_path) -> None:
+    """At 60° N a Web Mercator metre is half a ground metre: 100 m of ground is 200 map units
+    (the bar said 200 m over them, twice the ground)."""
+    x, y = transform("EPSG:4326", "EPSG:3857", [10.0], [60.0])
+    mask = write_raster(tmp_path / "m.tif", np.zeros((60, 100), np.uint8), crs="EPSG:3857",
+                        transform=from_origin(x[0], y[0] + 300, 10.0, 10.0), nodata=255)
+    figure = map_figure(np.zeros((60, 100, 3), np.uint8), map_grid(mask), Outlines([], []),
+                        "s", "i")
+    label, units = scale_bar(figure)
+    assert label == "100 m" and units == pytest.approx(200.0, rel=5e-3)  # 1 / cos(60°)
+    utm = map_figure(np.zeros((60, 100, 3), np.uint8), map_grid(write_raster(
+        tmp_path / "u.tif", np.zeros((60, 100), np.uint8), nodata=255)), Outlines([], []),
+        "s", "i")
+    assert scale_bar(utm)[0] == "10 m" and scale_bar(utm)[1] == pytest.approx(10.0, rel=3e-3)
 
 
 def test_provenance_tags_as_predict_writes_them() -> None:

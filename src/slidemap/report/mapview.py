@@ -196,10 +196,11 @@ class Outlines:
 def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: str,
                backdrop: str) -> Figure:
     """The map: ``picture`` (RGB on ``grid``), outlines, numbers, ticks, CRS, scale, north."""
-    height, width = grid.shape
-    figure = new_figure(10.5, min(14.0, max(4.0, 10.5 * height / width * 0.92 + 1.3)))
-    ax = figure.add_subplot()
     extent = grid.extent
+    aspect = _aspect(grid)
+    tall = (extent[3] - extent[2]) * aspect / (extent[1] - extent[0])  # as drawn, not pixels
+    figure = new_figure(10.5, min(14.0, max(4.0, 10.5 * tall * 0.92 + 1.3)))
+    ax = figure.add_subplot()
     ax.imshow(picture, extent=extent, interpolation="antialiased")
     rings = [shapely.get_coordinates(ring) for geometry in outlines.geometries
              for ring in shapely.get_rings(shapely.get_parts(geometry))]
@@ -216,10 +217,7 @@ def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: st
                       "edgecolor": "black", "linewidth": 0.8})
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
-    if grid.crs is not None and grid.crs.is_geographic:  # a degree of longitude is shorter
-        ax.set_aspect(1 / math.cos(math.radians((extent[2] + extent[3]) / 2)))
-    else:
-        ax.set_aspect("equal")
+    ax.set_aspect(aspect)
     _coordinates(ax, grid.crs)
     _scale_bar(ax, grid)
     _north_arrow(ax, grid)
@@ -230,6 +228,14 @@ def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: st
     figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small",
                   frameon=False, title=f"{title} · {backdrop}", title_fontsize="small")
     return figure
+
+
+def _aspect(grid: MapGrid) -> float:
+    """How much longer a y unit is drawn than an x unit: 1, or, in degrees, the degree of
+    latitude against the shorter degree of longitude at the map's middle."""
+    if grid.crs is not None and grid.crs.is_geographic:
+        return 1 / math.cos(math.radians((grid.extent[2] + grid.extent[3]) / 2))
+    return 1.0
 
 
 def _placed(labels: list[tuple[int, float, float]], spacing: float,
