@@ -294,3 +294,12 @@ def test_the_summary_line_says_what_chose_the_epoch_kept(
         train(parse_config(raw), tmp_path / "run")
     kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept epoch")]
     assert len(kept) == 1 and "(lowest training loss: no validation data)" in kept[0], kept
+
+
+def test_a_run_of_ten_steps_trains(tiny_scene: dict[str, Path], tmp_path: Path) -> None:
+    """5 epochs × 2 steps: a tenth of the steps is one, a warm-up torch's OneCycleLR cannot
+    schedule (it raised ZeroDivisionError); it warms up over two and trains."""
+    config = parse_config(tiny_run(tiny_scene, epochs=5, windows_per_epoch=8))
+    assert config.train.epochs * -(-8 // config.train.batch_size) == 10
+    assert train(config, tmp_path / "run").exists()
+    assert len(history_losses(tmp_path / "run")) == 5

@@ -62,6 +62,7 @@ from slidemap.train.warmstart import initial_model, parameter_groups, set_encode
 
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
+WARM_UP = 0.1  # share of the steps that warm the learning rate up to its peak
 
 
 def train(config: RunConfig, out_dir: Path, resume: bool = False,
@@ -109,7 +110,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     steps_per_epoch = -(-settings.windows_per_epoch // settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[group["lr"] for group in groups],
-        total_steps=settings.epochs * steps_per_epoch, pct_start=0.1, anneal_strategy="cos")
+        total_steps=settings.epochs * steps_per_epoch,
+        pct_start=warm_up_fraction(settings.epochs * steps_per_epoch), anneal_strategy="cos")
 
     average = WeightAverage(model) if settings.average_from else None
     state: dict[str, Any] = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0,
@@ -197,6 +199,14 @@ def _how_kept(select: str, validated: bool) -> str:
     if select == "last":
         return "the last"
     return "best by val F1" if validated else "lowest training loss: no validation data"
+
+
+def warm_up_fraction(total_steps: int) -> float:
+    """The share of steps over which the one-cycle schedule warms the learning rate up: a
+    tenth, except where that is exactly one step, for which torch's OneCycleLR divides by
+    zero (its warm-up then ends on the step it starts), so a run of ten steps warms up over
+    two."""
+    return 2 / total_steps if WARM_UP * total_steps == 1 else WARM_UP
 
 
 def _warn_if_validation_is_trained_on(config: RunConfig, main: bool) -> None:
