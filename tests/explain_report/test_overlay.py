@@ -8,12 +8,14 @@ import stat
 import numpy as np
 import pytest
 import rasterio
+from matplotlib import colormaps
 from PIL import Image
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from slidemap.errors import SlidemapError
 from slidemap.explain import rgb_preview, save_heat_geotiff, save_overlay_png
+from slidemap.explain.overlay import HEAT_COLOURS
 
 GRID = Affine(0.5, 0.0, 600000.0, 0.0, -0.5, 2100000.0)  # 0.5 m pixels, north up
 
@@ -50,6 +52,15 @@ def test_overlay_png_is_written_and_readable(tmp_path, rgb):
         pixels = np.asarray(png)
     assert pixels.ndim == 3 and pixels.shape[2] in (3, 4) and pixels.shape[0] > 20
     assert [p.name for p in path.parent.iterdir()] == ["cam.png"]  # no temporary left
+
+
+def test_heat_colours_grow_lighter_with_the_heat():
+    """CIE lightness rises with the value over the whole map (jet's fell after yellow, so
+    0.65 and 1.0 looked alike in grey and to colour-blind readers)."""
+    rgb = colormaps[HEAT_COLOURS](np.linspace(0, 1, 64))[:, :3]
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    luminance = linear @ np.array([0.2126, 0.7152, 0.0722])
+    assert np.all(np.diff(luminance) > 0)
 
 
 def test_overlay_rejects_mismatched_shapes(tmp_path):

@@ -17,6 +17,11 @@ from rasterio.transform import Affine
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
 
+# lighter for higher, evenly, and read alike with any colour vision (as the report's
+# probability preview); a rainbow (jet) drew false edges at its yellow band and its red and
+# green were one to a colour-blind reader
+HEAT_COLOURS = "magma"
+
 
 def rgb_preview(image: np.ndarray) -> np.ndarray:
     """An 8-bit ``(H, W, 3)`` view of raw ``(C, H, W)`` values for the eye.
@@ -91,7 +96,8 @@ def save_overlay_png(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     axes.imshow(rgb, interpolation="nearest")
-    shown = axes.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=alpha, interpolation="nearest")
+    shown = axes.imshow(heat, cmap=HEAT_COLOURS, vmin=0, vmax=1, alpha=alpha,
+                        interpolation="nearest")
     axes.set_xticks([])
     axes.set_yticks([])
     if title:
