@@ -236,6 +236,24 @@ def test_an_image_with_a_crs_but_no_geotransform_is_refused(tmp_path) -> None:
     Scene(path, require_crs=False).close()  # a report's pixel-grid rasters stay readable
 
 
+def test_an_image_in_a_local_engineering_crs_is_refused_before_mapping(
+        tmp_path, tiny_model) -> None:
+    """A site grid with no datum cannot give the inventory's longitudes or the STAC footprint:
+    refused on one line before the model runs (predict ran it, then failed with PROJ's
+    traceback while writing the inventory)."""
+    local = CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                         'AXIS["Northing",NORTH]]')
+    path = write_raster(tmp_path / "site.tif", np.full((3, 40, 40), 90, np.uint8), crs=local)
+    dem = write_raster(tmp_path / "dem.tif", np.full((40, 40), 3000.0, np.float32), crs=local)
+    with pytest.raises(SlidemapError) as caught:
+        api.predict(path, tmp_path / "out", dem, tiny_model, OPTIONS)
+    assert str(caught.value) == (
+        f"image {path} is in a local (engineering) CRS with no datum, which cannot be placed "
+        "on the Earth (the inventory's longitudes, the STAC footprint): assign its real CRS "
+        "(e.g. gdal_edit.py -a_srs EPSG:32647) or warp it onto one")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_image_georeferenced_by_gcps_only_is_told_to_warp(tmp_path) -> None:
     path = tmp_path / "gcps.tif"
     gcps = [GroundControlPoint(row, col, 469200.0 + col / 2, 3446200.0 - row / 2)

@@ -19,6 +19,7 @@ from types import TracebackType
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
@@ -565,6 +566,17 @@ def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple
                             "ones that turn its values into elevations (gdal_edit.py -scale "
                             "-offset)")
     return scale * metres, offset * metres
+
+
+def earth_problem(crs: CRS | None, name: DatasetName) -> str | None:
+    """Why a scene in ``crs`` cannot be mapped onto the Earth, as one line that says what to
+    do; None when it can. A local (engineering) CRS has no datum: its map has no longitudes
+    for the inventory nor a footprint for the STAC Item."""
+    if crs is None or crs.is_geographic or crs.is_projected:
+        return None
+    return (f"image {name} is in a local (engineering) CRS with no datum, which cannot be "
+            "placed on the Earth (the inventory's longitudes, the STAC footprint): assign its "
+            "real CRS (e.g. gdal_edit.py -a_srs EPSG:32647) or warp it onto one")
 
 
 def _nodata_shadows_alpha(dataset: rasterio.DatasetReader) -> bool:

@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.names import DatasetName, display_name
-from slidemap.data.scene import Scene
+from slidemap.data.scene import Scene, earth_problem
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.distributed import band_source
@@ -73,6 +73,9 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
     assert options.tile is not None and options.overlap is not None  # resolved
     budget = MemoryBudget.of(options.memory_mb)
     with Scene(image, dem=dem) as scene:
+        problem = earth_problem(scene.profile["crs"], image)
+        if problem:  # before the model runs: the inventory and the STAC Item need longitudes
+            raise SlidemapError(problem)
         factor = working_factor(scene, spec, image)
         if min(scene.height, scene.width) < MIN_WORKING_SIZE * factor:
             raise SlidemapError(
