@@ -10,6 +10,7 @@ import pytest
 import rasterio
 from factories import tiny_bundle, write_raster
 from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
@@ -141,3 +142,21 @@ def test_dem_voids_without_nodata_warn(tiny_scene, tiny_model, tmp_path) -> None
     with warnings.catch_warnings():  # the same voids marked as nodata do not
         warnings.simplefilter("error", SlidemapWarning)
         api.predict(tiny_scene["image"], tmp_path / "marked_out", marked, tiny_model, OPTIONS)
+
+
+def test_oblong_pixels_warn(tiny_scene, tmp_path) -> None:
+    """0.5 m × 1 m pixels are read as squares: the model sees the ground squashed by half along
+    y, and the map would not show it."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "models" / "rgb")
+    with rasterio.open(tiny_scene["image"]) as src:
+        pixels, grid = src.read(), src.transform
+    oblong = write_raster(tmp_path / "oblong.tif", pixels, nodata=0,
+                          transform=from_origin(grid.c, grid.f, 0.5, 1.0))
+    with pytest.warns(SlidemapWarning, match=r"0\.5 m × 1 m on the ground.* squashed by 50% .*"
+                                             r"gdalwarp -tr 0\.5 0\.5"):
+        api.predict(oblong, tmp_path / "out", None, model, OPTIONS)
+    square = write_raster(tmp_path / "square.tif", pixels, nodata=0,
+                          transform=from_origin(grid.c, grid.f, 0.5, 0.52))
+    with warnings.catch_warnings():  # 4 % longer one way does not
+        warnings.simplefilter("error", SlidemapWarning)
+        api.predict(square, tmp_path / "square_out", None, model, OPTIONS)

@@ -23,6 +23,7 @@ SPREAD = 3.0  # training standard deviations of elevation around the training me
 BLACK_SHARE = 0.1  # a tenth of the sampled pixels 0 in every band: a collar, not shadows
 NARROW = 20.0  # an image band varying this many times less than in training is on another scale
 EARTH_ELEVATIONS_M = (-1000.0, 9000.0)  # dry land spans -430 m to 8849 m: beyond, a fill value
+OBLONG = 1.1  # pixels this much longer on the ground one way than the other are read squashed
 RGB = ("red", "green", "blue")  # what bands 1, 2, 3 of an RGB model's training imagery were
 
 
@@ -32,7 +33,7 @@ def scene_warnings(scene: Scene, spec: InputSpec, stats: Sequence[BandStats],
     model); those against the models' training statistics are left out when the scene is
     normalised with its own (``--normalise scene``)."""
     messages = [band_order_mismatch(scene, spec), unmasked_collar(scene, spec),
-                unmasked_voids(scene)]
+                unmasked_voids(scene), oblong_pixels(scene)]
     if not scene_normalised:
         messages += [elevation_mismatch(scene, spec, stats), image_mismatch(scene, spec, stats)]
     return [message for message in messages if message]
@@ -81,6 +82,20 @@ def unmasked_voids(scene: Scene) -> str | None:
             f"pixels at {value:g} m, an elevation no ground has, counted as data: if they are "
             f"voids, set its nodata value (e.g. gdal_edit.py -a_nodata {value:g} "
             f"{scene.dem_path}), or slope and relief around them are nonsense")
+
+
+def oblong_pixels(scene: Scene) -> str | None:
+    """A one-line warning when the scene's pixels are ``OBLONG`` times longer on the ground one
+    way than the other (degrees far from the equator, a 0.5 m × 1 m product): the model takes
+    every pixel for a square, so it sees the ground squashed along the longer side."""
+    dx, dy = scene.pixel_size_m()
+    if max(dx, dy) < OBLONG * min(dx, dy):
+        return None
+    side = min(dx, dy)
+    return (f"the pixels of {scene.image_path} are {dx:.3g} m × {dy:.3g} m on the ground: the "
+            f"model reads them as squares, so it sees the ground squashed by "
+            f"{1 - min(dx, dy) / max(dx, dy):.0%} one way; warp the scene to square pixels "
+            f"first (gdalwarp -tr {side:.3g} {side:.3g}, in a projected CRS such as UTM)")
 
 
 def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) -> str | None:
