@@ -214,8 +214,8 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
              dem: PathArg | None = None, init: PathArg | None = None, epochs: int = 10,
              overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
     """Train on the landslide polygons ``labels`` drawn over ``image`` and map the scene."""
-    return newsite_workflow.new_site(_path(image), _path(labels), _path(out_dir),
-                                     _opt_path(aoi), _opt_path(dem), _opt_path(init), epochs,
+    return newsite_workflow.new_site(_name(image), _path(labels), _path(out_dir),
+                                     _opt_path(aoi), _opt_name(dem), _opt_path(init), epochs,
                                      overwrite, progress)
 
 

@@ -509,16 +509,17 @@ def make_report(
 
 @app.command()
 def newsite(
-    image: Annotated[Path, typer.Argument(help="image GeoTIFF of the scene")],
+    image: Annotated[str, typer.Argument(
+        help="image of the scene (a GeoTIFF or any GDAL raster name)")],
     labels: Annotated[Path, typer.Argument(
         help="landslide polygons drawn over it (.gpkg, .geojson, .shp, zipped .shp; any CRS)")],
     out: Annotated[Path, typer.Option(help="folder: config.yaml, model, map/")],
     aoi: Annotated[Path | None, typer.Option(
         help="polygons of the area labelled (default: the whole image; outside is ignored)")
     ] = None,
-    dem: Annotated[Path | None, typer.Option(
-        help="DEM raster: adds the default model's terrain descriptors (relief, slope, "
-             "curvature, roughness; not elevation)")] = None,
+    dem: Annotated[str | None, typer.Option(
+        help="DEM raster (any GDAL name): adds the default model's terrain descriptors (relief, "
+             "slope, curvature, roughness; not elevation)")] = None,
     init: Annotated[Path | None, typer.Option(help="model file to start from")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="training epochs")] = 10,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,

@@ -318,6 +318,34 @@ def test_newsite_checks_its_inputs_before_it_writes_anything(
     assert summary["best_val_f1"] is None  # no validation data: no F1, not a negated loss
 
 
+def test_newsite_takes_a_gdal_name_for_the_image_and_dem(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMAGE and --dem were paths, which fold the '//' of /vsizip//abs/d.zip/o.tif and which
+    the run config turned into paths again: a name predict reads was 'does not exist'. The
+    config it keeps names a relative archive absolutely, so it trains from any folder."""
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
+    monkeypatch.chdir(tmp_path)
+    grid = from_origin(469200.0, 3446200.0, 2.0, 2.0)
+    image = np.random.default_rng(1).integers(40, 190, size=(3, 64, 64)).astype(np.uint8)
+    write_raster(tmp_path / "site.tif", image, transform=grid)
+    rows, cols = np.mgrid[0:64, 0:64]
+    write_raster(tmp_path / "dsm.tif", (3000.0 + 0.3 * cols + 0.1 * rows ** 1.5).astype(
+        np.float32), transform=grid)
+    with zipfile.ZipFile(tmp_path / "delivery.zip", "w") as bundle:
+        bundle.write(tmp_path / "site.tif", "site.tif")
+        bundle.write(tmp_path / "dsm.tif", "dsm.tif")
+    slide = shapely.box(469200.0 + 20, 3446200.0 - 80, 469200.0 + 60, 3446200.0 - 40)
+    write_polygons(tmp_path / "slides.gpkg", [slide])
+    code, err = run_cli("newsite", "/vsizip/delivery.zip/site.tif", "slides.gpkg", "--dem",
+                        f"/vsizip/{tmp_path}/delivery.zip/dsm.tif", "--out", "run")
+    assert code == 0, err
+    raw = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert raw["data"]["train"] == [{"image": f"/vsizip/{tmp_path}/delivery.zip/site.tif",
+                                     "mask": str(tmp_path / "slides.gpkg"),
+                                     "dem": f"/vsizip/{tmp_path}/delivery.zip/dsm.tif"}]
+    assert (tmp_path / "run" / "map" / "site_prob.tif").exists()
+
+
 def test_newsite_refuses_labels_with_no_landslide_on_the_labelled_ground(
         tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
     """Polygons all outside the AOI, or beside the image (their extent spanning it), leave no

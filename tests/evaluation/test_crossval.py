@@ -29,6 +29,7 @@ from slidemap.train.crossval import (
     run_crossval,
     write_tables,
 )
+from slidemap.train.lineage import lineage
 
 SIDE = 80
 TILE = 16
@@ -328,3 +329,21 @@ def test_an_init_that_trained_on_a_scored_scene_is_refused(
     unrecorded = start_from(tmp_path, config, "unrecorded", {"epoch": 3})
     crossval_module.check_init_unseen(crossval_module.Recipe("candidate", unrecorded))
     assert "cannot check" in caplog.text and "records no training run" in caplog.text
+
+
+def test_block_names_and_lineage_read_gdal_names_as_written(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Both took images as Paths: blocks of two archives' image.tif were named after 'a.zip',
+    and an init that trained on /vsizip//abs/d.zip/o.tif had an image 'not found from here'."""
+    assert scene_names(["/vsizip//d/a.zip/image.tif", "/vsizip//d/b.zip/image.tif"]) \
+        == ["a-image", "b-image"]
+    assert scene_names(['HDF5:"/d/f.h5"://img', "x/west.tif"]) == ["f_img", "west"]
+    config = load_config(protocol_config(tmp_path))
+    zipped = f"/vsizip/{tmp_path}/delivery.zip/ortho.tif"
+    started = start_from(tmp_path, config, "zipped", {"config": {"train": [{"image": zipped}]}})
+    assert lineage(started.init).saw(zipped)
+    monkeypatch.setattr(logging.getLogger("slidemap"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="slidemap")
+    crossval_module.check_init_unseen(crossval_module.Recipe("candidate", started))
+    assert not caplog.text

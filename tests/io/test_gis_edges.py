@@ -15,7 +15,7 @@ import pytest
 import rasterio
 import rasterio.shutil
 import shapely
-from factories import GRID, write_raster
+from factories import GRID, TINY_TRAINING, run_config, write_config, write_raster
 from rasterio._err import CPLE_AppDefinedError
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
@@ -307,3 +307,26 @@ def test_suggest_and_bench_take_a_gdal_name_as_written(tiny_scene, tiny_model, t
                         "--overlap", "16", "--sample", "1", "--json", tmp_path / "bench.json")
     assert code == 0, err
     assert json.loads((tmp_path / "bench.json").read_text())["size"] == [96, 96]
+
+
+def test_a_run_config_trains_on_gdal_names_as_written(tiny_scene, tmp_path, run_cli) -> None:
+    """The run-config schema took every raster as a Path, which folds the '//' of
+    /vsizip//abs/d.zip/o.tif into '/': train refused the image as 'does not exist'. Image, DEM
+    and label raster now stay the text written, and the model's provenance records it so; a
+    missing local file is still refused in one line."""
+    with zipfile.ZipFile(tmp_path / "delivery.zip", "w") as bundle:
+        for role in ("image", "dem", "mask"):
+            bundle.write(tiny_scene[role], f"{role}.tif")
+    scene = {role: f"/vsizip/{tmp_path}/delivery.zip/{role}.tif"  # /vsizip//tmp/...
+             for role in ("image", "dem", "mask")}
+    sections = {"inputs": {"image_bands": [1, 2, 3], "dem": True}, "training": TINY_TRAINING}
+    config = write_config(tmp_path / "run.yaml", run_config([scene], **sections))
+    code, err = run_cli("train", config, "--out", tmp_path / "run")
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert sidecar["provenance"]["config"]["train"] == [{**scene, "aoi": None}]
+    absent = tmp_path / "absent.tif"
+    config = write_config(tmp_path / "absent.yaml",
+                          run_config([{**scene, "image": absent}], **sections))
+    code, err = run_cli("train", config, "--out", tmp_path / "run2")
+    assert (code, err.strip()) == (1, f"error: image {absent} does not exist: check the path")

@@ -12,7 +12,7 @@ import pytest
 from factories import run_config, write_config
 
 from slidemap.errors import SlidemapError
-from slidemap.schema.config import load_config, with_seed
+from slidemap.schema.config import load_config, parse_config, with_seed
 
 
 def scene_config(tmp_path: Path, scene: dict[str, Path], **training: object) -> Path:
@@ -141,3 +141,21 @@ def test_the_fusion_elevation_stream_reads_exactly_the_terrain(tmp_path: Path,
     else:
         with pytest.raises(SlidemapError, match=message):
             load_config(path)
+
+
+def test_rasters_keep_a_gdal_name_as_written_and_polygons_must_be_local() -> None:
+    """Path folded the '//' of /vsizip//abs/d.zip/o.tif (and of https://, HDF5:"f"://sub): a
+    raster that is no local file stays the text written; a local one is still a Path. Polygons
+    are read by slidemap, from local files only: a GDAL name there is refused in one line."""
+    names = {"image": "/vsizip//data/d.zip/o.tif", "dem": 'HDF5:"f.h5"://dem',
+             "mask": "/vsicurl/https://x.org/labels.tif"}
+    scene = parse_config({"data": {"train": [names]}}).train_scenes[0]
+    assert (scene.image, scene.dem, scene.mask) == tuple(names.values())
+    local = parse_config({"data": {"train": [{"image": "./o.tif", "mask": "m.gpkg"}]}})
+    assert local.train_scenes[0].image == Path("o.tif") and local.input_files() == [
+        Path("o.tif"), Path("m.gpkg")]
+    assert parse_config({"data": {"train": [names]}}).input_files() == []
+    for key, value in (("mask", "/vsizip//data/d.zip/slides.gpkg"),
+                       ("aoi", "/vsizip//data/d.zip/aoi.gpkg")):
+        with pytest.raises(SlidemapError, match=f"data.train\\[0\\].{key} must be a local "):
+            parse_config({"data": {"train": [{**names, key: value}]}})

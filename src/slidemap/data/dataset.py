@@ -13,7 +13,7 @@ from rasterio.windows import Window
 
 from slidemap.data.augment import flip_rot90
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
-from slidemap.data.names import DatasetName
+from slidemap.data.names import DatasetName, dataset_stem
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import context_window, random_windows
@@ -53,7 +53,7 @@ class SceneArrays:
         return self.valid if self.inputs_valid is None else self.inputs_valid
 
 
-def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
+def load_scene_arrays(image: DatasetName, mask: DatasetName | None, dem: DatasetName | None,
                       spec: InputSpec, aoi: Path | None = None) -> SceneArrays:
     """Read a whole scene at the spec's working resolution; nodata anywhere becomes ignore.
 
@@ -74,7 +74,7 @@ def load_scene_arrays(image: Path, mask: Path | None, dem: Path | None,
         where = f" and the area of interest {aoi}" if aoi is not None else ""
         raise SlidemapError(f"scene {image} has no valid labelled pixel: check its nodata, "
                             f"the labels {mask}{where}")
-    return SceneArrays(Path(image).stem, x, target.astype(np.uint8))
+    return SceneArrays(dataset_stem(image), x, target.astype(np.uint8))
 
 
 def check_labels(labels: np.ndarray, path: DatasetName) -> None:

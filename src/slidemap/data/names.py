@@ -2,7 +2,8 @@
 
 A name is kept as text: ``pathlib.Path`` would fold ``https://`` into ``https:/`` and cannot hold
 ``HDF5:"scene.h5"://img``. Only local files are checked on disk before opening; anything else is
-handed to GDAL, whose own error is turned into one line by the caller.
+handed to GDAL, whose own error is turned into one line by the caller. Which names are local is
+decided in ``slidemap.schema.gdalname``, so that run configs keep the same names as text.
 """
 
 from __future__ import annotations
@@ -11,12 +12,8 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
-VSI = re.compile(r"^/vsi[a-z0-9_]+/")
-# /vsi handlers that read a file: the archive path follows them (relative to the working folder)
-ARCHIVE = re.compile(r"^/vsi(?:zip|gzip|tar|7z|rar)/")
-# DRIVER:"file":sub or DRIVER:file:sub (HDF5, NETCDF, SENTINEL2_L1C, GPKG, ...)
-SUBDATASET = re.compile(r'^(?P<driver>[A-Z][A-Z0-9_]+):(?P<rest>.+)$')
+from slidemap.schema.gdalname import ARCHIVE, SCHEME, SUBDATASET, VSI, is_local
+
 SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
 
 DatasetName = str | Path
@@ -25,18 +22,6 @@ DatasetName = str | Path
 def as_name(name: DatasetName) -> str:
     """The dataset name as GDAL takes it (a ``Path`` as its text)."""
     return str(name)
-
-
-def is_local(name: DatasetName) -> bool:
-    """Whether ``name`` is a plain file path on this machine (not /vsi*, a URL or a subdataset)."""
-    if isinstance(name, Path):
-        return True
-    text = str(name)
-    if VSI.match(text) or SCHEME.match(text):
-        return False
-    match = SUBDATASET.match(text)
-    # "C:\\scene.tif" is a Windows drive, not a driver prefix
-    return not (match and len(match["driver"]) > 1)
 
 
 def local_path(name: DatasetName) -> Path | None:

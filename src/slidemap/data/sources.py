@@ -19,6 +19,7 @@ import numpy as np
 from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.l4s import L4SDataset
+from slidemap.data.names import absolute_name
 from slidemap.data.patches import IGNORE, PatchDataset, open_patch_dataset
 from slidemap.data.scaling import promote
 from slidemap.errors import SlidemapError
@@ -106,10 +107,10 @@ def shared_with_training(train: tuple[Sequence[SceneSource], Sequence[PatchSourc
                          spec: InputSpec) -> str | None:
     """The first validation item training reads too: a scene's image file, or patches both
     select from one set; None when none is (as far as files tell: two crops of one orthophoto
-    are not caught)."""
-    trained = {Path(s.image).resolve() for s in train[0]}
+    are not caught). Images compare by :func:`absolute_name`: a GDAL name keeps its ``//``."""
+    trained = {absolute_name(s.image) for s in train[0]}
     for scene in val[0]:
-        if Path(scene.image).resolve() in trained:
+        if absolute_name(scene.image) in trained:
             return f"scene {scene.image}"
     for checked in val[1]:
         for source in train[1]:

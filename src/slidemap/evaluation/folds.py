@@ -12,10 +12,11 @@ the same slide) is out of training too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import numpy as np
 
+from slidemap.data.names import DatasetName, dataset_stem, local_path
 from slidemap.errors import SlidemapError
 
 # The block layout ``slidemap crossval`` writes first into its --out: it marks a crossval folder.
@@ -72,19 +73,29 @@ def scene_blocks(valid: np.ndarray, rows: int, cols: int, scene: int, name: str
     return blocks
 
 
-def scene_names(images: list[Path]) -> list[str]:
-    """A name per scene for its blocks: the image's stem, as runs have always named them; where
-    stems repeat (``sa/image.tif``, ``sb/image.tif``) the parent folder's name goes first, and
-    if that still repeats the scene's number, so that no two scenes' blocks share a name."""
-    stems = [Path(p).stem for p in images]
+def scene_names(images: list[DatasetName]) -> list[str]:
+    """A name per scene for its blocks: the image's stem, as runs have always named them (a GDAL
+    name's as :func:`dataset_stem` gives it); where stems repeat (``sa/image.tif``,
+    ``sb/image.tif``) the parent folder's (or archive's) name goes first, and if that still
+    repeats the scene's number, so that no two scenes' blocks share a name."""
+    stems = [dataset_stem(p) for p in images]
     repeated = {s for s in stems if stems.count(s) > 1}
     if not repeated:
         return stems
-    by_folder = [f"{Path(p).absolute().parent.name}-{s}" if s in repeated else s
+    by_folder = [f"{_folder_name(p)}-{s}" if s in repeated else s
                  for p, s in zip(images, stems, strict=True)]
     if len(set(by_folder)) == len(by_folder):
         return by_folder
     return [f"scene{i}-{s}" if s in repeated else s for i, s in enumerate(stems)]
+
+
+def _folder_name(image: DatasetName) -> str:
+    """The name of the folder a local image is in, or of the archive (or file) a GDAL name
+    points into (``/vsizip//a/d.zip/o.tif``: ``d``)."""
+    path = local_path(image)
+    if path is not None:
+        return path.absolute().parent.name
+    return dataset_stem(str(PurePosixPath(str(image)).parent))
 
 
 def make_blocks(valids: list[np.ndarray], names: list[str], rows: int, cols: int,

@@ -23,12 +23,14 @@ from pydantic import (
     StrictBool,
     StrictInt,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from typing_extensions import Self
 
 from slidemap.schema.errors import validated
+from slidemap.schema.gdalname import is_local
 from slidemap.schema.inputs import InputSpec, Number
 from slidemap.schema.values import (
     BAND_NAMES,
@@ -94,28 +96,65 @@ def _named(value: Any) -> Any:
     return value
 
 
-FilePath = Annotated[Path, BeforeValidator(_named)]
+def _local(value: Any) -> Any:
+    """A file or folder that slidemap itself opens must be on this machine: a GDAL name
+    (``/vsizip/...``, a URL) as a ``Path`` would lose its ``//`` and be looked for on disk."""
+    value = _named(value)
+    if isinstance(value, str) and not is_local(value):
+        raise ValueError("must be a local path: GDAL names (/vsi..., URLs, subdatasets) are "
+                         "read for rasters only; copy the file out first")
+    return value
+
+
+def _raster(value: Any) -> Any:
+    """A local file as a ``Path``; any other GDAL name (``/vsizip//abs/d.zip/o.tif``, a URL,
+    ``HDF5:"f.h5"://sub``) as the text written, which GDAL opens as it is and provenance
+    records as it is: a ``Path`` would fold its ``//`` into ``/``."""
+    value = _named(value)
+    if isinstance(value, str) and is_local(value):
+        return Path(value)
+    return value
+
+
+def _labels(value: Any) -> Any:
+    """A label raster as :func:`_raster`; polygons are read by slidemap, from a local file."""
+    value = _raster(value)
+    if isinstance(value, str) and is_vector(value):
+        raise ValueError("must be a local file for polygons: GDAL names (/vsi..., URLs) are "
+                         "read for label rasters only; copy the vector file out first")
+    return value
+
+
+FilePath = Annotated[Path, BeforeValidator(_local)]
+# a local Path, or a GDAL name kept as text (one string to editors)
+RasterName = Annotated[Path | str, BeforeValidator(_raster), WithJsonSchema({"type": "string"})]
+LabelName = Annotated[Path | str, BeforeValidator(_labels), WithJsonSchema({"type": "string"})]
 
 
 # -- data ----------------------------------------------------------------------------------------
 class SceneSource(Section):
     """One scene: image, optional DEM, labels (optional for targets): a label raster (0/1, 255
     ignore) or landslide polygons, and optionally the polygons of the area labelled (aoi).
-    Relative paths are taken from the current directory."""
+    Relative paths are taken from the current directory. A raster may be any GDAL raster name,
+    kept as written."""
 
-    image: FilePath = Field(description="the image raster (any GDAL raster)")
-    mask: FilePath | None = Field(default=None, description=(
-            "a label raster (0, 1 landslide, 255 ignore; any grid or CRS), or a vector file of "
-            "landslide polygons (`.gpkg`, `.geojson`, `.shp`, …; any CRS), rasterised window by "
-            "window onto the image grid at the centres of its (working-resolution) pixels; a "
-            "GeoPackage of several layers as `FILE.gpkg|layername=NAME` (the QGIS spelling)"))
-    dem: FilePath | None = Field(default=None, description="the DEM raster (any grid or CRS)")
+    image: RasterName = Field(description=(
+        "the image raster: a local file or any GDAL raster name (`/vsizip/d.zip/o.tif`, "
+        "`/vsicurl/https://…`, `HDF5:\"f.h5\"://img`), recorded as written"))
+    mask: LabelName | None = Field(default=None, description=(
+            "a label raster (0, 1 landslide, 255 ignore; any grid or CRS; any GDAL raster name), "
+            "or a local vector file of landslide polygons (`.gpkg`, `.geojson`, `.shp`, …; any "
+            "CRS), rasterised window by window onto the image grid at the centres of its "
+            "(working-resolution) pixels; a GeoPackage of several layers as "
+            "`FILE.gpkg|layername=NAME` (the QGIS spelling)"))
+    dem: RasterName | None = Field(default=None, description=(
+        "the DEM raster (any grid or CRS; any GDAL raster name)"))
     aoi: FilePath | None = Field(default=None, description=(
-            "polygons of the area that was labelled (a vector file, any CRS): inside, pixels in "
-            "a landslide polygon are 1 and the rest 0; outside, 255 (ignored). Without `aoi`, "
-            "every valid image pixel outside the polygons is background, so the polygons must "
-            "cover every landslide of the scene. Also restricts a label raster; `null`: the "
-            "whole image"))
+            "polygons of the area that was labelled (a local vector file, any CRS): inside, "
+            "pixels in a landslide polygon are 1 and the rest 0; outside, 255 (ignored). "
+            "Without `aoi`, every valid image pixel outside the polygons is background, so the "
+            "polygons must cover every landslide of the scene. Also restricts a label raster; "
+            "`null`: the whole image"))
 
     @field_validator("aoi")
     @classmethod
@@ -128,7 +167,7 @@ class SceneSource(Section):
 class LabelledScene(SceneSource):
     """A training or validation scene: its labels are required."""
 
-    mask: FilePath = Field(description=SceneSource.model_fields["mask"].description)
+    mask: LabelName = Field(description=SceneSource.model_fields["mask"].description)
 
 
 class Split(Section):
@@ -659,12 +698,13 @@ class RunConfig(Section):
         return _patches(self.data.val)
 
     def input_files(self) -> list[Path]:
-        """Every file the run reads by name besides the files of ``init`` (its config, its
-        scenes' rasters): no output of the run may replace one."""
+        """Every local file the run reads by name besides the files of ``init`` (its config,
+        its scenes' rasters): no output of the run may replace one. A GDAL name that is no
+        local file (``/vsizip/...``, a URL) is none an output could replace."""
         scenes = (*self.train_scenes, *self.val_scenes,
                   *(self.selftrain.target_scenes if self.selftrain else ()))
         files = [self.source, *(p for s in scenes for p in (s.image, s.mask, s.dem, s.aoi))]
-        return [p for p in files if p is not None]
+        return [Path(p) for p in files if p is not None and is_local(p)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view for provenance records."""

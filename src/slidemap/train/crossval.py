@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
+from slidemap.data.names import local_files
 from slidemap.data.scene import IGNORE
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.folds import LAYOUT_FILE, Block, held_out, make_blocks, scene_names
@@ -169,7 +170,7 @@ def check_init_unseen(recipe: Recipe) -> None:
                                 f"{image}, which crossval scores: its blocks would be scored by "
                                 "a model that saw them; start from a model trained on other "
                                 "scenes, or drop init")
-    missing = [seen for seen in found.images if not Path(seen).exists()]
+    missing = [seen for seen in local_files(*found.images) if not seen.exists()]
     if missing:
         found.unknown.append(f"{len(missing)} of the images it trained on are not found from "
                              f"here (e.g. {missing[0]})")

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slidemap.data.names import DatasetName, absolute_name, is_local
 from slidemap.io.modelfile import sidecar_record
 
 INIT_DEPTH = 8  # how many starting models back (an init's own init) the record is followed
@@ -20,10 +21,10 @@ class Lineage:
     images: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
 
-    def saw(self, image: str | Path) -> bool:
+    def saw(self, image: DatasetName) -> bool:
         """Whether ``image`` is one of the images (relative names read from the current
         folder, links followed)."""
-        return any(_same_file(Path(seen), Path(image)) for seen in self.images)
+        return any(_same_image(seen, image) for seen in self.images)
 
 
 def lineage(model: Path) -> Lineage:
@@ -54,6 +55,14 @@ def recorded_provenance(model: Path) -> dict | None:
     None where the sidecar or the record is missing or unreadable."""
     provenance = sidecar_record(model).get("provenance")
     return provenance if isinstance(provenance, dict) else None
+
+
+def _same_image(recorded: str, other: DatasetName) -> bool:
+    """Two local files: the same file; else the same GDAL name (``/vsizip/...``, a URL), a
+    relative archive taken from the current folder: ``Path`` would fold a name's ``//``."""
+    if is_local(recorded) and is_local(other):
+        return _same_file(Path(recorded), Path(other))
+    return absolute_name(recorded) == absolute_name(other)
 
 
 def _same_file(recorded: Path, other: Path) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from slidemap.data.names import DatasetName, absolute_name, dataset_stem, is_local
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
@@ -42,12 +43,14 @@ def terrain_inputs(working_m: float) -> dict:
             "curvature": True, "roughness_m": max(1, round(ROUGHNESS_M * factor))}
 
 
-def site_config(image: Path, labels: Path, aoi: Path | None = None, dem: Path | None = None,
-                init: Path | None = None, epochs: int = 10) -> dict:
-    """The raw run config (as YAML would give it) of training on ``labels`` over ``image``."""
+def site_config(image: DatasetName, labels: Path, aoi: Path | None = None,
+                dem: DatasetName | None = None, init: Path | None = None, epochs: int = 10
+                ) -> dict:
+    """The raw run config (as YAML would give it) of training on ``labels`` over ``image``
+    (``image`` and ``dem``: any GDAL raster name)."""
     scene: dict = {"image": _absolute(image), "mask": _absolute(labels)}
     scene.update({k: _absolute(v) for k, v in (("aoi", aoi), ("dem", dem)) if v is not None})
-    raw: dict = {"name": f"{image.stem}-site", "data": {"train": [scene]},
+    raw: dict = {"name": f"{dataset_stem(image)}-site", "data": {"train": [scene]},
                  "loss": {"bce": 1.0, "dice": 1.0},
                  "training": {"epochs": epochs, **TRAINING}}
     if init is not None:
@@ -86,10 +89,13 @@ def write_site_config(raw: dict, out_dir: Path) -> None:
                        + yaml.safe_dump(raw, sort_keys=False))
 
 
-def _absolute(path: Path) -> str:
+def _absolute(path: DatasetName) -> str:
     """A local file as an absolute path, so that ``slidemap train config.yaml`` finds it from any
-    folder, a vector file's ``|layername=`` kept; anything else (a GDAL name such as
-    /vsicurl/...) as given."""
+    folder, a vector file's ``|layername=`` kept; a GDAL name as :func:`absolute_name` gives it
+    (``/vsizip/d.zip/o.tif`` with its archive under the current folder, a URL as given); a
+    missing file as given, for the error that names it."""
+    if not is_local(path):
+        return absolute_name(path)
     file, layer = str(path).partition(LAYER_MARK)[::2]
     if not Path(file).exists():
         return str(path)

@@ -29,6 +29,7 @@ import torch
 import yaml
 from torch import nn
 
+from slidemap.data.names import local_files
 from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.scorer import score_bundle
@@ -297,12 +298,13 @@ def _claim(run_dir: Path, raw: dict) -> None:
 
 
 def _check_files(study: Study) -> None:
-    """Every scene file must exist before the first run starts."""
+    """Every local scene file must exist before the first run starts (a GDAL name such as
+    ``/vsizip/...`` or a URL is looked up when the run opens it)."""
     for run in study.runs:
         config = parse_config(run.raw, None)
         for scene in (*config.train_scenes, *config.val_scenes):
-            for path in (scene.image, scene.mask, scene.dem, scene.aoi):
-                if path is not None and not file_of(path).exists():
+            for path in local_files(scene.image, scene.mask, scene.dem, scene.aoi):
+                if not file_of(path).exists():
                     raise SlidemapError(f"scene file {path} (run {run.name}) does not exist: "
                                         "paths are relative to the current directory")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from slidemap.data.names import DatasetName, local_files
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.io.atomic import check_outputs
@@ -30,7 +31,8 @@ class NewSiteResult:
     map_seconds: float
 
 
-def check_site_inputs(image: Path, labels: Path, aoi: Path | None, dem: Path | None) -> None:
+def check_site_inputs(image: DatasetName, labels: Path, aoi: Path | None,
+                      dem: DatasetName | None) -> None:
     """Refuse what would fail or teach nothing before anything is written: unreadable or
     misplaced files (as training would read them), and a label file without a polygon on the
     image (inside the AOI): no landslide to learn from. Warnings wait for training, which opens
@@ -49,14 +51,15 @@ def check_site_inputs(image: Path, labels: Path, aoi: Path | None, dem: Path | N
                                 "landslides there, or check that the files are of this ground")
 
 
-def new_site(image: Path, labels: Path, out_dir: Path, aoi: Path | None = None,
-             dem: Path | None = None, init: Path | None = None, epochs: int = 10,
+def new_site(image: DatasetName, labels: Path, out_dir: Path, aoi: Path | None = None,
+             dem: DatasetName | None = None, init: Path | None = None, epochs: int = 10,
              overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
     """Train on the polygons ``labels`` drawn over ``image`` (inside ``aoi`` if given) and map
-    the whole scene: ``out_dir`` gets config.yaml, model.safetensors and map/."""
+    the whole scene: ``out_dir`` gets config.yaml, model.safetensors and map/. ``image`` and
+    ``dem`` may be any GDAL raster name; only local files are checked against the outputs."""
     raw = site_config(image, labels, aoi, dem, init, epochs)
     map_dir = out_dir / "map"
-    inputs = [file_of(p) for p in (image, labels, aoi, dem, init) if p is not None]
+    inputs = [file_of(p) for p in local_files(image, labels, aoi, dem, init)]
     check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
                    *output_paths(image, map_dir).values()], inputs, overwrite)
     check_site_inputs(image, labels, aoi, dem)
