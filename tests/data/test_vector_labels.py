@@ -346,6 +346,26 @@ def test_newsite_takes_a_gdal_name_for_the_image_and_dem(
     assert (tmp_path / "run" / "map" / "site_prob.tif").exists()
 
 
+def test_a_flat_dem_is_refused_before_training_not_in_an_unloadable_model(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flat DEM gives terrain channels of one value: training saved a model whose std of 0
+    every command then refused as a 'malformed' sidecar to 're-export'."""
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
+    monkeypatch.chdir(tmp_path)
+    grid = from_origin(469200.0, 3446200.0, 2.0, 2.0)
+    image = np.random.default_rng(1).integers(40, 190, size=(3, 64, 64)).astype(np.uint8)
+    write_raster(tmp_path / "site.tif", image, transform=grid)
+    write_raster(tmp_path / "flat.tif", np.full((64, 64), 3000.0, np.float32), transform=grid)
+    slide = shapely.box(469200.0 + 20, 3446200.0 - 80, 469200.0 + 60, 3446200.0 - 40)
+    write_polygons(tmp_path / "slides.gpkg", [slide])
+    code, err = run_cli("newsite", "site.tif", "slides.gpkg", "--dem", "flat.tif", "--out", "run")
+    assert (code, err.strip()) == (1, "error: input channel relief8m is 0 over every training "
+                                      "pixel (a flat DEM, an empty band?): a model cannot learn "
+                                      "from it; leave it out of inputs, or train on ground "
+                                      "where it varies")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_newsite_refuses_labels_with_no_landslide_on_the_labelled_ground(
         tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
     """Polygons all outside the AOI, or beside the image (their extent spanning it), leave no

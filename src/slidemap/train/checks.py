@@ -1,9 +1,11 @@
-"""What the schema cannot check alone: that the loss and the network build with their options."""
+"""What the schema cannot check alone: that the loss and the network build with their options,
+and that every input channel varies over the training data."""
 
 from __future__ import annotations
 
 import torch
 
+from slidemap.data.normalization import BandStats
 from slidemap.errors import SlidemapError, first_line
 from slidemap.models import build_model, count_parameters
 from slidemap.schema.config import RunConfig
@@ -35,3 +37,14 @@ def check_buildable(config: RunConfig, where: str = "config") -> None:
         raise SlidemapError(f"{where}: model {config.model.name} with width {config.model.width} "
                             f"and options {config.model.options} has {parameters:,} parameters, "
                             f"more than {MAX_PARAMETERS:,}: lower model.width or its depth")
+
+
+def check_channels_vary(stats: BandStats, channels: list[str]) -> None:
+    """Refuse a channel with one value over every training pixel (slope and curvature of a flat
+    DEM, an empty band): its spread is 0, so the network learns nothing from it and the model
+    file, whose normalisation divides by that spread, could not be loaded by any command."""
+    for name, mean, std in zip(channels, stats.mean, stats.std, strict=True):
+        if not std > 0:
+            raise SlidemapError(f"input channel {name} is {mean:g} over every training pixel "
+                                "(a flat DEM, an empty band?): a model cannot learn from it; "
+                                "leave it out of inputs, or train on ground where it varies")

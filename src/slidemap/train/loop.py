@@ -54,7 +54,7 @@ from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoint, saved_state
-from slidemap.train.checks import check_buildable
+from slidemap.train.checks import check_buildable, check_channels_vary
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import RUN_FILES, check_run_inputs, check_same_run, run_identity
@@ -98,6 +98,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     train_scenes += extra_train
     val_scenes = load_arrays(config.val_scenes, config.val_patches, config.inputs)
     stats = scene_stats(train_scenes)
+    check_channels_vary(stats, config.inputs.channels)
     recipes = build_recipes(config, train_scenes, stats)
     windows = RandomWindows(train_scenes, stats, settings.tile, settings.windows_per_epoch,
                             settings.min_valid, settings.augment, settings.seed, recipes)
