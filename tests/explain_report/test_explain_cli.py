@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from factories import RGB_SLOPE, tiny_bundle, write_raster
+from factories import RGB_SLOPE, rewrite_sidecar, tiny_bundle, write_raster
 from PIL import Image
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -167,6 +167,20 @@ def test_a_scene_too_small_for_the_model_is_refused_as_predict_refuses_it(
         assert code == 1 and "96×1 px, too small for this model" in err, err
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "explain").exists()
+
+
+def test_a_model_of_small_windows_explains_a_scene_of_normal_size(
+        tiny_scene, tiny_model, tmp_path, run_cli) -> None:
+    """A model predicting in 16 px windows (the sidecar allows it): explain took that window as
+    the scene's size and refused a 96 px scene as too small; it explains the smallest window a
+    model reads (32 px) at the scene's centre."""
+    sidecar = json.loads(tiny_model.with_suffix(".json").read_text())
+    rewrite_sidecar(tiny_model, predict={**sidecar["predict"], "tile": 16, "overlap": 4})
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--out", tmp_path / "x")
+    assert code == 0, err
+    with rasterio.open(tmp_path / "x" / "gradcam.tif") as ds:
+        assert (ds.height, ds.width) == (32, 32)
 
 
 def test_explain_warns_of_imagery_on_another_scale_as_predict_does(

@@ -141,13 +141,11 @@ def _earlier_files(record: Path) -> set[Path]:
 
 
 def _window(scene: Scene, window: tuple[int, ...] | None, size: int, factor: int) -> Window:
-    """The user's window checked against the scene, or a ``size`` square at its centre."""
+    """The user's window checked against the scene, or a ``size`` square at its centre (at
+    least the smallest window a model reads; ``working_factor`` found the scene has room)."""
     if window is None:
-        width, height = min(size, scene.width), min(size, scene.height)
-        if min(width, height) < MIN_WORKING_SIZE * factor:  # as predict refuses it
-            raise SlidemapError(
-                f"image {scene.image_path} is {scene.height}×{scene.width} px, too small for "
-                f"this model: it needs at least {MIN_WORKING_SIZE * factor} px a side")
+        side = max(size, MIN_WORKING_SIZE * factor)
+        width, height = min(side, scene.width), min(side, scene.height)
         return Window((scene.width - width) // 2, (scene.height - height) // 2, width, height)
     col, row, width, height = window
     if not (col >= 0 and row >= 0 and col + width <= scene.width

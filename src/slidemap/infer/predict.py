@@ -50,12 +50,18 @@ def predictor_of(bundles: list[ModelBundle], options: PredictOptions) -> Predict
 
 def working_factor(scene: Scene, spec: InputSpec, image: DatasetName) -> int:
     """Image pixels per working pixel of the model on ``scene``, once the scene is found to
-    have what the model reads (its bands, a DEM if it needs one)."""
+    have what the model reads (its bands, a DEM if it needs one) and room for one window of
+    ``MIN_WORKING_SIZE`` working pixels: every command that reads the scene asks it first."""
     scene.check_bands(spec.image_bands, "the model")
     if spec.needs_dem and not scene.has_dem:
         raise SlidemapError(f"the model needs a DEM (channels {spec.channels}) for {image}: "
                             "pass one with --dem")
-    return scene.decimation(spec.resolution_m)
+    factor = scene.decimation(spec.resolution_m)
+    if min(scene.height, scene.width) < MIN_WORKING_SIZE * factor:
+        raise SlidemapError(
+            f"image {image} is {scene.height}×{scene.width} px, too small for this model: it "
+            f"needs at least {MIN_WORKING_SIZE * factor} px a side")
+    return factor
 
 
 def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | None,
@@ -77,11 +83,6 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
         if problem:  # before the model runs: the inventory and the STAC Item need longitudes
             raise SlidemapError(problem)
         factor = working_factor(scene, spec, image)
-        if min(scene.height, scene.width) < MIN_WORKING_SIZE * factor:
-            raise SlidemapError(
-                f"image {image} is {scene.height}×{scene.width} px, too small for this model: it "
-                f"needs at least {MIN_WORKING_SIZE * factor} px a side"
-            )
         budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
         grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
                                    factor), len(spec.channels), budget)
