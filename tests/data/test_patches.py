@@ -150,6 +150,20 @@ def test_dem_gives_slope_and_nan_is_ignored(tmp_path: Path) -> None:
     assert sample["mask"][2, 3] == 1
 
 
+def test_a_patch_dem_in_decimetres_is_read_in_metres(tmp_path: Path) -> None:
+    """An int16 DEM storing decimetres with GDAL scale 0.1 (as a scene's DEM is read): read raw,
+    its slope was 84° where the ground rises at 45°."""
+    png(tmp_path / "images" / "a.png", rgb())
+    png(tmp_path / "masks" / "a.png", labels())
+    decimetres = np.broadcast_to(np.arange(8, dtype=np.int16) * 20, (8, 8)).copy()
+    tiff(tmp_path / "dem" / "a.tif", decimetres[None], res=2.0)
+    with rasterio.open(tmp_path / "dem" / "a.tif", "r+") as ds:
+        ds.scales = (0.1,)
+    sample = PatchFolder(tmp_path)[0]
+    np.testing.assert_allclose(sample["dem"][0, 0, :3], [0.0, 2.0, 4.0], atol=1e-5)
+    np.testing.assert_allclose(sample["slope"][0, 2, 2], 45.0, atol=1e-4)
+
+
 def test_dem_without_georeference_needs_a_pixel_size_for_slope(tmp_path: Path) -> None:
     png(tmp_path / "images" / "a.png", rgb())
     png(tmp_path / "dem" / "a.png", np.tile(np.arange(8, dtype=np.uint8), (8, 1)))

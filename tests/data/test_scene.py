@@ -141,6 +141,7 @@ def _with_band_metadata(path, **values) -> None:
     (10.0, np.int16, {"scales": (0.1,), "offsets": (0.0,)}),  # SRTM-style int16 decimetres
     (1 / 0.3048, np.float32, {"units": ("ft",)}),
     (1.0, np.float32, {"scales": (1.0,), "offsets": (-2900.0,), "units": ("metre",)}),
+    (1.0, np.float32, {"units": ("m a.s.l.",)}),  # a unit named beyond its first word
 ])
 def test_dem_values_are_read_in_metres(tiny_scene, tmp_path, stored, dtype, metadata) -> None:
     with rasterio.open(tiny_scene["dem"]) as src:
@@ -163,6 +164,15 @@ def test_dem_in_an_unknown_unit_is_refused(tiny_scene, tmp_path) -> None:
         other = write_raster(tmp_path / "dem_fathoms.tif", src.read(1), nodata=float("nan"))
     _with_band_metadata(other, units=("fathom",))
     with pytest.raises(SlidemapError, match="in 'fathom', a unit slidemap does not know"):
+        Scene(tiny_scene["image"], dem=other)
+
+
+def test_dem_scale_of_zero_is_refused(tiny_scene, tmp_path) -> None:
+    """A scale of 0 makes every elevation the offset: a flat DEM, not a DEM to read."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        other = write_raster(tmp_path / "dem_zero.tif", src.read(1), nodata=float("nan"))
+    _with_band_metadata(other, scales=(0.0,))
+    with pytest.raises(SlidemapError, match="has a scale of 0.0 and an offset of 0.0"):
         Scene(tiny_scene["image"], dem=other)
 
 

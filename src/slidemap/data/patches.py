@@ -21,7 +21,12 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from slidemap.data.scaling import resize
-from slidemap.data.terrain import bounds_centre, pixel_size_m, slope_degrees
+from slidemap.data.terrain import (
+    bounds_centre,
+    elevation_to_metres,
+    pixel_size_m,
+    slope_degrees,
+)
 from slidemap.errors import SlidemapError
 
 IGNORE = 255
@@ -48,7 +53,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_dem(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Read a single-band DEM as float32 (1, H, W) with NaN for nodata, plus its pixel size.
+    """Read a single-band DEM as float32 (1, H, W) in metres (a GeoTIFF's scale, offset and
+    unit applied, as for a scene) with NaN for nodata, plus its pixel size.
 
     The pixel size (dx, dy) in metres comes from the GeoTIFF georeference; it is None for files
     without a CRS, whose pixel size the caller must supply to compute slope.
@@ -62,6 +68,9 @@ def read_dem(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
         raise SlidemapError(f"DEM {path} has {data.shape[0]} bands: a DEM must be single-band")
     dem = data.astype(np.float32)
     dem[:, ~valid] = np.nan
+    scale, offset = _dem_to_metres(path)
+    if (scale, offset) != (1.0, 0.0):
+        dem = (dem.astype(np.float64) * scale + offset).astype(np.float32)
     return dem, _dem_pixel_size(path)
 
 
@@ -124,6 +133,15 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except RasterioIOError as exc:
         raise SlidemapError(f"{path} cannot be read as a TIFF: is the file complete?") from exc
     return data, valid
+
+
+def _dem_to_metres(path: Path) -> tuple[float, float]:
+    """(scale, offset) from a GeoTIFF DEM's stored values to metres, as a scene's DEM is read
+    (``terrain.elevation_to_metres``); PNG DEMs carry no scale or unit."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return 1.0, 0.0
+    with _open_tiff(path) as src:
+        return elevation_to_metres(src, path)
 
 
 def _dem_pixel_size(path: Path) -> tuple[float, float] | None:

@@ -31,6 +31,7 @@ from slidemap.data.names import DatasetName, as_name, local_path
 from slidemap.data.terrain import (
     BoxSums,
     bounds_centre,
+    elevation_to_metres,
     laplacian_curvature,
     pixel_size_m,
     radii_px,
@@ -48,16 +49,6 @@ LABEL_VALUES = (0, 1, IGNORE)
 LABEL_BLOCK_PX = 4096  # side of the blocks in which labels_landslides reads polygons
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
-FOOT_M = 0.3048
-US_SURVEY_FOOT_M = 1200 / 3937
-# a DEM band's unit (GDAL's unit type, lower case) and the metres in one of it
-ELEVATION_UNITS_M = {
-    "": 1.0, "m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0,
-    "ft": FOOT_M, "foot": FOOT_M, "feet": FOOT_M, "international foot": FOOT_M,
-    "us survey foot": US_SURVEY_FOOT_M, "us-ft": US_SURVEY_FOOT_M, "ftus": US_SURVEY_FOOT_M,
-    "ft(us)": US_SURVEY_FOOT_M, "foot_us": US_SURVEY_FOOT_M,
-    "dm": 0.1, "cm": 0.01, "mm": 0.001, "km": 1000.0,
-}
 
 
 def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
@@ -547,25 +538,6 @@ def georeference_problem(dataset: rasterio.DatasetReader, name: DatasetName) -> 
                 "georeference it (e.g. gdal_edit.py -a_ullr ULX ULY LRX LRY, or gdalwarp with "
                 "ground control points)")
     return None
-
-
-def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple[float, float]:
-    """(scale, offset) that turn the DEM's stored values into metres: its GDAL scale and offset
-    (an int16 DEM in decimetres stores 0.1) and its band's unit (feet are not metres). Read raw,
-    such a DEM gives slopes and relief several times too steep or too flat, and a map that looks
-    fine; a unit that cannot be converted is refused."""
-    scale, offset = dem.scales[0] or 1.0, dem.offsets[0] or 0.0
-    unit = (dem.units[0] or "").strip()
-    metres = ELEVATION_UNITS_M.get(unit.lower())
-    if metres is None:
-        raise SlidemapError(f"DEM {name} gives its elevations in {unit!r}, a unit slidemap does "
-                            "not know: convert them to metres and set the unit (gdal_calc.py, "
-                            "then gdal_edit.py -units m)")
-    if not (math.isfinite(scale) and scale != 0 and math.isfinite(offset)):
-        raise SlidemapError(f"DEM {name} has a scale of {scale} and an offset of {offset}: set "
-                            "ones that turn its values into elevations (gdal_edit.py -scale "
-                            "-offset)")
-    return scale * metres, offset * metres
 
 
 def earth_problem(crs: CRS | None, name: DatasetName) -> str | None:

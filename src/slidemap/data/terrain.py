@@ -6,11 +6,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import rasterio
 from numpy.typing import ArrayLike
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.warp import transform
+
+from slidemap.data.names import DatasetName
+from slidemap.errors import SlidemapError
 
 EARTH_RADIUS_M = 6_371_008.8
 WGS84_A = 6_378_137.0  # WGS 84 semi-major axis, metres
@@ -22,6 +26,18 @@ WGS84_E2 = 6.694379990141317e-3  # WGS 84 first eccentricity squared
 # local ground scale is used.
 GRID_SCALE_TOLERANCE = 0.01
 SCALE_STEP = 1.0  # CRS units: the step whose ground length measures a projection's local scale
+
+FOOT_M = 0.3048
+US_SURVEY_FOOT_M = 1200 / 3937
+# a DEM band's unit (GDAL's unit type, lower case) and the metres in one of it
+ELEVATION_UNITS_M = {
+    "": 1.0, "m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0,
+    "ft": FOOT_M, "foot": FOOT_M, "feet": FOOT_M, "international foot": FOOT_M,
+    "us survey foot": US_SURVEY_FOOT_M, "us-ft": US_SURVEY_FOOT_M, "ftus": US_SURVEY_FOOT_M,
+    "ft(us)": US_SURVEY_FOOT_M, "foot_us": US_SURVEY_FOOT_M,
+    "dm": 0.1, "cm": 0.01, "mm": 0.001, "km": 1000.0,
+}
+METRE_NAMES = ("m", "metre", "metres", "meter", "meters")  # first words of "m a.s.l." and kin
 
 
 def pixel_size_m(crs: CRS, res: tuple[float, float], at: tuple[float, float]
@@ -102,6 +118,36 @@ def _ellipsoid_distance(lon0: np.ndarray, lat0: np.ndarray, lon1: np.ndarray,
     prime_vertical = WGS84_A / np.sqrt(w)
     dlon = (lon1 - lon0 + math.pi) % (2 * math.pi) - math.pi  # across the antimeridian
     return np.hypot(meridional * (lat1 - lat0), prime_vertical * np.cos(phi) * dlon)
+
+
+def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple[float, float]:
+    """(scale, offset) that turn the DEM's stored values into metres: its GDAL scale and offset
+    (an int16 DEM in decimetres stores 0.1) and its band's unit (feet are not metres). Read raw,
+    such a DEM gives slopes and relief several times too steep or too flat, and a map that looks
+    fine; a unit that cannot be converted, or a scale of 0, is refused."""
+    scale = 1.0 if dem.scales[0] is None else float(dem.scales[0])
+    offset = 0.0 if dem.offsets[0] is None else float(dem.offsets[0])
+    unit = (dem.units[0] or "").strip()
+    metres = _unit_metres(unit)
+    if metres is None:
+        raise SlidemapError(f"DEM {name} gives its elevations in {unit!r}, a unit slidemap does "
+                            "not know: convert them to metres and set the unit (gdal_calc.py, "
+                            "then gdal_edit.py -units m)")
+    if not (math.isfinite(scale) and scale != 0 and math.isfinite(offset)):
+        raise SlidemapError(f"DEM {name} has a scale of {scale} and an offset of {offset}: set "
+                            "ones that turn its values into elevations (gdal_edit.py -scale "
+                            "-offset)")
+    return scale * metres, offset * metres
+
+
+def _unit_metres(unit: str) -> float | None:
+    """Metres in one ``unit`` (GDAL's free-text unit type): its whole name, else its first word
+    ("m a.s.l.", "metres above sea level"); None for a unit not known."""
+    name = unit.lower()
+    if name in ELEVATION_UNITS_M:
+        return ELEVATION_UNITS_M[name]
+    first = name.split()[0] if name.split() else ""
+    return ELEVATION_UNITS_M.get(first) if first in METRE_NAMES else None
 
 
 def neighbours(z: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
