@@ -29,6 +29,7 @@ from shapely.geometry import shape
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
+from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, slope_degrees
 from slidemap.infer import vectorize
 from slidemap.infer.predict import PredictOptions
@@ -468,6 +469,32 @@ def test_relief_reaching_kilometres_is_refused_before_a_halo_is_read(tiny_scene,
     assert code == 1 and len(lines) == 1, err
     assert "within 100000 m of each window" in lines[0] and "memory budget" in lines[0]
     assert not list((tmp_path / "out").glob("*"))
+
+
+@pytest.mark.parametrize("command", [
+    ("suggest", "{model}", "{image}", "--out", "{out}/boxes.gpkg", "--box", "512"),
+    ("bench", "{image}", "--model", "{model}", "--tile", "512"),
+    ("explain", "{image}", "--model", "{model}", "--out", "{out}"),
+])
+def test_every_window_reader_refuses_relief_reaching_kilometres_before_reading(
+        command, tiny_scene, tmp_path, run_cli, monkeypatch) -> None:
+    """suggest, bench and explain read windows with the same DEM halo as predict: a model with
+    relief within 100 km is refused there too, on one line naming the window size's option,
+    before any window is read (not gigabytes later)."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), relief_m=(100_000.0,)),
+                                   mean=[60.0] * 4, std=[30.0] * 4), tmp_path / "far")
+    image = _declared_vrt(tiny_scene["image"], tmp_path / "image.vrt", 2500)
+    dem = _declared_vrt(tiny_scene["dem"], tmp_path / "dem.vrt", 2500)
+    reads: list[object] = []
+    monkeypatch.setattr(Scene, "read", lambda *args, **kwargs: reads.append(args))
+    names = {"model": model, "image": image, "out": tmp_path / "out"}
+    code, err = run_cli(*(part.format(**names) for part in command), "--dem", dem)
+    lines = [line for line in err.splitlines() if line.strip() and "covers only" not in line]
+    assert code == 1 and len(lines) == 1, err
+    assert "within 100000 m of each window" in lines[0] and "memory budget" in lines[0]
+    option = {"suggest": "--box", "bench": "--tile", "explain": "--window"}[command[0]]
+    assert f"the window size, {option}, sets the halo" in lines[0]
+    assert not reads and not list((tmp_path / "out").glob("*"))
 
 
 def _blobs(height: int, width: int) -> np.ndarray:

@@ -36,8 +36,10 @@ from slidemap.explain.overlay import (
     save_heat_geotiff,
     save_overlay_png,
 )
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.domain import scene_warnings
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
+from slidemap.infer.stream import check_terrain_halo
 from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.io.modelfile import ModelBundle, model_paths
@@ -61,9 +63,11 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     spec = bundle.inputs
     with Scene(image, dem=dem, require_crs=False) as scene:
         factor = working_factor(scene, spec, image)
+        win = _window(scene, window, bundle.predict.tile * factor, factor)
+        check_terrain_halo(scene, spec, factor, (int(win.height), int(win.width)),
+                           MemoryBudget(), "--window", memory_option=False)
         for message in scene_warnings(scene, spec, [BandStats(bundle.mean, bundle.std)]):
             warnings.warn(message, SlidemapWarning, stacklevel=2)
-        win = _window(scene, window, bundle.predict.tile * factor, factor)
         sample = read_inputs(scene, win, spec, factor)
         profile = scene.profile
     valid = sample["valid"]

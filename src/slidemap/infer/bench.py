@@ -40,7 +40,7 @@ from slidemap.infer.predict import (
     predict_scene,
     working_factor,
 )
-from slidemap.infer.stream import Grid, plan_blocks, read_window
+from slidemap.infer.stream import Grid, check_terrain_halo, plan_blocks, read_window
 from slidemap.infer.vectorize import inventory_defaults, slide_batches, write_inventories
 from slidemap.io.rasters import RasterFormat, read_probability
 
@@ -64,11 +64,14 @@ def bench_scene(image: DatasetName, dem: DatasetName | None, models: list[Path],
         factor = working_factor(scene, predictor.spec, image)  # its bands and DEM checked
         assert options.tile is not None and options.overlap is not None  # resolved above
         grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
+        budget = MemoryBudget.of(options.memory_mb)
+        planned = plan_blocks(grid, len(predictor.spec.channels), budget)
+        check_terrain_halo(scene, predictor.spec, factor,  # before the sample is read
+                           (planned.band_rows, planned.window_width), budget,
+                           memory_option=False)
         batches = _sample_batches(scene, predictor.spec, grid, sample, options.batch_size)
     first_s, per_window, cpu_per_window = _time_model(predictor, batches)
     del batches  # not held while the scene is mapped
-    budget = MemoryBudget.of(options.memory_mb)
-    planned = plan_blocks(grid, len(predictor.spec.channels), budget)
     with tempfile.TemporaryDirectory(prefix="slidemap-bench-") as tmp:
         paths = (Path(tmp) / "prob.tif", Path(tmp) / "mask.tif")
         with peak_rss() as peak:

@@ -86,7 +86,7 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
         budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
         grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
                                    factor), len(spec.channels), budget)
-        check_terrain_halo(grid, spec, sum(scene.pixel_size_m()) / 2, budget)
+        check_terrain_halo(scene, spec, factor, (grid.band_rows, grid.window_width), budget)
         scene_normalised = options.normalise == "scene"
         if scene_normalised:
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))

@@ -633,24 +633,31 @@ def plan_blocks(grid: Grid, channels: int, budget: MemoryBudget) -> Grid:
     return replace(grid, block_width=low * BLOCK_ROWS)
 
 
-def check_terrain_halo(grid: Grid, spec: InputSpec, pixel_m: float, budget: MemoryBudget
+def check_terrain_halo(scene: Scene, spec: InputSpec, factor: int, read: tuple[int, int],
+                       budget: MemoryBudget, option: str = "--tile", memory_option: bool = True
                        ) -> None:
     """Refuse, before anything is read, a model whose terrain descriptors reach so far around
-    each window (relief within kilometres) that one window's DEM halo, which grows with the
-    radius up to the whole scene, would not fit ``budget``; the window itself comes on top,
-    as the model's activations do."""
-    radii, rough = radii_px(spec.relief_m, spec.roughness_m, pixel_m * grid.factor)
+    each read (relief within kilometres) that the DEM halo of one read of ``read`` (rows,
+    columns) native px, which grows with the radius up to the whole scene, would not fit
+    ``budget``; the read itself comes on top, as the model's activations do. Every command that
+    reads a scene's windows (predict, evaluate, suggest, bench, explain) calls this first:
+    ``option`` names its setting of the window size, which sets the halo too, and
+    ``memory_option`` whether it takes --memory-mb."""
+    pixel_m = sum(scene.pixel_size_m()) / 2
+    radii, rough = radii_px(spec.relief_m, spec.roughness_m, pixel_m * factor)
     margin = max([*radii, rough, 0])
-    rows, cols = grid.band_rows // grid.factor, grid.window_width // grid.factor
-    halo = (min(rows + 2 * margin, grid.height // grid.factor)
-            * min(cols + 2 * margin, grid.width // grid.factor))
+    rows, cols = read[0] // factor, read[1] // factor
+    halo = (min(rows + 2 * margin, scene.height // factor)
+            * min(cols + 2 * margin, scene.width // factor))
     need = (halo - rows * cols) * HALO_BYTES_PER_PIXEL
     if need > budget.bytes:
         reach = max([*relief_radii_m(spec.relief_m), spec.roughness_m or 0.0])
         raise SlidemapError(
             f"the model reads terrain within {reach:g} m of each window: its DEM halo needs "
             f"about {need / 2**20:,.0f} MB, more than the memory budget of {budget.megabytes} "
-            "MB: raise --memory-mb, or use a model with smaller relief radii")
+            f"MB (the window size, {option}, sets the halo): pass a smaller {option}"
+            f"{', raise --memory-mb' if memory_option else ''} or use a model with smaller "
+            "relief radii")
 
 
 def bounded_gdal_cache(grid: Grid) -> rasterio.Env:

@@ -35,8 +35,10 @@ from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
 from slidemap.data.vectors import PolygonLayer
 from slidemap.errors import SlidemapError, first_line
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
+from slidemap.infer.stream import check_terrain_halo
 from slidemap.io.atomic import atomic_path, final_path
 
 MIN_VALID = 0.25  # a box must have this share of its full area valid to be worth labelling
@@ -170,8 +172,10 @@ class Suggestion:
 
 def suggest_boxes(predictor: Predictor, image: DatasetName, dem: DatasetName | None, n: int,
                   box: int, labels: Sequence[Path] = (), spacing: int = 1, batch_size: int = 8,
-                  progress: Progress | None = None) -> Suggestion:
-    """The ``n`` boxes most worth labelling next."""
+                  progress: Progress | None = None, budget: MemoryBudget | None = None
+                  ) -> Suggestion:
+    """The ``n`` boxes most worth labelling next; ``budget`` (default: the default budget)
+    bounds one box's DEM halo."""
     spec = predictor.spec
     with Scene(image, dem=dem) as scene:
         factor = working_factor(scene, spec, image)
@@ -179,6 +183,8 @@ def suggest_boxes(predictor: Predictor, image: DatasetName, dem: DatasetName | N
             raise SlidemapError(f"--box {box} is too small for this model on {image}: it reads "
                                 f"{factor} image px per working px, so use at least "
                                 f"{MIN_WORKING_SIZE * factor}")
+        check_terrain_halo(scene, spec, factor, (box, box), budget or MemoryBudget(), "--box",
+                           memory_option=False)
         profile = scene.profile
         skip = [PolygonLayer(path, "labelled areas", profile["crs"]) for path in labels]
         for layer in skip:
