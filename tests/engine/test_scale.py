@@ -31,6 +31,7 @@ from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
 from slidemap.data.terrain import EARTH_RADIUS_M, slope_degrees
+from slidemap.errors import SlidemapError
 from slidemap.infer import vectorize
 from slidemap.infer.predict import PredictOptions
 from slidemap.infer.stream import HELPER_NICENESS, helper_pool
@@ -153,6 +154,64 @@ def test_an_onnx_file_onnx_runtime_refuses_is_one_line(tiny_scene, tiny_model, t
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "cannot be run" in err and "slidemap export" in err
     assert not (tmp_path / "out").exists()
+
+
+def _onnx_beside(model: Path, nodes: list, initializers: list) -> None:
+    """An export beside ``model`` (its weights' digest matches) of ``nodes`` from x to prob."""
+    import hashlib
+
+    onnx = pytest.importorskip("onnx")
+    helper, tensor_proto = onnx.helper, onnx.TensorProto
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", tensor_proto.FLOAT, ["b", 4, "h", "w"])],
+        [helper.make_tensor_value_info("prob", tensor_proto.FLOAT, None)], initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(proto, {"weights_sha256": hashlib.sha256(model.read_bytes())
+                                   .hexdigest(), "stride": "1"})
+    model.with_suffix(".onnx").write_bytes(proto.SerializeToString())
+
+
+def test_an_onnx_graph_that_fails_only_when_run_is_one_line(tiny_scene, tiny_model, tmp_path,
+                                                           run_cli) -> None:
+    """An export that loads but cannot run (a reshape to 7 values of a window's thousands)
+    fails at the first batch: one line naming the fix, not ONNX Runtime's traceback."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    shape = onnx.helper.make_tensor("shape", onnx.TensorProto.INT64, [1], [7])
+    _onnx_beside(tiny_model, [onnx.helper.make_node("Reshape", ["x", "shape"], ["prob"])],
+                 [shape])
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--backend", "onnx", "--out", tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert "cannot be run" in lines[0] and "slidemap export" in lines[0]
+
+
+def test_onnx_backend_lets_errors_not_of_onnx_runtime_through(tiny_model, tmp_path,
+                                                             monkeypatch) -> None:
+    """Only ONNX Runtime's own errors (and an unreadable file) mean 'export again': a
+    MemoryError, a bug or a SlidemapError of ours keeps its own type and message."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from slidemap.infer.backends import OnnxBackend
+
+    _onnx_beside(tiny_model, [onnx.helper.make_node("Identity", ["x"], ["prob"])], [])
+    path = tiny_model.with_suffix(".onnx")
+    for error in (MemoryError("out of memory"), KeyError("bug"), SlidemapError("ours")):
+        def fail(*args, error=error, **kwargs):
+            raise error
+        with monkeypatch.context() as patch:
+            patch.setattr(ort, "InferenceSession", fail)
+            with pytest.raises(type(error)) as raised:
+                OnnxBackend(path)
+        assert type(raised.value) is type(error)
+    backend = OnnxBackend(path)
+    monkeypatch.setattr(backend, "session", type("S", (), {"run": lambda *a: 1 / 0})())
+    with pytest.raises(ZeroDivisionError):
+        backend(np.zeros((1, 4, 8, 8), dtype=np.float32))
+    path.write_bytes(b"\xff\xfe not onnx")
+    with pytest.raises(SlidemapError, match="cannot be run"):
+        OnnxBackend(path)
 
 
 def test_a_model_onnx_cannot_export_says_why_in_one_line(tiny_model, tmp_path, run_cli,

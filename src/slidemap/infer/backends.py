@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
@@ -46,31 +47,49 @@ class TorchBackend:
         return predict_batch(self.model, batch, self.precision)
 
 
+def runtime_errors(ort: ModuleType) -> tuple[type[Exception], ...]:
+    """ONNX Runtime's own exceptions (Fail, InvalidGraph, InvalidArgument, NoSuchFile,
+    RuntimeException, …): they share no base class but Exception, and only they mean that the
+    file cannot be run; a bug, a MemoryError or a SlidemapError must still show as itself."""
+    state = ort.capi.onnxruntime_pybind11_state
+    return tuple(value for value in vars(state).values()
+                 if isinstance(value, type) and issubclass(value, Exception))
+
+
 class OnnxBackend:
     """An exported model in ONNX Runtime (fp32), on as many threads as torch would use."""
 
     def __init__(self, path: Path) -> None:
         ort = require("onnxruntime", "onnx", "--backend onnx")
 
-        from slidemap.io.onnxfile import read_metadata
+        from slidemap.io.onnxfile import READ_ERRORS, read_metadata
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        self.path = path
+        self.errors = runtime_errors(ort)
         try:
             self.stride = int(read_metadata(path).get("stride", "1"))
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ONNX Runtime's errors share no base class; all mean this
-            raise SlidemapError(f"ONNX file {path} cannot be run ({first_line(exc)}): export "
-                                "the model again (slidemap export MODEL --overwrite)") from exc
+        except (*self.errors, *READ_ERRORS) as exc:
+            raise self._unrunnable(exc) from exc
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         from slidemap.io.onnxfile import pad_to_stride
 
         h, w = batch.shape[-2:]
         x = pad_to_stride(np.ascontiguousarray(batch, dtype=np.float32), self.stride)
-        return self.session.run(None, {"x": x})[0][:, 0, :h, :w]
+        try:  # a graph can load and fail only when run (a shape it cannot take)
+            return self.session.run(None, {"x": x})[0][:, 0, :h, :w]
+        except self.errors as exc:
+            raise self._unrunnable(exc) from exc
+
+    def _unrunnable(self, exc: Exception) -> SlidemapError:
+        """The one-line error of a file that ONNX Runtime cannot load or run."""
+        return SlidemapError(f"ONNX file {self.path} cannot be run ({first_line(exc)}): export "
+                             "the model again (slidemap export MODEL --overwrite)")
 
 
 def make_backend(bundle: ModelBundle, backend: str = "torch", precision: str = "auto",

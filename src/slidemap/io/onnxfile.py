@@ -145,6 +145,11 @@ def _verify(graph: nn.Module, model_bytes: bytes, channels: int, stride: int,
                                 "slidemap's default backend (predict without --backend onnx)")
 
 
+# what reading an exported file raises when it is unreadable, truncated or no ONNX (a text
+# file's bytes give UnicodeDecodeError, a ValueError; a damaged protobuf DecodeError)
+READ_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, DecodeError)
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The metadata of an exported file (without loading its weights)."""
     proto = onnx.load(str(path), load_external_data=False)
