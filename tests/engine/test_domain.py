@@ -14,7 +14,10 @@ from rasterio.transform import from_origin
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
+from slidemap.data.normalization import BandStats
+from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapWarning
+from slidemap.infer.domain import scene_warnings
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import save_model
 
@@ -160,3 +163,37 @@ def test_oblong_pixels_warn(tiny_scene, tmp_path) -> None:
     with warnings.catch_warnings():  # 4 % longer one way does not
         warnings.simplefilter("error", SlidemapWarning)
         api.predict(square, tmp_path / "square_out", None, model, OPTIONS)
+
+
+def _counting(scene: Scene, method: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A spy on ``scene``'s ``method``: the list grows by one per call."""
+    calls: list[int] = []
+    real = getattr(scene, method)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scene, method, spy)
+    return calls
+
+
+def test_a_scene_is_sampled_once_for_all_its_warnings(tiny_scene, monkeypatch) -> None:
+    """The elevation and voids checks look at the same DEM sample, the collar and scale checks
+    at the same image sample: each is read once per Scene (hundreds of small reads, over the
+    network for a remote DEM), not once per check."""
+    spec = InputSpec(image_bands=(1, 2, 3), dem=True)
+    stats = [BandStats([60.0, 60.0, 60.0, 3000.0], [30.0, 30.0, 30.0, 20.0])]
+    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as once:
+        dem, image = (_counting(once, name, monkeypatch) for name in ("_read_dem",
+                                                                      "_dataset_mask"))
+        once.dem_sample()
+        once.image_sample(spec.image_bands)
+        one_sample = (len(dem), len(image))
+    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:
+        dem, image = (_counting(scene, name, monkeypatch) for name in ("_read_dem",
+                                                                       "_dataset_mask"))
+        scene_warnings(scene, spec, stats)
+        scene_warnings(scene, spec, stats)
+        assert one_sample[0] > 0 and (len(dem), len(image)) == one_sample
+        assert not scene.dem_sample().flags.writeable  # shared: no check may change it

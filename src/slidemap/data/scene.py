@@ -144,6 +144,9 @@ class Scene:
         self._mask: rasterio.DatasetReader | WarpedVRT | None = None
         self._vectors: VectorLabels | None = None
         self._optical_stats: dict[tuple[int, ...], np.ndarray] = {}
+        # samples read once per Scene: each check of a run looks at the same ones, and each
+        # sample is hundreds of small reads (over the network for a remote DEM)
+        self._samples: dict[tuple[object, ...], np.ndarray] = {}
         try:
             problem = georeference_problem(self._image, image) if require_crs else None
             if problem:
@@ -401,7 +404,15 @@ class Scene:
     def dem_sample(self, side: int = 16, size: int = 32) -> np.ndarray:
         """Elevations (metres, NaN nodata) in ``side`` × ``side`` small windows spread over the
         scene, flattened: a cheap look at a scene's elevations (a few hundred blocks read,
-        whatever the scene's size; a shrunk read of the whole DEM decodes every block)."""
+        whatever the scene's size; a shrunk read of the whole DEM decodes every block). Read
+        once per Scene (read-only)."""
+        key = ("dem", side, size)
+        if key not in self._samples:
+            self._samples[key] = _read_only(self._read_dem_sample(side, size))
+        return self._samples[key]
+
+    def _read_dem_sample(self, side: int, size: int) -> np.ndarray:
+        """The elevations :meth:`dem_sample` returns, read."""
         size = min(size, self.height, self.width)
         rows = np.linspace(0, self.height - size, side).round().astype(int)
         cols = np.linspace(0, self.width - size, side).round().astype(int)
@@ -412,7 +423,15 @@ class Scene:
     def image_sample(self, bands: tuple[int, ...], side: int = 4, size: int = 64) -> np.ndarray:
         """Values of the image's ``bands`` in ``side`` × ``side`` small windows spread over the
         scene, as (C, N) float32 with NaN where the image has no data: a cheap look at its
-        values (a few blocks read, whatever the scene's size) before it is predicted."""
+        values (a few blocks read, whatever the scene's size) before it is predicted. Read
+        once per Scene and bands (read-only)."""
+        key = ("image", tuple(bands), side, size)
+        if key not in self._samples:
+            self._samples[key] = _read_only(self._read_image_sample(tuple(bands), side, size))
+        return self._samples[key]
+
+    def _read_image_sample(self, bands: tuple[int, ...], side: int, size: int) -> np.ndarray:
+        """The values :meth:`image_sample` returns, read."""
         size = min(size, self.height, self.width)
         rows = np.linspace(0, self.height - size, side).round().astype(int)
         cols = np.linspace(0, self.width - size, side).round().astype(int)
@@ -573,3 +592,9 @@ def _covered_fraction(a: tuple[float, float, float, float], b: tuple) -> float:
     height = max(0.0, min(an, bn) - max(as_, bs))
     area = (be - bw) * (bn - bs)
     return width * height / area if area > 0 else 0.0
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """``array`` locked against writes: a cached sample is shared by every check that asks."""
+    array.setflags(write=False)
+    return array
