@@ -17,7 +17,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapWarning
-from slidemap.infer.domain import scene_warnings
+from slidemap.infer.domain import band_order_mismatch, scene_warnings
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import save_model
 
@@ -197,3 +197,33 @@ def test_a_scene_is_sampled_once_for_all_its_warnings(tiny_scene, monkeypatch) -
         scene_warnings(scene, spec, stats)
         assert one_sample[0] > 0 and (len(dem), len(image)) == one_sample
         assert not scene.dem_sample().flags.writeable  # shared: no check may change it
+
+
+def _declared(tiny_scene: dict, path: Path, colours: list[ColorInterp]) -> Path:
+    """The tiny scene's image with as many bands as ``colours``, declared as them."""
+    with rasterio.open(tiny_scene["image"]) as src:
+        pixels = src.read()
+    image = write_raster(path, np.concatenate([pixels] * 2)[:len(colours)].copy(), nodata=0)
+    with rasterio.open(image, "r+") as ds:
+        ds.colorinterp = colours
+    return image
+
+
+def test_band_order_is_suggested_only_where_every_colour_is_declared(tiny_scene,
+                                                                    tmp_path) -> None:
+    """Bands declared blue, green, undefined hold no declared red: no -b order is right (the
+    old '-b 2 -b 1 -b 3' put green first), so the warning lists the declarations and asks for
+    red, green, blue in bands 1-3; with red declared in band 4 the order is known."""
+    spec = InputSpec(image_bands=(1, 2, 3))
+    blue_green = _declared(tiny_scene, tmp_path / "bg.tif",
+                           [ColorInterp.blue, ColorInterp.green, ColorInterp.undefined])
+    with Scene(blue_green) as scene:
+        message = band_order_mismatch(scene, spec)
+    assert message is not None and "-b 2 -b 1" not in message
+    assert "band 1 blue, band 2 green, band 3 undefined and no red band" in message
+    assert "so that bands 1-3 are red, green, blue" in message
+    red_last = _declared(tiny_scene, tmp_path / "bgur.tif", [
+        ColorInterp.blue, ColorInterp.green, ColorInterp.undefined, ColorInterp.red])
+    with Scene(red_last) as scene:
+        message = band_order_mismatch(scene, spec)
+    assert message is not None and f"gdal_translate -b 4 -b 2 -b 1 -b 3 {red_last}" in message

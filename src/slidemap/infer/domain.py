@@ -137,19 +137,27 @@ def band_order_mismatch(scene: Scene, spec: InputSpec) -> str | None:
     """A one-line warning when the image declares (GDAL colour interpretation) its bands 1-3 as
     colours other than the red, green and blue a model reading bands 1, 2, 3 (every RGB model
     here) takes them for: a BGR scene read as RGB gives a map of the wrong cues, whatever the
-    normalisation, and nothing in the outputs would show it. None when the bands declare no
-    colour (gray, undefined) or the model reads other bands."""
+    normalisation, and nothing in the outputs would show it. A ``-b`` order is suggested only
+    when red, green and blue are all declared; otherwise the declarations are listed. None
+    when the bands declare no colour (gray, undefined) or the model reads other bands."""
     if tuple(spec.image_bands[:3]) != (1, 2, 3):
         return None
     declared = scene.colours[:3]
     if all(colour == want or colour not in RGB for colour, want in zip(declared, RGB, strict=True)):
         return None
-    order = [scene.colours.index(colour) + 1 for colour in RGB if colour in scene.colours]
+    problem = (f"image {scene.image_path} declares its bands 1-3 as {', '.join(declared)}, but "
+               "the model reads them as red, green, blue: expect a poor map; ")
+    missing = [colour for colour in RGB if colour not in scene.colours]
+    if missing:  # no order of the declared bands is red, green, blue: do not guess one
+        bands = ", ".join(f"band {band} {colour}"
+                          for band, colour in enumerate(scene.colours, start=1))
+        return (f"{problem}it declares {bands} and no {' or '.join(missing)} band: reorder "
+                "its bands so that bands 1-3 are red, green, blue (gdal_translate -b R -b G "
+                f"-b B {scene.image_path} rgb.tif)")
+    order = [scene.colours.index(colour) + 1 for colour in RGB]
     rest = [band for band in range(1, scene.band_count + 1) if band not in order]
     fix = " ".join(f"-b {band}" for band in [*order, *rest])
-    return (f"image {scene.image_path} declares its bands 1-3 as {', '.join(declared)}, but the "
-            "model reads them as red, green, blue: expect a poor map; reorder them (e.g. "
-            f"gdal_translate {fix} {scene.image_path} rgb.tif)")
+    return f"{problem}reorder them (e.g. gdal_translate {fix} {scene.image_path} rgb.tif)"
 
 
 def unmasked_collar(scene: Scene, spec: InputSpec) -> str | None:
