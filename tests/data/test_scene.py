@@ -172,7 +172,7 @@ def test_dem_scale_of_zero_is_refused(tiny_scene, tmp_path) -> None:
     with rasterio.open(tiny_scene["dem"]) as src:
         other = write_raster(tmp_path / "dem_zero.tif", src.read(1), nodata=float("nan"))
     _with_band_metadata(other, scales=(0.0,))
-    with pytest.raises(SlidemapError, match="has a scale of 0.0 and an offset of 0.0"):
+    with pytest.raises(SlidemapError, match=r"has a scale of 0\.0 and an offset of 0\.0"):
         Scene(tiny_scene["image"], dem=other)
 
 
