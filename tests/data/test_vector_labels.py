@@ -24,6 +24,7 @@ from factories import (
     write_config,
     write_raster,
 )
+from rasterio.crs import CRS
 from rasterio.features import shapes
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
@@ -366,6 +367,32 @@ def test_a_flat_dem_is_refused_before_training_not_in_an_unloadable_model(
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_newsite_refuses_a_scene_in_a_local_crs_before_it_trains(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict refuses a scene with no datum; newsite trained on it for the whole run, then its
+    final predict refused it. Now refused first, with predict's line and nothing written (and
+    polygons in a real CRS no longer fail with PROJ's traceback on the way)."""
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
+    monkeypatch.chdir(tmp_path)
+    local = CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                         'AXIS["Northing",NORTH]]')
+    image = np.random.default_rng(1).integers(40, 190, size=(3, 64, 64)).astype(np.uint8)
+    write_raster(tmp_path / "site.tif", image, crs=local,
+                 transform=from_origin(1000.0, 2000.0, 2.0, 2.0))
+    slide = shapely.to_wkb(shapely.box(1020.0, 1880.0, 1060.0, 1960.0))
+    for crs in (local.to_wkt(), UTM47):
+        pyogrio.raw.write(tmp_path / "slides.gpkg", np.array([slide], dtype=object),
+                          [np.arange(1)], ["id"], driver="GPKG", geometry_type="Polygon",
+                          crs=crs)
+        code, err = run_cli("newsite", "site.tif", "slides.gpkg", "--out", "run")
+        assert (code, err.strip()) == (1, (
+            "error: image site.tif is in a local (engineering) CRS with no datum, which cannot "
+            "be placed on the Earth (the inventory's longitudes, the STAC footprint): assign "
+            "its real CRS (e.g. gdal_edit.py -a_srs EPSG:32647) or warp it onto one")), err
+        assert not (tmp_path / "run").exists()
+        (tmp_path / "slides.gpkg").unlink()
+
+
 def test_newsite_refuses_labels_with_no_landslide_on_the_labelled_ground(
         tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
     """Polygons all outside the AOI, or beside the image (their extent spanning it), leave no
@@ -429,8 +456,6 @@ def test_newsite_terrain_radii_keep_their_pixels_on_a_coarse_grid(tmp_path: Path
 
 
 def test_a_window_reads_only_the_polygons_near_it(tiny_scene: dict, tmp_path: Path) -> None:
-    from rasterio.crs import CRS
-
     from slidemap.data.vectors import PolygonLayer
 
     west, north = 469200.0, 3446200.0

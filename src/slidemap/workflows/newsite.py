@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, local_files
-from slidemap.data.scene import Scene
+from slidemap.data.scene import Scene, earth_problem
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.io.atomic import check_outputs
 from slidemap.schema.config import parse_config
@@ -34,11 +34,16 @@ class NewSiteResult:
 def check_site_inputs(image: DatasetName, labels: Path, aoi: Path | None,
                       dem: DatasetName | None) -> None:
     """Refuse what would fail or teach nothing before anything is written: unreadable or
-    misplaced files (as training would read them), and a label file without a polygon on the
-    image (inside the AOI): no landslide to learn from. Warnings wait for training, which opens
-    the same files: said once, not twice or beside the error."""
+    misplaced files (as training would read them), a scene that predict would refuse to map
+    (a local CRS: else it trains for the whole run first), and a label file without a polygon
+    on the image (inside the AOI): no landslide to learn from. Warnings wait for training,
+    which opens the same files: said once, not twice or beside the error."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlidemapWarning)
+        with Scene(image) as bare:  # before the labels, which cannot be taken into such a CRS
+            problem = earth_problem(bare.profile["crs"], image)
+        if problem:
+            raise SlidemapError(problem)
         scene = Scene(image, dem=dem, mask=labels, aoi=aoi)
     with scene:
         if scene.label_polygons == 0:
