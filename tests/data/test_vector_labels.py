@@ -32,8 +32,10 @@ from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
+from slidemap.data.vectors import PolygonLayer
 from slidemap.data.windows import grid_windows
 from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.infer.suggest import overlaps_labels
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import load_config, parse_config
 from slidemap.schema.values import is_vector
@@ -409,6 +411,27 @@ def test_newsite_refuses_labels_with_no_landslide_on_the_labelled_ground(
                       labels_as_polygons["aoi"], None)
 
 
+def test_newsite_is_not_fooled_by_the_sliver_of_a_polygon_beside_the_image(
+        tiny_scene: dict, tmp_path: Path) -> None:
+    """Polygons beside the image sharing its edges, saved in WGS 84, come back with slivers of
+    float error inside it: an area above 0 passed the check and newsite trained on no
+    landslide. Ground counts above a pixel's area, as suggest's skip counts it."""
+    x, y = ORIGIN  # the image spans 48 m × 48 m from here
+    beside = [shapely.box(x - 30, y - 48, x, y), shapely.box(x + 48, y - 48, x + 70, y),
+              shapely.box(x, y, x + 48, y + 20)]
+    wgs84 = write_polygons(tmp_path / "beside.geojson", beside, crs="EPSG:4326")
+    with Scene(tiny_scene["image"], mask=wgs84) as scene:
+        layer = PolygonLayer(wgs84, "label file", scene.profile["crs"])
+        area = layer.area_within(shapely.box(*scene.bounds))
+        assert 0 < area < 0.25  # a sliver, less than a 0.5 m pixel
+        assert overlaps_labels([layer], scene.bounds, 0.25) is False
+    with pytest.raises(SlidemapError, match=r"no polygon of label file .* lies on the image"):
+        check_site_inputs(tiny_scene["image"], wgs84, None, None)
+    four_pixels_in = write_polygons(tmp_path / "in.geojson", [shapely.box(x - 30, y - 1, x + 1, y)],
+                                  crs="EPSG:4326")  # 1 m × 1 m inside: 4 pixels
+    check_site_inputs(tiny_scene["image"], four_pixels_in, None, None)
+
+
 def test_newsite_refuses_a_dem_its_starting_model_cannot_read(
         tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
     rgb = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "rgb")
@@ -456,8 +479,6 @@ def test_newsite_terrain_radii_keep_their_pixels_on_a_coarse_grid(tmp_path: Path
 
 
 def test_a_window_reads_only_the_polygons_near_it(tiny_scene: dict, tmp_path: Path) -> None:
-    from slidemap.data.vectors import PolygonLayer
-
     west, north = 469200.0, 3446200.0
     squares = [shapely.box(west + 4 * i, north - 4 * j - 2, west + 4 * i + 2, north - 4 * j)
                for i in range(12) for j in range(12)]  # 144 slides of 2 m, 4 m apart

@@ -253,12 +253,13 @@ class Scene:
 
     @property
     def labels_landslides(self) -> bool | None:
-        """Whether a label polygon covers part of the image (inside the AOI, if there is one);
-        None when the labels are not polygons."""
+        """Whether label polygons cover more than a pixel of the image (inside the AOI, if there
+        is one); None when the labels are not polygons."""
         if self._vectors is None or self._vectors.polygons is None:
             return None
-        block = LABEL_BLOCK_PX * max(abs(self._image.res[0]), abs(self._image.res[1]))
-        return self._vectors.labels_landslides(self.bounds, block)
+        x_res, y_res = self._image.res
+        block = LABEL_BLOCK_PX * max(abs(x_res), abs(y_res))
+        return self._vectors.labels_landslides(self.bounds, block, abs(x_res * y_res))
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

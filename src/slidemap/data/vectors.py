@@ -131,6 +131,20 @@ class PolygonLayer:
         xs, ys = transform(self.layer_crs, self.crs, xy[:, 0], xy[:, 1])
         return np.column_stack([xs, ys])
 
+    def area_within(self, region: shapely.Geometry) -> float:
+        """The area (image CRS units²) that the layer's polygons cover inside ``region`` (a
+        geometry in the image CRS). The one measure of labelled ground in a box, for newsite's
+        check and suggest's skip alike: their callers count it only above a pixel's area, as a
+        polygon beside the box saved in another CRS leaves a sliver of float error inside."""
+        if region.is_empty:
+            return 0.0
+        west, south, east, north = region.bounds
+        geometries = self.geometries((west, south, east, north))
+        if not geometries.size:
+            return 0.0
+        return float(shapely.union_all(shapely.intersection(shapely.make_valid(geometries),
+                                                            region)).area)
+
     def burn(self, grid: Affine, shape: tuple[int, int]) -> np.ndarray:
         """(h, w) bool: pixel centres of the grid ``grid`` × ``shape`` inside a polygon."""
         height, width = shape
@@ -176,25 +190,28 @@ class VectorLabels:
             labels = np.where(self.aoi.burn(grid, shape), labels, 255).astype(np.uint8)
         return labels
 
-    def labels_landslides(self, bounds: tuple[float, float, float, float], block: float) -> bool:
-        """Whether a landslide polygon covers ground (a positive area) inside ``bounds`` (image
-        CRS) and the AOI: without, training learns that the scene has no landslides. Looked for
-        block by block (``block`` CRS units a side), so memory follows a block, not the layer."""
+    def labels_landslides(self, bounds: tuple[float, float, float, float], block: float,
+                          pixel_area: float) -> bool:
+        """Whether landslide polygons cover more than ``pixel_area`` (a pixel's area) inside
+        ``bounds`` (image CRS) and the AOI: without, training learns that the scene has no
+        landslides; less is no pixel, only the float sliver that a polygon beside the image
+        leaves when saved in another CRS. Looked for block by block (``block`` CRS units a
+        side), so memory follows a block, not the layer."""
         if self.polygons is None or not self.polygons.features:
             return False
         west, east = sorted((bounds[0], bounds[2]))
         south, north = sorted((bounds[1], bounds[3]))
-        return any(self._labels_landslides_in(shapely.box(x, y, min(x + block, east),
-                                                          min(y + block, north)))
+        return any(self._labelled_area(shapely.box(x, y, min(x + block, east),
+                                                   min(y + block, north))) > pixel_area
                    for x in np.arange(west, east, block) for y in np.arange(south, north, block))
 
-    def _labels_landslides_in(self, box: shapely.Polygon) -> bool:
+    def _labelled_area(self, box: shapely.Polygon) -> float:
+        """Landslide area inside ``box`` and the AOI."""
         assert self.polygons is not None
-        bounds = box.bounds
-        ground = shapely.intersection(_union(self.polygons.geometries(bounds)), box)
-        if self.aoi is not None and not ground.is_empty:
-            ground = shapely.intersection(ground, _union(self.aoi.geometries(bounds)))
-        return bool(ground.area > 0)
+        region: shapely.Geometry = box
+        if self.aoi is not None:
+            region = shapely.intersection(_union(self.aoi.geometries(box.bounds)), box)
+        return self.polygons.area_within(region)
 
 
 def _union(geometries: np.ndarray) -> shapely.Geometry:

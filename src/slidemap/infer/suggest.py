@@ -77,21 +77,15 @@ def binary_entropy(prob: np.ndarray) -> np.ndarray:
 
 
 def overlaps_labels(layers: Sequence[PolygonLayer], bounds: tuple[float, ...],
-                    min_area: float = 0.0) -> bool:
-    """Whether the polygons of a layer of ``layers`` cover more than ``min_area`` of ``bounds``.
-
-    ``min_area`` is a pixel's: less labels no pixel of the box. Touching edges do not count, nor
-    do the slivers of float error that an edge shared with the box becomes when the earlier
-    boxes were saved in another CRS (QGIS, a WGS 84 GeoJSON): else the neighbours of every
-    labelled box would be skipped too."""
+                    pixel_area: float) -> bool:
+    """Whether the polygons of a layer of ``layers`` cover more than ``pixel_area`` (a pixel's
+    area) of ``bounds``: less labels no pixel of the box. Touching edges do not count, nor do
+    the slivers of float error that an edge shared with the box becomes when the earlier boxes
+    were saved in another CRS (QGIS, a WGS 84 GeoJSON): else the neighbours of every labelled
+    box would be skipped too. The same measure and threshold as newsite's label check."""
     left, bottom, right, top = bounds
     box = shapely.box(left, bottom, right, top)
-    for layer in layers:
-        geometries = layer.geometries((left, bottom, right, top))
-        if geometries.size and shapely.union_all(shapely.intersection(
-                shapely.make_valid(geometries), box)).area > min_area:
-            return True
-    return False
+    return any(layer.area_within(box) > pixel_area for layer in layers)
 
 
 def valid_fraction(valid: np.ndarray, window: Window, box: int) -> float:
