@@ -16,6 +16,7 @@ import pytest
 import rasterio
 import shapely
 from factories import (
+    ORIGIN,
     REPO,
     square_scene,
     tiny_bundle,
@@ -23,6 +24,7 @@ from factories import (
     web_mercator_scale,
     write_raster,
 )
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
 from shapely.geometry import shape
@@ -30,7 +32,7 @@ from shapely.geometry import shape
 from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
-from slidemap.data.terrain import EARTH_RADIUS_M, slope_degrees
+from slidemap.data.terrain import EARTH_RADIUS_M, ground_scales, slope_degrees
 from slidemap.errors import SlidemapError
 from slidemap.infer import vectorize
 from slidemap.infer.predict import PredictOptions
@@ -296,6 +298,48 @@ def test_perimeter_and_area_in_metres_in_degrees(tmp_path) -> None:
     centre = math.radians(north - 15 * step)
     assert inventory.attributes["area_m2"][0] == pytest.approx(
         200 * metres**2 * math.cos(centre), rel=1e-4)
+
+
+def test_perimeters_follow_ground_scales_and_keep_their_figures() -> None:
+    """Perimeters are measured by ground_scales at each segment's midpoint, the rule of areas
+    and pixel sizes: in degrees the sphere of before (to float rounding), in UTM shapely's
+    length to the last bit."""
+    square = shapely.segmentize(shapely.box(98.7, 31.0, 98.71, 31.01), 1e-3)
+    lon, lat = np.radians(shapely.get_coordinates(square.exterior)).T
+    before = float(np.hypot(np.diff(lon) * np.cos((lat[1:] + lat[:-1]) / 2),
+                            np.diff(lat)).sum()) * EARTH_RADIUS_M  # the spherical formula
+    xy = shapely.get_coordinates(square.exterior)
+    per_x, per_y = ground_scales(CRS.from_epsg(4326), (xy[1:, 0] + xy[:-1, 0]) / 2,
+                                 (xy[1:, 1] + xy[:-1, 1]) / 2)
+    measured = float(np.hypot(np.diff(xy[:, 0]) * per_x, np.diff(xy[:, 1]) * per_y).sum())
+    perimeter = vectorize._perimeters_m([square], CRS.from_epsg(4326))[0]
+    assert perimeter == pytest.approx(before, rel=1e-9)
+    assert perimeter == pytest.approx(measured, rel=1e-12)
+    x, y = ORIGIN
+    holed = shapely.box(x, y, x + 10.5, y + 7.5).difference(shapely.box(x + 1, y + 1, x + 2.5,
+                                                                          y + 3))
+    parts = [shapely.box(x + 20, y, x + 20.5, y + 0.5),
+             shapely.Polygon([(x + 30, y), (x + 33.5, y + 1), (x + 31, y + 4.5)])]
+    utm = [holed, shapely.MultiPolygon(parts)]
+    np.testing.assert_array_equal(vectorize._perimeters_m(utm, CRS.from_epsg(32647)),
+                                  shapely.length(utm))
+
+
+def test_perimeter_in_web_mercator_scales_each_edge_at_its_own_latitude() -> None:
+    """A 2 km-unit square at 40° N and a 100-unit one at 60° N in Web Mercator, one landslide:
+    each edge is measured at its own latitude; the centroid's one scale (near 40° N) measured
+    the small square 50 % long, the perimeter 1.6 % long."""
+    squares, expected = [], 0.0
+    for lat, side in ((40.0, 2000.0), (60.0, 100.0)):
+        x, y = web_mercator(98.0, lat)
+        squares.append(shapely.segmentize(shapely.box(x, y, x + side, y + side), 50.0))
+        south, middle, north = (
+            math.degrees(2 * math.atan(math.exp(v / 6_378_137.0)) - math.pi / 2)
+            for v in (y, y + side / 2, y + side))
+        expected += side * (web_mercator_scale(south)[0] + web_mercator_scale(north)[0]
+                            + 2 * web_mercator_scale(middle)[1])
+    perimeter = vectorize._perimeters_m([shapely.MultiPolygon(squares)], CRS.from_epsg(3857))
+    assert perimeter[0] == pytest.approx(expected, rel=1e-6)
 
 
 def test_perimeter_and_area_in_metres_in_web_mercator(tmp_path) -> None:

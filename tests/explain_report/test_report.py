@@ -22,21 +22,23 @@ from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from PIL import Image
+from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 from rasterio.warp import transform
 
+from slidemap.data.terrain import metres_per_unit, pixel_size_m
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.vectorize import build_inventory, write_inventory
 from slidemap.report import build_report, plot_training_curves
 from slidemap.report.mapview import (
     Outlines,
-    _metres_per_unit,
     map_figure,
     map_grid,
     nice_length,
     probability_backdrop,
 )
+from slidemap.report.markup import area
 from slidemap.report.plots import (
     ERROR_COLOURS,
     GREY,
@@ -425,6 +427,28 @@ def test_report_reads_provenance_tags_and_the_model_card(mapped, tiny_model) -> 
                                                     "F1 0.5 on the far valley (run.sh).")]
 
 
+def test_report_of_a_prediction_in_degrees_gives_the_ground_mapped(tmp_path) -> None:
+    """pixel_size_m measures degrees, but the report took no pixel area for a geographic
+    CRS: an EPSG:4326 scene's 'ground mapped' row was missing. It is the valid pixels times
+    a pixel's ground area at the centre."""
+    mask = np.zeros((30, 40), np.uint8)
+    mask[:, :10] = 255  # no data
+    mask[10:20, 15:25] = 1
+    grid = from_origin(98.7, 31.1, 1e-5, 1e-5)
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    paths = [write_raster(folder / "s_mask.tif", mask, crs="EPSG:4326", transform=grid,
+                          nodata=255),
+             write_raster(folder / "s_prob.tif", (mask == 1).astype(np.float32),
+                          crs="EPSG:4326", transform=grid, nodata=float("nan"))]
+    write_inventory(build_inventory(*paths), folder / "s_landslides.gpkg")
+    html = build_report(folder).read_text()
+    dx, dy = pixel_size_m(CRS.from_epsg(4326), (1e-5, 1e-5), (98.7 + 20e-5, 31.1 - 15e-5))
+    assert (f"<th>ground mapped (valid pixels)</th><td class='num'>"
+            f"{area(30 * 30 * dx * dy)}</td>"
+            in html)
+
+
 def test_map_in_degrees_is_drawn_to_scale(tmp_path) -> None:
     """Longitude/latitude grids: a degree of longitude drawn shorter, the bar in metres."""
     mask = write_raster(tmp_path / "m.tif", np.zeros((60, 80), np.uint8), crs="EPSG:4326",
@@ -445,8 +469,9 @@ def test_map_in_web_mercator_has_a_scale_bar_in_ground_metres(tmp_path) -> None:
                         transform=from_origin(*web_mercator(98.7, north), 2 / per_x, 2 / per_x),
                         nodata=255)
     grid = map_grid(mask)
-    assert _metres_per_unit(grid) == pytest.approx(web_mercator_scale(north - 0.0005)[0],
-                                                   rel=1e-6)
+    assert grid.crs is not None
+    assert metres_per_unit(grid.crs, *grid.centre)[0] == pytest.approx(
+        web_mercator_scale(north - 0.0005)[0], rel=1e-6)
     figure = map_figure(np.zeros((60, 95, 3), np.uint8), grid, Outlines([], []), "s", "i")
     texts = {t.get_text() for t in figure.findobj(Text)}
     assert "20 m" in texts and "50 m" not in texts

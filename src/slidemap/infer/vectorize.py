@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
-from slidemap.data.terrain import EARTH_RADIUS_M, ground_scales
+from slidemap.data.terrain import ground_scales
 from slidemap.errors import SlidemapError, UsageError, first_line
 from slidemap.infer.budget import MemoryBudget, release_free_memory
 from slidemap.io.atomic import atomic_path, final_path
@@ -260,14 +260,16 @@ def _finish(slides: list[Slide], keys: tuple[str, ...], crs: CRS | None,
     geometries = [shapely.union_all([g for p in landslide.pieces for g in p.geometries])
                   for landslide in kept]
     per_x, per_y = _centroid_scales(geometries, crs)
-    rows = []
-    for i, landslide in enumerate(kept):
-        if simplify_m > 0:  # from one vertex set and ring start, wherever the strips were cut
-            canonical = shapely.normalize(shapely.simplify(geometries[i], 0))
+    if simplify_m > 0:  # from one vertex set and ring start, wherever the strips were cut
+        for i, geometry in enumerate(geometries):
+            canonical = shapely.normalize(shapely.simplify(geometry, 0))
             geometries[i] = shapely.simplify(canonical, simplify_m / max(per_x[i], per_y[i]),
                                              preserve_topology=True)
+    perimeters = _perimeters_m(geometries, crs)  # of the outlines written
+    rows = []
+    for i, landslide in enumerate(kept):
         pixels = total(landslide, "pixels")
-        row = [total(landslide, "area"), _length_m(geometries[i], crs, (per_x[i], per_y[i])),
+        row = [total(landslide, "area"), perimeters[i],
                total(landslide, "prob") / pixels,
                max(p.sums[column["max"]] for p in landslide.pieces), pixels]
         if "slope_n" in column:
@@ -364,18 +366,47 @@ def _centroid_scales(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.
     return ground_scales(crs, xy[:, 0], xy[:, 1])
 
 
-def _length_m(geometry: shapely.Geometry, crs: CRS | None, per_unit: tuple[float, float]
-              ) -> float:
-    """Boundary length in metres: in degrees, each segment is scaled at its mean latitude;
-    otherwise x and y are scaled by ``per_unit`` (ground metres per unit at the centroid)."""
-    if crs is None or not crs.is_geographic:
-        return float(shapely.length(shapely.transform(geometry, lambda xy: xy * per_unit)))
-    total = 0.0
-    for ring in shapely.get_rings(shapely.get_parts(geometry)):
-        lon, lat = np.radians(shapely.get_coordinates(ring)).T
-        dx = np.diff(lon) * np.cos((lat[1:] + lat[:-1]) / 2)
-        total += float(np.hypot(dx, np.diff(lat)).sum()) * EARTH_RADIUS_M
-    return total
+def _perimeters_m(geometries: list, crs: CRS | None) -> np.ndarray:
+    """Boundary length in metres of each polygon: every segment scaled by ``ground_scales`` at
+    its midpoint (one call for the layer), the rule of areas and pixel sizes in every CRS; 1
+    per unit without a CRS. Summed segment by segment, ring by ring and part by part as GEOS
+    sums a length, so a grid in metres (UTM) gives shapely's length to the last bit."""
+    rings, owners = _rings_of(geometries)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    inner = ring_of[1:] == ring_of[:-1]  # a segment joins two points of one ring
+    start, end = coords[:-1][inner], coords[1:][inner]
+    if crs is None:
+        per_x = per_y = np.ones(len(start))
+    else:
+        per_x, per_y = ground_scales(crs, (start[:, 0] + end[:, 0]) / 2,
+                                     (start[:, 1] + end[:, 1]) / 2)
+    dx, dy = (end[:, 0] - start[:, 0]) * per_x, (end[:, 1] - start[:, 1]) * per_y
+    segments = np.sqrt(dx * dx + dy * dy)
+    counts = np.bincount(ring_of[1:][inner], minlength=len(rings))  # segments per ring
+    ends = np.cumsum(counts)
+    lengths = [_sequential_sum(segments[end - count:end])
+               for count, end in zip(counts, ends, strict=True)]
+    totals = np.zeros(len(geometries))
+    parts: dict[tuple[int, int], float] = {}
+    for (geometry, part), length in zip(owners, lengths, strict=True):
+        parts[geometry, part] = parts.get((geometry, part), 0.0) + length
+    for (geometry, _), length in parts.items():
+        totals[geometry] += length
+    return totals
+
+
+def _rings_of(geometries: list) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Every ring of ``geometries`` (each part's shell, then its holes), and the (geometry,
+    part) each belongs to, in order."""
+    parts, geometry_of = shapely.get_parts(np.asarray(geometries, dtype=object),
+                                           return_index=True)
+    rings, part_of = shapely.get_rings(parts, return_index=True)
+    return rings, [(int(geometry_of[part]), int(part)) for part in part_of]
+
+
+def _sequential_sum(values: np.ndarray) -> float:
+    """``values`` added first to last (as GEOS adds a ring's segments), not pairwise."""
+    return float(np.cumsum(values)[-1]) if values.size else 0.0
 
 
 def inventory_paths(out_dir: Path, stem: str, formats: Sequence[str]) -> dict[str, Path]:

@@ -68,6 +68,12 @@ class MapGrid:
         right, bottom = self.transform @ (width, height)
         return left, right, min(bottom, top), max(bottom, top)
 
+    @property
+    def centre(self) -> tuple[float, float]:
+        """(x, y) of the map's middle in CRS units, where its ground scale is measured."""
+        left, right, bottom, top = self.extent
+        return (left + right) / 2, (bottom + top) / 2
+
 
 def map_grid(mask_path: Path, max_side: int = MAP_SIDE, crs: str | None = None) -> MapGrid:
     """The prediction's mask read decimated (nearest, so nodata stays nodata), on its own grid
@@ -231,11 +237,13 @@ def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: st
 
 
 def _aspect(grid: MapGrid) -> float:
-    """How much longer a y unit is drawn than an x unit: 1, or, in degrees, the degree of
-    latitude against the shorter degree of longitude at the map's middle."""
-    if grid.crs is not None and grid.crs.is_geographic:
-        return 1 / math.cos(math.radians((grid.extent[2] + grid.extent[3]) / 2))
-    return 1.0
+    """How much longer a y unit is drawn than an x unit: a y unit's ground metres against an
+    x unit's at the map's middle (``metres_per_unit``: in degrees, the degree of latitude
+    against the shorter degree of longitude); 1 without a CRS."""
+    if grid.crs is None:
+        return 1.0
+    per_x, per_y = metres_per_unit(grid.crs, *grid.centre)
+    return per_y / per_x
 
 
 def _placed(labels: list[tuple[int, float, float]], spacing: float,
@@ -307,15 +315,6 @@ def _coordinates(ax: Axes, crs: CRS | None) -> None:
     ax.grid(color="white", alpha=0.35, linewidth=0.6)
 
 
-def _metres_per_unit(grid: MapGrid) -> float | None:
-    """Ground metres per CRS unit along x at the map's centre (``metres_per_unit``: in Web
-    Mercator a unit is 1/cos(latitude) of a ground metre); None without a CRS."""
-    if grid.crs is None:
-        return None
-    left, right, bottom, top = grid.extent
-    return metres_per_unit(grid.crs, (left + right) / 2, (bottom + top) / 2)[0]
-
-
 def nice_length(metres: float) -> float:
     """The largest 1, 2 or 5 × 10^k not above ``metres``."""
     power = 10 ** math.floor(math.log10(metres))
@@ -323,9 +322,11 @@ def nice_length(metres: float) -> float:
 
 
 def _scale_bar(ax: Axes, grid: MapGrid) -> None:
-    per_unit = _metres_per_unit(grid)
-    if per_unit is None:
+    """A bar of a round ground length: a CRS unit measured at the map's middle
+    (``metres_per_unit``: in Web Mercator a unit is 1/cos(latitude) of a ground metre)."""
+    if grid.crs is None:
         return
+    per_unit = metres_per_unit(grid.crs, *grid.centre)[0]
     left, right = grid.extent[:2]
     metres = nice_length((right - left) * per_unit / 4)
     label = f"{metres / 1000:g} km" if metres >= 1000 else f"{metres:g} m"
@@ -340,8 +341,7 @@ def _north_arrow(ax: Axes, grid: MapGrid) -> None:
     """An arrow to true north (grid north differs from it away from a projection's centre)."""
     if grid.crs is None:
         return
-    left, right, bottom, top = grid.extent
-    x, y = (left + right) / 2, (bottom + top) / 2
+    x, y = grid.centre
     lon, lat = transform_points(grid.crs, WGS84, [x], [y])
     north_lat = min(lat[0] + 0.001, 89.9999)
     nx, ny = transform_points(WGS84, grid.crs, lon, [north_lat])

@@ -249,10 +249,11 @@ def _summary(inventory: Inventory, mask: Path) -> Rows:
 
 
 def _pixel_area(mask: Path) -> float | None:
-    """Square metres of one pixel of a projected raster, at its centre; None otherwise."""
+    """Square metres of one pixel of a georeferenced raster at its centre (``pixel_size_m``:
+    in degrees too); None without a CRS."""
     try:
         with rasterio.open(mask) as ds:
-            if ds.crs is None or ds.crs.is_geographic:
+            if ds.crs is None:
                 return None
             dx, dy = pixel_size_m(ds.crs, (ds.transform.a, ds.transform.e),
                                   bounds_centre(ds.bounds))
