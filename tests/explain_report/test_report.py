@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from factories import GRID, rewrite_sidecar, web_mercator, web_mercator_scale, write_raster
+from factories import GRID, rewrite_sidecar, write_raster
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
@@ -26,7 +26,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 from rasterio.warp import transform
 
-from slidemap.data.terrain import metres_per_unit, pixel_size_m
+from slidemap.data.terrain import pixel_size_m
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.vectorize import build_inventory, write_inventory
@@ -458,23 +458,6 @@ def test_map_in_degrees_is_drawn_to_scale(tmp_path) -> None:
     assert figure.axes[0].get_aspect() == pytest.approx(2.0, rel=1e-3)  # 1 / cos(60°)
     texts = {t.get_text() for t in figure.findobj(Text)}
     assert "100 m" in texts and any("longitude (°)" in t for t in texts)  # 8e-3° ≈ 445 m wide
-
-
-def test_map_in_web_mercator_has_a_scale_bar_in_ground_metres(tmp_path) -> None:
-    """A Web Mercator unit at 31° N is 0.86 ground metres: a 190 m wide map (222 units) gets a
-    20 m bar 23.4 units long, not a 50 m one drawn as 50 units."""
-    north = 31.1
-    per_x = web_mercator_scale(north)[0]
-    mask = write_raster(tmp_path / "m.tif", np.zeros((60, 95), np.uint8), crs="EPSG:3857",
-                        transform=from_origin(*web_mercator(98.7, north), 2 / per_x, 2 / per_x),
-                        nodata=255)
-    grid = map_grid(mask)
-    assert grid.crs is not None
-    assert metres_per_unit(grid.crs, *grid.centre)[0] == pytest.approx(
-        web_mercator_scale(north - 0.0005)[0], rel=1e-6)
-    figure = map_figure(np.zeros((60, 95, 3), np.uint8), grid, Outlines([], []), "s", "i")
-    texts = {t.get_text() for t in figure.findobj(Text)}
-    assert "20 m" in texts and "50 m" not in texts
 
 
 def test_map_of_oblong_pixels_is_shaped_as_its_ground(tmp_path) -> None:
