@@ -201,12 +201,14 @@ def report(folder: PathArg, out: PathArg | None = None, image: str | None = None
 
 
 def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = None,
-            n: int = 10, box: int = 512, labels: Sequence[PathArg] = (), spacing: int = 1,
-            options: PredictOptions | None = None, overwrite: bool = False,
+            n: int = 10, box: int = 512, labels: PathArg | Sequence[PathArg] = (),
+            spacing: int = 1, options: PredictOptions | None = None, overwrite: bool = False,
             progress: Progress | None = None) -> SuggestResult:
-    """The ``n`` boxes of ``image`` most worth labelling next, as polygons in ``out``."""
+    """The ``n`` boxes of ``image`` most worth labelling next, as polygons in ``out``;
+    ``labels``: one vector file, or several, of the ground already labelled."""
+    done = [labels] if isinstance(labels, (str, os.PathLike)) else labels
     return suggest_workflow.suggest(model, _name(image), _path(out), _opt_name(dem), n, box,
-                                    [_path(p) for p in labels], spacing, options, overwrite,
+                                    [_path(p) for p in done], spacing, options, overwrite,
                                     progress)
 
 

@@ -79,3 +79,34 @@ def test_inventory_formats_are_checked_before_the_scene_is_mapped(
         api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
                     OPTIONS, formats=formats)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_api_refuses_what_the_cli_cannot_say_with_one_line(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """Values the CLI's parsing never lets through reached the API raw: a window of two numbers
+    (a ValueError from unpacking), a negative sample (numpy's error), -1 input channels (a torch
+    error; 10**6 built networks of 300M parameters each)."""
+    with pytest.raises(api.UsageError, match=r"window \(0, 0\) is not valid: give col, row"):
+        api.explain(tiny_scene["image"], tmp_path / "x", tiny_scene["dem"], tiny_model,
+                    window=(0, 0))
+    with pytest.raises(api.UsageError, match=r"box \(1, 2\) is not valid"):
+        api.explain(tiny_scene["image"], tmp_path / "x", tiny_scene["dem"], tiny_model,
+                    box=(1, 2))
+    with pytest.raises(api.UsageError, match="sample -1 is not valid"):
+        api.bench(tiny_scene["image"], tiny_scene["dem"], tiny_model, OPTIONS, sample=-1)
+    for channels in (-1, 0, 10**6):
+        with pytest.raises(api.UsageError, match=f"in_channels {channels} is not valid"):
+            api.architectures(channels)
+    assert not (tmp_path / "x").exists()
+
+
+def test_suggest_takes_one_labels_file_as_a_path_or_text(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """One file of labelled boxes: a Path was 'not iterable', text was read letter by letter."""
+    first = api.suggest(tiny_model, tiny_scene["image"], tmp_path / "a.gpkg", tiny_scene["dem"],
+                        n=2, box=32, options=OPTIONS)
+    for labels in (first.boxes, str(first.boxes)):
+        out = tmp_path / f"next_{type(labels).__name__}.gpkg"
+        again = api.suggest(tiny_model, tiny_scene["image"], out, tiny_scene["dem"], n=2,
+                            box=32, labels=labels, options=OPTIONS)
+        assert again.skipped_labelled == 2, again

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slidemap.data.names import DatasetName, local_files
+from slidemap.errors import UsageError
 from slidemap.infer.bench import bench_scene
 from slidemap.infer.options import PredictOptions
 from slidemap.io import jsontext
@@ -26,6 +27,8 @@ def bench(image: DatasetName, dem: DatasetName | None = None, model: ModelArg = 
           json_out: Path | None = None, overwrite: bool = False) -> BenchResult:
     """Time mapping ``image``; with ``agreement``, how close the map is to torch fp32.
     ``json_out`` is checked before the run, like every output."""
+    if sample < 1:
+        raise UsageError(f"sample {sample} is not valid: time at least 1 window")
     if json_out is not None:
         inputs = [*local_files(image, dem), *model_files(model, dem is not None)]
         check_outputs([json_out], inputs, overwrite, "--json")

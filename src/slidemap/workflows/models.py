@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slidemap.errors import UsageError
+from slidemap.io.sidecar import MAX_BANDS
 from slidemap.models.summary import model_table
 
 
@@ -14,5 +16,8 @@ class Architecture:
 
 
 def architectures(in_channels: int = 5) -> list[Architecture]:
-    """Each registered architecture with its parameter count for ``in_channels`` inputs."""
+    """Each registered architecture with its parameter count for ``in_channels`` inputs (as
+    many as a model file may read: every network is built to count it)."""
+    if not 0 < in_channels <= MAX_BANDS:
+        raise UsageError(f"in_channels {in_channels} is not valid: give 1 to {MAX_BANDS}")
     return [Architecture(name, count) for name, count in model_table(in_channels)]
