@@ -97,6 +97,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     train_scenes = load_arrays(config.train_scenes, config.train_patches, config.inputs)
     train_scenes += extra_train
     val_scenes = load_arrays(config.val_scenes, config.val_patches, config.inputs)
+    _check_val_has_landslides(val_scenes, settings.select, ranks.main)
     stats = scene_stats(train_scenes)
     check_channels_vary(stats, config.inputs.channels)
     recipes = build_recipes(config, train_scenes, stats)
@@ -208,6 +209,24 @@ def warm_up_fraction(total_steps: int) -> float:
     zero (its warm-up then ends on the step it starts), so a run of ten steps warms up over
     two."""
     return 2 / total_steps if WARM_UP * total_steps == 1 else WARM_UP
+
+
+def _check_val_has_landslides(val_scenes: Sequence[SceneArrays], select: str,
+                              main: bool) -> None:
+    """Validation data without a landslide pixel has no F1 (it scores 0 whatever the network
+    maps), so ``select: best`` would keep epoch 1, the least trained, as "best by val F1":
+    refuse it before training; with ``select: last`` only the figures are void, so say so."""
+    if not val_scenes or any((item.target == 1).any() for item in val_scenes):
+        return
+    problem = ("data.val has no landslide pixel, so its F1 is undefined (0 at every epoch): "
+               "labels are 0 background, 1 landslide and 255 ignore (recode a 0/255 mask), or "
+               "validate on ground with landslides")
+    if select == "best":
+        raise SlidemapError(f"{problem}; select: best cannot choose an epoch by it (set "
+                            "training.select: last to keep the last)")
+    if main:
+        warnings.warn(f"{problem}; the val figures in history.csv say nothing", SlidemapWarning,
+                      stacklevel=3)
 
 
 def _warn_if_validation_is_trained_on(config: RunConfig, main: bool) -> None:

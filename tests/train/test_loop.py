@@ -1,0 +1,49 @@
+"""The training loop's edge cases as a researcher meets them: validation data that cannot
+choose an epoch, and a run folder that a resume finds edited."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from factories import TINY_PREDICT, TINY_TRAINING, run_config, write_config
+
+from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.schema.config import load_config
+from slidemap.train.loop import train
+
+
+def _no_landslide_copy(scene: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """``scene`` with its labels all background (0), nodata kept."""
+    with rasterio.open(scene["mask"]) as src:
+        profile, labels = src.profile, src.read(1)
+    mask = tmp_path / "no_landslide_mask.tif"
+    with rasterio.open(mask, "w", **profile) as dst:
+        dst.write(np.where(labels == 255, 255, 0).astype(labels.dtype), 1)
+    return {**scene, "mask": mask}
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_validation_without_a_landslide(tiny_scene: dict[str, Path], tmp_path: Path,
+                                        select: str) -> None:
+    """F1 is 0 at every epoch on such data, so ``select: best`` kept epoch 1 as "best by val
+    F1": it is refused before training; ``select: last`` trains, with a warning."""
+    val = _no_landslide_copy(tiny_scene, tmp_path)
+    config = load_config(write_config(tmp_path / "run.yaml", run_config(
+        [tiny_scene], [val], training={**TINY_TRAINING, "epochs": 2, "select": select},
+        predict=TINY_PREDICT)))
+    run = tmp_path / "run"
+    if select == "best":
+        with pytest.raises(SlidemapError, match=r"no landslide pixel.*select: last"):
+            train(config, run)
+        assert not (run / "model.safetensors").exists()
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config, run)
+    assert any(issubclass(w.category, SlidemapWarning) and "no landslide pixel" in str(w.message)
+               for w in caught)
+    assert (run / "model.safetensors").exists()
