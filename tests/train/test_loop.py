@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from factories import TINY_PREDICT, TINY_TRAINING, run_config, write_config
+from factories import (
+    TINY_PREDICT,
+    TINY_TRAINING,
+    run_config,
+    tiny_run,
+    train_interrupted,
+    write_config,
+)
 
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.schema.config import load_config
@@ -47,3 +54,21 @@ def test_validation_without_a_landslide(tiny_scene: dict[str, Path], tmp_path: P
     assert any(issubclass(w.category, SlidemapWarning) and "no landslide pixel" in str(w.message)
                for w in caught)
     assert (run / "model.safetensors").exists()
+
+
+def test_resume_reads_an_edited_history(tiny_scene: dict[str, Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blank line left in history.csv (an editor's) is dropped on resume, where it raised
+    ValueError with a traceback; a line that is no epoch's row is refused on one line."""
+    config = load_config(write_config(tmp_path / "run.yaml", tiny_run(tiny_scene)))
+    run = tmp_path / "run"
+    train_interrupted(config, run, monkeypatch)
+    history = run / "history.csv"
+    rows = history.read_text()
+    history.write_text(rows + "not a row\n")
+    with pytest.raises(SlidemapError, match="not a row"):
+        train(config, run, resume=True)
+    history.write_text(rows + "\n")
+    train(config, run, resume=True)
+    assert [line.split(",")[0] for line in history.read_text().splitlines()] == \
+        ["epoch", "1", "2"]

@@ -273,13 +273,25 @@ def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _trim_history(path: Path, epoch: int) -> None:
-    """Drop history rows after the checkpoint's epoch (a run stopped before saving it)."""
+    """Drop history rows after the checkpoint's epoch (a run stopped before saving it), and
+    blank lines (an editor's); a row that starts with no epoch number is refused, as the
+    curves and the row count would be wrong."""
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= epoch]
+    keep = lines[:1] + [line for line in lines[1:]
+                        if line.strip() and _history_epoch(path, line) <= epoch]
     if len(keep) != len(lines):
         path.write_text("".join(keep))
+
+
+def _history_epoch(path: Path, line: str) -> int:
+    """The epoch a history row is of (its first field)."""
+    first = line.split(",", 1)[0].strip()
+    if not first.isdigit():
+        raise SlidemapError(f"{path} has a row that is not of an epoch ({line.strip()[:40]!r}): "
+                            "remove that line (or the file) and resume again")
+    return int(first)
 
 
 def _train_epoch(model: torch.nn.Module, windows: RandomWindows | ddp.ShardedWindows,
