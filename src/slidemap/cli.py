@@ -773,8 +773,8 @@ def _interrupt_on_terminate(signum: int, frame: object) -> None:
 def _interrupted() -> NoReturn:
     """The one line and exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
     if STATE.get("terminated"):
-        _fail("terminated: no partial output was kept", code=128 + signal.SIGTERM)
-    _fail("interrupted: no partial output was kept", code=130)
+        _fail("terminated: no half-written file was kept", code=128 + signal.SIGTERM)
+    _fail("interrupted: no half-written file was kept", code=130)
 
 
 def _run() -> None:

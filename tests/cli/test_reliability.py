@@ -754,7 +754,7 @@ def test_sigterm_mid_predict_leaves_no_output(w: SimpleNamespace, tmp_path: Path
         signal.signal(signal.SIGTERM, previous)
     assert exit_info.value.code == 143
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == ["error: terminated: no partial output was kept"]
+    assert lines == ["error: terminated: no half-written file was kept"]
     assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
 
 

@@ -3,6 +3,7 @@ choose an epoch, and a run folder that a resume finds edited."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from factories import (
     write_config,
 )
 
+from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.schema.config import load_config
 from slidemap.train.loop import train
@@ -72,3 +74,23 @@ def test_resume_reads_an_edited_history(tiny_scene: dict[str, Path], tmp_path: P
     train(config, run, resume=True)
     assert [line.split(",")[0] for line in history.read_text().splitlines()] == \
         ["epoch", "1", "2"]
+
+
+def test_an_interrupted_run_says_what_it_kept(tiny_scene: dict[str, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Ctrl-C (or SIGTERM, which the CLI turns into it) in epoch 2 keeps epoch 1's checkpoint:
+    the run says so and names --resume, where the CLI's last line alone read "no partial output
+    was kept" and hid the resumable run."""
+    config = load_config(write_config(tmp_path / "run.yaml", tiny_run(tiny_scene)))
+    real_epoch = RandomWindows.epoch
+
+    def interrupt_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
+        if number == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, number, batch_size)
+
+    monkeypatch.setattr(RandomWindows, "epoch", interrupt_at_epoch_2)
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run")
+    assert "stopped after epoch 1" in caplog.text and "--resume" in caplog.text

@@ -74,6 +74,30 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     otherwise left alone (an error). ``extra_train`` adds arrays built elsewhere (pseudo-labels),
     ``record`` what the model file's provenance says of them beside the config.
     """
+    try:
+        return _train(config, out_dir, resume, overwrite, extra_train, record)
+    except KeyboardInterrupt:
+        _say_what_is_kept(out_dir)
+        raise
+
+
+def _say_what_is_kept(out_dir: Path) -> None:
+    """On Ctrl-C or SIGTERM, say which epoch the run folder's checkpoint keeps and how to go
+    on: the command's own last line only says that no half-written file was kept."""
+    checkpoint = out_dir / "checkpoint.safetensors"
+    if ddp.launched_rank() != 0:
+        return
+    if not checkpoint.exists():
+        log.warning(f"stopped before the first epoch ended: no epoch is kept in {out_dir}")
+        return
+    epoch = saved_state(checkpoint).get("epoch")
+    log.warning(f"stopped after epoch {epoch}: {checkpoint} keeps it; rerun the same command "
+                "with --resume to continue from there")
+
+
+def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
+           extra_train: Sequence[SceneArrays], record: dict | None) -> Path:
+    """:func:`train`, which reports what an interruption left."""
     settings = config.train
     if settings.members > 1:
         raise SlidemapError(f"training.members: {settings.members} trains an ensemble with "
