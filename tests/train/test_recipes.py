@@ -303,3 +303,16 @@ def test_a_run_of_ten_steps_trains(tiny_scene: dict[str, Path], tmp_path: Path) 
     assert config.train.epochs * -(-8 // config.train.batch_size) == 10
     assert train(config, tmp_path / "run").exists()
     assert len(history_losses(tmp_path / "run")) == 5
+
+
+def test_history_gives_the_rate_each_epoch_trained_at(tiny_scene: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    """The lr column is the one-cycle rate of each epoch's first step: it starts at a 25th of
+    the peak and ends near 0 (it gave the rate after each epoch's last step, past the end of the
+    schedule for the last epoch, so the last two epochs read alike)."""
+    train(parse_config(tiny_run(tiny_scene, epochs=4, windows_per_epoch=40, lr=0.01)),
+          tmp_path / "run")  # 10 steps an epoch: a warm-up of 4
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        rates = [float(row["lr"]) for row in csv.DictReader(handle)]
+    assert rates[0] == pytest.approx(0.01 / 25)
+    assert len(set(rates)) == 4 and rates[1] > rates[2] > rates[3]

@@ -158,6 +158,7 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         torch.manual_seed(settings.seed * 100_003 + epoch)
         t0 = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]  # of the epoch's first step (after its last: past the end)
         set_encoder_for_epoch(model, config, epoch)
         if recipes is not None:
             recipes.start_epoch(model, epoch)
@@ -178,7 +179,7 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
         if not ranks.main:  # rank 0 alone scores, keeps history and writes files
             continue
         row = {"epoch": epoch, "train_loss": round(train_loss, 5),
-               "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 1),
+               "lr": lr, "seconds": round(time.perf_counter() - t0, 1),
                **{f"val_{k}": round(v, 5) for k, v in scores.items()
                   if k in ("f1", "iou", "precision", "recall", "auc")}}
         _append_history(history_path, row, fresh=epoch == 1)
