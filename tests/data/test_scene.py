@@ -49,6 +49,24 @@ def test_labels_and_nodata_are_carried(tiny_scene) -> None:
     assert np.isnan(sample["dem"][0, :, :8]).all()
 
 
+@pytest.mark.parametrize("nodata", [None, 0, 255])
+def test_label_raster_on_another_grid_keeps_its_classes(tiny_scene, tmp_path, nodata) -> None:
+    # The scene's labels on a grid one metre larger each way; a nodata of 0 (gdal_rasterize
+    # -a_nodata 0) once turned all background into ignore there, and only there.
+    with rasterio.open(tiny_scene["mask"]) as ds:
+        labels, grid = ds.read(1), ds.transform
+    wider = np.pad(labels, 2)
+    shifted = write_raster(tmp_path / "labels.tif", wider, nodata=nodata,
+                           transform=grid @ Affine.translation(-2, -2))
+    with Scene(tiny_scene["image"], mask=shifted) as scene:
+        sample = scene.read(Window(0, 0, 96, 96), (1, 2, 3))
+    np.testing.assert_array_equal(sample["mask"], labels)
+    beyond = write_raster(tmp_path / "half.tif", labels[:, :48], nodata=nodata)
+    with Scene(tiny_scene["image"], mask=beyond) as scene:  # ground it does not cover: ignore
+        half = scene.read(Window(0, 0, 96, 96), (1, 2, 3), factor=2)["mask"]
+    assert (half[:, 24:] == 255).all() and set(np.unique(half[:, 4:24])) == {0, 1}
+
+
 def test_dem_that_does_not_overlap_is_refused(tiny_scene, tmp_path) -> None:
     from rasterio.transform import from_origin
 

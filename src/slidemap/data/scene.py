@@ -198,11 +198,17 @@ class Scene:
                           SlidemapWarning, stacklevel=2)
         if src.crs == img.crs and src.transform == img.transform and src.shape == img.shape:
             return src
-        dtype = "float32" if role == "DEM" else src.dtypes[0]
-        nodata = math.nan if role == "DEM" else IGNORE
+        if role == "DEM":
+            return WarpedVRT(
+                src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
+                resampling=resampling, nodata=math.nan, dtype="float32",
+            )
+        # A label's value is its class (0, 1, 255) on any grid, as a read on the image grid
+        # takes it: a raster's nodata of 0 (gdal_rasterize -a_nodata 0) must not turn all
+        # background into ignore. Ground the labels do not cover is ignore.
         return WarpedVRT(
             src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
-            resampling=resampling, nodata=nodata, dtype=dtype,
+            resampling=resampling, src_nodata=None, nodata=IGNORE, dtype=src.dtypes[0],
         )
 
     def close(self) -> None:
