@@ -10,6 +10,8 @@ from affine import Affine
 from factories import reproject_raster, write_raster
 from rasterio.windows import Window
 
+from slidemap.data.channels import InputSpec
+from slidemap.data.dataset import load_scene_arrays
 from slidemap.data.scene import Scene
 from slidemap.data.windows import context_window, grid_windows, random_windows
 from slidemap.errors import SlidemapError, SlidemapWarning
@@ -202,3 +204,16 @@ def test_a_paletted_image_is_told_to_expand_its_colours(tiny_scene, tmp_path) ->
     with Scene(indices) as scene, pytest.raises(SlidemapError, match=r"is paletted .*\("
                                                 r"gdal_translate -expand rgb"):
         scene.check_bands((1, 2, 3), "the model")
+
+
+def test_a_scene_coarser_than_the_working_resolution_is_told(tiny_scene, tmp_path) -> None:
+    # 0.5 m pixels: 1 m and 0.7 m are reached by decimating (or nearly); 0.2 m is not, and the
+    # scene was once read at 0.5 m beside scenes decimated to 0.2 m without a word.
+    spec = InputSpec(image_bands=(1, 2, 3), resolution_m=0.2)
+    with Scene(tiny_scene["image"]) as scene:
+        assert scene.coarser_than(None) is None
+        assert scene.coarser_than(1.0) is None and scene.coarser_than(0.7) is None
+        assert "gdalwarp -tr 0.2 0.2" in (scene.coarser_than(0.2) or "")
+    with pytest.warns(SlidemapWarning, match="coarser than the working resolution_m 0.2"):
+        arrays = load_scene_arrays(tiny_scene["image"], tiny_scene["mask"], None, spec)
+    assert arrays.x.shape == (3, 96, 96)

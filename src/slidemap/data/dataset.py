@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from slidemap.data.names import DatasetName, dataset_stem
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import context_window, random_windows
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 
 
 @dataclass
@@ -62,6 +63,9 @@ def load_scene_arrays(image: DatasetName, mask: DatasetName | None, dem: Dataset
     with Scene(image, dem=dem, mask=mask, aoi=aoi) as scene:
         scene.check_bands(spec.image_bands, "the model config")
         factor = scene.decimation(spec.resolution_m)
+        coarse = scene.coarser_than(spec.resolution_m)
+        if coarse:
+            warnings.warn(coarse, SlidemapWarning, stacklevel=2)
         sample = read_inputs(scene, Window(0, 0, scene.width, scene.height), spec, factor)
     x = stack_channels(sample, spec)
     target = sample.get("mask", np.zeros(sample["valid"].shape, dtype=np.uint8))

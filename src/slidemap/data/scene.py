@@ -48,6 +48,7 @@ IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)
 LABEL_BLOCK_PX = 4096  # side of the blocks in which labels_landslides reads polygons
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
+COARSER = 1.5  # working pixels over this many times resolution_m: beyond a whole factor
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
 
 
@@ -295,6 +296,22 @@ class Scene:
             return 1
         native = min(self.pixel_size_m())
         return max(1, round(resolution_m / native))
+
+    def coarser_than(self, resolution_m: float | None) -> str | None:
+        """A one-line warning when the scene's pixels are coarser than ``resolution_m`` by more
+        than a whole read factor can bring (``COARSER``): scenes are decimated, never
+        up-sampled, so such a scene is read at its own pixels and a model sees its landslides
+        that many times smaller than on the ground it is trained or working at; None otherwise."""
+        if resolution_m is None:
+            return None
+        working = min(self.pixel_size_m()) * self.decimation(resolution_m)
+        if working <= COARSER * resolution_m:
+            return None
+        return (f"image {self.image_path} has {working:.3g} m pixels, coarser than the working "
+                f"resolution_m {resolution_m:g}: scenes are only decimated, so it is read at "
+                f"{working:.3g} m and its landslides look {working / resolution_m:.1f} times "
+                f"smaller than at {resolution_m:g} m; resample it first (gdalwarp -tr "
+                f"{resolution_m:g} {resolution_m:g} -r bilinear) or leave it out")
 
     def check_bands(self, bands: tuple[int, ...], what: str) -> None:
         """Refuse an image without the bands ``what`` reads; a paletted image (one band of

@@ -33,7 +33,7 @@ def scene_warnings(scene: Scene, spec: InputSpec, stats: Sequence[BandStats],
     model); those against the models' training statistics are left out when the scene is
     normalised with its own (``--normalise scene``)."""
     messages = [band_order_mismatch(scene, spec), unmasked_collar(scene, spec),
-                unmasked_voids(scene), oblong_pixels(scene)]
+                unmasked_voids(scene), oblong_pixels(scene), scene.coarser_than(spec.resolution_m)]
     if not scene_normalised:
         messages += [elevation_mismatch(scene, spec, stats), image_mismatch(scene, spec, stats)]
     return [message for message in messages if message]
