@@ -395,6 +395,37 @@ def test_newsite_refuses_a_scene_in_a_local_crs_before_it_trains(
         (tmp_path / "slides.gpkg").unlink()
 
 
+def test_polygons_that_cannot_reach_a_local_grid_are_refused_on_one_line(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROJ knows no way between a local (engineering) CRS and a real one: train, finetune and
+    evaluate failed with its traceback where the labels or the AOI were reprojected. Now one
+    line that names both CRSs and the way out, before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    local = CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                         'AXIS["Northing",NORTH]]')
+    grid = from_origin(1000.0, 2000.0, 2.0, 2.0)
+    image = np.random.default_rng(1).integers(40, 190, size=(3, 64, 64)).astype(np.uint8)
+    write_raster(tmp_path / "site.tif", image, crs=local, transform=grid)
+    write_raster(tmp_path / "prob.tif", np.full((64, 64), 0.5, np.float32), crs=local,
+                 transform=grid)
+    slide = np.array([shapely.to_wkb(shapely.box(1020.0, 1880.0, 1060.0, 1960.0))], object)
+    for name, crs in (("local.gpkg", local.to_wkt()), ("utm.gpkg", UTM47)):
+        pyogrio.raw.write(tmp_path / name, slide, [np.arange(1)], ["id"], driver="GPKG",
+                          geometry_type="Polygon", crs=crs)
+    write_config(tmp_path / "run.yaml", run_config(
+        [{"image": tmp_path / "site.tif", "mask": tmp_path / "utm.gpkg"}],
+        inputs={"image_bands": [1, 2, 3]}, training=TRAINING))
+    line = ("is in WGS 84 / UTM zone 47N (EPSG:32647), which cannot be reprojected to the "
+            "image's CRS site grid: save the polygons in the image's CRS, or assign the image "
+            "its real CRS (e.g. gdal_edit.py -a_srs EPSG:32647)")
+    code, err = run_cli("train", "run.yaml", "--out", "run")
+    assert (code, err.strip()) == (1, f"error: label file {tmp_path / 'utm.gpkg'} {line}"), err
+    code, err = run_cli("evaluate", "local.gpkg", "--prediction", "prob.tif", "--aoi",
+                        "utm.gpkg", "--out", "scores")
+    assert (code, err.strip()) == (1, f"error: area of interest utm.gpkg {line}"), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "scores").exists()
+
+
 def test_newsite_refuses_labels_with_no_landslide_on_the_labelled_ground(
         tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
     """Polygons all outside the AOI, or beside the image (their extent spanning it), leave no

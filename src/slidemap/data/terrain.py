@@ -4,6 +4,7 @@ for geographic CRSs and for projections whose grid metre is not a ground metre (
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import rasterio
@@ -38,6 +39,16 @@ ELEVATION_UNITS_M = {
     "dm": 0.1, "cm": 0.01, "mm": 0.001, "km": 1000.0,
 }
 METRE_NAMES = ("m", "metre", "metres", "meter", "meters")  # first words of "m a.s.l." and kin
+
+
+def crs_name(crs: CRS | None) -> str:
+    """``WGS 84 / UTM zone 47N (EPSG:32647)``, or what can be said without a CRS."""
+    if crs is None:
+        return "none (no scale bar or north arrow can be drawn)"
+    found = re.match(r'\s*\w+\["([^"]+)"', crs.to_wkt())
+    name = found.group(1) if found else crs.to_string()
+    code = crs.to_epsg()
+    return f"{name} (EPSG:{code})" if code else name
 
 
 def pixel_size_m(crs: CRS, res: tuple[float, float], at: tuple[float, float]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
 from rasterio.warp import transform as transform_points
 
-from slidemap.data.terrain import metres_per_unit
+from slidemap.data.terrain import crs_name, metres_per_unit
 from slidemap.explain.overlay import flipped, north_up_flips, rgb_preview
 from slidemap.report.plots import new_figure
 
@@ -268,16 +267,6 @@ def _placed(labels: list[tuple[int, float, float]], spacing: float,
         points.append((x, y))
         spots.append(free[0] if free else inside[0])
     return ranks, points, spots
-
-
-def crs_name(crs: CRS | None) -> str:
-    """``WGS 84 / UTM zone 47N (EPSG:32647)``, or what can be said without a CRS."""
-    if crs is None:
-        return "none (no scale bar or north arrow can be drawn)"
-    found = re.match(r'\s*\w+\["([^"]+)"', crs.to_wkt())
-    name = found.group(1) if found else crs.to_string()
-    code = crs.to_epsg()
-    return f"{name} (EPSG:{code})" if code else name
 
 
 def linear_unit(crs: CRS) -> str:
