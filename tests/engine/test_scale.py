@@ -728,3 +728,23 @@ def test_bench_agreement_and_inventory_are_those_of_what_predict_writes(tiny_sce
                         replace(options, backend="onnx"), sample=1, agreement=True).figures
     assert 0 < figures["agreement_vs_fp32"]["max_abs_diff"] < 1e-5
     assert figures["landslides"] == mapped.landslides
+
+
+def test_adapting_refuses_relief_reaching_kilometres_before_a_chunk_is_read(
+        tiny_scene, tmp_path, run_cli, monkeypatch) -> None:
+    """predict --adapt reads chunks of the scene to adapt on before predict's own check runs:
+    each chunk's DEM halo of a model with relief within 100 km was the whole scene, read
+    chunk after chunk past the memory budget. Now refused on one line before any is read."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), relief_m=(100_000.0,)),
+                                   mean=[60.0] * 4, std=[30.0] * 4), tmp_path / "far")
+    image = _declared_vrt(tiny_scene["image"], tmp_path / "image.vrt", 2500)
+    dem = _declared_vrt(tiny_scene["dem"], tmp_path / "dem.vrt", 2500)
+    reads: list[object] = []
+    monkeypatch.setattr(Scene, "read", lambda *args, **kwargs: reads.append(args))
+    code, err = run_cli("predict", image, "--dem", dem, "--model", model, "--adapt", "--out",
+                        tmp_path / "out")
+    lines = [line for line in err.splitlines() if line.strip() and "covers only" not in line]
+    assert code == 1 and len(lines) == 1, err
+    assert "within 100000 m of each window" in lines[0] and "memory budget" in lines[0]
+    assert "the window size" not in lines[0] and "raise --memory-mb" in lines[0]
+    assert not reads and not list((tmp_path / "out").glob("*"))

@@ -634,15 +634,16 @@ def plan_blocks(grid: Grid, channels: int, budget: MemoryBudget) -> Grid:
 
 
 def check_terrain_halo(scene: Scene, spec: InputSpec, factor: int, read: tuple[int, int],
-                       budget: MemoryBudget, option: str = "--tile", memory_option: bool = True
-                       ) -> None:
+                       budget: MemoryBudget, option: str | None = "--tile",
+                       memory_option: bool = True) -> None:
     """Refuse, before anything is read, a model whose terrain descriptors reach so far around
     each read (relief within kilometres) that the DEM halo of one read of ``read`` (rows,
     columns) native px, which grows with the radius up to the whole scene, would not fit
     ``budget``; the read itself comes on top, as the model's activations do. Every command that
-    reads a scene's windows (predict, evaluate, suggest, bench, explain) calls this first:
-    ``option`` names its setting of the window size, which sets the halo too, and
-    ``memory_option`` whether it takes --memory-mb."""
+    reads a scene's windows (predict, evaluate, suggest, bench, explain, and predict --adapt's
+    chunks) calls this first: ``option`` names its setting of the window size, which sets the
+    halo too (None where the size is fixed), and ``memory_option`` whether it takes
+    --memory-mb."""
     pixel_m = sum(scene.pixel_size_m()) / 2
     radii, rough = radii_px(spec.relief_m, spec.roughness_m, pixel_m * factor)
     margin = max([*radii, rough, 0])
@@ -652,12 +653,13 @@ def check_terrain_halo(scene: Scene, spec: InputSpec, factor: int, read: tuple[i
     need = (halo - rows * cols) * HALO_BYTES_PER_PIXEL
     if need > budget.bytes:
         reach = max([*relief_radii_m(spec.relief_m), spec.roughness_m or 0.0])
+        sized = f" (the window size, {option}, sets the halo)" if option else ""
+        fixes = [f"pass a smaller {option}"] * bool(option) + ["raise --memory-mb"] * memory_option
         raise SlidemapError(
             f"the model reads terrain within {reach:g} m of each window: its DEM halo needs "
             f"about {need / 2**20:,.0f} MB, more than the memory budget of {budget.megabytes} "
-            f"MB (the window size, {option}, sets the halo): pass a smaller {option}"
-            f"{', raise --memory-mb' if memory_option else ''} or use a model with smaller "
-            "relief radii")
+            f"MB{sized}: {', '.join(fixes)} or use "
+            "a model with smaller relief radii")
 
 
 def bounded_gdal_cache(grid: Grid) -> rasterio.Env:

@@ -46,6 +46,7 @@ from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import working_factor
+from slidemap.infer.stream import check_terrain_halo
 from slidemap.io.modelfile import ModelBundle, load_model, model_paths
 from slidemap.io.provenance import sha256_file
 from slidemap.train.loop import train_steps
@@ -269,6 +270,10 @@ def scene_chunks(image: DatasetName, dem: DatasetName | None, bundle: ModelBundl
     chunks: list[SceneArrays] = []
     with Scene(image, dem=dem, warn_partial_dem=False) as scene:  # predict warns once
         factor = working_factor(scene, spec, image)
+        # a chunk's DEM halo (relief within kilometres) may be the whole scene: predict checks
+        # its own windows, but the chunks are read before it runs
+        check_terrain_halo(scene, spec, factor, (side * factor, side * factor),
+                           MemoryBudget.of(memory_mb), option=None)
         height, width = -(-scene.height // factor), -(-scene.width // factor)
         origins = [(r, c) for r in range(0, height, CHUNK_SIDE)
                    for c in range(0, width, CHUNK_SIDE)]
