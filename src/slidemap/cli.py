@@ -459,7 +459,9 @@ def explain(
     window: Annotated[str | None, typer.Option(
         help="col,row,width,height in native px (default: one tile at the centre)")] = None,
     box: Annotated[str | None, typer.Option(
-        help="row0,col0,row1,col1 in window px to explain (default: predicted landslides)")
+        help="row0,col0,row1,col1 in window px to explain (default: predicted landslides); "
+             "stored rows/columns like --window (row 0 is the south edge of a south-up grid): "
+             "the north-up PNGs outline it")
     ] = None,
     layer: Annotated[str | None, typer.Option(
         help="module name for Grad-CAM (default: the layer feeding the head)")] = None,

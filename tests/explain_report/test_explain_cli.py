@@ -204,7 +204,8 @@ def test_pictures_face_north_on_a_south_up_grid(tiny_scene, tiny_model, tmp_path
     stored north up do (they were drawn as the rows lie: upside down)."""
     drawn: dict[str, np.ndarray] = {}
 
-    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None) -> None:
+    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
+               box: tuple[int, int, int, int] | None = None) -> None:
         drawn[f"{Path(path).parent.name}/{Path(path).stem}"] = rgb
 
     monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
@@ -223,6 +224,38 @@ def test_pictures_face_north_on_a_south_up_grid(tiny_scene, tiny_model, tmp_path
     assert not np.array_equal(drawn["north/gradcam"], drawn["north/gradcam"][::-1])
 
 
+def test_a_box_counts_stored_rows_and_is_outlined_where_the_picture_shows_it(
+        tiny_scene, tiny_model, tmp_path, run_cli, monkeypatch) -> None:
+    """--box counts the window's stored rows, as --window and the GeoTIFFs do: on a south-up
+    copy of the scene, rows 76-96 are the ground of rows 0-20 of the north-up one, and the
+    north-up PNGs outline that box at the top where it lies (nothing showed where a box read
+    off a picture of a south-up grid had landed: at the mirrored rows)."""
+    drawn: dict[str, tuple] = {}
+
+    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
+               box: tuple[int, int, int, int] | None = None) -> None:
+        drawn[f"{Path(path).parent.name}/{Path(path).stem}"] = (rgb, box)
+
+    monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
+    south = {}
+    for key in ("image", "dem"):
+        with rasterio.open(tiny_scene[key]) as src:
+            data, t = src.read(), src.transform
+            south[key] = write_raster(tmp_path / f"south_{key}.tif", data[:, ::-1].copy(),
+                                      transform=Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * 96),
+                                      nodata=src.nodata)
+    for name, scene, box in (("north", tiny_scene, "0,40,20,80"),
+                             ("south", south, "76,40,96,80")):
+        code, err = run_cli("explain", scene["image"], "--dem", scene["dem"], "--model",
+                            tiny_model, "--window", "0,0,96,96", "--box", box,
+                            "--out", tmp_path / name)
+        assert code == 0, err
+    for picture in ("gradcam", "probability"):
+        north, south_up = drawn[f"north/{picture}"], drawn[f"south/{picture}"]
+        assert np.array_equal(north[0], south_up[0])  # the same ground, drawn north up
+        assert north[1] == south_up[1] == (0, 40, 20, 80)
+
+
 def test_pictures_leave_nodata_uncoloured(tiny_scene, tiny_model, tmp_path, run_cli,
                                           monkeypatch) -> None:
     """The scene's left 8 columns are nodata: every PNG's heat there is NaN (drawn as no
@@ -230,7 +263,8 @@ def test_pictures_leave_nodata_uncoloured(tiny_scene, tiny_model, tmp_path, run_
     on the filled-in zeros (a probability of 0.4 drawn where nothing was seen)."""
     drawn: dict[str, np.ndarray] = {}
 
-    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None) -> None:
+    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
+               box: tuple[int, int, int, int] | None = None) -> None:
         drawn[Path(path).stem] = heat
 
     monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)

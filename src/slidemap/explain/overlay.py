@@ -12,6 +12,7 @@ import numpy as np
 import rasterio
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from rasterio.transform import Affine
 
 from slidemap.errors import SlidemapError
@@ -21,6 +22,7 @@ from slidemap.io.atomic import atomic_path
 # probability preview); a rainbow (jet) drew false edges at its yellow band and its red and
 # green were one to a colour-blind reader
 HEAT_COLOURS = "magma"
+BOX_COLOUR = "cyan"  # the region explained, apart from every colour of the heat scale
 
 
 def rgb_preview(image: np.ndarray) -> np.ndarray:
@@ -52,6 +54,18 @@ def north_up_flips(transform: Affine) -> tuple[bool, bool]:
     return transform.e > 0, transform.a < 0
 
 
+def flipped_box(box: tuple[int, int, int, int], shape: tuple[int, int],
+                flips: tuple[bool, bool]) -> tuple[int, int, int, int]:
+    """``box`` (row0, col0, row1, col1, end-exclusive, of a (rows, columns) ``shape`` grid)
+    where :func:`flipped` puts its pixels."""
+    row0, col0, row1, col1 = box
+    if flips[0]:
+        row0, row1 = shape[0] - row1, shape[0] - row0
+    if flips[1]:
+        col0, col1 = shape[1] - col1, shape[1] - col0
+    return row0, col0, row1, col1
+
+
 def flipped(array: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
     """``array`` (rows and columns last) with its rows and/or columns reversed."""
     if flips[0]:
@@ -79,8 +93,11 @@ def save_overlay_png(
     path: str | os.PathLike[str],
     title: str | None = None,
     alpha: float = 0.5,
+    box: tuple[int, int, int, int] | None = None,
 ) -> None:
-    """Draw ``heat`` ((H, W) in [0, 1]) over ``rgb`` ((H, W, 3), uint8 or float in [0, 1])."""
+    """Draw ``heat`` ((H, W) in [0, 1]) over ``rgb`` ((H, W, 3), uint8 or float in [0, 1]),
+    with ``box`` (row0, col0, row1, col1 of the picture, end-exclusive) outlined: where the
+    region explained lies, which on a grid stored south up is not where its numbers read."""
     rgb = np.asarray(rgb)
     heat = np.asarray(heat, dtype=np.float32)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or heat.shape != rgb.shape[:2]:
@@ -98,6 +115,10 @@ def save_overlay_png(
     axes.imshow(rgb, interpolation="nearest")
     shown = axes.imshow(heat, cmap=HEAT_COLOURS, vmin=0, vmax=1, alpha=alpha,
                         interpolation="nearest")
+    if box is not None:
+        row0, col0, row1, col1 = box
+        axes.add_patch(Rectangle((col0 - 0.5, row0 - 0.5), col1 - col0, row1 - row0,
+                                 fill=False, edgecolor=BOX_COLOUR, linewidth=1.5, clip_on=False))
     axes.set_xticks([])
     axes.set_yticks([])
     if title:

@@ -31,6 +31,7 @@ from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import (
     flipped,
+    flipped_box,
     north_up_flips,
     rgb_preview,
     save_heat_geotiff,
@@ -57,7 +58,9 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
 
     ``window`` is ``(col, row, width, height)`` in native pixels (default: one model tile at the
     scene centre); ``box`` is ``(row0, col0, row1, col1)`` in native pixels of the window,
-    end-exclusive, and replaces the predicted landslide pixels as the region explained.
+    end-exclusive, and replaces the predicted landslide pixels as the region explained. Both
+    count the stored rows and columns, as the GeoTIFFs do (on a grid stored south up, row 0 is
+    the south edge); the north-up PNGs outline the box where it lies.
     Returns a summary with the files written.
     """
     spec = bundle.inputs
@@ -106,9 +109,12 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     grid = {"crs": profile["crs"], "transform": window_transform(win, profile["transform"]),
             "height": int(win.height), "width": int(win.width)}
     native_valid = _to_native(valid.astype(np.float32), win, "nearest") > 0.5
+    # the box is given in the window's stored rows and columns, as --window and the GeoTIFFs
+    # are: outlined where it lies in the north-up pictures
+    outline = flipped_box(working_box, valid.shape, flips) if working_box else None
     for name, heat in heats.items():  # no colour where the model saw no data (NaN: none)
         save_overlay_png(rgb, flipped(np.where(valid, heat, np.nan), flips),
-                         files[f"{name}.png"], title=titles.get(name, name))
+                         files[f"{name}.png"], title=titles.get(name, name), box=outline)
         if georeferenced:
             save_heat_geotiff(np.where(native_valid, _to_native(heat, win), np.nan),
                               files[f"{name}.tif"], grid)
