@@ -3,6 +3,7 @@ choose an epoch, and a run folder that a resume finds edited."""
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from factories import (
 from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.schema.config import load_config
+from slidemap.train import loop
 from slidemap.train.loop import train
 
 
@@ -94,3 +96,28 @@ def test_an_interrupted_run_says_what_it_kept(tiny_scene: dict[str, Path], tmp_p
     with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "run")
     assert "stopped after epoch 1" in caplog.text and "--resume" in caplog.text
+
+
+def test_a_resumed_runs_wall_seconds_count_every_session(tiny_scene: dict[str, Path],
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """summary.json's wall_seconds of a resumed run counted its last session alone (4 s beside
+    12 s of train_seconds); it now carries the earlier sessions' like train_seconds. The clock
+    ticks 1000 s a reading in the first session and 1 s in the second, so that the second's
+    wall time alone is far below the run's training seconds."""
+    clock = {"now": 0.0, "tick": 1000.0}
+
+    def perf_counter() -> float:
+        clock["now"] += clock["tick"]
+        return clock["now"]
+
+    config = load_config(write_config(tmp_path / "run.yaml", tiny_run(tiny_scene)))
+    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop.time, "perf_counter", perf_counter)
+        train_interrupted(config, run, monkeypatch)
+        clock["tick"] = 1.0
+        train(config, run, resume=True)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train_seconds"] >= 1000
+    assert summary["wall_seconds"] >= summary["train_seconds"]

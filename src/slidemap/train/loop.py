@@ -141,13 +141,14 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
 
     average = WeightAverage(model) if settings.average_from else None
     state: dict[str, Any] = {"epoch": 0, "best_f1": -math.inf, "best_epoch": 0, "seconds": 0.0,
-                             "config": run_identity(config)}
+                             "wall_seconds": 0.0, "config": run_identity(config)}
     if resume:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         if average is not None and state.get("averaged_steps"):
             average.restore(load_extra(checkpoint, PREFIX), state["averaged_steps"])
         _trim_history(out_dir / "history.csv", state["epoch"])
         log.info(f"resuming after epoch {state['epoch']}")
+    earlier_wall = _earlier_wall_seconds(state)
 
     _warn_if_validation_is_trained_on(config, ranks.main)  # once the run can start
     log.info(f"{config.model.name} ({count_parameters(model):,} parameters), "
@@ -196,6 +197,7 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
             state.update(best_f1=f1, best_epoch=epoch)
             _save_bundle(kept, config, stats, out_dir / "best", state, scores, record or {})
         state["epoch"] = epoch
+        state["wall_seconds"] = earlier_wall + time.perf_counter() - started
         extra = None
         if average is not None:
             state["averaged_steps"] = average.count
@@ -208,7 +210,7 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
     summary = {"best_epoch": state["best_epoch"],  # no F1 without validation data
                "best_val_f1": state["best_f1"] if val_scenes else None,
                "train_seconds": round(state["seconds"], 1),
-               "wall_seconds": round(time.perf_counter() - started, 1)}
+               "wall_seconds": round(earlier_wall + time.perf_counter() - started, 1)}
     _publish(out_dir, summary)
     plot_training_curves(out_dir)
     how = _how_kept(settings.select, bool(val_scenes))
@@ -218,6 +220,14 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
     log.info(f"kept epoch {state['best_epoch']} ({how}{figure}) → "
              f"{out_dir / 'model.safetensors'}")
     return out_dir / "model.safetensors"
+
+
+def _earlier_wall_seconds(state: dict[str, Any]) -> float:
+    """The wall time that earlier sessions of a resumed run spent up to the checkpoint's epoch,
+    so that ``summary.json``'s ``wall_seconds`` is the whole run's like ``train_seconds``
+    (a resumed run's last session alone read 4 s beside 12 s of training). A checkpoint
+    written before it was kept counts its training seconds, the least that wall time was."""
+    return float(state.get("wall_seconds", state["seconds"]))
 
 
 def _how_kept(select: str, validated: bool) -> str:
