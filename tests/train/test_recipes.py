@@ -18,6 +18,7 @@ from slidemap.models import build_model
 from slidemap.schema.config import RunConfig, parse_config
 from slidemap.train.loop import train
 from slidemap.train.recipes import Recipes, build_recipes
+from slidemap.train.runfolder import check_same_run, run_identity
 
 OPTICAL = 3
 
@@ -255,6 +256,18 @@ def test_finetune_freeze_flag_and_frozen_epochs_are_refused_together(tiny_scene:
         config.train.changed(freeze_encoder=True)
 
 
+def test_a_refused_resume_names_the_option_that_differs(tiny_scene: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """A finetune run started with --freeze-encoder and resumed without it was refused with
+    "resume with the config and --set options that started it", which names neither the flag
+    nor which way it differs; the refusal now says both."""
+    config = parse_config(tiny_run(tiny_scene))
+    frozen = config.changed(train=config.train.changed(freeze_encoder=True))
+    with pytest.raises(SlidemapError, match=r"freeze_encoder \(true, now false; 1 setting\(s\) "
+                       r"differ\): resume with the config, --set options and --freeze-encoder"):
+        check_same_run(run_identity(frozen), config, tmp_path / "run")
+
+
 def test_a_run_resumes_only_with_the_config_that_started_it(
         tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Epochs after the stop must train as the ones before, and the model file must not credit
@@ -262,7 +275,8 @@ def test_a_run_resumes_only_with_the_config_that_started_it(
     run = tmp_path / "run"
     train_interrupted(parse_config(tiny_run(tiny_scene, epochs=3)), run, monkeypatch)
     focal = parse_config({**tiny_run(tiny_scene, epochs=3), "loss": {"focal": 1.0}})
-    with pytest.raises(SlidemapError, match=r"trained with another loss\.bce \(3 setting"):
+    with pytest.raises(SlidemapError,
+                       match=r"trained with another loss\.bce \(1\.0, now null; 3 setting"):
         train(focal, run, resume=True)
     train(parse_config(tiny_run(tiny_scene, epochs=3, threads=1)), run, resume=True)
     text = (run / "history.csv").read_bytes()

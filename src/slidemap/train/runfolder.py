@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from slidemap.errors import SlidemapError
@@ -11,6 +12,10 @@ from slidemap.io.modelfile import model_paths
 from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
 
+# Settings that a command-line option sets beside the config and its --set options.
+OPTIONS = {"training.freeze_encoder": "--freeze-encoder", "training.seed": "--seed",
+           "init": "MODEL (finetune's first argument)"}
+VALUE_CHARS = 60  # the longest value a refusal to resume quotes
 RUN_FILES = ("checkpoint.safetensors", "model.safetensors", "best.safetensors", "history.csv")
 RUN_OUTPUTS = (*RUN_FILES, "checkpoint.json", "model.json", "best.json", "summary.json",
                "curves.png", "finetune.json")
@@ -40,9 +45,25 @@ def check_same_run(saved: dict | None, config: RunConfig, out_dir: Path) -> None
         return
     changed = _differences(saved, run_identity(config))
     if changed:
+        options = ["the config", "--set options",
+                   *(OPTIONS[key] for key in changed if key in OPTIONS)]
         raise SlidemapError(f"run folder {out_dir} was trained with another {changed[0]} "
-                            f"({len(changed)} setting(s) differ): resume with the config and "
-                            "--set options that started it, or pass --overwrite to start again")
+                            f"({_value_at(saved, changed[0])}, now "
+                            f"{_value_at(run_identity(config), changed[0])}; {len(changed)} "
+                            "setting(s) differ): resume with "
+                            f"{', '.join(options[:-1])} and {options[-1]} that started it, or "
+                            "pass --overwrite to start again")
+
+
+def _value_at(identity: dict, key: str) -> str:
+    """The value at dotted ``key`` of a run identity, as JSON writes it (``true``, not
+    ``True``, as in the config), so that the refusal says which way it differs; cut short
+    where it is long (a list of scenes) to keep the refusal one readable line."""
+    value: object = identity
+    for name in key.split("."):
+        value = value.get(name) if isinstance(value, dict) else None
+    text = json.dumps(value)
+    return text if len(text) <= VALUE_CHARS else text[:VALUE_CHARS - 1] + "…"
 
 
 def _differences(a: object, b: object, key: str = "") -> list[str]:
