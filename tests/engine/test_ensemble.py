@@ -14,7 +14,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.modelfile import load_model, save_model
+from slidemap.io.modelfile import PredictDefaults, load_model, save_model
 
 
 def member(tmp_path: Path, seed: int, mean: float, spec: InputSpec = RGB_SLOPE) -> Path:
@@ -54,3 +54,33 @@ def test_members_must_read_the_same_inputs(tmp_path: Path) -> None:
     rgb = load_model(member(tmp_path, 1, 50.0, InputSpec(image_bands=(1, 2, 3))))
     with pytest.raises(SlidemapError, match="read different inputs"):
         Predictor([load_model(member(tmp_path, 2, 50.0)), rgb])
+
+
+def member_predicting(tmp_path: Path, seed: int, defaults: PredictDefaults) -> Path:
+    """A member whose sidecar sets its own windows and scales."""
+    bundle = tiny_bundle(RGB_SLOPE, seed=seed, mean=[60.0] * 4, std=[25.0] * 4)
+    bundle.predict = defaults
+    return save_model(bundle, tmp_path / f"p{seed}")
+
+
+@pytest.mark.parametrize(("defaults", "option"), [
+    (PredictDefaults(tile=48, overlap=16, scales=(1.0, 0.5)), "--scales"),
+    (PredictDefaults(tile=32, overlap=16, scales=(1.0,)), "--tile"),
+    (PredictDefaults(tile=48, overlap=8, scales=(1.0,)), "--overlap"),
+])
+def test_members_with_other_windows_or_scales_need_one_chosen(
+        tiny_scene: dict, tmp_path: Path, defaults: PredictDefaults, option: str) -> None:
+    # the first member's windows and scales served all: the map changed with --model's order
+    models = [member_predicting(tmp_path, 1, PredictDefaults(tile=48, overlap=16, scales=(1.0,))),
+              member_predicting(tmp_path, 2, defaults)]
+    with pytest.raises(SlidemapError, match=f"pass {option} to choose one for all"):
+        api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], models,
+                    PredictOptions(precision="fp32"))
+    chosen = PredictOptions(tile=48, overlap=16, scales=(1.0,), precision="fp32")
+    maps = []
+    for name, ordered in (("ab", models), ("ba", models[::-1])):
+        result = api.predict(tiny_scene["image"], tmp_path / name, tiny_scene["dem"], ordered,
+                             chosen, prob_dtype="float32")
+        with rasterio.open(result.prob) as ds:
+            maps.append(ds.read(1))
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-6, equal_nan=True)

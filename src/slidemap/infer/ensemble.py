@@ -25,7 +25,7 @@ from slidemap.data.scaling import demote
 from slidemap.errors import SlidemapError
 from slidemap.infer.backends import Backend, make_backend
 from slidemap.infer.runtime import resolve_precision
-from slidemap.io.modelfile import ModelBundle
+from slidemap.io.modelfile import ModelBundle, common_setting
 from slidemap.io.sidecar import check_scales, check_threshold
 
 
@@ -45,9 +45,10 @@ def spare_core_pool() -> ThreadPoolExecutor | None:
 class Predictor:
     """Averages the landslide probabilities of its members, scales and TTA variants.
 
-    ``scales`` None: the first member's (its sidecar's ``predict.scales``); its window size and
-    overlap are ``defaults`` for the engines that cut scenes and patches into windows.
-    ``threshold`` None: the mean of the members' decision thresholds.
+    ``scales`` None: the members' own (their sidecars' ``predict.scales``), which must then be
+    the same for all; their window sizes and overlaps are ``defaults`` for the engines that cut
+    scenes and patches into windows (``PredictOptions.resolve``). ``threshold`` None: the mean
+    of the members' decision thresholds.
     """
 
     def __init__(self, bundles: list[ModelBundle], tta: bool = False,
@@ -68,8 +69,9 @@ class Predictor:
                         for b in bundles]
         self.threshold = float(np.mean([b.threshold for b in bundles])) \
             if threshold is None else check_threshold(threshold)
-        self.defaults = bundles[0].predict
-        self.scales = self.defaults.scales if scales is None else check_scales(scales)
+        self.defaults = [b.predict for b in bundles]
+        self.scales = common_setting(self.defaults, "scales", "--scales") if scales is None \
+            else check_scales(scales)
         self.tta = tta
         self.precision = "fp32" if backend == "onnx" else resolve_precision(precision)
         self.paths = [b.path for b in bundles]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from slidemap.errors import UsageError
-from slidemap.io.modelfile import PredictDefaults
+from slidemap.io.modelfile import PredictDefaults, common_setting
 from slidemap.schema.values import MIN_TILE, NORMALISATIONS
 
 
@@ -48,8 +48,11 @@ class PredictOptions:
             raise UsageError("--workers starts a local Dask cluster and --dask names another: "
                              "give one of them")
 
-    def resolve(self, defaults: PredictDefaults) -> PredictOptions:
-        """These options with the window size and overlap, if left open, from a model's
-        ``defaults``."""
-        return replace(self, tile=defaults.tile if self.tile is None else self.tile,
-                       overlap=defaults.overlap if self.overlap is None else self.overlap)
+    def resolve(self, defaults: list[PredictDefaults]) -> PredictOptions:
+        """These options with the window size and overlap, if left open, from the models'
+        ``defaults`` (an ensemble's members must then agree on them)."""
+        return replace(
+            self, tile=common_setting(defaults, "tile", "--tile") if self.tile is None
+            else self.tile,
+            overlap=common_setting(defaults, "overlap", "--overlap") if self.overlap is None
+            else self.overlap)

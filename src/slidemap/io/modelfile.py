@@ -38,6 +38,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -91,6 +92,18 @@ class PredictDefaults:
 
     def to_dict(self) -> dict:
         return {"tile": self.tile, "overlap": self.overlap, "scales": list(self.scales)}
+
+
+def common_setting(defaults: list[PredictDefaults], name: str, option: str) -> Any:
+    """The ensemble members' one value of the prediction setting ``name`` (tile, overlap,
+    scales). Members that differ are refused, naming ``option``: one grid of windows serves
+    them all, and taking the first member's made the map depend on the order of --model."""
+    values = [getattr(d, name) for d in defaults]
+    if any(value != values[0] for value in values[1:]):
+        listed = ", ".join(str(list(v)) if isinstance(v, tuple) else str(v) for v in values)
+        raise SlidemapError(f"ensemble members predict with different {name} ({listed}, in "
+                            f"--model order): pass {option} to choose one for all")
+    return values[0]
 
 
 @dataclass
