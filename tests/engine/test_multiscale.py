@@ -161,11 +161,11 @@ def test_bad_scales_in_a_config_are_refused(tiny_scene: dict, scales: object) ->
 def test_a_bad_threshold_for_a_prediction_raster_is_refused_not_scored(
         run_cli, tiny_scene: dict, tiny_model: Path, tmp_path: Path, value: str) -> None:
     """``evaluate --prediction P --threshold 1.5`` scored every pixel background (F1 0, exit 0)
-    as if the map were empty; it is now the one-line error predict gives."""
+    as if the map were empty; it is now the one-line usage error (exit 2) predict gives."""
     mapped = api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"], tiny_model)
     code, err = run_cli("evaluate", tiny_scene["mask"], "--prediction", mapped.prob,
                         "--threshold", value, "--out", tmp_path / "scores")
-    assert code == 1 and err.count("\n") == 1 and "threshold must be a probability" in err
+    assert code == 2 and err.count("\n") == 1 and "threshold must be a probability" in err
     assert not (tmp_path / "scores").exists()
 
 
@@ -177,6 +177,6 @@ def test_bad_scales_and_thresholds_on_the_command_line_are_one_line_errors(
 ) -> None:
     code, err = run_cli("predict", tiny_scene["image"], "--out", tmp_path / "out", "--model",
                         tiny_model, f"--{option}", value)
-    assert code != 0
+    assert code == 2  # a value of the wrong form, as --tile 8 (a threshold exited 1)
     assert option in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from slidemap.errors import UsageError
 from slidemap.io.modelfile import PredictDefaults, common_setting
+from slidemap.io.sidecar import check_threshold
 from slidemap.schema.values import MIN_TILE, NORMALISATIONS
 
 
@@ -44,6 +45,8 @@ class PredictOptions:
                                       or value < low):
                 raise UsageError(f"{name} must be a whole number of at least {low}, not "
                                  f"{value!r}")
+        if self.threshold is not None:
+            check_threshold(self.threshold, UsageError)
         if self.workers and self.scheduler:
             raise UsageError("--workers starts a local Dask cluster and --dask names another: "
                              "give one of them")

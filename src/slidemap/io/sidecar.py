@@ -31,10 +31,11 @@ SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U
                       "U16", "U32", "U64", "F8_E4M3", "F8_E5M2"}
 
 
-def check_threshold(value: object) -> float:
-    """A decision threshold: a probability strictly between 0 and 1."""
+def check_threshold(value: object, error: type[SlidemapError] = SlidemapError) -> float:
+    """A decision threshold: a probability strictly between 0 and 1. ``error``: what to raise
+    (a ``UsageError`` for a value given on the command line, which exits 2 as --scales does)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise SlidemapError(f"threshold must be a probability between 0 and 1 (exclusive), "
+        raise error(f"threshold must be a probability between 0 and 1 (exclusive), "
                             f"e.g. 0.5, got {value!r}")
     return float(value)
 

@@ -80,7 +80,8 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         raise UsageError("evaluating a model needs --out DIR for its predicted rasters")
     options = options or PredictOptions()
     if threshold is not None:  # the written mask and the scores use the same threshold
-        threshold = check_threshold(threshold)  # 1.5 or NaN scored every pixel background
+        # 1.5 or NaN scored every pixel background; a value of the wrong form exits 2
+        threshold = check_threshold(threshold, UsageError)
         options = replace(options, threshold=threshold)
     predictor = None if image is None else build_predictor(
         model_list(model, has_elevation(image, dem)), options)
