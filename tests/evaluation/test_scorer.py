@@ -27,6 +27,7 @@ from slidemap.data.dataset import load_scene_arrays
 from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
+from slidemap.evaluation.raster import score_raster
 from slidemap.evaluation.scorer import score_bundle, score_regions
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import PredictOptions
@@ -205,10 +206,26 @@ def test_a_truth_without_landslide_pixels_warns(tiny_scene, tmp_path) -> None:
         labels, transform = ds.read(1), ds.transform
     coded = write_raster(tmp_path / "truth_0_255.tif", np.where(labels == 1, 255, labels)
                          .astype(np.uint8), transform=transform, nodata=None)
-    prob = write_raster(tmp_path / "prob.tif", (labels == 1).astype(np.float32),
-                        transform=transform)
+    prob = write_raster(tmp_path / "prob.tif", (labels == 1) * np.float32(0.8) + np.float32(0.1),
+                        transform=transform)  # probabilities, not a mask (that warns too)
     with pytest.warns(SlidemapWarning, match="no landslide pixel .* recode a 0/255 mask"):
         api.evaluate(coded, prediction=prob)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlidemapWarning)
         api.evaluate(tiny_scene["mask"], prediction=prob)
+
+
+def test_a_mask_scored_as_a_prediction_warns_that_its_auc_is_no_ranking(
+        tiny_scene: dict[str, Path], tmp_path: Path) -> None:
+    """predict's _mask.tif passed to evaluate --prediction: its F1 is the mask's, but its AUC
+    (0.94 against the probabilities' 0.99 on the sample) and best threshold rank two values."""
+    with rasterio.open(tiny_scene["mask"]) as src:
+        labels = src.read(1)
+    prob = np.where(labels == 255, np.nan, np.clip(labels * 0.8 + 0.1, 0, 1)).astype(np.float32)
+    probabilities = write_raster(tmp_path / "prob.tif", prob, nodata=float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        score_raster(probabilities, tiny_scene["mask"])
+    with pytest.warns(SlidemapWarning, match=r"holds only 0 and 1 \(a mask\).* _prob\.tif"):
+        confusion = score_raster(tiny_scene["mask"], tiny_scene["mask"])
+    assert confusion.metrics()["f1"] == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from rasterio.windows import Window
 from slidemap.data.dataset import check_labels
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
 
 ROUNDING = 1e-6  # float32 rounding past 0 or 1 in probabilities written elsewhere: not an error
@@ -23,9 +24,11 @@ def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float =
     The truth (a label raster, or landslide polygons rasterised strip by strip) is aligned to
     the prediction's grid if it lies on another one. Pixels that are nodata in the prediction,
     255 in the truth or outside the area of interest ``aoi`` are left out; if none is left,
-    that is an error, not a score of nothing.
+    that is an error, not a score of nothing. A prediction of only 0 and 1 (a mask) is scored
+    at its one cut, and a warning says that its AUC and curve are no model's ranking.
     """
     confusion = BinaryConfusion(threshold)
+    binary = True  # every scored value 0 or 1 so far
     with Scene(prediction, mask=truth, require_crs=False, apply_scale=True, aoi=aoi) as scene:
         if scene.band_count != 1:
             raise SlidemapError(f"prediction {prediction} has {scene.band_count} bands: pass "
@@ -43,10 +46,17 @@ def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float =
                     f"prediction {prediction} has values from {values.min():g} to "
                     f"{values.max():g} outside 0-1: pass a probability (0-1) or mask (0/1) "
                     "raster, with its nodata value set (e.g. gdal_edit.py -a_nodata 255)")
-            confusion.update(np.clip(prob, 0.0, 1.0), sample["mask"], valid)
+            scored = np.clip(prob, 0.0, 1.0)
+            binary = binary and bool(np.isin(scored[valid], (0.0, 1.0)).all())
+            confusion.update(scored, sample["mask"], valid)
     if not confusion.counts.any():
         inside = f" inside the area of interest {aoi}" if aoi is not None else ""
         raise SlidemapError(f"no pixel of prediction {prediction} is both predicted and "
                             f"labelled in {truth}{inside}: nothing to score; pass files that "
                             "cover the same ground")
+    if binary:
+        warnings.warn(f"prediction {prediction} holds only 0 and 1 (a mask): its precision, "
+                      "recall, F1 and IoU are the mask's, but AUC and the precision-recall "
+                      "curve need the probabilities (pass the _prob.tif predict wrote)",
+                      SlidemapWarning, stacklevel=2)
     return confusion
