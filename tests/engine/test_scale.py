@@ -574,6 +574,16 @@ def test_relief_reaching_kilometres_is_refused_before_a_halo_is_read(tiny_scene,
     assert not list((tmp_path / "out").glob("*"))
 
 
+def _far_relief_model_and_large_scene(tiny_scene: dict[str, Path], folder: Path
+                                      ) -> tuple[Path, Path, Path]:
+    """A model reading relief within 100 km, and VRTs declaring the tiny scene 2500² px."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), relief_m=(100_000.0,)),
+                                   mean=[60.0] * 4, std=[30.0] * 4), folder / "far")
+    image = _declared_vrt(tiny_scene["image"], folder / "image.vrt", 2500)
+    dem = _declared_vrt(tiny_scene["dem"], folder / "dem.vrt", 2500)
+    return model, image, dem
+
+
 @pytest.mark.parametrize("command", [
     ("suggest", "{model}", "{image}", "--out", "{out}/boxes.gpkg", "--box", "512"),
     ("bench", "{image}", "--model", "{model}", "--tile", "512"),
@@ -584,10 +594,7 @@ def test_every_window_reader_refuses_relief_reaching_kilometres_before_reading(
     """suggest, bench and explain read windows with the same DEM halo as predict: a model with
     relief within 100 km is refused there too, on one line naming the window size's option,
     before any window is read (not gigabytes later)."""
-    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), relief_m=(100_000.0,)),
-                                   mean=[60.0] * 4, std=[30.0] * 4), tmp_path / "far")
-    image = _declared_vrt(tiny_scene["image"], tmp_path / "image.vrt", 2500)
-    dem = _declared_vrt(tiny_scene["dem"], tmp_path / "dem.vrt", 2500)
+    model, image, dem = _far_relief_model_and_large_scene(tiny_scene, tmp_path)
     reads: list[object] = []
     monkeypatch.setattr(Scene, "read", lambda *args, **kwargs: reads.append(args))
     names = {"model": model, "image": image, "out": tmp_path / "out"}
@@ -735,10 +742,7 @@ def test_adapting_refuses_relief_reaching_kilometres_before_a_chunk_is_read(
     """predict --adapt reads chunks of the scene to adapt on before predict's own check runs:
     each chunk's DEM halo of a model with relief within 100 km was the whole scene, read
     chunk after chunk past the memory budget. Now refused on one line before any is read."""
-    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), relief_m=(100_000.0,)),
-                                   mean=[60.0] * 4, std=[30.0] * 4), tmp_path / "far")
-    image = _declared_vrt(tiny_scene["image"], tmp_path / "image.vrt", 2500)
-    dem = _declared_vrt(tiny_scene["dem"], tmp_path / "dem.vrt", 2500)
+    model, image, dem = _far_relief_model_and_large_scene(tiny_scene, tmp_path)
     reads: list[object] = []
     monkeypatch.setattr(Scene, "read", lambda *args, **kwargs: reads.append(args))
     code, err = run_cli("predict", image, "--dem", dem, "--model", model, "--adapt", "--out",

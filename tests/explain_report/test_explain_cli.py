@@ -198,6 +198,18 @@ def test_explain_warns_of_imagery_on_another_scale_as_predict_does(
     assert code == 0 and "warning" not in err, err
 
 
+def south_up_copy(scene: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """The tiny scene's image and DEM stored south up: rows reversed, y growing down."""
+    south = {}
+    for key in ("image", "dem"):
+        with rasterio.open(scene[key]) as src:
+            data, t = src.read(), src.transform
+            south[key] = write_raster(folder / f"south_{key}.tif", data[:, ::-1].copy(),
+                                      transform=Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * 96),
+                                      nodata=src.nodata)
+    return south
+
+
 def test_pictures_face_north_on_a_south_up_grid(tiny_scene, tiny_model, tmp_path, run_cli,
                                                 monkeypatch) -> None:
     """The PNGs of a south-up scene show its north at the top, as those of the same ground
@@ -209,13 +221,7 @@ def test_pictures_face_north_on_a_south_up_grid(tiny_scene, tiny_model, tmp_path
         drawn[f"{Path(path).parent.name}/{Path(path).stem}"] = rgb
 
     monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
-    south = {}
-    for key in ("image", "dem"):
-        with rasterio.open(tiny_scene[key]) as src:
-            data, t = src.read(), src.transform
-            south[key] = write_raster(tmp_path / f"south_{key}.tif", data[:, ::-1].copy(),
-                                      transform=Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * 96),
-                                      nodata=src.nodata)
+    south = south_up_copy(tiny_scene, tmp_path)
     for name, scene in (("north", tiny_scene), ("south", south)):
         code, err = run_cli("explain", scene["image"], "--dem", scene["dem"], "--model",
                             tiny_model, "--box", "0,0,20,20", "--out", tmp_path / name)
@@ -237,13 +243,7 @@ def test_a_box_counts_stored_rows_and_is_outlined_where_the_picture_shows_it(
         drawn[f"{Path(path).parent.name}/{Path(path).stem}"] = (rgb, box)
 
     monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
-    south = {}
-    for key in ("image", "dem"):
-        with rasterio.open(tiny_scene[key]) as src:
-            data, t = src.read(), src.transform
-            south[key] = write_raster(tmp_path / f"south_{key}.tif", data[:, ::-1].copy(),
-                                      transform=Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * 96),
-                                      nodata=src.nodata)
+    south = south_up_copy(tiny_scene, tmp_path)
     for name, scene, box in (("north", tiny_scene, "0,40,20,80"),
                              ("south", south, "76,40,96,80")):
         code, err = run_cli("explain", scene["image"], "--dem", scene["dem"], "--model",
