@@ -197,21 +197,23 @@ def patch_folder(root: Path, count: int = 4, seed: int = 0, masks: bool = True) 
 
 # -- runs -----------------------------------------------------------------------------------------
 
-def train_interrupted(config: RunConfig, run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Train ``config`` into ``run``, stopped by an exception as epoch 2 starts."""
+class Interrupted(Exception):
+    """What stops a run in the tests that resume it (any exception the loop does not catch)."""
 
-    class Interrupted(Exception):
-        pass
 
+def train_interrupted(config: RunConfig, run: Path, monkeypatch: pytest.MonkeyPatch,
+                      error: type[BaseException] = Interrupted) -> None:
+    """Train ``config`` into ``run``, stopped by ``error`` as epoch 2 starts (KeyboardInterrupt:
+    what Ctrl-C, or SIGTERM through the CLI, raises)."""
     real_epoch = RandomWindows.epoch
 
     def interrupt_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
         if number == 2:
-            raise Interrupted
+            raise error
         return real_epoch(self, number, batch_size)
 
     monkeypatch.setattr(RandomWindows, "epoch", interrupt_at_epoch_2)
-    with pytest.raises(Interrupted):
+    with pytest.raises(error):
         train(config, run)
     monkeypatch.undo()
 

@@ -20,7 +20,6 @@ from factories import (
     write_config,
 )
 
-from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.schema.config import load_config
 from slidemap.train import loop
@@ -85,16 +84,8 @@ def test_an_interrupted_run_says_what_it_kept(tiny_scene: dict[str, Path], tmp_p
     the run says so and names --resume, where the CLI's last line alone read "no partial output
     was kept" and hid the resumable run."""
     config = load_config(write_config(tmp_path / "run.yaml", tiny_run(tiny_scene)))
-    real_epoch = RandomWindows.epoch
-
-    def interrupt_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
-        if number == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, number, batch_size)
-
-    monkeypatch.setattr(RandomWindows, "epoch", interrupt_at_epoch_2)
-    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        train_interrupted(config, tmp_path / "run", monkeypatch, KeyboardInterrupt)
     assert "stopped after epoch 1" in caplog.text and "--resume" in caplog.text
 
 
