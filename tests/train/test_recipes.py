@@ -1,4 +1,5 @@
-"""Training recipes: mixup, colour jitter, random zoom, hard-example windows, and determinism."""
+"""Training recipes: mixup, colour jitter, random zoom, hard-example and landslide windows, and
+determinism."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from slidemap.data.dataset import RandomWindows, SceneArrays, load_scene_arrays, scene_stats
 from slidemap.data.hard_examples import error_map, hard_windows
 from slidemap.data.photometric import random_scale
+from slidemap.data.windows import windows_around
 from slidemap.errors import SlidemapError
 from slidemap.models import build_model
 from slidemap.schema.config import RunConfig, parse_config
@@ -43,6 +45,8 @@ def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("training", [{"mixup": -0.1}, {"hard_examples": 1.5},
+                                      {"landslide_windows": 1.5},
+                                      {"hard_examples": 0.6, "landslide_windows": 0.6},
                                       {"random_scale": [1.2, 0.8]}, {"random_scale": [1.0]},
                                       {"colour_jitter": "yes"},
                                       {"colour_jitter": {"brightness": 1.5}},
@@ -201,6 +205,48 @@ def test_hard_windows_skip_right_scenes_and_invalid_ground() -> None:
                         np.random.default_rng(0)) == []
 
 
+def test_windows_around_hold_a_pixel_and_enough_valid_ground() -> None:
+    valid = np.ones((64, 64), dtype=bool)
+    valid[:, :24] = False
+    landslide = np.zeros((64, 64), dtype=bool)
+    landslide[40:42, 40:42] = True
+    pixels = np.flatnonzero(landslide)
+    picks = windows_around(pixels, valid, 16, 300, 0.75, np.random.default_rng(0))
+    assert len(picks) == 300
+    for w in picks:
+        rows, cols = slice(w.row_off, w.row_off + 16), slice(w.col_off, w.col_off + 16)
+        assert landslide[rows, cols].any() and valid[rows, cols].mean() >= 0.75
+    assert len({(w.row_off, w.col_off) for w in picks}) > 50  # anywhere around it, not centred
+    assert windows_around(pixels, valid, 16, 300, 0.75, np.random.default_rng(0)) == picks
+    # A pixel in the corner: windows are clipped to the grid.
+    corner = windows_around(np.array([64 * 64 - 1]), valid, 16, 5, 0.75, np.random.default_rng(0))
+    assert {(w.row_off, w.col_off) for w in corner} == {(48, 48)}
+    # Too little valid ground around the pixels, or no pixel: fewer windows, or none.
+    assert windows_around(np.array([0]), valid, 16, 5, 0.75, np.random.default_rng(0)) == []
+    assert windows_around(np.array([], dtype=np.int64), valid, 16, 5, 0.75,
+                          np.random.default_rng(0)) == []
+
+
+def test_landslide_windows_go_to_the_scenes_that_hold_landslides(
+        tiny_scene: dict[str, Path]) -> None:
+    config = parse_config(tiny_run(tiny_scene, landslide_windows=0.5, augment=False))
+    scene = windows_for(config).scenes[0]
+    bare = SceneArrays("bare", scene.x, np.where(scene.target == 1, 0, scene.target)
+                       .astype(np.uint8))
+    recipes = Recipes(config, [bare, scene], scene_stats([bare, scene]))
+    picks = recipes.steered_windows(np.random.default_rng(0))
+    assert len(picks) == 4  # half of 8 windows
+    for index, w in picks:
+        assert index == 1
+        window = scene.target[w.row_off:w.row_off + 32, w.col_off:w.col_off + 32]
+        assert (window == 1).any()
+    # Off, it draws nothing from the epoch's generator: runs without it are drawn as before.
+    off = Recipes(parse_config(tiny_run(tiny_scene, mixup=0.4)), [scene], scene_stats([scene]))
+    rng = np.random.default_rng(0)
+    assert off.steered_windows(rng) == []
+    assert rng.random() == np.random.default_rng(0).random()
+
+
 def test_hard_examples_replace_part_of_the_uniform_windows(tiny_scene: dict[str, Path]) -> None:
     config = parse_config(tiny_run(tiny_scene, hard_examples=0.5, augment=False))
     windows = windows_for(config)
@@ -217,7 +263,7 @@ def test_hard_examples_replace_part_of_the_uniform_windows(tiny_scene: dict[str,
     hot = np.zeros(scene.target.shape, dtype=np.float32)
     hot[64:, 64:] = 1.0
     recipes.error_maps = [hot]
-    hard = recipes.hard_windows(np.random.default_rng(0))
+    hard = recipes.steered_windows(np.random.default_rng(0))
     assert len(hard) == 4  # half of 8 windows
     assert all(w.row_off + 32 > 64 and w.col_off + 32 > 64 for _, w in hard)
     batches = list(windows.epoch(2, 4))
@@ -225,7 +271,7 @@ def test_hard_examples_replace_part_of_the_uniform_windows(tiny_scene: dict[str,
 
 
 ALL_RECIPES = {"mixup": 0.4, "colour_jitter": True, "random_scale": [0.8, 1.25],
-               "hard_examples": 0.5}
+               "hard_examples": 0.5, "landslide_windows": 0.25}
 
 
 def history_losses(run: Path) -> list[str]:

@@ -105,7 +105,7 @@ class WindowRecipes(Protocol):
     """What :class:`RandomWindows` asks of training recipes (``slidemap.train.recipes``), all
     drawing from the epoch's generator; a protocol, so the data layer needs no run config."""
 
-    def hard_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]: ...
+    def steered_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]: ...
 
     def context_zoom(self, rng: np.random.Generator) -> float | None: ...
 
@@ -120,7 +120,8 @@ class RandomWindows:
 
     Seeding by epoch (not by a running generator) makes an epoch's batches the same whether
     training ran straight through or was resumed from a checkpoint. Optional ``recipes`` (mixup,
-    jitter, zoom, hard examples; see ``slidemap.train.recipes``) draw from that same generator.
+    jitter, zoom, hard examples, landslide windows; see ``slidemap.train.recipes``) draw from that
+    same generator.
     """
 
     def __init__(self, scenes: list[SceneArrays], stats: BandStats, tile: int,
@@ -140,7 +141,7 @@ class RandomWindows:
     def epoch(self, epoch: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of ``x`` (B,C,T,T) float32, ``target`` (B,1,T,T) float32, ``valid`` bool."""
         rng = np.random.default_rng([self.seed, epoch])
-        picks = self.recipes.hard_windows(rng) if self.recipes else []
+        picks = self.recipes.steered_windows(rng) if self.recipes else []
         counts = rng.multinomial(self.windows_per_epoch - len(picks), self.scene_weights)
         for index, count in enumerate(counts):
             scene = self.scenes[index]

@@ -44,6 +44,32 @@ def random_windows(valid: np.ndarray, size: int, count: int, min_valid: float,
     return [Window(int(cols[p]), int(rows[p]), sw, sh) for p in picks]
 
 
+def windows_around(pixels: np.ndarray, valid: np.ndarray, size: int, count: int,
+                   min_valid: float, rng: np.random.Generator, tries: int = 8) -> list[Window]:
+    """Up to ``count`` windows of ``size`` px, each around one of ``pixels`` (flat indices into
+    ``valid``'s grid) drawn uniformly, at a uniform place in the window, clipped to the grid.
+
+    A window is so drawn about in proportion to how many of ``pixels`` it holds, without the
+    window sums of every position (a scene's landslide pixels are fixed; its windows are many).
+    Windows with less than ``min_valid`` of valid pixels are drawn again, ``tries`` times at most;
+    fewer than ``count`` come back when too few pass, and [] when ``pixels`` is empty.
+    """
+    h, w = valid.shape
+    sh, sw = min(size, h), min(size, w)
+    picks: list[Window] = []
+    for _ in range(tries):
+        need = count - len(picks)
+        if need <= 0 or pixels.size == 0:
+            break
+        rows, cols = np.divmod(pixels[rng.integers(0, pixels.size, size=need)], w)
+        tops = np.clip(rows - rng.integers(0, sh, size=need), 0, h - sh)
+        lefts = np.clip(cols - rng.integers(0, sw, size=need), 0, w - sw)
+        for top, left in zip(tops.tolist(), lefts.tolist(), strict=True):
+            if valid[top:top + sh, left:left + sw].mean() >= min_valid:
+                picks.append(Window(left, top, sw, sh))
+    return picks
+
+
 def context_window(window: Window, side: int, height: int, width: int) -> Window:
     """A ``side`` px window centred on ``window``, shifted to lie inside the scene and clipped
     to it: the wider (or narrower) ground a zoomed training window is resampled from."""

@@ -392,6 +392,12 @@ class TrainSettings(Section):
             "the model predicts the training scenes at the start of the epoch and a window is "
             "drawn with probability ∝ the summed |p − label| inside it; the rest stay uniform; "
             "`0`: off"))
+    landslide_windows: Fraction = Field(default=0.0, description=(
+            "fraction of each epoch's windows drawn around landslides: shared among the "
+            "training scenes as uniform windows are (by labelled pixels), each placed around a "
+            "landslide pixel drawn at random, so a window is drawn about in proportion to the "
+            "landslide pixels it holds; for ground where uniform windows seldom show one (rare or "
+            "small landslides); the rest stay uniform; `0`: off"))
     select: Select = Field(default="best", description=(
             "which epoch becomes `model.safetensors`: `best` by validation F1, or `last` (no "
             "selection on the validation scenes, so their figures remain an honest estimate on "
@@ -460,6 +466,10 @@ class TrainSettings(Section):
             raise ValueError(f"training.frozen_epochs ({self.frozen_epochs}) freezes the encoder "
                              f"for its first epochs, then trains it: make it less than epochs "
                              f"({self.epochs}), without freeze_encoder")
+        if self.hard_examples + self.landslide_windows > 1:
+            raise ValueError(f"training.hard_examples ({self.hard_examples:g}) and "
+                             f"landslide_windows ({self.landslide_windows:g}) are fractions of "
+                             "the same windows: make them add up to 1 at most")
         if self.zoom_context and self.random_scale is None:
             raise ValueError("training.zoom_context needs training.random_scale: [low, high], "
                              "the range of zoom factors")

@@ -1,4 +1,5 @@
-"""Training recipes on random windows: mixup, colour jitter, random zoom and hard examples.
+"""Training recipes on random windows: mixup, colour jitter, random zoom, hard examples and
+windows around landslides.
 
 Each is a ``training:`` key that is off by default (see configs/README.md). ``RandomWindows`` calls
 :class:`Recipes` with its generator seeded by (seed, epoch), and the hard-example error maps are
@@ -18,6 +19,7 @@ from slidemap.data.hard_examples import error_map, hard_windows
 from slidemap.data.mixing import mixup
 from slidemap.data.normalization import STD_FLOOR, BandStats
 from slidemap.data.photometric import colour_jitter, random_scale, zoom_about_centre
+from slidemap.data.windows import windows_around
 from slidemap.infer.engine import network_runner, predict_array
 from slidemap.schema.config import RunConfig
 
@@ -36,6 +38,9 @@ class Recipes:
         self.random_scale = settings.random_scale
         self.zoom_context = settings.zoom_context
         self.hard_count = round(settings.hard_examples * settings.windows_per_epoch)
+        self.landslide_count = round(settings.landslide_windows * settings.windows_per_epoch)
+        self.landslide_pixels = [np.flatnonzero(s.target == 1) for s in scenes] \
+            if self.landslide_count else []
         optical = len(config.inputs.image_bands)
         self.optical = optical
         self.mean = np.asarray(stats.mean[:optical], dtype=np.float32)[:, None, None]
@@ -63,7 +68,30 @@ class Recipes:
             for x, scene in zip(self.inputs, self.scenes, strict=True)
         ]
 
-    def hard_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]:
+    def steered_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]:
+        """This epoch's windows placed by recipes rather than uniformly: around landslides,
+        then hard examples; the landslide draws are skipped when off, so runs without them
+        draw exactly as before."""
+        return self._landslide_windows(rng) + self._hard_windows(rng)
+
+    def _landslide_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]:
+        """``landslide_windows`` of the epoch, shared among the scenes that hold a landslide by
+        their labelled pixels as uniform windows are, so that a site where landslides are rare
+        gets its share of them rather than one in proportion to its landslide pixels."""
+        if not self.landslide_count:
+            return []
+        weights = np.array([s.valid.sum() if p.size else 0 for s, p in
+                            zip(self.scenes, self.landslide_pixels, strict=True)], np.float64)
+        if weights.sum() == 0:
+            return []
+        counts = rng.multinomial(self.landslide_count, weights / weights.sum())
+        settings = self.config.train
+        return [(index, window) for index, count in enumerate(counts.tolist()) if count
+                for window in windows_around(self.landslide_pixels[index],
+                                             self.scenes[index].valid, settings.tile, count,
+                                             settings.min_valid, rng)]
+
+    def _hard_windows(self, rng: np.random.Generator) -> list[tuple[int, Window]]:
         """This epoch's hard-example windows; [] when off or before the first error maps."""
         if self.error_maps is None:
             return []
@@ -125,6 +153,6 @@ def build_recipes(config: RunConfig, scenes: list[SceneArrays],
     """The run's recipes, or None when all are off so that training stays exactly as before."""
     settings = config.train
     if not (settings.mixup > 0 or settings.jitter or settings.random_scale is not None
-            or settings.hard_examples > 0):
+            or settings.hard_examples > 0 or settings.landslide_windows > 0):
         return None
     return Recipes(config, scenes, stats)
