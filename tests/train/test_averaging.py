@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from slidemap.errors import SlidemapError
+from slidemap.models import build_model
 from slidemap.schema.config import parse_config
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.loop import train
@@ -46,6 +47,27 @@ def test_the_averaged_copy_has_batchnorm_statistics_of_the_batches() -> None:
     assert torch.allclose(averaged[1].running_mean, torch.full((2,), 5.0), atol=0.1)
     assert torch.allclose(averaged[1].running_var, torch.full((2,), 4.0), atol=0.3)
     assert torch.equal(model[1].running_mean, torch.zeros(2))  # the trained model is untouched
+
+
+def test_a_frozen_encoder_keeps_its_batchnorm_statistics_in_the_average() -> None:
+    """Fine-tuning with freeze_encoder and average_from: the decoder's statistics are estimated
+    again, the frozen encoder's stay those it was trained with (once reset to 0 and 1)."""
+    torch.manual_seed(0)
+    model = build_model("unet", 3, width=4, depth=2)
+    for norm in model.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            norm.running_mean.fill_(0.5)
+            norm.running_var.fill_(2.0)
+    model.freeze_encoder()
+    average = WeightAverage(model)
+    average.update(model)
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((2, 3, 16, 16)).astype(np.float32) for _ in range(2)]
+    averaged = average.averaged(model, batches, "fp32")
+    before = model.state_dict()
+    for key, value in averaged.state_dict().items():
+        if key.endswith(("running_mean", "running_var")):
+            assert torch.equal(value, before[key]) == key.startswith("encoder."), key
 
 
 def test_the_average_survives_a_checkpoint_round_trip() -> None:

@@ -3,7 +3,8 @@
 Averaging the weights of many late optimiser steps lands in a flatter region of the loss than any
 single step, which tends to transfer better to ground that looks different from the training
 scenes. Averaged weights change every layer's activations, so BatchNorm statistics are estimated
-again on training windows before the averaged network is used.
+again on training windows before the averaged network is used; those of a frozen encoder stay
+as they were loaded, as its weights do.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import update_bn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from slidemap.infer.runtime import autocast
 
@@ -47,7 +48,7 @@ class WeightAverage:
                 p.copy_(self.mean[name])
         tensors = (torch.from_numpy(x).to(memory_format=torch.channels_last) for x in batches)
         with autocast(precision):
-            update_bn(tensors, result)
+            estimate_batch_norms(result, tensors)
         return result.eval()
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -59,3 +60,24 @@ class WeightAverage:
         for name in self.mean:
             self.mean[name] = tensors[PREFIX + name].float().clone()
         self.count = count
+
+
+@torch.no_grad()
+def estimate_batch_norms(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Estimate afresh the running statistics of the BatchNorms that train, from ``batches``
+    (torch's ``update_bn`` without its reset of every BatchNorm: a frozen encoder stays in eval
+    mode through ``model.train()``, so it would keep statistics reset to mean 0 and variance 1,
+    not the pretrained ones its frozen weights were trained with)."""
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training]
+    if not norms:
+        return
+    momenta: dict[_BatchNorm, float | None] = {}
+    for norm in norms:
+        norm.reset_running_stats()
+        momenta[norm] = norm.momentum
+        norm.momentum = None  # a cumulative mean over every batch
+    for x in batches:
+        model(x)
+    for norm, momentum in momenta.items():
+        norm.momentum = momentum
