@@ -604,7 +604,9 @@ class RunConfig(Section):
                                      description="prediction defaults stored in the model file")
     init: FilePath | None = Field(default=None, description=(
             "a model file to start from (fine-tuning): same `model` and the same input channels,"
-            " else a one-line error. With `init`, `slidemap train` also writes `finetune.json` "
+            " else a one-line error. Its weights are the start; the normalisation statistics "
+            "are computed again from `data.train` (the new tiles), as in any run, and the new "
+            "model file keeps those. With `init`, `slidemap train` also writes `finetune.json` "
             "(figures on `data.val` before and after), as `slidemap finetune` does; `null`: none"))
     crossval: CrossvalSettings = Field(default_factory=CrossvalSettings,
                                        description="for slidemap crossval")
