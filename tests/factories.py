@@ -74,13 +74,16 @@ def square_scene(path: Path, shape: tuple[int, int], square: tuple[slice, slice]
                                 nodata=float("nan"))}
 
 
-def write_scene(root: Path, name: str, image: np.ndarray, dsm: np.ndarray, labels: np.ndarray
-                ) -> dict[str, Path]:
-    """An RGB image (nodata 0), its DSM (nodata NaN) and labels (nodata 255) on one grid."""
+def write_scene(root: Path, name: str, image: np.ndarray, dsm: np.ndarray, labels: np.ndarray,
+                transform: Affine | None = None) -> dict[str, Path]:
+    """An RGB image (nodata 0), its DSM (nodata NaN) and labels (nodata 255) on one grid
+    (``transform``; default the 0.5 m grid at ``ORIGIN``)."""
     root.mkdir(parents=True, exist_ok=True)
-    return {"image": write_raster(root / f"{name}.tif", image, nodata=0),
-            "dem": write_raster(root / f"{name}_dsm.tif", dsm, nodata=float("nan")),
-            "mask": write_raster(root / f"{name}_mask.tif", labels, nodata=255)}
+    return {"image": write_raster(root / f"{name}.tif", image, transform=transform, nodata=0),
+            "dem": write_raster(root / f"{name}_dsm.tif", dsm, transform=transform,
+                                nodata=float("nan")),
+            "mask": write_raster(root / f"{name}_mask.tif", labels, transform=transform,
+                                 nodata=255)}
 
 
 def reproject_raster(src_path: Path, dst_path: Path, crs: str, scale: float = 1.0) -> Path:

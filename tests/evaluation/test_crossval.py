@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from factories import TINY_PREDICT, run_config, tiny_bundle, write_config, write_scene
+from factories import (
+    GRID,
+    TINY_PREDICT,
+    run_config,
+    tiny_bundle,
+    write_config,
+    write_raster,
+    write_scene,
+)
+from rasterio.transform import Affine
+from scipy import ndimage
 
 from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError
@@ -38,7 +48,8 @@ TILE = 16
 def synthetic_scene(root: Path, name: str, seed: int, dem_hole: bool = False
                     ) -> dict[str, Path]:
     """An RGB + DSM scene with bright 'landslide' squares and a nodata strip on the left (with
-    ``dem_hole`` a square where only the DSM has no data)."""
+    ``dem_hole`` a square where only the DSM has no data), on ground of its own: ``seed`` km
+    east of the factories' grid, so that two scenes are two places, as regions A and B."""
     rng = np.random.default_rng(seed)
     image = rng.integers(40, 90, size=(3, SIDE, SIDE)).astype(np.uint8)
     labels = np.zeros((SIDE, SIDE), dtype=np.uint8)
@@ -51,7 +62,21 @@ def synthetic_scene(root: Path, name: str, seed: int, dem_hole: bool = False
     dsm = (1000.0 * seed + 0.3 * cols + 0.2 * rows).astype(np.float32)
     if dem_hole:
         dsm[40:60, 40:60] = np.nan
-    return write_scene(root, name, image, dsm, labels)
+    return write_scene(root, name, image, dsm, labels, Affine.translation(1000.0 * seed, 0) @ GRID)
+
+
+def shifted_crop(scene: dict[str, Path], root: Path, name: str, columns: int
+                 ) -> dict[str, Path]:
+    """The scene's rasters without their first ``columns`` columns, on a grid of their own that
+    keeps every pixel on its ground: another scene of the same slope."""
+    out = {}
+    for key, path in scene.items():
+        with rasterio.open(path) as ds:
+            data = ds.read()[:, :, columns:]
+            transform, nodata = ds.transform @ Affine.translation(columns, 0), ds.nodata
+        out[key] = write_raster(root / f"{name}_{key}.tif", data, transform=transform,
+                                nodata=nodata)
+    return out
 
 
 def protocol_config(tmp_path: Path, name: str = "candidate",
@@ -129,6 +154,54 @@ def test_no_fold_trains_on_ground_it_scores_or_its_buffer(tmp_path: Path,
 def load_mask(config: RunConfig, index: int) -> np.ndarray:
     with rasterio.open(config.train_scenes[index].mask) as ds:
         return ds.read(1)
+
+
+def test_scenes_on_one_ground_hold_a_folds_blocks_out_of_each_other(tmp_path: Path) -> None:
+    whole = synthetic_scene(tmp_path, "whole", 1)
+    shift = 30
+    config = load_config(protocol_config(tmp_path, scenes=[
+        whole, shifted_crop(whole, tmp_path, "crop", shift)]))
+    scenes = crossval_module._scene_arrays(config)
+    grids = crossval_module.scene_grids(config, scenes)
+    blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], 2, 2, 2)
+    to_whole = {0: 0, 1: shift}  # a scene's column on the whole scene's grid
+    for fold in (0, 1):
+        trained = crossval_module.fold_training_arrays(scenes, blocks, fold, TILE, grids)
+        assert trained
+        # The ground the fold scores, in either scene, grown by the buffer, on the whole grid.
+        near = np.zeros((SIDE, SIDE), dtype=bool)
+        for block in blocks:
+            if block.fold == fold:
+                index = block.scene
+                scored = block.mask(scenes[index].target.shape) & scenes[index].valid
+                ys, xs = np.nonzero(scored)
+                near[ys, xs + to_whole[index]] = True
+        near = ndimage.maximum_filter(near, size=2 * TILE + 1)
+        for array in trained:
+            index = [s.name for s in scenes].index(array.name)
+            ys, xs = np.nonzero(array.target != 255)
+            assert not near[ys, xs + to_whole[index]].any()
+            assert np.isnan(array.x[:, near[:, to_whole[index]:]]).all()
+
+
+def test_a_fold_without_training_ground_is_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    config = load_config(protocol_config(tmp_path))
+    wide = config.changed(crossval={"blocks": [2, 2], "folds": 2, "seeds": [0], "buffer": 60})
+    with pytest.raises(SlidemapError, match="no training ground left"):
+        run_crossval(wide, tmp_path / "cv")
+    assert not (tmp_path / "cv").exists()
+
+
+def test_a_band_without_labelled_rows_gives_no_block() -> None:
+    valid = np.zeros((100, 100), dtype=bool)
+    valid[40:44] = True  # 4 labelled rows, cut into 4 × 2 blocks: quantiles meet
+    blocks = make_blocks([valid], ["strip"], 4, 2, 2)
+    cover = np.zeros(valid.shape, dtype=int)
+    for block in blocks:
+        assert valid[block.mask(valid.shape)].any()
+        cover += block.mask(valid.shape)
+    assert (cover[valid] == 1).all()
 
 
 def test_crossval_command_writes_tables_and_comparison(tmp_path: Path, run_cli) -> None:

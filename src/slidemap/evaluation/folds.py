@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+from scipy import ndimage
 
 from slidemap.data.names import DatasetName, dataset_stem, local_path
 from slidemap.errors import SlidemapError
@@ -49,8 +54,9 @@ class Block:
 
 
 def quantile_cuts(coords: np.ndarray, parts: int, end: int) -> list[int]:
-    """``parts + 1`` cut positions from 0 to ``end`` splitting ``coords`` into equal counts."""
-    inner = np.quantile(coords, np.arange(1, parts) / parts) if coords.size else []
+    """``parts + 1`` cut positions from 0 to ``end`` splitting ``coords`` into equal counts;
+    without coordinates (a band that cuts of the rows left empty) all but the last are 0."""
+    inner = np.quantile(coords, np.arange(1, parts) / parts) if coords.size else [0] * (parts - 1)
     return [0, *(round(float(v)) for v in inner), end]
 
 
@@ -114,6 +120,15 @@ def make_blocks(valids: list[np.ndarray], names: list[str], rows: int, cols: int
             for i, b in enumerate(blocks)]
 
 
+@dataclass(frozen=True)
+class Grid:
+    """A scene's working grid on the ground: its CRS (None: not georeferenced) and the affine
+    transform of its working pixels."""
+
+    crs: CRS | None
+    transform: Affine
+
+
 def held_out(blocks: list[Block], fold: int, scene: int, shape: tuple[int, int],
              buffer: int) -> np.ndarray:
     """Pixels of ``scene`` that fold ``fold`` may not train on: its blocks and their buffer."""
@@ -121,4 +136,34 @@ def held_out(blocks: list[Block], fold: int, scene: int, shape: tuple[int, int],
     for block in blocks:
         if block.fold == fold and block.scene == scene:
             out |= block.buffered(shape, buffer)
+    return out
+
+
+def held_out_across(blocks: list[Block], fold: int, scene: int, valids: list[np.ndarray],
+                    grids: list[Grid], buffer: int) -> np.ndarray:
+    """Pixels of ``scene`` on the ground that fold ``fold`` scores in *other* scenes (their
+    blocks' labelled pixels) or within its buffer (``buffer`` pixels of the scored scene, one
+    more for the change of grid): two scenes that show the same slope, or ground side by side,
+    must not train a fold on what it scores in the other. Scenes without a CRS hold nothing out
+    of each other."""
+    target = grids[scene]
+    out = np.zeros(valids[scene].shape, dtype=bool)
+    if target.crs is None:
+        return out
+    for other, grid in enumerate(grids):
+        if other == scene or grid.crs is None:
+            continue
+        scored = np.zeros(valids[other].shape, dtype=bool)
+        for block in blocks:
+            if block.fold == fold and block.scene == other:
+                scored |= block.mask(scored.shape)
+        scored &= valids[other]
+        if not scored.any():
+            continue
+        near = ndimage.maximum_filter(scored, size=2 * (buffer + 1) + 1).astype(np.uint8)
+        landed = np.zeros(out.shape, dtype=np.uint8)
+        reproject(near, landed, src_transform=grid.transform, src_crs=grid.crs,
+                  dst_transform=target.transform, dst_crs=target.crs,
+                  resampling=Resampling.max)
+        out |= landed > 0
     return out

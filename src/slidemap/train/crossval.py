@@ -2,7 +2,8 @@
 
 Every labelled scene of ``data.train`` is cut into blocks (``slidemap.evaluation.folds``); each
 fold's network trains with its blocks and their buffer blanked out (labels ignored, inputs NaN,
-so neither is seen) and scores those blocks with the one scorer. Every block is thus scored by
+so neither is seen), in every scene whose ground they lie on, and scores those blocks with the
+one scorer. Every block is thus scored by
 a model that never saw it or the ground around it, once per seed. Decision thresholds are fitted
 on out-of-fold predictions only: a fold's blocks are scored at the threshold that maximises the
 pooled F1 of all *other* folds' blocks (same recipe, same seed), and the threshold to ship is the
@@ -24,12 +25,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.names import local_files
-from slidemap.data.scene import IGNORE
+from slidemap.data.scene import IGNORE, Scene
 from slidemap.errors import SlidemapError
-from slidemap.evaluation.folds import LAYOUT_FILE, Block, held_out, make_blocks, scene_names
+from slidemap.evaluation.folds import (
+    LAYOUT_FILE,
+    Block,
+    Grid,
+    held_out,
+    held_out_across,
+    make_blocks,
+    scene_names,
+)
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion, landslide_scores
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
@@ -85,6 +95,9 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
     scenes = arrays["candidate"]
     blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], rows, cols,
                          settings.folds)
+    grids = scene_grids(candidate, scenes)
+    for fold in range(settings.folds):  # before anything is written or trained
+        training_ground(scenes, blocks, fold, buffer, grids)
     make_output_dir(out_dir, "crossval folder")
     _claim_layout(blocks, buffer, out_dir, narrowed_labels(own, arrays))
     confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {}
@@ -95,7 +108,7 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
                 run_dir = out_dir / recipe.label / f"s{seed}" / f"fold{fold}"
                 log.info(f"{recipe.label} seed {seed} fold {fold}")
                 scored = run_fold(recipe.config, arrays[recipe.label], blocks, fold, buffer,
-                                  seed, run_dir)
+                                  seed, run_dir, grids)
                 for name, confusion in scored.items():
                     confusions[recipe.label][(seed, name)] = confusion
     summary = summarise(confusions, blocks, seeds, settings.folds)
@@ -126,6 +139,20 @@ def _scene_arrays(config: RunConfig) -> list[SceneArrays]:
     names = scene_names([s.image for s in config.train_scenes])
     return [replace(load_scene_arrays(s.image, s.mask, s.dem, config.inputs, s.aoi), name=name)
             for s, name in zip(config.train_scenes, names, strict=True)]
+
+
+def scene_grids(config: RunConfig, scenes: list[SceneArrays]) -> list[Grid]:
+    """Each scene's working grid on the ground (its image's CRS and transform, scaled to the
+    working pixels its arrays were read at), so that folds can hold a block's ground out of
+    every scene that shows it."""
+    grids = []
+    for source, arrays in zip(config.train_scenes, scenes, strict=True):
+        with Scene(source.image) as scene:
+            profile = scene.profile
+        height, width = arrays.target.shape
+        scale = Affine.scale(profile["width"] / width, profile["height"] / height)
+        grids.append(Grid(profile["crs"], profile["transform"] @ scale))
+    return grids
 
 
 def common_labels(arrays: dict[str, list[SceneArrays]]) -> dict[str, list[SceneArrays]]:
@@ -179,38 +206,73 @@ def check_init_unseen(recipe: Recipe) -> None:
                     f"saw the scored scenes: {what}")
 
 
+def training_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buffer: int,
+                    grids: list[Grid] | None = None) -> list[np.ndarray]:
+    """Per scene, the pixels fold ``fold`` may not train on (its blocks and their buffer, on
+    whichever scene their ground lies); refused where no labelled pixel is left to train on."""
+    hidden = [held_out(blocks, fold, index, scene.target.shape, buffer)
+              for index, scene in enumerate(scenes)]
+    if grids is not None:
+        valids = [scene.valid for scene in scenes]
+        hidden = [mask | held_out_across(blocks, fold, index, valids, grids, buffer)
+                  for index, mask in enumerate(hidden)]
+    if not any((scene.valid & ~mask).any() for scene, mask in zip(scenes, hidden, strict=True)):
+        raise SlidemapError(f"crossval fold {fold} has no training ground left beyond its "
+                            f"buffer of {buffer} px: use more blocks, or a smaller buffer "
+                            "with a smaller training.tile")
+    return hidden
+
+
 def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: int,
-                         buffer: int) -> list[SceneArrays]:
+                         buffer: int, grids: list[Grid] | None = None) -> list[SceneArrays]:
     """The scenes as fold ``fold`` may train on them: its blocks and their buffer have ignored
-    labels and NaN inputs (which normalise to 0), so no training window shows them."""
+    labels and NaN inputs (which normalise to 0), so no training window shows them; with
+    ``grids``, also where another scene's block of the fold lies on the same ground."""
     out = []
-    for index, scene in enumerate(scenes):
-        hidden = held_out(blocks, fold, index, scene.target.shape, buffer)
+    for scene, hidden in zip(scenes, training_ground(scenes, blocks, fold, buffer, grids),
+                             strict=True):
         target = np.where(hidden, IGNORE, scene.target).astype(np.uint8)
         if not (target != IGNORE).any():
             continue
         x = np.where(hidden[None], np.nan, scene.x).astype(np.float32)
         out.append(SceneArrays(scene.name, x, target))
-    if not out:
-        raise SlidemapError(f"crossval fold {fold} has no training ground left beyond its "
-                            f"buffer of {buffer} px: use more blocks, or a smaller buffer "
-                            "with a smaller training.tile")
     return out
 
 
+def shared_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buffer: int,
+                  grids: list[Grid]) -> str | None:
+    """A digest of what fold ``fold`` holds out of its scenes for other scenes' blocks on the
+    same ground, or None where it holds out nothing more: a fold trained before scenes were
+    placed on the ground, or with scenes placed elsewhere, must not be reused."""
+    valids = [scene.valid for scene in scenes]
+    extra = [held_out_across(blocks, fold, index, valids, grids, buffer)
+             & ~held_out(blocks, fold, index, scene.target.shape, buffer)
+             for index, scene in enumerate(scenes)]
+    if not any(mask.any() for mask in extra):
+        return None
+    digest = hashlib.sha256()
+    for mask in extra:
+        digest.update(np.packbits(mask).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
-             buffer: int, seed: int, run_dir: Path) -> dict[str, BinaryConfusion]:
-    """Train fold ``fold`` (or reuse its finished run) and score its blocks."""
+             buffer: int, seed: int, run_dir: Path, grids: list[Grid] | None = None
+             ) -> dict[str, BinaryConfusion]:
+    """Train fold ``fold`` (or reuse its finished run) and score its blocks; ``grids`` place
+    the scenes on the ground, so a block is held out of every scene that shows it."""
     fold_config = with_seed(config, seed).without_data()
+    shared = None if grids is None else shared_ground(scenes, blocks, fold, buffer, grids)
     _claim(run_dir, {"config": config.to_dict(), "seed": seed, "fold": fold, "buffer": buffer,
-                     "blocks": [vars(b) for b in blocks]})
+                     "blocks": [vars(b) for b in blocks],
+                     **({"shared_ground": shared} if shared else {})})
     result = run_dir / "blocks.json"
     if result.exists():
         return _read_confusions(result)
     if not (run_dir / "summary.json").exists():  # not trained to the end: train or resume
         resume = (run_dir / "checkpoint.safetensors").exists()
         train(fold_config, run_dir, resume=resume, overwrite=not resume,
-              extra_train=fold_training_arrays(scenes, blocks, fold, buffer))
+              extra_train=fold_training_arrays(scenes, blocks, fold, buffer, grids))
     bundle = load_model(run_dir / "model")
     predictor = Predictor([bundle], precision=config.train.precision)
     options = PredictOptions(batch_size=config.predict.batch_size,
