@@ -146,6 +146,25 @@ def test_grid_expands_variants_seeds_and_swapped_direction(tiny_scene: dict[str,
                                             "fcn-bce-base-s0"]
 
 
+@pytest.mark.parametrize("second", [
+    {"models": ["unet"], "losses": {"bce": {"wbce": 1}}, "seeds": [1]},
+    {"models": {"unet": {"width": 8}}, "losses": ["bce"], "seeds": [1]},
+    {"models": ["unet"], "losses": ["bce"], "variants": {"fast": ["training.lr=0.004"]},
+     "seeds": [1]},
+])
+def test_one_label_for_two_configurations_is_refused(tiny_scene: dict[str, Path],
+                                                     second: dict) -> None:
+    """results.md averages a configuration's seeds: a label that names other losses, widths or
+    overrides in another grid block would be averaged with them unseen."""
+    raw = tiny_study(tiny_scene)
+    raw["grid"] = [{"models": ["unet"], "losses": ["bce"],
+                    "variants": {"fast": ["training.lr=0.003"]}, "seeds": [0]}, second]
+    with pytest.raises(SlidemapError, match="differ in more than the seed"):
+        parse_study(raw)
+    raw["grid"][1] = {**raw["grid"][0], "seeds": [1, 2]}  # the same runs, more seeds: fine
+    assert len(parse_study(raw).runs) == 6
+
+
 @pytest.mark.parametrize(("grid", "message"), [
     ({"models": ["nonet"]}, "nonet"),
     ({"losses": {"x": {"nope": 1}}}, "nope"),

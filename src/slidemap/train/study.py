@@ -123,6 +123,7 @@ def parse_study(raw: dict[str, Any], where: str = "study") -> Study:
                 raise SlidemapError(f"{where}: two grids define run {run.name} differently: "
                                     "rename a loss or variant label")
             runs[run.name] = run
+    _check_labels(list(runs.values()), where)
     for run in runs.values():
         _check_run(run, where)
     return Study(tuple(runs.values()), _timing(raw.get("timing") or {}, where))
@@ -159,6 +160,29 @@ def expand_grid(base: dict, grid: dict, where: str) -> list[StudyRun]:
                                           overrides, seed, direction == "swapped")
                         runs.append(StudyRun(name, model, loss, variant, seed, direction, raw))
     return runs
+
+
+def _check_labels(runs: list[StudyRun], where: str) -> None:
+    """Runs that share model, loss and variant labels (and direction) must differ only in their
+    seed: results.md averages them over seeds as one configuration, so two grids that give one
+    label to different losses, widths or overrides would be averaged together unseen."""
+    first: dict[tuple[str, str, str, str], StudyRun] = {}
+    for run in runs:
+        key = (run.model, run.loss, run.variant, run.direction)
+        other = first.setdefault(key, run)
+        if _without_seed(other.raw) != _without_seed(run.raw):
+            raise SlidemapError(f"{where}: runs {other.name} and {run.name} share the labels "
+                                f"model {run.model}, loss {run.loss}, variant {run.variant} but "
+                                "differ in more than the seed, and results.md would average "
+                                "them as one configuration: give one another loss or variant "
+                                "label")
+
+
+def _without_seed(raw: dict) -> dict:
+    """A run config without what differs between the seeds of one configuration."""
+    out = {k: v for k, v in raw.items() if k != "name"}
+    out["training"] = {k: v for k, v in (raw.get("training") or {}).items() if k != "seed"}
+    return out
 
 
 def _labelled(value: Any, default: dict, key: str, where: str,
