@@ -275,6 +275,9 @@ def test_bad_options_are_one_line_errors() -> None:
         build_loss({"focal": {"beta": 1.0}})
     with pytest.raises(SlidemapError, match="weight"):
         build_loss({"dice": "heavy"})
+    # A loss without options names only weight, not the *args/**kwargs of nn.Module.__init__.
+    with pytest.raises(SlidemapError, match=r"no option 'args': valid options are weight$"):
+        build_loss({"bce": {"args": 3}})
     with pytest.raises(SlidemapError, match="empty"):
         build_loss({})
     with pytest.raises(SlidemapError, match="shape"):

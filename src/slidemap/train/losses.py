@@ -325,7 +325,8 @@ def build_loss(spec: Mapping[str, float | Mapping[str, object]] | str) -> Weight
             raise SlidemapError(f"loss {name!r} weight must be a number ≥ 0, got {weight!r} "
                                 "(a negative weight maximises the loss)")
         cls = _REGISTRY[name]
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        allowed = [name for name, p in inspect.signature(cls.__init__).parameters.items()
+                   if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             valid_opts = ", ".join(["weight", *allowed])
