@@ -132,3 +132,26 @@ def test_bad_mask_values_name_the_file(tmp_path: Path) -> None:
 def test_folder_without_h5_files_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SlidemapError, match=r"has no \.h5 files"):
         L4SDataset(tmp_path)
+
+
+def test_group_or_oversized_array_is_a_one_line_error(tmp_path: Path) -> None:
+    """A group where the array should be, and an array declared scene-sized, are refused by
+    their shape, before anything is read (a traceback and a memory failure before)."""
+    write_release(tmp_path, [1, 2])
+    with h5py.File(tmp_path / "img" / "image_1.h5", "w") as f:
+        f.create_group("img")
+    with pytest.raises(SlidemapError, match=r"'img' in .*image_1.h5 is an HDF5 group"):
+        L4SDataset(tmp_path)[0]
+    with h5py.File(tmp_path / "img" / "image_2.h5", "w") as f:  # 60 TB if it were read
+        f.create_dataset("img", shape=(2**20, 2**20, 14), dtype="f4", chunks=(128, 128, 14))
+    with pytest.raises(SlidemapError, match=r"is 1048576×1048576 px: a patch may be at most"):
+        L4SDataset(tmp_path)[1]
+
+
+def test_mask_shape_is_checked_before_it_is_read(tmp_path: Path) -> None:
+    write_release(tmp_path, [1])
+    with h5py.File(tmp_path / "mask" / "mask_1.h5", "w") as f:
+        f.create_dataset("mask", shape=(2**20, 2**20), dtype="u1", chunks=(128, 128))
+    with pytest.raises(SlidemapError, match=r"has shape \(1048576, 1048576\) but the image"):
+        L4SDataset(tmp_path)[0]
+

@@ -13,8 +13,9 @@ Samples follow the data-layer contract (``image``, ``slope``, ``dem``, ``mask``,
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +23,7 @@ import numpy as np
 from slidemap.data.patches import IGNORE, binary_mask
 from slidemap.errors import SlidemapError
 from slidemap.extras import require
-from slidemap.schema.values import BAND_NAMES, DEFAULT_BANDS, TERRAIN, band_indexes
+from slidemap.schema.values import BAND_NAMES, DEFAULT_BANDS, MAX_TILE, TERRAIN, band_indexes
 
 if TYPE_CHECKING:
     import h5py
@@ -55,11 +56,7 @@ class L4SDataset:
 
     def __getitem__(self, index: int) -> dict:
         path = self._images[index]
-        data = _read_dataset(path, "img")
-        if data.ndim != 3 or data.shape[-1] != len(BAND_NAMES):
-            raise SlidemapError(
-                f"'img' in {path} has shape {data.shape}: expected (H, W, 14) Landslide4Sense bands"
-            )
+        data = _read_dataset(path, "img", _check_image)
         channels = np.moveaxis(data, -1, 0).astype(np.float32)
         picked = {name: channels[BAND_NAMES.index(name)] for name in self.bands}
         valid = np.isfinite(np.stack(list(picked.values()))).all(axis=0)
@@ -70,12 +67,7 @@ class L4SDataset:
                 sample[name] = picked[name][None]
         if self._masks is not None:
             mask_path = self._masks[index]
-            mask = _read_dataset(mask_path, "mask")
-            if mask.shape != valid.shape:
-                raise SlidemapError(
-                    f"'mask' in {mask_path} has shape {mask.shape} but the image is "
-                    f"{valid.shape}: they must be the same size"
-                )
+            mask = _read_dataset(mask_path, "mask", _mask_check(valid.shape))
             mask = binary_mask(mask, mask_path)
             mask[~valid] = IGNORE
             sample["mask"] = mask
@@ -130,18 +122,51 @@ def _has_key(path: Path, key: str) -> bool:
         return key in f
 
 
-def _read_dataset(path: Path, key: str) -> np.ndarray:
+def _check_image(path: Path, shape: tuple[int, ...]) -> None:
+    """An ``img`` must be (H, W, 14) and patch-sized: its shape is checked before it is read,
+    so a file declaring a scene-sized array fails in one line instead of exhausting memory."""
+    if len(shape) != 3 or shape[-1] != len(BAND_NAMES):
+        raise SlidemapError(
+            f"'img' in {path} has shape {shape}: expected (H, W, 14) Landslide4Sense bands"
+        )
+    if max(shape[:2]) > MAX_TILE:
+        raise SlidemapError(f"'img' in {path} is {shape[0]}×{shape[1]} px: a patch may be at "
+                            f"most {MAX_TILE} px a side (Landslide4Sense patches are 128)")
+
+
+def _mask_check(size: tuple[int, ...]) -> Callable[[Path, tuple[int, ...]], None]:
+    """The check of a ``mask`` shape against its image's ``size``, before the mask is read."""
+    def check(path: Path, shape: tuple[int, ...]) -> None:
+        if shape != size:
+            raise SlidemapError(f"'mask' in {path} has shape {shape} but the image is {size}: "
+                                "they must be the same size")
+    return check
+
+
+def _read_dataset(path: Path, key: str,
+                  check: Callable[[Path, tuple[int, ...]], None]) -> np.ndarray:
+    """The array ``key`` of ``path``, read once ``check`` accepts its shape."""
     with _open_h5(path) as f:
         if key not in f:
             raise SlidemapError(
                 f"{path} has no {key!r} dataset (keys: {', '.join(f.keys()) or 'none'}): "
                 "is it a Landslide4Sense file?"
             )
-        return np.asarray(f[key][()])
+        node = f[key]
+        if not isinstance(node, _h5py(path).Dataset):
+            raise SlidemapError(f"{key!r} in {path} is an HDF5 group, not an array: expected "
+                                "a Landslide4Sense file with 'img' and 'mask' datasets")
+        check(path, tuple(node.shape))
+        return np.asarray(node[()])
+
+
+def _h5py(path: Path) -> ModuleType:
+    """h5py, or a one-line error naming the extra that installs it."""
+    return require("h5py", "hdf5", f"reading HDF5 file {path}")
 
 
 def _open_h5(path: Path) -> h5py.File:
     try:
-        return require("h5py", "hdf5", f"reading HDF5 file {path}").File(path, "r")
+        return _h5py(path).File(path, "r")
     except OSError as exc:
         raise SlidemapError(f"{path} cannot be read as HDF5: is the file complete?") from exc
