@@ -8,7 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
+from slidemap.data.channels import InputSpec
 from slidemap.data.l4s import L4SDataset
+from slidemap.data.sources import is_l4s_folder, open_patch_set
 from slidemap.errors import SlidemapError
 from slidemap.schema.values import BAND_NAMES
 
@@ -155,3 +157,29 @@ def test_mask_shape_is_checked_before_it_is_read(tmp_path: Path) -> None:
     with pytest.raises(SlidemapError, match=r"has shape \(1048576, 1048576\) but the image"):
         L4SDataset(tmp_path)[0]
 
+
+def test_hidden_files_are_skipped_and_a_name_is_one_file(tmp_path: Path) -> None:
+    """macOS's ``._image_1.h5`` beside each copied file is not a patch; ``image_2.h5`` beside
+    ``image_2.hdf5`` would write both patches' maps to ``image_2_prob.tif``: refused."""
+    write_release(tmp_path, [1, 2])
+    (tmp_path / "img" / "._image_1.h5").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    (tmp_path / "mask" / "._mask_1.h5").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    assert L4SDataset(tmp_path).names == ["image_1", "image_2"]
+
+    (tmp_path / "img" / "image_2.hdf5").write_bytes((tmp_path / "img" / "image_1.h5").read_bytes())
+    with pytest.raises(SlidemapError, match=r"has both image_2.h5 and image_2.hdf5"):
+        L4SDataset(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".hdf5", ".H5"])
+def test_any_file_the_reader_takes_marks_a_split(tmp_path: Path, suffix: str) -> None:
+    """``predict FOLDER`` decides by :func:`is_l4s_folder` whether it holds patches or a
+    Landslide4Sense split: one ``.h5`` per patch as ``.hdf5`` or ``.H5`` was read as a patch
+    folder and refused for having no ``images/``."""
+    img, mask = patch(0)
+    with h5py.File(tmp_path / f"p_1{suffix}", "w") as f:
+        f["img"], f["mask"] = img, mask
+    (tmp_path / "._p_1.h5").write_bytes(bytes(8))
+    assert is_l4s_folder(tmp_path)
+    assert isinstance(open_patch_set(tmp_path, InputSpec(image_bands=(2, 3, 4))), L4SDataset)
+    assert not is_l4s_folder(tmp_path / "missing")

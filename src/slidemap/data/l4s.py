@@ -28,6 +28,7 @@ from slidemap.schema.values import BAND_NAMES, DEFAULT_BANDS, MAX_TILE, TERRAIN,
 if TYPE_CHECKING:
     import h5py
 
+H5_SUFFIXES = frozenset({".h5", ".hdf5"})
 
 
 class L4SDataset:
@@ -102,14 +103,28 @@ def _find_files(root: Path) -> tuple[list[Path], list[Path] | None]:
     return images, images if all(with_mask) else None
 
 
+def is_h5_file(path: Path) -> bool:
+    """Whether ``path`` names a patch file: ``.h5`` or ``.hdf5`` in any case, and not hidden (the
+    ``._image_1.h5`` that macOS leaves beside every file it copies is no HDF5 file)."""
+    return path.suffix.lower() in H5_SUFFIXES and not path.name.startswith(".")
+
+
 def _h5_files(folder: Path) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.suffix.lower() in (".h5", ".hdf5")]
+    """The patch files of ``folder``, one per stem: a patch's outputs are named after its stem,
+    so ``image_2.h5`` beside ``image_2.hdf5`` would write one patch's maps over the other's."""
+    files = sorted((p for p in folder.iterdir() if is_h5_file(p)), key=_natural_key)
     if not files:
         raise SlidemapError(
             f"{folder}/ has no .h5 files: expected Landslide4Sense img/image_N.h5 "
             "(+ mask/mask_N.h5) or one .h5 per patch"
         )
-    return sorted(files, key=_natural_key)
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise SlidemapError(f"{folder}/ has both {seen[path.stem].name} and {path.name}: "
+                                "keep one file per name")
+        seen[path.stem] = path
+    return files
 
 
 def _natural_key(path: Path) -> list:

@@ -18,7 +18,7 @@ import numpy as np
 
 from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
-from slidemap.data.l4s import L4SDataset
+from slidemap.data.l4s import L4SDataset, is_h5_file
 from slidemap.data.names import absolute_name
 from slidemap.data.patches import IGNORE, PatchDataset, open_patch_dataset
 from slidemap.data.scaling import promote
@@ -77,8 +77,9 @@ def open_patch_set(root: Path, spec: InputSpec, kind: str | None = None,
 
 
 def is_l4s_folder(root: Path) -> bool:
-    """Whether ``root`` holds a Landslide4Sense split (``img/`` or ``*.h5`` files)."""
-    return (root / "img").is_dir() or any(root.glob("*.h5"))
+    """Whether ``root`` holds a Landslide4Sense split (``img/``, or the ``.h5``/``.hdf5`` files
+    that :class:`L4SDataset` reads, so a folder it reads is never taken for a patch folder)."""
+    return (root / "img").is_dir() or (root.is_dir() and any(map(is_h5_file, root.iterdir())))
 
 
 def select(names: Sequence[str], source: PatchSource) -> list[int]:
