@@ -376,3 +376,21 @@ def test_history_gives_the_rate_each_epoch_trained_at(tiny_scene: dict[str, Path
         rates = [float(row["lr"]) for row in csv.DictReader(handle)]
     assert rates[0] == pytest.approx(0.01 / 25)
     assert len(set(rates)) == 4 and rates[1] > rates[2] > rates[3]
+
+
+def test_statistics_cover_what_the_network_reads_not_only_pseudo_labels() -> None:
+    """A pseudo-labelled target is read whole (``inputs_valid``) but labelled only where the model
+    was confident: the statistics are those of its imagery, whichever pixels were kept."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 0.1, (2, 16, 16)).astype(np.float32)
+    x[:, 4:8, 4:8] += 3.0  # a bright slide, the only ground the model was sure of
+    labels = np.full((16, 16), 255, np.uint8)
+    labels[4:8, 4:8] = 1
+    pseudo = SceneArrays("target", x, labels, inputs_valid=np.ones((16, 16), bool))
+    stats = scene_stats([pseudo])
+    np.testing.assert_allclose(stats.mean, x.reshape(2, -1).mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stats.std, x.reshape(2, -1).std(axis=1), rtol=1e-5)
+    labelled = SceneArrays("source", x, np.where(labels == 255, 0, 1).astype(np.uint8))
+    labelled.target[:2] = 255  # a scene without inputs_valid: its labelled pixels, as before
+    np.testing.assert_allclose(scene_stats([labelled]).mean, x[:, 2:].reshape(2, -1).mean(axis=1),
+                               rtol=1e-6)

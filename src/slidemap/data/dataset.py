@@ -92,8 +92,11 @@ def check_labels(labels: np.ndarray, path: DatasetName) -> None:
 
 
 def scene_stats(scenes: list[SceneArrays]) -> BandStats:
-    """Per-channel statistics over the valid pixels of all training scenes."""
-    return compute_stats([s.x for s in scenes], [s.valid for s in scenes])
+    """Per-channel statistics over the pixels the network reads (``readable``) of all training
+    scenes: the labelled ones, and a pseudo-labelled target's whole imagery. Over its confident
+    pixels alone, which self-training picks by the model's own output (mostly landslide, say),
+    the statistics shifted with the picks, and with them every input of the saved model."""
+    return compute_stats([s.x for s in scenes], [s.readable for s in scenes])
 
 
 def normalised(scene: SceneArrays, stats: BandStats) -> np.ndarray:
