@@ -1,0 +1,34 @@
+"""Score one model on whole RGB sites, read as the leave-one-site-out runs read them (base.yaml's
+inputs: patches at scale 0.5 and brought back to their own grid, Jinsha's scenes at 1 m), one
+confusion matrix per site at the model's threshold; for how well an all-sites model fits the
+sites it trained on (README.md, *Fifth recipe*).
+
+Usage (repository root):
+  .venv/bin/python benchmarks/rgb_sites/score_own_sites.py MODEL [SITE ...]
+(default: every site).
+"""
+
+import sys
+
+from make_configs import SITES
+from score_loso import site_config
+
+from slidemap.io.modelfile import load_model
+from slidemap.schema.config import parse_config
+from slidemap.train.finetune import score_on_val
+
+
+def main() -> None:
+    model, sites = sys.argv[1], sys.argv[2:] or list(SITES)
+    bundle = load_model(model)
+    print("| site | precision | recall | F1 | IoU | AUC |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for site in sites:
+        figures = score_on_val(bundle, parse_config(site_config(site)))
+        print(f"| {site} | {figures['precision']:.3f} | {figures['recall']:.3f} | "
+              f"**{figures['f1']:.3f}** | {figures['iou']:.3f} | {figures['auc']:.3f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
