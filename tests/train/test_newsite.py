@@ -453,6 +453,20 @@ def test_selftrain_rows_have_no_target_figures_without_labels(tmp_path: Path) ->
     assert 0.0 <= rows[1]["kept_fraction"] <= 1.0
 
 
+def test_selftrain_warns_when_a_round_keeps_no_target_pixel(tmp_path: Path) -> None:
+    """Before, a round whose model was sure of nothing trained the next on the source alone and
+    only rounds.md's 0.0 % said so."""
+    source = patch_folder(tmp_path / "source", count=2, seed=0)
+    target = patch_folder(tmp_path / "target", count=2, seed=1, masks=False)
+    config = load_config(run_config(
+        tmp_path, {"train": [{"patches": str(source)}]},
+        selftrain={"target": [{"patches": str(target)}], "rounds": 1, "epochs": 1,
+                   "threshold": 1.0}))
+    with pytest.warns(SlidemapWarning, match="round 0's model is sure of no target pixel"):
+        rows = selftrain(config, tmp_path / "st")
+    assert rows[0]["kept_fraction"] == 0.0
+
+
 def test_predict_folder_cli_refuses_scene_options(tmp_path: Path, tiny_model: Path,
                                                   run_cli) -> None:
     root = patch_folder(tmp_path / "site", count=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.scene import IGNORE
 from slidemap.data.sources import PatchArrays, load_patch_arrays
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
@@ -111,6 +112,11 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
         _write_rounds(rows, out_dir)
         if number == settings.rounds:
             break
+        if not row["kept_fraction"]:
+            warnings.warn(f"selftrain round {number}'s model is sure of no target pixel (p ≥ "
+                          f"{settings.threshold:g} or ≤ {1 - settings.threshold:g}): round "
+                          f"{number + 1} trains on the source alone; lower selftrain.threshold",
+                          SlidemapWarning, stacklevel=2)
         model_path = train(round_config.changed(init=model_path),
                            out_dir / f"round{number + 1}", overwrite=overwrite,
                            extra_train=pseudo, record=seen)
