@@ -153,10 +153,11 @@ def held_out_across(blocks: list[Block], fold: int, scene: int, valids: list[np.
     for other, grid in enumerate(grids):
         if other == scene or grid.crs is None:
             continue
-        scored = np.zeros(valids[other].shape, dtype=bool)
+        height, width = valids[other].shape
+        scored = np.zeros((height, width), dtype=bool)
         for block in blocks:
             if block.fold == fold and block.scene == other:
-                scored |= block.mask(scored.shape)
+                scored |= block.mask((height, width))
         scored &= valids[other]
         if not scored.any():
             continue
