@@ -19,6 +19,7 @@ from factories import (
     TINY_TRAINING,
     patch_folder,
     tiny_bundle,
+    tiny_run,
     write_config,
 )
 from rasterio.windows import Window
@@ -41,6 +42,7 @@ from slidemap.train import loop
 from slidemap.train.lineage import lineage
 from slidemap.train.loop import train
 from slidemap.train.selftrain import pseudo_labels, selftrain
+from slidemap.train.warmstart import check_compatible
 
 
 def l4s_release(root: Path, count: int = 3) -> Path:
@@ -396,6 +398,21 @@ def test_finetune_says_when_the_start_trained_on_its_validation(tmp_path: Path, 
     code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
     assert code == 0, err
     assert f"was trained on validation scene {tiny_scene['image']}" in err
+
+
+def test_init_options_compare_with_the_architecture_defaults(tmp_path: Path,
+                                                             tiny_scene: dict[str, Path]) -> None:
+    """A default given explicitly builds the same network: before, {depth: 4} was refused
+    against a model file saved with {} (U-Net's depth is 4 by default)."""
+    spec = InputSpec(image_bands=(1, 2, 3), dem=True, slope=True)
+    bundle = tiny_bundle(spec, options={})
+    raw = tiny_run(tiny_scene)
+    for options in ({}, {"depth": 4}):
+        check_compatible(bundle, parse_config({**raw, "model": {"name": "unet", "width": 4,
+                                                                "options": options}}))
+    with pytest.raises(SlidemapError, match="depth"):
+        check_compatible(bundle, parse_config({**raw, "model": {"name": "unet", "width": 4,
+                                                                "options": {"depth": 3}}}))
 
 
 def test_finetune_refuses_another_architecture(tmp_path: Path, run_cli) -> None:

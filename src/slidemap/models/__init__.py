@@ -17,9 +17,15 @@ from slidemap.models import (  # noqa: F401  (registers architectures)
 )
 from slidemap.models.base import AnySizeModel, Decoder, Encoder, SegmentationModel
 from slidemap.models.ensemble import Network, ProbabilityAverage, build_network, count_members
-from slidemap.models.registry import build_model, count_parameters, list_models, register
+from slidemap.models.registry import (
+    build_model,
+    count_parameters,
+    list_models,
+    register,
+    resolved_options,
+)
 from slidemap.models.summary import model_table
 
 __all__ = ["AnySizeModel", "Decoder", "Encoder", "Network", "ProbabilityAverage",
            "SegmentationModel", "build_model", "build_network", "count_members",
-           "count_parameters", "list_models", "model_table", "register"]
+           "count_parameters", "list_models", "model_table", "register", "resolved_options"]

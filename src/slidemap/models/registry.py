@@ -8,7 +8,9 @@ in ``model.attention_maps`` (name -> ``(B, 1|C, h, w)``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import json
+from collections.abc import Callable, Mapping
 
 from torch import nn
 
@@ -42,6 +44,17 @@ def build_model(name: str, in_channels: int, width: int = 32,
         known = ", ".join(list_models())
         raise SlidemapError(f"unknown model {name!r}: choose one of {known}")
     return _REGISTRY[name](in_channels=in_channels, width=width, **options)
+
+
+def resolved_options(name: str, options: Mapping[str, object]) -> dict[str, object]:
+    """``options`` with the builder's defaults filled in and tuples as lists, so that two option
+    sets that build the same network compare equal (``{}`` and ``{depth: 4}`` where 4 is the
+    default, a YAML list and a tuple default)."""
+    builder = _REGISTRY.get(name)
+    parameters = inspect.signature(builder).parameters if builder is not None else {}
+    defaults = {key: p.default for key, p in parameters.items()
+                if key not in ("in_channels", "width") and p.default is not p.empty}
+    return json.loads(json.dumps({**defaults, **options}, default=str))
 
 
 def count_parameters(model: nn.Module) -> int:

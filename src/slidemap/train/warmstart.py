@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import ModelBundle, load_model
-from slidemap.models import Network, build_network
+from slidemap.models import Network, build_network, resolved_options
 from slidemap.schema.config import RunConfig
 
 
@@ -55,7 +55,8 @@ def check_compatible(bundle: ModelBundle, config: RunConfig) -> None:
     """The model file must be the config's architecture reading the config's channels."""
     mine = (config.model.name, config.model.width, dict(config.model.options))
     theirs = (bundle.architecture, bundle.width, dict(bundle.options))
-    if mine != theirs:
+    if (mine[:2], resolved_options(mine[0], mine[2])) \
+            != (theirs[:2], resolved_options(theirs[0], theirs[2])):
         raise SlidemapError(f"init model {bundle.path} is {theirs[0]} width {theirs[1]} options "
                             f"{theirs[2]} but the config builds {mine[0]} width {mine[1]} options "
                             f"{mine[2]}: set model: to match the model file")
