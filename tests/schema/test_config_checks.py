@@ -113,8 +113,9 @@ def test_an_ensemble_is_not_fine_tuned(tmp_path: Path, tiny_scene: dict[str, Pat
                                        tiny_model: Path) -> None:
     """members trains from scratch; with init, train would skip finetune.json silently."""
     path = scene_config(tmp_path, tiny_scene, members=2)
-    with pytest.raises(SlidemapError, match="members: 2 trains an ensemble from scratch"):
+    with pytest.raises(SlidemapError, match="members: 2 trains an ensemble from scratch") as err:
         load_config(path, (f"init={tiny_model}",))
+    assert str(err.value).endswith("or set members: 1")  # not ", got a mapping of [...]"
     assert load_config(path).train.members == 2
 
 

@@ -45,8 +45,10 @@ def one_line(exc: ValidationError, where: str, model: type[BaseModel] | None = N
     message = message.replace("Input should be", "must be", 1)
     message = message.replace("Input should have", "must have", 1)
     message = message[:1].lower() + message[1:]
+    if not key:  # a check across sections: its message names the keys, its input is everything
+        return f"{where}: {message}{more}"
     shown = _shown(error.get("input"))
-    subject = (f"{key} " if message.startswith("must") else f"{key}: ") if key else ""
+    subject = f"{key} " if message.startswith("must") else f"{key}: "
     return f"{where}: {subject}{message}, got {shown}{more}"
 
 
