@@ -41,6 +41,11 @@ class Recipes:
         self.landslide_count = round(settings.landslide_windows * settings.windows_per_epoch)
         self.landslide_pixels = [np.flatnonzero(s.target == 1) for s in scenes] \
             if self.landslide_count else []
+        # scenes share landslide windows by labelled pixels, as uniform windows; none if bare
+        self.landslide_weights = np.array(
+            [s.valid.sum() if p.size else 0 for s, p in
+             zip(scenes, self.landslide_pixels, strict=True)] if self.landslide_count else [],
+            dtype=np.float64)
         optical = len(config.inputs.image_bands)
         self.optical = optical
         self.mean = np.asarray(stats.mean[:optical], dtype=np.float32)[:, None, None]
@@ -78,13 +83,10 @@ class Recipes:
         """``landslide_windows`` of the epoch, shared among the scenes that hold a landslide by
         their labelled pixels as uniform windows are, so that a site where landslides are rare
         gets its share of them rather than one in proportion to its landslide pixels."""
-        if not self.landslide_count:
+        total = self.landslide_weights.sum()
+        if not self.landslide_count or total == 0:
             return []
-        weights = np.array([s.valid.sum() if p.size else 0 for s, p in
-                            zip(self.scenes, self.landslide_pixels, strict=True)], np.float64)
-        if weights.sum() == 0:
-            return []
-        counts = rng.multinomial(self.landslide_count, weights / weights.sum())
+        counts = rng.multinomial(self.landslide_count, self.landslide_weights / total)
         settings = self.config.train
         return [(index, window) for index, count in enumerate(counts.tolist()) if count
                 for window in windows_around(self.landslide_pixels[index],
