@@ -228,26 +228,30 @@ def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: i
     """The scenes as fold ``fold`` may train on them: its blocks and their buffer have ignored
     labels and NaN inputs (which normalise to 0), so no training window shows them; with
     ``grids``, also where another scene's block of the fold lies on the same ground."""
+    return masked_scenes(scenes, training_ground(scenes, blocks, fold, buffer, grids))
+
+
+def masked_scenes(scenes: list[SceneArrays], hidden: list[np.ndarray]) -> list[SceneArrays]:
+    """``scenes`` with labels ignored and inputs NaN where ``hidden``; scenes left without a
+    labelled pixel are dropped."""
     out = []
-    for scene, hidden in zip(scenes, training_ground(scenes, blocks, fold, buffer, grids),
-                             strict=True):
-        target = np.where(hidden, IGNORE, scene.target).astype(np.uint8)
+    for scene, hidden_here in zip(scenes, hidden, strict=True):
+        target = np.where(hidden_here, IGNORE, scene.target).astype(np.uint8)
         if not (target != IGNORE).any():
             continue
-        x = np.where(hidden[None], np.nan, scene.x).astype(np.float32)
+        x = np.where(hidden_here[None], np.nan, scene.x).astype(np.float32)
         out.append(SceneArrays(scene.name, x, target))
     return out
 
 
 def shared_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buffer: int,
-                  grids: list[Grid]) -> str | None:
-    """A digest of what fold ``fold`` holds out of its scenes for other scenes' blocks on the
-    same ground, or None where it holds out nothing more: a fold trained before scenes were
-    placed on the ground, or with scenes placed elsewhere, must not be reused."""
-    valids = [scene.valid for scene in scenes]
-    extra = [held_out_across(blocks, fold, index, valids, grids, buffer)
-             & ~held_out(blocks, fold, index, scene.target.shape, buffer)
-             for index, scene in enumerate(scenes)]
+                  hidden: list[np.ndarray]) -> str | None:
+    """A digest of what fold ``fold`` holds out of its scenes (``hidden``, from
+    :func:`training_ground`) for other scenes' blocks on the same ground, or None where it holds
+    out nothing more: a fold trained before scenes were placed on the ground, or with scenes
+    placed elsewhere, must not be reused."""
+    extra = [mask & ~held_out(blocks, fold, index, scene.target.shape, buffer)
+             for index, (scene, mask) in enumerate(zip(scenes, hidden, strict=True))]
     if not any(mask.any() for mask in extra):
         return None
     digest = hashlib.sha256()
@@ -262,7 +266,8 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
     """Train fold ``fold`` (or reuse its finished run) and score its blocks; ``grids`` place
     the scenes on the ground, so a block is held out of every scene that shows it."""
     fold_config = with_seed(config, seed).without_data()
-    shared = None if grids is None else shared_ground(scenes, blocks, fold, buffer, grids)
+    hidden = training_ground(scenes, blocks, fold, buffer, grids)
+    shared = shared_ground(scenes, blocks, fold, buffer, hidden)
     _claim(run_dir, {"config": config.to_dict(), "seed": seed, "fold": fold, "buffer": buffer,
                      "blocks": [vars(b) for b in blocks],
                      **({"shared_ground": shared} if shared else {})})
@@ -272,7 +277,7 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
     if not (run_dir / "summary.json").exists():  # not trained to the end: train or resume
         resume = (run_dir / "checkpoint.safetensors").exists()
         train(fold_config, run_dir, resume=resume, overwrite=not resume,
-              extra_train=fold_training_arrays(scenes, blocks, fold, buffer, grids))
+              extra_train=masked_scenes(scenes, hidden))
     bundle = load_model(run_dir / "model")
     predictor = Predictor([bundle], precision=config.train.precision)
     options = PredictOptions(batch_size=config.predict.batch_size,
