@@ -96,8 +96,10 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
     blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], rows, cols,
                          settings.folds)
     grids = scene_grids(candidate, scenes)
-    for fold in range(settings.folds):  # before anything is written or trained
-        training_ground(scenes, blocks, fold, buffer, grids)
+    # every recipe and seed holds out the same ground (the recipes share their labels); found,
+    # and checked to leave training ground, before anything is written or trained
+    hidden = [training_ground(scenes, blocks, fold, buffer, grids)
+              for fold in range(settings.folds)]
     make_output_dir(out_dir, "crossval folder")
     _claim_layout(blocks, buffer, out_dir, narrowed_labels(own, arrays))
     confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {}
@@ -108,7 +110,7 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
                 run_dir = out_dir / recipe.label / f"s{seed}" / f"fold{fold}"
                 log.info(f"{recipe.label} seed {seed} fold {fold}")
                 scored = run_fold(recipe.config, arrays[recipe.label], blocks, fold, buffer,
-                                  seed, run_dir, grids)
+                                  seed, run_dir, hidden[fold])
                 for name, confusion in scored.items():
                     confusions[recipe.label][(seed, name)] = confusion
     summary = summarise(confusions, blocks, seeds, settings.folds)
@@ -261,12 +263,14 @@ def shared_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buf
 
 
 def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
-             buffer: int, seed: int, run_dir: Path, grids: list[Grid] | None = None
+             buffer: int, seed: int, run_dir: Path, hidden: list[np.ndarray] | None = None
              ) -> dict[str, BinaryConfusion]:
-    """Train fold ``fold`` (or reuse its finished run) and score its blocks; ``grids`` place
-    the scenes on the ground, so a block is held out of every scene that shows it."""
+    """Train fold ``fold`` (or reuse its finished run) and score its blocks; ``hidden`` is
+    what it may not train on (:func:`training_ground`: with the scenes placed on the ground, a
+    block is held out of every scene that shows it), by default its blocks and buffer alone."""
     fold_config = with_seed(config, seed).without_data()
-    hidden = training_ground(scenes, blocks, fold, buffer, grids)
+    if hidden is None:
+        hidden = training_ground(scenes, blocks, fold, buffer)
     shared = shared_ground(scenes, blocks, fold, buffer, hidden)
     _claim(run_dir, {"config": config.to_dict(), "seed": seed, "fold": fold, "buffer": buffer,
                      "blocks": [vars(b) for b in blocks],
