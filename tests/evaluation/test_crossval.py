@@ -262,6 +262,19 @@ def test_buffer_below_a_training_window_is_refused(tmp_path: Path) -> None:
         run_crossval(load_config(path), tmp_path / "cv")
 
 
+def test_terrain_descriptors_reaching_past_the_buffer_are_refused(tmp_path: Path) -> None:
+    """Relief is computed over the whole scene before a fold blanks its blocks: a radius longer
+    than the buffer (0.5 m pixels, buffer one 16 px window) would let training pixels read the
+    DEM of scored ground. A radius that stops at the buffer is accepted."""
+    far = load_config(protocol_config(tmp_path, "far", relief_m=12.0))  # 24 px
+    with pytest.raises(SlidemapError, match=r"set crossval\.buffer to at least 24"):
+        run_crossval(far, tmp_path / "cv")
+    assert not (tmp_path / "cv").exists()
+    near = load_config(protocol_config(tmp_path, "near", relief_m=[2.0, 8.0]))  # 16 px
+    assert crossval_module.terrain_reach(near) == TILE
+    crossval_module.check_terrain_reach(crossval_module.Recipe("candidate", near), TILE)
+
+
 def test_threshold_and_bootstrap_on_known_counts() -> None:
     rng = np.random.default_rng(1)
     target = (rng.random(4000) > 0.7).astype(np.uint8)

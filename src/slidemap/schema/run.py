@@ -568,7 +568,9 @@ class CrossvalSettings(Section):
     buffer: Annotated[StrictInt, Field(ge=0)] | None = Field(
         default=None, description=("working px around a fold's blocks that its training never "
                                    "sees (labels ignored, inputs blanked); `null` = "
-                                   "`training.tile`, one training window, the least allowed"))
+                                   "`training.tile`, one training window, the least allowed; "
+                                   "no less than the terrain descriptors' reach (the largest "
+                                   "`inputs.relief_m` or `roughness_m`, in working px)"))
     seeds: Annotated[tuple[StrictInt, ...], Field(min_length=1)] = Field(
         default=(0, 1), description=(
             "seeds every fold is trained with (`--seeds` overrides)"))

@@ -30,6 +30,7 @@ from affine import Affine
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.names import local_files
 from slidemap.data.scene import IGNORE, Scene
+from slidemap.data.terrain import radii_px
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.folds import (
     LAYOUT_FILE,
@@ -89,6 +90,7 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
                             "scored ground; raise it or leave it out")
     for recipe in recipes:
         check_init_unseen(recipe)
+        check_terrain_reach(recipe, buffer)
     own = {r.label: _scene_arrays(r.config) for r in recipes}
     arrays = common_labels(own)
     rows, cols = settings.blocks
@@ -131,6 +133,33 @@ def _check_pairable(candidate: RunConfig, baseline: RunConfig) -> None:
                             f"{candidate.inputs.resolution_m} and the baseline at "
                             f"{baseline.inputs.resolution_m}: blocks are paired on one grid, "
                             "so give both the same resolution_m")
+
+
+def terrain_reach(config: RunConfig) -> int:
+    """How many working pixels around a pixel its terrain descriptors read (relief, roughness,
+    slope and curvature stencils), over the config's scenes: 0 without any."""
+    spec = config.inputs
+    reach = 0
+    for source in config.train_scenes:
+        if source.dem is None:
+            continue
+        with Scene(source.image) as scene:
+            step = sum(scene.pixel_size_m()) / 2 * scene.decimation(spec.resolution_m)
+        radii, rough = radii_px(spec.relief_m, spec.roughness_m, step)
+        reach = max(reach, *radii, rough, int(spec.slope or spec.curvature))
+    return reach
+
+
+def check_terrain_reach(recipe: Recipe, buffer: int) -> None:
+    """Refuse descriptors that reach across the buffer: a scene's descriptors are computed
+    before a fold blanks its blocks, so a training pixel's relief would read the DEM of ground
+    the fold scores."""
+    reach = terrain_reach(recipe.config)
+    if reach > buffer:
+        raise SlidemapError(f"the {recipe.label}'s terrain descriptors (inputs.relief_m, "
+                            f"roughness_m) read {reach} px around a pixel, beyond the crossval "
+                            f"buffer of {buffer} px: training pixels would read the DEM of "
+                            f"scored blocks; set crossval.buffer to at least {reach}")
 
 
 def _scene_arrays(config: RunConfig) -> list[SceneArrays]:
