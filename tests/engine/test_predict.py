@@ -36,6 +36,27 @@ def test_predict_keeps_georeference_and_nodata(tiny_scene, tiny_model, tmp_path)
     assert {"area_m2", "mean_prob"} <= set(info["fields"])
 
 
+@pytest.mark.parametrize("nodata", [None, -9999.0])
+def test_nan_pixels_of_a_float_image_are_no_data(tiny_scene, tiny_model, tmp_path, nodata
+                                                 ) -> None:
+    # A float image with a NaN hole and no NaN nodata value: GDAL's mask lets NaN through,
+    # which was read as the band mean and mapped as ground (mask 0 or 1, a probability).
+    with rasterio.open(tiny_scene["image"]) as src:
+        image, profile = src.read().astype(np.float32), src.profile
+    image[:, :, :8] = -9999.0 if nodata is not None else np.nan
+    image[1, 40:60, 30:50] = np.nan  # one band is enough
+    profile.update(dtype="float32", nodata=nodata)
+    with rasterio.open(tmp_path / "float.tif", "w", **profile) as ds:
+        ds.write(image)
+    result = api.predict(tmp_path / "float.tif", tmp_path / "out", tiny_scene["dem"],
+                         tiny_model, PredictOptions(tile=48, overlap=16))
+    with rasterio.open(result.mask) as ds:
+        mask = ds.read(1)
+    assert (mask[40:60, 30:50] == 255).all() and (mask[:, :8] == 255).all()
+    assert result.valid_pixels == int((mask != 255).sum()) == 96 * 88 - 20 * 20
+    assert np.isnan(read_prob(result.prob)[40:60, 30:50]).all()
+
+
 def test_predict_is_the_same_for_any_batch_size(tiny_scene, tiny_model, tmp_path) -> None:
     maps = []
     for batch in (1, 4):

@@ -138,6 +138,7 @@ class Scene:
         self._apply_scale = apply_scale
         self._warn_partial_dem = warn_partial_dem
         self._shadowed = _nodata_shadows_alpha(self._image)
+        self._floating = any(np.issubdtype(np.dtype(d), np.floating) for d in self._image.dtypes)
         self._dem_src: rasterio.DatasetReader | None = None
         self._dem: WarpedVRT | None = None
         self._dem_to_m = (1.0, 0.0)  # (scale, offset) that turn the DEM's stored values into m
@@ -350,6 +351,7 @@ class Scene:
                              resampling=Resampling.average if factor > 1 else Resampling.nearest)
             valid = self._dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
         image = image.astype(np.float32)
+        valid &= np.isfinite(image).all(axis=0)  # a decimated read averages a NaN in
         if self._apply_scale:
             scales = np.array([img.scales[b - 1] or 1.0 for b in bands], np.float32)
             offsets = np.array([img.offsets[b - 1] or 0.0 for b in bands], np.float32)
@@ -469,14 +471,24 @@ class Scene:
                     parts.append(np.where(valid, data, np.nan).reshape(len(bands), -1))
         return np.concatenate(parts, axis=1)
 
-    def _dataset_mask(self, **kwargs: object) -> np.ndarray:
+    def _dataset_mask(self, window: Window | None = None,
+                      out_shape: tuple[int, int] | None = None) -> np.ndarray:
         """The image's validity mask (0 = no data). An image whose nodata value GDAL lets
         override an alpha band (a 4-band RGB + NIR read as RGBA) is masked by its nodata value,
-        as it should be, without rasterio's NodataShadowWarning printing a source line."""
+        as it should be, without rasterio's NodataShadowWarning printing a source line. A
+        floating-point image is also no data where a band is NaN or infinite: GDAL masks NaN
+        only when NaN is the declared nodata value (and then only where every band is NaN),
+        and a NaN let through is read as the band's mean and mapped as if it were ground."""
         if not self._shadowed:
-            return self._image.dataset_mask(**kwargs)
-        with silenced(NodataShadowWarning):
-            return self._image.dataset_mask(**kwargs)
+            mask = self._image.dataset_mask(window=window, out_shape=out_shape)
+        else:
+            with silenced(NodataShadowWarning):
+                mask = self._image.dataset_mask(window=window, out_shape=out_shape)
+        if not self._floating:
+            return mask
+        shape = None if out_shape is None else (self.band_count, *out_shape)
+        values = self._image.read(window=window, out_shape=shape, resampling=Resampling.nearest)
+        return np.where(np.isfinite(values).all(axis=0), mask, 0).astype(mask.dtype)
 
     def terrain(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""
