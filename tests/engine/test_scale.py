@@ -15,6 +15,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
+from affine import Affine
 from factories import (
     ORIGIN,
     REPO,
@@ -39,6 +40,7 @@ from slidemap.infer.predict import PredictOptions
 from slidemap.infer.stream import HELPER_NICENESS, helper_pool
 from slidemap.infer.vectorize import build_inventory, write_inventory
 from slidemap.io.modelfile import save_model
+from slidemap.report.prediction import _pixel_area as report_pixel_area
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 FP32 = PredictOptions(tile=48, overlap=16, batch_size=3, precision="fp32")
@@ -359,6 +361,26 @@ def test_perimeter_and_area_in_metres_in_web_mercator(tmp_path) -> None:
     assert inventory.attributes["area_m2"][0] == pytest.approx(200 * dx * dy, rel=1e-4)
     assert inventory.attributes["perimeter_m"][0] == pytest.approx(2 * (20 * dx + 10 * dy),
                                                                    rel=1e-4)
+
+
+@pytest.mark.parametrize("transform", [
+    Affine(0.5, 0.25, ORIGIN[0], 0.0, -0.5, ORIGIN[1]),  # sheared: rows lean a quarter metre
+    from_origin(*ORIGIN, 0.5, 0.5) * Affine.rotation(30),
+    from_origin(*ORIGIN, 0.5, 0.5) * Affine.rotation(90)])
+def test_area_on_a_rotated_or_sheared_grid_is_the_polygons(tmp_path, transform) -> None:
+    """A pixel of a sheared grid is a parallelogram of 0.25 m², not the 0.28 m² of its step
+    lengths (ds.res) multiplied: the area is the polygon's, as shapely measures it in UTM. The
+    report's pixel (its mapped ground) is the same, not the diagonal terms' product (0.19 m²
+    at 30°, 0 at a quarter turn)."""
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[10:20, 5:25] = 1
+    paths = [write_raster(tmp_path / name, array, transform=transform)
+             for name, array in (("m.tif", mask), ("p.tif", mask.astype(np.float32)))]
+    inventory = build_inventory(*paths)
+    assert inventory.attributes["area_m2"][0] == pytest.approx(
+        inventory.geometries[0].area, rel=1e-9)
+    assert inventory.attributes["area_m2"][0] == pytest.approx(200 * 0.25, rel=1e-9)
+    assert report_pixel_area(paths[0]) == pytest.approx(0.25, rel=1e-9)
 
 
 def test_predict_writes_geojson_and_gpkg_with_terrain(tiny_scene, tiny_model, tmp_path,

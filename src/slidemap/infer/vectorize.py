@@ -338,13 +338,17 @@ def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.nda
 
 def _pixel_areas(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
     """Area in m² of the pixels of each row of ``window``: a CRS unit's ground size is taken
-    at each row's centre, as it varies with latitude in degrees and in Web Mercator."""
+    at each row's centre, as it varies with latitude in degrees and in Web Mercator. A pixel
+    is the parallelogram of the geotransform's column and row steps, so its area is the
+    determinant's (the product of the step lengths, ``ds.res``, is larger on a sheared grid),
+    and scaling x and y by the ground scales scales that area by their product."""
+    area = abs(ds.transform.determinant)
     if ds.crs is None:
-        return np.full((int(window.height), 1), abs(ds.res[0] * ds.res[1]))
+        return np.full((int(window.height), 1), area)
     rows = np.arange(window.row_off, window.row_off + window.height) + 0.5
     x, y = ds.transform @ (window.col_off + window.width / 2, rows)
     per_x, per_y = ground_scales(ds.crs, x, y)
-    return (abs(ds.res[0]) * per_x * (abs(ds.res[1]) * per_y))[:, None]
+    return (area * per_x * per_y)[:, None]
 
 
 def _centroids_lonlat(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:

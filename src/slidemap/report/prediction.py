@@ -22,7 +22,7 @@ from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
 from slidemap import __version__
-from slidemap.data.terrain import bounds_centre, pixel_size_m
+from slidemap.data.terrain import bounds_centre, metres_per_unit
 from slidemap.errors import SlidemapError
 from slidemap.infer.vectorize import LAYER  # the GeoPackage holds others too (layer_styles)
 from slidemap.report.interactive import MAX_FEATURES, interactive_map
@@ -249,15 +249,16 @@ def _summary(inventory: Inventory, mask: Path) -> Rows:
 
 
 def _pixel_area(mask: Path) -> float | None:
-    """Square metres of one pixel of a georeferenced raster at its centre (``pixel_size_m``:
-    in degrees too); None without a CRS."""
+    """Square metres of one pixel of a georeferenced raster at its centre (``metres_per_unit``:
+    in degrees too), as the inventory measures it: the geotransform's determinant, which a
+    rotated or sheared grid's diagonal terms alone understate (to 0 at a quarter turn); None
+    without a CRS."""
     try:
         with rasterio.open(mask) as ds:
             if ds.crs is None:
                 return None
-            dx, dy = pixel_size_m(ds.crs, (ds.transform.a, ds.transform.e),
-                                  bounds_centre(ds.bounds))
-            return dx * dy
+            per_x, per_y = metres_per_unit(ds.crs, *bounds_centre(ds.bounds))
+            return abs(ds.transform.determinant) * per_x * per_y
     except (RasterioError, OSError):
         return None
 
