@@ -166,3 +166,22 @@ def test_a_non_utf8_sidecar_is_one_line(tiny_model: Path) -> None:
     model_paths(tiny_model)[1].write_bytes(b'{"width": "\xff\xfe"}')
     with pytest.raises(SlidemapError, match="malformed"):
         load_model(tiny_model)
+
+
+@pytest.mark.parametrize("version", [2, 10**30])
+def test_a_newer_format_version_says_to_upgrade_not_to_re_export(tiny_model: Path,
+                                                                  version: int) -> None:
+    rewrite_sidecar(tiny_model, format_version=version)
+    with pytest.raises(SlidemapError) as caught:
+        load_model(tiny_model)
+    message = str(caught.value)
+    assert "upgrade slidemap" in message and "re-export" not in message
+    assert "\n" not in message and len(message) < 300
+
+
+@pytest.mark.parametrize("version", [0, -1, "2", True, 1.5])
+def test_a_format_version_that_is_no_version_is_malformed(tiny_model: Path,
+                                                          version: object) -> None:
+    rewrite_sidecar(tiny_model, format_version=version)
+    with pytest.raises(SlidemapError, match="malformed"):
+        load_model(tiny_model)

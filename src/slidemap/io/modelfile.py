@@ -50,7 +50,9 @@ from slidemap.errors import SlidemapError, first_line
 from slidemap.io import jsontext
 from slidemap.io.atomic import staged
 from slidemap.io.sidecar import (
+    FORMAT_VERSION,
     SIDECAR_MAX_BYTES,
+    NewerFormat,
     check_scales,
     check_sidecar,
     header_shapes,
@@ -60,7 +62,6 @@ from slidemap.models import build_network
 from slidemap.models.legacy import current_keys
 from slidemap.schema.values import MAX_TILE, MIN_TILE, WEIGHTS_DTYPES
 
-FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
@@ -383,6 +384,8 @@ def _read_sidecar(path: Path) -> dict:
         config = check_sidecar(config)
         PredictDefaults(**config["predict"])
         return config
+    except NewerFormat as exc:
+        raise SlidemapError(f"model sidecar {path} {exc}") from exc
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError, OSError,
             SlidemapError) as exc:
         raise SlidemapError(f"model sidecar {path} is malformed ({first_line(exc)}): "

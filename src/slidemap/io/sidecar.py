@@ -19,6 +19,7 @@ from slidemap.errors import SlidemapError
 from slidemap.models import list_models
 from slidemap.schema.values import MAX_WIDTH, OPTICAL_MODES, SCALE_RANGE, WEIGHTS_DTYPES
 
+FORMAT_VERSION = 1  # of the sidecars this version writes, and the newest it reads
 SIDECAR_MAX_BYTES = 16 * 2**20
 HEADER_MAX_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
 MAX_MEMBERS = 64  # networks of an ensemble
@@ -29,6 +30,21 @@ INPUT_KEYS = {"image_bands", "dem", "slope", "resolution_m", "scale", "optical",
 MAX_RELIEF_RADII = 16
 SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL",
                       "U16", "U32", "U64", "F8_E4M3", "F8_E5M2"}
+
+
+class NewerFormat(SlidemapError):
+    """A sidecar of a later format than this version reads: not malformed, so the fix is to
+    upgrade slidemap, not to re-export the file."""
+
+
+def _format_version(raw: dict) -> int:
+    """The sidecar's format version; a later one than this version knows is refused as such."""
+    version = raw.get("format_version", 1)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise NewerFormat(f"is from a newer slidemap (format version {version!r:.20}; this one "
+                          f"reads up to {FORMAT_VERSION}): upgrade slidemap (pip install -U "
+                          "slidemap) to load it")
+    return _whole("format_version", version, 1, FORMAT_VERSION)
 
 
 def check_threshold(value: object, error: type[SlidemapError] = SlidemapError) -> float:
@@ -144,7 +160,7 @@ def check_sidecar(raw: Any) -> dict:
         raise ValueError("it must be a JSON object")
     if raw.get("format", "slidemap-model") != "slidemap-model":
         raise ValueError("format must be slidemap-model")
-    _whole("format_version", raw.get("format_version", 1), 1, 1)
+    _format_version(raw)
     architecture = raw.get("architecture")
     if not isinstance(architecture, str) or architecture not in list_models():
         raise ValueError(f"architecture {architecture!r:.40} is not known")
