@@ -112,3 +112,16 @@ def test_a_resumed_runs_wall_seconds_count_every_session(tiny_scene: dict[str, P
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_seconds"] >= 1000
     assert summary["wall_seconds"] >= summary["train_seconds"]
+
+
+def test_a_run_from_scratch_over_a_fine_tuning_drops_its_figures(
+        tiny_scene: dict[str, Path], tmp_path: Path) -> None:
+    """finetune.json gives a model's figures before and after fine-tuning: a run that replaces
+    the fine-tuned model with --overwrite and starts from no model must not keep it."""
+    run = tmp_path / "run"
+    raw = tiny_run(tiny_scene, epochs=1)
+    train(load_config(write_config(tmp_path / "first.yaml", raw)), run)
+    (run / "finetune.json").write_text('{"init": "earlier.safetensors", "after": {"f1": 0.9}}')
+    train(load_config(write_config(tmp_path / "plain.yaml", raw)), run, overwrite=True)
+    assert (run / "model.safetensors").exists()
+    assert not (run / "finetune.json").exists()

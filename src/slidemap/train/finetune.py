@@ -21,7 +21,7 @@ from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.schema.config import RunConfig
 from slidemap.train.lineage import lineage
 from slidemap.train.loop import train
-from slidemap.train.runfolder import check_run_inputs, run_lock
+from slidemap.train.runfolder import FINETUNE_RECORD, check_run_inputs, run_lock
 from slidemap.train.warmstart import check_compatible
 
 FIGURES = ("f1", "iou", "precision", "recall", "auc", "pixels")
@@ -55,7 +55,7 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
         model_path = train(config, out_dir, resume=resume, overwrite=overwrite)
         report["after"] = _figures(score_on_val(load_model(model_path), config))
         report["model"] = str(model_path)
-        with atomic_path(out_dir / "finetune.json") as tmp:
+        with atomic_path(out_dir / FINETUNE_RECORD) as tmp:
             tmp.write_text(jsontext.dumps(report, indent=2) + "\n")
     return report
 

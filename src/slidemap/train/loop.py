@@ -57,7 +57,13 @@ from slidemap.train.checkpoint import load_checkpoint, load_extra, save_checkpoi
 from slidemap.train.checks import check_buildable, check_channels_vary
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
-from slidemap.train.runfolder import RUN_FILES, check_run_inputs, check_same_run, run_identity
+from slidemap.train.runfolder import (
+    FINETUNE_RECORD,
+    RUN_FILES,
+    check_run_inputs,
+    check_same_run,
+    run_identity,
+)
 from slidemap.train.warmstart import initial_model, parameter_groups, set_encoder_for_epoch
 
 console = Console(stderr=True)
@@ -280,7 +286,11 @@ def _warn_if_validation_is_trained_on(config: RunConfig, main: bool) -> None:
 
 
 def _publish(out_dir: Path, summary: dict) -> None:
-    """Publish the kept epoch's model file and the summary as one set."""
+    """Publish the kept epoch's model file and the summary as one set. A ``finetune.json``
+    already in the folder is of an earlier run (fine-tuning writes its own once this returns):
+    it goes first, so that the before/after figures of another model never lie beside this
+    one (a run from scratch with ``--overwrite`` kept the fine-tuning's it replaced)."""
+    (out_dir / FINETUNE_RECORD).unlink(missing_ok=True)
     best_weights, best_sidecar = model_paths(out_dir / "best")
     weights, sidecar = model_paths(out_dir / "model")
     with staged({"weights": weights, "sidecar": sidecar,

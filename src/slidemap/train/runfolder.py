@@ -16,9 +16,10 @@ from slidemap.train import ddp
 OPTIONS = {"training.freeze_encoder": "--freeze-encoder", "training.seed": "--seed",
            "init": "MODEL (finetune's first argument)"}
 VALUE_CHARS = 60  # the longest value a refusal to resume quotes
+FINETUNE_RECORD = "finetune.json"  # a fine-tuning's figures before and after, beside its model
 RUN_FILES = ("checkpoint.safetensors", "model.safetensors", "best.safetensors", "history.csv")
 RUN_OUTPUTS = (*RUN_FILES, "checkpoint.json", "model.json", "best.json", "summary.json",
-               "curves.png", "finetune.json")
+               "curves.png", FINETUNE_RECORD)
 
 
 def check_run_inputs(out_dir: Path, config: RunConfig) -> None:
