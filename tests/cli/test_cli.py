@@ -93,6 +93,9 @@ def test_help_shows_choices_not_types(capsys, monkeypatch) -> None:
     (["predict", "x.tif", "--out", "o", "--simplify", "nan"], 2, "--simplify nan is not a size"),
     (["-q", "-v", "models"], 2, "--verbose and --quiet"),
     (["evaluate", "truth.tif"], 2, "--prediction RASTER or --image"),
+    (["train", "run.yaml", "--out", "o", "--resume", "--overwrite"], 2, "pass one of them"),
+    (["finetune", "m.safetensors", "run.yaml", "--out", "o", "--resume", "--overwrite"], 2,
+     "pass one of them"),
     (["predict", "x.tif", "--out", "o"], 1, "x.tif does not exist"),
     (["report", "."], 1, "has no history.csv"),
 ])

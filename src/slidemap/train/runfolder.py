@@ -6,7 +6,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, UsageError
 from slidemap.io.atomic import check_outputs, folder_lock
 from slidemap.io.modelfile import model_paths
 from slidemap.schema.config import RunConfig
@@ -20,6 +20,15 @@ FINETUNE_RECORD = "finetune.json"  # a fine-tuning's figures before and after, b
 RUN_FILES = ("checkpoint.safetensors", "model.safetensors", "best.safetensors", "history.csv")
 RUN_OUTPUTS = (*RUN_FILES, "checkpoint.json", "model.json", "best.json", "summary.json",
                "curves.png", FINETUNE_RECORD)
+
+
+def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    """``--resume`` continues the run in the folder and ``--overwrite`` starts it again: given
+    both, a resume ran and the overwrite was dropped, so the refusal of a changed config, which
+    says to pass --overwrite, came back word for word once it was added."""
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: "
+                         "pass one of them")
 
 
 def check_run_inputs(out_dir: Path, config: RunConfig) -> None:
@@ -53,7 +62,7 @@ def check_same_run(saved: dict | None, config: RunConfig, out_dir: Path) -> None
                             f"{_value_at(run_identity(config), changed[0])}; {len(changed)} "
                             "setting(s) differ): resume with "
                             f"{', '.join(options[:-1])} and {options[-1]} that started it, or "
-                            "pass --overwrite to start again")
+                            "pass --overwrite instead of --resume to start again")
 
 
 def _value_at(identity: dict, key: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from slidemap.schema.config import load_config, with_seed
 from slidemap.train.finetune import finetune as finetune_run
+from slidemap.train.runfolder import check_resume_or_overwrite
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ def finetune(model: Path, config: Path, out_dir: Path, freeze_encoder: bool = Fa
              seed: int | None = None, overrides: tuple[str, ...] = ()) -> FinetuneResult:
     """Train ``model`` on the data of the run config at ``config``; ``freeze_encoder`` (or
     the config's own) trains only the decoder and head."""
+    check_resume_or_overwrite(resume, overwrite)
     run_config = with_seed(load_config(config, overrides), seed)
     settings = run_config.train.changed(
         freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)

@@ -9,7 +9,7 @@ from slidemap.schema.config import RunConfig, load_config, with_seed
 from slidemap.train.finetune import finetune
 from slidemap.train.loop import train
 from slidemap.train.members import train_members
-from slidemap.train.runfolder import run_lock
+from slidemap.train.runfolder import check_resume_or_overwrite, run_lock
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ def train_config(config: Path, out_dir: Path, resume: bool = False, overwrite: b
                  seed: int | None = None, overrides: tuple[str, ...] = ()) -> TrainResult:
     """Train as the YAML run config at ``config`` says, with ``overrides`` (``KEY=VALUE``)
     applied (``seed`` replaces its ``training.seed``)."""
+    check_resume_or_overwrite(resume, overwrite)
     run_config = with_seed(load_config(config, overrides), seed)
     return TrainResult(out_dir, train_run(run_config, out_dir, resume=resume,
                                           overwrite=overwrite))
