@@ -218,6 +218,21 @@ def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_m
     assert ET.fromstring(rows[0][2]).tag == "qgis"
 
 
+@pytest.mark.parametrize("suffix", [".json", ""])
+def test_a_model_named_by_its_sidecar_or_stem_records_its_weights(tiny_scene, tiny_model,
+                                                                  tmp_path, suffix) -> None:
+    """The loader takes NAME.json and NAME as well as NAME.safetensors; the provenance hashed
+    the name as given, so NAME.json recorded the sidecar's SHA-256 as the model's, and NAME
+    (what ``export --out SMALL`` writes as SMALL.safetensors) failed on a file that is none."""
+    named = tiny_model.with_suffix(suffix)
+    result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], named,
+                         OPTIONS)
+    with rasterio.open(result.prob) as ds:
+        tags = ds.tags()
+    assert tags["SLIDEMAP_MODEL"] == str(tiny_model)
+    assert tags["SLIDEMAP_MODEL_SHA256"] == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+
+
 def test_min_area_and_simplify_default_to_the_working_resolution(tiny_scene, tiny_model,
                                                                  tmp_path) -> None:
     result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,

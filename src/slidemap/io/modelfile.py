@@ -36,6 +36,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,15 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
     if path.suffix in {".safetensors", ".json"}:
         path = path.with_suffix("")
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def weights_file(path: str | os.PathLike[str]) -> Path:
+    """The weights file of a model named by either suffix or none: the file whose SHA-256 and
+    path the outputs record (the sidecar's, or a path that is no file, would record the wrong
+    hash or none). A pickle checkpoint's name is kept as given, for :func:`load_model` to
+    refuse by name."""
+    path = Path(path)
+    return path if path.suffix.lower() in PICKLE_SUFFIXES else model_paths(path)[0]
 
 
 def save_model(bundle: ModelBundle, path: str | Path, overwrite: bool = True,

@@ -14,7 +14,7 @@ from pathlib import Path
 from slidemap.data.names import DatasetName, local_path
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import resolved
-from slidemap.io.modelfile import model_paths
+from slidemap.io.modelfile import model_paths, weights_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet-terrain.safetensors"
@@ -37,13 +37,15 @@ def default_model_path(dem: bool = True, patches: bool = False) -> Path:
 
 
 def model_list(models: ModelArg, dem: bool = True, patches: bool = False) -> list[Path]:
-    """The model files asked for, or the shipped model (the RGB-only one when ``dem`` is
-    false: no DEM to read; for ``patches``, one that reads patch sets)."""
+    """The weights files of the models asked for (each named as ``NAME.safetensors``,
+    ``NAME.json`` or ``NAME``: outputs record and hash the weights), or the shipped model (the
+    RGB-only one when ``dem`` is false: no DEM to read; for ``patches``, one that reads patch
+    sets)."""
     if models is None or (not isinstance(models, str | os.PathLike) and not models):
         return [default_model_path(dem, patches)]
     if isinstance(models, str | os.PathLike):
-        return [Path(models)]
-    return [Path(m) for m in models]
+        return [weights_file(models)]
+    return [weights_file(m) for m in models]
 
 
 def model_files(models: ModelArg, dem: bool = True, patches: bool = False) -> list[Path]:
