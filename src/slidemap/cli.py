@@ -289,7 +289,9 @@ def evaluate(
     dem: Annotated[str | None, typer.Option(help="DEM for --image")] = None,
     model: Models = None,
     out: Annotated[Path | None, typer.Option(help="folder for metrics.json (+ rasters)")] = None,
-    threshold: Threshold = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="probability from which a pixel counts as landslide (default: the model's; for "
+             "--prediction, the threshold its provenance tags record, else 0.5)")] = None,
     precision: Precision = "auto",
     tta: TTA = False,
     scales: Scales = None,

@@ -81,6 +81,14 @@ def test_help_shows_choices_not_types(capsys, monkeypatch) -> None:
     assert "<float32|float16|int8|int4>" in run(capsys, monkeypatch, "export", "--help")[1]
 
 
+def test_evaluate_help_names_the_threshold_a_prediction_raster_is_scored_at(capsys,
+                                                                          monkeypatch) -> None:
+    """A --prediction raster has no model: it is scored at the threshold its tags record, else
+    0.5, and the help said only "the model's"."""
+    shown = " ".join(run(capsys, monkeypatch, "evaluate", "--help")[1].replace("│", " ").split())
+    assert "the threshold its provenance tags record, else 0.5" in shown
+
+
 @pytest.mark.parametrize(("args", "code", "named"), [
     (["predict", "x.tif", "--out", "o", "--precision", "fp64"], 2, "'fp64' is not one of"),
     (["predict", "x.tif", "--out", "o", "--format", "shp"], 2, "'shp' is not one of"),
