@@ -194,10 +194,13 @@ def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
                                     None if box is None else tuple(box), layer, overwrite)
 
 
-def report(folder: PathArg, out: PathArg | None = None, image: str | None = None,
+def report(folder: PathArg, out: PathArg | None = None, image: PathArg | None = None,
            interactive: bool = False, overwrite: bool = False) -> ReportResult:
-    """One self-contained HTML report of a train, evaluate or predict output folder."""
-    return report_workflow.report(_path(folder), _opt_path(out), image, interactive, overwrite)
+    """One self-contained HTML report of a train, evaluate or predict output folder;
+    ``image``: the imagery under a prediction's map (any GDAL name)."""
+    return report_workflow.report(_path(folder), _opt_path(out),
+                                  None if image is None else os.fspath(image), interactive,
+                                  overwrite)
 
 
 def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = None,

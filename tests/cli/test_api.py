@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import typing
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,13 @@ def test_train_and_store_weights_take_str_paths(tiny_scene: dict[str, Path],
     stored = api.store_weights(str(trained.model), str(tmp_path / "small"), "float16")
     assert stored.model.exists() and stored.bytes < stored.bytes_before
     assert stored.weights_dtype == "float16"
+
+
+def test_every_path_parameter_takes_str_or_pathlike() -> None:
+    """The README: each function takes ``str`` or ``os.PathLike`` paths; ``report``'s
+    ``image`` was typed ``str`` alone, so a type checker refused a Path there."""
+    hints = typing.get_type_hints(api.report)
+    assert os.PathLike[str] in typing.get_args(hints["image"])
 
 
 def test_architectures_are_typed_rows() -> None:
