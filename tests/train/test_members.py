@@ -102,6 +102,19 @@ def test_training_members_trains_one_seed_each_and_saves_their_ensemble(
         train_run(parse_config(raw), tmp_path / "run")
 
 
+def test_an_ensemble_over_a_fine_tuning_drops_its_figures(
+        tiny_scene: dict, tmp_path: Path) -> None:
+    """finetune.json gives a fine-tuned model's figures before and after: an ensemble that
+    replaces that model with --overwrite must not keep them beside its own model file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "finetune.json").write_text('{"init": "earlier.safetensors", "after": {"f1": 0.9}}')
+    raw = tiny_run(tiny_scene, epochs=1, members=2, threads=1)
+    train_run(parse_config(raw), run, overwrite=True)
+    assert load_model(run / "model.safetensors").members == 2
+    assert not (run / "finetune.json").exists()
+
+
 def test_members_train_side_by_side_up_to_two_threads_per_core(
         tiny_scene: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(members.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)

@@ -58,10 +58,10 @@ from slidemap.train.checks import check_buildable, check_channels_vary
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import (
-    FINETUNE_RECORD,
     RUN_FILES,
     check_run_inputs,
     check_same_run,
+    drop_finetune_record,
     run_identity,
 )
 from slidemap.train.warmstart import initial_model, parameter_groups, set_encoder_for_epoch
@@ -290,7 +290,7 @@ def _publish(out_dir: Path, summary: dict) -> None:
     already in the folder is of an earlier run (fine-tuning writes its own once this returns):
     it goes first, so that the before/after figures of another model never lie beside this
     one (a run from scratch with ``--overwrite`` kept the fine-tuning's it replaced)."""
-    (out_dir / FINETUNE_RECORD).unlink(missing_ok=True)
+    drop_finetune_record(out_dir)
     best_weights, best_sidecar = model_paths(out_dir / "best")
     weights, sidecar = model_paths(out_dir / "model")
     with staged({"weights": weights, "sidecar": sidecar,

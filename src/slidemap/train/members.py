@@ -29,7 +29,7 @@ from slidemap.logs import LOGGER, show_messages
 from slidemap.models import ProbabilityAverage, SegmentationModel
 from slidemap.schema.config import RunConfig
 from slidemap.train.loop import train
-from slidemap.train.runfolder import check_run_inputs
+from slidemap.train.runfolder import check_run_inputs, drop_finetune_record
 
 
 def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
@@ -57,6 +57,7 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
                            for path in paths],
                "wall_seconds": round(time.perf_counter() - started, 1)}
     # The ensemble's model file and summary appear together, or neither is replaced.
+    drop_finetune_record(out_dir)
     save_model(ensemble_bundle([load_model(path) for path in paths], config), out_dir / "model",
                companions={out_dir / "summary.json": jsontext.dumps(summary, indent=2) + "\n"})
     return model_path

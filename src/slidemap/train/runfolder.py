@@ -31,6 +31,14 @@ def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
                          "pass one of them")
 
 
+def drop_finetune_record(out_dir: Path) -> None:
+    """Remove a ``finetune.json`` of an earlier run before a model is published in ``out_dir``
+    (fine-tuning writes its own once the model is out): the before/after figures of the model
+    a run replaces with ``--overwrite`` must not lie beside the new one, be it a single
+    network or an ensemble."""
+    (out_dir / FINETUNE_RECORD).unlink(missing_ok=True)
+
+
 def check_run_inputs(out_dir: Path, config: RunConfig) -> None:
     """Refuse a run folder where an output would replace one of the run's inputs (its config,
     a scene's raster, the model it starts from), with or without ``--overwrite``."""
