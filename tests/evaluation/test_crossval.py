@@ -275,6 +275,21 @@ def test_terrain_descriptors_reaching_past_the_buffer_are_refused(tmp_path: Path
     crossval_module.check_terrain_reach(crossval_module.Recipe("candidate", near), TILE)
 
 
+def test_terrain_reach_takes_the_step_a_whole_scene_is_read_at(tmp_path: Path) -> None:
+    """A scene read whole at a factor its side does not divide has working pixels a little
+    smaller than the factor says (67 px of 0.5 m in 34: 0.985 m, not 1 m), and Scene.read
+    sizes the relief radius from that step: 16.5 m is 17 px there, not 16, so a buffer of 16
+    is refused."""
+    rng = np.random.default_rng(0)
+    scene = write_scene(tmp_path, "odd", rng.integers(40, 90, size=(3, 67, 67)).astype(np.uint8),
+                        np.zeros((67, 67), np.float32), np.zeros((67, 67), np.uint8))
+    config = load_config(protocol_config(tmp_path, scenes=[scene], relief_m=16.5,
+                                         resolution_m=1.0))
+    assert crossval_module.terrain_reach(config) == 17
+    with pytest.raises(SlidemapError, match="at least 17"):
+        crossval_module.check_terrain_reach(crossval_module.Recipe("candidate", config), TILE)
+
+
 def test_threshold_and_bootstrap_on_known_counts() -> None:
     rng = np.random.default_rng(1)
     target = (rng.random(4000) > 0.7).astype(np.uint8)

@@ -298,6 +298,16 @@ class Scene:
         native = min(self.pixel_size_m())
         return max(1, round(resolution_m / native))
 
+    def working_step_m(self, window: Window, factor: int) -> tuple[float, float]:
+        """(dx, dy) in metres of a pixel of ``window`` read at ``factor``, as :meth:`read`
+        shapes it: the factor times the native size only where the window's sides divide by
+        it, and the terrain radii in pixels follow this step (a check of how far they reach,
+        crossval's, must take the same one)."""
+        out_h = max(1, round(window.height / factor))
+        out_w = max(1, round(window.width / factor))
+        dx, dy = self.pixel_size_m()
+        return dx * window.width / out_w, dy * window.height / out_h
+
     def coarser_than(self, resolution_m: float | None) -> str | None:
         """A one-line warning when the scene's pixels are coarser than ``resolution_m`` by more
         than a whole read factor can bring (``COARSER``): scenes are decimated, never
@@ -363,8 +373,7 @@ class Scene:
                 raise SlidemapError(
                     f"the model needs a DEM for {self.image_path}: pass one with --dem"
                 )
-            dx, dy = self.pixel_size_m()
-            step = (dx * window.width / out_w, dy * window.height / out_h)
+            step = self.working_step_m(window, factor)
             radii, rough = radii_px(relief_m, roughness_m, sum(step) / 2)
             margin = max([*radii, rough, int(slope or curvature)])
             if margin:  # one read serves all: the halo's core is the window's elevation

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from affine import Affine
+from rasterio.windows import Window
 
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.names import local_files
@@ -143,8 +144,9 @@ def terrain_reach(config: RunConfig) -> int:
     for source in config.train_scenes:
         if source.dem is None:
             continue
-        with Scene(source.image) as scene:
-            step = sum(scene.pixel_size_m()) / 2 * scene.decimation(spec.resolution_m)
+        with Scene(source.image) as scene:  # read whole, as load_scene_arrays does
+            whole = Window(0, 0, scene.width, scene.height)
+            step = sum(scene.working_step_m(whole, scene.decimation(spec.resolution_m))) / 2
         radii, rough = radii_px(spec.relief_m, spec.roughness_m, step)
         reach = max(reach, *radii, rough, int(spec.slope or spec.curvature))
     return reach
