@@ -263,7 +263,7 @@ def predict(
         result = api.predict(image, out, dem, model, options, min_area, simplify, overwrite,
                              progress, formats, prob_dtype or api.DEFAULT_PROB_DTYPE, html_report,
                              adapting)
-    if result.adapted is not None:
+    if result.adapted is not None and result.adapted["trained"]:  # else it warned
         record = result.adapted
         log.info(f"adapted to the scene in {record['seconds']:.0f} s: {record['windows']} "
                  f"windows, {len(record['rounds'])} rounds (stopped by {record['stopped_by']})")

@@ -181,6 +181,31 @@ def test_predict_adapt_runs_within_its_bound_and_records_it(
 
 
 
+def test_an_adaptation_that_trains_nothing_warns_and_says_so(
+        trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the time bound goes before any window trains (pseudo-labelling a large scene took
+    it), the map is the unadapted one: the user is warned on one line and the provenance says
+    nothing was trained, rather than a map tagged as adapted with only an info line."""
+    scene, model = trained
+    base = ("predict", scene["image"], "--dem", scene["dem"], "--model", model,
+            "--precision", "fp32")
+    code, err = run_cli(*base, "--out", tmp_path / "plain")
+    assert code == 0, err
+    ticks = iter(range(0, 10**9, 1000))  # every clock reading 1000 s after the last
+    monkeypatch.setattr(adapt_module.time, "perf_counter", lambda: float(next(ticks)))
+    code, err = run_cli(*base, "--out", tmp_path / "map", "--adapt")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "trained no window" in line]
+    assert len(warned) == 1 and "--adapt-minutes" in warned[0], err
+    assert "adapted to the scene" not in err
+    with rasterio.open(tmp_path / "map" / "scene_prob.tif") as adapted, \
+            rasterio.open(tmp_path / "plain" / "scene_prob.tif") as plain:
+        record = json.loads(adapted.tags()["SLIDEMAP_ADAPTED"])
+        assert (adapted.read(1) == plain.read(1)).all()
+    assert record["trained"] is False and record["windows"] == 0
+
+
 def test_the_saved_adapted_model_makes_the_map_it_made(
         trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli) -> None:
     """From a model stored in int8 (as the shipped ones are), --adapt-save keeps the float32

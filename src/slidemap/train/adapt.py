@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,7 +42,7 @@ from slidemap.data.names import DatasetName, display_name
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import random_windows
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
@@ -189,7 +190,8 @@ def adapt_model(bundle: ModelBundle, chunks: list[SceneArrays], options: AdaptOp
     record = {"settings": options.settings(), "tile": tile, "loss": loss_spec,
               "chunks": len(chunks),
               "chunk_pixels": int(sum(int(c.valid.sum()) for c in chunks)),
-              "windows": counter.windows, "seconds": round(time.perf_counter() - started, 1),
+              "windows": counter.windows, "trained": counter.windows > 0,
+              "seconds": round(time.perf_counter() - started, 1),
               "stopped_by": stopped_by, "rounds": rounds}
     adapted.provenance = {**bundle.provenance, "adapted": record}
     return Adapted(adapted, record)
@@ -342,7 +344,22 @@ def adapt_to_scene(model: Path, image: DatasetName, dem: DatasetName | None,
     if options.save is not None:
         adapted.record["saved_as"] = str(model_paths(options.save)[0])
     adapted.bundle.provenance["adapted"] = adapted.record
+    if not adapted.record["trained"]:
+        warnings.warn(untrained_message(adapted.record), SlidemapWarning, stacklevel=2)
     return adapted
+
+
+def untrained_message(record: dict) -> str:
+    """Why an adaptation trained no window, and what to change: its copy is the model as it
+    was, so the map is the unadapted one, which the user asked not to get."""
+    if record["stopped_by"] == "no confident window":
+        settings = record["settings"]
+        why = (f"no piece of the scene held a {record['tile']} px window with "
+               f"{100 * settings['min_valid']:g} % of its pixels confidently predicted")
+    else:
+        why = (f"predicting the scene for pseudo-labels took the whole --adapt-minutes "
+               f"{record['settings']['minutes']:g}: raise it")
+    return f"--adapt trained no window ({why}); the map is the unadapted model's"
 
 
 def adaptation_tags(record: dict) -> dict[str, str]:
@@ -350,8 +367,8 @@ def adaptation_tags(record: dict) -> dict[str, str]:
     settings = record["settings"]
     summary = {"rounds": [{k: (round(v, 4) if isinstance(v, float) else v)
                            for k, v in row.items()} for row in record["rounds"]],
-               **{k: record[k] for k in ("windows", "seconds", "stopped_by", "chunks",
-                                         "chunk_pixels", "tile", "loss")},
+               **{k: record[k] for k in ("windows", "trained", "seconds", "stopped_by",
+                                         "chunks", "chunk_pixels", "tile", "loss")},
                "minutes": settings["minutes"], "max_windows": settings["windows"],
                "keep": settings["keep"], "lr": settings["lr"]}
     tags = {"SLIDEMAP_ADAPTED": json.dumps(summary, separators=(",", ":"))}
