@@ -427,6 +427,28 @@ def test_report_reads_provenance_tags_and_the_model_card(mapped, tiny_model) -> 
                                                     "F1 0.5 on the far valley (run.sh).")]
 
 
+def test_report_of_an_adapted_map_says_it_was_adapted(mapped, tiny_model) -> None:
+    """A map made by predict --adapt came from a copy of the model fine-tuned on the scene, yet
+    the report named only the model file, its digest and its card. It now says how the model
+    adapted and that the card speaks of the model before adaptation; an adaptation that
+    trained no window is said to have left the map unadapted."""
+    trained = {"rounds": [{"round": 1}, {"round": 2}], "windows": 24, "trained": True,
+               "seconds": 3.5, "stopped_by": "windows"}
+    with rasterio.open(mapped["prob"], "r+") as ds:
+        ds.update_tags(SLIDEMAP_MODEL=str(tiny_model), SLIDEMAP_ADAPTED=json.dumps(trained),
+                       SLIDEMAP_ADAPTED_MODEL="/maps/adapted.safetensors")
+    html = build_report(mapped["folder"]).read_text()
+    assert ("<th>adapted to the scene</th><td>24 training windows in 2 rounds, 3.5 s (stopped "
+            "by windows); saved as /maps/adapted.safetensors</td>") in html
+    assert "the card speaks of the model before adaptation" in html
+    untrained = {**trained, "rounds": [], "windows": 0, "trained": False, "stopped_by": "time"}
+    with rasterio.open(mapped["prob"], "r+") as ds:
+        ds.update_tags(SLIDEMAP_ADAPTED=json.dumps(untrained))
+    html = build_report(mapped["folder"], overwrite=True).read_text()
+    assert "no window trained (stopped by time): the map is the model&#x27;s as it was" in html
+    assert "the card speaks of the model before adaptation" not in html
+
+
 def test_report_of_a_prediction_in_degrees_gives_the_ground_mapped(tmp_path) -> None:
     """pixel_size_m measures degrees, but the report took no pixel area for a geographic
     CRS: an EPSG:4326 scene's 'ground mapped' row was missing. It is the valid pixels times

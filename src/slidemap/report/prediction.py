@@ -52,7 +52,7 @@ from slidemap.report.plots import (
     probability_figure,
     size_histogram_figure,
 )
-from slidemap.report.provenance import Provenance, accuracy_caveat, of_prediction
+from slidemap.report.provenance import ADAPTED, Provenance, accuracy_caveat, of_prediction
 
 LARGEST = 10
 MAX_OUTLINES = 20_000
@@ -294,10 +294,14 @@ def _provenance(known: Provenance, inventory: Inventory, outputs: list[Path]) ->
         ("outputs", ", ".join(p.name for p in outputs)),
         ("CRS", crs_name(inventory.crs)),
     ]
+    if known.adapted:
+        rows.insert(4, ("adapted to the scene", known.adapted))
     return "<h3>Provenance</h3>" + pairs(rows)
 
 
 def _caveat(known: Provenance) -> str:
     said = "".join(f"<p>{f'<b>{escape(name)}</b>: ' if name else ''}{escape(text)}</p>"
                    for name, text in accuracy_caveat(known.models))
+    if known.adapted_trained:
+        said += f"<p>{escape(ADAPTED)}</p>"
     return f"<div class='caveat'><h3>What to expect on new ground</h3>{said}</div>"

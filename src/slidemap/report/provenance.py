@@ -29,6 +29,10 @@ UNMEASURED = ("Accuracy on new ground is unmeasured for this model: its sidecar 
               "against the imagery before acting on them.")
 UNKNOWN_MODEL = ("The model that made this map is not recorded in its outputs, so what to "
                  "expect of it on new ground cannot be said here.")
+ADAPTED = ("This map was made by a copy of the model fine-tuned on this scene's own "
+           "pseudo-labels (predict --adapt), not by the model file itself: the card speaks of "
+           "the model before adaptation. What adaptation does on held-out ground is measured "
+           "in benchmarks/protocol/adapt.md.")
 
 # Tag names (lower case, a leading "slidemap_" or "slidemap:" dropped) that may hold each field.
 TAG_NAMES = {
@@ -55,6 +59,8 @@ class Provenance:
     version: str | None = None
     command: str | None = None
     created: str | None = None
+    adapted: str | None = None  # how the model was adapted to the scene, if it was
+    adapted_trained: bool = False  # whether that adaptation changed the model at all
 
     def merged(self, other: Provenance) -> Provenance:
         """These values, with ``other``'s where these are missing."""
@@ -87,7 +93,29 @@ def from_tags(tags: dict[str, str]) -> Provenance:
         if isinstance(named, dict):
             found.setdefault("image", named.get("image"))
             found.setdefault("dem", named.get("dem"))
+    if tags.get("adapted"):
+        found["adapted"], found["adapted_trained"] = adaptation(tags["adapted"],
+                                                                tags.get("adapted_model"))
     return Provenance(**{k: v for k, v in found.items() if v})
+
+
+def adaptation(tag: str, saved_as: str | None) -> tuple[str, bool]:
+    """The ``SLIDEMAP_ADAPTED`` tag (a JSON summary of ``predict --adapt``) in words, and
+    whether the adaptation trained at all: one that trained no window left the model as it
+    was, so its map is the unadapted one, whatever the tag's presence suggests."""
+    try:
+        record = json.loads(tag)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("windows"), int):
+        return tag, True
+    saved = f"; saved as {saved_as}" if saved_as else ""
+    if record["windows"] == 0:
+        return (f"asked for, but no window trained (stopped by {record.get('stopped_by')}): "
+                f"the map is the model's as it was{saved}", False)
+    return (f"{record['windows']} training windows in {len(record.get('rounds') or [])} "
+            f"rounds, {record.get('seconds')} s (stopped by {record.get('stopped_by')}){saved}",
+            True)
 
 
 def _listed(value: str) -> tuple[str, ...]:
