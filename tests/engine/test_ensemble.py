@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from factories import RGB_SLOPE, tiny_bundle
+from factories import RGB_SLOPE, rewrite_sidecar, tiny_bundle
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
@@ -84,3 +86,25 @@ def test_members_with_other_windows_or_scales_need_one_chosen(
         with rasterio.open(result.prob) as ds:
             maps.append(ds.read(1))
     np.testing.assert_allclose(maps[0], maps[1], atol=1e-6, equal_nan=True)
+
+
+def test_members_with_other_thresholds_warn_which_one_draws_the_mask(
+        tiny_scene: dict, tmp_path: Path) -> None:
+    """Members' thresholds were averaged in silence: the mask was drawn at a value that no
+    model file holds. The mean stays (the map does not depend on --model's order) but it is
+    said, with --threshold as the way to choose; members that agree, or --threshold, say
+    nothing."""
+    low, high = member(tmp_path, 1, 50.0), member(tmp_path, 2, 70.0)
+    rewrite_sidecar(high, threshold=0.9)
+    options = PredictOptions(tile=48, overlap=16, precision="fp32")
+    with pytest.warns(api.SlidemapWarning, match=r"different thresholds \(0.5, 0.9, in --model "
+                      r"order\): the mask is drawn at their mean, 0.7; pass --threshold"):
+        result = api.predict(tiny_scene["image"], tmp_path / "mixed", tiny_scene["dem"],
+                             [low, high], options)
+    with rasterio.open(result.mask) as ds:
+        assert ds.tags()["SLIDEMAP_THRESHOLD"] == "0.7"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", api.SlidemapWarning)
+        api.predict(tiny_scene["image"], tmp_path / "chosen", tiny_scene["dem"], [low, high],
+                    replace(options, threshold=0.6))
+        Predictor([load_model(low), load_model(member(tmp_path, 3, 60.0))])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 from slidemap.data.names import DatasetName, absolute_name
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning, silenced
 from slidemap.extras import require
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
@@ -130,8 +130,10 @@ def predict_band(job: BandJob, piece: tuple[int, int]) -> PredictedBand:
 def _predictor(models: tuple[str, ...], tta: bool, precision: str, backend: str, compile: bool,
                scales: tuple[float, ...],
                stats: tuple[tuple[float, ...], tuple[float, ...]] | None) -> Predictor:
-    predictor = Predictor([load_model(p) for p in models], tta, precision, backend, compile,
-                          scales)
+    # workers compute probabilities only; the client drew the mask and warned of its threshold
+    with silenced(SlidemapWarning, "ensemble members have different thresholds"):
+        predictor = Predictor([load_model(p) for p in models], tta, precision, backend,
+                              compile, scales)
     if stats is not None:
         predictor = predictor.with_stats(BandStats(list(stats[0]), list(stats[1])))
     return predictor

@@ -14,6 +14,7 @@ import copy
 import functools
 import operator
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from slidemap.data.channels import InputSpec
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scaling import demote
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.backends import Backend, make_backend
 from slidemap.infer.runtime import resolve_precision
 from slidemap.io.modelfile import ModelBundle, common_setting
@@ -40,6 +41,21 @@ def spare_core_pool() -> ThreadPoolExecutor | None:
     already in the model's thread pool, a second model call would only fight it for them.
     The network runs the same operations in either thread, so the figures do not change."""
     return _scale_pool() if torch.get_num_threads() < (os.cpu_count() or 1) else None
+
+
+def mean_threshold(bundles: list[ModelBundle]) -> float:
+    """The members' mean decision threshold, with a warning when they differ: each was fitted
+    to its own member's probabilities, not to their average, so the user should know which
+    one draws the mask (and that --threshold chooses another), as the map was made silently at
+    a value no model file holds."""
+    values = [b.threshold for b in bundles]
+    mean = float(np.mean(values))
+    if len(set(values)) > 1:
+        listed = ", ".join(f"{v:g}" for v in values)
+        warnings.warn(f"ensemble members have different thresholds ({listed}, in --model "
+                      f"order): the mask is drawn at their mean, {mean:g}; pass --threshold "
+                      "to choose one", SlidemapWarning, stacklevel=3)
+    return mean
 
 
 class Predictor:
@@ -67,8 +83,8 @@ class Predictor:
         self.spec: InputSpec = first
         self.members = [(make_backend(b, backend, precision, compile), BandStats(b.mean, b.std))
                         for b in bundles]
-        self.threshold = float(np.mean([b.threshold for b in bundles])) \
-            if threshold is None else check_threshold(threshold)
+        self.threshold = mean_threshold(bundles) if threshold is None \
+            else check_threshold(threshold)
         self.defaults = [b.predict for b in bundles]
         self.scales = common_setting(self.defaults, "scales", "--scales") if scales is None \
             else check_scales(scales)
