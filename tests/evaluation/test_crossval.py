@@ -96,12 +96,12 @@ def test_no_fold_trains_on_ground_it_scores_or_its_buffer(tmp_path: Path,
     trainings: list[dict] = []
     real_train, real_sample = crossval_module.train, RandomWindows._sample
 
-    def spy_train(fold_config, run_dir, resume, overwrite, extra_train):
+    def spy_train(fold_config, run_dir, resume, overwrite, extra_train, how_to_go_on):
         trainings.append({"fold": int(run_dir.name.removeprefix("fold")),
                           "arrays": list(extra_train), "samples": []})
         assert not fold_config.train_scenes and not fold_config.val_scenes
         return real_train(fold_config, run_dir, resume=resume, overwrite=overwrite,
-                          extra_train=extra_train)
+                          extra_train=extra_train, how_to_go_on=how_to_go_on)
 
     def spy_sample(self, index, window, rng):
         sample = real_sample(self, index, window, rng)

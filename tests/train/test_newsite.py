@@ -3,6 +3,7 @@ pseudo-labels, fine-tuning and self-training, on tiny fixtures written here."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from rasterio.windows import Window
 
 from slidemap import api
 from slidemap.data.channels import InputSpec, stack_channels
+from slidemap.data.dataset import RandomWindows
 from slidemap.data.dataset import scene_stats as dataset_scene_stats
 from slidemap.data.normalization import BandStats, compute_stats
 from slidemap.data.scaling import demote, promote
@@ -457,6 +459,31 @@ def test_selftrain_refuses_a_bad_round_loss_before_round_0(tmp_path: Path, run_c
     code, err = run_cli("selftrain", config, "--out", tmp_path / "st")
     assert code == 1 and "selftrain" in err and "smoothing" in err, err
     assert not (tmp_path / "st" / "round0").exists()
+
+
+def test_a_stopped_selftrain_says_how_to_go_on_in_its_own_words(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Ctrl-C or SIGTERM in a self-training round said "rerun the same command with --resume",
+    an option selftrain does not have (and the rerun without it is refused): it now says that
+    selftrain starts again with --overwrite."""
+    source = patch_folder(tmp_path / "source", count=2, seed=0)
+    config = load_config(run_config(
+        tmp_path, {"train": [{"patches": str(source)}]},
+        selftrain={"target": [{"patches": str(source)}], "rounds": 1},
+        training={**TINY_TRAINING, "epochs": 2}))
+    real_epoch = RandomWindows.epoch
+
+    def stop_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
+        if number == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, number, batch_size)
+
+    monkeypatch.setattr(RandomWindows, "epoch", stop_at_epoch_2)
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        selftrain(config, tmp_path / "st")
+    assert "stopped after epoch 1" in caplog.text
+    assert "--resume" not in caplog.text and "rerun it with --overwrite" in caplog.text
 
 
 def test_selftrain_rows_have_no_target_figures_without_labels(tmp_path: Path) -> None:

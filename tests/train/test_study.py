@@ -95,9 +95,12 @@ def test_study_trains_scores_and_continues(tiny_scene: dict[str, Path], tmp_path
     monkeypatch.undo()
     real_train = study_module.train
 
-    def spy(config: object, run_dir: Path, resume: bool, overwrite: bool) -> Path:
+    def spy(config: object, run_dir: Path, resume: bool, overwrite: bool,
+            how_to_go_on: str) -> Path:
         calls.append((run_dir.name, resume))
-        return real_train(config, run_dir, resume=resume, overwrite=overwrite)
+        assert "--resume" not in how_to_go_on  # study continues on a plain rerun
+        return real_train(config, run_dir, resume=resume, overwrite=overwrite,
+                          how_to_go_on=how_to_go_on)
 
     monkeypatch.setattr(study_module, "train", spy)
     rows = run_study(load_study(config), out)

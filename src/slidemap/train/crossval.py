@@ -51,7 +51,7 @@ from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.schema.config import RunConfig, with_seed
 from slidemap.train.lineage import lineage
-from slidemap.train.loop import train
+from slidemap.train.loop import CONTINUES, train
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
     if not (run_dir / "summary.json").exists():  # not trained to the end: train or resume
         resume = (run_dir / "checkpoint.safetensors").exists()
         train(fold_config, run_dir, resume=resume, overwrite=not resume,
-              extra_train=masked_scenes(scenes, hidden))
+              extra_train=masked_scenes(scenes, hidden), how_to_go_on=CONTINUES)
     bundle = load_model(run_dir / "model")
     predictor = Predictor([bundle], precision=config.train.precision)
     options = PredictOptions(batch_size=config.predict.batch_size,

@@ -71,23 +71,29 @@ log = logging.getLogger(__name__)
 WARM_UP = 0.1  # share of the steps that warm the learning rate up to its peak
 
 
+RESUME = "rerun the same command with --resume to continue from there"
+CONTINUES = "rerun the same command to continue from there"  # study, crossval: they resume
+
+
 def train(config: RunConfig, out_dir: Path, resume: bool = False,
           overwrite: bool = False, extra_train: Sequence[SceneArrays] = (),
-          record: dict | None = None) -> Path:
+          record: dict | None = None, how_to_go_on: str = RESUME) -> Path:
     """Train as ``config`` says into ``out_dir``; returns the path of the best model file.
 
     An earlier run in ``out_dir`` is continued with ``resume``, replaced with ``overwrite``, and
     otherwise left alone (an error). ``extra_train`` adds arrays built elsewhere (pseudo-labels),
     ``record`` what the model file's provenance says of them beside the config.
+    ``how_to_go_on``: what a stopped run tells the user to do, in the words of the command
+    that called (only ``train`` and ``finetune`` take --resume).
     """
     try:
         return _train(config, out_dir, resume, overwrite, extra_train, record)
     except KeyboardInterrupt:
-        _say_what_is_kept(out_dir)
+        _say_what_is_kept(out_dir, how_to_go_on)
         raise
 
 
-def _say_what_is_kept(out_dir: Path) -> None:
+def _say_what_is_kept(out_dir: Path, how_to_go_on: str) -> None:
     """On Ctrl-C or SIGTERM, say which epoch the run folder's checkpoint keeps and how to go
     on: the command's own last line only says that no half-written file was kept."""
     checkpoint = out_dir / "checkpoint.safetensors"
@@ -97,8 +103,7 @@ def _say_what_is_kept(out_dir: Path) -> None:
         log.warning(f"stopped before the first epoch ended: no epoch is kept in {out_dir}")
         return
     epoch = saved_state(checkpoint).get("epoch")
-    log.warning(f"stopped after epoch {epoch}: {checkpoint} keeps it; rerun the same command "
-                "with --resume to continue from there")
+    log.warning(f"stopped after epoch {epoch}: {checkpoint} keeps it; {how_to_go_on}")
 
 
 def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,

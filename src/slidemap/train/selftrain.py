@@ -33,6 +33,8 @@ from slidemap.schema.config import RunConfig
 from slidemap.train.checks import check_buildable
 from slidemap.train.loop import train
 
+RESTART = "selftrain does not resume: rerun it with --overwrite to start again"
+
 COLUMNS = ("round", "kept_fraction", "pseudo_landslide_fraction", "target_f1", "target_iou",
            "target_precision", "target_recall", "train_seconds")
 
@@ -102,7 +104,8 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     # the rounds' configs have no selftrain section: their model files name the targets whose
     # imagery they learnt from (slidemap.train.lineage reads it)
     seen = {"selftrain_targets": settings.to_dict()["target"]}
-    model_path = train(config.changed(selftrain=None), out_dir / "round0", overwrite=overwrite)
+    model_path = train(config.changed(selftrain=None), out_dir / "round0", overwrite=overwrite,
+                       how_to_go_on=RESTART)
     for number in range(settings.rounds + 1):
         predictor = Predictor([load_model(model_path)], precision=options.precision)
         pseudo, row = pseudo_round(predictor, targets, confident(settings.threshold),
@@ -119,7 +122,7 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
                           SlidemapWarning, stacklevel=2)
         model_path = train(round_config.changed(init=model_path),
                            out_dir / f"round{number + 1}", overwrite=overwrite,
-                           extra_train=pseudo, record=seen)
+                           extra_train=pseudo, record=seen, how_to_go_on=RESTART)
     bundle = load_model(model_path)
     bundle.provenance = {**bundle.provenance, **seen, "selftrain": rows}
     save_model(bundle, out_dir / "model")

@@ -41,7 +41,7 @@ from slidemap.models import count_parameters
 from slidemap.schema.config import RunConfig, apply_overrides, parse_config, read_yaml
 from slidemap.schema.values import file_of
 from slidemap.train.checks import check_buildable
-from slidemap.train.loop import train
+from slidemap.train.loop import CONTINUES, train
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def run_one(run: StudyRun, run_dir: Path, timing: Timing) -> dict:
     if not (run_dir / "summary.json").exists():
         # Without a checkpoint, whatever a run cut off in its first epoch left is started over.
         resume = (run_dir / "checkpoint.safetensors").exists()
-        train(config, run_dir, resume=resume, overwrite=not resume)
+        train(config, run_dir, resume=resume, overwrite=not resume, how_to_go_on=CONTINUES)
     summary = json.loads((run_dir / "summary.json").read_text())
     bundle = load_model(run_dir / "model")
     scores = score_run(bundle, config)
