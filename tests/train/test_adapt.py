@@ -131,6 +131,34 @@ def test_pseudo_labels_are_the_most_confident_pixels_of_each_class(
     assert [r["keep"] for r in adapted.record["rounds"]] == [0.3, 0.6]
 
 
+def test_pseudo_labels_split_the_classes_where_the_map_does(
+        trained: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict --adapt --threshold 0.3 drew the map at 0.3 but split the pseudo-labels at the
+    model's threshold, so pixels the map called landslide were taught to the copy as
+    background; --scales were ignored alike. The rounds now predict as the map does."""
+    scene, model = trained
+    bundle = load_model(model)
+    arrays = load_scene_arrays(Path(scene["image"]), None, Path(scene["dem"]), bundle.inputs)
+    decisions: list[float] = []
+    scales: list[tuple[float, ...]] = []
+    real_labeller, real_round = adapt_module.class_balanced, adapt_module.pseudo_round
+
+    def spy_labeller(portion, decision, seed=0):
+        decisions.append(decision)
+        return real_labeller(portion, decision, seed)
+
+    def spy_round(predictor, targets, label, options):
+        scales.append(predictor.scales)
+        return real_round(predictor, targets, label, options)
+
+    monkeypatch.setattr(adapt_module, "class_balanced", spy_labeller)
+    monkeypatch.setattr(adapt_module, "pseudo_round", spy_round)
+    adapt_model(bundle, [block_chunk(arrays, 20, 70, 30, 80, margin=8)], fast(rounds=2),
+                PredictOptions(precision="fp32", threshold=0.3, scales=(1.0, 0.5)))
+    assert bundle.threshold != 0.3 and decisions == [0.3, 0.3]
+    assert scales == [(1.0, 0.5), (1.0, 0.5)]
+
+
 def test_tied_probabilities_keep_the_portion_not_every_tie() -> None:
     """Probabilities on few steps tie: the share kept of each class is still the portion."""
     prob = np.full((10, 10), 0.38, np.float32)

@@ -158,7 +158,10 @@ def adapt_model(bundle: ModelBundle, chunks: list[SceneArrays], options: AdaptOp
     for number, portion in enumerate(portions):
         if time.perf_counter() >= deadline:
             break
-        predictor = Predictor([adapted], precision=predict.precision)
+        # the map's decision threshold and scales, so a pixel the map calls landslide is not
+        # taught to the copy as background (--tta is left out: 8 passes would eat the budget)
+        predictor = Predictor([adapted], precision=predict.precision, scales=predict.scales,
+                              threshold=predict.threshold)
         pseudo, row = pseudo_round(predictor, [Target(c, None) for c in chunks],
                                    class_balanced(portion, predictor.threshold,
                                                   options.seed * 1000 + number), predict)
