@@ -4,6 +4,7 @@ pseudo-labels, fine-tuning and self-training, on tiny fixtures written here."""
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from rasterio.windows import Window
 
 from slidemap import api
 from slidemap.data.channels import InputSpec, stack_channels
-from slidemap.data.dataset import RandomWindows
+from slidemap.data.dataset import RandomWindows, SceneArrays
 from slidemap.data.dataset import scene_stats as dataset_scene_stats
 from slidemap.data.normalization import BandStats, compute_stats
 from slidemap.data.scaling import demote, promote
@@ -41,9 +42,10 @@ from slidemap.infer.separated import patch_stats, scene_stats
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import PatchSource, Split, load_config, parse_config
 from slidemap.train import loop
+from slidemap.train import selftrain as selftrain_module
 from slidemap.train.lineage import lineage
 from slidemap.train.loop import train
-from slidemap.train.selftrain import pseudo_labels, selftrain
+from slidemap.train.selftrain import Target, confident, pseudo_labels, pseudo_round, selftrain
 from slidemap.train.warmstart import check_compatible
 
 
@@ -525,3 +527,22 @@ def test_band_statistics_fit_the_predictor(tiny_model: Path) -> None:
     predictor = Predictor([load_model(tiny_model)])
     with pytest.raises(SlidemapError, match="do not fit the model's 4 channels"):
         predictor.with_stats(BandStats([0.0], [1.0]))
+
+
+def test_pseudo_labels_of_one_class_alone_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that calls all the ground it is sure of landslide gave pseudo-labels of that
+    class alone, and a round (selftrain, predict --adapt) trained on them in silence: the
+    drift towards landslide that the adaptation measurement found. It now warns; labels of
+    both classes, or of background alone (a scene without slides), do not."""
+    x = np.zeros((3, 8, 8), np.float32)
+    target = Target(SceneArrays("t", x, np.zeros((8, 8), np.uint8)), None)
+    predictor = Predictor([tiny_bundle(InputSpec(image_bands=(1, 2, 3)))], precision="fp32")
+    for prob, warns in ((0.9, True), (0.1, False)):
+        monkeypatch.setattr(selftrain_module, "predict_arrays",
+                            lambda *_, p=prob: np.full((8, 8), p, np.float32))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, row = pseudo_round(predictor, [target], confident(0.7), PredictOptions())
+        said = [str(w.message) for w in caught if w.category is SlidemapWarning]
+        assert row["kept_fraction"] == 1.0
+        assert bool(said) is warns and all("every pseudo-label is landslide" in s for s in said)

@@ -166,6 +166,12 @@ def pseudo_round(predictor: Predictor, targets: list[Target], label: Labeller,
             confusion.update(to_native(prob, arrays)[0], target.labels)
     row: dict = {"kept_fraction": kept / max(valid_pixels, 1),
                  "pseudo_landslide_fraction": landslide / max(kept, 1)}
+    if kept and landslide == kept:
+        # no figures in the message: the rounds' warnings are one, shown once
+        warnings.warn("every pseudo-label is landslide, none background: the model sees "
+                      "landslide on all the target ground it is sure of, and training on these "
+                      "labels teaches that class alone; check its map of the target",
+                      SlidemapWarning, stacklevel=2)
     if confusion.counts.sum():
         metrics = confusion.metrics()
         row |= {f"target_{k}": metrics[k] for k in ("f1", "iou", "precision", "recall")}
