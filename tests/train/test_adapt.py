@@ -254,18 +254,21 @@ def test_the_saved_adapted_model_makes_the_map_it_made(
 
 def test_predict_adapt_refuses_bad_values_in_one_line(
         trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli) -> None:
+    """A value out of range is a wrong command line (exit 2, as --threshold 2 is); the
+    adaptation's own values exited 1."""
     scene, model = trained
     base = ("predict", scene["image"], "--dem", scene["dem"], "--model", model,
             "--out", tmp_path / "map")
-    for extra, expected in [(("--adapt", "--adapt-minutes", "0"), "--adapt-minutes 0 must"),
-                            (("--adapt", "--adapt-windows", "2"), "--adapt-windows 2 is fewer"),
-                            (("--adapt-minutes", "2"), "--adapt-minutes apply with --adapt"),
-                            (("--adapt", "--normalise", "scene"), "drop --normalise scene"),
-                            (("--adapt", "--model", model), "not an ensemble"),
-                            (("--adapt", "--adapt-save", model),
-                             "would overwrite an input: choose another --adapt-save")]:
+    for extra, expected, exit_code in [
+            (("--adapt", "--adapt-minutes", "0"), "--adapt-minutes 0 must", 2),
+            (("--adapt", "--adapt-windows", "2"), "--adapt-windows 2 is fewer", 2),
+            (("--adapt-minutes", "2"), "--adapt-minutes apply with --adapt", 2),
+            (("--adapt", "--normalise", "scene"), "drop --normalise scene", 2),
+            (("--adapt", "--model", model), "not an ensemble", 2),
+            (("--adapt", "--adapt-save", model),
+             "would overwrite an input: choose another --adapt-save", 1)]:
         code, err = run_cli(*base, *extra)
-        assert code != 0 and len(err.strip().splitlines()) == 1, err
+        assert code == exit_code and len(err.strip().splitlines()) == 1, err
         assert expected in err
     assert not (tmp_path / "map").exists()
     with pytest.raises(SlidemapError, match=r"keep 0\.8 → 0\.4 must grow"):

@@ -42,7 +42,7 @@ from slidemap.data.names import DatasetName, display_name
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import random_windows
-from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
@@ -102,8 +102,8 @@ class AdaptOptions:
              f"adaptation min_valid {self.min_valid:g} must lie in (0, 1]"),
         ]
         for failed, message in problems:
-            if failed:
-                raise SlidemapError(message)
+            if failed:  # a value of the wrong form: exit 2, as --threshold and --scales do
+                raise UsageError(message)
 
     def portions(self) -> list[float]:
         """Each round's fraction kept, from the first to the last, evenly spaced."""
