@@ -31,6 +31,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec
+from slidemap.data.dataset import RandomWindows
 from slidemap.data.scene import Scene
 from slidemap.data.vectors import PolygonLayer
 from slidemap.data.windows import grid_windows
@@ -291,6 +292,38 @@ def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
     assert "resolution_m" not in raw["inputs"]  # 2 m imagery is read at its own pixels
     code, err = run_cli("newsite", scene, labels, "--out", out)
     assert code != 0 and "exists" in err  # an earlier run is never replaced silently
+
+
+def test_a_stopped_newsite_says_to_start_again_with_overwrite(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """newsite has no --resume: stopped mid-training, it told the user to rerun with --resume,
+    and the rerun was refused with "pass --resume to continue it". Both now name --overwrite,
+    which trains again."""
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 2, "select": "last"})
+    rng = np.random.default_rng(1)
+    image = rng.integers(40, 90, size=(3, 64, 64)).astype(np.uint8)
+    image[:, 20:40, 10:30] += 100
+    grid = from_origin(469200.0, 3446200.0, 2.0, 2.0)
+    scene = write_raster(tmp_path / "site.tif", image, transform=grid)
+    slide = shapely.box(469200.0 + 20, 3446200.0 - 80, 469200.0 + 60, 3446200.0 - 40)
+    labels = write_polygons(tmp_path / "slides.geojson", [slide], crs="EPSG:4326")
+    out = tmp_path / "site"
+    real_epoch = RandomWindows.epoch
+
+    def stop_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
+        if number == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, number, batch_size)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RandomWindows, "epoch", stop_at_epoch_2)
+        code, err = run_cli("newsite", scene, labels, "--out", out)
+    assert code == 130 and "--resume" not in err and "--overwrite" in err, err
+    code, err = run_cli("newsite", scene, labels, "--out", out)
+    assert code == 1 and "--resume" not in err and "pass --overwrite" in err, err
+    code, err = run_cli("newsite", scene, labels, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert (out / "map" / "site_mask.tif").exists()
 
 
 def test_newsite_checks_its_inputs_before_it_writes_anything(
