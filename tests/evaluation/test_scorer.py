@@ -20,12 +20,15 @@ from factories import (
     write_config,
     write_raster,
 )
+from rasterio.windows import Window
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import load_scene_arrays
+from slidemap.data.scene import Scene
 from slidemap.data.sources import load_arrays
 from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.evaluation import raster
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.evaluation.raster import score_raster
 from slidemap.evaluation.scorer import score_bundle, score_regions
@@ -229,3 +232,43 @@ def test_a_mask_scored_as_a_prediction_warns_that_its_auc_is_no_ranking(
     with pytest.warns(SlidemapWarning, match=r"holds only 0 and 1 \(a mask\).* _prob\.tif"):
         confusion = score_raster(tiny_scene["mask"], tiny_scene["mask"])
     assert confusion.metrics()["f1"] == 1.0
+
+
+def _wide_vrt(source: Path, path: Path, width: int) -> Path:
+    """A VRT ``width`` px wide and as high as ``source``, its first columns ``source`` and the
+    rest nodata (a kilobyte, whatever ``width``)."""
+    with rasterio.open(source) as ds:
+        crs, height, dtype, nodata = ds.crs.to_wkt(), ds.height, ds.dtypes[0], ds.nodata
+    kind = {"uint8": "Byte", "float32": "Float32"}[dtype]
+    path.write_text(
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{crs}</SRS>'
+        f"<GeoTransform>469200, 0.5, 0, 3446200, 0, -0.5</GeoTransform>"
+        f'<VRTRasterBand dataType="{kind}" band="1"><NoDataValue>{nodata}</NoDataValue>'
+        f'<SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
+        "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>")
+    return path
+
+
+def test_a_wide_prediction_is_scored_in_windows_of_bounded_width(
+        tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A strip as wide as the scene grew with its width (2.7 GB for 1024 rows of a 100 000 px
+    wide mosaic, then out of memory): windows are at most WINDOW_COLUMNS wide, and the
+    counts are those of the scene's own pixels."""
+    with rasterio.open(tiny_scene["mask"]) as src:
+        labels = src.read(1)
+    prob = np.where(labels == 255, np.nan, np.clip(labels * 0.7 + 0.2, 0, 1)).astype(np.float32)
+    narrow = write_raster(tmp_path / "prob.tif", prob, nodata=float("nan"))
+    width = 3 * raster.WINDOW_COLUMNS + 5
+    wide_prob = _wide_vrt(narrow, tmp_path / "prob.vrt", width)
+    wide_truth = _wide_vrt(tiny_scene["mask"], tmp_path / "truth.vrt", width)
+    read = Scene.read
+    widths: list[int] = []
+
+    def spy(scene: Scene, window: Window, *args: object, **kwargs: object) -> dict:
+        widths.append(int(window.width))
+        return read(scene, window, *args, **kwargs)
+
+    monkeypatch.setattr(Scene, "read", spy)
+    wide = score_raster(wide_prob, wide_truth)
+    assert max(widths) <= raster.WINDOW_COLUMNS and sum(widths) >= width
+    assert np.array_equal(wide.counts, score_raster(narrow, tiny_scene["mask"]).counts)

@@ -1,8 +1,9 @@
-"""Score a probability or mask raster against a truth raster, strip by strip, in one matrix."""
+"""Score a probability or mask raster against a truth raster, window by window, in one matrix."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,24 @@ from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
 
 ROUNDING = 1e-6  # float32 rounding past 0 or 1 in probabilities written elsewhere: not an error
+WINDOW_COLUMNS = 4096  # with 1024 rows, about 4 Mpx a window: some 120 MB of arrays while scored
+
+
+def score_windows(height: int, width: int, rows: int = 1024,
+                  columns: int = WINDOW_COLUMNS) -> Iterator[Window]:
+    """Windows of at most ``rows`` × ``columns`` px covering the raster: whole-width strips
+    read a scene of any height in the memory of one, and column blocks keep a scene of any
+    width from making a strip larger than memory (a 100 000 px wide one took gigabytes)."""
+    for top in range(0, height, rows):
+        for left in range(0, width, columns):
+            yield Window(left, top, min(columns, width - left), min(rows, height - top))
 
 
 def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float = 0.5,
                  strip_rows: int = 1024, aoi: Path | None = None) -> BinaryConfusion:
     """The confusion of ``prediction`` vs ``truth``, histograms kept for precision–recall plots.
 
-    The truth (a label raster, or landslide polygons rasterised strip by strip) is aligned to
+    The truth (a label raster, or landslide polygons rasterised window by window) is aligned to
     the prediction's grid if it lies on another one. Pixels that are nodata in the prediction,
     255 in the truth or outside the area of interest ``aoi`` are left out; if none is left,
     that is an error, not a score of nothing. A prediction of only 0 and 1 (a mask) is scored
@@ -33,8 +45,7 @@ def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float =
         if scene.band_count != 1:
             raise SlidemapError(f"prediction {prediction} has {scene.band_count} bands: pass "
                                 "a single-band probability (0-1) or mask (0/1) raster")
-        for top in range(0, scene.height, strip_rows):
-            window = Window(0, top, scene.width, min(strip_rows, scene.height - top))
+        for window in score_windows(scene.height, scene.width, strip_rows):
             sample = scene.read(window, (1,))
             check_labels(sample["mask"], truth)
             prob = sample["image"][0]
