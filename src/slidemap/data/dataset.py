@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,36 @@ from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import context_window, random_windows
 from slidemap.errors import SlidemapError, SlidemapWarning
+
+# Peak bytes of reading a whole scene, per working pixel and model channel: the channels, their
+# float32 reads and the terrain descriptors' intermediates (measured 11 for RGB, 26 for RGB + DEM
+# + slope and 28 for RGB + relief, slope, curvature and roughness on a 3072² px scene)
+WHOLE_READ_BYTES_PER_CHANNEL = 32
+
+
+def physical_memory_mb() -> int | None:
+    """The machine's memory in MB, None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_whole_read(scene: Scene, factor: int, spec: InputSpec) -> None:
+    """Refuse, before anything is read, a scene whose whole read at the working resolution
+    would take more than this machine's memory: training holds its scenes whole, and a read of
+    a mosaic of 100 000² px (or a VRT of a kilobyte declaring more) failed only after gigabytes
+    were allocated, or was killed for memory."""
+    machine = physical_memory_mb()
+    height, width = -(-scene.height // factor), -(-scene.width // factor)
+    need = height * width * len(spec.channels) * WHOLE_READ_BYTES_PER_CHANNEL
+    if machine and need > machine * 2**20:
+        raise SlidemapError(
+            f"scene {scene.image_path} is {width:,} × {height:,} px at the working resolution: "
+            f"training holds scenes whole, about {need / 2**30:,.0f} GB for its "
+            f"{len(spec.channels)} channels, more than this machine's {machine / 2**10:,.0f} GB: "
+            "crop it (gdal_translate -srcwin) or cut it into several scenes, or train at a "
+            "coarser inputs.resolution_m")
 
 
 @dataclass
@@ -63,6 +94,7 @@ def load_scene_arrays(image: DatasetName, mask: DatasetName | None, dem: Dataset
     with Scene(image, dem=dem, mask=mask, aoi=aoi) as scene:
         scene.check_bands(spec.image_bands, "the model config")
         factor = scene.decimation(spec.resolution_m)
+        check_whole_read(scene, factor, spec)
         coarse = scene.coarser_than(spec.resolution_m)
         if coarse:
             warnings.warn(coarse, SlidemapWarning, stacklevel=2)

@@ -13,24 +13,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from slidemap.data.dataset import physical_memory_mb
 from slidemap.errors import SlidemapError
 
 DEFAULT_MEMORY_MB = 512
 MIN_MEMORY_MB = 64
 TIFF_INDEX_BYTES_PER_BLOCK = 16  # libtiff holds each block's offset and size (8 bytes each)
-
-
-def physical_memory_mb() -> int | None:
-    """The machine's memory in MB, None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 @dataclass(frozen=True)
