@@ -820,12 +820,19 @@ def _runtime_message(exc: Exception) -> str | None:
     if rasterio_errors is not None and isinstance(exc, rasterio_errors.RasterioError):
         return f"raster error: {_one_line(exc)}: check the input files"
     if isinstance(exc, MemoryError):
-        return ("out of memory: lower --memory-mb (predict, evaluate, suggest) or close other "
-                "programs; nothing was written")
+        return f"out of memory: {_memory_hint()} or close other programs; nothing was written"
     if isinstance(exc, OSError):
         hint = "free some disk space" if exc.errno == errno.ENOSPC else "check the path"
         return f"{exc.filename or ''}: {exc.strerror or exc}: {hint}".lstrip(": ")
     return None
+
+
+def _memory_hint() -> str:
+    """What lowers the memory of the running command: only predict takes --memory-mb (evaluate
+    and suggest map in the default budget, training holds its scenes whole)."""
+    if STATE["command"].endswith(" predict"):
+        return "lower --memory-mb"
+    return "pass a smaller scene (a window of it: gdal_translate -srcwin)"
 
 
 def _one_line_warning(show: Callable[..., None]) -> Callable[..., None]:

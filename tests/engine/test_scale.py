@@ -541,6 +541,18 @@ def test_running_out_of_memory_is_one_line(tiny_scene, tiny_model, tmp_path, run
     assert code == 1 and err.count("\n") == 1 and "out of memory: lower --memory-mb" in err
 
 
+def test_running_out_of_memory_names_no_option_the_command_has_not(tiny_scene, tmp_path,
+                                                                   run_cli, monkeypatch) -> None:
+    """evaluate has no --memory-mb: the line said to lower it (predict, evaluate, suggest)."""
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(api, "evaluate", exhausted)
+    code, err = run_cli("evaluate", tiny_scene["mask"], "--prediction", tiny_scene["mask"])
+    assert code == 1 and err.count("\n") == 1 and "out of memory" in err, err
+    assert "--memory-mb" not in err and "gdal_translate -srcwin" in err
+
+
 def test_a_huge_declared_raster_is_refused_before_anything_is_allocated(tiny_scene, tiny_model,
                                                                          tmp_path,
                                                                          run_cli) -> None:
