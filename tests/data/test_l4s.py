@@ -183,3 +183,14 @@ def test_any_file_the_reader_takes_marks_a_split(tmp_path: Path, suffix: str) ->
     assert is_l4s_folder(tmp_path)
     assert isinstance(open_patch_set(tmp_path, InputSpec(image_bands=(2, 3, 4))), L4SDataset)
     assert not is_l4s_folder(tmp_path / "missing")
+
+
+def test_an_array_within_the_side_but_too_many_bytes_is_refused_before_it_is_read(
+        tmp_path: Path) -> None:
+    """8192 px a side passed the side check, but 14 float64 bands of it are 7 GB: a file of a
+    kilobyte ran out of memory after allocating."""
+    write_release(tmp_path, [1])
+    with h5py.File(tmp_path / "img" / "image_1.h5", "w") as f:
+        f.create_dataset("img", shape=(8192, 8192, 14), dtype="f8", chunks=(128, 128, 14))
+    with pytest.raises(SlidemapError, match=r"8,192 × 8,192 px with 14 band\(s\), 7,168 MB"):
+        L4SDataset(tmp_path)[0]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +250,35 @@ def test_shared_nepal_patches() -> None:
     assert set(np.unique(sample["mask"])) <= {0, 1}
     fraction = np.mean([ds[i]["mask"].mean() for i in range(0, 36, 6)])
     assert 0 < fraction < 0.05  # landslides are tiny: about 0.7 % of pixels
+
+
+def test_a_tiff_patch_declaring_a_scene_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A sparse TIFF of a kilobyte may declare 100 000² px: read whole as a patch, it ran out of
+    memory after allocating; its size is checked first."""
+    (tmp_path / "images").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "images" / "p1.tif", "w", driver="GTiff", width=100_000,
+                           height=100_000, count=3, dtype="uint8", tiled=True,
+                           compress="deflate", SPARSE_OK=True):
+            pass
+    with pytest.raises(SlidemapError, match=r"p1.tif is 100,000 × 100,000 px .* at most 8192"):
+        PatchFolder(tmp_path)[0]
+
+
+@pytest.mark.parametrize("side", [9000, 30_000])
+def test_a_png_patch_declaring_a_scene_is_refused_before_it_is_decoded(tmp_path: Path,
+                                                                       side: int) -> None:
+    """A PNG's header alone gives its size: 30 000² px was Pillow's DecompressionBombError as
+    a traceback, 9000² px (below Pillow's limit) was decoded whole."""
+    (tmp_path / "images").mkdir()
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    (tmp_path / "images" / "p1.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b""))
+    with pytest.raises(SlidemapError, match=r"p1.png is .*at most 8192 px a side"):
+        PatchFolder(tmp_path)[0]

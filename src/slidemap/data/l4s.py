@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slidemap.data.patches import IGNORE, binary_mask
+from slidemap.data.patches import IGNORE, binary_mask, check_patch_size
 from slidemap.errors import SlidemapError
 from slidemap.extras import require
 from slidemap.schema.values import BAND_NAMES, DEFAULT_BANDS, MAX_TILE, TERRAIN, band_indexes
@@ -171,7 +171,9 @@ def _read_dataset(path: Path, key: str,
         if not isinstance(node, _h5py(path).Dataset):
             raise SlidemapError(f"{key!r} in {path} is an HDF5 group, not an array: expected "
                                 "a Landslide4Sense file with 'img' and 'mask' datasets")
-        check(path, tuple(node.shape))
+        shape = tuple(node.shape)
+        check(path, shape)
+        check_patch_size(path, shape[0], shape[1], int(np.prod(shape[2:])), node.dtype.itemsize)
         return np.asarray(node[()])
 
 

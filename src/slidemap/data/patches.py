@@ -28,11 +28,13 @@ from slidemap.data.terrain import (
     slope_degrees,
 )
 from slidemap.errors import SlidemapError
+from slidemap.schema.values import MAX_TILE
 
 IGNORE = 255
 SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 BIJIE_GROUPS = ("landslide", "non-landslide")
+MAX_PATCH_BYTES = 2**30  # a patch's stored values; float32 copies and the model's come on top
 
 
 # -- reading single files -------------------------------------------------------------------------
@@ -116,6 +118,25 @@ def binary_mask(values: np.ndarray, source: str | Path) -> np.ndarray:
     return (values == allowed[1]).astype(np.uint8)
 
 
+def check_patch_size(path: Path, height: int, width: int, bands: int, itemsize: int) -> None:
+    """Refuse, before it is read, a patch more than ``MAX_TILE`` px a side or
+    ``MAX_PATCH_BYTES`` of values: patches are read whole, and a compressed file of a kilobyte
+    may declare a scene (a 100 000² px TIFF, a 14-band float64 HDF5 array 8192 px a side), which
+    ran out of memory after allocating instead."""
+    stored = height * width * bands * itemsize
+    if max(height, width) > MAX_TILE or stored > MAX_PATCH_BYTES:
+        raise SlidemapError(
+            f"{path} is {width:,} × {height:,} px with {bands} band(s), {stored / 2**20:,.0f} MB "
+            f"of values: a patch may be at most {MAX_TILE} px a side and "
+            f"{MAX_PATCH_BYTES // 2**20} MB; cut it into patches, or map it as a scene "
+            "(slidemap predict FILE, windowed)")
+
+
+def _pillow_itemsize(mode: str) -> int:
+    """Bytes per band value of a Pillow mode: 4 for 32-bit integer and float, 2 for 16-bit."""
+    return 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
+
+
 def _open_tiff(path: Path) -> rasterio.DatasetReader:
     """Open a patch TIFF; patches are usually not georeferenced, so rasterio's warning is noise."""
     with warnings.catch_warnings():
@@ -128,6 +149,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with _open_tiff(path) as src:
             bands = [i for i, ci in enumerate(src.colorinterp, 1) if ci != ColorInterp.alpha]
+            check_patch_size(path, src.height, src.width, len(bands or src.indexes),
+                             max(np.dtype(d).itemsize for d in src.dtypes))
             data = src.read(bands or None)
             valid = src.dataset_mask() > 0
     except RasterioIOError as exc:
@@ -161,7 +184,12 @@ def _read_pillow(path: Path, palette_as_rgb: bool) -> tuple[np.ndarray, np.ndarr
     is the class.
     """
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # its size is checked below, before it is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im: Image.Image = Image.open(path)
+        with im:
+            check_patch_size(path, im.height, im.width, len(im.getbands()),
+                             _pillow_itemsize(im.mode))
             im.load()
             if im.mode == "P" and palette_as_rgb:
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -169,6 +197,10 @@ def _read_pillow(path: Path, palette_as_rgb: bool) -> tuple[np.ndarray, np.ndarr
                 im = im.convert("RGB")
             array = np.asarray(im)
             has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit: refused on open
+        raise SlidemapError(f"{path} is larger than Pillow decodes: a patch "
+                            f"may be at most {MAX_TILE} px a side; cut it into patches, or map "
+                            "it as a scene (slidemap predict FILE, windowed)") from exc
     except (OSError, UnidentifiedImageError) as exc:
         raise SlidemapError(f"{path} cannot be read as an image: is the file complete?") from exc
     if array.ndim == 2:
