@@ -2,6 +2,7 @@
 
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,32 @@ def test_a_scene_coarser_than_the_working_resolution_is_told(tiny_scene, tmp_pat
     with pytest.warns(SlidemapWarning, match="coarser than the working resolution_m 0.2"):
         arrays = load_scene_arrays(tiny_scene["image"], tiny_scene["mask"], None, spec)
     assert arrays.x.shape == (3, 96, 96)
+
+
+def _finer_vrt(source: Path, path: Path, times: int) -> Path:
+    """A VRT of ``source`` on a grid ``times`` finer a side over the same ground (a kilobyte)."""
+    with rasterio.open(source) as ds:
+        crs, (height, width), t = ds.crs.to_wkt(), ds.shape, ds.transform
+    path.write_text(
+        f'<VRTDataset rasterXSize="{width * times}" rasterYSize="{height * times}">'
+        f"<SRS>{crs}</SRS><GeoTransform>{t.c}, {t.a / times}, 0, {t.f}, 0, {t.e / times}"
+        '</GeoTransform><VRTRasterBand dataType="Float32" band="1"><NoDataValue>nan'
+        f'</NoDataValue><SimpleSource><SourceFilename relativeToVRT="0">{source}'
+        f'</SourceFilename><SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" '
+        f'xSize="{width}" ySize="{height}"/><DstRect xOff="0" yOff="0" '
+        f'xSize="{width * times}" ySize="{height * times}"/></SimpleSource></VRTRasterBand>'
+        "</VRTDataset>")
+    return path
+
+
+def test_a_dem_on_a_far_finer_grid_is_refused_before_a_window_is_warped(tiny_scene,
+                                                                         tmp_path) -> None:
+    """A 1 cm DEM under a 0.5 m image: warping one window read thousands of DEM pixels per
+    image pixel, and GDAL failed to allocate 4 GB after 20 s with an error asking whether the
+    file was corrupt. A DEM 4 times finer a side is still warped."""
+    far = _finer_vrt(tiny_scene["dem"], tmp_path / "far.vrt", 50)
+    with pytest.raises(SlidemapError, match=r"50 times finer .*gdalwarp -tr 0\.5 0\.5"):
+        Scene(tiny_scene["image"], dem=far)
+    near = _finer_vrt(tiny_scene["dem"], tmp_path / "near.vrt", 4)
+    with Scene(tiny_scene["image"], dem=near) as scene:
+        assert np.isfinite(scene.read(Window(40, 40, 16, 16), (1,), dem=True)["dem"]).all()

@@ -47,6 +47,7 @@ from slidemap.schema.values import is_vector
 IGNORE = 255
 LABEL_VALUES = (0, 1, IGNORE)
 LABEL_BLOCK_PX = 4096  # side of the blocks in which labels_landslides reads polygons
+MAX_SOURCE_DENSITY = 256  # DEM or label pixels per image pixel (16 times finer a side) read
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
 COARSER = 1.5  # working pixels over this many times resolution_m: beyond a whole factor
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
@@ -200,6 +201,7 @@ class Scene:
                           SlidemapWarning, stacklevel=2)
         if src.crs == img.crs and src.transform == img.transform and src.shape == img.shape:
             return src
+        self._check_density(src, bounds, path, role)
         if role == "DEM":
             return WarpedVRT(
                 src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
@@ -212,6 +214,27 @@ class Scene:
             src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
             resampling=resampling, src_nodata=None, nodata=IGNORE, dtype=src.dtypes[0],
         )
+
+    def _check_density(self, src: rasterio.DatasetReader, bounds: tuple[float, ...],
+                       path: str | Path, role: str) -> None:
+        """Refuse, before a window is warped, a raster on a grid so much finer than the
+        image's that warping one window reads its pixels by the thousand per image pixel (a
+        1 cm DEM under a 0.5 m image: GDAL failed to allocate 4 GB after 20 s, and the error
+        asked whether the file was corrupt). ``bounds``: its extent in the image's CRS."""
+        img = self._image
+        extent = _area(bounds)
+        if extent <= 0:
+            return
+        density = (src.width * src.height / extent) / (img.width * img.height / _area(img.bounds))
+        if density > MAX_SOURCE_DENSITY:
+            side = math.sqrt(extent / (src.width * src.height))
+            image_side = math.sqrt(_area(img.bounds) / (img.width * img.height))
+            raise SlidemapError(
+                f"{role} {path} has pixels {math.sqrt(density):,.0f} times finer than image "
+                f"{self.image_path} ({side:.3g} against {image_side:.3g} CRS units): warping "
+                f"it would read {density:,.0f} of its pixels for each image pixel; resample it "
+                f"to the image's pixel size first (gdalwarp -tr {image_side:.3g} "
+                f"{image_side:.3g} -r {'average' if role == 'DEM' else 'mode'})")
 
     def close(self) -> None:
         for ds in (self._dem, self._dem_src, self._mask, self._mask_src, self._image):
@@ -626,6 +649,11 @@ def _core_slope(halo: np.ndarray, top: int, left: int, out_h: int, out_w: int,
     """(1, out_h, out_w) slope of the window inside a halo read (Horn's stencil needs it)."""
     slope = slope_degrees(halo, step)[top:top + out_h, left:left + out_w]
     return np.where(np.isfinite(slope), slope, np.nan)[None].astype(np.float32)
+
+
+def _area(bounds: tuple) -> float:
+    """The area of an extent (west, south, east, north), in either row order."""
+    return abs((bounds[2] - bounds[0]) * (bounds[3] - bounds[1]))
 
 
 def _covered_fraction(a: tuple[float, float, float, float], b: tuple) -> float:
