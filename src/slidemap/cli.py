@@ -819,19 +819,28 @@ def _runtime_message(exc: Exception) -> str | None:
     rasterio_errors = sys.modules.get("rasterio.errors")
     if rasterio_errors is not None and isinstance(exc, rasterio_errors.RasterioError):
         return f"raster error: {_one_line(exc)}: check the input files"
-    if isinstance(exc, MemoryError):
-        return f"out of memory: {_memory_hint()} or close other programs; nothing was written"
+    if isinstance(exc, MemoryError) or _torch_out_of_memory(exc):
+        return f"out of memory: {_memory_hint()}, or close other programs; nothing was written"
     if isinstance(exc, OSError):
         hint = "free some disk space" if exc.errno == errno.ENOSPC else "check the path"
         return f"{exc.filename or ''}: {exc.strerror or exc}: {hint}".lstrip(": ")
     return None
 
 
+def _torch_out_of_memory(exc: Exception) -> bool:
+    """PyTorch's allocators fail with a RuntimeError, not a MemoryError (the CPU's "can't
+    allocate memory", CUDA's OutOfMemoryError): a network's activations for a large --tile
+    are beyond the memory budget, and ran out as a traceback."""
+    return isinstance(exc, RuntimeError) and (
+        type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc))
+
+
 def _memory_hint() -> str:
     """What lowers the memory of the running command: only predict takes --memory-mb (evaluate
-    and suggest map in the default budget, training holds its scenes whole)."""
+    and suggest map in the default budget, training holds its scenes whole), and the network's
+    activations follow the window size and the batch, not the budget."""
     if STATE["command"].endswith(" predict"):
-        return "lower --memory-mb"
+        return "lower --memory-mb, --tile or --batch-size"
     return "pass a smaller scene (a window of it: gdal_translate -srcwin)"
 
 

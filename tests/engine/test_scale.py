@@ -541,6 +541,21 @@ def test_running_out_of_memory_is_one_line(tiny_scene, tiny_model, tmp_path, run
     assert code == 1 and err.count("\n") == 1 and "out of memory: lower --memory-mb" in err
 
 
+def test_pytorch_running_out_of_memory_is_one_line(tiny_scene, tiny_model, tmp_path, run_cli,
+                                                   monkeypatch) -> None:
+    """PyTorch's CPU allocator raises a RuntimeError (a --tile whose activations exceed the
+    memory, beyond the budget): it was a traceback."""
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 29491200 bytes.")
+
+    monkeypatch.setattr(api, "predict", exhausted)
+    code, err = run_cli("predict", tiny_scene["image"], "--model", tiny_model, "--out",
+                        tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1 and "out of memory: lower" in err, err
+    assert "--tile" in err
+
+
 def test_running_out_of_memory_names_no_option_the_command_has_not(tiny_scene, tmp_path,
                                                                    run_cli, monkeypatch) -> None:
     """evaluate has no --memory-mb: the line said to lower it (predict, evaluate, suggest)."""
