@@ -148,6 +148,28 @@ def test_a_box_too_small_for_the_model_is_refused(scene: Path) -> None:
         suggest_boxes(BrightnessModel(), scene, None, n=1, box=16)
 
 
+def test_a_box_larger_than_a_window_is_refused_before_it_is_read(scene: Path) -> None:
+    """Each box is read and predicted whole: a 60 000 px box ran out of memory after 3 GB."""
+    with pytest.raises(SlidemapError, match=r"--box 9000 is 9000 working px .* smaller --box"):
+        suggest_boxes(BrightnessModel(), scene, None, n=1, box=9000)
+
+
+def test_a_scene_of_too_many_boxes_is_refused_before_any_is_scored(tmp_path: Path) -> None:
+    """A 1 000 000² px VRT of a kilobyte in 64 px boxes: the list of its 244 million boxes ran
+    out of memory before one was read; their count is checked against the budget first."""
+    tile = write_raster(tmp_path / "tile.tif", np.full((64, 64), 100, np.uint8), nodata=0,
+                        transform=from_origin(*ORIGIN, 1.0, 1.0))
+    vrt = tmp_path / "huge.vrt"
+    vrt.write_text(
+        '<VRTDataset rasterXSize="1000000" rasterYSize="1000000"><SRS>EPSG:32647</SRS>'
+        f"<GeoTransform>{ORIGIN[0]}, 1, 0, {ORIGIN[1]}, 0, -1</GeoTransform>"
+        '<VRTRasterBand dataType="Byte" band="1"><NoDataValue>0</NoDataValue><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{tile}</SourceFilename><SourceBand>1</SourceBand>'
+        "</SimpleSource></VRTRasterBand></VRTDataset>")
+    with pytest.raises(SlidemapError, match=r"244,140,625 boxes of 64 px.* larger --box"):
+        suggest_boxes(BrightnessModel(), vrt, None, n=1, box=64)
+
+
 def test_labelled_areas_off_the_scene_or_empty_are_refused(scene: Path, tmp_path: Path) -> None:
     """A --labels file that skips nothing (CRS set wrong, another place, no polygon) would
     suggest boxes that were labelled already without a word."""

@@ -18,7 +18,7 @@ fewer than ``n`` boxes, the best remaining ones fill up the list.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +40,13 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
 from slidemap.infer.stream import check_terrain_halo
 from slidemap.io.atomic import atomic_path, final_path
+from slidemap.schema.values import MAX_TILE
 
 MIN_VALID = 0.25  # a box must have this share of its full area valid to be worth labelling
 GEOJSON_SUFFIXES = (".geojson", ".json")
 BOX_SUFFIXES = (".gpkg", *GEOJSON_SUFFIXES)  # the files write_boxes writes
 EPS = 1e-6
+BYTES_PER_BOX_SCORE = 512  # a BoxScore and its Window (250 measured), kept until the pick
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,32 @@ class BoxScore:
         return self.uncertainty * self.valid_fraction
 
 
-def box_grid(height: int, width: int, box: int) -> list[tuple[int, int, Window]]:
-    """(grid row, grid col, window) of non-overlapping ``box`` px boxes, edge boxes clipped."""
-    return [(r, c, Window(col, row, min(box, width - col), min(box, height - row)))
-            for r, row in enumerate(range(0, height, box))
-            for c, col in enumerate(range(0, width, box))]
+def box_grid(height: int, width: int, box: int) -> Iterator[tuple[int, int, Window]]:
+    """(grid row, grid col, window) of non-overlapping ``box`` px boxes, edge boxes clipped,
+    one at a time: a list of them grew with the scene (gigabytes for 64 px boxes of a
+    1 000 000² px VRT)."""
+    for r, row in enumerate(range(0, height, box)):
+        for c, col in enumerate(range(0, width, box)):
+            yield r, c, Window(col, row, min(box, width - col), min(box, height - row))
+
+
+def check_box_size(scene: Scene, image: DatasetName, box: int, factor: int,
+                   budget: MemoryBudget) -> None:
+    """Refuse, before anything is read, a ``box`` the model cannot take as one window (each box
+    is read and predicted whole: a 60 000 px box ran out of memory after 3 GB), and a scene of
+    so many boxes that their scores, kept until the pick, would not fit half ``budget``."""
+    side = -(-box // factor)
+    if side > MAX_TILE:
+        raise SlidemapError(f"--box {box} is {side} working px a side for this model on {image}, "
+                            f"more than the {MAX_TILE} px a window may be: pass a smaller --box")
+    boxes = -(-scene.height // box) * -(-scene.width // box)
+    need = boxes * BYTES_PER_BOX_SCORE
+    if need > budget.share(0.5):
+        raise SlidemapError(
+            f"image {image} is {scene.width} × {scene.height} px, {boxes:,} boxes of {box} px: "
+            f"their scores would take about {need / 2**20:,.0f} MB of the {budget.megabytes} MB "
+            "memory budget; pass a larger --box, or a window of the scene (gdal_translate "
+            "-srcwin)")
 
 
 def binary_entropy(prob: np.ndarray) -> np.ndarray:
@@ -103,7 +126,8 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch
     spec = predictor.spec
     grid = box_grid(scene.height, scene.width, box)
     transform = scene.profile["transform"]
-    task = progress.add_task("score boxes", total=len(grid)) if progress else None
+    total = -(-scene.height // box) * -(-scene.width // box)
+    task = progress.add_task("score boxes", total=total) if progress else None
     scores: list[BoxScore] = []
     batch: list[tuple[int, int, Window, np.ndarray, np.ndarray]] = []
     skipped = 0
@@ -177,6 +201,7 @@ def suggest_boxes(predictor: Predictor, image: DatasetName, dem: DatasetName | N
             raise SlidemapError(f"--box {box} is too small for this model on {image}: it reads "
                                 f"{factor} image px per working px, so use at least "
                                 f"{MIN_WORKING_SIZE * factor}")
+        check_box_size(scene, image, box, factor, budget or MemoryBudget())
         check_terrain_halo(scene, spec, factor, (box, box), budget or MemoryBudget(), "--box",
                            memory_option=False)
         profile = scene.profile
