@@ -232,3 +232,18 @@ def read_prob(path: str | Path) -> np.ndarray:
     """A probability GeoTIFF decoded to float32 with NaN nodata, whichever type it stores."""
     with rasterio.open(path) as ds:
         return read_probability(ds, Window(0, 0, ds.width, ds.height))
+
+
+def declared_vrt(source: Path, path: Path, side: int) -> Path:
+    """A VRT of ``side``² px over ``source`` (a kilobyte, whatever ``side``)."""
+    with rasterio.open(source) as ds:
+        crs, count, dtype = ds.crs.to_wkt(), ds.count, ds.dtypes[0]
+    kind = {"uint8": "Byte", "float32": "Float32"}[dtype]
+    bands = "".join(
+        f'<VRTRasterBand dataType="{kind}" band="{b}"><SimpleSource><SourceFilename '
+        f'relativeToVRT="0">{source}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f"</SimpleSource></VRTRasterBand>" for b in range(1, count + 1))
+    path.write_text(f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><SRS>{crs}</SRS>'
+                    f"<GeoTransform>469200, 0.5, 0, 3446200, 0, -0.5</GeoTransform>{bands}"
+                    "</VRTDataset>")
+    return path

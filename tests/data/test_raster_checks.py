@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-from factories import run_config, tiny_run, write_config, write_raster
+from factories import declared_vrt, run_config, tiny_run, write_config, write_raster
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import load_scene_arrays
@@ -138,28 +137,13 @@ def test_a_raster_whose_crs_text_is_not_utf8_is_one_line(tmp_path: Path, tiny_mo
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 
-def _declared_vrt(source: Path, path: Path, side: int) -> Path:
-    """A VRT of ``side``² px over ``source`` (a kilobyte, whatever ``side``)."""
-    with rasterio.open(source) as ds:
-        crs, count, dtype = ds.crs.to_wkt(), ds.count, ds.dtypes[0]
-    kind = {"uint8": "Byte", "float32": "Float32"}[dtype]
-    bands = "".join(
-        f'<VRTRasterBand dataType="{kind}" band="{b}"><SimpleSource><SourceFilename '
-        f'relativeToVRT="0">{source}</SourceFilename><SourceBand>{b}</SourceBand>'
-        f"</SimpleSource></VRTRasterBand>" for b in range(1, count + 1))
-    path.write_text(f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><SRS>{crs}</SRS>'
-                    f"<GeoTransform>469200, 0.5, 0, 3446200, 0, -0.5</GeoTransform>{bands}"
-                    "</VRTDataset>")
-    return path
-
-
 @pytest.mark.parametrize("command", ["train", "crossval"])
 def test_a_scene_too_large_to_hold_whole_is_refused_before_it_is_read(
         tmp_path: Path, tiny_scene: dict[str, Path], run_cli, command: str) -> None:
     """Training holds its scenes whole: a mosaic of 1 000 000² px (a VRT of a kilobyte) failed
     out of memory after gigabytes were allocated, with a hint at --memory-mb, which training
     has not; it is refused on one line that says how to make it fit."""
-    scene = {name: _declared_vrt(path, tmp_path / f"{name}.vrt", 1_000_000)
+    scene = {name: declared_vrt(path, tmp_path / f"{name}.vrt", 1_000_000)
              for name, path in tiny_scene.items()}
     config = write_config(tmp_path / "huge.yaml", run_config([scene], **{
         k: v for k, v in tiny_run(scene).items() if k in ("inputs", "training")}))

@@ -19,6 +19,7 @@ from affine import Affine
 from factories import (
     ORIGIN,
     REPO,
+    declared_vrt,
     square_scene,
     tiny_bundle,
     web_mercator,
@@ -591,21 +592,6 @@ def test_a_huge_declared_raster_is_refused_before_anything_is_allocated(tiny_sce
     assert not list((tmp_path / "out").glob("*"))
 
 
-def _declared_vrt(source: Path, path: Path, side: int) -> Path:
-    """A VRT of ``side``² px over ``source`` (a kilobyte, whatever ``side``)."""
-    with rasterio.open(source) as ds:
-        crs, count, dtype = ds.crs.to_wkt(), ds.count, ds.dtypes[0]
-    kind = {"uint8": "Byte", "float32": "Float32"}[dtype]
-    bands = "".join(
-        f'<VRTRasterBand dataType="{kind}" band="{b}"><SimpleSource><SourceFilename '
-        f'relativeToVRT="0">{source}</SourceFilename><SourceBand>{b}</SourceBand>'
-        f"</SimpleSource></VRTRasterBand>" for b in range(1, count + 1))
-    path.write_text(f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><SRS>{crs}</SRS>'
-                    f"<GeoTransform>469200, 0.5, 0, 3446200, 0, -0.5</GeoTransform>{bands}"
-                    "</VRTDataset>")
-    return path
-
-
 def test_relief_reaching_kilometres_is_refused_before_a_halo_is_read(tiny_scene, tmp_path,
                                                                       run_cli) -> None:
     """A model file may ask for relief within 100 km: each window's DEM halo is then the whole
@@ -613,8 +599,8 @@ def test_relief_reaching_kilometres_is_refused_before_a_halo_is_read(tiny_scene,
     the budget, not read window after window."""
     model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), relief_m=(100_000.0,)),
                                    mean=[60.0] * 4, std=[30.0] * 4), tmp_path / "far")
-    image = _declared_vrt(tiny_scene["image"], tmp_path / "image.vrt", 2500)
-    dem = _declared_vrt(tiny_scene["dem"], tmp_path / "dem.vrt", 2500)
+    image = declared_vrt(tiny_scene["image"], tmp_path / "image.vrt", 2500)
+    dem = declared_vrt(tiny_scene["dem"], tmp_path / "dem.vrt", 2500)
     code, err = run_cli("predict", image, "--dem", dem, "--model", model, "--out",
                         tmp_path / "out")
     lines = [line for line in err.splitlines() if line.strip() and "covers only" not in line]
@@ -628,8 +614,8 @@ def _far_relief_model_and_large_scene(tiny_scene: dict[str, Path], folder: Path
     """A model reading relief within 100 km, and VRTs declaring the tiny scene 2500² px."""
     model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), relief_m=(100_000.0,)),
                                    mean=[60.0] * 4, std=[30.0] * 4), folder / "far")
-    image = _declared_vrt(tiny_scene["image"], folder / "image.vrt", 2500)
-    dem = _declared_vrt(tiny_scene["dem"], folder / "dem.vrt", 2500)
+    image = declared_vrt(tiny_scene["image"], folder / "image.vrt", 2500)
+    dem = declared_vrt(tiny_scene["dem"], folder / "dem.vrt", 2500)
     return model, image, dem
 
 
