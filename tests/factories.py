@@ -208,17 +208,24 @@ def train_interrupted(config: RunConfig, run: Path, monkeypatch: pytest.MonkeyPa
                       error: type[BaseException] = Interrupted) -> None:
     """Train ``config`` into ``run``, stopped by ``error`` as epoch 2 starts (KeyboardInterrupt:
     what Ctrl-C, or SIGTERM through the CLI, raises)."""
+    interrupt_at_epoch_2(monkeypatch, error)
+    with pytest.raises(error):
+        train(config, run)
+    monkeypatch.undo()
+
+
+def interrupt_at_epoch_2(monkeypatch: pytest.MonkeyPatch,
+                         error: type[BaseException] = KeyboardInterrupt) -> None:
+    """Make every training raise ``error`` as its epoch 2 starts, until ``monkeypatch`` is
+    undone: a run stopped after one epoch, with its checkpoint written."""
     real_epoch = RandomWindows.epoch
 
-    def interrupt_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
+    def stop(self: RandomWindows, number: int, batch_size: int):
         if number == 2:
             raise error
         return real_epoch(self, number, batch_size)
 
-    monkeypatch.setattr(RandomWindows, "epoch", interrupt_at_epoch_2)
-    with pytest.raises(error):
-        train(config, run)
-    monkeypatch.undo()
+    monkeypatch.setattr(RandomWindows, "epoch", stop)
 
 
 def train_interrupted_then_resumed(config: RunConfig, run: Path,

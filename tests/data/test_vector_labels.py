@@ -19,6 +19,7 @@ from factories import (
     ORIGIN,
     TINY_TRAINING,
     UTM47,
+    interrupt_at_epoch_2,
     run_config,
     tiny_bundle,
     write_config,
@@ -31,7 +32,6 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec
-from slidemap.data.dataset import RandomWindows
 from slidemap.data.scene import Scene
 from slidemap.data.vectors import PolygonLayer
 from slidemap.data.windows import grid_windows
@@ -308,15 +308,8 @@ def test_a_stopped_newsite_says_to_start_again_with_overwrite(
     slide = shapely.box(469200.0 + 20, 3446200.0 - 80, 469200.0 + 60, 3446200.0 - 40)
     labels = write_polygons(tmp_path / "slides.geojson", [slide], crs="EPSG:4326")
     out = tmp_path / "site"
-    real_epoch = RandomWindows.epoch
-
-    def stop_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
-        if number == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, number, batch_size)
-
     with monkeypatch.context() as patched:
-        patched.setattr(RandomWindows, "epoch", stop_at_epoch_2)
+        interrupt_at_epoch_2(patched)
         code, err = run_cli("newsite", scene, labels, "--out", out)
     assert code == 130 and "--resume" not in err and "--overwrite" in err, err
     code, err = run_cli("newsite", scene, labels, "--out", out)

@@ -19,6 +19,7 @@ from factories import (
     TINY_NET,
     TINY_PREDICT,
     TINY_TRAINING,
+    interrupt_at_epoch_2,
     patch_folder,
     tiny_bundle,
     tiny_run,
@@ -28,7 +29,7 @@ from rasterio.windows import Window
 
 from slidemap import api
 from slidemap.data.channels import InputSpec, stack_channels
-from slidemap.data.dataset import RandomWindows, SceneArrays
+from slidemap.data.dataset import SceneArrays
 from slidemap.data.dataset import scene_stats as dataset_scene_stats
 from slidemap.data.normalization import BandStats, compute_stats
 from slidemap.data.scaling import demote, promote
@@ -474,14 +475,7 @@ def test_a_stopped_selftrain_says_how_to_go_on_in_its_own_words(
         tmp_path, {"train": [{"patches": str(source)}]},
         selftrain={"target": [{"patches": str(source)}], "rounds": 1},
         training={**TINY_TRAINING, "epochs": 2}))
-    real_epoch = RandomWindows.epoch
-
-    def stop_at_epoch_2(self: RandomWindows, number: int, batch_size: int):
-        if number == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, number, batch_size)
-
-    monkeypatch.setattr(RandomWindows, "epoch", stop_at_epoch_2)
+    interrupt_at_epoch_2(monkeypatch)
     with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
         selftrain(config, tmp_path / "st")
     assert "stopped after epoch 1" in caplog.text
