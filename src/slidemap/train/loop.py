@@ -73,6 +73,8 @@ WARM_UP = 0.1  # share of the steps that warm the learning rate up to its peak
 
 RESUME = "rerun the same command with --resume to continue from there"
 CONTINUES = "rerun the same command to continue from there"  # study, crossval: they resume
+# selftrain and newsite, which take no --resume
+RESTART = "this command does not resume: rerun it with --overwrite to start again"
 
 
 def train(config: RunConfig, out_dir: Path, resume: bool = False,
@@ -87,7 +89,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     that called (only ``train`` and ``finetune`` take --resume).
     """
     try:
-        return _train(config, out_dir, resume, overwrite, extra_train, record)
+        return _train(config, out_dir, resume, overwrite, extra_train, record, how_to_go_on)
     except KeyboardInterrupt:
         _say_what_is_kept(out_dir, how_to_go_on)
         raise
@@ -107,7 +109,8 @@ def _say_what_is_kept(out_dir: Path, how_to_go_on: str) -> None:
 
 
 def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
-           extra_train: Sequence[SceneArrays], record: dict | None) -> Path:
+           extra_train: Sequence[SceneArrays], record: dict | None,
+           how_to_go_on: str) -> Path:
     """:func:`train`, which reports what an interruption left."""
     settings = config.train
     if settings.members > 1:
@@ -120,7 +123,7 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
                             "data-parallel training cannot follow: run it without torchrun")
     check_buildable(config, f"config {config.source}" if config.source else "config")
     check_run_inputs(out_dir, config)
-    _prepare_run_folder(out_dir, resume, overwrite)
+    _prepare_run_folder(out_dir, resume, overwrite, how_to_go_on)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -305,7 +308,10 @@ def _publish(out_dir: Path, summary: dict) -> None:
         tmp["summary"].write_text(jsontext.dumps(summary, indent=2) + "\n")
 
 
-def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
+def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool,
+                        how_to_go_on: str = RESUME) -> None:
+    """Check the run folder for a resume, or make it for a new run. An earlier run is refused
+    with the advice the calling command can follow: only one that takes --resume names it."""
     checkpoint = out_dir / "checkpoint.safetensors"
     if resume:
         if not checkpoint.exists():
@@ -314,8 +320,10 @@ def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
         return
     earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
     if earlier and not overwrite:
+        advice = "--resume to continue it, --overwrite to replace it" \
+            if how_to_go_on == RESUME else "--overwrite to replace it"
         raise SlidemapError(f"run folder {out_dir} already holds a run ({earlier[0]}): pass "
-                            "--resume to continue it, --overwrite to replace it, or another --out")
+                            f"{advice}, or another --out")
     make_output_dir(out_dir, "run folder")
     # Never resume a replaced run, nor publish its kept epoch.
     for name in ("checkpoint.safetensors", "checkpoint.json", "best.safetensors", "best.json"):

@@ -31,9 +31,7 @@ from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import RunConfig
 from slidemap.train.checks import check_buildable
-from slidemap.train.loop import train
-
-RESTART = "selftrain does not resume: rerun it with --overwrite to start again"
+from slidemap.train.loop import RESTART, train
 
 COLUMNS = ("round", "kept_fraction", "pseudo_landslide_fraction", "target_f1", "target_iou",
            "target_precision", "target_recall", "train_seconds")

@@ -16,9 +16,9 @@ from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.io.atomic import check_outputs
 from slidemap.schema.config import parse_config
 from slidemap.schema.values import file_of
-from slidemap.train.loop import train
+from slidemap.train.loop import RESTART, train
 from slidemap.train.newsite import site_config, write_site_config
-from slidemap.train.runfolder import RUN_FILES, run_lock
+from slidemap.train.runfolder import run_lock
 from slidemap.workflows.predict import PredictResult, output_paths, predict
 
 
@@ -56,19 +56,6 @@ def check_site_inputs(image: DatasetName, labels: Path, aoi: Path | None,
                                 "landslides there, or check that the files are of this ground")
 
 
-RESTART = "newsite does not resume: rerun it with --overwrite to start again"
-
-
-def check_no_stopped_run(out_dir: Path, overwrite: bool) -> None:
-    """A run stopped in ``out_dir`` (its checkpoint or history) is replaced only with
-    ``overwrite``: newsite has no --resume, so the training loop's advice to pass one would
-    send the user to an option that is not there."""
-    earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
-    if earlier and not overwrite:
-        raise SlidemapError(f"{out_dir} holds a stopped run ({earlier[0]}): newsite does not "
-                            "resume; pass --overwrite to train again, or another --out")
-
-
 def new_site(image: DatasetName, labels: Path, out_dir: Path, aoi: Path | None = None,
              dem: DatasetName | None = None, init: Path | None = None, epochs: int = 10,
              overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
@@ -80,7 +67,6 @@ def new_site(image: DatasetName, labels: Path, out_dir: Path, aoi: Path | None =
     inputs = [file_of(p) for p in local_files(image, labels, aoi, dem, init)]
     check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
                    *output_paths(image, map_dir).values()], inputs, overwrite)
-    check_no_stopped_run(out_dir, overwrite)
     check_site_inputs(image, labels, aoi, dem)
     config = parse_config(raw, out_dir / "config.yaml")
     started = time.perf_counter()
