@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from rasterio.windows import Window
 
 from slidemap.data.augment import flip_rot90
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
+from slidemap.data.machine import physical_memory_mb
 from slidemap.data.names import DatasetName, dataset_stem
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
@@ -25,14 +25,6 @@ from slidemap.errors import SlidemapError, SlidemapWarning
 # float32 reads and the terrain descriptors' intermediates (measured 11 for RGB, 26 for RGB + DEM
 # + slope and 28 for RGB + relief, slope, curvature and roughness on a 3072² px scene)
 WHOLE_READ_BYTES_PER_CHANNEL = 32
-
-
-def physical_memory_mb() -> int | None:
-    """The machine's memory in MB, None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_whole_read(scene: Scene, factor: int, spec: InputSpec) -> None:

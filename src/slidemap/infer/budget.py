@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from slidemap.data.dataset import physical_memory_mb
+from slidemap.data.machine import physical_memory_mb
 from slidemap.errors import SlidemapError
 
 DEFAULT_MEMORY_MB = 512
