@@ -8,16 +8,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import tiny_run, train_interrupted, train_interrupted_then_resumed
+from factories import (
+    TINY_PREDICT,
+    patch_folder,
+    run_config,
+    tiny_run,
+    train_interrupted,
+    train_interrupted_then_resumed,
+)
 from safetensors.torch import load_file
 
+from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import RandomWindows, SceneArrays, load_scene_arrays, scene_stats
 from slidemap.data.hard_examples import error_map, hard_windows
+from slidemap.data.normalization import BandStats
 from slidemap.data.photometric import random_scale
+from slidemap.data.sources import load_arrays
 from slidemap.data.windows import windows_around
 from slidemap.errors import SlidemapError
 from slidemap.models import build_model
-from slidemap.schema.config import RunConfig, parse_config
+from slidemap.schema.config import PatchSource, RunConfig, parse_config
 from slidemap.train.loop import train
 from slidemap.train.recipes import Recipes, build_recipes
 from slidemap.train.runfolder import check_same_run, run_identity
@@ -56,7 +66,9 @@ def test_all_recipes_off_by_default(tiny_scene: dict[str, Path]) -> None:
                                       {"colour_jitter": {"invert": 2}},
                                       {"weights_dtype": "int2"}, {"zoom_context": True},
                                       {"frozen_epochs": 50},
-                                      {"frozen_epochs": 1, "epochs": 3, "freeze_encoder": True}])
+                                      {"frozen_epochs": 1, "epochs": 3, "freeze_encoder": True},
+                                      {"domain_batches": True, "landslide_windows": 0.3},
+                                      {"domain_batches": True, "hard_examples": 0.3}])
 def test_bad_recipe_settings_are_refused(tiny_scene: dict[str, Path], training: dict) -> None:
     with pytest.raises(SlidemapError, match=next(iter(training))):
         parse_config(tiny_run(tiny_scene, **training))
@@ -245,6 +257,61 @@ def test_landslide_windows_go_to_the_scenes_that_hold_landslides(
     rng = np.random.default_rng(0)
     assert off.steered_windows(rng) == []
     assert rng.random() == np.random.default_rng(0).random()
+
+
+def domain_items() -> list[SceneArrays]:
+    """Items of three domains, each item's channels holding its domain's number: two patches of
+    source "a", one of "b", and a scene "c" (a domain of its own)."""
+    rng = np.random.default_rng(0)
+    items = []
+    for name, source, value in [("p0", "a", 1.0), ("p1", "a", 1.0), ("q0", "b", 2.0),
+                                ("c", "", 3.0)]:
+        target = (rng.random((48, 48)) > 0.5).astype(np.uint8)
+        items.append(SceneArrays(name, np.full((OPTICAL, 48, 48), value, np.float32), target,
+                                 source=source))
+    return items
+
+
+def batch_domains(windows: RandomWindows, epoch: int) -> list[set[float]]:
+    """The domain numbers each batch of ``epoch`` holds."""
+    return [set(np.unique(batch["x"][:, 0]).tolist()) for batch in windows.epoch(epoch, 4)]
+
+
+def test_domain_batches_draw_every_batch_from_one_domain() -> None:
+    items = domain_items()
+    stats = BandStats([0.0] * OPTICAL, [1.0] * OPTICAL)  # x keeps the domain's number
+    windows = RandomWindows(items, stats, 16, 30, 0.5, True, 0, domain_batches=True)
+    drawn = [batch_domains(windows, epoch) for epoch in range(1, 6)]
+    assert all(len(batches) == 8 for batches in drawn)  # 30 windows in batches of 4
+    assert all(len(domains) == 1 for batches in drawn for domains in batches)
+    assert set().union(*(d for batches in drawn for d in batches)) == {1.0, 2.0, 3.0}
+    sizes = [len(b["x"]) for b in windows.epoch(1, 4)]
+    assert sizes == [4] * 7 + [2]
+    # Off, the same items are mixed within batches.
+    mixed = RandomWindows(items, stats, 16, 30, 0.5, True, 0)
+    assert any(len(domains) > 1 for domains in batch_domains(mixed, 1))
+
+
+def test_a_patch_set_is_one_domain(tmp_path: Path) -> None:
+    first, second = patch_folder(tmp_path / "first"), patch_folder(tmp_path / "second", seed=1)
+    spec = InputSpec(image_bands=(1, 2, 3))
+    arrays = load_arrays([], [PatchSource("patches", first), PatchSource("patches", second)],
+                         spec)
+    assert [a.domain for a in arrays] == [str(first)] * 4 + [str(second)] * 4
+
+
+def test_training_on_domain_batches_is_deterministic(tmp_path: Path) -> None:
+    sets = [{"patches": str(patch_folder(tmp_path / name, seed=seed))}
+            for seed, name in enumerate(("first", "second"))]
+    config = parse_config(run_config(
+        sets, sets, name="domains", inputs={"image_bands": [1, 2, 3]},
+        training={"epochs": 2, "batch_size": 2, "tile": 16, "windows_per_epoch": 6,
+                  "precision": "fp32", "seed": 0, "domain_batches": True},
+        predict=TINY_PREDICT))
+    train(config, tmp_path / "a")
+    train(config, tmp_path / "b")
+    assert len(history_losses(tmp_path / "a")) == 2
+    assert history_losses(tmp_path / "a") == history_losses(tmp_path / "b")
 
 
 def test_hard_examples_replace_part_of_the_uniform_windows(tiny_scene: dict[str, Path]) -> None:

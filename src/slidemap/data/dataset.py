@@ -61,6 +61,14 @@ class SceneArrays:
     x: np.ndarray
     target: np.ndarray
     inputs_valid: np.ndarray | None = field(default=None, kw_only=True)
+    # the dataset the item belongs to: a patch set's folder, so that its patches are one domain
+    # (``training.domain_batches``); "" for a scene, which is a domain of its own
+    source: str = field(default="", kw_only=True)
+
+    @property
+    def domain(self) -> str:
+        """What ``training.domain_batches`` keeps together in a batch: the source, or the item."""
+        return self.source or self.name
 
     @property
     def valid(self) -> np.ndarray:
@@ -153,7 +161,7 @@ class RandomWindows:
 
     def __init__(self, scenes: list[SceneArrays], stats: BandStats, tile: int,
                  windows_per_epoch: int, min_valid: float, augment: bool, seed: int,
-                 recipes: WindowRecipes | None = None) -> None:
+                 recipes: WindowRecipes | None = None, domain_batches: bool = False) -> None:
         self.scenes = scenes
         self.inputs = [normalised(s, stats) for s in scenes]
         self.tile = tile
@@ -164,26 +172,55 @@ class RandomWindows:
         self.recipes = recipes
         weights = np.array([s.valid.sum() for s in scenes], dtype=np.float64)
         self.scene_weights = weights / weights.sum()
+        # with domain_batches, the scenes of each domain (in order of first appearance)
+        names = list(dict.fromkeys(s.domain for s in scenes)) if domain_batches else []
+        self.domains = [[i for i, s in enumerate(scenes) if s.domain == name] for name in names]
 
     def epoch(self, epoch: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of ``x`` (B,C,T,T) float32, ``target`` (B,1,T,T) float32, ``valid`` bool."""
         rng = np.random.default_rng([self.seed, epoch])
+        batches = (self._domain_batches(rng, batch_size) if self.domains
+                   else self._mixed_batches(rng, batch_size))
+        for picks in batches:
+            samples = [self._sample(i, w, rng) for i, w in picks]
+            batch = collate(samples)
+            yield self.recipes.batch(batch, rng) if self.recipes else batch
+
+    def _mixed_batches(self, rng: np.random.Generator,
+                       batch_size: int) -> list[list[tuple[int, Window]]]:
+        """The epoch's windows from every scene by its labelled pixels, shuffled together."""
         picks = self.recipes.steered_windows(rng) if self.recipes else []
         counts = rng.multinomial(self.windows_per_epoch - len(picks), self.scene_weights)
         for index, count in enumerate(counts):
             scene = self.scenes[index]
             for window in random_windows(scene.valid, self.tile, int(count), self.min_valid, rng):
                 picks.append((index, window))
+        self._check_drawn(picks)
+        rng.shuffle(picks)
+        return [picks[start:start + batch_size] for start in range(0, len(picks), batch_size)]
+
+    def _domain_batches(self, rng: np.random.Generator,
+                        batch_size: int) -> Iterator[list[tuple[int, Window]]]:
+        """As many batches as mixed ones, each from one domain drawn by its labelled pixels (and
+        within it, scenes by theirs), so batch statistics are one domain's."""
+        weights = np.array([self.scene_weights[d].sum() for d in self.domains])
+        total = self.windows_per_epoch
+        for size in (min(batch_size, total - start) for start in range(0, total, batch_size)):
+            members = self.domains[int(rng.choice(len(self.domains), p=weights / weights.sum()))]
+            share = self.scene_weights[members]
+            counts = rng.multinomial(size, share / share.sum())
+            picks = [(index, window) for index, count in zip(members, counts.tolist(), strict=True)
+                     for window in random_windows(self.scenes[index].valid, self.tile, count,
+                                                  self.min_valid, rng)]
+            self._check_drawn(picks)
+            yield picks
+
+    def _check_drawn(self, picks: list[tuple[int, Window]]) -> None:
         if not picks:
             raise SlidemapError(f"no training window of {self.tile} px has {self.min_valid:.0%} "
                                 "of its pixels labelled (valid, inside the area of interest if "
                                 "there is one): label a larger area, or lower "
                                 "training.min_valid or training.tile")
-        rng.shuffle(picks)
-        for start in range(0, len(picks), batch_size):
-            samples = [self._sample(i, w, rng) for i, w in picks[start:start + batch_size]]
-            batch = collate(samples)
-            yield self.recipes.batch(batch, rng) if self.recipes else batch
 
     def _sample(self, index: int, window: Window, rng: np.random.Generator) -> dict:
         zoom = self.recipes.context_zoom(rng) if self.recipes else None

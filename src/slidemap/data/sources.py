@@ -11,7 +11,7 @@ scoring on the patch's own grid after the prediction is brought back (scale prom
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +140,8 @@ def load_patch_arrays(source: PatchSource, spec: InputSpec,
     if labelled and not dataset.labelled:
         raise SlidemapError(f"patch set {source.root} has no labels (masks/): training and "
                             "validation data need them")
-    arrays = [patch_arrays(dataset[i], spec) for i in select(dataset.names, source)]
+    arrays = [replace(patch_arrays(dataset[i], spec), source=str(source.root))
+              for i in select(dataset.names, source)]
     if not any(a.valid.any() for a in arrays):
         raise SlidemapError(f"patch set {source.root} has no valid pixel in the chosen patches: "
                             "check its nodata and masks")

@@ -398,6 +398,11 @@ class TrainSettings(Section):
             "landslide pixel drawn at random, so a window is drawn about in proportion to the "
             "landslide pixels it holds; for ground where uniform windows seldom show one (rare or "
             "small landslides); the rest stay uniform; `0`: off"))
+    domain_batches: StrictBool = Field(default=False, description=(
+            "every batch drawn from one domain (a scene, or one patch set's patches), picked "
+            "by its labelled pixels, so that batch norm learns each domain's statistics on its "
+            "own; for inputs from several sites or sensors; not with `hard_examples` or "
+            "`landslide_windows`"))
     select: Select = Field(default="best", description=(
             "which epoch becomes `model.safetensors`: `best` by validation F1, or `last` (no "
             "selection on the validation scenes, so their figures remain an honest estimate on "
@@ -470,6 +475,10 @@ class TrainSettings(Section):
             raise ValueError(f"training.hard_examples ({self.hard_examples:g}) and "
                              f"landslide_windows ({self.landslide_windows:g}) are fractions of "
                              "the same windows: make them add up to 1 at most")
+        if self.domain_batches and (self.hard_examples or self.landslide_windows):
+            raise ValueError("training.domain_batches draws each batch from one domain, and "
+                             "hard_examples and landslide_windows place windows across all: "
+                             "set those to 0, or domain_batches: false")
         if self.zoom_context and self.random_scale is None:
             raise ValueError("training.zoom_context needs training.random_scale: [low, high], "
                              "the range of zoom factors")

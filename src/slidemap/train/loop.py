@@ -140,7 +140,8 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
     check_channels_vary(stats, config.inputs.channels)
     recipes = build_recipes(config, train_scenes, stats)
     windows = RandomWindows(train_scenes, stats, settings.tile, settings.windows_per_epoch,
-                            settings.min_valid, settings.augment, settings.seed, recipes)
+                            settings.min_valid, settings.augment, settings.seed, recipes,
+                            settings.domain_batches)
 
     model = initial_model(config).to(  # type: ignore[call-overload]  # stubs lack it
         memory_format=torch.channels_last)
