@@ -4,8 +4,8 @@
 # A site whose model is already there is not trained again, so an interrupted sweep continues.
 #
 # Usage (repository root): bash benchmarks/rgb_sites/loso.sh RECIPE SEED
-#   RECIPE: base (the shipped recipe), scene_norm, colour_random, wide_zoom, long or
-#   landslide_windows; models in runs/rgb-loso-RECIPE-sSEED/SITE/, training logs beside them,
+#   RECIPE: base (the shipped recipe), scene_norm, colour_random, wide_zoom, long,
+#   landslide_windows or domain_batches; models in runs/rgb-loso-RECIPE-sSEED/SITE/, training logs beside them,
 #   the table on stdout.
 set -euo pipefail
 recipe=$1

@@ -7,8 +7,8 @@ its labels (README.md, "Seventh comparison: adapting to the new site at predicti
   of the site's imagery (AdaBN, Li et al. 2016); the weights are not touched;
 - ``stats-adabn``: both, the batch-norm statistics taken on the site-standardised inputs.
 
-Writes runs/rgb-loso-base-sSEED/SITE/heldout-VARIANT.json, which compare.py reads as
-``base:VARIANT``.
+Writes RUNS/SITE/heldout-VARIANT.json, which compare.py reads as ``RECIPE:VARIANT`` for RUNS =
+runs/rgb-loso-RECIPE-sSEED (the eighth comparison adapts the ``domain_batches`` recipe's models).
 
 Usage (repository root):
   .venv/bin/python benchmarks/rgb_sites/test_time.py runs/rgb-loso-base-s0 [--windows 512]
