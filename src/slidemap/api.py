@@ -224,16 +224,19 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
                                      overwrite, progress)
 
 
-def export_onnx(model: PathArg, out: PathArg | None = None,
-                overwrite: bool = False) -> OnnxExport:
-    """Export ``model`` to ONNX at ``out`` (default: NAME.onnx beside it)."""
-    return export_workflow.export_onnx(_path(model), _opt_path(out), overwrite)
+def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = False,
+                member: int | None = None) -> OnnxExport:
+    """Export ``model`` (or network ``member`` of an ensemble, 0 = the first) to ONNX at ``out``
+    (default: NAME.onnx beside it, NAME-member-K.onnx for a member)."""
+    return export_workflow.export_onnx(_path(model), _opt_path(out), overwrite, member)
 
 
-def store_weights(model: PathArg, out: PathArg, weights_dtype: str,
-                  overwrite: bool = False) -> StoredWeights:
-    """``model`` saved again at ``out`` with float16, int8 or int4 (or float32) weights."""
-    return export_workflow.store_weights(_path(model), _path(out), weights_dtype, overwrite)
+def store_weights(model: PathArg, out: PathArg, weights_dtype: str, overwrite: bool = False,
+                  member: int | None = None) -> StoredWeights:
+    """``model`` saved again at ``out`` with float16, int8 or int4 (or float32) weights; with
+    ``member``, that network of an ensemble alone (0 = the first)."""
+    return export_workflow.store_weights(_path(model), _path(out), weights_dtype, overwrite,
+                                         member)
 
 
 def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,

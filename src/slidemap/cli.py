@@ -674,6 +674,11 @@ def export(
         help="instead of ONNX, write a slidemap model file at --out with its weights stored as "
              "float32, float16, int8 (a quarter of float32's size) or int4 (the largest "
              "kernels in 4 bits, the rest int8)")] = None,
+    member: Annotated[int | None, typer.Option(
+        min=0, metavar="<k>",
+        help="only network K (0 = the first) of an ensemble file (`members` in its sidecar), "
+             "as a model of its own, e.g. to fine-tune or run one member at its cost; it keeps "
+             "the ensemble's windows, scales and threshold, not its card")] = None,
 ) -> None:
     """Export a model to ONNX (dynamic batch, height and width) for ONNX Runtime and others, or
     (--weights) store it again with smaller weights."""
@@ -682,11 +687,11 @@ def export(
     if weights is not None:
         if out is None:
             raise UsageError("--weights writes a new model file: name it with --out")
-        stored = api.store_weights(model, out, weights, overwrite)
+        stored = api.store_weights(model, out, weights, overwrite, member)
         log.info(f"{stored.model}: weights stored as {stored.weights_dtype}, "
                  f"{stored.bytes / 1e6:.1f} MB (was {stored.bytes_before / 1e6:.1f} MB)")
         return
-    result = api.export_onnx(model, out, overwrite)
+    result = api.export_onnx(model, out, overwrite, member)
     log.info(f"{result.onnx}: input x (B, {result.channels}, H, W) normalised with "
              f"H, W multiples of {result.stride}; output prob (B, 1, H, W); "
              f"opset {result.opset}")

@@ -11,6 +11,7 @@ import torch
 from factories import RGB_SLOPE, rewrite_sidecar, tiny_bundle, tiny_run
 from safetensors.torch import load_file
 
+from slidemap import api
 from slidemap.errors import SlidemapError
 from slidemap.infer.ensemble import Predictor
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
@@ -65,6 +66,40 @@ def test_an_ensemble_file_predicts_as_its_members_averaged(tmp_path: Path) -> No
     two_files = Predictor([load_model(p) for p in parts], precision="fp32")(raw, valid)
     for a, b in zip(one_file, two_files, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_one_member_pulled_out_of_an_ensemble_predicts_as_its_own_file(tmp_path: Path) -> None:
+    path, parts = ensemble_file(tmp_path)
+    alone = api.store_weights(path, tmp_path / "second", "float32", member=1).model
+    bundle = load_model(alone)
+    assert bundle.members == 1 and not isinstance(bundle.model, ProbabilityAverage)
+    assert bundle.threshold == 0.4
+    assert bundle.provenance["member_of"]["member"] == 1
+    rng = np.random.default_rng(0)
+    raw = [rng.uniform(0, 120, (4, 32, 32)).astype(np.float32)]
+    valid = [np.ones((32, 32), bool)]
+    pulled = Predictor([bundle], precision="fp32")(raw, valid)
+    saved = Predictor([load_model(parts[1])], precision="fp32")(raw, valid)
+    np.testing.assert_allclose(pulled[0], saved[0], atol=1e-6)
+
+
+def test_a_member_exported_to_onnx_is_named_for_it(tmp_path: Path) -> None:
+    path, _ = ensemble_file(tmp_path)
+    exported = api.export_onnx(path, member=0).onnx
+    assert exported == tmp_path / "both-member-0.onnx" and exported.exists()
+    assert not (tmp_path / "both.onnx").exists()
+
+
+@pytest.mark.parametrize(("member", "message"), [(2, "holds 2 networks: --member takes 0 to 1"),
+                                                 (-1, "holds 2 networks")])
+def test_a_member_the_ensemble_lacks_is_refused(tmp_path: Path, member: int,
+                                                message: str) -> None:
+    path, parts = ensemble_file(tmp_path)
+    with pytest.raises(SlidemapError, match=message):
+        api.store_weights(path, tmp_path / "none", "float32", member=member)
+    with pytest.raises(SlidemapError, match="one network, not an ensemble"):
+        api.store_weights(parts[0], tmp_path / "none", "float32", member=0)
+    assert not list(tmp_path.glob("none*"))
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "two", True])

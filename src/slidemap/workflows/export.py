@@ -6,15 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from slidemap.errors import SlidemapError
 from slidemap.extras import require
 from slidemap.io.atomic import check_outputs, make_output_dir
 from slidemap.io.modelfile import (
+    ModelBundle,
     check_weights_dtype,
     load_model,
     model_card,
     model_paths,
     save_model,
 )
+from slidemap.models.ensemble import ProbabilityAverage
 
 
 @dataclass(frozen=True)
@@ -33,15 +36,21 @@ class StoredWeights:
     bytes_before: int
 
 
-def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -> OnnxExport:
-    """Export ``model`` to ONNX at ``out`` (default: NAME.onnx beside it)."""
+def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False,
+                member: int | None = None) -> OnnxExport:
+    """Export ``model`` (or network ``member`` of an ensemble) to ONNX at ``out`` (default:
+    NAME.onnx beside it, NAME-member-K.onnx for a member)."""
     for module in ("onnx", "onnxruntime"):
         require(module, "onnx", "exporting to ONNX")
     # After the check: onnx is an optional extra, imported only once it is known to be there.
     from slidemap.io import onnxfile
 
     bundle = load_model(model)
+    if member is not None:
+        bundle = member_of(bundle, member)
     target = out or onnxfile.onnx_path_for(model)
+    if out is None and member is not None:
+        target = target.with_name(f"{target.stem}-member-{member}.onnx")
     check_outputs([target], list(model_paths(model)), overwrite)
     make_output_dir(target.parent)
     onnxfile.export_onnx(bundle, target, overwrite)
@@ -49,16 +58,37 @@ def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False) -
                       len(bundle.inputs.channels))
 
 
-def store_weights(model: Path, out: Path, weights_dtype: str,
-                  overwrite: bool = False) -> StoredWeights:
+def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = False,
+                  member: int | None = None) -> StoredWeights:
     """Save ``model`` again at ``out`` with its weights stored as ``weights_dtype`` (float32,
-    float16, int8 or int4): the same network and sidecar in a smaller file."""
+    float16, int8 or int4): the same network and sidecar in a smaller file; with ``member``,
+    that network of an ensemble alone."""
     check_weights_dtype(weights_dtype)  # an unknown name fails before anything is read
-    bundle = load_model(model)
+    bundle = replace(load_model(model), card=model_card(model))
+    if member is not None:
+        bundle = member_of(bundle, member)
     inputs, targets = list(model_paths(model)), list(model_paths(out))
     check_outputs(targets, inputs, overwrite)
     make_output_dir(targets[0].parent)
-    written = save_model(replace(bundle, weights_dtype=weights_dtype, card=model_card(model)),
-                         out, overwrite)
+    written = save_model(replace(bundle, weights_dtype=weights_dtype), out, overwrite)
     return StoredWeights(written, weights_dtype, written.stat().st_size,
                          inputs[0].stat().st_size)
+
+
+def member_of(bundle: ModelBundle, member: int) -> ModelBundle:
+    """Network ``member`` (0 = the first) of an ensemble as a model of its own, to run, fine-tune
+    or compare alone. Its inputs, windows, scales and threshold are the ensemble's; its card is
+    not kept, since the card's figures are the ensemble's."""
+    network = bundle.model
+    if not isinstance(network, ProbabilityAverage):
+        raise SlidemapError(f"{bundle.path} is one network, not an ensemble: drop --member")
+    if not 0 <= member < bundle.members:
+        raise SlidemapError(f"{bundle.path} holds {bundle.members} networks: --member takes "
+                            f"0 to {bundle.members - 1}, got {member}")
+    provenance = {key: value for key, value in bundle.provenance.items() if key != "members"}
+    provenance["member_of"] = {"file": str(bundle.path), "member": member}
+    records = bundle.provenance.get("members")
+    if isinstance(records, list) and len(records) == bundle.members:
+        provenance["member_of"]["trained"] = records[member]
+    return replace(bundle, model=network.member_models()[member], members=1, card={},
+                   provenance=provenance)
