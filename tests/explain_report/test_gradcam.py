@@ -244,3 +244,15 @@ def test_attention_maps_are_upsampled_to_the_window():
 def test_attention_of_a_registered_model():
     model = build_model("unet", 3, width=4, depth=2)
     assert collect_attention_maps(model, torch.rand(3, 20, 20)) == {}
+
+
+def test_segformer_attention_reaches_the_top_of_the_colour_scale():
+    # received attention sums to 1 over the key positions (each about 1/64 here): drawn as it
+    # was on the pictures' 0-1 scale it was one dark colour, whatever its pattern
+    torch.manual_seed(0)
+    model = build_model("segformer", 3, width=8)
+    maps = collect_attention(model, torch.randn(3, 128, 128)).spatial
+    assert len(maps) == 4
+    for name, spatial in maps.items():
+        assert 0.9 < spatial.max() <= 1.0, name
+        assert spatial.min() > 0, name

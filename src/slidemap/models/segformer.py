@@ -5,7 +5,7 @@ embeddings; self-attention whose keys and values are spatially reduced; Mix-FFN 
 3×3 conv replaces positional encodings, so any input size works) and an all-MLP decoder.
 At width 32 the dims (32, 64, 160, 256) and heads (1, 2, 5, 8) are those of MiT-B0.
 The attention each key position receives (mean over heads and queries) in the last block of each
-stage is kept as ``stage{i}_attention``.
+stage, relative to the most attended position's, is kept as ``stage{i}_attention``.
 """
 
 from __future__ import annotations
@@ -64,6 +64,18 @@ class EfficientSelfAttention(nn.Module):
         out = (attention @ v).transpose(1, 2).reshape(b, n, c)
         received = attention.mean(dim=(1, 2)).reshape(b, 1, kv_h, kv_w)
         return self.proj(out), received
+
+
+def relative_attention(received: torch.Tensor) -> torch.Tensor:
+    """The attention each key position receives over that of the most attended one, in (0, 1].
+
+    Received attention sums to 1 over the key positions, so its values are about 1/N (0.016 for
+    the 64 positions of a 256 px window): on the [0, 1] scale of the attention pictures that was
+    one uniform dark colour whatever the pattern. Relative to its peak the map keeps its
+    contrast and a level that reads: 1 where attention peaks, 0.5 where a position draws half.
+    """
+    peak = received.amax(dim=(-2, -1), keepdim=True)
+    return received / peak.clamp_min(torch.finfo(received.dtype).tiny)
 
 
 class MixFFN(nn.Module):
@@ -158,7 +170,7 @@ class MixTransformerEncoder(Encoder):
         features = []
         for i, stage in enumerate(self.stages):
             x, received = stage(x)
-            self.attention_maps[f"stage{i}_attention"] = received.detach()
+            self.attention_maps[f"stage{i}_attention"] = relative_attention(received.detach())
             features.append(x)
         return features
 
