@@ -58,3 +58,16 @@ def test_threshold_sweep_matches_scoring_at_each_threshold() -> None:
         for key in ("precision", "recall", "f1", "iou"):
             assert row[key] == pytest.approx(expected[key], abs=1e-12)
     assert [r["threshold"] for r in once.sweep()] == pytest.approx(np.arange(1, 20) / 20)
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_miou_leaves_out_a_class_absent_from_truth_and_prediction(label: int) -> None:
+    # ground without landslides mapped faultlessly (or a landslide covering every pixel): the
+    # absent class has no IoU, and averaging it in as 0 gave 0.5
+    confusion = BinaryConfusion()
+    confusion.update(np.full(6, 0.9 if label else 0.1, dtype=np.float32),
+                     np.full(6, label, dtype=np.uint8))
+    assert confusion.metrics()["miou"] == 1.0
+    wrong = BinaryConfusion()  # one wrong pixel: both classes present, both averaged
+    wrong.update(np.array([0.1, 0.1, 0.9], dtype=np.float32), np.zeros(3, dtype=np.uint8))
+    assert wrong.metrics()["miou"] == pytest.approx((0 + 2 / 3) / 2)

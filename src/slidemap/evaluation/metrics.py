@@ -54,7 +54,7 @@ class BinaryConfusion:
         return {
             **scores,
             "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
-            "miou": (scores["iou"] + _ratio(tn, tn + fp + fn)) / 2,
+            "miou": mean_iou(tp, fp, fn, tn),
             "auc": self.auc(),
             "pixels": tp + fp + fn + tn,
             "tp": tp, "fp": fp, "fn": fn, "tn": tn,
@@ -92,6 +92,14 @@ def landslide_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
     """Precision, recall, F1 and IoU of the landslide class from its counts."""
     return {"precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
             "f1": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn)}
+
+
+def mean_iou(tp: int, fp: int, fn: int, tn: int) -> float:
+    """The mean IoU of the classes present in the truth or the prediction (landslide, then
+    background as the positive class): a class absent from both has no IoU (0/0), and counting
+    it as 0 gave a faultless map of ground without landslides an mIoU of 0.5."""
+    ious = [_ratio(hits, hits + fp + fn) for hits in (tp, tn) if hits + fp + fn > 0]
+    return sum(ious) / len(ious) if ious else 0.0
 
 
 def _ratio(num: int, den: int) -> float:
