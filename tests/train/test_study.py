@@ -175,6 +175,11 @@ def test_one_label_for_two_configurations_is_refused(tiny_scene: dict[str, Path]
     ({"models": {"fcn": {"options": {"depth": 2}}}}, "options"),
     ({"variants": {"base": {}}}, "base"),
     ({"seeds": 0}, "seeds"),
+    # a row is labelled by the grid's seed, loss and model: a variant's own ones trained under
+    # another label (its seed silently replaced by the grid's)
+    ({"variants": {"seed5": ["training.seed=5"]}}, "variant seed5 sets training.seed"),
+    ({"variants": {"focal": {"loss": {"focal": 1.0}}}}, "variant focal sets loss"),
+    ({"variants": {"fcn": {"model": {"name": "fcn"}}}}, "variant fcn sets model.name"),
 ])
 def test_bad_study_fails_before_training(tiny_scene: dict[str, Path], grid: dict,
                                          message: str) -> None:

@@ -58,6 +58,8 @@ COLUMNS = (
     ("ms_per_tile", "ms/tile"),
 )
 EXTRA_CSV = ("best_epoch", "pixels", "threads", "threshold")
+# what a variant may not set: the grid axis whose label the run's row shows for it
+AXIS_KEYS = {"loss": "losses", "model.name": "models", "training.seed": "seeds"}
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,8 @@ def expand_grid(base: dict, grid: dict, where: str) -> list[StudyRun]:
     losses = _labelled(grid.get("losses"), {"+".join(default_loss): default_loss}, "losses",
                        where, names_are_specs=True)
     variants = {BASE_VARIANT: {}, **_labelled(grid.get("variants"), {}, "variants", where)}
+    for label, overrides in variants.items():
+        _check_variant(label, overrides, where)
     seeds = grid.get("seeds", [(base.get("training") or {}).get("seed", 0)])
     if not isinstance(seeds, list) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -208,6 +212,22 @@ def _labelled(value: Any, default: dict, key: str, where: str,
                                 + (" or a list of key.path=value overrides"
                                    if key == "variants" else ""))
     return {str(k): v for k, v in value.items()}
+
+
+def _check_variant(label: str, overrides: dict | list[str], where: str) -> None:
+    """Refuse a variant that sets the loss, the architecture or the seed: the run's row is
+    labelled by the grid's losses, models and seeds, so the variant's seed was silently replaced
+    by the grid's (a run identical to the base under another name) and its loss trained under
+    the base loss's label."""
+    varied = _merge({}, overrides) if isinstance(overrides, dict) \
+        else apply_overrides({}, overrides)
+    for key, axis in AXIS_KEYS.items():
+        node: Any = varied
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            raise SlidemapError(f"{where}: grid variant {label} sets {key}, which the grid's "
+                                f"{axis} sets for every run: list it under grid {axis} instead")
 
 
 def _run_config(base: dict, name: str, model: str, model_overrides: dict, loss: dict,
