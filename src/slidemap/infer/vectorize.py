@@ -9,7 +9,10 @@ the mask's grid at native resolution, warped on the fly if it lies on another gr
 lengths are ground metres as ``slidemap.data.terrain.ground_scales`` measures a CRS unit: degrees
 on a spherical earth, a projection's unit where it is within 1 % of a ground metre (UTM), and
 the local scale where it is not (Web Mercator: pixel areas row by row, lengths at each polygon's
-centroid).
+centroid). Strips are polygonised in pixel coordinates, which are whole numbers and so exact, and
+a slide's pieces are joined there before its outline is put on the map grid: a strip border
+computed from two strips' map origins differs in the last bit on grids whose steps are not
+exact in binary, and the joined pieces would stay parts a hair apart.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import numpy as np
 import pyogrio.raw
 import rasterio
 import shapely
+import shapely.affinity
 from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio.crs import CRS
 from rasterio.features import shapes
+from rasterio.transform import Affine
 from rasterio.warp import transform
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
 from scipy import ndimage
 
 from slidemap.data.names import DatasetName
@@ -82,7 +86,8 @@ class UnionFind:
 
 @dataclass
 class Piece:
-    """One connected region of one strip: its outline and accumulators."""
+    """One connected region of one strip: its outline (in pixel coordinates of the mask) and
+    accumulators."""
 
     label: int  # numbered strip by strip in the labelling's (raster) order: orders the output
     order: int  # numbered in the order polygonising meets them: the order of sums and unions
@@ -151,10 +156,10 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
             labels, count = ndimage.label(slide, structure=FOUR_CONNECTED)
             sums = _strip_sums(mask_ds, prob_ds, terrain, window, labels, slide, count, keys,
                                start)
-            strip_transform = window_transform(window, mask_ds.transform)
             pieces: dict[int, Piece] = {}
             for geometry, value in shapes(labels.astype(np.int32), mask=slide,
-                                          transform=strip_transform, connectivity=4):
+                                          transform=Affine.translation(0, top),
+                                          connectivity=4):
                 label = int(value)
                 if label not in pieces:
                     pieces[label] = Piece(next_label + label, next_order, [], sums[label])
@@ -179,11 +184,12 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
                                or len(waiting) > WAITING_MAX):
                 ready.append(heapq.heappop(waiting)[1])
             if ready:
-                yield _finish(ready, keys, crs, min_area_m2, simplify_m)
+                yield _finish(ready, keys, (crs, mask_ds.transform), min_area_m2, simplify_m)
     leftover = sorted({id(s): s for s in open_slides.values()}.values(), key=lambda s: s.root)
     ready = [landslide for _, landslide in waiting]
     ready = sorted(ready + leftover, key=lambda s: s.root)
-    yield _finish(ready, keys, crs, min_area_m2, simplify_m)  # the last, maybe empty
+    # the last, maybe empty
+    yield _finish(ready, keys, (crs, mask_ds.transform), min_area_m2, simplify_m)
 
 
 def _terrain(mask_path: Path, dem: DatasetName | None
@@ -247,18 +253,21 @@ def _join(open_slides: dict[int, Slide], previous_last_row: np.ndarray | None,
     return joined
 
 
-def _finish(slides: list[Slide], keys: tuple[str, ...], crs: CRS | None,
+def _finish(slides: list[Slide], keys: tuple[str, ...], grid: tuple[CRS | None, Affine],
             min_area_m2: float, simplify_m: float) -> Inventory:
-    """Finished landslides as polygons with their attributes (those below ``min_area_m2``
-    dropped); the files they are written to number them (fid)."""
+    """Finished landslides as polygons on the mask's ``grid`` (CRS, transform) with their
+    attributes (those below ``min_area_m2`` dropped); the files they are written to number
+    them (fid). Pieces are joined in pixel coordinates, where strip borders match exactly."""
+    crs, to_map = grid
     column = {k: i for i, k in enumerate(keys)}
 
     def total(landslide: Slide, key: str) -> float:
         return sum(p.sums[column[key]] for p in landslide.pieces)
 
     kept = [landslide for landslide in slides if total(landslide, "area") >= min_area_m2]
-    geometries = [shapely.union_all([g for p in landslide.pieces for g in p.geometries])
-                  for landslide in kept]
+    geometries = [shapely.affinity.affine_transform(
+        shapely.union_all([g for p in landslide.pieces for g in p.geometries]),
+        to_map.to_shapely()) for landslide in kept]
     per_x, per_y = _centroid_scales(geometries, crs)
     if simplify_m > 0:  # from one vertex set and ring start, wherever the strips were cut
         for i, geometry in enumerate(geometries):
