@@ -165,6 +165,24 @@ def test_a_set_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif"]
 
 
+def test_an_output_that_is_a_folder_is_refused_before_any_file_moves(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """A folder under an output's name failed only when the set was moved into place, after the
+    probability and mask had replaced theirs: half a set, and advice about disk space."""
+    out = tmp_path / "out"
+    (out / "scene_landslides.gpkg").mkdir(parents=True)
+    with pytest.raises(SlidemapError, match=r"scene_landslides\.gpkg is a folder"):
+        api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                    overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["scene_landslides.gpkg"]
+    targets = {"a": tmp_path / "a.tif", "b": tmp_path / "b"}
+    targets["b"].mkdir()
+    with pytest.raises(SlidemapError, match="is a folder"), staged(targets) as tmp:
+        tmp["a"].write_text("mine")
+        tmp["b"].write_text("mine")
+    assert not targets["a"].exists()
+
+
 def test_two_predicts_into_one_folder_cannot_both_succeed(
         tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,7 +93,11 @@ def staged(targets: dict[str, Path], overwrite: bool = True,
 def publish(moves: dict[Path, Path], overwrite: bool) -> None:
     """Move each temporary file onto its target. Without ``overwrite`` each target is created
     exclusively (a hard link fails if the name exists); if any exists, the ones this call
-    created are removed again and nothing of the set is published."""
+    created are removed again and nothing of the set is published. A target that is a folder
+    is refused before anything moves: its move would fail after the others had replaced theirs.
+    """
+    for target in moves.values():
+        refuse_folder(target)
     if overwrite:
         for tmp, target in moves.items():
             _move(tmp, target)
@@ -120,6 +124,13 @@ def publish(moves: dict[Path, Path], overwrite: bool) -> None:
             with contextlib.suppress(OSError):  # a read-only disk: the real error goes on
                 target.unlink()
         raise
+
+
+def refuse_folder(path: Path, option: str = "--out") -> None:
+    """A one-line error if ``path``, an output file, is a folder: no file can replace it, and
+    ``--overwrite`` would only fail later, once the other outputs had replaced theirs."""
+    if path.is_dir():
+        raise SlidemapError(f"output {path} is a folder: remove it or choose another {option}")
 
 
 def _move(tmp: Path, target: Path) -> None:
@@ -213,6 +224,7 @@ def check_outputs(paths: Iterable[Path], inputs: Iterable[Path | None],
         if resolved(path) in resolved_inputs or any(_same_file(path, p) for p in read):
             raise SlidemapError(f"output {path} would overwrite an input: choose another "
                                 f"{option}")
+        refuse_folder(path, option)
         if path.is_symlink() and not path.exists():
             raise SlidemapError(f"output {path} is a broken or looping symbolic link: remove it "
                                 f"or choose another {option}")
