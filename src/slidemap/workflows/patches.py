@@ -15,7 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rich.progress import Progress
 
 from slidemap.data.sources import is_l4s_folder, open_patch_set, patch_arrays
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
@@ -127,11 +127,26 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                          "threshold": predictor.threshold, "valid_pixels": valid_pixels,
                          "landslide_pixels": landslide}
         if confusion is not None:
-            summary["metrics"] = confusion.metrics()
+            summary["metrics"] = scored_metrics(confusion, root)
             tmp["metrics"].write_text(jsontext.dumps(summary, indent=2) + "\n")
     if confusion is None:  # an unlabelled set: no figures, and none left from an earlier run
         metrics_path.unlink(missing_ok=True)
     return summary
+
+
+def scored_metrics(confusion: BinaryConfusion, root: Path) -> dict[str, float]:
+    """The set's figures, refused when no pixel was both predicted and labelled (a band NaN in
+    every patch): figures of nothing were written as an F1 of 0. Without a landslide in the
+    labels, recall, F1 and AUC are undefined, which a warning says, as ``evaluate`` does."""
+    if not confusion.counts.any():
+        raise SlidemapError(f"no pixel of the patches of {root} is both valid in the model's "
+                            "channels and labelled: nothing to score; check the patches for "
+                            "NaN or nodata in the bands the model reads")
+    metrics = confusion.metrics()
+    if metrics["tp"] + metrics["fn"] == 0:
+        warnings.warn(f"the masks of {root} have no landslide pixel where they are scored, so "
+                      "recall, F1 and AUC are undefined", SlidemapWarning, stacklevel=3)
+    return metrics
 
 
 def _write_tif(path: Path, array: np.ndarray, nodata: float, tags: dict[str, str]) -> None:

@@ -1,0 +1,76 @@
+"""The figures ``predict`` gives for a labelled patch set: none of nothing, and a warning where
+the labels hold no landslide."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from slidemap.data.channels import InputSpec
+from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.infer.ensemble import Predictor
+from slidemap.infer.options import PredictOptions
+from slidemap.io.modelfile import ModelBundle, PredictDefaults, load_model, save_model
+from slidemap.models import build_model
+from slidemap.workflows.patches import predict_patch_set
+
+OPTIONS = PredictOptions(tile=16, overlap=0, precision="fp32")
+
+
+def l4s_split(root: Path, mask: np.ndarray, nan_band: int | None = None) -> Path:
+    """One 16 px Landslide4Sense patch (values about 1, as the release's), ``nan_band``
+    (0-based) NaN throughout."""
+    img = np.random.default_rng(0).normal(1.0, 0.1, (16, 16, 14)).astype(np.float32)
+    if nan_band is not None:
+        img[..., nan_band] = np.nan
+    (root / "img").mkdir(parents=True)
+    (root / "mask").mkdir()
+    with h5py.File(root / "img" / "image_1.h5", "w") as f:
+        f["img"] = img
+    with h5py.File(root / "mask" / "mask_1.h5", "w") as f:
+        f["mask"] = mask
+    return root
+
+
+def b4_b8_model(folder: Path) -> Predictor:
+    """A seeded width-4 U-Net reading B4, B8 and slope of Landslide4Sense patches."""
+    torch.manual_seed(0)
+    bundle = ModelBundle(model=build_model("unet", 3, width=4, depth=2), architecture="unet",
+                         width=4, options={"depth": 2},
+                         inputs=InputSpec(image_bands=(4, 8), slope=True),
+                         mean=[1.0, 1.0, 1.0], std=[0.1, 0.1, 0.1],
+                         predict=PredictDefaults(tile=16, overlap=0))
+    return Predictor([load_model(save_model(bundle, folder / "l4s"))], precision="fp32")
+
+
+def test_a_set_with_no_scored_pixel_is_refused_and_leaves_no_output(tmp_path: Path) -> None:
+    """B4 NaN in every patch: no pixel is valid, and an F1 of 0 over no pixel was written as
+    the set's figures."""
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 1
+    root = l4s_split(tmp_path / "split", mask, nan_band=3)
+    with pytest.raises(SlidemapError, match="nothing to score"):
+        predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_set_without_landslide_warns_that_its_figures_are_undefined(tmp_path: Path) -> None:
+    root = l4s_split(tmp_path / "split", np.zeros((16, 16), np.uint8))
+    with pytest.warns(SlidemapWarning, match="no landslide pixel"):
+        summary = predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS)
+    assert summary["metrics"]["pixels"] == 16 * 16
+
+
+def test_a_set_with_landslides_is_scored_without_a_warning(tmp_path: Path) -> None:
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 1
+    root = l4s_split(tmp_path / "split", mask, nan_band=0)  # B1: a band the model does not read
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        summary = predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS)
+    assert summary["metrics"]["tp"] + summary["metrics"]["fn"] == 16
