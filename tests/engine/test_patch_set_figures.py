@@ -1,5 +1,5 @@
-"""The figures ``predict`` gives for a labelled patch set: none of nothing, and a warning where
-the labels hold no landslide."""
+"""What ``predict`` says of a patch set: no figures of nothing, a warning where the labels hold no
+landslide, and one where the patches lie outside the values the model was trained on."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from slidemap.workflows.patches import predict_patch_set
 OPTIONS = PredictOptions(tile=16, overlap=0, precision="fp32")
 
 
-def l4s_split(root: Path, mask: np.ndarray, nan_band: int | None = None) -> Path:
-    """One 16 px Landslide4Sense patch (values about 1, as the release's), ``nan_band``
-    (0-based) NaN throughout."""
-    img = np.random.default_rng(0).normal(1.0, 0.1, (16, 16, 14)).astype(np.float32)
+def l4s_split(root: Path, mask: np.ndarray, nan_band: int | None = None,
+              gain: float = 1.0) -> Path:
+    """One 16 px Landslide4Sense patch (values about 1, as the release's, times ``gain``),
+    ``nan_band`` (0-based) NaN throughout."""
+    img = gain * np.random.default_rng(0).normal(1.0, 0.1, (16, 16, 14)).astype(np.float32)
     if nan_band is not None:
         img[..., nan_band] = np.nan
     (root / "img").mkdir(parents=True)
@@ -48,13 +49,13 @@ def b4_b8_model(folder: Path) -> Predictor:
     return Predictor([load_model(save_model(bundle, folder / "l4s"))], precision="fp32")
 
 
-def test_a_set_with_no_scored_pixel_is_refused_and_leaves_no_output(tmp_path: Path) -> None:
+def test_a_set_with_no_valid_pixel_is_refused_and_leaves_no_output(tmp_path: Path) -> None:
     """B4 NaN in every patch: no pixel is valid, and an F1 of 0 over no pixel was written as
     the set's figures."""
     mask = np.zeros((16, 16), np.uint8)
     mask[4:8, 4:8] = 1
     root = l4s_split(tmp_path / "split", mask, nan_band=3)
-    with pytest.raises(SlidemapError, match="nothing to score"):
+    with pytest.raises(SlidemapError, match="nothing to map"):
         predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS)
     assert not (tmp_path / "out").exists()
 
@@ -74,3 +75,23 @@ def test_a_set_with_landslides_is_scored_without_a_warning(tmp_path: Path) -> No
         warnings.simplefilter("error", SlidemapWarning)
         summary = predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS)
     assert summary["metrics"]["tp"] + summary["metrics"]["fn"] == 16
+
+
+@pytest.mark.parametrize("gain", [1000.0, 0.001])
+def test_patches_on_another_scale_than_the_training_data_warn(tmp_path: Path,
+                                                             gain: float) -> None:
+    """16-bit counts, or a model of other data: mapped as nothing without a word before."""
+    root = l4s_split(tmp_path / "split", np.zeros((16, 16), np.uint8), gain=gain)
+    with pytest.warns(SlidemapWarning, match="band 4 .* of the model's training data"):
+        predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS)
+
+
+def test_patches_normalised_with_their_own_statistics_do_not_warn(tmp_path: Path) -> None:
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 1
+    root = l4s_split(tmp_path / "split", mask, gain=1000.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out",
+                          PredictOptions(tile=16, overlap=0, precision="fp32",
+                                         normalise="scene"))

@@ -133,6 +133,30 @@ def image_mismatch(scene: Scene, spec: InputSpec, stats: Sequence[BandStats]) ->
     return None
 
 
+def patch_set_mismatch(root: str, observed: BandStats, spec: InputSpec,
+                       stats: Sequence[BandStats]) -> str | None:
+    """:func:`image_mismatch` for a patch set, from its channels' ``observed`` statistics (mean
+    and deviation over its valid pixels): a Landslide4Sense split of 16-bit counts, or one read
+    by a model of 8-bit RGB patches, was mapped as nothing without a word. None when every
+    optical channel lies within every model's training range."""
+    if spec.optical != "raw":
+        return None
+    for index, band in enumerate(spec.image_bands):
+        mean, spread = observed.mean[index], observed.std[index]
+        narrow = _trained_spread(spread, stats, index)
+        trained = _trained_range(mean, stats, index)
+        if narrow is not None:
+            against = f"a standard deviation of {spread:.3g}, against {narrow:.3g}"
+        elif trained is not None:
+            against = f"a mean of {mean:g}, outside the {trained[0]:g} to {trained[1]:g}"
+        else:
+            continue
+        return (f"the patches of {root} have in band {band} {against} of the model's training "
+                "data: are they on another scale, or other bands than the model read? Expect a "
+                "poor map; rescale them to the model's range, or pass --normalise scene")
+    return None
+
+
 def band_order_mismatch(scene: Scene, spec: InputSpec) -> str | None:
     """A one-line warning when the image declares (GDAL colour interpretation) its bands 1-3 as
     colours other than the red, green and blue a model reading bands 1, 2, 3 (every RGB model

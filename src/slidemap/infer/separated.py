@@ -18,6 +18,7 @@ from slidemap.data.normalization import BandStats, StatsAccumulator
 from slidemap.data.patches import PatchDataset
 from slidemap.data.scene import Scene
 from slidemap.data.sources import patch_arrays
+from slidemap.errors import SlidemapError
 
 STRIP_ROWS = 256  # working rows per read
 STRIP_COLS = 2048  # working columns per read, at most: memory does not grow with the width
@@ -40,9 +41,18 @@ def scene_stats(scene: Scene, spec: InputSpec, factor: int) -> BandStats:
 def patch_stats(dataset: PatchDataset | L4SDataset, spec: InputSpec) -> BandStats:
     """Per-channel statistics over the valid pixels of every patch as the model sees them,
     up-sampled by ``spec.scale`` as training computed the model's own (interpolation smooths:
-    statistics of the native grid were 30 % off for a band at scale 2)."""
+    statistics of the native grid were 30 % off for a band at scale 2). A set without a pixel
+    valid in every channel is refused: there is nothing to map or score (its figures were an
+    F1 of 0 over no pixel)."""
     acc = StatsAccumulator()
+    valid = 0
     for index in range(len(dataset)):
         x = patch_arrays(dataset[index], spec).x
-        acc.update(x, np.isfinite(x).all(axis=0))
+        finite = np.isfinite(x).all(axis=0)
+        acc.update(x, finite)
+        valid += int(finite.sum())
+    if not valid:
+        raise SlidemapError(f"no pixel of the {len(dataset)} patches ({dataset.names[0]}, ...) "
+                            f"is valid in all the model's channels {spec.channels}: nothing to "
+                            "map; check the bands it reads for NaN or nodata")
     return acc.result()

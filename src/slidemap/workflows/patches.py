@@ -17,6 +17,7 @@ from rich.progress import Progress
 from slidemap.data.sources import is_l4s_folder, open_patch_set, patch_arrays
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
+from slidemap.infer.domain import patch_set_mismatch
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import native_prob
@@ -102,8 +103,13 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     check_outputs([*targets.values(), metrics_path], inputs, overwrite)
     if dataset.labelled:
         targets["metrics"] = metrics_path
+    observed = patch_stats(dataset, spec)
     if options.normalise == "scene":
-        predictor = predictor.with_stats(patch_stats(dataset, spec))
+        predictor = predictor.with_stats(observed)
+    else:
+        mismatch = patch_set_mismatch(str(root), observed, spec, predictor.stats)
+        if mismatch:
+            warnings.warn(mismatch, SlidemapWarning, stacklevel=2)
     confusion = BinaryConfusion(predictor.threshold) if dataset.labelled else None
     task = progress.add_task(f"predict {root.name}", total=len(dataset)) if progress else None
     tags = provenance(predictor.paths, predictor.threshold, {"patches": root})
@@ -135,13 +141,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
 
 
 def scored_metrics(confusion: BinaryConfusion, root: Path) -> dict[str, float]:
-    """The set's figures, refused when no pixel was both predicted and labelled (a band NaN in
-    every patch): figures of nothing were written as an F1 of 0. Without a landslide in the
-    labels, recall, F1 and AUC are undefined, which a warning says, as ``evaluate`` does."""
-    if not confusion.counts.any():
-        raise SlidemapError(f"no pixel of the patches of {root} is both valid in the model's "
-                            "channels and labelled: nothing to score; check the patches for "
-                            "NaN or nodata in the bands the model reads")
+    """The set's figures; without a landslide in the labels recall, F1 and AUC are undefined,
+    which a warning says, as ``evaluate`` does."""
     metrics = confusion.metrics()
     if metrics["tp"] + metrics["fn"] == 0:
         warnings.warn(f"the masks of {root} have no landslide pixel where they are scored, so "
