@@ -617,8 +617,10 @@ class RunConfig(Section):
             "a model file to start from (fine-tuning): same `model` and the same input channels,"
             " else a one-line error. Its weights are the start; the normalisation statistics "
             "are computed again from `data.train` (the new tiles), as in any run, and the new "
-            "model file keeps those. With `init`, `slidemap train` also writes `finetune.json` "
-            "(figures on `data.val` before and after), as `slidemap finetune` does; `null`: none"))
+            "model file keeps those. With `init` and `data.val`, `slidemap train` also writes "
+            "`finetune.json` (figures on `data.val` before and after), as `slidemap finetune` "
+            "does; without `data.val` it trains from `init` with no figures (where `slidemap "
+            "finetune` refuses); `null`: none"))
     crossval: CrossvalSettings = Field(default_factory=CrossvalSettings,
                                        description="for slidemap crossval")
     _source: Path | None = PrivateAttr(None)
