@@ -8,6 +8,7 @@ a padding or an up-sampling changes these numbers and fails here. The default
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def test_shipped_model_probabilities_are_pinned(name: str) -> None:
     for key in ("mean", "std", "min", "max"):
         assert got[key] == pytest.approx(want[key], abs=1e-5), key
     np.testing.assert_allclose(np.array(got["grid"]), np.array(want["grid"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_shipped_sidecar_records_its_weights_hash(name: str) -> None:
+    """Without the hash, weights and sidecar of different saves load when their shapes match."""
+    sidecar = json.loads((ROOT / "models" / f"{name}.json").read_text())
+    weights = (ROOT / "models" / f"{name}.safetensors").read_bytes()
+    assert sidecar["weights_sha256"] == hashlib.sha256(weights).hexdigest()
 
 
 if __name__ == "__main__":  # writes the reference file: run on main only
