@@ -1,5 +1,6 @@
 """What ``predict`` says of a patch set: no figures of nothing, a warning where the labels hold no
-landslide, and one where the patches lie outside the values the model was trained on."""
+landslide, and one where the patches lie outside the values the model was trained on; and where
+its outputs lie on the map."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import rasterio
 import torch
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import from_origin
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError, SlidemapWarning
@@ -95,3 +101,32 @@ def test_patches_normalised_with_their_own_statistics_do_not_warn(tmp_path: Path
         predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out",
                           PredictOptions(tile=16, overlap=0, precision="fp32",
                                          normalise="scene"))
+
+
+def rgb_model(folder: Path) -> Predictor:
+    """A seeded width-4 U-Net reading bands 1-3 of 8-bit patches."""
+    torch.manual_seed(0)
+    bundle = ModelBundle(model=build_model("unet", 3, width=4, depth=2), architecture="unet",
+                         width=4, options={"depth": 2}, inputs=InputSpec(image_bands=(1, 2, 3)),
+                         mean=[100.0] * 3, std=[30.0] * 3,
+                         predict=PredictDefaults(tile=16, overlap=0))
+    return Predictor([load_model(save_model(bundle, folder / "rgb"))], precision="fp32")
+
+
+def test_outputs_of_georeferenced_patches_keep_their_place_on_the_map(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    image = np.random.default_rng(0).integers(0, 255, (3, 20, 24), dtype=np.uint8)
+    grid = {"crs": CRS.from_epsg(32647), "transform": from_origin(500_000, 3_400_000, 0.5, 0.5)}
+    with rasterio.open(root / "images" / "p0.tif", "w", driver="GTiff", width=24, height=20,
+                       count=3, dtype="uint8", **grid) as ds:
+        ds.write(image)
+    Image.fromarray(np.moveaxis(image, 0, -1)).save(root / "images" / "p1.png")
+    predict_patch_set(rgb_model(tmp_path), root, tmp_path / "out", OPTIONS)
+    for kind in ("prob", "mask"):
+        with rasterio.open(tmp_path / "out" / f"p0_{kind}.tif") as ds:
+            assert ds.crs == grid["crs"] and ds.transform == grid["transform"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp_path / "out" / f"p1_{kind}.tif") as ds:
+                assert ds.crs is None

@@ -55,6 +55,10 @@ class L4SDataset:
     def labelled(self) -> bool:
         return self._masks is not None
 
+    def georeference(self, index: int) -> None:
+        """Landslide4Sense patches carry no georeference: their outputs have none either."""
+        return None
+
     def __getitem__(self, index: int) -> dict:
         path = self._images[index]
         data = _read_dataset(path, "img", _check_image)

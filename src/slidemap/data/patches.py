@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from PIL import Image, UnidentifiedImageError
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -144,6 +146,24 @@ def _open_tiff(path: Path) -> rasterio.DatasetReader:
         return rasterio.open(path)
 
 
+@dataclass(frozen=True)
+class Georeference:
+    """A patch image's CRS and transform: its outputs are written on that grid, so they keep
+    their place on the map."""
+
+    crs: CRS
+    transform: Affine
+
+
+def image_georeference(path: Path) -> Georeference | None:
+    """The CRS and transform of a GeoTIFF patch image; None for PNG/JPEG and TIFFs without a
+    CRS (most patch sets are not georeferenced)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    with _open_tiff(path) as src:
+        return Georeference(src.crs, src.transform) if src.crs is not None else None
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """All non-alpha bands of a TIFF in their own dtype, and the GDAL dataset validity mask."""
     try:
@@ -266,6 +286,10 @@ class PatchDataset:
         return self.pixel_size is not None or (
             first is not None and _dem_pixel_size(first) is not None
         )
+
+    def georeference(self, index: int) -> Georeference | None:
+        """Where patch ``index`` lies on the map, if its image is a georeferenced GeoTIFF."""
+        return image_georeference(self.files[index].image)
 
     def __getitem__(self, index: int) -> dict:
         files = self.files[index]

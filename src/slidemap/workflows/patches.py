@@ -14,6 +14,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rich.progress import Progress
 
+from slidemap.data.patches import Georeference
 from slidemap.data.sources import is_l4s_folder, open_patch_set, patch_arrays
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
@@ -83,7 +84,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                       pixel_size: float | None = None, overwrite: bool = False,
                       progress: Progress | None = None, inputs: Sequence[Path] = ()) -> dict:
     """Write ``NAME_prob.tif`` (float32, NaN nodata) and ``NAME_mask.tif`` (uint8: 1 landslide,
-    0 background, 255 nodata) per patch, and ``metrics.json`` when the set has labels.
+    0 background, 255 nodata) per patch, on its grid and CRS when the patch is a georeferenced
+    GeoTIFF, and ``metrics.json`` when the set has labels.
 
     ``scale`` overrides the model's up-sampling factor; ``options.normalise == "scene"`` uses the
     statistics of all patches of the set instead of the model's. No output may replace one of
@@ -119,8 +121,9 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
             arrays = patch_arrays(dataset[index], spec)
             prob, valid = native_prob(predictor, arrays, options)
             mask = np.where(valid, prob >= predictor.threshold, MASK_NODATA).astype(np.uint8)
-            _write_tif(tmp[f"{name} prob"], prob, float("nan"), tags)
-            _write_tif(tmp[f"{name} mask"], mask, MASK_NODATA, tags)
+            grid = dataset.georeference(index)
+            _write_tif(tmp[f"{name} prob"], prob, float("nan"), tags, grid)
+            _write_tif(tmp[f"{name} mask"], mask, MASK_NODATA, tags, grid)
             if confusion is not None and arrays.labels is not None:
                 confusion.update(prob, arrays.labels)
             landslide += int((mask == 1).sum())
@@ -150,14 +153,17 @@ def scored_metrics(confusion: BinaryConfusion, root: Path) -> dict[str, float]:
     return metrics
 
 
-def _write_tif(path: Path, array: np.ndarray, nodata: float, tags: dict[str, str]) -> None:
-    """A single-band TIFF without georeference (patches have none) at ``path`` (a staged name),
-    with the provenance ``tags``; a mask (uint8) with its colour table and class names."""
+def _write_tif(path: Path, array: np.ndarray, nodata: float, tags: dict[str, str],
+               grid: Georeference | None) -> None:
+    """A single-band TIFF at ``path`` (a staged name) on the patch's ``grid`` (None: without
+    georeference, as most patches are), with the provenance ``tags``; a mask (uint8) with its
+    colour table and class names."""
+    place = {"crs": grid.crs, "transform": grid.transform} if grid is not None else {}
     with writing(path), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", driver="GTiff", width=array.shape[1],
                            height=array.shape[0], count=1, dtype=array.dtype.name,
-                           nodata=nodata, compress="deflate") as ds:
+                           nodata=nodata, compress="deflate", **place) as ds:
             ds.write(array, 1)
             ds.update_tags(**tags)
             if array.dtype == np.uint8:
