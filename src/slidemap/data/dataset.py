@@ -210,6 +210,7 @@ class RandomWindows:
             share = self.scene_weights[members]
             counts = rng.multinomial(size, share / share.sum())
             picks = [(index, window) for index, count in zip(members, counts.tolist(), strict=True)
+                     if count  # a scene without a window this batch costs no integral image
                      for window in random_windows(self.scenes[index].valid, self.tile, count,
                                                   self.min_valid, rng)]
             self._check_drawn(picks)
