@@ -25,7 +25,7 @@ from slidemap.data.normalization import BandStats
 from slidemap.data.photometric import random_scale
 from slidemap.data.sources import load_arrays
 from slidemap.data.windows import windows_around
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.models import build_model
 from slidemap.schema.config import PatchSource, RunConfig, parse_config
 from slidemap.train.loop import train
@@ -290,6 +290,24 @@ def test_domain_batches_draw_every_batch_from_one_domain() -> None:
     # Off, the same items are mixed within batches.
     mixed = RandomWindows(items, stats, 16, 30, 0.5, True, 0)
     assert any(len(domains) > 1 for domains in batch_domains(mixed, 1))
+
+
+def test_a_domain_without_a_window_to_draw_is_left_out_not_a_failed_epoch() -> None:
+    """A scene labelled on a strip narrower than min_valid allows was drawn by its labelled
+    pixels and its empty batch stopped training at epoch 7 of this draw."""
+    thin = np.full((64, 64), 255, np.uint8)
+    thin[:, :4] = 0
+    items = [SceneArrays("wide", np.full((OPTICAL, 64, 64), 1.0, np.float32),
+                         np.zeros((64, 64), np.uint8)),
+             SceneArrays("thin", np.full((OPTICAL, 64, 64), 2.0, np.float32), thin)]
+    stats = BandStats([0.0] * OPTICAL, [1.0] * OPTICAL)
+    with pytest.warns(SlidemapWarning, match="thin has no window of 16 px"):
+        windows = RandomWindows(items, stats, 16, 40, 0.5, False, 0, domain_batches=True)
+    sizes = [[len(b["x"]) for b in windows.epoch(epoch, 8)] for epoch in range(1, 31)]
+    assert sizes == [[8] * 5] * 30
+    with pytest.warns(SlidemapWarning), pytest.raises(SlidemapError, match="no training window"):
+        next(RandomWindows(items[1:], stats, 16, 40, 0.5, False, 0,
+                           domain_batches=True).epoch(1, 8))
 
 
 def test_a_patch_set_is_one_domain(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from slidemap.data.machine import physical_memory_mb
 from slidemap.data.names import DatasetName, dataset_stem
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
-from slidemap.data.windows import context_window, random_windows
+from slidemap.data.windows import context_window, has_window, random_windows
 from slidemap.errors import SlidemapError, SlidemapWarning
 
 # Peak bytes of reading a whole scene, per working pixel and model channel: the channels, their
@@ -172,14 +172,13 @@ class RandomWindows:
         self.recipes = recipes
         weights = np.array([s.valid.sum() for s in scenes], dtype=np.float64)
         self.scene_weights = weights / weights.sum()
-        # with domain_batches, the scenes of each domain (in order of first appearance)
-        names = list(dict.fromkeys(s.domain for s in scenes)) if domain_batches else []
-        self.domains = [[i for i, s in enumerate(scenes) if s.domain == name] for name in names]
+        self.domain_batches = domain_batches
+        self.domains = drawable_domains(scenes, tile, min_valid) if domain_batches else []
 
     def epoch(self, epoch: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of ``x`` (B,C,T,T) float32, ``target`` (B,1,T,T) float32, ``valid`` bool."""
         rng = np.random.default_rng([self.seed, epoch])
-        batches = (self._domain_batches(rng, batch_size) if self.domains
+        batches = (self._domain_batches(rng, batch_size) if self.domain_batches
                    else self._mixed_batches(rng, batch_size))
         for picks in batches:
             samples = [self._sample(i, w, rng) for i, w in picks]
@@ -202,7 +201,9 @@ class RandomWindows:
     def _domain_batches(self, rng: np.random.Generator,
                         batch_size: int) -> Iterator[list[tuple[int, Window]]]:
         """As many batches as mixed ones, each from one domain drawn by its labelled pixels (and
-        within it, scenes by theirs), so batch statistics are one domain's."""
+        within it, scenes by theirs), so batch statistics are one domain's. Only the scenes
+        that have a window to draw take part (:func:`drawable_domains`)."""
+        self._check_drawn(self.domains)
         weights = np.array([self.scene_weights[d].sum() for d in self.domains])
         total = self.windows_per_epoch
         for size in (min(batch_size, total - start) for start in range(0, total, batch_size)):
@@ -213,10 +214,9 @@ class RandomWindows:
                      if count  # a scene without a window this batch costs no integral image
                      for window in random_windows(self.scenes[index].valid, self.tile, count,
                                                   self.min_valid, rng)]
-            self._check_drawn(picks)
             yield picks
 
-    def _check_drawn(self, picks: list[tuple[int, Window]]) -> None:
+    def _check_drawn(self, picks: list) -> None:
         if not picks:
             raise SlidemapError(f"no training window of {self.tile} px has {self.min_valid:.0%} "
                                 "of its pixels labelled (valid, inside the area of interest if "
@@ -243,6 +243,27 @@ class RandomWindows:
             "target": (labels == 1).astype(np.float32),
             "valid": labels != IGNORE,
         }
+
+
+def drawable_domains(scenes: list[SceneArrays], tile: int, min_valid: float) -> list[list[int]]:
+    """The indexes of the scenes of each domain (in order of first appearance) that have a window
+    of ``tile`` px with ``min_valid`` of it labelled. A domain of none is left out with a
+    warning: drawn by its labelled pixels as the others, its batches would be empty and stop
+    training at whichever epoch first picked it (a thin labelled strip, a scene that a
+    cross-validation fold cut into slivers); a scene without one would shrink its domain's
+    batches."""
+    drawable = [has_window(s.valid, tile, min_valid) for s in scenes]
+    domains = []
+    for name in dict.fromkeys(s.domain for s in scenes):
+        members = [i for i, s in enumerate(scenes) if s.domain == name and drawable[i]]
+        if members:
+            domains.append(members)
+        else:
+            warnings.warn(f"training.domain_batches: {name} has no window of {tile} px with "
+                          f"{min_valid:.0%} of its pixels labelled, so it is left out of "
+                          "training: lower training.min_valid or training.tile to train on it",
+                          SlidemapWarning, stacklevel=3)
+    return domains
 
 
 def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

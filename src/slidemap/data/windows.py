@@ -32,16 +32,30 @@ def random_windows(valid: np.ndarray, size: int, count: int, min_valid: float,
     Positions are drawn uniformly among all that pass (an integral image makes the check cheap), so
     training covers the whole valid area of scenes that are mostly nodata. Returns [] if none pass.
     """
+    rows, cols = _passing_corners(valid, size, min_valid)
+    if rows.size == 0:
+        return []
+    sh, sw = min(size, valid.shape[0]), min(size, valid.shape[1])
+    picks = rng.integers(0, rows.size, size=count)
+    return [Window(int(cols[p]), int(rows[p]), sw, sh) for p in picks]
+
+
+def has_window(valid: np.ndarray, size: int, min_valid: float) -> bool:
+    """Whether :func:`random_windows` can draw any window from ``valid`` (without drawing)."""
+    return bool(_passing_corners(valid, size, min_valid)[0].size)
+
+
+def _passing_corners(valid: np.ndarray, size: int,
+                     min_valid: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the top-left corners of the ``size`` px windows (clipped to the grid)
+    whose fraction of valid pixels is ≥ ``min_valid``."""
     h, w = valid.shape
     sh, sw = min(size, h), min(size, w)
     integral = np.pad(valid.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     sums = (integral[sh:, sw:] - integral[:-sh, sw:] - integral[sh:, :-sw]
             + integral[:-sh, :-sw])
     rows, cols = np.nonzero(sums >= min_valid * sh * sw)
-    if rows.size == 0:
-        return []
-    picks = rng.integers(0, rows.size, size=count)
-    return [Window(int(cols[p]), int(rows[p]), sw, sh) for p in picks]
+    return rows, cols
 
 
 def windows_around(pixels: np.ndarray, valid: np.ndarray, size: int, count: int,
