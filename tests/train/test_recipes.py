@@ -15,6 +15,7 @@ from factories import (
     tiny_run,
     train_interrupted,
     train_interrupted_then_resumed,
+    write_scene,
 )
 from safetensors.torch import load_file
 
@@ -316,6 +317,24 @@ def test_a_patch_set_is_one_domain(tmp_path: Path) -> None:
     arrays = load_arrays([], [PatchSource("patches", first), PatchSource("patches", second)],
                          spec)
     assert [a.domain for a in arrays] == [str(first)] * 4 + [str(second)] * 4
+
+
+def test_scenes_of_one_name_in_two_folders_are_two_domains(tmp_path: Path) -> None:
+    """Scenes were keyed by their stem: 2019/ortho.tif and 2021/ortho.tif were one domain."""
+    rng = np.random.default_rng(0)
+    spec = InputSpec(image_bands=(1, 2, 3))
+    domains = []
+    for year in ("2019", "2021"):
+        image = rng.integers(30, 90, (3, 24, 24)).astype(np.uint8)
+        dsm = np.full((24, 24), 3000.0, np.float32)
+        scene = write_scene(tmp_path / year, "ortho", image, dsm, np.zeros((24, 24), np.uint8))
+        arrays = load_scene_arrays(scene["image"], scene["mask"], None, spec)
+        assert arrays.name == "ortho"
+        domains.append(arrays.domain)
+    assert domains[0] != domains[1]
+    again = load_scene_arrays(tmp_path / "2019" / "ortho.tif", tmp_path / "2019" / "ortho_mask.tif",
+                              None, spec)
+    assert again.domain == domains[0]  # a scene listed twice is one domain
 
 
 def test_training_on_domain_batches_is_deterministic(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from rasterio.windows import Window
 from slidemap.data.augment import flip_rot90
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.machine import physical_memory_mb
-from slidemap.data.names import DatasetName, dataset_stem
+from slidemap.data.names import DatasetName, absolute_name, dataset_stem
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import context_window, has_window, random_windows
@@ -61,8 +61,9 @@ class SceneArrays:
     x: np.ndarray
     target: np.ndarray
     inputs_valid: np.ndarray | None = field(default=None, kw_only=True)
-    # the dataset the item belongs to: a patch set's folder, so that its patches are one domain
-    # (``training.domain_batches``); "" for a scene, which is a domain of its own
+    # the dataset the item belongs to (``training.domain_batches``'s domain): a patch set's
+    # folder, so that its patches are one domain, or a scene's image (its absolute name: two
+    # scenes may share a name, ``2019/ortho.tif`` and ``2021/ortho.tif``); "": the item's name
     source: str = field(default="", kw_only=True)
 
     @property
@@ -110,7 +111,8 @@ def load_scene_arrays(image: DatasetName, mask: DatasetName | None, dem: Dataset
         where = f" and the area of interest {aoi}" if aoi is not None else ""
         raise SlidemapError(f"scene {image} has no valid labelled pixel: check its nodata, "
                             f"the labels {mask}{where}")
-    return SceneArrays(dataset_stem(image), x, target.astype(np.uint8))
+    return SceneArrays(dataset_stem(image), x, target.astype(np.uint8),
+                       source=absolute_name(image))
 
 
 def check_labels(labels: np.ndarray, path: DatasetName) -> None:
