@@ -46,7 +46,14 @@ from slidemap.train import loop
 from slidemap.train import selftrain as selftrain_module
 from slidemap.train.lineage import lineage
 from slidemap.train.loop import train
-from slidemap.train.selftrain import Target, confident, pseudo_labels, pseudo_round, selftrain
+from slidemap.train.selftrain import (
+    Target,
+    confident,
+    load_targets,
+    pseudo_labels,
+    pseudo_round,
+    selftrain,
+)
 from slidemap.train.warmstart import check_compatible
 
 
@@ -491,6 +498,24 @@ def test_selftrain_rows_have_no_target_figures_without_labels(tmp_path: Path) ->
     rows = selftrain(config, tmp_path / "st")
     assert len(rows) == 2 and "target_f1" not in rows[0]
     assert 0.0 <= rows[1]["kept_fraction"] <= 1.0
+
+
+def test_a_selftrain_target_patch_set_stays_one_domain(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Targets and their pseudo-labels lost their patch set, so with training.domain_batches
+    every target patch was a domain of its own (batches of one patch's windows)."""
+    source = patch_folder(tmp_path / "source", count=2, seed=0)
+    target = patch_folder(tmp_path / "target", count=3, seed=1, masks=False)
+    config = load_config(run_config(
+        tmp_path, {"train": [{"patches": str(source)}]},
+        selftrain={"target": [{"patches": str(target)}], "rounds": 1}))
+    targets = load_targets(config)
+    monkeypatch.setattr(selftrain_module, "predict_arrays",
+                        lambda _, x, *__: np.full(x.shape[1:], 0.9, np.float32))
+    predictor = Predictor([tiny_bundle(InputSpec(image_bands=(1, 2, 3)))], precision="fp32")
+    pseudo, _ = pseudo_round(predictor, targets, confident(0.7), PredictOptions())
+    assert [t.arrays.domain for t in targets] == [str(target)] * 3
+    assert [p.domain for p in pseudo] == [str(target)] * 3
 
 
 def test_selftrain_warns_when_a_round_keeps_no_target_pixel(tmp_path: Path) -> None:

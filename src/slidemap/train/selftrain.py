@@ -75,7 +75,7 @@ def load_targets(config: RunConfig) -> list[Target]:
         for patch in load_patch_arrays(source, spec, labelled=False):
             unlabelled = PatchArrays(patch.name, patch.x,
                                      np.where(np.isfinite(patch.x).all(axis=0), 0, IGNORE)
-                                     .astype(np.uint8), patch.native_valid)
+                                     .astype(np.uint8), patch.native_valid, source=patch.source)
             targets.append(Target(unlabelled, patch.labels))
     return targets
 
@@ -156,7 +156,10 @@ def pseudo_round(predictor: Predictor, targets: list[Target], label: Labeller,
                                     label(probs, [t.arrays.valid for t in targets]),
                                     strict=True):
         arrays = target.arrays
-        pseudo.append(SceneArrays(arrays.name, arrays.x, labels, inputs_valid=arrays.readable))
+        # the target's source too: with training.domain_batches a target patch set is one
+        # domain, not one per patch
+        pseudo.append(SceneArrays(arrays.name, arrays.x, labels, inputs_valid=arrays.readable,
+                                  source=arrays.source))
         valid_pixels += int(arrays.valid.sum())
         kept += int((labels != IGNORE).sum())
         landslide += int((labels == 1).sum())
