@@ -90,6 +90,16 @@ def test_a_member_exported_to_onnx_is_named_for_it(tmp_path: Path) -> None:
     assert not (tmp_path / "both.onnx").exists()
 
 
+def test_a_member_exported_beside_its_ensemble_is_not_taken_for_it(tmp_path: Path) -> None:
+    """The member's ONNX recorded the ensemble file's SHA-256, so written as NAME.onnx it was
+    the ensemble's up-to-date export for ``predict --backend onnx``, which ran one member."""
+    onnxfile = pytest.importorskip("slidemap.io.onnxfile")  # onnx is an optional extra
+    path, _ = ensemble_file(tmp_path)
+    exported = api.export_onnx(path, out=tmp_path / "both.onnx", member=0).onnx
+    assert not onnxfile.is_current(exported, load_model(path))
+    assert onnxfile.read_metadata(exported)["weights_sha256"] == ""
+
+
 @pytest.mark.parametrize(("member", "message"), [(2, "holds 2 networks: --member takes 0 to 1"),
                                                  (-1, "holds 2 networks")])
 def test_a_member_the_ensemble_lacks_is_refused(tmp_path: Path, member: int,

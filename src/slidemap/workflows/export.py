@@ -78,7 +78,9 @@ def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = 
 def member_of(bundle: ModelBundle, member: int) -> ModelBundle:
     """Network ``member`` (0 = the first) of an ensemble as a model of its own, to run, fine-tune
     or compare alone. Its inputs, windows, scales and threshold are the ensemble's; its card is
-    not kept, since the card's figures are the ensemble's."""
+    not kept, since the card's figures are the ensemble's; nor is its path, since the member is
+    not that file's weights: an ONNX export of it recorded the ensemble file's SHA-256, and
+    ``predict --backend onnx`` with the ensemble then ran that one member in its place."""
     network = bundle.model
     if not isinstance(network, ProbabilityAverage):
         raise SlidemapError(f"{bundle.path} is one network, not an ensemble: drop --member")
@@ -91,4 +93,4 @@ def member_of(bundle: ModelBundle, member: int) -> ModelBundle:
     if isinstance(records, list) and len(records) == bundle.members:
         provenance["member_of"]["trained"] = records[member]
     return replace(bundle, model=network.member_models()[member], members=1, card={},
-                   provenance=provenance)
+                   provenance=provenance, path=None)
