@@ -74,6 +74,11 @@ def box_grid(height: int, width: int, box: int) -> Iterator[tuple[int, int, Wind
             yield r, c, Window(col, row, min(box, width - col), min(box, height - row))
 
 
+def box_count(height: int, width: int, box: int) -> int:
+    """How many boxes :func:`box_grid` makes, without making them."""
+    return -(-height // box) * -(-width // box)
+
+
 def check_box_size(scene: Scene, image: DatasetName, box: int, factor: int,
                    budget: MemoryBudget) -> None:
     """Refuse, before anything is read, a ``box`` the model cannot take as one window (each box
@@ -83,7 +88,7 @@ def check_box_size(scene: Scene, image: DatasetName, box: int, factor: int,
     if side > MAX_TILE:
         raise SlidemapError(f"--box {box} is {side} working px a side for this model on {image}, "
                             f"more than the {MAX_TILE} px a window may be: pass a smaller --box")
-    boxes = -(-scene.height // box) * -(-scene.width // box)
+    boxes = box_count(scene.height, scene.width, box)
     need = boxes * BYTES_PER_BOX_SCORE
     if need > budget.share(0.5):
         raise SlidemapError(
@@ -126,7 +131,7 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch
     spec = predictor.spec
     grid = box_grid(scene.height, scene.width, box)
     transform = scene.profile["transform"]
-    total = -(-scene.height // box) * -(-scene.width // box)
+    total = box_count(scene.height, scene.width, box)
     task = progress.add_task("score boxes", total=total) if progress else None
     scores: list[BoxScore] = []
     batch: list[tuple[int, int, Window, np.ndarray, np.ndarray]] = []

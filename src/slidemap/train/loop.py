@@ -310,7 +310,7 @@ def _publish(out_dir: Path, summary: dict) -> None:
 
 
 def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool,
-                        how_to_go_on: str = RESUME) -> None:
+                        how_to_go_on: str) -> None:
     """Check the run folder for a resume, or make it for a new run. An earlier run is refused
     with the advice the calling command can follow: only one that takes --resume names it."""
     checkpoint = out_dir / "checkpoint.safetensors"
