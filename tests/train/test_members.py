@@ -19,6 +19,7 @@ from slidemap.models import ProbabilityAverage, build_model
 from slidemap.schema.config import parse_config
 from slidemap.train import members
 from slidemap.train.loop import train
+from slidemap.workflows import export
 from slidemap.workflows.train import train_run
 
 
@@ -83,6 +84,59 @@ def test_one_member_pulled_out_of_an_ensemble_predicts_as_its_own_file(tmp_path:
     np.testing.assert_allclose(pulled[0], saved[0], atol=1e-6)
 
 
+def trained_ensemble(tiny_scene: dict, tmp_path: Path) -> tuple[Path, dict]:
+    """An ensemble file as ``training.members: 2`` (seeds 3, 4) saves it, its members untrained
+    but recorded as the runs :func:`members.member_config` makes; and the run config."""
+    config = parse_config(tiny_run(tiny_scene, members=2, seed=3))
+    parts = []
+    for index in (0, 1):
+        bundle = tiny_bundle(seed=index)
+        bundle.provenance = {"config": members.member_config(config, index).to_dict(),
+                             "epoch": 5 + index, "validation": {"f1": 0.5 + index / 10}}
+        parts.append(load_model(save_model(bundle, tmp_path / f"member-{index}")))
+    ensemble = members.ensemble_bundle(parts, config)
+    return save_model(ensemble, tmp_path / "both"), config.to_dict()
+
+
+def test_a_member_pulled_out_alone_records_its_own_run(tiny_scene: dict,
+                                                       tmp_path: Path) -> None:
+    """Its provenance.config was the ensemble's (seed 3, members 2) for member 1 (seed 4)."""
+    path, ensemble_config = trained_ensemble(tiny_scene, tmp_path)
+    alone = load_model(api.store_weights(path, tmp_path / "second", "float32", member=1).model)
+    own = load_model(tmp_path / "member-1.safetensors").provenance
+    assert alone.provenance["config"] == own["config"] != ensemble_config
+    assert alone.provenance["config"]["training"]["seed"] == 4
+    assert alone.provenance["config"]["training"]["members"] == 1
+    assert (alone.provenance["epoch"], alone.provenance["validation"]) == (6, {"f1": 0.6})
+    source = alone.provenance["member_of"]
+    assert (source["file"], source["member"], source["trained"]["seed"]) == (str(path), 1, 4)
+    assert source["config"] == export.MEMBER_CONFIG
+    assert "members" not in alone.provenance
+
+
+def test_a_members_recorded_run_is_the_one_training_makes(tiny_scene: dict) -> None:
+    """member_config_record, from the ensemble's plain-data record, agrees with the run
+    member_config trains each member with."""
+    config = parse_config(tiny_run(tiny_scene, members=3, seed=7))
+    for index in range(3):
+        assert (members.member_config_record(config.to_dict(), 7 + index)
+                == members.member_config(config, index).to_dict())
+
+
+def test_a_member_of_an_ensemble_without_member_runs_says_its_config_is_the_ensembles(
+        tmp_path: Path) -> None:
+    """An ensemble fine-tuned as one network records one run: the member keeps that config,
+    said to be the ensemble's, and not the ensemble's validation figures."""
+    path, _ = ensemble_file(tmp_path)
+    recorded = {"config": {"training": {"seed": 0, "members": 1}}, "epoch": 3,
+                "validation": {"f1": 0.7}}
+    rewrite_sidecar(path, provenance=recorded)
+    alone = load_model(api.store_weights(path, tmp_path / "second", "float32", member=1).model)
+    assert alone.provenance["config"] == recorded["config"]
+    assert alone.provenance["member_of"]["config"] == export.ENSEMBLE_CONFIG
+    assert "validation" not in alone.provenance and "trained" not in alone.provenance["member_of"]
+
+
 def test_a_member_exported_to_onnx_is_named_for_it(tmp_path: Path) -> None:
     path, _ = ensemble_file(tmp_path)
     exported = api.export_onnx(path, member=0).onnx
@@ -143,6 +197,9 @@ def test_training_members_trains_one_seed_each_and_saves_their_ensemble(
         torch.testing.assert_close(member.model.state_dict()[key], value)
         torch.testing.assert_close(ensemble.model.state_dict()[f"members.1.{key}"], value)
     assert (tmp_path / "run" / "member-1" / "train.log").read_text().strip()
+    pulled = export.member_of(ensemble, 1).provenance
+    assert {key: pulled[key] for key in ("config", "epoch", "validation")} == {
+        key: member.provenance[key] for key in ("config", "epoch", "validation")}
     with pytest.raises(SlidemapError, match="already holds a model"):
         train_run(parse_config(raw), tmp_path / "run")
 

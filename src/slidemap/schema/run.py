@@ -441,7 +441,10 @@ class TrainSettings(Section):
             "threads per core, so three single-threaded members share two cores rather than wait"
             " for a second round; beyond that one per `threads` cores), into `OUT/member-K/`, "
             "and save them as one `OUT/model.safetensors` that averages their probabilities (an "
-            "ensemble in one file, `members` in its sidecar). Member 0 reports to the terminal, "
+            "ensemble in one file, `members` in its sidecar, each member's seed, epoch, "
+            "validation figures and run folder under `provenance.members`, from which `slidemap "
+            "export --member K` gives that network its own run config). Member 0 reports to the "
+            "terminal, "
             "the others to `member-K/train.log`. `slidemap train` only: fine-tuning and self-"
             "training train one network"))
 

@@ -69,6 +69,13 @@ def member_config(config: RunConfig, index: int) -> RunConfig:
     return config.changed(train=settings)
 
 
+def member_config_record(config: dict, seed: int) -> dict:
+    """What :func:`member_config` makes of an ensemble's recorded run config (``config``, its
+    plain-data view) for the member trained with ``seed``: a network pulled out of an ensemble
+    file then records the run that trained it, which the file keeps only as its seed."""
+    return {**config, "training": {**config["training"], "seed": seed, "members": 1}}
+
+
 def parallel_members(config: RunConfig) -> int:
     """How many members train at once. All of them while that asks at most two threads per
     core: sharing the cores finishes sooner than a last round that leaves some idle (three
@@ -86,7 +93,8 @@ def parallel_members(config: RunConfig) -> int:
 
 def ensemble_bundle(bundles: list[ModelBundle], config: RunConfig) -> ModelBundle:
     """One model file for ``bundles``, trained alike on the same data: the first one's settings
-    and the members' weights, provenance and seeds."""
+    and the members' weights; each member's seed, epoch, validation figures and file, from
+    which a member pulled out alone records its own run (``slidemap export --member``)."""
     first = bundles[0]
     for bundle in bundles[1:]:
         if (bundle.mean, bundle.std, bundle.inputs) != (first.mean, first.std, first.inputs):
@@ -95,7 +103,8 @@ def ensemble_bundle(bundles: list[ModelBundle], config: RunConfig) -> ModelBundl
                                 "the same channels with the same normalisation")
     provenance = {"config": config.to_dict(), "torch": torch.__version__,
                   "members": [{"seed": b.provenance["config"]["training"]["seed"],
-                               "epoch": b.provenance.get("epoch"), "file": str(b.path)}
+                               "epoch": b.provenance.get("epoch"),
+                               "validation": b.provenance.get("validation"), "file": str(b.path)}
                               for b in bundles]}
     networks = cast(list[SegmentationModel], [b.model for b in bundles])  # one network each
     return replace(first, model=ProbabilityAverage(networks),

@@ -18,6 +18,12 @@ from slidemap.io.modelfile import (
     save_model,
 )
 from slidemap.models.ensemble import ProbabilityAverage
+from slidemap.train.members import member_config_record
+
+# What a member's provenance.config is, in member_of.config.
+MEMBER_CONFIG = "this network's own run: the ensemble's config with its seed, one network"
+ENSEMBLE_CONFIG = ("the ensemble's run config: the ensemble file records no run of this "
+                   "network alone")
 
 
 @dataclass(frozen=True)
@@ -87,10 +93,40 @@ def member_of(bundle: ModelBundle, member: int) -> ModelBundle:
     if not 0 <= member < bundle.members:
         raise SlidemapError(f"{bundle.path} holds {bundle.members} networks: --member takes "
                             f"0 to {bundle.members - 1}, got {member}")
-    provenance = {key: value for key, value in bundle.provenance.items() if key != "members"}
-    provenance["member_of"] = {"file": str(bundle.path), "member": member}
-    records = bundle.provenance.get("members")
-    if isinstance(records, list) and len(records) == bundle.members:
-        provenance["member_of"]["trained"] = records[member]
     return replace(bundle, model=network.member_models()[member], members=1, card={},
-                   provenance=provenance, path=None)
+                   provenance=member_provenance(bundle, member), path=None)
+
+
+def member_provenance(bundle: ModelBundle, member: int) -> dict:
+    """What network ``member`` records of how it came about, so that its file describes it and
+    not the ensemble: ``config`` is the run that trained it (the ensemble's with its own seed
+    and one network, as ``training.members`` trains them), with its own epoch and validation
+    figures; ``member_of`` names the ensemble file and says which run ``config`` is. An
+    ensemble that records no run per member (one fine-tuned as one network) keeps its config,
+    said there to be the ensemble's, and not its validation figures, which are the ensemble's
+    (as its card is)."""
+    provenance = {key: value for key, value in bundle.provenance.items()
+                  if key not in ("members", "validation")}
+    source: dict = {"file": str(bundle.path), "member": member, "config": ENSEMBLE_CONFIG}
+    record = _member_record(bundle, member)
+    if record is None:
+        return {**provenance, "member_of": source}
+    source["trained"] = record
+    config, seed = provenance.get("config"), record.get("seed")
+    if not (isinstance(config, dict) and isinstance(config.get("training"), dict)
+            and isinstance(seed, int)):
+        return {**provenance, "member_of": source}
+    own: dict = {"config": member_config_record(config, seed)}
+    for key in ("epoch", "validation"):
+        if record.get(key) is not None:
+            own[key] = record[key]
+    return {**provenance, **own, "member_of": {**source, "config": MEMBER_CONFIG}}
+
+
+def _member_record(bundle: ModelBundle, member: int) -> dict | None:
+    """The ensemble's record of member ``member``'s run (seed, epoch, ...), if it holds one per
+    network."""
+    records = bundle.provenance.get("members")
+    if not (isinstance(records, list) and len(records) == bundle.members):
+        return None
+    return records[member] if isinstance(records[member], dict) else None
