@@ -466,7 +466,8 @@ def explain(
              "the north-up PNGs outline it")
     ] = None,
     layer: Annotated[str | None, typer.Option(
-        help="module name for Grad-CAM (default: the layer feeding the head)")] = None,
+        help="module name for Grad-CAM (default: the layer feeding the head); of an ensemble, "
+             "named as in each member, whose maps are averaged")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
     """Why the model says landslide: Grad-CAM, attention and probability maps of one window."""

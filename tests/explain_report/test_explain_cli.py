@@ -16,7 +16,8 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from slidemap.data.channels import InputSpec
-from slidemap.io.modelfile import save_model
+from slidemap.io.modelfile import ModelBundle, save_model
+from slidemap.models import ProbabilityAverage
 
 
 def save_bundle(path: Path, architecture: str = "unet", spec: InputSpec = RGB_SLOPE,
@@ -106,6 +107,26 @@ def test_bad_input_is_one_line(tiny_scene, tiny_model, tmp_path, run_cli, args,
                         tiny_model, "--out", tmp_path / "x", *args)
     assert code == exit_code
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_ensemble_file_is_explained_over_its_members(tiny_scene, tmp_path, run_cli) -> None:
+    """The map of two averaged networks was the last one's alone, and ``--layer decoder`` (the
+    name its members use) was refused."""
+    nets = [tiny_bundle(RGB_SLOPE, seed=seed).model for seed in (1, 2)]
+    both = save_model(ModelBundle(model=ProbabilityAverage(nets), architecture="unet", width=4,
+                                  options={"depth": 2}, inputs=RGB_SLOPE, mean=[60.0] * 4,
+                                  std=[30.0] * 4, members=2), tmp_path / "both")
+    args = ("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model", both,
+            "--box", "30,40,70,80")
+    for out, layer in (("default", ()), ("named", ("--layer", "decoder"))):
+        code, err = run_cli(*args, *layer, "--out", tmp_path / out)
+        assert code == 0, err
+        summary = json.loads((tmp_path / out / "explain.json").read_text())
+        assert summary["layer"] == "mean over 2 members' decoder"
+    code, err = run_cli(*args, "--layer", "members.1.decoder", "--out", tmp_path / "member")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "name a layer as each member names it (e.g. 'decoder')" in err
+    assert not (tmp_path / "member").exists()
 
 
 def test_existing_outputs_need_overwrite(tiny_scene, tiny_model, tmp_path, run_cli) -> None:

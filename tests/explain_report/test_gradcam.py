@@ -15,7 +15,7 @@ from slidemap.explain import (
     default_target_layer,
     grad_cam,
 )
-from slidemap.models import AnySizeModel, build_model, build_network
+from slidemap.models import AnySizeModel, ProbabilityAverage, build_model, build_network
 
 SIZE = 16
 
@@ -160,7 +160,10 @@ def test_bad_layers_are_reported():
 def test_default_layer_is_the_one_the_model_contract_names():
     assert default_target_layer(build_model("unet", 3, width=4, depth=2)) == "decoder"
     assert default_target_layer(build_model("fcn", 3, width=4)) == "encoder.stages.3"
-    assert default_target_layer(build_network("unet", 3, 4, members=2)) == "members.1.decoder"
+    assert default_target_layer(build_network("unet", 3, 4, members=2)) == "decoder"
+    mixed = ProbabilityAverage([build_model("unet", 3, 4), build_model("fcn", 3, 4)])
+    with pytest.raises(SlidemapError, match=r"name different Grad-CAM layers.*--layer"):
+        default_target_layer(mixed)
     with pytest.raises(SlidemapError, match="pass one by name"):
         default_target_layer(RegionModel(halves(), [1.0, 0.0]))
 
@@ -173,6 +176,64 @@ def test_unet_window_of_any_size():
     assert result.layer == "decoder"
     assert result.heat.shape == result.probability.shape == (37, 45)
     assert result.heat.min() >= 0 and result.heat.max() == pytest.approx(1.0)
+
+
+class RegionNet(AnySizeModel):
+    """:class:`RegionModel` as a network an ensemble can hold, explained at ``split``."""
+
+    stride = 1
+
+    def __init__(self, weights: list[float]):
+        super().__init__()
+        self.net = RegionModel(halves(), weights)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def target_layer(self) -> str:
+        return "net.split"
+
+
+def test_an_ensemble_map_is_the_mean_of_its_members_maps():
+    # member 0's evidence lies in the left half, member 1's (twice as strong) in the right half:
+    # over the whole window their unnormalised maps are 0.5·x on the left and 1·x on the right
+    # (the gradient of w_k·x summed over the window, averaged over it, weighs x), whose mean is
+    # 0.25·x left and 0.5·x right; the last member's map alone has nothing on the left
+    ensemble = ProbabilityAverage([RegionNet([1.0, 0.0]), RegionNet([0.0, 2.0])])
+    x = image()
+    result = grad_cam(ensemble, x, box=(0, 0, SIZE, SIZE))
+    left = halves()[0]
+    expected = torch.where(left, 0.25 * x[0], 0.5 * x[0])
+    np.testing.assert_allclose(result.heat, (expected / expected.max()).numpy(), rtol=1e-5)
+    assert result.layer == "mean over 2 members' net.split"
+    assert no_hooks(ensemble) and all(p.grad is None for p in ensemble.parameters())
+    with torch.no_grad():
+        np.testing.assert_allclose(result.probability, torch.sigmoid(ensemble(x[None]))[0, 0])
+
+
+def test_an_ensemble_layer_is_named_as_its_members_name_it():
+    ensemble = ProbabilityAverage([RegionNet([1.0, 0.0]), RegionNet([0.0, 2.0])])
+    gated = grad_cam(ensemble, image(), layer="net.gate", box=(0, 0, SIZE, SIZE))
+    assert gated.layer == "mean over 2 members' net.gate"
+    for name in ("members.0.net.split", "nope"):  # the ensemble's own name, or none
+        with pytest.raises(SlidemapError, match=rf"not every member .* {name!r}: name a layer as "
+                                                r"each member names it \(e\.g\. 'net\.split'\)"):
+            grad_cam(ensemble, image(), layer=name, box=(0, 0, SIZE, SIZE))
+    assert no_hooks(ensemble)
+
+
+def test_an_ensemble_of_networks_explains_every_member():
+    torch.manual_seed(0)
+    ensemble = build_network("unet", 3, 4, members=2, depth=2)
+    x = torch.randn(3, 37, 45, generator=torch.Generator().manual_seed(1))
+    result = grad_cam(ensemble, x, box=(5, 5, 20, 30))
+    named = grad_cam(ensemble, x, layer="decoder", box=(5, 5, 20, 30))
+    assert result.layer == named.layer == "mean over 2 members' decoder"
+    np.testing.assert_array_equal(result.heat, named.heat)
+    assert result.heat.shape == (37, 45) and result.heat.max() == pytest.approx(1.0)
+    alone = [grad_cam(member, x, box=(5, 5, 20, 30)).heat for member in ensemble.member_models()]
+    assert not np.allclose(result.heat, alone[1])  # not the last member's map
 
 
 class FirstColumns(nn.Module):

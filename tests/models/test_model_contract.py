@@ -103,7 +103,7 @@ def test_shipped_model_loads_unchanged_and_freezes(path: Path) -> None:
         member.freeze_encoder()
         assert not any(p.requires_grad for p in member.encoder.parameters())
         assert any(p.requires_grad for p in member.decoder.parameters())
-    assert default_target_layer(model) in dict(model.named_modules())
+    assert all(default_target_layer(model) in dict(member.named_modules()) for member in members)
 
 
 def test_key_map_renames_old_keys_only() -> None:

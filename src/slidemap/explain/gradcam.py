@@ -5,12 +5,16 @@ the landslide logits over a region of interest (the predicted landslide pixels b
 box the user draws). The gradient of that score with respect to a layer's activations, averaged
 over space, weighs each channel; the ReLU of the weighted sum of channels, upsampled to the image,
 shows where the evidence for that region lies.
+
+An ensemble's probability is the mean of its members' probabilities, so its explanation is the mean
+of its members' maps, each taken at the layer in that member and from the gradient of that
+member's own score over the region: one member's map alone would leave out the others' evidence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +25,7 @@ from torch import nn
 from slidemap.errors import SlidemapError
 from slidemap.models.base import AnySizeModel
 from slidemap.models.blocks import pad_to_multiple
+from slidemap.models.ensemble import ProbabilityAverage
 
 Box = tuple[int, int, int, int]
 
@@ -32,7 +37,17 @@ class GradCamResult:
     heat: np.ndarray  # float32 in [0, 1]; all zero when no channel has positive evidence
     region: np.ndarray  # bool: the pixels whose logits were summed into the target score
     probability: np.ndarray  # float32 landslide probability of the same forward pass
-    layer: str  # the module whose activations were weighed
+    layer: str  # the module whose activations were weighed ("mean over N members' NAME")
+
+
+@dataclass(frozen=True)
+class _Network:
+    """One network whose map enters the explanation, by names in the explained model's
+    ``named_modules()``: the module whose output is its landslide logits ("" for the model
+    itself) and the layer weighed in it."""
+
+    output: str
+    layer: str
 
 
 @contextmanager
@@ -77,11 +92,33 @@ def upsample_crop(
 def default_target_layer(model: nn.Module) -> str:
     """The layer the model's contract names (:attr:`AnySizeModel.target_layer`): the decoder,
     whose output map the head classifies, or the layer an architecture names instead (FCN: its
-    encoder's last stage; an ensemble: its last member's). Other modules name theirs by hand."""
+    encoder's last stage; an ensemble: its members' layer, as they name it, weighed in each).
+    Other modules name theirs by hand."""
     if not isinstance(model, AnySizeModel):
         raise SlidemapError(f"{type(model).__name__} is not a slidemap model, so it names no "
                             "Grad-CAM layer: pass one by name")
     return model.target_layer
+
+
+def _networks(model: nn.Module, layer: str | None) -> tuple[list[_Network], str]:
+    """The networks explained in ``model``, each with the layer weighed in it, and how the
+    explanation names that layer. ``layer`` (default: the model's) names a module of a single
+    network, or of every member of an ensemble, as the members name it: each member's map is
+    taken there and the maps are averaged, as the ensemble averages the members' probabilities.
+    """
+    layer = layer if layer is not None else default_target_layer(model)
+    if not isinstance(model, ProbabilityAverage):
+        return [_Network("", layer)], layer
+    members = model.member_models()
+    for member in members:
+        if layer not in dict(member.named_modules()):
+            raise SlidemapError(
+                f"not every member of the ensemble has a layer {layer!r}: name a layer as each "
+                f"member names it (e.g. {members[0].target_layer!r}); Grad-CAM is taken in every "
+                "member and averaged")
+    networks = [_Network(f"members.{index}", ".".join(filter(None, [f"members.{index}", layer])))
+                for index in range(len(members))]
+    return networks, f"mean over {len(members)} members' {layer}"
 
 
 def _target_region(
@@ -145,6 +182,40 @@ def _capture_activation(model: nn.Module, layer: str) -> Iterator[list[torch.Ten
         handle.remove()
 
 
+@contextmanager
+def _capture_output(model: nn.Module, name: str) -> Iterator[list[torch.Tensor]]:
+    """Keep the output of module ``name`` (an ensemble member's logits) as the forward pass
+    computes it, so that the gradient of that member's own score can be asked for."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        captured[:] = [output]
+
+    handle = dict(model.named_modules())[name].register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _network_cam(logits: torch.Tensor, mask: torch.Tensor, captured: list[torch.Tensor],
+                 layer: str, padded: tuple[int, int]) -> torch.Tensor:
+    """One network's Grad-CAM before normalisation, ``(H, W)`` like ``logits``: the gradient of
+    its logits summed over ``mask`` weighs the channels of ``layer``'s activations ``captured``.
+    The graph is kept so that the next network's gradient can be taken from the same pass."""
+    score = logits[mask].sum()
+    activation = captured[0]
+    gradient = None
+    if score.requires_grad:
+        (gradient,) = torch.autograd.grad(score, activation, allow_unused=True,
+                                          retain_graph=True)
+    if gradient is None:
+        raise SlidemapError(f"layer {layer!r} does not feed the landslide logits")
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
+    return upsample_crop(cam, padded, (logits.shape[0], logits.shape[1]))[0, 0]
+
+
 def grad_cam(
     model: nn.Module,
     image: torch.Tensor | np.ndarray,
@@ -159,24 +230,26 @@ def grad_cam(
     The region is ``region`` (boolean ``(H, W)``), else ``box`` = ``(row0, col0, row1, col1)``
     end-exclusive, else the pixels predicted as landslide (``sigmoid(logits) > threshold``).
     ``layer`` is a name from ``model.named_modules()``; by default ``default_target_layer``.
+    Of an ensemble, ``layer`` names a module of each member and the map is the mean of theirs.
     """
     batch, size = prepare_input(model, image)
-    layer = layer if layer is not None else default_target_layer(model)
-    with eval_mode(model), _capture_activation(model, layer) as captured, torch.enable_grad():
+    networks, label = _networks(model, layer)
+    padded = (batch.shape[-2], batch.shape[-1])
+    with eval_mode(model), ExitStack() as stack, torch.enable_grad():
+        activations = [stack.enter_context(_capture_activation(model, network.layer))
+                       for network in networks]
+        outputs = {network.output: stack.enter_context(_capture_output(model, network.output))
+                   for network in networks if network.output}
         logits = model(batch)[0, 0, : size[0], : size[1]]
-        if not captured:
-            raise SlidemapError(f"layer {layer!r} did not run in the forward pass")
+        for network, captured in zip(networks, activations, strict=True):
+            if not captured:
+                raise SlidemapError(f"layer {network.layer!r} did not run in the forward pass")
         mask = _target_region(logits.detach(), region, box, threshold)
-        score = logits[mask].sum()
-        activation = captured[0]
-        gradient = None
-        if score.requires_grad:
-            (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
-        if gradient is None:
-            raise SlidemapError(f"layer {layer!r} does not feed the landslide logits")
-    weights = gradient.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
-    heat = upsample_crop(cam, (batch.shape[-2], batch.shape[-1]), size)[0, 0]
+        scored = {"": logits, **{name: output[0][0, 0, : size[0], : size[1]]
+                                 for name, output in outputs.items()}}
+        cams = [_network_cam(scored[network.output], mask, captured, network.layer, padded)
+                for network, captured in zip(networks, activations, strict=True)]
+    heat = torch.stack(cams).mean(dim=0)
     peak = heat.max()
     if peak > 0:
         heat = heat / peak
@@ -184,5 +257,5 @@ def grad_cam(
         heat=heat.cpu().numpy().astype(np.float32),
         region=mask.cpu().numpy(),
         probability=torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float32),
-        layer=layer,
+        layer=label,
     )

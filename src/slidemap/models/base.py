@@ -56,7 +56,8 @@ class AnySizeModel(nn.Module):
 
     @property
     def target_layer(self) -> str:
-        """The name (in ``named_modules()``) of the layer Grad-CAM explains by default."""
+        """The name (in ``named_modules()``) of the layer Grad-CAM explains by default; of an
+        ensemble, the name in each member."""
         raise SlidemapError(f"{type(self).__name__} names no Grad-CAM layer: pass one by name "
                             "(--layer)")
 

@@ -4,8 +4,9 @@ Averaging the probabilities of independently trained networks is what the Landsl
 winners shipped, and on the Jinsha cross-region runs two fusion networks together beat the mean
 of the two alone in all six pairs (benchmarks/experiments.md). Wrapped as one module the
 ensemble is one model file, and everything that runs a model (sliding windows, multi-scale, ONNX
-export, Grad-CAM) runs it unchanged. It returns the logit of the mean probability, so a sigmoid
-gives back exactly that mean.
+export) runs it unchanged; Grad-CAM explains each member and averages their maps, as the ensemble
+averages their probabilities. It returns the logit of the mean probability, so a sigmoid gives back
+exactly that mean.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from slidemap.errors import SlidemapError
 from slidemap.models.base import AnySizeModel, SegmentationModel
 from slidemap.models.registry import build_model
 
@@ -45,9 +47,13 @@ class ProbabilityAverage(AnySizeModel):
 
     @property
     def target_layer(self) -> str:
-        """The last member's layer: the gradient of the mean reaches each member alike."""
-        last = len(self.members) - 1
-        return f"members.{last}.{self.member_models()[last].target_layer}"
+        """The layer the members name, as they name it (not a name of the ensemble's): Grad-CAM
+        weighs it in every member and averages the members' maps."""
+        layers = sorted({member.target_layer for member in self.member_models()})
+        if len(layers) > 1:
+            raise SlidemapError(f"the ensemble's members name different Grad-CAM layers "
+                                f"({', '.join(layers)}): pass one that every member has (--layer)")
+        return layers[0]
 
     # Fine-tuning an ensemble fits its members together, on the loss of the average they ship as.
     def encoder_parameters(self) -> list[nn.Parameter]:

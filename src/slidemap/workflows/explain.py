@@ -15,7 +15,7 @@ from slidemap.workflows.inputs import default_model_path
 
 @dataclass(frozen=True)
 class ExplainResult:
-    layer: str  # the module Grad-CAM looked at
+    layer: str  # the module Grad-CAM looked at ("mean over N members' NAME": an ensemble's)
     region_pixels: int  # working pixels of the region explained
     files: dict[str, Path]  # PNGs, GeoTIFFs (georeferenced inputs) and explain.json
 
