@@ -93,6 +93,29 @@ def test_the_shipped_rgb_model_is_a_small_rgb_only_file() -> None:
         assert site in trained_on
 
 
+
+def log_table_row(key: str) -> str:
+    """The row ``key`` of the experiment log's table that describes the shipped RGB model."""
+    text = (api.PACKAGE_ROOT / "benchmarks" / "experiments.md").read_text()
+    table = text.split("| | `slidemap-rgb-sites` |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith(f"| {key} |")]
+    assert len(rows) == 1, f"no row {key!r} in the experiment log's RGB model table"
+    return rows[0]
+
+
+def test_the_experiment_log_describes_how_the_shipped_rgb_file_was_trained() -> None:
+    """The log's table of the shipped file states the recipe its sidecar records: after the
+    file was retrained with batches by site, the table still said bf16 and nothing of them."""
+    training = json.loads(SHIPPED.with_suffix(".json").read_text())[
+        "provenance"]["config"]["training"]
+    budget = log_table_row("budget")
+    for said in (f"{training['epochs']} epochs", f"{training['windows_per_epoch']} random windows",
+                 f"{training['tile']} × {training['tile']}", f"batch {training['batch_size']}",
+                 f"precision: {training['precision']}", f"seed {training['seed']}"):
+        assert said in budget, said
+    assert ("`training.domain_batches: true`" in log_table_row("batches")) == \
+        training["domain_batches"]
+
 @pytest.mark.slow  # reads the real ../shared/data
 @pytest.mark.skipif(not (SHARED_DATA / "jinsha").exists(), reason="../shared/data is not here")
 def test_shipped_rgb_model_maps_a_crop_without_a_dem(tmp_path) -> None:
