@@ -116,6 +116,20 @@ def test_the_experiment_log_describes_how_the_shipped_rgb_file_was_trained() -> 
     assert ("`training.domain_batches: true`" in log_table_row("batches")) == \
         training["domain_batches"]
 
+
+def test_the_readmes_advise_on_a_new_site_as_the_card_does() -> None:
+    """The card tells a user with a new site to label a few tiles and train (newsite), since
+    fine-tuning from an RGB model did not beat training from scratch; the READMEs said to
+    fine-tune the file instead."""
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())["card"]["new_ground"]
+    readme = (api.PACKAGE_ROOT / "README.md").read_text()
+    paragraph = readme.split("`models/slidemap-rgb-sites.safetensors` (+ `.json`)", 1)[1]
+    row = [line for line in (api.PACKAGE_ROOT / "models" / "README.md").read_text().splitlines()
+           if line.startswith("| `slidemap-rgb-sites`")]
+    assert "slidemap newsite" in card and len(row) == 1
+    for advice in (paragraph.split("\n\n", 1)[0], row[0]):
+        assert "slidemap newsite" in advice and "starting point" not in advice
+
 @pytest.mark.slow  # reads the real ../shared/data
 @pytest.mark.skipif(not (SHARED_DATA / "jinsha").exists(), reason="../shared/data is not here")
 def test_shipped_rgb_model_maps_a_crop_without_a_dem(tmp_path) -> None:
