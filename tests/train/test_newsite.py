@@ -398,6 +398,23 @@ def test_finetune_says_when_the_config_reads_the_model_otherwise(tmp_path: Path,
     assert "reads the inputs otherwise" in err and "scale 1.0 → 2.0" in err
 
 
+def test_finetune_on_patches_says_a_resolution_change_affects_only_scenes(tmp_path: Path,
+                                                                          run_cli) -> None:
+    """A model read at 1 m (as the shipped RGB one) fine-tuned on patches, whose config sets no
+    resolution_m (configs/README's example): patches are read at scale alone, so 'before' is the
+    map predict makes; the warning said it was not, and not that the new file reads scenes at
+    another resolution."""
+    root = patch_folder(tmp_path / "site", count=2)
+    start = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3), resolution_m=1.0)),
+                       tmp_path / "start")
+    config = run_config(tmp_path, {"train": [{"patches": str(root)}],
+                                   "val": [{"patches": str(root)}]})
+    code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "resolution_m 1.0 → None" in err and "will read scenes otherwise" in err
+    assert "'before' is not" not in err
+
+
 def test_finetune_says_when_the_start_trained_on_its_validation(tmp_path: Path, tiny_scene,
                                                                 run_cli) -> None:
     bundle = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))

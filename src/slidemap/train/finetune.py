@@ -62,16 +62,40 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
 
 def _warn_if_read_otherwise(bundle: ModelBundle, config: RunConfig) -> None:
     """The same channels read at another scale, resolution or optical mode change what the
-    model sees: say so, since the fine-tuned file keeps the config's reading."""
-    changed = [f"{key} {getattr(bundle.inputs, key)} → {getattr(config.inputs, key)}"
+    model sees: say so, since the fine-tuned file keeps the config's reading. A key that this
+    config's data do not use (``resolution_m`` without scenes, ``scale`` without patches) leaves
+    'before' as predict makes it, and changes only how the fine-tuned file reads the other kind
+    of data: say that instead, not that 'before' differs."""
+    changed = {key: f"{key} {getattr(bundle.inputs, key)} → {getattr(config.inputs, key)}"
                for key in ("scale", "resolution_m", "optical")
-               if getattr(bundle.inputs, key) != getattr(config.inputs, key)]
-    if changed:
+               if getattr(bundle.inputs, key) != getattr(config.inputs, key)}
+    if not changed:
+        return
+    said = ", ".join(changed.values())
+    if changed.keys() & _keys_read(config):
         warnings.warn(f"config {config.source} reads the inputs otherwise than {config.init} was "
-                      f"trained ({', '.join(changed)}): fine-tuning trains and scores both models "
-                      "that way, and 'before' is not the map predict makes with the starting "
-                      "model; set those inputs as the model has them to keep its reading",
+                      f"trained ({said}): fine-tuning trains and scores both models that way, "
+                      "and 'before' is not the map predict makes with the starting model; set "
+                      "those inputs as the model has them to keep its reading",
                       SlidemapWarning, stacklevel=2)
+        return
+    unread = "scenes" if "resolution_m" in changed else "patches"
+    warnings.warn(f"config {config.source} sets other inputs than {config.init} was trained "
+                  f"with ({said}): its data are read alike, but the fine-tuned file keeps the "
+                  f"config's inputs and will read {unread} otherwise than the starting model; "
+                  "set those inputs as the model has them to keep its reading",
+                  SlidemapWarning, stacklevel=2)
+
+
+def _keys_read(config: RunConfig) -> set[str]:
+    """The reading keys that the config's own data use: scenes are read at ``resolution_m``,
+    patches at ``scale``, both in the ``optical`` mode."""
+    keys = {"optical"}
+    if config.train_scenes or config.val_scenes:
+        keys.add("resolution_m")
+    if config.train_patches or config.val_patches:
+        keys.add("scale")
+    return keys
 
 
 def _warn_if_validation_was_seen(config: RunConfig) -> None:
