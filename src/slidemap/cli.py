@@ -197,7 +197,8 @@ def predict(
     threshold: Threshold = None,
     normalise: Normalise = "model",
     scale: Annotated[float | None, typer.Option(
-        help="patches: up-sample by this factor before the model (default: the model's)")
+        help="patches: resize by this factor before the model, e.g. 2 up-samples, 0.5 halves "
+             "(default: the model's)")
     ] = None,
     pixel_size: Annotated[float | None, typer.Option(
         help="patches: pixel size in metres, for slope from DEMs without georeference")] = None,
