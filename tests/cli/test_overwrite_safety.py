@@ -205,6 +205,37 @@ def test_two_predicts_into_one_folder_cannot_both_succeed(
     assert names == sorted(p.name for p in api.output_paths(tiny_scene["image"], out).values())
 
 
+def test_an_overwrite_in_another_format_leaves_no_inventory_of_the_earlier_run(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """The earlier run's GeoPackage would sit beside the new rasters (and the report reads the
+    GeoPackage first): the new set replaces it, and without --overwrite it counts as existing."""
+    out = tmp_path / "out"
+    first = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
+    for key in ("prob", "mask", "mask_aux", "style", "stac"):
+        first.files[key].unlink()
+    with pytest.raises(SlidemapError, match=r"landslides\.gpkg exists"):
+        api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                    formats=("geojson",))
+    second = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                         formats=("geojson",), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in second.files.values())
+
+
+def test_an_evaluate_overwrite_leaves_no_inventory_or_item_of_the_rasters_it_replaced(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """Its rasters are another run's (float32, its own threshold): the prediction's inventory,
+    style and STAC Item (checksums, data type) beside them would describe rasters now gone."""
+    out = tmp_path / "out"
+    api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
+    api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], dem=tiny_scene["dem"],
+                 model=tiny_model, out_dir=out, options=FAST, overwrite=True)
+    rasters = {k: p for k, p in api.output_paths(tiny_scene["image"], out).items()
+               if k in ("prob", "mask", "mask_aux")}
+    assert all(p.exists() for p in rasters.values())
+    retired = predict_workflow.replaced_paths(tiny_scene["image"], out, rasters.values())
+    assert [p.name for p in retired if p.exists()] == []
+
+
 def test_a_failed_train_overwrite_keeps_the_earlier_set(
         tmp_path: Path, tiny_scene: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from slidemap.schema.config import load_config

@@ -63,13 +63,15 @@ def scratch_path(target: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def staged(targets: dict[str, Path], overwrite: bool = True,
-           kind: str = "staged") -> Iterator[dict[str, Path]]:
+           kind: str = "staged", retire: Iterable[Path] = ()) -> Iterator[dict[str, Path]]:
     """Temporary names for a set of outputs that belong together, moved into place together.
 
     Nothing of the set appears under its final name unless every file was written: on an error
     all temporary files are removed and existing files under the final names are left as they
     were (a run with ``--overwrite`` that fails keeps the previous outputs). A failed write that
-    names a temporary file is reported with the name the user asked for.
+    names a temporary file is reported with the name the user asked for. ``retire``: files of
+    the set that this run does not write (a previous run's other inventory format), removed
+    once the set is published, so that a folder never holds one run's files beside another's.
     """
     token = uuid.uuid4().hex[:8]
     tmps = {key: _temporary(Path(path), kind, token) for key, path in targets.items()}
@@ -84,6 +86,8 @@ def staged(targets: dict[str, Path], overwrite: bool = True,
             if tmp.exists():  # some writers (safetensors) create private 0600 files
                 os.chmod(tmp, 0o666 & ~_umask())
         publish({tmps[key]: Path(target) for key, target in targets.items()}, overwrite)
+        for path in retire:
+            _remove(Path(path))
     finally:
         for tmp in tmps.values():
             with contextlib.suppress(OSError):  # a read-only disk: the real error goes on
@@ -131,6 +135,14 @@ def refuse_folder(path: Path, option: str = "--out") -> None:
     ``--overwrite`` would only fail later, once the other outputs had replaced theirs."""
     if path.is_dir():
         raise SlidemapError(f"output {path} is a folder: remove it or choose another {option}")
+
+
+def _remove(path: Path) -> None:
+    """Remove a retired output; one that is not there is fine."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def _move(tmp: Path, target: Path) -> None:

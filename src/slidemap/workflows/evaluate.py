@@ -25,7 +25,7 @@ from slidemap.report.html import build_report
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
 from slidemap.schema.values import file_of, is_vector
 from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, model_list
-from slidemap.workflows.predict import output_paths
+from slidemap.workflows.predict import output_paths, replaced_paths
 from slidemap.workflows.report import check_report
 
 
@@ -86,13 +86,15 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
     predictor = None if image is None else build_predictor(
         model_list(model, has_elevation(image, dem)), options)
     outputs: dict[str, Path] = {}
+    retired: list[Path] = []  # a prediction's inventory, style and Item beside the old rasters
     if image is not None and out_dir is not None:
         paths = output_paths(image, out_dir)
         outputs = {k: paths[k] for k in ("prob", "mask", "mask_aux")}
+        retired = replaced_paths(image, out_dir, outputs.values())
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
         plots = [out_dir / name for name in EVALUATION_PLOTS]
-        check_outputs([*outputs.values(), *plots],
+        check_outputs([*outputs.values(), *plots, *retired],
                       [*local_files(truth, prediction, image, dem),
                        *[file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],
                        *(model_files(model, has_elevation(image, dem))
@@ -100,7 +102,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
     record: dict = {"truth": str(truth), **({"aoi": str(aoi)} if aoi is not None else {})}
     # Rasters and metrics appear together, or none does.
     folder = output_folder(out_dir) if out_dir is not None else contextlib.nullcontext()
-    with folder, staged(outputs, overwrite) as tmp:
+    with folder, staged(outputs, overwrite, retire=retired) as tmp:
         scored = prediction
         if predictor is not None and image is not None:
             tags = provenance(predictor.paths, predictor.threshold, {"image": image, "dem": dem})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor, predict_scene, predictor_of
 from slidemap.infer.vectorize import (
+    INVENTORY_FORMATS,
     inventory_defaults,
     inventory_paths,
     slide_batches,
@@ -87,6 +88,16 @@ def output_paths(image: DatasetName, out_dir: Path, formats: Sequence[str] = ("g
             "style": out_dir / f"{stem}_landslides.qml", "stac": out_dir / f"{stem}_item.json"}
 
 
+def replaced_paths(image: DatasetName, out_dir: Path, written: Iterable[Path]) -> list[Path]:
+    """The files of a prediction of ``image`` in ``out_dir`` that a run writing ``written``
+    leaves out (another inventory format; beside the rasters that ``evaluate`` writes, the
+    inventory, style and Item): a previous run's, which no longer describe the new rasters, so
+    they are outputs to replace (``--overwrite``) by removing them when the new set appears."""
+    kept = set(written)
+    return [path for path in output_paths(image, out_dir, tuple(INVENTORY_FORMATS)).values()
+            if path not in kept]
+
+
 def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
             model: ModelArg = None, options: PredictOptions | None = None,
             min_area_m2: float | None = None, simplify_m: float | None = None,
@@ -119,7 +130,8 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     if not model and not elevation and is_found(image):
         log.info(f"no --dem: mapping with the RGB-only model {models[0].stem} (models/README.md)")
     inputs = [*local_files(image, dem, stac_item), *model_files(model, elevation)]
-    check_outputs(list(paths.values()), inputs, overwrite)
+    retired = replaced_paths(image, out_dir, paths.values())
+    check_outputs([*paths.values(), *retired], inputs, overwrite)
     if adapt is not None and adapt.save is not None:
         check_outputs(model_paths(adapt.save), [*inputs, *paths.values()], overwrite,
                       "--adapt-save")
@@ -136,7 +148,7 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     fmt = RasterFormat(prob_dtype, tags)
     # All files appear together, or none does; without --overwrite, a run into the same
     # folder that published first wins and this one fails.
-    with output_folder(out_dir), staged(paths, overwrite) as tmp:
+    with output_folder(out_dir), staged(paths, overwrite, retire=retired) as tmp:
         counts = predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options,
                                progress, replace(fmt, mask_aux=tmp["mask_aux"]))
         default_area, default_simplify = inventory_defaults(counts["working_pixel_m"])
