@@ -221,6 +221,21 @@ def test_an_overwrite_in_another_format_leaves_no_inventory_of_the_earlier_run(
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in second.files.values())
 
 
+def test_an_overwrite_without_report_leaves_no_report_of_the_earlier_run(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """report.html shows the earlier run's map and figures: it goes with the outputs it
+    described; a run into a folder whose outputs it does not replace keeps it."""
+    out = tmp_path / "out"
+    api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                html_report=True)
+    other = tiny_scene["image"].with_name("other.tif")
+    other.write_bytes(tiny_scene["image"].read_bytes())
+    api.predict(other, out, tiny_scene["dem"], tiny_model, FAST)
+    assert (out / "report.html").exists()
+    api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST, overwrite=True)
+    assert not (out / "report.html").exists()
+
+
 def test_an_evaluate_overwrite_leaves_no_inventory_or_item_of_the_rasters_it_replaced(
         tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
     """Its rasters are another run's (float32, its own threshold): the prediction's inventory,

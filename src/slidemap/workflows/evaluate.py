@@ -26,7 +26,7 @@ from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
 from slidemap.schema.values import file_of, is_vector
 from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, model_list
 from slidemap.workflows.predict import output_paths, replaced_paths
-from slidemap.workflows.report import check_report
+from slidemap.workflows.report import check_report, stale_report
 
 
 def _warn_if_no_landslide(metrics: dict[str, float], truth: DatasetName) -> None:
@@ -94,6 +94,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
         plots = [out_dir / name for name in EVALUATION_PLOTS]
+        retired += stale_report(out_dir, [*outputs.values(), *plots, *retired], html_report)
         check_outputs([*outputs.values(), *plots, *retired],
                       [*local_files(truth, prediction, image, dem),
                        *[file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],

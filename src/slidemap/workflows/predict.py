@@ -34,7 +34,7 @@ from slidemap.io.styles import write_qml
 from slidemap.report.html import build_report
 from slidemap.train.adapt import AdaptOptions, adapt_to_scene, adaptation_tags
 from slidemap.workflows.inputs import ModelArg, has_elevation, is_found, model_files, model_list
-from slidemap.workflows.report import check_report
+from slidemap.workflows.report import check_report, stale_report
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         log.info(f"no --dem: mapping with the RGB-only model {models[0].stem} (models/README.md)")
     inputs = [*local_files(image, dem, stac_item), *model_files(model, elevation)]
     retired = replaced_paths(image, out_dir, paths.values())
+    retired += stale_report(out_dir, [*paths.values(), *retired], html_report)
     check_outputs([*paths.values(), *retired], inputs, overwrite)
     if adapt is not None and adapt.save is not None:
         check_outputs(model_paths(adapt.save), [*inputs, *paths.values()], overwrite,

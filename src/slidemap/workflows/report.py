@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,15 @@ class ReportResult:
 def check_report(out_dir: Path, overwrite: bool) -> None:
     """Refuse an existing report.html before any work, as the other outputs are."""
     check_outputs([out_dir / "report.html"], [], overwrite)
+
+
+def stale_report(out_dir: Path, replaced: Iterable[Path], html_report: bool) -> list[Path]:
+    """``out_dir``'s report.html when this run replaces outputs it describes (some of
+    ``replaced`` exist) and writes no new one: left in place, it would show the earlier run's
+    map and figures beside the new files. Removed with the outputs it described."""
+    if html_report or not any(path.exists() for path in replaced):
+        return []
+    return [out_dir / "report.html"]
 
 
 def report(folder: Path, out: Path | None = None, image: str | None = None,
