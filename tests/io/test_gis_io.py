@@ -25,6 +25,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from slidemap import api
 from slidemap.data.names import dataset_stem, is_local
+from slidemap.data.terrain import epsg_code
 from slidemap.errors import SlidemapError
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.rasters import RasterFormat, RasterOutputs
@@ -279,6 +280,26 @@ def test_predict_writes_a_stac_item_that_validates_and_reads_back(tiny_scene, ti
     assert item.assets["image"].roles == ["source"]
     with rasterio.open(result.prob) as a, rasterio.open(again.prob) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+# A transverse Mercator on an unnamed datum of the WGS 84 ellipsoid: no EPSG CRS, though
+# rasterio's to_epsg() takes the first of three equal loose matches, EPSG:23867 (DGN95).
+UNNAMED_DATUM_TM = ("+proj=tmerc +lat_0=0 +lon_0=99 +k=0.9996 +x_0=500000 +y_0=0 +ellps=WGS84 "
+                    "+units=m +no_defs")
+
+
+def test_a_crs_that_is_no_epsg_crs_is_recorded_by_its_wkt_not_a_loose_code(
+        tiny_scene, tiny_model, tmp_path) -> None:
+    for key in ("image", "dem"):
+        with rasterio.open(tiny_scene[key], "r+") as ds:
+            ds.crs = rasterio.crs.CRS.from_proj4(UNNAMED_DATUM_TM)
+    result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                         OPTIONS)
+    properties = json.loads(Path(result.stac).read_text())["properties"]
+    with rasterio.open(result.prob) as ds:
+        assert "proj:code" not in properties
+        assert rasterio.crs.CRS.from_wkt(properties["proj:wkt2"]) == ds.crs
+    assert epsg_code(rasterio.crs.CRS.from_epsg(32647)) == 32647
 
 
 def test_a_stac_item_with_relative_assets_is_an_input(tiny_scene, tiny_model, tmp_path) -> None:

@@ -47,8 +47,16 @@ def crs_name(crs: CRS | None) -> str:
         return "none (no scale bar or north arrow can be drawn)"
     found = re.match(r'\s*\w+\["([^"]+)"', crs.to_wkt())
     name = found.group(1) if found else crs.to_string()
-    code = crs.to_epsg()
+    code = epsg_code(crs)
     return f"{name} (EPSG:{code})" if code else name
+
+
+def epsg_code(crs: CRS) -> int | None:
+    """The EPSG code of ``crs`` if it is that EPSG CRS, else None. ``to_epsg`` alone matches
+    loosely and takes the first of equal candidates: a transverse Mercator on an unnamed datum
+    of the WGS 84 ellipsoid came out as EPSG:23867 (DGN95 / UTM 47N), a CRS it is not."""
+    code = crs.to_epsg()
+    return code if code is not None and CRS.from_epsg(code) == crs else None
 
 
 def pixel_size_m(crs: CRS, res: tuple[float, float], at: tuple[float, float]

@@ -23,6 +23,7 @@ from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
 from slidemap.data.names import DatasetName, absolute_name, local_path
+from slidemap.data.terrain import epsg_code
 from slidemap.errors import SlidemapError
 from slidemap.io.provenance import sha256_file
 
@@ -147,7 +148,7 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
         item.add_link(pystac.Link("derived_from", Path(source.source).resolve().as_uri(),
                                   media_type=pystac.MediaType.JSON))
     projection = ProjectionExtension.ext(item, add_if_missing=True)
-    epsg = crs.to_epsg() if crs is not None else None
+    epsg = epsg_code(crs) if crs is not None else None
     if epsg is not None:
         projection.code = f"EPSG:{epsg}"
     elif crs is not None:
