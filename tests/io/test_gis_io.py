@@ -275,6 +275,10 @@ def test_predict_writes_a_stac_item_that_validates_and_reads_back(tiny_scene, ti
     assert band["scale"] == pytest.approx(1 / 254)
     classes = {c["value"]: c["name"] for c in assets["mask"]["classification:classes"]}
     assert classes == {0: "background", 1: "landslide", 255: "nodata"}
+    with rasterio.open(result.mask) as ds:  # the legend is the colour table the file draws
+        drawn = {v: "{:02X}{:02X}{:02X}".format(*ds.colormap(1)[v][:3]) for v in (0, 1)}
+    assert {c["value"]: c.get("color_hint") for c in assets["mask"]["classification:classes"]
+            if c["value"] in drawn} == drawn
     item = pystac.Item.from_file(result.stac)  # reads back, and as the input of predict:
     again = api.predict(result.stac, tmp_path / "again", model=tiny_model, options=OPTIONS)
     assert item.assets["image"].roles == ["source"]

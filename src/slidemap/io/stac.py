@@ -26,6 +26,7 @@ from slidemap.data.names import DatasetName, absolute_name, local_path
 from slidemap.data.terrain import epsg_code
 from slidemap.errors import SlidemapError
 from slidemap.io.provenance import sha256_file
+from slidemap.io.rasters import MASK_COLOURS
 
 IMAGE_KEYS = ("image", "visual", "rgb", "ortho", "orthophoto", "data")
 IMAGE_ROLES = ("data", "visual", "source")
@@ -176,11 +177,17 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
             _raster_band(asset, "uint8", 255, None)
             ClassificationExtension.ext(asset).classes = [
                 Classification.create(0, "no landslide mapped", name="background",
-                                      color_hint="000000"),
+                                      color_hint=_colour_hint(0)),
                 Classification.create(1, "landslide mapped", name="landslide",
-                                      color_hint="E63C1E"),
+                                      color_hint=_colour_hint(1)),
                 Classification.create(255, "no data", name="nodata", nodata=True)]
     return item
+
+
+def _colour_hint(value: int) -> str:
+    """The mask's colour-table colour of ``value`` as RRGGBB: the Item's legend is the one the
+    GeoTIFF draws (it gave black for the background the file paints white)."""
+    return "{:02X}{:02X}{:02X}".format(*MASK_COLOURS[value][:3])
 
 
 _TITLES = {"prob": "landslide probability", "mask": "landslide mask",
