@@ -219,6 +219,26 @@ def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_m
     assert ET.fromstring(rows[0][2]).tag == "qgis"
 
 
+def test_outputs_record_the_settings_the_map_depends_on(tiny_scene, tiny_model,
+                                                        tmp_path) -> None:
+    """Made through the API (no command line shows them), the windows, scales, TTA and
+    normalisation were recorded nowhere: a rerun with the defaults made another map."""
+    options = replace(OPTIONS, tta=True, normalise="scene", scales=(1.0, 0.5),
+                      precision="fp32")
+    result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                         options, html_report=True)
+    expected = ("tile=48 overlap=16 scales=1,0.5 tta=yes normalise=scene precision=fp32 "
+                "backend=torch")
+    for key in ("prob", "mask"):
+        with rasterio.open(result.files[key]) as ds:
+            assert ds.tags()["SLIDEMAP_OPTIONS"] == expected
+    info = pyogrio.read_info(result.inventory, layer="landslides")
+    assert info["layer_metadata"]["SLIDEMAP_OPTIONS"] == expected
+    item = json.loads(Path(result.stac).read_text())
+    assert item["properties"]["slidemap:options"] == expected
+    assert expected in Path(result.report).read_text()
+
+
 @pytest.mark.parametrize("suffix", [".json", ""])
 def test_a_model_named_by_its_sidecar_or_stem_records_its_weights(tiny_scene, tiny_model,
                                                                   tmp_path, suffix) -> None:

@@ -48,6 +48,18 @@ def predictor_of(bundles: list[ModelBundle], options: PredictOptions) -> Predict
                      options.scales, options.threshold)
 
 
+def prediction_settings(predictor: Predictor, options: PredictOptions) -> dict[str, str]:
+    """What a scene's map depends on besides its model file, inputs and threshold, as resolved
+    (the model's own windows and scales included), for the outputs' provenance: a map made
+    through the API has no command line that shows them, and a rerun with the defaults would
+    make another map."""
+    resolved = options.resolve(predictor.defaults)
+    return {"tile": str(resolved.tile), "overlap": str(resolved.overlap),
+            "scales": ",".join(f"{s:g}" for s in predictor.scales),
+            "tta": "yes" if predictor.tta else "no", "normalise": options.normalise,
+            "precision": predictor.precision, "backend": options.backend}
+
+
 def working_factor(scene: Scene, spec: InputSpec, image: DatasetName) -> int:
     """Image pixels per working pixel of the model on ``scene``, once the scene is found to
     have what the model reads (its bands, a DEM if it needs one) and room for one window of

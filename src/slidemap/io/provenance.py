@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,9 +38,12 @@ def command_line() -> str:
 
 
 def provenance(models: Sequence[Path | None], threshold: float,
-               inputs: dict[str, DatasetName | None]) -> dict[str, str]:
+               inputs: dict[str, DatasetName | None],
+               settings: Mapping[str, str] | None = None) -> dict[str, str]:
     """The tags of one prediction: ``SLIDEMAP_*`` keys, models and hashes ``;``-separated;
-    inputs named absolutely, so that ``slidemap report`` run from another folder finds them."""
+    inputs named absolutely, so that ``slidemap report`` run from another folder finds them;
+    ``settings`` (windows, scales, TTA, normalisation, ...) as ``SLIDEMAP_OPTIONS``
+    ``key=value`` words."""
     files = [p for p in models if p is not None]
     tags = {
         "SLIDEMAP_VERSION": __version__,
@@ -53,6 +56,8 @@ def provenance(models: Sequence[Path | None], threshold: float,
     for role, name in inputs.items():
         if name is not None:
             tags[f"SLIDEMAP_{role.upper()}"] = absolute_name(name)
+    if settings:
+        tags["SLIDEMAP_OPTIONS"] = " ".join(f"{key}={value}" for key, value in settings.items())
     return {"TIFFTAG_SOFTWARE": f"slidemap {__version__}", **tags}
 
 

@@ -140,7 +140,9 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
                     "slidemap:model": tags.get("SLIDEMAP_MODEL", ""),
                     "slidemap:model_sha256": tags.get("SLIDEMAP_MODEL_SHA256", ""),
                     "slidemap:threshold": float(tags.get("SLIDEMAP_THRESHOLD", "nan")),
-                    "slidemap:command": tags.get("SLIDEMAP_COMMAND", "")})
+                    "slidemap:command": tags.get("SLIDEMAP_COMMAND", ""),
+                    **({"slidemap:options": tags["SLIDEMAP_OPTIONS"]}
+                       if "SLIDEMAP_OPTIONS" in tags else {})})
     for key, name in (("image", tags.get("SLIDEMAP_IMAGE")), ("dem", tags.get("SLIDEMAP_DEM"))):
         if name:  # the inputs, so the Item reads back as the input of predict
             item.add_asset(key, pystac.Asset(href=absolute_name(name), roles=["source"],

@@ -290,6 +290,7 @@ def _provenance(known: Provenance, inventory: Inventory, outputs: list[Path]) ->
         ("slidemap version", known.version or f"{NOT_RECORDED} (this report: slidemap "
                                               f"{__version__})"),
         ("command", known.command or NOT_RECORDED),
+        ("options", known.options or NOT_RECORDED),
         ("predicted", known.created or NOT_RECORDED),
         ("outputs", ", ".join(p.name for p in outputs)),
         ("CRS", crs_name(inventory.crs)),

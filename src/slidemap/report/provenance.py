@@ -43,6 +43,7 @@ TAG_NAMES = {
     "threshold": ("threshold", "decision_threshold"),
     "version": ("version", "slidemap_version", "software_version"),
     "command": ("command", "command_line", "cmdline"),
+    "options": ("options",),
     "created": ("created", "date", "datetime", "tifftag_datetime", "timestamp"),
 }
 
@@ -58,6 +59,7 @@ class Provenance:
     threshold: float | None = None
     version: str | None = None
     command: str | None = None
+    options: str | None = None  # windows, scales, TTA, normalisation, ... as resolved
     created: str | None = None
     adapted: str | None = None  # how the model was adapted to the scene, if it was
     adapted_trained: bool = False  # whether that adaptation changed the model at all

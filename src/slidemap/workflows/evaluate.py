@@ -15,7 +15,7 @@ from slidemap.data.names import DatasetName, local_files
 from slidemap.errors import SlidemapWarning, UsageError
 from slidemap.evaluation.raster import score_raster
 from slidemap.infer.options import PredictOptions
-from slidemap.infer.predict import build_predictor, predict_scene
+from slidemap.infer.predict import build_predictor, predict_scene, prediction_settings
 from slidemap.io import jsontext
 from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.provenance import provenance, recorded_threshold
@@ -106,7 +106,8 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
     with folder, staged(outputs, overwrite, retire=retired) as tmp:
         scored = prediction
         if predictor is not None and image is not None:
-            tags = provenance(predictor.paths, predictor.threshold, {"image": image, "dem": dem})
+            tags = provenance(predictor.paths, predictor.threshold, {"image": image, "dem": dem},
+                              prediction_settings(predictor, options))
             predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options, progress,
                           RasterFormat("float32", tags, tmp["mask_aux"]))  # scored unrounded
             scored, prediction = tmp["prob"], outputs["prob"]

@@ -17,7 +17,12 @@ from slidemap.data.names import DatasetName, dataset_stem, local_files
 from slidemap.errors import UsageError
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.options import PredictOptions
-from slidemap.infer.predict import build_predictor, predict_scene, predictor_of
+from slidemap.infer.predict import (
+    build_predictor,
+    predict_scene,
+    prediction_settings,
+    predictor_of,
+)
 from slidemap.infer.vectorize import (
     INVENTORY_FORMATS,
     inventory_defaults,
@@ -143,7 +148,8 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     predictor = build_predictor(models, options) if adapted is None else \
         predictor_of([adapted.bundle], options)
     tags = provenance(models, predictor.threshold,
-                      {"image": image, "dem": dem, "stac_item": stac_item})
+                      {"image": image, "dem": dem, "stac_item": stac_item},
+                      prediction_settings(predictor, options))
     if adapted is not None:
         tags |= adaptation_tags(adapted.record)
     fmt = RasterFormat(prob_dtype, tags)
