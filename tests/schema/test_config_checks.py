@@ -160,3 +160,12 @@ def test_rasters_keep_a_gdal_name_as_written_and_polygons_must_be_local() -> Non
                        ("aoi", "/vsizip//data/d.zip/aoi.gpkg")):
         with pytest.raises(SlidemapError, match=f"data.train\\[0\\].{key} must be a local "):
             parse_config({"data": {"train": [{**names, key: value}]}})
+
+
+def test_a_patch_scale_the_model_file_would_refuse_fails_at_load() -> None:
+    """inputs.scale 70 trained to the end and wrote a model file that every loader then refused
+    as malformed (a model file holds at most 64): the config is refused before any data loads."""
+    data = {"data": {"train": [{"l4s": "split"}]}, "inputs": {"scale": 70}}
+    with pytest.raises(SlidemapError, match=r"inputs\.scale must be less than or equal to 64"):
+        parse_config(data)
+    assert parse_config({**data, "inputs": {"scale": 64}}).inputs.scale == 64

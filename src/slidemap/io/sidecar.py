@@ -17,7 +17,13 @@ from typing import Any
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.models import list_models
-from slidemap.schema.values import MAX_WIDTH, OPTICAL_MODES, SCALE_RANGE, WEIGHTS_DTYPES
+from slidemap.schema.values import (
+    MAX_PATCH_SCALE,
+    MAX_WIDTH,
+    OPTICAL_MODES,
+    SCALE_RANGE,
+    WEIGHTS_DTYPES,
+)
 
 FORMAT_VERSION = 1  # of the sidecars this version writes, and the newest it reads
 SIDECAR_MAX_BYTES = 16 * 2**20
@@ -117,7 +123,7 @@ def _inputs(raw: Any) -> dict:
     return {"image_bands": list(bands), "dem": raw.get("dem", False),
             "slope": raw.get("slope", False),
             "resolution_m": _positive_or_null("inputs.resolution_m", raw.get("resolution_m"), 1e5),
-            "scale": _positive("inputs.scale", raw.get("scale", 1.0), 64.0),
+            "scale": _positive("inputs.scale", raw.get("scale", 1.0), MAX_PATCH_SCALE),
             "optical": optical, "relief_m": _relief_radii(raw.get("relief_m")),
             "curvature": raw.get("curvature", False),
             "roughness_m": _positive_or_null("inputs.roughness_m", raw.get("roughness_m"), 1e5)}

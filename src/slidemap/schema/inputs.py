@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from slidemap.schema.errors import validated
-from slidemap.schema.values import OpticalMode
+from slidemap.schema.values import MAX_PATCH_SCALE, OpticalMode
 
 
 def not_bool(value: Any) -> Any:
@@ -52,12 +52,12 @@ class InputSpec(BaseModel):
             "add slope in degrees, computed from the DEM, as the last channel"))
     resolution_m: Metres | None = Field(default=None, description=(
             "working ground resolution in metres (scenes are decimated to it); `null`: native"))
-    scale: Metres = Field(default=1.0, description=(
+    scale: Metres = Field(default=1.0, le=MAX_PATCH_SCALE, description=(
             "scale promotion of patches (scenes use `resolution_m`): patches and their labels "
             "are up-sampled by this factor before the model (e.g. `2.0` for 128 px "
-            "Landslide4Sense patches; below 1 shrinks upscaled imagery), and predictions are "
-            "averaged back onto the patch grid, where they are scored. Stored in the model, so "
-            "`predict` does the same"))
+            "Landslide4Sense patches; below 1 shrinks upscaled imagery; at most 64), and "
+            "predictions are averaged back onto the patch grid, where they are scored. Stored "
+            "in the model, so `predict` does the same"))
     optical: OpticalMode = Field(default="raw", description=(
             "`chromaticity`: each image band divided by the bands' sum (plus one unit per band),"
             " i.e. colour without brightness. `scene`: per-scene photometric normalisation, each"

@@ -43,6 +43,7 @@ MIN_TRAIN_TILE, MAX_TRAIN_TILE = 16, 4096  # a window the encoder can halve a fe
 MIN_TILE, MAX_TILE = 16, 8192  # prediction windows, working px
 MAX_WIDTH = 256  # a network's base width; the shipped models use 16 to 32
 SCALE_RANGE = (0.25, 4.0)  # prediction scales
+MAX_PATCH_SCALE = 64.0  # inputs.scale: a model file holding more is refused as malformed
 MAX_SCALES = 16
 
 # Landslide4Sense: the 14 channels of a patch, in file order; slope and DEM are terrain.
