@@ -30,9 +30,9 @@ OPTIONS = PredictOptions(tile=16, overlap=0, precision="fp32")
 
 def l4s_split(root: Path, mask: np.ndarray, nan_band: int | None = None,
               gain: float = 1.0) -> Path:
-    """One 16 px Landslide4Sense patch (values about 1, as the release's, times ``gain``),
-    ``nan_band`` (0-based) NaN throughout."""
-    img = gain * np.random.default_rng(0).normal(1.0, 0.1, (16, 16, 14)).astype(np.float32)
+    """One Landslide4Sense patch the size of ``mask`` (values about 1, as the release's, times
+    ``gain``), ``nan_band`` (0-based) NaN throughout."""
+    img = gain * np.random.default_rng(0).normal(1.0, 0.1, (*mask.shape, 14)).astype(np.float32)
     if nan_band is not None:
         img[..., nan_band] = np.nan
     (root / "img").mkdir(parents=True)
@@ -101,6 +101,30 @@ def test_patches_normalised_with_their_own_statistics_do_not_warn(tmp_path: Path
         predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out",
                           PredictOptions(tile=16, overlap=0, precision="fp32",
                                          normalise="scene"))
+
+
+@pytest.mark.parametrize("scale", [float("inf"), 1000.0, 0.0])
+def test_a_scale_no_model_file_may_hold_is_one_line(tmp_path: Path, scale: float) -> None:
+    """--scale inf was an OverflowError traceback; 1000 tried to allocate 393 GB."""
+    root = l4s_split(tmp_path / "split", np.zeros((16, 16), np.uint8))
+    with pytest.raises(SlidemapError, match="is not above 0 and at most 64"):
+        predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS, scale=scale)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_patch_promoted_past_the_largest_patch_is_refused_before_it_is_allocated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """130 px at scale 64 is 8320 px a side: refused by its size, before anything is promoted
+    (it ended as "out of memory: lower --memory-mb", which did not say to lower the scale)."""
+    root = l4s_split(tmp_path / "split", np.zeros((130, 130), np.uint8))
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("promoted before the size was checked")
+
+    monkeypatch.setattr("slidemap.data.sources.promote", never)
+    with pytest.raises(SlidemapError, match=r"image_1 at scale 64 would be 8,320 × 8,320 px"):
+        predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS, scale=64)
+    assert not (tmp_path / "out").exists()
 
 
 def rgb_model(folder: Path) -> Predictor:

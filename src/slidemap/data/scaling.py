@@ -30,8 +30,14 @@ def promote(array: np.ndarray, factor: float, kind: Kind = "continuous") -> np.n
     """
     if not factor > 0:
         raise SlidemapError(f"scale factor {factor} is not positive: use e.g. 2 to double the size")
-    h, w = array.shape[-2:]
-    return resize(array, (max(1, round(h * factor)), max(1, round(w * factor))), kind)
+    height, width = array.shape[-2:]
+    return resize(array, promoted_size(height, width, factor), kind)
+
+
+def promoted_size(height: int, width: int, factor: float) -> tuple[int, int]:
+    """The (H, W) that :func:`promote` gives a ``height`` × ``width`` array, so that a caller
+    can check it before anything of that size is allocated."""
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def demote(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:

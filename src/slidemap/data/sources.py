@@ -20,11 +20,11 @@ from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.l4s import L4SDataset, is_h5_file
 from slidemap.data.names import absolute_name
-from slidemap.data.patches import IGNORE, PatchDataset, open_patch_dataset
-from slidemap.data.scaling import promote
+from slidemap.data.patches import IGNORE, MAX_PATCH_BYTES, PatchDataset, open_patch_dataset
+from slidemap.data.scaling import promote, promoted_size
 from slidemap.errors import SlidemapError
 from slidemap.schema.config import PatchSource, SceneSource
-from slidemap.schema.values import BAND_NAMES, TERRAIN
+from slidemap.schema.values import BAND_NAMES, MAX_TILE, TERRAIN
 
 OPTICAL = len(BAND_NAMES) - len(TERRAIN)
 
@@ -161,6 +161,7 @@ def patch_arrays(sample: dict, spec: InputSpec) -> PatchArrays:
     if labels is not None:
         labels = np.where(valid, labels, IGNORE).astype(np.uint8)
     if spec.scale != 1.0:
+        check_promoted_size(sample["name"], x.shape, spec.scale)
         x = promote(x, spec.scale).astype(np.float32)
     finite = np.isfinite(x).all(axis=0)
     if labels is None:
@@ -169,3 +170,17 @@ def patch_arrays(sample: dict, spec: InputSpec) -> PatchArrays:
         target = labels if spec.scale == 1.0 else promote(labels, spec.scale, "mask")
         target = np.where(finite, target, IGNORE).astype(np.uint8)
     return PatchArrays(sample["name"], x, target, native_valid=valid, labels=labels)
+
+
+def check_promoted_size(name: str, shape: tuple[int, ...], scale: float) -> None:
+    """Refuse, before it is allocated, a patch that ``scale`` would up-sample beyond what a patch
+    may be read as (``MAX_TILE`` px a side, ``MAX_PATCH_BYTES``): 128 px at scale 1000 tried to
+    allocate 393 GB and ended as "out of memory: lower --memory-mb", which does not help."""
+    channels, (height, width) = shape[0], promoted_size(shape[-2], shape[-1], scale)
+    size = channels * height * width * np.dtype(np.float32).itemsize
+    if max(height, width) > MAX_TILE or size > MAX_PATCH_BYTES:
+        raise SlidemapError(
+            f"patch {name} at scale {scale:g} would be {width:,} × {height:,} px with {channels} "
+            f"channel(s), {size / 2**20:,.0f} MB: a patch is held whole, at most {MAX_TILE} px "
+            f"a side and {MAX_PATCH_BYTES // 2**20} MB; lower the scale (inputs.scale, or "
+            "predict --scale)")

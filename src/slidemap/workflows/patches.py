@@ -28,6 +28,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
+from slidemap.schema.values import MAX_PATCH_SCALE
 from slidemap.workflows.inputs import ModelArg, files_under, has_elevation, model_files, model_list
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     set's files appear together once every patch is mapped: a patch that fails to read leaves
     the folder as it was.
     """
-    if scale is not None and not scale > 0:
-        raise SlidemapError(f"--scale {scale} is not positive: use e.g. 2 to double the size")
+    if scale is not None and not 0 < scale <= MAX_PATCH_SCALE:
+        raise SlidemapError(f"--scale {scale} is not above 0 and at most {MAX_PATCH_SCALE:g}: "
+                            "use e.g. 2 to double the size")
     spec = predictor.spec if scale is None else predictor.spec.model_copy(
         update={"scale": float(scale)})
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
