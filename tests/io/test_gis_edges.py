@@ -29,7 +29,7 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.atomic import atomic_path, scratch_path, staged
-from slidemap.io.provenance import provenance
+from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import RasterOutputs, writing
 from slidemap.io.stac import output_item, read_item
 from slidemap.report.mapview import imagery, map_grid
@@ -269,6 +269,21 @@ def test_an_image_georeferenced_by_gcps_only_is_told_to_warp(tmp_path) -> None:
     assert str(caught.value) == (
         f"image {path} is georeferenced by ground control points only: warp it onto a grid "
         "first (e.g. gdalwarp -t_srs EPSG:32647 -r bilinear in.tif out.tif)")
+
+
+def test_the_threshold_of_a_patch_probability_reads_without_rasterio_warnings(tmp_path) -> None:
+    """A patch's probability TIFF has no georeference: evaluate --prediction printed rasterio's
+    NotGeoreferencedWarning, a raw Python warning with its source line, to read its tags."""
+    path = tmp_path / "image_1_prob.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1,
+                           dtype="float32") as ds:
+            ds.write(np.zeros((16, 16), np.float32), 1)
+            ds.update_tags(**provenance([], 0.3, {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert recorded_threshold(path) == pytest.approx(0.3)
 
 
 def test_nodata_over_an_alpha_band_reads_without_rasterio_warnings(tmp_path) -> None:

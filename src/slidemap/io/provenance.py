@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import shlex
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import rasterio
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from slidemap import __version__
 from slidemap.data.names import DatasetName, absolute_name, as_name
@@ -63,9 +64,14 @@ def provenance(models: Sequence[Path | None], threshold: float,
 
 def raster_tags(path: DatasetName) -> dict[str, str]:
     """Every tag of ``path`` (dataset domain, the SLIDEMAP domain, band 1), lower-case keys;
-    empty when the file cannot be read."""
+    empty when the file cannot be read. Tags need no georeference: a patch's probability TIFF
+    has none, and rasterio's warning about it came out as a raw Python warning with its source
+    line before ``evaluate`` scored the file."""
     try:
-        with rasterio.open(as_name(path)) as ds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(as_name(path))
+        with ds:
             tags = {**ds.tags(1), **ds.tags()}
             if "SLIDEMAP" in (ds.tag_namespaces() or []):
                 tags.update(ds.tags(ns="SLIDEMAP"))
