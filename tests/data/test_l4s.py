@@ -194,3 +194,12 @@ def test_an_array_within_the_side_but_too_many_bytes_is_refused_before_it_is_rea
         f.create_dataset("img", shape=(8192, 8192, 14), dtype="f8", chunks=(128, 128, 14))
     with pytest.raises(SlidemapError, match=r"8,192 × 8,192 px with 14 band\(s\), 7,168 MB"):
         L4SDataset(tmp_path)[0]
+
+
+def test_a_pixel_size_for_a_split_is_refused_not_ignored(tmp_path: Path) -> None:
+    """predict --pixel-size on a split was accepted and ignored: its slope is in the files."""
+    write_release(tmp_path, [1])
+    spec = InputSpec(image_bands=(2, 3, 4), slope=True)
+    with pytest.raises(SlidemapError, match=r"carry their slope: a pixel size \(10 m"):
+        open_patch_set(tmp_path, spec, pixel_size=10.0)
+    assert isinstance(open_patch_set(tmp_path, spec), L4SDataset)

@@ -55,6 +55,7 @@ def open_patch_set(root: Path, spec: InputSpec, kind: str | None = None,
     """The dataset under ``root`` reading ``spec``'s channels; the kind is detected if not given.
 
     Landslide4Sense is recognised by ``img/`` or ``*.h5`` files, anything else is a patch folder.
+    A ``pixel_size`` for a Landslide4Sense split is refused: it was ignored without a word.
     """
     root = Path(root)
     if spec.relief_m or spec.curvature or spec.roughness_m:
@@ -63,6 +64,10 @@ def open_patch_set(root: Path, spec: InputSpec, kind: str | None = None,
     if kind is None:
         kind = "l4s" if is_l4s_folder(root) else "patches"
     if kind == "l4s":
+        if pixel_size is not None:  # the slope it would set comes with the patches
+            raise SlidemapError(f"{root} is a Landslide4Sense split, whose patches carry their "
+                                f"slope: a pixel size ({pixel_size:g} m, --pixel-size) applies "
+                                "to patch folders with dem/ only; leave it out")
         return L4SDataset(root, bands=l4s_bands(spec))
     dataset = open_patch_dataset(root, bands=spec.image_bands, pixel_size=pixel_size)
     if spec.needs_dem and not dataset.has_dem:
