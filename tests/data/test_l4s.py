@@ -203,3 +203,22 @@ def test_a_pixel_size_for_a_split_is_refused_not_ignored(tmp_path: Path) -> None
     with pytest.raises(SlidemapError, match=r"carry their slope: a pixel size \(10 m"):
         open_patch_set(tmp_path, spec, pixel_size=10.0)
     assert isinstance(open_patch_set(tmp_path, spec), L4SDataset)
+
+
+@pytest.mark.parametrize(("key", "array", "message"), [
+    ("img", np.full((16, 16, 14), b"a", dtype="S1"), r"'img' in .* holds \|S1 values"),
+    ("img", np.ones((16, 16, 14), np.complex64), "'img' in .* holds complex64 values"),
+    ("img", np.zeros((0, 0, 14), np.float32), r"has shape \(0, 0, 14\)"),
+    ("mask", np.full((16, 16), b"1", dtype="S1"), r"'mask' in .* holds \|S1 values"),
+])
+def test_text_complex_or_empty_arrays_are_one_line_errors(tmp_path: Path, key: str,
+                                                          array: np.ndarray,
+                                                          message: str) -> None:
+    """Text was a ValueError traceback, complex values lost their imaginary part with only a
+    ComplexWarning, and a 0 × 0 image an IndexError traceback."""
+    write_release(tmp_path, [1], masks=key == "mask")
+    folder = "img" if key == "img" else "mask"
+    with h5py.File(tmp_path / folder / f"{'image' if key == 'img' else 'mask'}_1.h5", "w") as f:
+        f[key] = array
+    with pytest.raises(SlidemapError, match=message):
+        L4SDataset(tmp_path)[0]

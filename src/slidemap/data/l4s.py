@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     import h5py
 
 H5_SUFFIXES = frozenset({".h5", ".hdf5"})
+# NumPy kinds of real numbers (bool, signed, unsigned, float): text failed as a traceback, and
+# complex values were cast to their real part with a ComplexWarning
+NUMBER_KINDS = "biuf"
 
 
 class L4SDataset:
@@ -144,7 +147,7 @@ def _has_key(path: Path, key: str) -> bool:
 def _check_image(path: Path, shape: tuple[int, ...]) -> None:
     """An ``img`` must be (H, W, 14) and patch-sized: its shape is checked before it is read,
     so a file declaring a scene-sized array fails in one line instead of exhausting memory."""
-    if len(shape) != 3 or shape[-1] != len(BAND_NAMES):
+    if len(shape) != 3 or shape[-1] != len(BAND_NAMES) or min(shape[:2]) < 1:
         raise SlidemapError(
             f"'img' in {path} has shape {shape}: expected (H, W, 14) Landslide4Sense bands"
         )
@@ -164,7 +167,8 @@ def _mask_check(size: tuple[int, ...]) -> Callable[[Path, tuple[int, ...]], None
 
 def _read_dataset(path: Path, key: str,
                   check: Callable[[Path, tuple[int, ...]], None]) -> np.ndarray:
-    """The array ``key`` of ``path``, read once ``check`` accepts its shape."""
+    """The array ``key`` of ``path``, read once it holds real numbers and ``check`` accepts its
+    shape."""
     with _open_h5(path) as f:
         if key not in f:
             raise SlidemapError(
@@ -175,6 +179,10 @@ def _read_dataset(path: Path, key: str,
         if not isinstance(node, _h5py(path).Dataset):
             raise SlidemapError(f"{key!r} in {path} is an HDF5 group, not an array: expected "
                                 "a Landslide4Sense file with 'img' and 'mask' datasets")
+        if node.dtype.kind not in NUMBER_KINDS:
+            raise SlidemapError(f"{key!r} in {path} holds {node.dtype} values: expected real "
+                                "numbers, as a Landslide4Sense file's float 'img' and integer "
+                                "'mask'")
         shape = tuple(node.shape)
         check(path, shape)
         check_patch_size(path, shape[0], shape[1], int(np.prod(shape[2:])), node.dtype.itemsize)
