@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import shlex
 import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from slidemap import __version__
 from slidemap.data.names import DatasetName, absolute_name, as_name
+from slidemap.errors import silenced
 
 CHUNK = 2**20
 
@@ -68,8 +68,7 @@ def raster_tags(path: DatasetName) -> dict[str, str]:
     has none, and rasterio's warning about it came out as a raw Python warning with its source
     line before ``evaluate`` scored the file."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with silenced(NotGeoreferencedWarning):
             ds = rasterio.open(as_name(path))
         with ds:
             tags = {**ds.tags(1), **ds.tags()}
