@@ -11,8 +11,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyogrio.raw
 import pytest
-from factories import TINY_TRAINING, run_config, write_config, write_raster
+import shapely
+from factories import (
+    ORIGIN,
+    TINY_TRAINING,
+    UTM47,
+    run_config,
+    write_config,
+    write_raster,
+)
 
 from slidemap import api
 from slidemap.errors import SlidemapError
@@ -208,12 +217,17 @@ def test_two_predicts_into_one_folder_cannot_both_succeed(
 def test_an_overwrite_in_another_format_leaves_no_inventory_of_the_earlier_run(
         tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
     """The earlier run's GeoPackage would sit beside the new rasters (and the report reads the
-    GeoPackage first): the new set replaces it, and without --overwrite it counts as existing."""
+    GeoPackage first): the new set replaces it, and without --overwrite it counts as existing
+    (the earlier run's Item lists it)."""
     out = tmp_path / "out"
     first = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
-    for key in ("prob", "mask", "mask_aux", "style", "stac"):
+    for key in ("prob", "mask", "mask_aux", "style"):
         first.files[key].unlink()
-    with pytest.raises(SlidemapError, match=r"landslides\.gpkg exists"):
+    geojson = {k: p for k, p in api.output_paths(tiny_scene["image"], out, ("geojson",)).items()
+               if k != "stac"}
+    assert predict_workflow.replaced_paths(tiny_scene["image"], out, geojson.values()) == [
+        first.inventory, first.stac]
+    with pytest.raises(SlidemapError, match=r"item\.json exists"):
         api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
                     formats=("geojson",))
     second = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
@@ -249,6 +263,37 @@ def test_an_evaluate_overwrite_leaves_no_inventory_or_item_of_the_rasters_it_rep
     assert all(p.exists() for p in rasters.values())
     retired = predict_workflow.replaced_paths(tiny_scene["image"], out, rasters.values())
     assert [p.name for p in retired if p.exists()] == []
+
+
+def test_a_file_named_like_an_inventory_that_no_run_wrote_is_left_alone(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """A truth inventory beside the scene, named as the other format's inventory would be, is
+    the user's, not an earlier run's: predicting into its folder needs no --overwrite for it,
+    and with --overwrite (an earlier run's outputs there) does not remove it."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    truth = folder / "scene_landslides.geojson"
+    truth.write_text('{"type": "FeatureCollection", "features": []}\n')
+    api.predict(tiny_scene["image"], folder, tiny_scene["dem"], tiny_model, FAST)
+    api.predict(tiny_scene["image"], folder, tiny_scene["dem"], tiny_model, FAST,
+                overwrite=True)
+    assert truth.read_text() == '{"type": "FeatureCollection", "features": []}\n'
+
+
+def test_evaluate_reads_a_truth_named_like_an_inventory_beside_its_outputs(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """evaluate --image writes rasters only: a truth in its --out that bears the inventory's
+    name is its input there, not an output it would replace."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    truth = folder / "scene_landslides.gpkg"
+    slide = shapely.box(ORIGIN[0] + 20, ORIGIN[1] - 35, ORIGIN[0] + 40, ORIGIN[1] - 15)
+    pyogrio.raw.write(truth, np.array([shapely.to_wkb(slide)], dtype=object), [], [],
+                      driver="GPKG", geometry_type="Polygon", crs=UTM47)
+    before = digest(truth)
+    api.evaluate(truth, image=tiny_scene["image"], dem=tiny_scene["dem"], model=tiny_model,
+                 out_dir=folder, options=FAST)
+    assert digest(truth) == before
 
 
 def test_a_failed_train_overwrite_keeps_the_earlier_set(

@@ -75,6 +75,25 @@ def read_item(path: Path) -> StacInputs:
     return StacInputs(str(image), str(dem) if dem else None, item, str(path))
 
 
+def listed_outputs(path: Path) -> set[Path]:
+    """The files the Item at ``path`` lists as a prediction's outputs (``./NAME`` beside it), if
+    it is an Item that ``predict`` wrote (a ``slidemap:model`` property), else none: what an
+    earlier run of the scene wrote, told apart from a file that only has such a name (a truth
+    inventory ``<stem>_landslides.geojson`` beside the scene), which a rerun must leave alone."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return set()
+    properties = record.get("properties") if isinstance(record, dict) else None
+    assets = record.get("assets") if isinstance(record, dict) else None
+    if not (isinstance(properties, dict) and "slidemap:model" in properties
+            and isinstance(assets, dict)):
+        return set()
+    hrefs = [asset.get("href") for asset in assets.values() if isinstance(asset, dict)]
+    return {path.parent / href[2:] for href in hrefs
+            if isinstance(href, str) and href.startswith("./") and "/" not in href[2:]}
+
+
 def _find(item: pystac.Item, keys: Sequence[str], roles: Sequence[str],
           exclude: Sequence[str | None]) -> str | None:
     rasters = {k: a for k, a in item.assets.items()

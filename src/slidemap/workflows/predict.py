@@ -34,7 +34,13 @@ from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.modelfile import model_paths, save_model
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import DEFAULT_PROB_DTYPE, PROB_STEPS, RasterFormat
-from slidemap.io.stac import is_stac_item, output_item, read_item, write_item
+from slidemap.io.stac import (
+    is_stac_item,
+    listed_outputs,
+    output_item,
+    read_item,
+    write_item,
+)
 from slidemap.io.styles import write_qml
 from slidemap.report.html import build_report
 from slidemap.train.adapt import AdaptOptions, adapt_to_scene, adaptation_tags
@@ -94,13 +100,20 @@ def output_paths(image: DatasetName, out_dir: Path, formats: Sequence[str] = ("g
 
 
 def replaced_paths(image: DatasetName, out_dir: Path, written: Iterable[Path]) -> list[Path]:
-    """The files of a prediction of ``image`` in ``out_dir`` that a run writing ``written``
-    leaves out (another inventory format; beside the rasters that ``evaluate`` writes, the
-    inventory, style and Item): a previous run's, which no longer describe the new rasters, so
-    they are outputs to replace (``--overwrite``) by removing them when the new set appears."""
+    """The files of an earlier prediction of ``image`` in ``out_dir`` that a run writing
+    ``written`` leaves out (another inventory format; beside the rasters that ``evaluate``
+    writes, the inventory, style and Item): they no longer describe the new rasters, so they are
+    outputs to replace (``--overwrite``) by removing them when the new set appears. Only the
+    earlier run's Item of the scene's rasters, and the files it lists, are such outputs: a file
+    that merely bears one of their names (a truth ``<stem>_landslides.geojson`` beside the
+    scene, a catalogue's ``<stem>_item.json``) is the user's, left alone."""
+    paths = output_paths(image, out_dir, tuple(INVENTORY_FORMATS))
+    earlier = listed_outputs(paths["stac"])
+    if paths["prob"] not in earlier:
+        return []
     kept = set(written)
-    return [path for path in output_paths(image, out_dir, tuple(INVENTORY_FORMATS)).values()
-            if path not in kept]
+    return [path for path in paths.values()
+            if path not in kept and (path in earlier or path == paths["stac"])]
 
 
 def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
