@@ -250,6 +250,18 @@ def test_an_overwrite_without_report_leaves_no_report_of_the_earlier_run(
     assert not (out / "report.html").exists()
 
 
+def test_an_overwrite_keeps_a_report_html_that_slidemap_did_not_write(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """The user's own page named report.html in --out describes no run: replacing the scene's
+    outputs leaves it as it was."""
+    out = tmp_path / "out"
+    api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
+    notes = out / "report.html"
+    notes.write_text("<html><body>field survey notes</body></html>\n")
+    api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST, overwrite=True)
+    assert notes.read_text() == "<html><body>field survey notes</body></html>\n"
+
+
 def test_an_evaluate_overwrite_leaves_no_inventory_or_item_of_the_rasters_it_replaced(
         tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
     """Its rasters are another run's (float32, its own threshold): the prediction's inventory,

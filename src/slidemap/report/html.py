@@ -24,6 +24,7 @@ from slidemap.report.prediction import inventories, prediction_section, scene_na
 from slidemap.report.provenance import Provenance
 
 METRICS = ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc", "pixels")
+REPORT_MARK = "<p class='meta'>report of "  # the line by which a page is known as a report
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232b;
@@ -103,7 +104,7 @@ def build_report(folder: Path, out: Path | None = None,
         f"<title>{title}</title>"
         f"<style>{CSS}</style></head><body><main><header>"
         f"<h1>{title}</h1>"
-        f"<p class='meta'>report of {escape(str(folder.resolve()))} · written {stamp} · "
+        f"{REPORT_MARK}{escape(str(folder.resolve()))} · written {stamp} · "
         f"slidemap {__version__}</p>"
         f"</header><div class='cards'>{cards}</div>"
         + "".join(html for _, html in found)
@@ -113,6 +114,16 @@ def build_report(folder: Path, out: Path | None = None,
     with atomic_path(out, overwrite) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` is a page that :func:`build_report` wrote, and not a user's own file
+    that bears its name (notes saved as report.html in the folder): only the former may be
+    removed as an earlier run's report."""
+    try:
+        return REPORT_MARK.encode() in path.read_bytes()
+    except OSError:
+        return False
 
 
 def _title(folder: Path, predicted: list[Path]) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slidemap.io.atomic import check_outputs
-from slidemap.report.html import build_report
+from slidemap.report.html import build_report, is_report
 from slidemap.report.provenance import Provenance
 
 
@@ -25,10 +25,12 @@ def check_report(out_dir: Path, overwrite: bool) -> None:
 def stale_report(out_dir: Path, replaced: Iterable[Path], html_report: bool) -> list[Path]:
     """``out_dir``'s report.html when this run replaces outputs it describes (some of
     ``replaced`` exist) and writes no new one: left in place, it would show the earlier run's
-    map and figures beside the new files. Removed with the outputs it described."""
-    if html_report or not any(path.exists() for path in replaced):
+    map and figures beside the new files. Removed with the outputs it described; a report.html
+    that slidemap did not write (the user's own page) is not one, and is left alone."""
+    page = out_dir / "report.html"
+    if html_report or not is_report(page) or not any(path.exists() for path in replaced):
         return []
-    return [out_dir / "report.html"]
+    return [page]
 
 
 def report(folder: Path, out: Path | None = None, image: str | None = None,
