@@ -244,6 +244,9 @@ def test_predict_l4s_split_with_target_statistics(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "out" / "image_2_mask.tif") as ds:
         assert ds.shape == (16, 16) and ds.nodata == 255
         assert ds.tags()["SLIDEMAP_PATCHES"] == str(root)  # provenance, as in scene outputs
+        assert ds.tags()["SLIDEMAP_OPTIONS"] == ("tile=32 overlap=8 scales=1 tta=no "
+                                                 "normalise=scene precision=fp32 "
+                                                 "backend=torch scale=2")
         assert ds.colormap(1)[1][:3] == (230, 60, 30) and ds.tags(1)["CLASS_1"] == "landslide"
 
 

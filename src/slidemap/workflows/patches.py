@@ -22,7 +22,7 @@ from slidemap.infer.domain import patch_set_mismatch
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import native_prob
-from slidemap.infer.predict import build_predictor
+from slidemap.infer.predict import build_predictor, prediction_settings
 from slidemap.infer.separated import patch_stats
 from slidemap.io import jsontext
 from slidemap.io.atomic import check_outputs, output_folder, staged
@@ -116,7 +116,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
             warnings.warn(mismatch, SlidemapWarning, stacklevel=2)
     confusion = BinaryConfusion(predictor.threshold) if dataset.labelled else None
     task = progress.add_task(f"predict {root.name}", total=len(dataset)) if progress else None
-    tags = provenance(predictor.paths, predictor.threshold, {"patches": root})
+    tags = provenance(predictor.paths, predictor.threshold, {"patches": root},
+                      patch_settings(predictor, options, spec.scale, pixel_size))
     landslide = valid_pixels = 0
     with output_folder(out_dir), staged(targets, overwrite) as tmp:
         for index, name in enumerate(dataset.names):
@@ -143,6 +144,17 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     if confusion is None:  # an unlabelled set: no figures, and none left from an earlier run
         metrics_path.unlink(missing_ok=True)
     return summary
+
+
+def patch_settings(predictor: Predictor, options: PredictOptions, scale: float,
+                   pixel_size: float | None) -> dict[str, str]:
+    """What a patch's map depends on besides its model, patch and threshold, for its tags as a
+    scene's outputs record them: the scene's settings and the factor the patches were resized
+    by (and the pixel size given for their slope), which ``--scale`` or the model sets."""
+    settings = {**prediction_settings(predictor, options), "scale": f"{scale:g}"}
+    if pixel_size is not None:
+        settings["pixel_size"] = f"{pixel_size:g}"
+    return settings
 
 
 def scored_metrics(confusion: BinaryConfusion, root: Path) -> dict[str, float]:
