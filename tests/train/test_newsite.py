@@ -225,6 +225,18 @@ def test_a_patch_that_fails_leaves_the_set_as_it_was(tmp_path: Path) -> None:
     assert not (tmp_path / "fresh").exists()
 
 
+def test_a_patch_rerun_leaves_no_report_of_the_earlier_run(tmp_path: Path) -> None:
+    """report.html showed the earlier run's metrics.json: replacing the set's files removes it,
+    as a scene's rerun does."""
+    root = patch_folder(tmp_path / "site", count=2)
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "m")
+    options = PredictOptions(tile=64, overlap=16, batch_size=2, precision="fp32")
+    api.predict_patches(root, tmp_path / "out", model, options)
+    page = api.report(tmp_path / "out").html
+    api.predict_patches(root, tmp_path / "out", model, options, scale=2.0, overwrite=True)
+    assert not page.exists()
+
+
 def test_an_l4s_split_without_a_model_is_refused(tmp_path: Path, run_cli) -> None:
     """No shipped model reads Landslide4Sense bands; the RGB + DEM one would read B1-B3 as RGB."""
     root = l4s_release(tmp_path / "l4s", count=1)

@@ -30,6 +30,7 @@ from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
 from slidemap.schema.values import MAX_PATCH_SCALE
 from slidemap.workflows.inputs import ModelArg, files_under, has_elevation, model_files, model_list
+from slidemap.workflows.report import stale_report
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     statistics of all patches of the set instead of the model's. No output may replace one of
     ``inputs`` (the model files, and the set's files when ``out_dir`` lies inside it). The
     set's files appear together once every patch is mapped: a patch that fails to read leaves
-    the folder as it was.
+    the folder as it was. The folder's report.html, when these files replace an earlier run's,
+    goes with them (it showed that run's figures), as a scene's does.
     """
     if scale is not None and not 0 < scale <= MAX_PATCH_SCALE:
         raise SlidemapError(f"--scale {scale} is not above 0 and at most {MAX_PATCH_SCALE:g}: "
@@ -104,7 +106,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     metrics_path = out_dir / "metrics.json"
     targets = {f"{name} {kind}": path for name, pair in paths.items()
                for kind, path in pair.items()}
-    check_outputs([*targets.values(), metrics_path], inputs, overwrite)
+    retired = stale_report(out_dir, [*targets.values(), metrics_path], html_report=False)
+    check_outputs([*targets.values(), metrics_path, *retired], inputs, overwrite)
     if dataset.labelled:
         targets["metrics"] = metrics_path
     observed = patch_stats(dataset, spec)
@@ -119,7 +122,7 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     tags = provenance(predictor.paths, predictor.threshold, {"patches": root},
                       patch_settings(predictor, options, spec.scale, pixel_size))
     landslide = valid_pixels = 0
-    with output_folder(out_dir), staged(targets, overwrite) as tmp:
+    with output_folder(out_dir), staged(targets, overwrite, retire=retired) as tmp:
         for index, name in enumerate(dataset.names):
             arrays = patch_arrays(dataset[index], spec)
             prob, valid = native_prob(predictor, arrays, options)
