@@ -7,10 +7,13 @@ configuration, each in its own process under ``/usr/bin/time -v`` so that each p
 own, and prints a Markdown table with the machine's load before and after each run. Window size,
 overlap, scales and threshold are the model file's own (``slidemap bench`` reads them from it and
 the table repeats them), so the figures follow the shipped defaults when they change. The shipped
-default model at 40 and 400 Mpx::
+default model at 40 and 400 Mpx, and the RGB-only model that ``predict`` runs without ``--dem``
+(``--no-dem``: the image alone)::
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 6325 --configs auto
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 20000 --configs auto
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/mosaic.py --size 20000 --no-dem \
+        --model models/slidemap-rgb-sites.safetensors
 """
 
 from __future__ import annotations
@@ -75,11 +78,12 @@ def build_vrt(kind: str, size: int, height: int, out: Path) -> Path:
     return path
 
 
-def run(image: Path, dem: Path, model: Path, config: str, sample: int, out: Path) -> dict:
+def run(image: Path, dem: Path | None, model: Path, config: str, sample: int, out: Path) -> dict:
     """``slidemap bench`` in a process of its own, under ``/usr/bin/time -v`` for its peak RSS,
     with the machine's load averages before and after (the CPU may be shared)."""
     result = out / f"bench_{config}.json"
-    command = [sys.executable, "-m", "slidemap", "bench", str(image), "--dem", str(dem),
+    command = [sys.executable, "-m", "slidemap", "bench", str(image),
+               *(["--dem", str(dem)] if dem is not None else []),
                "--model", str(model), "--sample", str(sample), "--json", str(result),
                "--overwrite", *CONFIGS[config]]  # this run's own figures replace the last ones
     timed = ["/usr/bin/time", "-v", *command] if Path("/usr/bin/time").exists() else command
@@ -103,6 +107,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help="model file (default: the shipped default model)")
     parser.add_argument("--configs", default="auto", help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--no-dem", action="store_true",
+                        help="map the image alone, as predict does without --dem")
     parser.add_argument("--sample", type=int, default=32, help="windows timed model-only")
     parser.add_argument("--out", type=Path, default=Path("/tmp/slidemap-mosaic"))
     parser.add_argument("--json", type=Path, help="write all results here")
@@ -110,9 +116,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     height = args.height or args.size
     image, dem = (build_vrt(kind, args.size, height, args.out) for kind in ("image", "dsm"))
-    results = [run(image, dem, args.model, config, args.sample, args.out)
+    results = [run(image, None if args.no_dem else dem, args.model, config, args.sample, args.out)
                for config in args.configs.split(",")]
-    print(f"\n{args.size} × {height} px ({args.size * height / 1e6:.0f} Mpx), model {args.model}\n")
+    print(f"\n{args.size} × {height} px ({args.size * height / 1e6:.0f} Mpx), model {args.model}"
+          f"{', the image alone (no DEM)' if args.no_dem else ''}\n")
     first = results[0]
     print(f"model defaults read from the model file: tile {first['tile']}, overlap "
           f"{first['overlap']}, scales {first['scales']}, threshold {first['threshold']}; memory "
