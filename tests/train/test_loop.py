@@ -23,6 +23,7 @@ from factories import (
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.schema.config import load_config
 from slidemap.train import loop
+from slidemap.train.checks import smallest_batch
 from slidemap.train.loop import train
 
 
@@ -125,3 +126,36 @@ def test_a_run_from_scratch_over_a_fine_tuning_drops_its_figures(
     train(load_config(write_config(tmp_path / "plain.yaml", raw)), run, overwrite=True)
     assert (run / "model.safetensors").exists()
     assert not (run / "finetune.json").exists()
+
+
+@pytest.mark.parametrize(("model", "training", "message"), [
+    ({"name": "fcn", "width": 4}, {"batch_size": 1},
+     r"model fcn reduces a 32 px window to 1×1 px.*step of 1 window \(training.batch_size 1\).*"
+     r"raise training.tile to 64 or more, or raise training.batch_size$"),
+    ({"name": "unet", "width": 4, "options": {"depth": 4}},
+     {"tile": 16, "batch_size": 2, "windows_per_epoch": 3},
+     r"\(the last batch of each epoch: 3 windows in batches of 2\).*tile to 32 or more, or make "
+     r"training.windows_per_epoch a multiple of training.batch_size$"),
+    ({"name": "fusion", "width": 4, "options": {"depth": 4, "instance_norm_levels": 5}},
+     {"tile": 16}, r"step of 2 windows and cannot train: raise training.tile to 32 or more$"),
+])
+def test_a_step_normalisation_cannot_train_on_is_refused_before_training(
+        tiny_scene: dict[str, Path], tmp_path: Path, model: dict, training: dict,
+        message: str) -> None:
+    """A window the network reduces to 1×1 px leaves batch norm one value per channel in a step
+    of one window (instance norm in any step): torch stopped training with a ValueError
+    traceback, for a remainder batch of one only at the end of the first epoch."""
+    raw = {**tiny_run(tiny_scene, **{"epochs": 1, "windows_per_epoch": 2, "batch_size": 2,
+                                     **training}), "model": model}
+    config = load_config(write_config(tmp_path / "run.yaml", raw))
+    with pytest.raises(SlidemapError, match=message):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("windows", "batch_size", "world", "smallest"), [
+    (8, 4, 1, 4), (9, 4, 1, 1), (3, 8, 1, 3), (10, 4, 2, 1), (12, 4, 2, 2), (1, 4, 2, 1),
+])
+def test_smallest_batch_counts_the_remainder_and_the_split(windows: int, batch_size: int,
+                                                           world: int, smallest: int) -> None:
+    assert smallest_batch(windows, batch_size, world) == smallest

@@ -121,7 +121,8 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
     if ranks.world > 1 and settings.frozen_epochs:  # DDP fixes the trained weights when wrapping
         raise SlidemapError("training.frozen_epochs changes which weights train mid-run, which "
                             "data-parallel training cannot follow: run it without torchrun")
-    check_buildable(config, f"config {config.source}" if config.source else "config")
+    check_buildable(config, f"config {config.source}" if config.source else "config",
+                    ranks.world)
     check_run_inputs(out_dir, config)
     _prepare_run_folder(out_dir, resume, overwrite, how_to_go_on)
     if settings.threads:
