@@ -128,6 +128,8 @@ def test_an_ensemble_is_not_fine_tuned(tmp_path: Path, tiny_scene: dict[str, Pat
     ({"image_bands": [1, 2, 3], "relief_m": [8, 32, 128], "slope": True},
      {"elevation_channels": 4}, None),
     ({"image_bands": [1, 2, 3], "dem": True, "slope": True}, {}, None),
+    ({"image_bands": [1, 2, 3], "dem": True}, {}, "elevation_channels: 1"),  # as documented
+    ({"image_bands": [1, 2, 3], "dem": True}, {"elevation_channels": 1}, None),
 ])
 def test_the_fusion_elevation_stream_reads_exactly_the_terrain(tmp_path: Path,
                                                                tiny_scene: dict[str, Path],

@@ -315,8 +315,10 @@ class ModelSettings(Section):
             "channels of the first stage (doubling per level)"))
     options: dict[str, Any] = Field(default_factory=dict, description=(
             "architecture keyword arguments, e.g. `{depth: 3}`; for `fusion` also "
-            "`elevation_channels` (the last k input channels read by the elevation encoder; "
-            "default 2, or 1 for a single extra channel) and `instance_norm_levels` (0–depth + "
+            "`elevation_channels` (the last k input channels read by the elevation encoder, "
+            "which must be all the terrain channels; default 2, or 1 when the inputs are two "
+            "channels: set it when there are not two terrain channels, e.g. `1` for RGB + "
+            "dem) and `instance_norm_levels` (0–depth + "
             "1: the optical encoder's finest levels use instance-batch norm, IBN-a, against "
             "changes of brightness and contrast between scenes; 0 by default, tried in "
             "`benchmarks/experiments.md`)"))
