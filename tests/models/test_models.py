@@ -209,3 +209,18 @@ def test_bin_average_is_adaptive_average_pooling(size: tuple[int, int]) -> None:
     x = torch.randn(2, 3, *size).to(memory_format=torch.channels_last)
     for bins in (2, 3, 6):
         torch.testing.assert_close(BinAverage(bins)(x), F.adaptive_avg_pool2d(x, bins))
+
+
+@pytest.mark.parametrize(("name", "depth", "message"), [
+    *((name, -1, r"depth \(down-samplings\) must be 0 or more, e\.g\. 4, got -1")
+      for name in ("unet", "a_unet", "resunet", "unetpp", "unetpp_spatial_contextual", "fusion")),
+    ("da_unet", 0, "d_unet and da_unet need depth 1 or more"),
+    ("d_unet", -2, "d_unet and da_unet need depth 1 or more"),
+])
+def test_a_depth_with_no_level_is_one_line(name: str, depth: int, message: str) -> None:
+    """A negative depth (or 0 for the ASPP bottleneck, which has no stage to replace) was an
+    IndexError traceback from inside the encoder's constructor."""
+    with pytest.raises(SlidemapError, match=message):
+        build_model(name, 5, width=WIDTH, depth=depth)
+    assert build_model("unet", 5, width=WIDTH, depth=0)(torch.zeros(1, 5, 7, 9)).shape == \
+        (1, 1, 7, 9)

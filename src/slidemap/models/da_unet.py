@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidemap.errors import SlidemapError
 from slidemap.models.base import SegmentationModel
 from slidemap.models.blocks import ASPP
 from slidemap.models.registry import register
@@ -79,6 +80,10 @@ class DAUNet(SegmentationModel):
 
     def __init__(self, in_channels: int, width: int = 32, depth: int = 4,
                  aspp: bool = True, attention: bool = True):
+        if aspp and depth < 1:  # ASPP replaces the stage after the last down-sampling
+            raise SlidemapError(f"d_unet and da_unet need depth 1 or more (down-samplings), "
+                                f"e.g. 4: their ASPP replaces the stage after the last "
+                                f"down-sampling; got {depth}")
         widths = level_widths(width, depth)
         encoder = (DilatedUNetEncoder if aspp else UNetEncoder)(in_channels, widths)
         decoder = (AttentionUNetDecoder if attention else UNetDecoder)(widths)

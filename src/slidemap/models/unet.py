@@ -8,13 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidemap.errors import SlidemapError
 from slidemap.models.base import Decoder, Encoder, SegmentationModel
 from slidemap.models.blocks import DoubleConv
 from slidemap.models.registry import register
 
 
 def level_widths(width: int, depth: int) -> list[int]:
-    """The channels of each U-Net level: ``width`` doubled at every down-sampling."""
+    """The channels of each U-Net level: ``width`` doubled at every down-sampling.
+
+    A negative ``depth`` (down-samplings) would leave no level, and the encoders failed on it
+    with an IndexError from deep inside; 0 is a single full-resolution level.
+    """
+    if depth < 0:
+        raise SlidemapError(f"depth (down-samplings) must be 0 or more, e.g. 4, got {depth}")
     return [width * 2**i for i in range(depth + 1)]
 
 
