@@ -224,3 +224,12 @@ def test_a_depth_with_no_level_is_one_line(name: str, depth: int, message: str) 
         build_model(name, 5, width=WIDTH, depth=depth)
     assert build_model("unet", 5, width=WIDTH, depth=0)(torch.zeros(1, 5, 7, 9)).shape == \
         (1, 1, 7, 9)
+
+
+@pytest.mark.parametrize("depths", [[], [0, 2, 2, 2], [2, 2], [2, 2, 2, 2, 2], [2.5, 2, 2, 2], 3])
+def test_segformer_depths_that_build_no_network_are_one_line(depths: object) -> None:
+    """A stage of 0 blocks was an IndexError traceback in the first forward; a count of stages
+    other than four a zip error that named no option."""
+    with pytest.raises(SlidemapError, match=r"segformer depths must be 4 whole numbers of 1 or "
+                                            r"more \(blocks per stage\), e\.g\. \[2, 2, 2, 2\]"):
+        build_model("segformer", 5, width=WIDTH, depths=depths)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidemap.errors import SlidemapError
 from slidemap.models.base import Decoder, Encoder, SegmentationModel
 from slidemap.models.blocks import ConvBNReLU
 from slidemap.models.registry import register
@@ -175,8 +176,19 @@ class MixTransformerEncoder(Encoder):
         return features
 
 
+def _check_depths(depths: object) -> None:
+    """Refuse stage depths other than one count of 1 or more per stage: a stage of no block has
+    no attention map (an IndexError in the first forward), and another count of stages failed
+    on a zip that named no option."""
+    if not isinstance(depths, list | tuple) or len(depths) != len(DIM_MULTIPLIERS) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths):
+        raise SlidemapError(f"segformer depths must be {len(DIM_MULTIPLIERS)} whole numbers of 1 "
+                            f"or more (blocks per stage), e.g. [2, 2, 2, 2], got {depths}")
+
+
 class SegFormer(SegmentationModel):
     def __init__(self, in_channels: int, width: int = 32, depths: tuple[int, ...] = (2, 2, 2, 2)):
+        _check_depths(depths)
         dims = [width * m for m in DIM_MULTIPLIERS]
         encoder = MixTransformerEncoder(in_channels, dims, depths)
         decoder = AllMLPDecoder(dims, dims[-1])
