@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidemap.errors import SlidemapError
-from slidemap.models import build_model, list_models, model_table
+from slidemap.models import build_model, count_parameters, list_models, model_table
 from slidemap.models.attention import ContextualAttention, SpatialAttention
 from slidemap.models.blocks import ASPP, BinAverage, InstanceBatchNorm
 from slidemap.models.da_unet import AttentionGuidedFusion
@@ -111,6 +111,15 @@ def test_ablation_parts() -> None:
     assert len(asp(d_unet)) == 1
     assert asp(a_unet) == []
     assert len(asp(build_model("da_unet", 5, width=WIDTH))) == 1
+
+
+def test_the_aspp_bottleneck_costs_what_its_docstring_says() -> None:
+    """A fifth more parameters than the double conv it replaces, a tenth more in the network
+    (the docstring said 'about the same number')."""
+    unet, d_unet = build_model("unet", 9, width=16), build_model("d_unet", 9, width=16)
+    stage = count_parameters(d_unet.encoder.stages[-1]) / count_parameters(unet.encoder.stages[-1])
+    assert 1.15 < stage < 1.25
+    assert 1.05 < count_parameters(d_unet) / count_parameters(unet) < 1.15
 
 
 @pytest.mark.parametrize("name", ["d_unet", "da_unet"])

@@ -6,7 +6,8 @@ so that the ablation compares like with like.
 
 * D: the bottleneck stage's double conv is replaced by three parallel 3×3 atrous conv-BN-ReLU
   branches (dilations 1, 3, 6), concatenated and fused by a 1×1 conv: several receptive fields at
-  the coarsest level for about the same number of parameters.
+  the coarsest level, for about a fifth more parameters than the double conv it replaces (a
+  tenth more in the whole network).
 * A: before each skip is concatenated, the encoder feature A and the coarser decoder feature B
   decide together which skip pixels matter: α = σ(ψ(ReLU(W_a A + up(W_b B)))), and the skip
   becomes F = A + α·A.
