@@ -126,12 +126,18 @@ def check_patch_size(path: Path, height: int, width: int, bands: int, itemsize: 
     may declare a scene (a 100 000² px TIFF, a 14-band float64 HDF5 array 8192 px a side), which
     ran out of memory after allocating instead."""
     stored = height * width * bands * itemsize
-    if max(height, width) > MAX_TILE or stored > MAX_PATCH_BYTES:
+    if not patch_fits(height, width, stored):
         raise SlidemapError(
             f"{path} is {width:,} × {height:,} px with {bands} band(s), {stored / 2**20:,.0f} MB "
             f"of values: a patch may be at most {MAX_TILE} px a side and "
             f"{MAX_PATCH_BYTES // 2**20} MB; cut it into patches, or map it as a scene "
             "(slidemap predict FILE, windowed)")
+
+
+def patch_fits(height: int, width: int, nbytes: int) -> bool:
+    """Whether a patch of ``height`` × ``width`` px and ``nbytes`` of values may be held whole:
+    at most ``MAX_TILE`` px a side and ``MAX_PATCH_BYTES``."""
+    return max(height, width) <= MAX_TILE and nbytes <= MAX_PATCH_BYTES
 
 
 def _pillow_itemsize(mode: str) -> int:

@@ -20,7 +20,13 @@ from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.l4s import L4SDataset, is_h5_file
 from slidemap.data.names import absolute_name
-from slidemap.data.patches import IGNORE, MAX_PATCH_BYTES, PatchDataset, open_patch_dataset
+from slidemap.data.patches import (
+    IGNORE,
+    MAX_PATCH_BYTES,
+    PatchDataset,
+    open_patch_dataset,
+    patch_fits,
+)
 from slidemap.data.scaling import promote, promoted_size
 from slidemap.errors import SlidemapError
 from slidemap.schema.config import PatchSource, SceneSource
@@ -183,7 +189,7 @@ def check_promoted_size(name: str, shape: tuple[int, ...], scale: float) -> None
     allocate 393 GB and ended as "out of memory: lower --memory-mb", which does not help."""
     channels, (height, width) = shape[0], promoted_size(shape[-2], shape[-1], scale)
     size = channels * height * width * np.dtype(np.float32).itemsize
-    if max(height, width) > MAX_TILE or size > MAX_PATCH_BYTES:
+    if not patch_fits(height, width, size):
         raise SlidemapError(
             f"patch {name} at scale {scale:g} would be {width:,} × {height:,} px with {channels} "
             f"channel(s), {size / 2**20:,.0f} MB: a patch is held whole, at most {MAX_TILE} px "
