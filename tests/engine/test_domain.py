@@ -147,6 +147,20 @@ def test_dem_voids_without_nodata_warn(tiny_scene, tiny_model, tmp_path) -> None
         api.predict(tiny_scene["image"], tmp_path / "marked_out", marked, tiny_model, OPTIONS)
 
 
+def test_a_dem_with_data_under_part_of_the_image_warns(tiny_scene, tiny_model, tmp_path
+                                                       ) -> None:
+    """A DEM whose extent covers the scene but whose data (a nodata collar, a missing tile)
+    lies under a fifth of it maps the rest as no data: the extent check does not see it, so
+    the data check says so; the tiny DEM's own gap, under the image's nodata, does not count."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        dsm = src.read(1)
+    dsm[:, :76] = np.nan
+    sliver = write_raster(tmp_path / "sliver.tif", dsm, nodata=float("nan"))
+    with pytest.warns(SlidemapWarning, match=r"DEM .*sliver.tif has data under only \d+% of "
+                                             r"image .* fill its gaps \(gdal_fillnodata.py\)"):
+        api.predict(tiny_scene["image"], tmp_path / "out", sliver, tiny_model, OPTIONS)
+
+
 def test_oblong_pixels_warn(tiny_scene, tmp_path) -> None:
     """0.5 m × 1 m pixels are read as squares: the model sees the ground squashed by half along
     y, and the map would not show it."""
@@ -188,6 +202,7 @@ def test_a_scene_is_sampled_once_for_all_its_warnings(tiny_scene, monkeypatch) -
         dem, image = (_counting(once, name, monkeypatch) for name in ("_read_dem",
                                                                       "_dataset_mask"))
         once.dem_sample()
+        once.valid_sample()
         once.image_sample(spec.image_bands)
         one_sample = (len(dem), len(image))
     with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:

@@ -143,6 +143,7 @@ class Scene:
         self._dem_src: rasterio.DatasetReader | None = None
         self._dem: WarpedVRT | None = None
         self._dem_to_m = (1.0, 0.0)  # (scale, offset) that turn the DEM's stored values into m
+        self._dem_extent_cover = 1.0  # share of the image's extent inside the DEM's
         self._mask_src: rasterio.DatasetReader | None = None
         self._mask: rasterio.DatasetReader | WarpedVRT | None = None
         self._vectors: VectorLabels | None = None
@@ -190,6 +191,8 @@ class Scene:
             raise SlidemapError(f"image {self.image_path} has no CRS: cannot align {role} {path}")
         bounds = transform_bounds(src.crs, img.crs, *src.bounds)
         covered = _covered_fraction(bounds, img.bounds)
+        if role == "DEM":
+            self._dem_extent_cover = covered
         if covered == 0:  # apart, or sharing only an edge
             raise SlidemapError(
                 f"{role} {path} does not overlap image {self.image_path}: "
@@ -269,6 +272,12 @@ class Scene:
     @property
     def has_dem(self) -> bool:
         return self._dem is not None
+
+    @property
+    def dem_extent_cover(self) -> float:
+        """The share of the image's extent that the DEM's extent covers (1 without a DEM): below
+        ``MIN_DEM_COVER`` the scene has already warned about it when it opened the DEM."""
+        return self._dem_extent_cover
 
     @property
     def has_labels(self) -> bool:
@@ -471,12 +480,30 @@ class Scene:
 
     def _read_dem_sample(self, side: int, size: int) -> np.ndarray:
         """The elevations :meth:`dem_sample` returns, read."""
+        return np.concatenate([self._read_dem(window, int(window.height),
+                                              int(window.width)).ravel()
+                               for window in self._sample_windows(side, size)])
+
+    def valid_sample(self, side: int = 16, size: int = 32) -> np.ndarray:
+        """Whether the image has data at each pixel :meth:`dem_sample` returns (same windows,
+        same order), flattened: which of the sampled elevations lie under the image's valid
+        pixels. Read once per Scene (read-only)."""
+        key = ("valid", side, size)
+        if key not in self._samples:
+            with reading("image", self.image_path):
+                self._samples[key] = _read_only(np.concatenate(
+                    [(self._dataset_mask(window=window) > 0).ravel()
+                     for window in self._sample_windows(side, size)]))
+        return self._samples[key]
+
+    def _sample_windows(self, side: int, size: int) -> list[Window]:
+        """``side`` × ``side`` windows of ``size`` px (at most the scene's) spread evenly over
+        the scene, row by row: where the DEM and validity samples are read."""
         size = min(size, self.height, self.width)
         rows = np.linspace(0, self.height - size, side).round().astype(int)
         cols = np.linspace(0, self.width - size, side).round().astype(int)
-        return np.concatenate([self._read_dem(Window(col, row, size, size), size, size).ravel()
-                               for row in sorted(set(rows.tolist()))
-                               for col in sorted(set(cols.tolist()))])
+        return [Window(col, row, size, size) for row in sorted(set(rows.tolist()))
+                for col in sorted(set(cols.tolist()))]
 
     def image_sample(self, bands: tuple[int, ...], side: int = 4, size: int = 64) -> np.ndarray:
         """Values of the image's ``bands`` in ``side`` × ``side`` small windows spread over the

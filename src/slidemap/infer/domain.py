@@ -17,7 +17,7 @@ import numpy as np
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.normalization import BandStats
-from slidemap.data.scene import Scene
+from slidemap.data.scene import MIN_DEM_COVER, Scene
 
 SPREAD = 3.0  # training standard deviations of elevation around the training mean
 BLACK_SHARE = 0.1  # a tenth of the sampled pixels 0 in every band: a collar, not shadows
@@ -33,7 +33,8 @@ def scene_warnings(scene: Scene, spec: InputSpec, stats: Sequence[BandStats],
     model); those against the models' training statistics are left out when the scene is
     normalised with its own (``--normalise scene``)."""
     messages = [band_order_mismatch(scene, spec), unmasked_collar(scene, spec),
-                unmasked_voids(scene), oblong_pixels(scene), scene.coarser_than(spec.resolution_m)]
+                unmasked_voids(scene), dem_gaps(scene), oblong_pixels(scene),
+                scene.coarser_than(spec.resolution_m)]
     if not scene_normalised:
         messages += [elevation_mismatch(scene, spec, stats), image_mismatch(scene, spec, stats)]
     return [message for message in messages if message]
@@ -82,6 +83,24 @@ def unmasked_voids(scene: Scene) -> str | None:
             f"pixels at {value:g} m, an elevation no ground has, counted as data: if they are "
             f"voids, set its nodata value (e.g. gdal_edit.py -a_nodata {value:g} "
             f"{scene.dem_path}), or slope and relief around them are nonsense")
+
+
+def dem_gaps(scene: Scene) -> str | None:
+    """A one-line warning when the DEM has data under less than ``MIN_DEM_COVER`` of the
+    image's sampled valid pixels although its extent covers the image: a DEM tile with a
+    nodata collar, a mosaic missing a tile or one large void maps most of the scene as no data,
+    and the summary ("0 landslides") would read as a finding. None without a DEM, where the
+    extent warning was already given (``Scene`` warns on opening it), or where the sample holds
+    no elevation at all (refused later, with its own message)."""
+    if not scene.has_dem or scene.dem_extent_cover < MIN_DEM_COVER:
+        return None
+    elevation = scene.dem_sample()[scene.valid_sample()]
+    finite = np.isfinite(elevation)
+    if not finite.any() or finite.mean() >= MIN_DEM_COVER:
+        return None
+    return (f"DEM {scene.dem_path} has data under only {finite.mean():.0%} of image "
+            f"{scene.image_path} (sampled): the rest is mapped as no data; fill its gaps "
+            "(gdal_fillnodata.py) or pass a DEM with data over the whole scene")
 
 
 def oblong_pixels(scene: Scene) -> str | None:
