@@ -9,6 +9,7 @@ import pytest
 import rasterio
 from affine import Affine
 from factories import reproject_raster, write_raster
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec
@@ -247,3 +248,22 @@ def test_a_dem_on_a_far_finer_grid_is_refused_before_a_window_is_warped(tiny_sce
     near = _finer_vrt(tiny_scene["dem"], tmp_path / "near.vrt", 4)
     with Scene(tiny_scene["image"], dem=near) as scene:
         assert np.isfinite(scene.read(Window(40, 40, 16, 16), (1,), dem=True)["dem"]).all()
+
+
+def test_a_decimated_read_is_the_same_whatever_overviews_the_file_has(tiny_scene,
+                                                                      tmp_path) -> None:
+    # gdaladdo's default overviews sample the nearest pixel; GDAL served them for a decimated
+    # read, so a file with such overviews gave another image (and map) than the same pixels
+    # without them.
+    with_overviews = tmp_path / "with_overviews.tif"
+    with_overviews.write_bytes(tiny_scene["image"].read_bytes())
+    with rasterio.open(with_overviews, "r+") as ds:
+        ds.build_overviews([2, 4], Resampling.nearest)
+    reads = []
+    for image in (tiny_scene["image"], with_overviews):
+        with Scene(image) as scene:
+            reads.append(scene.read(Window(0, 0, 96, 96), (1, 2, 3), factor=4)["image"])
+    with rasterio.open(with_overviews) as ds:
+        served = ds.read(out_shape=(3, 24, 24), resampling=Resampling.average)
+    assert not np.array_equal(served, reads[0])  # the file's overviews differ from the pixels
+    np.testing.assert_array_equal(reads[1], reads[0])
