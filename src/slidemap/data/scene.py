@@ -19,6 +19,7 @@ from types import TracebackType
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
@@ -98,12 +99,16 @@ def _without_overviews(dataset: rasterio.DatasetReader, name: DatasetName,
     ``gdaladdo``'s default (nearest) overviews moved the sample scene's map by 1.8 % of its
     landslide area; the map would depend on how the file's overviews were built. A driver that
     cannot open without its overviews keeps them, with a warning."""
-    if not dataset.count or not dataset.overviews(1):
+    try:
+        if not dataset.count or not dataset.overviews(1):
+            return dataset
+    except (RasterioError, CPLE_BaseError):  # a damaged directory: the reads will tell
         return dataset
     try:
         with silenced(NotGeoreferencedWarning):
             reopened = rasterio.open(as_name(name), OVERVIEW_LEVEL="NONE")
-    except RasterioError as exc:
+        _ = (reopened.crs, reopened.transform, reopened.dtypes, reopened.colorinterp)
+    except (RasterioError, CPLE_BaseError, ValueError) as exc:
         warnings.warn(f"{role} {name} cannot be read past its overviews ({first_line(exc)}): "
                       "decimated reads use them, so the map depends on how they were built; "
                       "remove them (gdaladdo -clean) for a map of its full-resolution pixels",
