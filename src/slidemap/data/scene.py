@@ -68,7 +68,7 @@ def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
     try:
         with warnings.catch_warnings():  # a missing CRS is checked (and explained) by the caller
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dataset = rasterio.open(as_name(name))
+            dataset = _open_past_overviews(name)
     except (RasterioError, UnicodeDecodeError, ValueError) as exc:  # a damaged header too
         hint = ("is it a complete, uncorrupted GeoTIFF?" if path is not None else
                 "check the name, the network and the credentials GDAL needs for it")
@@ -89,33 +89,19 @@ def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
         raise SlidemapError(f"{role} {name} has complex-valued bands ({complex_bands[0]}): "
                             "convert it to real values first (e.g. the amplitude with "
                             "gdal_calc.py --calc='abs(A)')")
-    return _without_overviews(dataset, name, role)
+    return dataset
 
 
-def _without_overviews(dataset: rasterio.DatasetReader, name: DatasetName,
-                       role: str) -> rasterio.DatasetReader:
-    """``dataset`` opened again so that decimated reads average its full-resolution pixels and
-    never take its overviews: GDAL serves a file's own overview for a decimated read, and
-    ``gdaladdo``'s default (nearest) overviews moved the sample scene's map by 1.8 % of its
-    landslide area; the map would depend on how the file's overviews were built. A driver that
-    cannot open without its overviews keeps them, with a warning."""
+def _open_past_overviews(name: DatasetName) -> rasterio.DatasetReader:
+    """``name`` opened so that a decimated read averages its full-resolution pixels and never
+    takes the file's own overviews (GDAL's ``OVERVIEW_LEVEL=NONE``): GDAL serves an overview for
+    a decimated read, and ``gdaladdo``'s default (nearest) overviews moved the sample scene's
+    map by 1.8 % of its landslide area, so the map depended on how they were built. A driver
+    that cannot open so (netCDF) is opened as it is."""
     try:
-        if not dataset.count or not dataset.overviews(1):
-            return dataset
-    except (RasterioError, CPLE_BaseError):  # a damaged directory: the reads will tell
-        return dataset
-    try:
-        with silenced(NotGeoreferencedWarning):
-            reopened = rasterio.open(as_name(name), OVERVIEW_LEVEL="NONE")
-        _ = (reopened.crs, reopened.transform, reopened.dtypes, reopened.colorinterp)
-    except (RasterioError, CPLE_BaseError, ValueError) as exc:
-        warnings.warn(f"{role} {name} cannot be read past its overviews ({first_line(exc)}): "
-                      "decimated reads use them, so the map depends on how they were built; "
-                      "remove them (gdaladdo -clean) for a map of its full-resolution pixels",
-                      SlidemapWarning, stacklevel=3)
-        return dataset
-    dataset.close()
-    return reopened
+        return rasterio.open(as_name(name), OVERVIEW_LEVEL="NONE")
+    except (RasterioError, CPLE_BaseError):
+        return rasterio.open(as_name(name))
 
 
 def check_label_dtype(dataset: rasterio.DatasetReader, path: str | Path) -> None:
