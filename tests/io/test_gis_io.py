@@ -239,6 +239,19 @@ def test_outputs_record_the_settings_the_map_depends_on(tiny_scene, tiny_model,
     assert expected in Path(result.report).read_text()
 
 
+def test_the_inventory_records_the_sizes_it_was_cut_at(tiny_scene, tiny_model,
+                                                       tmp_path) -> None:
+    """--min-area and --simplify change the inventory, and their defaults follow the model's
+    working pixel: the GeoPackage and the STAC Item said neither."""
+    result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                         OPTIONS, min_area_m2=5.0, simplify_m=0.0)
+    expected = "min_area_m2=5 simplify_m=0"
+    info = pyogrio.read_info(result.inventory, layer="landslides")
+    assert info["layer_metadata"]["SLIDEMAP_INVENTORY"] == expected
+    item = json.loads(Path(result.stac).read_text())
+    assert item["properties"]["slidemap:inventory"] == expected
+
+
 @pytest.mark.parametrize("suffix", [".json", ""])
 def test_a_model_named_by_its_sidecar_or_stem_records_its_weights(tiny_scene, tiny_model,
                                                                   tmp_path, suffix) -> None:

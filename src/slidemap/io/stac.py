@@ -160,8 +160,8 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
                     "slidemap:model_sha256": tags.get("SLIDEMAP_MODEL_SHA256", ""),
                     "slidemap:threshold": float(tags.get("SLIDEMAP_THRESHOLD", "nan")),
                     "slidemap:command": tags.get("SLIDEMAP_COMMAND", ""),
-                    **({"slidemap:options": tags["SLIDEMAP_OPTIONS"]}
-                       if "SLIDEMAP_OPTIONS" in tags else {})})
+                    **{f"slidemap:{key.lower()}": tags[f"SLIDEMAP_{key}"]
+                       for key in ("OPTIONS", "INVENTORY") if f"SLIDEMAP_{key}" in tags}})
     for key, name in (("image", tags.get("SLIDEMAP_IMAGE")), ("dem", tags.get("SLIDEMAP_DEM"))):
         if name:  # the inputs, so the Item reads back as the input of predict
             item.add_asset(key, pystac.Asset(href=absolute_name(name), roles=["source"],

@@ -176,6 +176,9 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         simplify_m = default_simplify if simplify_m is None else simplify_m
         batches = slide_batches(tmp["mask"], tmp["prob"], min_area_m2, simplify_m, dem=dem,
                                 budget=MemoryBudget.of(options.memory_mb))
+        # what the inventory depends on besides the mask: its defaults follow the working pixel
+        tags = {**tags, "SLIDEMAP_INVENTORY": f"min_area_m2={min_area_m2:g} "
+                                              f"simplify_m={simplify_m:g}"}
         layer_tags = {k: v for k, v in tags.items() if k.startswith("SLIDEMAP_")}
         inventory = write_inventories(
             batches, [tmp[k] for k in paths if k.startswith("inventory")], layer_tags)
