@@ -112,6 +112,17 @@ def test_the_output_item_bbox_is_sorted_and_its_footprint_counter_clockwise(tran
     assert west < east and south < north
 
 
+def test_a_crs_without_an_epsg_code_is_given_as_wkt2_in_the_item() -> None:
+    """proj:wkt2 is WKT2 (ISO 19162:2019) as the projection extension defines it; rasterio's
+    to_wkt() gives WKT1 (GDAL's dialect) unless asked for another."""
+    crs = CRS.from_proj4("+proj=tmerc +lat_0=31 +lon_0=98.7 +k=1 +x_0=500000 +y_0=0 "
+                         "+ellps=WGS84 +units=us-ft +no_defs")
+    grid = {"crs": crs, "transform": GRID, "width": 64, "height": 48}
+    wkt = output_item("scene", {}, grid, None, {}, None).properties["proj:wkt2"]
+    assert wkt.startswith("PROJCRS[") and "LENGTHUNIT[\"US survey foot\"" in wkt
+    assert CRS.from_wkt(wkt) == crs
+
+
 # -- full and read-only disks ----------------------------------------------------------------
 
 def test_a_gdal_error_in_the_cog_copy_is_one_line(tmp_path, monkeypatch) -> None:

@@ -18,6 +18,7 @@ from pystac.extensions.classification import Classification, ClassificationExten
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, NoDataStrings, RasterBand, RasterExtension
+from rasterio.enums import WktVersion
 from rasterio.transform import Affine
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
@@ -174,7 +175,7 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
     if epsg is not None:
         projection.code = f"EPSG:{epsg}"
     elif crs is not None:
-        projection.wkt2 = crs.to_wkt()
+        projection.wkt2 = crs.to_wkt(version=WktVersion.WKT2_2019)  # rasterio's default: WKT1
     projection.shape = [height, width]
     projection.transform = list(transform)[:6]
     projection.bbox = envelope(outline)
