@@ -123,6 +123,19 @@ def test_a_crs_without_an_epsg_code_is_given_as_wkt2_in_the_item() -> None:
     assert CRS.from_wkt(wkt) == crs
 
 
+def test_the_bbox_of_a_scene_across_the_antimeridian_runs_from_west_to_east_over_it() -> None:
+    """RFC 7946 (5.2): a box across the antimeridian has west > east; [-180, 180] would put
+    the scene at every longitude of its latitudes for a catalogue's search."""
+    transform = Affine(10.0, 0.0, 785780.0, 0.0, -10.0, 3447000.0)  # EPSG:32660, 31.1° N
+    grid = {"crs": CRS.from_epsg(32660), "transform": transform, "width": 64, "height": 48}
+    item = output_item("scene", {}, grid, None, {}, None)
+    west, south, east, north = item.bbox
+    assert 179.99 < west < 180.0 and -180.0 < east < -179.99  # 640 m across
+    parts = shapely.geometry.shape(item.geometry).geoms
+    assert south == min(p.bounds[1] for p in parts)
+    assert north == max(p.bounds[3] for p in parts)
+
+
 # -- full and read-only disks ----------------------------------------------------------------
 
 def test_a_gdal_error_in_the_cog_copy_is_one_line(tmp_path, monkeypatch) -> None:

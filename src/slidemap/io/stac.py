@@ -133,6 +133,20 @@ def _footprint(crs: rasterio.crs.CRS, outline: Sequence[tuple[float, float]]) ->
     return dict(json.loads(shapely.to_geojson(oriented)))
 
 
+def _bbox(geometry: dict) -> list[float]:
+    """[west, south, east, north] of a WGS 84 footprint. One cut at the antimeridian (parts
+    ending at +180 and parts starting at -180) gives west > east, as RFC 7946 (5.2) has it:
+    its envelope, [-180, ..., 180], would put the scene at every longitude of its latitudes."""
+    footprint = shape(geometry)
+    bounds = [part.bounds for part in getattr(footprint, "geoms", [footprint])]
+    eastern = [b for b in bounds if b[2] >= 180.0]  # west of the line, in the east
+    western = [b for b in bounds if b[0] <= -180.0]
+    west, south, east, north = footprint.bounds
+    if eastern and western and len(eastern) + len(western) == len(bounds):
+        west, east = min(b[0] for b in eastern), max(b[2] for b in western)
+    return [west, south, east, north]
+
+
 def _media(name: str) -> str | None:
     return pystac.MediaType.GEOTIFF if name.lower().endswith((".tif", ".tiff")) else None
 
@@ -153,7 +167,7 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
     geometry = _footprint(crs, outline)
     when = source.item.datetime if source and source.item.datetime else None
     item = pystac.Item(
-        id=f"{stem}-landslides", geometry=geometry, bbox=list(shape(geometry).bounds),
+        id=f"{stem}-landslides", geometry=geometry, bbox=_bbox(geometry),
         datetime=when or datetime.now(timezone.utc),
         properties={"created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
                     "slidemap:version": tags.get("SLIDEMAP_VERSION", ""),
