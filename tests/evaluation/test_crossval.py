@@ -316,6 +316,24 @@ def test_threshold_and_bootstrap_on_known_counts() -> None:
     assert not compare(worse, better, [f"b{i}" for i in range(8)])["adopt"]
 
 
+def test_a_block_lost_by_exactly_its_seed_spread_does_not_block_adoption() -> None:
+    """RULE.md: a block may lose up to (≤) its seed spread. Block b0's candidate F1s over two
+    seeds are 2/3 and 1/2 (spread 1/6, mean 7/12), the baseline's 3/4 twice: it loses exactly
+    1/6, which floats put a rounding error above the spread (and kept the baseline)."""
+    names = [f"b{i}" for i in range(8)]
+    candidate = np.array([[[1, 1, 0, 100]] + [[90, 10, 10, 890]] * 7,
+                          [[1, 2, 0, 100]] + [[88, 12, 12, 888]] * 7])
+    baseline = np.array([[[3, 2, 0, 100]] + [[70, 30, 30, 870]] * 7] * 2)
+    result = compare(candidate, baseline, names)
+    assert result["interval_95"][0] > 0
+    assert not result["blocks"][0]["loses_beyond_spread"]
+    assert result["adopt"]
+    # F1s 1/2 and 1/3: the same spread, a loss of 1/3 beyond it: keep the baseline
+    candidate[:, 0] = [[1, 2, 0, 100], [1, 4, 0, 100]]
+    result = compare(candidate, baseline, names)
+    assert result["blocks"][0]["loses_beyond_spread"] and not result["adopt"]
+
+
 def test_a_changed_recipe_refuses_the_old_folds(tmp_path: Path) -> None:
     path = protocol_config(tmp_path)
     config = load_config(path)
