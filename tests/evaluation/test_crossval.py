@@ -16,6 +16,8 @@ import yaml
 from factories import (
     GRID,
     TINY_PREDICT,
+    Interrupted,
+    interrupt_at_epoch_2,
     run_config,
     tiny_bundle,
     write_config,
@@ -344,6 +346,28 @@ def test_a_changed_recipe_refuses_the_old_folds(tmp_path: Path) -> None:
     with pytest.raises(SlidemapError, match="another config"):
         crossval_module.run_fold(config.changed(loss={"dice": 1.0}), arrays, layout, 0, TILE,
                                  0, tmp_path / "fold")
+
+
+def test_more_seeds_in_the_config_keep_the_folds_already_trained(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """crossval.seeds says which seeds the protocol runs, not how a fold trains: adding one to
+    the config (or with --set) continues the protocol, as --seeds does, instead of refusing
+    every fold trained before, finished or stopped mid-training."""
+    base = load_config(protocol_config(tmp_path))
+    config = base.changed(training={**dict(base.training), "epochs": 2})
+    more = config.changed(crossval={**dict(config.crossval), "seeds": (0, 1, 2)})
+    layout = make_blocks([np.ones((SIDE, SIDE), bool)] * 2, ["east", "west"], 2, 2, 2)
+    arrays = crossval_module._scene_arrays(config)
+    crossval_module.run_fold(config, arrays, layout, 0, TILE, 0, tmp_path / "done")
+    before = (tmp_path / "done" / "blocks.json").read_text()
+    crossval_module.run_fold(more, arrays, layout, 0, TILE, 0, tmp_path / "done")
+    assert (tmp_path / "done" / "blocks.json").read_text() == before
+    interrupt_at_epoch_2(monkeypatch, Interrupted)
+    with pytest.raises(Interrupted):
+        crossval_module.run_fold(config, arrays, layout, 1, TILE, 0, tmp_path / "stopped")
+    monkeypatch.undo()
+    crossval_module.run_fold(more, arrays, layout, 1, TILE, 0, tmp_path / "stopped")
+    assert (tmp_path / "stopped" / "blocks.json").exists()
 
 
 def test_scenes_whose_images_share_a_stem_are_all_scored(tmp_path: Path) -> None:

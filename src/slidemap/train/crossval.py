@@ -304,7 +304,8 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
     if hidden is None:
         hidden = training_ground(scenes, blocks, fold, buffer)
     shared = shared_ground(scenes, blocks, fold, buffer, hidden)
-    _claim(run_dir, {"config": config.to_dict(), "seed": seed, "fold": fold, "buffer": buffer,
+    recipe = {k: v for k, v in config.to_dict().items() if k != "crossval"}
+    _claim(run_dir, {"config": recipe, "seed": seed, "fold": fold, "buffer": buffer,
                      "blocks": [vars(b) for b in blocks],
                      **({"shared_ground": shared} if shared else {})})
     result = run_dir / "blocks.json"
@@ -334,8 +335,19 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
 def _claim(run_dir: Path, record: dict) -> None:
     """Write what the fold trains (``fold.json``), or refuse a folder that trained another."""
     claim_file(run_dir / "fold.json", json.dumps(record, indent=2, default=str) + "\n",
-               json.loads, f"{run_dir} holds a fold trained with another config, seed or block "
-               "layout: delete it or choose another --out")
+               _fold_identity, f"{run_dir} holds a fold trained with another config, seed or "
+               "block layout: delete it or choose another --out")
+
+
+def _fold_identity(text: str) -> dict:
+    """A ``fold.json`` as a rerun compares it: without the config's ``crossval`` section
+    (which seeds the protocol runs; its seed, blocks and buffer are recorded apart), which folds
+    written before it was left out still hold, so that adding a seed to ``crossval.seeds``
+    continues the protocol as ``--seeds`` does."""
+    record = json.loads(text)
+    if isinstance(record.get("config"), dict):
+        record["config"].pop("crossval", None)
+    return record
 
 
 def confusion_dict(confusion: BinaryConfusion) -> dict:

@@ -48,9 +48,10 @@ def check_run_inputs(out_dir: Path, config: RunConfig) -> None:
 
 def run_identity(config: RunConfig) -> dict:
     """What a resumed run must share with the run it continues (kept in the checkpoint): the
-    whole config but its name and the thread count, neither of which changes the weights or
-    how validation scored the epochs before the stop."""
-    identity = config.model_dump(mode="json", exclude={"name"})
+    whole config but its name, the thread count and the ``crossval`` section (which seeds a
+    protocol runs), none of which changes the weights or how validation scored the epochs
+    before the stop."""
+    identity = config.model_dump(mode="json", exclude={"name", "crossval"})
     identity["training"].pop("threads", None)
     return identity
 
@@ -61,6 +62,7 @@ def check_same_run(saved: dict | None, config: RunConfig, out_dir: Path) -> None
     to the new config. ``saved`` None: a checkpoint written before runs recorded it."""
     if saved is None:
         return
+    saved = {k: v for k, v in saved.items() if k != "crossval"}  # as checkpoints once kept it
     changed = _differences(saved, run_identity(config))
     if changed:
         options = ["the config", "--set options",
