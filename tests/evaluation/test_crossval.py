@@ -193,6 +193,12 @@ def test_a_fold_without_training_ground_is_refused_before_anything_is_written(
     with pytest.raises(SlidemapError, match="no training ground left"):
         run_crossval(wide, tmp_path / "cv")
     assert not (tmp_path / "cv").exists()
+    # a seed no training takes (--seeds=-1) is refused before the folder is made, not as the
+    # first fold starts to train
+    for seeds in ((-1,), (0, 2**31)):
+        with pytest.raises(SlidemapError, match=r"training\.seed must be"):
+            run_crossval(config, tmp_path / "cv", seeds=seeds)
+        assert not (tmp_path / "cv").exists()
 
 
 def test_a_band_without_labelled_rows_gives_no_block() -> None:

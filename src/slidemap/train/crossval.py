@@ -93,6 +93,8 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
     for recipe in recipes:
         check_init_unseen(recipe)
         check_terrain_reach(recipe, buffer)
+        for seed in seeds:  # a seed training refuses (-1, say), before anything is written
+            with_seed(recipe.config, seed)
     own = {r.label: _scene_arrays(r.config) for r in recipes}
     arrays = common_labels(own)
     rows, cols = settings.blocks
