@@ -234,6 +234,42 @@ def test_an_adaptation_that_trains_nothing_warns_and_says_so(
     assert record["trained"] is False and record["windows"] == 0
 
 
+class SlowClock:
+    """A clock for ``adapt_module.time``: each reading 0.5 s after the last."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
+def test_a_slow_prediction_of_the_chunks_shortens_training_not_the_bound(
+        trained: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pseudo-labelling a large scene's chunks on a slow CPU took longer (70 s) than a round's
+    share of --adapt-minutes 3: every round found its training deadline gone, and each next
+    round predicted the chunks again with the unchanged network, ending at 210 s with nothing
+    trained. A round now trains for its share of the time left after its prediction, and none
+    starts whose prediction (timed as the last one) would not end within the bound."""
+    scene, model = trained
+    bundle = load_model(model)
+    arrays = load_scene_arrays(Path(scene["image"]), None, Path(scene["dem"]), bundle.inputs)
+    chunk = block_chunk(arrays, 20, 70, 30, 80, margin=8)
+    clock, real_round = SlowClock(), adapt_module.pseudo_round
+
+    def slow_round(*args, **kwargs):
+        clock.now += 70
+        return real_round(*args, **kwargs)
+
+    monkeypatch.setattr(adapt_module, "time", clock)
+    monkeypatch.setattr(adapt_module, "pseudo_round", slow_round)
+    record = adapt_model(bundle, [chunk], fast(minutes=3, windows=100_000),
+                         PredictOptions(precision="fp32")).record
+    assert record["trained"] and record["rounds"][0]["windows"] > 0, record
+    assert record["seconds"] <= 3 * 60 and record["stopped_by"] == "time"
+
+
 def test_the_saved_adapted_model_makes_the_map_it_made(
         trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli) -> None:
     """From a model stored in int8 (as the shipped ones are), --adapt-save keeps the float32

@@ -13,9 +13,11 @@ p. Fixed cut-offs (p ≥ 0.9, p ≤ 0.1) depend on calibration: the protocol's f
 with BCE + Dice, put little background below 0.1, so such labels would be nearly all landslide
 and teach the copy to see slides everywhere.
 
-Bounded three ways: ``minutes`` of wall time for the rounds (predicting the chunks and training;
-checked between steps), ``windows`` training windows in all, and only as many chunks as half of
-predict's memory budget holds. The copy keeps the model's normalisation statistics (inputs mean
+Bounded three ways: ``minutes`` of wall time for the rounds (predicting the chunks and training:
+each round trains for its share of the time left after its prediction, and a round starts only
+if its prediction, timed as the last one, ends within the bound; checked between steps),
+``windows`` training windows in all, and only as many chunks as half of predict's memory budget
+holds. The copy keeps the model's normalisation statistics (inputs mean
 what they meant in training); its batch-norm statistics follow the scene as it trains.
 """
 
@@ -155,16 +157,20 @@ def adapt_model(bundle: ModelBundle, chunks: list[SceneArrays], options: AdaptOp
     rounds: list[dict] = []
     confident = True
     portions = options.portions()
+    predicting = 0.0  # seconds the last prediction of the chunks took
     for number, portion in enumerate(portions):
-        if time.perf_counter() >= deadline:
+        if time.perf_counter() + predicting >= deadline:  # it would end past the bound
             break
         # the map's decision threshold and scales, so a pixel the map calls landslide is not
         # taught to the copy as background (--tta is left out: 8 passes would eat the budget)
         predictor = Predictor([adapted], precision=predict.precision, scales=predict.scales,
                               threshold=predict.threshold)
+        before_prediction = time.perf_counter()
         pseudo, row = pseudo_round(predictor, [Target(c, None) for c in chunks],
                                    class_balanced(portion, predictor.threshold,
                                                   options.seed * 1000 + number), predict)
+        now = time.perf_counter()
+        predicting = now - before_prediction
         row = {"round": number + 1, "keep": portion, **row}
         usable = [p for p in pseudo if random_windows(p.valid, tile, 1, options.min_valid,
                                                       np.random.default_rng(0))]
@@ -176,10 +182,12 @@ def adapt_model(bundle: ModelBundle, chunks: list[SceneArrays], options: AdaptOp
         before = counter.windows
         windows = RandomWindows(usable, stats, tile, options.batch_size, options.min_valid,
                                 True, options.seed * 1000 + number)
+        # this round's share of the time left: a slow prediction shortens its training, not
+        # the bound (with fixed shares, each round found its deadline gone)
         losses = train_steps(
             model, _bounded(windows, options.batch_size, counter,
                             options.windows * (number + 1) // len(portions),
-                            started + 60 * options.minutes * (number + 1) / len(portions)),
+                            now + (deadline - now) / (len(portions) - number)),
             loss_fn, optimizer, scheduler, predict.precision, advance)
         rounds.append({**row, "windows": counter.windows - before,
                        "loss": float(np.mean(losses)) if losses else None,
