@@ -12,6 +12,7 @@ import pytest
 import torch
 from factories import rewrite_sidecar
 from safetensors.torch import load_file, save_file
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from slidemap.errors import SlidemapError
 from slidemap.io import modelfile
@@ -81,6 +82,26 @@ def test_the_network_is_never_built_before_the_weights_header_matches(
     rewrite_sidecar(tiny_model, width=4)
     load_model(tiny_model)
     assert devices == ["meta", "cpu"]
+
+
+def test_a_network_that_outgrows_its_weights_is_refused_while_it_is_built(
+        tiny_model: Path) -> None:
+    """The meta device spares tensors' memory, not modules': a sidecar asking for SegFormer
+    stages of thousands of blocks beside a small file built them for minutes, into gigabytes,
+    before the shapes were compared. Building stops at twice the file's tensors."""
+    tensors = len(load_file(str(tiny_model)))
+    registered = []
+    handle = register_module_parameter_registration_hook(
+        lambda module, name, parameter: registered.append(name))
+    rewrite_sidecar(tiny_model, architecture="segformer", options={"depths": [64] * 4},
+                    weights_sha256=None)
+    try:
+        with pytest.raises(SlidemapError, match="do not match their sidecar") as caught:
+            load_model(tiny_model)
+    finally:
+        handle.remove()
+    assert "\n" not in str(caught.value)
+    assert len(registered) <= 2 * tensors + 1
 
 
 def test_weights_with_nan_are_refused(tiny_model: Path, tmp_path: Path) -> None:

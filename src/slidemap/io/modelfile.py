@@ -24,19 +24,23 @@ that a plain ``slidemap predict`` runs each model the way its cross-region figur
 A model file comes from anywhere, so loading trusts neither file: every sidecar field is typed,
 range-checked and capped (:mod:`slidemap.io.sidecar`), and the tensor shapes in the weights'
 header are compared with those the sidecar's network would have, worked out on torch's ``meta``
-device (no memory), before the network is built or a tensor read (keys of files saved before
-the encoder → decoder → head contract renamed first: :mod:`slidemap.models.legacy`). The
-sidecar records the SHA-256 of its weights, so a pair that did not come from one save (a failed
-``--overwrite``, a copied file) is refused; weights that are not finite are refused too.
+device (no memory; its building stops once the network outgrows the file's tensors), before the
+network is built or a tensor read (keys of files saved before the encoder → decoder → head
+contract renamed first: :mod:`slidemap.models.legacy`). The sidecar records the SHA-256 of its
+weights, so a pair that did not come from one save (a failed ``--overwrite``, a copied file) is
+refused; weights that are not finite are refused too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError, first_line
@@ -324,12 +329,17 @@ def load_model(path: str | Path) -> ModelBundle:
             return build_network(config["architecture"], channels, config["width"],
                                  config["members"], **config["options"])
 
+    tensors = sum(not key.endswith((INT8_SCALE, INT4_SCALE)) for key in stored)
     try:
-        shapes = {k: tuple(v.shape) for k, v in network("meta").state_dict().items()}
+        with _parameter_budget(tensors, weights_path):
+            meta = network("meta").state_dict()
+    except _OverBudget:
+        raise
     except (TypeError, ValueError, KeyError, IndexError, AssertionError, ArithmeticError,
             RuntimeError, SlidemapError) as exc:  # options no builder accepts
         raise SlidemapError(f"model sidecar {sidecar_path} is malformed ({first_line(exc)}): "
                             "re-export the model with slidemap") from exc
+    shapes = {k: tuple(v.shape) for k, v in meta.items()}
     _check_state(shapes, _restored_shapes(stored, shapes), weights_path)
     data = weights_path.read_bytes()  # as large as the tensors the network needs: no more
     digest = config.get("weights_sha256")
@@ -400,6 +410,37 @@ def _read_sidecar(path: Path) -> dict:
             SlidemapError) as exc:
         raise SlidemapError(f"model sidecar {path} is malformed ({first_line(exc)}): "
                             "re-export the model with slidemap") from exc
+
+
+class _OverBudget(SlidemapError):
+    """A sidecar's network outgrew its weights file while being built on the meta device."""
+
+
+@contextlib.contextmanager
+def _parameter_budget(tensors: int, path: Path) -> Iterator[None]:
+    """Stop a network being built in this thread once it registers more parameters than twice
+    the ``tensors`` of its weights file: such a network cannot be theirs (every parameter is a
+    tensor of the file; twice, because a builder may replace a few it made), and the meta
+    device spares only the tensors' memory, not the modules' (a sidecar asking for SegFormer
+    stages of thousands of blocks built for minutes into gigabytes before its shapes were
+    compared with a small file's)."""
+    thread, count, limit = threading.get_ident(), 0, 2 * tensors
+
+    def hook(module: nn.Module, name: str, parameter: nn.Parameter | None) -> None:
+        nonlocal count
+        if parameter is None or threading.get_ident() != thread:
+            return
+        count += 1
+        if count > limit:
+            raise _OverBudget(f"model weights {path} do not match their sidecar (its network "
+                              f"has more than {limit} parameters, the weights {tensors} "
+                              "tensors): the two files must come from the same training run")
+
+    handle = register_module_parameter_registration_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _restored_shapes(stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
