@@ -104,6 +104,30 @@ def test_a_network_that_outgrows_its_weights_is_refused_while_it_is_built(
     assert len(registered) <= 2 * tensors + 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.bool,
+                                   torch.int32, torch.uint16])
+def test_weights_of_a_type_slidemap_never_writes_are_one_line(tiny_model: Path,
+                                                             dtype: torch.dtype) -> None:
+    """float8 weights failed with a traceback (it has no isfinite); bool or integer weights
+    were cast into a network no training made."""
+    state = load_file(str(tiny_model))
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
+              str(tiny_model))
+    rewrite_sidecar(tiny_model, weights_sha256=None)
+    with pytest.raises(SlidemapError, match="which slidemap never writes") as caught:
+        load_model(tiny_model)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_weights_of_any_float_type_load(tiny_model: Path, dtype: torch.dtype) -> None:
+    state = load_file(str(tiny_model))
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
+              str(tiny_model))
+    rewrite_sidecar(tiny_model, weights_sha256=None)
+    assert load_model(tiny_model).model.state_dict().keys() == state.keys()
+
+
 def test_weights_with_nan_are_refused(tiny_model: Path, tmp_path: Path) -> None:
     bundle = load_model(tiny_model)
     with torch.no_grad():

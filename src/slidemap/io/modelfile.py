@@ -28,7 +28,8 @@ device (no memory; its building stops once the network outgrows the file's tenso
 network is built or a tensor read (keys of files saved before the encoder → decoder → head
 contract renamed first: :mod:`slidemap.models.legacy`). The sidecar records the SHA-256 of its
 weights, so a pair that did not come from one save (a failed ``--overwrite``, a copied file) is
-refused; weights that are not finite are refused too.
+refused; weights that are not finite, or of a type slidemap never writes for them (float8,
+integers or bool for a float weight), are refused too.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ from slidemap.schema.values import MAX_TILE, MIN_TILE, WEIGHTS_DTYPES
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# how a floating-point tensor may be stored unquantised: float8 has no isfinite (a traceback)
+# and text, bool or integers would be cast into weights that no training made
+STORED_FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
 INT4_SCALE = ".int4_scale"  # the same for a kernel stored in 4 bits, two weights to a byte
 INT4_MIN_WEIGHTS = 2**18  # int4: kernels at least this large get 4 bits, smaller ones 8
@@ -356,6 +360,11 @@ def load_model(path: str | Path) -> ModelBundle:
     state = restored_state(current_keys(config["architecture"], state), shapes)
     _check_state(shapes, state, weights_path)
     for key, tensor in state.items():
+        if meta[key].is_floating_point() != tensor.is_floating_point() \
+                or (tensor.is_floating_point() and tensor.dtype not in STORED_FLOATS):
+            raise SlidemapError(f"model weights {weights_path} store {key} as "
+                                f"{str(tensor.dtype).removeprefix('torch.')}, which slidemap "
+                                "never writes for it: re-download or re-train the model")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise SlidemapError(f"model weights {weights_path} hold values that are not finite "
                                 f"(NaN or infinity, in {key}): the training diverged; re-train "
