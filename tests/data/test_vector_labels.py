@@ -60,15 +60,15 @@ def polygonise(mask: Path, values: tuple[int, ...]) -> list[shapely.Geometry]:
 
 
 def write_polygons(path: Path, geometries: list, crs: str = UTM47, layer: str = "labels",
-                   append: bool = False) -> Path:
+                   append: bool = False, geometry_type: str = "Polygon") -> Path:
     """Write polygons (given in UTM 47N) to ``path``, reprojected to ``crs``."""
     if crs != UTM47:
         geometries = [shapely.transform(shapely.segmentize(g, 1.0), _reprojector(crs))
                       for g in geometries]
     wkb = np.array([shapely.to_wkb(g) for g in geometries], dtype=object)
     pyogrio.raw.write(path, wkb, [np.arange(len(geometries))], ["id"],
-                      driver=DRIVERS[path.suffix], geometry_type="Polygon", crs=crs, layer=layer,
-                      append=append)
+                      driver=DRIVERS[path.suffix], geometry_type=geometry_type, crs=crs,
+                      layer=layer, append=append)
     return path
 
 
@@ -487,6 +487,25 @@ def test_newsite_is_not_fooled_by_the_sliver_of_a_polygon_beside_the_image(
     four_pixels_in = write_polygons(tmp_path / "in.geojson", [shapely.box(x - 30, y - 1, x + 1, y)],
                                   crs="EPSG:4326")  # 1 m × 1 m inside: 4 pixels
     check_site_inputs(tiny_scene["image"], four_pixels_in, None, None)
+
+
+def test_overlapping_parts_of_one_polygon_count_as_labelled_where_they_are_burnt(
+        tiny_scene: dict, tmp_path: Path) -> None:
+    """An AOI saved as one MultiPolygon whose parts overlap (QGIS's Collect geometries of an
+    AOI and a box drawn across it) is burnt as the union of its parts: the labelled-ground
+    check measured it repaired by make_valid, which keeps only their symmetric difference, so
+    newsite refused landslides drawn in the overlap and suggest offered a box there again."""
+    x, y = ORIGIN
+    aoi = write_polygons(tmp_path / "aoi.gpkg", [shapely.MultiPolygon([
+        shapely.box(x + 10, y - 40, x + 30, y - 5), shapely.box(x + 20, y - 30, x + 45, y - 10)])],
+        geometry_type="MultiPolygon")
+    slides = write_polygons(tmp_path / "slides.gpkg", [shapely.box(x + 22, y - 28, x + 28, y - 12)])
+    with Scene(tiny_scene["image"], mask=slides, aoi=aoi) as scene:
+        labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+        layer = PolygonLayer(aoi, "labelled areas", scene.profile["crs"])
+    assert int((labels == 1).sum()) == 12 * 32  # the slide, 6 m × 16 m, all inside the AOI
+    check_site_inputs(tiny_scene["image"], slides, aoi, None)
+    assert overlaps_labels([layer], (x + 21, y - 29, x + 29, y - 11), 0.25)
 
 
 def test_newsite_refuses_a_dem_its_starting_model_cannot_read(

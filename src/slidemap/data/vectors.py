@@ -156,8 +156,7 @@ class PolygonLayer:
         geometries = self.geometries((west, south, east, north))
         if not geometries.size:
             return 0.0
-        return float(shapely.union_all(shapely.intersection(shapely.make_valid(geometries),
-                                                            region)).area)
+        return float(shapely.intersection(_union(geometries), region).area)
 
     def burn(self, grid: Affine, shape: tuple[int, int]) -> np.ndarray:
         """(h, w) bool: pixel centres of the grid ``grid`` × ``shape`` inside a polygon."""
@@ -229,9 +228,11 @@ class VectorLabels:
 
 
 def _union(geometries: np.ndarray) -> shapely.Geometry:
-    """One geometry of ``geometries``, repaired first: a self-intersecting ring drawn in QGIS
-    would otherwise fail the overlay."""
-    return shapely.union_all(shapely.make_valid(geometries))
+    """The ground ``geometries`` cover as :meth:`PolygonLayer.burn` burns them: each polygon
+    (each part of a MultiPolygon) repaired on its own, as a self-intersecting ring drawn in
+    QGIS would fail the overlay, then their union. make_valid of a MultiPolygon whose parts
+    overlap keeps only what one part covers, where the burn fills the overlap too."""
+    return shapely.union_all(shapely.make_valid(shapely.get_parts(geometries)))
 
 
 def _disjoint(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
