@@ -170,6 +170,20 @@ def test_training_from_polygons_gives_the_model_of_the_label_raster(
         assert value.equal(from_vector[key]), key
 
 
+def test_training_on_ground_without_a_landslide_says_so(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
+    """newsite refuses polygons that leave no landslide pixel inside the AOI; its config.yaml
+    edited to another AOI and run with slidemap train trained a model that maps nothing,
+    without a word."""
+    x, y = ORIGIN
+    corner = write_polygons(tmp_path / "corner.gpkg", [shapely.box(x + 4, y - 10, x + 15, y)])
+    config = scene_config(tmp_path, "corner", {"image": tiny_scene["image"],
+                                               "mask": labels_as_polygons["polygons"],
+                                               "aoi": corner})
+    with pytest.warns(SlidemapWarning, match=r"data.train has no landslide pixel .* maps none"):
+        train(load_config(config), tmp_path / "run")
+
+
 def test_evaluate_scores_against_polygons_like_against_the_raster(
         tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path, run_cli) -> None:
     prob = read_mask(tiny_scene["mask"]).astype(np.float32) * 0.9

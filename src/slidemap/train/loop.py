@@ -135,6 +135,7 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
         check_same_run(saved_state(checkpoint).get("config"), config, out_dir)
     train_scenes = load_arrays(config.train_scenes, config.train_patches, config.inputs)
     train_scenes += extra_train
+    _warn_if_train_has_no_landslides(train_scenes, ranks.main)
     val_scenes = load_arrays(config.val_scenes, config.val_patches, config.inputs)
     _check_val_has_landslides(val_scenes, settings.select, ranks.main)
     stats = scene_stats(train_scenes)
@@ -278,6 +279,18 @@ def _check_val_has_landslides(val_scenes: Sequence[SceneArrays], select: str,
     if main:
         warnings.warn(f"{problem}; the val figures in history.csv say nothing", SlidemapWarning,
                       stacklevel=3)
+
+
+def _warn_if_train_has_no_landslides(train_scenes: Sequence[SceneArrays], main: bool) -> None:
+    """Training data without a landslide pixel (an AOI drawn beside the polygons, labels of
+    another scene) teaches that there are none: the model maps nothing. newsite refuses such
+    polygons; a run config, such as newsite's config.yaml edited, is warned (background-only
+    data alone may be meant, e.g. to fine-tune away false alarms)."""
+    if main and not any((item.target == 1).any() for item in train_scenes):
+        warnings.warn("data.train has no landslide pixel (label 1, inside the area of interest "
+                      "where a scene has one): the model learns that there are none and maps "
+                      "none; check that the labels and areas of interest are of this ground",
+                      SlidemapWarning, stacklevel=3)
 
 
 def _warn_if_validation_is_trained_on(config: RunConfig, main: bool) -> None:
