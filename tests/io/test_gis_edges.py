@@ -310,6 +310,24 @@ def test_the_threshold_of_a_patch_probability_reads_without_rasterio_warnings(tm
         assert recorded_threshold(path) == pytest.approx(0.3)
 
 
+def test_a_prediction_is_scored_at_the_exact_threshold_its_mask_was_drawn_at(tmp_path) -> None:
+    """The provenance tag held the threshold to 6 digits (1/3 as 0.333333): evaluate
+    --prediction then called landslide the pixels between 0.333333 and 1/3 that the mask
+    beside the probability had drawn as background."""
+    prob = np.full((8, 8), 0.3333332, np.float32)  # below 1/3, above 0.333333
+    path = write_raster(tmp_path / "scene_prob.tif", prob, nodata=float("nan"))
+    with rasterio.open(path, "r+") as ds:
+        ds.update_tags(**provenance([], 1 / 3, {}))
+    assert recorded_threshold(path) == 1 / 3
+    truth = write_raster(tmp_path / "truth.tif", np.zeros((8, 8), np.uint8), nodata=255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlidemapWarning)  # no landslide in the truth
+        report = api.evaluate(truth, prediction=path)
+    mask = prob >= report.threshold
+    assert report.threshold == 1 / 3 and not mask.any()
+    assert (report.metrics["fp"], report.metrics["tn"]) == (0, 64)
+
+
 def test_nodata_over_an_alpha_band_reads_without_rasterio_warnings(tmp_path) -> None:
     image = np.full((4, 64, 64), 80, np.uint8)
     image[:, :, :8] = 0

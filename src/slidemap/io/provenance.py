@@ -50,7 +50,8 @@ def provenance(models: Sequence[Path | None], threshold: float,
         "SLIDEMAP_VERSION": __version__,
         "SLIDEMAP_MODEL": ";".join(str(p) for p in files) or "in-memory model",
         "SLIDEMAP_MODEL_SHA256": ";".join(sha256_file(p) for p in files),
-        "SLIDEMAP_THRESHOLD": f"{threshold:g}",
+        # every digit: evaluate --prediction scores at this tag, and 6 digits moved the cut
+        "SLIDEMAP_THRESHOLD": str(float(threshold)),
         "SLIDEMAP_COMMAND": command_line(),
         "SLIDEMAP_CREATED": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
