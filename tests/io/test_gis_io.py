@@ -28,7 +28,7 @@ from slidemap.data.names import dataset_stem, is_local
 from slidemap.data.terrain import epsg_code
 from slidemap.errors import SlidemapError
 from slidemap.infer.predict import PredictOptions
-from slidemap.io.rasters import RasterFormat, RasterOutputs
+from slidemap.io.rasters import RasterFormat, RasterOutputs, read_probability
 
 OPTIONS = PredictOptions(tile=48, overlap=16, batch_size=4)
 
@@ -183,6 +183,25 @@ def test_uint8_probability_thresholded_gives_the_mask(tmp_path) -> None:
     below = truth[truth < THRESHOLD]
     assert (np.rint(below * 254) / 254 >= THRESHOLD).any()  # values that rounding would flip
     np.testing.assert_array_equal((back >= THRESHOLD).filled(False), (mask == 1).filled(False))
+
+
+@pytest.mark.parametrize("step", [9, 72, 104, 143, 239])
+def test_uint8_probability_at_a_threshold_on_a_step_gives_the_mask(tmp_path, step) -> None:
+    """A threshold on a step (9/254): the side was decided on 9/254 in float64, but the file
+    reads back as 9 × (1/254) in float32, a hair below it, so a pixel at the threshold was
+    landslide in the mask and background in the probability read back (evaluate's count)."""
+    threshold = step / 254
+    prob = np.full((4, 4), threshold, np.float32)
+    profile = {"crs": rasterio.crs.CRS.from_epsg(32647), "width": 4, "height": 4,
+               "transform": rasterio.transform.from_origin(469200.0, 3446200.0, 0.5, 0.5)}
+    mask = tmp_path / "mask.tif"
+    with RasterOutputs(profile, tmp_path / "prob.tif", mask) as outputs:
+        outputs.write(Window(0, 0, 4, 4), prob, np.ones((4, 4), bool), threshold)
+    with rasterio.open(tmp_path / "prob.tif") as ds:
+        back = read_probability(ds, Window(0, 0, 4, 4))
+    with rasterio.open(mask) as ds:
+        assert (ds.read(1) == 1).all()
+    assert (back >= threshold).all()
 
 
 def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_model,

@@ -143,10 +143,11 @@ def encode_probability(prob: np.ndarray, valid: np.ndarray, dtype: str,
     if dtype == "uint8":
         prob = np.clip(np.nan_to_num(prob), 0.0, 1.0)
         steps = np.rint(prob * PROB_STEPS)
-        if threshold is not None:
+        if threshold is not None:  # judged on the value as read back: float32 step × scale
             above = prob >= threshold
-            steps[above & (steps / PROB_STEPS < threshold)] += 1
-            steps[~above & (steps / PROB_STEPS >= threshold)] -= 1
+            back = steps.astype(np.float32) * np.float32(1 / PROB_STEPS)
+            steps[above & (back < threshold)] += 1
+            steps[~above & (back >= threshold)] -= 1
         return np.where(valid, steps, MASK_NODATA).astype(np.uint8)
     return np.where(valid, prob, np.nan).astype(np.float32)
 
