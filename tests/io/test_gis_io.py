@@ -19,6 +19,7 @@ import pyogrio
 import pystac
 import pytest
 import rasterio
+from factories import rewrite_sidecar
 from pystac.validation.local_validator import LocalValidator
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
@@ -284,6 +285,24 @@ def test_a_model_named_by_its_sidecar_or_stem_records_its_weights(tiny_scene, ti
         tags = ds.tags()
     assert tags["SLIDEMAP_MODEL"] == str(tiny_model)
     assert tags["SLIDEMAP_MODEL_SHA256"] == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+
+
+def test_a_model_given_relatively_is_recorded_so_a_report_elsewhere_reads_its_card(
+        tiny_scene, tiny_model, tmp_path, monkeypatch) -> None:
+    """``--model models/x.safetensors`` was recorded as written while the image and DEM were
+    made absolute, so ``slidemap report`` run from another folder found no sidecar and said the
+    model had no card, and the STAC Item named a file that is not there from its folder."""
+    rewrite_sidecar(tiny_model, card={"new_ground": "F1 0.5 on the far valley."})
+    monkeypatch.chdir(tiny_model.parent.parent)
+    result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"],
+                         Path("models") / tiny_model.name, OPTIONS)
+    with rasterio.open(result.prob) as ds:
+        assert ds.tags()["SLIDEMAP_MODEL"] == str(tiny_model.resolve())
+    item = json.loads(Path(result.stac).read_text())
+    assert item["properties"]["slidemap:model"] == str(tiny_model.resolve())
+    monkeypatch.chdir(tmp_path / "out")
+    html = api.report(tmp_path / "out").html.read_text()
+    assert "F1 0.5 on the far valley." in html and "unmeasured" not in html
 
 
 def test_min_area_and_simplify_default_to_the_working_resolution(tiny_scene, tiny_model,

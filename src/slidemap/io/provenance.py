@@ -42,13 +42,14 @@ def provenance(models: Sequence[Path | None], threshold: float,
                inputs: dict[str, DatasetName | None],
                settings: Mapping[str, str] | None = None) -> dict[str, str]:
     """The tags of one prediction: ``SLIDEMAP_*`` keys, models and hashes ``;``-separated;
-    inputs named absolutely, so that ``slidemap report`` run from another folder finds them;
+    inputs and model files named absolutely, so that ``slidemap report`` run from another
+    folder finds them (and the model's card);
     ``settings`` (windows, scales, TTA, normalisation, ...) as ``SLIDEMAP_OPTIONS``
     ``key=value`` words."""
     files = [p for p in models if p is not None]
     tags = {
         "SLIDEMAP_VERSION": __version__,
-        "SLIDEMAP_MODEL": ";".join(str(p) for p in files) or "in-memory model",
+        "SLIDEMAP_MODEL": ";".join(str(p.resolve()) for p in files) or "in-memory model",
         "SLIDEMAP_MODEL_SHA256": ";".join(sha256_file(p) for p in files),
         # every digit: evaluate --prediction scores at this tag, and 6 digits moved the cut
         "SLIDEMAP_THRESHOLD": str(float(threshold)),
