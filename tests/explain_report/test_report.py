@@ -427,6 +427,16 @@ def test_report_reads_provenance_tags_and_the_model_card(mapped, tiny_model) -> 
                                                     "F1 0.5 on the far valley (run.sh).")]
 
 
+def test_report_says_a_model_it_cannot_find_is_missing_not_without_a_card(tmp_path) -> None:
+    """A map folder read on another machine (or after the model moved) named a model whose
+    sidecar is not there, and the report said that sidecar carried no card."""
+    missing = tmp_path / "elsewhere" / "model.safetensors"
+    [(name, said)] = accuracy_caveat((str(missing),))
+    assert name == "model.safetensors"
+    assert "not found from here" in said and str(missing.with_suffix(".json")) in said
+    assert "unmeasured" not in said and "carries no card" not in said
+
+
 def test_report_of_an_adapted_map_says_it_was_adapted(mapped, tiny_model) -> None:
     """A map made by predict --adapt came from a copy of the model fine-tuned on the scene, yet
     the report named only the model file, its digest and its card. It now says how the model

@@ -21,6 +21,7 @@ from slidemap.data.names import DatasetName, absolute_name, as_name
 from slidemap.errors import silenced
 
 CHUNK = 2**20
+IN_MEMORY = "in-memory model"  # SLIDEMAP_MODEL of a map made by a model that has no file
 
 
 def sha256_file(path: Path) -> str:
@@ -49,7 +50,7 @@ def provenance(models: Sequence[Path | None], threshold: float,
     files = [p for p in models if p is not None]
     tags = {
         "SLIDEMAP_VERSION": __version__,
-        "SLIDEMAP_MODEL": ";".join(str(p.resolve()) for p in files) or "in-memory model",
+        "SLIDEMAP_MODEL": ";".join(str(p.resolve()) for p in files) or IN_MEMORY,
         "SLIDEMAP_MODEL_SHA256": ";".join(sha256_file(p) for p in files),
         # every digit: evaluate --prediction scores at this tag, and 6 digits moved the cut
         "SLIDEMAP_THRESHOLD": str(float(threshold)),

@@ -22,11 +22,14 @@ from typing import Any
 import numpy as np
 
 from slidemap.io.modelfile import model_paths, sidecar_record
-from slidemap.io.provenance import raster_tags
+from slidemap.io.provenance import IN_MEMORY, raster_tags
 
 UNMEASURED = ("Accuracy on new ground is unmeasured for this model: its sidecar carries no "
               "card with a cross-region or held-out estimate. Check a sample of the outlines "
               "against the imagery before acting on them.")
+NOT_FOUND = ("Its sidecar ({sidecar}) is not found from here, so what its card says to expect on "
+             "new ground cannot be read: run the report where the model file is, or check a "
+             "sample of the outlines against the imagery before acting on them.")
 UNKNOWN_MODEL = ("The model that made this map is not recorded in its outputs, so what to "
                  "expect of it on new ground cannot be said here.")
 ADAPTED = ("This map was made by a copy of the model fine-tuned on this scene's own "
@@ -164,11 +167,16 @@ def _sha256(path: Path) -> str | None:
 
 
 def accuracy_caveat(models: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(model name, what its card says to expect on new ground) for each model file."""
+    """(model name, what its card says to expect on new ground) for each model file; a
+    sidecar that is not there is said to be missing, not to carry no card."""
     if not models:
         return [("", UNKNOWN_MODEL)]
     caveats = []
     for model in models:
+        sidecar = model_paths(model)[1]
+        if model != IN_MEMORY and not sidecar.is_file():
+            caveats.append((Path(model).name, NOT_FOUND.format(sidecar=sidecar)))
+            continue
         card = sidecar_record(model).get("card")
         said = card.get("new_ground") if isinstance(card, dict) else None
         caveats.append((Path(model).name, said if isinstance(said, str) and said.strip()
