@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, local_files
-from slidemap.errors import SlidemapError
+from slidemap.errors import UsageError
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor
@@ -44,9 +44,9 @@ def suggest(model: ModelArg, image: DatasetName, out: Path, dem: DatasetName | N
     """Write ``out``: the ``n`` boxes of ``image`` most worth labelling next, ranked, as
     polygons, skipping boxes that overlap the polygons of ``labels``."""
     if n < 1 or box < 1 or spacing < 0:
-        raise SlidemapError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
+        raise UsageError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
     if out.suffix.lower() not in BOX_SUFFIXES:
-        raise SlidemapError(f"--out {out}: name a GeoPackage (.gpkg) or GeoJSON (.geojson) file "
+        raise UsageError(f"--out {out}: name a GeoPackage (.gpkg) or GeoJSON (.geojson) file "
                             "for the boxes")
     options = options or PredictOptions()
     predictor = build_predictor(model_list(model, dem is not None), options)
