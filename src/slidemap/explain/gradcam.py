@@ -165,7 +165,9 @@ def _capture_activation(model: nn.Module, layer: str) -> Iterator[list[torch.Ten
     """
     modules = dict(model.named_modules())
     if layer not in modules:
-        raise SlidemapError(f"model has no layer {layer!r}: choose a name from named_modules()")
+        shallow = [name for name in modules if name and name.count(".") <= 2]
+        raise SlidemapError(f"model has no layer {layer!r}: choose one of {', '.join(shallow)} "
+                            "(or a module inside one of them)")
     captured: list[torch.Tensor] = []
 
     def hook(module: nn.Module, args: tuple, output: object) -> torch.Tensor:
