@@ -105,6 +105,7 @@ def test_evaluate_help_names_the_threshold_a_prediction_raster_is_scored_at(caps
     (["finetune", "m.safetensors", "run.yaml", "--out", "o", "--resume", "--overwrite"], 2,
      "pass one of them"),
     (["predict", "x.tif", "--out", "o"], 1, "x.tif does not exist"),
+    (["evaluate", "t.tif", "--prediction", "p.tif"], 1, "prediction p.tif does not exist"),
     (["report", "."], 1, "has no history.csv"),
 ])
 def test_usage_errors_exit_2_and_runtime_errors_exit_1(capsys, monkeypatch, tmp_path, args,

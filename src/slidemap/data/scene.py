@@ -139,16 +139,19 @@ class Scene:
         apply_scale: bool = False,
         aoi: str | Path | None = None,
         warn_partial_dem: bool = True,
+        role: str = "image",
     ) -> None:
         """``mask``: a label raster or a vector file of landslide polygons; ``aoi``: polygons
         of the area that was labelled (outside: 255), see ``slidemap.data.vectors``;
         ``apply_scale``: image values read through the bands' GDAL scale and offset (a
         probability stored as uint8 steps reads back as 0..1); ``warn_partial_dem`` False
-        where the same image and DEM were opened (and warned about) earlier in the run."""
+        where the same image and DEM were opened (and warned about) earlier in the run;
+        ``role``: what the image is to the user (``prediction`` for ``evaluate``), in errors."""
         self.image_path = as_name(image)
         self.dem_path = as_name(dem) if dem is not None else None
         self.mask_path = as_name(mask) if mask is not None else None
-        self._image = open_raster(image, "image")
+        self.role = role
+        self._image = open_raster(image, role)
         self._apply_scale = apply_scale
         self._warn_partial_dem = warn_partial_dem
         self._shadowed = _nodata_shadows_alpha(self._image)
@@ -183,7 +186,7 @@ class Scene:
                 self._mask = self._align(self._mask_src, mask, "label raster", Resampling.nearest)
             if polygons is not None or aoi is not None:
                 if self._image.crs is None:
-                    raise SlidemapError(f"image {image} has no CRS: polygons cannot be placed on "
+                    raise SlidemapError(f"{role} {image} has no CRS: polygons cannot be placed on "
                                         "it; assign one (e.g. gdal_edit.py -a_srs EPSG:32647)")
                 self._vectors = VectorLabels(self._image.crs, tuple(self._image.bounds),
                                              polygons, aoi)
@@ -201,7 +204,8 @@ class Scene:
                 return src
             raise SlidemapError(f"{role} {path} has no CRS: assign one so it can be aligned")
         if img.crs is None:
-            raise SlidemapError(f"image {self.image_path} has no CRS: cannot align {role} {path}")
+            raise SlidemapError(f"{self.role} {self.image_path} has no CRS: cannot align "
+                                f"{role} {path}")
         bounds = transform_bounds(src.crs, img.crs, *src.bounds)
         covered = _covered_fraction(bounds, img.bounds)
         if role == "DEM":
@@ -401,7 +405,7 @@ class Scene:
         out_h = max(1, round(window.height / factor))
         out_w = max(1, round(window.width / factor))
         img = self._image
-        with reading("image", self.image_path):
+        with reading(self.role, self.image_path):
             image = img.read(bands, window=window, out_shape=(len(bands), out_h, out_w),
                              resampling=Resampling.average if factor > 1 else Resampling.nearest)
             valid = self._dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
@@ -455,7 +459,7 @@ class Scene:
         if bands not in self._optical_stats:
             shrink = max(1.0, max(self.height, self.width) / OPTICAL_OVERVIEW)
             shape = (max(1, round(self.height / shrink)), max(1, round(self.width / shrink)))
-            with reading("image", self.image_path):
+            with reading(self.role, self.image_path):
                 image = self._image.read(bands, out_shape=(len(bands), *shape),
                                          resampling=Resampling.nearest)
                 valid = self._dataset_mask(out_shape=shape) > 0
@@ -468,7 +472,7 @@ class Scene:
 
     def read_validity(self, window: Window, dem: bool = False) -> np.ndarray:
         """Native-resolution validity of a window: image data present and, if asked, DEM finite."""
-        with reading("image", self.image_path):
+        with reading(self.role, self.image_path):
             valid = self._dataset_mask(window=window) > 0
         if dem and self._dem is not None:
             valid &= np.isfinite(self._read_dem(window, int(window.height), int(window.width)))
@@ -478,7 +482,7 @@ class Scene:
         """Whether the image has data in ``window``, from the same decimated mask :meth:`read`
         uses: a cheap test that skips empty windows before their DEM and slope are read."""
         out_shape = (max(1, round(window.height / factor)), max(1, round(window.width / factor)))
-        with reading("image", self.image_path):
+        with reading(self.role, self.image_path):
             return bool(self._dataset_mask(window=window, out_shape=out_shape).any())
 
     def dem_sample(self, side: int = 16, size: int = 32) -> np.ndarray:
@@ -503,7 +507,7 @@ class Scene:
         pixels. Read once per Scene (read-only)."""
         key = ("valid", side, size)
         if key not in self._samples:
-            with reading("image", self.image_path):
+            with reading(self.role, self.image_path):
                 self._samples[key] = _read_only(np.concatenate(
                     [(self._dataset_mask(window=window) > 0).ravel()
                      for window in self._sample_windows(side, size)]))
@@ -534,7 +538,7 @@ class Scene:
         rows = np.linspace(0, self.height - size, side).round().astype(int)
         cols = np.linspace(0, self.width - size, side).round().astype(int)
         parts = []
-        with reading("image", self.image_path):
+        with reading(self.role, self.image_path):
             for row in sorted(set(rows.tolist())):
                 for col in sorted(set(cols.tolist())):
                     window = Window(col, row, size, size)

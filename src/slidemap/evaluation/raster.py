@@ -41,7 +41,8 @@ def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float =
     """
     confusion = BinaryConfusion(threshold)
     binary = True  # every scored value 0 or 1 so far
-    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True, aoi=aoi) as scene:
+    with Scene(prediction, mask=truth, require_crs=False, apply_scale=True, aoi=aoi,
+               role="prediction") as scene:
         if scene.band_count != 1:
             raise SlidemapError(f"prediction {prediction} has {scene.band_count} bands: pass "
                                 "a single-band probability (0-1) or mask (0/1) raster")
