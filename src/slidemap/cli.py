@@ -269,7 +269,8 @@ def predict(
         log.info(f"adapted to the scene in {record['seconds']:.0f} s: {record['windows']} "
                  f"windows, {len(record['rounds'])} rounds (stopped by {record['stopped_by']})")
     valid = max(result.valid_pixels, 1)
-    log.info(f"{result.landslides} landslides, {result.landslide_area_m2:.0f} m², "
+    log.info(f"{result.landslides} landslide{'s' * (result.landslides != 1)}, "
+             f"{result.landslide_area_m2:.0f} m², "
              f"{100 * result.landslide_pixels / valid:.1f} % of valid pixels")
     for key, path in result.files.items():
         if key != "mask_aux":
@@ -537,7 +538,8 @@ def newsite(
         result = api.new_site(image, labels, out, aoi, dem, init, epochs, overwrite, progress)
     mapped = result.map
     log.info(f"trained in {result.train_seconds / 60:.1f} min, mapped in "
-             f"{result.map_seconds / 60:.1f} min: {mapped.landslides} landslides, "
+             f"{result.map_seconds / 60:.1f} min: {mapped.landslides} "
+             f"landslide{'s' * (mapped.landslides != 1)}, "
              f"{mapped.landslide_area_m2:.0f} m²")
     for key, path in (("config", result.config), ("model", result.model), ("prob", mapped.prob),
                       ("mask", mapped.mask), ("inventory", mapped.inventory)):

@@ -48,6 +48,8 @@ def test_the_readmes_first_command_maps_the_sample(run_cli, tmp_path) -> None:
     args = [str(ROOT / a) if a.startswith("examples/") else a for a in args[1:]]
     code, err = run_cli(*args)
     assert code == 0, err
+    count = re.search(r"(\d+) landslides?, ", err)  # "1 landslide", not "1 landslides"
+    assert count and count.group(0).endswith("s, ") == (count.group(1) != "1"), err
     stem = tmp_path / "sample" / "jinsha_b_image"
     for suffix in ("_prob.tif", "_mask.tif", "_landslides.gpkg", "_item.json"):
         assert stem.with_name(stem.name + suffix).exists()

@@ -555,6 +555,9 @@ def test_size_histogram_is_log_binned() -> None:
     ax = size_histogram_figure(areas, 0.25).axes[0]
     heights = [p.get_height() for p in ax.patches]
     assert ax.get_xscale() == "log" and sorted(h for h in heights if h)[-5:] == [1, 1, 1, 1, 100]
+    assert ax.get_title() == "landslide sizes (104 landslides)"
+    assert size_histogram_figure(np.array([30.0]), 0.25).axes[0].get_title() \
+        == "landslide sizes (1 landslide)"
 
 
 def test_prediction_report_opens_in_headless_chromium(mapped, tmp_path) -> None:

@@ -216,7 +216,8 @@ def _largest(inventory: Inventory, geometries: list[shapely.Geometry]) -> str:
         row.append(f"{int(inventory.fids[index])}")
         rows.append(row)
     title = (f"The {len(rows)} largest landslides" if len(inventory) > len(rows)
-             else f"All {len(rows)} landslides, largest first")
+             else f"All {len(rows)} landslides, largest first" if len(rows) > 1
+             else "The landslide")
     return f"<h3>{title}</h3>" + grid(columns, rows)
 
 
