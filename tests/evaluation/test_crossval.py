@@ -480,6 +480,24 @@ def test_an_init_that_trained_on_a_scored_scene_is_refused(
     assert "cannot check" in caplog.text and "records no training run" in caplog.text
 
 
+def test_an_init_whose_epoch_was_selected_on_a_scored_scene_is_refused(tmp_path: Path) -> None:
+    """Its data.val was ignored: validation on a scored scene chose the epoch it keeps, so its
+    labels shaped the model as surely as training on it would."""
+    config = load_config(protocol_config(tmp_path))
+    east = str(config.train_scenes[0].image)
+    elsewhere = str(tmp_path / "elsewhere.tif")
+    run = {"train": [{"image": elsewhere}], "val": [{"image": east}]}
+    for name, training in (("best", {"select": "best"}), ("unrecorded", None)):
+        record = {**run, **({"training": training} if training else {})}
+        started = start_from(tmp_path, config, name, {"config": record})
+        with pytest.raises(SlidemapError, match=f"chosen by validation .* scene .*{east}, "
+                                                "which crossval scores"):
+            crossval_module.check_init_unseen(crossval_module.Recipe("candidate", started))
+    # select: last keeps the last epoch: validation only reported figures
+    last = start_from(tmp_path, config, "last", {"config": {**run, "training": {"select": "last"}}})
+    crossval_module.check_init_unseen(crossval_module.Recipe("candidate", last))
+
+
 def test_block_names_and_lineage_read_gdal_names_as_written(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
         ) -> None:

@@ -221,19 +221,26 @@ def common_labels(arrays: dict[str, list[SceneArrays]]) -> dict[str, list[SceneA
 
 
 def check_init_unseen(recipe: Recipe) -> None:
-    """Refuse a starting model (``init``) that trained on a scene crossval scores: every block
-    would then be scored by a model that saw it. What its files leave unknown is warned about."""
+    """Refuse a starting model (``init``) that trained on a scene crossval scores, or whose
+    epoch was selected on one's labels: every block would then be scored by a model that saw
+    it. What its files leave unknown is warned about."""
     init = recipe.config.init
     if init is None:
         return
     found = lineage(Path(init))
     for image in (s.image for s in recipe.config.train_scenes):
         if found.saw(image):
-            raise SlidemapError(f"the {recipe.label}'s init model {init} was trained on scene "
-                                f"{image}, which crossval scores: its blocks would be scored by "
-                                "a model that saw them; start from a model trained on other "
-                                "scenes, or drop init")
-    missing = [seen for seen in local_files(*found.images) if not seen.exists()]
+            how = "was trained on"
+        elif found.selected_on_scene(image):
+            how = "kept the epoch chosen by validation (data.val) on"
+        else:
+            continue
+        raise SlidemapError(f"the {recipe.label}'s init model {init} {how} scene {image}, "
+                            "which crossval scores: its blocks would be scored by a model "
+                            "that saw them; start from a model trained on other scenes, or "
+                            "drop init")
+    missing = [seen for seen in local_files(*found.images, *found.selected_on)
+               if not seen.exists()]
     if missing:
         found.unknown.append(f"{len(missing)} of the images it trained on are not found from "
                              f"here (e.g. {missing[0]})")

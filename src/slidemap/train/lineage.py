@@ -1,6 +1,7 @@
 """What a model file learnt from: the scene images of the run that trained it and of the runs it
-started from (``init``), as its sidecar's ``provenance.config`` records them. Cross-validation
-asks it, so that no block is scored by a model that saw it."""
+started from (``init``), as its sidecar's ``provenance.config`` records them, and those whose
+labels chose its kept epoch (``data.val`` with ``training.select: best``). Cross-validation asks
+it, so that no block is scored by a model that saw it."""
 
 from __future__ import annotations
 
@@ -16,15 +17,21 @@ INIT_DEPTH = 8  # how many starting models back (an init's own init) the record 
 
 @dataclass
 class Lineage:
-    """Scene images a model trained on, and what its files leave unknown (in words)."""
+    """Scene images a model trained on, those its epoch was selected on, and what its files
+    leave unknown (in words)."""
 
     images: list[str] = field(default_factory=list)
+    selected_on: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
 
     def saw(self, image: DatasetName) -> bool:
         """Whether ``image`` is one of the images (relative names read from the current
         folder, links followed)."""
         return any(_same_image(seen, image) for seen in self.images)
+
+    def selected_on_scene(self, image: DatasetName) -> bool:
+        """Whether the labels of ``image`` chose a kept epoch (read as :meth:`saw` reads)."""
+        return any(_same_image(seen, image) for seen in self.selected_on)
 
 
 def lineage(model: Path) -> Lineage:
@@ -43,6 +50,12 @@ def lineage(model: Path) -> Lineage:
                 found.images.append(item["image"])
             else:
                 found.unknown.append(f"it trained on the patch set {item}")
+        if _selects_best(config):  # the val scenes' labels chose the epoch the file keeps
+            for item in _entries(config.get("val")):
+                if isinstance(item.get("image"), str):
+                    found.selected_on.append(item["image"])
+                else:
+                    found.unknown.append(f"its epoch was selected on the patch set {item}")
         start = config.get("init")
         if not isinstance(start, str):
             break
@@ -55,6 +68,13 @@ def recorded_provenance(model: Path) -> dict | None:
     None where the sidecar or the record is missing or unreadable."""
     provenance = sidecar_record(model).get("provenance")
     return provenance if isinstance(provenance, dict) else None
+
+
+def _selects_best(config: dict) -> bool:
+    """Whether a recorded run kept its best epoch by validation (``select: best``, the
+    default, also where the record predates the setting)."""
+    training = config.get("training")
+    return not isinstance(training, dict) or training.get("select", "best") == "best"
 
 
 def _same_image(recorded: str, other: DatasetName) -> bool:
