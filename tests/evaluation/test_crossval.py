@@ -18,6 +18,7 @@ from factories import (
     TINY_PREDICT,
     Interrupted,
     interrupt_at_epoch_2,
+    reproject_raster,
     run_config,
     tiny_bundle,
     write_config,
@@ -447,8 +448,7 @@ def test_an_init_that_trained_on_a_scored_scene_is_refused(
     config = load_config(protocol_config(tmp_path))
     east = config.train_scenes[0].image
     monkeypatch.chdir(tmp_path)
-    elsewhere = tmp_path / "elsewhere.tif"
-    elsewhere.write_bytes(b"")
+    elsewhere = synthetic_scene(tmp_path, "elsewhere", 5)["image"]  # ground of its own
     records = {  # as train writes it, by a relative name, and as a self-training target
         "as_written": {"config": {"train": [{"image": str(east), "mask": None, "dem": None}]}},
         "relative": {"config": {"train": [{"image": str(elsewhere)},
@@ -496,6 +496,36 @@ def test_an_init_whose_epoch_was_selected_on_a_scored_scene_is_refused(tmp_path:
     # select: last keeps the last epoch: validation only reported figures
     last = start_from(tmp_path, config, "last", {"config": {**run, "training": {"select": "last"}}})
     crossval_module.check_init_unseen(crossval_module.Recipe("candidate", last))
+
+
+def test_an_init_trained_on_another_file_of_scored_ground_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """The check compared file names: a crop of a scored scene, or the scene in another CRS,
+    was ground the init had learnt, accepted as unseen."""
+    config = load_config(protocol_config(tmp_path))
+    east = {k: Path(v) for k, v in config.train_scenes[0].model_dump().items()
+            if k in ("image", "dem", "mask")}
+    crop = shifted_crop(east, tmp_path, "east_crop", 50)["image"]
+    geographic = reproject_raster(east["dem"], tmp_path / "east_4326.tif", "EPSG:4326")
+    for name, image in (("crop", crop), ("geographic", geographic)):
+        for key in ("train", "val"):
+            started = start_from(tmp_path, config, f"{name}_{key}",
+                                 {"config": {"train": [], "val": [], key: [{"image": str(image)}]}})
+            with pytest.raises(SlidemapError, match=f"{image.name}, on the ground of scene "
+                                                    f".*east.tif, which crossval scores"):
+                crossval_module.check_init_unseen(crossval_module.Recipe("candidate", started))
+    # Ground beside it is unseen; a file that cannot be read is warned about.
+    monkeypatch.setattr(logging.getLogger("slidemap"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="slidemap")
+    beside = write_raster(tmp_path / "beside.tif", np.ones((3, SIDE, SIDE), dtype=np.uint8),
+                          transform=Affine.translation(1000.0 + SIDE / 2, 0) @ GRID)  # edge on
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"")
+    started = start_from(tmp_path, config, "beside", {"config": {"train": [
+        {"image": str(beside)}, {"image": str(broken)}]}})
+    crossval_module.check_init_unseen(crossval_module.Recipe("candidate", started))
+    assert "cannot check" in caplog.text and "broken.tif cannot be read" in caplog.text
 
 
 def test_block_names_and_lineage_read_gdal_names_as_written(

@@ -27,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 from affine import Affine
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
-from slidemap.data.names import local_files
-from slidemap.data.scene import IGNORE, Scene
+from slidemap.data.names import DatasetName, local_files, local_path
+from slidemap.data.scene import IGNORE, Scene, open_raster
 from slidemap.data.terrain import radii_px
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.folds import (
@@ -51,7 +53,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.schema.config import RunConfig, with_seed
-from slidemap.train.lineage import lineage
+from slidemap.train.lineage import lineage, same_image
 from slidemap.train.loop import CONTINUES, train
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 THRESHOLDS = np.round(np.arange(5, 96) / 100, 2)  # the grid thresholds are fitted on
 BOOTSTRAP = 2000
 TEMPERATURES = np.round(np.geomspace(0.25, 4.0, 41), 4)  # the grid temperatures are fitted on
+Ground = tuple[CRS, tuple[float, ...]]  # a raster's CRS and its bounds in it
 BLOCK_COLUMNS = ("recipe", "seed", "block", "fold", "pixels", "landslide", "threshold",
                  "precision", "recall", "f1", "iou")
 
@@ -223,30 +226,68 @@ def common_labels(arrays: dict[str, list[SceneArrays]]) -> dict[str, list[SceneA
 def check_init_unseen(recipe: Recipe) -> None:
     """Refuse a starting model (``init``) that trained on a scene crossval scores, or whose
     epoch was selected on one's labels: every block would then be scored by a model that saw
-    it. What its files leave unknown is warned about."""
+    it. An image on the ground of a scored scene (another file, crop or date of it) counts as
+    that scene, where both are local rasters with a CRS. What its files leave unknown is warned
+    about."""
     init = recipe.config.init
     if init is None:
         return
     found = lineage(Path(init))
-    for image in (s.image for s in recipe.config.train_scenes):
-        if found.saw(image):
-            how = "was trained on"
-        elif found.selected_on_scene(image):
-            how = "kept the epoch chosen by validation (data.val) on"
-        else:
-            continue
-        raise SlidemapError(f"the {recipe.label}'s init model {init} {how} scene {image}, "
-                            "which crossval scores: its blocks would be scored by a model "
-                            "that saw them; start from a model trained on other scenes, or "
-                            "drop init")
+    scored = [(s.image, image_ground(s.image)) for s in recipe.config.train_scenes]
+    learnt = [*((seen, "was trained on") for seen in found.images),
+              *((seen, "kept the epoch chosen by validation (data.val) on")
+                for seen in found.selected_on)]
+    for seen, how in learnt:
+        ground = _recorded_ground(seen, found.unknown)
+        for image, scored_ground in scored:
+            if same_image(seen, image):
+                what = f"scene {image}"
+            elif ground and scored_ground and grounds_overlap(ground, scored_ground):
+                what = f"{seen}, on the ground of scene {image}"
+            else:
+                continue
+            raise SlidemapError(f"the {recipe.label}'s init model {init} {how} {what}, which "
+                                "crossval scores: its blocks would be scored by a model that "
+                                "saw them; start from a model trained on other ground, or drop "
+                                "init")
     missing = [seen for seen in local_files(*found.images, *found.selected_on)
                if not seen.exists()]
     if missing:
-        found.unknown.append(f"{len(missing)} of the images it trained on are not found from "
+        found.unknown.append(f"{len(missing)} of the images it learnt from are not found from "
                              f"here (e.g. {missing[0]})")
     for what in found.unknown:
         log.warning(f"crossval cannot check that the {recipe.label}'s init model {init} never "
                     f"saw the scored scenes: {what}")
+
+
+def image_ground(image: DatasetName) -> Ground | None:
+    """A raster's CRS and (west, south, east, north) in it; None without a CRS."""
+    with open_raster(image, "image") as dataset:
+        return (dataset.crs, tuple(dataset.bounds)) if dataset.crs else None
+
+
+def grounds_overlap(one: Ground, other: Ground) -> bool:
+    """Whether two footprints share ground (more than an edge), compared in ``other``'s CRS."""
+    west, south, east, north = transform_bounds(one[0], other[0], *one[1])
+    other_west, other_south, other_east, other_north = other[1]
+    return (min(east, other_east) > max(west, other_west)
+            and min(north, other_north) > max(south, other_south))
+
+
+def _recorded_ground(image: str, unknown: list[str]) -> Ground | None:
+    """The ground of an image an init learnt from, where it is a local file here (a missing
+    one is counted apart); why it cannot be compared is added to ``unknown``."""
+    path = local_path(image)
+    if path is None or not path.exists():
+        return None
+    try:
+        ground = image_ground(image)
+    except SlidemapError as error:
+        unknown.append(str(error))
+        return None
+    if ground is None:
+        unknown.append(f"{image} has no CRS, so its ground cannot be compared")
+    return ground
 
 
 def training_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buffer: int,

@@ -27,11 +27,7 @@ class Lineage:
     def saw(self, image: DatasetName) -> bool:
         """Whether ``image`` is one of the images (relative names read from the current
         folder, links followed)."""
-        return any(_same_image(seen, image) for seen in self.images)
-
-    def selected_on_scene(self, image: DatasetName) -> bool:
-        """Whether the labels of ``image`` chose a kept epoch (read as :meth:`saw` reads)."""
-        return any(_same_image(seen, image) for seen in self.selected_on)
+        return any(same_image(seen, image) for seen in self.images)
 
 
 def lineage(model: Path) -> Lineage:
@@ -77,7 +73,7 @@ def _selects_best(config: dict) -> bool:
     return not isinstance(training, dict) or training.get("select", "best") == "best"
 
 
-def _same_image(recorded: str, other: DatasetName) -> bool:
+def same_image(recorded: str, other: DatasetName) -> bool:
     """Two local files: the same file; else the same GDAL name (``/vsizip/...``, a URL), a
     relative archive taken from the current folder: ``Path`` would fold a name's ``//``."""
     if is_local(recorded) and is_local(other):
