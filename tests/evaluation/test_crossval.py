@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from slidemap.data.dataset import RandomWindows
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.folds import Block, held_out, make_blocks, scene_names
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.io.modelfile import save_model
@@ -526,6 +527,24 @@ def test_an_init_trained_on_another_file_of_scored_ground_is_refused(
         {"image": str(beside)}, {"image": str(broken)}]}})
     crossval_module.check_init_unseen(crossval_module.Recipe("candidate", started))
     assert "cannot check" in caplog.text and "broken.tif cannot be read" in caplog.text
+
+
+def test_data_val_that_crossval_does_not_use_is_warned_about(tmp_path: Path) -> None:
+    """It was dropped in silence, and folds with select: best then kept the epoch of lowest
+    training loss, not the one a validation would choose."""
+    config = load_config(protocol_config(tmp_path))
+    validated = config.changed(data={"train": config.data.train, "val": config.data.train[:1]})
+    for select, kept in (("best", "lowest training loss"), ("last", "its last epoch")):
+        recipe = validated.changed(training={**validated.training.model_dump(),
+                                             "select": select})
+        with pytest.warns(SlidemapWarning, match=f"does not use the candidate's data.val: "
+                                                 f"each fold keeps .*{kept}"), \
+                pytest.raises(SlidemapError, match="seed"):  # stopped before training
+            run_crossval(recipe, tmp_path / "cv", seeds=(-1,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        with pytest.raises(SlidemapError, match="seed"):
+            run_crossval(config, tmp_path / "cv", seeds=(-1,))
 
 
 def test_block_names_and_lineage_read_gdal_names_as_written(

@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +36,7 @@ from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.names import DatasetName, local_files, local_path
 from slidemap.data.scene import IGNORE, Scene, open_raster
 from slidemap.data.terrain import radii_px
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.folds import (
     LAYOUT_FILE,
     Block,
@@ -94,6 +95,7 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
                             f"({tile} px): training ground must lie a window away from "
                             "scored ground; raise it or leave it out")
     for recipe in recipes:
+        warn_val_unused(recipe)
         check_init_unseen(recipe)
         check_terrain_reach(recipe, buffer)
         for seed in seeds:  # a seed training refuses (-1, say), before anything is written
@@ -140,6 +142,19 @@ def _check_pairable(candidate: RunConfig, baseline: RunConfig) -> None:
                             f"{candidate.inputs.resolution_m} and the baseline at "
                             f"{baseline.inputs.resolution_m}: blocks are paired on one grid, "
                             "so give both the same resolution_m")
+
+
+def warn_val_unused(recipe: Recipe) -> None:
+    """Say that ``data.val`` is not used: a fold's only held-out ground is its blocks, which
+    it scores, so with ``select: best`` it keeps the epoch of lowest training loss."""
+    config = recipe.config
+    if not (config.val_scenes or config.val_patches):
+        return
+    kept = ("each fold keeps the epoch of lowest training loss (training.select: best without "
+            "validation; set select: last to keep the last)" if config.train.select == "best"
+            else "each fold keeps its last epoch")
+    warnings.warn(f"crossval does not use the {recipe.label}'s data.val: {kept}",
+                  SlidemapWarning, stacklevel=3)
 
 
 def terrain_reach(config: RunConfig) -> int:
