@@ -212,9 +212,10 @@ def test_predict_adapt_runs_within_its_bound_and_records_it(
 def test_an_adaptation_that_trains_nothing_warns_and_says_so(
         trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """When the time bound goes before any window trains (pseudo-labelling a large scene took
-    it), the map is the unadapted one: the user is warned on one line and the provenance says
-    nothing was trained, rather than a map tagged as adapted with only an info line."""
+    """When the time bound goes before any window trains (setting up, or pseudo-labelling a
+    large scene, took it), the map is the unadapted one: the user is warned on one line and the
+    provenance says nothing was trained, rather than a map tagged as adapted with only an info
+    line."""
     scene, model = trained
     base = ("predict", scene["image"], "--dem", scene["dem"], "--model", model,
             "--precision", "fp32")
@@ -226,6 +227,8 @@ def test_an_adaptation_that_trains_nothing_warns_and_says_so(
     assert code == 0, err
     warned = [line for line in err.splitlines() if "trained no window" in line]
     assert len(warned) == 1 and "--adapt-minutes" in warned[0], err
+    # the bound went before the first round: no prediction ran, so none "took" it
+    assert "before the scene was predicted" in warned[0] and "predicting" not in warned[0], err
     assert "adapted to the scene" not in err
     with rasterio.open(tmp_path / "map" / "scene_prob.tif") as adapted, \
             rasterio.open(tmp_path / "plain" / "scene_prob.tif") as plain:

@@ -367,6 +367,10 @@ def untrained_message(record: dict) -> str:
         settings = record["settings"]
         why = (f"no piece of the scene held a {record['tile']} px window with "
                f"{100 * settings['min_valid']:g} % of its pixels confidently predicted")
+    elif not record["rounds"]:  # the bound went on setting up (torch's first steps)
+        why = (f"--adapt-minutes {record['settings']['minutes']:g} ran out before the scene "
+               f"was predicted for pseudo-labels (setting up took {record['seconds']:g} s): "
+               "raise it")
     else:
         why = (f"predicting the scene for pseudo-labels took the whole --adapt-minutes "
                f"{record['settings']['minutes']:g}: raise it")
