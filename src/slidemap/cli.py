@@ -198,7 +198,7 @@ def predict(
     normalise: Normalise = "model",
     scale: Annotated[float | None, typer.Option(
         help="patches: resize by this factor before the model, e.g. 2 up-samples, 0.5 halves "
-             "(default: the model's)")
+             "(default: the model's); none that shrinks a patch below 16 px a side")
     ] = None,
     pixel_size: Annotated[float | None, typer.Option(
         help="patches: pixel size in metres, for slope from DEMs without georeference")] = None,

@@ -44,12 +44,12 @@ def l4s_split(root: Path, mask: np.ndarray, nan_band: int | None = None,
     return root
 
 
-def b4_b8_model(folder: Path) -> Predictor:
-    """A seeded width-4 U-Net reading B4, B8 and slope of Landslide4Sense patches."""
+def b4_b8_model(folder: Path, scale: float = 1.0) -> Predictor:
+    """A seeded width-4 U-Net reading B4, B8 and slope of Landslide4Sense patches at ``scale``."""
     torch.manual_seed(0)
     bundle = ModelBundle(model=build_model("unet", 3, width=4, depth=2), architecture="unet",
                          width=4, options={"depth": 2},
-                         inputs=InputSpec(image_bands=(4, 8), slope=True),
+                         inputs=InputSpec(image_bands=(4, 8), slope=True, scale=scale),
                          mean=[1.0, 1.0, 1.0], std=[0.1, 0.1, 0.1],
                          predict=PredictDefaults(tile=16, overlap=0))
     return Predictor([load_model(save_model(bundle, folder / "l4s"))], precision="fp32")
@@ -125,6 +125,20 @@ def test_a_patch_promoted_past_the_largest_patch_is_refused_before_it_is_allocat
     with pytest.raises(SlidemapError, match=r"image_1 at scale 64 would be 8,320 × 8,320 px"):
         predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS, scale=64)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("model_scale", "scale"), [(1.0, 1e-300), (1e-300, None), (1.0, 0.4)])
+def test_a_scale_that_shrinks_a_patch_below_a_window_is_refused(
+        tmp_path: Path, model_scale: float, scale: float | None) -> None:
+    """A sidecar's inputs.scale (or --scale) of 1e-300 shrank every patch to one pixel and wrote
+    maps of one value, with figures, in silence."""
+    root = l4s_split(tmp_path / "split", np.zeros((32, 32), np.uint8))
+    with pytest.raises(SlidemapError, match=r"image_1 at scale .* would be (1|13) × \1 px: .*"
+                                            "below 16 px a side"):
+        predict_patch_set(b4_b8_model(tmp_path, model_scale), root, tmp_path / "out", OPTIONS,
+                          scale=scale)
+    assert not (tmp_path / "out").exists()
+    predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS, scale=0.5)
 
 
 def rgb_model(folder: Path) -> Predictor:

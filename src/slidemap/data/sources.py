@@ -30,7 +30,7 @@ from slidemap.data.patches import (
 from slidemap.data.scaling import promote, promoted_size
 from slidemap.errors import SlidemapError
 from slidemap.schema.config import PatchSource, SceneSource
-from slidemap.schema.values import BAND_NAMES, MAX_TILE, TERRAIN
+from slidemap.schema.values import BAND_NAMES, MAX_TILE, MIN_TRAIN_TILE, TERRAIN
 
 OPTICAL = len(BAND_NAMES) - len(TERRAIN)
 
@@ -186,8 +186,14 @@ def patch_arrays(sample: dict, spec: InputSpec) -> PatchArrays:
 def check_promoted_size(name: str, shape: tuple[int, ...], scale: float) -> None:
     """Refuse, before it is allocated, a patch that ``scale`` would up-sample beyond what a patch
     may be read as (``MAX_TILE`` px a side, ``MAX_PATCH_BYTES``): 128 px at scale 1000 tried to
-    allocate 393 GB and ended as "out of memory: lower --memory-mb", which does not help."""
+    allocate 393 GB and ended as "out of memory: lower --memory-mb", which does not help; or
+    shrink below the smallest training window (``MIN_TRAIN_TILE``), mapping nothing."""
     channels, (height, width) = shape[0], promoted_size(shape[-2], shape[-1], scale)
+    if scale < 1 and min(height, width) < MIN_TRAIN_TILE:  # 1e-300 made every patch 1 px
+        raise SlidemapError(
+            f"patch {name} at scale {scale:g} would be {width:,} × {height:,} px: a patch shrunk "
+            f"below {MIN_TRAIN_TILE} px a side leaves the network too few pixels to map; raise "
+            "the scale (inputs.scale, or predict --scale)")
     size = channels * height * width * np.dtype(np.float32).itemsize
     if not patch_fits(height, width, size):
         raise SlidemapError(

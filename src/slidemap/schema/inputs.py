@@ -55,7 +55,8 @@ class InputSpec(BaseModel):
     scale: Metres = Field(default=1.0, le=MAX_PATCH_SCALE, description=(
             "scale promotion of patches (scenes use `resolution_m`): patches and their labels "
             "are up-sampled by this factor before the model (e.g. `2.0` for 128 px "
-            "Landslide4Sense patches; below 1 shrinks upscaled imagery; at most 64), and "
+            "Landslide4Sense patches; below 1 shrinks upscaled imagery, to no less than 16 px "
+            "a side, the smallest training window; at most 64), and "
             "predictions are averaged back onto the patch grid, where they are scored. Stored "
             "in the model, so `predict` does the same"))
     optical: OpticalMode = Field(default="raw", description=(
