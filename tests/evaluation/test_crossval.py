@@ -26,6 +26,7 @@ from factories import (
     write_raster,
     write_scene,
 )
+from rasterio.crs import CRS
 from rasterio.transform import Affine
 from scipy import ndimage
 
@@ -523,8 +524,11 @@ def test_an_init_trained_on_another_file_of_scored_ground_is_refused(
                           transform=Affine.translation(1000.0 + SIDE / 2, 0) @ GRID)  # edge on
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"")
+    local = write_raster(tmp_path / "local.tif", np.ones((3, SIDE, SIDE), dtype=np.uint8),
+                         crs=CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],'
+                                          'AXIS["Easting",EAST],AXIS["Northing",NORTH]]'))
     started = start_from(tmp_path, config, "beside", {"config": {"train": [
-        {"image": str(beside)}, {"image": str(broken)}]}})
+        {"image": str(beside)}, {"image": str(broken)}, {"image": str(local)}]}})
     crossval_module.check_init_unseen(crossval_module.Recipe("candidate", started))
     assert "cannot check" in caplog.text and "broken.tif cannot be read" in caplog.text
 

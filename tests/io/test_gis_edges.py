@@ -278,6 +278,22 @@ def test_an_image_in_a_local_engineering_crs_is_refused_before_mapping(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_dem_in_a_local_engineering_crs_is_refused_in_one_line(tmp_path, tiny_model) -> None:
+    """PROJ knows no way from a site grid with no datum to the image's CRS: predict refused
+    nothing and died with GDAL's CPLE_NotSupportedError traceback while aligning the DEM."""
+    local = CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                         'AXIS["Northing",NORTH]]')
+    image = write_raster(tmp_path / "image.tif", np.full((3, 40, 40), 90, np.uint8))
+    dem = write_raster(tmp_path / "dem.tif", np.full((40, 40), 3000.0, np.float32), crs=local)
+    with pytest.raises(SlidemapError) as caught:
+        api.predict(image, tmp_path / "out", dem, tiny_model, OPTIONS)
+    assert str(caught.value) == (
+        f"DEM {dem} is in site grid, which cannot be reprojected to image {image}'s CRS "
+        "WGS 84 / UTM zone 47N (EPSG:32647): warp it onto the image's CRS, or assign it its "
+        "real CRS (e.g. gdal_edit.py -a_srs EPSG:32647)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_image_georeferenced_by_gcps_only_is_told_to_warp(tmp_path) -> None:
     path = tmp_path / "gcps.tif"
     gcps = [GroundControlPoint(row, col, 469200.0 + col / 2, 3446200.0 - row / 2)

@@ -27,7 +27,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -282,8 +284,14 @@ def image_ground(image: DatasetName) -> Ground | None:
 
 
 def grounds_overlap(one: Ground, other: Ground) -> bool:
-    """Whether two footprints share ground (more than an edge), compared in ``other``'s CRS."""
-    west, south, east, north = transform_bounds(one[0], other[0], *one[1])
+    """Whether two footprints share ground (more than an edge), compared in ``other``'s CRS;
+    False where PROJ knows no operation between the CRSs (a local, engineering CRS and any
+    other): such rasters cannot lie on one map."""
+    try:
+        with rasterio.Env():  # PROJ's failure raised, not also printed by GDAL
+            west, south, east, north = transform_bounds(one[0], other[0], *one[1])
+    except CPLE_BaseError:
+        return False
     other_west, other_south, other_east, other_north = other[1]
     return (min(east, other_east) > max(west, other_west)
             and min(north, other_north) > max(south, other_south))
