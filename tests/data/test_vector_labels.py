@@ -361,6 +361,31 @@ def test_newsite_checks_its_inputs_before_it_writes_anything(
     assert summary["best_val_f1"] is None  # no validation data: no F1, not a negated loss
 
 
+def test_newsite_fits_its_training_windows_to_one_small_labelled_box(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One box labelled in a scene fit no window of newsite's tile with a quarter of it
+    labelled: newsite failed with "lower training.min_valid or training.tile", which it has no
+    option for, and wrote no config.yaml to edit. It now trains on windows that fit the box,
+    kept in config.yaml; too little ground for any window is refused before training."""
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "tile": 64, "epochs": 1,
+                                              "select": "last"})
+    image = np.random.default_rng(1).integers(40, 190, size=(3, 96, 96)).astype(np.uint8)
+    scene = write_raster(tmp_path / "site.tif", image, transform=from_origin(*ORIGIN, 2, 2))
+    x, y = ORIGIN
+    slides = write_polygons(tmp_path / "slides.gpkg", [shapely.box(x + 44, y - 56, x + 56, y - 44)])
+    box = write_polygons(tmp_path / "box.gpkg", [shapely.box(x + 40, y - 60, x + 80, y - 20)])
+    code, err = run_cli("newsite", scene, slides, "--aoi", box, "--out", tmp_path / "run")
+    assert code == 0, err  # 20 × 20 px labelled: a 64 px window holds 10 % of it, 32 px 39 %
+    assert "training windows of 32 px" in err
+    raw = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert raw["training"]["tile"] == 32
+    speck = write_polygons(tmp_path / "speck.gpkg", [shapely.box(x + 44, y - 50, x + 50, y - 44)])
+    code, err = run_cli("newsite", scene, slides, "--aoi", speck, "--out", tmp_path / "speck")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err  # 3 × 3 px: no 16 px window
+    assert "label a larger area" in err and "training.tile" not in err
+    assert not (tmp_path / "speck").exists()
+
+
 def test_newsite_takes_a_gdal_name_for_the_image_and_dem(
         tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """IMAGE and --dem were paths, which fold the '//' of /vsizip//abs/d.zip/o.tif and which

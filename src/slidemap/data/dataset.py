@@ -20,11 +20,13 @@ from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import context_window, has_window, random_windows
 from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.schema.values import MIN_TRAIN_TILE
 
 # Peak bytes of reading a whole scene, per working pixel and model channel: the channels, their
 # float32 reads and the terrain descriptors' intermediates (measured 11 for RGB, 26 for RGB + DEM
 # + slope and 28 for RGB + relief, slope, curvature and roughness on a 3072² px scene)
 WHOLE_READ_BYTES_PER_CHANNEL = 32
+TILE_STEP = 16  # training tiles that fitting_tile tries, from the largest down
 
 
 def check_whole_read(scene: Scene, factor: int, spec: InputSpec) -> None:
@@ -42,6 +44,20 @@ def check_whole_read(scene: Scene, factor: int, spec: InputSpec) -> None:
             f"{len(spec.channels)} channels, more than this machine's {machine / 2**10:,.0f} GB: "
             "crop it (gdal_translate -srcwin) or cut it into several scenes, or train at a "
             "coarser inputs.resolution_m")
+
+
+def fitting_tile(image: DatasetName, mask: DatasetName, aoi: Path | None, spec: InputSpec,
+                 largest: int, min_valid: float) -> int | None:
+    """The largest training tile, ``largest`` or fewer px by steps of ``TILE_STEP``, of which a
+    window can hold ``min_valid`` of labelled pixels (valid image inside the AOI, at the
+    working resolution of ``spec``, DEM holes aside); None when not even the smallest can.
+    A small labelled area (one box drawn in QGIS) fits no window of a whole scene's tile."""
+    with Scene(image, mask=mask, aoi=aoi) as scene:
+        factor = scene.decimation(spec.resolution_m)
+        check_whole_read(scene, factor, spec)
+        labelled = scene.labelled(factor)
+    return next((tile for tile in range(largest, MIN_TRAIN_TILE - 1, -TILE_STEP)
+                 if has_window(labelled, tile, min_valid)), None)
 
 
 @dataclass

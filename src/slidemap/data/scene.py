@@ -487,6 +487,18 @@ class Scene:
             valid &= np.isfinite(self._read_dem(window, int(window.height), int(window.width)))
         return valid
 
+    def labelled(self, factor: int) -> np.ndarray:
+        """(h, w) bool of the whole scene read at ``factor``, as :meth:`read` shapes it: image
+        data present and labelled (inside the AOI, if there is one), DEM holes aside. The
+        ground a training window counts, without reading the channels."""
+        window = Window(0, 0, self.width, self.height)
+        out_h, out_w = max(1, round(self.height / factor)), max(1, round(self.width / factor))
+        with reading("image", self.image_path):
+            valid = self._dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
+        if self.has_labels:
+            valid &= self._read_mask(window, out_h, out_w) != IGNORE
+        return valid
+
     def any_valid(self, window: Window, factor: int = 1) -> bool:
         """Whether the image has data in ``window``, from the same decimated mask :meth:`read`
         uses: a cheap test that skips empty windows before their DEM and slope are read."""

@@ -3,6 +3,7 @@ and the scene's landslide map (config from ``slidemap.train.newsite``)."""
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -10,16 +11,19 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from slidemap.data.dataset import fitting_tile
 from slidemap.data.names import DatasetName, local_files
 from slidemap.data.scene import Scene, earth_problem
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.io.atomic import check_outputs
 from slidemap.schema.config import parse_config
-from slidemap.schema.values import file_of
+from slidemap.schema.values import MIN_TRAIN_TILE, file_of
 from slidemap.train.loop import RESTART, train
 from slidemap.train.newsite import site_config, write_site_config
 from slidemap.train.runfolder import run_lock
 from slidemap.workflows.predict import PredictResult, output_paths, predict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,26 @@ def check_site_inputs(image: DatasetName, labels: Path, aoi: Path | None,
                                 "landslides there, or check that the files are of this ground")
 
 
+def fit_tile(raw: dict, image: DatasetName, labels: Path, aoi: Path | None) -> None:
+    """Shrink ``raw``'s training tile to the labelled ground: one box drawn in QGIS fits no
+    window of the default tile with enough of it labelled, and training failed pointing to
+    settings (training.tile) that newsite has no option for. The tile kept is written to
+    config.yaml, so that ``slidemap train`` repeats the run."""
+    config = parse_config(raw)
+    largest, min_valid = config.train.tile, config.train.min_valid
+    with warnings.catch_warnings():  # said by training, which opens the same files
+        warnings.simplefilter("ignore", SlidemapWarning)
+        tile = fitting_tile(image, labels, aoi, config.inputs, largest, min_valid)
+    if tile is None:
+        where = f"the area of interest {aoi}" if aoi is not None else f"the valid part of {image}"
+        raise SlidemapError(f"{where} holds no window of {MIN_TRAIN_TILE} working px with "
+                            f"{min_valid:.0%} of its pixels labelled: too little ground to "
+                            "train on; label a larger area")
+    if tile < largest:
+        log.info(f"training windows of {tile} px (not {largest}), to fit the labelled ground")
+        raw["training"]["tile"] = tile
+
+
 def new_site(image: DatasetName, labels: Path, out_dir: Path, aoi: Path | None = None,
              dem: DatasetName | None = None, init: Path | None = None, epochs: int = 10,
              overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
@@ -68,6 +92,7 @@ def new_site(image: DatasetName, labels: Path, out_dir: Path, aoi: Path | None =
     check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
                    *output_paths(image, map_dir).values()], inputs, overwrite)
     check_site_inputs(image, labels, aoi, dem)
+    fit_tile(raw, image, labels, aoi)
     config = parse_config(raw, out_dir / "config.yaml")
     started = time.perf_counter()
     with run_lock(out_dir):  # one run at a time in the folder, as train and finetune
