@@ -33,6 +33,7 @@ from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
+from slidemap.data.sources import shared_with_training
 from slidemap.data.vectors import PolygonLayer
 from slidemap.data.windows import grid_windows
 from slidemap.errors import SlidemapError, SlidemapWarning
@@ -182,6 +183,31 @@ def test_training_on_ground_without_a_landslide_says_so(
                                                "aoi": corner})
     with pytest.warns(SlidemapWarning, match=r"data.train has no landslide pixel .* maps none"):
         train(load_config(config), tmp_path / "run")
+
+
+def test_a_spatial_split_of_one_scene_is_not_validation_on_training_data(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path) -> None:
+    """Training on one half of a scene and validating on the other (disjoint AOIs, the split of
+    the README's newsite example) warned "validation data is also training data", as one
+    image file was named twice. It warns only where the labelled ground overlaps."""
+    x, y = ORIGIN  # the image spans 48 m × 48 m from here
+    aois = {name: write_polygons(tmp_path / f"{name}.gpkg", [shapely.box(*box)]) for name, box in
+            (("north", (x, y - 24, x + 48, y)), ("south", (x, y - 48, x + 48, y - 24)),
+             ("middle", (x, y - 30, x + 48, y - 18)))}
+
+    def shared(train_aoi: Path | None, val_aoi: Path | None) -> str | None:
+        scenes = [{"image": tiny_scene["image"], "mask": labels_as_polygons["polygons"],
+                   **({"aoi": aoi} if aoi else {})} for aoi in (train_aoi, val_aoi)]
+        config = load_config(write_config(tmp_path / "split.yaml", run_config(
+            scenes[:1], scenes[1:], inputs={"image_bands": [1, 2, 3]}, training=TRAINING)))
+        return shared_with_training((config.train_scenes, config.train_patches),
+                                    (config.val_scenes, config.val_patches), config.inputs)
+
+    assert shared(aois["north"], aois["south"]) is None  # they share an edge, no pixel
+    assert shared(aois["north"], aois["middle"]) == (f"scene {tiny_scene['image']}, "
+                                                     "overlapping areas of interest")
+    assert shared(aois["north"], None) == f"scene {tiny_scene['image']}"
+    assert shared(None, aois["south"]) == f"scene {tiny_scene['image']}"
 
 
 def test_evaluate_scores_against_polygons_like_against_the_raster(

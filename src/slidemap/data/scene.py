@@ -42,7 +42,7 @@ from slidemap.data.terrain import (
     roughness,
     slope_degrees,
 )
-from slidemap.data.vectors import VectorLabels
+from slidemap.data.vectors import PolygonLayer, VectorLabels, covers
 from slidemap.errors import SlidemapError, SlidemapWarning, first_line, silenced
 from slidemap.schema.values import is_vector
 
@@ -326,6 +326,17 @@ class Scene:
         x_res, y_res = self._image.res
         block = LABEL_BLOCK_PX * max(abs(x_res), abs(y_res))
         return self._vectors.labels_landslides(self.bounds, block, abs(x_res * y_res))
+
+    def shares_aoi(self, other: str | Path) -> bool:
+        """Whether the area of interest ``other`` covers more than a pixel of this scene's AOI
+        on the image (True without an AOI: the whole image is labelled): two parts of one
+        scene, as training and validation of a spatial split, that share labelled ground."""
+        if self._vectors is None or self._vectors.aoi is None:
+            return True
+        x_res, y_res = self._image.res
+        block = LABEL_BLOCK_PX * max(abs(x_res), abs(y_res))
+        layer = PolygonLayer(other, "area of interest", self._image.crs)
+        return covers(layer, self._vectors.aoi, self.bounds, block, abs(x_res * y_res))
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

@@ -10,6 +10,7 @@ scoring on the patch's own grid after the prediction is brought back (scale prom
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +29,8 @@ from slidemap.data.patches import (
     patch_fits,
 )
 from slidemap.data.scaling import promote, promoted_size
-from slidemap.errors import SlidemapError
+from slidemap.data.scene import Scene
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.schema.config import PatchSource, SceneSource
 from slidemap.schema.values import BAND_NAMES, MAX_TILE, MIN_TRAIN_TILE, TERRAIN
 
@@ -117,13 +119,17 @@ def select(names: Sequence[str], source: PatchSource) -> list[int]:
 def shared_with_training(train: tuple[Sequence[SceneSource], Sequence[PatchSource]],
                          val: tuple[Sequence[SceneSource], Sequence[PatchSource]],
                          spec: InputSpec) -> str | None:
-    """The first validation item training reads too: a scene's image file, or patches both
-    select from one set; None when none is (as far as files tell: two crops of one orthophoto
-    are not caught). Images compare by :func:`absolute_name`: a GDAL name keeps its ``//``."""
-    trained = {absolute_name(s.image) for s in train[0]}
+    """The first validation item training reads too: a scene whose image file training reads
+    with labelled ground in common (no area of interest on either, or overlapping ones), or
+    patches both select from one set; None when none is (as far as files tell: two crops of
+    one orthophoto are not caught). Images compare by :func:`absolute_name`: a GDAL name keeps
+    its ``//``. Disjoint AOIs of one scene are a spatial split, such as newsite's example."""
     for scene in val[0]:
-        if absolute_name(scene.image) in trained:
-            return f"scene {scene.image}"
+        for trained in train[0]:
+            if (absolute_name(scene.image) == absolute_name(trained.image)
+                    and _share_ground(scene, trained)):
+                return f"scene {scene.image}" + (", overlapping areas of interest"
+                                                 if scene.aoi and trained.aoi else "")
     for checked in val[1]:
         for source in train[1]:
             if Path(checked.root).resolve() != Path(source.root).resolve():
@@ -133,6 +139,16 @@ def shared_with_training(train: tuple[Sequence[SceneSource], Sequence[PatchSourc
             if both:
                 return f"{len(both)} patch(es) of {checked.root}, e.g. {names[both[0]]}"
     return None
+
+
+def _share_ground(first: SceneSource, second: SceneSource) -> bool:
+    """Whether two sources of one image label ground in common (see :meth:`Scene.shares_aoi`)."""
+    if first.aoi is None or second.aoi is None:
+        return True
+    with warnings.catch_warnings():  # said when the run read the scenes
+        warnings.simplefilter("ignore", SlidemapWarning)
+        with Scene(first.image, aoi=first.aoi) as scene:
+            return scene.shares_aoi(second.aoi)
 
 
 def load_arrays(scenes: Sequence[SceneSource], patch_sets: Sequence[PatchSource],

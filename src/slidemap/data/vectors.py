@@ -212,19 +212,25 @@ class VectorLabels:
         side), so memory follows a block, not the layer."""
         if self.polygons is None or not self.polygons.features:
             return False
-        west, east = sorted((bounds[0], bounds[2]))
-        south, north = sorted((bounds[1], bounds[3]))
-        return any(self._labelled_area(shapely.box(x, y, min(x + block, east),
-                                                   min(y + block, north))) > pixel_area
-                   for x in np.arange(west, east, block) for y in np.arange(south, north, block))
+        return covers(self.polygons, self.aoi, bounds, block, pixel_area)
 
-    def _labelled_area(self, box: shapely.Polygon) -> float:
-        """Landslide area inside ``box`` and the AOI."""
-        assert self.polygons is not None
-        region: shapely.Geometry = box
-        if self.aoi is not None:
-            region = shapely.intersection(_union(self.aoi.geometries(box.bounds)), box)
-        return self.polygons.area_within(region)
+
+def covers(layer: PolygonLayer, within: PolygonLayer | None,
+           bounds: tuple[float, float, float, float], block: float, pixel_area: float) -> bool:
+    """Whether ``layer``'s polygons cover more than ``pixel_area`` inside ``bounds`` (image CRS)
+    and ``within``'s polygons (if given), looked for block by block (``block`` CRS units a
+    side), so that memory follows a block, not the layers."""
+    west, east = sorted((bounds[0], bounds[2]))
+    south, north = sorted((bounds[1], bounds[3]))
+    for x in np.arange(west, east, block):
+        for y in np.arange(south, north, block):
+            region: shapely.Geometry = shapely.box(x, y, min(x + block, east),
+                                                   min(y + block, north))
+            if within is not None:
+                region = shapely.intersection(_union(within.geometries(region.bounds)), region)
+            if layer.area_within(region) > pixel_area:
+                return True
+    return False
 
 
 def _union(geometries: np.ndarray) -> shapely.Geometry:
