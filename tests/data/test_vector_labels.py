@@ -310,6 +310,27 @@ def test_bad_label_files_are_one_line_errors(tiny_scene: dict, tmp_path: Path) -
                                           "aoi": "aoi.tif"}]}})
 
 
+def test_projected_coordinates_in_a_geojson_without_crs_say_so(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path, run_cli) -> None:
+    """A GeoJSON of UTM coordinates without a crs member reads as WGS 84 (RFC 7946): the
+    error said only "does not overlap the image". Coordinates off the lon/lat range of a
+    geographic CRS are named as what they likely are, on one line."""
+    x, y = ORIGIN
+    ring = shapely.geometry.mapping(shapely.box(x + 20, y - 40, x + 40, y - 20))["coordinates"]
+    utm = tmp_path / "utm.geojson"
+    utm.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon",
+                                                            "coordinates": ring}}]}))
+    for role, files in (("label file", {"mask": utm}),
+                        ("area of interest", {"mask": labels_as_polygons["polygons"], "aoi": utm})):
+        with pytest.raises(SlidemapError, match=rf"^{role} .*utm.geojson is in WGS 84 .* no "
+                           r"longitudes and latitudes: likely projected coordinates in a file "
+                           r"without a CRS"):
+            Scene(tiny_scene["image"], **files)
+    code, err = run_cli("evaluate", utm, "--prediction", tiny_scene["mask"])
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "likely projected" in err, err
+
+
 def test_newsite_trains_on_polygons_and_maps_the_scene(tmp_path: Path, run_cli,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})

@@ -38,6 +38,7 @@ from slidemap.errors import SlidemapError, SlidemapWarning, first_line, silenced
 from slidemap.schema.values import LAYER_MARK
 
 POLYGONAL = {"Polygon", "MultiPolygon"}
+MAX_LON = 360  # longitudes past the antimeridian (0 to 360) are still longitudes
 DENSIFY = 21  # points per edge when a window's bounds are taken into the layer's CRS
 # M (measure) values mean nothing to labels; pyogrio drops them with this warning on every read
 MEASURED = r"Measured \(M\) geometry types are not supported"
@@ -86,7 +87,24 @@ class PolygonLayer:
         # and never drawn), so the layer holds no polygon however many rows it has
         extent = info["total_bounds"]
         self.features = int(info["features"]) if extent is not None else 0
+        if self.features:
+            self._check_lon_lat(np.asarray(extent, dtype=float))
         self.bounds = self._in_image_crs(np.asarray(extent)) if self.features else None
+
+    def _check_lon_lat(self, bounds: np.ndarray) -> None:
+        """Refuse a layer in a geographic CRS whose coordinates are no longitudes and latitudes:
+        most often projected coordinates in a file without a CRS (a GeoJSON without its crs
+        member, which GDAL reads as WGS 84), which only failed as "does not overlap"."""
+        west, south, east, north = bounds
+        if not self.layer_crs.is_geographic or (
+                -MAX_LON <= west <= east <= MAX_LON and -90 <= south <= north <= 90):
+            return
+        raise SlidemapError(
+            f"{self.role} {self.name} is in {crs_name(self.layer_crs)} but its coordinates (x "
+            f"{west:.1f} to {east:.1f}, y {south:.1f} to {north:.1f}) are no longitudes and "
+            "latitudes: likely projected coordinates in a file without a CRS (GeoJSON, RFC "
+            "7946, is always lon/lat); save them with their real CRS, e.g. ogr2ogr -a_srs "
+            f"EPSG:32647 {self.path.stem}.gpkg {self.path}")
 
     def _in_image_crs(self, bounds: np.ndarray) -> tuple[float, float, float, float] | None:
         if not np.isfinite(bounds).all():
