@@ -311,6 +311,22 @@ def test_a_domain_without_a_window_to_draw_is_left_out_not_a_failed_epoch() -> N
                            domain_batches=True).epoch(1, 8))
 
 
+def test_every_epoch_draws_its_windows_when_a_scene_has_none_to_give() -> None:
+    """A scene labelled too sparsely for any window (a pseudo-labelled target's scattered
+    confident pixels) kept its share of the epoch's windows, which drew nothing: epochs ran 24
+    to 32 of 40 windows, short of the steps the one-cycle schedule counts on."""
+    sparse = np.full((64, 64), 255, np.uint8)
+    sparse[::5] = 0  # a fifth of every window labelled, under min_valid
+    items = [SceneArrays("wide", np.full((OPTICAL, 64, 64), 1.0, np.float32),
+                         np.zeros((64, 64), np.uint8)),
+             SceneArrays("sparse", np.full((OPTICAL, 64, 64), 2.0, np.float32), sparse)]
+    stats = BandStats([0.0] * OPTICAL, [1.0] * OPTICAL)
+    with pytest.warns(SlidemapWarning, match="sparse: no window of 16 px has 50%"):
+        windows = RandomWindows(items, stats, 16, 40, 0.5, False, 0)
+    sizes = [[len(b["x"]) for b in windows.epoch(epoch, 8)] for epoch in range(1, 11)]
+    assert sizes == [[8] * 5] * 10
+
+
 def test_a_patch_set_is_one_domain(tmp_path: Path) -> None:
     first, second = patch_folder(tmp_path / "first"), patch_folder(tmp_path / "second", seed=1)
     spec = InputSpec(image_bands=(1, 2, 3))

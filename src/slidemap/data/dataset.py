@@ -188,10 +188,10 @@ class RandomWindows:
         self.augment = augment
         self.seed = seed
         self.recipes = recipes
-        weights = np.array([s.valid.sum() for s in scenes], dtype=np.float64)
-        self.scene_weights = weights / weights.sum()
         self.domain_batches = domain_batches
         self.domains = drawable_domains(scenes, tile, min_valid) if domain_batches else []
+        # domain batches draw from drawable scenes alone, and warn of a domain left out
+        self.scene_weights = drawable_weights(scenes, tile, min_valid, warn=not domain_batches)
 
     def epoch(self, epoch: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of ``x`` (B,C,T,T) float32, ``target`` (B,1,T,T) float32, ``valid`` bool."""
@@ -261,6 +261,27 @@ class RandomWindows:
             "target": (labels == 1).astype(np.float32),
             "valid": labels != IGNORE,
         }
+
+
+def drawable_weights(scenes: list[SceneArrays], tile: int, min_valid: float,
+                     warn: bool = True) -> np.ndarray:
+    """Each scene's share of the uniform windows: its labelled pixels, or none where no window
+    of ``tile`` px has ``min_valid`` of it labelled (with a warning). Such a scene's share was
+    drawn and lost, so an epoch ran short of ``windows_per_epoch`` and of the steps the
+    learning-rate schedule counts on, by a different number each epoch (a pseudo-labelled
+    target whose confident pixels are scattered). With no scene drawable, the shares stay, and
+    the epoch's draw says what to change."""
+    weights = np.array([s.valid.sum() for s in scenes], dtype=np.float64)
+    drawable = np.array([has_window(s.valid, tile, min_valid) for s in scenes])
+    if not drawable.any() or drawable.all():
+        return weights / weights.sum()
+    if warn:
+        names = ", ".join(s.name for s, ok in zip(scenes, drawable, strict=True) if not ok)
+        warnings.warn(f"{names}: no window of {tile} px has {min_valid:.0%} of its pixels "
+                      "labelled, so no training window is drawn there: lower training.min_valid "
+                      "or training.tile to train on it", SlidemapWarning, stacklevel=3)
+    weights[~drawable] = 0.0
+    return weights / weights.sum()
 
 
 def drawable_domains(scenes: list[SceneArrays], tile: int, min_valid: float) -> list[list[int]]:

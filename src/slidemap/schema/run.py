@@ -357,7 +357,8 @@ class TrainSettings(Section):
     weight_decay: Annotated[Number, Field(ge=0, le=10)] = Field(default=1e-4, description=(
             "AdamW weight decay"))
     min_valid: Fraction = Field(default=0.25, description=(
-            "least fraction of labelled pixels a window must hold"))
+            "least fraction of labelled pixels a window must hold; a scene with no such "
+            "window gets none of the epoch's windows (a warning names it)"))
     augment: StrictBool = Field(default=True, description=(
             "random flips and 90° rotations"))
     precision: Precision = Field(default="auto", description=(
