@@ -159,3 +159,19 @@ def test_a_step_normalisation_cannot_train_on_is_refused_before_training(
 def test_smallest_batch_counts_the_remainder_and_the_split(windows: int, batch_size: int,
                                                            world: int, smallest: int) -> None:
     assert smallest_batch(windows, batch_size, world) == smallest
+
+
+@pytest.mark.parametrize(("f1s", "select", "kept"), [
+    ([0.5, 0.7, 0.7, 0.6], "best", 2),  # of epochs with equal F1, the earliest
+    ([0.5, 0.7, 0.7, 0.6], "last", 4),
+])
+def test_the_epoch_kept_is_the_one_select_names(
+        tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        f1s: list[float], select: str, kept: int) -> None:
+    """configs/README.md's rule for ``training.select``, epoch by epoch on set figures."""
+    figures = iter(f1s)
+    monkeypatch.setattr(loop, "evaluate_arrays", lambda *args: {"f1": next(figures)})
+    train(load_config(write_config(tmp_path / "run.yaml", tiny_run(
+        tiny_scene, epochs=4, select=select))), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["best_epoch"], summary["best_val_f1"]) == (kept, f1s[kept - 1])

@@ -301,8 +301,9 @@ class Data(Section):
         description=("list of scenes, each `image`, `mask` and optionally `dem` (any grid or "
                      "CRS) and `aoi`, and/or patch sets (below)"))
     val: tuple[LabelledItem, ...] = Field(default=(), description=(
-            "scenes and patch sets scored after every epoch; the epoch with the best F1 on them "
-            "becomes `model.safetensors` (without them, training loss decides)"))
+            "scenes and patch sets scored after every epoch; with `training.select: best` the "
+            "epoch with the best F1 on them becomes `model.safetensors` (without them, training "
+            "loss decides)"))
 
 
 # -- sections ------------------------------------------------------------------------------------
@@ -407,7 +408,8 @@ class TrainSettings(Section):
             "own; for inputs from several sites or sensors; not with `hard_examples` or "
             "`landslide_windows`"))
     select: Select = Field(default="best", description=(
-            "which epoch becomes `model.safetensors`: `best` by validation F1, or `last` (no "
+            "which epoch becomes `model.safetensors`: `best` by validation F1 (of epochs with "
+            "equal F1 the earliest; without `data.val`, the lowest training loss), or `last` (no "
             "selection on the validation scenes, so their figures remain an honest estimate on "
             "unseen ground)"))
     freeze_encoder: StrictBool = Field(default=False, description=(
