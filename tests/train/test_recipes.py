@@ -390,6 +390,18 @@ def test_hard_examples_replace_part_of_the_uniform_windows(tiny_scene: dict[str,
     assert sum(len(b["x"]) for b in batches) == 8
 
 
+def test_steered_windows_that_round_up_together_still_fit_the_epoch(
+        tiny_scene: dict[str, Path]) -> None:
+    """hard_examples 0.3 and landslide_windows 0.7 of 5 windows rounded to 2 + 4 = 6: epoch 2
+    (the first with error maps) failed with numpy's 'n < 0' after epoch 1 had trained."""
+    config = parse_config(tiny_run(tiny_scene, windows_per_epoch=5, hard_examples=0.3,
+                                   landslide_windows=0.7))
+    windows = windows_for(config)
+    assert isinstance(windows.recipes, Recipes)
+    windows.recipes.start_epoch(build_model("unet", 5, 4, depth=2), 2)
+    assert [len(b["x"]) for b in windows.epoch(2, 4)] == [4, 1]
+
+
 ALL_RECIPES = {"mixup": 0.4, "colour_jitter": True, "random_scale": [0.8, 1.25],
                "hard_examples": 0.5, "landslide_windows": 0.25}
 

@@ -37,8 +37,10 @@ class Recipes:
         self.colour_jitter = settings.jitter
         self.random_scale = settings.random_scale
         self.zoom_context = settings.zoom_context
-        self.hard_count = round(settings.hard_examples * settings.windows_per_epoch)
         self.landslide_count = round(settings.landslide_windows * settings.windows_per_epoch)
+        # fractions that sum to 1 may both round up (0.3 and 0.7 of 5 windows: 2 + 4)
+        self.hard_count = min(round(settings.hard_examples * settings.windows_per_epoch),
+                              settings.windows_per_epoch - self.landslide_count)
         self.landslide_pixels = [np.flatnonzero(s.target == 1) for s in scenes] \
             if self.landslide_count else []
         # scenes share landslide windows by labelled pixels, as uniform windows; none if bare
