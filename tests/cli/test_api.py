@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from factories import tiny_run
 
@@ -119,3 +120,18 @@ def test_suggest_takes_one_labels_file_as_a_path_or_text(
         again = api.suggest(tiny_model, tiny_scene["image"], out, tiny_scene["dem"], n=2,
                             box=32, labels=labels, options=OPTIONS)
         assert again.skipped_labelled == 2, again
+
+
+def test_train_leaves_torchs_thread_count_as_the_caller_set_it(
+        tiny_scene: dict[str, Path], tmp_path: Path) -> None:
+    """A config's ``training.threads`` set torch's process-wide thread count and left it there,
+    so a notebook's own work after ``api.train`` ran on the run's one thread."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_run(tiny_scene, epochs=1, threads=1)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        api.train(config, tmp_path / "run")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -35,6 +35,20 @@ def resolve_precision(precision: str) -> str:
 
 
 @contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's threads set to ``threads`` (None: as they are) in the block and set back after
+    it: the count is process-wide, and an API caller's own work after a run keeps its own."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def autocast(precision: str) -> Iterator[None]:
     """bf16 autocast on the CPU, or nothing for ``fp32`` (``auto``: by the CPU)."""
     if resolve_precision(precision) == "bf16":

@@ -19,8 +19,6 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.errors import SlidemapError
 from slidemap.evaluation.folds import LAYOUT_FILE, Block
@@ -28,6 +26,7 @@ from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.evaluation.scorer import score_regions
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
+from slidemap.infer.runtime import torch_threads
 from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, make_output_dir
 from slidemap.io.modelfile import load_model
@@ -48,6 +47,12 @@ def measure_adaptation(config: RunConfig, out_dir: Path, options: AdaptOptions,
                        seeds: tuple[int, ...] | None = None) -> dict:
     """Adapt every fold model of ``out_dir`` (a crossval run of ``config``) to each of its
     held-out blocks, score both, and write ``OUT/adapt/`` (summary, blocks, cost)."""
+    with torch_threads(config.train.threads):
+        return _measure_adaptation(config, out_dir, options, seeds)
+
+
+def _measure_adaptation(config: RunConfig, out_dir: Path, options: AdaptOptions,
+                        seeds: tuple[int, ...] | None) -> dict:
     layout = out_dir / LAYOUT_FILE
     if not layout.exists():
         raise SlidemapError(f"{out_dir} holds no crossval run (no {LAYOUT_FILE}): run "
@@ -56,8 +61,6 @@ def measure_adaptation(config: RunConfig, out_dir: Path, options: AdaptOptions,
     blocks = [Block(**b) for b in recorded["blocks"]]
     settings = config.crossval
     seeds = settings.seeds if seeds is None else seeds
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
     scenes = config.train_scenes
     labelled = [load_scene_arrays(s.image, s.mask, s.dem, config.inputs, s.aoi) for s in scenes]
     unlabelled = [load_scene_arrays(s.image, None, s.dem, config.inputs) for s in scenes]

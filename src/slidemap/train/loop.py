@@ -38,7 +38,7 @@ from slidemap.data.normalization import BandStats
 from slidemap.data.sources import load_arrays, shared_with_training
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.scorer import bundle_of, score_bundle
-from slidemap.infer.runtime import autocast
+from slidemap.infer.runtime import autocast, torch_threads
 from slidemap.io import jsontext
 from slidemap.io.atomic import make_output_dir, staged
 from slidemap.io.modelfile import (
@@ -89,7 +89,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     that called (only ``train`` and ``finetune`` take --resume).
     """
     try:
-        return _train(config, out_dir, resume, overwrite, extra_train, record, how_to_go_on)
+        with torch_threads(config.train.threads):
+            return _train(config, out_dir, resume, overwrite, extra_train, record,
+                          how_to_go_on)
     except KeyboardInterrupt:
         _say_what_is_kept(out_dir, how_to_go_on)
         raise
@@ -125,8 +127,6 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
                     ranks.world)
     check_run_inputs(out_dir, config)
     _prepare_run_folder(out_dir, resume, overwrite, how_to_go_on)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
