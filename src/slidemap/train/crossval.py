@@ -273,8 +273,8 @@ def check_init_unseen(recipe: Recipe) -> None:
         found.unknown.append(f"{len(missing)} of the images it learnt from are not found from "
                              f"here (e.g. {missing[0]})")
     for what in found.unknown:
-        log.warning(f"crossval cannot check that the {recipe.label}'s init model {init} never "
-                    f"saw the scored scenes: {what}")
+        warnings.warn(f"crossval cannot check that the {recipe.label}'s init model {init} "
+                      f"never saw the scored scenes: {what}", SlidemapWarning, stacklevel=2)
 
 
 def image_ground(image: DatasetName) -> Ground | None:
