@@ -14,6 +14,7 @@ import yaml
 from factories import tiny_run
 
 from slidemap import api
+from slidemap.workflows import suggest as suggest_workflow
 
 OPTIONS = api.PredictOptions(tile=48, overlap=16, precision="fp32")
 
@@ -135,3 +136,21 @@ def test_train_leaves_torchs_thread_count_as_the_caller_set_it(
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("values", [{"n": 2.5}, {"box": 32.0}, {"spacing": 0.5},
+                                    {"n": True}])
+def test_suggest_refuses_counts_that_are_not_whole_before_mapping(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, values: dict) -> None:
+    """``n=2.5`` mapped the whole scene and then failed in the ranking with a TypeError about
+    slice indices; a count that is not a whole number is refused before anything is read."""
+    monkeypatch.setattr(suggest_workflow, "suggest_boxes", _never_called)
+    arguments = {"n": 2, "box": 32, "spacing": 1, **values}
+    with pytest.raises(api.UsageError, match=f"--{next(iter(values))} .* whole number"):
+        api.suggest(tiny_model, tiny_scene["image"], tmp_path / "boxes.gpkg", tiny_scene["dem"],
+                    options=OPTIONS, **arguments)
+
+
+def _never_called(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the scene was mapped before its arguments were checked")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 from rich.progress import Progress
@@ -43,6 +44,10 @@ def suggest(model: ModelArg, image: DatasetName, out: Path, dem: DatasetName | N
             progress: Progress | None = None) -> SuggestResult:
     """Write ``out``: the ``n`` boxes of ``image`` most worth labelling next, ranked, as
     polygons, skipping boxes that overlap the polygons of ``labels``."""
+    for flag, value in (("--n", n), ("--box", box), ("--spacing", spacing)):
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise UsageError(f"{flag} {value!r} is not a whole number: suggest counts boxes "
+                             "and pixels")
     if n < 1 or box < 1 or spacing < 0:
         raise UsageError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
     if out.suffix.lower() not in BOX_SUFFIXES:
