@@ -6,7 +6,7 @@ returns a frozen dataclass of what it wrote and measured.
 
 Bad input or a failed precondition raises :class:`SlidemapError` (one line that says what to
 fix; :class:`UsageError`, a subclass, for arguments that do not go together or are of the wrong
-form); input that can be mapped but probably not well warns with :class:`SlidemapWarning`.
+form or type); input that can be mapped but probably not well warns with :class:`SlidemapWarning`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from rich.progress import Progress
 
@@ -78,29 +79,60 @@ __all__ = [
 
 PathArg = str | os.PathLike[str]
 Models = PathArg | Sequence[PathArg] | None
+Options = TypeVar("Options", PredictOptions, AdaptOptions)
 
 
-def _path(value: PathArg) -> Path:
-    return Path(value)
+def _path(value: PathArg, name: str) -> Path:
+    return Path(_given(value, name))
 
 
-def _opt_path(value: PathArg | None) -> Path | None:
-    return None if value is None else Path(value)
+def _opt_path(value: PathArg | None, name: str) -> Path | None:
+    return None if value is None else _path(value, name)
 
 
-def _name(value: PathArg) -> DatasetName:
+def _name(value: PathArg, name: str) -> DatasetName:
     """A GDAL dataset name kept as text (``/vsizip/...``, URLs), any other path as a Path."""
+    value = _given(value, name)
     return value if isinstance(value, str) else Path(value)
 
 
-def _opt_name(value: PathArg | None) -> DatasetName | None:
-    return None if value is None else _name(value)
+def _opt_name(value: PathArg | None, name: str) -> DatasetName | None:
+    return None if value is None else _name(value, name)
+
+
+def _given(value: object, name: str) -> PathArg:
+    """A path argument as given; anything else (an array, a number, None) is refused in one
+    line naming the argument, as pathlib's TypeError (or one from deep inside) does not."""
+    if not isinstance(value, str | os.PathLike):
+        raise UsageError(f"{name} must be a file or GDAL dataset name (str or os.PathLike), "
+                         f"not {type(value).__name__}: slidemap reads its inputs by name")
+    return value
+
+
+def _models(value: Models) -> Models:
+    """``model`` as given: None, one model file, or a sequence of them (an ensemble)."""
+    if value is None or isinstance(value, str | os.PathLike):
+        return value
+    if isinstance(value, Sequence) and all(isinstance(v, str | os.PathLike) for v in value):
+        return list(value)
+    raise UsageError(f"model must be a model file (str or os.PathLike) or a list of them, not "
+                     f"{type(value).__name__}")
+
+
+def _checked(value: Options | None, kind: type[Options], name: str) -> Options | None:
+    """An options object of ``kind`` or None; a dict or other object is refused in one line
+    rather than failing on a missing attribute deep inside."""
+    if value is not None and not isinstance(value, kind):
+        raise UsageError(f"{name} must be an api.{kind.__name__} (or None), not "
+                         f"{type(value).__name__}")
+    return value
 
 
 def output_paths(image: PathArg, out_dir: PathArg, formats: Sequence[str] = ("gpkg",)
                  ) -> dict[str, Path]:
     """The files ``predict`` writes for ``image`` into ``out_dir``."""
-    return predict_workflow.output_paths(_name(image), _path(out_dir), formats)
+    return predict_workflow.output_paths(_name(image, "image"), _path(out_dir, "out_dir"),
+                                         formats)
 
 
 def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
@@ -114,9 +146,10 @@ def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
     style, a STAC Item, and with ``html_report`` report.html, in ``out_dir``. Without ``model``,
     the shipped model (the RGB-only one when there is no DEM). ``adapt``: first fine-tune a
     copy of the model on the scene's own confident pixels (``slidemap.train.adapt``)."""
-    return predict_workflow.predict(_name(image), _path(out_dir), _opt_name(dem), model,
-                                    options, min_area_m2, simplify_m, overwrite, progress,
-                                    formats, prob_dtype, html_report, adapt)
+    return predict_workflow.predict(
+        _name(image, "image"), _path(out_dir, "out_dir"), _opt_name(dem, "dem"), _models(model),
+        _checked(options, PredictOptions, "options"), min_area_m2, simplify_m, overwrite,
+        progress, formats, prob_dtype, html_report, _checked(adapt, AdaptOptions, "adapt"))
 
 
 def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
@@ -125,8 +158,9 @@ def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
                     progress: Progress | None = None) -> PatchSetResult:
     """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
     ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
-    return patches_workflow.predict_patches(_path(folder), _path(out_dir), model, options,
-                                            scale, pixel_size, overwrite, progress)
+    return patches_workflow.predict_patches(
+        _path(folder, "folder"), _path(out_dir, "out_dir"), _models(model),
+        _checked(options, PredictOptions, "options"), scale, pixel_size, overwrite, progress)
 
 
 def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg | None = None,
@@ -137,9 +171,10 @@ def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg |
     """Metrics of a prediction raster, or of a model run on ``image``, against ``truth`` (a
     label raster or landslide polygons), within the polygons of ``aoi`` if given."""
     return evaluate_workflow.evaluate(
-        _name(truth), _opt_name(prediction), _opt_name(image), _opt_name(dem), model,
-        _opt_path(out_dir), threshold, options, overwrite, progress, _opt_path(aoi),
-        html_report)
+        _name(truth, "truth"), _opt_name(prediction, "prediction"), _opt_name(image, "image"),
+        _opt_name(dem, "dem"), _models(model), _opt_path(out_dir, "out_dir"), threshold,
+        _checked(options, PredictOptions, "options"), overwrite, progress,
+        _opt_path(aoi, "aoi"), html_report)
 
 
 def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bool = False,
@@ -147,29 +182,31 @@ def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bo
     """Train as the YAML run config says (an ensemble, a fine-tuning with ``init:`` and
     validation data, or one network); ``seed`` replaces ``training.seed``, ``overrides``
     (``KEY=VALUE``, as ``--set``) keys of the file."""
-    return train_workflow.train_config(_path(config), _path(out_dir), resume, overwrite, seed,
-                                       tuple(overrides))
+    return train_workflow.train_config(_path(config, "config"), _path(out_dir, "out_dir"),
+                                       resume, overwrite, seed, tuple(overrides))
 
 
 def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: bool = False,
              resume: bool = False, overwrite: bool = False,
              seed: int | None = None, overrides: Sequence[str] = ()) -> FinetuneResult:
     """Fine-tune ``model`` on a run config's data; validation figures before and after."""
-    return finetune_workflow.finetune(_path(model), _path(config), _path(out_dir),
-                                      freeze_encoder, resume, overwrite, seed, tuple(overrides))
+    return finetune_workflow.finetune(_path(model, "model"), _path(config, "config"),
+                                      _path(out_dir, "out_dir"), freeze_encoder, resume,
+                                      overwrite, seed, tuple(overrides))
 
 
 def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False,
               overrides: Sequence[str] = ()) -> SelftrainResult:
     """Train on the labelled source, then retrain with pseudo-labels of the target."""
-    return selftrain_workflow.selftrain(_path(config), _path(out_dir), overwrite,
-                                        tuple(overrides))
+    return selftrain_workflow.selftrain(_path(config, "config"), _path(out_dir, "out_dir"),
+                                        overwrite, tuple(overrides))
 
 
 def study(config: PathArg, out_dir: PathArg, overrides: Sequence[str] = ()) -> StudyResult:
     """Train and score a grid of runs on one budget; a rerun continues an interrupted one.
     ``overrides`` change the study's base."""
-    return study_workflow.study(_path(config), _path(out_dir), tuple(overrides))
+    return study_workflow.study(_path(config, "config"), _path(out_dir, "out_dir"),
+                                tuple(overrides))
 
 
 def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
@@ -179,9 +216,10 @@ def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
     """Spatial cross-validation of a recipe; with ``baseline``, the paired comparison; with
     ``adapt``, scene adaptation measured on the held-out blocks. ``overrides`` change the
     candidate's config (not the baseline's)."""
-    return crossval_workflow.crossval(_path(config), _path(out_dir), _opt_path(baseline),
-                                      None if seeds is None else tuple(seeds), adapt,
-                                      tuple(overrides))
+    return crossval_workflow.crossval(_path(config, "config"), _path(out_dir, "out_dir"),
+                                      _opt_path(baseline, "baseline"),
+                                      None if seeds is None else tuple(seeds),
+                                      _checked(adapt, AdaptOptions, "adapt"), tuple(overrides))
 
 
 def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
@@ -189,8 +227,9 @@ def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
             box: Sequence[int] | None = None, layer: str | None = None,
             overwrite: bool = False) -> ExplainResult:
     """Grad-CAM, attention and probability maps of one window (col, row, width, height)."""
-    return explain_workflow.explain(_name(image), _path(out_dir), _opt_name(dem),
-                                    _opt_path(model), None if window is None else tuple(window),
+    return explain_workflow.explain(_name(image, "image"), _path(out_dir, "out_dir"),
+                                    _opt_name(dem, "dem"), _opt_path(model, "model"),
+                                    None if window is None else tuple(window),
                                     None if box is None else tuple(box), layer, overwrite)
 
 
@@ -198,9 +237,9 @@ def report(folder: PathArg, out: PathArg | None = None, image: PathArg | None = 
            interactive: bool = False, overwrite: bool = False) -> ReportResult:
     """One self-contained HTML report of a train, evaluate or predict output folder;
     ``image``: the imagery under a prediction's map (any GDAL name)."""
-    return report_workflow.report(_path(folder), _opt_path(out),
-                                  None if image is None else os.fspath(image), interactive,
-                                  overwrite)
+    return report_workflow.report(_path(folder, "folder"), _opt_path(out, "out"),
+                                  None if image is None else os.fspath(_given(image, "image")),
+                                  interactive, overwrite)
 
 
 def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = None,
@@ -210,8 +249,10 @@ def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = N
     """The ``n`` boxes of ``image`` most worth labelling next, as polygons in ``out``;
     ``labels``: one vector file, or several, of the ground already labelled."""
     done = [labels] if isinstance(labels, (str, os.PathLike)) else labels
-    return suggest_workflow.suggest(model, _name(image), _path(out), _opt_name(dem), n, box,
-                                    [_path(p) for p in done], spacing, options, overwrite,
+    return suggest_workflow.suggest(_models(model), _name(image, "image"), _path(out, "out"),
+                                    _opt_name(dem, "dem"), n, box,
+                                    [_path(p, "labels") for p in done], spacing,
+                                    _checked(options, PredictOptions, "options"), overwrite,
                                     progress)
 
 
@@ -219,8 +260,9 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
              dem: PathArg | None = None, init: PathArg | None = None, epochs: int = 10,
              overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
     """Train on the landslide polygons ``labels`` drawn over ``image`` and map the scene."""
-    return newsite_workflow.new_site(_name(image), _path(labels), _path(out_dir),
-                                     _opt_path(aoi), _opt_name(dem), _opt_path(init), epochs,
+    return newsite_workflow.new_site(_name(image, "image"), _path(labels, "labels"),
+                                     _path(out_dir, "out_dir"), _opt_path(aoi, "aoi"),
+                                     _opt_name(dem, "dem"), _opt_path(init, "init"), epochs,
                                      overwrite, progress)
 
 
@@ -228,23 +270,25 @@ def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = Fa
                 member: int | None = None) -> OnnxExport:
     """Export ``model`` (or network ``member`` of an ensemble, 0 = the first) to ONNX at ``out``
     (default: NAME.onnx beside it, NAME-member-K.onnx for a member)."""
-    return export_workflow.export_onnx(_path(model), _opt_path(out), overwrite, member)
+    return export_workflow.export_onnx(_path(model, "model"), _opt_path(out, "out"), overwrite,
+                                       member)
 
 
 def store_weights(model: PathArg, out: PathArg, weights_dtype: str, overwrite: bool = False,
                   member: int | None = None) -> StoredWeights:
     """``model`` saved again at ``out`` with float16, int8 or int4 (or float32) weights; with
     ``member``, that network of an ensemble alone (0 = the first)."""
-    return export_workflow.store_weights(_path(model), _path(out), weights_dtype, overwrite,
-                                         member)
+    return export_workflow.store_weights(_path(model, "model"), _path(out, "out"),
+                                         weights_dtype, overwrite, member)
 
 
 def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
           options: PredictOptions | None = None, sample: int = 32, agreement: bool = False,
           json_out: PathArg | None = None, overwrite: bool = False) -> BenchResult:
     """Model-only against end-to-end throughput of mapping ``image``, and peak RSS."""
-    return bench_workflow.bench(_name(image), _opt_name(dem), model, options, sample,
-                                agreement, _opt_path(json_out), overwrite)
+    return bench_workflow.bench(_name(image, "image"), _opt_name(dem, "dem"), _models(model),
+                                _checked(options, PredictOptions, "options"), sample,
+                                agreement, _opt_path(json_out, "json_out"), overwrite)
 
 
 def architectures(in_channels: int = 5) -> list[Architecture]:

@@ -8,6 +8,7 @@ import os
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -154,3 +155,29 @@ def test_suggest_refuses_counts_that_are_not_whole_before_mapping(
 
 def _never_called(*args: object, **kwargs: object) -> None:
     raise AssertionError("the scene was mapped before its arguments were checked")
+
+
+def test_arguments_of_the_wrong_type_are_refused_in_one_line_naming_them(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """An array for the image was pathlib's TypeError, a number for the model "'int' object is
+    not iterable" and a dict of options an AttributeError from inside the engine: none said
+    which argument was wrong."""
+    image, dem, out = tiny_scene["image"], tiny_scene["dem"], tmp_path / "out"
+    calls: list[tuple[str, typing.Callable[[], object]]] = [
+        (r"image must be a file or GDAL dataset name .* not ndarray",
+         lambda: api.predict(np.zeros((3, 8, 8)), out)),
+        (r"dem must be a file .* not int",
+         lambda: api.evaluate(tiny_scene["mask"], image=image, dem=5, out_dir=out)),
+        (r"model must be a model file .* not int",
+         lambda: api.predict(image, out, dem, model=5)),
+        (r"options must be an api\.PredictOptions .* not dict",
+         lambda: api.predict(image, out, dem, tiny_model, options={"tile": 48})),
+        (r"adapt must be an api\.AdaptOptions .* not dict",
+         lambda: api.predict(image, out, dem, tiny_model, adapt={"minutes": 1})),
+        (r"out_dir must be a file .* not NoneType",
+         lambda: api.train(tmp_path / "run.yaml", None)),
+    ]
+    for message, call in calls:
+        with pytest.raises(api.UsageError, match=message):
+            call()
+    assert not out.exists()
