@@ -130,7 +130,8 @@ def _checked(value: Options | None, kind: type[Options], name: str) -> Options |
 
 def output_paths(image: PathArg, out_dir: PathArg, formats: Sequence[str] = ("gpkg",)
                  ) -> dict[str, Path]:
-    """The files ``predict`` writes for ``image`` into ``out_dir``."""
+    """The files ``predict`` writes for ``image`` into ``out_dir``, by key (``prob``, ``mask``,
+    ``inventory``, ``style``, ``stac``, ...)."""
     return predict_workflow.output_paths(_name(image, "image"), _path(out_dir, "out_dir"),
                                          formats)
 
@@ -145,7 +146,9 @@ def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
     probability and mask COGs, the inventory (each of ``formats``: gpkg, geojson) with its QGIS
     style, a STAC Item, and with ``html_report`` report.html, in ``out_dir``. Without ``model``,
     the shipped model (the RGB-only one when there is no DEM). ``adapt``: first fine-tune a
-    copy of the model on the scene's own confident pixels (``slidemap.train.adapt``)."""
+    copy of the model on the scene's own confident pixels (``slidemap.train.adapt``).
+    Returns a :class:`PredictResult`: the files (``.prob``, ``.mask``, ``.inventory``, ...),
+    pixel and landslide counts, landslide area and the inventory's cut sizes."""
     return predict_workflow.predict(
         _name(image, "image"), _path(out_dir, "out_dir"), _opt_name(dem, "dem"), _models(model),
         _checked(options, PredictOptions, "options"), min_area_m2, simplify_m, overwrite,
@@ -157,7 +160,8 @@ def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
                     pixel_size: float | None = None, overwrite: bool = False,
                     progress: Progress | None = None) -> PatchSetResult:
     """Probability and mask TIFFs per patch of a patch folder or Landslide4Sense split in
-    ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels."""
+    ``out_dir``, and ``metrics.json`` (one confusion matrix) when the patches have labels.
+    Returns a :class:`PatchSetResult` (patch and pixel counts, ``metrics`` or None)."""
     return patches_workflow.predict_patches(
         _path(folder, "folder"), _path(out_dir, "out_dir"), _models(model),
         _checked(options, PredictOptions, "options"), scale, pixel_size, overwrite, progress)
@@ -169,7 +173,9 @@ def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg |
              overwrite: bool = False, progress: Progress | None = None,
              aoi: PathArg | None = None, html_report: bool = False) -> EvaluateResult:
     """Metrics of a prediction raster, or of a model run on ``image``, against ``truth`` (a
-    label raster or landslide polygons), within the polygons of ``aoi`` if given."""
+    label raster or landslide polygons), within the polygons of ``aoi`` if given. Returns an
+    :class:`EvaluateResult`: ``metrics`` (precision, recall, f1, iou, miou, auc, ...) at
+    ``threshold``, the same at other ``thresholds``, and the files written."""
     return evaluate_workflow.evaluate(
         _name(truth, "truth"), _opt_name(prediction, "prediction"), _opt_name(image, "image"),
         _opt_name(dem, "dem"), _models(model), _opt_path(out_dir, "out_dir"), threshold,
@@ -181,7 +187,8 @@ def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bo
           seed: int | None = None, overrides: Sequence[str] = ()) -> TrainResult:
     """Train as the YAML run config says (an ensemble, a fine-tuning with ``init:`` and
     validation data, or one network); ``seed`` replaces ``training.seed``, ``overrides``
-    (``KEY=VALUE``, as ``--set``) keys of the file."""
+    (``KEY=VALUE``, as ``--set``) keys of the file. Returns a :class:`TrainResult`: the run
+    folder and its model file."""
     return train_workflow.train_config(_path(config, "config"), _path(out_dir, "out_dir"),
                                        resume, overwrite, seed, tuple(overrides))
 
@@ -189,7 +196,8 @@ def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bo
 def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: bool = False,
              resume: bool = False, overwrite: bool = False,
              seed: int | None = None, overrides: Sequence[str] = ()) -> FinetuneResult:
-    """Fine-tune ``model`` on a run config's data; validation figures before and after."""
+    """Fine-tune ``model`` on a run config's data. Returns a :class:`FinetuneResult`: the new
+    model file and the validation figures ``before`` and ``after``."""
     return finetune_workflow.finetune(_path(model, "model"), _path(config, "config"),
                                       _path(out_dir, "out_dir"), freeze_encoder, resume,
                                       overwrite, seed, tuple(overrides))
@@ -197,14 +205,16 @@ def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: 
 
 def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False,
               overrides: Sequence[str] = ()) -> SelftrainResult:
-    """Train on the labelled source, then retrain with pseudo-labels of the target."""
+    """Train on the labelled source, then retrain with pseudo-labels of the target. Returns a
+    :class:`SelftrainResult`: a row per round, ``rounds.md`` and the last round's model."""
     return selftrain_workflow.selftrain(_path(config, "config"), _path(out_dir, "out_dir"),
                                         overwrite, tuple(overrides))
 
 
 def study(config: PathArg, out_dir: PathArg, overrides: Sequence[str] = ()) -> StudyResult:
     """Train and score a grid of runs on one budget; a rerun continues an interrupted one.
-    ``overrides`` change the study's base."""
+    ``overrides`` change the study's base. Returns a :class:`StudyResult`: a row per scored
+    run (as ``results.csv``) and ``results.md``."""
     return study_workflow.study(_path(config, "config"), _path(out_dir, "out_dir"),
                                 tuple(overrides))
 
@@ -215,7 +225,8 @@ def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
              overrides: Sequence[str] = ()) -> CrossvalResult:
     """Spatial cross-validation of a recipe; with ``baseline``, the paired comparison; with
     ``adapt``, scene adaptation measured on the held-out blocks. ``overrides`` change the
-    candidate's config (not the baseline's)."""
+    candidate's config (not the baseline's). Returns a :class:`CrossvalResult`: pooled
+    figures per recipe, the ``comparison`` (or None) and the tables written."""
     return crossval_workflow.crossval(_path(config, "config"), _path(out_dir, "out_dir"),
                                       _opt_path(baseline, "baseline"),
                                       None if seeds is None else tuple(seeds),
@@ -226,7 +237,8 @@ def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
             model: PathArg | None = None, window: Sequence[int] | None = None,
             box: Sequence[int] | None = None, layer: str | None = None,
             overwrite: bool = False) -> ExplainResult:
-    """Grad-CAM, attention and probability maps of one window (col, row, width, height)."""
+    """Grad-CAM, attention and probability maps of one window (col, row, width, height).
+    Returns an :class:`ExplainResult`: the layer explained and the files by name."""
     return explain_workflow.explain(_name(image, "image"), _path(out_dir, "out_dir"),
                                     _opt_name(dem, "dem"), _opt_path(model, "model"),
                                     None if window is None else tuple(window),
@@ -236,7 +248,8 @@ def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
 def report(folder: PathArg, out: PathArg | None = None, image: PathArg | None = None,
            interactive: bool = False, overwrite: bool = False) -> ReportResult:
     """One self-contained HTML report of a train, evaluate or predict output folder;
-    ``image``: the imagery under a prediction's map (any GDAL name)."""
+    ``image``: the imagery under a prediction's map (any GDAL name). Returns a
+    :class:`ReportResult` with the page's path (``.html``)."""
     return report_workflow.report(_path(folder, "folder"), _opt_path(out, "out"),
                                   None if image is None else os.fspath(_given(image, "image")),
                                   interactive, overwrite)
@@ -247,7 +260,8 @@ def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = N
             spacing: int = 1, options: PredictOptions | None = None, overwrite: bool = False,
             progress: Progress | None = None) -> SuggestResult:
     """The ``n`` boxes of ``image`` most worth labelling next, as polygons in ``out``;
-    ``labels``: one vector file, or several, of the ground already labelled."""
+    ``labels``: one vector file, or several, of the ground already labelled. Returns a
+    :class:`SuggestResult`: the boxes file and the ranked ``picks``."""
     done = [labels] if isinstance(labels, (str, os.PathLike)) else labels
     return suggest_workflow.suggest(_models(model), _name(image, "image"), _path(out, "out"),
                                     _opt_name(dem, "dem"), n, box,
@@ -259,7 +273,9 @@ def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = N
 def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | None = None,
              dem: PathArg | None = None, init: PathArg | None = None, epochs: int = 10,
              overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
-    """Train on the landslide polygons ``labels`` drawn over ``image`` and map the scene."""
+    """Train on the landslide polygons ``labels`` drawn over ``image`` and map the scene.
+    Returns a :class:`NewSiteResult`: the run config, the model and the ``map``
+    (a :class:`PredictResult`)."""
     return newsite_workflow.new_site(_name(image, "image"), _path(labels, "labels"),
                                      _path(out_dir, "out_dir"), _opt_path(aoi, "aoi"),
                                      _opt_name(dem, "dem"), _opt_path(init, "init"), epochs,
@@ -269,7 +285,8 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
 def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = False,
                 member: int | None = None) -> OnnxExport:
     """Export ``model`` (or network ``member`` of an ensemble, 0 = the first) to ONNX at ``out``
-    (default: NAME.onnx beside it, NAME-member-K.onnx for a member)."""
+    (default: NAME.onnx beside it, NAME-member-K.onnx for a member). Returns an
+    :class:`OnnxExport`: the file, its opset, stride and input channels."""
     return export_workflow.export_onnx(_path(model, "model"), _opt_path(out, "out"), overwrite,
                                        member)
 
@@ -277,7 +294,8 @@ def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = Fa
 def store_weights(model: PathArg, out: PathArg, weights_dtype: str, overwrite: bool = False,
                   member: int | None = None) -> StoredWeights:
     """``model`` saved again at ``out`` with float16, int8 or int4 (or float32) weights; with
-    ``member``, that network of an ensemble alone (0 = the first)."""
+    ``member``, that network of an ensemble alone (0 = the first). Returns
+    :class:`StoredWeights`: the new file and its size against the source's."""
     return export_workflow.store_weights(_path(model, "model"), _path(out, "out"),
                                          weights_dtype, overwrite, member)
 
@@ -285,12 +303,14 @@ def store_weights(model: PathArg, out: PathArg, weights_dtype: str, overwrite: b
 def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
           options: PredictOptions | None = None, sample: int = 32, agreement: bool = False,
           json_out: PathArg | None = None, overwrite: bool = False) -> BenchResult:
-    """Model-only against end-to-end throughput of mapping ``image``, and peak RSS."""
+    """Model-only against end-to-end throughput of mapping ``image``, and peak RSS. Returns a
+    :class:`BenchResult` whose ``figures`` are what ``json_out`` holds."""
     return bench_workflow.bench(_name(image, "image"), _opt_name(dem, "dem"), _models(model),
                                 _checked(options, PredictOptions, "options"), sample,
                                 agreement, _opt_path(json_out, "json_out"), overwrite)
 
 
 def architectures(in_channels: int = 5) -> list[Architecture]:
-    """Every registered architecture with its parameter count for ``in_channels`` inputs."""
+    """Every registered architecture with its parameter count for ``in_channels`` inputs, as
+    :class:`Architecture` rows (``name``, ``parameters``)."""
     return models_workflow.architectures(in_channels)

@@ -60,6 +60,21 @@ def test_every_path_parameter_takes_str_or_pathlike() -> None:
     assert os.PathLike[str] in typing.get_args(hints["image"])
 
 
+def test_every_function_says_in_its_docstring_what_it_returns() -> None:
+    """``help(api.train)`` said what it trains, not that it returns the run folder and model;
+    each function's docstring names the result class it returns."""
+    functions = [getattr(api, name) for name in api.__all__
+                 if getattr(getattr(api, name), "__module__", None) == "slidemap.api"
+                 and callable(getattr(api, name))]
+    assert len(functions) >= 16
+    for function in functions:
+        returned = typing.get_type_hints(function)["return"]
+        result = next((t for t in (returned, *typing.get_args(returned))
+                       if dataclasses.is_dataclass(t)), None)
+        if result is not None:
+            assert result.__name__ in (function.__doc__ or ""), function.__name__
+
+
 def test_architectures_are_typed_rows() -> None:
     rows = api.architectures(in_channels=5)
     assert {"unet", "fusion"} <= {row.name for row in rows}
