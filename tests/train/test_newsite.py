@@ -503,6 +503,25 @@ def test_selftrain_refuses_a_bad_round_loss_before_round_0(tmp_path: Path, run_c
     assert not (tmp_path / "st" / "round0").exists()
 
 
+def test_selftrain_keeps_a_model_in_out_and_its_starting_model(tmp_path: Path, run_cli) -> None:
+    """The result's model file was saved over whatever OUT/model.safetensors was: a model the
+    user kept there without --overwrite, and with it the run's own starting model (init)."""
+    source = patch_folder(tmp_path / "source", count=2, seed=0)
+    out = tmp_path / "st"
+    kept = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), out / "model")
+    before = kept.read_bytes()
+    plain = run_config(tmp_path, {"train": [{"patches": str(source)}]},
+                       selftrain={"target": [{"patches": str(source)}], "rounds": 1})
+    code, err = run_cli("selftrain", plain, "--out", out)
+    assert code == 1 and f"output {out / 'model.safetensors'} exists" in err, err
+    assert kept.read_bytes() == before and not (out / "round0").exists()
+    from_kept = run_config(tmp_path, {"train": [{"patches": str(source)}]}, init=str(kept),
+                           selftrain={"target": [{"patches": str(source)}], "rounds": 1})
+    code, err = run_cli("selftrain", from_kept, "--out", out, "--overwrite")
+    assert code == 1 and "would overwrite an input" in err, err
+    assert kept.read_bytes() == before and not (out / "round0").exists()
+
+
 def test_a_stopped_selftrain_says_how_to_go_on_in_its_own_words(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

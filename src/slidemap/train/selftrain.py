@@ -27,12 +27,13 @@ from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import predict_arrays, to_native
-from slidemap.io.atomic import atomic_path
-from slidemap.io.modelfile import load_model, save_model
+from slidemap.io.atomic import atomic_path, check_outputs
+from slidemap.io.modelfile import load_model, model_paths, save_model
 from slidemap.schema.config import RunConfig
 from slidemap.train.checks import check_buildable
 from slidemap.train.loop import RESTART, train
 
+OUTPUTS = ("model.safetensors", "model.json", "rounds.csv", "rounds.md")  # beside the rounds
 COLUMNS = ("round", "kept_fraction", "pseudo_landslide_fraction", "target_f1", "target_iou",
            "target_precision", "target_recall", "train_seconds")
 
@@ -91,6 +92,10 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     if earlier and not overwrite:
         raise SlidemapError(f"{out_dir} already holds a self-training run ({earlier[0].name}): "
                             "pass --overwrite or choose another --out")
+    # the result's model replaced any OUT/model.safetensors: a user's, or the init it starts from
+    check_outputs([out_dir / name for name in OUTPUTS],
+                  [*config.input_files(), *(model_paths(config.init) if config.init else [])],
+                  overwrite)
     round_config = config.changed(
         loss=settings.loss, selftrain=None,
         train=config.train.changed(epochs=settings.epochs or config.train.epochs))
@@ -123,7 +128,7 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
                            extra_train=pseudo, record=seen, how_to_go_on=RESTART)
     bundle = load_model(model_path)
     bundle.provenance = {**bundle.provenance, **seen, "selftrain": rows}
-    save_model(bundle, out_dir / "model")
+    save_model(bundle, out_dir / "model", overwrite)
     for stale in out_dir.glob("round*"):  # an earlier run's extra rounds, now overwritten
         if stale.is_dir() and stale.name[5:].isdigit() and int(stale.name[5:]) > settings.rounds:
             shutil.rmtree(stale)
