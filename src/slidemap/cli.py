@@ -216,7 +216,8 @@ def predict(
     backend: Backend = "torch",
     compile_model: Compile = False,
     workers: Annotated[int, typer.Option(
-        min=0, help="predict rows of windows on a local Dask cluster of N processes")] = 0,
+        min=0, help="predict rows of windows on a local Dask cluster of N processes (at most one "
+                    "per CPU core)")] = 0,
     dask: Annotated[str | None, typer.Option(
         help="address of a Dask scheduler whose workers read the same file paths")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,

@@ -97,6 +97,14 @@ def test_predict_options_are_checked_as_the_cli_checks_them(values: dict) -> Non
         api.PredictOptions(**values)
 
 
+def test_more_dask_workers_than_cores_are_refused_before_any_starts() -> None:
+    """--workers 100000 started a local Dask cluster of 100 000 processes, each loading torch
+    and the model, until the machine ran out of memory (the run ended in a traceback)."""
+    with pytest.raises(api.UsageError, match=r"--workers 100000 .* CPU cores"):
+        api.PredictOptions(workers=100_000)
+    assert api.PredictOptions(workers=1).workers == 1
+
+
 @pytest.mark.parametrize("formats", [(), "gpkg"])
 def test_inventory_formats_are_checked_before_the_scene_is_mapped(
         tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path, formats) -> None:

@@ -34,4 +34,4 @@ def test_dask_workers_without_distributed_name_the_extra(monkeypatch, tiny_scene
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(SlidemapError, match=r"slidemap\[dask\]"):
         api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
-                    PredictOptions(tile=48, overlap=16, workers=2))
+                    PredictOptions(tile=48, overlap=16, workers=1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from slidemap.data.machine import cpu_cores
 from slidemap.errors import UsageError
 from slidemap.io.modelfile import PredictDefaults, common_setting
 from slidemap.io.sidecar import check_threshold
@@ -35,7 +36,8 @@ class PredictOptions:
     def __post_init__(self) -> None:
         """The checks the CLI's options make, for the API's callers too: a window under
         ``MIN_TILE`` px ran for hours, ``workers=-1`` never returned, a bad ``normalise`` was a
-        ``ValueError``."""
+        ``ValueError``; ``workers=100000`` started that many processes, each loading torch and
+        the model, until memory ran out."""
         if self.normalise not in NORMALISATIONS:
             raise UsageError(f"normalise must be one of {', '.join(NORMALISATIONS)}, not "
                              f"{self.normalise!r}")
@@ -50,6 +52,10 @@ class PredictOptions:
         if self.workers and self.scheduler:
             raise UsageError("--workers starts a local Dask cluster and --dask names another: "
                              "give one of them")
+        if self.workers > cpu_cores():
+            raise UsageError(f"--workers {self.workers} is more than the {cpu_cores()} CPU cores "
+                             "here: each worker is a process of one thread with its own copy of "
+                             f"the model; give at most {cpu_cores()}")
 
     def resolve(self, defaults: list[PredictDefaults]) -> PredictOptions:
         """These options with the window size and overlap, if left open, from the models'

@@ -22,6 +22,7 @@ from typing import cast
 
 import torch
 
+from slidemap.data.machine import cpu_cores
 from slidemap.errors import SlidemapError
 from slidemap.io import jsontext
 from slidemap.io.modelfile import ModelBundle, load_model, save_model
@@ -82,8 +83,7 @@ def parallel_members(config: RunConfig) -> int:
     single-threaded members on two cores: about 1.5 networks' time instead of 2). Beyond that,
     one per ``training.threads`` cores; one if ``threads`` is unset, as such a run uses every
     core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores, threads, count = cores or 1, config.train.threads, config.train.members
+    cores, threads, count = cpu_cores(), config.train.threads, config.train.members
     if not threads:
         return 1
     if count * threads <= 2 * cores:
