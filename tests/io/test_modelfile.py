@@ -224,10 +224,15 @@ def test_export_weights_stores_a_smaller_copy_and_never_the_input(tiny_model, tm
                                "--overwrite"),
         "name it with --out": ("export", tiny_model, "--weights", "int8"),
         "exists": ("export", tiny_model, "--weights", "float16", "--out", tmp_path / "small"),
+        # a folder: the file was written beside it, as bad_dir.safetensors, not in it
+        "bad_dir is a folder": ("export", tiny_model, "--weights", "int8", "--out",
+                                tmp_path / "bad_dir"),
     }
+    (tmp_path / "bad_dir").mkdir()
     for message, args in refused.items():
         code, err = run_cli(*args)
         assert code != 0 and message in err and "Traceback" not in err, (message, err)
         assert len(err.strip().splitlines()) == 1, err
-    assert not list(tmp_path.glob("bad*"))
+    assert [p.name for p in tmp_path.glob("bad*")] == ["bad_dir"]
+    assert not list((tmp_path / "bad_dir").iterdir())
     assert {p: p.read_bytes() for p in model_paths(tiny_model)} == before

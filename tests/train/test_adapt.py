@@ -298,6 +298,7 @@ def test_predict_adapt_refuses_bad_values_in_one_line(
     scene, model = trained
     base = ("predict", scene["image"], "--dem", scene["dem"], "--model", model,
             "--out", tmp_path / "map")
+    (tmp_path / "models").mkdir()
     for extra, expected, exit_code in [
             (("--adapt", "--adapt-minutes", "0"), "--adapt-minutes 0 must", 2),
             (("--adapt", "--adapt-windows", "2"), "--adapt-windows 2 is fewer", 2),
@@ -305,11 +306,13 @@ def test_predict_adapt_refuses_bad_values_in_one_line(
             (("--adapt", "--normalise", "scene"), "drop --normalise scene", 2),
             (("--adapt", "--model", model), "not an ensemble", 2),
             (("--adapt", "--adapt-save", model),
-             "would overwrite an input: choose another --adapt-save", 1)]:
+             "would overwrite an input: choose another --adapt-save", 1),
+            # the model was saved beside the folder (models.safetensors), not in it
+            (("--adapt", "--adapt-save", tmp_path / "models"), "models is a folder", 1)]:
         code, err = run_cli(*base, *extra)
         assert code == exit_code and len(err.strip().splitlines()) == 1, err
         assert expected in err
-    assert not (tmp_path / "map").exists()
+    assert not (tmp_path / "map").exists() and not list(tmp_path.glob("models.*"))
     with pytest.raises(SlidemapError, match=r"keep 0\.8 → 0\.4 must grow"):
         AdaptOptions(keep=(0.8, 0.4))
 

@@ -166,6 +166,15 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
+def output_model_paths(path: str | Path, option: str = "--out") -> tuple[Path, Path]:
+    """:func:`model_paths` of a model file to write, or a one-line error if ``path`` is a
+    folder: its name with the suffixes added was written beside the folder, not in it."""
+    if Path(path).is_dir():
+        raise SlidemapError(f"{option} {path} is a folder: name the model file to write, e.g. "
+                            f"{Path(path) / 'model.safetensors'}")
+    return model_paths(path)
+
+
 def weights_file(path: str | os.PathLike[str]) -> Path:
     """The weights file of a model named by either suffix or none: the file whose SHA-256 and
     path the outputs record (the sidecar's, or a path that is no file, would record the wrong

@@ -15,6 +15,7 @@ from slidemap.io.modelfile import (
     load_model,
     model_card,
     model_paths,
+    output_model_paths,
     save_model,
 )
 from slidemap.models.ensemble import ProbabilityAverage
@@ -73,7 +74,7 @@ def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = 
     bundle = replace(load_model(model), card=model_card(model))
     if member is not None:
         bundle = member_of(bundle, member)
-    inputs, targets = list(model_paths(model)), list(model_paths(out))
+    inputs, targets = list(model_paths(model)), list(output_model_paths(out))
     check_outputs(targets, inputs, overwrite)
     make_output_dir(targets[0].parent)
     written = save_model(replace(bundle, weights_dtype=weights_dtype), out, overwrite)

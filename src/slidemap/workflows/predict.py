@@ -31,7 +31,7 @@ from slidemap.infer.vectorize import (
     write_inventories,
 )
 from slidemap.io.atomic import check_outputs, output_folder, staged
-from slidemap.io.modelfile import model_paths, save_model
+from slidemap.io.modelfile import output_model_paths, save_model
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import DEFAULT_PROB_DTYPE, PROB_STEPS, RasterFormat
 from slidemap.io.stac import (
@@ -152,8 +152,8 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
     retired += stale_report(out_dir, [*paths.values(), *retired], html_report)
     check_outputs([*paths.values(), *retired], inputs, overwrite)
     if adapt is not None and adapt.save is not None:
-        check_outputs(model_paths(adapt.save), [*inputs, *paths.values()], overwrite,
-                      "--adapt-save")
+        check_outputs(output_model_paths(adapt.save, "--adapt-save"),
+                      [*inputs, *paths.values()], overwrite, "--adapt-save")
     adapted = None
     if adapt is not None:
         _check_adaptable(models, options)
