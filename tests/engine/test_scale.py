@@ -791,6 +791,23 @@ def test_bench_agreement_and_inventory_are_those_of_what_predict_writes(tiny_sce
     assert figures["landslides"] == mapped.landslides
 
 
+def test_bench_refuses_a_sample_beyond_the_memory_budget_before_reading(
+        tiny_scene, tiny_model, tmp_path, run_cli, monkeypatch) -> None:
+    """bench --sample holds its windows until they are timed: 100 000 windows of 512 px of a
+    large scene were read one after the other until memory ran out (4.5 GB and an out of
+    memory error under a 5 GB limit). Now refused on one line before any window is read."""
+    image = declared_vrt(tiny_scene["image"], tmp_path / "image.vrt", 8000)
+    dem = declared_vrt(tiny_scene["dem"], tmp_path / "dem.vrt", 8000)
+    reads: list[object] = []
+    monkeypatch.setattr(Scene, "read", lambda *args, **kwargs: reads.append(args))
+    code, err = run_cli("bench", image, "--dem", dem, "--model", tiny_model, "--tile", "512",
+                        "--sample", "100000")
+    lines = [line for line in err.splitlines() if line.strip() and "covers only" not in line]
+    assert code == 1 and len(lines) == 1, err
+    assert "--sample 100000" in lines[0] and "memory budget of 512 MB" in lines[0]
+    assert not reads
+
+
 def test_adapting_refuses_relief_reaching_kilometres_before_a_chunk_is_read(
         tiny_scene, tmp_path, run_cli, monkeypatch) -> None:
     """predict --adapt reads chunks of the scene to adapt on before predict's own check runs:

@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from slidemap.data.channels import InputSpec
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
+from slidemap.errors import SlidemapError
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.predict import (
@@ -69,6 +70,7 @@ def bench_scene(image: DatasetName, dem: DatasetName | None, models: list[Path],
         check_terrain_halo(scene, predictor.spec, factor,  # before the sample is read
                            (planned.band_rows, planned.window_width), budget,
                            memory_option=False)
+        check_sample(grid, len(predictor.spec.channels), sample, budget)
         batches = _sample_batches(scene, predictor.spec, grid, sample, options.batch_size)
     first_s, per_window, cpu_per_window = _time_model(predictor, batches)
     del batches  # not held while the scene is mapped
@@ -120,6 +122,21 @@ def bench_scene(image: DatasetName, dem: DatasetName | None, models: list[Path],
             result["agreement_vs_fp32"] = compare_maps(ours[0], ref_paths[0],
                                                        predictor.threshold)
     return result
+
+
+def check_sample(grid: Grid, channels: int, sample: int, budget: MemoryBudget) -> None:
+    """Refuse, before any window is read, a ``sample`` whose windows (held until they are
+    timed) would not fit ``budget``: 100 000 windows of a large scene were read one after the
+    other until memory ran out."""
+    per_window = ((grid.band_rows // grid.factor + 1) * (grid.window_width // grid.factor + 1)
+                  * (4 * channels + 1))  # float32 channels and a validity byte
+    need = min(sample, grid.window_count) * per_window
+    if need > budget.bytes:
+        raise SlidemapError(
+            f"--sample {sample} windows of {grid.size // grid.factor} working px would hold "
+            f"about {need / 2**20:,.0f} MB, more than the memory budget of {budget.megabytes} "
+            f"MB: pass --sample {max(1, budget.bytes // per_window)} or fewer, or a smaller "
+            "--tile")
 
 
 def _sample_batches(scene: Scene, spec: InputSpec, grid: Grid, sample: int, batch_size: int
