@@ -18,12 +18,15 @@ from factories import (
     ORIGIN,
     TINY_TRAINING,
     UTM47,
+    patch_folder,
     run_config,
+    tiny_bundle,
     write_config,
     write_raster,
 )
 
 from slidemap import api
+from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.atomic import (
@@ -150,6 +153,20 @@ def test_train_never_replaces_its_config(tmp_path: Path, tiny_scene: dict[str, P
     code, err = run_cli("train", config, "--out", run, "--overwrite")
     one_error(code, err, config, "input")
     assert digest(config) == before
+
+
+def test_predict_never_writes_into_a_folder_its_patches_are_read_from(
+        tmp_path: Path, run_cli) -> None:
+    """predict SET --out SET/images wrote NAME_prob.tif and NAME_mask.tif among the images:
+    the next run read them as patches and refused the set ('image p0_mask.tif has no mask')."""
+    root = patch_folder(tmp_path / "set", count=2)
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "rgb")
+    for sub in ("images", "masks", "images/"):
+        code, err = run_cli("predict", root, "--model", model, "--out", f"{root}/{sub}")
+        assert code == 1 and "is a folder the patches of" in err, err
+        assert sorted(p.name for p in (root / sub).iterdir()) == ["p0.png", "p1.png"]
+    code, err = run_cli("predict", root, "--model", model, "--out", root)
+    assert code == 0, err
 
 
 def test_a_hard_link_to_an_input_counts_as_the_input(

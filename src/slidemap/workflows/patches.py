@@ -14,7 +14,8 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rich.progress import Progress
 
-from slidemap.data.patches import Georeference
+from slidemap.data.l4s import L4SDataset
+from slidemap.data.patches import Georeference, PatchDataset
 from slidemap.data.sources import is_l4s_folder, open_patch_set, patch_arrays
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.metrics import BinaryConfusion
@@ -25,7 +26,7 @@ from slidemap.infer.patches import native_prob
 from slidemap.infer.predict import build_predictor, prediction_settings
 from slidemap.infer.separated import patch_stats
 from slidemap.io import jsontext
-from slidemap.io.atomic import check_outputs, output_folder, staged
+from slidemap.io.atomic import check_outputs, output_folder, resolved, staged
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
 from slidemap.schema.values import MAX_PATCH_SCALE
@@ -81,6 +82,20 @@ def patch_output_paths(name: str, out_dir: Path) -> dict[str, Path]:
     return {"prob": out_dir / f"{name}_prob.tif", "mask": out_dir / f"{name}_mask.tif"}
 
 
+def check_not_read_from(dataset: PatchDataset | L4SDataset, root: Path, out_dir: Path) -> None:
+    """Refuse an ``out_dir`` the set reads its patches from (``images/``, ``masks/``, ``dem/``):
+    the TIFFs written there were read as patches by the next run, which refused the set. A
+    Landslide4Sense split reads only its ``.h5`` files."""
+    if not isinstance(dataset, PatchDataset):
+        return
+    folders = {path.parent for files in dataset.files
+               for path in (files.image, files.mask, files.dem) if path is not None}
+    if resolved(out_dir) in {resolved(folder) for folder in folders}:
+        raise SlidemapError(f"--out {out_dir} is a folder the patches of {root} are read from: "
+                            "the next run would read the outputs there as patches; choose "
+                            "another --out")
+
+
 def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                       options: PredictOptions, scale: float | None = None,
                       pixel_size: float | None = None, overwrite: bool = False,
@@ -102,6 +117,7 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     spec = predictor.spec if scale is None else predictor.spec.model_copy(
         update={"scale": float(scale)})
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
+    check_not_read_from(dataset, root, out_dir)
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
     metrics_path = out_dir / "metrics.json"
     targets = {f"{name} {kind}": path for name, pair in paths.items()
