@@ -169,6 +169,19 @@ def test_predict_never_writes_into_a_folder_its_patches_are_read_from(
     assert code == 0, err
 
 
+def test_predict_into_a_patch_set_folder_replaces_its_own_outputs(
+        tmp_path: Path, run_cli) -> None:
+    """Every file under a patch set's folder counted as an input: predict SET --out SET, then
+    again with --overwrite, was refused ('output SET/p0_prob.tif would overwrite an input')."""
+    root = patch_folder(tmp_path / "set", count=2)
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "rgb")
+    code, err = run_cli("predict", root, "--model", model, "--out", root)
+    assert code == 0, err
+    code, err = run_cli("predict", root, "--model", model, "--out", root, "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["p0.png", "p1.png"]
+
+
 def test_a_hard_link_to_an_input_counts_as_the_input(
         tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
     out = tmp_path / "out"

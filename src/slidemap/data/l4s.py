@@ -58,6 +58,11 @@ class L4SDataset:
     def labelled(self) -> bool:
         return self._masks is not None
 
+    @property
+    def paths(self) -> list[Path]:
+        """Every file the set reads (no output may replace one)."""
+        return [*self._images, *(self._masks or [])]
+
     def georeference(self, index: int) -> None:
         """Landslide4Sense patches carry no georeference: their outputs have none either."""
         return None

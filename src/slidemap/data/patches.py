@@ -275,6 +275,11 @@ class PatchDataset:
         return [f.name for f in self.files]
 
     @property
+    def paths(self) -> list[Path]:
+        """Every file the set reads (no output may replace one)."""
+        return [path for f in self.files for path in (f.image, f.mask, f.dem) if path is not None]
+
+    @property
     def labelled(self) -> bool:
         """True when every patch has labels (a mask file, or known to be all background)."""
         return bool(self.files) and all(f.labelled for f in self.files)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from slidemap.data.names import DatasetName, local_path
 from slidemap.errors import SlidemapError
-from slidemap.io.atomic import resolved
 from slidemap.io.modelfile import model_paths, weights_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
@@ -52,15 +51,6 @@ def model_files(models: ModelArg, dem: bool = True, patches: bool = False) -> li
     """Every file the model files asked for consist of (weights and sidecars): inputs that no
     output may replace."""
     return [file for path in model_list(models, dem, patches) for file in model_paths(path)]
-
-
-def files_under(folder: Path, out_dir: Path) -> list[Path]:
-    """The files of an input ``folder`` when ``out_dir`` lies inside it (where an output could
-    replace one of them); none otherwise."""
-    folder, out = resolved(folder), resolved(out_dir)
-    if out != folder and folder not in out.parents:
-        return []
-    return [p for p in folder.rglob("*") if p.is_file()]
 
 
 def has_elevation(image: DatasetName, dem: DatasetName | None) -> bool:

@@ -30,7 +30,7 @@ from slidemap.io.atomic import check_outputs, output_folder, resolved, staged
 from slidemap.io.provenance import provenance
 from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA, writing
 from slidemap.schema.values import MAX_PATCH_SCALE
-from slidemap.workflows.inputs import ModelArg, files_under, has_elevation, model_files, model_list
+from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, model_list
 from slidemap.workflows.report import stale_report
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def predict_patches(folder: Path, out_dir: Path, model: ModelArg = None,
     models = model_list(model, elevation, patches=True)
     if not model and not elevation:
         log.info(f"no --dem: mapping with the RGB-only model {models[0].stem} (models/README.md)")
-    inputs = [*model_files(model, elevation, patches=True), *files_under(folder, out_dir)]
+    inputs = model_files(model, elevation, patches=True)
     summary = predict_patch_set(build_predictor(models, options), folder,
                                 out_dir, options, scale, pixel_size, overwrite, progress, inputs)
     metrics = summary.get("metrics")
@@ -106,7 +106,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
 
     ``scale`` overrides the model's up-sampling factor; ``options.normalise == "scene"`` uses the
     statistics of all patches of the set instead of the model's. No output may replace one of
-    ``inputs`` (the model files, and the set's files when ``out_dir`` lies inside it). The
+    ``inputs`` (the model files) or of the files the set reads; an earlier run's outputs in the
+    set's folder are outputs, replaced with ``overwrite``. The
     set's files appear together once every patch is mapped: a patch that fails to read leaves
     the folder as it was. The folder's report.html, when these files replace an earlier run's,
     goes with them (it showed that run's figures), as a scene's does.
@@ -123,7 +124,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     targets = {f"{name} {kind}": path for name, pair in paths.items()
                for kind, path in pair.items()}
     retired = stale_report(out_dir, [*targets.values(), metrics_path], html_report=False)
-    check_outputs([*targets.values(), metrics_path, *retired], inputs, overwrite)
+    check_outputs([*targets.values(), metrics_path, *retired], [*inputs, *dataset.paths],
+                  overwrite)
     if dataset.labelled:
         targets["metrics"] = metrics_path
     observed = patch_stats(dataset, spec)
