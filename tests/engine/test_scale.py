@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,6 +82,31 @@ def test_unreachable_scheduler_is_one_line(wide_scene, tiny_model, tmp_path, run
                         tiny_model, "--out", tmp_path / "out", "--dask", "tcp://127.0.0.1:9")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and "Dask scheduler" in lines[0], err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_scheduler_without_workers_is_one_line_not_a_hang(wide_scene, tiny_model, tmp_path,
+                                                          monkeypatch) -> None:
+    """Its tasks waited for a worker forever, the progress bar at 0."""
+    from distributed import LocalCluster
+
+    monkeypatch.setattr("slidemap.infer.distributed.CONNECT_TIMEOUT_S", 1)
+    failures: list[BaseException] = []
+
+    def run(address: str) -> None:
+        options = PredictOptions(**{**vars(FP32), "scheduler": address})
+        try:
+            api.predict(wide_scene["image"], tmp_path / "out", wide_scene["dem"], tiny_model,
+                        options)
+        except SlidemapError as exc:
+            failures.append(exc)
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        thread = threading.Thread(target=run, args=(cluster.scheduler_address,), daemon=True)
+        thread.start()
+        thread.join(60)
+    assert not thread.is_alive(), "predict waited for a Dask worker forever"
+    assert len(failures) == 1 and "has no worker" in str(failures[0]), failures
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 

@@ -107,6 +107,12 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
                                 f"({_one_line(exc)}): start one (dask scheduler) and workers "
                                 "that see the same files, or use --workers N") from exc
         with client:
+            try:  # a scheduler without workers holds the tasks until one comes: forever
+                client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise SlidemapError(f"the Dask scheduler at {scheduler} has no worker: start "
+                                    f"some (dask worker {scheduler}) that see the same files, "
+                                    "or use --workers N") from exc
             yield client
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
