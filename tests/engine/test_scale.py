@@ -8,8 +8,11 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyogrio
@@ -108,6 +111,37 @@ def test_scheduler_without_workers_is_one_line_not_a_hang(wide_scene, tiny_model
     assert not thread.is_alive(), "predict waited for a Dask worker forever"
     assert len(failures) == 1 and "has no worker" in str(failures[0]), failures
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def _dask_failure(wide_scene: dict[str, Path], tiny_model: Path, out: Path,
+                  run_cli: Callable[..., tuple[int, str]]) -> list[str]:
+    from distributed import LocalCluster
+
+    with warnings.catch_warnings():  # the test's own cluster: port 8787 may be taken
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                               dashboard_address=None)
+    with cluster:
+        code, err = run_cli("predict", wide_scene["image"], "--dem", wide_scene["dem"],
+                            "--model", tiny_model, "--out", out, "--tile", 48, "--overlap", 16,
+                            "--dask", cluster.scheduler_address)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, err
+    assert not out.exists() or not list(out.iterdir())
+    return lines
+
+
+def test_workers_that_died_on_a_band_are_one_line(wide_scene, tiny_model, tmp_path, run_cli,
+                                                  monkeypatch) -> None:
+    """Workers killed on a band (out of memory): distributed's KilledWorker was a traceback."""
+    from distributed.scheduler import KilledWorker
+
+    def killed(job: object, piece: tuple[int, int]) -> None:
+        raise KilledWorker(f"predict_band-{piece}", SimpleNamespace(address="tcp://h:1"), 3)
+
+    monkeypatch.setattr("slidemap.infer.distributed.predict_band", killed)
+    lines = _dask_failure(wide_scene, tiny_model, tmp_path / "out", run_cli)
+    assert "Dask workers died" in lines[0], lines
 
 
 def test_onnx_backend_matches_torch_fp32(wide_scene, tiny_model, tmp_path, run_cli) -> None:

@@ -98,6 +98,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
     single-threaded processes started for this run."""
     require("distributed", "dask", "--workers and --dask")
     from distributed import Client, LocalCluster
+    from distributed.scheduler import KilledWorker
 
     if scheduler:
         try:
@@ -113,12 +114,25 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
                 raise SlidemapError(f"the Dask scheduler at {scheduler} has no worker: start "
                                     f"some (dask worker {scheduler}) that see the same files, "
                                     "or use --workers N") from exc
-            yield client
+            with _worker_failures(KilledWorker):
+                yield client
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
+            Client(cluster) as client, _worker_failures(KilledWorker):
         yield client
+
+
+@contextlib.contextmanager
+def _worker_failures(killed: type[Exception]) -> Iterator[None]:
+    """Workers that died on a band (out of memory, a crash) as one line, not distributed's
+    KilledWorker traceback."""
+    try:
+        yield
+    except killed as exc:
+        raise SlidemapError(f"Dask workers died while predicting a band of the scene "
+                            f"({_one_line(exc)}): see the workers' logs (their memory limit, "
+                            "--tile and --batch-size set what a band needs)") from exc
 
 
 def predict_band(job: BandJob, piece: tuple[int, int]) -> PredictedBand:
