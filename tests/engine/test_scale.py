@@ -144,6 +144,20 @@ def test_workers_that_died_on_a_band_are_one_line(wide_scene, tiny_model, tmp_pa
     assert "Dask workers died" in lines[0], lines
 
 
+def test_a_file_a_worker_cannot_see_is_named_as_the_workers(wide_scene, tiny_model, tmp_path,
+                                                            run_cli, monkeypatch) -> None:
+    """The workers of --dask open the scene by its path: where one cannot see it, the message
+    said the image does not exist, which the user could see it did."""
+    from slidemap.infer import distributed
+
+    def elsewhere(image: str, **kwargs: object) -> Scene:
+        return Scene(str(tmp_path / "not-on-this-worker" / Path(image).name), **kwargs)
+
+    monkeypatch.setattr(distributed, "Scene", elsewhere)
+    lines = _dask_failure(wide_scene, tiny_model, tmp_path / "out", run_cli)
+    assert lines[0].startswith("error: on a Dask worker: ") and "paths" in lines[0], lines
+
+
 def test_onnx_backend_matches_torch_fp32(wide_scene, tiny_model, tmp_path, run_cli) -> None:
     from slidemap.infer.backends import OnnxBackend, TorchBackend
     from slidemap.io.modelfile import load_model

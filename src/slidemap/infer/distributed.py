@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 BANDS_PER_THREAD = 2
 CONNECT_TIMEOUT_S = 10
+SAME_FILES = " (the workers must read the files at the paths this machine reads them at)"
 
 
 @dataclass(frozen=True)
@@ -114,25 +115,28 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
                 raise SlidemapError(f"the Dask scheduler at {scheduler} has no worker: start "
                                     f"some (dask worker {scheduler}) that see the same files, "
                                     "or use --workers N") from exc
-            with _worker_failures(KilledWorker):
+            with _worker_failures(KilledWorker, SAME_FILES):
                 yield client
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client, _worker_failures(KilledWorker):
+            Client(cluster) as client, _worker_failures(KilledWorker, ""):
         yield client
 
 
 @contextlib.contextmanager
-def _worker_failures(killed: type[Exception]) -> Iterator[None]:
-    """Workers that died on a band (out of memory, a crash) as one line, not distributed's
-    KilledWorker traceback."""
+def _worker_failures(killed: type[Exception], hint: str) -> Iterator[None]:
+    """Errors of the bands' tasks as one line that says they came from a Dask worker: a file
+    this machine reads but a worker cannot ("image X does not exist") read as if the user had
+    mistyped it, and workers that died on a band (out of memory, a crash) were a traceback."""
     try:
         yield
     except killed as exc:
         raise SlidemapError(f"Dask workers died while predicting a band of the scene "
                             f"({_one_line(exc)}): see the workers' logs (their memory limit, "
                             "--tile and --batch-size set what a band needs)") from exc
+    except SlidemapError as exc:
+        raise SlidemapError(f"on a Dask worker: {exc}{hint}") from exc
 
 
 def predict_band(job: BandJob, piece: tuple[int, int]) -> PredictedBand:
