@@ -21,6 +21,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.terrain import BoxSums, relief, roughness
+from slidemap.errors import SlidemapError
 from slidemap.infer.backends import TorchBackend
 from slidemap.infer.engine import ArraySink, blend_weights, network_runner, predict_array
 from slidemap.infer.ensemble import Predictor
@@ -189,6 +190,18 @@ def test_blended_probabilities_stay_within_0_and_1() -> None:
              np.full((2, 2), 1e-30, np.float32))
     prob = sink.result()
     assert prob.max() == 1.0 and prob.min() >= 0.0
+
+
+def test_compiling_without_a_cpp_compiler_is_one_line() -> None:
+    """torch.compile builds the model on its first call: without a working C++ compiler
+    predict --compile and bench --compile ended in inductor's InvalidCxxCompiler traceback."""
+    compiled = TorchBackend(build_model("unet", 4, width=4), "fp32", compile=True)
+    # without the graph cache: a build cached by another test would need no compiler
+    no_compiler = {"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}
+    with torch._inductor.config.patch(no_compiler), pytest.raises(
+            SlidemapError, match=r"^--compile failed: .*InvalidCxxCompiler") as caught:
+        compiled(np.zeros((1, 4, 32, 32), np.float32))
+    assert "\n" not in str(caught.value)
 
 
 def test_a_compiled_model_maps_windows_of_several_shapes() -> None:

@@ -39,12 +39,22 @@ class TorchBackend:
             raise SlidemapError(f"precision {precision!r} is not known: use one of "
                                 f"{', '.join(PRECISIONS)}")
         self.model: nn.Module = prepare_for_inference(model)
+        self.compile_errors: tuple[type[Exception], ...] = ()
         if compile:
             self.model = torch.compile(self.model, dynamic=False)  # type: ignore[assignment]
+            # torch.compile builds the model on its first call, with a C++ compiler
+            self.compile_errors = (torch._dynamo.exc.BackendCompilerFailed,)
         self.precision = resolve_precision(precision)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return predict_batch(self.model, batch, self.precision)
+        try:
+            return predict_batch(self.model, batch, self.precision)
+        except self.compile_errors as exc:
+            cause = exc.inner_exception  # type: ignore[attr-defined]
+            raise SlidemapError(f"--compile failed: torch.compile cannot build the model "
+                                f"({type(cause).__name__}: {first_line(cause)}): run without "
+                                "--compile, or install a C++ compiler (g++) that torch finds"
+                                ) from exc
 
 
 def runtime_errors(ort: ModuleType) -> tuple[type[Exception], ...]:
