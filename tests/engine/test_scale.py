@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -518,6 +519,49 @@ def test_two_process_ddp_training_writes_one_model(tiny_scene, tmp_path) -> None
     assert (tmp_path / "run" / "model.safetensors").exists()
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 3  # header + 2 epochs, written once (rank 0 only)
+
+
+FAILING_RANK = """
+import os, sys
+from slidemap.errors import SlidemapError
+from slidemap.train import loop
+if os.environ["RANK"] == "1":
+    def fail(config):
+        raise SlidemapError("rank 1 cannot build its model")
+    loop.initial_model = fail
+from slidemap.cli import main
+main()
+"""
+
+
+@pytest.mark.slow  # two training processes: 8 s of CPU
+def test_a_rank_that_fails_stops_the_others_with_one_line(tiny_scene, tmp_path) -> None:
+    """Rank 0, left waiting on rank 1 in a collective, ended in gloo's "Connection closed by
+    peer" traceback under rank 1's one-line error."""
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({
+        "data": {"train": [{k: str(tiny_scene[k]) for k in ("image", "mask", "dem")}]},
+        "inputs": {"image_bands": [1, 2, 3], "slope": True},
+        "model": {"name": "unet", "width": 4, "options": {"depth": 2}},
+        "training": {"epochs": 1, "batch_size": 4, "tile": 32, "windows_per_epoch": 8,
+                     "precision": "fp32"}}))
+    script = tmp_path / "ranks.py"
+    script.write_text(FAILING_RANK)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    ranks = [subprocess.Popen(
+        [sys.executable, str(script), "train", str(config), "--out", str(tmp_path / "run")],
+        stderr=subprocess.PIPE, text=True,
+        env={**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for rank in (0, 1)]
+    errors = [process.communicate(timeout=120)[1] for process in ranks]
+    assert [process.returncode for process in ranks] == [1, 1], errors
+    assert errors[1].strip() == "error: rank 1 cannot build its model", errors[1]
+    lines = [line for line in errors[0].splitlines() if line.strip()]
+    assert "Traceback" not in errors[0] and [line for line in lines if "error" in line] == \
+        lines[-1:] and lines[-1].startswith("error: rank 0 stopped: another of the 2 "), errors[0]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_ddp_ranks_split_each_batch_without_overlap() -> None:

@@ -10,6 +10,7 @@ statistics are per process. Only rank 0 scores validation data and writes files.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,7 @@ from slidemap.data.dataset import RandomWindows
 from slidemap.errors import SlidemapError, first_line
 
 TIMEOUT = timedelta(minutes=30)  # rank 0 may score validation scenes while the others wait
+GLOO_SOURCE = re.compile(r"\[[^\]]*gloo[^\]]*\]\s*")  # where gloo raised: "[.../pair.cc:553] "
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,19 @@ def mean(value: float, ranks: Ranks) -> float:
     total = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(total)
     return float(total) / ranks.world
+
+
+def peer_stopped(exc: RuntimeError) -> SlidemapError | None:
+    """The one-line error of a rank whose peer stopped (its own error, or a crash) while this
+    one waited on it in a collective, or None for any other error: gloo's "Connection closed by
+    peer" was a traceback as long as the failure it followed."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1
+            and GLOO_SOURCE.match(first_line(exc))):
+        return None
+    said = GLOO_SOURCE.sub("", first_line(exc)).split(". ")[0]
+    return SlidemapError(f"rank {dist.get_rank()} stopped: another of the "
+                         f"{dist.get_world_size()} training processes stopped first (gloo: "
+                         f"{said}); its own message, or torchrun's, says why")
 
 
 def finish(ranks: Ranks) -> None:

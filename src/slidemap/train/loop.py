@@ -95,6 +95,11 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False,
     except KeyboardInterrupt:
         _say_what_is_kept(out_dir, how_to_go_on)
         raise
+    except RuntimeError as exc:
+        stopped = ddp.peer_stopped(exc)
+        if stopped is None:
+            raise
+        raise stopped from exc
 
 
 def _say_what_is_kept(out_dir: Path, how_to_go_on: str) -> None:
