@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -178,14 +179,16 @@ def test_tied_probabilities_keep_the_portion_not_every_tie() -> None:
 
 
 def test_predict_adapt_runs_within_its_bound_and_records_it(
-        trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli) -> None:
+        trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     scene, model = trained
     before = {p: sha256_file(p) for p in model_paths(model)}
+    monkeypatch.chdir(tmp_path)  # models named relatively are recorded absolutely
     started = time.perf_counter()
-    code, err = run_cli("predict", scene["image"], "--dem", scene["dem"], "--model", model,
-                        "--out", tmp_path / "map", "--precision", "fp32", "--adapt",
-                        "--adapt-minutes", "0.03", "--adapt-windows", "100000",
-                        "--adapt-save", tmp_path / "adapted")
+    code, err = run_cli("predict", scene["image"], "--dem", scene["dem"], "--model",
+                        os.path.relpath(model), "--out", tmp_path / "map", "--precision",
+                        "fp32", "--adapt", "--adapt-minutes", "0.03", "--adapt-windows",
+                        "100000", "--adapt-save", "adapted")
     elapsed = time.perf_counter() - started
     assert code == 0, err
     assert "adapted to the scene" in err
@@ -193,14 +196,14 @@ def test_predict_adapt_runs_within_its_bound_and_records_it(
     with rasterio.open(tmp_path / "map" / "scene_prob.tif") as ds:
         tags = ds.tags()
     record = json.loads(tags["SLIDEMAP_ADAPTED"])
-    assert tags["SLIDEMAP_MODEL"] == str(model)
+    assert tags["SLIDEMAP_MODEL"] == str(model.resolve())
     assert tags["SLIDEMAP_MODEL_SHA256"] == before[model_paths(model)[0]]
-    assert tags["SLIDEMAP_ADAPTED_MODEL"] == str(tmp_path / "adapted.safetensors")
+    assert tags["SLIDEMAP_ADAPTED_MODEL"] == str((tmp_path / "adapted.safetensors").resolve())
     assert record["stopped_by"] == "time" and 0 < record["windows"] < 100000, record
     assert record["seconds"] <= 0.03 * 60 + 2  # the bound, and at most a step or a round late
     assert elapsed < 0.03 * 60 + 30
     saved = load_model(tmp_path / "adapted")
-    assert saved.provenance["adapted"]["from"] == str(model)
+    assert saved.provenance["adapted"]["from"] == str(model.resolve())
     assert saved.provenance["adapted"]["from_sha256"] == before[model_paths(model)[0]]
     original = load_model(model).model.state_dict()
     changed = [k for k, v in saved.model.state_dict().items()

@@ -40,7 +40,7 @@ from rich.progress import Progress
 
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.dataset import RandomWindows, SceneArrays
-from slidemap.data.names import DatasetName, display_name
+from slidemap.data.names import DatasetName, absolute_name, display_name
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.windows import random_windows
@@ -350,10 +350,11 @@ def adapt_to_scene(model: Path, image: DatasetName, dem: DatasetName | None,
     bundle = load_model(model)
     chunks = scene_chunks(image, dem, bundle, predict.memory_mb, options.seed)
     adapted = adapt_model(bundle, chunks, options, predict, progress)
-    adapted.record = {"from": str(model), "from_sha256": sha256_file(model_paths(model)[0]),
-                      **adapted.record}
+    # named absolutely, as provenance names the model: report finds them from any folder
+    adapted.record = {"from": absolute_name(model),
+                      "from_sha256": sha256_file(model_paths(model)[0]), **adapted.record}
     if options.save is not None:
-        adapted.record["saved_as"] = str(model_paths(options.save)[0])
+        adapted.record["saved_as"] = absolute_name(model_paths(options.save)[0])
     adapted.bundle.provenance["adapted"] = adapted.record
     if not adapted.record["trained"]:
         warnings.warn(untrained_message(adapted.record), SlidemapWarning, stacklevel=2)
