@@ -272,3 +272,15 @@ def test_a_wide_prediction_is_scored_in_windows_of_bounded_width(
     wide = score_raster(wide_prob, wide_truth)
     assert max(widths) <= raster.WINDOW_COLUMNS and sum(widths) >= width
     assert np.array_equal(wide.counts, score_raster(narrow, tiny_scene["mask"]).counts)
+
+
+def test_metrics_json_names_its_inputs_absolutely(tiny_scene: dict[str, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Truth and prediction named relatively were recorded as written, so metrics.json read
+    from another folder (report, a later script) pointed nowhere; predict's provenance names
+    its inputs absolutely."""
+    monkeypatch.chdir(tmp_path)
+    api.evaluate(tiny_scene["mask"].name, prediction=tiny_scene["mask"].name,
+                 out_dir=Path("eval"))
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert record["truth"] == record["prediction"] == str(tiny_scene["mask"].resolve())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from slidemap.data.names import DatasetName, local_files
+from slidemap.data.names import DatasetName, absolute_name, local_files
 from slidemap.errors import SlidemapWarning, UsageError
 from slidemap.evaluation.raster import score_raster
 from slidemap.infer.options import PredictOptions
@@ -100,7 +100,9 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
                        *[file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],
                        *(model_files(model, has_elevation(image, dem))
                          if image is not None else [])], overwrite)
-    record: dict = {"truth": str(truth), **({"aoi": str(aoi)} if aoi is not None else {})}
+    # inputs named absolutely, as provenance names them: metrics.json read from another folder
+    record: dict = {"truth": absolute_name(truth),
+                    **({"aoi": absolute_name(aoi)} if aoi is not None else {})}
     # Rasters and metrics appear together, or none does.
     folder = output_folder(out_dir) if out_dir is not None else contextlib.nullcontext()
     with folder, staged(outputs, overwrite, retire=retired) as tmp:
@@ -112,9 +114,9 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
                           RasterFormat("float32", tags, tmp["mask_aux"]))  # scored unrounded
             scored, prediction = tmp["prob"], outputs["prob"]
             threshold = predictor.threshold if threshold is None else threshold
-            record["model"] = [str(p) for p in predictor.paths]
+            record["model"] = [absolute_name(p) for p in predictor.paths if p is not None]
         assert scored is not None and prediction is not None
-        record["prediction"] = str(prediction)
+        record["prediction"] = absolute_name(prediction)
         if threshold is None:  # the threshold the prediction's own mask was drawn at
             threshold = recorded_threshold(prediction) or 0.5
         record["threshold"] = threshold
