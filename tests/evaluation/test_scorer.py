@@ -218,6 +218,20 @@ def test_a_truth_without_landslide_pixels_warns(tiny_scene, tmp_path) -> None:
         api.evaluate(tiny_scene["mask"], prediction=prob)
 
 
+def test_a_truth_without_background_pixels_warns(tiny_scene, tmp_path) -> None:
+    """A truth that is all landslide where it is scored leaves AUC NaN (null in metrics.json):
+    that came without a word, while an all-background truth warned."""
+    with rasterio.open(tiny_scene["mask"]) as ds:
+        labels, transform = ds.read(1), ds.transform
+    slid = write_raster(tmp_path / "all_landslide.tif", np.where(labels == 255, 255, 1)
+                        .astype(np.uint8), transform=transform, nodata=255)
+    prob = write_raster(tmp_path / "prob.tif", (labels == 1) * np.float32(0.8) + np.float32(0.1),
+                        transform=transform)
+    with pytest.warns(SlidemapWarning, match="no background pixel .* AUC is undefined"):
+        result = api.evaluate(slid, prediction=prob)
+    assert np.isnan(result.metrics["auc"])
+
+
 def test_a_mask_scored_as_a_prediction_warns_that_its_auc_is_no_ranking(
         tiny_scene: dict[str, Path], tmp_path: Path) -> None:
     """predict's _mask.tif passed to evaluate --prediction: its F1 is the mask's, but its AUC

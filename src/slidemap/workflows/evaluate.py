@@ -29,15 +29,20 @@ from slidemap.workflows.predict import output_paths, replaced_paths
 from slidemap.workflows.report import check_report, stale_report
 
 
-def _warn_if_no_landslide(metrics: dict[str, float], truth: DatasetName) -> None:
+def _warn_if_one_class(metrics: dict[str, float], truth: DatasetName) -> None:
     """Recall, F1 and AUC say nothing without a landslide in the truth; a mask coded 0/255
-    (as patch sets often are) has none, since 255 means ignore here."""
+    (as patch sets often are) has none, since 255 means ignore here. AUC says nothing without
+    background either (it came out NaN, null in metrics.json, without a word)."""
     if metrics["tp"] + metrics["fn"] == 0:
         fix = ("its polygons cover none of the scored ground" if is_vector(truth) else
                "labels are 0 background, 1 landslide and 255 ignore; recode a 0/255 mask "
                "(255 → 1)")
         warnings.warn(f"truth {truth} has no landslide pixel where it is scored, so recall, F1 "
                       f"and AUC are undefined: {fix}", SlidemapWarning, stacklevel=3)
+    elif metrics["tn"] + metrics["fp"] == 0:
+        warnings.warn(f"truth {truth} has no background pixel where it is scored, so AUC is "
+                      "undefined: score ground that holds both landslides and background",
+                      SlidemapWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
         confusion = score_raster(scored, truth, threshold, aoi=aoi)
         record["metrics"] = confusion.metrics()
         record["thresholds"] = confusion.sweep()
-        _warn_if_no_landslide(record["metrics"], truth)
+        _warn_if_one_class(record["metrics"], truth)
         if out_dir is not None:
             tmp["metrics"].write_text(jsontext.dumps(record, indent=2) + "\n")
     plots_written = None if out_dir is None else write_evaluation_plots(
