@@ -100,7 +100,8 @@ def test_image_without_georeference_gets_pictures_only(tmp_path, tiny_model, run
     (("--box", "0,0,200,10"), "--box 0,0,200,10 is empty or outside", 1),
     (("--box", "a,b,c,d"), "--box 'a,b,c,d' is not valid", 2),
     (("--layer", "nope", "--box", "0,0,9,9"),  # the names to choose from, not a Python call
-     "model has no layer 'nope': choose one of encoder, encoder.stages, ", 1),
+     "model has no layer 'nope': choose one that outputs a feature map: encoder.stages.0, ",
+     1),
 ])
 def test_bad_input_is_one_line(tiny_scene, tiny_model, tmp_path, run_cli, args,
                                message, exit_code) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -154,6 +156,25 @@ def test_bad_layers_are_reported():
     model = RegionModel(halves(), [1.0, 0.0])
     with pytest.raises(SlidemapError, match="no layer"):
         grad_cam(model, image(), layer="nope")
+    assert no_hooks(model)
+
+
+@pytest.mark.parametrize("architecture", ["unet", "fcn"])
+def test_every_layer_offered_for_an_unknown_name_can_be_explained(architecture: str):
+    """The list named ``encoder`` (which returns a list of maps) and ``encoder.stages`` (never
+    called), and ``--layer encoder`` then failed: only layers that output a map are offered."""
+    torch.manual_seed(0)
+    model = build_model(architecture, 3, width=4)
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(SlidemapError, match="no layer 'nope'") as error:
+        grad_cam(model, x, layer="nope", box=(0, 0, 16, 16))
+    names = re.search(r"(\w[\w.]*(?:, \w[\w.]*)+) \(or", str(error.value))
+    assert names is not None, error.value
+    offered = names[1].split(", ")
+    assert "encoder" not in offered and "encoder.stages" not in offered
+    assert "decoder" in offered or architecture == "fcn"
+    for layer in offered:
+        assert grad_cam(model, x, layer=layer, box=(0, 0, 16, 16)).layer == layer
     assert no_hooks(model)
 
 

@@ -13,7 +13,7 @@ member's own score over the region: one member's map alone would leave out the o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -164,10 +164,6 @@ def _capture_activation(model: nn.Module, layer: str) -> Iterator[list[torch.Ten
     the clone, not the activations we keep. If the layer runs several times, the last call counts.
     """
     modules = dict(model.named_modules())
-    if layer not in modules:
-        shallow = [name for name in modules if name and name.count(".") <= 2]
-        raise SlidemapError(f"model has no layer {layer!r}: choose one of {', '.join(shallow)} "
-                            "(or a module inside one of them)")
     captured: list[torch.Tensor] = []
 
     def hook(module: nn.Module, args: tuple, output: object) -> torch.Tensor:
@@ -182,6 +178,36 @@ def _capture_activation(model: nn.Module, layer: str) -> Iterator[list[torch.Ten
         yield captured
     finally:
         handle.remove()
+
+
+def _check_layers(model: nn.Module, networks: list[_Network], batch: torch.Tensor) -> None:
+    """A one-line error naming the layers to choose from if a network's layer is not in
+    ``model``: only those that output a (B, C, h, w) feature map in a pass over ``batch``, since
+    containers (``encoder``, which returns a list of maps; ``encoder.stages``, never called)
+    were offered and then refused."""
+    modules = dict(model.named_modules())
+    missing = [network.layer for network in networks if network.layer not in modules]
+    if not missing:
+        return
+    maps: set[str] = set()
+
+    def hook(name: str) -> Callable[[nn.Module, tuple, object], None]:
+        def record(module: nn.Module, args: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                maps.add(name)
+        return record
+
+    shallow = [name for name in modules if name and name.count(".") <= 2]
+    handles = [modules[name].register_forward_hook(hook(name)) for name in shallow]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    usable = [name for name in shallow if name in maps]
+    raise SlidemapError(f"model has no layer {missing[0]!r}: choose one that outputs a feature "
+                        f"map: {', '.join(usable)} (or a module inside one of them)")
 
 
 @contextmanager
@@ -238,6 +264,7 @@ def grad_cam(
     networks, label = _networks(model, layer)
     padded = (batch.shape[-2], batch.shape[-1])
     with eval_mode(model), ExitStack() as stack, torch.enable_grad():
+        _check_layers(model, networks, batch)
         activations = [stack.enter_context(_capture_activation(model, network.layer))
                        for network in networks]
         outputs = {network.output: stack.enter_context(_capture_output(model, network.output))
