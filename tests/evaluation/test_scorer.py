@@ -14,6 +14,7 @@ import rasterio
 from factories import (
     TINY_PREDICT,
     TINY_TRAINING,
+    declared_vrt,
     patch_folder,
     run_config,
     tiny_bundle,
@@ -286,6 +287,30 @@ def test_a_wide_prediction_is_scored_in_windows_of_bounded_width(
     wide = score_raster(wide_prob, wide_truth)
     assert max(widths) <= raster.WINDOW_COLUMNS and sum(widths) >= width
     assert np.array_equal(wide.counts, score_raster(narrow, tiny_scene["mask"]).counts)
+
+
+def test_a_vast_prediction_is_scored_only_where_the_truth_lies(
+        tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1 000 000² px prediction mosaic against a 96² px truth walked every window of the
+    mosaic (past 120 s); outside the truth every pixel is unlabelled, so the figures are the
+    same when only the truth's windows are read."""
+    with rasterio.open(tiny_scene["mask"]) as src:
+        labels = src.read(1)
+    prob = np.where(labels == 255, np.nan, np.clip(labels * 0.7 + 0.2, 0, 1)).astype(np.float32)
+    narrow = write_raster(tmp_path / "prob.tif", prob, nodata=float("nan"))
+    vast = declared_vrt(narrow, tmp_path / "vast.vrt", 1_000_000)
+    read = Scene.read
+    windows: list[Window] = []
+
+    def spy(scene: Scene, window: Window, *args: object, **kwargs: object) -> dict:
+        windows.append(window)
+        assert len(windows) < 10, "windows read far from the truth"  # not 238 000 of them
+        return read(scene, window, *args, **kwargs)
+
+    monkeypatch.setattr(Scene, "read", spy)
+    scored = score_raster(vast, tiny_scene["mask"])
+    assert len(windows) == 1 and windows[0].width * windows[0].height <= 98 * 98, windows
+    assert np.array_equal(scored.counts, score_raster(narrow, tiny_scene["mask"]).counts)
 
 
 def test_metrics_json_names_its_inputs_absolutely(tiny_scene: dict[str, Path], tmp_path: Path,

@@ -344,6 +344,34 @@ class Scene:
         west, south, east, north = self._image.bounds
         return west, south, east, north
 
+    def labelled_window(self) -> Window:
+        """The part of the grid that labels can cover: a label raster's extent, within the
+        AOI's (every pixel outside both reads 255), padded a pixel; the whole grid where
+        polygons label it all. ``evaluate`` of a vast mosaic against a small truth walked
+        every window of the mosaic."""
+        extents = []
+        if self._mask_src is not None and self._mask is not self._mask_src:
+            extents.append(transform_bounds(self._mask_src.crs, self._image.crs,
+                                            *self._mask_src.bounds))
+        aoi = self._vectors.aoi if self._vectors is not None else None
+        if aoi is not None and aoi.bounds is not None:
+            extents.append(aoi.bounds)
+        whole = Window(0, 0, self.width, self.height)
+        if not extents:
+            return whole
+        west, south = max(e[0] for e in extents), max(e[1] for e in extents)
+        east, north = min(e[2] for e in extents), min(e[3] for e in extents)
+        inverse = ~self._image.transform
+        cols, rows = zip(*(inverse * corner for corner in
+                           ((west, south), (west, north), (east, south), (east, north))),
+                         strict=True)
+        left, top = max(0, math.floor(min(cols)) - 1), max(0, math.floor(min(rows)) - 1)
+        right = min(self.width, math.ceil(max(cols)) + 1)
+        bottom = min(self.height, math.ceil(max(rows)) + 1)
+        if west >= east or south >= north or left >= right or top >= bottom:
+            return Window(0, 0, 0, 0)
+        return Window(left, top, right - left, bottom - top)
+
     @property
     def profile(self) -> dict:
         """Georeference of the image grid (crs, transform, width, height) for output rasters."""

@@ -46,7 +46,10 @@ def score_raster(prediction: DatasetName, truth: DatasetName, threshold: float =
         if scene.band_count != 1:
             raise SlidemapError(f"prediction {prediction} has {scene.band_count} bands: pass "
                                 "a single-band probability (0-1) or mask (0/1) raster")
-        for window in score_windows(scene.height, scene.width, strip_rows):
+        area = scene.labelled_window()  # outside it every pixel is unlabelled
+        for part in score_windows(int(area.height), int(area.width), strip_rows):
+            window = Window(part.col_off + area.col_off, part.row_off + area.row_off,
+                            part.width, part.height)
             sample = scene.read(window, (1,))
             check_labels(sample["mask"], truth)
             prob = sample["image"][0]
