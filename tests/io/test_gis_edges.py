@@ -260,35 +260,29 @@ def test_an_image_with_a_crs_but_no_geotransform_is_refused(tmp_path) -> None:
     Scene(path, require_crs=False).close()  # a report's pixel-grid rasters stay readable
 
 
-def test_an_image_in_a_local_engineering_crs_is_refused_before_mapping(
-        tmp_path, tiny_model) -> None:
-    """A site grid with no datum cannot give the inventory's longitudes or the STAC footprint:
-    refused on one line before the model runs (predict ran it, then failed with PROJ's
-    traceback while writing the inventory)."""
-    local = CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
-                         'AXIS["Northing",NORTH]]')
-    path = write_raster(tmp_path / "site.tif", np.full((3, 40, 40), 90, np.uint8), crs=local)
-    dem = write_raster(tmp_path / "dem.tif", np.full((40, 40), 3000.0, np.float32), crs=local)
+LOCAL_GRID = CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                          'AXIS["Northing",NORTH]]')
+
+
+@pytest.mark.parametrize("image_crs", [LOCAL_GRID, "EPSG:32647"])
+def test_a_local_engineering_crs_is_refused_before_mapping(tmp_path, tiny_model,
+                                                           image_crs) -> None:
+    """A site grid with no datum cannot give the inventory's longitudes or the STAC footprint,
+    nor be reprojected to a real CRS: refused on one line before the model runs (predict ran
+    it, then failed with PROJ's traceback while writing the inventory; a DEM on such a grid
+    beside an image in a real CRS died with GDAL's CPLE_NotSupportedError while aligned)."""
+    path = write_raster(tmp_path / "site.tif", np.full((3, 40, 40), 90, np.uint8),
+                        crs=image_crs)
+    dem = write_raster(tmp_path / "dem.tif", np.full((40, 40), 3000.0, np.float32),
+                       crs=LOCAL_GRID)
     with pytest.raises(SlidemapError) as caught:
         api.predict(path, tmp_path / "out", dem, tiny_model, OPTIONS)
     assert str(caught.value) == (
         f"image {path} is in a local (engineering) CRS with no datum, which cannot be placed "
         "on the Earth (the inventory's longitudes, the STAC footprint): assign its real CRS "
-        "(e.g. gdal_edit.py -a_srs EPSG:32647) or warp it onto one")
-    assert not (tmp_path / "out").exists()
-
-
-def test_a_dem_in_a_local_engineering_crs_is_refused_in_one_line(tmp_path, tiny_model) -> None:
-    """PROJ knows no way from a site grid with no datum to the image's CRS: predict refused
-    nothing and died with GDAL's CPLE_NotSupportedError traceback while aligning the DEM."""
-    local = CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
-                         'AXIS["Northing",NORTH]]')
-    image = write_raster(tmp_path / "image.tif", np.full((3, 40, 40), 90, np.uint8))
-    dem = write_raster(tmp_path / "dem.tif", np.full((40, 40), 3000.0, np.float32), crs=local)
-    with pytest.raises(SlidemapError) as caught:
-        api.predict(image, tmp_path / "out", dem, tiny_model, OPTIONS)
-    assert str(caught.value) == (
-        f"DEM {dem} is in site grid, which cannot be reprojected to image {image}'s CRS "
+        "(e.g. gdal_edit.py -a_srs EPSG:32647) or warp it onto one"
+        if image_crs == LOCAL_GRID else
+        f"DEM {dem} is in site grid, which cannot be reprojected to image {path}'s CRS "
         "WGS 84 / UTM zone 47N (EPSG:32647): warp it onto the image's CRS, or assign it its "
         "real CRS (e.g. gdal_edit.py -a_srs EPSG:32647)")
     assert not (tmp_path / "out").exists()
