@@ -265,14 +265,16 @@ def _finish(slides: list[Slide], keys: tuple[str, ...], grid: tuple[CRS | None, 
         return sum(p.sums[column[key]] for p in landslide.pieces)
 
     kept = [landslide for landslide in slides if total(landslide, "area") >= min_area_m2]
-    geometries = [shapely.affinity.affine_transform(
-        shapely.union_all([g for p in landslide.pieces for g in p.geometries]),
-        to_map.to_shapely()) for landslide in kept]
+    # One vertex set and ring start wherever the strips were cut, --simplify 0 included: the
+    # vertices strip borders leave on straight edges are dropped in pixel coordinates, where
+    # they lie exactly on the line.
+    geometries = [shapely.normalize(shapely.affinity.affine_transform(shapely.simplify(
+        shapely.union_all([g for p in landslide.pieces for g in p.geometries]), 0),
+        to_map.to_shapely())) for landslide in kept]
     per_x, per_y = _centroid_scales(geometries, crs)
-    if simplify_m > 0:  # from one vertex set and ring start, wherever the strips were cut
+    if simplify_m > 0:
         for i, geometry in enumerate(geometries):
-            canonical = shapely.normalize(shapely.simplify(geometry, 0))
-            geometries[i] = shapely.simplify(canonical, simplify_m / max(per_x[i], per_y[i]),
+            geometries[i] = shapely.simplify(geometry, simplify_m / max(per_x[i], per_y[i]),
                                              preserve_topology=True)
     perimeters = _perimeters_m(geometries, crs)  # of the outlines written
     rows = []
