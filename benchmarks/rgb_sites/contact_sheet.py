@@ -16,11 +16,12 @@ from PIL import Image
 
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
-from slidemap.data.sources import PatchArrays, load_patch_arrays, parse_patch_source
+from slidemap.data.sources import PatchArrays, load_patch_arrays
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.patches import native_prob
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import load_model
+from slidemap.schema.config import PatchSource
 
 ROWS = 4
 SIDE = 160
@@ -31,7 +32,7 @@ def site_arrays(site: str, spec: InputSpec) -> list[SceneArrays]:
     """The first ROWS patches of a site (Jinsha: one crop of region A) read with ``spec``."""
     source = SITES[site][0][0]
     if "patches" in source:
-        return load_patch_arrays(parse_patch_source(source, site), spec)[:ROWS]
+        return load_patch_arrays(PatchSource("patches", Path(source["patches"])), spec)[:ROWS]
     scene = load_scene_arrays(Path(source["image"]), Path(source["mask"]), None, spec)
     return [SceneArrays(scene.name, scene.x[:, CROP[0], CROP[1]], scene.target[CROP])]
 
