@@ -23,6 +23,7 @@ from slidemap.api import DEFAULT_MODEL  # the shipped default, whichever it is
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE = REPO.parent / "shared" / "data" / "jinsha" / "region_B_image.tif"
+DEM = SCENE.with_name("region_B_dsm.tif")
 
 
 def peak_mb() -> float:
@@ -30,17 +31,17 @@ def peak_mb() -> float:
                 if line.startswith("VmHWM")) / 1024
 
 
-def measure(model: Path, size: int, rounds: int) -> dict:
+def measure(model: Path, size: int, rounds: int, image: Path = SCENE, dem: Path = DEM) -> dict:
     from slidemap.data.channels import read_inputs, stack_channels
     from slidemap.data.scene import Scene
     from slidemap.infer.predict import PredictOptions, build_predictor
     from slidemap.infer.stream import Grid
 
     predictor = build_predictor([model], PredictOptions())
-    defaults = predictor.defaults
-    with Scene(SCENE, dem=SCENE.with_name(SCENE.name.replace("image", "dsm"))) as scene:
+    options = PredictOptions().resolve(predictor.defaults)  # the model file's window and overlap
+    with Scene(image, dem=dem) as scene:
         factor = scene.decimation(predictor.spec.resolution_m)
-        grid = Grid.of(scene.height, scene.width, defaults.tile, defaults.overlap, factor)
+        grid = Grid.of(scene.height, scene.width, options.tile, options.overlap, factor)
         raw, valid = [], []
         for window in (w for row in grid.rows for w in grid.band_windows(row)):
             sample = read_inputs(scene, window, predictor.spec, factor)
@@ -55,7 +56,7 @@ def measure(model: Path, size: int, rounds: int) -> dict:
         for start in range(0, len(raw), size):
             predictor(raw[start:start + size], valid[start:start + size])
             windows += len(raw[start:start + size])
-    return {"batch": size, "windows": windows, "tile": defaults.tile,
+    return {"batch": size, "windows": windows, "tile": options.tile,
             "cpu_s_per_window": round((time.process_time() - cpu) / windows, 3),
             "peak_above_loaded_mb": round(peak_mb() - loaded)}
 
