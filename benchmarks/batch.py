@@ -1,7 +1,7 @@
 """Windows per model call: CPU seconds per window and peak memory of the model (see speed.md).
 
 Reads the windows with data of a Jinsha scene at the model's own window size and resolution
-(the model file's defaults; region B has 4 of 2048 px, repeated to make 8), then, in a fresh
+(the model file's defaults; the first 8, repeated if the scene has fewer), then, in a fresh
 process per batch size, runs the predictor (every member and scale, as ``predict`` does) on them
 in batches and prints the CPU seconds per window (which hold on a shared CPU, where wall seconds
 stretch) and how far the process's peak RSS rose above the loaded model::
