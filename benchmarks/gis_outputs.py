@@ -3,6 +3,7 @@
 Reads the three output folders that gis-outputs.md's commands write (out/measure_*).
 """
 
+import argparse
 import os
 
 import numpy as np
@@ -14,6 +15,8 @@ IMAGE = "../shared/data/jinsha/region_B_image.tif"
 
 
 def main() -> None:
+    # No arguments, but --help prints usage and a stray argument is refused.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     print("input image", os.path.getsize(IMAGE))
     for folder in ("measure_float32", "measure_uint8", "measure_raw"):
         base = f"out/{folder}/region_B_image"

@@ -14,7 +14,7 @@ Usage: python benchmarks/active_labels/prepare.py polygons | boxes K SEED | loop
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +74,23 @@ def loop(seed: int) -> None:
           meta["crs"])
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "polygons":
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    steps = parser.add_subparsers(dest="step", required=True)
+    steps.add_parser("polygons", help="region B's landslides and its two halves")
+    box = steps.add_parser("boxes", help="the K boxes of each arm for SEED")
+    box.add_argument("k", type=int)
+    box.add_argument("seed", type=int)
+    steps.add_parser("loop", help="the two rounds of the loop for SEED").add_argument(
+        "seed", type=int)
+    args = parser.parse_args()
+    if args.step == "polygons":
         polygons()
-    elif sys.argv[1] == "loop":
-        loop(int(sys.argv[2]))
+    elif args.step == "loop":
+        loop(args.seed)
     else:
-        boxes(int(sys.argv[2]), int(sys.argv[3]))
+        boxes(args.k, args.seed)
+
+
+if __name__ == "__main__":
+    main()

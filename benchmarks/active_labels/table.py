@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -28,6 +29,8 @@ def landslide_share(boxes: Path) -> float:
 
 
 def main() -> None:
+    # No arguments, but --help prints usage and a stray argument is refused.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     rows = ["| boxes labelled | arm | seed | landslide share in boxes | F1 before | F1 after | "
             "IoU after | precision | recall | AUC before | AUC after |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

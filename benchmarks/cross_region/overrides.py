@@ -3,7 +3,7 @@ per line (for ``mapfile`` in run.sh); :func:`overrides` gives them to Python (th
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import yaml
@@ -24,5 +24,9 @@ def overrides(recipe: str, direction: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    for item in overrides(sys.argv[1], sys.argv[2]):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", help="a recipe of recipes.yaml")
+    parser.add_argument("direction", help="A_score_B or B_score_A")
+    args = parser.parse_args()
+    for item in overrides(args.recipe, args.direction):
         print(f"--set\n{item}")

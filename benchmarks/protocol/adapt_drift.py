@@ -6,6 +6,7 @@ Usage (repository root, after benchmarks/protocol/adapt.sh):
   .venv/bin/python benchmarks/protocol/adapt_drift.py [out/protocol/terrain_vs_elevation/adapt]
 """
 
+import argparse
 import json
 import statistics
 import sys
@@ -31,4 +32,8 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "out/protocol/terrain_vs_elevation/adapt"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path,
+                        default=Path("out/protocol/terrain_vs_elevation/adapt"),
+                        help="adapt.sh's output folder (default: %(default)s)")
+    main(parser.parse_args().folder)

@@ -7,7 +7,7 @@ Usage (repository root):
 MODEL_DIR holds SITE/model.safetensors (e.g. runs/rgb-loso): the LOSO model that never saw SITE.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,12 @@ def tile(array: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    out, site, model_dirs = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="where sheet-SITE.png is written")
+    parser.add_argument("site", choices=list(SITES))
+    parser.add_argument("model_dirs", nargs="+", help="folders holding SITE/model.safetensors")
+    args = parser.parse_args()
+    out, site, model_dirs = args.out, args.site, args.model_dirs
     raw = InputSpec(scale=0.5, resolution_m=1.0)
     shown = site_arrays(site, raw)
     probs = []

@@ -5,6 +5,7 @@ means, and the mean input under the first recipe's pooled normalisation (its shi
 Usage (repository root): .venv/bin/python benchmarks/rgb_sites/diagnose.py
 """
 
+import argparse
 import glob
 from pathlib import Path
 
@@ -21,6 +22,8 @@ FIRST = Path(__file__).parents[2] / "models" / "slidemap-rgb-sites.safetensors"
 
 
 def main() -> None:
+    # No arguments, but --help prints usage and a stray argument is refused.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     bundle = load_model(FIRST)
     mean, std = np.asarray(bundle.mean), np.asarray(bundle.std)
     print(f"pooled normalisation (first recipe's shipped model): mean {mean.round(1)} "

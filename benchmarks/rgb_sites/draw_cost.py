@@ -3,12 +3,15 @@ Jinsha-held-out LOSO config, in mixed and in domain batches (ninth_comparison.md
 
 Usage (repository root): .venv/bin/python benchmarks/rgb_sites/draw_cost.py
 """
+import argparse
 import time
 
 from slidemap.data.dataset import RandomWindows, scene_stats
 from slidemap.data.sources import load_arrays
 from slidemap.schema.load import load_config
 
+# No arguments, but --help prints usage and a stray argument is refused.
+argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
 config = load_config("benchmarks/rgb_sites/loso-domain_batches-jinsha.yaml")
 arrays = load_arrays(config.train_scenes, config.train_patches, config.inputs)
 s = config.train

@@ -13,7 +13,7 @@ all-sites config is configs/rgb-sites-unet.yaml. So every pre-registered recipe 
 reproducible.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import yaml
@@ -46,7 +46,9 @@ def config(name: str, sites: list[str], header: str, weights: str = "float32",
 
 
 def main() -> None:
-    recipe = sys.argv[1] if len(sys.argv) > 1 else "base"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", nargs="?", default="base", help="names RECIPE.yaml here")
+    recipe = parser.parse_args().recipe
     tag = "" if recipe == "base" else f"-{recipe}"
     note = (f"# Written by benchmarks/rgb_sites/make_configs.py from {recipe}.yaml: "
             "edit those.\n")

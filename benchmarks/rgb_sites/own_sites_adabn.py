@@ -5,7 +5,7 @@ site, and from 128 windows of each of the four sites; F1 at the model's threshol
 Usage (repository root):
   .venv/bin/python benchmarks/rgb_sites/own_sites_adabn.py models/slidemap-rgb-sites.safetensors
 """
-import sys
+import argparse
 from dataclasses import replace
 
 from make_configs import SITES
@@ -17,7 +17,9 @@ from slidemap.evaluation.scorer import score_bundle
 from slidemap.io.modelfile import load_model
 from slidemap.schema.config import parse_config
 
-bundle = load_model(sys.argv[1])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("model", help="an all-sites RGB model file (.safetensors)")
+bundle = load_model(parser.parse_args().model)
 configs = {s: parse_config(site_config(s)) for s in SITES}
 arrays = {s: load_arrays(c.val_scenes, c.val_patches, c.inputs) for s, c in configs.items()}
 pooled = [b for s in SITES for b in random_windows(arrays[s], bundle.mean, bundle.std, 128, 0)]

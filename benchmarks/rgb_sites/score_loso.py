@@ -11,8 +11,8 @@ window at these scales and averages them instead of the model file's own (README
 prediction"), and writes heldout-scales-S1-S2.json instead.
 """
 
+import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,19 +36,14 @@ def scales_tag(scales: tuple[float, ...]) -> str:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    recipe = "base"
-    if "--recipe" in args:
-        at = args.index("--recipe")
-        recipe = args[at + 1]
-        del args[at:at + 2]
-    scales: tuple[float, ...] | None = None
-    if "--scales" in args:
-        at = args.index("--scales")
-        scales = tuple(float(s) for s in args[at + 1:])
-        del args[at:]
-    runs = Path(args[0])
-    sites = args[1:] or list(SITES)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, help="holds SITE/model.safetensors")
+    parser.add_argument("sites", nargs="*", help="default: every site whose model is there")
+    parser.add_argument("--recipe", default="base", help="read with RECIPE.yaml's inputs")
+    parser.add_argument("--scales", nargs="+", type=float, help="prediction scales to average")
+    args = parser.parse_intermixed_args()
+    recipe, runs, sites = args.recipe, args.runs, args.sites or list(SITES)
+    scales = None if args.scales is None else tuple(args.scales)
     name = "heldout.json" if scales is None else f"heldout-{scales_tag(scales)}.json"
     print("| site held out | trained on | precision | recall | F1 | IoU | labelled pixels |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

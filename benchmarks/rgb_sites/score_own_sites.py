@@ -8,7 +8,7 @@ Usage (repository root):
 (default: every site).
 """
 
-import sys
+import argparse
 
 from make_configs import SITES
 from score_loso import site_config
@@ -19,8 +19,12 @@ from slidemap.train.finetune import score_on_val
 
 
 def main() -> None:
-    model, sites = sys.argv[1], sys.argv[2:] or list(SITES)
-    bundle = load_model(model)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a model file (.safetensors)")
+    parser.add_argument("sites", nargs="*", help=f"default: every site ({', '.join(SITES)})")
+    args = parser.parse_args()
+    sites = args.sites or list(SITES)
+    bundle = load_model(args.model)
     print("| site | precision | recall | F1 | IoU | AUC |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for site in sites:

@@ -4,8 +4,8 @@ number of tiles, draw and method, and the mean over draws where every method has
 Usage (repository root): .venv/bin/python benchmarks/rgb_sites/table.py runs/rgb-fewshot
 """
 
+import argparse
 import csv
-import sys
 from pathlib import Path
 
 METHODS = ["zero-shot", "scratch", "finetune", "finetune-slow-encoder", "finetune-low-lr",
@@ -13,7 +13,9 @@ METHODS = ["zero-shot", "scratch", "finetune", "finetune-slow-encoder", "finetun
 
 
 def main() -> None:
-    rows = list(csv.DictReader((Path(sys.argv[1]) / "results.csv").open()))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, help="fewshot.py's output folder (holds results.csv)")
+    rows = list(csv.DictReader((parser.parse_args().runs / "results.csv").open()))
     cells = {(r["site"], int(r["k"]), int(r["draw"]), r["method"]): r for r in rows}
     methods = [m for m in METHODS if any(key[3] == m for key in cells)]
     print("| site | tiles | draw | " + " | ".join(methods) + " |")

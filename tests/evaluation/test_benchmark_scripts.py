@@ -7,6 +7,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +19,22 @@ from slidemap import api
 
 BENCHMARKS = api.PACKAGE_ROOT / "benchmarks"
 SCRIPTS = sorted(BENCHMARKS.rglob("*.py"))
+SCRIPT_IDS = [str(p.relative_to(BENCHMARKS)) for p in SCRIPTS]
+
+
+def _imports(path: Path) -> set[str]:
+    """The top-level packages a script imports at module level."""
+    roots: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots.add((node.module or "").split(".")[0])
+    return roots
+
+
+# Run in a subprocess only where that is quick: importing torch (through slidemap) takes seconds.
+LIGHT = [p for p in SCRIPTS if not _imports(p) & {"torch", "slidemap"}]
 
 
 def _script(path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -32,7 +49,7 @@ def _script(path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("path", SCRIPTS, ids=[str(p.relative_to(BENCHMARKS)) for p in SCRIPTS])
+@pytest.mark.parametrize("path", SCRIPTS, ids=SCRIPT_IDS)
 def test_every_name_a_benchmark_script_imports_from_slidemap_exists(path: Path) -> None:
     """Checked without running the script: several run their measurement on import."""
     for node in ast.walk(ast.parse(path.read_text())):
@@ -40,6 +57,26 @@ def test_every_name_a_benchmark_script_imports_from_slidemap_exists(path: Path) 
             module = importlib.import_module(str(node.module))
             for alias in node.names:
                 assert hasattr(module, alias.name), f"{path}: {node.module}.{alias.name}"
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=SCRIPT_IDS)
+def test_every_benchmark_script_parses_its_arguments_with_argparse(path: Path) -> None:
+    """Read by hand, ``--help`` was taken for a path or a recipe and ended in a traceback, and a
+    script without arguments ran its whole measurement."""
+    tree = ast.parse(path.read_text())
+    calls = {node.func.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    assert calls & {"parse_args", "parse_intermixed_args"}, path
+    assert not any(isinstance(node, ast.Attribute) and node.attr == "argv"
+                   for node in ast.walk(tree)), f"{path} reads sys.argv"
+
+
+@pytest.mark.parametrize("path", LIGHT, ids=[str(p.relative_to(BENCHMARKS)) for p in LIGHT])
+def test_help_of_a_benchmark_script_prints_its_usage(path: Path) -> None:
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True,
+                          cwd=api.PACKAGE_ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:")
 
 
 def test_batch_measures_windows_at_the_model_files_own_size(
