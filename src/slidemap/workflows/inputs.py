@@ -16,12 +16,16 @@ from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import model_paths, weights_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet-terrain.safetensors"
+# An installed wheel carries models/ as slidemap/shipped_models (pyproject.toml); a source
+# checkout, editable install included, reads models/ itself.
+_INSTALLED_MODELS = Path(__file__).resolve().parents[1] / "shipped_models"
+MODELS_DIR = _INSTALLED_MODELS if _INSTALLED_MODELS.is_dir() else PACKAGE_ROOT / "models"
+DEFAULT_MODEL = MODELS_DIR / "slidemap-jinsha-unet-terrain.safetensors"
 # Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
-RGB_MODEL = PACKAGE_ROOT / "models" / "slidemap-rgb-sites.safetensors"
+RGB_MODEL = MODELS_DIR / "slidemap-rgb-sites.safetensors"
 # Patch sets with elevation: the default's relief, curvature and roughness need georeferenced
 # scenes, so patches get the U-Net on RGB + DEM + slope, which patches can give.
-PATCH_MODEL = PACKAGE_ROOT / "models" / "slidemap-jinsha-unet.safetensors"
+PATCH_MODEL = MODELS_DIR / "slidemap-jinsha-unet.safetensors"
 
 ModelArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
 
