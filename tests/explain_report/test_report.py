@@ -31,6 +31,7 @@ from slidemap.errors import SlidemapError
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.vectorize import build_inventory, write_inventory
 from slidemap.report import build_report, plot_training_curves
+from slidemap.report.html import CSS as REPORT_CSS
 from slidemap.report.mapview import (
     Outlines,
     map_figure,
@@ -209,6 +210,31 @@ def test_error_colours_are_told_apart_with_any_colour_vision() -> None:
         seen = [cielab(0.35 * GREY + 0.65 * np.array(c, float), vision)
                 for c in ERROR_COLOURS.values()]
         assert min(np.linalg.norm(a - b) for a, b in itertools.combinations(seen, 2)) > 40, name
+
+
+def test_error_colours_stand_out_from_the_grey_backdrop_with_any_colour_vision() -> None:
+    """Each outcome differs from the grey of the true negatives (the backdrop without imagery,
+    and the hue of bare rock under it) by over 25 CIELAB units: the bluish green true positives
+    were 4 from it for a deuteranope, so a correct map looked like one that found nothing."""
+    for name, vision in COLOUR_VISION.items():
+        grey = cielab(np.full(3, GREY, float), vision)
+        for outcome, colour in ERROR_COLOURS.items():
+            seen = cielab(0.35 * GREY + 0.65 * np.array(colour, float), vision)
+            assert np.linalg.norm(seen - grey) > 25, (name, outcome)
+
+
+def test_confusion_table_cells_are_tints_of_the_error_map_colours() -> None:
+    """The report's TP, FP and FN cells lie between white and the overlay's colour of that
+    outcome, so the table beside the picture is read in the picture's colours."""
+    for key, name in (("tp", "true positive"), ("fp", "false positive"),
+                      ("fn", "false negative")):
+        found = re.search(rf"td\.{key} {{ background: #([0-9a-f]{{6}}); }}", REPORT_CSS)
+        assert found, key
+        tint = np.array([int(found.group(1)[i:i + 2], 16) for i in (0, 2, 4)], float)
+        colour = np.array(ERROR_COLOURS[name], float)
+        share = (255 - tint[colour < 255]) / (255 - colour[colour < 255])
+        assert np.all(tint[colour == 255] == 255), (key, tint)
+        assert np.ptp(share) < 0.02 and 0.1 < share.mean() < 0.5, (key, tint)
 
 
 def evaluated(tiny_scene, tiny_model, tmp_path, run_cli) -> Path:

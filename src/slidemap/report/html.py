@@ -19,12 +19,24 @@ from slidemap.errors import SlidemapError, UsageError
 from slidemap.evaluation.folds import LAYOUT_FILE
 from slidemap.io.atomic import atomic_path, check_outputs, make_output_dir
 from slidemap.report.markup import Rows, grid, image, pairs, read_json, text
-from slidemap.report.plots import curves_figure, kept_epoch, png_bytes, read_history
+from slidemap.report.plots import (
+    ERROR_COLOURS,
+    curves_figure,
+    kept_epoch,
+    png_bytes,
+    read_history,
+)
 from slidemap.report.prediction import inventories, prediction_section, scene_name
 from slidemap.report.provenance import Provenance
 
 METRICS = ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc", "pixels")
 REPORT_MARK = "<p class='meta'>report of "  # the line by which a page is known as a report
+
+
+def _tint(colour: tuple[int, int, int]) -> str:
+    """A light tint of an error map colour, for the confusion table's cell of that outcome."""
+    return "#" + "".join(f"{round(255 - 0.23 * (255 - c)):02x}" for c in colour)
+
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232b;
@@ -45,7 +57,6 @@ th, td { border: 1px solid #d5d9de; padding: 4px 10px; text-align: left; }
 th { background: #eceef1; }
 td { word-break: break-word; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.tp { background: #c4e8dd; } td.fp { background: #fbd0fb; } td.fn { background: #faf5c9; }
 figure { background: #fff; border: 1px solid #d5d9de; border-radius: 8px; margin: 10px 0;
          padding: 10px; display: inline-block; max-width: calc(100% - 22px); vertical-align: top; }
 figure.map { display: block; }
@@ -59,6 +70,11 @@ figcaption { font-size: 13px; color: #5d6773; margin-top: 6px; }
 .note { color: #5d6773; }
 code { font-size: 13px; word-break: break-all; }
 """
+# the confusion table's cells in tints of the error map's colours, so the two read alike
+CSS += "".join(f"td.{key} {{ background: {_tint(ERROR_COLOURS[name])}; }}\n"
+               for key, name in (("tp", "true positive"), ("fp", "false positive"),
+                                 ("fn", "false negative")))
+
 
 def build_report(folder: Path, out: Path | None = None,
                  provenance: Provenance | None = None, interactive: bool = False,

@@ -27,10 +27,11 @@ from slidemap.io.atomic import atomic_path
 
 PREVIEW_SIDE = 1500
 VAL_METRICS = ("val_f1", "val_iou", "val_precision", "val_recall", "val_auc")
-# told apart with any colour vision (green and red were one olive to a deuteranope): bluish
-# green and yellow of Okabe & Ito's palette, and magenta
-ERROR_COLOURS = {"true positive": (0, 158, 115), "false positive": (255, 0, 255),
-                 "false negative": (240, 228, 66)}
+# told apart with any colour vision, from each other (green and red were one olive to a
+# deuteranope) and from the grey of the true negatives and of bare rock (a bluish green was that
+# grey to a deuteranope): blue and yellow, the axis every dichromat sees, and a dark red
+ERROR_COLOURS = {"true positive": (0, 90, 255), "false positive": (200, 0, 0),
+                 "false negative": (255, 230, 0)}
 GREY = 128
 
 
