@@ -14,6 +14,7 @@ import pytest
 import rasterio
 import torch
 import yaml
+from affine import Affine
 from factories import (
     PATCH_SIZE,
     TINY_NET,
@@ -24,6 +25,7 @@ from factories import (
     tiny_bundle,
     tiny_run,
     write_config,
+    write_scene,
 )
 from rasterio.windows import Window
 
@@ -44,7 +46,7 @@ from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import PatchSource, Split, load_config, parse_config
 from slidemap.train import loop
 from slidemap.train import selftrain as selftrain_module
-from slidemap.train.lineage import lineage
+from slidemap.train.lineage import learnt_ground, lineage
 from slidemap.train.loop import train
 from slidemap.train.selftrain import (
     Target,
@@ -442,6 +444,46 @@ def test_finetune_says_when_the_start_trained_on_its_validation(tmp_path: Path, 
     code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
     assert code == 0, err
     assert f"was trained on validation scene {tiny_scene['image']}" in err
+
+
+def cropped_scene(scene: dict[str, Path], root: Path, name: str, columns: int,
+                  east_m: float = 0.0) -> dict[str, Path]:
+    """``scene`` without its first ``columns`` columns, each pixel kept on its ground, the whole
+    moved ``east_m`` metres east (0: a crop of the same ground)."""
+    layers = {}
+    for key in ("image", "dem", "mask"):
+        with rasterio.open(scene[key]) as dataset:
+            layers[key] = dataset.read()[:, :, columns:]
+            transform = dataset.transform
+    moved = Affine.translation(east_m, 0) @ transform @ Affine.translation(columns, 0)
+    return write_scene(root, name, layers["image"], layers["dem"][0], layers["mask"][0], moved)
+
+
+def test_finetune_says_when_its_validation_lies_on_ground_the_start_learnt(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli) -> None:
+    """The check compared file names: validating on a crop of the scene the starting model
+    trained on, or on the scene its own data.val chose its epoch on, was taken as held out."""
+    trained = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))
+    trained.provenance = {"config": {"train": [{"image": str(tiny_scene["image"])}]}}
+    start = save_model(trained, tmp_path / "start")
+    crop = cropped_scene(tiny_scene, tmp_path / "crop", "crop", 40)
+    elsewhere = cropped_scene(tiny_scene, tmp_path / "elsewhere", "elsewhere", 0, east_m=5000.0)
+    other = patch_folder(tmp_path / "site", count=2)
+    for name, val, learnt in (("crop", crop, True), ("elsewhere", elsewhere, False)):
+        config = run_config(tmp_path, {"train": [{"patches": str(other)}],
+                                       "val": [{"image": str(val["image"]),
+                                                "mask": str(val["mask"])}]})
+        code, err = run_cli("finetune", start, config, "--out", tmp_path / name)
+        assert code == 0, err
+        assert (f"was trained on {tiny_scene['image']}, on the ground of validation scene "
+                f"{crop['image']}" in err) == learnt
+        assert ("not held out" in err) == learnt
+    selected = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))
+    selected.provenance = {"config": {"train": [{"image": str(elsewhere["image"])}],
+                                      "val": [{"image": str(tiny_scene["image"])}],
+                                      "training": {"select": "best"}}}
+    chosen = lineage(save_model(selected, tmp_path / "selected"))
+    assert "chosen by validation (data.val) on" in str(learnt_ground(chosen, [crop["image"]]))
 
 
 def test_init_options_compare_with_the_architecture_defaults(tmp_path: Path,

@@ -27,16 +27,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from affine import Affine
-from rasterio._err import CPLE_BaseError
-from rasterio.crs import CRS
-from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
-from slidemap.data.names import DatasetName, local_files, local_path
-from slidemap.data.scene import IGNORE, Scene, open_raster
+from slidemap.data.scene import IGNORE, Scene
 from slidemap.data.terrain import radii_px
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.folds import (
@@ -56,7 +51,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.schema.config import RunConfig, with_seed
-from slidemap.train.lineage import lineage, same_image
+from slidemap.train.lineage import learnt_ground, lineage
 from slidemap.train.loop import CONTINUES, train
 
 log = logging.getLogger(__name__)
@@ -64,7 +59,6 @@ log = logging.getLogger(__name__)
 THRESHOLDS = np.round(np.arange(5, 96) / 100, 2)  # the grid thresholds are fitted on
 BOOTSTRAP = 2000
 TEMPERATURES = np.round(np.geomspace(0.25, 4.0, 41), 4)  # the grid temperatures are fitted on
-Ground = tuple[CRS, tuple[float, ...]]  # a raster's CRS and its bounds in it
 BLOCK_COLUMNS = ("recipe", "seed", "block", "fold", "pixels", "landslide", "threshold",
                  "precision", "recall", "f1", "iou")
 
@@ -250,67 +244,14 @@ def check_init_unseen(recipe: Recipe) -> None:
     if init is None:
         return
     found = lineage(Path(init))
-    scored = [(s.image, image_ground(s.image)) for s in recipe.config.train_scenes]
-    learnt = [*((seen, "was trained on") for seen in found.images),
-              *((seen, "kept the epoch chosen by validation (data.val) on")
-                for seen in found.selected_on)]
-    for seen, how in learnt:
-        ground = _recorded_ground(seen, found.unknown)
-        for image, scored_ground in scored:
-            if same_image(seen, image):
-                what = f"scene {image}"
-            elif ground and scored_ground and grounds_overlap(ground, scored_ground):
-                what = f"{seen}, on the ground of scene {image}"
-            else:
-                continue
-            raise SlidemapError(f"the {recipe.label}'s init model {init} {how} {what}, which "
-                                "crossval scores: its blocks would be scored by a model that "
-                                "saw them; start from a model trained on other ground, or drop "
-                                "init")
-    missing = [seen for seen in local_files(*found.images, *found.selected_on)
-               if not seen.exists()]
-    if missing:
-        found.unknown.append(f"{len(missing)} of the images it learnt from are not found from "
-                             f"here (e.g. {missing[0]})")
+    seen = learnt_ground(found, [s.image for s in recipe.config.train_scenes])
+    if seen:
+        raise SlidemapError(f"the {recipe.label}'s init model {init} {seen}, which crossval "
+                            "scores: its blocks would be scored by a model that saw them; start "
+                            "from a model trained on other ground, or drop init")
     for what in found.unknown:
         warnings.warn(f"crossval cannot check that the {recipe.label}'s init model {init} "
                       f"never saw the scored scenes: {what}", SlidemapWarning, stacklevel=2)
-
-
-def image_ground(image: DatasetName) -> Ground | None:
-    """A raster's CRS and (west, south, east, north) in it; None without a CRS."""
-    with open_raster(image, "image") as dataset:
-        return (dataset.crs, tuple(dataset.bounds)) if dataset.crs else None
-
-
-def grounds_overlap(one: Ground, other: Ground) -> bool:
-    """Whether two footprints share ground (more than an edge), compared in ``other``'s CRS;
-    False where PROJ knows no operation between the CRSs (a local, engineering CRS and any
-    other): such rasters cannot lie on one map."""
-    try:
-        with rasterio.Env():  # PROJ's failure raised, not also printed by GDAL
-            west, south, east, north = transform_bounds(one[0], other[0], *one[1])
-    except CPLE_BaseError:
-        return False
-    other_west, other_south, other_east, other_north = other[1]
-    return (min(east, other_east) > max(west, other_west)
-            and min(north, other_north) > max(south, other_south))
-
-
-def _recorded_ground(image: str, unknown: list[str]) -> Ground | None:
-    """The ground of an image an init learnt from, where it is a local file here (a missing
-    one is counted apart); why it cannot be compared is added to ``unknown``."""
-    path = local_path(image)
-    if path is None or not path.exists():
-        return None
-    try:
-        ground = image_ground(image)
-    except SlidemapError as error:
-        unknown.append(str(error))
-        return None
-    if ground is None:
-        unknown.append(f"{image} has no CRS, so its ground cannot be compared")
-    return ground
 
 
 def training_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buffer: int,

@@ -19,7 +19,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.schema.config import RunConfig
-from slidemap.train.lineage import lineage
+from slidemap.train.lineage import learnt_ground, lineage
 from slidemap.train.loop import train
 from slidemap.train.runfolder import FINETUNE_RECORD, check_run_inputs, run_lock
 from slidemap.train.warmstart import check_compatible
@@ -99,15 +99,15 @@ def _keys_read(config: RunConfig) -> set[str]:
 
 
 def _warn_if_validation_was_seen(config: RunConfig) -> None:
-    """A starting model trained on a validation scene scores 'before' on ground it learnt."""
+    """A starting model that trained on a validation scene's ground (the file, a crop of it,
+    the scene in another CRS), or kept the epoch its own validation chose there, scores
+    'before' on ground it learnt, and gives 'after' a head start there."""
     assert config.init is not None
-    found = lineage(Path(config.init))
-    for scene in config.val_scenes:
-        if found.saw(scene.image):
-            warnings.warn(f"{config.init} was trained on validation scene {scene.image}: "
-                          "finetune.json's figures are not held out; validate on other ground",
-                          SlidemapWarning, stacklevel=2)
-            return
+    seen = learnt_ground(lineage(Path(config.init)), [s.image for s in config.val_scenes],
+                         "validation scene")
+    if seen:
+        warnings.warn(f"{config.init} {seen}: finetune.json's figures are not held out; "
+                      "validate on other ground", SlidemapWarning, stacklevel=2)
 
 
 def _figures(metrics: dict[str, float]) -> dict[str, float]:

@@ -1,18 +1,28 @@
 """What a model file learnt from: the scene images of the run that trained it and of the runs it
 started from (``init``), as its sidecar's ``provenance.config`` records them, and those whose
 labels chose its kept epoch (``data.val`` with ``training.select: best``). Cross-validation asks
-it, so that no block is scored by a model that saw it."""
+it, so that no block is scored by a model that saw it, and fine-tuning, so that its 'before' and
+'after' are not figures on ground the starting model learnt."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slidemap.data.names import DatasetName, absolute_name, is_local
+import rasterio
+from rasterio._err import CPLE_BaseError
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
+
+from slidemap.data.names import DatasetName, absolute_name, is_local, local_files, local_path
+from slidemap.data.scene import open_raster
+from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import sidecar_record
 
 INIT_DEPTH = 8  # how many starting models back (an init's own init) the record is followed
+Ground = tuple[CRS, tuple[float, ...]]  # a raster's CRS and its bounds in it
 
 
 @dataclass
@@ -57,6 +67,68 @@ def lineage(model: Path) -> Lineage:
             break
         model = Path(start)
     return found
+
+
+def learnt_ground(found: Lineage, scenes: Sequence[DatasetName], noun: str = "scene"
+                  ) -> str | None:
+    """How a model of lineage ``found`` learnt the ground of one of ``scenes`` ("was trained on
+    scene X", "kept the epoch chosen by validation (data.val) on Y, on the ground of scene X"),
+    or None where it learnt none of it. An image on a scene's ground (another file, crop or CRS
+    of it) counts as that scene, where both are local rasters with a CRS. What cannot be
+    compared (a file missing here, unreadable or without a CRS) is added to ``found.unknown``."""
+    grounds = [(image, image_ground(image)) for image in scenes]
+    learnt = [*((seen, "was trained on") for seen in found.images),
+              *((seen, "kept the epoch chosen by validation (data.val) on")
+                for seen in found.selected_on)]
+    for seen, how in learnt:
+        ground = _recorded_ground(seen, found.unknown)
+        for image, scene_ground in grounds:
+            if same_image(seen, image):
+                return f"{how} {noun} {image}"
+            if ground and scene_ground and grounds_overlap(ground, scene_ground):
+                return f"{how} {seen}, on the ground of {noun} {image}"
+    missing = [seen for seen in local_files(*found.images, *found.selected_on)
+               if not seen.exists()]
+    if missing:
+        found.unknown.append(f"{len(missing)} of the images it learnt from are not found from "
+                             f"here (e.g. {missing[0]})")
+    return None
+
+
+def image_ground(image: DatasetName) -> Ground | None:
+    """A raster's CRS and (west, south, east, north) in it; None without a CRS."""
+    with open_raster(image, "image") as dataset:
+        return (dataset.crs, tuple(dataset.bounds)) if dataset.crs else None
+
+
+def grounds_overlap(one: Ground, other: Ground) -> bool:
+    """Whether two footprints share ground (more than an edge), compared in ``other``'s CRS;
+    False where PROJ knows no operation between the CRSs (a local, engineering CRS and any
+    other): such rasters cannot lie on one map."""
+    try:
+        with rasterio.Env():  # PROJ's failure raised, not also printed by GDAL
+            west, south, east, north = transform_bounds(one[0], other[0], *one[1])
+    except CPLE_BaseError:
+        return False
+    other_west, other_south, other_east, other_north = other[1]
+    return (min(east, other_east) > max(west, other_west)
+            and min(north, other_north) > max(south, other_south))
+
+
+def _recorded_ground(image: str, unknown: list[str]) -> Ground | None:
+    """The ground of an image an init learnt from, where it is a local file here (a missing
+    one is counted apart); why it cannot be compared is added to ``unknown``."""
+    path = local_path(image)
+    if path is None or not path.exists():
+        return None
+    try:
+        ground = image_ground(image)
+    except SlidemapError as error:
+        unknown.append(str(error))
+        return None
+    if ground is None:
+        unknown.append(f"{image} has no CRS, so its ground cannot be compared")
+    return ground
 
 
 def recorded_provenance(model: Path) -> dict | None:
