@@ -823,6 +823,16 @@ def test_streamed_inventory_is_the_one_of_a_single_strip(tmp_path) -> None:
     for name, values in one.attributes.items():
         np.testing.assert_allclose(thin.attributes[name], values, rtol=1e-12)
     assert all(a.equals(b) for a, b in zip(thin.geometries, one.geometries, strict=True))
+    # Areas to the bit, on grids whose pixel areas are not exact in binary: uniform (UTM,
+    # Jinsha's steps) and varying by row (degrees).
+    for crs, grid in (("EPSG:32647", Affine(0.500016294997776, 0, 470566.26, 0,
+                                            -0.5002603569095455, 3444551.4)),
+                      ("EPSG:4326", Affine(3.1e-6, 0, 100.1, 0, -2.9e-6, 30.3))):
+        paths = [write_raster(tmp_path / "m.tif", mask, crs=crs, transform=grid),
+                 write_raster(tmp_path / "p.tif", prob, crs=crs, transform=grid)]
+        areas = [build_inventory(*paths, strip_rows=rows).attributes["area_m2"]
+                 for rows in (90, 7, 3)]
+        assert np.array_equal(areas[0], areas[1]) and np.array_equal(areas[0], areas[2])
     # Simplified too: from one vertex set and ring start, wherever the strips were cut.
     one = build_inventory(*paths, simplify_m=0.5, strip_rows=90)
     thin = build_inventory(*paths, simplify_m=0.5, strip_rows=3)

@@ -9,16 +9,19 @@ the mask's grid at native resolution, warped on the fly if it lies on another gr
 lengths are ground metres as ``slidemap.data.terrain.ground_scales`` measures a CRS unit: degrees
 on a spherical earth, a projection's unit where it is within 1 % of a ground metre (UTM), and
 the local scale where it is not (Web Mercator: pixel areas row by row, lengths at each polygon's
-centroid). Strips are polygonised in pixel coordinates, which are whole numbers and so exact, and
-a slide's pieces are joined there before its outline is put on the map grid: a strip border
-computed from two strips' map origins differs in the last bit on grids whose steps are not
-exact in binary, and the joined pieces would stay parts a hair apart.
+centroid). Areas are summed in whole units (a pixel where its area is the same over the grid,
+a power of two of m² where it varies by row), exactly, so they are the same to the bit wherever
+the strips are cut. Strips are polygonised in pixel coordinates, which are whole numbers and so
+exact, and a slide's pieces are joined there before its outline is put on the map grid: a strip
+border computed from two strips' map origins differs in the last bit on grids whose steps are
+not exact in binary, and the joined pieces would stay parts a hair apart.
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
+import math
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
@@ -62,6 +65,7 @@ MIN_AREA_WORKING_PIXELS = 4  # default --min-area: smaller specks are below what
 SIMPLIFY_WORKING_PIXELS = 0.5  # default --simplify: removes the native-pixel staircase
 WRITE_BATCH = 1024  # landslides written to the GeoPackage at a time
 WAITING_MAX = 4096  # finished landslides held back to keep the order of first appearance
+AREA_BITS = 26  # bits of a row's pixel area where it varies: sums exact up to 2**27 px a slide
 
 
 class UnionFind:
@@ -150,12 +154,13 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
             _terrain(mask_path, dem) as terrain:
         crs = mask_ds.crs
         strip_rows = strip_rows or strip_rows_for(mask_ds.width, budget)
+        row_units, unit_m2 = _area_units(mask_ds)
         for top in range(0, mask_ds.height, strip_rows):
             window = Window(0, top, mask_ds.width, min(strip_rows, mask_ds.height - top))
             slide = mask_ds.read(1, window=window) == 1
             labels, count = ndimage.label(slide, structure=FOUR_CONNECTED)
-            sums = _strip_sums(mask_ds, prob_ds, terrain, window, labels, slide, count, keys,
-                               start)
+            sums = _strip_sums(row_units[top:top + labels.shape[0]], prob_ds, terrain, window,
+                               labels, slide, count, keys, start)
             pieces: dict[int, Piece] = {}
             for geometry, value in shapes(labels.astype(np.int32), mask=slide,
                                           transform=Affine.translation(0, top),
@@ -184,12 +189,14 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
                                or len(waiting) > WAITING_MAX):
                 ready.append(heapq.heappop(waiting)[1])
             if ready:
-                yield _finish(ready, keys, (crs, mask_ds.transform), min_area_m2, simplify_m)
+                yield _finish(ready, keys, (crs, mask_ds.transform, unit_m2), min_area_m2,
+                              simplify_m)
     leftover = sorted({id(s): s for s in open_slides.values()}.values(), key=lambda s: s.root)
     ready = [landslide for _, landslide in waiting]
     ready = sorted(ready + leftover, key=lambda s: s.root)
     # the last, maybe empty
-    yield _finish(ready, keys, (crs, mask_ds.transform), min_area_m2, simplify_m)
+    yield _finish(ready, keys, (crs, mask_ds.transform, unit_m2), min_area_m2,
+                              simplify_m)
 
 
 def _terrain(mask_path: Path, dem: DatasetName | None
@@ -202,16 +209,17 @@ def _terrain(mask_path: Path, dem: DatasetName | None
     return Scene(mask_path, dem=dem, warn_partial_dem=False)
 
 
-def _strip_sums(mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader,
+def _strip_sums(row_units: np.ndarray, prob_ds: rasterio.DatasetReader,
                 terrain: Scene | None, window: Window, labels: np.ndarray, slide: np.ndarray,
                 count: int, keys: tuple[str, ...], start: np.ndarray) -> np.ndarray:
-    """(count + 1, keys) accumulators of the strip's labels (row 0: background)."""
+    """(count + 1, keys) accumulators of the strip's labels (row 0: background); the area in
+    the whole units ``row_units`` gives each of the strip's rows."""
     sums = {k: np.full(count + 1, start[i]) for i, k in enumerate(keys)}
     prob = read_probability(prob_ds, window)
-    areas = _pixel_areas(mask_ds, window)
     ids = labels[slide]
     sums["pixels"] += np.bincount(ids, minlength=count + 1)
-    sums["area"] += np.bincount(ids, weights=np.broadcast_to(areas, slide.shape)[slide],
+    sums["area"] += np.bincount(ids, weights=np.broadcast_to(row_units[:, None],
+                                                             slide.shape)[slide],
                                 minlength=count + 1)
     sums["prob"] += np.bincount(ids, weights=prob[slide], minlength=count + 1)
     if count:  # every label 1..count has pixels; ndimage's C loop, not ufunc.at's
@@ -253,18 +261,23 @@ def _join(open_slides: dict[int, Slide], previous_last_row: np.ndarray | None,
     return joined
 
 
-def _finish(slides: list[Slide], keys: tuple[str, ...], grid: tuple[CRS | None, Affine],
-            min_area_m2: float, simplify_m: float) -> Inventory:
-    """Finished landslides as polygons on the mask's ``grid`` (CRS, transform) with their
-    attributes (those below ``min_area_m2`` dropped); the files they are written to number
-    them (fid). Pieces are joined in pixel coordinates, where strip borders match exactly."""
-    crs, to_map = grid
+def _finish(slides: list[Slide], keys: tuple[str, ...],
+            grid: tuple[CRS | None, Affine, float], min_area_m2: float,
+            simplify_m: float) -> Inventory:
+    """Finished landslides as polygons on the mask's ``grid`` (CRS, transform, m² of an area
+    unit) with their attributes (those below ``min_area_m2`` dropped); the files they are
+    written to number them (fid). Pieces are joined in pixel coordinates, where strip borders
+    match exactly."""
+    crs, to_map, unit_m2 = grid
     column = {k: i for i, k in enumerate(keys)}
 
     def total(landslide: Slide, key: str) -> float:
         return sum(p.sums[column[key]] for p in landslide.pieces)
 
-    kept = [landslide for landslide in slides if total(landslide, "area") >= min_area_m2]
+    def area(landslide: Slide) -> float:
+        return total(landslide, "area") * unit_m2  # one rounding: whole units sum exactly
+
+    kept = [landslide for landslide in slides if area(landslide) >= min_area_m2]
     # One vertex set and ring start wherever the strips were cut, --simplify 0 included: the
     # vertices strip borders leave on straight edges are dropped in pixel coordinates, where
     # they lie exactly on the line.
@@ -280,7 +293,7 @@ def _finish(slides: list[Slide], keys: tuple[str, ...], grid: tuple[CRS | None, 
     rows = []
     for i, landslide in enumerate(kept):
         pixels = total(landslide, "pixels")
-        row = [total(landslide, "area"), perimeters[i],
+        row = [area(landslide), perimeters[i],
                total(landslide, "prob") / pixels,
                max(p.sums[column["max"]] for p in landslide.pieces), pixels]
         if "slope_n" in column:
@@ -347,19 +360,26 @@ def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.nda
                 sums["elev_max"][present] = np.fmax(sums["elev_max"][present], high)
 
 
-def _pixel_areas(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
-    """Area in m² of the pixels of each row of ``window``: a CRS unit's ground size is taken
-    at each row's centre, as it varies with latitude in degrees and in Web Mercator. A pixel
-    is the parallelogram of the geotransform's column and row steps, so its area is the
-    determinant's (the product of the step lengths, ``ds.res``, is larger on a sheared grid),
-    and scaling x and y by the ground scales scales that area by their product."""
+def _area_units(ds: rasterio.DatasetReader) -> tuple[np.ndarray, float]:
+    """(a pixel's area in each row of ``ds``, in whole units; m² of a unit). A CRS unit's
+    ground size is taken at each row's centre, as it varies with latitude in degrees and in
+    Web Mercator. A pixel is the parallelogram of the geotransform's column and row steps, so
+    its area is the determinant's (the product of the step lengths, ``ds.res``, is larger on a
+    sheared grid), and scaling x and y by the ground scales scales that area by their product.
+    Where it is the same in every row the unit is the pixel (an area is its pixel count times
+    one pixel's); where it varies, a power of two of m² that gives the largest ``AREA_BITS``
+    bits. Sums of whole units are exact in any order, so strips do not change them."""
     area = abs(ds.transform.determinant)
     if ds.crs is None:
-        return np.full((int(window.height), 1), area)
-    rows = np.arange(window.row_off, window.row_off + window.height) + 0.5
-    x, y = ds.transform @ (window.col_off + window.width / 2, rows)
+        return np.ones(ds.height), area
+    rows = np.arange(ds.height) + 0.5
+    x, y = ds.transform @ (ds.width / 2, rows)
     per_x, per_y = ground_scales(ds.crs, x, y)
-    return (area * per_x * per_y)[:, None]
+    areas = area * per_x * per_y
+    if np.all(areas == areas[0]):
+        return np.ones(ds.height), float(areas[0])
+    unit = math.ldexp(1.0, int(np.frexp(areas.max())[1]) - AREA_BITS)
+    return np.round(areas / unit), unit
 
 
 def _centroids_lonlat(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
