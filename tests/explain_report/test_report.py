@@ -108,6 +108,15 @@ def test_curves_and_report_mark_the_kept_epoch_not_the_best(tmp_path) -> None:
     assert "<span>kept epoch</span>" in html and "best" not in html.split("</header>")[1][:400]
 
 
+def test_validation_scores_of_0_and_1_are_drawn_inside_the_frame() -> None:
+    """A validation panel fixed to 0–1 drew an F1 of 0 (or a recall of 1) on its frame, half
+    clipped and hidden under it; the panel leaves a margin around 0–1."""
+    history = {"epoch": np.array([1.0, 2.0]), "train_loss": np.array([0.9, 0.8]),
+               "val_f1": np.zeros(2), "val_recall": np.ones(2)}
+    low, high = curves_figure(history).axes[1].get_ylim()
+    assert low < 0 and high > 1
+
+
 def test_an_ensembles_run_shows_figures_and_a_crossval_folder_is_refused(tmp_path) -> None:
     run = tmp_path / "members"
     run.mkdir()

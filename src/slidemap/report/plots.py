@@ -98,8 +98,9 @@ def curves_figure(history: dict[str, np.ndarray], kept: int | None = None) -> Fi
             best = int(np.nanargmax(history["val_f1"]))
             axes[1].axvline(epochs[best], color="grey", linestyle="--", linewidth=1,
                             label=f"best F1, epoch {epochs[best]:.0f}")
+        # a margin: scores of exactly 0 or 1 are drawn inside the frame, not half hidden on it
         axes[1].set(title="validation (landslide class)", xlabel="epoch", ylabel="score",
-                    ylim=(0, 1))
+                    ylim=(-0.02, 1.02))
         axes[1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     for ax in axes:
         ax.grid(alpha=0.3)
