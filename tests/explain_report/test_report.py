@@ -426,6 +426,20 @@ def test_prediction_report_without_landslides(mapped) -> None:
     assert "<th>landslides</th><td class='num'>0</td>" in html
 
 
+def test_prediction_report_of_one_landslide_says_number_1(mapped) -> None:
+    """One landslide: the map's caption said 'all 1 landslide outlines; numbers 1–1 are the
+    ranks in the table below'."""
+    with rasterio.open(mapped["mask"], "r+") as ds:
+        mask = ds.read(1)
+        mask[60:, 20:] = np.where(mask[60:, 20:] == 1, 0, mask[60:, 20:])  # the large one left
+        ds.write(mask, 1)
+    mapped["inventory"].unlink()
+    write_inventory(build_inventory(mapped["mask"], mapped["prob"]), mapped["inventory"])
+    html = build_report(mapped["folder"]).read_text()
+    captions = set(re.findall(r"Map of scene \([^)]*\): ([^.]*)\.", html))
+    assert captions == {"the 1 landslide outline; number 1 is its rank in the table below"}
+
+
 def test_report_of_a_geojson_inventory(mapped) -> None:
     """``predict --format geojson`` alone: the same table from the GeoJSON file."""
     geojson = mapped["inventory"].with_suffix(".geojson")

@@ -161,10 +161,15 @@ def _map(inventory: Inventory, ranked: list[shapely.Geometry], known: Provenance
         labels.append((rank, point.x, point.y))
     figure = map_figure(picture, grid_, Outlines(ranked, labels), f"{stem}: landslides mapped",
                         backdrop)
-    shown = f"{len(ranked):,} of {len(inventory):,}" if len(ranked) < len(inventory) \
-        else f"all {len(inventory):,}"
-    drawn = (f"{shown} landslide outlines; numbers 1–{len(labels)} are the ranks in the table "
-             "below" if labels else "no landslide mapped")
+    if len(inventory) == 1:
+        drawn = "the 1 landslide outline; number 1 is its rank in the table below"
+    elif labels:
+        shown = f"{len(ranked):,} of {len(inventory):,}" if len(ranked) < len(inventory) \
+            else f"all {len(inventory):,}"
+        drawn = (f"{shown} landslide outlines; numbers 1–{len(labels)} are the ranks in the "
+                 "table below")
+    else:
+        drawn = "no landslide mapped"
     caption = (f"Map of {stem} ({backdrop}): {drawn}. CRS {crs_name(grid_.crs)}."
                + (f" No imagery: {why}." if why else ""))
     return image(jpeg_bytes(figure), caption, "map", "image/jpeg")
