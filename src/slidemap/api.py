@@ -2,7 +2,9 @@
 
 Paths may be given as ``str`` or any ``os.PathLike``; raster and vector inputs also as GDAL names
 (``/vsizip/...``, ``https://...``). Each function runs one workflow (``slidemap.workflows``) and
-returns a frozen dataclass of what it wrote and measured.
+returns a frozen dataclass of what it wrote and measured. Those that run or build models give
+torch's global random generator back as the caller left it (training seeds it), so a seeded
+notebook draws the same numbers after a call as before it.
 
 Bad input or a failed precondition raises :class:`SlidemapError` (one line that says what to
 fix; :class:`UsageError`, a subclass, for arguments that do not go together or are of the wrong
@@ -21,6 +23,7 @@ from rich.progress import Progress
 from slidemap.data.names import DatasetName, display_name
 from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
 from slidemap.infer.options import PredictOptions
+from slidemap.infer.runtime import kept_torch_rng
 from slidemap.io.jsontext import dumps as json_text
 from slidemap.io.rasters import DEFAULT_PROB_DTYPE
 from slidemap.io.sidecar import check_scales
@@ -136,6 +139,7 @@ def output_paths(image: PathArg, out_dir: PathArg, formats: Sequence[str] = ("gp
                                          formats)
 
 
+@kept_torch_rng()
 def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
             model: Models = None, options: PredictOptions | None = None,
             min_area_m2: float | None = None, simplify_m: float | None = None,
@@ -155,6 +159,7 @@ def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
         progress, formats, prob_dtype, html_report, _checked(adapt, AdaptOptions, "adapt"))
 
 
+@kept_torch_rng()
 def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
                     options: PredictOptions | None = None, scale: float | None = None,
                     pixel_size: float | None = None, overwrite: bool = False,
@@ -167,6 +172,7 @@ def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
         _checked(options, PredictOptions, "options"), scale, pixel_size, overwrite, progress)
 
 
+@kept_torch_rng()
 def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg | None = None,
              dem: PathArg | None = None, model: Models = None, out_dir: PathArg | None = None,
              threshold: float | None = None, options: PredictOptions | None = None,
@@ -183,6 +189,7 @@ def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg |
         _opt_path(aoi, "aoi"), html_report)
 
 
+@kept_torch_rng()
 def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bool = False,
           seed: int | None = None, overrides: Sequence[str] = ()) -> TrainResult:
     """Train as the YAML run config says (an ensemble, a fine-tuning with ``init:`` and
@@ -193,6 +200,7 @@ def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bo
                                        resume, overwrite, seed, tuple(overrides))
 
 
+@kept_torch_rng()
 def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: bool = False,
              resume: bool = False, overwrite: bool = False,
              seed: int | None = None, overrides: Sequence[str] = ()) -> FinetuneResult:
@@ -203,6 +211,7 @@ def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: 
                                       overwrite, seed, tuple(overrides))
 
 
+@kept_torch_rng()
 def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False,
               overrides: Sequence[str] = ()) -> SelftrainResult:
     """Train on the labelled source, then retrain with pseudo-labels of the target. Returns a
@@ -211,6 +220,7 @@ def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False,
                                         overwrite, tuple(overrides))
 
 
+@kept_torch_rng()
 def study(config: PathArg, out_dir: PathArg, overrides: Sequence[str] = ()) -> StudyResult:
     """Train and score a grid of runs on one budget; a rerun continues an interrupted one.
     ``overrides`` change the study's base. Returns a :class:`StudyResult`: a row per scored
@@ -219,6 +229,7 @@ def study(config: PathArg, out_dir: PathArg, overrides: Sequence[str] = ()) -> S
                                 tuple(overrides))
 
 
+@kept_torch_rng()
 def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
              seeds: Sequence[int] | None = None,
              adapt: AdaptOptions | None = None,
@@ -233,6 +244,7 @@ def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
                                       _checked(adapt, AdaptOptions, "adapt"), tuple(overrides))
 
 
+@kept_torch_rng()
 def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
             model: PathArg | None = None, window: Sequence[int] | None = None,
             box: Sequence[int] | None = None, layer: str | None = None,
@@ -255,6 +267,7 @@ def report(folder: PathArg, out: PathArg | None = None, image: PathArg | None = 
                                   interactive, overwrite)
 
 
+@kept_torch_rng()
 def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = None,
             n: int = 10, box: int = 512, labels: PathArg | Sequence[PathArg] = (),
             spacing: int = 1, options: PredictOptions | None = None, overwrite: bool = False,
@@ -270,6 +283,7 @@ def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = N
                                     progress)
 
 
+@kept_torch_rng()
 def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | None = None,
              dem: PathArg | None = None, init: PathArg | None = None, epochs: int = 10,
              overwrite: bool = False, progress: Progress | None = None) -> NewSiteResult:
@@ -282,6 +296,7 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
                                      overwrite, progress)
 
 
+@kept_torch_rng()
 def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = False,
                 member: int | None = None) -> OnnxExport:
     """Export ``model`` (or network ``member`` of an ensemble, 0 = the first) to ONNX at ``out``
@@ -291,6 +306,7 @@ def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = Fa
                                        member)
 
 
+@kept_torch_rng()
 def store_weights(model: PathArg, out: PathArg, weights_dtype: str, overwrite: bool = False,
                   member: int | None = None) -> StoredWeights:
     """``model`` saved again at ``out`` with float16, int8 or int4 (or float32) weights; with
@@ -300,6 +316,7 @@ def store_weights(model: PathArg, out: PathArg, weights_dtype: str, overwrite: b
                                          weights_dtype, overwrite, member)
 
 
+@kept_torch_rng()
 def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
           options: PredictOptions | None = None, sample: int = 32, agreement: bool = False,
           json_out: PathArg | None = None, overwrite: bool = False) -> BenchResult:
@@ -310,6 +327,7 @@ def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
                                 agreement, _opt_path(json_out, "json_out"), overwrite)
 
 
+@kept_torch_rng()
 def architectures(in_channels: int = 5) -> list[Architecture]:
     """Every registered architecture with its parameter count for ``in_channels`` inputs, as
     :class:`Architecture` rows (``name``, ``parameters``)."""

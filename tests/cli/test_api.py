@@ -162,6 +162,24 @@ def test_train_leaves_torchs_thread_count_as_the_caller_set_it(
         torch.set_num_threads(before)
 
 
+def test_calls_that_run_models_leave_the_callers_torch_random_numbers(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """Training seeded torch's global generator and building networks advanced it, so a
+    notebook that seeded torch drew other numbers after any call; each call gives it back."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_run(tiny_scene, epochs=1)))
+    calls = [lambda: api.train(config, tmp_path / "run"),
+             lambda: api.predict(tiny_scene["image"], tmp_path / "map", tiny_scene["dem"],
+                                 tiny_model, OPTIONS),
+             lambda: api.architectures(4)]
+    for call in calls:
+        torch.manual_seed(7)
+        expected = torch.rand(3)
+        torch.manual_seed(7)
+        call()
+        assert torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.parametrize("values", [{"n": 2.5}, {"box": 32.0}, {"spacing": 0.5},
                                     {"n": True}])
 def test_suggest_refuses_counts_that_are_not_whole_before_mapping(

@@ -49,6 +49,18 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def kept_torch_rng() -> Iterator[None]:
+    """torch's global random generator given back as it was after the block (a decorator
+    too): training seeds it and building a network draws from it, and an API caller who
+    seeded torch draws the same numbers after a run as before it."""
+    state = torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+@contextlib.contextmanager
 def autocast(precision: str) -> Iterator[None]:
     """bf16 autocast on the CPU, or nothing for ``fp32`` (``auto``: by the CPU)."""
     if resolve_precision(precision) == "bf16":
