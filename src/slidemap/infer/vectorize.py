@@ -195,8 +195,7 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
     ready = [landslide for _, landslide in waiting]
     ready = sorted(ready + leftover, key=lambda s: s.root)
     # the last, maybe empty
-    yield _finish(ready, keys, (crs, mask_ds.transform, unit_m2), min_area_m2,
-                              simplify_m)
+    yield _finish(ready, keys, (crs, mask_ds.transform, unit_m2), min_area_m2, simplify_m)
 
 
 def _terrain(mask_path: Path, dem: DatasetName | None
