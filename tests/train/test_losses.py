@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 
 from slidemap.errors import SlidemapError
+from slidemap.schema.run import RunConfig
 from slidemap.train.losses import WeightedSum, build_loss, list_losses
 
 ALL = ["bce", "dice", "focal", "lovasz", "ohem", "soft_ce", "wbce", "wce"]
@@ -305,3 +307,21 @@ def test_option_values_of_the_wrong_kind_or_range_are_one_line_errors(spec, mess
     with pytest.raises(SlidemapError, match=message) as err:
         build_loss(spec)
     assert "\n" not in str(err.value)
+
+
+def _yaml_value(value: object) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) \
+        else repr(value)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_config_docs_give_each_loss_its_options_and_defaults(name: str) -> None:
+    """configs/README.md (generated from this description) is where a config's author learns
+    that focal's alpha weighs landslides and wce's weights are [background, landslide]; its
+    defaults must be the code's."""
+    text = RunConfig.model_fields["loss"].description or ""
+    parameters = inspect.signature(type(build_loss(name).terms[name]).__init__).parameters
+    defaults = {key: p.default for key, p in parameters.items()
+                if key != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    options = ", ".join(f"{key}: {_yaml_value(value)}" for key, value in defaults.items())
+    assert f"`{name}`" + (f" {{{options}}}" if options else "") in text

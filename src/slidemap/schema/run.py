@@ -616,7 +616,19 @@ class RunConfig(Section):
     loss: LossSpec = Field(default_factory=_bce_dice,
                            description=(
             "weighted sum of losses, `name: weight` or `name: {weight: w, option: value}`; "
-            "names: bce, wbce, wce, focal, dice, lovasz, ohem, soft_ce"))
+            "names: bce, wbce, wce, focal, dice, lovasz, ohem, soft_ce. Each reads only the "
+            "labelled pixels (label 255 counts in none); options with their defaults: `bce` binary "
+            "cross-entropy; `wbce` {pos_weight: null, max_pos_weight: 50.0} BCE with the "
+            "landslide term × pos_weight (null: the batch's background/landslide pixel ratio, "
+            "clipped to [1, max_pos_weight]); `wce` {weights: null} cross-entropy weighted "
+            "`[w_background, w_landslide]`, normalised by the weights so only their ratio counts "
+            "(null: the batch's inverse class frequencies); `focal` {alpha: 0.25, gamma: 2.0} "
+            "−α_t (1 − p_t)^γ log p_t, alpha the weight of landslide pixels and 1 − alpha of "
+            "background; `dice` {smooth: 1.0} soft Dice 1 − (2Σpt + s) / (Σp + Σt + s) over the "
+            "whole batch, not per image; `lovasz` {per_image: true} Lovász hinge (IoU surrogate), "
+            "averaged over images or, false, over the batch as one; `ohem` {keep: 0.25, "
+            "min_kept: 256} BCE of the hardest keep fraction of pixels, at least min_kept; "
+            "`soft_ce` {smoothing: 0.0} BCE on targets t·(1 − ε) + ε/2"))
     training: TrainSettings = Field(default_factory=TrainSettings, description="training")
     predict: PredictSettings = Field(default_factory=PredictSettings,
                                      description="prediction defaults stored in the model file")
