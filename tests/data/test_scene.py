@@ -267,3 +267,26 @@ def test_a_decimated_read_is_the_same_whatever_overviews_the_file_has(tiny_scene
         served = ds.read(out_shape=(3, 24, 24), resampling=Resampling.average)
     assert not np.array_equal(served, reads[0])  # the file's overviews differ from the pixels
     np.testing.assert_array_equal(reads[1], reads[0])
+
+
+def test_an_infinite_elevation_is_nodata_not_a_cliff_beside_it(tiny_scene, tmp_path) -> None:
+    """A float DEM's +inf (no nodata declared) was left out of the valid pixels, but its
+    neighbours, still valid, read slope 90° and curvature ±inf: the model's input at valid
+    pixels was infinite. It is now nodata, as NaN is."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        z = src.read(1)
+    z[40, 40] = np.inf
+    z[60, 60] = -np.inf
+    other = write_raster(tmp_path / "dem_inf.tif", z)
+    z[40, 40] = z[60, 60] = np.nan
+    holes = write_raster(tmp_path / "dem_nan.tif", z)
+    terrain = {"slope": True, "curvature": True, "relief_m": (8.0,), "roughness_m": 4.0}
+    window = Window(16, 16, 64, 64)
+    with Scene(tiny_scene["image"], dem=other) as scene:
+        sample = scene.read(window, (1, 2, 3), dem=True, **terrain)
+        elevation, slope = scene.terrain(window)
+    with Scene(tiny_scene["image"], dem=holes) as scene:
+        truth = scene.read(window, (1, 2, 3), dem=True, **terrain)
+    for key in ("dem", "slope", "curvature", "relief", "roughness", "valid"):
+        np.testing.assert_array_equal(sample[key], truth[key], err_msg=key)
+    assert not np.isinf(elevation).any() and not np.isinf(slope).any()

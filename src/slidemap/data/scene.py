@@ -655,11 +655,16 @@ class Scene:
         return self._metres(data)
 
     def _metres(self, stored: np.ndarray) -> np.ndarray:
-        """Elevations in metres from the DEM's stored values (its scale, offset and unit)."""
+        """Elevations in metres from the DEM's stored values (its scale, offset and unit), NaN
+        where infinite: an infinite elevation is nodata, and the terrain stencils fill only a
+        NaN neighbour, so an infinity gave its valid neighbours a slope of 90° and an infinite
+        curvature."""
         scale, offset = self._dem_to_m
         if (scale, offset) == (1.0, 0.0):
-            return stored.astype(np.float32, copy=False)
-        return (stored.astype(np.float64) * scale + offset).astype(np.float32)
+            metres = stored.astype(np.float32, copy=False)
+        else:
+            metres = (stored.astype(np.float64) * scale + offset).astype(np.float32)
+        return np.where(np.isinf(metres), np.float32(np.nan), metres)
 
     def _dem_with_halo(self, window: Window, out_h: int, out_w: int, margin: int = 1
                        ) -> tuple[np.ndarray, tuple[int, int]]:
