@@ -664,7 +664,8 @@ class Scene:
             metres = stored.astype(np.float32, copy=False)
         else:
             metres = (stored.astype(np.float64) * scale + offset).astype(np.float32)
-        return np.where(np.isinf(metres), np.float32(np.nan), metres)
+        metres[np.isinf(metres)] = np.nan  # in place: both callers pass a fresh read
+        return metres
 
     def _dem_with_halo(self, window: Window, out_h: int, out_w: int, margin: int = 1
                        ) -> tuple[np.ndarray, tuple[int, int]]:
