@@ -32,6 +32,7 @@ from slidemap.data.names import DatasetName, as_name, local_path
 from slidemap.data.terrain import (
     BoxSums,
     bounds_centre,
+    bounds_in,
     crs_name,
     elevation_to_metres,
     laplacian_curvature,
@@ -207,15 +208,12 @@ class Scene:
         if img.crs is None:
             raise SlidemapError(f"{self.role} {self.image_path} has no CRS: cannot align "
                                 f"{role} {path}")
-        try:
-            with rasterio.Env():  # PROJ's failure raised, not also printed by GDAL
-                bounds = transform_bounds(src.crs, img.crs, *src.bounds)
-        except CPLE_BaseError as exc:  # a local (engineering) CRS and any other: no operation
+        bounds = bounds_in(src.crs, img.crs, src.bounds)
+        if bounds is None:
             raise SlidemapError(
                 f"{role} {path} is in {crs_name(src.crs)}, which cannot be reprojected to "
                 f"{self.role} {self.image_path}'s CRS {crs_name(img.crs)}: warp it onto the "
-                "image's CRS, or assign it its real CRS (e.g. gdal_edit.py -a_srs EPSG:32647)"
-            ) from exc
+                "image's CRS, or assign it its real CRS (e.g. gdal_edit.py -a_srs EPSG:32647)")
         covered = _covered_fraction(bounds, img.bounds)
         if role == "DEM":
             self._dem_extent_cover = covered

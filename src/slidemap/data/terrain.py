@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import rasterio
@@ -12,7 +13,7 @@ from numpy.typing import ArrayLike
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
-from rasterio.warp import transform
+from rasterio.warp import transform, transform_bounds
 
 from slidemap.data.names import DatasetName
 from slidemap.errors import SlidemapError
@@ -49,6 +50,19 @@ def crs_name(crs: CRS | None) -> str:
     name = found.group(1) if found else crs.to_string()
     code = epsg_code(crs)
     return f"{name} (EPSG:{code})" if code else name
+
+
+def bounds_in(source: CRS, target: CRS, bounds: Sequence[float] | np.ndarray
+              ) -> tuple[float, float, float, float] | None:
+    """``bounds`` (west, south, east, north) in ``source`` taken into ``target``, densified
+    along the edges; None where PROJ knows no operation between them (a local, engineering CRS,
+    which has no datum, and any other), where reads warped across them would each fail."""
+    try:
+        with rasterio.Env():  # in an Env GDAL raises PROJ's failure without also printing it
+            west, south, east, north = transform_bounds(source, target, *bounds)
+    except CPLE_BaseError:
+        return None
+    return west, south, east, north
 
 
 def epsg_code(crs: CRS) -> int | None:

@@ -23,17 +23,15 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import pyogrio.raw
-import rasterio
 import shapely
 from affine import Affine
 from pyogrio.errors import DataLayerError, DataSourceError
-from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from rasterio.warp import transform, transform_bounds
 
-from slidemap.data.terrain import crs_name
+from slidemap.data.terrain import bounds_in, crs_name
 from slidemap.errors import SlidemapError, SlidemapWarning, first_line, silenced
 from slidemap.schema.values import LAYER_MARK
 
@@ -112,18 +110,14 @@ class PolygonLayer:
         if self.layer_crs == self.crs:
             west, south, east, north = (float(b) for b in bounds)
             return west, south, east, north
-        try:
-            # in an Env, GDAL's error handler raises PROJ's failure without also printing it
-            with rasterio.Env():
-                return transform_bounds(self.layer_crs, self.crs, *bounds, densify_pts=DENSIFY)
-        except CPLE_BaseError as exc:
-            # e.g. between a local (engineering) CRS, which has no datum, and any other: PROJ
-            # knows no operation, and every window's read would fail with its traceback
+        moved = bounds_in(self.layer_crs, self.crs, bounds)
+        if moved is None:
             raise SlidemapError(
                 f"{self.role} {self.name} is in {crs_name(self.layer_crs)}, which cannot be "
                 f"reprojected to the image's CRS {crs_name(self.crs)}: save the polygons in the "
                 "image's CRS, or assign the image its real CRS (e.g. gdal_edit.py -a_srs "
-                "EPSG:32647)") from exc
+                "EPSG:32647)")
+        return moved
 
     def check_overlap(self, image_bounds: tuple[float, float, float, float]) -> None:
         """Refuse polygons that lie off the image (``image_bounds`` in its CRS): most often a

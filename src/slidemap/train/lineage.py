@@ -11,13 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import rasterio
-from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
-from rasterio.warp import transform_bounds
 
 from slidemap.data.names import DatasetName, absolute_name, is_local, local_files, local_path
 from slidemap.data.scene import open_raster
+from slidemap.data.terrain import bounds_in
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import sidecar_record
 
@@ -105,11 +103,10 @@ def grounds_overlap(one: Ground, other: Ground) -> bool:
     """Whether two footprints share ground (more than an edge), compared in ``other``'s CRS;
     False where PROJ knows no operation between the CRSs (a local, engineering CRS and any
     other): such rasters cannot lie on one map."""
-    try:
-        with rasterio.Env():  # PROJ's failure raised, not also printed by GDAL
-            west, south, east, north = transform_bounds(one[0], other[0], *one[1])
-    except CPLE_BaseError:
+    moved = bounds_in(one[0], other[0], one[1])
+    if moved is None:
         return False
+    west, south, east, north = moved
     other_west, other_south, other_east, other_north = other[1]
     return (min(east, other_east) > max(west, other_west)
             and min(north, other_north) > max(south, other_south))
