@@ -171,7 +171,8 @@ def test_scenes_on_one_ground_hold_a_folds_blocks_out_of_each_other(tmp_path: Pa
     blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], 2, 2, 2)
     to_whole = {0: 0, 1: shift}  # a scene's column on the whole scene's grid
     for fold in (0, 1):
-        trained = crossval_module.fold_training_arrays(scenes, blocks, fold, TILE, grids)
+        trained = crossval_module.masked_scenes(  # as run_crossval hands them to train
+            scenes, crossval_module.training_ground(scenes, blocks, fold, TILE, grids))
         assert trained
         # The ground the fold scores, in either scene, grown by the buffer, on the whole grid.
         near = np.zeros((SIDE, SIDE), dtype=bool)
@@ -556,7 +557,7 @@ def test_block_names_and_lineage_read_gdal_names_as_written(tmp_path: Path) -> N
     config = load_config(protocol_config(tmp_path))
     zipped = f"/vsizip/{tmp_path}/delivery.zip/ortho.tif"
     started = start_from(tmp_path, config, "zipped", {"config": {"train": [{"image": zipped}]}})
-    assert lineage(started.init).saw(zipped)
+    assert lineage(started.init).images == [zipped]
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlidemapWarning)
         crossval_module.check_init_unseen(crossval_module.Recipe("candidate", started))

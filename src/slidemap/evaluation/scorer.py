@@ -26,8 +26,6 @@ from slidemap.infer.patches import native_prob
 from slidemap.io.modelfile import ModelBundle, PredictDefaults
 from slidemap.models import count_members
 
-PREDICTION_KEYS = ("precision", "recall", "f1", "iou", "miou", "auc")
-
 
 def score(predictor: Predictor, arrays: Iterable[SceneArrays], options: PredictOptions,
           confusion: BinaryConfusion | None = None) -> BinaryConfusion:

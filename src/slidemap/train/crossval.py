@@ -271,14 +271,6 @@ def training_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, b
     return hidden
 
 
-def fold_training_arrays(scenes: list[SceneArrays], blocks: list[Block], fold: int,
-                         buffer: int, grids: list[Grid] | None = None) -> list[SceneArrays]:
-    """The scenes as fold ``fold`` may train on them: its blocks and their buffer have ignored
-    labels and NaN inputs (which normalise to 0), so no training window shows them; with
-    ``grids``, also where another scene's block of the fold lies on the same ground."""
-    return masked_scenes(scenes, training_ground(scenes, blocks, fold, buffer, grids))
-
-
 def masked_scenes(scenes: list[SceneArrays], hidden: list[np.ndarray]) -> list[SceneArrays]:
     """``scenes`` with labels ignored and inputs NaN where ``hidden``; scenes left without a
     labelled pixel are dropped."""

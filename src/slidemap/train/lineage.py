@@ -32,11 +32,6 @@ class Lineage:
     selected_on: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
 
-    def saw(self, image: DatasetName) -> bool:
-        """Whether ``image`` is one of the images (relative names read from the current
-        folder, links followed)."""
-        return any(same_image(seen, image) for seen in self.images)
-
 
 def lineage(model: Path) -> Lineage:
     """The scene images ``model`` and the models it started from trained on, self-training
