@@ -88,9 +88,7 @@ def check_not_read_from(dataset: PatchDataset | L4SDataset, root: Path, out_dir:
     Landslide4Sense split reads only its ``.h5`` files."""
     if not isinstance(dataset, PatchDataset):
         return
-    folders = {path.parent for files in dataset.files
-               for path in (files.image, files.mask, files.dem) if path is not None}
-    if resolved(out_dir) in {resolved(folder) for folder in folders}:
+    if resolved(out_dir) in {resolved(path.parent) for path in dataset.paths}:
         raise SlidemapError(f"--out {out_dir} is a folder the patches of {root} are read from: "
                             "the next run would read the outputs there as patches; choose "
                             "another --out")

@@ -52,7 +52,7 @@ def suggest(model: ModelArg, image: DatasetName, out: Path, dem: DatasetName | N
         raise UsageError("suggest needs --n >= 1, --box >= 1 px and --spacing >= 0")
     if out.suffix.lower() not in BOX_SUFFIXES:
         raise UsageError(f"--out {out}: name a GeoPackage (.gpkg) or GeoJSON (.geojson) file "
-                            "for the boxes")
+                         "for the boxes")
     options = options or PredictOptions()
     predictor = build_predictor(model_list(model, dem is not None), options)
     inputs = [*local_files(image, dem), *model_files(model, dem is not None),
