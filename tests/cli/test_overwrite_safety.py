@@ -38,6 +38,7 @@ from slidemap.io.atomic import (
     sweep_stale,
 )
 from slidemap.io.modelfile import load_model, model_paths, save_model
+from slidemap.report.html import SOURCES
 from slidemap.workflows import predict as predict_workflow
 
 FAST = PredictOptions(precision="fp32")
@@ -278,6 +279,40 @@ def test_an_overwrite_without_report_leaves_no_report_of_the_earlier_run(
     assert (out / "report.html").exists()
     api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST, overwrite=True)
     assert not (out / "report.html").exists()
+
+
+def test_scoring_again_beside_a_prediction_keeps_its_report(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """An evaluation scored again into a prediction's folder replaces metrics.json and its
+    plots, which the prediction's report was not made from: the report stays. A model scored
+    again there replaces the map itself, and the report of the old map goes."""
+    out = tmp_path / "out"
+    mapped = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                         html_report=True)
+    page = (out / "report.html").read_bytes()
+    for _ in range(2):
+        api.evaluate(tiny_scene["mask"], prediction=mapped.files["prob"], out_dir=out,
+                     overwrite=True)
+        assert (out / "report.html").read_bytes() == page
+    api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], dem=tiny_scene["dem"],
+                 model=tiny_model, options=FAST, out_dir=out, overwrite=True)
+    assert not (out / "report.html").exists()
+
+
+def test_a_report_that_lists_no_files_goes_when_any_output_is_replaced(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """A page of an earlier version does not say what it was made from: an evaluation that
+    replaces files in its folder removes it rather than leave it beside figures it may show."""
+    out = tmp_path / "out"
+    mapped = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                         html_report=True)
+    page = out / "report.html"
+    page.write_bytes(SOURCES.sub(b"", page.read_bytes()))
+    api.evaluate(tiny_scene["mask"], prediction=mapped.files["prob"], out_dir=out)
+    assert page.exists()
+    api.evaluate(tiny_scene["mask"], prediction=mapped.files["prob"], out_dir=out,
+                 overwrite=True)
+    assert not page.exists()
 
 
 def test_an_overwrite_keeps_a_report_html_that_slidemap_did_not_write(

@@ -9,7 +9,10 @@ reads the folder and never writes into it, apart from the HTML file itself.
 from __future__ import annotations
 
 import datetime as dt
-from html import escape
+import json
+import os
+import re
+from html import escape, unescape
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,9 @@ from slidemap.report.provenance import Provenance
 
 METRICS = ("precision", "recall", "f1", "iou", "accuracy", "miou", "auc", "pixels")
 REPORT_MARK = "<p class='meta'>report of "  # the line by which a page is known as a report
+# the files a page was made from, relative to its own folder, so that a later run knows
+# whether the files it replaces are ones the page shows
+SOURCES = re.compile(rb"<meta name='slidemap-sources' content='([^']*)'>")
 
 
 def _tint(colour: tuple[int, int, int]) -> str:
@@ -108,8 +114,9 @@ def build_report(folder: Path, out: Path | None = None,
         raise SlidemapError(
             f"{folder} has no history.csv, summary.json, metrics.json, *_landslides.gpkg "
             "(.geojson) or explain.json: pass a run, evaluate, predict or explain output folder")
-    check_outputs([out], [p for p in folder.iterdir() if p.is_file() and p.suffix != ".html"],
-                  overwrite)
+    sources = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".html")
+    check_outputs([out], sources, overwrite)
+    names = [os.path.relpath(p.resolve(), out.parent.resolve()) for p in sources]
     cards = "".join(f"<div class='card'><b>{text(v)}</b><span>{escape(k)}</span></div>"
                     for cards, _ in found for k, v in cards)
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -118,6 +125,7 @@ def build_report(folder: Path, out: Path | None = None,
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{title}</title>"
+        f"<meta name='slidemap-sources' content='{escape(json.dumps(names))}'>"
         f"<style>{CSS}</style></head><body><main><header>"
         f"<h1>{title}</h1>"
         f"{REPORT_MARK}{escape(str(folder.resolve()))} · written {stamp} · "
@@ -140,6 +148,23 @@ def is_report(path: Path) -> bool:
         return REPORT_MARK.encode() in path.read_bytes()
     except OSError:
         return False
+
+
+def report_sources(path: Path) -> set[Path] | None:
+    """The files the report at ``path`` was made from, or None where the page does not say
+    (a page of an earlier slidemap version)."""
+    try:
+        found = SOURCES.search(path.read_bytes())
+    except OSError:
+        return None
+    if found is None:
+        return None
+    try:
+        names = json.loads(unescape(found.group(1).decode()))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    base = path.parent.resolve()
+    return {(base / name).resolve() for name in names if isinstance(name, str)}
 
 
 def _title(folder: Path, predicted: list[Path]) -> str:

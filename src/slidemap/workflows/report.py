@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slidemap.io.atomic import check_outputs
-from slidemap.report.html import build_report, is_report
+from slidemap.report.html import build_report, is_report, report_sources
 from slidemap.report.provenance import Provenance
 
 
@@ -23,14 +23,20 @@ def check_report(out_dir: Path, overwrite: bool) -> None:
 
 
 def stale_report(out_dir: Path, replaced: Iterable[Path], html_report: bool) -> list[Path]:
-    """``out_dir``'s report.html when this run replaces outputs it describes (some of
-    ``replaced`` exist) and writes no new one: left in place, it would show the earlier run's
-    map and figures beside the new files. Removed with the outputs it described; a report.html
-    that slidemap did not write (the user's own page) is not one, and is left alone."""
+    """``out_dir``'s report.html when this run replaces files it was made from and writes no
+    new one: left in place, it would show the earlier run's map and figures beside the new
+    files. Removed with the outputs it described; a report.html that slidemap did not write
+    (the user's own page) is not one, and is left alone, as is a report made before the files
+    replaced existed (a prediction's report, when an evaluation is scored again beside it).
+    A page that does not list its files goes when any of ``replaced`` exists."""
     page = out_dir / "report.html"
-    if html_report or not is_report(page) or not any(path.exists() for path in replaced):
+    if html_report or not is_report(page):
         return []
-    return [page]
+    existing = [path for path in replaced if path.exists()]
+    sources = report_sources(page)
+    if sources is not None:
+        existing = [path for path in existing if path.resolve() in sources]
+    return [page] if existing else []
 
 
 def report(folder: Path, out: Path | None = None, image: str | None = None,
