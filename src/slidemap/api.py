@@ -122,6 +122,17 @@ def _models(value: Models) -> Models:
                      f"{type(value).__name__}")
 
 
+def _overrides(value: Sequence[str]) -> tuple[str, ...]:
+    """``overrides`` as a tuple of ``KEY=VALUE``. A bare string is refused: a type checker
+    takes it for a ``Sequence[str]``, and it was read letter by letter ('t' is not
+    key.path=value), the message naming neither the argument nor the fix."""
+    if isinstance(value, str) or not isinstance(value, Sequence) \
+            or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"overrides must be a list of KEY=VALUE texts, e.g. "
+                         f"['training.lr=4e-3'], not {value!r:.60}")
+    return tuple(value)
+
+
 def _checked(value: Options | None, kind: type[Options], name: str) -> Options | None:
     """An options object of ``kind`` or None; a dict or other object is refused in one line
     rather than failing on a missing attribute deep inside."""
@@ -197,7 +208,7 @@ def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bo
     (``KEY=VALUE``, as ``--set``) keys of the file. Returns a :class:`TrainResult`: the run
     folder and its model file."""
     return train_workflow.train_config(_path(config, "config"), _path(out_dir, "out_dir"),
-                                       resume, overwrite, seed, tuple(overrides))
+                                       resume, overwrite, seed, _overrides(overrides))
 
 
 @kept_torch_rng()
@@ -208,7 +219,7 @@ def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: 
     model file and the validation figures ``before`` and ``after``."""
     return finetune_workflow.finetune(_path(model, "model"), _path(config, "config"),
                                       _path(out_dir, "out_dir"), freeze_encoder, resume,
-                                      overwrite, seed, tuple(overrides))
+                                      overwrite, seed, _overrides(overrides))
 
 
 @kept_torch_rng()
@@ -217,7 +228,7 @@ def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False,
     """Train on the labelled source, then retrain with pseudo-labels of the target. Returns a
     :class:`SelftrainResult`: a row per round, ``rounds.md`` and the last round's model."""
     return selftrain_workflow.selftrain(_path(config, "config"), _path(out_dir, "out_dir"),
-                                        overwrite, tuple(overrides))
+                                        overwrite, _overrides(overrides))
 
 
 @kept_torch_rng()
@@ -226,7 +237,7 @@ def study(config: PathArg, out_dir: PathArg, overrides: Sequence[str] = ()) -> S
     ``overrides`` change the study's base. Returns a :class:`StudyResult`: a row per scored
     run (as ``results.csv``) and ``results.md``."""
     return study_workflow.study(_path(config, "config"), _path(out_dir, "out_dir"),
-                                tuple(overrides))
+                                _overrides(overrides))
 
 
 @kept_torch_rng()
@@ -241,7 +252,8 @@ def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
     return crossval_workflow.crossval(_path(config, "config"), _path(out_dir, "out_dir"),
                                       _opt_path(baseline, "baseline"),
                                       None if seeds is None else tuple(seeds),
-                                      _checked(adapt, AdaptOptions, "adapt"), tuple(overrides))
+                                      _checked(adapt, AdaptOptions, "adapt"),
+                                      _overrides(overrides))
 
 
 @kept_torch_rng()

@@ -222,3 +222,21 @@ def test_arguments_of_the_wrong_type_are_refused_in_one_line_naming_them(
         with pytest.raises(api.UsageError, match=message):
             call()
     assert not out.exists()
+
+
+@pytest.mark.parametrize("overrides", ["training.lr=4e-3", {"training.lr": 4e-3}, [0.1]])
+def test_overrides_given_as_one_string_are_refused_naming_the_argument(
+        tmp_path: Path, overrides: object) -> None:
+    """``overrides="training.lr=4e-3"`` (one string, which a type checker takes for a list of
+    them) was read letter by letter: "--set 't' must be key.path=value", naming neither the
+    argument nor the fix."""
+    calls = [lambda: api.train(tmp_path / "run.yaml", tmp_path / "a", overrides=overrides),
+             lambda: api.finetune(tmp_path / "m.safetensors", tmp_path / "run.yaml",
+                                  tmp_path / "b", overrides=overrides),
+             lambda: api.selftrain(tmp_path / "run.yaml", tmp_path / "c", overrides=overrides),
+             lambda: api.study(tmp_path / "study.yaml", tmp_path / "d", overrides=overrides),
+             lambda: api.crossval(tmp_path / "run.yaml", tmp_path / "e", overrides=overrides)]
+    for call in calls:
+        with pytest.raises(api.UsageError, match=r"overrides must be a list of KEY=VALUE texts"):
+            call()
+    assert list(tmp_path.iterdir()) == []
