@@ -14,7 +14,8 @@ form or type); input that can be mapped but probably not well warns with :class:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from numbers import Integral, Real
 from pathlib import Path
 from typing import TypeVar
 
@@ -133,6 +134,36 @@ def _overrides(value: Sequence[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _whole(value: int, name: str) -> int:
+    """A count, seed or index as an int: text, a fraction or a bool is refused naming the
+    argument, where it reached a range check as a TypeError or was blamed on the config."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise UsageError(f"{name} must be a whole number, not {value!r:.40}")
+    return int(value)
+
+
+def _opt_whole(value: int | None, name: str) -> int | None:
+    return None if value is None else _whole(value, name)
+
+
+def _opt_real(value: float | None, name: str) -> float | None:
+    """A size or factor as a float, or None; text or a bool is refused naming the argument."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+        raise UsageError(f"{name} must be a number, not {value!r:.40}")
+    return None if value is None else float(value)
+
+
+def _seeds(value: Iterable[int] | None) -> tuple[int, ...] | None:
+    """``seeds`` as a tuple of ints; a string (read digit by digit, each blamed on the config's
+    training.seed) or a lone number is refused."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise UsageError(f"seeds must be a list of whole numbers, e.g. [0, 1], not "
+                         f"{value!r:.40}")
+    return tuple(_whole(seed, "seeds") for seed in value)
+
+
 def _checked(value: Options | None, kind: type[Options], name: str) -> Options | None:
     """An options object of ``kind`` or None; a dict or other object is refused in one line
     rather than failing on a missing attribute deep inside."""
@@ -166,7 +197,8 @@ def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
     pixel and landslide counts, landslide area and the inventory's cut sizes."""
     return predict_workflow.predict(
         _name(image, "image"), _path(out_dir, "out_dir"), _opt_name(dem, "dem"), _models(model),
-        _checked(options, PredictOptions, "options"), min_area_m2, simplify_m, overwrite,
+        _checked(options, PredictOptions, "options"), _opt_real(min_area_m2, "min_area_m2"),
+        _opt_real(simplify_m, "simplify_m"), overwrite,
         progress, formats, prob_dtype, html_report, _checked(adapt, AdaptOptions, "adapt"))
 
 
@@ -180,7 +212,8 @@ def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
     Returns a :class:`PatchSetResult` (patch and pixel counts, ``metrics`` or None)."""
     return patches_workflow.predict_patches(
         _path(folder, "folder"), _path(out_dir, "out_dir"), _models(model),
-        _checked(options, PredictOptions, "options"), scale, pixel_size, overwrite, progress)
+        _checked(options, PredictOptions, "options"), _opt_real(scale, "scale"),
+        _opt_real(pixel_size, "pixel_size"), overwrite, progress)
 
 
 @kept_torch_rng()
@@ -208,7 +241,8 @@ def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bo
     (``KEY=VALUE``, as ``--set``) keys of the file. Returns a :class:`TrainResult`: the run
     folder and its model file."""
     return train_workflow.train_config(_path(config, "config"), _path(out_dir, "out_dir"),
-                                       resume, overwrite, seed, _overrides(overrides))
+                                       resume, overwrite, _opt_whole(seed, "seed"),
+                                       _overrides(overrides))
 
 
 @kept_torch_rng()
@@ -219,7 +253,8 @@ def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: 
     model file and the validation figures ``before`` and ``after``."""
     return finetune_workflow.finetune(_path(model, "model"), _path(config, "config"),
                                       _path(out_dir, "out_dir"), freeze_encoder, resume,
-                                      overwrite, seed, _overrides(overrides))
+                                      overwrite, _opt_whole(seed, "seed"),
+                                      _overrides(overrides))
 
 
 @kept_torch_rng()
@@ -251,7 +286,7 @@ def crossval(config: PathArg, out_dir: PathArg, baseline: PathArg | None = None,
     figures per recipe, the ``comparison`` (or None) and the tables written."""
     return crossval_workflow.crossval(_path(config, "config"), _path(out_dir, "out_dir"),
                                       _opt_path(baseline, "baseline"),
-                                      None if seeds is None else tuple(seeds),
+                                      _seeds(seeds),
                                       _checked(adapt, AdaptOptions, "adapt"),
                                       _overrides(overrides))
 
@@ -304,7 +339,8 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
     (a :class:`PredictResult`)."""
     return newsite_workflow.new_site(_name(image, "image"), _path(labels, "labels"),
                                      _path(out_dir, "out_dir"), _opt_path(aoi, "aoi"),
-                                     _opt_name(dem, "dem"), _opt_path(init, "init"), epochs,
+                                     _opt_name(dem, "dem"), _opt_path(init, "init"),
+                                     _whole(epochs, "epochs"),
                                      overwrite, progress)
 
 
@@ -315,7 +351,7 @@ def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = Fa
     (default: NAME.onnx beside it, NAME-member-K.onnx for a member). Returns an
     :class:`OnnxExport`: the file, its opset, stride and input channels."""
     return export_workflow.export_onnx(_path(model, "model"), _opt_path(out, "out"), overwrite,
-                                       member)
+                                       _opt_whole(member, "member"))
 
 
 @kept_torch_rng()
@@ -325,7 +361,7 @@ def store_weights(model: PathArg, out: PathArg, weights_dtype: str, overwrite: b
     ``member``, that network of an ensemble alone (0 = the first). Returns
     :class:`StoredWeights`: the new file and its size against the source's."""
     return export_workflow.store_weights(_path(model, "model"), _path(out, "out"),
-                                         weights_dtype, overwrite, member)
+                                         weights_dtype, overwrite, _opt_whole(member, "member"))
 
 
 @kept_torch_rng()
@@ -335,7 +371,8 @@ def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
     """Model-only against end-to-end throughput of mapping ``image``, and peak RSS. Returns a
     :class:`BenchResult` whose ``figures`` are what ``json_out`` holds."""
     return bench_workflow.bench(_name(image, "image"), _opt_name(dem, "dem"), _models(model),
-                                _checked(options, PredictOptions, "options"), sample,
+                                _checked(options, PredictOptions, "options"),
+                                _whole(sample, "sample"),
                                 agreement, _opt_path(json_out, "json_out"), overwrite)
 
 
@@ -343,4 +380,4 @@ def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
 def architectures(in_channels: int = 5) -> list[Architecture]:
     """Every registered architecture with its parameter count for ``in_channels`` inputs, as
     :class:`Architecture` rows (``name``, ``parameters``)."""
-    return models_workflow.architectures(in_channels)
+    return models_workflow.architectures(_whole(in_channels, "in_channels"))

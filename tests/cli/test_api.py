@@ -240,3 +240,35 @@ def test_overrides_given_as_one_string_are_refused_naming_the_argument(
         with pytest.raises(api.UsageError, match=r"overrides must be a list of KEY=VALUE texts"):
             call()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_numbers_of_the_wrong_type_are_refused_naming_the_argument(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """Text or a fraction where a number goes failed deep inside ("must be real number, not
+    str" for min_area_m2="5", a torch ValueError for in_channels=3.5), or was blamed on the
+    config file ("config run.yaml: training.seed must be a valid integer, got '1'" for
+    seed="1"; seeds="0,1" was read character by character)."""
+    image, dem, model, out = tiny_scene["image"], tiny_scene["dem"], tiny_model, tmp_path / "o"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_run(tiny_scene, epochs=1)))
+    calls: list[tuple[str, typing.Callable[[], object]]] = [
+        ("min_area_m2 must be a number", lambda: api.predict(image, out, dem, model,
+                                                               min_area_m2="5")),
+        ("simplify_m must be a number", lambda: api.predict(image, out, dem, model,
+                                                              simplify_m=True)),
+        ("scale must be a number", lambda: api.predict_patches(tmp_path, out, model, scale="2")),
+        ("seed must be a whole number", lambda: api.train(config, out, seed="1")),
+        ("seed must be a whole number", lambda: api.finetune(model, config, out, seed=1.5)),
+        ("seeds must be a list of whole numbers", lambda: api.crossval(config, out, seeds="0,1")),
+        ("seeds must be a list of whole numbers", lambda: api.crossval(config, out, seeds=3)),
+        ("seeds must be a whole number", lambda: api.crossval(config, out, seeds=[0, "1"])),
+        ("epochs must be a whole number", lambda: api.new_site(image, config, out, epochs="3")),
+        ("member must be a whole number", lambda: api.export_onnx(model, out, member="0")),
+        ("sample must be a whole number", lambda: api.bench(image, dem, model, sample="2")),
+        ("in_channels must be a whole number", lambda: api.architectures(3.5)),
+    ]
+    for message, call in calls:
+        with pytest.raises(api.UsageError, match=message):
+            call()
+    assert not out.exists()
+    assert api.architectures(np.int64(3))[0].parameters > 0  # numpy's whole numbers are whole
