@@ -272,3 +272,14 @@ def test_numbers_of_the_wrong_type_are_refused_naming_the_argument(
             call()
     assert not out.exists()
     assert api.architectures(np.int64(3))[0].parameters > 0  # numpy's whole numbers are whole
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"minutes": "3"}, "minutes must be a number"), ({"rounds": 2.0}, "rounds must be a whole"),
+    ({"tile": "64"}, "tile must be a whole"), ({"keep": (0.4,)}, "keep must be two fractions")])
+def test_adapt_options_of_the_wrong_type_are_refused_naming_the_field(
+        values: dict, message: str) -> None:
+    """``api.AdaptOptions(minutes="3")`` raised "TypeError: must be real number, not str" and
+    ``keep=(0.4,)`` a ValueError from unpacking, neither naming the field."""
+    with pytest.raises(api.UsageError, match=f"adaptation {message}"):
+        api.AdaptOptions(**values)

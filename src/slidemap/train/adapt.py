@@ -84,6 +84,7 @@ class AdaptOptions:
     save: Path | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         first, last = self.keep
         problems = [
             (not (math.isfinite(self.minutes) and self.minutes > 0),
@@ -106,6 +107,23 @@ class AdaptOptions:
         for failed, message in problems:
             if failed:  # a value of the wrong form: exit 2, as --threshold and --scales do
                 raise UsageError(message)
+
+    def _check_types(self) -> None:
+        """Text, a bool or a fraction where a number or count goes is refused naming the field,
+        before the range checks compare it (``minutes="3"``: "must be real number, not str")."""
+        wholes = ("windows", "rounds", "batch_size", "seed",
+                  *(("tile",) if self.tile is not None else ()))
+        for name in ("minutes", "lr", "min_valid", *wholes):
+            value = getattr(self, name)
+            kind = int if name in wholes else int | float
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise UsageError(f"adaptation {name} must be a "
+                                 f"{'whole number' if name in wholes else 'number'}, not "
+                                 f"{value!r:.40}")
+        if not (isinstance(self.keep, tuple | list) and len(self.keep) == 2 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in self.keep)):
+            raise UsageError(f"adaptation keep must be two fractions, e.g. (0.4, 0.8), not "
+                             f"{self.keep!r:.40}")
 
     def portions(self) -> list[float]:
         """Each round's fraction kept, from the first to the last, evenly spaced."""
