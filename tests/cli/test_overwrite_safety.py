@@ -315,6 +315,26 @@ def test_a_report_that_lists_no_files_goes_when_any_output_is_replaced(
     assert not page.exists()
 
 
+def test_an_overwrite_stopped_before_its_report_leaves_no_report_of_the_earlier_run(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict --report builds its page after the new rasters are in place: a run stopped
+    there (Ctrl-C, SIGTERM) left the earlier run's page, its map and model, beside them."""
+    out = tmp_path / "out"
+    api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                html_report=True)
+
+    def stopped(*args: object, **kwargs: object) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_workflow, "build_report", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model,
+                    PredictOptions(precision="fp32", threshold=0.3), overwrite=True,
+                    html_report=True)
+    assert not (out / "report.html").exists()
+
+
 def test_an_overwrite_keeps_a_report_html_that_slidemap_did_not_write(
         tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
     """The user's own page named report.html in --out describes no run: replacing the scene's

@@ -99,7 +99,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
         plots = [out_dir / name for name in EVALUATION_PLOTS]
-        retired += stale_report(out_dir, [*outputs.values(), *plots, *retired], html_report)
+        retired += stale_report(out_dir, [*outputs.values(), *plots, *retired])
         check_outputs([*outputs.values(), *plots, *retired],
                       [*local_files(truth, prediction, image, dem),
                        *[file_of(p) for p in (truth, aoi) if p is not None and is_vector(p)],

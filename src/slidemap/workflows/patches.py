@@ -121,7 +121,7 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     metrics_path = out_dir / "metrics.json"
     targets = {f"{name} {kind}": path for name, pair in paths.items()
                for kind, path in pair.items()}
-    retired = stale_report(out_dir, [*targets.values(), metrics_path], html_report=False)
+    retired = stale_report(out_dir, [*targets.values(), metrics_path])
     check_outputs([*targets.values(), metrics_path, *retired], [*inputs, *dataset.paths],
                   overwrite)
     if dataset.labelled:

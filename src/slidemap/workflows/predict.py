@@ -149,7 +149,7 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         log.info(f"no --dem: mapping with the RGB-only model {models[0].stem} (models/README.md)")
     inputs = [*local_files(image, dem, stac_item), *model_files(model, elevation)]
     retired = replaced_paths(image, out_dir, paths.values())
-    retired += stale_report(out_dir, [*paths.values(), *retired], html_report)
+    retired += stale_report(out_dir, [*paths.values(), *retired])
     check_outputs([*paths.values(), *retired], inputs, overwrite)
     if adapt is not None and adapt.save is not None:
         check_outputs(output_model_paths(adapt.save, "--adapt-save"),

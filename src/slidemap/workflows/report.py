@@ -22,15 +22,17 @@ def check_report(out_dir: Path, overwrite: bool) -> None:
     check_outputs([out_dir / "report.html"], [], overwrite)
 
 
-def stale_report(out_dir: Path, replaced: Iterable[Path], html_report: bool) -> list[Path]:
-    """``out_dir``'s report.html when this run replaces files it was made from and writes no
-    new one: left in place, it would show the earlier run's map and figures beside the new
-    files. Removed with the outputs it described; a report.html that slidemap did not write
-    (the user's own page) is not one, and is left alone, as is a report made before the files
+def stale_report(out_dir: Path, replaced: Iterable[Path]) -> list[Path]:
+    """``out_dir``'s report.html when this run replaces files it was made from: left in place,
+    it would show the earlier run's map and figures beside the new files. Removed with the
+    outputs it described, also when this run writes a new one: the new page is built only after
+    the new files are in place, and a run stopped between the two (Ctrl-C, a failed report)
+    would leave the earlier page beside them. A report.html that slidemap did not write (the
+    user's own page) is not one, and is left alone, as is a report made before the files
     replaced existed (a prediction's report, when an evaluation is scored again beside it).
     A page that does not list its files goes when any of ``replaced`` exists."""
     page = out_dir / "report.html"
-    if html_report or not is_report(page):
+    if not is_report(page):
         return []
     existing = [path for path in replaced if path.exists()]
     sources = report_sources(page)
