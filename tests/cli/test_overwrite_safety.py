@@ -451,6 +451,17 @@ def test_temporaries_of_dead_processes_are_swept(tmp_path: Path) -> None:
     assert not dead2.exists()
 
 
+def test_gdal_side_files_of_a_dead_runs_temporaries_are_swept(tmp_path: Path) -> None:
+    """A predict killed while GDAL's COG driver built the overviews left its
+    NAME.partial.tif.ovr.tmp, which no later run removed: it is the run's temporary too."""
+    temporary = f"..scene_prob.0123abcd-{HOST}-{dead_pid()}.staged.4567cdef-{HOST}-" \
+        f"{dead_pid()}.partial.tif"
+    side = tmp_path / f"{temporary}.ovr.tmp"
+    side.write_text("x")
+    assert sweep_stale(tmp_path) == [side]
+    assert final_path(side) == tmp_path / "scene_prob.tif.ovr.tmp"
+
+
 def test_a_killed_write_leaves_a_temporary_the_next_run_sweeps(tmp_path: Path) -> None:
     script = ("import os, sys\nfrom slidemap.io.atomic import atomic_path\n"
               "with atomic_path(sys.argv[1]) as tmp:\n"

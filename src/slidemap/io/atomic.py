@@ -1,9 +1,10 @@
 """Write to a temporary name beside the target, move into place only when complete.
 
-Temporary names are hidden (``.NAME.TOKEN-HOST-PID.partial.EXT``) and carry the machine and the
-id of the process writing them, so that the next run on that machine into the same folder can
-sweep those whose process has died (a ``kill -9`` gives no chance to clean up); another
-machine's (a shared folder) are left alone, since their process cannot be checked from here.
+Temporary names are hidden (``.NAME.TOKEN-HOST-PID.partial.EXT``, and GDAL's side files of
+them, ``EXT.ovr.tmp``) and carry the machine and the id of the process writing them, so that
+the next run on that machine into the same folder can sweep those whose process has died (a
+``kill -9`` gives no chance to clean up); another machine's (a shared folder) are left alone,
+since their process cannot be checked from here.
 Outputs that must not replace an existing file are published by a hard link, which fails if the
 name exists: two runs into one folder without ``--overwrite`` cannot both succeed, however close
 together they check.
@@ -24,8 +25,10 @@ from pathlib import Path
 
 from slidemap.errors import SlidemapError
 
+# the suffix may hold several extensions: the side files GDAL writes beside a temporary (the
+# COG driver's overviews, NAME.partial.tif.ovr.tmp) are the run's temporaries too
 TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[0-9a-f]{8}(?:-(?P<host>[0-9a-f]{6})-(?P<pid>\d+))?"
-                       r"\.(?:partial|staged)(?P<suffix>\.[^.]*)?$")
+                       r"\.(?:partial|staged)(?P<suffix>(?:\.[^.]*)*)$")
 HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
