@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,27 @@ def test_a_set_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
             path.write_text("mine")
     assert not targets["a"].exists() and targets["b"].read_text() == "another run's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif"]
+
+
+def test_ctrl_c_while_a_set_moves_into_place_comes_after_the_whole_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --overwrite the files of a set replace theirs one by one: Ctrl-C or SIGTERM between
+    two moves left the new probability beside the earlier run's mask and Item."""
+    targets = {"a": tmp_path / "a.tif", "b": tmp_path / "b.tif"}
+    for path in targets.values():
+        path.write_text("earlier run's")
+    replace = os.replace
+
+    def interrupted(src: Path, dst: Path) -> None:
+        replace(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives between this move and the next
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), staged(targets, overwrite=True) as tmp:
+        for path in tmp.values():
+            path.write_text("mine")
+    assert [path.read_text() for path in targets.values()] == ["mine", "mine"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
 
 
 def test_an_output_that_is_a_folder_is_refused_before_any_file_moves(

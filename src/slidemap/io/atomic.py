@@ -18,7 +18,9 @@ import fcntl
 import hashlib
 import os
 import re
+import signal
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -88,13 +90,38 @@ def staged(targets: dict[str, Path], overwrite: bool = True,
         for tmp in tmps.values():
             if tmp.exists():  # some writers (safetensors) create private 0600 files
                 os.chmod(tmp, 0o666 & ~_umask())
-        publish({tmps[key]: Path(target) for key, target in targets.items()}, overwrite)
-        for path in retire:
-            _remove(Path(path))
+        with held_signals():
+            publish({tmps[key]: Path(target) for key, target in targets.items()}, overwrite)
+            for path in retire:
+                _remove(Path(path))
     finally:
         for tmp in tmps.values():
             with contextlib.suppress(OSError):  # a read-only disk: the real error goes on
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while a set moves into place, and deliver them once it has:
+    with ``--overwrite`` its files replace theirs one by one, and a run stopped between two
+    moves left one run's probability beside another's mask and Item. Only the main thread
+    can set handlers (elsewhere nothing is held), and a signal whose handler Python did not
+    set is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: handler for signum in (signal.SIGINT, signal.SIGTERM)
+                if (handler := signal.getsignal(signum)) is not None}
+    for signum in previous:
+        signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for number in held:
+            signal.raise_signal(number)
 
 
 def publish(moves: dict[Path, Path], overwrite: bool) -> None:
