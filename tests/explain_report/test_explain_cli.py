@@ -187,7 +187,7 @@ def test_a_scene_too_small_for_the_model_is_refused_as_predict_refuses_it(
     for command in ("explain", "predict"):
         code, err = run_cli(command, strip, "--dem", tiny_scene["dem"], "--model", tiny_model,
                             "--out", tmp_path / command)
-        assert code == 1 and "96×1 px, too small for this model" in err, err
+        assert code == 1 and "1 × 96 px, too small for this model" in err, err
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "explain").exists()
 

@@ -71,7 +71,7 @@ def working_factor(scene: Scene, spec: InputSpec, image: DatasetName) -> int:
     factor = scene.decimation(spec.resolution_m)
     if min(scene.height, scene.width) < MIN_WORKING_SIZE * factor:
         raise SlidemapError(
-            f"image {image} is {scene.height}×{scene.width} px, too small for this model: it "
+            f"image {image} is {scene.width} × {scene.height} px, too small for this model: it "
             f"needs at least {MIN_WORKING_SIZE * factor} px a side")
     return factor
 
