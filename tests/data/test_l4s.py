@@ -222,3 +222,32 @@ def test_text_complex_or_empty_arrays_are_one_line_errors(tmp_path: Path, key: s
         f[key] = array
     with pytest.raises(SlidemapError, match=message):
         L4SDataset(tmp_path)[0]
+
+
+def damage(path: Path, where: str) -> None:
+    """Flip 16 bytes of the file's compressed 'img' chunk or of the object header that
+    describes it, found by h5py itself, so the file still opens."""
+    with h5py.File(path, "r") as f:
+        node = f["img"]
+        offset = (node.id.get_chunk_info(0).byte_offset if where == "chunk"
+                  else h5py.h5o.get_info(node.id).addr + 20)
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 16] = bytes(b ^ 0xFF for b in data[offset:offset + 16])
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("where", ["chunk", "header"])
+def test_a_damaged_file_is_a_one_line_error_naming_it(tmp_path: Path, where: str) -> None:
+    """A file that opens but fails while read was an OSError line without its name (a damaged
+    chunk) or a KeyError traceback (a damaged object header): which of thousands of patches
+    was bad could not be told."""
+    write_release(tmp_path, [1, 2], masks=False)
+    path = tmp_path / "img" / "image_2.h5"
+    img, _ = patch(2)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("img", data=img, compression="gzip", chunks=img.shape)
+    damage(path, where)
+    dataset = L4SDataset(tmp_path)
+    assert dataset[0]["image"].shape == (4, 16, 16)
+    with pytest.raises(SlidemapError, match=r"image_2.h5 cannot be read as HDF5 \(.+\): is the"):
+        dataset[1]

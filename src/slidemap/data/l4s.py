@@ -13,7 +13,8 @@ Samples follow the data-layer contract (``image``, ``slope``, ``dem``, ``mask``,
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slidemap.data.patches import IGNORE, binary_mask, check_patch_size
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, first_line
 from slidemap.extras import require
 from slidemap.schema.values import BAND_NAMES, DEFAULT_BANDS, MAX_TILE, TERRAIN, band_indexes
 
@@ -32,6 +33,9 @@ H5_SUFFIXES = frozenset({".h5", ".hdf5"})
 # NumPy kinds of real numbers (bool, signed, unsigned, float): text failed as a traceback, and
 # complex values were cast to their real part with a ComplexWarning
 NUMBER_KINDS = "biuf"
+# what h5py raises on a file that is not HDF5, or, once open, on a damaged B-tree or heap
+# (RuntimeError), object header (KeyError) or compressed chunk (OSError)
+H5_FAILURES = (OSError, RuntimeError, KeyError)
 
 
 class L4SDataset:
@@ -145,7 +149,7 @@ def _natural_key(path: Path) -> list:
 
 
 def _has_key(path: Path, key: str) -> bool:
-    with _open_h5(path) as f:
+    with _reading(path) as f:
         return key in f
 
 
@@ -174,7 +178,7 @@ def _read_dataset(path: Path, key: str,
                   check: Callable[[Path, tuple[int, ...]], None]) -> np.ndarray:
     """The array ``key`` of ``path``, read once it holds real numbers and ``check`` accepts its
     shape."""
-    with _open_h5(path) as f:
+    with _reading(path) as f:
         if key not in f:
             raise SlidemapError(
                 f"{path} has no {key!r} dataset (keys: {', '.join(f.keys()) or 'none'}): "
@@ -199,8 +203,15 @@ def _h5py(path: Path) -> ModuleType:
     return require("h5py", "hdf5", f"reading HDF5 file {path}")
 
 
-def _open_h5(path: Path) -> h5py.File:
+@contextmanager
+def _reading(path: Path) -> Iterator[h5py.File]:
+    """``path`` open for reading. A file h5py fails on, at opening or while reading it (a
+    damaged header or chunk was a KeyError, RuntimeError or OSError traceback or line that did
+    not name the file, one among thousands of patches), is a one-line error naming it."""
     try:
-        return _h5py(path).File(path, "r")
-    except OSError as exc:
-        raise SlidemapError(f"{path} cannot be read as HDF5: is the file complete?") from exc
+        with _h5py(path).File(path, "r") as f:
+            yield f
+    except H5_FAILURES as exc:
+        reason = first_line(exc).strip("'\"")  # a KeyError quotes its message
+        raise SlidemapError(f"{path} cannot be read as HDF5 ({reason}): is the file complete "
+                            "and undamaged?") from exc
