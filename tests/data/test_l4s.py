@@ -8,10 +8,12 @@ import h5py
 import numpy as np
 import pytest
 
+from slidemap.data import sources
 from slidemap.data.channels import InputSpec
 from slidemap.data.l4s import L4SDataset
-from slidemap.data.sources import is_l4s_folder, open_patch_set
+from slidemap.data.sources import is_l4s_folder, load_patch_arrays, open_patch_set
 from slidemap.errors import SlidemapError
+from slidemap.schema.config import PatchSource
 from slidemap.schema.values import BAND_NAMES
 
 RNG = np.random.default_rng(0)
@@ -251,3 +253,23 @@ def test_a_damaged_file_is_a_one_line_error_naming_it(tmp_path: Path, where: str
     assert dataset[0]["image"].shape == (4, 16, 16)
     with pytest.raises(SlidemapError, match=r"image_2.h5 cannot be read as HDF5 \(.+\): is the"):
         dataset[1]
+
+
+def test_a_set_beyond_memory_is_refused_after_its_first_patch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training holds a patch set whole at inputs.scale: a split beyond the machine's memory
+    was read to the end and failed as "out of memory: pass a smaller scene"."""
+    write_release(tmp_path, [1, 2, 3, 4])
+    spec = InputSpec(image_bands=(2, 3, 4), scale=4.0)  # 64² px, 3 channels: 48 KiB a patch
+    source = PatchSource("l4s", tmp_path)
+    assert len(load_patch_arrays(source, spec)) == 4
+    read = []
+    getitem = L4SDataset.__getitem__
+    monkeypatch.setattr(L4SDataset, "__getitem__",
+                        lambda self, index: read.append(index) or getitem(self, index))
+    monkeypatch.setattr(sources, "physical_memory_mb", lambda: 0.15,  # 150 KiB: 3 patches
+                        raising=False)
+    with pytest.raises(SlidemapError, match=r"its 4 patches at scale 4 \(image_1: 64 × 64 px, "
+                       r"3 channel\(s\)\) take about 0.0 GB, more than this machine's"):
+        load_patch_arrays(source, spec)
+    assert read == [0]

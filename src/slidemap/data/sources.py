@@ -20,6 +20,7 @@ import numpy as np
 from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.l4s import L4SDataset, is_h5_file
+from slidemap.data.machine import physical_memory_mb
 from slidemap.data.names import absolute_name
 from slidemap.data.patches import (
     IGNORE,
@@ -167,8 +168,17 @@ def load_patch_arrays(source: PatchSource, spec: InputSpec,
     if labelled and not dataset.labelled:
         raise SlidemapError(f"patch set {source.root} has no labels (masks/): training and "
                             "validation data need them")
-    arrays = [replace(patch_arrays(dataset[i], spec), source=str(source.root))
-              for i in select(dataset.names, source)]
+    chosen = select(dataset.names, source)
+    arrays: list[PatchArrays] = []
+    held = smallest = 0
+    for number, index in enumerate(chosen, 1):
+        arrays.append(replace(patch_arrays(dataset[index], spec), source=str(source.root)))
+        held += arrays[-1].x.nbytes
+        smallest = min(smallest or held, arrays[-1].x.nbytes)
+        # the patches read and the rest at the smallest size read: a set of one size (a
+        # Landslide4Sense split) is refused after its first patch
+        check_set_fits(source.root, arrays[0], held + (len(chosen) - number) * smallest,
+                       len(chosen), spec.scale)
     if not any(a.valid.any() for a in arrays):
         raise SlidemapError(f"patch set {source.root} has no valid pixel in the chosen patches: "
                             "check its nodata and masks")
@@ -197,6 +207,21 @@ def patch_arrays(sample: dict, spec: InputSpec) -> PatchArrays:
         target = labels if spec.scale == 1.0 else promote(labels, spec.scale, "mask")
         target = np.where(finite, target, IGNORE).astype(np.uint8)
     return PatchArrays(sample["name"], x, target, native_valid=valid, labels=labels)
+
+
+def check_set_fits(root: Path, first: PatchArrays, need: int, count: int, scale: float) -> None:
+    """Refuse a patch set whose channels, held whole at ``scale`` as training holds them, would
+    take ``need`` bytes, more than this machine's memory, before the rest of it is read: the
+    whole set was read first and ended as "out of memory: pass a smaller scene", which a patch
+    set does not have."""
+    machine = physical_memory_mb()
+    if machine and need > machine * 2**20:
+        channels, height, width = first.x.shape
+        raise SlidemapError(
+            f"patch set {root}: its {count:,} patches at scale {scale:g} ({first.name}: "
+            f"{width:,} × {height:,} px, {channels} channel(s)) take about "
+            f"{need / 2**30:,.1f} GB, more than this machine's {machine / 2**10:,.0f} GB: "
+            "lower inputs.scale, or take fewer patches (split: or names:)")
 
 
 def check_promoted_size(name: str, shape: tuple[int, ...], scale: float) -> None:
