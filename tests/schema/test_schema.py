@@ -194,3 +194,15 @@ def test_the_schema_package_imports_only_the_errors_of_slidemap() -> None:
             for name in names:
                 assert not name.startswith("slidemap") or name == "slidemap.errors" \
                     or name.startswith("slidemap.schema"), f"{path.name} imports {name}"
+
+
+def test_the_key_table_says_a_data_scene_needs_its_mask_as_the_loader_does() -> None:
+    """The table once gave `data.*[].mask` the default null of a selftrain target's scene."""
+    row = next(line for line in key_table().splitlines()
+               if line.startswith("| `data.*[].mask` |"))
+    assert row.split(" | ")[1] == "required"
+    with pytest.raises(SlidemapError, match=r"data.train\[0\].mask is required"):
+        parse_config({"data": {"train": [{"image": "a.tif"}]}})
+    config = parse_config({"data": {"train": [{"image": "a.tif", "mask": "m.tif"}]},
+                           "selftrain": {"target": [{"image": "b.tif"}]}})
+    assert config.selftrain is not None and config.selftrain.target[0].mask is None

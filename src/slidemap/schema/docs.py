@@ -15,12 +15,13 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from slidemap.schema.run import L4SSet, PatchFolderItem, RunConfig, SceneSource, Split
+from slidemap.schema.run import L4SSet, LabelledScene, PatchFolderItem, RunConfig, Split
 
 README_BEGIN = ("<!-- key table: generated from slidemap/schema by `python -m "
                 "slidemap.schema.docs configs/README.md`; do not edit by hand -->")
 README_END = "<!-- end of the key table -->"
-ITEM_MODELS = (SceneSource, PatchFolderItem, L4SSet)  # what a data or selftrain.target item can be
+# what a data item can be: a data scene's mask is required (selftrain.target says it may lack one)
+ITEM_MODELS = (LabelledScene, PatchFolderItem, L4SSet)
 
 
 def key_table() -> str:

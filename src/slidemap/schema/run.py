@@ -167,7 +167,9 @@ class SceneSource(Section):
 class LabelledScene(SceneSource):
     """A training or validation scene: its labels are required."""
 
-    mask: LabelName = Field(description=SceneSource.model_fields["mask"].description)
+    mask: LabelName = Field(description=(
+        f"{SceneSource.model_fields['mask'].description}; a `selftrain.target` scene may leave "
+        "it out"))
 
 
 class Split(Section):
