@@ -12,6 +12,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from factories import patch_folder
 from rich.console import Console
 
 from slidemap import __version__, cli
@@ -115,6 +116,23 @@ def test_usage_errors_exit_2_and_runtime_errors_exit_1(capsys, monkeypatch, tmp_
     assert (got, out) == (code, "")
     assert err.startswith("error: ") and err.count("\n") == 1 and named in err, err
     assert err.rstrip().endswith("--help'") == (code == 2), err
+
+
+@pytest.mark.parametrize(("option", "named"), [
+    (["--pixel-size", "0"], "--pixel-size 0.0 is not a pixel size"),
+    (["--pixel-size", "-0.5"], "--pixel-size -0.5 is not a pixel size"),
+    (["--pixel-size", "nan"], "--pixel-size nan is not a pixel size"),
+    (["--scale", "0"], "--scale 0.0 is not above 0"),
+])
+def test_a_patch_size_out_of_range_is_a_usage_error(capsys, monkeypatch, tmp_path, tiny_model,
+                                                    option, named) -> None:
+    """--pixel-size 0 mapped the patches with a slope of 90° everywhere, and --scale 0 exited 1
+    without pointing to --help, where every other value out of range exits 2."""
+    patch_folder(tmp_path / "set")
+    got, out, err = run(capsys, monkeypatch, "predict", tmp_path / "set", "--model", tiny_model,
+                        "--out", tmp_path / "o", *option)
+    assert (got, out) == (2, "") and named in err and err.rstrip().endswith("--help'"), err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("name", ["scene[bold].tif", "a[/b].tif", "[red]x[/red] [link=y].tif"])

@@ -4,6 +4,7 @@ TIFF per patch, and one confusion matrix over all patches when the set has label
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from rich.progress import Progress
 from slidemap.data.l4s import L4SDataset
 from slidemap.data.patches import Georeference, PatchDataset
 from slidemap.data.sources import is_l4s_folder, open_patch_set, patch_arrays
-from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.domain import patch_set_mismatch
 from slidemap.infer.ensemble import Predictor
@@ -111,8 +112,12 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     goes with them (it showed that run's figures), as a scene's does.
     """
     if scale is not None and not 0 < scale <= MAX_PATCH_SCALE:
-        raise SlidemapError(f"--scale {scale} is not above 0 and at most {MAX_PATCH_SCALE:g}: "
-                            "use e.g. 2 to double the size")
+        raise UsageError(f"--scale {scale} is not above 0 and at most {MAX_PATCH_SCALE:g}: "
+                         "use e.g. 2 to double the size")
+    if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
+        # 0 gave a slope of 90° everywhere, a negative size the slope of its absolute value
+        raise UsageError(f"--pixel-size {pixel_size} is not a pixel size: give metres above 0, "
+                         "e.g. 0.5")
     spec = predictor.spec if scale is None else predictor.spec.model_copy(
         update={"scale": float(scale)})
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
