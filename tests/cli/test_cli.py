@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import warnings
@@ -12,6 +13,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+import typer
 from factories import patch_folder
 from rich.console import Console
 
@@ -183,3 +185,16 @@ def test_quiet_and_verbose_predict(capsys, monkeypatch, tiny_scene, tiny_model,
     assert "debug: PredictOptions(" in err and " predict done in " in err
     assert "landslides" in err and str(tmp_path / "verbose" / "scene[bold]_mask.tif") in err
     assert "predict scene[bold].tif" in err  # the progress bar's label, not read as markup
+
+
+def test_every_option_of_every_command_is_in_the_readmes() -> None:
+    """train and finetune --seed, predict --pixel-size and bench --sample were in --help only."""
+    root = Path(__file__).parents[2]
+    text = (root / "README.md").read_text() + (root / "configs" / "README.md").read_text()
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    missing = [f"{name} {opt}" for name, command in group.commands.items()
+               for param in command.params for opt in param.opts
+               if opt.startswith("--") and opt != "--help"
+               and not re.search(re.escape(opt) + r"(?![\w-])", text)]
+    assert not missing, f"document in README.md: {missing}"
