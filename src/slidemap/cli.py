@@ -77,6 +77,7 @@ Models = Annotated[list[Path] | None, typer.Option(
     "--model", metavar="<path>",
     help="model file; repeat to average an ensemble (default: shipped)")]
 Seed = Annotated[int | None, typer.Option(
+    min=0, max=schema_values.MAX_SEED,
     help="replace the config's training.seed (repeat a recipe with other seeds)")]
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE",
@@ -452,6 +453,9 @@ def _seeds(value: str | None) -> tuple[int, ...] | None:
                          ) from exc
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds {value!r} repeats a seed: give each seed once")
+    if not all(0 <= seed <= schema_values.MAX_SEED for seed in seeds):
+        raise UsageError(f"--seeds {value!r} holds a seed outside 0 to "
+                         f"{schema_values.MAX_SEED}: give e.g. 0,1")
     return seeds
 
 

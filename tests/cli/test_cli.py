@@ -137,6 +137,21 @@ def test_a_patch_size_out_of_range_is_a_usage_error(capsys, monkeypatch, tmp_pat
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("command", "option", "named"), [
+    ("train", ["--seed", "-1"], "'--seed'"),
+    ("crossval", ["--seeds=-1,0"], "--seeds '-1,0' holds a seed outside 0"),
+])
+def test_a_negative_seed_is_a_usage_error_naming_the_option(capsys, monkeypatch, tmp_path,
+                                                            command, option, named) -> None:
+    """train --seed -1 was blamed on the config ("config t.yaml: training.seed must be greater
+    than or equal to 0", exit 1), whose seed was fine."""
+    config = tmp_path / "t.yaml"
+    config.write_text("data:\n  train: []\n")
+    got, out, err = run(capsys, monkeypatch, command, config, "--out", tmp_path / "o", *option)
+    assert (got, out) == (2, "") and named in err and "config" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("name", ["scene[bold].tif", "a[/b].tif", "[red]x[/red] [link=y].tif"])
 def test_paths_with_markup_print_as_they_are(capsys, monkeypatch, tmp_path, name) -> None:
     monkeypatch.chdir(tmp_path)
