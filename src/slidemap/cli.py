@@ -225,7 +225,7 @@ def predict(
     html_report: Report = False,
     memory_mb: Annotated[int | None, typer.Option(
         min=64, help="memory budget of the scene's buffers in MB, whatever the scene's size "
-                     "(default: the README's; the model and runtime come on top)")] = None,
+                     "(default: 512; the model and runtime come on top)")] = None,
     adapt: AdaptFlag = False,
     adapt_minutes: AdaptMinutes = None,
     adapt_windows: AdaptWindows = None,

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from slidemap import __version__, cli
 from slidemap.errors import SlidemapWarning
+from slidemap.infer.budget import DEFAULT_MEMORY_MB
 
 HEAVY = ("torch", "rasterio", "numpy", "scipy", "matplotlib", "onnxruntime", "dask", "h5py",
          "shapely", "pyogrio", "slidemap.api")
@@ -90,6 +91,13 @@ def test_evaluate_help_names_the_threshold_a_prediction_raster_is_scored_at(caps
     0.5, and the help said only "the model's"."""
     shown = " ".join(run(capsys, monkeypatch, "evaluate", "--help")[1].replace("│", " ").split())
     assert "the threshold its provenance tags record, else 0.5" in shown
+
+
+def test_predict_help_gives_the_memory_budget_it_uses(capsys, monkeypatch) -> None:
+    """--memory-mb's help said "default: the README's", sending the user to another page for
+    a number the help can give."""
+    shown = " ".join(run(capsys, monkeypatch, "predict", "--help")[1].replace("│", " ").split())
+    assert f"(default: {DEFAULT_MEMORY_MB}; the model and runtime come on top)" in shown
 
 
 @pytest.mark.parametrize(("args", "code", "named"), [
