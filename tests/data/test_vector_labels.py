@@ -692,3 +692,26 @@ def test_measured_polygons_read_without_warnings(tiny_scene: dict, tmp_path: Pat
     assert not [w for w in shown if "Measured" in str(w.message)]
     with Scene(tiny_scene["image"], mask=plain) as scene:
         np.testing.assert_array_equal(labels, scene.read(Window(0, 0, 96, 96), (1,))["mask"])
+
+
+def test_rings_left_open_or_of_two_points_read_as_qgis_draws_them(tiny_scene: dict,
+                                                                  tmp_path: Path) -> None:
+    """A hand-edited GeoJSON ring left unclosed is read by GDAL (with a note) and a ring of two
+    points has no area; both ended in a GEOS traceback. The first is closed, the second burns
+    nothing, as QGIS draws them."""
+    x, y = ORIGIN
+    square = [[x + 20, y - 15], [x + 40, y - 15], [x + 40, y - 35], [x + 20, y - 35]]  # 0.5 m px
+    drawn = tmp_path / "drawn.geojson"
+    drawn.write_text(json.dumps({
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32647"}},
+        "features": [{"type": "Feature", "properties": {},
+                      "geometry": {"type": "Polygon", "coordinates": [ring]}}
+                     for ring in (square, [[x + 5, y - 5], [x + 10, y - 5]])]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # GDAL's note on the open ring
+        with Scene(tiny_scene["image"], mask=drawn) as scene:
+            labels = scene.read(Window(0, 0, 96, 96), (1,))["mask"]
+            landslides = scene.labels_landslides
+    np.testing.assert_array_equal(labels, np.where(read_mask(tiny_scene["mask"]) == 1, 1, 0))
+    assert landslides

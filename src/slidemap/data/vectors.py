@@ -140,7 +140,10 @@ class PolygonLayer:
         except (DataSourceError, DataLayerError) as exc:
             raise SlidemapError(f"{self.role} {self.name} cannot be read "
                                 f"({first_line(exc)}): is it complete?") from exc
-        geometries = shapely.from_wkb(wkb)
+        # a GeoJSON ring left unclosed (GDAL reads it, with a warning) is closed, and a ring of
+        # fewer than 3 points, which has no area, read as missing: GEOS refused both with a
+        # traceback, where QGIS draws the first and skips the second
+        geometries = shapely.from_wkb(wkb, on_invalid="fix")
         geometries = geometries[~(shapely.is_missing(geometries) | shapely.is_empty(geometries))]
         kinds = shapely.get_type_id(geometries)
         polygonal = np.isin(kinds, (3, 6))  # Polygon, MultiPolygon
