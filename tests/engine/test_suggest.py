@@ -191,3 +191,25 @@ def test_boxes_are_refused_a_file_name_that_is_no_vector_format(
                         "--box", "32", "--out", tmp_path / "new" / "boxes.txt")
     assert code == 2 and "GeoPackage (.gpkg)" in err and "Traceback" not in err  # usage, as
     assert not (tmp_path / "new").exists()  # report --out notes.txt
+
+
+def test_a_scene_labelled_all_over_is_not_told_to_try_smaller_boxes(scene: Path,
+                                                                   tmp_path: Path) -> None:
+    """With every valid box in --labels, the error said "use a smaller --box", which finds
+    nothing either; a smaller box helps only where boxes were left out as mostly nodata."""
+    done = tmp_path / "done.gpkg"
+    west, south, east, north = box_bounds(3, 0)[0], box_bounds(3, 0)[1], *box_bounds(0, 2)[2:]
+    valid_boxes = shapely.union(shapely.box(west, south, east, north),  # all but mostly nodata
+                                shapely.box(*box_bounds(0, 3)))
+    pyogrio.raw.write(done, np.array([shapely.to_wkb(valid_boxes)], dtype=object), [], [],
+                      driver="GPKG", geometry_type="Polygon", crs="EPSG:32647")
+    with pytest.raises(SlidemapError, match=r"no box of .* the rest less than 25% valid"):
+        suggest_boxes(BrightnessModel(), scene, None, n=1, box=BOX, labels=[done])
+    everything = tmp_path / "everything.gpkg"
+    pyogrio.raw.write(everything, np.array([shapely.to_wkb(shapely.box(
+        west, south, box_bounds(0, 3)[2], north))], dtype=object), [], [], driver="GPKG",
+        geometry_type="Polygon", crs="EPSG:32647")
+    with pytest.raises(SlidemapError, match=r"every box .* lies in the areas of --labels \(16 "
+                       r"boxes\): nothing is left to suggest") as refused:
+        suggest_boxes(BrightnessModel(), scene, None, n=1, box=BOX, labels=[everything])
+    assert "smaller --box" not in str(refused.value)

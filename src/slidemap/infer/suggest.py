@@ -126,8 +126,9 @@ def valid_fraction(valid: np.ndarray, window: Window, box: int) -> float:
 
 def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch_size: int,
                 skip: Sequence[PolygonLayer] = (), progress: Progress | None = None
-                ) -> tuple[list[BoxScore], int]:
-    """Scores of every box with enough valid pixels, and how many boxes ``skip`` ruled out."""
+                ) -> tuple[list[BoxScore], int, int]:
+    """Scores of every box with enough valid pixels, how many boxes ``skip`` ruled out and
+    how many were left out as valid under :data:`MIN_VALID` (which a smaller box may pass)."""
     spec = predictor.spec
     grid = box_grid(scene.height, scene.width, box)
     transform = scene.profile["transform"]
@@ -135,7 +136,7 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch
     task = progress.add_task("score boxes", total=total) if progress else None
     scores: list[BoxScore] = []
     batch: list[tuple[int, int, Window, np.ndarray, np.ndarray]] = []
-    skipped = 0
+    skipped = sparse = 0
 
     def flush() -> None:
         probs = predictor([b[3] for b in batch], [b[4] for b in batch])
@@ -158,13 +159,14 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch
         sample = read_inputs(scene, window, spec, factor)
         valid = sample["valid"]
         if valid_fraction(valid, window, box) < MIN_VALID:
+            sparse += 1
             continue
         batch.append((r, c, window, stack_channels(sample, spec), valid))
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
-    return scores, skipped
+    return scores, skipped, sparse
 
 
 def pick(scores: Sequence[BoxScore], n: int, spacing: int) -> list[BoxScore]:
@@ -216,7 +218,11 @@ def suggest_boxes(predictor: Predictor, image: DatasetName, dem: DatasetName | N
                 raise SlidemapError(f"labelled areas {layer.name} holds no polygon: pass the "
                                     "boxes or areas labelled so far, or leave out --labels")
             layer.check_overlap(scene.bounds)
-        scores, skipped = score_boxes(predictor, scene, box, factor, batch_size, skip, progress)
+        scores, skipped, sparse = score_boxes(predictor, scene, box, factor, batch_size, skip,
+                                              progress)
+    if not scores and skipped and not sparse:  # a smaller --box would find nothing either
+        raise SlidemapError(f"every box of {image} with valid pixels lies in the areas of "
+                            f"--labels ({skipped} boxes): nothing is left to suggest there")
     if not scores:
         raise SlidemapError(f"no box of {box} px of {image} is left to suggest ({skipped} "
                             f"already labelled, the rest less than {MIN_VALID:.0%} valid): use a "
