@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from factories import RGB_SLOPE, rewrite_sidecar, tiny_bundle
+from factories import RGB_SLOPE, patch_folder, rewrite_sidecar, tiny_bundle
 
 from slidemap import api
 from slidemap.data.channels import InputSpec
@@ -56,6 +56,27 @@ def test_members_must_read_the_same_inputs(tmp_path: Path) -> None:
     rgb = load_model(member(tmp_path, 1, 50.0, InputSpec(image_bands=(1, 2, 3))))
     with pytest.raises(SlidemapError, match="read different inputs"):
         Predictor([load_model(member(tmp_path, 2, 50.0)), rgb])
+
+
+def test_members_at_other_patch_scales_combine_at_the_scale_chosen(tmp_path: Path) -> None:
+    """inputs.scale resizes patches only: members trained at 1 and 2 were refused as reading
+    'different inputs ... same bands and resolution', for scenes (which ignore it) and even with
+    --scale, which resizes the patches alike for all. A patch set needs --scale to pick one."""
+    rgb = InputSpec(image_bands=(1, 2, 3))
+    models = [save_model(tiny_bundle(rgb.model_copy(update={"scale": scale}), seed=seed),
+                         tmp_path / f"s{seed}") for seed, scale in enumerate((1.0, 2.0))]
+    assert Predictor([load_model(m) for m in models]).spec.image_bands == (1, 2, 3)
+    root = patch_folder(tmp_path / "set", count=1)
+    options = PredictOptions(tile=16, overlap=0, precision="fp32")
+    with pytest.raises(SlidemapError, match=r"different inputs.scale \(1, 2, in --model order\):"
+                                            " pass --scale to choose one for all"):
+        api.predict_patches(root, tmp_path / "unchosen", models, options)
+    maps = []
+    for name, chosen in (("a", models[:1]), ("b", models[1:]), ("ab", models)):
+        api.predict_patches(root, tmp_path / name, chosen, options, scale=2.0)
+        with rasterio.open(tmp_path / name / "p0_prob.tif") as ds:
+            maps.append(ds.read(1))
+    np.testing.assert_allclose(maps[2], (maps[0] + maps[1]) / 2, atol=1e-6)
 
 
 def member_predicting(tmp_path: Path, seed: int, defaults: PredictDefaults) -> Path:

@@ -74,13 +74,14 @@ class Predictor:
         if not bundles:
             raise SlidemapError("no model given: pass at least one --model")
         first = bundles[0].inputs
-        for bundle in bundles[1:]:
-            if bundle.inputs != first:
+        for bundle in bundles[1:]:  # inputs.scale resizes patches only: patch_spec checks it
+            if bundle.inputs.model_copy(update={"scale": first.scale}) != first:
                 raise SlidemapError(
                     f"ensemble members read different inputs ({first} vs {bundle.inputs}): "
                     "combine only models trained on the same bands and resolution"
                 )
         self.spec: InputSpec = first
+        self.patch_scales = [b.inputs.scale for b in bundles]
         self.members = [(make_backend(b, backend, precision, compile), BandStats(b.mean, b.std))
                         for b in bundles]
         self.threshold = mean_threshold(bundles) if threshold is None \
@@ -91,6 +92,19 @@ class Predictor:
         self.tta = tta
         self.precision = "fp32" if backend == "onnx" else resolve_precision(precision)
         self.paths = [b.path for b in bundles]
+
+    def patch_spec(self, scale: float | None = None) -> InputSpec:
+        """The inputs for patches resized by ``scale`` (``--scale``), or by the members' own
+        ``inputs.scale``, which must then be one: members trained at other scales read the
+        same channels, and one resized patch serves them all."""
+        if scale is not None:
+            return self.spec.model_copy(update={"scale": float(scale)})
+        if len(set(self.patch_scales)) > 1:
+            listed = ", ".join(f"{s:g}" for s in self.patch_scales)
+            raise SlidemapError(f"ensemble members resize patches by different inputs.scale "
+                                f"({listed}, in --model order): pass --scale to choose one "
+                                "for all")
+        return self.spec
 
     @property
     def stats(self) -> list[BandStats]:

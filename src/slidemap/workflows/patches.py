@@ -118,8 +118,7 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
         # 0 gave a slope of 90° everywhere, a negative size the slope of its absolute value
         raise UsageError(f"--pixel-size {pixel_size} is not a pixel size: give metres above 0, "
                          "e.g. 0.5")
-    spec = predictor.spec if scale is None else predictor.spec.model_copy(
-        update={"scale": float(scale)})
+    spec = predictor.patch_spec(scale)
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
     check_not_read_from(dataset, root, out_dir)
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
