@@ -184,6 +184,28 @@ def test_predict_into_a_patch_set_folder_replaces_its_own_outputs(
     assert sorted(p.name for p in (root / "images").iterdir()) == ["p0.png", "p1.png"]
 
 
+def test_a_smaller_patch_set_retires_the_maps_of_patches_it_lacks(tmp_path: Path) -> None:
+    """predict SET --out DIR --overwrite, DIR used before for a larger set, left that set's
+    p2/p3 maps beside the new ones and a metrics.json that did not count them. Only the files
+    the earlier run's patches.json lists go: the user's own TIFF of such a name stays."""
+    model = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), tmp_path / "rgb")
+    out = tmp_path / "out"
+    options = PredictOptions(tile=16, overlap=0, precision="fp32")
+    api.predict_patches(patch_folder(tmp_path / "big", count=4), out, model, options)
+    (out / "mine_prob.tif").write_bytes(b"the user's")
+    small = patch_folder(tmp_path / "small", count=2)
+    with pytest.raises(SlidemapError, match="exists: pass --overwrite"):
+        api.predict_patches(small, out, model, options)
+    api.predict_patches(small, out, model, options, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json", "mine_prob.tif", "p0_mask.tif", "p0_prob.tif", "p1_mask.tif",
+        "p1_prob.tif", "patches.json"]
+    unlabelled = patch_folder(tmp_path / "one", count=1, masks=False)
+    api.predict_patches(unlabelled, out, model, options, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "mine_prob.tif", "p0_mask.tif", "p0_prob.tif", "patches.json"]
+
+
 def test_a_hard_link_to_an_input_counts_as_the_input(
         tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
     out = tmp_path / "out"

@@ -3,10 +3,11 @@ TIFF per patch, and one confusion matrix over all patches when the set has label
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,12 @@ from slidemap.workflows.inputs import ModelArg, has_elevation, model_files, mode
 from slidemap.workflows.report import stale_report
 
 log = logging.getLogger(__name__)
+
+# the record of the maps a run wrote, so that the next run into the folder retires those it
+# does not write again, and only those
+RECORD = "patches.json"
+WRITTEN_BY = "slidemap predict (patch set)"
+PATCH_SUFFIXES = ("_prob.tif", "_mask.tif")  # metrics.json is always written or retired
 
 @dataclass(frozen=True)
 class PatchSetResult:
@@ -83,6 +90,26 @@ def patch_output_paths(name: str, out_dir: Path) -> dict[str, Path]:
     return {"prob": out_dir / f"{name}_prob.tif", "mask": out_dir / f"{name}_mask.tif"}
 
 
+def earlier_patch_files(out_dir: Path, written: Iterable[Path]) -> list[Path]:
+    """The files of an earlier patch-set prediction in ``out_dir`` that this run, writing
+    ``written``, does not write again (patches the new set lacks): left in place they lay
+    beside the new set's, which metrics.json does not count. Only the maps that run's
+    ``patches.json`` lists are such files; a folder without that record (the user's own
+    files, an older slidemap's outputs) keeps everything."""
+    try:
+        record = json.loads((out_dir / RECORD).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    files = record.get("files") if isinstance(record, dict) and \
+        record.get("written_by") == WRITTEN_BY else None
+    if not isinstance(files, list):
+        return []
+    kept = set(written)
+    listed = {out_dir / name for name in files if isinstance(name, str)
+              and Path(name).name == name and name.endswith(PATCH_SUFFIXES)}
+    return sorted(path for path in listed - kept if path.is_file())
+
+
 def check_not_read_from(dataset: PatchDataset | L4SDataset, root: Path, out_dir: Path) -> None:
     """Refuse an ``out_dir`` the set reads its patches from (``images/``, ``masks/``, ``dem/``):
     the TIFFs written there were read as patches by the next run, which refused the set. A
@@ -109,7 +136,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     set's folder are outputs, replaced with ``overwrite``. The
     set's files appear together once every patch is mapped: a patch that fails to read leaves
     the folder as it was. The folder's report.html, when these files replace an earlier run's,
-    goes with them (it showed that run's figures), as a scene's does.
+    goes with them (it showed that run's figures), as a scene's does, and so do the maps of an
+    earlier run's patches that this set lacks (``patches.json`` records each run's files).
     """
     if scale is not None and not 0 < scale <= MAX_PATCH_SCALE:
         raise UsageError(f"--scale {scale} is not above 0 and at most {MAX_PATCH_SCALE:g}: "
@@ -122,14 +150,19 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
     check_not_read_from(dataset, root, out_dir)
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
-    metrics_path = out_dir / "metrics.json"
+    metrics_path, record_path = out_dir / "metrics.json", out_dir / RECORD
     targets = {f"{name} {kind}": path for name, pair in paths.items()
                for kind, path in pair.items()}
-    retired = stale_report(out_dir, [*targets.values(), metrics_path])
-    check_outputs([*targets.values(), metrics_path, *retired], [*inputs, *dataset.paths],
-                  overwrite)
+    retired = earlier_patch_files(out_dir, targets.values())
+    retired += stale_report(out_dir, [*targets.values(), metrics_path, *retired])
+    if not dataset.labelled:  # no figures, and none left from an earlier run
+        retired.append(metrics_path)
+    check_outputs([*targets.values(), metrics_path, record_path, *retired],
+                  [*inputs, *dataset.paths], overwrite)
     if dataset.labelled:
         targets["metrics"] = metrics_path
+    files = sorted(path.name for path in targets.values())  # what the next run may retire
+    targets["record"] = record_path
     observed = patch_stats(dataset, spec)
     if options.normalise == "scene":
         predictor = predictor.with_stats(observed)
@@ -164,8 +197,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
         if confusion is not None:
             summary["metrics"] = scored_metrics(confusion, root)
             tmp["metrics"].write_text(jsontext.dumps(summary, indent=2) + "\n")
-    if confusion is None:  # an unlabelled set: no figures, and none left from an earlier run
-        metrics_path.unlink(missing_ok=True)
+        tmp["record"].write_text(jsontext.dumps(
+            {"written_by": WRITTEN_BY, "folder": str(root), "files": files}, indent=2) + "\n")
     return summary
 
 
