@@ -11,6 +11,7 @@ import pytest
 from slidemap.data import sources
 from slidemap.data.channels import InputSpec
 from slidemap.data.l4s import L4SDataset
+from slidemap.data.scene import Scene
 from slidemap.data.sources import is_l4s_folder, load_patch_arrays, open_patch_set
 from slidemap.errors import SlidemapError
 from slidemap.schema.config import PatchSource
@@ -273,3 +274,28 @@ def test_a_set_beyond_memory_is_refused_after_its_first_patch(
                        r"3 channel\(s\)\) take about 0.0 GB, more than this machine's"):
         load_patch_arrays(source, spec)
     assert read == [0]
+
+
+@pytest.mark.parametrize("name", ["{root}/img/image_1.h5", 'HDF5:"{root}/img/image_1.h5"://img'])
+def test_one_patch_passed_as_a_scene_says_to_pass_its_split(tmp_path: Path, name: str) -> None:
+    """GDAL reads a patch's (H, W, 14) img as H bands 14 px wide: predict refused it as lacking
+    a CRS, as too small or as needing a DEM, and never said that the split folder is read."""
+    root = tmp_path / "split"
+    write_release(root, [1])
+    with pytest.raises(SlidemapError, match=f"one Landslide4Sense patch, not a scene .*: pass "
+                                            f"its split folder {root} to predict"):
+        Scene(name.format(root=root))
+    single = tmp_path / "single"
+    single.mkdir()
+    with h5py.File(single / "patch_0.h5", "w") as f:
+        f["img"] = patch(0)[0]
+    with pytest.raises(SlidemapError, match=f"pass its split folder {single} to predict"):
+        Scene(single / "patch_0.h5")
+
+
+def test_an_hdf5_raster_other_than_a_patch_is_left_to_gdal(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "scene.h5", "w") as f:
+        f["img"] = np.zeros((3, 16, 16), np.float32)  # bands first, as a scene's
+    with pytest.raises(SlidemapError) as caught:
+        Scene(f'HDF5:"{tmp_path / "scene.h5"}"://img')
+    assert "Landslide4Sense" not in str(caught.value)

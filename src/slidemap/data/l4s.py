@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from slidemap.data.names import DatasetName, local_file
 from slidemap.data.patches import IGNORE, binary_mask, check_patch_size
 from slidemap.errors import SlidemapError, first_line
 from slidemap.extras import require
@@ -117,6 +118,26 @@ def _find_files(root: Path) -> tuple[list[Path], list[Path] | None]:
         missing = images[with_mask.index(False)]
         raise SlidemapError(f"{missing} has no 'mask' but other files do: label every patch")
     return images, images if all(with_mask) else None
+
+
+def split_of_patch(name: DatasetName) -> Path | None:
+    """The split folder of the Landslide4Sense patch file that the GDAL name ``name`` reads
+    (``img/image_1.h5``, or ``HDF5:"img/image_1.h5"://img``), else None. GDAL reads a patch's
+    (H, W, 14) ``img`` as H bands of 14 × W px, which was then refused as too small or as
+    lacking a CRS or DEM: the split's folder is what predict maps."""
+    path = local_file(name)
+    if path is None or not is_h5_file(path) or not path.is_file():
+        return None
+    try:
+        with _reading(path) as f:
+            node = f.get("img")
+            shape: tuple[int, ...] = tuple(node.shape) if isinstance(
+                node, _h5py(path).Dataset) else ()
+    except SlidemapError:  # no h5py, or no HDF5 file: GDAL's own error says what it is
+        return None
+    if len(shape) != 3 or shape[-1] != len(BAND_NAMES):
+        return None
+    return path.parent.parent if path.parent.name == "img" else path.parent
 
 
 def is_h5_file(path: Path) -> bool:

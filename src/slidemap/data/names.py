@@ -29,6 +29,16 @@ def local_path(name: DatasetName) -> Path | None:
     return Path(name) if is_local(name) else None
 
 
+def local_file(name: DatasetName) -> Path | None:
+    """The file on this machine that ``name`` reads: a local path, or the file of a
+    ``DRIVER:"file":sub`` subdataset; None for /vsi* names and URLs."""
+    if is_local(name):
+        return Path(name)
+    text = str(name)
+    file, _ = _file_part(text)
+    return None if file == text or not is_local(file) else Path(file)
+
+
 def _file_part(text: str) -> tuple[str, str]:
     """(the file a name points into, the subdataset inside it or "")."""
     match = SUBDATASET.match(text)

@@ -28,6 +28,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from slidemap.data.l4s import split_of_patch
 from slidemap.data.names import DatasetName, as_name, local_path
 from slidemap.data.terrain import (
     BoxSums,
@@ -153,6 +154,11 @@ class Scene:
         self.dem_path = as_name(dem) if dem is not None else None
         self.mask_path = as_name(mask) if mask is not None else None
         self.role = role
+        split = split_of_patch(image)
+        if split is not None:
+            raise SlidemapError(f"{role} {image} is one Landslide4Sense patch, not a scene "
+                                "(GDAL reads it as bands 14 px wide): pass its split folder "
+                                f"{split} to predict, which maps every patch")
         self._image = open_raster(image, role)
         self._apply_scale = apply_scale
         self._warn_partial_dem = warn_partial_dem
