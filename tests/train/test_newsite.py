@@ -48,6 +48,7 @@ from slidemap.train import loop
 from slidemap.train import selftrain as selftrain_module
 from slidemap.train.lineage import learnt_ground, lineage
 from slidemap.train.loop import train
+from slidemap.train.recipes import Recipes
 from slidemap.train.selftrain import (
     Target,
     confident,
@@ -187,6 +188,37 @@ def test_l4s_sets_with_other_bands_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SlidemapError, match="build other channels"):
         parse_config({"data": {"train": [{"l4s": str(root), "bands": ["B2", "B3"]}],
                                "val": [{"l4s": str(root), "bands": ["B2", "B4"]}]}})
+
+
+def test_colour_jitter_greys_l4s_patches_by_their_real_red_green_and_blue(tmp_path: Path
+                                                                         ) -> None:
+    """The default bands start B2 (blue), B3 (green), B4 (red): saturation, inversion, hue and
+    grayscale took B2 for red and B4 for blue (a pure red pixel greyed to 0.114, not 0.299)."""
+    root = l4s_release(tmp_path / "l4s")
+    config = parse_config({"data": {"train": [{"l4s": str(root)}]},
+                           "training": {"colour_jitter": {"grayscale": 1.0}}})
+    assert config.inputs.image_bands == (2, 3, 4, 8) and config.colour_bands == (2, 1, 0)
+    recipes = Recipes(config, [], BandStats([0.0] * 6, [1.0] * 6))
+    red = np.zeros((6, 2, 2), np.float32)  # B2, B3, B4, B8, dem, slope
+    red[2] = red[4] = 1.0
+    grey = recipes._jitter(red, np.ones((2, 2), bool), np.random.default_rng(0))
+    np.testing.assert_allclose(grey[:3], 0.299, rtol=1e-6)
+    np.testing.assert_array_equal(grey[3:], red[3:])  # B8 and the terrain as they were
+
+
+def test_colour_jitter_of_l4s_bands_without_red_green_and_blue_is_refused(tmp_path: Path
+                                                                         ) -> None:
+    """B4, B8: saturation was left out in silence (fewer than three bands), and B8, B11, B12
+    were turned and greyed as if they were red, green and blue."""
+    root = l4s_release(tmp_path / "l4s")
+    for bands in (["B4", "B8", "slope"], ["B8", "B11", "B12"]):
+        with pytest.raises(SlidemapError, match=r"colour_jitter saturation change the red, "
+                                                r"green and blue bands \(B4, B3, B2\)"):
+            parse_config({"data": {"train": [{"l4s": str(root), "bands": bands}]},
+                          "training": {"colour_jitter": True}})
+        config = parse_config({"data": {"train": [{"l4s": str(root), "bands": bands}]},
+                               "training": {"colour_jitter": {"brightness": 0.2}}})
+        assert config.colour_bands is None
 
 
 # -- scale promotion ------------------------------------------------------------------------------

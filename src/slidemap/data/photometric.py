@@ -54,6 +54,7 @@ def colour_jitter(
     invert: float = 0.0,
     hue: float = 0.0,
     grayscale: float = 0.0,
+    rgb: tuple[int, int, int] | None = (0, 1, 2),
 ) -> dict[str, Any]:
     """Random brightness, contrast, saturation and hue on the optical bands only; with probability
     ``invert`` a brightness inversion, with probability ``grayscale`` the colour taken out.
@@ -61,12 +62,15 @@ def colour_jitter(
     Illumination and sensor differences change the optical bands, never the terrain, so ``dem``
     and ``slope`` are passed through as they are. Each strength s draws a factor in
     [1-s, 1+s] (0 switches it off). Brightness scales, contrast blends with the mean of the finite
-    pixels, saturation blends the first three bands (read as RGB) with their luma and needs at
-    least three bands. Inversion mirrors each pixel's luma about the window's mean luma and shifts
-    its three bands by the same amount, so that bright ground turns dark and dark turns bright
+    pixels, saturation blends the red, green and blue bands with their luma. ``rgb``: where
+    those bands are among the image's (0-based; the first three by default; Landslide4Sense's
+    B4, B3, B2 wherever they were picked), None where the image has none, which leaves out
+    saturation, inversion, hue and grayscale, as an image of fewer bands does. Inversion
+    mirrors each pixel's luma about the window's mean luma and shifts its three bands by the
+    same amount, so that bright ground turns dark and dark turns bright
     while texture and colour differences between bands stay: landslides brighter than their
     surroundings in one scene can be darker in the next, and the model should not rely on
-    either. Hue turns the first three bands about the grey axis by up to ``hue`` of a full turn
+    either. Hue turns the three bands about the grey axis by up to ``hue`` of a full turn
     either way (0.5: any hue; torchvision's unit), and grayscale replaces each of them by their
     luma: sensors and composites differ in colour balance (a false-colour composite shows bare
     ground magenta), so colour alone should not tell a landslide. Values are not clipped, since
@@ -83,20 +87,20 @@ def colour_jitter(
         finite = np.isfinite(out_image)
         mean = float(out_image[finite].mean()) if finite.any() else 0.0
         out_image = f * out_image + (1.0 - f) * mean
-    if saturation > 0 and out_image.shape[0] >= 3:
+    colour = list(rgb) if rgb is not None and max(rgb) < out_image.shape[0] else None
+    if saturation > 0 and colour:
         f = _factor(rng, saturation)
-        rgb = out_image[:3]
-        gray = _luma(rgb)
-        out_image[:3] = f * rgb + (1.0 - f) * gray
-    if invert > 0 and out_image.shape[0] >= 3 and rng.random() < invert:
-        luma = _luma(out_image[:3])
+        bands = out_image[colour]
+        out_image[colour] = f * bands + (1.0 - f) * _luma(bands)
+    if invert > 0 and colour and rng.random() < invert:
+        luma = _luma(out_image[colour])
         finite = np.isfinite(luma)
         mean = float(luma[finite].mean()) if finite.any() else 0.0
-        out_image[:3] = out_image[:3] + 2.0 * (mean - luma)
-    if hue > 0 and out_image.shape[0] >= 3:
-        out_image[:3] = rotate_hue(out_image[:3], float(rng.uniform(-hue, hue)))
-    if grayscale > 0 and out_image.shape[0] >= 3 and rng.random() < grayscale:
-        out_image[:3] = _luma(out_image[:3])
+        out_image[colour] = out_image[colour] + 2.0 * (mean - luma)
+    if hue > 0 and colour:
+        out_image[colour] = rotate_hue(out_image[colour], float(rng.uniform(-hue, hue)))
+    if grayscale > 0 and colour and rng.random() < grayscale:
+        out_image[colour] = _luma(out_image[colour])
     out = dict(sample)
     out["image"] = out_image.astype(np.float32, copy=False)
     return out

@@ -43,6 +43,7 @@ from slidemap.schema.values import (
     MAX_WIDTH,
     MIN_TILE,
     MIN_TRAIN_TILE,
+    RGB_BANDS,
     SCALE_RANGE,
     ModelName,
     Precision,
@@ -384,7 +385,11 @@ class TrainSettings(Section):
                                     "windows (bright ground turns dark, band differences kept); "
                                     "`hue: h` turns RGB about the grey axis by up to h of a full"
                                     " turn either way (0–0.5, torchvision's unit); `grayscale: "
-                                    "p` replaces RGB by its luma in a fraction p of the windows"))
+                                    "p` replaces RGB by its luma in a fraction p of the windows. "
+                                    "RGB is the first three image bands, or with "
+                                    "Landslide4Sense sets B4, B3, B2 wherever `bands` puts them"
+                                    " (saturation, invert, hue and grayscale are refused for "
+                                    "bands without them)"))
     random_scale: ZoomRange | None = Field(default=None, description=(
             "`[low, high]`: zoom every window by a factor drawn in that range, all channels and "
             "labels alike; zooming out leaves a border that is ignored by the loss. e.g. `[0.8, "
@@ -671,6 +676,20 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _colour_of_l4s_bands(self) -> RunConfig:
+        """Saturation, inversion, hue and grayscale change the red, green and blue bands, which
+        Landslide4Sense inputs without B4, B3 and B2 do not have."""
+        jitter = self.training.jitter or {}
+        colour = [k for k in ("saturation", "invert", "hue", "grayscale") if jitter.get(k)]
+        if colour and self.colour_bands is None and self._l4s:
+            bands = [BAND_NAMES[b - 1] for b in self.inputs.image_bands]
+            raise ValueError(f"training.colour_jitter {', '.join(colour)} change the red, "
+                             f"green and blue bands (B4, B3, B2), and the Landslide4Sense "
+                             f"bands {bands} lack some: add them, or set {', '.join(colour)} "
+                             "to 0 (e.g. colour_jitter: {brightness: 0.2, contrast: 0.2})")
+        return self
+
+    @model_validator(mode="after")
     def _fusion_streams(self) -> RunConfig:
         """The fusion network's elevation encoder reads the last k channels: they must be the
         terrain channels, all of them (RGB alone once fed green and blue to it silently)."""
@@ -726,6 +745,25 @@ class RunConfig(Section):
     @property
     def train(self) -> TrainSettings:
         return self.training
+
+    @property
+    def _l4s(self) -> bool:
+        return bool(_l4s_sets({"data": self.data, "selftrain": self.selftrain}))
+
+    @property
+    def colour_bands(self) -> tuple[int, int, int] | None:
+        """Where the red, green and blue bands are among the optical channels (0-based), for
+        the colour jitter: with Landslide4Sense sets, whose image bands are Sentinel-2's, B4,
+        B3 and B2 wherever they were picked (the default bands start B2 blue, B3 green); else
+        the first three; None without them."""
+        bands = self.inputs.image_bands
+        if self._l4s:
+            wanted = [BAND_NAMES.index(name) + 1 for name in RGB_BANDS]
+            if not all(band in bands for band in wanted):
+                return None
+            red, green, blue = (bands.index(band) for band in wanted)
+            return red, green, blue
+        return (0, 1, 2) if len(bands) >= 3 else None
 
     @property
     def train_scenes(self) -> tuple[SceneSource, ...]:

@@ -51,6 +51,8 @@ BAND_NAMES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"
               "slope", "dem")
 TERRAIN = ("slope", "dem")
 DEFAULT_BANDS = ("B2", "B3", "B4", "B8", "slope", "dem")
+# Sentinel-2's red, green and blue bands, which the colour jitter turns and greys as R, G, B
+RGB_BANDS = ("B4", "B3", "B2")
 
 # .zip: a zipped Shapefile, the way shapefiles travel; GDAL (and QGIS) read it in place
 VECTOR_SUFFIXES = frozenset({".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml",

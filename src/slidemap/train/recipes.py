@@ -35,6 +35,7 @@ class Recipes:
         settings = config.train
         self.mixup = settings.mixup
         self.colour_jitter = settings.jitter
+        self.rgb = config.colour_bands  # Landslide4Sense's B4, B3, B2 are not its first three
         self.random_scale = settings.random_scale
         self.zoom_context = settings.zoom_context
         self.landslide_count = round(settings.landslide_windows * settings.windows_per_epoch)
@@ -146,7 +147,8 @@ class Recipes:
         """
         k = self.optical
         raw = np.where(valid, x[:k] * self.std + self.mean, np.nan)
-        jittered = colour_jitter({"image": raw}, rng, **(self.colour_jitter or {}))["image"]
+        jittered = colour_jitter({"image": raw}, rng, **(self.colour_jitter or {}),
+                                 rgb=self.rgb)["image"]
         out = x.copy()
         out[:k] = np.nan_to_num((jittered - self.mean) / self.std, nan=0.0)
         return out
