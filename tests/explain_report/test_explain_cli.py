@@ -240,7 +240,7 @@ def test_pictures_face_north_on_a_south_up_grid(tiny_scene, tiny_model, tmp_path
     drawn: dict[str, np.ndarray] = {}
 
     def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
-               box: tuple[int, int, int, int] | None = None) -> None:
+               box: tuple[int, int, int, int] | None = None, aspect: float = 1.0) -> None:
         drawn[f"{Path(path).parent.name}/{Path(path).stem}"] = rgb
 
     monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
@@ -262,7 +262,7 @@ def test_a_box_counts_stored_rows_and_is_outlined_where_the_picture_shows_it(
     drawn: dict[str, tuple] = {}
 
     def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
-               box: tuple[int, int, int, int] | None = None) -> None:
+               box: tuple[int, int, int, int] | None = None, aspect: float = 1.0) -> None:
         drawn[f"{Path(path).parent.name}/{Path(path).stem}"] = (rgb, box)
 
     monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
@@ -287,7 +287,7 @@ def test_pictures_leave_nodata_uncoloured(tiny_scene, tiny_model, tmp_path, run_
     drawn: dict[str, np.ndarray] = {}
 
     def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
-               box: tuple[int, int, int, int] | None = None) -> None:
+               box: tuple[int, int, int, int] | None = None, aspect: float = 1.0) -> None:
         drawn[Path(path).stem] = heat
 
     monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
@@ -298,3 +298,27 @@ def test_pictures_leave_nodata_uncoloured(tiny_scene, tiny_model, tmp_path, run_
     assert {"gradcam", "probability"} <= set(drawn)
     for heat in drawn.values():
         assert np.isnan(heat[:, :8]).all() and np.isfinite(heat[:, 8:]).all()
+
+
+def test_pictures_keep_the_grounds_shape_on_oblong_pixels(tiny_scene, tiny_model, tmp_path,
+                                                          run_cli, monkeypatch) -> None:
+    """The PNGs of a scene of 0.5 m × 1 m pixels draw each pixel twice as tall as wide, as
+    the ground is (they were drawn square: every landslide twice as wide as it is)."""
+    drawn: dict[str, float] = {}
+
+    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
+               box: tuple[int, int, int, int] | None = None, aspect: float = 1.0) -> None:
+        drawn[Path(path).stem] = aspect
+
+    monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
+    oblong = {}
+    for key in ("image", "dem"):
+        with rasterio.open(tiny_scene[key]) as src:
+            t = src.transform
+            oblong[key] = write_raster(tmp_path / f"oblong_{key}.tif", src.read(),
+                                       transform=Affine(t.a, 0, t.c, 0, 2 * t.e, t.f),
+                                       nodata=src.nodata)
+    code, err = run_cli("explain", oblong["image"], "--dem", oblong["dem"], "--model",
+                        tiny_model, "--box", "0,0,20,20", "--out", tmp_path / "x")
+    assert code == 0, err
+    assert drawn == {"gradcam": pytest.approx(2.0), "probability": pytest.approx(2.0)}

@@ -54,6 +54,19 @@ def test_overlay_png_is_written_and_readable(tmp_path, rgb):
     assert [p.name for p in path.parent.iterdir()] == ["cam.png"]  # no temporary left
 
 
+def test_overlay_png_draws_pixels_of_the_aspect_given(tmp_path):
+    """A picture of pixels twice as tall as wide on the ground is drawn twice as tall."""
+    heat = np.tile(np.linspace(0, 1, 30, dtype=np.float32), (30, 1))
+    rgb = np.full((30, 30, 3), 128, np.uint8)
+    sizes = []
+    for aspect in (1.0, 2.0):
+        save_overlay_png(rgb, heat, tmp_path / f"{aspect}.png", aspect=aspect)
+        with Image.open(tmp_path / f"{aspect}.png") as png:
+            sizes.append(png.size)
+    (width_1, height_1), (width_2, height_2) = sizes
+    assert height_2 / width_2 > 1.6 * height_1 / width_1
+
+
 def test_heat_colours_grow_lighter_with_the_heat():
     """CIE lightness rises with the value over the whole map (jet's fell after yellow, so
     0.65 and 1.0 looked alike in grey and to colour-blind readers)."""

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from factories import GRID, rewrite_sidecar, write_raster
+from factories import GRID, UTM47, rewrite_sidecar, write_raster
 from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
 from matplotlib.text import Text
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from PIL import Image
@@ -51,6 +52,7 @@ from slidemap.report.plots import (
     probability_figure,
     read_history,
     size_histogram_figure,
+    write_evaluation_plots,
 )
 from slidemap.report.provenance import Provenance, accuracy_caveat, from_tags
 
@@ -190,6 +192,32 @@ def test_previews_face_north_on_a_south_up_grid(tmp_path) -> None:
     (errors_n, preview_n), (errors_s, preview_s) = pictures
     assert errors_n[0, 0].tolist() != errors_n[-1, 0].tolist()  # the picture has a north
     assert np.array_equal(errors_s, errors_n) and np.array_equal(preview_s, preview_n)
+
+
+@pytest.mark.parametrize(("crs", "grid"), [
+    ("EPSG:4326", from_origin(10.0, 60.001, 1e-5, 1e-5)),  # square degrees at 60 N
+    (UTM47, from_origin(500000.0, 3450000.0, 0.5, 1.0)),  # a 0.5 m × 1 m product
+])
+def test_previews_keep_the_grounds_shape(tmp_path, monkeypatch, crs, grid) -> None:
+    """The error overlay and the report's probability preview draw a pixel as long on the
+    page as on the ground: a grid in degrees at 60 N (or of 0.5 m × 1 m pixels) was drawn
+    with square pixels, every landslide twice as wide as it is."""
+    pixel_x, pixel_y = pixel_size_m(CRS.from_user_input(crs), (grid.a, grid.e),
+                                    (grid.c, grid.f))
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:20, 10:20] = 1
+    pred = write_raster(tmp_path / "prob.tif", truth.astype(np.float32), crs=crs,
+                        transform=grid)
+    labels = write_raster(tmp_path / "truth.tif", truth, crs=crs, transform=grid, nodata=255)
+    drawn: dict[str, Figure] = {}
+    monkeypatch.setattr("slidemap.report.plots.save_png",
+                        lambda figure, path: drawn.setdefault(path.name, figure) and path)
+    confusion = BinaryConfusion(0.5)
+    confusion.update(truth.astype(np.float32).ravel(), truth.ravel())
+    write_evaluation_plots(tmp_path, confusion, pred, labels)
+    for figure in (drawn["errors_overlay.png"], probability_figure(pred)):
+        assert figure.axes[0].get_aspect() == pytest.approx(pixel_y / pixel_x, rel=1e-3)
+    assert pixel_y / pixel_x == pytest.approx(2.0, rel=0.01)
 
 
 # Machado, Oliveira & Fernandes (2009), full severity, on linear RGB

@@ -54,6 +54,17 @@ def north_up_flips(transform: Affine) -> tuple[bool, bool]:
     return transform.e > 0, transform.a < 0
 
 
+def picture_aspect(pixel_m: tuple[float, float], native: tuple[int, int],
+                   shape: tuple[int, int]) -> float:
+    """How much taller than wide to draw a pixel of a ``shape`` (rows, columns) picture of
+    ``native`` (rows, columns) pixels of ``pixel_m`` ((x, y) ground size each), so that the
+    picture keeps the ground's shape: pixels square in degrees are narrower on the ground
+    than tall away from the equator (half as wide at 60° N), a 0.5 m × 1 m product's twice
+    as tall as wide."""
+    dx, dy = pixel_m
+    return (dy * native[0] / shape[0]) / (dx * native[1] / shape[1])
+
+
 def flipped_box(box: tuple[int, int, int, int], shape: tuple[int, int],
                 flips: tuple[bool, bool]) -> tuple[int, int, int, int]:
     """``box`` (row0, col0, row1, col1, end-exclusive, of a (rows, columns) ``shape`` grid)
@@ -94,10 +105,12 @@ def save_overlay_png(
     title: str | None = None,
     alpha: float = 0.5,
     box: tuple[int, int, int, int] | None = None,
+    aspect: float = 1.0,
 ) -> None:
     """Draw ``heat`` ((H, W) in [0, 1]) over ``rgb`` ((H, W, 3), uint8 or float in [0, 1]),
     with ``box`` (row0, col0, row1, col1 of the picture, end-exclusive) outlined: where the
-    region explained lies, which on a grid stored south up is not where its numbers read."""
+    region explained lies, which on a grid stored south up is not where its numbers read.
+    ``aspect``: a pixel's drawn height over its width (:func:`picture_aspect`)."""
     rgb = np.asarray(rgb)
     heat = np.asarray(heat, dtype=np.float32)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or heat.shape != rgb.shape[:2]:
@@ -108,13 +121,13 @@ def save_overlay_png(
     if rgb.dtype != np.uint8:
         rgb = np.clip(rgb.astype(np.float32), 0, 1)
     height, width = heat.shape
-    scale = 6 / max(height, width)
-    figure = Figure(figsize=(width * scale + 1.5, height * scale + 0.6), dpi=100)
+    scale = 6 / max(height * aspect, width)
+    figure = Figure(figsize=(width * scale + 1.5, height * aspect * scale + 0.6), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.imshow(rgb, interpolation="nearest")
+    axes.imshow(rgb, interpolation="nearest", aspect=aspect)
     shown = axes.imshow(heat, cmap=HEAT_COLOURS, vmin=0, vmax=1, alpha=alpha,
-                        interpolation="nearest")
+                        interpolation="nearest", aspect=aspect)
     if box is not None:
         row0, col0, row1, col1 = box
         axes.add_patch(Rectangle((col0 - 0.5, row0 - 0.5), col1 - col0, row1 - row0,

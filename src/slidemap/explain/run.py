@@ -33,6 +33,7 @@ from slidemap.explain.overlay import (
     flipped,
     flipped_box,
     north_up_flips,
+    picture_aspect,
     rgb_preview,
     save_heat_geotiff,
     save_overlay_png,
@@ -73,6 +74,7 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
             warnings.warn(message, SlidemapWarning, stacklevel=2)
         sample = read_inputs(scene, win, spec, factor)
         profile = scene.profile
+        pixel_m = scene.pixel_size_m()
     valid = sample["valid"]
     if not valid.any():
         raise SlidemapError(f"window {_describe(win)} of {image} has no valid pixel: "
@@ -112,9 +114,12 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     # the box is given in the window's stored rows and columns, as --window and the GeoTIFFs
     # are: outlined where it lies in the north-up pictures
     outline = flipped_box(working_box, valid.shape, flips) if working_box else None
+    # drawn in the ground's shape, not the pixel grid's (degrees, oblong pixels)
+    aspect = picture_aspect(pixel_m, (int(win.height), int(win.width)), valid.shape)
     for name, heat in heats.items():  # no colour where the model saw no data (NaN: none)
         save_overlay_png(rgb, flipped(np.where(valid, heat, np.nan), flips),
-                         files[f"{name}.png"], title=titles.get(name, name), box=outline)
+                         files[f"{name}.png"], title=titles.get(name, name), box=outline,
+                         aspect=aspect)
         if georeferenced:
             save_heat_geotiff(np.where(native_valid, _to_native(heat, win), np.nan),
                               files[f"{name}.tif"], grid)

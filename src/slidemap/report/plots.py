@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from slidemap.data.names import DatasetName, display_name
 from slidemap.data.scene import IGNORE, Scene
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion
-from slidemap.explain.overlay import flipped, north_up_flips, rgb_preview
+from slidemap.explain.overlay import flipped, north_up_flips, picture_aspect, rgb_preview
 from slidemap.io.atomic import atomic_path
 
 PREVIEW_SIDE = 1500
@@ -204,13 +204,22 @@ def error_map(prediction: DatasetName, truth: DatasetName, threshold: float,
     return np.round(out).astype(np.uint8)
 
 
-def errors_figure(errors: np.ndarray, title: str = "") -> Figure:
-    """The error map at (about) one screen pixel per preview pixel, with a legend below."""
+def preview_aspect(raster: DatasetName, shape: tuple[int, int]) -> float:
+    """A pixel's drawn height over its width in a ``shape`` preview of ``raster``, so that the
+    preview keeps the ground's shape (:func:`picture_aspect`)."""
+    with Scene(raster, require_crs=False) as scene:
+        return picture_aspect(scene.pixel_size_m(), (scene.height, scene.width), shape)
+
+
+def errors_figure(errors: np.ndarray, title: str = "", aspect: float = 1.0) -> Figure:
+    """The error map at (about) one screen pixel per preview pixel, each ``aspect`` times
+    taller than wide (:func:`preview_aspect`), with a legend below."""
     height, width = errors.shape[:2]
-    scale = max(1.0, 500 / max(height, width))
-    figure = new_figure(max(width * scale / 100, 5), height * scale / 100 + 1.1)
+    longest = max(height * aspect, width)
+    scale = max(500, min(longest, PREVIEW_SIDE)) / longest
+    figure = new_figure(max(width * scale / 100, 5), height * aspect * scale / 100 + 1.1)
     ax = figure.add_subplot()
-    ax.imshow(errors, interpolation="nearest")
+    ax.imshow(errors, interpolation="nearest", aspect=aspect)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -275,11 +284,15 @@ def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
         factor = _preview_factor(scene.height, scene.width, max_side)
         sample = scene.read(Window(0, 0, scene.width, scene.height), (1,), factor)
         flips = north_up_flips(scene.profile["transform"])
+        # drawn in the ground's shape, not the pixel grid's (degrees, oblong pixels)
+        aspect = picture_aspect(scene.pixel_size_m(), (scene.height, scene.width),
+                                sample["valid"].shape)
     prob = flipped(np.where(sample["valid"], sample["image"][0], np.nan), flips)
     height, width = prob.shape
-    figure = new_figure(6.2, min(9.0, max(3.0, 5.2 * height / width + 0.6)))
+    figure = new_figure(6.2, min(9.0, max(3.0, 5.2 * height * aspect / width + 0.6)))
     ax = figure.add_subplot()
-    shown = ax.imshow(prob, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    shown = ax.imshow(prob, cmap="magma", vmin=0, vmax=1, interpolation="nearest",
+                      aspect=aspect)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"landslide probability — {prob_path.name}", fontsize="medium")
@@ -297,5 +310,6 @@ def write_evaluation_plots(out_dir: Path, confusion: BinaryConfusion, prediction
     errors = error_map(prediction, truth, confusion.threshold, image, aoi=aoi)
     title = f"errors at threshold {confusion.threshold:g} vs {display_name(truth)}"
     curve, overlay = (out_dir / name for name in EVALUATION_PLOTS)
+    aspect = preview_aspect(prediction, errors.shape[:2])
     return {"pr_curve": save_png(pr_curve_figure(confusion), curve),
-            "errors_overlay": save_png(errors_figure(errors, title), overlay)}
+            "errors_overlay": save_png(errors_figure(errors, title, aspect), overlay)}
