@@ -588,6 +588,25 @@ def scale_bar(figure) -> tuple[str, float]:
     return bar.txt_label.get_text(), bar.size_bar.get_children()[0].get_width()
 
 
+@pytest.mark.parametrize("shape", [(60, 3000), (3000, 60)])
+def test_coordinate_labels_of_a_long_strip_do_not_overlap(tmp_path, shape) -> None:
+    """A map of a 1500 m × 30 m strip (or a tall one) gave its short side six coordinates on
+    a few millimetres, written over each other into one smudge; each axis now has only as
+    many as fit."""
+    mask = write_raster(tmp_path / "m.tif", np.zeros(shape, np.uint8), nodata=255,
+                        transform=from_origin(469200.0, 3446200.0, 0.5, 0.5))
+    grid = map_grid(mask)
+    figure = map_figure(np.zeros((*grid.shape, 3), np.uint8), grid, Outlines([], []), "s", "i")
+    figure.canvas.draw()
+    ax = figure.axes[0]
+    long_side = ax.xaxis if shape[1] > shape[0] else ax.yaxis
+    for axis in (ax.xaxis, ax.yaxis):
+        boxes = [label.get_window_extent() for label in axis.get_ticklabels()
+                 if label.get_visible() and label.get_text()]
+        assert len(boxes) >= 3 or axis is not long_side  # the long side keeps its coordinates
+        assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+
+
 def test_scale_bar_is_ground_metres_in_web_mercator(tmp_path) -> None:
     """At 60° N a Web Mercator metre is half a ground metre: 100 m of ground is 200 map units
     (the bar said 200 m over them, twice the ground)."""

@@ -20,6 +20,7 @@ import shapely
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -40,6 +41,7 @@ MAP_SIDE = 1200
 OUTLINE = "#ffe000"
 WGS84 = "EPSG:4326"
 NICE_STEPS = (1, 2, 5)
+TICK_SIZE = "small"
 # warps grids that have no CRS by their geotransforms alone: in and out alike, nothing is
 # reprojected, so which CRS does not matter
 PLANE = CRS.from_epsg(3857)
@@ -284,6 +286,25 @@ def lonlat(crs: CRS | None, xs: Sequence[float] | np.ndarray, ys: Sequence[float
     return np.asarray(lon), np.asarray(lat)
 
 
+class _FittingLocator(MaxNLocator):
+    """At most six ticks (none in the corners), and no more than leave each label, written
+    along its axis as the map writes both, room on the axis as drawn: on a map of a long
+    strip of ground a fixed six piled the short side's labels into one smudge."""
+
+    def __init__(self, fmt: str, ax: Axes, vertical: bool) -> None:
+        super().__init__(6, prune="both")
+        self._fmt, self._ax, self._vertical = fmt, ax, vertical
+        self._size = FontProperties(size=TICK_SIZE).get_size_in_points()
+
+    def tick_values(self, vmin: float, vmax: float) -> Sequence[float]:
+        box = self._ax.bbox  # display pixels, once the layout has placed the map
+        along = (box.height if self._vertical else box.width) * 72 / self._ax.figure.dpi
+        chars = max(len(self._fmt.format(v)) for v in (vmin, vmax))
+        # a label's length (0.6 em a character) and as much again between two labels
+        self.set_params(nbins=max(1, min(6, int(along // (1.2 * self._size * chars)))))
+        return super().tick_values(vmin, vmax)
+
+
 def _coordinates(ax: Axes, crs: CRS | None) -> None:
     if crs is not None and crs.is_geographic:
         names, fmt = ("longitude (°)", "latitude (°)"), "{:.4f}"
@@ -292,10 +313,10 @@ def _coordinates(ax: Axes, crs: CRS | None) -> None:
         names, fmt = (f"easting ({unit})", f"northing ({unit})"), "{:,.0f}"
     else:
         names, fmt = ("x (units unknown)", "y (units unknown)"), "{:,.0f}"
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(MaxNLocator(6, prune="both"))  # none in the corners
+    for axis, vertical in ((ax.xaxis, False), (ax.yaxis, True)):
+        axis.set_major_locator(_FittingLocator(fmt, ax, vertical))
         axis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt.format(v)))
-    ax.tick_params(labelsize="small")
+    ax.tick_params(labelsize=TICK_SIZE)
     ax.tick_params(axis="y", labelrotation=90)
     for label in ax.get_yticklabels():
         label.set_verticalalignment("center")
