@@ -147,6 +147,20 @@ def test_pr_curve_from_the_confusion_histograms() -> None:
     pr_curve_figure(BinaryConfusion())  # nothing to draw is said on the figure, not raised
 
 
+def test_the_pr_legend_covers_no_part_of_a_weak_models_curve() -> None:
+    """The legend sat in the lower left, where a weak model's curve (high recall at low
+    precision) runs: it now lies below the axes."""
+    weak = BinaryConfusion(0.5)
+    rng = np.random.default_rng(0)
+    truth = (rng.random(4000) < 0.07).astype(np.uint8)
+    weak.update(rng.random(4000), truth)
+    figure = pr_curve_figure(weak)
+    figure.canvas.draw()
+    legend = figure.legends[0].get_window_extent()
+    assert not legend.overlaps(figure.axes[0].get_window_extent())
+    assert [t.get_text()[:2] for t in figure.legends[0].get_texts()] == ["AP", "ch", "th"]
+
+
 def test_error_map_colours_each_outcome_and_stays_small(tmp_path) -> None:
     truth = np.zeros((64, 64), np.uint8)
     truth[:32] = 1

@@ -154,7 +154,8 @@ def pr_curve_figure(confusion: BinaryConfusion) -> Figure:
         ax.axhline(base, color="grey", linestyle=":", linewidth=1, label=f"chance {base:.3f}")
         ax.plot(metrics["recall"], metrics["precision"], "o", color="tab:red", markersize=8,
                 label=f"threshold {confusion.threshold:g} (F1 {metrics['f1']:.3f})")
-        ax.legend(loc="lower left", fontsize="small")
+        # below the axes: a weak model's curve runs where a legend inside would cover it
+        figure.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     else:
         ax.text(0.5, 0.5, "no landslide pixel in the truth:\nno precision–recall curve",
                 ha="center", va="center", transform=ax.transAxes)
