@@ -668,6 +668,9 @@ def test_size_histogram_is_log_binned() -> None:
     assert ax.get_title() == "landslide sizes (104 landslides)"
     assert size_histogram_figure(np.array([30.0]), 0.25).axes[0].get_title() \
         == "landslide sizes (1 landslide)"
+    empty = size_histogram_figure(np.zeros(0), 0.25).axes[0]
+    # no axis numbers ("0.2 landslides" of 0-1 m²) where nothing was mapped
+    assert list(empty.get_xticks()) == [] and list(empty.get_yticks()) == []
 
 
 def test_prediction_report_opens_in_headless_chromium(mapped, tmp_path) -> None:

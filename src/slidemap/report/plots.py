@@ -272,6 +272,8 @@ def size_histogram_figure(areas: np.ndarray, pixel_area_m2: float | None = None)
     else:
         ax.text(0.5, 0.5, "no landslide mapped", ha="center", va="center",
                 transform=ax.transAxes)
+        ax.set_xticks([])  # not "0.2 landslides" of 0-1 m² on empty axes
+        ax.set_yticks([])
     ax.set(xlabel="landslide area (m², logarithmic bins)", ylabel="landslides",
            title=f"landslide sizes ({areas.size:,} landslide{'s' * (areas.size != 1)})")
     ax.grid(alpha=0.3)
