@@ -16,6 +16,14 @@ elif ! .venv/bin/python -c "$NEW_ENOUGH"; then
     "rm -rf .venv and rerun (PYTHON=python3.X to choose)" >&2
   exit 1
 fi
+# A .venv without pip (`uv venv`, or one `python3 -m venv` left when ensurepip was missing, as on
+# Debian without python3-venv) gets pip from ensurepip, not "No module named pip" on every rerun.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1 \
+    && ! .venv/bin/python -m ensurepip --upgrade >/dev/null 2>&1; then
+  echo "error: .venv has no pip and ensurepip cannot install one: rm -rf .venv and rerun" \
+    "(on Debian/Ubuntu first: apt install python3-venv)" >&2
+  exit 1
+fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 # constraints.txt pins torch==2.13.0: an unpinned torch would pull several GB of CUDA wheels.
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"

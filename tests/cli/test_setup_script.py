@@ -69,3 +69,41 @@ def test_an_install_whose_command_fails_is_not_reported_as_done(tmp_path: Path) 
     assert run.returncode != 0
     assert "installed" not in run.stdout
     assert "-c constraints.txt -e .[all,dev]" in log.read_text()  # torch's pin is kept
+
+
+# A .venv interpreter without pip until ``-m ensurepip`` gives it one (``uv venv`` makes such a
+# venv, and so does a ``python3 -m venv`` that failed for want of ensurepip).
+PIPLESS = """#!/bin/sh
+echo "$*" >> "{log}"
+case "$1 $2" in
+  "-c "*) exit 0 ;;
+  "-m ensurepip") {ensurepip} ;;
+  "-m pip") [ -e "{pip}" ] || {{ echo "No module named pip" >&2; exit 1; }} ;;
+esac
+"""
+
+
+def test_a_venv_without_pip_gets_pip_from_ensurepip(tmp_path: Path) -> None:
+    root, log = _checkout(tmp_path), tmp_path / "calls.log"
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    pip = tmp_path / "pip-installed"
+    python.write_text(PIPLESS.format(log=log, pip=pip, ensurepip=f'touch "{pip}"'))
+    python.chmod(0o755)
+    _fake(root / ".venv" / "bin" / "slidemap", "3.11.7", log)
+    run = _setup(root, sys.executable)
+    assert run.returncode == 0, run.stderr
+    calls = log.read_text()
+    assert "-m ensurepip" in calls and "-c constraints.txt -e .[all,dev]" in calls
+
+
+def test_a_venv_without_pip_that_ensurepip_cannot_mend_says_what_to_do(tmp_path: Path) -> None:
+    root, log = _checkout(tmp_path), tmp_path / "calls.log"
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(PIPLESS.format(log=log, pip=tmp_path / "pip-installed", ensurepip="exit 1"))
+    python.chmod(0o755)
+    run = _setup(root, sys.executable)
+    assert run.returncode == 1
+    assert "no pip" in run.stderr and "rm -rf .venv" in run.stderr
+    assert "-e .[all,dev]" not in log.read_text()
