@@ -313,6 +313,17 @@ def test_export_of_a_missing_model_is_one_line(tmp_path, run_cli) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_an_exported_onnx_file_passed_as_the_model_names_the_file_to_pass(
+        tiny_model, tiny_scene, tmp_path, run_cli) -> None:
+    exported = tmp_path / "tiny.onnx"
+    assert run_cli("export", tiny_model, "--out", exported)[0] == 0
+    code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        exported, "--backend", "onnx", "--out", tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "is an ONNX export" in err and "NAME.safetensors" in err
+    assert ".onnx.safetensors" not in err
+
+
 def _u_shaped_slide() -> np.ndarray:
     """Mask with a U (two arms joined only at the bottom), a square and a 2×2 speck."""
     mask = np.zeros((60, 50), dtype=np.uint8)

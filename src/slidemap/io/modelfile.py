@@ -70,6 +70,7 @@ from slidemap.models.legacy import current_keys
 from slidemap.schema.values import MAX_TILE, MIN_TILE, WEIGHTS_DTYPES
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
+ONNX_SUFFIX = ".onnx"  # an export (slidemap export), not a model file: refused by name
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # how a floating-point tensor may be stored unquantised: float8 has no isfinite (a traceback)
 # and text, bool or integers would be cast into weights that no training made
@@ -178,10 +179,11 @@ def output_model_paths(path: str | Path, option: str = "--out") -> tuple[Path, P
 def weights_file(path: str | os.PathLike[str]) -> Path:
     """The weights file of a model named by either suffix or none: the file whose SHA-256 and
     path the outputs record (the sidecar's, or a path that is no file, would record the wrong
-    hash or none). A pickle checkpoint's name is kept as given, for :func:`load_model` to
-    refuse by name."""
+    hash or none). A pickle checkpoint's or an ONNX export's name is kept as given, for
+    :func:`load_model` to refuse by name."""
     path = Path(path)
-    return path if path.suffix.lower() in PICKLE_SUFFIXES else model_paths(path)[0]
+    kept = path.suffix.lower() in PICKLE_SUFFIXES or path.suffix.lower() == ONNX_SUFFIX
+    return path if kept else model_paths(path)[0]
 
 
 def save_model(bundle: ModelBundle, path: str | Path, overwrite: bool = True,
@@ -323,6 +325,10 @@ def load_model(path: str | Path) -> ModelBundle:
             f"{path} is a pickle-based checkpoint, which can run code when loaded: slidemap only "
             "loads NAME.safetensors + NAME.json model files"
         )
+    if path.suffix.lower() == ONNX_SUFFIX:  # else "NAME.onnx.safetensors does not exist"
+        raise SlidemapError(f"{path} is an ONNX export: pass the model file it was exported from "
+                            "(NAME.safetensors with its NAME.json); predict --backend onnx runs "
+                            "the NAME.onnx beside it")
     weights_path, sidecar_path = model_paths(path)
     for p in (weights_path, sidecar_path):
         if not p.is_file():
