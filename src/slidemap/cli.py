@@ -337,7 +337,8 @@ def evaluate(
 
 @app.command("models")
 def list_models() -> None:
-    """List every registered architecture with its parameter count (5 input channels)."""
+    """List every registered architecture with its parameter count (5 input channels), and the
+    shipped model files with their paths (an installed slidemap keeps them in site-packages)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -348,7 +349,19 @@ def list_models() -> None:
     table.add_column("parameters", justify="right")
     for architecture in api.architectures(in_channels=5):
         table.add_row(architecture.name, f"{architecture.parameters:,}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    # The paths to pass as MODEL (suggest, export, explain, finetune, --model): a wheel's
+    # copies are not under models/ of the working folder, as the README's paths are.
+    folder = api.DEFAULT_MODEL.parent
+    defaults = {api.DEFAULT_MODEL: "predict with --dem", api.RGB_MODEL: "predict without --dem"}
+    shipped = Table(title="shipped models")
+    shipped.add_column("model", overflow="fold")
+    shipped.add_column("default for")
+    for path in sorted(folder.glob("*.safetensors")):
+        shipped.add_row(path.stem, defaults.get(path, ""))
+    console.print(shipped)
+    console.print(f"shipped models are in {folder}", soft_wrap=True, highlight=False)
 
 
 @app.command()

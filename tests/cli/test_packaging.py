@@ -66,3 +66,21 @@ def test_installed_wheel_finds_its_shipped_models_outside_the_repository(
     paths = [Path(line) for line in run.stdout.splitlines()]
     assert all(path.is_relative_to(site) for path in paths), paths
     assert [path.name for path in paths[1:]] == [path.name for path in SHIPPED]
+
+
+def test_slidemap_models_says_where_an_installed_wheel_keeps_its_shipped_models(
+        wheel: Path, tmp_path: Path) -> None:
+    """suggest, export and explain take a MODEL path: the README's models/... names the
+    checkout's copies, so an installed slidemap must say where its own are."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site), "COLUMNS": "60"}
+    run = subprocess.run([sys.executable, "-m", "slidemap", "models"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("shipped models are in "), run.stdout
+    folder = Path(last.removeprefix("shipped models are in "))
+    assert folder.is_relative_to(site)
+    for path in SHIPPED:
+        assert path.stem in run.stdout and (folder / path.name).is_file()
