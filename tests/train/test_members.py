@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,31 @@ def test_one_network_runs_refuse_members(tiny_scene: dict, tmp_path: Path) -> No
     config = parse_config(tiny_run(tiny_scene, members=2))
     with pytest.raises(SlidemapError, match="fine-tuning and self-training train one network"):
         train(config, tmp_path / "run")
+
+
+class InProcessPool(ThreadPoolExecutor):
+    """The members' process pool run in this process, one member after another, so a test
+    sees the runs train_members starts without spawning interpreters."""
+
+    def __init__(self, workers: int, mp_context: object = None) -> None:
+        super().__init__(1)
+
+
+def test_a_resumed_ensemble_starts_the_members_its_stop_left_unstarted(
+        tiny_scene: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped while member 0 trained and member 1 waited for a core (threads unset: one at a
+    time), --resume found nothing to resume in member-1 and a rerun without it refused
+    member-0's checkpoint: only --overwrite, which threw member 0's epochs away, went on."""
+    monkeypatch.setattr(members, "ProcessPoolExecutor", InProcessPool)
+    config = parse_config(tiny_run(tiny_scene, epochs=1, members=2))
+    run = tmp_path / "run"
+    with pytest.raises(SlidemapError, match=r"nothing to resume in .*run \(no member-K"):
+        train_run(config, run, resume=True)
+    train(members.member_config(config, 0), run / "member-0")
+    first = (run / "member-0" / "model.safetensors").read_bytes()
+    (run / "member-1").mkdir()
+    (run / "member-1" / "history.csv").write_text("epoch,train_loss\n")  # stopped mid-epoch
+    train_run(config, run, resume=True)
+    assert load_model(run / "model.safetensors").members == 2
+    assert (run / "member-0" / "model.safetensors").read_bytes() == first
+    assert (run / "member-1" / "summary.json").exists()

@@ -49,10 +49,14 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
     started = time.perf_counter()
     runs = [(member_config(config, index), out_dir / f"member-{index}", index)
             for index in range(count)]
+    if resume and not any(_has_checkpoint(run_dir) for _, run_dir, _ in runs):
+        raise SlidemapError(f"nothing to resume in {out_dir} (no member-K/checkpoint.safetensors):"
+                            " train without --resume, or pass the --out of the stopped run")
     with ProcessPoolExecutor(parallel_members(config), mp_context=get_context("spawn")) as pool:
         level = logging.getLogger(LOGGER).getEffectiveLevel()
-        futures = [pool.submit(_train_member, run_config, run_dir, index, resume, overwrite,
-                               level) for run_config, run_dir, index in runs]
+        futures = [pool.submit(_train_member, run_config, run_dir, index,
+                               *member_start(run_dir, resume, overwrite), level)
+                   for run_config, run_dir, index in runs]
         paths = [future.result() for future in futures]
     summary = {"members": [json.loads((path.parent / "summary.json").read_text())
                            for path in paths],
@@ -62,6 +66,20 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
     save_model(ensemble_bundle([load_model(path) for path in paths], config), out_dir / "model",
                companions={out_dir / "summary.json": jsontext.dumps(summary, indent=2) + "\n"})
     return model_path
+
+
+def member_start(run_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, bool]:
+    """How one member's run starts, as (resume, overwrite): a resumed ensemble stopped before
+    a member ended its first epoch (members beyond the first round not yet started) starts that
+    member afresh, its folder's leftovers replaced, where resuming it found nothing to resume
+    and training without --resume refused the members that had a checkpoint."""
+    if resume and not _has_checkpoint(run_dir):
+        return False, True
+    return resume, overwrite
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "checkpoint.safetensors").exists()
 
 
 def member_config(config: RunConfig, index: int) -> RunConfig:
