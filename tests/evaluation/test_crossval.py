@@ -205,6 +205,17 @@ def test_a_fold_without_training_ground_is_refused_before_anything_is_written(
         assert not (tmp_path / "cv").exists()
 
 
+def test_an_ensemble_recipe_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """training.members trains an ensemble in slidemap train alone: crossval wrote its layout
+    and first fold folder, then stopped naming fine-tuning and self-training."""
+    config = load_config(protocol_config(tmp_path))
+    ensemble = config.changed(train=config.train.changed(members=2))
+    with pytest.raises(SlidemapError, match=r"baseline's config: training.members 2 .* crossval "
+                                            r"trains one network per run"):
+        run_crossval(config, tmp_path / "cv", baseline=ensemble)
+    assert not (tmp_path / "cv").exists()
+
+
 def test_a_band_without_labelled_rows_gives_no_block() -> None:
     valid = np.zeros((100, 100), dtype=bool)
     valid[40:44] = True  # 4 labelled rows, cut into 4 × 2 blocks: quantiles meet

@@ -180,6 +180,9 @@ def test_one_label_for_two_configurations_is_refused(tiny_scene: dict[str, Path]
     ({"variants": {"seed5": ["training.seed=5"]}}, "variant seed5 sets training.seed"),
     ({"variants": {"focal": {"loss": {"focal": 1.0}}}}, "variant focal sets loss"),
     ({"variants": {"fcn": {"model": {"name": "fcn"}}}}, "variant fcn sets model.name"),
+    # only slidemap train trains an ensemble: refused at the first run, naming other commands
+    ({"variants": {"pair": ["training.members=2"]}}, "run unet-bce-pair-s0: training.members 2 "
+                                                     ".* a study trains one network per run"),
 ])
 def test_bad_study_fails_before_training(tiny_scene: dict[str, Path], grid: dict,
                                          message: str) -> None:

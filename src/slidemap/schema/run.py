@@ -456,8 +456,8 @@ class TrainSettings(Section):
             "ensemble in one file, `members` in its sidecar, each member's seed, epoch, "
             "validation figures and run folder under `provenance.members`, from which `slidemap "
             "export --member K` gives that network its own run config). Member 0 reports to the "
-            "terminal, the others to `member-K/train.log`. `slidemap train` only: fine-tuning "
-            "and self-training train one network"))
+            "terminal, the others to `member-K/train.log`. `slidemap train` only: fine-tuning, "
+            "self-training, study and crossval train one network per run"))
 
     @field_validator("colour_jitter")
     @classmethod

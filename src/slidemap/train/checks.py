@@ -44,6 +44,17 @@ def check_buildable(config: RunConfig, where: str = "config", world: int = 1) ->
     _check_batch_statistics(network, config, where, world)
 
 
+def check_one_network(config: RunConfig, where: str, command: str) -> None:
+    """Refuse ``training.members`` above 1 where ``command`` trains one network per run (a
+    study's runs, crossval's folds), before any data loads or run folder is written: only
+    ``slidemap train`` trains an ensemble, and the training loop's refusal, met at the first
+    run, named fine-tuning and self-training."""
+    if config.train.members > 1:
+        raise SlidemapError(f"{where}: training.members {config.train.members} trains an "
+                            f"ensemble, which only slidemap train does; {command} trains one "
+                            "network per run: set members: 1")
+
+
 def smallest_batch(windows: int, batch_size: int, world: int = 1) -> int:
     """The fewest windows one process trains on in a step: a full batch, or the remainder that
     ends each epoch, split among ``world`` processes (one smaller than the world goes whole to

@@ -51,6 +51,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path, claim_file, make_output_dir
 from slidemap.io.modelfile import load_model
 from slidemap.schema.config import RunConfig, with_seed
+from slidemap.train.checks import check_one_network
 from slidemap.train.lineage import learnt_ground, lineage
 from slidemap.train.loop import CONTINUES, train
 
@@ -91,6 +92,7 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
                             f"({tile} px): training ground must lie a window away from "
                             "scored ground; raise it or leave it out")
     for recipe in recipes:
+        check_one_network(recipe.config, f"the {recipe.label}'s config", "crossval")
         warn_val_unused(recipe)
         check_init_unseen(recipe)
         check_terrain_reach(recipe, buffer)

@@ -40,7 +40,7 @@ from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.models import count_parameters
 from slidemap.schema.config import RunConfig, apply_overrides, parse_config, read_yaml
 from slidemap.schema.values import file_of
-from slidemap.train.checks import check_buildable
+from slidemap.train.checks import check_buildable, check_one_network
 from slidemap.train.loop import CONTINUES, train
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,7 @@ def _check_run(run: StudyRun, where: str) -> None:
         raise SlidemapError(f"{where}: {exc}") from exc
     if not (config.val_scenes or config.val_patches):
         raise SlidemapError(f"{where}: a study scores on held-out data: give base data.val")
+    check_one_network(config, where, "a study")
     check_buildable(config, where)
 
 
