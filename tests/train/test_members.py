@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -248,7 +253,8 @@ class InProcessPool(ThreadPoolExecutor):
     """The members' process pool run in this process, one member after another, so a test
     sees the runs train_members starts without spawning interpreters."""
 
-    def __init__(self, workers: int, mp_context: object = None) -> None:
+    def __init__(self, workers: int, mp_context: object = None,
+                 initializer: object = None) -> None:
         super().__init__(1)
 
 
@@ -270,3 +276,28 @@ def test_a_resumed_ensemble_starts_the_members_its_stop_left_unstarted(
     assert load_model(run / "model.safetensors").members == 2
     assert (run / "member-0" / "model.safetensors").read_bytes() == first
     assert (run / "member-1" / "summary.json").exists()
+
+
+def say_and_sleep(path: str) -> None:
+    """A member's stand-in in a spawned process: says it runs, then trains for two minutes."""
+    Path(path).touch()
+    time.sleep(120)
+
+
+def test_a_stopped_ensemble_stops_its_members(tmp_path: Path) -> None:
+    """SIGTERM (timeout, a scheduler's time limit) reaches the command alone: it waited for
+    its members to train to their last epoch, then exited 143 without the ensemble."""
+    started = [tmp_path / f"member-{index}" for index in (0, 1)]
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn"),
+                             initializer=members.stop_on_signal) as pool:
+        futures = [pool.submit(say_and_sleep, str(path)) for path in started]
+        deadline = time.monotonic() + 60
+        while not all(path.exists() for path in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop = time.monotonic()
+        # a real signal, as the command's SIGTERM raises Ctrl-C's exception in the waiting thread
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            members.collect(futures)
+    assert time.monotonic() - stop < 30
+    assert all(isinstance(future.exception(), KeyboardInterrupt) for future in futures)

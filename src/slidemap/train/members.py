@@ -12,9 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
+import signal
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -52,12 +56,13 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
     if resume and not any(_has_checkpoint(run_dir) for _, run_dir, _ in runs):
         raise SlidemapError(f"nothing to resume in {out_dir} (no member-K/checkpoint.safetensors):"
                             " train without --resume, or pass the --out of the stopped run")
-    with ProcessPoolExecutor(parallel_members(config), mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(parallel_members(config), mp_context=get_context("spawn"),
+                             initializer=stop_on_signal) as pool:
         level = logging.getLogger(LOGGER).getEffectiveLevel()
         futures = [pool.submit(_train_member, run_config, run_dir, index,
                                *member_start(run_dir, resume, overwrite), level)
                    for run_config, run_dir, index in runs]
-        paths = [future.result() for future in futures]
+        paths = collect(futures)
     summary = {"members": [json.loads((path.parent / "summary.json").read_text())
                            for path in paths],
                "wall_seconds": round(time.perf_counter() - started, 1)}
@@ -66,6 +71,38 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
     save_model(ensemble_bundle([load_model(path) for path in paths], config), out_dir / "model",
                companions={out_dir / "summary.json": jsontext.dumps(summary, indent=2) + "\n"})
     return model_path
+
+
+def collect(futures: Sequence[Future[Path]]) -> list[Path]:
+    """The members' results. Stopped here (Ctrl-C, or SIGTERM, which the command raises as
+    Ctrl-C), members not started are cancelled and the running ones are stopped as the
+    command is: a SIGTERM reached this process alone, and the pool waited for its members to
+    train to their last epoch, then exited 143 without the ensemble (``timeout`` ran on)."""
+    try:
+        return [future.result() for future in futures]
+    except KeyboardInterrupt:
+        for future in futures:
+            future.cancel()
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
+
+
+_STOPPED = threading.Event()  # in a member's process: a stop has been asked for
+
+
+def stop_on_signal() -> None:
+    """In a member's process: end its run on SIGTERM or Ctrl-C as the command ends its own
+    (the checkpoint of the last finished epoch kept, and said), once; a member the pool hands
+    it after that stops at once."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_member)
+
+
+def _stop_member(signum: int, frame: object) -> None:
+    if not _STOPPED.is_set():  # Ctrl-C reaches the process group, and the command's SIGTERM
+        _STOPPED.set()         # follows: one stop, so the first one's clean-up runs
+        raise KeyboardInterrupt
 
 
 def member_start(run_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, bool]:
@@ -133,6 +170,8 @@ def _train_member(config: RunConfig, out_dir: Path, index: int, resume: bool,
                   overwrite: bool, level: int) -> Path:
     """Worker: one member's run, its messages at the parent's ``level`` (a spawned process
     starts with logging unconfigured); members after the first log to their run folder."""
+    if _STOPPED.is_set():
+        raise KeyboardInterrupt
     if index == 0:
         show_messages(level)
         return train(config, out_dir, resume=resume, overwrite=overwrite)
