@@ -288,6 +288,8 @@ def test_a_stopped_ensemble_stops_its_members(tmp_path: Path) -> None:
     """SIGTERM (timeout, a scheduler's time limit) reaches the command alone: it waited for
     its members to train to their last epoch, then exited 143 without the ensemble."""
     started = [tmp_path / f"member-{index}" for index in (0, 1)]
+    bystander = get_context("spawn").Process(target=time.sleep, args=(60,))  # the caller's own
+    bystander.start()
     with ProcessPoolExecutor(2, mp_context=get_context("spawn"),
                              initializer=members.stop_on_signal) as pool:
         futures = [pool.submit(say_and_sleep, str(path)) for path in started]
@@ -298,6 +300,9 @@ def test_a_stopped_ensemble_stops_its_members(tmp_path: Path) -> None:
         # a real signal, as the command's SIGTERM raises Ctrl-C's exception in the waiting thread
         threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
         with pytest.raises(KeyboardInterrupt):
-            members.collect(futures)
+            members.collect(futures, spared={bystander})
     assert time.monotonic() - stop < 30
     assert all(isinstance(future.exception(), KeyboardInterrupt) for future in futures)
+    assert bystander.is_alive()  # a process that is not a member is left alone
+    bystander.terminate()
+    bystander.join()

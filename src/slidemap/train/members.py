@@ -17,10 +17,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import cast
 
@@ -56,13 +57,14 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
     if resume and not any(_has_checkpoint(run_dir) for _, run_dir, _ in runs):
         raise SlidemapError(f"nothing to resume in {out_dir} (no member-K/checkpoint.safetensors):"
                             " train without --resume, or pass the --out of the stopped run")
+    others = set(multiprocessing.active_children())  # the caller's, not the members'
     with ProcessPoolExecutor(parallel_members(config), mp_context=get_context("spawn"),
                              initializer=stop_on_signal) as pool:
         level = logging.getLogger(LOGGER).getEffectiveLevel()
         futures = [pool.submit(_train_member, run_config, run_dir, index,
                                *member_start(run_dir, resume, overwrite), level)
                    for run_config, run_dir, index in runs]
-        paths = collect(futures)
+        paths = collect(futures, spared=others)
     summary = {"members": [json.loads((path.parent / "summary.json").read_text())
                            for path in paths],
                "wall_seconds": round(time.perf_counter() - started, 1)}
@@ -73,18 +75,21 @@ def train_members(config: RunConfig, out_dir: Path, resume: bool = False,
     return model_path
 
 
-def collect(futures: Sequence[Future[Path]]) -> list[Path]:
+def collect(futures: Sequence[Future[Path]], spared: Collection[BaseProcess] = ()
+            ) -> list[Path]:
     """The members' results. Stopped here (Ctrl-C, or SIGTERM, which the command raises as
     Ctrl-C), members not started are cancelled and the running ones are stopped as the
     command is: a SIGTERM reached this process alone, and the pool waited for its members to
-    train to their last epoch, then exited 143 without the ensemble (``timeout`` ran on)."""
+    train to their last epoch, then exited 143 without the ensemble (``timeout`` ran on).
+    ``spared``: child processes that were there before the members' (an API caller's own)."""
     try:
         return [future.result() for future in futures]
     except KeyboardInterrupt:
         for future in futures:
             future.cancel()
         for child in multiprocessing.active_children():
-            child.terminate()
+            if child not in spared:
+                child.terminate()
         raise
 
 
