@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slidemap.errors import SlidemapError
-from slidemap.models import build_model, count_parameters, list_models, model_table
+from slidemap.models import (
+    build_model,
+    count_parameters,
+    list_models,
+    model_table,
+    resolved_options,
+)
 from slidemap.models.attention import ContextualAttention, SpatialAttention
 from slidemap.models.blocks import ASPP, BinAverage, InstanceBatchNorm
 from slidemap.models.da_unet import AttentionGuidedFusion
+from slidemap.schema.run import ModelSettings
 
 WIDTH = 8  # tiny models keep the whole file fast on one CPU thread
 EXPECTED = {
@@ -52,6 +61,20 @@ def test_odd_sizes_and_batch_of_one(name: str) -> None:
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(2, 4, 70, 45)).shape == (2, 1, 70, 45)
+
+
+def test_every_option_of_every_architecture_is_documented() -> None:
+    """model.options named only `depth` (as an example) and fusion's two options: segformer's
+    `depths` was in no document, and nothing said which architectures take `depth`."""
+    description = ModelSettings.model_fields["options"].description or ""
+    none = re.search(r"\(none: ([^)]*)\)", description)
+    for name in list_models():
+        options = resolved_options(name, {})
+        if not options:
+            assert none and name in none.group(1).split(", "), name
+        for option in options:
+            clause = re.search(rf"`{option}` \(([^)]*)\)", description)
+            assert clause and name in clause.group(1).split(", "), (name, option)
 
 
 def test_model_table_lists_every_model_with_its_size() -> None:

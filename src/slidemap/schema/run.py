@@ -318,14 +318,18 @@ class ModelSettings(Section):
     width: int = Field(default=16, ge=1, le=MAX_WIDTH, strict=True, description=(
             "channels of the first stage (doubling per level)"))
     options: dict[str, Any] = Field(default_factory=dict, description=(
-            "architecture keyword arguments, e.g. `{depth: 3}`; for `fusion` also "
-            "`elevation_channels` (the last k input channels read by the elevation encoder, "
-            "which must be all the terrain channels; default 2, or 1 when the inputs are two "
-            "channels: set it when there are not two terrain channels, e.g. `1` for RGB + "
-            "dem) and `instance_norm_levels` (0–depth + "
-            "1: the optical encoder's finest levels use instance-batch norm, IBN-a, against "
-            "changes of brightness and contrast between scenes; 0 by default, tried in "
-            "`benchmarks/experiments.md`)"))
+            "architecture keyword arguments, each taken only by the architectures named "
+            "(none: fcn, pspnet, deeplabv3plus): `depth` (unet, resunet, a_unet, d_unet, "
+            "da_unet, unetpp, unetpp_spatial, unetpp_contextual, unetpp_spatial_contextual, "
+            "fusion) down-samplings, 4 by default, e.g. `{depth: 3}`; `depths` (segformer) "
+            "transformer blocks in each of its four stages, `[2, 2, 2, 2]` by default; "
+            "`elevation_channels` (fusion) the last k input channels read by the elevation "
+            "encoder, which must be all the terrain channels: 2 by default, or 1 when the "
+            "inputs are two channels; set it when there are not two terrain channels, e.g. `1` "
+            "for RGB + dem; `instance_norm_levels` (fusion) 0 to depth + 1: the optical "
+            "encoder's finest levels use instance-batch norm, IBN-a, against changes of "
+            "brightness and contrast between scenes; 0 by default, tried in "
+            "`benchmarks/experiments.md`"))
 
 
 class ColourJitter(Section):
