@@ -378,6 +378,6 @@ def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
 
 @kept_torch_rng()
 def architectures(in_channels: int = 5) -> list[Architecture]:
-    """Every registered architecture with its parameter count for ``in_channels`` inputs, as
-    :class:`Architecture` rows (``name``, ``parameters``)."""
+    """Every registered architecture with its parameter count for ``in_channels`` inputs at a
+    config's default width, as :class:`Architecture` rows (``name``, ``parameters``, ``width``)."""
     return models_workflow.architectures(_whole(in_channels, "in_channels"))

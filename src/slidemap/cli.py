@@ -337,17 +337,19 @@ def evaluate(
 
 @app.command("models")
 def list_models() -> None:
-    """List every registered architecture with its parameter count (5 input channels), and the
-    shipped model files with their paths (an installed slidemap keeps them in site-packages)."""
+    """List every registered architecture with its parameter count (at a config's default width,
+    5 input channels), and the shipped model files with their paths (an installed slidemap keeps
+    them in site-packages)."""
     from rich.console import Console
     from rich.table import Table
 
     from slidemap import api
 
-    table = Table(title="architectures (width 32, 5 input channels)")
+    rows = api.architectures(in_channels=5)
+    table = Table(title=f"architectures (width {rows[0].width}, 5 input channels)")
     table.add_column("name")
     table.add_column("parameters", justify="right")
-    for architecture in api.architectures(in_channels=5):
+    for architecture in rows:
         table.add_row(architecture.name, f"{architecture.parameters:,}")
     console = Console()
     console.print(table)

@@ -15,6 +15,8 @@ import yaml
 from factories import tiny_run
 
 from slidemap import api
+from slidemap.models import build_model, count_parameters
+from slidemap.schema.run import ModelSettings
 from slidemap.workflows import suggest as suggest_workflow
 
 OPTIONS = api.PredictOptions(tile=48, overlap=16, precision="fp32")
@@ -79,6 +81,17 @@ def test_architectures_are_typed_rows() -> None:
     rows = api.architectures(in_channels=5)
     assert {"unet", "fusion"} <= {row.name for row in rows}
     assert all(isinstance(row, api.Architecture) and row.parameters > 0 for row in rows)
+
+
+def test_architectures_count_at_a_configs_default_width() -> None:
+    """slidemap models counted at width 32 (U-Net 7.85 M, fusion 18.4 M) where a config trains
+    at model.width 16 and every document quotes width 16 (U-Net 1.96 M, fusion 4.61 M)."""
+    rows = {row.name: row for row in api.architectures(in_channels=5)}
+    width = ModelSettings().width
+    assert {row.width for row in rows.values()} == {width} == {16}
+    for name in ("unet", "fusion", "segformer"):
+        assert rows[name].parameters == count_parameters(build_model(name, 5, width))
+    assert rows["unet"].parameters == 1_964_385  # models/README.md, benchmarks/*.md
 
 
 def test_the_api_names_the_exception_it_raises(tmp_path: Path) -> None:

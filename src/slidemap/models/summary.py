@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import torch
+
 from slidemap.models.registry import build_model, count_parameters, list_models
 
 
-def model_table(in_channels: int = 5) -> list[tuple[str, int]]:
-    """(name, parameter count at the default width for ``in_channels`` inputs) per architecture."""
-    return [(name, count_parameters(build_model(name, in_channels))) for name in list_models()]
+def model_table(in_channels: int = 5, width: int = 16) -> list[tuple[str, int]]:
+    """(name, parameter count at ``width`` for ``in_channels`` inputs) per architecture; built on
+    the meta device, so counting allocates no weights."""
+    with torch.device("meta"):
+        return [(name, count_parameters(build_model(name, in_channels, width)))
+                for name in list_models()]
