@@ -77,6 +77,25 @@ def test_every_option_of_every_architecture_is_documented() -> None:
             assert clause and name in clause.group(1).split(", "), (name, option)
 
 
+@pytest.mark.parametrize(("name", "options"), [
+    ("unet", {"depth": True}), ("da_unet", {"depth": 3.0}), ("unetpp", {"depth": "3"}),
+    ("fusion", {"elevation_channels": True}), ("fusion", {"instance_norm_levels": 1.5}),
+])
+def test_whole_number_options_refuse_other_values(name: str, options: dict) -> None:
+    """`depth: true` (YAML's yes) built a U-Net of one down-sampling, and `depth: 3.0` was
+    refused as an option the model 'does not take'."""
+    with pytest.raises(SlidemapError, match=rf"{name} option \w+ must be a whole number"), \
+            torch.device("meta"):
+        build_model(name, 5, width=WIDTH, **options)
+
+
+def test_whole_number_options_take_whole_numbers_and_null_where_the_default_is() -> None:
+    with torch.device("meta"):
+        assert build_model("fusion", 5, width=WIDTH, depth=2, elevation_channels=None,
+                           instance_norm_levels=1).stride == 4
+        assert build_model("segformer", 5, width=WIDTH, depths=[1, 1, 1, 1]).stride == 32
+
+
 def test_model_table_lists_every_model_with_its_size() -> None:
     rows = model_table(in_channels=5)
     assert [name for name, _ in rows] == list_models()

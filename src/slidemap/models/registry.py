@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import numbers
 from collections.abc import Callable, Mapping
 
 from torch import nn
@@ -43,7 +44,24 @@ def build_model(name: str, in_channels: int, width: int = 32,
     if name not in _REGISTRY:
         known = ", ".join(list_models())
         raise SlidemapError(f"unknown model {name!r}: choose one of {known}")
+    _check_whole_options(name, options)
     return _REGISTRY[name](in_channels=in_channels, width=width, **options)
+
+
+def _check_whole_options(name: str, options: Mapping[str, object]) -> None:
+    """Refuse a value that is not a whole number for an option the builder types ``int``: YAML's
+    ``true`` is Python's 1 (``depth: true`` built a U-Net of one down-sampling), and ``3.0``
+    failed as an option the model 'does not take'."""
+    parameters = inspect.signature(_REGISTRY[name], eval_str=True).parameters
+    for key, value in options.items():
+        parameter = parameters.get(key)
+        if parameter is None or parameter.annotation not in (int, int | None):
+            continue
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not whole and not (value is None and parameter.annotation == int | None):
+            example = parameter.default if isinstance(parameter.default, int) else 1
+            raise SlidemapError(f"{name} option {key} must be a whole number, e.g. {example}, "
+                                f"got {value!r}")
 
 
 def resolved_options(name: str, options: Mapping[str, object]) -> dict[str, object]:
