@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyogrio
+import pyproj
 import pytest
 import rasterio
 import shapely
@@ -39,7 +40,7 @@ from shapely.geometry import shape
 from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.data.scene import Scene
-from slidemap.data.terrain import EARTH_RADIUS_M, ground_scales, slope_degrees
+from slidemap.data.terrain import ground_scales, slope_degrees
 from slidemap.errors import SlidemapError
 from slidemap.infer import vectorize
 from slidemap.infer.predict import PredictOptions
@@ -372,37 +373,38 @@ def test_slide_across_strip_borders_comes_out_whole(tmp_path) -> None:
         assert info["features"] == 2 and "elev_range_m" in info["fields"]
 
 
-def test_perimeter_and_area_in_metres_in_degrees(tmp_path) -> None:
-    step, north = 1e-5, 31.1  # degrees: about 0.95 × 1.1 m pixels in the Jinsha valley
+@pytest.mark.parametrize("north", [0.5, 31.1, 69.0])
+def test_area_and_perimeter_in_degrees_are_the_ellipsoids(tmp_path, north) -> None:
+    """Degrees are measured on the WGS 84 ellipsoid, as pyproj.Geod and QGIS measure them and as
+    Web Mercator already was: on a sphere of mean radius area_m2 came out 0.45 % large at the
+    equator and 0.72 % small at 69° N, perimeters up to 0.56 % off."""
+    step = 1e-5
     mask = np.zeros((30, 40), dtype=np.uint8)
     mask[10:20, 5:25] = 1  # 10 rows × 20 columns
-    transform = from_origin(98.7, north, step, step)
+    transform = from_origin(15.0, north, step, step)
     paths = [write_raster(tmp_path / name, array, crs="EPSG:4326", transform=transform)
              for name, array in (("m.tif", mask), ("p.tif", mask.astype(np.float32)))]
     inventory = build_inventory(*paths)
-    metres = math.pi * EARTH_RADIUS_M / 180 * step
-    top, bottom = math.radians(north - 10 * step), math.radians(north - 20 * step)
-    expected = 20 * metres * (math.cos(top) + math.cos(bottom)) + 2 * 10 * metres
-    assert inventory.attributes["perimeter_m"][0] == pytest.approx(expected, rel=1e-6)
-    centre = math.radians(north - 15 * step)
-    assert inventory.attributes["area_m2"][0] == pytest.approx(
-        200 * metres**2 * math.cos(centre), rel=1e-4)
+    west, east = 15.0 + 5 * step, 15.0 + 25 * step
+    south, top = north - 20 * step, north - 10 * step
+    area, perimeter = pyproj.Geod(ellps="WGS84").geometry_area_perimeter(
+        shapely.box(west, south, east, top))
+    assert inventory.attributes["area_m2"][0] == pytest.approx(abs(area), rel=1e-6)
+    assert inventory.attributes["perimeter_m"][0] == pytest.approx(perimeter, rel=1e-6)
 
 
 def test_perimeters_follow_ground_scales_and_keep_their_figures() -> None:
     """Perimeters are measured by ground_scales at each segment's midpoint, the rule of areas
-    and pixel sizes: in degrees the sphere of before (to float rounding), in UTM shapely's
+    and pixel sizes: in degrees pyproj.Geod's length on the WGS 84 ellipsoid, in UTM shapely's
     length to the last bit."""
     square = shapely.segmentize(shapely.box(98.7, 31.0, 98.71, 31.01), 1e-3)
-    lon, lat = np.radians(shapely.get_coordinates(square.exterior)).T
-    before = float(np.hypot(np.diff(lon) * np.cos((lat[1:] + lat[:-1]) / 2),
-                            np.diff(lat)).sum()) * EARTH_RADIUS_M  # the spherical formula
+    geodesic = pyproj.Geod(ellps="WGS84").geometry_length(square)
     xy = shapely.get_coordinates(square.exterior)
     per_x, per_y = ground_scales(CRS.from_epsg(4326), (xy[1:, 0] + xy[:-1, 0]) / 2,
                                  (xy[1:, 1] + xy[:-1, 1]) / 2)
     measured = float(np.hypot(np.diff(xy[:, 0]) * per_x, np.diff(xy[:, 1]) * per_y).sum())
     perimeter = vectorize._perimeters_m([square], CRS.from_epsg(4326))[0]
-    assert perimeter == pytest.approx(before, rel=1e-9)
+    assert perimeter == pytest.approx(geodesic, rel=1e-6)
     assert perimeter == pytest.approx(measured, rel=1e-12)
     x, y = ORIGIN
     holed = shapely.box(x, y, x + 10.5, y + 7.5).difference(shapely.box(x + 1, y + 1, x + 2.5,

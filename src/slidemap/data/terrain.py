@@ -18,7 +18,6 @@ from rasterio.warp import transform, transform_bounds
 from slidemap.data.names import DatasetName
 from slidemap.errors import SlidemapError
 
-EARTH_RADIUS_M = 6_371_008.8
 WGS84_A = 6_378_137.0  # WGS 84 semi-major axis, metres
 WGS84_E2 = 6.694379990141317e-3  # WGS 84 first eccentricity squared
 # Where a projection's ground scale is within this of its linear unit, the unit is taken as a
@@ -98,8 +97,10 @@ def ground_scales(crs: CRS, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.
     """Ground metres per CRS unit along x and along y at each point (x, y): the one rule by
     which pixel sizes, areas, lengths and scale bars are measured.
 
-    Degrees on a spherical earth (a degree of longitude shrinks with the cosine of the
-    latitude); a projection's linear unit where its local ground scale is within
+    Degrees on the WGS 84 ellipsoid (a degree of latitude is the meridian's radius M times
+    π/180, one of longitude the prime vertical's N cos φ: as pyproj.Geod and QGIS measure; a
+    sphere of mean radius gave areas 0.45 % large at the equator and 0.72 % small at 69° N);
+    a projection's linear unit where its local ground scale is within
     ``GRID_SCALE_TOLERANCE`` of it, the local ground scale on the WGS 84 ellipsoid elsewhere (or
     where it cannot be measured: points outside the projection's domain); 1 for a CRS that is
     neither (an engineering grid).
@@ -107,8 +108,10 @@ def ground_scales(crs: CRS, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.
     xs = np.atleast_1d(np.asarray(x, dtype=np.float64))
     ys = np.atleast_1d(np.asarray(y, dtype=np.float64))
     if crs.is_geographic:
-        per_degree = math.pi * EARTH_RADIUS_M / 180.0
-        return per_degree * np.cos(np.radians(ys)), np.full(ys.shape, per_degree)
+        phi = np.radians(ys)
+        meridional, prime_vertical = _ellipsoid_radii(phi)
+        return (prime_vertical * np.cos(phi) * math.pi / 180.0,
+                meridional * math.pi / 180.0)
     factor = float(crs.linear_units_factor[1]) if crs.is_projected else 1.0
     grid = np.full(xs.shape, factor)
     local = _ellipsoid_scales(crs, xs, ys) if crs.is_projected else None
@@ -146,11 +149,16 @@ def _ellipsoid_distance(lon0: np.ndarray, lat0: np.ndarray, lon1: np.ndarray,
     """Metres between nearby points (radians) on the WGS 84 ellipsoid:
     distance² = (M·dφ)² + (N·cos φ·dλ)² at the mean latitude φ."""
     phi = (lat0 + lat1) / 2
-    w = 1 - WGS84_E2 * np.sin(phi) ** 2
-    meridional = WGS84_A * (1 - WGS84_E2) / w ** 1.5
-    prime_vertical = WGS84_A / np.sqrt(w)
+    meridional, prime_vertical = _ellipsoid_radii(phi)
     dlon = (lon1 - lon0 + math.pi) % (2 * math.pi) - math.pi  # across the antimeridian
     return np.hypot(meridional * (lat1 - lat0), prime_vertical * np.cos(phi) * dlon)
+
+
+def _ellipsoid_radii(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The WGS 84 ellipsoid's meridional (M) and prime-vertical (N) radii of curvature, in
+    metres, at latitudes ``phi`` (radians)."""
+    w = 1 - WGS84_E2 * np.sin(phi) ** 2
+    return WGS84_A * (1 - WGS84_E2) / w ** 1.5, WGS84_A / np.sqrt(w)
 
 
 def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple[float, float]:

@@ -7,7 +7,7 @@ still open, whatever the number of slides. Attributes are accumulated per compon
 same strips: area, probability and, given a DEM, mean slope and elevation range (the DEM read on
 the mask's grid at native resolution, warped on the fly if it lies on another grid). Areas and
 lengths are ground metres as ``slidemap.data.terrain.ground_scales`` measures a CRS unit: degrees
-on a spherical earth, a projection's unit where it is within 1 % of a ground metre (UTM), and
+on the WGS 84 ellipsoid, a projection's unit where it is within 1 % of a ground metre (UTM), and
 the local scale where it is not (Web Mercator: pixel areas row by row, lengths at each polygon's
 centroid). Areas are summed in whole units (a pixel where its area is the same over the grid,
 a power of two of m² where it varies by row), exactly, so they are the same to the bit wherever
