@@ -393,6 +393,19 @@ def test_area_and_perimeter_in_degrees_are_the_ellipsoids(tmp_path, north) -> No
     assert inventory.attributes["perimeter_m"][0] == pytest.approx(perimeter, rel=1e-6)
 
 
+def test_centroid_longitude_past_the_antimeridian_is_within_180(tmp_path) -> None:
+    """A grid in degrees running past 180° E (as gdalwarp leaves a Fiji scene) gave
+    centroid_lon 180.0001 where the GeoJSON outline lies at -179.9999."""
+    mask = np.zeros((20, 40), dtype=np.uint8)
+    mask[5:15, 25:35] = 1  # columns 25-35: 180.00005° to 180.00015°
+    transform = from_origin(179.9998, -16.0, 1e-5, 1e-5)
+    paths = [write_raster(tmp_path / name, array, crs="EPSG:4326", transform=transform)
+             for name, array in (("m.tif", mask), ("p.tif", mask.astype(np.float32)))]
+    inventory = build_inventory(*paths)
+    assert inventory.attributes["centroid_lon"][0] == pytest.approx(-179.9999, abs=1e-9)
+    assert inventory.attributes["centroid_lat"][0] == pytest.approx(-16.0001, abs=1e-9)
+
+
 def test_perimeters_follow_ground_scales_and_keep_their_figures() -> None:
     """Perimeters are measured by ground_scales at each segment's midpoint, the rule of areas
     and pixel sizes: in degrees pyproj.Geod's length on the WGS 84 ellipsoid, in UTM shapely's

@@ -382,13 +382,17 @@ def _area_units(ds: rasterio.DatasetReader) -> tuple[np.ndarray, float]:
 
 
 def _centroids_lonlat(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
-    """Longitude and latitude (WGS 84, degrees) of each polygon's centroid; NaN without a CRS."""
+    """Longitude and latitude (WGS 84, degrees) of each polygon's centroid; NaN without a CRS.
+    Longitudes are within ±180°, where the GeoJSON inventory puts the outline: a grid in degrees
+    that runs past the antimeridian keeps its x (180.0001) through a 4326 to 4326 transform."""
     if not geometries or crs is None:
         nan = np.full(len(geometries), np.nan)
         return nan, nan.copy()
     xy = shapely.get_coordinates(shapely.centroid(np.asarray(geometries, dtype=object)))
     lon, lat = transform(crs, WGS84, xy[:, 0].tolist(), xy[:, 1].tolist())
-    return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    return (np.where(np.abs(lon) > 180.0, (lon + 180.0) % 360.0 - 180.0, lon),
+            np.asarray(lat, dtype=np.float64))
 
 
 def _centroid_scales(geometries: list, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
