@@ -290,3 +290,22 @@ def test_an_infinite_elevation_is_nodata_not_a_cliff_beside_it(tiny_scene, tmp_p
     for key in ("dem", "slope", "curvature", "relief", "roughness", "valid"):
         np.testing.assert_array_equal(sample[key], truth[key], err_msg=key)
     assert not np.isinf(elevation).any() and not np.isinf(slope).any()
+
+
+def test_an_integer_dem_on_the_image_grid_is_not_rounded_when_decimated(tiny_scene,
+                                                                         tmp_path) -> None:
+    """GDAL's decimated read of an int16 band rounds each average to a whole metre: an int16
+    DEM on the image grid read at 2 m came in 1 m steps, a curvature noisier than the terrain.
+    It now reads as the same whole metres stored as float32 do."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        z = src.read(1)
+    whole = np.where(np.isnan(z), -32768, np.round(z * 1.3))
+    integer = write_raster(tmp_path / "dem_int16.tif", whole.astype(np.int16), nodata=-32768)
+    floating = write_raster(tmp_path / "dem_float.tif", whole.astype(np.float32), nodata=-32768)
+    window = Window(16, 16, 64, 64)
+    samples = []
+    for dem in (integer, floating):
+        with Scene(tiny_scene["image"], dem=dem) as scene:
+            samples.append(scene.read(window, (1, 2, 3), factor=4, dem=True, curvature=True))
+    np.testing.assert_allclose(samples[0]["dem"], samples[1]["dem"], atol=0.02)
+    np.testing.assert_allclose(samples[0]["curvature"], samples[1]["curvature"], atol=0.5)

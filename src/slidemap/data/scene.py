@@ -232,7 +232,11 @@ class Scene:
             warnings.warn(f"DEM {path} covers only {covered:.0%} of image {self.image_path}: "
                           "the rest is mapped as no data; pass a DEM of the whole scene",
                           SlidemapWarning, stacklevel=2)
-        if src.crs == img.crs and src.transform == img.transform and src.shape == img.shape:
+        on_grid = src.crs == img.crs and src.transform == img.transform and src.shape == img.shape
+        # An integer DEM goes through a float32 VRT even on the image grid: GDAL's decimated
+        # read of an integer band rounds each average to a whole unit, and those 1 m steps at
+        # 2 m pixels gave a curvature noisier than the terrain's own.
+        if on_grid and (role != "DEM" or np.issubdtype(np.dtype(src.dtypes[0]), np.floating)):
             return src
         self._check_density(src, bounds, path, role)
         if role == "DEM":
