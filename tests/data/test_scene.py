@@ -309,3 +309,22 @@ def test_an_integer_dem_on_the_image_grid_is_not_rounded_when_decimated(tiny_sce
             samples.append(scene.read(window, (1, 2, 3), factor=4, dem=True, curvature=True))
     np.testing.assert_allclose(samples[0]["dem"], samples[1]["dem"], atol=0.02)
     np.testing.assert_allclose(samples[0]["curvature"], samples[1]["curvature"], atol=0.5)
+
+
+def test_a_dem_clipped_to_the_image_data_is_not_called_partial(tiny_scene, tmp_path) -> None:
+    """A DEM clipped to the image's valid pixels (its collar left out) warned that the rest was
+    mapped as no data and to pass a DEM of the whole scene: nothing was lost. It warns only
+    where valid pixels lack an elevation."""
+    with rasterio.open(tiny_scene["image"]) as src:
+        image, transform = src.read(), src.transform
+    image[:, :, :40] = 0  # a wide collar: the image has data from column 40 on
+    collared = write_raster(tmp_path / "collared.tif", image, nodata=0)
+    with rasterio.open(tiny_scene["dem"]) as src:
+        dsm = src.read(1)
+    clipped = write_raster(tmp_path / "clipped.tif", dsm[:, 36:].copy(),
+                           transform=transform @ Affine.translation(36, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlidemapWarning)
+        Scene(collared, dem=clipped).close()
+    with pytest.warns(SlidemapWarning, match="covers only 62% of image"):
+        Scene(tiny_scene["image"], dem=clipped).close()

@@ -187,6 +187,11 @@ class Scene:
                                         "--dem?), or pick its band with gdal_translate -b N")
                 self._dem_to_m = elevation_to_metres(self._dem_src, dem)
                 self._dem = self._align(self._dem_src, dem, "DEM", Resampling.bilinear)
+                if self._warn_partial_dem and self._dem_extent_cover < MIN_DEM_COVER \
+                        and self._dem_under_valid() < MIN_DEM_COVER:
+                    warnings.warn(f"DEM {dem} covers only {self._dem_extent_cover:.0%} of "
+                                  f"image {self.image_path}: the rest is mapped as no data; "
+                                  "pass a DEM of the whole scene", SlidemapWarning, stacklevel=2)
             polygons = mask if mask is not None and is_vector(mask) else None
             if mask is not None and polygons is None:
                 self._mask_src = open_raster(mask, "label raster")
@@ -228,10 +233,6 @@ class Scene:
                 f"{role} {path} does not overlap image {self.image_path}: "
                 "pass a file that covers the same ground"
             )
-        if role == "DEM" and covered < MIN_DEM_COVER and self._warn_partial_dem:
-            warnings.warn(f"DEM {path} covers only {covered:.0%} of image {self.image_path}: "
-                          "the rest is mapped as no data; pass a DEM of the whole scene",
-                          SlidemapWarning, stacklevel=2)
         on_grid = src.crs == img.crs and src.transform == img.transform and src.shape == img.shape
         # An integer DEM goes through a float32 VRT even on the image grid: GDAL's decimated
         # read of an integer band rounds each average to a whole unit, and those 1 m steps at
@@ -310,8 +311,19 @@ class Scene:
     @property
     def dem_extent_cover(self) -> float:
         """The share of the image's extent that the DEM's extent covers (1 without a DEM): below
-        ``MIN_DEM_COVER`` the scene has already warned about it when it opened the DEM."""
+        ``MIN_DEM_COVER`` the scene has already looked at the DEM's data under the image's valid
+        pixels when it opened the DEM, and warned where it falls short."""
         return self._dem_extent_cover
+
+    def _dem_under_valid(self) -> float:
+        """The share of the image's sampled valid pixels that have an elevation (0 where none
+        is valid). An image with no data outside a DEM clipped to its footprint (an orthophoto's
+        collar, a study band) lost nothing: warning that the rest is mapped as no data sent
+        users for a larger DEM they did not need."""
+        valid = self.valid_sample()
+        if not valid.any():
+            return 0.0
+        return float(np.isfinite(self.dem_sample()[valid]).mean())
 
     @property
     def has_labels(self) -> bool:
