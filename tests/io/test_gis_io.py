@@ -395,6 +395,28 @@ def test_a_stac_item_with_relative_assets_is_an_input(tiny_scene, tiny_model, tm
     assert any(link["rel"] == "derived_from" for link in out_item["links"])
 
 
+def test_a_stac_item_of_a_time_range_gives_its_range_to_the_map(tiny_scene, tiny_model,
+                                                                  tmp_path) -> None:
+    """A source Item with datetime null and a start and end (a mosaic of several passes) gave
+    the map the time of mapping instead of the imagery's range."""
+    item = pystac.Item("scene", {"type": "Point", "coordinates": [98.68, 31.14]},
+                       [98.68, 31.14, 98.68, 31.14], None, {},
+                       start_datetime=pystac.utils.str_to_datetime("2024-05-01T00:00:00Z"),
+                       end_datetime=pystac.utils.str_to_datetime("2024-05-09T00:00:00Z"))
+    item.add_asset("visual", pystac.Asset("./scene.tif", media_type=pystac.MediaType.GEOTIFF,
+                                          roles=["visual"]))
+    item.add_asset("elevation", pystac.Asset("./scene_dsm.tif", roles=["dem"],
+                                             media_type=pystac.MediaType.GEOTIFF))
+    path = tiny_scene["image"].with_name("item.json")
+    path.write_text(json.dumps(item.to_dict(include_self_link=False)))
+    result = api.predict(path, tmp_path / "out", model=tiny_model, options=OPTIONS)
+    properties = json.loads(Path(result.stac).read_text())["properties"]
+    assert properties["datetime"] is None
+    assert properties["start_datetime"].startswith("2024-05-01T00:00:00")
+    assert properties["end_datetime"].startswith("2024-05-09T00:00:00")
+    _core_validator().validate(json.loads(Path(result.stac).read_text()))  # offline
+
+
 def test_a_stac_item_without_an_image_asset_fails_on_one_line(tiny_model, tmp_path) -> None:
     path = tmp_path / "item.json"
     item = pystac.Item("x", None, None, pystac.utils.str_to_datetime("2024-01-01T00:00:00Z"),

@@ -165,10 +165,18 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
     width, height = grid["width"], grid["height"]
     outline = corners(transform, width, height)
     geometry = _footprint(crs, outline)
-    when = source.item.datetime if source and source.item.datetime else None
+    # the scene's time, as its Item gives it (one instant, or a range with datetime null, as
+    # a mosaic's): the map is of the ground then; the time of mapping is "created"
+    when = start = end = None
+    if source is not None:
+        when = source.item.datetime
+        start = source.item.common_metadata.start_datetime
+        end = source.item.common_metadata.end_datetime
+    if when is None and (start is None or end is None):
+        when, start, end = datetime.now(timezone.utc), None, None
     item = pystac.Item(
         id=f"{stem}-landslides", geometry=geometry, bbox=_bbox(geometry),
-        datetime=when or datetime.now(timezone.utc),
+        datetime=when, start_datetime=start, end_datetime=end,
         properties={"created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
                     "slidemap:version": tags.get("SLIDEMAP_VERSION", ""),
                     "slidemap:model": tags.get("SLIDEMAP_MODEL", ""),
