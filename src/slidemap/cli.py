@@ -427,8 +427,7 @@ def crossval(
         comparison = result.comparison
         low, high = comparison["interval_95"]
         log.info(f"difference {comparison['pooled_f1_difference']:+.4f} "
-                 f"[{low:+.4f}, {high:+.4f}]: "
-                 f"{'adopt' if comparison['adopt'] else 'keep the baseline'}")
+                 f"[{low:+.4f}, {high:+.4f}]: {comparison['decision']}")
     log.info(f"  {result.summary}, {result.blocks}")
     if result.adapted is not None:
         comparison = result.adapted["comparison"]
@@ -437,7 +436,7 @@ def crossval(
                  f"{result.adapted['recipes']['candidate']['pooled']['f1']:.4f} − "
                  f"{result.adapted['recipes']['baseline']['pooled']['f1']:.4f} = "
                  f"{comparison['pooled_f1_difference']:+.4f} [{low:+.4f}, {high:+.4f}]: "
-                 f"{'adopt' if comparison['adopt'] else 'keep the baseline'} → "
+                 f"{comparison['decision']} → "
                  f"{out / 'adapt' / 'summary.md'}")
 
 

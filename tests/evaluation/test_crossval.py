@@ -339,6 +339,22 @@ def test_threshold_and_bootstrap_on_known_counts() -> None:
     assert not compare(worse, better, [f"b{i}" for i in range(8)])["adopt"]
 
 
+def test_a_run_short_of_the_rules_seeds_or_blocks_decides_nothing() -> None:
+    """RULE.md asks for at least 2 seeds and 8 blocks: a run of one seed (no block has a spread
+    to lose within) or four blocks printed "adopt" as if the rule had decided."""
+    better = np.array([[[90, 10, 10, 890]] * 8, [[88, 12, 12, 888]] * 8])
+    worse = np.array([[[70, 30, 30, 870]] * 8, [[72, 28, 28, 872]] * 8])
+    assert compare(better, worse, [f"b{i}" for i in range(8)])["decision"] == "adopt"
+    for candidate, baseline, names, has in (
+            (better[:1], worse[:1], [f"b{i}" for i in range(8)], "1 seed"),
+            (better[:, :4], worse[:, :4], [f"b{i}" for i in range(4)], "4 blocks")):
+        result = compare(candidate, baseline, names)
+        assert result["interval_95"][0] > 0 and not result["adopt"]
+        assert result["decision"].startswith("none: RULE.md asks for at least 2 seeds and 8 "
+                                             f"blocks, this run has {has}")
+        assert result["decision"].endswith("(its tests alone would adopt)")
+
+
 def test_a_block_lost_by_exactly_its_seed_spread_does_not_block_adoption() -> None:
     """RULE.md: a block may lose up to (≤) its seed spread. Block b0's candidate F1s over two
     seeds are 2/3 and 1/2 (spread 1/6, mean 7/12), the baseline's 3/4 twice: it loses exactly

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLDS = np.round(np.arange(5, 96) / 100, 2)  # the grid thresholds are fitted on
 BOOTSTRAP = 2000
+RULE_MINIMUM = {"seeds": 2, "blocks": 8}  # benchmarks/protocol/RULE.md: what may decide
 TEMPERATURES = np.round(np.geomspace(0.25, 4.0, 41), 4)  # the grid temperatures are fitted on
 BLOCK_COLUMNS = ("recipe", "seed", "block", "fold", "pixels", "landslide", "threshold",
                  "precision", "recall", "f1", "iou")
@@ -481,9 +482,19 @@ def compare(candidate: np.ndarray, baseline: np.ndarray, names: list[str]) -> di
     blocks = [{"block": n, "change": float(c), "seed_spread": float(s),
                "loses_beyond_spread": loses_beyond_spread(candidate[:, b], baseline[:, b])}
               for b, (n, c, s) in enumerate(zip(names, change, spread, strict=True))]
-    adopt = low > 0 and not any(b["loses_beyond_spread"] for b in blocks)
+    passes = low > 0 and not any(b["loses_beyond_spread"] for b in blocks)
+    has = {"seeds": candidate.shape[0], "blocks": len(names)}
+    short = [f"{has[k]} {k if has[k] != 1 else k[:-1]}" for k, least in RULE_MINIMUM.items()
+             if has[k] < least]
+    # a run of fewer seeds or blocks than the rule asks for decides nothing: with one seed no
+    # block has a spread to lose within, and a few blocks give the bootstrap little to draw
+    decision = ("adopt" if passes else "keep the baseline") if not short else (
+        f"none: RULE.md asks for at least {RULE_MINIMUM['seeds']} seeds and "
+        f"{RULE_MINIMUM['blocks']} blocks, this run has {' and '.join(short)} (its tests "
+        f"alone would {'adopt' if passes else 'keep the baseline'})")
     return {"pooled_f1_difference": difference, "interval_95": [low, high],
-            "bootstrap": BOOTSTRAP, "blocks": blocks, "adopt": adopt}
+            "bootstrap": BOOTSTRAP, "blocks": blocks, "adopt": passes and not short,
+            "decision": decision}
 
 
 def loses_beyond_spread(candidate: np.ndarray, baseline: np.ndarray) -> bool:
@@ -589,8 +600,7 @@ def summary_markdown(summary: dict) -> str:
                              [[b["block"], f"{b['change']:+.4f}", _cell(b["seed_spread"]),
                                "yes" if b["loses_beyond_spread"] else "no"]
                               for b in comparison["blocks"]]),
-                  "", f"Decision by benchmarks/protocol/RULE.md: "
-                      f"**{'adopt' if comparison['adopt'] else 'keep the baseline'}**."]
+                  "", f"Decision by benchmarks/protocol/RULE.md: **{comparison['decision']}**."]
     return "\n".join(lines) + "\n"
 
 
