@@ -146,6 +146,21 @@ def test_workers_that_died_on_a_band_are_one_line(wide_scene, tiny_model, tmp_pa
     assert "Dask workers died" in lines[0], lines
 
 
+def test_a_scheduler_that_went_away_is_one_line(wide_scene, tiny_model, tmp_path, run_cli,
+                                                monkeypatch) -> None:
+    """A --dask scheduler stopped or restarted mid-run cancels the bands: distributed's
+    FutureCancelledError ('scheduler-connection-lost') was a traceback."""
+    from distributed.client import FutureCancelledError
+
+    def cancelled(job: object, piece: tuple[int, int]) -> None:
+        raise FutureCancelledError(f"predict_band-{piece}", "scheduler-connection-lost")
+
+    monkeypatch.setattr("slidemap.infer.distributed.predict_band", cancelled)
+    lines = _dask_failure(wide_scene, tiny_model, tmp_path / "out", run_cli)
+    assert "went away while the scene was mapped" in lines[0], lines
+    assert "scheduler-connection-lost" in lines[0] and "map the scene again" in lines[0], lines
+
+
 def test_a_file_a_worker_cannot_see_is_named_as_the_workers(wide_scene, tiny_model, tmp_path,
                                                             run_cli, monkeypatch) -> None:
     """The workers of --dask open the scene by its path: where one cannot see it, the message

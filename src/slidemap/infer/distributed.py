@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Generator, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -108,35 +108,55 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
             raise SlidemapError(f"cannot reach the Dask scheduler at {scheduler} "
                                 f"({_one_line(exc)}): start one (dask scheduler) and workers "
                                 "that see the same files, or use --workers N") from exc
-        with client:
+        with _quiet_reconnects(), client:
             try:  # a scheduler without workers holds the tasks until one comes: forever
                 client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
             except TimeoutError as exc:
                 raise SlidemapError(f"the Dask scheduler at {scheduler} has no worker: start "
                                     f"some (dask worker {scheduler}) that see the same files, "
                                     "or use --workers N") from exc
-            with _worker_failures(KilledWorker, SAME_FILES):
+            with _worker_failures(KilledWorker, SAME_FILES, f"the Dask scheduler at {scheduler}"):
                 yield client
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client, _worker_failures(KilledWorker, ""):
+            Client(cluster) as client, \
+            _worker_failures(KilledWorker, "", "the local Dask cluster"):
         yield client
 
 
 @contextlib.contextmanager
-def _worker_failures(killed: type[Exception], hint: str) -> Iterator[None]:
+def _worker_failures(killed: type[Exception], hint: str, scheduler: str) -> Iterator[None]:
     """Errors of the bands' tasks as one line that says they came from a Dask worker: a file
     this machine reads but a worker cannot ("image X does not exist") read as if the user had
-    mistyped it, and workers that died on a band (out of memory, a crash) were a traceback."""
+    mistyped it, and workers that died on a band (out of memory, a crash) were a traceback, as
+    were bands cancelled when the scheduler went away mid-run (stopped, restarted, the network
+    lost)."""
     try:
         yield
     except killed as exc:
         raise SlidemapError(f"Dask workers died while predicting a band of the scene "
                             f"({_one_line(exc)}): see the workers' logs (their memory limit, "
                             "--tile and --batch-size set what a band needs)") from exc
+    except CancelledError as exc:  # distributed's FutureCancelledError is one
+        raise SlidemapError(f"{scheduler} went away while the scene was mapped "
+                            f"({_one_line(exc)}): check that it runs, then map the scene "
+                            "again; nothing was written") from exc
     except SlidemapError as exc:
         raise SlidemapError(f"on a Dask worker: {exc}{hint}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_reconnects() -> Iterator[None]:
+    """The client's own tracebacks, logged while it tries to reach a scheduler that went away
+    and as it gives up, left out: the error that follows says it in one line."""
+    client_log = logging.getLogger("distributed.client")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client_log.setLevel(level)
 
 
 def predict_band(job: BandJob, piece: tuple[int, int]) -> PredictedBand:
