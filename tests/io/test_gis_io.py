@@ -377,16 +377,25 @@ def test_a_crs_that_is_no_epsg_crs_is_recorded_by_its_wkt_not_a_loose_code(
     assert epsg_code(rasterio.crs.CRS.from_epsg(32647)) == 32647
 
 
-def test_a_stac_item_with_relative_assets_is_an_input(tiny_scene, tiny_model, tmp_path) -> None:
+def _scene_item(scene: dict[str, Path], when: str | None, **times: str) -> Path:
+    """An Item of the tiny scene, its image and DSM as relative assets, beside them; ``when``
+    its datetime, ``times`` its start_datetime and end_datetime."""
     item = pystac.Item("scene", {"type": "Point", "coordinates": [98.68, 31.14]},
-                       [98.68, 31.14, 98.68, 31.14], pystac.utils.str_to_datetime(
-                           "2024-05-01T04:00:00Z"), {})
+                       [98.68, 31.14, 98.68, 31.14],
+                       None if when is None else pystac.utils.str_to_datetime(when), {},
+                       **{key: pystac.utils.str_to_datetime(value)
+                          for key, value in times.items()})
     item.add_asset("visual", pystac.Asset("./scene.tif", media_type=pystac.MediaType.GEOTIFF,
                                           roles=["visual"]))
     item.add_asset("elevation", pystac.Asset("./scene_dsm.tif", roles=["dem"],
                                              media_type=pystac.MediaType.GEOTIFF))
-    path = tiny_scene["image"].with_name("item.json")
+    path = scene["image"].with_name("item.json")
     path.write_text(json.dumps(item.to_dict(include_self_link=False)))
+    return path
+
+
+def test_a_stac_item_with_relative_assets_is_an_input(tiny_scene, tiny_model, tmp_path) -> None:
+    path = _scene_item(tiny_scene, "2024-05-01T04:00:00Z")
     result = api.predict(path, tmp_path / "out", model=tiny_model, options=OPTIONS)
     with rasterio.open(result.prob) as ds:
         assert ds.tags()["SLIDEMAP_DEM"].endswith("scene_dsm.tif")
@@ -399,22 +408,15 @@ def test_a_stac_item_of_a_time_range_gives_its_range_to_the_map(tiny_scene, tiny
                                                                   tmp_path) -> None:
     """A source Item with datetime null and a start and end (a mosaic of several passes) gave
     the map the time of mapping instead of the imagery's range."""
-    item = pystac.Item("scene", {"type": "Point", "coordinates": [98.68, 31.14]},
-                       [98.68, 31.14, 98.68, 31.14], None, {},
-                       start_datetime=pystac.utils.str_to_datetime("2024-05-01T00:00:00Z"),
-                       end_datetime=pystac.utils.str_to_datetime("2024-05-09T00:00:00Z"))
-    item.add_asset("visual", pystac.Asset("./scene.tif", media_type=pystac.MediaType.GEOTIFF,
-                                          roles=["visual"]))
-    item.add_asset("elevation", pystac.Asset("./scene_dsm.tif", roles=["dem"],
-                                             media_type=pystac.MediaType.GEOTIFF))
-    path = tiny_scene["image"].with_name("item.json")
-    path.write_text(json.dumps(item.to_dict(include_self_link=False)))
+    path = _scene_item(tiny_scene, None, start_datetime="2024-05-01T00:00:00Z",
+                       end_datetime="2024-05-09T00:00:00Z")
     result = api.predict(path, tmp_path / "out", model=tiny_model, options=OPTIONS)
-    properties = json.loads(Path(result.stac).read_text())["properties"]
+    out_item = json.loads(Path(result.stac).read_text())
+    properties = out_item["properties"]
     assert properties["datetime"] is None
     assert properties["start_datetime"].startswith("2024-05-01T00:00:00")
     assert properties["end_datetime"].startswith("2024-05-09T00:00:00")
-    _core_validator().validate(json.loads(Path(result.stac).read_text()))  # offline
+    _core_validator().validate(out_item)  # the core Item schema bundled with pystac: offline
 
 
 def test_a_stac_item_without_an_image_asset_fails_on_one_line(tiny_model, tmp_path) -> None:
