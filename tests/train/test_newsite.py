@@ -478,6 +478,24 @@ def test_finetune_says_when_the_start_trained_on_its_validation(tmp_path: Path, 
     assert f"was trained on validation scene {tiny_scene['image']}" in err
 
 
+def test_finetune_says_when_it_cannot_check_its_validation_was_held_out(
+        tmp_path: Path, tiny_scene, run_cli) -> None:
+    """A starting model whose training images are not found from here (the shipped models'
+    data in a fresh clone, a name recorded relative to another folder) gave no word, though
+    the validation scene may be a crop of what it learnt: silence read as held out."""
+    bundle = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))
+    bundle.provenance = {"config": {"train": [{"image": "elsewhere/region_B_image.tif"}]}}
+    start = save_model(bundle, tmp_path / "start")
+    other = patch_folder(tmp_path / "site", count=2)
+    config = run_config(tmp_path, {"train": [{"patches": str(other)}],
+                                   "val": [{"image": str(tiny_scene["image"]),
+                                            "mask": str(tiny_scene["mask"])}]})
+    code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "cannot check that" in err and "elsewhere/region_B_image.tif" in err
+    assert "may not be held out" in err
+
+
 def cropped_scene(scene: dict[str, Path], root: Path, name: str, columns: int,
                   east_m: float = 0.0) -> dict[str, Path]:
     """``scene`` without its first ``columns`` columns, each pixel kept on its ground, the whole

@@ -101,13 +101,20 @@ def _keys_read(config: RunConfig) -> set[str]:
 def _warn_if_validation_was_seen(config: RunConfig) -> None:
     """A starting model that trained on a validation scene's ground (the file, a crop of it,
     the scene in another CRS), or kept the epoch its own validation chose there, scores
-    'before' on ground it learnt, and gives 'after' a head start there."""
+    'before' on ground it learnt, and gives 'after' a head start there. Where its files leave
+    that unknown (an image it learnt from not found from here: the shipped models' data, or a
+    name recorded relative to another folder), say so: silence read as held out."""
     assert config.init is not None
-    seen = learnt_ground(lineage(Path(config.init)), [s.image for s in config.val_scenes],
-                         "validation scene")
+    found = lineage(Path(config.init))
+    seen = learnt_ground(found, [s.image for s in config.val_scenes], "validation scene")
     if seen:
         warnings.warn(f"{config.init} {seen}: finetune.json's figures are not held out; "
                       "validate on other ground", SlidemapWarning, stacklevel=2)
+    elif config.val_scenes and found.unknown:
+        warnings.warn(f"finetune cannot check that {config.init} never learnt the ground of a "
+                      f"validation scene ({'; '.join(dict.fromkeys(found.unknown))}): "
+                      "finetune.json's figures may not be held out", SlidemapWarning,
+                      stacklevel=2)
 
 
 def _figures(metrics: dict[str, float]) -> dict[str, float]:
