@@ -36,6 +36,7 @@ from slidemap.train.adapt import (
 )
 from slidemap.train.adaptval import measure_adaptation
 from slidemap.train.crossval import run_crossval
+from slidemap.train.lineage import lineage
 from slidemap.train.loop import train
 
 SIDE = 96
@@ -210,6 +211,24 @@ def test_predict_adapt_runs_within_its_bound_and_records_it(
                if v.is_floating_point() and not np.allclose(v.numpy(), original[k].numpy())]
     assert changed  # it did train
 
+
+
+def test_a_saved_adapted_model_names_the_scene_it_learnt(
+        trained: tuple[dict[str, str], Path], tmp_path: Path, run_cli,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy learns the scene's imagery, as a self-training target is learnt, but its file
+    did not name the scene: finetune validating there (or crossval scoring it) took the
+    figures as held out."""
+    scene, model = trained
+    other = landslide_scene(tmp_path / "other", "other", seed=1)
+    monkeypatch.chdir(tmp_path)  # a scene named relatively is recorded absolutely
+    code, err = run_cli("predict", os.path.relpath(other["image"]), "--dem", other["dem"],
+                        "--model", model, "--out", tmp_path / "map", "--precision", "fp32",
+                        "--adapt", "--adapt-windows", "24", "--adapt-save", "adapted")
+    assert code == 0, err
+    saved = tmp_path / "adapted.safetensors"
+    assert load_model(saved).provenance["adapted"]["image"] == str(Path(other["image"]).resolve())
+    assert lineage(saved).images == [scene["image"], str(Path(other["image"]).resolve())]
 
 
 def test_an_adaptation_that_trains_nothing_warns_and_says_so(

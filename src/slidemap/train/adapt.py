@@ -368,9 +368,11 @@ def adapt_to_scene(model: Path, image: DatasetName, dem: DatasetName | None,
     bundle = load_model(model)
     chunks = scene_chunks(image, dem, bundle, predict.memory_mb, options.seed)
     adapted = adapt_model(bundle, chunks, options, predict, progress)
-    # named absolutely, as provenance names the model: report finds them from any folder
+    # named absolutely, as provenance names the model: report finds them from any folder;
+    # the scene too, whose imagery the copy learnt from (slidemap.train.lineage reads it)
     adapted.record = {"from": absolute_name(model),
-                      "from_sha256": sha256_file(model_paths(model)[0]), **adapted.record}
+                      "from_sha256": sha256_file(model_paths(model)[0]),
+                      "image": absolute_name(image), **adapted.record}
     if options.save is not None:
         adapted.record["saved_as"] = absolute_name(model_paths(options.save)[0])
     adapted.bundle.provenance["adapted"] = adapted.record

@@ -35,7 +35,8 @@ class Lineage:
 
 def lineage(model: Path) -> Lineage:
     """The scene images ``model`` and the models it started from trained on, self-training
-    targets included (their imagery is read; ``selftrain`` records them with each round)."""
+    targets and the scene a ``predict --adapt`` copy adapted to included (their imagery is
+    read; ``selftrain`` records its targets with each round, ``--adapt-save`` the scene)."""
     found = Lineage()
     for _ in range(INIT_DEPTH):
         provenance = recorded_provenance(model)
@@ -44,7 +45,9 @@ def lineage(model: Path) -> Lineage:
             found.unknown.append(f"model file {model} records no training run")
             break
         targets = provenance.get("selftrain_targets") if provenance else None
-        for item in [*_entries(config.get("train")), *_entries(targets)]:
+        adapted = provenance.get("adapted") if provenance else None
+        scene = [adapted] if isinstance(adapted, dict) and "image" in adapted else []
+        for item in [*_entries(config.get("train")), *_entries(targets), *scene]:
             if isinstance(item.get("image"), str):
                 found.images.append(item["image"])
             else:
