@@ -708,3 +708,34 @@ def test_pseudo_labels_of_one_class_alone_warn(monkeypatch: pytest.MonkeyPatch) 
         said = [str(w.message) for w in caught if w.category is SlidemapWarning]
         assert row["kept_fraction"] == 1.0
         assert bool(said) is warns and all("every pseudo-label is landslide" in s for s in said)
+
+
+def test_selftrain_leaves_a_round_folder_it_did_not_write(tmp_path: Path, run_cli) -> None:
+    """A folder ``round3`` in --out that no self-training run wrote (here holding the target
+    imagery) was deleted at the end of a one-round run, even without --overwrite."""
+    source = patch_folder(tmp_path / "source", count=2, seed=0)
+    out = tmp_path / "st"
+    target = patch_folder(out / "round3" / "target", count=2, seed=1)
+    before = {p: p.read_bytes() for p in target.rglob("*.png")}
+    config = run_config(tmp_path, {"train": [{"patches": str(source)}]},
+                        selftrain={"target": [{"patches": str(target)}], "rounds": 1})
+    code, err = run_cli("selftrain", config, "--out", out)
+    assert code == 0, err
+    assert {p: p.read_bytes() for p in target.rglob("*.png")} == before
+
+
+def test_selftrain_overwrite_never_removes_a_round_holding_its_init(
+        tmp_path: Path, run_cli) -> None:
+    """--overwrite of a three-round run with a one-round run removes round2 and round3: the
+    init kept in round3 (go on from the earlier run's last model) was deleted with it."""
+    source = patch_folder(tmp_path / "source", count=2, seed=0)
+    out = tmp_path / "st"
+    (out / "round0").mkdir(parents=True)
+    (out / "rounds.csv").write_text("round\n0\n")
+    init = save_model(tiny_bundle(InputSpec(image_bands=(1, 2, 3))), out / "round3" / "model")
+    before = init.read_bytes()
+    config = run_config(tmp_path, {"train": [{"patches": str(source)}]}, init=str(init),
+                        selftrain={"target": [{"patches": str(source)}], "rounds": 1})
+    code, err = run_cli("selftrain", config, "--out", out, "--overwrite")
+    assert code == 1 and f"{out / 'round3'} (a round of the earlier" in err, err
+    assert init.read_bytes() == before and len(err.strip().splitlines()) == 1

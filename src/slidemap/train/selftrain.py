@@ -27,7 +27,7 @@ from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import predict_arrays, to_native
-from slidemap.io.atomic import atomic_path, check_outputs
+from slidemap.io.atomic import atomic_path, check_outputs, resolved
 from slidemap.io.modelfile import load_model, model_paths, save_model
 from slidemap.schema.config import RunConfig
 from slidemap.train.checks import check_buildable
@@ -93,9 +93,13 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
         raise SlidemapError(f"{out_dir} already holds a self-training run ({earlier[0].name}): "
                             "pass --overwrite or choose another --out")
     # the result's model replaced any OUT/model.safetensors: a user's, or the init it starts from
-    check_outputs([out_dir / name for name in OUTPUTS],
-                  [*config.input_files(), *(model_paths(config.init) if config.init else [])],
-                  overwrite)
+    inputs = [*config.input_files(), *(model_paths(config.init) if config.init else [])]
+    check_outputs([out_dir / name for name in OUTPUTS], inputs, overwrite)
+    # only an earlier self-training run's rounds are removed (a folder round3 of the user's
+    # in --out was deleted with the imagery in it), and never one holding what this run reads
+    stale = stale_rounds(out_dir, settings.rounds) if earlier else []
+    patch_sets = (*config.train_patches, *config.val_patches, *settings.target_patches)
+    check_rounds_hold_no_input(stale, [*inputs, *(source.root for source in patch_sets)])
     round_config = config.changed(
         loss=settings.loss, selftrain=None,
         train=config.train.changed(epochs=settings.epochs or config.train.epochs))
@@ -129,10 +133,30 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
     bundle = load_model(model_path)
     bundle.provenance = {**bundle.provenance, **seen, "selftrain": rows}
     save_model(bundle, out_dir / "model", overwrite)
-    for stale in out_dir.glob("round*"):  # an earlier run's extra rounds, now overwritten
-        if stale.is_dir() and stale.name[5:].isdigit() and int(stale.name[5:]) > settings.rounds:
-            shutil.rmtree(stale)
+    for folder in stale:  # the earlier run's extra rounds, now overwritten
+        shutil.rmtree(folder)
     return rows
+
+
+def stale_rounds(out_dir: Path, rounds: int) -> list[Path]:
+    """The round folders in ``out_dir`` past the last of a run of ``rounds`` rounds (a link
+    named like one is no folder a run made)."""
+    return sorted(folder for folder in out_dir.glob("round*")
+                  if folder.is_dir() and not folder.is_symlink()
+                  and folder.name[5:].isdigit() and int(folder.name[5:]) > rounds)
+
+
+def check_rounds_hold_no_input(stale: list[Path], inputs: list[Path]) -> None:
+    """Refuse, before round 0, to remove an earlier run's round folder that holds a file or
+    folder this run reads (its init, a scene, a patch set), with or without ``--overwrite``."""
+    for folder in stale:
+        inside = resolved(folder)
+        for path in inputs:
+            if inside == resolved(path) or inside in resolved(path).parents:
+                raise SlidemapError(
+                    f"{folder} (a round of the earlier self-training run, which --overwrite "
+                    f"removes) holds {path}, which this run reads: move it or choose another "
+                    "--out")
 
 
 Labeller = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
