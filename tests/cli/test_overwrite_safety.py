@@ -157,6 +157,23 @@ def test_train_never_replaces_its_config(tmp_path: Path, tiny_scene: dict[str, P
     assert digest(config) == before
 
 
+def test_train_never_writes_into_a_folder_its_patches_are_read_from(
+        tmp_path: Path, run_cli) -> None:
+    """train --out SET/images wrote curves.png among the images, over a patch of that name
+    even without --overwrite; the next run read it as a patch and refused the set ('image
+    curves.png has no mask')."""
+    root = patch_folder(tmp_path / "set", count=2)
+    for sub in ("images", "masks"):
+        os.replace(root / sub / "p0.png", root / sub / "curves.png")
+    before = {p: digest(p) for p in root.rglob("*.png")}
+    config = write_config(tmp_path / "run.yaml", run_config(
+        [{"patches": str(root)}], inputs={"image_bands": [1, 2, 3]}, training=TINY_TRAINING))
+    for sub, extra in (("images", ()), ("masks", ("--overwrite",)), ("images/", ())):
+        code, err = run_cli("train", config, "--out", f"{root}/{sub}", *extra)
+        one_error(code, err, f"{root}/{sub}".rstrip("/"), "patches of")
+    assert {p: digest(p) for p in root.rglob("*") if p.is_file()} == before
+
+
 def test_predict_never_writes_into_a_folder_its_patches_are_read_from(
         tmp_path: Path, run_cli) -> None:
     """predict SET --out SET/images wrote NAME_prob.tif and NAME_mask.tif among the images:

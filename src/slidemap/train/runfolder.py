@@ -6,8 +6,9 @@ import contextlib
 import json
 from pathlib import Path
 
+from slidemap.data.patches import open_patch_dataset
 from slidemap.errors import SlidemapError, UsageError
-from slidemap.io.atomic import check_outputs, folder_lock
+from slidemap.io.atomic import check_outputs, folder_lock, resolved
 from slidemap.io.modelfile import model_paths
 from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
@@ -44,6 +45,23 @@ def check_run_inputs(out_dir: Path, config: RunConfig) -> None:
     a scene's raster, the model it starts from), with or without ``--overwrite``."""
     inputs = [*config.input_files(), *(model_paths(config.init) if config.init else [])]
     check_outputs([out_dir / name for name in RUN_OUTPUTS], inputs, overwrite=True)
+    check_not_in_patch_folders(out_dir, config)
+
+
+def check_not_in_patch_folders(out_dir: Path, config: RunConfig) -> None:
+    """Refuse a run folder that a patch set of the config reads its patches from
+    (``images/``, ``masks/``, ``dem/``): the run's curves.png there replaced a patch of that
+    name, or was read as a patch by every later run, which refused the set ('has no mask').
+    A Landslide4Sense split reads only its ``.h5`` files."""
+    sources = (*config.train_patches, *config.val_patches,
+               *(config.selftrain.target_patches if config.selftrain else ()))
+    folder = resolved(out_dir)
+    for source in sources:
+        if source.kind == "patches" and folder in {
+                resolved(path.parent) for path in open_patch_dataset(source.root).paths}:
+            raise SlidemapError(f"--out {out_dir} is a folder the patches of {source.root} are "
+                                "read from: the run's curves.png there would replace or be "
+                                "read as a patch; choose another --out")
 
 
 def run_identity(config: RunConfig) -> dict:
