@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -58,6 +59,25 @@ def test_validation_without_a_landslide(tiny_scene: dict[str, Path], tmp_path: P
     assert any(issubclass(w.category, SlidemapWarning) and "no landslide pixel" in str(w.message)
                for w in caught)
     assert (run / "model.safetensors").exists()
+
+
+def test_a_run_never_writes_through_a_link_to_its_history(
+        tiny_scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """history.csv was written in place: a snapshot of the run folder by hard links (``cp -al``)
+    had its history replaced by the next --overwrite run's and extended by a resume, while
+    every other file of the snapshot kept the earlier run's."""
+    config = load_config(write_config(tmp_path / "run.yaml", tiny_run(tiny_scene)))
+    run, snapshot = tmp_path / "run", tmp_path / "snapshot"
+    train_interrupted(config, run, monkeypatch)
+    snapshot.mkdir()
+    for path in run.iterdir():
+        os.link(path, snapshot / path.name)
+    kept = (snapshot / "history.csv").read_bytes()
+    train(config, run, resume=True)
+    train(config.changed(train=config.train.changed(seed=1)), run, overwrite=True)
+    assert (snapshot / "history.csv").read_bytes() == kept
+    assert [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()] == \
+        ["epoch", "1", "2"]
 
 
 def test_resume_reads_an_edited_history(tiny_scene: dict[str, Path], tmp_path: Path,

@@ -40,7 +40,7 @@ from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.scorer import bundle_of, score_bundle
 from slidemap.infer.runtime import autocast, torch_threads
 from slidemap.io import jsontext
-from slidemap.io.atomic import make_output_dir, staged
+from slidemap.io.atomic import atomic_path, make_output_dir, staged
 from slidemap.io.modelfile import (
     ModelBundle,
     PredictDefaults,
@@ -360,7 +360,8 @@ def _trim_history(path: Path, epoch: int) -> None:
     keep = lines[:1] + [line for line in lines[1:]
                         if line.strip() and _history_epoch(path, line) <= epoch]
     if len(keep) != len(lines):
-        path.write_text("".join(keep))
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+            handle.write("".join(keep))
 
 
 def _history_epoch(path: Path, line: str) -> int:
@@ -454,10 +455,20 @@ def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, pa
 
 
 def _append_history(path: Path, row: dict, fresh: bool) -> None:
-    mode = "w" if fresh or not path.exists() else "a"
-    with path.open(mode, newline="") as handle:
+    """Add ``row`` to the history, rewritten whole under a temporary name as every output is:
+    written in place, it went through a hard link (a ``cp -al`` snapshot of the run folder)
+    or a symbolic link into the file shared with it."""
+    earlier = "" if fresh or not path.exists() else _read_history(path)
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        handle.write(earlier)
         # one line ending throughout, as _trim_history rewrites the rows a resume keeps
         writer = csv.DictWriter(handle, fieldnames=list(row), lineterminator="\n")
-        if mode == "w":
+        if not earlier:
             writer.writeheader()
         writer.writerow(row)
+
+
+def _read_history(path: Path) -> str:
+    """The history's text, its line endings as stored."""
+    with path.open(newline="") as handle:
+        return handle.read()
