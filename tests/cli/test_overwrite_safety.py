@@ -174,6 +174,19 @@ def test_train_never_writes_into_a_folder_its_patches_are_read_from(
     assert {p: digest(p) for p in root.rglob("*") if p.is_file()} == before
 
 
+def test_a_refused_run_leaves_no_folder_it_created(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path, run_cli) -> None:
+    """--out new/a/run refused on a bad input removed run but left new/ and new/a/ behind."""
+    config = config_file(tmp_path / "site.yaml", {**tiny_scene, "mask": tiny_scene["image"]})
+    runs = (("predict", tiny_scene["image"], "--dem", tmp_path / "none.tif", "--model",
+             tiny_model, "--out"),
+            ("train", config, "--out"))
+    for args in runs:
+        code, err = run_cli(*args, tmp_path / "new" / "a" / "run")
+        assert code == 1, err
+        assert not (tmp_path / "new").exists(), args[0]
+
+
 def test_predict_never_writes_into_a_folder_its_patches_are_read_from(
         tmp_path: Path, run_cli) -> None:
     """predict SET --out SET/images wrote NAME_prob.tif and NAME_mask.tif among the images:

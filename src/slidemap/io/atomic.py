@@ -294,17 +294,29 @@ LOCK_NAME = ".slidemap.lock"
 
 @contextlib.contextmanager
 def output_folder(folder: Path, what: str = "output folder") -> Iterator[None]:
-    """:func:`make_output_dir` for the block's outputs; a folder this call had to create is
-    removed again if the block left nothing in it (a run refused on a bad input leaves no empty
-    folder behind)."""
-    created = not folder.exists()
+    """:func:`make_output_dir` for the block's outputs; the folders this call had to create
+    (``--out new/run`` creates ``new`` too) are removed again if the block left nothing in
+    them (a run refused on a bad input leaves no empty folder behind)."""
+    created = _missing(folder)
     make_output_dir(folder, what)
     try:
         yield
     finally:
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
+        for path in created:  # innermost first; only while empty
+            try:
+                path.rmdir()
+            except OSError:
+                break
+
+
+def _missing(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist, innermost first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
 
 
 @contextlib.contextmanager
