@@ -507,6 +507,24 @@ def test_newsite_refuses_a_scene_in_a_local_crs_before_it_trains(
         (tmp_path / "slides.gpkg").unlink()
 
 
+def test_newsite_refuses_a_scene_too_small_to_map_before_it_trains(
+        tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 64 px scene of 0.5 m pixels is 16 px at the model's 2 m: newsite trained the whole
+    run, wrote its model, then its map was refused as too small. Now refused first, with
+    predict's line and nothing written."""
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
+    monkeypatch.chdir(tmp_path)
+    image = np.random.default_rng(1).integers(40, 190, size=(3, 64, 64)).astype(np.uint8)
+    write_raster(tmp_path / "site.tif", image, transform=from_origin(469200.0, 3446200.0,
+                                                                     0.5, 0.5))
+    slide = shapely.box(469200.0 + 5, 3446200.0 - 20, 469200.0 + 15, 3446200.0 - 10)
+    write_polygons(tmp_path / "slides.gpkg", [slide])
+    code, err = run_cli("newsite", "site.tif", "slides.gpkg", "--out", "run")
+    assert (code, err.strip()) == (1, "error: image site.tif is 64 × 64 px, too small for this "
+                                      "model: it needs at least 128 px a side"), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_polygons_that_cannot_reach_a_local_grid_are_refused_on_one_line(
         tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """PROJ knows no way between a local (engineering) CRS and a real one: train, finetune and

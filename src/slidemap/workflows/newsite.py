@@ -11,10 +11,12 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import fitting_tile
 from slidemap.data.names import DatasetName, local_files
 from slidemap.data.scene import Scene, earth_problem
 from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.infer.predict import working_factor
 from slidemap.io.atomic import check_outputs
 from slidemap.schema.config import parse_config
 from slidemap.schema.values import MIN_TRAIN_TILE, file_of
@@ -60,6 +62,16 @@ def check_site_inputs(image: DatasetName, labels: Path, aoi: Path | None,
                                 "landslides there, or check that the files are of this ground")
 
 
+def check_mappable(spec: InputSpec, image: DatasetName, dem: DatasetName | None) -> None:
+    """Refuse, before training, a scene that the model this run trains could not map (smaller
+    than one window at its working resolution): the whole run trained, wrote its model, and
+    the map at the end was refused as too small."""
+    with warnings.catch_warnings():  # said by training, which opens the same files
+        warnings.simplefilter("ignore", SlidemapWarning)
+        with Scene(image, dem=dem) as scene:
+            working_factor(scene, spec, image)
+
+
 def fit_tile(raw: dict, image: DatasetName, labels: Path, aoi: Path | None) -> None:
     """Shrink ``raw``'s training tile to the labelled ground: one box drawn in QGIS fits no
     window of the default tile with enough of it labelled, and training failed pointing to
@@ -92,6 +104,7 @@ def new_site(image: DatasetName, labels: Path, out_dir: Path, aoi: Path | None =
     check_outputs([out_dir / "config.yaml", out_dir / "model.safetensors",
                    *output_paths(image, map_dir).values()], inputs, overwrite)
     check_site_inputs(image, labels, aoi, dem)
+    check_mappable(parse_config(raw).inputs, image, dem)
     fit_tile(raw, image, labels, aoi)
     config = parse_config(raw, out_dir / "config.yaml")
     started = time.perf_counter()
