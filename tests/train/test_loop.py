@@ -80,6 +80,23 @@ def test_a_run_never_writes_through_a_link_to_its_history(
         ["epoch", "1", "2"]
 
 
+@pytest.mark.parametrize("name", ["summary.json", "curves.png", "model.json"])
+def test_a_file_a_run_writes_is_not_replaced_without_overwrite(
+        tiny_scene: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """Only the weights and history.csv counted as an earlier run: a summary.json, curves.png
+    or model.json already in --out (the user's own, or a run's whose weights were moved) was
+    replaced without --overwrite."""
+    config = load_config(write_config(tmp_path / "run.yaml", tiny_run(tiny_scene)))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text("mine\n")
+    with pytest.raises(SlidemapError, match=rf"already holds a run \({name}\).*--overwrite"):
+        train(config, run)
+    assert (run / name).read_text() == "mine\n"
+    train(config, run, overwrite=True)
+    assert (run / "model.safetensors").exists()
+
+
 def test_resume_reads_an_edited_history(tiny_scene: dict[str, Path], tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A blank line left in history.csv (an editor's) is dropped on resume, where it raised

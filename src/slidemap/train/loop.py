@@ -58,7 +58,7 @@ from slidemap.train.checks import check_buildable, check_channels_vary
 from slidemap.train.losses import build_loss
 from slidemap.train.recipes import build_recipes
 from slidemap.train.runfolder import (
-    RUN_FILES,
+    RUN_OUTPUTS,
     check_run_inputs,
     check_same_run,
     drop_finetune_record,
@@ -338,7 +338,9 @@ def _prepare_run_folder(out_dir: Path, resume: bool, overwrite: bool,
             raise SlidemapError(f"nothing to resume in {out_dir} (no checkpoint.safetensors): "
                                 "train without --resume, or pass the --out of the stopped run")
         return
-    earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
+    # any file a run writes, not only its weights and history: a summary.json or curves.png
+    # already there (an earlier run's, or the user's own) was replaced without --overwrite
+    earlier = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
     if earlier and not overwrite:
         advice = "--resume to continue it, --overwrite to replace it" \
             if how_to_go_on == RESUME else "--overwrite to replace it"

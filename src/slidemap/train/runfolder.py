@@ -18,9 +18,9 @@ OPTIONS = {"training.freeze_encoder": "--freeze-encoder", "training.seed": "--se
            "init": "MODEL (finetune's first argument)"}
 VALUE_CHARS = 60  # the longest value a refusal to resume quotes
 FINETUNE_RECORD = "finetune.json"  # a fine-tuning's figures before and after, beside its model
-RUN_FILES = ("checkpoint.safetensors", "model.safetensors", "best.safetensors", "history.csv")
-RUN_OUTPUTS = (*RUN_FILES, "checkpoint.json", "model.json", "best.json", "summary.json",
-               "curves.png", FINETUNE_RECORD)
+RUN_OUTPUTS = ("checkpoint.safetensors", "model.safetensors", "best.safetensors", "history.csv",
+               "checkpoint.json", "model.json", "best.json", "summary.json", "curves.png",
+               FINETUNE_RECORD)
 
 
 def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
