@@ -464,10 +464,12 @@ def test_finetune_on_patches_says_a_resolution_change_affects_only_scenes(tmp_pa
     assert "'before' is not" not in err
 
 
-def test_finetune_says_when_the_start_trained_on_its_validation(tmp_path: Path, tiny_scene,
-                                                                run_cli) -> None:
+def _finetune_from_a_start_trained_on(image: str, tiny_scene: dict, tmp_path: Path,
+                                      run_cli) -> str:
+    """finetune's stderr from a tiny start whose record says it trained on ``image``, on two
+    patches of another site, validated on the tiny scene."""
     bundle = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))
-    bundle.provenance = {"config": {"train": [{"image": str(tiny_scene["image"])}]}}
+    bundle.provenance = {"config": {"train": [{"image": image}]}}
     start = save_model(bundle, tmp_path / "start")
     other = patch_folder(tmp_path / "site", count=2)
     config = run_config(tmp_path, {"train": [{"patches": str(other)}],
@@ -475,6 +477,13 @@ def test_finetune_says_when_the_start_trained_on_its_validation(tmp_path: Path, 
                                             "mask": str(tiny_scene["mask"])}]})
     code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
     assert code == 0, err
+    return err
+
+
+def test_finetune_says_when_the_start_trained_on_its_validation(tmp_path: Path, tiny_scene,
+                                                                run_cli) -> None:
+    err = _finetune_from_a_start_trained_on(str(tiny_scene["image"]), tiny_scene, tmp_path,
+                                            run_cli)
     assert f"was trained on validation scene {tiny_scene['image']}" in err
 
 
@@ -483,15 +492,8 @@ def test_finetune_says_when_it_cannot_check_its_validation_was_held_out(
     """A starting model whose training images are not found from here (the shipped models'
     data in a fresh clone, a name recorded relative to another folder) gave no word, though
     the validation scene may be a crop of what it learnt: silence read as held out."""
-    bundle = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))
-    bundle.provenance = {"config": {"train": [{"image": "elsewhere/region_B_image.tif"}]}}
-    start = save_model(bundle, tmp_path / "start")
-    other = patch_folder(tmp_path / "site", count=2)
-    config = run_config(tmp_path, {"train": [{"patches": str(other)}],
-                                   "val": [{"image": str(tiny_scene["image"]),
-                                            "mask": str(tiny_scene["mask"])}]})
-    code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
-    assert code == 0, err
+    err = _finetune_from_a_start_trained_on("elsewhere/region_B_image.tif", tiny_scene,
+                                            tmp_path, run_cli)
     assert "cannot check that" in err and "elsewhere/region_B_image.tif" in err
     assert "may not be held out" in err
 
