@@ -279,6 +279,11 @@ class PatchDataset:
         """Every file the set reads (no output may replace one)."""
         return [path for f in self.files for path in (f.image, f.mask, f.dem) if path is not None]
 
+    def reads_from(self, folder: Path) -> bool:
+        """Whether ``folder`` (resolved) is one the set reads its patch files from (``images/``,
+        ``masks/``, ``dem/``): outputs written there would replace patches or be read as ones."""
+        return folder in {parent.resolve() for parent in {path.parent for path in self.paths}}
+
     @property
     def labelled(self) -> bool:
         """True when every patch has labels (a mask file, or known to be all background)."""

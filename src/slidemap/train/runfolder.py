@@ -57,8 +57,7 @@ def check_not_in_patch_folders(out_dir: Path, config: RunConfig) -> None:
                *(config.selftrain.target_patches if config.selftrain else ()))
     folder = resolved(out_dir)
     for source in sources:
-        if source.kind == "patches" and folder in {
-                resolved(path.parent) for path in open_patch_dataset(source.root).paths}:
+        if source.kind == "patches" and open_patch_dataset(source.root).reads_from(folder):
             raise SlidemapError(f"--out {out_dir} is a folder the patches of {source.root} are "
                                 "read from: the run's curves.png there would replace or be "
                                 "read as a patch; choose another --out")

@@ -43,6 +43,7 @@ RECORD = "patches.json"
 WRITTEN_BY = "slidemap predict (patch set)"
 PATCH_SUFFIXES = ("_prob.tif", "_mask.tif")  # metrics.json is always written or retired
 
+
 @dataclass(frozen=True)
 class PatchSetResult:
     """What ``predict`` wrote for a patch set; ``metrics`` when its patches have labels."""
@@ -114,9 +115,7 @@ def check_not_read_from(dataset: PatchDataset | L4SDataset, root: Path, out_dir:
     """Refuse an ``out_dir`` the set reads its patches from (``images/``, ``masks/``, ``dem/``):
     the TIFFs written there were read as patches by the next run, which refused the set. A
     Landslide4Sense split reads only its ``.h5`` files."""
-    if not isinstance(dataset, PatchDataset):
-        return
-    if resolved(out_dir) in {resolved(path.parent) for path in dataset.paths}:
+    if isinstance(dataset, PatchDataset) and dataset.reads_from(resolved(out_dir)):
         raise SlidemapError(f"--out {out_dir} is a folder the patches of {root} are read from: "
                             "the next run would read the outputs there as patches; choose "
                             "another --out")
