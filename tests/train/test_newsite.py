@@ -4,6 +4,7 @@ pseudo-labels, fine-tuning and self-training, on tiny fixtures written here."""
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -496,6 +497,32 @@ def test_finetune_says_when_it_cannot_check_its_validation_was_held_out(
                                             tmp_path, run_cli)
     assert "cannot check that" in err and "elsewhere/region_B_image.tif" in err
     assert "may not be held out" in err
+
+
+def georeferenced_patches(scene: dict[str, Path], root: Path) -> Path:
+    """A patch folder of one GeoTIFF patch: ``scene``'s image and labels, on its ground."""
+    for key, sub in (("image", "images"), ("mask", "masks")):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(scene[key], root / sub / "p0.tif")
+    return root
+
+
+def test_finetune_says_when_its_validation_patches_lie_on_ground_the_start_learnt(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli) -> None:
+    """The held-out check read data.val's scenes alone: validating on georeferenced patches cut
+    from the scene the starting model trained on wrote finetune.json's figures without a word."""
+    val = georeferenced_patches(tiny_scene, tmp_path / "val")
+    trained = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))
+    trained.provenance = {"config": {"train": [{"image": str(tiny_scene["image"])}]}}
+    start = save_model(trained, tmp_path / "start")
+    other = patch_folder(tmp_path / "site", count=2)
+    config = run_config(tmp_path, {"train": [{"patches": str(other)}],
+                                   "val": [{"patches": str(val)}]})
+    code, err = run_cli("finetune", start, config, "--out", tmp_path / "run")
+    assert code == 0, err
+    said = " ".join(err.split())
+    assert f"on the ground of validation patch {val / 'images' / 'p0.tif'}" in said
+    assert "not held out" in said
 
 
 def cropped_scene(scene: dict[str, Path], root: Path, name: str, columns: int,

@@ -12,7 +12,8 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from slidemap.data.sources import load_arrays
+from slidemap.data.patches import open_patch_dataset
+from slidemap.data.sources import load_arrays, select
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.io import jsontext
@@ -106,7 +107,8 @@ def _warn_if_validation_was_seen(config: RunConfig) -> None:
     name recorded relative to another folder), say so: silence read as held out."""
     assert config.init is not None
     found = lineage(Path(config.init))
-    seen = learnt_ground(found, [s.image for s in config.val_scenes], "validation scene")
+    seen = (learnt_ground(found, [s.image for s in config.val_scenes], "validation scene")
+            or learnt_ground(found, _validation_patches(config), "validation patch"))
     if seen:
         warnings.warn(f"{config.init} {seen}: finetune.json's figures are not held out; "
                       "validate on other ground", SlidemapWarning, stacklevel=2)
@@ -115,6 +117,17 @@ def _warn_if_validation_was_seen(config: RunConfig) -> None:
                       f"validation scene ({'; '.join(dict.fromkeys(found.unknown))}): "
                       "finetune.json's figures may not be held out", SlidemapWarning,
                       stacklevel=2)
+
+
+def _validation_patches(config: RunConfig) -> list[Path]:
+    """The images of the validation patch folders' chosen patches, compared as scenes are (a
+    GeoTIFF patch has ground); a Landslide4Sense split has none and is not listed."""
+    images = []
+    for source in config.val_patches:
+        if source.kind == "patches":
+            dataset = open_patch_dataset(source.root)
+            images += [dataset.files[i].image for i in select(dataset.names, source)]
+    return images
 
 
 def _figures(metrics: dict[str, float]) -> dict[str, float]:
