@@ -9,8 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import declared_vrt, run_config, tiny_run, write_config, write_raster
+from factories import (
+    RGB_SLOPE,
+    declared_vrt,
+    run_config,
+    tiny_run,
+    write_config,
+    write_raster,
+)
 
+from slidemap import api
 from slidemap.data.channels import InputSpec
 from slidemap.data.dataset import load_scene_arrays
 from slidemap.errors import SlidemapError
@@ -151,3 +159,17 @@ def test_a_scene_too_large_to_hold_whole_is_refused_before_it_is_read(
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "1,000,000 × 1,000,000 px" in err and "gdal_translate -srcwin" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "train"])
+def test_a_dem_with_no_data_under_the_image_is_named(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path, command: str) -> None:
+    """An all-nodata DEM left no valid pixel, and the error blamed the image's nodata value:
+    the one line names the DEM."""
+    dem = write_raster(tmp_path / "void.tif", np.full((96, 96), np.nan, dtype=np.float32),
+                       nodata=float("nan"))
+    with pytest.raises(SlidemapError, match=f"DEM {dem} has no data under image"):
+        if command == "predict":
+            api.predict(tiny_scene["image"], tmp_path / "out", dem, tiny_model)
+        else:
+            load_scene_arrays(tiny_scene["image"], tiny_scene["mask"], dem, RGB_SLOPE)

@@ -116,6 +116,9 @@ def load_scene_arrays(image: DatasetName, mask: DatasetName | None, dem: Dataset
         if coarse:
             warnings.warn(coarse, SlidemapWarning, stacklevel=2)
         sample = read_inputs(scene, Window(0, 0, scene.width, scene.height), spec, factor)
+        void = scene.dem_void() if not sample["valid"].any() else None
+    if void:
+        raise SlidemapError(void)
     x = stack_channels(sample, spec)
     target = sample.get("mask", np.zeros(sample["valid"].shape, dtype=np.uint8))
     if mask is not None:

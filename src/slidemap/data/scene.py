@@ -325,6 +325,18 @@ class Scene:
             return 0.0
         return float(np.isfinite(self.dem_sample()[valid]).mean())
 
+    def dem_void(self) -> str | None:
+        """The one-line error for a read that found no valid pixel where the DEM is the cause:
+        the image has data (sampled) and the DEM none under it, so blaming the image's nodata
+        sent users to the wrong file. None without a DEM, or where the DEM has data there."""
+        if self._dem is None:
+            return None
+        valid = self.valid_sample()
+        if not valid.any() or np.isfinite(self.dem_sample()[valid]).any():
+            return None
+        return (f"DEM {self.dem_path} has no data under image {self.image_path} (all nodata "
+                "there): check its nodata value, or pass a DEM that covers the image's ground")
+
     @property
     def has_labels(self) -> bool:
         return self._mask is not None or (self._vectors is not None

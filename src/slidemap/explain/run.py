@@ -75,10 +75,10 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
         sample = read_inputs(scene, win, spec, factor)
         profile = scene.profile
         pixel_m = scene.pixel_size_m()
-    valid = sample["valid"]
-    if not valid.any():
-        raise SlidemapError(f"window {_describe(win)} of {image} has no valid pixel: "
-                            "choose another --window")
+        valid = sample["valid"]
+        if not valid.any():
+            raise SlidemapError(scene.dem_void() or f"window {_describe(win)} of {image} has "
+                                "no valid pixel: choose another --window")
     x = normalise(stack_channels(sample, spec), BandStats(bundle.mean, bundle.std), valid=valid)
     model = bundle.model
     working_box = _working_box(box, win, valid.shape) if box is not None else None

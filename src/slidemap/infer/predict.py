@@ -114,7 +114,8 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
                 task)}
             counts["working_pixel_m"] = factor * min(scene.pixel_size_m())
             if counts["valid_pixels"] == 0:
-                raise SlidemapError(f"image {image} has no valid pixel (all nodata): "
-                                    "check its nodata value and the DEM coverage")
+                raise SlidemapError(scene.dem_void() or f"image {image} has no valid pixel "
+                                    "(all nodata): check its nodata value and the DEM "
+                                    "coverage")
     return counts
 

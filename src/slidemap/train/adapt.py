@@ -316,9 +316,9 @@ def scene_chunks(image: DatasetName, dem: DatasetName | None, bundle: ModelBundl
             chunk = _read_chunk(scene, factor, (height, width), row, col, margin, spec)
             if chunk is not None:
                 chunks.append(chunk)
-    if not chunks:
-        raise SlidemapError(f"image {image} has no valid pixel to adapt on (all nodata): check "
-                            "its nodata value and the DEM coverage")
+        if not chunks:
+            raise SlidemapError(scene.dem_void() or f"image {image} has no valid pixel to adapt "
+                                "on (all nodata): check its nodata value and the DEM coverage")
     return chunks
 
 
