@@ -95,6 +95,25 @@ def test_dem_of_part_of_the_image_warns_and_an_image_as_dem_is_refused(tiny_scen
         Scene(tiny_scene["image"], dem=tiny_scene["image"])
 
 
+@pytest.mark.parametrize(("dtype", "unit", "warned"), [
+    ("uint8", "", True), ("int8", "", True), ("uint8", "m", False), ("int16", "", False),
+    ("uint16", "", False), ("int32", "", False)])
+def test_an_8_bit_dem_without_a_unit_warns(tiny_scene, tmp_path, dtype: str, unit: str,
+                                           warned: bool) -> None:
+    """A grey image passed as --dem was read as metres without a word; 16- and 32-bit integer
+    DEMs, and an 8-bit one that declares its unit, are read quietly."""
+    values = (np.arange(96 * 96).reshape(96, 96) % 100 + 10).astype(dtype)
+    dem = write_raster(tmp_path / "dem.tif", values)
+    if unit:
+        with rasterio.open(dem, "r+") as ds:
+            ds.units = (unit,)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Scene(tiny_scene["image"], dem=dem).close()
+    messages = [str(w.message) for w in caught if issubclass(w.category, SlidemapWarning)]
+    assert any(f"DEM {dem} is an 8-bit raster" in m for m in messages) == warned, messages
+
+
 def test_image_without_crs_is_refused(tmp_path) -> None:
     path = write_raster(tmp_path / "nocrs.tif", np.ones((3, 40, 40), np.uint8), crs=None)
     with pytest.raises(SlidemapError, match="no CRS"):

@@ -35,6 +35,7 @@ from slidemap.data.terrain import (
     bounds_centre,
     bounds_in,
     crs_name,
+    eight_bit_elevations,
     elevation_to_metres,
     laplacian_curvature,
     pixel_size_m,
@@ -141,14 +142,14 @@ class Scene:
         require_crs: bool = True,
         apply_scale: bool = False,
         aoi: str | Path | None = None,
-        warn_partial_dem: bool = True,
+        warn_dem: bool = True,
         role: str = "image",
     ) -> None:
         """``mask``: a label raster or a vector file of landslide polygons; ``aoi``: polygons
         of the area that was labelled (outside: 255), see ``slidemap.data.vectors``;
         ``apply_scale``: image values read through the bands' GDAL scale and offset (a
-        probability stored as uint8 steps reads back as 0..1); ``warn_partial_dem`` False
-        where the same image and DEM were opened (and warned about) earlier in the run;
+        probability stored as uint8 steps reads back as 0..1); ``warn_dem`` False where
+        the same image and DEM were opened (and warned about) earlier in the run;
         ``role``: what the image is to the user (``prediction`` for ``evaluate``), in errors."""
         self.image_path = as_name(image)
         self.dem_path = as_name(dem) if dem is not None else None
@@ -161,7 +162,6 @@ class Scene:
                                 f"{split} to predict, which maps every patch")
         self._image = open_raster(image, role)
         self._apply_scale = apply_scale
-        self._warn_partial_dem = warn_partial_dem
         self._shadowed = _nodata_shadows_alpha(self._image)
         self._floating = any(np.issubdtype(np.dtype(d), np.floating) for d in self._image.dtypes)
         self._dem_src: rasterio.DatasetReader | None = None
@@ -187,11 +187,8 @@ class Scene:
                                         "--dem?), or pick its band with gdal_translate -b N")
                 self._dem_to_m = elevation_to_metres(self._dem_src, dem)
                 self._dem = self._align(self._dem_src, dem, "DEM", Resampling.bilinear)
-                if self._warn_partial_dem and self._dem_extent_cover < MIN_DEM_COVER \
-                        and self._dem_under_valid() < MIN_DEM_COVER:
-                    warnings.warn(f"DEM {dem} covers only {self._dem_extent_cover:.0%} of "
-                                  f"image {self.image_path}: the rest is mapped as no data; "
-                                  "pass a DEM of the whole scene", SlidemapWarning, stacklevel=2)
+                if warn_dem:
+                    self._warn_dem(self._dem_src, dem)
             polygons = mask if mask is not None and is_vector(mask) else None
             if mask is not None and polygons is None:
                 self._mask_src = open_raster(mask, "label raster")
@@ -252,6 +249,17 @@ class Scene:
             src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
             resampling=resampling, src_nodata=None, nodata=IGNORE, dtype=src.dtypes[0],
         )
+
+    def _warn_dem(self, src: rasterio.DatasetReader, dem: DatasetName) -> None:
+        """Warn about a DEM that is read but likely wrong: 8-bit values, or too small an
+        extent."""
+        grey = eight_bit_elevations(src, dem)
+        if grey:
+            warnings.warn(grey, SlidemapWarning, stacklevel=3)
+        if self._dem_extent_cover < MIN_DEM_COVER and self._dem_under_valid() < MIN_DEM_COVER:
+            warnings.warn(f"DEM {dem} covers only {self._dem_extent_cover:.0%} of image "
+                          f"{self.image_path}: the rest is mapped as no data; pass a DEM of the "
+                          "whole scene", SlidemapWarning, stacklevel=3)
 
     def _check_density(self, src: rasterio.DatasetReader, bounds: tuple[float, ...],
                        path: str | Path, role: str) -> None:

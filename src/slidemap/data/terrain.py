@@ -181,6 +181,22 @@ def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple
     return scale * metres, offset * metres
 
 
+def eight_bit_elevations(dem: rasterio.DatasetReader, name: DatasetName) -> str | None:
+    """A one-line warning for an 8-bit DEM that declares neither a unit nor a scale or offset:
+    256 whole steps are far likelier the grey levels of an image (a photo or hillshade passed as
+    --dem) than elevations, and slope and relief read from them give a map that looks fine.
+    None for any other DEM (int16, uint16, float), and for an 8-bit one whose unit, scale or
+    offset says it holds elevations."""
+    dtype = np.dtype(dem.dtypes[0])
+    if dtype.itemsize != 1 or (dem.units[0] or "").strip() \
+            or dem.scales[0] not in (None, 1.0) or dem.offsets[0] not in (None, 0.0):
+        return None
+    return (f"DEM {name} is an 8-bit raster ({dtype.name}) with no unit: more likely an image's "
+            "grey levels than elevations, yet read as metres; pass the elevation raster, or "
+            "declare what it holds (gdal_edit.py -units m, or -scale and -offset for a "
+            "quantised DEM)")
+
+
 def _unit_metres(unit: str) -> float | None:
     """Metres in one ``unit`` (GDAL's free-text unit type): its whole name, else its first word
     ("m a.s.l.", "metres above sea level"); None for a unit not known."""

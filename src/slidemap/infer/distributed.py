@@ -165,7 +165,7 @@ def predict_band(job: BandJob, piece: tuple[int, int]) -> PredictedBand:
                            job.scales, job.stats)
     # predict_scene opened the same image and DEM on the client and warned about them once
     with bounded_gdal_cache(job.grid), \
-            Scene(job.image, dem=job.dem, warn_partial_dem=False) as scene:
+            Scene(job.image, dem=job.dem, warn_dem=False) as scene:
         inputs = read_band(scene, predictor.spec, job.grid, piece)
     return infer_band(predictor, inputs, job.batch_size)
 

@@ -541,7 +541,7 @@ def local_bands(predictor: Predictor, image: DatasetName, dem: DatasetName | Non
              for window in grid.band_windows(piece[1], piece[0])]
     ahead = READ_AHEAD * max(len(block.cols) for block in grid.blocks)
     # predict_scene opened the same image and DEM first and warned about them once
-    with Scene(image, dem=dem, warn_partial_dem=False) as scene, \
+    with Scene(image, dem=dem, warn_dem=False) as scene, \
             helper_pool("slidemap-read") as pool:
         def submit(item: tuple[tuple[int, int], Window]) -> Future[WindowInputs | None]:
             return pool.submit(read_window, scene, predictor.spec, grid, item[1])
@@ -558,7 +558,7 @@ def write_bands(bands: Generator[PredictedBand, None, None], grid: Grid, outputs
                 progress: Progress | None = None, task: TaskID | None = None) -> dict[str, int]:
     """Blend and assemble ``bands`` (in the grid's order) in a thread and write their strips in
     another; returns the valid and landslide pixels written and the windows predicted."""
-    with Scene(image, dem=dem, warn_partial_dem=False) as scene, \
+    with Scene(image, dem=dem, warn_dem=False) as scene, \
             contextlib.closing(bands) as stream, \
             helper_pool("slidemap-blend") as blend_pool:
         writer = StripWriter(outputs, scene, grid, needs_dem, threshold)

@@ -205,7 +205,7 @@ def _terrain(mask_path: Path, dem: DatasetName | None
     temporary name)."""
     if dem is None:
         return contextlib.nullcontext()
-    return Scene(mask_path, dem=dem, warn_partial_dem=False)
+    return Scene(mask_path, dem=dem, warn_dem=False)
 
 
 def _strip_sums(row_units: np.ndarray, prob_ds: rasterio.DatasetReader,

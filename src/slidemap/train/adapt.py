@@ -299,7 +299,7 @@ def scene_chunks(image: DatasetName, dem: DatasetName | None, bundle: ModelBundl
                             f"{per_chunk / 2**20:.0f} MB of the adaptation's share of the memory "
                             "budget: raise --memory-mb")
     chunks: list[SceneArrays] = []
-    with Scene(image, dem=dem, warn_partial_dem=False) as scene:  # predict warns once
+    with Scene(image, dem=dem, warn_dem=False) as scene:  # predict warns once
         factor = working_factor(scene, spec, image)
         # a chunk's DEM halo (relief within kilometres) may be the whole scene: predict checks
         # its own windows, but the chunks are read before it runs
