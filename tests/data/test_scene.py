@@ -95,6 +95,31 @@ def test_dem_of_part_of_the_image_warns_and_an_image_as_dem_is_refused(tiny_scen
         Scene(tiny_scene["image"], dem=tiny_scene["image"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "uint16"])
+def test_a_dem_with_an_alpha_band_is_read_with_its_alpha_as_nodata(tiny_scene, tmp_path,
+                                                                    dtype: str) -> None:
+    """A DEM of elevation + alpha (gdalwarp -dstalpha) was refused as having 2 bands, with
+    advice that drops the alpha and so reads its nodata as elevation 0; it is read as the same
+    DEM with NaN nodata."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        dsm = src.read(1)
+    valid = np.isfinite(dsm)
+    values = np.where(valid, dsm, 0).astype(dtype)
+    opaque = np.iinfo(dtype).max if dtype == "uint16" else 255  # as gdalwarp -dstalpha writes
+    alpha = write_raster(tmp_path / "alpha.tif", np.stack([values, valid * opaque])
+                         .astype(dtype), alpha="YES")
+    plain = write_raster(tmp_path / "plain.tif", np.where(valid, values, np.nan)
+                         .astype(np.float32), nodata=float("nan"))
+    window = Window(0, 0, 96, 96)
+    with Scene(tiny_scene["image"], dem=alpha) as scene, \
+            Scene(tiny_scene["image"], dem=plain) as reference:
+        got = scene.read(window, (1, 2, 3), dem=True, slope=True)
+        want = reference.read(window, (1, 2, 3), dem=True, slope=True)
+    assert np.isnan(got["dem"][0][~valid]).all()
+    for key in ("dem", "slope", "valid"):
+        np.testing.assert_array_equal(got[key], want[key])
+
+
 @pytest.mark.parametrize(("dtype", "unit", "warned"), [
     ("uint8", "", True), ("int8", "", True), ("uint8", "m", False), ("int16", "", False),
     ("uint16", "", False), ("int32", "", False)])

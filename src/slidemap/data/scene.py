@@ -181,7 +181,7 @@ class Scene:
                 raise SlidemapError(problem)
             if dem is not None:
                 self._dem_src = open_raster(dem, "DEM")
-                if self._dem_src.count != 1:
+                if self._dem_src.count != 1 and not _elevation_and_alpha(self._dem_src):
                     raise SlidemapError(f"DEM {dem} has {self._dem_src.count} bands: pass a "
                                         "single-band elevation raster (an image passed as "
                                         "--dem?), or pick its band with gdal_translate -b N")
@@ -233,14 +233,17 @@ class Scene:
         on_grid = src.crs == img.crs and src.transform == img.transform and src.shape == img.shape
         # An integer DEM goes through a float32 VRT even on the image grid: GDAL's decimated
         # read of an integer band rounds each average to a whole unit, and those 1 m steps at
-        # 2 m pixels gave a curvature noisier than the terrain's own.
-        if on_grid and (role != "DEM" or np.issubdtype(np.dtype(src.dtypes[0]), np.floating)):
+        # 2 m pixels gave a curvature noisier than the terrain's own. So does a DEM with an
+        # alpha band: the warper masks by it (GDAL's own mask ignores a float alpha band).
+        alpha = 2 if role == "DEM" and _elevation_and_alpha(src) else 0
+        if on_grid and (role != "DEM" or (not alpha and np.issubdtype(np.dtype(src.dtypes[0]),
+                                                                      np.floating))):
             return src
         self._check_density(src, bounds, path, role)
         if role == "DEM":
             return WarpedVRT(
                 src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
-                resampling=resampling, nodata=math.nan, dtype="float32",
+                resampling=resampling, nodata=math.nan, dtype="float32", src_alpha=alpha,
             )
         # A label's value is its class (0, 1, 255) on any grid, as a read on the image grid
         # takes it: a raster's nodata of 0 (gdal_rasterize -a_nodata 0) must not turn all
@@ -792,6 +795,12 @@ def _nodata_shadows_alpha(dataset: rasterio.DatasetReader) -> bool:
     """Whether rasterio warns on every masked read of ``dataset`` (a nodata value and a band
     GDAL takes for alpha: the nodata value decides the mask)."""
     return dataset.nodata is not None and ColorInterp.alpha in dataset.colorinterp
+
+
+def _elevation_and_alpha(dataset: rasterio.DatasetReader) -> bool:
+    """Whether a DEM is elevation and an alpha band (gdalwarp -dstalpha): its alpha is its
+    nodata mask, not a second band to refuse."""
+    return dataset.count == 2 and dataset.colorinterp[1] == ColorInterp.alpha
 
 
 def _core_slope(halo: np.ndarray, top: int, left: int, out_h: int, out_w: int,
