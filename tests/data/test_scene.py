@@ -120,6 +120,23 @@ def test_a_dem_with_an_alpha_band_is_read_with_its_alpha_as_nodata(tiny_scene, t
         np.testing.assert_array_equal(got[key], want[key])
 
 
+def test_a_dem_of_depths_is_read_as_heights(tiny_scene, tmp_path) -> None:
+    """A DEM whose vertical CRS counts depth (MSL depth, its axis down) was read with its sign
+    flipped: 3000 m of height became -3000 m, and ridges valleys."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        dsm = src.read(1)
+    depth = write_raster(tmp_path / "depth.tif", -dsm, crs="EPSG:32647+5715", nodata=np.nan)
+    height = write_raster(tmp_path / "height.tif", dsm, crs="EPSG:32647+5773", nodata=np.nan)
+    window = Window(0, 0, 96, 96)
+    with Scene(tiny_scene["image"], dem=depth) as scene, \
+            Scene(tiny_scene["image"], dem=height) as reference:
+        got = scene.read(window, (1, 2, 3), dem=True, relief_m=5.0)
+        want = reference.read(window, (1, 2, 3), dem=True, relief_m=5.0)
+    assert np.nanmin(got["dem"]) > 2900
+    for key in ("dem", "relief"):
+        np.testing.assert_allclose(got[key], want[key], atol=1e-3)
+
+
 @pytest.mark.parametrize(("dtype", "unit", "warned"), [
     ("uint8", "", True), ("int8", "", True), ("uint8", "m", False), ("int16", "", False),
     ("uint16", "", False), ("int32", "", False)])

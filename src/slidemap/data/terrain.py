@@ -163,9 +163,10 @@ def _ellipsoid_radii(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple[float, float]:
     """(scale, offset) that turn the DEM's stored values into metres: its GDAL scale and offset
-    (an int16 DEM in decimetres stores 0.1) and its band's unit (feet are not metres). Read raw,
-    such a DEM gives slopes and relief several times too steep or too flat, and a map that looks
-    fine; a unit that cannot be converted, or a scale of 0, is refused."""
+    (an int16 DEM in decimetres stores 0.1), its band's unit (feet are not metres) and the
+    direction of its vertical axis (depths count down). Read raw, such a DEM gives slopes and
+    relief several times too steep or too flat, or upside down, and a map that looks fine; a
+    unit that cannot be converted, or a scale of 0, is refused."""
     scale = 1.0 if dem.scales[0] is None else float(dem.scales[0])
     offset = 0.0 if dem.offsets[0] is None else float(dem.offsets[0])
     unit = (dem.units[0] or "").strip()
@@ -178,7 +179,16 @@ def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple
         raise SlidemapError(f"DEM {name} has a scale of {scale} and an offset of {offset}: set "
                             "ones that turn its values into elevations (gdal_edit.py -scale "
                             "-offset)")
-    return scale * metres, offset * metres
+    sign = -1.0 if counts_depth(dem.crs) else 1.0
+    return sign * scale * metres, sign * offset * metres
+
+
+def counts_depth(crs: CRS | None) -> bool:
+    """Whether ``crs`` is compound with a vertical CRS whose axis points down (MSL depth,
+    EPSG:5715): its values are depths, and read as heights its ridges are valleys."""
+    wkt = crs.to_wkt() if crs is not None else ""
+    vertical = wkt[wkt.find("VERT_CS["):] if "VERT_CS[" in wkt else ""
+    return re.search(r'AXIS\["[^"]*",\s*DOWN\]', vertical) is not None
 
 
 def eight_bit_elevations(dem: rasterio.DatasetReader, name: DatasetName) -> str | None:
