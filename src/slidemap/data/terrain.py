@@ -220,12 +220,15 @@ def _unit_metres(unit: str) -> float | None:
 def neighbours(z: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
     """The eight neighbours of every pixel of ``z`` (H, W), keyed by (row, column) offset.
 
-    Past the array's edge a neighbour is replicated from the edge; a NaN neighbour (a DEM's
-    nodata) takes the centre pixel's own value, so every stencil is defined wherever the
-    centre is: a pixel's terrain, and so whether it is valid, does not depend on whether its
-    neighbour has data, in a window or in a whole scene.
+    Past the array's edge a neighbour is extrapolated along the line through the centre and
+    its opposite neighbour (2·centre − opposite, as gdaldem -compute_edges does): a copy of the
+    edge halved the slope of the scene's border pixels (14° on a 27° plane) and gave them a
+    curvature of ±100 on a plane. A NaN neighbour (a DEM's nodata) takes the centre pixel's own
+    value, so every stencil is defined wherever the centre is: a pixel's terrain, and so
+    whether it is valid, does not depend on whether its neighbour has data, in a window or in
+    a whole scene.
     """
-    p = np.pad(z, 1, mode="edge")
+    p = np.pad(z, 1, mode="reflect", reflect_type="odd")
     h, w = z.shape
     out = {}
     for dr in (-1, 0, 1):
