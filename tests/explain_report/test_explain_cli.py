@@ -79,6 +79,16 @@ def test_default_region_is_the_predicted_landslide_pixels(tiny_scene, tmp_path, 
         assert code == 1 and outcome in err and not out.exists()
 
 
+def test_a_box_explains_only_its_valid_pixels(tiny_scene, tiny_model, tmp_path, run_cli) -> None:
+    """The logits of nodata pixels are no map's: a box over the 8 nodata columns summed them
+    into the score, and a box on nodata alone gave an all-zero Grad-CAM without a word."""
+    out = tmp_path / "explain"
+    code, err = run_cli("explain", tiny_scene["image"], "--dem", tiny_scene["dem"], "--model",
+                        tiny_model, "--box", "0,0,20,20", "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "explain.json").read_text())["region_pixels"] == 20 * 12
+
+
 def test_image_without_georeference_gets_pictures_only(tmp_path, tiny_model, run_cli) -> None:
     rng = np.random.default_rng(1)
     image = write_raster(tmp_path / "plain.tif", rng.integers(1, 200, (3, 64, 64), np.uint8),
@@ -98,6 +108,7 @@ def test_image_without_georeference_gets_pictures_only(tmp_path, tiny_model, run
     (("--window", "50,0,64,64"), "is not inside the 96×96 px image", 1),
     (("--window", "0,0,16,16"), "too small", 1),
     (("--box", "0,0,200,10"), "--box 0,0,200,10 is empty or outside", 1),
+    (("--box", "10,0,30,8"), "--box 10,0,30,8 holds no valid pixel", 1),
     (("--box", "a,b,c,d"), "--box 'a,b,c,d' is not valid", 2),
     (("--layer", "nope", "--box", "0,0,9,9"),  # the names to choose from, not a Python call
      "model has no layer 'nope': choose one that outputs a feature map: encoder.stages.0, ",

@@ -81,16 +81,17 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
                                 "no valid pixel: choose another --window")
     x = normalise(stack_channels(sample, spec), BandStats(bundle.mean, bundle.std), valid=valid)
     model = bundle.model
-    working_box = _working_box(box, win, valid.shape) if box is not None else None
-    region = None
-    if working_box is None:
+    working_box = None
+    if box is not None:
+        working_box = _working_box(box, win, valid.shape)
+        region = _box_region(working_box, valid, box)
+    else:
         region = (_probability(model, x) > bundle.threshold) & valid
         if not region.any():
             raise SlidemapError(
                 f"no valid pixel predicted as landslide in window {_describe(win)} (threshold "
                 f"{bundle.threshold}): pass --box row0,col0,row1,col1 to explain a region")
-    cam = grad_cam(model, x, layer=layer, region=region, box=working_box,
-                   threshold=bundle.threshold)
+    cam = grad_cam(model, x, layer=layer, region=region, threshold=bundle.threshold)
     attention = collect_attention(model, x)
     heats = {"gradcam": cam.heat, "probability": cam.probability,
              **{f"attention_{_safe(name)}": m for name, m in attention.spatial.items()}}
@@ -187,6 +188,18 @@ def _working_box(box: tuple[int, ...], win: Window, shape: tuple[int, int]) -> B
     fy, fx = win.height / shape[0], win.width / shape[1]
     return (int(row0 // fy), int(col0 // fx), max(int(row0 // fy) + 1, int(np.ceil(row1 / fy))),
             max(int(col0 // fx) + 1, int(np.ceil(col1 / fx))))
+
+
+def _box_region(working_box: Box, valid: np.ndarray, box: tuple[int, ...]) -> np.ndarray:
+    """The valid pixels of the box on the working grid: the logits of nodata pixels are in no
+    map, so they stay out of the score (a box on nodata alone gave an all-zero Grad-CAM)."""
+    row0, col0, row1, col1 = working_box
+    region = np.zeros_like(valid)
+    region[row0:row1, col0:col1] = valid[row0:row1, col0:col1]
+    if not region.any():
+        raise SlidemapError(f"--box {','.join(map(str, box))} holds no valid pixel of the image: "
+                            "choose a box on ground that has data")
+    return region
 
 
 def _probability(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
