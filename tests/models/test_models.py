@@ -179,6 +179,31 @@ def test_deeplab_aspp_rates() -> None:
     assert len(aspp.branches) == 5  # four rates and image pooling
 
 
+def _off_centre_gradient(rates: list[int], rate: int, size: int) -> float:
+    """The gradient on the off-centre taps of the ASPP branch of ``rate`` after one backward
+    pass on a ``size`` px window."""
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus", 5, width=WIDTH, rates=rates)
+    model(torch.randn(2, 5, size, size)).square().mean().backward()
+    (aspp,) = [m for m in model.modules() if isinstance(m, ASPP)]
+    grad = aspp.branches[rates.index(rate)][0].weight.grad.abs()
+    return float(grad.sum() - grad[..., 1, 1].sum())
+
+
+def test_deeplab_rates_that_reach_past_its_features_learn_nothing_off_centre() -> None:
+    """What the rates option is for: at 256 px the features are 16 px, so the paper's rate 18
+    reads only padding off its centre (its taps never train); rates 1, 3, 6, 9 all learn."""
+    assert _off_centre_gradient([1, 6, 12, 18], 18, 256) == 0
+    assert _off_centre_gradient([1, 6, 12, 18], 18, 512) > 0
+    assert _off_centre_gradient([1, 3, 6, 9], 9, 256) > 0
+
+
+@pytest.mark.parametrize("rates", [[], [0, 6], [6, 6], [1, 2.5], [True, 6], 6])
+def test_deeplab_rates_that_build_no_useful_branch_are_one_line(rates: object) -> None:
+    with pytest.raises(SlidemapError, match=r"deeplabv3plus rates must be distinct whole numbers"):
+        build_model("deeplabv3plus", 5, width=WIDTH, rates=rates)
+
+
 # --- attention maps of U-Net++ variants and the fusion network ----------------------------------
 
 

@@ -2,7 +2,10 @@
 baseline.
 
 ASPP (1×1, 3×3 at rates 6, 12, 18, and image pooling) gathers multi-scale context; a light decoder
-refines it with the stride-4 low-level features for sharper boundaries.
+refines it with the stride-4 low-level features for sharper boundaries. The rates are the paper's,
+for 513 px crops; at 256 px windows the coarsest features are 16 × 16, so a rate of 16 or more
+reads only padding off its centre tap, those taps never learn, and a map predicted in larger
+windows then reads them untrained: ``rates`` picks others (e.g. ``(1, 3, 6, 9)``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidemap.errors import SlidemapError
 from slidemap.models.base import Decoder, SegmentationModel
 from slidemap.models.blocks import ASPP, ConvBNReLU
 from slidemap.models.registry import register
@@ -45,13 +49,25 @@ class DeepLabV3PlusDecoder(Decoder):
 
 class DeepLabV3Plus(SegmentationModel):
     def __init__(self, in_channels: int, width: int = 32, rates: tuple[int, ...] = RATES):
+        _check_rates(rates)
         encoder = ResNetEncoder(in_channels, width, output_stride=16)
         aspp_channels = encoder.channels[-2]  # 4w: 256 of 2048 in the paper, 128 of 256 here
         decoder = DeepLabV3PlusDecoder(encoder.channels, aspp_channels, max(3 * width // 2, 8),
-                                       rates)
+                                       tuple(rates))
         super().__init__(encoder, decoder, nn.Conv2d(aspp_channels, 1, 1), stride=16)
 
 
+def _check_rates(rates: object) -> None:
+    """Refuse rates other than distinct whole numbers of 1 or more: a rate of 0 or a repeated one
+    builds a branch that sees nothing new, and YAML's ``true`` reads as 1."""
+    if not isinstance(rates, list | tuple) or not rates or len(set(rates)) != len(rates) or \
+            not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
+        raise SlidemapError("deeplabv3plus rates must be distinct whole numbers of 1 or more "
+                            f"(ASPP dilations; 1 is the 1×1 branch), e.g. [1, 6, 12, 18], got "
+                            f"{rates}")
+
+
 @register("deeplabv3plus")
-def build_deeplabv3plus(in_channels: int, width: int = 32) -> SegmentationModel:
-    return DeepLabV3Plus(in_channels, width)
+def build_deeplabv3plus(in_channels: int, width: int = 32,
+                        rates: tuple[int, ...] = RATES) -> SegmentationModel:
+    return DeepLabV3Plus(in_channels, width, rates)

@@ -319,7 +319,7 @@ class ModelSettings(Section):
             "channels of the first stage (doubling per level)"))
     options: dict[str, Any] = Field(default_factory=dict, description=(
             "architecture keyword arguments, each taken only by the architectures named "
-            "(none: fcn, pspnet, deeplabv3plus): `depth` (unet, resunet, a_unet, d_unet, "
+            "(none: fcn, pspnet): `depth` (unet, resunet, a_unet, d_unet, "
             "da_unet, unetpp, unetpp_spatial, unetpp_contextual, unetpp_spatial_contextual, "
             "fusion) down-samplings, 4 by default, e.g. `{depth: 3}`; `depths` (segformer) "
             "transformer blocks in each of its four stages, `[2, 2, 2, 2]` by default; "
@@ -329,7 +329,11 @@ class ModelSettings(Section):
             "for RGB + dem; `instance_norm_levels` (fusion) 0 to depth + 1: the optical "
             "encoder's finest levels use instance-batch norm, IBN-a, against changes of "
             "brightness and contrast between scenes; 0 by default, tried in "
-            "`benchmarks/experiments.md`"))
+            "`benchmarks/experiments.md`; `rates` (deeplabv3plus) the ASPP dilations, "
+            "`[1, 6, 12, 18]` by default (1: the 1×1 branch), the paper's for 513 px crops: at "
+            "256 px windows the coarsest features are 16 px, so a rate of 16 or more reads only "
+            "padding off its centre and those weights never train; `[1, 3, 6, 9]` keeps every "
+            "branch inside"))
 
 
 class ColourJitter(Section):
