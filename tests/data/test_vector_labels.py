@@ -38,7 +38,7 @@ from slidemap.data.vectors import PolygonLayer
 from slidemap.data.windows import grid_windows
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.suggest import overlaps_labels
-from slidemap.io.modelfile import load_model, save_model
+from slidemap.io.modelfile import PredictDefaults, load_model, save_model
 from slidemap.schema.config import load_config, parse_config
 from slidemap.schema.values import is_vector
 from slidemap.train import newsite
@@ -630,6 +630,25 @@ def test_newsite_from_a_model_file_takes_its_channels(tiny_scene: dict, tiny_mod
     assert config.init == tiny_model
     assert config.inputs == load_model(tiny_model).inputs
     assert (config.model.name, config.model.width) == ("unet", 4)
+
+
+def test_newsite_from_a_model_file_maps_with_its_windows_and_scales(
+        tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path, run_cli,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--init kept the start's channels and resolution but mapped with 256/64 px windows at
+    scale 1, not the windows and scales its file says it is run with."""
+    monkeypatch.setattr(newsite, "TRAINING", {**TRAINING, "epochs": 1, "select": "last"})
+    start = tiny_bundle(mean=[60.0, 60.0, 60.0, 10.0], std=[30.0, 30.0, 30.0, 5.0])
+    start.predict = PredictDefaults(tile=48, overlap=8, scales=(1.0, 0.5))
+    init = save_model(start, tmp_path / "start")
+    out = tmp_path / "site"
+    code, err = run_cli("newsite", tiny_scene["image"], labels_as_polygons["polygons"], "--dem",
+                        tiny_scene["dem"], "--init", init, "--out", out)
+    assert code == 0, err
+    assert load_model(out / "model").predict == start.predict
+    with rasterio.open(out / "map" / f"{tiny_scene['image'].stem}_prob.tif") as ds:
+        assert "tile=48 overlap=8 scales=1,0.5" in ds.tags()["SLIDEMAP_OPTIONS"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["predict"] == start.predict.to_dict()
 
 
 def test_newsite_from_scratch_reads_the_default_models_terrain_not_elevation(

@@ -6,7 +6,9 @@ model as ``config.yaml`` so that the run can be read, edited and repeated with `
 From scratch: a U-Net (width 16) on the image's RGB bands, with the default model's terrain
 descriptors when a DEM is given, at 2 m (or the image's own pixels if coarser), Dice + BCE, the
 last epoch kept (there is no held-out data to select on). With ``init``: the model file's
-architecture, channels and resolution, its weights as the start.
+architecture, channels and resolution, its weights as the start, and its windows, overlap and
+scales (``predict``), so that the site's map is made as the start's were (its threshold is not:
+it was set for the start's own probabilities).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def site_config(image: DatasetName, labels: Path, aoi: Path | None = None,
         spec = bundle.inputs.to_dict()
         raw.update(init=_absolute(init), inputs={k: v for k, v in spec.items() if v is not None},
                    model={"name": bundle.architecture, "width": bundle.width,
-                          "options": dict(bundle.options)})
+                          "options": dict(bundle.options)},
+                   predict=bundle.predict.to_dict())
         raw["inputs"]["image_bands"] = list(bundle.inputs.image_bands)
         return raw
     with Scene(image) as opened:
