@@ -525,6 +525,39 @@ def test_finetune_says_when_its_validation_patches_lie_on_ground_the_start_learn
     assert "not held out" in said
 
 
+def test_finetune_says_when_the_start_learnt_patches_of_its_validation_sets(
+        tmp_path: Path, run_cli) -> None:
+    """The held-out check covered scenes only: validating on the very patches the starting
+    model trained on, or chose its epoch on, was taken as held out."""
+    root = patch_folder(tmp_path / "site", count=5)
+    drawn = {"patches": str(root), "split": {"count": 2, "seed": 0, "part": "train"}}
+    other = patch_folder(tmp_path / "other", count=2)
+
+    def finetune_err(recorded: dict, val_part: str, name: str) -> str:
+        bundle = tiny_bundle(InputSpec(image_bands=(1, 2, 3)))
+        bundle.provenance = {"config": recorded}
+        start = save_model(bundle, tmp_path / f"start-{name}")
+        val = {**drawn, "split": {**drawn["split"], "part": val_part}}
+        config = run_config(tmp_path, {"train": [{"patches": str(other)}], "val": [val]})
+        code, err = run_cli("finetune", start, config, "--out", tmp_path / name)
+        assert code == 0, err
+        return err
+
+    err = finetune_err({"train": [drawn]}, "train", "seen")
+    assert f"was trained on 2 patch(es) of validation patch set {root}" in err
+    assert "not held out" in err
+    err = finetune_err({"train": [drawn]}, "rest", "held-out")
+    assert "not held out" not in err and "cannot check" not in err
+    err = finetune_err({"train": [{"patches": "elsewhere/site"}]}, "rest", "moved")
+    assert ("cannot check that" in err and "the patches of a validation patch set" in err
+            and "elsewhere/site it learnt from is not found from here" in err)
+    selected = {"train": [{"patches": str(other)}], "val": [drawn],
+                "training": {"select": "best"}}
+    err = finetune_err(selected, "train", "selected")
+    assert ("kept the epoch chosen by validation (data.val) on 2 patch(es) of validation patch "
+            f"set {root}") in err
+
+
 def cropped_scene(scene: dict[str, Path], root: Path, name: str, columns: int,
                   east_m: float = 0.0) -> dict[str, Path]:
     """``scene`` without its first ``columns`` columns, each pixel kept on its ground, the whole

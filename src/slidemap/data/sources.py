@@ -133,13 +133,19 @@ def shared_with_training(train: tuple[Sequence[SceneSource], Sequence[PatchSourc
                                                  if scene.aoi and trained.aoi else "")
     for checked in val[1]:
         for source in train[1]:
-            if Path(checked.root).resolve() != Path(source.root).resolve():
-                continue
-            names = open_patch_set(checked.root, spec, checked.kind, checked.pixel_size).names
-            both = sorted(set(select(names, checked)) & set(select(names, source)))
+            both = common_patches(checked, source, spec)
             if both:
-                return f"{len(both)} patch(es) of {checked.root}, e.g. {names[both[0]]}"
+                return f"{len(both)} patch(es) of {checked.root}, e.g. {both[0]}"
     return None
+
+
+def common_patches(checked: PatchSource, other: PatchSource, spec: InputSpec) -> list[str]:
+    """The names of the patches of ``checked``'s set that both sources select (none where they
+    name other folders), in the set's order."""
+    if Path(checked.root).resolve() != Path(other.root).resolve():
+        return []
+    names = open_patch_set(checked.root, spec, checked.kind, checked.pixel_size).names
+    return [names[i] for i in sorted(set(select(names, checked)) & set(select(names, other)))]
 
 
 def _share_ground(first: SceneSource, second: SceneSource) -> bool:

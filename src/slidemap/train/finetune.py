@@ -20,7 +20,7 @@ from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path
 from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.schema.config import RunConfig
-from slidemap.train.lineage import learnt_ground, lineage
+from slidemap.train.lineage import Lineage, learnt_ground, learnt_patches, lineage
 from slidemap.train.loop import train
 from slidemap.train.runfolder import FINETUNE_RECORD, check_run_inputs, run_lock
 from slidemap.train.warmstart import check_compatible
@@ -101,20 +101,23 @@ def _keys_read(config: RunConfig) -> set[str]:
 
 def _warn_if_validation_was_seen(config: RunConfig) -> None:
     """A starting model that trained on a validation scene's ground (the file, a crop of it,
-    the scene in another CRS), or kept the epoch its own validation chose there, scores
-    'before' on ground it learnt, and gives 'after' a head start there. Where its files leave
-    that unknown (an image it learnt from not found from here: the shipped models' data, or a
-    name recorded relative to another folder), say so: silence read as held out."""
+    the scene in another CRS) or on patches of a validation patch set, or kept the epoch its
+    own validation chose there, scores 'before' on what it learnt, and gives 'after' a head
+    start there. Where its files leave that unknown (an image or patch set it learnt from not
+    found from here: the shipped models' data, or a name recorded relative to another folder),
+    say so: silence read as held out."""
     assert config.init is not None
     found = lineage(Path(config.init))
     seen = (learnt_ground(found, [s.image for s in config.val_scenes], "validation scene")
-            or learnt_ground(found, _validation_patches(config), "validation patch"))
+            or learnt_ground(found, _validation_patches(config), "validation patch")
+            or learnt_patches(found, config.val_patches, config.inputs, "validation patch set"))
+    unchecked, why = _unchecked(config, found)
     if seen:
         warnings.warn(f"{config.init} {seen}: finetune.json's figures are not held out; "
                       "validate on other ground", SlidemapWarning, stacklevel=2)
-    elif config.val_scenes and found.unknown:
-        warnings.warn(f"finetune cannot check that {config.init} never learnt the ground of a "
-                      f"validation scene ({'; '.join(dict.fromkeys(found.unknown))}): "
+    elif unchecked:
+        warnings.warn(f"finetune cannot check that {config.init} never learnt "
+                      f"{' or '.join(unchecked)} ({'; '.join(dict.fromkeys(why))}): "
                       "finetune.json's figures may not be held out", SlidemapWarning,
                       stacklevel=2)
 
@@ -128,6 +131,20 @@ def _validation_patches(config: RunConfig) -> list[Path]:
             dataset = open_patch_dataset(source.root)
             images += [dataset.files[i].image for i in select(dataset.names, source)]
     return images
+
+
+def _unchecked(config: RunConfig, found: Lineage) -> tuple[list[str], list[str]]:
+    """What of the config's validation data the lineage ``found`` leaves unchecked, and why:
+    only the kinds of data the config validates on."""
+    unchecked: list[str] = []
+    why: list[str] = []
+    if config.val_scenes and found.unknown:
+        unchecked.append("the ground of a validation scene")
+        why += found.unknown
+    if config.val_patches and found.patches_unknown:
+        unchecked.append("the patches of a validation patch set")
+        why += found.patches_unknown
+    return unchecked, why
 
 
 def _figures(metrics: dict[str, float]) -> dict[str, float]:

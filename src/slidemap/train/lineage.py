@@ -1,8 +1,8 @@
-"""What a model file learnt from: the scene images of the run that trained it and of the runs it
-started from (``init``), as its sidecar's ``provenance.config`` records them, and those whose
-labels chose its kept epoch (``data.val`` with ``training.select: best``). Cross-validation asks
-it, so that no block is scored by a model that saw it, and fine-tuning, so that its 'before' and
-'after' are not figures on ground the starting model learnt."""
+"""What a model file learnt from: the scene images and patch sets of the run that trained it and
+of the runs it started from (``init``), as its sidecar's ``provenance.config`` records them, and
+those whose labels chose its kept epoch (``data.val`` with ``training.select: best``).
+Cross-validation asks it, so that no block is scored by a model that saw it, and fine-tuning, so
+that its 'before' and 'after' are not figures on ground or patches the starting model learnt."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from rasterio.crs import CRS
 
 from slidemap.data.names import DatasetName, absolute_name, is_local, local_files, local_path
 from slidemap.data.scene import open_raster
+from slidemap.data.sources import common_patches
 from slidemap.data.terrain import bounds_in
 from slidemap.errors import SlidemapError
 from slidemap.io.modelfile import sidecar_record
+from slidemap.schema.config import InputSpec, PatchSource, parse_config
 
 INIT_DEPTH = 8  # how many starting models back (an init's own init) the record is followed
 Ground = tuple[CRS, tuple[float, ...]]  # a raster's CRS and its bounds in it
@@ -26,11 +28,14 @@ Ground = tuple[CRS, tuple[float, ...]]  # a raster's CRS and its bounds in it
 @dataclass
 class Lineage:
     """Scene images a model trained on, those its epoch was selected on, and what its files
-    leave unknown (in words)."""
+    leave unknown of the scenes' ground (in words); the same of patch sets (as recorded)."""
 
     images: list[str] = field(default_factory=list)
     selected_on: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    patch_sets: list[dict] = field(default_factory=list)
+    patches_selected_on: list[dict] = field(default_factory=list)
+    patches_unknown: list[str] = field(default_factory=list)
 
 
 def lineage(model: Path) -> Lineage:
@@ -43,6 +48,7 @@ def lineage(model: Path) -> Lineage:
         config = provenance.get("config") if provenance else None
         if not isinstance(config, dict) or "train" not in config:
             found.unknown.append(f"model file {model} records no training run")
+            found.patches_unknown.append(found.unknown[-1])
             break
         targets = provenance.get("selftrain_targets") if provenance else None
         adapted = provenance.get("adapted") if provenance else None
@@ -52,12 +58,14 @@ def lineage(model: Path) -> Lineage:
                 found.images.append(item["image"])
             else:
                 found.unknown.append(f"it trained on the patch set {item}")
+                found.patch_sets.append(item)
         if _selects_best(config):  # the val scenes' labels chose the epoch the file keeps
             for item in _entries(config.get("val")):
                 if isinstance(item.get("image"), str):
                     found.selected_on.append(item["image"])
                 else:
                     found.unknown.append(f"its epoch was selected on the patch set {item}")
+                    found.patches_selected_on.append(item)
         start = config.get("init")
         if not isinstance(start, str):
             break
@@ -89,6 +97,46 @@ def learnt_ground(found: Lineage, scenes: Sequence[DatasetName], noun: str = "sc
         found.unknown.append(f"{len(missing)} of the images it learnt from are not found from "
                              f"here (e.g. {missing[0]})")
     return None
+
+
+def learnt_patches(found: Lineage, sets: Sequence[PatchSource], spec: InputSpec,
+                   noun: str = "patch set") -> str | None:
+    """How a model of lineage ``found`` learnt patches of one of ``sets`` ("was trained on 4
+    patch(es) of patch set X, e.g. 10338"), or None where it learnt none of them: patches of
+    one folder that both select, as training compares its own data. Patches carry no ground
+    to compare with scenes. A recorded set not found or not readable here is added to
+    ``found.patches_unknown``."""
+    learnt = [*((item, "was trained on") for item in found.patch_sets),
+              *((item, "kept the epoch chosen by validation (data.val) on")
+                for item in found.patches_selected_on)]
+    for item, how in learnt:
+        recorded = _recorded_set(item, found.patches_unknown)
+        if recorded is None:
+            continue
+        for checked in sets:
+            try:
+                both = common_patches(checked, recorded, spec)
+            except SlidemapError as error:  # the set changed since: a name gone, fewer patches
+                found.patches_unknown.append(str(error))
+                continue
+            if both:
+                return f"{how} {len(both)} patch(es) of {noun} {checked.root}, e.g. {both[0]}"
+    return None
+
+
+def _recorded_set(item: dict, unknown: list[str]) -> PatchSource | None:
+    """A patch set a model learnt from, as its record names it, where its folder is found
+    here; why not is added to ``unknown``."""
+    try:
+        source = parse_config({"data": {"train": [item]}},
+                              where=f"its record of the patch set {item}").train_patches[0]
+    except SlidemapError as error:
+        unknown.append(str(error))
+        return None
+    if not source.root.exists():
+        unknown.append(f"the patch set {source.root} it learnt from is not found from here")
+        return None
+    return source
 
 
 def image_ground(image: DatasetName) -> Ground | None:
