@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,10 @@ from factories import tiny_run, train_interrupted_then_resumed
 from safetensors.torch import load_file
 from torch import nn
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
+from slidemap.io.modelfile import load_model
 from slidemap.models import build_model
+from slidemap.report.plots import read_history
 from slidemap.schema.config import parse_config
 from slidemap.train.averaging import PREFIX, WeightAverage
 from slidemap.train.loop import train
@@ -108,3 +112,22 @@ def test_an_averaged_run_keeps_the_mean_weights_and_resumes_exactly(
     assert any(not torch.equal(kept[0][k], last_step[k]) for k in averaged)
     means = [k for k in kept[0] if k.endswith("running_mean")]
     assert any(not torch.equal(kept[0][k], last_step[k]) for k in means)  # BatchNorm refreshed
+
+
+def test_an_averaged_runs_history_ends_with_the_figures_of_its_model_file(
+        tiny_scene: dict[str, Path], tmp_path: Path) -> None:
+    """history.csv's last row was the last epoch's own weights, not the averaged ones the
+    model file keeps: its F1 was not summary.json's nor the model's."""
+    config = parse_config(tiny_run(tiny_scene, average_from=1, select="last"))
+    with pytest.warns(SlidemapWarning, match="validation data is also training data"):
+        train(config, tmp_path / "run")
+    with (tmp_path / "run" / "history.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["epoch"], row["weights"]) for row in rows] == [
+        ("1", "epoch"), ("2", "epoch"), ("2", "averaged")]
+    assert rows[-1]["train_loss"] == rows[-1]["lr"] == ""
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    validation = load_model(tmp_path / "run" / "model").provenance["validation"]
+    assert float(rows[-1]["val_f1"]) == round(summary["best_val_f1"], 5)
+    assert float(rows[-1]["val_auc"]) == round(validation["auc"], 5)
+    assert read_history(tmp_path / "run" / "history.csv")["weights"][-1] == "averaged"

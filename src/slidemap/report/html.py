@@ -265,7 +265,10 @@ def _explanation(folder: Path) -> tuple[Rows, str] | None:
 
 
 def _column(values: np.ndarray) -> list[str]:
-    """A CSV column as text, whole-number columns (epoch) without decimals."""
+    """A CSV column as text, whole-number columns (epoch) without decimals; a text column
+    (weights) as it is."""
+    if values.dtype.kind == "U":
+        return [text(str(v)) for v in values]
     finite = values[np.isfinite(values)]
     whole = finite.size > 0 and bool(np.all(finite == np.round(finite)))
     return [text(int(v) if whole and np.isfinite(v) else float(v)) for v in values]

@@ -27,6 +27,7 @@ from slidemap.io.atomic import atomic_path
 
 PREVIEW_SIDE = 1500
 VAL_METRICS = ("val_f1", "val_iou", "val_precision", "val_recall", "val_auc")
+WEIGHTS = "weights"  # history.csv's column that marks the row of averaged weights
 # told apart with any colour vision, from each other (green and red were one olive to a
 # deuteranope) and from the grey of the true negatives and of bare rock (a bluish green was that
 # grey to a deuteranope): blue and yellow, the axis every dichromat sees, and a dark red
@@ -63,11 +64,14 @@ def jpeg_bytes(figure: Figure, quality: int = 90) -> bytes:
 
 
 def read_history(path: Path) -> dict[str, np.ndarray]:
-    """``history.csv`` as one float array per column (NaN where a cell is empty)."""
+    """``history.csv`` as one float array per column (NaN where a cell is empty), the
+    ``weights`` column (``epoch``, or ``averaged`` on the row of a run's averaged weights) as
+    text."""
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     columns = list(rows[0]) if rows else []
-    return {c: np.array([_float(row.get(c)) for row in rows]) for c in columns}
+    return {c: np.array([row.get(c) or "" for row in rows]) if c == WEIGHTS
+            else np.array([_float(row.get(c)) for row in rows]) for c in columns}
 
 
 def _float(value: str | None) -> float:
@@ -82,15 +86,21 @@ def curves_figure(history: dict[str, np.ndarray], kept: int | None = None) -> Fi
     ``kept`` epoch marked (the model file's: with ``select: last`` or weight averaging it is
     not the best F1's), else the best F1's."""
     epochs = history.get("epoch", np.arange(1, len(history.get("train_loss", [])) + 1))
+    averaged = history.get(WEIGHTS, np.zeros(len(epochs), str)) == "averaged"
     metrics = [m for m in VAL_METRICS if m in history and np.isfinite(history[m]).any()]
     figure = new_figure(12 if metrics else 6, 4)
     axes = figure.subplots(1, 2 if metrics else 1, squeeze=False)[0]
-    axes[0].plot(epochs, history.get("train_loss", np.full(len(epochs), np.nan)), "o-",
-                 color="tab:blue", markersize=3)
+    losses = history.get("train_loss", np.full(len(epochs), np.nan))
+    axes[0].plot(epochs[~averaged], losses[~averaged], "o-", color="tab:blue", markersize=3)
     axes[0].set(title="training loss", xlabel="epoch", ylabel="loss")
     if metrics:
-        for name in metrics:
-            axes[1].plot(epochs, history[name], "o-", markersize=3, label=name[4:])
+        for number, name in enumerate(metrics):
+            line, = axes[1].plot(epochs[~averaged], history[name][~averaged], "o-",
+                                 markersize=3, label=name[4:])
+            # the averaged weights (the model file's), beside the last epoch's own
+            axes[1].plot(epochs[averaged], history[name][averaged], "*", markersize=10,
+                         color=line.get_color(), label="averaged weights (★)"
+                         if number == 0 and averaged.any() else None)
         if kept is not None:
             axes[1].axvline(kept, color="black", linestyle="--", linewidth=1,
                             label=f"kept model, epoch {kept}")

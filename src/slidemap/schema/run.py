@@ -453,8 +453,12 @@ class TrainSettings(Section):
                                    "are averaged (SWA, dense as in SWAD) and the average becomes"
                                    " `model.safetensors`, with BatchNorm statistics estimated "
                                    "again on one more epoch's training windows; needs `select: "
-                                   "last`. The checkpoint keeps the running average, so "
-                                   "`--resume` ends with the same file; `null`: off"))
+                                   "last`. `history.csv` gives the averaged weights a row "
+                                   "of their own after the last epoch's (`weights: averaged`"
+                                   "; the others `epoch`), with the figures of the model "
+                                   "file and `summary.json`. The checkpoint keeps the "
+                                   "running average, so `--resume` ends with the same file; "
+                                   "`null`: off"))
     members: Positive = Field(default=1, description=(
             "train that many networks (seeds `seed`, `seed + 1`, …) side by side in separate "
             "processes at `training.threads` each (all at once while that asks at most two "

@@ -3,7 +3,7 @@
 The epoch that ``training.select`` keeps (the best by validation F1 of the landslide class, or
 the last) is written as a model file, or with ``training.average_from`` the average of the weights
 of every step from that epoch on (``slidemap.train.averaging``). Every epoch also writes a
-resumable checkpoint and a line of history.
+resumable checkpoint and a line of history (the averaged weights a line of their own).
 
 While training, the kept epoch is ``best.safetensors`` (part of the run's state, like the
 checkpoint); ``model.safetensors``, ``model.json`` and ``summary.json`` are published together
@@ -203,8 +203,7 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
             continue
         row = {"epoch": epoch, "train_loss": round(train_loss, 5),
                "lr": lr, "seconds": round(time.perf_counter() - t0, 1),
-               **{f"val_{k}": round(v, 5) for k, v in scores.items()
-                  if k in ("f1", "iou", "precision", "recall", "auc")}}
+               **_val_columns(scores), **({"weights": "epoch"} if average is not None else {})}
         _append_history(history_path, row, fresh=epoch == 1)
         log.info("  ".join(f"{k} {v}" for k, v in row.items()))
         f1 = scores.get("f1", -train_loss)
@@ -212,10 +211,12 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
         if chosen:
             kept = model
             if average is not None:  # the last epoch: the averaged weights become the model
+                averaging = time.perf_counter()
                 refresh = (batch["x"] for batch in windows.epoch(epoch + 1, settings.batch_size))
                 kept = average.averaged(model, refresh, settings.precision)
                 scores = evaluate_arrays(kept, val_scenes, stats, config) if val_scenes else {}
                 f1 = scores.get("f1", f1)
+                _append_history(history_path, _averaged_row(row, scores, averaging), fresh=False)
             state.update(best_f1=f1, best_epoch=epoch)
             _save_bundle(kept, config, stats, out_dir / "best", state, scores, record or {})
         state["epoch"] = epoch
@@ -242,6 +243,22 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
     log.info(f"kept epoch {state['best_epoch']} ({how}{figure}) → "
              f"{out_dir / 'model.safetensors'}")
     return out_dir / "model.safetensors"
+
+
+def _val_columns(scores: dict[str, float]) -> dict[str, float]:
+    """The validation figures a history row records."""
+    return {f"val_{k}": round(v, 5) for k, v in scores.items()
+            if k in ("f1", "iou", "precision", "recall", "auc")}
+
+
+def _averaged_row(last: dict, scores: dict[str, float], started: float) -> dict:
+    """The history row of the averaged weights, which the model file keeps: the last epoch's
+    row stands for its own weights, whose figures are not the file's. Marked ``weights:
+    averaged``, at the last epoch (a resume trims it with that epoch's row); no loss or rate of
+    its own; its seconds those of the BatchNorm refresh and the scoring."""
+    return {**dict.fromkeys(last, ""), "epoch": last["epoch"],
+            "seconds": round(time.perf_counter() - started, 1), **_val_columns(scores),
+            "weights": "averaged"}
 
 
 def _earlier_wall_seconds(state: dict[str, Any]) -> float:
