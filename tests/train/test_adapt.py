@@ -20,7 +20,7 @@ from factories import write_scene
 
 from slidemap.data.dataset import RandomWindows, load_scene_arrays
 from slidemap.data.scene import IGNORE
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.patches import predict_arrays
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import load_model, model_paths, save_model
@@ -30,6 +30,7 @@ from slidemap.train import adapt as adapt_module
 from slidemap.train.adapt import (
     AdaptOptions,
     adapt_model,
+    adapt_to_scene,
     block_chunk,
     class_balanced,
     scene_chunks,
@@ -293,6 +294,26 @@ def test_a_slow_prediction_of_the_chunks_shortens_training_not_the_bound(
                          PredictOptions(precision="fp32")).record
     assert record["trained"] and record["rounds"][0]["windows"] > 0, record
     assert record["seconds"] <= 3 * 60 and record["stopped_by"] == "time"
+
+
+def test_the_time_bound_covers_reading_the_chunks(
+        trained: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--adapt-minutes, "wall time the adaptation may take", started its clock once the model
+    was loaded and the scene's chunks read: chunks that took the whole bound to read were
+    still trained on for the whole bound again."""
+    scene, model = trained
+    clock, real_chunks = SlowClock(), adapt_module.scene_chunks
+
+    def slow_chunks(*args, **kwargs):
+        clock.now += 200  # past the 3 minutes
+        return real_chunks(*args, **kwargs)
+
+    monkeypatch.setattr(adapt_module, "time", clock)
+    monkeypatch.setattr(adapt_module, "scene_chunks", slow_chunks)
+    with pytest.warns(SlidemapWarning, match="trained no window"):
+        record = adapt_to_scene(model, scene["image"], scene["dem"], fast(minutes=3),
+                                PredictOptions(precision="fp32")).record
+    assert not record["trained"] and record["rounds"] == [] and record["seconds"] > 3 * 60
 
 
 def test_the_saved_adapted_model_makes_the_map_it_made(

@@ -13,9 +13,10 @@ p. Fixed cut-offs (p ≥ 0.9, p ≤ 0.1) depend on calibration: the protocol's f
 with BCE + Dice, put little background below 0.1, so such labels would be nearly all landslide
 and teach the copy to see slides everywhere.
 
-Bounded three ways: ``minutes`` of wall time for the rounds (predicting the chunks and training:
-each round trains for its share of the time left after its prediction, and a round starts only
-if its prediction, timed as the last one, ends within the bound; checked between steps),
+Bounded three ways: ``minutes`` of wall time for the whole adaptation (loading the model and
+reading the chunks, then the rounds, predicting the chunks and training: each round trains for
+its share of the time left after its prediction, and a round starts only if its prediction,
+timed as the last one, ends within the bound; checked between steps),
 ``windows`` training windows in all, and only as many chunks as half of predict's memory budget
 holds. The copy keeps the model's normalisation statistics (inputs mean
 what they meant in training); its batch-norm statistics follow the scene as it trains.
@@ -148,13 +149,16 @@ class Adapted:
 
 
 def adapt_model(bundle: ModelBundle, chunks: list[SceneArrays], options: AdaptOptions,
-                predict: PredictOptions, progress: Progress | None = None) -> Adapted:
+                predict: PredictOptions, progress: Progress | None = None,
+                started: float | None = None) -> Adapted:
     """Progressive pseudo-label rounds on ``chunks`` (unlabelled: their target marks only where
-    labels may be drawn) with a copy of ``bundle``'s network; ``bundle`` is left as it was."""
+    labels may be drawn) with a copy of ``bundle``'s network; ``bundle`` is left as it was.
+    ``started``: when the adaptation began (its clock reading), which the time bound and the
+    record's seconds count from; by default now."""
     if bundle.members > 1:
         raise SlidemapError(f"--adapt fine-tunes one network, and {bundle.path} is an ensemble "
                             f"of {bundle.members}: pass --model with a single network")
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     deadline = started + 60 * options.minutes
     torch.manual_seed(options.seed)
     model = copy.deepcopy(bundle.model)
@@ -364,10 +368,12 @@ def adapt_to_scene(model: Path, image: DatasetName, dem: DatasetName | None,
                    options: AdaptOptions, predict: PredictOptions,
                    progress: Progress | None = None) -> Adapted:
     """``model`` adapted to the scene ``image`` (+ ``dem``): chunks read within predict's memory
-    budget, then :func:`adapt_model`; the record names the model it started from."""
+    budget, then :func:`adapt_model`; the record names the model it started from. The time
+    bound covers it all: reading a large scene's chunks is part of what --adapt-minutes caps."""
+    started = time.perf_counter()
     bundle = load_model(model)
     chunks = scene_chunks(image, dem, bundle, predict.memory_mb, options.seed)
-    adapted = adapt_model(bundle, chunks, options, predict, progress)
+    adapted = adapt_model(bundle, chunks, options, predict, progress, started)
     # named absolutely, as provenance names the model: report finds them from any folder;
     # the scene too, whose imagery the copy learnt from (slidemap.train.lineage reads it)
     adapted.record = {"from": absolute_name(model),
@@ -388,7 +394,7 @@ def untrained_message(record: dict) -> str:
         settings = record["settings"]
         why = (f"no piece of the scene held a {record['tile']} px window with "
                f"{100 * settings['min_valid']:g} % of its pixels confidently predicted")
-    elif not record["rounds"]:  # the bound went on setting up (torch's first steps)
+    elif not record["rounds"]:  # the bound went on setting up (reading the chunks, torch)
         why = (f"--adapt-minutes {record['settings']['minutes']:g} ran out before the scene "
                f"was predicted for pseudo-labels (setting up took {record['seconds']:g} s): "
                "raise it")
