@@ -632,6 +632,17 @@ def test_newsite_from_a_model_file_takes_its_channels(tiny_scene: dict, tiny_mod
     assert (config.model.name, config.model.width) == ("unet", 4)
 
 
+def test_newsite_names_its_start_so_that_train_finds_it_from_any_folder(
+        tiny_scene: dict, tiny_model: Path, labels_as_polygons: dict, monkeypatch) -> None:
+    """A start named relatively and without its suffix (models/slidemap-jinsha-unet-terrain)
+    went into config.yaml as given, which ``slidemap train`` run from another folder did not
+    find."""
+    monkeypatch.chdir(tiny_model.parent)
+    raw = site_config(tiny_scene["image"], labels_as_polygons["polygons"],
+                      init=Path(tiny_model.stem), dem=tiny_scene["dem"])
+    assert raw["init"] == str(tiny_model.absolute())
+
+
 def test_newsite_from_a_model_file_maps_with_its_windows_and_scales(
         tiny_scene: dict, labels_as_polygons: dict, tmp_path: Path, run_cli,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,7 +68,9 @@ def site_config(image: DatasetName, labels: Path, aoi: Path | None = None,
                                 ", so the DEM would go unused: drop --dem, or leave out --init "
                                 "to train a model that reads the terrain")
         spec = bundle.inputs.to_dict()
-        raw.update(init=_absolute(init), inputs={k: v for k, v in spec.items() if v is not None},
+        # the weights file it loaded, absolute: a name without suffix is no file to resolve
+        raw.update(init=_absolute(bundle.path or init),
+                   inputs={k: v for k, v in spec.items() if v is not None},
                    model={"name": bundle.architecture, "width": bundle.width,
                           "options": dict(bundle.options)},
                    predict=bundle.predict.to_dict())
