@@ -91,6 +91,18 @@ def test_reflectance_under_an_8_bit_model_warns(tiny_scene, tmp_path) -> None:
         api.predict(tiny_scene["image"], tmp_path / "out8", None, model, OPTIONS)
 
 
+def test_a_scene_of_little_data_is_sampled_on_its_data(tmp_path) -> None:
+    """Data on under 1 % of a 2048 px scene, one of the 16 windows spread over its extent
+    catching a 6 × 6 px flat corner of it: that corner alone read as imagery on another scale."""
+    pixels = np.zeros((3, 2048, 2048), dtype=np.uint8)
+    pixels[:, 719:919, 719:919] = np.random.default_rng(0).integers(40, 90, size=(3, 200, 200))
+    pixels[:, 719:725, 719:725] = 60  # inside the even grid's window at row and column 661
+    image = write_raster(tmp_path / "sparse.tif", pixels, nodata=0, tiled=True)
+    spec = InputSpec(image_bands=(1, 2, 3))
+    with Scene(image) as scene:
+        assert scene_warnings(scene, spec, [BandStats([60.0] * 3, [30.0] * 3)]) == []
+
+
 @pytest.mark.parametrize("normalise", ["model", "scene"])
 def test_a_black_collar_without_nodata_warns(tiny_scene, tmp_path, normalise) -> None:
     """A third of the scene black, and no nodata value to say it is no data: it would be

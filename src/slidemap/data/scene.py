@@ -56,6 +56,7 @@ MAX_SOURCE_DENSITY = 256  # DEM or label pixels per image pixel (16 times finer 
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
 COARSER = 1.5  # working pixels over this many times resolution_m: beyond a whole factor
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
+PROBE = 32  # points a side of the grid whose validity places the image sample on the data
 
 
 def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
@@ -637,18 +638,33 @@ class Scene:
 
     def _read_image_sample(self, bands: tuple[int, ...], side: int, size: int) -> np.ndarray:
         """The values :meth:`image_sample` returns, read."""
-        size = min(size, self.height, self.width)
-        rows = np.linspace(0, self.height - size, side).round().astype(int)
-        cols = np.linspace(0, self.width - size, side).round().astype(int)
         parts = []
         with reading(self.role, self.image_path):
-            for row in sorted(set(rows.tolist())):
-                for col in sorted(set(cols.tolist())):
-                    window = Window(col, row, size, size)
-                    data = self._image.read(list(bands), window=window).astype(np.float32)
-                    valid = self._dataset_mask(window=window) > 0
-                    parts.append(np.where(valid, data, np.nan).reshape(len(bands), -1))
+            for window in self._data_windows(side, size):
+                data = self._image.read(list(bands), window=window).astype(np.float32)
+                valid = self._dataset_mask(window=window) > 0
+                parts.append(np.where(valid, data, np.nan).reshape(len(bands), -1))
         return np.concatenate(parts, axis=1)
+
+    def _data_windows(self, side: int, size: int) -> list[Window]:
+        """At most ``side`` × ``side`` windows of ``size`` px (at most the scene's) centred on
+        points of a ``PROBE`` × ``PROBE`` grid where the image has data, spread evenly over
+        those points: a scene whose data fills a sliver of its extent is sampled on its data
+        (16 windows spread over the extent caught 19 × 19 px of one river bank and warned of
+        another scale). :meth:`_sample_windows`'s grid where no point has data."""
+        size = min(size, self.height, self.width)
+        shape = (min(PROBE, self.height), min(PROBE, self.width))
+        points = np.argwhere(self._dataset_mask(out_shape=shape) > 0)
+        if points.size == 0:
+            return self._sample_windows(side, size)
+        picks = np.unique(np.linspace(0, len(points) - 1, side * side).round().astype(int))
+        windows = []
+        for row, col in points[picks].tolist():
+            top = round((row + 0.5) * self.height / shape[0] - size / 2)
+            left = round((col + 0.5) * self.width / shape[1] - size / 2)
+            windows.append(Window(min(max(0, left), self.width - size),
+                                  min(max(0, top), self.height - size), size, size))
+        return windows
 
     def _dataset_mask(self, window: Window | None = None,
                       out_shape: tuple[int, int] | None = None) -> np.ndarray:
