@@ -389,3 +389,32 @@ def test_a_dem_clipped_to_the_image_data_is_not_called_partial(tiny_scene, tmp_p
         Scene(collared, dem=clipped).close()
     with pytest.warns(SlidemapWarning, match="covers only 62% of image"):
         Scene(tiny_scene["image"], dem=clipped).close()
+
+
+def test_a_window_tested_then_read_is_masked_once(tiny_scene, tmp_path, monkeypatch) -> None:
+    """Prediction tests each window for data, then reads it: the mask of a floating-point
+    image reads every band, and it was computed, so the image read, twice per window. The
+    second window, and a window read alone, are masked anew, as before."""
+    with rasterio.open(tiny_scene["image"]) as src:
+        pixels = src.read().astype(np.float32)
+    pixels[:, :, :8] = np.nan
+    image = write_raster(tmp_path / "float.tif", pixels, nodata=float("nan"))
+    first, second = Window(0, 0, 48, 48), Window(48, 48, 48, 48)
+    with Scene(image) as alone:
+        expected = [alone.read(window, (1, 2, 3), 2)["valid"] for window in (first, second)]
+    with Scene(image) as scene:
+        calls: list[Window | None] = []
+        real = scene._dataset_mask
+
+        def spy(window: Window | None = None, out_shape: tuple[int, int] | None = None
+                ) -> np.ndarray:
+            calls.append(window)
+            return real(window=window, out_shape=out_shape)
+
+        monkeypatch.setattr(scene, "_dataset_mask", spy)
+        valid = []
+        for window in (first, second):
+            assert scene.any_valid(window, 2)
+            valid.append(scene.read(window, (1, 2, 3), 2)["valid"])
+        assert calls == [first, second]
+    assert all(np.array_equal(a, b) for a, b in zip(valid, expected, strict=True))

@@ -176,6 +176,7 @@ class Scene:
         # samples read once per Scene: each check of a run looks at the same ones, and each
         # sample is hundreds of small reads (over the network for a remote DEM)
         self._samples: dict[tuple[object, ...], np.ndarray] = {}
+        self._last_mask: tuple[tuple[object, ...], np.ndarray] | None = None  # see _window_mask
         try:
             problem = georeference_problem(self._image, image) if require_crs else None
             if problem:
@@ -500,7 +501,7 @@ class Scene:
         with reading(self.role, self.image_path):
             image = img.read(bands, window=window, out_shape=(len(bands), out_h, out_w),
                              resampling=Resampling.average if factor > 1 else Resampling.nearest)
-            valid = self._dataset_mask(window=window, out_shape=(out_h, out_w)) > 0
+            valid = self._window_mask(window, (out_h, out_w)) > 0
         image = image.astype(np.float32)
         valid &= np.isfinite(image).all(axis=0)  # a decimated read averages a NaN in
         if self._apply_scale:
@@ -587,7 +588,19 @@ class Scene:
         uses: a cheap test that skips empty windows before their DEM and slope are read."""
         out_shape = (max(1, round(window.height / factor)), max(1, round(window.width / factor)))
         with reading(self.role, self.image_path):
-            return bool(self._dataset_mask(window=window, out_shape=out_shape).any())
+            return bool(self._window_mask(window, out_shape).any())
+
+    def _window_mask(self, window: Window, out_shape: tuple[int, int]) -> np.ndarray:
+        """:meth:`_dataset_mask` of ``window`` at ``out_shape``, the last one kept: the window
+        :meth:`any_valid` tests is the one :meth:`read` reads next, and its mask computed again
+        read the image again (every band of a floating-point image, the band a nodata value
+        masks)."""
+        key = (window, out_shape)
+        last = self._last_mask
+        if last is None or last[0] != key:
+            mask = _read_only(self._dataset_mask(window=window, out_shape=out_shape))
+            last = self._last_mask = key, mask
+        return last[1]
 
     def dem_sample(self, side: int = 16, size: int = 32) -> np.ndarray:
         """Elevations (metres, NaN nodata) in ``side`` × ``side`` small windows spread over the
