@@ -43,6 +43,7 @@ from slidemap.data.scene import Scene
 from slidemap.data.terrain import ground_scales, slope_degrees
 from slidemap.errors import SlidemapError
 from slidemap.infer import vectorize
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.predict import PredictOptions
 from slidemap.infer.stream import HELPER_NICENESS, helper_pool
 from slidemap.infer.vectorize import build_inventory, write_inventory
@@ -879,6 +880,31 @@ def test_streamed_inventory_is_the_one_of_a_single_strip(tmp_path) -> None:
     thin = build_inventory(*paths, simplify_m=0.5, strip_rows=3)
     assert all(a.equals_exact(b, 0) for a, b in zip(thin.geometries, one.geometries, strict=True))
     np.testing.assert_allclose(thin.attributes["perimeter_m"], one.attributes["perimeter_m"])
+
+
+def test_two_memory_budgets_give_the_same_inventory(tmp_path) -> None:
+    """--memory-mb sets the strips the inventory is cut into, and a slide's probabilities and
+    slopes were summed strip by strip: probabilities far below 1 (a low --threshold) and the
+    small slopes of flat ground gave means that differed in the last bits."""
+    rng = np.random.default_rng(0)
+    height, width = 400, 2000
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[:, 5::40] = mask[:, 6::40] = 1  # 50 slides 2 px wide, from top to bottom
+    prob = (rng.random((height, width)) ** 8).astype(np.float32)  # of many binary exponents
+    runs = 10.0 ** -(np.arange(height) // 20 % 10)  # ground ever flatter, 20 rows at a time
+    dem = (rng.random((height, width)) * runs[:, None]).astype(np.float32)
+    paths = [write_raster(tmp_path / name, array) for name, array in
+             (("m.tif", mask), ("p.tif", prob), ("dem.tif", dem))]
+    small, large = MemoryBudget(64), MemoryBudget(512)
+    assert vectorize.strip_rows_for(width, small) < height <= vectorize.strip_rows_for(width,
+                                                                                     large)
+    inventories = [list(vectorize.slide_batches(*paths[:2], dem=paths[2], budget=budget))
+                   for budget in (small, large)]
+    cut, whole = ({name: np.concatenate([b.attributes[name] for b in batches])
+                   for name in batches[0].attributes} for batches in inventories)
+    assert len(whole["pixels"]) == 50
+    for name, values in whole.items():
+        np.testing.assert_array_equal(cut[name], values, err_msg=name)
 
 
 def test_slide_across_strips_is_one_polygon_on_an_inexact_grid(tmp_path) -> None:

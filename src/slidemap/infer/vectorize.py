@@ -66,6 +66,8 @@ SIMPLIFY_WORKING_PIXELS = 0.5  # default --simplify: removes the native-pixel st
 WRITE_BATCH = 1024  # landslides written to the GeoPackage at a time
 WAITING_MAX = 4096  # finished landslides held back to keep the order of first appearance
 AREA_BITS = 26  # bits of a row's pixel area where it varies: sums exact up to 2**27 px a slide
+PROB_BITS = 26  # a probability is summed in whole 2**-26: exact up to 2**27 px a slide
+SLOPE_BITS = 19  # a slope in whole 2**-19 degrees: 90° is under 2**26 of them
 
 
 class UnionFind:
@@ -220,7 +222,7 @@ def _strip_sums(row_units: np.ndarray, prob_ds: rasterio.DatasetReader,
     sums["area"] += np.bincount(ids, weights=np.broadcast_to(row_units[:, None],
                                                              slide.shape)[slide],
                                 minlength=count + 1)
-    sums["prob"] += np.bincount(ids, weights=prob[slide], minlength=count + 1)
+    sums["prob"] += np.bincount(ids, weights=_units(prob[slide], PROB_BITS), minlength=count + 1)
     if count:  # every label 1..count has pixels; ndimage's C loop, not ufunc.at's
         sums["max"][1:] = np.maximum(sums["max"][1:], ndimage.maximum(
             prob[slide], ids, index=np.arange(1, count + 1)))
@@ -293,13 +295,14 @@ def _finish(slides: list[Slide], keys: tuple[str, ...],
     for i, landslide in enumerate(kept):
         pixels = total(landslide, "pixels")
         row = [area(landslide), perimeters[i],
-               total(landslide, "prob") / pixels,
+               math.ldexp(total(landslide, "prob"), -PROB_BITS) / pixels,
                max(p.sums[column["max"]] for p in landslide.pieces), pixels]
         if "slope_n" in column:
             slopes = total(landslide, "slope_n")
             low = min(p.sums[column["elev_min"]] for p in landslide.pieces)
             high = max(p.sums[column["elev_max"]] for p in landslide.pieces)
-            row += [total(landslide, "slope_sum") / slopes if slopes else np.nan,
+            row += [math.ldexp(total(landslide, "slope_sum"), -SLOPE_BITS) / slopes
+                    if slopes else np.nan,
                     high - low if np.isfinite(low) else np.nan]
         rows.append(row)
     width = 7 if "slope_n" in column else 5
@@ -348,7 +351,8 @@ def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.nda
                                                     here.shape[1], here.shape[0]))
             ids, elevation, slope = labels[block][here], elevation[here], slope[here]
             finite = np.isfinite(slope)
-            sums["slope_sum"] += np.bincount(ids[finite], weights=slope[finite], minlength=size)
+            sums["slope_sum"] += np.bincount(ids[finite], minlength=size,
+                                             weights=_units(slope[finite], SLOPE_BITS))
             sums["slope_n"] += np.bincount(ids[finite], minlength=size)
             known = np.isfinite(elevation)  # NaN: no DEM data, skipped as fmin/fmax would
             if known.any():
@@ -357,6 +361,13 @@ def _add_terrain(scene: Scene, window: Window, labels: np.ndarray, slide: np.nda
                 high = ndimage.maximum(elevation[known], ids[known], index=present)
                 sums["elev_min"][present] = np.fmin(sums["elev_min"][present], low)
                 sums["elev_max"][present] = np.fmax(sums["elev_max"][present], high)
+
+
+def _units(values: np.ndarray, bits: int) -> np.ndarray:
+    """``values`` rounded to whole units of 2**-``bits``, as float64: their sums are exact in
+    any order, so the strips that --memory-mb cuts a slide into leave its means to the bit
+    (float sums of probabilities far below 1 or slopes of flat ground differed in the last)."""
+    return np.rint(np.ldexp(values.astype(np.float64), bits))
 
 
 def _area_units(ds: rasterio.DatasetReader) -> tuple[np.ndarray, float]:
