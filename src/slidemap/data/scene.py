@@ -640,10 +640,11 @@ class Scene:
                 for col in sorted(set(cols.tolist()))]
 
     def image_sample(self, bands: tuple[int, ...], side: int = 4, size: int = 64) -> np.ndarray:
-        """Values of the image's ``bands`` in ``side`` × ``side`` small windows spread over the
-        scene, as (C, N) float32 with NaN where the image has no data: a cheap look at its
-        values (a few blocks read, whatever the scene's size) before it is predicted. Read
-        once per Scene and bands (read-only)."""
+        """Values of the image's ``bands`` in up to ``side`` × ``side`` small windows spread
+        over the scene's data (:meth:`_data_windows`), as (C, N) float32 with NaN where the
+        image has no data: a cheap look at its values (at most a few thousand blocks read,
+        whatever the scene's size) before it is predicted. Read once per Scene and bands
+        (read-only)."""
         key = ("image", tuple(bands), side, size)
         if key not in self._samples:
             self._samples[key] = _read_only(self._read_image_sample(tuple(bands), side, size))
