@@ -1,13 +1,15 @@
 """The window engine: one way to cut, batch, run, blend and hand probabilities on.
 
 A scene, the same pixels as an in-memory array, and the hard-example maps of training all go
-through ``slidemap.infer.engine``; these tests pin its figures to those of the three predictors
-it replaced (``tests/fixtures/engine_pin.npz``, written by :func:`pinned_outputs` from main at
-02d5830) and check that a scene and its pixels cut as an array give the same probabilities.
+through ``slidemap.infer.engine``; these tests pin its figures (``tests/fixtures/engine_pin.npz``:
+first those of the three predictors it replaced, from main at 02d5830; written again by running
+this file on main where the inputs change on purpose, as when terrain's border was mended) and
+check that a scene and its pixels cut as an array give the same probabilities.
 """
 
 from __future__ import annotations
 
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -214,3 +216,22 @@ def test_a_compiled_model_maps_windows_of_several_shapes() -> None:
     for shape in ((48, 64), (32, 40)):
         batch = rng.standard_normal((1, 4, *shape)).astype(np.float32)
         np.testing.assert_allclose(compiled(batch), eager(batch), atol=1e-5)
+
+
+def pinned_outputs(folder: Path) -> dict[str, np.ndarray]:
+    """The figures the pin file holds, from the code as it is."""
+    outputs = {}
+    for factor in (1, 2):
+        predictor, arrays = arrays_of(folder, factor)
+        bundle = load_model(folder / f"pin{factor}.safetensors")
+        x = normalise(arrays.x, BandStats(bundle.mean, bundle.std), valid=arrays.valid)
+        outputs[f"scene{factor}"] = scene_prob(folder, factor)
+        outputs[f"array{factor}"] = predict_arrays(predictor, arrays.x, arrays.valid, OPTIONS)
+        outputs[f"tiles{factor}"] = predict_array(network_runner(bundle.model.eval(), "fp32"), x,
+                                                  arrays.valid, 32, 0, 3)
+    return outputs
+
+
+if __name__ == "__main__":  # writes the pin file: run on main only
+    with tempfile.TemporaryDirectory() as scratch:
+        np.savez(PIN, **pinned_outputs(Path(scratch)))
