@@ -348,7 +348,8 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
 def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = False,
                 member: int | None = None) -> OnnxExport:
     """Export ``model`` (or network ``member`` of an ensemble, 0 = the first) to ONNX at ``out``
-    (default: NAME.onnx beside it, NAME-member-K.onnx for a member). Returns an
+    (default: NAME.onnx beside it, NAME-member-K.onnx for a member; in the current folder for a
+    model shipped in an installed slidemap, whose folder is the installation's). Returns an
     :class:`OnnxExport`: the file, its opset, stride and input channels."""
     return export_workflow.export_onnx(_path(model, "model"), _opt_path(out, "out"), overwrite,
                                        _opt_whole(member, "member"))

@@ -690,7 +690,8 @@ def _scales(value: str | None) -> tuple[float, ...] | None:
 def export(
     model: Annotated[Path, typer.Argument(help="model file (NAME.safetensors + NAME.json)")],
     out: Annotated[Path | None, typer.Option(
-        help="ONNX file to write (default: NAME.onnx beside the model); with --weights, the "
+        help="ONNX file to write (default: NAME.onnx beside the model, or in the current "
+             "folder for a model shipped in an installed slidemap); with --weights, the "
              "model file to write")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing file")] = False,
     weights: Annotated[schema_values.WeightsDtype | None, typer.Option(

@@ -324,6 +324,27 @@ def test_a_model_onnx_cannot_export_says_why_in_one_line(tiny_model, tmp_path, r
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_a_shipped_model_of_an_installed_slidemap_exports_into_the_current_folder(
+        tmp_path, run_cli, monkeypatch) -> None:
+    """Beside a wheel's shipped model is site-packages: the installation's folder, not the
+    user's. A model of the user's still exports beside itself."""
+    from slidemap.io.modelfile import save_model
+    from slidemap.workflows import inputs
+
+    shipped = tmp_path / "site" / "slidemap" / "shipped_models"
+    model = save_model(tiny_bundle(), shipped / "slidemap-tiny")
+    monkeypatch.setattr(inputs, "INSTALLED_MODELS", shipped.resolve())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, err = run_cli("export", model.with_suffix(""))
+    assert code == 0, err
+    assert (work / "slidemap-tiny.onnx").is_file() and not list(shipped.glob("*.onnx"))
+    assert str(work / "slidemap-tiny.onnx") in err
+    own = save_model(tiny_bundle(), tmp_path / "mine" / "own")
+    assert run_cli("export", own)[0] == 0 and (tmp_path / "mine" / "own.onnx").is_file()
+
+
 def test_export_of_a_missing_model_is_one_line(tmp_path, run_cli) -> None:
     code, err = run_cli("export", tmp_path / "nope.safetensors", "--out", tmp_path / "m.onnx")
     assert code == 1 and err.startswith("error: model file") and err.count("\n") == 1, err

@@ -20,6 +20,7 @@ from slidemap.io.modelfile import (
 )
 from slidemap.models.ensemble import ProbabilityAverage
 from slidemap.train.members import member_config_record
+from slidemap.workflows.inputs import is_installed_model
 
 # What a member's provenance.config is, in member_of.config.
 MEMBER_CONFIG = "this network's own run: the ensemble's config with its seed, one network"
@@ -46,7 +47,8 @@ class StoredWeights:
 def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False,
                 member: int | None = None) -> OnnxExport:
     """Export ``model`` (or network ``member`` of an ensemble) to ONNX at ``out`` (default:
-    NAME.onnx beside it, NAME-member-K.onnx for a member)."""
+    NAME.onnx beside it, NAME-member-K.onnx for a member; in the current folder for a model
+    shipped inside an installed slidemap)."""
     for module in ("onnx", "onnxruntime"):
         require(module, "onnx", "exporting to ONNX")
     # After the check: onnx is an optional extra, imported only once it is known to be there.
@@ -55,7 +57,8 @@ def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False,
     bundle = load_model(model)
     if member is not None:
         bundle = member_of(bundle, member)
-    target = out or onnxfile.onnx_path_for(model)
+    beside = onnxfile.onnx_path_for(model)
+    target = out or (Path.cwd() / beside.name if is_installed_model(model) else beside)
     if out is None and member is not None:
         target = target.with_name(f"{target.stem}-member-{member}.onnx")
     check_outputs([target], list(model_paths(model)), overwrite)

@@ -18,8 +18,8 @@ from slidemap.io.modelfile import model_paths, weights_file
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 # An installed wheel carries models/ as slidemap/shipped_models (pyproject.toml); a source
 # checkout, editable install included, reads models/ itself.
-_INSTALLED_MODELS = Path(__file__).resolve().parents[1] / "shipped_models"
-MODELS_DIR = _INSTALLED_MODELS if _INSTALLED_MODELS.is_dir() else PACKAGE_ROOT / "models"
+INSTALLED_MODELS = Path(__file__).resolve().parents[1] / "shipped_models"
+MODELS_DIR = INSTALLED_MODELS if INSTALLED_MODELS.is_dir() else PACKAGE_ROOT / "models"
 DEFAULT_MODEL = MODELS_DIR / "slidemap-jinsha-unet-terrain.safetensors"
 # Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
 RGB_MODEL = MODELS_DIR / "slidemap-rgb-sites.safetensors"
@@ -37,6 +37,13 @@ def default_model_path(dem: bool = True, patches: bool = False) -> Path:
     if not path.exists():
         raise SlidemapError(f"the shipped model {path} is missing: pass --model PATH")
     return path
+
+
+def is_installed_model(path: Path) -> bool:
+    """Whether ``path`` is a model shipped inside an installed slidemap: its folder belongs to
+    the installation (site-packages), which an upgrade replaces and a user may not write, so
+    outputs that would go beside it go elsewhere."""
+    return weights_file(path).resolve().parent == INSTALLED_MODELS
 
 
 def model_list(models: ModelArg, dem: bool = True, patches: bool = False) -> list[Path]:
