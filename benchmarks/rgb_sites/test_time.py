@@ -17,6 +17,8 @@ Usage (repository root):
 import argparse
 import copy
 import json
+import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from slidemap.io.modelfile import ModelBundle, load_model
 from slidemap.schema.config import parse_config
 
 VARIANTS = ("stats", "adabn", "stats-adabn")
+MODEL = "model.safetensors"  # of each site, in RUNS/SITE/
 WINDOW = 128  # px at the working scale: the training windows' size
 BATCH = 8  # the training batch: batch statistics are averaged over batches of this size
 
@@ -91,19 +94,36 @@ def variant(bundle: ModelBundle, name: str, arrays: list, windows: int) -> Model
     return bundle
 
 
+def loso_command(runs: Path) -> str:
+    """The loso.sh line that trains the models ``runs`` is to hold (runs/rgb-loso-RECIPE-sSEED)."""
+    named = re.fullmatch(r"rgb-loso-(.+)-s(\d+)", runs.name)
+    recipe, seed = named.groups() if named else ("RECIPE", "SEED")
+    return f"bash benchmarks/rgb_sites/loso.sh {recipe} {seed}"
+
+
+def check_models(runs: Path) -> None:
+    """Every site's model is there before any site's data is read: one line naming the
+    training to run first, not a traceback after the first site's scoring."""
+    missing = [site for site in SITES if not (runs / site / MODEL).exists()]
+    if missing:
+        sys.exit(f"error: no {MODEL} for {', '.join(missing)} in {runs}: "
+                 f"run {loso_command(runs)} first")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path)
     parser.add_argument("--windows", type=int, default=512)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args()
+    check_models(args.runs)
     print("| site held out | variant | precision | recall | F1 | IoU |")
     print("| --- | --- | --- | --- | --- | --- |")
     torch.manual_seed(0)
     for site in SITES:
         config = parse_config(site_config(site))
         arrays = load_arrays(config.val_scenes, config.val_patches, config.inputs)
-        bundle = replace(load_model(args.runs / site / "model.safetensors"),
+        bundle = replace(load_model(args.runs / site / MODEL),
                          inputs=config.inputs)
         for name in args.variants:
             figures = score_bundle(variant(bundle, name, arrays, args.windows), arrays,

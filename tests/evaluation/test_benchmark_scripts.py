@@ -86,3 +86,21 @@ def test_batch_measures_windows_at_the_model_files_own_size(
     batch = _script(BENCHMARKS / "batch.py", monkeypatch)
     done = batch.measure(tiny_model, 2, 1, tiny_scene["image"], tiny_scene["dem"])
     assert (done["batch"], done["windows"], done["tile"]) == (2, 8, 64)
+
+
+def test_test_time_without_the_loso_models_names_the_training_to_run_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """It stopped with a traceback after reading the first site's data; now on one line,
+    before reading any."""
+    test_time = _script(BENCHMARKS / "rgb_sites" / "test_time.py", monkeypatch)
+    runs = tmp_path / "rgb-loso-base-s1"
+    (runs / "nepal").mkdir(parents=True)
+    (runs / "nepal" / "model.safetensors").touch()
+    monkeypatch.setattr(test_time, "load_arrays", lambda *args: pytest.fail("data read"))
+    monkeypatch.setattr(sys, "argv", ["test_time.py", str(runs)])
+    with pytest.raises(SystemExit) as stopped:
+        test_time.main()
+    message = str(stopped.value.code)
+    assert message.count("\n") == 0 and "nepal" not in message, message
+    assert message.endswith("run bash benchmarks/rgb_sites/loso.sh base 1 first"), message
