@@ -622,6 +622,28 @@ def test_coordinate_labels_of_a_long_strip_do_not_overlap(tmp_path, shape) -> No
         assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
 
 
+def test_scale_bar_and_north_arrow_cover_no_number_of_a_flat_strip(tmp_path) -> None:
+    """A 4000 × 120 px scene is drawn a few millimetres tall: the scale bar inside its lower
+    left corner was taller than the map and covered slide 1's number and outline, as the north
+    arrow would slide 2's in the upper right. Both are drawn outside the map."""
+    mask = write_raster(tmp_path / "m.tif", np.zeros((120, 4000), np.uint8), nodata=255)
+    grid = map_grid(mask)
+    left, right, bottom, top = grid.extent
+    labels = [(1, left + 170.0, bottom + 15.0), (2, right - 10.0, top - 10.0)]
+    figure = map_figure(np.zeros((*grid.shape, 3), np.uint8), grid,
+                        Outlines([shapely.Point(x, y).buffer(8) for _, x, y in labels], labels),
+                        "s", "i")
+    figure.canvas.draw()
+    ax = figure.axes[0]
+    numbers = [t.get_window_extent() for t in ax.texts if t.get_text() in ("1", "2")]
+    bar = next(a for a in ax.artists if isinstance(a, AnchoredSizeBar)).get_window_extent()
+    arrow = [a.get_window_extent() for a in ax.texts if a.get_text() in ("", "N")]
+    assert len(numbers) == 2 and len(arrow) == 2
+    for box in (bar, *arrow):
+        assert not any(box.overlaps(number) for number in numbers)
+        assert box.y0 >= ax.bbox.y1 or box.x0 >= ax.bbox.x1  # over no part of the map
+
+
 def test_scale_bar_is_ground_metres_in_web_mercator(tmp_path) -> None:
     """At 60° N a Web Mercator metre is half a ground metre: 100 m of ground is 200 map units
     (the bar said 200 m over them, twice the ground)."""

@@ -24,6 +24,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.transforms import ScaledTranslation, Transform
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -42,6 +43,8 @@ OUTLINE = "#ffe000"
 WGS84 = "EPSG:4326"
 NICE_STEPS = (1, 2, 5)
 TICK_SIZE = "small"
+ARROW = 32  # the north arrow's length in points
+MARGIN = 10  # points between the map's frame and the scale bar and north arrow outside it
 # warps grids that have no CRS by their geotransforms alone: in and out alike, nothing is
 # reprojected, so which CRS does not matter
 PLANE = CRS.from_epsg(3857)
@@ -206,7 +209,8 @@ def map_figure(picture: np.ndarray, grid: MapGrid, outlines: Outlines, title: st
     extent = grid.extent
     aspect = _aspect(grid)
     tall = (extent[3] - extent[2]) * aspect / (extent[1] - extent[0])  # as drawn, not pixels
-    figure = new_figure(10.5, min(14.0, max(4.0, 10.5 * tall * 0.92 + 1.3)))
+    # margins: ticks and legend below, the scale bar above
+    figure = new_figure(10.5, min(14.0, max(4.0, 10.5 * tall * 0.92 + 1.7)))
     ax = figure.add_subplot()
     ax.imshow(picture, extent=extent, interpolation="antialiased")
     rings = [shapely.get_coordinates(ring) for geometry in outlines.geometries
@@ -333,18 +337,29 @@ def nice_length(metres: float) -> float:
 
 def _scale_bar(ax: Axes, grid: MapGrid) -> None:
     """A bar of a round ground length: a CRS unit measured at the map's middle
-    (``metres_per_unit``: in Web Mercator a unit is 1/cos(latitude) of a ground metre)."""
+    (``metres_per_unit``: in Web Mercator a unit is 1/cos(latitude) of a ground metre). Above
+    the map's top left corner, as the north arrow is right of its top right: inside, they hid
+    the outlines and numbers under them, on a flat strip (4000 × 120 px) a whole end of it."""
     if grid.crs is None:
         return
     per_unit = metres_per_unit(grid.crs, *grid.centre)[0]
     left, right = grid.extent[:2]
     metres = nice_length((right - left) * per_unit / 4)
     label = f"{metres / 1000:g} km" if metres >= 1000 else f"{metres:g} m"
-    bar = AnchoredSizeBar(ax.transData, metres / per_unit, label, "lower left", pad=0.5,
-                          borderpad=0.8, sep=4, color="black", frameon=True,
-                          size_vertical=(grid.extent[3] - grid.extent[2]) / 120)
-    bar.patch.set(facecolor="white", alpha=0.85, edgecolor="none")
+    length = metres / per_unit
+    # a 120th of the map's height, but no thicker than a 12th of its length: a tall strip's
+    # bar was drawn as a square
+    thickness = min((grid.extent[3] - grid.extent[2]) / 120, length / 12 / _aspect(grid))
+    above = _outside(ax, 0, MARGIN)
+    bar = AnchoredSizeBar(ax.transData, length, label, "lower left", pad=0, borderpad=0, sep=4,
+                          color="black", frameon=False, size_vertical=thickness,
+                          bbox_to_anchor=(0, 1), bbox_transform=above)
     ax.add_artist(bar)
+
+
+def _outside(ax: Axes, x: float, y: float) -> Transform:
+    """The axes' fractions moved by ``x``, ``y`` points: places beside the map's frame."""
+    return ax.transAxes + ScaledTranslation(x / 72, y / 72, ax.figure.dpi_scale_trans)
 
 
 def _north_arrow(ax: Axes, grid: MapGrid) -> None:
@@ -357,16 +372,16 @@ def _north_arrow(ax: Axes, grid: MapGrid) -> None:
     nx, ny = transform_points(WGS84, grid.crs, lon, [north_lat])
     angle = math.atan2(nx[0] - x, ny[0] - y)
     dx, dy = math.sin(angle), math.cos(angle)
-    tip = (0.95, 0.9)
-    ax.annotate("", xy=tip, xycoords="axes fraction", xytext=(-32 * dx, -32 * dy),
+    # right of the map's top right corner, clear of a number written on the frame's edge and
+    # of the scale bar above the map, however narrow the map is
+    tip = _outside(ax, MARGIN + 8, -12)
+    ax.annotate("", xy=(1, 1), xycoords=tip, xytext=(-ARROW * dx, -ARROW * dy),
                 textcoords="offset points",
                 arrowprops={"facecolor": "white", "edgecolor": "black", "width": 5,
                             "headwidth": 14, "headlength": 12, "linewidth": 1})
-    ax.annotate("N", xy=tip, xycoords="axes fraction", xytext=(9 * dx, 9 * dy),
+    ax.annotate("N", xy=(1, 1), xycoords=tip, xytext=(9 * dx, 9 * dy),
                 textcoords="offset points", ha="center", va="center", fontsize=12,
-                fontweight="bold",
-                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.85,
-                      "edgecolor": "none"})
+                fontweight="bold")
 
 
 @contextlib.contextmanager
