@@ -81,6 +81,51 @@ def test_dask_workers_give_the_single_process_maps(wide_scene, tiny_model, tmp_p
     assert spread.landslides == alone.landslides
 
 
+def test_bands_in_flight_on_a_large_cluster_fit_the_memory_budget(monkeypatch) -> None:
+    """Two bands per worker thread were submitted ahead of the band the rows wait for, however
+    many threads the cluster had: on 500 threads 1000 bands of 2 MB waited on the workers
+    against a budget of 64 MB. A small cluster still gets its two per thread."""
+    import contextlib
+    from concurrent.futures import Future
+
+    from slidemap.infer import distributed
+    from slidemap.infer.budget import MemoryBudget
+    from slidemap.infer.stream import Grid, band_bytes
+
+    grid = Grid.of(4096, 8192, 512, 64, 1)  # bands of 18 windows of 513² float32: 18 MB
+    job = distributed.BandJob("i.tif", None, ("m.safetensors",), False, "fp32", "torch", False,
+                              (1.0,), 1, None, grid)
+    held = {"now": 0, "most": 0}
+
+    class Band(Future):
+        def result(self, timeout: float | None = None) -> object:
+            held["now"] -= 1  # gathered: no longer held on a worker
+            return super().result(timeout)
+
+    class Cluster:
+        def __init__(self, threads: int) -> None:
+            self.threads = threads
+
+        def nthreads(self) -> dict[str, int]:
+            return {f"worker-{i}": 1 for i in range(self.threads)}
+
+        def submit(self, function, job, piece, pure) -> Future:
+            held["now"] += 1
+            held["most"] = max(held["most"], held["now"])
+            band = Band()
+            band.set_result(piece)
+            return band
+
+    budget = MemoryBudget(64)
+    for threads, most in ((500, budget.bytes // band_bytes(grid)), (1, 2)):
+        held.update(now=0, most=0)
+        monkeypatch.setattr(distributed, "dask_client",
+                            lambda *args, t=threads: contextlib.nullcontext(Cluster(t)))
+        assert len(list(distributed.dask_bands(job, "tcp://x", 0, budget))) == len(grid.pieces)
+        assert held["most"] == most, (threads, held)
+    assert 1 < budget.bytes // band_bytes(grid) < 1000
+
+
 def test_unreachable_scheduler_is_one_line(wide_scene, tiny_model, tmp_path, run_cli,
                                            monkeypatch) -> None:
     monkeypatch.setattr("slidemap.infer.distributed.CONNECT_TIMEOUT_S", 1)

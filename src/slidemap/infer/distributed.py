@@ -5,7 +5,9 @@ files must be readable at the same paths on every worker (a shared filesystem). 
 as the working-resolution probabilities of its windows (a sixteenth of the native pixels for a
 2 m model on 0.5 m imagery), and the driver blends and sums bands in row order exactly as one
 process does (``slidemap.infer.stream``), so the outputs are the same. At most two
-bands per worker thread are in flight: memory stays bounded on both sides.
+bands per worker thread are in flight, and no more than the memory budget holds of them (those
+finished wait on the workers until their turn comes, on this machine for ``--workers``): memory
+stays bounded on both sides, whatever the cluster's size.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning, silenced
 from slidemap.extras import require
+from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.stream import (
     Grid,
     PredictedBand,
+    band_bytes,
     bounded_gdal_cache,
     in_order,
     infer_band,
@@ -77,20 +81,28 @@ def band_source(predictor: Predictor, options: PredictOptions, image: DatasetNam
                   predictor.precision, options.backend, options.compile, predictor.scales,
                   options.batch_size,
                   (tuple(stats.mean), tuple(stats.std)) if stats else None, grid)
-    return dask_bands(job, options.scheduler, options.workers)
+    return dask_bands(job, options.scheduler, options.workers, MemoryBudget.of(options.memory_mb))
 
 
-def dask_bands(job: BandJob, scheduler: str | None, workers: int
+def dask_bands(job: BandJob, scheduler: str | None, workers: int, budget: MemoryBudget
                ) -> Generator[PredictedBand, None, None]:
     """Bands computed on Dask workers, handed out in row order as they complete."""
     with dask_client(scheduler, workers) as client:
-        slots = BANDS_PER_THREAD * max(1, sum(client.nthreads().values()))
+        slots = bands_in_flight(sum(client.nthreads().values()), job.grid, budget)
+
         def submit(piece: tuple[int, int]) -> Future:
             # A Dask future has the methods of a concurrent.futures one that in_order calls.
             return cast(Future, client.submit(predict_band, job, piece, pure=False))
 
         for band in in_order(submit, job.grid.pieces, slots):
             yield cast(PredictedBand, band)
+
+
+def bands_in_flight(threads: int, grid: Grid, budget: MemoryBudget) -> int:
+    """Two bands per worker thread, so that none waits for work, but no more than ``budget``
+    holds: the bands finished ahead of the one the rows wait for are held until gathered, so on
+    500 threads bands of 18 MB (512 px windows at native resolution, 8192 px wide) were 18 GB."""
+    return max(1, min(BANDS_PER_THREAD * max(1, threads), budget.bytes // band_bytes(grid)))
 
 
 @contextlib.contextmanager

@@ -604,6 +604,13 @@ def buffer_bytes(grid: Grid, channels: int, buffer_width: int) -> int:
     return per_column * buffer_width + per_window * windows + cache_bytes(grid, buffer_width)
 
 
+def band_bytes(grid: Grid) -> int:
+    """The most one predicted band holds: the working-resolution float32 probabilities of the
+    windows of one band of the widest column block."""
+    working = (grid.band_rows // grid.factor + 1) * (grid.window_width // grid.factor + 1)
+    return 4 * working * max(len(block.cols) for block in grid.blocks)
+
+
 def cache_bytes(grid: Grid, buffer_width: int) -> int:
     """GDAL's block cache for a block: one band of image and DEM blocks, so that the next band
     finds the rows it shares with this one."""
