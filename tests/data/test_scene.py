@@ -137,6 +137,24 @@ def test_a_dem_of_depths_is_read_as_heights(tiny_scene, tmp_path) -> None:
         np.testing.assert_allclose(got[key], want[key], atol=1e-3)
 
 
+def test_a_dem_in_a_compound_crs_on_the_image_grid_is_read_as_it_is(tiny_scene, tmp_path
+                                                                     ) -> None:
+    """A DEM in UTM + a vertical CRS on the image's UTM grid never counted as on the grid (the
+    CRSs differ as wholes), so it was warped: decimated reads differed from the same DEM's
+    without the vertical part (the sample's landslide 32,882 against 32,879 m²)."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        dsm = src.read(1)
+    compound = write_raster(tmp_path / "compound.tif", dsm, crs="EPSG:32647+5773",
+                            nodata=np.nan)
+    window = Window(0, 0, 96, 96)  # its nodata edge too
+    with Scene(tiny_scene["image"], dem=compound) as scene, \
+            Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as reference:
+        got = scene.read(window, (1, 2, 3), factor=4, dem=True, slope=True)
+        want = reference.read(window, (1, 2, 3), factor=4, dem=True, slope=True)
+    for key in ("dem", "slope"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 @pytest.mark.parametrize(("dtype", "unit", "warned"), [
     ("uint8", "", True), ("int8", "", True), ("uint8", "m", False), ("int16", "", False),
     ("uint16", "", False), ("int32", "", False)])

@@ -37,6 +37,7 @@ from slidemap.data.terrain import (
     crs_name,
     eight_bit_elevations,
     elevation_to_metres,
+    horizontal_crs,
     laplacian_curvature,
     pixel_size_m,
     radii_px,
@@ -232,7 +233,8 @@ class Scene:
                 f"{role} {path} does not overlap image {self.image_path}: "
                 "pass a file that covers the same ground"
             )
-        on_grid = src.crs == img.crs and src.transform == img.transform and src.shape == img.shape
+        on_grid = horizontal_crs(src.crs) == horizontal_crs(img.crs) \
+            and src.transform == img.transform and src.shape == img.shape
         # An integer DEM goes through a float32 VRT even on the image grid: GDAL's decimated
         # read of an integer band rounds each average to a whole unit, and those 1 m steps at
         # 2 m pixels gave a curvature noisier than the terrain's own. So does a DEM with an

@@ -191,6 +191,22 @@ def counts_depth(crs: CRS | None) -> bool:
     return re.search(r'AXIS\["[^"]*",\s*DOWN\]', vertical) is not None
 
 
+def horizontal_crs(crs: CRS) -> CRS:
+    """The horizontal part of a compound CRS (UTM 47N of UTM 47N + EGM96 height), ``crs``
+    itself otherwise: a DEM on the image's grid whose CRS adds a vertical datum is on that
+    grid, and warping it anyway moved its nodata edge on decimated reads."""
+    wkt = crs.to_wkt()
+    head = re.match(r'COMPD_CS\["(?:[^"]|"")*",', wkt)
+    if head is None:
+        return crs
+    depth = 0
+    for token in re.finditer(r'"(?:[^"]|"")*"|[\[\]]', wkt[head.end():]):
+        depth += {"[": 1, "]": -1}.get(token.group(), 0)
+        if token.group() == "]" and depth == 0:
+            return CRS.from_wkt(wkt[head.end():head.end() + token.end()])
+    return crs
+
+
 def eight_bit_elevations(dem: rasterio.DatasetReader, name: DatasetName) -> str | None:
     """A one-line warning for an 8-bit DEM that declares neither a unit nor a scale or offset:
     256 whole steps are far likelier the grey levels of an image (a photo or hillshade passed as
