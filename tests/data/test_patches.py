@@ -16,8 +16,10 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 
+from slidemap.data.channels import InputSpec
 from slidemap.data.patches import BijieFolder, PatchFolder, open_patch_dataset, read_mask
-from slidemap.errors import SlidemapError
+from slidemap.data.sources import open_patch_set
+from slidemap.errors import SlidemapError, SlidemapWarning
 
 RNG = np.random.default_rng(0)
 
@@ -172,6 +174,34 @@ def test_dem_without_georeference_needs_a_pixel_size_for_slope(tmp_path: Path) -
     assert "slope" not in PatchFolder(tmp_path)[0]
     slope = PatchFolder(tmp_path, pixel_size=1.0)[0]["slope"]
     np.testing.assert_allclose(slope[0, 3, 3], 45.0, atol=1e-4)
+
+
+@pytest.mark.parametrize(("suffix", "dtype", "unit", "warned"), [
+    (".png", np.uint8, "", True), (".tif", np.uint8, "", True), (".tif", np.uint8, "m", False),
+    (".png", np.uint16, "", False), (".tif", np.float32, "", False)])
+def test_a_set_of_8_bit_dems_warns_once(tmp_path: Path, suffix: str, dtype: type, unit: str,
+                                        warned: bool) -> None:
+    """8-bit PNG DEMs (as Bijie's) were read as whole metres without a word, though they may
+    hold grey levels stretched per patch; a set of them warns once, whatever its size. 16-bit
+    and float DEMs, and an 8-bit GeoTIFF that declares its unit, are read quietly."""
+    for stem in ("a", "b", "c"):
+        png(tmp_path / "images" / f"{stem}.png", rgb())
+        dem = tmp_path / "dem" / f"{stem}{suffix}"
+        values = np.tile(np.arange(8, dtype=dtype) * 3, (8, 1))
+        if suffix == ".png":
+            png(dem, values)
+        else:
+            tiff(dem, values[None])
+        if unit:
+            with rasterio.open(dem, "r+") as ds:
+                ds.units = (unit,)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_patch_set(tmp_path, InputSpec(image_bands=(1, 2, 3), dem=True), pixel_size=1.0)
+        open_patch_set(tmp_path, InputSpec(image_bands=(1, 2, 3)))  # reads no DEM: quiet
+    messages = [str(w.message) for w in caught if issubclass(w.category, SlidemapWarning)]
+    assert len(messages) == warned, messages
+    assert all("8-bit" in m and "\n" not in m for m in messages)
 
 
 def test_coarser_dem_is_resampled_to_the_image_grid(tmp_path: Path) -> None:

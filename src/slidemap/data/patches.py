@@ -25,6 +25,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from slidemap.data.scaling import resize
 from slidemap.data.terrain import (
     bounds_centre,
+    eight_bit_unitless,
     elevation_to_metres,
     pixel_size_m,
     slope_degrees,
@@ -302,6 +303,23 @@ class PatchDataset:
         return self.pixel_size is not None or (
             first is not None and _dem_pixel_size(first) is not None
         )
+
+    def eight_bit_dem(self) -> str | None:
+        """A one-line warning for the set when its first DEM is 8-bit with no unit, scale or
+        offset (Bijie's PNGs): it is read as whole metres, 0 to 255, right only if that is what
+        it holds; grey levels stretched per patch give a DEM and slopes of nothing on the
+        ground. None otherwise, and without ``dem/``."""
+        first = self.files[0].dem if self.has_dem else None
+        if first is None:
+            return None
+        with _open_tiff(first) as src:  # GDAL reads a PNG or JPEG DEM as well
+            if not eight_bit_unitless(src):
+                return None
+            dtype = src.dtypes[0]
+        return (f"the DEMs in {first.parent} are 8-bit ({first.name}: {dtype}) with no unit: "
+                "read as whole metres, 0 to 255, so the DEM and slope the model reads are "
+                "wrong if they hold grey levels or another unit; pass elevations in metres "
+                "(float32 or int16 GeoTIFFs) if you know their scale")
 
     def georeference(self, index: int) -> Georeference | None:
         """Where patch ``index`` lies on the map, if its image is a georeferenced GeoTIFF."""

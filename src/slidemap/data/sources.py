@@ -87,6 +87,9 @@ def open_patch_set(root: Path, spec: InputSpec, kind: str | None = None,
         raise SlidemapError(f"the model needs slope but the DEMs of {root} have no georeference: "
                             "give the pixel size in metres (pixel_size: in a config, "
                             "--pixel-size for predict)")
+    grey = dataset.eight_bit_dem() if spec.needs_dem else None
+    if grey:
+        warnings.warn(grey, SlidemapWarning, stacklevel=2)
     return dataset
 
 
@@ -144,7 +147,9 @@ def common_patches(checked: PatchSource, other: PatchSource, spec: InputSpec) ->
     name other folders), in the set's order."""
     if Path(checked.root).resolve() != Path(other.root).resolve():
         return []
-    names = open_patch_set(checked.root, spec, checked.kind, checked.pixel_size).names
+    with warnings.catch_warnings():  # said when the run reads the set
+        warnings.simplefilter("ignore", SlidemapWarning)
+        names = open_patch_set(checked.root, spec, checked.kind, checked.pixel_size).names
     return [names[i] for i in sorted(set(select(names, checked)) & set(select(names, other)))]
 
 

@@ -207,17 +207,22 @@ def horizontal_crs(crs: CRS) -> CRS:
     return crs
 
 
+def eight_bit_unitless(dem: rasterio.DatasetReader) -> bool:
+    """Whether the DEM's values are 8-bit and it declares neither a unit nor a scale or offset
+    that says how they are elevations."""
+    return (np.dtype(dem.dtypes[0]).itemsize == 1 and not (dem.units[0] or "").strip()
+            and dem.scales[0] in (None, 1.0) and dem.offsets[0] in (None, 0.0))
+
+
 def eight_bit_elevations(dem: rasterio.DatasetReader, name: DatasetName) -> str | None:
     """A one-line warning for an 8-bit DEM that declares neither a unit nor a scale or offset:
     256 whole steps are far likelier the grey levels of an image (a photo or hillshade passed as
     --dem) than elevations, and slope and relief read from them give a map that looks fine.
     None for any other DEM (int16, uint16, float), and for an 8-bit one whose unit, scale or
     offset says it holds elevations."""
-    dtype = np.dtype(dem.dtypes[0])
-    if dtype.itemsize != 1 or (dem.units[0] or "").strip() \
-            or dem.scales[0] not in (None, 1.0) or dem.offsets[0] not in (None, 0.0):
+    if not eight_bit_unitless(dem):
         return None
-    return (f"DEM {name} is an 8-bit raster ({dtype.name}) with no unit: more likely an image's "
+    return (f"DEM {name} is an 8-bit raster ({dem.dtypes[0]}) with no unit: more likely an image's "
             "grey levels than elevations, yet read as metres; pass the elevation raster, or "
             "declare what it holds (gdal_edit.py -units m, or -scale and -offset for a "
             "quantised DEM)")
