@@ -173,3 +173,16 @@ def test_a_dem_with_no_data_under_the_image_is_named(
             api.predict(tiny_scene["image"], tmp_path / "out", dem, tiny_model)
         else:
             load_scene_arrays(tiny_scene["image"], tiny_scene["mask"], dem, RGB_SLOPE)
+
+
+def test_a_16_bit_alpha_that_holds_255_is_named(tmp_path: Path, tiny_scene: dict[str, Path],
+                                                tiny_model: Path) -> None:
+    """A uint16 elevation + alpha DEM whose alpha holds 255 for opaque reads as nodata (GDAL
+    counts only 65535 as opaque in a uint16 alpha), and the error sent the user to a nodata
+    value the DEM does not have: the one line names the alpha and how to read it."""
+    elevation = np.full((96, 96), 3000, dtype=np.uint16)
+    dem = write_raster(tmp_path / "alpha.tif", np.stack([elevation, np.full_like(elevation, 255)]),
+                       alpha="YES")
+    with pytest.raises(SlidemapError, match=r"alpha band \(uint16\) holds at most 255") as info:
+        api.predict(tiny_scene["image"], tmp_path / "out", dem, tiny_model)
+    assert "SRC_ALPHA_MAX=255" in str(info.value) and "\n" not in str(info.value)

@@ -55,6 +55,7 @@ LABEL_VALUES = (0, 1, IGNORE)
 LABEL_BLOCK_PX = 4096  # side of the blocks in which labels_landslides reads polygons
 MAX_SOURCE_DENSITY = 256  # DEM or label pixels per image pixel (16 times finer a side) read
 MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage is worth a warning
+ALPHA_LOOK_PX = 256  # px a side of the shrunk read that finds a void DEM's alpha's highest value
 COARSER = 1.5  # working pixels over this many times resolution_m: beyond a whole factor
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
 PROBE = 32  # points a side of the grid whose validity places the image sample on the data
@@ -349,8 +350,9 @@ class Scene:
         valid = self.valid_sample()
         if not valid.any() or np.isfinite(self.dem_sample()[valid]).any():
             return None
-        return (f"DEM {self.dem_path} has no data under image {self.image_path} (all nodata "
-                "there): check its nodata value, or pass a DEM that covers the image's ground")
+        return _faint_alpha(self._dem_src, self.dem_path) or (
+            f"DEM {self.dem_path} has no data under image {self.image_path} (all nodata "
+            "there): check its nodata value, or pass a DEM that covers the image's ground")
 
     @property
     def has_labels(self) -> bool:
@@ -833,6 +835,25 @@ def _elevation_and_alpha(dataset: rasterio.DatasetReader) -> bool:
     """Whether a DEM is elevation and an alpha band (gdalwarp -dstalpha): its alpha is its
     nodata mask, not a second band to refuse."""
     return dataset.count == 2 and dataset.colorinterp[1] == ColorInterp.alpha
+
+
+def _faint_alpha(dem: rasterio.DatasetReader | None, name: DatasetName | None) -> str | None:
+    """The one-line error for an elevation + alpha DEM whose 16-bit alpha holds at most 255
+    (0/255 written into a uint16 band): GDAL counts only the type's maximum (65535) as opaque,
+    so 255 reads as almost transparent and the DEM as nodata. None for any other DEM. Looked
+    at only once a read found no elevation: a shrunk read of the alpha decodes every block."""
+    if dem is None or not _elevation_and_alpha(dem) or np.dtype(dem.dtypes[1]).itemsize != 2:
+        return None
+    shape = (min(dem.height, ALPHA_LOOK_PX), min(dem.width, ALPHA_LOOK_PX))
+    highest = int(dem.read(2, out_shape=shape, resampling=Resampling.nearest).max())
+    if not 0 < highest <= 255:
+        return None
+    opaque = np.iinfo(np.dtype(dem.dtypes[1])).max
+    meant = 1 if highest == 1 else 255  # a 0/1 validity mask, or 8-bit alpha values
+    return (f"DEM {name}'s alpha band ({dem.dtypes[1]}) holds at most {highest}, which GDAL reads "
+            f"as almost transparent (a {dem.dtypes[1]} alpha is opaque at {opaque}), so the DEM "
+            f"reads as nodata: rewrite its alpha as 0/{opaque}, or apply it with gdalwarp "
+            f"-srcalpha -wo SRC_ALPHA_MAX={meant} -ot Float32 -dstnodata nan {name} out.tif")
 
 
 def _core_slope(halo: np.ndarray, top: int, left: int, out_h: int, out_w: int,
