@@ -174,6 +174,29 @@ def test_an_8_bit_dem_without_a_unit_warns(tiny_scene, tmp_path, dtype: str, uni
     assert any(f"DEM {dem} is an 8-bit raster" in m for m in messages) == warned, messages
 
 
+@pytest.mark.parametrize("transform", [
+    Affine(0.5, 0.25, 5e5, 0.1, -0.5, 3.4e6),  # sheared
+    Affine(0.5, 0, 5e5, 0, -0.5, 3.4e6) @ Affine.rotation(30),
+    Affine(0.5, 0, 5e5, 0, -0.5, 3.4e6)])
+def test_slope_and_curvature_are_those_of_the_ground_on_any_affine_grid(
+        tmp_path, transform: Affine) -> None:
+    """On a sheared grid (b, d not a rotation) the pixel axes are oblique on the ground, and
+    reading them as square gave a 26.57° plane 28.32° dipping east and 24.60° dipping north,
+    and a trough of curvature -2 one of -2.32."""
+    rows, cols = np.mgrid[0:32, 0:32]
+    x, y = transform @ (cols + 0.5, rows + 0.5)
+    x, y = x - 5e5, y - 3.4e6
+    image = write_raster(tmp_path / "image.tif", np.full((3, 32, 32), 100, np.uint8),
+                         transform=transform)
+    inner = (slice(2, -2), slice(2, -2))
+    for z, expected in ((0.5 * x, ("slope", 26.565)), (0.5 * y, ("slope", 26.565)),
+                        (0.01 * x**2, ("curvature", -2.0))):
+        dem = write_raster(tmp_path / "dem.tif", z.astype(np.float32), transform=transform)
+        with Scene(image, dem=dem) as scene:
+            got = scene.read(Window(0, 0, 32, 32), (1, 2, 3), slope=True, curvature=True)
+        np.testing.assert_allclose(got[expected[0]][0][inner], expected[1], atol=0.02)
+
+
 def test_image_without_crs_is_refused(tmp_path) -> None:
     path = write_raster(tmp_path / "nocrs.tif", np.ones((3, 40, 40), np.uint8), crs=None)
     with pytest.raises(SlidemapError, match="no CRS"):

@@ -32,6 +32,7 @@ from slidemap.data.l4s import split_of_patch
 from slidemap.data.names import DatasetName, as_name, local_path
 from slidemap.data.terrain import (
     BoxSums,
+    axes_cosine,
     bounds_centre,
     bounds_in,
     crs_name,
@@ -39,6 +40,7 @@ from slidemap.data.terrain import (
     elevation_to_metres,
     horizontal_crs,
     laplacian_curvature,
+    metres_per_unit,
     pixel_size_m,
     radii_px,
     relief,
@@ -437,6 +439,16 @@ class Scene:
             return abs(img.res[0]), abs(img.res[1])
         return pixel_size_m(img.crs, img.res, bounds_centre(img.bounds))
 
+    def axes_cos(self) -> float:
+        """Cosine of the angle on the ground between the grid's column and row steps, at the
+        scene centre (:func:`terrain.axes_cosine`): 0 unless the geotransform is sheared."""
+        img = self._image
+        if img.transform.b == 0 and img.transform.d == 0:
+            return 0.0
+        centre = bounds_centre(img.bounds)
+        return axes_cosine(img.transform, (1.0, 1.0) if img.crs is None
+                           else metres_per_unit(img.crs, *centre))
+
     def decimation(self, resolution_m: float | None) -> int:
         """Integer read factor that brings native pixels closest to ``resolution_m``."""
         if resolution_m is None:
@@ -542,9 +554,10 @@ class Scene:
                 if rough:
                     sample["roughness"] = core(roughness(sums, rough))
             if slope:
-                sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step)
+                sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step,
+                                              self.axes_cos())
             if curvature:
-                sample["curvature"] = core(laplacian_curvature(halo, step))
+                sample["curvature"] = core(laplacian_curvature(halo, step, self.axes_cos()))
         if self.has_labels:
             sample["mask"] = self._read_mask(window, out_h, out_w)
         return sample
@@ -707,7 +720,8 @@ class Scene:
         """Elevation (m, NaN nodata) and slope (degrees) of ``window`` at native resolution."""
         height, width = int(window.height), int(window.width)
         halo, (top, left) = self._dem_with_halo(window, height, width)
-        slope = _core_slope(halo, top, left, height, width, self.pixel_size_m())
+        slope = _core_slope(halo, top, left, height, width, self.pixel_size_m(),
+                            self.axes_cos())
         return halo[top:top + height, left:left + width], slope[0]
 
     def _read_dem(self, window: Window, out_h: int, out_w: int) -> np.ndarray:
@@ -857,9 +871,9 @@ def _faint_alpha(dem: rasterio.DatasetReader | None, name: DatasetName | None) -
 
 
 def _core_slope(halo: np.ndarray, top: int, left: int, out_h: int, out_w: int,
-                step: tuple[float, float]) -> np.ndarray:
+                step: tuple[float, float], axes_cos: float) -> np.ndarray:
     """(1, out_h, out_w) slope of the window inside a halo read (Horn's stencil needs it)."""
-    slope = slope_degrees(halo, step)[top:top + out_h, left:left + out_w]
+    slope = slope_degrees(halo, step, axes_cos)[top:top + out_h, left:left + out_w]
     return np.where(np.isfinite(slope), slope, np.nan)[None].astype(np.float32)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import rasterio
+from affine import Affine
 from numpy.typing import ArrayLike
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
@@ -260,12 +261,24 @@ def neighbours(z: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
     return out
 
 
-def slope_degrees(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarray:
+def axes_cosine(transform: Affine, per_unit: tuple[float, float]) -> float:
+    """Cosine of the angle on the ground between a grid's column step and its row step
+    (``per_unit``: ground metres per CRS unit along x and y): 0 on a north-up or rotated grid.
+    A sheared geotransform's axes are oblique, and slope and curvature read along them as if
+    square were off (a 26.57° plane 28.32° at a shear of 0.5)."""
+    column = np.array([transform.a * per_unit[0], transform.d * per_unit[1]])
+    row = np.array([transform.b * per_unit[0], transform.e * per_unit[1]])
+    return float(column @ row / (np.hypot(*column) * np.hypot(*row)))
+
+
+def slope_degrees(dem: np.ndarray, pixel_size: tuple[float, float],
+                  axes_cos: float = 0.0) -> np.ndarray:
     """Slope in degrees by Horn's 3×3 method; NaN exactly where the DEM is NaN.
 
-    ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size`` is (dx, dy) in metres. Neighbours
-    past the edge or without data are filled as :func:`neighbours` says, so pass a window with a
-    one-pixel halo when edges matter.
+    ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size`` is (dx, dy) in metres, the ground
+    lengths of a column and a row step, and ``axes_cos`` the cosine of the angle between them
+    (:func:`axes_cosine`; 0 where they are square). Neighbours past the edge or without data are
+    filled as :func:`neighbours` says, so pass a window with a one-pixel halo when edges matter.
     """
     squeeze = dem.ndim == 3
     z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
@@ -276,7 +289,9 @@ def slope_degrees(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarra
     dx, dy = pixel_size
     dzdx = ((c + 2 * f + i) - (a + 2 * d + g)) / (8 * dx)
     dzdy = ((g + 2 * h + i) - (a + 2 * b + c)) / (8 * dy)
-    slope = np.degrees(np.arctan(np.hypot(dzdx, dzdy))).astype(np.float32)
+    # the rates along two oblique unit axes, as the rates along the first and its normal
+    normal = (dzdy - axes_cos * dzdx) / math.sqrt(1 - axes_cos**2)
+    slope = np.degrees(np.arctan(np.hypot(dzdx, normal))).astype(np.float32)
     slope[np.isnan(z)] = np.nan  # Horn's stencil skips the centre; a hole stays a hole
     return slope[None] if squeeze else slope
 
@@ -364,14 +379,16 @@ def _centred(dem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(finite, z - mean, 0.0), finite
 
 
-def laplacian_curvature(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.ndarray:
+def laplacian_curvature(dem: np.ndarray, pixel_size: tuple[float, float],
+                        axes_cos: float = 0.0) -> np.ndarray:
     """Curvature of the surface (the negative Laplacian, Zevenbergen & Thorne), in 1/100 m.
 
     Positive on convex ground (crests, scarp tops), negative in concave ground (hollows, the
     deposits at a slope's foot); a constant added to the whole DEM leaves it unchanged. Edge
     pixels and neighbours without data are filled as :func:`neighbours` says (pass a window with
     a one-pixel halo); NaN stays NaN. ``dem`` is (H, W) or (1, H, W) in metres; ``pixel_size``
-    is (dx, dy) in metres.
+    is (dx, dy) in metres and ``axes_cos`` the cosine of the angle between the pixel axes, as
+    for :func:`slope_degrees` (on oblique axes the Laplacian takes their cross derivative).
     """
     squeeze = dem.ndim == 3
     z = np.asarray(dem[0] if squeeze else dem, dtype=np.float64)
@@ -379,7 +396,8 @@ def laplacian_curvature(dem: np.ndarray, pixel_size: tuple[float, float]) -> np.
     dx, dy = pixel_size
     d2x = (n[0, -1] + n[0, 1] - 2 * z) / dx**2
     d2y = (n[-1, 0] + n[1, 0] - 2 * z) / dy**2
-    out = (-100.0 * (d2x + d2y)).astype(np.float32)
+    d2xy = (n[1, 1] - n[1, -1] - n[-1, 1] + n[-1, -1]) / (4 * dx * dy)
+    out = (-100.0 * (d2x + d2y - 2 * axes_cos * d2xy) / (1 - axes_cos**2)).astype(np.float32)
     return out[None] if squeeze else out
 
 
