@@ -21,6 +21,7 @@ from factories import (
     write_config,
     write_raster,
 )
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from slidemap import api
@@ -201,6 +202,24 @@ def test_evaluate_takes_rounding_past_1_but_refuses_values_off_the_scale(tiny_sc
     off = write_raster(tmp_path / "off.tif", prob * 1.1, transform=transform)
     with pytest.raises(SlidemapError, match="outside 0-1"):
         api.evaluate(tiny_scene["mask"], prediction=off)
+
+
+def test_a_patch_map_without_georeference_is_scored_against_its_mask(tmp_path) -> None:
+    """A patch set's maps carry no georeference, nor do its masks (a Landslide4Sense
+    ``mask_N.h5`` as GDAL reads it): the pair, of one size, was refused as "label raster has no
+    CRS", since a raster without a geotransform opened past its overviews got uninitialised
+    memory as its transform, never equal to the other's."""
+    labels = np.zeros((24, 24), np.uint8)
+    labels[4:12, 6:14] = 1
+    truth, prob = tmp_path / "mask_1.tif", tmp_path / "image_1_prob.tif"
+    for path, array in ((truth, labels), (prob, labels * np.float32(0.9))):
+        with warnings.catch_warnings():  # no georeference at all is the point
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path, "w", driver="GTiff", width=24, height=24, count=1,
+                               dtype=array.dtype.name) as ds:  # as predict writes a patch's
+                ds.write(array, 1)
+    result = api.evaluate(truth, prediction=prob)
+    assert (result.metrics["tp"], result.metrics["fp"], result.metrics["fn"]) == (64, 0, 0)
 
 
 def test_a_truth_without_landslide_pixels_warns(tiny_scene, tmp_path) -> None:

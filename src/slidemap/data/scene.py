@@ -106,11 +106,23 @@ def _open_past_overviews(name: DatasetName) -> rasterio.DatasetReader:
     takes the file's own overviews (GDAL's ``OVERVIEW_LEVEL=NONE``): GDAL serves an overview for
     a decimated read, and ``gdaladdo``'s default (nearest) overviews moved the sample scene's
     map by 1.8 % of its landslide area, so the map depended on how they were built. A driver
-    that cannot open so (netCDF) is opened as it is."""
+    that cannot open so (netCDF) is opened as it is, and so is a raster without a geotransform
+    (a patch's map, a Landslide4Sense mask): opened so, it has none, and rasterio read
+    uninitialised memory as its transform, so two such rasters of one size never matched."""
     try:
-        return rasterio.open(as_name(name), OVERVIEW_LEVEL="NONE")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NotGeoreferencedWarning)
+            dataset = rasterio.open(as_name(name), OVERVIEW_LEVEL="NONE")
     except (RasterioError, CPLE_BaseError):
         return rasterio.open(as_name(name))
+    others = [w for w in caught if not issubclass(w.category, NotGeoreferencedWarning)]
+    for warning in others:  # passed on as they came
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
+    if len(others) < len(caught):
+        dataset.close()
+        return rasterio.open(as_name(name))  # the identity transform, as GDAL gives it
+    return dataset
 
 
 def check_label_dtype(dataset: rasterio.DatasetReader, path: str | Path) -> None:
