@@ -252,7 +252,8 @@ def predict(
                       "--adapt": adapt}
         given = [name for name, value in scene_only.items() if value]
         if given:
-            raise UsageError(f"{image} is a patch folder: {', '.join(given)} apply to scenes "
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UsageError(f"{image} is a patch folder: {', '.join(given)} {verb} to scenes "
                              "(patches are written as probability and mask TIFFs)")
         _predict_folder(Path(image), out, dem, model, options, scale, pixel_size, overwrite,
                         html_report)
@@ -317,6 +318,11 @@ def evaluate(
 
     options = api.PredictOptions(tile, overlap, precision=precision, tta=tta,
                                  normalise=normalise, scales=_scales(scales))
+    for named in (truth, image):
+        if named is not None and api.is_patch_folder(named):
+            raise UsageError(f"{named} is a folder: evaluate scores a raster or polygons, and "
+                             f"slidemap predict {named} --out DIR scores a patch folder's "
+                             "patches against their masks (DIR/metrics.json)")
     with _progress() as progress:
         report = api.evaluate(truth, prediction, image, dem, model, out, threshold, options,
                               overwrite, progress, aoi, html_report)

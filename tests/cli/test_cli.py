@@ -145,6 +145,24 @@ def test_a_patch_size_out_of_range_is_a_usage_error(capsys, monkeypatch, tmp_pat
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("args", "named"), [
+    (["evaluate", "{set}/masks/p0.tif", "--image", "{set}"], "{set} is a folder: evaluate "
+     "scores a raster or polygons, and slidemap predict {set} --out DIR scores"),
+    (["evaluate", "{set}", "--prediction", "p.tif"], "{set} is a folder: evaluate scores"),
+    (["predict", "{set}", "--out", "o", "--adapt"], "--adapt applies to scenes"),
+    (["predict", "{set}", "--out", "o", "--adapt", "--format", "geojson"],
+     "--format, --adapt apply to scenes"),
+])
+def test_a_patch_folder_where_a_scene_is_meant_says_what_takes_it(
+        capsys, monkeypatch, tmp_path, args, named) -> None:
+    """evaluate --image FOLDER said 'is a folder: pass a raster file', not that predict scores a
+    patch folder; one scene-only option on a folder read '--adapt apply to scenes'."""
+    monkeypatch.chdir(tmp_path)
+    patch_folder(tmp_path / "set")
+    got, out, err = run(capsys, monkeypatch, *(a.format(set="set") for a in args))
+    assert (got, out) == (2, "") and named.format(set="set") in " ".join(err.split()), err
+
+
 @pytest.mark.parametrize(("command", "option", "named"), [
     ("train", ["--seed", "-1"], "'--seed'"),
     ("crossval", ["--seeds=-1,0"], "--seeds '-1,0' holds a seed outside 0"),
