@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from affine import Affine
 from factories import reproject_raster, write_raster
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 
 from slidemap.data.channels import InputSpec
@@ -118,6 +118,32 @@ def test_a_dem_with_an_alpha_band_is_read_with_its_alpha_as_nodata(tiny_scene, t
     assert np.isnan(got["dem"][0][~valid]).all()
     for key in ("dem", "slope", "valid"):
         np.testing.assert_array_equal(got[key], want[key])
+
+
+@pytest.mark.parametrize("alpha_after", ["float32 RGB", "RGB + NIR"])
+def test_an_alpha_band_gdal_leaves_out_of_its_mask_is_nodata(tiny_scene, tmp_path,
+                                                             alpha_after: str) -> None:
+    """An alpha band GDAL's own mask ignores (a float one, as gdalwarp -dstalpha writes for a
+    float scene; band 5 after RGB + NIR, as gdalbuildvrt -addalpha makes) let the transparent
+    pixels be mapped as ground; they are nodata, as where the alpha is GDAL's mask."""
+    with rasterio.open(tiny_scene["image"]) as src:
+        rgb = src.read()
+        valid = src.dataset_mask() > 0
+    alpha = (valid * 255).astype(np.uint8)[None]
+    if alpha_after == "float32 RGB":
+        path = write_raster(tmp_path / "rgba.tif", np.concatenate([rgb, alpha])
+                            .astype(np.float32), photometric="RGB", alpha="YES")
+    else:
+        path = write_raster(tmp_path / "rgbna.tif", np.concatenate([rgb, rgb[:1], alpha]),
+                            photometric="RGB")
+        with rasterio.open(path, "r+") as ds:
+            ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                              ColorInterp.undefined, ColorInterp.alpha]
+    with Scene(path) as scene:
+        got = scene.read(Window(0, 0, 96, 96), (1, 2, 3))["valid"]
+        halved = scene.read(Window(0, 0, 96, 96), (1, 2, 3), factor=2)["valid"]
+    np.testing.assert_array_equal(got, valid)
+    np.testing.assert_array_equal(halved, valid[::2, ::2])
 
 
 def test_a_dem_of_depths_is_read_as_heights(tiny_scene, tmp_path) -> None:

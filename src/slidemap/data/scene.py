@@ -180,6 +180,7 @@ class Scene:
         self._image = open_raster(image, role)
         self._apply_scale = apply_scale
         self._shadowed = _nodata_shadows_alpha(self._image)
+        self._alpha = _alpha_gdal_ignores(self._image)
         self._floating = any(np.issubdtype(np.dtype(d), np.floating) for d in self._image.dtypes)
         self._dem_src: rasterio.DatasetReader | None = None
         self._dem: WarpedVRT | None = None
@@ -713,15 +714,20 @@ class Scene:
                       out_shape: tuple[int, int] | None = None) -> np.ndarray:
         """The image's validity mask (0 = no data). An image whose nodata value GDAL lets
         override an alpha band (a 4-band RGB + NIR read as RGBA) is masked by its nodata value,
-        as it should be, without rasterio's NodataShadowWarning printing a source line. A
-        floating-point image is also no data where a band is NaN or infinite: GDAL masks NaN
-        only when NaN is the declared nodata value (and then only where every band is NaN),
-        and a NaN let through is read as the band's mean and mapped as if it were ground."""
+        as it should be, without rasterio's NodataShadowWarning printing a source line; one
+        whose alpha band GDAL's mask leaves out is masked by that band. A floating-point
+        image is also no data where a band is NaN or infinite: GDAL masks NaN only when NaN is
+        the declared nodata value (and then only where every band is NaN), and a NaN let
+        through is read as the band's mean and mapped as if it were ground."""
         if not self._shadowed:
             mask = self._image.dataset_mask(window=window, out_shape=out_shape)
         else:
             with silenced(NodataShadowWarning):
                 mask = self._image.dataset_mask(window=window, out_shape=out_shape)
+        if self._alpha is not None:
+            alpha = self._image.read(self._alpha, window=window, out_shape=out_shape,
+                                     resampling=Resampling.nearest)
+            mask = np.where(alpha > 0, mask, 0).astype(mask.dtype)
         if not self._floating:
             return mask
         shape = None if out_shape is None else (self.band_count, *out_shape)
@@ -855,6 +861,17 @@ def _nodata_shadows_alpha(dataset: rasterio.DatasetReader) -> bool:
     """Whether rasterio warns on every masked read of ``dataset`` (a nodata value and a band
     GDAL takes for alpha: the nodata value decides the mask)."""
     return dataset.nodata is not None and ColorInterp.alpha in dataset.colorinterp
+
+
+def _alpha_gdal_ignores(dataset: rasterio.DatasetReader) -> int | None:
+    """The band number of an alpha band GDAL's own mask leaves out (a float one, as gdalwarp
+    -dstalpha writes for a float scene; band 5 after RGB + NIR, as gdalbuildvrt -addalpha
+    makes), so that its transparent pixels are nodata; None where GDAL masks by it, a nodata
+    value overrides it or there is none."""
+    if (ColorInterp.alpha not in dataset.colorinterp
+            or dataset.mask_flag_enums[0] != [MaskFlags.all_valid]):
+        return None
+    return dataset.colorinterp.index(ColorInterp.alpha) + 1
 
 
 def _elevation_and_alpha(dataset: rasterio.DatasetReader) -> bool:
