@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -46,11 +47,14 @@ from slidemap.report.plots import (
     GREY,
     curves_figure,
     error_map,
+    jpeg_bytes,
     kept_epoch,
+    png_bytes,
     pr_curve_figure,
     precision_recall,
     probability_figure,
     read_history,
+    save_png,
     size_histogram_figure,
     write_evaluation_plots,
 )
@@ -133,6 +137,19 @@ def test_an_ensembles_run_shows_figures_and_a_crossval_folder_is_refused(tmp_pat
     (crossval / "summary.json").write_text(json.dumps({"folds": 4, "recipes": {"a": {}}}))
     with pytest.raises(SlidemapError, match=r"is a crossval folder: its report is summary\.md"):
         build_report(crossval)
+
+
+def test_a_name_the_font_lacks_glyphs_for_draws_without_a_python_warning(tmp_path) -> None:
+    """A scene named in CJK (ørtho 滑坡) printed matplotlib's 'Glyph ... missing from font'
+    UserWarning with its source line, twice per figure, through predict --report -q; the
+    figures are drawn (the missing glyphs as boxes, the names whole in the page's text)."""
+    prob = write_raster(tmp_path / "ørtho 滑坡_prob.tif", np.full((32, 32), 0.5, np.float32))
+    figure = probability_figure(prob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert png_bytes(figure).startswith(b"\x89PNG")
+        assert jpeg_bytes(figure).startswith(b"\xff\xd8")
+        assert save_png(figure, tmp_path / "preview.png").is_file()
 
 
 def test_pr_curve_from_the_confusion_histograms() -> None:

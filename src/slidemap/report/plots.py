@@ -11,6 +11,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,6 +22,7 @@ from rasterio.windows import Window
 
 from slidemap.data.names import DatasetName, display_name
 from slidemap.data.scene import IGNORE, Scene
+from slidemap.errors import silenced
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion
 from slidemap.explain.overlay import flipped, north_up_flips, picture_aspect, rgb_preview
 from slidemap.io.atomic import atomic_path
@@ -45,13 +47,13 @@ def new_figure(width: float, height: float) -> Figure:
 def save_png(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as a PNG atomically (no half-written picture under the real name)."""
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
+        _draw(figure, tmp, format="png")
     return path
 
 
 def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    _draw(figure, buffer, format="png")
     return buffer.getvalue()
 
 
@@ -59,8 +61,16 @@ def jpeg_bytes(figure: Figure, quality: int = 90) -> bytes:
     """A figure over photographic imagery as JPEG: a fifth of the PNG's size, text still crisp
     at this quality."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="jpeg", pil_kwargs={"quality": quality, "subsampling": 0})
+    _draw(figure, buffer, format="jpeg", pil_kwargs={"quality": quality, "subsampling": 0})
     return buffer.getvalue()
+
+
+def _draw(figure: Figure, target: Path | io.BytesIO, **options: Any) -> None:
+    """Save ``figure``. A file name in a title in characters the font lacks (a scene named in
+    CJK) is drawn with boxes for them, without matplotlib's warning and its source line on
+    stderr for each: the page's text gives the name whole."""
+    with silenced(UserWarning, "Glyph .* missing from font"):
+        figure.savefig(target, **options)
 
 
 def read_history(path: Path) -> dict[str, np.ndarray]:
