@@ -75,7 +75,8 @@ Threshold = Annotated[float | None, typer.Option(
 Report = Annotated[bool, typer.Option("--report", help="also write report.html into --out")]
 Models = Annotated[list[Path] | None, typer.Option(
     "--model", metavar="<path>",
-    help="model file; repeat to average an ensemble (default: shipped)")]
+    help="model file or a shipped model's name (slidemap models); repeat to average an "
+         "ensemble (default: shipped)")]
 Seed = Annotated[int | None, typer.Option(
     min=0, max=schema_values.MAX_SEED,
     help="replace the config's training.seed (repeat a recipe with other seeds)")]
@@ -344,8 +345,8 @@ def evaluate(
 @app.command("models")
 def list_models() -> None:
     """List every registered architecture with its parameter count (at a config's default width,
-    5 input channels), and the shipped model files with their paths (an installed slidemap keeps
-    them in site-packages)."""
+    5 input channels), and the shipped models, whose names every MODEL argument takes, with the
+    folder that holds them (an installed slidemap keeps them in site-packages)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -359,8 +360,8 @@ def list_models() -> None:
         table.add_row(architecture.name, f"{architecture.parameters:,}")
     console = Console()
     console.print(table)
-    # The paths to pass as MODEL (suggest, export, explain, finetune, --model): a wheel's
-    # copies are not under models/ of the working folder, as the README's paths are.
+    # The names to pass as MODEL (suggest, export, explain, finetune, --model, init:), from any
+    # folder: a wheel's copies are not under models/ of the working folder.
     folder = api.DEFAULT_MODEL.parent
     defaults = {api.DEFAULT_MODEL: "predict with --dem", api.RGB_MODEL: "predict without --dem"}
     shipped = Table(title="shipped models")
@@ -369,7 +370,8 @@ def list_models() -> None:
     for path in sorted(folder.glob("*.safetensors")):
         shipped.add_row(path.stem, defaults.get(path, ""))
     console.print(shipped)
-    console.print(f"shipped models are in {folder}", soft_wrap=True, highlight=False)
+    console.print(f"shipped models are in {folder}; pass one's name as MODEL", soft_wrap=True,
+                  highlight=False)
 
 
 @app.command()
@@ -484,7 +486,8 @@ def explain(
     image: Annotated[str, typer.Argument(help="image raster (any GDAL name)")],
     out: Annotated[Path, typer.Option(help="output folder for PNGs, GeoTIFFs, explain.json")],
     dem: Annotated[str | None, typer.Option(help="DEM raster, any grid or CRS")] = None,
-    model: Annotated[Path | None, typer.Option(help="model file (default: shipped)")] = None,
+    model: Annotated[Path | None, typer.Option(
+        help="model file or a shipped model's name (default: shipped)")] = None,
     window: Annotated[str | None, typer.Option(
         help="col,row,width,height in native px (default: one tile at the centre)")] = None,
     box: Annotated[str | None, typer.Option(
@@ -552,7 +555,8 @@ def newsite(
     dem: Annotated[str | None, typer.Option(
         help="DEM raster (any GDAL name): adds the default model's terrain descriptors (relief, "
              "slope, curvature, roughness; not elevation)")] = None,
-    init: Annotated[Path | None, typer.Option(help="model file to start from")] = None,
+    init: Annotated[Path | None, typer.Option(
+        help="model file or a shipped model's name to start from")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="training epochs")] = 10,
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in --out")] = False,
 ) -> None:
@@ -573,7 +577,8 @@ def newsite(
 
 @app.command()
 def suggest(
-    model: Annotated[Path, typer.Argument(help="model file whose uncertainty guides the picks")],
+    model: Annotated[Path, typer.Argument(
+        help="model file or a shipped model's name whose uncertainty guides the picks")],
     image: Annotated[str, typer.Argument(
         help="image of the scene to label (any GDAL raster name)")],
     out: Annotated[Path, typer.Option(help="boxes to label: .gpkg (or .geojson) to open in QGIS")],
@@ -614,7 +619,8 @@ def suggest(
 
 @app.command()
 def finetune(
-    model: Annotated[Path, typer.Argument(help="model file to start from")],
+    model: Annotated[Path, typer.Argument(
+        help="model file or a shipped model's name to start from")],
     config: Annotated[Path, typer.Argument(help="YAML run config: the new site's data")],
     out: Annotated[Path, typer.Option(help="run folder: model, history, finetune.json")],
     freeze_encoder: Annotated[bool, typer.Option(
@@ -694,7 +700,8 @@ def _scales(value: str | None) -> tuple[float, ...] | None:
 
 @app.command()
 def export(
-    model: Annotated[Path, typer.Argument(help="model file (NAME.safetensors + NAME.json)")],
+    model: Annotated[Path, typer.Argument(
+        help="model file (NAME.safetensors + NAME.json) or a shipped model's name")],
     out: Annotated[Path | None, typer.Option(
         help="ONNX file to write (default: NAME.onnx beside the model, or in the current "
              "folder for a model shipped in an installed slidemap); with --weights, the "

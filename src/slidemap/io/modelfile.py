@@ -78,6 +78,13 @@ STORED_FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
 INT4_SCALE = ".int4_scale"  # the same for a kernel stored in 4 bits, two weights to a byte
 INT4_MIN_WEIGHTS = 2**18  # int4: kernels at least this large get 4 bits, smaller ones 8
+# The shipped models, which every MODEL argument (and a config's init) may name bare: kept here,
+# below every layer that reads a model, so that each resolves a name the same way. An installed
+# wheel carries models/ as slidemap/shipped_models (pyproject.toml); a source checkout, editable
+# install included, reads models/ itself.
+INSTALLED_MODELS = Path(__file__).resolve().parents[1] / "shipped_models"
+MODELS_DIR = INSTALLED_MODELS if INSTALLED_MODELS.is_dir() \
+    else Path(__file__).resolve().parents[3] / "models"
 
 
 @dataclass(frozen=True)
@@ -176,12 +183,43 @@ def output_model_paths(path: str | Path, option: str = "--out") -> tuple[Path, P
     return model_paths(path)
 
 
-def weights_file(path: str | os.PathLike[str]) -> Path:
-    """The weights file of a model named by either suffix or none: the file whose SHA-256 and
-    path the outputs record (the sidecar's, or a path that is no file, would record the wrong
-    hash or none). A pickle checkpoint's or an ONNX export's name is kept as given, for
-    :func:`load_model` to refuse by name."""
+def is_bare_name(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a name with no folder part (as a Path has it: ``./NAME`` is
+    ``NAME``, so a path resolved once resolves the same way again)."""
     path = Path(path)
+    return len(path.parts) == 1 and not path.is_absolute()
+
+
+def model_source(path: str | os.PathLike[str]) -> Path:
+    """The model file a MODEL argument names: a bare name that is no model file here
+    (``NAME.safetensors`` or ``NAME.json`` in the current folder) is the shipped model of that
+    name, given as an absolute path, so a user need not type the folder a wheel keeps them in
+    (site-packages); anything else, or a name shipped nowhere, as given."""
+    path = Path(path)
+    if not is_bare_name(path) or any(p.exists() for p in model_paths(path)):
+        return path
+    shipped = MODELS_DIR / path.name
+    return shipped if all(p.is_file() for p in model_paths(shipped)) else path
+
+
+def source_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """:func:`model_paths` of a model to read, which may be a shipped model's bare name: the
+    files no output may replace."""
+    return model_paths(model_source(path))
+
+
+def shipped_names() -> list[str]:
+    """The names of the shipped models, which a MODEL argument may give bare."""
+    return sorted(p.stem for p in MODELS_DIR.glob("*.safetensors"))
+
+
+def weights_file(path: str | os.PathLike[str]) -> Path:
+    """The weights file of a model named by either suffix or none, or a shipped model's bare
+    name (:func:`model_source`): the file whose SHA-256 and path the outputs record (the
+    sidecar's, or a path that is no file, would record the wrong hash or none). A pickle
+    checkpoint's or an ONNX export's name is kept as given, for :func:`load_model` to refuse by
+    name."""
+    path = model_source(path)
     kept = path.suffix.lower() in PICKLE_SUFFIXES or path.suffix.lower() == ONNX_SUFFIX
     return path if kept else model_paths(path)[0]
 
@@ -317,9 +355,10 @@ def load_model(path: str | Path) -> ModelBundle:
     """Build the model described by the sidecar and load its weights without unpickling.
 
     Nothing is built or read beyond the sidecar and the weights' header until both are checked
-    (see the module's docstring).
+    (see the module's docstring). ``path`` may be a shipped model's bare name
+    (:func:`model_source`).
     """
-    path = Path(path)
+    path = model_source(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise SlidemapError(
             f"{path} is a pickle-based checkpoint, which can run code when loaded: slidemap only "
@@ -333,7 +372,7 @@ def load_model(path: str | Path) -> ModelBundle:
     for p in (weights_path, sidecar_path):
         if not p.is_file():
             raise SlidemapError(f"model file {p} does not exist: pass NAME.safetensors with "
-                                "its NAME.json beside it")
+                                f"its NAME.json beside it{_or_shipped(path)}")
     config = _read_sidecar(sidecar_path)
     inputs = InputSpec.from_dict(config["inputs"])
     channels = len(inputs.channels)
@@ -398,10 +437,18 @@ def load_model(path: str | Path) -> ModelBundle:
     )
 
 
+def _or_shipped(path: Path) -> str:
+    """For a bare name, the shipped models' names that could have been meant."""
+    if not is_bare_name(path):
+        return ""
+    return f", or a shipped model's name ({', '.join(shipped_names()) or 'none shipped'})"
+
+
 def sidecar_record(path: str | Path) -> dict:
     """A model file's sidecar as JSON, unchecked, or ``{}`` where it is missing, unreadable or
-    too large: what reports and checks that only read a field (its card, its provenance) take."""
-    sidecar = model_paths(path)[1]
+    too large: what reports and checks that only read a field (its card, its provenance) take.
+    ``path`` may be a shipped model's bare name (:func:`model_source`)."""
+    sidecar = model_paths(model_source(path))[1]
     try:
         if sidecar.stat().st_size > SIDECAR_MAX_BYTES:
             return {}

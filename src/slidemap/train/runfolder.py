@@ -9,7 +9,7 @@ from pathlib import Path
 from slidemap.data.patches import open_patch_dataset
 from slidemap.errors import SlidemapError, UsageError
 from slidemap.io.atomic import check_outputs, folder_lock, resolved
-from slidemap.io.modelfile import model_paths
+from slidemap.io.modelfile import source_paths
 from slidemap.schema.config import RunConfig
 from slidemap.train import ddp
 
@@ -43,7 +43,7 @@ def drop_finetune_record(out_dir: Path) -> None:
 def check_run_inputs(out_dir: Path, config: RunConfig) -> None:
     """Refuse a run folder where an output would replace one of the run's inputs (its config,
     a scene's raster, the model it starts from), with or without ``--overwrite``."""
-    inputs = [*config.input_files(), *(model_paths(config.init) if config.init else [])]
+    inputs = [*config.input_files(), *(source_paths(config.init) if config.init else [])]
     check_outputs([out_dir / name for name in RUN_OUTPUTS], inputs, overwrite=True)
     check_not_in_patch_folders(out_dir, config)
 

@@ -28,7 +28,7 @@ from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.patches import predict_arrays, to_native
 from slidemap.io.atomic import atomic_path, check_outputs, resolved
-from slidemap.io.modelfile import load_model, model_paths, save_model
+from slidemap.io.modelfile import load_model, save_model, source_paths
 from slidemap.schema.config import RunConfig
 from slidemap.train.checks import check_buildable
 from slidemap.train.loop import RESTART, train
@@ -93,7 +93,7 @@ def selftrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> list
         raise SlidemapError(f"{out_dir} already holds a self-training run ({earlier[0].name}): "
                             "pass --overwrite or choose another --out")
     # the result's model replaced any OUT/model.safetensors: a user's, or the init it starts from
-    inputs = [*config.input_files(), *(model_paths(config.init) if config.init else [])]
+    inputs = [*config.input_files(), *(source_paths(config.init) if config.init else [])]
     check_outputs([out_dir / name for name in OUTPUTS], inputs, overwrite)
     # only an earlier self-training run's rounds are removed (a folder round3 of the user's
     # in --out was deleted with the imagery in it), and never one holding what this run reads

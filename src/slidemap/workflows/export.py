@@ -15,6 +15,7 @@ from slidemap.io.modelfile import (
     load_model,
     model_card,
     model_paths,
+    model_source,
     output_model_paths,
     save_model,
 )
@@ -48,12 +49,13 @@ def export_onnx(model: Path, out: Path | None = None, overwrite: bool = False,
                 member: int | None = None) -> OnnxExport:
     """Export ``model`` (or network ``member`` of an ensemble) to ONNX at ``out`` (default:
     NAME.onnx beside it, NAME-member-K.onnx for a member; in the current folder for a model
-    shipped inside an installed slidemap)."""
+    shipped inside an installed slidemap). ``model`` may be a shipped model's bare name."""
     for module in ("onnx", "onnxruntime"):
         require(module, "onnx", "exporting to ONNX")
     # After the check: onnx is an optional extra, imported only once it is known to be there.
     from slidemap.io import onnxfile
 
+    model = model_source(model)
     bundle = load_model(model)
     if member is not None:
         bundle = member_of(bundle, member)
@@ -74,6 +76,7 @@ def store_weights(model: Path, out: Path, weights_dtype: str, overwrite: bool = 
     float16, int8 or int4): the same network and sidecar in a smaller file; with ``member``,
     that network of an ensemble alone."""
     check_weights_dtype(weights_dtype)  # an unknown name fails before anything is read
+    model = model_source(model)
     bundle = replace(load_model(model), card=model_card(model))
     if member is not None:
         bundle = member_of(bundle, member)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from slidemap.io.modelfile import model_source
 from slidemap.schema.config import load_config, with_seed
 from slidemap.train.finetune import finetune as finetune_run
 from slidemap.train.runfolder import check_resume_or_overwrite
@@ -27,6 +28,7 @@ def finetune(model: Path, config: Path, out_dir: Path, freeze_encoder: bool = Fa
     """Train ``model`` on the data of the run config at ``config``; ``freeze_encoder`` (or
     the config's own) trains only the decoder and head."""
     check_resume_or_overwrite(resume, overwrite)
+    model = model_source(model)  # a shipped model's bare name, recorded as the file it is
     run_config = with_seed(load_config(config, overrides), seed)
     settings = run_config.train.changed(
         freeze_encoder=freeze_encoder or run_config.train.freeze_encoder)

@@ -13,13 +13,11 @@ from pathlib import Path
 
 from slidemap.data.names import DatasetName, local_path
 from slidemap.errors import SlidemapError
-from slidemap.io.modelfile import model_paths, weights_file
+from slidemap.io.modelfile import INSTALLED_MODELS, MODELS_DIR, model_paths, weights_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
-# An installed wheel carries models/ as slidemap/shipped_models (pyproject.toml); a source
-# checkout, editable install included, reads models/ itself.
-INSTALLED_MODELS = Path(__file__).resolve().parents[1] / "shipped_models"
-MODELS_DIR = INSTALLED_MODELS if INSTALLED_MODELS.is_dir() else PACKAGE_ROOT / "models"
+# The shipped models' folder is defined where models are read (slidemap.io.modelfile), which
+# resolves a shipped model's bare name for every command.
 DEFAULT_MODEL = MODELS_DIR / "slidemap-jinsha-unet-terrain.safetensors"
 # Read without a DEM: the shipped RGB-only model, trained on four sites (models/README.md).
 RGB_MODEL = MODELS_DIR / "slidemap-rgb-sites.safetensors"
@@ -48,9 +46,9 @@ def is_installed_model(path: Path) -> bool:
 
 def model_list(models: ModelArg, dem: bool = True, patches: bool = False) -> list[Path]:
     """The weights files of the models asked for (each named as ``NAME.safetensors``,
-    ``NAME.json`` or ``NAME``: outputs record and hash the weights), or the shipped model (the
-    RGB-only one when ``dem`` is false: no DEM to read; for ``patches``, one that reads patch
-    sets)."""
+    ``NAME.json``, ``NAME`` or a shipped model's bare name: outputs record and hash the
+    weights), or the shipped model (the RGB-only one when ``dem`` is false: no DEM to read; for
+    ``patches``, one that reads patch sets)."""
     if models is None or (not isinstance(models, str | os.PathLike) and not models):
         return [default_model_path(dem, patches)]
     if isinstance(models, str | os.PathLike):
