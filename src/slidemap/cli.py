@@ -370,8 +370,8 @@ def list_models() -> None:
     for path in sorted(folder.glob("*.safetensors")):
         shipped.add_row(path.stem, defaults.get(path, ""))
     console.print(shipped)
-    console.print(f"shipped models are in {folder}; pass one's name as MODEL", soft_wrap=True,
-                  highlight=False)
+    console.print("pass a shipped model's name as MODEL, from any folder", highlight=False)
+    console.print(f"shipped models are in {folder}", soft_wrap=True, highlight=False)
 
 
 @app.command()
