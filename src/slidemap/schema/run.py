@@ -652,7 +652,8 @@ class RunConfig(Section):
     predict: PredictSettings = Field(default_factory=PredictSettings,
                                      description="prediction defaults stored in the model file")
     init: FilePath | None = Field(default=None, description=(
-            "a model file to start from (fine-tuning): same `model` and the same input channels,"
+            "a model file to start from (fine-tuning), or a shipped model's name (`slidemap "
+            "models` lists them): same `model` and the same input channels,"
             " else a one-line error. Its weights are the start; the normalisation statistics "
             "are computed again from `data.train` (the new tiles), as in any run, and the new "
             "model file keeps those. With `init` and `data.val`, `slidemap train` also writes "
