@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -451,6 +452,23 @@ def test_candidate_and_baseline_are_scored_on_the_same_pixels(
     run_crossval(alone, tmp_path / "alone", seeds=(0,))
     with pytest.raises(SlidemapError, match="other labelled pixels"):
         run_crossval(alone, tmp_path / "alone", paired, seeds=(0,))
+
+
+def test_folds_copied_from_a_run_on_other_pixels_are_refused(tmp_path: Path) -> None:
+    """The protocol's scripts copy a recipe's folds into the next comparison. Folds the no-DEM
+    recipe trained and scored alone (on the DEM hole too), copied beside a DEM recipe, were
+    reused: the east block was scored on 5,520 px for one recipe and 5,920 for the other."""
+    scenes = [synthetic_scene(tmp_path, "east", 1, dem_hole=True),
+              synthetic_scene(tmp_path, "west", 2)]
+    whole = {"blocks": [1, 1], "folds": 2, "seeds": [0]}
+    nodem = load_config(protocol_config(tmp_path, "nodem", scenes, slope=False)
+                        ).changed(crossval=whole)
+    dem = load_config(protocol_config(tmp_path, "dem", scenes, dem=True)).changed(crossval=whole)
+    run_crossval(nodem, tmp_path / "alone", seeds=(0,))
+    (tmp_path / "paired").mkdir()
+    shutil.copytree(tmp_path / "alone" / "candidate", tmp_path / "paired" / "candidate")
+    with pytest.raises(SlidemapError, match="labelled pixels"):
+        run_crossval(nodem, tmp_path / "paired", dem, seeds=(0,))
 
 
 def test_a_refused_rerun_leaves_the_folder_as_it_was(tmp_path: Path) -> None:

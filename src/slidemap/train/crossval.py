@@ -115,12 +115,16 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
     confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {}
     for recipe in recipes:
         confusions[recipe.label] = {}
+        # a recipe's folds record the pixels they are trained and scored on where the pairing
+        # narrowed its own labels: the scripts copy a recipe's folds into the next comparison
+        labels = narrowed_labels({recipe.label: own[recipe.label]},
+                                 {recipe.label: arrays[recipe.label]})
         for seed in seeds:
             for fold in range(settings.folds):
                 run_dir = out_dir / recipe.label / f"s{seed}" / f"fold{fold}"
                 log.info(f"{recipe.label} seed {seed} fold {fold}")
                 scored = run_fold(recipe.config, arrays[recipe.label], blocks, fold, buffer,
-                                  seed, run_dir, hidden[fold])
+                                  seed, run_dir, hidden[fold], labels)
                 for name, confusion in scored.items():
                     confusions[recipe.label][(seed, name)] = confusion
     summary = summarise(confusions, blocks, seeds, settings.folds)
@@ -304,11 +308,13 @@ def shared_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buf
 
 
 def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
-             buffer: int, seed: int, run_dir: Path, hidden: list[np.ndarray] | None = None
-             ) -> dict[str, BinaryConfusion]:
+             buffer: int, seed: int, run_dir: Path, hidden: list[np.ndarray] | None = None,
+             labels: str | None = None) -> dict[str, BinaryConfusion]:
     """Train fold ``fold`` (or reuse its finished run) and score its blocks; ``hidden`` is
     what it may not train on (:func:`training_ground`: with the scenes placed on the ground, a
-    block is held out of every scene that shows it), by default its blocks and buffer alone."""
+    block is held out of every scene that shows it), by default its blocks and buffer alone.
+    ``labels``: the :func:`narrowed_labels` digest of the recipe's labels, where the pairing
+    narrowed them, so that a fold trained on other pixels is never reused."""
     fold_config = with_seed(config, seed).without_data()
     if hidden is None:
         hidden = training_ground(scenes, blocks, fold, buffer)
@@ -316,7 +322,8 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
     recipe = {k: v for k, v in config.to_dict().items() if k != "crossval"}
     _claim(run_dir, {"config": recipe, "seed": seed, "fold": fold, "buffer": buffer,
                      "blocks": [vars(b) for b in blocks],
-                     **({"shared_ground": shared} if shared else {})})
+                     **({"shared_ground": shared} if shared else {}),
+                     **({"common_labels": labels} if labels else {})})
     result = run_dir / "blocks.json"
     if result.exists():
         return _read_confusions(result)
@@ -344,8 +351,8 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
 def _claim(run_dir: Path, record: dict) -> None:
     """Write what the fold trains (``fold.json``), or refuse a folder that trained another."""
     claim_file(run_dir / "fold.json", json.dumps(record, indent=2, default=str) + "\n",
-               _fold_identity, f"{run_dir} holds a fold trained with another config, seed or "
-               "block layout: delete it or choose another --out")
+               _fold_identity, f"{run_dir} holds a fold trained with another config, seed, "
+               "block layout or labelled pixels: delete it or choose another --out")
 
 
 def _fold_identity(text: str) -> dict:
