@@ -191,6 +191,37 @@ def test_scenes_on_one_ground_hold_a_folds_blocks_out_of_each_other(tmp_path: Pa
             assert np.isnan(array.x[:, near[:, to_whole[index]:]]).all()
 
 
+def test_a_block_at_a_scenes_edge_holds_its_buffer_out_of_the_scene_beside(
+        tmp_path: Path) -> None:
+    """Two scenes side by side that share 4 columns of ground, as regions A and B meet: the
+    buffer of the west scene's edge block stopped at the west scene's edge, so the east scene
+    trained on ground 1 px from it."""
+    east = synthetic_scene(tmp_path, "east", 1)
+    west = {}
+    for key, path in east.items():  # the same rasters, moved to begin 4 px before east ends
+        with rasterio.open(path) as ds:
+            west[key] = write_raster(tmp_path / f"west_{key}.tif", ds.read(),
+                                     transform=ds.transform @ Affine.translation(SIDE - 4, 0),
+                                     nodata=ds.nodata)
+    config = load_config(protocol_config(tmp_path, scenes=[east, west]))
+    scenes = crossval_module._scene_arrays(config)
+    grids = crossval_module.scene_grids(config, scenes)
+    blocks = make_blocks([s.valid for s in scenes], [s.name for s in scenes], 2, 2, 2)
+    to_east = {0: 0, 1: SIDE - 4}  # a scene's column on the grid that holds both
+    for fold in (0, 1):
+        near = np.zeros((SIDE, 2 * SIDE), dtype=bool)
+        for block in blocks:
+            if block.fold == fold:
+                ys, xs = np.nonzero(block.mask((SIDE, SIDE)) & scenes[block.scene].valid)
+                near[ys, xs + to_east[block.scene]] = True
+        near = ndimage.maximum_filter(near, size=2 * TILE + 1)
+        hidden = crossval_module.training_ground(scenes, blocks, fold, TILE, grids)
+        for array in crossval_module.masked_scenes(scenes, hidden):
+            index = [s.name for s in scenes].index(array.name)
+            ys, xs = np.nonzero(array.target != 255)
+            assert not near[ys, xs + to_east[index]].any()
+
+
 def test_a_fold_without_training_ground_is_refused_before_anything_is_written(
         tmp_path: Path) -> None:
     config = load_config(protocol_config(tmp_path))

@@ -144,8 +144,9 @@ def held_out_across(blocks: list[Block], fold: int, scene: int, valids: list[np.
     """Pixels of ``scene`` on the ground that fold ``fold`` scores in *other* scenes (their
     blocks' labelled pixels) or within its buffer (``buffer`` pixels of the scored scene, one
     more for the change of grid): two scenes that show the same slope, or ground side by side,
-    must not train a fold on what it scores in the other. Scenes without a CRS hold nothing out
-    of each other."""
+    must not train a fold on what it scores in the other. The buffer reaches past the scored
+    scene's edge (regions that meet there). Scenes without a CRS hold nothing out of each
+    other."""
     target = grids[scene]
     out = np.zeros(valids[scene].shape, dtype=bool)
     if target.crs is None:
@@ -161,10 +162,11 @@ def held_out_across(blocks: list[Block], fold: int, scene: int, valids: list[np.
         scored &= valids[other]
         if not scored.any():
             continue
-        near = ndimage.maximum_filter(scored, size=2 * (buffer + 1) + 1).astype(np.uint8)
+        reach = buffer + 1
+        near = ndimage.maximum_filter(np.pad(scored, reach), size=2 * reach + 1).astype(np.uint8)
         landed = np.zeros(out.shape, dtype=np.uint8)
-        reproject(near, landed, src_transform=grid.transform, src_crs=grid.crs,
-                  dst_transform=target.transform, dst_crs=target.crs,
+        reproject(near, landed, src_transform=grid.transform @ Affine.translation(-reach, -reach),
+                  src_crs=grid.crs, dst_transform=target.transform, dst_crs=target.crs,
                   resampling=Resampling.max)
         out |= landed > 0
     return out
