@@ -11,11 +11,11 @@ benchmarks/protocol/*_blocks.csv benchmarks/protocol/shipped/*_blocks.csv``.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import itertools
 import math
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -102,4 +102,6 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tables", nargs="+", help="crossval comparisons' *_blocks.csv files")
+    main(parser.parse_args().tables)
