@@ -4,6 +4,7 @@ another scale than the model's."""
 
 from __future__ import annotations
 
+import resource
 import struct
 from pathlib import Path
 
@@ -158,6 +159,25 @@ def test_a_scene_too_large_to_hold_whole_is_refused_before_it_is_read(
     code, err = run_cli(command, config, "--out", tmp_path / "run")
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "1,000,000 × 1,000,000 px" in err and "gdal_translate -srcwin" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_scene_beyond_the_address_space_limit_is_refused_before_it_is_read(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``ulimit -v`` (a batch job's limit) the whole read was checked against the
+    machine's memory alone: a 9 GB scene passed under a 6 GB limit and ran out of memory after
+    5 GB were allocated. A 1000² px VRT (150 MB read whole) under a 100 MB limit is refused."""
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (
+        (100 * 2**20, resource.RLIM_INFINITY) if kind == resource.RLIMIT_AS else real(kind)))
+    scene = {name: declared_vrt(path, tmp_path / f"{name}.vrt", 1000)
+             for name, path in tiny_scene.items()}
+    config = write_config(tmp_path / "large.yaml", run_config([scene], **{
+        k: v for k, v in tiny_run(scene).items() if k in ("inputs", "training")}))
+    code, err = run_cli("train", config, "--out", tmp_path / "run")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "1,000 × 1,000 px" in err and "more than this machine's" in err, err
     assert not (tmp_path / "run").exists()
 
 
