@@ -12,7 +12,7 @@ import pytest
 from factories import run_config, write_config
 
 from slidemap.errors import SlidemapError
-from slidemap.schema.config import load_config, parse_config, with_seed
+from slidemap.schema.config import load_config, parse_config, read_yaml, with_seed
 
 
 def scene_config(tmp_path: Path, scene: dict[str, Path], **training: object) -> Path:
@@ -57,6 +57,25 @@ def test_yaml_that_bombs_recurses_or_is_not_utf8_is_one_line(tmp_path: Path, tex
         load_config(path)
     assert time.perf_counter() - started < 5
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_key_set_twice_is_refused_naming_it_and_both_lines(tmp_path: Path,
+                                                            tiny_scene: dict[str, Path]) -> None:
+    """YAML keys are unique; PyYAML kept the later of two silently, so an ``lr:`` added at the
+    top of ``training:`` was trained with the one left below it."""
+    path = scene_config(tmp_path, tiny_scene)
+    lines = path.read_text().splitlines()
+    at = lines.index("training:") + 1
+    path.write_text("\n".join([*lines[:at], "  epochs: 5", *lines[at:]]) + "\n")
+    with pytest.raises(SlidemapError, match=r"epochs.*twice") as caught:
+        load_config(path)
+    assert f"lines {at + 1} and " in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_merge_key_overridden_locally_is_not_a_duplicate(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {lr: 1, epochs: 2}\ntraining:\n  <<: *b\n  lr: 3\n")
+    assert read_yaml(path)["training"] == {"lr": 3, "epochs": 2}
 
 
 def test_an_oversized_config_is_refused_before_it_is_parsed(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ YAML_MAX_BYTES = 2**20  # a run config is a page of YAML; a study a few
 YAML_MAX_ALIASES = 100  # each alias may repeat a whole subtree: more are a bomb, not a config
 YAML_MAX_DEPTH = 50
 YAML_MAX_NODES = 100_000  # values once every alias is expanded: a study grid has hundreds
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -35,6 +36,10 @@ class _BoundedLoader(yaml.SafeLoader):
         self.aliases = 0
         self.depth = 0
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        _refuse_duplicate_keys(self, node)
+        return super().construct_mapping(node, deep)
+
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
@@ -47,6 +52,25 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping that sets one key twice: YAML forbids it, and PyYAML kept the later silently."""
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    """Raise :class:`_DuplicateKey` for a plain key set twice in ``node``; merged keys
+    (``<<: *base``) may be overridden, as YAML's merge allows."""
+    seen: dict[object, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(None, None, f"sets {key!r} twice (lines {seen[key]} and {line}): "
+                                            "keep one", key_node.start_mark)
+        seen[key] = line
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, float]) -> float:
@@ -90,6 +114,8 @@ def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
     try:
         loader = _BoundedLoader(text)
         raw = loader.get_single_data()
+    except _DuplicateKey as exc:
+        raise SlidemapError(f"{what} {path} {exc.problem}") from exc
     except yaml.YAMLError as exc:
         if type(exc) is yaml.YAMLError:  # a limit of _BoundedLoader
             raise SlidemapError(f"{what} {path} is refused: {exc}; write it out plainly") \
