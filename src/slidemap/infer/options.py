@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from slidemap.data.machine import cpu_cores
 from slidemap.errors import UsageError
+from slidemap.infer.budget import MIN_MEMORY_MB
 from slidemap.io.modelfile import PredictDefaults, common_setting
 from slidemap.io.sidecar import check_threshold
 from slidemap.schema.values import MIN_TILE, NORMALISATIONS
@@ -37,11 +38,13 @@ class PredictOptions:
         """The checks the CLI's options make, for the API's callers too: a window under
         ``MIN_TILE`` px ran for hours, ``workers=-1`` never returned, a bad ``normalise`` was a
         ``ValueError``; ``workers=100000`` started that many processes, each loading torch and
-        the model, until memory ran out."""
+        the model, until memory ran out; ``memory_mb="512"`` was a TypeError once the scene was
+        open."""
         if self.normalise not in NORMALISATIONS:
             raise UsageError(f"normalise must be one of {', '.join(NORMALISATIONS)}, not "
                              f"{self.normalise!r}")
-        for name, low in (("tile", MIN_TILE), ("overlap", 0), ("batch_size", 1), ("workers", 0)):
+        for name, low in (("tile", MIN_TILE), ("overlap", 0), ("batch_size", 1), ("workers", 0),
+                          ("memory_mb", MIN_MEMORY_MB)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < low):
