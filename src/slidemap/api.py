@@ -164,6 +164,16 @@ def _seeds(value: Iterable[int] | None) -> tuple[int, ...] | None:
     return tuple(_whole(seed, "seeds") for seed in value)
 
 
+def _four(value: Sequence[int] | None, name: str, example: str) -> tuple[int, ...] | None:
+    """A window or box as a tuple; text (the CLI's ``0,0,512,512``, read character by
+    character) or one number (a TypeError from ``tuple()``) is refused as given."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise UsageError(f"{name} must be 4 whole numbers, e.g. {example}, not {value!r:.40}")
+    return tuple(value)
+
+
 def _checked(value: Options | None, kind: type[Options], name: str) -> Options | None:
     """An options object of ``kind`` or None; a dict or other object is refused in one line
     rather than failing on a missing attribute deep inside."""
@@ -300,8 +310,9 @@ def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
     Returns an :class:`ExplainResult`: the layer explained and the files by name."""
     return explain_workflow.explain(_name(image, "image"), _path(out_dir, "out_dir"),
                                     _opt_name(dem, "dem"), _opt_path(model, "model"),
-                                    None if window is None else tuple(window),
-                                    None if box is None else tuple(box), layer, overwrite)
+                                    _four(window, "window", "(0, 0, 512, 512)"),
+                                    _four(box, "box", "(100, 100, 200, 200)"), layer,
+                                    overwrite)
 
 
 def report(folder: PathArg, out: PathArg | None = None, image: PathArg | None = None,

@@ -131,6 +131,19 @@ def test_inventory_formats_are_checked_before_the_scene_is_mapped(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("name", "value"), [("window", "0,0,32,32"), ("box", "1,1,8,8"),
+                                            ("window", 32)])
+def test_a_window_or_box_not_given_as_numbers_is_refused_as_given(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path, name: str,
+        value: object) -> None:
+    """The CLI's text ``0,0,32,32`` through the API was read character by character ("window
+    ('0', ',', '0', ...) is not valid"), and one number was a TypeError from ``tuple()``."""
+    with pytest.raises(api.UsageError, match=f"{name} must be 4 whole numbers.*not {value!r}"):
+        api.explain(tiny_scene["image"], tmp_path / "x", tiny_scene["dem"], tiny_model,
+                    **{name: value})
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_api_refuses_what_the_cli_cannot_say_with_one_line(
         tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
     """Values the CLI's parsing never lets through reached the API raw: a window of two numbers
