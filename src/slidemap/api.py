@@ -134,6 +134,14 @@ def _overrides(value: Sequence[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _flag(value: bool, name: str) -> bool:
+    """A switch as a bool: ``overwrite="false"`` (a setting read from text) is true to Python
+    and replaced the outputs it was meant to keep."""
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be True or False, not {value!r:.40}")
+    return value
+
+
 def _whole(value: int, name: str) -> int:
     """A count, seed or index as an int: text, a fraction or a bool is refused naming the
     argument, where it reached a range check as a TypeError or was blamed on the config."""
@@ -208,8 +216,9 @@ def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
     return predict_workflow.predict(
         _name(image, "image"), _path(out_dir, "out_dir"), _opt_name(dem, "dem"), _models(model),
         _checked(options, PredictOptions, "options"), _opt_real(min_area_m2, "min_area_m2"),
-        _opt_real(simplify_m, "simplify_m"), overwrite,
-        progress, formats, prob_dtype, html_report, _checked(adapt, AdaptOptions, "adapt"))
+        _opt_real(simplify_m, "simplify_m"), _flag(overwrite, "overwrite"),
+        progress, formats, prob_dtype, _flag(html_report, "html_report"),
+        _checked(adapt, AdaptOptions, "adapt"))
 
 
 @kept_torch_rng()
@@ -223,7 +232,7 @@ def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
     return patches_workflow.predict_patches(
         _path(folder, "folder"), _path(out_dir, "out_dir"), _models(model),
         _checked(options, PredictOptions, "options"), _opt_real(scale, "scale"),
-        _opt_real(pixel_size, "pixel_size"), overwrite, progress)
+        _opt_real(pixel_size, "pixel_size"), _flag(overwrite, "overwrite"), progress)
 
 
 @kept_torch_rng()
@@ -239,8 +248,8 @@ def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg |
     return evaluate_workflow.evaluate(
         _name(truth, "truth"), _opt_name(prediction, "prediction"), _opt_name(image, "image"),
         _opt_name(dem, "dem"), _models(model), _opt_path(out_dir, "out_dir"), threshold,
-        _checked(options, PredictOptions, "options"), overwrite, progress,
-        _opt_path(aoi, "aoi"), html_report)
+        _checked(options, PredictOptions, "options"), _flag(overwrite, "overwrite"), progress,
+        _opt_path(aoi, "aoi"), _flag(html_report, "html_report"))
 
 
 @kept_torch_rng()
@@ -251,7 +260,8 @@ def train(config: PathArg, out_dir: PathArg, resume: bool = False, overwrite: bo
     (``KEY=VALUE``, as ``--set``) keys of the file. Returns a :class:`TrainResult`: the run
     folder and its model file."""
     return train_workflow.train_config(_path(config, "config"), _path(out_dir, "out_dir"),
-                                       resume, overwrite, _opt_whole(seed, "seed"),
+                                       _flag(resume, "resume"), _flag(overwrite, "overwrite"),
+                                       _opt_whole(seed, "seed"),
                                        _overrides(overrides))
 
 
@@ -262,8 +272,10 @@ def finetune(model: PathArg, config: PathArg, out_dir: PathArg, freeze_encoder: 
     """Fine-tune ``model`` on a run config's data. Returns a :class:`FinetuneResult`: the new
     model file and the validation figures ``before`` and ``after``."""
     return finetune_workflow.finetune(_path(model, "model"), _path(config, "config"),
-                                      _path(out_dir, "out_dir"), freeze_encoder, resume,
-                                      overwrite, _opt_whole(seed, "seed"),
+                                      _path(out_dir, "out_dir"),
+                                      _flag(freeze_encoder, "freeze_encoder"),
+                                      _flag(resume, "resume"), _flag(overwrite, "overwrite"),
+                                      _opt_whole(seed, "seed"),
                                       _overrides(overrides))
 
 
@@ -273,7 +285,7 @@ def selftrain(config: PathArg, out_dir: PathArg, overwrite: bool = False,
     """Train on the labelled source, then retrain with pseudo-labels of the target. Returns a
     :class:`SelftrainResult`: a row per round, ``rounds.md`` and the last round's model."""
     return selftrain_workflow.selftrain(_path(config, "config"), _path(out_dir, "out_dir"),
-                                        overwrite, _overrides(overrides))
+                                        _flag(overwrite, "overwrite"), _overrides(overrides))
 
 
 @kept_torch_rng()
@@ -312,7 +324,7 @@ def explain(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
                                     _opt_name(dem, "dem"), _opt_path(model, "model"),
                                     _four(window, "window", "(0, 0, 512, 512)"),
                                     _four(box, "box", "(100, 100, 200, 200)"), layer,
-                                    overwrite)
+                                    _flag(overwrite, "overwrite"))
 
 
 def report(folder: PathArg, out: PathArg | None = None, image: PathArg | None = None,
@@ -322,7 +334,8 @@ def report(folder: PathArg, out: PathArg | None = None, image: PathArg | None = 
     :class:`ReportResult` with the page's path (``.html``)."""
     return report_workflow.report(_path(folder, "folder"), _opt_path(out, "out"),
                                   None if image is None else os.fspath(_given(image, "image")),
-                                  interactive, overwrite)
+                                  _flag(interactive, "interactive"),
+                                  _flag(overwrite, "overwrite"))
 
 
 @kept_torch_rng()
@@ -337,8 +350,8 @@ def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = N
     return suggest_workflow.suggest(_models(model), _name(image, "image"), _path(out, "out"),
                                     _opt_name(dem, "dem"), n, box,
                                     [_path(p, "labels") for p in done], spacing,
-                                    _checked(options, PredictOptions, "options"), overwrite,
-                                    progress)
+                                    _checked(options, PredictOptions, "options"),
+                                    _flag(overwrite, "overwrite"), progress)
 
 
 @kept_torch_rng()
@@ -352,7 +365,7 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
                                      _path(out_dir, "out_dir"), _opt_path(aoi, "aoi"),
                                      _opt_name(dem, "dem"), _opt_path(init, "init"),
                                      _whole(epochs, "epochs"),
-                                     overwrite, progress)
+                                     _flag(overwrite, "overwrite"), progress)
 
 
 @kept_torch_rng()
@@ -362,7 +375,8 @@ def export_onnx(model: PathArg, out: PathArg | None = None, overwrite: bool = Fa
     (default: NAME.onnx beside it, NAME-member-K.onnx for a member; in the current folder for a
     model shipped in an installed slidemap, whose folder is the installation's). Returns an
     :class:`OnnxExport`: the file, its opset, stride and input channels."""
-    return export_workflow.export_onnx(_path(model, "model"), _opt_path(out, "out"), overwrite,
+    return export_workflow.export_onnx(_path(model, "model"), _opt_path(out, "out"),
+                                       _flag(overwrite, "overwrite"),
                                        _opt_whole(member, "member"))
 
 
@@ -373,7 +387,8 @@ def store_weights(model: PathArg, out: PathArg, weights_dtype: str, overwrite: b
     ``member``, that network of an ensemble alone (0 = the first). Returns
     :class:`StoredWeights`: the new file and its size against the source's."""
     return export_workflow.store_weights(_path(model, "model"), _path(out, "out"),
-                                         weights_dtype, overwrite, _opt_whole(member, "member"))
+                                         weights_dtype, _flag(overwrite, "overwrite"),
+                                         _opt_whole(member, "member"))
 
 
 @kept_torch_rng()
@@ -384,8 +399,8 @@ def bench(image: PathArg, dem: PathArg | None = None, model: Models = None,
     :class:`BenchResult` whose ``figures`` are what ``json_out`` holds."""
     return bench_workflow.bench(_name(image, "image"), _opt_name(dem, "dem"), _models(model),
                                 _checked(options, PredictOptions, "options"),
-                                _whole(sample, "sample"),
-                                agreement, _opt_path(json_out, "json_out"), overwrite)
+                                _whole(sample, "sample"), _flag(agreement, "agreement"),
+                                _opt_path(json_out, "json_out"), _flag(overwrite, "overwrite"))
 
 
 @kept_torch_rng()

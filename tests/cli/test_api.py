@@ -144,6 +144,23 @@ def test_a_window_or_box_not_given_as_numbers_is_refused_as_given(
     assert not (tmp_path / "x").exists()
 
 
+def test_a_switch_given_as_text_is_refused_before_outputs_are_replaced(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """``overwrite="false"`` (a setting read from text) is true to Python: it replaced the
+    outputs it was meant to keep; ``tta="no"`` ran the 8-fold averaging."""
+    first = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                        OPTIONS)
+    written = first.files["prob"].stat().st_mtime_ns
+    with pytest.raises(api.UsageError, match="overwrite must be True or False, not 'false'"):
+        api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                    OPTIONS, overwrite="false")
+    assert first.files["prob"].stat().st_mtime_ns == written
+    with pytest.raises(api.UsageError, match="html_report must be True or False"):
+        api.evaluate(tiny_scene["mask"], first.files["prob"], html_report=1)
+    with pytest.raises(api.UsageError, match="tta must be True or False, not 'no'"):
+        api.PredictOptions(tta="no")
+
+
 def test_the_api_refuses_what_the_cli_cannot_say_with_one_line(
         tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
     """Values the CLI's parsing never lets through reached the API raw: a window of two numbers

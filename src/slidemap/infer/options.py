@@ -50,6 +50,9 @@ class PredictOptions:
                                       or value < low):
                 raise UsageError(f"{name} must be a whole number of at least {low}, not "
                                  f"{value!r}")
+        for name in ("tta", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name} must be True or False, not {getattr(self, name)!r:.40}")
         if self.threshold is not None:
             check_threshold(self.threshold, UsageError)
         if self.workers and self.scheduler:
