@@ -183,6 +183,13 @@ def test_one_label_for_two_configurations_is_refused(tiny_scene: dict[str, Path]
     # only slidemap train trains an ensemble: refused at the first run, naming other commands
     ({"variants": {"pair": ["training.members=2"]}}, "run unet-bce-pair-s0: training.members 2 "
                                                      ".* a study trains one network per run"),
+    # an override list of the study file was blamed on --set, which the user never passed
+    ({"variants": {"fast": ["training.lr"]}}, "^study: grid variant fast: 'training.lr' must be "
+                                              "key.path=value"),
+    ({"variants": {"fast": ["training.lr=[1"]}}, "^study: grid variant fast: training.lr: '\\[1' "
+                                                 "is not a YAML value"),
+    ({"variants": {"deep": ["training.epochs.x=1"]}},
+     "^study: grid variant deep: training.epochs.x: training.epochs is not a mapping"),
 ])
 def test_bad_study_fails_before_training(tiny_scene: dict[str, Path], grid: dict,
                                          message: str) -> None:

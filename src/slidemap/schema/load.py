@@ -17,6 +17,8 @@ from slidemap.schema.errors import validated
 from slidemap.schema.run import RunConfig
 from slidemap.schema.yamlfile import parse_value, read_yaml
 
+SET_OPTION = "--set"  # where overrides come from unless a caller names its file
+
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
     """Parse a run config, with ``key.path=value`` overrides; relative data paths are taken from
@@ -43,31 +45,41 @@ def parse_config(raw: Mapping[str, Any], path: Path | None = None,
     return config
 
 
-def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str | tuple[str, Any]]
-                    ) -> dict[str, Any]:
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str | tuple[str, Any]],
+                    source: str = SET_OPTION) -> dict[str, Any]:
     """A copy of ``raw`` with every override set: ``"training.lr=4e-3"`` (the value is YAML) or
-    ``("training.lr", 0.004)``; intermediate mappings are created as needed."""
+    ``("training.lr", 0.004)``; intermediate mappings are created as needed. Errors begin with
+    ``source``: where the overrides were written (``--set``, or a study's variant)."""
     out = copy.deepcopy(dict(raw))
     for override in overrides:
-        key, value = parse_override(override) if isinstance(override, str) else override
-        set_key(out, key, value)
+        key, value = parse_override(override, source) if isinstance(override, str) \
+            else override
+        set_key(out, key, value, source)
     return out
 
 
-def parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str, source: str = SET_OPTION) -> tuple[str, Any]:
     """``key.path=value`` as (key path, YAML value)."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise SlidemapError(f"--set {text!r} must be key.path=value, e.g. --set training.lr=4e-3")
+        raise SlidemapError(f"{_prefix(source)}{text!r} must be key.path=value, e.g. "
+                            f"{_prefix(source)}training.lr=4e-3")
     if "[" in key:
         listed = key[:key.index("[")]
-        raise SlidemapError(f"--set {key}: list items cannot be indexed; set the whole list, "
-                            f"e.g. --set '{listed}=[...]' in YAML, or edit the config file")
-    return key, parse_value(value, f"--set {key}")
+        raise SlidemapError(f"{_prefix(source)}{key}: list items cannot be indexed; set the whole "
+                            f"list, e.g. {_prefix(source)}'{listed}=[...]' in YAML, or edit the "
+                            "config file")
+    return key, parse_value(value, f"{_prefix(source)}{key}")
 
 
-def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+def _prefix(source: str) -> str:
+    """``--set training.lr`` on the command line, ``study X: grid variant fast: training.lr``
+    in a file."""
+    return f"{source} " if source == SET_OPTION else f"{source}: "
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, source: str = SET_OPTION) -> None:
     """Set dotted ``key`` in the nested mapping ``raw``."""
     node = raw
     parts = key.split(".")
@@ -77,8 +89,8 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             above = ".".join(parts[:depth + 1])
-            raise SlidemapError(f"--set {key}: {above} is not a mapping in the config (it is "
-                                f"{child!r}): set {above} itself")
+            raise SlidemapError(f"{_prefix(source)}{key}: {above} is not a mapping in the config "
+                                f"(it is {child!r}): set {above} itself")
         node = child
     node[parts[-1]] = value
 

@@ -161,7 +161,8 @@ def expand_grid(base: dict, grid: dict, where: str) -> list[StudyRun]:
                         name = f"{model}-{loss}-{variant}-s{seed}" + (
                             "-swapped" if direction == "swapped" else "")
                         raw = _run_config(base, name, model, model_overrides, loss_spec,
-                                          overrides, seed, direction == "swapped")
+                                          overrides, seed, direction == "swapped",
+                                          f"{where}: grid variant {variant}")
                         runs.append(StudyRun(name, model, loss, variant, seed, direction, raw))
     return runs
 
@@ -220,7 +221,7 @@ def _check_variant(label: str, overrides: dict | list[str], where: str) -> None:
     by the grid's (a run identical to the base under another name) and its loss trained under
     the base loss's label."""
     varied = _merge({}, overrides) if isinstance(overrides, dict) \
-        else apply_overrides({}, overrides)
+        else apply_overrides({}, overrides, f"{where}: grid variant {label}")
     for key, axis in AXIS_KEYS.items():
         node: Any = varied
         for part in key.split("."):
@@ -231,7 +232,7 @@ def _check_variant(label: str, overrides: dict | list[str], where: str) -> None:
 
 
 def _run_config(base: dict, name: str, model: str, model_overrides: dict, loss: dict,
-                overrides: dict | list[str], seed: int, swapped: bool) -> dict:
+                overrides: dict | list[str], seed: int, swapped: bool, source: str) -> dict:
     """Base ← model ← loss ← variant overrides ← seed ← direction.
 
     A model entry's keys replace the base's (``options`` as a whole: they are per architecture),
@@ -242,7 +243,7 @@ def _run_config(base: dict, name: str, model: str, model_overrides: dict, loss: 
     raw["model"] = {**(raw.get("model") or {}), **copy.deepcopy(model_overrides), "name": model}
     raw["loss"] = copy.deepcopy(loss)
     raw = _merge(raw, overrides) if isinstance(overrides, dict) \
-        else apply_overrides(raw, overrides)
+        else apply_overrides(raw, overrides, source)
     raw["training"] = {**(raw.get("training") or {}), "seed": seed}
     if swapped:
         data = raw.get("data") or {}
