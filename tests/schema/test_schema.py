@@ -110,6 +110,18 @@ def test_a_bad_override_is_one_line_naming_the_key(tmp_path: Path, tiny_scene: d
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("override", ["training.lr", "data.train[0].mask=m.tif",
+                                      "training.lr=[1"])
+def test_a_set_option_of_the_wrong_form_is_a_usage_error(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli, override: str) -> None:
+    """--set without =VALUE is the command line written wrong, as an unknown option is: it
+    exited 1, as for a bad input file, without pointing to --help."""
+    code, err = run_cli("train", _config(tmp_path, tiny_scene), "--out", tmp_path / "run",
+                        "--set", override)
+    assert code == 2 and err.rstrip().endswith("train --help'")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_train_set_refuses_an_unknown_key_before_anything_is_written(
         tmp_path: Path, tiny_scene: dict[str, Path], run_cli) -> None:
     code, err = run_cli("train", _config(tmp_path, tiny_scene), "--out", tmp_path / "run",

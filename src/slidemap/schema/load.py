@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from slidemap.errors import SlidemapError
+from slidemap.errors import SlidemapError, UsageError
 from slidemap.schema.errors import validated
 from slidemap.schema.run import RunConfig
 from slidemap.schema.yamlfile import parse_value, read_yaml
@@ -59,18 +59,20 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str | tuple[str,
 
 
 def parse_override(text: str, source: str = SET_OPTION) -> tuple[str, Any]:
-    """``key.path=value`` as (key path, YAML value)."""
+    """``key.path=value`` as (key path, YAML value). One of the wrong form given as ``--set``
+    is the command line written wrong (:class:`UsageError`), in a file bad input."""
+    error = UsageError if source == SET_OPTION else SlidemapError
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise SlidemapError(f"{_prefix(source)}{text!r} must be key.path=value, e.g. "
-                            f"{_prefix(source)}training.lr=4e-3")
+        raise error(f"{_prefix(source)}{text!r} must be key.path=value, e.g. "
+                    f"{_prefix(source)}training.lr=4e-3")
     if "[" in key:
         listed = key[:key.index("[")]
-        raise SlidemapError(f"{_prefix(source)}{key}: list items cannot be indexed; set the whole "
-                            f"list, e.g. {_prefix(source)}'{listed}=[...]' in YAML, or edit the "
-                            "config file")
-    return key, parse_value(value, f"{_prefix(source)}{key}")
+        raise error(f"{_prefix(source)}{key}: list items cannot be indexed; set the whole "
+                    f"list, e.g. {_prefix(source)}'{listed}=[...]' in YAML, or edit the "
+                    "config file")
+    return key, parse_value(value, f"{_prefix(source)}{key}", error)
 
 
 def _prefix(source: str) -> str:

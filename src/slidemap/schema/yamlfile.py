@@ -134,14 +134,14 @@ def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
     return raw
 
 
-def parse_value(text: str, what: str) -> Any:
+def parse_value(text: str, what: str, error: type[SlidemapError] = SlidemapError) -> Any:
     """One YAML value given on the command line (``--set key=VALUE``), read with the same limits
-    as a file."""
+    as a file; one that is not YAML raises ``error``."""
     loader = _BoundedLoader(text)
     try:
         return loader.get_single_data()
     except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError) as exc:
-        raise SlidemapError(f"{what}: {text!r} is not a YAML value: quote it or fix its "
+        raise error(f"{what}: {text!r} is not a YAML value: quote it or fix its "
                             "syntax") from exc
     finally:
         loader.dispose()
