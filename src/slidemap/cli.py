@@ -877,13 +877,24 @@ def _torch_out_of_memory(exc: Exception) -> bool:
         type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc))
 
 
+MEMORY_HINTS = {  # what lowers the memory of a command, by its last word
+    # the network's activations follow the window and the batch, not the budget; a patch
+    # folder's patches are held whole at their --scale
+    "predict": "lower --memory-mb, --tile or --batch-size (a patch folder: a smaller --scale)",
+    # each box goes through the network whole, --batch-size at a time (--box 4096: 5 GB)
+    "suggest": "lower --box or --batch-size",
+    # Grad-CAM keeps the window's activations and their gradients (2048² working px: 7 GB)
+    "explain": "pass a smaller --window",
+}
+
+
 def _memory_hint() -> str:
     """What lowers the memory of the running command: only predict takes --memory-mb (evaluate
-    and suggest map in the default budget, training holds its scenes whole), and the network's
-    activations follow the window size and the batch, not the budget."""
-    if STATE["command"].endswith(" predict"):
-        return "lower --memory-mb, --tile or --batch-size"
-    return "pass a smaller scene (a window of it: gdal_translate -srcwin)"
+    maps in the default budget, training holds its scenes whole); suggest's boxes and explain's
+    window go through the network whole, and said to pass a smaller scene."""
+    command = STATE["command"].rsplit(" ", 1)[-1]
+    return MEMORY_HINTS.get(command, "pass a smaller scene (a window of it: gdal_translate "
+                                     "-srcwin)")
 
 
 def _one_line_warning(show: Callable[..., None]) -> Callable[..., None]:

@@ -795,6 +795,23 @@ def test_running_out_of_memory_names_no_option_the_command_has_not(tiny_scene, t
     assert "--memory-mb" not in err and "gdal_translate -srcwin" in err
 
 
+@pytest.mark.parametrize(("command", "args", "hint"), [
+    ("suggest", ["{model}", "{image}", "--out", "{out}/boxes.gpkg"], "lower --box or --batch-size"),
+    ("explain", ["{image}", "--model", "{model}", "--out", "{out}"], "pass a smaller --window"),
+])
+def test_running_out_of_memory_names_what_lowers_that_commands_memory(
+        tiny_scene, tiny_model, tmp_path, run_cli, monkeypatch, command, args, hint) -> None:
+    """suggest's boxes and explain's window go through the network whole (--box 4096: 5 GB;
+    a 2048² px window: 7 GB): the line said to pass a smaller scene, which does not help."""
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(api, command, exhausted)
+    named = {"model": tiny_model, "image": tiny_scene["image"], "out": tmp_path / "out"}
+    code, err = run_cli(command, *(a.format(**named) for a in args))
+    assert code == 1 and err.count("\n") == 1 and f"out of memory: {hint}" in err, err
+
+
 def test_a_huge_declared_raster_is_refused_before_anything_is_allocated(tiny_scene, tiny_model,
                                                                          tmp_path,
                                                                          run_cli) -> None:
