@@ -407,6 +407,22 @@ def test_an_exported_onnx_file_passed_as_the_model_names_the_file_to_pass(
     assert ".onnx.safetensors" not in err
 
 
+@pytest.mark.parametrize(("given", "named"), [
+    ("run.yaml", "is a run config, not a model: pass the model file a run wrote"),
+    ("models", "is a folder: pass a model file in it"),
+])
+def test_a_config_or_folder_passed_as_the_model_says_what_it_is(
+        tiny_scene, tmp_path, run_cli, given, named) -> None:
+    """--model configs/jinsha-unet.yaml and --model models said 'run.yaml.safetensors does not
+    exist', naming a file nobody gave."""
+    (tmp_path / "run.yaml").write_text("name: x\n")
+    (tmp_path / "models").mkdir()
+    code, err = run_cli("predict", tiny_scene["image"], "--model", tmp_path / given, "--out",
+                        tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1 and named in err, err
+    assert ".safetensors does not exist" not in err
+
+
 def _u_shaped_slide() -> np.ndarray:
     """Mask with a U (two arms joined only at the bottom), a square and a 2×2 speck."""
     mask = np.zeros((60, 50), dtype=np.uint8)

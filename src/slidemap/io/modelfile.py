@@ -78,6 +78,7 @@ STORED_FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 INT8_SCALE = ".int8_scale"  # suffix of the per-output-channel scale of an int8 tensor
 INT4_SCALE = ".int4_scale"  # the same for a kernel stored in 4 bits, two weights to a byte
 INT4_MIN_WEIGHTS = 2**18  # int4: kernels at least this large get 4 bits, smaller ones 8
+RUN_CONFIG_SUFFIXES = (".yaml", ".yml")  # a run config given where a model file is asked for
 # The shipped models, which every MODEL argument (and a config's init) may name bare: kept here,
 # below every layer that reads a model, so that each resolves a name the same way. An installed
 # wheel carries models/ as slidemap/shipped_models (pyproject.toml); a source checkout, editable
@@ -217,10 +218,11 @@ def weights_file(path: str | os.PathLike[str]) -> Path:
     """The weights file of a model named by either suffix or none, or a shipped model's bare
     name (:func:`model_source`): the file whose SHA-256 and path the outputs record (the
     sidecar's, or a path that is no file, would record the wrong hash or none). A pickle
-    checkpoint's or an ONNX export's name is kept as given, for :func:`load_model` to refuse by
-    name."""
+    checkpoint's, an ONNX export's, a run config's or a folder's name is kept as given, for
+    :func:`load_model` to refuse by name."""
     path = model_source(path)
-    kept = path.suffix.lower() in PICKLE_SUFFIXES or path.suffix.lower() == ONNX_SUFFIX
+    kept = path.suffix.lower() in (*PICKLE_SUFFIXES, ONNX_SUFFIX, *RUN_CONFIG_SUFFIXES) \
+        or path.is_dir()
     return path if kept else model_paths(path)[0]
 
 
@@ -368,6 +370,12 @@ def load_model(path: str | Path) -> ModelBundle:
         raise SlidemapError(f"{path} is an ONNX export: pass the model file it was exported from "
                             "(NAME.safetensors with its NAME.json); predict --backend onnx runs "
                             "the NAME.onnx beside it")
+    if path.suffix.lower() in RUN_CONFIG_SUFFIXES:  # else "NAME.yaml.safetensors does not exist"
+        raise SlidemapError(f"{path} is a run config, not a model: pass the model file a run "
+                            "wrote (RUN/model.safetensors), or train one with slidemap train")
+    if path.is_dir():
+        raise SlidemapError(f"{path} is a folder: pass a model file in it (NAME.safetensors with "
+                            "its NAME.json), e.g. a run's model.safetensors")
     weights_path, sidecar_path = model_paths(path)
     for p in (weights_path, sidecar_path):
         if not p.is_file():
