@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The replication of benchmarks/protocol/REPLICATION.md: the two comparisons whose decision the
 # rerun changed, on seeds 2 and 3 alone. Each recipe trains once (the U-Net terrain folds serve
-# both comparisons; crossval checks config, seeds and blocks). Rerunning continues where it
+# both comparisons; crossval checks config, seeds, blocks and data). Rerunning continues where it
 # stopped. About 30 min here, one training at a time. Needs run.sh and
 # run_seed_systems.sh da_unet first, for the four-seed figures at the end.
 set -euo pipefail

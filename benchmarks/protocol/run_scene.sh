@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Per-scene photometric normalisation (candidate) against the terrain-descriptor recipe
 # (baseline), after run.sh: the baseline's folds are those run.sh trained as its candidate (the
-# same config, seeds and blocks, which crossval checks), so only the candidate trains here.
+# same config, seeds, blocks and data, which crossval checks), so only the candidate trains here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=out/protocol/scene_vs_terrain

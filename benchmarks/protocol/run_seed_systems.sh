@@ -5,7 +5,7 @@
 # blocks, folds and seeds, decided by RULE.md. Usage: run_seed_systems.sh SYSTEM [SYSTEM ...]
 # with SYSTEM one of fusion, da_unet, unetpp_attention, segformer. The baseline's folds are
 # reused from out/protocol/terrain_vs_elevation (run.sh) when that run exists (crossval checks
-# that they were trained from the same config, seeds and blocks); otherwise they are trained
+# that they were trained from the same config, seeds, blocks and data); otherwise they are trained
 # here. Rerunning continues where a run stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -524,6 +524,48 @@ def test_folds_copied_from_a_run_on_other_pixels_are_refused(tmp_path: Path) -> 
         run_crossval(nodem, tmp_path / "paired", dem, seeds=(0,))
 
 
+def test_folds_trained_on_other_scene_data_are_refused(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold recorded its config and file names, not their content: with every background
+    pixel of a mask relabelled under the same name, a rerun reused the stale folds and wrote the
+    same summary. Folds are reused on the same data only, alone or copied beside another recipe
+    as the protocol's scripts copy them; folds written before their data was recorded are
+    reused with a warning."""
+    scenes = [synthetic_scene(tmp_path, "east", 1), synthetic_scene(tmp_path, "west", 2)]
+    whole = {"blocks": [1, 1], "folds": 2, "seeds": [0]}
+    slope = load_config(protocol_config(tmp_path, "slope", scenes)).changed(crossval=whole)
+    dem = load_config(protocol_config(tmp_path, "dem", scenes, dem=True)).changed(crossval=whole)
+    alone, paired = tmp_path / "alone", tmp_path / "paired"
+    run_crossval(slope, alone, seeds=(0,))
+    kept = (alone / "summary.json").read_bytes()
+    trained: list[str] = []
+    real_train = crossval_module.train
+
+    def spy_train(fold_config, run_dir, **options):
+        trained.append(run_dir.parent.parent.name)
+        return real_train(fold_config, run_dir, **options)
+
+    monkeypatch.setattr(crossval_module, "train", spy_train)
+    run_crossval(slope, alone, seeds=(0,))
+    paired.mkdir()
+    shutil.copytree(alone / "candidate", paired / "baseline")
+    run_crossval(dem, paired, slope, seeds=(0,))
+    assert trained == ["candidate", "candidate"]  # the paired candidate's folds alone
+    with rasterio.open(scenes[0]["mask"], "r+") as ds:
+        labels = ds.read(1)
+        ds.write(np.where(labels == 0, 1, labels).astype(np.uint8), 1)
+    with pytest.raises(SlidemapError, match="other data"):
+        run_crossval(slope, alone, seeds=(0,))
+    assert (alone / "summary.json").read_bytes() == kept and len(trained) == 2
+    for path in alone.glob("candidate/s0/fold*/fold.json"):
+        record = json.loads(path.read_text())
+        del record["data"]
+        path.write_text(json.dumps(record))
+    with pytest.warns(SlidemapWarning, match="cannot check"):
+        run_crossval(slope, alone, seeds=(0,))
+    assert len(trained) == 2
+
+
 def test_a_refused_rerun_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
     config = load_config(protocol_config(tmp_path))
     out = tmp_path / "cv"

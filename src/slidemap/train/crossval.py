@@ -77,7 +77,7 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
     """Train and score every fold × seed of each recipe into ``out_dir`` and write the tables.
 
     Runs already scored in ``out_dir`` (their ``blocks.json``) are kept, so an interrupted
-    protocol continues where it stopped.
+    protocol continues where it stopped, where they were trained on the same data.
     """
     recipes = [Recipe("candidate", candidate)]
     if baseline is not None:
@@ -111,21 +111,29 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
     # and checked to leave training ground, before anything is written or trained
     hidden = [training_ground(scenes, blocks, fold, buffer, grids)
               for fold in range(settings.folds)]
+    # a recipe's folds record the pixels they are trained and scored on where the pairing
+    # narrowed its own labels (the scripts copy a recipe's folds into the next comparison), and
+    # what its scenes' files hold
+    labels = {r.label: narrowed_labels({r.label: own[r.label]}, {r.label: arrays[r.label]})
+              for r in recipes}
+    data = {r.label: data_digest(arrays[r.label]) for r in recipes}
+    check_reused_folds(out_dir, [
+        (out_dir / r.label / f"s{seed}" / f"fold{fold}",
+         fold_record(r.config, arrays[r.label], blocks, fold, buffer, seed, hidden[fold],
+                     labels[r.label], data[r.label]))
+        for r in recipes for seed in seeds for fold in range(settings.folds)])
     make_output_dir(out_dir, "crossval folder")
     _claim_layout(blocks, buffer, out_dir, narrowed_labels(own, arrays))
     confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {}
     for recipe in recipes:
         confusions[recipe.label] = {}
-        # a recipe's folds record the pixels they are trained and scored on where the pairing
-        # narrowed its own labels: the scripts copy a recipe's folds into the next comparison
-        labels = narrowed_labels({recipe.label: own[recipe.label]},
-                                 {recipe.label: arrays[recipe.label]})
         for seed in seeds:
             for fold in range(settings.folds):
                 run_dir = out_dir / recipe.label / f"s{seed}" / f"fold{fold}"
                 log.info(f"{recipe.label} seed {seed} fold {fold}")
                 scored = run_fold(recipe.config, arrays[recipe.label], blocks, fold, buffer,
-                                  seed, run_dir, hidden[fold], labels)
+                                  seed, run_dir, hidden[fold], labels[recipe.label],
+                                  data[recipe.label])
                 for name, confusion in scored.items():
                     confusions[recipe.label][(seed, name)] = confusion
     summary = summarise(confusions, blocks, seeds, settings.folds)
@@ -310,21 +318,21 @@ def shared_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buf
 
 def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
              buffer: int, seed: int, run_dir: Path, hidden: list[np.ndarray] | None = None,
-             labels: str | None = None) -> dict[str, BinaryConfusion]:
+             labels: str | None = None, data: str | None = None) -> dict[str, BinaryConfusion]:
     """Train fold ``fold`` (or reuse its finished run) and score its blocks; ``hidden`` is
     what it may not train on (:func:`training_ground`: with the scenes placed on the ground, a
     block is held out of every scene that shows it), by default its blocks and buffer alone.
     ``labels``: the :func:`narrowed_labels` digest of the recipe's labels, where the pairing
-    narrowed them, so that a fold trained on other pixels is never reused."""
+    narrowed them, so that a fold trained on other pixels is never reused. ``data``: the
+    :func:`data_digest` of ``scenes`` (computed here by default), so that a fold trained on
+    what a scene's files held before is never reused."""
     fold_config = with_seed(config, seed).without_data()
     if hidden is None:
         hidden = training_ground(scenes, blocks, fold, buffer)
-    shared = shared_ground(scenes, blocks, fold, buffer, hidden)
-    recipe = {k: v for k, v in config.to_dict().items() if k != "crossval"}
-    _claim(run_dir, {"config": recipe, "seed": seed, "fold": fold, "buffer": buffer,
-                     "blocks": [vars(b) for b in blocks],
-                     **({"shared_ground": shared} if shared else {}),
-                     **({"common_labels": labels} if labels else {})})
+    record = fold_record(config, scenes, blocks, fold, buffer, seed, hidden, labels,
+                         data_digest(scenes) if data is None else data)
+    check_fold(run_dir, record)
+    _claim(run_dir, record)
     result = run_dir / "blocks.json"
     if result.exists():
         return _read_confusions(result)
@@ -349,22 +357,89 @@ def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], 
     return scored
 
 
+def fold_record(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
+                buffer: int, seed: int, hidden: list[np.ndarray], labels: str | None,
+                data: str) -> dict:
+    """What a fold's ``fold.json`` records of what it trains and scores (:func:`run_fold`)."""
+    shared = shared_ground(scenes, blocks, fold, buffer, hidden)
+    recipe = {k: v for k, v in config.to_dict().items() if k != "crossval"}
+    return {"config": recipe, "seed": seed, "fold": fold, "buffer": buffer,
+            "blocks": [vars(b) for b in blocks],
+            **({"shared_ground": shared} if shared else {}),
+            **({"common_labels": labels} if labels else {}), "data": data}
+
+
+def _fold_text(record: dict) -> str:
+    return json.dumps(record, indent=2, default=str) + "\n"
+
+
+def _conflict(run_dir: Path) -> str:
+    return (f"{run_dir} holds a fold trained with another config, seed or block layout, or on "
+            "other labelled pixels: delete it or choose another --out")
+
+
 def _claim(run_dir: Path, record: dict) -> None:
     """Write what the fold trains (``fold.json``), or refuse a folder that trained another."""
-    claim_file(run_dir / "fold.json", json.dumps(record, indent=2, default=str) + "\n",
-               _fold_identity, f"{run_dir} holds a fold trained with another config, seed, "
-               "block layout or labelled pixels: delete it or choose another --out")
+    claim_file(run_dir / "fold.json", _fold_text(record), _fold_identity, _conflict(run_dir))
+
+
+def check_fold(run_dir: Path, record: dict) -> bool:
+    """Refuse a fold folder that trained another fold (:func:`fold_record`), or trained and
+    scored on other data than the scenes hold now (their files' content, which the config does
+    not record); False where its data cannot be checked, its ``fold.json`` written before
+    crossval recorded it."""
+    path = run_dir / "fold.json"
+    if not path.exists():
+        return True
+    text = path.read_text()
+    if _fold_identity(text) != _fold_identity(_fold_text(record)):
+        raise SlidemapError(_conflict(run_dir))
+    recorded = json.loads(text).get("data")
+    if recorded is None:
+        return False
+    if recorded != record["data"]:
+        raise SlidemapError(f"{run_dir} holds a fold trained and scored on other data than its "
+                            "scenes hold now (an image, DEM or mask was changed or replaced "
+                            "under the same name): delete it or choose another --out")
+    return True
+
+
+def check_reused_folds(out_dir: Path, folds: list[tuple[Path, dict]]) -> None:
+    """Refuse, before anything is written or trained, any fold folder of the run that holds
+    another fold or was trained on other data (``folds``: each folder and its
+    :func:`fold_record`); say once that the data of folds written before it was recorded cannot
+    be checked (the protocol's scripts reuse such folds, so they are kept)."""
+    unchecked = sum(not check_fold(run_dir, record) for run_dir, record in folds)
+    if unchecked:
+        warnings.warn(f"crossval cannot check the data {unchecked} fold(s) in {out_dir} were "
+                      "trained and scored on (written before crossval recorded it) and reuses "
+                      "them: if an image, DEM or mask changed since, delete them or choose "
+                      "another --out", SlidemapWarning, stacklevel=3)
 
 
 def _fold_identity(text: str) -> dict:
     """A ``fold.json`` as a rerun compares it: without the config's ``crossval`` section
     (which seeds the protocol runs; its seed, blocks and buffer are recorded apart), which folds
     written before it was left out still hold, so that adding a seed to ``crossval.seeds``
-    continues the protocol as ``--seeds`` does."""
+    continues the protocol as ``--seeds`` does; without its ``data``, which
+    :func:`check_fold` compares apart, as folds written before it was recorded lack it."""
     record = json.loads(text)
     if isinstance(record.get("config"), dict):
         record["config"].pop("crossval", None)
+    record.pop("data", None)
     return record
+
+
+def data_digest(scenes: list[SceneArrays]) -> str:
+    """A digest of what a recipe's folds train and score on: every scene's channels and labels
+    as read (after :func:`common_labels`). The config records the files' names only, and a mask
+    relabelled, or an image or DEM replaced, under the same name left the stale folds reused."""
+    digest = hashlib.blake2b(digest_size=16)
+    for scene in scenes:
+        for array in (scene.x, scene.target):
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
 
 def confusion_dict(confusion: BinaryConfusion) -> dict:
