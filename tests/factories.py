@@ -254,3 +254,22 @@ def declared_vrt(source: Path, path: Path, side: int) -> Path:
                     f"<GeoTransform>469200, 0.5, 0, 3446200, 0, -0.5</GeoTransform>{bands}"
                     "</VRTDataset>")
     return path
+
+
+def mirrored_scene(scene: Mapping[str, Path], folder: Path, flips: tuple[bool, bool]
+                   ) -> dict[str, Path]:
+    """The same ground as ``scene`` (image, DEM, labels) stored with its rows (south up) and/or
+    columns (east to west) reversed, georeferenced so: a GIS shows it as the original."""
+    mirrored = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, path in scene.items():
+        with rasterio.open(path) as src:
+            data, t, (height, width) = src.read(), src.transform, src.shape
+            nodata = src.nodata
+        if flips[0]:
+            data, t = data[:, ::-1], Affine(t.a, t.b, t.c, t.d, -t.e, t.f + t.e * height)
+        if flips[1]:
+            data, t = data[:, :, ::-1], Affine(-t.a, t.b, t.c + t.a * width, t.d, t.e, t.f)
+        mirrored[key] = write_raster(folder / Path(path).name, np.ascontiguousarray(data),
+                                     transform=t, nodata=nodata)
+    return mirrored

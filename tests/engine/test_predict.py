@@ -8,10 +8,12 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from factories import read_prob
+from factories import mirrored_scene, read_prob
 
 from slidemap import api
+from slidemap.infer.distributed import BandJob, predict_band
 from slidemap.infer.predict import PredictOptions
+from slidemap.infer.stream import Grid
 
 
 def test_predict_keeps_georeference_and_nodata(tiny_scene, tiny_model, tmp_path) -> None:
@@ -67,6 +69,46 @@ def test_predict_is_the_same_for_any_batch_size(tiny_scene, tiny_model, tmp_path
         with rasterio.open(result.prob) as ds:
             maps.append(ds.read(1))
     np.testing.assert_allclose(maps[0], maps[1], atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("flips", [(True, False), (False, True), (True, True)])
+def test_a_grid_stored_south_up_or_east_to_west_is_mapped_as_north_up(
+        tiny_scene, tiny_model, tmp_path, flips) -> None:
+    """The same ground stored south up (transform.e > 0) and/or east to west (a < 0) gets the
+    north-up map: the network sees every window north up and the windows lie on the same
+    ground (laid from the north-west corner). Windows were fed as stored, upside down, and
+    laid from the stored top: the maps differed wherever the network is not symmetric."""
+    mirrored = mirrored_scene(tiny_scene, tmp_path / "mirrored", flips)
+    options = PredictOptions(tile=40, overlap=8, precision="fp32")  # windows at 0, 32, 56
+    maps = []
+    for name, scene in (("north", tiny_scene), ("mirrored", mirrored)):
+        result = api.predict(scene["image"], tmp_path / f"map_{name}", scene["dem"], tiny_model,
+                             options, prob_dtype="float32")
+        with rasterio.open(result.mask) as ds:
+            mask = ds.read(1)
+        maps.append((read_prob(result.prob), mask))
+    (north, north_mask), (mirror, mirror_mask) = maps
+    axes = tuple(axis for axis, flip in enumerate(flips) if flip)
+    np.testing.assert_allclose(np.flip(mirror, axes), north, atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(np.flip(mirror_mask, axes), north_mask)
+
+
+def test_a_dask_band_of_a_south_up_scene_is_the_north_up_one(tiny_scene, tiny_model,
+                                                               tmp_path) -> None:
+    """A Dask worker feeds the network a south-up scene's windows north up too, and its
+    northernmost band holds the north-up scene's first windows."""
+    south = mirrored_scene(tiny_scene, tmp_path / "south", (True, False))
+    bands = []
+    for scene, flips in ((tiny_scene, (False, False)), (south, (True, False))):
+        grid = Grid.of(96, 96, 40, 8, 1, flips=flips)
+        job = BandJob(str(scene["image"]), str(scene["dem"]), (str(tiny_model),), False, "fp32",
+                      "torch", False, (1.0,), 4, None, grid)
+        bands.append(predict_band(job, (0, grid.rows[-1] if flips[0] else 0)))
+    north, south_up = bands
+    assert [w.row_off for w in north.windows] == [0, 0, 0]
+    assert [w.row_off for w in south_up.windows] == [56, 56, 56]
+    for north_prob, south_prob in zip(north.probs, south_up.probs, strict=True):
+        np.testing.assert_allclose(south_prob[::-1], north_prob, atol=1e-6)
 
 
 def test_evaluate_cli_writes_metrics(tiny_scene, tiny_model, tmp_path) -> None:

@@ -8,12 +8,14 @@ import numpy as np
 import pyogrio.raw
 import pytest
 import shapely
-from factories import ORIGIN, write_raster
+from factories import ORIGIN, mirrored_scene, write_raster
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
+from slidemap.infer.options import PredictOptions
+from slidemap.infer.predict import build_predictor
 from slidemap.infer.suggest import binary_entropy, suggest_boxes, write_boxes
 
 BOX = 32
@@ -28,6 +30,9 @@ class BrightnessModel:
 
     def __call__(self, raw: list[np.ndarray], valid: list[np.ndarray]) -> list[np.ndarray]:
         return [x[0] / 255.0 for x in raw]
+
+    def facing(self, flips: tuple[bool, bool]) -> BrightnessModel:
+        return self  # its scenes are stored north up
 
 
 def box_bounds(row: int, col: int) -> tuple[float, float, float, float]:
@@ -213,3 +218,16 @@ def test_a_scene_labelled_all_over_is_not_told_to_try_smaller_boxes(scene: Path,
                        r"boxes\): nothing is left to suggest") as refused:
         suggest_boxes(BrightnessModel(), scene, None, n=1, box=BOX, labels=[everything])
     assert "smaller --box" not in str(refused.value)
+
+
+def test_a_south_up_scene_is_scored_as_its_north_up_copy(tiny_scene, tiny_model, tmp_path
+                                                          ) -> None:
+    """Each box of the same ground stored south up gets the score of the north-up box: the
+    network sees it north up (it was scored upside down)."""
+    south = mirrored_scene(tiny_scene, tmp_path / "south", (True, False))
+    predictor = build_predictor([tiny_model], PredictOptions(precision="fp32"))
+    scores = []
+    for scene in (tiny_scene, south):
+        picks = suggest_boxes(predictor, scene["image"], scene["dem"], 9, BOX).picks
+        scores.append(sorted(round(p.score, 5) for p in picks))
+    assert scores[0] == scores[1]

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from factories import RGB_SLOPE, rewrite_sidecar, tiny_bundle, write_raster
+from factories import RGB_SLOPE, mirrored_scene, rewrite_sidecar, tiny_bundle, write_raster
 from PIL import Image
 from rasterio.transform import Affine
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from slidemap.data.channels import InputSpec
+from slidemap.explain.overlay import rgb_preview
 from slidemap.io.modelfile import ModelBundle, save_model
 from slidemap.models import ProbabilityAverage
 
@@ -262,6 +263,56 @@ def test_pictures_face_north_on_a_south_up_grid(tiny_scene, tiny_model, tmp_path
         assert code == 0, err
     assert np.array_equal(drawn["south/gradcam"], drawn["north/gradcam"])
     assert not np.array_equal(drawn["north/gradcam"], drawn["north/gradcam"][::-1])
+
+
+def test_the_network_explained_sees_a_south_up_grid_north_up(tiny_scene, tiny_model,
+                                                             tmp_path, run_cli, monkeypatch
+                                                             ) -> None:
+    """Grad-CAM and the probability of a south-up scene are those of the same ground stored
+    north up, in the PNGs and (flipped back onto the stored rows) the GeoTIFFs: the network
+    sees the window north up, as predict feeds it (it saw it upside down)."""
+    drawn: dict[str, np.ndarray] = {}
+
+    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
+               box: tuple[int, int, int, int] | None = None, aspect: float = 1.0) -> None:
+        drawn[f"{Path(path).parent.name}/{Path(path).stem}"] = heat
+
+    monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
+    south = mirrored_scene(tiny_scene, tmp_path / "south", (True, False))
+    for name, scene, box in (("north", tiny_scene, "0,40,20,80"),
+                             ("south", south, "76,40,96,80")):
+        code, err = run_cli("explain", scene["image"], "--dem", scene["dem"], "--model",
+                            tiny_model, "--window", "0,0,96,96", "--box", box,
+                            "--out", tmp_path / f"x_{name}")
+        assert code == 0, err
+    for picture in ("gradcam", "probability"):
+        north, south_up = drawn[f"x_north/{picture}"], drawn[f"x_south/{picture}"]
+        np.testing.assert_allclose(south_up, north, atol=1e-5)
+        with rasterio.open(tmp_path / "x_north" / f"{picture}.tif") as n, \
+                rasterio.open(tmp_path / "x_south" / f"{picture}.tif") as s:
+            np.testing.assert_allclose(s.read(1)[::-1], n.read(1), atol=1e-5)
+
+
+def test_an_image_without_georeference_is_drawn_as_stored(tmp_path, tiny_model, run_cli,
+                                                         monkeypatch) -> None:
+    """GDAL's identity geotransform (no georeference: a plain PNG) runs y down like a south-up
+    grid, but says nothing of north: the picture shows row 0 at the top, as the image does (it
+    was drawn upside down)."""
+    drawn: dict[str, np.ndarray] = {}
+
+    def record(rgb: np.ndarray, heat: np.ndarray, path: Path, title: str | None = None,
+               box: tuple[int, int, int, int] | None = None, aspect: float = 1.0) -> None:
+        drawn[Path(path).stem] = rgb
+
+    monkeypatch.setattr("slidemap.explain.run.save_overlay_png", record)
+    pixels = np.random.default_rng(1).integers(1, 200, (3, 64, 64), np.uint8)
+    image = write_raster(tmp_path / "plain.tif", pixels, crs=None, transform=Affine.identity())
+    dem = write_raster(tmp_path / "plain_dem.tif", np.ones((64, 64), np.float32), crs=None,
+                       transform=Affine.identity())
+    code, err = run_cli("explain", image, "--dem", dem, "--model", tiny_model, "--box",
+                        "0,0,32,32", "--out", tmp_path / "x")
+    assert code == 0, err
+    np.testing.assert_array_equal(drawn["gradcam"], rgb_preview(pixels))
 
 
 def test_a_box_counts_stored_rows_and_is_outlined_where_the_picture_shows_it(

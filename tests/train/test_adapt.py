@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from factories import write_scene
+from factories import mirrored_scene, tiny_bundle, write_scene
 
 from slidemap.data.dataset import RandomWindows, load_scene_arrays
 from slidemap.data.scene import IGNORE
@@ -368,6 +368,20 @@ def test_scene_chunks_stay_within_the_memory_share(trained: tuple[dict[str, str]
     assert len(chunks) == 1 and chunks[0].target.shape == (SIDE, SIDE)
     assert set(np.unique(chunks[0].target)) == {0, IGNORE}  # no label is ever read
     assert not (chunks[0].target[:, :6] == 0).any()  # nodata is never a pseudo-label
+
+
+def test_scene_chunks_of_a_south_up_scene_face_north(tmp_path: Path) -> None:
+    """--adapt's chunks of a scene stored south up hold its ground north up, as the map's
+    windows reach the network (they were stored upside down: the copy learnt, and labelled
+    itself, on imagery the map never shows it)."""
+    scene = landslide_scene(tmp_path / "north")
+    south = mirrored_scene({k: Path(v) for k, v in scene.items()}, tmp_path / "south",
+                           (True, False))
+    north_chunk = scene_chunks(scene["image"], scene["dem"], tiny_bundle(), None)[0]
+    south_chunk = scene_chunks(south["image"], south["dem"], tiny_bundle(), None)[0]
+    np.testing.assert_allclose(south_chunk.x, north_chunk.x, atol=1e-4)
+    np.testing.assert_array_equal(south_chunk.target, north_chunk.target)
+    assert not np.allclose(north_chunk.x[:, ::-1], north_chunk.x)  # not the same either way
 
 
 def test_scene_chunks_are_as_many_as_the_memory_share_holds(

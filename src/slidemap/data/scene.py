@@ -49,6 +49,7 @@ from slidemap.data.terrain import (
     slope_degrees,
 )
 from slidemap.data.vectors import PolygonLayer, VectorLabels, covers
+from slidemap.data.windows import north_up_flips
 from slidemap.errors import SlidemapError, SlidemapWarning, first_line, silenced
 from slidemap.schema.values import is_vector
 
@@ -442,6 +443,12 @@ class Scene:
         img = self._image
         return {"crs": img.crs, "transform": img.transform, "width": img.width,
                 "height": img.height}
+
+    @property
+    def flips(self) -> tuple[bool, bool]:
+        """Whether the stored rows and columns run against north up, west left (a south-up
+        grid, one stored east to west): the model sees its windows flipped back."""
+        return north_up_flips(self._image.transform)
 
     def pixel_size_m(self) -> tuple[float, float]:
         """Native pixel size in metres, at the scene centre (where a CRS unit's ground size

@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import numpy as np
+from affine import Affine
 from rasterio.windows import Window
 
 
-def grid_offsets(length: int, size: int, stride: int) -> list[int]:
-    """Offsets of windows of ``size`` every ``stride`` covering [0, length); the last one flush."""
+def grid_offsets(length: int, size: int, stride: int, from_end: bool = False) -> list[int]:
+    """Offsets of windows of ``size`` every ``stride`` covering [0, length); the last one flush.
+    ``from_end``: laid from the far end (the first flush), in increasing order: the same
+    windows on the ground as a grid stored the other way round lays from its start."""
     if length <= size:
         return [0]
     offsets = list(range(0, length - size, stride))
     offsets.append(length - size)
-    return offsets
+    return sorted(length - size - o for o in offsets) if from_end else offsets
+
+
+def north_up_flips(transform: Affine) -> tuple[bool, bool]:
+    """Whether a grid's rows and columns must be reversed to face north up, west left: row 0
+    of a south-up grid is its south edge, column 0 of a grid stored east to west its east
+    edge. GDAL's identity geotransform (an image without georeference, as a plain PNG) is taken
+    as it is stored. A rotated grid (b, d ≠ 0) is only flipped by the signs of a and e, not
+    turned."""
+    if transform.is_identity:
+        return False, False
+    return transform.e > 0, transform.a < 0
+
+
+def flipped(array: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
+    """``array`` (rows and columns last) with its rows and/or columns reversed (a view)."""
+    if flips[0]:
+        array = array[..., ::-1, :]
+    if flips[1]:
+        array = array[..., ::-1]
+    return array
 
 
 def grid_windows(height: int, width: int, size: int, overlap: int = 0) -> list[Window]:

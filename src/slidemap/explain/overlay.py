@@ -13,7 +13,6 @@ import rasterio
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from rasterio.transform import Affine
 
 from slidemap.errors import SlidemapError
 from slidemap.io.atomic import atomic_path
@@ -48,12 +47,6 @@ def rgb_preview(image: np.ndarray) -> np.ndarray:
     return np.round(out.transpose(1, 2, 0) * 255).astype(np.uint8)
 
 
-def north_up_flips(transform: Affine) -> tuple[bool, bool]:
-    """Whether a grid's rows and columns must be reversed to face north up, east right: a
-    picture is drawn with row 0 at the top, which is the south of a south-up grid."""
-    return transform.e > 0, transform.a < 0
-
-
 def picture_aspect(pixel_m: tuple[float, float], native: tuple[int, int],
                    shape: tuple[int, int]) -> float:
     """How much taller than wide to draw a pixel of a ``shape`` (rows, columns) picture of
@@ -75,15 +68,6 @@ def flipped_box(box: tuple[int, int, int, int], shape: tuple[int, int],
     if flips[1]:
         col0, col1 = shape[1] - col1, shape[1] - col0
     return row0, col0, row1, col1
-
-
-def flipped(array: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
-    """``array`` (rows and columns last) with its rows and/or columns reversed."""
-    if flips[0]:
-        array = array[..., ::-1, :]
-    if flips[1]:
-        array = array[..., ::-1]
-    return array
 
 
 @contextmanager

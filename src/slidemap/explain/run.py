@@ -1,11 +1,12 @@
 """Explain one window of a scene: Grad-CAM, attention maps and probability, as PNG and GeoTIFF.
 
-The model sees the window as ``slidemap predict`` reads it (same bands, decimation and
-normalisation), in one pass at scale 1: Grad-CAM needs one forward and backward of one input, so
-the explanation is of the network, and where the model's file predicts at several scales (or
-blends overlapping windows) its map can differ from this pass; ``explain.json`` records both.
-PNGs are drawn at the working resolution the model saw, north up; GeoTIFFs are brought back to the
-window's native pixels so that they lie on the image grid in a GIS, NaN where it has no data.
+The model sees the window as ``slidemap predict`` feeds it (same bands, decimation and
+normalisation, north up), in one pass at scale 1: Grad-CAM needs one forward and backward of one
+input, so the explanation is of the network, and where the model's file predicts at several
+scales (or blends overlapping windows) its map can differ from this pass; ``explain.json``
+records both. PNGs are drawn at the working resolution the model saw, north up; GeoTIFFs are
+brought back to the window's stored native pixels so that they lie on the image grid in a GIS,
+NaN where it has no data.
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from slidemap.data.channels import read_inputs, stack_channels
 from slidemap.data.names import DatasetName, local_files
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scene import Scene
+from slidemap.data.windows import flipped, north_up_flips
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.explain.attention import collect_attention
 from slidemap.explain.gradcam import Box, eval_mode, grad_cam, prepare_input
 from slidemap.explain.overlay import (
-    flipped,
     flipped_box,
-    north_up_flips,
     picture_aspect,
     rgb_preview,
     save_heat_geotiff,
@@ -79,14 +79,20 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
         if not valid.any():
             raise SlidemapError(scene.dem_void() or f"window {_describe(win)} of {image} has "
                                 "no valid pixel: choose another --window")
-    x = normalise(stack_channels(sample, spec), BandStats(bundle.mean, bundle.std), valid=valid)
+    # the network sees the window north up, as predict feeds it (Predictor.facing), and so do
+    # the PNGs; the GeoTIFFs are flipped back onto the stored grid
+    flips = north_up_flips(profile["transform"])
+    x = np.ascontiguousarray(flipped(normalise(stack_channels(sample, spec),
+                                               BandStats(bundle.mean, bundle.std), valid=valid),
+                                     flips))
+    seen = np.ascontiguousarray(flipped(valid, flips))
     model = bundle.model
     working_box = None
     if box is not None:
         working_box = _working_box(box, win, valid.shape)
-        region = _box_region(working_box, valid, box)
+        region = np.ascontiguousarray(flipped(_box_region(working_box, valid, box), flips))
     else:
-        region = (_probability(model, x) > bundle.threshold) & valid
+        region = (_probability(model, x) > bundle.threshold) & seen
         if not region.any():
             raise SlidemapError(
                 f"no valid pixel predicted as landslide in window {_describe(win)} (threshold "
@@ -104,7 +110,6 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     check_outputs(list(files.values()), [*local_files(image, dem), *models], overwrite)
     make_output_dir(out_dir)
 
-    flips = north_up_flips(profile["transform"])  # the PNGs face north, as a map does
     rgb = rgb_preview(flipped(np.where(valid, sample["image"], np.nan), flips))
     what = f"box {box}" if box is not None else "predicted landslide pixels"
     titles = {"gradcam": f"Grad-CAM of {what}\nlayer {cam.layer}",
@@ -118,12 +123,12 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
     # drawn in the ground's shape, not the pixel grid's (degrees, oblong pixels)
     aspect = picture_aspect(pixel_m, (int(win.height), int(win.width)), valid.shape)
     for name, heat in heats.items():  # no colour where the model saw no data (NaN: none)
-        save_overlay_png(rgb, flipped(np.where(valid, heat, np.nan), flips),
-                         files[f"{name}.png"], title=titles.get(name, name), box=outline,
-                         aspect=aspect)
+        save_overlay_png(rgb, np.where(seen, heat, np.nan), files[f"{name}.png"],
+                         title=titles.get(name, name), box=outline, aspect=aspect)
         if georeferenced:
-            save_heat_geotiff(np.where(native_valid, _to_native(heat, win), np.nan),
-                              files[f"{name}.tif"], grid)
+            stored = _to_native(flipped(heat, flips), win)
+            save_heat_geotiff(np.where(native_valid, stored, np.nan), files[f"{name}.tif"],
+                              grid)
     if bundle.predict.scales != (1.0,):
         log.info(f"explain shows the network at scale 1; predict averages scales "
                  f"{list(bundle.predict.scales)}, so its map of this window can differ")
@@ -133,7 +138,7 @@ def explain_window(bundle: ModelBundle, image: DatasetName, out_dir: Path,
         "decimation": factor, "box": list(box) if box else None, "layer": cam.layer,
         "region_pixels": int(cam.region.sum()), "threshold": bundle.threshold,
         "scale": 1.0, "predict_scales": list(bundle.predict.scales),
-        "mean_probability": float(cam.probability[valid].mean()),
+        "mean_probability": float(cam.probability[seen].mean()),
         "channel_attention": {k: v.round(4).tolist() for k, v in attention.channel.items()},
         "files": {k: str(v) for k, v in files.items()},
     }

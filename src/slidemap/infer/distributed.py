@@ -179,7 +179,7 @@ def predict_band(job: BandJob, piece: tuple[int, int]) -> PredictedBand:
     with bounded_gdal_cache(job.grid), \
             Scene(job.image, dem=job.dem, warn_dem=False) as scene:
         inputs = read_band(scene, predictor.spec, job.grid, piece)
-    return infer_band(predictor, inputs, job.batch_size)
+    return infer_band(predictor.facing(job.grid.flips), inputs, job.batch_size)
 
 
 @functools.lru_cache(maxsize=2)

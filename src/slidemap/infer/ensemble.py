@@ -23,6 +23,7 @@ import torch
 from slidemap.data.channels import InputSpec
 from slidemap.data.normalization import BandStats, normalise
 from slidemap.data.scaling import demote
+from slidemap.data.windows import flipped
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.backends import Backend, make_backend
 from slidemap.infer.runtime import resolve_precision
@@ -92,6 +93,7 @@ class Predictor:
         self.tta = tta
         self.precision = "fp32" if backend == "onnx" else resolve_precision(precision)
         self.paths = [b.path for b in bundles]
+        self.flips = (False, False)
 
     def patch_spec(self, scale: float | None = None) -> InputSpec:
         """The inputs for patches resized by ``scale`` (``--scale``), or by the members' own
@@ -121,14 +123,25 @@ class Predictor:
         other.members = [(member, stats) for member, _ in self.members]
         return other
 
+    def facing(self, flips: tuple[bool, bool]) -> Predictor:
+        """A copy that reverses the windows' rows and/or columns before the networks and their
+        probabilities after (``Scene.flips``): the networks learnt imagery north up, west
+        left (shadows, slope aspect), and a south-up grid's windows are stored upside down."""
+        other = copy.copy(self)
+        other.flips = flips
+        return other
+
     def __call__(self, raw: list[np.ndarray], valid: list[np.ndarray]) -> list[np.ndarray]:
         """Probabilities (h, w) for raw stacked channels (C, h, w) and their validity masks."""
+        raw = [flipped(x, self.flips) for x in raw]
+        valid = [flipped(v, self.flips) for v in valid]
         total = [np.zeros(x.shape[1:], dtype=np.float32) for x in raw]
         for model, stats in self.members:
             inputs = [normalise(x, stats, valid=v) for x, v in zip(raw, valid, strict=True)]
             for acc, prob in zip(total, self._predict(model, inputs), strict=True):
                 acc += prob
-        return [acc / len(self.members) for acc in total]
+        return [np.ascontiguousarray(flipped(acc / len(self.members), self.flips))
+                for acc in total]
 
     def _predict(self, model: Backend, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if len({x.shape for x in inputs}) > 1:  # scene-edge windows of odd sizes: one by one

@@ -97,11 +97,12 @@ def predict_scene(predictor: Predictor, image: DatasetName, dem: DatasetName | N
         factor = working_factor(scene, spec, image)
         budget.check_outputs(str(image), scene.height, scene.width, BLOCK_SIDE, outputs=2)
         grid = plan_blocks(Grid.of(scene.height, scene.width, options.tile, options.overlap,
-                                   factor), len(spec.channels), budget)
+                                   factor, flips=scene.flips), len(spec.channels), budget)
         check_terrain_halo(scene, spec, factor, (grid.band_rows, grid.window_width), budget)
         scene_normalised = options.normalise == "scene"
         if scene_normalised:
             predictor = predictor.with_stats(scene_stats(scene, spec, factor))
+        predictor = predictor.facing(scene.flips)  # the networks see north up
         for message in scene_warnings(scene, spec, predictor.stats, scene_normalised):
             warnings.warn(message, SlidemapWarning, stacklevel=2)
         task = progress.add_task(f"predict {display_name(image)}", total=grid.window_count) \

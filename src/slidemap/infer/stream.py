@@ -108,7 +108,9 @@ class ColumnBlock:
 class Grid:
     """Overlapping windows over a scene in native pixels; one row of windows is a band, cut
     into column blocks of ``block_width`` px (the whole width if None) that are predicted one
-    after the other, each from the top of the scene to its bottom."""
+    after the other, each from the top of the scene to its bottom. The windows are laid from
+    the north-west corner (``flips``: ``Scene.flips``), so a grid stored south up or east to
+    west gets the same windows on the ground as one stored north up."""
 
     height: int
     width: int
@@ -116,21 +118,23 @@ class Grid:
     overlap: int
     factor: int  # native pixels per working pixel
     block_width: int | None = None
+    flips: tuple[bool, bool] = (False, False)
 
     @classmethod
     def of(cls, height: int, width: int, tile: int, overlap: int, factor: int,
-           block_width: int | None = None) -> Grid:
+           block_width: int | None = None, flips: tuple[bool, bool] = (False, False)) -> Grid:
         """Windows of ``tile`` working px overlapping by ``overlap`` (at most half a window)."""
         size = tile * factor
-        return cls(height, width, size, min(overlap * factor, size // 2), factor, block_width)
+        return cls(height, width, size, min(overlap * factor, size // 2), factor, block_width,
+                   flips)
 
     @property
     def rows(self) -> list[int]:
-        return grid_offsets(self.height, self.size, self.size - self.overlap)
+        return grid_offsets(self.height, self.size, self.size - self.overlap, self.flips[0])
 
     @property
     def cols(self) -> list[int]:
-        return grid_offsets(self.width, self.size, self.size - self.overlap)
+        return grid_offsets(self.width, self.size, self.size - self.overlap, self.flips[1])
 
     @property
     def band_rows(self) -> int:

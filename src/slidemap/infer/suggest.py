@@ -218,8 +218,8 @@ def suggest_boxes(predictor: Predictor, image: DatasetName, dem: DatasetName | N
                 raise SlidemapError(f"labelled areas {layer.name} holds no polygon: pass the "
                                     "boxes or areas labelled so far, or leave out --labels")
             layer.check_overlap(scene.bounds)
-        scores, skipped, sparse = score_boxes(predictor, scene, box, factor, batch_size, skip,
-                                              progress)
+        scores, skipped, sparse = score_boxes(predictor.facing(scene.flips), scene, box,
+                                              factor, batch_size, skip, progress)
     if not scores and skipped and not sparse:  # a smaller --box would find nothing either
         raise SlidemapError(f"every box of {image} with valid pixels lies in the areas of "
                             f"--labels ({skipped} boxes): nothing is left to suggest there")

@@ -35,7 +35,8 @@ from rasterio.warp import calculate_default_transform
 from rasterio.warp import transform as transform_points
 
 from slidemap.data.terrain import crs_name, metres_per_unit
-from slidemap.explain.overlay import flipped, north_up_flips, rgb_preview
+from slidemap.data.windows import flipped, north_up_flips
+from slidemap.explain.overlay import rgb_preview
 from slidemap.report.plots import new_figure
 
 MAP_SIDE = 1200

@@ -22,9 +22,10 @@ from rasterio.windows import Window
 
 from slidemap.data.names import DatasetName, display_name
 from slidemap.data.scene import IGNORE, Scene
+from slidemap.data.windows import flipped, north_up_flips
 from slidemap.errors import silenced
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion
-from slidemap.explain.overlay import flipped, north_up_flips, picture_aspect, rgb_preview
+from slidemap.explain.overlay import picture_aspect, rgb_preview
 from slidemap.io.atomic import atomic_path
 
 PREVIEW_SIDE = 1500

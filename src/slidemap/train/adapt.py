@@ -44,7 +44,7 @@ from slidemap.data.dataset import RandomWindows, SceneArrays
 from slidemap.data.names import DatasetName, absolute_name, display_name
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import IGNORE, Scene
-from slidemap.data.windows import random_windows
+from slidemap.data.windows import flipped, random_windows
 from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
@@ -328,7 +328,9 @@ def scene_chunks(image: DatasetName, dem: DatasetName | None, bundle: ModelBundl
 
 def _read_chunk(scene: Scene, factor: int, shape: tuple[int, int], row: int, col: int,
                 margin: int, spec: InputSpec) -> SceneArrays | None:
-    """The chunk at working ``row``, ``col`` with its margin, or None if it holds no data."""
+    """The chunk at working ``row``, ``col`` with its margin, or None if it holds no data;
+    north up, as the map's windows are fed to the network (``Predictor.facing``), so that the
+    copy learns the ground as the map shows it to it."""
     height, width = shape
     top, left = max(0, row - margin), max(0, col - margin)
     bottom = min(height, row + CHUNK_SIDE + margin)
@@ -346,8 +348,11 @@ def _read_chunk(scene: Scene, factor: int, shape: tuple[int, int], row: int, col
     target = np.where(readable & core, 0, IGNORE).astype(np.uint8)
     if not (target == 0).any():
         return None
-    return SceneArrays(f"{display_name(scene.image_path)} r{row} c{col}", x, target,
-                       inputs_valid=readable)
+    flips = scene.flips
+    return SceneArrays(f"{display_name(scene.image_path)} r{row} c{col}",
+                       np.ascontiguousarray(flipped(x, flips)),
+                       np.ascontiguousarray(flipped(target, flips)),
+                       inputs_valid=np.ascontiguousarray(flipped(readable, flips)))
 
 
 def block_chunk(scene: SceneArrays, top: int, bottom: int, left: int, right: int,
