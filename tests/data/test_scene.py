@@ -1,6 +1,7 @@
 """The data layer: DEM alignment across CRS and resolution, nodata, labels, windows."""
 
 
+import re
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import rasterio
 from affine import Affine
 from factories import reproject_raster, write_raster
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 
@@ -226,6 +228,22 @@ def test_slope_and_curvature_are_those_of_the_ground_on_any_affine_grid(
 def test_image_without_crs_is_refused(tmp_path) -> None:
     path = write_raster(tmp_path / "nocrs.tif", np.ones((3, 40, 40), np.uint8), crs=None)
     with pytest.raises(SlidemapError, match="no CRS"):
+        Scene(path)
+
+
+def test_a_png_without_crs_but_a_prj_beside_it_is_told_to_assign_that(tmp_path) -> None:
+    """GDAL does not read the .prj beside a PNG with a world file: the advice names that
+    .prj, not EPSG:32647 (a CRS the user may not have)."""
+    path = tmp_path / "scene.png"
+    with rasterio.open(path, "w", driver="PNG", width=40, height=40, count=3,
+                       dtype="uint8") as ds:
+        ds.write(np.ones((3, 40, 40), np.uint8))
+    (tmp_path / "scene.pgw").write_text("0.5\n0\n0\n-0.5\n469200.25\n3446199.75\n")
+    with pytest.raises(SlidemapError, match="EPSG:32647"):
+        Scene(path)
+    (tmp_path / "scene.prj").write_text(CRS.from_epsg(32647).to_wkt())
+    advice = f"gdal_edit.py -a_srs {tmp_path / 'scene.prj'})"
+    with pytest.raises(SlidemapError, match=re.escape(advice)):
         Scene(path)
 
 

@@ -841,16 +841,28 @@ def georeference_problem(dataset: rasterio.DatasetReader, name: DatasetName) -> 
         return (f"image {name} is georeferenced by RPCs only: orthorectify it first (e.g. "
                 "gdalwarp -rpc -t_srs EPSG:32647 -to RPC_DEM=dem.tif in.tif out.tif)")
     no_transform = dataset.transform == Affine.identity()
+    srs = prj_beside(name) or "EPSG:32647"
     if dataset.crs is None and no_transform:
         return (f"image {name} has no CRS and no geotransform: georeference it (e.g. "
-                "gdal_edit.py -a_srs EPSG:32647 -a_ullr ULX ULY LRX LRY)")
+                f"gdal_edit.py -a_srs {srs} -a_ullr ULX ULY LRX LRY)")
     if dataset.crs is None:
-        return f"image {name} has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:32647)"
+        return f"image {name} has no CRS: assign one (e.g. gdal_edit.py -a_srs {srs})"
     if no_transform:
         return (f"image {name} has a CRS but no geotransform (where its pixels lie is unknown): "
                 "georeference it (e.g. gdal_edit.py -a_ullr ULX ULY LRX LRY, or gdalwarp with "
                 "ground control points)")
     return None
+
+
+def prj_beside(name: DatasetName) -> Path | None:
+    """The ESRI ``.prj`` beside a local image (``scene.prj`` or ``scene.png.prj`` for
+    ``scene.png``), which GDAL does not read for every format (PNG, JPEG with a world file):
+    the CRS to assign is most likely in it."""
+    path = local_path(name)
+    if path is None:
+        return None
+    candidates = (path.with_suffix(".prj"), path.with_name(f"{path.name}.prj"))
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def earth_problem(crs: CRS | None, name: DatasetName) -> str | None:
