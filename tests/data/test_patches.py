@@ -14,10 +14,17 @@ from affine import Affine
 from factories import SHARED_DATA
 from PIL import Image
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 
 from slidemap.data.channels import InputSpec
-from slidemap.data.patches import BijieFolder, PatchFolder, open_patch_dataset, read_mask
+from slidemap.data.patches import (
+    BijieFolder,
+    PatchFolder,
+    open_patch_dataset,
+    read_image,
+    read_mask,
+)
 from slidemap.data.sources import open_patch_set
 from slidemap.errors import SlidemapError, SlidemapWarning
 
@@ -312,3 +319,28 @@ def test_a_png_patch_declaring_a_scene_is_refused_before_it_is_decoded(tmp_path:
         + chunk(b"IEND", b""))
     with pytest.raises(SlidemapError, match=r"p1.png is .*at most 8192 px a side"):
         PatchFolder(tmp_path)[0]
+
+
+@pytest.mark.parametrize(("dtype", "colours"), [
+    ("float32", ("red", "green", "blue", "alpha")),  # gdalwarp -dstalpha of a float patch
+    ("uint8", ("red", "green", "blue", "undefined", "alpha")),  # RGB + NIR, then alpha
+])
+def test_an_alpha_band_gdals_mask_leaves_out_marks_a_patch_nodata(tmp_path, dtype, colours
+                                                                  ) -> None:
+    """A patch TIFF's transparent pixels are nodata even where GDAL's own mask ignores its
+    alpha band (a float one, or one after a fourth band), as a scene's are: they were read as
+    valid ground and mapped."""
+    bands = len(colours)
+    data = np.full((bands, 16, 16), 100, dtype=dtype)
+    data[-1] = 255
+    data[-1, :, :4] = 0
+    path = tmp_path / "patch.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=bands,
+                           dtype=dtype) as ds:
+            ds.write(data)
+            ds.colorinterp = [ColorInterp[c] for c in colours]
+    image, valid = read_image(path)
+    assert image.shape == (bands - 1, 16, 16)
+    assert not valid[:, :4].any() and valid[:, 4:].all()

@@ -19,7 +19,7 @@ import rasterio
 from affine import Affine
 from PIL import Image, UnidentifiedImageError
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from slidemap.data.scaling import resize
@@ -172,7 +172,8 @@ def image_georeference(path: Path) -> Georeference | None:
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All non-alpha bands of a TIFF in their own dtype, and the GDAL dataset validity mask."""
+    """All non-alpha bands of a TIFF in their own dtype, and the GDAL dataset validity mask
+    (less the transparent pixels of an alpha band GDAL's mask leaves out)."""
     try:
         with _open_tiff(path) as src:
             bands = [i for i, ci in enumerate(src.colorinterp, 1) if ci != ColorInterp.alpha]
@@ -180,9 +181,23 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray]:
                              max(np.dtype(d).itemsize for d in src.dtypes))
             data = src.read(bands or None)
             valid = src.dataset_mask() > 0
+            alpha = alpha_gdal_ignores(src)
+            if alpha is not None:
+                valid &= src.read(alpha) > 0
     except RasterioIOError as exc:
         raise SlidemapError(f"{path} cannot be read as a TIFF: is the file complete?") from exc
     return data, valid
+
+
+def alpha_gdal_ignores(dataset: rasterio.DatasetReader) -> int | None:
+    """The band number of an alpha band GDAL's own mask leaves out (a float one, as gdalwarp
+    -dstalpha writes for a float scene; band 5 after RGB + NIR, as gdalbuildvrt -addalpha
+    makes), so that its transparent pixels are nodata; None where GDAL masks by it, a nodata
+    value overrides it or there is none. Scenes and patch TIFFs read their validity by it."""
+    if (ColorInterp.alpha not in dataset.colorinterp
+            or dataset.mask_flag_enums[0] != [MaskFlags.all_valid]):
+        return None
+    return dataset.colorinterp.index(ColorInterp.alpha) + 1
 
 
 def _dem_to_metres(path: Path) -> tuple[float, float]:

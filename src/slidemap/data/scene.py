@@ -30,6 +30,7 @@ from rasterio.windows import transform as window_transform
 
 from slidemap.data.l4s import split_of_patch
 from slidemap.data.names import DatasetName, as_name, local_path
+from slidemap.data.patches import alpha_gdal_ignores
 from slidemap.data.terrain import (
     BoxSums,
     axes_cosine,
@@ -181,7 +182,7 @@ class Scene:
         self._image = open_raster(image, role)
         self._apply_scale = apply_scale
         self._shadowed = _nodata_shadows_alpha(self._image)
-        self._alpha = _alpha_gdal_ignores(self._image)
+        self._alpha = alpha_gdal_ignores(self._image)
         self._floating = any(np.issubdtype(np.dtype(d), np.floating) for d in self._image.dtypes)
         self._dem_src: rasterio.DatasetReader | None = None
         self._dem: WarpedVRT | None = None
@@ -880,17 +881,6 @@ def _nodata_shadows_alpha(dataset: rasterio.DatasetReader) -> bool:
     """Whether rasterio warns on every masked read of ``dataset`` (a nodata value and a band
     GDAL takes for alpha: the nodata value decides the mask)."""
     return dataset.nodata is not None and ColorInterp.alpha in dataset.colorinterp
-
-
-def _alpha_gdal_ignores(dataset: rasterio.DatasetReader) -> int | None:
-    """The band number of an alpha band GDAL's own mask leaves out (a float one, as gdalwarp
-    -dstalpha writes for a float scene; band 5 after RGB + NIR, as gdalbuildvrt -addalpha
-    makes), so that its transparent pixels are nodata; None where GDAL masks by it, a nodata
-    value overrides it or there is none."""
-    if (ColorInterp.alpha not in dataset.colorinterp
-            or dataset.mask_flag_enums[0] != [MaskFlags.all_valid]):
-        return None
-    return dataset.colorinterp.index(ColorInterp.alpha) + 1
 
 
 def _elevation_and_alpha(dataset: rasterio.DatasetReader) -> bool:
