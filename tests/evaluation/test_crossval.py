@@ -37,7 +37,10 @@ from slidemap.evaluation.folds import Block, held_out, make_blocks, scene_names
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.io.modelfile import save_model
 from slidemap.schema.config import RunConfig, load_config
+from slidemap.train import adaptval as adaptval_module
 from slidemap.train import crossval as crossval_module
+from slidemap.train.adapt import AdaptOptions
+from slidemap.train.adaptval import measure_adaptation
 from slidemap.train.crossval import (
     best_threshold,
     compare,
@@ -564,6 +567,57 @@ def test_folds_trained_on_other_scene_data_are_refused(tmp_path: Path,
     with pytest.warns(SlidemapWarning, match="cannot check"):
         run_crossval(slope, alone, seeds=(0,))
     assert len(trained) == 2
+
+
+def test_adaptations_of_a_retrained_fold_are_measured_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """crossval --adapt kept a block's adaptation while its settings and the fold model's path
+    matched: with a mask relabelled and the refused folds deleted, as crossval asks, the
+    retrained folds (same paths) kept the old models' adaptations, scored on the old labels.
+    They are kept while the fold model's weights and the scene's data are the same only (those
+    written before both were recorded, with a warning that they cannot be checked)."""
+    scenes = [synthetic_scene(tmp_path, "east", 1), synthetic_scene(tmp_path, "west", 2)]
+    config = load_config(protocol_config(tmp_path, "slope", scenes)).changed(
+        crossval={"blocks": [1, 1], "folds": 2, "seeds": [0]})
+    out, options = tmp_path / "cv", AdaptOptions(windows=8, rounds=2, batch_size=4, tile=TILE)
+    adapted: list[str] = []
+    real_adapt = adaptval_module.adapt_model
+
+    def spy_adapt(bundle, chunks, *args):
+        adapted.append(bundle.path.parent.name)
+        return real_adapt(bundle, chunks, *args)
+
+    def measure() -> dict[str, list[int]]:
+        """Each block's crossval score beside its adaptation's score of the model as trained."""
+        run_crossval(config, out, seeds=(0,))
+        measure_adaptation(config, out, options, (0,))
+        scored = {name: c["counts"] for path in out.glob("candidate/s0/fold*/blocks.json")
+                  for name, c in json.loads(path.read_text()).items()}
+        for path in (out / "adapt" / "s0").glob("*.json"):
+            assert json.loads(path.read_text())["as_trained"]["counts"] == scored[path.stem]
+        return scored
+
+    monkeypatch.setattr(adaptval_module, "adapt_model", spy_adapt)
+    before = measure()
+    measure()
+    assert sorted(adapted) == ["fold0", "fold1"]  # the unchanged rerun adapted nothing again
+    with rasterio.open(scenes[0]["mask"], "r+") as ds:
+        labels = ds.read(1)
+        ds.write(np.where(labels == 0, 1, labels).astype(np.uint8), 1)
+    with pytest.raises(SlidemapError, match="other data"):
+        run_crossval(config, out, seeds=(0,))
+    shutil.rmtree(out / "candidate")
+    assert measure() != before
+    assert sorted(adapted) == ["fold0", "fold0", "fold1", "fold1"]
+    measure()
+    assert len(adapted) == 4
+    for path in (out / "adapt" / "s0").glob("*.json"):  # as written before they were recorded
+        done = json.loads(path.read_text())
+        del done["model_sha256"], done["data"]
+        path.write_text(json.dumps(done))
+    with pytest.warns(SlidemapWarning, match="cannot check"):
+        measure()
+    assert len(adapted) == 4
 
 
 def test_a_refused_rerun_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
