@@ -592,7 +592,7 @@ def suggest(
              "them are skipped; repeat for several files")] = None,
     spacing: Annotated[int, typer.Option(
         min=0, help="no two picks within this many boxes of each other (while possible)")] = 1,
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = 1,
     precision: Precision = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
 ) -> None:
@@ -881,7 +881,8 @@ MEMORY_HINTS = {  # what lowers the memory of a command, by its last word
     # the network's activations follow the window and the batch, not the budget; a patch
     # folder's patches are held whole at their --scale
     "predict": "lower --memory-mb, --tile or --batch-size (a patch folder: a smaller --scale)",
-    # each box goes through the network whole, --batch-size at a time (--box 4096: 5 GB)
+    # a box is held whole (its channels and probabilities), its windows go through the
+    # network --batch-size at a time
     "suggest": "lower --box or --batch-size",
     # Grad-CAM keeps the window's activations and their gradients (2048² working px: 7 GB)
     "explain": "pass a smaller --window",

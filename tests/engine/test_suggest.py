@@ -14,9 +14,11 @@ from rasterio.warp import transform as warp_transform
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
+from slidemap.infer import suggest as suggest_module
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor
 from slidemap.infer.suggest import binary_entropy, suggest_boxes, write_boxes
+from slidemap.io.modelfile import PredictDefaults
 
 BOX = 32
 
@@ -28,7 +30,12 @@ class BrightnessModel:
     spec = InputSpec(image_bands=(1,))
     threshold = 0.5
 
+    def __init__(self) -> None:
+        self.defaults = [PredictDefaults(tile=64, overlap=16)]  # the model file's windows
+        self.shapes: list[tuple[int, ...]] = []  # of the windows the model was given
+
     def __call__(self, raw: list[np.ndarray], valid: list[np.ndarray]) -> list[np.ndarray]:
+        self.shapes += [x.shape for x in raw]
         return [x[0] / 255.0 for x in raw]
 
     def facing(self, flips: tuple[bool, bool]) -> BrightnessModel:
@@ -153,15 +160,24 @@ def test_a_box_too_small_for_the_model_is_refused(scene: Path) -> None:
         suggest_boxes(BrightnessModel(), scene, None, n=1, box=16)
 
 
-def test_a_box_larger_than_a_window_is_refused_before_it_is_read(scene: Path) -> None:
-    """Each box is read and predicted whole: a 60 000 px box ran out of memory after 3 GB."""
-    with pytest.raises(SlidemapError, match=r"--box 9000 is 9000 working px .* smaller --box"):
-        suggest_boxes(BrightnessModel(), scene, None, n=1, box=9000)
+def test_a_box_larger_than_the_models_window_is_predicted_in_its_windows(tmp_path: Path
+                                                                         ) -> None:
+    """Each box went through the network whole (--box 4096: 5 GB, --box 16384 out of memory);
+    it is now cut into the model's own windows (64 px overlapping by 16: 3 × 3 of them) and
+    scored from their blended probabilities, which this pixel-wise model leaves as they were."""
+    image = np.full((128, 128), 100, np.uint8)
+    image[:, 64:] = 128
+    scene = write_raster(tmp_path / "scene.tif", image, nodata=0,
+                         transform=from_origin(*ORIGIN, 1.0, 1.0))
+    model = BrightnessModel()
+    [picked] = suggest_boxes(model, scene, None, n=1, box=128).picks
+    assert model.shapes == [(1, 64, 64)] * 9
+    expected = binary_entropy(np.array([100 / 255, 128 / 255])).mean()
+    assert picked.uncertainty == pytest.approx(float(expected), abs=1e-6)
 
 
-def test_a_scene_of_too_many_boxes_is_refused_before_any_is_scored(tmp_path: Path) -> None:
-    """A 1 000 000² px VRT of a kilobyte in 64 px boxes: the list of its 244 million boxes ran
-    out of memory before one was read; their count is checked against the budget first."""
+def huge_vrt(tmp_path: Path) -> Path:
+    """A 1 000 000² px VRT of a kilobyte: a 64 px tile of brightness 100 at its corner."""
     tile = write_raster(tmp_path / "tile.tif", np.full((64, 64), 100, np.uint8), nodata=0,
                         transform=from_origin(*ORIGIN, 1.0, 1.0))
     vrt = tmp_path / "huge.vrt"
@@ -171,8 +187,28 @@ def test_a_scene_of_too_many_boxes_is_refused_before_any_is_scored(tmp_path: Pat
         '<VRTRasterBand dataType="Byte" band="1"><NoDataValue>0</NoDataValue><SimpleSource>'
         f'<SourceFilename relativeToVRT="0">{tile}</SourceFilename><SourceBand>1</SourceBand>'
         "</SimpleSource></VRTRasterBand></VRTDataset>")
+    return vrt
+
+
+def test_a_box_whose_own_arrays_exceed_the_budget_is_refused_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A box's channels, probabilities and entropies are held whole while it is scored: an
+    8192 px box (the largest the old check let through) needs gigabytes; refused in one line
+    naming --box before a box is read."""
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a box was read")
+
+    monkeypatch.setattr(suggest_module, "read_inputs", never)
+    with pytest.raises(SlidemapError, match=r"^--box 8192 holds 8192 × 8192 working px .* "
+                       r"memory budget.* pass a smaller --box$"):
+        suggest_boxes(BrightnessModel(), huge_vrt(tmp_path), None, n=1, box=8192)
+
+
+def test_a_scene_of_too_many_boxes_is_refused_before_any_is_scored(tmp_path: Path) -> None:
+    """A 1 000 000² px VRT of a kilobyte in 64 px boxes: the list of its 244 million boxes ran
+    out of memory before one was read; their count is checked against the budget first."""
     with pytest.raises(SlidemapError, match=r"244,140,625 boxes of 64 px.* larger --box"):
-        suggest_boxes(BrightnessModel(), vrt, None, n=1, box=64)
+        suggest_boxes(BrightnessModel(), huge_vrt(tmp_path), None, n=1, box=64)
 
 
 def test_labelled_areas_off_the_scene_or_empty_are_refused(scene: Path, tmp_path: Path) -> None:

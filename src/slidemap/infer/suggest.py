@@ -1,8 +1,10 @@
 """What to label next: the boxes of a scene where the model is least sure, spread over the scene.
 
 The scene is cut into non-overlapping boxes (``box`` image pixels a side; boxes at the right and
-bottom edges are clipped). Each box is predicted on its own and scored at once, so memory holds
-one batch of boxes and a few numbers per box, whatever the scene size:
+bottom edges are clipped). Each box is predicted on its own, in the model's windows by the engine
+that predicts arrays (``slidemap.infer.patches.predict_arrays``), and scored at once, so memory
+holds one box's channels and probabilities, one batch of windows and a few numbers per box,
+whatever the scene size:
 
 - *uncertainty*: the mean binary entropy (bits, 0 sure … 1 a coin toss) of the model's
   probabilities over the box's valid pixels;
@@ -37,16 +39,24 @@ from slidemap.data.vectors import PolygonLayer
 from slidemap.errors import SlidemapError, first_line
 from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.ensemble import Predictor
+from slidemap.infer.options import PredictOptions
+from slidemap.infer.patches import predict_arrays
 from slidemap.infer.predict import MIN_WORKING_SIZE, working_factor
-from slidemap.infer.stream import check_terrain_halo
+from slidemap.infer.stream import HALO_BYTES_PER_PIXEL, check_terrain_halo
 from slidemap.io.atomic import atomic_path, final_path
-from slidemap.schema.values import MAX_TILE
+from slidemap.schema.config import InputSpec
 
 MIN_VALID = 0.25  # a box must have this share of its full area valid to be worth labelling
 GEOJSON_SUFFIXES = (".geojson", ".json")
 BOX_SUFFIXES = (".gpkg", *GEOJSON_SUFFIXES)  # the files write_boxes writes
 EPS = 1e-6
 BYTES_PER_BOX_SCORE = 512  # a BoxScore and its Window (250 measured), kept until the pick
+# bytes per working px of the box being scored, held whole: its channels read and stacked (8 per
+# channel) and, while it is scored, the blended probabilities and their weights, the valid ones
+# and their float64 entropy's temporaries (44 measured); a read of terrain descriptors peaks at
+# HALO_BYTES_PER_PIXEL (134 measured for slope alone)
+BYTES_PER_CHANNEL = 8
+SCORE_BYTES_PER_PIXEL = 48
 
 
 @dataclass(frozen=True)
@@ -79,23 +89,35 @@ def box_count(height: int, width: int, box: int) -> int:
     return -(-height // box) * -(-width // box)
 
 
-def check_box_size(scene: Scene, image: DatasetName, box: int, factor: int,
+def box_bytes(rows: int, cols: int, spec: InputSpec) -> int:
+    """The most one box of ``rows`` × ``cols`` working px takes while it is read and scored:
+    its arrays are whole, the network sees the model's windows only."""
+    held = BYTES_PER_CHANNEL * len(spec.channels)
+    terrain = spec.slope or spec.relief_m or spec.curvature or spec.roughness_m
+    return rows * cols * max(held + SCORE_BYTES_PER_PIXEL, HALO_BYTES_PER_PIXEL if terrain else 0)
+
+
+def check_box_size(scene: Scene, image: DatasetName, box: int, factor: int, spec: InputSpec,
                    budget: MemoryBudget) -> None:
-    """Refuse, before anything is read, a ``box`` the model cannot take as one window (each box
-    is read and predicted whole: a 60 000 px box ran out of memory after 3 GB), and a scene of
-    so many boxes that their scores, kept until the pick, would not fit half ``budget``."""
-    side = -(-box // factor)
-    if side > MAX_TILE:
-        raise SlidemapError(f"--box {box} is {side} working px a side for this model on {image}, "
-                            f"more than the {MAX_TILE} px a window may be: pass a smaller --box")
+    """Refuse, before anything is read, a scene of so many boxes that their scores, kept until
+    the pick, would not fit half ``budget`` (a list of 244 million boxes ran out of memory),
+    and a ``box`` whose own arrays (:func:`box_bytes`) would not fit the rest (an 8192 px box
+    took gigabytes)."""
     boxes = box_count(scene.height, scene.width, box)
-    need = boxes * BYTES_PER_BOX_SCORE
-    if need > budget.share(0.5):
+    scores = boxes * BYTES_PER_BOX_SCORE
+    if scores > budget.share(0.5):
         raise SlidemapError(
             f"image {image} is {scene.width} × {scene.height} px, {boxes:,} boxes of {box} px: "
-            f"their scores would take about {need / 2**20:,.0f} MB of the {budget.megabytes} MB "
-            "memory budget; pass a larger --box, or a window of the scene (gdal_translate "
+            f"their scores would take about {scores / 2**20:,.0f} MB of the {budget.megabytes} "
+            "MB memory budget; pass a larger --box, or a window of the scene (gdal_translate "
             "-srcwin)")
+    rows, cols = -(-min(box, scene.height) // factor), -(-min(box, scene.width) // factor)
+    need = box_bytes(rows, cols, spec)
+    if need > budget.bytes - scores:
+        raise SlidemapError(f"--box {box} holds {rows} × {cols} working px for this model on "
+                            f"{image}: its channels and probabilities would take about "
+                            f"{need / 2**20:,.0f} MB of the {budget.megabytes} MB memory budget; "
+                            "pass a smaller --box")
 
 
 def binary_entropy(prob: np.ndarray) -> np.ndarray:
@@ -124,29 +146,35 @@ def valid_fraction(valid: np.ndarray, window: Window, box: int) -> float:
     return float(valid.mean()) * window.width * window.height / box**2
 
 
-def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch_size: int,
-                skip: Sequence[PolygonLayer] = (), progress: Progress | None = None
-                ) -> tuple[list[BoxScore], int, int]:
+def score_box(predictor: Predictor, scene: Scene, place: tuple[int, int, Window], box: int,
+              factor: int, options: PredictOptions) -> BoxScore | None:
+    """The score of one box, from the probabilities of the model's windows (``options``' or
+    the model's own) blended as predict blends them: a box larger than a window went through
+    the network whole. None for a box under :data:`MIN_VALID`. Its arrays go at the return,
+    before the next box is read."""
+    r, c, window = place  # in the box grid, and in image px
+    sample = read_inputs(scene, window, predictor.spec, factor)
+    valid = sample["valid"]
+    if valid_fraction(valid, window, box) < MIN_VALID:
+        return None
+    prob = predict_arrays(predictor, stack_channels(sample, predictor.spec), valid,
+                          options)[valid]
+    return BoxScore(window, r, c, float(binary_entropy(prob).mean()),
+                    valid_fraction(valid, window, box),
+                    float((prob >= predictor.threshold).mean()))
+
+
+def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int,
+                options: PredictOptions, skip: Sequence[PolygonLayer] = (),
+                progress: Progress | None = None) -> tuple[list[BoxScore], int, int]:
     """Scores of every box with enough valid pixels, how many boxes ``skip`` ruled out and
     how many were left out as valid under :data:`MIN_VALID` (which a smaller box may pass)."""
-    spec = predictor.spec
     grid = box_grid(scene.height, scene.width, box)
     transform = scene.profile["transform"]
     total = box_count(scene.height, scene.width, box)
     task = progress.add_task("score boxes", total=total) if progress else None
     scores: list[BoxScore] = []
-    batch: list[tuple[int, int, Window, np.ndarray, np.ndarray]] = []
     skipped = sparse = 0
-
-    def flush() -> None:
-        probs = predictor([b[3] for b in batch], [b[4] for b in batch])
-        for (r, c, window, _, valid), prob in zip(batch, probs, strict=True):
-            scores.append(BoxScore(
-                window, r, c, float(binary_entropy(prob[valid]).mean()),
-                valid_fraction(valid, window, box),
-                float((prob[valid] >= predictor.threshold).mean())))
-        batch.clear()
-
     for r, c, window in grid:
         if progress is not None and task is not None:
             progress.advance(task)
@@ -156,16 +184,11 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int, batch
             continue
         if not scene.any_valid(window, factor):
             continue
-        sample = read_inputs(scene, window, spec, factor)
-        valid = sample["valid"]
-        if valid_fraction(valid, window, box) < MIN_VALID:
+        scored = score_box(predictor, scene, (r, c, window), box, factor, options)
+        if scored is None:
             sparse += 1
-            continue
-        batch.append((r, c, window, stack_channels(sample, spec), valid))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+        else:
+            scores.append(scored)
     return scores, skipped, sparse
 
 
@@ -196,21 +219,23 @@ class Suggestion:
 
 
 def suggest_boxes(predictor: Predictor, image: DatasetName, dem: DatasetName | None, n: int,
-                  box: int, labels: Sequence[Path] = (), spacing: int = 1, batch_size: int = 8,
-                  progress: Progress | None = None, budget: MemoryBudget | None = None
+                  box: int, labels: Sequence[Path] = (), spacing: int = 1,
+                  options: PredictOptions | None = None, progress: Progress | None = None
                   ) -> Suggestion:
-    """The ``n`` boxes most worth labelling next; ``budget`` (default: the default budget)
-    bounds one box's DEM halo."""
+    """The ``n`` boxes most worth labelling next, predicted with ``options`` (default: the
+    model's windows, one per model call), whose memory budget bounds one box's arrays and DEM
+    halo and the boxes' scores."""
     spec = predictor.spec
+    options = options or PredictOptions()
+    budget = MemoryBudget.of(options.memory_mb)
     with Scene(image, dem=dem) as scene:
         factor = working_factor(scene, spec, image)
         if box < MIN_WORKING_SIZE * factor:
             raise SlidemapError(f"--box {box} is too small for this model on {image}: it reads "
                                 f"{factor} image px per working px, so use at least "
                                 f"{MIN_WORKING_SIZE * factor}")
-        check_box_size(scene, image, box, factor, budget or MemoryBudget())
-        check_terrain_halo(scene, spec, factor, (box, box), budget or MemoryBudget(), "--box",
-                           memory_option=False)
+        check_box_size(scene, image, box, factor, spec, budget)
+        check_terrain_halo(scene, spec, factor, (box, box), budget, "--box", memory_option=False)
         profile = scene.profile
         skip = [PolygonLayer(path, "labelled areas", profile["crs"]) for path in labels]
         for layer in skip:
@@ -219,7 +244,7 @@ def suggest_boxes(predictor: Predictor, image: DatasetName, dem: DatasetName | N
                                     "boxes or areas labelled so far, or leave out --labels")
             layer.check_overlap(scene.bounds)
         scores, skipped, sparse = score_boxes(predictor.facing(scene.flips), scene, box,
-                                              factor, batch_size, skip, progress)
+                                              factor, options, skip, progress)
     if not scores and skipped and not sparse:  # a smaller --box would find nothing either
         raise SlidemapError(f"every box of {image} with valid pixels lies in the areas of "
                             f"--labels ({skipped} boxes): nothing is left to suggest there")

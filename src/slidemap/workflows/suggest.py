@@ -12,7 +12,6 @@ from rich.progress import Progress
 
 from slidemap.data.names import DatasetName, local_files
 from slidemap.errors import UsageError
-from slidemap.infer.budget import MemoryBudget
 from slidemap.infer.options import PredictOptions
 from slidemap.infer.predict import build_predictor
 from slidemap.infer.suggest import BOX_SUFFIXES, suggest_boxes, write_boxes
@@ -59,9 +58,8 @@ def suggest(model: ModelArg, image: DatasetName, out: Path, dem: DatasetName | N
               *(file_of(p) for p in labels)]
     check_outputs([out], inputs, overwrite)
     with output_folder(out.parent):
-        suggestion = suggest_boxes(predictor, image, dem, n, box, labels, spacing,
-                                   options.batch_size, progress,
-                                   MemoryBudget.of(options.memory_mb))
+        suggestion = suggest_boxes(predictor, image, dem, n, box, labels, spacing, options,
+                                   progress)
         write_boxes(suggestion, out, overwrite)
     picks = tuple(Pick(i + 1, int(p.window.col_off), int(p.window.row_off), float(p.score),
                        float(p.uncertainty)) for i, p in enumerate(suggestion.picks))
