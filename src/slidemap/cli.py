@@ -594,6 +594,10 @@ def suggest(
         min=0, help="no two picks within this many boxes of each other (while possible)")] = 1,
     batch_size: BatchSize = 1,
     precision: Precision = "auto",
+    memory_mb: Annotated[int | None, typer.Option(
+        min=64, help="memory budget in MB of one box's arrays and the boxes' scores (default: "
+                     "512; the model and runtime come on top): a larger --box may need more")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
 ) -> None:
     """Suggest the boxes most worth labelling next: where the model is least sure, spread out."""
@@ -602,7 +606,8 @@ def suggest(
 
     from slidemap import api
 
-    options = api.PredictOptions(batch_size=batch_size, precision=precision)
+    options = api.PredictOptions(batch_size=batch_size, precision=precision,
+                                 memory_mb=memory_mb)
     with _progress() as progress:
         result = api.suggest(model, image, out, dem, n, box, labels or [], spacing, options,
                              overwrite, progress)
@@ -883,7 +888,7 @@ MEMORY_HINTS = {  # what lowers the memory of a command, by its last word
     "predict": "lower --memory-mb, --tile or --batch-size (a patch folder: a smaller --scale)",
     # a box is held whole (its channels and probabilities), its windows go through the
     # network --batch-size at a time
-    "suggest": "lower --box or --batch-size",
+    "suggest": "lower --box, --batch-size or --memory-mb",
     # Grad-CAM keeps the window's activations and their gradients (2048² working px: 7 GB)
     "explain": "pass a smaller --window",
 }

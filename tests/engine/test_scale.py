@@ -812,7 +812,8 @@ def test_running_out_of_memory_names_no_option_the_command_has_not(tiny_scene, t
 
 
 @pytest.mark.parametrize(("command", "args", "hint"), [
-    ("suggest", ["{model}", "{image}", "--out", "{out}/boxes.gpkg"], "lower --box or --batch-size"),
+    ("suggest", ["{model}", "{image}", "--out", "{out}/boxes.gpkg"],
+     "lower --box, --batch-size or --memory-mb"),
     ("explain", ["{image}", "--model", "{model}", "--out", "{out}"], "pass a smaller --window"),
 ])
 def test_running_out_of_memory_names_what_lowers_that_commands_memory(

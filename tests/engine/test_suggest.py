@@ -200,8 +200,11 @@ def test_a_box_whose_own_arrays_exceed_the_budget_is_refused_before_it_is_read(
 
     monkeypatch.setattr(suggest_module, "read_inputs", never)
     with pytest.raises(SlidemapError, match=r"^--box 8192 holds 8192 × 8192 working px .* "
-                       r"memory budget.* pass a smaller --box$"):
+                       r"512 MB memory budget.* pass a smaller --box, or a larger --memory-mb$"):
         suggest_boxes(BrightnessModel(), huge_vrt(tmp_path), None, n=1, box=8192)
+    larger = PredictOptions(memory_mb=8192)  # the budget --memory-mb sets is the one checked
+    with pytest.raises(AssertionError, match="a box was read"):
+        suggest_boxes(BrightnessModel(), huge_vrt(tmp_path), None, n=1, box=8192, options=larger)
 
 
 def test_a_scene_of_too_many_boxes_is_refused_before_any_is_scored(tmp_path: Path) -> None:

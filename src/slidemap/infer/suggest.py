@@ -117,7 +117,7 @@ def check_box_size(scene: Scene, image: DatasetName, box: int, factor: int, spec
         raise SlidemapError(f"--box {box} holds {rows} × {cols} working px for this model on "
                             f"{image}: its channels and probabilities would take about "
                             f"{need / 2**20:,.0f} MB of the {budget.megabytes} MB memory budget; "
-                            "pass a smaller --box")
+                            "pass a smaller --box, or a larger --memory-mb")
 
 
 def binary_entropy(prob: np.ndarray) -> np.ndarray:
