@@ -11,6 +11,7 @@ import shapely
 from factories import ORIGIN, mirrored_scene, write_raster
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
+from rasterio.windows import bounds as window_bounds
 
 from slidemap.data.channels import InputSpec
 from slidemap.errors import SlidemapError
@@ -270,3 +271,25 @@ def test_a_south_up_scene_is_scored_as_its_north_up_copy(tiny_scene, tiny_model,
         picks = suggest_boxes(predictor, scene["image"], scene["dem"], 9, BOX).picks
         scores.append(sorted(round(p.score, 5) for p in picks))
     assert scores[0] == scores[1]
+
+
+def test_a_south_up_scene_gets_the_boxes_of_its_north_up_copy(tiny_scene, tiny_model, tmp_path
+                                                              ) -> None:
+    """Boxes that do not divide the scene are laid from its north-west corner, as predict's
+    windows are: stored south up and east to west, the same ground got other boxes (the
+    clipped ones along its north and west edges) and so other picks."""
+    mirrored = mirrored_scene(tiny_scene, tmp_path / "mirrored", (True, True))
+    predictor = build_predictor([tiny_model], PredictOptions(precision="fp32"))
+    found = []
+    for scene in (tiny_scene, mirrored):
+        suggestion = suggest_boxes(predictor, scene["image"], scene["dem"], 9, 40)
+        transform = suggestion.profile["transform"]
+        found.append(sorted((_ground(window_bounds(p.window, transform)), round(p.score, 5))
+                            for p in suggestion.picks))
+    assert found[0] == found[1]
+
+
+def _ground(bounds: tuple[float, float, float, float]) -> tuple[float, ...]:
+    """West, south, east, north of bounds taken on a grid of any orientation."""
+    xs, ys = bounds[0::2], bounds[1::2]
+    return tuple(round(v, 6) for v in (min(xs), min(ys), max(xs), max(ys)))

@@ -75,13 +75,25 @@ class BoxScore:
         return self.uncertainty * self.valid_fraction
 
 
-def box_grid(height: int, width: int, box: int) -> Iterator[tuple[int, int, Window]]:
+def box_grid(height: int, width: int, box: int, flips: tuple[bool, bool] = (False, False)
+             ) -> Iterator[tuple[int, int, Window]]:
     """(grid row, grid col, window) of non-overlapping ``box`` px boxes, edge boxes clipped,
     one at a time: a list of them grew with the scene (gigabytes for 64 px boxes of a
-    1 000 000² px VRT)."""
-    for r, row in enumerate(range(0, height, box)):
-        for c, col in enumerate(range(0, width, box)):
-            yield r, c, Window(col, row, min(box, width - col), min(box, height - row))
+    1 000 000² px VRT). Laid from the north-west corner (``flips``: ``Scene.flips``), as
+    predict's windows are: a scene stored south up or east to west gets the boxes of the same
+    ground, the clipped ones along its south and east edges, as stored north up."""
+    for r, (row, rows) in enumerate(_box_spans(height, box, flips[0])):
+        for c, (col, cols) in enumerate(_box_spans(width, box, flips[1])):
+            yield r, c, Window(col, row, cols, rows)
+
+
+def _box_spans(length: int, box: int, from_end: bool) -> Iterator[tuple[int, int]]:
+    """(offset, size) of the boxes along one axis in increasing order, laid from its start or,
+    ``from_end``, from its end (the clipped box then comes first)."""
+    if not from_end:
+        return ((start, min(box, length - start)) for start in range(0, length, box))
+    ends = range(length - (length - 1) // box * box, length + 1, box)
+    return ((max(0, end - box), end - max(0, end - box)) for end in ends)
 
 
 def box_count(height: int, width: int, box: int) -> int:
@@ -169,7 +181,7 @@ def score_boxes(predictor: Predictor, scene: Scene, box: int, factor: int,
                 progress: Progress | None = None) -> tuple[list[BoxScore], int, int]:
     """Scores of every box with enough valid pixels, how many boxes ``skip`` ruled out and
     how many were left out as valid under :data:`MIN_VALID` (which a smaller box may pass)."""
-    grid = box_grid(scene.height, scene.width, box)
+    grid = box_grid(scene.height, scene.width, box, scene.flips)
     transform = scene.profile["transform"]
     total = box_count(scene.height, scene.width, box)
     task = progress.add_task("score boxes", total=total) if progress else None
