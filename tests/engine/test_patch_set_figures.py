@@ -18,6 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 from slidemap.data.channels import InputSpec
+from slidemap.data.sources import MAX_PATCH_HELD, patch_held_bytes
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
@@ -149,6 +150,51 @@ def rgb_model(folder: Path) -> Predictor:
                          mean=[100.0] * 3, std=[30.0] * 3,
                          predict=PredictDefaults(tile=16, overlap=0))
     return Predictor([load_model(save_model(bundle, folder / "rgb"))], precision="fp32")
+
+
+def declared_patch(root: Path, side: int, georeferenced: bool) -> Path:
+    """A patch folder of one sparse RGB TIFF declaring ``side``² px: a few kilobytes on disk."""
+    (root / "images").mkdir(parents=True)
+    grid = {"crs": CRS.from_epsg(32647), "transform": from_origin(500_000, 3_400_000, 0.5, 0.5)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(root / "images" / "big.tif", "w", driver="GTiff", width=side,
+                           height=side, count=3, dtype="uint8", tiled=True, compress="deflate",
+                           SPARSE_OK=True, **(grid if georeferenced else {})):
+            pass
+    return root
+
+
+@pytest.mark.parametrize(("side", "georeferenced", "advice"), [
+    (8192, True, r"5.5 GB at once, .* 2 GB a patch may; cut it into tiles .*, or map it as a "
+                 r"scene: slidemap predict \S+big.tif$"),
+    (6000, False, r"3.0 GB at once, .* 2 GB a patch may; pass a smaller --scale, or cut it into "
+                  r"tiles \(gdal_retile.py -ps 1024 1024 -targetDir DIR \S+big.tif\)$"),
+])
+def test_a_patch_that_mapping_whole_would_exhaust_memory_is_refused_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: int, georeferenced: bool,
+        advice: str) -> None:
+    """An 8192² px RGB patch passed the caps on one copy of its values (192 MB) and took 3.8 GB
+    at scale 0.5, ran out of memory above 4.7 GB at scale 1 with advice to lower --memory-mb,
+    which patches do not use: what mapping it holds at once is counted from its header."""
+    root = declared_patch(tmp_path / "set", side, georeferenced)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read before what it holds was checked")
+
+    monkeypatch.setattr("slidemap.data.patches.read_image", never)
+    with pytest.raises(SlidemapError, match=rf"patch big \(\S+big.tif\) is {side:,} × {side:,} "
+                                            rf"px: mapped whole at scale 1 with 3 channel\(s\) "
+                                            rf"it would hold about {advice}"):
+        predict_patch_set(rgb_model(tmp_path), root, tmp_path / "out", OPTIONS)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("side", "channels", "scale"), [
+    (128, 14, 1.0), (512, 3, 0.5), (1024, 5, 2.0), (4096, 3, 1.0)])
+def test_patches_of_the_usual_sizes_are_held(side: int, channels: int, scale: float) -> None:
+    """Landslide4Sense, Nepal, Bijie (with DEM and slope, up-sampled) and a 4096² px tile fit."""
+    assert patch_held_bytes(side, side, channels, scale) <= MAX_PATCH_HELD
 
 
 def test_outputs_of_georeferenced_patches_keep_their_place_on_the_map(tmp_path: Path) -> None:

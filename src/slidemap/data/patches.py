@@ -141,6 +141,16 @@ def patch_fits(height: int, width: int, nbytes: int) -> bool:
     return max(height, width) <= MAX_TILE and nbytes <= MAX_PATCH_BYTES
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a patch image from its header alone (GDAL reads PNG and JPEG headers
+    as well), so that what mapping it takes is known before it is read."""
+    try:
+        with _open_tiff(path) as src:
+            return src.height, src.width
+    except RasterioIOError as exc:
+        raise SlidemapError(f"{path} cannot be read as an image: is the file complete?") from exc
+
+
 def _pillow_itemsize(mode: str) -> int:
     """Bytes per band value of a Pillow mode: 4 for 32-bit integer and float, 2 for 16-bit."""
     return 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
@@ -335,6 +345,10 @@ class PatchDataset:
                 "read as whole metres, 0 to 255, so the DEM and slope the model reads are "
                 "wrong if they hold grey levels or another unit; pass elevations in metres "
                 "(float32 or int16 GeoTIFFs) if you know their scale")
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of patch ``index`` from its image's header, before it is read."""
+        return image_size(self.files[index].image)
 
     def georeference(self, index: int) -> Georeference | None:
         """Where patch ``index`` lies on the map, if its image is a georeferenced GeoTIFF."""

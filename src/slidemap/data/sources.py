@@ -10,6 +10,7 @@ scoring on the patch's own grid after the prediction is brought back (scale prom
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from slidemap.schema.config import PatchSource, SceneSource
 from slidemap.schema.values import BAND_NAMES, MAX_TILE, MIN_TRAIN_TILE, TERRAIN
 
 OPTICAL = len(BAND_NAMES) - len(TERRAIN)
+MAX_PATCH_HELD = 2**31  # what mapping one patch holds at once (patch_held_bytes)
 
 
 @dataclass
@@ -253,3 +255,50 @@ def check_promoted_size(name: str, shape: tuple[int, ...], scale: float) -> None
             f"channel(s), {size / 2**20:,.0f} MB: a patch is held whole, at most {MAX_TILE} px "
             f"a side and {MAX_PATCH_BYTES // 2**20} MB; lower the scale (inputs.scale, or "
             "predict --scale)")
+
+
+def patch_held_bytes(height: int, width: int, channels: int, scale: float) -> int:
+    """The bytes mapping a ``height`` × ``width`` px patch of ``channels`` model channels at
+    ``scale`` holds at once, at its largest, from the copies the patch path makes: on the
+    patch's grid its bands as float32, their stack, the stack with nodata as NaN and its copy
+    (16 B a channel); while up-sampled, the native stack and the resize and its copy (8 B a
+    channel of each); on the model's grid, while the set's statistics are taken, the float32
+    stack, its float64 copy and two float64 temporaries (29 B a channel). An RGB patch measured
+    51, 88 and 352 B a native pixel at scale 0.5, 1 and 2 (tracemalloc), as this gives."""
+    native = height * width
+    model = math.prod(promoted_size(height, width, scale))
+    return max((16 * channels + 3) * native,
+               (8 * channels + 4) * native + 8 * channels * model,
+               (29 * channels + 1) * model)
+
+
+def check_patches_held(dataset: PatchDataset, spec: InputSpec) -> None:
+    """Refuse, from the images' headers before any patch is read, a set with a patch that
+    mapping whole at ``spec.scale`` would hold more than ``MAX_PATCH_HELD`` of: the caps on a
+    patch's stored values count one copy, and an 8192² px RGB patch (192 MB of values) took
+    3.8 GB at scale 0.5 and ran out of memory above 4.7 GB at scale 1."""
+    channels = len(spec.channels)
+    for index, name in enumerate(dataset.names):
+        height, width = dataset.image_size(index)
+        need = patch_held_bytes(height, width, channels, spec.scale)
+        if need > MAX_PATCH_HELD:
+            raise SlidemapError(
+                f"patch {name} ({dataset.files[index].image}) is {width:,} × {height:,} px: "
+                f"mapped whole at scale {spec.scale:g} with {channels} channel(s) it would hold "
+                f"about {need / 2**30:,.1f} GB at once, more than the "
+                f"{MAX_PATCH_HELD / 2**30:g} GB a patch may; "
+                f"{_smaller_patch(dataset, index, channels)}")
+
+
+def _smaller_patch(dataset: PatchDataset, index: int, channels: int) -> str:
+    """What maps an over-size patch: a smaller --scale where one fits, cutting it into tiles,
+    and, georeferenced, mapping it as a scene (windowed, in a memory budget)."""
+    height, width = dataset.image_size(index)
+    smallest = MIN_TRAIN_TILE / min(height, width)
+    path = dataset.files[index].image
+    fixes = ["pass a smaller --scale"] * (
+        smallest < 1 and patch_held_bytes(height, width, channels, smallest) <= MAX_PATCH_HELD)
+    fixes.append(f"cut it into tiles (gdal_retile.py -ps 1024 1024 -targetDir DIR {path})")
+    if dataset.georeference(index) is not None:
+        fixes.append(f"map it as a scene: slidemap predict {path}")
+    return ", or ".join(fixes)

@@ -18,7 +18,12 @@ from rich.progress import Progress
 
 from slidemap.data.l4s import L4SDataset
 from slidemap.data.patches import Georeference, PatchDataset
-from slidemap.data.sources import is_l4s_folder, open_patch_set, patch_arrays
+from slidemap.data.sources import (
+    check_patches_held,
+    is_l4s_folder,
+    open_patch_set,
+    patch_arrays,
+)
 from slidemap.errors import SlidemapError, SlidemapWarning, UsageError
 from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.infer.domain import patch_set_mismatch
@@ -147,6 +152,8 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                          "e.g. 0.5")
     spec = predictor.patch_spec(scale)
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
+    if isinstance(dataset, PatchDataset):  # Landslide4Sense patches are 128 px
+        check_patches_held(dataset, spec)
     check_not_read_from(dataset, root, out_dir)
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
     metrics_path, record_path = out_dir / "metrics.json", out_dir / RECORD
