@@ -55,6 +55,14 @@ class RegionModel(nn.Module):
         return self.head(self.gate(self.split(self.stem(x))))
 
 
+def boxed(x: torch.Tensor | np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The (H, W) region of a (row0, col0, row1, col1) box over image ``x``, as explain makes
+    of --box."""
+    region = np.zeros(tuple(x.shape[-2:]), bool)
+    region[box[0]:box[2], box[1]:box[3]] = True
+    return region
+
+
 def halves() -> torch.Tensor:
     left = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     left[:, : SIZE // 2] = True
@@ -98,37 +106,33 @@ def test_the_layer_matters_before_the_mask_evidence_is_everywhere():
 def test_relu_keeps_positive_evidence_and_drops_negative():
     # the left half speaks for a landslide, the right half against it
     model = RegionModel(halves(), [1.0, -1.0])
-    result = grad_cam(model, image(), layer="split", box=(0, 0, SIZE, SIZE))
+    result = grad_cam(model, image(), layer="split", region=np.ones((SIZE, SIZE), bool))
     assert result.heat[:, SIZE // 2 :].max() == 0  # a flipped sign would light this half instead
     assert result.heat[:, : SIZE // 2].min() > 0
 
 
-def test_box_explains_its_own_region_not_the_prediction():
+def test_a_region_explains_itself_not_the_prediction():
     model = RegionModel(quadrants(), [1.0, 1.0, 1.0, 1.0])
     top_left = quadrants()[0]
     predicted = grad_cam(model, image(), layer="split")  # everything is predicted
-    boxed = grad_cam(model, image(), layer="split", box=(0, 0, SIZE // 2, SIZE // 2))
     region = grad_cam(model, image(), layer="split", region=top_left.numpy())
     assert predicted.region.all()
     assert share(predicted.heat, top_left) < 0.4
-    assert share(boxed.heat, top_left) > 0.9
-    np.testing.assert_array_equal(boxed.region, top_left.numpy())
-    np.testing.assert_allclose(region.heat, boxed.heat)
+    assert share(region.heat, top_left) > 0.9
+    np.testing.assert_array_equal(region.region, top_left.numpy())
 
 
 def test_empty_prediction_asks_for_a_box():
     model = RegionModel(halves(), [-1.0, -1.0])  # nothing is a landslide
     with pytest.raises(SlidemapError, match=r"no pixel predicted as landslide.*--box"):
         grad_cam(model, image(), layer="split")
-    with pytest.raises(SlidemapError, match="box"):
-        grad_cam(model, image(), layer="split", box=(4, 4, 4, 8))
     with pytest.raises(SlidemapError, match="empty"):
         grad_cam(model, image(), layer="split", region=np.zeros((SIZE, SIZE), bool))
 
 
 def test_no_positive_evidence_gives_an_all_zero_map():
     model = RegionModel(halves(), [0.0, 0.0])
-    result = grad_cam(model, image(), layer="split", box=(0, 0, SIZE, SIZE))
+    result = grad_cam(model, image(), layer="split", region=np.ones((SIZE, SIZE), bool))
     assert not np.isnan(result.heat).any() and result.heat.max() == 0
 
 
@@ -167,14 +171,14 @@ def test_every_layer_offered_for_an_unknown_name_can_be_explained(architecture: 
     model = build_model(architecture, 3, width=4)
     x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1))
     with pytest.raises(SlidemapError, match="no layer 'nope'") as error:
-        grad_cam(model, x, layer="nope", box=(0, 0, 16, 16))
+        grad_cam(model, x, layer="nope", region=boxed(x, (0, 0, 16, 16)))
     names = re.search(r"(\w[\w.]*(?:, \w[\w.]*)+) \(or", str(error.value))
     assert names is not None, error.value
     offered = names[1].split(", ")
     assert "encoder" not in offered and "encoder.stages" not in offered
     assert "decoder" in offered or architecture == "fcn"
     for layer in offered:
-        assert grad_cam(model, x, layer=layer, box=(0, 0, 16, 16)).layer == layer
+        assert grad_cam(model, x, layer=layer, region=boxed(x, (0, 0, 16, 16))).layer == layer
     assert no_hooks(model)
 
 
@@ -193,7 +197,7 @@ def test_unet_window_of_any_size():
     torch.manual_seed(0)  # some random inits have no positive evidence at all: an all-zero map
     model = build_model("unet", 3, width=4, depth=2)
     x = torch.randn(3, 37, 45, generator=torch.Generator().manual_seed(1))
-    result = grad_cam(model, x, box=(5, 5, 20, 30))
+    result = grad_cam(model, x, region=boxed(x, (5, 5, 20, 30)))
     assert result.layer == "decoder"
     assert result.heat.shape == result.probability.shape == (37, 45)
     assert result.heat.min() >= 0 and result.heat.max() == pytest.approx(1.0)
@@ -223,7 +227,7 @@ def test_an_ensemble_map_is_the_mean_of_its_members_maps():
     # 0.25·x left and 0.5·x right; the last member's map alone has nothing on the left
     ensemble = ProbabilityAverage([RegionNet([1.0, 0.0]), RegionNet([0.0, 2.0])])
     x = image()
-    result = grad_cam(ensemble, x, box=(0, 0, SIZE, SIZE))
+    result = grad_cam(ensemble, x, region=boxed(x, (0, 0, SIZE, SIZE)))
     left = halves()[0]
     expected = torch.where(left, 0.25 * x[0], 0.5 * x[0])
     np.testing.assert_allclose(result.heat, (expected / expected.max()).numpy(), rtol=1e-5)
@@ -235,12 +239,13 @@ def test_an_ensemble_map_is_the_mean_of_its_members_maps():
 
 def test_an_ensemble_layer_is_named_as_its_members_name_it():
     ensemble = ProbabilityAverage([RegionNet([1.0, 0.0]), RegionNet([0.0, 2.0])])
-    gated = grad_cam(ensemble, image(), layer="net.gate", box=(0, 0, SIZE, SIZE))
+    everything = np.ones((SIZE, SIZE), bool)
+    gated = grad_cam(ensemble, image(), layer="net.gate", region=everything)
     assert gated.layer == "mean over 2 members' net.gate"
     for name in ("members.0.net.split", "nope"):  # the ensemble's own name, or none
         with pytest.raises(SlidemapError, match=rf"not every member .* {name!r}: name a layer as "
                                                 r"each member names it \(e\.g\. 'net\.split'\)"):
-            grad_cam(ensemble, image(), layer=name, box=(0, 0, SIZE, SIZE))
+            grad_cam(ensemble, image(), layer=name, region=everything)
     assert no_hooks(ensemble)
 
 
@@ -248,12 +253,13 @@ def test_an_ensemble_of_networks_explains_every_member():
     torch.manual_seed(0)
     ensemble = build_network("unet", 3, 4, members=2, depth=2)
     x = torch.randn(3, 37, 45, generator=torch.Generator().manual_seed(1))
-    result = grad_cam(ensemble, x, box=(5, 5, 20, 30))
-    named = grad_cam(ensemble, x, layer="decoder", box=(5, 5, 20, 30))
+    result = grad_cam(ensemble, x, region=boxed(x, (5, 5, 20, 30)))
+    named = grad_cam(ensemble, x, layer="decoder", region=boxed(x, (5, 5, 20, 30)))
     assert result.layer == named.layer == "mean over 2 members' decoder"
     np.testing.assert_array_equal(result.heat, named.heat)
     assert result.heat.shape == (37, 45) and result.heat.max() == pytest.approx(1.0)
-    alone = [grad_cam(member, x, box=(5, 5, 20, 30)).heat for member in ensemble.member_models()]
+    alone = [grad_cam(member, x, region=boxed(x, (5, 5, 20, 30))).heat
+             for member in ensemble.member_models()]
     assert not np.allclose(result.heat, alone[1])  # not the last member's map
 
 
@@ -286,7 +292,7 @@ class Coarse(AnySizeModel):
 
 def test_cam_is_aligned_with_the_padded_grid_the_model_saw():
     x = torch.ones(1, 10, 18)  # padded to 16×32: features are 4×8
-    heat = grad_cam(Coarse(), x, layer="features", box=(0, 0, 10, 18)).heat
+    heat = grad_cam(Coarse(), x, layer="features", region=boxed(x, (0, 0, 10, 18))).heat
     assert heat.shape == (10, 18)
     assert heat[:, :9].min() > 0  # stretching 8 feature columns over 18 would end near column 5
     assert heat[:, 10:].max() == 0

@@ -27,7 +27,7 @@ from slidemap.models.base import AnySizeModel
 from slidemap.models.blocks import pad_to_multiple
 from slidemap.models.ensemble import ProbabilityAverage
 
-Box = tuple[int, int, int, int]
+Box = tuple[int, int, int, int]  # (row0, col0, row1, col1), end-exclusive
 
 
 @dataclass(frozen=True)
@@ -122,23 +122,10 @@ def _networks(model: nn.Module, layer: str | None) -> tuple[list[_Network], str]
 
 
 def _target_region(
-    logits: torch.Tensor, region: np.ndarray | torch.Tensor | None, box: Box | None,
-    threshold: float,
+    logits: torch.Tensor, region: np.ndarray | torch.Tensor | None, threshold: float,
 ) -> torch.Tensor:
     """The boolean ``(H, W)`` region whose logits make the target score."""
     h, w = logits.shape
-    if region is not None and box is not None:
-        raise SlidemapError("give either a region or a box, not both")
-    if box is not None:
-        row0, col0, row1, col1 = box
-        if not (0 <= row0 < row1 <= h and 0 <= col0 < col1 <= w):
-            raise SlidemapError(
-                f"box {box} is empty or outside the {h}×{w} window: use (row0, col0, row1, col1)"
-                " with row0 < row1 <= height and col0 < col1 <= width"
-            )
-        mask = torch.zeros(h, w, dtype=torch.bool, device=logits.device)
-        mask[row0:row1, col0:col1] = True
-        return mask
     if region is not None:
         mask = torch.as_tensor(region, device=logits.device).bool()
         if mask.shape != (h, w):
@@ -250,13 +237,12 @@ def grad_cam(
     *,
     layer: str | None = None,
     region: np.ndarray | torch.Tensor | None = None,
-    box: Box | None = None,
     threshold: float = 0.5,
 ) -> GradCamResult:
     """Grad-CAM of the landslide logits summed over a region of one ``(C, H, W)`` image.
 
-    The region is ``region`` (boolean ``(H, W)``), else ``box`` = ``(row0, col0, row1, col1)``
-    end-exclusive, else the pixels predicted as landslide (``sigmoid(logits) > threshold``).
+    The region is ``region`` (boolean ``(H, W)``: a box the user draws, less its pixels without
+    data), else the pixels predicted as landslide (``sigmoid(logits) > threshold``).
     ``layer`` is a name from ``model.named_modules()``; by default ``default_target_layer``.
     Of an ensemble, ``layer`` names a module of each member and the map is the mean of theirs.
     """
@@ -273,7 +259,7 @@ def grad_cam(
         for network, captured in zip(networks, activations, strict=True):
             if not captured:
                 raise SlidemapError(f"layer {network.layer!r} did not run in the forward pass")
-        mask = _target_region(logits.detach(), region, box, threshold)
+        mask = _target_region(logits.detach(), region, threshold)
         scored = {"": logits, **{name: output[0][0, 0, : size[0], : size[1]]
                                  for name, output in outputs.items()}}
         cams = [_network_cam(scored[network.output], mask, captured, network.layer, padded)
