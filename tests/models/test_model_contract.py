@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,8 @@ def test_architecture_is_encoder_decoder_head(name: str) -> None:
         assert model(x).shape == (1, 1, 37, 45)
     layer = default_target_layer(model)
     assert layer in dict(model.named_modules())
-    assert grad_cam(model, x[0], box=(0, 0, 37, 45)).layer == layer
+    whole = np.ones((37, 45), bool)
+    assert grad_cam(model, x[0], region=whole).layer == layer
 
 
 @pytest.mark.parametrize("name", list_models())
