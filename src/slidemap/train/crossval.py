@@ -117,11 +117,12 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
     labels = {r.label: narrowed_labels({r.label: own[r.label]}, {r.label: arrays[r.label]})
               for r in recipes}
     data = {r.label: data_digest(arrays[r.label]) for r in recipes}
-    check_reused_folds(out_dir, [
-        (out_dir / r.label / f"s{seed}" / f"fold{fold}",
-         fold_record(r.config, arrays[r.label], blocks, fold, buffer, seed, hidden[fold],
-                     labels[r.label], data[r.label]))
-        for r in recipes for seed in seeds for fold in range(settings.folds)])
+    records = {(r.label, seed, fold): fold_record(r.config, arrays[r.label], blocks, fold,
+                                                  buffer, seed, hidden[fold], labels[r.label],
+                                                  data[r.label])
+               for r in recipes for seed in seeds for fold in range(settings.folds)}
+    check_reused_folds(out_dir, [(out_dir / label / f"s{seed}" / f"fold{fold}", record)
+                                 for (label, seed, fold), record in records.items()])
     make_output_dir(out_dir, "crossval folder")
     _claim_layout(blocks, buffer, out_dir, narrowed_labels(own, arrays))
     confusions: dict[str, dict[tuple[int, str], BinaryConfusion]] = {}
@@ -132,8 +133,8 @@ def run_crossval(candidate: RunConfig, out_dir: Path, baseline: RunConfig | None
                 run_dir = out_dir / recipe.label / f"s{seed}" / f"fold{fold}"
                 log.info(f"{recipe.label} seed {seed} fold {fold}")
                 scored = run_fold(recipe.config, arrays[recipe.label], blocks, fold, buffer,
-                                  seed, run_dir, hidden[fold], labels[recipe.label],
-                                  data[recipe.label])
+                                  seed, run_dir, hidden[fold],
+                                  records[(recipe.label, seed, fold)])
                 for name, confusion in scored.items():
                     confusions[recipe.label][(seed, name)] = confusion
     summary = summarise(confusions, blocks, seeds, settings.folds)
@@ -318,19 +319,18 @@ def shared_ground(scenes: list[SceneArrays], blocks: list[Block], fold: int, buf
 
 def run_fold(config: RunConfig, scenes: list[SceneArrays], blocks: list[Block], fold: int,
              buffer: int, seed: int, run_dir: Path, hidden: list[np.ndarray] | None = None,
-             labels: str | None = None, data: str | None = None) -> dict[str, BinaryConfusion]:
+             record: dict | None = None) -> dict[str, BinaryConfusion]:
     """Train fold ``fold`` (or reuse its finished run) and score its blocks; ``hidden`` is
     what it may not train on (:func:`training_ground`: with the scenes placed on the ground, a
     block is held out of every scene that shows it), by default its blocks and buffer alone.
-    ``labels``: the :func:`narrowed_labels` digest of the recipe's labels, where the pairing
-    narrowed them, so that a fold trained on other pixels is never reused. ``data``: the
-    :func:`data_digest` of ``scenes`` (computed here by default), so that a fold trained on
-    what a scene's files held before is never reused."""
+    ``record``: its :func:`fold_record` (with the pairing's labels digest), by default made
+    here, so that a fold trained on other pixels or data is never reused."""
     fold_config = with_seed(config, seed).without_data()
     if hidden is None:
         hidden = training_ground(scenes, blocks, fold, buffer)
-    record = fold_record(config, scenes, blocks, fold, buffer, seed, hidden, labels,
-                         data_digest(scenes) if data is None else data)
+    if record is None:
+        record = fold_record(config, scenes, blocks, fold, buffer, seed, hidden, None,
+                             data_digest(scenes))
     check_fold(run_dir, record)
     _claim(run_dir, record)
     result = run_dir / "blocks.json"
