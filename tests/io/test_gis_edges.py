@@ -29,7 +29,7 @@ from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.atomic import atomic_path, scratch_path, staged
-from slidemap.io.provenance import provenance, recorded_threshold
+from slidemap.io.provenance import command_line, provenance, recorded_threshold
 from slidemap.io.rasters import RasterOutputs, writing
 from slidemap.io.stac import output_item, read_item
 from slidemap.report.mapview import imagery, map_grid
@@ -318,6 +318,15 @@ def test_the_threshold_of_a_patch_probability_reads_without_rasterio_warnings(tm
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert recorded_threshold(path) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(("program", "recorded"), [
+    ("/venv/bin/slidemap", "slidemap"),
+    ("/src/slidemap/__main__.py", "python -m slidemap"),  # python -m slidemap, torchrun -m
+])
+def test_the_command_recorded_is_one_a_shell_reruns(monkeypatch, program, recorded) -> None:
+    monkeypatch.setattr("sys.argv", [program, "predict", "a b.tif", "--out", "out"])
+    assert command_line() == f"{recorded} predict 'a b.tif' --out out"
 
 
 def test_a_prediction_is_scored_at_the_exact_threshold_its_mask_was_drawn_at(tmp_path) -> None:

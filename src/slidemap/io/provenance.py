@@ -34,9 +34,13 @@ def sha256_file(path: Path) -> str:
 
 
 def command_line() -> str:
-    """The command that is running, as a shell would take it (the program by its name)."""
+    """The command that is running, as a shell would take it (the program by its name; run as
+    ``python -m slidemap`` (torchrun's workers too), Python names the program ``__main__.py``,
+    which no shell reruns)."""
     argv = sys.argv or ["python"]
-    return shlex.join([Path(argv[0]).name, *argv[1:]])
+    program = Path(argv[0]).name
+    words = ["python", "-m", "slidemap"] if program == "__main__.py" else [program]
+    return shlex.join([*words, *argv[1:]])
 
 
 def provenance(models: Sequence[Path | None], threshold: float,
