@@ -225,6 +225,36 @@ def test_slope_and_curvature_are_those_of_the_ground_on_any_affine_grid(
         np.testing.assert_allclose(got[expected[0]][0][inner], expected[1], atol=0.02)
 
 
+@pytest.mark.parametrize("dy", [1.0, 2.0])
+def test_relief_and_roughness_span_their_metres_along_each_pixel_axis(tmp_path, dy) -> None:
+    """On 1 m × 2 m pixels one radius in pixels from their mean size (1.5 m) made a box of
+    "16 m" 11 m across the columns and 22 m down the rows: a trough along x had a relief of
+    -0.44 m there and -0.91 m on square pixels over the same ground. A window's halo reaches
+    as far along each axis, so a window still reads what the whole scene reads."""
+    transform = Affine(1, 0, 5e5, 0, -dy, 3.4e6)
+    height = round(64 / dy)
+    rows, cols = np.mgrid[0:height, 0:64]
+    x, y = transform @ (cols + 0.5, rows + 0.5)
+    image = write_raster(tmp_path / "image.tif", np.full((3, height, 64), 100, np.uint8),
+                         transform=transform)
+    trough = write_raster(tmp_path / "trough.tif", (0.01 * (x - 5e5) ** 2).astype(np.float32),
+                          transform=transform)
+    plane = write_raster(tmp_path / "plane.tif", (0.5 * (y - 3.4e6)).astype(np.float32),
+                         transform=transform)
+    centre = (height // 2, 32)
+    with Scene(image, dem=trough) as scene:
+        whole = scene.read(Window(0, 0, 64, height), (1, 2, 3), relief_m=16.0)["relief"][0]
+        part = scene.read(Window(16, height // 4, 32, height // 2), (1, 2, 3),
+                          relief_m=16.0)["relief"][0]
+    assert whole[centre] == pytest.approx(-0.01 * 16 * 17 / 3, abs=1e-3)  # 16 px of 1 m
+    np.testing.assert_allclose(part, whole[height // 4:height // 4 + height // 2, 16:48],
+                               atol=1e-3)
+    with Scene(image, dem=plane) as scene:
+        rough = scene.read(Window(0, 0, 64, height), (1, 2, 3), roughness_m=4.0)["roughness"]
+    steps = np.arange(-4 / dy, 4 / dy + 1) * 0.5 * dy  # rows within 4 m, each dy m apart
+    assert rough[0][centre] == pytest.approx(np.std(steps), abs=1e-3)
+
+
 def test_image_without_crs_is_refused(tmp_path) -> None:
     path = write_raster(tmp_path / "nocrs.tif", np.ones((3, 40, 40), np.uint8), crs=None)
     with pytest.raises(SlidemapError, match="no CRS"):

@@ -44,6 +44,7 @@ from slidemap.data.terrain import (
     metres_per_unit,
     pixel_size_m,
     radii_px,
+    reach_px,
     relief,
     relief_radii_m,
     roughness,
@@ -553,9 +554,11 @@ class Scene:
                     f"the model needs a DEM for {self.image_path}: pass one with --dem"
                 )
             step = self.working_step_m(window, factor)
-            radii, rough = radii_px(relief_m, roughness_m, sum(step) / 2)
-            margin = max([*radii, rough, int(slope or curvature)])
-            if margin:  # one read serves all: the halo's core is the window's elevation
+            radii, rough = radii_px(relief_m, roughness_m, step)
+            stencil = int(slope or curvature)
+            boxes = reach_px([*radii, rough])
+            margin = max(boxes[0], stencil), max(boxes[1], stencil)
+            if any(margin):  # one read serves all: the halo's core is the window's elevation
                 halo, (top, left) = self._dem_with_halo(window, out_h, out_w, margin)
                 elevation = halo[top:top + out_h, left:left + out_w]
             else:
@@ -568,11 +571,11 @@ class Scene:
             sample["valid"] &= finite
             if dem:
                 sample["dem"] = np.where(finite, elevation, np.nan)[None].astype(np.float32)
-            if radii or rough:  # one set of box-sum tables for every radius
-                sums = BoxSums(halo, max([*radii, rough]))
+            if any(boxes):  # one set of box-sum tables for every radius
+                sums = BoxSums(halo, boxes)
                 if radii:
                     sample["relief"] = np.concatenate([core(relief(sums, r)) for r in radii])
-                if rough:
+                if roughness_m:
                     sample["roughness"] = core(roughness(sums, rough))
             if slope:
                 sample["slope"] = _core_slope(halo, top, left, out_h, out_w, step,
@@ -784,22 +787,23 @@ class Scene:
         metres[np.isinf(metres)] = np.nan  # in place: both callers pass a fresh read
         return metres
 
-    def _dem_with_halo(self, window: Window, out_h: int, out_w: int, margin: int = 1
-                       ) -> tuple[np.ndarray, tuple[int, int]]:
-        """Elevation of the window with a halo of up to ``margin`` working pixels on each side,
-        as far as the scene reaches, and the (top, left) offset of the window in it. The core is
+    def _dem_with_halo(self, window: Window, out_h: int, out_w: int,
+                       margin: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, tuple[int, int]]:
+        """Elevation of the window with a halo of up to ``margin`` (rows, columns) working pixels
+        on each side, as far as the scene reaches, and the (top, left) offset of the window in
+        it. The core is
         a read of the window alone (GDAL resamples each output pixel from the same source
         pixels; where the window is not a multiple of the decimation, up to float rounding)."""
         fy = window.height / out_h
         fx = window.width / out_w
 
-        def fits(space: float, step: float) -> int:
-            return min(margin, math.floor(space / step + 1e-6))
+        def fits(space: float, step: float, most: int) -> int:
+            return min(most, math.floor(space / step + 1e-6))
 
-        top = fits(window.row_off, fy)
-        left = fits(window.col_off, fx)
-        bottom = fits(self.height - window.row_off - window.height, fy)
-        right = fits(self.width - window.col_off - window.width, fx)
+        top = fits(window.row_off, fy, margin[0])
+        left = fits(window.col_off, fx, margin[1])
+        bottom = fits(self.height - window.row_off - window.height, fy, margin[0])
+        right = fits(self.width - window.col_off - window.width, fx, margin[1])
         halo = Window(window.col_off - left * fx, window.row_off - top * fy,
                       window.width + (left + right) * fx, window.height + (top + bottom) * fy)
         return self._read_dem(halo, out_h + top + bottom, out_w + left + right), (top, left)

@@ -19,6 +19,8 @@ from rasterio.warp import transform, transform_bounds
 from slidemap.data.names import DatasetName
 from slidemap.errors import SlidemapError
 
+Box = tuple[int, int]  # a box's radius in pixels: (rows, columns) either side of its centre
+
 WGS84_A = 6_378_137.0  # WGS 84 semi-major axis, metres
 WGS84_E2 = 6.694379990141317e-3  # WGS 84 first eccentricity squared
 # Where a projection's ground scale is within this of its linear unit, the unit is taken as a
@@ -304,11 +306,29 @@ def relief_radii_m(relief_m: float | tuple[float, ...] | None) -> tuple[float, .
 
 
 def radii_px(relief_m: float | tuple[float, ...] | None, roughness_m: float | None,
-             step_m: float) -> tuple[list[int], int]:
-    """(relief radii, roughness radius) in working pixels of ``step_m`` metres (0: no
-    roughness): how far around a window its terrain descriptors reach."""
-    radii = [max(1, round(r / step_m)) for r in relief_radii_m(relief_m)]
-    return radii, max(1, round(roughness_m / step_m)) if roughness_m else 0
+             step_m: tuple[float, float]) -> tuple[list[Box], Box]:
+    """(relief boxes, roughness box) in working pixels of (dx, dy) ``step_m`` metres ((0, 0):
+    no roughness): how far around a window its terrain descriptors reach."""
+    radii = [box_radius(r, step_m) for r in relief_radii_m(relief_m)]
+    return radii, box_radius(roughness_m, step_m) if roughness_m else (0, 0)
+
+
+def box_radius(metres: float, step_m: tuple[float, float]) -> Box:
+    """(rows, columns) of pixels of (dx, dy) ``step_m`` metres that a radius of ``metres`` spans
+    along each pixel axis: one radius in pixels from their mean size made a box of "32 m" on
+    1 m × 2 m pixels 21 m across the columns and 42 m down the rows."""
+    dx, dy = step_m
+    return max(1, round(metres / dy)), max(1, round(metres / dx))
+
+
+def reach_px(boxes: Sequence[Box]) -> Box:
+    """(rows, columns) the largest of ``boxes`` reaches around a pixel ((0, 0) for none)."""
+    return max([0, *(b[0] for b in boxes)]), max([0, *(b[1] for b in boxes)])
+
+
+def _box(radius: int | Box) -> Box:
+    """A radius in pixels, one for both axes or (rows, columns), as (rows, columns)."""
+    return (radius, radius) if isinstance(radius, int) else radius
 
 
 class BoxSums:
@@ -316,22 +336,24 @@ class BoxSums:
     its valid pixels, each built once and edge-padded by the largest radius wanted: a box sum
     at any radius up to it is then four slices, no gather, so relief at several radii and
     roughness read from one window share them. ``dem`` is (H, W) or (1, H, W) in metres, NaN
-    where not valid.
+    where not valid; radii are in pixels, one for both axes or (rows, columns).
 
-    A square as wide as the array already covers all of it, so the padding stops there: a
+    A box as wide as the array already covers all of it, so the padding stops there: a
     radius of kilometres (a model file may ask for 100 km) costs tables the size of the window,
     not of the radius."""
 
-    def __init__(self, dem: np.ndarray, max_radius: int) -> None:
+    def __init__(self, dem: np.ndarray, max_radius: int | Box) -> None:
         self.centred, self.finite = _centred(dem[0] if dem.ndim == 3 else dem)
-        self.max_radius = max_radius
-        self._pad = min(max_radius, max(self.finite.shape))
+        self.max_radius = _box(max_radius)
+        size = max(self.finite.shape)
+        self._pad = min(self.max_radius[0], size), min(self.max_radius[1], size)
         self._tables: dict[str, np.ndarray] = {}
 
-    def box(self, name: str, radius: int) -> np.ndarray:
-        """Sum of ``name`` (centred, square or count) over the (2·radius + 1)² square around
-        each pixel, clipped at the edges."""
-        if not 0 <= radius <= self.max_radius:
+    def box(self, name: str, radius: int | Box) -> np.ndarray:
+        """Sum of ``name`` (centred, square or count) over the (2·rows + 1) × (2·columns + 1)
+        box of ``radius`` around each pixel, clipped at the edges."""
+        rows, cols = _box(radius)
+        if not (0 <= rows <= self.max_radius[0] and 0 <= cols <= self.max_radius[1]):
             raise ValueError(f"radius {radius} is outside 0..{self.max_radius}")
         table = self._tables.get(name)
         if table is None:
@@ -339,22 +361,26 @@ class BoxSums:
                       "count": lambda: self.finite.astype(np.float64)}[name]()
             table = np.pad(values, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
             # row k of the padded table is row clip(k - pad, 0, h) of the table
-            table = self._tables[name] = np.pad(table, self._pad, mode="edge")
+            pad_r, pad_c = self._pad
+            table = self._tables[name] = np.pad(table, ((pad_r, pad_r), (pad_c, pad_c)),
+                                                mode="edge")
         h, w = self.finite.shape
-        radius = min(radius, self._pad)  # a wider square clips to the same whole array
-        low, high = self._pad - radius, self._pad + radius + 1
-        return (table[high:high + h, high:high + w] - table[low:low + h, high:high + w]
-                - table[high:high + h, low:low + w] + table[low:low + h, low:low + w])
+        rows, cols = min(rows, self._pad[0]), min(cols, self._pad[1])  # wider: the whole array
+        top, bottom = self._pad[0] - rows, self._pad[0] + rows + 1
+        left, right = self._pad[1] - cols, self._pad[1] + cols + 1
+        return (table[bottom:bottom + h, right:right + w] - table[top:top + h, right:right + w]
+                - table[bottom:bottom + h, left:left + w] + table[top:top + h, left:left + w])
 
 
-def relief(dem: np.ndarray | BoxSums, radius: int) -> np.ndarray:
-    """Elevation above the mean valid elevation of the (2·radius + 1)² square around each pixel.
+def relief(dem: np.ndarray | BoxSums, radius: int | Box) -> np.ndarray:
+    """Elevation above the mean valid elevation of the box of ``radius`` px (one for both axes,
+    or (rows, columns)) around each pixel.
 
     A topographic position index: positive on ridges and the upper parts of slopes, negative in
     valley floors. Unlike elevation it does not change when a whole DEM is shifted (another
     vertical datum, a site further up the valley), so a model that reads it cannot learn "low
     ground = landslide" from one valley's altitude. NaN pixels are left out of every mean and stay
-    NaN; squares clipped by the array edge average what lies inside. ``dem`` is (H, W) or
+    NaN; boxes clipped by the array edge average what lies inside. ``dem`` is (H, W) or
     (1, H, W) (the result has the same shape, float32), or the :class:`BoxSums` of one (H, W).
     """
     squeeze = not isinstance(dem, BoxSums) and dem.ndim == 3
@@ -401,11 +427,11 @@ def laplacian_curvature(dem: np.ndarray, pixel_size: tuple[float, float],
     return out[None] if squeeze else out
 
 
-def roughness(dem: np.ndarray | BoxSums, radius: int) -> np.ndarray:
-    """Standard deviation of the valid elevations in the (2·radius + 1)² square around each
-    pixel, in metres: rough, broken ground (scarps, debris) against smooth slopes. Shifting the
-    DEM leaves it unchanged; NaN pixels are left out and stay NaN. (H, W) or (1, H, W), float32,
-    or the :class:`BoxSums` of one (H, W).
+def roughness(dem: np.ndarray | BoxSums, radius: int | Box) -> np.ndarray:
+    """Standard deviation of the valid elevations in the box of ``radius`` px (one for both
+    axes, or (rows, columns)) around each pixel, in metres: rough, broken ground (scarps,
+    debris) against smooth slopes. Shifting the DEM leaves it unchanged; NaN pixels are left out
+    and stay NaN. (H, W) or (1, H, W), float32, or the :class:`BoxSums` of one (H, W).
     """
     squeeze = not isinstance(dem, BoxSums) and dem.ndim == 3
     sums = dem if isinstance(dem, BoxSums) else BoxSums(dem, radius)

@@ -51,7 +51,7 @@ from rich.progress import Progress, TaskID
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
-from slidemap.data.terrain import radii_px, relief_radii_m
+from slidemap.data.terrain import radii_px, reach_px, relief_radii_m
 from slidemap.data.windows import grid_offsets
 from slidemap.errors import SlidemapError
 from slidemap.infer.budget import MemoryBudget, release_free_memory
@@ -655,12 +655,12 @@ def check_terrain_halo(scene: Scene, spec: InputSpec, factor: int, read: tuple[i
     chunks) calls this first: ``option`` names its setting of the window size, which sets the
     halo too (None where the size is fixed), and ``memory_option`` whether it takes
     --memory-mb."""
-    pixel_m = sum(scene.pixel_size_m()) / 2
-    radii, rough = radii_px(spec.relief_m, spec.roughness_m, pixel_m * factor)
-    margin = max([*radii, rough, 0])
+    dx, dy = scene.pixel_size_m()
+    radii, rough = radii_px(spec.relief_m, spec.roughness_m, (dx * factor, dy * factor))
+    margin = reach_px([*radii, rough])
     rows, cols = read[0] // factor, read[1] // factor
-    halo = (min(rows + 2 * margin, scene.height // factor)
-            * min(cols + 2 * margin, scene.width // factor))
+    halo = (min(rows + 2 * margin[0], scene.height // factor)
+            * min(cols + 2 * margin[1], scene.width // factor))
     need = (halo - rows * cols) * HALO_BYTES_PER_PIXEL
     if need > budget.bytes:
         reach = max([*relief_radii_m(spec.relief_m), spec.roughness_m or 0.0])

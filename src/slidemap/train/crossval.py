@@ -32,7 +32,7 @@ from rasterio.windows import Window
 
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.scene import IGNORE, Scene
-from slidemap.data.terrain import radii_px
+from slidemap.data.terrain import radii_px, reach_px
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.folds import (
     LAYOUT_FILE,
@@ -180,9 +180,9 @@ def terrain_reach(config: RunConfig) -> int:
             continue
         with Scene(source.image) as scene:  # read whole, as load_scene_arrays does
             whole = Window(0, 0, scene.width, scene.height)
-            step = sum(scene.working_step_m(whole, scene.decimation(spec.resolution_m))) / 2
+            step = scene.working_step_m(whole, scene.decimation(spec.resolution_m))
         radii, rough = radii_px(spec.relief_m, spec.roughness_m, step)
-        reach = max(reach, *radii, rough, int(spec.slope or spec.curvature))
+        reach = max(reach, *reach_px([*radii, rough]), int(spec.slope or spec.curvature))
     return reach
 
 
