@@ -952,6 +952,23 @@ def test_inventory_holds_a_bounded_number_of_landslides(tmp_path, monkeypatch) -
     assert held[0]["written"] < 2 * 32
 
 
+def test_a_slide_on_the_last_row_does_not_hold_the_others_back(tmp_path, monkeypatch) -> None:
+    """A slide touching the scene's bottom row was kept open after the last strip, as if another
+    followed, so the finished slides waiting behind it beyond ``WAITING_MAX`` were written
+    first: read in one strip, a slide down the left edge came out 5955th of 10 051, not first.
+    No slide is open after the last strip, so the ids follow the first pixels."""
+    monkeypatch.setattr(vectorize, "WAITING_MAX", 4)
+    mask = np.zeros((12, 12), dtype=np.uint8)
+    mask[:, 0] = 1  # from the first row to the last
+    mask[0::2, 2::2] = 1  # 30 slides of one pixel
+    paths = [write_raster(tmp_path / "m.tif", mask),
+             write_raster(tmp_path / "p.tif", mask.astype(np.float32))]
+    inventory = build_inventory(*paths, strip_rows=12)
+    first_pixels = [(-g.bounds[3], g.bounds[0]) for g in inventory.geometries]
+    assert len(inventory) == 31 and first_pixels == sorted(first_pixels)
+    assert inventory.attributes["pixels"][0] == 12
+
+
 def test_streamed_inventory_is_the_one_of_a_single_strip(tmp_path) -> None:
     """Joining pieces across many thin strips gives the slides, attributes and order of one
     strip over the whole mask."""

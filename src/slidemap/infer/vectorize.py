@@ -173,7 +173,8 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
                     next_order += 1
                 pieces[label].geometries.append(shapely.geometry.shape(geometry))
             joined = _join(open_slides, previous_last_row, labels, pieces)
-            continuing = set(np.unique(labels[-1][labels[-1] > 0]).tolist())
+            last = top + strip_rows >= mask_ds.height  # no strip follows: none stays open
+            continuing = set() if last else set(np.unique(labels[-1][labels[-1] > 0]).tolist())
             open_slides = {}
             for members, landslide in joined:
                 if members & continuing:
@@ -190,14 +191,9 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
             while waiting and (first_open is None or waiting[0][0] < first_open
                                or len(waiting) > WAITING_MAX):
                 ready.append(heapq.heappop(waiting)[1])
-            if ready:
+            if ready or last:  # the last batch, maybe empty: there is always one
                 yield _finish(ready, keys, (crs, mask_ds.transform, unit_m2), min_area_m2,
                               simplify_m)
-    leftover = sorted({id(s): s for s in open_slides.values()}.values(), key=lambda s: s.root)
-    ready = [landslide for _, landslide in waiting]
-    ready = sorted(ready + leftover, key=lambda s: s.root)
-    # the last, maybe empty
-    yield _finish(ready, keys, (crs, mask_ds.transform, unit_m2), min_area_m2, simplify_m)
 
 
 def _terrain(mask_path: Path, dem: DatasetName | None
