@@ -123,11 +123,26 @@ def test_scale_keeps_shapes_and_labels(factor: float) -> None:
         assert (out["mask"][0] == 255).all() and (out["image"][:, 0] == 0).all()
 
 
+def zoom_factor(out: dict[str, np.ndarray]) -> float:
+    """The factor a 16 px ramp rising by 1 a column was zoomed by: its centre pixels, inside
+    the input at any factor of the tests, rise by 1 / factor (bilinear keeps a ramp exact)."""
+    rise = out["image"][0, 6:10, 9] - out["image"][0, 6:10, 6]
+    return float(3.0 / rise.mean())
+
+
 def test_scale_random_factor_in_range_and_seeded() -> None:
+    """Seeded draws repeat, and every factor lies in the range asked for and spreads over it
+    (only the seeding was checked: a draw outside the range, or none, passed)."""
     sample = make_sample()
     a = random_scale(sample, np.random.default_rng(5))
     b = random_scale(sample, np.random.default_rng(5))
     assert all(np.array_equal(a[k], b[k]) for k in sample)
+    sample["image"] = np.broadcast_to(np.arange(16, dtype=np.float32), (4, 16, 16)).copy()
+    for low, high in ((0.75, 1.25), (1.5, 2.0)):
+        factors = [zoom_factor(random_scale(sample, np.random.default_rng(seed), (low, high)))
+                   for seed in range(40)]
+        assert low - 1e-4 <= min(factors) < low + 0.1 * (high - low), (low, factors)
+        assert high - 0.1 * (high - low) < max(factors) <= high + 1e-4, (high, factors)
 
 
 def test_scale_nan_does_not_spread() -> None:
