@@ -544,19 +544,15 @@ def test_bad_input_fails_with_one_line(w: SimpleNamespace, name: str) -> None:
     assert {p: sha256(p) for p in w.hashes} == before
 
 
-@pytest.mark.parametrize("command", ["explain"])
-def test_optional_commands_refuse_bad_input(w: SimpleNamespace, command: str) -> None:
-    from slidemap.cli import app
-
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in
-             app.registered_commands}
-    if command not in names:
-        pytest.skip(f"slidemap has no '{command}' command yet")
-    out = w.root / "out" / command
-    result = w.cli(command, w.image, "--dem", w.dem, "--model", w.models.payload_pt, "--out", out)
+def test_explain_refuses_bad_input(w: SimpleNamespace) -> None:
+    """explain refuses a pickled model and a truncated image on one line each (it skipped, as
+    an optional command not yet there, whenever the CLI registered no 'explain')."""
+    out = w.root / "out" / "explain"
+    result = w.cli("explain", w.image, "--dem", w.dem, "--model", w.models.payload_pt, "--out",
+                   out)
     assert_one_line_error(result, w.models.payload_pt)
     assert leftovers(out) == []
-    result = w.cli(command, w.image_trunc, "--dem", w.dem, "--model", w.models.good, "--out",
+    result = w.cli("explain", w.image_trunc, "--dem", w.dem, "--model", w.models.good, "--out",
                    out)
     assert_one_line_error(result, w.image_trunc)
     assert not w.models.marker.exists()
