@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from factories import tiny_run
+from factories import read_prob, tiny_run
 
 from slidemap.api import predict
 from slidemap.data.channels import InputSpec, chromaticity, stack_channels
 from slidemap.errors import SlidemapError
+from slidemap.io.modelfile import load_model
 from slidemap.schema.config import parse_config
 from slidemap.train.loop import train
 
@@ -67,9 +68,18 @@ def test_chromaticity_model_trains_saves_and_predicts(tiny_scene: dict[str, Path
     assert sidecar["channels"][:3] == ["chroma1", "chroma2", "chroma3"]
     # The stored statistics are those of the chromaticity channels, not of 8-bit radiance.
     assert all(0.2 < m < 0.5 for m in sidecar["normalisation"]["mean"][:3])
-    out = predict(tiny_scene["image"], tmp_path / "pred", dem=tiny_scene["dem"], model=model)
-    with rasterio.open(out.mask) as mask:
-        assert mask.read(1).shape == (96, 96)
+    assert load_model(model).inputs.optical == "chromaticity"
+    # It maps colour, not brightness: the scene at half its brightness gives the same map (a
+    # prediction that fed the network raw radiance mapped 8-bit counts through its statistics).
+    with rasterio.open(tiny_scene["image"]) as src:
+        profile, image = src.profile, src.read()
+    dim = tmp_path / "dim.tif"
+    with rasterio.open(dim, "w", **profile) as dst:
+        dst.write(image // 2)
+    probs = [read_prob(predict(scene, tmp_path / name, dem=tiny_scene["dem"], model=model).prob)
+             for name, scene in (("pred", tiny_scene["image"]), ("dim", dim))]
+    assert probs[0].shape == (96, 96) and np.isfinite(probs[0]).sum() == 96 * 88
+    assert np.nanmax(np.abs(probs[0] - probs[1])) < 0.02
 
 
 def test_relief_channel_is_named_and_stacked_between_dem_and_slope() -> None:
