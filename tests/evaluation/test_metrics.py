@@ -41,7 +41,9 @@ def test_valid_mask_and_nan_probabilities_are_left_out() -> None:
     confusion = BinaryConfusion()
     confusion.update(np.array([np.nan, 1.0, 0.0]), np.array([1, 1, 0], dtype=np.uint8),
                      valid=np.array([True, True, False]))
-    assert confusion.metrics()["pixels"] == 1
+    # the one pixel kept is the valid, finite hit (a count of 1 alone passed keeping the other)
+    m = confusion.metrics()
+    assert (m["tp"], m["fp"], m["fn"], m["tn"], m["pixels"]) == (1, 0, 0, 0, 1)
 
 
 def test_threshold_sweep_matches_scoring_at_each_threshold() -> None:
