@@ -4,6 +4,7 @@ its outputs lie on the map."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -18,12 +19,19 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 from slidemap.data.channels import InputSpec
-from slidemap.data.sources import MAX_PATCH_HELD, patch_held_bytes
+from slidemap.data.sources import (
+    MAX_PATCH_HELD,
+    check_patches_held,
+    load_patch_arrays,
+    open_patch_set,
+    patch_held_bytes,
+)
 from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.infer.ensemble import Predictor
 from slidemap.infer.options import PredictOptions
 from slidemap.io.modelfile import ModelBundle, PredictDefaults, load_model, save_model
 from slidemap.models import build_model
+from slidemap.schema.config import PatchSource
 from slidemap.workflows.patches import predict_patch_set
 
 OPTIONS = PredictOptions(tile=16, overlap=0, precision="fp32")
@@ -115,15 +123,17 @@ def test_a_scale_no_model_file_may_hold_is_one_line(tmp_path: Path, scale: float
 
 def test_a_patch_promoted_past_the_largest_patch_is_refused_before_it_is_allocated(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """130 px at scale 64 is 8320 px a side: refused by its size, before anything is promoted
-    (it ended as "out of memory: lower --memory-mb", which did not say to lower the scale)."""
+    """130 px at scale 64 is 8320 px a side: refused by what it would hold, before anything is
+    promoted (it ended as "out of memory: lower --memory-mb", which did not say to lower the
+    scale)."""
     root = l4s_split(tmp_path / "split", np.zeros((130, 130), np.uint8))
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("promoted before the size was checked")
 
     monkeypatch.setattr("slidemap.data.sources.promote", never)
-    with pytest.raises(SlidemapError, match=r"image_1 at scale 64 would be 8,320 × 8,320 px"):
+    with pytest.raises(SlidemapError, match=r"image_1 \(\S+\) is 130 × 130 px: mapped whole at "
+                                            r"scale 64 .*; pass a smaller --scale"):
         predict_patch_set(b4_b8_model(tmp_path), root, tmp_path / "out", OPTIONS, scale=64)
     assert not (tmp_path / "out").exists()
 
@@ -195,6 +205,77 @@ def test_a_patch_that_mapping_whole_would_exhaust_memory_is_refused_before_it_is
 def test_patches_of_the_usual_sizes_are_held(side: int, channels: int, scale: float) -> None:
     """Landslide4Sense, Nepal, Bijie (with DEM and slope, up-sampled) and a 4096² px tile fit."""
     assert patch_held_bytes(side, side, channels, scale) <= MAX_PATCH_HELD
+
+
+def declared_l4s_patch(root: Path, side: int) -> Path:
+    """A Landslide4Sense split of one compressed (``side``, ``side``, 14) float32 ``img`` and its
+    mask, declared and never written: a few kilobytes on disk."""
+    (root / "img").mkdir(parents=True)
+    (root / "mask").mkdir()
+    with h5py.File(root / "img" / "image_1.h5", "w") as f:
+        f.create_dataset("img", (side, side, 14), np.float32, chunks=True, compression="gzip",
+                         fillvalue=1.0)
+    with h5py.File(root / "mask" / "mask_1.h5", "w") as f:
+        f.create_dataset("mask", (side, side), np.uint8, chunks=True, compression="gzip")
+    return root
+
+
+def never_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make reading any patch (image file or HDF5 array) fail the test."""
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read before what it holds was checked")
+
+    monkeypatch.setattr("slidemap.data.patches.read_image", never)
+    monkeypatch.setattr("slidemap.data.l4s._read_dataset", never)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_a_landslide4sense_patch_that_mapping_would_exhaust_memory_is_refused_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scale: float) -> None:
+    """A 4096² px Landslide4Sense patch (896 MB of values, within the caps) passed the check
+    that patch folders have and, at --scale 2 under a 5 GB limit, ran out of memory after
+    minutes: its read holds all 14 bands twice, and what mapping holds is counted from its
+    header."""
+    root = declared_l4s_patch(tmp_path / "split", 4096)
+    predictor = b4_b8_model(tmp_path)
+    never_read(monkeypatch)
+    with pytest.raises(SlidemapError, match=rf"patch image_1 \(\S+image_1.h5\) is 4,096 × 4,096 "
+                                            rf"px: mapped whole at scale {scale:g} with 3 "
+                                            r"channel\(s\) it would hold about \d+.\d GB at once, "
+                                            r"more than the 2 GB a patch may; cut its img into "
+                                            r"patches of a few hundred px"):
+        predict_patch_set(predictor, root, tmp_path / "out", OPTIONS, scale=scale)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_landslide4sense_patch_of_the_usual_size_is_held(tmp_path: Path) -> None:
+    """All 14 bands at scale 4 (Landslide4Sense patches are 128 px) fit."""
+    spec = InputSpec(image_bands=tuple(range(1, 13)), dem=True, slope=True, scale=4.0)
+    check_patches_held(open_patch_set(declared_l4s_patch(tmp_path / "split", 128), spec), spec)
+
+
+@pytest.mark.parametrize(("kind", "side", "advice"), [
+    ("patches", 6000, r"pass a smaller inputs.scale, or cut it into tiles \(gdal_retile.py"),
+    ("l4s", 4096, "cut its img into patches"),
+])
+def test_a_training_patch_that_would_exhaust_memory_is_refused_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, side: int,
+        advice: str) -> None:
+    """Training on a patch folder with one 8000² px RGB GeoTIFF at scale 0.5 under a 4 GB limit
+    ran out of memory after two minutes with "pass a smaller scene", which a patch is not: its
+    patches are checked from their headers, as predict's are."""
+    if kind == "patches":
+        root = declared_patch(tmp_path / "set", side, georeferenced=False)
+        (root / "masks").mkdir()
+        shutil.copy(root / "images" / "big.tif", root / "masks" / "big.tif")
+        spec = InputSpec(image_bands=(1, 2, 3))
+    else:
+        root = declared_l4s_patch(tmp_path / "set", side)
+        spec = InputSpec(image_bands=(4, 8), slope=True)
+    never_read(monkeypatch)
+    with pytest.raises(SlidemapError, match=rf"is {side:,} × {side:,} px: trained on whole at "
+                                            rf"scale 1 with 3 channel\(s\) .*; {advice}"):
+        load_patch_arrays(PatchSource(kind, root), spec)
 
 
 def test_outputs_of_georeferenced_patches_keep_their_place_on_the_map(tmp_path: Path) -> None:

@@ -346,9 +346,17 @@ class PatchDataset:
                 "wrong if they hold grey levels or another unit; pass elevations in metres "
                 "(float32 or int16 GeoTIFFs) if you know their scale")
 
+    def image_path(self, index: int) -> Path:
+        return self.files[index].image
+
     def image_size(self, index: int) -> tuple[int, int]:
         """(height, width) of patch ``index`` from its image's header, before it is read."""
         return image_size(self.files[index].image)
+
+    def read_bytes(self, index: int) -> int:
+        """Reading a patch's image holds its bands as float32, which ``patch_held_bytes``
+        counts: nothing on top."""
+        return 0
 
     def georeference(self, index: int) -> Georeference | None:
         """Where patch ``index`` lies on the map, if its image is a georeferenced GeoTIFF."""

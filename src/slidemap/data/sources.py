@@ -182,6 +182,7 @@ def load_patch_arrays(source: PatchSource, spec: InputSpec,
         raise SlidemapError(f"patch set {source.root} has no labels (masks/): training and "
                             "validation data need them")
     chosen = select(dataset.names, source)
+    check_patches_held(dataset, spec, chosen, training=True)
     arrays: list[PatchArrays] = []
     held = smallest = 0
     for number, index in enumerate(chosen, 1):
@@ -272,33 +273,44 @@ def patch_held_bytes(height: int, width: int, channels: int, scale: float) -> in
                (29 * channels + 1) * model)
 
 
-def check_patches_held(dataset: PatchDataset, spec: InputSpec) -> None:
-    """Refuse, from the images' headers before any patch is read, a set with a patch that
-    mapping whole at ``spec.scale`` would hold more than ``MAX_PATCH_HELD`` of: the caps on a
-    patch's stored values count one copy, and an 8192² px RGB patch (192 MB of values) took
-    3.8 GB at scale 0.5 and ran out of memory above 4.7 GB at scale 1."""
+def check_patches_held(dataset: PatchDataset | L4SDataset, spec: InputSpec,
+                       indexes: Sequence[int] | None = None, training: bool = False) -> None:
+    """Refuse, from the images' headers before any patch is read, a set with a patch (of
+    ``indexes``, all by default) that mapping or training whole at ``spec.scale`` would hold
+    more than ``MAX_PATCH_HELD`` of: the caps on a patch's stored values count one copy, and an
+    8192² px RGB patch (192 MB of values) took 3.8 GB at scale 0.5 and ran out of memory above
+    4.7 GB at scale 1; a 4096² px Landslide4Sense patch at scale 2, and an 8000² px RGB patch
+    that training read at scale 0.5, ran out of memory after minutes."""
     channels = len(spec.channels)
-    for index, name in enumerate(dataset.names):
+    for index in range(len(dataset)) if indexes is None else indexes:
         height, width = dataset.image_size(index)
-        need = patch_held_bytes(height, width, channels, spec.scale)
+        need = max(patch_held_bytes(height, width, channels, spec.scale),
+                   dataset.read_bytes(index))
         if need > MAX_PATCH_HELD:
             raise SlidemapError(
-                f"patch {name} ({dataset.files[index].image}) is {width:,} × {height:,} px: "
-                f"mapped whole at scale {spec.scale:g} with {channels} channel(s) it would hold "
-                f"about {need / 2**30:,.1f} GB at once, more than the "
-                f"{MAX_PATCH_HELD / 2**30:g} GB a patch may; "
-                f"{_smaller_patch(dataset, index, channels)}")
+                f"patch {dataset.names[index]} ({dataset.image_path(index)}) is {width:,} × "
+                f"{height:,} px: {'trained on' if training else 'mapped'} whole at scale "
+                f"{spec.scale:g} with {channels} channel(s) it would hold about "
+                f"{need / 2**30:,.1f} GB at once, more than the {MAX_PATCH_HELD / 2**30:g} GB "
+                f"a patch may; {_smaller_patch(dataset, index, channels, training)}")
 
 
-def _smaller_patch(dataset: PatchDataset, index: int, channels: int) -> str:
-    """What maps an over-size patch: a smaller --scale where one fits, cutting it into tiles,
-    and, georeferenced, mapping it as a scene (windowed, in a memory budget)."""
+def _smaller_patch(dataset: PatchDataset | L4SDataset, index: int, channels: int,
+                   training: bool) -> str:
+    """What maps or trains on an over-size patch: a smaller scale where one fits, cutting it
+    into tiles, and, georeferenced, reading it as a scene (windowed, in a memory budget)."""
     height, width = dataset.image_size(index)
     smallest = MIN_TRAIN_TILE / min(height, width)
-    path = dataset.files[index].image
-    fixes = ["pass a smaller --scale"] * (
-        smallest < 1 and patch_held_bytes(height, width, channels, smallest) <= MAX_PATCH_HELD)
-    fixes.append(f"cut it into tiles (gdal_retile.py -ps 1024 1024 -targetDir DIR {path})")
+    path = dataset.image_path(index)
+    fits = smallest < 1 and max(patch_held_bytes(height, width, channels, smallest),
+                                dataset.read_bytes(index)) <= MAX_PATCH_HELD
+    fixes = [f"pass a smaller {'inputs.scale' if training else '--scale'}"] * fits
+    if isinstance(dataset, L4SDataset):
+        fixes.append("cut its img into patches of a few hundred px (Landslide4Sense patches "
+                     "are 128)")
+    else:
+        fixes.append(f"cut it into tiles (gdal_retile.py -ps 1024 1024 -targetDir DIR {path})")
     if dataset.georeference(index) is not None:
-        fixes.append(f"map it as a scene: slidemap predict {path}")
+        fixes.append("train on it as a scene (image: and mask: in the config)" if training
+                     else f"map it as a scene: slidemap predict {path}")
     return ", or ".join(fixes)

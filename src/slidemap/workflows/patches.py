@@ -152,8 +152,7 @@ def predict_patch_set(predictor: Predictor, root: Path, out_dir: Path,
                          "e.g. 0.5")
     spec = predictor.patch_spec(scale)
     dataset = open_patch_set(root, spec, pixel_size=pixel_size)
-    if isinstance(dataset, PatchDataset):  # Landslide4Sense patches are 128 px
-        check_patches_held(dataset, spec)
+    check_patches_held(dataset, spec)
     check_not_read_from(dataset, root, out_dir)
     paths = {name: patch_output_paths(name, out_dir) for name in dataset.names}
     metrics_path, record_path = out_dir / "metrics.json", out_dir / RECORD
