@@ -122,6 +122,27 @@ def test_a_set_option_of_the_wrong_form_is_a_usage_error(
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", [["train"], ["crossval"], ["selftrain"],
+                                     ["finetune", "slidemap-rgb-sites"]])
+def test_a_key_set_twice_with_set_is_a_usage_error_naming_it(
+        tmp_path: Path, tiny_scene: dict[str, Path], run_cli, command: list[str]) -> None:
+    """``--set training.epochs=3 --set training.epochs=5`` trained 5 epochs without a word, where
+    a config file that sets a key twice is refused."""
+    code, err = run_cli(*command, _config(tmp_path, tiny_scene), "--out", tmp_path / "run",
+                        "--set", "training.epochs=3", "--set", "training.epochs=5")
+    assert code == 2 and "--set training.epochs is set twice (3 and 5)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_study_base_key_set_twice_with_set_is_refused(tmp_path: Path,
+                                                        tiny_scene: dict[str, Path]) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"base": str(_config(tmp_path, tiny_scene)),
+                                     "grid": {"models": ["unet"]}}))
+    with pytest.raises(SlidemapError, match=r"^--set training\.lr is set twice"):
+        load_study(study, ["training.lr=1e-3", " training.lr=2e-3"])
+
+
 def test_train_set_refuses_an_unknown_key_before_anything_is_written(
         tmp_path: Path, tiny_scene: dict[str, Path], run_cli) -> None:
     code, err = run_cli("train", _config(tmp_path, tiny_scene), "--out", tmp_path / "run",

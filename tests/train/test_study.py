@@ -188,6 +188,9 @@ def test_one_label_for_two_configurations_is_refused(tiny_scene: dict[str, Path]
                                               "key.path=value"),
     ({"variants": {"fast": ["training.lr=[1"]}}, "^study: grid variant fast: training.lr: '\\[1' "
                                                  "is not a YAML value"),
+    # the later of two kept silently, as --set and a config file no longer do
+    ({"variants": {"fast": ["training.lr=1", "training.lr=2"]}},
+     r"^study: grid variant fast: training\.lr is set twice \(1 and 2\): keep one"),
     ({"variants": {"deep": ["training.epochs.x=1"]}},
      "^study: grid variant deep: training.epochs.x: training.epochs is not a mapping"),
 ])

@@ -49,11 +49,18 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str | tuple[str,
                     source: str = SET_OPTION) -> dict[str, Any]:
     """A copy of ``raw`` with every override set: ``"training.lr=4e-3"`` (the value is YAML) or
     ``("training.lr", 0.004)``; intermediate mappings are created as needed. Errors begin with
-    ``source``: where the overrides were written (``--set``, or a study's variant)."""
+    ``source``: where the overrides were written (``--set``, or a study's variant). A key set
+    twice is refused, as in a YAML file: the later one was kept without a word."""
     out = copy.deepcopy(dict(raw))
+    seen: dict[str, Any] = {}
     for override in overrides:
         key, value = parse_override(override, source) if isinstance(override, str) \
             else override
+        if key in seen:
+            error = UsageError if source == SET_OPTION else SlidemapError
+            raise error(f"{_prefix(source)}{key} is set twice ({seen[key]!r} and {value!r}): "
+                        "keep one")
+        seen[key] = value
         set_key(out, key, value, source)
     return out
 
