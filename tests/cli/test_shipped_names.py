@@ -5,6 +5,7 @@ A model file of that name in the current folder still wins."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,18 @@ def test_a_configs_init_and_finetune_take_a_shipped_models_name(shipped, tiny_sc
     tuned = api.finetune(NAME, write_config(Path("tune.yaml"), raw), "tune")
     assert tuned.init == shipped / NAME
     assert load_model(tuned.model).provenance["config"]["init"] == str(tuned.init)
+
+
+def test_a_configs_init_by_name_is_recorded_as_the_shipped_file(shipped, tiny_scene) -> None:
+    """``init: NAME`` was recorded bare in the new model's provenance and finetune.json: its
+    lineage, read in a folder holding another NAME.safetensors (or by another install), was
+    followed to another model. It is recorded as the file it started from, as ``finetune NAME``
+    records it."""
+    raw = run_config([tiny_scene], [tiny_scene], inputs={"image_bands": [1, 2, 3],
+                     "slope": True}, training=TINY_TRAINING, init=NAME)
+    model = api.train(write_config(Path("run.yaml"), raw), "run").model
+    assert load_model(model).provenance["config"]["init"] == str(shipped / NAME)
+    assert json.loads(Path("run/finetune.json").read_text())["init"] == str(shipped / NAME)
 
 
 def test_the_real_shipped_models_are_found_by_name(tmp_path, monkeypatch) -> None:

@@ -18,7 +18,7 @@ from slidemap.errors import SlidemapError, SlidemapWarning
 from slidemap.evaluation.scorer import score_bundle
 from slidemap.io import jsontext
 from slidemap.io.atomic import atomic_path
-from slidemap.io.modelfile import ModelBundle, load_model
+from slidemap.io.modelfile import ModelBundle, load_model, model_source
 from slidemap.schema.config import RunConfig
 from slidemap.train.lineage import Lineage, learnt_ground, learnt_patches, lineage
 from slidemap.train.loop import train
@@ -49,7 +49,8 @@ def finetune(config: RunConfig, out_dir: Path, resume: bool = False,
     check_compatible(before, config)
     _warn_if_read_otherwise(before, config)
     _warn_if_validation_was_seen(config)
-    report: dict = {"init": str(config.init), "freeze_encoder": config.train.freeze_encoder,
+    report: dict = {"init": str(model_source(config.init)),  # a shipped name as its file
+                    "freeze_encoder": config.train.freeze_encoder,
                     "frozen_epochs": config.train.frozen_epochs,
                     "before": _figures(score_on_val(before, config))}
     with run_lock(out_dir):

@@ -46,6 +46,7 @@ from slidemap.io.modelfile import (
     PredictDefaults,
     as_stored,
     model_paths,
+    model_source,
     save_model,
 )
 from slidemap.models import count_members, count_parameters
@@ -456,13 +457,24 @@ def _predict_defaults(config: RunConfig) -> PredictDefaults:
     return PredictDefaults(config.predict.tile, config.predict.overlap, config.predict.scales)
 
 
+def recorded_config(config: RunConfig) -> dict[str, Any]:
+    """``config`` as a model file's provenance records it: an ``init`` that names a shipped
+    model bare as that model's absolute path, as ``finetune NAME`` records it, so that the
+    lineage is followed to the file it started from from any folder (the name alone is taken
+    for a model file of that name in the folder that reads it)."""
+    recorded = config.to_dict()
+    if config.init is not None:
+        recorded["init"] = str(model_source(config.init))
+    return recorded
+
+
 def _save_bundle(model: torch.nn.Module, config: RunConfig, stats: BandStats, path: Path,
                  state: dict, scores: dict, record: dict) -> None:
     bundle = ModelBundle(
         model=model, architecture=config.model.name, width=config.model.width,
         options=dict(config.model.options), inputs=config.inputs, mean=list(stats.mean),
         std=list(stats.std), threshold=config.predict.threshold,
-        provenance={"config": config.to_dict(), "epoch": state["best_epoch"],
+        provenance={"config": recorded_config(config), "epoch": state["best_epoch"],
                     "validation": {k: scores[k] for k in
                                    ("precision", "recall", "f1", "iou", "miou", "auc")
                                    if k in scores},
