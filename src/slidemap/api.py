@@ -194,7 +194,7 @@ def _checked(value: Options | None, kind: type[Options], name: str) -> Options |
 def output_paths(image: PathArg, out_dir: PathArg, formats: Sequence[str] = ("gpkg",)
                  ) -> dict[str, Path]:
     """The files ``predict`` writes for ``image`` into ``out_dir``, by key (``prob``, ``mask``,
-    ``inventory``, ``style``, ``stac``, ...)."""
+    ``prob_style``, ``mask_style``, ``inventory``, ``style``, ``stac``, ...)."""
     return predict_workflow.output_paths(_name(image, "image"), _path(out_dir, "out_dir"),
                                          formats)
 

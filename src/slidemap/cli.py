@@ -278,11 +278,11 @@ def predict(
              f"{100 * result.landslide_pixels / valid:.1f} % of valid pixels")
     for key, path in result.files.items():
         if key != "mask_aux":
-            log.info(f"  {key.replace('_', ' '):9s} {path}")
+            log.info(f"  {key.replace('_', ' '):10s} {path}")
     if result.adapted_model is not None:
-        log.info(f"  adapted   {result.adapted_model}")
+        log.info(f"  adapted    {result.adapted_model}")
     if result.report is not None:
-        log.info(f"  report    {result.report}")
+        log.info(f"  report     {result.report}")
 
 
 @app.command()

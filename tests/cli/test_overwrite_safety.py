@@ -39,6 +39,7 @@ from slidemap.io.atomic import (
     sweep_stale,
 )
 from slidemap.io.modelfile import load_model, model_paths, save_model
+from slidemap.io.styles import MASK_QML
 from slidemap.report.html import SOURCES
 from slidemap.workflows import predict as predict_workflow
 
@@ -326,7 +327,7 @@ def test_an_overwrite_in_another_format_leaves_no_inventory_of_the_earlier_run(
     (the earlier run's Item lists it)."""
     out = tmp_path / "out"
     first = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
-    for key in ("prob", "mask", "mask_aux", "style"):
+    for key in ("prob", "mask", "mask_aux", "prob_style", "mask_style", "style"):
         first.files[key].unlink()
     geojson = {k: p for k, p in api.output_paths(tiny_scene["image"], out, ("geojson",)).items()
                if k != "stac"}
@@ -338,6 +339,26 @@ def test_an_overwrite_in_another_format_leaves_no_inventory_of_the_earlier_run(
     second = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
                          formats=("geojson",), overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in second.files.values())
+
+
+def test_a_rasters_style_is_an_output_refused_and_replaced_as_the_others(
+        tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
+    """``<stem>_mask.qml`` is QGIS's default style of the mask: one already there (an earlier
+    run's, or the user's own) is kept unless --overwrite, and replaced with the set."""
+    out = tmp_path / "out"
+    first = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
+    style = first.files["mask_style"]
+    for path in first.files.values():
+        if path != style:
+            path.unlink()
+    style.write_text("<qgis/>\n")
+    with pytest.raises(SlidemapError, match=r"scene_mask\.qml exists"):
+        api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
+    assert style.read_text() == "<qgis/>\n" and sorted(out.iterdir()) == [style]
+    second = api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST,
+                         overwrite=True)
+    assert style.read_text() == MASK_QML
+    assert sorted(out.iterdir()) == sorted(second.files.values())
 
 
 def test_an_overwrite_without_report_leaves_no_report_of_the_earlier_run(

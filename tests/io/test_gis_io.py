@@ -20,6 +20,7 @@ import pystac
 import pytest
 import rasterio
 from factories import rewrite_sidecar
+from matplotlib import colormaps
 from pystac.validation.local_validator import LocalValidator
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
@@ -237,6 +238,50 @@ def test_predict_outputs_carry_provenance_style_and_centroids(tiny_scene, tiny_m
     qml = ET.parse(result.style).getroot()
     assert qml.tag == "qgis" and qml.find("renderer-v2") is not None
     assert ET.fromstring(rows[0][2]).tag == "qgis"
+
+
+def test_the_rasters_carry_qgis_styles_that_leave_the_background_see_through(
+        tiny_scene, tiny_model, tmp_path) -> None:
+    """A GeoTIFF colour table has no alpha (GDAL reads every entry back opaque), so QGIS drew
+    the mask's background opaque white over the imagery: ``<raster>.qml`` beside each raster,
+    QGIS's default style, holds the mask's colours with their alpha and the report's
+    probability ramp over 0-1 (the uint8 band's values after its scale of 1/254)."""
+    result = api.predict(tiny_scene["image"], tmp_path / "out", tiny_scene["dem"], tiny_model,
+                         OPTIONS)
+    inventory_style = ET.parse(result.style).getroot()
+    with rasterio.open(result.mask) as ds:
+        table = ds.colormap(1)
+    assert table[0][3] == 255  # why the style is needed: the file's palette is opaque
+    mask_style = result.files["mask_style"]
+    assert mask_style == result.mask.with_suffix(".qml")  # the name QGIS looks for
+    root = ET.parse(mask_style).getroot()
+    assert root.tag == "qgis" and root.get("version") == inventory_style.get("version")
+    renderer = root.find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "paletted"
+    entries = {int(e.get("value")): e for e in renderer.iterfind("colorPalette/paletteEntry")}
+    assert entries[0].get("alpha") == "0" and entries[255].get("alpha") == "0"
+    assert entries[1].get("alpha") == "255" and entries[1].get("label") == "landslide"
+    for value in (0, 1):
+        assert entries[value].get("color") == "#{:02x}{:02x}{:02x}".format(*table[value][:3])
+
+    prob_style = result.files["prob_style"]
+    assert prob_style == result.prob.with_suffix(".qml")
+    renderer = ET.parse(prob_style).getroot().find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "singlebandpseudocolor"
+    assert (renderer.get("classificationMin"), renderer.get("classificationMax")) == ("0", "1")
+    items = renderer.findall("rastershader/colorrampshader/item")
+    values = np.array([float(i.get("value")) for i in items])
+    bar = np.round(colormaps["magma"](values)[:, :3] * 255).astype(int)  # the report's bar
+    assert values[0] == 0 and values[-1] == 1
+    assert [i.get("color") for i in items] == ["#{:02x}{:02x}{:02x}".format(*c) for c in bar]
+    with rasterio.open(result.prob) as ds:  # QGIS ramps the scaled values: 254 steps is 1
+        assert ds.scales[0] * 254 == pytest.approx(1.0) and ds.offsets[0] == 0
+
+    assets = json.loads(Path(result.stac).read_text())["assets"]
+    for key, path in (("mask_style", mask_style), ("prob_style", prob_style)):
+        assert assets[key]["href"] == f"./{path.name}" and assets[key]["roles"] == ["metadata"]
+        assert assets[key]["file:checksum"] == "1220" + hashlib.sha256(
+            path.read_bytes()).hexdigest()
 
 
 def test_outputs_record_the_settings_the_map_depends_on(tiny_scene, tiny_model,

@@ -208,8 +208,8 @@ def output_item(stem: str, outputs: dict[str, tuple[Path, Path]], grid: dict,
              ".geojson": pystac.MediaType.GEOJSON, ".qml": "text/xml"}
     for key, (final, now) in outputs.items():
         asset = pystac.Asset(href=f"./{final.name}", media_type=media.get(final.suffix),
-                             roles=["metadata"] if key == "style" else ["data"],
-                             title=_TITLES.get(key.split("_")[0], key))
+                             roles=["metadata"] if key.endswith("style") else ["data"],
+                             title=_TITLES.get(key, _TITLES.get(key.split("_")[0], key)))
         item.add_asset(key, asset)
         files = FileExtension.ext(asset)
         files.size = now.stat().st_size
@@ -235,7 +235,9 @@ def _colour_hint(value: int) -> str:
 
 
 _TITLES = {"prob": "landslide probability", "mask": "landslide mask",
-           "inventory": "landslide inventory", "style": "QGIS style of the inventory"}
+           "inventory": "landslide inventory", "style": "QGIS style of the inventory",
+           "prob_style": "QGIS style of the probability",
+           "mask_style": "QGIS style of the mask"}
 
 
 def _raster_band(asset: pystac.Asset, dtype: str, nodata: float | None,

@@ -1,8 +1,12 @@
-"""A QGIS style for the landslide inventory: a ``.qml`` file and the GeoPackage's
-``layer_styles`` table, which QGIS reads as the layer's default style when it opens the file.
+"""QGIS styles of a prediction's outputs, which QGIS reads as each layer's default style when it
+opens the file: the inventory's as a ``.qml`` file and in the GeoPackage's ``layer_styles``
+table, the rasters' as ``<raster name without .tif>.qml`` beside them.
 
 Outlines in red over a translucent fill, so the imagery underneath stays visible. The SLD beside
-the QML in ``layer_styles`` serves other tools (GeoServer, ArcGIS Pro's import).
+the QML in ``layer_styles`` serves other tools (GeoServer, ArcGIS Pro's import). The mask's style
+is its colour table with the alpha a GeoTIFF palette cannot hold (GDAL writes every entry
+opaque, so without it QGIS paints the background white over the imagery); the probability's is
+the report's colour ramp over 0-1.
 """
 
 from __future__ import annotations
@@ -10,6 +14,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+from matplotlib import colormaps
+
+from slidemap.io.rasters import CLASS_NAMES, MASK_COLOURS, MASK_NODATA
 
 FILL = "230,60,30,70"
 OUTLINE = "200,30,10,255"
@@ -89,5 +99,75 @@ def store_style(gpkg: Path, layer: str, description: str) -> None:
                    "'QGIS layer styles')")
 
 
-def write_qml(path: Path) -> None:
-    path.write_text(QML)
+def write_qml(path: Path, qml: str = QML) -> None:
+    path.write_text(qml)
+
+
+PROB_COLOURS = "magma"  # the report's probability preview and its colour bar
+PROB_STOPS = 11  # linear between stops every 0.1: within 4/255 of the colour bar's colours
+# Fixed limits (minMaxOrigin None), or QGIS stretches the ramp to each scene's range.
+_LIMITS = """      <minMaxOrigin>
+        <limits>None</limits>
+        <extent>WholeRaster</extent>
+        <statAccuracy>Estimated</statAccuracy>
+        <cumulativeCutLower>0.02</cumulativeCutLower>
+        <cumulativeCutUpper>0.98</cumulativeCutUpper>
+        <stdDevFactor>2</stdDevFactor>
+      </minMaxOrigin>"""
+
+
+def _hex(red: int, green: int, blue: int) -> str:
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
+def _raster_qml(kind: str, body: str) -> str:
+    """A style of band 1 drawn by QGIS's ``kind`` renderer (``body``: its classes)."""
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.34.0" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer {kind} band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+{_LIMITS}
+{body}
+    </rasterrenderer>
+    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
+    <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0" colorizeRed="255"
+                   colorizeGreen="128" colorizeBlue="128" colorizeStrength="100"/>
+    <rasterresampler maxOversampling="2"/>
+    <resamplingStage>resamplingFilter</resamplingStage>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+
+
+def _mask_qml() -> str:
+    """A paletted renderer of the mask's colour table, alpha included: background and nodata
+    see-through, landslides in the inventory's red."""
+    names = {**CLASS_NAMES, MASK_NODATA: "no data"}
+    entries = "".join(
+        f'        <paletteEntry value="{value}" color="{_hex(*colour[:3])}" '
+        f'alpha="{colour[3]}" label={quoteattr(names[value])}/>\n'
+        for value, colour in sorted(MASK_COLOURS.items()))
+    return _raster_qml('type="paletted"',
+                       f"      <colorPalette>\n{entries}      </colorPalette>")
+
+
+def _probability_qml() -> str:
+    """A pseudocolour ramp over probabilities 0-1: QGIS applies the band's GDAL scale (1/254
+    of the uint8 file) before the ramp, so one style serves the uint8 and float32 files."""
+    stops = np.linspace(0.0, 1.0, PROB_STOPS)
+    colours = np.round(colormaps[PROB_COLOURS](stops)[:, :3] * 255).astype(int)
+    items = "".join(
+        f'          <item value="{stop:g}" color="{_hex(*colour)}" alpha="255" '
+        f'label="{stop:g}"/>\n' for stop, colour in zip(stops, colours.tolist(), strict=True))
+    return _raster_qml(
+        'type="singlebandpseudocolor" classificationMin="0" classificationMax="1"',
+        "      <rastershader>\n"
+        '        <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0"'
+        ' minimumValue="0" maximumValue="1" labelPrecision="1">\n'
+        f"{items}        </colorrampshader>\n      </rastershader>")
+
+
+MASK_QML = _mask_qml()
+PROB_QML = _probability_qml()

@@ -27,6 +27,7 @@ from slidemap.errors import silenced
 from slidemap.evaluation.metrics import AUC_BINS, BinaryConfusion
 from slidemap.explain.overlay import picture_aspect, rgb_preview
 from slidemap.io.atomic import atomic_path
+from slidemap.io.styles import PROB_COLOURS
 
 PREVIEW_SIDE = 1500
 VAL_METRICS = ("val_f1", "val_iou", "val_precision", "val_recall", "val_auc")
@@ -315,7 +316,7 @@ def probability_figure(prob_path: Path, max_side: int = PREVIEW_SIDE) -> Figure:
     height, width = prob.shape
     figure = new_figure(6.2, min(9.0, max(3.0, 5.2 * height * aspect / width + 0.6)))
     ax = figure.add_subplot()
-    shown = ax.imshow(prob, cmap="magma", vmin=0, vmax=1, interpolation="nearest",
+    shown = ax.imshow(prob, cmap=PROB_COLOURS, vmin=0, vmax=1, interpolation="nearest",
                       aspect=aspect)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -41,7 +41,7 @@ from slidemap.io.stac import (
     read_item,
     write_item,
 )
-from slidemap.io.styles import write_qml
+from slidemap.io.styles import MASK_QML, PROB_QML, write_qml
 from slidemap.report.html import build_report
 from slidemap.train.adapt import AdaptOptions, adapt_to_scene, adaptation_tags
 from slidemap.workflows.inputs import ModelArg, has_elevation, is_found, model_files, model_list
@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 class PredictResult:
     """The files of one scene's prediction and what they hold."""
 
-    files: Mapping[str, Path]  # prob, mask, mask_aux, inventory[_FORMAT], style, stac
+    files: Mapping[str, Path]  # prob, mask, mask_aux, prob_style, mask_style,
+    #                            inventory[_FORMAT], style, stac
     valid_pixels: int
     landslide_pixels: int
     windows: int  # model windows predicted
@@ -95,6 +96,9 @@ def output_paths(image: DatasetName, out_dir: Path, formats: Sequence[str] = ("g
     stem = dataset_stem(image)
     return {"prob": out_dir / f"{stem}_prob.tif", "mask": out_dir / f"{stem}_mask.tif",
             "mask_aux": out_dir / f"{stem}_mask.tif.aux.xml",
+            # QGIS's default styles of the rasters: the name without .tif, .qml
+            "prob_style": out_dir / f"{stem}_prob.qml",
+            "mask_style": out_dir / f"{stem}_mask.qml",
             **inventory_paths(out_dir, stem, formats),
             "style": out_dir / f"{stem}_landslides.qml", "stac": out_dir / f"{stem}_item.json"}
 
@@ -183,6 +187,8 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         inventory = write_inventories(
             batches, [tmp[k] for k in paths if k.startswith("inventory")], layer_tags)
         write_qml(tmp["style"])
+        write_qml(tmp["prob_style"], PROB_QML)
+        write_qml(tmp["mask_style"], MASK_QML)
         described = {k: (paths[k], tmp[k]) for k in paths if k not in ("stac", "mask_aux")}
         with rasterio.open(tmp["prob"]) as ds:
             grid = ds.profile
