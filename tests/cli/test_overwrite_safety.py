@@ -445,14 +445,17 @@ def test_an_overwrite_keeps_a_report_html_that_slidemap_did_not_write(
 def test_an_evaluate_overwrite_leaves_no_inventory_or_item_of_the_rasters_it_replaced(
         tmp_path: Path, tiny_scene: dict[str, Path], tiny_model: Path) -> None:
     """Its rasters are another run's (float32, its own threshold): the prediction's inventory,
-    style and STAC Item (checksums, data type) beside them would describe rasters now gone."""
+    style and STAC Item (checksums, data type) beside them would describe rasters now gone.
+    The rasters' QGIS styles are written again with them (they were retired, and QGIS drew the
+    mask's background white over the imagery)."""
     out = tmp_path / "out"
     api.predict(tiny_scene["image"], out, tiny_scene["dem"], tiny_model, FAST)
     api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], dem=tiny_scene["dem"],
                  model=tiny_model, out_dir=out, options=FAST, overwrite=True)
     rasters = {k: p for k, p in api.output_paths(tiny_scene["image"], out).items()
-               if k in ("prob", "mask", "mask_aux")}
+               if k in ("prob", "mask", "mask_aux", "prob_style", "mask_style")}
     assert all(p.exists() for p in rasters.values())
+    assert rasters["mask_style"].read_text() == MASK_QML
     retired = predict_workflow.replaced_paths(tiny_scene["image"], out, rasters.values())
     assert [p.name for p in retired if p.exists()] == []
 

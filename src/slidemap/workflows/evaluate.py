@@ -21,6 +21,7 @@ from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import RasterFormat
 from slidemap.io.sidecar import check_threshold
+from slidemap.io.styles import MASK_QML, PROB_QML, write_qml
 from slidemap.report.html import build_report
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
 from slidemap.schema.values import file_of, is_vector
@@ -94,7 +95,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
     retired: list[Path] = []  # a prediction's inventory, style and Item beside the old rasters
     if image is not None and out_dir is not None:
         paths = output_paths(image, out_dir)
-        outputs = {k: paths[k] for k in ("prob", "mask", "mask_aux")}
+        outputs = {k: paths[k] for k in ("prob", "mask", "mask_aux", "prob_style", "mask_style")}
         retired = replaced_paths(image, out_dir, outputs.values())
     if out_dir is not None:
         outputs["metrics"] = out_dir / "metrics.json"
@@ -117,6 +118,8 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
                               prediction_settings(predictor, options))
             predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options, progress,
                           RasterFormat("float32", tags, tmp["mask_aux"]))  # scored unrounded
+            write_qml(tmp["prob_style"], PROB_QML)  # QGIS's default styles, as predict's
+            write_qml(tmp["mask_style"], MASK_QML)
             scored, prediction = tmp["prob"], outputs["prob"]
             threshold = predictor.threshold if threshold is None else threshold
             record["model"] = [absolute_name(p) for p in predictor.paths if p is not None]
