@@ -4,6 +4,7 @@
 import re
 import warnings
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 import pytest
@@ -533,3 +534,27 @@ def test_a_window_tested_then_read_is_masked_once(tiny_scene, tmp_path, monkeypa
             valid.append(scene.read(window, (1, 2, 3), 2)["valid"])
         assert calls == [first, second]
     assert all(np.array_equal(a, b) for a, b in zip(valid, expected, strict=True))
+
+
+def test_a_dem_in_feet_by_its_vertical_crs_alone_is_read_in_metres(tiny_scene, tmp_path
+                                                                    ) -> None:
+    """A VRT over a DEM in NAVD88 feet (EPSG:32647+6360) declares no band unit, only its
+    vertical CRS's: its feet were read as metres, slopes 3.3 times too steep."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        write_raster(tmp_path / "feet.tif", src.read(1) / 0.3048006, nodata=np.nan)
+        width, height, gt = src.width, src.height, src.transform.to_gdal()
+    srs = escape(CRS.from_string("EPSG:32647+6360").to_wkt())
+    vrt = tmp_path / "feet.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{srs}</SRS>'
+        f'<GeoTransform>{", ".join(map(repr, gt))}</GeoTransform>'
+        '<VRTRasterBand dataType="Float32" band="1"><NoDataValue>nan</NoDataValue>'
+        '<SimpleSource><SourceFilename relativeToVRT="1">feet.tif</SourceFilename>'
+        '<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+    window = Window(16, 16, 64, 64)
+    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:
+        truth = scene.read(window, (1, 2, 3), dem=True, slope=True)
+    with Scene(tiny_scene["image"], dem=vrt) as scene:
+        sample = scene.read(window, (1, 2, 3), dem=True, slope=True)
+    np.testing.assert_allclose(sample["dem"], truth["dem"], atol=0.01)
+    np.testing.assert_allclose(sample["slope"], truth["slope"], atol=0.1)

@@ -166,14 +166,14 @@ def _ellipsoid_radii(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple[float, float]:
     """(scale, offset) that turn the DEM's stored values into metres: its GDAL scale and offset
-    (an int16 DEM in decimetres stores 0.1), its band's unit (feet are not metres) and the
-    direction of its vertical axis (depths count down). Read raw, such a DEM gives slopes and
-    relief several times too steep or too flat, or upside down, and a map that looks fine; a
-    unit that cannot be converted, or a scale of 0, is refused."""
+    (an int16 DEM in decimetres stores 0.1), its band's unit (feet are not metres), else its
+    vertical CRS's unit, and the direction of its vertical axis (depths count down). Read raw,
+    such a DEM gives slopes and relief several times too steep or too flat, or upside down, and
+    a map that looks fine; a unit that cannot be converted, or a scale of 0, is refused."""
     scale = 1.0 if dem.scales[0] is None else float(dem.scales[0])
     offset = 0.0 if dem.offsets[0] is None else float(dem.offsets[0])
     unit = (dem.units[0] or "").strip()
-    metres = _unit_metres(unit)
+    metres = _unit_metres(unit) if unit else vertical_unit_metres(dem.crs)
     if metres is None:
         raise SlidemapError(f"DEM {name} gives its elevations in {unit!r}, a unit slidemap does "
                             "not know: convert them to metres and set the unit (gdal_calc.py, "
@@ -184,6 +184,17 @@ def elevation_to_metres(dem: rasterio.DatasetReader, name: DatasetName) -> tuple
                             "-offset)")
     sign = -1.0 if counts_depth(dem.crs) else 1.0
     return sign * scale * metres, sign * offset * metres
+
+
+def vertical_unit_metres(crs: CRS | None) -> float:
+    """Metres in one unit of ``crs``'s vertical CRS (NAVD88 height (ftUS): 0.3048006), 1 for a
+    CRS without one. A GeoTIFF reports that unit as its band's, but a VRT over such tiles
+    declares none unless its bands name one: its feet were read as metres, slopes 3.3 times too
+    steep and a map that looked fine."""
+    wkt = crs.to_wkt() if crs is not None else ""
+    vertical = wkt[wkt.find("VERT_CS["):] if "VERT_CS[" in wkt else ""
+    found = re.search(r'UNIT\["(?:[^"]|"")*",\s*([0-9.eE+-]+)', vertical)
+    return float(found.group(1)) if found else 1.0
 
 
 def counts_depth(crs: CRS | None) -> bool:
