@@ -81,6 +81,17 @@ def test_a_missing_remote_name_fails_on_one_line(tiny_model, tmp_path) -> None:
     assert "/vsizip/" in message
 
 
+def test_a_zip_passed_whole_names_the_rasters_inside(tiny_scene, tiny_model, tmp_path) -> None:
+    """GDAL does not open an archive as a raster: the error asked whether the zip was an
+    uncorrupted GeoTIFF instead of naming the /vsizip/ path of the scene inside it."""
+    archive = _zip_scene(tiny_scene, tmp_path)
+    with pytest.raises(SlidemapError) as caught:
+        api.predict(archive, tmp_path / "out", model=tiny_model, options=OPTIONS)
+    message = str(caught.value)
+    assert "\n" not in message and "GeoTIFF" not in message
+    assert f"/vsizip/{archive}/tiles/ortho.tif" in message
+
+
 THRESHOLD = 0.5
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tarfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +65,7 @@ MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage 
 ALPHA_LOOK_PX = 256  # px a side of the shrunk read that finds a void DEM's alpha's highest value
 COARSER = 1.5  # working pixels over this many times resolution_m: beyond a whole factor
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
+MAX_NAMED = 4  # archive members a message names
 PROBE = 32  # points a side of the grid whose validity places the image sample on the data
 
 
@@ -82,8 +85,9 @@ def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             dataset = _open_past_overviews(name)
     except (RasterioError, UnicodeDecodeError, ValueError) as exc:  # a damaged header too
-        hint = ("is it a complete, uncorrupted GeoTIFF?" if path is not None else
-                "check the name, the network and the credentials GDAL needs for it")
+        hint = ("check the name, the network and the credentials GDAL needs for it"
+                if path is None else archive_hint(path) or
+                "is it a complete, uncorrupted GeoTIFF?")
         raise SlidemapError(
             f"{role} {name} cannot be read as a raster ({first_line(exc)}): {hint}"
         ) from exc
@@ -102,6 +106,27 @@ def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
                             "convert it to real values first (e.g. the amplitude with "
                             "gdal_calc.py --calc='abs(A)')")
     return dataset
+
+
+def archive_hint(path: Path) -> str | None:
+    """What to pass instead of a zip or tar archive, which GDAL does not open as a raster:
+    the ``/vsizip/`` or ``/vsitar/`` name of a file inside it (the first ones named); None for
+    any other file."""
+    try:
+        if zipfile.is_zipfile(path):
+            handler = "/vsizip/"
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.namelist() if not m.endswith("/")]
+        elif tarfile.is_tarfile(path):
+            handler = "/vsitar/"
+            with tarfile.open(path) as archive:
+                members = [m.name for m in archive.getmembers() if m.isfile()]
+        else:
+            return None
+    except (OSError, zipfile.BadZipFile, tarfile.TarError):
+        return None
+    named = ", ".join(f"{handler}{path}/{m}" for m in members[:MAX_NAMED])
+    return f"it is an archive: name the raster inside it ({named or 'it holds no file'})"
 
 
 def _open_past_overviews(name: DatasetName) -> rasterio.DatasetReader:
