@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pyogrio
 import pystac
@@ -90,6 +91,24 @@ def test_a_zip_passed_whole_names_the_rasters_inside(tiny_scene, tiny_model, tmp
     message = str(caught.value)
     assert "\n" not in message and "GeoTIFF" not in message
     assert f"/vsizip/{archive}/tiles/ortho.tif" in message
+
+
+@pytest.mark.parametrize("role", ["image", "DEM"])
+def test_a_file_of_several_variables_names_its_subdatasets(tiny_scene, tiny_model, tmp_path,
+                                                           role: str) -> None:
+    """A netCDF or HDF5 file of several variables opens as their container, with no band: it
+    was refused as an image without georeference, or a DEM of "0 bands", naming no subdataset."""
+    container = tmp_path / "scene.h5"
+    with h5py.File(container, "w") as file:
+        file["img"] = np.zeros((3, 8, 8), np.uint8)
+        file["dem"] = np.zeros((8, 8), np.float32)
+    image, dem = (container, tiny_scene["dem"]) if role == "image" else \
+        (tiny_scene["image"], container)
+    with pytest.raises(SlidemapError) as caught:
+        api.predict(image, tmp_path / "out", dem, tiny_model, OPTIONS)
+    message = str(caught.value)
+    assert message.startswith(f"{role} {container} holds 2 subdatasets")
+    assert f'{container}://img' in message and "\n" not in message
 
 
 THRESHOLD = 0.5

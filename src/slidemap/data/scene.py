@@ -65,7 +65,7 @@ MIN_DEM_COVER = 0.9  # share of the image's extent below which a DEM's coverage 
 ALPHA_LOOK_PX = 256  # px a side of the shrunk read that finds a void DEM's alpha's highest value
 COARSER = 1.5  # working pixels over this many times resolution_m: beyond a whole factor
 OPTICAL_OVERVIEW = 1024  # px a side of the overview the scene's band statistics come from
-MAX_NAMED = 4  # archive members a message names
+MAX_NAMED = 4  # subdatasets or archive members a message names
 PROBE = 32  # points a side of the grid whose validity places the image sample on the data
 
 
@@ -98,6 +98,10 @@ def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
         raise SlidemapError(f"{role} {name} has a header that cannot be read "
                             f"({first_line(exc)}): is it a complete, uncorrupted GeoTIFF?"
                             ) from exc
+    if dataset.count == 0:  # a container (netCDF, HDF5) whose rasters are its subdatasets
+        subdatasets = dataset.subdatasets
+        dataset.close()
+        raise SlidemapError(container_message(name, role, subdatasets))
     complex_bands = [d for d in dataset.dtypes if np.issubdtype(np.dtype(d), np.complexfloating)
                      or d.startswith("complex")]
     if complex_bands:
@@ -106,6 +110,18 @@ def open_raster(name: DatasetName, role: str) -> rasterio.DatasetReader:
                             "convert it to real values first (e.g. the amplitude with "
                             "gdal_calc.py --calc='abs(A)')")
     return dataset
+
+
+def container_message(name: DatasetName, role: str, subdatasets: list[str]) -> str:
+    """One line for a dataset with no band of its own: a netCDF or HDF file of several
+    variables opens as their container, and was refused as a DEM of "0 bands", or as an image
+    without georeference, neither saying which name to pass."""
+    if not subdatasets:
+        return f"{role} {name} has no raster band: pass a raster"
+    named = ", ".join(subdatasets[:MAX_NAMED]) + (", ..." if len(subdatasets) > MAX_NAMED
+                                                 else "")
+    return (f"{role} {name} holds {len(subdatasets)} subdatasets and no band of its own: "
+            f"pass one of them ({named})")
 
 
 def archive_hint(path: Path) -> str | None:
