@@ -17,7 +17,7 @@ from slidemap.data.channels import InputSpec
 from slidemap.data.normalization import BandStats
 from slidemap.data.scene import Scene
 from slidemap.errors import SlidemapWarning
-from slidemap.infer.domain import band_order_mismatch, scene_warnings
+from slidemap.infer.domain import band_order_mismatch, scene_warnings, unmasked_voids
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import save_model
 
@@ -254,3 +254,14 @@ def test_band_order_is_suggested_only_where_every_colour_is_declared(tiny_scene,
     with Scene(red_last) as scene:
         message = band_order_mismatch(scene, spec)
     assert message is not None and f"gdal_translate -b 4 -b 2 -b 1 -b 3 {red_last}" in message
+
+
+def test_a_dem_in_centimetres_without_a_unit_is_not_called_voids(tiny_scene, tmp_path) -> None:
+    """Elevations in centimetres, no unit declared, lie beyond any ground at many values: the
+    warning named their highest as a void value to set as nodata, which would leave the rest
+    read 100 times too steep."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        centimetres = write_raster(tmp_path / "cm.tif", src.read(1) * 100, nodata=np.nan)
+    with Scene(tiny_scene["image"], dem=centimetres) as scene:
+        message = unmasked_voids(scene)
+    assert message is not None and "another unit" in message and "-a_nodata" not in message

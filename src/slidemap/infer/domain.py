@@ -23,6 +23,7 @@ SPREAD = 3.0  # training standard deviations of elevation around the training me
 BLACK_SHARE = 0.1  # a tenth of the sampled pixels 0 in every band: a collar, not shadows
 NARROW = 20.0  # an image band varying this many times less than in training is on another scale
 EARTH_ELEVATIONS_M = (-1000.0, 9000.0)  # dry land spans -430 m to 8849 m: beyond, a fill value
+FILL_SHARE = 0.5  # of those beyond: one value this common is a fill, many values another unit
 OBLONG = 1.1  # pixels this much longer on the ground one way than the other are read squashed
 RGB = ("red", "green", "blue")  # what bands 1, 2, 3 of an RGB model's training imagery were
 
@@ -68,8 +69,10 @@ def unmasked_voids(scene: Scene) -> str | None:
     """A one-line warning when the DEM holds elevations no ground on Earth has (SRTM's -32768
     voids, a -9999 fill) counted as data: without a nodata value that marks them, slope,
     relief and roughness around every void are cliffs thousands of metres high, and the map
-    of the whole neighbourhood goes wrong with nothing in the outputs to show it. None without
-    a DEM or when its sampled elevations are all plausible."""
+    of the whole neighbourhood goes wrong with nothing in the outputs to show it. Elevations
+    beyond Earth's of many values are no fill but another unit (centimetres, feet undeclared):
+    they were named by their highest value, as a void to set as nodata. None without a DEM or
+    when its sampled elevations are all plausible."""
     if not scene.has_dem:
         return None
     elevation = scene.dem_sample()
@@ -78,7 +81,13 @@ def unmasked_voids(scene: Scene) -> str | None:
     outside = finite[(finite < low) | (finite > high)]
     if outside.size == 0:
         return None
-    value = float(outside.min() if outside.min() < low else outside.max())
+    values, counts = np.unique(outside, return_counts=True)
+    if counts.max() < outside.size * FILL_SHARE:  # no fill value: elevations in another unit
+        return (f"the DEM {scene.dem_path} has {outside.size / finite.size:.1%} of its sampled "
+                f"pixels at {values[0]:g} to {values[-1]:g} m, elevations no ground has: if "
+                "it is in another unit, declare it (gdal_edit.py -units cm, ft or dm), or "
+                "slope and relief are read several times too steep")
+    value = float(values[np.argmax(counts)])
     return (f"the DEM {scene.dem_path} has {outside.size / finite.size:.1%} of its sampled "
             f"pixels at {value:g} m, an elevation no ground has, counted as data: if they are "
             f"voids, set its nodata value (e.g. gdal_edit.py -a_nodata {value:g} "
