@@ -15,6 +15,7 @@ from factories import (
     TINY_PREDICT,
     TINY_TRAINING,
     declared_vrt,
+    mirrored_scene,
     patch_folder,
     run_config,
     tiny_bundle,
@@ -35,6 +36,7 @@ from slidemap.evaluation.metrics import BinaryConfusion
 from slidemap.evaluation.raster import score_raster
 from slidemap.evaluation.scorer import score_bundle, score_regions
 from slidemap.infer.ensemble import Predictor
+from slidemap.infer.patches import native_prob
 from slidemap.infer.predict import PredictOptions
 from slidemap.io.modelfile import load_model, save_model
 from slidemap.schema.config import SceneSource, load_config
@@ -189,6 +191,27 @@ def test_blocks_scored_apart_add_up_to_the_scene(tiny_scene: dict[str, Path],
     parts = score_regions(predictor, scene, [left, ~left], PredictOptions(precision="fp32"))
     assert all(part.metrics()["pixels"] > 0 for part in parts)
     assert parts[0].add(parts[1]).metrics() == whole.metrics()
+
+
+@pytest.mark.parametrize("flips", [(True, False), (False, True), (True, True)])
+def test_a_scene_stored_south_up_or_east_to_west_is_scored_as_north_up(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path,
+        flips: tuple[bool, bool]) -> None:
+    """Validation (train, finetune, crossval) predicts a scene stored south up and/or east to
+    west as ``slidemap predict`` maps it: north up, its windows laid from the north-west
+    corner. It was predicted as stored, upside down: other probabilities, another AUC, and
+    so another kept epoch for the same ground."""
+    bundle = load_model(tiny_model)
+    options = PredictOptions(tile=40, overlap=8, precision="fp32")  # windows at 0, 32, 56
+    mirrored = mirrored_scene(tiny_scene, tmp_path / "mirrored", flips)
+    probs, figures = [], []
+    for scene in (tiny_scene, mirrored):
+        arrays = load_scene_arrays(scene["image"], scene["mask"], scene["dem"], bundle.inputs)
+        probs.append(native_prob(Predictor([bundle], precision="fp32"), arrays, options)[0])
+        figures.append(score_bundle(bundle, [arrays], "fp32").metrics())
+    axes = tuple(axis for axis, flip in enumerate(flips) if flip)
+    np.testing.assert_allclose(np.flip(probs[1], axes), probs[0], atol=1e-6, equal_nan=True)
+    assert figures[1]["auc"] == pytest.approx(figures[0]["auc"], abs=1e-6)
 
 
 def test_evaluate_takes_rounding_past_1_but_refuses_values_off_the_scale(tiny_scene, tmp_path

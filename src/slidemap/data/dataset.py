@@ -81,6 +81,9 @@ class SceneArrays:
     # folder, so that its patches are one domain, or a scene's image (its absolute name: two
     # scenes may share a name, ``2019/ortho.tif`` and ``2021/ortho.tif``); "": the item's name
     source: str = field(default="", kw_only=True)
+    # whether the arrays' rows and columns run against north up, west left (``Scene.flips``):
+    # their predictions are made north up, as ``slidemap predict`` makes a map of the scene
+    flips: tuple[bool, bool] = field(default=(False, False), kw_only=True)
 
     @property
     def domain(self) -> str:
@@ -117,6 +120,7 @@ def load_scene_arrays(image: DatasetName, mask: DatasetName | None, dem: Dataset
             warnings.warn(coarse, SlidemapWarning, stacklevel=2)
         sample = read_inputs(scene, Window(0, 0, scene.width, scene.height), spec, factor)
         void = scene.dem_void() if not sample["valid"].any() else None
+        flips = scene.flips
     if void:
         raise SlidemapError(void)
     x = stack_channels(sample, spec)
@@ -131,7 +135,7 @@ def load_scene_arrays(image: DatasetName, mask: DatasetName | None, dem: Dataset
         raise SlidemapError(f"scene {image} has no valid labelled pixel: check its nodata, "
                             f"the labels {mask}{where}")
     return SceneArrays(dataset_stem(image), x, target.astype(np.uint8),
-                       source=absolute_name(image))
+                       source=absolute_name(image), flips=flips)
 
 
 def check_labels(labels: np.ndarray, path: DatasetName) -> None:
