@@ -90,6 +90,17 @@ def fast(**values: object) -> AdaptOptions:
                            "keep": (0.3, 0.6), **values})
 
 
+def test_a_block_of_a_south_up_scene_is_predicted_north_up(
+        tiny_scene: dict[str, Path], tmp_path: Path) -> None:
+    """crossval --adapt draws a block's pseudo-labels north up, as predict --adapt reads its
+    chunks: a block of a scene stored south up and east to west lost the scene's flips and
+    was predicted upside down."""
+    mirrored = mirrored_scene(tiny_scene, tmp_path / "m", (True, True))
+    arrays = load_scene_arrays(mirrored["image"], None, mirrored["dem"], tiny_bundle().inputs)
+    chunk = block_chunk(arrays, 20, 70, 30, 80, margin=8)
+    assert chunk.flips == arrays.flips == (True, True)
+
+
 def test_pseudo_labels_are_the_most_confident_pixels_of_each_class(
         trained: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
     scene, model = trained

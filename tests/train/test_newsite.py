@@ -22,6 +22,7 @@ from factories import (
     TINY_PREDICT,
     TINY_TRAINING,
     interrupt_at_epoch_2,
+    mirrored_scene,
     patch_folder,
     tiny_bundle,
     tiny_run,
@@ -721,6 +722,37 @@ def test_a_selftrain_target_patch_set_stays_one_domain(tmp_path: Path,
     pseudo, _ = pseudo_round(predictor, targets, confident(0.7), PredictOptions())
     assert [t.arrays.domain for t in targets] == [str(target)] * 3
     assert [p.domain for p in pseudo] == [str(target)] * 3
+
+
+def test_a_south_up_target_gets_the_pseudo_labels_of_its_ground_north_up(
+        tmp_path: Path, tiny_scene: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target scene stored south up and east to west is predicted north up, as ``slidemap
+    predict`` maps it: its pseudo-labels come from the probabilities of the same ground stored
+    north up. It was predicted as stored, upside down: other probabilities, so other labels
+    (and target F1) for the ground."""
+    north, mirrored = ({k: str(v) for k, v in scene.items()} for scene in
+                       (tiny_scene, mirrored_scene(tiny_scene, tmp_path / "mirrored",
+                                                   (True, True))))
+    config = load_config(run_config(
+        tmp_path, {"train": [north]}, inputs={"image_bands": [1, 2, 3], "slope": True},
+        selftrain={"target": [north, mirrored], "rounds": 1}))
+    predictor = Predictor([tiny_bundle(mean=[60.0] * 3 + [10.0], std=[30.0] * 3 + [5.0])],
+                          precision="fp32")
+    probs: list[np.ndarray] = []
+
+    def spy(predictor: Predictor, x: np.ndarray, valid: np.ndarray, options: PredictOptions,
+            flips: tuple[bool, bool] = (False, False)) -> np.ndarray:
+        probs.append(predict_arrays(predictor, x, valid, options, flips))
+        return probs[-1]
+
+    monkeypatch.setattr(selftrain_module, "predict_arrays", spy)
+    options = PredictOptions(tile=40, overlap=8)  # windows at 0, 32, 56
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlidemapWarning)  # the untrained model's one class
+        rows = [pseudo_round(predictor, [target], confident(0.5), options)[1]
+                for target in load_targets(config)]
+    np.testing.assert_allclose(probs[1][::-1, ::-1], probs[0], atol=1e-6)
+    assert rows[1] == pytest.approx(rows[0], abs=1e-9)
 
 
 def test_selftrain_warns_when_a_round_keeps_no_target_pixel(tmp_path: Path) -> None:

@@ -358,7 +358,8 @@ def _read_chunk(scene: Scene, factor: int, shape: tuple[int, int], row: int, col
 def block_chunk(scene: SceneArrays, top: int, bottom: int, left: int, right: int,
                 margin: int) -> SceneArrays:
     """Rows ``top:bottom``, columns ``left:right`` of an unlabelled scene's arrays as a chunk,
-    with ``margin`` px of context around them (read, never labelled)."""
+    with ``margin`` px of context around them (read, never labelled), predicted north up as
+    the scene (``SceneArrays.flips``)."""
     height, width = scene.target.shape
     rows = slice(max(0, top - margin), min(height, bottom + margin))
     cols = slice(max(0, left - margin), min(width, right + margin))
@@ -366,7 +367,8 @@ def block_chunk(scene: SceneArrays, top: int, bottom: int, left: int, right: int
     core = np.zeros(readable.shape, dtype=bool)
     core[top - rows.start:bottom - rows.start, left - cols.start:right - cols.start] = True
     target = np.where(readable & core, 0, IGNORE).astype(np.uint8)
-    return SceneArrays(scene.name, scene.x[:, rows, cols], target, inputs_valid=readable)
+    return SceneArrays(scene.name, scene.x[:, rows, cols], target, inputs_valid=readable,
+                       flips=scene.flips)
 
 
 def adapt_to_scene(model: Path, image: DatasetName, dem: DatasetName | None,

@@ -177,7 +177,8 @@ def pseudo_round(predictor: Predictor, targets: list[Target], label: Labeller,
     Labels are drawn only where a target is valid; the channels stay readable wherever they
     were (uncertain ground is left unlabelled, not blanked: it is context for its neighbours).
     """
-    probs = [predict_arrays(predictor, t.arrays.x, t.arrays.readable, options) for t in targets]
+    probs = [predict_arrays(predictor, t.arrays.x, t.arrays.readable, options, t.arrays.flips)
+             for t in targets]
     confusion = BinaryConfusion(predictor.threshold)
     pseudo = []
     valid_pixels = kept = landslide = 0
