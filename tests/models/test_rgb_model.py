@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from factories import SHARED_DATA, tiny_bundle, write_raster
+from factories import SHARED_DATA, patch_folder, tiny_bundle, write_raster
 from rasterio.windows import Window
 
 from slidemap import api
@@ -40,6 +40,18 @@ def test_predict_without_dem_uses_the_rgb_model(tmp_path, tiny_scene, tiny_model
                         "--out", tmp_path / "dem")
     assert code == 0, err
     assert "RGB-only" not in err  # with a DEM, the RGB + DEM default as before
+
+
+def test_a_patch_folder_without_dem_names_the_folder_not_an_option(tmp_path, run_cli,
+                                                                   monkeypatch) -> None:
+    """A folder refuses --dem (its DEMs go in dem/), yet its RGB-only line said "no --dem"."""
+    rgb = tiny_rgb_model(tmp_path / "rgb" / "rgb")
+    monkeypatch.setattr(inputs, "RGB_MODEL", rgb)
+    folder = patch_folder(tmp_path / "patches", count=1)
+    code, err = run_cli("predict", folder, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert f"no dem/ in {folder}: mapping with the RGB-only model {rgb.stem}" in err
+    assert "--dem" not in err
 
 
 def test_python_api_without_dem_picks_the_rgb_model(tmp_path, tiny_scene, monkeypatch) -> None:

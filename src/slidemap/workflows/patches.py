@@ -80,7 +80,9 @@ def predict_patches(folder: Path, out_dir: Path, model: ModelArg = None,
     elevation = has_elevation(folder, None)
     models = model_list(model, elevation, patches=True)
     if not model and not elevation:
-        log.info(f"no --dem: mapping with the RGB-only model {models[0].stem} (models/README.md)")
+        # a folder takes no --dem (refused): its DEMs go in dem/, so that is what to name
+        log.info(f"no dem/ in {folder}: mapping with the RGB-only model {models[0].stem} "
+                 "(models/README.md)")
     inputs = model_files(model, elevation, patches=True)
     summary = predict_patch_set(build_predictor(models, options), folder,
                                 out_dir, options, scale, pixel_size, overwrite, progress, inputs)
