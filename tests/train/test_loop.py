@@ -152,6 +152,21 @@ def test_a_resumed_runs_wall_seconds_count_every_session(tiny_scene: dict[str, P
     assert summary["wall_seconds"] >= summary["train_seconds"]
 
 
+def test_the_training_log_reads_as_written(tiny_scene: dict[str, Path], tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """One epoch of one step is said in the singular ("1 epochs × 1 steps"), and the epoch line
+    gives the learning rate as a person writes it (it printed 7.999999999999999e-05)."""
+    raw = tiny_run(tiny_scene, epochs=1)
+    raw["training"].update(windows_per_epoch=raw["training"]["batch_size"], lr=0.002)
+    with caplog.at_level(logging.INFO, logger="slidemap"):
+        train(load_config(write_config(tmp_path / "run.yaml", raw)), tmp_path / "run")
+    lines = caplog.messages
+    assert any(line.endswith("1 epoch × 1 step") for line in lines), lines
+    epoch = next(line for line in lines if line.startswith("epoch 1"))
+    lr = epoch.split("lr ")[1].split()[0]
+    assert len(lr) <= 7 and float(lr) > 0, epoch
+
+
 def test_a_run_from_scratch_over_a_fine_tuning_drops_its_figures(
         tiny_scene: dict[str, Path], tmp_path: Path) -> None:
     """finetune.json gives a model's figures before and after fine-tuning: a run that replaces

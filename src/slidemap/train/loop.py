@@ -176,7 +176,7 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
     _warn_if_validation_is_trained_on(config, ranks.main)  # once the run can start
     log.info(f"{config.model.name} ({count_parameters(model):,} parameters), "
              f"{len(config.inputs.channels)} channels {config.inputs.channels}, "
-             f"{settings.epochs} epochs × {steps_per_epoch} steps")
+             f"{_count(settings.epochs, 'epoch')} × {_count(steps_per_epoch, 'step')}")
     history_path = out_dir / "history.csv"
     trained = ddp.wrap(model, ranks)
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
@@ -206,7 +206,8 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
                "lr": lr, "seconds": round(time.perf_counter() - t0, 1),
                **_val_columns(scores), **({"weights": "epoch"} if average is not None else {})}
         _append_history(history_path, row, fresh=epoch == 1)
-        log.info("  ".join(f"{k} {v}" for k, v in row.items()))
+        log.info("  ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in row.items()))  # lr 8e-05, not 7.999999999999999e-05
         f1 = scores.get("f1", -train_loss)
         chosen = epoch == settings.epochs if settings.select == "last" else f1 > state["best_f1"]
         if chosen:
@@ -455,6 +456,11 @@ def evaluate_arrays(model: torch.nn.Module, arrays: list[SceneArrays], stats: Ba
 def _predict_defaults(config: RunConfig) -> PredictDefaults:
     """What the model file will carry: prediction runs as validation ran."""
     return PredictDefaults(config.predict.tile, config.predict.overlap, config.predict.scales)
+
+
+def _count(number: int, noun: str) -> str:
+    """``number`` ``noun``s, in the singular for one ("1 epochs × 1 steps" read wrong)."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def recorded_config(config: RunConfig) -> dict[str, Any]:
