@@ -265,3 +265,16 @@ def test_a_dem_in_centimetres_without_a_unit_is_not_called_voids(tiny_scene, tmp
     with Scene(tiny_scene["image"], dem=centimetres) as scene:
         message = unmasked_voids(scene)
     assert message is not None and "another unit" in message and "-a_nodata" not in message
+
+
+def test_a_dem_with_three_fill_values_is_called_voids(tiny_scene, tmp_path) -> None:
+    """A mosaic whose tiles fill their voids with -9999, -32768 and 9999 holds no fill value
+    that is half of what lies beyond Earth's elevations: it was called another unit."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        dem = src.read(1)
+    dem[10:30, 20:40], dem[40:60, 20:40], dem[70:90, 20:40] = -9999, -32768, 9999
+    filled = write_raster(tmp_path / "filled.tif", dem, nodata=np.nan)
+    with Scene(tiny_scene["image"], dem=filled) as scene:
+        message = unmasked_voids(scene)
+    assert message is not None and "another unit" not in message
+    assert re.search(r"at (-?\d+, ){2}-?\d+ m, elevations .* -a_nodata", message)

@@ -23,7 +23,8 @@ SPREAD = 3.0  # training standard deviations of elevation around the training me
 BLACK_SHARE = 0.1  # a tenth of the sampled pixels 0 in every band: a collar, not shadows
 NARROW = 20.0  # an image band varying this many times less than in training is on another scale
 EARTH_ELEVATIONS_M = (-1000.0, 9000.0)  # dry land spans -430 m to 8849 m: beyond, a fill value
-FILL_SHARE = 0.5  # of those beyond: one value this common is a fill, many values another unit
+FILL_SHARE = 0.5  # of those beyond: fill values this common together are voids, else another unit
+FILL_VALUE_SHARE = 0.05  # of those beyond: one value this common is a fill (a mosaic may hold 3)
 OBLONG = 1.1  # pixels this much longer on the ground one way than the other are read squashed
 RGB = ("red", "green", "blue")  # what bands 1, 2, 3 of an RGB model's training imagery were
 
@@ -71,8 +72,9 @@ def unmasked_voids(scene: Scene) -> str | None:
     relief and roughness around every void are cliffs thousands of metres high, and the map
     of the whole neighbourhood goes wrong with nothing in the outputs to show it. Elevations
     beyond Earth's of many values are no fill but another unit (centimetres, feet undeclared):
-    they were named by their highest value, as a void to set as nodata. None without a DEM or
-    when its sampled elevations are all plausible."""
+    they were named by their highest value, as a void to set as nodata. A few common values
+    are voids however many (tiles of a mosaic filled -9999, -32768 and 9999 were called another
+    unit). None without a DEM or when its sampled elevations are all plausible."""
     if not scene.has_dem:
         return None
     elevation = scene.dem_sample()
@@ -82,14 +84,18 @@ def unmasked_voids(scene: Scene) -> str | None:
     if outside.size == 0:
         return None
     values, counts = np.unique(outside, return_counts=True)
-    if counts.max() < outside.size * FILL_SHARE:  # no fill value: elevations in another unit
+    fills = counts >= outside.size * FILL_VALUE_SHARE
+    if counts[fills].sum() < outside.size * FILL_SHARE:  # no fills: elevations in another unit
         return (f"the DEM {scene.dem_path} has {outside.size / finite.size:.1%} of its sampled "
                 f"pixels at {values[0]:g} to {values[-1]:g} m, elevations no ground has: if "
                 "it is in another unit, declare it (gdal_edit.py -units cm, ft or dm), or "
                 "slope and relief are read several times too steep")
-    value = float(values[np.argmax(counts)])
+    commonest = np.argsort(-counts[fills], kind="stable")
+    value = float(values[fills][commonest[0]])
+    named = ", ".join(f"{v:g}" for v in values[fills][commonest])
     return (f"the DEM {scene.dem_path} has {outside.size / finite.size:.1%} of its sampled "
-            f"pixels at {value:g} m, an elevation no ground has, counted as data: if they are "
+            f"pixels at {named} m, {'elevations' if fills.sum() > 1 else 'an elevation'} no "
+            "ground has, counted as data: if they are "
             f"voids, set its nodata value (e.g. gdal_edit.py -a_nodata {value:g} "
             f"{scene.dem_path}), or slope and relief around them are nonsense")
 
