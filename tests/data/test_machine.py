@@ -15,19 +15,38 @@ UNLIMITED_V1 = "9223372036854771712"  # what cgroup v1 writes where there is no 
 
 
 @pytest.fixture
-def cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Write the cgroup v2 and v1 limit files (None: absent) that the checks read, with no
-    address-space limit, whatever this machine's cgroup and ``ulimit -v`` are."""
+def hierarchy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cgroup tree under ``tmp_path / "cgroup"`` whose root the process sits in (its
+    ``/proc/self/cgroup`` written beside it), with no address-space limit, whatever this
+    machine's cgroup and ``ulimit -v`` are."""
     monkeypatch.setattr(resource, "getrlimit", lambda kind: (
         resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    files = (tmp_path / "memory.max", tmp_path / "memory" / "memory.limit_in_bytes")
-    monkeypatch.setattr(machine, "CGROUP_LIMIT_FILES", files)
+    root = tmp_path / "cgroup"
+    (root / "memory").mkdir(parents=True)
+    monkeypatch.setattr(machine, "CGROUP_ROOT", root)
+    monkeypatch.setattr(machine, "PROCESS_CGROUPS", tmp_path / "proc-self-cgroup")
+    place(tmp_path, "4:memory:/\n0::/\n")
+    return root
+
+
+def place(tmp_path: Path, lines: str) -> None:
+    """Where the process sits in each hierarchy, as /proc/self/cgroup says."""
+    (tmp_path / "proc-self-cgroup").write_text(lines)
+
+
+def write_limit(path: Path, text: str | None) -> None:
+    if text is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{text}\n")
+
+
+@pytest.fixture
+def cgroup(hierarchy: Path):
+    """Write the root's cgroup v2 and v1 limit files (None: absent)."""
 
     def write(v2: str | None, v1: str | None) -> None:
-        for path, text in zip(files, (v2, v1), strict=True):
-            if text is not None:
-                path.parent.mkdir(exist_ok=True)
-                path.write_text(f"{text}\n")
+        write_limit(hierarchy / "memory.max", v2)
+        write_limit(hierarchy / "memory" / "memory.limit_in_bytes", v1)
     return write
 
 
@@ -51,6 +70,21 @@ def test_no_container_limit_leaves_the_machine(cgroup, v2: str | None, v1: str |
     machine_mb = physical_memory_mb()
     cgroup(v2, v1)
     assert physical_memory_mb() == machine_mb
+
+
+@pytest.mark.parametrize(("lines", "limit"), [
+    ("0::/system.slice/job.scope\n", "system.slice/job.scope/memory.max"),  # systemd-run, v2
+    ("0::/slurm/uid_0/job_7/step_0\n", "slurm/uid_0/job_7/memory.max"),  # on a parent
+    ("4:memory:/slurm/job_7\n1:cpu:/\n", "memory/slurm/job_7/memory.limit_in_bytes"),  # v1
+])
+def test_a_jobs_limit_on_its_own_cgroup_bounds_the_memory(
+        hierarchy: Path, tmp_path: Path, lines: str, limit: str) -> None:
+    """Only the root's files were read: a Slurm job's or systemd-run's limit sits on the job's
+    own cgroup, under a root with none, and --memory-mb 8000 passed under a 2 GB limit."""
+    write_limit(hierarchy / "memory.max", "max")
+    place(tmp_path, lines)
+    write_limit(hierarchy / limit, "2147483648")
+    assert physical_memory_mb() == 2048
 
 
 def test_a_memory_budget_beyond_the_container_is_refused(
