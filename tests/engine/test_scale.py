@@ -999,6 +999,32 @@ def test_streamed_inventory_is_the_one_of_a_single_strip(tmp_path) -> None:
     np.testing.assert_allclose(thin.attributes["perimeter_m"], one.attributes["perimeter_m"])
 
 
+def test_simplified_neighbours_a_pixel_apart_do_not_overlap(tmp_path) -> None:
+    """Each slide was simplified on its own, so two slides a pixel apart with ragged facing
+    edges overlapped (0.2 m² here at --simplify 1): their summed area exceeded their union's.
+    Outlines stay valid and apart, wherever the strips are cut; a lone slide keeps its
+    simplified outline."""
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    ends = np.array([8, 9, 6, 9, 7, 8, 8, 7, 9, 6, 7, 7])  # the left slide's, row by row
+    starts = np.maximum.reduce([ends, np.r_[ends[1:], 0], np.r_[0, ends[:-1]]]) + 1
+    for row, (end, start) in enumerate(zip(ends, starts, strict=True), start=2):
+        mask[row, 2:end] = mask[row, start:14] = 1  # one or two pixels apart, never 4-connected
+    paths = [write_raster(tmp_path / "m.tif", mask),
+             write_raster(tmp_path / "p.tif", mask.astype(np.float32))]
+    for strip_rows in (16, 3):
+        inventory = build_inventory(*paths, simplify_m=1.0, strip_rows=strip_rows)
+        outlines = np.array(inventory.geometries, dtype=object)
+        assert len(outlines) == 2 and shapely.is_valid(outlines).all()
+        assert shapely.area(shapely.intersection(*outlines)) == 0
+    lone = mask.copy()
+    lone[:, 8:] = 0
+    paths = [write_raster(tmp_path / "m.tif", lone),
+             write_raster(tmp_path / "p.tif", lone.astype(np.float32))]
+    alone = build_inventory(*paths, simplify_m=1.0).geometries[0]
+    pixels = build_inventory(*paths).geometries[0]
+    assert alone.equals_exact(shapely.simplify(pixels, 1.0, preserve_topology=True), 0)
+
+
 def test_two_memory_budgets_give_the_same_inventory(tmp_path) -> None:
     """--memory-mb sets the strips the inventory is cut into, and a slide's probabilities and
     slopes were summed strip by strip: probabilities far below 1 (a low --threshold) and the

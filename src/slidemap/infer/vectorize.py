@@ -35,7 +35,7 @@ import shapely
 import shapely.affinity
 from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio.crs import CRS
-from rasterio.features import shapes
+from rasterio.features import rasterize, shapes
 from rasterio.transform import Affine
 from rasterio.warp import transform
 from rasterio.windows import Window
@@ -154,7 +154,6 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
     with gdal_cache(CACHE_MB), rasterio.open(mask_path) as mask_ds, \
             rasterio.open(prob_path) as prob_ds, \
             _terrain(mask_path, dem) as terrain:
-        crs = mask_ds.crs
         strip_rows = strip_rows or strip_rows_for(mask_ds.width, budget)
         row_units, unit_m2 = _area_units(mask_ds)
         for top in range(0, mask_ds.height, strip_rows):
@@ -192,8 +191,7 @@ def slide_batches(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
                                or len(waiting) > WAITING_MAX):
                 ready.append(heapq.heappop(waiting)[1])
             if ready or last:  # the last batch, maybe empty: there is always one
-                yield _finish(ready, keys, (crs, mask_ds.transform, unit_m2), min_area_m2,
-                              simplify_m)
+                yield _finish(ready, keys, mask_ds, unit_m2, min_area_m2, simplify_m)
 
 
 def _terrain(mask_path: Path, dem: DatasetName | None
@@ -258,14 +256,13 @@ def _join(open_slides: dict[int, Slide], previous_last_row: np.ndarray | None,
     return joined
 
 
-def _finish(slides: list[Slide], keys: tuple[str, ...],
-            grid: tuple[CRS | None, Affine, float], min_area_m2: float,
-            simplify_m: float) -> Inventory:
-    """Finished landslides as polygons on the mask's ``grid`` (CRS, transform, m² of an area
+def _finish(slides: list[Slide], keys: tuple[str, ...], mask_ds: rasterio.DatasetReader,
+            unit_m2: float, min_area_m2: float, simplify_m: float) -> Inventory:
+    """Finished landslides as polygons on the grid of ``mask_ds`` (``unit_m2``: m² of an area
     unit) with their attributes (those below ``min_area_m2`` dropped); the files they are
     written to number them (fid). Pieces are joined in pixel coordinates, where strip borders
     match exactly."""
-    crs, to_map, unit_m2 = grid
+    crs, to_map = mask_ds.crs, mask_ds.transform
     column = {k: i for i, k in enumerate(keys)}
 
     def total(landslide: Slide, key: str) -> float:
@@ -278,14 +275,17 @@ def _finish(slides: list[Slide], keys: tuple[str, ...],
     # One vertex set and ring start wherever the strips were cut, --simplify 0 included: the
     # vertices strip borders leave on straight edges are dropped in pixel coordinates, where
     # they lie exactly on the line.
-    geometries = [shapely.normalize(shapely.affinity.affine_transform(shapely.simplify(
-        shapely.union_all([g for p in landslide.pieces for g in p.geometries]), 0),
-        to_map.to_shapely())) for landslide in kept]
+    outlines = [shapely.simplify(shapely.union_all(
+        [g for p in landslide.pieces for g in p.geometries]), 0) for landslide in kept]
+    geometries = [shapely.normalize(shapely.affinity.affine_transform(
+        outline, to_map.to_shapely())) for outline in outlines]
     per_x, per_y = _centroid_scales(geometries, crs)
     if simplify_m > 0:
         for i, geometry in enumerate(geometries):
-            geometries[i] = shapely.simplify(geometry, simplify_m / max(per_x[i], per_y[i]),
-                                             preserve_topology=True)
+            tolerance = simplify_m / max(per_x[i], per_y[i])
+            geometries[i] = _kept_apart(
+                shapely.simplify(geometry, tolerance, preserve_topology=True),
+                (geometry, outlines[i]), tolerance, mask_ds)
     perimeters = _perimeters_m(geometries, crs)  # of the outlines written
     rows = []
     for i, landslide in enumerate(kept):
@@ -317,6 +317,56 @@ def _finish(slides: list[Slide], keys: tuple[str, ...],
         attributes["mean_slope_deg"] = table[:, 5]
         attributes["elev_range_m"] = table[:, 6]
     return Inventory(geometries, attributes, crs)
+
+
+def _kept_apart(simplified: shapely.Geometry, outline: tuple[shapely.Geometry, shapely.Geometry],
+                tolerance: float, mask_ds: rasterio.DatasetReader) -> shapely.Geometry:
+    """``simplified`` less what it took beyond its slide's pixels (``outline``: on the map and
+    in pixel coordinates) within ``tolerance`` of another slide's pixels. Each slide was
+    simplified on its own and so strays at most its tolerance from its pixels: two slides a
+    pixel or two apart overlapped. Cut so, two slides' outlines can only meet on pixels of
+    both, which touch at most at a corner; a slide with no other within reach keeps its
+    simplified outline. The neighbours' pixels are read from the mask, block by block around
+    what strayed, so a neighbour in a strip not yet read counts too, and grown with square
+    corners: they hold the round reach and add no arc of vertices."""
+    on_map, in_pixels = outline
+    strayed = shapely.difference(simplified, on_map)
+    if shapely.is_empty(strayed):
+        return simplified
+    to_map = mask_ds.transform
+    shortest = np.linalg.svd(np.reshape(to_map.to_shapely()[:4], (2, 2)), compute_uv=False)[-1]
+    margin = math.ceil(tolerance / shortest) + 1  # pixels that a tolerance spans at most
+    left, top, right, bottom = shapely.affinity.affine_transform(
+        strayed, (~to_map).to_shapely()).bounds
+    rows = (max(0, math.floor(top) - margin), min(mask_ds.height, math.ceil(bottom) + margin))
+    cols = (max(0, math.floor(left) - margin), min(mask_ds.width, math.ceil(right) + margin))
+    others = []
+    for row in range(rows[0], rows[1], TERRAIN_BLOCK):
+        for col in range(cols[0], cols[1], TERRAIN_BLOCK):
+            window = Window(col, row, min(TERRAIN_BLOCK, cols[1] - col),
+                            min(TERRAIN_BLOCK, rows[1] - row))
+            others += [g for g in _other_pixels(mask_ds, window, in_pixels)
+                       if shapely.dwithin(g, strayed, tolerance)]
+    if not others:
+        return simplified
+    near = shapely.buffer(shapely.union_all(others), tolerance, join_style="mitre")
+    return shapely.difference(simplified, shapely.difference(near, on_map))
+
+
+def _other_pixels(mask_ds: rasterio.DatasetReader, window: Window,
+                  own: shapely.Geometry) -> list[shapely.Geometry]:
+    """Landslide pixels of ``window`` not inside ``own`` (pixel coordinates), on the map."""
+    shift = Affine.translation(window.col_off, window.row_off)
+    slide = mask_ds.read(1, window=window) == 1
+    box = shapely.box(window.col_off, window.row_off, window.col_off + window.width,
+                      window.row_off + window.height)
+    mine = shapely.intersection(own, box)
+    if not shapely.is_empty(mine):
+        slide &= ~rasterize([mine], out_shape=slide.shape, transform=shift, dtype=np.uint8
+                            ).astype(bool)
+    return [shapely.geometry.shape(geometry) for geometry, _ in
+            shapes(slide.astype(np.uint8), mask=slide, transform=mask_ds.transform @ shift,
+                   connectivity=4)]
 
 
 def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
