@@ -260,7 +260,7 @@ def test_a_set_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_while_a_set_moves_into_place_comes_after_the_whole_set(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None) -> None:
     """With --overwrite the files of a set replace theirs one by one: Ctrl-C or SIGTERM between
     two moves left the new probability beside the earlier run's mask and Item."""
     targets = {"a": tmp_path / "a.tif", "b": tmp_path / "b.tif"}

@@ -284,7 +284,7 @@ def say_and_sleep(path: str) -> None:
     time.sleep(120)
 
 
-def test_a_stopped_ensemble_stops_its_members(tmp_path: Path) -> None:
+def test_a_stopped_ensemble_stops_its_members(tmp_path: Path, ctrl_c: None) -> None:
     """SIGTERM (timeout, a scheduler's time limit) reaches the command alone: it waited for
     its members to train to their last epoch, then exited 143 without the ensemble."""
     started = [tmp_path / f"member-{index}" for index in (0, 1)]
