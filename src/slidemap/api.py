@@ -123,6 +123,15 @@ def _models(value: Models) -> Models:
                      f"{type(value).__name__}")
 
 
+def _progress(value: Progress | None) -> Progress | None:
+    """``progress`` as a rich ``Progress`` that the caller shows, or None (silent);
+    ``progress=True`` was an AttributeError once the scene was open."""
+    if value is not None and not isinstance(value, Progress):
+        raise UsageError(f"progress must be a rich.progress.Progress (or None for no bar), not "
+                         f"{value!r:.40}")
+    return value
+
+
 def _overrides(value: Sequence[str]) -> tuple[str, ...]:
     """``overrides`` as a tuple of ``KEY=VALUE``. A bare string is refused: a type checker
     takes it for a ``Sequence[str]``, and it was read letter by letter ('t' is not
@@ -217,7 +226,7 @@ def predict(image: PathArg, out_dir: PathArg, dem: PathArg | None = None,
         _name(image, "image"), _path(out_dir, "out_dir"), _opt_name(dem, "dem"), _models(model),
         _checked(options, PredictOptions, "options"), _opt_real(min_area_m2, "min_area_m2"),
         _opt_real(simplify_m, "simplify_m"), _flag(overwrite, "overwrite"),
-        progress, formats, prob_dtype, _flag(html_report, "html_report"),
+        _progress(progress), formats, prob_dtype, _flag(html_report, "html_report"),
         _checked(adapt, AdaptOptions, "adapt"))
 
 
@@ -232,7 +241,7 @@ def predict_patches(folder: PathArg, out_dir: PathArg, model: Models = None,
     return patches_workflow.predict_patches(
         _path(folder, "folder"), _path(out_dir, "out_dir"), _models(model),
         _checked(options, PredictOptions, "options"), _opt_real(scale, "scale"),
-        _opt_real(pixel_size, "pixel_size"), _flag(overwrite, "overwrite"), progress)
+        _opt_real(pixel_size, "pixel_size"), _flag(overwrite, "overwrite"), _progress(progress))
 
 
 @kept_torch_rng()
@@ -248,8 +257,8 @@ def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg |
     return evaluate_workflow.evaluate(
         _name(truth, "truth"), _opt_name(prediction, "prediction"), _opt_name(image, "image"),
         _opt_name(dem, "dem"), _models(model), _opt_path(out_dir, "out_dir"), threshold,
-        _checked(options, PredictOptions, "options"), _flag(overwrite, "overwrite"), progress,
-        _opt_path(aoi, "aoi"), _flag(html_report, "html_report"))
+        _checked(options, PredictOptions, "options"), _flag(overwrite, "overwrite"),
+        _progress(progress), _opt_path(aoi, "aoi"), _flag(html_report, "html_report"))
 
 
 @kept_torch_rng()
@@ -351,7 +360,7 @@ def suggest(model: Models, image: PathArg, out: PathArg, dem: PathArg | None = N
                                     _opt_name(dem, "dem"), n, box,
                                     [_path(p, "labels") for p in done], spacing,
                                     _checked(options, PredictOptions, "options"),
-                                    _flag(overwrite, "overwrite"), progress)
+                                    _flag(overwrite, "overwrite"), _progress(progress))
 
 
 @kept_torch_rng()
@@ -365,7 +374,7 @@ def new_site(image: PathArg, labels: PathArg, out_dir: PathArg, aoi: PathArg | N
                                      _path(out_dir, "out_dir"), _opt_path(aoi, "aoi"),
                                      _opt_name(dem, "dem"), _opt_path(init, "init"),
                                      _whole(epochs, "epochs"),
-                                     _flag(overwrite, "overwrite"), progress)
+                                     _flag(overwrite, "overwrite"), _progress(progress))
 
 
 @kept_torch_rng()

@@ -328,3 +328,22 @@ def test_adapt_options_of_the_wrong_type_are_refused_naming_the_field(
     ``keep=(0.4,)`` a ValueError from unpacking, neither naming the field."""
     with pytest.raises(api.UsageError, match=f"adaptation {message}"):
         api.AdaptOptions(**values)
+
+
+@pytest.mark.parametrize("progress", [True, "bar"])
+def test_a_progress_that_is_not_a_rich_progress_is_refused_before_mapping(
+        tiny_scene: dict[str, Path], tiny_model: Path, tmp_path: Path, progress: object) -> None:
+    """``progress=True`` (asking for a bar) mapped until the first window, then raised
+    "AttributeError: 'bool' object has no attribute 'add_task'" from inside the engine."""
+    image, dem, out = tiny_scene["image"], tiny_scene["dem"], tmp_path / "out"
+    calls = [lambda: api.predict(image, out, dem, tiny_model, OPTIONS, progress=progress),
+             lambda: api.evaluate(tiny_scene["mask"], image=image, dem=dem, model=tiny_model,
+                                  out_dir=out, options=OPTIONS, progress=progress),
+             lambda: api.suggest(tiny_model, image, out / "boxes.gpkg", dem, n=1, box=32,
+                                 options=OPTIONS, progress=progress),
+             lambda: api.predict_patches(tmp_path, out, tiny_model, progress=progress),
+             lambda: api.new_site(image, tiny_scene["mask"], out, dem=dem, progress=progress)]
+    for call in calls:
+        with pytest.raises(api.UsageError, match=r"progress must be a rich\.progress\.Progress"):
+            call()
+    assert not out.exists()
