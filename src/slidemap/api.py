@@ -114,9 +114,13 @@ def _given(value: object, name: str) -> PathArg:
 
 
 def _models(value: Models) -> Models:
-    """``model`` as given: None, one model file, or a sequence of them (an ensemble)."""
+    """``model`` as given: None, one model file, or a sequence of them (an ensemble). An empty
+    sequence (a glob that matched nothing) is refused: it mapped with the shipped model."""
     if value is None or isinstance(value, str | os.PathLike):
         return value
+    if isinstance(value, Sequence) and not value:
+        raise UsageError("model is an empty list: give one model file or more, or leave model "
+                         "out (None) for the shipped model")
     if isinstance(value, Sequence) and all(isinstance(v, str | os.PathLike) for v in value):
         return list(value)
     raise UsageError(f"model must be a model file (str or os.PathLike) or a list of them, not "

@@ -347,3 +347,15 @@ def test_a_progress_that_is_not_a_rich_progress_is_refused_before_mapping(
         with pytest.raises(api.UsageError, match=r"progress must be a rich\.progress\.Progress"):
             call()
     assert not out.exists()
+
+
+def test_an_empty_list_of_models_is_refused_not_replaced_by_the_shipped_model(
+        tiny_scene: dict[str, Path], tmp_path: Path) -> None:
+    """``model=sorted(runs.glob("*/model.safetensors"))`` that matched nothing mapped the scene
+    with the shipped model, as if no model had been asked for."""
+    out = tmp_path / "out"
+    with pytest.raises(api.UsageError, match="model is an empty list"):
+        api.predict(tiny_scene["image"], out, tiny_scene["dem"], [], OPTIONS)
+    with pytest.raises(api.UsageError, match="model is an empty list"):
+        api.evaluate(tiny_scene["mask"], image=tiny_scene["image"], model=(), out_dir=out)
+    assert not out.exists()
