@@ -103,11 +103,12 @@ def test_the_api_names_the_exception_it_raises(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("values", [{"tile": 3}, {"overlap": -4}, {"batch_size": 0},
                                     {"workers": -1}, {"normalise": "x"}, {"tile": 64.0},
-                                    {"memory_mb": "512"}, {"memory_mb": 32}])
+                                    {"memory_mb": "512"}, {"memory_mb": 32},
+                                    {"scheduler": 8786}])
 def test_predict_options_are_checked_as_the_cli_checks_them(values: dict) -> None:
     """The CLI refuses --tile 3 or --workers -1; through the API, tile=3 ran for hours (a
     window every pixel) and workers=-1 never returned; memory_mb="512" was a TypeError from
-    deep inside once the scene was open."""
+    deep inside once the scene was open, scheduler=8786 one from Dask's client."""
     with pytest.raises(api.UsageError, match=next(iter(values))):
         api.PredictOptions(**values)
 

@@ -39,7 +39,7 @@ class PredictOptions:
         ``MIN_TILE`` px ran for hours, ``workers=-1`` never returned, a bad ``normalise`` was a
         ``ValueError``; ``workers=100000`` started that many processes, each loading torch and
         the model, until memory ran out; ``memory_mb="512"`` was a TypeError once the scene was
-        open."""
+        open, and ``scheduler=8786`` (a port alone) a TypeError from Dask's client."""
         if self.normalise not in NORMALISATIONS:
             raise UsageError(f"normalise must be one of {', '.join(NORMALISATIONS)}, not "
                              f"{self.normalise!r}")
@@ -55,6 +55,9 @@ class PredictOptions:
                 raise UsageError(f"{name} must be True or False, not {getattr(self, name)!r:.40}")
         if self.threshold is not None:
             check_threshold(self.threshold, UsageError)
+        if self.scheduler is not None and not isinstance(self.scheduler, str):
+            raise UsageError(f"scheduler must be a Dask scheduler address as text, e.g. "
+                             f"'tcp://10.0.0.5:8786', not {self.scheduler!r:.40}")
         if self.workers and self.scheduler:
             raise UsageError("--workers starts a local Dask cluster and --dask names another: "
                              "give one of them")
