@@ -255,7 +255,8 @@ def evaluate(truth: PathArg, prediction: PathArg | None = None, image: PathArg |
              overwrite: bool = False, progress: Progress | None = None,
              aoi: PathArg | None = None, html_report: bool = False) -> EvaluateResult:
     """Metrics of a prediction raster, or of a model run on ``image``, against ``truth`` (a
-    label raster or landslide polygons), within the polygons of ``aoi`` if given. Returns an
+    label raster or landslide polygons), within the polygons of ``aoi`` if given; a model run
+    on ``image`` needs ``out_dir``, where the map it scores is written. Returns an
     :class:`EvaluateResult`: ``metrics`` (precision, recall, f1, iou, miou, auc, ...) at
     ``threshold``, the same at other ``thresholds``, and the files written."""
     return evaluate_workflow.evaluate(
