@@ -336,6 +336,19 @@ def _with_band_metadata(path, **values) -> None:
             setattr(ds, name, value)
 
 
+def assert_same_terrain(scene_files: dict, dem: Path, dem_atol: float, slope_atol: float
+                        ) -> None:
+    """``dem`` under the scene reads as the scene's own DEM does: elevation and slope in metres
+    and degrees, within the tolerances, over a window inside the scene."""
+    window = Window(16, 16, 64, 64)
+    with Scene(scene_files["image"], dem=scene_files["dem"]) as scene:
+        truth = scene.read(window, (1, 2, 3), dem=True, slope=True)
+    with Scene(scene_files["image"], dem=dem) as scene:
+        sample = scene.read(window, (1, 2, 3), dem=True, slope=True)
+    np.testing.assert_allclose(sample["dem"], truth["dem"], atol=dem_atol)
+    np.testing.assert_allclose(sample["slope"], truth["slope"], atol=slope_atol)
+
+
 @pytest.mark.parametrize(("stored", "dtype", "metadata"), [
     (10.0, np.int16, {"scales": (0.1,), "offsets": (0.0,)}),  # SRTM-style int16 decimetres
     (1 / 0.3048, np.float32, {"units": ("ft",)}),
@@ -349,13 +362,7 @@ def test_dem_values_are_read_in_metres(tiny_scene, tmp_path, stored, dtype, meta
     values = np.where(np.isnan(metres), -32768, np.round((metres - offset) * stored, 3))
     other = write_raster(tmp_path / "dem_units.tif", values.astype(dtype), nodata=-32768)
     _with_band_metadata(other, **metadata)
-    window = Window(16, 16, 64, 64)
-    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:
-        truth = scene.read(window, (1, 2, 3), dem=True, slope=True)
-    with Scene(tiny_scene["image"], dem=other) as scene:
-        sample = scene.read(window, (1, 2, 3), dem=True, slope=True)
-    np.testing.assert_allclose(sample["dem"], truth["dem"], atol=0.06)
-    np.testing.assert_allclose(sample["slope"], truth["slope"], atol=0.5)
+    assert_same_terrain(tiny_scene, other, dem_atol=0.06, slope_atol=0.5)
 
 
 def test_dem_in_an_unknown_unit_is_refused(tiny_scene, tmp_path) -> None:
@@ -551,10 +558,4 @@ def test_a_dem_in_feet_by_its_vertical_crs_alone_is_read_in_metres(tiny_scene, t
         '<VRTRasterBand dataType="Float32" band="1"><NoDataValue>nan</NoDataValue>'
         '<SimpleSource><SourceFilename relativeToVRT="1">feet.tif</SourceFilename>'
         '<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
-    window = Window(16, 16, 64, 64)
-    with Scene(tiny_scene["image"], dem=tiny_scene["dem"]) as scene:
-        truth = scene.read(window, (1, 2, 3), dem=True, slope=True)
-    with Scene(tiny_scene["image"], dem=vrt) as scene:
-        sample = scene.read(window, (1, 2, 3), dem=True, slope=True)
-    np.testing.assert_allclose(sample["dem"], truth["dem"], atol=0.01)
-    np.testing.assert_allclose(sample["slope"], truth["slope"], atol=0.1)
+    assert_same_terrain(tiny_scene, vrt, dem_atol=0.01, slope_atol=0.1)
