@@ -227,3 +227,19 @@ def test_the_epoch_kept_is_the_one_select_names(
         tiny_scene, epochs=4, select=select))), tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["best_epoch"], summary["best_val_f1"]) == (kept, f1s[kept - 1])
+
+
+def test_a_second_ddp_rank_logs_nothing(tiny_scene: dict[str, Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Under torchrun every message is rank 0's, but each rank also logged the network's
+    parameter line, so a two-process run printed it twice."""
+    monkeypatch.setattr(loop.ddp, "setup", lambda: loop.ddp.Ranks(rank=1, world=2))
+    monkeypatch.setattr(loop.ddp, "wrap", lambda model, ranks: model)
+    monkeypatch.setattr(loop.ddp, "mean", lambda value, ranks: value)
+    config = load_config(write_config(tmp_path / "run.yaml", run_config(
+        [tiny_scene], training={**TINY_TRAINING, "windows_per_epoch": 2},
+        predict=TINY_PREDICT)))
+    with caplog.at_level(logging.INFO, logger="slidemap"):
+        train(config, tmp_path / "run")
+    assert caplog.text == "", caplog.text

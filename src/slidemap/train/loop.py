@@ -169,14 +169,16 @@ def _train(config: RunConfig, out_dir: Path, resume: bool, overwrite: bool,
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         if average is not None and state.get("averaged_steps"):
             average.restore(load_extra(checkpoint, PREFIX), state["averaged_steps"])
-        _trim_history(out_dir / "history.csv", state["epoch"])
-        log.info(f"resuming after epoch {state['epoch']}")
+        if ranks.main:  # rank 0 alone writes the files
+            _trim_history(out_dir / "history.csv", state["epoch"])
+            log.info(f"resuming after epoch {state['epoch']}")
     earlier_wall = _earlier_wall_seconds(state)
 
     _warn_if_validation_is_trained_on(config, ranks.main)  # once the run can start
-    log.info(f"{config.model.name} ({count_parameters(model):,} parameters), "
-             f"{len(config.inputs.channels)} channels {config.inputs.channels}, "
-             f"{_count(settings.epochs, 'epoch')} × {_count(steps_per_epoch, 'step')}")
+    if ranks.main:  # every message is rank 0's: N processes said this N times
+        log.info(f"{config.model.name} ({count_parameters(model):,} parameters), "
+                 f"{len(config.inputs.channels)} channels {config.inputs.channels}, "
+                 f"{_count(settings.epochs, 'epoch')} × {_count(steps_per_epoch, 'step')}")
     history_path = out_dir / "history.csv"
     trained = ddp.wrap(model, ranks)
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
