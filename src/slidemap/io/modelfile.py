@@ -512,8 +512,8 @@ def _parameter_budget(tensors: int, path: Path) -> Iterator[None]:
         count += 1
         if count > limit:
             raise _OverBudget(f"model weights {path} do not match their sidecar (its network "
-                              f"has more than {limit} parameters, the weights {tensors} "
-                              "tensors): the two files must come from the same training run")
+                              f"has more than {limit} parameter tensors, the weights file "
+                              f"{tensors}): the two files must come from the same training run")
 
     handle = register_module_parameter_registration_hook(hook)
     try:
