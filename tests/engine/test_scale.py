@@ -1025,6 +1025,20 @@ def test_simplified_neighbours_a_pixel_apart_do_not_overlap(tmp_path) -> None:
     assert alone.equals_exact(shapely.simplify(pixels, 1.0, preserve_topology=True), 0)
 
 
+def test_a_slide_cut_back_from_its_neighbours_stays_one_polygon(tmp_path) -> None:
+    """An L of three pixels simplified to a triangle and cut back from the slides diagonal to it
+    came out as two triangles meeting at a point (a MultiPolygon): a slide the cut parts keeps
+    its pixels, so every slide is one polygon and no two overlap."""
+    mask = np.array([[0, 0, 1, 0, 1, 1], [0, 1, 0, 1, 0, 0], [1, 0, 1, 1, 1, 1],
+                     [1, 1, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0]], dtype=np.uint8)
+    paths = [write_raster(tmp_path / "m.tif", mask),
+             write_raster(tmp_path / "p.tif", mask.astype(np.float32))]
+    outlines = np.array(build_inventory(*paths, simplify_m=1.0).geometries, dtype=object)
+    assert (shapely.get_type_id(outlines) == 3).all() and shapely.is_valid(outlines).all()
+    first, second = np.triu_indices(len(outlines), 1)
+    assert shapely.area(shapely.intersection(outlines[first], outlines[second])).max() == 0
+
+
 def test_two_memory_budgets_give_the_same_inventory(tmp_path) -> None:
     """--memory-mb sets the strips the inventory is cut into, and a slide's probabilities and
     slopes were summed strip by strip: probabilities far below 1 (a low --threshold) and the

@@ -350,7 +350,18 @@ def _kept_apart(simplified: shapely.Geometry, outline: tuple[shapely.Geometry, s
     if not others:
         return simplified
     near = shapely.buffer(shapely.union_all(others), tolerance, join_style="mitre")
-    return shapely.difference(simplified, shapely.difference(near, on_map))
+    kept = shapely.difference(simplified, shapely.difference(near, on_map))
+    return kept if shapely.get_num_geometries(kept) == 1 else _rejoined(kept, on_map)
+
+
+def _rejoined(parts: shapely.Geometry, on_map: shapely.Geometry) -> shapely.Geometry:
+    """One polygon from the ``parts`` a cut left of a slide's simplified outline: its pixels
+    (``on_map``, 4-connected, so one polygon) with the parts that overlap them; a part outside
+    them, a piece of what simplification took, is dropped. Where a cut went through the
+    simplified outline of a thin slide, it left pieces that met at a point or not at all."""
+    pieces = shapely.get_parts(parts)
+    inside = shapely.area(shapely.intersection(pieces, on_map)) > 0
+    return shapely.union_all([on_map, *pieces[inside]])
 
 
 def _other_pixels(mask_ds: rasterio.DatasetReader, window: Window,
