@@ -34,6 +34,7 @@ from factories import (
 )
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import shape
 
@@ -1037,6 +1038,21 @@ def test_a_slide_cut_back_from_its_neighbours_stays_one_polygon(tmp_path) -> Non
     assert (shapely.get_type_id(outlines) == 3).all() and shapely.is_valid(outlines).all()
     first, second = np.triu_indices(len(outlines), 1)
     assert shapely.area(shapely.intersection(outlines[first], outlines[second])).max() == 0
+
+
+def test_a_neighbour_diagonal_to_a_slide_at_a_block_corner_counts(tmp_path) -> None:
+    """The slide's own pixels were cleared from each block of the mask read around it by its
+    outline clipped to the block: one that met the block only at a corner clipped to a point,
+    and burnt the neighbour's pixel diagonal to it, so that pixel did not hold the cut back."""
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[2:10, 2:10] = 1
+    mask[10, 10] = 1  # the neighbour, diagonal to the slide's corner
+    with rasterio.open(write_raster(tmp_path / "m.tif", mask)) as ds:
+        for window in (Window(10, 10, 5, 5), Window(10, 0, 5, 15), Window(0, 10, 15, 5)):
+            found = vectorize._other_pixels(ds, window, shapely.box(2, 2, 10, 10))
+            assert [round(shapely.area(g) / 0.25) for g in found] == [1], window
+        whole = vectorize._other_pixels(ds, Window(0, 0, 20, 20), shapely.box(2, 2, 10, 10))
+        assert [round(shapely.area(g) / 0.25) for g in whole] == [1]
 
 
 def test_two_memory_budgets_give_the_same_inventory(tmp_path) -> None:

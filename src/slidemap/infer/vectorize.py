@@ -371,9 +371,9 @@ def _other_pixels(mask_ds: rasterio.DatasetReader, window: Window,
     slide = mask_ds.read(1, window=window) == 1
     box = shapely.box(window.col_off, window.row_off, window.col_off + window.width,
                       window.row_off + window.height)
-    mine = shapely.intersection(own, box)
-    if not shapely.is_empty(mine):
-        slide &= ~rasterize([mine], out_shape=slide.shape, transform=shift, dtype=np.uint8
+    if shapely.area(shapely.intersection(own, box)) > 0:  # whole: a clip to the block that
+        # met it at a corner or an edge burnt a point or a line, a neighbour's pixel with it
+        slide &= ~rasterize([own], out_shape=slide.shape, transform=shift, dtype=np.uint8
                             ).astype(bool)
     return [shapely.geometry.shape(geometry) for geometry, _ in
             shapes(slide.astype(np.uint8), mask=slide, transform=mask_ds.transform @ shift,
