@@ -340,12 +340,14 @@ def _kept_apart(simplified: shapely.Geometry, outline: tuple[shapely.Geometry, s
         strayed, (~to_map).to_shapely()).bounds
     rows = (max(0, math.floor(top) - margin), min(mask_ds.height, math.ceil(bottom) + margin))
     cols = (max(0, math.floor(left) - margin), min(mask_ds.width, math.ceil(right) + margin))
+    # each as GeoJSON once: rasterize converts a shapely outline again for every block
+    own = (in_pixels, shapely.geometry.mapping(in_pixels))
     others = []
     for row in range(rows[0], rows[1], TERRAIN_BLOCK):
         for col in range(cols[0], cols[1], TERRAIN_BLOCK):
             window = Window(col, row, min(TERRAIN_BLOCK, cols[1] - col),
                             min(TERRAIN_BLOCK, rows[1] - row))
-            others += [g for g in _other_pixels(mask_ds, window, in_pixels)
+            others += [g for g in _other_pixels(mask_ds, window, own)
                        if shapely.dwithin(g, strayed, tolerance)]
     if not others:
         return simplified
@@ -365,19 +367,27 @@ def _rejoined(parts: shapely.Geometry, on_map: shapely.Geometry) -> shapely.Geom
 
 
 def _other_pixels(mask_ds: rasterio.DatasetReader, window: Window,
-                  own: shapely.Geometry) -> list[shapely.Geometry]:
-    """Landslide pixels of ``window`` not inside ``own`` (pixel coordinates), on the map."""
+                  own: tuple[shapely.Geometry, dict]) -> list[shapely.Geometry]:
+    """Landslide pixels of ``window`` not inside ``own`` (pixel coordinates, as a geometry and
+    as GeoJSON), on the map."""
     shift = Affine.translation(window.col_off, window.row_off)
     slide = mask_ds.read(1, window=window) == 1
     box = shapely.box(window.col_off, window.row_off, window.col_off + window.width,
                       window.row_off + window.height)
-    if shapely.area(shapely.intersection(own, box)) > 0:  # whole: a clip to the block that
-        # met it at a corner or an edge burnt a point or a line, a neighbour's pixel with it
-        slide &= ~rasterize([own], out_shape=slide.shape, transform=shift, dtype=np.uint8
+    if slide.any() and shapely.area(shapely.intersection(own[0], box)) > 0:
+        # burnt whole: a clip to the block that met it at a corner or an edge burnt a point or
+        # a line, and a neighbour's pixel with it
+        slide &= ~rasterize([own[1]], out_shape=slide.shape, transform=shift, dtype=np.uint8
                             ).astype(bool)
+    rows, cols = np.flatnonzero(slide.any(axis=1)), np.flatnonzero(slide.any(axis=0))
+    if not rows.size:
+        return []
+    # traced within the box of the pixels left: shapes scans every pixel it is given
+    top, left = rows[0], cols[0]
+    found = slide[top:rows[-1] + 1, left:cols[-1] + 1]
+    at = mask_ds.transform @ shift @ Affine.translation(left, top)
     return [shapely.geometry.shape(geometry) for geometry, _ in
-            shapes(slide.astype(np.uint8), mask=slide, transform=mask_ds.transform @ shift,
-                   connectivity=4)]
+            shapes(found.astype(np.uint8), mask=found, transform=at, connectivity=4)]
 
 
 def build_inventory(mask_path: Path, prob_path: Path, min_area_m2: float = 0.0,
