@@ -278,3 +278,17 @@ def test_a_dem_with_three_fill_values_is_called_voids(tiny_scene, tmp_path) -> N
         message = unmasked_voids(scene)
     assert message is not None and "another unit" not in message
     assert re.search(r"at (-?\d+, ){2}-?\d+ m, elevations .* -a_nodata", message)
+
+
+def test_a_dem_in_feet_a_few_pixels_beyond_is_not_called_voids(tiny_scene, tmp_path) -> None:
+    """A DEM in feet whose summit rises a little above 9000 ft has a few sampled pixels beyond
+    Earth's elevations, each at its own value: each was a twentieth of so few, and all were
+    named as void values to set as nodata, where they are elevations in another unit."""
+    with rasterio.open(tiny_scene["dem"]) as src:
+        feet = src.read(1) - 3000.0 + 8967.0  # 8967 ft to 9000.25 ft corner to corner
+    peak = write_raster(tmp_path / "feet.tif", feet.astype(np.float32), nodata=np.nan)
+    with Scene(tiny_scene["image"], dem=peak) as scene:
+        beyond = int((scene.dem_sample() > 9000).sum())
+        message = unmasked_voids(scene)
+    assert 1 < beyond < 20
+    assert message is not None and "another unit" in message and "-a_nodata" not in message

@@ -25,6 +25,7 @@ NARROW = 20.0  # an image band varying this many times less than in training is 
 EARTH_ELEVATIONS_M = (-1000.0, 9000.0)  # dry land spans -430 m to 8849 m: beyond, a fill value
 FILL_SHARE = 0.5  # of those beyond: fill values this common together are voids, else another unit
 FILL_VALUE_SHARE = 0.05  # of those beyond: one value this common is a fill (a mosaic may hold 3)
+FILL_REPEATS = 2  # sampled pixels a fill holds at least: a void is an area, a lone pixel is ground
 OBLONG = 1.1  # pixels this much longer on the ground one way than the other are read squashed
 RGB = ("red", "green", "blue")  # what bands 1, 2, 3 of an RGB model's training imagery were
 
@@ -74,7 +75,9 @@ def unmasked_voids(scene: Scene) -> str | None:
     beyond Earth's of many values are no fill but another unit (centimetres, feet undeclared):
     they were named by their highest value, as a void to set as nodata. A few common values
     are voids however many (tiles of a mosaic filled -9999, -32768 and 9999 were called another
-    unit). None without a DEM or when its sampled elevations are all plausible."""
+    unit); a value held by one sampled pixel is no fill (a DEM in feet with a few sampled
+    pixels above 9000 ft had each named a void). None without a DEM or when its sampled
+    elevations are all plausible."""
     if not scene.has_dem:
         return None
     elevation = scene.dem_sample()
@@ -84,7 +87,7 @@ def unmasked_voids(scene: Scene) -> str | None:
     if outside.size == 0:
         return None
     values, counts = np.unique(outside, return_counts=True)
-    fills = counts >= outside.size * FILL_VALUE_SHARE
+    fills = counts >= max(outside.size * FILL_VALUE_SHARE, FILL_REPEATS)
     if counts[fills].sum() < outside.size * FILL_SHARE:  # no fills: elevations in another unit
         return (f"the DEM {scene.dem_path} has {outside.size / finite.size:.1%} of its sampled "
                 f"pixels at {values[0]:g} to {values[-1]:g} m, elevations no ground has: if "
