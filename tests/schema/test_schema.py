@@ -17,6 +17,7 @@ from slidemap.errors import SlidemapError
 from slidemap.models import list_models
 from slidemap.schema.config import RunConfig, json_schema, load_config, parse_config
 from slidemap.schema.docs import README_BEGIN, README_END, key_table
+from slidemap.schema.load import apply_overrides
 from slidemap.schema.values import LOSS_NAMES, MODEL_NAMES
 from slidemap.train.losses import list_losses
 from slidemap.train.study import load_study
@@ -132,6 +133,21 @@ def test_a_key_set_twice_with_set_is_a_usage_error_naming_it(
                         "--set", "training.epochs=3", "--set", "training.epochs=5")
     assert code == 2 and "--set training.epochs is set twice (3 and 5)" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_key_set_after_one_below_it_is_a_usage_error(tmp_path: Path,
+                                                      tiny_scene: dict[str, Path],
+                                                      run_cli) -> None:
+    """``--set training.epochs=3 --set 'training={lr: 0.001}'`` dropped the epochs without a
+    word: the later value replaced the mapping that held them. Set the other way round, the key
+    below is put in the mapping, and both hold."""
+    code, err = run_cli("train", _config(tmp_path, tiny_scene), "--out", tmp_path / "run",
+                        "--set", "training.epochs=3", "--set", "training={lr: 0.001}")
+    assert code == 2 and "--set training is set after training.epochs, which it replaces" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    both = apply_overrides({"training": {"epochs": 1}},
+                           ["training={lr: 0.001}", "training.epochs=3"])
+    assert both["training"] == {"lr": 0.001, "epochs": 3}
 
 
 def test_a_study_base_key_set_twice_with_set_is_refused(tmp_path: Path,

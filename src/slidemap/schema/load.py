@@ -50,16 +50,22 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str | tuple[str,
     """A copy of ``raw`` with every override set: ``"training.lr=4e-3"`` (the value is YAML) or
     ``("training.lr", 0.004)``; intermediate mappings are created as needed. Errors begin with
     ``source``: where the overrides were written (``--set``, or a study's variant). A key set
-    twice is refused, as in a YAML file: the later one was kept without a word."""
+    twice is refused, as in a YAML file: the later one was kept without a word; so is a key
+    set after one below it (``training.epochs=3``, then ``training={lr: 1}``), whose value
+    replaced the mapping that held it."""
     out = copy.deepcopy(dict(raw))
     seen: dict[str, Any] = {}
     for override in overrides:
         key, value = parse_override(override, source) if isinstance(override, str) \
             else override
+        error = UsageError if source == SET_OPTION else SlidemapError
         if key in seen:
-            error = UsageError if source == SET_OPTION else SlidemapError
             raise error(f"{_prefix(source)}{key} is set twice ({seen[key]!r} and {value!r}): "
                         "keep one")
+        below = [k for k in seen if k.startswith(f"{key}.")]
+        if below:
+            raise error(f"{_prefix(source)}{key} is set after {below[0]}, which it replaces: "
+                        f"set {key} first, or put {below[0].removeprefix(key + '.')} in it")
         seen[key] = value
         set_key(out, key, value, source)
     return out
