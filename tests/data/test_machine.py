@@ -95,5 +95,5 @@ def test_a_memory_budget_beyond_the_container_is_refused(
     code, err = run_cli("predict", tiny_scene["image"], "--dem", tiny_scene["dem"],
                         "--model", tiny_model, "--out", tmp_path / "out", "--memory-mb", 8000)
     assert code == 1 and len(err.strip().splitlines()) == 1, err
-    assert "8,000 MB is more than this machine's 2,048 MB" in err
+    assert "8,000 MB is more than the 2,048 MB this process may use" in err
     assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from slidemap.data.augment import flip_rot90
 from slidemap.data.channels import InputSpec, read_inputs, stack_channels
-from slidemap.data.machine import physical_memory_mb
+from slidemap.data.machine import MEMORY_SOURCES, physical_memory_mb
 from slidemap.data.names import DatasetName, absolute_name, dataset_stem
 from slidemap.data.normalization import BandStats, compute_stats, normalise
 from slidemap.data.scene import IGNORE, Scene
@@ -31,9 +31,9 @@ TILE_STEP = 16  # training tiles that fitting_tile tries, from the largest down
 
 def check_whole_read(scene: Scene, factor: int, spec: InputSpec) -> None:
     """Refuse, before anything is read, a scene whose whole read at the working resolution
-    would take more than this machine's memory: training holds its scenes whole, and a read of
-    a mosaic of 100 000² px (or a VRT of a kilobyte declaring more) failed only after gigabytes
-    were allocated, or was killed for memory."""
+    would take more than the memory this process may use: training holds its scenes whole, and
+    a read of a mosaic of 100 000² px (or a VRT of a kilobyte declaring more) failed only after
+    gigabytes were allocated, or was killed for memory."""
     machine = physical_memory_mb()
     height, width = -(-scene.height // factor), -(-scene.width // factor)
     need = height * width * len(spec.channels) * WHOLE_READ_BYTES_PER_CHANNEL
@@ -41,7 +41,8 @@ def check_whole_read(scene: Scene, factor: int, spec: InputSpec) -> None:
         raise SlidemapError(
             f"scene {scene.image_path} is {width:,} × {height:,} px at the working resolution: "
             f"training holds scenes whole, about {need / 2**30:,.0f} GB for its "
-            f"{len(spec.channels)} channels, more than this machine's {machine / 2**10:,.0f} GB: "
+            f"{len(spec.channels)} channels, more than the {machine / 2**10:,.0f} GB this "
+            f"process may use ({MEMORY_SOURCES}): "
             "crop it (gdal_translate -srcwin) or cut it into several scenes, or train at a "
             "coarser inputs.resolution_m")
 

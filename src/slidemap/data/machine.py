@@ -15,6 +15,8 @@ V2_LIMIT = "memory.max"  # "max" where there is none
 V1_LIMIT = "memory.limit_in_bytes"
 # cgroup v1 writes "no limit" as the largest page-aligned 64-bit number (about 2**63)
 NO_CGROUP_LIMIT = 2**60
+# what the memory a process may use is the smallest of, as messages name it
+MEMORY_SOURCES = "the machine's, ulimit -v or a container's or job's cgroup limit"
 
 
 def physical_memory_mb() -> int | None:

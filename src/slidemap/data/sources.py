@@ -21,7 +21,7 @@ import numpy as np
 from slidemap.data.channels import InputSpec, stack_channels
 from slidemap.data.dataset import SceneArrays, load_scene_arrays
 from slidemap.data.l4s import L4SDataset, is_h5_file
-from slidemap.data.machine import physical_memory_mb
+from slidemap.data.machine import MEMORY_SOURCES, physical_memory_mb
 from slidemap.data.names import absolute_name
 from slidemap.data.patches import (
     IGNORE,
@@ -225,16 +225,17 @@ def patch_arrays(sample: dict, spec: InputSpec) -> PatchArrays:
 
 def check_set_fits(root: Path, first: PatchArrays, need: int, count: int, scale: float) -> None:
     """Refuse a patch set whose channels, held whole at ``scale`` as training holds them, would
-    take ``need`` bytes, more than this machine's memory, before the rest of it is read: the
-    whole set was read first and ended as "out of memory: pass a smaller scene", which a patch
-    set does not have."""
+    take ``need`` bytes, more than the memory this process may use, before the rest of it is
+    read: the whole set was read first and ended as "out of memory: pass a smaller scene",
+    which a patch set does not have."""
     machine = physical_memory_mb()
     if machine and need > machine * 2**20:
         channels, height, width = first.x.shape
         raise SlidemapError(
             f"patch set {root}: its {count:,} patches at scale {scale:g} ({first.name}: "
             f"{width:,} × {height:,} px, {channels} channel(s)) take about "
-            f"{need / 2**30:,.1f} GB, more than this machine's {machine / 2**10:,.0f} GB: "
+            f"{need / 2**30:,.1f} GB, more than the {machine / 2**10:,.0f} GB this process may "
+            f"use ({MEMORY_SOURCES}): "
             "lower inputs.scale, or take fewer patches (split: or names:)")
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from slidemap.data.machine import physical_memory_mb
+from slidemap.data.machine import MEMORY_SOURCES, physical_memory_mb
 from slidemap.errors import SlidemapError
 
 DEFAULT_MEMORY_MB = 512
@@ -37,8 +37,9 @@ class MemoryBudget:
                                 f"--memory-mb {MIN_MEMORY_MB} or more")
         machine = physical_memory_mb()
         if machine and self.megabytes > machine:
-            raise SlidemapError(f"a memory budget of {self.megabytes:,} MB is more than this "
-                                f"machine's {machine:,} MB: pass a --memory-mb it can hold "
+            raise SlidemapError(f"a memory budget of {self.megabytes:,} MB is more than the "
+                                f"{machine:,} MB this process may use ({MEMORY_SOURCES}): pass "
+                                "a --memory-mb it can hold "
                                 f"(the default is {DEFAULT_MEMORY_MB})")
 
     @classmethod
