@@ -40,6 +40,7 @@ from rasterio.transform import Affine
 from rasterio.warp import transform
 from rasterio.windows import Window
 from scipy import ndimage
+from shapely.errors import GEOSException
 
 from slidemap.data.names import DatasetName
 from slidemap.data.scene import Scene
@@ -351,9 +352,12 @@ def _kept_apart(simplified: shapely.Geometry, outline: tuple[shapely.Geometry, s
                        if shapely.dwithin(g, strayed, tolerance)]
     if not others:
         return simplified
-    near = shapely.buffer(shapely.union_all(others), tolerance, join_style="mitre")
-    kept = shapely.difference(simplified, shapely.difference(near, on_map))
-    return kept if shapely.get_num_geometries(kept) == 1 else _rejoined(kept, on_map)
+    try:
+        near = shapely.buffer(shapely.union_all(others), tolerance, join_style="mitre")
+        kept = shapely.difference(simplified, shapely.difference(near, on_map))
+        return kept if shapely.get_num_geometries(kept) == 1 else _rejoined(kept, on_map)
+    except GEOSException:  # an overlay GEOS could not node (noisy slides on a rotated grid)
+        return on_map  # the pixel outline, which no other slide's outline overlaps
 
 
 def _rejoined(parts: shapely.Geometry, on_map: shapely.Geometry) -> shapely.Geometry:
