@@ -51,6 +51,7 @@ class L4SDataset:
         self.root = Path(root)
         self.bands = [BAND_NAMES[i] for i in band_indexes(bands)]
         self._images, self._masks = _find_files(self.root)
+        self._headers: dict[int, tuple[int, int, int]] = {}  # read once: size and held bytes
 
     def __len__(self) -> int:
         return len(self._images)
@@ -88,13 +89,15 @@ class L4SDataset:
 
     def _image_header(self, index: int) -> tuple[int, int, int]:
         """(height, width, bytes a value) of patch ``index``'s checked ``img``, unread."""
-        path = self._images[index]
-        with _reading(path) as f:
-            node = _dataset(f, path, "img")
-            shape = tuple(node.shape)
-            _check_image(path, shape)
-            check_patch_size(path, shape[0], shape[1], shape[2], node.dtype.itemsize)
-            return shape[0], shape[1], node.dtype.itemsize
+        if index not in self._headers:
+            path = self._images[index]
+            with _reading(path) as f:
+                node = _dataset(f, path, "img")
+                shape = tuple(node.shape)
+                _check_image(path, shape)
+                check_patch_size(path, shape[0], shape[1], shape[2], node.dtype.itemsize)
+                self._headers[index] = (shape[0], shape[1], node.dtype.itemsize)
+        return self._headers[index]
 
     def __getitem__(self, index: int) -> dict:
         path = self._images[index]
