@@ -191,18 +191,21 @@ def vertical_unit_metres(crs: CRS | None) -> float:
     CRS without one. A GeoTIFF reports that unit as its band's, but a VRT over such tiles
     declares none unless its bands name one: its feet were read as metres, slopes 3.3 times too
     steep and a map that looked fine."""
-    wkt = crs.to_wkt() if crs is not None else ""
-    vertical = wkt[wkt.find("VERT_CS["):] if "VERT_CS[" in wkt else ""
-    found = re.search(r'UNIT\["(?:[^"]|"")*",\s*([0-9.eE+-]+)', vertical)
+    found = re.search(r'UNIT\["(?:[^"]|"")*",\s*([0-9.eE+-]+)', _vertical_wkt(crs))
     return float(found.group(1)) if found else 1.0
 
 
 def counts_depth(crs: CRS | None) -> bool:
     """Whether ``crs`` is compound with a vertical CRS whose axis points down (MSL depth,
     EPSG:5715): its values are depths, and read as heights its ridges are valleys."""
+    return re.search(r'AXIS\["[^"]*",\s*DOWN\]', _vertical_wkt(crs)) is not None
+
+
+def _vertical_wkt(crs: CRS | None) -> str:
+    """The WKT1 of ``crs``'s vertical CRS (its ``VERT_CS[...]`` to the end), "" where it has
+    none."""
     wkt = crs.to_wkt() if crs is not None else ""
-    vertical = wkt[wkt.find("VERT_CS["):] if "VERT_CS[" in wkt else ""
-    return re.search(r'AXIS\["[^"]*",\s*DOWN\]', vertical) is not None
+    return wkt[wkt.find("VERT_CS["):] if "VERT_CS[" in wkt else ""
 
 
 def horizontal_crs(crs: CRS) -> CRS:

@@ -171,3 +171,10 @@ def _probability_qml() -> str:
 
 MASK_QML = _mask_qml()
 PROB_QML = _probability_qml()
+
+
+def write_raster_styles(prob_style: Path, mask_style: Path) -> None:
+    """The probability's and the mask's QGIS styles, written beside those rasters by every
+    command that writes them."""
+    write_qml(prob_style, PROB_QML)
+    write_qml(mask_style, MASK_QML)

@@ -21,7 +21,7 @@ from slidemap.io.atomic import check_outputs, output_folder, staged
 from slidemap.io.provenance import provenance, recorded_threshold
 from slidemap.io.rasters import RasterFormat
 from slidemap.io.sidecar import check_threshold
-from slidemap.io.styles import MASK_QML, PROB_QML, write_qml
+from slidemap.io.styles import write_raster_styles
 from slidemap.report.html import build_report
 from slidemap.report.plots import EVALUATION_PLOTS, write_evaluation_plots
 from slidemap.schema.values import file_of, is_vector
@@ -118,8 +118,7 @@ def evaluate(truth: DatasetName, prediction: DatasetName | None = None,
                               prediction_settings(predictor, options))
             predict_scene(predictor, image, dem, tmp["prob"], tmp["mask"], options, progress,
                           RasterFormat("float32", tags, tmp["mask_aux"]))  # scored unrounded
-            write_qml(tmp["prob_style"], PROB_QML)  # QGIS's default styles, as predict's
-            write_qml(tmp["mask_style"], MASK_QML)
+            write_raster_styles(tmp["prob_style"], tmp["mask_style"])  # as predict's
             scored, prediction = tmp["prob"], outputs["prob"]
             threshold = predictor.threshold if threshold is None else threshold
             record["model"] = [absolute_name(p) for p in predictor.paths if p is not None]

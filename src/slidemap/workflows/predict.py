@@ -41,7 +41,7 @@ from slidemap.io.stac import (
     read_item,
     write_item,
 )
-from slidemap.io.styles import MASK_QML, PROB_QML, write_qml
+from slidemap.io.styles import write_qml, write_raster_styles
 from slidemap.report.html import build_report
 from slidemap.train.adapt import AdaptOptions, adapt_to_scene, adaptation_tags
 from slidemap.workflows.inputs import ModelArg, has_elevation, is_found, model_files, model_list
@@ -187,8 +187,7 @@ def predict(image: DatasetName, out_dir: Path, dem: DatasetName | None = None,
         inventory = write_inventories(
             batches, [tmp[k] for k in paths if k.startswith("inventory")], layer_tags)
         write_qml(tmp["style"])
-        write_qml(tmp["prob_style"], PROB_QML)
-        write_qml(tmp["mask_style"], MASK_QML)
+        write_raster_styles(tmp["prob_style"], tmp["mask_style"])
         described = {k: (paths[k], tmp[k]) for k in paths if k not in ("stac", "mask_aux")}
         with rasterio.open(tmp["prob"]) as ds:
             grid = ds.profile
